@@ -1,0 +1,46 @@
+# Every command people, CI and the README use. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: help setup serve sim test test-rust test-python lint bench bench-rust loadtest clean
+
+help:
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+setup: $(BIN)/python ## create .venv, build the Rust extension, install ethereal with test deps
+	$(BIN)/pip install --quiet -e '.[test,load]'
+
+serve: setup ## run the gateway on the embedded default (SQLite; simulated upstream if none configured)
+	$(BIN)/ethereal serve --port $(PORT)
+
+sim: setup ## run the simulated Anthropic API on its own
+	$(BIN)/ethereal sim --port 8090
+
+test: setup test-rust test-python ## the whole test suite (what CI runs)
+
+test-rust:
+	cargo test --workspace --quiet
+
+test-python:  # pytest's exit 5 (no tests collected) is a failure, not a pass
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/python -m ruff check python tests loadtest || true
+
+bench-rust: ## Criterion benches of the Rust core
+	cargo bench -p ethereal-core
+
+bench: setup ## side-by-side latency/throughput benchmark (direct sim vs through the gateway)
+	$(BIN)/python loadtest/bench.py
+
+clean:
+	rm -rf target $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+"""ethereal: a self-hosted API gateway for Claude."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from ethereal.cli import main
+
+raise SystemExit(main())

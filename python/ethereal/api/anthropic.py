@@ -1,0 +1,213 @@
+"""Anthropic-native routes: /v1/messages, count_tokens, models, usage."""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from blacksheep import Application, Content, Request, Response, StreamedContent
+
+from ethereal import _native
+from ethereal.api.common import JSON, anthropic_route, header_map, json_response, raw_headers, read_body
+from ethereal.errors import GatewayError, invalid_request
+from ethereal.gateway import Gateway
+from ethereal.proxy import (
+    Call,
+    finish,
+    open_upstream,
+    parse_json_body,
+    resolve_model,
+    response_headers,
+    splice_model,
+    tap_stream,
+    usage_from_message,
+    validate_messages_body,
+)
+from ethereal.upstream.client import UpstreamStreamError
+
+SSE = b"text/event-stream; charset=utf-8"
+
+
+def path_with_query(request: Request) -> str:
+    query = request.scope.get("query_string") or b""
+    path = request.scope["path"]
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def model_page(items: list[dict[str, object]], request: Request) -> dict[str, object]:
+    """Anthropic's cursor pagination: before_id / after_id / limit (1-1000, default 20)."""
+    params = request.query
+    try:
+        limit = int(params.get("limit", ["20"])[0])
+    except ValueError:
+        raise invalid_request("limit: must be an integer", param="limit") from None
+    if not 1 <= limit <= 1000:
+        raise invalid_request("limit: must be between 1 and 1000", param="limit")
+    ids_ = [m["id"] for m in items]
+    before = params.get("before_id", [None])[0]
+    after = params.get("after_id", [None])[0]
+    if before is not None and after is not None:
+        raise invalid_request("before_id and after_id cannot both be set")
+    if after is not None:
+        if after not in ids_:
+            raise invalid_request(f"after_id: unknown model {after!r}", param="after_id")
+        start = ids_.index(after) + 1
+        page = items[start:start + limit]
+        has_more = start + limit < len(items)
+    elif before is not None:
+        if before not in ids_:
+            raise invalid_request(f"before_id: unknown model {before!r}", param="before_id")
+        end = ids_.index(before)
+        page = items[max(0, end - limit):end]
+        has_more = end - limit > 0
+    else:
+        page = items[:limit]
+        has_more = limit < len(items)
+    return {
+        "data": page,
+        "has_more": has_more,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }
+
+
+def register(app: Application, gw: Gateway) -> None:
+    settings = gw.settings
+
+    async def authenticate(request: Request, call: Call) -> None:
+        assert gw.auth is not None
+        call.key = await gw.auth.authenticate(header_map(request))
+
+    @anthropic_route
+    async def messages(request: Request, request_id: str) -> Response:
+        call = Call(request_id=request_id, route="messages")
+        await authenticate(request, call)
+        body = await read_body(request, settings.max_body_bytes)
+        data = parse_json_body(body)
+        name = validate_messages_body(data, need_max_tokens=True)
+        resolve_model(gw, call, name)
+        if call.model_name != name:
+            body = splice_model(body, data, call.model_name)  # type: ignore[arg-type]
+        call.stream = data.get("stream") is True
+        if gw.limiter.enabled:
+            model = call.model
+            call.admission = await gw.limiter.admit(
+                call.key,  # type: ignore[arg-type]
+                model=call.model_name,
+                input_tokens=_native.estimate_tokens(body),
+                max_tokens=min(int(data["max_tokens"]), settings.output_allowance_cap),
+                price_in=model.input_price if model else 0.0,
+                price_out=model.output_price if model else 0.0,
+            )
+        try:
+            resp = await open_upstream(gw, call, path_with_query(request), raw_headers(request), body)
+        except GatewayError as exc:
+            await finish(gw, call, status=exc.status, error_type=exc.type)
+            raise
+        if resp.is_event_stream and resp.status == 200:
+            call.stream = True
+            headers = response_headers(call, resp.content_type)
+            headers.append((b"cache-control", b"no-cache"))
+            return Response(200, headers, StreamedContent(SSE, lambda: tap_stream(gw, call, resp)))
+        try:
+            payload = await resp.read()
+        except UpstreamStreamError as exc:
+            await finish(gw, call, status=502, error_type="api_error")
+            raise GatewayError(502, "the upstream connection was interrupted") from exc
+        call.ttfb_ms = call.ttfb_ms or 0.0
+        if resp.status >= 400:
+            from ethereal.proxy import upstream_error
+
+            err = upstream_error(resp.status, payload, None)
+            await finish(gw, call, status=resp.status, error_type=err.type)
+            raise err
+        try:
+            usage = orjson.loads(payload).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            usage = None
+        inp, out, c5, c1, cr, assumed = usage_from_message(usage)
+        await finish(gw, call, status=resp.status, input_tokens=inp, output_tokens=out, cache_5m=c5,
+                     cache_1h=c1, cache_read=cr, exact=usage is not None, ttl_assumed=assumed)
+        return Response(resp.status, response_headers(call, resp.content_type or "application/json"),
+                        Content(JSON, payload))
+
+    @anthropic_route
+    async def count_tokens(request: Request, request_id: str) -> Response:
+        call = Call(request_id=request_id, route="count_tokens")
+        await authenticate(request, call)
+        body = await read_body(request, settings.max_body_bytes)
+        data = parse_json_body(body)
+        name = validate_messages_body(data, need_max_tokens=False)
+        resolve_model(gw, call, name)
+        if call.model_name != name:
+            body = splice_model(body, data, call.model_name)  # type: ignore[arg-type]
+        try:
+            resp = await open_upstream(gw, call, path_with_query(request), raw_headers(request), body,
+                                       health=False)
+            payload = await resp.read()
+        except (GatewayError, UpstreamStreamError) as exc:
+            if isinstance(exc, GatewayError) and exc.status < 500 and exc.status != 429:
+                await finish(gw, call, status=exc.status, error_type=exc.type)
+                raise
+            # no upstream could answer: the native estimate, marked as such
+            estimate = _native.estimate_tokens(body)
+            await finish(gw, call, status=200, exact=False)
+            headers = response_headers(call, "application/json")
+            headers.append((b"ethereal-estimated", b"true"))
+            return json_response(200, orjson.dumps({"input_tokens": estimate}), headers)
+        await finish(gw, call, status=resp.status)
+        if resp.status >= 400:
+            from ethereal.proxy import upstream_error
+
+            raise upstream_error(resp.status, payload, None)
+        return Response(resp.status, response_headers(call, resp.content_type or "application/json"),
+                        Content(JSON, payload))
+
+    @anthropic_route
+    async def list_models(request: Request, request_id: str) -> Response:
+        assert gw.auth is not None
+        await gw.auth.authenticate(header_map(request))
+        items = [m.to_anthropic() for m in gw.catalog.models]
+        return json_response(200, orjson.dumps(model_page(items, request)), [(b"request-id", request_id.encode())])
+
+    @anthropic_route
+    async def get_model(request: Request, request_id: str) -> Response:
+        assert gw.auth is not None
+        await gw.auth.authenticate(header_map(request))
+        model_id = request.route_values.get("model_id", "")
+        model = gw.catalog.resolve(model_id)
+        if model is None:
+            raise GatewayError(404, f"model: {model_id}")
+        return json_response(200, orjson.dumps(model.to_anthropic()), [(b"request-id", request_id.encode())])
+
+    @anthropic_route
+    async def get_usage(request: Request, request_id: str) -> Response:
+        headers = header_map(request)
+        usage_id = request.route_values.get("request_id", "")
+        assert gw.auth is not None and gw.meter is not None
+        from ethereal.auth import extract_key
+
+        presented = extract_key(headers)
+        is_admin = bool(settings.admin_key and presented
+                        and hmac.compare_digest(presented.encode(), settings.admin_key.encode()))
+        key = None if is_admin else await gw.auth.authenticate(headers)
+        rec = await gw.meter.get(usage_id)
+        # a key sees only its own requests; the same 404 for "not yours" and "unknown"
+        if rec is None or (key is not None and rec.key_id != key.id):
+            raise GatewayError(404, f"no usage record for request {usage_id!r}")
+        return json_response(200, orjson.dumps(rec.to_api()), [(b"request-id", request_id.encode())])
+
+    async def root(request: Request) -> Response:
+        return json_response(200, b'{"name":"ethereal","status":"ok"}')
+
+    async def healthz(request: Request) -> Response:
+        return json_response(200, b'{"status":"ok"}')
+
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/:model_id", get_model)
+    app.router.add_get("/v1/usage/:request_id", get_usage)
+    app.router.add_get("/", root)
+    app.router.add_head("/", root)
+    app.router.add_get("/healthz", healthz)

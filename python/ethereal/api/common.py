@@ -1,0 +1,94 @@
+"""What every route needs: bounded body reads, header maps, error responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from blacksheep import Content, Request, Response
+
+from ethereal import ids
+from ethereal.errors import GatewayError, anthropic_error_body, openai_error_body
+
+log = logging.getLogger("ethereal.api")
+
+JSON = b"application/json"
+
+
+def header_map(request: Request) -> dict[bytes, bytes]:
+    return dict(request.scope["headers"])
+
+
+def raw_headers(request: Request) -> list[tuple[bytes, bytes]]:
+    return request.scope["headers"]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refusing with 413 past ``limit`` bytes (declared or streamed)."""
+    declared = request.get_first_header(b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise GatewayError(413, f"request body exceeds the maximum size of {limit} bytes")
+        except ValueError:
+            raise GatewayError(400, "invalid content-length header") from None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"request body exceeds the maximum size of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def json_response(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    return Response(status, headers, Content(JSON, body))
+
+
+def anthropic_error(exc: GatewayError, request_id: str) -> Response:
+    headers = [(b"request-id", request_id.encode()), *exc.response_headers()]
+    return Response(exc.status, headers, Content(JSON, anthropic_error_body(exc.type, exc.message, request_id)))
+
+
+def openai_error(exc: GatewayError, request_id: str) -> Response:
+    headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode()),
+               *exc.response_headers()]
+    return Response(exc.status, headers, Content(JSON, openai_error_body(exc.type, exc.message, exc.param)))
+
+
+Handler = Callable[[Request, str], Awaitable[Response]]
+
+
+def anthropic_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Gives the handler a request id and renders any failure in Anthropic's shape."""
+
+    async def route(request: Request) -> Response:
+        request_id = ids.request_id()
+        try:
+            return await handler(request, request_id)
+        except GatewayError as exc:
+            return anthropic_error(exc, request_id)
+        except Exception:  # noqa: BLE001 - never leak a traceback to the client
+            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            return anthropic_error(GatewayError(500, "internal error in the gateway"), request_id)
+
+    route.__name__ = handler.__name__
+    return route
+
+
+def openai_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Like ``anthropic_route`` for OpenAI-shaped routes."""
+
+    async def route(request: Request) -> Response:
+        request_id = ids.request_id()
+        try:
+            return await handler(request, request_id)
+        except GatewayError as exc:
+            return openai_error(exc, request_id)
+        except Exception:  # noqa: BLE001
+            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            return openai_error(GatewayError(500, "internal error in the gateway"), request_id)
+
+    route.__name__ = handler.__name__
+    return route

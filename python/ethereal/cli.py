@@ -1,0 +1,260 @@
+"""``ethereal``: serve, sim, keys, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ethereal.settings import Settings, SettingsError, load_settings
+
+BANNER_WIDTH = 78
+
+
+def _loud(lines: list[str]) -> None:
+    bar = "!" * BANNER_WIDTH
+    print(bar, file=sys.stderr)
+    for line in lines:
+        print(f"!! {line}", file=sys.stderr)
+    print(bar, file=sys.stderr, flush=True)
+
+
+def start_sim_subprocess(host: str = "127.0.0.1") -> tuple[subprocess.Popen[str], str]:
+    """The simulated upstream in a child process on a free port; returns (process, base URL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ethereal.sim", "--host", host, "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "listening on" in line:
+            return proc, line.strip().rsplit(" ", 1)[-1]
+    proc.kill()
+    raise RuntimeError("the simulated upstream did not start")
+
+
+async def _with_store(settings: Settings, fn: Callable[[Any], Any], *, migrate: bool = True) -> Any:
+    from ethereal.storage import open_store
+
+    store = await open_store(settings.storage_url, migrate=migrate)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _ensure_first_key(settings: Settings) -> str | None:
+    """On a store with no keys at all, mint one so the quick start has a key to use."""
+    from ethereal.keys import mint
+
+    async def go(store: Any) -> str | None:
+        if await store.list_keys(limit=1):
+            return None
+        plaintext, record = mint(settings.key_prefix, name="first key", owner="admin")
+        await store.insert_keys([record])
+        return plaintext
+
+    return asyncio.run(_with_store(settings, go))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers)
+    sim_proc = None
+    if not (settings.upstream_url and settings.upstream_key):
+        sim_proc, sim_url = start_sim_subprocess()
+        settings = settings.with_overrides(upstream_url=sim_url, upstream_key="sim-upstream-key")
+        _loud([
+            "NO UPSTREAM CREDENTIAL CONFIGURED: serving from the SIMULATED Anthropic API",
+            f"at {sim_url}. Responses are generated, not Claude's.",
+            "Set ETHEREAL_UPSTREAM_URL and ETHEREAL_UPSTREAM_KEY (or ANTHROPIC_API_KEY) for real use.",
+        ])
+    # workers are separate processes: they read their settings from the environment
+    os.environ["ETHEREAL_UPSTREAM_URL"] = settings.upstream_url or ""
+    os.environ["ETHEREAL_UPSTREAM_KEY"] = settings.upstream_key or ""
+    os.environ["ETHEREAL_DATA_DIR"] = str(settings.data_dir)
+    if args.config:
+        os.environ["ETHEREAL_CONFIG"] = str(args.config)
+    first_key = _ensure_first_key(settings)
+    base = f"http://{settings.host}:{settings.port}"
+    if first_key:
+        print("A first API key was minted (shown once, only its hash is stored):", flush=True)
+        print(f"  {first_key}", flush=True)
+        print("Try it:", flush=True)
+        print(
+            f"  curl -s {base}/v1/messages -H 'x-api-key: {first_key}' -H 'anthropic-version: 2023-06-01'"
+            " -H 'content-type: application/json' -d '{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,"
+            "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'",
+            flush=True,
+        )
+    print(f"ethereal listening on {base} (storage: {settings.storage_url.split('@')[-1]})", flush=True)
+    try:
+        return serve_forever(settings, server=args.server)
+    finally:
+        if sim_proc is not None:
+            sim_proc.terminate()
+            sim_proc.wait(timeout=10)
+
+
+def serve_forever(settings: Settings, server: str = "granian") -> int:
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run("ethereal.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, loop="uvloop", http="httptools", log_level="warning",
+                    access_log=False)
+        return 0
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "ethereal.app:create_app", factory=True, address=settings.host, port=settings.port,
+        interface=Interfaces.ASGI, workers=settings.workers, loop=Loops.uvloop, log_access=False,
+        backlog=2048,
+    ).serve()
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace, rest: list[str]) -> int:
+    from ethereal.sim import main as sim_main
+
+    return sim_main(rest)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+
+    async def go(store: Any) -> list[str]:
+        return await store.migrate()
+
+    applied = asyncio.run(_with_store(settings, go, migrate=False))
+    where = settings.storage_url.split("@")[-1]
+    print(f"{len(applied)} migration(s) applied to {where}" if applied else f"{where} is up to date")
+    return 0
+
+
+def _key_attrs(args: argparse.Namespace) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for name in ("name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency"):
+        value = getattr(args, name, None)
+        if value is not None:
+            attrs[name] = value
+    if getattr(args, "models", None):
+        attrs["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if getattr(args, "expires_in_days", None):
+        attrs["expires_at"] = time.time() + args.expires_in_days * 86400
+    return attrs
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from ethereal.keys import mint
+
+    settings = load_settings(args.config)
+    if args.keys_cmd == "mint":
+        if not 1 <= args.count <= 500:
+            print("--count must be between 1 and 500", file=sys.stderr)
+            return 2
+        attrs = _key_attrs(args)
+        minted = [mint(settings.key_prefix, **attrs) for _ in range(args.count)]
+
+        async def go(store: Any) -> None:
+            await store.insert_keys([record for _, record in minted])
+
+        asyncio.run(_with_store(settings, go))
+        for plaintext, record in minted:
+            if args.json:
+                print(json.dumps({"id": record.id, "key": plaintext, **record.public()}))
+            else:
+                print(f"{record.id}\t{plaintext}")
+        if not args.json:
+            print("(keys are shown once; only their sha256 is stored)", file=sys.stderr)
+        return 0
+    if args.keys_cmd == "list":
+        async def go_list(store: Any) -> list[Any]:
+            return await store.list_keys(owner=args.owner, state=args.state, limit=args.limit)
+
+        for record in asyncio.run(_with_store(settings, go_list)):
+            state = "revoked" if record.revoked else ("expired" if record.is_expired() else "active")
+            print(f"{record.id}\t{record.display}\t{state}\t{record.name}\t{record.owner}\t{record.plan or ''}")
+        return 0
+    if args.keys_cmd == "revoke":
+        async def go_revoke(store: Any) -> Any:
+            return await store.update_key(args.key_id, {"revoked": True})
+
+        record = asyncio.run(_with_store(settings, go_revoke))
+        if record is None:
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {record.id} ({record.display})")
+        return 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ethereal", description="A self-hosted API gateway for Claude")
+    parser.add_argument("--config", help="TOML settings file (environment variables still win)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+
+    sub.add_parser("sim", help="run the simulated Anthropic API (see `ethereal sim --help`)", add_help=False)
+    sub.add_parser("migrate", help="apply database migrations")
+
+    keys = sub.add_parser("keys", help="mint, list and revoke API keys")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    mint_p = keys_sub.add_parser("mint", help="mint keys (printed once)")
+    mint_p.add_argument("--count", type=int, default=1)
+    mint_p.add_argument("--name", default=None)
+    mint_p.add_argument("--owner", default=None)
+    mint_p.add_argument("--plan", default=None)
+    mint_p.add_argument("--budget-tokens", dest="budget_tokens", type=int)
+    mint_p.add_argument("--budget-micro-usd", dest="budget_micro_usd", type=int)
+    mint_p.add_argument("--rpm", type=int)
+    mint_p.add_argument("--tpm", type=int)
+    mint_p.add_argument("--max-concurrency", dest="max_concurrency", type=int)
+    mint_p.add_argument("--models", help="comma-separated model ids or families the key may use")
+    mint_p.add_argument("--expires-in-days", dest="expires_in_days", type=float)
+    mint_p.add_argument("--json", action="store_true")
+    list_p = keys_sub.add_parser("list", help="list keys")
+    list_p.add_argument("--owner")
+    list_p.add_argument("--state", choices=("active", "revoked", "expired"))
+    list_p.add_argument("--limit", type=int, default=100)
+    revoke_p = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke_p.add_argument("key_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `ethereal sim ...` hands its own flags to the simulator's parser
+    if "sim" in argv:
+        idx = argv.index("sim")
+        args = parser.parse_args(argv[: idx + 1])
+        return cmd_sim(args, argv[idx + 1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "migrate":
+            return cmd_migrate(args)
+        if args.command == "keys":
+            return cmd_keys(args)
+    except SettingsError as exc:
+        print(f"ethereal: configuration error: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2

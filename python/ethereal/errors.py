@@ -1,0 +1,98 @@
+"""Errors that carry their HTTP status, and the two wire shapes they render to.
+
+Anthropic routes answer ``{"type":"error","error":{"type","message"},"request_id"}``;
+OpenAI routes answer ``{"error":{"message","type","param","code"}}``. Every 429,
+503 and 529 carries ``retry-after`` (Codex CLI gives up at once without it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+
+STATUS_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+# OpenAI's own vocabulary for the same situations (what its SDKs and clients expect).
+_OPENAI_TYPES: dict[str, tuple[str, str | None]] = {
+    "invalid_request_error": ("invalid_request_error", None),
+    "authentication_error": ("invalid_request_error", "invalid_api_key"),
+    "billing_error": ("insufficient_quota", "insufficient_quota"),
+    "permission_error": ("invalid_request_error", "model_not_allowed"),
+    "not_found_error": ("invalid_request_error", "not_found"),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
+    "rate_limit_error": ("rate_limit_exceeded", "rate_limit_exceeded"),
+    "api_error": ("server_error", None),
+    "overloaded_error": ("server_error", "overloaded"),
+    "timeout_error": ("server_error", "timeout"),
+}
+
+RETRYABLE_STATUSES = frozenset({429, 503, 529})
+
+
+class GatewayError(Exception):
+    """An error answered to the client with its own status and type."""
+
+    __slots__ = ("status", "type", "message", "retry_after", "headers", "param")
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,  # noqa: A002 - mirrors the wire field
+        retry_after: float | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type or STATUS_TYPES.get(status, "api_error")
+        self.message = message
+        if retry_after is None and status in RETRYABLE_STATUSES:
+            retry_after = 1.0
+        self.retry_after = retry_after
+        self.headers = headers or []
+        self.param = param
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = list(self.headers)
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()))
+            headers.append((b"x-should-retry", b"true"))
+        return headers
+
+
+def invalid_request(message: str, *, param: str | None = None) -> GatewayError:
+    return GatewayError(400, message, param=param)
+
+
+def anthropic_error_body(error_type: str, message: str, request_id: str | None) -> bytes:
+    body: dict[str, object] = {"type": "error", "error": {"type": error_type, "message": message}}
+    if request_id:
+        body["request_id"] = request_id
+    return orjson.dumps(body)
+
+
+def openai_error_body(error_type: str, message: str, param: str | None = None) -> bytes:
+    oa_type, code = _OPENAI_TYPES.get(error_type, ("server_error", None))
+    return orjson.dumps({"error": {"message": message, "type": oa_type, "param": param, "code": code}})
+
+
+def anthropic_sse_error(error_type: str, message: str, request_id: str | None) -> bytes:
+    """An in-stream failure: an ``event: error`` frame, after which the stream closes."""
+    return b"event: error\ndata: " + anthropic_error_body(error_type, message, request_id) + b"\n\n"

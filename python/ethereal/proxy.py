@@ -1,0 +1,345 @@
+"""The native request path: Anthropic in, Anthropic out, bytes untouched.
+
+auth → validate → admit → pick credential → forward (failover until the first
+byte reaches the client) → stream back chunk by chunk through the native tap →
+settle + record. Translating routes reuse ``open_upstream`` and ``finish``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ethereal import _native
+from ethereal.catalog import Model
+from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request
+from ethereal.gateway import Gateway
+from ethereal.keys import KeyRecord
+from ethereal.limits import Admission
+from ethereal.metering.record import UsageRecord
+from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
+from ethereal.upstream.pool import Credential
+
+log = logging.getLogger("ethereal.proxy")
+
+# Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
+# HTTP client sets itself.
+_DROP_REQUEST = frozenset({
+    b"x-api-key", b"authorization", b"host", b"content-length", b"connection", b"keep-alive",
+    b"proxy-authorization", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"accept-encoding", b"cookie",
+})
+# Other request headers forwarded as they came, besides every anthropic-* header.
+_FORWARD_REQUEST = frozenset({b"content-type", b"accept", b"user-agent", b"idempotency-key",
+                              b"x-stainless-retry-count", b"x-stainless-timeout"})
+
+UPSTREAM_STATUS_KIND = {429: "rate_limited", 529: "overloaded", 401: "auth", 403: "auth"}
+
+
+def forward_headers(raw: list[tuple[bytes, bytes]], credential: Credential) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        lname = name.lower()
+        if lname in _DROP_REQUEST:
+            continue
+        if lname.startswith(b"anthropic-") or lname in _FORWARD_REQUEST:
+            key = lname.decode("latin-1")
+            val = value.decode("latin-1")
+            # repeated anthropic-beta headers are joined, as the API accepts a comma list
+            headers[key] = f"{headers[key]},{val}" if key in headers else val
+    headers.setdefault("anthropic-version", "2023-06-01")
+    headers.setdefault("content-type", "application/json")
+    headers["x-api-key"] = credential.api_key
+    return headers
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request as it moves through the gateway."""
+
+    request_id: str
+    route: str
+    key: KeyRecord | None = None
+    model: Model | None = None
+    model_name: str | None = None  # canonical id, or the client's name when the catalog does not know it
+    stream: bool = False
+    started: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    ttfb_ms: float | None = None
+    admission: Admission | None = None
+    credential: Credential | None = None
+    upstream_request_id: str | None = None
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise invalid_request("request body is empty: expected a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid_request("request body must be a JSON object")
+    return data
+
+
+def validate_messages_body(data: dict[str, Any], *, need_max_tokens: bool) -> str:
+    """Check what the gateway itself relies on; returns the client's model name."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("model: Field required" if model is None else "model: must be a non-empty string",
+                              param="model")
+    if need_max_tokens:
+        max_tokens = data.get("max_tokens")
+        if max_tokens is None:
+            raise invalid_request("max_tokens: Field required", param="max_tokens")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise invalid_request("max_tokens: must be a positive integer", param="max_tokens")
+    messages = data.get("messages")
+    if messages is None:
+        raise invalid_request("messages: Field required", param="messages")
+    if not isinstance(messages, list):
+        raise invalid_request("messages: must be an array", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
+            raise invalid_request(f"messages.{i}: each message needs a role and content", param=f"messages.{i}")
+    return model
+
+
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*')
+
+
+def splice_model(body: bytes, data: dict[str, Any], new_model: str) -> bytes:
+    """Replace the top-level ``model`` value in the raw bytes, keeping every other byte.
+
+    Candidates are checked by re-parsing: the splice is accepted only when the
+    result is the same document with just the model changed. When no candidate
+    passes (a pathological body), the body is re-serialised instead.
+    """
+    old = orjson.dumps(data["model"])
+    new = orjson.dumps(new_model)
+    for match in _MODEL_KEY.finditer(body):
+        start = match.end()
+        if body[start:start + len(old)] != old:
+            continue
+        candidate = body[:start] + new + body[start + len(old):]
+        try:
+            parsed = orjson.loads(candidate)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict) and parsed.get("model") == new_model:
+            parsed["model"] = data["model"]
+            if parsed == data:
+                return candidate
+    return orjson.dumps({**data, "model": new_model})
+
+
+def resolve_model(gw: Gateway, call: Call, name: str) -> None:
+    model = gw.catalog.resolve(name)
+    call.model = model
+    call.model_name = model.id if model else name
+    key = call.key
+    if key is not None and key.allowed_models:
+        allowed = key.allowed_models
+        if call.model_name not in allowed and not (model and (model.family in allowed or name in allowed)):
+            raise GatewayError(403, f"this API key may not use model {name!r}")
+
+
+def _retry_after(resp: UpstreamResponse) -> float | None:
+    raw = resp.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def upstream_error(status: int, body: bytes, retry_after: float | None) -> GatewayError:
+    """The client-facing error for an upstream error response (its own type and message)."""
+    err_type, message = None, f"upstream returned HTTP {status}"
+    try:
+        parsed = orjson.loads(body)
+        err = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(err, dict):
+            err_type = err.get("type") or None
+            message = err.get("message") or message
+    except orjson.JSONDecodeError:
+        pass
+    if err_type == "forbidden":
+        err_type = "permission_error"
+    return GatewayError(status, message, type=err_type, retry_after=retry_after)
+
+
+async def open_upstream(
+    gw: Gateway,
+    call: Call,
+    path_qs: str,
+    raw_headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    affinity: bytes | None = None,
+    health: bool = True,
+) -> UpstreamResponse:
+    """Send to the best credential, failing over while the client has seen nothing.
+
+    Returns a response with a 2xx status, or a client error (4xx other than 401/403/429)
+    that is the client's to see. ``health=False`` (count_tokens) keeps failures out of
+    the credentials' health so they never cool a credential down for messages.
+    """
+    settings = gw.settings
+    deadline = time.monotonic() + settings.failover_deadline
+    tried: set[str] = set()
+    last: GatewayError | None = None
+    pool = gw.pool
+    for _ in range(settings.max_attempts):
+        if time.monotonic() >= deadline:
+            break
+        candidates = [c for c in pool.candidates(call.model_name, affinity) if c.name not in tried]
+        if not candidates:
+            break
+        cred = candidates[0]
+        tried.add(cred.name)
+        cred.in_flight += 1
+        try:
+            resp = await gw.client.request("POST", cred.base_url + path_qs, forward_headers(raw_headers, cred), body)
+        except UpstreamConnectError as exc:
+            cred.in_flight -= 1
+            log.warning("upstream %s unreachable: %s", cred.name, exc)
+            if health:
+                pool.report_failure(cred, "connect")
+            last = GatewayError(503, "upstream unavailable", retry_after=1.0)
+            continue
+        status = resp.status
+        if status < 400 or (status < 500 and status not in UPSTREAM_STATUS_KIND and status != 408):
+            call.credential = cred
+            call.upstream_request_id = resp.headers.get("request-id")
+            if health and status < 400:
+                pool.report_success(cred)
+            return resp
+        # a failure the client need not see yet: try another credential
+        retry_after = _retry_after(resp)
+        try:
+            err_body = await resp.read()
+        except UpstreamStreamError:
+            err_body = b""
+        cred.in_flight -= 1
+        kind = UPSTREAM_STATUS_KIND.get(status, "server_error")
+        if health:
+            pool.report_failure(cred, kind, retry_after)
+        log.warning("upstream %s answered %d (%s)", cred.name, status, kind)
+        if kind == "auth":
+            last = GatewayError(503, "no upstream credential is available", type="overloaded_error")
+        else:
+            last = upstream_error(status, err_body, retry_after)
+    if last is not None and last.status != 503:
+        raise last
+    wait = pool.earliest_recovery(call.model_name)
+    raise GatewayError(503, "no healthy upstream credential can serve this request",
+                       type="overloaded_error", retry_after=max(1.0, wait))
+
+
+def response_headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", content_type.encode("latin-1")), (b"request-id", call.request_id.encode())]
+    if call.upstream_request_id:
+        headers.append((b"upstream-request-id", call.upstream_request_id.encode("latin-1")))
+    if call.admission is not None:
+        headers.extend(call.admission.headers)
+    return headers
+
+
+async def finish(gw: Gateway, call: Call, *, status: int, input_tokens: int = 0, output_tokens: int = 0,
+                 cache_5m: int = 0, cache_1h: int = 0, cache_read: int = 0, exact: bool = True,
+                 ttl_assumed: bool = False, error_type: str | None = None) -> UsageRecord:
+    """Settle the reservation and record the usage: once per request, on every path."""
+    cred = call.credential
+    if cred is not None:
+        cred.in_flight -= 1
+        call.credential = None
+        cred_name: str | None = cred.name
+    else:
+        cred_name = None
+    cost = gw.catalog.cost_micro(call.model, input_tokens=input_tokens, output_tokens=output_tokens,
+                                 cache_creation_5m=cache_5m, cache_creation_1h=cache_1h, cache_read=cache_read)
+    if call.admission is not None:
+        try:
+            await gw.limiter.settle(call.admission, tokens=input_tokens + output_tokens + cache_5m + cache_1h
+                                    + cache_read, cost_micro=cost)
+        except Exception:  # noqa: BLE001 - a settle failure must not lose the usage record
+            log.exception("settle failed for %s", call.request_id)
+    now = time.time()
+    rec = UsageRecord(
+        request_id=call.request_id, key_id=call.key.id if call.key else None, credential=cred_name,
+        route=call.route, model=call.model_name, status=status, stream=call.stream,
+        input_tokens=input_tokens, output_tokens=output_tokens, cache_creation_5m=cache_5m,
+        cache_creation_1h=cache_1h, cache_read=cache_read, exact=exact, cache_ttl_assumed=ttl_assumed,
+        cost_micro=cost, ttfb_ms=call.ttfb_ms, duration_ms=(time.perf_counter() - call.t0) * 1000.0,
+        started_at=call.started, ended_at=now, upstream_request_id=call.upstream_request_id,
+        error_type=error_type,
+    )
+    if gw.meter is not None:
+        gw.meter.record(rec)
+    return rec
+
+
+def usage_from_message(usage: Any) -> tuple[int, int, int, int, int, bool]:
+    """(input, output, cache_5m, cache_1h, cache_read, ttl_assumed) from a Message's ``usage``."""
+    if not isinstance(usage, dict):
+        return 0, 0, 0, 0, 0, False
+    cc_total = int(usage.get("cache_creation_input_tokens") or 0)
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        c5 = int(split.get("ephemeral_5m_input_tokens") or 0)
+        c1 = int(split.get("ephemeral_1h_input_tokens") or 0)
+        assumed = False
+    else:
+        c5, c1, assumed = cc_total, 0, cc_total > 0
+    return (int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0), c5, c1,
+            int(usage.get("cache_read_input_tokens") or 0), assumed)
+
+
+async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIterator[bytes]:
+    """Upstream SSE bytes to the client unchanged, metered by the native tap.
+
+    A cut after the first byte becomes an ``event: error`` frame; a client that
+    goes away cancels the upstream request. Either way the usage is settled and
+    recorded from what the tap saw.
+    """
+    tap = _native.StreamTap()
+    status = 200
+    error_type: str | None = None
+    client_gone = True
+    try:
+        try:
+            async for chunk in resp.iter_chunks():
+                if call.ttfb_ms is None:
+                    call.ttfb_ms = (time.perf_counter() - call.t0) * 1000.0
+                tap.feed(chunk)
+                yield chunk
+            tap.finish()
+            if not tap.saw_message_stop and tap.error_type is None:
+                raise UpstreamStreamError("upstream closed the stream before message_stop")
+        except UpstreamStreamError as exc:
+            log.warning("upstream stream from %s cut: %s", call.credential.name if call.credential else "?", exc)
+            error_type = "api_error"
+            status = 502
+            yield anthropic_sse_error("api_error", "the upstream connection was interrupted", call.request_id)
+        client_gone = False
+    finally:
+        if client_gone:
+            resp.close()
+            status, error_type = 499, error_type or "client_disconnected"
+        else:
+            resp.release()
+            if tap.error_type is not None:
+                error_type, status = tap.error_type, 200
+        inp, out, c5, c1, cr, exact = tap.usage()
+        await finish(gw, call, status=status, input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1,
+                     cache_read=cr, exact=exact, ttl_assumed=(c5 + c1 > 0 and not tap.cache_split_reported),
+                     error_type=error_type)

@@ -1,0 +1,174 @@
+"""Settings from the environment (``ETHEREAL_`` prefix), optionally a TOML file.
+
+Everything is validated once at start-up; a bad value stops the process with a
+message naming the variable, never a traceback from deep inside a request.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+def _env(name: str, *fallbacks: str) -> str | None:
+    for candidate in (f"ETHEREAL_{name}", *fallbacks):
+        value = os.environ.get(candidate)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _as_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"ETHEREAL_{name} must be a boolean (true/false), got {raw!r}")
+
+
+def _as_int(name: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"ETHEREAL_{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"ETHEREAL_{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _as_float(name: str, raw: str, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"ETHEREAL_{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"ETHEREAL_{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # storage: "sqlite:///path" or "postgresql://..."; None → SQLite file in data_dir
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path("./data")
+    admin_key: str | None = None
+    secret_key: str | None = None
+    key_prefix: str = "sk-ant-api03-"
+    # a single upstream credential for the simplest deployment
+    upstream_url: str | None = None
+    upstream_key: str | None = None
+    # request bounds (Anthropic's own: 32 MB for messages and count_tokens)
+    max_body_bytes: int = 32 * 1024 * 1024
+    # upstream timeouts, seconds
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 600.0
+    idle_stream_timeout: float = 300.0
+    # failover
+    max_attempts: int = 3
+    failover_deadline: float = 30.0
+    # output allowance reserved per request when max_tokens is large (tokens)
+    output_allowance_cap: int = 8192
+    limits_fail_open: bool = False
+    key_cache_ttl: float = 1.0
+    log_level: str = "info"
+    models_file: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ethereal.sqlite3').resolve()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.storage_url.startswith(("postgres://", "postgresql://"))
+
+    def with_overrides(self, **kwargs: Any) -> Settings:
+        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+_INT_FIELDS = {"port": 1, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1, "output_allowance_cap": 1}
+_FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
+                 "failover_deadline": 0.1, "key_cache_ttl": 0.0}
+_BOOL_FIELDS = {"limits_fail_open"}
+_PATH_FIELDS = {"data_dir", "models_file"}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    upper = name.upper()
+    if isinstance(raw, str):
+        if name in _INT_FIELDS:
+            return _as_int(upper, raw, _INT_FIELDS[name])
+        if name in _FLOAT_FIELDS:
+            return _as_float(upper, raw, _FLOAT_FIELDS[name])
+        if name in _BOOL_FIELDS:
+            return _as_bool(upper, raw)
+    if name in _PATH_FIELDS and raw is not None:
+        return Path(raw)
+    return raw
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from (lowest to highest) defaults, a TOML file, the environment, overrides."""
+    values: dict[str, Any] = {}
+    path = config_file or _env("CONFIG")
+    known = {f.name for f in fields(Settings)} - {"extra"}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SettingsError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        section = data.get("ethereal", data)
+        for key, value in section.items():
+            if key in known:
+                values[key] = value
+            else:
+                values.setdefault("extra", {})[key] = value
+    fallbacks = {
+        "database_url": ("DATABASE_URL",),
+        "redis_url": ("REDIS_URL",),
+    }
+    for name in known:
+        raw = _env(name.upper(), *fallbacks.get(name, ()))
+        if raw is not None:
+            values[name] = raw
+    if "upstream_key" not in values and "upstream_url" not in values:
+        anthropic_key = os.environ.get("ANTHROPIC_API_KEY")
+        if anthropic_key:
+            values["upstream_key"] = anthropic_key
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**{k: _coerce(k, v) for k, v in values.items()})
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    url = settings.storage_url
+    if not url.startswith(("sqlite:///", "postgres://", "postgresql://")):
+        raise SettingsError(
+            f"ETHEREAL_DATABASE_URL must be a postgresql:// URL or sqlite:///path, got {url.split('@')[-1]!r}"
+        )
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("ETHEREAL_REDIS_URL must be a redis:// or rediss:// URL")
+    if settings.upstream_url and not settings.upstream_url.startswith(("http://", "https://")):
+        raise SettingsError(f"ETHEREAL_UPSTREAM_URL must be an http(s) URL, got {settings.upstream_url!r}")
+    if settings.admin_key is not None and len(settings.admin_key) < 16:
+        raise SettingsError("ETHEREAL_ADMIN_KEY must be at least 16 characters")
+    if not settings.key_prefix or len(settings.key_prefix) > 32:
+        raise SettingsError("ETHEREAL_KEY_PREFIX must be 1 to 32 characters")

@@ -1,0 +1,302 @@
+"""The embedded store: one SQLite file, used when no PostgreSQL is configured.
+
+sqlite3 is blocking, so every call runs on one dedicated thread; that also
+serialises writers, which is what SQLite wants. WAL mode lets readers in other
+processes (a second gateway, the CLI) read while the gateway writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import orjson
+
+from ethereal.keys import KeyRecord
+from ethereal.metering.record import USAGE_COLUMNS, UsageRecord
+from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
+
+T = TypeVar("T")
+
+_KEY_COLUMNS = (
+    "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
+    "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
+)
+_GROUPS = {"key_id", "model", "credential", "route"}
+
+
+def _key_row(record: KeyRecord) -> tuple[Any, ...]:
+    values = []
+    for column in _KEY_COLUMNS:
+        value = getattr(record, column)
+        if column in ("allowed_models", "metadata") and value is not None:
+            value = orjson.dumps(value).decode()
+        elif column == "revoked":
+            value = int(value)
+        values.append(value)
+    return tuple(values)
+
+
+def _key_from_row(row: sqlite3.Row) -> KeyRecord:
+    data = dict(row)
+    data["allowed_models"] = orjson.loads(data["allowed_models"]) if data["allowed_models"] else None
+    data["metadata"] = orjson.loads(data["metadata"]) if data["metadata"] else {}
+    data["revoked"] = bool(data["revoked"])
+    return KeyRecord(**data)
+
+
+def _usage_from_row(row: sqlite3.Row) -> UsageRecord:
+    data = dict(row)
+    for flag in ("stream", "exact", "cache_ttl_assumed"):
+        data[flag] = bool(data[flag])
+    return UsageRecord(**data)
+
+
+class SQLiteStore(Store):
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ethereal-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteStore:
+        store = cls(path)
+        await store._run(store._connect)
+        return store
+
+    def _connect(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        self._conn = conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("store is closed")
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self.conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=False)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
+
+    async def migrate(self) -> list[str]:
+        return await self._run(self._migrate)
+
+    def _migrate(self) -> list[str]:
+        conn = self.conn
+        # BEGIN IMMEDIATE takes the write lock: two processes starting together
+        # apply each migration once (SQLite's equivalent of an advisory lock).
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                " applied_at REAL NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, name, sql in migration_files(self.dialect):
+                if version in done:
+                    continue
+                for statement in sql.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+                applied.append(name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return applied
+
+    # keys
+    async def insert_keys(self, records: list[KeyRecord]) -> None:
+        rows = [_key_row(r) for r in records]
+
+        def go() -> None:
+            placeholders = ",".join("?" * len(_KEY_COLUMNS))
+            self.conn.execute("BEGIN")
+            try:
+                self.conn.executemany(
+                    f"INSERT INTO api_keys ({','.join(_KEY_COLUMNS)}) VALUES ({placeholders})", rows
+                )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+        await self._run(go)
+
+    async def _fetch_key(self, where: str, value: str) -> KeyRecord | None:
+        def go() -> KeyRecord | None:
+            row = self.conn.execute(f"SELECT * FROM api_keys WHERE {where} = ?", (value,)).fetchone()
+            return _key_from_row(row) if row else None
+
+        return await self._run(go)
+
+    async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        return await self._fetch_key("key_hash", key_hash)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return await self._fetch_key("id", key_id)
+
+    async def list_keys(
+        self,
+        *,
+        owner: str | None = None,
+        plan: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> list[KeyRecord]:
+        clauses, params = [], []  # type: ignore[var-annotated]
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        if plan is not None:
+            clauses.append("plan = ?")
+            params.append(plan)
+        now = time.time()
+        if state == "revoked":
+            clauses.append("revoked = 1")
+        elif state == "expired":
+            clauses.append("revoked = 0 AND expires_at IS NOT NULL AND expires_at <= ?")
+            params.append(now)
+        elif state == "active":
+            clauses.append("revoked = 0 AND (expires_at IS NULL OR expires_at > ?)")
+            params.append(now)
+        if after_id is not None:
+            clauses.append("id > ?")
+            params.append(after_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM api_keys {where} ORDER BY id LIMIT ?"
+        params.append(limit)
+
+        def go() -> list[KeyRecord]:
+            return [_key_from_row(r) for r in self.conn.execute(sql, params).fetchall()]
+
+        return await self._run(go)
+
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        unknown = set(changes) - KEY_MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update key fields: {sorted(unknown)}")
+        values = []
+        for column, value in changes.items():
+            if column in ("allowed_models", "metadata") and value is not None:
+                value = orjson.dumps(value).decode()
+            elif column == "revoked":
+                value = int(bool(value))
+            values.append(value)
+        sets = ", ".join(f"{c} = ?" for c in changes)
+
+        def go() -> KeyRecord | None:
+            if changes:
+                self.conn.execute(
+                    f"UPDATE api_keys SET {sets}, updated_at = ? WHERE id = ?", (*values, time.time(), key_id)
+                )
+            row = self.conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            return _key_from_row(row) if row else None
+
+        return await self._run(go)
+
+    async def delete_key(self, key_id: str) -> bool:
+        def go() -> bool:
+            return self.conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+        return await self._run(go)
+
+    # usage
+    async def insert_usage(self, records: list[UsageRecord]) -> int:
+        rows = [tuple(getattr(r, c) for c in USAGE_COLUMNS) for r in records]
+        sql = (
+            f"INSERT INTO usage_records ({','.join(USAGE_COLUMNS)}) VALUES ({','.join('?' * len(USAGE_COLUMNS))})"
+            " ON CONFLICT (request_id) DO NOTHING"
+        )
+
+        def go() -> int:
+            before = self.conn.total_changes
+            self.conn.execute("BEGIN")
+            try:
+                self.conn.executemany(sql, rows)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            return self.conn.total_changes - before
+
+        return await self._run(go)
+
+    async def get_usage(self, request_id: str) -> UsageRecord | None:
+        def go() -> UsageRecord | None:
+            row = self.conn.execute("SELECT * FROM usage_records WHERE request_id = ?", (request_id,)).fetchone()
+            return _usage_from_row(row) if row else None
+
+        return await self._run(go)
+
+    async def usage_totals(
+        self, *, group_by: str, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        if group_by not in _GROUPS:
+            raise ValueError(f"group_by must be one of {sorted(_GROUPS)}")
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("started_at < ?")
+            params.append(until)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {group_by} AS grp, COUNT(*) AS requests, SUM(status >= 400) AS errors,"
+            " SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,"
+            " SUM(cache_creation_5m) AS cache_creation_5m, SUM(cache_creation_1h) AS cache_creation_1h,"
+            " SUM(cache_read) AS cache_read, SUM(cost_micro) AS cost_micro"
+            f" FROM usage_records {where} GROUP BY {group_by} ORDER BY cost_micro DESC"
+        )
+
+        def go() -> list[dict[str, Any]]:
+            out = []
+            for row in self.conn.execute(sql, params).fetchall():
+                data = dict(row)
+                data[group_by] = data.pop("grp")
+                out.append(data)
+            return out
+
+        return await self._run(go)
+
+    async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
+        if not key_ids:
+            return {}
+        marks = ",".join("?" * len(key_ids))
+        sql = (
+            "SELECT key_id, SUM(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read),"
+            f" SUM(cost_micro), COUNT(*) FROM usage_records WHERE key_id IN ({marks}) GROUP BY key_id"
+        )
+
+        def go() -> dict[str, dict[str, int]]:
+            return {
+                row[0]: {"tokens": row[1] or 0, "cost_micro": row[2] or 0, "requests": row[3]}
+                for row in self.conn.execute(sql, key_ids).fetchall()
+            }
+
+        return await self._run(go)

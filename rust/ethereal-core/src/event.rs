@@ -1,0 +1,389 @@
+//! Parsed Anthropic Messages stream events: the hub type every consumer
+//! (usage tap, format translators) works from.
+//!
+//! Strings borrow from the SSE data whenever the JSON has no escapes, so
+//! parsing a `text_delta` allocates nothing in the common case.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One event of an Anthropic Messages stream.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    MessageStart(MessageStart<'a>),
+    ContentBlockStart(BlockStart<'a>),
+    ContentBlockDelta { index: u64, delta: Delta<'a> },
+    ContentBlockStop { index: u64 },
+    MessageDelta(MessageDelta<'a>),
+    MessageStop,
+    Ping,
+    Error(StreamError<'a>),
+    /// Well-formed JSON with a `type` this crate does not know (forward
+    /// compatibility: new event kinds must not break a stream).
+    Unknown { kind: Cow<'a, str> },
+}
+
+/// Token counts as the API reports them; `None` when a field was absent or null.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    pub input_tokens: Option<u64>,
+    pub cache_creation_input_tokens: Option<u64>,
+    pub cache_read_input_tokens: Option<u64>,
+    /// The TTL split of `cache_creation_input_tokens`; absent on older streams.
+    pub cache_creation: Option<CacheCreation>,
+    pub output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct CacheCreation {
+    pub ephemeral_5m_input_tokens: Option<u64>,
+    pub ephemeral_1h_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MessageStart<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub model: Option<Cow<'a, str>>,
+    pub usage: Usage,
+}
+
+/// `content_block_start`. `raw` is the whole `content_block` object, for
+/// translators that must forward blocks which arrive complete (server tool
+/// results, redacted thinking).
+#[derive(Debug, Clone)]
+pub struct BlockStart<'a> {
+    pub index: u64,
+    pub kind: Cow<'a, str>,
+    pub id: Option<Cow<'a, str>>,
+    pub name: Option<Cow<'a, str>>,
+    pub raw: &'a RawValue,
+}
+
+#[derive(Debug, Clone)]
+pub enum Delta<'a> {
+    Text(Cow<'a, str>),
+    Thinking(Cow<'a, str>),
+    Signature(Cow<'a, str>),
+    InputJson(Cow<'a, str>),
+    /// `citations_delta`: the raw `citation` object.
+    Citation(Option<&'a RawValue>),
+    /// `compaction_delta`: summary text (may be null).
+    Compaction(Option<Cow<'a, str>>),
+    Other { kind: Cow<'a, str> },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MessageDelta<'a> {
+    pub stop_reason: Option<Cow<'a, str>>,
+    pub stop_sequence: Option<Cow<'a, str>>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StreamError<'a> {
+    pub kind: Option<Cow<'a, str>>,
+    pub message: Option<Cow<'a, str>>,
+}
+
+/// Why an event's data could not be understood.
+#[derive(Debug)]
+pub struct EventError(serde_json::Error);
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed stream event: {}", self.0)
+    }
+}
+
+impl std::error::Error for EventError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl From<serde_json::Error> for EventError {
+    fn from(e: serde_json::Error) -> Self {
+        Self(e)
+    }
+}
+
+/// Parse one SSE event (`event:` name and `data:` payload).
+///
+/// The event name selects the shape (Anthropic always sends name == JSON
+/// `type`); a missing or unrecognised name falls back to the JSON `type`.
+///
+/// # Errors
+/// When `data` is not JSON or a known event has the wrong shape.
+pub fn parse_event<'a>(name: &str, data: &'a str) -> Result<Event<'a>, EventError> {
+    if let Some(ev) = parse_known(name, data)? {
+        return Ok(ev);
+    }
+    let head: TypeOnly<'a> = serde_json::from_str(data)?;
+    let kind = head.kind.map(Str::into_cow).unwrap_or_default();
+    Ok(parse_known(&kind, data)?.unwrap_or(Event::Unknown { kind }))
+}
+
+fn parse_known<'a>(kind: &str, data: &'a str) -> Result<Option<Event<'a>>, EventError> {
+    Ok(Some(match kind {
+        "content_block_delta" => {
+            let w: DeltaEventWire<'a> = serde_json::from_str(data)?;
+            Event::ContentBlockDelta {
+                index: w.index,
+                delta: w.delta.into_delta(),
+            }
+        }
+        "ping" => Event::Ping,
+        "content_block_start" => {
+            let w: BlockStartWire<'a> = serde_json::from_str(data)?;
+            let b: BlockWire<'a> = serde_json::from_str(w.content_block.get())?;
+            Event::ContentBlockStart(BlockStart {
+                index: w.index,
+                kind: b.kind.map(Str::into_cow).unwrap_or_default(),
+                id: b.id.map(Str::into_cow),
+                name: b.name.map(Str::into_cow),
+                raw: w.content_block,
+            })
+        }
+        "content_block_stop" => {
+            let w: IndexWire = serde_json::from_str(data)?;
+            Event::ContentBlockStop { index: w.index }
+        }
+        "message_start" => {
+            let w: MessageStartWire<'a> = serde_json::from_str(data)?;
+            Event::MessageStart(MessageStart {
+                id: w.message.id.map(Str::into_cow),
+                model: w.message.model.map(Str::into_cow),
+                usage: w.message.usage.unwrap_or_default(),
+            })
+        }
+        "message_delta" => {
+            let w: MessageDeltaWire<'a> = serde_json::from_str(data)?;
+            let delta = w.delta.unwrap_or_default();
+            Event::MessageDelta(MessageDelta {
+                stop_reason: delta.stop_reason.map(Str::into_cow),
+                stop_sequence: delta.stop_sequence.map(Str::into_cow),
+                usage: w.usage.unwrap_or_default(),
+            })
+        }
+        "message_stop" => Event::MessageStop,
+        "error" => {
+            let w: ErrorEventWire<'a> = serde_json::from_str(data)?;
+            let e = w.error.unwrap_or_default();
+            Event::Error(StreamError {
+                kind: e.kind.map(Str::into_cow),
+                message: e.message.map(Str::into_cow),
+            })
+        }
+        _ => return Ok(None),
+    }))
+}
+
+// ---- wire shapes -----------------------------------------------------------
+
+/// A JSON string that borrows from the input when it has no escapes.
+/// (`Option<Cow<str>>` with `#[serde(borrow)]` always copies; this does not.)
+#[derive(Debug, Default)]
+struct Str<'a>(Cow<'a, str>);
+
+impl<'a> Str<'a> {
+    fn into_cow(self) -> Cow<'a, str> {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for StrVisitor<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor(PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct IndexWire {
+    #[serde(default)]
+    index: u64,
+}
+
+#[derive(Deserialize)]
+struct DeltaEventWire<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow)]
+    delta: DeltaWire<'a>,
+}
+
+#[derive(Deserialize)]
+struct DeltaWire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow)]
+    text: Option<Str<'a>>,
+    #[serde(borrow)]
+    thinking: Option<Str<'a>>,
+    #[serde(borrow)]
+    signature: Option<Str<'a>>,
+    #[serde(borrow)]
+    partial_json: Option<Str<'a>>,
+    #[serde(borrow)]
+    citation: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<Str<'a>>,
+}
+
+impl<'a> DeltaWire<'a> {
+    fn into_delta(self) -> Delta<'a> {
+        let kind = self.kind.map(Str::into_cow).unwrap_or_default();
+        let text = |s: Option<Str<'a>>| s.map(Str::into_cow).unwrap_or_default();
+        match &*kind {
+            "text_delta" => Delta::Text(text(self.text)),
+            "thinking_delta" => Delta::Thinking(text(self.thinking)),
+            "signature_delta" => Delta::Signature(text(self.signature)),
+            "input_json_delta" => Delta::InputJson(text(self.partial_json)),
+            "citations_delta" => Delta::Citation(self.citation),
+            "compaction_delta" => Delta::Compaction(self.content.map(Str::into_cow)),
+            _ => Delta::Other { kind },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BlockStartWire<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow)]
+    content_block: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct BlockWire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow)]
+    id: Option<Str<'a>>,
+    #[serde(borrow)]
+    name: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MessageStartWire<'a> {
+    #[serde(borrow)]
+    message: MessageWire<'a>,
+}
+
+#[derive(Deserialize)]
+struct MessageWire<'a> {
+    #[serde(borrow)]
+    id: Option<Str<'a>>,
+    #[serde(borrow)]
+    model: Option<Str<'a>>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaWire<'a> {
+    #[serde(borrow)]
+    delta: Option<StopWire<'a>>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize, Default)]
+struct StopWire<'a> {
+    #[serde(borrow)]
+    stop_reason: Option<Str<'a>>,
+    #[serde(borrow)]
+    stop_sequence: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEventWire<'a> {
+    #[serde(borrow)]
+    error: Option<ErrorWire<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorWire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow)]
+    message: Option<Str<'a>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_delta_borrows() {
+        let data = r#"{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"Hi"}   }"#;
+        match parse_event("content_block_delta", data).unwrap() {
+            Event::ContentBlockDelta {
+                index: 2,
+                delta: Delta::Text(Cow::Borrowed("Hi")),
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn escaped_text_is_owned() {
+        let data = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\nb"}}"#;
+        match parse_event("content_block_delta", data).unwrap() {
+            Event::ContentBlockDelta {
+                delta: Delta::Text(t),
+                ..
+            } => assert_eq!(t, "a\nb"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_event_name_uses_type() {
+        let ev = parse_event("message", r#"{"type":"message_stop"}"#).unwrap();
+        assert!(matches!(ev, Event::MessageStop));
+        let ev = parse_event("message", r#"{"type":"brand_new"}"#).unwrap();
+        assert!(matches!(ev, Event::Unknown { kind } if kind == "brand_new"));
+    }
+
+    #[test]
+    fn error_event() {
+        let data = r#"{"type":"error","error":{"details":null,"type":"overloaded_error","message":"Overloaded"} }"#;
+        match parse_event("error", data).unwrap() {
+            Event::Error(e) => {
+                assert_eq!(e.kind.as_deref(), Some("overloaded_error"));
+                assert_eq!(e.message.as_deref(), Some("Overloaded"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_json_is_error() {
+        assert!(parse_event("message_start", "{not json").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Hot path of the ethereal gateway, free of Python:
+//!
+//! - [`sse`]: incremental WHATWG Server-Sent Events decoder;
+//! - [`event`]: Anthropic stream events parsed into one hub type;
+//! - [`tap`]: [`StreamTap`] / [`UsageTracker`], usage accounting over a stream;
+//! - [`tokens`]: input and output token estimates without a tokenizer.
+
+pub mod event;
+pub mod sse;
+pub mod tap;
+pub mod tokens;
+
+pub use event::{parse_event, Delta, Event, EventError, Usage};
+pub use sse::{Leftover, SseDecoder, SseEvent};
+pub use tap::{FinalUsage, StreamTap, UsageTracker};
+pub use tokens::{estimate_text_tokens, estimate_tokens, EstimateError};
