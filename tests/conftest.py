@@ -56,3 +56,39 @@ def gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     key, _ = mint_into(data_dir, name="test")
     with gateway_process(data_dir, sim_url) as url:
         yield Gateway(url=url, key=key, data_dir=data_dir, sim_url=sim_url)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the whole run (see tests/services.py)."""
+    from tests.services import postgres_server
+
+    with postgres_server() as (server, _data_dir):
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """A fresh database in the throwaway cluster, one per test."""
+    import uuid
+
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    from tests.services import redis_server as start
+
+    with start() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> Iterator[str]:
+    """The throwaway Redis, flushed before each test that uses it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url

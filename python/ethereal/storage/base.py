@@ -12,6 +12,7 @@ from typing import Any
 
 from ethereal.keys import KeyRecord
 from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import StoredCredential
 
 KEY_MUTABLE_FIELDS = frozenset({
     "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
@@ -91,3 +92,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
         """Tokens and micro-USD spent so far per key."""
+
+    # upstream credentials (the API key arrives and leaves encrypted)
+    @abc.abstractmethod
+    async def upsert_credential(self, credential: StoredCredential) -> None: ...
+
+    @abc.abstractmethod
+    async def get_credential(self, name: str) -> StoredCredential | None: ...
+
+    @abc.abstractmethod
+    async def list_credentials(self) -> list[StoredCredential]: ...
+
+    @abc.abstractmethod
+    async def delete_credential(self, name: str) -> bool: ...

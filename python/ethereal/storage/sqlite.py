@@ -19,6 +19,7 @@ import orjson
 from ethereal.keys import KeyRecord
 from ethereal.metering.record import USAGE_COLUMNS, UsageRecord
 from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
+from ethereal.storage.records import CREDENTIAL_COLUMNS, StoredCredential
 
 T = TypeVar("T")
 
@@ -298,5 +299,50 @@ class SQLiteStore(Store):
                 row[0]: {"tokens": row[1] or 0, "cost_micro": row[2] or 0, "requests": row[3]}
                 for row in self.conn.execute(sql, key_ids).fetchall()
             }
+
+        return await self._run(go)
+
+    # upstream credentials
+    async def upsert_credential(self, credential: StoredCredential) -> None:
+        credential.updated_at = time.time()
+        row = []
+        for column in CREDENTIAL_COLUMNS:
+            value = getattr(credential, column)
+            if column == "models" and value is not None:
+                value = orjson.dumps(value).decode()
+            elif column == "enabled":
+                value = int(value)
+            row.append(value)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in CREDENTIAL_COLUMNS if c not in ("name", "created_at"))
+        sql = (
+            f"INSERT INTO upstream_credentials ({','.join(CREDENTIAL_COLUMNS)})"
+            f" VALUES ({','.join('?' * len(CREDENTIAL_COLUMNS))}) ON CONFLICT (name) DO UPDATE SET {updates}"
+        )
+        await self._run(lambda: self.conn.execute(sql, row))
+
+    @staticmethod
+    def _credential(row: sqlite3.Row) -> StoredCredential:
+        data = dict(row)
+        data["models"] = orjson.loads(data["models"]) if data["models"] else None
+        data["enabled"] = bool(data["enabled"])
+        return StoredCredential(**data)
+
+    async def get_credential(self, name: str) -> StoredCredential | None:
+        def go() -> StoredCredential | None:
+            row = self.conn.execute("SELECT * FROM upstream_credentials WHERE name = ?", (name,)).fetchone()
+            return self._credential(row) if row else None
+
+        return await self._run(go)
+
+    async def list_credentials(self) -> list[StoredCredential]:
+        def go() -> list[StoredCredential]:
+            rows = self.conn.execute("SELECT * FROM upstream_credentials ORDER BY name").fetchall()
+            return [self._credential(r) for r in rows]
+
+        return await self._run(go)
+
+    async def delete_credential(self, name: str) -> bool:
+        def go() -> bool:
+            return self.conn.execute("DELETE FROM upstream_credentials WHERE name = ?", (name,)).rowcount > 0
 
         return await self._run(go)

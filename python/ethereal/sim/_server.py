@@ -1,0 +1,729 @@
+"""The HTTP/1.1 server: an asyncio Protocol over httptools, routing, faults, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import time
+import uuid
+import zlib
+from collections import deque
+from typing import Any, Callable
+
+import httptools
+import orjson
+
+from . import _gen
+from ._gen import RequestError, invalid
+from ._models import INFO_BY_NAME, MODEL_INFOS, resolve_model
+from ._replay import Library
+
+MAX_BODY = 32 * 1024 * 1024
+
+_REASONS = {
+    100: b"Continue", 200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+    404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
+    413: b"Payload Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
+    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout", 529: b"Site Overloaded",
+}
+_STATUS_LINE = {k: b"HTTP/1.1 %d %s\r\n" % (k, v) for k, v in _REASONS.items()}
+_RETRYABLE = {408, 409, 429, 500, 502, 503, 504, 529}
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", "Invalid request"),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Permission denied"),
+    404: ("not_found_error", "Not Found"),
+    413: ("request_too_large", "Request exceeds the maximum size"),
+    429: ("rate_limit_error",
+          "This request would exceed the rate limit for your organization of 50 requests per minute. "
+          "For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response "
+          "headers for current usage. Please reduce the prompt length or the maximum tokens requested, or "
+          "try again later. You may also contact sales at https://www.anthropic.com/contact-sales to discuss "
+          "your options for a rate limit increase."),
+    500: ("api_error", "Internal server error"),
+    503: ("overloaded_error", "Overloaded"),
+    504: ("timeout_error", "Request timeout"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+# fault kinds and their aliases
+FAULT_KINDS = {
+    "429": "429", "rate_limit": "429", "rate_limit_error": "429",
+    "529": "529", "overloaded": "529", "overloaded_error": "529",
+    "500": "500", "api_error": "500", "internal": "500",
+    "503": "503", "504": "504", "403": "403", "400": "400", "413": "413",
+    "401": "401", "auth": "401", "authentication_error": "401",
+    "reset": "reset", "reset_before": "reset", "connection_reset": "reset",
+    "reset_mid": "reset_mid", "mid_stream_reset": "reset_mid",
+    "error_mid": "error_mid", "mid_stream_error": "error_mid", "stream_error": "error_mid",
+    "slow": "slow", "slow_first_byte": "slow", "delay": "slow",
+}
+_DEFAULT_FAULT_PATHS = ("/v1/messages",)
+
+
+def _norm_path(path: str) -> str:
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    if path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/models") or path.startswith("/_sim/"):
+        return path
+    return "other"
+
+
+class Fault:
+    __slots__ = ("kind", "count", "retry_after", "after_events", "delay_ms", "paths", "message")
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        raw = str(spec.get("fault", spec.get("kind", ""))).strip().lower()
+        kind = FAULT_KINDS.get(raw)
+        if kind is None:
+            raise ValueError(f"unknown fault {raw!r}; one of {sorted(set(FAULT_KINDS))}")
+        self.kind = kind
+        self.count = int(spec.get("count", 1))
+        ra = spec.get("retry_after")
+        self.retry_after = None if ra is None else ra
+        ae = spec.get("after_events")
+        self.after_events = 3 if ae is None else max(0, int(ae))
+        self.delay_ms = float(spec.get("delay_ms") or (1000 if kind == "slow" and "delay_ms" not in spec else 0))
+        paths = spec.get("paths")
+        if paths in (None, []):
+            self.paths: tuple[str, ...] | None = _DEFAULT_FAULT_PATHS
+        elif paths == "*" or paths == ["*"]:
+            self.paths = None
+        else:
+            self.paths = tuple(str(p).split("?", 1)[0] for p in paths)
+        self.message = spec.get("message")
+
+    def matches(self, path: str) -> bool:
+        if self.paths is None:
+            return path.startswith("/v1/")
+        return path in self.paths
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fault": self.kind, "count": self.count, "retry_after": self.retry_after,
+                "after_events": self.after_events, "delay_ms": self.delay_ms,
+                "paths": list(self.paths) if self.paths is not None else ["*"]}
+
+    @classmethod
+    def from_directive(cls, value: str) -> "Fault":
+        # sim:fault=KIND[,key=value...]
+        parts = value.split(",")
+        spec: dict[str, Any] = {"fault": parts[0]}
+        for p in parts[1:]:
+            if "=" in p:
+                k, v = p.split("=", 1)
+                spec[k.strip()] = v.strip()
+        spec["paths"] = "*"
+        return cls(spec)
+
+
+class SimState:
+    """Everything shared across connections: config, prompt cache, faults, stats, fixtures."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.cache = _gen.PromptCache(config.cache_min_tokens)
+        self.library = Library(config.fixtures_dir)
+        self.faults: list[Fault] = []
+        self.stats: dict[str, dict[str, int]] = {}
+        self.total = 0
+        self.connections = 0
+        self.open_connections = 0
+        self.seed_crc = zlib.crc32(str(config.seed).encode())
+        _gen.seed_ids(config.seed ^ int(time.time() * 1e6))
+        self.api_keys: set[bytes] | None = (
+            None if config.api_keys is None else {k.encode() for k in config.api_keys})
+        org = config.organization_id or str(uuid.UUID(int=zlib.crc32(b"org%d" % config.seed) * 2**96 + 0x4000))
+        self.org_line = b"anthropic-organization-id: " + org.encode() + b"\r\n"
+        self._date = b""
+        self._date_t = -1
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_t:
+            self._date_t = now
+            self._date = email.utils.formatdate(now, usegmt=True).encode()
+        return self._date
+
+    def count(self, path: str, status: int | str) -> None:
+        self.total += 1
+        per = self.stats.get(path)
+        if per is None:
+            per = self.stats[path] = {}
+        key = str(status)
+        per[key] = per.get(key, 0) + 1
+
+    def take_fault(self, path: str) -> Fault | None:
+        for i, f in enumerate(self.faults):
+            if f.matches(path):
+                f.count -= 1
+                if f.count <= 0:
+                    del self.faults[i]
+                return f
+        return None
+
+    def reset(self) -> None:
+        self.faults.clear()
+        self.stats.clear()
+        self.total = 0
+        self.cache.clear()
+
+
+def _error_body(status: int, rid: str, etype: str | None = None, message: str | None = None) -> bytes:
+    dt, dm = _ERROR_TYPES.get(status, ("api_error", "Internal server error"))
+    return orjson.dumps({"type": "error", "error": {"type": etype or dt, "message": message or dm},
+                         "request_id": rid})
+
+
+_WANTED = {b"x-api-key", b"authorization", b"anthropic-version", b"expect"}
+
+
+class SimProtocol(asyncio.Protocol):
+    __slots__ = ("state", "transport", "parser", "url", "headers", "body", "body_len", "too_large",
+                 "pending", "busy", "closed", "task", "_can_write", "_paused_reading")
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+        self.transport: Any = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.too_large = False
+        self.pending: deque = deque()
+        self.busy = False
+        self.closed = False
+        self.task: asyncio.Task | None = None
+        self._can_write: asyncio.Future | None = None
+        self._paused_reading = False
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.state.connections += 1
+        self.state.open_connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.open_connections -= 1
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._can_write is None or self._can_write.done():
+            self._can_write = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._plain(400, b'{"error":"upgrade not supported"}', close=True)
+        except httptools.HttpParserError:
+            rid = _gen.request_id()
+            self._send_json(400, _error_body(400, rid, message="malformed HTTP request"), rid, close=True)
+
+    # ---------------------------------------------------------------- httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = {}
+        self.body = []
+        self.body_len = 0
+        self.too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _WANTED:
+            self.headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        if self.headers.get(b"expect", b"").lower() == b"100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self.too_large:
+            return
+        self.body_len += len(body)
+        if self.body_len > self.state.config.max_body_bytes:
+            self.too_large = True
+            self.body = []
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method()
+        keep = self.parser.should_keep_alive()
+        body = b"".join(self.body) if self.body else b""
+        self.pending.append((method, self.url, self.headers, body, keep, self.too_large))
+        self.body = []
+        if len(self.pending) > 64 and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        if not self.busy:
+            self._drain()
+
+    # ---------------------------------------------------------------- request queue
+    def _drain(self) -> None:
+        while self.pending and not self.busy and not self.closed:
+            req = self.pending.popleft()
+            coro = self._handle(*req)
+            if coro is not None:
+                self.busy = True
+                self.task = asyncio.ensure_future(coro)
+                self.task.add_done_callback(self._async_done)
+                return
+            if not req[4]:  # not keep-alive
+                self._close()
+                return
+        if self._paused_reading and len(self.pending) < 8 and not self.closed:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    def _async_done(self, task: asyncio.Task) -> None:
+        self.busy = False
+        self.task = None
+        if not task.cancelled() and task.exception() is not None:
+            self.transport.abort()
+            self.closed = True
+            return
+        keep = task.result() if not task.cancelled() else False
+        if not keep:
+            self._close()
+            return
+        self._drain()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    # ---------------------------------------------------------------- writing
+    def _head(self, status: int, ctype: bytes, rid: str, length: int | None, extra: bytes = b"",
+              close: bool = False) -> bytes:
+        st = self.state
+        parts = [
+            _STATUS_LINE.get(status) or b"HTTP/1.1 %d Error\r\n" % status,
+            b"date: ", st.date(), b"\r\ncontent-type: ", ctype, b"\r\n",
+            b"content-length: %d\r\n" % length if length is not None else b"transfer-encoding: chunked\r\n",
+            b"connection: close\r\n" if close else b"connection: keep-alive\r\n",
+            b"request-id: ", rid.encode(), b"\r\n", st.org_line,
+        ]
+        if status >= 400:
+            parts.append(b"x-should-retry: true\r\n" if status in _RETRYABLE else b"x-should-retry: false\r\n")
+        if extra:
+            parts.append(extra)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _send_json(self, status: int, body: bytes, rid: str, extra: bytes = b"", close: bool = False) -> None:
+        self.transport.write(self._head(status, b"application/json", rid, len(body), extra, close) + body)
+        if close:
+            self._close()
+
+    def _plain(self, status: int, body: bytes, close: bool = False) -> None:
+        self._send_json(status, body, _gen.request_id(), close=close)
+
+    # ---------------------------------------------------------------- routing
+    def _handle(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes, keep: bool,
+                too_large: bool):
+        st = self.state
+        raw_path, _, query = url.partition(b"?")
+        path = raw_path.decode("latin-1")
+        close = not keep
+        rid = _gen.request_id()
+        npath = _norm_path(path)
+
+        if path.startswith("/_sim/"):
+            st.count(npath, 200)
+            return self._control(method, path, body, rid, close)
+
+        if too_large:
+            st.count(npath, 413)
+            self._send_json(413, b'{"error":{"type":"request_too_large","message":"Request exceeds the maximum '
+                                 b'size"}}', rid, close=close)
+            return None
+
+        if path in ("/", "") and method in (b"GET", b"HEAD"):
+            st.count(npath, 200)
+            self._send_json(200, b'{"ok":true}', rid, close=close)
+            return None
+
+        is_messages = path == "/v1/messages"
+        is_count = path == "/v1/messages/count_tokens"
+        is_models = path == "/v1/models" or path.startswith("/v1/models/")
+        if not (is_messages or is_count or is_models):
+            st.count(npath, 404)
+            self._send_json(404, _error_body(404, rid), rid, close=close)
+            return None
+        want = b"GET" if is_models else b"POST"
+        if method != want:
+            st.count(npath, 405)
+            self._send_json(405, _error_body(405, rid, "invalid_request_error",
+                                             f"Method Not Allowed: {method.decode()} {path}"), rid, close=close)
+            return None
+
+        fault = st.take_fault(path)
+
+        try:
+            # auth
+            keys = st.api_keys
+            key = headers.get(b"x-api-key")
+            if key is None:
+                auth = headers.get(b"authorization")
+                if auth is not None and auth[:7].lower() == b"bearer ":
+                    key = auth[7:].strip()
+            if not key or (keys is not None and key not in keys):
+                raise RequestError(401, "authentication_error", "invalid x-api-key")
+            if b"anthropic-version" not in headers:
+                raise invalid("anthropic-version: header is required")
+
+            if is_models:
+                return self._finish(self._models(path, query), rid, close, fault, npath)
+
+            try:
+                req = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise invalid(f"There was an error parsing the body of your request: {exc}") from None
+            if not isinstance(req, dict):
+                raise invalid("Input should be a valid dictionary")
+            model = req.get("model")
+            if model is None:
+                raise invalid("model: Field required")
+            if not isinstance(model, str):
+                raise invalid("model: Input should be a valid string")
+            messages = req.get("messages")
+            if messages is None:
+                raise invalid("messages: Field required")
+            if not isinstance(messages, list):
+                raise invalid("messages: Input should be a valid list")
+            for i, m in enumerate(messages):
+                if not isinstance(m, dict):
+                    raise invalid(f"messages.{i}: Input should be a valid dictionary")
+                if m.get("role") not in ("user", "assistant"):
+                    raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+                if "content" not in m:
+                    raise invalid(f"messages.{i}.content: Field required")
+            resolved = resolve_model(model)
+            if resolved is None:
+                raise RequestError(404, "not_found_error", f"model: {model}")
+            model_id, max_out = resolved
+            has_cc = b'"cache_control"' in body
+
+            if is_count:
+                itok = max(1, (_gen.count_input_chars(req) + 3) // 4)
+                return self._finish(("json", 200, orjson.dumps({"input_tokens": itok}), b""), rid, close,
+                                    fault, npath)
+
+            max_tokens = req.get("max_tokens")
+            if max_tokens is None:
+                raise invalid("max_tokens: Field required")
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+                raise invalid("max_tokens: Input should be a valid integer")
+            if max_tokens < 1:
+                raise invalid("max_tokens: Input should be greater than or equal to 1")
+            if max_out and max_tokens > max_out:
+                raise invalid(f"max_tokens: {max_tokens} > {max_out}, which is the maximum allowed number of "
+                              f"output tokens for {model_id}")
+            if not messages:
+                raise invalid("messages: at least one message is required")
+            stream = req.get("stream", False)
+            if not isinstance(stream, bool):
+                raise invalid("stream: Input should be a valid boolean")
+            thinking = req.get("thinking")
+            if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+                bt = thinking.get("budget_tokens")
+                if not isinstance(bt, int):
+                    raise invalid("thinking.enabled.budget_tokens: Field required")
+                if bt < 1024:
+                    raise invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+                if max_tokens <= bt:
+                    raise invalid("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                                  "documentation at https://docs.claude.com/en/docs/build-with-claude/"
+                                  "extended-thinking#max-tokens-and-context-window-size")
+                tc = req.get("tool_choice")
+                if isinstance(tc, dict) and tc.get("type") in ("any", "tool"):
+                    raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
+
+            text, has_tr = _gen.last_user_text(messages)
+            directives = _gen.parse_directives(text)
+            if "fault" in directives:
+                try:
+                    fault = Fault.from_directive(directives["fault"])
+                except ValueError as exc:
+                    raise invalid(f"sim: {exc}") from None
+
+            if "replay" in directives:
+                rec = st.library.get(directives["replay"])
+                if rec is None:
+                    raise invalid(f"sim: unknown replay fixture {directives['replay']!r}")
+                if stream:
+                    action = ("sse", rec.frames, None, self._timing(directives))
+                else:
+                    action = ("json", 200, rec.message(), b"")
+                return self._finish(action, rid, close, fault, npath)
+
+            seed = zlib.crc32(body, st.seed_crc)
+            usage = st.cache.account(req, model_id, has_cc)
+            plan = _gen.plan_response(req, model_id, seed, directives, has_tr, usage)
+            msg_id = _gen.message_id()
+            timing = self._timing(directives)
+            if stream:
+                frames, costs = _gen.render_frames(plan, msg_id)
+                action = ("sse", frames, costs, timing)
+            else:
+                latency, ttft, tps = timing
+                extra_delay = ttft + (plan.output_tokens / tps if tps > 0 else 0.0)
+                action = ("json", 200, _gen.render_message(plan, msg_id), b"", extra_delay)
+            return self._finish(action, rid, close, fault, npath)
+        except RequestError as exc:
+            # a scheduled status/reset fault still wins over the request error (_finish swaps the action):
+            # it happens "in front of" the API, like a real overload or rate limit
+            return self._finish(("json", exc.status, _error_body(exc.status, rid, exc.etype, exc.message), b""),
+                                rid, close, fault, npath)
+
+    def _timing(self, directives: dict[str, str]) -> tuple[float, float, float]:
+        cfg = self.state.config
+        lat = _gen.directive_int(directives, "latency")
+        ttft = _gen.directive_int(directives, "ttft")
+        tps = _gen.directive_int(directives, "tps")
+        return ((cfg.latency_ms if lat is None else lat) / 1000.0,
+                (cfg.ttft_ms if ttft is None else ttft) / 1000.0,
+                float(cfg.tokens_per_second if tps is None else tps))
+
+    def _models(self, path: str, query: bytes) -> tuple:
+        if path.startswith("/v1/models/"):
+            mid = path[len("/v1/models/"):]
+            info = INFO_BY_NAME.get(mid)
+            if info is None:
+                raise RequestError(404, "not_found_error", f"model: {mid}")
+            return ("json", 200, orjson.dumps(info), b"")
+        params: dict[str, str] = {}
+        if query:
+            from urllib.parse import parse_qsl
+            params = dict(parse_qsl(query.decode("latin-1")))
+        try:
+            limit = int(params.get("limit", 20))
+        except ValueError:
+            raise invalid("limit: Input should be a valid integer") from None
+        if not 1 <= limit <= 1000:
+            raise invalid("limit: Input should be between 1 and 1000")
+        ids = [m["id"] for m in MODEL_INFOS]
+        data = MODEL_INFOS
+        if params.get("after_id"):
+            a = params["after_id"]
+            start = ids.index(a) + 1 if a in ids else len(ids)
+            page = data[start:start + limit]
+            has_more = start + limit < len(data)
+        elif params.get("before_id"):
+            b = params["before_id"]
+            end = ids.index(b) if b in ids else 0
+            page = data[max(0, end - limit):end]
+            has_more = end - limit > 0
+        else:
+            page = data[:limit]
+            has_more = limit < len(data)
+        return ("json", 200, orjson.dumps({
+            "data": page, "has_more": has_more,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None}), b"")
+
+    # ---------------------------------------------------------------- executing an action
+    def _finish(self, action: tuple, rid: str, close: bool, fault: Fault | None, npath: str):
+        """Runs the action now when nothing needs waiting, else returns a coroutine."""
+        delay = 0.0
+        kind = action[0]
+        if kind == "sse":
+            delay = action[3][0]
+            needs_async = action[3][1] > 0 or action[3][2] > 0
+        else:
+            delay = self.state.config.latency_ms / 1000.0 if len(action) < 5 else action[4] + \
+                self.state.config.latency_ms / 1000.0
+            needs_async = False
+        if fault is not None:
+            delay += fault.delay_ms / 1000.0
+            k = fault.kind
+            if k in ("reset", "reset_mid", "error_mid", "slow"):
+                if k == "reset":
+                    action = ("reset",)
+                elif kind == "json" and action[1] == 200:
+                    if k == "error_mid":
+                        action = ("json", 529, _error_body(529, rid), b"")
+                    elif k == "reset_mid":
+                        action = ("json_reset",) + action[1:]
+            else:
+                status = int(k)
+                extra = b""
+                if status == 429 or fault.retry_after is not None:
+                    extra = b"retry-after: %s\r\n" % str(fault.retry_after if fault.retry_after is not None
+                                                         else 1).encode()
+                action = ("json", status, _error_body(status, rid, message=fault.message), extra)
+        if delay > 0 or needs_async:
+            return self._run_async(delay, action, rid, close, fault, npath)
+        self._execute(action, rid, close, fault, npath)
+        return None
+
+    def _execute(self, action: tuple, rid: str, close: bool, fault: Fault | None, npath: str) -> None:
+        kind = action[0]
+        st = self.state
+        if kind == "json":
+            st.count(npath, action[1])
+            self._send_json(action[1], action[2], rid, action[3], close=False)
+        elif kind == "reset":
+            st.count(npath, "reset")
+            self.closed = True
+            self.transport.abort()
+        elif kind == "json_reset":
+            st.count(npath, "reset")
+            body = action[2]
+            self.transport.write(self._head(action[1], b"application/json", rid, len(body)) + body[:len(body) // 2])
+            self.closed = True
+            self.transport.abort()
+        else:  # sse, nothing to wait for
+            frames = action[1]
+            epw = max(1, st.config.events_per_write)
+            t = self.transport
+            t.write(self._head(200, b"text/event-stream; charset=utf-8", rid, None,
+                               b"cache-control: no-cache\r\n"))
+            cut = None
+            if fault is not None and fault.kind in ("reset_mid", "error_mid"):
+                cut = min(fault.after_events, len(frames))
+            n = len(frames) if cut is None else cut
+            for i in range(0, n, epw):
+                chunk = b"".join(frames[i:min(i + epw, n)])
+                t.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            if cut is not None and fault.kind == "reset_mid":
+                st.count(npath, "reset")
+                self.closed = True
+                t.abort()
+                return
+            if cut is not None:
+                ef = _gen.error_frame(rid, pad=len(rid))
+                t.write(b"%x\r\n" % len(ef) + ef + b"\r\n")
+            st.count(npath, 200)
+            t.write(b"0\r\n\r\n")
+
+    async def _run_async(self, delay: float, action: tuple, rid: str, close: bool, fault: Fault | None,
+                         npath: str) -> bool:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.closed:
+            return False
+        if action[0] != "sse" or (action[3][1] <= 0 and action[3][2] <= 0):
+            self._execute(action, rid, close, fault, npath)
+            return not close and not self.closed
+        # paced stream
+        st = self.state
+        frames, costs, (_lat, ttft, tps) = action[1], action[2], action[3]
+        epw = max(1, st.config.events_per_write)
+        t = self.transport
+        t.write(self._head(200, b"text/event-stream; charset=utf-8", rid, None, b"cache-control: no-cache\r\n"))
+        cut = None
+        if fault is not None and fault.kind in ("reset_mid", "error_mid"):
+            cut = min(fault.after_events, len(frames))
+        n = len(frames) if cut is None else cut
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        target = 0.0
+        buf: list[bytes] = []
+
+        def flush() -> None:
+            if buf:
+                chunk = b"".join(buf)
+                t.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                buf.clear()
+
+        for i in range(n):
+            d = 0.0
+            if i == 1:
+                d += ttft
+            if tps > 0:
+                if costs is not None:
+                    d += costs[i] / tps
+                elif frames[i].startswith(b"event: content_block_delta"):
+                    d += 1.0 / tps  # replay: one token-time per delta
+            if d > 0:
+                flush()
+                target += d
+                wait = t0 + target - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self.closed:
+                    return False
+                if self._can_write is not None and not self._can_write.done():
+                    await self._can_write
+                    if self.closed:
+                        return False
+            buf.append(frames[i])
+            if len(buf) >= epw:
+                flush()
+        flush()
+        if cut is not None and fault is not None and fault.kind == "reset_mid":
+            st.count(npath, "reset")
+            self.closed = True
+            t.abort()
+            return False
+        if cut is not None:
+            ef = _gen.error_frame(rid, pad=len(rid))
+            t.write(b"%x\r\n" % len(ef) + ef + b"\r\n")
+        st.count(npath, 200)
+        t.write(b"0\r\n\r\n")
+        return not close
+
+    # ---------------------------------------------------------------- control API
+    def _control(self, method: bytes, path: str, body: bytes, rid: str, close: bool):
+        st = self.state
+        try:
+            if path == "/_sim/faults" and method == b"POST":
+                spec = orjson.loads(body) if body else {}
+                if spec.get("clear"):
+                    st.faults.clear()
+                specs = spec.get("faults") if isinstance(spec.get("faults"), list) else (
+                    [spec] if ("fault" in spec or "kind" in spec) else [])
+                for s in specs:
+                    st.faults.append(Fault(s))
+                out = {"faults": [f.to_json() for f in st.faults]}
+            elif path == "/_sim/faults" and method == b"GET":
+                out = {"faults": [f.to_json() for f in st.faults]}
+            elif path == "/_sim/stats":
+                out = {"total": st.total, "requests": st.stats, "connections": st.connections,
+                       "open_connections": st.open_connections, "faults_pending": len(st.faults)}
+            elif path == "/_sim/reset" and method == b"POST":
+                st.reset()
+                out = {"ok": True}
+            elif path == "/_sim/config":
+                cfg = st.config
+                if method == b"POST" and body:
+                    for k, v in orjson.loads(body).items():
+                        if k in ("latency_ms", "ttft_ms", "tokens_per_second"):
+                            setattr(cfg, k, float(v))
+                        elif k == "events_per_write":
+                            cfg.events_per_write = max(1, int(v))
+                        else:
+                            raise ValueError(f"unknown or read-only setting {k!r}")
+                out = {"latency_ms": cfg.latency_ms, "ttft_ms": cfg.ttft_ms,
+                       "tokens_per_second": cfg.tokens_per_second, "events_per_write": cfg.events_per_write,
+                       "seed": cfg.seed}
+            elif path == "/_sim/fixtures":
+                out = {"fixtures": st.library.names()}
+            else:
+                self._send_json(404, _error_body(404, rid), rid, close=close)
+                return None
+        except (ValueError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
+            self._send_json(400, _error_body(400, rid, message=str(exc)), rid, close=close)
+            return None
+        self._send_json(200, orjson.dumps(out), rid, close=close)
+        return None
+
+
+def make_protocol_factory(state: SimState) -> Callable[[], SimProtocol]:
+    return lambda: SimProtocol(state)
