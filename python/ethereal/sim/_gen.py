@@ -57,7 +57,7 @@ def _build_table() -> list[str]:
     capital = True
     until_period = rng.randint(6, 16)
     while len(out) < TABLE_SIZE:
-        first = rng.choice((2, 3, 4, 5, 6))
+        first = rng.choice((2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 6))
         for length in (first, 8 - first):  # lengths incl. the leading space; each pair sums to 8
             until_period -= 1
             end = until_period <= 0 and length >= 3
@@ -76,9 +76,11 @@ def _build_table() -> list[str]:
 
 TOKENS: list[str] = _build_table()
 # per-delta group sizes (tokens per text_delta), mean 3
-_GROUPS = bytes(random.Random(7).choice((1, 2, 3, 3, 4, 5)) for _ in range(4096))
+_rg = random.Random(7)
+_GROUPS = bytes(_rg.choice((1, 2, 3, 3, 4, 5)) for _ in range(4096))
 # padding lengths 0..15 for data lines
-PADS = bytes(random.Random(11).randrange(16) for _ in range(4096))
+_rp = random.Random(11)
+PADS = bytes(_rp.randrange(16) for _ in range(4096))
 SPACES = [b" " * i for i in range(16)]
 
 
@@ -493,7 +495,8 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
     tools = req.get("tools")
     tool_choice = req.get("tool_choice") if isinstance(req.get("tool_choice"), dict) else {}
     tc_type = tool_choice.get("type", "auto")
-    custom = [t for t in tools if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)] \
+    custom = [t for t in tools
+              if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)] \
         if isinstance(tools, list) else []
     want_tools = bool(custom) and tc_type != "none" and (not has_tool_result or tc_type in ("any", "tool"))
     if want_tools:
@@ -670,7 +673,8 @@ def render_frames(p: Plan, msg_id: str) -> tuple[list[bytes], list[int]]:
         elif kind == THINKING:
             start = {"type": "thinking", "thinking": "", "signature": ""}
         else:
-            start = {"type": "tool_use", "id": blk[1], "name": blk[2], "input": {}, "caller": {"type": "direct"}}
+            start = {"type": "tool_use", "id": blk[1], "name": blk[2], "input": {},
+                     "caller": {"type": "direct"}}
         frame(b"content_block_start",
               b'{"type":"content_block_start","index":' + ib + b',"content_block":' + dumps(start) + b"}")
         if idx == 0:

@@ -86,24 +86,29 @@ class Library:
         env = fixtures_dir or os.environ.get("ETHEREAL_FIXTURES_DIR")
         if env:
             base = Path(env)
-            dirs += [base, base / "anthropic" / "recorded" / "sse-extracted", base / "sse-extracted"]
+            dirs += [base, base / "anthropic" / "recorded" / "sse-extracted", base / "sse-extracted",
+                     base / "anthropic" / "stream-fixtures-sdk-python"]
         dirs.append(BUNDLED)
         self.dirs = dirs
         self._cache: dict[str, Recording | None] = {}
 
     def get(self, name: str) -> Recording | None:
-        if name.endswith(".sse"):
+        if name.endswith((".sse", ".txt")):
             name = name[:-4]
         if name in self._cache:
             return self._cache[name]
         rec = None
         if _NAME_OK.match(name) and ".." not in name:
             for d in self.dirs:
-                path = d / (name + ".sse")
-                if path.is_file():
-                    rec = Recording(name, path.read_bytes())
+                # .txt: the SDK's hand-written stream fixtures, replayable when ETHEREAL_FIXTURES_DIR has them
+                for path in (d / (name + ".sse"), d / (name + ".txt")):
+                    if path.is_file():
+                        rec = Recording(name, path.read_bytes())
+                        break
+                if rec is not None:
                     break
-        self._cache[name] = rec
+        if rec is not None:
+            self._cache[name] = rec
         return rec
 
     def names(self) -> list[str]:
@@ -111,4 +116,5 @@ class Library:
         for d in self.dirs:
             if d.is_dir():
                 seen.update(p.stem for p in d.glob("*.sse"))
+                seen.update(p.stem for p in d.glob("*.txt"))
         return sorted(seen)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import math
 import time
+import traceback
 import uuid
 import zlib
 from collections import deque
@@ -19,7 +19,12 @@ from ._gen import RequestError, invalid
 from ._models import INFO_BY_NAME, MODEL_INFOS, resolve_model
 from ._replay import Library
 
-MAX_BODY = 32 * 1024 * 1024
+TOO_LARGE = b'{"error":{"type":"request_too_large","message":"Request exceeds the maximum size"}}'
+SSE_TYPE = b"text/event-stream; charset=utf-8"
+NO_CACHE = b"cache-control: no-cache\r\n"
+THINKING_BUDGET_MSG = (
+    "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size")
 
 _REASONS = {
     100: b"Continue", 200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
@@ -85,7 +90,8 @@ class Fault:
         self.retry_after = None if ra is None else ra
         ae = spec.get("after_events")
         self.after_events = 3 if ae is None else max(0, int(ae))
-        self.delay_ms = float(spec.get("delay_ms") or (1000 if kind == "slow" and "delay_ms" not in spec else 0))
+        default_delay = 1000 if kind == "slow" and "delay_ms" not in spec else 0
+        self.delay_ms = float(spec.get("delay_ms") or default_delay)
         paths = spec.get("paths")
         if paths in (None, []):
             self.paths: tuple[str, ...] | None = _DEFAULT_FAULT_PATHS
@@ -134,7 +140,8 @@ class SimState:
         _gen.seed_ids(config.seed ^ int(time.time() * 1e6))
         self.api_keys: set[bytes] | None = (
             None if config.api_keys is None else {k.encode() for k in config.api_keys})
-        org = config.organization_id or str(uuid.UUID(int=zlib.crc32(b"org%d" % config.seed) * 2**96 + 0x4000))
+        org = config.organization_id or str(
+            uuid.UUID(int=zlib.crc32(b"org%d" % config.seed) * 2**96 + 0x4000))
         self.org_line = b"anthropic-organization-id: " + org.encode() + b"\r\n"
         self._date = b""
         self._date_t = -1
@@ -276,7 +283,13 @@ class SimProtocol(asyncio.Protocol):
     def _drain(self) -> None:
         while self.pending and not self.busy and not self.closed:
             req = self.pending.popleft()
-            coro = self._handle(*req)
+            try:
+                coro = self._handle(*req)
+            except Exception:  # a bug: say so loudly, answer like the API would, keep serving
+                traceback.print_exc()
+                rid = _gen.request_id()
+                self._send_json(500, _error_body(500, rid), rid, close=True)
+                return
             if coro is not None:
                 self.busy = True
                 self.task = asyncio.ensure_future(coro)
@@ -293,6 +306,8 @@ class SimProtocol(asyncio.Protocol):
         self.busy = False
         self.task = None
         if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
             self.transport.abort()
             self.closed = True
             return
@@ -319,7 +334,8 @@ class SimProtocol(asyncio.Protocol):
             b"request-id: ", rid.encode(), b"\r\n", st.org_line,
         ]
         if status >= 400:
-            parts.append(b"x-should-retry: true\r\n" if status in _RETRYABLE else b"x-should-retry: false\r\n")
+            parts.append(b"x-should-retry: true\r\n" if status in _RETRYABLE
+                         else b"x-should-retry: false\r\n")
         if extra:
             parts.append(extra)
         parts.append(b"\r\n")
@@ -343,19 +359,22 @@ class SimProtocol(asyncio.Protocol):
         rid = _gen.request_id()
         npath = _norm_path(path)
 
-        if path.startswith("/_sim/"):
-            st.count(npath, 200)
+        if path.startswith("/_sim/"):  # not counted in the stats
             return self._control(method, path, body, rid, close)
 
         if too_large:
             st.count(npath, 413)
-            self._send_json(413, b'{"error":{"type":"request_too_large","message":"Request exceeds the maximum '
-                                 b'size"}}', rid, close=close)
+            self._send_json(413, TOO_LARGE, rid, close=close)
             return None
 
         if path in ("/", "") and method in (b"GET", b"HEAD"):
             st.count(npath, 200)
-            self._send_json(200, b'{"ok":true}', rid, close=close)
+            if method == b"HEAD":
+                self.transport.write(self._head(200, b"application/json", rid, 11, close=close))
+                if close:
+                    self._close()
+            else:
+                self._send_json(200, b'{"ok":true}', rid, close=close)
             return None
 
         is_messages = path == "/v1/messages"
@@ -368,8 +387,8 @@ class SimProtocol(asyncio.Protocol):
         want = b"GET" if is_models else b"POST"
         if method != want:
             st.count(npath, 405)
-            self._send_json(405, _error_body(405, rid, "invalid_request_error",
-                                             f"Method Not Allowed: {method.decode()} {path}"), rid, close=close)
+            msg = f"Method Not Allowed: {method.decode()} {path}"
+            self._send_json(405, _error_body(405, rid, "invalid_request_error", msg), rid, close=close)
             return None
 
         fault = st.take_fault(path)
@@ -445,11 +464,10 @@ class SimProtocol(asyncio.Protocol):
                 if not isinstance(bt, int):
                     raise invalid("thinking.enabled.budget_tokens: Field required")
                 if bt < 1024:
-                    raise invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+                    raise invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to "
+                                  "1024")
                 if max_tokens <= bt:
-                    raise invalid("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
-                                  "documentation at https://docs.claude.com/en/docs/build-with-claude/"
-                                  "extended-thinking#max-tokens-and-context-window-size")
+                    raise invalid(THINKING_BUDGET_MSG)
                 tc = req.get("tool_choice")
                 if isinstance(tc, dict) and tc.get("type") in ("any", "tool"):
                     raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
@@ -488,7 +506,8 @@ class SimProtocol(asyncio.Protocol):
         except RequestError as exc:
             # a scheduled status/reset fault still wins over the request error (_finish swaps the action):
             # it happens "in front of" the API, like a real overload or rate limit
-            return self._finish(("json", exc.status, _error_body(exc.status, rid, exc.etype, exc.message), b""),
+            err = _error_body(exc.status, rid, exc.etype, exc.message)
+            return self._finish(("json", exc.status, err, b""),
                                 rid, close, fault, npath)
 
     def _timing(self, directives: dict[str, str]) -> tuple[float, float, float]:
@@ -585,15 +604,15 @@ class SimProtocol(asyncio.Protocol):
         elif kind == "json_reset":
             st.count(npath, "reset")
             body = action[2]
-            self.transport.write(self._head(action[1], b"application/json", rid, len(body)) + body[:len(body) // 2])
+            head = self._head(action[1], b"application/json", rid, len(body))
+            self.transport.write(head + body[:len(body) // 2])
             self.closed = True
             self.transport.abort()
         else:  # sse, nothing to wait for
             frames = action[1]
             epw = max(1, st.config.events_per_write)
             t = self.transport
-            t.write(self._head(200, b"text/event-stream; charset=utf-8", rid, None,
-                               b"cache-control: no-cache\r\n"))
+            t.write(self._head(200, SSE_TYPE, rid, None, NO_CACHE))
             cut = None
             if fault is not None and fault.kind in ("reset_mid", "error_mid"):
                 cut = min(fault.after_events, len(frames))
@@ -626,7 +645,7 @@ class SimProtocol(asyncio.Protocol):
         frames, costs, (_lat, ttft, tps) = action[1], action[2], action[3]
         epw = max(1, st.config.events_per_write)
         t = self.transport
-        t.write(self._head(200, b"text/event-stream; charset=utf-8", rid, None, b"cache-control: no-cache\r\n"))
+        t.write(self._head(200, SSE_TYPE, rid, None, NO_CACHE))
         cut = None
         if fault is not None and fault.kind in ("reset_mid", "error_mid"):
             cut = min(fault.after_events, len(frames))

@@ -1,0 +1,224 @@
+"""``ethereal sim``: a fast, faithful stand-in for the Anthropic Messages API.
+
+A raw asyncio ``Protocol`` HTTP/1.1 server (httptools parser, uvloop) that answers like
+api.anthropic.com: keep-alive and pipelining, Content-Length and chunked request bodies,
+JSON responses with ``content-length``, SSE with ``transfer-encoding: chunked``. Every
+response carries ``request-id: req_011C…`` and ``anthropic-organization-id``; errors carry
+``x-should-retry`` (``true`` on 408/409/429/5xx/529, ``false`` otherwise).
+
+Endpoints
+---------
+``POST /v1/messages`` (``stream`` true/false), ``POST /v1/messages/count_tokens``,
+``GET /v1/models`` (``limit``/``after_id``/``before_id``), ``GET /v1/models/{id}``.
+Query strings are ignored (``/v1/messages?beta=true``). ``GET /`` answers 200.
+
+Checks, in order: body over 32 MiB → 413 ``{"error":{"type":"request_too_large",…}}`` (edge
+shape, no ``type``/``request_id``); key from ``x-api-key`` or ``Authorization: Bearer`` (any
+non-empty key unless ``api_keys`` is set) → 401; missing ``anthropic-version`` → 400; bad JSON,
+missing ``model``/``max_tokens``/``messages`` → 400; a model that is neither known nor
+``claude-*`` → 404 ``model: X``; thinking budget rules → 400.
+
+Generated responses
+-------------------
+Deterministic given the request body bytes and ``seed`` (ids are random). Text is made of
+tokens averaging exactly 4 characters including the leading space; output length is
+``min(max_tokens, 20 + crc % 41)`` tokens unless ``sim:tokens=N`` says otherwise.
+
+* ``output_tokens`` = Σ over blocks of ``ceil(len(text|thinking|tool-input-json) / 4)``.
+* ``input_tokens`` = ``max(1, ceil(C / 4))``, C = characters of system text, text/thinking
+  blocks, string contents, tool_result contents, tool_use inputs (compact JSON), tool
+  definitions (compact JSON) and other blocks (compact JSON; an image counts 6400 chars).
+  With prompt caching the cached part is moved out of ``input_tokens`` (see below).
+* Tools: with custom ``tools`` (and ``tool_choice`` not ``none``) and a last user turn without
+  ``tool_result``, the reply is an optional short text then ``tool_use`` block(s) whose input is
+  generated from ``input_schema`` (required properties, typed values); ``stop_reason: tool_use``.
+  ``sim:tools=N`` asks for N parallel calls unless ``disable_parallel_tool_use``. After a
+  ``tool_result`` turn the reply is text (``end_turn``).
+* Thinking (``thinking.type`` enabled/adaptive): a thinking block (``thinking_delta``s, then one
+  ``signature_delta``) before the answer; capped by ``budget_tokens``.
+* ``stop_sequences``: the text is cut where one occurs (``stop_reason: stop_sequence``); the
+  directive ``sim:stop`` forces a hit on the first entry.
+* Prompt caching: breakpoints are blocks with ``cache_control`` (tools → system → messages, or
+  a top-level ``cache_control`` = last block). Prefix hashes (model + blocks) are remembered
+  for their TTL (5m, or 1h with ``"ttl":"1h"``); the longest remembered prefix is
+  ``cache_read_input_tokens``, the tokens from there up to the last breakpoint are
+  ``cache_creation_input_tokens`` split into ``ephemeral_5m``/``ephemeral_1h`` by the ttl of the
+  breakpoint closing each segment; the rest stays in ``input_tokens``. Prefix tokens =
+  ``chars_before_breakpoint // 4``; breakpoints under ``cache_min_tokens`` are ignored.
+
+Streams follow the recorded framing exactly: ``event: X\\ndata: {compact json}\\n\\n``, 0–15
+spaces of padding before the final ``}`` of every non-ping data line, ``event: ping`` right
+after the first ``content_block_start``, tool_use starting with ``input:{}`` and a first empty
+``partial_json``, cumulative usage in ``message_delta``, nothing after ``message_stop``.
+
+Directives (anywhere in the text of the last user message)
+----------------------------------------------------------
+``sim:replay NAME``   stream the recorded ``NAME.sse`` byte for byte (stream=false: the
+                      Message assembled from it). Looked up in ``$ETHEREAL_FIXTURES_DIR``
+                      (itself, ``anthropic/recorded/sse-extracted``, and the SDK's
+                      ``anthropic/stream-fixtures-sdk-python/*.txt``), then the bundled
+                      ``recorded/`` copies. Names: ``GET /_sim/fixtures``.
+``sim:tokens=N``      output length in tokens (still capped by max_tokens).
+``sim:tools=N``       N parallel tool_use blocks.
+``sim:thinking=N``    thinking length in tokens.
+``sim:stop``          force ``stop_reason: stop_sequence`` (needs ``stop_sequences``).
+``sim:ttft=MS`` ``sim:tps=N`` ``sim:latency=MS``   per-request timing.
+``sim:fault=KIND[,retry_after=S][,after_events=K][,delay_ms=MS]``   inject a fault.
+
+Faults
+------
+KIND: ``429`` (rate_limit_error + ``retry-after``, default 1), ``529`` (overloaded_error),
+``500`` (api_error), ``401``, ``403``, ``400``, ``503``, ``504``, ``reset`` (connection aborted
+before any byte), ``reset_mid`` (abort after K events, default 3; non-streaming: after half the
+body), ``error_mid`` (``event: error`` overloaded_error after K events then end of stream;
+non-streaming: 529), ``slow`` (``delay_ms`` before the first byte, default 1000). ``delay_ms``
+can be combined with any kind.
+
+Control API (same port, no auth)
+--------------------------------
+``POST /_sim/faults`` ``{"fault":"429","count":N,"retry_after":2,"after_events":K,"delay_ms":…,
+"paths":["/v1/messages"]}`` queues a fault for the next N matching requests (default path
+``/v1/messages``; ``"*"`` = every /v1 path); ``{"faults":[…]}`` queues several;
+``{"clear":true}`` clears. ``GET /_sim/faults``, ``GET /_sim/stats`` (counts by path and
+status), ``POST /_sim/reset`` (stats, faults, prompt cache), ``GET|POST /_sim/config``
+(``latency_ms``, ``ttft_ms``, ``tokens_per_second``, ``events_per_write`` at runtime),
+``GET /_sim/fixtures``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SimConfig", "SimServer", "serve", "run", "main"]
+
+
+@dataclass
+class SimConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    api_keys: set[str] | None = None  # None: any non-empty key is accepted
+    latency_ms: float = 0.0  # before response headers
+    ttft_ms: float = 0.0  # before the first content event (streams); added to latency otherwise
+    tokens_per_second: float = 0.0  # 0: as fast as possible
+    events_per_write: int = 4  # SSE events per socket write (one HTTP chunk each)
+    seed: int = 0
+    fixtures_dir: str | None = None  # default: $ETHEREAL_FIXTURES_DIR, then the bundled copies
+    cache_min_tokens: int = 0  # minimum cacheable prefix; the real API uses 1024-4096
+    organization_id: str | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    backlog: int = 2048
+
+
+class SimServer:
+    """A running sim: ``host``, ``port``, ``base_url``, ``state`` (stats, faults, cache)."""
+
+    def __init__(self, server: asyncio.AbstractServer, state: Any, config: SimConfig) -> None:
+        self.server = server
+        self.state = state
+        self.config = config
+        sock = server.sockets[0]
+        self.host, self.port = sock.getsockname()[:2]
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        self.base_url = f"http://{host}:{self.port}"
+
+    def close(self) -> None:
+        self.server.close()
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        await self.server.serve_forever()
+
+    async def __aenter__(self) -> "SimServer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve(config: SimConfig | None = None) -> SimServer:
+    """Starts listening on the running loop and returns at once (``port=0`` picks a free port)."""
+    from ._server import SimState, make_protocol_factory
+
+    config = config or SimConfig()
+    state = SimState(config)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(make_protocol_factory(state), config.host, config.port,
+                                      reuse_address=True, backlog=config.backlog)
+    for sock in server.sockets:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    return SimServer(server, state, config)
+
+
+def run(config: SimConfig | None = None) -> None:
+    """Blocking entry point: serves on uvloop until SIGINT/SIGTERM."""
+    config = config or SimConfig()
+
+    async def _main() -> None:
+        sim = await serve(config)
+        print(f"ethereal sim listening on {sim.base_url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await stop.wait()
+        sim.close()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency, but stay usable
+        asyncio.run(_main())
+    else:
+        uvloop.run(_main())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ethereal sim", description="Simulated Anthropic Messages API.")
+    p.add_argument("--host", default=os.environ.get("ETHEREAL_SIM_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("ETHEREAL_SIM_PORT", "8090")),
+                   help="0 picks a free port (printed on start)")
+    p.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
+                   help="accepted key (repeatable); default: any non-empty key")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before response headers")
+    p.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first content event")
+    p.add_argument("--tokens-per-second", "--tps", type=float, default=0.0, dest="tokens_per_second",
+                   help="stream pacing; 0 = as fast as possible")
+    p.add_argument("--events-per-write", type=int, default=4, help="SSE events per socket write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixtures-dir", default=None,
+                   help="recorded .sse files (default $ETHEREAL_FIXTURES_DIR, then the bundled copies)")
+    p.add_argument("--cache-min-tokens", type=int, default=0, help="minimum cacheable prefix in tokens")
+    p.add_argument("--organization-id", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = SimConfig(
+        host=args.host, port=args.port,
+        api_keys=set(args.api_keys) if args.api_keys else None,
+        latency_ms=args.latency_ms, ttft_ms=args.ttft_ms, tokens_per_second=args.tokens_per_second,
+        events_per_write=max(1, args.events_per_write), seed=args.seed, fixtures_dir=args.fixtures_dir,
+        cache_min_tokens=args.cache_min_tokens, organization_id=args.organization_id,
+    )
+    try:
+        run(config)
+    except OSError as exc:
+        print(f"ethereal sim: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
