@@ -93,9 +93,9 @@ class Catalog:
             self._by_id[model.id] = model
             for alias in model.aliases:
                 self._by_id.setdefault(alias, model)
-        # "-latest" names for the 3.x generation: the newest release of that family.
+        # "-latest" names for the 3.x generation: the newest compatible release (same tier and
+        # generation), e.g. claude-3-5-sonnet-latest → claude-3-7-sonnet-20250219.
         self._by_id.setdefault("claude-3-5-sonnet-latest", self._newest("sonnet-3"))
-        self._by_id.setdefault("claude-3-opus-latest", self._newest("opus-4"))
 
     def _newest(self, family: str) -> Model:
         candidates = [m for m in self.models if m.family == family]

@@ -1,0 +1,201 @@
+"""Side-by-side benchmark: the same load against the sim directly and through the gateway, in one run.
+
+    python loadtest/bench.py [--duration 5] [--workers 1] [--server granian|uvicorn] [--rounds 2]
+
+For concurrency 1 and 32, non-streaming and streaming, it alternates direct and
+gateway runs (so machine noise hits both alike) and reports p50/p99 latency,
+the gateway's added latency and added time to first byte, requests/s, the
+gateway's CPU milliseconds per request (from /proc, all its processes) and RSS.
+Then a throughput run through the gateway at concurrency 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from httpload import Result, run_load  # noqa: E402
+
+from tests.conftest import mint_into  # noqa: E402
+from tests.procs import gateway_process  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            continue
+    return total / CLK
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return total / 1024
+
+
+def find_listener_pid(port: int) -> int:
+    """The pid of the process listening on 127.0.0.1:port (the server's main process)."""
+    inode = None
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            parts = line.split()
+            local, state = parts[1], parts[3]
+            if state == "0A" and int(local.split(":")[1], 16) == port:
+                inode = parts[9]
+                break
+    if inode is None:
+        raise RuntimeError(f"nothing listens on {port}")
+    candidates = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    candidates.append(int(pid))
+                    break
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return min(candidates)
+
+
+def body_for(stream: bool) -> bytes:
+    return json.dumps({
+        "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+        "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
+    }).encode()
+
+
+async def measure(url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float,
+                  pids: list[int] | None) -> tuple[Result, float]:
+    before = cpu_seconds(pids) if pids else 0.0
+    res = await run_load(url, body, headers, concurrency=concurrency, duration=duration)
+    after = cpu_seconds(pids) if pids else 0.0
+    return res, after - before
+
+
+def merge(results: list[Result]) -> Result:
+    out = Result()
+    for r in results:
+        out.latencies += r.latencies
+        out.ttfb += r.ttfb
+        out.errors += r.errors
+        out.elapsed += r.elapsed
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    from ethereal.sim.testing import start_sim_process
+
+    report: dict = {"config": vars(args), "scenarios": []}
+    with start_sim_process() as (_sim_proc, sim_url), tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        key, _ = mint_into(data_dir, name="bench")
+        with gateway_process(data_dir, sim_url, workers=args.workers, server=args.server) as gw_url:
+            gw_port = int(gw_url.rsplit(":", 1)[1])
+            gw_pids = proc_tree(find_listener_pid(gw_port))
+            headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+            for stream in (False, True):
+                for conc in (1, 32):
+                    body = body_for(stream)
+                    # warm both paths
+                    await run_load(sim_url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
+                    await run_load(gw_url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
+                    direct, through, cpu = [], [], 0.0
+                    for _ in range(args.rounds):
+                        d, _ = await measure(sim_url + "/v1/messages", body, headers, conc, args.duration, None)
+                        g, c = await measure(gw_url + "/v1/messages", body, headers, conc, args.duration,
+                                             gw_pids)
+                        direct.append(d)
+                        through.append(g)
+                        cpu += c
+                    d, g = merge(direct).summary(), merge(through).summary()
+                    row = {
+                        "stream": stream, "concurrency": conc,
+                        "direct": d, "gateway": g,
+                        "added_p50_ms": g["p50_ms"] - d["p50_ms"],
+                        "added_p99_ms": g["p99_ms"] - d["p99_ms"],
+                        "added_ttfb_p50_ms": g["ttfb_p50_ms"] - d["ttfb_p50_ms"],
+                        "gateway_cpu_ms_per_request": 1000 * cpu / max(1, g["requests"]),
+                        "gateway_rss_mb": rss_mb(gw_pids),
+                    }
+                    report["scenarios"].append(row)
+                    print(format_row(row), flush=True)
+            # throughput through the gateway, non-streaming
+            body = body_for(False)
+            res, cpu = await measure(gw_url + "/v1/messages", body, headers, 64, args.duration * 2, gw_pids)
+            s = res.summary()
+            report["throughput"] = {"concurrency": 64, "rps": s["rps"], "errors": s["errors"],
+                                    "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+                                    "gateway_cpu_ms_per_request": 1000 * cpu / max(1, s["requests"]),
+                                    "gateway_rss_mb": rss_mb(gw_pids)}
+            print(f"throughput c=64 non-stream via gateway: {s['rps']:.0f} req/s, errors {s['errors']}, "
+                  f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
+                  f"cpu {report['throughput']['gateway_cpu_ms_per_request']:.3f} ms/req", flush=True)
+    return report
+
+
+def format_row(row: dict) -> str:
+    d, g = row["direct"], row["gateway"]
+    kind = "stream    " if row["stream"] else "non-stream"
+    return (f"{kind} c={row['concurrency']:<3} direct p50 {d['p50_ms']:.3f} p99 {d['p99_ms']:.3f} "
+            f"{d['rps']:.0f} rps | gateway p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
+            f"(errors {g['errors']}) | added p50 {row['added_p50_ms']:.3f} p99 {row['added_p99_ms']:.3f} "
+            f"ttfb+ {row['added_ttfb_p50_ms']:.3f} ms | cpu {row['gateway_cpu_ms_per_request']:.3f} ms/req "
+            f"rss {row['gateway_rss_mb']:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+    parser.add_argument("--json", help="write the full report here")
+    args = parser.parse_args()
+    started = time.time()
+    report = uvloop.run(main_async(args))
+    report["seconds"] = time.time() - started
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
