@@ -121,13 +121,11 @@ def merge(results: list[Result]) -> Result:
     return out
 
 
-async def main_async(args: argparse.Namespace) -> dict:
+async def main_async(args: argparse.Namespace, data_dir: Path, key: str) -> dict:
     from ethereal.sim.testing import start_sim_process
 
     report: dict = {"config": vars(args), "scenarios": []}
-    with start_sim_process() as (_sim_proc, sim_url), tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp)
-        key, _ = mint_into(data_dir, name="bench")
+    with start_sim_process() as (_sim_proc, sim_url):
         with gateway_process(data_dir, sim_url, workers=args.workers, server=args.server) as gw_url:
             gw_port = int(gw_url.rsplit(":", 1)[1])
             gw_pids = proc_tree(find_listener_pid(gw_port))
@@ -187,11 +185,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
     parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args()
     started = time.time()
-    report = uvloop.run(main_async(args))
+    with tempfile.TemporaryDirectory() as tmp:
+        key, _ = mint_into(Path(tmp), name="bench")
+        report = uvloop.run(main_async(args, Path(tmp), key))
     report["seconds"] = time.time() - started
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -55,7 +55,7 @@ def gateway_process(
     upstream_key: str = "sim-upstream-key",
     env: dict[str, str] | None = None,
     workers: int = 1,
-    server: str = "granian",
+    server: str = "uvicorn",
 ) -> Iterator[str]:
     """``ethereal serve`` in a child process; yields its base URL."""
     port = free_port()

@@ -53,6 +53,22 @@ async def _with_store(settings: Settings, fn: Callable[[Any], Any], *, migrate: 
         await store.close()
 
 
+def _stored_upstreams(settings: Settings) -> int:
+    """How many upstream credentials the store holds; -1 (after a clear message) when the
+    secret key needed to decrypt them is missing or wrong."""
+    from ethereal.secretbox import SecretKeyError
+    from ethereal.upstream.service import stored_credential_count
+
+    async def go(store: Any) -> int:
+        return await stored_credential_count(store, settings)
+
+    try:
+        return asyncio.run(_with_store(settings, go))
+    except SecretKeyError as exc:
+        print(f"ethereal: configuration error: {exc}", file=sys.stderr)
+        return -1
+
+
 def _ensure_first_key(settings: Settings) -> str | None:
     """On a store with no keys at all, mint one so the quick start has a key to use."""
     from ethereal.keys import mint
@@ -69,8 +85,11 @@ def _ensure_first_key(settings: Settings) -> str | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers)
+    stored = _stored_upstreams(settings)
+    if stored < 0:
+        return 2
     sim_proc = None
-    if not (settings.upstream_url and settings.upstream_key):
+    if not (settings.upstream_url and settings.upstream_key) and not stored:
         sim_proc, sim_url = start_sim_subprocess()
         settings = settings.with_overrides(upstream_url=sim_url, upstream_key="sim-upstream-key")
         _loud([
@@ -79,8 +98,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "Set ETHEREAL_UPSTREAM_URL and ETHEREAL_UPSTREAM_KEY (or ANTHROPIC_API_KEY) for real use.",
         ])
     # workers are separate processes: they read their settings from the environment
-    os.environ["ETHEREAL_UPSTREAM_URL"] = settings.upstream_url or ""
-    os.environ["ETHEREAL_UPSTREAM_KEY"] = settings.upstream_key or ""
+    if settings.upstream_url and settings.upstream_key:
+        os.environ["ETHEREAL_UPSTREAM_URL"] = settings.upstream_url
+        os.environ["ETHEREAL_UPSTREAM_KEY"] = settings.upstream_key
     os.environ["ETHEREAL_DATA_DIR"] = str(settings.data_dir)
     if args.config:
         os.environ["ETHEREAL_CONFIG"] = str(args.config)
@@ -105,13 +125,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             sim_proc.wait(timeout=10)
 
 
-def serve_forever(settings: Settings, server: str = "granian") -> int:
+def serve_forever(settings: Settings, server: str = "uvicorn") -> int:
     if server == "uvicorn":
         import uvicorn
 
         uvicorn.run("ethereal.app:create_app", factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, loop="uvloop", http="httptools", log_level="warning",
-                    access_log=False)
+                    access_log=False, backlog=2048, lifespan="on")
         return 0
     from granian import Granian
     from granian.constants import Interfaces, Loops
@@ -199,6 +219,118 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 2
 
 
+def _upstream_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if getattr(args, "url", None):
+        spec["base_url"] = args.url
+    key = None
+    if getattr(args, "key", None):
+        key = args.key
+    elif getattr(args, "key_env", None):
+        key = os.environ.get(args.key_env)
+        if not key:
+            raise ValueError(f"environment variable {args.key_env} is empty or unset")
+    elif getattr(args, "key_stdin", False):
+        key = sys.stdin.readline().strip()
+    if key is not None:
+        spec["api_key"] = key
+    for name in ("weight", "rpm"):
+        value = getattr(args, name, None)
+        if value is not None:
+            spec[name] = value
+    if getattr(args, "models", None) is not None:
+        spec["models"] = [m.strip() for m in args.models.split(",") if m.strip()] or None
+    if getattr(args, "spend_cap_usd", None) is not None:
+        spec["spend_cap_micro"] = int(round(args.spend_cap_usd * 1_000_000))
+    if getattr(args, "no_rpm", False):
+        spec["rpm"] = None
+    if getattr(args, "no_spend_cap", False):
+        spec["spend_cap_micro"] = None
+    return spec
+
+
+def _print_upstream(item: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(item))
+        return
+    health = item.get("health") or {}
+    state = health.get("state") or ("enabled" if item["enabled"] else "disabled")
+    models = ",".join(item["models"]) if item.get("models") else "*"
+    cap = f"${item['spend_cap_micro'] / 1e6:.2f}/mo" if item.get("spend_cap_micro") is not None else "-"
+    print(f"{item['name']}\t{state}\t{item['base_url']}\tweight={item['weight']:g}\tmodels={models}"
+          f"\trpm={item.get('rpm') or '-'}\tcap={cap}\t{item.get('disabled_reason') or ''}".rstrip())
+
+
+def cmd_upstream(args: argparse.Namespace) -> int:
+    from ethereal.catalog import load_catalog
+    from ethereal.errors import GatewayError
+    from ethereal.upstream.pool import Pool
+    from ethereal.upstream.service import UpstreamService
+
+    settings = load_settings(args.config)
+    sub = args.upstream_cmd
+    try:
+        spec = _upstream_spec(args)
+    except ValueError as exc:
+        print(f"ethereal: {exc}", file=sys.stderr)
+        return 2
+    if sub == "add" and "api_key" not in spec:
+        if sys.stdin.isatty():
+            import getpass
+
+            spec["api_key"] = getpass.getpass(f"API key for {args.name}: ").strip()
+        else:
+            spec["api_key"] = sys.stdin.readline().strip()
+
+    async def go(store: Any) -> int:
+        svc = UpstreamService(settings, Pool(), None, load_catalog(settings.models_file))
+        await svc.attach(store)
+        try:
+            if sub == "add":
+                data = {"name": args.name, **spec}
+                if args.disabled:
+                    data["enabled"] = False
+                _print_upstream(await svc.add(data), args.json)
+            elif sub == "list":
+                for item in await svc.list():
+                    _print_upstream(item, args.json)
+            elif sub == "update":
+                if not spec:
+                    print("nothing to update: pass at least one option", file=sys.stderr)
+                    return 2
+                _print_upstream(await svc.update(args.name, spec), args.json)
+            elif sub in ("disable", "enable"):
+                reason = getattr(args, "reason", None)
+                _print_upstream(await svc.set_enabled(args.name, sub == "enable", reason), args.json)
+            elif sub == "delete":
+                await svc.delete(args.name)
+                print(f"deleted {args.name}")
+            return 0
+        except GatewayError as exc:
+            print(f"ethereal: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await svc.pool.health.close()
+
+    return asyncio.run(_with_store(settings, go))
+
+
+def _upstream_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
+    p.add_argument("--url", required=adding, help="base URL of the Anthropic-compatible API")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--key", help="the API key (visible in the process list: prefer --key-env/--key-stdin)")
+    key.add_argument("--key-env", dest="key_env", metavar="VAR", help="read the API key from this variable")
+    key.add_argument("--key-stdin", dest="key_stdin", action="store_true", help="read the API key from stdin")
+    p.add_argument("--weight", type=float)
+    p.add_argument("--models", help="comma-separated model ids served (default: all; 'prefix*' patterns ok)")
+    p.add_argument("--rpm", type=int, help="requests per minute cap")
+    p.add_argument("--spend-cap-usd", dest="spend_cap_usd", type=float, help="spend cap per calendar month")
+    if not adding:
+        p.add_argument("--no-rpm", dest="no_rpm", action="store_true", help="remove the RPM cap")
+        p.add_argument("--no-spend-cap", dest="no_spend_cap", action="store_true", help="remove the spend cap")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ethereal", description="A self-hosted API gateway for Claude")
     parser.add_argument("--config", help="TOML settings file (environment variables still win)")
@@ -208,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
-    serve.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+    serve.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
+                       help="ASGI server (uvicorn measured faster for this app: see README)")
 
     sub.add_parser("sim", help="run the simulated Anthropic API (see `ethereal sim --help`)", add_help=False)
     sub.add_parser("migrate", help="apply database migrations")
@@ -234,6 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
     list_p.add_argument("--limit", type=int, default=100)
     revoke_p = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke_p.add_argument("key_id")
+
+    up = sub.add_parser("upstream", help="manage upstream credentials (stored encrypted with ETHEREAL_SECRET_KEY)")
+    up_sub = up.add_subparsers(dest="upstream_cmd", required=True)
+    add_p = up_sub.add_parser("add", help="add a credential (key from --key-env, --key-stdin, or a prompt)")
+    add_p.add_argument("name")
+    _upstream_options(add_p, adding=True)
+    add_p.add_argument("--disabled", action="store_true", help="add it disabled")
+    ls_p = up_sub.add_parser("list", help="list credentials")
+    ls_p.add_argument("--json", action="store_true")
+    upd_p = up_sub.add_parser("update", help="change a credential")
+    upd_p.add_argument("name")
+    _upstream_options(upd_p, adding=False)
+    dis_p = up_sub.add_parser("disable", help="stop routing to a credential")
+    dis_p.add_argument("name")
+    dis_p.add_argument("--reason")
+    dis_p.add_argument("--json", action="store_true")
+    en_p = up_sub.add_parser("enable", help="route to a credential again (clears cooldowns and 401 disables)")
+    en_p.add_argument("name")
+    en_p.add_argument("--json", action="store_true")
+    del_p = up_sub.add_parser("delete", help="delete a credential")
+    del_p.add_argument("name")
     return parser
 
 
@@ -253,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_migrate(args)
         if args.command == "keys":
             return cmd_keys(args)
+        if args.command == "upstream":
+            return cmd_upstream(args)
     except SettingsError as exc:
         print(f"ethereal: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -17,15 +17,22 @@ use serde_json::value::RawValue;
 pub enum Event<'a> {
     MessageStart(MessageStart<'a>),
     ContentBlockStart(BlockStart<'a>),
-    ContentBlockDelta { index: u64, delta: Delta<'a> },
-    ContentBlockStop { index: u64 },
+    ContentBlockDelta {
+        index: u64,
+        delta: Delta<'a>,
+    },
+    ContentBlockStop {
+        index: u64,
+    },
     MessageDelta(MessageDelta<'a>),
     MessageStop,
     Ping,
     Error(StreamError<'a>),
     /// Well-formed JSON with a `type` this crate does not know (forward
     /// compatibility: new event kinds must not break a stream).
-    Unknown { kind: Cow<'a, str> },
+    Unknown {
+        kind: Cow<'a, str>,
+    },
 }
 
 /// Token counts as the API reports them; `None` when a field was absent or null.
@@ -37,6 +44,69 @@ pub struct Usage {
     /// The TTL split of `cache_creation_input_tokens`; absent on older streams.
     pub cache_creation: Option<CacheCreation>,
     pub output_tokens: Option<u64>,
+    /// Sum over `usage.iterations` (compaction / advisor sub-requests). When
+    /// present the top-level fields cover only the final iteration, and the
+    /// billable total is this sum.
+    #[serde(default, deserialize_with = "sum_iterations")]
+    pub iterations: Option<IterationTotals>,
+}
+
+/// Token counts summed over the `iterations` array.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IterationTotals {
+    pub input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    /// `None` when no iteration carried a TTL split.
+    pub cache_creation: Option<CacheCreation>,
+    pub output_tokens: u64,
+}
+
+/// One entry of `usage.iterations`.
+#[derive(Deserialize)]
+struct IterationWire {
+    input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation: Option<CacheCreation>,
+    output_tokens: Option<u64>,
+}
+
+fn sum_iterations<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<IterationTotals>, D::Error> {
+    let Some(iterations) = Option::<Vec<IterationWire>>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if iterations.is_empty() {
+        return Ok(None);
+    }
+    let mut t = IterationTotals::default();
+    let add = |slot: &mut u64, v: Option<u64>| *slot = slot.saturating_add(v.unwrap_or(0));
+    let mut five_min = 0;
+    let mut one_hour = 0;
+    let mut any_split = false;
+    for it in iterations {
+        add(&mut t.input_tokens, it.input_tokens);
+        add(
+            &mut t.cache_creation_input_tokens,
+            it.cache_creation_input_tokens,
+        );
+        add(&mut t.cache_read_input_tokens, it.cache_read_input_tokens);
+        add(&mut t.output_tokens, it.output_tokens);
+        if let Some(split) = it.cache_creation {
+            any_split = true;
+            add(&mut five_min, split.ephemeral_5m_input_tokens);
+            add(&mut one_hour, split.ephemeral_1h_input_tokens);
+        }
+    }
+    if any_split {
+        t.cache_creation = Some(CacheCreation {
+            ephemeral_5m_input_tokens: Some(five_min),
+            ephemeral_1h_input_tokens: Some(one_hour),
+        });
+    }
+    Ok(Some(t))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -74,7 +144,9 @@ pub enum Delta<'a> {
     Citation(Option<&'a RawValue>),
     /// `compaction_delta`: summary text (may be null).
     Compaction(Option<Cow<'a, str>>),
-    Other { kind: Cow<'a, str> },
+    Other {
+        kind: Cow<'a, str>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -181,6 +253,35 @@ fn parse_known<'a>(kind: &str, data: &'a str) -> Result<Option<Event<'a>>, Event
         }
         _ => return Ok(None),
     }))
+}
+
+/// SSE decoding plus event parsing: the front half shared by the usage tap
+/// and format translators. Each consumer sees the raw SSE event (for
+/// pass-through) and its parse.
+#[derive(Debug, Default)]
+pub struct EventDecoder {
+    sse: crate::sse::SseDecoder,
+}
+
+impl EventDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed one chunk; calls `on_event` per completed event and returns how
+    /// many there were.
+    pub fn feed<F>(&mut self, chunk: &[u8], mut on_event: F) -> usize
+    where
+        F: FnMut(crate::sse::SseEvent<'_>, Result<Event<'_>, EventError>),
+    {
+        self.sse
+            .feed(chunk, |raw| on_event(raw, parse_event(raw.event, raw.data)))
+    }
+
+    /// End of stream; see [`SseDecoder::finish`](crate::sse::SseDecoder::finish).
+    pub fn finish(&mut self) -> crate::sse::Leftover {
+        self.sse.finish()
+    }
 }
 
 // ---- wire shapes -----------------------------------------------------------

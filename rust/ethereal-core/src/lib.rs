@@ -6,11 +6,12 @@
 //! - [`tokens`]: input and output token estimates without a tokenizer.
 
 pub mod event;
+pub mod openai_chat;
 pub mod sse;
 pub mod tap;
 pub mod tokens;
 
-pub use event::{parse_event, Delta, Event, EventError, Usage};
+pub use event::{parse_event, Delta, Event, EventDecoder, EventError, Usage};
 pub use sse::{Leftover, SseDecoder, SseEvent};
 pub use tap::{FinalUsage, StreamTap, UsageTracker};
 pub use tokens::{estimate_text_tokens, estimate_tokens, EstimateError};

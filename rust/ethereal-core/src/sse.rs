@@ -98,7 +98,8 @@ impl SseDecoder {
     {
         let mut rest = self.strip_bom(chunk);
         let mut dispatched = 0;
-        if self.after_cr {
+        // An empty chunk must not forget a pending `\r`.
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(tail) = rest.strip_prefix(b"\n") {
                 rest = tail;
@@ -247,7 +248,9 @@ impl SseDecoder {
 pub fn parse_all(stream: &[u8]) -> Vec<(String, String)> {
     let mut decoder = SseDecoder::new();
     let mut out = Vec::new();
-    decoder.feed(stream, |ev| out.push((ev.event.to_owned(), ev.data.to_owned())));
+    decoder.feed(stream, |ev| {
+        out.push((ev.event.to_owned(), ev.data.to_owned()));
+    });
     decoder.finish();
     out
 }

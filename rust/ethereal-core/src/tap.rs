@@ -4,14 +4,18 @@
 //! Two layers so translators can reuse the accounting:
 //! - [`UsageTracker`] consumes parsed [`Event`]s (any consumer that already
 //!   parses events — e.g. an `OpenAI` translator — can feed it the same events);
-//! - [`StreamTap`] = [`SseDecoder`] + [`parse_event`] + [`UsageTracker`].
+//! - [`StreamTap`] = [`EventDecoder`] (SSE decoding + event parsing) +
+//!   [`UsageTracker`].
 
-use crate::event::{parse_event, Delta, Event, Usage};
-use crate::sse::{Leftover, SseDecoder};
+use crate::event::{Delta, Event, EventDecoder, Usage};
+use crate::sse::Leftover;
 use crate::tokens::{text_weight, weight_to_tokens};
 
 /// Framing tokens charged per content block in the output estimate.
 const BLOCK_OVERHEAD_TOKENS: u64 = 1;
+/// Tool calls cost far more than their JSON: recorded streams bill ~50
+/// tokens beyond the arguments for one small call.
+const TOOL_USE_OVERHEAD_TOKENS: u64 = 40;
 
 /// What to bill for a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,20 +43,15 @@ pub struct UsageTracker {
     pub stop_reason: Option<String>,
     pub error_type: Option<String>,
     pub error_message: Option<String>,
-    pub input_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub cache_read_input_tokens: u64,
-    /// Reported TTL split (zero unless `cache_split_reported`).
-    pub reported_5m: u64,
-    pub reported_1h: u64,
-    pub cache_split_reported: bool,
-    /// `usage.output_tokens` from `message_start`.
-    pub start_output_tokens: u64,
-    /// Latest cumulative `usage.output_tokens` from `message_delta`.
-    pub delta_output_tokens: Option<u64>,
+    /// Counts reported by `message_start`.
+    start: Counts,
+    /// Counts reported by `message_delta` (cumulative, so the largest of
+    /// several is the latest). A field reported here overrides `start`.
+    delta: Counts,
     /// Output estimate from the content seen, in weight units.
     output_weight: u64,
-    output_blocks: u64,
+    /// Framing tokens of the content blocks started so far.
+    output_overhead: u64,
     pub saw_message_start: bool,
     pub saw_message_delta: bool,
     pub saw_message_stop: bool,
@@ -79,13 +78,13 @@ impl UsageTracker {
                 if let Some(model) = &start.model {
                     self.model = Some(model.to_string());
                 }
-                self.merge_usage(&start.usage);
-                if let Some(out) = start.usage.output_tokens {
-                    self.start_output_tokens = self.start_output_tokens.max(out);
-                }
+                self.start.merge(&start.usage);
             }
             Event::ContentBlockStart(block) => {
-                self.output_blocks += 1;
+                self.output_overhead += match &*block.kind {
+                    "tool_use" | "server_tool_use" | "mcp_tool_use" => TOOL_USE_OVERHEAD_TOKENS,
+                    _ => BLOCK_OVERHEAD_TOKENS,
+                };
                 // Tool names are generated output too.
                 if let Some(name) = &block.name {
                     self.output_weight += text_weight(name);
@@ -97,11 +96,7 @@ impl UsageTracker {
                 if let Some(reason) = &delta.stop_reason {
                     self.stop_reason = Some(reason.to_string());
                 }
-                self.merge_usage(&delta.usage);
-                if let Some(out) = delta.usage.output_tokens {
-                    // Cumulative: the latest is the largest.
-                    self.delta_output_tokens = Some(self.delta_output_tokens.unwrap_or(0).max(out));
-                }
+                self.delta.merge(&delta.usage);
             }
             Event::MessageStop => self.saw_message_stop = true,
             Event::Error(err) => {
@@ -120,9 +115,10 @@ impl UsageTracker {
 
     fn observe_delta(&mut self, delta: &Delta<'_>) {
         self.output_weight += match delta {
-            Delta::Text(t) | Delta::Thinking(t) | Delta::InputJson(t) | Delta::Compaction(Some(t)) => {
-                text_weight(t)
-            }
+            Delta::Text(t)
+            | Delta::Thinking(t)
+            | Delta::InputJson(t)
+            | Delta::Compaction(Some(t)) => text_weight(t),
             // Anthropic does not bill `cited_text` as output, only the
             // citation's framing (location, indices, titles).
             Delta::Citation(Some(raw)) => {
@@ -134,44 +130,72 @@ impl UsageTracker {
                 full.saturating_sub(cited)
             }
             // Signatures are opaque and not billed as text.
-            Delta::Signature(_) | Delta::Citation(None) | Delta::Compaction(None) | Delta::Other { .. } => 0,
+            Delta::Signature(_)
+            | Delta::Citation(None)
+            | Delta::Compaction(None)
+            | Delta::Other { .. } => 0,
         };
-    }
-
-    fn merge_usage(&mut self, usage: &Usage) {
-        let max = |slot: &mut u64, v: Option<u64>| {
-            if let Some(v) = v {
-                *slot = (*slot).max(v);
-            }
-        };
-        max(&mut self.input_tokens, usage.input_tokens);
-        max(&mut self.cache_creation_input_tokens, usage.cache_creation_input_tokens);
-        max(&mut self.cache_read_input_tokens, usage.cache_read_input_tokens);
-        if let Some(split) = &usage.cache_creation {
-            self.cache_split_reported = true;
-            max(&mut self.reported_5m, split.ephemeral_5m_input_tokens);
-            max(&mut self.reported_1h, split.ephemeral_1h_input_tokens);
-        }
     }
 
     /// Output tokens estimated from the streamed content.
     pub fn estimated_output_tokens(&self) -> u64 {
-        weight_to_tokens(self.output_weight) + self.output_blocks * BLOCK_OVERHEAD_TOKENS
+        weight_to_tokens(self.output_weight) + self.output_overhead
     }
 
-    /// Output tokens to bill: exact once `message_delta` arrived, otherwise
+    /// Output tokens to bill: `message_delta`'s once it arrived, otherwise
     /// the larger of `message_start`'s count and the content estimate.
     pub fn output_tokens(&self) -> u64 {
-        match self.delta_output_tokens {
-            Some(out) => out.max(self.start_output_tokens),
-            None => self.start_output_tokens.max(self.estimated_output_tokens()),
+        match self.delta.output {
+            // message_delta's count is authoritative, even below
+            // message_start's (a refusal may bill 0 output).
+            Some(out) => out,
+            None => self
+                .start
+                .output
+                .unwrap_or(0)
+                .max(self.estimated_output_tokens()),
         }
+    }
+
+    /// `message_start`'s `usage.output_tokens`.
+    pub fn start_output_tokens(&self) -> u64 {
+        self.start.output.unwrap_or(0)
+    }
+
+    /// `message_delta`'s cumulative `usage.output_tokens`, once seen.
+    pub fn delta_output_tokens(&self) -> Option<u64> {
+        self.delta.output
+    }
+
+    /// One count: `message_delta`'s if it reported the field, else `message_start`'s.
+    fn latest(&self, field: impl Fn(&Counts) -> Option<u64>) -> u64 {
+        field(&self.delta)
+            .or_else(|| field(&self.start))
+            .unwrap_or(0)
+    }
+
+    pub fn input_tokens(&self) -> u64 {
+        self.latest(|c| c.input)
+    }
+
+    pub fn cache_read_input_tokens(&self) -> u64 {
+        self.latest(|c| c.cache_read)
+    }
+
+    /// `cache_creation_input_tokens` as reported (all TTLs).
+    pub fn cache_creation_input_tokens(&self) -> u64 {
+        self.latest(|c| c.cache_creation)
+    }
+
+    /// The upstream reported the `cache_creation {5m, 1h}` TTL split.
+    pub fn cache_split_reported(&self) -> bool {
+        self.start.split_1h.is_some() || self.delta.split_1h.is_some()
     }
 
     /// All cache writes: the reported total, or the split's sum if larger.
     pub fn cache_creation_total(&self) -> u64 {
-        self.cache_creation_input_tokens
-            .max(self.reported_5m + self.reported_1h)
+        let split = self.latest(|c| c.split_5m) + self.latest(|c| c.split_1h);
+        self.cache_creation_input_tokens().max(split)
     }
 
     pub fn usage(&self) -> FinalUsage {
@@ -179,16 +203,71 @@ impl UsageTracker {
         // 1h writes are only ever explicit; anything unattributed (no split,
         // or writes added by server tools after message_start) has the
         // default 5-minute TTL.
-        let one_hour = self.reported_1h.min(total);
+        let one_hour = self.latest(|c| c.split_1h).min(total);
         FinalUsage {
-            input_tokens: self.input_tokens,
+            input_tokens: self.input_tokens(),
             output_tokens: self.output_tokens(),
             cache_creation_5m: total - one_hour,
             cache_creation_1h: one_hour,
-            cache_read_input_tokens: self.cache_read_input_tokens,
-            exact: self.delta_output_tokens.is_some(),
-            cache_split_reported: self.cache_split_reported,
+            cache_read_input_tokens: self.cache_read_input_tokens(),
+            exact: self.delta.output.is_some(),
+            cache_split_reported: self.cache_split_reported(),
         }
+    }
+}
+
+/// Token counts from one kind of event; `None` = never reported.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    input: Option<u64>,
+    cache_creation: Option<u64>,
+    cache_read: Option<u64>,
+    split_5m: Option<u64>,
+    split_1h: Option<u64>,
+    output: Option<u64>,
+}
+
+impl Counts {
+    /// Fold in one event's usage, keeping the largest value per field.
+    fn merge(&mut self, usage: &Usage) {
+        fn max(slot: &mut Option<u64>, v: Option<u64>) {
+            if v.is_some() {
+                *slot = (*slot).max(v);
+            }
+        }
+        let split = |c: Option<crate::event::CacheCreation>| {
+            // A reported split with one TTL missing means zero of that TTL.
+            c.map_or((None, None), |c| {
+                (
+                    Some(c.ephemeral_5m_input_tokens.unwrap_or(0)),
+                    Some(c.ephemeral_1h_input_tokens.unwrap_or(0)),
+                )
+            })
+        };
+        let (input, cache_creation, cache_read, (s5, s1), output) = match &usage.iterations {
+            // Compaction and advisor calls bill every iteration; the
+            // top-level fields describe only the last one.
+            Some(t) => (
+                Some(t.input_tokens),
+                Some(t.cache_creation_input_tokens),
+                Some(t.cache_read_input_tokens),
+                split(t.cache_creation),
+                Some(t.output_tokens),
+            ),
+            None => (
+                usage.input_tokens,
+                usage.cache_creation_input_tokens,
+                usage.cache_read_input_tokens,
+                split(usage.cache_creation),
+                usage.output_tokens,
+            ),
+        };
+        max(&mut self.input, input);
+        max(&mut self.cache_creation, cache_creation);
+        max(&mut self.cache_read, cache_read);
+        max(&mut self.split_5m, s5);
+        max(&mut self.split_1h, s1);
+        max(&mut self.output, output);
     }
 }
 
@@ -201,7 +280,7 @@ struct CitedText<'a> {
 /// Incremental usage tap over raw SSE bytes.
 #[derive(Debug, Default)]
 pub struct StreamTap {
-    decoder: SseDecoder,
+    decoder: EventDecoder,
     tracker: UsageTracker,
     leftover: Option<Leftover>,
 }
@@ -214,7 +293,7 @@ impl StreamTap {
     /// Feed one network chunk; returns the number of events it completed.
     pub fn feed(&mut self, chunk: &[u8]) -> usize {
         let tracker = &mut self.tracker;
-        self.decoder.feed(chunk, |sse| match parse_event(sse.event, sse.data) {
+        self.decoder.feed(chunk, |_, parsed| match parsed {
             Ok(event) => tracker.observe(&event),
             Err(_) => tracker.observe_malformed(),
         })

@@ -49,7 +49,9 @@ fn char_weight(c: char) -> u64 {
         // General punctuation, symbols, arrows, box drawing, dingbats.
         // CJK radicals, kana, CJK ideographs, Yi, Hangul, compatibility and
         // fullwidth forms: about one token per character.
-        0x2E80..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF => 12,
+        0x2E80..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF => {
+            12
+        }
         // General punctuation and symbols, other BMP scripts (Indic, Thai,
         // Georgian, Ethiopic…): in between.
         0x0800..=0xFFFF => 8,
@@ -70,7 +72,9 @@ pub fn text_weight(text: &str) -> u64 {
             i += 1;
         } else {
             // `text` is valid UTF-8 and `i` is always on a char boundary here.
-            let Some(c) = text[i..].chars().next() else { break };
+            let Some(c) = text[i..].chars().next() else {
+                break;
+            };
             total += char_weight(c);
             i += c.len_utf8();
         }
@@ -333,9 +337,18 @@ pub fn image_dimensions_b64(b64: &str) -> Option<(u32, u32)> {
 /// Width and height from the first bytes of a PNG, GIF or WebP (or a JPEG, if
 /// enough of it is given).
 pub fn image_dimensions(d: &[u8]) -> Option<(u32, u32)> {
-    let be32 = |at: usize| d.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-    let le16 = |at: usize| d.get(at..at + 2).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])));
-    let le24 = |at: usize| d.get(at..at + 3).map(|b| u32::from_le_bytes([b[0], b[1], b[2], 0]));
+    let be32 = |at: usize| {
+        d.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let le16 = |at: usize| {
+        d.get(at..at + 2)
+            .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    let le24 = |at: usize| {
+        d.get(at..at + 3)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], 0]))
+    };
     if d.starts_with(b"\x89PNG\r\n\x1a\n") {
         return Some((be32(16)?, be32(20)?));
     }
@@ -346,7 +359,9 @@ pub fn image_dimensions(d: &[u8]) -> Option<(u32, u32)> {
         return match d.get(12..16)? {
             b"VP8 " => Some((le16(26)? & 0x3FFF, le16(28)? & 0x3FFF)),
             b"VP8L" => {
-                let bits = d.get(21..25).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
+                let bits = d
+                    .get(21..25)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
                 Some(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
             }
             b"VP8X" => Some((le24(24)? + 1, le24(27)? + 1)),
@@ -441,12 +456,18 @@ mod tests {
     fn weights_are_additive() {
         let a = "Hello, wörld ";
         let b = "— 你好";
-        assert_eq!(text_weight(&format!("{a}{b}")), text_weight(a) + text_weight(b));
+        assert_eq!(
+            text_weight(&format!("{a}{b}")),
+            text_weight(a) + text_weight(b)
+        );
     }
 
     #[test]
     fn base64_prefix() {
-        assert_eq!(base64_decode_prefix("aGVsbG8gd29ybGQ=", 100), b"hello world");
+        assert_eq!(
+            base64_decode_prefix("aGVsbG8gd29ybGQ=", 100),
+            b"hello world"
+        );
         assert_eq!(base64_decode_prefix("aGVsbG8gd29ybGQ=", 5), b"hello");
     }
 
@@ -461,7 +482,13 @@ mod tests {
 
     #[test]
     fn rejects_non_object() {
-        assert!(matches!(estimate_tokens(b"[1]"), Err(EstimateError::NotAnObject)));
-        assert!(matches!(estimate_tokens(b"{"), Err(EstimateError::InvalidJson(_))));
+        assert!(matches!(
+            estimate_tokens(b"[1]"),
+            Err(EstimateError::NotAnObject)
+        ));
+        assert!(matches!(
+            estimate_tokens(b"{"),
+            Err(EstimateError::InvalidJson(_))
+        ));
     }
 }

@@ -1,13 +1,22 @@
 //! One-line vectors for the SSE decoder, each fed whole, byte by byte and
 //! split at every pair of positions.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
 
 use ethereal_core::sse::{Leftover, SseDecoder};
 
 type Events = Vec<(String, String)>;
 
 fn ev(pairs: &[(&str, &str)]) -> Events {
-    pairs.iter().map(|(e, d)| ((*e).to_owned(), (*d).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(e, d)| ((*e).to_owned(), (*d).to_owned()))
+        .collect()
 }
 
 fn decode(chunks: &[&[u8]]) -> (Events, Leftover) {
@@ -17,7 +26,11 @@ fn decode(chunks: &[&[u8]]) -> (Events, Leftover) {
     for c in chunks {
         counted += d.feed(c, |e| out.push((e.event.to_owned(), e.data.to_owned())));
     }
-    assert_eq!(counted, out.len(), "feed() return values must add up to the events seen");
+    assert_eq!(
+        counted,
+        out.len(),
+        "feed() return values must add up to the events seen"
+    );
     (out, d.finish())
 }
 
@@ -33,10 +46,16 @@ fn vectors() -> Vec<(&'static [u8], Events)> {
         (b"data: a\r\n\n", ev(&[("message", "a")])),
         (b"data: a\n\r\n", ev(&[("message", "a")])),
         (b"data: a\ndata: b\n\n", ev(&[("message", "a\nb")])),
-        (b"data: a\r\ndata:\r\ndata: b\r\n\r\n", ev(&[("message", "a\n\nb")])),
+        (
+            b"data: a\r\ndata:\r\ndata: b\r\n\r\n",
+            ev(&[("message", "a\n\nb")]),
+        ),
         (b": comment\ndata: a\n\n", ev(&[("message", "a")])),
         (b":\n:ping\n\n", ev(&[])),
-        (b"event: ping\ndata: {\"type\": \"ping\"}\n\n", ev(&[("ping", "{\"type\": \"ping\"}")])),
+        (
+            b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
+            ev(&[("ping", "{\"type\": \"ping\"}")]),
+        ),
         (b"retry: 1000\ndata: a\n\n", ev(&[("message", "a")])),
         (b"retry: soon\ndata: a\n\n", ev(&[("message", "a")])),
         (b"id: 1\ndata: a\n\n", ev(&[("message", "a")])),
@@ -47,13 +66,22 @@ fn vectors() -> Vec<(&'static [u8], Events)> {
         (b"event: x\n\ndata: a\n\n", ev(&[("message", "a")])),
         (b"event:\ndata: a\n\n", ev(&[("message", "a")])),
         (b"\n\n\ndata: a\n\n", ev(&[("message", "a")])),
-        (b"data: a\n\nevent: y\ndata: b\n\n", ev(&[("message", "a"), ("y", "b")])),
+        (
+            b"data: a\n\nevent: y\ndata: b\n\n",
+            ev(&[("message", "a"), ("y", "b")]),
+        ),
         (b"data: a\n", ev(&[])),
         (b"data: a", ev(&[])),
-        ("data: ü€😀 日本\n\n".as_bytes(), ev(&[("message", "ü€😀 日本")])),
+        (
+            "data: ü€😀 日本\n\n".as_bytes(),
+            ev(&[("message", "ü€😀 日本")]),
+        ),
         ("\u{FEFF}data: a\n\n".as_bytes(), ev(&[("message", "a")])),
         ("\u{FEFF}\u{FEFF}data: a\n\n".as_bytes(), ev(&[])),
-        ("data: \u{FEFF}a\n\n".as_bytes(), ev(&[("message", "\u{FEFF}a")])),
+        (
+            "data: \u{FEFF}a\n\n".as_bytes(),
+            ev(&[("message", "\u{FEFF}a")]),
+        ),
         (b"data: a:b: c\n\n", ev(&[("message", "a:b: c")])),
         (b"DATA: a\n\n", ev(&[])),
         (b"data: \xFFz\n\n", ev(&[("message", "\u{FFFD}z")])),
@@ -63,7 +91,12 @@ fn vectors() -> Vec<(&'static [u8], Events)> {
 #[test]
 fn vectors_whole() {
     for (input, want) in vectors() {
-        assert_eq!(decode(&[input]).0, want, "input {:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            decode(&[input]).0,
+            want,
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
     }
 }
 
@@ -71,7 +104,12 @@ fn vectors_whole() {
 fn vectors_byte_by_byte() {
     for (input, want) in vectors() {
         let chunks: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(decode(&chunks).0, want, "input {:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            decode(&chunks).0,
+            want,
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
     }
 }
 
@@ -117,9 +155,12 @@ fn leftovers_at_eof() {
 fn retry_and_id_are_tracked() {
     let mut d = SseDecoder::new();
     let mut ids = Vec::new();
-    d.feed(b"retry: 2500\nid: e1\ndata: a\n\nid\ndata: b\n\nid: x\0y\ndata: c\n\n", |e| {
-        ids.push(e.id.to_owned());
-    });
+    d.feed(
+        b"retry: 2500\nid: e1\ndata: a\n\nid\ndata: b\n\nid: x\0y\ndata: c\n\n",
+        |e| {
+            ids.push(e.id.to_owned());
+        },
+    );
     assert_eq!(d.retry(), Some(2500));
     assert_eq!(ids, ["e1", "", ""]);
 }

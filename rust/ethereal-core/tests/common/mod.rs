@@ -35,13 +35,20 @@ fn files_in(sub: &str, exts: &[&str]) -> Vec<(String, Vec<u8>)> {
 /// The raw recorded Anthropic streams (real API traffic).
 pub fn recorded_streams() -> Vec<(String, Vec<u8>)> {
     let streams = files_in("anthropic/recorded/sse-extracted", &["sse"]);
-    assert!(streams.len() >= 10, "expected the recorded corpus, found {}", streams.len());
+    assert!(
+        streams.len() >= 10,
+        "expected the recorded corpus, found {}",
+        streams.len()
+    );
     streams
 }
 
 /// Recorded streams plus the SDK's hand-written stream fixtures.
 pub fn all_streams() -> Vec<(String, Vec<u8>)> {
     let mut streams = recorded_streams();
-    streams.extend(files_in("anthropic/stream-fixtures-sdk-python", &["sse", "txt"]));
+    streams.extend(files_in(
+        "anthropic/stream-fixtures-sdk-python",
+        &["sse", "txt"],
+    ));
     streams
 }
