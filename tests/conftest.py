@@ -92,3 +92,19 @@ def redis_url(redis_server: Any) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty, migrated store on each backend: the embedded SQLite file and a fresh PostgreSQL database."""
+    from ethereal.storage import open_store
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    opened = await open_store(url)
+    try:
+        yield opened
+    finally:
+        await opened.close()

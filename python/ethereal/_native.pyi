@@ -63,6 +63,76 @@ class StreamTap:
     def truncated(self) -> bool:
         """``finish()`` found an unterminated line or event (the stream was cut)."""
 
+@final
+class ChatTranslator:
+    """Anthropic Messages SSE → OpenAI ``chat.completion.chunk`` SSE (``data: {json}\\n\\n``).
+
+    ``feed`` every upstream chunk and send what it returns (possibly ``b""``); call
+    ``finish`` at upstream EOF or when the upstream connection failed, and send that too:
+    an error frame when the stream had not ended, else nothing. The output is a role
+    chunk, content / ``reasoning_content`` / tool-call deltas (a stable ``index`` and
+    ``id`` per call), the ``finish_reason`` chunk (carrying ``reasoning_signature`` when
+    the reply had thinking), a usage chunk with ``choices: []`` when ``include_usage``,
+    then ``data: [DONE]``. An upstream ``error`` event becomes ``data: {"error": {...}}``
+    and ends the stream. ``json_tool`` names the tool a ``response_format`` became (its
+    input is streamed as ``content``); ``legacy_functions`` answers with ``function_call``.
+
+    The usage accessors are StreamTap's, computed from the same events.
+    """
+
+    def __init__(self, model: str, completion_id: str, created: int, include_usage: bool, *,
+                 json_tool: str | None = None, legacy_functions: bool = False) -> None: ...
+    def feed(self, chunk: bytes) -> bytes:
+        """Translate one chunk; returns the OpenAI SSE bytes it completed."""
+    def finish(self) -> bytes:
+        """Upstream EOF: an error frame if neither ``[DONE]`` nor an error went out. Idempotent."""
+    @property
+    def done(self) -> bool:
+        """``[DONE]`` or an error frame was emitted."""
+    @property
+    def tool_calls(self) -> int:
+        """Client tool calls emitted so far."""
+    def usage(self) -> tuple[int, int, int, int, int, bool]:
+        """``(input, output, cache_creation_5m, cache_creation_1h, cache_read, exact)``."""
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def estimated_output_tokens(self) -> int: ...
+    @property
+    def cache_creation_input_tokens(self) -> int: ...
+    @property
+    def cache_creation_5m(self) -> int: ...
+    @property
+    def cache_creation_1h(self) -> int: ...
+    @property
+    def cache_read_input_tokens(self) -> int: ...
+    @property
+    def cache_split_reported(self) -> bool: ...
+    @property
+    def stop_reason(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def saw_message_start(self) -> bool: ...
+    @property
+    def saw_message_delta(self) -> bool: ...
+    @property
+    def saw_message_stop(self) -> bool: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def malformed_events(self) -> int: ...
+    @property
+    def truncated(self) -> bool: ...
+
 def estimate_tokens(body: bytes) -> int:
     """Estimated input tokens of a raw Messages request body.
 

@@ -25,7 +25,8 @@ def configure_application(settings: Settings) -> Application:
     app.state = gw  # type: ignore[attr-defined]
 
     anthropic.register(app, gw)
-    for module_name in ("ethereal.api.openai", "ethereal.admin.routes", "ethereal.dashboard.routes"):
+    for module_name in ("ethereal.api.openai", "ethereal.admin.routes", "ethereal.metering.routes",
+                        "ethereal.upstream.routes", "ethereal.dashboard.routes"):
         module = _optional(module_name)
         if module is not None:
             module.register(app, gw)

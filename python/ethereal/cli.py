@@ -162,60 +162,163 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+_CLEAR = "__clear__"  # `--rpm none` on update: remove the limit
+
+
+def _int_or_clear(raw: str) -> Any:
+    if raw.strip().lower() in ("none", "null"):
+        return _CLEAR
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {raw!r}") from None
+
+
+def _float_or_clear(raw: str) -> Any:
+    if raw.strip().lower() in ("none", "null"):
+        return _CLEAR
+    try:
+        return float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {raw!r}") from None
+
+
 def _key_attrs(args: argparse.Namespace) -> dict[str, Any]:
+    """The key attributes given on the command line, as the admin API's JSON fields."""
     attrs: dict[str, Any] = {}
-    for name in ("name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency"):
+    for name in ("name", "owner", "plan", "budget_tokens", "budget_micro_usd", "budget_usd", "rpm", "tpm",
+                 "max_concurrency", "expires_in_days", "expires_at"):
         value = getattr(args, name, None)
         if value is not None:
-            attrs[name] = value
-    if getattr(args, "models", None):
-        attrs["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
-    if getattr(args, "expires_in_days", None):
-        attrs["expires_at"] = time.time() + args.expires_in_days * 86400
+            cleared = value == _CLEAR or (name in ("plan", "expires_at") and value.lower() in ("none", "never"))
+            attrs[name] = None if cleared else value
+    models = getattr(args, "models", None)
+    if models:
+        attrs["allowed_models"] = (None if models.strip().lower() in ("none", "all")
+                                   else [m.strip() for m in models.split(",") if m.strip()])
+    metadata = getattr(args, "metadata", None)
+    if metadata is not None:
+        try:
+            attrs["metadata"] = json.loads(metadata)
+        except ValueError:
+            attrs["metadata"] = metadata  # refused by the validator with the field's name
     return attrs
 
 
+def _validated(settings: Settings, attrs: dict[str, Any], *, allow: tuple[str, ...] | None = None) -> dict[str, Any]:
+    from ethereal.admin.keyspec import KEY_FIELDS, parse_key_fields
+    from ethereal.catalog import load_catalog
+    from ethereal.limits.plans import Plans
+
+    return parse_key_fields(attrs, catalog=load_catalog(settings.models_file), plans=Plans(settings.plans),
+                            allow=allow or KEY_FIELDS)
+
+
+def _publish_key_change(settings: Settings, key_hash: str) -> None:
+    """With Redis configured, running gateways drop the key from their cache at once (else within 1 s)."""
+    if not settings.redis_url:
+        return
+    try:
+        import redis
+
+        from ethereal.limits.redis import INVALIDATION_CHANNEL
+
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        try:
+            client.publish(INVALIDATION_CHANNEL, key_hash)
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - the cache TTL still bounds how long a replica can lag
+        print(f"(could not notify gateways through Redis: {exc}; they pick the change up within"
+              f" {settings.key_cache_ttl:g} s)", file=sys.stderr)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
+    from ethereal.admin.keyspec import KEY_FIELDS, key_json, key_state
+    from ethereal.errors import GatewayError
     from ethereal.keys import mint
 
     settings = load_settings(args.config)
-    if args.keys_cmd == "mint":
-        if not 1 <= args.count <= 500:
-            print("--count must be between 1 and 500", file=sys.stderr)
-            return 2
-        attrs = _key_attrs(args)
-        minted = [mint(settings.key_prefix, **attrs) for _ in range(args.count)]
+    try:
+        if args.keys_cmd == "mint":
+            if not 1 <= args.count <= 500:
+                print("--count must be between 1 and 500", file=sys.stderr)
+                return 2
+            attrs = _validated(settings, _key_attrs(args))
+            minted = [mint(settings.key_prefix, **attrs) for _ in range(args.count)]
 
-        async def go(store: Any) -> None:
-            await store.insert_keys([record for _, record in minted])
+            async def go(store: Any) -> None:
+                await store.insert_keys([record for _, record in minted])  # one transaction
 
-        asyncio.run(_with_store(settings, go))
-        for plaintext, record in minted:
-            if args.json:
-                print(json.dumps({"id": record.id, "key": plaintext, **record.public()}))
+            asyncio.run(_with_store(settings, go))
+            for plaintext, record in minted:
+                if args.json:
+                    print(json.dumps({**key_json(record), "key": plaintext}))
+                else:
+                    print(f"{record.id}\t{plaintext}")
+            if not args.json:
+                print("(keys are shown once; only their sha256 is stored)", file=sys.stderr)
+            return 0
+        if args.keys_cmd == "list":
+            async def go_list(store: Any) -> tuple[list[Any], dict[str, Any]]:
+                records = await store.list_keys(owner=args.owner, plan=args.plan, state=args.state, limit=args.limit,
+                                                after_id=args.after_id)
+                return records, await store.spend_by_key([r.id for r in records])
+
+            records, spend = asyncio.run(_with_store(settings, go_list))
+            for record in records:
+                if args.json:
+                    print(json.dumps(key_json(record, spend.get(record.id))))
+                    continue
+                cost = (spend.get(record.id) or {}).get("cost_micro", 0) / 1e6
+                print(f"{record.id}\t{record.display}\t{key_state(record)}\t{record.name}\t{record.owner}\t"
+                      f"{record.plan or ''}\t${cost:.6f}")
+            return 0
+        if args.keys_cmd == "show":
+            async def go_show(store: Any) -> Any:
+                record = await store.get_key(args.key_id)
+                return record, (await store.spend_by_key([args.key_id])).get(args.key_id)
+
+            record, spent = asyncio.run(_with_store(settings, go_show))
+            if record is None:
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(json.dumps(key_json(record, spent), indent=2))
+            return 0
+        if args.keys_cmd in ("update", "revoke", "delete"):
+            if args.keys_cmd == "update":
+                attrs = _key_attrs(args)
+                if args.revoked is not None:
+                    attrs["revoked"] = args.revoked == "true"
+                changes = _validated(settings, attrs, allow=(*KEY_FIELDS, "revoked"))
+                if not changes:
+                    print("nothing to update: give at least one option", file=sys.stderr)
+                    return 2
             else:
-                print(f"{record.id}\t{plaintext}")
-        if not args.json:
-            print("(keys are shown once; only their sha256 is stored)", file=sys.stderr)
-        return 0
-    if args.keys_cmd == "list":
-        async def go_list(store: Any) -> list[Any]:
-            return await store.list_keys(owner=args.owner, state=args.state, limit=args.limit)
+                changes = {"revoked": True}
 
-        for record in asyncio.run(_with_store(settings, go_list)):
-            state = "revoked" if record.revoked else ("expired" if record.is_expired() else "active")
-            print(f"{record.id}\t{record.display}\t{state}\t{record.name}\t{record.owner}\t{record.plan or ''}")
-        return 0
-    if args.keys_cmd == "revoke":
-        async def go_revoke(store: Any) -> Any:
-            return await store.update_key(args.key_id, {"revoked": True})
+            async def go_change(store: Any) -> Any:
+                record = await store.get_key(args.key_id)
+                if record is None:
+                    return None
+                if args.keys_cmd == "delete":
+                    await store.delete_key(record.id)
+                    return record
+                return await store.update_key(record.id, changes)
 
-        record = asyncio.run(_with_store(settings, go_revoke))
-        if record is None:
-            print(f"no key {args.key_id}", file=sys.stderr)
-            return 1
-        print(f"revoked {record.id} ({record.display})")
-        return 0
+            record = asyncio.run(_with_store(settings, go_change))
+            if record is None:
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            _publish_key_change(settings, record.key_hash)
+            if args.keys_cmd == "update":
+                print(json.dumps(key_json(record), indent=2))
+            else:
+                print(f"{args.keys_cmd}d {record.id} ({record.display})")
+            return 0
+    except GatewayError as exc:  # a validation error, named after its field
+        print(f"ethereal: {exc.message}", file=sys.stderr)
+        return 2
     return 2
 
 
@@ -346,27 +449,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sim", help="run the simulated Anthropic API (see `ethereal sim --help`)", add_help=False)
     sub.add_parser("migrate", help="apply database migrations")
 
-    keys = sub.add_parser("keys", help="mint, list and revoke API keys")
+    keys = sub.add_parser("keys", help="mint, list, show, update, revoke and delete API keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+
+    def key_options(p: argparse.ArgumentParser, updating: bool) -> None:
+        clear = " ('none' removes it)" if updating else ""
+        p.add_argument("--name", default=None)
+        p.add_argument("--owner", default=None, help="person or team label")
+        p.add_argument("--plan", default=None, help=f"pro, max5x, max20x or a configured plan{clear}")
+        p.add_argument("--budget-tokens", dest="budget_tokens", type=_int_or_clear, help=f"token budget{clear}")
+        p.add_argument("--budget-micro-usd", dest="budget_micro_usd", type=_int_or_clear,
+                       help=f"spending budget in micro-USD{clear}")
+        p.add_argument("--budget-usd", dest="budget_usd", type=_float_or_clear, help=f"spending budget in USD{clear}")
+        p.add_argument("--rpm", type=_int_or_clear, help=f"requests per minute{clear}")
+        p.add_argument("--tpm", type=_int_or_clear, help=f"tokens per minute{clear}")
+        p.add_argument("--max-concurrency", dest="max_concurrency", type=_int_or_clear,
+                       help=f"requests in flight at once{clear}")
+        p.add_argument("--models", help="comma-separated model ids or families the key may use"
+                       + (" ('all' removes the restriction)" if updating else ""))
+        p.add_argument("--expires-in-days", dest="expires_in_days", type=float)
+        p.add_argument("--expires-at", dest="expires_at", help="RFC 3339 time" + (" ('none': never)" if updating
+                                                                                   else ""))
+        p.add_argument("--metadata", help="a JSON object")
+
     mint_p = keys_sub.add_parser("mint", help="mint keys (printed once)")
-    mint_p.add_argument("--count", type=int, default=1)
-    mint_p.add_argument("--name", default=None)
-    mint_p.add_argument("--owner", default=None)
-    mint_p.add_argument("--plan", default=None)
-    mint_p.add_argument("--budget-tokens", dest="budget_tokens", type=int)
-    mint_p.add_argument("--budget-micro-usd", dest="budget_micro_usd", type=int)
-    mint_p.add_argument("--rpm", type=int)
-    mint_p.add_argument("--tpm", type=int)
-    mint_p.add_argument("--max-concurrency", dest="max_concurrency", type=int)
-    mint_p.add_argument("--models", help="comma-separated model ids or families the key may use")
-    mint_p.add_argument("--expires-in-days", dest="expires_in_days", type=float)
+    mint_p.add_argument("--count", type=int, default=1, help="1 to 500 keys, in one transaction")
+    key_options(mint_p, updating=False)
     mint_p.add_argument("--json", action="store_true")
-    list_p = keys_sub.add_parser("list", help="list keys")
+    list_p = keys_sub.add_parser("list", help="list keys with their spend")
     list_p.add_argument("--owner")
+    list_p.add_argument("--plan")
     list_p.add_argument("--state", choices=("active", "revoked", "expired"))
     list_p.add_argument("--limit", type=int, default=100)
+    list_p.add_argument("--after-id", dest="after_id", help="page after this key id")
+    list_p.add_argument("--json", action="store_true")
+    show_p = keys_sub.add_parser("show", help="one key and its spend, as JSON")
+    show_p.add_argument("key_id")
+    update_p = keys_sub.add_parser("update", help="change a key's limits, plan, expiry, models, metadata")
+    update_p.add_argument("key_id")
+    key_options(update_p, updating=True)
+    update_p.add_argument("--revoked", choices=("true", "false"), help="revoke or reinstate")
     revoke_p = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke_p.add_argument("key_id")
+    delete_p = keys_sub.add_parser("delete", help="delete a key by id")
+    delete_p.add_argument("key_id")
 
     up = sub.add_parser("upstream", help="manage upstream credentials (stored encrypted with ETHEREAL_SECRET_KEY)")
     up_sub = up.add_subparsers(dest="upstream_cmd", required=True)

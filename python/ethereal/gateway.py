@@ -6,13 +6,15 @@ import logging
 
 from ethereal.auth import Authenticator
 from ethereal.catalog import Catalog, load_catalog
-from ethereal.limits import Limiter
+from ethereal.limits import Limiter, build_limiter
+from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
 from ethereal.settings import Settings
 from ethereal.storage import open_store
 from ethereal.storage.base import Store
 from ethereal.upstream.client import Timeouts, UpstreamClient
-from ethereal.upstream.pool import Credential, Pool
+from ethereal.upstream.pool import Pool
+from ethereal.upstream.service import UpstreamService
 
 log = logging.getLogger("ethereal")
 
@@ -21,10 +23,12 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog: Catalog = load_catalog(settings.models_file)
-        self.pool = Pool()
+        self.pool = Pool(default_retry_after=settings.upstream_default_retry_after,
+                         backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
         self.client = UpstreamClient(
             Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_stream_timeout)
         )
+        self.upstreams = UpstreamService(settings, self.pool, self.client, self.catalog)
         self.limiter: Limiter = Limiter()
         self.store: Store | None = None
         self.auth: Authenticator | None = None
@@ -34,18 +38,20 @@ class Gateway:
         settings = self.settings
         self.store = await open_store(settings.storage_url)
         self.auth = Authenticator(self.store, ttl=settings.key_cache_ttl)
-        self.meter = Meter(self.store)
+        # RedisLimiter with ETHEREAL_REDIS_URL (shared by replicas), else the in-process LocalLimiter;
+        # key changes published by another replica's admin API drop the key from this cache at once
+        self.limiter = build_limiter(settings, self.store)
+        await self.limiter.start(on_key_change=self.auth.invalidate)
+        self.meter = Meter(self.store, MeterConfig.from_settings(settings))
         self.meter.start()
-        if settings.upstream_url and settings.upstream_key:
-            self.pool.add(Credential(name="default", base_url=settings.upstream_url.rstrip("/"),
-                                     api_key=settings.upstream_key))
-        if not self.pool.credentials:
-            log.warning("no upstream credential configured: every request will get 503")
+        # env credential + stored ones (SecretKeyError when they cannot be decrypted), replica sync
+        await self.upstreams.start(self.store)
 
     async def stop(self) -> None:
         if self.meter is not None:
             await self.meter.close()
         await self.limiter.close()
+        await self.upstreams.stop()
         await self.client.close()
         if self.store is not None:
             await self.store.close()

@@ -7,10 +7,12 @@ settle + record. Translating routes reuse ``open_upstream`` and ``finish``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,10 @@ from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
+from ethereal.metering.pricing import Iteration, cost_micro, iteration_totals, price_model
 from ethereal.metering.record import UsageRecord
+from ethereal.metering.usage import StreamTail
+from ethereal.metering.usage import extras as usage_extras
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.pool import Credential
 
@@ -39,7 +44,7 @@ _DROP_REQUEST = frozenset({
 _FORWARD_REQUEST = frozenset({b"content-type", b"accept", b"user-agent", b"idempotency-key",
                               b"x-stainless-retry-count", b"x-stainless-timeout"})
 
-UPSTREAM_STATUS_KIND = {429: "rate_limited", 529: "overloaded", 401: "auth", 403: "auth"}
+UPSTREAM_STATUS_KIND = {429: "rate_limited", 529: "overloaded", 401: "auth", 403: "auth", 408: "timeout"}
 
 
 def forward_headers(raw: list[tuple[bytes, bytes]], credential: Credential) -> dict[str, str]:
@@ -75,6 +80,7 @@ class Call:
     admission: Admission | None = None
     credential: Credential | None = None
     upstream_request_id: str | None = None
+    record: UsageRecord | None = None  # set by finish(): one record per request
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -189,39 +195,51 @@ async def open_upstream(
 ) -> UpstreamResponse:
     """Send to the best credential, failing over while the client has seen nothing.
 
-    Returns a response with a 2xx status, or a client error (4xx other than 401/403/429)
-    that is the client's to see. ``health=False`` (count_tokens) keeps failures out of
-    the credentials' health so they never cool a credential down for messages.
+    Returns a response with a 2xx status (an event stream already holding its first chunk,
+    a JSON body already read: a cut before the client has seen anything fails over too),
+    or a client error (4xx other than 401/403/408/429) that is the client's to see.
+    Failover is bounded by ``max_attempts`` and ``failover_deadline``. When every attempt failed, the last upstream
+    error is answered (retry-after = the pool's earliest recovery); with no usable
+    credential at all, 503 overloaded_error with that retry-after. ``affinity`` (see
+    ``upstream.affinity.cache_affinity``) keeps a cache prefix on one credential.
+    ``health=False`` (count_tokens) keeps failures out of the credentials' health so they
+    never cool a credential down for messages.
     """
     settings = gw.settings
     deadline = time.monotonic() + settings.failover_deadline
-    tried: set[str] = set()
+    tried: list[str] = []
     last: GatewayError | None = None
     pool = gw.pool
-    for _ in range(settings.max_attempts):
-        if time.monotonic() >= deadline:
+    for attempt in range(settings.max_attempts):
+        if attempt and time.monotonic() >= deadline:
             break
-        candidates = [c for c in pool.candidates(call.model_name, affinity) if c.name not in tried]
-        if not candidates:
+        cred = await pool.acquire(call.model_name, affinity, tried, count_rpm=health)
+        if cred is None:
             break
-        cred = candidates[0]
-        tried.add(cred.name)
-        cred.in_flight += 1
+        tried.append(cred.name)
         try:
-            resp = await gw.client.request("POST", cred.base_url + path_qs, forward_headers(raw_headers, cred), body)
+            resp = await gw.client.request("POST", cred.base_url + path_qs, forward_headers(raw_headers, cred), body,
+                                           pool_key=cred.name)
+            if resp.status == 200:
+                if resp.is_event_stream:
+                    await resp.prime(settings.first_byte_timeout)
+                else:
+                    await resp.buffer()
         except UpstreamConnectError as exc:
-            cred.in_flight -= 1
-            log.warning("upstream %s unreachable: %s", cred.name, exc)
+            pool.release(cred)
+            log.warning("upstream %s failed before the first byte (attempt %d): %s", cred.name, attempt + 1, exc)
             if health:
-                pool.report_failure(cred, "connect")
-            last = GatewayError(503, "upstream unavailable", retry_after=1.0)
+                await pool.report_failure(cred, exc.kind, detail=str(exc))
             continue
+        except BaseException:  # cancelled (the client went away) or a bug: give the slot back
+            pool.release(cred)
+            raise
         status = resp.status
-        if status < 400 or (status < 500 and status not in UPSTREAM_STATUS_KIND and status != 408):
+        if status < 400 or (status < 500 and status not in UPSTREAM_STATUS_KIND):
             call.credential = cred
             call.upstream_request_id = resp.headers.get("request-id")
-            if health and status < 400:
-                pool.report_success(cred)
+            if health:
+                await pool.report_success(cred)
             return resp
         # a failure the client need not see yet: try another credential
         retry_after = _retry_after(resp)
@@ -229,20 +247,19 @@ async def open_upstream(
             err_body = await resp.read()
         except UpstreamStreamError:
             err_body = b""
-        cred.in_flight -= 1
+        pool.release(cred)
         kind = UPSTREAM_STATUS_KIND.get(status, "server_error")
         if health:
-            pool.report_failure(cred, kind, retry_after)
-        log.warning("upstream %s answered %d (%s)", cred.name, status, kind)
-        if kind == "auth":
-            last = GatewayError(503, "no upstream credential is available", type="overloaded_error")
-        else:
+            await pool.report_failure(cred, kind, retry_after, detail=f"HTTP {status}")
+        log.warning("upstream %s answered %d (%s), attempt %d", cred.name, status, kind, attempt + 1)
+        if kind != "auth":
             last = upstream_error(status, err_body, retry_after)
-    if last is not None and last.status != 503:
+    wait = max(1.0, pool.earliest_recovery(call.model_name))
+    if last is not None:
+        last.retry_after = max(last.retry_after or 0.0, wait)
         raise last
-    wait = pool.earliest_recovery(call.model_name)
     raise GatewayError(503, "no healthy upstream credential can serve this request",
-                       type="overloaded_error", retry_after=max(1.0, wait))
+                       type="overloaded_error", retry_after=wait)
 
 
 def response_headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]]:
@@ -256,17 +273,32 @@ def response_headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]]
 
 async def finish(gw: Gateway, call: Call, *, status: int, input_tokens: int = 0, output_tokens: int = 0,
                  cache_5m: int = 0, cache_1h: int = 0, cache_read: int = 0, exact: bool = True,
-                 ttl_assumed: bool = False, error_type: str | None = None) -> UsageRecord:
-    """Settle the reservation and record the usage: once per request, on every path."""
+                 ttl_assumed: bool = False, error_type: str | None = None,
+                 iterations: list[Iteration] | None = None, web_searches: int = 0,
+                 batch: bool = False) -> UsageRecord:
+    """Settle the reservation and record the usage: once per request, on every path.
+
+    Idempotent: a second call returns the first record. With ``iterations``
+    (compaction, advisor) the token counts are their sums and each iteration is
+    priced at its own model; ``web_searches`` are billed per search. A model the
+    catalog does not know is priced like the newest of its family (metering/pricing.py).
+    """
+    if call.record is not None:
+        return call.record
+    if iterations:
+        input_tokens, output_tokens, cache_5m, cache_1h, cache_read, assumed = iteration_totals(iterations)
+        ttl_assumed = ttl_assumed or assumed
+    model = call.model or (price_model(gw.catalog, call.model_name) if call.model_name else None)
+    cost = cost_micro(gw.catalog, model, input_tokens=input_tokens, output_tokens=output_tokens, cache_5m=cache_5m,
+                      cache_1h=cache_1h, cache_read=cache_read, iterations=iterations, web_searches=web_searches,
+                      batch=batch)
     cred = call.credential
     if cred is not None:
-        cred.in_flight -= 1
+        gw.pool.release(cred, cost)  # in-flight count, and the spend toward its cap
         call.credential = None
         cred_name: str | None = cred.name
     else:
         cred_name = None
-    cost = gw.catalog.cost_micro(call.model, input_tokens=input_tokens, output_tokens=output_tokens,
-                                 cache_creation_5m=cache_5m, cache_creation_1h=cache_1h, cache_read=cache_read)
     if call.admission is not None:
         try:
             await gw.limiter.settle(call.admission, tokens=input_tokens + output_tokens + cache_5m + cache_1h
@@ -281,11 +313,38 @@ async def finish(gw: Gateway, call: Call, *, status: int, input_tokens: int = 0,
         cache_creation_1h=cache_1h, cache_read=cache_read, exact=exact, cache_ttl_assumed=ttl_assumed,
         cost_micro=cost, ttfb_ms=call.ttfb_ms, duration_ms=(time.perf_counter() - call.t0) * 1000.0,
         started_at=call.started, ended_at=now, upstream_request_id=call.upstream_request_id,
-        error_type=error_type,
+        error_type=error_type, web_search_requests=web_searches,
     )
+    call.record = rec
     if gw.meter is not None:
         gw.meter.record(rec)
     return rec
+
+
+@contextlib.asynccontextmanager
+async def recording(gw: Gateway, call: Call) -> AsyncIterator[Call]:
+    """Records the request if the body fails before it calls ``finish`` itself.
+
+    Wrap a handler's work after authentication: a refusal (400, 402, 403, 413,
+    429), an upstream failure or a bug still leaves exactly one usage record.
+    A handler that hands a stream to ``tap_stream`` exits normally and the
+    stream records when it ends.
+    """
+    try:
+        yield call
+    except GatewayError as exc:
+        if call.record is None:
+            await finish(gw, call, status=exc.status, error_type=exc.type)
+        raise
+    except asyncio.CancelledError:
+        # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
+        if call.record is None:
+            await asyncio.shield(finish(gw, call, status=499, exact=False, error_type="client_disconnected"))
+        raise
+    except Exception:
+        if call.record is None:
+            await finish(gw, call, status=500, error_type="api_error")
+        raise
 
 
 def usage_from_message(usage: Any) -> tuple[int, int, int, int, int, bool]:
@@ -304,6 +363,51 @@ def usage_from_message(usage: Any) -> tuple[int, int, int, int, int, bool]:
             int(usage.get("cache_read_input_tokens") or 0), assumed)
 
 
+def streamed(source: Callable[[], AsyncIterator[bytes]], request: Any = None) -> Callable[[], AsyncIterator[bytes]]:
+    """An async generator *function* over ``source()`` (BlackSheep's StreamedContent wants one).
+
+    The inner generator is closed explicitly when the response ends or the client goes
+    away, so its ``finally`` (cancel the upstream request, settle, record) runs at once.
+    With the ``request``, a watcher waits for the ASGI ``http.disconnect``: some servers
+    (granian) silently drop writes to a closed connection, so without it a stream whose
+    client left would keep pulling from the upstream until the end.
+    """
+    receive = getattr(getattr(request, "content", None), "receive", None)
+
+    async def provider() -> AsyncIterator[bytes]:
+        gen = source()
+        task = asyncio.current_task()
+        gone = False
+        watcher: asyncio.Task[None] | None = None
+        if receive is not None and task is not None:
+            async def watch() -> None:
+                nonlocal gone
+                try:
+                    while True:
+                        message = await receive()
+                        if message.get("type") == "http.disconnect":
+                            gone = True
+                            task.cancel()
+                            return
+                except Exception:  # noqa: BLE001 - no way to watch: the stream just runs to its end
+                    return
+
+            watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            async for chunk in gen:
+                yield chunk
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()  # type: ignore[union-attr]  # our own cancel: end quietly
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await gen.aclose()  # type: ignore[attr-defined]
+
+    return provider
+
+
 async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIterator[bytes]:
     """Upstream SSE bytes to the client unchanged, metered by the native tap.
 
@@ -312,6 +416,7 @@ async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIt
     recorded from what the tap saw.
     """
     tap = _native.StreamTap()
+    tail = StreamTail()  # the final message_delta, for per-iteration models and web searches
     status = 200
     error_type: str | None = None
     client_gone = True
@@ -321,6 +426,7 @@ async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIt
                 if call.ttfb_ms is None:
                     call.ttfb_ms = (time.perf_counter() - call.t0) * 1000.0
                 tap.feed(chunk)
+                tail.add(chunk)
                 yield chunk
             tap.finish()
             if not tap.saw_message_stop and tap.error_type is None:
@@ -329,6 +435,8 @@ async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIt
             log.warning("upstream stream from %s cut: %s", call.credential.name if call.credential else "?", exc)
             error_type = "api_error"
             status = 502
+            if call.credential is not None:
+                await gw.pool.report_failure(call.credential, "stream", detail=str(exc))
             yield anthropic_sse_error("api_error", "the upstream connection was interrupted", call.request_id)
         client_gone = False
     finally:
@@ -339,7 +447,11 @@ async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIt
             resp.release()
             if tap.error_type is not None:
                 error_type, status = tap.error_type, 200
+                if call.credential is not None and tap.error_type in ("overloaded_error", "api_error"):
+                    await gw.pool.report_failure(call.credential, "overloaded" if tap.error_type ==
+                                                 "overloaded_error" else "server_error", detail="error event")
         inp, out, c5, c1, cr, exact = tap.usage()
+        iterations, searches = usage_extras(tail.final_usage()) if exact else (None, 0)
         await finish(gw, call, status=status, input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1,
                      cache_read=cr, exact=exact, ttl_assumed=(c5 + c1 > 0 and not tap.cache_split_reported),
-                     error_type=error_type)
+                     error_type=error_type, iterations=iterations, web_searches=searches)

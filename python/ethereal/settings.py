@@ -78,9 +78,23 @@ class Settings:
     # failover
     max_attempts: int = 3
     failover_deadline: float = 30.0
+    # upstream credential pool (seconds): store reload, Redis health poll, spend-cap refresh,
+    # cooldown after a 429 without retry-after, exponential backoff base and cap
+    upstream_reload_interval: float = 2.0
+    upstream_health_poll: float = 0.5
+    upstream_spend_refresh: float = 15.0
+    upstream_default_retry_after: float = 5.0
+    upstream_backoff_base: float = 0.5
+    upstream_backoff_cap: float = 30.0
     # output allowance reserved per request when max_tokens is large (tokens)
     output_allowance_cap: int = 8192
     limits_fail_open: bool = False
+    # limits: length of the RPM/TPM sliding window (60 = per minute; shorter only for tests),
+    # how long an unsettled reservation holds budget/concurrency (a crashed replica's requests),
+    # plan table overrides (TOML [plans.NAME] tables, or JSON in ETHEREAL_PLANS; see limits/plans.py)
+    limits_window_seconds: float = 60.0
+    limits_reservation_ttl: float = 900.0
+    plans: dict[str, Any] | None = None
     key_cache_ttl: float = 1.0
     log_level: str = "info"
     models_file: Path | None = None
@@ -102,7 +116,10 @@ class Settings:
 
 _INT_FIELDS = {"port": 1, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1, "output_allowance_cap": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
-                 "failover_deadline": 0.1, "key_cache_ttl": 0.0}
+                 "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
+                 "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
+                 "upstream_default_retry_after": 0.0, "upstream_backoff_base": 0.0, "upstream_backoff_cap": 0.0,
+                 "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0}
 _BOOL_FIELDS = {"limits_fail_open"}
 _PATH_FIELDS = {"data_dir", "models_file"}
 
@@ -118,6 +135,13 @@ def _coerce(name: str, raw: Any) -> Any:
             return _as_bool(upper, raw)
     if name in _PATH_FIELDS and raw is not None:
         return Path(raw)
+    if name == "plans" and isinstance(raw, str):
+        import json
+
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise SettingsError("ETHEREAL_PLANS must be a JSON object of plan tables") from None
     return raw
 
 
@@ -172,3 +196,12 @@ def validate(settings: Settings) -> None:
         raise SettingsError("ETHEREAL_ADMIN_KEY must be at least 16 characters")
     if not settings.key_prefix or len(settings.key_prefix) > 32:
         raise SettingsError("ETHEREAL_KEY_PREFIX must be 1 to 32 characters")
+    if settings.plans is not None:
+        from ethereal.limits.plans import Plans
+
+        if not isinstance(settings.plans, dict):
+            raise SettingsError("plans must be a table of plan tables")
+        try:
+            Plans(settings.plans)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None

@@ -8,7 +8,8 @@ import orjson
 from blacksheep import Application, Content, Request, Response, StreamedContent
 
 from ethereal import _native
-from ethereal.api.common import JSON, anthropic_route, header_map, json_response, raw_headers, read_body
+from ethereal.api.common import (JSON, anthropic_route, header_map, is_openai_client, json_response, raw_headers,
+                                 read_body)
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.proxy import (
@@ -19,10 +20,14 @@ from ethereal.proxy import (
     resolve_model,
     response_headers,
     splice_model,
+    streamed,
     tap_stream,
+    recording,
     usage_from_message,
     validate_messages_body,
 )
+from ethereal.metering.usage import extras as usage_extras
+from ethereal.upstream.affinity import cache_affinity
 from ethereal.upstream.client import UpstreamStreamError
 
 SSE = b"text/event-stream; charset=utf-8"
@@ -75,13 +80,30 @@ def register(app: Application, gw: Gateway) -> None:
     settings = gw.settings
 
     async def authenticate(request: Request, call: Call) -> None:
+        """The key, or 401. Refusals before a key is known are counted by the meter, not recorded:
+        no key means nothing billable and no owner, and rows written for junk requests would let
+        anyone fill the usage table (see metering/README)."""
         assert gw.auth is not None
-        call.key = await gw.auth.authenticate(header_map(request))
+        try:
+            call.key = await gw.auth.authenticate(header_map(request))
+        except GatewayError:
+            if gw.meter is not None:
+                gw.meter.count_unauthenticated()
+            raise
+        if gw.meter is not None and not gw.meter.accepting:
+            # ETHEREAL_METER_ON_FULL=reject: nothing is served that cannot be recorded
+            gw.meter.refuse()
+            raise GatewayError(503, "usage metering is saturated (database unreachable and spool full);"
+                               " retry later", type="overloaded_error", retry_after=30.0)
 
     @anthropic_route
     async def messages(request: Request, request_id: str) -> Response:
         call = Call(request_id=request_id, route="messages")
         await authenticate(request, call)
+        async with recording(gw, call):  # exactly one usage record, whatever happens below
+            return await _messages(request, call)
+
+    async def _messages(request: Request, call: Call) -> Response:
         body = await read_body(request, settings.max_body_bytes)
         data = parse_json_body(body)
         name = validate_messages_body(data, need_max_tokens=True)
@@ -89,7 +111,7 @@ def register(app: Application, gw: Gateway) -> None:
         if call.model_name != name:
             body = splice_model(body, data, call.model_name)  # type: ignore[arg-type]
         call.stream = data.get("stream") is True
-        if gw.limiter.enabled:
+        if gw.limiter.governs(call.key):  # a key without limits skips the estimate and admit
             model = call.model
             call.admission = await gw.limiter.admit(
                 call.key,  # type: ignore[arg-type]
@@ -100,7 +122,8 @@ def register(app: Application, gw: Gateway) -> None:
                 price_out=model.output_price if model else 0.0,
             )
         try:
-            resp = await open_upstream(gw, call, path_with_query(request), raw_headers(request), body)
+            resp = await open_upstream(gw, call, path_with_query(request), raw_headers(request), body,
+                                       affinity=cache_affinity(data, call.model_name, body))
         except GatewayError as exc:
             await finish(gw, call, status=exc.status, error_type=exc.type)
             raise
@@ -108,7 +131,7 @@ def register(app: Application, gw: Gateway) -> None:
             call.stream = True
             headers = response_headers(call, resp.content_type)
             headers.append((b"cache-control", b"no-cache"))
-            return Response(200, headers, StreamedContent(SSE, lambda: tap_stream(gw, call, resp)))
+            return Response(200, headers, StreamedContent(SSE, streamed(lambda: tap_stream(gw, call, resp), request)))
         try:
             payload = await resp.read()
         except UpstreamStreamError as exc:
@@ -126,8 +149,10 @@ def register(app: Application, gw: Gateway) -> None:
         except (orjson.JSONDecodeError, AttributeError):
             usage = None
         inp, out, c5, c1, cr, assumed = usage_from_message(usage)
+        iterations, searches = usage_extras(usage)
         await finish(gw, call, status=resp.status, input_tokens=inp, output_tokens=out, cache_5m=c5,
-                     cache_1h=c1, cache_read=cr, exact=usage is not None, ttl_assumed=assumed)
+                     cache_1h=c1, cache_read=cr, exact=isinstance(usage, dict), ttl_assumed=assumed,
+                     iterations=iterations, web_searches=searches)
         return Response(resp.status, response_headers(call, resp.content_type or "application/json"),
                         Content(JSON, payload))
 
@@ -135,6 +160,11 @@ def register(app: Application, gw: Gateway) -> None:
     async def count_tokens(request: Request, request_id: str) -> Response:
         call = Call(request_id=request_id, route="count_tokens")
         await authenticate(request, call)
+        async with recording(gw, call):
+            return await _count_tokens(request, call)
+
+    async def _count_tokens(request: Request, call: Call) -> Response:
+        # counting is free: the record carries no tokens and no cost, only that it happened
         body = await read_body(request, settings.max_body_bytes)
         data = parse_json_body(body)
         name = validate_messages_body(data, need_max_tokens=False)
@@ -165,23 +195,38 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_models(request: Request, request_id: str) -> Response:
-        assert gw.auth is not None
-        await gw.auth.authenticate(header_map(request))
-        items = [m.to_anthropic() for m in gw.catalog.models]
-        return json_response(200, orjson.dumps(model_page(items, request)), [(b"request-id", request_id.encode())])
+        call = Call(request_id=request_id, route="models")
+        await authenticate(request, call)
+        async with recording(gw, call):
+            if is_openai_client(header_map(request)):  # OpenAI's list shape for OpenAI clients
+                payload = orjson.dumps({"object": "list", "data": [m.to_openai() for m in gw.catalog.models]})
+            else:
+                items = [m.to_anthropic() for m in gw.catalog.models]
+                payload = orjson.dumps(model_page(items, request))
+            await finish(gw, call, status=200)
+        return json_response(200, payload, [(b"request-id", request_id.encode())])
 
     @anthropic_route
     async def get_model(request: Request, request_id: str) -> Response:
-        assert gw.auth is not None
-        await gw.auth.authenticate(header_map(request))
-        model_id = request.route_values.get("model_id", "")
-        model = gw.catalog.resolve(model_id)
-        if model is None:
-            raise GatewayError(404, f"model: {model_id}")
-        return json_response(200, orjson.dumps(model.to_anthropic()), [(b"request-id", request_id.encode())])
+        call = Call(request_id=request_id, route="models")
+        await authenticate(request, call)
+        async with recording(gw, call):
+            model_id = request.route_values.get("model_id", "")
+            model = gw.catalog.resolve(model_id)
+            call.model_name = model.id if model else model_id
+            if model is None:
+                raise GatewayError(404, f"model: {model_id}")
+            await finish(gw, call, status=200)
+        shape = model.to_openai() if is_openai_client(header_map(request)) else model.to_anthropic()
+        return json_response(200, orjson.dumps(shape), [(b"request-id", request_id.encode())])
 
     @anthropic_route
     async def get_usage(request: Request, request_id: str) -> Response:
+        """One request's usage. A key sees its own requests, the admin key every request.
+
+        Not itself recorded (polling it would write a row per poll). Answers as soon as the
+        request's response has ended: from this worker's memory, else the database, waiting
+        up to ETHEREAL_METER_LOOKUP_WAIT for a record another worker has not flushed yet."""
         headers = header_map(request)
         usage_id = request.route_values.get("request_id", "")
         assert gw.auth is not None and gw.meter is not None
@@ -191,6 +236,8 @@ def register(app: Application, gw: Gateway) -> None:
         is_admin = bool(settings.admin_key and presented
                         and hmac.compare_digest(presented.encode(), settings.admin_key.encode()))
         key = None if is_admin else await gw.auth.authenticate(headers)
+        if not usage_id.startswith("req_") or len(usage_id) > 64:
+            raise GatewayError(404, f"no usage record for request {usage_id[:64]!r}")
         rec = await gw.meter.get(usage_id)
         # a key sees only its own requests; the same 404 for "not yours" and "unknown"
         if rec is None or (key is not None and rec.key_id != key.id):

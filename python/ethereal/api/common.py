@@ -19,6 +19,17 @@ def header_map(request: Request) -> dict[bytes, bytes]:
     return dict(request.scope["headers"])
 
 
+def is_openai_client(headers: dict[bytes, bytes]) -> bool:
+    """An OpenAI-style client: Bearer auth and no ``anthropic-version`` header.
+
+    Every Anthropic SDK (and Claude Code) sends ``anthropic-version``, the newest ones with
+    Bearer auth; OpenAI SDKs and OpenAI-compatible tools never send it. Shared routes such
+    as ``GET /v1/models`` answer in the caller's shape by this rule.
+    """
+    return (b"anthropic-version" not in headers and b"x-api-key" not in headers
+            and headers.get(b"authorization", b"")[:7].lower() == b"bearer ")
+
+
 def raw_headers(request: Request) -> list[tuple[bytes, bytes]]:
     return request.scope["headers"]
 

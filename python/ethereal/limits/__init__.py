@@ -1,10 +1,41 @@
-"""Admission control: budgets, rate windows, concurrency (one Redis round trip)."""
+"""Admission control: budgets, rate windows, concurrency and plans.
+
+``admit`` runs before a request goes upstream: it refuses (raising ``GatewayError``:
+402 budget spent, 429 rate or concurrency limit, 503 when the limiter cannot decide)
+or reserves the request's estimated cost and returns an ``Admission`` carrying the
+``anthropic-ratelimit-*`` headers. ``settle`` replaces the reservation by the real
+cost once the request is over (on every path, streams cut short included).
+
+Backends: ``RedisLimiter`` (one EVALSHA per admit, shared by every replica) and
+``LocalLimiter`` (in-process, the embedded default); both keep the same semantics
+and run the same contract tests. ``build_limiter`` picks one from the settings.
+
+Budget rule (both backends): a request is admitted when the key's spend so far, plus
+the estimated input of its requests in flight, plus its own estimated input, fits the
+budget; its output allowance is reserved too (shown in the held totals) but is paid at
+settle. Hence the two guarantees the tests check: the budget is exceeded by at most the
+output of the requests in flight, and a request whose real cost fits what is left is
+never refused.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
+from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
+from ethereal.limits.plans import Plans, Window
+
+if TYPE_CHECKING:
+    from ethereal.settings import Settings
+    from ethereal.storage.base import Store
+
+# result codes shared by admit.lua and the local limiter
+OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS = range(7)
 
 
 @dataclass(slots=True)
@@ -16,6 +47,85 @@ class Admission:
     reserved_micro: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     token: str = ""  # reservation handle for settle
+    limited: bool = False  # False: nothing was reserved, settle has nothing to do
+    input_tokens: int = 0  # counted in the windows at admit
+    admitted_ms: int = 0  # limiter clock at admit (Redis server time for RedisLimiter)
+    spec: Any = None  # the backend's view of the key's limits at admit
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """A key's effective limits: its own caps plus its plan's windows."""
+
+    budget_tokens: int | None
+    budget_micro: int | None
+    max_concurrency: int | None
+    windows: tuple[Window, ...]
+
+    @property
+    def reserving(self) -> bool:
+        return self.budget_tokens is not None or self.budget_micro is not None or self.max_concurrency is not None
+
+    @property
+    def empty(self) -> bool:
+        return not self.reserving and not self.windows
+
+
+def rfc3339(ms: float) -> bytes:
+    return datetime.fromtimestamp(math.ceil(ms / 1000.0), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+
+
+def ratelimit_headers(req: tuple[int, int, int] | None, tok: tuple[int, int, int] | None) -> list[tuple[bytes, bytes]]:
+    """``anthropic-ratelimit-*`` headers from (limit, remaining, reset_ms) per dimension.
+
+    The key has one token ceiling per window (input + output), so the input-tokens and
+    output-tokens families report the same numbers as tokens.
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    if req is not None:
+        limit, remaining, reset = req
+        headers += [(b"anthropic-ratelimit-requests-limit", str(limit).encode()),
+                    (b"anthropic-ratelimit-requests-remaining", str(max(0, remaining)).encode()),
+                    (b"anthropic-ratelimit-requests-reset", rfc3339(reset))]
+    if tok is not None:
+        limit, remaining, reset = tok
+        values = (str(limit).encode(), str(max(0, remaining)).encode(), rfc3339(reset))
+        for family in (b"tokens", b"input-tokens", b"output-tokens"):
+            headers += [(b"anthropic-ratelimit-" + family + b"-limit", values[0]),
+                        (b"anthropic-ratelimit-" + family + b"-remaining", values[1]),
+                        (b"anthropic-ratelimit-" + family + b"-reset", values[2])]
+    return headers
+
+
+def refusal(code: int, retry_ms: float, limits: KeyLimits, detail: int, now_ms: float) -> GatewayError:
+    """The client-facing error for a refused admission."""
+    if code == BUDGET_TOKENS:
+        return GatewayError(402, "this API key's token budget is spent", type="billing_error")
+    if code == BUDGET_MICRO:
+        return GatewayError(402, "this API key's spending budget is spent", type="billing_error")
+    retry = max(retry_ms, 1.0) / 1000.0
+    if code == CONCURRENCY:
+        return GatewayError(429, f"this API key allows {limits.max_concurrency} concurrent request(s)",
+                            type="rate_limit_error", retry_after=retry)
+    window = limits.windows[detail - 1] if 0 < detail <= len(limits.windows) else None
+    reset = now_ms + retry_ms
+    if code == WINDOW_REQUESTS and window is not None:
+        headers = ratelimit_headers((window.requests or 0, 0, int(reset)), None)
+        what = "requests per minute" if window.name == "minute" else f"requests per {window.name} window"
+        return GatewayError(429, f"rate limit exceeded: {window.requests} {what} for this API key",
+                            type="rate_limit_error", retry_after=retry, headers=headers)
+    if window is not None:
+        headers = ratelimit_headers(None, (window.tokens or 0, 0, int(reset)))
+        what = "tokens per minute" if window.name == "minute" else f"tokens per {window.name} window"
+        return GatewayError(429, f"rate limit exceeded: {window.tokens} {what} for this API key",
+                            type="rate_limit_error", retry_after=retry, headers=headers)
+    return GatewayError(429, "rate limit exceeded", type="rate_limit_error", retry_after=retry)
+
+
+def unavailable() -> GatewayError:
+    return GatewayError(503, "rate limiting is temporarily unavailable; retry shortly", type="overloaded_error",
+                        retry_after=2.0)
 
 
 class Limiter:
@@ -32,3 +142,79 @@ class Limiter:
 
     async def close(self) -> None:
         return None
+
+    def governs(self, key: KeyRecord | None) -> bool:
+        """Whether ``key`` has any limit to admit against (else routes skip admit and the token estimate)."""
+        return False
+
+    async def start(self, on_key_change: Any = None) -> None:
+        """Connect; ``on_key_change(key_hash)`` is called when another replica changes a key."""
+        return None
+
+    async def publish_key_change(self, key_hash: str) -> None:
+        """Tell other replicas a key changed (revoked, updated, deleted) so they drop it from their cache."""
+        return None
+
+
+class BaseLimiter(Limiter):
+    """What both real limiters share: turning a key into its limits, pricing a reservation."""
+
+    enabled = True
+
+    def __init__(self, *, plans: Plans | None = None, window_seconds: float = 60.0,
+                 reservation_ttl: float = 900.0, store: Store | None = None) -> None:
+        self.plans = plans or Plans()
+        self.window_seconds = window_seconds
+        self.reservation_ttl_ms = int(reservation_ttl * 1000)
+        self.store = store
+        self._limits_cache: dict[tuple[Any, ...], KeyLimits] = {}
+
+    def governs(self, key: KeyRecord | None) -> bool:
+        return key is not None and not self.limits_for(key).empty
+
+    def limits_for(self, key: KeyRecord) -> KeyLimits:
+        cache_key = (key.plan, key.rpm, key.tpm, key.budget_tokens, key.budget_micro_usd, key.max_concurrency)
+        found = self._limits_cache.get(cache_key)
+        if found is not None:
+            return found
+        windows: list[Window] = []
+        if key.rpm is not None or key.tpm is not None:
+            windows.append(Window("minute", self.window_seconds, key.rpm, key.tpm, buckets=60))
+        plan = self.plans.get(key.plan)
+        if plan is not None:
+            windows.extend(w for w in plan.windows if w.requests is not None or w.tokens is not None)
+        limits = KeyLimits(key.budget_tokens, key.budget_micro_usd, key.max_concurrency, tuple(windows))
+        if len(self._limits_cache) > 10_000:
+            self._limits_cache.clear()
+        self._limits_cache[cache_key] = limits
+        return limits
+
+    @staticmethod
+    def price(tokens: int, price_per_mtok: float) -> int:
+        # USD per MTok == micro-USD per token; reservations round up
+        return math.ceil(tokens * price_per_mtok) if tokens > 0 and price_per_mtok > 0 else 0
+
+    async def seed(self, key_id: str) -> tuple[int, int]:
+        """(tokens, micro-USD) the key has spent so far, from the database (the source of truth)."""
+        if self.store is None:
+            return 0, 0
+        spend = (await self.store.spend_by_key([key_id])).get(key_id) or {}
+        return int(spend.get("tokens") or 0), int(spend.get("cost_micro") or 0)
+
+
+def build_limiter(settings: Settings, store: Store | None) -> Limiter:
+    """RedisLimiter when Redis is configured, else the in-process LocalLimiter."""
+    plans = Plans(settings.plans)
+    common = dict(plans=plans, window_seconds=settings.limits_window_seconds,
+                  reservation_ttl=settings.limits_reservation_ttl, store=store)
+    if settings.redis_url:
+        from ethereal.limits.redis import RedisLimiter
+
+        return RedisLimiter(settings.redis_url, fail_open=settings.limits_fail_open, **common)  # type: ignore[arg-type]
+    from ethereal.limits.local import LocalLimiter
+
+    return LocalLimiter(**common)  # type: ignore[arg-type]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -29,6 +30,7 @@ class UsageRecord:
     ended_at: float = 0.0
     upstream_request_id: str | None = None
     error_type: str | None = None
+    web_search_requests: int = 0  # server-side web searches, billed per use
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,14 +41,23 @@ class UsageRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_api(self) -> dict[str, Any]:
-        """The shape of ``GET /v1/usage/{request_id}``."""
+        """The shape of ``GET /v1/usage/{request_id}``.
+
+        Token fields use the Messages API's names (``cache_read_input_tokens``,
+        ``cache_creation{ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}``).
+        ``exact: false`` means the counts were estimated (a stream cut before its
+        final ``message_delta``); ``cache_ttl_assumed: true`` means the upstream
+        reported only a cache-write total, billed as 5-minute writes.
+        """
         return {
             "type": "usage",
             "request_id": self.request_id,
+            "key_id": self.key_id,
             "model": self.model,
             "route": self.route,
             "status": self.status,
             "stream": self.stream,
+            "error_type": self.error_type,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read,
@@ -55,15 +66,25 @@ class UsageRecord:
                 "ephemeral_5m_input_tokens": self.cache_creation_5m,
                 "ephemeral_1h_input_tokens": self.cache_creation_1h,
             },
+            "server_tool_use": {"web_search_requests": self.web_search_requests},
             "cache_ttl_assumed": self.cache_ttl_assumed,
             "exact": self.exact,
             "cost_micro": self.cost_micro,
-            "ttfb_ms": self.ttfb_ms,
-            "duration_ms": self.duration_ms,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "error_type": self.error_type,
+            "cost_usd": f"{self.cost_micro / 1_000_000:.6f}",
+            "timing": {
+                "started_at": _rfc3339(self.started_at),
+                "ended_at": _rfc3339(self.ended_at),
+                "ttfb_ms": None if self.ttfb_ms is None else round(self.ttfb_ms, 3),
+                "duration_ms": round(self.duration_ms, 3),
+            },
+            "upstream_request_id": self.upstream_request_id,
         }
+
+
+def _rfc3339(ts: float) -> str | None:
+    if not ts:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 USAGE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRecord))

@@ -1,7 +1,12 @@
 """The HTTP client to upstream Anthropic-compatible APIs.
 
-One pooled keep-alive session per process; connections are reused per host.
-Responses are streamed chunk by chunk as they arrive from the socket.
+One pooled keep-alive session per credential (``pool_key``), so a credential whose
+upstream is slow or dead cannot exhaust the connections of the others, and a deleted
+credential's connections can be closed. Responses stream chunk by chunk as they arrive.
+
+Timeouts: ``connect`` (TCP/TLS), ``first_byte`` (request sent → response headers, and for
+event streams the first body chunk, see ``UpstreamResponse.prime``), ``idle`` (the longest
+silence between two body chunks).
 """
 
 from __future__ import annotations
@@ -12,13 +17,24 @@ from dataclasses import dataclass
 
 import aiohttp
 
+_NET_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)
+
 
 class UpstreamConnectError(Exception):
-    """Nothing usable came back: connect failure, reset or timeout before the headers."""
+    """Nothing usable came back: connect failure, reset or timeout before the first byte."""
+
+    def __init__(self, message: str, kind: str = "connect") -> None:
+        super().__init__(message)
+        self.kind = kind  # "connect" | "timeout"
 
 
 class UpstreamStreamError(Exception):
     """The upstream failed after the response started (reset, idle timeout)."""
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -29,13 +45,15 @@ class Timeouts:
 
 
 class UpstreamResponse:
-    __slots__ = ("_resp", "status", "headers", "_idle")
+    __slots__ = ("_resp", "status", "headers", "_idle", "_first", "_body")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle: float) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers = resp.headers  # case-insensitive multidict
         self._idle = idle
+        self._first: bytes | None = None
+        self._body: bytes | None = None
 
     @property
     def content_type(self) -> str:
@@ -45,27 +63,63 @@ class UpstreamResponse:
     def is_event_stream(self) -> bool:
         return self.content_type.startswith("text/event-stream")
 
-    async def read(self) -> bytes:
+    async def prime(self, timeout: float) -> None:
+        """Wait for the first body chunk (kept for ``iter_chunks``).
+
+        Lets the caller fail over when an upstream sends 200 headers and then dies or stalls
+        before any event: until this returns, the client has been sent nothing.
+        """
         try:
-            return await self._resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise UpstreamStreamError(str(exc) or type(exc).__name__) from exc
+            chunk = await asyncio.wait_for(self._resp.content.readany(), timeout)
+        except asyncio.TimeoutError as exc:
+            self._resp.close()
+            raise UpstreamConnectError(f"no first byte within {timeout:g}s", "timeout") from exc
+        except _NET_ERRORS as exc:
+            self._resp.close()
+            raise UpstreamConnectError(_describe(exc)) from exc
+        if not chunk:
+            self._resp.close()
+            raise UpstreamConnectError("upstream closed the stream before the first event")
+        self._first = chunk
+
+    async def buffer(self) -> None:
+        """Read a (non-streamed) body now, so a cut while reading it can still fail over."""
+        try:
+            self._body = await asyncio.wait_for(self._resp.read(), self._idle)
+        except _NET_ERRORS as exc:
+            self._resp.close()
+            raise UpstreamConnectError(f"body cut: {_describe(exc)}") from exc
+        finally:
+            self._resp.release()
+
+    async def read(self) -> bytes:
+        if self._body is not None:
+            return self._body
+        try:
+            return await asyncio.wait_for(self._resp.read(), self._idle)
+        except _NET_ERRORS as exc:
+            raise UpstreamStreamError(_describe(exc)) from exc
         finally:
             self._resp.release()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Chunks as the socket delivers them; raises UpstreamStreamError on a cut."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
         content = self._resp.content
         try:
             while True:
                 chunk = await asyncio.wait_for(content.readany(), self._idle)
                 if not chunk:
-                    if not self._resp.content.is_eof():
+                    if not content.is_eof():
                         continue
                     return
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise UpstreamStreamError(str(exc) or type(exc).__name__) from exc
+        except asyncio.TimeoutError as exc:
+            raise UpstreamStreamError(f"no data from upstream for {self._idle:g}s") from exc
+        except _NET_ERRORS as exc:
+            raise UpstreamStreamError(_describe(exc)) from exc
 
     def close(self) -> None:
         """Drop the connection (used when the client went away mid-stream)."""
@@ -79,37 +133,48 @@ class UpstreamClient:
     def __init__(self, timeouts: Timeouts | None = None, limit: int = 1000) -> None:
         self.timeouts = timeouts or Timeouts()
         self._limit = limit
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _get_session(self, pool_key: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(pool_key)
+        if session is None or session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self._limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
-                enable_cleanup_closed=True,
             )
-            self._session = aiohttp.ClientSession(
+            session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect),
                 read_bufsize=2**16,
             )
-        return self._session
+            self._sessions[pool_key] = session
+        return session
 
     async def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, pool_key: str = "default"
     ) -> UpstreamResponse:
-        session = self._get_session()
+        session = self._get_session(pool_key)
         try:
             resp = await asyncio.wait_for(
                 session.request(method, url, headers=headers, data=body, allow_redirects=False, compress=None),
                 self.timeouts.first_byte,
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as exc:
-            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamConnectError(f"connect timeout ({self.timeouts.connect:g}s)", "timeout") from exc
+        except asyncio.TimeoutError as exc:
+            raise UpstreamConnectError(f"no response within {self.timeouts.first_byte:g}s", "timeout") from exc
+        except _NET_ERRORS as exc:
+            raise UpstreamConnectError(_describe(exc)) from exc
         return UpstreamResponse(resp, self.timeouts.idle)
 
+    async def drop(self, pool_key: str) -> None:
+        """Close one credential's connections (it was deleted or its URL changed)."""
+        session = self._sessions.pop(pool_key, None)
+        if session is not None:
+            await session.close()
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()

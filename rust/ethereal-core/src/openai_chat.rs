@@ -1,4 +1,4 @@
-//! Anthropic Messages SSE in, OpenAI Chat Completions `chat.completion.chunk`
+//! Anthropic Messages SSE in, `OpenAI` Chat Completions `chat.completion.chunk`
 //! stream out (`data: {compact json}\n\n` frames, then `data: [DONE]`).
 //!
 //! Works from the hub [`Event`] type, so the usage accounting is the very
@@ -314,7 +314,10 @@ impl State {
 
     fn tool_args(&mut self, out: &mut Vec<u8>, index: u32, args: &str) {
         self.open(out);
-        let _ = write!(out, "{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"arguments\":");
+        let _ = write!(
+            out,
+            "{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"arguments\":"
+        );
         write_json_str(out, args);
         out.extend_from_slice(b"}}]}");
         out.extend_from_slice(CHOICE_CLOSE);
@@ -349,6 +352,21 @@ impl State {
 
     fn block_mut(&mut self, index: u64) -> Option<&mut BlockEntry> {
         self.blocks.iter_mut().rev().find(|b| b.index == index)
+    }
+
+    /// One SSE event: the fast parse when the shape allows, else [`parse_event`].
+    fn dispatch(&mut self, name: &str, data: &[u8], out: &mut Vec<u8>) {
+        if let Some(event) = fast::complete_block(name, data) {
+            self.on_event(&event, out);
+            return;
+        }
+        // (`from_utf8` first: the lossy conversion is several times slower on valid text)
+        let text =
+            std::str::from_utf8(data).map_or_else(|_| String::from_utf8_lossy(data), Cow::Borrowed);
+        match fast::event(name, &text).map_or_else(|| parse_event(name, &text), Ok) {
+            Ok(event) => self.on_event(&event, out),
+            Err(_) => self.tracker.observe_malformed(),
+        }
     }
 
     fn on_event(&mut self, event: &Event<'_>, out: &mut Vec<u8>) {
@@ -388,7 +406,12 @@ impl State {
             }
             "thinking" => {
                 let (text, signature) = serde_json::from_str::<ThinkingStartWire<'_>>(raw)
-                    .map(|w| (w.thinking.unwrap_or_default(), w.signature.unwrap_or_default()))
+                    .map(|w| {
+                        (
+                            w.thinking.unwrap_or_default(),
+                            w.signature.unwrap_or_default(),
+                        )
+                    })
                     .unwrap_or_default();
                 self.string_delta(out, b"reasoning_content", &text);
                 self.reasoning.push(Reasoning::Thinking {
@@ -571,30 +594,44 @@ pub fn write_escaped(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
+    while let Some(off) = bytes[start..]
+        .iter()
+        .position(|&b| NEEDS_ESCAPE[usize::from(b)])
+    {
+        let i = start + off;
         out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(esc);
+        let b = bytes[i];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
         }
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
 }
+
+/// Bytes a JSON string literal must escape: `"`, `\\` and controls below 0x20.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// Incremental Anthropic SSE → `chat.completion.chunk` translator.
 #[derive(Debug)]
@@ -602,6 +639,10 @@ pub struct ChatTranslator {
     decoder: SseDecoder,
     state: State,
     leftover: Option<Leftover>,
+    /// The first byte was seen (a byte order mark, if any, is the decoder's to strip).
+    primed: bool,
+    /// The decoder holds nothing: chunks may be framed by [`fast::frame`] first.
+    idle: bool,
 }
 
 impl ChatTranslator {
@@ -610,17 +651,41 @@ impl ChatTranslator {
             decoder: SseDecoder::new(),
             state: State::new(opts),
             leftover: None,
+            primed: false,
+            idle: false,
         }
     }
 
     /// Feed one network chunk; appends the `OpenAI` SSE bytes it completes to `out`.
+    ///
+    /// Whole events in the API's own framing (`event: X\ndata: Y\n\n`) are
+    /// taken straight from the chunk while the SSE decoder holds nothing;
+    /// anything else (a partial event, CR line ends, comments, several data
+    /// lines) and everything after it goes through the decoder, which is
+    /// idle again once it has been fed up to a blank line.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let state = &mut self.state;
-        self.decoder
-            .feed(chunk, |sse| match parse_event(sse.event, sse.data) {
-                Ok(event) => state.on_event(&event, out),
-                Err(_) => state.tracker.observe_malformed(),
+        let mut rest = chunk;
+        if !self.primed && !rest.is_empty() {
+            self.primed = true;
+            if rest[0] != 0xEF {
+                // No BOM: settle the decoder's BOM check with a no-op blank line.
+                self.decoder.feed(b"\n", |_| {});
+                self.idle = true;
+            }
+        }
+        if self.idle {
+            while let Some((name, data, used)) = fast::frame(rest) {
+                self.state.dispatch(name, data, out);
+                rest = &rest[used..];
+            }
+        }
+        if !rest.is_empty() {
+            let state = &mut self.state;
+            self.decoder.feed(rest, |sse| {
+                state.dispatch(sse.event, sse.data.as_bytes(), out);
             });
+            self.idle = rest.ends_with(b"\n\n");
+        }
     }
 
     /// Upstream EOF (or the connection failed). If the stream had not ended
@@ -678,6 +743,218 @@ pub fn translate_all(opts: &ChatOptions, stream: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Serde-free parsing of the event shapes that make up nearly all of a
+/// stream, exactly as the API writes them (compact JSON in server key
+/// order, optional padding spaces before the closing braces). Anything else —
+/// another key order, other whitespace, an unknown delta — returns `None`
+/// and goes through [`parse_event`], so the fast path changes speed, never
+/// results (the tests compare both paths over the recorded corpus and
+/// generated streams).
+///
+/// Recognised:
+/// - whole events framed as the API frames them (`event: X\ndata: Y\n\n`),
+///   taken from the chunk without the SSE decoder's copy;
+/// - `content_block_delta` with a `text`/`thinking`/`partial_json`/`signature`
+///   string (borrowed when it has no escapes, else unescaped here),
+///   `content_block_stop`, `ping` and `message_stop`;
+/// - `content_block_start` of a block that arrives complete and that no
+///   translation shows (`*_tool_result`: web search/fetch results are tens of
+///   kilobytes each): only its kind is read. The event's `raw` is then an
+///   empty object, not the block — nothing downstream of this translator
+///   reads it, and the usage tracker needs only the kind.
+mod fast {
+    use std::borrow::Cow;
+    use std::sync::OnceLock;
+
+    use serde_json::value::RawValue;
+
+    use crate::event::{BlockStart, Delta, Event};
+
+    const DELTA: &str = r#"{"type":"content_block_delta","index":"#;
+    const START: &str = r#"{"type":"content_block_start","index":"#;
+    const STOP: &str = r#"{"type":"content_block_stop","index":"#;
+
+    /// One whole event in the API's framing at the start of `buf`:
+    /// `(event name, data, bytes used)`.
+    pub(super) fn frame(buf: &[u8]) -> Option<(&str, &[u8], usize)> {
+        let rest = buf.strip_prefix(b"event: ")?;
+        let end = memchr::memchr2(b'\n', b'\r', rest)?;
+        if rest[end] != b'\n' || end == 0 {
+            return None;
+        }
+        let name = std::str::from_utf8(&rest[..end]).ok()?;
+        let line = rest[end + 1..].strip_prefix(b"data: ")?;
+        let len = memchr::memchr2(b'\n', b'\r', line)?;
+        if line[len] != b'\n' || line.get(len + 1) != Some(&b'\n') {
+            return None;
+        }
+        Some((name, &line[..len], 7 + end + 1 + 6 + len + 2))
+    }
+
+    /// The small events: deltas, block stops, pings, `message_stop`.
+    pub(super) fn event<'a>(name: &str, data: &'a str) -> Option<Event<'a>> {
+        match name {
+            "content_block_delta" => delta(data),
+            "content_block_stop" => {
+                let (index, rest) = index(data.strip_prefix(STOP)?)?;
+                closing(rest, 1)?;
+                Some(Event::ContentBlockStop { index })
+            }
+            "ping" => (data == r#"{"type": "ping"}"#).then_some(Event::Ping),
+            "message_stop" => closing(data.strip_prefix(r#"{"type":"message_stop""#)?, 1)
+                .map(|()| Event::MessageStop),
+            _ => None,
+        }
+    }
+
+    fn delta(data: &str) -> Option<Event<'_>> {
+        let (index, rest) = index(data.strip_prefix(DELTA)?)?;
+        let rest = rest.strip_prefix(r#","delta":{"type":""#)?;
+        let (kind, rest) = rest.split_once('"')?;
+        let field = match kind {
+            "text_delta" => r#","text":""#,
+            "thinking_delta" => r#","thinking":""#,
+            "input_json_delta" => r#","partial_json":""#,
+            "signature_delta" => r#","signature":""#,
+            _ => return None,
+        };
+        let (text, rest) = string(rest.strip_prefix(field)?)?;
+        closing(rest, 2)?;
+        let delta = match kind {
+            "text_delta" => Delta::Text(text),
+            "thinking_delta" => Delta::Thinking(text),
+            "input_json_delta" => Delta::InputJson(text),
+            _ => Delta::Signature(text),
+        };
+        Some(Event::ContentBlockDelta { index, delta })
+    }
+
+    /// A large `*_tool_result` block start, read no further than its kind
+    /// (the rest is neither parsed nor UTF-8 checked).
+    pub(super) fn complete_block<'a>(name: &str, data: &'a [u8]) -> Option<Event<'a>> {
+        if name != "content_block_start" || data.len() <= 256 {
+            return None;
+        }
+        let rest = data.strip_prefix(START.as_bytes())?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let (index, rest) = index(std::str::from_utf8(&rest[..digits]).ok()?)?;
+        debug_assert!(rest.is_empty());
+        let rest = data[START.len() + digits..].strip_prefix(br#","content_block":{"type":""#)?;
+        let kind = std::str::from_utf8(&rest[..memchr::memchr(b'"', rest)?]).ok()?;
+        if !kind.ends_with("_tool_result") || data.trim_ascii_end().last() != Some(&b'}') {
+            return None;
+        }
+        Some(Event::ContentBlockStart(BlockStart {
+            index,
+            kind: Cow::Borrowed(kind),
+            id: None,
+            name: None,
+            raw: empty_object()?,
+        }))
+    }
+
+    fn empty_object() -> Option<&'static RawValue> {
+        static EMPTY: OnceLock<Option<Box<RawValue>>> = OnceLock::new();
+        EMPTY
+            .get_or_init(|| RawValue::from_string("{}".to_owned()).ok())
+            .as_deref()
+    }
+
+    /// A decimal index (no sign, no leading zeros beyond a lone 0) and what follows.
+    fn index(s: &str) -> Option<(u64, &str)> {
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 9 || (digits > 1 && s.starts_with('0')) {
+            return None;
+        }
+        Some((s[..digits].parse().ok()?, &s[digits..]))
+    }
+
+    /// The body of a JSON string whose opening quote was consumed, and what
+    /// follows its closing quote.
+    fn string(s: &str) -> Option<(Cow<'_, str>, &str)> {
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        let mut escaped = false;
+        loop {
+            i += memchr::memchr2(b'"', b'\\', &bytes[i..])?;
+            if bytes[i] == b'"' {
+                break;
+            }
+            escaped = true;
+            i += 2; // the escape and the character after it (`\uXXXX` digits hold no quote)
+            if i > bytes.len() {
+                return None;
+            }
+        }
+        let (body, rest) = (&s[..i], &s[i + 1..]);
+        if body.bytes().any(|b| b < 0x20) {
+            return None; // not valid JSON: let serde say so
+        }
+        let text = if escaped {
+            Cow::Owned(unescape(body)?)
+        } else {
+            Cow::Borrowed(body)
+        };
+        Some((text, rest))
+    }
+
+    /// The value of a JSON string body with escapes; `None` for an invalid
+    /// escape or a lone surrogate, which `serde_json` then reports as
+    /// malformed, exactly as without the fast path.
+    fn unescape(body: &str) -> Option<String> {
+        let mut out = String::with_capacity(body.len());
+        let mut rest = body;
+        while let Some(pos) = rest.find('\\') {
+            out.push_str(&rest[..pos]);
+            let esc = rest.as_bytes().get(pos + 1)?;
+            rest = &rest[pos + 2..];
+            out.push(match esc {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let (unit, after) = hex4(rest)?;
+                    rest = after;
+                    if (0xD800..0xDC00).contains(&unit) {
+                        let (low, after) = after.strip_prefix("\\u").and_then(hex4)?;
+                        if !(0xDC00..0xE000).contains(&low) {
+                            return None;
+                        }
+                        rest = after;
+                        char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))?
+                    } else {
+                        char::from_u32(unit)? // None for a lone low surrogate
+                    }
+                }
+                _ => return None,
+            });
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    fn hex4(s: &str) -> Option<(u32, &str)> {
+        let digits = s.get(..4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some((u32::from_str_radix(digits, 16).ok()?, &s[4..]))
+    }
+
+    /// `depth` closing braces, each optionally preceded by spaces, then only whitespace.
+    fn closing(mut s: &str, depth: usize) -> Option<()> {
+        for _ in 0..depth {
+            s = s.trim_start_matches(' ').strip_prefix('}')?;
+        }
+        s.trim().is_empty().then_some(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,7 +992,9 @@ mod tests {
         }];
         assert_eq!(encode_reasoning_signature(&one).as_deref(), Some("c2ln"));
         let two = [
-            Reasoning::Redacted { data: "ZGF0".into() },
+            Reasoning::Redacted {
+                data: "ZGF0".into(),
+            },
             Reasoning::Thinking {
                 chars: 12,
                 signature: "c2ln".into(),
@@ -767,7 +1046,9 @@ mod tests {
         .concat();
         let out = String::from_utf8(translate_all(&opts(false), stream.as_bytes())).unwrap();
         assert!(out.contains(r#"{"tool_calls":[{"index":0,"id":"toolu_a","type":"function","function":{"name":"f","arguments":""}}]}"#));
-        assert!(out.contains(r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"x\":1}"}}]}"#));
+        assert!(
+            out.contains(r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"x\":1}"}}]}"#)
+        );
         assert!(out.contains(r#"{"tool_calls":[{"index":1,"id":"toolu_b","type":"function","function":{"name":"g","arguments":""}}]}"#));
         assert!(out.contains(r#"{"tool_calls":[{"index":1,"function":{"arguments":"{}"}}]}"#));
         assert!(out.contains(r#""finish_reason":"tool_calls""#));
@@ -791,7 +1072,10 @@ mod tests {
 
     #[test]
     fn cut_stream_ends_with_error() {
-        let stream = ev("message_start", r#"{"type":"message_start","message":{"id":"m"}}"#);
+        let stream = ev(
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"m"}}"#,
+        );
         let mut t = ChatTranslator::new(&opts(false));
         let mut out = Vec::new();
         t.feed(stream.as_bytes(), &mut out);
@@ -831,5 +1115,116 @@ mod tests {
             .map(|s| s.split('"').next().unwrap())
             .collect();
         assert_eq!(contents, ["Searching.", "\\n\\nFound", " it."]);
+    }
+
+    fn delta_event(kind: usize, encoded: &str, pad: usize) -> String {
+        let (dkind, field) = [
+            ("text_delta", "text"),
+            ("thinking_delta", "thinking"),
+            ("input_json_delta", "partial_json"),
+            ("signature_delta", "signature"),
+        ][kind % 4];
+        format!(
+            r#"{{"type":"content_block_delta","index":3,"delta":{{"type":"{dkind}","{field}":{encoded}}}{}}}"#,
+            " ".repeat(pad)
+        )
+    }
+
+    fn same_as_serde(data: &str) {
+        let fast = fast::event("content_block_delta", data);
+        match parse_event("content_block_delta", data) {
+            Ok(slow) => {
+                if let Some(fast) = fast {
+                    assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{data}");
+                }
+            }
+            Err(_) => assert!(fast.is_none(), "fast path accepted {data}"),
+        }
+    }
+
+    #[test]
+    fn fast_small_events_agree_with_serde() {
+        for (name, data, fast_ok) in [
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+                true,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":12       }"#,
+                true,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":01}"#,
+                false,
+            ),
+            (
+                "content_block_stop",
+                r#"{"index":1,"type":"content_block_stop"}"#,
+                false,
+            ),
+            ("ping", r#"{"type": "ping"}"#, true),
+            ("ping", r#"{"type":"ping"}"#, false),
+            ("message_stop", r#"{"type":"message_stop"}"#, true),
+            ("message_stop", r#"{"type":"message_stop"   }"#, true),
+            ("message_stop", r#"{"type":"message_stop","x":1}"#, false),
+        ] {
+            let fast = fast::event(name, data);
+            assert_eq!(fast.is_some(), fast_ok, "{data}");
+            if let Some(fast) = fast {
+                let slow = parse_event(name, data).unwrap();
+                assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{data}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_delta_escape_vectors() {
+        for body in [
+            r#""a\/b\u00e9\ud83d\ude00\"\\\b\f\n\r\t""#,
+            r#""\u0000\u001f""#,
+            r#""plain""#,
+            r#""""#,
+            r#""\x""#,
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            r#""\ud800\u0041""#,
+            r#""\u12""#,
+            r#""trailing\""#,
+        ] {
+            for kind in 0..4 {
+                same_as_serde(&delta_event(kind, body, 0));
+                same_as_serde(&delta_event(kind, body, 7));
+            }
+        }
+        assert!(fast::event("content_block_delta", &delta_event(0, r#""é\n""#, 3)).is_some());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_delta_agrees_with_serde(text in ".*", kind in 0usize..4, pad in 0usize..16, ascii: bool) {
+            let encoded = if ascii {
+                let mut e = String::from("\"");
+                for c in text.chars() {
+                    if c.is_ascii() {
+                        let j = serde_json::to_string(&c.to_string()).unwrap();
+                        e.push_str(&j[1..j.len() - 1]);
+                    } else {
+                        for unit in c.encode_utf16(&mut [0; 2]) {
+                            std::fmt::Write::write_fmt(&mut e, format_args!("\\u{unit:04x}")).unwrap();
+                        }
+                    }
+                }
+                e.push('"');
+                e
+            } else {
+                serde_json::to_string(&text).unwrap()
+            };
+            let data = delta_event(kind, &encoded, pad);
+            proptest::prop_assert!(fast::event("content_block_delta", &data).is_some());
+            same_as_serde(&data);
+        }
     }
 }

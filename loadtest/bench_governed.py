@@ -1,0 +1,118 @@
+"""Governed vs ungoverned, side by side in one run: what auth + admit + settle (Redis) add per request.
+
+    python loadtest/bench_governed.py [--duration 4] [--rounds 3] [--workers 1]
+
+One gateway (uvicorn) in front of the sim, with a throwaway Redis, and two keys:
+the *ungoverned* key has no limits (authenticated from the key cache, the limiter
+does nothing), the *governed* key has every limit at once (token and micro-USD
+budgets, RPM, TPM, a concurrency cap and a plan with a 5-hour and a weekly window),
+so each of its requests runs admit.lua and settle.lua (one EVALSHA each). Runs
+alternate between the keys (machine noise hits both alike) for non-streaming and
+streaming requests at concurrency 1 and non-streaming at 32; the report gives
+p50/p99 latency of both, the governed path's added latency, and CPU milliseconds
+per request of the gateway and of Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import cpu_seconds, find_listener_pid, merge, proc_tree  # noqa: E402
+from httpload import run_load  # noqa: E402
+
+from tests.conftest import mint_into  # noqa: E402
+from tests.procs import gateway_process  # noqa: E402
+from tests.services import redis_server  # noqa: E402
+
+HUGE = 10**15
+BENCH_PLAN = {"bench": {"requests_per_5h": HUGE, "tokens_per_5h": HUGE,
+                        "requests_per_week": HUGE, "tokens_per_week": HUGE}}
+
+
+def body_for(stream: bool) -> bytes:
+    return json.dumps({
+        "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+        "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
+    }).encode()
+
+
+async def main_async(args: argparse.Namespace, data_dir: Path, free: str, governed: str) -> dict:
+    from ethereal.sim.testing import start_sim_process
+
+    report: dict = {"config": vars(args), "scenarios": []}
+    with redis_server() as redis, start_sim_process() as (_sim, sim_url):
+        env = {"ETHEREAL_REDIS_URL": redis.url, "ETHEREAL_PLANS": json.dumps(BENCH_PLAN)}
+        with gateway_process(data_dir, sim_url, workers=args.workers, env=env) as gw_url:
+            gw_pids = proc_tree(find_listener_pid(int(gw_url.rsplit(":", 1)[1])))
+            redis_pids = [redis.proc.pid]
+            url = gw_url + "/v1/messages"
+            base = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+            keys = {"ungoverned": {**base, "x-api-key": free}, "governed": {**base, "x-api-key": governed}}
+            for stream, conc in ((False, 1), (True, 1), (False, 32)):
+                body = body_for(stream)
+                for headers in keys.values():  # warm both (scripts loaded, caches filled)
+                    await run_load(url, body, headers, concurrency=conc, duration=0.5)
+                results: dict[str, list] = {name: [] for name in keys}
+                cpu = {name: 0.0 for name in keys}
+                rcpu = {name: 0.0 for name in keys}
+                for _ in range(args.rounds):
+                    for name, headers in keys.items():
+                        before, rbefore = cpu_seconds(gw_pids), cpu_seconds(redis_pids)
+                        results[name].append(await run_load(url, body, headers, concurrency=conc,
+                                                            duration=args.duration))
+                        cpu[name] += cpu_seconds(gw_pids) - before
+                        rcpu[name] += cpu_seconds(redis_pids) - rbefore
+                s = {name: merge(rs).summary() for name, rs in results.items()}
+                row = {
+                    "stream": stream, "concurrency": conc, **s,
+                    "added_p50_ms": s["governed"]["p50_ms"] - s["ungoverned"]["p50_ms"],
+                    "added_p99_ms": s["governed"]["p99_ms"] - s["ungoverned"]["p99_ms"],
+                    "gateway_cpu_ms_per_request": {n: 1000 * cpu[n] / max(1, s[n]["requests"]) for n in keys},
+                    "redis_cpu_ms_per_request": {n: 1000 * rcpu[n] / max(1, s[n]["requests"]) for n in keys},
+                }
+                report["scenarios"].append(row)
+                print(format_row(row), flush=True)
+    return report
+
+
+def format_row(row: dict) -> str:
+    u, g = row["ungoverned"], row["governed"]
+    cpu, rcpu = row["gateway_cpu_ms_per_request"], row["redis_cpu_ms_per_request"]
+    kind = "stream    " if row["stream"] else "non-stream"
+    return (f"{kind} c={row['concurrency']:<3} ungoverned p50 {u['p50_ms']:.3f} p99 {u['p99_ms']:.3f} "
+            f"{u['rps']:.0f} rps | governed p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
+            f"(errors {u['errors']}/{g['errors']}) | added p50 {row['added_p50_ms']:+.3f} "
+            f"p99 {row['added_p99_ms']:+.3f} ms | gateway cpu {cpu['ungoverned']:.3f} -> {cpu['governed']:.3f} "
+            f"ms/req | redis cpu {rcpu['governed']:.3f} ms/req")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", help="write the full report here")
+    args = parser.parse_args()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        free, _ = mint_into(Path(tmp), name="ungoverned")
+        governed, _ = mint_into(Path(tmp), name="governed", plan="bench", budget_tokens=HUGE,
+                                budget_micro_usd=HUGE, rpm=HUGE, tpm=HUGE, max_concurrency=100_000)
+        report = uvloop.run(main_async(args, Path(tmp), free, governed))
+    report["seconds"] = time.time() - started
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,872 @@
+"""OpenAI Chat Completions ⇄ Anthropic Messages, as pure functions.
+
+``to_anthropic(body, model=…, max_output=…)`` turns a ``/v1/chat/completions`` request
+into a Messages request (raising ``GatewayError`` 400 with ``param`` for what cannot be
+translated); ``to_chat_completion(message, …)`` turns a Messages response into a
+``chat.completion``. The streaming direction is the Rust ``ChatTranslator``
+(rust/ethereal-core/src/openai_chat.rs); both share the rules below.
+
+Choices worth knowing (also in the README):
+
+- ``system`` and ``developer`` messages, wherever they appear, are joined in order into
+  ``system``. Consecutive same-role turns are merged (Claude alternates roles); in a user
+  turn holding tool results, the ``tool_result`` blocks come first, as Claude requires.
+- ``temperature``: OpenAI's range is 0–2, Claude's 0–1. Values are **clamped** to 1, not
+  scaled: both APIs default to 1 and clients overwhelmingly send values in 0–1
+  (0, 0.2, 0.7…), which then mean the same on both sides; scaling would halve them.
+  When both ``temperature`` and ``top_p`` are set, ``top_p`` is dropped (recent Claude
+  models accept only one of them; OpenAI advises altering only one).
+- ``reasoning_effort`` → extended thinking with ``budget_tokens`` minimal/low 1024,
+  medium 4096, high 16384, xhigh 32768 (``none`` = no thinking). ``max_tokens`` must
+  exceed the budget: when the client's limit does not, the budget is added to it (the
+  client's number then bounds the visible answer), capped by the model's output limit.
+  With thinking on, ``temperature``/``top_p``/``top_k`` are dropped (Claude requires the
+  defaults), and a forcing ``tool_choice`` (``required`` or a named function) wins over
+  thinking, which is then left off (Claude refuses both together).
+- ``response_format``: ``json_schema`` (object root) and ``json_object`` become a forced
+  tool named ``json_response`` whose input schema is the requested one (``{"type":
+  "object"}`` for json_object). Claude fills a tool's input reliably to its schema; the
+  tool input comes back as the message ``content`` (a JSON string) with ``finish_reason``
+  ``stop``. When a forced tool is impossible — the request has its own tools, or
+  thinking is on — the format becomes a system instruction instead.
+- Thinking comes back as ``reasoning_content`` plus ``reasoning_signature``: the raw
+  signature when the reply had one thinking block, else an opaque ``eth1~…`` form that
+  also carries redacted thinking and block boundaries. An assistant message sent back
+  with both fields is restored as thinking block(s), so tool use with thinking works
+  across turns. (LiteLLM's ``thinking_blocks`` list is accepted too.)
+- Accepted but without effect: ``presence_penalty``, ``frequency_penalty``, ``seed``,
+  ``store``, ``metadata``, ``service_tier``, ``prediction``, ``verbosity``,
+  ``prompt_cache_key``, ``tools[].function.strict``, image ``detail``. Refused with a 400
+  naming the parameter: ``n`` > 1, ``logprobs``, ``top_logprobs``, ``audio``, audio in
+  ``modalities``, ``logit_bias``, ``web_search_options``, audio/``file_id`` content parts,
+  non-function tools.
+- ``user`` (or ``safety_identifier``) → ``metadata.user_id``. ``cache_control`` on content
+  parts and tools is passed through (the OpenRouter/LiteLLM convention), so prompt
+  caching works from OpenAI-shaped clients too. Non-standard ``top_k`` and ``thinking``
+  are passed through.
+- ``content`` is the reply's text blocks joined; text that follows a non-text block (a
+  server tool call and its result, say) starts a new paragraph (a blank line), so text around
+  web searches does not run together. Server tools, their results and citations are not
+  shown (an OpenAI client cannot act on them).
+- Tool call ids are Claude's (``toolu_…``) so they round-trip unchanged; ids a client
+  made up are sanitised to Claude's ``[A-Za-z0-9_-]`` alphabet the same way on the
+  ``tool_calls`` and ``tool`` sides.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ethereal.errors import GatewayError, invalid_request
+
+JSON_TOOL = "json_response"
+DEFAULT_MAX_TOKENS = 4096  # for a model the catalog does not know
+MIN_THINKING_BUDGET = 1024
+THINKING_BUDGETS: dict[str, int | None] = {
+    "none": None, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768,
+}
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+SIGNATURE_PREFIX = "eth1~"
+_PROVIDER = re.compile(r"^anthropic/", re.IGNORECASE)
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]+)*);base64,(.*)$", re.DOTALL)
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A translated request: the Messages body plus what the response side needs."""
+
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    json_tool: str | None  # response_format went through this forced tool
+    legacy_functions: bool  # the client used ``functions``: answer with ``function_call``
+
+
+def model_name(body: dict[str, Any]) -> str:
+    """The request's model without an ``anthropic/`` prefix (400 when missing)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise invalid_request("model: you must provide a model parameter", param="model")
+    return _PROVIDER.sub("", model.strip())
+
+
+# ---- request ----------------------------------------------------------------------------
+
+
+def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None) -> ChatRequest:
+    """Translate a Chat Completions request body (already parsed) for ``model``.
+
+    ``max_output`` is the model's output limit from the catalog (None when unknown): the
+    default for ``max_tokens`` and its cap.
+    """
+    _refuse_unsupported(body)
+    stream = _opt_bool(body, "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise invalid_request("stream_options: must be an object", param="stream_options")
+        include_usage = bool(options.get("include_usage")) and stream
+
+    system, messages = translate_messages(body.get("messages"))
+    tools, legacy = _tools(body)
+    tool_choice = _tool_choice(body, tools, legacy)
+    if tools and isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
+        tools = _allowed_tools(body["tool_choice"], tools)
+
+    max_tokens = _max_tokens(body, max_output)
+    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+
+    thinking = _thinking(body)
+    forcing = tool_choice is not None and tool_choice["type"] in ("any", "tool")
+    if thinking is not None and forcing:
+        thinking = None  # Claude refuses thinking with a forced tool; the tool_choice is the contract
+
+    json_tool = None
+    fmt = body.get("response_format")
+    if fmt is not None:
+        json_tool, instruction, tool_def = _response_format(fmt, has_tools=bool(tools),
+                                                            thinking=thinking is not None)
+        if tool_def is not None:
+            tools = [tool_def]
+            tool_choice = {"type": "tool", "name": JSON_TOOL}
+        if instruction:
+            system.append({"type": "text", "text": instruction})
+
+    if thinking is not None and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            max_tokens, budget = _fit_budget(max_tokens, budget, max_output, explicit=_client_max(body) is not None)
+            if budget is None:
+                thinking = None
+            else:
+                thinking = {**thinking, "budget_tokens": budget}
+                out["max_tokens"] = max_tokens
+
+    if system:
+        out["system"] = system
+    out["messages"] = messages
+    if tools:
+        out["tools"] = tools
+        if tool_choice is not None:
+            out["tool_choice"] = tool_choice
+    if thinking is not None:
+        out["thinking"] = thinking
+    else:
+        _sampling(body, out)
+    stop = _stop(body.get("stop"))
+    if stop:
+        out["stop_sequences"] = stop
+    user = body.get("user") or body.get("safety_identifier")
+    if user is not None:
+        if not isinstance(user, str):
+            raise invalid_request("user: must be a string", param="user")
+        if user:
+            out["metadata"] = {"user_id": user}
+    if stream:
+        out["stream"] = True
+    return ChatRequest(out, stream, include_usage, json_tool, legacy)
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise invalid_request("n: only n=1 is supported (Claude returns one choice per request)", param="n")
+    if body.get("logprobs"):
+        raise invalid_request("logprobs: log probabilities are not available for Claude models", param="logprobs")
+    if body.get("top_logprobs"):
+        raise invalid_request("top_logprobs: log probabilities are not available for Claude models",
+                              param="top_logprobs")
+    if body.get("audio") is not None:
+        raise invalid_request("audio: audio output is not supported", param="audio")
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise invalid_request("modalities: only [\"text\"] is supported", param="modalities")
+    if body.get("logit_bias"):
+        raise invalid_request("logit_bias: not supported for Claude models", param="logit_bias")
+    if body.get("web_search_options") is not None:
+        raise invalid_request("web_search_options: not supported on this endpoint", param="web_search_options")
+
+
+def _opt_bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid_request(f"{name}: must be a boolean", param=name)
+    return value
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise invalid_request(f"{name}: must be a number between {lo:g} and {hi:g}", param=name)
+    return value
+
+
+def _client_max(body: dict[str, Any]) -> tuple[str, int] | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise invalid_request(f"{name}: must be a positive integer", param=name)
+        return name, value
+    return None
+
+
+def _max_tokens(body: dict[str, Any], max_output: int | None) -> int:
+    given = _client_max(body)
+    if given is None:
+        return max_output or DEFAULT_MAX_TOKENS
+    # clamped rather than refused: clients send generous limits meant for other models
+    return min(given[1], max_output) if max_output else given[1]
+
+
+def _fit_budget(max_tokens: int, budget: int, max_output: int | None,
+                *, explicit: bool) -> tuple[int, int | None]:
+    """(max_tokens, budget) with budget < max_tokens; budget None when thinking cannot fit."""
+    if budget >= max_tokens:
+        if explicit:
+            max_tokens = budget + max_tokens  # the client's limit bounds the answer after thinking
+        else:
+            max_tokens = budget * 2
+        if max_output:
+            max_tokens = min(max_tokens, max_output)
+    if budget >= max_tokens:
+        budget = max_tokens - 1
+    if budget < MIN_THINKING_BUDGET:
+        return max_tokens, None
+    return max_tokens, budget
+
+
+def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
+    thinking = body.get("thinking")  # Claude's own parameter, passed through
+    if thinking is not None:
+        if not isinstance(thinking, dict):
+            raise invalid_request("thinking: must be an object", param="thinking")
+        return None if thinking.get("type") == "disabled" else thinking
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in THINKING_BUDGETS:
+        raise invalid_request(f"reasoning_effort: must be one of {', '.join(THINKING_BUDGETS)}",
+                              param="reasoning_effort")
+    budget = THINKING_BUDGETS[effort]
+    return None if budget is None else {"type": "enabled", "budget_tokens": budget}
+
+
+def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
+    temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1)
+    if temperature is not None:
+        out["temperature"] = min(temperature, 1)
+    elif top_p is not None:
+        out["top_p"] = top_p
+    top_k = body.get("top_k")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise invalid_request("top_k: must be a non-negative integer", param="top_k")
+        if top_k:
+            out["top_k"] = top_k
+
+
+def _stop(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise invalid_request("stop: must be a string or an array of strings", param="stop")
+    return [s for s in stop if s]
+
+
+def _response_format(fmt: Any, *, has_tools: bool,
+                     thinking: bool) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """(json_tool, system instruction, tool definition) for a ``response_format``."""
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise invalid_request("response_format: must be an object with a type", param="response_format")
+    kind = fmt["type"]
+    if kind == "text":
+        return None, None, None
+    if kind == "json_object":
+        schema: dict[str, Any] = {"type": "object", "additionalProperties": True}
+        description = "Give your complete answer as this tool's input: a single JSON object."
+        instruction = "Respond only with a single valid JSON object, with no other text before or after it."
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise invalid_request("response_format.json_schema: must be an object with a schema",
+                                  param="response_format.json_schema")
+        schema = spec.get("schema") or {"type": "object"}
+        if "type" not in schema and "properties" in schema:
+            schema = {"type": "object", **schema}
+        name = spec.get("name") or "response"
+        description = (spec.get("description") or f"Give your complete answer as this tool's input ({name}).")
+        instruction = ("Respond only with a JSON value that conforms to this JSON Schema, with no other text "
+                       f"before or after it:\n{orjson.dumps(schema).decode()}")
+        if schema.get("type") != "object":
+            return None, instruction, None  # a tool's input must be an object
+    else:
+        raise invalid_request(f"response_format.type: unsupported value {kind!r}",
+                              param="response_format.type")
+    if has_tools or thinking:
+        return None, instruction, None
+    return JSON_TOOL, None, {"name": JSON_TOOL, "description": description, "input_schema": schema}
+
+
+# ---- tools ------------------------------------------------------------------------------
+
+
+def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """Claude tools from ``tools`` (or legacy ``functions``); True when legacy."""
+    tools = body.get("tools")
+    legacy = False
+    if tools is None and body.get("functions") is not None:
+        functions = body["functions"]
+        if not isinstance(functions, list):
+            raise invalid_request("functions: must be an array", param="functions")
+        tools = [{"type": "function", "function": f} for f in functions]
+        legacy = True
+        where = "functions"
+    else:
+        where = "tools"
+    if tools is None:
+        return [], False
+    if not isinstance(tools, list):
+        raise invalid_request("tools: must be an array", param="tools")
+    out = []
+    for i, tool in enumerate(tools):
+        param = f"{where}[{i}]"
+        if not isinstance(tool, dict):
+            raise invalid_request(f"{param}: must be an object", param=param)
+        if tool.get("type", "function") != "function":
+            raise invalid_request(f"{param}.type: only function tools are supported", param=f"{param}.type")
+        fn = tool.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise invalid_request(f"{param}.function.name: required", param=f"{param}.function.name")
+        schema = fn.get("parameters")
+        if schema is None:
+            schema = {"type": "object", "properties": {}}
+        elif not isinstance(schema, dict):
+            raise invalid_request(f"{param}.function.parameters: must be an object",
+                                  param=f"{param}.function.parameters")
+        elif "type" not in schema:
+            schema = {"type": "object", **schema}
+        claude: dict[str, Any] = {"name": fn["name"]}
+        if fn.get("description"):
+            claude["description"] = fn["description"]
+        claude["input_schema"] = schema
+        cc = tool.get("cache_control") or fn.get("cache_control")
+        if cc is not None:
+            claude["cache_control"] = cc
+        out.append(claude)
+    return out, legacy
+
+
+def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]], legacy: bool) -> dict[str, Any] | None:
+    choice = body.get("tool_choice")
+    param = "tool_choice"
+    if choice is None and body.get("function_call") is not None:
+        choice, param = body["function_call"], "function_call"
+        if isinstance(choice, dict) and "name" in choice:
+            choice = {"type": "function", "function": {"name": choice["name"]}}
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise invalid_request("parallel_tool_calls: must be a boolean", param="parallel_tool_calls")
+    if not tools:
+        return None
+    if choice is None and not (parallel is False or legacy):
+        return None  # Claude's default is auto
+    if choice is None or choice == "auto":
+        out: dict[str, Any] = {"type": "auto"}
+    elif choice == "none":
+        return {"type": "none"}
+    elif choice == "required":
+        out = {"type": "any"}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not any(t["name"] == name for t in tools):
+            raise invalid_request(f"{param}: names a function that is not in tools", param=param)
+        out = {"type": "tool", "name": name}
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        spec = choice.get("allowed_tools")
+        mode = spec.get("mode") if isinstance(spec, dict) else None
+        if mode not in ("auto", "required"):
+            raise invalid_request("tool_choice.allowed_tools.mode: must be auto or required",
+                                  param="tool_choice.allowed_tools.mode")
+        out = {"type": "any" if mode == "required" else "auto"}
+    else:
+        raise invalid_request(f"{param}: must be none, auto, required or a named function", param=param)
+    if parallel is False or legacy:
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+def _allowed_tools(choice: dict[str, Any], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = set()
+    for entry in choice["allowed_tools"].get("tools") or []:
+        fn = entry.get("function") if isinstance(entry, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            names.add(fn["name"])
+        elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            names.add(entry["name"])
+    kept = [t for t in tools if t["name"] in names]
+    if not kept:
+        raise invalid_request("tool_choice.allowed_tools.tools: names no function in tools",
+                              param="tool_choice.allowed_tools.tools")
+    return kept
+
+
+# ---- messages ---------------------------------------------------------------------------
+
+
+def translate_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, Claude messages) from OpenAI ``messages``."""
+    if messages is None:
+        raise invalid_request("messages: Field required", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_request("messages: must be a non-empty array", param="messages")
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    legacy_ids: dict[str, list[str]] = {}  # function name → ids of unanswered legacy calls
+    last = len(messages) - 1
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise invalid_request(f"{where}: must be an object", param=where)
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            system.extend(_text_blocks(msg.get("content"), f"{where}.content"))
+        elif role == "user":
+            _append(turns, "user", _user_blocks(msg.get("content"), f"{where}.content"))
+        elif role == "assistant":
+            _append(turns, "assistant", _assistant_blocks(msg, where, i, legacy_ids, final=i == last))
+        elif role == "tool":
+            call_id = msg.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise invalid_request(f"{where}.tool_call_id: required", param=f"{where}.tool_call_id")
+            _append(turns, "user", [_tool_result(_tool_id(call_id), msg.get("content"), where)])
+        elif role == "function":
+            name = msg.get("name")
+            pending = legacy_ids.get(name) if isinstance(name, str) else None
+            if not pending:
+                raise invalid_request(f"{where}: function result without a preceding function_call",
+                                      param=f"{where}.name")
+            _append(turns, "user", [_tool_result(pending.pop(0), msg.get("content"), where)])
+        else:
+            raise invalid_request(f"{where}.role: unsupported role {role!r}", param=f"{where}.role")
+    if not turns:
+        raise invalid_request("messages: at least one user or assistant message is required", param="messages")
+    return system, turns
+
+
+def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Add blocks as a turn, merging into the previous one of the same role."""
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        content = turns[-1]["content"]
+    else:
+        content = []
+        turns.append({"role": role, "content": content})
+    for block in blocks:
+        if block["type"] == "tool_result":
+            # tool results lead a user turn, before any text
+            pos = 0
+            while pos < len(content) and content[pos]["type"] == "tool_result":
+                pos += 1
+            content.insert(pos, block)
+        else:
+            content.append(block)
+
+
+def _tool_id(raw: str) -> str:
+    return _BAD_ID_CHARS.sub("_", raw)
+
+
+def _with_cc(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    cc = part.get("cache_control")
+    if cc is not None:
+        block["cache_control"] = cc
+    return block
+
+
+def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
+    out = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise invalid_request(f"{where}[{j}]: only text parts are allowed here", param=f"{where}[{j}]")
+        if part["text"]:
+            out.append(_with_cc({"type": "text", "text": part["text"]}, part))
+    return out
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
+    out = []
+    for j, part in enumerate(content):
+        block = _user_part(part, f"{where}[{j}]")
+        if block is not None:
+            out.append(block)
+    return out
+
+
+def _user_part(part: Any, where: str) -> dict[str, Any] | None:
+    if not isinstance(part, dict):
+        raise invalid_request(f"{where}: must be an object", param=where)
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise invalid_request(f"{where}.text: must be a string", param=f"{where}.text")
+        return _with_cc({"type": "text", "text": text}, part) if text else None
+    if kind == "image_url":
+        spec = part.get("image_url")
+        url = spec.get("url") if isinstance(spec, dict) else spec
+        if not isinstance(url, str) or not url:
+            raise invalid_request(f"{where}.image_url.url: required", param=f"{where}.image_url.url")
+        return _with_cc({"type": "image", "source": _image_source(url, f"{where}.image_url.url")}, part)
+    if kind == "file":
+        return _with_cc(_file_block(part.get("file"), f"{where}.file"), part)
+    if kind == "input_audio":
+        raise invalid_request(f"{where}: audio input is not supported", param=where)
+    raise invalid_request(f"{where}.type: unsupported content part type {kind!r}", param=f"{where}.type")
+
+
+def _image_source(url: str, where: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        match = _DATA_URL.match(url)
+        if match is None:
+            raise invalid_request(f"{where}: a data URL must be base64 (data:image/png;base64,...)", param=where)
+        media_type = (match.group(1) or "").lower()
+        if media_type not in IMAGE_TYPES:
+            raise invalid_request(f"{where}: unsupported image type {media_type!r} "
+                                  f"(use {', '.join(sorted(IMAGE_TYPES))})", param=where)
+        return {"type": "base64", "media_type": media_type, "data": match.group(3)}
+    if url.startswith(("http://", "https://")):
+        return {"type": "url", "url": url}
+    raise invalid_request(f"{where}: must be an http(s) URL or a base64 data URL", param=where)
+
+
+def _file_block(spec: Any, where: str) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise invalid_request(f"{where}: must be an object", param=where)
+    if spec.get("file_id") is not None and spec.get("file_data") is None:
+        raise invalid_request(f"{where}.file_id: uploaded files are not supported; send file_data",
+                              param=f"{where}.file_id")
+    data = spec.get("file_data")
+    if not isinstance(data, str) or not data:
+        raise invalid_request(f"{where}.file_data: required", param=f"{where}.file_data")
+    media_type = "application/pdf"
+    match = _DATA_URL.match(data)
+    if match is not None:
+        media_type = (match.group(1) or media_type).lower()
+        data = match.group(3)
+    if media_type == "application/pdf":
+        block: dict[str, Any] = {"type": "document",
+                                 "source": {"type": "base64", "media_type": media_type, "data": data}}
+    elif media_type == "text/plain":
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise invalid_request(f"{where}.file_data: not valid base64 UTF-8 text",
+                                  param=f"{where}.file_data") from None
+        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    else:
+        raise invalid_request(f"{where}.file_data: unsupported file type {media_type!r} (PDF or plain text)",
+                              param=f"{where}.file_data")
+    if isinstance(spec.get("filename"), str) and spec["filename"]:
+        block["title"] = spec["filename"]
+    return block
+
+
+def _tool_result(tool_use_id: str, content: Any, where: str) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+    elif isinstance(content, list):
+        parts = _user_blocks(content, f"{where}.content")
+        if parts:
+            block["content"] = parts
+    elif content is not None:
+        raise invalid_request(f"{where}.content: must be a string or an array of content parts",
+                              param=f"{where}.content")
+    return block
+
+
+def _arguments(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    if not isinstance(raw, str):
+        raise invalid_request(f"{where}: must be a JSON string", param=where)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise invalid_request(f"{where}: is not valid JSON", param=where) from None
+    if not isinstance(value, dict):
+        raise invalid_request(f"{where}: must encode a JSON object", param=where)
+    return value
+
+
+def _assistant_blocks(msg: dict[str, Any], where: str, i: int, legacy_ids: dict[str, list[str]],
+                      *, final: bool) -> list[dict[str, Any]]:
+    blocks = restore_reasoning(msg)
+    content = msg.get("content")
+    texts: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        if content:
+            texts.append({"type": "text", "text": content})
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise invalid_request(f"{where}.content[{j}]: must be an object", param=f"{where}.content[{j}]")
+            text = part.get("text") if part.get("type") == "text" else part.get("refusal")
+            if part.get("type") not in ("text", "refusal") or not isinstance(text, str):
+                raise invalid_request(f"{where}.content[{j}]: assistant content parts must be text or refusal",
+                                      param=f"{where}.content[{j}]")
+            if text:
+                texts.append(_with_cc({"type": "text", "text": text}, part))
+    elif content is not None:
+        raise invalid_request(f"{where}.content: must be a string, an array or null", param=f"{where}.content")
+    if final and texts:
+        # a trailing assistant turn is a prefill, which Claude refuses with trailing whitespace
+        texts[-1]["text"] = texts[-1]["text"].rstrip()
+        if not texts[-1]["text"]:
+            texts.pop()
+    blocks.extend(texts)
+    calls = msg.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise invalid_request(f"{where}.tool_calls: must be an array", param=f"{where}.tool_calls")
+        for j, call in enumerate(calls):
+            at = f"{where}.tool_calls[{j}]"
+            if not isinstance(call, dict):
+                raise invalid_request(f"{at}: must be an object", param=at)
+            if call.get("type", "function") != "function":
+                raise invalid_request(f"{at}.type: only function calls are supported", param=f"{at}.type")
+            fn = call.get("function")
+            call_id = call.get("id")
+            if not isinstance(call_id, str) or not call_id:
+                raise invalid_request(f"{at}.id: required", param=f"{at}.id")
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise invalid_request(f"{at}.function.name: required", param=f"{at}.function.name")
+            blocks.append({"type": "tool_use", "id": _tool_id(call_id), "name": fn["name"],
+                           "input": _arguments(fn.get("arguments"), f"{at}.function.arguments")})
+    fc = msg.get("function_call")
+    if fc is not None:
+        if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
+            raise invalid_request(f"{where}.function_call.name: required", param=f"{where}.function_call.name")
+        call_id = f"toolu_fn{i}"
+        legacy_ids.setdefault(fc["name"], []).append(call_id)
+        blocks.append({"type": "tool_use", "id": call_id, "name": fc["name"],
+                       "input": _arguments(fc.get("arguments"), f"{where}.function_call.arguments")})
+    return blocks
+
+
+# ---- reasoning round trip ------------------------------------------------------------------
+
+
+def encode_reasoning_signature(blocks: list[dict[str, Any]]) -> str | None:
+    """``reasoning_signature`` for a reply's thinking/redacted_thinking blocks (see the Rust twin)."""
+    if not blocks:
+        return None
+    if len(blocks) == 1 and blocks[0]["type"] == "thinking":
+        return blocks[0].get("signature") or None
+    entries = []
+    for block in blocks:
+        if block["type"] == "thinking":
+            entries.append(f"t{len(block.get('thinking') or '')}:{block.get('signature') or ''}")
+        else:
+            entries.append(f"r:{block.get('data') or ''}")
+    return SIGNATURE_PREFIX + "~".join(entries)
+
+
+def restore_reasoning(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Thinking blocks for an assistant message sent back with its reasoning.
+
+    ``reasoning_content`` + ``reasoning_signature`` (what ethereal returns), or LiteLLM's
+    ``thinking_blocks``. Reasoning that cannot be restored exactly (no signature, lengths
+    that do not add up) is dropped: an unsigned or altered thinking block would be refused.
+    """
+    given = msg.get("thinking_blocks")
+    if isinstance(given, list) and given:
+        out = []
+        for block in given:
+            if isinstance(block, dict) and block.get("type") == "thinking" and block.get("signature"):
+                out.append({"type": "thinking", "thinking": block.get("thinking") or "",
+                            "signature": block["signature"]})
+            elif isinstance(block, dict) and block.get("type") == "redacted_thinking" and block.get("data"):
+                out.append({"type": "redacted_thinking", "data": block["data"]})
+        return out
+    signature = msg.get("reasoning_signature")
+    if not isinstance(signature, str) or not signature:
+        return []
+    text = msg.get("reasoning_content")
+    text = text if isinstance(text, str) else ""
+    if not signature.startswith(SIGNATURE_PREFIX):
+        return [{"type": "thinking", "thinking": text, "signature": signature}]
+    out = []
+    pos = 0
+    for entry in signature[len(SIGNATURE_PREFIX):].split("~"):
+        kind, _, rest = entry.partition(":")
+        if kind == "r" and rest:
+            out.append({"type": "redacted_thinking", "data": rest})
+        elif kind[:1] == "t" and kind[1:].isdigit() and rest:
+            n = int(kind[1:])
+            out.append({"type": "thinking", "thinking": text[pos:pos + n], "signature": rest})
+            pos += n
+        else:
+            return []
+    if pos != len(text):
+        return []
+    return out
+
+
+# ---- response ---------------------------------------------------------------------------
+
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+           "model_context_window_exceeded": "length", "refusal": "content_filter"}
+
+
+def finish_reason(stop_reason: str | None, tool_calls: bool, legacy: bool = False) -> str:
+    """OpenAI's finish_reason (the same table as the Rust translator)."""
+    if stop_reason == "tool_use" and tool_calls:
+        return "function_call" if legacy else "tool_calls"
+    return _FINISH.get(stop_reason or "", "stop")
+
+
+def usage_counts(usage: Any) -> tuple[int, int, int, int]:
+    """(input, cache writes, cache reads, output) as billed: summed over ``iterations`` when present."""
+    if not isinstance(usage, dict):
+        return 0, 0, 0, 0
+    iterations = usage.get("iterations")
+    rows = iterations if isinstance(iterations, list) and iterations else [usage]
+    inp = writes = reads = out = 0
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        split = row.get("cache_creation")
+        split_total = 0
+        if isinstance(split, dict):
+            split_total = int(split.get("ephemeral_5m_input_tokens") or 0) + int(
+                split.get("ephemeral_1h_input_tokens") or 0)
+        inp += int(row.get("input_tokens") or 0)
+        writes += max(int(row.get("cache_creation_input_tokens") or 0), split_total)
+        reads += int(row.get("cache_read_input_tokens") or 0)
+        out += int(row.get("output_tokens") or 0)
+    return inp, writes, reads, out
+
+
+def openai_usage(usage: Any) -> dict[str, Any]:
+    inp, writes, reads, out = usage_counts(usage)
+    prompt = inp + writes + reads
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out,
+            "prompt_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes}}
+
+
+def to_chat_completion(message: dict[str, Any], *, completion_id: str, created: int, model: str,
+                       json_tool: str | None = None, legacy_functions: bool = False) -> dict[str, Any]:
+    """A Messages response as a ``chat.completion``."""
+    texts: list[str] = []
+    reasoning: list[str] = []
+    reasoning_blocks: list[dict[str, Any]] = []
+    tool_calls: list[dict[str, Any]] = []
+    function_call: dict[str, Any] | None = None
+    paragraph = False  # a non-text block followed some content: the next text starts a paragraph
+
+    def add_text(text: str) -> None:
+        nonlocal paragraph
+        if text:
+            texts.append("\n\n" + text if paragraph else text)
+            paragraph = False
+
+    for block in message.get("content") or []:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind != "text" and texts:
+            paragraph = True
+        if kind == "text":
+            add_text(block.get("text") or "")
+        elif kind == "thinking":
+            reasoning.append(block.get("thinking") or "")
+            reasoning_blocks.append(block)
+        elif kind == "redacted_thinking":
+            reasoning_blocks.append(block)
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            if json_tool is not None and block.get("name") == json_tool:
+                add_text(arguments)
+            elif legacy_functions:
+                if function_call is None:
+                    function_call = {"name": block.get("name"), "arguments": arguments}
+            else:
+                tool_calls.append({"id": block.get("id"), "type": "function",
+                                   "function": {"name": block.get("name"), "arguments": arguments}})
+    called = bool(tool_calls) or function_call is not None
+    out_message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not called else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        out_message["tool_calls"] = tool_calls
+    if function_call is not None:
+        out_message["function_call"] = function_call
+    if reasoning_blocks:
+        out_message["reasoning_content"] = "".join(reasoning)
+        signature = encode_reasoning_signature(reasoning_blocks)
+        if signature:
+            out_message["reasoning_signature"] = signature
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": out_message, "logprobs": None,
+                     "finish_reason": finish_reason(message.get("stop_reason"), called, legacy_functions)}],
+        "usage": openai_usage(message.get("usage")),
+    }
+
+
+def error_frame(error_type: str, message: str) -> bytes:
+    """An in-stream failure as an OpenAI SSE frame (the stream ends after it)."""
+    from ethereal.errors import openai_error_body
+
+    return b"data: " + openai_error_body(error_type, message) + b"\n\n"
+
+
+__all__ = [
+    "JSON_TOOL",
+    "ChatRequest",
+    "GatewayError",
+    "encode_reasoning_signature",
+    "error_frame",
+    "finish_reason",
+    "model_name",
+    "openai_usage",
+    "restore_reasoning",
+    "to_anthropic",
+    "to_chat_completion",
+    "translate_messages",
+    "usage_counts",
+]

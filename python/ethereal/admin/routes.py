@@ -1,0 +1,193 @@
+"""The admin API for keys: mint (one or up to 500 at once), list, show, update, revoke, delete.
+
+Everything under ``/admin/api/`` answers only to ``ETHEREAL_ADMIN_KEY`` (admin/auth.py,
+constant-time); errors are Anthropic-shaped. A key's plaintext appears once, in the
+mint response. A change to a key (revoke, update, delete) is dropped from this
+worker's key cache at once and published to the other replicas through Redis when
+Redis is configured; without Redis it reaches them within the key cache TTL (1 s).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from blacksheep import Application, Request, Response
+
+from ethereal.admin.auth import require_admin
+from ethereal.admin.keyspec import KEY_FIELDS, MAX_BATCH, key_json, parse_key_fields
+from ethereal.api.common import anthropic_route, json_response, read_body
+from ethereal.errors import GatewayError, invalid_request
+from ethereal.gateway import Gateway
+from ethereal.keys import KeyRecord, mint
+from ethereal.limits import BaseLimiter
+from ethereal.limits.plans import Plans
+from ethereal.proxy import parse_json_body
+
+_ADMIN_BODY_MAX = 4 * 1024 * 1024
+_STATES = ("active", "revoked", "expired")
+
+
+def register(app: Application, gw: Gateway) -> None:
+    settings = gw.settings
+    fallback_plans = Plans(settings.plans)
+
+    def plans() -> Plans:
+        limiter = gw.limiter
+        return limiter.plans if isinstance(limiter, BaseLimiter) else fallback_plans
+
+    def ok(request_id: str, payload: Any, status: int = 200) -> Response:
+        return json_response(status, orjson.dumps(payload), [(b"request-id", request_id.encode())])
+
+    async def body_of(request: Request) -> Any:
+        raw = await read_body(request, _ADMIN_BODY_MAX)
+        return parse_json_body(raw) if raw.strip() else {}
+
+    def store() -> Any:
+        if gw.store is None:
+            raise GatewayError(503, "the gateway is starting", retry_after=1.0)
+        return gw.store
+
+    async def spend_of(ids: list[str]) -> dict[str, dict[str, int]]:
+        return await store().spend_by_key(ids) if ids else {}
+
+    async def changed(record: KeyRecord) -> None:
+        if gw.auth is not None:
+            gw.auth.invalidate(record.key_hash)
+        await gw.limiter.publish_key_change(record.key_hash)
+
+    async def find(request: Request) -> KeyRecord:
+        key_id = request.route_values.get("key_id", "")
+        record = await store().get_key(key_id)
+        if record is None:
+            raise GatewayError(404, f"no API key with id {key_id[:64]!r}")
+        return record
+
+    def minted(attrs: dict[str, Any]) -> tuple[str, KeyRecord]:
+        return mint(settings.key_prefix, **attrs)
+
+    @anthropic_route
+    async def create_key(request: Request, request_id: str) -> Response:
+        require_admin(settings, request)
+        attrs = parse_key_fields(await body_of(request), catalog=gw.catalog, plans=plans())
+        plaintext, record = minted(attrs)
+        await store().insert_keys([record])
+        return ok(request_id, {**key_json(record), "key": plaintext}, 201)
+
+    @anthropic_route
+    async def create_batch(request: Request, request_id: str) -> Response:
+        """``{"count": N, ...shared attributes}`` or ``{"keys": [{...}, ...]}``: 1 to 500 keys, all or none."""
+        require_admin(settings, request)
+        body = await body_of(request)
+        if not isinstance(body, dict):
+            raise invalid_request("body: must be a JSON object")
+        if "keys" in body:
+            if set(body) != {"keys"}:
+                extra = sorted(set(body) - {"keys"})[0]
+                raise invalid_request(f"{extra}: not allowed with keys (set attributes per key)", param=extra)
+            items = body["keys"]
+            if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+                raise invalid_request(f"keys: must be an array of 1 to {MAX_BATCH} objects", param="keys")
+            specs = [parse_key_fields(item, catalog=gw.catalog, plans=plans(), prefix=f"keys.{i}.")
+                     for i, item in enumerate(items)]
+        else:
+            count = body.get("count")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
+                raise invalid_request(f"count: must be an integer from 1 to {MAX_BATCH}", param="count")
+            shared = parse_key_fields({k: v for k, v in body.items() if k != "count"}, catalog=gw.catalog,
+                                      plans=plans())
+            specs = [shared] * count
+        pairs = [minted(dict(spec)) for spec in specs]
+        await store().insert_keys([record for _, record in pairs])  # one transaction: all or nothing
+        data = [{**key_json(record), "key": plaintext} for plaintext, record in pairs]
+        return ok(request_id, {"data": data, "count": len(data)}, 201)
+
+    @anthropic_route
+    async def list_keys(request: Request, request_id: str) -> Response:
+        require_admin(settings, request)
+        query = request.query
+        unknown = sorted(set(query) - {"limit", "after_id", "owner", "plan", "state"})
+        if unknown:
+            raise invalid_request(f"{unknown[0]}: unknown query parameter", param=unknown[0])
+
+        def one(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        raw_limit = one("limit") or "100"
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise invalid_request("limit: must be an integer", param="limit") from None
+        if not 1 <= limit <= 1000:
+            raise invalid_request("limit: must be between 1 and 1000", param="limit")
+        state = one("state")
+        if state is not None and state not in _STATES:
+            raise invalid_request(f"state: must be one of {', '.join(_STATES)}", param="state")
+        plan = one("plan")
+        if plan is not None:
+            found = plans().get(plan)
+            plan = found.name if found else plan
+        records = await store().list_keys(owner=one("owner"), plan=plan, state=state, limit=limit + 1,
+                                          after_id=one("after_id"))
+        has_more = len(records) > limit
+        records = records[:limit]
+        spend = await spend_of([r.id for r in records])
+        data = [key_json(r, spend.get(r.id)) for r in records]
+        return ok(request_id, {"data": data, "has_more": has_more, "first_id": data[0]["id"] if data else None,
+                               "last_id": data[-1]["id"] if data else None})
+
+    @anthropic_route
+    async def get_key(request: Request, request_id: str) -> Response:
+        require_admin(settings, request)
+        record = await find(request)
+        spend = await spend_of([record.id])
+        return ok(request_id, key_json(record, spend.get(record.id)))
+
+    @anthropic_route
+    async def update_key(request: Request, request_id: str) -> Response:
+        require_admin(settings, request)
+        body = await body_of(request)
+        changes = parse_key_fields(body, catalog=gw.catalog, plans=plans(), allow=(*KEY_FIELDS, "revoked"))
+        if not changes:
+            raise invalid_request("body: no field to update")
+        record = await find(request)
+        updated = await store().update_key(record.id, changes)
+        if updated is None:
+            raise GatewayError(404, f"no API key with id {record.id!r}")
+        await changed(updated)
+        spend = await spend_of([updated.id])
+        return ok(request_id, key_json(updated, spend.get(updated.id)))
+
+    @anthropic_route
+    async def revoke_key(request: Request, request_id: str) -> Response:
+        require_admin(settings, request)
+        record = await find(request)
+        updated = await store().update_key(record.id, {"revoked": True})
+        if updated is None:
+            raise GatewayError(404, f"no API key with id {record.id!r}")
+        await changed(updated)
+        return ok(request_id, key_json(updated))
+
+    @anthropic_route
+    async def delete_key(request: Request, request_id: str) -> Response:
+        require_admin(settings, request)
+        record = await find(request)
+        await store().delete_key(record.id)
+        await changed(record)
+        return ok(request_id, {"id": record.id, "type": "api_key_deleted", "deleted": True})
+
+    @anthropic_route
+    async def list_plans(request: Request, request_id: str) -> Response:
+        require_admin(settings, request)
+        return ok(request_id, {"data": plans().describe()})
+
+    router = app.router
+    router.add_post("/admin/api/keys", create_key)
+    router.add_post("/admin/api/keys/batch", create_batch)
+    router.add_get("/admin/api/keys", list_keys)
+    router.add_get("/admin/api/keys/:key_id", get_key)
+    router.add_patch("/admin/api/keys/:key_id", update_key)
+    router.add_post("/admin/api/keys/:key_id/revoke", revoke_key)
+    router.add_delete("/admin/api/keys/:key_id", delete_key)
+    router.add_get("/admin/api/plans", list_plans)

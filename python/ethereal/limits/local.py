@@ -1,0 +1,188 @@
+"""The in-process limiter: admit.lua's semantics without Redis (the embedded mode).
+
+Counters live in this process only: with several workers and no Redis, each worker
+enforces the limits on its own share of the traffic (configure Redis to share them).
+Spend is seeded from the database the first time a budgeted key is seen, as in Redis.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ethereal.keys import KeyRecord
+from ethereal.limits import (
+    BUDGET_MICRO,
+    BUDGET_TOKENS,
+    CONCURRENCY,
+    OK,
+    WINDOW_REQUESTS,
+    WINDOW_TOKENS,
+    Admission,
+    BaseLimiter,
+    KeyLimits,
+    ratelimit_headers,
+    refusal,
+)
+from ethereal.limits.plans import Window
+
+
+@dataclass(slots=True)
+class _KeyState:
+    seeded: bool = False
+    spent_tokens: int = 0
+    spent_micro: int = 0
+    held_in_tokens: int = 0
+    held_in_micro: int = 0
+    held_tokens: int = 0
+    held_micro: int = 0
+    reservations: dict[str, tuple[int, int, int, int, int]] = field(default_factory=dict)  # .., expiry ms
+    windows: dict[tuple[str, int, int], dict[int, list[int]]] = field(default_factory=dict)  # bucket -> [req, tok]
+
+
+class LocalLimiter(BaseLimiter):
+    def __init__(self, *, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._clock = clock
+        self._keys: dict[str, _KeyState] = {}
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def state(self, key_id: str) -> _KeyState:
+        st = self._keys.get(key_id)
+        if st is None:
+            st = self._keys[key_id] = _KeyState()
+        return st
+
+    @staticmethod
+    def _release(st: _KeyState, rid: str) -> None:
+        res = st.reservations.pop(rid, None)
+        if res is not None:
+            st.held_in_tokens -= res[0]
+            st.held_in_micro -= res[1]
+            st.held_tokens -= res[2]
+            st.held_micro -= res[3]
+
+    async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
+                    price_in: float, price_out: float) -> Admission:
+        limits = self.limits_for(key)
+        if limits.empty:
+            return Admission(key_id=key.id)
+        in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
+        in_m, allow_m = self.price(in_t, price_in), self.price(allow_t, price_out)
+        budgeted = limits.budget_tokens is not None or limits.budget_micro is not None
+        st = self.state(key.id)
+        if budgeted and not st.seeded:
+            tokens, micro = await self.seed(key.id)
+            if not st.seeded:  # another request may have seeded meanwhile
+                st.spent_tokens += tokens
+                st.spent_micro += micro
+                st.seeded = True
+        now = self._now()
+        if limits.reserving:
+            for rid in [r for r, res in st.reservations.items() if res[4] <= now][:100]:
+                self._release(st, rid)
+        code, retry, detail = self._check(st, limits, in_t, in_m, now)
+        if code != OK:
+            raise refusal(code, retry, limits, detail, now)
+        req_hdr: tuple[int, int, int] | None = None
+        tok_hdr: tuple[int, int, int] | None = None
+        for window in limits.windows:
+            buckets, cur, nb, bms = self._window(st, window, now)
+            used_r = sum(v[0] for v in buckets.values())
+            used_t = sum(v[1] for v in buckets.values())
+            reset = (cur + nb + 1) * bms
+            if window.requests is not None and (req_hdr is None or window.requests - used_r - 1 < req_hdr[1]):
+                req_hdr = (window.requests, window.requests - used_r - 1, reset)
+            if window.tokens is not None and (tok_hdr is None or window.tokens - used_t - in_t < tok_hdr[1]):
+                tok_hdr = (window.tokens, window.tokens - used_t - in_t, reset)
+            slot = buckets.setdefault(cur, [0, 0])
+            slot[0] += 1
+            slot[1] += in_t
+        rid = ""
+        if limits.reserving:
+            rid = uuid.uuid4().hex
+            st.reservations[rid] = (in_t, in_m, in_t + allow_t, in_m + allow_m, now + self.reservation_ttl_ms)
+            st.held_in_tokens += in_t
+            st.held_in_micro += in_m
+            st.held_tokens += in_t + allow_t
+            st.held_micro += in_m + allow_m
+        return Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
+                         headers=ratelimit_headers(req_hdr, tok_hdr), token=rid, limited=True,
+                         input_tokens=in_t, admitted_ms=now, spec=limits)
+
+    def _window(self, st: _KeyState, window: Window, now: int) -> tuple[dict[int, list[int]], int, int, int]:
+        bms = window.bucket_ms
+        nb = window.window_ms // bms
+        cur = now // bms
+        buckets = st.windows.setdefault((window.name, window.window_ms, bms), {})
+        for idx in [i for i in buckets if i < cur - nb]:
+            del buckets[idx]
+        return buckets, cur, nb, bms
+
+    def _check(self, st: _KeyState, limits: KeyLimits, in_t: int, in_m: int, now: int) -> tuple[int, float, int]:
+        if limits.budget_tokens is not None:
+            used = st.spent_tokens + st.held_in_tokens
+            if used >= limits.budget_tokens or used + in_t > limits.budget_tokens:
+                return BUDGET_TOKENS, 0, 0
+        if limits.budget_micro is not None:
+            used = st.spent_micro + st.held_in_micro
+            if used >= limits.budget_micro or used + in_m > limits.budget_micro:
+                return BUDGET_MICRO, 0, 0
+        if limits.max_concurrency is not None and len(st.reservations) >= limits.max_concurrency:
+            first = min((r[4] for r in st.reservations.values()), default=now + 1000)
+            return CONCURRENCY, min(1000, max(1, first - now)), 0
+        for i, window in enumerate(limits.windows, start=1):
+            buckets, cur, nb, bms = self._window(st, window, now)
+            used_r = sum(v[0] for v in buckets.values())
+            used_t = sum(v[1] for v in buckets.values())
+            if window.requests is not None and used_r + 1 > window.requests:
+                return WINDOW_REQUESTS, self._wait(buckets, 0, used_r, 1, window.requests, nb, bms, now,
+                                                   window.window_ms), i
+            if window.tokens is not None and (used_t >= window.tokens or used_t + in_t > window.tokens):
+                return WINDOW_TOKENS, self._wait(buckets, 1, used_t, in_t, window.tokens, nb, bms, now,
+                                                 window.window_ms), i
+        return OK, 0, 0
+
+    @staticmethod
+    def _wait(buckets: dict[int, list[int]], kind: int, used: int, need: int, limit: int, nb: int, bms: int,
+              now: int, wms: int) -> float:
+        freed = 0
+        for idx in sorted(buckets):
+            freed += buckets[idx][kind]
+            if used - freed + need <= limit:
+                return (idx + nb + 1) * bms - now
+        return wms
+
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
+        if not admission.limited or admission.settled:
+            return
+        admission.settled = True
+        st = self.state(admission.key_id)
+        self._release(st, admission.token)
+        if st.seeded:
+            st.spent_tokens += tokens
+            st.spent_micro += cost_micro
+        delta = tokens - admission.input_tokens
+        if delta == 0:
+            return
+        now = self._now()
+        limits: KeyLimits = admission.spec
+        for window in limits.windows:
+            buckets, cur, nb, bms = self._window(st, window, now)
+            aidx = admission.admitted_ms // bms
+            if aidx >= cur - nb:
+                slot = buckets.setdefault(aidx, [0, 0])
+                slot[1] = max(0, slot[1] + delta)
+            elif delta > 0:
+                buckets.setdefault(cur, [0, 0])[1] += delta
+
+    def snapshot(self, key_id: str) -> dict[str, int]:
+        """Spent and held totals of a key (tests, the admin API)."""
+        st = self.state(key_id)
+        return {"spent_tokens": st.spent_tokens, "spent_micro": st.spent_micro, "held_tokens": st.held_tokens,
+                "held_micro": st.held_micro, "in_flight": len(st.reservations)}

@@ -1,0 +1,165 @@
+-- ethereal admit, layout v1 (keys "ethereal:v1:{k:<key_id>}:..."). One call per request:
+-- checks and reserves the key's budgets, concurrency and rolling windows atomically.
+--
+-- KEYS[1]  hash  budget + reservations: st/sm spent tokens/micro-USD (lifetime, seeded from the
+--                database), ht/hm in-flight input reservations, ft/fm in-flight full reservations
+--                (input + output allowance), "r:<rid>" = "in_t,in_m,full_t,full_m", seeded
+-- KEYS[2]  zset  in-flight reservations: rid -> expiry (ms); its size is the concurrency
+-- KEYS[3+] hash  one per rolling window: "r<bucket>" requests, "t<bucket>" tokens
+-- ARGV  1 rid  2 in_tokens  3 allowance_tokens  4 in_micro  5 allowance_micro
+--       6 budget_tokens  7 budget_micro  8 max_concurrency   (-1 = none)
+--       9 reservation ttl ms  10 seed? (0/1)  11 seed tokens  12 seed micro  13 state ttl ms
+--       14 number of windows, then 4 per window: window_ms bucket_ms max_requests max_tokens (-1 = none)
+-- Returns {code, retry_ms, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms,
+--          now_ms, detail}; code 0 admitted, 1 needs seeding, 2 token budget, 3 micro-USD budget,
+--          4 concurrency, 5 window requests, 6 window tokens (detail = window number).
+-- Budget rule: admitted when spent + in-flight inputs + this input fits the budget. Output is
+-- paid at settle, so a budget can be exceeded by at most the in-flight outputs, and a request
+-- whose real cost fits what is left is never refused.
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b, z = KEYS[1], KEYS[2]
+local rid = ARGV[1]
+local in_t, allow_t = tonumber(ARGV[2]), tonumber(ARGV[3])
+local in_m, allow_m = tonumber(ARGV[4]), tonumber(ARGV[5])
+local bud_t, bud_m, conc = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local res_ttl, state_ttl = tonumber(ARGV[9]), tonumber(ARGV[13])
+local nwin = tonumber(ARGV[14])
+local budgeted = bud_t >= 0 or bud_m >= 0
+local reserving = budgeted or conc >= 0
+
+local function release(id)
+  local r = redis.call('HGET', b, 'r:' .. id)
+  if r then
+    local a = {}
+    for n in string.gmatch(r, '[^,]+') do a[#a + 1] = tonumber(n) end
+    redis.call('HINCRBY', b, 'ht', 0 - a[1])
+    redis.call('HINCRBY', b, 'hm', 0 - a[2])
+    redis.call('HINCRBY', b, 'ft', 0 - a[3])
+    redis.call('HINCRBY', b, 'fm', 0 - a[4])
+    redis.call('HDEL', b, 'r:' .. id)
+  end
+  redis.call('ZREM', z, id)
+end
+
+-- reservations of requests that never settled (a replica died): released after their ttl
+if reserving then
+  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
+  for _, id in ipairs(expired) do release(id) end
+end
+
+if budgeted then
+  if redis.call('HEXISTS', b, 'seeded') == 0 then
+    if ARGV[10] ~= '1' then return {1, 0, -1, -1, 0, -1, -1, 0, now, 0} end
+    redis.call('HINCRBY', b, 'st', ARGV[11])
+    redis.call('HINCRBY', b, 'sm', ARGV[12])
+    redis.call('HSET', b, 'seeded', 1)
+  end
+  local v = redis.call('HMGET', b, 'st', 'sm', 'ht', 'hm')
+  local st, sm = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+  local ht, hm = tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  if bud_t >= 0 and (st + ht >= bud_t or st + ht + in_t > bud_t) then
+    return {2, 0, -1, -1, 0, -1, -1, 0, now, bud_t - st - ht}
+  end
+  if bud_m >= 0 and (sm + hm >= bud_m or sm + hm + in_m > bud_m) then
+    return {3, 0, -1, -1, 0, -1, -1, 0, now, bud_m - sm - hm}
+  end
+end
+
+if conc >= 0 and redis.call('ZCARD', z) >= conc then
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  local wait = 1000
+  if first[2] then wait = math.min(1000, math.max(1, tonumber(first[2]) - now)) end
+  return {4, wait, -1, -1, 0, -1, -1, 0, now, conc}
+end
+
+-- rolling windows: bucket i covers [i*bms, (i+1)*bms); a window of nb buckets counts buckets
+-- cur-nb .. cur, so nothing leaves it before a full window has passed (never early, at most one
+-- bucket late). Fields: r<i>/t<i> per bucket, R/T their sums, lo the oldest bucket kept; buckets
+-- leaving the window are subtracted as they go, so an admit costs O(1) per window.
+local function advance(key, low, nb)
+  local v = redis.call('HMGET', key, 'R', 'T', 'lo')
+  local R, T, lo = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3])
+  if lo == nil or low - lo > nb then
+    if lo ~= nil then redis.call('DEL', key) end
+    R, T = 0, 0
+    redis.call('HSET', key, 'R', 0, 'T', 0, 'lo', low)
+  elseif lo < low then
+    local fields = {}
+    for i = lo, low - 1 do
+      fields[#fields + 1] = 'r' .. i
+      fields[#fields + 1] = 't' .. i
+    end
+    local vals = redis.call('HMGET', key, unpack(fields))
+    for j = 1, #vals, 2 do
+      R = R - (tonumber(vals[j]) or 0)
+      T = T - (tonumber(vals[j + 1]) or 0)
+    end
+    redis.call('HDEL', key, unpack(fields))
+    redis.call('HSET', key, 'R', R, 'T', T, 'lo', low)
+  end
+  return R, T
+end
+
+local function wait_for(key, kind, low, cur, nb, bms, used, need, max, wms)
+  -- ms until enough of the oldest buckets leave the window for `need` more to fit (refusals only)
+  local freed = 0
+  for idx = low, cur do
+    freed = freed + (tonumber(redis.call('HGET', key, kind .. idx)) or 0)
+    if used - freed + need <= max then return (idx + nb + 1) * bms - now end
+  end
+  return wms
+end
+
+local req_limit, req_rem, req_reset = -1, -1, 0
+local tok_limit, tok_rem, tok_reset = -1, -1, 0
+local wins = {}
+for i = 1, nwin do
+  local base = 14 + (i - 1) * 4
+  local wms, bms = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local max_r, max_t = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local key = KEYS[2 + i]
+  local nb = math.floor(wms / bms)
+  local cur = math.floor(now / bms)
+  local low = cur - nb
+  local used_r, used_t = advance(key, low, nb)
+  if max_r >= 0 and used_r + 1 > max_r then
+    return {5, wait_for(key, 'r', low, cur, nb, bms, used_r, 1, max_r, wms), max_r, 0, now + wms, -1, -1, 0, now, i}
+  end
+  if max_t >= 0 and (used_t >= max_t or used_t + in_t > max_t) then
+    return {6, wait_for(key, 't', low, cur, nb, bms, used_t, in_t, max_t, wms), -1, -1, 0, max_t,
+            math.max(0, max_t - used_t), now + wms, now, i}
+  end
+  local reset = (cur + nb + 1) * bms
+  if max_r >= 0 and (req_limit < 0 or max_r - used_r - 1 < req_rem) then
+    req_limit, req_rem, req_reset = max_r, max_r - used_r - 1, reset
+  end
+  if max_t >= 0 and (tok_limit < 0 or max_t - used_t - in_t < tok_rem) then
+    tok_limit, tok_rem, tok_reset = max_t, max_t - used_t - in_t, reset
+  end
+  wins[i] = {key, cur, wms + 2 * bms}
+end
+
+-- admitted: every check passed, now write
+for i = 1, nwin do
+  local w = wins[i]
+  redis.call('HINCRBY', w[1], 'r' .. w[2], 1)
+  redis.call('HINCRBY', w[1], 'R', 1)
+  if in_t > 0 then
+    redis.call('HINCRBY', w[1], 't' .. w[2], in_t)
+    redis.call('HINCRBY', w[1], 'T', in_t)
+  end
+  redis.call('PEXPIRE', w[1], w[3])
+end
+if reserving then
+  redis.call('HSET', b, 'r:' .. rid, in_t .. ',' .. in_m .. ',' .. (in_t + allow_t) .. ',' .. (in_m + allow_m))
+  redis.call('HINCRBY', b, 'ht', in_t)
+  redis.call('HINCRBY', b, 'hm', in_m)
+  redis.call('HINCRBY', b, 'ft', in_t + allow_t)
+  redis.call('HINCRBY', b, 'fm', in_m + allow_m)
+  redis.call('ZADD', z, now + res_ttl, rid)
+  redis.call('PEXPIRE', b, state_ttl)
+  redis.call('PEXPIRE', z, res_ttl + 60000)
+end
+return {0, 0, req_limit, req_rem, req_reset, tok_limit, tok_rem, tok_reset, now, 0}

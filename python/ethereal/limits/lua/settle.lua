@@ -1,0 +1,64 @@
+-- ethereal settle, layout v1: replaces a request's reservation by what it really cost.
+-- KEYS as in admit.lua (1 budget hash, 2 in-flight zset, 3+ window hashes).
+-- ARGV  1 rid  2 tokens  3 cost_micro  4 admitted_ms  5 reserved input tokens (counted in the
+--       windows at admit)  6 state ttl ms  7 number of windows, then 2 per window: window_ms bucket_ms
+-- Returns {spent_tokens, spent_micro} (-1 when the key's spend is not tracked here).
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b, z = KEYS[1], KEYS[2]
+local rid = ARGV[1]
+local tokens, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
+local admitted, in_t = tonumber(ARGV[4]), tonumber(ARGV[5])
+local state_ttl, nwin = tonumber(ARGV[6]), tonumber(ARGV[7])
+
+local r = redis.call('HGET', b, 'r:' .. rid)
+if r then
+  local a = {}
+  for n in string.gmatch(r, '[^,]+') do a[#a + 1] = tonumber(n) end
+  redis.call('HINCRBY', b, 'ht', 0 - a[1])
+  redis.call('HINCRBY', b, 'hm', 0 - a[2])
+  redis.call('HINCRBY', b, 'ft', 0 - a[3])
+  redis.call('HINCRBY', b, 'fm', 0 - a[4])
+  redis.call('HDEL', b, 'r:' .. rid)
+end
+redis.call('ZREM', z, rid)
+
+local st, sm = -1, -1
+if redis.call('HEXISTS', b, 'seeded') == 1 then
+  st = redis.call('HINCRBY', b, 'st', tokens)
+  sm = redis.call('HINCRBY', b, 'sm', cost)
+  redis.call('PEXPIRE', b, state_ttl)
+end
+
+-- windows: the admit counted the input estimate; correct it to the real total (same layout as
+-- admit.lua: r<i>/t<i> buckets, R/T sums, lo the oldest bucket kept)
+local delta = tokens - in_t
+if delta ~= 0 then
+  for i = 1, nwin do
+    local wms, bms = tonumber(ARGV[7 + (i - 1) * 2 + 1]), tonumber(ARGV[7 + (i - 1) * 2 + 2])
+    local key = KEYS[2 + i]
+    local nb = math.floor(wms / bms)
+    local cur = math.floor(now / bms)
+    local low = cur - nb
+    local aidx = math.floor(admitted / bms)
+    local lo = tonumber(redis.call('HGET', key, 'lo'))
+    local target = nil
+    if lo ~= nil and aidx >= low and aidx >= lo then
+      target = aidx
+    elseif delta > 0 and lo ~= nil and cur - lo <= nb then
+      target = cur  -- a request longer than the window: its extra tokens count from now
+    end
+    if target ~= nil then
+      local v = redis.call('HINCRBY', key, 't' .. target, delta)
+      local applied = delta
+      if v < 0 then
+        redis.call('HSET', key, 't' .. target, 0)
+        applied = delta - v
+      end
+      if applied ~= 0 then redis.call('HINCRBY', key, 'T', applied) end
+      redis.call('PEXPIRE', key, wms + 2 * bms)
+    end
+  end
+end
+return {st, sm}

@@ -1,0 +1,262 @@
+"""The shared limiter: one EVALSHA of ``lua/admit.lua`` per request, one of ``settle.lua`` after it.
+
+Every Redis key of one ethereal key carries the hash tag ``{k:<key_id>}`` so both scripts
+run on Redis Cluster, and the layout version ``ethereal:v1:`` so replicas running a newer
+layout never read an older one's counters. Scripts are loaded with SCRIPT LOAD and
+reloaded on NOSCRIPT (a restarted or failed-over Redis).
+
+Redis holds only hot counters: spend is seeded from the database (``store.spend_by_key``)
+the first time a budgeted key is seen after Redis lost its state.
+
+When Redis cannot be reached, requests are refused with 503 (fail closed) unless
+``ETHEREAL_LIMITS_FAIL_OPEN=true``, in which case they are admitted unlimited; both are
+logged. Settlements that fail are kept (bounded) and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ethereal.keys import KeyRecord
+from ethereal.limits import NEED_SEED, OK, Admission, BaseLimiter, KeyLimits, ratelimit_headers, refusal, unavailable
+from ethereal.limits.pipe import Pipe, encode_command
+
+log = logging.getLogger("ethereal.limits")
+
+LAYOUT = "ethereal:v1:"
+INVALIDATION_CHANNEL = LAYOUT + "keys:changed"
+STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-seeded from the database
+_MAX_PENDING_SETTLES = 100_000
+
+
+def _script(name: str) -> str:
+    return (resources.files("ethereal.limits") / "lua" / name).read_text(encoding="utf-8")
+
+
+class RedisLimiter(BaseLimiter):
+    def __init__(self, url: str, *, fail_open: bool = False, max_connections: int = 8,
+                 socket_timeout: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.url = url
+        self.fail_open = fail_open
+        # the hot path (EVALSHA, SCRIPT LOAD) on one pipelined connection; redis.asyncio for pub/sub
+        self.pipe = Pipe(url, timeout=socket_timeout, connect_timeout=min(1.0, socket_timeout))
+        self.pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=socket_timeout, socket_timeout=socket_timeout,
+            socket_connect_timeout=min(1.0, socket_timeout),
+        )
+        self.redis = aioredis.Redis(connection_pool=self.pool)
+        self._admit_src, self._settle_src = _script("admit.lua"), _script("settle.lua")
+        self._admit_sha: str | None = None
+        self._settle_sha: str | None = None
+        self._pending: deque[tuple[list[str], list[Any]]] = deque(maxlen=_MAX_PENDING_SETTLES)
+        self._retry_task: asyncio.Task[None] | None = None
+        self._sub_task: asyncio.Task[None] | None = None
+        self._last_outage_log = 0.0
+        self._keys_cache: dict[tuple[str, tuple[Any, ...]], tuple[list[str], list[int]]] = {}
+
+    # plumbing
+    def keys_for(self, key_id: str, limits: KeyLimits) -> tuple[list[str], list[int]]:
+        """The script keys of a key (all under its hash tag) and the window sizes settle needs."""
+        cache_key = (key_id, tuple((w.name, w.window_ms, w.bucket_ms) for w in limits.windows))
+        found = self._keys_cache.get(cache_key)
+        if found is None:
+            tag = f"{LAYOUT}{{k:{key_id}}}"
+            keys = [f"{tag}:b", f"{tag}:z"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}"
+                                                for w in limits.windows]
+            sizes = [n for w in limits.windows for n in (w.window_ms, w.bucket_ms)]
+            found = (keys, sizes)
+            if len(self._keys_cache) > 100_000:
+                self._keys_cache.clear()
+            self._keys_cache[cache_key] = found
+        return found
+
+    async def _eval(self, which: str, keys: list[str], argv: list[Any], *, wait: bool = True) -> Any:
+        """EVALSHA on the pipelined connection; with ``wait=False`` return once it is sent."""
+        sha = self._admit_sha if which == "admit" else self._settle_sha
+        if sha is None:
+            sha = await self._load(which)
+        fut = await self.pipe.submit(encode_command(["EVALSHA", sha, len(keys), *keys, *argv]))
+        if not wait:
+            fut.add_done_callback(lambda f: self._sent_settle_done(f, keys, argv))
+            return None
+        try:
+            return await fut
+        except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load again, once
+            sha = await self._load(which)
+            return await self.pipe.execute("EVALSHA", sha, len(keys), *keys, *argv)
+
+    def _sent_settle_done(self, fut: asyncio.Future[Any], keys: list[str], argv: list[Any]) -> None:
+        exc = fut.exception() if not fut.cancelled() else None
+        if exc is None:
+            return
+        if isinstance(exc, NoScriptError) or not isinstance(exc, ResponseError):
+            if not isinstance(exc, NoScriptError):
+                self._outage(exc)
+            self._pending.append((keys, argv))  # retried (NOSCRIPT: after loading the script again)
+            self._kick_retries()
+        else:
+            log.error("settle.lua failed: %s", exc)  # a bug, not an outage: no retry
+
+    def _kick_retries(self) -> None:
+        if self._pending and (self._retry_task is None or self._retry_task.done()):
+            self._retry_task = asyncio.get_running_loop().create_task(self._retry_settles())
+
+    async def _load(self, which: str) -> str:
+        src = self._admit_src if which == "admit" else self._settle_src
+        raw = await self.pipe.execute("SCRIPT", "LOAD", src)
+        sha = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if which == "admit":
+            self._admit_sha = sha
+        else:
+            self._settle_sha = sha
+        return sha
+
+    def _outage(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_outage_log >= 10.0:
+            self._last_outage_log = now
+            if self.fail_open:
+                log.error("Redis limiter unreachable (%s: %s): FAILING OPEN, requests are admitted without "
+                          "budgets or rate limits (ETHEREAL_LIMITS_FAIL_OPEN=true)", type(exc).__name__, exc)
+            else:
+                log.error("Redis limiter unreachable (%s: %s): failing closed, requests get 503 until it is "
+                          "back (set ETHEREAL_LIMITS_FAIL_OPEN=true to admit them unlimited instead)",
+                          type(exc).__name__, exc)
+
+    # the interface
+    async def start(self, on_key_change: Callable[[str], Any] | None = None) -> None:
+        try:
+            await self._load("admit")
+            await self._load("settle")
+        except RedisError as exc:
+            self._outage(exc)  # scripts load lazily once Redis answers
+        if on_key_change is not None and self._sub_task is None:
+            self._sub_task = asyncio.get_running_loop().create_task(self._subscribe(on_key_change),
+                                                                    name="ethereal-key-invalidation")
+
+    async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
+                    price_in: float, price_out: float) -> Admission:
+        limits = self.limits_for(key)
+        if limits.empty:
+            return Admission(key_id=key.id)
+        in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
+        in_m, allow_m = self.price(in_t, price_in), self.price(allow_t, price_out)
+        rid = uuid.uuid4().hex if limits.reserving else ""
+        keys, sizes = self.keys_for(key.id, limits)
+        argv: list[Any] = [
+            rid, in_t, allow_t, in_m, allow_m,
+            -1 if limits.budget_tokens is None else limits.budget_tokens,
+            -1 if limits.budget_micro is None else limits.budget_micro,
+            -1 if limits.max_concurrency is None else limits.max_concurrency,
+            self.reservation_ttl_ms, 0, 0, 0, STATE_TTL_MS, len(limits.windows),
+        ]
+        for w in limits.windows:
+            argv += [w.window_ms, w.bucket_ms, -1 if w.requests is None else w.requests,
+                     -1 if w.tokens is None else w.tokens]
+        try:
+            res = await self._eval("admit", keys, argv)
+            if res[0] == NEED_SEED:
+                tokens, micro = await self.seed(key.id)
+                argv[9:12] = [1, tokens, micro]
+                res = await self._eval("admit", keys, argv)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            if self.fail_open:
+                return Admission(key_id=key.id)
+            raise unavailable() from None
+        self._kick_retries()
+        code = res[0]
+        now = res[8]
+        if code != OK:
+            raise refusal(code, res[1], limits, res[9], now)
+        req = (res[2], res[3], res[4]) if res[2] >= 0 else None
+        tok = (res[5], res[6], res[7]) if res[5] >= 0 else None
+        return Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
+                         headers=ratelimit_headers(req, tok), token=rid, limited=True, input_tokens=in_t,
+                         admitted_ms=now, spec=(keys, sizes))
+
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
+        if not admission.limited or admission.settled:
+            return
+        admission.settled = True
+        keys, sizes = admission.spec
+        argv: list[Any] = [admission.token, int(tokens), int(cost_micro), admission.admitted_ms,
+                           admission.input_tokens, STATE_TTL_MS, len(keys) - 2, *sizes]
+        # Sent without waiting for the reply: this worker's later commands (the key's next admit)
+        # run after it on the same connection; failures are retried from the done callback.
+        try:
+            await self._eval("settle", keys, argv, wait=False)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            self._pending.append((keys, argv))
+
+    async def _retry_settles(self) -> None:
+        while self._pending:
+            keys, argv = self._pending[0]
+            try:
+                await self._eval("settle", keys, argv)
+            except ResponseError:
+                log.exception("settle.lua failed on retry")
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)
+                continue
+            self._pending.popleft()
+
+    async def publish_key_change(self, key_hash: str) -> None:
+        try:
+            await self.redis.publish(INVALIDATION_CHANNEL, key_hash)
+        except (RedisError, OSError) as exc:
+            log.warning("could not publish a key invalidation (%s); replicas drop it from cache within the TTL",
+                        exc)
+
+    async def _subscribe(self, callback: Callable[[str], Any]) -> None:
+        while True:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(INVALIDATION_CHANNEL)
+                async for message in pubsub.listen():
+                    data = message.get("data")
+                    if isinstance(data, bytes):
+                        callback(data.decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - reconnect; the cache TTL still bounds staleness
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def snapshot(self, key_id: str) -> dict[str, int]:
+        """Spent and held totals of a key (tests, the admin API)."""
+        tag = f"{LAYOUT}{{k:{key_id}}}"
+        values = await self.pipe.execute("HMGET", f"{tag}:b", "st", "sm", "ft", "fm")  # after this worker's settles
+        in_flight = await self.pipe.execute("ZCARD", f"{tag}:z")
+        st, sm, ft, fm = (int(v) if v is not None else 0 for v in values)
+        return {"spent_tokens": st, "spent_micro": sm, "held_tokens": ft, "held_micro": fm, "in_flight": in_flight}
+
+    async def close(self) -> None:
+        for task in (self._sub_task, self._retry_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
+        await self.pipe.close()  # waits (bounded) for settles still on the wire
+        await self.redis.aclose()
+        await self.pool.disconnect()

@@ -1,0 +1,271 @@
+"""The production store: PostgreSQL through an asyncpg pool.
+
+Migrations are numbered SQL files applied under a session advisory lock, so any
+number of replicas (and ``ethereal migrate``) can start at once: the first one
+applies what is pending, the others wait for the lock and find nothing to do.
+
+Usage rows arrive in batches from the meter, possibly replayed after a failure:
+they are COPYed into a temporary table and moved with ``INSERT … SELECT … ON
+CONFLICT (request_id) DO NOTHING``, so a replay never duplicates a row and a
+batch costs one round trip of binary COPY instead of one INSERT per row.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ethereal.keys import KeyRecord
+from ethereal.metering.record import USAGE_COLUMNS, UsageRecord
+from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
+from ethereal.storage.records import CREDENTIAL_COLUMNS, StoredCredential
+
+# pg_advisory_lock key for migrations: a fixed 64-bit number ("ethereal" in ASCII).
+MIGRATION_LOCK_ID = 0x657468657265616C
+
+_KEY_COLUMNS = (
+    "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
+    "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
+)
+_GROUPS = {"key_id", "model", "credential", "route"}
+
+
+def _key_from_row(row: asyncpg.Record) -> KeyRecord:
+    data = dict(row)
+    data["metadata"] = data["metadata"] or {}
+    return KeyRecord(**{c: data[c] for c in _KEY_COLUMNS})
+
+
+def _usage_from_row(row: asyncpg.Record) -> UsageRecord:
+    return UsageRecord.from_dict(dict(row))
+
+
+def _credential_from_row(row: asyncpg.Record) -> StoredCredential:
+    data = dict(row)
+    return StoredCredential(**{c: data[c] for c in CREDENTIAL_COLUMNS})
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("jsonb", "json"):
+        await conn.set_type_codec(
+            typename, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+            format="text",
+        )
+
+
+def _usage_row(rec: UsageRecord) -> tuple[Any, ...]:
+    row = []
+    for column in USAGE_COLUMNS:
+        value = getattr(rec, column)
+        if column in ("ttfb_ms", "duration_ms", "started_at", "ended_at") and value is not None:
+            value = float(value)
+        row.append(value)
+    return tuple(row)
+
+
+class PostgresStore(Store):
+    dialect = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
+        )
+        assert pool is not None
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    async def migrate(self) -> list[str]:
+        applied: list[str] = []
+        async with self.pool.acquire() as conn:
+            # A session lock (not a transaction lock): held across the per-migration transactions.
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                    " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, name, sql in migration_files(self.dialect):
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)  # simple query protocol: several statements at once
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                            version, name, time.time(),
+                        )
+                    applied.append(name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        # a migration may have changed column types: drop cached statements of other connections
+        await self.pool.expire_connections()
+        return applied
+
+    # keys
+    async def insert_keys(self, records: list[KeyRecord]) -> None:
+        if not records:
+            return
+        rows = [tuple(getattr(r, c) for c in _KEY_COLUMNS) for r in records]
+        marks = ", ".join(f"${i + 1}" for i in range(len(_KEY_COLUMNS)))
+        sql = f"INSERT INTO api_keys ({', '.join(_KEY_COLUMNS)}) VALUES ({marks})"
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(sql, rows)
+
+    async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM api_keys WHERE key_hash = $1", key_hash)
+        return _key_from_row(row) if row else None
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id)
+        return _key_from_row(row) if row else None
+
+    async def list_keys(
+        self,
+        *,
+        owner: str | None = None,
+        plan: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> list[KeyRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        if owner is not None:
+            clauses.append(f"owner = {param(owner)}")
+        if plan is not None:
+            clauses.append(f"plan = {param(plan)}")
+        if state == "revoked":
+            clauses.append("revoked")
+        elif state == "expired":
+            clauses.append(f"NOT revoked AND expires_at IS NOT NULL AND expires_at <= {param(time.time())}")
+        elif state == "active":
+            clauses.append(f"NOT revoked AND (expires_at IS NULL OR expires_at > {param(time.time())})")
+        if after_id is not None:
+            clauses.append(f"id > {param(after_id)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM api_keys {where} ORDER BY id LIMIT {param(limit)}"
+        return [_key_from_row(r) for r in await self.pool.fetch(sql, *params)]
+
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        unknown = set(changes) - KEY_MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update key fields: {sorted(unknown)}")
+        if not changes:
+            return await self.get_key(key_id)
+        columns = list(changes)
+        sets = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(columns))
+        values = [changes[c] if c != "revoked" else bool(changes[c]) for c in columns]
+        n = len(columns)
+        row = await self.pool.fetchrow(
+            f"UPDATE api_keys SET {sets}, updated_at = ${n + 1} WHERE id = ${n + 2} RETURNING *",
+            *values, time.time(), key_id,
+        )
+        return _key_from_row(row) if row else None
+
+    async def delete_key(self, key_id: str) -> bool:
+        status = await self.pool.execute("DELETE FROM api_keys WHERE id = $1", key_id)
+        return status.endswith(" 1")
+
+    # usage
+    async def insert_usage(self, records: list[UsageRecord]) -> int:
+        if not records:
+            return 0
+        rows = [_usage_row(r) for r in records]
+        cols = ", ".join(USAGE_COLUMNS)
+        async with self.pool.acquire() as conn, conn.transaction():
+            # ON COMMIT DROP: nothing outlives the transaction (safe behind a transaction-mode pooler)
+            await conn.execute(
+                "CREATE TEMP TABLE usage_stage (LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            await conn.copy_records_to_table("usage_stage", records=rows, columns=list(USAGE_COLUMNS))
+            status = await conn.execute(
+                f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage"
+                " ON CONFLICT (request_id) DO NOTHING"
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def get_usage(self, request_id: str) -> UsageRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM usage_records WHERE request_id = $1", request_id)
+        return _usage_from_row(row) if row else None
+
+    async def usage_totals(
+        self, *, group_by: str, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        if group_by not in _GROUPS:
+            raise ValueError(f"group_by must be one of {sorted(_GROUPS)}")
+        clauses, params = [], []
+        if since is not None:
+            params.append(since)
+            clauses.append(f"started_at >= ${len(params)}")
+        if until is not None:
+            params.append(until)
+            clauses.append(f"started_at < ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {group_by} AS grp, COUNT(*)::bigint AS requests,"
+            " COUNT(*) FILTER (WHERE status >= 400)::bigint AS errors,"
+            " SUM(input_tokens)::bigint AS input_tokens, SUM(output_tokens)::bigint AS output_tokens,"
+            " SUM(cache_creation_5m)::bigint AS cache_creation_5m,"
+            " SUM(cache_creation_1h)::bigint AS cache_creation_1h,"
+            " SUM(cache_read)::bigint AS cache_read, SUM(cost_micro)::bigint AS cost_micro"
+            f" FROM usage_records {where} GROUP BY {group_by} ORDER BY cost_micro DESC"
+        )
+        out = []
+        for row in await self.pool.fetch(sql, *params):
+            data = dict(row)
+            data[group_by] = data.pop("grp")
+            out.append(data)
+        return out
+
+    async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
+        if not key_ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT key_id,"
+            " SUM(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read)::bigint AS t,"
+            " SUM(cost_micro)::bigint AS c, COUNT(*)::bigint AS n"
+            " FROM usage_records WHERE key_id = ANY($1::text[]) GROUP BY key_id",
+            list(key_ids),
+        )
+        return {r["key_id"]: {"tokens": r["t"] or 0, "cost_micro": r["c"] or 0, "requests": r["n"]} for r in rows}
+
+    # upstream credentials
+    async def upsert_credential(self, credential: StoredCredential) -> None:
+        credential.updated_at = time.time()
+        values = [getattr(credential, c) for c in CREDENTIAL_COLUMNS]
+        marks = ", ".join(f"${i + 1}" for i in range(len(CREDENTIAL_COLUMNS)))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in CREDENTIAL_COLUMNS if c not in ("name", "created_at"))
+        await self.pool.execute(
+            f"INSERT INTO upstream_credentials ({', '.join(CREDENTIAL_COLUMNS)}) VALUES ({marks})"
+            f" ON CONFLICT (name) DO UPDATE SET {updates}",
+            *values,
+        )
+
+    async def get_credential(self, name: str) -> StoredCredential | None:
+        row = await self.pool.fetchrow("SELECT * FROM upstream_credentials WHERE name = $1", name)
+        return _credential_from_row(row) if row else None
+
+    async def list_credentials(self) -> list[StoredCredential]:
+        return [_credential_from_row(r) for r in await self.pool.fetch(
+            "SELECT * FROM upstream_credentials ORDER BY name")]
+
+    async def delete_credential(self, name: str) -> bool:
+        status = await self.pool.execute("DELETE FROM upstream_credentials WHERE name = $1", name)
+        return status.endswith(" 1")

@@ -1,0 +1,440 @@
+"""Upstream credentials: loading, replica sync, and management (admin API and CLI).
+
+The database holds the credentials (API key encrypted with ``ETHEREAL_SECRET_KEY``);
+every replica reloads them every ``upstream_reload_interval`` seconds (2 s by default),
+and at once when an admin change bumps the Redis version key (polled with the health
+state every ``upstream_health_poll`` seconds). Live ``Credential`` objects are updated
+in place, so requests in flight keep a valid reference.
+
+The single env credential (``ETHEREAL_UPSTREAM_URL`` + ``ETHEREAL_UPSTREAM_KEY``) is
+named ``default``, needs no secret key and cannot be edited through the API (only
+disabled and enabled); a stored credential named ``default`` takes its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from ethereal.catalog import Catalog
+from ethereal.errors import GatewayError
+from ethereal.secretbox import SecretBox, SecretKeyError
+from ethereal.settings import Settings
+from ethereal.storage.base import Store
+from ethereal.storage.records import StoredCredential
+from ethereal.upstream.pool import Credential, Pool, month_start
+
+if TYPE_CHECKING:
+    from ethereal.upstream.client import UpstreamClient
+
+log = logging.getLogger("ethereal.upstream")
+
+ENV_NAME = "default"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SPEND_REFRESH = 15.0
+MUTABLE = ("base_url", "api_key", "weight", "models", "rpm", "spend_cap_micro", "enabled")
+NO_SECRET_KEY = (
+    "ETHEREAL_SECRET_KEY is not set: upstream credentials are stored encrypted and need it. "
+    "Set it to a long random string (and keep it: the stored credentials cannot be read without it)."
+)
+
+
+def _bad(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(400, message, param=param)
+
+
+def validate_spec(data: Any, catalog: Catalog | None, *, partial: bool) -> dict[str, Any]:
+    """Checked and normalised credential fields from an admin request (or CLI flags)."""
+    if not isinstance(data, dict):
+        raise _bad("body must be a JSON object")
+    allowed = set(MUTABLE) | ({"name"} if not partial else set())
+    unknown = sorted(set(data) - allowed - {"disabled_reason"})
+    if unknown:
+        raise _bad(f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
+    out: dict[str, Any] = {}
+    if not partial:
+        for required in ("name", "base_url", "api_key"):
+            if data.get(required) in (None, ""):
+                raise _bad(f"{required}: Field required", param=required)
+    if "name" in data:
+        name = data["name"]
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise _bad("name: 1-64 characters of letters, digits, '.', '_' or '-'", param="name")
+        out["name"] = name
+    if "base_url" in data:
+        url = data["base_url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+            raise _bad("base_url: must be an http(s) URL", param="base_url")
+        url = url.rstrip("/")
+        if url.endswith("/v1"):
+            url = url[:-3]  # requests already carry /v1/...
+        out["base_url"] = url
+    if "api_key" in data:
+        key = data["api_key"]
+        if not isinstance(key, str) or not key.strip() or len(key) > 4096:
+            raise _bad("api_key: must be a non-empty string", param="api_key")
+        out["api_key"] = key.strip()
+    if "weight" in data:
+        w = data["weight"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1_000_000:
+            raise _bad("weight: must be a positive number", param="weight")
+        out["weight"] = float(w)
+    if "models" in data:
+        models = data["models"]
+        if models is None or models == []:
+            out["models"] = None
+        elif isinstance(models, list) and all(isinstance(m, str) and m for m in models):
+            canonical = []
+            for m in models:
+                resolved = catalog.resolve(m) if (catalog is not None and not m.endswith("*")) else None
+                canonical.append(resolved.id if resolved else m)
+            out["models"] = sorted(set(canonical))
+        else:
+            raise _bad("models: must be a list of model ids (or null for all)", param="models")
+    for field_name in ("rpm", "spend_cap_micro"):
+        if field_name in data:
+            v = data[field_name]
+            if v is None:
+                out[field_name] = None
+            elif isinstance(v, bool) or not isinstance(v, int) or v < (1 if field_name == "rpm" else 0):
+                raise _bad(f"{field_name}: must be a {'positive' if field_name == 'rpm' else 'non-negative'}"
+                           " integer or null", param=field_name)
+            else:
+                out[field_name] = v
+    if "enabled" in data:
+        if not isinstance(data["enabled"], bool):
+            raise _bad("enabled: must be true or false", param="enabled")
+        out["enabled"] = data["enabled"]
+    return out
+
+
+class UpstreamService:
+    def __init__(self, settings: Settings, pool: Pool, client: UpstreamClient | None,
+                 catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.client = client
+        self.catalog = catalog
+        self.store: Store | None = None
+        self._box: SecretBox | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reload_now = asyncio.Event()
+        self._shadow_warned = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def box(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox(self.settings.secret_key)  # raises SecretKeyError when unset
+        return self._box
+
+    async def attach(self, store: Store) -> None:
+        """Store and (when configured) Redis health, without loading or background tasks."""
+        self.store = store
+        if self.settings.redis_url and not self.pool.health.shared:
+            from ethereal.upstream.redis_health import RedisHealth
+
+            self.pool.health = RedisHealth(self.settings.redis_url)
+        self.pool.on_disable = self._persist_disable
+
+    async def start(self, store: Store) -> None:
+        """Load every credential (raising SecretKeyError when they cannot be decrypted)."""
+        await self.attach(store)
+        settings = self.settings
+        if settings.upstream_url and settings.upstream_key:
+            self.pool.add(Credential(name=ENV_NAME, base_url=settings.upstream_url.rstrip("/"),
+                                     api_key=settings.upstream_key, source="env"))
+        await self.reload(strict=True)
+        await self.pool.health.sync(self.pool.credentials)
+        await self.refresh_spend(only_capped=True)
+        if not self.pool.credentials:
+            log.warning("no upstream credential configured: every request will get 503")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ethereal-upstreams")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.pool.health.close()
+
+    async def _run(self) -> None:
+        settings = self.settings
+        poll = max(0.05, settings.upstream_health_poll)
+        last_reload = last_spend = time.monotonic()
+        while True:
+            try:
+                try:
+                    await asyncio.wait_for(self._reload_now.wait(), poll)
+                except asyncio.TimeoutError:
+                    pass
+                now = time.monotonic()
+                changed = await self.pool.health.sync(self.pool.credentials)
+                if changed or self._reload_now.is_set() or now - last_reload >= settings.upstream_reload_interval:
+                    self._reload_now.clear()
+                    last_reload = now
+                    await self.reload()
+                    if changed:
+                        await self.pool.health.sync(self.pool.credentials)
+                if now - last_spend >= settings.upstream_spend_refresh:
+                    last_spend = now
+                    await self.refresh_spend(only_capped=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a store/Redis hiccup must not stop the loop
+                log.exception("upstream credential sync failed; retrying")
+                await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------ loading
+    async def reload(self, *, strict: bool = False) -> None:
+        """Bring the pool in line with the store (in place)."""
+        assert self.store is not None
+        started = time.monotonic()
+        rows = await self.store.list_credentials()
+        pool = self.pool
+        seen: set[str] = set()
+        for row in rows:
+            seen.add(row.name)
+            cred = pool.get(row.name)
+            try:
+                if cred is None or cred.source != "store":
+                    if cred is not None and not self._shadow_warned:
+                        self._shadow_warned = True
+                        log.warning("stored credential %r replaces the one from ETHEREAL_UPSTREAM_URL", row.name)
+                    api_key = self.box.decrypt(row.api_key_enc)
+                    cred = Credential(name=row.name, base_url=row.base_url, api_key=api_key, source="store",
+                                      secret_ref=row.api_key_enc)
+                    self._apply_row(cred, row, started)
+                    pool.add(cred)
+                    continue
+                if cred.secret_ref != row.api_key_enc:
+                    cred.api_key = self.box.decrypt(row.api_key_enc)
+                    cred.secret_ref = row.api_key_enc
+                if cred.base_url != row.base_url:
+                    cred.base_url = row.base_url
+                    if self.client is not None:
+                        await self.client.drop(cred.name)
+                self._apply_row(cred, row, started)
+            except SecretKeyError as exc:
+                if strict:
+                    if not self.settings.secret_key:
+                        raise SecretKeyError(
+                            f"{len(rows)} upstream credential(s) are stored in the database but {NO_SECRET_KEY}"
+                        ) from None
+                    raise SecretKeyError(f"upstream credential {row.name!r}: {exc}") from None
+                log.error("upstream credential %r cannot be loaded: %s", row.name, exc)
+        for cred in list(pool.credentials):
+            if cred.source == "store" and cred.name not in seen:
+                pool.remove(cred.name)
+                if self.client is not None:
+                    await self.client.drop(cred.name)
+        settings = self.settings
+        if (ENV_NAME not in seen and pool.get(ENV_NAME) is None
+                and settings.upstream_url and settings.upstream_key):
+            pool.add(Credential(name=ENV_NAME, base_url=settings.upstream_url.rstrip("/"),
+                                api_key=settings.upstream_key, source="env"))
+
+    @staticmethod
+    def _apply_row(cred: Credential, row: StoredCredential, started: float) -> None:
+        cred.weight = row.weight if row.weight > 0 else 1.0
+        cred.models = row.models or None
+        cred.rpm = row.rpm
+        cred.spend_cap_micro = row.spend_cap_micro
+        cred.store_updated_at = row.updated_at
+        if cred.changed_at > started:
+            return  # enabled/disabled here while the rows were read: keep the newer local state
+        flagged = cred.off_flag_at > row.updated_at  # a shared 401 flag newer than the row
+        was_enabled = cred.enabled
+        cred.enabled = row.enabled and not flagged
+        if not cred.enabled:
+            cred.disabled_reason = row.disabled_reason if not row.enabled else cred.disabled_reason
+        else:
+            cred.disabled_reason = None
+            if not was_enabled:
+                cred.cooldown_until, cred.failures = 0.0, 0
+
+    async def refresh_spend(self, *, only_capped: bool = False) -> None:
+        if self.store is None:
+            return
+        if only_capped and not any(c.spend_cap_micro is not None for c in self.pool.credentials):
+            return
+        totals = await self.store.usage_totals(group_by="credential", since=month_start())
+        spent = {row.get("credential"): int(row.get("cost_micro") or 0) for row in totals}
+        for cred in self.pool.credentials:
+            cred.spent_micro = spent.get(cred.name, 0)
+
+    async def _persist_disable(self, cred: Credential, reason: str) -> None:
+        """A 401/403 disables a stored credential in the database too, until an admin acts."""
+        log.error("upstream credential %r disabled: %s", cred.name, reason)
+        if cred.source != "store" or self.store is None:
+            return
+        try:
+            row = await self.store.get_credential(cred.name)
+            if row is not None and row.enabled:
+                row.enabled, row.disabled_reason = False, reason
+                await self.store.upsert_credential(row)
+                cred.store_updated_at = row.updated_at
+        except Exception:  # noqa: BLE001 - the shared flag still disables it
+            log.exception("could not persist the disabled state of %r", cred.name)
+        await self.pool.health.bump_version()
+
+    # ------------------------------------------------------------------ management
+    def view(self, name: str, row: StoredCredential | None) -> dict[str, Any]:
+        cred = self.pool.get(name)
+        if row is not None:
+            out: dict[str, Any] = {
+                "name": row.name, "source": "store", "base_url": row.base_url, "weight": row.weight,
+                "models": row.models, "rpm": row.rpm, "spend_cap_micro": row.spend_cap_micro,
+                "enabled": row.enabled, "disabled_reason": row.disabled_reason,
+                "created_at": row.created_at, "updated_at": row.updated_at,
+            }
+        elif cred is not None:
+            out = {
+                "name": cred.name, "source": cred.source, "base_url": cred.base_url, "weight": cred.weight,
+                "models": cred.models, "rpm": cred.rpm, "spend_cap_micro": cred.spend_cap_micro,
+                "enabled": cred.enabled, "disabled_reason": cred.disabled_reason,
+                "created_at": None, "updated_at": None,
+            }
+        else:
+            raise GatewayError(404, f"no upstream credential named {name!r}")
+        if cred is not None:
+            out["api_key_hint"] = "…" + cred.api_key[-4:] if len(cred.api_key) >= 12 else "…"
+            if not cred.enabled and out["enabled"]:
+                out["enabled"], out["disabled_reason"] = False, cred.disabled_reason
+            out["health"] = self.pool.describe(cred)
+        else:
+            out["api_key_hint"] = None
+            out["health"] = None
+        return out
+
+    async def list(self) -> list[dict[str, Any]]:
+        assert self.store is not None
+        rows = {r.name: r for r in await self.store.list_credentials()}
+        try:
+            await self.refresh_spend()
+        except Exception:  # noqa: BLE001 - the listing still works without spend figures
+            log.exception("spend refresh failed")
+        names = sorted(set(rows) | {c.name for c in self.pool.credentials})
+        return [self.view(n, rows.get(n)) for n in names]
+
+    async def get(self, name: str) -> dict[str, Any]:
+        assert self.store is not None
+        return self.view(name, await self.store.get_credential(name))
+
+    def _env_only(self, name: str) -> bool:
+        cred = self.pool.get(name)
+        return cred is not None and cred.source == "env"
+
+    async def add(self, data: Any) -> dict[str, Any]:
+        assert self.store is not None
+        spec = validate_spec(data, self.catalog, partial=False)
+        if await self.store.get_credential(spec["name"]) is not None:
+            raise GatewayError(409, f"an upstream credential named {spec['name']!r} already exists",
+                               type="invalid_request_error")
+        try:
+            enc = self.box.encrypt(spec["api_key"])
+        except SecretKeyError:
+            raise GatewayError(400, f"cannot store the credential: {NO_SECRET_KEY}") from None
+        row = StoredCredential(
+            name=spec["name"], base_url=spec["base_url"], api_key_enc=enc, weight=spec.get("weight", 1.0),
+            models=spec.get("models"), rpm=spec.get("rpm"), spend_cap_micro=spec.get("spend_cap_micro"),
+            enabled=spec.get("enabled", True),
+            disabled_reason=None if spec.get("enabled", True) else "disabled by an admin",
+        )
+        await self.store.upsert_credential(row)
+        await self._changed(row.name)
+        log.info("upstream credential %r added (%s)", row.name, row.base_url)
+        return await self.get(row.name)
+
+    async def update(self, name: str, data: Any) -> dict[str, Any]:
+        assert self.store is not None
+        spec = validate_spec(data, self.catalog, partial=True)
+        row = await self.store.get_credential(name)
+        if row is None:
+            if self._env_only(name):
+                raise GatewayError(409, f"{name!r} comes from ETHEREAL_UPSTREAM_URL/KEY: change the environment "
+                                        "(it can only be disabled and enabled here)", type="invalid_request_error")
+            raise GatewayError(404, f"no upstream credential named {name!r}")
+        if "api_key" in spec:
+            try:
+                row.api_key_enc = self.box.encrypt(spec.pop("api_key"))
+            except SecretKeyError:
+                raise GatewayError(400, f"cannot store the credential: {NO_SECRET_KEY}") from None
+        enabled = spec.pop("enabled", None)
+        for k, v in spec.items():
+            setattr(row, k, v)
+        await self.store.upsert_credential(row)
+        if enabled is not None:
+            return await self.set_enabled(name, enabled)
+        await self._changed(name)
+        return await self.get(name)
+
+    async def set_enabled(self, name: str, enabled: bool, reason: str | None = None) -> dict[str, Any]:
+        assert self.store is not None
+        row = await self.store.get_credential(name)
+        cred = self.pool.get(name)
+        if row is None and (cred is None or cred.source != "env"):
+            raise GatewayError(404, f"no upstream credential named {name!r}")
+        reason = reason or "disabled by an admin"
+        if row is not None:
+            row.enabled = enabled
+            row.disabled_reason = None if enabled else reason
+            await self.store.upsert_credential(row)
+        target = cred if cred is not None else Credential(name=name, base_url=row.base_url if row else "",
+                                                          api_key="", source="store")
+        if enabled:
+            await self.pool.enable(target)
+        else:
+            await self.pool.disable(target, reason)
+        if row is not None:
+            target.store_updated_at = row.updated_at
+        await self._changed(name)
+        log.info("upstream credential %r %s", name, "enabled" if enabled else "disabled")
+        return await self.get(name)
+
+    async def delete(self, name: str) -> bool:
+        assert self.store is not None
+        if not await self.store.delete_credential(name):
+            if self._env_only(name):
+                raise GatewayError(409, f"{name!r} comes from ETHEREAL_UPSTREAM_URL/KEY: unset it to remove it "
+                                        "(or disable it here)", type="invalid_request_error")
+            raise GatewayError(404, f"no upstream credential named {name!r}")
+        await self.pool.health.forget(name)
+        await self._changed(name)
+        log.info("upstream credential %r deleted", name)
+        return True
+
+    async def _changed(self, name: str) -> None:
+        await self.pool.health.bump_version()
+        if self._task is not None:  # a running gateway: apply at once here, other replicas follow
+            try:
+                await self.reload()
+            except Exception:  # noqa: BLE001
+                log.exception("reload after a change to %r failed", name)
+                self._reload_now.set()
+
+
+async def stored_credential_count(store: Store, settings: Settings) -> int:
+    """Start-up check: the stored credentials can be decrypted with the configured secret key.
+
+    Raises SecretKeyError with an operator-facing message otherwise."""
+    rows = await store.list_credentials()
+    if not rows:
+        return 0
+    if not settings.secret_key:
+        raise SecretKeyError(f"{len(rows)} upstream credential(s) are stored in the database but {NO_SECRET_KEY}")
+    box = SecretBox(settings.secret_key)
+    for row in rows:
+        try:
+            box.decrypt(row.api_key_enc)
+        except SecretKeyError:
+            raise SecretKeyError(
+                f"upstream credential {row.name!r} cannot be decrypted with ETHEREAL_SECRET_KEY "
+                "(was the key changed?)") from None
+    return len(rows)

@@ -1,0 +1,312 @@
+"""The limiter contract, held by both backends: LocalLimiter (in-process) and RedisLimiter (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ethereal.errors import GatewayError
+from ethereal.keys import KeyRecord, mint
+from ethereal.limits import Admission, BaseLimiter
+from ethereal.limits.local import LocalLimiter
+from ethereal.limits.plans import Plans
+from ethereal.metering.record import UsageRecord
+from ethereal.storage.sqlite import SQLiteStore
+
+RFC3339 = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+@pytest.fixture(params=["local", "redis"])
+async def make_limiter(request: pytest.FixtureRequest) -> Any:
+    made: list[BaseLimiter] = []
+
+    def make(**kwargs: Any) -> BaseLimiter:
+        if request.param == "local":
+            limiter: BaseLimiter = LocalLimiter(**kwargs)
+        else:
+            from ethereal.limits.redis import RedisLimiter
+
+            limiter = RedisLimiter(request.getfixturevalue("redis_url"), **kwargs)
+        made.append(limiter)
+        return limiter
+
+    make.backend = request.param  # type: ignore[attr-defined]
+    yield make
+    for limiter in made:
+        await limiter.close()
+
+
+def key(**attrs: Any) -> KeyRecord:
+    return mint("sk-test-", **attrs)[1]
+
+
+async def admit(limiter: BaseLimiter, k: KeyRecord, inp: int = 10, allowance: int = 100,
+                price_in: float = 0.0, price_out: float = 0.0) -> Admission:
+    return await limiter.admit(k, model="claude-sonnet-4-6", input_tokens=inp, max_tokens=allowance,
+                               price_in=price_in, price_out=price_out)
+
+
+async def refused(coro: Any) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        await coro
+    return info.value
+
+
+def header(adm: Admission, name: str) -> bytes | None:
+    return dict(adm.headers).get(b"anthropic-ratelimit-" + name.encode())
+
+
+async def test_unlimited_key_reserves_nothing(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter()
+    adm = await admit(limiter, key())
+    assert not adm.limited and adm.headers == []
+    await limiter.settle(adm, tokens=100, cost_micro=5)
+
+
+async def test_token_budget(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter()
+    k = key(budget_tokens=100)
+    a = await admit(limiter, k, inp=30, allowance=500)  # the allowance alone exceeds the budget: still admitted
+    await limiter.settle(a, tokens=60, cost_micro=0)
+    b = await admit(limiter, k, inp=40)  # 60 + 40 fits exactly
+    await limiter.settle(b, tokens=40, cost_micro=0)
+    err = await refused(admit(limiter, k, inp=1))
+    assert (err.status, err.type, err.retry_after) == (402, "billing_error", None)
+
+
+async def test_micro_budget_and_fitting_request_admitted(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter()
+    k = key(budget_micro_usd=10_000)
+    a = await admit(limiter, k, inp=1000, allowance=8192, price_in=3, price_out=15)  # reserves 3000 + 122880
+    assert a.reserved_micro == 3000 + 8192 * 15
+    # in flight: its input counts against the budget, its output allowance does not
+    b = await admit(limiter, k, inp=2000, allowance=8192, price_in=3, price_out=15)
+    err = await refused(admit(limiter, k, inp=1400, price_in=3, price_out=15))  # 9000 + 4200 > 10000
+    assert err.status == 402
+    await limiter.settle(a, tokens=1100, cost_micro=4500)
+    await limiter.settle(b, tokens=2100, cost_micro=7500)  # spent 12000: over by b's output (1500)
+    err = await refused(admit(limiter, k, inp=1, price_in=3, price_out=15))
+    assert err.status == 402 and "budget" in err.message
+
+
+async def test_budget_guarantees_under_concurrency(make_limiter: Callable[..., BaseLimiter]) -> None:
+    """Overshoot ≤ in-flight output allowances; no request refused whose real cost would have fit."""
+    limiter = make_limiter()
+    budget = 200_000
+    k = key(budget_micro_usd=budget)
+    rng = random.Random(7)
+    in_flight: dict[int, int] = {}
+    worst_bound = 0
+    spent = 0
+    refused_costs: list[int] = []
+
+    async def one(i: int) -> None:
+        nonlocal worst_bound, spent
+        inp, allowance = rng.randint(50, 400), 1000
+        out = rng.randint(0, allowance)
+        await asyncio.sleep(rng.random() * 0.05)
+        try:
+            adm = await admit(limiter, k, inp=inp, allowance=allowance, price_in=3, price_out=15)
+        except GatewayError as exc:
+            assert exc.status == 402
+            refused_costs.append(inp * 3)  # at least its input cost
+            return
+        in_flight[i] = allowance * 15
+        worst_bound = max(worst_bound, sum(in_flight.values()))
+        await asyncio.sleep(rng.random() * 0.05)
+        cost = inp * 3 + out * 15
+        del in_flight[i]
+        spent += cost
+        await limiter.settle(adm, tokens=inp + out, cost_micro=cost)
+
+    await asyncio.gather(*(one(i) for i in range(300)))
+    assert refused_costs, "the budget should have run out"
+    assert spent <= budget + worst_bound
+    for cost in refused_costs:
+        assert spent + cost > budget  # it would not have fit in what was left
+    snap = limiter.snapshot(k.id)
+    snap = await snap if asyncio.iscoroutine(snap) else snap
+    assert snap["spent_micro"] == spent and snap["held_micro"] == 0 and snap["in_flight"] == 0
+
+
+async def test_concurrency_cap(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter()
+    k = key(max_concurrency=2)
+    a = await admit(limiter, k)
+    await admit(limiter, k)
+    err = await refused(admit(limiter, k))
+    assert err.status == 429 and err.type == "rate_limit_error" and err.retry_after is not None
+    assert "concurrent" in err.message
+    await limiter.settle(a, tokens=1, cost_micro=0)
+    await admit(limiter, k)
+
+
+async def test_unsettled_reservations_expire(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter(reservation_ttl=0.5)
+    k = key(max_concurrency=1, budget_tokens=1000)
+    await admit(limiter, k, inp=900)  # never settled: its replica "died"
+    assert (await refused(admit(limiter, k, inp=200))).status == 402
+    await asyncio.sleep(0.6)
+    late = await admit(limiter, k, inp=200)
+    assert late.limited
+
+
+async def test_rpm_window_edges(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter(window_seconds=1.0)
+    k = key(rpm=3)
+    remaining = []
+    for _ in range(3):
+        adm = await admit(limiter, k)
+        assert header(adm, "requests-limit") == b"3"
+        assert RFC3339.match(header(adm, "requests-reset") or b"")
+        remaining.append(header(adm, "requests-remaining"))
+        await limiter.settle(adm, tokens=10, cost_micro=0)
+    assert remaining == [b"2", b"1", b"0"]
+    started = time.monotonic()
+    err = await refused(admit(limiter, k))
+    assert err.status == 429 and err.retry_after is not None and 0 < err.retry_after <= 1.05
+    assert dict(err.headers)[b"anthropic-ratelimit-requests-remaining"] == b"0"
+    # just before the edge: still refused; just after: admitted
+    await asyncio.sleep(max(0.0, err.retry_after - 0.15 - (time.monotonic() - started)))
+    assert (await refused(admit(limiter, k))).status == 429
+    await asyncio.sleep(0.2)
+    adm = await admit(limiter, k)
+    assert adm.limited
+
+
+async def test_tpm_window_counts_real_tokens(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter(window_seconds=1.0)
+    k = key(tpm=100)
+    a = await admit(limiter, k, inp=60, allowance=1000)
+    assert header(a, "tokens-limit") == b"100" and header(a, "tokens-remaining") == b"40"
+    assert header(a, "input-tokens-limit") == b"100" and header(a, "output-tokens-remaining") == b"40"
+    err = await refused(admit(limiter, k, inp=60))
+    assert err.status == 429 and "tokens per minute" in err.message
+    await limiter.settle(a, tokens=30, cost_micro=0)  # the real total was smaller than the estimate
+    b = await admit(limiter, k, inp=60)
+    assert header(b, "tokens-remaining") == b"10"
+    await limiter.settle(b, tokens=300, cost_micro=0)  # and larger: the window is full
+    err = await refused(admit(limiter, k, inp=1))
+    assert err.status == 429 and 0 < (err.retry_after or 0) <= 1.05
+    await asyncio.sleep(err.retry_after + 0.05)  # type: ignore[operator]
+    await admit(limiter, k, inp=60)
+
+
+async def test_plan_envelopes_apply_on_top_of_key_caps(make_limiter: Callable[..., BaseLimiter]) -> None:
+    plans = Plans({"tiny": {"windows": [{"name": "burst", "seconds": 1, "requests": 2, "tokens": 1000}]}})
+    limiter = make_limiter(plans=plans, window_seconds=1.0)
+    k = key(plan="Tiny", rpm=50)
+    a = await admit(limiter, k)
+    # the most restrictive window is reported
+    assert header(a, "requests-limit") == b"2" and header(a, "requests-remaining") == b"1"
+    await admit(limiter, k)
+    err = await refused(admit(limiter, k))
+    assert err.status == 429 and "burst" in err.message
+    # the default plans exist and are matched loosely
+    assert limiter.plans.get("Max 5×") is not None and limiter.plans.get("max-20x") is not None
+    assert limiter.plans.get("pro").windows[0].requests == 45  # type: ignore[union-attr]
+
+
+async def test_spend_seeded_from_the_database(make_limiter: Callable[..., BaseLimiter], tmp_path: Any) -> None:
+    store = await SQLiteStore.open(str(tmp_path / "s.sqlite3"))
+    try:
+        await store.migrate()
+        k = key(budget_micro_usd=1000, budget_tokens=10_000)
+        now = time.time()
+        await store.insert_usage([UsageRecord(request_id=f"req_{uuid.uuid4().hex}", key_id=k.id, credential=None,
+                                              route="messages", model="m", status=200, stream=False,
+                                              input_tokens=100, output_tokens=100, cost_micro=450,
+                                              started_at=now, ended_at=now) for _ in range(2)])
+        limiter = make_limiter(store=store)
+        a = await admit(limiter, k, inp=10, price_in=3)  # 900 + 30 fits
+        await limiter.settle(a, tokens=20, cost_micro=60)  # 960
+        assert (await refused(admit(limiter, k, inp=20, price_in=3))).status == 402
+        snap = limiter.snapshot(k.id)
+        snap = await snap if asyncio.iscoroutine(snap) else snap
+        assert snap["spent_micro"] == 960 and snap["spent_tokens"] == 420
+    finally:
+        await store.close()
+
+
+# Redis only
+
+
+async def test_redis_keys_are_hash_tagged_and_versioned(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from ethereal.limits.redis import RedisLimiter
+
+    limiter = RedisLimiter(redis_url, plans=Plans())
+    try:
+        k = key(plan="pro", rpm=10, tpm=1000, budget_tokens=10**6, max_concurrency=3)
+        adm = await admit(limiter, k)
+        client = aioredis.Redis.from_url(redis_url)
+        names = [n.decode() for n in await client.keys("*")]
+        await client.aclose()
+        assert len(names) == 5  # budget hash, in-flight zset, minute + 5h + week windows
+        assert all(n.startswith(f"ethereal:v1:{{k:{k.id}}}:") for n in names)
+        await limiter.settle(adm, tokens=50, cost_micro=0)
+    finally:
+        await limiter.close()
+
+
+async def test_redis_reloads_scripts_after_flush(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from ethereal.limits.redis import RedisLimiter
+
+    limiter = RedisLimiter(redis_url)
+    try:
+        k = key(rpm=100)
+        await limiter.settle(await admit(limiter, k), tokens=1, cost_micro=0)
+        client = aioredis.Redis.from_url(redis_url)
+        await client.script_flush()
+        await client.aclose()
+        await limiter.settle(await admit(limiter, k), tokens=1, cost_micro=0)
+    finally:
+        await limiter.close()
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_redis_unreachable(fail_open: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.procs import free_port
+
+    from ethereal.limits.redis import RedisLimiter
+
+    limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", fail_open=fail_open, socket_timeout=0.5)
+    try:
+        k = key(rpm=10, budget_tokens=100)
+        if fail_open:
+            adm = await admit(limiter, k)
+            assert not adm.limited
+            await limiter.settle(adm, tokens=1, cost_micro=0)
+            assert "FAILING OPEN" in caplog.text
+        else:
+            err = await refused(admit(limiter, k))
+            assert err.status == 503 and err.type == "overloaded_error" and err.retry_after
+            assert "failing closed" in caplog.text
+    finally:
+        await limiter.close()
+
+
+async def test_local_limiter_window_math_with_a_fake_clock() -> None:
+    now = [1_000_000.0]
+    limiter = LocalLimiter(window_seconds=60.0, clock=lambda: now[0])
+    k = key(rpm=2)
+    await admit(limiter, k)
+    now[0] += 30
+    await admit(limiter, k)
+    err = await refused(admit(limiter, k))
+    # the first request leaves the window 60-61 s after it (never early, at most one 1 s bucket late)
+    assert 30 <= (err.retry_after or 0) <= 31
+    now[0] += 29.9
+    assert (await refused(admit(limiter, k))).status == 429
+    now[0] += 1.1
+    await admit(limiter, k)

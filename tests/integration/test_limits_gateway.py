@@ -1,0 +1,251 @@
+"""Budgets, rate limits and revocation end to end: gateway processes backed by the sim, real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.procs import free_port, gateway_process
+
+ADMIN_KEY = "admin-" + "y" * 32
+HEADERS = {"anthropic-version": "2023-06-01"}
+
+
+def body(text: str = "hi", max_tokens: int = 64, stream: bool = False) -> dict[str, Any]:
+    return {"model": "claude-sonnet-4-6", "max_tokens": max_tokens, "stream": stream,
+            "messages": [{"role": "user", "content": text}]}
+
+
+def mint(url: str, **attrs: Any) -> dict[str, Any]:
+    resp = httpx.post(url + "/admin/api/keys", json=attrs, headers={"x-api-key": ADMIN_KEY}, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def governed(tmp: Path, sim_url: str, pg_url: str | None, redis_url: str | None, workers: int = 1,
+             **env: str) -> Iterator[str]:
+    full = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_KEY_CACHE_TTL": "1.0", **env}
+    if pg_url:
+        full["ETHEREAL_DATABASE_URL"] = pg_url
+    if redis_url:
+        full["ETHEREAL_REDIS_URL"] = redis_url
+    with gateway_process(tmp, sim_url, env=full, workers=workers) as url:
+        yield url
+
+
+async def usage_rows(pg_url: str, key_id: str, expect: int, timeout: float = 20.0) -> list[Any]:
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await conn.fetch("SELECT * FROM usage_records WHERE key_id = $1", key_id)
+            if len(rows) >= expect or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def redis_spent(redis_url: str, key_id: str) -> tuple[int, int, int]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        st, sm, ft = await client.hmget(f"ethereal:v1:{{k:{key_id}}}:b", "st", "sm", "ft")
+        return int(st or 0), int(sm or 0), int(ft or 0)
+    finally:
+        await client.aclose()
+
+
+async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url: str, redis_url: str,
+                                                            tmp_path: Path) -> None:
+    """300 requests at once against one budget, through 2 workers sharing Redis and PostgreSQL."""
+    text = "Count to ten please. sim:tokens=64 sim:latency=40"
+    with governed(tmp_path, sim_url, pg_url, redis_url, workers=2) as url:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=400)) as client:
+            # the price of one such request, measured on an unlimited key
+            probe = mint(url)
+            first = await client.post(url + "/v1/messages", json=body(text),
+                                      headers={**HEADERS, "x-api-key": probe["key"]})
+            assert first.status_code == 200, first.text
+            usage = first.json()["usage"]
+            assert 0 < usage["output_tokens"] <= 64
+            # claude-sonnet-4-6: $3 / $15 per MTok; the sim's answer is the same for the same body
+            cost = usage["input_tokens"] * 3 + usage["output_tokens"] * 15
+            out_cost = 64 * 15  # the output allowance (max_tokens) of one request
+            budget = cost * 40 + cost // 2  # room for 40.5 requests
+            key = mint(url, budget_micro_usd=budget, name="budgeted")
+            headers = {**HEADERS, "x-api-key": key["key"]}
+            replies = await asyncio.gather(*(client.post(url + "/v1/messages", json=body(text), headers=headers)
+                                             for _ in range(300)))
+        statuses = [r.status_code for r in replies]
+        assert set(statuses) <= {200, 402}, {s: statuses.count(s) for s in set(statuses)}
+        assert statuses.count(402) > 0
+        for r in replies:
+            if r.status_code == 402:
+                assert r.json()["error"]["type"] == "billing_error"
+        rows = await usage_rows(pg_url, key["id"], expect=300)
+        served = [r for r in rows if r["status"] == 200]
+        assert len(served) == statuses.count(200)
+        total = sum(r["cost_micro"] for r in rows)
+        assert all(r["cost_micro"] == cost for r in served)
+        # 1. never over the budget by more than the output allowances in flight at the last admission
+        last_start = max(r["started_at"] for r in served)
+        in_flight_then = [r for r in served if r["ended_at"] >= last_start]
+        assert total <= budget + out_cost * len(in_flight_then), (total, budget, len(in_flight_then))
+        # 2. no request refused that would have fit in what was left
+        assert total + cost > budget, (total, budget, cost)
+        # 3. Redis's spend for the key is exactly the sum of its usage rows, and nothing is left reserved
+        _, spent_micro, held = await redis_spent(redis_url, key["id"])
+        assert spent_micro == total and held == 0
+        shown = httpx.get(f"{url}/admin/api/keys/{key['id']}", headers={"x-api-key": ADMIN_KEY}).json()
+        assert shown["spend"]["cost_micro"] == total
+
+
+async def test_budget_rebuilt_from_postgres_after_redis_loss(sim_url: str, pg_url: str, redis_url: str,
+                                                             tmp_path: Path) -> None:
+    import redis.asyncio as aioredis
+
+    with governed(tmp_path, sim_url, pg_url, redis_url) as url:
+        key = mint(url, budget_tokens=10_000)
+        headers = {**HEADERS, "x-api-key": key["key"]}
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(3):
+                assert (await client.post(url + "/v1/messages", json=body("x sim:tokens=20"),
+                                          headers=headers)).status_code == 200
+            rows = await usage_rows(pg_url, key["id"], expect=3)
+            tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+            flusher = aioredis.Redis.from_url(redis_url)
+            await flusher.flushall()  # Redis lost everything (restart without persistence)
+            await flusher.aclose()
+            assert (await client.post(url + "/v1/messages", json=body("x sim:tokens=20"),
+                                      headers=headers)).status_code == 200
+            st, _, _ = await redis_spent(redis_url, key["id"])
+            rows = await usage_rows(pg_url, key["id"], expect=4)
+            assert st == sum(r["input_tokens"] + r["output_tokens"] for r in rows) > tokens
+
+
+async def test_stream_cut_short_is_settled_on_the_estimate(sim_url: str, pg_url: str, redis_url: str,
+                                                           tmp_path: Path) -> None:
+    with governed(tmp_path, sim_url, pg_url, redis_url) as url:
+        key = mint(url, budget_micro_usd=10_000_000, max_concurrency=1)
+        headers = {**HEADERS, "x-api-key": key["key"]}
+        async with httpx.AsyncClient(timeout=30) as client:
+            resp = await client.post(url + "/v1/messages", headers=headers, json=body(
+                "tell me sim:tokens=200 sim:ttft=30 sim:tps=4000 sim:fault=reset_mid,after_events=30", max_tokens=400, stream=True))
+            assert resp.status_code == 200 and b"event: error" in resp.content
+            rows = await usage_rows(pg_url, key["id"], expect=1)
+            assert len(rows) == 1 and rows[0]["exact"] is False and rows[0]["output_tokens"] > 0
+            st, sm, held = await redis_spent(redis_url, key["id"])
+            assert sm == rows[0]["cost_micro"] > 0 and held == 0
+            # the concurrency slot was released (the cut credential itself may be cooling down now)
+            import redis.asyncio as aioredis
+
+            client_r = aioredis.Redis.from_url(redis_url)
+            assert await client_r.zcard(f"ethereal:v1:{{k:{key['id']}}}:z") == 0
+            await client_r.aclose()
+
+
+async def test_rpm_and_tpm_at_the_window_edges(sim_url: str, redis_url: str, tmp_path: Path) -> None:
+    with governed(tmp_path, sim_url, None, redis_url, ETHEREAL_LIMITS_WINDOW_SECONDS="2") as url:
+        key = mint(url, rpm=3)
+        headers = {**HEADERS, "x-api-key": key["key"]}
+        async with httpx.AsyncClient(timeout=30) as client:
+            remaining = []
+            for _ in range(3):
+                resp = await client.post(url + "/v1/messages", json=body("a sim:tokens=3"), headers=headers)
+                assert resp.status_code == 200
+                assert resp.headers["anthropic-ratelimit-requests-limit"] == "3"
+                assert resp.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+                remaining.append(resp.headers["anthropic-ratelimit-requests-remaining"])
+            assert remaining == ["2", "1", "0"]
+            refused = await client.post(url + "/v1/messages", json=body("a"), headers=headers)
+            assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+            retry = int(refused.headers["retry-after"])
+            assert 1 <= retry <= 3 and refused.headers["anthropic-ratelimit-requests-remaining"] == "0"
+            # the window slides: a little over 2 s after the first request there is room again
+            deadline = time.monotonic() + 3.5
+            while (resp := await client.post(url + "/v1/messages", json=body("a"), headers=headers)).status_code \
+                    == 429 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert resp.status_code == 200
+
+            tkey = mint(url, tpm=300)
+            theaders = {**HEADERS, "x-api-key": tkey["key"]}
+            first = await client.post(url + "/v1/messages", json=body("b sim:tokens=200", max_tokens=250),
+                                      headers=theaders)
+            assert first.status_code == 200 and first.headers["anthropic-ratelimit-tokens-limit"] == "300"
+            # admitted on its input estimate; settled at its real total (~210 tokens)
+            second = await client.post(url + "/v1/messages", json=body("b sim:tokens=200", max_tokens=250),
+                                       headers=theaders)
+            assert second.status_code == 200
+            third = await client.post(url + "/v1/messages", json=body("b"), headers=theaders)
+            assert third.status_code == 429 and "tokens per minute" in third.json()["error"]["message"]
+            assert int(third.headers["retry-after"]) >= 1
+
+
+async def test_revocation_reaches_a_second_gateway_within_a_second(sim_url: str, pg_url: str, redis_url: str,
+                                                                   tmp_path: Path) -> None:
+    with governed(tmp_path / "a", sim_url, pg_url, redis_url) as url_a, \
+            governed(tmp_path / "b", sim_url, pg_url, redis_url) as url_b:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for pubsub in (True, False):
+                key = mint(url_a)
+                headers = {**HEADERS, "x-api-key": key["key"]}
+                assert (await client.post(url_b + "/v1/messages", json=body(), headers=headers)).status_code == 200
+                if pubsub:  # revoke through gateway A's admin API
+                    revoked = await client.post(f"{url_a}/admin/api/keys/{key['id']}/revoke",
+                                                headers={"x-api-key": ADMIN_KEY})
+                    assert revoked.status_code == 200
+                else:  # straight in the database (no notification): the 1 s cache TTL bounds it
+                    import asyncpg
+
+                    conn = await asyncpg.connect(pg_url)
+                    await conn.execute("UPDATE api_keys SET revoked = TRUE WHERE id = $1", key["id"])
+                    await conn.close()
+                t0 = time.monotonic()
+                while True:
+                    sent = time.monotonic() - t0
+                    status = (await client.post(url_b + "/v1/messages", json=body(), headers=headers)).status_code
+                    if status == 401:
+                        break
+                    # a request sent a second or more after the revocation must be refused
+                    assert status == 200 and sent < 1.0, (status, sent)
+                    await asyncio.sleep(0.01)
+                if pubsub:  # published through Redis: gone from B's cache at once
+                    assert sent < 0.3, sent
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_redis_unreachable_through_the_gateway(sim_url: str, tmp_path: Path, fail_open: bool) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with governed(tmp_path, sim_url, None, dead, ETHEREAL_LIMITS_FAIL_OPEN=str(fail_open).lower()) as url:
+        key = mint(url, rpm=100, budget_usd=5)
+        resp = httpx.post(url + "/v1/messages", json=body(), headers={**HEADERS, "x-api-key": key["key"]},
+                          timeout=30)
+        if fail_open:
+            assert resp.status_code == 200
+        else:
+            assert resp.status_code == 503 and resp.json()["error"]["type"] == "overloaded_error"
+            assert int(resp.headers["retry-after"]) >= 1
+        logs = "".join(p.read_text() for p in tmp_path.glob("gateway-*.log"))
+        assert ("FAILING OPEN" if fail_open else "failing closed") in logs
+
+
+def test_embedded_mode_uses_the_local_limiter(sim_url: str, tmp_path: Path) -> None:
+    with governed(tmp_path, sim_url, None, None) as url:
+        key = mint(url, rpm=2, budget_tokens=10**6)
+        headers = {**HEADERS, "x-api-key": key["key"]}
+        codes = [httpx.post(url + "/v1/messages", json=body(), headers=headers, timeout=30).status_code
+                 for _ in range(3)]
+        assert codes == [200, 200, 429]

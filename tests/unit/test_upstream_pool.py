@@ -1,0 +1,297 @@
+"""The credential pool in isolation: choice, affinity, cooldowns, caps, shared health."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+
+import pytest
+
+from ethereal.upstream.affinity import cache_affinity
+from ethereal.upstream.pool import Credential, Pool
+
+
+def creds(*names: str, **kw) -> list[Credential]:
+    return [Credential(name=n, base_url=f"http://{n}", api_key=f"key-{n}", **kw) for n in names]
+
+
+def key(i: int) -> bytes:
+    return cache_affinity({"system": [{"type": "text", "text": f"prefix {i}", "cache_control": {"type": "ephemeral"}}],
+                           "messages": [{"role": "user", "content": "hi"}]}, "claude-sonnet-4-5")
+
+
+# ---------------------------------------------------------------------- choice
+async def test_least_in_flight_by_weight_and_idle_spread() -> None:
+    pool = Pool(creds("a", "b", "c"), rng=random.Random(1))
+    counts = Counter()
+    for _ in range(300):
+        c = await pool.acquire("m")
+        counts[c.name] += 1
+        pool.release(c)
+    assert set(counts) == {"a", "b", "c"} and min(counts.values()) > 60  # idle: ties broken at random
+
+    held = [await pool.acquire("m") for _ in range(9)]
+    assert Counter(c.name for c in held) == {"a": 3, "b": 3, "c": 3}
+    for c in held:
+        pool.release(c)
+
+    heavy = Pool([*creds("big", weight=3.0), *creds("small")], rng=random.Random(2))
+    held = [await heavy.acquire("m") for _ in range(8)]
+    assert Counter(c.name for c in held) == {"big": 6, "small": 2}
+    # weights count even when nothing is in flight: the first pick goes to the bigger one
+    for c in held:
+        heavy.release(c)
+    assert (await heavy.acquire("m")).name == "big"
+
+
+async def test_models_filter() -> None:
+    pool = Pool([*creds("opus", models=["claude-opus-4-1"]), *creds("sonnets", models=["claude-sonnet-*"])])
+    assert [c.name for c in pool.candidates("claude-opus-4-1")] == ["opus"]
+    assert [c.name for c in pool.candidates("claude-sonnet-4-5")] == ["sonnets"]
+    assert pool.candidates("claude-haiku-4-5") == []
+    assert await pool.acquire("claude-haiku-4-5") is None
+
+
+async def test_affinity_is_sticky_spreads_and_is_stable() -> None:
+    pool = Pool(creds("a", "b", "c"))
+    owners = {}
+    for i in range(300):
+        first = pool.candidates("m", key(i))[0].name
+        assert all(pool.candidates("m", key(i))[0].name == first for _ in range(3))
+        owners[i] = first
+    spread = Counter(owners.values())
+    assert set(spread) == {"a", "b", "c"} and min(spread.values()) > 70, spread
+    # rendezvous: removing a credential moves only the prefixes it owned
+    pool.remove("c")
+    for i, owner in owners.items():
+        now = pool.candidates("m", key(i))[0].name
+        if owner != "c":
+            assert now == owner
+
+
+async def test_affinity_with_weights() -> None:
+    pool = Pool([*creds("big", weight=4.0), *creds("small")])
+    spread = Counter(pool.candidates("m", key(i))[0].name for i in range(500))
+    assert 330 < spread["big"] < 470, spread
+
+
+async def test_affinity_bounded_load() -> None:
+    pool = Pool(creds("a", "b", "c"))
+    k = key(7)
+    owner = pool.candidates("m", k)[0]
+    owner.in_flight = 50  # far above the pool average
+    assert pool.candidates("m", k)[0] is not owner
+    owner.in_flight = 1
+    assert pool.candidates("m", k)[0] is owner
+
+
+async def test_exclude_gives_next_in_rendezvous_order() -> None:
+    pool = Pool(creds("a", "b", "c"))
+    order = [c.name for c in pool.candidates("m", key(3))]
+    got = await pool.acquire("m", key(3), exclude=[order[0]])
+    assert got is not None and got.name == order[1]
+
+
+# ---------------------------------------------------------------------- health
+async def test_rate_limited_cools_down_for_retry_after() -> None:
+    pool = Pool(creds("a", "b"), default_retry_after=5.0)
+    a = pool.get("a")
+    await pool.report_failure(a, "rate_limited", 0.3)
+    assert [c.name for c in pool.candidates("m")] == ["b"]
+    assert 0.2 < pool.earliest_recovery("m") + 1 and a.state() == "cooling_down"
+    await asyncio.sleep(0.35)
+    assert {c.name for c in pool.candidates("m")} == {"a", "b"}
+    await pool.report_failure(a, "rate_limited", None)
+    assert 4.5 < a.cooldown_until - time.monotonic() <= 5.0
+
+
+async def test_exponential_backoff_capped_reset_on_success() -> None:
+    pool = Pool(creds("a"), backoff_base=0.01, backoff_cap=0.05)
+    a = pool.get("a")
+    waits = []
+    for _ in range(5):
+        a.cooldown_until = 0.0  # as if each cooldown had passed
+        await pool.report_failure(a, "server_error")
+        waits.append(round(a.cooldown_until - time.monotonic(), 2))
+    assert waits == [0.01, 0.02, 0.04, 0.05, 0.05]
+    await pool.report_success(a)
+    a.cooldown_until = 0.0
+    await pool.report_failure(a, "connect")
+    assert a.failures == 1
+
+
+async def test_burst_of_failures_during_cooldown_counts_once() -> None:
+    pool = Pool(creds("a"), backoff_base=0.5, backoff_cap=30)
+    a = pool.get("a")
+    for _ in range(20):  # 20 in-flight requests cut by the same outage
+        await pool.report_failure(a, "stream")
+    assert a.failures == 1 and a.cooldown_until - time.monotonic() <= 0.5
+
+
+async def test_auth_disables_until_enabled() -> None:
+    seen = []
+
+    async def on_disable(cred, reason):
+        seen.append((cred.name, reason))
+
+    pool = Pool(creds("a", "b"))
+    pool.on_disable = on_disable
+    a = pool.get("a")
+    await pool.report_failure(a, "auth", detail="HTTP 401")
+    assert not a.enabled and "401" in a.disabled_reason and seen == [("a", a.disabled_reason)]
+    assert a.state() == "disabled"
+    assert [c.name for c in pool.candidates("m")] == ["b"]
+    await pool.enable(a)
+    assert a.enabled and {c.name for c in pool.candidates("m")} == {"a", "b"}
+
+
+async def test_rpm_window_and_recovery() -> None:
+    pool = Pool([*creds("capped", rpm=2, weight=100.0), *creds("other")])
+    names = [(await pool.acquire("m")).name for _ in range(4)]
+    assert names[:2] == ["capped", "capped"] and names[2:] == ["other", "other"]
+    capped = pool.get("capped")
+    assert capped.state() == "rpm_capped"
+    pool.remove("other")
+    assert await pool.acquire("m") is None
+    assert 55 < pool.earliest_recovery("m") <= 60
+
+
+async def test_spend_cap() -> None:
+    pool = Pool(creds("a", spend_cap_micro=1000))
+    a = await pool.acquire("m")
+    pool.release(a, cost_micro=999)
+    assert await pool.acquire("m") is a
+    pool.release(a, cost_micro=1)
+    assert a.state() == "spend_capped" and await pool.acquire("m") is None
+    assert pool.earliest_recovery("m") >= 1.0
+
+
+async def test_earliest_recovery_and_describe() -> None:
+    pool = Pool(creds("a", "b"))
+    a, b = pool.get("a"), pool.get("b")
+    await pool.report_failure(a, "rate_limited", 10)
+    await pool.report_failure(b, "rate_limited", 3)
+    assert 2.5 < pool.earliest_recovery("m") <= 3
+    await pool.report_success(a)
+    info = pool.describe(a)
+    assert info["state"] == "cooling_down" and 9 < info["cooldown_remaining_s"] <= 10
+    assert info["recent"]["requests"] == 2 and info["recent"]["errors"] == 1
+    assert info["recent"]["error_rate"] == 0.5 and info["recent"]["errors_by_kind"] == {"rate_limited": 1}
+    assert info["last_error"].startswith("rate_limited") and "key-a" not in repr(info)
+
+
+# ---------------------------------------------------------------------- affinity key
+SYSTEM = [{"type": "text", "text": "You are a helpful assistant. " * 20, "cache_control": {"type": "ephemeral"}}]
+
+
+def test_affinity_key() -> None:
+    m = "claude-sonnet-4-5"
+    assert cache_affinity({"messages": [{"role": "user", "content": "hi"}]}, m) is None
+    assert cache_affinity({"messages": [{"role": "user", "content": "hi"}]}, m, b'{"messages":[]}') is None
+    turn1 = {"system": SYSTEM, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "question one", "cache_control": {"type": "ephemeral"}}]}]}
+    turn2 = {"system": SYSTEM, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "question one"}]},
+        {"role": "assistant", "content": "answer"},
+        {"role": "user", "content": [{"type": "text", "text": "next", "cache_control": {"type": "ephemeral"}}]}]}
+    other = {"system": SYSTEM, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "question two", "cache_control": {"type": "ephemeral"}}]}]}
+    k1, k2, k3 = cache_affinity(turn1, m), cache_affinity(turn2, m), cache_affinity(other, m)
+    assert k1 is not None and len(k1) == 16
+    assert k1 == k2  # a conversation keeps its key as the breakpoint moves forward
+    assert k1 != k3  # another conversation may go elsewhere
+    assert cache_affinity(turn1, "claude-opus-4-1") != k1  # caches are per model
+    # a string content is one text block
+    turn2_str = {**turn2, "messages": [{"role": "user", "content": "question one"}, *turn2["messages"][1:]]}
+    assert cache_affinity(turn2_str, m) == k1
+    # breakpoint only in the system prompt: every conversation with it shares the key
+    sys_only = {"system": SYSTEM, "messages": [{"role": "user", "content": "a"}]}
+    assert cache_affinity(sys_only, m) == cache_affinity({**sys_only, "messages": [{"role": "user", "content": "b"}]}, m)
+    # tools: the prefix stops at the tool with the breakpoint
+    tools = [{"name": "t1", "input_schema": {}, "cache_control": {"type": "ephemeral"}}, {"name": "t2", "input_schema": {}}]
+    a = cache_affinity({"tools": tools, "messages": [{"role": "user", "content": "x"}]}, m)
+    b = cache_affinity({"tools": tools[:1] + [{"name": "t3", "input_schema": {}}], "system": "s",
+                        "messages": [{"role": "user", "content": "y"}]}, m)
+    assert a == b
+    # automatic caching (top-level cache_control): keyed by the conversation
+    auto1 = {"cache_control": {"type": "ephemeral"}, "system": "s", "messages": [{"role": "user", "content": "q"}]}
+    auto2 = {**auto1, "messages": auto1["messages"] + [{"role": "assistant", "content": "r"},
+                                                         {"role": "user", "content": "q2"}]}
+    assert cache_affinity(auto1, m) == cache_affinity(auto2, m) is not None
+
+
+# ---------------------------------------------------------------------- shared health (Redis)
+async def test_redis_health_is_shared_between_replicas(redis_url: str) -> None:
+    from ethereal.upstream.redis_health import RedisHealth
+
+    h1, h2 = RedisHealth(redis_url), RedisHealth(redis_url)
+    try:
+        p1 = Pool(creds("a", "b"), health=h1, backoff_base=0.2, backoff_cap=1.0)
+        p2 = Pool(creds("a", "b"), health=h2, backoff_base=0.2, backoff_cap=1.0)
+        await p1.health.sync(p1.credentials)
+        assert await p2.health.sync(p2.credentials) is False
+
+        await p1.report_failure(p1.get("a"), "rate_limited", 2.0)
+        await p2.health.sync(p2.credentials)
+        assert [c.name for c in p2.candidates("m")] == ["b"]
+        assert 1.5 < p2.get("a").cooldown_until - time.monotonic() <= 2.0
+
+        # backoff is counted once across replicas, escalates, and resets on success
+        await p1.report_failure(p1.get("b"), "server_error")
+        await p2.report_failure(p2.get("b"), "server_error")  # during the cooldown: not counted
+        await p2.health.sync(p2.credentials)
+        assert p2.get("b").failures == 1
+        await p2.report_success(p2.get("b"))
+        await p1.health.sync(p1.credentials)
+        assert p1.get("b").failures == 0
+
+        # 401 on one replica disables the (env) credential on the other; enable undoes it
+        await p1.report_failure(p1.get("b"), "auth", detail="HTTP 401")
+        await p2.health.sync(p2.credentials)
+        assert not p2.get("b").enabled and "401" in p2.get("b").disabled_reason
+        await p2.enable(p2.get("b"))
+        await p2.enable(p2.get("a"))
+        await p1.health.sync(p1.credentials)
+        assert p1.get("b").enabled and {c.name for c in p1.candidates("m")} == {"a", "b"}
+
+        # the admin version key tells replicas to reload
+        await p1.health.bump_version()
+        assert await p2.health.sync(p2.credentials) is True
+
+        # an RPM cap holds across replicas
+        for p in (p1, p2):
+            p.get("a").rpm = 3
+            p.get("a").weight = 100.0
+        got = [(await p.acquire("m")).name for p in (p1, p2, p1, p2)]
+        assert got.count("a") == 3 and got[-1] == "b"
+    finally:
+        await h1.close()
+        await h2.close()
+
+
+async def test_redis_down_falls_back_to_local_health() -> None:
+    from ethereal.upstream.redis_health import RedisHealth
+    from tests.procs import free_port
+
+    health = RedisHealth(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        pool = Pool(creds("a", "b", rpm=5), health=health)
+        await pool.report_failure(pool.get("a"), "connect")
+        assert [c.name for c in pool.candidates("m")] == ["b"]
+        assert (await pool.acquire("m")).name == "b"
+        assert await health.sync(pool.credentials) is False
+    finally:
+        await health.close()
+
+
+@pytest.mark.parametrize("n", [1000])
+def test_affinity_key_is_cheap(n: int) -> None:
+    body = {"system": [{"type": "text", "text": "x" * 50_000, "cache_control": {"type": "ephemeral"}}],
+            "tools": [{"name": f"t{i}", "input_schema": {"type": "object"}} for i in range(30)],
+            "messages": [{"role": "user", "content": "hello " * 100}] * 50}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        cache_affinity(body, "m")
+    assert (time.perf_counter() - t0) / n < 0.002

@@ -1,0 +1,87 @@
+"""Helpers for tests that run the gateway over several simulated upstream credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ethereal.sim.testing import control
+
+SECRET = "test-secret-key-for-upstream-credentials"
+ADMIN = "admin-key-0123456789abcdef"
+
+
+def seed_credentials(data_dir: Path, specs: list[dict[str, Any]], secret: str = SECRET) -> None:
+    """Write credentials straight into the gateway's SQLite store (API keys encrypted)."""
+    from ethereal.secretbox import SecretBox
+    from ethereal.storage.records import StoredCredential
+    from ethereal.storage.sqlite import SQLiteStore
+
+    box = SecretBox(secret)
+
+    async def go() -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = await SQLiteStore.open(str(data_dir / "ethereal.sqlite3"))
+        try:
+            await store.migrate()
+            for spec in specs:
+                spec = dict(spec)
+                key = spec.pop("api_key", f"sim-key-{spec['name']}")
+                await store.upsert_credential(StoredCredential(api_key_enc=box.encrypt(key), **spec))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def served(sim_url: str, status: str = "200", path: str = "/v1/messages") -> int:
+    """How many requests a sim answered with ``status`` on ``path``."""
+    return int(control(sim_url, "/_sim/stats")["requests"].get(path, {}).get(status, 0))
+
+
+class Admin:
+    def __init__(self, base: str, key: str = ADMIN) -> None:
+        self.http = httpx.Client(base_url=base + "/admin/api/upstreams", headers={"x-api-key": key}, timeout=10)
+
+    def get(self, name: str) -> dict[str, Any]:
+        r = self.http.get(f"/{name}")
+        r.raise_for_status()
+        return r.json()
+
+    def list(self) -> list[dict[str, Any]]:
+        r = self.http.get("")
+        r.raise_for_status()
+        return r.json()["data"]
+
+    def patch(self, name: str, **changes: Any) -> dict[str, Any]:
+        r = self.http.patch(f"/{name}", json=changes)
+        r.raise_for_status()
+        return r.json()
+
+    def enable(self, name: str) -> dict[str, Any]:
+        r = self.http.post(f"/{name}/enable")
+        r.raise_for_status()
+        return r.json()
+
+    def disable(self, name: str, reason: str | None = None) -> dict[str, Any]:
+        r = self.http.post(f"/{name}/disable", json={"reason": reason} if reason else None)
+        r.raise_for_status()
+        return r.json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
