@@ -7,13 +7,14 @@ one dict lookup, and a revocation reaches every replica within that TTL.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
 from ethereal.storage.base import Store
 
-_MISSING = object()
+log = logging.getLogger("ethereal.auth")
 
 
 def extract_key(headers: dict[bytes, bytes]) -> str | None:
@@ -45,7 +46,17 @@ class Authenticator:
         hit = self._cache.get(key_hash)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        record = await self.store.get_key_by_hash(key_hash)
+        try:
+            record = await self.store.get_key_by_hash(key_hash)
+        except Exception as exc:  # noqa: BLE001 - the key store is down
+            if hit is not None:
+                # Serve the last known answer: a database outage must not stop traffic for keys
+                # seen recently. A revocation made during the outage applies once it is back.
+                log.warning("key store unreachable (%s); using the cached key record", type(exc).__name__)
+                return hit[1]
+            log.error("key store unreachable (%s) and the key is not cached", type(exc).__name__)
+            raise GatewayError(503, "the key store is temporarily unavailable", type="overloaded_error",
+                               retry_after=2.0) from exc
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[key_hash] = (now, record)
