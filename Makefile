@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup serve sim test test-rust test-python lint bench bench-rust loadtest clean
+.PHONY: help setup serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -32,6 +32,9 @@ test-python:  # pytest's exit 5 (no tests collected) is a failure, not a pass
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serve one request
+	bash scripts/wheel-smoke.sh
+
 lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(BIN)/python -m ruff check python tests loadtest || true
@@ -41,6 +44,9 @@ bench-rust: ## Criterion benches of the Rust core
 
 bench: setup ## side-by-side latency/throughput benchmark (direct sim vs through the gateway)
 	$(BIN)/python loadtest/bench.py
+
+bench-translate: setup ## OpenAI chat translation: Rust vs Python reference, chat route vs native route latency
+	$(BIN)/python loadtest/bench_translate.py
 
 clean:
 	rm -rf target $(VENV) .pytest_cache

@@ -7,11 +7,14 @@ import logging
 from blacksheep import Application, Request, Response
 
 from ethereal import ids
-from ethereal.api import anthropic
+from ethereal.admin import routes as admin_routes
+from ethereal.api import anthropic, openai
 from ethereal.api.common import anthropic_error, openai_error
 from ethereal.errors import GatewayError
 from ethereal.gateway import Gateway
+from ethereal.metering import routes as metering_routes
 from ethereal.settings import Settings, load_settings
+from ethereal.upstream import routes as upstream_routes
 
 log = logging.getLogger("ethereal")
 
@@ -24,12 +27,8 @@ def configure_application(settings: Settings) -> Application:
     app.services.register(Gateway, instance=gw)
     app.state = gw  # type: ignore[attr-defined]
 
-    anthropic.register(app, gw)
-    for module_name in ("ethereal.api.openai", "ethereal.admin.routes", "ethereal.metering.routes",
-                        "ethereal.upstream.routes", "ethereal.dashboard.routes"):
-        module = _optional(module_name)
-        if module is not None:
-            module.register(app, gw)
+    for module in (anthropic, openai, admin_routes, metering_routes, upstream_routes):
+        module.register(app, gw)
 
     async def not_found(request: Request) -> Response:
         exc = GatewayError(404, f"Not Found: {request.method} {request.url.path.decode('latin-1')}")
@@ -48,15 +47,6 @@ def configure_application(settings: Settings) -> Application:
     app.on_start += on_start
     app.on_stop += on_stop
     return app
-
-
-def _optional(module_name: str):  # type: ignore[no-untyped-def]
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec(module_name) is None:
-        return None
-    return importlib.import_module(module_name)
 
 
 def create_app() -> Application:
