@@ -23,13 +23,26 @@ serve: setup ## run the gateway on the embedded default (SQLite; simulated upstr
 sim: setup ## run the simulated Anthropic API on its own
 	$(BIN)/ethereal sim --port 8090
 
-test: setup test-rust test-python ## the whole test suite (what CI runs)
+test: setup test-rust test-python test-litellm ## the whole test suite (what CI runs)
 
 test-rust:
 	cargo test --workspace --quiet
 
 test-python:  # pytest's exit 5 (no tests collected) is a failure, not a pass
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+LITELLM_VENV := .venv-litellm
+$(LITELLM_VENV)/bin/python: | $(BIN)/python
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/pip install --quiet "litellm>=1.60" "mcp>=1.0" "openai<3" pytest pytest-asyncio pytest-timeout httpx
+	# layer the main environment (ethereal and its dependencies) under litellm's own packages
+	$(BIN)/python -c 'import site, sys; print("\n".join(p for p in sys.path if p.endswith("site-packages") or p.endswith("/python")))' \
+		> $$($(LITELLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ethereal-main.pth
+
+test-litellm: $(LITELLM_VENV)/bin/python ## LiteLLM as an OpenAI-compatible client, in its own environment
+	$(LITELLM_VENV)/bin/python -m pytest -q tests/e2e/test_litellm.py; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serve one request
@@ -49,4 +62,4 @@ bench-translate: setup ## OpenAI chat translation: Rust vs Python reference, cha
 	$(BIN)/python loadtest/bench_translate.py
 
 clean:
-	rm -rf target $(VENV) .pytest_cache
+	rm -rf target $(VENV) $(LITELLM_VENV) .pytest_cache
