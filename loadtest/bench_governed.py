@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,12 +28,12 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import cpu_seconds, find_listener_pid, merge, proc_tree  # noqa: E402
-from httpload import run_load  # noqa: E402
+from bench import cpu_seconds, find_listener_pid, merge, proc_tree
+from httpload import run_load
 
-from tests.conftest import mint_into  # noqa: E402
-from tests.procs import gateway_process  # noqa: E402
-from tests.services import redis_server  # noqa: E402
+from tests.conftest import mint_into
+from tests.procs import gateway_process
+from tests.services import redis_server
 
 HUGE = 10**15
 BENCH_PLAN = {"bench": {"requests_per_5h": HUGE, "tokens_per_5h": HUGE,
@@ -49,7 +50,8 @@ def body_for(stream: bool) -> bytes:
 async def main_async(args: argparse.Namespace, data_dir: Path, free: str, governed: str) -> dict:
     from ethereal.sim.testing import start_sim_process
 
-    report: dict = {"config": vars(args), "scenarios": []}
+    report: dict = {"config": vars(args), "scenarios": [], "loadavg_before": os.getloadavg()}
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run", flush=True)
     with redis_server() as redis, start_sim_process() as (_sim, sim_url):
         env = {"ETHEREAL_REDIS_URL": redis.url, "ETHEREAL_PLANS": json.dumps(BENCH_PLAN)}
         with gateway_process(data_dir, sim_url, workers=args.workers, env=env) as gw_url:
@@ -82,6 +84,9 @@ async def main_async(args: argparse.Namespace, data_dir: Path, free: str, govern
                 }
                 report["scenarios"].append(row)
                 print(format_row(row), flush=True)
+    report["loadavg_after"] = os.getloadavg()
+    print(f"load average {os.getloadavg()[0]:.2f} after the run (other processes skew c=1 latency most)",
+          flush=True)
     return report
 
 

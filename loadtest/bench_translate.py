@@ -17,7 +17,6 @@ and the translated route's added latency next to the native route, in one run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -29,12 +28,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from httpload import Result, run_load  # noqa: E402
+from ethereal import _native
+from httpload import Result, run_load
 
-from ethereal import _native  # noqa: E402
-from tests.conftest import mint_into  # noqa: E402
-from tests.procs import RECORDED, gateway_process  # noqa: E402
-from tests.reference_chat_translator import ReferenceChatTranslator  # noqa: E402
+from tests.conftest import mint_into
+from tests.procs import RECORDED, gateway_process
+from tests.reference_chat_translator import ReferenceChatTranslator
 
 ARGS = ("claude-sonnet-4-5-20250929", "chatcmpl-bench", 1760000000, True)
 

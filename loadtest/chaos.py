@@ -47,11 +47,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import mint_into  # noqa: E402
-from tests.procs import free_port, gateway_process  # noqa: E402
-from tests.upstreams import ADMIN, SECRET, seed_credentials  # noqa: E402
+from ethereal.sim.testing import sim_command
 
-from ethereal.sim.testing import sim_command  # noqa: E402
+from tests.conftest import mint_into
+from tests.procs import free_port, gateway_process
+from tests.upstreams import ADMIN, SECRET, seed_credentials
 
 MODEL = "claude-sonnet-4-5"
 RETRYABLE = {429, 503, 529}
@@ -224,7 +224,7 @@ async def chaos_loop(sims: list[Sim], stop: asyncio.Event, rng: random.Random, k
         try:
             await asyncio.wait_for(stop.wait(), kill_every * rng.uniform(0.5, 1.5))
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         alive = [s for s in sims if s.ready]
         if len(alive) > 1:  # keep at least one alive... most of the time: it may still be faulted
@@ -237,8 +237,8 @@ async def chaos_loop(sims: list[Sim], stop: asyncio.Event, rng: random.Random, k
                 target = rng.choice([s for s in sims if s.ready] or sims)
                 spec = dict(rng.choice(FAULTS), count=rng.randint(1, 3))
                 try:
-                    await loop.run_in_executor(None, lambda: httpx.post(target.url + "/_sim/faults", json=spec,
-                                                                          timeout=2))
+                    await loop.run_in_executor(None, lambda t=target, f=spec: httpx.post(
+                        t.url + "/_sim/faults", json=f, timeout=2))
                     log[f"fault_{spec['fault']}"] += spec["count"]
                 except httpx.HTTPError:
                     pass
@@ -313,7 +313,6 @@ def _compare(o: Outcome, rec: dict[str, Any], where: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- run
 async def drive(base: str, key: str, sims: list[Sim], args: argparse.Namespace) -> tuple[list[Outcome], Counter]:
-    rng = random.Random(args.seed)
     stop = asyncio.Event()
     log: Counter = Counter()
     outcomes: list[Outcome] = []

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from ethereal.sim.testing import control
 
 SECRET = "test-secret-key-for-upstream-credentials"

@@ -260,8 +260,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print("(keys are shown once; only their sha256 is stored)", file=sys.stderr)
             return 0
         if args.keys_cmd == "list":
+            plan = args.plan
+            if plan is not None:
+                from ethereal.limits.plans import Plans
+
+                found = Plans(settings.plans).get(plan)
+                plan = found.name if found else plan
+
             async def go_list(store: Any) -> tuple[list[Any], dict[str, Any]]:
-                records = await store.list_keys(owner=args.owner, plan=args.plan, state=args.state, limit=args.limit,
+                records = await store.list_keys(owner=args.owner, plan=plan, state=args.state, limit=args.limit,
                                                 after_id=args.after_id)
                 return records, await store.spend_by_key([r.id for r in records])
 
@@ -344,7 +351,7 @@ def _upstream_spec(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "models", None) is not None:
         spec["models"] = [m.strip() for m in args.models.split(",") if m.strip()] or None
     if getattr(args, "spend_cap_usd", None) is not None:
-        spec["spend_cap_micro"] = int(round(args.spend_cap_usd * 1_000_000))
+        spec["spend_cap_micro"] = round(args.spend_cap_usd * 1_000_000)
     if getattr(args, "no_rpm", False):
         spec["rpm"] = None
     if getattr(args, "no_spend_cap", False):

@@ -8,6 +8,7 @@ errors in OpenAI's shape (with ``param`` and ``retry-after``) and metering.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -314,3 +315,31 @@ def test_upstream_429_passes_retry_after(fault_gateway: Gateway) -> None:
         make_client(fault_gateway).chat.completions.create(model="claude-sonnet-4-5", messages=[
             {"role": "user", "content": "hi sim:fault=429,retry_after=2"}])
     assert int(info.value.response.headers["retry-after"]) >= 2
+
+
+def test_client_disconnect_mid_stream_is_billed(gateway: Gateway) -> None:
+    """A client that leaves mid-stream cancels the upstream request; the translator's estimate is billed."""
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 4000, "stream": True,
+            "messages": [{"role": "user", "content": "Tell me a long story. sim:tokens=3000 sim:tps=200"}]}
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body,
+                         headers={"authorization": f"Bearer {gateway.key}"}) as resp:
+            assert resp.status_code == 200
+            request_id = resp.headers["x-request-id"]
+            received = ""
+            t0 = time.monotonic()
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    received += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                if time.monotonic() - t0 > 1.0:
+                    break
+        deadline = time.monotonic() + 10
+        while True:
+            got = http.get(f"/v1/usage/{request_id}", headers={"x-api-key": gateway.key})
+            if got.status_code == 200 or time.monotonic() > deadline:
+                break
+    record = got.json()
+    assert record["status"] == 499 and record["error_type"] == "client_disconnected"
+    assert not record["exact"] and record["route"] == "chat.completions"
+    sent = len(received) / 4  # the sim's tokens average 4 characters
+    assert 50 < sent and abs(record["output_tokens"] - sent) <= 0.2 * sent + 5, (record["output_tokens"], sent)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord, mint
 from ethereal.limits import Admission, BaseLimiter
@@ -240,7 +239,6 @@ async def test_spend_seeded_from_the_database(make_limiter: Callable[..., BaseLi
 
 async def test_redis_keys_are_hash_tagged_and_versioned(redis_url: str) -> None:
     import redis.asyncio as aioredis
-
     from ethereal.limits.redis import RedisLimiter
 
     limiter = RedisLimiter(redis_url, plans=Plans())
@@ -259,7 +257,6 @@ async def test_redis_keys_are_hash_tagged_and_versioned(redis_url: str) -> None:
 
 async def test_redis_reloads_scripts_after_flush(redis_url: str) -> None:
     import redis.asyncio as aioredis
-
     from ethereal.limits.redis import RedisLimiter
 
     limiter = RedisLimiter(redis_url)
@@ -276,9 +273,9 @@ async def test_redis_reloads_scripts_after_flush(redis_url: str) -> None:
 
 @pytest.mark.parametrize("fail_open", [False, True])
 async def test_redis_unreachable(fail_open: bool, caplog: pytest.LogCaptureFixture) -> None:
-    from tests.procs import free_port
-
     from ethereal.limits.redis import RedisLimiter
+
+    from tests.procs import free_port
 
     limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", fail_open=fail_open, socket_timeout=0.5)
     try:
@@ -310,3 +307,54 @@ async def test_local_limiter_window_math_with_a_fake_clock() -> None:
     assert (await refused(admit(limiter, k))).status == 429
     now[0] += 1.1
     await admit(limiter, k)
+
+
+async def test_redis_restart_reconnects_reloads_and_reseeds(tmp_path: Any) -> None:
+    """Redis dies mid-service (fail closed meanwhile), comes back empty: scripts reload, spend re-seeds."""
+    import shutil
+    import subprocess
+
+    from ethereal.limits.redis import RedisLimiter
+
+    from tests.procs import free_port
+
+    port = free_port()
+    cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "no", "--dir", str(tmp_path)]
+
+    async def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return proc
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    store = await SQLiteStore.open(str(tmp_path / "s.sqlite3"))
+    await store.migrate()
+    proc = await start()
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0", store=store, socket_timeout=0.5)
+    try:
+        k = key(budget_tokens=1000, rpm=100)
+        adm = await admit(limiter, k, inp=100)
+        await limiter.settle(adm, tokens=300, cost_micro=0)
+        now = time.time()
+        await store.insert_usage([UsageRecord(request_id="req_x", key_id=k.id, credential=None, route="messages",
+                                              model="m", status=200, stream=False, input_tokens=100,
+                                              output_tokens=200, started_at=now, ended_at=now)])
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert (await refused(admit(limiter, k))).status == 503
+        proc = await start()  # empty: no scripts, no counters
+        again = await admit(limiter, k, inp=600)  # reconnects, loads the scripts, seeds 300 from the store
+        await limiter.settle(again, tokens=650, cost_micro=0)
+        assert (await limiter.snapshot(k.id))["spent_tokens"] == 950  # type: ignore[misc]
+        assert (await refused(admit(limiter, k, inp=100))).status == 402
+    finally:
+        await limiter.close()
+        await store.close()
+        proc.terminate()
+        proc.wait(timeout=10)

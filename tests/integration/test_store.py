@@ -8,8 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-
-from ethereal.keys import KeyRecord, mint
+from ethereal.keys import mint
 from ethereal.metering.record import UsageRecord
 from ethereal.storage import open_store
 from ethereal.storage.records import StoredCredential

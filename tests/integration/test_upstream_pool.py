@@ -16,8 +16,8 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-
 from ethereal.sim.testing import control, inject_fault, start_sim_process
+
 from tests.conftest import mint_into
 from tests.procs import gateway_process
 from tests.upstreams import ADMIN, SECRET, Admin, seed_credentials, served, wait_for
@@ -219,14 +219,14 @@ def test_client_going_away_cancels_the_upstream_request(pool, sims) -> None:
             "messages": [{"role": "user", "content": "sim:tokens=300 sim:tps=30 a slow stream"}]}
     headers = {"x-api-key": str(pool["key"]), "anthropic-version": "2023-06-01"}
     ask(sdk(pool))  # a pooled connection to a exists
-    with httpx.Client(timeout=20) as http:
-        with http.stream("POST", f"{pool['url']}/v1/messages", json=body, headers=headers) as resp:
-            request_id = resp.headers["request-id"]
-            open_during = 0
-            for line in resp.iter_lines():
-                if line.startswith("event: content_block_delta"):
-                    open_during = control(sims["a"], "/_sim/stats")["open_connections"]  # stream + this one
-                    break
+    with httpx.Client(timeout=20) as http, \
+            http.stream("POST", f"{pool['url']}/v1/messages", json=body, headers=headers) as resp:
+        request_id = resp.headers["request-id"]
+        open_during = 0
+        for line in resp.iter_lines():
+            if line.startswith("event: content_block_delta"):
+                open_during = control(sims["a"], "/_sim/stats")["open_connections"]  # stream + this one
+                break
     assert open_during >= 2
     # the client is gone: the gateway drops the upstream connection (the stream had ~10 s to run)
     wait_for(lambda: control(sims["a"], "/_sim/stats")["open_connections"] < open_during, timeout=3)
@@ -235,6 +235,23 @@ def test_client_going_away_cancels_the_upstream_request(pool, sims) -> None:
     usage = httpx.get(f"{pool['url']}/v1/usage/{request_id}", headers={"x-api-key": str(pool["key"])}).json()
     assert usage["status"] == 499 and usage["error_type"] == "client_disconnected"
     assert pool["admin"].get("a")["health"]["in_flight"] == 0
+
+
+def test_rpm_and_spend_caps(pool, sims) -> None:
+    admin: Admin = pool["admin"]
+    client = sdk(pool)
+    admin.patch("a", rpm=2)
+    for _ in range(4):
+        ask(client)
+    assert served(sims["a"]) == 2 and served(sims["b"]) + served(sims["c"]) == 2
+    assert admin.get("a")["health"]["state"] == "rpm_capped"
+    # the two requests a served cost more than one micro-dollar
+    assert admin.patch("a", rpm=None, spend_cap_micro=1)["health"]["state"] == "spend_capped"
+    ask(client)
+    assert served(sims["a"]) == 2
+    assert admin.patch("a", spend_cap_micro=None)["health"]["state"] == "healthy"
+    ask(client)
+    assert served(sims["a"]) == 3
 
 
 def test_count_tokens_failures_do_not_cool_a_credential_down(pool, sims) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from ethereal.sim.testing import control, inject_fault, start_sim_process
+
 from tests.conftest import mint_into
 from tests.procs import REPO, gateway_process
 from tests.upstreams import ADMIN, SECRET, Admin, seed_credentials, served, wait_for
@@ -98,7 +98,7 @@ def _serve(data_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
     child = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     child.update({"ETHEREAL_DATA_DIR": str(data_dir), **env})
     return subprocess.run([sys.executable, "-m", "ethereal", "serve", "--port", "0"], env=child, text=True,
-                          capture_output=True, timeout=60)
+                          capture_output=True, timeout=60, check=False)
 
 
 def test_stored_credentials_need_the_secret_key(tmp_path: Path, two_sims) -> None:
@@ -139,7 +139,7 @@ def _cli(data_dir: Path, *args: str, stdin: str | None = None, secret: bool = Tr
         env["ETHEREAL_SECRET_KEY"] = SECRET
     env["MY_UPSTREAM_KEY"] = "sk-ant-from-env-abcd1234"
     return subprocess.run([sys.executable, "-m", "ethereal", "upstream", *args], env=env, text=True,
-                          capture_output=True, timeout=60, input=stdin, cwd=REPO)
+                          capture_output=True, timeout=60, input=stdin, cwd=REPO, check=False)
 
 
 def test_cli(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
 from ethereal.metering.record import UsageRecord

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from ethereal.limits import rfc3339
 from ethereal.limits.plans import FIVE_HOURS, WEEK, Plans
 from ethereal.settings import SettingsError, load_settings

@@ -8,7 +8,6 @@ import time
 from collections import Counter
 
 import pytest
-
 from ethereal.upstream.affinity import cache_affinity
 from ethereal.upstream.pool import Credential, Pool
 
@@ -273,6 +272,7 @@ async def test_redis_health_is_shared_between_replicas(redis_url: str) -> None:
 
 async def test_redis_down_falls_back_to_local_health() -> None:
     from ethereal.upstream.redis_health import RedisHealth
+
     from tests.procs import free_port
 
     health = RedisHealth(f"redis://127.0.0.1:{free_port()}/0")

@@ -9,6 +9,7 @@ Redis is configured; without Redis it reaches them within the key cache TTL (1 s
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import orjson
@@ -97,7 +98,7 @@ def register(app: Application, gw: Gateway) -> None:
             shared = parse_key_fields({k: v for k, v in body.items() if k != "count"}, catalog=gw.catalog,
                                       plans=plans())
             specs = [shared] * count
-        pairs = [minted(dict(spec)) for spec in specs]
+        pairs = [minted(copy.deepcopy(spec)) for spec in specs]  # no metadata dict shared between records
         await store().insert_keys([record for _, record in pairs])  # one transaction: all or nothing
         data = [{**key_json(record), "key": plaintext} for plaintext, record in pairs]
         return ok(request_id, {"data": data, "count": len(data)}, 201)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ethereal.errors import GatewayError
@@ -73,7 +73,7 @@ class KeyLimits:
 
 
 def rfc3339(ms: float) -> bytes:
-    return datetime.fromtimestamp(math.ceil(ms / 1000.0), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    return datetime.fromtimestamp(math.ceil(ms / 1000.0), UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
 
 
 def ratelimit_headers(req: tuple[int, int, int] | None, tok: tuple[int, int, int] | None) -> list[tuple[bytes, bytes]]:
@@ -149,11 +149,11 @@ class Limiter:
 
     async def start(self, on_key_change: Any = None) -> None:
         """Connect; ``on_key_change(key_hash)`` is called when another replica changes a key."""
-        return None
+        return
 
     async def publish_key_change(self, key_hash: str) -> None:
         """Tell other replicas a key changed (revoked, updated, deleted) so they drop it from their cache."""
-        return None
+        return
 
 
 class BaseLimiter(Limiter):

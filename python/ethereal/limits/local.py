@@ -41,6 +41,7 @@ class _KeyState:
     held_micro: int = 0
     reservations: dict[str, tuple[int, int, int, int, int]] = field(default_factory=dict)  # .., expiry ms
     windows: dict[tuple[str, int, int], dict[int, list[int]]] = field(default_factory=dict)  # bucket -> [req, tok]
+    last_ms: int = 0
 
 
 class LocalLimiter(BaseLimiter):
@@ -48,6 +49,13 @@ class LocalLimiter(BaseLimiter):
         super().__init__(**kwargs)
         self._clock = clock
         self._keys: dict[str, _KeyState] = {}
+        self._admits = 0
+
+    def _prune(self, now: int) -> None:
+        """Forget keys idle for longer than any window (a budgeted one is re-seeded from the store)."""
+        idle = 8 * 24 * 3600 * 1000
+        for key_id in [k for k, st in self._keys.items() if not st.reservations and now - st.last_ms > idle]:
+            del self._keys[key_id]
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -83,6 +91,10 @@ class LocalLimiter(BaseLimiter):
                 st.spent_micro += micro
                 st.seeded = True
         now = self._now()
+        st.last_ms = now
+        self._admits += 1
+        if self._admits % 10_000 == 0:
+            self._prune(now)
         if limits.reserving:
             for rid in [r for r, res in st.reservations.items() if res[4] <= now][:100]:
                 self._release(st, rid)

@@ -107,7 +107,7 @@ class Pipe:
                                           params.get("port", 6379), ssl=ctx)
         try:
             _, proto = await asyncio.wait_for(conn, self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from None
         self._proto = proto
         setup = []

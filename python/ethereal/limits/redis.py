@@ -28,7 +28,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ethereal.keys import KeyRecord
-from ethereal.limits import NEED_SEED, OK, Admission, BaseLimiter, KeyLimits, ratelimit_headers, refusal, unavailable
+from ethereal.limits import (
+    NEED_SEED,
+    OK,
+    Admission,
+    BaseLimiter,
+    KeyLimits,
+    ratelimit_headers,
+    refusal,
+    unavailable,
+)
 from ethereal.limits.pipe import Pipe, encode_command
 
 log = logging.getLogger("ethereal.limits")
@@ -92,7 +101,8 @@ class RedisLimiter(BaseLimiter):
             return None
         try:
             return await fut
-        except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load again, once
+        except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load both again (settles follow admits)
+            await self._load("settle" if which == "admit" else "admit")
             sha = await self._load(which)
             return await self.pipe.execute("EVALSHA", sha, len(keys), *keys, *argv)
 
@@ -232,13 +242,13 @@ class RedisLimiter(BaseLimiter):
                         callback(data.decode())
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - reconnect; the cache TTL still bounds staleness
+            except Exception:
                 await asyncio.sleep(1.0)
             finally:
                 try:
                     await pubsub.aclose()
                     await client.aclose()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
 
     async def snapshot(self, key_id: str) -> dict[str, int]:
@@ -255,7 +265,7 @@ class RedisLimiter(BaseLimiter):
                 task.cancel()
                 try:
                     await task
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                except (asyncio.CancelledError, Exception):
                     pass
         await self.pipe.close()  # waits (bounded) for settles still on the wire
         await self.redis.aclose()

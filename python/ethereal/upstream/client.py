@@ -45,7 +45,7 @@ class Timeouts:
 
 
 class UpstreamResponse:
-    __slots__ = ("_resp", "status", "headers", "_idle", "_first", "_body")
+    __slots__ = ("_body", "_first", "_idle", "_resp", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle: float) -> None:
         self._resp = resp
@@ -71,7 +71,7 @@ class UpstreamResponse:
         """
         try:
             chunk = await asyncio.wait_for(self._resp.content.readany(), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self._resp.close()
             raise UpstreamConnectError(f"no first byte within {timeout:g}s", "timeout") from exc
         except _NET_ERRORS as exc:
@@ -116,7 +116,7 @@ class UpstreamResponse:
                         continue
                     return
                 yield chunk
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamStreamError(f"no data from upstream for {self._idle:g}s") from exc
         except _NET_ERRORS as exc:
             raise UpstreamStreamError(_describe(exc)) from exc
@@ -162,7 +162,7 @@ class UpstreamClient:
             )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamConnectError(f"connect timeout ({self.timeouts.connect:g}s)", "timeout") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamConnectError(f"no response within {self.timeouts.first_byte:g}s", "timeout") from exc
         except _NET_ERRORS as exc:
             raise UpstreamConnectError(_describe(exc)) from exc

@@ -199,6 +199,5 @@ def apply_off_flag(cred: Credential, raw: bytes | None) -> None:
     except ValueError:
         at = time.time()
     cred.off_flag_at = at
-    if cred.source == "env" or at > cred.store_updated_at:
-        if cred.enabled:
-            cred.enabled, cred.disabled_reason = False, reason or "disabled"
+    if (cred.source == "env" or at > cred.store_updated_at) and cred.enabled:
+        cred.enabled, cred.disabled_reason = False, reason or "disabled"

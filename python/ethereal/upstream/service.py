@@ -69,8 +69,7 @@ def validate_spec(data: Any, catalog: Catalog | None, *, partial: bool) -> dict[
         if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
             raise _bad("base_url: must be an http(s) URL", param="base_url")
         url = url.rstrip("/")
-        if url.endswith("/v1"):
-            url = url[:-3]  # requests already carry /v1/...
+        url = url.removesuffix("/v1")  # requests already carry /v1/...
         out["base_url"] = url
     if "api_key" in data:
         key = data["api_key"]
@@ -172,7 +171,7 @@ class UpstreamService:
             try:
                 try:
                     await asyncio.wait_for(self._reload_now.wait(), poll)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 now = time.monotonic()
                 changed = await self.pool.health.sync(self.pool.credentials)
@@ -187,7 +186,7 @@ class UpstreamService:
                     await self.refresh_spend(only_capped=True)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a store/Redis hiccup must not stop the loop
+            except Exception:
                 log.exception("upstream credential sync failed; retrying")
                 await asyncio.sleep(1.0)
 
@@ -280,7 +279,7 @@ class UpstreamService:
                 row.enabled, row.disabled_reason = False, reason
                 await self.store.upsert_credential(row)
                 cred.store_updated_at = row.updated_at
-        except Exception:  # noqa: BLE001 - the shared flag still disables it
+        except Exception:
             log.exception("could not persist the disabled state of %r", cred.name)
         await self.pool.health.bump_version()
 
@@ -318,7 +317,7 @@ class UpstreamService:
         rows = {r.name: r for r in await self.store.list_credentials()}
         try:
             await self.refresh_spend()
-        except Exception:  # noqa: BLE001 - the listing still works without spend figures
+        except Exception:
             log.exception("spend refresh failed")
         names = sorted(set(rows) | {c.name for c in self.pool.credentials})
         return [self.view(n, rows.get(n)) for n in names]
@@ -415,7 +414,7 @@ class UpstreamService:
         if self._task is not None:  # a running gateway: apply at once here, other replicas follow
             try:
                 await self.reload()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("reload after a change to %r failed", name)
                 self._reload_now.set()
 

@@ -7,7 +7,10 @@
 //!
 //! Mapping (one frame per upstream event that carries something):
 //! - `message_start` → the role chunk `{"role":"assistant","content":""}`;
-//! - `text_delta` → `{"content":…}`; `thinking_delta` → `{"reasoning_content":…}`;
+//! - `text_delta` → `{"content":…}`; `thinking_delta` → `{"reasoning_content":…}`.
+//!   Text that follows a non-text block (a server tool call and its result)
+//!   starts with a blank line, so paragraphs around a web search do not run
+//!   together;
 //! - a client `tool_use` block → a `tool_calls` entry with its own `index`
 //!   (0, 1, … in block order), `id`, `type` and `function.name`, then its
 //!   `input_json_delta`s as `function.arguments` fragments. A call whose input
@@ -28,6 +31,9 @@
 //! clients, who get `function_call` instead of `tool_calls`.
 //!
 //! Output depends only on the byte stream, never on how it was chunked.
+//! Speed: the common event shapes are framed and parsed without the SSE
+//! decoder's copy or serde (the private `fast` module), falling back to [`SseDecoder`] +
+//! [`parse_event`] for anything else; about 0.2 µs per upstream event.
 
 use std::borrow::Cow;
 use std::io::Write as _;
