@@ -12,7 +12,6 @@ Then a throughput run through the gateway at concurrency 64.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -408,36 +408,96 @@ def streamed(source: Callable[[], AsyncIterator[bytes]], request: Any = None) ->
     return provider
 
 
-async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIterator[bytes]:
-    """Upstream SSE bytes to the client unchanged, metered by the native tap.
+async def authenticate(gw: Gateway, headers: dict[bytes, bytes], call: Call) -> None:
+    """The key, or 401. Refusals before a key is known are counted by the meter, not recorded:
+    no key means nothing billable and no owner, and rows written for junk requests would let
+    anyone fill the usage table (see docs/metering.md)."""
+    assert gw.auth is not None
+    try:
+        call.key = await gw.auth.authenticate(headers)
+    except GatewayError:
+        if gw.meter is not None:
+            gw.meter.count_unauthenticated()
+        raise
+    if gw.meter is not None and not gw.meter.accepting:
+        # ETHEREAL_METER_ON_FULL=reject: nothing is served that cannot be recorded
+        gw.meter.refuse()
+        raise GatewayError(503, "usage metering is saturated (database unreachable and spool full); retry later",
+                           type="overloaded_error", retry_after=30.0)
 
-    A cut after the first byte becomes an ``event: error`` frame; a client that
-    goes away cancels the upstream request. Either way the usage is settled and
-    recorded from what the tap saw.
+
+async def admit(gw: Gateway, call: Call, body: bytes, max_tokens: int) -> None:
+    """Reserve budget and rate-window room for the Anthropic body about to go upstream.
+
+    A key without limits skips both the native estimate and the limiter round trip."""
+    if not gw.limiter.governs(call.key):
+        return
+    model = call.model
+    call.admission = await gw.limiter.admit(
+        call.key,  # type: ignore[arg-type]
+        model=call.model_name,
+        input_tokens=_native.estimate_tokens(body),
+        max_tokens=min(max_tokens, gw.settings.output_allowance_cap),
+        price_in=model.input_price if model else 0.0,
+        price_out=model.output_price if model else 0.0,
+    )
+
+
+class _Relay(Protocol):
+    """What ``relay_stream`` needs of a native stream object (StreamTap or ChatTranslator)."""
+
+    error_type: str | None
+    saw_message_stop: bool
+    cache_split_reported: bool
+
+    def feed(self, chunk: bytes) -> Any: ...
+    def finish(self) -> Any: ...
+    def usage(self) -> tuple[int, int, int, int, int, bool]: ...
+
+
+async def relay_stream(gw: Gateway, call: Call, resp: UpstreamResponse, native: _Relay, *,
+                       translate: bool) -> AsyncIterator[bytes]:
+    """Upstream SSE to the client, metered by one native object called once per network chunk.
+
+    ``translate=False`` (a StreamTap): the upstream bytes go out unchanged. ``translate=True``
+    (a ChatTranslator): what ``feed`` returns goes out instead, and ``finish`` writes the
+    closing frames. A cut after the first byte ends the stream with an error frame (Anthropic's
+    ``event: error`` here, the translator's own otherwise); a client that goes away cancels the
+    upstream request. Either way the usage is settled and recorded from what the native object saw.
     """
-    tap = _native.StreamTap()
     tail = StreamTail()  # the final message_delta, for per-iteration models and web searches
     status = 200
     error_type: str | None = None
+    cut: str | None = None
     client_gone = True
     try:
         try:
             async for chunk in resp.iter_chunks():
                 if call.ttfb_ms is None:
                     call.ttfb_ms = (time.perf_counter() - call.t0) * 1000.0
-                tap.feed(chunk)
                 tail.add(chunk)
-                yield chunk
-            tap.finish()
-            if not tap.saw_message_stop and tap.error_type is None:
-                raise UpstreamStreamError("upstream closed the stream before message_stop")
+                if translate:
+                    out = native.feed(chunk)
+                    if out:
+                        yield out
+                else:
+                    native.feed(chunk)
+                    yield chunk
         except UpstreamStreamError as exc:
-            log.warning("upstream stream from %s cut: %s", call.credential.name if call.credential else "?", exc)
-            error_type = "api_error"
-            status = 502
+            cut = str(exc)
+        closing = native.finish()  # a translator's closing frames; None for a tap
+        if cut is None and not native.saw_message_stop and native.error_type is None:
+            cut = "upstream closed the stream before message_stop"
+        if cut is not None:
+            log.warning("upstream stream from %s cut: %s", call.credential.name if call.credential else "?", cut)
+            error_type, status = "api_error", 502
             if call.credential is not None:
-                await gw.pool.report_failure(call.credential, "stream", detail=str(exc))
-            yield anthropic_sse_error("api_error", "the upstream connection was interrupted", call.request_id)
+                await gw.pool.report_failure(call.credential, "stream", detail=cut)
+            if not translate:
+                closing = anthropic_sse_error("api_error", "the upstream connection was interrupted",
+                                              call.request_id)
+        if closing:
+            yield closing
         client_gone = False
     finally:
         if client_gone:
@@ -445,13 +505,19 @@ async def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIt
             status, error_type = 499, error_type or "client_disconnected"
         else:
             resp.release()
-            if tap.error_type is not None:
-                error_type, status = tap.error_type, 200
-                if call.credential is not None and tap.error_type in ("overloaded_error", "api_error"):
-                    await gw.pool.report_failure(call.credential, "overloaded" if tap.error_type ==
+            if native.error_type is not None:
+                error_type, status = native.error_type, 200
+                if call.credential is not None and native.error_type in ("overloaded_error", "api_error"):
+                    await gw.pool.report_failure(call.credential, "overloaded" if native.error_type ==
                                                  "overloaded_error" else "server_error", detail="error event")
-        inp, out, c5, c1, cr, exact = tap.usage()
+        inp, out_tokens, c5, c1, cr, exact = native.usage()
         iterations, searches = usage_extras(tail.final_usage()) if exact else (None, 0)
-        await finish(gw, call, status=status, input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1,
-                     cache_read=cr, exact=exact, ttl_assumed=(c5 + c1 > 0 and not tap.cache_split_reported),
+        await finish(gw, call, status=status, input_tokens=inp, output_tokens=out_tokens, cache_5m=c5,
+                     cache_1h=c1, cache_read=cr, exact=exact,
+                     ttl_assumed=(c5 + c1 > 0 and not native.cache_split_reported),
                      error_type=error_type, iterations=iterations, web_searches=searches)
+
+
+def tap_stream(gw: Gateway, call: Call, resp: UpstreamResponse) -> AsyncIterator[bytes]:
+    """The native route: upstream bytes unchanged, metered by the native tap."""
+    return relay_stream(gw, call, resp, _native.StreamTap(), translate=False)

@@ -12,8 +12,10 @@ from ethereal.api.common import (JSON, anthropic_route, header_map, is_openai_cl
                                  read_body)
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
+from ethereal.proxy import authenticate as proxy_authenticate
 from ethereal.proxy import (
     Call,
+    admit,
     finish,
     open_upstream,
     parse_json_body,
@@ -80,21 +82,7 @@ def register(app: Application, gw: Gateway) -> None:
     settings = gw.settings
 
     async def authenticate(request: Request, call: Call) -> None:
-        """The key, or 401. Refusals before a key is known are counted by the meter, not recorded:
-        no key means nothing billable and no owner, and rows written for junk requests would let
-        anyone fill the usage table (see metering/README)."""
-        assert gw.auth is not None
-        try:
-            call.key = await gw.auth.authenticate(header_map(request))
-        except GatewayError:
-            if gw.meter is not None:
-                gw.meter.count_unauthenticated()
-            raise
-        if gw.meter is not None and not gw.meter.accepting:
-            # ETHEREAL_METER_ON_FULL=reject: nothing is served that cannot be recorded
-            gw.meter.refuse()
-            raise GatewayError(503, "usage metering is saturated (database unreachable and spool full);"
-                               " retry later", type="overloaded_error", retry_after=30.0)
+        await proxy_authenticate(gw, header_map(request), call)
 
     @anthropic_route
     async def messages(request: Request, request_id: str) -> Response:
@@ -111,16 +99,7 @@ def register(app: Application, gw: Gateway) -> None:
         if call.model_name != name:
             body = splice_model(body, data, call.model_name)  # type: ignore[arg-type]
         call.stream = data.get("stream") is True
-        if gw.limiter.governs(call.key):  # a key without limits skips the estimate and admit
-            model = call.model
-            call.admission = await gw.limiter.admit(
-                call.key,  # type: ignore[arg-type]
-                model=call.model_name,
-                input_tokens=_native.estimate_tokens(body),
-                max_tokens=min(int(data["max_tokens"]), settings.output_allowance_cap),
-                price_in=model.input_price if model else 0.0,
-                price_out=model.output_price if model else 0.0,
-            )
+        await admit(gw, call, body, int(data["max_tokens"]))
         try:
             resp = await open_upstream(gw, call, path_with_query(request), raw_headers(request), body,
                                        affinity=cache_affinity(data, call.model_name, body))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import orjson
@@ -23,14 +22,16 @@ from ethereal.adapters import openai_chat
 from ethereal.api.common import JSON, header_map, openai_route, raw_headers, read_body
 from ethereal.errors import GatewayError
 from ethereal.gateway import Gateway
-from ethereal.metering.usage import StreamTail
 from ethereal.metering.usage import extras as usage_extras
 from ethereal.proxy import (
     Call,
+    admit,
+    authenticate,
     finish,
     open_upstream,
     parse_json_body,
     recording,
+    relay_stream,
     resolve_model,
     response_headers,
     streamed,
@@ -38,7 +39,7 @@ from ethereal.proxy import (
     usage_from_message,
 )
 from ethereal.upstream.affinity import cache_affinity
-from ethereal.upstream.client import UpstreamResponse, UpstreamStreamError
+from ethereal.upstream.client import UpstreamStreamError
 
 log = logging.getLogger("ethereal.api.openai")
 
@@ -81,24 +82,10 @@ def openai_ratelimit_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[b
 def register(app: Application, gw: Gateway) -> None:
     settings = gw.settings
 
-    async def authenticate(request: Request, call: Call) -> None:
-        """As on the native route: the key or 401, and refusal when metering is saturated."""
-        assert gw.auth is not None
-        try:
-            call.key = await gw.auth.authenticate(header_map(request))
-        except GatewayError:
-            if gw.meter is not None:
-                gw.meter.count_unauthenticated()
-            raise
-        if gw.meter is not None and not gw.meter.accepting:
-            gw.meter.refuse()
-            raise GatewayError(503, "usage metering is saturated (database unreachable and spool full);"
-                               " retry later", type="overloaded_error", retry_after=30.0)
-
     @openai_route
     async def chat_completions(request: Request, request_id: str) -> Response:
         call = Call(request_id=request_id, route=ROUTE)
-        await authenticate(request, call)
+        await authenticate(gw, header_map(request), call)
         async with recording(gw, call):  # exactly one usage record, whatever happens below
             return await _chat(request, call)
 
@@ -110,15 +97,7 @@ def register(app: Application, gw: Gateway) -> None:
                                         max_output=model.max_output if model else None)
         body = orjson.dumps(chat.body)
         call.stream = chat.stream
-        if gw.limiter.governs(call.key):  # a key without limits skips the estimate and admit
-            call.admission = await gw.limiter.admit(
-                call.key,  # type: ignore[arg-type]
-                model=call.model_name,
-                input_tokens=_native.estimate_tokens(body),
-                max_tokens=min(int(chat.body["max_tokens"]), settings.output_allowance_cap),
-                price_in=model.input_price if model else 0.0,
-                price_out=model.output_price if model else 0.0,
-            )
+        await admit(gw, call, body, int(chat.body["max_tokens"]))
         try:
             resp = await open_upstream(gw, call, "/v1/messages", upstream_request_headers(raw_headers(request)),
                                        body, affinity=cache_affinity(chat.body, call.model_name, body))
@@ -132,7 +111,7 @@ def register(app: Application, gw: Gateway) -> None:
                                                 json_tool=chat.json_tool, legacy_functions=chat.legacy_functions)
             headers = _headers(call, SSE)
             headers.append((b"cache-control", b"no-cache"))
-            source = streamed(lambda: translate_stream(gw, call, resp, translator), request)
+            source = streamed(lambda: relay_stream(gw, call, resp, translator, translate=True), request)
             return Response(200, headers, StreamedContent(SSE.encode(), source))
         try:
             payload = await resp.read()
@@ -173,55 +152,3 @@ def _headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]]:
     if call.admission is not None:
         headers.extend(openai_ratelimit_headers(call.admission.headers))
     return headers
-
-
-async def translate_stream(gw: Gateway, call: Call, resp: UpstreamResponse,
-                           translator: _native.ChatTranslator) -> AsyncIterator[bytes]:
-    """Upstream SSE → ``chat.completion.chunk`` frames, metered from the same events.
-
-    Mirrors ``proxy.tap_stream``: a cut after the first byte ends the stream with an error
-    frame (the translator writes it), a client that goes away cancels the upstream
-    request, and either way usage is settled and recorded from what the translator saw.
-    """
-    tail = StreamTail()  # the final message_delta, for per-iteration models and web searches
-    status = 200
-    error_type: str | None = None
-    client_gone = True
-    try:
-        try:
-            async for chunk in resp.iter_chunks():
-                if call.ttfb_ms is None:
-                    call.ttfb_ms = (time.perf_counter() - call.t0) * 1000.0
-                tail.add(chunk)
-                out = translator.feed(chunk)
-                if out:
-                    yield out
-        except UpstreamStreamError as exc:
-            log.warning("upstream stream from %s cut: %s", call.credential.name if call.credential else "?", exc)
-            error_type, status = "api_error", 502
-        if not translator.saw_message_stop and translator.error_type is None and error_type is None:
-            log.warning("upstream closed the stream before message_stop")
-            error_type, status = "api_error", 502
-        if error_type is not None and call.credential is not None:
-            await gw.pool.report_failure(call.credential, "stream", detail="stream cut")
-        out = translator.finish()  # an error frame unless [DONE] or an error already went out
-        if out:
-            yield out
-        client_gone = False
-    finally:
-        if client_gone:
-            resp.close()
-            status, error_type = 499, error_type or "client_disconnected"
-        else:
-            resp.release()
-            if translator.error_type is not None:
-                error_type, status = translator.error_type, 200
-                if call.credential is not None and translator.error_type in ("overloaded_error", "api_error"):
-                    await gw.pool.report_failure(call.credential, "overloaded" if translator.error_type ==
-                                                 "overloaded_error" else "server_error", detail="error event")
-        inp, out_tokens, c5, c1, cr, exact = translator.usage()
-        iterations, searches = usage_extras(tail.final_usage()) if exact else (None, 0)
-        await finish(gw, call, status=status, input_tokens=inp, output_tokens=out_tokens, cache_5m=c5,
-                     cache_1h=c1, cache_read=cr, exact=exact,
-                     ttl_assumed=(c5 + c1 > 0 and not translator.cache_split_reported),
-                     error_type=error_type, iterations=iterations, web_searches=searches)
