@@ -2,7 +2,6 @@
 //! the same usage accessors as `StreamTap` so metering works identically.
 
 use ethereal_core::openai_chat::{self, ChatOptions};
-use ethereal_core::sse;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -23,183 +22,77 @@ struct ChatTranslator {
     buf: Vec<u8>,
 }
 
-#[pymethods]
-impl ChatTranslator {
-    #[new]
-    #[pyo3(signature = (model, completion_id, created, include_usage, *, json_tool=None, legacy_functions=false))]
-    fn new(
-        model: String,
-        completion_id: String,
-        created: i64,
-        include_usage: bool,
-        json_tool: Option<String>,
-        legacy_functions: bool,
-    ) -> Self {
-        let opts = ChatOptions {
-            model,
-            completion_id,
-            created,
-            include_usage,
-            json_tool,
-            legacy_functions,
-        };
-        Self {
-            inner: openai_chat::ChatTranslator::new(&opts),
-            buf: Vec::with_capacity(4096),
+usage_pymethods! {
+    impl ChatTranslator via inner {
+        #[new]
+        #[pyo3(signature = (model, completion_id, created, include_usage, *, json_tool=None, legacy_functions=false))]
+        fn new(
+            model: String,
+            completion_id: String,
+            created: i64,
+            include_usage: bool,
+            json_tool: Option<String>,
+            legacy_functions: bool,
+        ) -> Self {
+            let opts = ChatOptions {
+                model,
+                completion_id,
+                created,
+                include_usage,
+                json_tool,
+                legacy_functions,
+            };
+            Self {
+                inner: openai_chat::ChatTranslator::new(&opts),
+                buf: Vec::with_capacity(4096),
+            }
+        }
+
+        /// Translate one chunk; returns the `OpenAI` SSE bytes it completed (maybe empty).
+        fn feed<'py>(&mut self, py: Python<'py>, chunk: &[u8]) -> Bound<'py, PyBytes> {
+            self.buf.clear();
+            if chunk.len() >= DETACH_BYTES {
+                let (inner, buf) = (&mut self.inner, &mut self.buf);
+                py.detach(|| inner.feed(chunk, buf));
+            } else {
+                self.inner.feed(chunk, &mut self.buf);
+            }
+            PyBytes::new(py, &self.buf)
+        }
+
+        /// Upstream EOF: returns an error frame if the stream had not ended
+        /// (neither `[DONE]` nor an error was sent), else nothing. Idempotent.
+        fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+            self.buf.clear();
+            self.inner.finish(&mut self.buf);
+            PyBytes::new(py, &self.buf)
+        }
+
+        /// `[DONE]` or an error frame was emitted.
+        #[getter]
+        fn done(&self) -> bool {
+            self.inner.is_done()
+        }
+
+        /// Client tool calls emitted so far.
+        #[getter]
+        fn tool_calls(&self) -> u32 {
+            self.inner.tool_calls()
         }
     }
-
-    /// Translate one chunk; returns the `OpenAI` SSE bytes it completed (maybe empty).
-    fn feed<'py>(&mut self, py: Python<'py>, chunk: &[u8]) -> Bound<'py, PyBytes> {
-        self.buf.clear();
-        if chunk.len() >= DETACH_BYTES {
-            let (inner, buf) = (&mut self.inner, &mut self.buf);
-            py.detach(|| inner.feed(chunk, buf));
-        } else {
-            self.inner.feed(chunk, &mut self.buf);
+    then {
+        fn __repr__(&self) -> String {
+            let u = self.inner.usage();
+            format!(
+                "ChatTranslator(events={}, tool_calls={}, input={}, output={}, cache_read={}, exact={}, done={})",
+                self.inner.tracker().events,
+                self.inner.tool_calls(),
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_input_tokens,
+                if u.exact { "True" } else { "False" },
+                if self.inner.is_done() { "True" } else { "False" },
+            )
         }
-        PyBytes::new(py, &self.buf)
-    }
-
-    /// Upstream EOF: returns an error frame if the stream had not ended
-    /// (neither `[DONE]` nor an error was sent), else nothing. Idempotent.
-    fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        self.buf.clear();
-        self.inner.finish(&mut self.buf);
-        PyBytes::new(py, &self.buf)
-    }
-
-    /// `[DONE]` or an error frame was emitted.
-    #[getter]
-    fn done(&self) -> bool {
-        self.inner.is_done()
-    }
-
-    /// Client tool calls emitted so far.
-    #[getter]
-    fn tool_calls(&self) -> u32 {
-        self.inner.tool_calls()
-    }
-
-    /// `(input, output, cache_creation_5m, cache_creation_1h, cache_read, exact)`.
-    fn usage(&self) -> (u64, u64, u64, u64, u64, bool) {
-        let u = self.inner.usage();
-        (
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_creation_5m,
-            u.cache_creation_1h,
-            u.cache_read_input_tokens,
-            u.exact,
-        )
-    }
-
-    #[getter]
-    fn input_tokens(&self) -> u64 {
-        self.inner.usage().input_tokens
-    }
-
-    #[getter]
-    fn output_tokens(&self) -> u64 {
-        self.inner.usage().output_tokens
-    }
-
-    #[getter]
-    fn estimated_output_tokens(&self) -> u64 {
-        self.inner.tracker().estimated_output_tokens()
-    }
-
-    #[getter]
-    fn cache_creation_input_tokens(&self) -> u64 {
-        self.inner.tracker().cache_creation_total()
-    }
-
-    #[getter]
-    fn cache_creation_5m(&self) -> u64 {
-        self.inner.usage().cache_creation_5m
-    }
-
-    #[getter]
-    fn cache_creation_1h(&self) -> u64 {
-        self.inner.usage().cache_creation_1h
-    }
-
-    #[getter]
-    fn cache_read_input_tokens(&self) -> u64 {
-        self.inner.usage().cache_read_input_tokens
-    }
-
-    #[getter]
-    fn cache_split_reported(&self) -> bool {
-        self.inner.tracker().cache_split_reported()
-    }
-
-    #[getter]
-    fn stop_reason(&self) -> Option<&str> {
-        self.inner.tracker().stop_reason.as_deref()
-    }
-
-    #[getter]
-    fn message_id(&self) -> Option<&str> {
-        self.inner.tracker().message_id.as_deref()
-    }
-
-    #[getter]
-    fn model(&self) -> Option<&str> {
-        self.inner.tracker().model.as_deref()
-    }
-
-    #[getter]
-    fn error_type(&self) -> Option<&str> {
-        self.inner.tracker().error_type.as_deref()
-    }
-
-    #[getter]
-    fn error_message(&self) -> Option<&str> {
-        self.inner.tracker().error_message.as_deref()
-    }
-
-    #[getter]
-    fn saw_message_start(&self) -> bool {
-        self.inner.tracker().saw_message_start
-    }
-
-    #[getter]
-    fn saw_message_delta(&self) -> bool {
-        self.inner.tracker().saw_message_delta
-    }
-
-    #[getter]
-    fn saw_message_stop(&self) -> bool {
-        self.inner.tracker().saw_message_stop
-    }
-
-    #[getter]
-    fn events(&self) -> u64 {
-        self.inner.tracker().events
-    }
-
-    #[getter]
-    fn malformed_events(&self) -> u64 {
-        self.inner.tracker().malformed_events
-    }
-
-    #[getter]
-    fn truncated(&self) -> bool {
-        self.inner.leftover().is_some_and(sse::Leftover::any)
-    }
-
-    fn __repr__(&self) -> String {
-        let u = self.inner.usage();
-        format!(
-            "ChatTranslator(events={}, tool_calls={}, input={}, output={}, cache_read={}, exact={}, done={})",
-            self.inner.tracker().events,
-            self.inner.tool_calls(),
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_input_tokens,
-            if u.exact { "True" } else { "False" },
-            if self.inner.is_done() { "True" } else { "False" },
-        )
     }
 }
