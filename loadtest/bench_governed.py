@@ -16,12 +16,18 @@ per request of the gateway and of Redis.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import uvloop
 
@@ -33,11 +39,34 @@ from httpload import run_load
 
 from tests.conftest import mint_into
 from tests.procs import gateway_process
-from tests.services import redis_server
+from tests.services import redis_server as tcp_redis_server
 
 HUGE = 10**15
 BENCH_PLAN = {"bench": {"requests_per_5h": HUGE, "tokens_per_5h": HUGE,
                         "requests_per_week": HUGE, "tokens_per_week": HUGE}}
+
+
+@contextlib.contextmanager
+def redis_server(unix: bool) -> Iterator[Any]:
+    """The throwaway Redis of the tests (TCP on loopback), or one on a Unix socket (``--redis-unix``)."""
+    if not unix:
+        with tcp_redis_server() as server:
+            yield server
+        return
+    workdir = tempfile.mkdtemp(prefix="ethereal-redis-")
+    sock = os.path.join(workdir, "redis.sock")
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket", sock,
+                             "--save", "", "--appendonly", "no", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield SimpleNamespace(url=f"unix://{sock}?db=0", proc=proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def body_for(stream: bool) -> bytes:
@@ -52,8 +81,10 @@ async def main_async(args: argparse.Namespace, data_dir: Path, free: str, govern
 
     report: dict = {"config": vars(args), "scenarios": [], "loadavg_before": os.getloadavg()}
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run", flush=True)
-    with redis_server() as redis, start_sim_process() as (_sim, sim_url):
-        env = {"ETHEREAL_REDIS_URL": redis.url, "ETHEREAL_PLANS": json.dumps(BENCH_PLAN)}
+    with redis_server(unix=args.redis_unix) as redis, start_sim_process() as (_sim, sim_url):
+        env = {"ETHEREAL_PLANS": json.dumps(BENCH_PLAN)}
+        if not args.local:
+            env["ETHEREAL_REDIS_URL"] = redis.url
         with gateway_process(data_dir, sim_url, workers=args.workers, env=env) as gw_url:
             gw_pids = proc_tree(find_listener_pid(int(gw_url.rsplit(":", 1)[1])))
             redis_pids = [redis.proc.pid]
@@ -106,6 +137,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--redis-unix", action="store_true", help="Redis on a Unix socket instead of loopback TCP")
+    parser.add_argument("--local", action="store_true",
+                        help="no Redis: the in-process LocalLimiter (the limiter's own CPU, without the round trip)")
     parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args()
     started = time.time()

@@ -99,9 +99,11 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
         assert len(served) == statuses.count(200)
         total = sum(r["cost_micro"] for r in rows)
         assert all(r["cost_micro"] == cost for r in served)
-        # 1. never over the budget by more than the output allowances in flight at the last admission
+        # 1. never over the budget by more than the output allowances in flight at the last admission.
+        # A request is in flight for the limiter from its admit until its settle reaches Redis, which may
+        # follow its usage record's ended_at by the settle's 2 ms deferral (limits/pipe.py): 10 ms slack.
         last_start = max(r["started_at"] for r in served)
-        in_flight_then = [r for r in served if r["ended_at"] >= last_start]
+        in_flight_then = [r for r in served if r["ended_at"] + 0.010 >= last_start]
         assert total <= budget + out_cost * len(in_flight_then), (total, budget, len(in_flight_then))
         # 2. no request refused that would have fit in what was left
         assert total + cost > budget, (total, budget, cost)

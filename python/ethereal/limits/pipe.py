@@ -83,7 +83,8 @@ class _Protocol(asyncio.Protocol):
 class Pipe:
     """A lazily connected, auto-pipelined Redis connection."""
 
-    def __init__(self, url: str, *, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 2.0, connect_timeout: float = 1.0,
+                 defer_s: float = 0.002) -> None:
         self.params = parse_url(url)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -92,6 +93,8 @@ class Pipe:
         self._waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._deferred: asyncio.TimerHandle | None = None
+        self.defer_s = defer_s
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -140,19 +143,31 @@ class Pipe:
             if connecting.done():
                 self._connecting = None
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
-        """Queue one encoded command; its reply resolves the returned future."""
+    def send(self, payload: bytes, *, defer: bool = False) -> asyncio.Future[Any]:
+        """Queue one encoded command; its reply resolves the returned future.
+
+        Commands go out at the end of the event-loop iteration, all in one write. A deferred
+        command (a settle: nobody waits for it) may wait up to ``defer_s`` for company: it
+        leaves with the next ordinary command, still ahead of it, so one request costs one
+        write and one reply wake-up instead of two.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiters.append((fut, time.monotonic() + self.timeout))
         self._out.append(payload)
-        if not self._flush_scheduled:
+        if defer:
+            if not self._flush_scheduled and self._deferred is None:
+                self._deferred = loop.call_later(self.defer_s, self._flush)
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return fut
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
         out, self._out = self._out, []
         proto = self._proto
         if out and proto is not None and proto.transport is not None and not proto.transport.is_closing():
@@ -162,10 +177,10 @@ class Pipe:
         await self.connection()
         return await self.send(encode_command(args))
 
-    async def submit(self, payload: bytes) -> asyncio.Future[Any]:
-        """Send an encoded command now; the caller may await the future or not."""
+    async def submit(self, payload: bytes, *, defer: bool = False) -> asyncio.Future[Any]:
+        """Send an encoded command; the caller may await the future or not."""
         await self.connection()
-        return self.send(payload)
+        return self.send(payload, defer=defer)
 
     def _arm_watchdog(self) -> None:
         if self._watchdog is None and not self._closed:
@@ -183,6 +198,9 @@ class Pipe:
         if proto is not None and proto.transport is not None:
             proto.transport.abort()
         self._out = []
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
         waiters, self._waiters = self._waiters, deque()
         for fut, _ in waiters:
             if not fut.done():
@@ -190,7 +208,9 @@ class Pipe:
                 fut.exception()  # fire-and-forget commands: mark retrieved, the caller logs it
 
     async def drain(self, timeout: float = 2.0) -> None:
-        """Wait (bounded) for every reply still expected: settles sent without waiting."""
+        """Send what is deferred and wait (bounded) for every reply still expected."""
+        if self._out:
+            self._flush()
         pending = [fut for fut, _ in self._waiters]
         if pending:
             await asyncio.wait(pending, timeout=timeout)

@@ -95,7 +95,7 @@ class RedisLimiter(BaseLimiter):
         sha = self._admit_sha if which == "admit" else self._settle_sha
         if sha is None:
             sha = await self._load(which)
-        fut = await self.pipe.submit(encode_command(["EVALSHA", sha, len(keys), *keys, *argv]))
+        fut = await self.pipe.submit(encode_command(["EVALSHA", sha, len(keys), *keys, *argv]), defer=not wait)
         if not wait:
             fut.add_done_callback(lambda f: self._sent_settle_done(f, keys, argv))
             return None

@@ -78,13 +78,14 @@ end
 -- cur-nb .. cur, so nothing leaves it before a full window has passed (never early, at most one
 -- bucket late). Fields: r<i>/t<i> per bucket, R/T their sums, lo the oldest bucket kept; buckets
 -- leaving the window are subtracted as they go, so an admit costs O(1) per window.
-local function advance(key, low, nb)
+local function advance(key, low, nb, ttl)
   local v = redis.call('HMGET', key, 'R', 'T', 'lo')
   local R, T, lo = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3])
   if lo == nil or low - lo > nb then
     if lo ~= nil then redis.call('DEL', key) end
     R, T = 0, 0
     redis.call('HSET', key, 'R', 0, 'T', 0, 'lo', low)
+    redis.call('PEXPIRE', key, ttl)
   elseif lo < low then
     local fields = {}
     for i = lo, low - 1 do
@@ -123,7 +124,7 @@ for i = 1, nwin do
   local nb = math.floor(wms / bms)
   local cur = math.floor(now / bms)
   local low = cur - nb
-  local used_r, used_t = advance(key, low, nb)
+  local used_r, used_t = advance(key, low, nb, wms + 2 * bms)
   if max_r >= 0 and used_r + 1 > max_r then
     return {5, wait_for(key, 'r', low, cur, nb, bms, used_r, 1, max_r, wms), max_r, 0, now + wms, -1, -1, 0, now, i}
   end
@@ -144,13 +145,13 @@ end
 -- admitted: every check passed, now write
 for i = 1, nwin do
   local w = wins[i]
-  redis.call('HINCRBY', w[1], 'r' .. w[2], 1)
+  -- the hash outlives its newest bucket by a window: (re)set the expiry when a bucket starts
+  if redis.call('HINCRBY', w[1], 'r' .. w[2], 1) == 1 then redis.call('PEXPIRE', w[1], w[3]) end
   redis.call('HINCRBY', w[1], 'R', 1)
   if in_t > 0 then
     redis.call('HINCRBY', w[1], 't' .. w[2], in_t)
     redis.call('HINCRBY', w[1], 'T', in_t)
   end
-  redis.call('PEXPIRE', w[1], w[3])
 end
 if reserving then
   redis.call('HSET', b, 'r:' .. rid, in_t .. ',' .. in_m .. ',' .. (in_t + allow_t) .. ',' .. (in_m + allow_m))
