@@ -19,9 +19,10 @@ except ImportError:  # running without the package installed
 import anthropic
 import httpx
 import orjson
-
 from ethereal.sim._replay import BUNDLED, assemble
 from ethereal.sim.testing import control, inject_fault, reset_sim, sim_stats, start_sim_process
+
+from tests.procs import FIXTURES as SHARED_FIXTURES
 
 HEADERS = {"x-api-key": "sk-test", "anthropic-version": "2023-06-01", "content-type": "application/json"}
 FIXTURES = sorted(p.stem for p in BUNDLED.glob("*.sse"))
@@ -641,11 +642,9 @@ def test_api_keys_enforced() -> None:
         assert bearer.status_code == 200
 
 
-SHARED = Path("/work/shared/fixtures")
+SHARED = SHARED_FIXTURES  # ../shared/fixtures beside the checkout (ETHEREAL_FIXTURES overrides)
 
 
-@pytest.mark.skipif(not (SHARED / "anthropic" / "stream-fixtures-sdk-python").is_dir(),
-                    reason="no shared fixtures")
 def test_fixtures_dir_env() -> None:
     src = SHARED / "anthropic" / "stream-fixtures-sdk-python" / "refusal_response.txt"
     with start_sim_process(env={"ETHEREAL_FIXTURES_DIR": str(SHARED)}) as (_p, url):
