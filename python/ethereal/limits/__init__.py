@@ -72,8 +72,28 @@ class KeyLimits:
         return not self.reserving and not self.windows
 
 
+_RFC3339: dict[int, bytes] = {}
+
+
 def rfc3339(ms: float) -> bytes:
-    return datetime.fromtimestamp(math.ceil(ms / 1000.0), UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    """Unix milliseconds as an RFC 3339 UTC instant, rounded up to the second (cached: resets repeat)."""
+    second = math.ceil(ms / 1000.0)
+    found = _RFC3339.get(second)
+    if found is None:
+        found = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+        if len(_RFC3339) >= 4096:
+            _RFC3339.clear()
+        _RFC3339[second] = found
+    return found
+
+
+_REQ_NAMES = (b"anthropic-ratelimit-requests-limit", b"anthropic-ratelimit-requests-remaining",
+              b"anthropic-ratelimit-requests-reset")
+_TOK_NAMES = tuple(
+    (b"anthropic-ratelimit-" + family + b"-limit", b"anthropic-ratelimit-" + family + b"-remaining",
+     b"anthropic-ratelimit-" + family + b"-reset")
+    for family in (b"tokens", b"input-tokens", b"output-tokens")
+)
 
 
 def ratelimit_headers(req: tuple[int, int, int] | None, tok: tuple[int, int, int] | None) -> list[tuple[bytes, bytes]]:
@@ -85,16 +105,13 @@ def ratelimit_headers(req: tuple[int, int, int] | None, tok: tuple[int, int, int
     headers: list[tuple[bytes, bytes]] = []
     if req is not None:
         limit, remaining, reset = req
-        headers += [(b"anthropic-ratelimit-requests-limit", str(limit).encode()),
-                    (b"anthropic-ratelimit-requests-remaining", str(max(0, remaining)).encode()),
-                    (b"anthropic-ratelimit-requests-reset", rfc3339(reset))]
+        n_limit, n_remaining, n_reset = _REQ_NAMES
+        headers += ((n_limit, b"%d" % limit), (n_remaining, b"%d" % max(0, remaining)), (n_reset, rfc3339(reset)))
     if tok is not None:
         limit, remaining, reset = tok
-        values = (str(limit).encode(), str(max(0, remaining)).encode(), rfc3339(reset))
-        for family in (b"tokens", b"input-tokens", b"output-tokens"):
-            headers += [(b"anthropic-ratelimit-" + family + b"-limit", values[0]),
-                        (b"anthropic-ratelimit-" + family + b"-remaining", values[1]),
-                        (b"anthropic-ratelimit-" + family + b"-reset", values[2])]
+        v_limit, v_remaining, v_reset = b"%d" % limit, b"%d" % max(0, remaining), rfc3339(reset)
+        for n_limit, n_remaining, n_reset in _TOK_NAMES:
+            headers += ((n_limit, v_limit), (n_remaining, v_remaining), (n_reset, v_reset))
     return headers
 
 

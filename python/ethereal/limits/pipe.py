@@ -21,6 +21,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -29,10 +30,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 
-def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+def encode_args(args: tuple[Any, ...] | list[Any]) -> bytes:
+    """RESP bulk strings, without the array header."""
+    parts = []
     for arg in args:
-        if isinstance(arg, bytes):
+        if type(arg) is int:
+            data = b"%d" % arg
+        elif isinstance(arg, bytes):
             data = arg
         elif isinstance(arg, str):
             data = arg.encode()
@@ -40,6 +44,15 @@ def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
             data = str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
+    return b"*%d\r\n%s" % (len(args), encode_args(args))
+
+
+def _reply_error(reply: Exception) -> ResponseError:
+    message = str(reply)
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
 
 class _Protocol(asyncio.Protocol):
@@ -66,15 +79,17 @@ class _Protocol(asyncio.Protocol):
             if not waiters:  # a reply nobody asked for: the stream is out of step
                 self.pipe._drop(RedisConnectionError("unexpected reply from Redis"))
                 return
-            fut, _ = waiters.popleft()
-            if fut.done():
+            fut, _, callback = waiters.popleft()
+            if callback is not None:  # fire-and-forget: no future, the callback sees the reply
+                if isinstance(reply, hiredis.ReplyError):
+                    callback(_reply_error(reply))
+                continue
+            if fut.done():  # type: ignore[union-attr]
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                message = str(reply)
-                fut.set_exception(NoScriptError(message) if message.startswith("NOSCRIPT")
-                                  else ResponseError(message))
+                fut.set_exception(_reply_error(reply))  # type: ignore[union-attr]
             else:
-                fut.set_result(reply)
+                fut.set_result(reply)  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pipe._drop(RedisConnectionError(f"Redis connection lost: {exc or 'closed by the server'}"))
@@ -90,13 +105,15 @@ class Pipe:
         self.connect_timeout = connect_timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # one entry per command on the wire: (future or None, reply deadline, error callback or None)
+        self._waiters: deque[tuple[asyncio.Future[Any] | None, float, Callable[[Exception], Any] | None]] = deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._deferred: asyncio.TimerHandle | None = None
         self.defer_s = defer_s
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set on connect
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -112,6 +129,7 @@ class Pipe:
             _, proto = await asyncio.wait_for(conn, self.connect_timeout)
         except (TimeoutError, OSError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from None
+        self._loop = loop
         self._proto = proto
         setup = []
         if params.get("password"):
@@ -151,17 +169,28 @@ class Pipe:
         leaves with the next ordinary command, still ahead of it, so one request costs one
         write and one reply wake-up instead of two.
         """
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._waiters.append((fut, time.monotonic() + self.timeout))
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._waiters.append((fut, time.monotonic() + self.timeout, None))
+        self._queue(payload, defer)
+        return fut
+
+    def send_nowait(self, payload: bytes, on_error: Callable[[Exception], Any], *, defer: bool = False) -> None:
+        """Queue a command nobody awaits (no future): ``on_error`` is called if it fails."""
+        self._waiters.append((None, time.monotonic() + self.timeout, on_error))
+        self._queue(payload, defer)
+
+    def _queue(self, payload: bytes, defer: bool) -> None:
         self._out.append(payload)
-        if defer:
+        if defer and self.defer_s > 0:
             if not self._flush_scheduled and self._deferred is None:
-                self._deferred = loop.call_later(self.defer_s, self._flush)
+                self._deferred = self._loop.call_later(self.defer_s, self._flush)
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return fut
+            self._loop.call_soon(self._flush)
+
+    @property
+    def connected(self) -> bool:
+        return self._proto is not None
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -176,6 +205,11 @@ class Pipe:
     async def execute(self, *args: Any) -> Any:
         await self.connection()
         return await self.send(encode_command(args))
+
+    async def execute_raw(self, payload: bytes) -> Any:
+        """An already encoded command; waits for its reply."""
+        await self.connection()
+        return await self.send(payload)
 
     async def submit(self, payload: bytes, *, defer: bool = False) -> asyncio.Future[Any]:
         """Send an encoded command; the caller may await the future or not."""
@@ -202,16 +236,21 @@ class Pipe:
             self._deferred.cancel()
             self._deferred = None
         waiters, self._waiters = self._waiters, deque()
-        for fut, _ in waiters:
-            if not fut.done():
+        for fut, _, callback in waiters:
+            if callback is not None:
+                callback(exc)
+            elif fut is not None and not fut.done():
                 fut.set_exception(exc)
-                fut.exception()  # fire-and-forget commands: mark retrieved, the caller logs it
+                fut.exception()  # mark retrieved: an abandoned waiter must not log "never retrieved"
 
     async def drain(self, timeout: float = 2.0) -> None:
         """Send what is deferred and wait (bounded) for every reply still expected."""
         if self._out:
             self._flush()
-        pending = [fut for fut, _ in self._waiters]
+        if not self._waiters:
+            return
+        # a marker behind every command on the wire: its reply comes last (replies are in order)
+        pending = [self.send(encode_command(("PING",)))] if self._proto is not None else []
         if pending:
             await asyncio.wait(pending, timeout=timeout)
 

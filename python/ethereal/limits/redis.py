@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
@@ -38,7 +38,7 @@ from ethereal.limits import (
     refusal,
     unavailable,
 )
-from ethereal.limits.pipe import Pipe, encode_command
+from ethereal.limits.pipe import Pipe, encode_args
 
 log = logging.getLogger("ethereal.limits")
 
@@ -46,6 +46,36 @@ LAYOUT = "ethereal:v1:"
 INVALIDATION_CHANNEL = LAYOUT + "keys:changed"
 STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-seeded from the database
 _MAX_PENDING_SETTLES = 100_000
+
+
+def _args(args: Any, count: int | None = None) -> bytes:
+    """RESP bulk strings of ``args``, behind an array header of ``count`` items when given."""
+    body = encode_args(args)
+    return body if count is None else b"*%d\r\n%s" % (count, body)
+
+
+class _Spec:
+    """One key's script keys and the pre-encoded constant parts of its admit and settle commands."""
+
+    __slots__ = (
+        "admit_head",
+        "admit_sha",
+        "admit_tail",
+        "const1",
+        "const2",
+        "keys",
+        "limits",
+        "settle_head",
+        "settle_sha",
+        "settle_tail",
+        "sizes",
+    )
+
+    def __init__(self, limits: KeyLimits, keys: list[str], sizes: list[int], const1: list[Any], const2: list[Any],
+                 admit_sha: str | None, settle_sha: str | None) -> None:
+        self.limits, self.keys, self.sizes, self.const1, self.const2 = limits, keys, sizes, const1, const2
+        self.admit_sha, self.settle_sha = admit_sha, settle_sha
+        self.admit_head = self.admit_tail = self.settle_head = self.settle_tail = b""
 
 
 def _script(name: str) -> str:
@@ -68,52 +98,77 @@ class RedisLimiter(BaseLimiter):
         self._admit_src, self._settle_src = _script("admit.lua"), _script("settle.lua")
         self._admit_sha: str | None = None
         self._settle_sha: str | None = None
-        self._pending: deque[tuple[list[str], list[Any]]] = deque(maxlen=_MAX_PENDING_SETTLES)
+        self._pending: deque[bytes] = deque(maxlen=_MAX_PENDING_SETTLES)  # encoded settles to retry
         self._retry_task: asyncio.Task[None] | None = None
         self._sub_task: asyncio.Task[None] | None = None
         self._last_outage_log = 0.0
-        self._keys_cache: dict[tuple[str, tuple[Any, ...]], tuple[list[str], list[int]]] = {}
+        self._specs: dict[str, _Spec] = {}
 
     # plumbing
+    def spec_for(self, key_id: str, limits: KeyLimits) -> _Spec:
+        """The key's script keys and the constant parts of both commands, encoded once per key and limits."""
+        found = self._specs.get(key_id)
+        if found is not None and found.limits is limits and found.admit_sha == self._admit_sha \
+                and found.settle_sha == self._settle_sha:
+            return found
+        tag = f"{LAYOUT}{{k:{key_id}}}"
+        keys = [f"{tag}:b", f"{tag}:z"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}" for w in limits.windows]
+        sizes = [n for w in limits.windows for n in (w.window_ms, w.bucket_ms)]
+        const1 = [-1 if limits.budget_tokens is None else limits.budget_tokens,
+                  -1 if limits.budget_micro is None else limits.budget_micro,
+                  -1 if limits.max_concurrency is None else limits.max_concurrency, self.reservation_ttl_ms]
+        const2: list[Any] = [STATE_TTL_MS, len(limits.windows)]
+        for w in limits.windows:
+            const2 += [w.window_ms, w.bucket_ms, -1 if w.requests is None else w.requests,
+                       -1 if w.tokens is None else w.tokens]
+        spec = _Spec(limits, keys, sizes, const1, const2, self._admit_sha, self._settle_sha)
+        if self._admit_sha is not None:
+            n_admit = 3 + len(keys) + 14 + 4 * len(limits.windows)
+            spec.admit_head = _args(["EVALSHA", self._admit_sha, len(keys), *keys], n_admit)
+            spec.admit_tail = _args([*const1, 0, 0, 0, *const2])
+        if self._settle_sha is not None:
+            n_settle = 3 + len(keys) + 7 + len(sizes)
+            spec.settle_head = _args(["EVALSHA", self._settle_sha, len(keys), *keys], n_settle)
+            spec.settle_tail = _args([STATE_TTL_MS, len(limits.windows), *sizes])
+        if len(self._specs) > 100_000:
+            self._specs.clear()
+        self._specs[key_id] = spec
+        return spec
+
     def keys_for(self, key_id: str, limits: KeyLimits) -> tuple[list[str], list[int]]:
         """The script keys of a key (all under its hash tag) and the window sizes settle needs."""
-        cache_key = (key_id, tuple((w.name, w.window_ms, w.bucket_ms) for w in limits.windows))
-        found = self._keys_cache.get(cache_key)
-        if found is None:
-            tag = f"{LAYOUT}{{k:{key_id}}}"
-            keys = [f"{tag}:b", f"{tag}:z"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}"
-                                                for w in limits.windows]
-            sizes = [n for w in limits.windows for n in (w.window_ms, w.bucket_ms)]
-            found = (keys, sizes)
-            if len(self._keys_cache) > 100_000:
-                self._keys_cache.clear()
-            self._keys_cache[cache_key] = found
-        return found
+        spec = self.spec_for(key_id, limits)
+        return spec.keys, spec.sizes
 
-    async def _eval(self, which: str, keys: list[str], argv: list[Any], *, wait: bool = True) -> Any:
-        """EVALSHA on the pipelined connection; with ``wait=False`` return once it is sent."""
+    async def _eval(self, which: str, keys: list[str], argv: list[Any]) -> Any:
+        """EVALSHA on the pipelined connection (the slow path: seeding, retries)."""
         sha = self._admit_sha if which == "admit" else self._settle_sha
         if sha is None:
             sha = await self._load(which)
-        fut = await self.pipe.submit(encode_command(["EVALSHA", sha, len(keys), *keys, *argv]), defer=not wait)
-        if not wait:
-            fut.add_done_callback(lambda f: self._sent_settle_done(f, keys, argv))
-            return None
         try:
-            return await fut
+            return await self.pipe.execute("EVALSHA", sha, len(keys), *keys, *argv)
         except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load both again (settles follow admits)
             await self._load("settle" if which == "admit" else "admit")
             sha = await self._load(which)
             return await self.pipe.execute("EVALSHA", sha, len(keys), *keys, *argv)
 
-    def _sent_settle_done(self, fut: asyncio.Future[Any], keys: list[str], argv: list[Any]) -> None:
-        exc = fut.exception() if not fut.cancelled() else None
-        if exc is None:
-            return
+    async def _send(self, payload: bytes) -> Any:
+        """An encoded EVALSHA; on NOSCRIPT both scripts are loaded again and it is resent (same SHA1)."""
+        pipe = self.pipe
+        if not pipe.connected:
+            await pipe.connection()
+        try:
+            return await pipe.send(payload)
+        except NoScriptError:
+            await self._load("settle")
+            await self._load("admit")
+            return await pipe.execute_raw(payload)
+
+    def _settle_failed(self, exc: Exception, payload: bytes) -> None:
         if isinstance(exc, NoScriptError) or not isinstance(exc, ResponseError):
             if not isinstance(exc, NoScriptError):
                 self._outage(exc)
-            self._pending.append((keys, argv))  # retried (NOSCRIPT: after loading the script again)
+            self._pending.append(payload)  # retried (NOSCRIPT: after loading the script again)
             self._kick_retries()
         else:
             log.error("settle.lua failed: %s", exc)  # a bug, not an outage: no retry
@@ -162,30 +217,25 @@ class RedisLimiter(BaseLimiter):
             return Admission(key_id=key.id)
         in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
         in_m, allow_m = self.price(in_t, price_in), self.price(allow_t, price_out)
-        rid = uuid.uuid4().hex if limits.reserving else ""
-        keys, sizes = self.keys_for(key.id, limits)
-        argv: list[Any] = [
-            rid, in_t, allow_t, in_m, allow_m,
-            -1 if limits.budget_tokens is None else limits.budget_tokens,
-            -1 if limits.budget_micro is None else limits.budget_micro,
-            -1 if limits.max_concurrency is None else limits.max_concurrency,
-            self.reservation_ttl_ms, 0, 0, 0, STATE_TTL_MS, len(limits.windows),
-        ]
-        for w in limits.windows:
-            argv += [w.window_ms, w.bucket_ms, -1 if w.requests is None else w.requests,
-                     -1 if w.tokens is None else w.tokens]
+        rid = os.urandom(16).hex() if limits.reserving else ""
         try:
-            res = await self._eval("admit", keys, argv)
+            if self._admit_sha is None or self._settle_sha is None:
+                await self._load("admit")
+                await self._load("settle")
+            spec = self.spec_for(key.id, limits)
+            payload = b"".join((spec.admit_head, _args((rid, in_t, allow_t, in_m, allow_m)), spec.admit_tail))
+            res = await self._send(payload)
             if res[0] == NEED_SEED:
                 tokens, micro = await self.seed(key.id)
-                argv[9:12] = [1, tokens, micro]
-                res = await self._eval("admit", keys, argv)
+                argv = [rid, in_t, allow_t, in_m, allow_m, *spec.const1, 1, tokens, micro, *spec.const2]
+                res = await self._eval("admit", spec.keys, argv)
         except (RedisError, OSError) as exc:
             self._outage(exc)
             if self.fail_open:
                 return Admission(key_id=key.id)
             raise unavailable() from None
-        self._kick_retries()
+        if self._pending:
+            self._kick_retries()
         code = res[0]
         now = res[8]
         if code != OK:
@@ -194,28 +244,31 @@ class RedisLimiter(BaseLimiter):
         tok = (res[5], res[6], res[7]) if res[5] >= 0 else None
         return Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
                          headers=ratelimit_headers(req, tok), token=rid, limited=True, input_tokens=in_t,
-                         admitted_ms=now, spec=(keys, sizes))
+                         admitted_ms=now, spec=spec)
 
     async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
         if not admission.limited or admission.settled:
             return
         admission.settled = True
-        keys, sizes = admission.spec
-        argv: list[Any] = [admission.token, int(tokens), int(cost_micro), admission.admitted_ms,
-                           admission.input_tokens, STATE_TTL_MS, len(keys) - 2, *sizes]
+        spec: _Spec = admission.spec
+        payload = b"".join((spec.settle_head, _args((admission.token, int(tokens), int(cost_micro),
+                                                      admission.admitted_ms, admission.input_tokens)),
+                            spec.settle_tail))
         # Sent without waiting for the reply: this worker's later commands (the key's next admit)
-        # run after it on the same connection; failures are retried from the done callback.
+        # run after it on the same connection; failures are retried from the error callback.
         try:
-            await self._eval("settle", keys, argv, wait=False)
+            if not self.pipe.connected:
+                await self.pipe.connection()
+            self.pipe.send_nowait(payload, lambda exc: self._settle_failed(exc, payload), defer=True)
         except (RedisError, OSError) as exc:
             self._outage(exc)
-            self._pending.append((keys, argv))
+            self._pending.append(payload)
 
     async def _retry_settles(self) -> None:
         while self._pending:
-            keys, argv = self._pending[0]
+            payload = self._pending[0]
             try:
-                await self._eval("settle", keys, argv)
+                await self._send(payload)
             except ResponseError:
                 log.exception("settle.lua failed on retry")
             except (RedisError, OSError):
