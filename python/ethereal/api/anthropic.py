@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
-import hmac
+from typing import Any
 
 import orjson
 from blacksheep import Application, Content, Request, Response, StreamedContent
 
 from ethereal import _native
-from ethereal.api.common import (JSON, anthropic_route, header_map, is_openai_client, json_response, raw_headers,
-                                 read_body)
+from ethereal.admin.auth import is_admin
+from ethereal.api.common import (
+    JSON,
+    anthropic_route,
+    header_map,
+    is_openai_client,
+    json_response,
+    raw_headers,
+    read_body,
+)
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
-from ethereal.proxy import authenticate as proxy_authenticate
+from ethereal.metering.usage import extras as usage_extras
 from ethereal.proxy import (
     Call,
     admit,
     finish,
     open_upstream,
     parse_json_body,
+    recording,
     resolve_model,
     response_headers,
     splice_model,
     streamed,
     tap_stream,
-    recording,
+    upstream_error,
     usage_from_message,
     validate_messages_body,
 )
-from ethereal.metering.usage import extras as usage_extras
+from ethereal.proxy import authenticate as proxy_authenticate
 from ethereal.upstream.affinity import cache_affinity
 from ethereal.upstream.client import UpstreamStreamError
 
@@ -91,13 +100,19 @@ def register(app: Application, gw: Gateway) -> None:
         async with recording(gw, call):  # exactly one usage record, whatever happens below
             return await _messages(request, call)
 
-    async def _messages(request: Request, call: Call) -> Response:
+    async def read_messages_body(request: Request, call: Call, *, need_max_tokens: bool
+                                 ) -> tuple[bytes, dict[str, Any]]:
+        """The body as it came, validated, with an aliased model spliced to its canonical id."""
         body = await read_body(request, settings.max_body_bytes)
         data = parse_json_body(body)
-        name = validate_messages_body(data, need_max_tokens=True)
+        name = validate_messages_body(data, need_max_tokens=need_max_tokens)
         resolve_model(gw, call, name)
         if call.model_name != name:
             body = splice_model(body, data, call.model_name)  # type: ignore[arg-type]
+        return body, data
+
+    async def _messages(request: Request, call: Call) -> Response:
+        body, data = await read_messages_body(request, call, need_max_tokens=True)
         call.stream = data.get("stream") is True
         await admit(gw, call, body, int(data["max_tokens"]))
         try:
@@ -118,8 +133,6 @@ def register(app: Application, gw: Gateway) -> None:
             raise GatewayError(502, "the upstream connection was interrupted") from exc
         call.ttfb_ms = call.ttfb_ms or 0.0
         if resp.status >= 400:
-            from ethereal.proxy import upstream_error
-
             err = upstream_error(resp.status, payload, None)
             await finish(gw, call, status=resp.status, error_type=err.type)
             raise err
@@ -144,12 +157,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     async def _count_tokens(request: Request, call: Call) -> Response:
         # counting is free: the record carries no tokens and no cost, only that it happened
-        body = await read_body(request, settings.max_body_bytes)
-        data = parse_json_body(body)
-        name = validate_messages_body(data, need_max_tokens=False)
-        resolve_model(gw, call, name)
-        if call.model_name != name:
-            body = splice_model(body, data, call.model_name)  # type: ignore[arg-type]
+        body, _ = await read_messages_body(request, call, need_max_tokens=False)
         try:
             resp = await open_upstream(gw, call, path_with_query(request), raw_headers(request), body,
                                        health=False)
@@ -166,8 +174,6 @@ def register(app: Application, gw: Gateway) -> None:
             return json_response(200, orjson.dumps({"input_tokens": estimate}), headers)
         await finish(gw, call, status=resp.status)
         if resp.status >= 400:
-            from ethereal.proxy import upstream_error
-
             raise upstream_error(resp.status, payload, None)
         return Response(resp.status, response_headers(call, resp.content_type or "application/json"),
                         Content(JSON, payload))
@@ -209,12 +215,7 @@ def register(app: Application, gw: Gateway) -> None:
         headers = header_map(request)
         usage_id = request.route_values.get("request_id", "")
         assert gw.auth is not None and gw.meter is not None
-        from ethereal.auth import extract_key
-
-        presented = extract_key(headers)
-        is_admin = bool(settings.admin_key and presented
-                        and hmac.compare_digest(presented.encode(), settings.admin_key.encode()))
-        key = None if is_admin else await gw.auth.authenticate(headers)
+        key = None if is_admin(settings, headers) else await gw.auth.authenticate(headers)
         if not usage_id.startswith("req_") or len(usage_id) > 64:
             raise GatewayError(404, f"no usage record for request {usage_id[:64]!r}")
         rec = await gw.meter.get(usage_id)
