@@ -271,7 +271,8 @@ class SQLiteStore(Store):
             f"SELECT {group_by} AS grp, COUNT(*) AS requests, SUM(status >= 400) AS errors,"
             " SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,"
             " SUM(cache_creation_5m) AS cache_creation_5m, SUM(cache_creation_1h) AS cache_creation_1h,"
-            " SUM(cache_read) AS cache_read, SUM(cost_micro) AS cost_micro"
+            " SUM(cache_read) AS cache_read, SUM(web_search_requests) AS web_search_requests,"
+            " SUM(cost_micro) AS cost_micro"
             f" FROM usage_records {where} GROUP BY {group_by} ORDER BY cost_micro DESC"
         )
 
