@@ -3,7 +3,7 @@ and the translated route's added latency next to the native route, in one run.
 
     python loadtest/bench_translate.py [--seconds 1.0] [--duration 4] [--rounds 3] [--json out.json]
 
-1. Throughput over every recorded Anthropic stream (/work/shared/fixtures/.../sse-extracted):
+1. Throughput over every recorded Anthropic stream (fixtures/.../sse-extracted):
    ``_native.ChatTranslator`` (Rust, called from Python once per chunk, as the route does)
    against ``tests/reference_chat_translator.py`` (straightforward pure Python, json
    stdlib), both producing the same bytes (checked here). Two chunkings: one feed per SSE

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("ETHEREAL_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = Path(os.environ.get("ETHEREAL_FIXTURES", REPO / "fixtures"))
 RECORDED = FIXTURES / "anthropic" / "recorded" / "sse-extracted"
 
 

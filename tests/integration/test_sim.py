@@ -642,7 +642,7 @@ def test_api_keys_enforced() -> None:
         assert bearer.status_code == 200
 
 
-SHARED = SHARED_FIXTURES  # ../shared/fixtures beside the checkout (ETHEREAL_FIXTURES overrides)
+SHARED = SHARED_FIXTURES  # the repository's fixtures/ corpus (ETHEREAL_FIXTURES overrides)
 
 
 def test_fixtures_dir_env() -> None:

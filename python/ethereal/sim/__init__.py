@@ -54,7 +54,7 @@ after the first ``content_block_start``, tool_use starting with ``input:{}`` and
 Directives (anywhere in the text of the last user message)
 ----------------------------------------------------------
 ``sim:replay NAME``   stream the recorded ``NAME.sse`` byte for byte (stream=false: the
-                      Message assembled from it). Looked up in ``$ETHEREAL_FIXTURES_DIR``
+                      Message assembled from it). Looked up in ``$ETHEREAL_FIXTURES``
                       (itself, ``anthropic/recorded/sse-extracted``, and the SDK's
                       ``anthropic/stream-fixtures-sdk-python/*.txt``), then the bundled
                       ``recorded/`` copies. Names: ``GET /_sim/fixtures``.
@@ -109,7 +109,7 @@ class SimConfig:
     tokens_per_second: float = 0.0  # 0: as fast as possible
     events_per_write: int = 4  # SSE events per socket write (one HTTP chunk each)
     seed: int = 0
-    fixtures_dir: str | None = None  # default: $ETHEREAL_FIXTURES_DIR, then the bundled copies
+    fixtures_dir: str | None = None  # default: $ETHEREAL_FIXTURES, then the bundled copies
     cache_min_tokens: int = 0  # minimum cacheable prefix; the real API uses 1024-4096
     organization_id: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
@@ -201,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events-per-write", type=int, default=4, help="SSE events per socket write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fixtures-dir", default=None,
-                   help="recorded .sse files (default $ETHEREAL_FIXTURES_DIR, then the bundled copies)")
+                   help="recorded .sse files (default $ETHEREAL_FIXTURES, then the bundled copies)")
     p.add_argument("--cache-min-tokens", type=int, default=0, help="minimum cacheable prefix in tokens")
     p.add_argument("--organization-id", default=None)
     return p

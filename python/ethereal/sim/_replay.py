@@ -83,7 +83,7 @@ def assemble(raw: bytes) -> dict[str, Any]:
 class Library:
     def __init__(self, fixtures_dir: str | None = None) -> None:
         dirs: list[Path] = []
-        env = fixtures_dir or os.environ.get("ETHEREAL_FIXTURES_DIR")
+        env = fixtures_dir or os.environ.get("ETHEREAL_FIXTURES")
         if env:
             base = Path(env)
             dirs += [base, base / "anthropic" / "recorded" / "sse-extracted", base / "sse-extracted",
@@ -100,7 +100,7 @@ class Library:
         rec = None
         if _NAME_OK.match(name) and ".." not in name:
             for d in self.dirs:
-                # .txt: the SDK's hand-written stream fixtures, replayable when ETHEREAL_FIXTURES_DIR has them
+                # .txt: the SDK's hand-written stream fixtures, replayable when ETHEREAL_FIXTURES has them
                 for path in (d / (name + ".sse"), d / (name + ".txt")):
                     if path.is_file():
                         rec = Recording(name, path.read_bytes())

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-/// `$ETHEREAL_FIXTURES`, else `shared/fixtures` beside the checkout.
+/// `$ETHEREAL_FIXTURES`, else the `fixtures/` corpus in the repository.
 pub fn fixtures_dir() -> PathBuf {
     let dir = std::env::var_os("ETHEREAL_FIXTURES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
         PathBuf::from,
     );
     assert!(
