@@ -647,7 +647,7 @@ SHARED = SHARED_FIXTURES  # the repository's fixtures/ corpus (ETHEREAL_FIXTURES
 
 def test_fixtures_dir_env() -> None:
     src = SHARED / "anthropic" / "stream-fixtures-sdk-python" / "refusal_response.txt"
-    with start_sim_process(env={"ETHEREAL_FIXTURES_DIR": str(SHARED)}) as (_p, url):
+    with start_sim_process(env={"ETHEREAL_FIXTURES": str(SHARED)}) as (_p, url):
         with httpx.Client(base_url=url, headers=HEADERS) as http:
             _r, raw = stream_raw(http, body("sim:replay refusal_response"))
             assert raw == src.read_bytes()
