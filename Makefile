@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean
+.PHONY: help setup clients serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -17,13 +17,20 @@ $(BIN)/python:
 setup: $(BIN)/python ## create .venv, build the Rust extension, install ethereal with test deps
 	$(BIN)/pip install --quiet -e '.[test,load]'
 
+CLIENTS := clients/node_modules/.bin/claude
+$(CLIENTS): clients/package.json clients/package-lock.json
+	cd clients && npm ci --no-audit --no-fund --loglevel=error
+	touch $(CLIENTS)
+
+clients: $(CLIENTS) ## the real CLIs and Node SDKs the tests drive (Claude Code, Codex, @anthropic-ai/sdk, openai), project-local
+
 serve: setup ## run the gateway on the embedded default (SQLite; simulated upstream if none configured)
 	$(BIN)/ethereal serve --port $(PORT)
 
 sim: setup ## run the simulated Anthropic API on its own
 	$(BIN)/ethereal sim --port 8090
 
-test: setup test-rust test-python test-litellm ## the whole test suite (what CI runs)
+test: setup clients test-rust test-python test-litellm ## the whole test suite (what CI runs)
 
 test-rust:
 	cargo test --workspace --quiet
