@@ -1,6 +1,6 @@
 """Side-by-side benchmark: the same load against the sim directly and through the gateway, in one run.
 
-    python loadtest/bench.py [--duration 5] [--workers 1] [--server granian|uvicorn] [--rounds 2]
+    python loadtest/bench.py [--duration 5] [--workers 1] [--rounds 2]
 
 For concurrency 1 and 32, non-streaming and streaming, it alternates direct and
 gateway runs (so machine noise hits both alike) and reports p50/p99 latency,
@@ -125,7 +125,7 @@ async def main_async(args: argparse.Namespace, data_dir: Path, key: str) -> dict
 
     report: dict = {"config": vars(args), "scenarios": []}
     with start_sim_process() as (_sim_proc, sim_url):
-        with gateway_process(data_dir, sim_url, workers=args.workers, server=args.server) as gw_url:
+        with gateway_process(data_dir, sim_url, workers=args.workers) as gw_url:
             gw_port = int(gw_url.rsplit(":", 1)[1])
             gw_pids = proc_tree(find_listener_pid(gw_port))
             headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
@@ -184,7 +184,6 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="gateway workers (one per core)")
-    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
     parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args()
     started = time.time()

@@ -35,7 +35,8 @@ from ethereal.catalog import Catalog  # noqa: E402
 from ethereal.metering.config import MeterConfig  # noqa: E402
 from ethereal.metering.meter import Meter  # noqa: E402
 from ethereal.metering.pricing import cost_micro  # noqa: E402
-from ethereal.metering.record import UsageRecord  # noqa: E402
+from ethereal.usage import Usage  # noqa: E402
+from ethereal.storage.records import UsageRecord  # noqa: E402
 from ethereal.metering.usage import StreamTail  # noqa: E402
 
 
@@ -78,8 +79,7 @@ def bench_request_path(n: int) -> dict[str, float]:
     # 2. what finish() adds: price + build the record + record()
     t0 = time.perf_counter()
     for i in range(n):
-        cost = cost_micro(catalog, model, input_tokens=1200, output_tokens=350, cache_5m=0, cache_1h=0,
-                          cache_read=4000)
+        cost = cost_micro(catalog, model, Usage(input_tokens=1200, output_tokens=350, cache_read=4000))
         rec = UsageRecord(
             request_id=ids[i], key_id="key_a", credential="default", route="messages", model=model.id,  # type: ignore[union-attr]
             status=200, stream=True, input_tokens=1200, output_tokens=350, cache_creation_5m=0,

@@ -130,11 +130,11 @@ def merged(results: list[Result]) -> dict[str, float]:
     return out.summary()
 
 
-async def bench_routes(data_dir: Path, key: str, duration: float, rounds: int, server: str) -> list[dict[str, Any]]:
+async def bench_routes(data_dir: Path, key: str, duration: float, rounds: int) -> list[dict[str, Any]]:
     from ethereal.sim.testing import start_sim_process
 
     rows = []
-    with start_sim_process() as (_proc, sim_url), gateway_process(data_dir, sim_url, server=server) as gw:
+    with start_sim_process() as (_proc, sim_url), gateway_process(data_dir, sim_url) as gw:
         native_headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
         chat_headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
         for stream in (False, True):
@@ -170,7 +170,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per latency run")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
     parser.add_argument("--skip-routes", action="store_true")
     parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args()
@@ -180,7 +179,7 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             key, _ = mint_into(Path(tmp), name="bench")  # before the event loop: it runs its own
-            report["routes"] = uvloop.run(bench_routes(Path(tmp), key, args.duration, args.rounds, args.server))
+            report["routes"] = uvloop.run(bench_routes(Path(tmp), key, args.duration, args.rounds))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -55,7 +55,6 @@ def gateway_process(
     upstream_key: str = "sim-upstream-key",
     env: dict[str, str] | None = None,
     workers: int = 1,
-    server: str = "uvicorn",
 ) -> Iterator[str]:
     """``ethereal serve`` in a child process; yields its base URL."""
     port = free_port()
@@ -74,7 +73,7 @@ def gateway_process(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(workers), "--server", server],
+             "--workers", str(workers)],
             env=child_env, stdout=log, stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"

@@ -1,18 +1,31 @@
-"""``configure_application(settings)``: the BlackSheep app with every route wired."""
+"""The ASGI application: starts the gateway's services, then serves the BlackSheep app.
+
+``Ethereal(settings)`` is what the server runs. On the ASGI lifespan startup it starts
+every service (``Gateway.start``) and only then builds the BlackSheep application with
+its routes bound to the started gateway (``build_application``), so no route ever sees a
+service that is not running. Each HTTP request gets a cleanup list in its scope
+(``pipeline.CLEANUP_SCOPE_KEY``): whatever the pipeline left pending there (a stream whose
+body the server never iterated, a response whose start could not be sent) runs once the
+response is over, so a request is settled and recorded whatever happened on the wire.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from blacksheep import Application, Request, Response
+from blacksheep import Application, Request, Response, Router
 
 from ethereal import ids
 from ethereal.admin import routes as admin_routes
 from ethereal.api import anthropic, openai
 from ethereal.api.common import anthropic_error, openai_error
-from ethereal.errors import GatewayError
+from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
 from ethereal.metering import routes as metering_routes
+from ethereal.pipeline import CLEANUP_SCOPE_KEY, Pipeline
 from ethereal.settings import Settings, load_settings
 from ethereal.upstream import routes as upstream_routes
 
@@ -20,36 +33,106 @@ log = logging.getLogger("ethereal")
 
 _OPENAI_PATHS = ("/v1/chat/", "/v1/responses", "/v1/completions", "/v1/embeddings")
 
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-def configure_application(settings: Settings) -> Application:
-    app = Application(show_error_details=False)
-    gw = Gateway(settings)
-    app.services.register(Gateway, instance=gw)
-    app.state = gw  # type: ignore[attr-defined]
 
-    for module in (anthropic, openai, admin_routes, metering_routes, upstream_routes):
+def build_application(gw: Gateway) -> Application:
+    """The BlackSheep app with every route bound to the started ``gw``."""
+    app = Application(router=Router(), show_error_details=False)  # its own router, not the module default
+    pipeline = Pipeline(gw)
+    anthropic.register(app, gw, pipeline)
+    openai.register(app, gw, pipeline)
+    for module in (admin_routes, metering_routes, upstream_routes):
         module.register(app, gw)
 
     async def not_found(request: Request) -> Response:
-        exc = GatewayError(404, f"Not Found: {request.method} {request.url.path.decode('latin-1')}")
+        exc = GatewayError(404, f"Not Found: {request.method} {request.url.path.decode('latin-1')[:256]}")
         if request.url.path.decode("latin-1").startswith(_OPENAI_PATHS):
             return openai_error(exc, ids.request_id())
         return anthropic_error(exc, ids.request_id())
 
     app.router.fallback = not_found
-
-    async def on_start(application: Application) -> None:
-        await gw.start()
-
-    async def on_stop(application: Application) -> None:
-        await gw.stop()
-
-    app.on_start += on_start
-    app.on_stop += on_stop
     return app
 
 
-def create_app() -> Application:
-    """ASGI factory for server workers: settings from the environment."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return configure_application(load_settings())
+class Ethereal:
+    """The ASGI entry: lifespan starts and stops the gateway; HTTP goes to the BlackSheep app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._gateway: Gateway | None = None
+        self._app: Application | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the gateway has not started")
+        return self._gateway
+
+    async def start(self) -> None:
+        # a spawned worker process starts with no logging configured (a no-op where it is)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        gw = await Gateway.start(self.settings)
+        app = build_application(gw)
+        await app.start()
+        self._gateway, self._app = gw, app
+
+    async def stop(self) -> None:
+        app, gw = self._app, self._gateway
+        self._app = self._gateway = None
+        if app is not None:
+            await app.stop()
+        if gw is not None:
+            await gw.stop()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            app = self._app
+            if app is None:
+                await _not_ready(send)
+                return
+            pending: list[Callable[[], Awaitable[None]]] = []
+            scope[CLEANUP_SCOPE_KEY] = pending
+            try:
+                await app(scope, receive, send)
+            finally:
+                for cleanup in pending:
+                    try:
+                        await asyncio.shield(cleanup())
+                    except Exception:  # noqa: BLE001 - one failed cleanup must not skip the others
+                        log.exception("request cleanup failed")
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # noqa: BLE001 - shown to the operator, then the server exits
+                    log.error("ethereal could not start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.stop()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _not_ready(send: Send) -> None:
+    body = anthropic_error_body("overloaded_error", "the gateway is starting", None)
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app() -> Ethereal:
+    """ASGI factory (``uvicorn --factory ethereal.app:create_app``): settings from the environment."""
+    return Ethereal(load_settings())

@@ -97,13 +97,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"at {sim_url}. Responses are generated, not Claude's.",
             "Set ETHEREAL_UPSTREAM_URL and ETHEREAL_UPSTREAM_KEY (or ANTHROPIC_API_KEY) for real use.",
         ])
-    # workers are separate processes: they read their settings from the environment
-    if settings.upstream_url and settings.upstream_key:
-        os.environ["ETHEREAL_UPSTREAM_URL"] = settings.upstream_url
-        os.environ["ETHEREAL_UPSTREAM_KEY"] = settings.upstream_key
-    os.environ["ETHEREAL_DATA_DIR"] = str(settings.data_dir)
-    if args.config:
-        os.environ["ETHEREAL_CONFIG"] = str(args.config)
     first_key = _ensure_first_key(settings)
     base = f"http://{settings.host}:{settings.port}"
     if first_key:
@@ -118,30 +111,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     print(f"ethereal listening on {base} (storage: {settings.storage_url.split('@')[-1]})", flush=True)
     try:
-        return serve_forever(settings, server=args.server)
+        return serve_forever(settings)
     finally:
         if sim_proc is not None:
             sim_proc.terminate()
             sim_proc.wait(timeout=10)
 
 
-def serve_forever(settings: Settings, server: str = "uvicorn") -> int:
-    if server == "uvicorn":
-        import uvicorn
+def serve_forever(settings: Settings) -> int:
+    """uvicorn (httptools + uvloop: measured fastest for this app, see README), one worker per
+    ``--workers``. Workers receive the validated settings object itself (pickled into each
+    spawned process with the app), never through the environment."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-        uvicorn.run("ethereal.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, loop="uvloop", http="httptools", log_level="warning",
-                    access_log=False, backlog=2048, lifespan="on")
+    from ethereal.app import Ethereal
+
+    config = uvicorn.Config(Ethereal(settings), host=settings.host, port=settings.port, workers=settings.workers,
+                            loop="uvloop", http="httptools", log_level="warning", access_log=False, backlog=2048,
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    if settings.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-
-    Granian(
-        "ethereal.app:create_app", factory=True, address=settings.host, port=settings.port,
-        interface=Interfaces.ASGI, workers=settings.workers, loop=Loops.uvloop, log_access=False,
-        backlog=2048,
-    ).serve()
-    return 0
+    server.run()
+    return 0 if server.started else 3
 
 
 def cmd_sim(args: argparse.Namespace, rest: list[str]) -> int:
@@ -450,8 +444,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
-    serve.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
-                       help="ASGI server (uvicorn measured faster for this app: see README)")
 
     sub.add_parser("sim", help="run the simulated Anthropic API (see `ethereal sim --help`)", add_help=False)
     sub.add_parser("migrate", help="apply database migrations")

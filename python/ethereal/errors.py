@@ -8,6 +8,7 @@ OpenAI routes answer ``{"error":{"message","type","param","code"}}``. Every 429,
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import orjson
 
@@ -47,7 +48,7 @@ RETRYABLE_STATUSES = frozenset({429, 503, 529})
 class GatewayError(Exception):
     """An error answered to the client with its own status and type."""
 
-    __slots__ = ("status", "type", "message", "retry_after", "headers", "param")
+    __slots__ = ("status", "type", "message", "retry_after", "headers", "param", "upstream_hints")
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class GatewayError(Exception):
         retry_after: float | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
         param: str | None = None,
+        upstream_hints: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -68,13 +70,60 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.headers = headers or []
         self.param = param
+        # the upstream's own retry-after / retry-after-ms / x-should-retry, answered as sent
+        self.upstream_hints = upstream_hints
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         headers = list(self.headers)
-        if self.retry_after is not None:
-            headers.append((b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()))
+        if self.upstream_hints is not None:
+            headers.extend(self.upstream_hints)
+        elif self.retry_after is not None:
+            wait = max(0.0, self.retry_after)
+            headers.append((b"retry-after", str(max(1, math.ceil(wait))).encode()))
+            headers.append((b"retry-after-ms", str(max(1, math.ceil(wait * 1000))).encode()))
             headers.append((b"x-should-retry", b"true"))
         return headers
+
+
+# Retry hints a client's retry logic reads; an upstream's are passed through untouched.
+RETRY_HINTS = ("retry-after", "retry-after-ms", "x-should-retry")
+
+
+def upstream_error(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> GatewayError:
+    """The client-facing error for an upstream error response: its status, type, message and
+    retry hints as the upstream sent them (a client must see what it would see calling it)."""
+    err_type, message = None, f"upstream returned HTTP {status}"
+    try:
+        parsed = orjson.loads(body)
+        err = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(err, dict):
+            raw_type, raw_message = err.get("type"), err.get("message")
+            err_type = raw_type[:64] if isinstance(raw_type, str) and raw_type else None
+            message = raw_message[:4096] if isinstance(raw_message, str) and raw_message else message
+    except orjson.JSONDecodeError:
+        pass
+    if err_type == "forbidden":
+        err_type = "permission_error"
+    hints: list[tuple[bytes, bytes]] = []
+    retry_after: float | None = None
+    if headers is not None:
+        for name in RETRY_HINTS:
+            value = headers.get(name)
+            if value is not None:
+                hints.append((name.encode(), value.encode("latin-1", "replace")[:64]))
+        raw = headers.get("retry-after")
+        if raw is not None:
+            try:
+                retry_after = max(0.0, float(raw))
+            except ValueError:
+                retry_after = None
+    exc = GatewayError(status, message, type=err_type, retry_after=retry_after, upstream_hints=hints)
+    if status in RETRYABLE_STATUSES and not any(name == b"retry-after" for name, _ in hints):
+        # every 429/503/529 carries retry-after (a CLI gives up at once without one): add the
+        # gateway's own where the upstream sent none, keeping whatever else it sent
+        wait = exc.retry_after or 1.0
+        hints.append((b"retry-after", str(max(1, math.ceil(wait))).encode()))
+    return exc
 
 
 def invalid_request(message: str, *, param: str | None = None) -> GatewayError:

@@ -1,8 +1,15 @@
-"""The gateway's services, built once per worker process and shared by routes."""
+"""The gateway's services, started once per worker process and shared by routes.
+
+``await Gateway.start(settings)`` returns every service already started, so nothing on
+the request path is ``Optional`` or checked for having been started: a route is built
+from a started ``Gateway`` (``app.py``), and functions take the services they use.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
 
 from ethereal.auth import Authenticator
 from ethereal.catalog import Catalog, load_catalog
@@ -19,39 +26,50 @@ from ethereal.upstream.service import UpstreamService
 log = logging.getLogger("ethereal")
 
 
+@dataclass(slots=True, eq=False)
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.catalog: Catalog = load_catalog(settings.models_file)
-        self.pool = Pool(default_retry_after=settings.upstream_default_retry_after,
-                         backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
-        self.client = UpstreamClient(
-            Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_stream_timeout)
-        )
-        self.upstreams = UpstreamService(settings, self.pool, self.client, self.catalog)
-        self.limiter: Limiter = Limiter()
-        self.store: Store | None = None
-        self.auth: Authenticator | None = None
-        self.meter: Meter | None = None
+    settings: Settings
+    catalog: Catalog
+    store: Store
+    auth: Authenticator
+    limiter: Limiter
+    meter: Meter
+    pool: Pool
+    client: UpstreamClient
+    upstreams: UpstreamService
 
-    async def start(self) -> None:
-        settings = self.settings
-        self.store = await open_store(settings.storage_url)
-        self.auth = Authenticator(self.store, ttl=settings.key_cache_ttl)
-        # RedisLimiter with ETHEREAL_REDIS_URL (shared by replicas), else the in-process LocalLimiter;
-        # key changes published by another replica's admin API drop the key from this cache at once
-        self.limiter = build_limiter(settings, self.store)
-        await self.limiter.start(on_key_change=self.auth.invalidate)
-        self.meter = Meter(self.store, MeterConfig.from_settings(settings))
-        self.meter.start()
-        # env credential + stored ones (SecretKeyError when they cannot be decrypted), replica sync
-        await self.upstreams.start(self.store)
+    @classmethod
+    async def start(cls, settings: Settings) -> Gateway:
+        """Open the store, start the limiter, meter and upstream pool; undo what started on failure."""
+        catalog = load_catalog(settings.models_file)
+        pool = Pool(default_retry_after=settings.upstream_default_retry_after,
+                    backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
+        client = UpstreamClient(Timeouts(settings.connect_timeout, settings.first_byte_timeout,
+                                         settings.idle_stream_timeout))
+        upstreams = UpstreamService(settings, pool, client, catalog)
+        async with contextlib.AsyncExitStack() as undo:
+            undo.push_async_callback(client.close)
+            store = await open_store(settings.storage_url)
+            undo.push_async_callback(store.close)
+            auth = Authenticator(store, ttl=settings.key_cache_ttl)
+            # RedisLimiter with ETHEREAL_REDIS_URL (shared by replicas), else the in-process LocalLimiter;
+            # key changes published by another replica's admin API drop the key from this cache at once
+            limiter = build_limiter(settings, store)
+            await limiter.start(on_key_change=auth.invalidate)
+            undo.push_async_callback(limiter.close)
+            meter = Meter(store, MeterConfig.from_settings(settings))
+            meter.start()
+            undo.push_async_callback(meter.close)
+            # env credential + stored ones (SecretKeyError when they cannot be decrypted), replica sync
+            undo.push_async_callback(upstreams.stop)
+            await upstreams.start(store)
+            undo.pop_all()
+        return cls(settings=settings, catalog=catalog, store=store, auth=auth, limiter=limiter, meter=meter,
+                   pool=pool, client=client, upstreams=upstreams)
 
     async def stop(self) -> None:
-        if self.meter is not None:
-            await self.meter.close()
+        await self.meter.close()
         await self.limiter.close()
         await self.upstreams.stop()
         await self.client.close()
-        if self.store is not None:
-            await self.store.close()
+        await self.store.close()

@@ -6,9 +6,10 @@ message naming the variable, never a traceback from deep inside a request.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +24,6 @@ def _env(name: str, *fallbacks: str) -> str | None:
         if value is not None and value != "":
             return value
     return None
-
-
-def _as_bool(name: str, raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"ETHEREAL_{name} must be a boolean (true/false), got {raw!r}")
-
-
-def _as_int(name: str, raw: str, minimum: int = 0) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"ETHEREAL_{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"ETHEREAL_{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _as_float(name: str, raw: str, minimum: float = 0.0) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"ETHEREAL_{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"ETHEREAL_{name} must be >= {minimum}, got {value}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +70,18 @@ class Settings:
     key_cache_ttl: float = 1.0
     log_level: str = "info"
     models_file: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # metering (metering/config.py has the meaning of each)
+    meter_batch_size: int = 1000
+    meter_interval: float = 0.2
+    meter_queue_max: int = 200_000
+    meter_recent_size: int = 50_000
+    meter_spool_dir: Path | None = None  # default: <data_dir>/spool
+    meter_spool_max_bytes: int = 1024 * 1024 * 1024
+    meter_segment_bytes: int = 8 * 1024 * 1024
+    meter_on_full: str = "drop"
+    meter_flush_timeout: float = 15.0
+    meter_retry_max: float = 5.0
+    meter_lookup_wait: float = 1.0
 
     @property
     def storage_url(self) -> str:
@@ -114,42 +97,85 @@ class Settings:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
 
 
-_INT_FIELDS = {"port": 1, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1, "output_allowance_cap": 1}
+_INT_FIELDS = {"port": 1, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1, "output_allowance_cap": 1,
+               "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
+               "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
                  "upstream_default_retry_after": 0.0, "upstream_backoff_base": 0.0, "upstream_backoff_cap": 0.0,
-                 "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0}
+                 "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
+                 "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
+                 "meter_lookup_wait": 0.0}
 _BOOL_FIELDS = {"limits_fail_open"}
-_PATH_FIELDS = {"data_dir", "models_file"}
+_PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
+_STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "upstream_url",
+               "upstream_key", "log_level", "meter_on_full"}
 
 
-def _coerce(name: str, raw: Any) -> Any:
-    upper = name.upper()
-    if isinstance(raw, str):
-        if name in _INT_FIELDS:
-            return _as_int(upper, raw, _INT_FIELDS[name])
-        if name in _FLOAT_FIELDS:
-            return _as_float(upper, raw, _FLOAT_FIELDS[name])
-        if name in _BOOL_FIELDS:
-            return _as_bool(upper, raw)
-    if name in _PATH_FIELDS and raw is not None:
-        return Path(raw)
-    if name == "plans" and isinstance(raw, str):
-        import json
-
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """One value from the environment (a string) or the TOML file (typed), checked the same way."""
+    label = f"ETHEREAL_{name.upper()}" if source == "env" else f"{name} (in {source})"
+    if name in _INT_FIELDS:
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise SettingsError(f"{label} must be an integer, got {raw!r}")
         try:
-            raw = json.loads(raw)
+            value = int(raw)
         except ValueError:
-            raise SettingsError("ETHEREAL_PLANS must be a JSON object of plan tables") from None
+            raise SettingsError(f"{label} must be an integer, got {raw!r}") from None
+        if value < _INT_FIELDS[name]:
+            raise SettingsError(f"{label} must be >= {_INT_FIELDS[name]}, got {value}")
+        return value
+    if name in _FLOAT_FIELDS:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise SettingsError(f"{label} must be a number, got {raw!r}")
+        try:
+            number = float(raw)
+        except ValueError:
+            raise SettingsError(f"{label} must be a number, got {raw!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise SettingsError(f"{label} must be a finite number, got {raw!r}")
+        if number < _FLOAT_FIELDS[name]:
+            raise SettingsError(f"{label} must be >= {_FLOAT_FIELDS[name]}, got {number}")
+        return number
+    if name in _BOOL_FIELDS:
+        if isinstance(raw, bool):
+            return raw
+        if not isinstance(raw, str):
+            raise SettingsError(f"{label} must be a boolean (true/false), got {raw!r}")
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{label} must be a boolean (true/false), got {raw!r}")
+    if name in _PATH_FIELDS:
+        if not isinstance(raw, str | Path):
+            raise SettingsError(f"{label} must be a path, got {raw!r}")
+        return Path(raw)
+    if name == "plans":
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise SettingsError("ETHEREAL_PLANS must be a JSON object of plan tables") from None
+        if not isinstance(raw, dict):
+            raise SettingsError(f"{label} must be a table of plan tables")
+        return raw
+    if name in _STR_FIELDS and not isinstance(raw, str):
+        raise SettingsError(f"{label} must be a string, got {raw!r}")
     return raw
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Build settings from (lowest to highest) defaults, a TOML file, the environment, overrides."""
+    """Build settings from (lowest to highest) defaults, a TOML file, the environment, overrides.
+
+    Every value, from wherever it came, goes through the same checks; a TOML key the gateway
+    does not know is refused by name (a typo must not silently leave a default in force).
+    """
     values: dict[str, Any] = {}
     path = config_file or _env("CONFIG")
-    known = {f.name for f in fields(Settings)} - {"extra"}
+    known = {f.name for f in fields(Settings)}
     if path:
         try:
             with open(path, "rb") as fh:
@@ -158,12 +184,15 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
             raise SettingsError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
-        section = data.get("ethereal", data)
+        section = dict(data.get("ethereal", data))
+        if "ethereal" in data:
+            for name, value in data.items():  # [plans.NAME] tables may sit beside [ethereal]
+                if name != "ethereal":
+                    section.setdefault(name, value)
         for key, value in section.items():
-            if key in known:
-                values[key] = value
-            else:
-                values.setdefault("extra", {})[key] = value
+            if key not in known:
+                raise SettingsError(f"unknown setting {key!r} in {path}")
+            values[key] = _coerce(key, value, str(path))
     fallbacks = {
         "database_url": ("DATABASE_URL",),
         "redis_url": ("REDIS_URL",),
@@ -171,13 +200,15 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     for name in known:
         raw = _env(name.upper(), *fallbacks.get(name, ()))
         if raw is not None:
-            values[name] = raw
+            values[name] = _coerce(name, raw, "env")
     if "upstream_key" not in values and "upstream_url" not in values:
         anthropic_key = os.environ.get("ANTHROPIC_API_KEY")
         if anthropic_key:
             values["upstream_key"] = anthropic_key
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    settings = Settings(**{k: _coerce(k, v) for k, v in values.items()})
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _coerce(name, value, "arguments")
+    settings = Settings(**values)
     validate(settings)
     return settings
 
@@ -196,6 +227,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("ETHEREAL_ADMIN_KEY must be at least 16 characters")
     if not settings.key_prefix or len(settings.key_prefix) > 32:
         raise SettingsError("ETHEREAL_KEY_PREFIX must be 1 to 32 characters")
+    if settings.meter_on_full not in ("drop", "reject"):
+        raise SettingsError(f"ETHEREAL_METER_ON_FULL must be 'drop' or 'reject', got {settings.meter_on_full!r}")
+    if settings.meter_queue_max < settings.meter_batch_size:
+        raise SettingsError("ETHEREAL_METER_QUEUE_MAX must be >= ETHEREAL_METER_BATCH_SIZE")
     if settings.plans is not None:
         from ethereal.limits.plans import Plans
 

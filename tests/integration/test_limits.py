@@ -16,7 +16,7 @@ from ethereal.keys import KeyRecord, mint
 from ethereal.limits import Admission, BaseLimiter
 from ethereal.limits.local import LocalLimiter
 from ethereal.limits.plans import Plans
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.storage.sqlite import SQLiteStore
 
 RFC3339 = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

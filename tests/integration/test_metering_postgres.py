@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from ethereal.metering.aggregate import hour_ranges, usage_totals
-from ethereal.metering.record import UsageRecord
+from ethereal.metering.aggregate import usage_totals
+from ethereal.storage.records import hour_ranges
+from ethereal.storage.records import UsageRecord
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from ethereal.keys import mint
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.storage import open_store
 from ethereal.storage.records import StoredCredential
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.secretbox import SecretKeyError
 from ethereal.settings import Settings
 from ethereal.upstream.pool import Pool

@@ -11,7 +11,7 @@ import pytest
 
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.storage.base import Store
 
 
@@ -259,12 +259,12 @@ def test_client_strings_are_bounded() -> None:
 
 @pytest.mark.parametrize("value", ["maybe"])
 def test_config_validation(value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from ethereal.settings import Settings, SettingsError
+    from ethereal.settings import SettingsError, load_settings
 
     monkeypatch.setenv("ETHEREAL_METER_ON_FULL", value)
-    with pytest.raises(SettingsError):
-        MeterConfig.from_settings(Settings(data_dir=tmp_path))
+    with pytest.raises(SettingsError, match="ETHEREAL_METER_ON_FULL"):
+        load_settings(data_dir=str(tmp_path))
     monkeypatch.setenv("ETHEREAL_METER_ON_FULL", "reject")
     monkeypatch.setenv("ETHEREAL_METER_BATCH_SIZE", "500")
-    cfg = MeterConfig.from_settings(Settings(data_dir=tmp_path))
+    cfg = MeterConfig.from_settings(load_settings(data_dir=str(tmp_path)))
     assert cfg.on_full == "reject" and cfg.batch_size == 500 and cfg.spool_dir == tmp_path / "spool"

@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ethereal.catalog import Catalog
-from ethereal.metering.pricing import (
-    WEB_SEARCH_MICRO,
-    cache_split,
-    cost_micro,
-    iteration_totals,
-    parse_iterations,
-    price_model,
-    web_search_requests,
-)
-from ethereal.metering.usage import StreamTail, extras
+from ethereal.metering.pricing import WEB_SEARCH_MICRO, cost_micro, price_model
+from ethereal.metering.usage import StreamTail
+from ethereal.usage import Usage, cache_split, parse_iterations, web_search_requests
 
 CAT = Catalog()
 
@@ -23,7 +16,7 @@ def test_plain_tokens_are_micro_usd_per_token() -> None:
     sonnet = CAT.resolve("claude-sonnet-4-5")
     assert sonnet is not None
     # $3/MTok in, $15/MTok out == 3 and 15 micro-USD per token
-    assert cost_micro(CAT, sonnet, input_tokens=1000, output_tokens=100) == 3000 + 1500
+    assert cost_micro(CAT, sonnet, Usage(input_tokens=1000, output_tokens=100)) == 3000 + 1500
 
 
 @pytest.mark.parametrize("name", ["claude-3-5-sonnet-latest", "anthropic/claude-sonnet-4-6", "sonnet-4",
@@ -36,16 +29,16 @@ def test_aliases_resolve_before_pricing(name: str) -> None:
 def test_cache_multipliers() -> None:
     opus = CAT.resolve("claude-opus-4-6")  # $5 in
     assert opus is not None
-    assert cost_micro(CAT, opus, input_tokens=0, output_tokens=0, cache_5m=1000) == 6250  # 1.25x
-    assert cost_micro(CAT, opus, input_tokens=0, output_tokens=0, cache_1h=1000) == 10000  # 2x
-    assert cost_micro(CAT, opus, input_tokens=0, output_tokens=0, cache_read=1000) == 500  # 0.1x
-    assert cost_micro(CAT, opus, input_tokens=1000, output_tokens=1000, batch=True) == (5000 + 25000) // 2
+    assert cost_micro(CAT, opus, Usage(input_tokens=0, output_tokens=0, cache_5m=1000)) == 6250  # 1.25x
+    assert cost_micro(CAT, opus, Usage(input_tokens=0, output_tokens=0, cache_1h=1000)) == 10000  # 2x
+    assert cost_micro(CAT, opus, Usage(input_tokens=0, output_tokens=0, cache_read=1000)) == 500  # 0.1x
+    assert cost_micro(CAT, opus, Usage(input_tokens=1000, output_tokens=1000), batch=True) == (5000 + 25000) // 2
 
 
 def test_agrees_with_catalog_cost() -> None:
     for model in CAT.models:
         args = dict(input_tokens=1234, output_tokens=567, cache_read=8910)
-        assert cost_micro(CAT, model, cache_5m=111, cache_1h=222, **args) == CAT.cost_micro(
+        assert cost_micro(CAT, model, Usage(cache_5m=111, cache_1h=222, **args)) == CAT.cost_micro(
             model, cache_creation_5m=111, cache_creation_1h=222, **args)
 
 
@@ -54,7 +47,7 @@ def test_unknown_model_priced_like_its_family() -> None:
     assert price_model(CAT, "claude-opus-4-8") is newest_opus
     assert price_model(CAT, "claude-3-5-sonnet-20240620").family == "sonnet-3"  # type: ignore[union-attr]
     assert price_model(CAT, "gpt-4o") is None
-    assert cost_micro(CAT, None, input_tokens=10, output_tokens=10) == 0
+    assert cost_micro(CAT, None, Usage(input_tokens=10, output_tokens=10)) == 0
 
 
 def test_cache_split_reported_or_assumed() -> None:
@@ -79,16 +72,19 @@ COMPACTION_USAGE = {
 def test_iterations_are_summed_and_priced_per_model() -> None:
     its = parse_iterations(COMPACTION_USAGE)
     assert its is not None and [i.type for i in its] == ["compaction", "message"]
-    assert iteration_totals(its) == (281, 91, 0, 0, 55096, False)
+    u = Usage.summed(its)
+    assert (u.input_tokens, u.output_tokens, u.cache_5m, u.cache_1h, u.cache_read, u.ttl_assumed) == (
+        281, 91, 0, 0, 55096, False)
     sonnet = CAT.resolve("claude-sonnet-4-5")
-    assert cost_micro(CAT, sonnet, input_tokens=0, output_tokens=0, iterations=its) == round(
+    assert cost_micro(CAT, sonnet, Usage.summed(its)) == round(
         281 * 3 + 91 * 15 + 55096 * 0.3)
     advisor = [
         {"input_tokens": 1000, "output_tokens": 10, "type": "message"},
         {"input_tokens": 2000, "output_tokens": 20, "type": "advisor_message", "model": "claude-opus-4-6"},
     ]
     its = parse_iterations({"iterations": advisor})
-    assert cost_micro(CAT, sonnet, input_tokens=0, output_tokens=0, iterations=its) == (
+    assert its is not None
+    assert cost_micro(CAT, sonnet, Usage.summed(its)) == (
         1000 * 3 + 10 * 15 + 2000 * 5 + 20 * 25)
 
 
@@ -96,7 +92,7 @@ def test_web_search_billed_per_use() -> None:
     usage = {"input_tokens": 10, "output_tokens": 1, "server_tool_use": {"web_search_requests": 3}}
     assert web_search_requests(usage) == 3
     sonnet = CAT.resolve("claude-sonnet-4-5")
-    assert cost_micro(CAT, sonnet, input_tokens=10, output_tokens=1, web_searches=3) == 45 + 3 * WEB_SEARCH_MICRO
+    assert cost_micro(CAT, sonnet, Usage(input_tokens=10, output_tokens=1, web_searches=3)) == 45 + 3 * WEB_SEARCH_MICRO
 
 
 def test_stream_tail_finds_final_delta_across_chunks() -> None:
@@ -111,8 +107,8 @@ def test_stream_tail_finds_final_delta_across_chunks() -> None:
         tail.add(stream[i:i + 7])
     usage = tail.final_usage()
     assert usage is not None
-    its, searches = extras(usage)
-    assert its is not None and len(its) == 2 and searches == 0
+    final = Usage.from_message(usage)
+    assert len(final.iterations) == 2 and final.web_searches == 0
     plain = StreamTail()
     plain.add(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n")
     assert plain.final_usage() is None  # nothing beyond token totals: no Python parse

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.metering.spool import Spool, SpoolFull, decode_lines, encode
 
 

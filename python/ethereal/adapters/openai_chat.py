@@ -64,6 +64,7 @@ from typing import Any
 import orjson
 
 from ethereal.errors import GatewayError, invalid_request
+from ethereal.usage import Usage
 
 JSON_TOOL = "json_response"
 DEFAULT_MAX_TOKENS = 4096  # for a model the catalog does not know
@@ -756,33 +757,13 @@ def finish_reason(stop_reason: str | None, tool_calls: bool, legacy: bool = Fals
     return _FINISH.get(stop_reason or "", "stop")
 
 
-def usage_counts(usage: Any) -> tuple[int, int, int, int]:
-    """(input, cache writes, cache reads, output) as billed: summed over ``iterations`` when present."""
-    if not isinstance(usage, dict):
-        return 0, 0, 0, 0
-    iterations = usage.get("iterations")
-    rows = iterations if isinstance(iterations, list) and iterations else [usage]
-    inp = writes = reads = out = 0
-    for row in rows:
-        if not isinstance(row, dict):
-            continue
-        split = row.get("cache_creation")
-        split_total = 0
-        if isinstance(split, dict):
-            split_total = int(split.get("ephemeral_5m_input_tokens") or 0) + int(
-                split.get("ephemeral_1h_input_tokens") or 0)
-        inp += int(row.get("input_tokens") or 0)
-        writes += max(int(row.get("cache_creation_input_tokens") or 0), split_total)
-        reads += int(row.get("cache_read_input_tokens") or 0)
-        out += int(row.get("output_tokens") or 0)
-    return inp, writes, reads, out
-
-
 def openai_usage(usage: Any) -> dict[str, Any]:
-    inp, writes, reads, out = usage_counts(usage)
-    prompt = inp + writes + reads
-    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out,
-            "prompt_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes}}
+    """OpenAI's usage object from a Message's ``usage`` (read by the one parser, ``Usage``)."""
+    u = Usage.from_message(usage)
+    writes = u.cache_5m + u.cache_1h
+    prompt = u.input_tokens + writes + u.cache_read
+    return {"prompt_tokens": prompt, "completion_tokens": u.output_tokens, "total_tokens": prompt + u.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cache_read, "cache_write_tokens": writes}}
 
 
 def to_chat_completion(message: dict[str, Any], *, completion_id: str, created: int, model: str,
@@ -868,5 +849,4 @@ __all__ = [
     "to_anthropic",
     "to_chat_completion",
     "translate_messages",
-    "usage_counts",
 ]

@@ -23,7 +23,7 @@ from ethereal.gateway import Gateway
 from ethereal.keys import KeyRecord, mint
 from ethereal.limits import BaseLimiter
 from ethereal.limits.plans import Plans
-from ethereal.proxy import parse_json_body
+from ethereal.pipeline import parse_json_body
 
 _ADMIN_BODY_MAX = 4 * 1024 * 1024
 _STATES = ("active", "revoked", "expired")
@@ -45,16 +45,13 @@ def register(app: Application, gw: Gateway) -> None:
         return parse_json_body(raw) if raw.strip() else {}
 
     def store() -> Any:
-        if gw.store is None:
-            raise GatewayError(503, "the gateway is starting", retry_after=1.0)
         return gw.store
 
     async def spend_of(ids: list[str]) -> dict[str, dict[str, int]]:
         return await store().spend_by_key(ids) if ids else {}
 
     async def changed(record: KeyRecord) -> None:
-        if gw.auth is not None:
-            gw.auth.invalidate(record.key_hash)
+        gw.auth.invalidate(record.key_hash)
         await gw.limiter.publish_key_change(record.key_hash)
 
     async def find(request: Request) -> KeyRecord:

@@ -34,6 +34,12 @@ def raw_headers(request: Request) -> list[tuple[bytes, bytes]]:
     return request.scope["headers"]
 
 
+def path_with_query(request: Request) -> str:
+    query = request.scope.get("query_string") or b""
+    path = request.scope["path"]
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole request body, refusing with 413 past ``limit`` bytes (declared or streamed)."""
     declared = request.get_first_header(b"content-length")

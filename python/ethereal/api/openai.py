@@ -1,11 +1,10 @@
 """OpenAI Chat Completions on ``POST /v1/chat/completions``, served by Claude.
 
-The same path as the native ``/v1/messages`` route (api/anthropic.py) — same keys,
-limits, credential pool, failover and metering (route name ``chat.completions``) — with
+An adapter on the request pipeline (pipeline.py), like ``/v1/messages``: same keys,
+limits, credential pool, failover and metering (route name ``chat.completions``), with
 the request translated by ``adapters.openai_chat`` and the response translated back:
 streams by the native ``ChatTranslator`` (one call per network chunk), whole messages in
-Python. Errors answer in OpenAI's shape (``openai_route``) with the same statuses and
-``retry-after``.
+Python. Errors answer in OpenAI's shape with the same statuses and retry hints.
 """
 
 from __future__ import annotations
@@ -13,37 +12,21 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from typing import Any
 
 import orjson
-from blacksheep import Application, Content, Request, Response, StreamedContent
+from blacksheep import Application, Content, Request, Response
 
 from ethereal import _native
 from ethereal.adapters import openai_chat
-from ethereal.api.common import JSON, header_map, openai_route, raw_headers, read_body
+from ethereal.api.common import JSON, openai_error, raw_headers
 from ethereal.errors import GatewayError
 from ethereal.gateway import Gateway
-from ethereal.metering.usage import extras as usage_extras
-from ethereal.proxy import (
-    Call,
-    admit,
-    authenticate,
-    finish,
-    open_upstream,
-    parse_json_body,
-    recording,
-    relay_stream,
-    resolve_model,
-    response_headers,
-    streamed,
-    upstream_error,
-    usage_from_message,
-)
+from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, Relay, response_headers
 from ethereal.upstream.affinity import cache_affinity
-from ethereal.upstream.client import UpstreamStreamError
 
 log = logging.getLogger("ethereal.api.openai")
 
-SSE = "text/event-stream; charset=utf-8"
 ROUTE = "chat.completions"
 
 # anthropic-ratelimit-<family>-<field> → OpenAI's x-ratelimit-<field>-<family>
@@ -79,76 +62,60 @@ def openai_ratelimit_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[b
     return out
 
 
-def register(app: Application, gw: Gateway) -> None:
-    settings = gw.settings
+class ChatCompletions(Adapter):
+    """``POST /v1/chat/completions``: OpenAI's request translated to a Messages body, the reply
+    translated back (streams by the native ``ChatTranslator``, whole messages in Python)."""
 
-    @openai_route
-    async def chat_completions(request: Request, request_id: str) -> Response:
-        call = Call(request_id=request_id, route=ROUTE)
-        await authenticate(gw, header_map(request), call)
-        async with recording(gw, call):  # exactly one usage record, whatever happens below
-            return await _chat(request, call)
+    route = ROUTE
 
-    async def _chat(request: Request, call: Call) -> Response:
-        data = parse_json_body(await read_body(request, settings.max_body_bytes))
-        resolve_model(gw, call, openai_chat.model_name(data))
+    def validate(self, data: dict[str, Any]) -> str:
+        return openai_chat.model_name(data)
+
+    def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
         model = call.model
-        chat = openai_chat.to_anthropic(data, model=call.model_name,  # type: ignore[arg-type]
-                                        max_output=model.max_output if model else None)
+        chat = openai_chat.to_anthropic(data, model=call.model_name or "", max_output=model.max_output if model else None)
         body = orjson.dumps(chat.body)
-        call.stream = chat.stream
-        await admit(gw, call, body, int(chat.body["max_tokens"]))
-        try:
-            resp = await open_upstream(gw, call, "/v1/messages", upstream_request_headers(raw_headers(request)),
-                                       body, affinity=cache_affinity(chat.body, call.model_name, body))
-        except GatewayError as exc:
-            await finish(gw, call, status=exc.status, error_type=exc.type)
-            raise
-        completion_id = "chatcmpl-" + call.request_id.removeprefix("req_")
-        created = int(call.started)
-        if resp.is_event_stream and resp.status == 200:
-            translator = _native.ChatTranslator(call.model_name or "", completion_id, created, chat.include_usage,
-                                                json_tool=chat.json_tool, legacy_functions=chat.legacy_functions)
-            headers = _headers(call, SSE)
-            headers.append((b"cache-control", b"no-cache"))
-            source = streamed(lambda: relay_stream(gw, call, resp, translator, translate=True), request)
-            return Response(200, headers, StreamedContent(SSE.encode(), source))
-        try:
-            payload = await resp.read()
-        except UpstreamStreamError as exc:
-            await finish(gw, call, status=502, error_type="api_error")
-            raise GatewayError(502, "the upstream connection was interrupted") from exc
-        call.ttfb_ms = call.ttfb_ms or (time.perf_counter() - call.t0) * 1000.0
-        if resp.status >= 400:
-            err = upstream_error(resp.status, payload, None)
-            await finish(gw, call, status=resp.status, error_type=err.type)
-            raise err
-        try:
-            message = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict):
-            await finish(gw, call, status=502, exact=False, error_type="api_error")
-            raise GatewayError(502, "the upstream answered with a body that is not a message")
-        usage = message.get("usage")
-        inp, out, c5, c1, cr, assumed = usage_from_message(usage)
-        iterations, searches = usage_extras(usage)
-        await finish(gw, call, status=resp.status, input_tokens=inp, output_tokens=out, cache_5m=c5,
-                     cache_1h=c1, cache_read=cr, exact=isinstance(usage, dict), ttl_assumed=assumed,
-                     iterations=iterations, web_searches=searches)
-        completion = openai_chat.to_chat_completion(message, completion_id=completion_id, created=created,
-                                                    model=call.model_name,  # type: ignore[arg-type]
+        return Outbound(body=body, data=chat.body, path="/v1/messages",
+                        headers=upstream_request_headers(raw_headers(request)), stream=chat.stream,
+                        max_tokens=int(chat.body["max_tokens"]),
+                        affinity=cache_affinity(chat.body, call.model_name, body), context=chat)
+
+    def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
+        chat = _chat(out)
+        translator = _native.ChatTranslator(call.model_name or "", completion_id(call), int(call.started),
+                                            chat.include_usage, json_tool=chat.json_tool,
+                                            legacy_functions=chat.legacy_functions)
+        return translator, True
+
+    def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
+        chat = _chat(out)
+        completion = openai_chat.to_chat_completion(message, completion_id=completion_id(call),
+                                                    created=int(call.started), model=call.model_name or "",
                                                     json_tool=chat.json_tool,
                                                     legacy_functions=chat.legacy_functions)
-        return Response(200, _headers(call, "application/json"), Content(JSON, orjson.dumps(completion)))
+        return Response(200, self.headers(call), Content(JSON, orjson.dumps(completion)))
 
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    def headers(self, call: Call) -> list[tuple[bytes, bytes]]:
+        headers = response_headers(call)
+        headers.append((b"x-request-id", call.request_id.encode()))
+        if call.admission is not None:
+            headers.extend(openai_ratelimit_headers(call.admission.headers))
+        return headers
+
+    def error(self, exc: GatewayError, request_id: str) -> Response:
+        return openai_error(exc, request_id)
 
 
-def _headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]]:
-    # the body's Content sets content-type itself
-    headers = [h for h in response_headers(call, content_type) if h[0] != b"content-type"]
-    headers.append((b"x-request-id", call.request_id.encode()))
-    if call.admission is not None:
-        headers.extend(openai_ratelimit_headers(call.admission.headers))
-    return headers
+def _chat(out: Outbound) -> openai_chat.ChatRequest:
+    chat = out.context
+    if not isinstance(chat, openai_chat.ChatRequest):
+        raise TypeError("a chat completion's outbound request carries its translation")
+    return chat
+
+
+def completion_id(call: Call) -> str:
+    return "chatcmpl-" + call.request_id.removeprefix("req_")
+
+
+def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
+    app.router.add_post("/v1/chat/completions", pipeline.route(ChatCompletions()))

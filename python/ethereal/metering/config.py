@@ -1,4 +1,5 @@
-"""Meter settings: ``ETHEREAL_METER_*`` environment variables, or ``meter_*`` keys in the TOML file.
+"""Meter settings: ``ETHEREAL_METER_*`` environment variables, or ``meter_*`` keys in the TOML file
+(fields of ``Settings``, validated with everything else at start-up).
 
 =================================  =========  =================================================
 variable                           default    meaning
@@ -22,12 +23,10 @@ ETHEREAL_METER_LOOKUP_WAIT         1.0        GET /v1/usage/{id}: how long to wa
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ethereal.settings import Settings, SettingsError
+from ethereal.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,34 +47,10 @@ class MeterConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MeterConfig:
-        values: dict[str, Any] = {"spool_dir": settings.data_dir / "spool"}
-        for f in fields(cls):
-            raw = os.environ.get(f"ETHEREAL_METER_{f.name.upper()}")
-            if raw is None or raw == "":
-                raw = settings.extra.get(f"meter_{f.name}") if settings.extra else None
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _coerce(f.name, raw)
-        config = cls(**values)
-        if config.on_full not in ("drop", "reject"):
-            raise SettingsError(f"ETHEREAL_METER_ON_FULL must be 'drop' or 'reject', got {config.on_full!r}")
-        if config.batch_size < 1 or config.queue_max < config.batch_size:
-            raise SettingsError("ETHEREAL_METER_QUEUE_MAX must be >= ETHEREAL_METER_BATCH_SIZE >= 1")
-        return config
-
-
-_INTS = {"batch_size", "queue_max", "recent_size", "spool_max_bytes", "segment_bytes"}
-_FLOATS = {"interval", "flush_timeout", "retry_min", "retry_max", "lookup_wait", "adopt_every"}
-
-
-def _coerce(name: str, raw: Any) -> Any:
-    try:
-        if name in _INTS:
-            return int(raw)
-        if name in _FLOATS:
-            return float(raw)
-    except (TypeError, ValueError):
-        raise SettingsError(f"ETHEREAL_METER_{name.upper()} must be a number, got {raw!r}") from None
-    if name == "spool_dir":
-        return Path(raw)
-    return str(raw)
+        """From the validated settings (``ETHEREAL_METER_*`` / ``meter_*``: settings.py checks them)."""
+        return cls(batch_size=settings.meter_batch_size, interval=settings.meter_interval,
+                   queue_max=settings.meter_queue_max, recent_size=settings.meter_recent_size,
+                   spool_dir=settings.meter_spool_dir or settings.data_dir / "spool",
+                   spool_max_bytes=settings.meter_spool_max_bytes, segment_bytes=settings.meter_segment_bytes,
+                   on_full=settings.meter_on_full, flush_timeout=settings.meter_flush_timeout,
+                   retry_max=settings.meter_retry_max, lookup_wait=settings.meter_lookup_wait)

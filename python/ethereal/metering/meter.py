@@ -56,7 +56,7 @@ from typing import Any, Callable, TypeVar
 import orjson
 
 from ethereal.metering.config import MeterConfig
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.metering.spool import Spool, SpoolFull
 from ethereal.storage.base import Store
 
@@ -217,6 +217,10 @@ class Meter:
             )
 
     # ------------------------------------------------------------------ lookups
+    def recent_records(self) -> list[UsageRecord]:
+        """This process's recent records, oldest first (tests, the live view)."""
+        return list(self._recent.values())
+
     async def get(self, request_id: str, *, wait: float | None = None) -> UsageRecord | None:
         """The record of a request: this process's recent records, the database, then the spools.
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from ethereal.metering.record import USAGE_COLUMNS, UsageRecord
+from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
 
 log = logging.getLogger("ethereal.metering")
 

@@ -1,4 +1,4 @@
-"""Billing details the native tap does not carry: per-iteration models and server-tool use.
+"""The end of a stream, for the billing details the native tap does not carry.
 
 The native ``StreamTap`` gives token totals (including the sum over
 ``usage.iterations``). Two things it does not give are priced here from the
@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 
-from ethereal.metering.pricing import Iteration, parse_iterations, web_search_requests
 
 _TAIL_BYTES = 64 * 1024
 _DELTA = re.compile(rb"event:[ \t]*message_delta\r?\ndata:[ \t]?([^\r\n]*)")
@@ -60,10 +59,3 @@ class StreamTail:
             return None
         usage = event.get("usage") if isinstance(event, dict) else None
         return usage if isinstance(usage, dict) else None
-
-
-def extras(usage: Any) -> tuple[list[Iteration] | None, int]:
-    """(iterations, web searches) from a Message's or a final message_delta's ``usage``."""
-    if not isinstance(usage, dict):
-        return None, 0
-    return parse_iterations(usage), web_search_requests(usage)

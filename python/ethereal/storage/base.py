@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any
 
 from ethereal.keys import KeyRecord
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.storage.records import StoredCredential
 
 KEY_MUTABLE_FIELDS = frozenset({

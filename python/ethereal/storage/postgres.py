@@ -19,8 +19,8 @@ import asyncpg
 import orjson
 
 from ethereal.keys import KeyRecord
-from ethereal.metering.aggregate import SUMS, hour_ranges
-from ethereal.metering.record import USAGE_COLUMNS, UsageRecord
+from ethereal.storage.records import SUMS, hour_ranges
+from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
 from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
 from ethereal.storage.records import CREDENTIAL_COLUMNS, StoredCredential
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import orjson
 
 from ethereal.keys import KeyRecord
-from ethereal.metering.record import USAGE_COLUMNS, UsageRecord
+from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
 from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
 from ethereal.storage.records import CREDENTIAL_COLUMNS, StoredCredential
 

@@ -30,12 +30,27 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-# failure kinds
-RATE_LIMITED = "rate_limited"
-AUTH = "auth"
-BACKOFF_KINDS = frozenset({"overloaded", "server_error", "connect", "timeout", "stream"})
+
+
+class FailureKind(StrEnum):
+    """Why an upstream attempt failed; decides what happens to the credential's health."""
+
+    RATE_LIMITED = "rate_limited"  # 429: cool down for the upstream's retry-after
+    AUTH = "auth"  # 401/403
+    OVERLOADED = "overloaded"  # 529 or an overloaded_error event
+    SERVER_ERROR = "server_error"  # 5xx or an api_error event
+    CONNECT = "connect"  # no connection, reset before the first byte
+    TIMEOUT = "timeout"  # no first byte in time, 408
+    STREAM = "stream"  # cut after the first byte
+
+
+RATE_LIMITED = FailureKind.RATE_LIMITED
+AUTH = FailureKind.AUTH
+BACKOFF_KINDS = frozenset({FailureKind.OVERLOADED, FailureKind.SERVER_ERROR, FailureKind.CONNECT,
+                           FailureKind.TIMEOUT, FailureKind.STREAM})
 
 RECENT_WINDOW = 60.0  # seconds of outcomes kept for the error rates shown to admins
 RPM_WINDOW = 60.0
@@ -263,8 +278,8 @@ class Pool:
                              detail: str | None = None) -> None:
         """``kind``: rate_limited, overloaded, server_error, connect, timeout, stream, auth."""
         now = time.monotonic()
-        cred.outcomes.append((now, kind))
-        cred.last_error = kind if detail is None else f"{kind}: {detail}"
+        cred.outcomes.append((now, str(kind)))  # plain str: the admin view serialises it
+        cred.last_error = str(kind) if detail is None else f"{kind}: {detail}"
         cred.last_error_at = time.time()
         if kind == AUTH:
             reason = f"upstream rejected the credential ({detail or 'HTTP 401/403'}); enable it again once fixed"

@@ -1,0 +1,617 @@
+"""The request pipeline: the one place that owns the order of a request's steps.
+
+Every route that reaches the upstream is an ``Adapter`` plugged into ``Pipeline.route``;
+the pipeline runs the same sequence for all of them and keeps its invariants:
+
+1. **authenticate** the key (401 before anything else; not recorded, see docs/metering.md);
+2. **read** the body (bounded: 413), parse it (400), let the adapter **validate** it and name
+   the model, **resolve** the model (aliases, the key's allowed models: 403);
+3. the adapter **builds** the Anthropic request (body bytes, path, forwarded headers);
+4. **admit**: reserve budget and rate-window room (402/429, or 503 when the limiter cannot
+   decide); keys without limits skip it;
+5. **open** the upstream on the best credential, failing over to another one while the
+   client has seen nothing (``open_upstream``);
+6. **relay** a stream chunk by chunk through the adapter's native object (a tap that
+   leaves the bytes alone, or a translator), or **read** a whole reply and let the
+   adapter translate it;
+7. **settle and record exactly once, whatever happens**: a refusal, an upstream failure,
+   a bug, a client that goes away, a stream whose body the server never iterates. The
+   last case is covered by ``Cleanup``: the ASGI entry (app.py) runs every pending
+   cleanup after the response is over, so a credential's in-flight count, the limiter's
+   reservation and the usage record never leak.
+
+An adapter decides only what differs between wire formats: how its request becomes an
+Anthropic body, how a reply goes back, which native object translates its stream, and the
+shape of its errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from blacksheep import Request, Response, StreamedContent
+
+from ethereal import _native, ids
+from ethereal.api.common import read_body
+from ethereal.catalog import Model
+from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
+from ethereal.gateway import Gateway
+from ethereal.keys import KeyRecord
+from ethereal.limits import Admission
+from ethereal.metering.pricing import cost_micro, price_model
+from ethereal.metering.usage import StreamTail
+from ethereal.storage.records import UsageRecord
+from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
+from ethereal.upstream.pool import FailureKind
+from ethereal.usage import Usage
+
+log = logging.getLogger("ethereal.pipeline")
+
+# scope key under which the ASGI entry keeps the cleanups of the current request
+CLEANUP_SCOPE_KEY = "ethereal.cleanup"
+
+MAX_MODEL_NAME = 256  # longer names are refused before any lookup (they are never a real model)
+
+# Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
+# HTTP client sets itself.
+_DROP_REQUEST = frozenset({
+    b"x-api-key", b"authorization", b"host", b"content-length", b"connection", b"keep-alive",
+    b"proxy-authorization", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"accept-encoding", b"cookie",
+})
+# Other request headers forwarded as they came, besides every anthropic-* header.
+_FORWARD_REQUEST = frozenset({b"content-type", b"accept", b"user-agent", b"idempotency-key",
+                              b"x-stainless-retry-count", b"x-stainless-timeout"})
+
+# What an upstream status means for the credential that answered it. 400/404/413 and other
+# 4xx are the client's own answer: they never count against the credential.
+_STATUS_KIND = {429: FailureKind.RATE_LIMITED, 529: FailureKind.OVERLOADED, 401: FailureKind.AUTH,
+                403: FailureKind.AUTH, 408: FailureKind.TIMEOUT}
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request as it moves through the pipeline."""
+
+    request_id: str
+    route: str
+    key: KeyRecord | None = None
+    model: Model | None = None
+    model_name: str | None = None  # canonical id, or the client's name when the catalog does not know it
+    stream: bool = False
+    started: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    ttfb_ms: float | None = None
+    admission: Admission | None = None
+    credential: Any = None  # upstream.pool.Credential while one is held
+    upstream_request_id: str | None = None
+    record: UsageRecord | None = None  # set by Pipeline.finish: one record per request
+
+    def first_byte(self) -> None:
+        if self.ttfb_ms is None:
+            self.ttfb_ms = (time.perf_counter() - self.t0) * 1000.0
+
+
+@dataclass(slots=True)
+class Outbound:
+    """The Anthropic request an adapter built: what goes upstream."""
+
+    body: bytes
+    data: dict[str, Any]  # the parsed Anthropic body (cache affinity, limits)
+    path: str  # upstream path with its query string
+    headers: list[tuple[bytes, bytes]]  # client headers offered for forwarding (forward_headers filters)
+    stream: bool
+    max_tokens: int  # output allowance to reserve
+    affinity: bytes | None = None  # cache-affinity key (upstream.affinity)
+    context: Any = None  # the adapter's own state for the reply side (e.g. the translated request)
+
+
+class Relay(Protocol):
+    """What the stream relay needs of a native stream object (StreamTap or a translator)."""
+
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def saw_message_stop(self) -> bool: ...
+    @property
+    def cache_split_reported(self) -> bool: ...
+    @property
+    def model(self) -> str | None: ...
+    def feed(self, chunk: bytes) -> Any: ...
+    def finish(self) -> Any: ...
+    def usage(self) -> tuple[int, int, int, int, int, bool]: ...
+
+
+class Adapter:
+    """A wire format plugged into the pipeline. Subclasses override what differs.
+
+    ``route``: the usage record's route name. ``metered=False`` (count_tokens): free, its
+    upstream failures never touch a credential's health, and the admission counts only
+    requests and concurrency.
+    """
+
+    route = "messages"
+    metered = True
+
+    def validate(self, data: dict[str, Any]) -> str:
+        """Check the parsed client body; return the client's model name."""
+        raise NotImplementedError
+
+    def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
+        """The Anthropic request, after the model is resolved (``call.model``/``call.model_name``)."""
+        raise NotImplementedError
+
+    def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
+        """The native object for a 200 event stream and whether it translates (True) or taps (False)."""
+        return _native.StreamTap(), False
+
+    def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
+        """A whole 2xx upstream reply, translated for the client."""
+        raise NotImplementedError
+
+    def headers(self, call: Call) -> list[tuple[bytes, bytes]]:
+        """Response headers besides content-type (set by the body itself)."""
+        return response_headers(call)
+
+    def error(self, exc: GatewayError, request_id: str) -> Response:
+        raise NotImplementedError
+
+    def unavailable(self, call: Call, out: Outbound, exc: GatewayError) -> Response | None:
+        """An answer of the gateway's own when no upstream could serve (None: answer ``exc``)."""
+        return None
+
+
+def response_headers(call: Call) -> list[tuple[bytes, bytes]]:
+    headers = [(b"request-id", call.request_id.encode())]
+    if call.upstream_request_id:
+        headers.append((b"upstream-request-id", call.upstream_request_id.encode("latin-1")))
+    if call.admission is not None:
+        headers.extend(call.admission.headers)
+    return headers
+
+
+def forward_headers(raw: list[tuple[bytes, bytes]], api_key: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        lname = name.lower()
+        if lname in _DROP_REQUEST:
+            continue
+        if lname.startswith(b"anthropic-") or lname in _FORWARD_REQUEST:
+            key = lname.decode("latin-1")
+            val = value.decode("latin-1")
+            # repeated anthropic-beta headers are joined, as the API accepts a comma list
+            headers[key] = f"{headers[key]},{val}" if key in headers else val
+    headers.setdefault("anthropic-version", "2023-06-01")
+    headers.setdefault("content-type", "application/json")
+    headers["x-api-key"] = api_key
+    return headers
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise invalid_request("request body is empty: expected a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid_request("request body must be a JSON object")
+    return data
+
+
+def check_model_name(model: Any) -> str:
+    if not isinstance(model, str) or not model:
+        raise invalid_request("model: Field required" if model is None else "model: must be a non-empty string",
+                              param="model")
+    if len(model) > MAX_MODEL_NAME:
+        raise invalid_request(f"model: must be at most {MAX_MODEL_NAME} characters", param="model")
+    return model
+
+
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*')
+
+
+def splice_model(body: bytes, data: dict[str, Any], new_model: str) -> bytes:
+    """Replace the top-level ``model`` value in the raw bytes, keeping every other byte.
+
+    Candidates are checked by re-parsing: the splice is accepted only when the
+    result is the same document with just the model changed. When no candidate
+    passes (a pathological body), the body is re-serialised instead.
+    """
+    old = orjson.dumps(data["model"])
+    new = orjson.dumps(new_model)
+    for match in _MODEL_KEY.finditer(body):
+        start = match.end()
+        if body[start:start + len(old)] != old:
+            continue
+        candidate = body[:start] + new + body[start + len(old):]
+        try:
+            parsed = orjson.loads(candidate)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict) and parsed.get("model") == new_model:
+            parsed["model"] = data["model"]
+            if parsed == data:
+                return candidate
+    return orjson.dumps({**data, "model": new_model})
+
+
+def _retry_after(resp: UpstreamResponse) -> float | None:
+    raw = resp.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return max(0.0, value) if value == value and value != float("inf") else None
+
+
+class Pipeline:
+    """Runs adapters. Built once per worker from the started gateway."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.settings = gw.settings
+
+    def route(self, adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
+        """The BlackSheep handler serving ``adapter``."""
+
+        async def handler(request: Request) -> Response:
+            return await self.handle(adapter, request)
+
+        handler.__name__ = type(adapter).__name__
+        return handler
+
+    async def handle(self, adapter: Adapter, request: Request) -> Response:
+        call = Call(request_id=ids.request_id(), route=adapter.route)
+        try:
+            await self.authenticate(dict(request.scope["headers"]), call)
+            async with self.recording(call):  # exactly one usage record, whatever happens below
+                return await self._serve(adapter, request, call)
+        except GatewayError as exc:
+            return adapter.error(exc, call.request_id)
+        except Exception:  # noqa: BLE001 - never leak a traceback to the client
+            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            return adapter.error(GatewayError(500, "internal error in the gateway"), call.request_id)
+
+    @contextlib.asynccontextmanager
+    async def recording(self, call: Call) -> AsyncIterator[Call]:
+        """Records the request when the work inside fails before it recorded itself: a refusal
+        (400, 402, 403, 413, 429), an upstream failure, a client gone, or a bug."""
+        try:
+            yield call
+        except GatewayError as exc:
+            await self.finish(call, exc.status, Usage(), error_type=exc.type)
+            raise
+        except asyncio.CancelledError:
+            # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
+            await asyncio.shield(self.finish(call, 499, Usage(exact=False), error_type="client_disconnected"))
+            raise
+        except Exception:
+            await self.finish(call, 500, Usage(), error_type="api_error")
+            raise
+
+    async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
+        raw = await read_body(request, self.settings.max_body_bytes)
+        data = parse_json_body(raw)
+        self.resolve_model(call, check_model_name(adapter.validate(data)))
+        out = adapter.build(call, raw, data, request)
+        call.stream = out.stream
+        await self.admit(call, out, metered=adapter.metered)
+        try:
+            resp = await self.open_upstream(call, out, health=adapter.metered)
+        except GatewayError as exc:
+            fallback = adapter.unavailable(call, out, exc)
+            if fallback is None:
+                raise
+            await self.finish(call, 200, Usage(exact=False))
+            return fallback
+        if resp.is_event_stream and resp.status == 200:
+            return self._stream(adapter, request, call, out, resp)
+        try:
+            payload = await resp.read()
+        except UpstreamStreamError as exc:
+            raise GatewayError(502, "the upstream connection was interrupted") from exc
+        if resp.status >= 400:
+            raise upstream_error(resp.status, payload, resp.headers)
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict):
+            raise GatewayError(502, "the upstream answered with a body that is not JSON")
+        response = adapter.reply(call, out, payload, message)
+        call.first_byte()
+        usage = Usage.from_message(message.get("usage"), served_model=message.get("model"))
+        await self.finish(call, resp.status, usage if adapter.metered else Usage())
+        return response
+
+    def _stream(self, adapter: Adapter, request: Request, call: Call, out: Outbound,
+                resp: UpstreamResponse) -> Response:
+        native, translate = adapter.stream_relay(call, out)
+        receive = getattr(getattr(request, "content", None), "receive", None)
+        relay = StreamRelay(self, call, resp, native, translate=translate, receive=receive)
+        pending = request.scope.get(CLEANUP_SCOPE_KEY)
+        if pending is not None:
+            pending.append(relay.abandon)
+        headers = adapter.headers(call)
+        headers.append((b"cache-control", b"no-cache"))
+        return Response(200, headers, StreamedContent(b"text/event-stream; charset=utf-8", relay.body))
+
+    # -- the steps -------------------------------------------------------------------------
+
+    async def authenticate(self, headers: dict[bytes, bytes], call: Call) -> None:
+        """The key, or 401. Refusals before a key is known are counted by the meter, not recorded:
+        no key means nothing billable and no owner, and rows written for junk requests would let
+        anyone fill the usage table (see docs/metering.md)."""
+        meter = self.gw.meter
+        try:
+            call.key = await self.gw.auth.authenticate(headers)
+        except GatewayError:
+            meter.count_unauthenticated()
+            raise
+        if not meter.accepting:
+            # ETHEREAL_METER_ON_FULL=reject: nothing is served that cannot be recorded
+            meter.refuse()
+            raise GatewayError(503, "usage metering is saturated (database unreachable and spool full); retry later",
+                               type="overloaded_error", retry_after=30.0)
+
+    def resolve_model(self, call: Call, name: str) -> None:
+        model = self.gw.catalog.resolve(name)
+        call.model = model
+        call.model_name = model.id if model else name
+        key = call.key
+        if key is not None and key.allowed_models:
+            allowed = key.allowed_models
+            if call.model_name not in allowed and not (model and (model.family in allowed or name in allowed)):
+                raise GatewayError(403, f"this API key may not use model {name!r}")
+
+    async def admit(self, call: Call, out: Outbound, *, metered: bool = True) -> None:
+        """Reserve budget and rate-window room for the request about to go upstream.
+
+        A key without limits skips both the native estimate and the limiter round trip."""
+        limiter = self.gw.limiter
+        if not metered or call.key is None or not limiter.governs(call.key):
+            return
+        model = call.model
+        call.admission = await limiter.admit(
+            call.key,
+            model=call.model_name,
+            input_tokens=_native.estimate_tokens(out.body),
+            max_tokens=min(out.max_tokens, self.settings.output_allowance_cap),
+            price_in=model.input_price if model else 0.0,
+            price_out=model.output_price if model else 0.0,
+        )
+
+    async def open_upstream(self, call: Call, out: Outbound, *, health: bool = True) -> UpstreamResponse:
+        """Send to the best credential, failing over while the client has seen nothing.
+
+        Returns a response with a 2xx status (an event stream already holding its first chunk,
+        a JSON body already read: a cut before the client has seen anything fails over too),
+        or a client error (4xx other than 401/403/408/429) that is the client's to see.
+        Failover is bounded by ``max_attempts`` and ``failover_deadline``. When every attempt
+        failed, the last upstream error is answered with its own status, type and retry hints;
+        with no usable credential at all, 503 overloaded_error with the pool's earliest recovery.
+        ``health=False`` (count_tokens) keeps failures out of the credentials' health so they
+        never cool a credential down for messages.
+        """
+        settings = self.settings
+        gw = self.gw
+        pool = gw.pool
+        deadline = time.monotonic() + settings.failover_deadline
+        tried: list[str] = []
+        last: GatewayError | None = None
+        for attempt in range(settings.max_attempts):
+            if attempt and time.monotonic() >= deadline:
+                break
+            cred = await pool.acquire(call.model_name, out.affinity, tried, count_rpm=health)
+            if cred is None:
+                break
+            tried.append(cred.name)
+            try:
+                resp = await gw.client.request("POST", cred.base_url + out.path,
+                                               forward_headers(out.headers, cred.api_key), out.body,
+                                               pool_key=cred.name)
+                if resp.status == 200:
+                    if resp.is_event_stream:
+                        await resp.prime(settings.first_byte_timeout)
+                    else:
+                        await resp.buffer()
+            except UpstreamConnectError as exc:
+                pool.release(cred)
+                log.warning("upstream %s failed before the first byte (attempt %d): %s", cred.name, attempt + 1,
+                            exc)
+                if health:
+                    await pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc))
+                continue
+            except BaseException:  # cancelled (the client went away) or a bug: give the slot back
+                pool.release(cred)
+                raise
+            status = resp.status
+            kind = _STATUS_KIND.get(status) or (FailureKind.SERVER_ERROR if status >= 500 else None)
+            if kind is None:
+                call.credential = cred
+                call.upstream_request_id = resp.headers.get("request-id")
+                if health:
+                    await pool.report_success(cred)
+                return resp
+            # a failure the client need not see yet: try another credential
+            retry_after = _retry_after(resp)
+            try:
+                err_body = await resp.read()
+            except UpstreamStreamError:
+                err_body = b""
+            pool.release(cred)
+            if health:
+                await pool.report_failure(cred, kind, retry_after, detail=f"HTTP {status}")
+            log.warning("upstream %s answered %d (%s), attempt %d", cred.name, status, kind.value, attempt + 1)
+            if kind is not FailureKind.AUTH:
+                last = upstream_error(status, err_body, resp.headers)
+        if last is not None:
+            raise last
+        wait = max(1.0, pool.earliest_recovery(call.model_name))
+        raise GatewayError(503, "no healthy upstream credential can serve this request",
+                           type="overloaded_error", retry_after=wait)
+
+    async def finish(self, call: Call, status: int, usage: Usage, *, error_type: str | None = None,
+                     batch: bool = False) -> UsageRecord:
+        """Release the credential, settle the reservation and record the usage: once per request.
+
+        Idempotent: a second call returns the first record. Priced at the model the upstream
+        reports serving when it differs from the one asked for; a model the catalog does not
+        know is priced like the newest of its family (metering/pricing.py).
+        """
+        if call.record is not None:
+            return call.record
+        gw = self.gw
+        model = call.model
+        if usage.served_model and (model is None or usage.served_model != model.id):
+            model = price_model(gw.catalog, usage.served_model, model)
+        elif model is None and call.model_name:
+            model = price_model(gw.catalog, call.model_name)
+        cost = cost_micro(gw.catalog, model, usage, batch=batch)
+        now = time.time()
+        cred = call.credential
+        call.credential = None
+        rec = UsageRecord(
+            request_id=call.request_id, key_id=call.key.id if call.key else None,
+            credential=cred.name if cred is not None else None, route=call.route, model=call.model_name,
+            status=status, stream=call.stream, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_creation_5m=usage.cache_5m, cache_creation_1h=usage.cache_1h, cache_read=usage.cache_read,
+            exact=usage.exact, cache_ttl_assumed=usage.ttl_assumed, cost_micro=cost, ttfb_ms=call.ttfb_ms,
+            duration_ms=(time.perf_counter() - call.t0) * 1000.0, started_at=call.started, ended_at=now,
+            upstream_request_id=call.upstream_request_id, error_type=error_type,
+            web_search_requests=usage.web_searches,
+        )
+        call.record = rec  # before any await: a concurrent cleanup sees the request as finished
+        if cred is not None:
+            gw.pool.release(cred, cost)  # in-flight count, and the spend toward its cap
+        if call.admission is not None:
+            try:
+                await gw.limiter.settle(call.admission, tokens=usage.total_tokens, cost_micro=cost)
+            except Exception:  # noqa: BLE001 - a settle failure must not lose the usage record
+                log.exception("settle failed for %s", call.request_id)
+        gw.meter.record(rec)
+        return rec
+
+
+class StreamRelay:
+    """Upstream SSE to the client, metered by one native object called once per network chunk.
+
+    ``translate=False`` (a StreamTap): the upstream bytes go out unchanged. ``translate=True``
+    (a translator): what ``feed`` returns goes out instead, and ``finish`` writes the closing
+    frames. A cut after the first byte ends the stream with an error frame (Anthropic's
+    ``event: error`` here, the translator's own otherwise). A client that goes away (the
+    ASGI ``http.disconnect``, watched while the body streams: a server may accept writes to
+    a closed connection without complaint) closes the upstream request at once. Whatever
+    happens, the usage is settled and recorded from what the native object saw: by the
+    body's own ``finally``, or by ``abandon`` when the body was never iterated to its end.
+    """
+
+    __slots__ = ("call", "gone", "native", "pipeline", "receive", "resp", "tail", "translate", "watcher")
+
+    def __init__(self, pipeline: Pipeline, call: Call, resp: UpstreamResponse, native: Relay, *,
+                 translate: bool, receive: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
+        self.pipeline = pipeline
+        self.call = call
+        self.resp = resp
+        self.native = native
+        self.translate = translate
+        self.receive = receive
+        self.tail = StreamTail()  # the final message_delta, for per-iteration models and web searches
+        self.gone = False
+        self.watcher: asyncio.Task[None] | None = None
+
+    def usage(self) -> Usage:
+        return Usage.from_native(self.native, self.tail.final_usage())
+
+    async def abandon(self) -> None:
+        """The response is over: if the body did not record (never iterated, or left suspended
+        when a send failed), close the upstream and record now. The body's own ``finally``,
+        should it run later, finds the request recorded and does nothing twice."""
+        if self.call.record is not None:
+            return
+        if self.watcher is not None:
+            self.watcher.cancel()
+        self.resp.close()
+        await self.pipeline.finish(self.call, 499, self.usage(), error_type="client_disconnected")
+
+    async def _watch(self) -> None:
+        receive = self.receive
+        if receive is None:
+            return
+        try:
+            while True:
+                message = await receive()
+                if message.get("type") == "http.disconnect":
+                    self.gone = True
+                    self.resp.close()  # the pending upstream read ends at once
+                    return
+        except Exception:  # noqa: BLE001 - no way to watch: the stream just runs to its end
+            return
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The response body (an async generator function, as BlackSheep's StreamedContent wants)."""
+        call, native, resp, pipeline = self.call, self.native, self.resp, self.pipeline
+        pool = pipeline.gw.pool
+        if self.receive is not None:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        status = 200
+        error_type: str | None = None
+        cut: str | None = None
+        completed = False
+        try:
+            try:
+                async for chunk in resp.iter_chunks():
+                    call.first_byte()
+                    self.tail.add(chunk)
+                    if self.translate:
+                        out = native.feed(chunk)
+                        if out:
+                            yield out
+                    else:
+                        native.feed(chunk)
+                        yield chunk
+            except UpstreamStreamError as exc:
+                cut = str(exc)
+            if not self.gone:
+                closing = native.finish()  # a translator's closing frames; None for a tap
+                if cut is None and not native.saw_message_stop and native.error_type is None:
+                    cut = "upstream closed the stream before message_stop"
+                if cut is not None:
+                    log.warning("upstream stream from %s cut: %s",
+                                call.credential.name if call.credential else "?", cut)
+                    error_type, status = "api_error", 502
+                    if call.credential is not None:
+                        await pool.report_failure(call.credential, FailureKind.STREAM, detail=cut)
+                    if not self.translate:
+                        closing = anthropic_sse_error("api_error", "the upstream connection was interrupted",
+                                                      call.request_id)
+                if closing:
+                    yield closing
+                completed = True
+        finally:
+            if self.watcher is not None:
+                self.watcher.cancel()
+            if call.record is None:  # else abandon() recorded already
+                if not completed:  # the client went away (or the body was closed early)
+                    resp.close()
+                    status, error_type = 499, "client_disconnected"
+                else:
+                    resp.release()
+                    if native.error_type is not None:
+                        error_type, status = native.error_type, 200
+                        if call.credential is not None and native.error_type in ("overloaded_error", "api_error"):
+                            kind = (FailureKind.OVERLOADED if native.error_type == "overloaded_error"
+                                    else FailureKind.SERVER_ERROR)
+                            await pool.report_failure(call.credential, kind, detail="error event")
+                await asyncio.shield(pipeline.finish(call, status, self.usage(), error_type=error_type))

@@ -1,0 +1,165 @@
+"""``Usage``: what one request consumed, from the upstream's report to the database row.
+
+One value for every path: a stream's native tap or translator (``Usage.from_native``),
+a non-streamed Message's ``usage`` object (``Usage.from_message``), a request refused
+before the upstream (``Usage()``). Pricing (``metering.pricing.cost_micro``) and the
+usage record (``storage.records.UsageRecord``) take it as it is, so the paths cannot
+disagree on what a field means.
+
+The upstream's numbers are read leniently: a count that is not a non-negative integer
+(a string, a float, null) counts as 0 and never turns a served response into a 500.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True, frozen=True)
+class Iteration:
+    """One sampling pass of a request, as listed in ``usage.iterations`` (compaction, advisor)."""
+
+    type: str
+    model: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_5m: int = 0
+    cache_1h: int = 0
+    cache_read: int = 0
+    ttl_assumed: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_5m: int = 0  # cache writes with the 5-minute TTL
+    cache_1h: int = 0  # cache writes with the 1-hour TTL
+    cache_read: int = 0
+    web_searches: int = 0  # server-side web searches, billed per use
+    # with iterations, the token fields are their sums and each iteration is priced at its own model
+    iterations: tuple[Iteration, ...] = ()
+    exact: bool = True  # False: estimated (a stream cut before its final usage, an upstream that said nothing)
+    ttl_assumed: bool = False  # the upstream gave only a cache-write total: billed as 5-minute writes
+    served_model: str | None = None  # the model the upstream reports serving (priced by it when it differs)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_5m + self.cache_1h + self.cache_read
+
+    @classmethod
+    def from_message(cls, usage: Any, *, served_model: Any = None) -> Usage:
+        """From a Message's (or a final ``message_delta``'s) ``usage`` object; ``exact=False`` if absent."""
+        model = served_model if isinstance(served_model, str) and served_model else None
+        if not isinstance(usage, dict):
+            return cls(exact=False, served_model=model)
+        iterations = parse_iterations(usage)
+        searches = web_search_requests(usage)
+        if iterations:
+            return cls.summed(iterations, web_searches=searches, served_model=model)
+        c5, c1, assumed = cache_split(usage)
+        return cls(input_tokens=count(usage.get("input_tokens")), output_tokens=count(usage.get("output_tokens")),
+                   cache_5m=c5, cache_1h=c1, cache_read=count(usage.get("cache_read_input_tokens")),
+                   web_searches=searches, ttl_assumed=assumed, served_model=model)
+
+    @classmethod
+    def summed(cls, iterations: list[Iteration], *, web_searches: int = 0, exact: bool = True,
+               served_model: str | None = None) -> Usage:
+        inp = out = c5 = c1 = cr = 0
+        assumed = False
+        for it in iterations:
+            inp += it.input_tokens
+            out += it.output_tokens
+            c5 += it.cache_5m
+            c1 += it.cache_1h
+            cr += it.cache_read
+            assumed = assumed or it.ttl_assumed
+        return cls(input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1, cache_read=cr,
+                   web_searches=web_searches, iterations=tuple(iterations), exact=exact, ttl_assumed=assumed,
+                   served_model=served_model)
+
+    @classmethod
+    def from_native(cls, native: NativeUsage, final_usage: Any = None) -> Usage:
+        """From a native tap or translator at the end of a stream.
+
+        ``final_usage`` is the last ``message_delta``'s ``usage`` when it carries what token
+        totals do not (per-iteration models, web searches); see ``metering.usage.StreamTail``.
+        """
+        inp, out, c5, c1, cr, exact = native.usage()
+        model = native.model
+        if exact and isinstance(final_usage, dict):
+            iterations = parse_iterations(final_usage)
+            searches = web_search_requests(final_usage)
+            if iterations:
+                return cls.summed(iterations, web_searches=searches, served_model=model)
+        else:
+            searches = 0
+        return cls(input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1, cache_read=cr,
+                   web_searches=searches, exact=exact,
+                   ttl_assumed=c5 + c1 > 0 and not native.cache_split_reported, served_model=model)
+
+
+class NativeUsage(Protocol):
+    """What ``Usage.from_native`` reads from ``_native.StreamTap`` and the translators."""
+
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def cache_split_reported(self) -> bool: ...
+    def usage(self) -> tuple[int, int, int, int, int, bool]: ...
+
+
+def count(value: Any) -> int:
+    """A token count as the upstream sent it: a non-negative integer, anything else is 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(0, value)
+    if isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
+        return max(0, int(value))
+    return 0
+
+
+def cache_split(usage: dict[str, Any]) -> tuple[int, int, bool]:
+    """(5m, 1h, ttl_assumed): the reported split, else the total taken as 5-minute writes."""
+    total = count(usage.get("cache_creation_input_tokens"))
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        c5 = count(split.get("ephemeral_5m_input_tokens"))
+        c1 = count(split.get("ephemeral_1h_input_tokens"))
+        # writes the split does not account for (never seen) are 5-minute writes
+        return c5 + max(0, total - c5 - c1), c1, False
+    return total, 0, total > 0
+
+
+def parse_iterations(usage: Any) -> list[Iteration] | None:
+    """``usage.iterations`` as a list, or None when absent or malformed."""
+    if not isinstance(usage, dict):
+        return None
+    raw = usage.get("iterations")
+    if not isinstance(raw, list) or not raw:
+        return None
+    out: list[Iteration] = []
+    for item in raw:
+        if not isinstance(item, dict):
+            return None
+        c5, c1, assumed = cache_split(item)
+        model = item.get("model")
+        out.append(Iteration(
+            type=str(item.get("type") or "message")[:64],
+            model=model[:256] if isinstance(model, str) and model else None,
+            input_tokens=count(item.get("input_tokens")),
+            output_tokens=count(item.get("output_tokens")),
+            cache_5m=c5, cache_1h=c1,
+            cache_read=count(item.get("cache_read_input_tokens")),
+            ttl_assumed=assumed,
+        ))
+    return out
+
+
+def web_search_requests(usage: Any) -> int:
+    if not isinstance(usage, dict):
+        return 0
+    stu = usage.get("server_tool_use")
+    return count(stu.get("web_search_requests")) if isinstance(stu, dict) else 0
