@@ -1,50 +1,23 @@
-"""Type stub for ``ethereal._native`` (Rust: rust/ethereal-py). Keep in sync by hand."""
+"""Type stub for ``ethereal._native`` (Rust: rust/ethereal-py). Checked against the extension by
+``mypy.stubtest`` in ``make lint``."""
 
 from typing import final
 
+from ethereal.usage import Usage
+
 @final
-class StreamTap:
-    """Usage tap over an Anthropic Messages SSE stream.
+class StreamState:
+    """How a stream went, besides its usage."""
 
-    Feed every network chunk with ``feed``, call ``finish`` at upstream EOF,
-    then read what to bill.
-    """
-
-    def __init__(self) -> None: ...
-    def feed(self, chunk: bytes) -> int:
-        """Parse one chunk; returns the number of events it completed."""
-    def finish(self) -> None:
-        """Upstream EOF: an unterminated trailing event is discarded."""
-    def usage(self) -> tuple[int, int, int, int, int, bool]:
-        """``(input, output, cache_creation_5m, cache_creation_1h, cache_read, exact)``."""
-    @property
-    def input_tokens(self) -> int: ...
-    @property
-    def output_tokens(self) -> int:
-        """``message_delta``'s count, or the content estimate if it never came."""
-    @property
-    def estimated_output_tokens(self) -> int: ...
-    @property
-    def cache_creation_input_tokens(self) -> int:
-        """All cache writes (5m + 1h)."""
-    @property
-    def cache_creation_5m(self) -> int:
-        """5-minute cache writes; all writes when the split was not reported."""
-    @property
-    def cache_creation_1h(self) -> int: ...
-    @property
-    def cache_read_input_tokens(self) -> int: ...
-    @property
-    def cache_split_reported(self) -> bool:
-        """The upstream sent the ``cache_creation {5m, 1h}`` object."""
-    @property
-    def stop_reason(self) -> str | None: ...
     @property
     def message_id(self) -> str | None: ...
     @property
     def model(self) -> str | None: ...
     @property
-    def error_type(self) -> str | None: ...
+    def stop_reason(self) -> str | None: ...
+    @property
+    def error_type(self) -> str | None:
+        """An upstream ``error`` event's type."""
     @property
     def error_message(self) -> str | None: ...
     @property
@@ -60,8 +33,31 @@ class StreamTap:
     def malformed_events(self) -> int:
         """Events whose data was not JSON of the expected shape."""
     @property
+    def estimated_output_tokens(self) -> int:
+        """Output estimated from the streamed content alone."""
+    @property
+    def cache_split_reported(self) -> bool:
+        """The upstream sent the ``cache_creation {5m, 1h}`` object."""
+    @property
     def truncated(self) -> bool:
         """``finish()`` found an unterminated line or event (the stream was cut)."""
+
+@final
+class StreamTap:
+    """Usage tap over an Anthropic Messages SSE stream.
+
+    Feed every network chunk with ``feed``, call ``finish`` at upstream EOF, then read
+    what to bill (``usage``) and how the stream went (``state``).
+    """
+
+    def __init__(self) -> None: ...
+    def feed(self, chunk: bytes) -> int:
+        """Parse one chunk; returns the number of events it completed."""
+    def finish(self) -> None:
+        """Upstream EOF: an unterminated trailing event is discarded."""
+    def usage(self) -> Usage:
+        """What to bill: ``message_delta``'s counts, or estimates where the stream was cut."""
+    def state(self) -> StreamState: ...
 
 @final
 class ChatTranslator:
@@ -77,7 +73,7 @@ class ChatTranslator:
     and ends the stream. ``json_tool`` names the tool a ``response_format`` became (its
     input is streamed as ``content``); ``legacy_functions`` answers with ``function_call``.
 
-    The usage accessors are StreamTap's, computed from the same events.
+    ``usage()`` and ``state()`` are StreamTap's, computed from the same events.
     """
 
     def __init__(self, model: str, completion_id: str, created: int, include_usage: bool, *,
@@ -92,46 +88,8 @@ class ChatTranslator:
     @property
     def tool_calls(self) -> int:
         """Client tool calls emitted so far."""
-    def usage(self) -> tuple[int, int, int, int, int, bool]:
-        """``(input, output, cache_creation_5m, cache_creation_1h, cache_read, exact)``."""
-    @property
-    def input_tokens(self) -> int: ...
-    @property
-    def output_tokens(self) -> int: ...
-    @property
-    def estimated_output_tokens(self) -> int: ...
-    @property
-    def cache_creation_input_tokens(self) -> int: ...
-    @property
-    def cache_creation_5m(self) -> int: ...
-    @property
-    def cache_creation_1h(self) -> int: ...
-    @property
-    def cache_read_input_tokens(self) -> int: ...
-    @property
-    def cache_split_reported(self) -> bool: ...
-    @property
-    def stop_reason(self) -> str | None: ...
-    @property
-    def message_id(self) -> str | None: ...
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def error_type(self) -> str | None: ...
-    @property
-    def error_message(self) -> str | None: ...
-    @property
-    def saw_message_start(self) -> bool: ...
-    @property
-    def saw_message_delta(self) -> bool: ...
-    @property
-    def saw_message_stop(self) -> bool: ...
-    @property
-    def events(self) -> int: ...
-    @property
-    def malformed_events(self) -> int: ...
-    @property
-    def truncated(self) -> bool: ...
+    def usage(self) -> Usage: ...
+    def state(self) -> StreamState: ...
 
 def estimate_tokens(body: bytes) -> int:
     """Estimated input tokens of a raw Messages request body.

@@ -47,7 +47,6 @@ from ethereal.gateway import Gateway
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
 from ethereal.metering.pricing import cost_micro, price_model
-from ethereal.metering.usage import StreamTail
 from ethereal.storage.records import UsageRecord
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.pool import FailureKind
@@ -117,17 +116,10 @@ class Outbound:
 class Relay(Protocol):
     """What the stream relay needs of a native stream object (StreamTap or a translator)."""
 
-    @property
-    def error_type(self) -> str | None: ...
-    @property
-    def saw_message_stop(self) -> bool: ...
-    @property
-    def cache_split_reported(self) -> bool: ...
-    @property
-    def model(self) -> str | None: ...
     def feed(self, chunk: bytes) -> Any: ...
     def finish(self) -> Any: ...
-    def usage(self) -> tuple[int, int, int, int, int, bool]: ...
+    def usage(self) -> Usage: ...
+    def state(self) -> _native.StreamState: ...
 
 
 class Adapter:
@@ -517,7 +509,7 @@ class StreamRelay:
     body's own ``finally``, or by ``abandon`` when the body was never iterated to its end.
     """
 
-    __slots__ = ("call", "gone", "native", "pipeline", "receive", "resp", "tail", "translate", "watcher")
+    __slots__ = ("call", "gone", "native", "pipeline", "receive", "resp", "translate", "watcher")
 
     def __init__(self, pipeline: Pipeline, call: Call, resp: UpstreamResponse, native: Relay, *,
                  translate: bool, receive: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
@@ -527,12 +519,8 @@ class StreamRelay:
         self.native = native
         self.translate = translate
         self.receive = receive
-        self.tail = StreamTail()  # the final message_delta, for per-iteration models and web searches
         self.gone = False
         self.watcher: asyncio.Task[None] | None = None
-
-    def usage(self) -> Usage:
-        return Usage.from_native(self.native, self.tail.final_usage())
 
     async def abandon(self) -> None:
         """The response is over: if the body did not record (never iterated, or left suspended
@@ -543,7 +531,7 @@ class StreamRelay:
         if self.watcher is not None:
             self.watcher.cancel()
         self.resp.close()
-        await self.pipeline.finish(self.call, 499, self.usage(), error_type="client_disconnected")
+        await self.pipeline.finish(self.call, 499, self.native.usage(), error_type="client_disconnected")
 
     async def _watch(self) -> None:
         receive = self.receive
@@ -573,7 +561,6 @@ class StreamRelay:
             try:
                 async for chunk in resp.iter_chunks():
                     call.first_byte()
-                    self.tail.add(chunk)
                     if self.translate:
                         out = native.feed(chunk)
                         if out:
@@ -585,7 +572,8 @@ class StreamRelay:
                 cut = str(exc)
             if not self.gone:
                 closing = native.finish()  # a translator's closing frames; None for a tap
-                if cut is None and not native.saw_message_stop and native.error_type is None:
+                state = native.state()
+                if cut is None and not state.saw_message_stop and state.error_type is None:
                     cut = "upstream closed the stream before message_stop"
                 if cut is not None:
                     log.warning("upstream stream from %s cut: %s",
@@ -608,10 +596,11 @@ class StreamRelay:
                     status, error_type = 499, "client_disconnected"
                 else:
                     resp.release()
-                    if native.error_type is not None:
-                        error_type, status = native.error_type, 200
-                        if call.credential is not None and native.error_type in ("overloaded_error", "api_error"):
-                            kind = (FailureKind.OVERLOADED if native.error_type == "overloaded_error"
+                    upstream_error_type = native.state().error_type
+                    if upstream_error_type is not None:
+                        error_type, status = upstream_error_type, 200
+                        if call.credential is not None and upstream_error_type in ("overloaded_error", "api_error"):
+                            kind = (FailureKind.OVERLOADED if upstream_error_type == "overloaded_error"
                                     else FailureKind.SERVER_ERROR)
                             await pool.report_failure(call.credential, kind, detail="error event")
-                await asyncio.shield(pipeline.finish(call, status, self.usage(), error_type=error_type))
+                await asyncio.shield(pipeline.finish(call, status, native.usage(), error_type=error_type))

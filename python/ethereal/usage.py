@@ -1,8 +1,8 @@
 """``Usage``: what one request consumed, from the upstream's report to the database row.
 
-One value for every path: a stream's native tap or translator (``Usage.from_native``),
-a non-streamed Message's ``usage`` object (``Usage.from_message``), a request refused
-before the upstream (``Usage()``). Pricing (``metering.pricing.cost_micro``) and the
+One value for every path: a stream's native tap or translator (``_native.StreamTap.usage()``
+builds it in Rust from the stream's events), a non-streamed Message's ``usage`` object
+(``Usage.from_message``), a request refused before the upstream (``Usage()``). Pricing (``metering.pricing.cost_micro``) and the
 usage record (``storage.records.UsageRecord``) take it as it is, so the paths cannot
 disagree on what a field means.
 
@@ -13,7 +13,7 @@ The upstream's numbers are read leniently: a count that is not a non-negative in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,36 +78,6 @@ class Usage:
         return cls(input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1, cache_read=cr,
                    web_searches=web_searches, iterations=tuple(iterations), exact=exact, ttl_assumed=assumed,
                    served_model=served_model)
-
-    @classmethod
-    def from_native(cls, native: NativeUsage, final_usage: Any = None) -> Usage:
-        """From a native tap or translator at the end of a stream.
-
-        ``final_usage`` is the last ``message_delta``'s ``usage`` when it carries what token
-        totals do not (per-iteration models, web searches); see ``metering.usage.StreamTail``.
-        """
-        inp, out, c5, c1, cr, exact = native.usage()
-        model = native.model
-        if exact and isinstance(final_usage, dict):
-            iterations = parse_iterations(final_usage)
-            searches = web_search_requests(final_usage)
-            if iterations:
-                return cls.summed(iterations, web_searches=searches, served_model=model)
-        else:
-            searches = 0
-        return cls(input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1, cache_read=cr,
-                   web_searches=searches, exact=exact,
-                   ttl_assumed=c5 + c1 > 0 and not native.cache_split_reported, served_model=model)
-
-
-class NativeUsage(Protocol):
-    """What ``Usage.from_native`` reads from ``_native.StreamTap`` and the translators."""
-
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def cache_split_reported(self) -> bool: ...
-    def usage(self) -> tuple[int, int, int, int, int, bool]: ...
 
 
 def count(value: Any) -> int:

@@ -6,7 +6,6 @@ import pytest
 
 from ethereal.catalog import Catalog
 from ethereal.metering.pricing import WEB_SEARCH_MICRO, cost_micro, price_model
-from ethereal.metering.usage import StreamTail
 from ethereal.usage import Usage, cache_split, parse_iterations, web_search_requests
 
 CAT = Catalog()
@@ -95,20 +94,23 @@ def test_web_search_billed_per_use() -> None:
     assert cost_micro(CAT, sonnet, Usage(input_tokens=10, output_tokens=1, web_searches=3)) == 45 + 3 * WEB_SEARCH_MICRO
 
 
-def test_stream_tail_finds_final_delta_across_chunks() -> None:
+def test_tap_reports_iterations_and_searches_across_chunks() -> None:
+    """The native tap reads the final message_delta's iterations (with their models) and web
+    searches itself, whatever the chunking: one Usage value, no second parser in Python."""
     import orjson
 
+    from ethereal import _native
+
+    usage = {**COMPACTION_USAGE, "server_tool_use": {"web_search_requests": 2}}
     delta = b"event: message_delta\ndata: " + orjson.dumps(
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": COMPACTION_USAGE}) + b"   \n\n"
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}) + b"   \n\n"
     stream = b"event: ping\ndata: {\"type\": \"ping\"}\n\n" * 3000 + delta + \
         b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
-    tail = StreamTail()
+    tap = _native.StreamTap()
     for i in range(0, len(stream), 7):
-        tail.add(stream[i:i + 7])
-    usage = tail.final_usage()
-    assert usage is not None
-    final = Usage.from_message(usage)
-    assert len(final.iterations) == 2 and final.web_searches == 0
-    plain = StreamTail()
-    plain.add(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n")
-    assert plain.final_usage() is None  # nothing beyond token totals: no Python parse
+        tap.feed(stream[i:i + 7])
+    tap.finish()
+    got = tap.usage()
+    assert isinstance(got, Usage)
+    assert got == Usage.from_message(usage)  # the stream and the message agree field for field
+    assert [it.type for it in got.iterations] == ["compaction", "message"] and got.web_searches == 2

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 from ethereal import _native
+from ethereal.usage import Usage
 
 from tests.unit import sse_reference as ref
+
+
+def usage_tuple(u: Usage) -> tuple[int, int, int, int, int, bool]:
+    return (u.input_tokens, u.output_tokens, u.cache_5m, u.cache_1h, u.cache_read, u.exact)
 
 
 def _fixtures_dir() -> Path:
@@ -44,7 +49,7 @@ def _tap(chunks: list[bytes]) -> _native.StreamTap:
     tap = _native.StreamTap()
     events = sum(tap.feed(c) for c in chunks)
     tap.finish()
-    assert events == tap.events
+    assert events == tap.state().events
     return tap
 
 
@@ -66,27 +71,28 @@ def test_random_chunkings_match_reference(path: Path) -> None:
     rng = random.Random(path.name)
     for max_size in (1, 3, 17, 256, 4096, len(data)):
         tap = _tap(_chunks(data, rng, max_size))
-        assert tap.usage() == want.as_tuple(), max_size
-        assert tap.events == n_events
-        assert tap.cache_split_reported == want.split_reported
-        assert tap.stop_reason == want.stop_reason
-        assert tap.saw_message_start and tap.saw_message_delta
-        assert tap.error_type is None and tap.malformed_events == 0
+        assert usage_tuple(tap.usage()) == want.as_tuple(), max_size
+        assert tap.state().events == n_events
+        assert tap.state().cache_split_reported == want.split_reported
+        assert tap.state().stop_reason == want.stop_reason
+        assert tap.state().saw_message_start and tap.state().saw_message_delta
+        assert tap.state().error_type is None and tap.state().malformed_events == 0
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.name)
 def test_properties_agree_with_usage_tuple(path: Path) -> None:
     data = path.read_bytes()
     tap = _tap([data])
-    inp, out, c5, c1, cr, exact = tap.usage()
-    props = (tap.input_tokens, tap.output_tokens, tap.cache_creation_5m, tap.cache_creation_1h)
+    inp, out, c5, c1, cr, exact = usage_tuple(tap.usage())
+    u = tap.usage()
+    props = (u.input_tokens, u.output_tokens, u.cache_5m, u.cache_1h)
     assert props == (inp, out, c5, c1)
-    assert tap.cache_read_input_tokens == cr and exact
-    assert tap.cache_creation_input_tokens == c5 + c1
-    assert tap.saw_message_stop and not tap.truncated
+    assert u.cache_read == cr and exact
+    assert u.cache_5m + u.cache_1h == c5 + c1
+    assert tap.state().saw_message_stop and not tap.state().truncated
     start = json.loads(ref.parse_sse(data)[0][1])["message"]
-    assert (tap.message_id, tap.model) == (start["id"], start["model"])
-    assert tap.estimated_output_tokens > 0
+    assert (tap.state().message_id, tap.state().model) == (start["id"], start["model"])
+    assert tap.state().estimated_output_tokens > 0
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.name)
@@ -96,15 +102,15 @@ def test_cut_before_message_delta_is_estimated(path: Path) -> None:
     rng = random.Random(7)
     # Cut mid-frame too: the partial event must be discarded, not half-read.
     tap = _tap(_chunks(data[: cut + 25], rng, 100))
-    assert tap.truncated
-    assert not tap.saw_message_delta and not tap.saw_message_stop
-    inp, out, *_, exact = tap.usage()
+    assert tap.state().truncated
+    assert not tap.state().saw_message_delta and not tap.state().saw_message_stop
+    inp, out, *_, exact = usage_tuple(tap.usage())
     assert not exact
     start_output = json.loads(ref.parse_sse(data)[0][1])["message"]["usage"]["output_tokens"]
-    assert out == max(tap.estimated_output_tokens, start_output)
+    assert out == max(tap.state().estimated_output_tokens, start_output)
     assert out >= 1
     assert inp == ref.usage(data[:cut]).input
-    assert tap.stop_reason is None
+    assert tap.state().stop_reason is None
 
 
 def test_text_estimate_is_chars_over_four() -> None:
@@ -119,9 +125,9 @@ def test_text_estimate_is_chars_over_four() -> None:
         b'"delta":{"type":"text_delta","text":"word"}}\n\n'
     )
     tap = _tap([start, delta * 100])
-    assert tap.estimated_output_tokens == 100 + 1  # 400 chars / 4, plus block framing
-    assert tap.usage() == (5, 101, 100, 0, 0, False)
-    assert not tap.cache_split_reported  # metering assumes 5m and says so
+    assert tap.state().estimated_output_tokens == 100 + 1  # 400 chars / 4, plus block framing
+    assert usage_tuple(tap.usage()) == (5, 101, 100, 0, 0, False)
+    assert not tap.state().cache_split_reported  # metering assumes 5m and says so
 
 
 def test_error_event() -> None:
@@ -132,10 +138,10 @@ def test_error_event() -> None:
         b'"message":"Overloaded"},"request_id":"req_011CX"       }\n\n'
     )
     tap = _tap([data[:cut], err])
-    assert tap.error_type == "overloaded_error"
-    assert tap.error_message == "Overloaded"
-    assert not tap.usage()[-1]
-    assert not tap.truncated
+    assert tap.state().error_type == "overloaded_error"
+    assert tap.state().error_message == "Overloaded"
+    assert not usage_tuple(tap.usage())[-1]
+    assert not tap.state().truncated
 
 
 def test_feed_large_chunk_and_garbage() -> None:
@@ -143,7 +149,7 @@ def test_feed_large_chunk_and_garbage() -> None:
     tap = _native.StreamTap()
     assert tap.feed(data) == len(ref.parse_sse(data))
     tap.feed(b"event: message_delta\ndata: {not json\n\n")
-    assert tap.malformed_events == 1
+    assert tap.state().malformed_events == 1
     assert tap.feed(b"") == 0
 
 

@@ -35,83 +35,117 @@ pub enum Event<'a> {
     },
 }
 
-/// Token counts as the API reports them; `None` when a field was absent or null.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// Token counts as the API reports them; `None` when a field was absent,
+/// null, or not a non-negative integer (a malformed count never makes the
+/// whole event unreadable: the rest of the usage still bills).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
+    #[serde(default, deserialize_with = "count")]
     pub input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
     pub cache_creation_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
     pub cache_read_input_tokens: Option<u64>,
     /// The TTL split of `cache_creation_input_tokens`; absent on older streams.
+    #[serde(default, deserialize_with = "lenient")]
     pub cache_creation: Option<CacheCreation>,
+    #[serde(default, deserialize_with = "count")]
     pub output_tokens: Option<u64>,
-    /// Sum over `usage.iterations` (compaction / advisor sub-requests). When
-    /// present the top-level fields cover only the final iteration, and the
-    /// billable total is this sum.
-    #[serde(default, deserialize_with = "sum_iterations")]
-    pub iterations: Option<IterationTotals>,
-}
-
-/// Token counts summed over the `iterations` array.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IterationTotals {
-    pub input_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub cache_read_input_tokens: u64,
-    /// `None` when no iteration carried a TTL split.
-    pub cache_creation: Option<CacheCreation>,
-    pub output_tokens: u64,
+    /// `usage.iterations` (compaction / advisor sub-requests). When present
+    /// the top-level fields cover only the final iteration, and the billable
+    /// total is their sum, each priced at its own model.
+    #[serde(default, deserialize_with = "iterations")]
+    pub iterations: Option<Vec<Iteration>>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub server_tool_use: Option<ServerToolUse>,
 }
 
 /// One entry of `usage.iterations`.
-#[derive(Deserialize)]
-struct IterationWire {
-    input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation: Option<CacheCreation>,
-    output_tokens: Option<u64>,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Iteration {
+    #[serde(rename = "type", default, deserialize_with = "text")]
+    pub kind: Option<String>,
+    /// The model of this iteration (an `advisor_message` names its own).
+    #[serde(default, deserialize_with = "text")]
+    pub model: Option<String>,
+    #[serde(default, deserialize_with = "count")]
+    pub input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    pub cache_creation_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    pub cache_read_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub cache_creation: Option<CacheCreation>,
+    #[serde(default, deserialize_with = "count")]
+    pub output_tokens: Option<u64>,
 }
 
-fn sum_iterations<'de, D: Deserializer<'de>>(
+/// Server-side tool use billed per request (`server_tool_use`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct ServerToolUse {
+    #[serde(default, deserialize_with = "count")]
+    pub web_search_requests: Option<u64>,
+}
+
+/// Longest `type`/`model` string kept from an iteration (they are short names).
+const MAX_NAME: usize = 256;
+
+/// A token count: a non-negative integer, anything else (a string, a
+/// float, a negative number, null) is no count at all.
+fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    Ok(serde_json::Value::deserialize(deserializer)?.as_u64())
+}
+
+/// A short string, or nothing when it is not one.
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(s) if !s.is_empty() => {
+            let mut end = s.len().min(MAX_NAME);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            Some(s[..end].to_string())
+        }
+        _ => None,
+    })
+}
+
+/// An object of the expected shape, or nothing when it is not one.
+fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
     deserializer: D,
-) -> Result<Option<IterationTotals>, D::Error> {
-    let Some(iterations) = Option::<Vec<IterationWire>>::deserialize(deserializer)? else {
+) -> Result<Option<T>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// `iterations`: every entry an object, else the list is ignored (as if absent).
+fn iterations<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Iteration>>, D::Error> {
+    let serde_json::Value::Array(items) = serde_json::Value::deserialize(deserializer)? else {
         return Ok(None);
     };
-    if iterations.is_empty() {
+    if items.is_empty() {
         return Ok(None);
     }
-    let mut t = IterationTotals::default();
-    let add = |slot: &mut u64, v: Option<u64>| *slot = slot.saturating_add(v.unwrap_or(0));
-    let mut five_min = 0;
-    let mut one_hour = 0;
-    let mut any_split = false;
-    for it in iterations {
-        add(&mut t.input_tokens, it.input_tokens);
-        add(
-            &mut t.cache_creation_input_tokens,
-            it.cache_creation_input_tokens,
-        );
-        add(&mut t.cache_read_input_tokens, it.cache_read_input_tokens);
-        add(&mut t.output_tokens, it.output_tokens);
-        if let Some(split) = it.cache_creation {
-            any_split = true;
-            add(&mut five_min, split.ephemeral_5m_input_tokens);
-            add(&mut one_hour, split.ephemeral_1h_input_tokens);
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if !item.is_object() {
+            return Ok(None);
+        }
+        match serde_json::from_value::<Iteration>(item) {
+            Ok(it) => out.push(it),
+            Err(_) => return Ok(None),
         }
     }
-    if any_split {
-        t.cache_creation = Some(CacheCreation {
-            ephemeral_5m_input_tokens: Some(five_min),
-            ephemeral_1h_input_tokens: Some(one_hour),
-        });
-    }
-    Ok(Some(t))
+    Ok(Some(out))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct CacheCreation {
+    #[serde(default, deserialize_with = "count")]
     pub ephemeral_5m_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
     pub ephemeral_1h_input_tokens: Option<u64>,
 }
 

@@ -13,5 +13,5 @@ pub mod tokens;
 
 pub use event::{parse_event, Delta, Event, EventDecoder, EventError, Usage};
 pub use sse::{Leftover, SseDecoder, SseEvent};
-pub use tap::{FinalUsage, StreamTap, UsageTracker};
+pub use tap::{FinalUsage, IterationUsage, StreamTap, UsageTracker};
 pub use tokens::{estimate_text_tokens, estimate_tokens, EstimateError};

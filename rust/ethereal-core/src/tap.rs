@@ -7,7 +7,7 @@
 //! - [`StreamTap`] = [`EventDecoder`] (SSE decoding + event parsing) +
 //!   [`UsageTracker`].
 
-use crate::event::{Delta, Event, EventDecoder, Usage};
+use crate::event::{CacheCreation, Delta, Event, EventDecoder, Iteration, Usage};
 use crate::sse::Leftover;
 use crate::tokens::{text_weight, weight_to_tokens};
 
@@ -17,8 +17,52 @@ const BLOCK_OVERHEAD_TOKENS: u64 = 1;
 /// tokens beyond the arguments for one small call.
 const TOOL_USE_OVERHEAD_TOKENS: u64 = 40;
 
+/// One sampling pass as billed (`usage.iterations`), cache writes split by TTL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IterationUsage {
+    pub kind: String,
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_5m: u64,
+    pub cache_creation_1h: u64,
+    pub cache_read_input_tokens: u64,
+    /// Only a cache-write total was reported: it is billed as 5-minute writes.
+    pub ttl_assumed: bool,
+}
+
+impl IterationUsage {
+    fn of(it: &Iteration) -> Self {
+        let total = it.cache_creation_input_tokens.unwrap_or(0);
+        let (c5, c1, assumed) = split_writes(total, it.cache_creation);
+        Self {
+            kind: it.kind.clone().unwrap_or_else(|| "message".to_string()),
+            model: it.model.clone(),
+            input_tokens: it.input_tokens.unwrap_or(0),
+            output_tokens: it.output_tokens.unwrap_or(0),
+            cache_creation_5m: c5,
+            cache_creation_1h: c1,
+            cache_read_input_tokens: it.cache_read_input_tokens.unwrap_or(0),
+            ttl_assumed: assumed,
+        }
+    }
+}
+
+/// `(5m, 1h, ttl_assumed)` of a cache-write total and its optional TTL split;
+/// writes the split does not account for have the default 5-minute TTL.
+fn split_writes(total: u64, split: Option<CacheCreation>) -> (u64, u64, bool) {
+    match split {
+        Some(c) => {
+            let c5 = c.ephemeral_5m_input_tokens.unwrap_or(0);
+            let c1 = c.ephemeral_1h_input_tokens.unwrap_or(0);
+            (c5 + total.saturating_sub(c5 + c1), c1, false)
+        }
+        None => (total, 0, total > 0),
+    }
+}
+
 /// What to bill for a stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FinalUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -31,6 +75,21 @@ pub struct FinalUsage {
     pub exact: bool,
     /// The upstream sent the `cache_creation {5m, 1h}` object.
     pub cache_split_reported: bool,
+    /// Server-side web searches (`server_tool_use.web_search_requests`), billed per use.
+    pub web_search_requests: u64,
+    /// `usage.iterations` when reported: the token fields above are their sums.
+    pub iterations: Vec<IterationUsage>,
+}
+
+impl FinalUsage {
+    /// Cache writes were billed as 5-minute writes without the upstream saying so.
+    pub fn ttl_assumed(&self) -> bool {
+        if self.iterations.is_empty() {
+            self.cache_creation_5m + self.cache_creation_1h > 0 && !self.cache_split_reported
+        } else {
+            self.iterations.iter().any(|it| it.ttl_assumed)
+        }
+    }
 }
 
 /// Accumulates usage, stop reason and errors from parsed events.
@@ -52,6 +111,8 @@ pub struct UsageTracker {
     output_weight: u64,
     /// Framing tokens of the content blocks started so far.
     output_overhead: u64,
+    /// The latest `usage.iterations` reported (`message_delta`'s over `message_start`'s).
+    iterations: Option<Vec<Iteration>>,
     pub saw_message_start: bool,
     pub saw_message_delta: bool,
     pub saw_message_stop: bool,
@@ -79,6 +140,9 @@ impl UsageTracker {
                     self.model = Some(model.to_string());
                 }
                 self.start.merge(&start.usage);
+                if start.usage.iterations.is_some() && self.iterations.is_none() {
+                    self.iterations.clone_from(&start.usage.iterations);
+                }
             }
             Event::ContentBlockStart(block) => {
                 self.output_overhead += match &*block.kind {
@@ -97,6 +161,9 @@ impl UsageTracker {
                     self.stop_reason = Some(reason.to_string());
                 }
                 self.delta.merge(&delta.usage);
+                if delta.usage.iterations.is_some() {
+                    self.iterations.clone_from(&delta.usage.iterations);
+                }
             }
             Event::MessageStop => self.saw_message_stop = true,
             Event::Error(err) => {
@@ -204,14 +271,21 @@ impl UsageTracker {
         // or writes added by server tools after message_start) has the
         // default 5-minute TTL.
         let one_hour = self.latest(|c| c.split_1h).min(total);
+        let exact = self.delta.output.is_some();
         FinalUsage {
             input_tokens: self.input_tokens(),
             output_tokens: self.output_tokens(),
             cache_creation_5m: total - one_hour,
             cache_creation_1h: one_hour,
             cache_read_input_tokens: self.cache_read_input_tokens(),
-            exact: self.delta.output.is_some(),
+            exact,
             cache_split_reported: self.cache_split_reported(),
+            web_search_requests: self.latest(|c| c.web_searches),
+            // per-iteration pricing needs the final report; a cut stream bills its totals
+            iterations: match (&self.iterations, exact) {
+                (Some(its), true) => its.iter().map(IterationUsage::of).collect(),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -225,6 +299,7 @@ struct Counts {
     split_5m: Option<u64>,
     split_1h: Option<u64>,
     output: Option<u64>,
+    web_searches: Option<u64>,
 }
 
 impl Counts {
@@ -247,13 +322,28 @@ impl Counts {
         let (input, cache_creation, cache_read, (s5, s1), output) = match &usage.iterations {
             // Compaction and advisor calls bill every iteration; the
             // top-level fields describe only the last one.
-            Some(t) => (
-                Some(t.input_tokens),
-                Some(t.cache_creation_input_tokens),
-                Some(t.cache_read_input_tokens),
-                split(t.cache_creation),
-                Some(t.output_tokens),
-            ),
+            Some(its) => {
+                let sum = |f: fn(&Iteration) -> Option<u64>| {
+                    its.iter()
+                        .fold(0u64, |acc, it| acc.saturating_add(f(it).unwrap_or(0)))
+                };
+                let any_split = its.iter().any(|it| it.cache_creation.is_some());
+                let splits = if any_split {
+                    (
+                        Some(sum(|it| it.cache_creation.and_then(|c| c.ephemeral_5m_input_tokens))),
+                        Some(sum(|it| it.cache_creation.and_then(|c| c.ephemeral_1h_input_tokens))),
+                    )
+                } else {
+                    (None, None)
+                };
+                (
+                    Some(sum(|it| it.input_tokens)),
+                    Some(sum(|it| it.cache_creation_input_tokens)),
+                    Some(sum(|it| it.cache_read_input_tokens)),
+                    splits,
+                    Some(sum(|it| it.output_tokens)),
+                )
+            }
             None => (
                 usage.input_tokens,
                 usage.cache_creation_input_tokens,
@@ -262,6 +352,10 @@ impl Counts {
                 usage.output_tokens,
             ),
         };
+        max(
+            &mut self.web_searches,
+            usage.server_tool_use.and_then(|s| s.web_search_requests),
+        );
         max(&mut self.input, input);
         max(&mut self.cache_creation, cache_creation);
         max(&mut self.cache_read, cache_read);
@@ -352,5 +446,34 @@ mod tests {
         assert!(u.exact);
         assert_eq!((u.input_tokens, u.output_tokens), (12, 42));
         assert_eq!(tap.tracker().stop_reason.as_deref(), Some("end_turn"));
+    }
+
+    #[test]
+    fn junk_counts_do_not_lose_the_rest_of_the_usage() {
+        let mut tap = StreamTap::new();
+        tap.feed(START.as_bytes());
+        tap.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"input_tokens\":\"12\",\"output_tokens\":42,\"cache_read_input_tokens\":-1,\"server_tool_use\":{\"web_search_requests\":2}}}\n\n");
+        let u = tap.usage();
+        assert_eq!(tap.tracker().malformed_events, 0);
+        assert!(u.exact);
+        assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_input_tokens), (10, 42, 3));
+        assert_eq!(u.web_search_requests, 2);
+    }
+
+    #[test]
+    fn iterations_keep_their_models() {
+        let mut tap = StreamTap::new();
+        tap.feed(START.as_bytes());
+        tap.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":8,\"iterations\":[{\"type\":\"compaction\",\"input_tokens\":100,\"output_tokens\":83,\"cache_creation_input_tokens\":4},{\"type\":\"advisor_message\",\"model\":\"claude-opus-4-6\",\"input_tokens\":1000,\"output_tokens\":10,\"cache_creation\":{\"ephemeral_1h_input_tokens\":6},\"cache_creation_input_tokens\":6}]}}\n\n");
+        let u = tap.usage();
+        assert_eq!((u.input_tokens, u.output_tokens), (1100, 93));
+        assert_eq!(u.iterations.len(), 2);
+        assert_eq!(u.iterations[1].model.as_deref(), Some("claude-opus-4-6"));
+        assert_eq!(
+            (u.iterations[0].cache_creation_5m, u.iterations[0].ttl_assumed),
+            (4, true)
+        );
+        assert_eq!(u.iterations[1].cache_creation_1h, 6);
+        assert!(u.ttl_assumed());
     }
 }

@@ -3,9 +3,8 @@
 //! Called once per network chunk; returns ints and a few strings, never
 //! per-event Python objects (DESIGN §3).
 
-#[macro_use]
-mod usage;
 mod chat;
+mod usage;
 
 use ethereal_core::{sse, tap, tokens};
 use pyo3::exceptions::PyValueError;
@@ -26,49 +25,54 @@ mod errors {
 
 /// Usage tap over an Anthropic Messages SSE stream. Feed it every network
 /// chunk as it passes through, call `finish()` at upstream EOF, then read
-/// what to bill.
+/// what to bill (`usage()`) and how the stream went (`state()`).
 #[pyclass(module = "ethereal._native")]
 #[derive(Default)]
 struct StreamTap {
     inner: tap::StreamTap,
 }
 
-usage_pymethods! {
-    impl StreamTap via inner {
-        #[new]
-        fn new() -> Self {
-            Self::default()
-        }
+#[pymethods]
+impl StreamTap {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
 
-        /// Feed one chunk; returns the number of events it completed.
-        fn feed(&mut self, py: Python<'_>, chunk: &[u8]) -> usize {
-            if chunk.len() >= DETACH_BYTES {
-                let inner = &mut self.inner;
-                py.detach(|| inner.feed(chunk))
-            } else {
-                self.inner.feed(chunk)
-            }
-        }
-
-        /// Upstream EOF: an unterminated trailing event is discarded.
-        fn finish(&mut self) {
-            self.inner.finish();
+    /// Feed one chunk; returns the number of events it completed.
+    fn feed(&mut self, py: Python<'_>, chunk: &[u8]) -> usize {
+        if chunk.len() >= DETACH_BYTES {
+            let inner = &mut self.inner;
+            py.detach(|| inner.feed(chunk))
+        } else {
+            self.inner.feed(chunk)
         }
     }
-    then {
-        fn __repr__(&self) -> String {
-            let u = self.inner.usage();
-            format!(
-                "StreamTap(events={}, input={}, output={}, cache_5m={}, cache_1h={}, cache_read={}, exact={})",
-                self.inner.tracker().events,
-                u.input_tokens,
-                u.output_tokens,
-                u.cache_creation_5m,
-                u.cache_creation_1h,
-                u.cache_read_input_tokens,
-                if u.exact { "True" } else { "False" },
-            )
-        }
+
+    /// Upstream EOF: an unterminated trailing event is discarded.
+    fn finish(&mut self) {
+        self.inner.finish();
+    }
+
+    /// What to bill, as `ethereal.usage.Usage`.
+    fn usage(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let tracker = self.inner.tracker();
+        usage::to_python(py, &tracker.usage(), tracker.model.as_deref())
+    }
+
+    fn state(&self) -> usage::StreamState {
+        usage::StreamState::of(self.inner.tracker(), self.inner.leftover())
+    }
+
+    fn __repr__(&self) -> String {
+        let u = self.inner.usage();
+        format!(
+            "StreamTap(events={}, input={}, output={}, exact={})",
+            self.inner.tracker().events,
+            u.input_tokens,
+            u.output_tokens,
+            if u.exact { "True" } else { "False" },
+        )
     }
 }
 
@@ -98,6 +102,7 @@ fn parse_sse(data: &[u8]) -> Vec<(String, String)> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StreamTap>()?;
+    m.add_class::<usage::StreamState>()?;
     chat::register(m)?;
     m.add_function(wrap_pyfunction!(estimate_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(estimate_text_tokens, m)?)?;

@@ -1,146 +1,111 @@
-//! Usage accessors shared by `StreamTap` and `ChatTranslator`.
-//!
-//! pyo3 allows one `#[pymethods]` block per class (without the
-//! `multiple-pymethods` feature) and rejects macro invocations inside it, so
-//! the macro wraps the whole block: it emits `#[pymethods] impl $ty { ... }`
-//! with the class's own methods first, then the shared getters, then any
-//! trailing methods.
-//!
-//! `$inner` names the field holding the core type; it must provide
-//! `usage() -> FinalUsage`, `tracker() -> &UsageTracker` and
-//! `leftover() -> Option<Leftover>` (both `tap::StreamTap` and
-//! `openai_chat::ChatTranslator` do).
+//! What every native stream object reports, as Python values: the billed
+//! usage as `ethereal.usage.Usage` (the one usage type from the tap to the
+//! database) and the stream's state as a `StreamState`.
 
-macro_rules! usage_pymethods {
-    (
-        impl $ty:ident via $inner:ident {
-            $($own:tt)*
+use ethereal_core::sse::Leftover;
+use ethereal_core::{FinalUsage, UsageTracker};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+
+static USAGE_TYPES: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// `ethereal.usage.Usage` for a stream's final usage (called once per stream).
+pub fn to_python(
+    py: Python<'_>,
+    u: &FinalUsage,
+    served_model: Option<&str>,
+) -> PyResult<Py<PyAny>> {
+    let (usage_type, iteration_type) = USAGE_TYPES.get_or_try_init(py, || -> PyResult<_> {
+        let module = py.import("ethereal.usage")?;
+        Ok((
+            module.getattr("Usage")?.unbind(),
+            module.getattr("Iteration")?.unbind(),
+        ))
+    })?;
+    let iterations = u
+        .iterations
+        .iter()
+        .map(|it| {
+            let kw = PyDict::new(py);
+            kw.set_item("type", &it.kind)?;
+            kw.set_item("model", it.model.as_deref())?;
+            kw.set_item("input_tokens", it.input_tokens)?;
+            kw.set_item("output_tokens", it.output_tokens)?;
+            kw.set_item("cache_5m", it.cache_creation_5m)?;
+            kw.set_item("cache_1h", it.cache_creation_1h)?;
+            kw.set_item("cache_read", it.cache_read_input_tokens)?;
+            kw.set_item("ttl_assumed", it.ttl_assumed)?;
+            iteration_type.bind(py).call((), Some(&kw))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let kw = PyDict::new(py);
+    kw.set_item("input_tokens", u.input_tokens)?;
+    kw.set_item("output_tokens", u.output_tokens)?;
+    kw.set_item("cache_5m", u.cache_creation_5m)?;
+    kw.set_item("cache_1h", u.cache_creation_1h)?;
+    kw.set_item("cache_read", u.cache_read_input_tokens)?;
+    kw.set_item("web_searches", u.web_search_requests)?;
+    kw.set_item("iterations", PyTuple::new(py, iterations)?)?;
+    kw.set_item("exact", u.exact)?;
+    kw.set_item("ttl_assumed", u.ttl_assumed())?;
+    kw.set_item("served_model", served_model)?;
+    Ok(usage_type.bind(py).call((), Some(&kw))?.unbind())
+}
+
+/// What a stream showed besides its usage: how it ended, and how it was read.
+#[pyclass(frozen, get_all, module = "ethereal._native")]
+// The flags mirror the stream's milestones one to one.
+#[allow(clippy::struct_excessive_bools)]
+pub struct StreamState {
+    /// `message_start`'s id and model.
+    message_id: Option<String>,
+    model: Option<String>,
+    stop_reason: Option<String>,
+    /// An upstream `error` event's type and message.
+    error_type: Option<String>,
+    error_message: Option<String>,
+    saw_message_start: bool,
+    saw_message_delta: bool,
+    saw_message_stop: bool,
+    /// Events parsed so far, pings and unknown kinds included.
+    events: u64,
+    /// Events whose data was not JSON of the expected shape.
+    malformed_events: u64,
+    /// Output estimated from the streamed content alone.
+    estimated_output_tokens: u64,
+    /// The upstream sent the `cache_creation {5m, 1h}` object.
+    cache_split_reported: bool,
+    /// `finish()` found an unterminated line or event (the stream was cut).
+    truncated: bool,
+}
+
+impl StreamState {
+    pub fn of(tracker: &UsageTracker, leftover: Option<Leftover>) -> Self {
+        Self {
+            message_id: tracker.message_id.clone(),
+            model: tracker.model.clone(),
+            stop_reason: tracker.stop_reason.clone(),
+            error_type: tracker.error_type.clone(),
+            error_message: tracker.error_message.clone(),
+            saw_message_start: tracker.saw_message_start,
+            saw_message_delta: tracker.saw_message_delta,
+            saw_message_stop: tracker.saw_message_stop,
+            events: tracker.events,
+            malformed_events: tracker.malformed_events,
+            estimated_output_tokens: tracker.estimated_output_tokens(),
+            cache_split_reported: tracker.cache_split_reported(),
+            truncated: leftover.is_some_and(Leftover::any),
         }
-        then {
-            $($tail:tt)*
-        }
-    ) => {
-        #[pymethods]
-        impl $ty {
-            $($own)*
+    }
+}
 
-            /// `(input, output, cache_creation_5m, cache_creation_1h, cache_read, exact)`.
-            fn usage(&self) -> (u64, u64, u64, u64, u64, bool) {
-                let u = self.$inner.usage();
-                (
-                    u.input_tokens,
-                    u.output_tokens,
-                    u.cache_creation_5m,
-                    u.cache_creation_1h,
-                    u.cache_read_input_tokens,
-                    u.exact,
-                )
-            }
-
-            #[getter]
-            fn input_tokens(&self) -> u64 {
-                self.$inner.usage().input_tokens
-            }
-
-            /// Billed output: `message_delta`'s count, or the estimate if it never came.
-            #[getter]
-            fn output_tokens(&self) -> u64 {
-                self.$inner.usage().output_tokens
-            }
-
-            /// Output estimated from the streamed content alone.
-            #[getter]
-            fn estimated_output_tokens(&self) -> u64 {
-                self.$inner.tracker().estimated_output_tokens()
-            }
-
-            /// All cache writes (5m + 1h).
-            #[getter]
-            fn cache_creation_input_tokens(&self) -> u64 {
-                self.$inner.tracker().cache_creation_total()
-            }
-
-            /// 5-minute cache writes; all writes when the split was not reported.
-            #[getter]
-            fn cache_creation_5m(&self) -> u64 {
-                self.$inner.usage().cache_creation_5m
-            }
-
-            #[getter]
-            fn cache_creation_1h(&self) -> u64 {
-                self.$inner.usage().cache_creation_1h
-            }
-
-            #[getter]
-            fn cache_read_input_tokens(&self) -> u64 {
-                self.$inner.usage().cache_read_input_tokens
-            }
-
-            /// The upstream sent the `cache_creation {5m, 1h}` object.
-            #[getter]
-            fn cache_split_reported(&self) -> bool {
-                self.$inner.tracker().cache_split_reported()
-            }
-
-            #[getter]
-            fn stop_reason(&self) -> Option<&str> {
-                self.$inner.tracker().stop_reason.as_deref()
-            }
-
-            #[getter]
-            fn message_id(&self) -> Option<&str> {
-                self.$inner.tracker().message_id.as_deref()
-            }
-
-            #[getter]
-            fn model(&self) -> Option<&str> {
-                self.$inner.tracker().model.as_deref()
-            }
-
-            #[getter]
-            fn error_type(&self) -> Option<&str> {
-                self.$inner.tracker().error_type.as_deref()
-            }
-
-            #[getter]
-            fn error_message(&self) -> Option<&str> {
-                self.$inner.tracker().error_message.as_deref()
-            }
-
-            #[getter]
-            fn saw_message_start(&self) -> bool {
-                self.$inner.tracker().saw_message_start
-            }
-
-            #[getter]
-            fn saw_message_delta(&self) -> bool {
-                self.$inner.tracker().saw_message_delta
-            }
-
-            #[getter]
-            fn saw_message_stop(&self) -> bool {
-                self.$inner.tracker().saw_message_stop
-            }
-
-            /// Events parsed so far, pings and unknown kinds included.
-            #[getter]
-            fn events(&self) -> u64 {
-                self.$inner.tracker().events
-            }
-
-            /// Events whose data was not JSON of the expected shape.
-            #[getter]
-            fn malformed_events(&self) -> u64 {
-                self.$inner.tracker().malformed_events
-            }
-
-            /// `finish()` found an unterminated line or event (the stream was cut).
-            #[getter]
-            fn truncated(&self) -> bool {
-                self.$inner.leftover().is_some_and(::ethereal_core::sse::Leftover::any)
-            }
-
-            $($tail)*
-        }
-    };
+#[pymethods]
+impl StreamState {
+    fn __repr__(&self) -> String {
+        format!(
+            "StreamState(events={}, stop_reason={:?}, error_type={:?}, saw_message_stop={}, truncated={})",
+            self.events, self.stop_reason, self.error_type, self.saw_message_stop, self.truncated
+        )
+    }
 }
