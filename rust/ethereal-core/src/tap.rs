@@ -330,8 +330,12 @@ impl Counts {
                 let any_split = its.iter().any(|it| it.cache_creation.is_some());
                 let splits = if any_split {
                     (
-                        Some(sum(|it| it.cache_creation.and_then(|c| c.ephemeral_5m_input_tokens))),
-                        Some(sum(|it| it.cache_creation.and_then(|c| c.ephemeral_1h_input_tokens))),
+                        Some(sum(|it| {
+                            it.cache_creation.and_then(|c| c.ephemeral_5m_input_tokens)
+                        })),
+                        Some(sum(|it| {
+                            it.cache_creation.and_then(|c| c.ephemeral_1h_input_tokens)
+                        })),
                     )
                 } else {
                     (None, None)
@@ -456,7 +460,10 @@ mod tests {
         let u = tap.usage();
         assert_eq!(tap.tracker().malformed_events, 0);
         assert!(u.exact);
-        assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_input_tokens), (10, 42, 3));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_input_tokens),
+            (10, 42, 3)
+        );
         assert_eq!(u.web_search_requests, 2);
     }
 
@@ -470,7 +477,10 @@ mod tests {
         assert_eq!(u.iterations.len(), 2);
         assert_eq!(u.iterations[1].model.as_deref(), Some("claude-opus-4-6"));
         assert_eq!(
-            (u.iterations[0].cache_creation_5m, u.iterations[0].ttl_assumed),
+            (
+                u.iterations[0].cache_creation_5m,
+                u.iterations[0].ttl_assumed
+            ),
             (4, true)
         );
         assert_eq!(u.iterations[1].cache_creation_1h, 6);
