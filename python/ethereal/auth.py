@@ -7,11 +7,13 @@ one dict lookup, and a revocation reaches every replica within that TTL.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
+from ethereal.settings import Settings
 from ethereal.storage.base import Store
 
 log = logging.getLogger("ethereal.auth")
@@ -74,3 +76,18 @@ class Authenticator:
         if record.is_expired():
             raise GatewayError(401, "this API key has expired")
         return record
+
+
+def is_admin(settings: Settings, headers: dict[bytes, bytes]) -> bool:
+    """The admin key guards /admin/api and the dashboard. A minted user key never works there."""
+    presented = extract_key(headers)
+    if not presented or not settings.admin_key:
+        return False
+    return hmac.compare_digest(presented.encode(), settings.admin_key.encode())
+
+
+def require_admin(settings: Settings, headers: dict[bytes, bytes]) -> None:
+    if not settings.admin_key:
+        raise GatewayError(403, "the admin API is disabled: set ETHEREAL_ADMIN_KEY to enable it")
+    if not is_admin(settings, headers):
+        raise GatewayError(401, "admin routes need the admin key")

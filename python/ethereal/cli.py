@@ -209,22 +209,10 @@ def _validated(settings: Settings, attrs: dict[str, Any], *, allow: tuple[str, .
 
 
 def _publish_key_change(settings: Settings, key_hash: str) -> None:
-    """With Redis configured, running gateways drop the key from their cache at once (else within 1 s)."""
-    if not settings.redis_url:
-        return
-    try:
-        import redis
+    """With Redis configured, running gateways drop the key from their cache at once (else within the TTL)."""
+    from ethereal.keychanges import publish_once
 
-        from ethereal.limits.redis import INVALIDATION_CHANNEL
-
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
-        try:
-            client.publish(INVALIDATION_CHANNEL, key_hash)
-        finally:
-            client.close()
-    except Exception as exc:  # noqa: BLE001 - the cache TTL still bounds how long a replica can lag
-        print(f"(could not notify gateways through Redis: {exc}; they pick the change up within"
-              f" {settings.key_cache_ttl:g} s)", file=sys.stderr)
+    publish_once(settings.redis_url, key_hash, cache_ttl=settings.key_cache_ttl)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from ethereal.auth import Authenticator
 from ethereal.catalog import Catalog, load_catalog
+from ethereal.keychanges import KeyChanges, build_key_changes
 from ethereal.limits import Limiter, build_limiter
+from ethereal.limits.plans import Plans
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
 from ethereal.settings import Settings
@@ -30,6 +32,7 @@ log = logging.getLogger("ethereal")
 class Gateway:
     settings: Settings
     catalog: Catalog
+    plans: Plans
     store: Store
     auth: Authenticator
     limiter: Limiter
@@ -37,11 +40,13 @@ class Gateway:
     pool: Pool
     client: UpstreamClient
     upstreams: UpstreamService
+    key_changes: KeyChanges
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
         """Open the store, start the limiter, meter and upstream pool; undo what started on failure."""
         catalog = load_catalog(settings.models_file)
+        plans = Plans(settings.plans)
         pool = Pool(default_retry_after=settings.upstream_default_retry_after,
                     backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
         client = UpstreamClient(Timeouts(settings.connect_timeout, settings.first_byte_timeout,
@@ -52,10 +57,14 @@ class Gateway:
             store = await open_store(settings.storage_url)
             undo.push_async_callback(store.close)
             auth = Authenticator(store, ttl=settings.key_cache_ttl)
-            # RedisLimiter with ETHEREAL_REDIS_URL (shared by replicas), else the in-process LocalLimiter;
-            # key changes published by another replica's admin API drop the key from this cache at once
-            limiter = build_limiter(settings, store)
-            await limiter.start(on_key_change=auth.invalidate)
+            # a key changed by any replica's admin API (or the CLI) leaves this cache at once
+            key_changes = build_key_changes(settings.redis_url)
+            key_changes.listen(auth.invalidate)
+            await key_changes.start()
+            undo.push_async_callback(key_changes.close)
+            # RedisLimiter with ETHEREAL_REDIS_URL (shared by replicas), else the in-process LocalLimiter
+            limiter = build_limiter(settings, store, plans)
+            await limiter.start()
             undo.push_async_callback(limiter.close)
             meter = Meter(store, MeterConfig.from_settings(settings))
             meter.start()
@@ -64,12 +73,13 @@ class Gateway:
             undo.push_async_callback(upstreams.stop)
             await upstreams.start(store)
             undo.pop_all()
-        return cls(settings=settings, catalog=catalog, store=store, auth=auth, limiter=limiter, meter=meter,
-                   pool=pool, client=client, upstreams=upstreams)
+        return cls(settings=settings, catalog=catalog, plans=plans, store=store, auth=auth, limiter=limiter,
+                   meter=meter, pool=pool, client=client, upstreams=upstreams, key_changes=key_changes)
 
     async def stop(self) -> None:
         await self.meter.close()
         await self.limiter.close()
+        await self.key_changes.close()
         await self.upstreams.stop()
         await self.client.close()
         await self.store.close()

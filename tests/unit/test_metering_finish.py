@@ -6,7 +6,9 @@ from typing import Any, cast
 
 from ethereal.catalog import Catalog
 from ethereal.gateway import Gateway
+from ethereal.keychanges import KeyChanges
 from ethereal.limits import Admission
+from ethereal.limits.plans import Plans
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
 from ethereal.pipeline import Call, Pipeline
@@ -29,9 +31,9 @@ class NoStore:
 def pipeline() -> tuple[Pipeline, Settles, Meter]:
     settles = Settles()
     meter = Meter(store=cast(Any, NoStore()), config=MeterConfig(spool_dir=None))
-    gw = Gateway(settings=Settings(), catalog=Catalog(), store=cast(Any, NoStore()), auth=cast(Any, None),
-                 limiter=cast(Any, settles), meter=meter, pool=cast(Any, None), client=cast(Any, None),
-                 upstreams=cast(Any, None))
+    gw = Gateway(settings=Settings(), catalog=Catalog(), plans=Plans(), store=cast(Any, NoStore()),
+                 auth=cast(Any, None), limiter=cast(Any, settles), meter=meter, pool=cast(Any, None),
+                 client=cast(Any, None), upstreams=cast(Any, None), key_changes=KeyChanges())
     return Pipeline(gw), settles, meter
 
 

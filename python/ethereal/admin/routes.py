@@ -15,13 +15,12 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.admin.auth import require_admin
+from ethereal.auth import require_admin
 from ethereal.admin.keyspec import KEY_FIELDS, MAX_BATCH, key_json, parse_key_fields
-from ethereal.api.common import anthropic_route, json_response, read_body
+from ethereal.api.common import anthropic_route, header_map, json_response, read_body
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.keys import KeyRecord, mint
-from ethereal.limits import BaseLimiter
 from ethereal.limits.plans import Plans
 from ethereal.pipeline import parse_json_body
 
@@ -31,11 +30,9 @@ _STATES = ("active", "revoked", "expired")
 
 def register(app: Application, gw: Gateway) -> None:
     settings = gw.settings
-    fallback_plans = Plans(settings.plans)
 
     def plans() -> Plans:
-        limiter = gw.limiter
-        return limiter.plans if isinstance(limiter, BaseLimiter) else fallback_plans
+        return gw.plans
 
     def ok(request_id: str, payload: Any, status: int = 200) -> Response:
         return json_response(status, orjson.dumps(payload), [(b"request-id", request_id.encode())])
@@ -51,8 +48,7 @@ def register(app: Application, gw: Gateway) -> None:
         return await store().spend_by_key(ids) if ids else {}
 
     async def changed(record: KeyRecord) -> None:
-        gw.auth.invalidate(record.key_hash)
-        await gw.limiter.publish_key_change(record.key_hash)
+        await gw.key_changes.publish(record.key_hash)  # this worker's cache at once, then every replica
 
     async def find(request: Request) -> KeyRecord:
         key_id = request.route_values.get("key_id", "")
@@ -66,7 +62,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def create_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         attrs = parse_key_fields(await body_of(request), catalog=gw.catalog, plans=plans())
         plaintext, record = minted(attrs)
         await store().insert_keys([record])
@@ -75,7 +71,7 @@ def register(app: Application, gw: Gateway) -> None:
     @anthropic_route
     async def create_batch(request: Request, request_id: str) -> Response:
         """``{"count": N, ...shared attributes}`` or ``{"keys": [{...}, ...]}``: 1 to 500 keys, all or none."""
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         body = await body_of(request)
         if not isinstance(body, dict):
             raise invalid_request("body: must be a JSON object")
@@ -102,7 +98,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_keys(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         query = request.query
         unknown = sorted(set(query) - {"limit", "after_id", "owner", "plan", "state"})
         if unknown:
@@ -137,14 +133,14 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def get_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         record = await find(request)
         spend = await spend_of([record.id])
         return ok(request_id, key_json(record, spend.get(record.id)))
 
     @anthropic_route
     async def update_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         body = await body_of(request)
         changes = parse_key_fields(body, catalog=gw.catalog, plans=plans(), allow=(*KEY_FIELDS, "revoked"))
         if not changes:
@@ -159,7 +155,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def revoke_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         record = await find(request)
         updated = await store().update_key(record.id, {"revoked": True})
         if updated is None:
@@ -169,7 +165,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def delete_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         record = await find(request)
         await store().delete_key(record.id)
         await changed(record)
@@ -177,7 +173,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_plans(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         return ok(request_id, {"data": plans().describe()})
 
     router = app.router

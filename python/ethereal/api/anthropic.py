@@ -8,7 +8,7 @@ import orjson
 from blacksheep import Application, Content, Request, Response
 
 from ethereal import _native
-from ethereal.admin.auth import is_admin
+from ethereal.auth import is_admin
 from ethereal.api.common import (
     JSON,
     anthropic_error,

@@ -164,12 +164,8 @@ class Limiter:
         """Whether ``key`` has any limit to admit against (else routes skip admit and the token estimate)."""
         return False
 
-    async def start(self, on_key_change: Any = None) -> None:
-        """Connect; ``on_key_change(key_hash)`` is called when another replica changes a key."""
-        return
-
-    async def publish_key_change(self, key_hash: str) -> None:
-        """Tell other replicas a key changed (revoked, updated, deleted) so they drop it from their cache."""
+    async def start(self) -> None:
+        """Connect (load scripts); an unreachable backend is retried on use."""
         return
 
 
@@ -219,9 +215,9 @@ class BaseLimiter(Limiter):
         return int(spend.get("tokens") or 0), int(spend.get("cost_micro") or 0)
 
 
-def build_limiter(settings: Settings, store: Store | None) -> Limiter:
+def build_limiter(settings: Settings, store: Store | None, plans: Plans | None = None) -> Limiter:
     """RedisLimiter when Redis is configured, else the in-process LocalLimiter."""
-    plans = Plans(settings.plans)
+    plans = plans or Plans(settings.plans)
     common = dict(plans=plans, window_seconds=settings.limits_window_seconds,
                   reservation_ttl=settings.limits_reservation_ttl, store=store)
     if settings.redis_url:

@@ -43,7 +43,6 @@ from ethereal.limits.pipe import Pipe, encode_args
 log = logging.getLogger("ethereal.limits")
 
 LAYOUT = "ethereal:v1:"
-INVALIDATION_CHANNEL = LAYOUT + "keys:changed"
 STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-seeded from the database
 _MAX_PENDING_SETTLES = 100_000
 
@@ -100,7 +99,6 @@ class RedisLimiter(BaseLimiter):
         self._settle_sha: str | None = None
         self._pending: deque[bytes] = deque(maxlen=_MAX_PENDING_SETTLES)  # encoded settles to retry
         self._retry_task: asyncio.Task[None] | None = None
-        self._sub_task: asyncio.Task[None] | None = None
         self._last_outage_log = 0.0
         self._specs: dict[str, _Spec] = {}
 
@@ -200,15 +198,12 @@ class RedisLimiter(BaseLimiter):
                           type(exc).__name__, exc)
 
     # the interface
-    async def start(self, on_key_change: Callable[[str], Any] | None = None) -> None:
+    async def start(self) -> None:
         try:
             await self._load("admit")
             await self._load("settle")
         except RedisError as exc:
             self._outage(exc)  # scripts load lazily once Redis answers
-        if on_key_change is not None and self._sub_task is None:
-            self._sub_task = asyncio.get_running_loop().create_task(self._subscribe(on_key_change),
-                                                                    name="ethereal-key-invalidation")
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
                     price_in: float, price_out: float) -> Admission:
@@ -276,34 +271,6 @@ class RedisLimiter(BaseLimiter):
                 continue
             self._pending.popleft()
 
-    async def publish_key_change(self, key_hash: str) -> None:
-        try:
-            await self.redis.publish(INVALIDATION_CHANNEL, key_hash)
-        except (RedisError, OSError) as exc:
-            log.warning("could not publish a key invalidation (%s); replicas drop it from cache within the TTL",
-                        exc)
-
-    async def _subscribe(self, callback: Callable[[str], Any]) -> None:
-        while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(INVALIDATION_CHANNEL)
-                async for message in pubsub.listen():
-                    data = message.get("data")
-                    if isinstance(data, bytes):
-                        callback(data.decode())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                await asyncio.sleep(1.0)
-            finally:
-                try:
-                    await pubsub.aclose()
-                    await client.aclose()
-                except Exception:
-                    pass
-
     async def snapshot(self, key_id: str) -> dict[str, int]:
         """Spent and held totals of a key (tests, the admin API)."""
         tag = f"{LAYOUT}{{k:{key_id}}}"
@@ -313,7 +280,7 @@ class RedisLimiter(BaseLimiter):
         return {"spent_tokens": st, "spent_micro": sm, "held_tokens": ft, "held_micro": fm, "in_flight": in_flight}
 
     async def close(self) -> None:
-        for task in (self._sub_task, self._retry_task):
+        for task in (self._retry_task,):
             if task is not None and not task.done():
                 task.cancel()
                 try:

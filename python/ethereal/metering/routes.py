@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.admin.auth import require_admin
-from ethereal.api.common import anthropic_route, json_response
+from ethereal.auth import require_admin
+from ethereal.api.common import anthropic_route, header_map, json_response
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
 from ethereal.metering.aggregate import GROUPS, usage_totals
@@ -53,7 +53,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def usage(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         params = request.query
         group_by = params.get("group_by", ["key_id"])[0]
         if group_by not in GROUPS:
@@ -77,7 +77,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def meter_stats(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         stats = gw.meter.stats()
         return json_response(200, orjson.dumps(stats), [(b"request-id", request_id.encode())])
 

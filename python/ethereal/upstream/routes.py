@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.admin.auth import require_admin
-from ethereal.api.common import anthropic_route, json_response, read_body
+from ethereal.auth import require_admin
+from ethereal.api.common import anthropic_route, header_map, json_response, read_body
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
 
@@ -55,28 +55,28 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_upstreams(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         items = await svc.list()
         return _ok(request_id, {"data": items})
 
     @anthropic_route
     async def add_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         return _ok(request_id, await svc.add(await _json(request)), 201)
 
     @anthropic_route
     async def get_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         return _ok(request_id, await svc.get(name_of(request)))
 
     @anthropic_route
     async def update_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         return _ok(request_id, await svc.update(name_of(request), await _json(request)))
 
     @anthropic_route
     async def disable_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         data = await _json(request, optional=True)
         reason = data.get("reason") if isinstance(data, dict) else None
         if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
@@ -85,12 +85,12 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def enable_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         return _ok(request_id, await svc.set_enabled(name_of(request), True))
 
     @anthropic_route
     async def delete_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, request)
+        require_admin(settings, header_map(request))
         name = name_of(request)
         await svc.delete(name)
         return _ok(request_id, {"name": name, "deleted": True})
