@@ -6,7 +6,6 @@ Build first: ``maturin develop --release``.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from ethereal import _native
 from ethereal.usage import Usage
 
+from tests.procs import FIXTURES as FIXTURES_DIR
 from tests.unit import sse_reference as ref
 
 
@@ -22,10 +22,8 @@ def usage_tuple(u: Usage) -> tuple[int, int, int, int, int, bool]:
 
 
 def _fixtures_dir() -> Path:
-    env = os.environ.get("ETHEREAL_FIXTURES")
-    path = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-    assert path.is_dir(), f"fixture corpus not found at {path} (set ETHEREAL_FIXTURES)"
-    return path
+    assert FIXTURES_DIR.is_dir(), f"fixture corpus not found at {FIXTURES_DIR} (set ETHEREAL_FIXTURES)"
+    return FIXTURES_DIR
 
 
 FIXTURES = _fixtures_dir() / "anthropic"
