@@ -97,7 +97,7 @@ class Settings:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
 
 
-_INT_FIELDS = {"port": 1, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1, "output_allowance_cap": 1,
+_INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1, "output_allowance_cap": 1,
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
