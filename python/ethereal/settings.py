@@ -219,8 +219,13 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             f"ETHEREAL_DATABASE_URL must be a postgresql:// URL or sqlite:///path, got {url.split('@')[-1]!r}"
         )
-    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("ETHEREAL_REDIS_URL must be a redis:// or rediss:// URL")
+    if settings.redis_url:
+        from ethereal.redisconn import validate as validate_redis_url
+
+        try:
+            validate_redis_url(settings.redis_url)
+        except ValueError as exc:
+            raise SettingsError(f"ETHEREAL_REDIS_URL {exc}") from None
     if settings.upstream_url and not settings.upstream_url.startswith(("http://", "https://")):
         raise SettingsError(f"ETHEREAL_UPSTREAM_URL must be an http(s) URL, got {settings.upstream_url!r}")
     if settings.admin_key is not None and len(settings.admin_key) < 16:

@@ -72,67 +72,162 @@ async def test_unlimited_key_reserves_nothing(make_limiter: Callable[..., BaseLi
 async def test_token_budget(make_limiter: Callable[..., BaseLimiter]) -> None:
     limiter = make_limiter()
     k = key(budget_tokens=100)
-    a = await admit(limiter, k, inp=30, allowance=500)  # the allowance alone exceeds the budget: still admitted
+    a = await admit(limiter, k, inp=30, allowance=500)  # its allowance does not fit, nothing else in flight: alone
+    err = await refused(admit(limiter, k, inp=10, allowance=10))  # the budget is held by a: 429, not 402
+    assert (err.status, err.type) == (429, "rate_limit_error") and err.retry_after is not None
+    assert "held by its requests in flight" in err.message and "token budget" in err.message
     await limiter.settle(a, tokens=60, cost_micro=0)
-    b = await admit(limiter, k, inp=40)  # 60 + 40 fits exactly
+    b = await admit(limiter, k, inp=20, allowance=20)  # 60 + 20 + 20 fits exactly
+    assert (await refused(admit(limiter, k, inp=1, allowance=1))).status == 429  # 60 + 40 held + 2 > 100
     await limiter.settle(b, tokens=40, cost_micro=0)
-    err = await refused(admit(limiter, k, inp=1))
+    err = await refused(admit(limiter, k, inp=1))  # spent: 402
     assert (err.status, err.type, err.retry_after) == (402, "billing_error", None)
 
 
-async def test_micro_budget_and_fitting_request_admitted(make_limiter: Callable[..., BaseLimiter]) -> None:
+async def test_micro_budget_hard(make_limiter: Callable[..., BaseLimiter]) -> None:
     limiter = make_limiter()
     k = key(budget_micro_usd=10_000)
     a = await admit(limiter, k, inp=1000, allowance=8192, price_in=3, price_out=15)  # reserves 3000 + 122880
     assert a.reserved_micro == 3000 + 8192 * 15
-    # in flight: its input counts against the budget, its output allowance does not
-    b = await admit(limiter, k, inp=2000, allowance=8192, price_in=3, price_out=15)
-    err = await refused(admit(limiter, k, inp=1400, price_in=3, price_out=15))  # 9000 + 4200 > 10000
-    assert err.status == 402
+    # admitted alone: the next one waits for it, whatever it asks
+    err = await refused(admit(limiter, k, inp=10, allowance=10, price_in=3, price_out=15))
+    assert err.status == 429 and "spending budget" in err.message
     await limiter.settle(a, tokens=1100, cost_micro=4500)
-    await limiter.settle(b, tokens=2100, cost_micro=7500)  # spent 12000: over by b's output (1500)
+    b = await admit(limiter, k, inp=100, allowance=100, price_in=3, price_out=15)  # 4500 + 300 + 1500 fits
+    assert (await refused(admit(limiter, k, inp=1400, allowance=1, price_in=3, price_out=15))).status == 429
+    # spend + its own input alone is over the budget: 402 even while others are in flight
+    err = await refused(admit(limiter, k, inp=2000, allowance=1, price_in=3, price_out=15))
+    assert err.status == 402 and err.type == "billing_error"
+    await limiter.settle(b, tokens=200, cost_micro=1800)  # spent 6300
+    c = await admit(limiter, k, inp=1200, allowance=8192, price_in=3, price_out=15)  # 3600 fits: alone
+    await limiter.settle(c, tokens=1200 + 500, cost_micro=3600 + 7500)  # spent 17400: over by c's output only
     err = await refused(admit(limiter, k, inp=1, price_in=3, price_out=15))
     assert err.status == 402 and "budget" in err.message
 
 
-async def test_budget_guarantees_under_concurrency(make_limiter: Callable[..., BaseLimiter]) -> None:
-    """Overshoot ≤ in-flight output allowances; no request refused whose real cost would have fit."""
+async def test_hard_budget_under_concurrency(make_limiter: Callable[..., BaseLimiter]) -> None:
+    """300 concurrent requests retrying on 429: spend exceeds the budget by at most one request's output,
+    402 only once spend + the request's own input is over, and the budget ends up spent."""
     limiter = make_limiter()
     budget = 200_000
     k = key(budget_micro_usd=budget)
     rng = random.Random(7)
-    in_flight: dict[int, int] = {}
-    worst_bound = 0
     spent = 0
-    refused_costs: list[int] = []
+    max_out_cost = 0
+    outcomes = {"admitted": 0, "held": 0, "spent": 0}
+    refusals: list[tuple[int, int]] = []  # (spent when refused, its input cost)
 
     async def one(i: int) -> None:
-        nonlocal worst_bound, spent
+        nonlocal spent, max_out_cost
         inp, allowance = rng.randint(50, 400), 1000
         out = rng.randint(0, allowance)
         await asyncio.sleep(rng.random() * 0.05)
-        try:
-            adm = await admit(limiter, k, inp=inp, allowance=allowance, price_in=3, price_out=15)
-        except GatewayError as exc:
-            assert exc.status == 402
-            refused_costs.append(inp * 3)  # at least its input cost
-            return
-        in_flight[i] = allowance * 15
-        worst_bound = max(worst_bound, sum(in_flight.values()))
+        while True:
+            try:
+                adm = await admit(limiter, k, inp=inp, allowance=allowance, price_in=3, price_out=15)
+                break
+            except GatewayError as exc:
+                if exc.status == 402:
+                    outcomes["spent"] += 1
+                    refusals.append((spent, inp * 3))
+                    return
+                assert exc.status == 429 and exc.type == "rate_limit_error", exc.message
+                assert exc.retry_after is not None and 0 < exc.retry_after <= 60
+                outcomes["held"] += 1
+                await asyncio.sleep(min(exc.retry_after, 0.2) * rng.random())
+        outcomes["admitted"] += 1
         await asyncio.sleep(rng.random() * 0.05)
         cost = inp * 3 + out * 15
-        del in_flight[i]
+        max_out_cost = max(max_out_cost, out * 15)
         spent += cost
         await limiter.settle(adm, tokens=inp + out, cost_micro=cost)
 
     await asyncio.gather(*(one(i) for i in range(300)))
-    assert refused_costs, "the budget should have run out"
-    assert spent <= budget + worst_bound
-    for cost in refused_costs:
-        assert spent + cost > budget  # it would not have fit in what was left
+    assert outcomes["spent"] and outcomes["held"] and outcomes["admitted"], outcomes
+    assert spent <= budget + max_out_cost, (spent - budget, max_out_cost)
+    for spent_then, input_cost in refusals:
+        assert spent_then + input_cost > budget  # 402 only when its own input did not fit
     snap = limiter.snapshot(k.id)
     snap = await snap if asyncio.iscoroutine(snap) else snap
     assert snap["spent_micro"] == spent and snap["held_micro"] == 0 and snap["in_flight"] == 0
+
+
+async def test_token_windows_hold_allowances(make_limiter: Callable[..., BaseLimiter]) -> None:
+    plans = Plans({"small": {"windows": [{"name": "burst", "seconds": 60, "tokens": 2000}]}})
+    limiter = make_limiter(plans=plans)
+    k = key(tpm=1000)
+    a = await admit(limiter, k, inp=10, allowance=500)
+    err = await refused(admit(limiter, k, inp=10, allowance=500))  # 10 + 500 + 10 + 500 > 1000
+    assert err.status == 429 and "minute token window" in err.message and err.retry_after is not None
+    await limiter.settle(a, tokens=110, cost_micro=0)
+    await limiter.settle(await admit(limiter, k, inp=10, allowance=500), tokens=20, cost_micro=0)
+    # plan windows: the same rule
+    p = key(plan="small")
+    b = await admit(limiter, p, inp=100, allowance=1500)
+    err = await refused(admit(limiter, p, inp=100, allowance=400))
+    assert err.status == 429 and "burst token window" in err.message
+    await limiter.settle(b, tokens=200, cost_micro=0)
+    c = await admit(limiter, p, inp=100, allowance=1700)  # 200 + 100 + 1700 fits exactly
+    assert c.limited
+
+
+async def test_held_retry_after_follows_request_durations(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter()
+    k = key(budget_tokens=1000)
+    for _ in range(2):  # requests of this key take ~0.6 s
+        adm = await admit(limiter, k, inp=10, allowance=100)
+        await asyncio.sleep(0.6)
+        await limiter.settle(adm, tokens=20, cost_micro=0)
+    a = await admit(limiter, k, inp=10, allowance=900)
+    err = await refused(admit(limiter, k, inp=10, allowance=100))
+    assert err.status == 429 and 0.4 <= (err.retry_after or 0) <= 0.7, err.retry_after
+    await asyncio.sleep(0.3)
+    err = await refused(admit(limiter, k, inp=10, allowance=100))
+    assert 0.1 <= (err.retry_after or 0) <= 0.4, err.retry_after  # a is expected to end sooner now
+    await limiter.settle(a, tokens=20, cost_micro=0)
+
+
+async def test_refresh_keeps_a_long_request_reserved(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter(reservation_ttl=0.4)
+    assert limiter.refresh_interval == pytest.approx(0.4 / 3)
+    k = key(max_concurrency=1, budget_tokens=1000)
+    stream = await admit(limiter, k, inp=100, allowance=800)
+    for _ in range(8):  # 1.2 s: three reservation ttls
+        await asyncio.sleep(0.15)
+        await limiter.refresh(stream)
+        assert (await refused(admit(limiter, k, inp=10, allowance=10))).status == 429
+    await limiter.settle(stream, tokens=500, cost_micro=0)
+    await limiter.refresh(stream)  # after settle: nothing happens
+    again = await admit(limiter, k, inp=10, allowance=10)
+    await limiter.settle(again, tokens=10, cost_micro=0)
+    # without refreshes the reservation lapses after its ttl (a replica that died mid-stream)
+    lost = await admit(limiter, k, inp=10, allowance=10)
+    await asyncio.sleep(0.5)
+    await limiter.refresh(lost)  # too late: not re-created
+    late = await admit(limiter, k, inp=10, allowance=10)
+    assert late.limited
+
+
+async def test_count_tokens_admission(make_limiter: Callable[..., BaseLimiter]) -> None:
+    limiter = make_limiter(window_seconds=2.0)
+    k = key(rpm=3, max_concurrency=2, budget_tokens=100, tpm=50)
+    spend = await admit(limiter, k, inp=40, allowance=60)
+    await limiter.settle(spend, tokens=100, cost_micro=0)  # budget and TPM now spent
+    assert (await refused(admit(limiter, k, inp=1))).status == 402
+    assert limiter.governs_count(k) and not limiter.governs_count(key(budget_tokens=5, tpm=5))
+    a = await limiter.admit_count(k)  # counting is free: neither budget nor TPM stops it
+    b = await limiter.admit_count(k)
+    err = await refused(limiter.admit_count(k))  # but it takes a concurrency slot
+    assert err.status == 429 and "concurrent" in err.message
+    await limiter.settle(a, tokens=0, cost_micro=0)
+    await limiter.settle(b, tokens=0, cost_micro=0)
+    err = await refused(limiter.admit_count(k))  # and counts in the RPM window (with the messages request)
+    assert err.status == 429 and "requests per minute" in err.message
+    snap = limiter.snapshot(k.id)
+    snap = await snap if asyncio.iscoroutine(snap) else snap
+    assert snap["spent_tokens"] == 100 and snap["in_flight"] == 0
+    free = await limiter.admit_count(key(budget_tokens=5))
+    assert not free.limited
 
 
 async def test_concurrency_cap(make_limiter: Callable[..., BaseLimiter]) -> None:
@@ -151,7 +246,7 @@ async def test_unsettled_reservations_expire(make_limiter: Callable[..., BaseLim
     limiter = make_limiter(reservation_ttl=0.5)
     k = key(max_concurrency=1, budget_tokens=1000)
     await admit(limiter, k, inp=900)  # never settled: its replica "died"
-    assert (await refused(admit(limiter, k, inp=200))).status == 402
+    assert (await refused(admit(limiter, k, inp=200))).status == 429
     await asyncio.sleep(0.6)
     late = await admit(limiter, k, inp=200)
     assert late.limited

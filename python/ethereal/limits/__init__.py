@@ -1,21 +1,31 @@
 """Admission control: budgets, rate windows, concurrency and plans.
 
 ``admit`` runs before a request goes upstream: it refuses (raising ``GatewayError``:
-402 budget spent, 429 rate or concurrency limit, 503 when the limiter cannot decide)
-or reserves the request's estimated cost and returns an ``Admission`` carrying the
-``anthropic-ratelimit-*`` headers. ``settle`` replaces the reservation by the real
-cost once the request is over (on every path, streams cut short included).
+402 budget spent, 429 rate or concurrency limit or budget held by requests in flight,
+503 when the limiter cannot decide) or reserves the request's estimated cost and
+returns an ``Admission`` carrying the ``anthropic-ratelimit-*`` headers. ``settle``
+replaces the reservation by the real cost once the request is over (on every path,
+streams cut short included); ``refresh`` keeps a long stream's reservation alive.
+``admit_count`` admits a ``count_tokens`` call: RPM and concurrency only.
 
-Backends: ``RedisLimiter`` (one EVALSHA per admit, shared by every replica) and
-``LocalLimiter`` (in-process, the embedded default); both keep the same semantics
-and run the same contract tests. ``build_limiter`` picks one from the settings.
+Backends: ``RedisLimiter`` (one FCALL per admit, shared by every replica, single Redis
+or Redis Cluster) and ``LocalLimiter`` (in-process, the embedded default); both keep the
+same semantics and run the same contract tests. ``build_limiter`` picks one.
 
-Budget rule (both backends): a request is admitted when the key's spend so far, plus
-the estimated input of its requests in flight, plus its own estimated input, fits the
-budget; its output allowance is reserved too (shown in the held totals) but is paid at
-settle. Hence the two guarantees the tests check: the budget is exceeded by at most the
-output of the requests in flight, and a request whose real cost fits what is left is
-never refused.
+Hard budgets (both backends, token and micro-USD budgets and every token window):
+a request is admitted when spend so far + every reservation in flight (estimated input +
+output allowance) + its own input and allowance fits. When it does not:
+
+* spend + its own input is over the budget: 402 ``billing_error`` (the budget is spent);
+* else, other requests are in flight: 429 ``rate_limit_error`` with a retry-after of
+  when the oldest of them is expected to end (the budget is held, not spent);
+* else it is admitted alone.
+
+So the budget is exceeded by at most one request's output (the one admitted alone,
+whose allowance did not fit), however many requests arrive at once, and a request
+whose real cost fits is never refused for ever. This holds as long as the allowance
+is the request's real output ceiling (its ``max_tokens``) and the input estimate is
+not below the real input.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ if TYPE_CHECKING:
     from ethereal.storage.base import Store
 
 # result codes shared by admit.lua and the local limiter
-OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS = range(7)
+OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD = range(8)
 
 
 @dataclass(slots=True)
@@ -65,7 +75,9 @@ class KeyLimits:
 
     @property
     def reserving(self) -> bool:
-        return self.budget_tokens is not None or self.budget_micro is not None or self.max_concurrency is not None
+        """Whether admit reserves (a budget, a concurrency cap or a token window to hold the allowance against)."""
+        return (self.budget_tokens is not None or self.budget_micro is not None or self.max_concurrency is not None
+                or any(w.tokens is not None for w in self.windows))
 
     @property
     def empty(self) -> bool:
@@ -122,6 +134,16 @@ def refusal(code: int, retry_ms: float, limits: KeyLimits, detail: int, now_ms: 
     if code == BUDGET_MICRO:
         return GatewayError(402, "this API key's spending budget is spent", type="billing_error")
     retry = max(retry_ms, 1.0) / 1000.0
+    if code == HELD:
+        if detail == -1:
+            what = "token budget"
+        elif detail == -2:
+            what = "spending budget"
+        else:
+            held_window = limits.windows[detail - 1] if 0 < detail <= len(limits.windows) else None
+            what = f"{held_window.name} token window" if held_window is not None else "token window"
+        return GatewayError(429, f"this API key's {what} is held by its requests in flight; retry when they end",
+                            type="rate_limit_error", retry_after=retry)
     if code == CONCURRENCY:
         return GatewayError(429, f"this API key allows {limits.max_concurrency} concurrent request(s)",
                             type="rate_limit_error", retry_after=retry)
@@ -149,12 +171,38 @@ class Limiter:
     """No limits: every key is admitted. The Redis and in-process limiters override."""
 
     enabled = False
+    #: how often (seconds) a long request should call ``refresh``: a third of the reservation ttl
+    refresh_interval = 300.0
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
                     price_in: float, price_out: float) -> Admission:
+        """Reserve a Messages request: ``input_tokens`` (the estimate) plus ``max_tokens`` of output.
+
+        ``max_tokens`` must be the request's own ceiling (thinking included), uncapped: the hard
+        budget bound assumes no request outputs more than its allowance.
+        """
+        return Admission(key_id=key.id)
+
+    async def admit_count(self, key: KeyRecord) -> Admission:
+        """Admit a ``count_tokens`` call: it counts against the key's RPM (minute window) and its
+        concurrency cap, never against budgets, TPM or plan envelopes (counting is free). Settle it
+        like any admission (``tokens=0, cost_micro=0``) to give its concurrency slot back."""
         return Admission(key_id=key.id)
 
     async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
+        return None
+
+    async def refresh(self, admission: Admission) -> None:
+        """Keep a long request's reservation and concurrency slot alive past the reservation ttl.
+
+        Contract for the stream relay: while a response is being relayed, call it about every
+        ``refresh_interval`` seconds (checking the time on each chunk is enough; a stream with no
+        chunk for that long may refresh late, which is safe while the gap stays under the ttl).
+        It never raises, never waits for Redis (the command is sent without awaiting its reply)
+        and is a no-op for an admission that reserved nothing or is settled already. A reservation
+        that expired before its refresh is not re-created: its budget may already have been given
+        to other requests; the request is still settled at its real cost.
+        """
         return None
 
     async def close(self) -> None:
@@ -162,6 +210,10 @@ class Limiter:
 
     def governs(self, key: KeyRecord | None) -> bool:
         """Whether ``key`` has any limit to admit against (else routes skip admit and the token estimate)."""
+        return False
+
+    def governs_count(self, key: KeyRecord | None) -> bool:
+        """Whether ``admit_count`` has anything to check for ``key`` (an RPM or a concurrency cap)."""
         return False
 
     async def start(self) -> None:
@@ -179,11 +231,30 @@ class BaseLimiter(Limiter):
         self.plans = plans or Plans()
         self.window_seconds = window_seconds
         self.reservation_ttl_ms = int(reservation_ttl * 1000)
+        self.refresh_interval = max(0.05, reservation_ttl / 3.0)
         self.store = store
         self._limits_cache: dict[tuple[Any, ...], KeyLimits] = {}
+        self._count_cache: dict[tuple[Any, ...], KeyLimits] = {}
 
     def governs(self, key: KeyRecord | None) -> bool:
         return key is not None and not self.limits_for(key).empty
+
+    def governs_count(self, key: KeyRecord | None) -> bool:
+        return key is not None and not self.count_limits_for(key).empty
+
+    def count_limits_for(self, key: KeyRecord) -> KeyLimits:
+        """The limits a ``count_tokens`` call counts against: the minute window's request ceiling
+        (the same counters as Messages requests) and the concurrency cap."""
+        cache_key = (key.rpm, key.max_concurrency)
+        found = self._count_cache.get(cache_key)
+        if found is None:
+            windows = (Window("minute", self.window_seconds, key.rpm, None, buckets=60),) if key.rpm is not None \
+                else ()
+            found = KeyLimits(None, None, key.max_concurrency, windows)
+            if len(self._count_cache) > 10_000:
+                self._count_cache.clear()
+            self._count_cache[cache_key] = found
+        return found
 
     def limits_for(self, key: KeyRecord) -> KeyLimits:
         cache_key = (key.plan, key.rpm, key.tpm, key.budget_tokens, key.budget_micro_usd, key.max_concurrency)

@@ -18,6 +18,7 @@ from ethereal.limits import (
     BUDGET_MICRO,
     BUDGET_TOKENS,
     CONCURRENCY,
+    HELD,
     OK,
     WINDOW_REQUESTS,
     WINDOW_TOKENS,
@@ -39,7 +40,9 @@ class _KeyState:
     held_in_micro: int = 0
     held_tokens: int = 0
     held_micro: int = 0
-    reservations: dict[str, tuple[int, int, int, int, int]] = field(default_factory=dict)  # .., expiry ms
+    dur: int | None = None  # moving average of request durations (ms): retry-after when the budget is held
+    # rid -> (in_t, in_m, full_t, full_m, expiry ms, admitted ms)
+    reservations: dict[str, tuple[int, int, int, int, int, int]] = field(default_factory=dict)
     windows: dict[tuple[str, int, int], dict[int, list[int]]] = field(default_factory=dict)  # bucket -> [req, tok]
     last_ms: int = 0
 
@@ -67,13 +70,14 @@ class LocalLimiter(BaseLimiter):
         return st
 
     @staticmethod
-    def _release(st: _KeyState, rid: str) -> None:
+    def _release(st: _KeyState, rid: str) -> tuple[int, int, int, int, int, int] | None:
         res = st.reservations.pop(rid, None)
         if res is not None:
             st.held_in_tokens -= res[0]
             st.held_in_micro -= res[1]
             st.held_tokens -= res[2]
             st.held_micro -= res[3]
+        return res
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
                     price_in: float, price_out: float) -> Admission:
@@ -81,7 +85,25 @@ class LocalLimiter(BaseLimiter):
         if limits.empty:
             return Admission(key_id=key.id)
         in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
-        in_m, allow_m = self.price(in_t, price_in), self.price(allow_t, price_out)
+        return await self._admit(key, limits, in_t, allow_t, self.price(in_t, price_in), self.price(allow_t, price_out))
+
+    async def admit_count(self, key: KeyRecord) -> Admission:
+        limits = self.count_limits_for(key)
+        if limits.empty:
+            return Admission(key_id=key.id)
+        return await self._admit(key, limits, 0, 0, 0, 0)
+
+    async def refresh(self, admission: Admission) -> None:
+        if not admission.limited or admission.settled or not admission.token:
+            return
+        st = self._keys.get(admission.key_id)
+        res = st.reservations.get(admission.token) if st is not None else None
+        now = self._now()
+        if st is not None and res is not None and res[4] > now:  # an expired one is not revived (as in Redis)
+            st.reservations[admission.token] = (*res[:4], now + self.reservation_ttl_ms, res[5])
+
+    async def _admit(self, key: KeyRecord, limits: KeyLimits, in_t: int, allow_t: int, in_m: int,
+                     allow_m: int) -> Admission:
         budgeted = limits.budget_tokens is not None or limits.budget_micro is not None
         st = self.state(key.id)
         if budgeted and not st.seeded:
@@ -98,7 +120,7 @@ class LocalLimiter(BaseLimiter):
         if limits.reserving:
             for rid in [r for r, res in st.reservations.items() if res[4] <= now][:100]:
                 self._release(st, rid)
-        code, retry, detail = self._check(st, limits, in_t, in_m, now)
+        code, retry, detail = self._check(st, limits, in_t, allow_t, in_m, allow_m, now)
         if code != OK:
             raise refusal(code, retry, limits, detail, now)
         req_hdr: tuple[int, int, int] | None = None
@@ -118,7 +140,7 @@ class LocalLimiter(BaseLimiter):
         rid = ""
         if limits.reserving:
             rid = uuid.uuid4().hex
-            st.reservations[rid] = (in_t, in_m, in_t + allow_t, in_m + allow_m, now + self.reservation_ttl_ms)
+            st.reservations[rid] = (in_t, in_m, in_t + allow_t, in_m + allow_m, now + self.reservation_ttl_ms, now)
             st.held_in_tokens += in_t
             st.held_in_micro += in_m
             st.held_tokens += in_t + allow_t
@@ -136,18 +158,25 @@ class LocalLimiter(BaseLimiter):
             del buckets[idx]
         return buckets, cur, nb, bms
 
-    def _check(self, st: _KeyState, limits: KeyLimits, in_t: int, in_m: int, now: int) -> tuple[int, float, int]:
+    def _check(self, st: _KeyState, limits: KeyLimits, in_t: int, allow_t: int, in_m: int, allow_m: int,
+               now: int) -> tuple[int, float, int]:
+        """admit.lua's decision, step for step (see its header for the hard-budget rule)."""
+        busy = st.held_tokens > 0 or st.held_micro > 0
+        held: int | None = None
         if limits.budget_tokens is not None:
-            used = st.spent_tokens + st.held_in_tokens
-            if used >= limits.budget_tokens or used + in_t > limits.budget_tokens:
+            if st.spent_tokens >= limits.budget_tokens or st.spent_tokens + in_t > limits.budget_tokens:
                 return BUDGET_TOKENS, 0, 0
+            if st.spent_tokens + st.held_tokens + in_t + allow_t > limits.budget_tokens:
+                held = -1
         if limits.budget_micro is not None:
-            used = st.spent_micro + st.held_in_micro
-            if used >= limits.budget_micro or used + in_m > limits.budget_micro:
+            if st.spent_micro >= limits.budget_micro or st.spent_micro + in_m > limits.budget_micro:
                 return BUDGET_MICRO, 0, 0
+            if held is None and st.spent_micro + st.held_micro + in_m + allow_m > limits.budget_micro:
+                held = -2
         if limits.max_concurrency is not None and len(st.reservations) >= limits.max_concurrency:
             first = min((r[4] for r in st.reservations.values()), default=now + 1000)
             return CONCURRENCY, min(1000, max(1, first - now)), 0
+        allowances = st.held_tokens - st.held_in_tokens
         for i, window in enumerate(limits.windows, start=1):
             buckets, cur, nb, bms = self._window(st, window, now)
             used_r = sum(v[0] for v in buckets.values())
@@ -158,6 +187,13 @@ class LocalLimiter(BaseLimiter):
             if window.tokens is not None and (used_t >= window.tokens or used_t + in_t > window.tokens):
                 return WINDOW_TOKENS, self._wait(buckets, 1, used_t, in_t, window.tokens, nb, bms, now,
                                                  window.window_ms), i
+            if held is None and window.tokens is not None and used_t + allowances + in_t + allow_t > window.tokens:
+                held = i
+        if held is not None and busy:
+            avg = st.dur if st.dur is not None else 1000
+            oldest = min(st.reservations.values(), key=lambda r: r[4], default=None)
+            age = now - oldest[5] if oldest is not None else 0
+            return HELD, max(100, min(60_000, avg - age)), held
         return OK, 0, 0
 
     @staticmethod
@@ -175,7 +211,10 @@ class LocalLimiter(BaseLimiter):
             return
         admission.settled = True
         st = self.state(admission.key_id)
-        self._release(st, admission.token)
+        res = self._release(st, admission.token)
+        if res is not None and res[2] > res[0]:  # held an output allowance: feeds the retry-after estimate
+            took = max(0, self._now() - admission.admitted_ms)
+            st.dur = took if st.dur is None else int(st.dur + (took - st.dur) / 4)
         if st.seeded:
             st.spent_tokens += tokens
             st.spent_micro += cost_micro

@@ -13,11 +13,17 @@ everything else (SCRIPT LOAD, pub/sub, publish).
 A connection that fails, or whose oldest reply is overdue, is dropped and every
 pending command fails with ``redis.exceptions.ConnectionError``; the next command
 reconnects.
+
+``Single`` and ``Cluster`` route the limiter's commands: ``Single`` to the one ``Pipe``,
+``Cluster`` to the ``Pipe`` of the master that owns the command's hash slot (slot map
+from CLUSTER SLOTS, refreshed on MOVED and on connection failures; ASK answered with
+ASKING + the command on the target node; a bounded number of redirects per command).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections import deque
@@ -27,7 +33,25 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+log = logging.getLogger("ethereal.limits")
+
+
+class Redirect(ResponseError):
+    """MOVED or ASK from a Redis Cluster node: the slot lives (or is moving) elsewhere."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        kind, slot, addr = message.split(" ", 2)
+        host, _, port = addr.rpartition(":")
+        self.ask = kind == "ASK"
+        self.slot = int(slot)
+        self.addr = (host, int(port))
+
+
+class Unavailable(ResponseError):
+    """The server cannot answer for now (CLUSTERDOWN, TRYAGAIN, LOADING, MASTERDOWN): an outage, not a bug."""
 
 
 def encode_args(args: tuple[Any, ...] | list[Any]) -> bytes:
@@ -52,7 +76,13 @@ def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
 
 def _reply_error(reply: Exception) -> ResponseError:
     message = str(reply)
-    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+    if message.startswith(("NOSCRIPT", "ERR Function not found")):  # scripts or functions gone: load again
+        return NoScriptError(message)
+    if message.startswith(("MOVED ", "ASK ")):
+        return Redirect(message)
+    if message.startswith(("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN")):
+        return Unavailable(message)
+    return ResponseError(message)
 
 
 class _Protocol(asyncio.Protocol):
@@ -98,9 +128,9 @@ class _Protocol(asyncio.Protocol):
 class Pipe:
     """A lazily connected, auto-pipelined Redis connection."""
 
-    def __init__(self, url: str, *, timeout: float = 2.0, connect_timeout: float = 1.0,
-                 defer_s: float = 0.002) -> None:
-        self.params = parse_url(url)
+    def __init__(self, url: str | None, *, timeout: float = 2.0, connect_timeout: float = 1.0,
+                 defer_s: float = 0.002, params: dict[str, Any] | None = None) -> None:
+        self.params = params if params is not None else parse_url(url or "")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._proto: _Protocol | None = None
@@ -263,3 +293,177 @@ class Pipe:
                 self._watchdog.cancel()
                 self._watchdog = None
             self._drop(RedisConnectionError("the limiter is closed"))
+
+
+ASKING = encode_command(("ASKING",))
+_MAX_REDIRECTS = 5
+
+
+class Single:
+    """Every command to one Redis server."""
+
+    cluster = False
+
+    def __init__(self, url: str, *, timeout: float, connect_timeout: float) -> None:
+        self.pipe = Pipe(url, timeout=timeout, connect_timeout=connect_timeout)
+
+    async def call(self, payload: bytes, slot: int) -> Any:
+        """Send an encoded command and wait for its reply."""
+        pipe = self.pipe
+        if not pipe.connected:
+            await pipe.connection()
+        return await pipe.send(payload)
+
+    async def cast(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
+        """Send an encoded command without waiting for its reply (deferred: it leaves with the next one)."""
+        pipe = self.pipe
+        if not pipe.connected:
+            await pipe.connection()
+        pipe.send_nowait(payload, on_error, defer=True)
+
+    async def everywhere(self, *args: Any) -> list[Any]:
+        """A command for every master (loading the limiter's functions)."""
+        return [await self.pipe.execute(*args)]
+
+    async def close(self) -> None:
+        await self.pipe.close()
+
+
+class Cluster:
+    """Commands routed by hash slot to the masters of a Redis Cluster, one ``Pipe`` per master."""
+
+    cluster = True
+
+    def __init__(self, nodes: list[tuple[str, int]], params: dict[str, Any], *, timeout: float,
+                 connect_timeout: float) -> None:
+        self.seeds = list(nodes)
+        self.params = params  # username, password, connection_class of the URL
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.pipes: dict[tuple[str, int], Pipe] = {}
+        self.slots: list[tuple[str, int] | None] = [None] * 16384
+        self.masters: list[tuple[str, int]] = []
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def pipe_at(self, addr: tuple[str, int]) -> Pipe:
+        pipe = self.pipes.get(addr)
+        if pipe is None:
+            params = {**self.params, "host": addr[0], "port": addr[1]}
+            pipe = self.pipes[addr] = Pipe(None, timeout=self.timeout, connect_timeout=self.connect_timeout,
+                                           params=params)
+        return pipe
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Read the slot map (CLUSTER SLOTS) from the first node that answers; concurrent callers share one read."""
+        if self._refreshing is not None:
+            return await asyncio.shield(self._refreshing)
+        if not force and any(self.slots) and time.monotonic() - self._refreshed_at < 0.25:
+            return None
+        self._refreshing = asyncio.ensure_future(self._refresh())
+        try:
+            return await asyncio.shield(self._refreshing)
+        finally:
+            self._refreshing = None
+
+    async def _refresh(self) -> None:
+        last: Exception | None = None
+        for addr in dict.fromkeys([*self.masters, *self.seeds, *self.pipes]):
+            try:
+                reply = await self.pipe_at(addr).execute("CLUSTER", "SLOTS")
+            except RedisError as exc:
+                last = exc
+                continue
+            slots: list[tuple[str, int] | None] = [None] * 16384
+            masters: dict[tuple[str, int], None] = {}
+            for start, end, master, *_replicas in reply:
+                host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+                node = (host or addr[0], int(master[1]))  # an empty host means "the node you asked"
+                masters[node] = None
+                for slot in range(int(start), int(end) + 1):
+                    slots[slot] = node
+            self.slots, self.masters = slots, list(masters)
+            self._refreshed_at = time.monotonic()
+            for gone in [a for a in self.pipes if a not in masters and a not in self.seeds]:
+                await self.pipes.pop(gone).close()
+            return
+        raise RedisConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS: {last}")
+
+    async def call(self, payload: bytes, slot: int) -> Any:
+        last: Exception | None = None
+        for attempt in range(_MAX_REDIRECTS):
+            addr = self.slots[slot]
+            if addr is None:
+                await self.refresh(force=True)
+                addr = self.slots[slot]
+                if addr is None:
+                    raise Unavailable(f"CLUSTERDOWN no master serves hash slot {slot}")
+            pipe = self.pipe_at(addr)
+            try:
+                if not pipe.connected:
+                    await pipe.connection()
+                return await pipe.send(payload)
+            except Redirect as redirect:
+                last = redirect
+                if redirect.ask:  # the slot is migrating: this key is on the target already
+                    target = self.pipe_at(redirect.addr)
+                    await target.connection()
+                    target.send_nowait(ASKING, _ignore)  # queued in the same write, just ahead of the command
+                    try:
+                        return await target.send(payload)
+                    except Redirect as again:
+                        last = again
+                        continue
+                self.slots[redirect.slot] = redirect.addr  # MOVED: the slot's new owner; re-read the map too
+                self._spawn(self.refresh())
+            except RedisConnectionError as exc:
+                last = exc
+                if attempt >= 1:
+                    raise
+                await self.refresh(force=True)  # a master failed over, or is gone
+        raise last if last is not None else RedisConnectionError("too many Redis Cluster redirects")
+
+    async def cast(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
+        addr = self.slots[slot]
+        pipe = self.pipe_at(addr) if addr is not None else None
+        if pipe is None or not pipe.connected:
+            self._spawn(self._call_reporting(payload, slot, on_error))
+            return
+
+        def failed(exc: Exception) -> None:
+            if isinstance(exc, Redirect | RedisConnectionError):  # resend through call(): redirects, new map
+                self._spawn(self._call_reporting(payload, slot, on_error))
+            else:
+                on_error(exc)
+
+        pipe.send_nowait(payload, failed, defer=True)
+
+    async def _call_reporting(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
+        try:
+            await self.call(payload, slot)
+        except (RedisError, OSError) as exc:
+            on_error(exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("Redis Cluster background call failed: %s", task.exception())
+
+    async def everywhere(self, *args: Any) -> list[Any]:
+        await self.refresh(force=True)
+        return [await self.pipe_at(addr).execute(*args) for addr in self.masters]
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for pipe in list(self.pipes.values()):
+            await pipe.close()
+
+
+def _ignore(exc: Exception) -> None:
+    return None

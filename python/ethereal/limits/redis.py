@@ -1,16 +1,24 @@
-"""The shared limiter: one EVALSHA of ``lua/admit.lua`` per request, one of ``settle.lua`` after it.
+"""The shared limiter: one FCALL of ``ethereal_admit_v2`` per request, one of ``ethereal_settle_v2`` after it.
 
-Every Redis key of one ethereal key carries the hash tag ``{k:<key_id>}`` so both scripts
-run on Redis Cluster, and the layout version ``ethereal:v1:`` so replicas running a newer
-layout never read an older one's counters. Scripts are loaded with SCRIPT LOAD and
-reloaded on NOSCRIPT (a restarted or failed-over Redis).
+The scripts (``lua/admit.lua``, ``settle.lua``, ``refresh.lua``) are loaded as one Redis
+Functions library whose name carries its version (``ethereal_limits_v2``, functions
+``ethereal_admit_v2`` …): a replica running another version calls its own functions, side by
+side, and every version that shares the key layout (``ethereal:v1:``) shares the counters.
+Functions are replicated and persisted with the data; they are loaded again (FUNCTION LOAD
+REPLACE, on every master) when a server answers that they are missing (a restart without
+persistence, a new node).
+
+Every Redis key of one ethereal key carries the hash tag ``{k:<key_id>}``, so each call's keys
+live in one slot and the limiter runs on Redis Cluster (``redis+cluster://`` URLs, see
+``ethereal/redisconn.py``): commands go to the master owning the slot, MOVED/ASK are followed.
 
 Redis holds only hot counters: spend is seeded from the database (``store.spend_by_key``)
 the first time a budgeted key is seen after Redis lost its state.
 
-When Redis cannot be reached, requests are refused with 503 (fail closed) unless
-``ETHEREAL_LIMITS_FAIL_OPEN=true``, in which case they are admitted unlimited; both are
-logged. Settlements that fail are kept (bounded) and retried.
+When Redis (or the master owning a key's slot) cannot be reached, requests are refused with
+503 (fail closed) unless ``ETHEREAL_LIMITS_FAIL_OPEN=true``, in which case they are admitted
+unlimited; both are logged. Settlements that fail are kept (bounded) and retried; requests
+recover on their own once the server is back.
 """
 
 from __future__ import annotations
@@ -20,13 +28,13 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ethereal import redisconn
 from ethereal.keys import KeyRecord
 from ethereal.limits import (
     NEED_SEED,
@@ -38,13 +46,16 @@ from ethereal.limits import (
     refusal,
     unavailable,
 )
-from ethereal.limits.pipe import Pipe, encode_args
+from ethereal.limits.pipe import Cluster, Single, Unavailable, encode_args, encode_command
 
 log = logging.getLogger("ethereal.limits")
 
 LAYOUT = "ethereal:v1:"
 STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-seeded from the database
 _MAX_PENDING_SETTLES = 100_000
+VERSION = 2
+LIBRARY = f"ethereal_limits_v{VERSION}"
+ADMIT_FN, SETTLE_FN, REFRESH_FN = (f"ethereal_{name}_v{VERSION}" for name in ("admit", "settle", "refresh"))
 
 
 def _args(args: Any, count: int | None = None) -> bytes:
@@ -56,58 +67,57 @@ def _args(args: Any, count: int | None = None) -> bytes:
 class _Spec:
     """One key's script keys and the pre-encoded constant parts of its admit and settle commands."""
 
-    __slots__ = (
-        "admit_head",
-        "admit_sha",
-        "admit_tail",
-        "const1",
-        "const2",
-        "keys",
-        "limits",
-        "settle_head",
-        "settle_sha",
-        "settle_tail",
-        "sizes",
-    )
+    __slots__ = ("admit_head", "admit_tail", "const1", "const2", "keys", "limits", "refresh_head",
+                 "settle_head", "settle_tail", "sizes", "slot")
 
     def __init__(self, limits: KeyLimits, keys: list[str], sizes: list[int], const1: list[Any], const2: list[Any],
-                 admit_sha: str | None, settle_sha: str | None) -> None:
+                 slot: int) -> None:
         self.limits, self.keys, self.sizes, self.const1, self.const2 = limits, keys, sizes, const1, const2
-        self.admit_sha, self.settle_sha = admit_sha, settle_sha
-        self.admit_head = self.admit_tail = self.settle_head = self.settle_tail = b""
+        self.slot = slot
+        self.admit_head = self.admit_tail = self.settle_head = self.settle_tail = self.refresh_head = b""
 
 
 def _script(name: str) -> str:
     return (resources.files("ethereal.limits") / "lua" / name).read_text(encoding="utf-8")
 
 
+def library() -> str:
+    """The Redis Functions library: each script's body becomes one function taking (KEYS, ARGV)."""
+    parts = [f"#!lua name={LIBRARY}"]
+    for fn, name in ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua")):
+        parts.append(f"redis.register_function('{fn}', function(KEYS, ARGV)\n{_script(name)}\nend)")
+    return "\n".join(parts)
+
+
 class RedisLimiter(BaseLimiter):
-    def __init__(self, url: str, *, fail_open: bool = False, max_connections: int = 8,
+    def __init__(self, url: str, *, fail_open: bool = False,
                  socket_timeout: float = 2.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.url = url
         self.fail_open = fail_open
-        # the hot path (EVALSHA, SCRIPT LOAD) on one pipelined connection; redis.asyncio for pub/sub
-        self.pipe = Pipe(url, timeout=socket_timeout, connect_timeout=min(1.0, socket_timeout))
-        self.pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=socket_timeout, socket_timeout=socket_timeout,
-            socket_connect_timeout=min(1.0, socket_timeout),
-        )
-        self.redis = aioredis.Redis(connection_pool=self.pool)
-        self._admit_src, self._settle_src = _script("admit.lua"), _script("settle.lua")
-        self._admit_sha: str | None = None
-        self._settle_sha: str | None = None
-        self._pending: deque[bytes] = deque(maxlen=_MAX_PENDING_SETTLES)  # encoded settles to retry
+        connect_timeout = min(1.0, socket_timeout)
+        target = redisconn.cluster(url)
+        # every call on one pipelined connection per server (key-change notifications: keychanges.py)
+        self.router: Single | Cluster
+        if target is None:
+            self.router = Single(url, timeout=socket_timeout, connect_timeout=connect_timeout)
+        else:
+            self.router = Cluster(list(target.nodes), target.pipe_params(), timeout=socket_timeout,
+                                  connect_timeout=connect_timeout)
+        self._library = library()
+        self._loaded = False
+        self._loading: asyncio.Future[None] | None = None
+        self._pending: deque[tuple[bytes, int]] = deque(maxlen=_MAX_PENDING_SETTLES)  # settles to retry
         self._retry_task: asyncio.Task[None] | None = None
         self._last_outage_log = 0.0
         self._specs: dict[str, _Spec] = {}
 
     # plumbing
-    def spec_for(self, key_id: str, limits: KeyLimits) -> _Spec:
-        """The key's script keys and the constant parts of both commands, encoded once per key and limits."""
-        found = self._specs.get(key_id)
-        if found is not None and found.limits is limits and found.admit_sha == self._admit_sha \
-                and found.settle_sha == self._settle_sha:
+    def spec_for(self, key_id: str, limits: KeyLimits, *, count: bool = False) -> _Spec:
+        """The key's script keys and the constant parts of its commands, encoded once per key and limits."""
+        cache_id = key_id if not count else key_id + "#count"
+        found = self._specs.get(cache_id)
+        if found is not None and found.limits is limits:
             return found
         tag = f"{LAYOUT}{{k:{key_id}}}"
         keys = [f"{tag}:b", f"{tag}:z"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}" for w in limits.windows]
@@ -119,18 +129,17 @@ class RedisLimiter(BaseLimiter):
         for w in limits.windows:
             const2 += [w.window_ms, w.bucket_ms, -1 if w.requests is None else w.requests,
                        -1 if w.tokens is None else w.tokens]
-        spec = _Spec(limits, keys, sizes, const1, const2, self._admit_sha, self._settle_sha)
-        if self._admit_sha is not None:
-            n_admit = 3 + len(keys) + 14 + 4 * len(limits.windows)
-            spec.admit_head = _args(["EVALSHA", self._admit_sha, len(keys), *keys], n_admit)
-            spec.admit_tail = _args([*const1, 0, 0, 0, *const2])
-        if self._settle_sha is not None:
-            n_settle = 3 + len(keys) + 7 + len(sizes)
-            spec.settle_head = _args(["EVALSHA", self._settle_sha, len(keys), *keys], n_settle)
-            spec.settle_tail = _args([STATE_TTL_MS, len(limits.windows), *sizes])
+        spec = _Spec(limits, keys, sizes, const1, const2, key_slot(f"k:{key_id}".encode()))
+        n_admit = 3 + len(keys) + 14 + 4 * len(limits.windows)
+        spec.admit_head = _args(["FCALL", ADMIT_FN, len(keys), *keys], n_admit)
+        spec.admit_tail = _args([*const1, 0, 0, 0, *const2])
+        n_settle = 3 + len(keys) + 7 + len(sizes)
+        spec.settle_head = _args(["FCALL", SETTLE_FN, len(keys), *keys], n_settle)
+        spec.settle_tail = _args([STATE_TTL_MS, len(limits.windows), *sizes])
+        spec.refresh_head = _args(["FCALL", REFRESH_FN, 2, keys[0], keys[1]], 3 + 2 + 3)
         if len(self._specs) > 100_000:
             self._specs.clear()
-        self._specs[key_id] = spec
+        self._specs[cache_id] = spec
         return spec
 
     def keys_for(self, key_id: str, limits: KeyLimits) -> tuple[list[str], list[int]]:
@@ -138,52 +147,41 @@ class RedisLimiter(BaseLimiter):
         spec = self.spec_for(key_id, limits)
         return spec.keys, spec.sizes
 
-    async def _eval(self, which: str, keys: list[str], argv: list[Any]) -> Any:
-        """EVALSHA on the pipelined connection (the slow path: seeding, retries)."""
-        sha = self._admit_sha if which == "admit" else self._settle_sha
-        if sha is None:
-            sha = await self._load(which)
+    async def _send(self, payload: bytes, slot: int) -> Any:
+        """An encoded FCALL; when the server has lost the functions they are loaded again and it is resent."""
         try:
-            return await self.pipe.execute("EVALSHA", sha, len(keys), *keys, *argv)
-        except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load both again (settles follow admits)
-            await self._load("settle" if which == "admit" else "admit")
-            sha = await self._load(which)
-            return await self.pipe.execute("EVALSHA", sha, len(keys), *keys, *argv)
-
-    async def _send(self, payload: bytes) -> Any:
-        """An encoded EVALSHA; on NOSCRIPT both scripts are loaded again and it is resent (same SHA1)."""
-        pipe = self.pipe
-        if not pipe.connected:
-            await pipe.connection()
-        try:
-            return await pipe.send(payload)
+            return await self.router.call(payload, slot)
         except NoScriptError:
-            await self._load("settle")
-            await self._load("admit")
-            return await pipe.execute_raw(payload)
+            await self._load(force=True)
+            return await self.router.call(payload, slot)
 
-    def _settle_failed(self, exc: Exception, payload: bytes) -> None:
-        if isinstance(exc, NoScriptError) or not isinstance(exc, ResponseError):
+    def _settle_failed(self, exc: Exception, payload: bytes, slot: int) -> None:
+        if isinstance(exc, NoScriptError | Unavailable) or not isinstance(exc, ResponseError):
             if not isinstance(exc, NoScriptError):
                 self._outage(exc)
-            self._pending.append(payload)  # retried (NOSCRIPT: after loading the script again)
+            self._pending.append((payload, slot))  # retried (NOSCRIPT: after loading the functions again)
             self._kick_retries()
         else:
-            log.error("settle.lua failed: %s", exc)  # a bug, not an outage: no retry
+            log.error("ethereal limiter function failed: %s", exc)  # a bug, not an outage: no retry
 
     def _kick_retries(self) -> None:
         if self._pending and (self._retry_task is None or self._retry_task.done()):
             self._retry_task = asyncio.get_running_loop().create_task(self._retry_settles())
 
-    async def _load(self, which: str) -> str:
-        src = self._admit_src if which == "admit" else self._settle_src
-        raw = await self.pipe.execute("SCRIPT", "LOAD", src)
-        sha = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if which == "admit":
-            self._admit_sha = sha
-        else:
-            self._settle_sha = sha
-        return sha
+    async def _load(self, *, force: bool = False) -> None:
+        """FUNCTION LOAD REPLACE on every master (concurrent callers share one load)."""
+        if self._loaded and not force:
+            return
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self.router.everywhere("FUNCTION", "LOAD", "REPLACE",
+                                                                         self._library))
+        loading = self._loading
+        try:
+            await asyncio.shield(loading)
+            self._loaded = True
+        finally:
+            if loading.done():
+                self._loading = None
 
     def _outage(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -200,10 +198,9 @@ class RedisLimiter(BaseLimiter):
     # the interface
     async def start(self) -> None:
         try:
-            await self._load("admit")
-            await self._load("settle")
+            await self._load()
         except RedisError as exc:
-            self._outage(exc)  # scripts load lazily once Redis answers
+            self._outage(exc)  # the functions load lazily once Redis answers
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
                     price_in: float, price_out: float) -> Admission:
@@ -211,20 +208,31 @@ class RedisLimiter(BaseLimiter):
         if limits.empty:
             return Admission(key_id=key.id)
         in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
-        in_m, allow_m = self.price(in_t, price_in), self.price(allow_t, price_out)
+        return await self._admit(key, limits, self.spec_for(key.id, limits), in_t, allow_t,
+                                 self.price(in_t, price_in), self.price(allow_t, price_out))
+
+    async def admit_count(self, key: KeyRecord) -> Admission:
+        limits = self.count_limits_for(key)
+        if limits.empty:
+            return Admission(key_id=key.id)
+        return await self._admit(key, limits, self.spec_for(key.id, limits, count=True), 0, 0, 0, 0)
+
+    async def _admit(self, key: KeyRecord, limits: KeyLimits, spec: _Spec, in_t: int, allow_t: int, in_m: int,
+                     allow_m: int) -> Admission:
         rid = os.urandom(16).hex() if limits.reserving else ""
         try:
-            if self._admit_sha is None or self._settle_sha is None:
-                await self._load("admit")
-                await self._load("settle")
-            spec = self.spec_for(key.id, limits)
+            if not self._loaded:
+                await self._load()
             payload = b"".join((spec.admit_head, _args((rid, in_t, allow_t, in_m, allow_m)), spec.admit_tail))
-            res = await self._send(payload)
+            res = await self._send(payload, spec.slot)
             if res[0] == NEED_SEED:
                 tokens, micro = await self.seed(key.id)
                 argv = [rid, in_t, allow_t, in_m, allow_m, *spec.const1, 1, tokens, micro, *spec.const2]
-                res = await self._eval("admit", spec.keys, argv)
+                res = await self._send(encode_command(["FCALL", ADMIT_FN, len(spec.keys), *spec.keys, *argv]),
+                                       spec.slot)
         except (RedisError, OSError) as exc:
+            if isinstance(exc, ResponseError) and not isinstance(exc, Unavailable | NoScriptError):
+                log.error("ethereal limiter function failed: %s", exc)
             self._outage(exc)
             if self.fail_open:
                 return Admission(key_id=key.id)
@@ -251,21 +259,41 @@ class RedisLimiter(BaseLimiter):
                             spec.settle_tail))
         # Sent without waiting for the reply: this worker's later commands (the key's next admit)
         # run after it on the same connection; failures are retried from the error callback.
+        slot = spec.slot
         try:
-            if not self.pipe.connected:
-                await self.pipe.connection()
-            self.pipe.send_nowait(payload, lambda exc: self._settle_failed(exc, payload), defer=True)
+            await self.router.cast(payload, slot, lambda exc: self._settle_failed(exc, payload, slot))
         except (RedisError, OSError) as exc:
             self._outage(exc)
-            self._pending.append(payload)
+            self._pending.append((payload, slot))
+
+    async def refresh(self, admission: Admission) -> None:
+        if not admission.limited or admission.settled or not admission.token:
+            return
+        spec: _Spec = admission.spec
+        payload = b"".join((spec.refresh_head, _args((admission.token, self.reservation_ttl_ms, STATE_TTL_MS))))
+        try:
+            await self.router.cast(payload, spec.slot, self._refresh_failed)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)  # the next refresh tries again; the ttl leaves room for a few misses
+
+    def _refresh_failed(self, exc: Exception) -> None:
+        if isinstance(exc, NoScriptError):
+            self._loaded = False  # loaded again by the next admit
+        elif isinstance(exc, ResponseError) and not isinstance(exc, Unavailable):
+            log.error("ethereal limiter refresh failed: %s", exc)
+        else:
+            self._outage(exc)
 
     async def _retry_settles(self) -> None:
         while self._pending:
-            payload = self._pending[0]
+            payload, slot = self._pending[0]
             try:
-                await self._send(payload)
+                await self._send(payload, slot)
+            except (Unavailable, NoScriptError):
+                await asyncio.sleep(1.0)
+                continue
             except ResponseError:
-                log.exception("settle.lua failed on retry")
+                log.exception("ethereal limiter settle failed on retry")
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)
                 continue
@@ -274,8 +302,10 @@ class RedisLimiter(BaseLimiter):
     async def snapshot(self, key_id: str) -> dict[str, int]:
         """Spent and held totals of a key (tests, the admin API)."""
         tag = f"{LAYOUT}{{k:{key_id}}}"
-        values = await self.pipe.execute("HMGET", f"{tag}:b", "st", "sm", "ft", "fm")  # after this worker's settles
-        in_flight = await self.pipe.execute("ZCARD", f"{tag}:z")
+        slot = key_slot(f"k:{key_id}".encode())
+        # on the pipelined connection: after this worker's settles
+        values = await self.router.call(encode_command(("HMGET", f"{tag}:b", "st", "sm", "ft", "fm")), slot)
+        in_flight = await self.router.call(encode_command(("ZCARD", f"{tag}:z")), slot)
         st, sm, ft, fm = (int(v) if v is not None else 0 for v in values)
         return {"spent_tokens": st, "spent_micro": sm, "held_tokens": ft, "held_micro": fm, "in_flight": in_flight}
 
@@ -287,6 +317,4 @@ class RedisLimiter(BaseLimiter):
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-        await self.pipe.close()  # waits (bounded) for settles still on the wire
-        await self.redis.aclose()
-        await self.pool.disconnect()
+        await self.router.close()  # waits (bounded) for settles still on the wire

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ethereal import redisconn
 from ethereal.upstream.pool import BACKOFF_KINDS, RPM_WINDOW, Credential, Health
 
 log = logging.getLogger("ethereal.upstream")
@@ -74,7 +75,9 @@ class RedisHealth(Health):
     shared = True
 
     def __init__(self, url: str, client: aioredis.Redis | None = None) -> None:
-        self.redis = client or aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # a RedisCluster for redis+cluster:// URLs: every key here shares one hash tag, so the scripts
+        # and the poll's pipeline each go to the one master owning that slot
+        self.redis = client or redisconn.async_client(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._failure = self.redis.register_script(_FAILURE)
         self._rpm = self.redis.register_script(_RPM)
         self._version: bytes | None = None

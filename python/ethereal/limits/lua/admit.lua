@@ -1,9 +1,12 @@
--- ethereal admit, layout v1 (keys "ethereal:v1:{k:<key_id>}:..."). One call per request:
--- checks and reserves the key's budgets, concurrency and rolling windows atomically.
+-- ethereal admit (library ethereal_limits_v2, function ethereal_admit_v2; key layout v1, shared with
+-- the v1 scripts so old and new replicas keep one set of counters during a rolling deploy).
+-- One call per request: checks and reserves the key's budgets, concurrency and rolling windows atomically.
 --
 -- KEYS[1]  hash  budget + reservations: st/sm spent tokens/micro-USD (lifetime, seeded from the
 --                database), ht/hm in-flight input reservations, ft/fm in-flight full reservations
---                (input + output allowance), "r:<rid>" = "in_t,in_m,full_t,full_m", seeded
+--                (input + output allowance), "r:<rid>" = "in_t,in_m,full_t,full_m,admitted_ms",
+--                seeded, dur (moving average of request durations, ms: the retry-after of a 429
+--                caused by requests in flight)
 -- KEYS[2]  zset  in-flight reservations: rid -> expiry (ms); its size is the concurrency
 -- KEYS[3+] hash  one per rolling window: "r<bucket>" requests, "t<bucket>" tokens
 -- ARGV  1 rid  2 in_tokens  3 allowance_tokens  4 in_micro  5 allowance_micro
@@ -11,12 +14,15 @@
 --       9 reservation ttl ms  10 seed? (0/1)  11 seed tokens  12 seed micro  13 state ttl ms
 --       14 number of windows, then 4 per window: window_ms bucket_ms max_requests max_tokens (-1 = none)
 -- Returns {code, retry_ms, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms,
---          now_ms, detail}; code 0 admitted, 1 needs seeding, 2 token budget, 3 micro-USD budget,
---          4 concurrency, 5 window requests, 6 window tokens (detail = window number).
--- Budget rule: admitted when spent + in-flight inputs + this input fits the budget. Output is
--- paid at settle, so a budget can be exceeded by at most the in-flight outputs, and a request
--- whose real cost fits what is left is never refused.
-if redis.replicate_commands then pcall(redis.replicate_commands) end
+--          now_ms, detail}; code 0 admitted, 1 needs seeding, 2 token budget spent, 3 micro-USD budget
+--          spent, 4 concurrency, 5 window requests, 6 window tokens (detail = window number),
+--          7 held by requests in flight (detail -1 token budget, -2 micro-USD budget, i window i).
+--
+-- Hard budgets: admitted when spent + every in-flight reservation (input + output allowance) + this
+-- request's input and allowance fits. When it does not: 2/3 if spent + its input alone is over the
+-- budget (402); 7 if something else is in flight (429, retry when they settle); else it is admitted
+-- alone, so the budget is exceeded by at most that one request's output. Token windows follow the
+-- same rule (their ceiling is a budget per window).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b, z = KEYS[1], KEYS[2]
@@ -28,6 +34,9 @@ local res_ttl, state_ttl = tonumber(ARGV[9]), tonumber(ARGV[13])
 local nwin = tonumber(ARGV[14])
 local budgeted = bud_t >= 0 or bud_m >= 0
 local reserving = budgeted or conc >= 0
+for i = 1, nwin do
+  if tonumber(ARGV[14 + (i - 1) * 4 + 4]) >= 0 then reserving = true end
+end
 
 local function release(id)
   local r = redis.call('HGET', b, 'r:' .. id)
@@ -43,11 +52,17 @@ local function release(id)
   redis.call('ZREM', z, id)
 end
 
--- reservations of requests that never settled (a replica died): released after their ttl
+-- what is held by requests in flight: full reservations (ft/fm) and their input part (ht)
+local ft, fm, ht = 0, 0, 0
 if reserving then
+  -- reservations of requests that never settled (a replica died): released after their ttl
   local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(expired) do release(id) end
+  local h = redis.call('HMGET', b, 'ft', 'fm', 'ht')
+  ft, fm, ht = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0
 end
+local busy = ft > 0 or fm > 0  -- another request holds budget
+local held = nil  -- what does not fit only because of requests in flight
 
 if budgeted then
   if redis.call('HEXISTS', b, 'seeded') == 0 then
@@ -56,14 +71,15 @@ if budgeted then
     redis.call('HINCRBY', b, 'sm', ARGV[12])
     redis.call('HSET', b, 'seeded', 1)
   end
-  local v = redis.call('HMGET', b, 'st', 'sm', 'ht', 'hm')
+  local v = redis.call('HMGET', b, 'st', 'sm')
   local st, sm = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  local ht, hm = tonumber(v[3]) or 0, tonumber(v[4]) or 0
-  if bud_t >= 0 and (st + ht >= bud_t or st + ht + in_t > bud_t) then
-    return {2, 0, -1, -1, 0, -1, -1, 0, now, bud_t - st - ht}
+  if bud_t >= 0 then
+    if st >= bud_t or st + in_t > bud_t then return {2, 0, -1, -1, 0, -1, -1, 0, now, bud_t - st} end
+    if st + ft + in_t + allow_t > bud_t then held = -1 end
   end
-  if bud_m >= 0 and (sm + hm >= bud_m or sm + hm + in_m > bud_m) then
-    return {3, 0, -1, -1, 0, -1, -1, 0, now, bud_m - sm - hm}
+  if bud_m >= 0 then
+    if sm >= bud_m or sm + in_m > bud_m then return {3, 0, -1, -1, 0, -1, -1, 0, now, bud_m - sm} end
+    if held == nil and sm + fm + in_m + allow_m > bud_m then held = -2 end
   end
 end
 
@@ -116,6 +132,7 @@ end
 local req_limit, req_rem, req_reset = -1, -1, 0
 local tok_limit, tok_rem, tok_reset = -1, -1, 0
 local wins = {}
+local allowances = ft - ht  -- output allowances in flight (their inputs are in the windows already)
 for i = 1, nwin do
   local base = 14 + (i - 1) * 4
   local wms, bms = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
@@ -132,6 +149,7 @@ for i = 1, nwin do
     return {6, wait_for(key, 't', low, cur, nb, bms, used_t, in_t, max_t, wms), -1, -1, 0, max_t,
             math.max(0, max_t - used_t), now + wms, now, i}
   end
+  if held == nil and max_t >= 0 and used_t + allowances + in_t + allow_t > max_t then held = i end
   local reset = (cur + nb + 1) * bms
   if max_r >= 0 and (req_limit < 0 or max_r - used_r - 1 < req_rem) then
     req_limit, req_rem, req_reset = max_r, max_r - used_r - 1, reset
@@ -141,6 +159,21 @@ for i = 1, nwin do
   end
   wins[i] = {key, cur, wms + 2 * bms}
 end
+
+if held ~= nil and busy then
+  -- retry when the oldest request in flight is expected to end (the key's average duration), 0.1-60 s
+  local avg = tonumber(redis.call('HGET', b, 'dur')) or 1000
+  local age = 0
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if first[1] then
+    local r = redis.call('HGET', b, 'r:' .. first[1])
+    local at = r and tonumber(string.match(r, '^[^,]*,[^,]*,[^,]*,[^,]*,([^,]+)'))
+    if at == nil then at = tonumber(first[2]) - res_ttl end
+    age = now - at
+  end
+  return {7, math.max(100, math.min(60000, avg - age)), -1, -1, 0, -1, -1, 0, now, held}
+end
+-- (held but nothing in flight: admitted alone)
 
 -- admitted: every check passed, now write
 for i = 1, nwin do
@@ -154,7 +187,8 @@ for i = 1, nwin do
   end
 end
 if reserving then
-  redis.call('HSET', b, 'r:' .. rid, in_t .. ',' .. in_m .. ',' .. (in_t + allow_t) .. ',' .. (in_m + allow_m))
+  redis.call('HSET', b, 'r:' .. rid,
+             in_t .. ',' .. in_m .. ',' .. (in_t + allow_t) .. ',' .. (in_m + allow_m) .. ',' .. now)
   redis.call('HINCRBY', b, 'ht', in_t)
   redis.call('HINCRBY', b, 'hm', in_m)
   redis.call('HINCRBY', b, 'ft', in_t + allow_t)

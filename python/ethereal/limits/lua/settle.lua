@@ -1,9 +1,8 @@
--- ethereal settle, layout v1: replaces a request's reservation by what it really cost.
--- KEYS as in admit.lua (1 budget hash, 2 in-flight zset, 3+ window hashes).
+-- ethereal settle (function ethereal_settle_v2, key layout v1): replaces a request's reservation by
+-- what it really cost. KEYS as in admit.lua (1 budget hash, 2 in-flight zset, 3+ window hashes).
 -- ARGV  1 rid  2 tokens  3 cost_micro  4 admitted_ms  5 reserved input tokens (counted in the
 --       windows at admit)  6 state ttl ms  7 number of windows, then 2 per window: window_ms bucket_ms
 -- Returns {spent_tokens, spent_micro} (-1 when the key's spend is not tracked here).
-if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b, z = KEYS[1], KEYS[2]
@@ -21,6 +20,14 @@ if r then
   redis.call('HINCRBY', b, 'ft', 0 - a[3])
   redis.call('HINCRBY', b, 'fm', 0 - a[4])
   redis.call('HDEL', b, 'r:' .. rid)
+  if a[3] > a[1] then
+    -- a request that held an output allowance: its duration feeds the moving average admit.lua
+    -- gives as retry-after when the budget is held by requests in flight
+    local d = math.max(0, now - admitted)
+    local avg = tonumber(redis.call('HGET', b, 'dur'))
+    if avg then d = math.floor(avg + (d - avg) / 4) end
+    redis.call('HSET', b, 'dur', d)
+  end
 end
 redis.call('ZREM', z, rid)
 
