@@ -58,8 +58,6 @@ class Settings:
     upstream_default_retry_after: float = 5.0
     upstream_backoff_base: float = 0.5
     upstream_backoff_cap: float = 30.0
-    # output allowance reserved per request when max_tokens is large (tokens)
-    output_allowance_cap: int = 8192
     limits_fail_open: bool = False
     # limits: length of the RPM/TPM sliding window (60 = per minute; shorter only for tests),
     # how long an unsettled reservation holds budget/concurrency (a crashed replica's requests),
@@ -97,7 +95,7 @@ class Settings:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
 
 
-_INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1, "output_allowance_cap": 1,
+_INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1,
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
