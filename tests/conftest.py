@@ -103,6 +103,22 @@ def redis_url(redis_server: Any) -> Iterator[str]:
     yield redis_server.url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A throwaway 3-master Redis Cluster for the whole run (see tests/services.py)."""
+    from tests.services import redis_cluster as start
+
+    with start(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: Any) -> str:
+    """The throwaway cluster's ``redis+cluster://`` URL, every master flushed before the test."""
+    redis_cluster.flush()
+    return redis_cluster.url  # type: ignore[no-any-return]
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """An empty, migrated store on each backend: the embedded SQLite file and a fresh PostgreSQL database."""

@@ -130,3 +130,115 @@ def redis_server() -> Iterator[RedisServer]:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _redis_ping(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisCluster:
+    """A throwaway Redis Cluster of masters only, on loopback: own ports, own temp dirs."""
+
+    ports: list[int]
+    bus_ports: list[int]
+    root: str
+    full_coverage: bool
+    procs: list[subprocess.Popen[bytes] | None]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node_url(self, i: int) -> str:
+        return f"redis://127.0.0.1:{self.ports[i]}/0"
+
+    def start(self, i: int) -> None:
+        """Start node ``i`` (again): same port and directory, so its nodes.conf brings it back into the cluster."""
+        workdir = os.path.join(self.root, str(i))
+        os.makedirs(workdir, exist_ok=True)
+        proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.ports[i]), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-port", str(self.bus_ports[i]), "--cluster-node-timeout", "1000",
+             "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
+             "--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.procs[i] = proc
+        deadline = time.monotonic() + 20
+        while not _redis_ping(self.ports[i]):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"redis-server (cluster node {i}) did not start")
+            time.sleep(0.05)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` (a master failing under load)."""
+        proc = self.procs[i]
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+            self.procs[i] = None
+
+    def cli(self, i: int, *args: str) -> str:
+        out = subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(self.ports[i]), *args],
+                             check=True, capture_output=True, text=True, timeout=30)
+        return out.stdout
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node reports cluster_state:ok and sees all slots assigned."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = [self.cli(i, "CLUSTER", "INFO") for i, p in enumerate(self.procs) if p is not None]
+            if all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster did not converge: {states}")
+            time.sleep(0.1)
+
+    def flush(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc is not None:
+                self.cli(i, "FLUSHALL")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def redis_cluster(masters: int = 3, *, full_coverage: bool = True) -> Iterator[RedisCluster]:
+    """A ``masters``-node Redis Cluster (no replicas), created with ``redis-cli --cluster create``.
+
+    ``full_coverage=False`` sets ``cluster-require-full-coverage no``: when a master fails, the others
+    keep serving their slots (the default stops the whole cluster until every slot is covered again).
+    """
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        raise RuntimeError("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    ports: list[int] = []
+    while len(ports) < 2 * masters:  # client and cluster-bus ports, all distinct
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    cluster = RedisCluster(ports=ports[:masters], bus_ports=ports[masters:], root=tempfile.mkdtemp(prefix="ethereal-rc-"),
+                           full_coverage=full_coverage, procs=[None] * masters)
+    try:
+        for i in range(masters):
+            cluster.start(i)
+        subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{p}" for p in cluster.ports), "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        cluster.wait_ok()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)

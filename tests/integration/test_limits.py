@@ -22,8 +22,9 @@ from ethereal.storage.sqlite import SQLiteStore
 RFC3339 = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "cluster"])
 async def make_limiter(request: pytest.FixtureRequest) -> Any:
+    """The contract's backends: in-process, one Redis server, a 3-master Redis Cluster."""
     made: list[BaseLimiter] = []
 
     def make(**kwargs: Any) -> BaseLimiter:
@@ -32,7 +33,8 @@ async def make_limiter(request: pytest.FixtureRequest) -> Any:
         else:
             from ethereal.limits.redis import RedisLimiter
 
-            limiter = RedisLimiter(request.getfixturevalue("redis_url"), **kwargs)
+            url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+            limiter = RedisLimiter(url, **kwargs)
         made.append(limiter)
         return limiter
 
