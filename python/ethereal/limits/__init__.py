@@ -203,7 +203,6 @@ class Limiter:
         that expired before its refresh is not re-created: its budget may already have been given
         to other requests; the request is still settled at its real cost.
         """
-        return None
 
     async def close(self) -> None:
         return None

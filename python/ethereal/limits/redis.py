@@ -106,7 +106,7 @@ class RedisLimiter(BaseLimiter):
                                   connect_timeout=connect_timeout)
         self._library = library()
         self._loaded = False
-        self._loading: asyncio.Future[None] | None = None
+        self._loading: asyncio.Future[list[Any]] | None = None
         self._pending: deque[tuple[bytes, int]] = deque(maxlen=_MAX_PENDING_SETTLES)  # settles to retry
         self._retry_task: asyncio.Task[None] | None = None
         self._last_outage_log = 0.0
