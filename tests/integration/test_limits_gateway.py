@@ -57,9 +57,9 @@ async def usage_rows(pg_url: str, key_id: str, expect: int, timeout: float = 20.
 
 
 async def redis_spent(redis_url: str, key_id: str) -> tuple[int, int, int]:
-    import redis.asyncio as aioredis
+    from ethereal.redisconn import async_client
 
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_client(redis_url)
     try:
         st, sm, ft = await client.hmget(f"ethereal:v1:{{k:{key_id}}}:b", "st", "sm", "ft")
         return int(st or 0), int(sm or 0), int(ft or 0)
@@ -68,14 +68,26 @@ async def redis_spent(redis_url: str, key_id: str) -> tuple[int, int, int]:
 
 
 async def post_until_decided(client: httpx.AsyncClient, url: str, payload: dict[str, Any],
-                             headers: dict[str, str], held: list[httpx.Response]) -> httpx.Response:
-    """Send; on a 429 wait its retry-after and send again, until served (read to the end) or refused 402."""
+                             headers: dict[str, str], held: list[httpx.Response],
+                             lost: list[Exception] | None = None) -> httpx.Response:
+    """Send; on a 429 wait its retry-after and send again, until served (read to the end) or refused 402.
+
+    With ``lost``, a connection dropped before the answer is sent again, as the SDKs do, and recorded (under
+    hundreds of streams on this 2-vCPU machine the gateway's uvicorn occasionally drops one: the server logs
+    the request body as aborted by the client, the client sees the connection closed)."""
     while True:
-        if payload.get("stream"):
-            async with client.stream("POST", url + "/v1/messages", json=payload, headers=headers) as resp:
-                await resp.aread()
-        else:
-            resp = await client.post(url + "/v1/messages", json=payload, headers=headers)
+        try:
+            if payload.get("stream"):
+                async with client.stream("POST", url + "/v1/messages", json=payload, headers=headers) as resp:
+                    await resp.aread()
+            else:
+                resp = await client.post(url + "/v1/messages", json=payload, headers=headers)
+        except httpx.TransportError as exc:
+            if lost is None:
+                raise
+            lost.append(exc)
+            await asyncio.sleep(0.2)
+            continue
         if resp.status_code != 429:
             return resp
         held.append(resp)
@@ -85,6 +97,8 @@ async def post_until_decided(client: httpx.AsyncClient, url: str, payload: dict[
 def check_held(held: list[httpx.Response]) -> None:
     """Every 429 says the budget is held by requests in flight, with a short retry-after."""
     assert held, "no request waited for the budget held by others"
+    waits = sorted(int(r.headers["retry-after"]) for r in held)
+    print(f"\nretry-after of the 429s (s): min {waits[0]}, median {waits[len(waits) // 2]}, max {waits[-1]}")
     for r in held:
         assert r.json()["error"]["type"] == "rate_limit_error"
         assert "held by its requests in flight" in r.json()["error"]["message"]
@@ -97,7 +111,8 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
     exceeds the budget by at most one request's output."""
     text = "Count to ten please. sim:tokens=64 sim:latency=40"
     with governed(tmp_path, sim_url, pg_url, redis_url, workers=2) as url:
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=400)) as client:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=400, keepalive_expiry=0.5)) \
+                as client:
             # the price of one such request, measured on an unlimited key
             probe = mint(url)
             first = await client.post(url + "/v1/messages", json=body(text),
@@ -138,14 +153,15 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
         assert shown["spend"]["cost_micro"] == total
 
 
-@pytest.mark.parametrize("budget", ["tokens", "micro"])
-async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, redis_url: str, tmp_path: Path,
-                                                    budget: str) -> None:
+@pytest.mark.parametrize(("budget", "backend"), [("tokens", "redis"), ("micro", "redis"), ("tokens", "cluster")])
+async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, tmp_path: Path, budget: str,
+                                                    backend: str, request: pytest.FixtureRequest) -> None:
     """200 concurrent streams (max_tokens 4096, outputs of 200 to 4,000 tokens) on a small budget, spread over
-    two gateway processes sharing Redis and PostgreSQL, each client retrying on 429 until served or refused:
-    the spend exceeds the budget by at most one request's output."""
+    two gateway processes sharing Redis (one server, or a 3-master Redis Cluster) and PostgreSQL, each client
+    retrying on 429 until served or refused: the spend exceeds the budget by at most one request's output."""
     import random
 
+    redis_url = request.getfixturevalue("redis_url" if backend == "redis" else "redis_cluster_url")
     rng = random.Random(11)
     with governed(tmp_path / "a", sim_url, pg_url, redis_url) as url_a, \
             governed(tmp_path / "b", sim_url, pg_url, redis_url) as url_b:
@@ -157,18 +173,25 @@ async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, r
             key = mint(url_a, budget_micro_usd=limit, name="small money budget")
         headers = {**HEADERS, "x-api-key": key["key"]}
         held: list[httpx.Response] = []
-        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=450)) as client:
+        lost: list[Exception] = []
+        # No connection is reused after a retry-after wait: on this loaded machine the gateway's event loop can
+        # lag by seconds under 200 streams, so its 5 s keep-alive timer may close a connection a POST was just
+        # sent on (the answer is lost; an SDK would retry, this test must not need to).
+        limits = httpx.Limits(max_connections=450, keepalive_expiry=0.5)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
             replies = await asyncio.gather(*(
                 post_until_decided(client, (url_a, url_b)[i % 2],
                                    body(f"stream {i} sim:tokens={rng.randint(200, 4000)} sim:tps=20000",
-                                        max_tokens=4096, stream=True), headers, held)
+                                        max_tokens=4096, stream=True), headers, held, lost)
                 for i in range(200)))
         statuses = [r.status_code for r in replies]
         assert set(statuses) == {200, 402}, {s: statuses.count(s) for s in set(statuses)}
         check_held(held)
         rows = await usage_rows(pg_url, key["id"], expect=statuses.count(200))
         served = [r for r in rows if r["status"] == 200]
-        assert len(served) == statuses.count(200) and all(r["exact"] for r in served)
+        # a dropped connection may have lost an answer the gateway served (and metered)
+        assert statuses.count(200) <= len(served) <= statuses.count(200) + len(lost), (len(served), len(lost))
+        assert all(r["exact"] for r in served)
         if budget == "tokens":
             spend = [r["input_tokens"] + r["output_tokens"] for r in served]
             outputs = [r["output_tokens"] for r in served]
@@ -178,8 +201,8 @@ async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, r
             outputs = [r["output_tokens"] * 15 for r in served]
             inputs = [r["input_tokens"] * 3 for r in served]
         total = sum(spend)
-        print(f"\n200 streams via 2 gateways, {budget} budget {limit}: served {len(served)}, "
-              f"held (429) {len(held)} times, spent {total}, overshoot {total - limit} "
+        print(f"\n200 streams via 2 gateways ({backend}), {budget} budget {limit}: served {len(served)}, "
+              f"held (429) {len(held)} times, connections dropped {len(lost)}, spent {total}, overshoot {total - limit} "
               f"(largest single output {max(outputs)})")
         assert total - limit <= max(outputs), (total, limit, max(outputs))
         assert total + min(inputs) > limit  # refused only once even the smallest input no longer fits
