@@ -1,6 +1,6 @@
 """Governed vs ungoverned, side by side in one run: what auth + admit + settle (Redis) add per request.
 
-    python loadtest/bench_governed.py [--duration 4] [--rounds 3] [--workers 1]
+    python loadtest/bench_governed.py [--duration 4] [--rounds 3] [--workers 1] [--against CHECKOUT]
 
 One gateway (uvicorn) in front of the sim, with a throwaway Redis, and two keys:
 the *ungoverned* key has no limits (authenticated from the key cache, the limiter
@@ -11,6 +11,11 @@ alternate between the keys (machine noise hits both alike) for non-streaming and
 streaming requests at concurrency 1 and non-streaming at 32; the report gives
 p50/p99 latency of both, the governed path's added latency, and CPU milliseconds
 per request of the gateway and of Redis.
+
+``--against CHECKOUT`` compares two versions in one run: a second gateway runs from another
+checkout (``git worktree add --detach ../base main``, with the built ``_native`` extension
+copied into its ``python/ethereal/``), on the same sim and Redis, and the rounds alternate
+between all four (version, key) pairs, so a loaded machine skews both versions alike.
 """
 
 from __future__ import annotations
@@ -76,42 +81,51 @@ def body_for(stream: bool) -> bytes:
     }).encode()
 
 
-async def main_async(args: argparse.Namespace, data_dir: Path, free: str, governed: str) -> dict:
+async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict[str, str]]]) -> dict:
+    """``trees``: (label, data dir holding the two keys, extra environment) per gateway under test."""
     from ethereal.sim.testing import start_sim_process
 
-    report: dict = {"config": vars(args), "scenarios": [], "loadavg_before": os.getloadavg()}
+    report: dict = {"config": {k: v for k, v in vars(args).items()}, "scenarios": [],
+                    "loadavg_before": os.getloadavg()}
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run", flush=True)
-    with redis_server(unix=args.redis_unix) as redis, start_sim_process() as (_sim, sim_url):
-        env = {"ETHEREAL_PLANS": json.dumps(BENCH_PLAN)}
-        if not args.local:
-            env["ETHEREAL_REDIS_URL"] = redis.url
-        with gateway_process(data_dir, sim_url, workers=args.workers, env=env) as gw_url:
-            gw_pids = proc_tree(find_listener_pid(int(gw_url.rsplit(":", 1)[1])))
-            redis_pids = [redis.proc.pid]
-            url = gw_url + "/v1/messages"
-            base = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
-            keys = {"ungoverned": {**base, "x-api-key": free}, "governed": {**base, "x-api-key": governed}}
-            for stream, conc in ((False, 1), (True, 1), (False, 32)):
-                body = body_for(stream)
-                for headers in keys.values():  # warm both (scripts loaded, caches filled)
-                    await run_load(url, body, headers, concurrency=conc, duration=0.5)
-                results: dict[str, list] = {name: [] for name in keys}
-                cpu = {name: 0.0 for name in keys}
-                rcpu = {name: 0.0 for name in keys}
-                for _ in range(args.rounds):
-                    for name, headers in keys.items():
-                        before, rbefore = cpu_seconds(gw_pids), cpu_seconds(redis_pids)
-                        results[name].append(await run_load(url, body, headers, concurrency=conc,
-                                                            duration=args.duration))
-                        cpu[name] += cpu_seconds(gw_pids) - before
-                        rcpu[name] += cpu_seconds(redis_pids) - rbefore
-                s = {name: merge(rs).summary() for name, rs in results.items()}
+    with redis_server(unix=args.redis_unix) as redis, start_sim_process() as (_sim, sim_url), \
+            contextlib.ExitStack() as stack:
+        gateways = []
+        for label, data_dir, extra in trees:
+            env = {"ETHEREAL_PLANS": json.dumps(BENCH_PLAN), **extra}
+            if not args.local:
+                env["ETHEREAL_REDIS_URL"] = redis.url
+            gw_url = stack.enter_context(gateway_process(data_dir, sim_url, workers=args.workers, env=env))
+            keys_file = json.loads((data_dir / "bench-keys.json").read_text())
+            gateways.append((label, gw_url, proc_tree(find_listener_pid(int(gw_url.rsplit(":", 1)[1]))), keys_file))
+        redis_pids = [redis.proc.pid]
+        base = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+        for stream, conc in ((False, 1), (True, 1), (False, 32)):
+            body = body_for(stream)
+            runs = [(label, url + "/v1/messages", pids, name, {**base, "x-api-key": keys[name]})
+                    for label, url, pids, keys in gateways for name in ("ungoverned", "governed")]
+            for _, url, _, _, headers in runs:  # warm all (scripts loaded, caches filled)
+                await run_load(url, body, headers, concurrency=conc, duration=0.5)
+            results: dict[tuple[str, str], list] = {(r[0], r[3]): [] for r in runs}
+            cpu = dict.fromkeys(results, 0.0)
+            rcpu = dict.fromkeys(results, 0.0)
+            for _ in range(args.rounds):  # alternating: machine noise hits every configuration alike
+                for label, url, pids, name, headers in runs:
+                    before, rbefore = cpu_seconds(pids), cpu_seconds(redis_pids)
+                    results[label, name].append(await run_load(url, body, headers, concurrency=conc,
+                                                               duration=args.duration))
+                    cpu[label, name] += cpu_seconds(pids) - before
+                    rcpu[label, name] += cpu_seconds(redis_pids) - rbefore
+            for label, *_ in gateways:
+                s = {name: merge(results[label, name]).summary() for name in ("ungoverned", "governed")}
                 row = {
-                    "stream": stream, "concurrency": conc, **s,
+                    "tree": label, "stream": stream, "concurrency": conc, **s,
                     "added_p50_ms": s["governed"]["p50_ms"] - s["ungoverned"]["p50_ms"],
                     "added_p99_ms": s["governed"]["p99_ms"] - s["ungoverned"]["p99_ms"],
-                    "gateway_cpu_ms_per_request": {n: 1000 * cpu[n] / max(1, s[n]["requests"]) for n in keys},
-                    "redis_cpu_ms_per_request": {n: 1000 * rcpu[n] / max(1, s[n]["requests"]) for n in keys},
+                    "gateway_cpu_ms_per_request": {n: 1000 * cpu[label, n] / max(1, s[n]["requests"])
+                                                   for n in ("ungoverned", "governed")},
+                    "redis_cpu_ms_per_request": {n: 1000 * rcpu[label, n] / max(1, s[n]["requests"])
+                                                 for n in ("ungoverned", "governed")},
                 }
                 report["scenarios"].append(row)
                 print(format_row(row), flush=True)
@@ -125,7 +139,8 @@ def format_row(row: dict) -> str:
     u, g = row["ungoverned"], row["governed"]
     cpu, rcpu = row["gateway_cpu_ms_per_request"], row["redis_cpu_ms_per_request"]
     kind = "stream    " if row["stream"] else "non-stream"
-    return (f"{kind} c={row['concurrency']:<3} ungoverned p50 {u['p50_ms']:.3f} p99 {u['p99_ms']:.3f} "
+    tree = f"[{row['tree']}] " if row.get("tree") else ""
+    return (f"{tree}{kind} c={row['concurrency']:<3} ungoverned p50 {u['p50_ms']:.3f} p99 {u['p99_ms']:.3f} "
             f"{u['rps']:.0f} rps | governed p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
             f"(errors {u['errors']}/{g['errors']}) | added p50 {row['added_p50_ms']:+.3f} "
             f"p99 {row['added_p99_ms']:+.3f} ms | gateway cpu {cpu['ungoverned']:.3f} -> {cpu['governed']:.3f} "
@@ -141,16 +156,28 @@ def main() -> None:
     parser.add_argument("--local", action="store_true",
                         help="no Redis: the in-process LocalLimiter (the limiter's own CPU, without the round trip)")
     parser.add_argument("--json", help="write the full report here")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also run a gateway from another checkout of ethereal (e.g. a worktree of main with its "
+                             "built extension), side by side in the same run, alternating rounds")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        free, _ = mint_into(Path(tmp), name="ungoverned")
-        governed, _ = mint_into(Path(tmp), name="governed", plan="bench", budget_tokens=HUGE,
-                                budget_micro_usd=HUGE, rpm=HUGE, tpm=HUGE, max_concurrency=100_000)
-        report = uvloop.run(main_async(args, Path(tmp), free, governed))
+        trees: list[tuple[str, Path, dict[str, str]]] = []
+        for label, checkout in (("this", None), ("against", args.against)):
+            if label == "against" and checkout is None:
+                continue
+            data_dir = Path(tmp) / label
+            data_dir.mkdir()
+            free, _ = mint_into(data_dir, name="ungoverned")
+            governed, _ = mint_into(data_dir, name="governed", plan="bench", budget_tokens=HUGE,
+                                    budget_micro_usd=HUGE, rpm=HUGE, tpm=HUGE, max_concurrency=100_000)
+            (data_dir / "bench-keys.json").write_text(json.dumps({"ungoverned": free, "governed": governed}))
+            extra = {"PYTHONPATH": str(Path(checkout).resolve() / "python")} if checkout is not None else {}
+            trees.append((label if args.against else "", data_dir, extra))
+        report = uvloop.run(main_async(args, trees))
     report["seconds"] = time.time() - started
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -52,27 +52,29 @@ local function release(id)
   redis.call('ZREM', z, id)
 end
 
--- what is held by requests in flight: full reservations (ft/fm) and their input part (ht)
-local ft, fm, ht = 0, 0, 0
 if reserving then
   -- reservations of requests that never settled (a replica died): released after their ttl
   local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(expired) do release(id) end
-  local h = redis.call('HMGET', b, 'ft', 'fm', 'ht')
-  ft, fm, ht = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+end
+if budgeted and redis.call('HEXISTS', b, 'seeded') == 0 then
+  if ARGV[10] ~= '1' then return {1, 0, -1, -1, 0, -1, -1, 0, now, 0} end
+  redis.call('HINCRBY', b, 'st', ARGV[11])
+  redis.call('HINCRBY', b, 'sm', ARGV[12])
+  redis.call('HSET', b, 'seeded', 1)
+end
+
+-- spent (st/sm), held by requests in flight: full reservations (ft/fm) and their input part (ht)
+local st, sm, ft, fm, ht = 0, 0, 0, 0, 0
+if reserving then
+  local h = redis.call('HMGET', b, 'st', 'sm', 'ft', 'fm', 'ht')
+  st, sm = tonumber(h[1]) or 0, tonumber(h[2]) or 0
+  ft, fm, ht = tonumber(h[3]) or 0, tonumber(h[4]) or 0, tonumber(h[5]) or 0
 end
 local busy = ft > 0 or fm > 0  -- another request holds budget
 local held = nil  -- what does not fit only because of requests in flight
 
 if budgeted then
-  if redis.call('HEXISTS', b, 'seeded') == 0 then
-    if ARGV[10] ~= '1' then return {1, 0, -1, -1, 0, -1, -1, 0, now, 0} end
-    redis.call('HINCRBY', b, 'st', ARGV[11])
-    redis.call('HINCRBY', b, 'sm', ARGV[12])
-    redis.call('HSET', b, 'seeded', 1)
-  end
-  local v = redis.call('HMGET', b, 'st', 'sm')
-  local st, sm = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   if bud_t >= 0 then
     if st >= bud_t or st + in_t > bud_t then return {2, 0, -1, -1, 0, -1, -1, 0, now, bud_t - st} end
     if st + ft + in_t + allow_t > bud_t then held = -1 end
