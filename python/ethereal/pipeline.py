@@ -379,7 +379,7 @@ class Pipeline:
             call.key,
             model=call.model_name,
             input_tokens=_native.estimate_tokens(out.body),
-            max_tokens=min(out.max_tokens, self.settings.output_allowance_cap),
+            max_tokens=out.max_tokens,  # the whole ceiling: hard budgets assume no request outputs more
             price_in=model.input_price if model else 0.0,
             price_out=model.output_price if model else 0.0,
         )

@@ -16,7 +16,7 @@ from ethereal.keys import KeyRecord, mint
 from ethereal.limits.pipe import Cluster
 from ethereal.limits.plans import Plans
 from ethereal.limits.redis import LIBRARY, RedisLimiter
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.storage.sqlite import SQLiteStore
 from redis.crc import key_slot
 
