@@ -211,3 +211,20 @@ async def test_key_change_notifications_on_a_cluster(redis_cluster_url: str, red
     finally:
         await subscriber.close()
         await publisher.close()
+
+
+async def test_a_plain_url_to_a_cluster_node_fails_loudly(redis_cluster_url: str, redis_cluster: RedisCluster,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """redis:// to one node of a cluster: the keys of the other nodes' slots answer MOVED; the limiter
+    refuses (fail closed) and says what to configure instead of half working."""
+    limiter = RedisLimiter(redis_cluster.node_url(0))
+    try:
+        k = key(rpm=10)
+        while owner(redis_cluster, k.id) == 0:
+            k = key(rpm=10)
+        with pytest.raises(GatewayError) as info:
+            await admit(limiter, k)
+        assert info.value.status == 503
+        assert "redis+cluster://" in caplog.text
+    finally:
+        await limiter.close()

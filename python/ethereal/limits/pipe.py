@@ -368,7 +368,10 @@ class Cluster:
 
     async def _refresh(self) -> None:
         last: Exception | None = None
-        for addr in dict.fromkeys([*self.masters, *self.seeds, *self.pipes]):
+        candidates = list(dict.fromkeys([*self.masters, *self.seeds, *self.pipes]))
+        # nodes with a live connection first: a failed master would only cost a connect timeout
+        candidates.sort(key=lambda a: not (a in self.pipes and self.pipes[a].connected))
+        for addr in candidates:
             try:
                 reply = await self.pipe_at(addr).execute("CLUSTER", "SLOTS")
             except RedisError as exc:

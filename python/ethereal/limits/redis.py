@@ -46,7 +46,7 @@ from ethereal.limits import (
     refusal,
     unavailable,
 )
-from ethereal.limits.pipe import Cluster, Single, Unavailable, encode_args, encode_command
+from ethereal.limits.pipe import Cluster, Redirect, Single, Unavailable, encode_args, encode_command
 
 log = logging.getLogger("ethereal.limits")
 
@@ -231,7 +231,10 @@ class RedisLimiter(BaseLimiter):
                 res = await self._send(encode_command(["FCALL", ADMIT_FN, len(spec.keys), *spec.keys, *argv]),
                                        spec.slot)
         except (RedisError, OSError) as exc:
-            if isinstance(exc, ResponseError) and not isinstance(exc, Unavailable | NoScriptError):
+            if isinstance(exc, Redirect) and not self.router.cluster:
+                log.error("ETHEREAL_REDIS_URL names a node of a Redis Cluster (it answered %s): use "
+                          "redis+cluster://host:port,... (docs/limits.md)", exc)
+            elif isinstance(exc, ResponseError) and not isinstance(exc, Unavailable | NoScriptError):
                 log.error("ethereal limiter function failed: %s", exc)
             self._outage(exc)
             if self.fail_open:
