@@ -52,9 +52,10 @@ class RedisKeyChanges(KeyChanges):
         self._client: Any = None
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
+        from ethereal.redisconn import async_client
 
-        self._client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        # a RedisCluster for redis+cluster:// URLs: a PUBLISH on any node reaches every node's subscribers
+        self._client = async_client(self.url, socket_connect_timeout=1.0, socket_timeout=2.0)
         self._task = asyncio.get_running_loop().create_task(self._subscribe(), name="ethereal-key-changes")
 
     async def publish(self, key_hash: str) -> None:
@@ -68,8 +69,13 @@ class RedisKeyChanges(KeyChanges):
     async def _subscribe(self) -> None:
         import redis.asyncio as aioredis
 
+        from ethereal.redisconn import pubsub_urls
+
+        urls = pubsub_urls(self.url)  # the server, or each seed node of a cluster in turn
+        attempt = 0
         while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
+            client = aioredis.Redis.from_url(urls[attempt % len(urls)], socket_connect_timeout=1.0)
+            attempt += 1
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
@@ -80,7 +86,7 @@ class RedisKeyChanges(KeyChanges):
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Redis away: listen again when it is back
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0 if attempt % len(urls) == 0 else 0.05)  # next seed node at once
             finally:
                 try:
                     await pubsub.aclose()
@@ -108,9 +114,9 @@ def publish_once(redis_url: str | None, key_hash: str, *, cache_ttl: float) -> N
     if not redis_url:
         return
     try:
-        import redis
+        from ethereal.redisconn import sync_client
 
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        client = sync_client(redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:
             client.publish(CHANNEL, key_hash)
         finally:

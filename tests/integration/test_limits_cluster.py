@@ -184,30 +184,28 @@ async def test_upstream_health_is_shared_on_a_cluster(redis_cluster_url: str) ->
 
 
 async def test_key_change_notifications_on_a_cluster(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
+    from ethereal.keychanges import CHANNEL, RedisKeyChanges, publish_once
+
+    h1, h2, h3 = ("1" * 64, "2" * 64, "3" * 64)
     got: list[str] = []
-    subscriber = RedisLimiter(redis_cluster_url)
-    publisher = RedisLimiter(redis_cluster_url)
+    subscriber, publisher = RedisKeyChanges(redis_cluster_url), RedisKeyChanges(redis_cluster_url)
+    subscriber.listen(got.append)
     try:
-        await subscriber.start(on_key_change=got.append)
+        await subscriber.start()
         await publisher.start()
         deadline = time.monotonic() + 5
-        while "h1" not in got and time.monotonic() < deadline:  # until the subscription is up
-            await publisher.publish_key_change("h1")
+        while h1 not in got and time.monotonic() < deadline:  # until the subscription is up
+            await publisher.publish(h1)
             await asyncio.sleep(0.05)
-        assert "h1" in got
-        # the CLI's blocking client, published on another node than the one subscribed to
-        from ethereal.redisconn import sync_client
-
-        client = sync_client(redis_cluster_url)
-        client.publish("ethereal:v1:keys:changed", "h2")
-        client.close()
-        node = redis.Redis(port=redis_cluster.ports[2])
-        node.publish("ethereal:v1:keys:changed", "h3")
+        assert h1 in got
+        publish_once(redis_cluster_url, h2, cache_ttl=1.0)  # the CLI's one-shot client
+        node = redis.Redis(port=redis_cluster.ports[2])  # straight on a node the subscriber may not use
+        node.publish(CHANNEL, h3)
         node.close()
         deadline = time.monotonic() + 5
-        while not {"h2", "h3"} <= set(got) and time.monotonic() < deadline:
+        while not {h2, h3} <= set(got) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert {"h2", "h3"} <= set(got)
+        assert {h2, h3} <= set(got)
     finally:
         await subscriber.close()
         await publisher.close()
