@@ -11,7 +11,8 @@ local tokens, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
 local admitted, in_t = tonumber(ARGV[4]), tonumber(ARGV[5])
 local state_ttl, nwin = tonumber(ARGV[6]), tonumber(ARGV[7])
 
-local r = redis.call('HGET', b, 'r:' .. rid)
+local v = redis.call('HMGET', b, 'r:' .. rid, 'dur', 'seeded')  -- one read for the whole hash
+local r = v[1]
 if r then
   local a = {}
   for n in string.gmatch(r, '[^,]+') do a[#a + 1] = tonumber(n) end
@@ -24,7 +25,7 @@ if r then
     -- a request that held an output allowance: its duration feeds the moving average admit.lua
     -- gives as retry-after when the budget is held by requests in flight
     local d = math.max(0, now - admitted)
-    local avg = tonumber(redis.call('HGET', b, 'dur'))
+    local avg = tonumber(v[2])
     if avg then d = math.floor(avg + (d - avg) / 4) end
     redis.call('HSET', b, 'dur', d)
   end
@@ -32,7 +33,7 @@ end
 redis.call('ZREM', z, rid)
 
 local st, sm = -1, -1
-if redis.call('HEXISTS', b, 'seeded') == 1 then
+if v[3] then
   st = redis.call('HINCRBY', b, 'st', tokens)
   sm = redis.call('HINCRBY', b, 'sm', cost)
   redis.call('PEXPIRE', b, state_ttl)
