@@ -78,12 +78,14 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
             assert post(g2, key).status_code == 200
         assert served(a) == 2 and served(b) == 4  # replica 2 kept away from a's cooldown
         h = Admin(g2).get("a")["health"]
-        assert h["state"] == "cooling_down" and h["shared_health"] is True
+        assert h["state"] == "rate_limited" and h["shared_health"] is True
 
-        # a 401 seen by replica 1 disables the credential on replica 2; an enable on 2 reaches 1
+        # a credential whose own probe is refused (after a request's 401) on replica 1 is disabled on
+        # replica 2; an enable on 2 reaches 1
         admin1, admin2 = Admin(g1), Admin(g2)
         admin1.enable("a")
         inject_fault(a, "401")
+        inject_fault(a, "401", paths=["/v1/models"])
         assert post(g1, key).status_code == 200
         wait_for(lambda: admin2.get("a")["enabled"] is False, timeout=3)
         admin2.enable("a")
