@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from ethereal.catalog import Catalog
 from ethereal.metering.pricing import cost_micro, price_model
+from ethereal.usage import Usage
 
 CAT = Catalog()
 
@@ -54,7 +55,7 @@ def test_unknown_names_of_a_family_are_priced_like_it(name: str, forwarded: str,
     assert model is not None and model.derived
     assert (model.id, model.family, model.input_price, model.output_price) == (forwarded, family, pin, pout)
     assert price_model(CAT, name).input_price == pin  # type: ignore[union-attr]
-    assert cost_micro(CAT, model, input_tokens=1_000_000, output_tokens=1_000_000) == (pin + pout) * 1_000_000
+    assert cost_micro(CAT, model, Usage(input_tokens=1_000_000, output_tokens=1_000_000)) == (pin + pout) * 1_000_000
 
 
 @pytest.mark.parametrize("name", ["gpt-4o", "llama-3-70b", "claude-instant", "x" * 300, "claude-opus-4-8" + "9" * 300])
