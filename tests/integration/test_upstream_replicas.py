@@ -14,7 +14,7 @@ import pytest
 from ethereal.sim.testing import control, inject_fault, start_sim_process
 
 from tests.conftest import mint_into
-from tests.procs import REPO, gateway_process
+from tests.procs import REPO, free_port, gateway_process
 from tests.upstreams import ADMIN, SECRET, Admin, seed_credentials, served, wait_for
 
 MODEL = "claude-sonnet-4-5"
@@ -99,7 +99,8 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
 def _serve(data_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     child = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     child.update({"ETHEREAL_DATA_DIR": str(data_dir), **env})
-    return subprocess.run([sys.executable, "-m", "ethereal", "serve", "--port", "0"], env=child, text=True,
+    return subprocess.run([sys.executable, "-m", "ethereal", "serve", "--port", str(free_port())], env=child,
+                          text=True,
                           capture_output=True, timeout=60, check=False)
 
 
