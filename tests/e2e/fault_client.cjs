@@ -3,6 +3,17 @@
 //   node fault_client.cjs '{"sdk":"anthropic"|"openai","base":URL,"key":K,"stream":bool,"concurrent":N,"model":M}'
 const spec = JSON.parse(process.argv[2]);
 
+// The SDKs' backoff jitter comes from Math.random: the same seed for the direct run and the run
+// through the gateway, so the two differ by what the gateway does, not by the dice. (mulberry32)
+let seed = spec.seed >>> 0;
+Math.random = () => {
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  let t = seed;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+};
+
 async function one(client) {
   const messages = [{ role: "user", content: "hello from node" }];
   if (spec.sdk === "anthropic") {
