@@ -455,6 +455,16 @@ THINKING, TEXT, TOOL = 0, 1, 2
 class Plan:
     __slots__ = ("model", "blocks", "stop_reason", "stop_sequence", "input_tokens", "cc5", "cc1",
                  "cache_read", "output_tokens", "seed")
+    model: str
+    blocks: list[tuple[Any, ...]]
+    stop_reason: str
+    stop_sequence: str | None
+    input_tokens: int
+    cc5: int
+    cc1: int
+    cache_read: int
+    output_tokens: int
+    seed: int
 
     def __init__(self) -> None:
         self.blocks: list[tuple] = []
