@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup clients serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean
+.PHONY: help setup clients serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean fault-matrix
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -58,6 +58,9 @@ wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serv
 lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(BIN)/python -m ruff check python tests loadtest || true
+
+fault-matrix: setup clients ## the direct-vs-ethereal fault matrix with the real clients, written to docs/fault-matrix.md
+	ETHEREAL_FAULT_MATRIX=docs/fault-matrix.md $(BIN)/python -m pytest -q -s tests/e2e/test_fault_matrix.py
 
 bench-rust: ## Criterion benches of the Rust core
 	cargo bench -p ethereal-core

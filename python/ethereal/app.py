@@ -25,6 +25,7 @@ from ethereal.api.common import anthropic_error, openai_error
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
 from ethereal.metering import routes as metering_routes
+from ethereal.paths import rewrite_scope
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Pipeline
 from ethereal.settings import Settings, load_settings
 from ethereal.upstream import routes as upstream_routes
@@ -62,6 +63,7 @@ class Ethereal:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._base_path = settings.base_path  # /v1/v1 and ETHEREAL_BASE_PATH: see paths.py
         self._gateway: Gateway | None = None
         self._app: Application | None = None
 
@@ -94,6 +96,7 @@ class Ethereal:
             if app is None:
                 await _not_ready(send)
                 return
+            scope = rewrite_scope(scope, self._base_path)
             pending: list[Callable[[], Awaitable[None]]] = []
             scope[CLEANUP_SCOPE_KEY] = pending
             try:

@@ -118,11 +118,11 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str] | None =
             except ValueError:
                 retry_after = None
     exc = GatewayError(status, message, type=err_type, retry_after=retry_after, upstream_hints=hints)
-    if status in RETRYABLE_STATUSES and not any(name == b"retry-after" for name, _ in hints):
-        # every 429/503/529 carries retry-after (a CLI gives up at once without one): add the
-        # gateway's own where the upstream sent none, keeping whatever else it sent
-        wait = exc.retry_after or 1.0
-        hints.append((b"retry-after", str(max(1, math.ceil(wait))).encode()))
+    if status == 429 and not any(name in (b"retry-after", b"retry-after-ms") for name, _ in hints):
+        # a 429 without a wait makes Codex CLI give up at once: add one. A 503/529 keeps exactly
+        # what the upstream sent: an added retry-after: 1 would replace the SDKs' 0.5 s first
+        # backoff and make every retry slower than calling the upstream directly.
+        hints.append((b"retry-after", b"1"))
     return exc
 
 

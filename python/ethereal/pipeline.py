@@ -49,7 +49,8 @@ from ethereal.limits import Admission
 from ethereal.metering.pricing import cost_micro, price_model
 from ethereal.storage.records import UsageRecord
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
-from ethereal.upstream.pool import FailureKind
+from ethereal.upstream.hints import retry_after_seconds
+from ethereal.upstream.pool import FailureKind, Refusal, Refused
 from ethereal.usage import Usage
 
 log = logging.getLogger("ethereal.pipeline")
@@ -69,11 +70,6 @@ _DROP_REQUEST = frozenset({
 # Other request headers forwarded as they came, besides every anthropic-* header.
 _FORWARD_REQUEST = frozenset({b"content-type", b"accept", b"user-agent", b"idempotency-key",
                               b"x-stainless-retry-count", b"x-stainless-timeout"})
-
-# What an upstream status means for the credential that answered it. 400/404/413 and other
-# 4xx are the client's own answer: they never count against the credential.
-_STATUS_KIND = {429: FailureKind.RATE_LIMITED, 529: FailureKind.OVERLOADED, 401: FailureKind.AUTH,
-                403: FailureKind.AUTH, 408: FailureKind.TIMEOUT}
 
 
 @dataclass(slots=True)
@@ -236,17 +232,6 @@ def splice_model(body: bytes, data: dict[str, Any], new_model: str) -> bytes:
     return orjson.dumps({**data, "model": new_model})
 
 
-def _retry_after(resp: UpstreamResponse) -> float | None:
-    raw = resp.headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return max(0.0, value) if value == value and value != float("inf") else None
-
-
 class Pipeline:
     """Runs adapters. Built once per worker from the started gateway."""
 
@@ -358,9 +343,18 @@ class Pipeline:
                                type="overloaded_error", retry_after=30.0)
 
     def resolve_model(self, call: Call, name: str) -> None:
-        model = self.gw.catalog.resolve(name)
+        """The catalog's model for ``name``; a name it does not know is priced by the family it
+        names. A name that names no family and has no operator-listed price is refused: it would
+        be served at cost 0, outside every money budget."""
+        catalog = self.gw.catalog
+        model = catalog.resolve(name) or catalog.derive(name)
+        if model is None:
+            shown = name if len(name) <= 64 else name[:64] + "…"
+            raise invalid_request(f"model: {shown!r} is not a model this gateway can price; use a Claude model "
+                                  "name (claude-opus-4-7, sonnet, ...) or ask the operator to list it "
+                                  "(ETHEREAL_MODELS_FILE)", param="model")
         call.model = model
-        call.model_name = model.id if model else name
+        call.model_name = model.id
         key = call.key
         if key is not None and key.allowed_models:
             allowed = key.allowed_models
@@ -389,12 +383,14 @@ class Pipeline:
 
         Returns a response with a 2xx status (an event stream already holding its first chunk,
         a JSON body already read: a cut before the client has seen anything fails over too),
-        or a client error (4xx other than 401/403/408/429) that is the client's to see.
-        Failover is bounded by ``max_attempts`` and ``failover_deadline``. When every attempt
-        failed, the last upstream error is answered with its own status, type and retry hints;
-        with no usable credential at all, 503 overloaded_error with the pool's earliest recovery.
-        ``health=False`` (count_tokens) keeps failures out of the credentials' health so they
-        never cool a credential down for messages.
+        or a client error (a 4xx that ``FailureKind.for_status`` does not count) that is the
+        client's to see. Failover is bounded by ``max_attempts`` and ``failover_deadline``. When
+        every attempt failed, the last upstream error is answered as the upstream sent it
+        (status, type, message, retry headers), so a client's retry logic sees what it would
+        calling directly. When the pool refuses before any attempt (``Refusal``): 429 inside an
+        upstream 429's retry-after, 503 when nothing enabled serves the model, each with the
+        real wait. ``health=False`` (count_tokens) keeps failures out of the credentials' health
+        so they never cool a credential down for messages (a 401/403 still asks for a probe).
         """
         settings = self.settings
         gw = self.gw
@@ -406,7 +402,9 @@ class Pipeline:
             if attempt and time.monotonic() >= deadline:
                 break
             cred = await pool.acquire(call.model_name, out.affinity, tried, count_rpm=health)
-            if cred is None:
+            if isinstance(cred, Refusal):
+                if last is None and cred.reason is not Refused.EXHAUSTED:
+                    raise GatewayError(cred.status, cred.message, type=cred.error_type, retry_after=cred.wait)
                 break
             tried.append(cred.name)
             try:
@@ -424,35 +422,38 @@ class Pipeline:
                             exc)
                 if health:
                     await pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc))
+                # what a client calling the upstream directly meets: a connection failure it retries
+                last = GatewayError(502, "the upstream connection failed before a response", type="api_error",
+                                    upstream_hints=[(b"x-should-retry", b"true")])
                 continue
             except BaseException:  # cancelled (the client went away) or a bug: give the slot back
                 pool.release(cred)
                 raise
             status = resp.status
-            kind = _STATUS_KIND.get(status) or (FailureKind.SERVER_ERROR if status >= 500 else None)
-            if kind is None:
+            kind = FailureKind.for_status(status) if status >= 400 else None
+            if kind is None:  # a success, or the client's own error (400, 404, 413, ...): the client's to see
                 call.credential = cred
                 call.upstream_request_id = resp.headers.get("request-id")
-                if health:
-                    await pool.report_success(cred)
+                if status < 400:
+                    if call.model is not None and call.model.derived:
+                        gw.catalog.mark_served(call.model)  # the upstream serves it: listed from now on
+                    if health:
+                        await pool.report_success(cred)
                 return resp
             # a failure the client need not see yet: try another credential
-            retry_after = _retry_after(resp)
             try:
                 err_body = await resp.read()
             except UpstreamStreamError:
                 err_body = b""
             pool.release(cred)
-            if health:
-                await pool.report_failure(cred, kind, retry_after, detail=f"HTTP {status}")
+            if health or kind is FailureKind.AUTH:  # a 401/403 asks for a probe even on count_tokens
+                await pool.report_failure(cred, kind, retry_after_seconds(resp.headers), detail=f"HTTP {status}")
             log.warning("upstream %s answered %d (%s), attempt %d", cred.name, status, kind.value, attempt + 1)
-            if kind is not FailureKind.AUTH:
-                last = upstream_error(status, err_body, resp.headers)
+            last = upstream_error(status, err_body, resp.headers)
         if last is not None:
             raise last
-        wait = max(1.0, pool.earliest_recovery(call.model_name))
-        raise GatewayError(503, "no healthy upstream credential can serve this request",
-                           type="overloaded_error", retry_after=wait)
+        raise GatewayError(503, "no upstream credential can serve this request", type="overloaded_error",
+                           retry_after=pool.earliest_recovery(call.model_name))
 
     async def finish(self, call: Call, status: int, usage: Usage, *, error_type: str | None = None,
                      batch: bool = False) -> UsageRecord:

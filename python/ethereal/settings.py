@@ -38,6 +38,7 @@ class Settings:
     admin_key: str | None = None
     secret_key: str | None = None
     key_prefix: str = "sk-ant-api03-"
+    base_path: str = ""  # mount every route under this prefix (e.g. /api/proxy); see paths.py
     # a single upstream credential for the simplest deployment
     upstream_url: str | None = None
     upstream_key: str | None = None
@@ -58,6 +59,7 @@ class Settings:
     upstream_default_retry_after: float = 5.0
     upstream_backoff_base: float = 0.5
     upstream_backoff_cap: float = 30.0
+    upstream_probe_interval: float = 30.0  # at most one credential probe (after a 401/403) per credential
     limits_fail_open: bool = False
     # limits: length of the RPM/TPM sliding window (60 = per minute; shorter only for tests),
     # how long an unsettled reservation holds budget/concurrency (a crashed replica's requests),
@@ -102,12 +104,14 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
                  "upstream_default_retry_after": 0.0, "upstream_backoff_base": 0.0, "upstream_backoff_cap": 0.0,
+                 "upstream_probe_interval": 0.0,
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
                  "meter_lookup_wait": 0.0}
 _BOOL_FIELDS = {"limits_fail_open"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
-_STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "upstream_url",
+_STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
+               "upstream_url",
                "upstream_key", "log_level", "meter_on_full"}
 
 
@@ -228,6 +232,12 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"ETHEREAL_UPSTREAM_URL must be an http(s) URL, got {settings.upstream_url!r}")
     if settings.admin_key is not None and len(settings.admin_key) < 16:
         raise SettingsError("ETHEREAL_ADMIN_KEY must be at least 16 characters")
+    from ethereal.paths import normalize_base_path
+
+    try:
+        object.__setattr__(settings, "base_path", normalize_base_path(settings.base_path))  # frozen
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     if not settings.key_prefix or len(settings.key_prefix) > 32:
         raise SettingsError("ETHEREAL_KEY_PREFIX must be 1 to 32 characters")
     if settings.meter_on_full not in ("drop", "reject"):

@@ -120,7 +120,7 @@ async def test_async_client(gateway: Gateway) -> None:
     message = await client.messages.create(
         model="opus-4", max_tokens=32, messages=[{"role": "user", "content": "Hello"}]
     )
-    assert message.model == "claude-opus-4-6"
+    assert message.model == "claude-opus-4-7"
     async with client.messages.stream(
         model="anthropic/claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "Stream"}]
     ) as stream:

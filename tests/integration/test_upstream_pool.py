@@ -40,7 +40,7 @@ def gw(sims: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterat
     seed_credentials(data_dir, [{"name": n, "base_url": u} for n, u in sims.items()])
     key, _ = mint_into(data_dir, name="pool-test")
     env = {"ETHEREAL_SECRET_KEY": SECRET, "ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_FIRST_BYTE_TIMEOUT": "1.0",
-           "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "0.3"}
+           "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "0.3", "ETHEREAL_UPSTREAM_PROBE_INTERVAL": "0.1"}
     with gateway_process(data_dir, None, env=env) as url:
         admin = Admin(url)
         try:
@@ -82,7 +82,7 @@ def test_429_moves_traffic_to_the_others_and_back_after_the_cooldown(pool, sims)
     msg = ask(client)  # a answers 429: failed over, the client sees a normal response
     assert msg.content and served(sims["a"], "429") == 1
     health = pool["admin"].get("a")["health"]
-    assert health["state"] == "cooling_down" and 1.0 < health["cooldown_remaining_s"] <= 2.0
+    assert health["state"] == "rate_limited" and 1.0 < health["cooldown_remaining_s"] <= 2.0
     assert health["last_error"].startswith("rate_limited")
     while time.monotonic() - t0 < 1.6:
         ask(client)
@@ -138,44 +138,76 @@ def test_reset_mid_stream_gives_the_client_an_error_event_and_is_settled(pool, s
     assert pool["admin"].get("a")["health"]["last_error"].startswith("stream")
 
 
-def test_401_disables_the_credential_until_an_admin_enables_it(pool, sims) -> None:
+def test_403_on_a_request_is_the_clients_and_disables_nothing(pool, sims) -> None:
+    """A model or beta the organisation lacks answers 403: that must not take a credential down."""
+    client = sdk(pool)
+    admin: Admin = pool["admin"]
+    inject_fault(sims["a"], "403", count=3)
+    for _ in range(3):
+        assert ask(client).content  # failed over to another credential
+    assert served(sims["a"], "403") == 3
+    # the probe (GET /v1/models with the credential alone) succeeded: nothing disabled
+    probe = wait_for(lambda: admin.get("a")["health"]["last_probe"])
+    assert probe["status"] == 200 and probe["request"] == "GET /v1/models?limit=1" and probe["after"] == "HTTP 403"
+    assert admin.get("a")["enabled"] is True
+    ask(client)
+    assert served(sims["a"]) == 1
+
+
+def test_a_credential_is_disabled_only_when_its_own_probe_is_refused(pool, sims) -> None:
     client = sdk(pool)
     admin: Admin = pool["admin"]
     inject_fault(sims["a"], "401")
-    ask(client)
-    view = admin.get("a")
-    assert view["enabled"] is False and "401" in view["disabled_reason"]
-    assert view["health"]["state"] == "disabled"
+    inject_fault(sims["a"], "401", paths=["/v1/models"])  # the credential itself is dead
+    assert ask(client).content  # the client still gets its answer from another credential
+    view = wait_for(lambda: next((v for v in [admin.get("a")] if not v["enabled"]), None))
+    assert "probe GET /v1/models answered HTTP 401" in view["disabled_reason"]
+    assert view["health"]["state"] == "disabled" and view["health"]["last_probe"]["status"] == 401
     time.sleep(0.8)  # several store reloads later: still disabled (persisted)
     for _ in range(4):
         ask(client)
     assert served(sims["a"]) == 0 and served(sims["a"], "401") == 1
     assert admin.get("a")["enabled"] is False
+    assert "probe" in next(v for v in admin.list() if v["name"] == "a")["disabled_reason"]
     admin.enable("a")
     ask(client)
     assert served(sims["a"]) == 1
 
 
-def test_all_credentials_down_gives_503_with_retry_after(pool, sims) -> None:
+def test_all_credentials_rate_limited_gives_429_with_the_time_left(pool, sims) -> None:
     for n in NAMES:
         inject_fault(sims[n], "429", retry_after=4)
     headers = {"x-api-key": str(pool["key"]), "anthropic-version": "2023-06-01"}
     body = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
     first = httpx.post(f"{pool['url']}/v1/messages", json=body, headers=headers)
-    # every credential tried: the last upstream error, retry-after = when one recovers
+    # every credential tried: the last upstream error, with its retry headers as sent
     assert first.status_code == 429 and first.json()["error"]["type"] == "rate_limit_error"
-    assert 3 <= int(first.headers["retry-after"]) <= 4
+    assert first.headers["retry-after"] == "4" and first.headers["x-should-retry"] == "true"
+    assert "retry-after-ms" not in first.headers
     assert sum(served(u, "429") for u in sims.values()) == 3
+    t0 = time.monotonic()
     r = httpx.post(f"{pool['url']}/v1/messages", json=body, headers=headers)
-    assert r.status_code == 503
-    assert r.json()["error"]["type"] == "overloaded_error" and r.json()["request_id"] == r.headers["request-id"]
-    assert 3 <= int(r.headers["retry-after"]) <= 4
+    left = 4.0 - (time.monotonic() - t0)
+    # inside every credential's retry-after: the gateway answers 429 with the real time left
+    assert r.status_code == 429
+    assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["request_id"] == r.headers["request-id"]
+    assert int(r.headers["retry-after"]) == 4 and r.headers["x-should-retry"] == "true"
+    assert left - 0.5 <= int(r.headers["retry-after-ms"]) / 1000 <= 4.0
     assert sum(served(u, "429") for u in sims.values()) == 3  # nothing was sent upstream
+    with pytest.raises(anthropic.RateLimitError):
+        sdk(pool).messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
 
-    # the SDK sees the same as an overloaded error
-    with pytest.raises(anthropic.InternalServerError) as info:
-        ask(sdk(pool))
-    assert info.value.status_code == 503
+
+def test_nothing_enabled_gives_503_with_retry_after(pool, sims) -> None:
+    admin: Admin = pool["admin"]
+    for n in NAMES:
+        admin.http.post(f"/{n}/disable", json={"reason": "maintenance"}).raise_for_status()
+    headers = {"x-api-key": str(pool["key"]), "anthropic-version": "2023-06-01"}
+    body = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{pool['url']}/v1/messages", json=body, headers=headers)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded_error"
+    assert r.headers["retry-after"] == "60" and r.headers["retry-after-ms"] == "60000"
+    assert sum(served(u, "200") for u in sims.values()) == 0
 
 
 def test_cache_affinity_keeps_a_prefix_on_one_credential_and_spreads_prefixes(pool, sims) -> None:

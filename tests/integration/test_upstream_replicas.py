@@ -14,7 +14,7 @@ import pytest
 from ethereal.sim.testing import control, inject_fault, start_sim_process
 
 from tests.conftest import mint_into
-from tests.procs import REPO, gateway_process
+from tests.procs import REPO, free_port, gateway_process
 from tests.upstreams import ADMIN, SECRET, Admin, seed_credentials, served, wait_for
 
 MODEL = "claude-sonnet-4-5"
@@ -78,12 +78,14 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
             assert post(g2, key).status_code == 200
         assert served(a) == 2 and served(b) == 4  # replica 2 kept away from a's cooldown
         h = Admin(g2).get("a")["health"]
-        assert h["state"] == "cooling_down" and h["shared_health"] is True
+        assert h["state"] == "rate_limited" and h["shared_health"] is True
 
-        # a 401 seen by replica 1 disables the credential on replica 2; an enable on 2 reaches 1
+        # a credential whose own probe is refused (after a request's 401) on replica 1 is disabled on
+        # replica 2; an enable on 2 reaches 1
         admin1, admin2 = Admin(g1), Admin(g2)
         admin1.enable("a")
         inject_fault(a, "401")
+        inject_fault(a, "401", paths=["/v1/models"])
         assert post(g1, key).status_code == 200
         wait_for(lambda: admin2.get("a")["enabled"] is False, timeout=3)
         admin2.enable("a")
@@ -97,7 +99,8 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
 def _serve(data_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     child = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     child.update({"ETHEREAL_DATA_DIR": str(data_dir), **env})
-    return subprocess.run([sys.executable, "-m", "ethereal", "serve", "--port", "0"], env=child, text=True,
+    return subprocess.run([sys.executable, "-m", "ethereal", "serve", "--port", str(free_port())], env=child,
+                          text=True,
                           capture_output=True, timeout=60, check=False)
 
 

@@ -10,6 +10,8 @@ from ethereal.errors import GatewayError
 from ethereal.storage.records import UsageRecord
 from ethereal.secretbox import SecretKeyError
 from ethereal.settings import Settings
+from ethereal.sim.testing import start_sim_process
+from ethereal.upstream.client import UpstreamClient
 from ethereal.upstream.pool import Pool
 from ethereal.upstream.service import UpstreamService, stored_credential_count
 
@@ -39,9 +41,20 @@ async def test_credentials_across_replicas(store) -> None:  # type: ignore[no-un
     await one.reload()
     assert one.pool.get("a") is cred and cred.api_key == "sk-ant-bbbb-2222" and cred.weight == 5 and cred.rpm is None
 
-    # a 401 on replica one is persisted: replica two follows on its next reload
+    # a request's 401 alone disables nothing; a refused probe of the credential's own is
+    # persisted and replica two follows on its next reload
     await one.pool.report_failure(cred, "auth", detail="HTTP 401")
+    assert cred.enabled and (await store.get_credential("a")).enabled
+    with start_sim_process(api_keys={"sk-ant-some-other-key"}) as (_, sim_url):
+        client = UpstreamClient()
+        one.client, cred.base_url = client, sim_url
+        try:
+            assert await one.probe(cred, "HTTP 401") == 401
+        finally:
+            await client.close()
+            one.client = None
     assert not (await store.get_credential("a")).enabled
+    assert "probe GET /v1/models answered HTTP 401" in (await store.get_credential("a")).disabled_reason
     await two.reload()
     assert not two.pool.get("a").enabled and "401" in two.pool.get("a").disabled_reason
     await one.reload()  # still disabled after reloads: not a local flag

@@ -43,7 +43,10 @@ def test_agrees_with_catalog_cost() -> None:
 
 def test_unknown_model_priced_like_its_family() -> None:
     newest_opus = max((m for m in CAT.models if m.family == "opus-4"), key=lambda m: m.created_at)
-    assert price_model(CAT, "claude-opus-4-8") is newest_opus
+    guess = price_model(CAT, "claude-opus-4-8")
+    assert guess is not None and guess.derived and guess.id == "claude-opus-4-8"
+    assert (guess.input_price, guess.output_price, guess.family) == (newest_opus.input_price,
+                                                                     newest_opus.output_price, "opus-4")
     assert price_model(CAT, "claude-3-5-sonnet-20240620").family == "sonnet-3"  # type: ignore[union-attr]
     assert price_model(CAT, "gpt-4o") is None
     assert cost_micro(CAT, None, Usage(input_tokens=10, output_tokens=10)) == 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections import Counter
 
 import pytest
 from ethereal.upstream.affinity import cache_affinity
-from ethereal.upstream.pool import Credential, Pool
+from ethereal.upstream.pool import Credential, FailureKind, Pool, Refusal, Refused
 
 
 def creds(*names: str, **kw) -> list[Credential]:
@@ -50,7 +49,7 @@ async def test_models_filter() -> None:
     assert [c.name for c in pool.candidates("claude-opus-4-1")] == ["opus"]
     assert [c.name for c in pool.candidates("claude-sonnet-4-5")] == ["sonnets"]
     assert pool.candidates("claude-haiku-4-5") == []
-    assert await pool.acquire("claude-haiku-4-5") is None
+    assert isinstance(await pool.acquire("claude-haiku-4-5"), Refusal)
 
 
 async def test_affinity_is_sticky_spreads_and_is_stable() -> None:
@@ -94,56 +93,137 @@ async def test_exclude_gives_next_in_rendezvous_order() -> None:
 
 
 # ---------------------------------------------------------------------- health
-async def test_rate_limited_cools_down_for_retry_after() -> None:
-    pool = Pool(creds("a", "b"), default_retry_after=5.0)
+class Clock:
+    """The pool's clock, stepped by the test instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def clocked(*names: str, **kw) -> tuple[Pool, Clock]:
+    clock = Clock()
+    return Pool(creds(*names), clock=clock, **kw), clock
+
+
+def test_failure_kinds_by_status() -> None:
+    assert FailureKind.for_status(429) is FailureKind.RATE_LIMITED
+    assert FailureKind.for_status(529) is FailureKind.OVERLOADED and FailureKind.for_status(503) is FailureKind.OVERLOADED
+    assert FailureKind.for_status(500) is FailureKind.SERVER_ERROR and FailureKind.for_status(502) is FailureKind.SERVER_ERROR
+    assert FailureKind.for_status(504) is FailureKind.TIMEOUT and FailureKind.for_status(408) is FailureKind.TIMEOUT
+    assert FailureKind.for_status(401) is FailureKind.AUTH and FailureKind.for_status(403) is FailureKind.AUTH
+    # the client's own errors never count against a credential
+    for status in (400, 404, 409, 413, 422):
+        assert FailureKind.for_status(status) is None
+    assert FailureKind.STREAM.backs_off and not FailureKind.RATE_LIMITED.backs_off and FailureKind("connect") is FailureKind.CONNECT
+
+
+async def test_rate_limited_with_retry_after_is_a_wall_for_exactly_that_long() -> None:
+    pool, clock = clocked("a", default_retry_after=5.0)
     a = pool.get("a")
-    await pool.report_failure(a, "rate_limited", 0.3)
+    await pool.report_failure(a, FailureKind.RATE_LIMITED, 0.3)
+    got = await pool.acquire("m")
+    assert isinstance(got, Refusal) and got.reason is Refused.RATE_LIMITED
+    assert got.status == 429 and got.error_type == "rate_limit_error" and got.wait == pytest.approx(0.3)
+    assert a.state(clock()) == "rate_limited"
+    clock.step(0.2)
+    got = await pool.acquire("m")
+    assert isinstance(got, Refusal) and got.wait == pytest.approx(0.1)
+    clock.step(0.1)
+    assert await pool.acquire("m") is a
+
+
+async def test_rate_limited_without_retry_after_is_only_a_preference() -> None:
+    pool, clock = clocked("a", "b", default_retry_after=5.0)
+    a = pool.get("a")
+    await pool.report_failure(a, FailureKind.RATE_LIMITED, None)
+    assert a.cooldown_until - clock() == pytest.approx(5.0) and a.rate_limited_until == 0.0
     assert [c.name for c in pool.candidates("m")] == ["b"]
-    assert 0.2 < pool.earliest_recovery("m") + 1 and a.state() == "cooling_down"
-    await asyncio.sleep(0.35)
-    assert {c.name for c in pool.candidates("m")} == {"a", "b"}
-    await pool.report_failure(a, "rate_limited", None)
-    assert 4.5 < a.cooldown_until - time.monotonic() <= 5.0
+    pool.remove("b")
+    assert await pool.acquire("m") is a  # no upstream time to honour: sent anyway
 
 
-async def test_exponential_backoff_capped_reset_on_success() -> None:
-    pool = Pool(creds("a"), backoff_base=0.01, backoff_cap=0.05)
-    a = pool.get("a")
+async def test_a_cooldown_is_a_preference_not_a_wall() -> None:
+    pool, clock = clocked("a", "b", backoff_base=0.5, backoff_cap=30)
+    a, b = pool.get("a"), pool.get("b")
+    await pool.report_failure(a, FailureKind.OVERLOADED)
+    assert [(await pool.acquire("m")).name for _ in range(3)] == ["b"] * 3  # healthy first
+    await pool.report_failure(b, FailureKind.SERVER_ERROR)
+    b.cooldown_until = clock() + 2.0  # b recovers later than a
+    assert await pool.acquire("m") is a  # every one cooling: the one that recovers first
+    # a credential inside an upstream 429 is passed over for one merely backing off
+    await pool.report_failure(a, FailureKind.RATE_LIMITED, 10.0)
+    assert await pool.acquire("m") is b
+    await pool.report_failure(b, FailureKind.RATE_LIMITED, 4.0)
+    got = await pool.acquire("m")
+    assert isinstance(got, Refusal) and got.reason is Refused.RATE_LIMITED and got.wait == pytest.approx(4.0)
+
+
+async def test_backoff_escalates_per_credential_and_resets_on_first_success() -> None:
+    pool, clock = clocked("a", "b", backoff_base=0.01, backoff_cap=0.05)
+    a, b = pool.get("a"), pool.get("b")
     waits = []
     for _ in range(5):
-        a.cooldown_until = 0.0  # as if each cooldown had passed
-        await pool.report_failure(a, "server_error")
-        waits.append(round(a.cooldown_until - time.monotonic(), 2))
+        clock.step(1.0)  # each cooldown has passed
+        await pool.report_failure(a, FailureKind.SERVER_ERROR)
+        waits.append(round(a.cooldown_until - clock(), 3))
     assert waits == [0.01, 0.02, 0.04, 0.05, 0.05]
+    assert b.failures == 0 and b.cooldown_until == 0.0  # another credential's backoff is its own
     await pool.report_success(a)
-    a.cooldown_until = 0.0
-    await pool.report_failure(a, "connect")
-    assert a.failures == 1
+    assert a.failures == 0 and not a.cooling(clock())
+    clock.step(1.0)
+    await pool.report_failure(a, FailureKind.CONNECT)
+    assert a.failures == 1 and a.cooldown_until - clock() == pytest.approx(0.01)
+
+
+async def test_a_success_during_the_cooldown_ends_it() -> None:
+    pool, clock = clocked("a", "b", backoff_base=0.5)
+    a = pool.get("a")
+    await pool.report_failure(a, FailureKind.OVERLOADED)
+    assert a.cooling(clock())
+    await pool.report_success(a)  # sent as the fallback, and it worked
+    assert not a.cooling(clock()) and a.failures == 0
 
 
 async def test_burst_of_failures_during_cooldown_counts_once() -> None:
-    pool = Pool(creds("a"), backoff_base=0.5, backoff_cap=30)
+    pool, clock = clocked("a", backoff_base=0.5, backoff_cap=30)
     a = pool.get("a")
     for _ in range(20):  # 20 in-flight requests cut by the same outage
-        await pool.report_failure(a, "stream")
-    assert a.failures == 1 and a.cooldown_until - time.monotonic() <= 0.5
+        await pool.report_failure(a, FailureKind.STREAM)
+    assert a.failures == 1 and a.cooldown_until - clock() == pytest.approx(0.5)
 
 
-async def test_auth_disables_until_enabled() -> None:
-    seen = []
-
-    async def on_disable(cred, reason):
-        seen.append((cred.name, reason))
-
-    pool = Pool(creds("a", "b"))
-    pool.on_disable = on_disable
+async def test_auth_failure_asks_for_a_probe_and_disables_nothing() -> None:
+    asked = []
+    pool, clock = clocked("a", "b")
+    pool.on_auth_failure = lambda cred, detail: asked.append((cred.name, detail))
     a = pool.get("a")
-    await pool.report_failure(a, "auth", detail="HTTP 401")
-    assert not a.enabled and "401" in a.disabled_reason and seen == [("a", a.disabled_reason)]
-    assert a.state() == "disabled"
-    assert [c.name for c in pool.candidates("m")] == ["b"]
+    for _ in range(5):
+        await pool.report_failure(a, FailureKind.AUTH, detail="HTTP 403")
+    assert a.enabled and a.state(clock()) == "healthy" and not a.cooling(clock())
+    assert asked == [("a", "HTTP 403")] * 5  # the service rate-limits the probes themselves
+    assert {c.name for c in pool.candidates("m")} == {"a", "b"}
+    await pool.disable(a, "probe refused")
+    assert a.state(clock()) == "disabled" and [c.name for c in pool.candidates("m")] == ["b"]
     await pool.enable(a)
     assert a.enabled and {c.name for c in pool.candidates("m")} == {"a", "b"}
+
+
+async def test_refusals_no_credential_and_exhausted() -> None:
+    pool, clock = clocked("a", "b")
+    got = await pool.acquire("m", exclude=["a", "b"])
+    assert isinstance(got, Refusal) and got.reason is Refused.EXHAUSTED
+    for c in pool.credentials:
+        await pool.disable(c, "off")
+    got = await pool.acquire("m")
+    assert isinstance(got, Refusal) and got.reason is Refused.NO_CREDENTIAL and got.status == 503
+    assert got.error_type == "overloaded_error" and got.wait == 60.0
+    assert isinstance(await Pool([], clock=clock).acquire("m"), Refusal)
 
 
 async def test_rpm_window_and_recovery() -> None:
@@ -151,10 +231,12 @@ async def test_rpm_window_and_recovery() -> None:
     names = [(await pool.acquire("m")).name for _ in range(4)]
     assert names[:2] == ["capped", "capped"] and names[2:] == ["other", "other"]
     capped = pool.get("capped")
-    assert capped.state() == "rpm_capped"
+    assert capped.state(time.monotonic()) == "rpm_capped"
     pool.remove("other")
-    assert await pool.acquire("m") is None
+    got = await pool.acquire("m")
+    assert isinstance(got, Refusal) and got.reason is Refused.RATE_LIMITED and 55 < got.wait <= 60
     assert 55 < pool.earliest_recovery("m") <= 60
+    assert await pool.acquire("m", count_rpm=False) is capped  # count_tokens: RPM caps do not apply
 
 
 async def test_spend_cap() -> None:
@@ -163,19 +245,22 @@ async def test_spend_cap() -> None:
     pool.release(a, cost_micro=999)
     assert await pool.acquire("m") is a
     pool.release(a, cost_micro=1)
-    assert a.state() == "spend_capped" and await pool.acquire("m") is None
+    got = await pool.acquire("m")
+    assert a.state(time.monotonic()) == "spend_capped" and isinstance(got, Refusal)
+    assert got.reason is Refused.NO_CREDENTIAL and got.wait >= 1.0
     assert pool.earliest_recovery("m") >= 1.0
 
 
 async def test_earliest_recovery_and_describe() -> None:
-    pool = Pool(creds("a", "b"))
+    pool, _clock = clocked("a", "b")
     a, b = pool.get("a"), pool.get("b")
-    await pool.report_failure(a, "rate_limited", 10)
-    await pool.report_failure(b, "rate_limited", 3)
-    assert 2.5 < pool.earliest_recovery("m") <= 3
+    await pool.report_failure(a, FailureKind.RATE_LIMITED, 10)
+    await pool.report_failure(b, FailureKind.RATE_LIMITED, 3)
+    assert pool.earliest_recovery("m") == pytest.approx(3)
     await pool.report_success(a)
     info = pool.describe(a)
-    assert info["state"] == "cooling_down" and 9 < info["cooldown_remaining_s"] <= 10
+    assert info["state"] == "rate_limited" and info["cooldown_remaining_s"] == pytest.approx(10)
+    assert info["rate_limited_remaining_s"] == pytest.approx(10)
     assert info["recent"]["requests"] == 2 and info["recent"]["errors"] == 1
     assert info["recent"]["error_rate"] == 0.5 and info["recent"]["errors_by_kind"] == {"rate_limited": 1}
     assert info["last_error"].startswith("rate_limited") and "key-a" not in repr(info)
@@ -236,6 +321,7 @@ async def test_redis_health_is_shared_between_replicas(redis_url: str) -> None:
         await p2.health.sync(p2.credentials)
         assert [c.name for c in p2.candidates("m")] == ["b"]
         assert 1.5 < p2.get("a").cooldown_until - time.monotonic() <= 2.0
+        assert 1.5 < p2.get("a").rate_limited_until - time.monotonic() <= 2.0  # the 429 wall is shared too
 
         # backoff is counted once across replicas, escalates, and resets on success
         await p1.report_failure(p1.get("b"), "server_error")
@@ -246,14 +332,15 @@ async def test_redis_health_is_shared_between_replicas(redis_url: str) -> None:
         await p1.health.sync(p1.credentials)
         assert p1.get("b").failures == 0
 
-        # 401 on one replica disables the (env) credential on the other; enable undoes it
-        await p1.report_failure(p1.get("b"), "auth", detail="HTTP 401")
+        # a disable (a failed probe) on one replica disables the (env) credential on the other; enable undoes it
+        await p1.disable(p1.get("b"), "probe GET /v1/models answered HTTP 401")
         await p2.health.sync(p2.credentials)
         assert not p2.get("b").enabled and "401" in p2.get("b").disabled_reason
         await p2.enable(p2.get("b"))
         await p2.enable(p2.get("a"))
         await p1.health.sync(p1.credentials)
         assert p1.get("b").enabled and {c.name for c in p1.candidates("m")} == {"a", "b"}
+        assert p1.get("a").rate_limited_until == 0.0
 
         # the admin version key tells replicas to reload
         await p1.health.bump_version()

@@ -145,9 +145,9 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         await authenticate(request, call)
         async with pipeline.recording(call):
             if is_openai_client(header_map(request)):  # OpenAI's list shape for OpenAI clients
-                payload = orjson.dumps({"object": "list", "data": [m.to_openai() for m in gw.catalog.models]})
+                payload = orjson.dumps({"object": "list", "data": [m.to_openai() for m in gw.catalog.listed()]})
             else:
-                items = [m.to_anthropic() for m in gw.catalog.models]
+                items = [m.to_anthropic() for m in gw.catalog.listed()]
                 payload = orjson.dumps(model_page(items, request))
             await pipeline.finish(call, 200, Usage())
         return json_response(200, payload, [(b"request-id", request_id.encode())])
@@ -158,10 +158,13 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         await authenticate(request, call)
         async with pipeline.recording(call):
             model_id = request.route_values.get("model_id", "")
-            model = gw.catalog.resolve(model_id)
+            provider = request.route_values.get("provider")
+            if provider:  # GET /v1/models/anthropic/claude-opus-4-7
+                model_id = f"{provider}/{model_id}"
+            model = gw.catalog.resolve(model_id) or gw.catalog.derive(model_id)
             call.model_name = model.id if model else model_id
             if model is None:
-                raise GatewayError(404, f"model: {model_id}")
+                raise GatewayError(404, f"model: {model_id[:256]}")
             await pipeline.finish(call, 200, Usage())
         shape = model.to_openai() if is_openai_client(header_map(request)) else model.to_anthropic()
         return json_response(200, orjson.dumps(shape), [(b"request-id", request_id.encode())])
@@ -194,6 +197,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
     app.router.add_post("/v1/messages/count_tokens", pipeline.route(CountTokens()))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/:model_id", get_model)
+    app.router.add_get("/v1/models/:provider/:model_id", get_model)
     app.router.add_get("/v1/usage/:request_id", get_usage)
     app.router.add_get("/", root)
     app.router.add_head("/", root)

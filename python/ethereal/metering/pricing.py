@@ -43,22 +43,23 @@ def price_model(catalog: Catalog, name: str | None, fallback: Model | None = Non
     model = catalog.resolve(name)
     if model is not None:
         return model
-    match = _FAMILY.search(name)
-    old = None if match else _OLD_FAMILY.search(name)
-    guess: Model | None = None
-    if match or old:
-        tier, major = (match.group(1), match.group(2)) if match else (old.group(2), old.group(1))  # type: ignore[union-attr]
-        tier = tier.lower()
-        members = [m for m in catalog.models if m.family == f"{tier}-{major}"]
-        if not members:  # a newer generation than the table: the newest of the same tier
-            members = [m for m in catalog.models if m.family.startswith(tier + "-")]
-        if members:
-            guess = max(members, key=lambda m: m.created_at)
+    guess = catalog.derive(name)
+    if guess is None:  # a family named inside a longer name (bedrock ids, dated variants)
+        match = _FAMILY.search(name)
+        old = None if match else _OLD_FAMILY.search(name)
+        if match or old:
+            tier, major = (match.group(1), match.group(2)) if match else (old.group(2), old.group(1))  # type: ignore[union-attr]
+            tier = tier.lower()
+            members = [m for m in catalog.models if m.family == f"{tier}-{major}"]
+            if not members:  # a newer generation than the table: the newest of the same tier
+                members = [m for m in catalog.models if m.family.startswith(tier + "-")]
+            if members:
+                guess = max(members, key=lambda m: m.created_at)
     if name not in _unknown_logged and len(_unknown_logged) < 1000:
         _unknown_logged.add(name)
         if guess is not None:
-            log.warning("model %r is not in the price table: priced like %s (add it with ETHEREAL_MODELS_FILE)",
-                        name, guess.id)
+            log.warning("model %r is not in the price table: priced like its family %s (add it with "
+                        "ETHEREAL_MODELS_FILE)", name, guess.family)
         elif fallback is None:
             log.warning("no price for model %r: its usage is recorded at cost 0", name)
     return guess or fallback

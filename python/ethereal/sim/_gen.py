@@ -455,6 +455,16 @@ THINKING, TEXT, TOOL = 0, 1, 2
 class Plan:
     __slots__ = ("model", "blocks", "stop_reason", "stop_sequence", "input_tokens", "cc5", "cc1",
                  "cache_read", "output_tokens", "seed")
+    model: str
+    blocks: list[tuple[Any, ...]]
+    stop_reason: str
+    stop_sequence: str | None
+    input_tokens: int
+    cc5: int
+    cc1: int
+    cache_read: int
+    output_tokens: int
+    seed: int
 
     def __init__(self) -> None:
         self.blocks: list[tuple] = []
@@ -499,6 +509,11 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
               if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)] \
         if isinstance(tools, list) else []
     want_tools = bool(custom) and tc_type != "none" and (not has_tool_result or tc_type in ("any", "tool"))
+    script = scripted_tool(custom, directives) if want_tools else None
+    if script == "none":
+        want_tools = False
+    elif script is not None:
+        return _scripted_tool_plan(p, script, used)
     if want_tools:
         rng = random.Random(seed ^ 0x7001)
         if tc_type == "tool":
@@ -581,6 +596,37 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
     p.blocks.append((TEXT, pieces))
     p.output_tokens = used
     p.stop_reason = stop
+    return p
+
+
+def scripted_tool(custom: list[dict[str, Any]], directives: dict[str, str]) -> Any:
+    """``sim:tool=NAME`` (with ``sim:tool_input={"json":"without spaces"}``) scripts the call a
+    test needs, e.g. a client's file-reading tool on a file it created; ``sim:tool=none`` answers
+    in text although tools were offered. None: no script (or no offered tool of that name)."""
+    name = directives.get("tool")
+    if not name:
+        return None
+    if name == "none":
+        return "none"
+    tool = next((t for t in custom if t.get("name") == name), None)
+    if tool is None:
+        return None
+    raw = directives.get("tool_input")
+    try:
+        inp = json.loads(raw) if raw else {}
+    except ValueError:
+        raise invalid(f"sim: tool_input is not JSON: {raw!r}") from None
+    if not isinstance(inp, dict):
+        raise invalid("sim: tool_input must be a JSON object")
+    return tool, inp
+
+
+def _scripted_tool_plan(p: Plan, script: tuple[dict[str, Any], dict[str, Any]], used: int) -> Plan:
+    tool, inp = script
+    js = json.dumps(inp, ensure_ascii=False)
+    p.blocks.append((TOOL, tool_id(), tool["name"], inp, split_json(js, random.Random(p.seed ^ 0x7002))))
+    p.output_tokens = used + ctok(js)
+    p.stop_reason = "tool_use"
     return p
 
 

@@ -17,6 +17,7 @@ import orjson
 from . import _gen
 from ._gen import RequestError, invalid
 from ._models import INFO_BY_NAME, MODEL_INFOS, resolve_model
+from ._openai_compat import chat_action, check_model
 from ._replay import Library
 
 TOO_LARGE = b'{"error":{"type":"request_too_large","message":"Request exceeds the maximum size"}}'
@@ -77,7 +78,8 @@ def _norm_path(path: str) -> str:
 
 
 class Fault:
-    __slots__ = ("kind", "count", "retry_after", "after_events", "delay_ms", "paths", "message")
+    __slots__ = ("kind", "count", "retry_after", "after_events", "delay_ms", "paths", "message", "retry_after_ms",
+                 "should_retry")
 
     def __init__(self, spec: dict[str, Any]) -> None:
         raw = str(spec.get("fault", spec.get("kind", ""))).strip().lower()
@@ -100,6 +102,23 @@ class Fault:
         else:
             self.paths = tuple(str(p).split("?", 1)[0] for p in paths)
         self.message = spec.get("message")
+        self._hints(spec)
+
+    def _hints(self, spec: dict[str, Any]) -> None:
+        """``retry_after_ms`` (sent beside ``retry-after``) and ``should_retry`` (``x-should-retry``
+        as given instead of the status's default): the retry hints clients read first."""
+        ms = spec.get("retry_after_ms")
+        self.retry_after_ms = None if ms is None else str(ms)
+        sr = spec.get("should_retry")
+        self.should_retry = None if sr is None else ("true" if sr in (True, "true", "1", 1) else "false")
+
+    def hint_headers(self) -> bytes:
+        out = b""
+        if self.retry_after_ms is not None:
+            out += b"retry-after-ms: %s\r\n" % self.retry_after_ms.encode()
+        if self.should_retry is not None:
+            out += b"x-should-retry: %s\r\n" % self.should_retry.encode()
+        return out
 
     def matches(self, path: str) -> bool:
         if self.paths is None:
@@ -108,6 +127,7 @@ class Fault:
 
     def to_json(self) -> dict[str, Any]:
         return {"fault": self.kind, "count": self.count, "retry_after": self.retry_after,
+                "retry_after_ms": self.retry_after_ms, "should_retry": self.should_retry,
                 "after_events": self.after_events, "delay_ms": self.delay_ms,
                 "paths": list(self.paths) if self.paths is not None else ["*"]}
 
@@ -333,7 +353,7 @@ class SimProtocol(asyncio.Protocol):
             b"connection: close\r\n" if close else b"connection: keep-alive\r\n",
             b"request-id: ", rid.encode(), b"\r\n", st.org_line,
         ]
-        if status >= 400:
+        if status >= 400 and b"x-should-retry:" not in extra:  # a fault may set its own
             parts.append(b"x-should-retry: true\r\n" if status in _RETRYABLE
                          else b"x-should-retry: false\r\n")
         if extra:
@@ -380,7 +400,8 @@ class SimProtocol(asyncio.Protocol):
         is_messages = path == "/v1/messages"
         is_count = path == "/v1/messages/count_tokens"
         is_models = path == "/v1/models" or path.startswith("/v1/models/")
-        if not (is_messages or is_count or is_models):
+        is_chat = path == "/v1/chat/completions"
+        if not (is_messages or is_count or is_models or is_chat):
             st.count(npath, 404)
             self._send_json(404, _error_body(404, rid), rid, close=close)
             return None
@@ -403,6 +424,8 @@ class SimProtocol(asyncio.Protocol):
                     key = auth[7:].strip()
             if not key or (keys is not None and key not in keys):
                 raise RequestError(401, "authentication_error", "invalid x-api-key")
+            if is_chat:
+                return self._chat(body, rid, close, fault, npath)
             if b"anthropic-version" not in headers:
                 raise invalid("anthropic-version: header is required")
 
@@ -510,6 +533,22 @@ class SimProtocol(asyncio.Protocol):
             return self._finish(("json", exc.status, err, b""),
                                 rid, close, fault, npath)
 
+    def _chat(self, body: bytes, rid: str, close: bool, fault: Fault | None, npath: str):
+        """The OpenAI SDK compatibility endpoint (``_openai_compat``); faults apply as to messages."""
+        try:
+            req = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise invalid(f"There was an error parsing the body of your request: {exc}") from None
+        if not isinstance(req, dict):
+            raise invalid("Input should be a valid dictionary")
+        check_model(req.get("model"))
+        resolved = resolve_model(req["model"])
+        if resolved is None:
+            raise RequestError(404, "not_found_error", f"model: {req['model']}")
+        seed = zlib.crc32(body, self.state.seed_crc)
+        action = chat_action(req, resolved[0], seed, self._timing({}))
+        return self._finish(action, rid, close, fault, npath)
+
     def _timing(self, directives: dict[str, str]) -> tuple[float, float, float]:
         cfg = self.state.config
         lat = _gen.directive_int(directives, "latency")
@@ -585,7 +624,7 @@ class SimProtocol(asyncio.Protocol):
                 if status == 429 or fault.retry_after is not None:
                     extra = b"retry-after: %s\r\n" % str(fault.retry_after if fault.retry_after is not None
                                                          else 1).encode()
-                action = ("json", status, _error_body(status, rid, message=fault.message), extra)
+                action = ("json", status, _error_body(status, rid, message=fault.message), extra + fault.hint_headers())
         if delay > 0 or needs_async:
             return self._run_async(delay, action, rid, close, fault, npath)
         self._execute(action, rid, close, fault, npath)

@@ -1,59 +1,118 @@
 """The upstream credential pool: health, cooldown, choice.
 
-Choice, per attempt (``Pool.acquire``):
+Choice, per attempt (``Pool.acquire``), among the enabled credentials serving the model that
+this request has not tried yet and that are under their spend cap:
 
-1. usable = enabled, not cooling down, serving the model, under its spend cap, not tried yet;
-2. with a cache-affinity key: rendezvous (highest-random-weight) order, so a prefix keeps
-   landing on the same credential and its prompt cache stays warm; the next credential in
-   that order is just as stable, so a failover warms a predictable second cache. A preferred
-   credential that is far busier than the pool average is passed over ("consistent hashing
-   with bounded loads"), so one hot prefix cannot pile everything onto one account;
-3. without one: least ``(in_flight + 1) / weight``, ties broken at random (so an idle pool
-   still spreads, and weights still count when nothing is in flight);
-4. the first candidate with room in its RPM window (sliding 60 s) wins.
+1. prefer the healthy ones (not cooling down, not inside an upstream 429's retry-after, room in
+   their RPM window). With a cache-affinity key: rendezvous (highest-random-weight) order, so a
+   prefix keeps landing on the same credential and its prompt cache stays warm; the next
+   credential in that order is just as stable, so a failover warms a predictable second cache.
+   A preferred credential far busier than the pool average is passed over ("consistent hashing
+   with bounded loads"). Without a key: least ``(in_flight + 1) / weight``, ties at random;
+2. a cooldown is a preference, not a wall: when none is healthy, the request goes to the
+   credential that recovers first among those merely backing off. Refusing locally would make a
+   client count the gateway's refusal like an upstream failure and give up sooner than it would
+   calling the upstream directly (two concurrent requests meeting one 529 must both succeed);
+3. only when every one of them is inside an upstream 429's ``retry-after`` (or its operator RPM
+   cap) is the request refused: ``Refusal(RATE_LIMITED, wait)``, answered as a 429 whose
+   ``retry-after``/``retry-after-ms`` are the real time left;
+4. nothing enabled serves the model: ``Refusal(NO_CREDENTIAL, wait)`` (a 503); every credential
+   already tried by this request: ``Refusal(EXHAUSTED)`` (the caller answers the last upstream
+   error as the upstream sent it).
 
-Health lives in a ``Health`` backend: in-process by default, in Redis when
-``ETHEREAL_REDIS_URL`` is set (``RedisHealth``) so every replica sees a cooldown or a
-disabled credential at once. 429 cools down for the upstream's ``retry-after`` (or a short
-default); 529/5xx/timeouts/connection errors cool down with an exponential backoff (base
-0.5 s, cap 30 s, reset on success; failures during a cooldown do not escalate it, so a
-burst of in-flight requests failing together counts once); 401/403 disable until an admin
-enables the credential again.
+Health lives in a ``Health`` backend: in-process by default, in Redis when ``ETHEREAL_REDIS_URL``
+is set (``RedisHealth``) so every replica sees a cooldown at once. A 429 cools down for the
+upstream's ``retry-after``/``retry-after-ms`` (a wall while it runs) or a short default (a
+preference only, when the upstream named no time); 529/5xx/timeouts/connection errors cool down
+with an exponential backoff per credential (base 0.5 s, cap 30 s), reset by its first success;
+failures during a cooldown do not escalate it, so a burst of in-flight requests failing together
+counts once. A client's own error (400, 404, 413, ...) is no failure at all. A 401/403 answers
+that client and disables nothing by itself: it asks for a probe (``on_auth_failure``) that
+disables the credential only when the upstream refuses the credential's own request too.
+
+Time comes from ``clock`` (``time.monotonic`` by default) so tests step it instead of sleeping.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+RECENT_WINDOW = 60.0  # seconds of outcomes kept for the error rates shown to admins
+RPM_WINDOW = 60.0
+# Nothing enabled serves the model and nothing is scheduled to recover: an operator has to act.
+# A minute is the honest order of magnitude, and keeps clients from hammering.
+NO_CREDENTIAL_WAIT = 60.0
+
+Clock = Callable[[], float]
 
 
 class FailureKind(StrEnum):
-    """Why an upstream attempt failed; decides what happens to the credential's health."""
+    """Why an upstream attempt failed, as far as the credential's health is concerned."""
 
-    RATE_LIMITED = "rate_limited"  # 429: cool down for the upstream's retry-after
-    AUTH = "auth"  # 401/403
-    OVERLOADED = "overloaded"  # 529 or an overloaded_error event
-    SERVER_ERROR = "server_error"  # 5xx or an api_error event
-    CONNECT = "connect"  # no connection, reset before the first byte
-    TIMEOUT = "timeout"  # no first byte in time, 408
-    STREAM = "stream"  # cut after the first byte
+    RATE_LIMITED = "rate_limited"  # 429
+    OVERLOADED = "overloaded"  # 529, 503, an overloaded_error event
+    SERVER_ERROR = "server_error"  # other 5xx, an api_error event
+    TIMEOUT = "timeout"  # 408, 504, no first byte in time
+    CONNECT = "connect"  # refused, reset, TLS failure before the first byte
+    STREAM = "stream"  # cut after the response started
+    AUTH = "auth"  # 401/403: the client's answer; a probe decides about the credential
+
+    @property
+    def backs_off(self) -> bool:
+        return self not in (FailureKind.RATE_LIMITED, FailureKind.AUTH)
+
+    @classmethod
+    def for_status(cls, status: int) -> FailureKind | None:
+        """The failure an upstream status means for the credential; None for the client's own
+        errors (400, 404, 413, 422, ...), which never cool a credential."""
+        if status == 429:
+            return cls.RATE_LIMITED
+        if status in (401, 403):
+            return cls.AUTH
+        if status in (408, 504):
+            return cls.TIMEOUT
+        if status in (503, 529):
+            return cls.OVERLOADED
+        if status >= 500:
+            return cls.SERVER_ERROR
+        return None
 
 
-RATE_LIMITED = FailureKind.RATE_LIMITED
-AUTH = FailureKind.AUTH
-BACKOFF_KINDS = frozenset({FailureKind.OVERLOADED, FailureKind.SERVER_ERROR, FailureKind.CONNECT,
-                           FailureKind.TIMEOUT, FailureKind.STREAM})
+class Refused(StrEnum):
+    RATE_LIMITED = "rate_limited"  # inside an upstream 429's retry-after (or an operator RPM cap)
+    NO_CREDENTIAL = "no_credential"  # nothing enabled (and under its spend cap) serves the model
+    EXHAUSTED = "exhausted"  # this request already tried every credential serving the model
 
-RECENT_WINDOW = 60.0  # seconds of outcomes kept for the error rates shown to admins
-RPM_WINDOW = 60.0
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """``acquire`` found no credential to send to; ``wait`` is the real time until one can take it."""
+
+    reason: Refused
+    wait: float = 0.0
+
+    @property
+    def status(self) -> int:
+        return 429 if self.reason is Refused.RATE_LIMITED else 503
+
+    @property
+    def error_type(self) -> str:
+        return "rate_limit_error" if self.reason is Refused.RATE_LIMITED else "overloaded_error"
+
+    @property
+    def message(self) -> str:
+        if self.reason is Refused.RATE_LIMITED:
+            return "the upstream rate limit for this model is exhausted; retry after the time given"
+        return "no enabled upstream credential serves this model"
 
 
 @dataclass(slots=True, eq=False)
@@ -68,17 +127,19 @@ class Credential:
     enabled: bool = True
     disabled_reason: str | None = None
     source: str = "env"  # "env" (ETHEREAL_UPSTREAM_URL/KEY) or "store"
-    # live state (this replica's view; cooldown and disabled flags are shared through Redis)
+    # live state (this replica's view; cooldowns and disabled flags are shared through Redis)
     in_flight: int = 0
-    cooldown_until: float = 0.0  # time.monotonic() of this process
+    cooldown_until: float = 0.0  # pool clock: a preference, see the module docstring
+    rate_limited_until: float = 0.0  # pool clock: an upstream 429's retry-after, a wall while it runs
     failures: int = 0  # consecutive backoff failures
     last_error: str | None = None
     last_error_at: float | None = None  # unix seconds
+    last_probe: dict[str, Any] | None = None  # {"at", "status", "detail"} of the last credential probe
     spent_micro: int = 0  # this month, from the store (refreshed) + this replica since the refresh
     outcomes: deque[tuple[float, str | None]] = field(default_factory=lambda: deque(maxlen=4096), repr=False)
     rpm_hits: deque[float] = field(default_factory=deque, repr=False)
-    rpm_full_until: float = 0.0  # monotonic: when the (shared) window has room again
-    changed_at: float = 0.0  # monotonic: last local enable/disable, guards against stale reloads
+    rpm_full_until: float = 0.0  # pool clock: when the (shared) window has room again
+    changed_at: float = 0.0  # time.monotonic(): last local enable/disable, guards against stale reloads
     store_updated_at: float = 0.0  # unix seconds: the stored row's updated_at when last loaded
     off_flag_at: float = 0.0  # unix seconds: a shared "disabled" flag seen in Redis (0: none)
     secret_ref: str | None = field(default=None, repr=False)  # the encrypted form it was loaded from
@@ -92,7 +153,17 @@ class Credential:
         return False
 
     def cooling(self, now: float) -> bool:
-        return now < self.cooldown_until
+        return now < self.cooldown_until or now < self.rate_limited_until
+
+    def walled_until(self, now: float) -> float:
+        """Until when a request must not be sent here (upstream 429 retry-after, RPM cap); 0 when free."""
+        until = self.rate_limited_until
+        if self.rpm is not None:
+            until = max(until, self.rpm_full_until)
+        return until if until > now else 0.0
+
+    def ready_at(self, now: float) -> float:
+        return max(self.cooldown_until, self.walled_until(now), now)
 
     def over_spend(self) -> bool:
         return self.spend_cap_micro is not None and self.spent_micro >= self.spend_cap_micro
@@ -104,6 +175,8 @@ class Credential:
         now = time.monotonic() if now is None else now
         if not self.enabled:
             return "disabled"
+        if now < self.rate_limited_until:
+            return "rate_limited"
         if self.cooling(now):
             return "cooling_down"
         if self.over_spend():
@@ -125,17 +198,26 @@ class Health:
 
     shared = False
 
-    async def failure(self, cred: Credential, kind: str, delay: float, base: float, cap: float) -> None:
-        now = time.monotonic()
-        if kind in BACKOFF_KINDS:
-            if cred.cooling(now):
+    def __init__(self) -> None:
+        self.clock: Clock = time.monotonic  # the pool sets its own
+
+    async def failure(self, cred: Credential, kind: FailureKind, delay: float, base: float, cap: float,
+                      wall: float | None = None) -> None:
+        """Cool ``cred`` down: backoff kinds escalate (once per cooldown); ``wall`` is an upstream
+        429's retry-after, during which nothing is sent to ``cred``."""
+        now = self.clock()
+        if kind.backs_off:
+            if now < cred.cooldown_until:
                 return  # already backing off: a burst of failures counts once
             cred.failures += 1
             delay = min(base * 2 ** (cred.failures - 1), cap)
         cred.cooldown_until = max(cred.cooldown_until, now + delay)
+        if wall:
+            cred.rate_limited_until = max(cred.rate_limited_until, now + wall)
 
     async def success(self, cred: Credential) -> None:
         cred.failures = 0
+        cred.cooldown_until = 0.0
 
     async def disable(self, cred: Credential, reason: str) -> None:
         cred.enabled = False
@@ -144,7 +226,7 @@ class Health:
     async def enable(self, cred: Credential) -> None:
         cred.enabled = True
         cred.disabled_reason = None
-        cred.cooldown_until = 0.0
+        cred.cooldown_until = cred.rate_limited_until = 0.0
         cred.failures = 0
 
     async def forget(self, name: str) -> None:
@@ -182,14 +264,27 @@ class Pool:
         backoff_cap: float = 30.0,
         health: Health | None = None,
         rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.credentials: list[Credential] = list(credentials or [])
         self.default_retry_after = default_retry_after
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self.health = health or Health()
+        self.clock = clock
+        self._health = health or Health()
+        self._health.clock = clock
         self._rng = rng or random.Random()
-        self.on_disable: Any = None  # async callback(cred, reason): persist an auth disable
+        # callback(cred, detail): a request got 401/403 with this credential; probe it (set by the service)
+        self.on_auth_failure: Callable[[Credential, str | None], None] | None = None
+
+    @property
+    def health(self) -> Health:
+        return self._health
+
+    @health.setter
+    def health(self, value: Health) -> None:
+        value.clock = self.clock
+        self._health = value
 
     # ------------------------------------------------------------------ membership
     def get(self, name: str) -> Credential | None:
@@ -208,12 +303,7 @@ class Pool:
         return found
 
     # ------------------------------------------------------------------ choice
-    def candidates(self, model: str | None, affinity: bytes | None = None,
-                   exclude: Iterable[str] = ()) -> list[Credential]:
-        """Healthy credentials serving ``model``, best first (RPM windows not consulted)."""
-        now = time.monotonic()
-        skip = set(exclude)
-        usable = [c for c in self.credentials if c.name not in skip and c.healthy(now) and c.serves(model)]
+    def _order(self, usable: list[Credential], affinity: bytes | None) -> list[Credential]:
         if len(usable) <= 1:
             return usable
         if affinity is not None:
@@ -229,87 +319,125 @@ class Pool:
         usable.sort(key=lambda c: ((c.in_flight + 1) / (c.weight or 1e-9), rng.random()))
         return usable
 
+    def candidates(self, model: str | None, affinity: bytes | None = None,
+                   exclude: Iterable[str] = ()) -> list[Credential]:
+        """Healthy credentials serving ``model``, best first (RPM windows not consulted)."""
+        now = self.clock()
+        skip = set(exclude)
+        usable = [c for c in self.credentials if c.name not in skip and c.healthy(now) and c.serves(model)]
+        return self._order(usable, affinity)
+
+    def serving(self, model: str | None) -> list[Credential]:
+        return [c for c in self.credentials if c.enabled and c.serves(model)]
+
+    async def _take_rpm(self, cred: Credential, now: float) -> bool:
+        if cred.rpm is None:
+            return True
+        if now < cred.rpm_full_until:
+            return False
+        ok, wait = await self._health.take_rpm(cred, now)
+        if not ok:
+            cred.rpm_full_until = now + max(wait, 0.05)
+        return ok
+
     async def acquire(self, model: str | None, affinity: bytes | None = None,
-                      exclude: Iterable[str] = (), *, count_rpm: bool = True) -> Credential | None:
-        """The best usable credential, with its in-flight count taken; None when there is none."""
-        for cred in self.candidates(model, affinity, exclude):
-            if cred.rpm is not None and count_rpm:
-                now = time.monotonic()
-                if now < cred.rpm_full_until:
-                    continue
-                ok, wait = await self.health.take_rpm(cred, now)
-                if not ok:
-                    cred.rpm_full_until = now + max(wait, 0.05)
-                    continue
+                      exclude: Iterable[str] = (), *, count_rpm: bool = True) -> Credential | Refusal:
+        """The credential to send to, with its in-flight count taken, or why there is none."""
+        now = self.clock()
+        serving = self.serving(model)
+        if not serving:
+            return Refusal(Refused.NO_CREDENTIAL, NO_CREDENTIAL_WAIT)
+        skip = set(exclude)
+        fresh = [c for c in serving if c.name not in skip]
+        if not fresh:
+            return Refusal(Refused.EXHAUSTED)
+        open_ = [c for c in fresh if not c.over_spend()]
+        if not open_:
+            return Refusal(Refused.NO_CREDENTIAL, _seconds_to_next_month())
+        healthy = [c for c in open_ if not c.cooling(now) and not (c.rpm is not None and now < c.rpm_full_until)]
+        for cred in self._order(healthy, affinity):
+            if count_rpm and not await self._take_rpm(cred, now):
+                continue
             cred.in_flight += 1
             return cred
-        return None
+        # nothing healthy: the one that recovers first among those not behind a wall
+        def wall(c: Credential) -> float:
+            return c.walled_until(now) if count_rpm else (c.rate_limited_until if c.rate_limited_until > now else 0.0)
+
+        while True:
+            free = [c for c in open_ if not wall(c)]
+            if not free:
+                return Refusal(Refused.RATE_LIMITED, min(wall(c) for c in open_) - now)
+            cred = min(free, key=lambda c: (c.ready_at(now), c.in_flight / (c.weight or 1e-9)))
+            if count_rpm and not await self._take_rpm(cred, now):
+                continue  # its window just filled: now walled, look again
+            cred.in_flight += 1
+            return cred
 
     def release(self, cred: Credential, cost_micro: int = 0) -> None:
         cred.in_flight = max(0, cred.in_flight - 1)
         if cost_micro:
             cred.spent_micro += cost_micro
 
-    def serving(self, model: str | None) -> list[Credential]:
-        return [c for c in self.credentials if c.enabled and c.serves(model)]
-
     def earliest_recovery(self, model: str | None) -> float:
-        """Seconds until some credential serving ``model`` can take a request again."""
-        now = time.monotonic()
+        """Seconds until some credential serving ``model`` is healthy again (for the admin view)."""
+        now = self.clock()
         waits = []
         for c in self.serving(model):
             if c.over_spend():
                 waits.append(_seconds_to_next_month())
                 continue
-            wait = max(0.0, c.cooldown_until - now)
-            if c.rpm is not None:
-                wait = max(wait, c.rpm_full_until - now)
-            waits.append(wait)
-        return min(waits) if waits else 30.0
+            waits.append(c.ready_at(now) - now)
+        return min(waits) if waits else NO_CREDENTIAL_WAIT
 
     # ------------------------------------------------------------------ outcomes
     async def report_success(self, cred: Credential) -> None:
-        cred.outcomes.append((time.monotonic(), None))
-        if cred.failures:
-            await self.health.success(cred)
-            cred.failures = 0
+        now = self.clock()
+        cred.outcomes.append((now, None))
+        if cred.failures or now < cred.cooldown_until:
+            # the first success ends the backoff: the next failure starts again from the base
+            await self._health.success(cred)
+            cred.failures, cred.cooldown_until = 0, 0.0
 
-    async def report_failure(self, cred: Credential, kind: str, retry_after: float | None = None,
+    async def report_failure(self, cred: Credential, kind: FailureKind | str, retry_after: float | None = None,
                              detail: str | None = None) -> None:
-        """``kind``: rate_limited, overloaded, server_error, connect, timeout, stream, auth."""
-        now = time.monotonic()
-        cred.outcomes.append((now, str(kind)))  # plain str: the admin view serialises it
-        cred.last_error = str(kind) if detail is None else f"{kind}: {detail}"
+        """Count a failure against ``cred``. ``retry_after``: the upstream's own hint, in seconds."""
+        kind = FailureKind(kind)
+        now = self.clock()
+        cred.outcomes.append((now, kind.value))
+        cred.last_error = kind.value if detail is None else f"{kind.value}: {detail}"
         cred.last_error_at = time.time()
-        if kind == AUTH:
-            reason = f"upstream rejected the credential ({detail or 'HTTP 401/403'}); enable it again once fixed"
-            cred.changed_at = now
-            await self.health.disable(cred, reason)
-            cred.enabled, cred.disabled_reason = False, reason
-            if self.on_disable is not None:
-                await self.on_disable(cred, reason)
+        if kind is FailureKind.AUTH:
+            # the client's answer; the credential is judged by a request of its own
+            if self.on_auth_failure is not None:
+                self.on_auth_failure(cred, detail)
             return
-        if kind == RATE_LIMITED:
-            delay = retry_after if retry_after is not None and retry_after > 0 else self.default_retry_after
+        wall = None
+        if kind is FailureKind.RATE_LIMITED:
+            if retry_after is not None and retry_after > 0:
+                delay = wall = retry_after
+            else:
+                delay = self.default_retry_after  # the upstream named no time: a preference only
         else:
             delay = self.backoff_base
-        await self.health.failure(cred, kind, delay, self.backoff_base, self.backoff_cap)
+        await self._health.failure(cred, kind, delay, self.backoff_base, self.backoff_cap, wall)
 
     async def enable(self, cred: Credential) -> None:
         cred.changed_at = time.monotonic()
-        await self.health.enable(cred)
+        await self._health.enable(cred)
         cred.enabled, cred.disabled_reason = True, None
-        cred.cooldown_until, cred.failures, cred.rpm_full_until = 0.0, 0, 0.0
+        cred.cooldown_until = cred.rate_limited_until = cred.rpm_full_until = 0.0
+        cred.failures = 0
 
     async def disable(self, cred: Credential, reason: str) -> None:
         cred.changed_at = time.monotonic()
-        await self.health.disable(cred, reason)
+        await self._health.disable(cred, reason)
         cred.enabled, cred.disabled_reason = False, reason
 
     # ------------------------------------------------------------------ reporting
     def describe(self, cred: Credential) -> dict[str, Any]:
         """Live health for the admin API (no secrets)."""
-        now = time.monotonic()
+        now = self.clock()
         wall = time.time()
         recent = [(t, k) for t, k in cred.outcomes if t >= now - RECENT_WINDOW]
         errors: dict[str, int] = {}
@@ -317,14 +445,16 @@ class Pool:
             if kind is not None:
                 errors[kind] = errors.get(kind, 0) + 1
         n_err = sum(errors.values())
-        cooling = cred.cooling(now)
+        until = max(cred.cooldown_until, cred.rate_limited_until)
+        cooling = until > now
         rpm_used = None
         if cred.rpm is not None:
             rpm_used = sum(1 for t in cred.rpm_hits if t > now - RPM_WINDOW)
         return {
             "state": cred.state(now),
-            "cooldown_until": wall + (cred.cooldown_until - now) if cooling else None,
-            "cooldown_remaining_s": round(cred.cooldown_until - now, 3) if cooling else 0.0,
+            "cooldown_until": wall + (until - now) if cooling else None,
+            "cooldown_remaining_s": round(until - now, 3) if cooling else 0.0,
+            "rate_limited_remaining_s": round(max(0.0, cred.rate_limited_until - now), 3),
             "in_flight": cred.in_flight,
             "consecutive_failures": cred.failures,
             "recent": {
@@ -336,22 +466,19 @@ class Pool:
             },
             "last_error": cred.last_error,
             "last_error_at": cred.last_error_at,
+            "last_probe": cred.last_probe,
             "rpm_used": rpm_used,
             "spent_micro_this_month": cred.spent_micro,
-            "shared_health": self.health.shared,
+            "shared_health": self._health.shared,
         }
 
 
 def month_start(now: float | None = None) -> float:
     t = time.gmtime(time.time() if now is None else now)
-    import calendar
-
     return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
 
 
 def _seconds_to_next_month() -> float:
-    import calendar
-
     t = time.gmtime()
     year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
     return max(1.0, calendar.timegm((year, month, 1, 0, 0, 0)) - time.time())

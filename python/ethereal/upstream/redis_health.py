@@ -2,9 +2,10 @@
 
 Keys (one hash tag, so the poll's pipeline and the scripts are Redis-Cluster safe):
 
-``{ethereal:up}:cool:<name>``   exists while the credential cools down (PX = the cooldown)
+``{ethereal:up}:cool:<name>``   exists while the credential cools down (PX = the cooldown): a preference
+``{ethereal:up}:rl:<name>``     exists while an upstream 429's retry-after runs (PX = that time): a wall
 ``{ethereal:up}:fails:<name>``  consecutive backoff failures (expires after 10 min)
-``{ethereal:up}:off:<name>``    "<unix time>|<reason>": disabled (401/403 or an admin), 1 day TTL;
+``{ethereal:up}:off:<name>``    "<unix time>|<reason>": disabled (failed probe or an admin), 1 day TTL;
                                 stored credentials also carry the flag in the database
 ``{ethereal:up}:rpm:<name>``    sorted set: the sliding 60 s request window of an RPM-capped credential
 ``{ethereal:up}:ver``           bumped on every admin change: replicas reload credentials at once
@@ -26,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ethereal import redisconn
-from ethereal.upstream.pool import BACKOFF_KINDS, RPM_WINDOW, Credential, Health
+from ethereal.upstream.pool import RPM_WINDOW, Credential, FailureKind, Health
 
 log = logging.getLogger("ethereal.upstream")
 
@@ -38,9 +39,11 @@ local backoff = ARGV[1] == '1'
 local delay = tonumber(ARGV[2])
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then pttl = 0 end
+local rl = redis.call('PTTL', KEYS[3])
+if rl < 0 then rl = 0 end
 local n = tonumber(redis.call('GET', KEYS[2]) or '0')
 if backoff then
-  if pttl > 0 then return {pttl, n} end
+  if pttl > 0 then return {pttl, n, rl} end
   n = redis.call('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], 600000)
   delay = math.floor(math.min(tonumber(ARGV[3]) * 2 ^ (n - 1), tonumber(ARGV[4])))
@@ -49,7 +52,12 @@ if delay > pttl then
   redis.call('SET', KEYS[1], '1', 'PX', delay)
   pttl = delay
 end
-return {pttl, n}
+local wall = tonumber(ARGV[5])
+if wall > rl then
+  redis.call('SET', KEYS[3], '1', 'PX', wall)
+  rl = wall
+end
+return {pttl, n, rl}
 """
 
 _RPM = """
@@ -75,6 +83,7 @@ class RedisHealth(Health):
     shared = True
 
     def __init__(self, url: str, client: aioredis.Redis | None = None) -> None:
+        super().__init__()
         # a RedisCluster for redis+cluster:// URLs: every key here shares one hash tag, so the scripts
         # and the poll's pipeline each go to the one master owning that slot
         self.redis = client or redisconn.async_client(url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -92,24 +101,29 @@ class RedisHealth(Health):
             self._warned = now
             log.warning("redis unavailable for upstream health (%s): %s; using in-process state", what, exc)
 
-    async def failure(self, cred: Credential, kind: str, delay: float, base: float, cap: float) -> None:
-        backoff = kind in BACKOFF_KINDS
+    async def failure(self, cred: Credential, kind: FailureKind, delay: float, base: float, cap: float,
+                      wall: float | None = None) -> None:
         try:
-            pttl, fails = await self._failure(
-                keys=[key("cool", cred.name), key("fails", cred.name)],
-                args=[1 if backoff else 0, int(delay * 1000), int(base * 1000), int(cap * 1000)],
+            pttl, fails, rl = await self._failure(
+                keys=[key("cool", cred.name), key("fails", cred.name), key("rl", cred.name)],
+                args=[1 if kind.backs_off else 0, int(delay * 1000), int(base * 1000), int(cap * 1000),
+                      int((wall or 0.0) * 1000)],
             )
         except RedisError as exc:
             self._warn("failure", exc)
-            await super().failure(cred, kind, delay, base, cap)
+            await super().failure(cred, kind, delay, base, cap, wall)
             return
+        now = self.clock()
         cred.failures = int(fails)
-        cred.cooldown_until = max(cred.cooldown_until, time.monotonic() + int(pttl) / 1000.0)
+        cred.cooldown_until = max(cred.cooldown_until, now + int(pttl) / 1000.0)
+        if int(rl) > 0:
+            cred.rate_limited_until = max(cred.rate_limited_until, now + int(rl) / 1000.0)
 
     async def success(self, cred: Credential) -> None:
         cred.failures = 0
+        cred.cooldown_until = 0.0
         try:
-            await self.redis.delete(key("fails", cred.name))
+            await self.redis.delete(key("fails", cred.name), key("cool", cred.name))
         except RedisError as exc:
             self._warn("success", exc)
 
@@ -125,14 +139,16 @@ class RedisHealth(Health):
     async def enable(self, cred: Credential) -> None:
         cred.off_flag_at = 0.0
         try:
-            await self.redis.delete(key("off", cred.name), key("cool", cred.name), key("fails", cred.name))
+            await self.redis.delete(key("off", cred.name), key("cool", cred.name), key("fails", cred.name),
+                                    key("rl", cred.name))
         except RedisError as exc:
             self._warn("enable", exc)
         await super().enable(cred)
 
     async def forget(self, name: str) -> None:
         try:
-            await self.redis.delete(key("off", name), key("cool", name), key("fails", name), key("rpm", name))
+            await self.redis.delete(key("off", name), key("cool", name), key("fails", name), key("rpm", name),
+                                    key("rl", name))
         except RedisError as exc:
             self._warn("forget", exc)
 
@@ -160,16 +176,18 @@ class RedisHealth(Health):
                     pipe.pttl(key("cool", c.name))
                     pipe.get(key("fails", c.name))
                     pipe.get(key("off", c.name))
+                    pipe.pttl(key("rl", c.name))
                 pipe.get(key("ver"))
                 results = await pipe.execute()
         except RedisError as exc:
             self._warn("poll", exc)
             return False
-        now = time.monotonic()
+        now = self.clock()
         for i, c in enumerate(creds):
-            pttl, fails, off = results[3 * i: 3 * i + 3]
-            pttl = int(pttl or 0)
+            pttl, fails, off, rl = results[4 * i: 4 * i + 4]
+            pttl, rl = int(pttl or 0), int(rl or 0)
             c.cooldown_until = now + pttl / 1000.0 if pttl > 0 else 0.0
+            c.rate_limited_until = now + rl / 1000.0 if rl > 0 else 0.0
             c.failures = int(fails or 0)
             apply_off_flag(c, off)
         version = results[-1]

@@ -9,11 +9,18 @@ in place, so requests in flight keep a valid reference.
 The single env credential (``ETHEREAL_UPSTREAM_URL`` + ``ETHEREAL_UPSTREAM_KEY``) is
 named ``default``, needs no secret key and cannot be edited through the API (only
 disabled and enabled); a stored credential named ``default`` takes its place.
+
+A 401/403 on a client's request never disables a credential by itself (a model or beta the
+organisation lacks answers 403 too, and a client must not be able to take the gateway down):
+it schedules a probe, ``GET /v1/models?limit=1`` with the credential and nothing from the
+client, at most once per ``upstream_probe_interval`` per credential. Only when the probe is
+refused with 401/403 too is the credential disabled, with the reason shown to the admin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -35,6 +42,7 @@ log = logging.getLogger("ethereal.upstream")
 ENV_NAME = "default"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SPEND_REFRESH = 15.0
+PROBE_TIMEOUT = 15.0
 MUTABLE = ("base_url", "api_key", "weight", "models", "rpm", "spend_cap_micro", "enabled")
 NO_SECRET_KEY = (
     "ETHEREAL_SECRET_KEY is not set: upstream credentials are stored encrypted and need it. "
@@ -122,6 +130,8 @@ class UpstreamService:
         self._task: asyncio.Task[None] | None = None
         self._reload_now = asyncio.Event()
         self._shadow_warned = False
+        self._probes: set[asyncio.Task[int | None]] = set()
+        self._probed_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -137,7 +147,7 @@ class UpstreamService:
             from ethereal.upstream.redis_health import RedisHealth
 
             self.pool.health = RedisHealth(self.settings.redis_url)
-        self.pool.on_disable = self._persist_disable
+        self.pool.on_auth_failure = self.schedule_probe
 
     async def start(self, store: Store) -> None:
         """Load every credential (raising SecretKeyError when they cannot be decrypted)."""
@@ -154,6 +164,8 @@ class UpstreamService:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ethereal-upstreams")
 
     async def stop(self) -> None:
+        for probe in list(self._probes):
+            probe.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -268,8 +280,53 @@ class UpstreamService:
         for cred in self.pool.credentials:
             cred.spent_micro = spent.get(cred.name, 0)
 
+    # ------------------------------------------------------------------ credential probes
+    def schedule_probe(self, cred: Credential, detail: str | None = None) -> None:
+        """A request got 401/403 through ``cred``: check the credential with a request of its own."""
+        if self.client is None:
+            return
+        now = time.monotonic()
+        last = self._probed_at.get(cred.name)
+        if last is not None and now - last < self.settings.upstream_probe_interval:
+            return
+        if len(self._probed_at) > 4 * len(self.pool.credentials) + 64:  # bounded: drop the old entries
+            self._probed_at = {k: v for k, v in self._probed_at.items()
+                               if now - v < self.settings.upstream_probe_interval}
+        self._probed_at[cred.name] = now
+        task = asyncio.get_running_loop().create_task(self.probe(cred, detail), name=f"ethereal-probe-{cred.name}")
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def probe(self, cred: Credential, after: str | None = None) -> int | None:
+        """``GET /v1/models?limit=1`` with the credential alone; disables it on 401/403.
+
+        Returns the probe's status (None when the upstream could not be reached)."""
+        assert self.client is not None
+        status: int | None = None
+        detail = None
+        try:
+            resp = await asyncio.wait_for(self.client.request(
+                "GET", cred.base_url + "/v1/models?limit=1",
+                {"x-api-key": cred.api_key, "anthropic-version": "2023-06-01"}, None, pool_key=cred.name),
+                PROBE_TIMEOUT)
+            status = resp.status
+            with contextlib.suppress(Exception):  # the status is the answer; the body only frees the connection
+                await asyncio.wait_for(resp.read(), PROBE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - unreachable is not a verdict on the credential
+            detail = type(exc).__name__
+        cred.last_probe = {"at": time.time(), "request": "GET /v1/models?limit=1", "status": status,
+                           "after": after, "error": detail}
+        if status in (401, 403):
+            reason = (f"the upstream refused the credential itself: its probe GET /v1/models answered HTTP {status}"
+                      f"{f' (after a request got {after})' if after else ''}; enable it again once fixed")
+            await self.pool.disable(cred, reason)
+            await self._persist_disable(cred, reason)
+        elif status is not None:
+            log.info("upstream credential %r: probe after %s answered %d, credential kept", cred.name, after, status)
+        return status
+
     async def _persist_disable(self, cred: Credential, reason: str) -> None:
-        """A 401/403 disables a stored credential in the database too, until an admin acts."""
+        """A failed probe disables a stored credential in the database too, until an admin acts."""
         log.error("upstream credential %r disabled: %s", cred.name, reason)
         if cred.source != "store" or self.store is None:
             return
