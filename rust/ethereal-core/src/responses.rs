@@ -223,6 +223,8 @@ enum CustomState {
 #[derive(Debug, Default)]
 struct CustomInput {
     state: CustomState,
+    /// The key being read (its characters as written, escapes not decoded).
+    key: String,
     decoded: String,
 }
 
@@ -241,15 +243,26 @@ impl CustomInput {
         let state = std::mem::take(&mut self.state);
         self.state = match state {
             CustomState::Key => match c {
-                '"' => CustomState::KeyString(false),
-                ':' => CustomState::Colon,
+                '"' => {
+                    self.key.clear();
+                    CustomState::KeyString(false)
+                }
+                // only the `input` parameter streams; anything else waits for the whole JSON
+                ':' if self.key == "input" => CustomState::Colon,
+                ':' => CustomState::Failed,
                 _ => CustomState::Key,
             },
             CustomState::KeyString(escaped) => match c {
-                _ if escaped => CustomState::KeyString(false),
+                _ if escaped => {
+                    self.key.push(c);
+                    CustomState::KeyString(false)
+                }
                 '\\' => CustomState::KeyString(true),
                 '"' => CustomState::Key,
-                _ => CustomState::KeyString(false),
+                _ => {
+                    self.key.push(c);
+                    CustomState::KeyString(false)
+                }
             },
             CustomState::Colon => match c {
                 '"' => CustomState::Value,
@@ -452,11 +465,10 @@ impl State {
         }
         out.extend_from_slice(b",\"output\":[");
         out.extend_from_slice(&self.output);
-        out.extend_from_slice(b"],\"usage\":");
+        out.push(b']');
         if usage {
+            out.extend_from_slice(b",\"usage\":");
             self.write_usage(out);
-        } else {
-            out.extend_from_slice(b"null");
         }
         out.push(b'}');
     }
@@ -679,7 +691,9 @@ impl State {
         self.start(out);
         self.begin(out, "response.failed");
         out.extend_from_slice(b",\"response\":");
-        self.response_object(out, "failed", Some((code, message)), None, true);
+        // usage only once the upstream reported it: before that it would be an estimate
+        let usage = self.tracker.saw_message_delta;
+        self.response_object(out, "failed", Some((code, message)), None, usage);
         out.extend_from_slice(b"}\n\n");
         self.done = true;
     }
@@ -1472,6 +1486,7 @@ mod tests {
                 "\u{e9}\u{1f600}",
             ),
             (vec![r#"{"input": 5}"#], ""),
+            (vec![r#"{"q": "x"}"#], ""),
         ] {
             let mut c = CustomInput::default();
             for f in fragments {

@@ -77,7 +77,9 @@ fn events_are_tagged_numbered_and_end_once() {
             if FINAL.contains(&event) {
                 finals += 1;
                 assert_eq!(seq, frames.len() - 1, "{name}: {event} is not last");
-                assert!(v["response"]["usage"]["total_tokens"].is_u64(), "{name}");
+                if event != "response.failed" {
+                    assert!(v["response"]["usage"]["total_tokens"].is_u64(), "{name}");
+                }
                 assert_eq!(
                     v["response"]["output"].as_array().unwrap().len(),
                     done.len(),
