@@ -97,6 +97,7 @@ from ethereal.adapters.openai_chat import (
     _tool_id,
 )
 from ethereal.errors import invalid_request
+from ethereal.usage import Usage
 
 REASONING_PREFIX = "eth1r."
 MAX_TOOL_NAME = 64  # Claude's limit on a tool name
@@ -799,8 +800,9 @@ def incomplete_reason(stop_reason: str | None) -> str | None:
 
 
 def response_usage(usage: Any, reasoning_tokens: int) -> dict[str, Any]:
-    inp, writes, reads, out = openai_chat.usage_counts(usage)
-    prompt = inp + writes + reads
+    u = Usage.from_message(usage)
+    writes, reads, out = u.cache_5m + u.cache_1h, u.cache_read, u.output_tokens
+    prompt = u.input_tokens + writes + reads
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes},
             "output_tokens": out, "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, out)},
             "total_tokens": prompt + out}
