@@ -19,6 +19,7 @@ Token rules (the contract the gateway's estimator relies on):
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import random
@@ -428,6 +429,17 @@ def tool_input(tool: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return v if isinstance(v, dict) else {"value": v}
 
 
+def scripted_input(encoded: str) -> dict[str, Any]:
+    """``sim:input=…``: the first call's input, a JSON object in unpadded base64url."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, binascii.Error):
+        raise invalid("sim: input must be a base64url-encoded JSON object") from None
+    if not isinstance(value, dict):
+        raise invalid("sim: input must be a base64url-encoded JSON object")
+    return value
+
+
 def split_json(s: str, rng: random.Random) -> list[str]:
     """partial_json pieces: first always "", then arbitrary cuts of 1-12 characters."""
     pieces = [""]
@@ -498,13 +510,15 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
     custom = [t for t in tools
               if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)] \
         if isinstance(tools, list) else []
-    want_tools = bool(custom) and tc_type != "none" and (not has_tool_result or tc_type in ("any", "tool"))
+    want_tools = bool(custom) and tc_type != "none" and (not has_tool_result or tc_type in ("any", "tool")) \
+        and (directive_int(directives, "tools") != 0 or tc_type in ("any", "tool"))
     if want_tools:
         rng = random.Random(seed ^ 0x7001)
-        if tc_type == "tool":
-            named = [t for t in custom if t.get("name") == tool_choice.get("name")]
+        if tc_type == "tool" or "tool" in directives:
+            wanted = tool_choice.get("name") if tc_type == "tool" else directives["tool"]
+            named = [t for t in custom if t.get("name") == wanted]
             if not named:
-                raise invalid(f"tool_choice: tool `{tool_choice.get('name')}` not found in `tools`")
+                raise invalid(f"tool_choice: tool `{wanted}` not found in `tools`")
             chosen_first = named[0]
         else:
             chosen_first = custom[seed % len(custom)]
@@ -530,7 +544,7 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         calls = 0
         for i in range(n_calls):
             tool = chosen_first if i == 0 else custom[(start + i) % len(custom)]
-            inp = tool_input(tool, rng)
+            inp = scripted_input(directives["input"]) if i == 0 and "input" in directives else tool_input(tool, rng)
             js = json.dumps(inp, ensure_ascii=False)
             cost = ctok(js)
             if used + cost > budget:
