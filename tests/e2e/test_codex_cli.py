@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import Gateway
@@ -62,11 +61,6 @@ def items(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == kind]
 
 
-def usage_rows(gateway: Gateway) -> list[dict[str, Any]]:
-    resp = httpx.get(f"{gateway.url}/admin/api/usage", headers={"x-api-key": gateway.key}, timeout=10)
-    return resp.json().get("data", []) if resp.status_code == 200 else []
-
-
 def test_plain_turn(codex_home: Path, tmp_path: Path, gateway: Gateway) -> None:
     events = codex_exec(codex_home, tmp_path, gateway.key, "Say hello. sim:tools=0 sim:tokens=12")
     reasoning = items(events, "reasoning")
@@ -101,6 +95,6 @@ def test_tool_round_trip_with_reasoning(codex_home: Path, tmp_path: Path, gatewa
     # (the sim may say a sentence before its call: that is a message of its own)
     completed = [e["item"] for e in events if e["type"] == "item.completed"]
     assert completed[-1]["type"] == "agent_message" and completed[-1]["text"]
-    usage = [e for e in events if e["type"] == "turn.completed"][0]["usage"]
+    usage = next(e for e in events if e["type"] == "turn.completed")["usage"]
     # the second request reads the first one's prefix from the prompt cache (breakpoints added)
     assert usage["cached_input_tokens"] > 0

@@ -249,8 +249,8 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
 
 def _head(body: dict[str, Any], *, response_id: str, created_at: int, model: str,
           tools: list[Any]) -> dict[str, Any]:
-    reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
-    text = body.get("text") if isinstance(body.get("text"), dict) else {}
+    reasoning: dict[str, Any] = body["reasoning"] if isinstance(body.get("reasoning"), dict) else {}
+    text: dict[str, Any] = body["text"] if isinstance(body.get("text"), dict) else {}
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise invalid_request("metadata: must be an object", param="metadata")
@@ -412,7 +412,7 @@ class _Tools:
         if not isinstance(name, str) or not name:
             raise invalid_request(f"{where}.name: required", param=f"{where}.name")
         claude_name = name
-        description = tool.get("description") if isinstance(tool.get("description"), str) else ""
+        description: str = tool["description"] if isinstance(tool.get("description"), str) else ""
         if namespace is not None:
             claude_name = flat_name(namespace["name"], name)
             self.namespaced.append((claude_name, namespace["name"], name))

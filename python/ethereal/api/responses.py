@@ -56,6 +56,7 @@ class Responses(Adapter):
                                             max_output=model.max_output if model else None,
                                             response_id=response_id(call), created_at=int(call.started))
         body = orjson.dumps(req.body)
+        affinity: bytes | None
         if req.cache_key:
             affinity = prompt_cache_affinity(call.model_name, req.cache_key)
         else:
