@@ -108,6 +108,8 @@ struct Item {
     kind: ItemKind,
     id: String,
     output_index: usize,
+    /// `,"item_id":"<id>","output_index":N`, written into every event about the item.
+    reference: Vec<u8>,
     /// Message: the parts' texts. Reasoning: the thinking text (one entry).
     parts: Vec<String>,
     /// Function: arguments; custom: raw JSON of the Claude input; web search: input JSON.
@@ -126,10 +128,16 @@ struct Item {
 
 impl Item {
     fn new(kind: ItemKind, id: String, output_index: usize) -> Self {
+        let mut item_ref = Vec::with_capacity(id.len() + 32);
+        item_ref.extend_from_slice(b",\"item_id\":");
+        write_json_str(&mut item_ref, &id);
+        item_ref.extend_from_slice(b",\"output_index\":");
+        push_u64(&mut item_ref, output_index as u64);
         Self {
             kind,
             id,
             output_index,
+            reference: item_ref,
             parts: Vec::new(),
             raw: String::new(),
             name: String::new(),
@@ -328,6 +336,24 @@ fn custom_final(raw: &str) -> String {
     }
 }
 
+/// A decimal number, without the formatting machinery (called for every event).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // n % 10 < 10: the cast cannot truncate
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        buf[i] = b'0' + digit;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 /// Standard base64 with padding (the alphabet Python's `base64.b64encode` uses).
 pub fn base64_encode(out: &mut Vec<u8>, data: &[u8]) {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -420,15 +446,13 @@ impl State {
         out.extend_from_slice(b"\ndata: {\"type\":\"");
         out.extend_from_slice(kind.as_bytes());
         out.extend_from_slice(b"\",\"sequence_number\":");
-        let _ = write!(out, "{}", self.seq);
+        push_u64(out, self.seq);
         self.seq += 1;
     }
 
     /// `,"item_id":…,"output_index":N`
     fn item_ref(&self, out: &mut Vec<u8>, item: usize) {
-        out.extend_from_slice(b",\"item_id\":");
-        write_json_str(out, &self.items[item].id);
-        let _ = write!(out, ",\"output_index\":{}", self.items[item].output_index);
+        out.extend_from_slice(&self.items[item].reference);
     }
 
     fn response_object(
@@ -743,7 +767,9 @@ impl State {
         }
         self.begin(out, "response.output_text.delta");
         self.item_ref(out, i);
-        let _ = write!(out, ",\"content_index\":{content_index},\"delta\":");
+        out.extend_from_slice(b",\"content_index\":");
+        push_u64(out, content_index as u64);
+        out.extend_from_slice(b",\"delta\":");
         write_json_str(out, text);
         out.extend_from_slice(b",\"logprobs\":[]}\n\n");
     }
