@@ -21,7 +21,7 @@ from tests.conftest import Gateway, mint_into
 from tests.procs import gateway_process
 from tests.unit.test_responses_translator import check_schema
 
-WEATHER = {
+WEATHER: Any = {
     "type": "function", "name": "get_weather", "description": "Get the current weather in a given location",
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
     "strict": False,
@@ -103,8 +103,9 @@ def test_max_output_tokens_is_incomplete(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_parallel_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
-    other = {**WEATHER, "name": "get_time", "description": "The time in a city"}
+    other: Any = {**WEATHER, "name": "get_time", "description": "The time in a city"}
     history: list[Any] = [{"role": "user", "content": "Weather and time in Paris? sim:tools=2"}]
+    first: Any
     if stream:
         with client.responses.stream(model="claude-sonnet-4-5", input=history, tools=[WEATHER, other]) as s:
             first = s.get_final_response()
@@ -126,7 +127,7 @@ def test_reasoning_items_round_trip_through_a_tool_loop(client: openai.OpenAI) -
     """Thinking comes back as reasoning items; sent back as they came (``input += output``), the
     next turn is accepted by an upstream that insists the tool loop starts with its thinking."""
     history: list[Any] = [{"role": "user", "content": "What is the weather in Oslo?"}]
-    first = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER],
+    first: Any = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER],
                                     reasoning={"effort": "low", "summary": "auto"},
                                     include=["reasoning.encrypted_content"])
     kinds = [item.type for item in first.output]
@@ -137,24 +138,24 @@ def test_reasoning_items_round_trip_through_a_tool_loop(client: openai.OpenAI) -
     call = next(item for item in first.output if item.type == "function_call")
     history += [item.model_dump(exclude_none=True) for item in first.output]
     history.append({"type": "function_call_output", "call_id": call.call_id, "output": "rain"})
-    second = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER],
-                                     reasoning={"effort": "low"})
+    second: Any = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER],
+                                          reasoning={"effort": "low"})
     assert second.status == "completed" and second.output[0].type == "reasoning" and second.output_text
 
 
 def test_custom_and_namespaced_tools(client: openai.OpenAI) -> None:
-    patch = {"type": "custom", "name": "apply_patch", "description": "Apply a patch",
+    patch: Any = {"type": "custom", "name": "apply_patch", "description": "Apply a patch",
              "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'}}
     script = "sim:tool=apply_patch sim:input=" + _b64({"input": "*** Begin Patch\n*** End Patch\n"})
     response = client.responses.create(model="claude-sonnet-4-5", input=f"Patch it {script}", tools=[patch])
     call = next(item for item in response.output if item.type == "custom_tool_call")
     assert call.name == "apply_patch" and call.input == "*** Begin Patch\n*** End Patch\n"
-    followup = client.responses.create(model="claude-sonnet-4-5", tools=[patch], input=[
-        {"role": "user", "content": "Patch it"}, call.model_dump(exclude_none=True),
-        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"}])
+    turns: Any = [{"role": "user", "content": "Patch it"}, call.model_dump(exclude_none=True),
+                  {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"}]
+    followup = client.responses.create(model="claude-sonnet-4-5", tools=[patch], input=turns)
     assert followup.output_text
 
-    namespace = {"type": "namespace", "name": "files", "description": "File tools",
+    namespace: Any = {"type": "namespace", "name": "files", "description": "File tools",
                  "tools": [{"type": "function", "name": "read", "parameters": {
                      "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}]}
     raw = httpx.post(f"{client.base_url}responses", headers={"authorization": f"Bearer {client.api_key}"},
@@ -166,17 +167,18 @@ def test_custom_and_namespaced_tools(client: openai.OpenAI) -> None:
 
 
 def test_image_input(client: openai.OpenAI) -> None:
-    response = client.responses.create(model="claude-sonnet-4-5", input=[{"role": "user", "content": [
+    content: Any = [
         {"type": "input_text", "text": "What is in this image?"},
-        {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}"}]}])
+        {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}"}]
+    response = client.responses.create(model="claude-sonnet-4-5", input=[{"role": "user", "content": content}])
     assert response.output_text
     assert response.usage is not None and response.usage.input_tokens > 1500  # the image is counted
 
 
 def test_json_schema_output(client: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+    schema: Any = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
               "required": ["city", "population"], "additionalProperties": False}
-    fmt = {"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}}
+    fmt: Any = {"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}}
     response = client.responses.create(model="claude-sonnet-4-5", input="Largest city in Japan?", text=fmt)
     value = json.loads(response.output_text)
     assert set(value) == {"city", "population"} and isinstance(value["population"], int)
@@ -198,7 +200,7 @@ def test_unsupported_parameters_are_400_naming_them(client: openai.OpenAI, body:
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="claude-sonnet-4-5", **({"input": "hi"} | body))
     assert info.value.status_code == 400
-    assert info.value.body["param"] == param and info.value.body["type"] == "invalid_request_error"
+    assert body_of(info.value)["param"] == param and body_of(info.value)["type"] == "invalid_request_error"
 
 
 @pytest.fixture
@@ -217,7 +219,7 @@ def test_upstream_refusal_carries_retry_after(fault_gateway: Gateway, status: in
         client.responses.create(model="claude-sonnet-4-5", input=f"hi sim:fault={status},retry_after=3")
     assert info.value.status_code == status
     assert int(info.value.response.headers["retry-after"]) >= 1
-    assert info.value.body["type"] in ("rate_limit_exceeded", "server_error")
+    assert body_of(info.value)["type"] in ("rate_limit_exceeded", "server_error")
 
 
 def test_error_mid_stream_is_response_failed(fault_gateway: Gateway) -> None:
@@ -232,10 +234,15 @@ def test_bad_key_is_401_in_openai_shape(gateway: Gateway) -> None:
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-ant-api03-nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:
         client.responses.create(model="claude-sonnet-4-5", input="hi")
-    assert info.value.body["code"] == "invalid_api_key"
+    assert body_of(info.value)["code"] == "invalid_api_key"
 
 
 def _b64(value: dict[str, Any]) -> str:
     import base64
 
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def body_of(exc: openai.APIStatusError) -> dict[str, Any]:
+    assert isinstance(exc.body, dict)
+    return exc.body

@@ -174,7 +174,7 @@ def test_flat_names_stay_within_claudes_limit() -> None:
 
 def test_to_response_non_streamed() -> None:
     req = translate(input="x", tools=[{"type": "custom", "name": "apply_patch"}])
-    message = {"id": "msg_1", "stop_reason": "max_tokens", "usage": {
+    message: dict[str, Any] = {"id": "msg_1", "stop_reason": "max_tokens", "usage": {
         "input_tokens": 5, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 2, "output_tokens": 7},
         "content": [{"type": "thinking", "thinking": "hmm", "signature": "c2ln"},
                     {"type": "text", "text": "Hi"}, {"type": "text", "text": " there"},
