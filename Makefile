@@ -68,7 +68,7 @@ bench-rust: ## Criterion benches of the Rust core
 bench: setup ## side-by-side latency/throughput benchmark (direct sim vs through the gateway)
 	$(BIN)/python loadtest/bench.py
 
-bench-translate: setup ## OpenAI chat translation: Rust vs Python reference, chat route vs native route latency
+bench-translate: setup ## OpenAI translations (chat, responses): Rust vs Python reference, translated routes vs native route latency
 	$(BIN)/python loadtest/bench_translate.py
 
 clean:

@@ -91,6 +91,38 @@ class ChatTranslator:
     def usage(self) -> Usage: ...
     def state(self) -> StreamState: ...
 
+@final
+class ResponsesTranslator:
+    """Anthropic Messages SSE → OpenAI Responses API stream events (``event: T\\ndata: {json}\\n\\n``).
+
+    ``feed`` every upstream chunk and send what it returns (possibly ``b""``); call ``finish``
+    at upstream EOF or when the upstream connection failed, and send that too:
+    ``response.failed`` when the stream had not ended, else nothing. Every event carries
+    ``type`` and ``sequence_number``; ``response.created``/``in_progress``/``completed``/
+    ``incomplete``/``failed`` carry the response object under ``response``, built from
+    ``head`` (its request-derived members as JSON without braces) plus status, error,
+    incomplete_details, output and usage. ``custom_tools`` names the Claude tools that stand
+    for custom (freeform) tools, ``namespaced`` maps flattened names to (namespace, name),
+    ``json_tool`` is the tool ``text.format`` became (its input streams as output text).
+
+    ``usage()`` and ``state()`` are StreamTap's, computed from the same events.
+    """
+
+    def __init__(self, response_id: str, head: str, *, custom_tools: list[str] = ...,
+                 namespaced: list[tuple[str, str, str]] = ..., json_tool: str | None = None) -> None: ...
+    def feed(self, chunk: bytes) -> bytes:
+        """Translate one chunk; returns the Responses SSE bytes it completed."""
+    def finish(self) -> bytes:
+        """Upstream EOF: ``response.failed`` if the stream had not ended. Idempotent."""
+    @property
+    def done(self) -> bool:
+        """The final event (completed, incomplete or failed) was emitted."""
+    @property
+    def items(self) -> int:
+        """Output items emitted so far."""
+    def usage(self) -> Usage: ...
+    def state(self) -> StreamState: ...
+
 def estimate_tokens(body: bytes) -> int:
     """Estimated input tokens of a raw Messages request body.
 

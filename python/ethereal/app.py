@@ -20,7 +20,7 @@ from blacksheep import Application, Request, Response, Router
 
 from ethereal import ids
 from ethereal.admin import routes as admin_routes
-from ethereal.api import anthropic, openai
+from ethereal.api import anthropic, openai, responses
 from ethereal.api.common import anthropic_error, openai_error
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
@@ -45,6 +45,7 @@ def build_application(gw: Gateway) -> Application:
     pipeline = Pipeline(gw)
     anthropic.register(app, gw, pipeline)
     openai.register(app, gw, pipeline)
+    responses.register(app, gw, pipeline)
     for module in (admin_routes, metering_routes, upstream_routes):
         module.register(app, gw)
 

@@ -35,7 +35,8 @@ tokens averaging exactly 4 characters including the leading space; output length
   ``sim:tools=N`` asks for N parallel calls unless ``disable_parallel_tool_use``. After a
   ``tool_result`` turn the reply is text (``end_turn``).
 * Thinking (``thinking.type`` enabled/adaptive): a thinking block (``thinking_delta``s, then one
-  ``signature_delta``) before the answer; capped by ``budget_tokens``.
+  ``signature_delta``) before the answer; capped by ``budget_tokens``. As the API does, a tool loop
+  with thinking on needs its assistant turn to start with the thinking block sent back (else 400).
 * ``stop_sequences``: the text is cut where one occurs (``stop_reason: stop_sequence``); the
   directive ``sim:stop`` forces a hit on the first entry.
 * Prompt caching: breakpoints are blocks with ``cache_control`` (tools → system → messages, or
@@ -59,7 +60,9 @@ Directives (anywhere in the text of the last user message)
                       ``anthropic/stream-fixtures-sdk-python/*.txt``), then the bundled
                       ``recorded/`` copies. Names: ``GET /_sim/fixtures``.
 ``sim:tokens=N``      output length in tokens (still capped by max_tokens).
-``sim:tools=N``       N parallel tool_use blocks.
+``sim:tools=N``       N parallel tool_use blocks (0: a text answer even with tools).
+``sim:tool=NAME``     the (first) call is to tool NAME.
+``sim:input=B64``     the first call's input: a JSON object in unpadded base64url (a scripted call).
 ``sim:thinking=N``    thinking length in tokens.
 ``sim:stop``          force ``stop_reason: stop_sequence`` (needs ``stop_sequences``).
 ``sim:ttft=MS`` ``sim:tps=N`` ``sim:latency=MS``   per-request timing.

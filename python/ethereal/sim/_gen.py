@@ -19,6 +19,7 @@ Token rules (the contract the gateway's estimator relies on):
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import random
@@ -428,6 +429,17 @@ def tool_input(tool: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return v if isinstance(v, dict) else {"value": v}
 
 
+def scripted_input(encoded: str) -> dict[str, Any]:
+    """``sim:input=…``: the first call's input, a JSON object in unpadded base64url."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, binascii.Error):
+        raise invalid("sim: input must be a base64url-encoded JSON object") from None
+    if not isinstance(value, dict):
+        raise invalid("sim: input must be a base64url-encoded JSON object")
+    return value
+
+
 def split_json(s: str, rng: random.Random) -> list[str]:
     """partial_json pieces: first always "", then arbitrary cuts of 1-12 characters."""
     pieces = [""]
@@ -508,7 +520,8 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
     custom = [t for t in tools
               if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)] \
         if isinstance(tools, list) else []
-    want_tools = bool(custom) and tc_type != "none" and (not has_tool_result or tc_type in ("any", "tool"))
+    want_tools = bool(custom) and tc_type != "none" and (not has_tool_result or tc_type in ("any", "tool")) \
+        and (directive_int(directives, "tools") != 0 or tc_type in ("any", "tool"))
     script = scripted_tool(custom, directives) if want_tools else None
     if script == "none":
         want_tools = False
@@ -516,10 +529,11 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         return _scripted_tool_plan(p, script, used)
     if want_tools:
         rng = random.Random(seed ^ 0x7001)
-        if tc_type == "tool":
-            named = [t for t in custom if t.get("name") == tool_choice.get("name")]
+        if tc_type == "tool" or "tool" in directives:
+            wanted = tool_choice.get("name") if tc_type == "tool" else directives["tool"]
+            named = [t for t in custom if t.get("name") == wanted]
             if not named:
-                raise invalid(f"tool_choice: tool `{tool_choice.get('name')}` not found in `tools`")
+                raise invalid(f"tool_choice: tool `{wanted}` not found in `tools`")
             chosen_first = named[0]
         else:
             chosen_first = custom[seed % len(custom)]
@@ -545,7 +559,7 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         calls = 0
         for i in range(n_calls):
             tool = chosen_first if i == 0 else custom[(start + i) % len(custom)]
-            inp = tool_input(tool, rng)
+            inp = scripted_input(directives["input"]) if i == 0 and "input" in directives else tool_input(tool, rng)
             js = json.dumps(inp, ensure_ascii=False)
             cost = ctok(js)
             if used + cost > budget:
@@ -600,7 +614,7 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
 
 
 def scripted_tool(custom: list[dict[str, Any]], directives: dict[str, str]) -> Any:
-    """``sim:tool=NAME`` (with ``sim:tool_input={"json":"without spaces"}``) scripts the call a
+    """``sim:tool=NAME sim:tool_input={"json":"without spaces"}`` scripts the call a
     test needs, e.g. a client's file-reading tool on a file it created; ``sim:tool=none`` answers
     in text although tools were offered. None: no script (or no offered tool of that name)."""
     name = directives.get("tool")
@@ -608,6 +622,8 @@ def scripted_tool(custom: list[dict[str, Any]], directives: dict[str, str]) -> A
         return None
     if name == "none":
         return "none"
+    if "tool_input" not in directives:
+        return None  # ``sim:tool=NAME`` alone (or with base64 ``sim:input``): plan_response names the tool
     tool = next((t for t in custom if t.get("name") == name), None)
     if tool is None:
         return None

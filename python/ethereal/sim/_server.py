@@ -496,6 +496,8 @@ class SimProtocol(asyncio.Protocol):
                     raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
 
             text, has_tr = _gen.last_user_text(messages)
+            if has_tr and isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+                _check_thinking_leads(messages)
             directives = _gen.parse_directives(text)
             if "fault" in directives:
                 try:
@@ -785,3 +787,21 @@ class SimProtocol(asyncio.Protocol):
 
 def make_protocol_factory(state: SimState) -> Callable[[], SimProtocol]:
     return lambda: SimProtocol(state)
+
+
+def _check_thinking_leads(messages: list[Any]) -> None:
+    """The API's rule for a tool loop with thinking on: the assistant turn holding the tool calls
+    starts with its thinking block, sent back as it came (clients that drop it get this 400)."""
+    for i in range(len(messages) - 1, -1, -1):
+        msg = messages[i]
+        if isinstance(msg, dict) and msg.get("role") == "assistant":
+            content = msg.get("content")
+            first = content[0] if isinstance(content, list) and content else None
+            kind = first.get("type") if isinstance(first, dict) else "text"
+            if kind not in ("thinking", "redacted_thinking"):
+                raise invalid(f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                              f"`{kind}`. When `thinking` is enabled, a final `assistant` message must start with a "
+                              "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). "
+                              "We recommend you include thinking blocks from previous turns. To avoid this "
+                              "requirement, disable `thinking`.")
+            return

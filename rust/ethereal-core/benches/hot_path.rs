@@ -14,6 +14,8 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ethereal_core::openai_chat::{ChatOptions, ChatTranslator};
+use ethereal_core::responses::{ResponsesOptions, ResponsesTranslator};
 use ethereal_core::{estimate_tokens, SseDecoder, StreamTap};
 
 fn corpus() -> Vec<u8> {
@@ -113,5 +115,65 @@ fn bench_estimate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_tap, bench_estimate);
+/// The two translators over the recorded corpus, one feed per SSE event (what
+/// an upstream connection delivers), side by side.
+fn bench_translate(c: &mut Criterion) {
+    let streams: Vec<Vec<Vec<u8>>> = common::recorded_streams()
+        .into_iter()
+        .map(|(_, d)| {
+            d.split_inclusive(|&b| b == b'\n')
+                .fold(Vec::<Vec<u8>>::new(), |mut evs, line| {
+                    match evs.last_mut() {
+                        Some(last) if !last.ends_with(b"\n\n") => last.extend_from_slice(line),
+                        _ => evs.push(line.to_vec()),
+                    }
+                    evs
+                })
+        })
+        .collect();
+    let total: usize = streams.iter().flatten().map(Vec::len).sum();
+    let chat = ChatOptions {
+        model: "claude-sonnet-4-5".into(),
+        completion_id: "chatcmpl-bench".into(),
+        created: 1_760_000_000,
+        include_usage: true,
+        ..ChatOptions::default()
+    };
+    let responses = ResponsesOptions {
+        response_id: "resp_bench".into(),
+        head: r#""id":"resp_bench","object":"response","created_at":1760000000,"model":"claude-sonnet-4-5""#.into(),
+        ..ResponsesOptions::default()
+    };
+    let mut group = c.benchmark_group("translate_per_event");
+    group.throughput(Throughput::Bytes(total as u64));
+    group.bench_function("chat", |b| {
+        let mut out = Vec::with_capacity(1 << 16);
+        b.iter(|| {
+            for s in &streams {
+                let mut t = ChatTranslator::new(&chat);
+                for e in s {
+                    out.clear();
+                    t.feed(black_box(e), &mut out);
+                }
+                t.finish(&mut out);
+            }
+        });
+    });
+    group.bench_function("responses", |b| {
+        let mut out = Vec::with_capacity(1 << 16);
+        b.iter(|| {
+            for s in &streams {
+                let mut t = ResponsesTranslator::new(&responses);
+                for e in s {
+                    out.clear();
+                    t.feed(black_box(e), &mut out);
+                }
+                t.finish(&mut out);
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_tap, bench_estimate, bench_translate);
 criterion_main!(benches);

@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod openai_chat;
+pub mod responses;
 pub mod sse;
 pub mod tap;
 pub mod tokens;

@@ -768,7 +768,7 @@ pub fn translate_all(opts: &ChatOptions, stream: &[u8]) -> Vec<u8> {
 ///   kilobytes each): only its kind is read. The event's `raw` is then an
 ///   empty object, not the block — nothing downstream of this translator
 ///   reads it, and the usage tracker needs only the kind.
-mod fast {
+pub(crate) mod fast {
     use std::borrow::Cow;
     use std::sync::OnceLock;
 
@@ -782,7 +782,7 @@ mod fast {
 
     /// One whole event in the API's framing at the start of `buf`:
     /// `(event name, data, bytes used)`.
-    pub(super) fn frame(buf: &[u8]) -> Option<(&str, &[u8], usize)> {
+    pub(crate) fn frame(buf: &[u8]) -> Option<(&str, &[u8], usize)> {
         let rest = buf.strip_prefix(b"event: ")?;
         let end = memchr::memchr2(b'\n', b'\r', rest)?;
         if rest[end] != b'\n' || end == 0 {
@@ -798,7 +798,7 @@ mod fast {
     }
 
     /// The small events: deltas, block stops, pings, `message_stop`.
-    pub(super) fn event<'a>(name: &str, data: &'a str) -> Option<Event<'a>> {
+    pub(crate) fn event<'a>(name: &str, data: &'a str) -> Option<Event<'a>> {
         match name {
             "content_block_delta" => delta(data),
             "content_block_stop" => {
@@ -837,7 +837,7 @@ mod fast {
 
     /// A large `*_tool_result` block start, read no further than its kind
     /// (the rest is neither parsed nor UTF-8 checked).
-    pub(super) fn complete_block<'a>(name: &str, data: &'a [u8]) -> Option<Event<'a>> {
+    pub(crate) fn complete_block<'a>(name: &str, data: &'a [u8]) -> Option<Event<'a>> {
         if name != "content_block_start" || data.len() <= 256 {
             return None;
         }

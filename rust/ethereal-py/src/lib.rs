@@ -4,6 +4,7 @@
 //! per-event Python objects (DESIGN §3).
 
 mod chat;
+mod responses;
 mod usage;
 
 use ethereal_core::{sse, tap, tokens};
@@ -104,6 +105,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StreamTap>()?;
     m.add_class::<usage::StreamState>()?;
     chat::register(m)?;
+    responses::register(m)?;
     m.add_function(wrap_pyfunction!(estimate_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(estimate_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(parse_sse, m)?)?;

@@ -1,0 +1,97 @@
+"""OpenAI Responses API on ``POST /v1/responses``, served by Claude (what Codex CLI speaks).
+
+An adapter on the request pipeline (pipeline.py), like ``/v1/chat/completions``: same keys,
+limits, credential pool, failover and metering (route name ``responses``), with the request
+translated by ``adapters.openai_responses`` and the reply translated back: streams by the
+native ``ResponsesTranslator`` (one call per network chunk), whole messages in Python.
+Errors answer in OpenAI's shape with the same statuses and retry hints (every 429/503/529
+carries ``retry-after``: Codex gives up at once on a 429 without it).
+
+``prompt_cache_key`` (Codex sends its session id) keys the credential choice, so a
+conversation stays on the credential whose prompt cache holds its prefix; without it the
+cache prefix of the translated body does (``cache_affinity``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from blacksheep import Application, Content, Request, Response
+
+from ethereal import _native
+from ethereal.adapters import openai_responses
+from ethereal.api.common import JSON, openai_error, raw_headers
+from ethereal.api.openai import openai_ratelimit_headers, upstream_request_headers
+from ethereal.errors import GatewayError
+from ethereal.gateway import Gateway
+from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, Relay, response_headers
+from ethereal.upstream.affinity import cache_affinity
+
+ROUTE = "responses"
+
+
+def response_id(call: Call) -> str:
+    return "resp_" + call.request_id.removeprefix("req_")
+
+
+def prompt_cache_affinity(model: str | None, key: str) -> bytes:
+    """16-byte affinity key of a client's ``prompt_cache_key`` (the same width as ``cache_affinity``)."""
+    return hashlib.blake2b(f"{model}\0{key}".encode(), digest_size=16, person=b"eth-pck").digest()
+
+
+class Responses(Adapter):
+    """``POST /v1/responses``: a Responses request translated to a Messages body, the reply
+    translated back (streams by the native ``ResponsesTranslator``, whole messages in Python)."""
+
+    route = ROUTE
+
+    def validate(self, data: dict[str, Any]) -> str:
+        return openai_responses.model_name(data)
+
+    def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
+        model = call.model
+        req = openai_responses.to_anthropic(data, model=call.model_name or "",
+                                            max_output=model.max_output if model else None,
+                                            response_id=response_id(call), created_at=int(call.started))
+        body = orjson.dumps(req.body)
+        affinity: bytes | None
+        if req.cache_key:
+            affinity = prompt_cache_affinity(call.model_name, req.cache_key)
+        else:
+            affinity = cache_affinity(req.body, call.model_name, body)
+        return Outbound(body=body, data=req.body, path="/v1/messages",
+                        headers=upstream_request_headers(raw_headers(request)), stream=req.stream,
+                        max_tokens=int(req.body["max_tokens"]), affinity=affinity, context=req)
+
+    def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
+        req = _request(out)
+        translator = _native.ResponsesTranslator(req.head["id"], req.head_json(), custom_tools=req.custom_tools,
+                                                 namespaced=req.namespaced, json_tool=req.json_tool)
+        return translator, True
+
+    def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
+        response = openai_responses.to_response(message, _request(out))
+        return Response(200, self.headers(call), Content(JSON, orjson.dumps(response)))
+
+    def headers(self, call: Call) -> list[tuple[bytes, bytes]]:
+        headers = response_headers(call)
+        headers.append((b"x-request-id", call.request_id.encode()))
+        if call.admission is not None:
+            headers.extend(openai_ratelimit_headers(call.admission.headers))
+        return headers
+
+    def error(self, exc: GatewayError, request_id: str) -> Response:
+        return openai_error(exc, request_id)
+
+
+def _request(out: Outbound) -> openai_responses.ResponsesRequest:
+    req = out.context
+    if not isinstance(req, openai_responses.ResponsesRequest):
+        raise TypeError("a response's outbound request carries its translation")
+    return req
+
+
+def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
+    app.router.add_post("/v1/responses", pipeline.route(Responses()))

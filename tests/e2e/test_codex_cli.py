@@ -1,0 +1,100 @@
+"""The real Codex CLI (npm ``@openai/codex``, installed project-local by ``make clients``) through
+the gateway to the sim, configured as a user would: a custom provider whose ``base_url`` is
+the gateway's ``/v1`` (``wire_api = "responses"``), a key minted by the gateway, reasoning on.
+
+Codex speaks only the Responses API, sends its whole history every turn (``store: false``),
+echoes reasoning items back with their ``encrypted_content``, and runs its own tools. Retries
+are off, so any malformed event, missing ``response.completed`` or refused request fails the
+run instead of being retried away.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Gateway
+from tests.procs import REPO
+
+CODEX = REPO / "clients" / "node_modules" / ".bin" / "codex"
+
+
+@pytest.fixture
+def codex_home(tmp_path: Path, gateway: Gateway) -> Path:
+    if not CODEX.exists():
+        pytest.fail(f"Codex CLI not installed at {CODEX}: run `make clients`")
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        'model = "claude-sonnet-4-5"\n'
+        'model_provider = "ethereal"\n'
+        'model_reasoning_effort = "medium"\n'
+        "[model_providers.ethereal]\n"
+        'name = "ethereal"\n'
+        f'base_url = "{gateway.url}/v1"\n'
+        'env_key = "ETHEREAL_CODEX_KEY"\n'
+        'wire_api = "responses"\n'
+        "request_max_retries = 0\n"
+        "stream_max_retries = 0\n"
+    )
+    return home
+
+
+def codex_exec(home: Path, workdir: Path, key: str, prompt: str, *extra: str) -> list[dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEX_", "ANTHROPIC_"))}
+    env.update({"CODEX_HOME": str(home), "ETHEREAL_CODEX_KEY": key, "NO_COLOR": "1"})
+    proc = subprocess.run(
+        [str(CODEX), "exec", "--skip-git-repo-check", "--json", "-C", str(workdir), *extra, prompt],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180, check=False,
+    )
+    assert proc.returncode == 0, f"codex exited {proc.returncode}\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
+    return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("{")]
+
+
+def items(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == kind]
+
+
+def test_plain_turn(codex_home: Path, tmp_path: Path, gateway: Gateway) -> None:
+    events = codex_exec(codex_home, tmp_path, gateway.key, "Say hello. sim:tools=0 sim:tokens=12")
+    reasoning = items(events, "reasoning")
+    messages = items(events, "agent_message")
+    assert len(reasoning) == 1 and reasoning[0]["text"]  # thinking shown as the reasoning summary
+    assert len(messages) == 1 and messages[0]["text"]
+    done = [e for e in events if e["type"] == "turn.completed"]
+    assert len(done) == 1
+    usage = done[0]["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0 and usage["reasoning_output_tokens"] > 0
+    assert not [e for e in events if e["type"] in ("turn.failed", "error")]
+
+
+def test_tool_round_trip_with_reasoning(codex_home: Path, tmp_path: Path, gateway: Gateway) -> None:
+    """The sim asks Codex to run a shell command in a temporary directory; Codex runs it, sends
+    ``function_call_output`` with the reasoning item echoed back, and the sim answers.
+
+    The sim refuses a tool loop with thinking on whose assistant turn does not start with the
+    thinking block (as the API does), and the gateway would only turn thinking off if the block
+    could not be restored: a reasoning item on the second turn shows it was restored."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    call = base64.urlsafe_b64encode(json.dumps({"cmd": "printf ethereal > codex-ran.txt"}).encode())
+    prompt = f"Write the marker file. sim:tool=exec_command sim:input={call.decode().rstrip('=')}"
+    events = codex_exec(codex_home, workdir, gateway.key, prompt, "-s", "workspace-write")
+    commands = items(events, "command_execution")
+    assert len(commands) == 1 and "printf ethereal > codex-ran.txt" in commands[0]["command"]
+    assert commands[0]["exit_code"] == 0 and commands[0]["status"] == "completed"
+    assert (workdir / "codex-ran.txt").read_text() == "ethereal"
+    # one reasoning item per request: the tool call's turn and the answer after the tool output
+    assert len(items(events, "reasoning")) == 2
+    # (the sim may say a sentence before its call: that is a message of its own)
+    completed = [e["item"] for e in events if e["type"] == "item.completed"]
+    assert completed[-1]["type"] == "agent_message" and completed[-1]["text"]
+    usage = next(e for e in events if e["type"] == "turn.completed")["usage"]
+    # the second request reads the first one's prefix from the prompt cache (breakpoints added)
+    assert usage["cached_input_tokens"] > 0
