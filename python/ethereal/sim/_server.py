@@ -14,7 +14,7 @@ from typing import Any, Callable
 import httptools
 import orjson
 
-from . import _gen
+from . import _batches, _gen
 from ._gen import RequestError, invalid
 from ._models import INFO_BY_NAME, MODEL_INFOS, resolve_model
 from ._replay import Library
@@ -261,7 +261,10 @@ class SimProtocol(asyncio.Protocol):
         if self.too_large:
             return
         self.body_len += len(body)
-        if self.body_len > self.state.config.max_body_bytes:
+        limit = self.state.config.max_body_bytes
+        if self.url.startswith(b"/v1/messages/batches"):
+            limit = _batches.MAX_BODY_BYTES  # a batch may carry 256 MB
+        if self.body_len > limit:
             self.too_large = True
             self.body = []
         else:
@@ -376,6 +379,9 @@ class SimProtocol(asyncio.Protocol):
             else:
                 self._send_json(200, b'{"ok":true}', rid, close=close)
             return None
+
+        if path.startswith(_batches.PREFIX):
+            return _batches.handle(self, method, path, query, headers, body, rid, close)
 
         is_messages = path == "/v1/messages"
         is_count = path == "/v1/messages/count_tokens"
@@ -723,7 +729,7 @@ class SimProtocol(asyncio.Protocol):
                 cfg = st.config
                 if method == b"POST" and body:
                     for k, v in orjson.loads(body).items():
-                        if k in ("latency_ms", "ttft_ms", "tokens_per_second"):
+                        if k in ("latency_ms", "ttft_ms", "tokens_per_second", "batch_processing_ms"):
                             setattr(cfg, k, float(v))
                         elif k == "events_per_write":
                             cfg.events_per_write = max(1, int(v))
@@ -731,7 +737,7 @@ class SimProtocol(asyncio.Protocol):
                             raise ValueError(f"unknown or read-only setting {k!r}")
                 out = {"latency_ms": cfg.latency_ms, "ttft_ms": cfg.ttft_ms,
                        "tokens_per_second": cfg.tokens_per_second, "events_per_write": cfg.events_per_write,
-                       "seed": cfg.seed}
+                       "batch_processing_ms": cfg.batch_processing_ms, "seed": cfg.seed}
             elif path == "/_sim/fixtures":
                 out = {"fixtures": st.library.names()}
             else:
