@@ -95,6 +95,8 @@ class RedisLimiter(BaseLimiter):
         )
         self.redis = aioredis.Redis(connection_pool=self.pool)
         self._admit_src, self._settle_src = _script("admit.lua"), _script("settle.lua")
+        self._charge_src = _script("charge.lua")
+        self._charge_sha: str | None = None
         self._admit_sha: str | None = None
         self._settle_sha: str | None = None
         self._pending: deque[bytes] = deque(maxlen=_MAX_PENDING_SETTLES)  # encoded settles to retry
@@ -258,6 +260,44 @@ class RedisLimiter(BaseLimiter):
         except (RedisError, OSError) as exc:
             self._outage(exc)
             self._pending.append(payload)
+
+    async def charge(self, key: KeyRecord, *, tokens: int, cost_micro: int, check: bool) -> None:
+        if not self.budgeted(key):
+            return
+        limits = self.limits_for(key)
+        b = f"{LAYOUT}{{k:{key.id}}}:b"
+        budget = [-1 if limits.budget_tokens is None else limits.budget_tokens,
+                  -1 if limits.budget_micro is None else limits.budget_micro]
+        try:
+            if self._charge_sha is None:
+                self._charge_sha = await self._load_src(self._charge_src)
+            argv: list[Any] = [int(tokens), int(cost_micro), *budget, int(check), 0, 0, 0, STATE_TTL_MS]
+            res = await self._eval_charge(b, argv)
+            if res[0] == NEED_SEED:
+                seeded_tokens, seeded_micro = await self.seed(key.id)
+                argv[5:8] = [1, seeded_tokens, seeded_micro]
+                res = await self._eval_charge(b, argv)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            if check and not self.fail_open:
+                raise unavailable() from None
+            if not check:
+                # the batch is settled in the database already; a later seed reads it from there
+                log.warning("could not move key %s spend by %d micro-USD (Redis unreachable)", key.id, cost_micro)
+            return
+        if res[0] != OK:
+            raise refusal(res[0], 0, limits, 0, 0)
+
+    async def _load_src(self, src: str) -> str:
+        raw = await self.pipe.execute("SCRIPT", "LOAD", src)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def _eval_charge(self, key: str, argv: list[Any]) -> Any:
+        try:
+            return await self.pipe.execute("EVALSHA", self._charge_sha, 1, key, *argv)
+        except NoScriptError:
+            self._charge_sha = await self._load_src(self._charge_src)
+            return await self.pipe.execute("EVALSHA", self._charge_sha, 1, key, *argv)
 
     async def _retry_settles(self) -> None:
         while self._pending:
