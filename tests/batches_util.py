@@ -11,7 +11,7 @@ import anthropic
 from ethereal.batches.ids import item_request_id
 from ethereal.catalog import load_catalog
 from ethereal.keys import KeyRecord, mint
-from ethereal.metering.record import UsageRecord
+from ethereal.storage.records import UsageRecord
 from ethereal.storage import open_store
 
 WEATHER = {"name": "get_weather", "description": "Weather in a city",

@@ -8,7 +8,9 @@ settled (docs/batches.md).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 from blacksheep import Application, Request, Response, StreamedContent
@@ -19,9 +21,8 @@ from ethereal.batches.service import PATH, BatchService
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.keys import KeyRecord
-from ethereal.proxy import Call, streamed
-from ethereal.proxy import authenticate as proxy_authenticate
-from ethereal.upstream.client import UpstreamResponse, UpstreamStreamError
+from ethereal.pipeline import CLEANUP_SCOPE_KEY, Call, Pipeline
+from ethereal.upstream.client import UpstreamResponse
 
 JSONL = b"application/x-jsonl"
 
@@ -55,8 +56,18 @@ def page_params(request: Request) -> tuple[int, str | None, str | None]:
     return limit, after, before
 
 
-def register(app: Application, gw: Gateway) -> None:
-    service = gw.batches
+def register(app: Application, gw: Gateway, pipeline: Pipeline) -> BatchService:
+    """The routes, and the service behind them (its poller runs while the app runs)."""
+    service = BatchService(gw, pipeline)
+
+    async def start_poller(application: Application) -> None:
+        service.start()
+
+    async def stop_poller(application: Application) -> None:
+        await service.stop()
+
+    app.on_start += start_poller
+    app.on_stop += stop_poller
 
     async def who(request: Request, request_id: str) -> KeyRecord | None:
         """The caller's key, or None for the admin key (every batch)."""
@@ -64,7 +75,7 @@ def register(app: Application, gw: Gateway) -> None:
         if is_admin(gw.settings, headers):
             return None
         call = Call(request_id=request_id, route="messages.batches")
-        await proxy_authenticate(gw, headers, call)
+        await pipeline.authenticate(headers, call)
         return call.key
 
     def ok(payload: object, request_id: str) -> Response:
@@ -112,25 +123,11 @@ def register(app: Application, gw: Gateway) -> None:
     async def results(request: Request, request_id: str) -> Response:
         key = await who(request, request_id)
         resp = await service.open_results(key, request.route_values.get("batch_id", ""), raw_headers(request))
-        headers = [(b"request-id", request_id.encode())]
-        return Response(200, headers, StreamedContent(JSONL, streamed(lambda: relay(resp), request)))
-
-    async def relay(resp: UpstreamResponse) -> AsyncIterator[bytes]:
-        """The upstream's JSONL chunk by chunk: never held whole, whatever its size."""
-        done = False
-        try:
-            async for chunk in resp.iter_chunks():
-                yield chunk
-            done = True
-        except UpstreamStreamError:
-            # an error ends the chunked body without its last chunk: the client sees a broken
-            # response and retries, never a short file that looks complete
-            raise
-        finally:
-            if done:
-                resp.release()
-            else:
-                resp.close()
+        relay = ResultsRelay(resp, getattr(getattr(request, "content", None), "receive", None))
+        pending = request.scope.get(CLEANUP_SCOPE_KEY)
+        if pending is not None:
+            pending.append(relay.abandon)  # a body never iterated still gives the connection back
+        return Response(200, [(b"request-id", request_id.encode())], StreamedContent(JSONL, relay.body))
 
     app.router.add_post(PATH, create)
     app.router.add_get(PATH, list_batches)
@@ -138,3 +135,50 @@ def register(app: Application, gw: Gateway) -> None:
     app.router.add_delete(PATH + "/:batch_id", delete)
     app.router.add_post(PATH + "/:batch_id/cancel", cancel)
     app.router.add_get(PATH + "/:batch_id/results", results)
+
+
+class ResultsRelay:
+    """The upstream's results JSONL to the client chunk by chunk: never held whole, whatever its size.
+
+    A client that goes away (the ASGI ``http.disconnect``) closes the upstream read at once; an
+    upstream cut ends the chunked body without its last chunk, so the client sees a broken
+    response and retries, never a short file that looks complete."""
+
+    __slots__ = ("done", "receive", "resp", "watcher")
+
+    def __init__(self, resp: UpstreamResponse, receive: Callable[[], Awaitable[dict[str, Any]]] | None) -> None:
+        self.resp = resp
+        self.receive = receive
+        self.done = False
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        if self.receive is None:
+            return
+        try:
+            while True:
+                message = await self.receive()
+                if message.get("type") == "http.disconnect":
+                    self.resp.close()
+                    return
+        except Exception:  # noqa: BLE001 - no way to watch: the body runs to its end
+            return
+
+    async def body(self) -> AsyncIterator[bytes]:
+        if self.receive is not None:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        try:
+            async for chunk in self.resp.iter_chunks():
+                yield chunk
+            self.done = True
+        finally:
+            await self.abandon()
+
+    async def abandon(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+        if self.done:
+            self.resp.release()
+        else:
+            self.resp.close()

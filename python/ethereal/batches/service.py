@@ -33,17 +33,18 @@ import orjson
 
 from ethereal.batches.ids import batch_id, item_request_id
 from ethereal.batches.validate import CheckedBatch, check_batch, splice_models
-from ethereal.errors import STATUS_TYPES, GatewayError
+from ethereal.errors import STATUS_TYPES, GatewayError, upstream_error
 from ethereal.keys import KeyRecord
-from ethereal.metering.pricing import cost_micro, iteration_totals, price_model
-from ethereal.metering.record import UsageRecord
-from ethereal.metering.usage import extras as usage_extras
-from ethereal.storage.records import BatchRecord
+from ethereal.metering.pricing import cost_micro, price_model
+from ethereal.pipeline import Call, forward_headers, parse_json_body
+from ethereal.storage.records import BatchRecord, UsageRecord
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
-from ethereal.upstream.pool import Credential
+from ethereal.upstream.pool import Credential, FailureKind
+from ethereal.usage import Usage
 
 if TYPE_CHECKING:
     from ethereal.gateway import Gateway
+    from ethereal.pipeline import Pipeline
 
 log = logging.getLogger("ethereal.batches")
 
@@ -58,8 +59,6 @@ MAX_LINE = 64 * 1024 * 1024  # one result line (a Message) is far smaller; bound
 _TYPE_STATUS = {v: k for k, v in reversed(list(STATUS_TYPES.items()))}
 _TYPE_STATUS["overloaded_error"] = 529
 _COUNTS = ("processing", "succeeded", "errored", "canceled", "expired")
-# request headers forwarded on the client's own calls (the poller sends just the version)
-_FORWARD = frozenset({b"anthropic-version", b"anthropic-beta", b"user-agent", b"idempotency-key"})
 
 
 def _rfc3339(ts: float | None) -> str | None:
@@ -82,8 +81,9 @@ def not_found(batch: str) -> GatewayError:
 
 
 class BatchService:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, pipeline: Pipeline) -> None:
         self.gw = gw
+        self.pipeline = pipeline
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -107,7 +107,6 @@ class BatchService:
 
     @property
     def store(self) -> Any:
-        assert self.gw.store is not None
         return self.gw.store
 
     # ------------------------------------------------------------------ the client-facing shape
@@ -128,18 +127,11 @@ class BatchService:
         }
 
     # ------------------------------------------------------------------ upstream calls
-    def _headers(self, cred: Credential, raw: list[tuple[bytes, bytes]] | None) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for name, value in raw or ():
-            lname = name.lower()
-            if lname in _FORWARD:
-                key = lname.decode("latin-1")
-                val = value.decode("latin-1")
-                headers[key] = f"{headers[key]},{val}" if key in headers else val
-        headers.setdefault("anthropic-version", "2023-06-01")
-        headers["content-type"] = "application/json"
-        headers["x-api-key"] = cred.api_key
-        return headers
+    @staticmethod
+    def _headers(cred: Credential, raw: list[tuple[bytes, bytes]] | None) -> dict[str, str]:
+        """The client's forwardable headers (the pipeline's rule) on its own calls; the poller's
+        calls carry only the version."""
+        return forward_headers(raw or [], cred.api_key)
 
     async def _call(self, cred: Credential, method: str, path: str, body: bytes | None = None,
                     raw: list[tuple[bytes, bytes]] | None = None) -> tuple[int, bytes, UpstreamResponse]:
@@ -162,24 +154,20 @@ class BatchService:
 
     @staticmethod
     def _upstream_error(status: int, payload: bytes, resp: UpstreamResponse | None) -> GatewayError:
-        from ethereal.proxy import upstream_error
-
-        retry = None
-        if resp is not None:
-            raw = resp.headers.get("retry-after")
-            try:
-                retry = float(raw) if raw is not None else None
-            except ValueError:
-                retry = None
-        return upstream_error(status, payload, retry)
+        return upstream_error(status, payload, resp.headers if resp is not None else None)
 
     # ------------------------------------------------------------------ create
     async def create(self, key: KeyRecord, body: bytes, raw: list[tuple[bytes, bytes]]) -> BatchRecord:
-        from ethereal.proxy import parse_json_body
-
         gw = self.gw
         data = parse_json_body(body)
-        checked = check_batch(data, catalog=gw.catalog, key=key, max_requests=gw.settings.batch_max_requests,
+
+        def resolve(name: str) -> tuple[str, Any]:
+            # the pipeline's own resolution: aliases, the key's allowed models (403)
+            call = Call(request_id="", route=ROUTE, key=key)
+            self.pipeline.resolve_model(call, name)
+            return call.model_name or name, call.model
+
+        checked = check_batch(data, resolve=resolve, max_requests=gw.settings.batch_max_requests,
                               output_allowance_cap=gw.settings.output_allowance_cap)
         body = splice_models(body, data, checked.aliases)
         del data
@@ -218,7 +206,7 @@ class BatchService:
             try:
                 status, payload, resp = await self._call(cred, "POST", PATH, body, raw)
             except UpstreamConnectError as exc:
-                await gw.pool.report_failure(cred, exc.kind, detail=str(exc))
+                await gw.pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc))
                 last = GatewayError(502, f"the upstream could not be reached: {exc}")
                 continue
             if status == 200:
@@ -235,8 +223,9 @@ class BatchService:
                 return updated or rec
             err = self._upstream_error(status, payload, resp)
             if status in (401, 403, 408, 429) or status >= 500:
-                await gw.pool.report_failure(cred, {429: "rate_limited", 401: "auth", 403: "auth"}.get(
-                    status, "server_error"), err.retry_after, detail=f"HTTP {status}")
+                kind = {429: FailureKind.RATE_LIMITED, 401: FailureKind.AUTH, 403: FailureKind.AUTH,
+                        408: FailureKind.TIMEOUT, 529: FailureKind.OVERLOADED}.get(status, FailureKind.SERVER_ERROR)
+                await gw.pool.report_failure(cred, kind, err.retry_after, detail=f"HTTP {status}")
                 last = err
                 continue
             last = err  # the client's own mistake: no other credential will think otherwise
@@ -503,22 +492,17 @@ class BatchService:
             name = message.get("model") if isinstance(message, dict) else None
             model = price_model(catalog, name) if isinstance(name, str) else None
             row.model = model.id if model else (name[:256] if isinstance(name, str) else None)
-            row.upstream_request_id = message.get("id") if isinstance(message, dict) else None
-            from ethereal.proxy import usage_from_message
-
-            inp, out, c5, c1, cr, assumed = usage_from_message(usage)
-            iterations, searches = usage_extras(usage)
-            if iterations:
-                inp, out, c5, c1, cr, it_assumed = iteration_totals(iterations)
-                assumed = assumed or it_assumed
-            row.input_tokens, row.output_tokens = inp, out
-            row.cache_creation_5m, row.cache_creation_1h, row.cache_read = c5, c1, cr
-            row.cache_ttl_assumed = assumed
-            row.web_search_requests = searches
-            row.exact = isinstance(usage, dict)
-            row.cost_micro = cost_micro(catalog, model, input_tokens=inp, output_tokens=out, cache_5m=c5,
-                                        cache_1h=c1, cache_read=cr, iterations=iterations, web_searches=searches,
-                                        batch=True)
+            msg_id = message.get("id") if isinstance(message, dict) else None
+            row.upstream_request_id = msg_id[:128] if isinstance(msg_id, str) else None
+            # the same reading of a Message's usage as /v1/messages: every token kind, iterations
+            # (each at its own model), web searches; at the batch price
+            used = Usage.from_message(usage, served_model=name)
+            row.input_tokens, row.output_tokens = used.input_tokens, used.output_tokens
+            row.cache_creation_5m, row.cache_creation_1h, row.cache_read = used.cache_5m, used.cache_1h, used.cache_read
+            row.cache_ttl_assumed = used.ttl_assumed
+            row.web_search_requests = used.web_searches
+            row.exact = used.exact and isinstance(usage, dict)
+            row.cost_micro = cost_micro(catalog, model, used, batch=True)
         elif kind == "errored":
             error = result.get("error") if isinstance(result, dict) else None
             inner = error.get("error") if isinstance(error, dict) else None

@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ethereal import _native
-from ethereal.catalog import BATCH_DISCOUNT, Catalog, Model
+from ethereal.catalog import BATCH_DISCOUNT, Model
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.keys import KeyRecord
+from ethereal.api.anthropic import Messages
 
+_MESSAGES = Messages()
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _MODEL_KEY = re.compile(rb'"model"\s*:\s*')
 
@@ -35,42 +37,22 @@ class CheckedBatch:
     estimated_micro: int = 0
 
 
-def _allowed(key: KeyRecord | None, name: str, canonical: str, model: Model | None) -> bool:
-    if key is None or not key.allowed_models:
-        return True
-    allowed = key.allowed_models
-    return canonical in allowed or (model is not None and (model.family in allowed or name in allowed))
-
-
 def _check_params(params: Any) -> str:
-    """What ``/v1/messages`` checks of a body (``proxy.validate_messages_body``), plus no streaming."""
+    """What the ``/v1/messages`` adapter checks of a body, plus no streaming (a batch has no stream)."""
     if not isinstance(params, dict):
         raise invalid_request("params: must be a Messages request object")
-    model = params.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_request("model: Field required" if model is None else "model: must be a non-empty string")
-    max_tokens = params.get("max_tokens")
-    if max_tokens is None:
-        raise invalid_request("max_tokens: Field required")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise invalid_request("max_tokens: must be a positive integer")
-    messages = params.get("messages")
-    if messages is None:
-        raise invalid_request("messages: Field required")
-    if not isinstance(messages, list):
-        raise invalid_request("messages: must be an array")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
-            raise invalid_request(f"messages.{i}: each message needs a role and content")
+    model = _MESSAGES.validate(params)
     if "stream" in params and params["stream"] is not False:
         raise invalid_request("stream: streaming is not supported in batch requests")
     return model
 
 
-def check_batch(data: Any, *, catalog: Catalog, key: KeyRecord | None, max_requests: int,
+def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]], max_requests: int,
                 output_allowance_cap: int) -> CheckedBatch:
     """Validate every item; the estimate is input (native estimate) + output allowance per item,
-    priced at the batch price (half of each model's prices)."""
+    priced at the batch price (half of each model's prices). ``resolve`` maps a client's model
+    name to (canonical id, model) or raises as the pipeline does (403 for a model the key may
+    not use); it is called once per distinct name."""
     if not isinstance(data, dict):
         raise invalid_request("request body must be a JSON object")
     extra = set(data) - {"requests"}
@@ -88,7 +70,7 @@ def check_batch(data: Any, *, catalog: Catalog, key: KeyRecord | None, max_reque
                               param="requests")
     out = CheckedBatch(count=len(requests))
     seen: set[str] = set()
-    resolved: dict[str, tuple[str, Model | None]] = {}
+    resolved: dict[str, tuple[str, Model | None] | GatewayError] = {}
     est_tokens = 0
     est_micro = 0.0
     for i, item in enumerate(requests):
@@ -111,11 +93,14 @@ def check_batch(data: Any, *, catalog: Catalog, key: KeyRecord | None, max_reque
             name = _check_params(params)
             found = resolved.get(name)
             if found is None:
-                model = catalog.resolve(name)
-                found = resolved[name] = (model.id if model else name, model)
+                try:
+                    found = resolve(name)
+                except GatewayError as exc:
+                    found = exc
+                resolved[name] = found
+            if isinstance(found, GatewayError):
+                raise found
             canonical, model = found
-            if not _allowed(key, name, canonical, model):
-                raise GatewayError(403, f"this API key may not use model {name!r}")
             max_tokens = params["max_tokens"]
             if model is not None and max_tokens > model.max_output:
                 raise invalid_request(f"max_tokens: {max_tokens} > {model.max_output}, which is the maximum "
