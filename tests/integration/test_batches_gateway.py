@@ -77,7 +77,8 @@ def test_upstream_errors(sim: str, db_url: str, tmp_path: Path) -> None:
         # settled: only the client reads the results now. An upstream that fails the download is an
         # error for the client (never a short file that looks complete); the next try works
         upstream_id = batch_record(db_url, batch.id).upstream_id
-        inject_fault(sim, "reset", count=1, paths=[f"/v1/messages/batches/{upstream_id}/results"])
+        # (two resets: the HTTP client retries a GET once by itself when a kept-alive connection drops)
+        inject_fault(sim, "reset", count=2, paths=[f"/v1/messages/batches/{upstream_id}/results"])
         with pytest.raises(anthropic.APIStatusError) as cut:
             results_of(client, batch.id)
         assert cut.value.status_code == 502
