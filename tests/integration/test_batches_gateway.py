@@ -11,7 +11,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from ethereal.sim.testing import inject_fault, start_sim_process
+from ethereal.sim.testing import control, inject_fault, start_sim_process
 
 from tests.batches_util import (
     batch_record,
@@ -31,6 +31,12 @@ ADMIN = "admin-key-for-batch-tests-0123456789"
 def sim() -> Iterator[str]:
     with start_sim_process(seed=11, batch_processing_ms=1000) as (_proc, url):
         yield url
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_faults(sim: str) -> Iterator[None]:
+    yield
+    control(sim, "/_sim/faults", {"clear": True})  # a fault a test queued but did not use
 
 
 @pytest.fixture
