@@ -61,18 +61,25 @@ def _rfc3339(ts: float | None) -> str | None:
 
 
 class SimBatch:
-    __slots__ = ("id", "created", "duration", "items", "outcomes", "cancel_at", "results", "deleted")
+    __slots__ = ("id", "created", "duration", "items", "_outcomes", "cancel_at", "results", "deleted")
 
-    def __init__(self, batch_id: str, items: list[tuple[str, dict[str, Any]]], outcomes: list[str],
-                 duration: float) -> None:
+    def __init__(self, batch_id: str, items: list[tuple[str, dict[str, Any]]], duration: float) -> None:
         self.id = batch_id
         self.created = time.time()
         self.duration = max(0.0, duration)
         self.items = items  # (custom_id, params)
-        self.outcomes = outcomes  # "succeeded" | "errored:<status>:<type>:<message>" | "expired"
+        self._outcomes: list[str] | None = None
         self.cancel_at: float | None = None
         self.results: bytes | None = None
         self.deleted = False
+
+    @property
+    def outcomes(self) -> list[str]:
+        """Each item's fate ("succeeded" | "errored:<status>:<type>:<message>" | "expired"), decided
+        from its params when first needed: create answers after parsing only, as the upstream does."""
+        if self._outcomes is None:
+            self._outcomes = [_outcome(p) for _, p in self.items]
+        return self._outcomes
 
     def done_count(self, now: float) -> int:
         """Items finished by ``now``: item i finishes at created + duration * (i + 1) / n."""
@@ -96,8 +103,9 @@ class SimBatch:
     def counts(self, now: float) -> dict[str, int]:
         done = self.done_count(now)
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
-        for outcome in self.outcomes[:done]:
-            counts[outcome.split(":", 1)[0]] += 1
+        if done:
+            for outcome in self.outcomes[:done]:
+                counts[outcome.split(":", 1)[0]] += 1
         rest = len(self.items) - done
         if self.status(now) == "ended":
             counts["canceled"] += rest
@@ -257,7 +265,7 @@ def _create(state: Any, body: bytes) -> tuple[int, bytes]:
         override = _gen.directive_int(_gen.parse_directives(_gen.last_user_text(first["messages"])[0]), "batch_ms")
         if override is not None:
             duration = override / 1000.0
-    batch = SimBatch(_gen.rand_id("msgbatch_01", 22), items, [_outcome(p) for _, p in items], duration)
+    batch = SimBatch(_gen.rand_id("msgbatch_01", 22), items, duration)
     batches_of(state).add(batch)
     return 200, orjson.dumps(batch.view(state.base_url, time.time()))
 
