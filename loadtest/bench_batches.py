@@ -31,10 +31,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ethereal.sim.testing import start_sim_process  # noqa: E402
+from ethereal.sim.testing import start_sim_process
 
-from tests.batches_util import mint_into_url  # noqa: E402
-from tests.procs import free_port, wait_http  # noqa: E402
+from tests.batches_util import mint_into_url
+from tests.procs import free_port, wait_http
 
 HEADERS = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
 

@@ -11,8 +11,8 @@ import anthropic
 from ethereal.batches.ids import item_request_id
 from ethereal.catalog import load_catalog
 from ethereal.keys import KeyRecord, mint
-from ethereal.storage.records import UsageRecord
 from ethereal.storage import open_store
+from ethereal.storage.records import UsageRecord
 
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"},

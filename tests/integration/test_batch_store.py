@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -12,9 +13,9 @@ from ethereal.storage.records import BatchRecord, UsageRecord
 
 
 def batch(key_id: str | None = "key_a", **kw: Any) -> BatchRecord:
-    base: dict[str, Any] = dict(id=batch_id(), key_id=key_id, credential="default", status="in_progress",
-                                request_count=3, processing=3, expires_at=time.time() + 86400,
-                                estimated_tokens=900, estimated_micro=4500, held_tokens=900, held_micro=4500)
+    base: dict[str, Any] = {"id": batch_id(), "key_id": key_id, "credential": "default", "status": "in_progress",
+                                "request_count": 3, "processing": 3, "expires_at": time.time() + 86400,
+                                "estimated_tokens": 900, "estimated_micro": 4500, "held_tokens": 900, "held_micro": 4500}
     base.update(kw)
     return BatchRecord(**base)
 
@@ -51,7 +52,7 @@ async def test_list_batches_newest_first_with_cursors(store: Any) -> None:
         await store.insert_batch(rec)
         if i % 3:
             mine.append(rec.id)
-        time.sleep(0.002)  # ids sort by creation time (milliseconds)
+        await asyncio.sleep(0.002)  # ids sort by creation time (milliseconds)
     newest_first = list(reversed(mine))
     page, more = await store.list_batches(key_id="key_a", limit=2)
     assert [b.id for b in page] == newest_first[:2] and more

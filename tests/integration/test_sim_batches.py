@@ -57,7 +57,7 @@ def test_lifecycle_outcomes_and_results(sim: str) -> None:
     results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
     assert list(results) == [r["custom_id"] for r in requests]  # request order
     assert results["tools"].type == "succeeded" and results["tools"].message.stop_reason == "tool_use"
-    assert [b.type for b in results["think"].message.content][0] == "thinking"
+    assert next(b.type for b in results["think"].message.content) == "thinking"
     assert results["ok-0"].message.usage.input_tokens > 0 and results["ok-0"].message.usage.output_tokens > 0
     assert results["expires"].type == "expired"
     assert results["fails"].type == "errored" and results["fails"].error.error.type == "api_error"

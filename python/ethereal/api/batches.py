@@ -95,7 +95,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> BatchService:
     async def list_batches(request: Request, request_id: str) -> Response:
         key = await who(request, request_id)
         limit, after, before = page_params(request)
-        rows, more = await service.list(key, limit=limit, after_id=after, before_id=before)
+        rows, more = await service.list_batches(key, limit=limit, after_id=after, before_id=before)
         base = base_url(gw, request)
         data = [BatchService.view(r, base) for r in rows]
         return ok({"data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
@@ -104,28 +104,28 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> BatchService:
     @anthropic_route
     async def get_batch(request: Request, request_id: str) -> Response:
         key = await who(request, request_id)
-        rec = await service.get(key, request.route_values.get("batch_id", ""))
+        rec = await service.get(key, batch_of(request))
         return ok(BatchService.view(rec, base_url(gw, request)), request_id)
 
     @anthropic_route
     async def cancel(request: Request, request_id: str) -> Response:
         key = await who(request, request_id)
-        rec = await service.cancel(key, request.route_values.get("batch_id", ""), raw_headers(request))
+        rec = await service.cancel(key, batch_of(request), raw_headers(request))
         return ok(BatchService.view(rec, base_url(gw, request)), request_id)
 
     @anthropic_route
     async def delete(request: Request, request_id: str) -> Response:
         key = await who(request, request_id)
-        deleted = await service.delete(key, request.route_values.get("batch_id", ""), raw_headers(request))
+        deleted = await service.delete(key, batch_of(request), raw_headers(request))
         return ok({"id": deleted, "type": "message_batch_deleted"}, request_id)
 
     @anthropic_route
     async def results(request: Request, request_id: str) -> Response:
         key = await who(request, request_id)
-        resp = await service.open_results(key, request.route_values.get("batch_id", ""), raw_headers(request))
+        resp = await service.open_results(key, batch_of(request), raw_headers(request))
         relay = ResultsRelay(resp, getattr(getattr(request, "content", None), "receive", None))
         pending = request.scope.get(CLEANUP_SCOPE_KEY)
-        if pending is not None:
+        if isinstance(pending, list):
             pending.append(relay.abandon)  # a body never iterated still gives the connection back
         return Response(200, [(b"request-id", request_id.encode())], StreamedContent(JSONL, relay.body))
 
@@ -135,6 +135,11 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> BatchService:
     app.router.add_delete(PATH + "/:batch_id", delete)
     app.router.add_post(PATH + "/:batch_id/cancel", cancel)
     app.router.add_get(PATH + "/:batch_id/results", results)
+    return service
+
+
+def batch_of(request: Request) -> str:
+    return request.route_values.get("batch_id") or ""
 
 
 class ResultsRelay:

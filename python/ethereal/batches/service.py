@@ -21,12 +21,13 @@ second), and the first results fetch settles an ended batch that the poller has 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -64,14 +65,14 @@ _COUNTS = ("processing", "succeeded", "errored", "canceled", "expired")
 def _rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _epoch(value: Any) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
 
@@ -99,10 +100,8 @@ class BatchService:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
         self._task = None
 
     @property
@@ -286,7 +285,7 @@ class BatchService:
                 log.info("refreshing batch %s failed: %s", rec.id, exc.message)
         return rec
 
-    async def list(self, key: KeyRecord | None, *, limit: int, after_id: str | None,
+    async def list_batches(self, key: KeyRecord | None, *, limit: int, after_id: str | None,
                    before_id: str | None) -> tuple[list[BatchRecord], bool]:
         return await self.store.list_batches(key_id=key.id if key else None, limit=limit, after_id=after_id,
                                              before_id=before_id)
@@ -434,7 +433,7 @@ class BatchService:
         try:
             await self.gw.limiter.charge(key, tokens=tokens - rec.held_tokens, cost_micro=micro - rec.held_micro,
                                          check=False)
-        except Exception:  # noqa: BLE001 - the rows are written; a later seed reads the database
+        except Exception:
             log.exception("moving the spend of batch %s failed", rec.id)
 
     async def _meter(self, rec: BatchRecord) -> tuple[int, int, int]:
@@ -522,7 +521,7 @@ class BatchService:
                 await self.poll_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a database hiccup: try again next round
+            except Exception:
                 log.exception("batch poll failed")
             await asyncio.sleep(interval)
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from ethereal import _native
+from ethereal.api.anthropic import Messages
 from ethereal.catalog import BATCH_DISCOUNT, Model
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.api.anthropic import Messages
 
 _MESSAGES = Messages()
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -57,7 +57,7 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
         raise invalid_request("request body must be a JSON object")
     extra = set(data) - {"requests"}
     if extra:
-        raise invalid_request(f"{sorted(extra)[0]}: Extra inputs are not permitted")
+        raise invalid_request(f"{min(extra)}: Extra inputs are not permitted")
     requests = data.get("requests")
     if requests is None:
         raise invalid_request("requests: Field required", param="requests")
@@ -79,7 +79,7 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
                 raise invalid_request("must be an object with custom_id and params")
             unknown = set(item) - {"custom_id", "params"}
             if unknown:
-                raise invalid_request(f"{sorted(unknown)[0]}: Extra inputs are not permitted")
+                raise invalid_request(f"{min(unknown)}: Extra inputs are not permitted")
             custom_id = item.get("custom_id")
             if not isinstance(custom_id, str) or not _CUSTOM_ID.fullmatch(custom_id):
                 raise invalid_request("custom_id: must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -57,11 +57,11 @@ _STATUS_MSG = {400: "Invalid request", 401: "invalid x-api-key", 403: "Permissio
 def _rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class SimBatch:
-    __slots__ = ("id", "created", "duration", "items", "_outcomes", "cancel_at", "results", "deleted")
+    __slots__ = ("_outcomes", "cancel_at", "created", "deleted", "duration", "id", "items", "results")
 
     def __init__(self, batch_id: str, items: list[tuple[str, dict[str, Any]]], duration: float) -> None:
         self.id = batch_id
@@ -214,9 +214,8 @@ def _result_line(state: Any, custom_id: str, params: dict[str, Any], outcome: st
         return b'{"custom_id":' + orjson.dumps(custom_id) + b',"result":{"type":"succeeded","message":' \
             + message + b"}}\n"
     if outcome.startswith("errored:"):
-        _, status, etype, message = outcome.split(":", 3)
-        error = {"type": "error", "error": {"type": etype, "message": message}, "request_id": _gen.request_id()}
-        del status
+        _, _status, etype, text = outcome.split(":", 3)
+        error = {"type": "error", "error": {"type": etype, "message": text}, "request_id": _gen.request_id()}
         return orjson.dumps({"custom_id": custom_id, "result": {"type": "errored", "error": error}}) + b"\n"
     return orjson.dumps({"custom_id": custom_id, "result": {"type": outcome}}) + b"\n"
 
@@ -369,7 +368,6 @@ def _error(status: int, rid: str, etype: str, message: str) -> bytes:
 def _json(proto: Any, status: int, body: bytes, rid: str, close: bool, extra: bytes = b"") -> None:
     proto.state.count("batches", status)
     proto._send_json(status, body, rid, extra, close=close)
-    return None
 
 
 async def _stream(proto: Any, data: bytes, rid: str, close: bool) -> bool:
