@@ -171,3 +171,26 @@ def test_two_replicas_bill_each_item_once(sim: str, pg_url: str, tmp_path: Path)
         check_usage(results, usage_rows(pg_url, batch.id, list(results)))
         time.sleep(0.5)
         assert count_item_rows(pg_url, batch.id) == 50
+
+
+def test_batch_gone_upstream_ends_and_releases_its_hold(sim: str, db_url: str, tmp_path: Path) -> None:
+    """The upstream answers 404 for a batch (deleted there, past its retention): the batch ends, its
+    hold is released, no rows."""
+    key, _ = mint_into_url(db_url, name="orphaned", budget_micro_usd=50_000_000)
+    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
+        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        requests = mixed_requests(5)
+        requests[0]["params"]["messages"][0]["content"] += " sim:batch_ms=600000"
+        batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        upstream_id = batch_record(db_url, batch.id).upstream_id
+        inject_fault(sim, "404", count=1000, paths=[f"/v1/messages/batches/{upstream_id}"])
+        ended = wait_ended(client, batch.id)
+        assert ended.processing_status == "ended"
+        deadline = time.monotonic() + 10
+        while not (rec := batch_record(db_url, batch.id)).settled and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rec.settled and rec.metered_items == 0 and rec.last_error == "the upstream no longer has this batch"
+        assert count_item_rows(db_url, batch.id) == 0
+        with pytest.raises(anthropic.NotFoundError):  # the upstream's answer: no results to be had
+            client.messages.batches.results(batch.id)
+        assert client.messages.batches.delete(batch.id).type == "message_batch_deleted"

@@ -58,7 +58,7 @@ FAULT_KINDS = {
     "429": "429", "rate_limit": "429", "rate_limit_error": "429",
     "529": "529", "overloaded": "529", "overloaded_error": "529",
     "500": "500", "api_error": "500", "internal": "500",
-    "503": "503", "504": "504", "403": "403", "400": "400", "413": "413",
+    "503": "503", "504": "504", "403": "403", "400": "400", "404": "404", "413": "413",
     "401": "401", "auth": "401", "authentication_error": "401",
     "reset": "reset", "reset_before": "reset", "connection_reset": "reset",
     "reset_mid": "reset_mid", "mid_stream_reset": "reset_mid",
