@@ -171,7 +171,7 @@ class BatchService:
         body = splice_models(body, data, checked.aliases)
         del data
         await self._admit(key, checked)
-        held = gw.limiter.budgeted(key)  # type: ignore[attr-defined]
+        held = gw.limiter.budgeted(key)
         if held:
             try:
                 await gw.limiter.charge(key, tokens=checked.estimated_tokens, cost_micro=checked.estimated_micro,
@@ -197,6 +197,13 @@ class BatchService:
         # the row exists before the upstream call: a replica dying mid-create leaves a row the
         # poller finds and refunds (CREATING_STALE), never a hold nobody knows about
         await self.store.insert_batch(rec)
+        # a client that hangs up from here on does not stop the create half way: the batch is
+        # made (and listed) or refused and refunded, never left "creating" with a hold
+        return await asyncio.shield(self._send_create(key, checked, held, rec, candidates, body, raw))
+
+    async def _send_create(self, key: KeyRecord, checked: CheckedBatch, held: bool, rec: BatchRecord,
+                           candidates: list[Credential], body: bytes, raw: list[tuple[bytes, bytes]]) -> BatchRecord:
+        gw = self.gw
         last: GatewayError | None = None
         for cred in candidates[:max(1, gw.settings.max_attempts)]:
             if cred.name != rec.credential:

@@ -171,6 +171,10 @@ class Limiter:
         """Whether ``key`` has any limit to admit against (else routes skip admit and the token estimate)."""
         return False
 
+    def budgeted(self, key: KeyRecord) -> bool:
+        """Whether ``key``'s spend is tracked against a budget here (``charge`` does something)."""
+        return False
+
     async def start(self) -> None:
         """Connect (load scripts); an unreachable backend is retried on use."""
         return
