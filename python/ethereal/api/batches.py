@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response, StreamedContent
 
-from ethereal.admin.auth import is_admin
 from ethereal.api.common import anthropic_route, header_map, json_response, raw_headers, read_body
+from ethereal.auth import is_admin
 from ethereal.batches.service import PATH, BatchService
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
