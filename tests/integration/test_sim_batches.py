@@ -38,7 +38,8 @@ def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 10.0
 
 def test_lifecycle_outcomes_and_results(sim: str) -> None:
     client = anthropic.Anthropic(base_url=sim, api_key="sk-test")
-    requests = [item(f"ok-{i}", f"question {i}") for i in range(6)]
+    # 1.5 s of processing: long enough to see it unfinished on a busy machine
+    requests = [item("ok-0", "question 0 sim:batch_ms=1500")] + [item(f"ok-{i}", f"question {i}") for i in range(1, 6)]
     requests += [item("tools", "weather?", tools=[{"name": "w", "input_schema": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]),
         item("think", "think", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024}),

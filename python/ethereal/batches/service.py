@@ -55,6 +55,7 @@ DAY = 24 * 3600.0
 CREATING_STALE = 600.0  # a row still "creating" after this died with its replica mid-create
 REFRESH_ON_GET = 1.0  # a client polling GET refreshes from the upstream at most this often
 INSERT_CHUNK = 1000
+SETTLE_WAIT = 60.0  # a delete waits this long for a settlement in progress elsewhere
 OFFLOAD_BYTES = 1 << 20  # bodies larger than this are parsed and checked in a thread
 MAX_LINE = 64 * 1024 * 1024  # one result line (a Message) is far smaller; bounds a broken upstream
 
@@ -373,11 +374,7 @@ class BatchService:
                                "deleted once it has ended; cancel it first")
         if not rec.settled:
             # its items are billed before its results can go away upstream
-            await self.settle(rec, wait=True)
-            rec = await self.owned(key, batch)
-            if not rec.settled:
-                raise GatewayError(503, "the batch's usage is being recorded by another replica; retry shortly",
-                                   type="overloaded_error", retry_after=2.0)
+            rec = await self._settled(rec)
         if rec.upstream_id is not None and rec.last_error != "the upstream no longer has this batch":
             cred = self._credential(rec)
             try:
@@ -418,7 +415,22 @@ class BatchService:
         task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ settle
-    async def settle(self, rec: BatchRecord, *, wait: bool = False) -> bool:
+    async def _settled(self, rec: BatchRecord) -> BatchRecord:
+        """The batch once settled: by this call, or by whoever is settling it now (this process's
+        poller or results fetch, another replica), waiting for them up to SETTLE_WAIT seconds."""
+        deadline = time.monotonic() + SETTLE_WAIT
+        while True:
+            await self.settle(rec)
+            found = await self.store.get_batch(rec.id)
+            if found is None or found.settled:
+                return found or rec
+            if time.monotonic() > deadline:
+                raise GatewayError(503, "the batch's usage is still being recorded; retry shortly",
+                                   type="overloaded_error", retry_after=5.0)
+            rec = found
+            await asyncio.sleep(0.1)
+
+    async def settle(self, rec: BatchRecord) -> bool:
         """Meter an ended batch's items and release its hold; True when this call settled it.
 
         Takes the batch's lease first, so two replicas never read the same results together
