@@ -20,7 +20,7 @@ from blacksheep import Application, Request, Response, Router
 
 from ethereal import ids
 from ethereal.admin import routes as admin_routes
-from ethereal.api import anthropic, openai, responses
+from ethereal.api import anthropic, batches, openai, responses
 from ethereal.api.common import anthropic_error, openai_error
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
@@ -44,6 +44,7 @@ def build_application(gw: Gateway) -> Application:
     app = Application(router=Router(), show_error_details=False)  # its own router, not the module default
     pipeline = Pipeline(gw)
     anthropic.register(app, gw, pipeline)
+    batches.register(app, gw, pipeline)
     openai.register(app, gw, pipeline)
     responses.register(app, gw, pipeline)
     for module in (admin_routes, metering_routes, upstream_routes):

@@ -68,6 +68,13 @@ class Settings:
     limits_reservation_ttl: float = 900.0
     plans: dict[str, Any] | None = None
     key_cache_ttl: float = 1.0
+    # Message Batches (docs/batches.md): how often each replica polls pending batches upstream
+    # (seconds), the request and size limits of one batch, and the gateway's public base URL for
+    # results_url (default: the scheme and Host of the request asking)
+    batch_poll_interval: float = 30.0
+    batch_max_requests: int = 100_000
+    batch_max_body_bytes: int = 256 * 1024 * 1024
+    public_url: str | None = None
     log_level: str = "info"
     models_file: Path | None = None
     # metering (metering/config.py has the meaning of each)
@@ -99,7 +106,8 @@ class Settings:
 
 _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1,
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
-               "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096}
+               "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
+               "batch_max_requests": 1, "batch_max_body_bytes": 1024}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
@@ -107,12 +115,11 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "upstream_probe_interval": 0.0,
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
-                 "meter_lookup_wait": 0.0}
+                 "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05}
 _BOOL_FIELDS = {"limits_fail_open"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
-               "upstream_url",
-               "upstream_key", "log_level", "meter_on_full"}
+               "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url"}
 
 
 def _coerce(name: str, raw: Any, source: str) -> Any:
@@ -230,6 +237,8 @@ def validate(settings: Settings) -> None:
             raise SettingsError(f"ETHEREAL_REDIS_URL {exc}") from None
     if settings.upstream_url and not settings.upstream_url.startswith(("http://", "https://")):
         raise SettingsError(f"ETHEREAL_UPSTREAM_URL must be an http(s) URL, got {settings.upstream_url!r}")
+    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+        raise SettingsError(f"ETHEREAL_PUBLIC_URL must be an http(s) URL, got {settings.public_url!r}")
     if settings.admin_key is not None and len(settings.admin_key) < 16:
         raise SettingsError("ETHEREAL_ADMIN_KEY must be at least 16 characters")
     from ethereal.paths import normalize_base_path

@@ -179,8 +179,8 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         headers = header_map(request)
         usage_id = request.route_values.get("request_id", "")
         key = None if is_admin(settings, headers) else await gw.auth.authenticate(headers)
-        if not usage_id.startswith("req_") or len(usage_id) > 64:
-            raise GatewayError(404, f"no usage record for request {usage_id[:64]!r}")
+        if not usage_id.startswith("req_") or len(usage_id) > 96:  # batch items: req_<24>_<custom_id>
+            raise GatewayError(404, f"no usage record for request {usage_id[:96]!r}")
         rec = await gw.meter.get(usage_id)
         # a key sees only its own requests; the same 404 for "not yours" and "unknown"
         if rec is None or (key is not None and rec.key_id != key.id):

@@ -203,6 +203,14 @@ class Limiter:
         that expired before its refresh is not re-created: its budget may already have been given
         to other requests; the request is still settled at its real cost.
         """
+        return None
+
+    async def charge(self, key: KeyRecord, *, tokens: int, cost_micro: int, check: bool) -> None:
+        """Move the key's spend by a signed amount outside any request (Message Batches: the
+        estimate at create, ``check=True``, refusing with 402 when it does not fit the budget;
+        the difference to the real cost when the batch is settled). No rate window, no
+        concurrency slot. A key without a budget is not tracked."""
+        return None
 
     async def close(self) -> None:
         return None
@@ -213,6 +221,10 @@ class Limiter:
 
     def governs_count(self, key: KeyRecord | None) -> bool:
         """Whether ``admit_count`` has anything to check for ``key`` (an RPM or a concurrency cap)."""
+        return False
+
+    def budgeted(self, key: KeyRecord) -> bool:
+        """Whether ``key``'s spend is tracked against a budget here (``charge`` does something)."""
         return False
 
     async def start(self) -> None:
@@ -255,6 +267,9 @@ class BaseLimiter(Limiter):
             self._count_cache[cache_key] = found
         return found
 
+    def budgeted(self, key: KeyRecord) -> bool:
+        return key.budget_tokens is not None or key.budget_micro_usd is not None
+
     def limits_for(self, key: KeyRecord) -> KeyLimits:
         cache_key = (key.plan, key.rpm, key.tpm, key.budget_tokens, key.budget_micro_usd, key.max_concurrency)
         found = self._limits_cache.get(cache_key)
@@ -282,7 +297,9 @@ class BaseLimiter(Limiter):
         if self.store is None:
             return 0, 0
         spend = (await self.store.spend_by_key([key_id])).get(key_id) or {}
-        return int(spend.get("tokens") or 0), int(spend.get("cost_micro") or 0)
+        # what the key's unsettled Message Batches hold is spent until they settle (batches/)
+        held_tokens, held_micro = await self.store.batch_holds(key_id)
+        return int(spend.get("tokens") or 0) + held_tokens, int(spend.get("cost_micro") or 0) + held_micro
 
 
 def build_limiter(settings: Settings, store: Store | None, plans: Plans | None = None) -> Limiter:

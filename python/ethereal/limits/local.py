@@ -232,6 +232,28 @@ class LocalLimiter(BaseLimiter):
             elif delta > 0:
                 buckets.setdefault(cur, [0, 0])[1] += delta
 
+    async def charge(self, key: KeyRecord, *, tokens: int, cost_micro: int, check: bool) -> None:
+        if not self.budgeted(key):
+            return
+        st = self.state(key.id)
+        if not st.seeded:
+            if not check:
+                return  # not tracked yet: the seed reads the database, which already has it
+            seeded_tokens, seeded_micro = await self.seed(key.id)
+            if not st.seeded:
+                st.spent_tokens += seeded_tokens
+                st.spent_micro += seeded_micro
+                st.seeded = True
+        if check:
+            limits = self.limits_for(key)
+            now = self._now()
+            if limits.budget_tokens is not None and st.spent_tokens + st.held_in_tokens + tokens > limits.budget_tokens:
+                raise refusal(BUDGET_TOKENS, 0, limits, 0, now)
+            if limits.budget_micro is not None and st.spent_micro + st.held_in_micro + cost_micro > limits.budget_micro:
+                raise refusal(BUDGET_MICRO, 0, limits, 0, now)
+        st.spent_tokens += tokens
+        st.spent_micro += cost_micro
+
     def snapshot(self, key_id: str) -> dict[str, int]:
         """Spent and held totals of a key (tests, the admin API)."""
         st = self.state(key_id)

@@ -55,7 +55,8 @@ STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-s
 _MAX_PENDING_SETTLES = 100_000
 VERSION = 2
 LIBRARY = f"ethereal_limits_v{VERSION}"
-ADMIT_FN, SETTLE_FN, REFRESH_FN = (f"ethereal_{name}_v{VERSION}" for name in ("admit", "settle", "refresh"))
+ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN = (f"ethereal_{name}_v{VERSION}"
+                                              for name in ("admit", "settle", "refresh", "charge"))
 
 
 def _args(args: Any, count: int | None = None) -> bytes:
@@ -84,7 +85,8 @@ def _script(name: str) -> str:
 def library() -> str:
     """The Redis Functions library: each script's body becomes one function taking (KEYS, ARGV)."""
     parts = [f"#!lua name={LIBRARY}"]
-    for fn, name in ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua")):
+    for fn, name in ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua"),
+                     (CHARGE_FN, "charge.lua")):
         parts.append(f"redis.register_function('{fn}', function(KEYS, ARGV)\n{_script(name)}\nend)")
     return "\n".join(parts)
 
@@ -286,6 +288,34 @@ class RedisLimiter(BaseLimiter):
             log.error("ethereal limiter refresh failed: %s", exc)
         else:
             self._outage(exc)
+
+    async def charge(self, key: KeyRecord, *, tokens: int, cost_micro: int, check: bool) -> None:
+        if not self.budgeted(key):
+            return
+        limits = self.limits_for(key)
+        b = f"{LAYOUT}{{k:{key.id}}}:b"
+        budget = [-1 if limits.budget_tokens is None else limits.budget_tokens,
+                  -1 if limits.budget_micro is None else limits.budget_micro]
+        slot = key_slot(f"k:{key.id}".encode())
+        try:
+            if not self._loaded:
+                await self._load()
+            argv: list[Any] = [int(tokens), int(cost_micro), *budget, int(check), 0, 0, 0, STATE_TTL_MS]
+            res = await self._send(_args(["FCALL", CHARGE_FN, 1, b, *argv], 3 + 1 + len(argv)), slot)
+            if res[0] == NEED_SEED:
+                seeded_tokens, seeded_micro = await self.seed(key.id)
+                argv[5:8] = [1, seeded_tokens, seeded_micro]
+                res = await self._send(_args(["FCALL", CHARGE_FN, 1, b, *argv], 3 + 1 + len(argv)), slot)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            if check and not self.fail_open:
+                raise unavailable() from None
+            if not check:
+                # the batch is settled in the database already; a later seed reads it from there
+                log.warning("could not move key %s spend by %d micro-USD (Redis unreachable)", key.id, cost_micro)
+            return
+        if res[0] != OK:
+            raise refusal(res[0], 0, limits, 0, 0)
 
     async def _retry_settles(self) -> None:
         while self._pending:

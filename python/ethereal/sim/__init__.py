@@ -8,7 +8,8 @@ response carries ``request-id: req_011C…`` and ``anthropic-organization-id``; 
 
 Endpoints
 ---------
-``POST /v1/messages`` (``stream`` true/false), ``POST /v1/messages/count_tokens``,
+``POST /v1/messages`` (``stream`` true/false), ``POST /v1/messages/count_tokens``, the Message
+Batches API under ``/v1/messages/batches`` (see ``_batches.py``),
 ``GET /v1/models`` (``limit``/``after_id``/``before_id``), ``GET /v1/models/{id}``.
 Query strings are ignored (``/v1/messages?beta=true``). ``GET /`` answers 200.
 
@@ -117,6 +118,7 @@ class SimConfig:
     organization_id: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     backlog: int = 2048
+    batch_processing_ms: float = 2000.0  # simulated time a Message Batch takes to end (see _batches.py)
 
 
 class SimServer:
@@ -207,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="recorded .sse files (default $ETHEREAL_FIXTURES, then the bundled copies)")
     p.add_argument("--cache-min-tokens", type=int, default=0, help="minimum cacheable prefix in tokens")
     p.add_argument("--organization-id", default=None)
+    p.add_argument("--batch-processing-ms", type=float, default=2000.0,
+                   help="simulated time a Message Batch takes from create to ended")
     return p
 
 
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=args.latency_ms, ttft_ms=args.ttft_ms, tokens_per_second=args.tokens_per_second,
         events_per_write=max(1, args.events_per_write), seed=args.seed, fixtures_dir=args.fixtures_dir,
         cache_min_tokens=args.cache_min_tokens, organization_id=args.organization_id,
+        batch_processing_ms=args.batch_processing_ms,
     )
     try:
         run(config)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import httptools
 import orjson
 
-from . import _gen
+from . import _batches, _gen
 from ._gen import RequestError, invalid
 from ._models import INFO_BY_NAME, MODEL_INFOS, resolve_model
 from ._openai_compat import chat_action, check_model
@@ -59,7 +59,7 @@ FAULT_KINDS = {
     "429": "429", "rate_limit": "429", "rate_limit_error": "429",
     "529": "529", "overloaded": "529", "overloaded_error": "529",
     "500": "500", "api_error": "500", "internal": "500",
-    "503": "503", "504": "504", "403": "403", "400": "400", "413": "413",
+    "503": "503", "504": "504", "403": "403", "400": "400", "404": "404", "413": "413",
     "401": "401", "auth": "401", "authentication_error": "401",
     "reset": "reset", "reset_before": "reset", "connection_reset": "reset",
     "reset_mid": "reset_mid", "mid_stream_reset": "reset_mid",
@@ -281,7 +281,10 @@ class SimProtocol(asyncio.Protocol):
         if self.too_large:
             return
         self.body_len += len(body)
-        if self.body_len > self.state.config.max_body_bytes:
+        limit = self.state.config.max_body_bytes
+        if self.url.startswith(b"/v1/messages/batches"):
+            limit = _batches.MAX_BODY_BYTES  # a batch may carry 256 MB
+        if self.body_len > limit:
             self.too_large = True
             self.body = []
         else:
@@ -396,6 +399,9 @@ class SimProtocol(asyncio.Protocol):
             else:
                 self._send_json(200, b'{"ok":true}', rid, close=close)
             return None
+
+        if path.startswith(_batches.PREFIX):
+            return _batches.handle(self, method, path, query, headers, body, rid, close)
 
         is_messages = path == "/v1/messages"
         is_count = path == "/v1/messages/count_tokens"
@@ -764,7 +770,7 @@ class SimProtocol(asyncio.Protocol):
                 cfg = st.config
                 if method == b"POST" and body:
                     for k, v in orjson.loads(body).items():
-                        if k in ("latency_ms", "ttft_ms", "tokens_per_second"):
+                        if k in ("latency_ms", "ttft_ms", "tokens_per_second", "batch_processing_ms"):
                             setattr(cfg, k, float(v))
                         elif k == "events_per_write":
                             cfg.events_per_write = max(1, int(v))
@@ -772,7 +778,7 @@ class SimProtocol(asyncio.Protocol):
                             raise ValueError(f"unknown or read-only setting {k!r}")
                 out = {"latency_ms": cfg.latency_ms, "ttft_ms": cfg.ttft_ms,
                        "tokens_per_second": cfg.tokens_per_second, "events_per_write": cfg.events_per_write,
-                       "seed": cfg.seed}
+                       "batch_processing_ms": cfg.batch_processing_ms, "seed": cfg.seed}
             elif path == "/_sim/fixtures":
                 out = {"fixtures": st.library.names()}
             else:

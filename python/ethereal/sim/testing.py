@@ -33,6 +33,7 @@ _FLAG = {
     "fixtures_dir": "--fixtures-dir",
     "cache_min_tokens": "--cache-min-tokens",
     "organization_id": "--organization-id",
+    "batch_processing_ms": "--batch-processing-ms",
 }
 
 

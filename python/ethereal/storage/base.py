@@ -11,8 +11,7 @@ from importlib import resources
 from typing import Any
 
 from ethereal.keys import KeyRecord
-from ethereal.storage.records import UsageRecord
-from ethereal.storage.records import StoredCredential
+from ethereal.storage.records import BatchRecord, StoredCredential, UsageRecord
 
 KEY_MUTABLE_FIELDS = frozenset({
     "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
@@ -105,3 +104,41 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_credential(self, name: str) -> bool: ...
+
+    # message batches (batches/): the gateway's record of each batch, shared by replicas.
+    # Not abstract so test doubles of the other parts need not implement them.
+    async def insert_batch(self, batch: BatchRecord) -> None:
+        raise NotImplementedError
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        raise NotImplementedError
+
+    async def update_batch(self, batch_id: str, changes: dict[str, Any]) -> BatchRecord | None:
+        """Apply ``changes`` (columns of ``BATCH_MUTABLE``); the updated record, None when unknown."""
+        raise NotImplementedError
+
+    async def list_batches(self, *, key_id: str | None, limit: int, after_id: str | None = None,
+                           before_id: str | None = None) -> tuple[list[BatchRecord], bool]:
+        """Newest first (ids sort by creation time), one key's or every key's (``key_id`` None);
+        ``after_id`` pages to older batches, ``before_id`` to newer. Returns (page, has_more)."""
+        raise NotImplementedError
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        raise NotImplementedError
+
+    async def unsettled_batches(self, limit: int = 1000) -> list[BatchRecord]:
+        """Batches whose items are not metered yet (every status), oldest poll first."""
+        raise NotImplementedError
+
+    async def claim_batch(self, batch_id: str, owner: str, until: float, now: float) -> bool:
+        """Take the batch's lease for ``owner`` until ``until`` when it is free (expired) or already
+        ``owner``'s: the one replica that polls and settles it meanwhile."""
+        raise NotImplementedError
+
+    async def settle_batch(self, batch_id: str, *, tokens: int, micro: int, items: int) -> bool:
+        """Mark the batch settled with its real totals; True only for the call that flipped it."""
+        raise NotImplementedError
+
+    async def batch_holds(self, key_id: str) -> tuple[int, int]:
+        """(tokens, micro-USD) held against the key's budget by its unsettled batches."""
+        return 0, 0  # a store that keeps no batches holds nothing

@@ -22,7 +22,7 @@ from ethereal.keys import KeyRecord
 from ethereal.storage.records import SUMS, hour_ranges
 from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
 from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
-from ethereal.storage.records import CREDENTIAL_COLUMNS, StoredCredential
+from ethereal.storage.records import BATCH_COLUMNS, BATCH_MUTABLE, CREDENTIAL_COLUMNS, BatchRecord, StoredCredential
 
 # pg_advisory_lock key for migrations: a fixed 64-bit number ("ethereal" in ASCII).
 MIGRATION_LOCK_ID = 0x657468657265616C
@@ -295,3 +295,81 @@ class PostgresStore(Store):
     async def delete_credential(self, name: str) -> bool:
         status = await self.pool.execute("DELETE FROM upstream_credentials WHERE name = $1", name)
         return status.endswith(" 1")
+
+    # message batches
+    @staticmethod
+    def _batch(row: asyncpg.Record) -> BatchRecord:
+        return BatchRecord(**dict(row))
+
+    async def insert_batch(self, batch: BatchRecord) -> None:
+        marks = ", ".join(f"${i + 1}" for i in range(len(BATCH_COLUMNS)))
+        await self.pool.execute(f"INSERT INTO message_batches ({', '.join(BATCH_COLUMNS)}) VALUES ({marks})",
+                                *(getattr(batch, c) for c in BATCH_COLUMNS))
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM message_batches WHERE id = $1", batch_id)
+        return self._batch(row) if row else None
+
+    async def update_batch(self, batch_id: str, changes: dict[str, Any]) -> BatchRecord | None:
+        unknown = set(changes) - BATCH_MUTABLE
+        if unknown:
+            raise ValueError(f"cannot update batch fields: {sorted(unknown)}")
+        changes = {**changes, "updated_at": time.time()}
+        columns = list(changes)
+        sets = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(columns))
+        row = await self.pool.fetchrow(
+            f"UPDATE message_batches SET {sets} WHERE id = ${len(columns) + 1} RETURNING *",
+            *(changes[c] for c in columns), batch_id)
+        return self._batch(row) if row else None
+
+    async def list_batches(self, *, key_id: str | None, limit: int, after_id: str | None = None,
+                           before_id: str | None = None) -> tuple[list[BatchRecord], bool]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if key_id is not None:
+            params.append(key_id)
+            clauses.append(f"key_id = ${len(params)}")
+        order = "DESC"
+        if after_id is not None:
+            params.append(after_id)
+            clauses.append(f"id < ${len(params)}")
+        elif before_id is not None:
+            params.append(before_id)
+            clauses.append(f"id > ${len(params)}")
+            order = "ASC"
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit + 1)
+        rows = [self._batch(r) for r in await self.pool.fetch(
+            f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ${len(params)}", *params)]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if order == "ASC":
+            rows.reverse()
+        return rows, more
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        status = await self.pool.execute("DELETE FROM message_batches WHERE id = $1", batch_id)
+        return status.endswith(" 1")
+
+    async def unsettled_batches(self, limit: int = 1000) -> list[BatchRecord]:
+        rows = await self.pool.fetch("SELECT * FROM message_batches WHERE NOT settled ORDER BY polled_at LIMIT $1",
+                                     limit)
+        return [self._batch(r) for r in rows]
+
+    async def claim_batch(self, batch_id: str, owner: str, until: float, now: float) -> bool:
+        status = await self.pool.execute(
+            "UPDATE message_batches SET lease_owner = $1, lease_until = $2 WHERE id = $3"
+            " AND (lease_owner IS NULL OR lease_until < $4 OR lease_owner = $1)", owner, until, batch_id, now)
+        return status.endswith(" 1")
+
+    async def settle_batch(self, batch_id: str, *, tokens: int, micro: int, items: int) -> bool:
+        status = await self.pool.execute(
+            "UPDATE message_batches SET settled = TRUE, settled_tokens = $1, settled_micro = $2, metered_items = $3,"
+            " updated_at = $4 WHERE id = $5 AND NOT settled", tokens, micro, items, time.time(), batch_id)
+        return status.endswith(" 1")
+
+    async def batch_holds(self, key_id: str) -> tuple[int, int]:
+        row = await self.pool.fetchrow(
+            "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
+            " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id)
+        return int(row["t"]), int(row["m"])

@@ -56,6 +56,7 @@ class UsageRecord:
     upstream_request_id: str | None = None
     error_type: str | None = None
     web_search_requests: int = 0  # server-side web searches, billed per use
+    batch: bool = False  # a Message Batches item, billed at the batch price (batches/)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +83,7 @@ class UsageRecord:
             "route": self.route,
             "status": self.status,
             "stream": self.stream,
+            "batch": self.batch,
             "error_type": self.error_type,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -138,3 +140,52 @@ def hour_ranges(since: float | None, until: float | None) -> tuple[
     if until is not None and hi is not None and hi < until:
         raw.append((hi, until))
     return (lo, hi), raw
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """A Message Batch as the gateway keeps it (``message_batches``, migration 0004).
+
+    ``id`` is the gateway's own (what the client sees); ``upstream_id`` the upstream's, on
+    ``credential``. ``held_*`` is what was charged against the key's budget at create (0 when
+    the key has no budget), released when the batch is ``settled`` (its items metered, one
+    usage row each, at ``settled_*``). ``status``: ``creating`` (upstream call in flight),
+    ``in_progress``, ``canceling``, ``ended``.
+    """
+
+    id: str
+    key_id: str | None
+    credential: str
+    status: str
+    request_count: int
+    upstream_id: str | None = None
+    processing: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    expired: int = 0
+    created_at: float = field(default_factory=time.time)
+    expires_at: float = 0.0
+    ended_at: float | None = None
+    cancel_initiated_at: float | None = None
+    archived_at: float | None = None
+    estimated_tokens: int = 0
+    estimated_micro: int = 0
+    held_tokens: int = 0
+    held_micro: int = 0
+    settled: bool = False
+    settled_tokens: int = 0
+    settled_micro: int = 0
+    metered_items: int = 0
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+    polled_at: float = 0.0
+    poll_failures: int = 0
+    last_error: str | None = None
+    updated_at: float = field(default_factory=time.time)
+
+
+BATCH_COLUMNS: tuple[str, ...] = tuple(BatchRecord.__dataclass_fields__)  # type: ignore[attr-defined]
+# what update_batch may change (the identity and owner never move; the credential only while
+# the batch is being created, when a failover sends it to another one)
+BATCH_MUTABLE = frozenset(BATCH_COLUMNS) - {"id", "key_id", "created_at", "request_count"}

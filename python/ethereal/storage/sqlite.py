@@ -19,7 +19,7 @@ import orjson
 from ethereal.keys import KeyRecord
 from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
 from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
-from ethereal.storage.records import CREDENTIAL_COLUMNS, StoredCredential
+from ethereal.storage.records import BATCH_COLUMNS, BATCH_MUTABLE, CREDENTIAL_COLUMNS, BatchRecord, StoredCredential
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ def _key_from_row(row: sqlite3.Row) -> KeyRecord:
 
 def _usage_from_row(row: sqlite3.Row) -> UsageRecord:
     data = dict(row)
-    for flag in ("stream", "exact", "cache_ttl_assumed"):
+    for flag in ("stream", "exact", "cache_ttl_assumed", "batch"):
         data[flag] = bool(data[flag])
     return UsageRecord(**data)
 
@@ -345,5 +345,109 @@ class SQLiteStore(Store):
     async def delete_credential(self, name: str) -> bool:
         def go() -> bool:
             return self.conn.execute("DELETE FROM upstream_credentials WHERE name = ?", (name,)).rowcount > 0
+
+        return await self._run(go)
+
+    # message batches
+    @staticmethod
+    def _batch(row: sqlite3.Row) -> BatchRecord:
+        data = dict(row)
+        data["settled"] = bool(data["settled"])
+        return BatchRecord(**data)
+
+    async def insert_batch(self, batch: BatchRecord) -> None:
+        values = [int(v) if isinstance(v, bool) else v for v in (getattr(batch, c) for c in BATCH_COLUMNS)]
+        sql = f"INSERT INTO message_batches ({','.join(BATCH_COLUMNS)}) VALUES ({','.join('?' * len(BATCH_COLUMNS))})"
+        await self._run(lambda: self.conn.execute(sql, values))
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        def go() -> BatchRecord | None:
+            row = self.conn.execute("SELECT * FROM message_batches WHERE id = ?", (batch_id,)).fetchone()
+            return self._batch(row) if row else None
+
+        return await self._run(go)
+
+    async def update_batch(self, batch_id: str, changes: dict[str, Any]) -> BatchRecord | None:
+        unknown = set(changes) - BATCH_MUTABLE
+        if unknown:
+            raise ValueError(f"cannot update batch fields: {sorted(unknown)}")
+        changes = {**changes, "updated_at": time.time()}
+        sets = ", ".join(f"{c} = ?" for c in changes)
+        values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+
+        def go() -> BatchRecord | None:
+            self.conn.execute(f"UPDATE message_batches SET {sets} WHERE id = ?", (*values, batch_id))
+            row = self.conn.execute("SELECT * FROM message_batches WHERE id = ?", (batch_id,)).fetchone()
+            return self._batch(row) if row else None
+
+        return await self._run(go)
+
+    async def list_batches(self, *, key_id: str | None, limit: int, after_id: str | None = None,
+                           before_id: str | None = None) -> tuple[list[BatchRecord], bool]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if key_id is not None:
+            clauses.append("key_id = ?")
+            params.append(key_id)
+        order = "DESC"
+        if after_id is not None:
+            clauses.append("id < ?")
+            params.append(after_id)
+        elif before_id is not None:
+            clauses.append("id > ?")
+            params.append(before_id)
+            order = "ASC"
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ?"
+        params.append(limit + 1)
+
+        def go() -> tuple[list[BatchRecord], bool]:
+            rows = [self._batch(r) for r in self.conn.execute(sql, params).fetchall()]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            if order == "ASC":
+                rows.reverse()
+            return rows, more
+
+        return await self._run(go)
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        def go() -> bool:
+            return self.conn.execute("DELETE FROM message_batches WHERE id = ?", (batch_id,)).rowcount > 0
+
+        return await self._run(go)
+
+    async def unsettled_batches(self, limit: int = 1000) -> list[BatchRecord]:
+        def go() -> list[BatchRecord]:
+            rows = self.conn.execute("SELECT * FROM message_batches WHERE settled = 0 ORDER BY polled_at LIMIT ?",
+                                     (limit,)).fetchall()
+            return [self._batch(r) for r in rows]
+
+        return await self._run(go)
+
+    async def claim_batch(self, batch_id: str, owner: str, until: float, now: float) -> bool:
+        def go() -> bool:
+            cur = self.conn.execute(
+                "UPDATE message_batches SET lease_owner = ?, lease_until = ? WHERE id = ?"
+                " AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)",
+                (owner, until, batch_id, now, owner))
+            return cur.rowcount > 0
+
+        return await self._run(go)
+
+    async def settle_batch(self, batch_id: str, *, tokens: int, micro: int, items: int) -> bool:
+        def go() -> bool:
+            cur = self.conn.execute(
+                "UPDATE message_batches SET settled = 1, settled_tokens = ?, settled_micro = ?, metered_items = ?,"
+                " updated_at = ? WHERE id = ? AND settled = 0", (tokens, micro, items, time.time(), batch_id))
+            return cur.rowcount > 0
+
+        return await self._run(go)
+
+    async def batch_holds(self, key_id: str) -> tuple[int, int]:
+        def go() -> tuple[int, int]:
+            row = self.conn.execute("SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"
+                                    " FROM message_batches WHERE key_id = ? AND settled = 0", (key_id,)).fetchone()
+            return int(row[0]), int(row[1])
 
         return await self._run(go)
