@@ -126,10 +126,15 @@ def serve_forever(settings: Settings) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from ethereal.app import Ethereal
+    from ethereal.server import ConnectionLimits, protocol_class
 
+    # httptools behind a protocol that caps header size/count, times out slow clients and
+    # bounds open connections per worker (server.py)
+    limits = ConnectionLimits.from_settings(settings)
     config = uvicorn.Config(Ethereal(settings), host=settings.host, port=settings.port, workers=settings.workers,
-                            loop="uvloop", http="httptools", log_level="warning", access_log=False, backlog=2048,
-                            lifespan="on")
+                            loop="uvloop", http=protocol_class(limits), log_level="warning", access_log=False,
+                            backlog=2048, lifespan="on",
+                            timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works
     server = uvicorn.Server(config)
     if settings.workers > 1:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
