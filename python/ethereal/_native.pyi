@@ -136,7 +136,8 @@ class ChatTranslator:
 def estimate_tokens(body: bytes) -> int:
     """Estimated input tokens of a raw Messages request body.
 
-    Raises ``ValueError`` when the body is not a JSON object.
+    Raises ``ValueError`` when the body is not a JSON object or is nested deeper than
+    ``MAX_JSON_DEPTH``.
     """
 
 def estimate_text_tokens(text: str) -> int:
@@ -144,3 +145,12 @@ def estimate_text_tokens(text: str) -> int:
 
 def parse_sse(data: bytes) -> list[tuple[str, str]]:
     """Decode a whole SSE stream into ``(event, data)`` pairs (for tests)."""
+
+MAX_JSON_DEPTH: int
+"""The deepest nesting the gateway accepts (orjson's own limit)."""
+
+def json_shape(body: bytes) -> tuple[int, str | None]:
+    """``(max_depth, first duplicate top-level key or None)`` in one iterative pass.
+
+    Raises ``ValueError`` when brackets or strings do not balance.
+    """

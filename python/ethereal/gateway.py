@@ -51,7 +51,7 @@ class Gateway:
             undo.push_async_callback(client.close)
             store = await open_store(settings.storage_url)
             undo.push_async_callback(store.close)
-            auth = Authenticator(store, ttl=settings.key_cache_ttl)
+            auth = Authenticator(store, ttl=settings.key_cache_ttl, stale_max=settings.key_cache_stale_max)
             # RedisLimiter with ETHEREAL_REDIS_URL (shared by replicas), else the in-process LocalLimiter;
             # key changes published by another replica's admin API drop the key from this cache at once
             limiter = build_limiter(settings, store)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from ethereal.api.common import read_body
 from ethereal.catalog import Model
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
+from ethereal.guards import check_body_shape, check_model_name, estimate_input_tokens, splice_top_level
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
 from ethereal.metering.pricing import cost_micro, price_model
@@ -58,7 +58,6 @@ log = logging.getLogger("ethereal.pipeline")
 # scope key under which the ASGI entry keeps the cleanups of the current request
 CLEANUP_SCOPE_KEY = "ethereal.cleanup"
 
-MAX_MODEL_NAME = 256  # longer names are refused before any lookup (they are never a real model)
 
 # Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
 # HTTP client sets itself.
@@ -204,44 +203,15 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise invalid_request(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise invalid_request("request body must be a JSON object")
+    check_body_shape(body)  # a repeated top-level key: 400 (guards.py)
     return data
 
 
-def check_model_name(model: Any) -> str:
-    if not isinstance(model, str) or not model:
-        raise invalid_request("model: Field required" if model is None else "model: must be a non-empty string",
-                              param="model")
-    if len(model) > MAX_MODEL_NAME:
-        raise invalid_request(f"model: must be at most {MAX_MODEL_NAME} characters", param="model")
-    return model
-
-
-_MODEL_KEY = re.compile(rb'"model"\s*:\s*')
-
-
 def splice_model(body: bytes, data: dict[str, Any], new_model: str) -> bytes:
-    """Replace the top-level ``model`` value in the raw bytes, keeping every other byte.
-
-    Candidates are checked by re-parsing: the splice is accepted only when the
-    result is the same document with just the model changed. When no candidate
-    passes (a pathological body), the body is re-serialised instead.
-    """
-    old = orjson.dumps(data["model"])
-    new = orjson.dumps(new_model)
-    for match in _MODEL_KEY.finditer(body):
-        start = match.end()
-        if body[start:start + len(old)] != old:
-            continue
-        candidate = body[:start] + new + body[start + len(old):]
-        try:
-            parsed = orjson.loads(candidate)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(parsed, dict) and parsed.get("model") == new_model:
-            parsed["model"] = data["model"]
-            if parsed == data:
-                return candidate
-    return orjson.dumps({**data, "model": new_model})
+    """Replace the top-level ``model`` value in the raw bytes, keeping every other byte
+    (located by one native pass: no re-parse, no recursion, any depth; guards.py)."""
+    spliced = splice_top_level(body, "model", orjson.dumps(new_model))
+    return spliced if spliced is not None else orjson.dumps({**data, "model": new_model})
 
 
 def _retry_after(resp: UpstreamResponse) -> float | None:
@@ -386,7 +356,7 @@ class Pipeline:
         call.admission = await limiter.admit(
             call.key,
             model=call.model_name,
-            input_tokens=_native.estimate_tokens(out.body),
+            input_tokens=estimate_input_tokens(out.body),  # an unreadable body is a 400 (guards.py)
             max_tokens=min(out.max_tokens, self.settings.output_allowance_cap),
             price_in=model.input_price if model else 0.0,
             price_out=model.output_price if model else 0.0,

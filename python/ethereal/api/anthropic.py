@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from ethereal import _native
 from ethereal.admin.auth import is_admin
 from ethereal.api.common import (
     JSON,
@@ -21,7 +20,8 @@ from ethereal.api.common import (
 )
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
-from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, check_model_name, response_headers, splice_model
+from ethereal.guards import check_model_name, estimate_input_tokens
+from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, response_headers, splice_model
 from ethereal.upstream.affinity import cache_affinity
 from ethereal.usage import Usage
 
@@ -130,7 +130,7 @@ class CountTokens(Messages):
             return None  # the client's own error (400, 404, ...): answered as the upstream gave it
         headers = response_headers(call)
         headers.append((b"ethereal-estimated", b"true"))
-        return json_response(200, orjson.dumps({"input_tokens": _native.estimate_tokens(out.body)}), headers)
+        return json_response(200, orjson.dumps({"input_tokens": estimate_input_tokens(out.body)}), headers)
 
 
 def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:

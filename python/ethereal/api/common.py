@@ -9,6 +9,7 @@ from blacksheep import Content, Request, Response
 
 from ethereal import ids
 from ethereal.errors import GatewayError, anthropic_error_body, openai_error_body
+from ethereal.guards import clip
 
 log = logging.getLogger("ethereal.api")
 
@@ -87,7 +88,8 @@ def anthropic_route(handler: Handler) -> Callable[[Request], Awaitable[Response]
         except GatewayError as exc:
             return anthropic_error(exc, request_id)
         except Exception:  # noqa: BLE001 - never leak a traceback to the client
-            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            log.exception("unhandled error in %s %s", clip(request.method, 16),
+                          clip(request.url.path.decode("latin-1")))
             return anthropic_error(GatewayError(500, "internal error in the gateway"), request_id)
 
     route.__name__ = handler.__name__
@@ -104,7 +106,8 @@ def openai_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         except GatewayError as exc:
             return openai_error(exc, request_id)
         except Exception:  # noqa: BLE001
-            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            log.exception("unhandled error in %s %s", clip(request.method, 16),
+                          clip(request.url.path.decode("latin-1")))
             return openai_error(GatewayError(500, "internal error in the gateway"), request_id)
 
     route.__name__ = handler.__name__

@@ -7,7 +7,7 @@
 mod usage;
 mod chat;
 
-use ethereal_core::{sse, tap, tokens};
+use ethereal_core::{shape, sse, tap, tokens};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -89,6 +89,20 @@ fn estimate_text_tokens(text: &str) -> u64 {
     tokens::estimate_text_tokens(text)
 }
 
+/// `(max_depth, duplicate_top_level_key)` of a JSON document, or `ValueError`
+/// when its brackets or strings do not balance. One iterative pass.
+#[pyfunction]
+fn json_shape(py: Python<'_>, body: &[u8]) -> PyResult<(usize, Option<String>)> {
+    let result = if body.len() >= DETACH_BYTES {
+        py.detach(|| shape::scan(body))
+    } else {
+        shape::scan(body)
+    };
+    result
+        .map(|s| (s.max_depth, s.duplicate_key))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 /// Decode a whole SSE stream into `(event, data)` pairs (for tests).
 #[pyfunction]
 fn parse_sse(data: &[u8]) -> Vec<(String, String)> {
@@ -102,5 +116,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(estimate_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(estimate_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(parse_sse, m)?)?;
+    m.add_function(wrap_pyfunction!(json_shape, m)?)?;
+    m.add("MAX_JSON_DEPTH", shape::MAX_DEPTH)?;
     Ok(())
 }
