@@ -30,6 +30,12 @@ def extract_key(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
+def key_hash_of(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
+    """sha256 hex of the key a request carries (raw ASGI headers), for tagging its request id."""
+    key = extract_key(dict(raw_headers))
+    return hashlib.sha256(key.encode()).hexdigest() if key else None
+
+
 class Authenticator:
     """Key lookups through two bounded LRU caches.
 

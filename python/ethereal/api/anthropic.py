@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from blacksheep import Application, Content, Request, Response
 
+from ethereal import ids
 from ethereal.admin.auth import is_admin
 from ethereal.api.common import (
     JSON,
@@ -178,10 +179,11 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         key = None if is_admin(settings, headers) else await gw.auth.authenticate(headers)
         if not usage_id.startswith("req_") or len(usage_id) > 64:
             raise GatewayError(404, f"no usage record for request {usage_id[:64]!r}")
-        rec = await gw.meter.get(usage_id)
+        # an id not issued to this key: one lookup (ids from before tagging), no waiting
+        rec = await gw.meter.get(usage_id, wait=None if key is None or ids.issued_to(usage_id, key.key_hash) else 0.0)
         # a key sees only its own requests; the same 404 for "not yours" and "unknown"
         if rec is None or (key is not None and rec.key_id != key.id):
-            raise GatewayError(404, f"no usage record for request {usage_id!r}")
+            raise GatewayError(404, f"no usage record for request {usage_id[:64]!r}")
         return json_response(200, orjson.dumps(rec.to_api()), [(b"request-id", request_id.encode())])
 
     async def root(request: Request) -> Response:

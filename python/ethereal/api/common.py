@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from blacksheep import Content, Request, Response
 
 from ethereal import ids
+from ethereal.auth import key_hash_of
 from ethereal.errors import GatewayError, anthropic_error_body, openai_error_body
 from ethereal.guards import clip
 
@@ -82,7 +83,7 @@ def anthropic_route(handler: Handler) -> Callable[[Request], Awaitable[Response]
     """Gives the handler a request id and renders any failure in Anthropic's shape."""
 
     async def route(request: Request) -> Response:
-        request_id = ids.request_id()
+        request_id = ids.request_id(key_hash_of(request.scope["headers"]))  # tagged: see ids.py
         try:
             return await handler(request, request_id)
         except GatewayError as exc:
@@ -100,7 +101,7 @@ def openai_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Like ``anthropic_route`` for OpenAI-shaped routes."""
 
     async def route(request: Request) -> Response:
-        request_id = ids.request_id()
+        request_id = ids.request_id(key_hash_of(request.scope["headers"]))  # tagged: see ids.py
         try:
             return await handler(request, request_id)
         except GatewayError as exc:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import datetime, timezone
 
 import orjson
@@ -24,13 +25,23 @@ from ethereal.gateway import Gateway
 from ethereal.metering.aggregate import GROUPS, usage_totals
 
 
+# unix seconds the API accepts: 1970 to the end of year 9999 (what datetime can render)
+_MAX_UNIX = 253402300799.0
+
+
 def parse_time(name: str, raw: str | None) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         pass
+    else:
+        # nan, inf (1e400) and instants datetime cannot hold are the client's 400, not a 500
+        if not math.isfinite(value) or not 0.0 <= value <= _MAX_UNIX:
+            raise invalid_request(f"{name}: unix seconds must be between 0 and {_MAX_UNIX:.0f}, got {raw[:64]!r}",
+                                  param=name)
+        return value
     text = raw.strip().replace("Z", "+00:00").replace("z", "+00:00")
     try:
         parsed = datetime.fromisoformat(text)
@@ -39,7 +50,10 @@ def parse_time(name: str, raw: str | None) -> float | None:
                               param=name) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    value = parsed.timestamp()
+    if not 0.0 <= value <= _MAX_UNIX:
+        raise invalid_request(f"{name}: must be between 1970 and 9999, got {raw[:64]!r}", param=name)
+    return value
 
 
 def _rfc3339(ts: float | None) -> str | None:
