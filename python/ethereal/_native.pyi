@@ -149,8 +149,9 @@ def parse_sse(data: bytes) -> list[tuple[str, str]]:
 MAX_JSON_DEPTH: int
 """The deepest nesting the gateway accepts (orjson's own limit)."""
 
-def json_shape(body: bytes) -> tuple[int, str | None]:
-    """``(max_depth, first duplicate top-level key or None)`` in one iterative pass.
+def json_shape(body: bytes, locate: str | None = None) -> tuple[int, str | None, tuple[int, int] | None]:
+    """``(max_depth, first duplicate top-level key or None, span)`` in one iterative pass;
+    ``span`` is the ``(start, end)`` byte range of the top-level ``locate`` key's value.
 
     Raises ``ValueError`` when brackets or strings do not balance.
     """

@@ -32,7 +32,8 @@ def start_sim_subprocess(host: str = "127.0.0.1") -> tuple[subprocess.Popen[str]
     # the sim dies with this process even when it is SIGKILLed (lifeline.py)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ethereal.sim", "--host", host, "--port", "0"],
-        stdout=subprocess.PIPE, text=True, preexec_fn=preexec(),  # type: ignore[arg-type]
+        stdout=subprocess.PIPE, text=True,
+        preexec_fn=preexec(),  # noqa: PLW1509 - only a prctl system call between fork and exec
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30

@@ -41,13 +41,26 @@ def check_body_shape(body: bytes) -> None:
     body that already parsed as JSON; one native pass, no Python objects.
     """
     try:
-        depth, duplicate = _native.json_shape(body)
+        depth, duplicate, _ = _native.json_shape(body)
     except ValueError:
         raise invalid_request("request body is not valid JSON") from None
     if duplicate is not None:
         raise invalid_request(f"request body repeats the top-level key {clip(duplicate, 64)!r}")
     if depth > _native.MAX_JSON_DEPTH:
         raise invalid_request(f"request body is nested {depth} levels deep; at most {_native.MAX_JSON_DEPTH} are accepted")
+
+
+def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:
+    """``body`` with the top-level ``key``'s value replaced by the JSON ``value``, every other
+    byte kept; None when the body has no such key. For a body ``check_body_shape`` passed
+    (no repeated key), so the one occurrence found is the one every parser reads."""
+    try:
+        _, _, span = _native.json_shape(body, key)
+    except ValueError:
+        return None
+    if span is None:
+        return None
+    return body[:span[0]] + value + body[span[1]:]
 
 
 def estimate_input_tokens(body: bytes) -> int:

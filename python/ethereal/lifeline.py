@@ -13,28 +13,40 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask for SIGTERM when the parent exits; exit now if it already has (the race before the call)."""
+def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
     except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(parent_pid: int, prctl: Callable[..., int] | None = None) -> None:
+    """Ask for SIGTERM when the parent exits; exit now if it already has (the race before the call)."""
+    call = prctl or _prctl()
+    if call is None:
         return
+    call(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def preexec(parent_pid: int | None = None) -> object:
-    """A ``preexec_fn`` for ``subprocess.Popen`` that ties the child to this process."""
+def preexec(parent_pid: int | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen`` that ties the child to this process.
+
+    libc is resolved here, in the parent: between fork and exec the child only makes
+    the system call, taking no lock a thread of the parent might have held."""
     pid = os.getpid() if parent_pid is None else parent_pid
+    prctl = _prctl()
 
     def run() -> None:
-        die_with_parent(pid)
+        if prctl is not None:
+            die_with_parent(pid, prctl)
 
     return run

@@ -250,11 +250,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(min(idle_left, self.limits.body_idle_timeout))
 
     def _timed_out(self, message: str) -> None:
-        if self.cycle is not None and self._phase == _BODY:
-            if self.cycle.response_started:
-                self._cancel_timer()
-                self.transport.close()
-                return
+        if self.cycle is not None and self._phase == _BODY and self.cycle.response_started:
+            # the application already answered (e.g. a 401 before reading the body): just close
+            self._cancel_timer()
+            self.transport.close()
+            return
         self._refuse(_refusal(408, b"Request Timeout", "invalid_request_error", message))
 
 

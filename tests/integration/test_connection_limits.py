@@ -101,7 +101,7 @@ def status_of(reply: bytes) -> int:
 
 
 def test_many_header_fields_get_431(gw: tuple[str, str, int]) -> None:
-    base, key, _ = gw
+    base, _, _ = gw
     sock = connect(base)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-h%d: 1\r\n" % i for i in range(10_000))
                  + b"\r\n")
@@ -149,7 +149,7 @@ def test_50_mb_header_refused_early(gw: tuple[str, str, int]) -> None:
 
 
 def test_slowloris_headers_and_bodies_are_closed(gw: tuple[str, str, int]) -> None:
-    base, key, pid = gw
+    base, key, _ = gw
     heads = [connect(base) for _ in range(60)]
     for sock in heads:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")
@@ -171,7 +171,7 @@ def test_slowloris_headers_and_bodies_are_closed(gw: tuple[str, str, int]) -> No
 
 
 def test_half_open_and_idle_connections_are_bounded(gw: tuple[str, str, int]) -> None:
-    base, key, pid = gw
+    base, _, pid = gw
     socks = []
     try:
         for i in range(1100):  # requests whose headers never finish, or that never start

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from ethereal.auth import Authenticator, extract_key
 from ethereal.errors import GatewayError
 from ethereal.keys import mint

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
-
 from ethereal.secretbox import SecretBox, SecretKeyError, direct_key
 from ethereal.settings import Settings
 from ethereal.storage.records import StoredCredential

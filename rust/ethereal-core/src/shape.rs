@@ -21,6 +21,9 @@ pub struct Shape {
     pub max_depth: usize,
     /// The first key that occurs twice in the top-level object, unescaped.
     pub duplicate_key: Option<String>,
+    /// Byte range of the value of the top-level key asked for by [`scan_locate`]
+    /// (its first occurrence), whitespace excluded.
+    pub located: Option<(usize, usize)>,
 }
 
 /// The document is not well-formed enough to scan.
@@ -47,6 +50,15 @@ impl std::error::Error for ShapeError {}
 /// # Errors
 /// [`ShapeError::Malformed`] for an unterminated string or unbalanced brackets.
 pub fn scan(body: &[u8]) -> Result<Shape, ShapeError> {
+    scan_locate(body, None)
+}
+
+/// [`scan`], also finding where the value of the top-level key `locate` lies,
+/// so a caller can replace it without re-serialising the document.
+///
+/// # Errors
+/// [`ShapeError::Malformed`] for an unterminated string or unbalanced brackets.
+pub fn scan_locate(body: &[u8], locate: Option<&str>) -> Result<Shape, ShapeError> {
     // `stack` only needs to tell `{` from `[` to match the closers: one bit per
     // level, packed into bytes, so even a hostile depth costs depth/8 bytes.
     let mut kinds: Vec<u8> = Vec::new();
@@ -55,6 +67,9 @@ pub fn scan(body: &[u8]) -> Result<Shape, ShapeError> {
     let mut top_object = false; // the document's root is an object
     let mut expect_key = false; // at depth 1 of the root object, the next string is a key
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    // 0: not yet; 1: the key was read, its value follows the colon; 2: inside the value
+    let mut locating = 0u8;
+    let mut value_start = 0usize;
     let mut i = 0usize;
     while i < body.len() {
         match body[i] {
@@ -64,6 +79,12 @@ pub fn scan(body: &[u8]) -> Result<Shape, ShapeError> {
                     expect_key = false;
                     let raw = &body[i + 1..end];
                     let key = unescape_key(raw);
+                    if shape.located.is_none()
+                        && locating == 0
+                        && locate.is_some_and(|k| k.as_bytes() == key.as_slice())
+                    {
+                        locating = 1;
+                    }
                     if shape.duplicate_key.is_none() && !seen.insert(key.clone()) {
                         shape.duplicate_key = Some(String::from_utf8_lossy(&key).into_owned());
                     }
@@ -86,9 +107,23 @@ pub fn scan(body: &[u8]) -> Result<Shape, ShapeError> {
                 if depth == 0 || kind_at(&kinds, depth - 1) != (close == b'}') {
                     return Err(ShapeError::Malformed(i));
                 }
+                if depth == 1 && locating == 2 {
+                    shape.located = Some(value_span(body, value_start, i));
+                    locating = 3;
+                }
                 depth -= 1;
             }
-            b',' if depth == 1 && top_object => expect_key = true,
+            b':' if depth == 1 && locating == 1 => {
+                locating = 2;
+                value_start = i + 1;
+            }
+            b',' if depth == 1 && top_object => {
+                expect_key = true;
+                if locating == 2 {
+                    shape.located = Some(value_span(body, value_start, i));
+                    locating = 3;
+                }
+            }
             _ => {}
         }
         i += 1;
@@ -97,6 +132,18 @@ pub fn scan(body: &[u8]) -> Result<Shape, ShapeError> {
         return Err(ShapeError::Malformed(body.len()));
     }
     Ok(shape)
+}
+
+/// `[start, end)` with surrounding JSON whitespace removed.
+fn value_span(body: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
+    let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    while start < end && ws(body[start]) {
+        start += 1;
+    }
+    while end > start && ws(body[end - 1]) {
+        end -= 1;
+    }
+    (start, end)
 }
 
 fn push_kind(kinds: &mut Vec<u8>, level: usize, is_object: bool) {
@@ -168,6 +215,22 @@ mod tests {
         assert_eq!(scan(br#"{"a":[{"b":"]]]"}]}"#).map(|s| s.max_depth), Ok(3));
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(scan(deep.as_bytes()).map(|s| s.max_depth), Ok(100_000));
+    }
+
+    #[test]
+    fn locates_a_top_level_value() {
+        let at = |body: &str| {
+            scan_locate(body.as_bytes(), Some("model"))
+                .ok()
+                .and_then(|s| s.located)
+                .map(|(a, b)| body[a..b].to_string())
+        };
+        assert_eq!(at(r#"{"model":"a","x":1}"#).as_deref(), Some(r#""a""#));
+        assert_eq!(at(r#"{ "x" : {"model":"no"} , "model" : "b" }"#).as_deref(), Some(r#""b""#));
+        assert_eq!(at(r#"{"m\u006fdel": [1, {"model":2}] }"#).as_deref(), Some(r#"[1, {"model":2}]"#));
+        assert_eq!(at(r#"{"model":"a,}"}"#).as_deref(), Some(r#""a,}""#));
+        assert_eq!(at(r#"{"x":"model"}"#), None);
+        assert_eq!(at(r#"["model", 1]"#), None);
     }
 
     #[test]

@@ -89,17 +89,23 @@ fn estimate_text_tokens(text: &str) -> u64 {
     tokens::estimate_text_tokens(text)
 }
 
-/// `(max_depth, duplicate_top_level_key)` of a JSON document, or `ValueError`
-/// when its brackets or strings do not balance. One iterative pass.
+/// `(max_depth, duplicate_top_level_key, span)` of a JSON document, where
+/// `span` is the `(start, end)` byte range of the value of the top-level key
+/// `locate` (or `None`); `ValueError` when brackets or strings do not balance.
 #[pyfunction]
-fn json_shape(py: Python<'_>, body: &[u8]) -> PyResult<(usize, Option<String>)> {
+#[pyo3(signature = (body, locate=None))]
+fn json_shape(
+    py: Python<'_>,
+    body: &[u8],
+    locate: Option<&str>,
+) -> PyResult<(usize, Option<String>, Option<(usize, usize)>)> {
     let result = if body.len() >= DETACH_BYTES {
-        py.detach(|| shape::scan(body))
+        py.detach(|| shape::scan_locate(body, locate))
     } else {
-        shape::scan(body)
+        shape::scan_locate(body, locate)
     };
     result
-        .map(|s| (s.max_depth, s.duplicate_key))
+        .map(|s| (s.max_depth, s.duplicate_key, s.located))
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
