@@ -10,12 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-
 from ethereal import ids
+
 from tests.conftest import Gateway, mint_into
 from tests.integration.test_bad_input import assert_error, headers
 from tests.procs import free_port, gateway_process, wait_http
