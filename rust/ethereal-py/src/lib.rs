@@ -89,6 +89,9 @@ fn estimate_text_tokens(text: &str) -> u64 {
     tokens::estimate_text_tokens(text)
 }
 
+/// `(max_depth, duplicate_top_level_key, located value span)`.
+type ShapeTuple = (usize, Option<String>, Option<(usize, usize)>);
+
 /// `(max_depth, duplicate_top_level_key, span)` of a JSON document, where
 /// `span` is the `(start, end)` byte range of the value of the top-level key
 /// `locate` (or `None`); `ValueError` when brackets or strings do not balance.
@@ -98,7 +101,7 @@ fn json_shape(
     py: Python<'_>,
     body: &[u8],
     locate: Option<&str>,
-) -> PyResult<(usize, Option<String>, Option<(usize, usize)>)> {
+) -> PyResult<ShapeTuple> {
     let result = if body.len() >= DETACH_BYTES {
         py.detach(|| shape::scan_locate(body, locate))
     } else {
