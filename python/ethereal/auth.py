@@ -30,9 +30,9 @@ def extract_key(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
-def key_hash_of(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
-    """sha256 hex of the key a request carries (raw ASGI headers), for tagging its request id."""
-    key = extract_key(dict(raw_headers))
+def key_hash_of(headers: list[tuple[bytes, bytes]] | dict[bytes, bytes]) -> str | None:
+    """sha256 hex of the key a request carries, for tagging its request id."""
+    key = extract_key(headers if isinstance(headers, dict) else dict(headers))
     return hashlib.sha256(key.encode()).hexdigest() if key else None
 
 

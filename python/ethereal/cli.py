@@ -135,7 +135,8 @@ def serve_forever(settings: Settings) -> int:
     # httptools behind a protocol that caps header size/count, times out slow clients and
     # bounds open connections per worker (server.py)
     limits = ConnectionLimits.from_settings(settings)
-    config = uvicorn.Config(Ethereal(settings, parent_pid=os.getpid()), host=settings.host, port=settings.port, workers=settings.workers,
+    app = Ethereal(settings, parent_pid=os.getpid())
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=settings.workers,
                             loop="uvloop", http=protocol_class(limits), log_level="warning", access_log=False,
                             backlog=2048, lifespan="on",
                             timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works

@@ -40,10 +40,11 @@ from blacksheep import Request, Response, StreamedContent
 
 from ethereal import _native, ids
 from ethereal.api.common import read_body
+from ethereal.auth import key_hash_of
 from ethereal.catalog import Model
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
-from ethereal.guards import check_body_shape, check_model_name, estimate_input_tokens, splice_top_level
+from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
 from ethereal.metering.pricing import cost_micro, price_model
@@ -242,15 +243,18 @@ class Pipeline:
         return handler
 
     async def handle(self, adapter: Adapter, request: Request) -> Response:
-        call = Call(request_id=ids.request_id(), route=adapter.route)
+        headers = dict(request.scope["headers"])
+        # the id is tagged with the key's hash, so /v1/usage/{id} knows a foreign id at once (ids.py)
+        call = Call(request_id=ids.request_id(key_hash_of(headers)), route=adapter.route)
         try:
-            await self.authenticate(dict(request.scope["headers"]), call)
+            await self.authenticate(headers, call)
             async with self.recording(call):  # exactly one usage record, whatever happens below
                 return await self._serve(adapter, request, call)
         except GatewayError as exc:
             return adapter.error(exc, call.request_id)
         except Exception:  # noqa: BLE001 - never leak a traceback to the client
-            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            log.exception("unhandled error in %s %s", clip(request.method, 16),
+                          clip(request.url.path.decode("latin-1")))
             return adapter.error(GatewayError(500, "internal error in the gateway"), call.request_id)
 
     @contextlib.asynccontextmanager
