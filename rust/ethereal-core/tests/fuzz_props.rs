@@ -227,3 +227,17 @@ proptest! {
         }
     }
 }
+
+/// Found by `translator_any_bytes_any_chunking`: a backslash before a multi-byte
+/// character in a delta's text made the fast string path slice inside the character.
+#[test]
+fn backslash_before_multibyte_char_is_malformed_not_a_panic() {
+    let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\\\u{e9}b\"}}\n\n";
+    let out = translate(&[stream.as_bytes()]);
+    assert!(!out.is_empty());
+    let mut t = StreamTap::new();
+    t.feed(stream.as_bytes());
+    t.finish();
+}
