@@ -126,7 +126,8 @@ class ResponsesTranslator:
 def estimate_tokens(body: bytes) -> int:
     """Estimated input tokens of a raw Messages request body.
 
-    Raises ``ValueError`` when the body is not a JSON object.
+    Raises ``ValueError`` when the body is not a JSON object or is nested deeper than
+    ``MAX_JSON_DEPTH``.
     """
 
 def estimate_text_tokens(text: str) -> int:
@@ -134,3 +135,13 @@ def estimate_text_tokens(text: str) -> int:
 
 def parse_sse(data: bytes) -> list[tuple[str, str]]:
     """Decode a whole SSE stream into ``(event, data)`` pairs (for tests)."""
+
+MAX_JSON_DEPTH: int
+"""The deepest nesting the gateway accepts (orjson's own limit)."""
+
+def json_shape(body: bytes, locate: str | None = None) -> tuple[int, str | None, tuple[int, int] | None]:
+    """``(max_depth, first duplicate top-level key or None, span)`` in one iterative pass;
+    ``span`` is the ``(start, end)`` byte range of the top-level ``locate`` key's value.
+
+    Raises ``ValueError`` when brackets or strings do not balance.
+    """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from ethereal.api import anthropic, batches, openai, responses
 from ethereal.api.common import anthropic_error, openai_error
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
+from ethereal.lifeline import die_with_parent
 from ethereal.metering import routes as metering_routes
 from ethereal.paths import rewrite_scope
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Pipeline
@@ -63,9 +65,11 @@ def build_application(gw: Gateway) -> Application:
 class Ethereal:
     """The ASGI entry: lifespan starts and stops the gateway; HTTP goes to the BlackSheep app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, parent_pid: int | None = None) -> None:
         self.settings = settings
         self._base_path = settings.base_path  # /v1/v1 and ETHEREAL_BASE_PATH: see paths.py
+        # `ethereal serve`'s pid: a worker process it spawns dies with it (lifeline.py)
+        self.parent_pid = parent_pid
         self._gateway: Gateway | None = None
         self._app: Application | None = None
 
@@ -78,6 +82,8 @@ class Ethereal:
     async def start(self) -> None:
         # a spawned worker process starts with no logging configured (a no-op where it is)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if self.parent_pid is not None and self.parent_pid != os.getpid():
+            die_with_parent(self.parent_pid)
         gw = await Gateway.start(self.settings)
         app = build_application(gw)
         await app.start()

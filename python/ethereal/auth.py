@@ -1,7 +1,8 @@
 """Authenticates a request's key: ``x-api-key`` or ``Authorization: Bearer``.
 
 Lookups are cached in-process for a short TTL (default 1 s) so a hot key costs
-one dict lookup, and a revocation reaches every replica within that TTL.
+one dict lookup, and a revocation reaches every replica within that TTL. Both caches
+are keyed by client input (the hash of whatever key was sent), so both are bounded.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 
 from ethereal.errors import GatewayError
+from ethereal.guards import BoundedLRU
 from ethereal.keys import KeyRecord
 from ethereal.settings import Settings
 from ethereal.storage.base import Store
@@ -29,39 +32,70 @@ def extract_key(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
+def key_hash_of(headers: list[tuple[bytes, bytes]] | dict[bytes, bytes]) -> str | None:
+    """sha256 hex of the key a request carries, for tagging its request id."""
+    key = extract_key(headers if isinstance(headers, dict) else dict(headers))
+    return hashlib.sha256(key.encode()).hexdigest() if key else None
+
+
 class Authenticator:
-    def __init__(self, store: Store, ttl: float = 1.0, max_entries: int = 100_000) -> None:
+    """Key lookups through two bounded LRU caches.
+
+    Known keys and unknown ones live apart: a flood of made-up keys fills only the
+    negative cache and can never evict a real key's record. While the key store is down,
+    a key's last known record is served for at most ``stale_max`` seconds after it was
+    last read (a revocation made during the outage applies once the store is back);
+    after that, or for a key never seen, 503.
+    """
+
+    def __init__(self, store: Store, ttl: float = 1.0, max_entries: int = 100_000, *,
+                 stale_max: float = 300.0, max_unknown: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.ttl = ttl
-        self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self.stale_max = stale_max
+        self.clock = clock
+        # a record is a few hundred bytes plus its metadata: counted by its metadata's size
+        self._known: BoundedLRU[str, tuple[float, KeyRecord]] = BoundedLRU(max_entries, max_entries * 4096)
+        self._unknown: BoundedLRU[str, float] = BoundedLRU(max_unknown, max_unknown * 64)
 
     def invalidate(self, key_hash: str | None = None) -> None:
         if key_hash is None:
-            self._cache.clear()
+            self._known.clear()
+            self._unknown.clear()
         else:
-            self._cache.pop(key_hash, None)
+            self._known.pop(key_hash)
+            self._unknown.pop(key_hash)
 
     async def lookup(self, plaintext: str) -> KeyRecord | None:
         key_hash = hashlib.sha256(plaintext.encode()).hexdigest()
-        now = time.monotonic()
-        hit = self._cache.get(key_hash)
+        now = self.clock()
+        hit = self._known.get(key_hash)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
+        miss_at = self._unknown.get(key_hash) if hit is None else None
+        if miss_at is not None and now - miss_at < self.ttl:
+            return None
         try:
             record = await self.store.get_key_by_hash(key_hash)
-        except Exception as exc:  # noqa: BLE001 - the key store is down
-            if hit is not None:
+        except Exception as exc:  # the key store is down
+            if hit is not None and now - hit[0] < self.stale_max:
                 # Serve the last known answer: a database outage must not stop traffic for keys
                 # seen recently. A revocation made during the outage applies once it is back.
                 log.warning("key store unreachable (%s); using the cached key record", type(exc).__name__)
                 return hit[1]
-            log.error("key store unreachable (%s) and the key is not cached", type(exc).__name__)
+            if miss_at is not None and now - miss_at < self.stale_max:
+                return None
+            log.error("key store unreachable (%s) and the key is not cached%s", type(exc).__name__,
+                      " recently enough" if hit is not None else "")
             raise GatewayError(503, "the key store is temporarily unavailable", type="overloaded_error",
                                retry_after=2.0) from exc
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[key_hash] = (now, record)
+        if record is None:
+            self._known.pop(key_hash)
+            self._unknown.put(key_hash, now)
+        else:
+            self._unknown.pop(key_hash)
+            self._known.put(key_hash, (now, record), 512 + len(repr(record.metadata or "")))
         return record
 
     async def authenticate(self, headers: dict[bytes, bytes]) -> KeyRecord:

@@ -27,9 +27,13 @@ def _loud(lines: list[str]) -> None:
 
 def start_sim_subprocess(host: str = "127.0.0.1") -> tuple[subprocess.Popen[str], str]:
     """The simulated upstream in a child process on a free port; returns (process, base URL)."""
+    from ethereal.lifeline import preexec
+
+    # the sim dies with this process even when it is SIGKILLed (lifeline.py)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ethereal.sim", "--host", host, "--port", "0"],
         stdout=subprocess.PIPE, text=True,
+        preexec_fn=preexec(),  # noqa: PLW1509 - only a prctl system call between fork and exec
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -126,10 +130,16 @@ def serve_forever(settings: Settings) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from ethereal.app import Ethereal
+    from ethereal.server import ConnectionLimits, protocol_class
 
-    config = uvicorn.Config(Ethereal(settings), host=settings.host, port=settings.port, workers=settings.workers,
-                            loop="uvloop", http="httptools", log_level="warning", access_log=False, backlog=2048,
-                            lifespan="on")
+    # httptools behind a protocol that caps header size/count, times out slow clients and
+    # bounds open connections per worker (server.py)
+    limits = ConnectionLimits.from_settings(settings)
+    app = Ethereal(settings, parent_pid=os.getpid())
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=settings.workers,
+                            loop="uvloop", http=protocol_class(limits), log_level="warning", access_log=False,
+                            backlog=2048, lifespan="on",
+                            timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works
     server = uvicorn.Server(config)
     if settings.workers > 1:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
@@ -153,6 +163,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     applied = asyncio.run(_with_store(settings, go, migrate=False))
     where = settings.storage_url.split("@")[-1]
     print(f"{len(applied)} migration(s) applied to {where}" if applied else f"{where} is up to date")
+    if settings.secret_key:  # credentials stored before the KDF: re-encrypt them
+        from ethereal.secretbox import SecretBox, SecretKeyError
+        from ethereal.upstream.service import rewrap_credentials
+
+        async def rewrap(store: Any) -> int:
+            return await rewrap_credentials(store, SecretBox(settings.secret_key))
+
+        try:
+            count = asyncio.run(_with_store(settings, rewrap, migrate=False))
+        except SecretKeyError as exc:
+            print(f"ethereal: configuration error: {exc}", file=sys.stderr)
+            return 2
+        if count:
+            print(f"{count} upstream credential(s) re-encrypted with the scrypt-derived key")
     return 0
 
 

@@ -1,18 +1,41 @@
-"""Request ids in Anthropic's style: ``req_`` + 24 base62 characters."""
+"""Request ids in Anthropic's style: ``req_`` + 24 base62 characters.
+
+The last 4 characters tag the id with the key that made the request (a hash of the
+key's hash and the 20 random characters), so ``GET /v1/usage/{id}`` can tell at once
+that an id was not issued to the asking key, without waiting for a record that
+another worker may not have flushed yet. The tag reveals nothing about the key.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 _B62 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_RANDOM = 20
+_TAG = 4
 
 
 def _base62(raw: bytes) -> str:
     return bytes(_B62[b % 62] for b in raw).decode()
 
 
-def request_id() -> str:
-    return "req_" + _base62(os.urandom(24))
+def _tag(random_part: str, key_hash: str) -> str:
+    return _base62(hashlib.sha256(f"{key_hash}:{random_part}".encode()).digest()[:_TAG])
+
+
+def request_id(key_hash: str | None = None) -> str:
+    """A fresh id; ``key_hash`` (sha256 hex of the client's key) tags it for ``issued_to``."""
+    random_part = _base62(os.urandom(_RANDOM))
+    return f"req_{random_part}{_tag(random_part, key_hash or '')}"
+
+
+def issued_to(request_id: str, key_hash: str) -> bool:
+    """Whether ``request_id`` was issued for the key with this hash (false positives: 1 in 62**4)."""
+    if not request_id.startswith("req_") or len(request_id) != 4 + _RANDOM + _TAG:
+        return False
+    random_part = request_id[4:4 + _RANDOM]
+    return request_id[4 + _RANDOM:] == _tag(random_part, key_hash)
 
 
 def message_id() -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,9 +40,11 @@ from blacksheep import Request, Response, StreamedContent
 
 from ethereal import _native, ids
 from ethereal.api.common import read_body
+from ethereal.auth import key_hash_of
 from ethereal.catalog import Model
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
+from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
 from ethereal.metering.pricing import cost_micro, price_model
@@ -58,7 +59,6 @@ log = logging.getLogger("ethereal.pipeline")
 # scope key under which the ASGI entry keeps the cleanups of the current request
 CLEANUP_SCOPE_KEY = "ethereal.cleanup"
 
-MAX_MODEL_NAME = 256  # longer names are refused before any lookup (they are never a real model)
 
 # Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
 # HTTP client sets itself.
@@ -192,44 +192,15 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise invalid_request(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise invalid_request("request body must be a JSON object")
+    check_body_shape(body)  # a repeated top-level key: 400 (guards.py)
     return data
 
 
-def check_model_name(model: Any) -> str:
-    if not isinstance(model, str) or not model:
-        raise invalid_request("model: Field required" if model is None else "model: must be a non-empty string",
-                              param="model")
-    if len(model) > MAX_MODEL_NAME:
-        raise invalid_request(f"model: must be at most {MAX_MODEL_NAME} characters", param="model")
-    return model
-
-
-_MODEL_KEY = re.compile(rb'"model"\s*:\s*')
-
-
 def splice_model(body: bytes, data: dict[str, Any], new_model: str) -> bytes:
-    """Replace the top-level ``model`` value in the raw bytes, keeping every other byte.
-
-    Candidates are checked by re-parsing: the splice is accepted only when the
-    result is the same document with just the model changed. When no candidate
-    passes (a pathological body), the body is re-serialised instead.
-    """
-    old = orjson.dumps(data["model"])
-    new = orjson.dumps(new_model)
-    for match in _MODEL_KEY.finditer(body):
-        start = match.end()
-        if body[start:start + len(old)] != old:
-            continue
-        candidate = body[:start] + new + body[start + len(old):]
-        try:
-            parsed = orjson.loads(candidate)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(parsed, dict) and parsed.get("model") == new_model:
-            parsed["model"] = data["model"]
-            if parsed == data:
-                return candidate
-    return orjson.dumps({**data, "model": new_model})
+    """Replace the top-level ``model`` value in the raw bytes, keeping every other byte
+    (located by one native pass: no re-parse, no recursion, any depth; guards.py)."""
+    spliced = splice_top_level(body, "model", orjson.dumps(new_model))
+    return spliced if spliced is not None else orjson.dumps({**data, "model": new_model})
 
 
 class Pipeline:
@@ -249,15 +220,18 @@ class Pipeline:
         return handler
 
     async def handle(self, adapter: Adapter, request: Request) -> Response:
-        call = Call(request_id=ids.request_id(), route=adapter.route)
+        headers = dict(request.scope["headers"])
+        # the id is tagged with the key's hash, so /v1/usage/{id} knows a foreign id at once (ids.py)
+        call = Call(request_id=ids.request_id(key_hash_of(headers)), route=adapter.route)
         try:
-            await self.authenticate(dict(request.scope["headers"]), call)
+            await self.authenticate(headers, call)
             async with self.recording(call):  # exactly one usage record, whatever happens below
                 return await self._serve(adapter, request, call)
         except GatewayError as exc:
             return adapter.error(exc, call.request_id)
         except Exception:  # noqa: BLE001 - never leak a traceback to the client
-            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            log.exception("unhandled error in %s %s", clip(request.method, 16),
+                          clip(request.url.path.decode("latin-1")))
             return adapter.error(GatewayError(500, "internal error in the gateway"), call.request_id)
 
     @contextlib.asynccontextmanager
@@ -372,7 +346,7 @@ class Pipeline:
         call.admission = await limiter.admit(
             call.key,
             model=call.model_name,
-            input_tokens=_native.estimate_tokens(out.body),
+            input_tokens=estimate_input_tokens(out.body),  # an unreadable body is a 400 (guards.py)
             max_tokens=out.max_tokens,  # the whole ceiling: hard budgets assume no request outputs more
             price_in=model.input_price if model else 0.0,
             price_out=model.output_price if model else 0.0,

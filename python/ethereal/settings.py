@@ -75,6 +75,16 @@ class Settings:
     batch_max_requests: int = 100_000
     batch_max_body_bytes: int = 256 * 1024 * 1024
     public_url: str | None = None
+    # how long the last known key record is served while the key store is down (seconds)
+    key_cache_stale_max: float = 300.0
+    # client connections (per worker; see server.py and docs/security.md)
+    max_header_bytes: int = 64 * 1024
+    max_header_fields: int = 200
+    header_timeout: float = 10.0
+    body_idle_timeout: float = 30.0
+    body_min_rate: int = 1024
+    keepalive_timeout: float = 5.0
+    max_connections: int = 1024
     log_level: str = "info"
     models_file: Path | None = None
     # metering (metering/config.py has the meaning of each)
@@ -107,7 +117,8 @@ class Settings:
 _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1,
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
-               "batch_max_requests": 1, "batch_max_body_bytes": 1024}
+               "batch_max_requests": 1, "batch_max_body_bytes": 1024,
+               "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
@@ -115,7 +126,8 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "upstream_probe_interval": 0.0,
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
-                 "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05}
+                 "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
+                 "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1}
 _BOOL_FIELDS = {"limits_fail_open"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from ethereal.auth import Authenticator, extract_key
 from ethereal.errors import GatewayError
 from ethereal.keys import mint
@@ -51,3 +50,67 @@ async def test_revocation_visible_after_ttl_and_stale_cache_when_store_down(tmp_
     with pytest.raises(GatewayError) as down:
         await auth.authenticate({b"x-api-key": other.encode()})
     assert down.value.status == 503 and down.value.retry_after is not None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_stale_record_served_for_a_bounded_time_during_an_outage(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(str(tmp_path / "k.sqlite3"))
+    await store.migrate()
+    plaintext, record = mint("sk-ant-api03-", name="t")
+    await store.insert_keys([record])
+    clock = Clock()
+    auth = Authenticator(store, ttl=1.0, stale_max=300.0, clock=clock)
+    headers = {b"x-api-key": plaintext.encode()}
+    assert (await auth.authenticate(headers)).id == record.id
+    await store.close()  # the key store is now unreachable
+    clock.now += 299.0
+    assert (await auth.authenticate(headers)).id == record.id  # within the bound: last known record
+    clock.now += 2.0
+    with pytest.raises(GatewayError) as down:  # past it: the record is too old to trust
+        await auth.authenticate(headers)
+    assert down.value.status == 503 and down.value.retry_after is not None
+
+
+async def test_unknown_key_flood_cannot_evict_known_keys(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(str(tmp_path / "k.sqlite3"))
+    await store.migrate()
+    plaintext, record = mint("sk-ant-api03-", name="t")
+    await store.insert_keys([record])
+    clock = Clock()
+    auth = Authenticator(store, ttl=1.0, max_entries=50, max_unknown=100, clock=clock)
+    headers = {b"x-api-key": plaintext.encode()}
+    assert (await auth.authenticate(headers)).id == record.id
+    for i in range(2000):  # made-up keys: each one a 401, each one cached as unknown
+        with pytest.raises(GatewayError) as bad:
+            await auth.authenticate({b"x-api-key": f"sk-ant-api03-flood{i}".encode()})
+        assert bad.value.status == 401
+    assert len(auth._unknown) == 100 and len(auth._known) == 1  # both bounded
+    await store.close()  # now an outage: the known key still has its record
+    clock.now += 10.0
+    assert (await auth.authenticate(headers)).id == record.id
+    await asyncio.sleep(0)
+
+
+async def test_known_keys_cache_is_lru(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(str(tmp_path / "k.sqlite3"))
+    await store.migrate()
+    keys = [mint("sk-ant-api03-", name=f"k{i}") for i in range(4)]
+    await store.insert_keys([r for _, r in keys])
+    clock = Clock()
+    auth = Authenticator(store, ttl=100.0, max_entries=3, clock=clock)
+    for plaintext, _ in keys[:3]:
+        await auth.authenticate({b"x-api-key": plaintext.encode()})
+    await auth.authenticate({b"x-api-key": keys[0][0].encode()})  # k0 is now the most recent
+    await auth.authenticate({b"x-api-key": keys[3][0].encode()})  # evicts k1, the least recent
+    await store.close()
+    assert (await auth.authenticate({b"x-api-key": keys[0][0].encode()})).id == keys[0][1].id
+    with pytest.raises(GatewayError) as down:
+        await auth.authenticate({b"x-api-key": keys[1][0].encode()})
+    assert down.value.status == 503

@@ -64,6 +64,7 @@ from typing import Any
 import orjson
 
 from ethereal.errors import GatewayError, invalid_request
+from ethereal.guards import check_model_name
 from ethereal.usage import Usage
 
 JSON_TOOL = "json_response"
@@ -95,6 +96,7 @@ def model_name(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise invalid_request("model: you must provide a model parameter", param="model")
+    check_model_name(model)  # over 256 characters: 400 before any work on it
     return _PROVIDER.sub("", model.strip())
 
 

@@ -26,6 +26,26 @@ KEY_FIELDS = ("name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm
               "allowed_models", "expires_at", "metadata")
 
 
+_METADATA_MAX_DEPTH = 32
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (the input may be 1,024 levels deep)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _int(field: str, value: Any, minimum: int) -> int | None:
     if value is None:
         return None
@@ -126,6 +146,8 @@ def parse_key_fields(data: Any, *, catalog: Catalog, plans: Plans, allow: tuple[
                 value = {}
             if not isinstance(value, dict):
                 raise invalid_request(f"{name}: must be a JSON object", param=name)
+            if json_depth(value) > _METADATA_MAX_DEPTH:  # before orjson.dumps, whose limit is lower than loads'
+                raise invalid_request(f"{name}: nested more than {_METADATA_MAX_DEPTH} levels", param=name)
             if len(orjson.dumps(value)) > _METADATA_MAX_BYTES:
                 raise invalid_request(f"{name}: at most {_METADATA_MAX_BYTES} bytes of JSON", param=name)
             out[field] = value

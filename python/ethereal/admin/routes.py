@@ -1,6 +1,6 @@
 """The admin API for keys: mint (one or up to 500 at once), list, show, update, revoke, delete.
 
-Everything under ``/admin/api/`` answers only to ``ETHEREAL_ADMIN_KEY`` (admin/auth.py,
+Everything under ``/admin/api/`` answers only to ``ETHEREAL_ADMIN_KEY`` (auth.py,
 constant-time); errors are Anthropic-shaped. A key's plaintext appears once, in the
 mint response. A change to a key (revoke, update, delete) is dropped from this
 worker's key cache at once and published to the other replicas through Redis when

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from ethereal import _native
+from ethereal import _native, ids
 from ethereal.auth import is_admin
 from ethereal.api.common import (
     JSON,
@@ -21,7 +21,8 @@ from ethereal.api.common import (
 )
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
-from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, check_model_name, response_headers, splice_model
+from ethereal.guards import check_model_name, estimate_input_tokens
+from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, response_headers, splice_model
 from ethereal.upstream.affinity import cache_affinity
 from ethereal.usage import Usage
 
@@ -130,7 +131,7 @@ class CountTokens(Messages):
             return None  # the client's own error (400, 404, ...): answered as the upstream gave it
         headers = response_headers(call)
         headers.append((b"ethereal-estimated", b"true"))
-        return json_response(200, orjson.dumps({"input_tokens": _native.estimate_tokens(out.body)}), headers)
+        return json_response(200, orjson.dumps({"input_tokens": estimate_input_tokens(out.body)}), headers)
 
 
 def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
@@ -181,10 +182,11 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         key = None if is_admin(settings, headers) else await gw.auth.authenticate(headers)
         if not usage_id.startswith("req_") or len(usage_id) > 96:  # batch items: req_<24>_<custom_id>
             raise GatewayError(404, f"no usage record for request {usage_id[:96]!r}")
-        rec = await gw.meter.get(usage_id)
+        # an id not issued to this key: one lookup (ids from before tagging), no waiting
+        rec = await gw.meter.get(usage_id, wait=None if key is None or ids.issued_to(usage_id, key.key_hash) else 0.0)
         # a key sees only its own requests; the same 404 for "not yours" and "unknown"
         if rec is None or (key is not None and rec.key_id != key.id):
-            raise GatewayError(404, f"no usage record for request {usage_id!r}")
+            raise GatewayError(404, f"no usage record for request {usage_id[:64]!r}")
         return json_response(200, orjson.dumps(rec.to_api()), [(b"request-id", request_id.encode())])
 
     async def root(request: Request) -> Response:

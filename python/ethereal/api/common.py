@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from blacksheep import Content, Request, Response
 
 from ethereal import ids
+from ethereal.auth import key_hash_of
 from ethereal.errors import GatewayError, anthropic_error_body, openai_error_body
+from ethereal.guards import clip
 
 log = logging.getLogger("ethereal.api")
 
@@ -81,13 +83,14 @@ def anthropic_route(handler: Handler) -> Callable[[Request], Awaitable[Response]
     """Gives the handler a request id and renders any failure in Anthropic's shape."""
 
     async def route(request: Request) -> Response:
-        request_id = ids.request_id()
+        request_id = ids.request_id(key_hash_of(request.scope["headers"]))  # tagged: see ids.py
         try:
             return await handler(request, request_id)
         except GatewayError as exc:
             return anthropic_error(exc, request_id)
         except Exception:  # noqa: BLE001 - never leak a traceback to the client
-            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            log.exception("unhandled error in %s %s", clip(request.method, 16),
+                          clip(request.url.path.decode("latin-1")))
             return anthropic_error(GatewayError(500, "internal error in the gateway"), request_id)
 
     route.__name__ = handler.__name__
@@ -98,13 +101,14 @@ def openai_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Like ``anthropic_route`` for OpenAI-shaped routes."""
 
     async def route(request: Request) -> Response:
-        request_id = ids.request_id()
+        request_id = ids.request_id(key_hash_of(request.scope["headers"]))  # tagged: see ids.py
         try:
             return await handler(request, request_id)
         except GatewayError as exc:
             return openai_error(exc, request_id)
         except Exception:  # noqa: BLE001
-            log.exception("unhandled error in %s %s", request.method, request.url.path.decode("latin-1"))
+            log.exception("unhandled error in %s %s", clip(request.method, 16),
+                          clip(request.url.path.decode("latin-1")))
             return openai_error(GatewayError(500, "internal error in the gateway"), request_id)
 
     route.__name__ = handler.__name__

@@ -169,8 +169,7 @@ class BatchService:
 
         def check() -> tuple[bytes, CheckedBatch]:
             data = parse_json_body(body)
-            checked = check_batch(data, resolve=resolve, max_requests=gw.settings.batch_max_requests,
-                                  output_allowance_cap=gw.settings.output_allowance_cap)
+            checked = check_batch(data, resolve=resolve, max_requests=gw.settings.batch_max_requests)
             return splice_models(body, data, checked.aliases), checked
 
         if len(body) > OFFLOAD_BYTES:

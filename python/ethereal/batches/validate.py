@@ -48,8 +48,9 @@ def _check_params(params: Any) -> str:
 
 
 def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]], max_requests: int,
-                output_allowance_cap: int) -> CheckedBatch:
-    """Validate every item; the estimate is input (native estimate) + output allowance per item,
+                output_allowance_cap: int | None = None) -> CheckedBatch:
+    """Validate every item; the estimate is input (native estimate) + output allowance per item
+    (its whole max_tokens unless capped: hard budgets assume no item outputs more),
     priced at the batch price (half of each model's prices). ``resolve`` maps a client's model
     name to (canonical id, model) or raises as the pipeline does (403 for a model the key may
     not use); it is called once per distinct name."""
@@ -116,11 +117,11 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
             out.aliases[name] = canonical
         if model is not None:
             inp = _native.estimate_tokens(orjson.dumps(params))
-            allowance = min(max_tokens, output_allowance_cap)
+            allowance = max_tokens if output_allowance_cap is None else min(max_tokens, output_allowance_cap)
             est_tokens += inp + allowance
             est_micro += (inp * model.input_price + allowance * model.output_price) * BATCH_DISCOUNT
         else:
-            est_tokens += min(max_tokens, output_allowance_cap)
+            est_tokens += max_tokens if output_allowance_cap is None else min(max_tokens, output_allowance_cap)
     out.estimated_tokens = est_tokens
     out.estimated_micro = math.ceil(est_micro)
     return out

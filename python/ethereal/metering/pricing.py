@@ -24,6 +24,7 @@ import logging
 import re
 
 from ethereal.catalog import BATCH_DISCOUNT, CACHE_READ, CACHE_WRITE_1H, CACHE_WRITE_5M, Catalog, Model
+from ethereal.guards import BoundedLRU, clip
 from ethereal.usage import Usage
 
 log = logging.getLogger("ethereal.metering")
@@ -33,7 +34,8 @@ WEB_SEARCH_MICRO = 10_000
 
 _FAMILY = re.compile(r"(?:^|[/:.])(?:claude-)?(opus|sonnet|haiku)-(\d)(?!\d)", re.IGNORECASE)
 _OLD_FAMILY = re.compile(r"claude-(\d)(?:[-.]\d)?-(opus|sonnet|haiku)", re.IGNORECASE)
-_unknown_logged: set[str] = set()
+# names already warned about: keyed by client input, so bounded in count and bytes
+_unknown_logged: BoundedLRU[str, bool] = BoundedLRU(max_entries=1000, max_bytes=256 * 1024)
 
 
 def price_model(catalog: Catalog, name: str | None, fallback: Model | None = None) -> Model | None:
@@ -55,13 +57,13 @@ def price_model(catalog: Catalog, name: str | None, fallback: Model | None = Non
                 members = [m for m in catalog.models if m.family.startswith(tier + "-")]
             if members:
                 guess = max(members, key=lambda m: m.created_at)
-    if name not in _unknown_logged and len(_unknown_logged) < 1000:
-        _unknown_logged.add(name)
+    if name not in _unknown_logged:
+        _unknown_logged.put(name, True, len(name))
         if guess is not None:
             log.warning("model %r is not in the price table: priced like its family %s (add it with "
-                        "ETHEREAL_MODELS_FILE)", name, guess.family)
+                        "ETHEREAL_MODELS_FILE)", clip(name), guess.family)
         elif fallback is None:
-            log.warning("no price for model %r: its usage is recorded at cost 0", name)
+            log.warning("no price for model %r: its usage is recorded at cost 0", clip(name))
     return guess or fallback
 
 

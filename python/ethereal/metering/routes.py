@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+import math
+from datetime import UTC, datetime
 
 import orjson
 from blacksheep import Application, Request, Response
@@ -23,14 +24,23 @@ from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
 from ethereal.metering.aggregate import GROUPS, usage_totals
 
+# unix seconds the API accepts: 1970 to the end of year 9999 (what datetime can render)
+_MAX_UNIX = 253402300799.0
+
 
 def parse_time(name: str, raw: str | None) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         pass
+    else:
+        # nan, inf (1e400) and instants datetime cannot hold are the client's 400, not a 500
+        if not math.isfinite(value) or not 0.0 <= value <= _MAX_UNIX:
+            raise invalid_request(f"{name}: unix seconds must be between 0 and {_MAX_UNIX:.0f}, got {raw[:64]!r}",
+                                  param=name)
+        return value
     text = raw.strip().replace("Z", "+00:00").replace("z", "+00:00")
     try:
         parsed = datetime.fromisoformat(text)
@@ -38,14 +48,17 @@ def parse_time(name: str, raw: str | None) -> float | None:
         raise invalid_request(f"{name}: expected unix seconds or an RFC 3339 time, got {raw[:64]!r}",
                               param=name) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+        parsed = parsed.replace(tzinfo=UTC)
+    value = parsed.timestamp()
+    if not 0.0 <= value <= _MAX_UNIX:
+        raise invalid_request(f"{name}: must be between 1970 and 9999, got {raw[:64]!r}", param=name)
+    return value
 
 
 def _rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def register(app: Application, gw: Gateway) -> None:
@@ -64,7 +77,7 @@ def register(app: Application, gw: Gateway) -> None:
             # this worker's queue first, so a request that just ended is counted (others flush within 0.2 s)
             try:
                 await asyncio.wait_for(asyncio.shield(gw.meter.flush()), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         rows = await usage_totals(gw.store, group_by=group_by, since=since, until=until)
         totals = {name: sum(r[name] for r in rows) for name in ("requests", "cost_micro", "input_tokens",

@@ -191,10 +191,18 @@ def block_chars(b: Any) -> int:
             return sum(block_chars(x) for x in c)
         return 0
     if t == "tool_use":
-        return len(orjson.dumps(b.get("input"))) + len(str(b.get("name", "")))
+        return _json_chars(b.get("input")) + len(str(b.get("name", "")))
     if t == "image":
         return _IMAGE_CHARS
-    return len(orjson.dumps(b))
+    return _json_chars(b)
+
+
+def _json_chars(value: object) -> int:
+    """Serialised size; orjson refuses to write past 254 levels what it reads up to 1,024 deep."""
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        return len(repr(value)) if not isinstance(value, (list, dict)) else 2048
 
 
 def _units(req: dict[str, Any]) -> list[tuple[Any, int, str | None]]:

@@ -493,4 +493,27 @@ async def stored_credential_count(store: Store, settings: Settings) -> int:
             raise SecretKeyError(
                 f"upstream credential {row.name!r} cannot be decrypted with ETHEREAL_SECRET_KEY "
                 "(was the key changed?)") from None
+    rewrapped = await rewrap_credentials(store, box)
+    if rewrapped:
+        log.warning("%d upstream credential(s) re-encrypted with the scrypt-derived key", rewrapped)
     return len(rows)
+
+
+async def rewrap_credentials(store: Store, box: SecretBox) -> int:
+    """Migration: re-encrypt credentials stored before the KDF (sha256 of the secret as key).
+
+    Runs at start-up (``ethereal serve``, ``ethereal migrate``) once every stored value is
+    known to decrypt. A row changed meanwhile (its ciphertext is no longer the one read)
+    is left for the next start."""
+    count = 0
+    for row in await store.list_credentials():
+        if not SecretBox.needs_rewrap(row.api_key_enc):
+            continue
+        plaintext = box.decrypt(row.api_key_enc)
+        current = await store.get_credential(row.name)
+        if current is None or current.api_key_enc != row.api_key_enc:
+            continue
+        current.api_key_enc = box.encrypt(plaintext)
+        await store.upsert_credential(current)
+        count += 1
+    return count

@@ -3,11 +3,13 @@
 //! - [`sse`]: incremental WHATWG Server-Sent Events decoder;
 //! - [`event`]: Anthropic stream events parsed into one hub type;
 //! - [`tap`]: [`StreamTap`] / [`UsageTracker`], usage accounting over a stream;
+//! - [`shape`]: one iterative pass for nesting depth and duplicate top-level keys;
 //! - [`tokens`]: input and output token estimates without a tokenizer.
 
 pub mod event;
 pub mod openai_chat;
 pub mod responses;
+pub mod shape;
 pub mod sse;
 pub mod tap;
 pub mod tokens;

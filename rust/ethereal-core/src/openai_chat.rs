@@ -913,6 +913,11 @@ pub(crate) mod fast {
         while let Some(pos) = rest.find('\\') {
             out.push_str(&rest[..pos]);
             let esc = rest.as_bytes().get(pos + 1)?;
+            // a multi-byte character after the backslash is no escape, and slicing past
+            // one byte would split it (found by tests/fuzz_props.rs)
+            if !esc.is_ascii() {
+                return None;
+            }
             rest = &rest[pos + 2..];
             out.push(match esc {
                 b'"' => '"',

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// Weight units per token.
@@ -115,6 +116,8 @@ pub enum EstimateError {
     InvalidJson(serde_json::Error),
     /// JSON, but not an object.
     NotAnObject,
+    /// Nested deeper than [`crate::shape::MAX_DEPTH`] (the gateway refuses such bodies).
+    TooDeep(usize),
 }
 
 impl fmt::Display for EstimateError {
@@ -122,6 +125,11 @@ impl fmt::Display for EstimateError {
         match self {
             Self::InvalidJson(e) => write!(f, "request body is not valid JSON: {e}"),
             Self::NotAnObject => f.write_str("request body must be a JSON object"),
+            Self::TooDeep(depth) => write!(
+                f,
+                "request body is nested {depth} levels deep; at most {} are accepted",
+                crate::shape::MAX_DEPTH
+            ),
         }
     }
 }
@@ -130,7 +138,7 @@ impl std::error::Error for EstimateError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::InvalidJson(e) => Some(e),
-            Self::NotAnObject => None,
+            Self::NotAnObject | Self::TooDeep(_) => None,
         }
     }
 }
@@ -138,9 +146,30 @@ impl std::error::Error for EstimateError {
 /// Estimate the input tokens of a raw Messages API request body.
 ///
 /// # Errors
-/// [`EstimateError`] when the body is not a JSON object.
+/// [`EstimateError`] when the body is not a JSON object, or is nested deeper
+/// than [`crate::shape::MAX_DEPTH`].
 pub fn estimate_tokens(body: &[u8]) -> Result<u64, EstimateError> {
-    let value: Value = serde_json::from_slice(body).map_err(EstimateError::InvalidJson)?;
+    // serde_json's own limit (128) is far below what orjson accepts (1024): a body the
+    // gateway parsed must be estimable. The iterative shape scan bounds the depth first,
+    // so lifting serde_json's limit cannot let a hostile body exhaust the stack.
+    match crate::shape::scan(body) {
+        Ok(shape) if shape.max_depth > crate::shape::MAX_DEPTH => {
+            return Err(EstimateError::TooDeep(shape.max_depth));
+        }
+        Ok(_) => {}
+        // malformed: serde_json with its default depth limit says where, safely
+        Err(_) => {
+            return Err(EstimateError::InvalidJson(
+                serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                    .err()
+                    .unwrap_or_else(|| serde::de::Error::custom("unbalanced brackets")),
+            ));
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.disable_recursion_limit();
+    let value = Value::deserialize(&mut de).map_err(EstimateError::InvalidJson)?;
+    de.end().map_err(EstimateError::InvalidJson)?;
     let Value::Object(req) = value else {
         return Err(EstimateError::NotAnObject);
     };
@@ -488,6 +517,36 @@ mod tests {
         ));
         assert!(matches!(
             estimate_tokens(b"{"),
+            Err(EstimateError::InvalidJson(_))
+        ));
+    }
+
+    fn nested(depth: usize) -> Vec<u8> {
+        // the deep part sits in a tool_use input, which the estimator serialises
+        format!(
+            r#"{{"model":"m","max_tokens":1,"messages":[{{"role":"user","content":[{{"type":"tool_use","name":"t","input":{{"x":{}{}}}}}]}}]}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn any_depth_the_gateway_accepts() {
+        // run on a thread with a small stack: the estimate must fit what a worker thread has
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| estimate_tokens(&nested(crate::shape::MAX_DEPTH - 6)).ok());
+        let got = handle.ok().and_then(|h| h.join().ok()).flatten();
+        assert!(got.is_some_and(|t| t > 0));
+        assert!(matches!(
+            estimate_tokens(&nested(100_000)),
+            Err(EstimateError::TooDeep(_))
+        ));
+        // unbalanced and deep: an error, not a stack overflow
+        let open = "[".repeat(1_000_000);
+        assert!(matches!(
+            estimate_tokens(open.as_bytes()),
             Err(EstimateError::InvalidJson(_))
         ));
     }

@@ -7,7 +7,7 @@ mod chat;
 mod responses;
 mod usage;
 
-use ethereal_core::{sse, tap, tokens};
+use ethereal_core::{shape, sse, tap, tokens};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -94,6 +94,29 @@ fn estimate_text_tokens(text: &str) -> u64 {
     tokens::estimate_text_tokens(text)
 }
 
+/// `(max_depth, duplicate_top_level_key, located value span)`.
+type ShapeTuple = (usize, Option<String>, Option<(usize, usize)>);
+
+/// `(max_depth, duplicate_top_level_key, span)` of a JSON document, where
+/// `span` is the `(start, end)` byte range of the value of the top-level key
+/// `locate` (or `None`); `ValueError` when brackets or strings do not balance.
+#[pyfunction]
+#[pyo3(signature = (body, locate=None))]
+fn json_shape(
+    py: Python<'_>,
+    body: &[u8],
+    locate: Option<&str>,
+) -> PyResult<ShapeTuple> {
+    let result = if body.len() >= DETACH_BYTES {
+        py.detach(|| shape::scan_locate(body, locate))
+    } else {
+        shape::scan_locate(body, locate)
+    };
+    result
+        .map(|s| (s.max_depth, s.duplicate_key, s.located))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 /// Decode a whole SSE stream into `(event, data)` pairs (for tests).
 #[pyfunction]
 fn parse_sse(data: &[u8]) -> Vec<(String, String)> {
@@ -109,5 +132,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(estimate_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(estimate_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(parse_sse, m)?)?;
+    m.add_function(wrap_pyfunction!(json_shape, m)?)?;
+    m.add("MAX_JSON_DEPTH", shape::MAX_DEPTH)?;
     Ok(())
 }

@@ -1,0 +1,133 @@
+"""Bounds on what a client controls: request shape checks, log-safe values, bounded caches.
+
+Every check here runs before the gateway spends anything on the value (a lookup, a
+cache entry, a log line), so an attacker-chosen input costs at most its cap. The
+request path calls these as one-liners (the pipeline owns the order, not the checks).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+from ethereal import _native
+from ethereal.errors import invalid_request
+
+# Anthropic's model ids are under 40 characters; 256 leaves room for provider prefixes
+# and operator aliases while keeping a hostile name from reaching the catalog, the
+# limiter, the usage table or the log.
+MAX_MODEL_NAME = 256
+# A logged client value is cut to this many characters (the 5 MB model name that grew
+# the log by 100 MB becomes one short line).
+LOG_VALUE_CHARS = 200
+
+
+def check_model_name(name: object, *, param: str = "model") -> str:
+    """The client's model name, or 400 when it is not a usable string (before any lookup)."""
+    if not isinstance(name, str) or not name:
+        raise invalid_request(f"{param}: Field required" if name is None else f"{param}: must be a non-empty string",
+                              param=param)
+    if len(name) > MAX_MODEL_NAME:
+        raise invalid_request(f"{param}: must be at most {MAX_MODEL_NAME} characters (got {len(name)})", param=param)
+    return name
+
+
+def check_body_shape(body: bytes) -> None:
+    """400 for a body whose top-level object repeats a key, or that nests past orjson's limit.
+
+    A repeated key (``"model"`` twice) would be priced and authorised on the value the
+    gateway's parser keeps while the upstream's parser may keep the other. Call it on a
+    body that already parsed as JSON; one native pass, no Python objects.
+    """
+    try:
+        depth, duplicate, _ = _native.json_shape(body)
+    except ValueError:
+        raise invalid_request("request body is not valid JSON") from None
+    if duplicate is not None:
+        raise invalid_request(f"request body repeats the top-level key {clip(duplicate, 64)!r}")
+    if depth > _native.MAX_JSON_DEPTH:
+        raise invalid_request(f"request body is nested {depth} levels deep; at most {_native.MAX_JSON_DEPTH} are accepted")
+
+
+def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:
+    """``body`` with the top-level ``key``'s value replaced by the JSON ``value``, every other
+    byte kept; None when the body has no such key. For a body ``check_body_shape`` passed
+    (no repeated key), so the one occurrence found is the one every parser reads."""
+    try:
+        _, _, span = _native.json_shape(body, key)
+    except ValueError:
+        return None
+    if span is None:
+        return None
+    return body[:span[0]] + value + body[span[1]:]
+
+
+def estimate_input_tokens(body: bytes) -> int:
+    """The native input estimate; a body it cannot read is the client's 400, never a 500."""
+    try:
+        return _native.estimate_tokens(body)
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from None
+
+
+def clip(value: object, limit: int = LOG_VALUE_CHARS) -> str:
+    """A client-provided value made safe to log: at most ``limit`` characters, marked when cut."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[{len(text)} chars]"
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class BoundedLRU(Generic[K, V]):
+    """A least-recently-used map bounded in entries and in (caller-estimated) bytes.
+
+    For caches keyed by client input: whatever the keys, it never holds more than
+    ``max_entries`` items or ``max_bytes`` of them; the oldest go first.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: K) -> V | None:
+        found = self._items.get(key)
+        if found is None:
+            return None
+        self._items.move_to_end(key)
+        return found[0]
+
+    def put(self, key: K, value: V, size: int = 1) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        if size > self.max_bytes:
+            return  # larger than the whole cache: not cached at all
+        self._items[key] = (value, size)
+        self.bytes += size
+        while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped
+
+    def pop(self, key: K) -> V | None:
+        found = self._items.pop(key, None)
+        if found is None:
+            return None
+        self.bytes -= found[1]
+        return found[0]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0

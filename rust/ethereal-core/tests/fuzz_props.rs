@@ -1,0 +1,243 @@
+//! Property-based fuzzing with arbitrary bytes and arbitrary chunkings: the SSE
+//! decoder, the usage tap, the chat translator, the token estimator and the JSON
+//! shape scan never panic, and every streaming part gives the same result however
+//! its input is split.
+//!
+//! Cases per property: `PROPTEST_CASES` (default 256, what `make test` runs);
+//! `scripts/fuzz.sh` runs the same properties with many more cases, time-bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::OnceLock;
+
+use ethereal_core::openai_chat::{ChatOptions, ChatTranslator};
+use ethereal_core::shape::{scan, scan_locate, MAX_DEPTH};
+use ethereal_core::sse::parse_all;
+use ethereal_core::{estimate_tokens, SseDecoder, StreamTap};
+use proptest::prelude::*;
+
+fn streams() -> &'static [(String, Vec<u8>)] {
+    static STREAMS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+    STREAMS.get_or_init(common::all_streams)
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+}
+
+fn split_by<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    let mut chunks = Vec::new();
+    let mut rest = data;
+    for &n in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (head, tail) = rest.split_at(n.clamp(1, rest.len()));
+        chunks.push(head);
+        rest = tail;
+    }
+    chunks
+}
+
+/// Arbitrary bytes biased toward SSE and JSON syntax, so the parsers get past their
+/// first byte: raw noise, field names, line ends, event payload fragments.
+fn sse_noise() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..16),
+        prop::sample::select(vec![
+            &b"data: "[..], b"event: ", b"id: ", b"retry: ", b":", b"\n", b"\r", b"\r\n", b"\n\n",
+            br#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+            br#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#,
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"h\u00e9"}}"#,
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a"}}"#,
+            br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#,
+            b"message_start", b"content_block_delta", b"message_delta", b"message_stop", b"ping",
+            "\u{FEFF}".as_bytes(), "😀".as_bytes(), b"\xff\xfe", b"{", b"}", b"[", b"]", b"\"",
+        ])
+        .prop_map(<[u8]>::to_vec),
+    ];
+    prop::collection::vec(token, 0..48).prop_map(|parts| parts.concat())
+}
+
+/// A recorded stream with random bytes overwritten, inserted or removed.
+fn mutated_stream() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<prop::sample::Index>(),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 0..24),
+    )
+        .prop_map(|(pick, edits)| {
+            let mut data = streams()[pick.index(streams().len())].1.clone();
+            for (at, byte, op) in edits {
+                if data.is_empty() {
+                    break;
+                }
+                let i = at.index(data.len());
+                match op {
+                    0 => data[i] = byte,
+                    1 => data.insert(i, byte),
+                    _ => {
+                        data.remove(i);
+                    }
+                }
+            }
+            data
+        })
+}
+
+fn any_stream() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![sse_noise(), mutated_stream(), prop::collection::vec(any::<u8>(), 0..512)]
+}
+
+fn sizes() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..64, 1..16)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Tapped {
+    events: usize,
+    usage: ethereal_core::FinalUsage,
+    estimate: u64,
+    stop: Option<String>,
+}
+
+fn tap(chunks: &[&[u8]]) -> Tapped {
+    let mut t = StreamTap::new();
+    let mut events = 0;
+    for c in chunks {
+        events += t.feed(c);
+    }
+    t.finish();
+    Tapped {
+        events,
+        usage: t.usage(),
+        estimate: t.tracker().estimated_output_tokens(),
+        stop: t.tracker().stop_reason.clone(),
+    }
+}
+
+fn translate(chunks: &[&[u8]]) -> Vec<u8> {
+    let opts = ChatOptions {
+        model: "claude-sonnet-4-5".into(),
+        completion_id: "chatcmpl-x".into(),
+        created: 1_700_000_000,
+        include_usage: true,
+        ..ChatOptions::default()
+    };
+    let mut t = ChatTranslator::new(&opts);
+    let mut out = Vec::new();
+    for c in chunks {
+        t.feed(c, &mut out);
+    }
+    t.finish(&mut out);
+    out
+}
+
+/// JSON documents built from arbitrary pieces: valid ones, broken ones, deep ones.
+fn json_noise() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop::sample::select(vec![
+        "{", "}", "[", "]", ",", ":", "\"", "\\", "\"model\"", "\"mod\\u0065l\"", "\"a\"", "1", "null", " ",
+        "\"x\\\"y\"", "\"messages\"", "\"content\"", "\"type\"", "\"text\"", "\"tool_use\"", "\"input\"", "é",
+    ]);
+    prop_oneof![
+        prop::collection::vec(piece, 0..64).prop_map(|p| p.concat().into_bytes()),
+        prop::collection::vec(any::<u8>(), 0..256),
+        (0usize..3000).prop_map(|d| format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"tool_use","name":"t","input":{}1{}}}]}}]}}"#,
+            "[".repeat(d),
+            "]".repeat(d)
+        )
+        .into_bytes()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn sse_decoder_any_bytes_any_chunking(data in any_stream(), sizes in sizes()) {
+        let whole = parse_all(&data);
+        let mut decoder = SseDecoder::new();
+        let mut chunked = Vec::new();
+        for c in split_by(&data, &sizes) {
+            decoder.feed(c, |e| chunked.push((e.event.to_owned(), e.data.to_owned())));
+        }
+        let _ = decoder.finish();
+        prop_assert_eq!(whole, chunked);
+    }
+
+    #[test]
+    fn tap_any_bytes_any_chunking(data in any_stream(), sizes in sizes()) {
+        prop_assert_eq!(tap(&[&data]), tap(&split_by(&data, &sizes)));
+    }
+
+    #[test]
+    fn translator_any_bytes_any_chunking(data in any_stream(), sizes in sizes()) {
+        let whole = translate(&[&data]);
+        prop_assert_eq!(&whole, &translate(&split_by(&data, &sizes)));
+        // every frame it writes is valid JSON (or the [DONE] sentinel)
+        let text = String::from_utf8(whole).expect("translator output is UTF-8");
+        for frame in text.split("\n\n").filter(|f| !f.is_empty()) {
+            let payload = frame.strip_prefix("data: ").unwrap_or(frame);
+            if payload != "[DONE]" {
+                prop_assert!(serde_json::from_str::<serde_json::Value>(payload).is_ok(), "bad frame {:?}", frame);
+            }
+        }
+    }
+
+    #[test]
+    fn estimator_and_shape_never_panic(body in json_noise()) {
+        let estimate = estimate_tokens(&body);
+        let shape = scan(&body);
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+            // serde_json parsed it (within its depth limit of 128): the scan agrees it is balanced
+            prop_assert!(shape.is_ok());
+            if value.is_object() {
+                prop_assert!(estimate.is_ok());
+            }
+        }
+        if let Ok(s) = &shape {
+            if s.max_depth > MAX_DEPTH {
+                prop_assert!(estimate.is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn located_value_is_the_value_serde_reads(body in json_noise()) {
+        let Ok(shape) = scan_locate(&body, Some("model")) else { return Ok(()) };
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return Ok(());
+        };
+        if shape.duplicate_key.is_some() {
+            return Ok(());
+        }
+        match (shape.located, map.get("model")) {
+            (Some((a, b)), Some(expected)) => {
+                let got: serde_json::Value = serde_json::from_slice(&body[a..b]).expect("span is one value");
+                prop_assert_eq!(&got, expected);
+            }
+            (None, None) => {}
+            (got, expected) => prop_assert!(false, "located {:?}, serde {:?}", got, expected),
+        }
+    }
+}
+
+/// Found by `translator_any_bytes_any_chunking`: a backslash before a multi-byte
+/// character in a delta's text made the fast string path slice inside the character.
+#[test]
+fn backslash_before_multibyte_char_is_malformed_not_a_panic() {
+    let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\\\u{e9}b\"}}\n\n";
+    let out = translate(&[stream.as_bytes()]);
+    assert!(!out.is_empty());
+    let mut t = StreamTap::new();
+    t.feed(stream.as_bytes());
+    t.finish();
+}
