@@ -681,6 +681,11 @@ impl ChatTranslator {
         }
         if self.idle {
             while let Some((name, data, used)) = fast::frame(rest) {
+                // invalid UTF-8 goes through the decoder, which replaces it the same way
+                // whatever the chunking (found by tests/fuzz_props.rs)
+                if std::str::from_utf8(data).is_err() {
+                    break;
+                }
                 self.state.dispatch(name, data, out);
                 rest = &rest[used..];
             }

@@ -241,3 +241,23 @@ event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,
     t.feed(stream.as_bytes());
     t.finish();
 }
+
+/// Found by `translator_any_bytes_any_chunking`: an event with invalid UTF-8 was read
+/// raw by the whole-frame fast path but lossily by the decoder, so the estimate
+/// depended on where the network split the stream.
+#[test]
+fn invalid_utf8_in_an_event_is_read_the_same_however_split() {
+    let (_, recorded) = streams()
+        .iter()
+        .find(|(name, _)| name.contains("text_editor_code_execution_tool_stream"))
+        .expect("recorded stream");
+    // the two byte edits proptest shrank the failure to
+    let mut data = recorded.clone();
+    let at = data.windows(22).position(|w| w == b"ution_create_result\",\"").expect("a result block");
+    data[at + 20] = 0x80;
+    let at = data.windows(13).position(|w| w == b"\"expires_at\":").expect("an expiry");
+    data[at + 11] = 0;
+    let bytes: Vec<&[u8]> = data.chunks(1).collect();
+    assert_eq!(translate(&[&data]), translate(&bytes));
+    assert_eq!(tap(&[&data]), tap(&bytes));
+}
