@@ -118,10 +118,12 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str] | None =
             except ValueError:
                 retry_after = None
     exc = GatewayError(status, message, type=err_type, retry_after=retry_after, upstream_hints=hints)
-    if status == 429 and not any(name in (b"retry-after", b"retry-after-ms") for name, _ in hints):
-        # a 429 without a wait makes Codex CLI give up at once: add one. A 503/529 keeps exactly
-        # what the upstream sent: an added retry-after: 1 would replace the SDKs' 0.5 s first
-        # backoff and make every retry slower than calling the upstream directly.
+    if status in RETRYABLE_STATUSES and not any(name in (b"retry-after", b"retry-after-ms") for name, _ in hints):
+        # Every 429/503/529 carries a wait (a 429 without one makes Codex CLI give up at once).
+        # The SDKs read retry-after-ms first: 500 ms is their own first backoff, so a client
+        # never waits longer than it would calling the upstream directly; retry-after (whole
+        # seconds only) is for the clients that read nothing else.
+        hints.append((b"retry-after-ms", b"500"))
         hints.append((b"retry-after", b"1"))
     return exc
 
