@@ -149,3 +149,18 @@ def test_console_disabled_without_admin_key(sim_url: str, tmp_path: Path) -> Non
         # the gateway itself is unaffected
         key_page = httpx.post(url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "x"})
         assert key_page.status_code == 401
+
+
+def test_console_under_a_base_path(sim_url: str, tmp_path: Path) -> None:
+    """Mounted under ETHEREAL_BASE_PATH, every link, redirect and admin call carries the prefix."""
+    env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_BASE_PATH": "/gw"}
+    with gateway_process(tmp_path, sim_url, env=env) as url:
+        first = httpx.get(url + "/gw/dashboard", follow_redirects=False)
+        assert first.status_code == 303 and first.headers["location"] == "/gw/dashboard/login"
+        signed = httpx.post(url + "/gw/dashboard/login", data={"admin_key": ADMIN_KEY}, follow_redirects=False)
+        assert signed.status_code == 303 and signed.headers["location"] == "/gw/dashboard"
+        page = httpx.get(url + "/gw/dashboard/keys", cookies=signed.cookies)
+        assert page.status_code == 200
+        assert 'href="/gw/dashboard/static/console.css"' in page.text
+        assert 'data-mint="/gw/admin/api/keys/batch"' in page.text
+        assert httpx.get(url + "/gw/dashboard/static/console.css").status_code == 200

@@ -138,6 +138,11 @@ def register(app: Application, gw: Gateway) -> None:
     def plans() -> Plans:
         return gw.plans
 
+    # routes live at /dashboard (app.Ethereal strips ETHEREAL_BASE_PATH before routing); the
+    # links, redirects and the admin API calls the pages make carry the prefix the browser sees
+    link_base = settings.base_path + BASE
+    link_api = settings.base_path + API
+
     def ring() -> live_ring.Ring:
         obs = getattr(app, "observability", None)
         if obs is None:
@@ -156,7 +161,7 @@ def register(app: Application, gw: Gateway) -> None:
     def html(template: str, status: int = 200, *, sid: str | None = None, extra: list[tuple[bytes, bytes]]
              | None = None, **ctx: Any) -> Response:
         body = env.get_template(template).render(
-            base=BASE, api=API, nav=NAV, signed_in=sid is not None,
+            base=link_base, api=link_api, nav=NAV, signed_in=sid is not None,
             csrf=session.csrf_token(settings, sid) if sid else None, **ctx)
         return Response(status, [*_SECURITY_HEADERS, *(extra or [])], Content(b"text/html; charset=utf-8",
                                                                              body.encode()))
@@ -193,7 +198,7 @@ def register(app: Application, gw: Gateway) -> None:
                 return html("login.html", 403, title="Console disabled", enabled=False, active="")
             sid = current(request)
             if sid is None:
-                return redirect(BASE + "/login")
+                return redirect(link_base + "/login")
             try:
                 return await handler(request, sid)  # type: ignore[no-any-return]
             except GatewayError as exc:
@@ -222,7 +227,7 @@ def register(app: Application, gw: Gateway) -> None:
     # ------------------------------------------------------------------ sign-in
     async def login_page(request: Request) -> Response:
         if settings.admin_key and current(request) is not None:
-            return redirect(BASE)
+            return redirect(link_base)
         return html("login.html", 200 if settings.admin_key else 403, title="Sign in",
                     enabled=bool(settings.admin_key), active="")
 
@@ -241,7 +246,7 @@ def register(app: Application, gw: Gateway) -> None:
                         active="")
         value, lifetime = session.issue(settings)
         cookie = session.set_cookie_header(value, lifetime, session.over_tls(request.scope, headers))
-        return redirect(BASE, [(b"set-cookie", cookie)])
+        return redirect(link_base, [(b"set-cookie", cookie)])
 
     async def logout(request: Request) -> Response:
         headers = headers_of(request)
@@ -253,7 +258,7 @@ def register(app: Application, gw: Gateway) -> None:
                             active="")
             session.end(sid, settings.console_session_hours * 3600)
         cookie = session.set_cookie_header("", 0, session.over_tls(request.scope, headers))
-        return redirect(BASE + "/login", [(b"set-cookie", cookie)])
+        return redirect(link_base + "/login", [(b"set-cookie", cookie)])
 
     # ------------------------------------------------------------------ overview
     async def series_data(spans: tuple[str, ...] = ("hour", "day")) -> dict[str, Any]:
