@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup clients serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean fault-matrix
+.PHONY: help setup clients console-assets bench-console serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean fault-matrix
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -23,6 +23,9 @@ $(CLIENTS): clients/package.json clients/package-lock.json
 	touch $(CLIENTS)
 
 clients: $(CLIENTS) ## the real CLIs and Node SDKs the tests drive (Claude Code, Codex, @anthropic-ai/sdk, openai), project-local
+
+console-assets: ## copy the console's browser libraries (uPlot) from npm into dashboard/static/vendor (committed)
+	bash scripts/vendor-console-assets.sh
 
 serve: setup ## run the gateway on the embedded default (SQLite; simulated upstream if none configured)
 	$(BIN)/ethereal serve --port $(PORT)
@@ -70,6 +73,9 @@ bench: setup ## side-by-side latency/throughput benchmark (direct sim vs through
 
 bench-translate: setup ## OpenAI translations (chat, responses): Rust vs Python reference, translated routes vs native route latency
 	$(BIN)/python loadtest/bench_translate.py
+
+bench-console: setup ## console goals: overview first paint over 1M usage rows, live-view CPU, /metrics scrape time
+	$(BIN)/python loadtest/bench_console.py
 
 clean:
 	rm -rf target $(VENV) $(LITELLM_VENV) .pytest_cache

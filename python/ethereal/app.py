@@ -19,10 +19,11 @@ from typing import Any
 
 from blacksheep import Application, Request, Response, Router
 
-from ethereal import ids
+from ethereal import ids, observability
 from ethereal.admin import routes as admin_routes
 from ethereal.api import anthropic, batches, openai, responses
 from ethereal.api.common import anthropic_error, openai_error
+from ethereal.dashboard import routes as dashboard_routes
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
 from ethereal.lifeline import die_with_parent
@@ -51,6 +52,8 @@ def build_application(gw: Gateway) -> Application:
     responses.register(app, gw, pipeline)
     for module in (admin_routes, metering_routes, upstream_routes):
         module.register(app, gw)
+    observability.register(app, gw)  # /metrics, the live ring, meter/pool/limiter observers
+    dashboard_routes.register(app, gw)  # /dashboard, /estimate
 
     async def not_found(request: Request) -> Response:
         exc = GatewayError(404, f"Not Found: {request.method} {request.url.path.decode('latin-1')[:256]}")
@@ -144,6 +147,7 @@ async def _not_ready(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app() -> Ethereal:
-    """ASGI factory (``uvicorn --factory ethereal.app:create_app``): settings from the environment."""
-    return Ethereal(load_settings())
+def create_app() -> Any:
+    """ASGI factory (``uvicorn --factory ethereal.app:create_app``): settings from the environment,
+    inside the layer that counts in-flight requests and logs one line per request."""
+    return observability.wrap(Ethereal(load_settings()))

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ethereal.admin import session
 from ethereal.errors import GatewayError
 from ethereal.guards import BoundedLRU
 from ethereal.keys import KeyRecord
@@ -121,7 +122,15 @@ def is_admin(settings: Settings, headers: dict[bytes, bytes]) -> bool:
 
 
 def require_admin(settings: Settings, headers: dict[bytes, bytes]) -> None:
+    """The admin key, or the console's session cookie with its CSRF token and this site's origin
+    (admin/session.py): the console's pages call the admin API from the browser without the key."""
     if not settings.admin_key:
         raise GatewayError(403, "the admin API is disabled: set ETHEREAL_ADMIN_KEY to enable it")
-    if not is_admin(settings, headers):
+    if is_admin(settings, headers):
+        return
+    verdict = session.check(settings, "POST", headers)  # every admin API call with a cookie needs the token
+    if verdict == "csrf":
+        raise GatewayError(403, "cross-site or tokenless console request refused: it needs the page's CSRF"
+                                " token and this site's origin")
+    if verdict != "ok":
         raise GatewayError(401, "admin routes need the admin key")

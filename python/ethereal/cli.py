@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,7 +90,8 @@ def _ensure_first_key(settings: Settings) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers)
+    settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers,
+                             log_format=args.log_format, log_level=args.log_level, metrics_port=args.metrics_port)
     stored = _stored_upstreams(settings)
     if stored < 0:
         return 2
@@ -113,13 +116,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'",
             flush=True,
         )
+    metrics_dir = _metrics_dir()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        from ethereal.observability.metrics import registry_for_directory
+
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry_for_directory(metrics_dir))
+        print(f"metrics on http://{settings.host}:{settings.metrics_port}/metrics (no credentials)", flush=True)
     print(f"ethereal listening on {base} (storage: {settings.storage_url.split('@')[-1]})", flush=True)
     try:
         return serve_forever(settings)
     finally:
+        if os.path.basename(metrics_dir).startswith("ethereal-metrics-"):
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if sim_proc is not None:
             sim_proc.terminate()
             sim_proc.wait(timeout=10)
+
+
+def _metrics_dir() -> str:
+    """Where every worker writes its metric samples and live ring (prometheus multiprocess mode).
+
+    A fresh directory per ``serve`` unless ``PROMETHEUS_MULTIPROC_DIR`` names one: counts from
+    an earlier run must not add up with this one's. Spawned workers inherit the variable.
+    """
+    existing = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if existing:
+        os.makedirs(existing, exist_ok=True)
+        return existing
+    path = tempfile.mkdtemp(prefix="ethereal-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def serve_forever(settings: Settings) -> int:
@@ -129,13 +157,15 @@ def serve_forever(settings: Settings) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from ethereal import observability
     from ethereal.app import Ethereal
     from ethereal.server import ConnectionLimits, protocol_class
 
     # httptools behind a protocol that caps header size/count, times out slow clients and
     # bounds open connections per worker (server.py)
     limits = ConnectionLimits.from_settings(settings)
-    app = Ethereal(settings, parent_pid=os.getpid())
+    # the in-flight count and the request log line wrap the whole app (observability/http.py)
+    app = observability.wrap(Ethereal(settings, parent_pid=os.getpid()))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=settings.workers,
                             loop="uvloop", http=protocol_class(limits), log_level="warning", access_log=False,
                             backlog=2048, lifespan="on",
@@ -456,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
+    serve.add_argument("--log-format", dest="log_format", choices=("text", "json"),
+                       help="text (default) or json: one JSON object per line, one line per request")
+    serve.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error", "critical"))
+    serve.add_argument("--metrics-port", dest="metrics_port", type=int,
+                       help="also serve /metrics without credentials on this port (keep it private)")
 
     sub.add_parser("sim", help="run the simulated Anthropic API (see `ethereal sim --help`)", add_help=False)
     sub.add_parser("migrate", help="apply database migrations")

@@ -86,6 +86,14 @@ class Settings:
     keepalive_timeout: float = 5.0
     max_connections: int = 1024
     log_level: str = "info"
+    # observability and the console (#14): log line format, /metrics bearer token, an open
+    # metrics listener on its own port, console session lifetime, estimator requests per
+    # minute per client address
+    log_format: str = "text"
+    metrics_token: str | None = None
+    metrics_port: int | None = None
+    console_session_hours: float = 12.0
+    estimator_rpm: int = 20
     models_file: Path | None = None
     # metering (metering/config.py has the meaning of each)
     meter_batch_size: int = 1000
@@ -118,7 +126,8 @@ _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
                "batch_max_requests": 1, "batch_max_body_bytes": 1024,
-               "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1}
+               "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
+               "metrics_port": 1, "estimator_rpm": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
@@ -127,11 +136,13 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
                  "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
-                 "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1}
+                 "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1,
+                 "console_session_hours": 0.001}
 _BOOL_FIELDS = {"limits_fail_open"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
-               "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url"}
+               "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url", "log_format",
+               "metrics_token"}
 
 
 def _coerce(name: str, raw: Any, source: str) -> Any:
@@ -253,6 +264,13 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"ETHEREAL_PUBLIC_URL must be an http(s) URL, got {settings.public_url!r}")
     if settings.admin_key is not None and len(settings.admin_key) < 16:
         raise SettingsError("ETHEREAL_ADMIN_KEY must be at least 16 characters")
+    if settings.log_format not in ("text", "json"):
+        raise SettingsError(f"ETHEREAL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise SettingsError(f"ETHEREAL_LOG_LEVEL must be debug, info, warning, error or critical, got"
+                            f" {settings.log_level!r}")
+    if settings.metrics_token is not None and len(settings.metrics_token) < 16:
+        raise SettingsError("ETHEREAL_METRICS_TOKEN must be at least 16 characters")
     from ethereal.paths import normalize_base_path
 
     try:

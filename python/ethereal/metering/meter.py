@@ -88,6 +88,9 @@ class Meter:
         self._recent_size = recent_size or config.recent_size
         self._queue: deque[UsageRecord] = deque()
         self._recent: OrderedDict[str, UsageRecord] = OrderedDict()
+        # called with every record as it is queued (metrics, the console's live view, the request log);
+        # each must be cheap and synchronous: it runs on the request path
+        self.observers: list[Callable[[UsageRecord], None]] = []
         self._wake = asyncio.Event()
         self._cycle_lock = asyncio.Lock()  # one flush/spill/replay at a time (flusher, flush(), close())
         self._task: asyncio.Task[None] | None = None
@@ -176,6 +179,11 @@ class Meter:
         if len(recent) > self._recent_size:
             recent.popitem(last=False)
         self.recorded += 1
+        for observe in self.observers:
+            try:
+                observe(rec)
+            except Exception:  # noqa: BLE001 - an observer never costs a request its record
+                log.exception("usage observer failed")
         n = len(queue)
         if n >= self.batch_size and not self._wake.is_set():
             self._wake.set()

@@ -7,6 +7,7 @@ embedded default. Both run the same contract tests.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -92,6 +93,23 @@ class Store(abc.ABC):
     async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
         """Tokens and micro-USD spent so far per key."""
 
+    # the console (dashboard/): recent records, time series, last use. Not abstract: both stores
+    # implement them, and a store made for a test of something else need not.
+    async def list_usage(self, filters: UsageFilter, *, limit: int = 50,
+                         before: tuple[float, str] | None = None) -> list[UsageRecord]:
+        """Newest first; ``before`` = (started_at, request_id) of the last row of the previous page."""
+        raise NotImplementedError(f"{type(self).__name__} does not list usage records")
+
+    async def usage_series(self, *, since: float, until: float, step: int) -> list[dict[str, Any]]:
+        """``SERIES_SUMS`` per ``step``-second bucket of ``started_at`` in ``[since, until)`` (``bucket`` =
+        its start, unix seconds); buckets without traffic are absent. Hour steps read the rollup where
+        the store keeps one."""
+        raise NotImplementedError(f"{type(self).__name__} does not sum usage series")
+
+    async def last_used(self, key_ids: list[str]) -> dict[str, float]:
+        """The start time of each key's latest request (keys never used are absent)."""
+        raise NotImplementedError(f"{type(self).__name__} does not track last use")
+
     # upstream credentials (the API key arrives and leaves encrypted)
     @abc.abstractmethod
     async def upsert_credential(self, credential: StoredCredential) -> None: ...
@@ -142,3 +160,40 @@ class Store(abc.ABC):
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         """(tokens, micro-USD) held against the key's budget by its unsettled batches."""
         return 0, 0  # a store that keeps no batches holds nothing
+
+
+class UsageFilter:
+    """What the console's usage page filters records by (every field optional)."""
+
+    __slots__ = ("key_id", "model", "route", "since", "status_hi", "status_lo", "until")
+
+    def __init__(self, *, key_id: str | None = None, model: str | None = None, route: str | None = None,
+                 status_lo: int | None = None, status_hi: int | None = None, since: float | None = None,
+                 until: float | None = None) -> None:
+        self.key_id = key_id
+        self.model = model
+        self.route = route
+        self.status_lo = status_lo  # inclusive; a status class 4xx is [400, 500)
+        self.status_hi = status_hi  # exclusive
+        self.since = since
+        self.until = until
+
+    def clauses(self, mark: Callable[[Any], str]) -> list[str]:
+        """SQL conditions, each value passed through ``mark`` (which returns its placeholder)."""
+        out = []
+        for column, value in (("key_id", self.key_id), ("model", self.model), ("route", self.route)):
+            if value is not None:
+                out.append(f"{column} = {mark(value)}")
+        if self.status_lo is not None:
+            out.append(f"status >= {mark(self.status_lo)}")
+        if self.status_hi is not None:
+            out.append(f"status < {mark(self.status_hi)}")
+        if self.since is not None:
+            out.append(f"started_at >= {mark(float(self.since))}")
+        if self.until is not None:
+            out.append(f"started_at < {mark(float(self.until))}")
+        return out
+
+
+SERIES_SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h",
+               "cache_read", "cost_micro")

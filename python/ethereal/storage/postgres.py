@@ -21,7 +21,7 @@ import orjson
 from ethereal.keys import KeyRecord
 from ethereal.storage.records import SUMS, hour_ranges
 from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
-from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
+from ethereal.storage.base import KEY_MUTABLE_FIELDS, SERIES_SUMS, Store, UsageFilter, migration_files
 from ethereal.storage.records import BATCH_COLUMNS, BATCH_MUTABLE, CREDENTIAL_COLUMNS, BatchRecord, StoredCredential
 
 # pg_advisory_lock key for migrations: a fixed 64-bit number ("ethereal" in ASCII).
@@ -259,6 +259,63 @@ class PostgresStore(Store):
                 add(await conn.fetch(f"SELECT {group_by} AS grp, {_RAW_SUMS} FROM usage_records {where}"
                                      f" GROUP BY {group_by}", *params), null_as_empty=False)
         return [{group_by: group, **sums} for group, sums in totals.items()]
+
+    async def list_usage(self, filters: UsageFilter, *, limit: int = 50,
+                         before: tuple[float, str] | None = None) -> list[UsageRecord]:
+        params: list[Any] = []
+
+        def mark(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        clauses = filters.clauses(mark)
+        if before is not None:
+            clauses.append(f"(started_at, request_id) < ({mark(float(before[0]))}, {mark(before[1])})")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self.pool.fetch(f"SELECT * FROM usage_records {where} ORDER BY started_at DESC, request_id DESC"
+                                     f" LIMIT {int(limit)}", *params)
+        return [_usage_from_row(r) for r in rows]
+
+    async def usage_series(self, *, since: float, until: float, step: int) -> list[dict[str, Any]]:
+        """Hour-multiple steps read whole hours from ``usage_hourly`` (a day is 24 rollup buckets per
+        group, whatever the traffic) and the partial edge hours from the raw rows; shorter steps
+        read the raw rows of the range through the time index."""
+        step = max(1, int(step))
+        sums = ", ".join(f"SUM({c})::bigint AS {c}" for c in SERIES_SUMS if c not in ("requests", "errors"))
+        raw_sql = (f"SELECT floor(started_at / {step}) * {step} AS bucket, COUNT(*)::bigint AS requests,"
+                   f" COUNT(*) FILTER (WHERE status >= 400)::bigint AS errors, {sums}"
+                   " FROM usage_records {where} GROUP BY 1")
+        out: dict[float, dict[str, int]] = {}
+
+        def add(rows: list[Any]) -> None:
+            for row in rows:
+                acc = out.setdefault(float(row["bucket"]), dict.fromkeys(SERIES_SUMS, 0))
+                for name in SERIES_SUMS:
+                    acc[name] += int(row[name] or 0)
+
+        async with self.pool.acquire() as conn:
+            if step % 3600 == 0:
+                rollup, raw = hour_ranges(since, until)
+                if rollup is not None:
+                    where, params = _range_where("bucket", *rollup)
+                    add(await conn.fetch(
+                        f"SELECT floor(bucket / {step}) * {step} AS bucket, {_ROLLUP_SUMS}"
+                        f" FROM usage_hourly {where} GROUP BY 1", *params))
+            else:
+                raw = [(since, until)]
+            for lo, hi in raw:
+                where, params = _range_where("started_at", lo, hi)
+                add(await conn.fetch(raw_sql.format(where=where), *params))
+        return [{"bucket": bucket, **sums_} for bucket, sums_ in sorted(out.items())]
+
+    async def last_used(self, key_ids: list[str]) -> dict[str, float]:
+        if not key_ids:
+            return {}
+        # one index probe per key on (key_id, started_at), newest first
+        rows = await self.pool.fetch(
+            "SELECT k AS key_id, (SELECT started_at FROM usage_records WHERE key_id = k"
+            " ORDER BY started_at DESC LIMIT 1) AS t FROM unnest($1::text[]) AS k", list(key_ids))
+        return {r["key_id"]: float(r["t"]) for r in rows if r["t"] is not None}
 
     async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
         if not key_ids:

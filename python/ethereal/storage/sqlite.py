@@ -18,7 +18,7 @@ import orjson
 
 from ethereal.keys import KeyRecord
 from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
-from ethereal.storage.base import KEY_MUTABLE_FIELDS, Store, migration_files
+from ethereal.storage.base import KEY_MUTABLE_FIELDS, SERIES_SUMS, Store, UsageFilter, migration_files
 from ethereal.storage.records import BATCH_COLUMNS, BATCH_MUTABLE, CREDENTIAL_COLUMNS, BatchRecord, StoredCredential
 
 T = TypeVar("T")
@@ -285,6 +285,46 @@ class SQLiteStore(Store):
             return out
 
         return await self._run(go)
+
+    async def list_usage(self, filters: UsageFilter, *, limit: int = 50,
+                         before: tuple[float, str] | None = None) -> list[UsageRecord]:
+        params: list[Any] = []
+
+        def mark(value: Any) -> str:
+            params.append(value)
+            return "?"
+
+        clauses = filters.clauses(mark)
+        if before is not None:
+            clauses.append(f"(started_at < {mark(float(before[0]))} OR (started_at = {mark(float(before[0]))}"
+                           f" AND request_id < {mark(before[1])}))")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (f"SELECT * FROM usage_records {where} ORDER BY started_at DESC, request_id DESC"
+               f" LIMIT {int(limit)}")
+        return await self._run(lambda: [_usage_from_row(r) for r in self.conn.execute(sql, params).fetchall()])
+
+    async def usage_series(self, *, since: float, until: float, step: int) -> list[dict[str, Any]]:
+        step = max(1, int(step))
+        sql = (
+            f"SELECT CAST(started_at / {step} AS INTEGER) * {step} AS bucket, COUNT(*) AS requests,"
+            " SUM(status >= 400) AS errors, SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,"
+            " SUM(cache_creation_5m) AS cache_creation_5m, SUM(cache_creation_1h) AS cache_creation_1h,"
+            " SUM(cache_read) AS cache_read, SUM(cost_micro) AS cost_micro"
+            " FROM usage_records WHERE started_at >= ? AND started_at < ? GROUP BY 1 ORDER BY 1"
+        )
+
+        def go() -> list[dict[str, Any]]:
+            rows = self.conn.execute(sql, (float(since), float(until))).fetchall()
+            return [{"bucket": float(r["bucket"]), **{n: int(r[n] or 0) for n in SERIES_SUMS}} for r in rows]
+
+        return await self._run(go)
+
+    async def last_used(self, key_ids: list[str]) -> dict[str, float]:
+        if not key_ids:
+            return {}
+        marks = ",".join("?" * len(key_ids))
+        sql = f"SELECT key_id, MAX(started_at) FROM usage_records WHERE key_id IN ({marks}) GROUP BY key_id"
+        return await self._run(lambda: {r[0]: float(r[1]) for r in self.conn.execute(sql, key_ids).fetchall()})
 
     async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
         if not key_ids:

@@ -1,0 +1,1 @@
+"""The operator console (routes.py): pages, the estimator, vendored browser assets."""

@@ -1,0 +1,122 @@
+"""The estimator page's arithmetic: the native token estimate and the metering price table.
+
+The prompt becomes a Messages request body and goes through ``_native.estimate_tokens``,
+the estimate the gateway reserves budget with; each model's price comes from
+``metering.pricing.cost_micro``, the function that bills usage records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import orjson
+
+from ethereal import _native
+from ethereal.catalog import Catalog
+from ethereal.errors import GatewayError
+from ethereal.metering.pricing import cost_micro
+from ethereal.usage import Usage
+
+_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.invalid/image.png"}}
+MAX_IMAGES = 100
+MAX_OUTPUT = 1_000_000
+
+
+def _usd(micro: float) -> str:
+    return f"{micro / 1_000_000:.6f}"
+
+
+def _int_field(name: str, value: Any, maximum: int, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise GatewayError(400, f"{name}: must be a whole number") from None
+    if not 0 <= number <= maximum:
+        raise GatewayError(400, f"{name}: must be between 0 and {maximum}")
+    return number
+
+
+class Estimator:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        # an image of unknown size costs the most an image can: what the estimator charges for it
+        base = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})
+        with_image = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
+                                                                              _IMAGE]}]})
+        self.image_tokens = _native.estimate_tokens(with_image) - _native.estimate_tokens(base)
+
+    def estimate(self, form: dict[str, Any]) -> dict[str, Any]:
+        prompt = form.get("prompt")
+        system = form.get("system") or ""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise GatewayError(400, "prompt: paste the prompt to estimate")
+        if not isinstance(system, str):
+            raise GatewayError(400, "system: must be text")
+        output_tokens = _int_field("output_tokens", form.get("output_tokens"), MAX_OUTPUT, 500)
+        images = _int_field("images", form.get("images"), MAX_IMAGES, 0)
+        content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+        content.extend([_IMAGE] * images)
+        body: dict[str, Any] = {"model": "estimate", "max_tokens": max(1, output_tokens),
+                                "messages": [{"role": "user", "content": content}]}
+        if system:
+            body["system"] = system
+        input_tokens = _native.estimate_tokens(orjson.dumps(body))
+        models = []
+        for model in self.catalog.models:
+            def cost(*, input_tokens: int = 0, output_tokens: int = 0, cache_5m: int = 0, cache_1h: int = 0,
+                     cache_read: int = 0, batch: bool = False) -> int:
+                usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_5m=cache_5m,
+                              cache_1h=cache_1h, cache_read=cache_read)
+                return cost_micro(self.catalog, model, usage, batch=batch)  # noqa: B023 - used in the loop
+
+            models.append({
+                "id": model.id, "display_name": model.display_name,
+                "input_price": model.input_price, "output_price": model.output_price,
+                "input": _usd(cost(input_tokens=input_tokens)),
+                "output": _usd(cost(output_tokens=output_tokens)),
+                "total": _usd(cost(input_tokens=input_tokens, output_tokens=output_tokens)),
+                "cache_write_5m": _usd(cost(cache_5m=input_tokens, output_tokens=output_tokens)),
+                "cache_write_1h": _usd(cost(cache_1h=input_tokens, output_tokens=output_tokens)),
+                "cache_read": _usd(cost(cache_read=input_tokens, output_tokens=output_tokens)),
+                "batch": _usd(cost(input_tokens=input_tokens, output_tokens=output_tokens, batch=True)),
+                "total_micro": cost(input_tokens=input_tokens, output_tokens=output_tokens),
+            })
+        return {"input_tokens": input_tokens, "output_tokens": output_tokens, "images": images,
+                "image_tokens": self.image_tokens, "models": models}
+
+
+class RateLimiter:
+    """At most ``limit`` estimates per ``window`` seconds per client address, in this process.
+
+    Memory is bounded: at most ``max_clients`` addresses are tracked (the least recently
+    seen are forgotten first). With several workers each keeps its own count.
+    """
+
+    def __init__(self, limit: int, window: float, max_clients: int = 10_000, clock: Any = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self.clock = clock
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def take(self, client: str) -> float:
+        """0 when admitted (and counted); else the seconds until the next estimate is allowed."""
+        now = self.clock()
+        hits = self._hits.get(client)
+        if hits is None:
+            hits = deque()
+            self._hits[client] = hits
+            while len(self._hits) > self.max_clients:
+                self._hits.popitem(last=False)
+        else:
+            self._hits.move_to_end(client)
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return max(0.001, hits[0] + self.window - now)
+        hits.append(now)
+        return 0.0

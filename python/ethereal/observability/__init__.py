@@ -1,0 +1,135 @@
+"""Metrics, the live ring and the request log, attached to a gateway (``register``) and its ASGI app (``wrap``).
+
+``GET /metrics`` answers to the admin key or ``ETHEREAL_METRICS_TOKEN`` (as ``Authorization:
+Bearer``); ``ethereal serve --metrics-port`` also serves it without credentials on a port of
+its own (meant for a private network), from the supervising process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from typing import Any
+
+from blacksheep import Application, Content, Request, Response
+
+from ethereal.auth import extract_key, is_admin
+from ethereal.gateway import Gateway
+from ethereal.observability import logs
+from ethereal.observability.http import Observed, note_record
+from ethereal.observability.live import Ring
+from ethereal.observability.metrics import (
+    CONTENT_TYPE,
+    Metrics,
+    instrument_limiter,
+    instrument_pool,
+    multiproc_dir,
+)
+
+log = logging.getLogger("ethereal.observability")
+_REFRESH = 1.0
+
+
+class Observability:
+    """This worker's metrics and live ring, attached to its started gateway."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.metrics = Metrics(gw.catalog)
+        self.ring = Ring(multiproc_dir())
+        self._task: asyncio.Task[None] | None = None
+        instrument_pool(gw.pool, self.metrics)
+        instrument_limiter(gw.limiter, self.metrics)
+        gw.meter.observers.extend((self.metrics.observe, self.ring.add, note_record))
+        self.metrics.forget_dead_workers()
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="ethereal-metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def refresh(self) -> None:
+        self.metrics.meter_stats(self.gw.meter.stats())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_REFRESH)
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("metrics refresh failed")
+
+    def allowed(self, headers: dict[bytes, bytes]) -> bool:
+        settings = self.gw.settings
+        if is_admin(settings, headers):
+            return True
+        token = settings.metrics_token
+        presented = extract_key(headers)
+        return bool(token and presented and hmac.compare_digest(presented.encode(), token.encode()))
+
+
+_current: Observability | None = None  # this worker's (a server process runs one gateway)
+_settings_for_logs: Any = None
+
+
+def of(app: Application) -> Observability | None:
+    return getattr(app, "observability", None)
+
+
+def parts() -> tuple[Ring | None, Metrics | None]:
+    obs = _current
+    return (obs.ring, obs.metrics) if obs is not None else (None, None)
+
+
+def register(app: Application, gw: Gateway) -> None:
+    global _current
+    obs = Observability(gw)
+    app.observability = obs  # type: ignore[attr-defined]
+    _current = obs
+
+    async def on_start(application: Application) -> None:
+        await obs.start()
+
+    async def on_stop(application: Application) -> None:
+        await obs.stop()
+
+    app.on_start += on_start
+    app.on_stop += on_stop
+
+    async def metrics(request: Request) -> Response:
+        settings = gw.settings
+        if not obs.allowed(dict(request.scope["headers"])):
+            if not settings.admin_key and not settings.metrics_token:
+                return Response(403, None, Content(b"text/plain", b"metrics are disabled: set ETHEREAL_METRICS_TOKEN"
+                                                   b" or ETHEREAL_ADMIN_KEY, or serve them with --metrics-port\n"))
+            return Response(401, [(b"www-authenticate", b'Bearer realm="metrics"')],
+                            Content(b"text/plain", b"metrics need the admin key or ETHEREAL_METRICS_TOKEN\n"))
+        obs.refresh()
+        return Response(200, None, Content(CONTENT_TYPE.encode(), obs.metrics.render()))
+
+    app.router.add_get("/metrics", metrics)
+
+
+class _LogSetup:
+    """Applies ``--log-format``/``--log-level`` in the worker (picklable: it holds two strings)."""
+
+    def __init__(self, log_format: str, level: str) -> None:
+        self.log_format = log_format
+        self.level = level
+
+    def __call__(self) -> None:
+        logs.configure(self.log_format, self.level)
+
+
+def wrap(app: Any) -> Observed:
+    """What servers run: ``app`` (an ``app.Ethereal``) inside the in-flight/log layer."""
+    settings = getattr(app, "settings", None)
+    setup = _LogSetup(settings.log_format, settings.log_level) if settings is not None else None
+    return Observed(app, parts, setup)

@@ -1,0 +1,236 @@
+"""Prometheus metrics, correct across uvicorn workers.
+
+``ethereal serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the
+workers start; each worker then writes its samples to memory-mapped files there and
+whichever worker answers ``GET /metrics`` (or the ``--metrics-port`` listener in the
+supervising process) merges them all. Without that variable (an app built in-process)
+the samples live in this process's own registry.
+
+Label values are bounded whatever clients send: ``model`` is a catalog id or ``other``
+(a client may name any model), ``route`` and ``kind`` come from the code, ``status``
+is an HTTP status, ``credential`` names are the operator's.
+
+Where the numbers come from:
+- requests, latency, TTFB, tokens, spend: every usage record (``Meter.observers``);
+- in flight: the ASGI wrapper (observability/http.py), so refused and admin requests count too;
+- upstream attempts, failovers, failures and cooldowns: ``Pool.acquire``/``report_failure``;
+- limiter decisions and latency: ``Limiter.admit``;
+- meter queue depth, spool bytes, dropped records: ``Meter.stats()`` once a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prom_values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from ethereal.catalog import Catalog
+from ethereal.errors import GatewayError
+from ethereal.storage.records import UsageRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+ADMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_DB_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def multiproc_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+def refusal_reason(exc: GatewayError) -> str:
+    """Why the limiter refused, from the refusal it raised (limits/__init__.py ``refusal``)."""
+    if exc.status == 402:
+        return "budget"
+    if exc.status == 503:
+        return "unavailable"
+    message = exc.message
+    if "concurrent" in message:
+        return "concurrency"
+    if "requests per" in message:
+        return "requests"
+    if "tokens per" in message:
+        return "tokens"
+    return "other"
+
+
+class Metrics:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.directory = multiproc_dir()
+        if self.directory is not None and prom_values.ValueClass is prom_values.MutexValue:
+            # prometheus_client picked its value class when first imported; make sure it is the
+            # file-backed one even if something imported it before the variable was set
+            prom_values.ValueClass = prom_values.MultiProcessValue()
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter("ethereal_requests", "Requests with a usage record, by route, status and model",
+                                ("route", "status", "model"), registry=r)
+        self.latency = Histogram("ethereal_request_duration_seconds", "Time from request to last byte",
+                                 ("route",), buckets=LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram("ethereal_time_to_first_byte_seconds", "Time from request to the first upstream byte",
+                              ("route",), buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("ethereal_tokens", "Tokens by model and kind", ("model", "kind"), registry=r)
+        self.cost = Counter("ethereal_cost_micro_usd", "Spend in micro-USD by model", ("model",), registry=r)
+        self.in_flight = Gauge("ethereal_in_flight_requests", "HTTP requests being served now",
+                               registry=r, multiprocess_mode="livesum")
+        self.http = Counter("ethereal_http_responses", "Every HTTP response, by status class",
+                            ("status_class",), registry=r)
+        self.attempts = Counter("ethereal_upstream_attempts", "Requests sent to an upstream credential",
+                                ("credential",), registry=r)
+        self.failovers = Counter("ethereal_upstream_failovers", "Retries on another credential after a failure",
+                                 ("credential",), registry=r)
+        self.failures = Counter("ethereal_upstream_failures", "Upstream failures by credential and kind",
+                                ("credential", "kind"), registry=r)
+        self.cooldowns = Counter("ethereal_upstream_cooldowns", "Cooldowns started (or auth disables) by kind",
+                                 ("credential", "kind"), registry=r)
+        self.admits = Counter("ethereal_limiter_decisions", "Limiter decisions by outcome and reason",
+                              ("outcome", "reason"), registry=r)
+        self.admit_latency = Histogram("ethereal_limiter_admit_seconds", "Time to admit or refuse a request",
+                                       buckets=ADMIT_BUCKETS, registry=r)
+        self.queue_depth = Gauge("ethereal_meter_queue_depth", "Usage records waiting to be written",
+                                 registry=r, multiprocess_mode="livesum")
+        self.spool_bytes = Gauge("ethereal_meter_spool_bytes", "Bytes in the on-disk usage spool",
+                                 registry=r, multiprocess_mode="livesum")
+        self.dropped = Counter("ethereal_meter_dropped_records", "Usage records lost (spool and memory full)",
+                               registry=r)
+        self._dropped_seen = 0
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._models: dict[str | None, str] = {}
+
+    # ------------------------------------------------------------------ usage records
+    def _model(self, name: str | None) -> str:
+        label = self._models.get(name)
+        if label is None:
+            label = name if name is not None and self.catalog.get(name) is not None else "other"
+            if len(self._models) < 1000:
+                self._models[name] = label
+        return label
+
+    def _child(self, metric: Any, *labels: Any) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            self._children[key] = child
+        return child
+
+    def observe(self, rec: UsageRecord) -> None:
+        model = self._model(rec.model)
+        route = rec.route
+        self._child(self.requests, route, str(rec.status), model).inc()
+        self._child(self.latency, route).observe(rec.duration_ms / 1000.0)
+        if rec.ttfb_ms is not None:
+            self._child(self.ttfb, route).observe(rec.ttfb_ms / 1000.0)
+        for kind, value in (("input", rec.input_tokens), ("output", rec.output_tokens),
+                            ("cache_read", rec.cache_read), ("cache_write_5m", rec.cache_creation_5m),
+                            ("cache_write_1h", rec.cache_creation_1h)):
+            if value:
+                self._child(self.tokens, model, kind).inc(value)
+        if rec.cost_micro:
+            self._child(self.cost, model).inc(rec.cost_micro)
+
+    def response(self, status: int) -> None:
+        self._child(self.http, f"{status // 100}xx").inc()
+
+    # ------------------------------------------------------------------ meter
+    def meter_stats(self, stats: dict[str, Any]) -> None:
+        self.queue_depth.set(stats.get("queue_depth", 0))
+        self.spool_bytes.set(stats.get("spool_bytes", 0))
+        dropped = int(stats.get("dropped_records", 0))
+        if dropped > self._dropped_seen:
+            self.dropped.inc(dropped - self._dropped_seen)
+            self._dropped_seen = dropped
+
+    # ------------------------------------------------------------------ scrape
+    def render(self) -> bytes:
+        if self.directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.directory)
+        return generate_latest(registry)
+
+    def forget_dead_workers(self) -> None:
+        """Drop the live gauges of workers that died (in flight, queue depth) so they stop counting."""
+        if self.directory is None:
+            return
+        pids = set()
+        for path in Path(self.directory).glob("gauge_live*_*.db"):
+            match = _DB_FILE.search(path.name)
+            if match:
+                pids.add(int(match.group(1)))
+        for pid in pids:
+            if pid != os.getpid() and not _alive(pid):
+                mark_process_dead(pid, self.directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def registry_for_directory(directory: str) -> CollectorRegistry:
+    """What the ``--metrics-port`` listener serves: every worker's samples."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+# ---------------------------------------------------------------------- instrumentation
+def instrument_pool(pool: Any, metrics: Metrics) -> None:
+    """Count attempts, failovers, failures and cooldowns where the pool decides them."""
+    acquire = pool.acquire
+    report_failure = pool.report_failure
+
+    async def observed_acquire(model: str | None, affinity: bytes | None = None, exclude: Iterable[str] = (),
+                               *, count_rpm: bool = True) -> Any:
+        cred = await acquire(model, affinity, exclude, count_rpm=count_rpm)
+        if cred is not None:
+            metrics._child(metrics.attempts, cred.name).inc()
+            if exclude:
+                metrics._child(metrics.failovers, cred.name).inc()
+        return cred
+
+    async def observed_failure(cred: Any, kind: str, retry_after: float | None = None,
+                               detail: str | None = None) -> None:
+        was_cooling = cred.cooling(time.monotonic())
+        was_enabled = cred.enabled
+        await report_failure(cred, kind, retry_after, detail)
+        metrics._child(metrics.failures, cred.name, str(kind)).inc()
+        if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic())):
+            metrics._child(metrics.cooldowns, cred.name, str(kind)).inc()
+
+    pool.acquire = observed_acquire
+    pool.report_failure = observed_failure
+
+
+def instrument_limiter(limiter: Any, metrics: Metrics) -> None:
+    admit: Callable[..., Awaitable[Any]] = limiter.admit
+    admitted = metrics.admits.labels("admitted", "")
+    latency = metrics.admit_latency
+
+    async def observed_admit(key: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            result = await admit(key, **kwargs)
+        except GatewayError as exc:
+            latency.observe(time.perf_counter() - t0)
+            metrics._child(metrics.admits, "refused", refusal_reason(exc)).inc()
+            raise
+        latency.observe(time.perf_counter() - t0)
+        admitted.inc()
+        return result
+
+    limiter.admit = observed_admit

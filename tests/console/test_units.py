@@ -1,0 +1,144 @@
+"""The console's parts without HTTP: the live ring, the estimator's limiter and arithmetic, the usage queries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ethereal.catalog import Catalog
+from ethereal.dashboard.estimator import Estimator, RateLimiter
+from ethereal.errors import GatewayError
+from ethereal.observability import live
+from ethereal.storage.base import UsageFilter
+from ethereal.storage.records import UsageRecord
+
+from tests.procs import REPO
+
+
+def rec(i: int, *, at: float, status: int = 200, key: str = "key_a", model: str = "claude-sonnet-4-6",
+        route: str = "messages", duration: float = 100.0) -> UsageRecord:
+    return UsageRecord(request_id=f"req_{i:06d}", key_id=key, credential="c", route=route, model=model,
+                       status=status, stream=False, input_tokens=10, output_tokens=5, cache_read=2,
+                       cache_creation_5m=1, cost_micro=7, ttfb_ms=duration / 2, duration_ms=duration,
+                       started_at=at, ended_at=at + duration / 1000)
+
+
+def test_ring_totals_percentiles_and_bounds() -> None:
+    ring = live.Ring()
+    now = 1_800_000_000.0
+    for i in range(100):
+        ring.add(rec(i, at=now - 5, duration=float(10 + i)))  # 10..109 ms
+    ring.add(rec(100, at=now - 3, status=503))
+    ring.add(rec(101, at=now - 3, status=429))
+    ring.add(rec(102, at=now - 120))  # outside the minute, inside the series
+    ring.enter()
+    snap = live.snapshot(ring, now=now)
+    assert snap["requests"] == 102 and snap["status"] == {"2xx": 100, "4xx": 1, "5xx": 1, "other": 0}
+    assert snap["in_flight"] == 1
+    assert snap["tokens"]["input"] == 1020 and snap["cost_micro"] == 714
+    assert 50 <= snap["latency_ms"]["p50"] <= 75  # true median ~60 ms, bucket edges 50/75
+    assert 100 <= snap["latency_ms"]["p99"] <= 150
+    assert sum(snap["series"]["requests"]) == 103
+    # a slot is reused after SLOTS seconds: old data never leaks into a new second
+    ring.add(rec(200, at=now + live.SLOTS - 5))
+    later = live.snapshot(ring, now=now + live.SLOTS)
+    assert later["requests"] == 1
+    assert live.SIZE == (live.HEADER + live.SLOTS * live.WIDTH) * 8  # fixed, whatever the traffic
+
+
+def test_ring_files_are_summed_across_workers(tmp_path: Path) -> None:
+    """Another process's ring in the same directory counts in this one's snapshot."""
+    script = (
+        "import sys, time; from ethereal.observability import live; from tests.console.test_units import rec\n"
+        f"r = live.Ring({str(tmp_path)!r})\n"
+        "[r.add(rec(i, at=time.time())) for i in range(7)]\n"
+        "r.enter(); print('ok', flush=True); sys.stdin.read()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ok"
+        mine = live.Ring(tmp_path)
+        mine.add(rec(99, at=time.time()))
+        snap = live.snapshot(mine)
+        assert snap["workers"] == 2 and snap["requests"] == 8 and snap["in_flight"] == 1
+    finally:
+        child.communicate("", timeout=10)
+    # a dead worker's history still counts; its in-flight count does not
+    assert live.snapshot(mine)["in_flight"] == 0
+
+
+def test_rate_limiter_window_and_memory_bound() -> None:
+    clock = [0.0]
+    limiter = RateLimiter(3, 60.0, max_clients=100, clock=lambda: clock[0])
+    assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("a") == pytest.approx(60.0)
+    assert limiter.take("b") == 0.0  # per address
+    clock[0] = 30.0
+    assert limiter.take("a") == pytest.approx(30.0)
+    clock[0] = 60.5
+    assert limiter.take("a") == 0.0
+    for i in range(1000):
+        limiter.take(f"addr-{i}")
+    assert len(limiter._hits) == 100
+
+
+def test_estimator_prices_every_model_from_the_metering_table() -> None:
+    catalog = Catalog()
+    est = Estimator(catalog)
+    out = est.estimate({"prompt": "hello " * 100, "output_tokens": "1000", "images": "2"})
+    assert out["images"] == 2 and out["image_tokens"] > 1000
+    assert len(out["models"]) == len(catalog.models)
+    opus = next(m for m in out["models"] if m["id"] == "claude-opus-4-6")
+    n = out["input_tokens"]
+    assert opus["total_micro"] == round(n * 5 + 1000 * 25)
+    assert float(opus["batch"]) == pytest.approx((n * 5 + 1000 * 25) / 2 / 1e6, abs=1e-6)
+    assert float(opus["cache_read"]) == pytest.approx((n * 0.5 + 1000 * 25) / 1e6, abs=1e-6)
+    for bad in ({"prompt": ""}, {"prompt": "x", "output_tokens": "-1"}, {"prompt": "x", "images": "1000"},
+                {"prompt": "x", "output_tokens": "lots"}, {"prompt": 5}):
+        with pytest.raises(GatewayError) as info:
+            est.estimate(bad)
+        assert info.value.status == 400
+
+
+def test_committed_accuracy_matches_a_fresh_measurement() -> None:
+    """The error distribution the estimator page shows is re-measured from the fixtures."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "estimator_accuracy.py"), "--check"], check=False,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+async def test_usage_queries(store: Any) -> None:
+    base = 1_800_000_000.0  # an hour boundary
+    records = [rec(i, at=base + i * 30, key="key_a" if i % 2 else "key_b", status=200 if i % 5 else 429,
+                   route="messages" if i % 3 else "count_tokens") for i in range(240)]  # two hours
+    await store.insert_usage(records)
+
+    page = await store.list_usage(UsageFilter(), limit=10)
+    assert [r.request_id for r in page] == [f"req_{i:06d}" for i in range(239, 229, -1)]
+    nxt = await store.list_usage(UsageFilter(), limit=10, before=(page[-1].started_at, page[-1].request_id))
+    assert nxt[0].request_id == "req_000229"
+    only = await store.list_usage(UsageFilter(key_id="key_a", status_lo=400, status_hi=500, route="messages"),
+                                  limit=500)
+    expect = [r for r in records if r.key_id == "key_a" and r.status == 429 and r.route == "messages"]
+    assert {r.request_id for r in only} == {r.request_id for r in expect}
+    window = await store.list_usage(UsageFilter(since=base + 600, until=base + 1200), limit=500)
+    assert len(window) == 20
+
+    minutes = await store.usage_series(since=base, until=base + 7200, step=60)
+    assert len(minutes) == 120 and all(m["requests"] == 2 for m in minutes)
+    assert sum(m["cost_micro"] for m in minutes) == 240 * 7
+    hours = await store.usage_series(since=base - 1800, until=base + 7200, step=3600)
+    assert [h["requests"] for h in hours] == [120, 120]
+    assert [h["errors"] for h in hours] == [24, 24]
+    partial = await store.usage_series(since=base + 1800, until=base + 5400, step=3600)
+    assert [h["requests"] for h in partial] == [60, 60]
+
+    last = await store.last_used(["key_a", "key_b", "key_none"])
+    assert set(last) == {"key_a", "key_b"}
+    assert last["key_a"] == pytest.approx(records[239].started_at)
