@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup clients serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean fault-matrix
+.PHONY: help setup clients serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -70,6 +70,17 @@ bench: setup ## side-by-side latency/throughput benchmark (direct sim vs through
 
 bench-translate: setup ## OpenAI translations (chat, responses): Rust vs Python reference, translated routes vs native route latency
 	$(BIN)/python loadtest/bench_translate.py
+
+LOAD_ARGS ?= --users 20 --spawn-rate 10 --duration 60s
+loadtest: setup ## locust mix (Claude Code, OpenAI chat, Codex, operator) headless, bounded; fails on any error or p99 over limits
+	$(BIN)/python loadtest/locust_run.py $(LOAD_ARGS)
+
+REPLICAS ?= 2
+cluster-up: setup ## PostgreSQL + 3-master Redis Cluster + $(REPLICAS) gateway replicas behind HAProxy, no Docker
+	REPLICAS=$(REPLICAS) bash scripts/cluster.sh up
+
+cluster-down:
+	bash scripts/cluster.sh down
 
 clean:
 	rm -rf target $(VENV) $(LITELLM_VENV) .pytest_cache
