@@ -85,6 +85,10 @@ class Settings:
     body_min_rate: int = 1024
     keepalive_timeout: float = 5.0
     max_connections: int = 1024
+    # shutdown (ethereal/serving.py): seconds /healthz answers 503 before the listener closes, then
+    # seconds requests in flight may take to finish before open streams are ended with an error event
+    drain_delay: float = 3.0
+    shutdown_grace: float = 20.0
     log_level: str = "info"
     models_file: Path | None = None
     # metering (metering/config.py has the meaning of each)
@@ -127,7 +131,8 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
                  "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
-                 "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1}
+                 "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1, "drain_delay": 0.0,
+                 "shutdown_grace": 0.0}
 _BOOL_FIELDS = {"limits_fail_open"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
