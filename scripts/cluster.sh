@@ -28,6 +28,17 @@ REPLICAS=${REPLICAS:-2}
 WORKERS=${WORKERS:-1}
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# a Redis Cluster node also listens on port+10000 (the cluster bus): both must be free, port <= 55535
+redis_port() { "$PY" -c '
+import random, socket
+while True:
+    p = random.randint(20000, 55535)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+    except OSError:
+        continue
+    print(p); break'; }
 pg_bin() { command -v "$1" 2>/dev/null || ls /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1; }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 wait_for() {  # wait_for SECONDS CMD...: until CMD succeeds
@@ -74,7 +85,7 @@ up() {
   echo "== Redis Cluster (3 masters)"
   local nodes=() p
   for i in 1 2 3; do
-    p=$(free_port); mkdir -p "$DIR/redis-$i"
+    p=$(redis_port); mkdir -p "$DIR/redis-$i"
     redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "$DIR/redis-$i/nodes.conf" \
       --cluster-node-timeout 2000 --save "" --appendonly no --dir "$DIR/redis-$i" --daemonize yes \
       --pidfile "$DIR/redis-$i/pid" --logfile "$DIR/redis-$i/log" >/dev/null
