@@ -4,7 +4,7 @@
 ``{"status":"ok"}`` while serving, 503 ``{"status":"draining"}`` once a shutdown began, so a load
 balancer (HAProxy's ``option httpchk``, a Kubernetes readiness probe) stops sending new requests
 before the worker stops accepting them. ``/healthz?verbose=1`` adds this worker's pid, open
-streams and event-loop lag (p50/p99/max over the last minute).
+streams and event-loop lag (p50/p99/max over the last 10 seconds).
 
 It also keeps the set of event streams in flight (responses whose content type is
 ``text/event-stream``) so that, when the grace period of a shutdown runs out, ``end_streams``
@@ -43,7 +43,7 @@ _DRAINING = b'{"status":"draining"}'
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 SHUTDOWN_MESSAGE = "the gateway is shutting down; retry the request"
 _LAG_INTERVAL = 0.05  # seconds between event-loop lag samples
-_LAG_SAMPLES = 1200  # one minute of them
+_LAG_SAMPLES = 1200  # one minute of them at most
 
 
 class _Stream:
@@ -88,7 +88,7 @@ class Lifecycle:
         self.draining = False
         self.drain_started: float | None = None
         self.streams: set[_Stream] = set()
-        self.lag: deque[float] = deque(maxlen=_LAG_SAMPLES)
+        self.lag: deque[tuple[float, float]] = deque(maxlen=_LAG_SAMPLES)  # (when, lag) in seconds
         self._lag_task: asyncio.Task[None] | None = None
         self.streams_ended = 0
 
@@ -118,12 +118,15 @@ class Lifecycle:
         while True:
             t = loop.time()
             await asyncio.sleep(_LAG_INTERVAL)
-            self.lag.append(max(0.0, loop.time() - t - _LAG_INTERVAL))
+            now = loop.time()
+            self.lag.append((now, max(0.0, now - t - _LAG_INTERVAL)))
 
-    def lag_ms(self) -> dict[str, float]:
-        if not self.lag:
+    def lag_ms(self, window: float = 10.0) -> dict[str, float]:
+        """Event-loop lag over the last ``window`` seconds (sampled every 50 ms)."""
+        since = time.monotonic() - window  # uvloop's loop.time() is the monotonic clock too
+        ordered = sorted(lag for when, lag in self.lag if when >= since)
+        if not ordered:
             return {"p50": 0.0, "p99": 0.0, "max": 0.0, "samples": 0}
-        ordered = sorted(self.lag)
         n = len(ordered)
         return {"p50": round(ordered[n // 2] * 1000, 3), "p99": round(ordered[min(n - 1, int(n * 0.99))] * 1000, 3),
                 "max": round(ordered[-1] * 1000, 3), "samples": n}
@@ -144,7 +147,8 @@ class Lifecycle:
             if kind == "http":
                 if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
                     status, body = lifecycle.health(b"verbose" in (scope.get("query_string") or b""))
-                    await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+                    await send({"type": "http.response.start", "status": status,
+                                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
                     await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
                     return
                 if scope["method"] != "POST":  # streams are answers to POSTs; the rest passes untouched

@@ -48,6 +48,9 @@ class Settings:
     connect_timeout: float = 10.0
     first_byte_timeout: float = 600.0
     idle_stream_timeout: float = 300.0
+    # upstream connections per worker and credential (each open stream holds one; 10,000 streams
+    # through one gateway need room for them)
+    upstream_connections: int = 10000
     # failover
     max_attempts: int = 3
     failover_deadline: float = 30.0
@@ -122,7 +125,8 @@ _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
                "batch_max_requests": 1, "batch_max_body_bytes": 1024,
-               "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1}
+               "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
+               "upstream_connections": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
