@@ -95,7 +95,7 @@ async def one_stream(host: str, port: int, key: str, body: bytes, c: Counters) -
 
 async def health(host: str, port: int) -> dict[str, object] | None:
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
         writer.write(b"GET /healthz?verbose=1 HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
         raw = await asyncio.wait_for(reader.read(), 5)
         writer.close()

@@ -139,29 +139,27 @@ class Lifecycle:
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI
-    def wrap(self, app: ASGIApp) -> ASGIApp:
-        lifecycle = self
+    def wrap(self, app: ASGIApp) -> LifecycleApp:
+        return LifecycleApp(app)
 
-        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-            kind = scope["type"]
-            if kind == "http":
-                if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
-                    status, body = lifecycle.health(b"verbose" in (scope.get("query_string") or b""))
-                    await send({"type": "http.response.start", "status": status,
-                                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
-                    await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
-                    return
-                if scope["method"] != "POST":  # streams are answers to POSTs; the rest passes untouched
-                    await app(scope, receive, send)
-                    return
-                await lifecycle._serve_post(app, scope, receive, send)
+    async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
+                status, body = self.health(b"verbose" in (scope.get("query_string") or b""))
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
                 return
-            if kind == "lifespan":
-                await app(scope, receive, lifecycle._lifespan_send(send))
+            if scope["method"] != "POST":  # streams are answers to POSTs; the rest passes untouched
+                await app(scope, receive, send)
                 return
-            await app(scope, receive, send)
-
-        return asgi
+            await self._serve_post(app, scope, receive, send)
+            return
+        if kind == "lifespan":
+            await app(scope, receive, self._lifespan_send(send))
+            return
+        await app(scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
@@ -242,3 +240,16 @@ class Lifecycle:
 
 
 LIFECYCLE = Lifecycle()
+
+
+class LifecycleApp:
+    """The ASGI app wrapped by this process's ``LIFECYCLE``.
+
+    A class, not a closure: uvicorn pickles the app into each spawned worker, where it binds
+    to that worker's own ``LIFECYCLE``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await LIFECYCLE.handle(self.app, scope, receive, send)
