@@ -140,7 +140,7 @@ class Lifecycle:
 
     # -------------------------------------------------------------- ASGI
     def wrap(self, app: ASGIApp) -> LifecycleApp:
-        return LifecycleApp(app)
+        return LifecycleApp(app, None if self is LIFECYCLE else self)
 
     async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -187,8 +187,12 @@ class Lifecycle:
                 body = message.get("body", b"")
                 more = message.get("more_body", False)
                 if more:
+                    if not stream.held and body.endswith(b"\n\n"):
+                        await send(message)  # the common case: whole frames, nothing held back
+                        return
                     data = stream.held + body if stream.held else body
-                    cut = _frame_cut(data)
+                    # most chunks end at a frame boundary: skip the search then
+                    cut = len(data) if data.endswith(b"\n\n") else _frame_cut(data)
                     if cut != len(data):
                         stream.held = data[cut:]
                         if not cut:
@@ -248,8 +252,9 @@ class LifecycleApp:
     A class, not a closure: uvicorn pickles the app into each spawned worker, where it binds
     to that worker's own ``LIFECYCLE``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle | None = None) -> None:
         self.app = app
+        self.lifecycle = lifecycle  # None: the process's LIFECYCLE (what a pickled copy binds to)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await LIFECYCLE.handle(self.app, scope, receive, send)
+        await (self.lifecycle or LIFECYCLE).handle(self.app, scope, receive, send)
