@@ -41,10 +41,10 @@ CLUSTER = ROOT / "scripts" / "cluster.sh"
 
 
 class Cluster:
-    def __init__(self, replicas: int, sim_args: str) -> None:
+    def __init__(self, replicas: int, sim_args: str, **settings: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ethereal-cluster-"))
         self.env = {**os.environ, "CLUSTER_DIR": str(self.dir), "REPLICAS": str(replicas), "WORKERS": "1",
-                    "PYTHON": sys.executable, "SIM_ARGS": sim_args}
+                    "PYTHON": sys.executable, "SIM_ARGS": sim_args, **settings}
         for k in [k for k in self.env if k.startswith("ETHEREAL_UPSTREAM")]:
             del self.env[k]
 
@@ -80,7 +80,7 @@ def locust(c: Cluster, users: int, seconds: float, out: Path, extra: list[str]) 
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
            "--host", c.conf["ETHEREAL_URL"], "-u", str(users), "-r", str(max(1, users)), "--run-time",
            f"{int(seconds)}s", "--only-summary", "--api-key", c.conf["ETHEREAL_KEY"], "--admin-key",
-           c.conf["ETHEREAL_ADMIN_KEY"], "--csv", str(out), *extra]
+           c.conf["ETHEREAL_ADMIN_KEY"], "--csv", str(out), "--stop-timeout", "120", *extra]
     rc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     with open(f"{out}_stats.csv") as fh:
         rows = {f"{r['Type']} {r['Name']}": r for r in csv.DictReader(fh)}
@@ -117,7 +117,9 @@ def scaleout(args: argparse.Namespace) -> int:
 def soak(args: argparse.Namespace) -> int:
     seconds = args.minutes * 60
     samples: dict[str, list[tuple[float, float]]] = {}
-    with Cluster(2, args.sim_args) as c, tempfile.TemporaryDirectory() as tmp:
+    # the meter's lookup cache of recent records is bounded (ETHEREAL_METER_RECENT_SIZE, 50,000 by
+    # default): small here so that it is full within the warm-up and any growth after is a leak
+    with Cluster(2, args.sim_args, ETHEREAL_METER_RECENT_SIZE="2000") as c, tempfile.TemporaryDirectory() as tmp:
         stop = threading.Event()
         t0 = time.monotonic()
 
@@ -133,13 +135,16 @@ def soak(args: argparse.Namespace) -> int:
         stop.set()
         th.join()
         time.sleep(1.5)  # the replicas flush every 0.2 s
-        rows = int(subprocess.run(["psql", c.conf["DATABASE_URL"], "-At", "-c", "SELECT COUNT(*) FROM usage_records"],
-                                  capture_output=True, text=True, check=True).stdout)
+        by_status = dict(line.split("|") for line in subprocess.run(
+            ["psql", c.conf["DATABASE_URL"], "-At", "-c", "SELECT status, COUNT(*) FROM usage_records GROUP BY 1"],
+            capture_output=True, text=True, check=True).stdout.split())
+        rows = sum(int(n) for n in by_status.values())
     writes = sum(int(r["Request Count"]) for k, r in res["rows"].items()
                  if k.endswith("· full") or k.startswith("POST"))
     failures = int(res["rows"][" Aggregated"]["Failure Count"])
     report: dict[str, Any] = {"minutes": args.minutes, "users": args.users, "requests_that_record": writes,
-                              "usage_rows": rows, "failures": failures, "rss_mb": {}}
+                              "usage_rows": rows, "usage_rows_by_status": by_status, "failures": failures,
+                              "rss_mb": {}}
     ok = failures == 0 and rows == writes
     for name, pts in samples.items():
         n = len(pts)

@@ -11,7 +11,8 @@
 #
 # Environment: CLUSTER_DIR (default /tmp/ethereal-cluster), REPLICAS (2), WORKERS (1), PORT (HAProxy's
 # port, default a free one), PYTHON (.venv/bin/python), ETHEREAL_UPSTREAM_URL + ETHEREAL_UPSTREAM_KEY
-# (default: one simulated upstream, SIM_ARGS passed to it), ETHEREAL_DRAIN_DELAY, ETHEREAL_SHUTDOWN_GRACE.
+# (default: one simulated upstream, SIM_ARGS passed to it); any other ETHEREAL_* variable is passed to
+# the replicas.
 # After `up`, "$CLUSTER_DIR/env" holds ETHEREAL_URL, ETHEREAL_KEY (a minted key), ETHEREAL_ADMIN_KEY,
 # DATABASE_URL, REDIS_URL and the replica ports: `. "$CLUSTER_DIR/env"`.
 #
@@ -135,6 +136,9 @@ ETHEREAL_DRAIN_DELAY=${ETHEREAL_DRAIN_DELAY:-3}
 ETHEREAL_SHUTDOWN_GRACE=${ETHEREAL_SHUTDOWN_GRACE:-20}
 PYTHONUNBUFFERED=1
 EOF
+  # any other ETHEREAL_* setting in this environment goes to the replicas too
+  env | grep -E '^ETHEREAL_' | grep -vE '^ETHEREAL_(DATABASE_URL|REDIS_URL|ADMIN_KEY|SECRET_KEY|UPSTREAM_URL|UPSTREAM_KEY|DRAIN_DELAY|SHUTDOWN_GRACE|DATA_DIR)=' \
+    >>"$DIR/replica.env" || true
   chmod 600 "$DIR/replica.env"
 
   echo "== migrations (once, as the Kubernetes Job does)"
