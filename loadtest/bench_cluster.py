@@ -30,12 +30,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "loadtest"))
 
-from bench import proc_tree, rss_mb  # noqa: E402
+from bench import proc_tree, rss_mb
 
 CLUSTER = ROOT / "scripts" / "cluster.sh"
 
@@ -49,18 +49,18 @@ class Cluster:
             del self.env[k]
 
     def sh(self, *args: str) -> str:
-        done = subprocess.run(["bash", str(CLUSTER), *args], env=self.env, capture_output=True, text=True,
+        done = subprocess.run(["bash", str(CLUSTER), *args], env=self.env, capture_output=True, text=True, check=False,
                               timeout=300)
         if done.returncode:
             raise RuntimeError(done.stdout + done.stderr)
         return done.stdout
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> Self:
         self.sh("up")
         self.conf = dict(line.split("=", 1) for line in (self.dir / "env").read_text().split())
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.sh("down")
 
     def haproxy(self, command: str) -> str:
@@ -81,7 +81,7 @@ def locust(c: Cluster, users: int, seconds: float, out: Path, extra: list[str]) 
            "--host", c.conf["ETHEREAL_URL"], "-u", str(users), "-r", str(max(1, users)), "--run-time",
            f"{int(seconds)}s", "--only-summary", "--api-key", c.conf["ETHEREAL_KEY"], "--admin-key",
            c.conf["ETHEREAL_ADMIN_KEY"], "--csv", str(out), "--stop-timeout", "120", *extra]
-    rc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    rc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode
     with open(f"{out}_stats.csv") as fh:
         rows = {f"{r['Type']} {r['Name']}": r for r in csv.DictReader(fh)}
     return {"rc": rc, "rows": rows}

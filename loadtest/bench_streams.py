@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "loadtest"))
 
-from bench import find_listener_pid, proc_tree, rss_mb  # noqa: E402
+from bench import find_listener_pid, proc_tree, rss_mb
+from ethereal.sim.testing import start_sim_process
 
-from ethereal.sim.testing import start_sim_process  # noqa: E402
-from tests.conftest import mint_into  # noqa: E402
-from tests.procs import gateway_process  # noqa: E402
+from tests.conftest import mint_into
+from tests.procs import gateway_process
 
 
 class Counters:
@@ -100,7 +100,7 @@ async def health(host: str, port: int) -> dict[str, object] | None:
         raw = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         return json.loads(raw.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
-    except (OSError, ValueError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, ValueError):
         return None
 
 
@@ -160,7 +160,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="length of each stream")
     p.add_argument("--tps", type=float, default=2.0, help="tokens per second each stream carries")
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with start_sim_process() as (_, sim_url), tempfile.TemporaryDirectory() as tmp:
         key, _ = mint_into(Path(tmp))

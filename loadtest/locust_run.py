@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ethereal.sim.testing import start_sim_process  # noqa: E402
+from ethereal.sim.testing import start_sim_process
 
-from tests.conftest import mint_into  # noqa: E402
-from tests.procs import gateway_process  # noqa: E402
+from tests.conftest import mint_into
+from tests.procs import gateway_process
 
 ADMIN_KEY = "load-admin-key-0123456789"
 

@@ -80,8 +80,7 @@ CODEX_HEADERS = {
     "openai-beta": "responses=experimental",
 }
 
-_WORDS = ("the gateway forwards every request byte for byte while the meter records usage and the limiter "
-          "holds budgets across replicas so that operators see each token and each cent spent by teams").split()
+_WORDS = ["the", "gateway", "forwards", "every", "request", "byte", "for", "byte", "while", "the", "meter", "records", "usage", "and", "the", "limiter", "holds", "budgets", "across", "replicas", "so", "that", "operators", "see", "each", "token", "and", "each", "cent", "spent", "by", "teams"]
 
 # Request ids answered recently, for the operator's GET /v1/usage/{id} (a few hundred is plenty).
 RECENT_IDS: deque[str] = deque(maxlen=512)
@@ -291,8 +290,7 @@ class _Base(FastHttpUser):
             if first:
                 ttfb = (time.perf_counter() - t0) * 1000
                 chunks.append(first)
-                for chunk in resp.iter_content(65536, decode_content=False):
-                    chunks.append(chunk)
+                chunks.extend(resp.iter_content(65536, decode_content=False))
         except Exception as exc:  # noqa: BLE001 - the connection dropped mid-stream
             cut = exc
         full = (time.perf_counter() - t0) * 1000
@@ -590,4 +588,4 @@ class Operator(_Base):
                 resp.failure("usage record of another request")
 
 
-__all__ = ["ClaudeCodeAgent", "OpenAIChatClient", "CodexResponsesClient", "Operator", "between"]
+__all__ = ["ClaudeCodeAgent", "CodexResponsesClient", "OpenAIChatClient", "Operator", "between"]

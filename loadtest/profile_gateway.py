@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "loadtest"))
 
-from bench import body_for, find_listener_pid, proc_tree  # noqa: E402
-from httpload import run_load  # noqa: E402
+from bench import body_for, find_listener_pid, proc_tree
+from ethereal.sim.testing import start_sim_process
+from httpload import run_load
 
-from ethereal.sim.testing import start_sim_process  # noqa: E402
-from tests.conftest import mint_into  # noqa: E402
-from tests.procs import gateway_process  # noqa: E402
+from tests.conftest import mint_into
+from tests.procs import gateway_process
 
 # Layers by the file a frame comes from, most specific first.
 LAYERS = [

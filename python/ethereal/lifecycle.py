@@ -36,7 +36,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]  # (scope, receive, send)
 
 _OK = b'{"status":"ok"}'
 _DRAINING = b'{"status":"draining"}'
@@ -49,7 +49,7 @@ _LAG_SAMPLES = 1200  # one minute of them at most
 class _Stream:
     """One event stream in flight: the task serving it and what is needed to end it cleanly."""
 
-    __slots__ = ("task", "send", "path", "request_id", "held", "ended", "ending")
+    __slots__ = ("ended", "ending", "held", "path", "request_id", "send", "task")
 
     def __init__(self, task: asyncio.Task[Any] | None, send: Send, path: str, request_id: str) -> None:
         self.task = task

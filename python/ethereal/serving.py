@@ -138,9 +138,7 @@ class GatewayServer(uvicorn.Server):
             await self.lifespan.shutdown()  # the app stops: the meter flushes
 
     def _busy(self) -> bool:
-        return bool(self.server_state.tasks) or any(
-            getattr(c, "cycle", None) is not None and not getattr(c.cycle, "response_complete", True)
-            for c in self.server_state.connections)
+        return bool(self.server_state.tasks)  # one task per request being served
 
 
 def _config(settings: Settings) -> uvicorn.Config:

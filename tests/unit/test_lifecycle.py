@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-
 from ethereal.lifecycle import Lifecycle, _frame_cut
 
 FRAMES = [f"event: content_block_delta\ndata: {{\"i\":{i},\"text\":\"{'x' * i}\"}}\n\n".encode() for i in range(12)]
