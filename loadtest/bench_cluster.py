@@ -80,11 +80,14 @@ def locust(c: Cluster, users: int, seconds: float, out: Path, extra: list[str]) 
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
            "--host", c.conf["ETHEREAL_URL"], "-u", str(users), "-r", str(max(1, users)), "--run-time",
            f"{int(seconds)}s", "--only-summary", "--api-key", c.conf["ETHEREAL_KEY"], "--admin-key",
-           c.conf["ETHEREAL_ADMIN_KEY"], "--csv", str(out), "--stop-timeout", "120", *extra]
+           c.conf["ETHEREAL_ADMIN_KEY"], "--csv", str(out), "--stop-timeout", "120",
+           "--summary-json", f"{out}_summary.json", *extra]
     rc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode
     with open(f"{out}_stats.csv") as fh:
         rows = {f"{r['Type']} {r['Name']}": r for r in csv.DictReader(fh)}
-    return {"rc": rc, "rows": rows}
+    with open(f"{out}_summary.json") as fh:
+        summary = json.load(fh)  # complete counts (the CSV misses requests that end while users stop)
+    return {"rc": rc, "rows": rows, "summary": summary}
 
 
 def scaleout(args: argparse.Namespace) -> int:
@@ -139,9 +142,9 @@ def soak(args: argparse.Namespace) -> int:
             ["psql", c.conf["DATABASE_URL"], "-At", "-c", "SELECT status, COUNT(*) FROM usage_records GROUP BY 1"],
             capture_output=True, text=True, check=True).stdout.split())
         rows = sum(int(n) for n in by_status.values())
-    writes = sum(int(r["Request Count"]) for k, r in res["rows"].items()
+    writes = sum(e["requests"] - e["failures"] for k, e in res["summary"].items()
                  if k.endswith("· full") or k.startswith("POST"))
-    failures = int(res["rows"][" Aggregated"]["Failure Count"])
+    failures = sum(e["failures"] for e in res["summary"].values())
     report: dict[str, Any] = {"minutes": args.minutes, "users": args.users, "requests_that_record": writes,
                               "usage_rows": rows, "usage_rows_by_status": by_status, "failures": failures,
                               "rss_mb": {}}

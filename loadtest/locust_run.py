@@ -17,12 +17,12 @@ the limits, see ``loadtest/locustfile.py``).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,16 +36,30 @@ from tests.procs import gateway_process
 ADMIN_KEY = "load-admin-key-0123456789"
 
 
-@contextlib.contextmanager
-def own_gateway(args: argparse.Namespace) -> Iterator[tuple[str, str, str]]:
-    with start_sim_process(ttft_ms=args.sim_ttft_ms, tokens_per_second=args.sim_tps) as (_, sim_url), \
-            tempfile.TemporaryDirectory(prefix="ethereal-locust-") as tmp:
-        data = Path(tmp)
-        key, _ = mint_into(data, name="locust")
-        env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY}
-        with gateway_process(data, sim_url, env=env, workers=args.workers) as url:
-            print(f"gateway {url} ({args.workers} worker(s)) → sim {sim_url}", flush=True)
-            yield url, key, ADMIN_KEY
+def recorded_requests(summary_json: str) -> dict[str, int]:
+    """Requests locust saw answered that write a usage row, per gateway route."""
+    routes = {"messages": 0, "count_tokens": 0, "chat.completions": 0}
+    with open(summary_json) as fh:
+        entries = json.load(fh)
+    for key, e in entries.items():
+        kind, name = key.split(" ", 1)
+        done = e["requests"] - e["failures"]
+        if name.startswith("messages") and name.endswith("· full"):
+            routes["messages"] += done
+        elif name == "count_tokens":
+            routes["count_tokens"] += done
+        elif name.startswith("chat/completions") and (name.endswith("· full") or kind == "POST"):
+            routes["chat.completions"] += done
+    return routes
+
+
+def usage_rows(data_dir: Path) -> dict[str, int]:
+    """Usage rows with status 200 per route, from the embedded store."""
+    db = sqlite3.connect(data_dir / "ethereal.sqlite3")
+    try:
+        return dict(db.execute("SELECT route, COUNT(*) FROM usage_records WHERE status = 200 GROUP BY 1").fetchall())
+    finally:
+        db.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                "--host", host, "-u", str(args.users), "-r", str(args.spawn_rate), "--run-time", args.duration,
                "--stop-timeout", "30", "--csv", args.out, "--csv-full-history", "--html", args.out + ".html",
                "--only-summary", "--api-key", key, "--p99-ms", str(args.p99_ms),
-               "--p99-full-ms", str(args.p99_full_ms), *extra]
+               "--p99-full-ms", str(args.p99_full_ms), "--summary-json", args.out + "_summary.json", *extra]
         if admin:
             cmd += ["--admin-key", admin]
         print("+ locust", " ".join(c if c != key else "<key>" for c in cmd[3:]), flush=True)
@@ -82,8 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.api_key:
             p.error("--api-key (or ETHEREAL_LOAD_KEY) is required with --host")
         return run(args.host, args.api_key, args.admin_key)
-    with own_gateway(args) as (url, key, admin):
-        return run(url, key, admin)
+    with start_sim_process(ttft_ms=args.sim_ttft_ms, tokens_per_second=args.sim_tps) as (_, sim_url), \
+            tempfile.TemporaryDirectory(prefix="ethereal-locust-") as tmp:
+        data = Path(tmp)
+        key, _ = mint_into(data, name="locust")
+        with gateway_process(data, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN_KEY}, workers=args.workers) as url:
+            print(f"gateway {url} ({args.workers} worker(s)) → sim {sim_url}", flush=True)
+            rc = run(url, key, ADMIN_KEY)
+        # the gateway has stopped (SIGTERM: drain, flush): one usage row per answered request
+        expected, rows = recorded_requests(args.out + "_summary.json"), usage_rows(data)
+        for route, n in expected.items():
+            ok = rows.get(route, 0) == n
+            print(f"usage rows {route}: {rows.get(route, 0)} for {n} answered request(s){'' if ok else '  MISMATCH'}")
+            rc = rc if ok else (rc or 1)
+        return rc
 
 
 if __name__ == "__main__":

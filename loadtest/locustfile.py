@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -85,6 +86,8 @@ _WORDS = ["the", "gateway", "forwards", "every", "request", "byte", "for", "byte
 # Request ids answered recently, for the operator's GET /v1/usage/{id} (a few hundred is plenty).
 RECENT_IDS: deque[str] = deque(maxlen=512)
 _skip_lock = threading.Lock()
+# ETHEREAL_LOAD_ID_LOG=path: one line per stream (name, request-id, ok/fail), to match usage rows
+_ID_LOG = open(os.environ["ETHEREAL_LOAD_ID_LOG"], "a") if os.environ.get("ETHEREAL_LOAD_ID_LOG") else None  # noqa: SIM115
 SKIPPED: dict[str, str] = {}
 
 
@@ -158,6 +161,9 @@ def _options(parser: Any) -> None:
                        help="text added to each user turn (the sim reads sim:tokens=N, sim:ttft=MS, ...)")
     group.add_argument("--p99-ms", type=float, env_var="ETHEREAL_LOAD_P99_MS", default=0.0,
                        help="fail when any non-streamed or ttfb entry has a p99 above this (0: no check)")
+    group.add_argument("--summary-json", env_var="ETHEREAL_LOAD_SUMMARY", default="",
+                       help="write every entry's counts and percentiles here at the end (locust's own final CSV"
+                            " is written before the users' last requests finish)")
     group.add_argument("--p99-full-ms", type=float, env_var="ETHEREAL_LOAD_P99_FULL_MS", default=0.0,
                        help="fail when any full-stream entry has a p99 above this (0: no check)")
 
@@ -190,6 +196,13 @@ def _verdict(environment: Environment, **_: Any) -> None:
         return
     problems = []
     stats = environment.stats
+    if opts.summary_json:
+        summary = {f"{e.method} {e.name}": {"requests": e.num_requests, "failures": e.num_failures,
+                                            "p50_ms": e.get_response_time_percentile(0.5),
+                                            "p99_ms": e.get_response_time_percentile(0.99)}
+                   for e in stats.entries.values()}
+        with open(opts.summary_json, "w") as fh:
+            json.dump(summary, fh, indent=1)
     if stats.total.num_failures:
         problems.append(f"{stats.total.num_failures} failed request(s)")
     for entry in stats.entries.values():
@@ -309,6 +322,9 @@ class _Base(FastHttpUser):
         elif not any(e == done or d == done for e, d in evs):
             failure = StreamFailure(f"stream cut: no {done} ({type(cut).__name__ if cut else 'closed'})")
         self._fire(f"{name} · full", "SSE", started, full, len(raw), failure)
+        if _ID_LOG is not None:
+            _ID_LOG.write(f"{name}\t{rid}\t{'fail' if failure else 'ok'}\n")
+            _ID_LOG.flush()
         if failure is not None:
             raise failure
         if rid:
