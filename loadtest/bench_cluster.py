@@ -122,7 +122,7 @@ def soak(args: argparse.Namespace) -> int:
     samples: dict[str, list[tuple[float, float]]] = {}
     # the meter's lookup cache of recent records is bounded (ETHEREAL_METER_RECENT_SIZE, 50,000 by
     # default): small here so that it is full within the warm-up and any growth after is a leak
-    with Cluster(2, args.sim_args, ETHEREAL_METER_RECENT_SIZE="2000") as c, tempfile.TemporaryDirectory() as tmp:
+    with Cluster(2, args.sim_args, ETHEREAL_METER_RECENT_SIZE="200") as c, tempfile.TemporaryDirectory() as tmp:
         stop = threading.Event()
         t0 = time.monotonic()
 
