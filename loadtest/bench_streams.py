@@ -164,7 +164,9 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with start_sim_process() as (_, sim_url), tempfile.TemporaryDirectory() as tmp:
         key, _ = mint_into(Path(tmp))
-        with gateway_process(Path(tmp), sim_url, workers=args.workers) as url:
+        # every stream holds a client connection: lift the per-worker connection cap above them
+        env = {"ETHEREAL_MAX_CONNECTIONS": str(args.streams + 100)}
+        with gateway_process(Path(tmp), sim_url, workers=args.workers, env=env) as url:
             gw = find_listener_pid(int(url.rsplit(":", 1)[1]))
             uvloop.install()
             result = asyncio.run(run(args, url, key, [gw]))

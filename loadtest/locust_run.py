@@ -38,7 +38,7 @@ ADMIN_KEY = "load-admin-key-0123456789"
 
 def recorded_requests(summary_json: str) -> dict[str, int]:
     """Requests locust saw answered that write a usage row, per gateway route."""
-    routes = {"messages": 0, "count_tokens": 0, "chat.completions": 0}
+    routes = {"messages": 0, "count_tokens": 0, "chat.completions": 0, "responses": 0}
     with open(summary_json) as fh:
         entries = json.load(fh)
     for key, e in entries.items():
@@ -50,6 +50,8 @@ def recorded_requests(summary_json: str) -> dict[str, int]:
             routes["count_tokens"] += done
         elif name.startswith("chat/completions") and (name.endswith("· full") or kind == "POST"):
             routes["chat.completions"] += done
+        elif name == "responses · full":
+            routes["responses"] += done
     return routes
 
 
