@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup clients console-assets bench-console serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest clean fault-matrix
+.PHONY: help setup clients console-assets bench-console serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -76,6 +76,17 @@ bench-translate: setup ## OpenAI translations (chat, responses): Rust vs Python 
 
 bench-console: setup ## console goals: overview first paint over 1M usage rows, live-view CPU, /metrics scrape time
 	$(BIN)/python loadtest/bench_console.py
+
+LOAD_ARGS ?= --users 20 --spawn-rate 10 --duration 60s
+loadtest: setup ## locust mix (Claude Code, OpenAI chat, Codex, operator) headless, bounded; fails on any error or p99 over limits
+	$(BIN)/python loadtest/locust_run.py $(LOAD_ARGS)
+
+REPLICAS ?= 2
+cluster-up: setup ## PostgreSQL + 3-master Redis Cluster + $(REPLICAS) gateway replicas behind HAProxy, no Docker
+	REPLICAS=$(REPLICAS) bash scripts/cluster.sh up
+
+cluster-down:
+	bash scripts/cluster.sh down
 
 clean:
 	rm -rf target $(VENV) $(LITELLM_VENV) .pytest_cache

@@ -153,29 +153,11 @@ def _metrics_dir() -> str:
 def serve_forever(settings: Settings) -> int:
     """uvicorn (httptools + uvloop: measured fastest for this app, see README), one worker per
     ``--workers``. Workers receive the validated settings object itself (pickled into each
-    spawned process with the app), never through the environment."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
+    spawned process with the app), never through the environment. SIGTERM drains, lets requests
+    in flight finish within a grace period, flushes and exits 0 (``ethereal/serving.py``)."""
+    from ethereal.serving import serve
 
-    from ethereal import observability
-    from ethereal.app import Ethereal
-    from ethereal.server import ConnectionLimits, protocol_class
-
-    # httptools behind a protocol that caps header size/count, times out slow clients and
-    # bounds open connections per worker (server.py)
-    limits = ConnectionLimits.from_settings(settings)
-    # the in-flight count and the request log line wrap the whole app (observability/http.py)
-    app = observability.wrap(Ethereal(settings, parent_pid=os.getpid()))
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=settings.workers,
-                            loop="uvloop", http=protocol_class(limits), log_level="warning", access_log=False,
-                            backlog=2048, lifespan="on",
-                            timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works
-    server = uvicorn.Server(config)
-    if settings.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return 0
-    server.run()
-    return 0 if server.started else 3
+    return serve(settings)
 
 
 def cmd_sim(args: argparse.Namespace, rest: list[str]) -> int:

@@ -50,7 +50,7 @@ class Gateway:
         pool = Pool(default_retry_after=settings.upstream_default_retry_after,
                     backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
         client = UpstreamClient(Timeouts(settings.connect_timeout, settings.first_byte_timeout,
-                                         settings.idle_stream_timeout))
+                                         settings.idle_stream_timeout), limit=settings.upstream_connections)
         upstreams = UpstreamService(settings, pool, client, catalog)
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(client.close)

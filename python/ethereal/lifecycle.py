@@ -1,0 +1,260 @@
+"""A worker's life around the app: health, draining, in-flight streams, event-loop lag.
+
+``Lifecycle`` wraps the ASGI app (``create_app``). It answers ``GET /healthz`` itself: 200
+``{"status":"ok"}`` while serving, 503 ``{"status":"draining"}`` once a shutdown began, so a load
+balancer (HAProxy's ``option httpchk``, a Kubernetes readiness probe) stops sending new requests
+before the worker stops accepting them. ``/healthz?verbose=1`` adds this worker's pid, open
+streams and event-loop lag (p50/p99/max over the last 10 seconds).
+
+It also keeps the set of event streams in flight (responses whose content type is
+``text/event-stream``) so that, when the grace period of a shutdown runs out, ``end_streams``
+can close each one well-formed: the bytes of a partly sent SSE frame are never on the wire
+(each stream's bytes reach the socket cut at frame boundaries; a partial frame waits for the
+rest, which the client could not have used anyway), then an error frame in the route's dialect
+(Anthropic ``event: error`` with ``overloaded_error``, OpenAI ``data: {"error":…}``, Responses
+``response.failed``), then the end of the body. The stream's handler is cancelled, which
+settles its reservation and records its usage as for any interrupted stream.
+
+The serving side (``ethereal.serving``) calls ``begin_drain`` on SIGTERM and ``end_streams``
+when the grace period is over. One ``Lifecycle`` per worker process: ``LIFECYCLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from ethereal.errors import anthropic_sse_error, openai_error_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]  # (scope, receive, send)
+
+_OK = b'{"status":"ok"}'
+_DRAINING = b'{"status":"draining"}'
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+SHUTDOWN_MESSAGE = "the gateway is shutting down; retry the request"
+_LAG_INTERVAL = 0.05  # seconds between event-loop lag samples
+_LAG_SAMPLES = 1200  # one minute of them at most
+
+
+class _Stream:
+    """One event stream in flight: the task serving it and what is needed to end it cleanly."""
+
+    __slots__ = ("ended", "ending", "held", "path", "request_id", "send", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None, send: Send, path: str, request_id: str) -> None:
+        self.task = task
+        self.send = send
+        self.path = path
+        self.request_id = request_id
+        self.held = b""  # bytes after the last frame boundary, not yet sent
+        self.ended = False
+        self.ending = False
+
+    def closing_frame(self) -> bytes:
+        if self.path.startswith("/v1/chat/"):
+            return b"data: " + openai_error_body("overloaded_error", SHUTDOWN_MESSAGE) + b"\n\n"
+        if self.path.startswith("/v1/responses"):
+            body = {"type": "response.failed", "response": {
+                "id": f"resp_{self.request_id}", "object": "response", "status": "failed",
+                "error": {"code": "server_error", "message": SHUTDOWN_MESSAGE}}}
+            return b"event: response.failed\ndata: " + orjson.dumps(body) + b"\n\n"
+        return anthropic_sse_error("overloaded_error", SHUTDOWN_MESSAGE, self.request_id or None)
+
+
+def _frame_cut(data: bytes) -> int:
+    """Index just past the last SSE frame boundary (a blank line) in ``data``; 0 when none."""
+    best = 0
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        i = data.rfind(sep)
+        if i >= 0 and i + len(sep) > best:
+            best = i + len(sep)
+    return best
+
+
+class Lifecycle:
+    """Per-process state shared by the ASGI wrapper and the server's signal handling."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.drain_started: float | None = None
+        self.streams: set[_Stream] = set()
+        self.lag: deque[tuple[float, float]] = deque(maxlen=_LAG_SAMPLES)  # (when, lag) in seconds
+        self._lag_task: asyncio.Task[None] | None = None
+        self.streams_ended = 0
+
+    # -------------------------------------------------------------- called by ethereal.serving
+    def begin_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            self.drain_started = time.monotonic()
+
+    async def end_streams(self, wait: float = 5.0) -> int:
+        """Close every stream still in flight with an error frame; returns how many."""
+        streams = [s for s in self.streams if not s.ended]
+        for s in streams:
+            s.ending = True
+            if s.task is not None and not s.task.done():
+                s.task.cancel()
+        if streams:
+            deadline = time.monotonic() + wait
+            while any(not s.ended for s in streams) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        self.streams_ended += len(streams)
+        return len(streams)
+
+    # -------------------------------------------------------------- event-loop lag
+    async def _sample_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(_LAG_INTERVAL)
+            now = loop.time()
+            self.lag.append((now, max(0.0, now - t - _LAG_INTERVAL)))
+
+    def lag_ms(self, window: float = 10.0) -> dict[str, float]:
+        """Event-loop lag over the last ``window`` seconds (sampled every 50 ms)."""
+        since = time.monotonic() - window  # uvloop's loop.time() is the monotonic clock too
+        ordered = sorted(lag for when, lag in self.lag if when >= since)
+        if not ordered:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0, "samples": 0}
+        n = len(ordered)
+        return {"p50": round(ordered[n // 2] * 1000, 3), "p99": round(ordered[min(n - 1, int(n * 0.99))] * 1000, 3),
+                "max": round(ordered[-1] * 1000, 3), "samples": n}
+
+    def health(self, verbose: bool) -> tuple[int, bytes]:
+        if not verbose:
+            return (503, _DRAINING) if self.draining else (200, _OK)
+        body = {"status": "draining" if self.draining else "ok", "pid": os.getpid(),
+                "streams": len(self.streams), "loop_lag_ms": self.lag_ms()}
+        return (503 if self.draining else 200), orjson.dumps(body)
+
+    # -------------------------------------------------------------- ASGI
+    def wrap(self, app: ASGIApp) -> LifecycleApp:
+        return LifecycleApp(app, None if self is LIFECYCLE else self)
+
+    async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
+                status, body = self.health(b"verbose" in (scope.get("query_string") or b""))
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+                return
+            if scope["method"] != "POST":  # streams are answers to POSTs; the rest passes untouched
+                await app(scope, receive, send)
+                return
+            await self._serve_post(app, scope, receive, send)
+            return
+        if kind == "lifespan":
+            await app(scope, receive, self._lifespan_send(send))
+            return
+        await app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete" and self._lag_task is None:
+                self._lag_task = asyncio.get_running_loop().create_task(self._sample_lag(), name="ethereal-lag")
+            elif kind.startswith("lifespan.shutdown") and self._lag_task is not None:
+                self._lag_task.cancel()
+                self._lag_task = None
+            await send(message)
+
+        return wrapped
+
+    async def _serve_post(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        stream: _Stream | None = None
+        streams = self.streams
+
+        async def tracked(message: Message) -> None:
+            nonlocal stream
+            kind = message["type"]
+            if kind == "http.response.body":
+                if stream is None:
+                    await send(message)
+                    return
+                body = message.get("body", b"")
+                more = message.get("more_body", False)
+                if more:
+                    if not stream.held and body.endswith(b"\n\n"):
+                        await send(message)  # the common case: whole frames, nothing held back
+                        return
+                    data = stream.held + body if stream.held else body
+                    # most chunks end at a frame boundary: skip the search then
+                    cut = len(data) if data.endswith(b"\n\n") else _frame_cut(data)
+                    if cut != len(data):
+                        stream.held = data[cut:]
+                        if not cut:
+                            return
+                        data = data[:cut]
+                    else:
+                        stream.held = b""
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    return
+                if stream.held:
+                    body = stream.held + body
+                    stream.held = b""
+                stream.ended = True
+                streams.discard(stream)
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+            if kind == "http.response.start":
+                headers = message.get("headers") or ()
+                content_type = b""
+                request_id = b""
+                for name, value in headers:
+                    if name == b"content-type":
+                        content_type = value
+                    elif name == b"request-id":
+                        request_id = value
+                if content_type.startswith(b"text/event-stream"):
+                    stream = _Stream(asyncio.current_task(), send, scope["path"], request_id.decode("latin-1"))
+                    streams.add(stream)
+                if self.draining:
+                    # a keep-alive client should open its next request elsewhere
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if stream is None or not stream.ending or stream.ended:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # our own cancel: end the response well-formed instead
+            stream.ended = True
+            streams.discard(stream)
+            await send({"type": "http.response.body", "body": stream.closing_frame(), "more_body": False})
+        finally:
+            if stream is not None and not stream.ended:
+                stream.ended = True
+                streams.discard(stream)
+
+
+LIFECYCLE = Lifecycle()
+
+
+class LifecycleApp:
+    """The ASGI app wrapped by this process's ``LIFECYCLE``.
+
+    A class, not a closure: uvicorn pickles the app into each spawned worker, where it binds
+    to that worker's own ``LIFECYCLE``."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle | None = None) -> None:
+        self.app = app
+        self.lifecycle = lifecycle  # None: the process's LIFECYCLE (what a pickled copy binds to)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (self.lifecycle or LIFECYCLE).handle(self.app, scope, receive, send)
