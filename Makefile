@@ -33,7 +33,7 @@ serve: setup ## run the gateway on the embedded default (SQLite; simulated upstr
 sim: setup ## run the simulated Anthropic API on its own
 	$(BIN)/ethereal sim --port 8090
 
-test: setup clients test-rust test-python test-litellm ## the whole test suite (what CI runs)
+test: setup clients lint test-rust test-python test-litellm ## the whole test suite (what CI runs): gates, cargo test, pytest
 
 test-rust:
 	cargo test --workspace --quiet
@@ -58,9 +58,11 @@ test-litellm: $(LITELLM_VENV)/bin/python ## LiteLLM as an OpenAI-compatible clie
 wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serve one request
 	bash scripts/wheel-smoke.sh
 
-lint: setup
-	cargo clippy --workspace --all-targets -- -D warnings
-	$(BIN)/python -m ruff check python tests loadtest || true
+lint: setup ## quality gates that fail: clippy (pedantic) -D warnings, ruff, mypy, the native stub against the extension
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(BIN)/python -m ruff check python tests loadtest
+	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy.stubtest ethereal._native
 
 fault-matrix: setup clients ## the direct-vs-ethereal fault matrix with the real clients, written to docs/fault-matrix.md
 	ETHEREAL_FAULT_MATRIX=docs/fault-matrix.md $(BIN)/python -m pytest -q -s tests/e2e/test_fault_matrix.py

@@ -24,10 +24,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from httpload import Result, run_load  # noqa: E402
+from httpload import Result, run_load
 
-from tests.conftest import mint_into  # noqa: E402
-from tests.procs import gateway_process  # noqa: E402
+from tests.conftest import mint_into
+from tests.procs import gateway_process
 
 CLK = os.sysconf("SC_CLK_TCK")
 

@@ -13,7 +13,6 @@ import json
 import time
 
 import uvloop
-
 from ethereal.sim.testing import start_sim_process
 
 BODY = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64,

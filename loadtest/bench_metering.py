@@ -31,13 +31,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT)]
 
-from ethereal.catalog import Catalog  # noqa: E402
-from ethereal.metering.config import MeterConfig  # noqa: E402
-from ethereal.metering.meter import Meter  # noqa: E402
-from ethereal.metering.pricing import cost_micro  # noqa: E402
-from ethereal.usage import Usage  # noqa: E402
-from ethereal.storage.records import UsageRecord  # noqa: E402
-from ethereal import _native  # noqa: E402
+from ethereal import _native
+from ethereal.catalog import Catalog
+from ethereal.metering.config import MeterConfig
+from ethereal.metering.meter import Meter
+from ethereal.metering.pricing import cost_micro
+from ethereal.storage.records import UsageRecord
+from ethereal.usage import Usage
 
 
 def make_records(n: int, seed: int = 1) -> list[UsageRecord]:

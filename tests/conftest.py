@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ethereal.cli import start_sim_subprocess
 from ethereal.keys import KeyRecord, mint
-from tests.procs import gateway_process, stop
 
+from tests.procs import gateway_process, stop
 
 # tests/e2e/test_litellm.py runs in its own environment (litellm pins openai<3): `make test-litellm`.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch litellm's price list

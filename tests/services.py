@@ -54,7 +54,7 @@ class PostgresServer:
 
     def stop(self, data_dir: str) -> None:
         subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "-D", data_dir, "-m", "fast", "-w", "stop"]),
-                       capture_output=True)
+                       capture_output=True, check=False)
 
 
 @contextlib.contextmanager

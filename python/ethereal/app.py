@@ -116,7 +116,7 @@ class Ethereal:
                 for cleanup in pending:
                     try:
                         await asyncio.shield(cleanup())
-                    except Exception:  # noqa: BLE001 - one failed cleanup must not skip the others
+                    except Exception:
                         log.exception("request cleanup failed")
         elif kind == "lifespan":
             await self._lifespan(receive, send)

@@ -48,14 +48,14 @@ RETRYABLE_STATUSES = frozenset({429, 503, 529})
 class GatewayError(Exception):
     """An error answered to the client with its own status and type."""
 
-    __slots__ = ("status", "type", "message", "retry_after", "headers", "param", "upstream_hints")
+    __slots__ = ("headers", "message", "param", "retry_after", "status", "type", "upstream_hints")
 
     def __init__(
         self,
         status: int,
         message: str,
         *,
-        type: str | None = None,  # noqa: A002 - mirrors the wire field
+        type: str | None = None,
         retry_after: float | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
         param: str | None = None,

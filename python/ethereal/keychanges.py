@@ -9,6 +9,7 @@ cache is dropped directly and the others follow within the key cache TTL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -97,10 +98,8 @@ class RedisKeyChanges(KeyChanges):
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
         if self._client is not None:
             await self._client.aclose()
 

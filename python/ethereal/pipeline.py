@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 from blacksheep import Request, Response, StreamedContent
@@ -229,7 +229,7 @@ class Pipeline:
                 return await self._serve(adapter, request, call)
         except GatewayError as exc:
             return adapter.error(exc, call.request_id)
-        except Exception:  # noqa: BLE001 - never leak a traceback to the client
+        except Exception:
             log.exception("unhandled error in %s %s", clip(request.method, 16),
                           clip(request.url.path.decode("latin-1")))
             return adapter.error(GatewayError(500, "internal error in the gateway"), call.request_id)
@@ -291,7 +291,7 @@ class Pipeline:
         native, translate = adapter.stream_relay(call, out)
         receive = getattr(getattr(request, "content", None), "receive", None)
         relay = StreamRelay(self, call, resp, native, translate=translate, receive=receive)
-        pending = request.scope.get(CLEANUP_SCOPE_KEY)
+        pending = cast("list[Callable[[], Awaitable[None]]] | None", request.scope.get(CLEANUP_SCOPE_KEY))
         if pending is not None:
             pending.append(relay.abandon)
         headers = adapter.headers(call)
@@ -465,7 +465,7 @@ class Pipeline:
         if call.admission is not None:
             try:
                 await gw.limiter.settle(call.admission, tokens=usage.total_tokens, cost_micro=cost)
-            except Exception:  # noqa: BLE001 - a settle failure must not lose the usage record
+            except Exception:
                 log.exception("settle failed for %s", call.request_id)
         gw.meter.record(rec)
         return rec

@@ -7,6 +7,7 @@ message naming the variable, never a traceback from deep inside a request.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -172,7 +173,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             number = float(raw)
         except ValueError:
             raise SettingsError(f"{label} must be a number, got {raw!r}") from None
-        if number != number or number in (float("inf"), float("-inf")):
+        if not math.isfinite(number):
             raise SettingsError(f"{label} must be a finite number, got {raw!r}")
         if number < _FLOAT_FIELDS[name]:
             raise SettingsError(f"{label} must be >= {_FLOAT_FIELDS[name]}, got {number}")

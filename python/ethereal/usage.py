@@ -12,6 +12,7 @@ The upstream's numbers are read leniently: a count that is not a non-negative in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,7 @@ def count(value: Any) -> int:
         return 0
     if isinstance(value, int):
         return max(0, value)
-    if isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
+    if isinstance(value, float) and math.isfinite(value):
         return max(0, int(value))
     return 0
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of the price list at import
-import litellm  # noqa: E402
+import litellm
 
 from tests.conftest import Gateway
 

@@ -21,7 +21,7 @@ def cli_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ethereal", "keys", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ethereal", "keys", *args], env=env, capture_output=True, check=False,
                           text=True, timeout=60)
 
 

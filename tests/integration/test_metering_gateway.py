@@ -65,7 +65,7 @@ def billed(name: str) -> dict[str, Any]:
         return i * pin + o * pout + c5 * pin * 1.25 + c1 * pin * 2 + cr * pin * 0.1
 
     if u1.get("iterations"):
-        tot = dict(input=0, output=0, c5=0, c1=0, cr=0)
+        tot = {"input": 0, "output": 0, "c5": 0, "c1": 0, "cr": 0}
         micro = 0.0
         for it in u1["iterations"]:
             c5, c1 = split(it)
@@ -75,8 +75,8 @@ def billed(name: str) -> dict[str, Any]:
             micro += cost(it.get("model") or model, *vals)
     else:
         c5, c1 = split({**u0, **u1}, u0)
-        tot = dict(input=u1.get("input_tokens", u0["input_tokens"]), output=u1["output_tokens"], c5=c5, c1=c1,
-                   cr=u1.get("cache_read_input_tokens", u0.get("cache_read_input_tokens", 0)))
+        tot = {"input": u1.get("input_tokens", u0["input_tokens"]), "output": u1["output_tokens"], "c5": c5, "c1": c1,
+                   "cr": u1.get("cache_read_input_tokens", u0.get("cache_read_input_tokens", 0))}
         micro = cost(model, tot["input"], tot["output"], c5, c1, tot["cr"])
     return {"model": model, **tot, "web": web, "cost_micro": round(micro) + web * 10_000}
 
@@ -85,7 +85,7 @@ def billed(name: str) -> dict[str, Any]:
 def gw(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data_dir = tmp_path_factory.mktemp("metering-gw")
     key_a, rec_a = mint_into(data_dir, name="a")
-    key_b, rec_b = mint_into(data_dir, name="b")
+    key_b, _rec_b = mint_into(data_dir, name="b")
     with gateway_process(data_dir, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN}) as url:
         yield {"url": url, "a": key_a, "a_id": rec_a.id, "b": key_b, "data_dir": data_dir}
 

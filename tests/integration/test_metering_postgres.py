@@ -6,10 +6,8 @@ import random
 from typing import Any
 
 import pytest
-
 from ethereal.metering.aggregate import usage_totals
-from ethereal.storage.records import hour_ranges
-from ethereal.storage.records import UsageRecord
+from ethereal.storage.records import UsageRecord, hour_ranges
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import pytest
-
 from ethereal.app import Ethereal
 from ethereal.keys import mint
 from ethereal.limits.local import LocalLimiter

@@ -6,8 +6,9 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -372,7 +373,7 @@ def test_cache_creation_then_read(http: httpx.Client) -> None:
     assert u1["cache_creation"] == {"ephemeral_5m_input_tokens": u1["cache_creation_input_tokens"],
                                     "ephemeral_1h_input_tokens": 0}
     req2 = body("a different question", system=system)
-    r, raw = stream_raw(http, req2)
+    _r, raw = stream_raw(http, req2)
     events = check_framing(raw)
     u2 = events[0]["message"]["usage"]
     assert u2["cache_read_input_tokens"] == u1["cache_creation_input_tokens"]

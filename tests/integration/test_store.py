@@ -9,22 +9,21 @@ from typing import Any
 
 import pytest
 from ethereal.keys import mint
-from ethereal.storage.records import UsageRecord
 from ethereal.storage import open_store
-from ethereal.storage.records import StoredCredential
+from ethereal.storage.records import StoredCredential, UsageRecord
 
 
 def usage(key_id: str | None = "key_a", **kw: Any) -> UsageRecord:
     now = time.time()
-    base = dict(request_id="req_" + uuid.uuid4().hex, key_id=key_id, credential="default", route="messages",
-                model="claude-sonnet-4-6", status=200, stream=False, input_tokens=10, output_tokens=20,
-                cost_micro=330, ttfb_ms=12.5, duration_ms=40.0, started_at=now, ended_at=now + 0.04)
+    base = {"request_id": "req_" + uuid.uuid4().hex, "key_id": key_id, "credential": "default", "route": "messages",
+                "model": "claude-sonnet-4-6", "status": 200, "stream": False, "input_tokens": 10, "output_tokens": 20,
+                "cost_micro": 330, "ttfb_ms": 12.5, "duration_ms": 40.0, "started_at": now, "ended_at": now + 0.04}
     base.update(kw)
     return UsageRecord(**base)  # type: ignore[arg-type]
 
 
 async def test_keys_roundtrip(store: Any) -> None:
-    plaintext, rec = mint("sk-ant-api03-", name="n", owner="team-a", plan="pro", budget_tokens=10**12,
+    _plaintext, rec = mint("sk-ant-api03-", name="n", owner="team-a", plan="pro", budget_tokens=10**12,
                           budget_micro_usd=5_000_000, rpm=60, tpm=100_000, max_concurrency=4,
                           allowed_models=["sonnet-4"], expires_at=time.time() + 3600,
                           metadata={"cost_center": 42, "tags": ["x"]})
@@ -42,7 +41,7 @@ async def test_insert_keys_is_all_or_nothing(store: Any) -> None:
     _, b = mint("sk-")
     _, dup = mint("sk-")
     dup.key_hash = a.key_hash  # unique violation on the last row
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own driver's integrity error
         await store.insert_keys([a, b, dup])
     assert await store.list_keys() == []
     await store.insert_keys([a, b])
@@ -168,6 +167,6 @@ def test_migrate_cli_twice_concurrently(pg_url: str, tmp_path: Any) -> None:
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert sum("applied" in out for out, _ in outs) == 1, outs
-    again = subprocess.run([sys.executable, "-m", "ethereal", "migrate"], env=env, capture_output=True, text=True,
+    again = subprocess.run([sys.executable, "-m", "ethereal", "migrate"], env=env, capture_output=True, text=True, check=False,
                            timeout=60)
     assert again.returncode == 0 and "up to date" in again.stdout

@@ -7,10 +7,10 @@ import time
 import pytest
 from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
-from ethereal.storage.records import UsageRecord
 from ethereal.secretbox import SecretKeyError
 from ethereal.settings import Settings
 from ethereal.sim.testing import start_sim_process
+from ethereal.storage.records import UsageRecord
 from ethereal.upstream.client import UpstreamClient
 from ethereal.upstream.pool import Pool
 from ethereal.upstream.service import UpstreamService, stored_credential_count

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from ethereal import _native
-from ethereal.usage import Usage
 from ethereal.adapters import openai_chat
 from ethereal.errors import _OPENAI_TYPES, openai_error_body
+from ethereal.usage import Usage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

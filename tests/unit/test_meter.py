@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
-from ethereal.storage.records import UsageRecord
 from ethereal.storage.base import Store
+from ethereal.storage.records import UsageRecord
 
 
 def rec(i: int, **kw: Any) -> UsageRecord:
@@ -78,8 +77,8 @@ class FakeStore(Store):
 
 
 def config(tmp_path: Path, **kw: Any) -> MeterConfig:
-    base = dict(batch_size=100, interval=0.01, spool_dir=tmp_path / "spool", retry_min=0.01, retry_max=0.05,
-                lookup_wait=0.3, segment_bytes=16 * 1024)
+    base = {"batch_size": 100, "interval": 0.01, "spool_dir": tmp_path / "spool", "retry_min": 0.01, "retry_max": 0.05,
+                "lookup_wait": 0.3, "segment_bytes": 16 * 1024}
     base.update(kw)
     return MeterConfig(**base)  # type: ignore[arg-type]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ethereal.catalog import Catalog
 from ethereal.metering.pricing import WEB_SEARCH_MICRO, cost_micro, price_model
 from ethereal.usage import Usage, cache_split, parse_iterations, web_search_requests
@@ -36,7 +35,7 @@ def test_cache_multipliers() -> None:
 
 def test_agrees_with_catalog_cost() -> None:
     for model in CAT.models:
-        args = dict(input_tokens=1234, output_tokens=567, cache_read=8910)
+        args = {"input_tokens": 1234, "output_tokens": 567, "cache_read": 8910}
         assert cost_micro(CAT, model, Usage(cache_5m=111, cache_1h=222, **args)) == CAT.cost_micro(
             model, cache_creation_5m=111, cache_creation_1h=222, **args)
 
@@ -101,7 +100,6 @@ def test_tap_reports_iterations_and_searches_across_chunks() -> None:
     """The native tap reads the final message_delta's iterations (with their models) and web
     searches itself, whatever the chunking: one Usage value, no second parser in Python."""
     import orjson
-
     from ethereal import _native
 
     usage = {**COMPACTION_USAGE, "server_tool_use": {"web_search_requests": 2}}

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from ethereal.storage.records import UsageRecord
 from ethereal.metering.spool import Spool, SpoolFull, decode_lines, encode
+from ethereal.storage.records import UsageRecord
 
 
 def rec(i: int, **kw: object) -> UsageRecord:

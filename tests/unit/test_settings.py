@@ -6,7 +6,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-
 from ethereal.metering.config import MeterConfig
 from ethereal.settings import SettingsError, load_settings
 

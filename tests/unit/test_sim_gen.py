@@ -75,7 +75,7 @@ def test_prompt_cache_segments() -> None:
     other_model = cache.account(req, "other", True)
     assert other_model[3] == 0
     req["system"][0]["text"] = "b" * 4000
-    inp2, c5b, c1b, read2 = cache.account(req, "m", True)
+    _inp2, c5b, c1b, read2 = cache.account(req, "m", True)
     assert read2 == c1 and c1b == 0 and c5b == c5
     cache.min_tokens = 10_000
     cache.clear()

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.auth import require_admin
 from ethereal.admin.keyspec import KEY_FIELDS, MAX_BATCH, key_json, parse_key_fields
 from ethereal.api.common import anthropic_route, header_map, json_response, read_body
+from ethereal.auth import require_admin
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.keys import KeyRecord, mint
@@ -51,7 +51,7 @@ def register(app: Application, gw: Gateway) -> None:
         await gw.key_changes.publish(record.key_hash)  # this worker's cache at once, then every replica
 
     async def find(request: Request) -> KeyRecord:
-        key_id = request.route_values.get("key_id", "")
+        key_id = request.route_values.get("key_id") or ""
         record = await store().get_key(key_id)
         if record is None:
             raise GatewayError(404, f"no API key with id {key_id[:64]!r}")
@@ -77,7 +77,7 @@ def register(app: Application, gw: Gateway) -> None:
             raise invalid_request("body: must be a JSON object")
         if "keys" in body:
             if set(body) != {"keys"}:
-                extra = sorted(set(body) - {"keys"})[0]
+                extra = min(set(body) - {"keys"})
                 raise invalid_request(f"{extra}: not allowed with keys (set attributes per key)", param=extra)
             items = body["keys"]
             if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:

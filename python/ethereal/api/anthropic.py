@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from ethereal import _native, ids
-from ethereal.auth import is_admin
+from ethereal import ids
 from ethereal.api.common import (
     JSON,
     anthropic_error,
@@ -19,6 +18,7 @@ from ethereal.api.common import (
     path_with_query,
     raw_headers,
 )
+from ethereal.auth import is_admin
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.guards import check_model_name, estimate_input_tokens
@@ -158,7 +158,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         call = Call(request_id=request_id, route="models")
         await authenticate(request, call)
         async with pipeline.recording(call):
-            model_id = request.route_values.get("model_id", "")
+            model_id = request.route_values.get("model_id") or ""
             provider = request.route_values.get("provider")
             if provider:  # GET /v1/models/anthropic/claude-opus-4-7
                 model_id = f"{provider}/{model_id}"
@@ -178,7 +178,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         request's response has ended: from this worker's memory, else the database, waiting
         up to ETHEREAL_METER_LOOKUP_WAIT for a record another worker has not flushed yet."""
         headers = header_map(request)
-        usage_id = request.route_values.get("request_id", "")
+        usage_id = request.route_values.get("request_id") or ""
         key = None if is_admin(settings, headers) else await gw.auth.authenticate(headers)
         if not usage_id.startswith("req_") or len(usage_id) > 96:  # batch items: req_<24>_<custom_id>
             raise GatewayError(404, f"no usage record for request {usage_id[:96]!r}")

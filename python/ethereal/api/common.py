@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from blacksheep import Content, Request, Response
 
@@ -53,7 +54,11 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise GatewayError(400, "invalid content-length header") from None
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.content.stream():
+    # the incoming body (BlackSheep's ASGI content: its stub lacks ``stream``, which it has)
+    content: Any = request.content
+    if content is None:  # no body at all
+        return b""
+    async for chunk in content.stream():
         size += len(chunk)
         if size > limit:
             raise GatewayError(413, f"request body exceeds the maximum size of {limit} bytes")
@@ -88,7 +93,7 @@ def anthropic_route(handler: Handler) -> Callable[[Request], Awaitable[Response]
             return await handler(request, request_id)
         except GatewayError as exc:
             return anthropic_error(exc, request_id)
-        except Exception:  # noqa: BLE001 - never leak a traceback to the client
+        except Exception:
             log.exception("unhandled error in %s %s", clip(request.method, 16),
                           clip(request.url.path.decode("latin-1")))
             return anthropic_error(GatewayError(500, "internal error in the gateway"), request_id)
@@ -106,7 +111,7 @@ def openai_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, request_id)
         except GatewayError as exc:
             return openai_error(exc, request_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("unhandled error in %s %s", clip(request.method, 16),
                           clip(request.url.path.decode("latin-1")))
             return openai_error(GatewayError(500, "internal error in the gateway"), request_id)

@@ -147,7 +147,7 @@ def register(app: Application, gw: Gateway) -> None:
         obs = getattr(app, "observability", None)
         if obs is None:
             raise GatewayError(503, "the live view is not running")
-        return obs.ring  # type: ignore[no-any-return]
+        return obs.ring
 
     def store() -> Any:
         return gw.store
@@ -200,7 +200,7 @@ def register(app: Application, gw: Gateway) -> None:
             if sid is None:
                 return redirect(link_base + "/login")
             try:
-                return await handler(request, sid)  # type: ignore[no-any-return]
+                return await handler(request, sid)
             except GatewayError as exc:
                 return html("login.html" if exc.status == 503 else "error.html", exc.status, sid=sid, title="Error",
                             message=exc.message, enabled=True, error=exc.message, active="")
@@ -217,7 +217,7 @@ def register(app: Application, gw: Gateway) -> None:
             if current(request) is None:
                 return refused_json()
             try:
-                return await handler(request)  # type: ignore[no-any-return]
+                return await handler(request)
             except GatewayError as exc:
                 return json_out({"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status)
 

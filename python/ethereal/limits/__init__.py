@@ -203,14 +203,14 @@ class Limiter:
         that expired before its refresh is not re-created: its budget may already have been given
         to other requests; the request is still settled at its real cost.
         """
-        return None
+        return
 
     async def charge(self, key: KeyRecord, *, tokens: int, cost_micro: int, check: bool) -> None:
         """Move the key's spend by a signed amount outside any request (Message Batches: the
         estimate at create, ``check=True``, refusing with 402 when it does not fit the budget;
         the difference to the real cost when the batch is settled). No rate window, no
         concurrency slot. A key without a budget is not tracked."""
-        return None
+        return
 
     async def close(self) -> None:
         return None
@@ -305,8 +305,8 @@ class BaseLimiter(Limiter):
 def build_limiter(settings: Settings, store: Store | None, plans: Plans | None = None) -> Limiter:
     """RedisLimiter when Redis is configured, else the in-process LocalLimiter."""
     plans = plans or Plans(settings.plans)
-    common = dict(plans=plans, window_seconds=settings.limits_window_seconds,
-                  reservation_ttl=settings.limits_reservation_ttl, store=store)
+    common = {"plans": plans, "window_seconds": settings.limits_window_seconds,
+                  "reservation_ttl": settings.limits_reservation_ttl, "store": store}
     if settings.redis_url:
         from ethereal.limits.redis import RedisLimiter
 

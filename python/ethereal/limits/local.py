@@ -178,7 +178,7 @@ class LocalLimiter(BaseLimiter):
             return CONCURRENCY, min(1000, max(1, first - now)), 0
         allowances = st.held_tokens - st.held_in_tokens
         for i, window in enumerate(limits.windows, start=1):
-            buckets, cur, nb, bms = self._window(st, window, now)
+            buckets, _cur, nb, bms = self._window(st, window, now)
             used_r = sum(v[0] for v in buckets.values())
             used_t = sum(v[1] for v in buckets.values())
             if window.requests is not None and used_r + 1 > window.requests:

@@ -171,10 +171,10 @@ class Pipe:
         try:
             for command in setup:
                 await self.send(encode_command(command))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any setup failure is a connection failure to the caller
             self._drop(RedisConnectionError(f"Redis connection setup failed: {exc}"))
             raise RedisConnectionError(f"Redis connection setup failed: {exc}") from None
-        return proto  # type: ignore[no-any-return]
+        return proto
 
     async def connection(self) -> _Protocol:
         proto = self._proto

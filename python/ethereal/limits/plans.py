@@ -39,7 +39,7 @@ class Window:
 
     @property
     def window_ms(self) -> int:
-        return max(1, int(round(self.seconds * 1000)))
+        return max(1, round(self.seconds * 1000))
 
     @property
     def bucket_ms(self) -> int:
@@ -81,7 +81,7 @@ def _opt_int(plan: str, field: str, value: Any) -> int | None:
 
 def _plan_from_config(name: str, spec: Any) -> Plan:
     if not isinstance(spec, dict):
-        raise ValueError(f"plans.{name} must be a table")
+        raise ValueError(f"plans.{name} must be a table")  # noqa: TRY004 - a config error, as all here
     windows: list[Window] = []
     base = DEFAULT_PLANS.get(normalize(name))
     defaults = {w.name: w for w in base.windows} if base else {}

@@ -24,6 +24,7 @@ recover on their own once the server is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -346,8 +347,6 @@ class RedisLimiter(BaseLimiter):
         for task in (self._retry_task,):
             if task is not None and not task.done():
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                     await task
-                except (asyncio.CancelledError, Exception):
-                    pass
         await self.router.close()  # waits (bounded) for settles still on the wire

@@ -22,9 +22,9 @@ async def usage_totals(store: Store, *, group_by: str, since: float | None = Non
     if since is not None and until is not None and until <= since:
         return []
     rows = await store.usage_totals(group_by=group_by, since=since, until=until)
-    out = []
+    out: list[dict[str, Any]] = []
     for row in rows:
-        item = {group_by: row.get(group_by)}
+        item: dict[str, Any] = {group_by: row.get(group_by)}
         for name in SUMS:
             item[name] = int(row.get(name) or 0)
         item["cost_usd"] = f"{item['cost_micro'] / 1_000_000:.6f}"

@@ -50,15 +50,16 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from ethereal.metering.config import MeterConfig
-from ethereal.storage.records import UsageRecord
 from ethereal.metering.spool import Spool, SpoolFull
 from ethereal.storage.base import Store
+from ethereal.storage.records import UsageRecord
 
 log = logging.getLogger("ethereal.metering")
 
@@ -141,7 +142,7 @@ class Meter:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), 2 * self.config.flush_timeout + 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("meter flusher did not finish in time; spooling what is left")
                 self._task.cancel()
             self._task = None
@@ -182,7 +183,7 @@ class Meter:
         for observe in self.observers:
             try:
                 observe(rec)
-            except Exception:  # noqa: BLE001 - an observer never costs a request its record
+            except Exception:
                 log.exception("usage observer failed")
         n = len(queue)
         if n >= self.batch_size and not self._wake.is_set():
@@ -279,14 +280,14 @@ class Meter:
             if not self._closing:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self._wake.clear()
             try:
                 await self._cycle(force_retry=self._closing)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the flusher must never die
+            except Exception:
                 log.exception("meter flush cycle failed")
                 await asyncio.sleep(self.interval)
             if self._closing:

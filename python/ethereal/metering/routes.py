@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.auth import require_admin
 from ethereal.api.common import anthropic_route, header_map, json_response
+from ethereal.auth import require_admin
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
 from ethereal.metering.aggregate import GROUPS, usage_totals

@@ -98,9 +98,9 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["SimConfig", "SimServer", "serve", "run", "main"]
+__all__ = ["SimConfig", "SimServer", "main", "run", "serve"]
 
 
 @dataclass
@@ -124,7 +124,7 @@ class SimConfig:
 class SimServer:
     """A running sim: ``host``, ``port``, ``base_url``, ``state`` (stats, faults, cache)."""
 
-    def __init__(self, server: asyncio.AbstractServer, state: Any, config: SimConfig) -> None:
+    def __init__(self, server: asyncio.Server, state: Any, config: SimConfig) -> None:
         self.server = server
         self.state = state
         self.config = config
@@ -142,7 +142,7 @@ class SimServer:
     async def serve_forever(self) -> None:
         await self.server.serve_forever()
 
-    async def __aenter__(self) -> "SimServer":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

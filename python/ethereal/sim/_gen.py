@@ -473,8 +473,18 @@ THINKING, TEXT, TOOL = 0, 1, 2
 
 
 class Plan:
-    __slots__ = ("model", "blocks", "stop_reason", "stop_sequence", "input_tokens", "cc5", "cc1",
-                 "cache_read", "output_tokens", "seed")
+    __slots__ = (
+        "blocks",
+        "cache_read",
+        "cc1",
+        "cc5",
+        "input_tokens",
+        "model",
+        "output_tokens",
+        "seed",
+        "stop_reason",
+        "stop_sequence",
+    )
     model: str
     blocks: list[tuple[Any, ...]]
     stop_reason: str
@@ -523,7 +533,8 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
 
     # tools?
     tools = req.get("tools")
-    tool_choice = req.get("tool_choice") if isinstance(req.get("tool_choice"), dict) else {}
+    raw_choice = req.get("tool_choice")
+    tool_choice: dict[str, Any] = raw_choice if isinstance(raw_choice, dict) else {}
     tc_type = tool_choice.get("type", "auto")
     custom = [t for t in tools
               if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)] \
@@ -738,6 +749,7 @@ def render_frames(p: Plan, msg_id: str) -> tuple[list[bytes], list[int]]:
     for idx, blk in enumerate(p.blocks):
         kind = blk[0]
         ib = b"%d" % idx
+        start: dict[str, Any]
         if kind == TEXT:
             start = {"type": "text", "text": ""}
         elif kind == THINKING:

@@ -14,7 +14,7 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 class Recording:
-    __slots__ = ("name", "raw", "frames", "_message")
+    __slots__ = ("_message", "frames", "name", "raw")
 
     def __init__(self, name: str, raw: bytes) -> None:
         self.name = name

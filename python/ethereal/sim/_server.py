@@ -9,7 +9,8 @@ import traceback
 import uuid
 import zlib
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httptools
 import orjson
@@ -43,11 +44,11 @@ _ERROR_TYPES = {
     404: ("not_found_error", "Not Found"),
     413: ("request_too_large", "Request exceeds the maximum size"),
     429: ("rate_limit_error",
-          "This request would exceed the rate limit for your organization of 50 requests per minute. "
+          ("This request would exceed the rate limit for your organization of 50 requests per minute. "
           "For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response "
           "headers for current usage. Please reduce the prompt length or the maximum tokens requested, or "
           "try again later. You may also contact sales at https://www.anthropic.com/contact-sales to discuss "
-          "your options for a rate limit increase."),
+          "your options for a rate limit increase.")),
     500: ("api_error", "Internal server error"),
     503: ("overloaded_error", "Overloaded"),
     504: ("timeout_error", "Request timeout"),
@@ -78,8 +79,17 @@ def _norm_path(path: str) -> str:
 
 
 class Fault:
-    __slots__ = ("kind", "count", "retry_after", "after_events", "delay_ms", "paths", "message", "retry_after_ms",
-                 "should_retry")
+    __slots__ = (
+        "after_events",
+        "count",
+        "delay_ms",
+        "kind",
+        "message",
+        "paths",
+        "retry_after",
+        "retry_after_ms",
+        "should_retry",
+    )
 
     def __init__(self, spec: dict[str, Any]) -> None:
         raw = str(spec.get("fault", spec.get("kind", ""))).strip().lower()
@@ -132,7 +142,7 @@ class Fault:
                 "paths": list(self.paths) if self.paths is not None else ["*"]}
 
     @classmethod
-    def from_directive(cls, value: str) -> "Fault":
+    def from_directive(cls, value: str) -> Fault:
         # sim:fault=KIND[,key=value...]
         parts = value.split(",")
         spec: dict[str, Any] = {"fault": parts[0]}
@@ -207,8 +217,22 @@ _WANTED = {b"x-api-key", b"authorization", b"anthropic-version", b"expect"}
 
 
 class SimProtocol(asyncio.Protocol):
-    __slots__ = ("state", "transport", "parser", "url", "headers", "body", "body_len", "too_large",
-                 "pending", "busy", "closed", "task", "_can_write", "_paused_reading")
+    __slots__ = (
+        "_can_write",
+        "_paused_reading",
+        "body",
+        "body_len",
+        "busy",
+        "closed",
+        "headers",
+        "parser",
+        "pending",
+        "state",
+        "task",
+        "too_large",
+        "transport",
+        "url",
+    )
 
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -308,7 +332,7 @@ class SimProtocol(asyncio.Protocol):
             req = self.pending.popleft()
             try:
                 coro = self._handle(*req)
-            except Exception:  # a bug: say so loudly, answer like the API would, keep serving
+            except Exception:  # noqa: BLE001 - a bug: say so loudly, answer like the API would, keep serving
                 traceback.print_exc()
                 rid = _gen.request_id()
                 self._send_json(500, _error_body(500, rid), rid, close=True)
@@ -328,9 +352,9 @@ class SimProtocol(asyncio.Protocol):
     def _async_done(self, task: asyncio.Task) -> None:
         self.busy = False
         self.task = None
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            traceback.print_exception(exc)
             self.transport.abort()
             self.closed = True
             return
@@ -374,7 +398,7 @@ class SimProtocol(asyncio.Protocol):
 
     # ---------------------------------------------------------------- routing
     def _handle(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes, keep: bool,
-                too_large: bool):
+                too_large: bool) -> Any:
         st = self.state
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
@@ -515,6 +539,7 @@ class SimProtocol(asyncio.Protocol):
                 rec = st.library.get(directives["replay"])
                 if rec is None:
                     raise invalid(f"sim: unknown replay fixture {directives['replay']!r}")
+                action: tuple[Any, ...]
                 if stream:
                     action = ("sse", rec.frames, None, self._timing(directives))
                 else:
@@ -530,7 +555,7 @@ class SimProtocol(asyncio.Protocol):
                 frames, costs = _gen.render_frames(plan, msg_id)
                 action = ("sse", frames, costs, timing)
             else:
-                latency, ttft, tps = timing
+                _latency, ttft, tps = timing
                 extra_delay = ttft + (plan.output_tokens / tps if tps > 0 else 0.0)
                 action = ("json", 200, _gen.render_message(plan, msg_id), b"", extra_delay)
             return self._finish(action, rid, close, fault, npath)
@@ -541,7 +566,7 @@ class SimProtocol(asyncio.Protocol):
             return self._finish(("json", exc.status, err, b""),
                                 rid, close, fault, npath)
 
-    def _chat(self, body: bytes, rid: str, close: bool, fault: Fault | None, npath: str):
+    def _chat(self, body: bytes, rid: str, close: bool, fault: Fault | None, npath: str) -> Any:
         """The OpenAI SDK compatibility endpoint (``_openai_compat``); faults apply as to messages."""
         try:
             req = orjson.loads(body)
@@ -604,7 +629,7 @@ class SimProtocol(asyncio.Protocol):
             "last_id": page[-1]["id"] if page else None}), b"")
 
     # ---------------------------------------------------------------- executing an action
-    def _finish(self, action: tuple, rid: str, close: bool, fault: Fault | None, npath: str):
+    def _finish(self, action: tuple[Any, ...], rid: str, close: bool, fault: Fault | None, npath: str) -> Any:
         """Runs the action now when nothing needs waiting, else returns a coroutine."""
         delay = 0.0
         kind = action[0]
@@ -667,7 +692,7 @@ class SimProtocol(asyncio.Protocol):
             for i in range(0, n, epw):
                 chunk = b"".join(frames[i:min(i + epw, n)])
                 t.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-            if cut is not None and fault.kind == "reset_mid":
+            if cut is not None and fault is not None and fault.kind == "reset_mid":
                 st.count(npath, "reset")
                 self.closed = True
                 t.abort()
@@ -746,14 +771,16 @@ class SimProtocol(asyncio.Protocol):
         return not close
 
     # ---------------------------------------------------------------- control API
-    def _control(self, method: bytes, path: str, body: bytes, rid: str, close: bool):
+    def _control(self, method: bytes, path: str, body: bytes, rid: str, close: bool) -> Any:
         st = self.state
         try:
+            out: dict[str, Any]
             if path == "/_sim/faults" and method == b"POST":
                 spec = orjson.loads(body) if body else {}
                 if spec.get("clear"):
                     st.faults.clear()
-                specs = spec.get("faults") if isinstance(spec.get("faults"), list) else (
+                listed = spec.get("faults")
+                specs: list[Any] = listed if isinstance(listed, list) else (
                     [spec] if ("fault" in spec or "kind" in spec) else [])
                 for s in specs:
                     st.faults.append(Fault(s))
@@ -783,12 +810,12 @@ class SimProtocol(asyncio.Protocol):
                 out = {"fixtures": st.library.names()}
             else:
                 self._send_json(404, _error_body(404, rid), rid, close=close)
-                return None
+                return
         except (ValueError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
             self._send_json(400, _error_body(400, rid, message=str(exc)), rid, close=close)
-            return None
+            return
         self._send_json(200, orjson.dumps(out), rid, close=close)
-        return None
+        return
 
 
 def make_protocol_factory(state: SimState) -> Callable[[], SimProtocol]:

@@ -19,10 +19,18 @@ import asyncpg
 import orjson
 
 from ethereal.keys import KeyRecord
-from ethereal.storage.records import SUMS, hour_ranges
-from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
 from ethereal.storage.base import KEY_MUTABLE_FIELDS, SERIES_SUMS, Store, UsageFilter, migration_files
-from ethereal.storage.records import BATCH_COLUMNS, BATCH_MUTABLE, CREDENTIAL_COLUMNS, BatchRecord, StoredCredential
+from ethereal.storage.records import (
+    BATCH_COLUMNS,
+    BATCH_MUTABLE,
+    CREDENTIAL_COLUMNS,
+    SUMS,
+    USAGE_COLUMNS,
+    BatchRecord,
+    StoredCredential,
+    UsageRecord,
+    hour_ranges,
+)
 
 # pg_advisory_lock key for migrations: a fixed 64-bit number ("ethereal" in ASCII).
 MIGRATION_LOCK_ID = 0x657468657265616C

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -111,7 +111,7 @@ class UsageRecord:
 def _rfc3339(ts: float) -> str | None:
     if not ts:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 USAGE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRecord))
@@ -185,7 +185,7 @@ class BatchRecord:
     updated_at: float = field(default_factory=time.time)
 
 
-BATCH_COLUMNS: tuple[str, ...] = tuple(BatchRecord.__dataclass_fields__)  # type: ignore[attr-defined]
+BATCH_COLUMNS: tuple[str, ...] = tuple(BatchRecord.__dataclass_fields__)
 # what update_batch may change (the identity and owner never move; the credential only while
 # the batch is being created, when a failover sends it to another one)
 BATCH_MUTABLE = frozenset(BATCH_COLUMNS) - {"id", "key_id", "created_at", "request_count"}

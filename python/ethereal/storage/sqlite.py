@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from ethereal.keys import KeyRecord
-from ethereal.storage.records import USAGE_COLUMNS, UsageRecord
 from ethereal.storage.base import KEY_MUTABLE_FIELDS, SERIES_SUMS, Store, UsageFilter, migration_files
-from ethereal.storage.records import BATCH_COLUMNS, BATCH_MUTABLE, CREDENTIAL_COLUMNS, BatchRecord, StoredCredential
+from ethereal.storage.records import (
+    BATCH_COLUMNS,
+    BATCH_MUTABLE,
+    CREDENTIAL_COLUMNS,
+    USAGE_COLUMNS,
+    BatchRecord,
+    StoredCredential,
+    UsageRecord,
+)
 
 T = TypeVar("T")
 
@@ -169,7 +177,8 @@ class SQLiteStore(Store):
         limit: int = 100,
         after_id: str | None = None,
     ) -> list[KeyRecord]:
-        clauses, params = [], []  # type: ignore[var-annotated]
+        clauses: list[str] = []
+        params: list[Any] = []
         if owner is not None:
             clauses.append("owner = ?")
             params.append(owner)

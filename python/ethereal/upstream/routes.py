@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.auth import require_admin
 from ethereal.api.common import anthropic_route, header_map, json_response, read_body
+from ethereal.auth import require_admin
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
 
@@ -51,7 +51,7 @@ def register(app: Application, gw: Gateway) -> None:
     svc = gw.upstreams
 
     def name_of(request: Request) -> str:
-        return request.route_values.get("name", "")
+        return request.route_values.get("name") or ""
 
     @anthropic_route
     async def list_upstreams(request: Request, request_id: str) -> Response:
