@@ -45,7 +45,7 @@ class Model:
         }
 
     def to_openai(self) -> dict[str, object]:
-        created = int(datetime.fromisoformat(self.created_at.replace("Z", "+00:00")).timestamp())
+        created = int(datetime.fromisoformat(self.created_at).timestamp())
         return {"id": self.id, "object": "model", "created": created, "owned_by": "anthropic"}
 
 
