@@ -127,8 +127,11 @@ def _check_error_body(resp_status: int, headers: httpx.Headers, body: bytes, out
     except Exception as exc:  # noqa: BLE001
         out.kind, out.detail = "malformed", f"bad error body ({exc!r}): {body[:200]!r}"
         return
-    if resp_status in RETRYABLE and not headers.get("retry-after"):
-        out.kind, out.detail = "malformed", f"{resp_status} without retry-after"
+    # a retryable answer tells the client so: a 429 with its wait, a 503/529 with the wait or
+    # x-should-retry (an upstream 529 is relayed with the hints it came with, nothing added)
+    if resp_status in RETRYABLE and not (headers.get("retry-after") or headers.get("retry-after-ms")) and (
+            resp_status == 429 or headers.get("x-should-retry") != "true"):
+        out.kind, out.detail = "malformed", f"{resp_status} without retry-after or x-should-retry"
         return
     out.kind, out.error_type = "error_response", err["type"]
     if resp_status in RETRYABLE:

@@ -40,7 +40,7 @@ def gw(sims: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterat
     seed_credentials(data_dir, [{"name": n, "base_url": u} for n, u in sims.items()])
     key, _ = mint_into(data_dir, name="pool-test")
     env = {"ETHEREAL_SECRET_KEY": SECRET, "ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_FIRST_BYTE_TIMEOUT": "1.0",
-           "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "0.3", "ETHEREAL_UPSTREAM_PROBE_INTERVAL": "0.1"}
+           "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "0.3", "ETHEREAL_UPSTREAM_PROBE_INTERVAL": "0"}
     with gateway_process(data_dir, None, env=env) as url:
         admin = Admin(url)
         try:
