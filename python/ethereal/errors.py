@@ -3,8 +3,9 @@
 Anthropic routes answer ``{"type":"error","error":{"type","message"},"request_id"}``;
 OpenAI routes answer ``{"error":{"message","type","param","code"}}``. Every 429,
 503 and 529 the gateway answers itself carries ``retry-after``, ``retry-after-ms`` and
-``x-should-retry``; an upstream's error carries the upstream's own, as sent (a 429 without any
-wait gets ``retry-after: 1``: Codex CLI gives up at once without one).
+``x-should-retry``; an upstream's error carries the upstream's own, as sent. One without any wait
+gets ``retry-after-ms: 500`` (the SDKs' own first backoff) and ``retry-after: 1``: every 429/503/529
+carries a wait (Codex CLI gives up at once on a 429 without one).
 """
 
 from __future__ import annotations
