@@ -34,6 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
 from ethereal.storage.records import UsageRecord
+from ethereal.upstream.pool import Credential
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -197,7 +198,7 @@ def instrument_pool(pool: Any, metrics: Metrics) -> None:
     async def observed_acquire(model: str | None, affinity: bytes | None = None, exclude: Iterable[str] = (),
                                *, count_rpm: bool = True) -> Any:
         cred = await acquire(model, affinity, exclude, count_rpm=count_rpm)
-        if cred is not None:
+        if isinstance(cred, Credential):  # else a Refusal: why no credential can take it
             metrics._child(metrics.attempts, cred.name).inc()
             if exclude:
                 metrics._child(metrics.failovers, cred.name).inc()
