@@ -12,6 +12,9 @@ Then a throughput run through the gateway at concurrency 64.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -24,10 +27,24 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ethereal.keys import KeyRecord, mint
 from httpload import Result, run_load
 
-from tests.conftest import mint_into
 from tests.procs import gateway_process
+
+
+def insert_key(data_dir: Path, record: KeyRecord) -> None:
+    from ethereal.storage.sqlite import SQLiteStore
+
+    async def go() -> None:
+        store = await SQLiteStore.open(str(data_dir / "ethereal.sqlite3"))
+        try:
+            await store.migrate()
+            await store.insert_keys([record])
+        finally:
+            await store.close()
+
+    asyncio.run(go())
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -120,59 +137,67 @@ def merge(results: list[Result]) -> Result:
     return out
 
 
-async def main_async(args: argparse.Namespace, data_dir: Path, key: str) -> dict:
+async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict[str, str]]], key: str) -> dict:
+    """Sim directly and every gateway in ``trees`` (label, data dir, extra env), alternating rounds."""
     from ethereal.sim.testing import start_sim_process
 
-    report: dict = {"config": vars(args), "scenarios": []}
-    with start_sim_process() as (_sim_proc, sim_url):
-        with gateway_process(data_dir, sim_url, workers=args.workers) as gw_url:
-            gw_port = int(gw_url.rsplit(":", 1)[1])
-            gw_pids = proc_tree(find_listener_pid(gw_port))
-            headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
-            for stream in (False, True):
-                for conc in (1, 32):
-                    body = body_for(stream)
-                    # warm both paths
-                    await run_load(sim_url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
-                    await run_load(gw_url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
-                    direct, through, cpu = [], [], 0.0
-                    for _ in range(args.rounds):
-                        d, _ = await measure(sim_url + "/v1/messages", body, headers, conc, args.duration, None)
-                        g, c = await measure(gw_url + "/v1/messages", body, headers, conc, args.duration,
-                                             gw_pids)
-                        direct.append(d)
-                        through.append(g)
-                        cpu += c
-                    d, g = merge(direct).summary(), merge(through).summary()
+    report: dict = {"config": {k: str(v) for k, v in vars(args).items()}, "scenarios": []}
+    with start_sim_process() as (_sim_proc, sim_url), contextlib.ExitStack() as stack:
+        gateways = []
+        for label, data_dir, env in trees:
+            url = stack.enter_context(gateway_process(data_dir, sim_url, workers=args.workers, env=env))
+            gateways.append((label, url, proc_tree(find_listener_pid(int(url.rsplit(":", 1)[1])))))
+        headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+        for stream in (False, True):
+            for conc in (1, 32):
+                body = body_for(stream)
+                await run_load(sim_url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
+                for _, url, _ in gateways:  # warm every path
+                    await run_load(url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
+                direct: list[Result] = []
+                through: dict[str, list[Result]] = {label: [] for label, _, _ in gateways}
+                cpu = dict.fromkeys(through, 0.0)
+                for _ in range(args.rounds):
+                    d, _ = await measure(sim_url + "/v1/messages", body, headers, conc, args.duration, None)
+                    direct.append(d)
+                    for label, url, pids in gateways:
+                        g, c = await measure(url + "/v1/messages", body, headers, conc, args.duration, pids)
+                        through[label].append(g)
+                        cpu[label] += c
+                ds = merge(direct).summary()
+                for label, _, pids in gateways:
+                    g = merge(through[label]).summary()
                     row = {
-                        "stream": stream, "concurrency": conc,
-                        "direct": d, "gateway": g,
-                        "added_p50_ms": g["p50_ms"] - d["p50_ms"],
-                        "added_p99_ms": g["p99_ms"] - d["p99_ms"],
-                        "added_ttfb_p50_ms": g["ttfb_p50_ms"] - d["ttfb_p50_ms"],
-                        "gateway_cpu_ms_per_request": 1000 * cpu / max(1, g["requests"]),
-                        "gateway_rss_mb": rss_mb(gw_pids),
+                        "version": label, "stream": stream, "concurrency": conc,
+                        "direct": ds, "gateway": g,
+                        "added_p50_ms": g["p50_ms"] - ds["p50_ms"],
+                        "added_p99_ms": g["p99_ms"] - ds["p99_ms"],
+                        "added_ttfb_p50_ms": g["ttfb_p50_ms"] - ds["ttfb_p50_ms"],
+                        "gateway_cpu_ms_per_request": 1000 * cpu[label] / max(1, g["requests"]),
+                        "gateway_rss_mb": rss_mb(pids),
                     }
                     report["scenarios"].append(row)
                     print(format_row(row), flush=True)
-            # throughput through the gateway, non-streaming
-            body = body_for(False)
-            res, cpu = await measure(gw_url + "/v1/messages", body, headers, 64, args.duration * 2, gw_pids)
+        # throughput through each gateway, non-streaming
+        body = body_for(False)
+        report["throughput"] = {}
+        for label, url, pids in gateways:
+            res, cpu_s = await measure(url + "/v1/messages", body, headers, 64, args.duration * 2, pids)
             s = res.summary()
-            report["throughput"] = {"concurrency": 64, "rps": s["rps"], "errors": s["errors"],
-                                    "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
-                                    "gateway_cpu_ms_per_request": 1000 * cpu / max(1, s["requests"]),
-                                    "gateway_rss_mb": rss_mb(gw_pids)}
-            print(f"throughput c=64 non-stream via gateway: {s['rps']:.0f} req/s, errors {s['errors']}, "
+            report["throughput"][label] = {"concurrency": 64, "rps": s["rps"], "errors": s["errors"],
+                                           "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+                                           "gateway_cpu_ms_per_request": 1000 * cpu_s / max(1, s["requests"]),
+                                           "gateway_rss_mb": rss_mb(pids)}
+            print(f"{label:>7} throughput c=64 non-stream: {s['rps']:.0f} req/s, errors {s['errors']}, "
                   f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
-                  f"cpu {report['throughput']['gateway_cpu_ms_per_request']:.3f} ms/req", flush=True)
+                  f"cpu {report['throughput'][label]['gateway_cpu_ms_per_request']:.3f} ms/req", flush=True)
     return report
 
 
 def format_row(row: dict) -> str:
     d, g = row["direct"], row["gateway"]
     kind = "stream    " if row["stream"] else "non-stream"
-    return (f"{kind} c={row['concurrency']:<3} direct p50 {d['p50_ms']:.3f} p99 {d['p99_ms']:.3f} "
+    return (f"{row['version']:>7} {kind} c={row['concurrency']:<3} direct p50 {d['p50_ms']:.3f} p99 {d['p99_ms']:.3f} "
             f"{d['rps']:.0f} rps | gateway p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
             f"(errors {g['errors']}) | added p50 {row['added_p50_ms']:.3f} p99 {row['added_p99_ms']:.3f} "
             f"ttfb+ {row['added_ttfb_p50_ms']:.3f} ms | cpu {row['gateway_cpu_ms_per_request']:.3f} ms/req "
@@ -185,11 +210,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="gateway workers (one per core)")
     parser.add_argument("--json", help="write the full report here")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also run a gateway from another checkout (a worktree with its built extension), "
+                             "side by side in the same run, rounds alternating")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        key, _ = mint_into(Path(tmp), name="bench")
-        report = uvloop.run(main_async(args, Path(tmp), key))
+        trees: list[tuple[str, Path, dict[str, str]]] = []
+        key = ""
+        for label, checkout in (("this", None), ("against", args.against)):
+            if label == "against" and checkout is None:
+                continue
+            data_dir = Path(tmp) / label
+            data_dir.mkdir()
+            plaintext, record = mint("sk-ant-api03-", name="bench")
+            key = key or plaintext
+            if key != plaintext:  # one key for both: the same bytes on the wire
+                record.key_hash = hashlib.sha256(key.encode()).hexdigest()
+            insert_key(data_dir, record)
+            env = {"PYTHONPATH": str(checkout.resolve() / "python")} if checkout is not None else {}
+            trees.append((label, data_dir, env))
+        report = uvloop.run(main_async(args, trees, key))
     report["seconds"] = time.time() - started
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

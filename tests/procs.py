@@ -45,6 +45,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):  # an unclosed pipe is a ResourceWarning (a failure)
+        if pipe is not None:
+            pipe.close()
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -338,9 +339,17 @@ class Pipeline:
     async def admit(self, call: Call, out: Outbound, *, metered: bool = True) -> None:
         """Reserve budget and rate-window room for the request about to go upstream.
 
-        A key without limits skips both the native estimate and the limiter round trip."""
+        A key without limits skips both the native estimate and the limiter round trip. An
+        unmetered request (count_tokens: free) counts against the key's requests per minute
+        and concurrency only, never its budgets or token windows."""
         limiter = self.gw.limiter
-        if not metered or call.key is None or not limiter.governs(call.key):
+        if call.key is None:
+            return
+        if not metered:
+            if limiter.governs_count(call.key):
+                call.admission = await limiter.admit_count(call.key)
+            return
+        if not limiter.governs(call.key):
             return
         model = call.model
         call.admission = await limiter.admit(
@@ -534,8 +543,15 @@ class StreamRelay:
         completed = False
         try:
             try:
+                limiter = pipeline.gw.limiter
+                admission = call.admission
+                # a stream longer than the reservation ttl keeps its reservation and concurrency slot
+                refresh_at = time.monotonic() + limiter.refresh_interval if admission is not None else math.inf
                 async for chunk in resp.iter_chunks():
                     call.first_byte()
+                    if time.monotonic() >= refresh_at and admission is not None:
+                        refresh_at = time.monotonic() + limiter.refresh_interval
+                        await limiter.refresh(admission)
                     if self.translate:
                         out = native.feed(chunk)
                         if out:

@@ -7,6 +7,8 @@ limiter reservation and exactly one usage record.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 from ethereal.app import Ethereal
+from ethereal.errors import GatewayError
 from ethereal.keys import mint
 from ethereal.limits.local import LocalLimiter
 from ethereal.settings import Settings
@@ -48,7 +51,9 @@ def _scope(path: str, key: str, body: bytes) -> dict[str, Any]:
     }
 
 
-def _receive(body: bytes) -> Any:
+def _receive(body: bytes, *, client_stays: bool = False) -> Any:
+    """The request body, then ``http.disconnect`` (the client is gone) or, with ``client_stays``,
+    nothing more (as a server's receive blocks while the client stays connected)."""
     sent = False
 
     async def receive() -> dict[str, Any]:
@@ -56,6 +61,8 @@ def _receive(body: bytes) -> Any:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+        if client_stays:
+            await asyncio.Event().wait()
         return {"type": "http.disconnect"}
 
     return receive
@@ -115,3 +122,62 @@ async def test_non_streamed_records_a_real_time_to_first_byte(app: Ethereal) -> 
     assert out[0]["status"] == 200
     rec = app.gateway.meter.recent_records()[-1]
     assert rec.ttfb_ms is not None and rec.ttfb_ms > 0
+
+
+async def _call(app: Ethereal, path: str, key: str, body: bytes) -> tuple[int, bytes]:
+    out: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        out.append(message)
+
+    await app(_scope(path, key, body), _receive(body), send)
+    return out[0]["status"], b"".join(m.get("body", b"") for m in out[1:])
+
+
+async def test_count_tokens_counts_against_rpm_but_not_budgets(app: Ethereal) -> None:
+    """count_tokens is free: a spent budget does not refuse it, the key's requests per minute do."""
+    key, key_id = await _minted(app, rpm=2, budget_tokens=1)
+    limiter = app.gateway.limiter
+    assert isinstance(limiter, LocalLimiter)
+    limiter.state(key_id).seeded, limiter.state(key_id).spent_tokens = True, 5  # the budget is spent
+    body = orjson.dumps({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]})
+    statuses = [(await _call(app, "/v1/messages/count_tokens", key, body))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    status, _ = await _call(app, "/v1/messages", key, _body(stream=False))
+    assert status == 402  # a Messages request does meet the spent budget
+    assert _held(app, key_id) == 0
+
+
+async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(tmp_path: Path, sim_url: str) -> None:
+    """The relay refreshes the reservation while the stream lives (ttl 1 s, stream ~2.5 s)."""
+    settings = Settings(data_dir=tmp_path, upstream_url=sim_url, upstream_key="sim-key", limits_reservation_ttl=1.0)
+    entry = Ethereal(settings)
+    await entry.start()
+    try:
+        key, key_id = await _minted(entry, budget_tokens=1_000_000, max_concurrency=1)
+        body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
+                             "messages": [{"role": "user", "content": "count sim:tokens=50 sim:tps=20"}]})
+        held_late: list[int] = []
+        statuses: list[int] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            if message["type"] == "http.response.body" and message.get("more_body"):
+                limiter = entry.gateway.limiter
+                assert isinstance(limiter, LocalLimiter)
+                if time.monotonic() - started > 1.5 and not held_late:  # past the ttl: still held
+                    record = await entry.gateway.store.get_key(key_id)
+                    assert record is not None
+                    with pytest.raises(GatewayError) as refused:  # the one concurrency slot is this stream's
+                        await limiter.admit(record, model="claude-sonnet-4-5", input_tokens=10, max_tokens=10,
+                                            price_in=0.0, price_out=0.0)
+                    held_late.append(refused.value.status)
+
+        started = time.monotonic()
+        await entry(_scope("/v1/messages", key, body), _receive(body, client_stays=True), send)
+        assert statuses == [200]
+        assert time.monotonic() - started > 1.5 and held_late == [429]
+        assert _held(entry, key_id) == 0  # settled at the end
+    finally:
+        await entry.stop()
