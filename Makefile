@@ -62,7 +62,7 @@ lint: setup ## quality gates that fail: clippy (pedantic) -D warnings, ruff, myp
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	$(BIN)/python -m ruff check python tests loadtest
 	$(BIN)/python -m mypy
-	$(BIN)/python -m mypy.stubtest ethereal._native
+	MYPYPATH=python $(BIN)/python -m mypy.stubtest ethereal._native  # MYPYPATH: mypy cannot see the editable install
 
 fault-matrix: setup clients ## the direct-vs-ethereal fault matrix with the real clients, written to docs/fault-matrix.md
 	ETHEREAL_FAULT_MATRIX=docs/fault-matrix.md $(BIN)/python -m pytest -q -s tests/e2e/test_fault_matrix.py

@@ -1,9 +1,12 @@
 """Type stub for ``ethereal._native`` (Rust: rust/ethereal-py). Checked against the extension by
 ``mypy.stubtest`` in ``make lint``."""
 
-from typing import final
+from typing import Self, final
 
 from ethereal.usage import Usage
+
+__all__ = ["MAX_JSON_DEPTH", "ChatTranslator", "ResponsesTranslator", "StreamState", "StreamTap", "estimate_text_tokens",
+           "estimate_tokens", "json_shape", "parse_sse"]
 
 @final
 class StreamState:
@@ -50,7 +53,7 @@ class StreamTap:
     what to bill (``usage``) and how the stream went (``state``).
     """
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     def feed(self, chunk: bytes) -> int:
         """Parse one chunk; returns the number of events it completed."""
     def finish(self) -> None:
@@ -76,8 +79,8 @@ class ChatTranslator:
     ``usage()`` and ``state()`` are StreamTap's, computed from the same events.
     """
 
-    def __init__(self, model: str, completion_id: str, created: int, include_usage: bool, *,
-                 json_tool: str | None = None, legacy_functions: bool = False) -> None: ...
+    def __new__(cls, model: str, completion_id: str, created: int, include_usage: bool, *,
+                json_tool: str | None = None, legacy_functions: bool = False) -> Self: ...
     def feed(self, chunk: bytes) -> bytes:
         """Translate one chunk; returns the OpenAI SSE bytes it completed."""
     def finish(self) -> bytes:
@@ -108,8 +111,8 @@ class ResponsesTranslator:
     ``usage()`` and ``state()`` are StreamTap's, computed from the same events.
     """
 
-    def __init__(self, response_id: str, head: str, *, custom_tools: list[str] = ...,
-                 namespaced: list[tuple[str, str, str]] = ..., json_tool: str | None = None) -> None: ...
+    def __new__(cls, response_id: str, head: str, *, custom_tools: list[str] = ...,
+                namespaced: list[tuple[str, str, str]] = ..., json_tool: str | None = None) -> Self: ...
     def feed(self, chunk: bytes) -> bytes:
         """Translate one chunk; returns the Responses SSE bytes it completed."""
     def finish(self) -> bytes:
