@@ -73,12 +73,13 @@ def connect(base: str) -> socket.socket:
 
 
 def read_reply(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Everything the server sends until it closes (or the timeout)."""
+    """Everything the server sends until it closes (or the timeout); then this side closes too."""
     sock.settimeout(timeout)
     out = b""
     with contextlib.suppress(OSError):
         while chunk := sock.recv(65536):
             out += chunk
+    sock.close()
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 from ethereal.upstream.affinity import cache_affinity
@@ -373,12 +374,14 @@ async def test_redis_down_falls_back_to_local_health() -> None:
         await health.close()
 
 
-@pytest.mark.parametrize("n", [1000])
-def test_affinity_key_is_cheap(n: int) -> None:
-    body = {"system": [{"type": "text", "text": "x" * 50_000, "cache_control": {"type": "ephemeral"}}],
-            "tools": [{"name": f"t{i}", "input_schema": {"type": "object"}} for i in range(30)],
-            "messages": [{"role": "user", "content": "hello " * 100}] * 50}
-    t0 = time.perf_counter()
-    for _ in range(n):
-        cache_affinity(body, "m")
-    assert (time.perf_counter() - t0) / n < 0.002
+def test_affinity_key_of_a_large_prefix_is_stable_and_small() -> None:
+    """A 50 KB cached system prompt and 30 tools give one 16-byte key, the same on every call and
+    whatever follows the prefix. (Its speed is a benchmark's business, not a unit test's.)"""
+    body: dict[str, Any] = {
+        "system": [{"type": "text", "text": "x" * 50_000, "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": f"t{i}", "input_schema": {"type": "object"}} for i in range(30)],
+        "messages": [{"role": "user", "content": "hello " * 100}] * 50}
+    key = cache_affinity(body, "m")
+    assert key is not None and len(key) == 16 and cache_affinity(body, "m") == key
+    longer = {**body, "messages": [*body["messages"], {"role": "user", "content": "more"}]}
+    assert cache_affinity(longer, "m") == key

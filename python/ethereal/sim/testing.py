@@ -78,7 +78,8 @@ def start_sim_process(host: str = "127.0.0.1", port: int = 0, *, timeout: float 
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
     base_url = None
     seen: list[str] = []
     deadline = time.monotonic() + timeout
@@ -105,6 +106,9 @@ def start_sim_process(host: str = "127.0.0.1", port: int = 0, *, timeout: float 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        pumper.join(timeout=5)  # the pipe reaches EOF once the process is gone
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def control(base_url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
