@@ -44,35 +44,63 @@ def served(sim_url: str, status: str = "200", path: str = "/v1/messages") -> int
 
 class Admin:
     def __init__(self, base: str, key: str = ADMIN) -> None:
-        self.http = httpx.Client(base_url=base + "/admin/api/upstreams", headers={"x-api-key": key}, timeout=10)
+        self.http = _Calls(base + "/admin/api/upstreams", {"x-api-key": key})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.request(method, path, **kwargs)
 
     def get(self, name: str) -> dict[str, Any]:
-        r = self.http.get(f"/{name}")
+        r = self._call("GET", f"/{name}")
         r.raise_for_status()
         return r.json()
 
     def list(self) -> list[dict[str, Any]]:
-        r = self.http.get("")
+        r = self._call("GET", "")
         r.raise_for_status()
         return r.json()["data"]
 
     def patch(self, name: str, **changes: Any) -> dict[str, Any]:
-        r = self.http.patch(f"/{name}", json=changes)
+        r = self._call("PATCH", f"/{name}", json=changes)
         r.raise_for_status()
         return r.json()
 
     def enable(self, name: str) -> dict[str, Any]:
-        r = self.http.post(f"/{name}/enable")
+        r = self._call("POST", f"/{name}/enable")
         r.raise_for_status()
         return r.json()
 
     def disable(self, name: str, reason: str | None = None) -> dict[str, Any]:
-        r = self.http.post(f"/{name}/disable", json={"reason": reason} if reason else None)
+        r = self._call("POST", f"/{name}/disable", json={"reason": reason} if reason else None)
         r.raise_for_status()
         return r.json()
 
     def close(self) -> None:
-        self.http.close()
+        return None  # nothing held open: a connection per call
+
+
+class _Calls:
+    """``get``/``post``/``patch``/``delete`` on a base URL, a connection per call, so a test leaves
+    no socket open (the suite fails on a ResourceWarning)."""
+
+    def __init__(self, base: str, headers: dict[str, str]) -> None:
+        self.base, self.headers = base, headers
+
+    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.base + path, headers={**self.headers, **(headers or {})}, timeout=10,
+                             **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kwargs)
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
