@@ -12,7 +12,6 @@ Then a throughput run through the gateway at concurrency 64.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -27,24 +26,11 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ethereal.keys import KeyRecord, mint
+from ethereal.keys import mint
 from httpload import Result, run_load
 
+from tests.conftest import insert_key
 from tests.procs import gateway_process
-
-
-def insert_key(data_dir: Path, record: KeyRecord) -> None:
-    from ethereal.storage.sqlite import SQLiteStore
-
-    async def go() -> None:
-        store = await SQLiteStore.open(str(data_dir / "ethereal.sqlite3"))
-        try:
-            await store.migrate()
-            await store.insert_keys([record])
-        finally:
-            await store.close()
-
-    asyncio.run(go())
 
 CLK = os.sysconf("SC_CLK_TCK")
 

@@ -33,9 +33,14 @@ class Gateway:
 
 
 def mint_into(data_dir: Path, **attrs: Any) -> tuple[str, KeyRecord]:
-    from ethereal.storage.sqlite import SQLiteStore
-
     plaintext, record = mint("sk-ant-api03-", **attrs)
+    insert_key(data_dir, record)
+    return plaintext, record
+
+
+def insert_key(data_dir: Path, record: KeyRecord) -> None:
+    """Store a key record in the embedded store of ``data_dir`` (migrated first)."""
+    from ethereal.storage.sqlite import SQLiteStore
 
     async def go() -> None:
         store = await SQLiteStore.open(str(data_dir / "ethereal.sqlite3"))
@@ -46,7 +51,6 @@ def mint_into(data_dir: Path, **attrs: Any) -> tuple[str, KeyRecord]:
             await store.close()
 
     asyncio.run(go())
-    return plaintext, record
 
 
 @pytest.fixture(scope="session")
