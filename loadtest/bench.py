@@ -196,17 +196,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="gateway workers (one per core)")
     parser.add_argument("--json", help="write the full report here")
-    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT", action="append", default=[],
                         help="also run a gateway from another checkout (a worktree with its built extension), "
-                             "side by side in the same run, rounds alternating")
+                             "side by side in the same run, rounds alternating; repeatable")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         trees: list[tuple[str, Path, dict[str, str]]] = []
         key = ""
-        for label, checkout in (("this", None), ("against", args.against)):
-            if label == "against" and checkout is None:
-                continue
+        for label, checkout in (("this", None), *((c.name, c) for c in args.against)):
             data_dir = Path(tmp) / label
             data_dir.mkdir()
             plaintext, record = mint("sk-ant-api03-", name="bench")
