@@ -582,12 +582,19 @@ class StreamRelay:
             if self.watcher is not None:
                 self.watcher.cancel()
             if call.record is None:  # else abandon() recorded already
-                if not completed:  # the client went away (or the body was closed early)
+                state = native.state()
+                # a client that hangs up right after the stream's last event (an SDK closes on an
+                # error event) did see how it ended: that outcome is recorded, not a disconnect
+                ended = completed or state.saw_message_stop or state.error_type is not None
+                if not ended:  # the client went away (or the body was closed early)
                     resp.close()
                     status, error_type = 499, "client_disconnected"
                 else:
-                    resp.release()
-                    upstream_error_type = native.state().error_type
+                    if completed:
+                        resp.release()
+                    else:
+                        resp.close()
+                    upstream_error_type = state.error_type
                     if upstream_error_type is not None:
                         error_type, status = upstream_error_type, 200
                         if call.credential is not None and upstream_error_type in ("overloaded_error", "api_error"):
