@@ -3,9 +3,9 @@
 Anthropic routes answer ``{"type":"error","error":{"type","message"},"request_id"}``;
 OpenAI routes answer ``{"error":{"message","type","param","code"}}``. Every 429,
 503 and 529 the gateway answers itself carries ``retry-after``, ``retry-after-ms`` and
-``x-should-retry``; an upstream's error carries the upstream's own, as sent. One without any wait
-gets ``retry-after-ms: 500`` (the SDKs' own first backoff) and ``retry-after: 1``: every 429/503/529
-carries a wait (Codex CLI gives up at once on a 429 without one).
+``x-should-retry``; an upstream's error carries the upstream's own, as sent (a 429 without any
+wait gets ``retry-after: 1``: Codex CLI gives up at once without one; a 503/529 is left as sent,
+so clients keep their own shorter backoff).
 """
 
 from __future__ import annotations
@@ -121,12 +121,11 @@ def upstream_error(status: int, body: bytes, headers: Mapping[str, str] | None =
             except ValueError:
                 retry_after = None
     exc = GatewayError(status, message, type=err_type, retry_after=retry_after, upstream_hints=hints)
-    if status in RETRYABLE_STATUSES and not any(name in (b"retry-after", b"retry-after-ms") for name, _ in hints):
-        # Every 429/503/529 carries a wait (a 429 without one makes Codex CLI give up at once).
-        # The SDKs read retry-after-ms first: 500 ms is their own first backoff, so a client
-        # never waits longer than it would calling the upstream directly; retry-after (whole
-        # seconds only) is for the clients that read nothing else.
-        hints.append((b"retry-after-ms", b"500"))
+    if status == 429 and not any(name in (b"retry-after", b"retry-after-ms") for name, _ in hints):
+        # a 429 without a wait makes Codex CLI give up at once: add one. A 503/529 keeps exactly
+        # what the upstream sent: an added wait replaces the clients' own shorter first backoff
+        # (Claude Code reads whole-second retry-after: 1 s per 529 instead of ~0.5 s, measured in
+        # the fault matrix), so they would retry later than calling the upstream directly.
         hints.append((b"retry-after", b"1"))
     return exc
 
