@@ -159,8 +159,8 @@ def test_restart_between_create_and_end(sim: str, db_url: str, tmp_path: Path) -
         assert count_item_rows(db_url, batch.id) == 30
 
 
-@pytest.mark.skipif(not NODE_SDK.exists(), reason="run `make clients` for the Node SDK")
 def test_node_sdk_mixed_batch(sim: str, db_url: str, tmp_path: Path) -> None:
+    assert NODE_SDK.exists(), "the Node SDK is missing: `make clients` (make test runs it) installs it"
     key, _ = mint_into_url(_migrated(db_url), name="node")
     requests = mixed_requests(200, tag="n")
     bad = [*requests[:42], {"custom_id": "n-bad", "params": {**requests[42]["params"], "model": 7}}, *requests[42:]]

@@ -62,7 +62,22 @@ def openai_ratelimit_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[b
     return out
 
 
-class ChatCompletions(Adapter):
+class OpenAIAdapter(Adapter):
+    """What every OpenAI-shaped route answers alike: ``x-request-id`` and OpenAI's rate-limit
+    headers beside Anthropic's, errors in OpenAI's shape."""
+
+    def headers(self, call: Call) -> list[tuple[bytes, bytes]]:
+        headers = response_headers(call)
+        headers.append((b"x-request-id", call.request_id.encode()))
+        if call.admission is not None:
+            headers.extend(openai_ratelimit_headers(call.admission.headers))
+        return headers
+
+    def error(self, exc: GatewayError, request_id: str) -> Response:
+        return openai_error(exc, request_id)
+
+
+class ChatCompletions(OpenAIAdapter):
     """``POST /v1/chat/completions``: OpenAI's request translated to a Messages body, the reply
     translated back (streams by the native ``ChatTranslator``, whole messages in Python)."""
 
@@ -95,15 +110,6 @@ class ChatCompletions(Adapter):
                                                     legacy_functions=chat.legacy_functions)
         return Response(200, self.headers(call), Content(JSON, orjson.dumps(completion)))
 
-    def headers(self, call: Call) -> list[tuple[bytes, bytes]]:
-        headers = response_headers(call)
-        headers.append((b"x-request-id", call.request_id.encode()))
-        if call.admission is not None:
-            headers.extend(openai_ratelimit_headers(call.admission.headers))
-        return headers
-
-    def error(self, exc: GatewayError, request_id: str) -> Response:
-        return openai_error(exc, request_id)
 
 
 def _chat(out: Outbound) -> openai_chat.ChatRequest:

@@ -22,11 +22,10 @@ from blacksheep import Application, Content, Request, Response
 
 from ethereal import _native
 from ethereal.adapters import openai_responses
-from ethereal.api.common import JSON, openai_error, raw_headers
-from ethereal.api.openai import openai_ratelimit_headers, upstream_request_headers
-from ethereal.errors import GatewayError
+from ethereal.api.common import JSON, raw_headers
+from ethereal.api.openai import OpenAIAdapter, upstream_request_headers
 from ethereal.gateway import Gateway
-from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, Relay, response_headers
+from ethereal.pipeline import Call, Outbound, Pipeline, Relay
 from ethereal.upstream.affinity import cache_affinity
 
 ROUTE = "responses"
@@ -41,7 +40,7 @@ def prompt_cache_affinity(model: str | None, key: str) -> bytes:
     return hashlib.blake2b(f"{model}\0{key}".encode(), digest_size=16, person=b"eth-pck").digest()
 
 
-class Responses(Adapter):
+class Responses(OpenAIAdapter):
     """``POST /v1/responses``: a Responses request translated to a Messages body, the reply
     translated back (streams by the native ``ResponsesTranslator``, whole messages in Python)."""
 
@@ -75,15 +74,6 @@ class Responses(Adapter):
         response = openai_responses.to_response(message, _request(out))
         return Response(200, self.headers(call), Content(JSON, orjson.dumps(response)))
 
-    def headers(self, call: Call) -> list[tuple[bytes, bytes]]:
-        headers = response_headers(call)
-        headers.append((b"x-request-id", call.request_id.encode()))
-        if call.admission is not None:
-            headers.extend(openai_ratelimit_headers(call.admission.headers))
-        return headers
-
-    def error(self, exc: GatewayError, request_id: str) -> Response:
-        return openai_error(exc, request_id)
 
 
 def _request(out: Outbound) -> openai_responses.ResponsesRequest:
