@@ -134,8 +134,11 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
             url = stack.enter_context(gateway_process(data_dir, sim_url, workers=args.workers, env=env))
             gateways.append((label, url, proc_tree(find_listener_pid(int(url.rsplit(":", 1)[1])))))
         headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+        only = {name for name in args.only.split(",") if name}
         for stream in (False, True):
             for conc in (1, 32):
+                if only and f"{'stream' if stream else 'non-stream'}-{conc}" not in only:
+                    continue
                 body = body_for(stream)
                 await run_load(sim_url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
                 for _, url, _ in gateways:  # warm every path
@@ -167,7 +170,7 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
         # throughput through each gateway, non-streaming
         body = body_for(False)
         report["throughput"] = {}
-        for label, url, pids in gateways:
+        for label, url, pids in (gateways if not only or "throughput" in only else ()):
             res, cpu_s = await measure(url + "/v1/messages", body, headers, 64, args.duration * 2, pids)
             s = res.summary()
             report["throughput"][label] = {"concurrency": 64, "rps": s["rps"], "errors": s["errors"],
@@ -199,12 +202,26 @@ def main() -> None:
     parser.add_argument("--against", type=Path, metavar="CHECKOUT", action="append", default=[],
                         help="also run a gateway from another checkout (a worktree with its built extension), "
                              "side by side in the same run, rounds alternating; repeatable")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL[@CHECKOUT]:NAME=VALUE[,NAME=VALUE]",
+                        help="also run this checkout (or CHECKOUT) with these settings in its environment (e.g. "
+                             "'nolog:ETHEREAL_LOG_LEVEL=warning'), side by side; repeatable")
+    parser.add_argument("--only", default="", metavar="SCENARIOS",
+                        help="comma-separated subset of non-stream-1, non-stream-32, stream-1, stream-32, throughput")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         trees: list[tuple[str, Path, dict[str, str]]] = []
         key = ""
-        for label, checkout in (("this", None), *((c.name, c) for c in args.against)):
+        variants: list[tuple[str, Path | None, dict[str, str]]] = [("this", None, {})]
+        variants += [(c.name, c, {"PYTHONPATH": str(c.resolve() / "python")}) for c in args.against]
+        for spec in args.variant:
+            label, _, assignments = spec.partition(":")
+            settings = dict(a.split("=", 1) for a in assignments.split(",") if a)
+            label, _, checkout = label.partition("@")
+            if checkout:
+                settings["PYTHONPATH"] = str(Path(checkout).resolve() / "python")
+            variants.append((label, Path(checkout) if checkout else None, settings))
+        for label, _checkout, env in variants:
             data_dir = Path(tmp) / label
             data_dir.mkdir()
             plaintext, record = mint("sk-ant-api03-", name="bench")
@@ -212,7 +229,6 @@ def main() -> None:
             if key != plaintext:  # one key for both: the same bytes on the wire
                 record.key_hash = hashlib.sha256(key.encode()).hexdigest()
             insert_key(data_dir, record)
-            env = {"PYTHONPATH": str(checkout.resolve() / "python")} if checkout is not None else {}
             trees.append((label, data_dir, env))
         report = uvloop.run(main_async(args, trees, key))
     report["seconds"] = time.time() - started

@@ -12,12 +12,13 @@ import hashlib
 import os
 
 _B62 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BYTE_TO_B62 = bytes(_B62[b % 62] for b in range(256))  # one table lookup per byte
 _RANDOM = 20
 _TAG = 4
 
 
 def _base62(raw: bytes) -> str:
-    return bytes(_B62[b % 62] for b in raw).decode()
+    return raw.translate(_BYTE_TO_B62).decode()
 
 
 def _tag(random_part: str, key_hash: str) -> str:

@@ -3,11 +3,14 @@
 The gateway runs with 2 workers (prometheus multiprocess mode); whichever worker answers
 the scrape must report every worker's requests. Counters are compared with the traffic
 sent and with the usage records (the admin usage API), to the token and micro-dollar.
+Workers write their samples every quarter second (observability/metrics.py), so the
+fixture waits until the scrape shows the traffic, then every test reads settled numbers.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,11 @@ def run(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]
                 streamer.messages.create(**{**MESSAGE, "model": "made-up-model-x"})  # type: ignore[call-overload]
         for _ in range(N_UNAUTH):
             assert httpx.post(url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "sk-wrong"}).status_code == 401
+        expected = N_PLAIN + N_STREAM + N_UNKNOWN
+        deadline = time.monotonic() + 10
+        while total(scrape(f"http://127.0.0.1:{metrics_port}/metrics"), "ethereal_requests_total") < expected:
+            assert time.monotonic() < deadline, "the workers' samples never reached the scrape"
+            time.sleep(0.05)
         yield Run(url=url, log=data_dir / f"gateway-{url.rsplit(':', 1)[1]}.log", keys=keys,
                   metrics_port=metrics_port)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def test_ring_files_are_summed_across_workers(tmp_path: Path) -> None:
     script = (
         "import sys, time; from ethereal.observability import live; from tests.console.test_units import rec\n"
         f"r = live.Ring({str(tmp_path)!r})\n"
-        "[r.add(rec(i, at=time.time())) for i in range(7)]\n"
+        "[r.add(rec(i, at=time.time() - 1)) for i in range(7)]\n"
         "r.enter(); print('ok', flush=True); sys.stdin.read()\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
@@ -64,13 +65,68 @@ def test_ring_files_are_summed_across_workers(tmp_path: Path) -> None:
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ok"
         mine = live.Ring(tmp_path)
-        mine.add(rec(99, at=time.time()))
+        mine.add(rec(99, at=time.time() - 1))
         snap = live.snapshot(mine)
         assert snap["workers"] == 2 and snap["requests"] == 8 and snap["in_flight"] == 1
+        assert live.in_flight(tmp_path, mine) == 1 and live.in_flight(tmp_path) == 1  # /metrics reads headers only
+        mine.enter()
+        assert live.in_flight(tmp_path, mine) == 2
+        mine.leave()
     finally:
         child.communicate("", timeout=10)
     # a dead worker's history still counts; its in-flight count does not
     assert live.snapshot(mine)["in_flight"] == 0
+    assert live.in_flight(tmp_path, mine) == 0
+
+
+def _samples(text: bytes) -> list[str]:
+    return sorted(line for line in text.decode().splitlines() if "_created" not in line)
+
+
+def test_metrics_sums_in_memory_then_writes_what_direct_writes_would() -> None:
+    """Samples summed in memory and written per series at the flush give the same scrape as
+    writing each observation (bucket edges included) at once. (Outside an event loop every
+    sample is written at once: ``summed`` defers by being fed inside ``asyncio.run``.)"""
+    from ethereal.observability.metrics import ADMIT_BUCKETS, LATENCY_BUCKETS, Metrics
+
+    edges = [*LATENCY_BUCKETS, 0.0, 1e9]  # a value exactly on a bucket's bound belongs to that bucket
+    records = [rec(i, at=1_800_000_000.0, duration=1000.0 * v, status=200 if i % 3 else 429)
+               for i, v in enumerate(edges)]
+    summed, direct = Metrics(Catalog()), Metrics(Catalog())
+
+    async def feed() -> None:  # inside a loop: held until the flush timer, which never fires here
+        for r in records:
+            summed.observe(r)
+            summed.observe_value(summed.admit_latency, ADMIT_BUCKETS[r.status % 7])
+            summed.response(r.status)
+        assert summed._timer is not None and summed._counts
+
+    asyncio.run(feed())
+    for r in records:
+        direct.observe(r)
+        direct.observe_value(direct.admit_latency, ADMIT_BUCKETS[r.status % 7])
+        direct.response(r.status)
+        direct.flush()
+    summed.flush()
+    assert _samples(summed.registry_text()) == _samples(direct.registry_text())
+    assert _samples(summed.render()) == _samples(direct.render())
+    assert 'ethereal_requests_total{model="claude-sonnet-4-6",route="messages",status="429"} 6.0' \
+        in summed.render().decode()
+
+
+def test_metrics_written_within_a_flush_interval_inside_the_event_loop() -> None:
+    from ethereal.observability.metrics import FLUSH_SECONDS, Metrics
+
+    async def scenario() -> None:
+        metrics = Metrics(Catalog(), in_flight=lambda: 3)
+        metrics.observe(rec(1, at=time.time()))
+        line = 'ethereal_requests_total{model="claude-sonnet-4-6",route="messages",status="200"} 1.0'
+        assert line not in metrics.registry_text().decode()  # summed in memory
+        await asyncio.sleep(FLUSH_SECONDS * 2)
+        assert line in metrics.registry_text().decode()  # written by the timer
+        assert "ethereal_in_flight_requests 3.0" in metrics.render().decode()  # read at scrape time
+
+    asyncio.run(scenario())
 
 
 def test_rate_limiter_window_and_memory_bound() -> None:

@@ -17,7 +17,7 @@ from blacksheep import Application, Content, Request, Response
 
 from ethereal.auth import extract_key, is_admin
 from ethereal.gateway import Gateway
-from ethereal.observability import logs
+from ethereal.observability import live, logs
 from ethereal.observability.http import Observed, note_record
 from ethereal.observability.live import Ring
 from ethereal.observability.metrics import (
@@ -37,8 +37,9 @@ class Observability:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.metrics = Metrics(gw.catalog)
-        self.ring = Ring(multiproc_dir())
+        directory = multiproc_dir()
+        self.ring = Ring(directory)
+        self.metrics = Metrics(gw.catalog, in_flight=lambda: live.in_flight(directory, self.ring))
         self._task: asyncio.Task[None] | None = None
         instrument_pool(gw.pool, self.metrics)
         instrument_limiter(gw.limiter, self.metrics)
@@ -54,6 +55,10 @@ class Observability:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.metrics.flush()
+        writer = logs.access_log()
+        if writer is not None:
+            writer.flush()
 
     def refresh(self) -> None:
         self.metrics.meter_stats(self.gw.meter.stats())

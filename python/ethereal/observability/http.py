@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ethereal.observability import logs
 from ethereal.observability.live import Ring
 from ethereal.observability.metrics import Metrics
 from ethereal.storage.records import UsageRecord
@@ -73,9 +74,7 @@ class Observed:
         request_id: str | None = None
         ring, metrics = self.parts()
         if ring is not None:
-            ring.enter()
-        if metrics is not None:
-            metrics.in_flight.inc()
+            ring.enter()  # the in-flight count /metrics and the console read
 
         async def send_observed(message: dict[str, Any]) -> None:
             nonlocal status, request_id
@@ -94,9 +93,12 @@ class Observed:
             if ring is not None:
                 ring.leave()
             if metrics is not None:
-                metrics.in_flight.dec()
                 metrics.response(status or 499)
             if access.isEnabledFor(logging.INFO):
-                access.info("request", extra={"fields": fields_of(
-                    scope.get("method", ""), scope.get("path", ""), status or 499,
-                    (time.perf_counter() - t0) * 1000.0, request_id, slot[0])})
+                fields = fields_of(scope.get("method", ""), scope.get("path", ""), status or 499,
+                                   (time.perf_counter() - t0) * 1000.0, request_id, slot[0])
+                writer = logs.access_log()
+                if writer is not None:
+                    writer.write(fields)
+                else:  # logging as the embedding application configured it
+                    access.info("request", extra={"fields": fields})

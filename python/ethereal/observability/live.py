@@ -114,6 +114,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def in_flight(directory: str | os.PathLike[str] | None, own: Ring | None = None) -> int:
+    """Requests in flight now: the header of every live worker's ring (only the header is read)."""
+    if directory is None or (own is not None and own.path is None):
+        return max(0, own.v[H_IN_FLIGHT]) if own is not None else 0
+    total = 0
+    for path in Path(directory).glob("ring-*.bin"):
+        if own is not None and path == own.path:
+            total += max(0, own.v[H_IN_FLIGHT])
+            continue
+        try:
+            with path.open("rb") as f:
+                head = f.read(HEADER * 8)
+        except OSError:
+            continue
+        if len(head) == HEADER * 8:
+            view = memoryview(head).cast("q")
+            if view[H_MAGIC] == MAGIC and _alive(view[H_PID]):
+                total += max(0, view[H_IN_FLIGHT])
+    return total
+
+
 def _rings(own: Ring) -> list[memoryview]:
     """Every worker's ring: the files beside ours (other workers', dead ones' history too), or ours."""
     if own.path is None:

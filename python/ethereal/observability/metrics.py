@@ -16,23 +16,35 @@ Where the numbers come from:
 - upstream attempts, failovers, failures and cooldowns: ``Pool.acquire``/``report_failure``;
 - limiter decisions and latency: ``Limiter.admit``;
 - meter queue depth, spool bytes, dropped records: ``Meter.stats()`` once a second.
+
+The request path only adds to plain dicts: a counter's increments and a histogram's
+bucket counts are summed in memory and written to the shared files at most every
+``FLUSH_SECONDS`` (and before this worker renders a scrape, and when it stops), one
+write per series instead of one per observation. A scrape can therefore miss the last
+quarter second of another worker's traffic, well inside any scrape interval. In flight
+is not a stored sample at all: it is read from the live rings' headers when scraped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prom_values
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
+from ethereal.observability import live
 from ethereal.storage.records import UsageRecord
 from ethereal.upstream.pool import Credential
 
@@ -40,6 +52,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 ADMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _DB_FILE = re.compile(r"_(\d+)\.db$")
+FLUSH_SECONDS = 0.25
 
 
 def multiproc_dir() -> str | None:
@@ -62,9 +75,21 @@ def refusal_reason(exc: GatewayError) -> str:
     return "other"
 
 
+class InFlight(Collector):
+    """``ethereal_in_flight_requests`` read at scrape time from the workers' live rings."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("ethereal_in_flight_requests", "HTTP requests being served now",
+                                value=self.count())
+
+
 class Metrics:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, in_flight: Callable[[], int] = lambda: 0) -> None:
         self.catalog = catalog
+        self.in_flight = InFlight(in_flight)
         self.directory = multiproc_dir()
         if self.directory is not None and prom_values.ValueClass is prom_values.MutexValue:
             # prometheus_client picked its value class when first imported; make sure it is the
@@ -80,8 +105,7 @@ class Metrics:
                               ("route",), buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("ethereal_tokens", "Tokens by model and kind", ("model", "kind"), registry=r)
         self.cost = Counter("ethereal_cost_micro_usd", "Spend in micro-USD by model", ("model",), registry=r)
-        self.in_flight = Gauge("ethereal_in_flight_requests", "HTTP requests being served now",
-                               registry=r, multiprocess_mode="livesum")
+        r.register(self.in_flight)
         self.http = Counter("ethereal_http_responses", "Every HTTP response, by status class",
                             ("status_class",), registry=r)
         self.attempts = Counter("ethereal_upstream_attempts", "Requests sent to an upstream credential",
@@ -105,6 +129,9 @@ class Metrics:
         self._dropped_seen = 0
         self._children: dict[tuple[Any, ...], Any] = {}
         self._models: dict[str | None, str] = {}
+        self._counts: dict[Any, float] = {}  # counter child -> increments not written yet
+        self._observed: dict[Any, tuple[list[float], list[int]]] = {}  # histogram child -> ([sum], bucket counts)
+        self._timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ usage records
     def _model(self, name: str | None) -> str:
@@ -123,23 +150,64 @@ class Metrics:
             self._children[key] = child
         return child
 
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        """Add to a counter (a labelled child or an unlabelled counter), written at the next flush."""
+        counts = self._counts
+        counts[child] = counts.get(child, 0.0) + amount
+        if self._timer is None:
+            self._schedule()
+
+    def observe_value(self, child: Any, value: float) -> None:
+        """Observe into a histogram (a labelled child or an unlabelled histogram), written at the next flush."""
+        entry = self._observed.get(child)
+        if entry is None:
+            entry = self._observed[child] = ([0.0], [0] * len(child._upper_bounds))
+        entry[0][0] += value
+        entry[1][bisect.bisect_left(child._upper_bounds, value)] += 1  # the first bound >= value, as observe()
+        if self._timer is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside an event loop (a script, a unit test): write at once
+            self.flush()
+            return
+        self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Write what was added since the last flush: one write per series touched."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        counts, self._counts = self._counts, {}
+        observed, self._observed = self._observed, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+        for child, (total, buckets) in observed.items():
+            child._sum.inc(total[0])
+            for value, n in zip(child._buckets, buckets, strict=True):
+                if n:
+                    value.inc(n)
+
     def observe(self, rec: UsageRecord) -> None:
         model = self._model(rec.model)
         route = rec.route
-        self._child(self.requests, route, str(rec.status), model).inc()
-        self._child(self.latency, route).observe(rec.duration_ms / 1000.0)
+        inc = self.inc
+        inc(self._child(self.requests, route, str(rec.status), model))
+        self.observe_value(self._child(self.latency, route), rec.duration_ms / 1000.0)
         if rec.ttfb_ms is not None:
-            self._child(self.ttfb, route).observe(rec.ttfb_ms / 1000.0)
+            self.observe_value(self._child(self.ttfb, route), rec.ttfb_ms / 1000.0)
         for kind, value in (("input", rec.input_tokens), ("output", rec.output_tokens),
                             ("cache_read", rec.cache_read), ("cache_write_5m", rec.cache_creation_5m),
                             ("cache_write_1h", rec.cache_creation_1h)):
             if value:
-                self._child(self.tokens, model, kind).inc(value)
+                inc(self._child(self.tokens, model, kind), value)
         if rec.cost_micro:
-            self._child(self.cost, model).inc(rec.cost_micro)
+            inc(self._child(self.cost, model), rec.cost_micro)
 
     def response(self, status: int) -> None:
-        self._child(self.http, f"{status // 100}xx").inc()
+        self.inc(self._child(self.http, f"{status // 100}xx"))
 
     # ------------------------------------------------------------------ meter
     def meter_stats(self, stats: dict[str, Any]) -> None:
@@ -152,11 +220,17 @@ class Metrics:
 
     # ------------------------------------------------------------------ scrape
     def render(self) -> bytes:
+        self.flush()
         if self.directory is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.directory)
+        registry.register(self.in_flight)
         return generate_latest(registry)
+
+    def registry_text(self) -> bytes:
+        """This process's own samples as written so far (no flush): what a test compares."""
+        return generate_latest(self.registry)
 
     def forget_dead_workers(self) -> None:
         """Drop the live gauges of workers that died (in flight, queue depth) so they stop counting."""
@@ -186,6 +260,7 @@ def registry_for_directory(directory: str) -> CollectorRegistry:
     """What the ``--metrics-port`` listener serves: every worker's samples."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
+    registry.register(InFlight(lambda: live.in_flight(directory)))
     return registry
 
 
@@ -199,9 +274,9 @@ def instrument_pool(pool: Any, metrics: Metrics) -> None:
                                *, count_rpm: bool = True) -> Any:
         cred = await acquire(model, affinity, exclude, count_rpm=count_rpm)
         if isinstance(cred, Credential):  # else a Refusal: why no credential can take it
-            metrics._child(metrics.attempts, cred.name).inc()
+            metrics.inc(metrics._child(metrics.attempts, cred.name))
             if exclude:
-                metrics._child(metrics.failovers, cred.name).inc()
+                metrics.inc(metrics._child(metrics.failovers, cred.name))
         return cred
 
     async def observed_failure(cred: Any, kind: str, retry_after: float | None = None,
@@ -209,9 +284,9 @@ def instrument_pool(pool: Any, metrics: Metrics) -> None:
         was_cooling = cred.cooling(time.monotonic())
         was_enabled = cred.enabled
         await report_failure(cred, kind, retry_after, detail)
-        metrics._child(metrics.failures, cred.name, str(kind)).inc()
+        metrics.inc(metrics._child(metrics.failures, cred.name, str(kind)))
         if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic())):
-            metrics._child(metrics.cooldowns, cred.name, str(kind)).inc()
+            metrics.inc(metrics._child(metrics.cooldowns, cred.name, str(kind)))
 
     pool.acquire = observed_acquire
     pool.report_failure = observed_failure
@@ -227,11 +302,11 @@ def instrument_limiter(limiter: Any, metrics: Metrics) -> None:
         try:
             result = await admit(key, **kwargs)
         except GatewayError as exc:
-            latency.observe(time.perf_counter() - t0)
-            metrics._child(metrics.admits, "refused", refusal_reason(exc)).inc()
+            metrics.observe_value(latency, time.perf_counter() - t0)
+            metrics.inc(metrics._child(metrics.admits, "refused", refusal_reason(exc)))
             raise
-        latency.observe(time.perf_counter() - t0)
-        admitted.inc()
+        metrics.observe_value(latency, time.perf_counter() - t0)
+        metrics.inc(admitted)
         return result
 
     limiter.admit = observed_admit
