@@ -67,9 +67,11 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--stream", action="store_true")
     p.add_argument("--native", action="store_true")
+    p.add_argument("--rate", type=int, default=250, help="samples per second")
+    p.add_argument("--output", type=Path, help="where the raw stacks go")
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out = ROOT / "loadtest" / "results" / f"profile-{'stream' if args.stream else 'json'}.txt"
+    out = args.output or ROOT / "loadtest" / "results" / f"profile-{'stream' if args.stream else 'json'}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     uvloop.install()
     with start_sim_process() as (_, sim_url), tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +80,7 @@ def main() -> int:
             server = find_listener_pid(int(url.rsplit(":", 1)[1]))
             worker = max(proc_tree(server))  # one worker: the server process itself, or its single child
             headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
-            cmd = [spy, "record", "--pid", str(worker), "--duration", str(int(args.seconds)), "--rate", "250",
+            cmd = [spy, "record", "--pid", str(worker), "--duration", str(int(args.seconds)), "--rate", str(args.rate),
                    "--format", "raw", "--output", str(out), "--nonblocking"] + (["--native"] if args.native else [])
             rec = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result: dict[str, float] = {}

@@ -17,6 +17,11 @@ settles its reservation and records its usage as for any interrupted stream.
 
 The serving side (``ethereal.serving``) calls ``begin_drain`` on SIGTERM and ``end_streams``
 when the grace period is over. One ``Lifecycle`` per worker process: ``LIFECYCLE``.
+
+The same wrapper observes every request when given the worker's ring and metrics
+(``observability.wrap``): in flight, the response counter and the request log line, in
+the one send wrapper a request passes, so a stream is counted until its last byte and
+requests refused before any handler (404s, 401s) are logged too.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import Any
 import orjson
 
 from ethereal.errors import anthropic_sse_error, openai_error_body
+from ethereal.observability.http import RECORD, Parts, log_request
+from ethereal.storage.records import UsageRecord
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -139,10 +146,12 @@ class Lifecycle:
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI
-    def wrap(self, app: ASGIApp) -> LifecycleApp:
-        return LifecycleApp(app, None if self is LIFECYCLE else self)
+    def wrap(self, app: ASGIApp, observe: Parts | None = None,
+             configure_logs: Callable[[], None] | None = None) -> LifecycleApp:
+        return LifecycleApp(app, None if self is LIFECYCLE else self, observe, configure_logs)
 
-    async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                     observe: Parts | None = None) -> None:
         kind = scope["type"]
         if kind == "http":
             if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
@@ -151,10 +160,10 @@ class Lifecycle:
                             "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
                 return
-            if scope["method"] != "POST":  # streams are answers to POSTs; the rest passes untouched
+            if observe is None and scope["method"] != "POST":  # nothing to track or observe
                 await app(scope, receive, send)
                 return
-            await self._serve_post(app, scope, receive, send)
+            await self._serve(app, scope, receive, send, observe)
             return
         if kind == "lifespan":
             await app(scope, receive, self._lifespan_send(send))
@@ -173,12 +182,26 @@ class Lifecycle:
 
         return wrapped
 
-    async def _serve_post(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                     observe: Parts | None) -> None:
+        """One request through one send wrapper: stream tracking (event streams answering a POST),
+        the drain's ``connection: close``, and, with ``observe``, the in-flight count, the status
+        counter and the request log line (observability/http.py)."""
         stream: _Stream | None = None
         streams = self.streams
+        trackable = scope["method"] == "POST"
+        status = 0
+        request_id: str | None = None
+        ring, metrics = observe() if observe is not None else (None, None)
+        if observe is not None:
+            slot: list[UsageRecord | None] = [None]
+            token = RECORD.set(slot)
+            t0 = time.perf_counter()
+            if ring is not None:
+                ring.enter()
 
-        async def tracked(message: Message) -> None:
-            nonlocal stream
+        async def respond(message: Message) -> None:
+            nonlocal stream, status, request_id
             kind = message["type"]
             if kind == "http.response.body":
                 if stream is None:
@@ -210,16 +233,16 @@ class Lifecycle:
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             if kind == "http.response.start":
+                status = message["status"]
                 headers = message.get("headers") or ()
                 content_type = b""
-                request_id = b""
                 for name, value in headers:
                     if name == b"content-type":
                         content_type = value
-                    elif name == b"request-id":
-                        request_id = value
-                if content_type.startswith(b"text/event-stream"):
-                    stream = _Stream(asyncio.current_task(), send, scope["path"], request_id.decode("latin-1"))
+                    elif name == b"request-id" or (name == b"x-request-id" and request_id is None):
+                        request_id = value.decode("latin-1")[:64]
+                if trackable and content_type.startswith(b"text/event-stream"):
+                    stream = _Stream(asyncio.current_task(), send, scope["path"], request_id or "")
                     streams.add(stream)
                 if self.draining:
                     # a keep-alive client should open its next request elsewhere
@@ -227,7 +250,7 @@ class Lifecycle:
             await send(message)
 
         try:
-            await app(scope, receive, tracked)
+            await app(scope, receive, respond)
         except asyncio.CancelledError:
             if stream is None or not stream.ending or stream.ended:
                 raise
@@ -241,20 +264,37 @@ class Lifecycle:
             if stream is not None and not stream.ended:
                 stream.ended = True
                 streams.discard(stream)
+            if observe is not None:
+                RECORD.reset(token)
+                if ring is not None:
+                    ring.leave()
+                if metrics is not None:
+                    metrics.response(status or 499)
+                log_request(scope, status or 499, (time.perf_counter() - t0) * 1000.0, request_id, slot[0])
 
 
 LIFECYCLE = Lifecycle()
 
 
 class LifecycleApp:
-    """The ASGI app wrapped by this process's ``LIFECYCLE``.
+    """The ASGI app wrapped by this process's ``LIFECYCLE`` (and, with ``observe``, observed).
 
     A class, not a closure: uvicorn pickles the app into each spawned worker, where it binds
-    to that worker's own ``LIFECYCLE``."""
+    to that worker's own ``LIFECYCLE``; ``observe`` and ``configure_logs`` are module-level
+    or picklable callables that find the worker's ring and metrics once it has started."""
 
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle | None = None) -> None:
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle | None = None, observe: Parts | None = None,
+                 configure_logs: Callable[[], None] | None = None) -> None:
         self.app = app
         self.lifecycle = lifecycle  # None: the process's LIFECYCLE (what a pickled copy binds to)
+        self.observe = observe
+        self.configure_logs = configure_logs
+
+    @property
+    def settings(self) -> Any:
+        return getattr(self.app, "settings", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await (self.lifecycle or LIFECYCLE).handle(self.app, scope, receive, send)
+        if scope["type"] == "lifespan" and self.configure_logs is not None:
+            self.configure_logs()
+        await (self.lifecycle or LIFECYCLE).handle(self.app, scope, receive, send, self.observe)

@@ -18,6 +18,10 @@ protocol enforces, per connection and before anything is buffered past the cap:
   with ``retry-after`` and is closed at once.
 
 Refusals are written in Anthropic's error shape, the shape every client of the gateway parses.
+
+The clocks cost nothing per request: a phase change only notes the time, and one sweep per
+worker (``_Sweeper``, every tenth of the shortest timeout, at most once a second) checks
+every open connection's deadline. A limit fires at most one sweep interval late.
 """
 
 from __future__ import annotations
@@ -64,6 +68,44 @@ def _refusal(status: int, reason: bytes, err_type: str, message: str, extra: byt
             b"connection: close\r\n%s\r\n" % (status, reason, len(body), extra)) + body
 
 
+class _Sweeper:
+    """One timer per worker that checks every guarded connection's deadlines."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.connections: set[GuardedHttpToolsProtocol] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, conn: GuardedHttpToolsProtocol) -> None:
+        self.connections.add(conn)
+        if self._handle is None:
+            self._handle = self.loop.call_later(self.interval, self._sweep)
+
+    def discard(self, conn: GuardedHttpToolsProtocol) -> None:
+        self.connections.discard(conn)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn._check(now)
+        if self.connections:
+            self._handle = self.loop.call_later(self.interval, self._sweep)
+
+
+def _sweeper_of(protocol: GuardedHttpToolsProtocol) -> _Sweeper:
+    """The sweeper of the server this connection belongs to (kept on uvicorn's shared server state)."""
+    state = protocol.server_state
+    sweeper: _Sweeper | None = getattr(state, "ethereal_sweeper", None)
+    if sweeper is None or sweeper.loop is not protocol.loop:
+        limits = protocol.limits
+        interval = min(1.0, max(0.02, min(limits.header_timeout, limits.body_idle_timeout) / 10))
+        sweeper = _Sweeper(protocol.loop, interval)
+        state.ethereal_sweeper = sweeper  # type: ignore[attr-defined]
+    return sweeper
+
+
 _HEAD = 0  # reading a request line and headers
 _BODY = 1  # reading a body the application waits for
 _DONE = 2  # the whole request is read: the application's time, not the client's
@@ -77,13 +119,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits or ConnectionLimits()
         self._phase = _HEAD
         self._head_bytes = 0
-        self._fields = 0
         self._phase_started = 0.0
         self._last_data = 0.0
         self._body_bytes = 0
         self._paused_for = 0.0  # body time the application left unread (flow control)
         self._paused_at: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._clock = False  # the current phase is on the clock (head or body being read)
+        self._sweeper: _Sweeper | None = None
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -93,14 +135,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                                   "too many open connections to this gateway worker; retry shortly",
                                   b"retry-after: 1\r\n"))
             return
+        self._sweeper = _sweeper_of(self)
+        self._sweeper.add(self)
         self._enter(_HEAD)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._clock = False
+        if self._sweeper is not None:
+            self._sweeper.discard(self)
         super().connection_lost(exc)
 
     def _refuse(self, response: bytes) -> None:
-        self._cancel_timer()
+        self._clock = False
         if not self.transport.is_closing():
             self.transport.write(response)
             self.transport.close()
@@ -111,7 +157,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         now = self.loop.time()
         self._last_data = now
         if self._phase != _BODY:
-            if self._phase == _HEAD and self._timer is None:  # a request's first byte after a keep-alive wait
+            if self._phase == _HEAD and not self._clock:  # a request's first byte after a keep-alive wait
                 self._enter(_HEAD)
             # bytes that come while a response is still being written are the next request's head
             room = self.limits.max_header_bytes - self._head_bytes
@@ -157,18 +203,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(_refusal(431, b"Request Header Fields Too Large", "invalid_request_error", message))
 
     # ------------------------------------------------------------------ parser callbacks
-    def on_url(self, url: bytes) -> None:
-        self._fields = 0
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        if self._fields > self.limits.max_header_fields:
-            raise _HeadTooLarge(f"too many request header fields (at most {self.limits.max_header_fields})")
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        self._fields = 0
+        # the field count is checked once the head is in: the byte cap above already bounds
+        # what a head with many fields can hold (no per-field callback on the hot path)
+        if len(self.headers) > self.limits.max_header_fields:
+            raise _HeadTooLarge(f"too many request header fields (at most {self.limits.max_header_fields})")
         super().on_headers_complete()
         # a request without a body is complete here too; on_message_complete follows in the same feed
         self._enter(_BODY)
@@ -182,77 +221,57 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._phase != _BODY:
-            # the next bytes are the next request's head; its timer starts with its first byte,
+            # the next bytes are the next request's head; its clock starts with its first byte,
             # or now when part of it came while the response was being written
             self._phase = _HEAD
-            self._cancel_timer()
-            if self._head_bytes:
+            self._clock = bool(self._head_bytes)
+            if self._clock:
                 self._phase_started = self.loop.time()
-                self._arm(self.limits.header_timeout)
 
-    # ------------------------------------------------------------------ timers
+    # ------------------------------------------------------------------ clocks
     def _enter(self, phase: int) -> None:
         self._phase = phase
-        self._cancel_timer()
         now = self.loop.time()
         self._phase_started = now
         self._last_data = now
+        self._clock = phase != _DONE
         if phase == _HEAD:
             self._head_bytes = 0
-            self._arm(self.limits.header_timeout)
         elif phase == _BODY:
             self._body_bytes = 0
             self._paused_for = 0.0
             self._paused_at = None
-            self._arm(self.limits.body_idle_timeout)
 
-    def _arm(self, delay: float) -> None:
-        self._timer = self.loop.call_later(max(delay, 0.001), self._check)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check(self) -> None:
-        self._timer = None
-        if self.transport is None or self.transport.is_closing():
+    def _check(self, now: float) -> None:
+        """Called by the sweep: refuse the connection if the phase on the clock is over time."""
+        if not self._clock or self.transport is None or self.transport.is_closing():
             return
-        now = self.loop.time()
         if self._phase == _HEAD:
             if self.cycle is not None and not self.cycle.response_complete:
-                # a pipelined head behind a response still being written: not the client's stall
-                self._arm(self.limits.header_timeout)
-                return
-            left = self._phase_started + self.limits.header_timeout - now
-            if left > 0:
-                self._arm(left)
-                return
-            self._timed_out("request headers not received in time")
+                return  # a pipelined head behind a response still being written: not the client's stall
+            if now - self._phase_started >= self.limits.header_timeout:
+                self._timed_out("request headers not received in time")
         elif self._phase == _BODY:
             if self.flow.read_paused:  # the application is not reading: its time, not the client's
                 if self._paused_at is None:
                     self._paused_at = now
-                self._arm(self.limits.body_idle_timeout)
                 return
             if self._paused_at is not None:
                 self._paused_for += now - self._paused_at
+                self._last_data = max(self._last_data, self._paused_at)
                 self._paused_at = None
-            idle_left = self._last_data + self.limits.body_idle_timeout - now
-            if idle_left <= 0:
+            if now - self._last_data >= self.limits.body_idle_timeout:
                 self._timed_out("request body stalled")
                 return
             elapsed = now - self._phase_started - self._paused_for
             if (elapsed >= self.limits.body_idle_timeout and self.limits.body_min_rate
                     and self._body_bytes < self.limits.body_min_rate * elapsed):
                 self._timed_out(f"request body slower than {self.limits.body_min_rate} bytes/s")
-                return
-            self._arm(min(idle_left, self.limits.body_idle_timeout))
 
     def _timed_out(self, message: str) -> None:
         if self.cycle is not None and self._phase == _BODY and self.cycle.response_started:
             # the application already answered (e.g. a 401 before reading the body): just close
-            self._cancel_timer()
+            self._clock = False
             self.transport.close()
             return
         self._refuse(_refusal(408, b"Request Timeout", "invalid_request_error", message))

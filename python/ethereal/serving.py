@@ -146,13 +146,13 @@ def _config(settings: Settings) -> uvicorn.Config:
     from ethereal.app import Ethereal
     from ethereal.server import ConnectionLimits, protocol_class
 
-    # the app object (settings included) is pickled into each spawned worker, where the lifecycle
-    # wrapper binds to that worker's own LIFECYCLE; httptools behind a protocol that caps header
-    # size/count, times out slow clients and bounds open connections per worker (server.py); the
-    # workers die with this process (parent_pid), so a SIGKILLed replica leaves nothing behind
-    # the in-flight count and the request log line wrap the whole app (observability/http.py)
+    # the app object (settings included) is pickled into each spawned worker, where the edge
+    # wrapper (health, stream tracking, in-flight count, request log line: lifecycle.py) binds
+    # to that worker's own LIFECYCLE; httptools behind a protocol that caps header size/count,
+    # times out slow clients and bounds open connections per worker (server.py); the workers
+    # die with this process (parent_pid), so a SIGKILLed replica leaves nothing behind
     app = observability.wrap(Ethereal(settings, parent_pid=os.getpid()))
-    return uvicorn.Config(LIFECYCLE.wrap(app), host=settings.host, port=settings.port, workers=settings.workers,
+    return uvicorn.Config(app, host=settings.host, port=settings.port, workers=settings.workers,
                           loop="uvloop", http=protocol_class(ConnectionLimits.from_settings(settings)),
                           log_level="warning", access_log=False, backlog=2048, lifespan="on",
                           timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blacksheep import Application, Content, Request, Response
 
 from ethereal.auth import extract_key, is_admin
 from ethereal.gateway import Gateway
 from ethereal.observability import live, logs
-from ethereal.observability.http import Observed, note_record
+from ethereal.observability.http import note_record
 from ethereal.observability.live import Ring
 from ethereal.observability.metrics import (
     CONTENT_TYPE,
@@ -27,6 +27,9 @@ from ethereal.observability.metrics import (
     instrument_pool,
     multiproc_dir,
 )
+
+if TYPE_CHECKING:
+    from ethereal.lifecycle import LifecycleApp
 
 log = logging.getLogger("ethereal.observability")
 _REFRESH = 1.0
@@ -133,8 +136,11 @@ class _LogSetup:
         logs.configure(self.log_format, self.level)
 
 
-def wrap(app: Any) -> Observed:
-    """What servers run: ``app`` (an ``app.Ethereal``) inside the in-flight/log layer."""
+def wrap(app: Any) -> LifecycleApp:
+    """What servers run: ``app`` (an ``app.Ethereal``) inside the one edge layer that answers
+    health, tracks streams for a clean shutdown and counts and logs every request."""
+    from ethereal.lifecycle import LIFECYCLE
+
     settings = getattr(app, "settings", None)
     setup = _LogSetup(settings.log_format, settings.log_level) if settings is not None else None
-    return Observed(app, parts, setup)
+    return LIFECYCLE.wrap(app, parts, setup)
