@@ -269,7 +269,7 @@ class Lifecycle:
                 if ring is not None:
                     ring.leave()
                 if metrics is not None:
-                    metrics.response(status or 499)
+                    metrics.statuses.append(status or 499)  # counted at the metrics flush
                 log_request(scope, status or 499, (time.perf_counter() - t0) * 1000.0, request_id, slot[0])
 
 

@@ -63,8 +63,17 @@ def run(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]
             assert httpx.post(url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "sk-wrong"}).status_code == 401
         expected = N_PLAIN + N_STREAM + N_UNKNOWN
         deadline = time.monotonic() + 10
-        while total(scrape(f"http://127.0.0.1:{metrics_port}/metrics"), "ethereal_requests_total") < expected:
+        def settled() -> bool:
+            m = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+            return (total(m, "ethereal_requests_total") >= expected
+                    and total(m, "ethereal_http_responses_total", status_class="4xx") >= N_UNKNOWN + N_UNAUTH)
+
+        while not settled():
             assert time.monotonic() < deadline, "the workers' samples never reached the scrape"
+            time.sleep(0.05)
+        while sum(row["requests"] for row in httpx.get(url + "/admin/api/usage", params={"group_by": "model"},
+                                                         headers=admin).json()["data"]) < expected:
+            assert time.monotonic() < deadline, "the usage records never reached the database"
             time.sleep(0.05)
         yield Run(url=url, log=data_dir / f"gateway-{url.rsplit(':', 1)[1]}.log", keys=keys,
                   metrics_port=metrics_port)
@@ -135,12 +144,21 @@ def test_metrics_guard(run: Run) -> None:
     assert total(open_port, "ethereal_requests_total") == N_PLAIN + N_STREAM + N_UNKNOWN
 
 
-def test_json_request_log(run: Run) -> None:
+def access_lines(run: Run, path: str) -> tuple[str, list[dict[str, Any]]]:
     text = run.log.read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    access = [line for line in lines if line["logger"] == "ethereal.access"]
-    messages = [line for line in access if line["path"] == "/v1/messages"]
-    assert len(messages) == N_PLAIN + N_STREAM + N_UNKNOWN + N_UNAUTH  # one line per request
+    return text, [line for line in lines if line["logger"] == "ethereal.access" and line["path"] == path]
+
+
+def test_json_request_log(run: Run) -> None:
+    # request lines are written in batches (observability/logs.py AccessLog.INTERVAL): wait for them
+    expected = N_PLAIN + N_STREAM + N_UNKNOWN + N_UNAUTH
+    deadline = time.monotonic() + 10
+    text, messages = access_lines(run, "/v1/messages")
+    while len(messages) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        text, messages = access_lines(run, "/v1/messages")
+    assert len(messages) == expected  # one line per request
     served = [line for line in messages if line["status"] == 200]
     assert len(served) == N_PLAIN + N_STREAM
     for line in served:

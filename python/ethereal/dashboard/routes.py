@@ -147,6 +147,7 @@ def register(app: Application, gw: Gateway) -> None:
         obs = getattr(app, "observability", None)
         if obs is None:
             raise GatewayError(503, "the live view is not running")
+        obs.metrics.flush()  # this worker's records of the last quarter second are counted first
         return obs.ring
 
     def store() -> Any:

@@ -22,6 +22,7 @@ from ethereal.observability.http import note_record
 from ethereal.observability.live import Ring
 from ethereal.observability.metrics import (
     CONTENT_TYPE,
+    FLUSH_SECONDS,
     Metrics,
     instrument_limiter,
     instrument_pool,
@@ -42,11 +43,12 @@ class Observability:
         self.gw = gw
         directory = multiproc_dir()
         self.ring = Ring(directory)
-        self.metrics = Metrics(gw.catalog, in_flight=lambda: live.in_flight(directory, self.ring))
+        self.metrics = Metrics(gw.catalog, in_flight=lambda: live.in_flight(directory, self.ring), ring=self.ring)
         self._task: asyncio.Task[None] | None = None
         instrument_pool(gw.pool, self.metrics)
         instrument_limiter(gw.limiter, self.metrics)
-        gw.meter.observers.extend((self.metrics.observe, self.ring.add, note_record))
+        # on the request path a record is only appended; metrics and the ring count it at the flush
+        gw.meter.observers.extend((self.metrics.records.append, note_record))
         self.metrics.forget_dead_workers()
 
     async def start(self) -> None:
@@ -65,14 +67,21 @@ class Observability:
 
     def refresh(self) -> None:
         self.metrics.meter_stats(self.gw.meter.stats())
+        self.metrics.flush()
 
     async def _refresh_loop(self) -> None:
+        """Counts what the requests appended every ``FLUSH_SECONDS``; the meter's gauges once a second."""
+        n = 0
         while True:
-            await asyncio.sleep(_REFRESH)
+            await asyncio.sleep(FLUSH_SECONDS)
+            n += 1
             try:
-                self.refresh()
+                if n % round(_REFRESH / FLUSH_SECONDS) == 0:
+                    self.refresh()
+                else:
+                    self.metrics.flush()
             except Exception:
-                log.exception("metrics refresh failed")
+                log.exception("metrics flush failed")
 
     def allowed(self, headers: dict[bytes, bytes]) -> bool:
         settings = self.gw.settings

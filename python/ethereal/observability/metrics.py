@@ -13,13 +13,15 @@ is an HTTP status, ``credential`` names are the operator's.
 Where the numbers come from:
 - requests, latency, TTFB, tokens, spend: every usage record (``Meter.observers``);
 - in flight: the ASGI wrapper (observability/http.py), so refused and admin requests count too;
-- upstream attempts, failovers, failures and cooldowns: ``Pool.acquire``/``report_failure``;
+- upstream attempts and failovers: each credential's counters (``Credential.attempts``), read at
+  the flush; failures and cooldowns: ``Pool.report_failure``;
 - limiter decisions and latency: ``Limiter.admit``;
 - meter queue depth, spool bytes, dropped records: ``Meter.stats()`` once a second.
 
-The request path only adds to plain dicts: a counter's increments and a histogram's
-bucket counts are summed in memory and written to the shared files at most every
-``FLUSH_SECONDS`` (and before this worker renders a scrape, and when it stops), one
+The request path only appends: the usage record and the response status go to two lists
+(``records``, ``statuses``) that the flush turns into counts; a counter's increments and a
+histogram's bucket counts are summed in memory and written to the shared files at most
+every ``FLUSH_SECONDS`` (and before this worker renders a scrape, and when it stops), one
 write per series instead of one per observation. A scrape can therefore miss the last
 quarter second of another worker's traffic, well inside any scrape interval. In flight
 is not a stored sample at all: it is read from the live rings' headers when scraped.
@@ -32,7 +34,7 @@ import bisect
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,6 @@ from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
 from ethereal.observability import live
 from ethereal.storage.records import UsageRecord
-from ethereal.upstream.pool import Credential
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -87,8 +88,10 @@ class InFlight(Collector):
 
 
 class Metrics:
-    def __init__(self, catalog: Catalog, in_flight: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, catalog: Catalog, in_flight: Callable[[], int] = lambda: 0,
+                 ring: live.Ring | None = None) -> None:
         self.catalog = catalog
+        self.ring = ring  # the live ring gets each record at the flush too
         self.in_flight = InFlight(in_flight)
         self.directory = multiproc_dir()
         if self.directory is not None and prom_values.ValueClass is prom_values.MutexValue:
@@ -132,6 +135,10 @@ class Metrics:
         self._counts: dict[Any, float] = {}  # counter child -> increments not written yet
         self._observed: dict[Any, tuple[list[float], list[int]]] = {}  # histogram child -> ([sum], bucket counts)
         self._timer: asyncio.TimerHandle | None = None
+        self.records: list[UsageRecord] = []  # appended by the meter (an observer), counted at the flush
+        self.statuses: list[int] = []  # every HTTP response's status, appended by the edge wrapper
+        self.pool: Any = None  # the pool whose credentials' attempt counters are read at the flush
+        self._attempts_seen: dict[str, tuple[Any, int, int]] = {}
 
     # ------------------------------------------------------------------ usage records
     def _model(self, name: str | None) -> str:
@@ -176,8 +183,29 @@ class Metrics:
         self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
-        """Write what was added since the last flush: one write per series touched."""
+        """Count the appended records and statuses, then write what was added since the last
+        flush: one write per series touched."""
         if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.records:
+            records = self.records.copy()
+            self.records.clear()
+            ring = self.ring
+            for rec in records:
+                self.observe(rec)
+                if ring is not None:
+                    ring.add(rec)
+        if self.statuses:
+            classes: dict[int, int] = {}
+            for status in self.statuses:
+                classes[status // 100] = classes.get(status // 100, 0) + 1
+            self.statuses.clear()
+            for cls, n in classes.items():
+                self.inc(self._child(self.http, f"{cls}xx"), n)
+        if self.pool is not None:
+            self._read_attempts()
+        if self._timer is not None:  # the loop above only summed: nothing is left to schedule
             self._timer.cancel()
             self._timer = None
         counts, self._counts = self._counts, {}
@@ -189,6 +217,19 @@ class Metrics:
             for value, n in zip(child._buckets, buckets, strict=True):
                 if n:
                     value.inc(n)
+
+    def _read_attempts(self) -> None:
+        seen = self._attempts_seen
+        for cred in self.pool.credentials:
+            last = seen.get(cred.name)
+            attempts, failovers = cred.attempts, cred.failovers
+            if last is not None and last[0] is cred:  # the same credential object: count what is new
+                attempts, failovers = attempts - last[1], failovers - last[2]
+            if attempts:
+                self.inc(self._child(self.attempts, cred.name), attempts)
+            if failovers:
+                self.inc(self._child(self.failovers, cred.name), failovers)
+            seen[cred.name] = (cred, cred.attempts, cred.failovers)
 
     def observe(self, rec: UsageRecord) -> None:
         model = self._model(rec.model)
@@ -207,7 +248,7 @@ class Metrics:
             inc(self._child(self.cost, model), rec.cost_micro)
 
     def response(self, status: int) -> None:
-        self.inc(self._child(self.http, f"{status // 100}xx"))
+        self.statuses.append(status)
 
     # ------------------------------------------------------------------ meter
     def meter_stats(self, stats: dict[str, Any]) -> None:
@@ -266,18 +307,10 @@ def registry_for_directory(directory: str) -> CollectorRegistry:
 
 # ---------------------------------------------------------------------- instrumentation
 def instrument_pool(pool: Any, metrics: Metrics) -> None:
-    """Count attempts, failovers, failures and cooldowns where the pool decides them."""
-    acquire = pool.acquire
+    """Count failures and cooldowns where the pool decides them; attempts and failovers are the
+    credentials' own counters, read at each flush (nothing wraps ``acquire``, the hot call)."""
     report_failure = pool.report_failure
-
-    async def observed_acquire(model: str | None, affinity: bytes | None = None, exclude: Iterable[str] = (),
-                               *, count_rpm: bool = True) -> Any:
-        cred = await acquire(model, affinity, exclude, count_rpm=count_rpm)
-        if isinstance(cred, Credential):  # else a Refusal: why no credential can take it
-            metrics.inc(metrics._child(metrics.attempts, cred.name))
-            if exclude:
-                metrics.inc(metrics._child(metrics.failovers, cred.name))
-        return cred
+    metrics.pool = pool
 
     async def observed_failure(cred: Any, kind: str, retry_after: float | None = None,
                                detail: str | None = None) -> None:
@@ -288,7 +321,6 @@ def instrument_pool(pool: Any, metrics: Metrics) -> None:
         if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic())):
             metrics.inc(metrics._child(metrics.cooldowns, cred.name, str(kind)))
 
-    pool.acquire = observed_acquire
     pool.report_failure = observed_failure
 
 

@@ -129,6 +129,8 @@ class Credential:
     source: str = "env"  # "env" (ETHEREAL_UPSTREAM_URL/KEY) or "store"
     # live state (this replica's view; cooldowns and disabled flags are shared through Redis)
     in_flight: int = 0
+    attempts: int = 0  # requests this worker sent to it (metrics read the totals, off the request path)
+    failovers: int = 0  # of which retries after a failure elsewhere
     cooldown_until: float = 0.0  # pool clock: a preference, see the module docstring
     rate_limited_until: float = 0.0  # pool clock: an upstream 429's retry-after, a wall while it runs
     failures: int = 0  # consecutive backoff failures
@@ -359,6 +361,9 @@ class Pool:
             if count_rpm and not await self._take_rpm(cred, now):
                 continue
             cred.in_flight += 1
+            cred.attempts += 1
+            if skip:
+                cred.failovers += 1
             return cred
         # nothing healthy: the one that recovers first among those not behind a wall
         def wall(c: Credential) -> float:
@@ -372,6 +377,9 @@ class Pool:
             if count_rpm and not await self._take_rpm(cred, now):
                 continue  # its window just filled: now walled, look again
             cred.in_flight += 1
+            cred.attempts += 1
+            if skip:
+                cred.failovers += 1
             return cred
 
     def release(self, cred: Credential, cost_micro: int = 0) -> None:
