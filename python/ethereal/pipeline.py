@@ -222,10 +222,15 @@ class Pipeline:
 
     async def handle(self, adapter: Adapter, request: Request) -> Response:
         headers = dict(request.scope["headers"])
-        # the id is tagged with the key's hash, so /v1/usage/{id} knows a foreign id at once (ids.py)
-        call = Call(request_id=ids.request_id(key_hash_of(headers)), route=adapter.route)
+        call = Call(request_id="", route=adapter.route)
         try:
-            await self.authenticate(headers, call)
+            # the id is tagged with the key's hash, so /v1/usage/{id} knows a foreign id at once
+            # (ids.py): the authenticated key's stored hash, or, refused, the hash of what was sent
+            try:
+                await self.authenticate(headers, call)
+            finally:
+                key = call.key
+                call.request_id = ids.request_id(key.key_hash if key is not None else key_hash_of(headers))
             async with self.recording(call):  # exactly one usage record, whatever happens below
                 return await self._serve(adapter, request, call)
         except GatewayError as exc:

@@ -175,29 +175,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._phase == _BODY:
             self._body_bytes += len(data)
         if data:
-            self._feed(data)
+            try:  # _feed inlined: this is every request's path
+                self.parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                self._parse_failed(exc)
 
     def _feed(self, data: bytes) -> bool:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._too_large(str(exc.__context__))
-                return False
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_failed(exc)
             return False
-        except httptools.HttpParserError:
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
-            return False
-        except httptools.HttpParserUpgrade:
+        return not self.transport.is_closing()
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-            return False
-        return not self.transport.is_closing()
+            return
+        if isinstance(exc, httptools.HttpParserCallbackError) and isinstance(exc.__context__, _HeadTooLarge):
+            self._too_large(str(exc.__context__))
+            return
+        self.logger.warning("Invalid HTTP request received.")
+        self.send_400_response("Invalid HTTP request received.")
 
     def _too_large(self, message: str) -> None:
         self._refuse(_refusal(431, b"Request Header Fields Too Large", "invalid_request_error", message))
