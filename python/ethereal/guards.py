@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ethereal import _native
 from ethereal.errors import invalid_request
@@ -69,6 +69,23 @@ def estimate_input_tokens(body: bytes) -> int:
         return _native.estimate_tokens(body)
     except ValueError as exc:
         raise invalid_request(str(exc)) from None
+
+
+def client_address(scope: dict[str, Any] | Any, trusted: str) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy (``trusted``: a
+    comma-separated list or ``*``), the nearest address in ``X-Forwarded-For`` that is not one.
+    Only the routes that need an address call this (the request path never does)."""
+    client = scope.get("client") or ("unknown", 0)
+    host = str(client[0])
+    allowed = {t.strip() for t in trusted.split(",") if t.strip()}
+    if "*" not in allowed and host not in allowed:
+        return host
+    forwarded = b",".join(v for k, v in scope.get("headers", ()) if k == b"x-forwarded-for")
+    hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()][-32:]
+    for hop in reversed(hops):  # nearest first: the proxy appended the address it saw
+        if "*" in allowed or hop not in allowed:
+            return clip(hop, 64)
+    return hops[0] if hops else host
 
 
 def clip(value: object, limit: int = LOG_VALUE_CHARS) -> str:

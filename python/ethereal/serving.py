@@ -155,6 +155,9 @@ def _config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(app, host=settings.host, port=settings.port, workers=settings.workers,
                           loop="uvloop", http=protocol_class(ConnectionLimits.from_settings(settings)),
                           log_level="warning", access_log=False, backlog=2048, lifespan="on",
+                          # no proxy-header layer on every request: the one route that needs a
+                          # client's address reads X-Forwarded-For itself (guards.client_address)
+                          proxy_headers=False,
                           timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works
 
 

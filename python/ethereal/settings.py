@@ -102,6 +102,10 @@ class Settings:
     metrics_port: int | None = None
     console_session_hours: float = 12.0
     estimator_rpm: int = 20
+    # peers whose X-Forwarded-For names the client (comma-separated addresses, or "*"): where the
+    # gateway needs a client's address (the estimator's per-address limit), a request from one of
+    # these is counted against the address it forwarded for
+    trusted_proxies: str = "127.0.0.1"
     models_file: Path | None = None
     # metering (metering/config.py has the meaning of each)
     meter_batch_size: int = 1000
@@ -150,7 +154,7 @@ _BOOL_FIELDS = {"limits_fail_open"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
                "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url", "log_format",
-               "metrics_token"}
+               "metrics_token", "trusted_proxies"}
 
 
 def _coerce(name: str, raw: Any, source: str) -> Any:

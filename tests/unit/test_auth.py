@@ -114,3 +114,21 @@ async def test_known_keys_cache_is_lru(tmp_path: Path) -> None:
     with pytest.raises(GatewayError) as down:
         await auth.authenticate({b"x-api-key": keys[1][0].encode()})
     assert down.value.status == 503
+
+
+def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy() -> None:
+    from ethereal.guards import client_address
+
+    def scope(peer: str, *forwarded: bytes) -> dict[str, object]:
+        return {"client": (peer, 5555), "headers": [(b"x-forwarded-for", f) for f in forwarded]}
+
+    assert client_address(scope("203.0.113.9", b"198.51.100.1"), "127.0.0.1") == "203.0.113.9"  # not a proxy
+    assert client_address(scope("127.0.0.1", b"198.51.100.1"), "127.0.0.1") == "198.51.100.1"
+    # the nearest hop that is not a trusted proxy; what the client itself wrote further left is ignored
+    assert client_address(scope("127.0.0.1", b"6.6.6.6, 198.51.100.1, 10.0.0.2"), "127.0.0.1, 10.0.0.2") \
+        == "198.51.100.1"
+    assert client_address(scope("127.0.0.1", b"6.6.6.6", b"198.51.100.1"), "127.0.0.1") == "198.51.100.1"
+    assert client_address(scope("127.0.0.1"), "127.0.0.1") == "127.0.0.1"  # nothing forwarded
+    assert client_address(scope("10.9.9.9", b"198.51.100.7"), "*") == "198.51.100.7"
+    assert client_address({"headers": []}, "127.0.0.1") == "unknown"
+    assert len(client_address(scope("127.0.0.1", b"x" * 10_000), "127.0.0.1")) < 100  # bounded

@@ -32,6 +32,7 @@ from ethereal.api.common import read_body
 from ethereal.dashboard.estimator import Estimator, RateLimiter
 from ethereal.errors import GatewayError
 from ethereal.gateway import Gateway
+from ethereal.guards import client_address
 from ethereal.limits.plans import Plans
 from ethereal.metering.aggregate import usage_totals
 from ethereal.metering.routes import parse_time
@@ -438,9 +439,8 @@ def register(app: Application, gw: Gateway) -> None:
 
     async def estimate(request: Request) -> Response:
         sid = current(request)
-        client = request.scope.get("client") or ("unknown", 0)
         is_json = (request.get_first_header(b"content-type") or b"").startswith(b"application/json")
-        wait = limiter.take(str(client[0]))
+        wait = limiter.take(client_address(request.scope, settings.trusted_proxies))
         if wait:
             message = f"too many estimates from your address: try again in {wait:.0f} s"
             if is_json:

@@ -166,11 +166,17 @@ class Metrics:
 
     def observe_value(self, child: Any, value: float) -> None:
         """Observe into a histogram (a labelled child or an unlabelled histogram), written at the next flush."""
+        self.observe_values(child, [value])
+
+    def observe_values(self, child: Any, values: list[float]) -> None:
         entry = self._observed.get(child)
         if entry is None:
             entry = self._observed[child] = ([0.0], [0] * len(child._upper_bounds))
-        entry[0][0] += value
-        entry[1][bisect.bisect_left(child._upper_bounds, value)] += 1  # the first bound >= value, as observe()
+        total, buckets = entry
+        bounds = child._upper_bounds
+        for value in values:
+            total[0] += value
+            buckets[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value, as observe()
         if self._timer is None:
             self._schedule()
 
@@ -192,10 +198,18 @@ class Metrics:
             records = self.records.copy()
             self.records.clear()
             ring = self.ring
+            groups: dict[tuple[str, int, str | None], list[UsageRecord]] = {}
             for rec in records:
-                self.observe(rec)
+                key = (rec.route, rec.status, rec.model)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [rec]
+                else:
+                    group.append(rec)
                 if ring is not None:
                     ring.add(rec)
+            for (route, status, model), group in groups.items():
+                self._observe_group(route, status, model, group)
         if self.statuses:
             classes: dict[int, int] = {}
             for status in self.statuses:
@@ -232,20 +246,27 @@ class Metrics:
             seen[cred.name] = (cred, cred.attempts, cred.failovers)
 
     def observe(self, rec: UsageRecord) -> None:
-        model = self._model(rec.model)
-        route = rec.route
+        self._observe_group(rec.route, rec.status, rec.model, [rec])
+
+    def _observe_group(self, route: str, status: int, model_name: str | None, recs: list[UsageRecord]) -> None:
+        """Records of one route, status and model: one increment per series for all of them."""
+        model = self._model(model_name)
         inc = self.inc
-        inc(self._child(self.requests, route, str(rec.status), model))
-        self.observe_value(self._child(self.latency, route), rec.duration_ms / 1000.0)
-        if rec.ttfb_ms is not None:
-            self.observe_value(self._child(self.ttfb, route), rec.ttfb_ms / 1000.0)
-        for kind, value in (("input", rec.input_tokens), ("output", rec.output_tokens),
-                            ("cache_read", rec.cache_read), ("cache_write_5m", rec.cache_creation_5m),
-                            ("cache_write_1h", rec.cache_creation_1h)):
+        inc(self._child(self.requests, route, str(status), model), len(recs))
+        self.observe_values(self._child(self.latency, route), [r.duration_ms / 1000.0 for r in recs])
+        ttfb = [r.ttfb_ms / 1000.0 for r in recs if r.ttfb_ms is not None]
+        if ttfb:
+            self.observe_values(self._child(self.ttfb, route), ttfb)
+        for kind, value in (("input", sum(r.input_tokens for r in recs)),
+                            ("output", sum(r.output_tokens for r in recs)),
+                            ("cache_read", sum(r.cache_read for r in recs)),
+                            ("cache_write_5m", sum(r.cache_creation_5m for r in recs)),
+                            ("cache_write_1h", sum(r.cache_creation_1h for r in recs))):
             if value:
                 inc(self._child(self.tokens, model, kind), value)
-        if rec.cost_micro:
-            inc(self._child(self.cost, model), rec.cost_micro)
+        cost = sum(r.cost_micro for r in recs)
+        if cost:
+            inc(self._child(self.cost, model), cost)
 
     def response(self, status: int) -> None:
         self.statuses.append(status)
