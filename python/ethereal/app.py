@@ -11,7 +11,6 @@ response is over, so a request is settled and recorded whatever happened on the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -26,8 +25,10 @@ from ethereal.api.common import anthropic_error, openai_error
 from ethereal.dashboard import routes as dashboard_routes
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
+from ethereal.lifecycle import LIFECYCLE, Receive, Scope, Send
 from ethereal.lifeline import die_with_parent
 from ethereal.metering import routes as metering_routes
+from ethereal.observability.http import Parts
 from ethereal.paths import rewrite_scope
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Pipeline
 from ethereal.settings import Settings, load_settings
@@ -37,9 +38,6 @@ log = logging.getLogger("ethereal")
 
 _OPENAI_PATHS = ("/v1/chat/", "/v1/responses", "/v1/completions", "/v1/embeddings")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def build_application(gw: Gateway) -> Application:
@@ -66,7 +64,12 @@ def build_application(gw: Gateway) -> Application:
 
 
 class Ethereal:
-    """The ASGI entry: lifespan starts and stops the gateway; HTTP goes to the BlackSheep app."""
+    """The ASGI entry: lifespan starts and stops the gateway; HTTP goes to the BlackSheep app.
+
+    It is also the edge every request passes once (``observe``, set by ``observability.wrap``):
+    health, stream tracking and drain (lifecycle.py), in flight, counters and the request log
+    line, all in one layer and one send wrapper (``Lifecycle._serve``).
+    """
 
     def __init__(self, settings: Settings, *, parent_pid: int | None = None) -> None:
         self.settings = settings
@@ -75,6 +78,10 @@ class Ethereal:
         self.parent_pid = parent_pid
         self._gateway: Gateway | None = None
         self._app: Application | None = None
+        # module-level or picklable callables (the app is pickled into each worker): this worker's
+        # ring and metrics once started, and the log setup its lifespan applies
+        self.observe: Parts | None = None
+        self.configure_logs: Callable[[], None] | None = None
 
     @property
     def gateway(self) -> Gateway:
@@ -103,6 +110,10 @@ class Ethereal:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            health = LIFECYCLE.health_response(scope)
+            if health is not None:
+                await _send_health(send, scope, *health)
+                return
             app = self._app
             if app is None:
                 await _not_ready(send)
@@ -110,16 +121,11 @@ class Ethereal:
             scope = rewrite_scope(scope, self._base_path)
             pending: list[Callable[[], Awaitable[None]]] = []
             scope[CLEANUP_SCOPE_KEY] = pending
-            try:
-                await app(scope, receive, send)
-            finally:
-                for cleanup in pending:
-                    try:
-                        await asyncio.shield(cleanup())
-                    except Exception:
-                        log.exception("request cleanup failed")
+            await LIFECYCLE._serve(app, scope, receive, send, self.observe, pending)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            if self.configure_logs is not None:
+                self.configure_logs()
+            await self._lifespan(receive, LIFECYCLE._lifespan_send(send))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -138,6 +144,13 @@ class Ethereal:
                 finally:
                     await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _send_health(send: Send, scope: Scope, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
 
 
 async def _not_ready(send: Send) -> None:

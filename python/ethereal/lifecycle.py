@@ -27,6 +27,7 @@ requests refused before any handler (404s, 401s) are logged too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import deque
@@ -38,6 +39,8 @@ import orjson
 from ethereal.errors import anthropic_sse_error, openai_error_body
 from ethereal.observability.http import RECORD, Parts, log_request
 from ethereal.storage.records import UsageRecord
+
+log = logging.getLogger("ethereal")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -182,11 +185,18 @@ class Lifecycle:
 
         return wrapped
 
+    def health_response(self, scope: Scope) -> tuple[int, bytes] | None:
+        """``GET``/``HEAD /healthz``'s answer, or None for any other request."""
+        if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
+            return self.health(b"verbose" in (scope.get("query_string") or b""))
+        return None
+
     async def _serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                     observe: Parts | None) -> None:
+                     observe: Parts | None, cleanups: list[Callable[[], Awaitable[None]]] | None = None) -> None:
         """One request through one send wrapper: stream tracking (event streams answering a POST),
         the drain's ``connection: close``, and, with ``observe``, the in-flight count, the status
-        counter and the request log line (observability/http.py)."""
+        counter and the request log line (observability/http.py). ``cleanups`` (the request's
+        pending work, see pipeline.CLEANUP_SCOPE_KEY) run once the response is over."""
         stream: _Stream | None = None
         streams = self.streams
         trackable = scope["method"] == "POST"
@@ -264,6 +274,12 @@ class Lifecycle:
             if stream is not None and not stream.ended:
                 stream.ended = True
                 streams.discard(stream)
+            if cleanups:
+                for cleanup in cleanups:
+                    try:
+                        await asyncio.shield(cleanup())
+                    except Exception:
+                        log.exception("request cleanup failed")
             if observe is not None:
                 RECORD.reset(token)
                 if ring is not None:

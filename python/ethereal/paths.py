@@ -14,6 +14,7 @@ the fallback 404 and the upstream path (``/v1/messages?beta=true``) unaware of e
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 
@@ -35,13 +36,13 @@ def rewrite(path: str, base: str) -> str:
     return path
 
 
-def rewrite_scope(scope: dict[str, Any], base: str) -> dict[str, Any]:
+def rewrite_scope(scope: MutableMapping[str, Any], base: str) -> MutableMapping[str, Any]:
     """The HTTP scope with its path served where the routes live (a copy when it changes)."""
     path = scope["path"]
     new = rewrite(path, base)
     if new == path:
         return scope
-    scope = dict(scope)
+    scope = {**scope}
     scope["path"] = new
     scope["raw_path"] = new.encode("utf-8")
     return scope

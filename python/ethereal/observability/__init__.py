@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blacksheep import Application, Content, Request, Response
 
@@ -28,9 +28,6 @@ from ethereal.observability.metrics import (
     instrument_pool,
     multiproc_dir,
 )
-
-if TYPE_CHECKING:
-    from ethereal.lifecycle import LifecycleApp
 
 log = logging.getLogger("ethereal.observability")
 _REFRESH = 1.0
@@ -145,11 +142,16 @@ class _LogSetup:
         logs.configure(self.log_format, self.level)
 
 
-def wrap(app: Any) -> LifecycleApp:
-    """What servers run: ``app`` (an ``app.Ethereal``) inside the one edge layer that answers
-    health, tracks streams for a clean shutdown and counts and logs every request."""
+def wrap(app: Any) -> Any:
+    """What servers run: ``app`` as the one edge layer that answers health, tracks streams for a
+    clean shutdown and counts and logs every request. An ``app.Ethereal`` is that layer itself
+    (observing is switched on); any other ASGI app gets a ``LifecycleApp`` around it."""
+    from ethereal.app import Ethereal
     from ethereal.lifecycle import LIFECYCLE
 
     settings = getattr(app, "settings", None)
     setup = _LogSetup(settings.log_format, settings.log_level) if settings is not None else None
+    if isinstance(app, Ethereal):
+        app.observe, app.configure_logs = parts, setup
+        return app
     return LIFECYCLE.wrap(app, parts, setup)
