@@ -28,7 +28,6 @@ shape of its errors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -240,22 +239,10 @@ class Pipeline:
                           clip(request.url.path.decode("latin-1")))
             return adapter.error(GatewayError(500, "internal error in the gateway"), call.request_id)
 
-    @contextlib.asynccontextmanager
-    async def recording(self, call: Call) -> AsyncIterator[Call]:
+    def recording(self, call: Call) -> Recording:
         """Records the request when the work inside fails before it recorded itself: a refusal
         (400, 402, 403, 413, 429), an upstream failure, a client gone, or a bug."""
-        try:
-            yield call
-        except GatewayError as exc:
-            await self.finish(call, exc.status, Usage(), error_type=exc.type)
-            raise
-        except asyncio.CancelledError:
-            # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
-            await asyncio.shield(self.finish(call, 499, Usage(exact=False), error_type="client_disconnected"))
-            raise
-        except Exception:
-            await self.finish(call, 500, Usage(), error_type="api_error")
-            raise
+        return Recording(self, call)
 
     async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
         raw = await read_body(request, self.settings.max_body_bytes)
@@ -483,6 +470,33 @@ class Pipeline:
                 log.exception("settle failed for %s", call.request_id)
         gw.meter.record(rec)
         return rec
+
+
+class Recording:
+    """``async with pipeline.recording(call)``: a plain class, not a generator-based context
+    manager (it is on every request's path)."""
+
+    __slots__ = ("call", "pipeline")
+
+    def __init__(self, pipeline: Pipeline, call: Call) -> None:
+        self.pipeline = pipeline
+        self.call = call
+
+    async def __aenter__(self) -> Call:
+        return self.call
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:  # never swallows: what was raised goes on
+        if exc is None:
+            return
+        finish, call = self.pipeline.finish, self.call
+        if isinstance(exc, GatewayError):
+            await finish(call, exc.status, Usage(), error_type=exc.type)
+        elif isinstance(exc, asyncio.CancelledError):
+            # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
+            await asyncio.shield(finish(call, 499, Usage(exact=False), error_type="client_disconnected"))
+        elif isinstance(exc, Exception):
+            await finish(call, 500, Usage(), error_type="api_error")
 
 
 class StreamRelay:

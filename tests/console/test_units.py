@@ -198,3 +198,17 @@ async def test_usage_queries(store: Any) -> None:
     last = await store.last_used(["key_a", "key_b", "key_none"])
     assert set(last) == {"key_a", "key_b"}
     assert last["key_a"] == pytest.approx(records[239].started_at)
+
+
+def test_text_request_line_is_the_fields_written_as_key_value() -> None:
+    """The text format's fast line says exactly what the JSON line's fields say (None left out)."""
+    import dataclasses
+
+    from ethereal.observability.http import fields_of, text_of
+
+    bare = dataclasses.replace(rec(2, at=1.0), key_id=None, credential=None, ttfb_ms=None, error_type="x", model=None)
+    for record in (None, rec(1, at=1.0), bare):
+        for request_id in ("req_1", None):
+            fields = fields_of("POST", "/v1/" + "m" * 300, 200, 1.23456, request_id, record)
+            expected = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            assert text_of("POST", "/v1/" + "m" * 300, 200, 1.23456, request_id, record) == expected

@@ -1,4 +1,4 @@
-"""What the edge wrapper (``lifecycle.LifecycleApp``) does per request when observed: the request log line.
+"""What the edge (``app.Ethereal``, ``lifecycle.Lifecycle._serve``) does per request when observed: the log line.
 
 The usage record of a metered request reaches the log line through a context variable:
 ``Meter.record`` runs inside the same task as the request.
@@ -47,13 +47,36 @@ def fields_of(method: str, path: str, status: int, duration_ms: float, request_i
     return out
 
 
+def text_of(method: str, path: str, status: int, duration_ms: float, request_id: str | None,
+            rec: UsageRecord | None) -> str:
+    """``fields_of`` as the text format writes it (``key=value``, None left out), in one go."""
+    line = f"method={method} path={path[:_PATH_MAX]} status={status} duration_ms={round(duration_ms, 2)}"
+    if request_id is not None:
+        line = f"request_id={request_id} {line}"
+    if rec is None:
+        return line
+    key = "" if rec.key_id is None else f" key_id={rec.key_id}"
+    model = "" if rec.model is None else f" model={rec.model}"
+    cred = "" if rec.credential is None else f" credential={rec.credential}"
+    ttfb = "" if rec.ttfb_ms is None else f" ttfb_ms={round(rec.ttfb_ms, 2)}"
+    error = "" if rec.error_type is None else f" error_type={rec.error_type}"
+    return (f"{line}{key} route={rec.route}{model}{cred} input_tokens={rec.input_tokens}"
+            f" output_tokens={rec.output_tokens} cache_read={rec.cache_read}"
+            f" cache_write={rec.cache_creation_5m + rec.cache_creation_1h} cost_micro={rec.cost_micro}{ttfb}"
+            f" stream={rec.stream} exact={rec.exact}{error}")
+
+
 def log_request(scope: dict[str, Any] | Any, status: int, duration_ms: float, request_id: str | None,
                 rec: UsageRecord | None) -> None:
     """The request's log line: through the fast writer ``logs.configure`` installed, else ``logging``."""
     if not access.isEnabledFor(logging.INFO):
         return
-    fields = fields_of(scope.get("method", ""), scope.get("path", ""), status, duration_ms, request_id, rec)
+    method, path = scope.get("method", ""), scope.get("path", "")
     writer = logs.access_log()
+    if writer is not None and not writer.json:
+        writer.write_text(text_of(method, path, status, duration_ms, request_id, rec))
+        return
+    fields = fields_of(method, path, status, duration_ms, request_id, rec)
     if writer is not None:
         writer.write(fields)
     else:  # logging as the embedding application configured it

@@ -95,8 +95,14 @@ class AccessLog:
         line = " ".join([f"{k}={v}" for k, v in fields.items() if v is not None])
         return f"{self._timestamp(now)} INFO ethereal.access: request {line}\n"
 
+    def write_text(self, fields_text: str) -> None:
+        """The text format's line from its ``key=value`` part (``http.text_of``)."""
+        self._add(f"{self._timestamp(time.time())} INFO ethereal.access: request {fields_text}\n")
+
     def write(self, fields: dict[str, Any]) -> None:
-        line = self.format(fields, time.time())
+        self._add(self.format(fields, time.time()))
+
+    def _add(self, line: str) -> None:
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self.LIMIT:
