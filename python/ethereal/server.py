@@ -217,7 +217,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         # until the response ends the time is the application's; then uvicorn's keep-alive timer runs
-        self._enter(_DONE)
+        self._phase = _DONE
+        self._clock = False
         self._head_bytes = 0
 
     def on_response_complete(self) -> None:

@@ -358,7 +358,7 @@ class Pool:
             return Refusal(Refused.NO_CREDENTIAL, _seconds_to_next_month())
         healthy = [c for c in open_ if not c.cooling(now) and not (c.rpm is not None and now < c.rpm_full_until)]
         for cred in self._order(healthy, affinity):
-            if count_rpm and not await self._take_rpm(cred, now):
+            if count_rpm and cred.rpm is not None and not await self._take_rpm(cred, now):
                 continue
             cred.in_flight += 1
             cred.attempts += 1
