@@ -512,7 +512,9 @@ class StreamRelay:
     body's own ``finally``, or by ``abandon`` when the body was never iterated to its end.
     """
 
-    __slots__ = ("call", "gone", "native", "pipeline", "receive", "resp", "translate", "watcher")
+    __slots__ = ("call", "gone", "native", "pipeline", "receive", "resp", "translate", "watch_timer", "watcher")
+
+    WATCH_AFTER = 0.05  # seconds: a stream that ends sooner never needs a task watching its client
 
     def __init__(self, pipeline: Pipeline, call: Call, resp: UpstreamResponse, native: Relay, *,
                  translate: bool, receive: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
@@ -524,6 +526,7 @@ class StreamRelay:
         self.receive = receive
         self.gone = False
         self.watcher: asyncio.Task[None] | None = None
+        self.watch_timer: asyncio.TimerHandle | None = None
 
     async def abandon(self) -> None:
         """The response is over: if the body did not record (never iterated, or left suspended
@@ -531,10 +534,20 @@ class StreamRelay:
         should it run later, finds the request recorded and does nothing twice."""
         if self.call.record is not None:
             return
-        if self.watcher is not None:
-            self.watcher.cancel()
+        self._stop_watching()
         self.resp.close()
         await self.pipeline.finish(self.call, 499, self.native.usage(), error_type="client_disconnected")
+
+    def _start_watching(self) -> None:
+        self.watch_timer = None
+        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def _stop_watching(self) -> None:
+        if self.watch_timer is not None:
+            self.watch_timer.cancel()
+            self.watch_timer = None
+        if self.watcher is not None:
+            self.watcher.cancel()
 
     async def _watch(self) -> None:
         receive = self.receive
@@ -554,8 +567,8 @@ class StreamRelay:
         """The response body (an async generator function, as BlackSheep's StreamedContent wants)."""
         call, native, resp, pipeline = self.call, self.native, self.resp, self.pipeline
         pool = pipeline.gw.pool
-        if self.receive is not None:
-            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        if self.receive is not None:  # watched for a disconnect once it outlives WATCH_AFTER
+            self.watch_timer = asyncio.get_running_loop().call_later(self.WATCH_AFTER, self._start_watching)
         status = 200
         error_type: str | None = None
         cut: str | None = None
@@ -598,8 +611,7 @@ class StreamRelay:
                     yield closing
                 completed = True
         finally:
-            if self.watcher is not None:
-                self.watcher.cancel()
+            self._stop_watching()
             if call.record is None:  # else abandon() recorded already
                 state = native.state()
                 # a client that hangs up right after the stream's last event (an SDK closes on an
@@ -620,4 +632,6 @@ class StreamRelay:
                             kind = (FailureKind.OVERLOADED if upstream_error_type == "overloaded_error"
                                     else FailureKind.SERVER_ERROR)
                             await pool.report_failure(call.credential, kind, detail="error event")
-                await asyncio.shield(pipeline.finish(call, status, native.usage(), error_type=error_type))
+                finish = pipeline.finish(call, status, native.usage(), error_type=error_type)
+                # only settling a reservation waits on anything: without one there is nothing to shield
+                await (asyncio.shield(finish) if call.admission is not None else finish)
