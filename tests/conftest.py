@@ -138,19 +138,5 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         await opened.close()
 
 
-# Where the gateway's own code runs inside the test process, an unclosed socket, file or pipe is a
-# failure (a proxy that leaks a socket per request is a bug). The tests that drive the gateway as a
-# subprocess (its leaks could not surface here anyway) keep the default of ignoring the
-# interpreter's collection-time warnings, which there come only from client objects in test code.
-IN_PROCESS = ("tests/unit/", "tests/integration/test_pipeline_inprocess.py", "tests/integration/test_store.py",
-              "tests/integration/test_limits.py", "tests/integration/test_metering_postgres.py",
-              "tests/integration/test_batch_store.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = str(Path(__file__).resolve().parent.parent) + "/"
-    for item in items:
-        where = str(item.path).removeprefix(root)
-        if where.startswith(IN_PROCESS):
-            item.add_marker(pytest.mark.filterwarnings("error::ResourceWarning"))
-            item.add_marker(pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"))
+# An unclosed socket, file or pipe fails any test (pyproject.toml filterwarnings): in the gateway's
+# code run in-process it is a proxy bug, in a test's own clients and helpers a leak all the same.

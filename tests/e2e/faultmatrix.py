@@ -259,6 +259,8 @@ class TimingRelay:
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()  # its self-pipe (a socket pair) is closed with it
 
 
 def run_claude_code(workdir: Path, home: Path, relay: TimingRelay, key: str, scenario: Scenario) -> Outcome:
