@@ -123,7 +123,9 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
             # claude-sonnet-4-6: $3 / $15 per MTok; the sim's answer is the same for the same body
             cost = usage["input_tokens"] * 3 + usage["output_tokens"] * 15
             in_cost, out_cost = usage["input_tokens"] * 3, usage["output_tokens"] * 15
-            budget = cost * 40 + cost // 2  # room for 40.5 requests
+            # room for 20.5 requests: well under the ~40 the 300 connections keep in flight at once, so
+            # some always meet the budget held by others (at 40.5 a fast gateway could let them pass in turn)
+            budget = cost * 20 + cost // 2
             key = mint(url, budget_micro_usd=budget, name="budgeted")
             headers = {**HEADERS, "x-api-key": key["key"]}
             held: list[httpx.Response] = []
