@@ -212,16 +212,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trees: list[tuple[str, Path, dict[str, str]]] = []
         key = ""
-        variants: list[tuple[str, Path | None, dict[str, str]]] = [("this", None, {})]
-        variants += [(c.name, c, {"PYTHONPATH": str(c.resolve() / "python")}) for c in args.against]
+        variants: list[tuple[str, dict[str, str]]] = [("this", {})]
+        variants += [(c.name, {"PYTHONPATH": str(c.resolve() / "python")}) for c in args.against]
         for spec in args.variant:
             label, _, assignments = spec.partition(":")
-            settings = dict(a.split("=", 1) for a in assignments.split(",") if a)
+            pairs = [a.split("=", 1) for a in assignments.split(",") if a]
+            if any(len(pair) != 2 for pair in pairs):
+                parser.error(f"--variant {spec!r}: settings are NAME=VALUE, comma-separated")
+            env = dict(pairs)
             label, _, checkout = label.partition("@")
             if checkout:
-                settings["PYTHONPATH"] = str(Path(checkout).resolve() / "python")
-            variants.append((label, Path(checkout) if checkout else None, settings))
-        for label, _checkout, env in variants:
+                env["PYTHONPATH"] = str(Path(checkout).resolve() / "python")
+            variants.append((label, env))
+        for label, env in variants:
             data_dir = Path(tmp) / label
             data_dir.mkdir()
             plaintext, record = mint("sk-ant-api03-", name="bench")

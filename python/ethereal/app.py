@@ -25,7 +25,7 @@ from ethereal.api.common import anthropic_error, openai_error
 from ethereal.dashboard import routes as dashboard_routes
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
-from ethereal.lifecycle import LIFECYCLE, Receive, Scope, Send
+from ethereal.lifecycle import LIFECYCLE, Receive, Scope, Send, send_health
 from ethereal.lifeline import die_with_parent
 from ethereal.metering import routes as metering_routes
 from ethereal.observability.http import Parts
@@ -112,7 +112,7 @@ class Ethereal:
         if kind == "http":
             health = LIFECYCLE.health_response(scope)
             if health is not None:
-                await _send_health(send, scope, *health)
+                await send_health(send, scope, *health)
                 return
             app = self._app
             if app is None:
@@ -144,13 +144,6 @@ class Ethereal:
                 finally:
                     await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-async def _send_health(send: Send, scope: Scope, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
 
 
 async def _not_ready(send: Send) -> None:

@@ -85,7 +85,7 @@ def client_address(scope: dict[str, Any] | Any, trusted: str) -> str:
     for hop in reversed(hops):  # nearest first: the proxy appended the address it saw
         if "*" in allowed or hop not in allowed:
             return clip(hop, 64)
-    return hops[0] if hops else host
+    return clip(hops[0], 64) if hops else host
 
 
 def clip(value: object, limit: int = LOG_VALUE_CHARS) -> str:

@@ -18,10 +18,10 @@ settles its reservation and records its usage as for any interrupted stream.
 The serving side (``ethereal.serving``) calls ``begin_drain`` on SIGTERM and ``end_streams``
 when the grace period is over. One ``Lifecycle`` per worker process: ``LIFECYCLE``.
 
-The same wrapper observes every request when given the worker's ring and metrics
-(``observability.wrap``): in flight, the response counter and the request log line, in
-the one send wrapper a request passes, so a stream is counted until its last byte and
-requests refused before any handler (404s, 401s) are logged too.
+``app.Ethereal`` runs every request through ``_serve``, which also observes it when given
+the worker's ring and metrics (``observability.wrap``): in flight, the response counter and
+the request log line, in the one send wrapper a request passes, so a stream is counted
+until its last byte and requests refused before any handler (404s, 401s) are logged too.
 """
 
 from __future__ import annotations
@@ -79,6 +79,13 @@ class _Stream:
                 "error": {"code": "server_error", "message": SHUTDOWN_MESSAGE}}}
             return b"event: response.failed\ndata: " + orjson.dumps(body) + b"\n\n"
         return anthropic_sse_error("overloaded_error", SHUTDOWN_MESSAGE, self.request_id or None)
+
+
+async def send_health(send: Send, scope: Scope, status: int, body: bytes) -> None:
+    """``/healthz``'s answer (``Lifecycle.health_response``) on the wire."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
 
 
 def _frame_cut(data: bytes) -> int:
@@ -149,24 +156,26 @@ class Lifecycle:
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI
-    def wrap(self, app: ASGIApp, observe: Parts | None = None,
-             configure_logs: Callable[[], None] | None = None) -> LifecycleApp:
-        return LifecycleApp(app, None if self is LIFECYCLE else self, observe, configure_logs)
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """``app`` behind this lifecycle alone (health, drain, stream tracking): for an ASGI app
+        other than ``app.Ethereal``, which is its own edge (it calls ``_serve`` itself)."""
 
-    async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                     observe: Parts | None = None) -> None:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            await self.handle(app, scope, receive, send)
+
+        return wrapped
+
+    async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
-                status, body = self.health(b"verbose" in (scope.get("query_string") or b""))
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+            health = self.health_response(scope)
+            if health is not None:
+                await send_health(send, scope, *health)
                 return
-            if observe is None and scope["method"] != "POST":  # nothing to track or observe
+            if scope["method"] != "POST":  # streams are answers to POSTs; the rest passes untouched
                 await app(scope, receive, send)
                 return
-            await self._serve(app, scope, receive, send, observe)
+            await self._serve(app, scope, receive, send, None)
             return
         if kind == "lifespan":
             await app(scope, receive, self._lifespan_send(send))
@@ -285,32 +294,8 @@ class Lifecycle:
                 if ring is not None:
                     ring.leave()
                 if metrics is not None:
-                    metrics.statuses.append(status or 499)  # counted at the metrics flush
+                    metrics.response(status or 499)
                 log_request(scope, status or 499, (time.perf_counter() - t0) * 1000.0, request_id, slot[0])
 
 
 LIFECYCLE = Lifecycle()
-
-
-class LifecycleApp:
-    """The ASGI app wrapped by this process's ``LIFECYCLE`` (and, with ``observe``, observed).
-
-    A class, not a closure: uvicorn pickles the app into each spawned worker, where it binds
-    to that worker's own ``LIFECYCLE``; ``observe`` and ``configure_logs`` are module-level
-    or picklable callables that find the worker's ring and metrics once it has started."""
-
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle | None = None, observe: Parts | None = None,
-                 configure_logs: Callable[[], None] | None = None) -> None:
-        self.app = app
-        self.lifecycle = lifecycle  # None: the process's LIFECYCLE (what a pickled copy binds to)
-        self.observe = observe
-        self.configure_logs = configure_logs
-
-    @property
-    def settings(self) -> Any:
-        return getattr(self.app, "settings", None)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" and self.configure_logs is not None:
-            self.configure_logs()
-        await (self.lifecycle or LIFECYCLE).handle(self.app, scope, receive, send, self.observe)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blacksheep import Application, Content, Request, Response
 
@@ -28,6 +28,9 @@ from ethereal.observability.metrics import (
     instrument_pool,
     multiproc_dir,
 )
+
+if TYPE_CHECKING:
+    from ethereal.app import Ethereal
 
 log = logging.getLogger("ethereal.observability")
 _REFRESH = 1.0
@@ -142,16 +145,9 @@ class _LogSetup:
         logs.configure(self.log_format, self.level)
 
 
-def wrap(app: Any) -> Any:
-    """What servers run: ``app`` as the one edge layer that answers health, tracks streams for a
-    clean shutdown and counts and logs every request. An ``app.Ethereal`` is that layer itself
-    (observing is switched on); any other ASGI app gets a ``LifecycleApp`` around it."""
-    from ethereal.app import Ethereal
-    from ethereal.lifecycle import LIFECYCLE
-
-    settings = getattr(app, "settings", None)
-    setup = _LogSetup(settings.log_format, settings.log_level) if settings is not None else None
-    if isinstance(app, Ethereal):
-        app.observe, app.configure_logs = parts, setup
-        return app
-    return LIFECYCLE.wrap(app, parts, setup)
+def wrap(app: Ethereal) -> Ethereal:
+    """What servers run: the ASGI entry with observing switched on (it is the one edge layer that
+    answers health, tracks streams for a clean shutdown and counts and logs every request)."""
+    settings = app.settings
+    app.observe, app.configure_logs = parts, _LogSetup(settings.log_format, settings.log_level)
+    return app

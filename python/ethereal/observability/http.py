@@ -1,4 +1,4 @@
-"""What the edge (``app.Ethereal``, ``lifecycle.Lifecycle._serve``) does per request when observed: the log line.
+"""The request log line the edge (``app.Ethereal``, ``lifecycle.Lifecycle._serve``) writes per request.
 
 The usage record of a metered request reaches the log line through a context variable:
 ``Meter.record`` runs inside the same task as the request.
@@ -73,11 +73,9 @@ def log_request(scope: dict[str, Any] | Any, status: int, duration_ms: float, re
         return
     method, path = scope.get("method", ""), scope.get("path", "")
     writer = logs.access_log()
-    if writer is not None and not writer.json:
+    if writer is None:  # logging as the embedding application configured it
+        access.info("request", extra={"fields": fields_of(method, path, status, duration_ms, request_id, rec)})
+    elif writer.json:
+        writer.write_json(fields_of(method, path, status, duration_ms, request_id, rec))
+    else:
         writer.write_text(text_of(method, path, status, duration_ms, request_id, rec))
-        return
-    fields = fields_of(method, path, status, duration_ms, request_id, rec)
-    if writer is not None:
-        writer.write(fields)
-    else:  # logging as the embedding application configured it
-        access.info("request", extra={"fields": fields})

@@ -87,20 +87,15 @@ class AccessLog:
         millis = int((now - second) * 1000)
         return f"{self._stamp}.{millis:03d}Z" if self.json else f"{self._stamp},{millis:03d}"
 
-    def format(self, fields: dict[str, Any], now: float) -> str:
-        if self.json:
-            data = {"ts": self._timestamp(now), "level": "info", "logger": "ethereal.access", "msg": "request"}
-            data.update(fields)
-            return orjson.dumps(data, default=str).decode() + "\n"
-        line = " ".join([f"{k}={v}" for k, v in fields.items() if v is not None])
-        return f"{self._timestamp(now)} INFO ethereal.access: request {line}\n"
-
     def write_text(self, fields_text: str) -> None:
-        """The text format's line from its ``key=value`` part (``http.text_of``)."""
+        """A text-format line from its ``key=value`` part (``http.text_of``)."""
         self._add(f"{self._timestamp(time.time())} INFO ethereal.access: request {fields_text}\n")
 
-    def write(self, fields: dict[str, Any]) -> None:
-        self._add(self.format(fields, time.time()))
+    def write_json(self, fields: dict[str, Any]) -> None:
+        """A JSON-format line from the request's fields (``http.fields_of``)."""
+        data = {"ts": self._timestamp(time.time()), "level": "info", "logger": "ethereal.access", "msg": "request"}
+        data.update(fields)
+        self._add(orjson.dumps(data, default=str).decode() + "\n")
 
     def _add(self, line: str) -> None:
         self._lines.append(line)
@@ -153,5 +148,11 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     global _access
     if _access is not None:
         _access.flush()
+    else:
+        atexit.register(_flush_at_exit)
     _access = AccessLog(log_format, sys.stderr)
-    atexit.register(_access.flush)
+
+
+def _flush_at_exit() -> None:
+    if _access is not None:
+        _access.flush()

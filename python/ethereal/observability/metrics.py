@@ -12,7 +12,7 @@ is an HTTP status, ``credential`` names are the operator's.
 
 Where the numbers come from:
 - requests, latency, TTFB, tokens, spend: every usage record (``Meter.observers``);
-- in flight: the ASGI wrapper (observability/http.py), so refused and admin requests count too;
+- in flight: the live rings' headers (the edge, ``Lifecycle._serve``, counts every request, refused and admin ones too);
 - upstream attempts and failovers: each credential's counters (``Credential.attempts``), read at
   the flush; failures and cooldowns: ``Pool.report_failure``;
 - limiter decisions and latency: ``Limiter.admit``;
@@ -136,7 +136,7 @@ class Metrics:
         self._observed: dict[Any, tuple[list[float], list[int]]] = {}  # histogram child -> ([sum], bucket counts)
         self._timer: asyncio.TimerHandle | None = None
         self.records: list[UsageRecord] = []  # appended by the meter (an observer), counted at the flush
-        self.statuses: list[int] = []  # every HTTP response's status, appended by the edge wrapper
+        self.statuses: list[int] = []  # every HTTP response's status (``response``), counted at the flush
         self.pool: Any = None  # the pool whose credentials' attempt counters are read at the flush
         self._attempts_seen: dict[str, tuple[Any, int, int]] = {}
 
@@ -191,9 +191,6 @@ class Metrics:
     def flush(self) -> None:
         """Count the appended records and statuses, then write what was added since the last
         flush: one write per series touched."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self.records:
             records = self.records.copy()
             self.records.clear()
@@ -219,7 +216,7 @@ class Metrics:
                 self.inc(self._child(self.http, f"{cls}xx"), n)
         if self.pool is not None:
             self._read_attempts()
-        if self._timer is not None:  # the loop above only summed: nothing is left to schedule
+        if self._timer is not None:  # everything summed so far is written now
             self._timer.cancel()
             self._timer = None
         counts, self._counts = self._counts, {}
@@ -269,7 +266,7 @@ class Metrics:
             inc(self._child(self.cost, model), cost)
 
     def response(self, status: int) -> None:
-        self.statuses.append(status)
+        self.statuses.append(status)  # counted at the flush
 
     # ------------------------------------------------------------------ meter
     def meter_stats(self, stats: dict[str, Any]) -> None:

@@ -256,6 +256,15 @@ class Health:
         return None
 
 
+def _taken(cred: Credential, *, failover: bool) -> Credential:
+    """The credential handed to a request: its in-flight count and attempt counters taken."""
+    cred.in_flight += 1
+    cred.attempts += 1
+    if failover:
+        cred.failovers += 1
+    return cred
+
+
 class Pool:
     def __init__(
         self,
@@ -333,8 +342,7 @@ class Pool:
         return [c for c in self.credentials if c.enabled and c.serves(model)]
 
     async def _take_rpm(self, cred: Credential, now: float) -> bool:
-        if cred.rpm is None:
-            return True
+        """Room in the credential's RPM window (callers skip this for a credential without one)."""
         if now < cred.rpm_full_until:
             return False
         ok, wait = await self._health.take_rpm(cred, now)
@@ -360,11 +368,7 @@ class Pool:
         for cred in self._order(healthy, affinity):
             if count_rpm and cred.rpm is not None and not await self._take_rpm(cred, now):
                 continue
-            cred.in_flight += 1
-            cred.attempts += 1
-            if skip:
-                cred.failovers += 1
-            return cred
+            return _taken(cred, failover=bool(skip))
         # nothing healthy: the one that recovers first among those not behind a wall
         def wall(c: Credential) -> float:
             return c.walled_until(now) if count_rpm else (c.rate_limited_until if c.rate_limited_until > now else 0.0)
@@ -374,13 +378,9 @@ class Pool:
             if not free:
                 return Refusal(Refused.RATE_LIMITED, min(wall(c) for c in open_) - now)
             cred = min(free, key=lambda c: (c.ready_at(now), c.in_flight / (c.weight or 1e-9)))
-            if count_rpm and not await self._take_rpm(cred, now):
+            if count_rpm and cred.rpm is not None and not await self._take_rpm(cred, now):
                 continue  # its window just filled: now walled, look again
-            cred.in_flight += 1
-            cred.attempts += 1
-            if skip:
-                cred.failovers += 1
-            return cred
+            return _taken(cred, failover=bool(skip))
 
     def release(self, cred: Credential, cost_micro: int = 0) -> None:
         cred.in_flight = max(0, cred.in_flight - 1)
