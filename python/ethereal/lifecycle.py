@@ -289,6 +289,10 @@ class Lifecycle:
                         await asyncio.shield(cleanup())
                     except Exception:
                         log.exception("request cleanup failed")
+                # the list hangs off the scope and its cleanups reach back to the scope (a stream
+                # relay holds the server's receive): emptied, the request's objects are freed by
+                # reference counting when it ends, not left for the cyclic collector
+                cleanups.clear()
             if observe is not None:
                 RECORD.reset(token)
                 if ring is not None:
