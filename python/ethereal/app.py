@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from blacksheep import Application, Request, Response, Router
@@ -30,7 +30,7 @@ from ethereal.lifeline import die_with_parent
 from ethereal.metering import routes as metering_routes
 from ethereal.observability.http import Parts
 from ethereal.paths import rewrite_scope
-from ethereal.pipeline import CLEANUP_SCOPE_KEY, Pipeline
+from ethereal.pipeline import CLEANUP_SCOPE_KEY, Cleanup, Pipeline
 from ethereal.settings import Settings, load_settings
 from ethereal.upstream import routes as upstream_routes
 
@@ -119,7 +119,7 @@ class Ethereal:
                 await _not_ready(send)
                 return
             scope = rewrite_scope(scope, self._base_path)
-            pending: list[Callable[[], Awaitable[None]]] = []
+            pending: list[Cleanup] = []
             scope[CLEANUP_SCOPE_KEY] = pending
             await LIFECYCLE._serve(app, scope, receive, send, self.observe, pending)
         elif kind == "lifespan":

@@ -201,7 +201,7 @@ class Lifecycle:
         return None
 
     async def _serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                     observe: Parts | None, cleanups: list[Callable[[], Awaitable[None]]] | None = None) -> None:
+                     observe: Parts | None, cleanups: list[Callable[[], Awaitable[None] | None]] | None = None) -> None:
         """One request through one send wrapper: stream tracking (event streams answering a POST),
         the drain's ``connection: close``, and, with ``observe``, the in-flight count, the status
         counter and the request log line (observability/http.py). ``cleanups`` (the request's
@@ -286,7 +286,9 @@ class Lifecycle:
             if cleanups:
                 for cleanup in cleanups:
                     try:
-                        await asyncio.shield(cleanup())
+                        work = cleanup()
+                        if work is not None:
+                            await asyncio.shield(work)
                     except Exception:
                         log.exception("request cleanup failed")
                 # the list hangs off the scope and its cleanups reach back to the scope (a stream

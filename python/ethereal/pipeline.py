@@ -56,8 +56,10 @@ from ethereal.usage import Usage
 
 log = logging.getLogger("ethereal.pipeline")
 
-# scope key under which the ASGI entry keeps the cleanups of the current request
+# scope key under which the ASGI entry keeps the cleanups of the current request: each returns
+# the work still to do once the response is over (awaited, shielded), or None when there is none
 CLEANUP_SCOPE_KEY = "ethereal.cleanup"
+Cleanup = Callable[[], Awaitable[None] | None]
 
 
 # Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
@@ -284,7 +286,7 @@ class Pipeline:
         native, translate = adapter.stream_relay(call, out)
         receive = getattr(getattr(request, "content", None), "receive", None)
         relay = StreamRelay(self, call, resp, native, translate=translate, receive=receive)
-        pending = cast("list[Callable[[], Awaitable[None]]] | None", request.scope.get(CLEANUP_SCOPE_KEY))
+        pending = cast("list[Cleanup] | None", request.scope.get(CLEANUP_SCOPE_KEY))
         if pending is not None:
             pending.append(relay.abandon)
         headers = adapter.headers(call)
@@ -528,10 +530,16 @@ class StreamRelay:
         self.watcher: asyncio.Task[None] | None = None
         self.watch_timer: asyncio.TimerHandle | None = None
 
-    async def abandon(self) -> None:
+    def abandon(self) -> Awaitable[None] | None:
         """The response is over: if the body did not record (never iterated, or left suspended
-        when a send failed), close the upstream and record now. The body's own ``finally``,
+        when a send failed), the work that closes the upstream and records now; None when the
+        body recorded (the common case: no task is spent on it). The body's own ``finally``,
         should it run later, finds the request recorded and does nothing twice."""
+        if self.call.record is not None:
+            return None
+        return self._abandon()
+
+    async def _abandon(self) -> None:
         if self.call.record is not None:
             return
         self._stop_watching()

@@ -6,7 +6,7 @@ credential's connections can be closed. Responses stream chunk by chunk as they 
 
 Timeouts: ``connect`` (TCP/TLS), ``first_byte`` (request sent → response headers, and for
 event streams the first body chunk, see ``UpstreamResponse.prime``), ``idle`` (the longest
-silence between two body chunks).
+silence between two body chunks), each kept by a ``_Deadline`` in the request's own task.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Self
 
 import aiohttp
 
@@ -30,6 +31,37 @@ class UpstreamConnectError(Exception):
 
 class UpstreamStreamError(Exception):
     """The upstream failed after the response started (reset, idle timeout)."""
+
+
+class _Deadline:
+    """``with _Deadline(seconds): await ...`` raises TimeoutError when the await outlasts the
+    deadline, as ``asyncio.timeout`` does, in the request's own task: one timer, no task per read
+    (``asyncio.wait_for`` wraps each read in a task) and none of ``asyncio.timeout``'s state
+    machine. Every upstream read of every request goes through one."""
+
+    __slots__ = ("_cancelling", "_handle", "_task", "expired")
+
+    def __init__(self, delay: float) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("_Deadline must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.expired = False
+        self._handle = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self._handle.cancel()
+        # our own cancel, and no one else asked for one meanwhile: the await timed out
+        if self.expired and exc_type is asyncio.CancelledError and self._task.uncancel() <= self._cancelling:
+            raise TimeoutError from exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -70,7 +102,8 @@ class UpstreamResponse:
         before any event: until this returns, the client has been sent nothing.
         """
         try:
-            chunk = await asyncio.wait_for(self._resp.content.readany(), timeout)
+            with _Deadline(timeout):
+                chunk = await self._resp.content.readany()
         except TimeoutError as exc:
             self._resp.close()
             raise UpstreamConnectError(f"no first byte within {timeout:g}s", "timeout") from exc
@@ -85,7 +118,8 @@ class UpstreamResponse:
     async def buffer(self) -> None:
         """Read a (non-streamed) body now, so a cut while reading it can still fail over."""
         try:
-            self._body = await asyncio.wait_for(self._resp.read(), self._idle)
+            with _Deadline(self._idle):
+                self._body = await self._resp.read()
         except _NET_ERRORS as exc:
             self._resp.close()
             raise UpstreamConnectError(f"body cut: {_describe(exc)}") from exc
@@ -96,7 +130,8 @@ class UpstreamResponse:
         if self._body is not None:
             return self._body
         try:
-            return await asyncio.wait_for(self._resp.read(), self._idle)
+            with _Deadline(self._idle):
+                return await self._resp.read()
         except _NET_ERRORS as exc:
             raise UpstreamStreamError(_describe(exc)) from exc
         finally:
@@ -110,7 +145,8 @@ class UpstreamResponse:
         content = self._resp.content
         try:
             while True:
-                chunk = await asyncio.wait_for(content.readany(), self._idle)
+                with _Deadline(self._idle):
+                    chunk = await content.readany()
                 if not chunk:
                     if not content.is_eof():
                         continue
@@ -156,10 +192,9 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         session = self._get_session(pool_key)
         try:
-            resp = await asyncio.wait_for(
-                session.request(method, url, headers=headers, data=body, allow_redirects=False, compress=None),
-                self.timeouts.first_byte,
-            )
+            with _Deadline(self.timeouts.first_byte):
+                resp = await session.request(method, url, headers=headers, data=body, allow_redirects=False,
+                                             compress=None)
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamConnectError(f"connect timeout ({self.timeouts.connect:g}s)", "timeout") from exc
         except TimeoutError as exc:
