@@ -221,14 +221,12 @@ class Lifecycle:
 
         async def respond(message: Message) -> None:
             nonlocal stream, status, request_id
-            kind = message["type"]
-            if kind == "http.response.body":
+            if message["type"] != "http.response.start":
                 if stream is None:
-                    await send(message)
+                    await send(message)  # a plain body, or the server's own messages
                     return
                 body = message.get("body", b"")
-                more = message.get("more_body", False)
-                if more:
+                if message.get("more_body", False):
                     if not stream.held and body.endswith(b"\n\n"):
                         await send(message)  # the common case: whole frames, nothing held back
                         return
@@ -251,21 +249,18 @@ class Lifecycle:
                 streams.discard(stream)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
-            if kind == "http.response.start":
-                status = message["status"]
-                headers = message.get("headers") or ()
-                content_type = b""
-                for name, value in headers:
-                    if name == b"content-type":
-                        content_type = value
-                    elif name == b"request-id" or (name == b"x-request-id" and request_id is None):
-                        request_id = value.decode("latin-1")[:64]
-                if trackable and content_type.startswith(b"text/event-stream"):
-                    stream = _Stream(asyncio.current_task(), send, scope["path"], request_id or "")
-                    streams.add(stream)
-                if self.draining:
-                    # a keep-alive client should open its next request elsewhere
-                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            status = message["status"]
+            headers = message.get("headers") or ()
+            found = dict(headers)  # one pass in C; what is read below is never repeated in practice
+            rid = found.get(b"request-id") or found.get(b"x-request-id")
+            if rid is not None:
+                request_id = rid.decode("latin-1")[:64]
+            if trackable and found.get(b"content-type", b"").startswith(b"text/event-stream"):
+                stream = _Stream(asyncio.current_task(), send, scope["path"], request_id or "")
+                streams.add(stream)
+            if self.draining:
+                # a keep-alive client should open its next request elsewhere
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         try:

@@ -83,6 +83,8 @@ class Usage:
 
 def count(value: Any) -> int:
     """A token count as the upstream sent it: a non-negative integer, anything else is 0."""
+    if type(value) is int:  # what the upstream sends (a bool's type is bool, not int)
+        return value if value > 0 else 0
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):

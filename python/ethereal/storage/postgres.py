@@ -30,6 +30,7 @@ from ethereal.storage.records import (
     StoredCredential,
     UsageRecord,
     hour_ranges,
+    usage_row,
 )
 
 # pg_advisory_lock key for migrations: a fixed 64-bit number ("ethereal" in ASCII).
@@ -65,13 +66,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+_FLOAT_COLUMNS = tuple(i for i, c in enumerate(USAGE_COLUMNS) if c in ("ttfb_ms", "duration_ms", "started_at", "ended_at"))
+
+
 def _usage_row(rec: UsageRecord) -> tuple[Any, ...]:
-    row = []
-    for column in USAGE_COLUMNS:
-        value = getattr(rec, column)
-        if column in ("ttfb_ms", "duration_ms", "started_at", "ended_at") and value is not None:
-            value = float(value)
-        row.append(value)
+    row = list(usage_row(rec))
+    for i in _FLOAT_COLUMNS:
+        if row[i] is not None:
+            row[i] = float(row[i])
     return tuple(row)
 
 

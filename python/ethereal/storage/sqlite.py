@@ -27,6 +27,7 @@ from ethereal.storage.records import (
     BatchRecord,
     StoredCredential,
     UsageRecord,
+    usage_row,
 )
 
 T = TypeVar("T")
@@ -237,7 +238,7 @@ class SQLiteStore(Store):
 
     # usage
     async def insert_usage(self, records: list[UsageRecord]) -> int:
-        rows = [tuple(getattr(r, c) for c in USAGE_COLUMNS) for r in records]
+        rows = [usage_row(r) for r in records]
         sql = (
             f"INSERT INTO usage_records ({','.join(USAGE_COLUMNS)}) VALUES ({','.join('?' * len(USAGE_COLUMNS))})"
             " ON CONFLICT (request_id) DO NOTHING"
