@@ -99,7 +99,6 @@ class Ethereal:
         app = build_application(gw)
         await app.start()
         self._gateway, self._app = gw, app
-        tune_gc()
 
     async def stop(self) -> None:
         app, gw = self._app, self._gateway
@@ -139,6 +138,7 @@ class Ethereal:
                     log.error("ethereal could not start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                tune_gc()  # a served worker (not an app started in a test's process)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:

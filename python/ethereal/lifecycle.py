@@ -4,7 +4,8 @@
 ``{"status":"ok"}`` while serving, 503 ``{"status":"draining"}`` once a shutdown began, so a load
 balancer (HAProxy's ``option httpchk``, a Kubernetes readiness probe) stops sending new requests
 before the worker stops accepting them. ``/healthz?verbose=1`` adds this worker's pid, open
-streams and event-loop lag (p50/p99/max over the last 10 seconds).
+streams, event-loop lag (p50/p99/max over the last 10 seconds) and its cyclic collector
+(objects frozen at startup, young threshold, collections per generation: app.tune_gc).
 
 It also keeps the set of event streams in flight (responses whose content type is
 ``text/event-stream``) so that, when the grace period of a shutdown runs out, ``end_streams``
@@ -27,6 +28,7 @@ until its last byte and requests refused before any handler (404s, 401s) are log
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -152,7 +154,9 @@ class Lifecycle:
         if not verbose:
             return (503, _DRAINING) if self.draining else (200, _OK)
         body = {"status": "draining" if self.draining else "ok", "pid": os.getpid(),
-                "streams": len(self.streams), "loop_lag_ms": self.lag_ms()}
+                "streams": len(self.streams), "loop_lag_ms": self.lag_ms(),
+                "gc": {"frozen": gc.get_freeze_count(), "young_threshold": gc.get_threshold()[0],
+                       "collections": [g["collections"] for g in gc.get_stats()]}}
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI

@@ -55,8 +55,9 @@ class Usage:
         model = served_model if isinstance(served_model, str) and served_model else None
         if not isinstance(usage, dict):
             return cls(exact=False, served_model=model)
-        iterations = parse_iterations(usage)
-        searches = web_search_requests(usage)
+        # most replies carry neither: no call for what is absent
+        iterations = parse_iterations(usage) if "iterations" in usage else None
+        searches = web_search_requests(usage) if "server_tool_use" in usage else 0
         if iterations:
             return cls.summed(iterations, web_searches=searches, served_model=model)
         c5, c1, assumed = cache_split(usage)
@@ -84,7 +85,7 @@ class Usage:
 def count(value: Any) -> int:
     """A token count as the upstream sent it: a non-negative integer, anything else is 0."""
     if type(value) is int:  # what the upstream sends (a bool's type is bool, not int)
-        return value if value > 0 else 0
+        return max(0, value)
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):

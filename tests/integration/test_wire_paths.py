@@ -129,3 +129,12 @@ def test_each_response_header_once(mounted: Gateway) -> None:
     assert {name: duplicated(r) for name, r in seen.items() if duplicated(r)} == {}
     assert seen["messages"].headers["content-type"] == "application/json"
     assert seen["stream"].headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+def test_a_served_worker_tunes_its_collector(gateway: Gateway) -> None:
+    """``app.tune_gc`` at lifespan startup: startup's objects frozen, a young threshold for a
+    server whose requests leave no cycles; ``/healthz?verbose=1`` shows both."""
+    detail = httpx.get(gateway.url + "/healthz?verbose=1", timeout=10).json()["gc"]
+    assert detail["frozen"] > 10_000
+    assert detail["young_threshold"] == 5000
+    assert len(detail["collections"]) == 3
