@@ -92,19 +92,14 @@ class Ring:
             v[base + F_5XX] += 1
         else:
             v[base + F_OTHER] += 1
-        # most of these are 0 for most requests: a test is cheaper than adding 0
-        if rec.input_tokens:
-            v[base + F_IN] += rec.input_tokens
-        if rec.output_tokens:
-            v[base + F_OUT] += rec.output_tokens
-        if rec.cache_read:
+        v[base + F_IN] += rec.input_tokens
+        v[base + F_OUT] += rec.output_tokens
+        v[base + F_COST] += rec.cost_micro
+        # cache traffic is 0 for most requests: a test is cheaper than adding 0 three times
+        if rec.cache_read or rec.cache_creation_5m or rec.cache_creation_1h:
             v[base + F_CR] += rec.cache_read
-        if rec.cache_creation_5m:
             v[base + F_CW5] += rec.cache_creation_5m
-        if rec.cache_creation_1h:
             v[base + F_CW1] += rec.cache_creation_1h
-        if rec.cost_micro:
-            v[base + F_COST] += rec.cost_micro
         v[base + F_LAT + bisect.bisect_left(EDGES_MS, rec.duration_ms)] += 1
         if rec.ttfb_ms is not None:
             v[base + F_TTFB_N] += 1
