@@ -134,8 +134,11 @@ def _check_error_body(resp_status: int, headers: httpx.Headers, body: bytes, out
         out.kind, out.detail = "malformed", f"{resp_status} without retry-after or x-should-retry"
         return
     out.kind, out.error_type = "error_response", err["type"]
-    if resp_status in RETRYABLE:
-        out.retry_after = float(headers["retry-after"])
+    if resp_status in RETRYABLE:  # the wait as given; an upstream 529 relayed with x-should-retry alone has none
+        if headers.get("retry-after"):
+            out.retry_after = float(headers["retry-after"])
+        elif headers.get("retry-after-ms"):
+            out.retry_after = float(headers["retry-after-ms"]) / 1000.0
 
 
 def _parse_sse(text: str) -> list[tuple[str, Any]]:
