@@ -34,13 +34,16 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ethereal.errors import anthropic_sse_error, openai_error_body
 from ethereal.observability.http import RECORD, Parts, log_request
 from ethereal.storage.records import UsageRecord
+
+if TYPE_CHECKING:
+    from ethereal.pipeline import Cleanup
 
 log = logging.getLogger("ethereal")
 
@@ -205,7 +208,7 @@ class Lifecycle:
         return None
 
     async def _serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                     observe: Parts | None, cleanups: list[Callable[[], Awaitable[None] | None]] | None = None) -> None:
+                     observe: Parts | None, cleanups: list[Cleanup] | None = None) -> None:
         """One request through one send wrapper: stream tracking (event streams answering a POST),
         the drain's ``connection: close``, and, with ``observe``, the in-flight count, the status
         counter and the request log line (observability/http.py). ``cleanups`` (the request's

@@ -57,10 +57,6 @@ async def client() -> AsyncIterator[UpstreamClient]:
         await c.close()
 
 
-async def _request(client: UpstreamClient, url: str) -> object:
-    return await client.request("POST", url, {"content-type": "application/json"}, b"{}")
-
-
 async def test_headers_that_never_come_time_out_as_a_connect_failure(client: UpstreamClient) -> None:
     async def nothing(writer: asyncio.StreamWriter) -> None:
         return None
@@ -69,7 +65,7 @@ async def test_headers_that_never_come_time_out_as_a_connect_failure(client: Ups
     async with server:
         t0 = time.monotonic()
         with pytest.raises(UpstreamConnectError) as err:
-            await _request(client, url)
+            await client.request("POST", url, {}, b"{}")
         assert err.value.kind == "timeout"
         assert 0.35 < time.monotonic() - t0 < 2.0
 

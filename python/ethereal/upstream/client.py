@@ -42,13 +42,14 @@ class _Deadline:
     __slots__ = ("_cancelling", "_handle", "_task", "expired")
 
     def __init__(self, delay: float) -> None:
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("_Deadline must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
         self.expired = False
-        self._handle = asyncio.get_running_loop().call_later(delay, self._expire)
+        self._handle = loop.call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self.expired = True
