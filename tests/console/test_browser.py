@@ -70,11 +70,11 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     sent = [0]
 
     def traffic() -> None:
-        client = sdk(console, traffic_key)
-        while not stop.is_set():
-            client.messages.create(**MESSAGE)  # type: ignore[call-overload]
-            sent[0] += 1
-            time.sleep(0.05)
+        with sdk(console, traffic_key) as client:
+            while not stop.is_set():
+                client.messages.create(**MESSAGE)  # type: ignore[call-overload]
+                sent[0] += 1
+                time.sleep(0.05)
 
     thread = threading.Thread(target=traffic, daemon=True)
     before = live_number(page, "requests")
@@ -108,10 +108,10 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     checked.append("minted 3 keys with a $0.05 budget from the keys page; 3 distinct plaintexts shown once")
 
     # --- use one with the anthropic SDK and watch its spend appear
-    client = sdk(console, plaintexts[0])
-    for _ in range(3):
-        reply = client.messages.create(**MESSAGE)  # type: ignore[call-overload]
-        assert reply.usage.output_tokens == 5
+    with sdk(console, plaintexts[0]) as client:
+        for _ in range(3):
+            reply = client.messages.create(**MESSAGE)  # type: ignore[call-overload]
+            assert reply.usage.output_tokens == 5
     def recorded() -> int | None:
         spend = console.admin("GET", f"/keys/{ids[0]}").json()["spend"]
         return spend["cost_micro"] if spend["requests"] == 3 else None
@@ -133,7 +133,7 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     with page.expect_navigation():
         row.locator("button", has_text="Revoke").click()
     assert page.locator(f'tr[data-key-id="{ids[0]}"] .state').inner_text() == "revoked"
-    with pytest.raises(anthropic.AuthenticationError):
+    with sdk(console, plaintexts[0]) as client, pytest.raises(anthropic.AuthenticationError):
         wait_for_refusal(client)
     checked.append("revoked the key from the page (confirmation dialog); the next SDK request got 401")
 
@@ -161,7 +161,8 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
         rows = list(csv.DictReader(fh))
     assert len(rows) == 500 and len({r["key"] for r in rows}) == 500
     assert all(r["key"].startswith("sk-ant-api03-") and r["name"] == "bulk" for r in rows)
-    reply = sdk(console, rows[-1]["key"]).messages.create(**MESSAGE)  # type: ignore[call-overload]
+    with sdk(console, rows[-1]["key"]) as client:
+        reply = client.messages.create(**MESSAGE)  # type: ignore[call-overload]
     assert reply.usage.output_tokens == 5
     listed = console.admin("GET", "/keys", params={"limit": 1000}).json()["data"]
     assert sum(1 for k in listed if k["name"] == "bulk") == 500

@@ -49,16 +49,16 @@ def run(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]
         limited = httpx.post(url + "/admin/api/keys", json={"name": "limited", "rpm": 1000}, headers=admin).json()
         plain = httpx.post(url + "/admin/api/keys", json={"name": "plain"}, headers=admin).json()
         keys = [limited["key"], plain["key"]]
-        sdk = anthropic.Anthropic(base_url=url, api_key=keys[0], max_retries=0)
-        for _ in range(N_PLAIN):
-            assert sdk.messages.create(**MESSAGE).usage.output_tokens == 5  # type: ignore[call-overload]
-        streamer = anthropic.Anthropic(base_url=url, api_key=keys[1], max_retries=0)
-        for _ in range(N_STREAM):
-            with streamer.messages.stream(**MESSAGE) as stream:  # type: ignore[arg-type]
-                assert stream.get_final_message().usage.output_tokens == 5
-        for _ in range(N_UNKNOWN):
-            with pytest.raises(anthropic.BadRequestError):  # a model the gateway cannot price: refused
-                streamer.messages.create(**{**MESSAGE, "model": "made-up-model-x"})  # type: ignore[call-overload]
+        with anthropic.Anthropic(base_url=url, api_key=keys[0], max_retries=0) as sdk:
+            for _ in range(N_PLAIN):
+                assert sdk.messages.create(**MESSAGE).usage.output_tokens == 5  # type: ignore[call-overload]
+        with anthropic.Anthropic(base_url=url, api_key=keys[1], max_retries=0) as streamer:
+            for _ in range(N_STREAM):
+                with streamer.messages.stream(**MESSAGE) as stream:  # type: ignore[arg-type]
+                    assert stream.get_final_message().usage.output_tokens == 5
+            for _ in range(N_UNKNOWN):
+                with pytest.raises(anthropic.BadRequestError):  # a model the gateway cannot price: refused
+                    streamer.messages.create(**{**MESSAGE, "model": "made-up-model-x"})  # type: ignore[call-overload]
         for _ in range(N_UNAUTH):
             assert httpx.post(url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "sk-wrong"}).status_code == 401
         expected = N_PLAIN + N_STREAM + N_UNKNOWN

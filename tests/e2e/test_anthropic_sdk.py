@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anthropic
 import httpx
 import pytest
@@ -21,14 +23,16 @@ WEATHER_TOOL = {
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0)
+def client(gateway: Gateway) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def bearer_client(gateway: Gateway) -> anthropic.Anthropic:
+def bearer_client(gateway: Gateway) -> Iterator[anthropic.Anthropic]:
     # the newest SDKs send only Authorization: Bearer
-    return anthropic.Anthropic(base_url=gateway.url, auth_token=gateway.key, max_retries=0)
+    with anthropic.Anthropic(base_url=gateway.url, auth_token=gateway.key, max_retries=0) as client:
+        yield client
 
 
 def test_create_x_api_key(client: anthropic.Anthropic) -> None:
@@ -48,11 +52,11 @@ def test_create_x_api_key(client: anthropic.Anthropic) -> None:
 
 
 def test_create_bearer_and_new_version_header(gateway: Gateway) -> None:
-    client = anthropic.Anthropic(base_url=gateway.url, auth_token=gateway.key, max_retries=0,
-                                 default_headers={"anthropic-version": "2026-10-21"})
-    message = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=32, messages=[{"role": "user", "content": "Hi"}]
-    )
+    with anthropic.Anthropic(base_url=gateway.url, auth_token=gateway.key, max_retries=0,
+                             default_headers={"anthropic-version": "2026-10-21"}) as client:
+        message = client.messages.create(
+            model="claude-haiku-4-5", max_tokens=32, messages=[{"role": "user", "content": "Hi"}]
+        )
     assert message.content[0].type == "text"
 
 
@@ -116,17 +120,16 @@ def test_models_list_and_get(client: anthropic.Anthropic) -> None:
 
 
 async def test_async_client(gateway: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0)
-    message = await client.messages.create(
-        model="opus-4", max_tokens=32, messages=[{"role": "user", "content": "Hello"}]
-    )
-    assert message.model == "claude-opus-4-7"
-    async with client.messages.stream(
-        model="anthropic/claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "Stream"}]
-    ) as stream:
-        final = await stream.get_final_message()
+    async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0) as client:
+        message = await client.messages.create(
+            model="opus-4", max_tokens=32, messages=[{"role": "user", "content": "Hello"}]
+        )
+        assert message.model == "claude-opus-4-7"
+        async with client.messages.stream(
+            model="anthropic/claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "Stream"}]
+        ) as stream:
+            final = await stream.get_final_message()
     assert final.model == "claude-sonnet-4-6" and final.content[0].text
-    await client.close()
 
 
 @pytest.mark.parametrize("path", sorted(RECORDED.glob("*.sse")), ids=lambda p: p.stem)

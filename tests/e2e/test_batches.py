@@ -60,8 +60,10 @@ def results_of(client: anthropic.Anthropic, batch_id: str) -> dict[str, dict[str
 def test_python_sdk_mixed_batch(sim: str, db_url: str, tmp_path: Path) -> None:
     key, record = mint_into_url(_migrated(db_url), name="batcher", budget_micro_usd=50_000_000)
     other, _ = mint_into_url(db_url, name="someone-else")
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client,
+          anthropic.Anthropic(base_url=url, api_key=other, max_retries=0) as stranger,
+          anthropic.Anthropic(base_url=url, api_key=ADMIN, max_retries=0) as admin):
         requests = mixed_requests(200)
         bad = [*requests[:137], {"custom_id": "broken", "params": {**requests[137]["params"], "max_tokens": 0}},
                *requests[137:]]
@@ -74,14 +76,12 @@ def test_python_sdk_mixed_batch(sim: str, db_url: str, tmp_path: Path) -> None:
         assert batch.request_counts.processing == 200 and batch.results_url is None
 
         # another key sees nothing of it; the admin key sees it
-        stranger = anthropic.Anthropic(base_url=url, api_key=other, max_retries=0)
         for call in (lambda: stranger.messages.batches.retrieve(batch.id),
                      lambda: stranger.messages.batches.cancel(batch.id),
                      lambda: stranger.messages.batches.delete(batch.id)):
             with pytest.raises(anthropic.NotFoundError):
                 call()
         assert stranger.messages.batches.list().data == []
-        admin = anthropic.Anthropic(base_url=url, api_key=ADMIN, max_retries=0)
         assert batch.id in [b.id for b in admin.messages.batches.list().data]
 
         ended = wait_ended(client, batch.id)
@@ -123,8 +123,8 @@ def test_python_sdk_mixed_batch(sim: str, db_url: str, tmp_path: Path) -> None:
 
 def test_cancel_then_delete(sim: str, db_url: str, tmp_path: Path) -> None:
     key, _ = mint_into_url(_migrated(db_url), name="canceler")
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         requests = mixed_requests(40)
         requests[0]["params"]["messages"][0]["content"] += " sim:batch_ms=20000"
         batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
@@ -145,13 +145,13 @@ def test_restart_between_create_and_end(sim: str, db_url: str, tmp_path: Path) -
     key, _ = mint_into_url(_migrated(db_url), name="patient", budget_micro_usd=50_000_000)
     requests = mixed_requests(30, tag="r")
     requests[0]["params"]["messages"][0]["content"] += " sim:batch_ms=3000"
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
         assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
     # the gateway is gone while the batch runs upstream; a new one takes over from the store
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         ended = wait_ended(client, batch.id)
         assert ended.request_counts.succeeded == 30
         results = results_of(client, batch.id)

@@ -36,8 +36,9 @@ def make_client(gateway: Gateway, key: str | None = None) -> openai.OpenAI:
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
-    return make_client(gateway)
+def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    with make_client(gateway) as client:
+        yield client
 
 
 @pytest.fixture
@@ -101,20 +102,19 @@ def test_raw_stream_frames(client: openai.OpenAI) -> None:
 
 
 async def test_async_client(gateway: Gateway) -> None:
-    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0)
-    completion = await client.chat.completions.create(
-        model="opus-4", messages=[{"role": "user", "content": "Hello"}], max_tokens=32)
-    assert completion.model == "claude-opus-4-7" and completion.choices[0].message.content
-    stream = await client.chat.completions.create(
-        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Stream please"}], stream=True,
-        stream_options={"include_usage": True})
-    text, usage = "", None
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            text += chunk.choices[0].delta.content
-        usage = chunk.usage or usage
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
+        completion = await client.chat.completions.create(
+            model="opus-4", messages=[{"role": "user", "content": "Hello"}], max_tokens=32)
+        assert completion.model == "claude-opus-4-7" and completion.choices[0].message.content
+        stream = await client.chat.completions.create(
+            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Stream please"}], stream=True,
+            stream_options={"include_usage": True})
+        text, usage = "", None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+            usage = chunk.usage or usage
     assert text and usage is not None and usage.total_tokens > 0
-    await client.close()
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -247,48 +247,48 @@ def test_unsupported_parameter_is_a_400_naming_it(client: openai.OpenAI) -> None
 
 
 def test_auth_and_not_found_errors(gateway: Gateway) -> None:
-    with pytest.raises(openai.AuthenticationError) as info:
-        make_client(gateway, "sk-ant-api03-wrong").chat.completions.create(
+    with make_client(gateway, "sk-ant-api03-wrong") as wrong, pytest.raises(openai.AuthenticationError) as info:
+        wrong.chat.completions.create(
             model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}])
     assert info.value.code == "invalid_api_key"
     # a model the gateway cannot price (no Claude family in its name, not listed by the operator)
-    with pytest.raises(openai.BadRequestError) as bad:
-        make_client(gateway).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    with make_client(gateway) as client, pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     assert bad.value.param == "model"
 
 
 def test_limits_answer_in_openai_shape(gateway: Gateway) -> None:
     key, _ = gateway.mint(name="rpm-1", rpm=1)
-    client = make_client(gateway, key)
-    ok = client.chat.completions.with_raw_response.create(
-        model="claude-haiku-4-5", messages=[{"role": "user", "content": "one"}], max_tokens=8)
-    assert ok.headers.get("x-ratelimit-limit-requests") == "1"
-    assert ok.headers.get("x-ratelimit-remaining-requests") == "0"
-    with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="claude-haiku-4-5", messages=[{"role": "user", "content": "two"}])
+    with make_client(gateway, key) as client:
+        ok = client.chat.completions.with_raw_response.create(
+            model="claude-haiku-4-5", messages=[{"role": "user", "content": "one"}], max_tokens=8)
+        assert ok.headers.get("x-ratelimit-limit-requests") == "1"
+        assert ok.headers.get("x-ratelimit-remaining-requests") == "0"
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model="claude-haiku-4-5", messages=[{"role": "user", "content": "two"}])
     assert int(info.value.response.headers["retry-after"]) >= 1
     assert info.value.code == "rate_limit_exceeded"
     body = info.value.response.json()
     assert set(body["error"]) == {"message", "type", "param", "code"}
 
     broke, _ = gateway.mint(name="broke", budget_tokens=1)
-    with pytest.raises(openai.APIStatusError) as info:
-        make_client(gateway, broke).chat.completions.create(
+    with make_client(gateway, broke) as client, pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
             model="claude-haiku-4-5", messages=[{"role": "user", "content": "hello"}])
     assert info.value.status_code == 402 and info.value.code == "insufficient_quota"
 
     narrow, _ = gateway.mint(name="haiku-only", allowed_models=["haiku-4"])
-    with pytest.raises(openai.PermissionDeniedError):
-        make_client(gateway, narrow).chat.completions.create(
+    with make_client(gateway, narrow) as client, pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(
             model="claude-opus-4-6", messages=[{"role": "user", "content": "hello"}])
 
 
 def test_error_mid_stream_raises(fault_gateway: Gateway) -> None:
     gateway = fault_gateway
-    stream = make_client(gateway).chat.completions.create(model="claude-sonnet-4-5", stream=True, messages=[
-        {"role": "user", "content": "hi sim:fault=error_mid,after_events=4"}])
     received: list[Any] = []
-    with pytest.raises(openai.APIError, match="Overloaded") as info:
+    with make_client(gateway) as client, pytest.raises(openai.APIError, match="Overloaded") as info:
+        stream = client.chat.completions.create(model="claude-sonnet-4-5", stream=True, messages=[
+            {"role": "user", "content": "hi sim:fault=error_mid,after_events=4"}])
         received.extend(stream)
     assert received  # the stream had started
     request_id = "req_" + received[0].id.removeprefix("chatcmpl-")
@@ -308,8 +308,8 @@ def test_recorded_stream_replay_through_gateway(client: openai.OpenAI) -> None:
 
 
 def test_upstream_429_passes_retry_after(fault_gateway: Gateway) -> None:
-    with pytest.raises(openai.RateLimitError) as info:
-        make_client(fault_gateway).chat.completions.create(model="claude-sonnet-4-5", messages=[
+    with make_client(fault_gateway) as client, pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="claude-sonnet-4-5", messages=[
             {"role": "user", "content": "hi sim:fault=429,retry_after=2"}])
     assert int(info.value.response.headers["retry-after"]) >= 2
 

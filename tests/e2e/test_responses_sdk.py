@@ -30,8 +30,9 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAh
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0)
+def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
+        yield client
 
 
 def usage_record(gateway: Gateway, request_id: str) -> dict[str, Any]:
@@ -214,8 +215,8 @@ def fault_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.mark.parametrize("status", [429, 529])
 def test_upstream_refusal_carries_retry_after(fault_gateway: Gateway, status: int) -> None:
-    client = openai.OpenAI(base_url=fault_gateway.url + "/v1", api_key=fault_gateway.key, max_retries=0)
-    with pytest.raises(openai.APIStatusError) as info:
+    with openai.OpenAI(base_url=fault_gateway.url + "/v1", api_key=fault_gateway.key, max_retries=0) as client, \
+            pytest.raises(openai.APIStatusError) as info:
         client.responses.create(model="claude-sonnet-4-5", input=f"hi sim:fault={status},retry_after=3")
     assert info.value.status_code == status
     assert int(info.value.response.headers["retry-after"]) >= 1
@@ -223,16 +224,16 @@ def test_upstream_refusal_carries_retry_after(fault_gateway: Gateway, status: in
 
 
 def test_error_mid_stream_is_response_failed(fault_gateway: Gateway) -> None:
-    client = openai.OpenAI(base_url=fault_gateway.url + "/v1", api_key=fault_gateway.key, max_retries=0)
-    events = list(client.responses.create(model="claude-sonnet-4-5", input="hi sim:fault=error_mid,after_events=4",
-                                          stream=True))
+    with openai.OpenAI(base_url=fault_gateway.url + "/v1", api_key=fault_gateway.key, max_retries=0) as client:
+        events = list(client.responses.create(model="claude-sonnet-4-5",
+                                              input="hi sim:fault=error_mid,after_events=4", stream=True))
     assert events[-1].type == "response.failed"
     assert events[-1].response.error is not None and events[-1].response.error.code == "server_error"
 
 
 def test_bad_key_is_401_in_openai_shape(gateway: Gateway) -> None:
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-ant-api03-nope", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as info:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-ant-api03-nope", max_retries=0) as client, \
+            pytest.raises(openai.AuthenticationError) as info:
         client.responses.create(model="claude-sonnet-4-5", input="hi")
     assert body_of(info.value)["code"] == "invalid_api_key"
 

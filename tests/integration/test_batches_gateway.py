@@ -57,8 +57,8 @@ def test_upstream_errors(sim: str, db_url: str, tmp_path: Path) -> None:
     """A refused create leaves nothing behind (no batch, no hold); polls and results that fail are
     retried; the batch is billed once."""
     key, _ = mint_into_url(db_url, name="unlucky", budget_micro_usd=50_000_000)
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         inject_fault(sim, "529", count=1, paths=["/v1/messages/batches"])
         with pytest.raises(anthropic.APIStatusError) as failed:
             client.messages.batches.create(requests=mixed_requests(5))  # type: ignore[arg-type]
@@ -99,8 +99,8 @@ def test_credential_disabled_while_batches_pending(sim: str, db_url: str, tmp_pa
     """A disabled credential takes no new batch, but its pending ones finish, are read and billed."""
     key, _ = mint_into_url(db_url, name="steady")
     admin = {"x-api-key": ADMIN}
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         requests = mixed_requests(15)
         requests[0]["params"]["messages"][0]["content"] += " sim:batch_ms=2000"
         batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
@@ -119,8 +119,8 @@ def test_credential_disabled_while_batches_pending(sim: str, db_url: str, tmp_pa
 def test_budget_is_held_at_create_and_settled_to_the_real_cost(sim: str, db_url: str, tmp_path: Path) -> None:
     key, record = mint_into_url(db_url, name="thrifty", budget_micro_usd=100_000_000)
     admin = {"x-api-key": ADMIN}
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         first = mixed_requests(20, tag="a")
         first[0]["params"]["messages"][0]["content"] += " sim:batch_ms=2500"
         batch = client.messages.batches.create(requests=first)  # type: ignore[arg-type]
@@ -145,8 +145,8 @@ def test_budget_is_held_at_create_and_settled_to_the_real_cost(sim: str, db_url:
 
 def test_rpm_counts_a_batch_once_and_tpm_not_at_all(sim: str, db_url: str, tmp_path: Path) -> None:
     key, _ = mint_into_url(db_url, name="paced", rpm=2, tpm=50)
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         big = mixed_requests(30)  # thousands of estimated tokens: far over the TPM, which batches skip
         batch = client.messages.batches.create(requests=big)  # type: ignore[arg-type]
         for _ in range(5):  # reading it is not a request against the RPM
@@ -160,9 +160,10 @@ def test_rpm_counts_a_batch_once_and_tpm_not_at_all(sim: str, db_url: str, tmp_p
 def test_two_replicas_bill_each_item_once(sim: str, pg_url: str, tmp_path: Path) -> None:
     key, _ = mint_into_url(pg_url, name="shared")
     env = env_for(pg_url, ETHEREAL_BATCH_POLL_INTERVAL="0.1")
-    with gateway_process(tmp_path / "a", sim, env=env) as url_a, gateway_process(tmp_path / "b", sim, env=env) as url_b:
-        a = anthropic.Anthropic(base_url=url_a, api_key=key, max_retries=0)
-        b = anthropic.Anthropic(base_url=url_b, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path / "a", sim, env=env) as url_a,
+          gateway_process(tmp_path / "b", sim, env=env) as url_b,
+          anthropic.Anthropic(base_url=url_a, api_key=key, max_retries=0) as a,
+          anthropic.Anthropic(base_url=url_b, api_key=key, max_retries=0) as b):
         requests = mixed_requests(50)
         batch = a.messages.batches.create(requests=requests)  # type: ignore[arg-type]
         assert b.messages.batches.retrieve(batch.id).id == batch.id  # any replica serves any batch
@@ -178,8 +179,8 @@ def test_batch_gone_upstream_ends_and_releases_its_hold(sim: str, db_url: str, t
     """The upstream answers 404 for a batch (deleted there, past its retention): the batch ends, its
     hold is released, no rows."""
     key, _ = mint_into_url(db_url, name="orphaned", budget_micro_usd=50_000_000)
-    with gateway_process(tmp_path, sim, env=env_for(db_url)) as url:
-        client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
         requests = mixed_requests(5)
         requests[0]["params"]["messages"][0]["content"] += " sim:batch_ms=600000"
         batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]

@@ -109,9 +109,10 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
                                                             tmp_path: Path) -> None:
     """300 requests at once against one budget, through 2 workers sharing Redis and PostgreSQL: spend
     exceeds the budget by at most one request's output."""
-    # each request stays in flight 400 ms upstream: the 300 arrive well within that, so the first ones
-    # admitted still hold the budget when the rest arrive, however fast the gateway admits them
-    text = "Count to ten please. sim:tokens=64 sim:latency=400"
+    # each request stays in flight 1.5 s upstream: the 300 arrive well within that (sending them takes the
+    # one client process ~1 s on a busy 2-vCPU machine), so the first ones admitted still hold the budget
+    # when the rest arrive, however fast or slow the gateway admits them
+    text = "Count to ten please. sim:tokens=64 sim:latency=1500"
     with governed(tmp_path, sim_url, pg_url, redis_url, workers=2) as url:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=400, keepalive_expiry=0.5)) \
                 as client:

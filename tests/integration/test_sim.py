@@ -616,6 +616,10 @@ def test_timing_knobs(http: httpx.Client) -> None:
     total = time.monotonic() - t0
     assert first is not None and first >= 0.19
     assert total >= 0.2 + 80 / 400 * 0.9
+    # a non-streamed reply waits its own sim:latency (before its headers), not the configured one
+    t0 = time.monotonic()
+    assert http.post("/v1/messages", json=body("x sim:latency=300 sim:tokens=8")).status_code == 200
+    assert time.monotonic() - t0 >= 0.29
 
 
 def test_control_config_and_stats(sim: str, http: httpx.Client) -> None:

@@ -60,8 +60,11 @@ def pool(gw: dict[str, object], sims: dict[str, str]) -> dict[str, object]:
     return gw
 
 
-def sdk(gw: dict[str, object]) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=str(gw["url"]), api_key=str(gw["key"]), max_retries=0, timeout=20)
+@pytest.fixture
+def client(pool: dict[str, object]) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=str(pool["url"]), api_key=str(pool["key"]), max_retries=0,
+                             timeout=20) as client:
+        yield client
 
 
 def ask(client: anthropic.Anthropic, text: str = "hello", **kw: object) -> anthropic.types.Message:
@@ -72,8 +75,7 @@ def counts(sims: dict[str, str], status: str = "200") -> dict[str, int]:
     return {n: served(u, status) for n, u in sims.items()}
 
 
-def test_429_moves_traffic_to_the_others_and_back_after_the_cooldown(pool, sims) -> None:
-    client = sdk(pool)
+def test_429_moves_traffic_to_the_others_and_back_after_the_cooldown(pool, sims, client) -> None:
     ask(client)
     assert counts(sims) == {"a": 1, "b": 0, "c": 0}  # a is the first choice
 
@@ -95,8 +97,7 @@ def test_429_moves_traffic_to_the_others_and_back_after_the_cooldown(pool, sims)
     assert pool["admin"].get("a")["health"]["state"] == "healthy"
 
 
-def test_reset_before_the_first_byte_is_retried_invisibly(pool, sims) -> None:
-    client = sdk(pool)
+def test_reset_before_the_first_byte_is_retried_invisibly(pool, sims, client) -> None:
     admin: Admin = pool["admin"]
     inject_fault(sims["a"], "reset")
     assert ask(client).stop_reason in ("end_turn", "max_tokens")
@@ -117,8 +118,7 @@ def test_reset_before_the_first_byte_is_retried_invisibly(pool, sims) -> None:
     assert served(sims["a"], "reset") == 3
 
 
-def test_reset_mid_stream_gives_the_client_an_error_event_and_is_settled(pool, sims) -> None:
-    client = sdk(pool)
+def test_reset_mid_stream_gives_the_client_an_error_event_and_is_settled(pool, sims, client) -> None:
     inject_fault(sims["a"], "reset_mid", after_events=6)
     events = []
     with pytest.raises(anthropic.APIStatusError) as info:
@@ -138,9 +138,8 @@ def test_reset_mid_stream_gives_the_client_an_error_event_and_is_settled(pool, s
     assert pool["admin"].get("a")["health"]["last_error"].startswith("stream")
 
 
-def test_403_on_a_request_is_the_clients_and_disables_nothing(pool, sims) -> None:
+def test_403_on_a_request_is_the_clients_and_disables_nothing(pool, sims, client) -> None:
     """A model or beta the organisation lacks answers 403: that must not take a credential down."""
-    client = sdk(pool)
     admin: Admin = pool["admin"]
     inject_fault(sims["a"], "403", count=3)
     for _ in range(3):
@@ -154,8 +153,7 @@ def test_403_on_a_request_is_the_clients_and_disables_nothing(pool, sims) -> Non
     assert served(sims["a"]) == 1
 
 
-def test_a_credential_is_disabled_only_when_its_own_probe_is_refused(pool, sims) -> None:
-    client = sdk(pool)
+def test_a_credential_is_disabled_only_when_its_own_probe_is_refused(pool, sims, client) -> None:
     admin: Admin = pool["admin"]
     inject_fault(sims["a"], "401")
     inject_fault(sims["a"], "401", paths=["/v1/models"])  # the credential itself is dead
@@ -174,7 +172,7 @@ def test_a_credential_is_disabled_only_when_its_own_probe_is_refused(pool, sims)
     assert served(sims["a"]) == 1
 
 
-def test_all_credentials_rate_limited_gives_429_with_the_time_left(pool, sims) -> None:
+def test_all_credentials_rate_limited_gives_429_with_the_time_left(pool, sims, client) -> None:
     for n in NAMES:
         inject_fault(sims[n], "429", retry_after=4)
     headers = {"x-api-key": str(pool["key"]), "anthropic-version": "2023-06-01"}
@@ -195,7 +193,7 @@ def test_all_credentials_rate_limited_gives_429_with_the_time_left(pool, sims) -
     assert left - 0.5 <= int(r.headers["retry-after-ms"]) / 1000 <= 4.0
     assert sum(served(u, "429") for u in sims.values()) == 3  # nothing was sent upstream
     with pytest.raises(anthropic.RateLimitError):
-        sdk(pool).messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+        client.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
 
 
 def test_nothing_enabled_gives_503_with_retry_after(pool, sims) -> None:
@@ -210,11 +208,10 @@ def test_nothing_enabled_gives_503_with_retry_after(pool, sims) -> None:
     assert sum(served(u, "200") for u in sims.values()) == 0
 
 
-def test_cache_affinity_keeps_a_prefix_on_one_credential_and_spreads_prefixes(pool, sims) -> None:
+def test_cache_affinity_keeps_a_prefix_on_one_credential_and_spreads_prefixes(pool, sims, client) -> None:
     admin: Admin = pool["admin"]
     for n in NAMES:
         admin.patch(n, weight=1.0)
-    client = sdk(pool)
     reads = []
     for i in range(30):
         system = [{"type": "text", "text": f"Project {uuid.uuid4()} guidelines. " + "Be precise. " * 200,
@@ -235,8 +232,7 @@ def test_cache_affinity_keeps_a_prefix_on_one_credential_and_spreads_prefixes(po
     assert sum(spread.values()) == 60 and min(spread.values()) >= 4, spread
 
 
-def test_slow_first_byte_beyond_the_timeout_fails_over(pool, sims) -> None:
-    client = sdk(pool)
+def test_slow_first_byte_beyond_the_timeout_fails_over(pool, sims, client) -> None:
     inject_fault(sims["a"], "slow", delay_ms=4000)
     t0 = time.monotonic()
     ask(client)
@@ -246,11 +242,11 @@ def test_slow_first_byte_beyond_the_timeout_fails_over(pool, sims) -> None:
     assert pool["admin"].get("a")["health"]["last_error"].startswith("timeout")
 
 
-def test_client_going_away_cancels_the_upstream_request(pool, sims) -> None:
+def test_client_going_away_cancels_the_upstream_request(pool, sims, client) -> None:
     body = {"model": MODEL, "max_tokens": 400, "stream": True,
             "messages": [{"role": "user", "content": "sim:tokens=300 sim:tps=30 a slow stream"}]}
     headers = {"x-api-key": str(pool["key"]), "anthropic-version": "2023-06-01"}
-    ask(sdk(pool))  # a pooled connection to a exists
+    ask(client)  # a pooled connection to a exists
     with httpx.Client(timeout=20) as http, \
             http.stream("POST", f"{pool['url']}/v1/messages", json=body, headers=headers) as resp:
         request_id = resp.headers["request-id"]
@@ -269,9 +265,8 @@ def test_client_going_away_cancels_the_upstream_request(pool, sims) -> None:
     assert pool["admin"].get("a")["health"]["in_flight"] == 0
 
 
-def test_rpm_and_spend_caps(pool, sims) -> None:
+def test_rpm_and_spend_caps(pool, sims, client) -> None:
     admin: Admin = pool["admin"]
-    client = sdk(pool)
     admin.patch("a", rpm=2)
     for _ in range(4):
         ask(client)
@@ -286,8 +281,7 @@ def test_rpm_and_spend_caps(pool, sims) -> None:
     assert served(sims["a"]) == 3
 
 
-def test_count_tokens_failures_do_not_cool_a_credential_down(pool, sims) -> None:
-    client = sdk(pool)
+def test_count_tokens_failures_do_not_cool_a_credential_down(pool, sims, client) -> None:
     inject_fault(sims["a"], "500", count=3, paths=["/v1/messages/count_tokens"])
     inject_fault(sims["b"], "500", count=3, paths=["/v1/messages/count_tokens"])
     inject_fault(sims["c"], "500", count=3, paths=["/v1/messages/count_tokens"])

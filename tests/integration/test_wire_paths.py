@@ -34,27 +34,27 @@ def mounted(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def test_v1_in_the_base_url_is_served(gateway: Gateway) -> None:
     """One vendor's docs put /v1 in the anthropic SDK's base_url: requests arrive at /v1/v1/..."""
-    client = anthropic.Anthropic(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0)
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO)
-    assert msg.content and msg.model == "claude-sonnet-4-5-20250929"
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO) as stream:
-        assert stream.get_final_message().content
-    assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=HELLO).input_tokens > 0
-    assert any(m.id == "claude-opus-4-7" for m in client.models.list())
+    with anthropic.Anthropic(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
+        msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO)
+        assert msg.content and msg.model == "claude-sonnet-4-5-20250929"
+        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO) as stream:
+            assert stream.get_final_message().content
+        assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=HELLO).input_tokens > 0
+        assert any(m.id == "claude-opus-4-7" for m in client.models.list())
 
 
 def test_a_base_path_mounts_every_route(mounted: Gateway) -> None:
     base = mounted.url + "/api/proxy"
     assert httpx.head(base + "/").status_code == 200 and httpx.head(base).status_code == 200
     assert httpx.get(base + "/healthz").json() == {"status": "ok"}
-    client = anthropic.Anthropic(base_url=base, api_key=mounted.key, max_retries=0)
-    assert client.messages.create(model="sonnet", max_tokens=32, messages=HELLO).content
-    with client.messages.stream(model="claude-haiku-4-5", max_tokens=32, messages=HELLO) as stream:
-        assert stream.get_final_message().content
-    assert client.models.retrieve("claude-opus-4-7").id == "claude-opus-4-7"
+    with anthropic.Anthropic(base_url=base, api_key=mounted.key, max_retries=0) as client:
+        assert client.messages.create(model="sonnet", max_tokens=32, messages=HELLO).content
+        with client.messages.stream(model="claude-haiku-4-5", max_tokens=32, messages=HELLO) as stream:
+            assert stream.get_final_message().content
+        assert client.models.retrieve("claude-opus-4-7").id == "claude-opus-4-7"
     # both together, and the upstream sees plain /v1/messages (the sim answers nothing else)
-    both = anthropic.Anthropic(base_url=base + "/v1", api_key=mounted.key, max_retries=0)
-    assert both.messages.create(model="opus", max_tokens=32, messages=HELLO).model == "claude-opus-4-7"
+    with anthropic.Anthropic(base_url=base + "/v1", api_key=mounted.key, max_retries=0) as both:
+        assert both.messages.create(model="opus", max_tokens=32, messages=HELLO).model == "claude-opus-4-7"
     # unknown paths under the prefix: Anthropic's 404 shape, naming the path as sent
     r = httpx.get(base + "/v1/nothing", headers={"x-api-key": mounted.key})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
@@ -75,25 +75,25 @@ MODEL_NAMES = ["claude-opus-4-8", "claude-opus-4-7", "anthropic/claude-opus-4-7"
 
 
 def test_model_names_users_type(gateway: Gateway) -> None:
-    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0)
-    listed = {m.id for m in client.models.list(limit=1000)}
-    assert "claude-opus-4-8" not in listed  # not in the table, not served yet
-    for name in MODEL_NAMES:
-        msg = client.messages.create(model=name, max_tokens=16, messages=HELLO)
-        assert msg.content, name
-        info = client.models.retrieve(name)  # every model /v1/messages serves has an entry
-        assert info.id == msg.model.replace("anthropic/", ""), name
-        usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
-        assert usage["cost_micro"] > 0, name  # priced, never free
-    listed = [m.id for m in client.models.list(limit=1000)]
-    assert listed.count("claude-opus-4-8") == 1 and listed.count("claude-sonnet-5") == 1  # listed once seen
-    for unknown in ("gpt-4o", "llama-3-70b"):
-        with pytest.raises(anthropic.BadRequestError) as info:
-            client.messages.create(model=unknown, max_tokens=16, messages=HELLO)
-        assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-        assert "ETHEREAL_MODELS_FILE" in info.value.body["error"]["message"]  # type: ignore[index]
-    with pytest.raises(anthropic.NotFoundError):
-        client.models.retrieve("gpt-4o")
+    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0) as client:
+        listed = {m.id for m in client.models.list(limit=1000)}
+        assert "claude-opus-4-8" not in listed  # not in the table, not served yet
+        for name in MODEL_NAMES:
+            msg = client.messages.create(model=name, max_tokens=16, messages=HELLO)
+            assert msg.content, name
+            info = client.models.retrieve(name)  # every model /v1/messages serves has an entry
+            assert info.id == msg.model.replace("anthropic/", ""), name
+            usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
+            assert usage["cost_micro"] > 0, name  # priced, never free
+        listed = [m.id for m in client.models.list(limit=1000)]
+        assert listed.count("claude-opus-4-8") == 1 and listed.count("claude-sonnet-5") == 1  # listed once seen
+        for unknown in ("gpt-4o", "llama-3-70b"):
+            with pytest.raises(anthropic.BadRequestError) as info:
+                client.messages.create(model=unknown, max_tokens=16, messages=HELLO)
+            assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+            assert "ETHEREAL_MODELS_FILE" in info.value.body["error"]["message"]  # type: ignore[index]
+        with pytest.raises(anthropic.NotFoundError):
+            client.models.retrieve("gpt-4o")
 
 
 def test_each_response_header_once(mounted: Gateway) -> None:

@@ -555,9 +555,9 @@ class SimProtocol(asyncio.Protocol):
                 frames, costs = _gen.render_frames(plan, msg_id)
                 action = ("sse", frames, costs, timing)
             else:
-                _latency, ttft, tps = timing
-                extra_delay = ttft + (plan.output_tokens / tps if tps > 0 else 0.0)
-                action = ("json", 200, _gen.render_message(plan, msg_id), b"", extra_delay)
+                latency, ttft, tps = timing
+                delay = latency + ttft + (plan.output_tokens / tps if tps > 0 else 0.0)
+                action = ("json", 200, _gen.render_message(plan, msg_id), b"", delay)
             return self._finish(action, rid, close, fault, npath)
         except RequestError as exc:
             # a scheduled status/reset fault still wins over the request error (_finish swaps the action):
@@ -637,8 +637,8 @@ class SimProtocol(asyncio.Protocol):
             delay = action[3][0]
             needs_async = action[3][1] > 0 or action[3][2] > 0
         else:
-            delay = self.state.config.latency_ms / 1000.0 if len(action) < 5 else action[4] + \
-                self.state.config.latency_ms / 1000.0
+            # a reply's own timing (its sim: directives over the config), else the configured latency
+            delay = action[4] if len(action) >= 5 else self.state.config.latency_ms / 1000.0
             needs_async = False
         if fault is not None:
             delay += fault.delay_ms / 1000.0
