@@ -38,8 +38,8 @@ test: setup clients lint test-rust test-python test-litellm ## the whole test su
 test-rust:
 	cargo test --workspace --quiet
 
-test-python:  # pytest's exit 5 (no tests collected) is a failure, not a pass
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+test-python:  # pytest's exit 5 (no tests collected) is a failure, not a pass; --gc-each-test: see tests/conftest.py
+	$(BIN)/python -m pytest -q --gc-each-test $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 LITELLM_VENV := .venv-litellm

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,32 @@ from ethereal.cli import start_sim_subprocess
 from ethereal.keys import KeyRecord, mint
 
 from tests.procs import gateway_process, stop
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--gc-each-test", action="store_true",
+                     help="run the cyclic collector after each test, so a socket or file left in a reference "
+                          "cycle fails the test that left it, not whichever test the collector next runs in")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.getoption("--gc-each-test"):
+        gc.collect()
+        gc.freeze()  # what importing the test modules built: not rescanned after every test
+
+
+@pytest.fixture(autouse=True)
+def _gc_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Set up before the test's other function fixtures, so torn down after them: the collection
+    runs in the test's own teardown, where the unraisable check is, once they are finalized and
+    the values they gave the test are dropped (pytest would drop them only after that check)."""
+    yield
+    if request.config.getoption("--gc-each-test"):
+        funcargs = getattr(request.node, "funcargs", None)
+        if isinstance(funcargs, dict):
+            funcargs.clear()
+        gc.collect()
+
 
 # tests/e2e/test_litellm.py runs in its own environment (litellm pins openai<3): `make test-litellm`.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch litellm's price list
