@@ -18,6 +18,10 @@ reconnects.
 ``Cluster`` to the ``Pipe`` of the master that owns the command's hash slot (slot map
 from CLUSTER SLOTS, refreshed on MOVED and on connection failures; ASK answered with
 ASKING + the command on the target node; a bounded number of redirects per command).
+The ordering above holds across redirects too: a cast that has to be sent again (MOVED,
+ASK, a lost connection) or cannot be written yet is queued for its slot, and the slot's
+later commands wait for that queue (only while it is not empty: the common path is
+untouched).
 """
 
 from __future__ import annotations
@@ -345,6 +349,7 @@ class Cluster:
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._queued: dict[int, asyncio.Task[None]] = {}  # slot -> its last cast waiting to be sent again
 
     def pipe_at(self, addr: tuple[str, int]) -> Pipe:
         pipe = self.pipes.get(addr)
@@ -393,8 +398,15 @@ class Cluster:
         raise RedisConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS: {last}")
 
     async def call(self, payload: bytes, slot: int) -> Any:
+        return await self._route(payload, slot, ordered=True)
+
+    async def _route(self, payload: bytes, slot: int, *, ordered: bool) -> Any:
+        """``ordered``: after this worker's queued casts of the slot (a queued cast is ordered by its queue)."""
         last: Exception | None = None
         for attempt in range(_MAX_REDIRECTS):
+            queued = self._queued.get(slot) if ordered else None
+            if queued is not None:  # (checked again after a redirect: casts may have been queued meanwhile)
+                await asyncio.wait((queued,))
             addr = self.slots[slot]
             if addr is None:
                 await self.refresh(force=True)
@@ -409,6 +421,9 @@ class Cluster:
             except Redirect as redirect:
                 last = redirect
                 if redirect.ask:  # the slot is migrating: this key is on the target already
+                    queued = self._queued.get(slot) if ordered else None
+                    if queued is not None:
+                        await asyncio.wait((queued,))
                     target = self.pipe_at(redirect.addr)
                     await target.connection()
                     target.send_nowait(ASKING, _ignore)  # queued in the same write, just ahead of the command
@@ -429,23 +444,40 @@ class Cluster:
     async def cast(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
         addr = self.slots[slot]
         pipe = self.pipe_at(addr) if addr is not None else None
-        if pipe is None or not pipe.connected:
-            self._spawn(self._call_reporting(payload, slot, on_error))
+        if pipe is None or not pipe.connected or slot in self._queued:
+            self._queue(payload, slot, on_error)
             return
 
         def failed(exc: Exception) -> None:
             if isinstance(exc, Redirect | RedisConnectionError):  # resend through call(): redirects, new map
-                self._spawn(self._call_reporting(payload, slot, on_error))
+                self._queue(payload, slot, on_error)
             else:
                 on_error(exc)
 
         pipe.send_nowait(payload, failed, defer=True)
 
-    async def _call_reporting(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
+    def _queue(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
+        """Send a cast through ``call`` (redirects, a new map, a connection) after the slot's queued ones.
+        Replies on one connection come in order, so casts that fail together are queued in the order sent."""
+        previous = self._queued.get(slot)
+        task = asyncio.get_running_loop().create_task(self._send_queued(previous, payload, slot, on_error))
+        self._queued[slot] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._dequeued(slot, done))
+
+    async def _send_queued(self, previous: asyncio.Task[None] | None, payload: bytes, slot: int,
+                           on_error: Callable[[Exception], Any]) -> None:
+        if previous is not None:
+            await asyncio.wait((previous,))
         try:
-            await self.call(payload, slot)
+            await self._route(payload, slot, ordered=False)
         except (RedisError, OSError) as exc:
             on_error(exc)
+
+    def _dequeued(self, slot: int, task: asyncio.Task[None]) -> None:
+        if self._queued.get(slot) is task:
+            del self._queued[slot]
+        self._done(task)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
