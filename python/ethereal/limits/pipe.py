@@ -404,9 +404,8 @@ class Cluster:
         """``ordered``: after this worker's queued casts of the slot (a queued cast is ordered by its queue)."""
         last: Exception | None = None
         for attempt in range(_MAX_REDIRECTS):
-            queued = self._queued.get(slot) if ordered else None
-            if queued is not None:  # (checked again after a redirect: casts may have been queued meanwhile)
-                await asyncio.wait((queued,))
+            if ordered and slot in self._queued:  # (checked again after a redirect: casts may be queued now)
+                await self._after_queued(slot)
             addr = self.slots[slot]
             if addr is None:
                 await self.refresh(force=True)
@@ -421,9 +420,8 @@ class Cluster:
             except Redirect as redirect:
                 last = redirect
                 if redirect.ask:  # the slot is migrating: this key is on the target already
-                    queued = self._queued.get(slot) if ordered else None
-                    if queued is not None:
-                        await asyncio.wait((queued,))
+                    if ordered and slot in self._queued:
+                        await self._after_queued(slot)
                     target = self.pipe_at(redirect.addr)
                     await target.connection()
                     target.send_nowait(ASKING, _ignore)  # queued in the same write, just ahead of the command
@@ -445,18 +443,24 @@ class Cluster:
         addr = self.slots[slot]
         pipe = self.pipe_at(addr) if addr is not None else None
         if pipe is None or not pipe.connected or slot in self._queued:
-            self._queue(payload, slot, on_error)
+            self._send_in_order(payload, slot, on_error)
             return
 
         def failed(exc: Exception) -> None:
             if isinstance(exc, Redirect | RedisConnectionError):  # resend through call(): redirects, new map
-                self._queue(payload, slot, on_error)
+                self._send_in_order(payload, slot, on_error)
             else:
                 on_error(exc)
 
         pipe.send_nowait(payload, failed, defer=True)
 
-    def _queue(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
+    async def _after_queued(self, slot: int) -> None:
+        """Once this worker's queued casts of the slot have been sent (at once when there are none)."""
+        queued = self._queued.get(slot)
+        if queued is not None:
+            await asyncio.wait((queued,))
+
+    def _send_in_order(self, payload: bytes, slot: int, on_error: Callable[[Exception], Any]) -> None:
         """Send a cast through ``call`` (redirects, a new map, a connection) after the slot's queued ones.
         Replies on one connection come in order, so casts that fail together are queued in the order sent."""
         previous = self._queued.get(slot)

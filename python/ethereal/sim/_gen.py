@@ -348,6 +348,12 @@ def parse_directives(text: str) -> dict[str, str]:
     return out
 
 
+def reply_delay(timing: tuple[float, float, float], output_tokens: int) -> float:
+    """Seconds before a non-streamed reply: latency, time to first token, then its tokens at the rate."""
+    latency, ttft, tps = timing
+    return latency + ttft + (output_tokens / tps if tps > 0 else 0.0)
+
+
 def directive_int(d: dict[str, str], key: str) -> int | None:
     v = d.get(key)
     if v is None:

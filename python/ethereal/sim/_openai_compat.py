@@ -62,8 +62,7 @@ def chat_action(req: dict[str, Any], model_id: str, seed: int, timing: tuple[flo
     body = orjson.dumps({"id": cid, "object": "chat.completion", "created": created, "model": model_id,
                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
                                       "finish_reason": finish}], "usage": usage_obj})
-    latency, ttft, tps = timing
-    return ("json", 200, body, b"", latency + ttft + (plan.output_tokens / tps if tps > 0 else 0.0))
+    return ("json", 200, body, b"", _gen.reply_delay(timing, plan.output_tokens))
 
 
 def check_model(model: Any) -> None:

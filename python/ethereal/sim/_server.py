@@ -555,9 +555,8 @@ class SimProtocol(asyncio.Protocol):
                 frames, costs = _gen.render_frames(plan, msg_id)
                 action = ("sse", frames, costs, timing)
             else:
-                latency, ttft, tps = timing
-                delay = latency + ttft + (plan.output_tokens / tps if tps > 0 else 0.0)
-                action = ("json", 200, _gen.render_message(plan, msg_id), b"", delay)
+                action = ("json", 200, _gen.render_message(plan, msg_id), b"",
+                          _gen.reply_delay(timing, plan.output_tokens))
             return self._finish(action, rid, close, fault, npath)
         except RequestError as exc:
             # a scheduled status/reset fault still wins over the request error (_finish swaps the action):
