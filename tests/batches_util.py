@@ -9,10 +9,12 @@ from typing import Any
 
 import anthropic
 from ethereal.batches.ids import item_request_id
-from ethereal.catalog import load_catalog
 from ethereal.keys import KeyRecord, mint
+from ethereal.metering.pricing import price
+from ethereal.models import load_registry
 from ethereal.storage import open_store
 from ethereal.storage.records import UsageRecord
+from ethereal.usage import Usage
 
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"},
@@ -114,7 +116,7 @@ def count_item_rows(url: str, batch_id: str) -> int:
 
 def check_usage(results: dict[str, dict[str, Any]], rows: dict[str, UsageRecord]) -> tuple[int, int]:
     """Every row holds its item's exact usage at the batch price; returns (tokens, micro) summed."""
-    catalog = load_catalog(None)
+    registry = load_registry(None)
     tokens = micro = 0
     for cid, result in results.items():
         row = rows[cid]
@@ -130,11 +132,11 @@ def check_usage(results: dict[str, dict[str, Any]], rows: dict[str, UsageRecord]
         want = (usage["input_tokens"], usage["output_tokens"], split["ephemeral_5m_input_tokens"],
                 split["ephemeral_1h_input_tokens"], usage["cache_read_input_tokens"])
         assert got == want, cid
-        model = catalog.resolve(result["message"]["model"])
-        expected = catalog.cost_micro(model, input_tokens=want[0], output_tokens=want[1], cache_creation_5m=want[2],
-                                      cache_creation_1h=want[3], cache_read=want[4], batch=True)
-        full = catalog.cost_micro(model, input_tokens=want[0], output_tokens=want[1], cache_creation_5m=want[2],
-                                  cache_creation_1h=want[3], cache_read=want[4])
+        model = registry.resolve(result["message"]["model"])
+        used = Usage(input_tokens=want[0], output_tokens=want[1], cache_5m=want[2], cache_1h=want[3],
+                     cache_read=want[4])
+        expected = price(registry, model, used, at=row.started_at, batch=True).cost_micro
+        full = price(registry, model, used, at=row.started_at).cost_micro
         assert row.cost_micro == expected and abs(2 * expected - full) <= 1, cid  # half the standard price
         tokens += sum(want)
         micro += row.cost_micro

@@ -237,10 +237,10 @@ def _key_attrs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _validated(settings: Settings, attrs: dict[str, Any], *, allow: tuple[str, ...] | None = None) -> dict[str, Any]:
     from ethereal.admin.keyspec import KEY_FIELDS, parse_key_fields
-    from ethereal.catalog import load_catalog
     from ethereal.limits.plans import Plans
+    from ethereal.models import load_registry
 
-    return parse_key_fields(attrs, catalog=load_catalog(settings.models_file), plans=Plans(settings.plans),
+    return parse_key_fields(attrs, registry=load_registry(settings.models_file), plans=Plans(settings.plans),
                             allow=allow or KEY_FIELDS)
 
 
@@ -390,8 +390,8 @@ def _print_upstream(item: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
-    from ethereal.catalog import load_catalog
     from ethereal.errors import GatewayError
+    from ethereal.models import load_registry
     from ethereal.upstream.pool import Pool
     from ethereal.upstream.service import UpstreamService
 
@@ -411,7 +411,7 @@ def cmd_upstream(args: argparse.Namespace) -> int:
             spec["api_key"] = sys.stdin.readline().strip()
 
     async def go(store: Any) -> int:
-        svc = UpstreamService(settings, Pool(), None, load_catalog(settings.models_file))
+        svc = UpstreamService(settings, Pool(), None, load_registry(settings.models_file))
         await svc.attach(store)
         try:
             if sub == "add":

@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass
 
 from ethereal.auth import Authenticator
-from ethereal.catalog import Catalog, load_catalog
 from ethereal.keychanges import KeyChanges, build_key_changes
 from ethereal.limits import Limiter, build_limiter
 from ethereal.limits.plans import Plans
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
+from ethereal.models import Registry, load_registry
 from ethereal.settings import Settings
 from ethereal.storage import open_store
 from ethereal.storage.base import Store
@@ -31,7 +31,7 @@ log = logging.getLogger("ethereal")
 @dataclass(slots=True, eq=False)
 class Gateway:
     settings: Settings
-    catalog: Catalog
+    registry: Registry
     plans: Plans
     store: Store
     auth: Authenticator
@@ -45,13 +45,13 @@ class Gateway:
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
         """Open the store, start the limiter, meter and upstream pool; undo what started on failure."""
-        catalog = load_catalog(settings.models_file)
+        registry = load_registry(settings.models_file)
         plans = Plans(settings.plans)
         pool = Pool(default_retry_after=settings.upstream_default_retry_after,
                     backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
         client = UpstreamClient(Timeouts(settings.connect_timeout, settings.first_byte_timeout,
                                          settings.idle_stream_timeout), limit=settings.upstream_connections)
-        upstreams = UpstreamService(settings, pool, client, catalog)
+        upstreams = UpstreamService(settings, pool, client, registry)
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(client.close)
             store = await open_store(settings.storage_url)
@@ -73,7 +73,7 @@ class Gateway:
             undo.push_async_callback(upstreams.stop)
             await upstreams.start(store)
             undo.pop_all()
-        return cls(settings=settings, catalog=catalog, plans=plans, store=store, auth=auth, limiter=limiter,
+        return cls(settings=settings, registry=registry, plans=plans, store=store, auth=auth, limiter=limiter,
                    meter=meter, pool=pool, client=client, upstreams=upstreams, key_changes=key_changes)
 
     async def stop(self) -> None:

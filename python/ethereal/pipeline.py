@@ -41,13 +41,13 @@ from blacksheep import Request, Response, StreamedContent
 from ethereal import _native, ids
 from ethereal.api.common import read_body
 from ethereal.auth import key_hash_of
-from ethereal.catalog import Model
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
 from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
-from ethereal.metering.pricing import cost_micro, price_model
+from ethereal.metering.pricing import model_for, price, reserve_rates
+from ethereal.models import Model
 from ethereal.storage.records import UsageRecord
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.hints import retry_after_seconds
@@ -82,7 +82,7 @@ class Call:
     route: str
     key: KeyRecord | None = None
     model: Model | None = None
-    model_name: str | None = None  # canonical id, or the client's name when the catalog does not know it
+    model_name: str | None = None  # the registry's id, or the client's name when the registry does not know it
     stream: bool = False
     started: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
@@ -312,22 +312,23 @@ class Pipeline:
                                type="overloaded_error", retry_after=30.0)
 
     def resolve_model(self, call: Call, name: str) -> None:
-        """The catalog's model for ``name``; a name it does not know is priced by the family it
-        names. A name that names no family and has no operator-listed price is refused: it would
-        be served at cost 0, outside every money budget."""
-        catalog = self.gw.catalog
-        model = catalog.resolve(name) or catalog.derive(name)
+        """The registry's model for ``name`` (ids, aliases, short names: ``opus`` is today's Opus).
+
+        A name the registry does not describe is never refused here: it goes upstream as named
+        (without a provider prefix), and the upstream's own answer decides. Served, it is billed
+        at a provisional card (the dearest of its family, else of the table) and flagged; a
+        retired or unknown id gets the upstream's own 404, unchanged."""
+        registry = self.gw.registry
+        model = registry.resolve(name)
         if model is None:
-            shown = name if len(name) <= 64 else name[:64] + "…"
-            raise invalid_request(f"model: {shown!r} is not a model this gateway can price; use a Claude model "
-                                  "name (claude-opus-4-7, sonnet, ...) or ask the operator to list it "
-                                  "(ETHEREAL_MODELS_FILE)", param="model")
+            model = registry.provisional(registry.canonical_name(name))
         call.model = model
         call.model_name = model.id
         key = call.key
         if key is not None and key.allowed_models:
             allowed = key.allowed_models
-            if call.model_name not in allowed and not (model and (model.family in allowed or name in allowed)):
+            if model.id not in allowed and name not in allowed and model.family not in allowed \
+                    and model.series not in allowed:
                 raise GatewayError(403, f"this API key may not use model {name!r}")
 
     async def admit(self, call: Call, out: Outbound, *, metered: bool = True) -> None:
@@ -345,14 +346,14 @@ class Pipeline:
             return
         if not limiter.governs(call.key):
             return
-        model = call.model
+        price_in, price_out = reserve_rates(call.model, call.started)
         call.admission = await limiter.admit(
             call.key,
             model=call.model_name,
             input_tokens=estimate_input_tokens(out.body),  # an unreadable body is a 400 (guards.py)
             max_tokens=out.max_tokens,  # the whole ceiling: hard budgets assume no request outputs more
-            price_in=model.input_price if model else 0.0,
-            price_out=model.output_price if model else 0.0,
+            price_in=price_in,
+            price_out=price_out,
         )
 
     async def open_upstream(self, call: Call, out: Outbound, *, health: bool = True) -> UpstreamResponse:
@@ -412,8 +413,8 @@ class Pipeline:
                 call.credential = cred
                 call.upstream_request_id = resp.headers.get("request-id")
                 if status < 400:
-                    if call.model is not None and call.model.derived:
-                        gw.catalog.mark_served(call.model)  # the upstream serves it: listed from now on
+                    if call.model is not None and call.model.provisional:
+                        gw.registry.mark_served(call.model)  # the upstream serves it: listed from now on
                     if health:
                         await pool.report_success(cred)
                 return resp
@@ -436,19 +437,20 @@ class Pipeline:
                      batch: bool = False) -> UsageRecord:
         """Release the credential, settle the reservation and record the usage: once per request.
 
-        Idempotent: a second call returns the first record. Priced at the model the upstream
-        reports serving when it differs from the one asked for; a model the catalog does not
-        know is priced like the newest of its family (metering/pricing.py).
+        Idempotent: a second call returns the first record. Priced by the registry's card in
+        force when the request started, at the model the upstream reports serving when it
+        differs from the one asked for; a model the registry does not describe at a provisional
+        card (metering/pricing.py).
         """
         if call.record is not None:
             return call.record
         gw = self.gw
         model = call.model
         if usage.served_model and (model is None or usage.served_model != model.id):
-            model = price_model(gw.catalog, usage.served_model, model)
+            model = model_for(gw.registry, usage.served_model, model)
         elif model is None and call.model_name:
-            model = price_model(gw.catalog, call.model_name)
-        cost = cost_micro(gw.catalog, model, usage, batch=batch)
+            model = model_for(gw.registry, call.model_name)
+        cost = price(gw.registry, model, usage, at=call.started, batch=batch).cost_micro
         now = time.time()
         cred = call.credential
         call.credential = None

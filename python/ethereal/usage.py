@@ -44,6 +44,8 @@ class Usage:
     exact: bool = True  # False: estimated (a stream cut before its final usage, an upstream that said nothing)
     ttl_assumed: bool = False  # the upstream gave only a cache-write total: billed as 5-minute writes
     served_model: str | None = None  # the model the upstream reports serving (priced by it when it differs)
+    speed: str | None = None  # usage.speed: "fast" is billed at the card's fast rate
+    inference_geo: str | None = None  # usage.inference_geo: a region the card prices (e.g. "us")
 
     @property
     def total_tokens(self) -> int:
@@ -58,16 +60,21 @@ class Usage:
         # most replies carry neither: no call for what is absent
         iterations = parse_iterations(usage) if "iterations" in usage else None
         searches = web_search_requests(usage) if "server_tool_use" in usage else 0
+        speed = label(usage.get("speed"))
+        geo = label(usage.get("inference_geo"))
         if iterations:
-            return cls.summed(iterations, web_searches=searches, served_model=model)
+            return cls.summed(iterations, web_searches=searches, served_model=model, speed=speed,
+                              inference_geo=geo)
         c5, c1, assumed = cache_split(usage)
         return cls(input_tokens=count(usage.get("input_tokens")), output_tokens=count(usage.get("output_tokens")),
                    cache_5m=c5, cache_1h=c1, cache_read=count(usage.get("cache_read_input_tokens")),
-                   web_searches=searches, ttl_assumed=assumed, served_model=model)
+                   web_searches=searches, ttl_assumed=assumed, served_model=model, speed=speed,
+                   inference_geo=geo)
 
     @classmethod
     def summed(cls, iterations: list[Iteration], *, web_searches: int = 0, exact: bool = True,
-               served_model: str | None = None) -> Usage:
+               served_model: str | None = None, speed: str | None = None,
+               inference_geo: str | None = None) -> Usage:
         inp = out = c5 = c1 = cr = 0
         assumed = False
         for it in iterations:
@@ -79,7 +86,7 @@ class Usage:
             assumed = assumed or it.ttl_assumed
         return cls(input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1, cache_read=cr,
                    web_searches=web_searches, iterations=tuple(iterations), exact=exact, ttl_assumed=assumed,
-                   served_model=served_model)
+                   served_model=served_model, speed=speed, inference_geo=inference_geo)
 
 
 def count(value: Any) -> int:
@@ -93,6 +100,13 @@ def count(value: Any) -> int:
     if isinstance(value, float) and math.isfinite(value):
         return max(0, int(value))
     return 0
+
+
+def label(value: Any) -> str | None:
+    """A short label the upstream reports (``speed``, ``inference_geo``), bounded; else None."""
+    if isinstance(value, str) and value and len(value) <= 32:
+        return value
+    return None
 
 
 def cache_split(usage: dict[str, Any]) -> tuple[int, int, bool]:

@@ -18,8 +18,8 @@ import anthropic
 import orjson
 import pytest
 from ethereal import _native
-from ethereal.catalog import Catalog
-from ethereal.metering.pricing import cost_micro
+from ethereal.metering.pricing import price
+from ethereal.models import Registry
 from ethereal.usage import Usage
 
 from tests.console.conftest import ADMIN_KEY, MESSAGE, Console, shot
@@ -220,12 +220,12 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     body = {"model": "estimate", "max_tokens": 400, "messages": [{"role": "user", "content": [
         {"type": "text", "text": prompt}]}]}
     assert shown == _native.estimate_tokens(orjson.dumps(body))
-    catalog = Catalog()
+    catalog = Registry()
     sonnet = catalog.get("claude-sonnet-4-6")
-    expected = cost_micro(catalog, sonnet, Usage(input_tokens=shown, output_tokens=400))
+    expected = price(catalog, sonnet, Usage(input_tokens=shown, output_tokens=400), at=time.time()).cost_micro
     sonnet_row = gpage.locator("#prices tr", has_text="claude-sonnet-4-6").first.inner_text()
     assert f"${expected / 1e6:.6f}" in sonnet_row
-    assert gpage.locator("#prices tbody tr").count() == len(catalog.models)
+    assert gpage.locator("#prices tbody tr").count() == len(catalog.listed())
     assert "Median error" in gpage.inner_text("#accuracy")
     shot(gpage, "09-estimator")
     guest.close()

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ethereal.catalog import Catalog
 from ethereal.dashboard.estimator import Estimator, RateLimiter
 from ethereal.errors import GatewayError
+from ethereal.models import Registry
 from ethereal.observability import live
 from ethereal.storage.base import UsageFilter
 from ethereal.storage.records import UsageRecord
@@ -92,7 +92,7 @@ def test_metrics_sums_in_memory_then_writes_what_direct_writes_would() -> None:
     edges = [*LATENCY_BUCKETS, 0.0, 1e9]  # a value exactly on a bucket's bound belongs to that bucket
     records = [rec(i, at=1_800_000_000.0, duration=1000.0 * v, status=200 if i % 3 else 429)
                for i, v in enumerate(edges)]
-    summed, direct = Metrics(Catalog()), Metrics(Catalog())
+    summed, direct = Metrics(Registry()), Metrics(Registry())
 
     async def feed() -> None:  # inside a loop: held until the flush timer, which never fires here
         for r in records:
@@ -118,7 +118,7 @@ def test_metrics_written_within_a_flush_interval_inside_the_event_loop() -> None
     from ethereal.observability.metrics import FLUSH_SECONDS, Metrics
 
     async def scenario() -> None:
-        metrics = Metrics(Catalog(), in_flight=lambda: 3)
+        metrics = Metrics(Registry(), in_flight=lambda: 3)
         metrics.observe(rec(1, at=time.time()))
         line = 'ethereal_requests_total{model="claude-sonnet-4-6",route="messages",status="200"} 1.0'
         assert line not in metrics.registry_text().decode()  # summed in memory
@@ -145,11 +145,11 @@ def test_rate_limiter_window_and_memory_bound() -> None:
 
 
 def test_estimator_prices_every_model_from_the_metering_table() -> None:
-    catalog = Catalog()
+    catalog = Registry()
     est = Estimator(catalog)
     out = est.estimate({"prompt": "hello " * 100, "output_tokens": "1000", "images": "2"})
     assert out["images"] == 2 and out["image_tokens"] > 1000
-    assert len(out["models"]) == len(catalog.models)
+    assert len(out["models"]) == len(catalog.listed())
     opus = next(m for m in out["models"] if m["id"] == "claude-opus-4-6")
     n = out["input_tokens"]
     assert opus["total_micro"] == round(n * 5 + 1000 * 25)

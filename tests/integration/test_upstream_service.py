@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
+from ethereal.models import Registry
 from ethereal.secretbox import SecretKeyError
 from ethereal.settings import Settings
 from ethereal.sim.testing import start_sim_process
@@ -19,7 +19,7 @@ SECRET = "service-test-secret"
 
 
 async def replica(store, secret: str | None = SECRET) -> UpstreamService:  # type: ignore[no-untyped-def]
-    svc = UpstreamService(Settings(secret_key=secret), Pool(), None, Catalog())
+    svc = UpstreamService(Settings(secret_key=secret), Pool(), None, Registry())
     await svc.attach(store)
     return svc
 
@@ -117,5 +117,5 @@ def test_validation(bad) -> None:  # type: ignore[no-untyped-def]
     from ethereal.upstream.service import validate_spec
 
     with pytest.raises(GatewayError) as info:
-        validate_spec(bad, Catalog(), partial=False)
+        validate_spec(bad, Registry(), partial=False)
     assert info.value.status == 400

@@ -8,10 +8,10 @@ import orjson
 import pytest
 from ethereal.batches.ids import batch_id, item_request_id
 from ethereal.batches.validate import check_batch, splice_models
-from ethereal.catalog import load_catalog
 from ethereal.errors import GatewayError
+from ethereal.models import load_registry
 
-CATALOG = load_catalog(None)
+CATALOG = load_registry(None)
 
 
 def resolve(name: str) -> tuple[str, Any]:

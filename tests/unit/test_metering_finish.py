@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from ethereal.catalog import Catalog
 from ethereal.gateway import Gateway
 from ethereal.keychanges import KeyChanges
 from ethereal.limits import Admission
 from ethereal.limits.plans import Plans
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
+from ethereal.models import Registry
 from ethereal.pipeline import Call, Pipeline
 from ethereal.settings import Settings
 from ethereal.usage import Usage, parse_iterations
@@ -31,7 +31,7 @@ class NoStore:
 def pipeline() -> tuple[Pipeline, Settles, Meter]:
     settles = Settles()
     meter = Meter(store=cast(Any, NoStore()), config=MeterConfig(spool_dir=None))
-    gw = Gateway(settings=Settings(), catalog=Catalog(), plans=Plans(), store=cast(Any, NoStore()),
+    gw = Gateway(settings=Settings(), registry=Registry(), plans=Plans(), store=cast(Any, NoStore()),
                  auth=cast(Any, None), limiter=cast(Any, settles), meter=meter, pool=cast(Any, None),
                  client=cast(Any, None), upstreams=cast(Any, None), key_changes=KeyChanges())
     return Pipeline(gw), settles, meter
@@ -40,7 +40,7 @@ def pipeline() -> tuple[Pipeline, Settles, Meter]:
 async def test_settle_matches_the_record_and_finish_is_idempotent() -> None:
     pipe, settles, meter = pipeline()
     call = Call(request_id="req_1", route="messages", admission=Admission(key_id="key_a"))
-    call.model = pipe.gw.catalog.resolve("claude-sonnet-4-6")
+    call.model = pipe.gw.registry.resolve("claude-sonnet-4-6")
     assert call.model is not None
     call.model_name = call.model.id
     iterations = parse_iterations({"iterations": [
@@ -61,19 +61,19 @@ async def test_settle_matches_the_record_and_finish_is_idempotent() -> None:
     assert again is rec and len(settles.calls) == 1 and meter.recorded == 1
 
 
-async def test_unknown_model_priced_by_tier() -> None:
+async def test_unknown_model_priced_provisionally_at_its_familys_dearest_card() -> None:
     pipe, _, _ = pipeline()
     call = Call(request_id="req_2", route="messages")
-    call.model_name = "claude-sonnet-5"  # the catalog does not know it
+    call.model_name = "claude-sonnet-9"  # the registry does not describe it
     rec = await pipe.finish(call, 200, Usage(input_tokens=1000, output_tokens=100))
-    assert rec.cost_micro == 1000 * 3 + 100 * 15
+    assert rec.cost_micro == 1000 * 3 + 100 * 15  # Sonnet 4.6's $3/$15: the dearest Sonnet card
 
 
 async def test_priced_by_the_model_the_upstream_served() -> None:
     """The upstream may serve another model than the one asked for: the bill follows what ran."""
     pipe, _, _ = pipeline()
     call = Call(request_id="req_3", route="messages")
-    call.model = pipe.gw.catalog.resolve("claude-sonnet-4-6")
+    call.model = pipe.gw.registry.resolve("claude-sonnet-4-6")
     call.model_name = "claude-sonnet-4-6"
     served = Usage.from_message({"input_tokens": 1000, "output_tokens": 100}, served_model="claude-opus-4-6")
     rec = await pipe.finish(call, 200, served)

@@ -1,62 +1,178 @@
-"""Prices: the model table, cache and batch multipliers, aliases, iterations, web search."""
+"""Every model's bill against Anthropic's published rates, to the micro-dollar.
+
+The rates below are written out from the published price tables (../shared/CLAUDE-API-2026-12.md
+§1), not read from the registry: a wrong card in models.toml fails here.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
 import pytest
-from ethereal.catalog import Catalog
-from ethereal.metering.pricing import WEB_SEARCH_MICRO, cost_micro, price_model
-from ethereal.usage import Usage, cache_split, parse_iterations, web_search_requests
+from ethereal.metering.pricing import model_for, price
+from ethereal.models import Registry
+from ethereal.usage import Usage, parse_iterations, web_search_requests
 
-CAT = Catalog()
-
-
-def test_plain_tokens_are_micro_usd_per_token() -> None:
-    sonnet = CAT.resolve("claude-sonnet-4-5")
-    assert sonnet is not None
-    # $3/MTok in, $15/MTok out == 3 and 15 micro-USD per token
-    assert cost_micro(CAT, sonnet, Usage(input_tokens=1000, output_tokens=100)) == 3000 + 1500
+REG = Registry()
 
 
-@pytest.mark.parametrize("name", ["claude-3-5-sonnet-latest", "anthropic/claude-sonnet-4-6", "sonnet-4",
-                                  "claude-sonnet-4-6"])
-def test_aliases_resolve_before_pricing(name: str) -> None:
-    model = price_model(CAT, name)
-    assert model is not None and model.input_price == 3 and model.output_price == 15
+def at(day: str) -> float:
+    return datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
 
 
-def test_cache_multipliers() -> None:
-    opus = CAT.resolve("claude-opus-4-6")  # $5 in
-    assert opus is not None
-    assert cost_micro(CAT, opus, Usage(input_tokens=0, output_tokens=0, cache_5m=1000)) == 6250  # 1.25x
-    assert cost_micro(CAT, opus, Usage(input_tokens=0, output_tokens=0, cache_1h=1000)) == 10000  # 2x
-    assert cost_micro(CAT, opus, Usage(input_tokens=0, output_tokens=0, cache_read=1000)) == 500  # 0.1x
-    assert cost_micro(CAT, opus, Usage(input_tokens=1000, output_tokens=1000), batch=True) == (5000 + 25000) // 2
+NOW = at("2026-12-07")
+
+# USD per MTok (= micro-USD per token): input, output, 5-minute write, 1-hour write, cache read
+PUBLISHED: dict[str, tuple[float, float, float, float, float]] = {
+    "claude-fable-5-2": (8, 40, 10, 16, 0.20),
+    "claude-mythos-5-2": (8, 40, 10, 16, 0.20),
+    "claude-fable-5-1": (10, 50, 12.50, 20, 0.25),
+    "claude-mythos-5-1": (10, 50, 12.50, 20, 0.25),
+    "claude-fable-5": (10, 50, 12.50, 20, 1.00),
+    "claude-mythos-5": (10, 50, 12.50, 20, 1.00),
+    "claude-opus-5-5": (4, 20, 5, 8, 0.20),
+    "claude-opus-5": (5, 25, 6.25, 10, 0.50),
+    "claude-opus-4-8": (5, 25, 6.25, 10, 0.50),
+    "claude-opus-4-7": (5, 25, 6.25, 10, 0.50),
+    "claude-opus-4-6": (5, 25, 6.25, 10, 0.50),
+    "claude-opus-4-5-20251101": (5, 25, 6.25, 10, 0.50),
+    "claude-sonnet-5-5": (2, 10, 2.50, 4, 0.10),
+    "claude-sonnet-5": (2, 10, 2.50, 4, 0.20),
+    "claude-sonnet-4-6": (3, 15, 3.75, 6, 0.30),
+    "claude-haiku-5-5": (0.10, 0.50, 0.125, 0.20, 0.01),
+    "claude-haiku-4-5-20251001": (1, 5, 1.25, 2, 0.10),
+}
+# a Claude Code turn: uncached input, 5-minute writes, 1-hour writes, cache reads, output
+MIX = (150, 2_000, 3_000, 90_000, 1_000)
 
 
-def test_agrees_with_catalog_cost() -> None:
-    for model in CAT.models:
-        args = {"input_tokens": 1234, "output_tokens": 567, "cache_read": 8910}
-        assert cost_micro(CAT, model, Usage(cache_5m=111, cache_1h=222, **args)) == CAT.cost_micro(
-            model, cache_creation_5m=111, cache_creation_1h=222, **args)
+def expected(rates: tuple[float, ...], mix: tuple[int, ...] = MIX, mult: float = 1.0) -> int:
+    """Exact decimal arithmetic, rounded once to the micro-dollar, halves up."""
+    inp, c5, c1, cr, out = mix
+    pin, pout, w5, w1, rd = (Decimal(str(r)) for r in rates)
+    total = (inp * pin + c5 * w5 + c1 * w1 + cr * rd + out * pout) * Decimal(str(mult))
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def test_unknown_model_priced_like_its_family() -> None:
-    newest_opus = max((m for m in CAT.models if m.family == "opus-4"), key=lambda m: m.created_at)
-    guess = price_model(CAT, "claude-opus-4-8")
-    assert guess is not None and guess.derived and guess.id == "claude-opus-4-8"
-    assert (guess.input_price, guess.output_price, guess.family) == (newest_opus.input_price,
-                                                                     newest_opus.output_price, "opus-4")
-    assert price_model(CAT, "claude-3-5-sonnet-20240620").family == "sonnet-3"  # type: ignore[union-attr]
-    assert price_model(CAT, "gpt-4o") is None
-    assert cost_micro(CAT, None, Usage(input_tokens=10, output_tokens=10)) == 0
+def usage(mix: tuple[int, ...] = MIX, **kw: object) -> Usage:
+    inp, c5, c1, cr, out = mix
+    return Usage(input_tokens=inp, cache_5m=c5, cache_1h=c1, cache_read=cr, output_tokens=out, **kw)  # type: ignore[arg-type]
 
 
-def test_cache_split_reported_or_assumed() -> None:
-    assert cache_split({"cache_creation_input_tokens": 3913,
-                        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 3913}}) \
-        == (0, 3913, False)
-    assert cache_split({"cache_creation_input_tokens": 500}) == (500, 0, True)
-    assert cache_split({"cache_creation_input_tokens": 0}) == (0, 0, False)
+@pytest.mark.parametrize("model_id", sorted(PUBLISHED))
+def test_each_current_and_legacy_model_bills_the_published_rates(model_id: str) -> None:
+    model = REG.resolve(model_id)
+    assert model is not None and model.id == model_id and not model.provisional
+    got = price(REG, model, usage(), at=NOW)
+    assert got.cost_micro == expected(PUBLISHED[model_id]), model_id
+    assert got.card is not None and got.card.startswith(model_id + "@") and not got.provisional
+
+
+def test_the_issues_claude_code_turn_figures() -> None:
+    """The figures the model-world issue quotes for a typical Claude Code turn."""
+    figures = {"claude-sonnet-5-5": 36_300, "claude-opus-5-5": 72_600, "claude-haiku-5-5": 2_265,
+               "claude-sonnet-5": 45_300}
+    for model_id, micro in figures.items():
+        assert price(REG, REG.resolve(model_id), usage(), at=NOW).cost_micro == micro, model_id
+
+
+def test_haiku_5_5_on_both_sides_of_its_100k_prompt_tier() -> None:
+    haiku = REG.resolve("claude-haiku-5-5")
+    below = (1_000, 4_000, 5_000, 90_000, 2_000)  # prompt 100,000: not above the threshold
+    above = (1_001, 4_000, 5_000, 90_000, 2_000)  # prompt 100,001: every token at the tier's rates
+    assert price(REG, haiku, usage(below), at=NOW).cost_micro == expected(PUBLISHED["claude-haiku-5-5"], below)
+    assert price(REG, haiku, usage(above), at=NOW).cost_micro == expected((0.50, 2.50, 0.625, 1.00, 0.05), above)
+    # batch is tiered the same way, at half of each side
+    assert price(REG, haiku, usage(above), at=NOW, batch=True).cost_micro == \
+        expected((0.50, 2.50, 0.625, 1.00, 0.05), above, 0.5)
+
+
+def test_opus_5_5_fast_mode_is_twice_every_rate() -> None:
+    opus = REG.resolve("claude-opus-5-5")
+    got = price(REG, opus, usage(speed="fast"), at=NOW)
+    assert got.cost_micro == expected((8, 40, 10, 16, 0.40)) and not got.provisional
+
+
+def test_inference_geo_us_is_1_1x_every_token_class() -> None:
+    sonnet = REG.resolve("claude-sonnet-5-5")
+    assert price(REG, sonnet, usage(inference_geo="us"), at=NOW).cost_micro == \
+        expected(PUBLISHED["claude-sonnet-5-5"], mult=1.1)
+    # a region without a surcharge, or none reported
+    assert price(REG, sonnet, usage(inference_geo="global"), at=NOW).cost_micro == \
+        expected(PUBLISHED["claude-sonnet-5-5"])
+
+
+def test_batch_item_is_half_of_every_token_rate() -> None:
+    for model_id in ("claude-opus-5-5", "claude-sonnet-4-6", "claude-fable-5-2"):
+        got = price(REG, REG.resolve(model_id), usage(), at=NOW, batch=True).cost_micro
+        assert got == expected(PUBLISHED[model_id], mult=0.5), model_id
+
+
+def test_effective_dated_card_on_both_sides_of_its_date() -> None:
+    """Sonnet 5.5's cache read went from $0.20 to $0.10 on 2026-10-07."""
+    sonnet = REG.resolve("claude-sonnet-5-5")
+    before = price(REG, sonnet, usage(), at=at("2026-10-06T23:59:59"))
+    after = price(REG, sonnet, usage(), at=at("2026-10-07T00:00:00"))
+    assert before.cost_micro == expected((2, 10, 2.50, 4, 0.20)) == 45_300
+    assert after.cost_micro == expected((2, 10, 2.50, 4, 0.10)) == 36_300
+    assert before.card != after.card
+
+
+def test_fast_mode_follows_its_removal_dates() -> None:
+    opus48 = REG.resolve("claude-opus-4-8")
+    fast = usage(speed="fast")
+    assert price(REG, opus48, fast, at=at("2026-11-01")).cost_micro == expected(PUBLISHED["claude-opus-4-8"], mult=2)
+    # after the removal a "fast" report has no card rate: billed at the registry default, flagged
+    late = price(REG, opus48, fast, at=NOW)
+    assert late.provisional and late.cost_micro == expected(PUBLISHED["claude-opus-4-8"], mult=2)
+    opus47 = REG.resolve("claude-opus-4-7")
+    assert price(REG, opus47, fast, at=at("2026-05-01")).cost_micro == expected(PUBLISHED["claude-opus-4-7"], mult=6)
+
+
+def test_web_search_is_billed_per_search_outside_the_batch_discount() -> None:
+    opus = REG.resolve("claude-opus-5-5")
+    plain = Usage(input_tokens=1000, output_tokens=100)
+    searched = Usage(input_tokens=1000, output_tokens=100, web_searches=3)
+    assert price(REG, opus, searched, at=NOW).cost_micro == price(REG, opus, plain, at=NOW).cost_micro + 30_000
+    assert price(REG, opus, searched, at=NOW, batch=True).cost_micro == 3000 + 30_000
+
+
+def test_iterations_each_at_their_own_models_card() -> None:
+    iterations = parse_iterations({"iterations": [
+        {"type": "compaction", "input_tokens": 100, "output_tokens": 83, "cache_read_input_tokens": 55096},
+        {"type": "message", "input_tokens": 181, "output_tokens": 8},
+        {"type": "advisor_message", "model": "claude-opus-5-5", "input_tokens": 1000, "output_tokens": 10},
+        {"type": "fallback_message", "model": "claude-sonnet-5-5", "input_tokens": 500, "output_tokens": 50,
+         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2000},
+    ]})
+    assert iterations is not None
+    haiku = REG.resolve("claude-haiku-5-5")
+    got = price(REG, haiku, Usage.summed(iterations), at=NOW).cost_micro
+    want = round((281 * 0.10 + 91 * 0.50 + 55096 * 0.01) + (1000 * 4 + 10 * 20) + (500 * 2 + 50 * 10 + 2000 * 0.10))
+    assert got == want
+
+
+def test_short_names_mean_todays_models() -> None:
+    assert {n: REG.resolve(n).id for n in ("opus", "sonnet", "haiku", "claude-opus-latest")} == {  # type: ignore[union-attr]
+        "opus": "claude-opus-5-5", "sonnet": "claude-sonnet-5-5", "haiku": "claude-haiku-5-5",
+        "claude-opus-latest": "claude-opus-5-5"}
+    for name in ("anthropic/claude-sonnet-4-6", "claude-sonnet-4.6", "Claude-Sonnet-4-6", "sonnet-4"):
+        assert REG.resolve(name).id == "claude-sonnet-4-6", name  # type: ignore[union-attr]
+
+
+def test_unknown_models_are_provisional_at_the_dearest_card_never_free() -> None:
+    fable9 = model_for(REG, "claude-fable-9")
+    assert fable9 is not None and fable9.provisional and fable9.id == "claude-fable-9"
+    got = price(REG, fable9, usage(), at=NOW)
+    assert got.provisional and got.cost_micro == expected(PUBLISHED["claude-fable-5-1"])  # dearest Fable card
+    nova = model_for(REG, "claude-nova-6")  # no family named: the dearest servable card of the table
+    assert nova is not None and nova.provisional
+    assert price(REG, nova, Usage(input_tokens=1000), at=NOW).cost_micro == 10_000
+
+
+def test_no_model_costs_nothing() -> None:
+    assert price(REG, None, usage(), at=NOW).cost_micro == 0
 
 
 COMPACTION_USAGE = {
@@ -76,8 +192,8 @@ def test_iterations_are_summed_and_priced_per_model() -> None:
     u = Usage.summed(its)
     assert (u.input_tokens, u.output_tokens, u.cache_5m, u.cache_1h, u.cache_read, u.ttl_assumed) == (
         281, 91, 0, 0, 55096, False)
-    sonnet = CAT.resolve("claude-sonnet-4-5")
-    assert cost_micro(CAT, sonnet, Usage.summed(its)) == round(
+    sonnet = REG.resolve("claude-sonnet-4-6")
+    assert price(REG, sonnet, Usage.summed(its), at=NOW).cost_micro == round(
         281 * 3 + 91 * 15 + 55096 * 0.3)
     advisor = [
         {"input_tokens": 1000, "output_tokens": 10, "type": "message"},
@@ -85,15 +201,16 @@ def test_iterations_are_summed_and_priced_per_model() -> None:
     ]
     its = parse_iterations({"iterations": advisor})
     assert its is not None
-    assert cost_micro(CAT, sonnet, Usage.summed(its)) == (
+    assert price(REG, sonnet, Usage.summed(its), at=NOW).cost_micro == (
         1000 * 3 + 10 * 15 + 2000 * 5 + 20 * 25)
 
 
 def test_web_search_billed_per_use() -> None:
     usage = {"input_tokens": 10, "output_tokens": 1, "server_tool_use": {"web_search_requests": 3}}
     assert web_search_requests(usage) == 3
-    sonnet = CAT.resolve("claude-sonnet-4-5")
-    assert cost_micro(CAT, sonnet, Usage(input_tokens=10, output_tokens=1, web_searches=3)) == 45 + 3 * WEB_SEARCH_MICRO
+    sonnet = REG.resolve("claude-sonnet-4-6")
+    assert price(REG, sonnet, Usage(input_tokens=10, output_tokens=1, web_searches=3), at=NOW).cost_micro == \
+        45 + 3 * 10_000
 
 
 def test_tap_reports_iterations_and_searches_across_chunks() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from ethereal.catalog import Catalog
 from ethereal.errors import invalid_request
 from ethereal.limits.plans import Plans
+from ethereal.models import Registry
 
 MAX_BATCH = 500
 _TEXT_MAX = 200
@@ -85,7 +85,7 @@ def parse_time(field: str, value: Any) -> float | None:
     raise invalid_request(f"{field}: must be unix seconds or an RFC 3339 timestamp", param=field)
 
 
-def parse_key_fields(data: Any, *, catalog: Catalog, plans: Plans, allow: tuple[str, ...] = KEY_FIELDS,
+def parse_key_fields(data: Any, *, registry: Registry, plans: Plans, allow: tuple[str, ...] = KEY_FIELDS,
                      prefix: str = "") -> dict[str, Any]:
     """The validated attributes of ``data`` (a JSON object): only the fields present."""
     if not isinstance(data, dict):
@@ -125,11 +125,11 @@ def parse_key_fields(data: Any, *, catalog: Catalog, plans: Plans, allow: tuple[
                 if not isinstance(value, list) or not value:
                     raise invalid_request(f"{name}: must be a non-empty array of model ids or families, or null",
                                           param=name)
-                families = {m.family for m in catalog.models}
+                families = {g for m in registry.models for g in (m.family, m.series) if g}
                 for i, model in enumerate(value):
                     if not isinstance(model, str) or not model:
                         raise invalid_request(f"{name}.{i}: must be a non-empty string", param=f"{name}.{i}")
-                    if model not in families and catalog.resolve(model) is None:
+                    if model not in families and registry.resolve(model) is None:
                         raise invalid_request(f"{name}.{i}: unknown model or family {model!r}",
                                               param=f"{name}.{i}")
                 value = list(dict.fromkeys(value))

@@ -63,7 +63,7 @@ def register(app: Application, gw: Gateway) -> None:
     @anthropic_route
     async def create_key(request: Request, request_id: str) -> Response:
         require_admin(settings, header_map(request))
-        attrs = parse_key_fields(await body_of(request), catalog=gw.catalog, plans=plans())
+        attrs = parse_key_fields(await body_of(request), registry=gw.registry, plans=plans())
         plaintext, record = minted(attrs)
         await store().insert_keys([record])
         return ok(request_id, {**key_json(record), "key": plaintext}, 201)
@@ -82,13 +82,13 @@ def register(app: Application, gw: Gateway) -> None:
             items = body["keys"]
             if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
                 raise invalid_request(f"keys: must be an array of 1 to {MAX_BATCH} objects", param="keys")
-            specs = [parse_key_fields(item, catalog=gw.catalog, plans=plans(), prefix=f"keys.{i}.")
+            specs = [parse_key_fields(item, registry=gw.registry, plans=plans(), prefix=f"keys.{i}.")
                      for i, item in enumerate(items)]
         else:
             count = body.get("count")
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
                 raise invalid_request(f"count: must be an integer from 1 to {MAX_BATCH}", param="count")
-            shared = parse_key_fields({k: v for k, v in body.items() if k != "count"}, catalog=gw.catalog,
+            shared = parse_key_fields({k: v for k, v in body.items() if k != "count"}, registry=gw.registry,
                                       plans=plans())
             specs = [shared] * count
         pairs = [minted(copy.deepcopy(spec)) for spec in specs]  # no metadata dict shared between records
@@ -142,7 +142,7 @@ def register(app: Application, gw: Gateway) -> None:
     async def update_key(request: Request, request_id: str) -> Response:
         require_admin(settings, header_map(request))
         body = await body_of(request)
-        changes = parse_key_fields(body, catalog=gw.catalog, plans=plans(), allow=(*KEY_FIELDS, "revoked"))
+        changes = parse_key_fields(body, registry=gw.registry, plans=plans(), allow=(*KEY_FIELDS, "revoked"))
         if not changes:
             raise invalid_request("body: no field to update")
         record = await find(request)

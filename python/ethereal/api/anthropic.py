@@ -146,9 +146,9 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         await authenticate(request, call)
         async with pipeline.recording(call):
             if is_openai_client(header_map(request)):  # OpenAI's list shape for OpenAI clients
-                payload = orjson.dumps({"object": "list", "data": [m.to_openai() for m in gw.catalog.listed()]})
+                payload = orjson.dumps({"object": "list", "data": [m.to_openai() for m in gw.registry.listed()]})
             else:
-                items = [m.to_anthropic() for m in gw.catalog.listed()]
+                items = [m.to_anthropic() for m in gw.registry.listed()]
                 payload = orjson.dumps(model_page(items, request))
             await pipeline.finish(call, 200, Usage())
         return json_response(200, payload, [(b"request-id", request_id.encode())])
@@ -162,7 +162,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
             provider = request.route_values.get("provider")
             if provider:  # GET /v1/models/anthropic/claude-opus-4-7
                 model_id = f"{provider}/{model_id}"
-            model = gw.catalog.resolve(model_id) or gw.catalog.derive(model_id)
+            model = gw.registry.resolve(model_id)
             call.model_name = model.id if model else model_id
             if model is None:
                 raise GatewayError(404, f"model: {model_id[:256]}")

@@ -36,7 +36,7 @@ from ethereal.batches.ids import batch_id, item_request_id
 from ethereal.batches.validate import CheckedBatch, check_batch, splice_models
 from ethereal.errors import STATUS_TYPES, GatewayError, upstream_error
 from ethereal.keys import KeyRecord
-from ethereal.metering.pricing import cost_micro, price_model
+from ethereal.metering.pricing import model_for, price
 from ethereal.pipeline import Call, forward_headers, parse_json_body
 from ethereal.storage.records import BatchRecord, UsageRecord
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
@@ -512,7 +512,7 @@ class BatchService:
             return None
         if not isinstance(custom_id, str) or len(custom_id) > 64:
             return None
-        catalog = self.gw.catalog
+        registry = self.gw.registry
         row = UsageRecord(request_id=item_request_id(rec.id, custom_id), key_id=rec.key_id, credential=rec.credential,
                           route=ROUTE, model=None, status=200, stream=False, started_at=rec.created_at,
                           ended_at=rec.ended_at or time.time(), batch=True)
@@ -521,7 +521,7 @@ class BatchService:
             message = result.get("message") if isinstance(result, dict) else None
             usage = message.get("usage") if isinstance(message, dict) else None
             name = message.get("model") if isinstance(message, dict) else None
-            model = price_model(catalog, name) if isinstance(name, str) else None
+            model = model_for(registry, name) if isinstance(name, str) else None
             row.model = model.id if model else (name[:256] if isinstance(name, str) else None)
             msg_id = message.get("id") if isinstance(message, dict) else None
             row.upstream_request_id = msg_id[:128] if isinstance(msg_id, str) else None
@@ -533,7 +533,8 @@ class BatchService:
             row.cache_ttl_assumed = used.ttl_assumed
             row.web_search_requests = used.web_searches
             row.exact = used.exact and isinstance(usage, dict)
-            row.cost_micro = cost_micro(catalog, model, used, batch=True)
+            priced = price(registry, model, used, at=rec.created_at, batch=True)
+            row.cost_micro = priced.cost_micro
         elif kind == "errored":
             error = result.get("error") if isinstance(result, dict) else None
             inner = error.get("error") if isinstance(error, dict) else None

@@ -18,8 +18,9 @@ import orjson
 
 from ethereal import _native
 from ethereal.api.anthropic import Messages
-from ethereal.catalog import BATCH_DISCOUNT, Model
 from ethereal.errors import GatewayError, invalid_request
+from ethereal.models import Model
+from ethereal.models.registry import PICO
 
 _MESSAGES = Messages()
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -119,7 +120,9 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
             inp = _native.estimate_tokens(orjson.dumps(params))
             allowance = max_tokens if output_allowance_cap is None else min(max_tokens, output_allowance_cap)
             est_tokens += inp + allowance
-            est_micro += (inp * model.input_price + allowance * model.output_price) * BATCH_DISCOUNT
+            card = model.current
+            rates = card.dearest()
+            est_micro += (inp * rates.input + allowance * rates.output) * card.batch / PICO
         else:
             est_tokens += max_tokens if output_allowance_cap is None else min(max_tokens, output_allowance_cap)
     out.estimated_tokens = est_tokens

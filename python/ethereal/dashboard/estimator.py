@@ -2,7 +2,7 @@
 
 The prompt becomes a Messages request body and goes through ``_native.estimate_tokens``,
 the estimate the gateway reserves budget with; each model's price comes from
-``metering.pricing.cost_micro``, the function that bills usage records.
+``metering.pricing.price``, the function that bills usage records.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from ethereal import _native
-from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
-from ethereal.metering.pricing import cost_micro
+from ethereal.metering.pricing import price
+from ethereal.models import Registry
 from ethereal.usage import Usage
 
 _IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.invalid/image.png"}}
@@ -41,8 +41,8 @@ def _int_field(name: str, value: Any, maximum: int, default: int) -> int:
 
 
 class Estimator:
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
         # an image of unknown size costs the most an image can: what the estimator charges for it
         base = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})
         with_image = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
@@ -66,12 +66,13 @@ class Estimator:
             body["system"] = system
         input_tokens = _native.estimate_tokens(orjson.dumps(body))
         models = []
-        for model in self.catalog.models:
+        now = time.time()
+        for model in self.registry.listed():
             def cost(*, input_tokens: int = 0, output_tokens: int = 0, cache_5m: int = 0, cache_1h: int = 0,
                      cache_read: int = 0, batch: bool = False) -> int:
                 usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_5m=cache_5m,
                               cache_1h=cache_1h, cache_read=cache_read)
-                return cost_micro(self.catalog, model, usage, batch=batch)  # noqa: B023 - used in the loop
+                return price(self.registry, model, usage, at=now, batch=batch).cost_micro  # noqa: B023
 
             models.append({
                 "id": model.id, "display_name": model.display_name,

@@ -134,7 +134,7 @@ def register(app: Application, gw: Gateway) -> None:
     env.filters["ts"] = _ts
     static = _load_static()
     accuracy = _load_accuracy()
-    estimator = Estimator(gw.catalog)
+    estimator = Estimator(gw.registry)
     limiter = RateLimiter(settings.estimator_rpm, 60.0)
     def plans() -> Plans:
         return gw.plans

@@ -1,98 +1,113 @@
-"""What a request costs: Anthropic's billing rules on top of the model table.
+"""What a request costs: its usage priced by the registry's rate card in force when it started.
 
-The model table (``catalog.py``) holds input/output prices in USD per million
-tokens, which is the same number as micro-USD per token. On top of it:
+Everything here is arithmetic over the registry's data (``models/models.toml``); no rate or
+multiplier is written in code:
 
-- cache writes cost 1.25x input (5-minute TTL) or 2x input (1-hour TTL), cache
-  reads 0.1x input, batch requests 0.5x of everything (``catalog.cost_micro``);
-- ``usage.iterations`` (compaction, advisor and other multi-sampling features):
-  the top-level usage then covers only the ``message`` iterations; what is
-  billed is the sum over *all* iterations, each at its own model's price (an
-  ``advisor_message`` names its model). Compaction can be most of a request's
-  cost, so the record counts every iteration's tokens;
-- server tools: web search is billed per search (``server_tool_use.web_search_requests``).
+- each kind at its card's explicit rate: input, output, 5-minute and 1-hour cache writes,
+  cache reads; a prompt-length tier (Haiku 5.5 above 100K prompt tokens) switches every kind
+  of the request to the tier's rates;
+- ``usage.speed == "fast"`` multiplies every rate by the card's fast rate, ``usage.inference_geo``
+  by the card's rate for that region, a batch item by the card's batch rate;
+- ``usage.iterations`` (compaction, advisor, fallback): the top-level usage then covers only the
+  ``message`` iterations; what is billed is the sum over all iterations, each at its own
+  model's card;
+- server tools: web search per search (``server_tool_use.web_search_requests``), outside the
+  batch discount. Code-execution container time is not in per-request usage and is not billed
+  (docs/models.md).
 
-A model the table does not know exactly (``claude-opus-4-8``) is priced like the
-newest known model of its family (tier + major version), or of its tier for a
-newer generation (``claude-sonnet-5``), rather than as free, and logged once; a
-name with no Claude tier in it costs 0 (also logged once).
+A model the registry does not describe is billed at a provisional card (the dearest current
+card of its family, else of the table): the result says so, and so does the record.
+
+The sum is kept in integer pico-USD and rounded once, half up, to the micro-dollar.
 """
 
 from __future__ import annotations
 
-import logging
-import re
+from dataclasses import dataclass
 
-from ethereal.catalog import BATCH_DISCOUNT, CACHE_READ, CACHE_WRITE_1H, CACHE_WRITE_5M, Catalog, Model
-from ethereal.guards import BoundedLRU, clip
+from ethereal.models import Model, Registry
+from ethereal.models.registry import PICO, RateCard
 from ethereal.usage import Usage
 
-log = logging.getLogger("ethereal.metering")
 
-# USD 10 per 1,000 searches = 10,000 micro-USD per search.
-WEB_SEARCH_MICRO = 10_000
-
-_FAMILY = re.compile(r"(?:^|[/:.])(?:claude-)?(opus|sonnet|haiku)-(\d)(?!\d)", re.IGNORECASE)
-_OLD_FAMILY = re.compile(r"claude-(\d)(?:[-.]\d)?-(opus|sonnet|haiku)", re.IGNORECASE)
-# names already warned about: keyed by client input, so bounded in count and bytes
-_unknown_logged: BoundedLRU[str, bool] = BoundedLRU(max_entries=1000, max_bytes=256 * 1024)
+@dataclass(frozen=True, slots=True)
+class Priced:
+    cost_micro: int
+    card: str | None  # the rate card's id (None: nothing to price)
+    provisional: bool = False  # priced at a stand-in card: re-price when the registry learns the model
 
 
-def price_model(catalog: Catalog, name: str | None, fallback: Model | None = None) -> Model | None:
-    """The model whose prices apply to ``name``: exact or alias, else newest of its family, else of its tier."""
+NOTHING = Priced(0, None)
+
+
+def model_for(registry: Registry, name: str | None, fallback: Model | None = None) -> Model | None:
+    """The model whose card prices ``name``: described, else provisional; ``fallback`` for no name."""
     if not name:
         return fallback
-    model = catalog.resolve(name)
-    if model is not None:
-        return model
-    guess = catalog.derive(name)
-    if guess is None:  # a family named inside a longer name (bedrock ids, dated variants)
-        match = _FAMILY.search(name)
-        old = None if match else _OLD_FAMILY.search(name)
-        if match or old:
-            tier, major = (match.group(1), match.group(2)) if match else (old.group(2), old.group(1))  # type: ignore[union-attr]
-            tier = tier.lower()
-            members = [m for m in catalog.models if m.family == f"{tier}-{major}"]
-            if not members:  # a newer generation than the table: the newest of the same tier
-                members = [m for m in catalog.models if m.family.startswith(tier + "-")]
-            if members:
-                guess = max(members, key=lambda m: m.created_at)
-    if name not in _unknown_logged:
-        _unknown_logged.put(name, True, len(name))
-        if guess is not None:
-            log.warning("model %r is not in the price table: priced like its family %s (add it with "
-                        "ETHEREAL_MODELS_FILE)", clip(name), guess.family)
-        elif fallback is None:
-            log.warning("no price for model %r: its usage is recorded at cost 0", clip(name))
-    return guess or fallback
+    return registry.resolve(name) or registry.provisional(name)
 
 
-def cost_micro(catalog: Catalog, model: Model | None, usage: Usage, *, batch: bool = False) -> int:
-    """Integer micro-USD for one request's ``usage``.
-
-    With ``usage.iterations`` each iteration is priced at its own model (or the
-    request's), then summed; otherwise the token totals at ``model``'s prices.
-    """
+def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, batch: bool = False) -> Priced:
+    """Integer micro-USD for one request's ``usage`` at the cards in force at ``at`` (epoch s)."""
+    if model is None:
+        return NOTHING
+    card = model.card_at(at)
+    provisional = card.provisional
     if usage.iterations:
-        total = 0.0
+        num_sum = 0
+        den = 1
         for it in usage.iterations:
-            m = price_model(catalog, it.model, model) if it.model else model
-            if m is None:
-                continue
-            total += _raw_cost(m, it.input_tokens, it.output_tokens, it.cache_5m, it.cache_1h, it.cache_read)
-    elif model is None:
-        total = 0.0
+            m = model_for(registry, it.model, model) if it.model else model
+            assert m is not None
+            c = card if m is model else m.card_at(at)
+            provisional = provisional or c.provisional
+            n, d, lacks = _cost(registry, c, it.input_tokens, it.output_tokens, it.cache_5m, it.cache_1h,
+                                it.cache_read, usage, batch)
+            provisional = provisional or lacks
+            num_sum = num_sum * d + n * den
+            den *= d
+        total_num, total_den = num_sum, den
     else:
-        total = _raw_cost(model, usage.input_tokens, usage.output_tokens, usage.cache_5m, usage.cache_1h,
-                          usage.cache_read)
+        total_num, total_den, lacks = _cost(registry, card, usage.input_tokens, usage.output_tokens, usage.cache_5m,
+                                            usage.cache_1h, usage.cache_read, usage, batch)
+        provisional = provisional or lacks
+    micro = (2 * total_num + total_den * PICO) // (2 * total_den * PICO)  # pico → micro, halves up
+    tools = registry.server_tools
+    if usage.web_searches:
+        micro += usage.web_searches * tools.web_search_micro
+    return Priced(micro, card.id, provisional)
+
+
+def _cost(registry: Registry, card: RateCard, inp: int, out: int, c5: int, c1: int, cr: int, usage: Usage,
+          batch: bool) -> tuple[int, int, bool]:
+    """(numerator, denominator) of the cost in pico-USD, and whether a multiplier was missing from
+    the card (fast mode on a card without a fast rate: the registry's default, flagged)."""
+    rates = card.rates
+    if card.tiers:
+        rates = card.rates_for({"input": inp, "cache_read": cr, "cache_write": c5 + c1})
+    pico = (inp * rates.input + out * rates.output + c5 * rates.cache_write_5m + c1 * rates.cache_write_1h
+            + cr * rates.cache_read)
+    num, den = pico, 1
+    lacks = False
+    if usage.speed == "fast":
+        fast = card.fast
+        if fast is None:
+            fast, lacks = registry.defaults["fast"], True
+        num, den = num * fast.numerator, den * fast.denominator
+    geo = usage.inference_geo
+    if geo:
+        mult = card.geo.get(geo)
+        if mult is not None:
+            num, den = num * mult.numerator, den * mult.denominator
     if batch:
-        total *= BATCH_DISCOUNT
-    # server tools are billed per use, outside the token discount
-    return round(total) + usage.web_searches * WEB_SEARCH_MICRO
+        num, den = num * card.batch.numerator, den * card.batch.denominator
+    return num, den, lacks
 
 
-def _raw_cost(model: Model, inp: int, out: int, c5: int, c1: int, cr: int) -> float:
-    # Same arithmetic as Catalog.cost_micro, so the two agree to the micro-dollar.
-    pin = model.input_price
-    return inp * pin + out * model.output_price + c5 * pin * CACHE_WRITE_5M + c1 * pin * CACHE_WRITE_1H \
-        + cr * pin * CACHE_READ
+def reserve_rates(model: Model | None, at: float) -> tuple[float, float]:
+    """USD per million tokens to reserve input and output at: the dearest rate the request can
+    incur on the card in force (a tier it may cross included)."""
+    if model is None:
+        return 0.0, 0.0
+    r = model.card_at(at).dearest()
+    return r.input / PICO, r.output / PICO

@@ -43,7 +43,7 @@ class Observability:
         self.gw = gw
         directory = multiproc_dir()
         self.ring = Ring(directory)
-        self.metrics = Metrics(gw.catalog, in_flight=lambda: live.in_flight(directory, self.ring), ring=self.ring)
+        self.metrics = Metrics(gw.registry, in_flight=lambda: live.in_flight(directory, self.ring), ring=self.ring)
         self._task: asyncio.Task[None] | None = None
         instrument_pool(gw.pool, self.metrics)
         instrument_limiter(gw.limiter, self.metrics)

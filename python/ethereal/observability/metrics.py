@@ -6,7 +6,7 @@ whichever worker answers ``GET /metrics`` (or the ``--metrics-port`` listener in
 supervising process) merges them all. Without that variable (an app built in-process)
 the samples live in this process's own registry.
 
-Label values are bounded whatever clients send: ``model`` is a catalog id or ``other``
+Label values are bounded whatever clients send: ``model`` is a registry id or ``other``
 (a client may name any model), ``route`` and ``kind`` come from the code, ``status``
 is an HTTP status, ``credential`` names are the operator's.
 
@@ -44,8 +44,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
+from ethereal.models import Registry
 from ethereal.observability import live
 from ethereal.storage.records import UsageRecord
 
@@ -88,9 +88,9 @@ class InFlight(Collector):
 
 
 class Metrics:
-    def __init__(self, catalog: Catalog, in_flight: Callable[[], int] = lambda: 0,
+    def __init__(self, models: Registry, in_flight: Callable[[], int] = lambda: 0,
                  ring: live.Ring | None = None) -> None:
-        self.catalog = catalog
+        self.models = models
         self.ring = ring  # the live ring gets each record at the flush too
         self.in_flight = InFlight(in_flight)
         self.directory = multiproc_dir()
@@ -144,7 +144,7 @@ class Metrics:
     def _model(self, name: str | None) -> str:
         label = self._models.get(name)
         if label is None:
-            label = name if name is not None and self.catalog.get(name) is not None else "other"
+            label = name if name is not None and self.models.get(name) is not None else "other"
             if len(self._models) < 1000:
                 self._models[name] = label
         return label

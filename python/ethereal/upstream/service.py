@@ -26,8 +26,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from ethereal.catalog import Catalog
 from ethereal.errors import GatewayError
+from ethereal.models import Registry
 from ethereal.secretbox import SecretBox, SecretKeyError
 from ethereal.settings import Settings
 from ethereal.storage.base import Store
@@ -54,7 +54,7 @@ def _bad(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param)
 
 
-def validate_spec(data: Any, catalog: Catalog | None, *, partial: bool) -> dict[str, Any]:
+def validate_spec(data: Any, registry: Registry | None, *, partial: bool) -> dict[str, Any]:
     """Checked and normalised credential fields from an admin request (or CLI flags)."""
     if not isinstance(data, dict):
         raise _bad("body must be a JSON object")
@@ -96,7 +96,7 @@ def validate_spec(data: Any, catalog: Catalog | None, *, partial: bool) -> dict[
         elif isinstance(models, list) and all(isinstance(m, str) and m for m in models):
             canonical = []
             for m in models:
-                resolved = catalog.resolve(m) if (catalog is not None and not m.endswith("*")) else None
+                resolved = registry.resolve(m) if (registry is not None and not m.endswith("*")) else None
                 canonical.append(resolved.id if resolved else m)
             out["models"] = sorted(set(canonical))
         else:
@@ -120,11 +120,11 @@ def validate_spec(data: Any, catalog: Catalog | None, *, partial: bool) -> dict[
 
 class UpstreamService:
     def __init__(self, settings: Settings, pool: Pool, client: UpstreamClient | None,
-                 catalog: Catalog | None = None) -> None:
+                 registry: Registry | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.client = client
-        self.catalog = catalog
+        self.registry = registry
         self.store: Store | None = None
         self._box: SecretBox | None = None
         self._task: asyncio.Task[None] | None = None
@@ -389,7 +389,7 @@ class UpstreamService:
 
     async def add(self, data: Any) -> dict[str, Any]:
         assert self.store is not None
-        spec = validate_spec(data, self.catalog, partial=False)
+        spec = validate_spec(data, self.registry, partial=False)
         if await self.store.get_credential(spec["name"]) is not None:
             raise GatewayError(409, f"an upstream credential named {spec['name']!r} already exists",
                                type="invalid_request_error")
@@ -410,7 +410,7 @@ class UpstreamService:
 
     async def update(self, name: str, data: Any) -> dict[str, Any]:
         assert self.store is not None
-        spec = validate_spec(data, self.catalog, partial=True)
+        spec = validate_spec(data, self.registry, partial=True)
         row = await self.store.get_credential(name)
         if row is None:
             if self._env_only(name):
