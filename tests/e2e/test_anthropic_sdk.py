@@ -111,12 +111,13 @@ def test_models_list_and_get(client: anthropic.Anthropic) -> None:
     page = client.models.list(limit=3)
     assert len(page.data) == 3 and page.has_more
     ids = [m.id for m in client.models.list(limit=1000).data]
-    assert "claude-sonnet-4-5-20250929" in ids and len(ids) == len(set(ids))
+    assert "claude-sonnet-5-5" in ids and "claude-sonnet-4-5-20250929" not in ids and len(ids) == len(set(ids))
     everything = [m.id for m in client.models.list(limit=2)]  # auto-pagination over after_id
     assert everything == ids
-    model = client.models.retrieve("claude-3-5-sonnet-latest")
-    # "-latest" names resolve to the newest release of their family
-    assert model.id == "claude-3-7-sonnet-20250219"
+    model = client.models.retrieve("sonnet")
+    # short names and "-latest" aliases are today's models
+    assert model.id == "claude-sonnet-5-5" and model.max_input_tokens == 1_000_000
+    assert model.capabilities is not None and model.capabilities.thinking.types.adaptive.supported
 
 
 async def test_async_client(gateway: Gateway) -> None:
@@ -124,7 +125,7 @@ async def test_async_client(gateway: Gateway) -> None:
         message = await client.messages.create(
             model="opus-4", max_tokens=32, messages=[{"role": "user", "content": "Hello"}]
         )
-        assert message.model == "claude-opus-4-7"
+        assert message.model == "claude-opus-4-8"
         async with client.messages.stream(
             model="anthropic/claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "Stream"}]
         ) as stream:

@@ -105,7 +105,7 @@ async def test_async_client(gateway: Gateway) -> None:
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
         completion = await client.chat.completions.create(
             model="opus-4", messages=[{"role": "user", "content": "Hello"}], max_tokens=32)
-        assert completion.model == "claude-opus-4-7" and completion.choices[0].message.content
+        assert completion.model == "claude-opus-4-8" and completion.choices[0].message.content
         stream = await client.chat.completions.create(
             model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Stream please"}], stream=True,
             stream_options={"include_usage": True})
@@ -223,9 +223,9 @@ def test_reasoning_kept_across_a_tool_turn(client: openai.OpenAI, stream: bool) 
 def test_models(client: openai.OpenAI, gateway: Gateway) -> None:
     models = client.models.list()
     ids = [m.id for m in models.data]
-    assert "claude-sonnet-4-5-20250929" in ids and len(ids) == len(set(ids))
+    assert "claude-sonnet-5-5" in ids and len(ids) == len(set(ids))
     assert all(m.object == "model" and m.owned_by == "anthropic" and m.created > 1_600_000_000 for m in models.data)
-    assert client.models.retrieve("claude-sonnet-4-5").id == "claude-sonnet-4-5-20250929"
+    assert client.models.retrieve("claude-haiku-4-5").id == "claude-haiku-4-5-20251001"
     # the same route answers Anthropic's shape to an Anthropic client
     native = httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {gateway.key}",
                                                             "anthropic-version": "2023-06-01"}).json()
@@ -251,10 +251,10 @@ def test_auth_and_not_found_errors(gateway: Gateway) -> None:
         wrong.chat.completions.create(
             model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}])
     assert info.value.code == "invalid_api_key"
-    # a model the gateway cannot price (no Claude family in its name, not listed by the operator)
-    with make_client(gateway) as client, pytest.raises(openai.BadRequestError) as bad:
+    # a model the upstream does not serve: its own 404, in OpenAI's shape
+    with make_client(gateway) as client, pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
-    assert bad.value.param == "model"
+    assert "gpt-4o" in str(missing.value)
 
 
 def test_limits_answer_in_openai_shape(gateway: Gateway) -> None:

@@ -26,15 +26,14 @@ FIXTURES = sorted(p.stem for p in RECORDED.glob("*.sse"))
 ONE_HOUR_FIXTURE = "test_anthropic_cache_earlier_breakpoint_raised_to_later_longer_ttl.TRIMMED.0"
 ADMIN = "metering-admin-key-0123456789"
 
-# USD per MTok == micro-USD per token, written out here rather than read from the catalog.
+# USD per MTok == micro-USD per token, written out here rather than read from the registry.
 PRICES = {
     "claude-haiku-4-5-20251001": (1, 5),
     "claude-sonnet-4-5-20250929": (3, 15),
     "claude-sonnet-4-6": (3, 15),
     "claude-sonnet-4-20250514": (3, 15),
     "claude-opus-4-6": (5, 25),
-    # not in the table: priced like the newest known model of the same tier (metering/pricing.py)
-    "claude-sonnet-5": (3, 15),
+    "claude-sonnet-5": (2, 10),
     "claude-opus-4-8": (5, 25),
 }
 
