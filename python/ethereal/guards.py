@@ -30,6 +30,10 @@ def check_model_name(name: object, *, param: str = "model") -> str:
                               param=param)
     if len(name) > MAX_MODEL_NAME:
         raise invalid_request(f"{param}: must be at most {MAX_MODEL_NAME} characters (got {len(name)})", param=param)
+    if not name.isprintable():
+        # no model id has a control character; such a name would reach logs, metrics and the
+        # store (PostgreSQL refuses NUL in text) as the client wrote it
+        raise invalid_request(f"{param}: must not contain control characters", param=param)
     return name
 
 

@@ -32,6 +32,16 @@ def note_record(rec: UsageRecord) -> None:
         slot[0] = rec
 
 
+def escape(value: str) -> str:
+    """A client-controlled value as the text log writes it: control characters (C0, DEL, C1,
+    line and paragraph separators), spaces and backslashes as ``\\xNN`` (``\\uNNNN`` above
+    0xFF), so no value can end a line, start a forged one, or blur ``key=value`` pairs."""
+    if value.isascii() and value.isprintable() and " " not in value and "\\" not in value:
+        return value  # the common case: one C-level scan
+    return "".join(c if (c.isprintable() and c not in " \\") else
+                   (f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}") for c in value)
+
+
 def fields_of(method: str, path: str, status: int, duration_ms: float, request_id: str | None,
               rec: UsageRecord | None) -> dict[str, Any]:
     out: dict[str, Any] = {"request_id": request_id, "method": method, "path": path[:_PATH_MAX], "status": status,
@@ -50,16 +60,17 @@ def fields_of(method: str, path: str, status: int, duration_ms: float, request_i
 def text_of(method: str, path: str, status: int, duration_ms: float, request_id: str | None,
             rec: UsageRecord | None) -> str:
     """``fields_of`` as the text format writes it (``key=value``, None left out), in one go."""
-    line = f"method={method} path={path[:_PATH_MAX]} status={status} duration_ms={round(duration_ms, 2)}"
+    line = (f"method={escape(method)} path={escape(path[:_PATH_MAX])} status={status}"
+            f" duration_ms={round(duration_ms, 2)}")
     if request_id is not None:
         line = f"request_id={request_id} {line}"
     if rec is None:
         return line
     key = "" if rec.key_id is None else f" key_id={rec.key_id}"
-    model = "" if rec.model is None else f" model={rec.model}"
-    cred = "" if rec.credential is None else f" credential={rec.credential}"
+    model = "" if rec.model is None else f" model={escape(rec.model)}"
+    cred = "" if rec.credential is None else f" credential={escape(rec.credential)}"
     ttfb = "" if rec.ttfb_ms is None else f" ttfb_ms={round(rec.ttfb_ms, 2)}"
-    error = "" if rec.error_type is None else f" error_type={rec.error_type}"
+    error = "" if rec.error_type is None else f" error_type={escape(rec.error_type)}"
     return (f"{line}{key} route={rec.route}{model}{cred} input_tokens={rec.input_tokens}"
             f" output_tokens={rec.output_tokens} cache_read={rec.cache_read}"
             f" cache_write={rec.cache_creation_5m + rec.cache_creation_1h} cost_micro={rec.cost_micro}{ttfb}"
