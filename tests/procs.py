@@ -71,6 +71,8 @@ def gateway_process(
         child_env["ETHEREAL_UPSTREAM_URL"] = upstream_url
         child_env["ETHEREAL_UPSTREAM_KEY"] = upstream_key
     child_env.update(env or {})
+    if workers > 1 and "ETHEREAL_REDIS_URL" not in child_env:
+        child_env.setdefault("ETHEREAL_LIMITS_PER_WORKER", "true")  # settings.validate refuses it otherwise
     log_path = data_dir / f"gateway-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:

@@ -65,6 +65,9 @@ class Settings:
     upstream_backoff_cap: float = 30.0
     upstream_probe_interval: float = 30.0  # at most one credential probe (after a 401/403) per credential
     limits_fail_open: bool = False
+    # without Redis each worker keeps its own budget and window counters (N workers = N x every
+    # budget): more than one worker without Redis needs this set, to say the operator knows
+    limits_per_worker: bool = False
     # limits: length of the RPM/TPM sliding window (60 = per minute; shorter only for tests),
     # how long an unsettled reservation holds budget/concurrency (a crashed replica's requests),
     # plan table overrides (TOML [plans.NAME] tables, or JSON in ETHEREAL_PLANS; see limits/plans.py)
@@ -150,7 +153,7 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
                  "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1,
                  "console_session_hours": 0.001, "drain_delay": 0.0, "shutdown_grace": 0.0}
-_BOOL_FIELDS = {"limits_fail_open"}
+_BOOL_FIELDS = {"limits_fail_open", "limits_per_worker"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
                "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url", "log_format",
@@ -270,6 +273,12 @@ def validate(settings: Settings) -> None:
             validate_redis_url(settings.redis_url)
         except ValueError as exc:
             raise SettingsError(f"ETHEREAL_REDIS_URL {exc}") from None
+    if settings.workers > 1 and not settings.redis_url and not settings.limits_per_worker:
+        raise SettingsError(
+            f"--workers {settings.workers} without ETHEREAL_REDIS_URL: each worker would keep its own budget, "
+            f"rate-window and concurrency counters, so every key could spend {settings.workers}x its budget. "
+            "Set ETHEREAL_REDIS_URL (shared, exact limits), run one worker, or set ETHEREAL_LIMITS_PER_WORKER=true "
+            "to accept per-worker limits")
     if settings.upstream_url and not settings.upstream_url.startswith(("http://", "https://")):
         raise SettingsError(f"ETHEREAL_UPSTREAM_URL must be an http(s) URL, got {settings.upstream_url!r}")
     if settings.public_url and not settings.public_url.startswith(("http://", "https://")):

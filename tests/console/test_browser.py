@@ -148,7 +148,7 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
 
     # --- mass-mint 500 and download the CSV
     page.fill("#mint input[name=count]", "500")
-    page.fill("#mint input[name=name]", "bulk")
+    page.fill("#mint input[name=name]", "=bulk")  # a formula-like name: neutralised in the CSV
     page.fill("#mint input[name=owner]", "")
     page.fill("#mint input[name=budget_usd]", "1")
     page.click("#mint button[type=submit]")
@@ -160,12 +160,12 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 500 and len({r["key"] for r in rows}) == 500
-    assert all(r["key"].startswith("sk-ant-api03-") and r["name"] == "bulk" for r in rows)
+    assert all(r["key"].startswith("sk-ant-api03-") and r["name"] == "'=bulk" for r in rows)
     with sdk(console, rows[-1]["key"]) as client:
         reply = client.messages.create(**MESSAGE)  # type: ignore[call-overload]
     assert reply.usage.output_tokens == 5
     listed = console.admin("GET", "/keys", params={"limit": 1000}).json()["data"]
-    assert sum(1 for k in listed if k["name"] == "bulk") == 500
+    assert sum(1 for k in listed if k["name"] == "=bulk") == 500
     shot(page, "05-keys-mass-minted")
     checked.append("mass-minted 500 keys in one go; downloaded the CSV: 500 distinct keys, and the last one works"
                    " with the SDK")

@@ -212,3 +212,12 @@ def test_text_request_line_is_the_fields_written_as_key_value() -> None:
             fields = fields_of("POST", "/v1/" + "m" * 300, 200, 1.23456, request_id, record)
             expected = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
             assert text_of("POST", "/v1/" + "m" * 300, 200, 1.23456, request_id, record) == expected
+
+
+def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:
+    from ethereal.dashboard.routes import csv_cell
+
+    for raw in ("=HYPERLINK(\"http://x\")", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"):
+        assert csv_cell(raw) == "'" + raw
+    for safe in ("claude-opus-5-5", "req_abc", "", 12, None, 1.5):
+        assert csv_cell(safe) == safe

@@ -74,7 +74,8 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     env.update(ETHEREAL_DATA_DIR=str(tmp_path), ETHEREAL_UPSTREAM_URL=sim_url, ETHEREAL_UPSTREAM_KEY="k",
-               ETHEREAL_DRAIN_DELAY=str(DRAIN), ETHEREAL_SHUTDOWN_GRACE=str(GRACE), PYTHONUNBUFFERED="1")
+               ETHEREAL_DRAIN_DELAY=str(DRAIN), ETHEREAL_SHUTDOWN_GRACE=str(GRACE), PYTHONUNBUFFERED="1",
+               ETHEREAL_LIMITS_PER_WORKER="true")
     log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--port", str(port), "--workers",
                              str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -171,6 +171,7 @@ def test_serve_leaves_no_orphan(tmp_path: Path, sig: int, workers: int) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     env["ETHEREAL_DATA_DIR"] = str(tmp_path)
+    env["ETHEREAL_LIMITS_PER_WORKER"] = "true"  # several workers on the embedded limiter, knowingly
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1", "--port",
                                  str(port), "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -28,8 +28,7 @@ def item(cid: str, **params: Any) -> dict[str, Any]:
 
 
 def check(requests: Any, **kw: Any) -> Any:
-    return check_batch({"requests": requests}, resolve=resolve, max_requests=kw.get("max_requests", 100),
-                       output_allowance_cap=8192)
+    return check_batch({"requests": requests}, resolve=resolve, max_requests=kw.get("max_requests", 100))
 
 
 @pytest.mark.parametrize(("bad", "status", "needle"), [
@@ -60,7 +59,7 @@ def test_batch_limits() -> None:
     for body, needle in (({"requests": []}, "at least one"), ({}, "Field required"), ({"requests": {}}, "array"),
                          ({"requests": [item("a")], "x": 1}, "x: Extra")):
         with pytest.raises(GatewayError, match=needle):
-            check_batch(body, resolve=resolve, max_requests=100, output_allowance_cap=8192)
+            check_batch(body, resolve=resolve, max_requests=100)
     with pytest.raises(GatewayError, match="at most 3 requests"):
         check([item(f"i{i}") for i in range(4)], max_requests=3)
 

@@ -51,3 +51,14 @@ def test_settings_reach_workers_as_an_object(tmp_path: Path) -> None:
     """Workers are spawned with the validated object (pickled), never through os.environ."""
     settings = load_settings(data_dir=str(tmp_path), upstream_url="http://127.0.0.1:9", upstream_key="k")
     assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+def test_several_workers_without_redis_are_refused_unless_per_worker_limits_are_accepted(tmp_path: Path) -> None:
+    """Without Redis each worker keeps its own budget counters: N workers would let a key spend
+    N times its budget, so the gateway refuses to start that way unless told it is known."""
+    with pytest.raises(SettingsError, match="ETHEREAL_REDIS_URL") as info:
+        load_settings(data_dir=str(tmp_path), workers=2)
+    assert "2x its budget" in str(info.value) and "ETHEREAL_LIMITS_PER_WORKER" in str(info.value)
+    assert load_settings(data_dir=str(tmp_path), workers=2, limits_per_worker="true").workers == 2
+    assert load_settings(data_dir=str(tmp_path), workers=2, redis_url="redis://127.0.0.1:6379/0").workers == 2
+    assert load_settings(data_dir=str(tmp_path), workers=1).workers == 1

@@ -48,11 +48,10 @@ def _check_params(params: Any) -> str:
     return model
 
 
-def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]], max_requests: int,
-                output_allowance_cap: int | None = None) -> CheckedBatch:
+def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]], max_requests: int) -> CheckedBatch:
     """Validate every item; the estimate is input (native estimate) + output allowance per item
-    (its whole max_tokens unless capped: hard budgets assume no item outputs more),
-    priced at the batch price (half of each model's prices). ``resolve`` maps a client's model
+    (its whole max_tokens: hard budgets assume no item outputs more; an allowance below it would
+    break the bound), priced at the batch rate of each model's card. ``resolve`` maps a client's model
     name to (canonical id, model) or raises as the pipeline does (403 for a model the key may
     not use); it is called once per distinct name."""
     if not isinstance(data, dict):
@@ -118,13 +117,13 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
             out.aliases[name] = canonical
         if model is not None:
             inp = _native.estimate_tokens(orjson.dumps(params))
-            allowance = max_tokens if output_allowance_cap is None else min(max_tokens, output_allowance_cap)
+            allowance = max_tokens
             est_tokens += inp + allowance
             card = model.current
             rates = card.dearest()
             est_micro += (inp * rates.input + allowance * rates.output) * card.batch / PICO
         else:
-            est_tokens += max_tokens if output_allowance_cap is None else min(max_tokens, output_allowance_cap)
+            est_tokens += max_tokens
     out.estimated_tokens = est_tokens
     out.estimated_micro = math.ceil(est_micro)
     return out

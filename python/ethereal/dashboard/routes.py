@@ -49,6 +49,7 @@ ROUTES = ("messages", "count_tokens", "chat.completions", "models")
 _FORM_MAX = 64 * 1024
 _ESTIMATE_MAX = 4 * 1024 * 1024
 _CSV_MAX_ROWS = 100_000
+_FORMULA_START = frozenset("=+-@\t\r")
 _STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
                  ".txt": b"text/plain; charset=utf-8", ".LICENSE": b"text/plain; charset=utf-8"}
 # nothing from another host, no inline script; data for scripts travels in JSON blocks
@@ -69,6 +70,14 @@ def _ts(value: float | None) -> str:
     if not value:
         return "—"
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell that starts like a formula (= + - @, tab, CR) gets a leading ' so no
+    spreadsheet runs it: model names and error types can come from clients."""
+    if isinstance(value, str) and value[:1] in _FORMULA_START:
+        return "'" + value
+    return value
 
 
 def script_json(data: Any) -> str:
@@ -415,7 +424,8 @@ def register(app: Application, gw: Gateway) -> None:
                 if not batch:
                     break
                 for rec in batch:
-                    writer.writerow([_ts(rec.started_at) if c == "started_at" else getattr(rec, c) for c in columns])
+                    writer.writerow([_ts(rec.started_at) if c == "started_at" else csv_cell(getattr(rec, c))
+                                     for c in columns])
                 sent += len(batch)
                 before = (batch[-1].started_at, batch[-1].request_id)
                 yield buf.getvalue().encode()

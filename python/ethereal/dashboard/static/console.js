@@ -98,7 +98,13 @@
     });
     document.getElementById("copy-all").addEventListener("click", () => copy(minted.map(k => k.key).join("\n")));
     document.getElementById("download-csv").addEventListener("click", () => {
-      const esc = v => '"' + String(v == null ? "" : v).replace(/"/g, '""') + '"';
+      // a cell that starts like a formula (= + - @, tab, CR) is prefixed with ' so no
+      // spreadsheet runs it: names and owners are whatever the minter typed
+      const esc = v => {
+        let s = String(v == null ? "" : v);
+        if (/^[=+\-@\t\r]/.test(s)) s = "'" + s;
+        return '"' + s.replace(/"/g, '""') + '"';
+      };
       const lines = ["id,name,owner,plan,key"].concat(minted.map(k => [k.id, k.name, k.owner, k.plan, k.key].map(esc).join(",")));
       const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
       const a = document.createElement("a");
