@@ -132,6 +132,7 @@ class ResponsesRequest:
     namespaced: list[tuple[str, str, str]] = field(default_factory=list)  # (flat, namespace, name)
     json_tool: str | None = None
     cache_key: str | None = None  # prompt_cache_key
+    head_text: str = ""  # ``head_json()``, written before admission for a stream (api/responses.py)
 
     def head_json(self) -> str:
         """``head`` as JSON members without the braces (what the native translator takes)."""
