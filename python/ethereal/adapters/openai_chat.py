@@ -261,7 +261,7 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
     effort = body.get("reasoning_effort")
     if effort is None:
         return None
-    if effort not in THINKING_BUDGETS:
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         raise invalid_request(f"reasoning_effort: must be one of {', '.join(THINKING_BUDGETS)}",
                               param="reasoning_effort")
     budget = THINKING_BUDGETS[effort]
