@@ -7,6 +7,7 @@ request path calls these as one-liners (the pipeline owns the order, not the che
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
@@ -95,6 +96,16 @@ def deep_field(data: dict[str, Any], limit: int, levels: int = 3) -> str | None:
         else:
             break
     return clip(path, 128) if path else None
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def well_formed_id(value: str, prefix: str, max_len: int) -> bool:
+    """Whether a client-given id (a batch's, a usage record's) can name anything: ``prefix`` then
+    ASCII letters, digits, ``_`` and ``-`` only, at most ``max_len`` characters. Checked before
+    any lookup: PostgreSQL refuses a text parameter holding a NUL (a 500), and no id holds one."""
+    return len(value) <= max_len and value.startswith(prefix) and _ID.fullmatch(value, len(prefix)) is not None
 
 
 def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:

@@ -227,7 +227,6 @@ def check(gw: Gateway, client: httpx.Client, route: str, payload: str) -> None:
                        headers={**auth, "content-type": "application/json"}) as resp:
         resp.read()
     status = resp.status_code
-    if status >= 500: open("/tmp/billed-fuzzfail.json", "w").write(payload)  # DEBUG
     assert status < 500, (status, resp.text[:500], payload[:500])
     seen = received(gw.sim_url) - before
     if status >= 400:

@@ -256,3 +256,42 @@ async def test_a_stream_relay_that_cannot_be_built_is_billed_the_reservation(
     spent, held = _settled(app, key_id)
     assert (spent, held) == (rec.cost_micro, 0)
     assert sum(c.in_flight for c in app.gateway.pool.credentials) == 0
+
+
+# -- PostgreSQL + Redis: the same finding, and ids a client sends that PostgreSQL cannot take -------
+
+
+def test_postgres_and_redis_refuse_deep_metadata_and_ids_with_nul(sim_url: str, pg_url: str, redis_url: str,
+                                                                   tmp_path: Path) -> None:
+    from tests.batches_util import mint_into_url
+
+    key, _ = mint_into_url(pg_url, name="pg", budget_micro_usd=50_000)
+    env = {"ETHEREAL_DATABASE_URL": pg_url, "ETHEREAL_REDIS_URL": redis_url}
+    anthropic_auth = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with gateway_process(tmp_path, sim_url, env=env) as url, httpx.Client(timeout=30) as client:
+        before = sim_received(sim_url)
+        for stream in (False, True):
+            body = {"model": "claude-opus-4-1", "input": "hi", "stream": stream, "metadata": nested(300)}
+            resp = client.post(url + "/v1/responses", content=json.dumps(body),
+                               headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+            assert resp.status_code == 400 and resp.json()["error"]["param"] == "metadata", resp.text
+        # a batch whose params nest past what can be written back: refused, nothing held
+        deep_params = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
+                       "metadata": nested(300)}
+        resp = client.post(url + "/v1/messages/batches", headers=anthropic_auth,
+                           content=json.dumps({"requests": [{"custom_id": "a", "params": deep_params}]}))
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
+        assert sim_received(sim_url) == before
+        # a NUL in an id: no lookup (PostgreSQL refuses such a text parameter), the usual 404 / 400
+        for method, path in (("GET", "/v1/messages/batches/msgbatch_%00"),
+                             ("GET", "/v1/messages/batches/msgbatch_a%00b/results"),
+                             ("POST", "/v1/messages/batches/msgbatch_%00/cancel"),
+                             ("DELETE", "/v1/messages/batches/msgbatch_%00"),
+                             ("GET", "/v1/usage/req_%00"), ("GET", "/v1/usage/req_abc%00_x")):
+            resp = client.request(method, url + path, headers=anthropic_auth)
+            assert resp.status_code == 404 and resp.json()["error"]["type"] == "not_found_error", (path, resp.text)
+        for name in ("after_id", "before_id"):
+            resp = client.get(url + "/v1/messages/batches", params={name: "msgbatch_\x00"}, headers=anthropic_auth)
+            assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
+        ok = client.get(url + "/v1/messages/batches", headers=anthropic_auth)
+        assert ok.status_code == 200, ok.text
