@@ -274,3 +274,39 @@ def test_hostile_bodies_are_refused_before_the_upstream_or_billed_what_it_report
         check(gw, client, route, payload)
 
     run()
+
+
+BATCH_PATHS: list[Path] = [("requests",), ("requests", 0), ("requests", 0, "custom_id"), ("requests", 0, "params"),
+                           ("requests", 0, "params", "model"), ("requests", 0, "params", "max_tokens"),
+                           ("requests", 0, "params", "messages"), ("requests", 0, "params", "metadata"),
+                           ("requests", 0, "params", "tools"), ("requests", 0, "params", "stream"),
+                           ("requests", 1), ("x-unknown",)]
+
+
+@st.composite
+def batch_bodies(draw: st.DrawFn) -> str:
+    body: dict[str, Any] = {"requests": [{"custom_id": "a", "params": {
+        "model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}}]}
+    for path in draw(st.lists(st.sampled_from(BATCH_PATHS), min_size=1, max_size=2)):
+        put(body, path, draw(hostile))
+    return dump(body)
+
+
+def test_hostile_batches_are_refused_before_the_upstream_or_created(gw: Gateway, client: httpx.Client) -> None:
+    """A batch is billed when its results are read (tests/integration/test_batches_gateway.py); here:
+    a hostile create is a 4xx the upstream never saw, or a batch the upstream holds; never a 500."""
+    auth = {"x-api-key": gw.key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+
+    @settings(FUZZ, max_examples=max(EXPLORE, 40))
+    @given(batch_bodies())
+    def run(payload: str) -> None:
+        before = received(gw.sim_url)
+        resp = client.post(gw.url + "/v1/messages/batches", content=payload.encode(), headers=auth)
+        assert resp.status_code < 500, (resp.status_code, resp.text[:300], payload[:300])
+        seen = received(gw.sim_url) - before
+        if resp.status_code >= 400:  # the gateway's refusal (seen == 0) or the upstream's own, passed through
+            assert resp.json()["type"] == "error" and isinstance(resp.json()["error"]["type"], str)
+        else:
+            assert seen >= 1 and resp.json()["id"].startswith("msgbatch_")
+
+    run()
