@@ -266,7 +266,8 @@ class Pipeline:
         if resp.is_event_stream and resp.status == 200:
             try:
                 return self._stream(adapter, request, call, out, resp)
-            except Exception as exc:  # the upstream is generating: billed at the reservation, never at 0
+            # the upstream is generating: whatever failed, billed at the reservation, never at 0
+            except Exception as exc:  # noqa: BLE001 - recorded and answered by served_failure
                 resp.close()
                 raise await self.served_failure(call, reserved_usage(call, out, metered=adapter.metered), exc) \
                     from None
@@ -286,7 +287,8 @@ class Pipeline:
         usage = Usage.from_message(message.get("usage"), served_model=message.get("model"))
         try:
             response = adapter.reply(call, out, payload, message)
-        except Exception as exc:  # served and not answerable: billed what the upstream reported
+        # served and not answerable: billed what the upstream reported
+        except Exception as exc:  # noqa: BLE001 - recorded and answered by served_failure
             raise await self.served_failure(call, usage if adapter.metered else Usage(), exc) from None
         call.first_byte()
         await self.finish(call, resp.status, usage if adapter.metered else Usage())

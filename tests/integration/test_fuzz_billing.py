@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
+from ethereal.sim.testing import control
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Gateway, mint_into
 from tests.procs import gateway_process
-from ethereal.sim.testing import control
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 
@@ -259,7 +259,7 @@ def check(gw: Gateway, client: httpx.Client, route: str, payload: str) -> None:
 
 # ETHEREAL_FUZZ_EXAMPLES=2000 explores further (a fresh seed each run); by default a fixed sample, well under a minute
 EXPLORE = int(os.environ.get("ETHEREAL_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=EXPLORE or 70, deadline=None, derandomize=not EXPLORE, database=None,
+FUZZ = settings(max_examples=EXPLORE or 150, deadline=None, derandomize=not EXPLORE, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
