@@ -7,6 +7,7 @@ request path calls these as one-liners (the pipeline owns the order, not the che
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
@@ -21,6 +22,11 @@ MAX_MODEL_NAME = 256
 # A logged client value is cut to this many characters (the 5 MB model name that grew
 # the log by 100 MB becomes one short line).
 LOG_VALUE_CHARS = 200
+# The deepest body a translating route (OpenAI chat, Responses) accepts. What it echoes or
+# re-serialises (metadata, tool and text.format schemas, tool-call arguments) is written by
+# orjson, which stops at 254 levels while it reads 1,024: a body held to this depth can always
+# be written back, with room for the levels a translation or an event wrapper adds.
+MAX_ECHO_DEPTH = 128
 
 
 def check_model_name(name: object, *, param: str = "model") -> str:
@@ -37,12 +43,14 @@ def check_model_name(name: object, *, param: str = "model") -> str:
     return name
 
 
-def check_body_shape(body: bytes) -> None:
-    """400 for a body whose top-level object repeats a key, or that nests past orjson's limit.
+def check_body_shape(body: bytes, max_depth: int = _native.MAX_JSON_DEPTH, data: Any = None) -> None:
+    """400 for a body whose top-level object repeats a key, or that nests past ``max_depth``
+    (orjson's limit unless the route asks for less: ``MAX_ECHO_DEPTH``).
 
     A repeated key (``"model"`` twice) would be priced and authorised on the value the
     gateway's parser keeps while the upstream's parser may keep the other. Call it on a
-    body that already parsed as JSON; one native pass, no Python objects.
+    body that already parsed as JSON; one native pass, no Python objects. Past the depth,
+    the 400 names the field that nests too deep when ``data`` (the parsed body) is given.
     """
     try:
         depth, duplicate, _ = _native.json_shape(body)
@@ -50,8 +58,58 @@ def check_body_shape(body: bytes) -> None:
         raise invalid_request("request body is not valid JSON") from None
     if duplicate is not None:
         raise invalid_request(f"request body repeats the top-level key {clip(duplicate, 64)!r}")
-    if depth > _native.MAX_JSON_DEPTH:
-        raise invalid_request(f"request body is nested {depth} levels deep; at most {_native.MAX_JSON_DEPTH} are accepted")
+    if depth > max_depth:
+        path = deep_field(data, max_depth) if isinstance(data, dict) and max_depth < _native.MAX_JSON_DEPTH else None
+        if path is not None:  # param: the top-level field; the message goes a few levels further
+            field = path.partition(".")[0].partition("[")[0]
+            raise invalid_request(f"{path}: nested more than {max_depth} levels deep", param=field)
+        raise invalid_request(f"request body is nested {depth} levels deep; at most {max_depth} are accepted")
+
+
+def nests_past(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) is more than ``limit`` containers deep; iterative, stops early."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def deep_field(data: dict[str, Any], limit: int, levels: int = 3) -> str | None:
+    """The path (``tools[3].parameters``, ``metadata.a.b``) of the field that makes ``data`` (the
+    body, level 1) nest past ``limit``, named down to ``levels`` components; None if none does."""
+    path = ""
+    value: Any = data
+    budget = limit
+    for _ in range(levels):
+        budget -= 1
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, child in items:
+            if nests_past(child, budget):
+                path = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+                value = child
+                break
+        else:
+            break
+    return clip(path, 128) if path else None
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def well_formed_id(value: str, prefix: str, max_len: int) -> bool:
+    """Whether a client-given id (a batch's, a usage record's) can name anything: ``prefix`` then
+    ASCII letters, digits, ``_`` and ``-`` only, at most ``max_len`` characters. Checked before
+    any lookup: PostgreSQL refuses a text parameter holding a NUL (a 500), and no id holds one."""
+    return len(value) <= max_len and value.startswith(prefix) and _ID.fullmatch(value, len(prefix)) is not None
 
 
 def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:

@@ -130,6 +130,8 @@ class Adapter:
 
     route = "messages"
     metered = True
+    #: the deepest body accepted: a route that echoes or re-serialises what it reads asks for less
+    max_depth = _native.MAX_JSON_DEPTH
 
     def validate(self, data: dict[str, Any]) -> str:
         """Check the parsed client body; return the client's model name."""
@@ -185,7 +187,7 @@ def forward_headers(raw: list[tuple[bytes, bytes]], api_key: str) -> dict[str, s
     return headers
 
 
-def parse_json_body(body: bytes) -> dict[str, Any]:
+def parse_json_body(body: bytes, max_depth: int = _native.MAX_JSON_DEPTH) -> dict[str, Any]:
     if not body:
         raise invalid_request("request body is empty: expected a JSON object")
     try:
@@ -194,7 +196,7 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise invalid_request(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise invalid_request("request body must be a JSON object")
-    check_body_shape(body)  # a repeated top-level key: 400 (guards.py)
+    check_body_shape(body, max_depth, data)  # a repeated top-level key, too deep: 400 (guards.py)
     return data
 
 
@@ -248,7 +250,7 @@ class Pipeline:
 
     async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
         raw = await read_body(request, self.settings.max_body_bytes)
-        data = parse_json_body(raw)
+        data = parse_json_body(raw, adapter.max_depth)
         self.resolve_model(call, check_model_name(adapter.validate(data)))
         out = adapter.build(call, raw, data, request)
         call.stream = out.stream
@@ -262,7 +264,13 @@ class Pipeline:
             await self.finish(call, 200, Usage(exact=False))
             return fallback
         if resp.is_event_stream and resp.status == 200:
-            return self._stream(adapter, request, call, out, resp)
+            try:
+                return self._stream(adapter, request, call, out, resp)
+            # the upstream is generating: whatever failed, billed at the reservation, never at 0
+            except Exception as exc:  # noqa: BLE001 - recorded and answered by served_failure
+                resp.close()
+                raise await self.served_failure(call, reserved_usage(call, out, metered=adapter.metered), exc) \
+                    from None
         try:
             payload = await resp.read()
         except UpstreamStreamError as exc:
@@ -274,10 +282,15 @@ class Pipeline:
         except orjson.JSONDecodeError:
             message = None
         if not isinstance(message, dict):
-            raise GatewayError(502, "the upstream answered with a body that is not JSON")
-        response = adapter.reply(call, out, payload, message)
-        call.first_byte()
+            raise await self.served_failure(call, reserved_usage(call, out, metered=adapter.metered), GatewayError(
+                502, "the upstream answered with a body that is not JSON"))
         usage = Usage.from_message(message.get("usage"), served_model=message.get("model"))
+        try:
+            response = adapter.reply(call, out, payload, message)
+        # served and not answerable: billed what the upstream reported
+        except Exception as exc:  # noqa: BLE001 - recorded and answered by served_failure
+            raise await self.served_failure(call, usage if adapter.metered else Usage(), exc) from None
+        call.first_byte()
         await self.finish(call, resp.status, usage if adapter.metered else Usage())
         return response
 
@@ -292,6 +305,19 @@ class Pipeline:
         headers = adapter.headers(call)
         headers.append((b"cache-control", b"no-cache"))
         return Response(200, headers, StreamedContent(b"text/event-stream; charset=utf-8", relay.body))
+
+    async def served_failure(self, call: Call, usage: Usage, exc: Exception) -> GatewayError:
+        """The upstream answered but its answer cannot reach the client (a reply the adapter
+        cannot translate, a body that is not JSON, a stream relay that cannot be built):
+        records the request at ``usage`` (what the upstream reported, else the reservation:
+        ``reserved_usage``), settling the key's budget, and returns the error to answer."""
+        if isinstance(exc, GatewayError):
+            err = exc
+        else:
+            log.error("answering %s failed after the upstream served it", call.request_id, exc_info=exc)
+            err = GatewayError(500, "internal error in the gateway")
+        await self.finish(call, err.status, usage, error_type="api_error")
+        return err
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -476,6 +502,25 @@ class Pipeline:
         return rec
 
 
+def reserved_usage(call: Call, out: Outbound | None, *, metered: bool = True) -> Usage:
+    """What a request the upstream answered is billed when its usage cannot be read: the
+    admission's reservation (the input estimate and the whole output allowance), else the same
+    estimate made from ``out``. Only on failure paths."""
+    if not metered:
+        return Usage()
+    admission = call.admission
+    if admission is not None and admission.limited:
+        return Usage(input_tokens=admission.input_tokens,
+                     output_tokens=max(0, admission.reserved_tokens - admission.input_tokens), exact=False)
+    if out is None:
+        return Usage(exact=False)
+    try:
+        input_tokens = _native.estimate_tokens(out.body)
+    except ValueError:
+        input_tokens = 0
+    return Usage(input_tokens=input_tokens, output_tokens=out.max_tokens, exact=False)
+
+
 class Recording:
     """``async with pipeline.recording(call)``: a plain class, not a generator-based context
     manager (it is on every request's path)."""
@@ -500,7 +545,17 @@ class Recording:
             # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
             await asyncio.shield(finish(call, 499, Usage(exact=False), error_type="client_disconnected"))
         elif isinstance(exc, Exception):
-            await finish(call, 500, Usage(), error_type="api_error")
+            # a credential still held: the upstream answered, so the request is billed at its reservation
+            usage = reserved_usage(call, None) if call.credential is not None else Usage()
+            await finish(call, 500, usage, error_type="api_error")
+
+
+def _usage_so_far(call: Call, native: Relay) -> Usage:
+    """A failed relay's usage: what the native object saw, else the reservation."""
+    try:
+        return native.usage()
+    except Exception:  # noqa: BLE001 - a broken native object still leaves the reservation to bill
+        return reserved_usage(call, None)
 
 
 class StreamRelay:
@@ -582,7 +637,7 @@ class StreamRelay:
         status = 200
         error_type: str | None = None
         cut: str | None = None
-        completed = False
+        completed = failed = False
         try:
             try:
                 limiter = pipeline.gw.limiter
@@ -603,7 +658,22 @@ class StreamRelay:
                         yield chunk
             except UpstreamStreamError as exc:
                 cut = str(exc)
-            if not self.gone:
+            except Exception:  # a gateway bug (a translator, the limiter): the client gets an error frame
+                log.exception("relaying the stream of %s failed", call.request_id)
+                failed = True
+            if failed:
+                error_type, status = "api_error", 500
+                closing = None
+                if self.translate:
+                    try:
+                        closing = native.finish()  # the translator's own error frame, if it can still give one
+                    except Exception:  # noqa: BLE001 - the error frame is best effort
+                        closing = None
+                else:
+                    closing = anthropic_sse_error("api_error", "internal error in the gateway", call.request_id)
+                if closing and not self.gone:
+                    yield closing
+            elif not self.gone:
                 closing = native.finish()  # a translator's closing frames; None for a tap
                 state = native.state()
                 if cut is None and not state.saw_message_stop and state.error_type is None:
@@ -622,7 +692,11 @@ class StreamRelay:
                 completed = True
         finally:
             self._stop_watching()
-            if call.record is None:  # else abandon() recorded already
+            if call.record is None and failed:  # billed what the stream reported so far
+                resp.close()
+                finish = pipeline.finish(call, status, _usage_so_far(call, native), error_type=error_type)
+                await (asyncio.shield(finish) if call.admission is not None else finish)
+            elif call.record is None:  # else abandon() recorded already
                 state = native.state()
                 # a client that hangs up right after the stream's last event (an SDK closes on an
                 # error event) did see how it ended: that outcome is recorded, not a disconnect

@@ -64,7 +64,7 @@ from typing import Any
 import orjson
 
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.guards import check_model_name
+from ethereal.guards import MAX_ECHO_DEPTH, check_model_name, nests_past
 from ethereal.usage import Usage
 
 JSON_TOOL = "json_response"
@@ -261,7 +261,7 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
     effort = body.get("reasoning_effort")
     if effort is None:
         return None
-    if effort not in THINKING_BUDGETS:
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         raise invalid_request(f"reasoning_effort: must be one of {', '.join(THINKING_BUDGETS)}",
                               param="reasoning_effort")
     budget = THINKING_BUDGETS[effort]
@@ -629,6 +629,9 @@ def _arguments(raw: Any, where: str) -> dict[str, Any]:
         raise invalid_request(f"{where}: is not valid JSON", param=where) from None
     if not isinstance(value, dict):
         raise invalid_request(f"{where}: must encode a JSON object", param=where)
+    # sent upstream as an object: held to the body's own depth (counting brackets is enough for most)
+    if raw.count("{") + raw.count("[") > MAX_ECHO_DEPTH and nests_past(value, MAX_ECHO_DEPTH):
+        raise invalid_request(f"{where}: nested more than {MAX_ECHO_DEPTH} levels deep", param=where)
     return value
 
 
@@ -735,7 +738,7 @@ def restore_reasoning(msg: dict[str, Any]) -> list[dict[str, Any]]:
         kind, _, rest = entry.partition(":")
         if kind == "r" and rest:
             out.append({"type": "redacted_thinking", "data": rest})
-        elif kind[:1] == "t" and kind[1:].isdigit() and rest:
+        elif kind[:1] == "t" and kind[1:].isdecimal() and len(kind) <= 12 and rest:
             n = int(kind[1:])
             out.append({"type": "thinking", "thinking": text[pos:pos + n], "signature": rest})
             pos += n

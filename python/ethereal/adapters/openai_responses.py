@@ -132,6 +132,7 @@ class ResponsesRequest:
     namespaced: list[tuple[str, str, str]] = field(default_factory=list)  # (flat, namespace, name)
     json_tool: str | None = None
     cache_key: str | None = None  # prompt_cache_key
+    head_text: str = ""  # ``head_json()``, written before admission for a stream (api/responses.py)
 
     def head_json(self) -> str:
         """``head`` as JSON members without the braces (what the native translator takes)."""
@@ -315,7 +316,7 @@ def _thinking(body: dict[str, Any], model: str) -> tuple[dict[str, Any] | None, 
     effort = reasoning.get("effort")
     if effort is None:
         return None, None
-    if effort not in EFFORTS:
+    if not isinstance(effort, str) or effort not in EFFORTS:
         raise invalid_request(f"reasoning.effort: must be one of {', '.join(EFFORTS)}", param="reasoning.effort")
     budget, level = EFFORTS[effort]
     if budget is None:
@@ -392,6 +393,8 @@ class _Tools:
         if not isinstance(tool, dict):
             raise invalid_request(f"{where}: must be an object", param=where)
         kind = tool.get("type", "function")
+        if not isinstance(kind, str):
+            raise invalid_request(f"{where}.type: must be a string", param=f"{where}.type")
         if kind == "namespace" and namespace is None:
             ns = tool.get("name")
             if not isinstance(ns, str) or not ns:
@@ -500,7 +503,7 @@ def _tool_choice(body: dict[str, Any], ctx: _Tools) -> dict[str, Any] | None:
         if not isinstance(name, str) or name not in ctx.names:
             raise invalid_request("tool_choice.name: names a tool that is not in tools", param="tool_choice.name")
         out = {"type": "tool", "name": name}
-    elif isinstance(choice, dict) and choice.get("type") in WEB_SEARCH_TOOLS:
+    elif isinstance(choice, dict) and isinstance(choice.get("type"), str) and choice["type"] in WEB_SEARCH_TOOLS:
         if not ctx.web_search:
             raise invalid_request("tool_choice: names web search, which is not in tools", param="tool_choice")
         out = {"type": "tool", "name": "web_search"}
@@ -511,7 +514,7 @@ def _tool_choice(body: dict[str, Any], ctx: _Tools) -> dict[str, Any] | None:
         allowed = set()
         for entry in choice.get("tools") or []:
             if isinstance(entry, dict):
-                if entry.get("type") in WEB_SEARCH_TOOLS:
+                if isinstance(entry.get("type"), str) and entry["type"] in WEB_SEARCH_TOOLS:
                     allowed.add("web_search")
                 elif isinstance(entry.get("name"), str):
                     ns = entry.get("namespace")

@@ -21,7 +21,7 @@ from ethereal.api.common import (
 from ethereal.auth import is_admin
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
-from ethereal.guards import check_model_name, estimate_input_tokens
+from ethereal.guards import check_model_name, estimate_input_tokens, well_formed_id
 from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, response_headers, splice_model
 from ethereal.upstream.affinity import cache_affinity
 from ethereal.usage import Usage
@@ -180,7 +180,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         headers = header_map(request)
         usage_id = request.route_values.get("request_id") or ""
         key = None if is_admin(settings, headers) else await gw.auth.authenticate(headers)
-        if not usage_id.startswith("req_") or len(usage_id) > 96:  # batch items: req_<24>_<custom_id>
+        if not well_formed_id(usage_id, "req_", 96):  # batch items: req_<24>_<custom_id>
             raise GatewayError(404, f"no usage record for request {usage_id[:96]!r}")
         # an id not issued to this key: one lookup (ids from before tagging), no waiting
         rec = await gw.meter.get(usage_id, wait=None if key is None or ids.issued_to(usage_id, key.key_hash) else 0.0)

@@ -20,6 +20,7 @@ from ethereal.auth import is_admin
 from ethereal.batches.service import PATH, BatchService
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
+from ethereal.guards import well_formed_id
 from ethereal.keys import KeyRecord
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Call, Pipeline
 from ethereal.upstream.client import UpstreamResponse
@@ -51,7 +52,7 @@ def page_params(request: Request) -> tuple[int, str | None, str | None]:
     if after is not None and before is not None:
         raise invalid_request("before_id and after_id cannot both be set")
     for name, value in (("after_id", after), ("before_id", before)):
-        if value is not None and (not value.startswith("msgbatch_") or len(value) > 64):
+        if value is not None and not well_formed_id(value, "msgbatch_", 64):
             raise invalid_request(f"{name}: not a message batch id", param=name)
     return limit, after, before
 

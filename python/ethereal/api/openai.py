@@ -20,8 +20,9 @@ from blacksheep import Application, Content, Request, Response
 from ethereal import _native
 from ethereal.adapters import openai_chat
 from ethereal.api.common import JSON, openai_error, raw_headers
-from ethereal.errors import GatewayError
+from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
+from ethereal.guards import MAX_ECHO_DEPTH
 from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, Relay, response_headers
 from ethereal.upstream.affinity import cache_affinity
 
@@ -64,7 +65,10 @@ def openai_ratelimit_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[b
 
 class OpenAIAdapter(Adapter):
     """What every OpenAI-shaped route answers alike: ``x-request-id`` and OpenAI's rate-limit
-    headers beside Anthropic's, errors in OpenAI's shape."""
+    headers beside Anthropic's, errors in OpenAI's shape. What they echo or re-serialise is
+    written by orjson: bodies deeper than ``MAX_ECHO_DEPTH`` are refused before admission."""
+
+    max_depth = MAX_ECHO_DEPTH
 
     def headers(self, call: Call) -> list[tuple[bytes, bytes]]:
         headers = response_headers(call)
@@ -89,7 +93,10 @@ class ChatCompletions(OpenAIAdapter):
     def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
         model = call.model
         chat = openai_chat.to_anthropic(data, model=call.model_name or "", max_output=model.max_output if model else None)
-        body = orjson.dumps(chat.body)
+        try:  # the body depth bound (max_depth) keeps it writable: a last guard, before admission
+            body = orjson.dumps(chat.body)
+        except orjson.JSONEncodeError as exc:
+            raise invalid_request(f"request cannot be translated: {exc}") from None
         return Outbound(body=body, data=chat.body, path="/v1/messages",
                         headers=upstream_request_headers(raw_headers(request)), stream=chat.stream,
                         max_tokens=int(chat.body["max_tokens"]),

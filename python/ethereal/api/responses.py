@@ -24,6 +24,7 @@ from ethereal import _native
 from ethereal.adapters import openai_responses
 from ethereal.api.common import JSON, raw_headers
 from ethereal.api.openai import OpenAIAdapter, upstream_request_headers
+from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
 from ethereal.pipeline import Call, Outbound, Pipeline, Relay
 from ethereal.upstream.affinity import cache_affinity
@@ -54,7 +55,12 @@ class Responses(OpenAIAdapter):
         req = openai_responses.to_anthropic(data, model=call.model_name or "",
                                             max_output=model.max_output if model else None,
                                             response_id=response_id(call), created_at=int(call.started))
-        body = orjson.dumps(req.body)
+        try:  # the body depth bound (OpenAIAdapter.max_depth) keeps both writable: a last guard, before admission
+            body = orjson.dumps(req.body)
+            if req.stream:  # the translator's head, written once here rather than after the upstream answered
+                req.head_text = req.head_json()
+        except orjson.JSONEncodeError as exc:
+            raise invalid_request(f"request cannot be translated: {exc}") from None
         affinity: bytes | None
         if req.cache_key:
             affinity = prompt_cache_affinity(call.model_name, req.cache_key)
@@ -66,7 +72,7 @@ class Responses(OpenAIAdapter):
 
     def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
         req = _request(out)
-        translator = _native.ResponsesTranslator(req.head["id"], req.head_json(), custom_tools=req.custom_tools,
+        translator = _native.ResponsesTranslator(req.head["id"], req.head_text or req.head_json(), custom_tools=req.custom_tools,
                                                  namespaced=req.namespaced, json_tool=req.json_tool)
         return translator, True
 

@@ -35,6 +35,7 @@ import orjson
 from ethereal.batches.ids import batch_id, item_request_id
 from ethereal.batches.validate import CheckedBatch, check_batch, splice_models
 from ethereal.errors import STATUS_TYPES, GatewayError, upstream_error
+from ethereal.guards import well_formed_id
 from ethereal.keys import KeyRecord
 from ethereal.metering.pricing import model_for, price
 from ethereal.pipeline import Call, forward_headers, parse_json_body
@@ -290,7 +291,7 @@ class BatchService:
     # ------------------------------------------------------------------ reading
     async def owned(self, key: KeyRecord | None, batch: str) -> BatchRecord:
         """The batch when ``key`` may see it (its own, or any for the admin: ``key`` None); else 404."""
-        if not batch.startswith("msgbatch_") or len(batch) > 64:
+        if not well_formed_id(batch, "msgbatch_", 64):
             raise not_found(batch)
         rec = await self.store.get_batch(batch)
         if rec is None or (key is not None and rec.key_id != key.id):

@@ -116,7 +116,10 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
         if canonical != name:
             out.aliases[name] = canonical
         if model is not None:
-            inp = _native.estimate_tokens(orjson.dumps(params))
+            try:
+                inp = _native.estimate_tokens(orjson.dumps(params))
+            except orjson.JSONEncodeError:  # past the 254 levels orjson writes (it reads 1,024)
+                raise invalid_request(f"requests.{i}: params: nested too deeply", param=f"requests.{i}") from None
             allowance = max_tokens
             est_tokens += inp + allowance
             card = model.current
@@ -168,4 +171,8 @@ def splice_models(body: bytes, data: dict[str, Any], aliases: dict[str, str]) ->
             return candidate
     except orjson.JSONDecodeError:
         pass
-    return orjson.dumps(expected)
+    try:
+        return orjson.dumps(expected)
+    except orjson.JSONEncodeError:
+        raise invalid_request("requests: nested too deeply to rewrite an aliased model; name the model itself",
+                              param="requests") from None

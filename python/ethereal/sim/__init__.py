@@ -84,7 +84,9 @@ Control API (same port, no auth)
 "paths":["/v1/messages"]}`` queues a fault for the next N matching requests (default path
 ``/v1/messages``; ``"*"`` = every /v1 path); ``{"faults":[…]}`` queues several;
 ``{"clear":true}`` clears. ``GET /_sim/faults``, ``GET /_sim/stats`` (counts by path and
-status), ``POST /_sim/reset`` (stats, faults, prompt cache), ``GET|POST /_sim/config``
+status), ``GET /_sim/requests`` (``received``: API requests read, counted on arrival; ``replies``:
+request-id → the usage each of the last 1,024 generated Messages replies reported),
+``POST /_sim/reset`` (stats, faults, prompt cache, that log), ``GET|POST /_sim/config``
 (``latency_ms``, ``ttft_ms``, ``tokens_per_second``, ``events_per_write`` at runtime),
 ``GET /_sim/fixtures``.
 """

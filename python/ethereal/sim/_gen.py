@@ -175,7 +175,7 @@ def block_chars(b: Any) -> int:
     if isinstance(b, str):
         return len(b)
     if not isinstance(b, dict):
-        return len(orjson.dumps(b))
+        return _json_chars(b)
     t = b.get("type")
     if t == "text":
         v = b.get("text")
@@ -219,7 +219,7 @@ def _units(req: dict[str, Any]) -> list[tuple[Any, int, str | None]]:
     tools = req.get("tools")
     if isinstance(tools, list):
         for tool in tools:
-            units.append((tool, len(orjson.dumps(tool)), ttl_of(tool)))
+            units.append((tool, _json_chars(tool), ttl_of(tool)))
     system = req.get("system")
     if isinstance(system, str):
         units.append((system, len(system), None))
@@ -270,7 +270,10 @@ class PromptCache:
         cum = 0
         bps: list[tuple[bytes, int, str]] = []  # (prefix hash, prefix tokens, ttl)
         for unit, chars, ttl in units:
-            h.update(orjson.dumps(unit, option=orjson.OPT_SORT_KEYS))
+            try:
+                h.update(orjson.dumps(unit, option=orjson.OPT_SORT_KEYS))
+            except orjson.JSONEncodeError:  # past orjson's 254 levels: keyed by its size alone
+                h.update(b"\0deep%d" % chars)
             cum += chars
             if ttl is not None:
                 toks = cum // 4

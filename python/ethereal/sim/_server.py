@@ -8,7 +8,7 @@ import time
 import traceback
 import uuid
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +68,7 @@ FAULT_KINDS = {
     "slow": "slow", "slow_first_byte": "slow", "delay": "slow",
 }
 _DEFAULT_FAULT_PATHS = ("/v1/messages",)
+REPLY_LOG = 1024  # generated replies whose usage `GET /_sim/requests` keeps
 
 
 def _norm_path(path: str) -> str:
@@ -164,6 +165,8 @@ class SimState:
         self.faults: list[Fault] = []
         self.stats: dict[str, dict[str, int]] = {}
         self.total = 0
+        self.received = 0  # API requests read (counted on arrival, before any answer or fault)
+        self.replies: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request-id → the usage it reported
         self.connections = 0
         self.open_connections = 0
         self.seed_crc = zlib.crc32(str(config.seed).encode())
@@ -191,6 +194,14 @@ class SimState:
         key = str(status)
         per[key] = per.get(key, 0) + 1
 
+    def note_reply(self, rid: str, path: str, stream: bool, p: _gen.Plan) -> None:
+        """Keeps the usage a generated reply reports (the last ``REPLY_LOG`` of them, ``GET /_sim/requests``)."""
+        self.replies[rid] = {"path": path, "stream": stream, "usage": {
+            "input_tokens": p.input_tokens, "output_tokens": p.output_tokens, "cache_creation_5m": p.cc5,
+            "cache_creation_1h": p.cc1, "cache_read": p.cache_read}}
+        if len(self.replies) > REPLY_LOG:
+            self.replies.popitem(last=False)
+
     def take_fault(self, path: str) -> Fault | None:
         for i, f in enumerate(self.faults):
             if f.matches(path):
@@ -204,6 +215,8 @@ class SimState:
         self.faults.clear()
         self.stats.clear()
         self.total = 0
+        self.received = 0
+        self.replies.clear()
         self.cache.clear()
 
 
@@ -408,6 +421,7 @@ class SimProtocol(asyncio.Protocol):
 
         if path.startswith("/_sim/"):  # not counted in the stats
             return self._control(method, path, body, rid, close)
+        st.received += 1
 
         if too_large:
             st.count(npath, 413)
@@ -549,6 +563,7 @@ class SimProtocol(asyncio.Protocol):
             seed = zlib.crc32(body, st.seed_crc)
             usage = st.cache.account(req, model_id, has_cc)
             plan = _gen.plan_response(req, model_id, seed, directives, has_tr, usage)
+            st.note_reply(rid, npath, stream, plan)
             msg_id = _gen.message_id()
             timing = self._timing(directives)
             if stream:
@@ -789,6 +804,8 @@ class SimProtocol(asyncio.Protocol):
             elif path == "/_sim/stats":
                 out = {"total": st.total, "requests": st.stats, "connections": st.connections,
                        "open_connections": st.open_connections, "faults_pending": len(st.faults)}
+            elif path == "/_sim/requests":
+                out = {"received": st.received, "replies": st.replies}
             elif path == "/_sim/reset" and method == b"POST":
                 st.reset()
                 out = {"ok": True}
