@@ -446,19 +446,13 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 
 def _check_models_file(settings: Settings) -> Any:
     """The registry (shipped data + ETHEREAL_MODELS_FILE), validated before anything starts; a bad
-    file raises SettingsError naming the file and the field. Models whose current card has expired
-    with no successor are an alert: a WARNING here, on /healthz?verbose=1 and in /metrics."""
+    file raises SettingsError naming the file and the field."""
     from ethereal.models import RegistryError, load_registry
 
     try:
         registry = load_registry(settings.models_file)
     except RegistryError as exc:
         raise SettingsError(f"ETHEREAL_MODELS_FILE: {exc}") from None
-    expired = registry.expired()
-    if expired:
-        print(f"ethereal: WARNING: no rate card in force for {', '.join(m.id for m in expired)} "
-              "(their last card has expired): requests are priced at the last card; add a card to "
-              "ETHEREAL_MODELS_FILE (docs/models.md)", file=sys.stderr, flush=True)
     return registry
 
 
@@ -467,6 +461,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     registry = _check_models_file(settings)
     if args.models_cmd == "check":
         print(f"registry {registry.version} ({registry.source}): {len(registry.models)} models")
+        expired = registry.expired()
+        if expired:
+            print(f"WARNING: no rate card in force for {', '.join(m.id for m in expired)} (their last card "
+                  "has expired): add a card (docs/models.md)", file=sys.stderr)
+            return 1
         return 0
     from ethereal.limits import build_limiter
     from ethereal.metering.reprice import RepriceError, parse_bound, reprice
