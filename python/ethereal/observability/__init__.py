@@ -17,7 +17,6 @@ from blacksheep import Application, Content, Request, Response
 
 from ethereal.auth import extract_key, is_admin
 from ethereal.gateway import Gateway
-from ethereal.lifecycle import LIFECYCLE
 from ethereal.observability import live, logs
 from ethereal.observability.http import note_record
 from ethereal.observability.live import Ring
@@ -135,6 +134,8 @@ def register(app: Application, gw: Gateway) -> None:
 
     app.on_start += on_start
     app.on_stop += on_stop
+    from ethereal.lifecycle import LIFECYCLE  # lifecycle imports this package (the request log)
+
     LIFECYCLE.details["models"] = obs.models_health
 
     async def metrics(request: Request) -> Response:
