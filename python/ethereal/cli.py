@@ -1,4 +1,4 @@
-"""``ethereal``: serve, sim, keys, migrate."""
+"""``ethereal``: serve, sim, keys, upstream, models, migrate."""
 
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def _ensure_first_key(settings: Settings) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers,
                              log_format=args.log_format, log_level=args.log_level, metrics_port=args.metrics_port)
+    _check_models_file(settings)  # a bad models file stops here, named, before anything starts
     stored = _stored_upstreams(settings)
     if stored < 0:
         return 2
@@ -443,6 +444,72 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(settings, go))
 
 
+def _check_models_file(settings: Settings) -> Any:
+    """The registry (shipped data + ETHEREAL_MODELS_FILE), validated before anything starts; a bad
+    file raises SettingsError naming the file and the field."""
+    from ethereal.models import RegistryError, load_registry
+
+    try:
+        registry = load_registry(settings.models_file)
+    except RegistryError as exc:
+        raise SettingsError(f"ETHEREAL_MODELS_FILE: {exc}") from None
+    return registry
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    registry = _check_models_file(settings)
+    if args.models_cmd == "check":
+        print(f"registry {registry.version} ({registry.source}): {len(registry.models)} models")
+        expired = registry.expired()
+        if expired:
+            print(f"WARNING: no rate card in force for {', '.join(m.id for m in expired)} (their last card "
+                  "has expired): add a card (docs/models.md)", file=sys.stderr)
+            return 1
+        return 0
+    from ethereal.limits import build_limiter
+    from ethereal.metering.reprice import RepriceError, parse_bound, reprice
+
+    try:
+        since = parse_bound(args.since, field_name="--since")
+        until = parse_bound(args.until, field_name="--until", end=True) if args.until else time.time()
+    except RepriceError as exc:
+        print(f"ethereal: {exc}", file=sys.stderr)
+        return 2
+
+    async def go(store: Any) -> Any:
+        # the budget counters: the Redis every gateway shares; without Redis, each gateway's counters
+        # live in its own process (reprice through the admin API, or restart: they are seeded again)
+        limiter = build_limiter(settings, store)
+        await limiter.start()
+        try:
+            return await reprice(store, registry, limiter, since=since, until=until, dry_run=args.dry_run)
+        finally:
+            await limiter.close()
+
+    try:
+        result = asyncio.run(_with_store(settings, go))
+    except RepriceError as exc:
+        print(f"ethereal: {exc}", file=sys.stderr)
+        return 2
+    out = result.to_json()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    verb = "would change" if args.dry_run else "changed"
+    print(f"{out['since']} .. {out['until']}: {out['records']['examined']} record(s) examined, {verb} "
+          f"{out['records']['changed']} ({out['records']['relabelled']} relabelled, {out['records']['skipped']} "
+          f"priced across several cards left as they are), registry {out['registry_version']}")
+    print(f"cost of the changed records: ${out['before_micro'] / 1e6:.6f} -> ${out['after_micro'] / 1e6:.6f}")
+    for key in out["keys"]:
+        print(f"  {key['key_id']}	{key['records']} record(s)	${key['before_micro'] / 1e6:.6f} -> "
+              f"${key['after_micro'] / 1e6:.6f}")
+    if not settings.redis_url and not args.dry_run and out["keys"]:
+        print("(no Redis configured: running gateways keep their own budget counters until they restart; "
+              "POST /admin/api/models/reprice moves the serving gateway's)", file=sys.stderr)
+    return 0
+
+
 def _upstream_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     p.add_argument("--url", required=adding, help="base URL of the Anthropic-compatible API")
     key = p.add_mutually_exclusive_group()
@@ -542,6 +609,17 @@ def build_parser() -> argparse.ArgumentParser:
     en_p.add_argument("--json", action="store_true")
     del_p = up_sub.add_parser("delete", help="delete a credential")
     del_p.add_argument("name")
+
+    models = sub.add_parser("models", help="the model registry: check the models file, re-price usage")
+    models_sub = models.add_subparsers(dest="models_cmd", required=True)
+    models_sub.add_parser("check", help="validate the shipped data with ETHEREAL_MODELS_FILE merged in")
+    rep = models_sub.add_parser("reprice", help="re-price stored usage with the models file's cards (after a "
+                                "correction): records, usage sums and budget counters")
+    rep.add_argument("--since", required=True, help="first day (YYYY-MM-DD, UTC) or an RFC 3339 time")
+    rep.add_argument("--until", help="last day, included (YYYY-MM-DD), or an RFC 3339 time (excluded); "
+                     "default: now")
+    rep.add_argument("--dry-run", dest="dry_run", action="store_true", help="show what would change, change nothing")
+    rep.add_argument("--json", action="store_true")
     return parser
 
 
@@ -563,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_keys(args)
         if args.command == "upstream":
             return cmd_upstream(args)
+        if args.command == "models":
+            return cmd_models(args)
     except SettingsError as exc:
         print(f"ethereal: configuration error: {exc}", file=sys.stderr)
         return 2

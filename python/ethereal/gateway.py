@@ -46,6 +46,9 @@ class Gateway:
     async def start(cls, settings: Settings) -> Gateway:
         """Open the store, start the limiter, meter and upstream pool; undo what started on failure."""
         registry = load_registry(settings.models_file)
+        for model in registry.expired():  # an alert, also on /healthz?verbose=1 and in /metrics
+            log.warning("model %s has no rate card in force (its last card ended): requests are priced at "
+                        "that card; add a card to ETHEREAL_MODELS_FILE (docs/models.md)", model.id)
         plans = Plans(settings.plans)
         pool = Pool(default_retry_after=settings.upstream_default_retry_after,
                     backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)

@@ -113,6 +113,9 @@ class Lifecycle:
         self.lag: deque[tuple[float, float]] = deque(maxlen=_LAG_SAMPLES)  # (when, lag) in seconds
         self._lag_task: asyncio.Task[None] | None = None
         self.streams_ended = 0
+        # what the started gateway adds to /healthz?verbose=1 (name -> a cheap callable): the model
+        # registry's version and alerts (observability.register)
+        self.details: dict[str, Callable[[], Any]] = {}
 
     # -------------------------------------------------------------- called by ethereal.serving
     def begin_drain(self) -> None:
@@ -156,10 +159,15 @@ class Lifecycle:
     def health(self, verbose: bool) -> tuple[int, bytes]:
         if not verbose:
             return (503, _DRAINING) if self.draining else (200, _OK)
-        body = {"status": "draining" if self.draining else "ok", "pid": os.getpid(),
+        body: dict[str, Any] = {"status": "draining" if self.draining else "ok", "pid": os.getpid(),
                 "streams": len(self.streams), "loop_lag_ms": self.lag_ms(),
                 "gc": {"frozen": gc.get_freeze_count(), "young_threshold": gc.get_threshold()[0],
                        "collections": [g["collections"] for g in gc.get_stats()]}}
+        for name, detail in self.details.items():
+            try:
+                body[name] = detail()
+            except Exception as exc:  # noqa: BLE001 - a detail never fails the health check
+                body[name] = {"error": type(exc).__name__}
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI

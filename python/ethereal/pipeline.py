@@ -476,7 +476,8 @@ class Pipeline:
             model = model_for(gw.registry, usage.served_model, model)
         elif model is None and call.model_name:
             model = model_for(gw.registry, call.model_name)
-        cost = price(gw.registry, model, usage, at=call.started, batch=batch).cost_micro
+        priced = price(gw.registry, model, usage, at=call.started, batch=batch)
+        cost = priced.cost_micro
         now = time.time()
         cred = call.credential
         call.credential = None
@@ -488,7 +489,9 @@ class Pipeline:
             exact=usage.exact, cache_ttl_assumed=usage.ttl_assumed, cost_micro=cost, ttfb_ms=call.ttfb_ms,
             duration_ms=(time.perf_counter() - call.t0) * 1000.0, started_at=call.started, ended_at=now,
             upstream_request_id=call.upstream_request_id, error_type=error_type,
-            web_search_requests=usage.web_searches,
+            web_search_requests=usage.web_searches, batch=batch, rate_card=priced.rate_card,
+            priced_provisional=priced.provisional, speed=usage.speed, inference_geo=usage.inference_geo,
+            service_tier=usage.service_tier,
         )
         call.record = rec  # before any await: a concurrent cleanup sees the request as finished
         if cred is not None:

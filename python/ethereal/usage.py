@@ -13,6 +13,7 @@ The upstream's numbers are read leniently: a count that is not a non-negative in
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ class Usage:
     served_model: str | None = None  # the model the upstream reports serving (priced by it when it differs)
     speed: str | None = None  # usage.speed: "fast" is billed at the card's fast rate
     inference_geo: str | None = None  # usage.inference_geo: a region the card prices (e.g. "us")
+    service_tier: str | None = None  # usage.service_tier as reported (standard, priority, batch): recorded only
 
     @property
     def total_tokens(self) -> int:
@@ -62,19 +64,20 @@ class Usage:
         searches = web_search_requests(usage) if "server_tool_use" in usage else 0
         speed = label(usage.get("speed"))
         geo = label(usage.get("inference_geo"))
+        tier = label(usage.get("service_tier"))
         if iterations:
             return cls.summed(iterations, web_searches=searches, served_model=model, speed=speed,
-                              inference_geo=geo)
+                              inference_geo=geo, service_tier=tier)
         c5, c1, assumed = cache_split(usage)
         return cls(input_tokens=count(usage.get("input_tokens")), output_tokens=count(usage.get("output_tokens")),
                    cache_5m=c5, cache_1h=c1, cache_read=count(usage.get("cache_read_input_tokens")),
                    web_searches=searches, ttl_assumed=assumed, served_model=model, speed=speed,
-                   inference_geo=geo)
+                   inference_geo=geo, service_tier=tier)
 
     @classmethod
     def summed(cls, iterations: list[Iteration], *, web_searches: int = 0, exact: bool = True,
                served_model: str | None = None, speed: str | None = None,
-               inference_geo: str | None = None) -> Usage:
+               inference_geo: str | None = None, service_tier: str | None = None) -> Usage:
         inp = out = c5 = c1 = cr = 0
         assumed = False
         for it in iterations:
@@ -86,7 +89,8 @@ class Usage:
             assumed = assumed or it.ttl_assumed
         return cls(input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1, cache_read=cr,
                    web_searches=web_searches, iterations=tuple(iterations), exact=exact, ttl_assumed=assumed,
-                   served_model=served_model, speed=speed, inference_geo=inference_geo)
+                   served_model=served_model, speed=speed, inference_geo=inference_geo,
+                   service_tier=service_tier)
 
 
 def count(value: Any) -> int:
@@ -102,9 +106,14 @@ def count(value: Any) -> int:
     return 0
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def label(value: Any) -> str | None:
-    """A short label the upstream reports (``speed``, ``inference_geo``), bounded; else None."""
-    if isinstance(value, str) and value and len(value) <= 32:
+    """A short label the upstream reports (``speed``, ``inference_geo``, ``service_tier``): a
+    non-empty string of at most 32 characters and no control character (as the native tap reads
+    it), never truncated (a cut label would name another mode); else None."""
+    if isinstance(value, str) and value and len(value) <= 32 and _CONTROL.search(value) is None:
         return value
     return None
 

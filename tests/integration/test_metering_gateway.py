@@ -33,7 +33,7 @@ PRICES = {
     "claude-sonnet-4-6": (3, 15),
     "claude-sonnet-4-20250514": (3, 15),
     "claude-opus-4-6": (5, 25),
-    "claude-sonnet-5": (2, 10),
+    "claude-sonnet-5": (2, 10),  # its launch price became the standard one (the rise was cancelled)
     "claude-opus-4-8": (5, 25),
 }
 

@@ -1,4 +1,6 @@
-"""The admin API for keys: mint (one or up to 500 at once), list, show, update, revoke, delete.
+"""The admin API for keys: mint (one or up to 500 at once), list, show, update, revoke, delete;
+and for the model registry: its version and alerts, and price corrections (re-pricing stored
+usage after a correction to ``ETHEREAL_MODELS_FILE``, metering/reprice.py).
 
 Everything under ``/admin/api/`` answers only to ``ETHEREAL_ADMIN_KEY`` (auth.py,
 constant-time); errors are Anthropic-shaped. A key's plaintext appears once, in the
@@ -10,6 +12,7 @@ Redis is configured; without Redis it reaches them within the key cache TTL (1 s
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import orjson
@@ -22,6 +25,8 @@ from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.keys import KeyRecord, mint
 from ethereal.limits.plans import Plans
+from ethereal.metering.reprice import RepriceError, correction_json, parse_bound, reprice
+from ethereal.models import RegistryError, load_registry
 from ethereal.pipeline import parse_json_body
 
 _ADMIN_BODY_MAX = 4 * 1024 * 1024
@@ -176,7 +181,49 @@ def register(app: Application, gw: Gateway) -> None:
         require_admin(settings, header_map(request))
         return ok(request_id, {"data": plans().describe()})
 
+    @anthropic_route
+    async def models_status(request: Request, request_id: str) -> Response:
+        """The registry this worker serves: its version, models whose current card has expired,
+        models billed provisionally, and the last price correction."""
+        require_admin(settings, header_map(request))
+        registry = gw.registry
+        return ok(request_id, {
+            "registry_version": registry.version, "source": registry.source,
+            "expired": [m.id for m in registry.expired()],
+            "provisional": [m.id for m in registry.provisional_models()],
+            "last_correction": correction_json(await store().last_price_correction()),
+        })
+
+    @anthropic_route
+    async def reprice_models(request: Request, request_id: str) -> Response:
+        """``{"since": DATE, "until": DATE, "dry_run": bool}``: re-price the records of the range
+        with the models file as it is now (read again: the correction may be newer than this
+        worker), rewrite the sums and move the keys' budget counters; answers what changed."""
+        require_admin(settings, header_map(request))
+        body = await body_of(request)
+        if not isinstance(body, dict):
+            raise invalid_request("body: must be a JSON object")
+        unknown = sorted(set(body) - {"since", "until", "dry_run"})
+        if unknown:
+            raise invalid_request(f"{unknown[0]}: unknown field", param=unknown[0])
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise invalid_request("dry_run: must be true or false", param="dry_run")
+        try:
+            since = parse_bound(body.get("since"), field_name="since")
+            until = (parse_bound(body["until"], field_name="until", end=True) if body.get("until") is not None
+                     else time.time())
+            registry = load_registry(settings.models_file)
+            result = await reprice(store(), registry, gw.limiter, since=since, until=until, dry_run=dry_run)
+        except RepriceError as exc:
+            raise invalid_request(str(exc)) from None
+        except RegistryError as exc:
+            raise invalid_request(f"the models file cannot be used: {exc}") from None
+        return ok(request_id, result.to_json(serving_version=gw.registry.version))
+
     router = app.router
+    router.add_get("/admin/api/models", models_status)
+    router.add_post("/admin/api/models/reprice", reprice_models)
     router.add_post("/admin/api/keys", create_key)
     router.add_post("/admin/api/keys/batch", create_batch)
     router.add_get("/admin/api/keys", list_keys)

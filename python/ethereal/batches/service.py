@@ -536,6 +536,8 @@ class BatchService:
             row.exact = used.exact and isinstance(usage, dict)
             priced = price(registry, model, used, at=rec.created_at, batch=True)
             row.cost_micro = priced.cost_micro
+            row.rate_card, row.priced_provisional = priced.rate_card, priced.provisional
+            row.speed, row.inference_geo, row.service_tier = used.speed, used.inference_geo, used.service_tier
         elif kind == "errored":
             error = result.get("error") if isinstance(result, dict) else None
             inner = error.get("error") if isinstance(error, dict) else None

@@ -35,6 +35,7 @@ from ethereal.gateway import Gateway
 from ethereal.guards import client_address
 from ethereal.limits.plans import Plans
 from ethereal.metering.aggregate import usage_totals
+from ethereal.metering.reprice import correction_json
 from ethereal.metering.routes import parse_time
 from ethereal.observability import live as live_ring
 from ethereal.storage.base import UsageFilter
@@ -350,10 +351,21 @@ def register(app: Application, gw: Gateway) -> None:
                     owner=owner, plan=plan, state=state, next_after=more, next_query=next_query)
 
     # ------------------------------------------------------------------ upstreams
+    async def last_correction() -> dict[str, Any] | None:
+        return correction_json(await store().last_price_correction())
+
+    def models_view() -> dict[str, Any]:
+        """The registry as the upstreams page shows it: version, alerts, provisionally billed models."""
+        registry = gw.registry
+        return {"version": registry.version, "source": registry.source,
+                "expired": [m.id for m in registry.expired()],
+                "provisional": [{"id": m.id, "card": m.cards[0].id.removeprefix("provisional:")}
+                                for m in registry.provisional_models()]}
+
     @page
     async def upstreams(request: Request, sid: str) -> Response:
         return html("upstreams.html", sid=sid, title="Upstreams", active="Upstreams",
-                    upstreams=await gw.upstreams.list())
+                    upstreams=await gw.upstreams.list(), models=models_view(), correction=await last_correction())
 
     # ------------------------------------------------------------------ usage
     def usage_filter(request: Request) -> tuple[UsageFilter, dict[str, str]]:
@@ -399,7 +411,7 @@ def register(app: Application, gw: Gateway) -> None:
             last = records[-1]
             older = urlencode({**shown, "before": f"{last.started_at!r},{last.request_id}"})
         return html("usage.html", sid=sid, title="Usage", active="Usage", f=shown, routes=ROUTES, records=records,
-                    query=urlencode(shown), older=older, error=None)
+                    query=urlencode(shown), older=older, error=None, correction=await last_correction())
 
     async def usage_csv(request: Request) -> Response:
         if current(request) is None:
@@ -411,7 +423,8 @@ def register(app: Application, gw: Gateway) -> None:
         st = store()
         columns = ("request_id", "started_at", "key_id", "credential", "route", "model", "status", "stream",
                    "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h", "cache_read",
-                   "exact", "cost_micro", "ttfb_ms", "duration_ms", "error_type")
+                   "exact", "cost_micro", "rate_card", "priced_provisional", "speed", "inference_geo", "ttfb_ms",
+                   "duration_ms", "error_type")
 
         async def rows() -> AsyncIterator[bytes]:
             buf = io.StringIO()

@@ -67,6 +67,9 @@ T = TypeVar("T")
 
 _MAX_TEXT = 256  # longest string kept in a record field (client-chosen model names can be anything)
 _LOG_EVERY = 10.0
+# a recent record is answered from memory for this long after its request ended (ten flush
+# intervals: the database may not have it yet), from the database after that
+_RECENT_TRUSTED = 2.0
 
 
 def _clean_text(value: str | None) -> str | None:
@@ -238,7 +241,15 @@ class Meter:
         """
         rec = self._recent.get(request_id)
         if rec is not None:
-            return rec
+            if time.time() - rec.ended_at < _RECENT_TRUSTED:
+                return rec
+            # flushed by now: the stored row, which a price correction may have changed since
+            # (metering/reprice.py); this process's copy when the database has not got it
+            try:
+                stored = await asyncio.wait_for(self.store.get_usage(request_id), 2.0)
+            except Exception:  # noqa: BLE001 - database down: the copy is what there is
+                stored = None
+            return stored or rec
         deadline = time.monotonic() + (self.config.lookup_wait if wait is None else wait)
         delay = 0.05
         waited = False

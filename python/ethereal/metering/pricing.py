@@ -35,6 +35,21 @@ class Priced:
     cost_micro: int
     card: str | None  # the rate card's id (None: nothing to price)
     provisional: bool = False  # priced at a stand-in card: re-price when the registry learns the model
+    # every card the price used, the request's own first: more than one when iterations ran on
+    # other models (an advisor). What the usage record keeps (``rate_card``, joined by SEP).
+    cards: tuple[str, ...] = ()
+
+    @property
+    def rate_card(self) -> str | None:
+        """The record's ``rate_card``: the card's id, or the ids of every card used joined by ``+``
+        (such a record cannot be re-priced from its totals: metering/reprice.py leaves it)."""
+        if len(self.cards) > 1:
+            return SEP.join(self.cards)[:MAX_RATE_CARD]
+        return self.card
+
+
+SEP = "+"
+MAX_RATE_CARD = 256
 
 
 NOTHING = Priced(0, None)
@@ -53,6 +68,7 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
         return NOTHING
     card = model.card_at(at)
     provisional = card.provisional
+    cards: tuple[str, ...] = ()
     if usage.iterations:
         num_sum = 0
         den = 1
@@ -60,6 +76,8 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
             m = model_for(registry, it.model, model) if it.model else model
             assert m is not None
             c = card if m is model else m.card_at(at)
+            if c is not card and c.id not in cards:
+                cards = (*cards, c.id)
             provisional = provisional or c.provisional
             n, d, lacks = _cost(registry, c, it.input_tokens, it.output_tokens, it.cache_5m, it.cache_1h,
                                 it.cache_read, usage, batch)
@@ -75,7 +93,7 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
     tools = registry.server_tools
     if usage.web_searches:
         micro += usage.web_searches * tools.web_search_micro
-    return Priced(micro, card.id, provisional)
+    return Priced(micro, card.id, provisional, (card.id, *cards) if cards else ())
 
 
 def _cost(registry: Registry, card: RateCard, inp: int, out: int, c5: int, c1: int, cr: int, usage: Usage,

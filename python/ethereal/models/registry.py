@@ -455,6 +455,32 @@ def _rules(table: Any, where: str) -> Rules:
     return Rules(**kw)
 
 
+_TOP_KEYS = {"schema": None, "defaults": frozenset({"cache_write_5m", "cache_write_1h", "cache_read", "batch", "fast",
+                                                   "max_tokens"}),
+             "server_tools": frozenset({"web_search_per_1000", "web_fetch_per_1000", "code_execution_container_hour"}),
+             "short_names": None, "provisional": frozenset({"families"}), "errors": None, "models": None}
+
+
+def _check_tables(data: Mapping[str, Any]) -> None:
+    """Every top-level table and the fields of the fixed ones are known (a misspelt field would
+    otherwise be ignored without a word)."""
+    unknown = set(data) - set(_TOP_KEYS)
+    if unknown:
+        raise RegistryError(f"unknown table or field {min(unknown)!r}")
+    for name, keys in _TOP_KEYS.items():
+        table = data.get(name)
+        if table is None or name in ("schema", "models"):
+            continue
+        if not isinstance(table, dict):
+            raise RegistryError(f"{name}: expected a table")
+        if keys is not None and set(table) - keys:
+            raise RegistryError(f"{name}: unknown field {min(set(table) - keys)!r}")
+        if name in ("short_names", "errors"):
+            for k, v in table.items():
+                if not isinstance(v, str):
+                    raise RegistryError(f"{name}.{k}: expected a string")
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Field-by-field merge: tables merge recursively; lists and values replace."""
     out = dict(base)
@@ -519,13 +545,54 @@ def load_data(path: Path | None = None) -> dict[str, Any]:
         existing = by_id.get(mid)
         if "input_price" in entry or "output_price" in entry:
             entry = _legacy_entry(entry, f"{where} ({mid})", existing)
+            if existing is None:
+                by_id[mid] = entry
+                order.append(mid)
+            else:
+                by_id[mid] = _merge(existing, entry)  # a legacy price replaces every card
+            continue
         if existing is None:
             by_id[mid] = entry
             order.append(mid)
         else:
+            merged_cards = (_merge_cards(existing.get("prices"), entry["prices"], f"{where} ({mid}).prices")
+                            if "prices" in entry else None)
             by_id[mid] = _merge(existing, entry)
+            if merged_cards is not None:
+                by_id[mid]["prices"] = merged_cards
     out["models"] = [by_id[m] for m in order]
     return out
+
+
+def _card_day(card: Any, where: str) -> str:
+    if not isinstance(card, dict):
+        raise RegistryError(f"{where}: expected a table")
+    if "effective_from" not in card:
+        raise RegistryError(f"{where}.effective_from: missing (an operator's card names the day it starts)")
+    return _day(_epoch(card["effective_from"], f"{where}.effective_from"))
+
+
+def _merge_cards(base: Any, over: Any, where: str) -> list[Any]:
+    """An operator's ``[[models.prices]]`` merge into the shipped cards by ``effective_from``: a card
+    starting the same day as a shipped one overrides that card field by field (one rate can be
+    corrected alone); a card starting another day is added (a shipped card with no
+    ``effective_until`` then ends where the next card starts)."""
+    if not isinstance(over, list):
+        raise RegistryError(f"{where}: expected an array of tables ([[models.prices]])")
+    cards = [dict(c) if isinstance(c, dict) else c for c in (base if isinstance(base, list) else [])]
+    index = {_card_day(c, f"{where} (shipped)"): i for i, c in enumerate(cards)}
+    seen: set[str] = set()
+    for i, card in enumerate(over):
+        day = _card_day(card, f"{where}.{i}")
+        if day in seen:
+            raise RegistryError(f"{where}.{i}: a second card starting {day}")
+        seen.add(day)
+        if day in index:
+            cards[index[day]] = _merge(cards[index[day]], card)
+        else:
+            index[day] = len(cards)
+            cards.append(dict(card))
+    return cards
 
 
 class Registry:
@@ -536,6 +603,7 @@ class Registry:
             data = load_data()
         self.source = source
         self.version = hashlib.sha256(repr(_canonical(data)).encode()).hexdigest()[:16]
+        _check_tables(data)
         d = data.get("defaults", {})
         self.defaults = {
             "cache_write_5m": _num(d.get("cache_write_5m", 1.25), "defaults.cache_write_5m"),
@@ -594,9 +662,14 @@ class Registry:
             raise RegistryError(f"{where}.prices: at least one rate card ([[models.prices]])")
         cards = sorted((self._card(mid, p, f"{where}.prices.{i}") for i, p in enumerate(prices)),
                        key=lambda c: c.effective_from)
-        for a, b in itertools.pairwise(cards):
-            if a.effective_until is None or a.effective_until > b.effective_from:
-                raise RegistryError(f"{where}.prices: card {a.id} overlaps {b.id} (give it an effective_until)")
+        for i, (a, b) in enumerate(itertools.pairwise(cards)):
+            if a.effective_from == b.effective_from:
+                raise RegistryError(f"{where}.prices: two cards start on {_day(a.effective_from)} ({a.id})")
+            if a.effective_until is None:  # an open-ended card ends where the next one starts
+                cards[i] = replace(a, effective_until=b.effective_from)
+            elif a.effective_until > b.effective_from:
+                raise RegistryError(f"{where}.prices: card {a.id} (until {_day(a.effective_until)}) overlaps "
+                                    f"{b.id}")
         released = _date_str(entry.get("released"), f"{where}.released") or _day(cards[0].effective_from)
         ctx = _int(entry.get("context_window", 200_000), f"{where}.context_window", minimum=1)
         out = _int(entry.get("max_output", 8_192), f"{where}.max_output", minimum=1)
@@ -650,8 +723,7 @@ class Registry:
     def canonical_name(self, name: str) -> str:
         """What goes upstream for a name the registry does not know: the client's own, without a
         provider prefix."""
-        spellings = _spellings(name)
-        return spellings[1] if len(spellings) > 1 and spellings[1] else name
+        return _unprefixed(name) or name
 
     def family_of(self, name: str) -> str | None:
         """The model line a name mentions (a dash-separated word), or None."""
@@ -764,10 +836,8 @@ def _card_weight(card: RateCard) -> tuple[int, int]:
     return (r.input + r.output, r.cache_write_1h)
 
 
-def _spellings(name: str) -> list[str]:
-    """A name as typed, without a provider prefix, lowercased, with dotted versions dashed, and
-    with or without ``claude-`` (what clients write for the same model)."""
-    out = [name]
+def _unprefixed(name: str) -> str:
+    """A name without a provider prefix (``anthropic/``, ``bedrock:``, ``anthropic.``), as typed."""
     s = name.strip()
     for sep in ("/", ":"):
         head, found, tail = s.partition(sep)
@@ -776,7 +846,14 @@ def _spellings(name: str) -> list[str]:
             break
     if s.lower().startswith("anthropic."):
         s = s[len("anthropic."):]
-    s = s.lower()
+    return s
+
+
+def _spellings(name: str) -> list[str]:
+    """A name as typed, without a provider prefix, lowercased, with dotted versions dashed, and
+    with or without ``claude-`` (what clients write for the same model)."""
+    out = [name]
+    s = _unprefixed(name).lower()
     out.append(s)
     dashed = s.replace(".", "-")
     if dashed != s:

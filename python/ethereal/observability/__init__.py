@@ -67,7 +67,22 @@ class Observability:
 
     def refresh(self) -> None:
         self.metrics.meter_stats(self.gw.meter.stats())
+        self.metrics.check_models()
         self.metrics.flush()
+
+    def models_health(self) -> dict[str, Any]:
+        """``/healthz?verbose=1``'s ``models``: the registry version (replicas on different data
+        differ), models whose card has expired with no successor (an alert) and models billed at a
+        provisional card."""
+        registry = self.gw.registry
+        expired = [m.id for m in registry.expired()]
+        out: dict[str, Any] = {"registry_version": registry.version, "source": registry.source,
+                               "expired": expired,
+                               "provisional": [m.id[:64] for m in registry.provisional_models()][:32]}
+        if expired:
+            out["alert"] = (f"no rate card in force for {', '.join(expired)}: priced at their last card; add a "
+                            "card to ETHEREAL_MODELS_FILE")
+        return out
 
     async def _refresh_loop(self) -> None:
         """Counts what the requests appended every ``FLUSH_SECONDS``; the meter's gauges once a second."""
@@ -119,6 +134,9 @@ def register(app: Application, gw: Gateway) -> None:
 
     app.on_start += on_start
     app.on_stop += on_stop
+    from ethereal.lifecycle import LIFECYCLE  # lifecycle imports this package (the request log)
+
+    LIFECYCLE.details["models"] = obs.models_health
 
     async def metrics(request: Request) -> Response:
         settings = gw.settings

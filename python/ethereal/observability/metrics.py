@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import os
 import re
 import time
@@ -129,6 +130,20 @@ class Metrics:
                                  registry=r, multiprocess_mode="livesum")
         self.dropped = Counter("ethereal_meter_dropped_records", "Usage records lost (spool and memory full)",
                                registry=r)
+        # the model registry: replicas on different data show different versions; a record priced at a
+        # stand-in card is counted by model (a registry id, a provisional model the registry listed, or
+        # "other": bounded); a model with no card in force is an alert
+        self.provisional = Counter("ethereal_provisional_priced_requests",
+                                   "Requests priced at a provisional rate card, by model", ("model",), registry=r)
+        self.registry_info = Gauge("ethereal_models_registry_info", "The model registry data this worker serves",
+                                   ("version",), registry=r, multiprocess_mode="livemax")
+        self.registry_info.labels(models.version).set(1)
+        self.expired = Gauge("ethereal_models_expired",
+                             "1 for each model whose last rate card has expired with no successor",
+                             ("model",), registry=r, multiprocess_mode="livemax")
+        self._expired: set[str] = set()
+        self._expired_checked = -math.inf
+        self.check_models()
         self._dropped_seen = 0
         self._children: dict[tuple[Any, ...], Any] = {}
         self._models: dict[str | None, str] = {}
@@ -264,9 +279,26 @@ class Metrics:
         cost = sum(r.cost_micro for r in recs)
         if cost:
             inc(self._child(self.cost, model), cost)
+        provisional = sum(1 for r in recs if r.priced_provisional)
+        if provisional:
+            inc(self._child(self.provisional, model), provisional)
 
     def response(self, status: int) -> None:
         self.statuses.append(status)  # counted at the flush
+
+    # ------------------------------------------------------------------ registry
+    def check_models(self, every: float = 60.0) -> list[str]:
+        """Set the expired-card gauge (at most every ``every`` seconds: a card ends at a day's
+        boundary); returns the models with no card in force."""
+        now = time.monotonic()
+        if now - self._expired_checked < every:
+            return sorted(self._expired)
+        self._expired_checked = now
+        expired = {m.id for m in self.models.expired()}
+        for model_id in expired | self._expired:
+            self.expired.labels(model_id).set(1 if model_id in expired else 0)
+        self._expired = expired
+        return sorted(expired)
 
     # ------------------------------------------------------------------ meter
     def meter_stats(self, stats: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -110,6 +111,21 @@ class Store(abc.ABC):
         """The start time of each key's latest request (keys never used are absent)."""
         raise NotImplementedError(f"{type(self).__name__} does not track last use")
 
+    # re-pricing (metering/reprice.py): records are read with list_usage, written back here
+    async def reprice_usage(self, changes: list[RepriceChange]) -> list[RepriceChange]:
+        """Apply new prices in one transaction, each only if the record still holds the cost and
+        card it was read with (two runs at once never apply one change twice); the sums a store
+        keeps (PostgreSQL's ``usage_hourly``) move with them. Returns the changes applied."""
+        raise NotImplementedError(f"{type(self).__name__} does not re-price usage")
+
+    async def insert_price_correction(self, correction: dict[str, Any]) -> None:
+        """Keep one reprice run (``PRICE_CORRECTION_COLUMNS``, ``detail`` a JSON object)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep price corrections")
+
+    async def last_price_correction(self) -> dict[str, Any] | None:
+        """The latest reprice run, or None."""
+        return None
+
     # upstream credentials (the API key arrives and leaves encrypted)
     @abc.abstractmethod
     async def upsert_credential(self, credential: StoredCredential) -> None: ...
@@ -160,6 +176,24 @@ class Store(abc.ABC):
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         """(tokens, micro-USD) held against the key's budget by its unsettled batches."""
         return 0, 0  # a store that keeps no batches holds nothing
+
+
+@dataclass(frozen=True, slots=True)
+class RepriceChange:
+    """One record re-priced: its cost and card as read (the update applies only if they are still
+    there) and as re-priced."""
+
+    request_id: str
+    key_id: str | None
+    old_cost: int
+    new_cost: int
+    old_card: str | None
+    new_card: str | None
+    provisional: bool
+
+
+PRICE_CORRECTION_COLUMNS = ("id", "at", "since", "until", "registry_version", "records", "keys", "before_micro",
+                            "after_micro", "detail")
 
 
 class UsageFilter:

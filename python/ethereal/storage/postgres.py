@@ -19,7 +19,15 @@ import asyncpg
 import orjson
 
 from ethereal.keys import KeyRecord
-from ethereal.storage.base import KEY_MUTABLE_FIELDS, SERIES_SUMS, Store, UsageFilter, migration_files
+from ethereal.storage.base import (
+    KEY_MUTABLE_FIELDS,
+    PRICE_CORRECTION_COLUMNS,
+    SERIES_SUMS,
+    RepriceChange,
+    Store,
+    UsageFilter,
+    migration_files,
+)
 from ethereal.storage.records import (
     BATCH_COLUMNS,
     BATCH_MUTABLE,
@@ -326,6 +334,33 @@ class PostgresStore(Store):
             "SELECT k AS key_id, (SELECT started_at FROM usage_records WHERE key_id = k"
             " ORDER BY started_at DESC LIMIT 1) AS t FROM unnest($1::text[]) AS k", list(key_ids))
         return {r["key_id"]: float(r["t"]) for r in rows if r["t"] is not None}
+
+    async def reprice_usage(self, changes: list[RepriceChange]) -> list[RepriceChange]:
+        """One UPDATE for the whole list: the ``usage_hourly_move`` trigger (migration 0006) moves
+        the rollup once, in the same transaction."""
+        if not changes:
+            return []
+        rows = await self.pool.fetch(
+            "UPDATE usage_records AS r SET cost_micro = v.new_cost, rate_card = v.new_card,"
+            " priced_provisional = v.provisional"
+            " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::boolean[])"
+            " AS v(request_id, old_cost, new_cost, old_card, new_card, provisional)"
+            " WHERE r.request_id = v.request_id AND r.cost_micro = v.old_cost"
+            " AND r.rate_card IS NOT DISTINCT FROM v.old_card RETURNING r.request_id",
+            [c.request_id for c in changes], [c.old_cost for c in changes], [c.new_cost for c in changes],
+            [c.old_card for c in changes], [c.new_card for c in changes], [c.provisional for c in changes])
+        done = {r["request_id"] for r in rows}
+        return [c for c in changes if c.request_id in done]
+
+    async def insert_price_correction(self, correction: dict[str, Any]) -> None:
+        marks = ", ".join(f"${i + 1}" for i in range(len(PRICE_CORRECTION_COLUMNS)))
+        await self.pool.execute(
+            f"INSERT INTO price_corrections ({', '.join(PRICE_CORRECTION_COLUMNS)}) VALUES ({marks})",
+            *((correction.get(c) or {}) if c == "detail" else correction[c] for c in PRICE_CORRECTION_COLUMNS))
+
+    async def last_price_correction(self) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow("SELECT * FROM price_corrections ORDER BY at DESC LIMIT 1")
+        return dict(row) if row is not None else None
 
     async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
         if not key_ids:

@@ -59,6 +59,14 @@ class UsageRecord:
     error_type: str | None = None
     web_search_requests: int = 0  # server-side web searches, billed per use
     batch: bool = False  # a Message Batches item, billed at the batch price (batches/)
+    # what the record was priced with (migration 0006): the rate card's id (``<model>@<date>``,
+    # ``provisional:<card>`` for a stand-in card; None: nothing priced, or a record written before
+    # cards were kept) and whether that price is provisional; the usage labels that moved it
+    rate_card: str | None = None
+    priced_provisional: bool = False
+    speed: str | None = None
+    inference_geo: str | None = None
+    service_tier: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +83,10 @@ class UsageRecord:
         ``cache_creation{ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}``).
         ``exact: false`` means the counts were estimated (a stream cut before its
         final ``message_delta``); ``cache_ttl_assumed: true`` means the upstream
-        reported only a cache-write total, billed as 5-minute writes.
+        reported only a cache-write total, billed as 5-minute writes. ``rate_card``
+        names the card the cost was computed with; ``priced`` is ``"provisional"``
+        when that card is a stand-in (a model the registry does not describe: the
+        cost is re-priced once it does, docs/models.md), else ``"exact"``.
         """
         return {
             "type": "usage",
@@ -100,6 +111,11 @@ class UsageRecord:
             "exact": self.exact,
             "cost_micro": self.cost_micro,
             "cost_usd": f"{self.cost_micro / 1_000_000:.6f}",
+            "rate_card": self.rate_card,
+            "priced": "provisional" if self.priced_provisional else "exact",
+            "speed": self.speed,
+            "inference_geo": self.inference_geo,
+            "service_tier": self.service_tier,
             "timing": {
                 "started_at": _rfc3339(self.started_at),
                 "ended_at": _rfc3339(self.ended_at),

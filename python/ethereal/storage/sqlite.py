@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 import orjson
 
 from ethereal.keys import KeyRecord
-from ethereal.storage.base import KEY_MUTABLE_FIELDS, SERIES_SUMS, Store, UsageFilter, migration_files
+from ethereal.storage.base import (
+    KEY_MUTABLE_FIELDS,
+    PRICE_CORRECTION_COLUMNS,
+    SERIES_SUMS,
+    RepriceChange,
+    Store,
+    UsageFilter,
+    migration_files,
+)
 from ethereal.storage.records import (
     BATCH_COLUMNS,
     BATCH_MUTABLE,
@@ -61,7 +69,7 @@ def _key_from_row(row: sqlite3.Row) -> KeyRecord:
 
 def _usage_from_row(row: sqlite3.Row) -> UsageRecord:
     data = dict(row)
-    for flag in ("stream", "exact", "cache_ttl_assumed", "batch"):
+    for flag in ("stream", "exact", "cache_ttl_assumed", "batch", "priced_provisional"):
         data[flag] = bool(data[flag])
     return UsageRecord(**data)
 
@@ -335,6 +343,46 @@ class SQLiteStore(Store):
         marks = ",".join("?" * len(key_ids))
         sql = f"SELECT key_id, MAX(started_at) FROM usage_records WHERE key_id IN ({marks}) GROUP BY key_id"
         return await self._run(lambda: {r[0]: float(r[1]) for r in self.conn.execute(sql, key_ids).fetchall()})
+
+    async def reprice_usage(self, changes: list[RepriceChange]) -> list[RepriceChange]:
+        sql = ("UPDATE usage_records SET cost_micro = ?, rate_card = ?, priced_provisional = ?"
+               " WHERE request_id = ? AND cost_micro = ? AND rate_card IS ?")
+
+        def go() -> list[RepriceChange]:
+            applied = []
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for c in changes:
+                    cur = conn.execute(sql, (c.new_cost, c.new_card, int(c.provisional), c.request_id, c.old_cost,
+                                             c.old_card))
+                    if cur.rowcount > 0:
+                        applied.append(c)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return applied
+
+        return await self._run(go) if changes else []
+
+    async def insert_price_correction(self, correction: dict[str, Any]) -> None:
+        values = [orjson.dumps(correction.get("detail") or {}).decode() if c == "detail" else correction[c]
+                  for c in PRICE_CORRECTION_COLUMNS]
+        sql = (f"INSERT INTO price_corrections ({','.join(PRICE_CORRECTION_COLUMNS)})"
+               f" VALUES ({','.join('?' * len(PRICE_CORRECTION_COLUMNS))})")
+        await self._run(lambda: self.conn.execute(sql, values))
+
+    async def last_price_correction(self) -> dict[str, Any] | None:
+        def go() -> dict[str, Any] | None:
+            row = self.conn.execute("SELECT * FROM price_corrections ORDER BY at DESC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            data = dict(row)
+            data["detail"] = orjson.loads(data["detail"] or "{}")
+            return data
+
+        return await self._run(go)
 
     async def spend_by_key(self, key_ids: list[str]) -> dict[str, dict[str, int]]:
         if not key_ids:

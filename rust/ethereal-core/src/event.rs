@@ -58,6 +58,15 @@ pub struct Usage {
     pub iterations: Option<Vec<Iteration>>,
     #[serde(default, deserialize_with = "lenient")]
     pub server_tool_use: Option<ServerToolUse>,
+    /// `usage.speed` (`"fast"` is billed at the card's fast rate).
+    #[serde(default, deserialize_with = "label")]
+    pub speed: Option<String>,
+    /// `usage.inference_geo` (a region the card prices, e.g. `"us"`).
+    #[serde(default, deserialize_with = "label")]
+    pub inference_geo: Option<String>,
+    /// `usage.service_tier` (`standard`, `priority`, `batch`).
+    #[serde(default, deserialize_with = "label")]
+    pub service_tier: Option<String>,
 }
 
 /// One entry of `usage.iterations`.
@@ -105,6 +114,26 @@ fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D:
                 end -= 1;
             }
             Some(s[..end].to_string())
+        }
+        _ => None,
+    })
+}
+
+/// Longest `speed` / `inference_geo` / `service_tier` kept; a longer value is
+/// no value at all (as `ethereal.usage.label` reads it).
+const MAX_LABEL: usize = 32;
+
+/// A short label the upstream reports: a non-empty string of at most
+/// [`MAX_LABEL`] characters and no control character, else nothing (never
+/// truncated: a cut label would name another mode; a NUL cannot be stored).
+fn label<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(s)
+            if !s.is_empty()
+                && s.chars().count() <= MAX_LABEL
+                && !s.chars().any(char::is_control) =>
+        {
+            Some(s)
         }
         _ => None,
     })

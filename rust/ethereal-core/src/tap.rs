@@ -79,6 +79,11 @@ pub struct FinalUsage {
     pub web_search_requests: u64,
     /// `usage.iterations` when reported: the token fields above are their sums.
     pub iterations: Vec<IterationUsage>,
+    /// `usage.speed`, `usage.inference_geo` and `usage.service_tier` as last
+    /// reported (`message_delta`'s over `message_start`'s).
+    pub speed: Option<String>,
+    pub inference_geo: Option<String>,
+    pub service_tier: Option<String>,
 }
 
 impl FinalUsage {
@@ -113,6 +118,8 @@ pub struct UsageTracker {
     output_overhead: u64,
     /// The latest `usage.iterations` reported (`message_delta`'s over `message_start`'s).
     iterations: Option<Vec<Iteration>>,
+    /// The latest labels reported (`message_delta`'s over `message_start`'s).
+    labels: Labels,
     pub saw_message_start: bool,
     pub saw_message_delta: bool,
     pub saw_message_stop: bool,
@@ -140,6 +147,7 @@ impl UsageTracker {
                     self.model = Some(model.to_string());
                 }
                 self.start.merge(&start.usage);
+                self.labels.merge(&start.usage);
                 if start.usage.iterations.is_some() && self.iterations.is_none() {
                     self.iterations.clone_from(&start.usage.iterations);
                 }
@@ -161,6 +169,7 @@ impl UsageTracker {
                     self.stop_reason = Some(reason.to_string());
                 }
                 self.delta.merge(&delta.usage);
+                self.labels.merge(&delta.usage);
                 if delta.usage.iterations.is_some() {
                     self.iterations.clone_from(&delta.usage.iterations);
                 }
@@ -286,6 +295,32 @@ impl UsageTracker {
                 (Some(its), true) => its.iter().map(IterationUsage::of).collect(),
                 _ => Vec::new(),
             },
+            speed: self.labels.speed.clone(),
+            inference_geo: self.labels.inference_geo.clone(),
+            service_tier: self.labels.service_tier.clone(),
+        }
+    }
+}
+
+/// The usage labels a stream reported; a later event's value replaces an
+/// earlier one, an event that omits a label keeps the earlier value.
+#[derive(Debug, Clone, Default)]
+struct Labels {
+    speed: Option<String>,
+    inference_geo: Option<String>,
+    service_tier: Option<String>,
+}
+
+impl Labels {
+    fn merge(&mut self, usage: &Usage) {
+        for (slot, value) in [
+            (&mut self.speed, &usage.speed),
+            (&mut self.inference_geo, &usage.inference_geo),
+            (&mut self.service_tier, &usage.service_tier),
+        ] {
+            if value.is_some() {
+                slot.clone_from(value);
+            }
         }
     }
 }
@@ -485,5 +520,44 @@ mod tests {
         );
         assert_eq!(u.iterations[1].cache_creation_1h, 6);
         assert!(u.ttl_assumed());
+    }
+
+    #[test]
+    fn speed_and_geo_from_start_then_delta() {
+        let mut tap = StreamTap::new();
+        tap.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1,\"speed\":\"fast\",\"inference_geo\":\"global\",\"service_tier\":\"standard\"}}}\n\n");
+        let u = tap.usage();
+        assert_eq!(u.speed.as_deref(), Some("fast"));
+        assert_eq!(u.inference_geo.as_deref(), Some("global"));
+        assert_eq!(u.service_tier.as_deref(), Some("standard"));
+        // message_delta's labels win; one it omits keeps message_start's
+        tap.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":9,\"inference_geo\":\"us\"}}\n\n");
+        let u = tap.usage();
+        assert!(u.exact);
+        assert_eq!(u.speed.as_deref(), Some("fast"));
+        assert_eq!(u.inference_geo.as_deref(), Some("us"));
+    }
+
+    #[test]
+    fn labels_are_bounded_and_typed() {
+        let mut tap = StreamTap::new();
+        let long = "x".repeat(33);
+        let event = format!(
+            "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{}},\"usage\":{{\"output_tokens\":3,\"speed\":\"{long}\",\"inference_geo\":7,\"service_tier\":\"a\\u0000b\"}}}}\n\n"
+        );
+        tap.feed(START.as_bytes());
+        tap.feed(event.as_bytes());
+        let u = tap.usage();
+        assert_eq!(tap.tracker().malformed_events, 0);
+        assert_eq!(u.output_tokens, 3);
+        assert_eq!((u.speed, u.inference_geo, u.service_tier), (None, None, None));
+        // 32 characters (not bytes) is still a label
+        let mut tap = StreamTap::new();
+        let geo = "é".repeat(32);
+        let event = format!(
+            "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{}},\"usage\":{{\"output_tokens\":3,\"inference_geo\":\"{geo}\"}}}}\n\n"
+        );
+        tap.feed(event.as_bytes());
+        assert_eq!(tap.usage().inference_geo.as_deref(), Some(geo.as_str()));
     }
 }

@@ -50,6 +50,9 @@ pub fn to_python(
     kw.set_item("exact", u.exact)?;
     kw.set_item("ttl_assumed", u.ttl_assumed())?;
     kw.set_item("served_model", served_model)?;
+    kw.set_item("speed", u.speed.as_deref())?;
+    kw.set_item("inference_geo", u.inference_geo.as_deref())?;
+    kw.set_item("service_tier", u.service_tier.as_deref())?;
     Ok(usage_type.bind(py).call((), Some(&kw))?.unbind())
 }
 
