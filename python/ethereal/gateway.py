@@ -48,7 +48,8 @@ class Gateway:
         registry = load_registry(settings.models_file)
         plans = Plans(settings.plans)
         pool = Pool(default_retry_after=settings.upstream_default_retry_after,
-                    backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
+                    backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap,
+                    rate_limit_cap=settings.upstream_429_cooldown_cap, group_of=registry.rate_limit_group)
         client = UpstreamClient(Timeouts(settings.connect_timeout, settings.first_byte_timeout,
                                          settings.idle_stream_timeout), limit=settings.upstream_connections)
         upstreams = UpstreamService(settings, pool, client, registry)

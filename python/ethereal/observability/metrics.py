@@ -331,12 +331,13 @@ def instrument_pool(pool: Any, metrics: Metrics) -> None:
     metrics.pool = pool
 
     async def observed_failure(cred: Any, kind: str, retry_after: float | None = None,
-                               detail: str | None = None) -> None:
-        was_cooling = cred.cooling(time.monotonic())
+                               detail: str | None = None, model: str | None = None) -> None:
+        group = pool.group_of(model) if model else None  # a 429 cools its rate-limit group only
+        was_cooling = cred.cooling(time.monotonic(), group)
         was_enabled = cred.enabled
-        await report_failure(cred, kind, retry_after, detail)
+        await report_failure(cred, kind, retry_after, detail, model)
         metrics.inc(metrics._child(metrics.failures, cred.name, str(kind)))
-        if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic())):
+        if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic(), group)):
             metrics.inc(metrics._child(metrics.cooldowns, cred.name, str(kind)))
 
     pool.report_failure = observed_failure
