@@ -176,7 +176,7 @@ async def test_a_429_walls_only_its_rate_limit_group_and_is_capped() -> None:
 
 
 async def test_a_group_429_sends_its_models_to_another_credential() -> None:
-    pool, clock = grouped("a", "b")
+    pool, _clock = grouped("a", "b")
     a, b = pool.get("a"), pool.get("b")
     await pool.report_failure(a, FailureKind.RATE_LIMITED, 30.0, model="haiku-a")
     assert {(await pool.acquire("haiku-b")).name for _ in range(5)} == {"b"}
@@ -192,7 +192,7 @@ async def test_a_group_429_sends_its_models_to_another_credential() -> None:
 
 
 async def test_the_429_cap_applies_to_a_credential_wide_429_and_an_operator_may_raise_it() -> None:
-    pool, clock = clocked("a", rate_limit_cap=2.0)
+    pool, _clock = clocked("a", rate_limit_cap=2.0)
     await pool.report_failure(pool.get("a"), FailureKind.RATE_LIMITED, 86400.0)
     got = await pool.acquire("m")
     assert isinstance(got, Refusal) and got.wait == pytest.approx(2.0)
@@ -415,7 +415,7 @@ async def test_redis_health_shares_a_groups_429(redis_url: str) -> None:
     from ethereal.upstream.redis_health import RedisHealth
 
     h1, h2 = RedisHealth(redis_url), RedisHealth(redis_url)
-    group_of = lambda m: GROUPS.get(m or "", m or "")  # noqa: E731
+    group_of = lambda m: GROUPS.get(m or "", m or "")
     try:
         p1 = Pool(creds("a", "b"), health=h1, group_of=group_of, rate_limit_cap=2.0)
         p2 = Pool(creds("a", "b"), health=h2, group_of=group_of, rate_limit_cap=2.0)
