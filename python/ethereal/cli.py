@@ -1,4 +1,4 @@
-"""``ethereal``: serve, sim, keys, migrate."""
+"""``ethereal``: serve, sim, keys, upstream, models, migrate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ethereal.settings import Settings, SettingsError, load_settings
@@ -443,6 +444,92 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(settings, go))
 
 
+async def _read_upstream_lists(settings: Settings, store: Any, registry: Any) -> dict[str, dict[str, Any]]:
+    """Every enabled credential's ``GET /v1/models`` now (the registry learns the ids)."""
+    from ethereal.upstream.client import UpstreamClient
+    from ethereal.upstream.pool import Pool
+    from ethereal.upstream.service import UpstreamService
+
+    svc = UpstreamService(settings, Pool(), UpstreamClient(), registry)
+    svc.store = store
+    try:
+        await svc.reload()
+        for cred in svc.pool.credentials:
+            if cred.enabled:
+                await svc.discover(cred)
+        return {c.name: svc.models_listed(c.name) or {"ids": [], "error": "disabled"} for c in svc.pool.credentials}
+    finally:
+        assert svc.client is not None
+        await svc.client.close()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``ethereal models list|check``: the registry as it stands, and against upstreams and peers."""
+    from ethereal.models import RegistryError, load_registry
+    from ethereal.models import check as mc
+
+    settings = load_settings(args.config)
+    try:
+        registry = load_registry(settings.models_file)
+    except RegistryError as exc:
+        print(f"ethereal: {exc}", file=sys.stderr)
+        return 2
+    lists: dict[str, dict[str, Any]] = {}
+    if args.models_cmd == "check" and not args.no_upstreams or args.models_cmd == "list" and args.upstreams:
+        lists = asyncio.run(_with_store(settings, lambda store: _read_upstream_lists(settings, store, registry)))
+
+    if args.models_cmd == "list":
+        models = registry.models if args.all else registry.listed()
+        rows = mc.list_rows(models)
+        if args.json:
+            print(json.dumps({"registry": registry.source, "version": registry.version, "models": rows}, indent=2))
+        else:
+            print(mc.format_rows(rows))
+            provisional = [r["id"] for r in rows if r["provisional"]]
+            if provisional:
+                print(f"{len(provisional)} model(s) served by an upstream and not described (billed provisionally): "
+                      + ", ".join(provisional))
+        return 0
+
+    report: dict[str, Any] = {"registry": registry.source, "upstreams": {}, "peers": {}}
+    disagreements = 0
+    for name, seen in sorted(lists.items()):
+        if seen.get("error"):
+            report["upstreams"][name] = {"error": seen["error"]}
+            print(f"upstream {name}: GET /v1/models could not be read: {seen['error']}")
+            continue
+        undescribed, not_served = mc.compare_upstream(registry, list(seen.get("ids") or []))
+        report["upstreams"][name] = {"count": len(seen.get("ids") or []), "served_not_described": undescribed,
+                                     "described_not_served": not_served}
+        print(f"upstream {name}: lists {len(seen.get('ids') or [])} model(s)")
+        for mid in undescribed:
+            print(f"  served, not described (billed provisionally; describe it in ETHEREAL_MODELS_FILE): {mid}")
+        for mid in not_served:
+            print(f"  described, not in its list (lists can be partial; still routed): {mid}")
+    if not lists and not args.no_upstreams:
+        print("no upstream credential to read (ETHEREAL_UPSTREAM_URL/KEY or `ethereal upstream add`)")
+    for path in args.against or []:
+        try:
+            source, entries = mc.read_peer(Path(path))
+        except mc.PeerFileError as exc:
+            print(f"ethereal: {exc}", file=sys.stderr)
+            return 2
+        found, unknown = mc.compare_peer(registry, entries)
+        disagreements += len(found)
+        report["peers"][path] = {"format": source, "entries": len(entries), "unknown": unknown,
+                                 "disagreements": [{"model": d.model, "peer_name": d.peer_name, "field": d.field,
+                                                    "registry": d.registry, "peer": d.peer} for d in found]}
+        print(f"{source} {path}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
+              f"{len(found)} disagreement(s)")
+        for d in found:
+            print("  " + d.describe(source))
+        for name in unknown:
+            print(f"  not in the registry: {name}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 1 if args.strict and disagreements else 0
+
+
 def _upstream_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     p.add_argument("--url", required=adding, help="base URL of the Anthropic-compatible API")
     key = p.add_mutually_exclusive_group()
@@ -542,6 +629,23 @@ def build_parser() -> argparse.ArgumentParser:
     en_p.add_argument("--json", action="store_true")
     del_p = up_sub.add_parser("delete", help="delete a credential")
     del_p.add_argument("name")
+
+    models = sub.add_parser("models", help="the model registry: list it, check it against upstreams and price maps")
+    models_sub = models.add_subparsers(dest="models_cmd", required=True)
+    mlist = models_sub.add_parser("list", help="models with status, limits and the prices in force now")
+    mlist.add_argument("--all", action="store_true", help="retired models too")
+    mlist.add_argument("--upstreams", action="store_true",
+                       help="read each credential's GET /v1/models first (shows the provisional ones)")
+    mlist.add_argument("--json", action="store_true")
+    mcheck = models_sub.add_parser("check", help="the registry against each credential's GET /v1/models and "
+                                                 "against LiteLLM or Portkey price files")
+    mcheck.add_argument("--against", action="append", metavar="PATH",
+                        help="a LiteLLM model_prices_and_context_window.json or a Portkey pricing/anthropic.json "
+                             "(repeatable)")
+    mcheck.add_argument("--no-upstreams", dest="no_upstreams", action="store_true",
+                        help="do not read the credentials' model lists")
+    mcheck.add_argument("--strict", action="store_true", help="exit 1 when a price file disagrees")
+    mcheck.add_argument("--json", action="store_true")
     return parser
 
 
@@ -563,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_keys(args)
         if args.command == "upstream":
             return cmd_upstream(args)
+        if args.command == "models":
+            return cmd_models(args)
     except SettingsError as exc:
         print(f"ethereal: configuration error: {exc}", file=sys.stderr)
         return 2
