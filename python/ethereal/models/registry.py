@@ -650,8 +650,7 @@ class Registry:
     def canonical_name(self, name: str) -> str:
         """What goes upstream for a name the registry does not know: the client's own, without a
         provider prefix."""
-        spellings = _spellings(name)
-        return spellings[1] if len(spellings) > 1 and spellings[1] else name
+        return _without_provider(name.strip()) or name
 
     def family_of(self, name: str) -> str | None:
         """The model line a name mentions (a dash-separated word), or None."""
@@ -764,11 +763,8 @@ def _card_weight(card: RateCard) -> tuple[int, int]:
     return (r.input + r.output, r.cache_write_1h)
 
 
-def _spellings(name: str) -> list[str]:
-    """A name as typed, without a provider prefix, lowercased, with dotted versions dashed, and
-    with or without ``claude-`` (what clients write for the same model)."""
-    out = [name]
-    s = name.strip()
+def _without_provider(s: str) -> str:
+    """``anthropic/claude-x``, ``bedrock:claude-x``, ``anthropic.claude-x`` → ``claude-x``."""
     for sep in ("/", ":"):
         head, found, tail = s.partition(sep)
         if found and head.lower() in ("anthropic", "claude", "bedrock", "vertex", "vertex_ai"):
@@ -776,7 +772,14 @@ def _spellings(name: str) -> list[str]:
             break
     if s.lower().startswith("anthropic."):
         s = s[len("anthropic."):]
-    s = s.lower()
+    return s
+
+
+def _spellings(name: str) -> list[str]:
+    """A name as typed, without a provider prefix, lowercased, with dotted versions dashed, and
+    with or without ``claude-`` (what clients write for the same model)."""
+    out = [name]
+    s = _without_provider(name.strip()).lower()
     out.append(s)
     dashed = s.replace(".", "-")
     if dashed != s:
