@@ -90,6 +90,17 @@ def _ensure_first_key(settings: Settings) -> str | None:
     return asyncio.run(_with_store(settings, go))
 
 
+def _example_model(settings: Settings) -> str:
+    """A model to name in the start-up example: the registry's newest active one."""
+    from ethereal.models import RegistryError, load_registry
+
+    try:
+        registry = load_registry(settings.models_file)
+    except RegistryError:
+        return "MODEL"
+    return next((m.id for m in registry.listed() if m.status == "active"), "MODEL")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers,
                              log_format=args.log_format, log_level=args.log_level, metrics_port=args.metrics_port)
@@ -113,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("Try it:", flush=True)
         print(
             f"  curl -s {base}/v1/messages -H 'x-api-key: {first_key}' -H 'anthropic-version: 2023-06-01'"
-            " -H 'content-type: application/json' -d '{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,"
+            f" -H 'content-type: application/json' -d '{{\"model\":\"{_example_model(settings)}\",\"max_tokens\":64,"
             "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'",
             flush=True,
         )

@@ -53,7 +53,8 @@ class Responses(OpenAIAdapter):
         model = call.model
         req = openai_responses.to_anthropic(data, model=call.model_name or "",
                                             max_output=model.max_output if model else None,
-                                            response_id=response_id(call), created_at=int(call.started))
+                                            response_id=response_id(call), created_at=int(call.started),
+                                            rules=model.rules if model else None)
         body = orjson.dumps(req.body)
         affinity: bytes | None
         if req.cache_key:
