@@ -165,8 +165,8 @@ class Metrics:
         label = self._models.get(name)
         if label is None:
             found = self.models.get(name) if name is not None else None
-            label = name if found is not None else "other"
-            if len(self._models) < 1000 and name is not None and found is not None:  # "other" may be learnt later
+            label = name if (found is not None and name is not None) else "other"
+            if len(self._models) < 1000 and found is not None:  # not "other": the name may be learnt later
                 self._models[name] = label
         return label
 

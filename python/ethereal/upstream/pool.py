@@ -169,7 +169,9 @@ class Credential:
         """Backing off, or inside a 429 about the whole credential or about ``group``."""
         if now < self.cooldown_until or now < self.rate_limited_until:
             return True
-        return bool(group) and (now < self.group_cool.get(group, 0.0) or now < self.group_walls.get(group, 0.0))
+        if not group:
+            return False
+        return now < self.group_cool.get(group, 0.0) or now < self.group_walls.get(group, 0.0)
 
     def walled_until(self, now: float, group: str | None = None) -> float:
         """Until when a request (for a model of ``group``) must not be sent here (upstream 429

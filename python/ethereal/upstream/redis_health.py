@@ -171,7 +171,7 @@ class RedisHealth(Health):
         groups = await self.redis.smembers(key("rlg", name))
         doomed = [key("rlg", name)]
         for g in groups or ():
-            doomed.extend(group_keys(name, g.decode("utf-8", "replace"))[1:])
+            doomed.extend(group_keys(name, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))[1:])
         await self.redis.delete(*doomed)
 
     async def success(self, cred: Credential) -> None:
@@ -237,7 +237,8 @@ class RedisHealth(Health):
                     pipe.smembers(key("rlg", c.name))
                 pipe.get(key("ver"))
                 results = await pipe.execute()
-            groups = [(c, g.decode("utf-8", "replace")) for i, c in enumerate(creds) for g in results[5 * i + 4] or ()]
+            groups = [(c, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))
+                      for i, c in enumerate(creds) for g in results[5 * i + 4] or ()]
             left: list[int] = []
             if groups:  # only while some 429 cools a group: their walls and preferences
                 async with self.redis.pipeline(transaction=False) as pipe:

@@ -359,7 +359,7 @@ class UpstreamService:
         self.listed[cred.name] = {"ids": ids, "at": time.time(), "error": None, "truncated": truncated}
         if self.registry is not None:
             new = self.registry.learn_upstream(ids)
-            unknown = [m for m in new if (self.registry.get(m) is None or self.registry.get(m).provisional)]
+            unknown = [m for m in new if (found := self.registry.get(m)) is None or found.provisional]
             if unknown:
                 log.warning("upstream credential %r serves %d model(s) the registry does not describe: %s "
                             "(served and billed provisionally; add them to ETHEREAL_MODELS_FILE)", cred.name,
