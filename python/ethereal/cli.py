@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ethereal.settings import Settings, SettingsError, load_settings
@@ -89,6 +90,17 @@ def _ensure_first_key(settings: Settings) -> str | None:
     return asyncio.run(_with_store(settings, go))
 
 
+def _example_model(settings: Settings) -> str:
+    """A model to name in the start-up example: the registry's newest active one."""
+    from ethereal.models import RegistryError, load_registry
+
+    try:
+        registry = load_registry(settings.models_file)
+    except RegistryError:
+        return "MODEL"
+    return next((m.id for m in registry.listed() if m.status == "active"), "MODEL")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers,
                              log_format=args.log_format, log_level=args.log_level, metrics_port=args.metrics_port)
@@ -113,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("Try it:", flush=True)
         print(
             f"  curl -s {base}/v1/messages -H 'x-api-key: {first_key}' -H 'anthropic-version: 2023-06-01'"
-            " -H 'content-type: application/json' -d '{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,"
+            f" -H 'content-type: application/json' -d '{{\"model\":\"{_example_model(settings)}\",\"max_tokens\":64,"
             "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'",
             flush=True,
         )
@@ -456,17 +468,7 @@ def _check_models_file(settings: Settings) -> Any:
     return registry
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    registry = _check_models_file(settings)
-    if args.models_cmd == "check":
-        print(f"registry {registry.version} ({registry.source}): {len(registry.models)} models")
-        expired = registry.expired()
-        if expired:
-            print(f"WARNING: no rate card in force for {', '.join(m.id for m in expired)} (their last card "
-                  "has expired): add a card (docs/models.md)", file=sys.stderr)
-            return 1
-        return 0
+def _cmd_reprice(args: argparse.Namespace, settings: Settings, registry: Any) -> int:
     from ethereal.limits import build_limiter
     from ethereal.metering.reprice import RepriceError, parse_bound, reprice
 
@@ -508,6 +510,97 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("(no Redis configured: running gateways keep their own budget counters until they restart; "
               "POST /admin/api/models/reprice moves the serving gateway's)", file=sys.stderr)
     return 0
+async def _read_upstream_lists(settings: Settings, store: Any, registry: Any) -> dict[str, dict[str, Any]]:
+    """Every enabled credential's ``GET /v1/models`` now (the registry learns the ids)."""
+    from ethereal.upstream.client import UpstreamClient
+    from ethereal.upstream.pool import Pool
+    from ethereal.upstream.service import UpstreamService
+
+    svc = UpstreamService(settings, Pool(), UpstreamClient(), registry)
+    svc.store = store
+    try:
+        await svc.reload()
+        for cred in svc.pool.credentials:
+            if cred.enabled:
+                await svc.discover(cred)
+        return {c.name: svc.models_listed(c.name) or {"ids": [], "error": "disabled"} for c in svc.pool.credentials}
+    finally:
+        assert svc.client is not None
+        await svc.client.close()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``ethereal models list|check``: the registry as it stands, and against upstreams and peers."""
+    from ethereal.models import RegistryError, load_registry
+    from ethereal.models import check as mc
+
+    settings = load_settings(args.config)
+    try:
+        registry = load_registry(settings.models_file)
+    except RegistryError as exc:
+        print(f"ethereal: {exc}", file=sys.stderr)
+        return 2
+    if args.models_cmd == "reprice":
+        return _cmd_reprice(args, settings, registry)
+    lists: dict[str, dict[str, Any]] = {}
+    if args.models_cmd == "check" and not args.no_upstreams or args.models_cmd == "list" and args.upstreams:
+        lists = asyncio.run(_with_store(settings, lambda store: _read_upstream_lists(settings, store, registry)))
+
+    if args.models_cmd == "list":
+        models = registry.models if args.all else registry.listed()
+        rows = mc.list_rows(models)
+        if args.json:
+            print(json.dumps({"registry": registry.source, "version": registry.version, "models": rows}, indent=2))
+        else:
+            print(mc.format_rows(rows))
+            provisional = [r["id"] for r in rows if r["provisional"]]
+            if provisional:
+                print(f"{len(provisional)} model(s) served by an upstream and not described (billed provisionally): "
+                      + ", ".join(provisional))
+        return 0
+
+    report: dict[str, Any] = {"registry": registry.source, "version": registry.version, "upstreams": {}, "peers": {}}
+    disagreements = 0
+    expired = registry.expired()
+    if expired:
+        print(f"WARNING: no rate card in force for {', '.join(m.id for m in expired)} (their last card has "
+              "expired): add a card (docs/models.md)", file=sys.stderr)
+        report["expired"] = [m.id for m in expired]
+    for name, seen in sorted(lists.items()):
+        if seen.get("error"):
+            report["upstreams"][name] = {"error": seen["error"]}
+            print(f"upstream {name}: GET /v1/models could not be read: {seen['error']}")
+            continue
+        undescribed, not_served = mc.compare_upstream(registry, list(seen.get("ids") or []))
+        report["upstreams"][name] = {"count": len(seen.get("ids") or []), "served_not_described": undescribed,
+                                     "described_not_served": not_served}
+        print(f"upstream {name}: lists {len(seen.get('ids') or [])} model(s)")
+        for mid in undescribed:
+            print(f"  served, not described (billed provisionally; describe it in ETHEREAL_MODELS_FILE): {mid}")
+        for mid in not_served:
+            print(f"  described, not in its list (lists can be partial; still routed): {mid}")
+    if not lists and not args.no_upstreams:
+        print("no upstream credential to read (ETHEREAL_UPSTREAM_URL/KEY or `ethereal upstream add`)")
+    for path in args.against or []:
+        try:
+            source, entries = mc.read_peer(Path(path))
+        except mc.PeerFileError as exc:
+            print(f"ethereal: {exc}", file=sys.stderr)
+            return 2
+        found, unknown = mc.compare_peer(registry, entries)
+        disagreements += len(found)
+        report["peers"][path] = {"format": source, "entries": len(entries), "unknown": unknown,
+                                 "disagreements": [{"model": d.model, "peer_name": d.peer_name, "field": d.field,
+                                                    "registry": d.registry, "peer": d.peer} for d in found]}
+        print(f"{source} {path}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
+              f"{len(found)} disagreement(s)")
+        for d in found:
+            print("  " + d.describe(source))
+        for name in unknown:
+            print(f"  not in the registry: {name}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 1 if (args.strict and disagreements) or expired else 0
 
 
 def _upstream_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
@@ -610,9 +703,22 @@ def build_parser() -> argparse.ArgumentParser:
     del_p = up_sub.add_parser("delete", help="delete a credential")
     del_p.add_argument("name")
 
-    models = sub.add_parser("models", help="the model registry: check the models file, re-price usage")
+    models = sub.add_parser("models", help="the model registry: list it, check it against upstreams and price maps, re-price usage")
     models_sub = models.add_subparsers(dest="models_cmd", required=True)
-    models_sub.add_parser("check", help="validate the shipped data with ETHEREAL_MODELS_FILE merged in")
+    mlist = models_sub.add_parser("list", help="models with status, limits and the prices in force now")
+    mlist.add_argument("--all", action="store_true", help="retired models too")
+    mlist.add_argument("--upstreams", action="store_true",
+                       help="read each credential's GET /v1/models first (shows the provisional ones)")
+    mlist.add_argument("--json", action="store_true")
+    mcheck = models_sub.add_parser("check", help="the registry against each credential's GET /v1/models and "
+                                                 "against LiteLLM or Portkey price files")
+    mcheck.add_argument("--against", action="append", metavar="PATH",
+                        help="a LiteLLM model_prices_and_context_window.json or a Portkey pricing/anthropic.json "
+                             "(repeatable)")
+    mcheck.add_argument("--no-upstreams", dest="no_upstreams", action="store_true",
+                        help="do not read the credentials' model lists")
+    mcheck.add_argument("--strict", action="store_true", help="exit 1 when a price file disagrees")
+    mcheck.add_argument("--json", action="store_true")
     rep = models_sub.add_parser("reprice", help="re-price stored usage with the models file's cards (after a "
                                 "correction): records, usage sums and budget counters")
     rep.add_argument("--since", required=True, help="first day (YYYY-MM-DD, UTC) or an RFC 3339 time")

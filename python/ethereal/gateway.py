@@ -51,7 +51,8 @@ class Gateway:
                         "that card; add a card to ETHEREAL_MODELS_FILE (docs/models.md)", model.id)
         plans = Plans(settings.plans)
         pool = Pool(default_retry_after=settings.upstream_default_retry_after,
-                    backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap)
+                    backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap,
+                    rate_limit_cap=settings.upstream_429_cooldown_cap, group_of=registry.rate_limit_group)
         client = UpstreamClient(Timeouts(settings.connect_timeout, settings.first_byte_timeout,
                                          settings.idle_stream_timeout), limit=settings.upstream_connections)
         upstreams = UpstreamService(settings, pool, client, registry)

@@ -425,7 +425,7 @@ class Pipeline:
                 log.warning("upstream %s failed before the first byte (attempt %d): %s", cred.name, attempt + 1,
                             exc)
                 if health:
-                    await pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc))
+                    await pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc), model=call.model_name)
                 # what a client calling the upstream directly meets: a connection failure it retries
                 last = GatewayError(502, "the upstream connection failed before a response", type="api_error",
                                     upstream_hints=[(b"x-should-retry", b"true")])
@@ -442,7 +442,7 @@ class Pipeline:
                     if call.model is not None and call.model.provisional:
                         gw.registry.mark_served(call.model)  # the upstream serves it: listed from now on
                     if health:
-                        await pool.report_success(cred)
+                        await pool.report_success(cred, call.model_name)
                 return resp
             # a failure the client need not see yet: try another credential
             try:
@@ -451,7 +451,8 @@ class Pipeline:
                 err_body = b""
             pool.release(cred)
             if health or kind is FailureKind.AUTH:  # a 401/403 asks for a probe even on count_tokens
-                await pool.report_failure(cred, kind, retry_after_seconds(resp.headers), detail=f"HTTP {status}")
+                await pool.report_failure(cred, kind, retry_after_seconds(resp.headers), detail=f"HTTP {status}",
+                                          model=call.model_name)
             log.warning("upstream %s answered %d (%s), attempt %d", cred.name, status, kind.value, attempt + 1)
             last = upstream_error(status, err_body, resp.headers)
         if last is not None:
@@ -686,7 +687,7 @@ class StreamRelay:
                                 call.credential.name if call.credential else "?", cut)
                     error_type, status = "api_error", 502
                     if call.credential is not None:
-                        await pool.report_failure(call.credential, FailureKind.STREAM, detail=cut)
+                        await pool.report_failure(call.credential, FailureKind.STREAM, detail=cut, model=call.model_name)
                     if not self.translate:
                         closing = anthropic_sse_error("api_error", "the upstream connection was interrupted",
                                                       call.request_id)
@@ -718,7 +719,7 @@ class StreamRelay:
                         if call.credential is not None and upstream_error_type in ("overloaded_error", "api_error"):
                             kind = (FailureKind.OVERLOADED if upstream_error_type == "overloaded_error"
                                     else FailureKind.SERVER_ERROR)
-                            await pool.report_failure(call.credential, kind, detail="error event")
+                            await pool.report_failure(call.credential, kind, detail="error event", model=call.model_name)
                 finish = pipeline.finish(call, status, native.usage(), error_type=error_type)
                 # only settling a reservation waits on anything: without one there is nothing to shield
                 await (asyncio.shield(finish) if call.admission is not None else finish)

@@ -64,6 +64,11 @@ class Settings:
     upstream_backoff_base: float = 0.5
     upstream_backoff_cap: float = 30.0
     upstream_probe_interval: float = 30.0  # at most one credential probe (after a 401/403) per credential
+    # longest cooldown one upstream 429 causes (for the models of its rate-limit group), whatever
+    # its retry-after says; the client that got the 429 still sees the upstream's own hints
+    upstream_429_cooldown_cap: float = 60.0
+    # how often each credential's GET /v1/models is read (seconds; 0: only at start-up)
+    upstream_models_interval: float = 3 * 3600.0
     limits_fail_open: bool = False
     # without Redis each worker keeps its own budget and window counters (N workers = N x every
     # budget): more than one worker without Redis needs this set, to say the operator knows
@@ -147,7 +152,7 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
                  "upstream_default_retry_after": 0.0, "upstream_backoff_base": 0.0, "upstream_backoff_cap": 0.0,
-                 "upstream_probe_interval": 0.0,
+                 "upstream_probe_interval": 0.0, "upstream_429_cooldown_cap": 0.0, "upstream_models_interval": 0.0,
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
                  "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,

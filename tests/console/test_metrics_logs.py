@@ -57,7 +57,7 @@ def run(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]
                 with streamer.messages.stream(**MESSAGE) as stream:  # type: ignore[arg-type]
                     assert stream.get_final_message().usage.output_tokens == 5
             for _ in range(N_UNKNOWN):
-                with pytest.raises(anthropic.BadRequestError):  # a model the gateway cannot price: refused
+                with pytest.raises(anthropic.NotFoundError):  # a model no one serves: the upstream's own 404
                     streamer.messages.create(**{**MESSAGE, "model": "made-up-model-x"})  # type: ignore[call-overload]
         for _ in range(N_UNAUTH):
             assert httpx.post(url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "sk-wrong"}).status_code == 401
@@ -110,14 +110,15 @@ def test_counters_equal_the_traffic_sent(run: Run) -> None:
     assert total(m, "ethereal_requests_total", route="messages", status="200",
                  model="claude-sonnet-4-6") == served
     # an unknown model name never becomes a label value of its own
-    assert total(m, "ethereal_requests_total", status="400", model="other") == N_UNKNOWN
+    assert total(m, "ethereal_requests_total", status="404", model="other") == N_UNKNOWN
     assert total(m, "ethereal_request_duration_seconds_count", route="messages") == all_metered
     assert total(m, "ethereal_time_to_first_byte_seconds_count", route="messages") >= N_STREAM
     assert total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="output") == served * 5
     assert total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="output") == sonnet["output_tokens"]
     assert total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="input") == sonnet["input_tokens"]
     assert total(m, "ethereal_cost_micro_usd_total", model="claude-sonnet-4-6") == sonnet["cost_micro"] > 0
-    assert total(m, "ethereal_upstream_attempts_total", credential=ENV_NAME) == served  # refusals never leave
+    # a name the registry does not know goes upstream (the upstream's 404 answers it)
+    assert total(m, "ethereal_upstream_attempts_total", credential=ENV_NAME) == served + N_UNKNOWN
     assert total(m, "ethereal_upstream_failovers_total") == 0
     # only the key with an RPM limit goes through the limiter
     assert total(m, "ethereal_limiter_decisions_total", outcome="admitted") == N_PLAIN

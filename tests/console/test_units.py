@@ -162,6 +162,20 @@ def test_estimator_prices_every_model_from_the_metering_table() -> None:
         assert info.value.status == 400
 
 
+def test_estimator_lists_todays_models_at_current_cards_and_flags_provisional_ones() -> None:
+    registry = Registry()
+    registry.learn_upstream(["claude-nova-6"])  # an upstream lists a model the registry does not describe
+    out = Estimator(registry).estimate({"prompt": "hello", "output_tokens": "10"})
+    by_id = {m["id"]: m for m in out["models"]}
+    assert not {m.id for m in registry.models if m.retired} & set(by_id)
+    assert {m.id for m in registry.models if not m.retired} <= set(by_id)
+    opus = by_id["claude-opus-5-5"]
+    assert opus["provisional"] is False and opus["card"] == registry.get("claude-opus-5-5").current.id
+    assert (opus["input_price"], opus["output_price"]) == (4.0, 20.0)
+    nova = by_id["claude-nova-6"]
+    assert nova["provisional"] is True and nova["total_micro"] > 0 and nova["card"].startswith("claude-")
+
+
 def test_committed_accuracy_matches_a_fresh_measurement() -> None:
     """The error distribution the estimator page shows is re-measured from the fixtures."""
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "estimator_accuracy.py"), "--check"], check=False,

@@ -62,3 +62,21 @@ def test_auth_token_and_thinking(gateway: Gateway, dirs: tuple[Path, Path]) -> N
     thinking = [b for b in blocks if b.get("type") == "thinking"]
     assert thinking and thinking[0]["thinking"] and thinking[0]["signature"]
     assert any(b.get("type") == "text" and b["text"] for b in blocks)
+
+
+def test_short_model_name_goes_upstream_as_todays_model(gateway: Gateway, dirs: tuple[Path, Path]) -> None:
+    """``claude --model opus``: Claude Code sends the short name, the upstream gets today's Opus."""
+    from ethereal.models import Registry
+    from ethereal.sim.testing import control
+
+    home, work = dirs
+    before = {r["request_id"] for r in control(gateway.sim_url, "/_sim/seen")["requests"]}
+    done, _ = fm.claude(work, home, gateway.url, gateway.key, "say hi sim:tool=none", "--model", "opus",
+                        "--output-format", "stream-json", "--verbose")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    final = events(done.stdout)[-1]
+    assert final["type"] == "result" and final["subtype"] == "success" and final["result"]
+    seen = [r["model"] for r in control(gateway.sim_url, "/_sim/seen")["requests"]
+            if r["request_id"] not in before and r["path"] == "/v1/messages"]
+    assert Registry().short_names["opus"] == "claude-opus-5-5"
+    assert "claude-opus-5-5" in seen and "opus" not in seen, seen

@@ -78,7 +78,7 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
             assert post(g2, key).status_code == 200
         assert served(a) == 2 and served(b) == 4  # replica 2 kept away from a's cooldown
         h = Admin(g2).get("a")["health"]
-        assert h["state"] == "rate_limited" and h["shared_health"] is True
+        assert h["rate_limited_groups"] and h["shared_health"] is True  # the 429's group, on both replicas
 
         # a credential whose own probe is refused (after a request's 401) on replica 1 is disabled on
         # replica 2; an enable on 2 reaches 1

@@ -70,20 +70,24 @@ def test_a_bad_base_path_is_refused_at_start() -> None:
 
 
 MODEL_NAMES = ["claude-opus-4-8", "claude-opus-4-7", "anthropic/claude-opus-4-7", "anthropic/claude-sonnet-4.6",
-               "Claude-Haiku-4-5", "claude-sonnet-5", "claude-fable-5-2", "claude-mythos-5-1", "sonnet", "opus",
-               "haiku", "claude-haiku-latest"]
+               "Claude-Haiku-4-5", "claude-sonnet-5", "claude-fable-5-2", "sonnet", "opus", "haiku",
+               "claude-haiku-latest"]
 
 
 def test_model_names_users_type(gateway: Gateway) -> None:
+    from ethereal.models import Registry
+
+    registry = Registry()
     with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0) as client:
         listed = {m.id for m in client.models.list(limit=1000)}
-        assert {"claude-fable-5-2", "claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5"} <= listed
-        assert "claude-sonnet-4-5-20250929" not in listed  # retired
+        assert {m.id for m in registry.models if not m.retired} <= listed
         for name in MODEL_NAMES:
             msg = client.messages.create(model=name, max_tokens=16, messages=HELLO)
             assert msg.content, name
+            expected = registry.resolve(name)
+            assert expected is not None and msg.model == expected.id, name  # what went upstream
             info = client.models.retrieve(name)  # every model /v1/messages serves has an entry
-            assert info.id == msg.model.replace("anthropic/", ""), name
+            assert info.id == expected.id, name
             usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
             assert usage["cost_micro"] > 0, name  # priced, never free
         listed = [m.id for m in client.models.list(limit=1000)]
@@ -94,8 +98,19 @@ def test_model_names_users_type(gateway: Gateway) -> None:
             with pytest.raises(anthropic.NotFoundError) as info:
                 client.messages.create(model=unknown, max_tokens=16, messages=HELLO)
             assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+        # a name the registry does not know goes upstream as named: the upstream's own answer
+        for unknown in ("gpt-4o", "llama-3-70b"):
+            with pytest.raises(anthropic.NotFoundError) as info:
+                client.messages.create(model=unknown, max_tokens=16, messages=HELLO)
+            assert info.value.body["error"]["message"] == f"model: {unknown}"  # type: ignore[index]
         with pytest.raises(anthropic.NotFoundError):
             client.models.retrieve("gpt-4o")
+        # one the upstream serves is billed provisionally and listed once served
+        msg = client.messages.create(model="claude-nova-7", max_tokens=16, messages=HELLO)
+        usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
+        assert usage["model"] == "claude-nova-7" and usage["cost_micro"] > 0
+        listed_now = [m.id for m in client.models.list(limit=1000)]
+        assert listed_now.count("claude-nova-7") == 1
 
 
 def test_each_response_header_once(mounted: Gateway) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter
@@ -147,6 +148,58 @@ async def test_rate_limited_without_retry_after_is_only_a_preference() -> None:
     assert [c.name for c in pool.candidates("m")] == ["b"]
     pool.remove("b")
     assert await pool.acquire("m") is a  # no upstream time to honour: sent anyway
+
+
+GROUPS = {"haiku-a": "haiku", "haiku-b": "haiku", "sonnet-a": "sonnet"}
+
+
+def grouped(*names: str, **kw) -> tuple[Pool, Clock]:
+    """A pool whose models belong to rate-limit groups (the registry's ``rate_limit_group``)."""
+    return clocked(*names, group_of=lambda m: GROUPS.get(m or "", m or ""), **kw)
+
+
+async def test_a_429_walls_only_its_rate_limit_group_and_is_capped() -> None:
+    pool, clock = grouped("a", rate_limit_cap=60.0)
+    a = pool.get("a")
+    await pool.report_failure(a, FailureKind.RATE_LIMITED, 86400.0, model="haiku-a")
+    # the other group and an unknown model (its own group) keep being sent to the credential
+    assert await pool.acquire("sonnet-a") is a and await pool.acquire("other-model") is a
+    assert a.state(clock()) == "healthy"
+    for model in ("haiku-a", "haiku-b"):  # every model of the group waits, for at most the cap
+        got = await pool.acquire(model)
+        assert isinstance(got, Refusal) and got.reason is Refused.RATE_LIMITED and got.wait == pytest.approx(60.0)
+    assert pool.describe(a)["rate_limited_groups"] == {"haiku": pytest.approx(60.0)}
+    assert pool.earliest_recovery("haiku-a") == pytest.approx(60.0) and pool.earliest_recovery("sonnet-a") == 0.0
+    clock.step(60.0)
+    assert await pool.acquire("haiku-b") is a
+    assert pool.describe(a)["rate_limited_groups"] == {}
+
+
+async def test_a_group_429_sends_its_models_to_another_credential() -> None:
+    pool, _clock = grouped("a", "b")
+    a, b = pool.get("a"), pool.get("b")
+    await pool.report_failure(a, FailureKind.RATE_LIMITED, 30.0, model="haiku-a")
+    assert {(await pool.acquire("haiku-b")).name for _ in range(5)} == {"b"}
+    assert {c.name for c in pool.candidates("sonnet-a")} == {"a", "b"}
+    # a 429 that named no time is a preference for the group: sent there anyway when nothing else
+    # serves, and its first success ends it
+    await pool.report_failure(b, FailureKind.RATE_LIMITED, None, model="sonnet-a")
+    assert [c.name for c in pool.candidates("sonnet-a")] == ["a"] and b.group_cool
+    pool.remove("a")
+    assert await pool.acquire("sonnet-a") is b
+    await pool.report_success(b, "sonnet-a")
+    assert not b.group_cool and [c.name for c in pool.candidates("sonnet-a")] == ["b"]
+
+
+async def test_the_429_cap_applies_to_a_credential_wide_429_and_an_operator_may_raise_it() -> None:
+    pool, _clock = clocked("a", rate_limit_cap=2.0)
+    await pool.report_failure(pool.get("a"), FailureKind.RATE_LIMITED, 86400.0)
+    got = await pool.acquire("m")
+    assert isinstance(got, Refusal) and got.wait == pytest.approx(2.0)
+    long, _ = grouped("a", rate_limit_cap=86400.0)
+    await long.report_failure(long.get("a"), FailureKind.RATE_LIMITED, 3600.0, model="haiku-a")
+    got = await long.acquire("haiku-a")
+    assert isinstance(got, Refusal) and got.wait == pytest.approx(3600.0)
 
 
 async def test_a_cooldown_is_a_preference_not_a_wall() -> None:
@@ -353,6 +406,39 @@ async def test_redis_health_is_shared_between_replicas(redis_url: str) -> None:
             p.get("a").weight = 100.0
         got = [(await p.acquire("m")).name for p in (p1, p2, p1, p2)]
         assert got.count("a") == 3 and got[-1] == "b"
+    finally:
+        await h1.close()
+        await h2.close()
+
+
+async def test_redis_health_shares_a_groups_429(redis_url: str) -> None:
+    from ethereal.upstream.redis_health import RedisHealth
+
+    h1, h2 = RedisHealth(redis_url), RedisHealth(redis_url)
+    group_of = lambda m: GROUPS.get(m or "", m or "")
+    try:
+        p1 = Pool(creds("a", "b"), health=h1, group_of=group_of, rate_limit_cap=2.0)
+        p2 = Pool(creds("a", "b"), health=h2, group_of=group_of, rate_limit_cap=2.0)
+        await p1.report_failure(p1.get("a"), "rate_limited", 86400.0, model="haiku-a")
+        await p1.report_failure(p1.get("b"), "rate_limited", None, model="sonnet-a")
+        await p2.health.sync(p2.credentials)
+        a2, b2 = p2.get("a"), p2.get("b")
+        assert set(a2.group_walls) == {"haiku"} and 1.5 < a2.group_walls["haiku"] - time.monotonic() <= 2.0
+        assert a2.rate_limited_until == 0.0 and not a2.cooling(time.monotonic())  # the rest of a serves
+        assert set(b2.group_cool) == {"sonnet"} and not b2.group_walls
+        assert [c.name for c in p2.candidates("haiku-b")] == ["b"]
+        assert [c.name for c in p2.candidates("sonnet-a")] == ["a"]
+        assert {c.name for c in p2.candidates("other")} == {"a", "b"}
+        await p2.report_success(b2, "sonnet-a")  # a success ends the preference everywhere
+        await p1.health.sync(p1.credentials)
+        assert not p1.get("b").group_cool
+        await p2.enable(a2)
+        await p1.health.sync(p1.credentials)
+        assert not p1.get("a").group_walls
+        await p1.report_failure(p1.get("a"), "rate_limited", 0.3, model="haiku-a")
+        await asyncio.sleep(0.4)
+        await p2.health.sync(p2.credentials)
+        assert not p2.get("a").group_walls  # over: nothing left behind
     finally:
         await h1.close()
         await h2.close()

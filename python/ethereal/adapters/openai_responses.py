@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ from ethereal.adapters.openai_chat import (
     _tool_id,
 )
 from ethereal.errors import invalid_request
+from ethereal.models import Registry, Rules
 from ethereal.usage import Usage
 
 REASONING_PREFIX = "eth1r."
@@ -108,7 +110,6 @@ EFFORTS: dict[str, tuple[int | None, str | None]] = {  # effort → (budget, ada
 }
 WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
                               "web_search_preview_2025_03_11"})
-_MODEL_VERSION = re.compile(r"^claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?:-|$)")
 _REFUSED = {
     "previous_response_id": "previous_response_id: not supported: ethereal does not store responses; send the "
                             "whole conversation in input (with store: false, as Codex does)",
@@ -143,20 +144,29 @@ def model_name(body: dict[str, Any]) -> str:
     return openai_chat.model_name(body)
 
 
-def adaptive_thinking(model: str) -> bool:
-    """Claude 4.6 and later think adaptively (``budget_tokens`` is deprecated there)."""
-    m = _MODEL_VERSION.match(model)
-    if m is None:
-        return False
-    return (int(m.group(1)), int(m.group(2) or 0)) >= (4, 6)
+def adaptive_thinking(model: str, rules: Rules | None = None) -> bool:
+    """The model thinks adaptively (``budget_tokens`` is deprecated or refused there): its rules in
+    the model registry (``thinking_types``); without them, the shipped registry's for ``model``."""
+    if rules is None:
+        found = _shipped_registry().resolve(model)
+        if found is None:
+            return False
+        rules = found.rules
+    return rules.adaptive
+
+
+@functools.cache
+def _shipped_registry() -> Registry:
+    return Registry()
 
 
 # ---- request ----------------------------------------------------------------------------
 
 
 def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, response_id: str,
-                 created_at: int) -> ResponsesRequest:
-    """Translate a Responses request body (already parsed) for ``model``."""
+                 created_at: int, rules: Rules | None = None) -> ResponsesRequest:
+    """Translate a Responses request body (already parsed) for ``model`` (``rules``: its request
+    rules from the model registry)."""
     for name, message in _REFUSED.items():
         if body.get(name) not in (None, False, ""):
             raise invalid_request(message, param=name)
@@ -194,7 +204,7 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     max_tokens = _max_tokens(body, max_output)
     out: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
 
-    thinking, effort = _thinking(body, model)
+    thinking, effort = _thinking(body, model, rules)
     forcing = tool_choice is not None and tool_choice["type"] in ("any", "tool")
     if thinking is not None and (forcing or not _thinking_restorable(messages)):
         thinking, effort = None, None
@@ -307,7 +317,8 @@ def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["top_p"] = top_p
 
 
-def _thinking(body: dict[str, Any], model: str) -> tuple[dict[str, Any] | None, str | None]:
+def _thinking(body: dict[str, Any], model: str, rules: Rules | None = None) -> tuple[dict[str, Any] | None,
+                                                                                     str | None]:
     reasoning = body.get("reasoning")
     if reasoning is None:
         return None, None
@@ -321,7 +332,7 @@ def _thinking(body: dict[str, Any], model: str) -> tuple[dict[str, Any] | None, 
     budget, level = EFFORTS[effort]
     if budget is None:
         return None, None
-    if adaptive_thinking(model):
+    if adaptive_thinking(model, rules):
         return {"type": "adaptive"}, level
     return {"type": "enabled", "budget_tokens": budget}, None
 

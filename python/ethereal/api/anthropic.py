@@ -142,6 +142,10 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
 
     @anthropic_route
     async def list_models(request: Request, request_id: str) -> Response:
+        """Every model the registry describes that is not retired, and the ids the upstreams' own
+        lists name (learnt at start-up and every few hours), newest first; Anthropic's shape and
+        pagination, or OpenAI's list for OpenAI clients. A provisional model is listed like the
+        others (the console and ``ethereal models list`` flag it)."""
         call = Call(request_id=request_id, route="models")
         await authenticate(request, call)
         async with pipeline.recording(call):
@@ -164,7 +168,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
                 model_id = f"{provider}/{model_id}"
             model = gw.registry.resolve(model_id)
             call.model_name = model.id if model else model_id
-            if model is None:
+            if model is None or model.retired:  # as the API answers: retired ids no longer exist
                 raise GatewayError(404, f"model: {model_id[:256]}")
             await pipeline.finish(call, 200, Usage())
         shape = model.to_openai() if is_openai_client(header_map(request)) else model.to_anthropic()

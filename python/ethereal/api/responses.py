@@ -54,7 +54,8 @@ class Responses(OpenAIAdapter):
         model = call.model
         req = openai_responses.to_anthropic(data, model=call.model_name or "",
                                             max_output=model.max_output if model else None,
-                                            response_id=response_id(call), created_at=int(call.started))
+                                            response_id=response_id(call), created_at=int(call.started),
+                                            rules=model.rules if model else None)
         try:  # the body depth bound (OpenAIAdapter.max_depth) keeps both writable: a last guard, before admission
             body = orjson.dumps(req.body)
             if req.stream:  # the translator's head, written once here rather than after the upstream answered

@@ -1,8 +1,10 @@
 """The estimator page's arithmetic: the native token estimate and the metering price table.
 
 The prompt becomes a Messages request body and goes through ``_native.estimate_tokens``,
-the estimate the gateway reserves budget with; each model's price comes from
-``metering.pricing.price``, the function that bills usage records.
+the estimate the gateway reserves budget with. The models are the registry's listed ones (today's
+models and the ones the upstreams serve, never retired ones), each priced by
+``metering.pricing.price`` at the card in force now, the function that bills usage records; a
+model the registry does not describe shows its provisional card, flagged.
 """
 
 from __future__ import annotations
@@ -74,9 +76,11 @@ class Estimator:
                               cache_1h=cache_1h, cache_read=cache_read)
                 return price(self.registry, model, usage, at=now, batch=batch).cost_micro  # noqa: B023
 
+            card = model.card_at(now)
             models.append({
-                "id": model.id, "display_name": model.display_name,
-                "input_price": model.input_price, "output_price": model.output_price,
+                "id": model.id, "display_name": model.display_name, "status": model.status,
+                "provisional": model.provisional, "card": card.id.removeprefix("provisional:"),
+                "input_price": card.rates.usd("input"), "output_price": card.rates.usd("output"),
                 "input": _usd(cost(input_tokens=input_tokens)),
                 "output": _usd(cost(output_tokens=output_tokens)),
                 "total": _usd(cost(input_tokens=input_tokens, output_tokens=output_tokens)),

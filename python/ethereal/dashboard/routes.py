@@ -145,6 +145,34 @@ def register(app: Application, gw: Gateway) -> None:
     static = _load_static()
     accuracy = _load_accuracy()
     estimator = Estimator(gw.registry)
+    registry = gw.registry
+
+    def model_choices() -> list[dict[str, Any]]:
+        """What a key's allowed models may name, from the registry: today's models (not retired),
+        their series and families, and the short names."""
+        listed = registry.listed()
+        out: list[dict[str, Any]] = [{"value": m.id, "label": f"{m.display_name} ({m.status})"
+                                      + (" — provisional" if m.provisional else "")} for m in listed]
+        seen = {c["value"] for c in out}
+        for m in listed:
+            for value, label in ((m.series, "series"), (m.family, "family")):
+                if value and value not in seen:
+                    seen.add(value)
+                    out.append({"value": value, "label": label})
+        return out
+
+    def model_info(name: str | None) -> dict[str, Any]:
+        """A usage record's model as the console shows it: the display name and whether the
+        registry describes it (else it was billed at a provisional card)."""
+        found = registry.get(name) if name else None
+        if found is None and name:
+            found = registry.resolve(name)
+        if found is None:
+            return {"display_name": name, "provisional": bool(name), "known": False}
+        return {"display_name": found.display_name, "provisional": found.provisional, "known": True,
+                "status": found.status}
+
+    env.globals["model_info"] = model_info
     limiter = RateLimiter(settings.estimator_rpm, 60.0)
     def plans() -> Plans:
         return gw.plans
@@ -348,6 +376,7 @@ def register(app: Application, gw: Gateway) -> None:
         next_query = urlencode({k: v for k, v in (("owner", owner), ("plan", plan), ("state", state), ("q", q),
                                                   ("after_id", records[-1].id if records else None)) if v})
         return html("keys.html", sid=sid, title="Keys", active="Keys", keys=rows, plans=plans().names(), q=q,
+                    models=model_choices(),
                     owner=owner, plan=plan, state=state, next_after=more, next_query=next_query)
 
     # ------------------------------------------------------------------ upstreams
@@ -365,7 +394,8 @@ def register(app: Application, gw: Gateway) -> None:
     @page
     async def upstreams(request: Request, sid: str) -> Response:
         return html("upstreams.html", sid=sid, title="Upstreams", active="Upstreams",
-                    upstreams=await gw.upstreams.list(), models=models_view(), correction=await last_correction())
+                    upstreams=await gw.upstreams.list(), registry_view=models_view(), models=model_choices(),
+                    correction=await last_correction())
 
     # ------------------------------------------------------------------ usage
     def usage_filter(request: Request) -> tuple[UsageFilter, dict[str, str]]:
@@ -402,7 +432,7 @@ def register(app: Application, gw: Gateway) -> None:
             filters, shown = usage_filter(request)
         except GatewayError as exc:
             return html("usage.html", 400, sid=sid, title="Usage", active="Usage", f=shown, routes=ROUTES,
-                        records=[], error=exc.message, query="", older=None)
+                        records=[], error=exc.message, query="", older=None, models=model_choices())
         page_size = 50
         records = await store().list_usage(filters, limit=page_size + 1, before=cursor(request))
         older = None
@@ -411,7 +441,8 @@ def register(app: Application, gw: Gateway) -> None:
             last = records[-1]
             older = urlencode({**shown, "before": f"{last.started_at!r},{last.request_id}"})
         return html("usage.html", sid=sid, title="Usage", active="Usage", f=shown, routes=ROUTES, records=records,
-                    query=urlencode(shown), older=older, error=None, correction=await last_correction())
+                    query=urlencode(shown), older=older, error=None, correction=await last_correction(),
+                    models=model_choices())
 
     async def usage_csv(request: Request) -> Response:
         if current(request) is None:

@@ -723,7 +723,7 @@ class Registry:
     def canonical_name(self, name: str) -> str:
         """What goes upstream for a name the registry does not know: the client's own, without a
         provider prefix."""
-        return _unprefixed(name) or name
+        return _without_provider(name.strip()) or name
 
     def family_of(self, name: str) -> str | None:
         """The model line a name mentions (a dash-separated word), or None."""
@@ -836,9 +836,8 @@ def _card_weight(card: RateCard) -> tuple[int, int]:
     return (r.input + r.output, r.cache_write_1h)
 
 
-def _unprefixed(name: str) -> str:
-    """A name without a provider prefix (``anthropic/``, ``bedrock:``, ``anthropic.``), as typed."""
-    s = name.strip()
+def _without_provider(s: str) -> str:
+    """``anthropic/claude-x``, ``bedrock:claude-x``, ``anthropic.claude-x`` → ``claude-x``."""
     for sep in ("/", ":"):
         head, found, tail = s.partition(sep)
         if found and head.lower() in ("anthropic", "claude", "bedrock", "vertex", "vertex_ai"):
@@ -853,7 +852,7 @@ def _spellings(name: str) -> list[str]:
     """A name as typed, without a provider prefix, lowercased, with dotted versions dashed, and
     with or without ``claude-`` (what clients write for the same model)."""
     out = [name]
-    s = _unprefixed(name).lower()
+    s = _without_provider(name.strip()).lower()
     out.append(s)
     dashed = s.replace(".", "-")
     if dashed != s:

@@ -88,12 +88,31 @@ class InFlight(Collector):
                                 value=self.count())
 
 
+class ProvisionalModels(Collector):
+    """``ethereal_model_provisional{model}``: 1 for each model served or listed by an upstream that
+    the registry does not describe (billed at a provisional card), as this worker knows them
+    (bounded by the registry: at most ``MAX_SEEN``). Read at the scrape, never stored."""
+
+    def __init__(self, models: Registry) -> None:
+        self.models = models
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("ethereal_model_provisional",
+                                   "Models the upstream serves that the registry does not describe "
+                                   "(billed at a provisional card; add them to ETHEREAL_MODELS_FILE)",
+                                   labels=("model",))
+        for m in self.models.provisional_models():
+            family.add_metric((m.id,), 1.0)
+        yield family
+
+
 class Metrics:
     def __init__(self, models: Registry, in_flight: Callable[[], int] = lambda: 0,
                  ring: live.Ring | None = None) -> None:
         self.models = models
         self.ring = ring  # the live ring gets each record at the flush too
         self.in_flight = InFlight(in_flight)
+        self.provisional = ProvisionalModels(models)
         self.directory = multiproc_dir()
         if self.directory is not None and prom_values.ValueClass is prom_values.MutexValue:
             # prometheus_client picked its value class when first imported; make sure it is the
@@ -110,6 +129,7 @@ class Metrics:
         self.tokens = Counter("ethereal_tokens", "Tokens by model and kind", ("model", "kind"), registry=r)
         self.cost = Counter("ethereal_cost_micro_usd", "Spend in micro-USD by model", ("model",), registry=r)
         r.register(self.in_flight)
+        r.register(self.provisional)
         self.http = Counter("ethereal_http_responses", "Every HTTP response, by status class",
                             ("status_class",), registry=r)
         self.attempts = Counter("ethereal_upstream_attempts", "Requests sent to an upstream credential",
@@ -159,8 +179,9 @@ class Metrics:
     def _model(self, name: str | None) -> str:
         label = self._models.get(name)
         if label is None:
-            label = name if name is not None and self.models.get(name) is not None else "other"
-            if len(self._models) < 1000:
+            found = self.models.get(name) if name is not None else None
+            label = name if (found is not None and name is not None) else "other"
+            if len(self._models) < 1000 and found is not None:  # not "other": the name may be learnt later
                 self._models[name] = label
         return label
 
@@ -317,6 +338,7 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.directory)
         registry.register(self.in_flight)
+        registry.register(self.provisional)
         return generate_latest(registry)
 
     def registry_text(self) -> bytes:
@@ -363,12 +385,13 @@ def instrument_pool(pool: Any, metrics: Metrics) -> None:
     metrics.pool = pool
 
     async def observed_failure(cred: Any, kind: str, retry_after: float | None = None,
-                               detail: str | None = None) -> None:
-        was_cooling = cred.cooling(time.monotonic())
+                               detail: str | None = None, model: str | None = None) -> None:
+        group = pool.group_of(model) if model else None  # a 429 cools its rate-limit group only
+        was_cooling = cred.cooling(time.monotonic(), group)
         was_enabled = cred.enabled
-        await report_failure(cred, kind, retry_after, detail)
+        await report_failure(cred, kind, retry_after, detail, model)
         metrics.inc(metrics._child(metrics.failures, cred.name, str(kind)))
-        if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic())):
+        if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic(), group)):
             metrics.inc(metrics._child(metrics.cooldowns, cred.name, str(kind)))
 
     pool.report_failure = observed_failure

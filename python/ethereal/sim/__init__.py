@@ -88,7 +88,11 @@ status), ``GET /_sim/requests`` (``received``: API requests read, counted on arr
 request-id → the usage each of the last 1,024 generated Messages replies reported),
 ``POST /_sim/reset`` (stats, faults, prompt cache, that log), ``GET|POST /_sim/config``
 (``latency_ms``, ``ttft_ms``, ``tokens_per_second``, ``events_per_write`` at runtime),
-``GET /_sim/fixtures``.
+``GET /_sim/fixtures``, ``GET /_sim/seen`` (``requests``: path, ``model`` as named and request-id of
+the last 1,024 Messages and count_tokens requests; ``POST /_sim/reset`` clears it),
+``GET|POST /_sim/models`` (``{"add":["claude-nova-6", {"id":…,"display_name":…}], "clear":true}``:
+ids ``GET /v1/models`` lists first and ``GET /v1/models/{id}`` answers, besides the built-in list;
+any ``claude-*`` name is served anyway).
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ FAULT_KINDS = {
 }
 _DEFAULT_FAULT_PATHS = ("/v1/messages",)
 REPLY_LOG = 1024  # generated replies whose usage `GET /_sim/requests` keeps
+SEEN_LOG = 1024  # requests whose path and model `GET /_sim/seen` keeps
 
 
 def _norm_path(path: str) -> str:
@@ -167,6 +168,8 @@ class SimState:
         self.total = 0
         self.received = 0  # API requests read (counted on arrival, before any answer or fault)
         self.replies: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request-id → the usage it reported
+        self.seen: deque[dict[str, Any]] = deque(maxlen=SEEN_LOG)  # `GET /_sim/seen`: model each request named
+        self.extra_models: list[dict[str, Any]] = []  # `POST /_sim/models`: ids listed and served besides MODEL_INFOS
         self.connections = 0
         self.open_connections = 0
         self.seed_crc = zlib.crc32(str(config.seed).encode())
@@ -217,7 +220,17 @@ class SimState:
         self.total = 0
         self.received = 0
         self.replies.clear()
+        self.seen.clear()
         self.cache.clear()
+
+    def model_infos(self) -> list[dict[str, Any]]:
+        return [*self.extra_models, *MODEL_INFOS] if self.extra_models else MODEL_INFOS
+
+    def model_info(self, name: str) -> dict[str, Any] | None:
+        for info in self.extra_models:
+            if info["id"] == name:
+                return info
+        return INFO_BY_NAME.get(name)
 
 
 def _error_body(status: int, rid: str, etype: str | None = None, message: str | None = None) -> bytes:
@@ -499,6 +512,7 @@ class SimProtocol(asyncio.Protocol):
                     raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
                 if "content" not in m:
                     raise invalid(f"messages.{i}.content: Field required")
+            st.seen.append({"path": path, "model": model, "request_id": rid})
             resolved = resolve_model(model)
             if resolved is None:
                 raise RequestError(404, "not_found_error", f"model: {model}")
@@ -608,7 +622,7 @@ class SimProtocol(asyncio.Protocol):
     def _models(self, path: str, query: bytes) -> tuple:
         if path.startswith("/v1/models/"):
             mid = path[len("/v1/models/"):]
-            info = INFO_BY_NAME.get(mid)
+            info = self.state.model_info(mid)
             if info is None:
                 raise RequestError(404, "not_found_error", f"model: {mid}")
             return ("json", 200, orjson.dumps(info), b"")
@@ -622,8 +636,8 @@ class SimProtocol(asyncio.Protocol):
             raise invalid("limit: Input should be a valid integer") from None
         if not 1 <= limit <= 1000:
             raise invalid("limit: Input should be between 1 and 1000")
-        ids = [m["id"] for m in MODEL_INFOS]
-        data = MODEL_INFOS
+        data = self.state.model_infos()
+        ids = [m["id"] for m in data]
         if params.get("after_id"):
             a = params["after_id"]
             start = ids.index(a) + 1 if a in ids else len(ids)
@@ -822,6 +836,24 @@ class SimProtocol(asyncio.Protocol):
                 out = {"latency_ms": cfg.latency_ms, "ttft_ms": cfg.ttft_ms,
                        "tokens_per_second": cfg.tokens_per_second, "events_per_write": cfg.events_per_write,
                        "batch_processing_ms": cfg.batch_processing_ms, "seed": cfg.seed}
+            elif path == "/_sim/seen":
+                out = {"requests": list(st.seen)}
+            elif path == "/_sim/models":
+                if method == b"POST" and body:
+                    spec = orjson.loads(body)
+                    if spec.get("clear"):
+                        st.extra_models.clear()
+                    for item in spec.get("add") or []:
+                        info = {"id": item} if isinstance(item, str) else dict(item)
+                        mid = info.get("id")
+                        if not isinstance(mid, str) or not mid or len(mid) > 256:
+                            raise ValueError("add: each model needs an id")
+                        info = {"type": "model", "id": mid, "display_name": info.get("display_name", mid),
+                                "created_at": info.get("created_at", "2026-12-01T00:00:00Z"),
+                                "max_input_tokens": info.get("max_input_tokens", 1_000_000),
+                                "max_tokens": info.get("max_tokens", 128_000)}
+                        st.extra_models = [m for m in st.extra_models if m["id"] != mid] + [info]
+                out = {"added": st.extra_models}
             elif path == "/_sim/fixtures":
                 out = {"fixtures": st.library.names()}
             else:

@@ -21,9 +21,15 @@ this request has not tried yet and that are under their spend cap:
    error as the upstream sent it).
 
 Health lives in a ``Health`` backend: in-process by default, in Redis when ``ETHEREAL_REDIS_URL``
-is set (``RedisHealth``) so every replica sees a cooldown at once. A 429 cools down for the
-upstream's ``retry-after``/``retry-after-ms`` (a wall while it runs) or a short default (a
-preference only, when the upstream named no time); 529/5xx/timeouts/connection errors cool down
+is set (``RedisHealth``) so every replica sees a cooldown at once. A 429 is about one model's
+rate-limit group (the registry's ``rate_limit_group``: Anthropic limits each model line apart; a
+model the registry does not know is its own group), so it cools the credential down for that
+group only: the other models keep being sent to it. It lasts the upstream's
+``retry-after``/``retry-after-ms`` (a wall while it runs) or a short default (a preference only,
+when the upstream named no time), at most ``rate_limit_cap`` seconds (``ETHEREAL_UPSTREAM_429_COOLDOWN_CAP``,
+60 by default): a ``retry-after: 86400`` on one request must not take a credential out for a day.
+The client that got the 429 still sees it as the upstream sent it, hints included. A 429 no model
+is named for (a batch create) cools the whole credential, capped alike. 529/5xx/timeouts/connection errors cool down
 with an exponential backoff per credential (base 0.5 s, cap 30 s), reset by its first success;
 failures during a cooldown do not escalate it, so a burst of in-flight requests failing together
 counts once. A client's own error (400, 404, 413, ...) is no failure at all. A 401/403 answers
@@ -47,6 +53,8 @@ from enum import StrEnum
 from typing import Any
 
 RECENT_WINDOW = 60.0  # seconds of outcomes kept for the error rates shown to admins
+RATE_LIMIT_CAP = 60.0  # default longest cooldown an upstream 429 causes (seconds)
+MAX_GROUPS = 64  # rate-limit groups cooling at once per credential (bounded: unknown models are groups)
 RPM_WINDOW = 60.0
 # Nothing enabled serves the model and nothing is scheduled to recover: an operator has to act.
 # A minute is the honest order of magnitude, and keeps clients from hammering.
@@ -132,7 +140,10 @@ class Credential:
     attempts: int = 0  # requests this worker sent to it (metrics read the totals, off the request path)
     failovers: int = 0  # of which retries after a failure elsewhere
     cooldown_until: float = 0.0  # pool clock: a preference, see the module docstring
-    rate_limited_until: float = 0.0  # pool clock: an upstream 429's retry-after, a wall while it runs
+    rate_limited_until: float = 0.0  # pool clock: an upstream 429's retry-after (no model named), a wall
+    # per rate-limit group (pool clock): a 429 without retry-after (a preference) / with one (a wall)
+    group_cool: dict[str, float] = field(default_factory=dict, repr=False)
+    group_walls: dict[str, float] = field(default_factory=dict, repr=False)
     failures: int = 0  # consecutive backoff failures
     last_error: str | None = None
     last_error_at: float | None = None  # unix seconds
@@ -154,24 +165,53 @@ class Credential:
                 return True
         return False
 
-    def cooling(self, now: float) -> bool:
-        return now < self.cooldown_until or now < self.rate_limited_until
+    def cooling(self, now: float, group: str | None = None) -> bool:
+        """Backing off, or inside a 429 about the whole credential or about ``group``."""
+        if now < self.cooldown_until or now < self.rate_limited_until:
+            return True
+        if not group:
+            return False
+        return now < self.group_cool.get(group, 0.0) or now < self.group_walls.get(group, 0.0)
 
-    def walled_until(self, now: float) -> float:
-        """Until when a request must not be sent here (upstream 429 retry-after, RPM cap); 0 when free."""
+    def walled_until(self, now: float, group: str | None = None) -> float:
+        """Until when a request (for a model of ``group``) must not be sent here (upstream 429
+        retry-after, RPM cap); 0 when free."""
         until = self.rate_limited_until
+        if group:
+            until = max(until, self.group_walls.get(group, 0.0))
         if self.rpm is not None:
             until = max(until, self.rpm_full_until)
         return until if until > now else 0.0
 
-    def ready_at(self, now: float) -> float:
-        return max(self.cooldown_until, self.walled_until(now), now)
+    def ready_at(self, now: float, group: str | None = None) -> float:
+        cool = self.cooldown_until
+        if group:
+            cool = max(cool, self.group_cool.get(group, 0.0))
+        return max(cool, self.walled_until(now, group), now)
 
     def over_spend(self) -> bool:
         return self.spend_cap_micro is not None and self.spent_micro >= self.spend_cap_micro
 
-    def healthy(self, now: float) -> bool:
-        return self.enabled and not self.cooling(now) and not self.over_spend()
+    def healthy(self, now: float, group: str | None = None) -> bool:
+        return self.enabled and not self.cooling(now, group) and not self.over_spend()
+
+    def cool_group(self, group: str, now: float, delay: float, wall: float | None) -> None:
+        """A 429 about ``group``: a preference for ``delay`` seconds, a wall for ``wall`` (bounded)."""
+        for table, seconds in ((self.group_cool, delay), (self.group_walls, wall or 0.0)):
+            if len(table) >= MAX_GROUPS:
+                for g in [g for g, until in table.items() if until <= now]:
+                    del table[g]
+            if seconds > 0 and (group in table or len(table) < MAX_GROUPS):
+                table[group] = max(table.get(group, 0.0), now + seconds)
+
+    def groups_limited(self, now: float) -> dict[str, float]:
+        """Seconds left of each rate-limit group's cooldown (wall or preference) on this credential."""
+        out: dict[str, float] = {}
+        for table in (self.group_cool, self.group_walls):
+            for g, until in table.items():
+                if until > now:
+                    out[g] = max(out.get(g, 0.0), until - now)
+        return out
 
     def state(self, now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
@@ -217,6 +257,14 @@ class Health:
         if wall:
             cred.rate_limited_until = max(cred.rate_limited_until, now + wall)
 
+    async def group_failure(self, cred: Credential, group: str, delay: float, wall: float | None) -> None:
+        """An upstream 429 about the models of ``group`` only: ``delay`` a preference, ``wall`` a wall."""
+        cred.cool_group(group, self.clock(), delay, wall)
+
+    async def group_success(self, cred: Credential, group: str) -> None:
+        """A request of ``group`` succeeded: its preference (a 429 that named no time) ends."""
+        cred.group_cool.pop(group, None)
+
     async def success(self, cred: Credential) -> None:
         cred.failures = 0
         cred.cooldown_until = 0.0
@@ -229,6 +277,8 @@ class Health:
         cred.enabled = True
         cred.disabled_reason = None
         cred.cooldown_until = cred.rate_limited_until = 0.0
+        cred.group_cool.clear()
+        cred.group_walls.clear()
         cred.failures = 0
 
     async def forget(self, name: str) -> None:
@@ -273,12 +323,17 @@ class Pool:
         default_retry_after: float = 5.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        rate_limit_cap: float = RATE_LIMIT_CAP,
+        group_of: Callable[[str | None], str] | None = None,
         health: Health | None = None,
         rng: random.Random | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.credentials: list[Credential] = list(credentials or [])
         self.default_retry_after = default_retry_after
+        self.rate_limit_cap = rate_limit_cap
+        # a model's rate-limit group (the registry's rate_limit_group); default: each model its own
+        self.group_of: Callable[[str | None], str] = group_of or (lambda model: model or "")
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.clock = clock
@@ -335,7 +390,8 @@ class Pool:
         """Healthy credentials serving ``model``, best first (RPM windows not consulted)."""
         now = self.clock()
         skip = set(exclude)
-        usable = [c for c in self.credentials if c.name not in skip and c.healthy(now) and c.serves(model)]
+        group = self.group_of(model) if model else None
+        usable = [c for c in self.credentials if c.name not in skip and c.healthy(now, group) and c.serves(model)]
         return self._order(usable, affinity)
 
     def serving(self, model: str | None) -> list[Credential]:
@@ -352,8 +408,12 @@ class Pool:
 
     async def acquire(self, model: str | None, affinity: bytes | None = None,
                       exclude: Iterable[str] = (), *, count_rpm: bool = True) -> Credential | Refusal:
-        """The credential to send to, with its in-flight count taken, or why there is none."""
+        """The credential to send to, with its in-flight count taken, or why there is none.
+
+        Health is judged for ``model``'s rate-limit group: a 429 about another group is no
+        concern of this request."""
         now = self.clock()
+        group = self.group_of(model) if model else None
         serving = self.serving(model)
         if not serving:
             return Refusal(Refused.NO_CREDENTIAL, NO_CREDENTIAL_WAIT)
@@ -364,20 +424,23 @@ class Pool:
         open_ = [c for c in fresh if not c.over_spend()]
         if not open_:
             return Refusal(Refused.NO_CREDENTIAL, _seconds_to_next_month())
-        healthy = [c for c in open_ if not c.cooling(now) and not (c.rpm is not None and now < c.rpm_full_until)]
+        healthy = [c for c in open_ if not c.cooling(now, group) and not (c.rpm is not None and now < c.rpm_full_until)]
         for cred in self._order(healthy, affinity):
             if count_rpm and cred.rpm is not None and not await self._take_rpm(cred, now):
                 continue
             return _taken(cred, failover=bool(skip))
         # nothing healthy: the one that recovers first among those not behind a wall
         def wall(c: Credential) -> float:
-            return c.walled_until(now) if count_rpm else (c.rate_limited_until if c.rate_limited_until > now else 0.0)
+            if count_rpm:
+                return c.walled_until(now, group)
+            until = max(c.rate_limited_until, c.group_walls.get(group, 0.0) if group else 0.0)
+            return until if until > now else 0.0
 
         while True:
             free = [c for c in open_ if not wall(c)]
             if not free:
                 return Refusal(Refused.RATE_LIMITED, min(wall(c) for c in open_) - now)
-            cred = min(free, key=lambda c: (c.ready_at(now), c.in_flight / (c.weight or 1e-9)))
+            cred = min(free, key=lambda c: (c.ready_at(now, group), c.in_flight / (c.weight or 1e-9)))
             if count_rpm and cred.rpm is not None and not await self._take_rpm(cred, now):
                 continue  # its window just filled: now walled, look again
             return _taken(cred, failover=bool(skip))
@@ -390,26 +453,32 @@ class Pool:
     def earliest_recovery(self, model: str | None) -> float:
         """Seconds until some credential serving ``model`` is healthy again (for the admin view)."""
         now = self.clock()
+        group = self.group_of(model) if model else None
         waits = []
         for c in self.serving(model):
             if c.over_spend():
                 waits.append(_seconds_to_next_month())
                 continue
-            waits.append(c.ready_at(now) - now)
+            waits.append(c.ready_at(now, group) - now)
         return min(waits) if waits else NO_CREDENTIAL_WAIT
 
     # ------------------------------------------------------------------ outcomes
-    async def report_success(self, cred: Credential) -> None:
+    async def report_success(self, cred: Credential, model: str | None = None) -> None:
         now = self.clock()
         cred.outcomes.append((now, None))
         if cred.failures or now < cred.cooldown_until:
             # the first success ends the backoff: the next failure starts again from the base
             await self._health.success(cred)
             cred.failures, cred.cooldown_until = 0, 0.0
+        if model and cred.group_cool:
+            group = self.group_of(model)
+            if now < cred.group_cool.get(group, 0.0):
+                await self._health.group_success(cred, group)
 
     async def report_failure(self, cred: Credential, kind: FailureKind | str, retry_after: float | None = None,
-                             detail: str | None = None) -> None:
-        """Count a failure against ``cred``. ``retry_after``: the upstream's own hint, in seconds."""
+                             detail: str | None = None, model: str | None = None) -> None:
+        """Count a failure against ``cred``. ``retry_after``: the upstream's own hint, in seconds;
+        ``model``: what the request asked for (a 429 cools only that model's rate-limit group)."""
         kind = FailureKind(kind)
         now = self.clock()
         cred.outcomes.append((now, kind.value))
@@ -422,10 +491,15 @@ class Pool:
             return
         wall = None
         if kind is FailureKind.RATE_LIMITED:
+            cap = self.rate_limit_cap
             if retry_after is not None and retry_after > 0:
-                delay = wall = retry_after
+                delay = wall = min(retry_after, cap)
             else:
-                delay = self.default_retry_after  # the upstream named no time: a preference only
+                delay = min(self.default_retry_after, cap)  # the upstream named no time: a preference only
+            group = self.group_of(model) if model else ""
+            if group:
+                await self._health.group_failure(cred, group, delay, wall)
+                return
         else:
             delay = self.backoff_base
         await self._health.failure(cred, kind, delay, self.backoff_base, self.backoff_cap, wall)
@@ -458,11 +532,14 @@ class Pool:
         rpm_used = None
         if cred.rpm is not None:
             rpm_used = sum(1 for t in cred.rpm_hits if t > now - RPM_WINDOW)
+        groups = cred.groups_limited(now)
         return {
             "state": cred.state(now),
             "cooldown_until": wall + (until - now) if cooling else None,
             "cooldown_remaining_s": round(until - now, 3) if cooling else 0.0,
             "rate_limited_remaining_s": round(max(0.0, cred.rate_limited_until - now), 3),
+            # rate-limit groups an upstream 429 cools on this credential (seconds left): the rest serve
+            "rate_limited_groups": {g: round(left, 3) for g, left in sorted(groups.items())},
             "in_flight": cred.in_flight,
             "consecutive_failures": cred.failures,
             "recent": {

@@ -4,6 +4,11 @@ Keys (one hash tag, so the poll's pipeline and the scripts are Redis-Cluster saf
 
 ``{ethereal:up}:cool:<name>``   exists while the credential cools down (PX = the cooldown): a preference
 ``{ethereal:up}:rl:<name>``     exists while an upstream 429's retry-after runs (PX = that time): a wall
+                                (a 429 no model was named for: the whole credential)
+``{ethereal:up}:rlg:<name>``    set: the rate-limit groups a 429 cools on this credential (expires after the
+                                longest of them); for each group ``<g>``:
+``{ethereal:up}:rlw:<name>:<g>``  exists while that group's 429 retry-after runs (PX): a wall for its models
+``{ethereal:up}:rlc:<name>:<g>``  exists while a 429 that named no time cools the group (PX): a preference
 ``{ethereal:up}:fails:<name>``  consecutive backoff failures (expires after 10 min)
 ``{ethereal:up}:off:<name>``    "<unix time>|<reason>": disabled (failed probe or an admin), 1 day TTL;
                                 stored credentials also carry the flag in the database
@@ -12,7 +17,8 @@ Keys (one hash tag, so the poll's pipeline and the scripts are Redis-Cluster saf
 
 Cooldowns travel as remaining milliseconds (PTTL), never as wall-clock instants, so
 clock skew between replicas does not matter. Every replica polls the keys of all
-credentials in one pipelined round trip (default every 0.5 s) and writes on failure.
+credentials in one pipelined round trip (default every 0.5 s; a second one reads the groups'
+cooldowns while a group set exists) and writes on failure.
 When Redis is unreachable the pool keeps working on in-process health.
 """
 
@@ -60,6 +66,23 @@ end
 return {pttl, n, rl}
 """
 
+_GROUP = """
+local pref = tonumber(ARGV[2])
+local wall = tonumber(ARGV[3])
+if pref > 0 and pref > redis.call('PTTL', KEYS[3]) then
+  redis.call('SET', KEYS[3], '1', 'PX', pref)
+end
+if wall > 0 and wall > redis.call('PTTL', KEYS[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', wall)
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+local keep = math.max(pref, wall) + 1000
+if keep > redis.call('PTTL', KEYS[1]) then
+  redis.call('PEXPIRE', KEYS[1], keep)
+end
+return {redis.call('PTTL', KEYS[3]), redis.call('PTTL', KEYS[2])}
+"""
+
 _RPM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -79,6 +102,11 @@ def key(kind: str, name: str = "") -> str:
     return f"{TAG}:{kind}:{name}" if name else f"{TAG}:{kind}"
 
 
+def group_keys(name: str, group: str) -> tuple[str, str, str]:
+    """The group set of credential ``name``, and ``group``'s wall and preference keys."""
+    return key("rlg", name), key("rlw", f"{name}:{group}"), key("rlc", f"{name}:{group}")
+
+
 class RedisHealth(Health):
     shared = True
 
@@ -88,6 +116,7 @@ class RedisHealth(Health):
         # and the poll's pipeline each go to the one master owning that slot
         self.redis = client or redisconn.async_client(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._failure = self.redis.register_script(_FAILURE)
+        self._group = self.redis.register_script(_GROUP)
         self._rpm = self.redis.register_script(_RPM)
         self._version: bytes | None = None
         self._synced = False
@@ -119,6 +148,32 @@ class RedisHealth(Health):
         if int(rl) > 0:
             cred.rate_limited_until = max(cred.rate_limited_until, now + int(rl) / 1000.0)
 
+    async def group_failure(self, cred: Credential, group: str, delay: float, wall: float | None) -> None:
+        try:
+            pref_ms, wall_ms = await self._group(keys=list(group_keys(cred.name, group)),
+                                                 args=[group, int(delay * 1000), int((wall or 0.0) * 1000)])
+        except RedisError as exc:
+            self._warn("failure", exc)
+            await super().group_failure(cred, group, delay, wall)
+            return
+        now = self.clock()
+        cred.cool_group(group, now, int(pref_ms) / 1000.0 if int(pref_ms) > 0 else 0.0,
+                        int(wall_ms) / 1000.0 if int(wall_ms) > 0 else None)
+
+    async def group_success(self, cred: Credential, group: str) -> None:
+        await super().group_success(cred, group)
+        try:
+            await self.redis.delete(group_keys(cred.name, group)[2])
+        except RedisError as exc:
+            self._warn("success", exc)
+
+    async def _drop_groups(self, name: str) -> None:
+        groups = await self.redis.smembers(key("rlg", name))
+        doomed = [key("rlg", name)]
+        for g in groups or ():
+            doomed.extend(group_keys(name, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))[1:])
+        await self.redis.delete(*doomed)
+
     async def success(self, cred: Credential) -> None:
         cred.failures = 0
         cred.cooldown_until = 0.0
@@ -141,6 +196,7 @@ class RedisHealth(Health):
         try:
             await self.redis.delete(key("off", cred.name), key("cool", cred.name), key("fails", cred.name),
                                     key("rl", cred.name))
+            await self._drop_groups(cred.name)
         except RedisError as exc:
             self._warn("enable", exc)
         await super().enable(cred)
@@ -149,6 +205,7 @@ class RedisHealth(Health):
         try:
             await self.redis.delete(key("off", name), key("cool", name), key("fails", name), key("rpm", name),
                                     key("rl", name))
+            await self._drop_groups(name)
         except RedisError as exc:
             self._warn("forget", exc)
 
@@ -177,14 +234,33 @@ class RedisHealth(Health):
                     pipe.get(key("fails", c.name))
                     pipe.get(key("off", c.name))
                     pipe.pttl(key("rl", c.name))
+                    pipe.smembers(key("rlg", c.name))
                 pipe.get(key("ver"))
                 results = await pipe.execute()
+            groups = [(c, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))
+                      for i, c in enumerate(creds) for g in results[5 * i + 4] or ()]
+            left: list[int] = []
+            if groups:  # only while some 429 cools a group: their walls and preferences
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for c, g in groups:
+                        _, wall_key, pref_key = group_keys(c.name, g)
+                        pipe.pttl(wall_key)
+                        pipe.pttl(pref_key)
+                    left = [int(v or 0) for v in await pipe.execute()]
         except RedisError as exc:
             self._warn("poll", exc)
             return False
         now = self.clock()
+        for c in creds:
+            c.group_walls, c.group_cool = {}, {}
+        for j, (c, g) in enumerate(groups):
+            wall_ms, pref_ms = left[2 * j], left[2 * j + 1]
+            if wall_ms > 0:
+                c.group_walls[g] = now + wall_ms / 1000.0
+            if pref_ms > 0:
+                c.group_cool[g] = now + pref_ms / 1000.0
         for i, c in enumerate(creds):
-            pttl, fails, off, rl = results[4 * i: 4 * i + 4]
+            pttl, fails, off, rl = results[5 * i: 5 * i + 4]
             pttl, rl = int(pttl or 0), int(rl or 0)
             c.cooldown_until = now + pttl / 1000.0 if pttl > 0 else 0.0
             c.rate_limited_until = now + rl / 1000.0 if rl > 0 else 0.0

@@ -15,6 +15,15 @@ organisation lacks answers 403 too, and a client must not be able to take the ga
 it schedules a probe, ``GET /v1/models?limit=1`` with the credential and nothing from the
 client, at most once per ``upstream_probe_interval`` per credential. Only when the probe is
 refused with 401/403 too is the credential disabled, with the reason shown to the admin.
+
+Model discovery: each credential's ``GET /v1/models`` is read at start-up and every
+``upstream_models_interval`` seconds (3 h by default), off the request path, bounded (pages,
+bytes, ids, id length). What a list names only ever adds to the registry
+(``Registry.learn_upstream``): an id it does not describe becomes listable and is billed
+provisionally. Nothing is refused, answered locally or routed away because a credential's list
+lacks a model (lists can be partial or stale): only a credential's operator-set ``models``
+restricts routing (``Pool.acquire``). What each credential listed is kept (``listed``) for
+``ethereal models check`` and the console; a failure is logged once per streak, never fatal.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
 
 from ethereal.errors import GatewayError
 from ethereal.models import Registry
@@ -43,6 +55,12 @@ ENV_NAME = "default"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SPEND_REFRESH = 15.0
 PROBE_TIMEOUT = 15.0
+MODELS_TIMEOUT = 30.0  # one credential's whole model list, every page
+MODELS_PAGE = 1000  # ids per page asked for (the API's maximum)
+MODELS_MAX_PAGES = 20
+MODELS_MAX_IDS = 2000
+MODELS_MAX_BYTES = 4 * 1024 * 1024  # one page's body
+MODELS_RETRY = 300.0  # a credential whose list could not be read is asked again after this long
 MUTABLE = ("base_url", "api_key", "weight", "models", "rpm", "spend_cap_micro", "enabled")
 NO_SECRET_KEY = (
     "ETHEREAL_SECRET_KEY is not set: upstream credentials are stored encrypted and need it. "
@@ -132,6 +150,10 @@ class UpstreamService:
         self._shadow_warned = False
         self._probes: set[asyncio.Task[int | None]] = set()
         self._probed_at: dict[str, float] = {}
+        # what each credential's GET /v1/models listed: {"ids", "at", "error", "truncated"}
+        self.listed: dict[str, dict[str, Any]] = {}
+        self._models_read_at: dict[str, float] = {}  # time.monotonic() of the last attempt
+        self._discovery: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -161,11 +183,17 @@ class UpstreamService:
         await self.refresh_spend(only_capped=True)
         if not self.pool.credentials:
             log.warning("no upstream credential configured: every request will get 503")
+        self._maybe_discover(time.monotonic())  # every credential's model list, in the background
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ethereal-upstreams")
 
     async def stop(self) -> None:
         for probe in list(self._probes):
             probe.cancel()
+        if self._discovery is not None:
+            self._discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._discovery
+            self._discovery = None
         if self._task is not None:
             self._task.cancel()
             try:
@@ -196,6 +224,7 @@ class UpstreamService:
                 if now - last_spend >= settings.upstream_spend_refresh:
                     last_spend = now
                     await self.refresh_spend(only_capped=True)
+                self._maybe_discover(now)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -279,6 +308,103 @@ class UpstreamService:
         spent = {row.get("credential"): int(row.get("cost_micro") or 0) for row in totals}
         for cred in self.pool.credentials:
             cred.spent_micro = spent.get(cred.name, 0)
+
+    # ------------------------------------------------------------------ model discovery
+    def _due(self, cred: Credential, now: float) -> bool:
+        last = self._models_read_at.get(cred.name)
+        if last is None:
+            return True
+        if (self.listed.get(cred.name) or {}).get("error"):
+            return now - last >= min(MODELS_RETRY, self.settings.upstream_models_interval or MODELS_RETRY)
+        interval = self.settings.upstream_models_interval
+        return interval > 0 and now - last >= interval
+
+    def _maybe_discover(self, now: float) -> None:
+        """Start reading the model lists that are due (one task at a time, off the request path)."""
+        if self.client is None or (self._discovery is not None and not self._discovery.done()):
+            return
+        due = [c for c in self.pool.credentials if c.enabled and self._due(c, now)]
+        if due:
+            self._discovery = asyncio.get_running_loop().create_task(self.discover_all(due),
+                                                                     name="ethereal-models-discovery")
+
+    async def discover_all(self, creds: list[Credential] | None = None) -> None:
+        for cred in list(self.pool.credentials if creds is None else creds):
+            await self.discover(cred)
+        for name in [n for n in self.listed if self.pool.get(n) is None]:  # deleted credentials
+            self.listed.pop(name, None)
+            self._models_read_at.pop(name, None)
+
+    async def discover(self, cred: Credential) -> list[str] | None:
+        """Read ``cred``'s ``GET /v1/models`` (every page, bounded) and teach the registry the ids.
+
+        Returns the ids, or None when the list could not be read (logged once per streak)."""
+        if self.client is None:
+            return None
+        self._models_read_at[cred.name] = time.monotonic()
+        try:
+            ids, truncated = await asyncio.wait_for(self._read_models(cred), MODELS_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - a list that cannot be read changes nothing
+            error = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
+            before = self.listed.get(cred.name) or {}
+            if not before.get("error"):
+                log.warning("upstream credential %r: GET /v1/models failed (%s); models keep being served "
+                            "as before, the list is read again later", cred.name, error)
+            self.listed[cred.name] = {**before, "ids": before.get("ids", []), "error": error,
+                                      "failed_at": time.time()}
+            return None
+        before = self.listed.get(cred.name) or {}
+        if before.get("error"):
+            log.info("upstream credential %r: GET /v1/models answered again (%d models)", cred.name, len(ids))
+        self.listed[cred.name] = {"ids": ids, "at": time.time(), "error": None, "truncated": truncated}
+        if self.registry is not None:
+            new = self.registry.learn_upstream(ids)
+            unknown = [m for m in new if (found := self.registry.get(m)) is None or found.provisional]
+            if unknown:
+                log.warning("upstream credential %r serves %d model(s) the registry does not describe: %s "
+                            "(served and billed provisionally; add them to ETHEREAL_MODELS_FILE)", cred.name,
+                            len(unknown), ", ".join(m[:64] for m in unknown[:10]))
+        return ids
+
+    async def _read_models(self, cred: Credential) -> tuple[list[str], bool]:
+        assert self.client is not None
+        from ethereal.models.registry import MAX_MODEL_NAME
+
+        ids: list[str] = []
+        seen: set[str] = set()
+        after: str | None = None
+        for _ in range(MODELS_MAX_PAGES):
+            query = f"?limit={MODELS_PAGE}" + (f"&after_id={quote(after, safe='')}" if after else "")
+            resp = await self.client.request("GET", cred.base_url + "/v1/models" + query,
+                                             {"x-api-key": cred.api_key, "anthropic-version": "2023-06-01"},
+                                             None, pool_key=cred.name)
+            body = bytearray()
+            try:
+                async for chunk in resp.iter_chunks():
+                    body += chunk
+                    if len(body) > MODELS_MAX_BYTES:
+                        raise ValueError(f"a page of the model list is over {MODELS_MAX_BYTES} bytes")
+            finally:
+                resp.close()
+            if resp.status != 200:
+                raise ValueError(f"HTTP {resp.status}")
+            page = orjson.loads(bytes(body))
+            data = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(data, list):
+                raise TypeError("the model list has no data array")
+            for item in data:
+                mid = item.get("id") if isinstance(item, dict) else None
+                if (isinstance(mid, str) and 0 < len(mid) <= MAX_MODEL_NAME and mid.isprintable()
+                        and mid not in seen):
+                    seen.add(mid)
+                    ids.append(mid)
+                    if len(ids) >= MODELS_MAX_IDS:
+                        return ids, True
+            last = page.get("last_id")
+            if not page.get("has_more") or not isinstance(last, str) or not last or last == after:
+                return ids, False
+            after = last
+        return ids, True
 
     # ------------------------------------------------------------------ credential probes
     def schedule_probe(self, cred: Credential, detail: str | None = None) -> None:
@@ -367,7 +493,20 @@ class UpstreamService:
         else:
             out["api_key_hint"] = None
             out["health"] = None
+        out["models_listed"] = self.models_listed(name)
         return out
+
+    def models_listed(self, name: str) -> dict[str, Any] | None:
+        """What the credential's last ``GET /v1/models`` said (None: not read yet), the ids the
+        registry does not describe picked out (served, billed provisionally)."""
+        seen = self.listed.get(name)
+        if seen is None:
+            return None
+        ids = list(seen.get("ids") or [])
+        reg = self.registry
+        undescribed = [m for m in ids if reg is not None and ((found := reg.get(m)) is None or found.provisional)]
+        return {"count": len(ids), "ids": ids, "undescribed": undescribed, "at": seen.get("at"),
+                "error": seen.get("error"), "truncated": bool(seen.get("truncated"))}
 
     async def list(self) -> list[dict[str, Any]]:
         assert self.store is not None
