@@ -31,7 +31,8 @@ def test_pages_read_the_registry(console: Console) -> None:
 
         def usage_page() -> str | None:
             text = client.get("/dashboard/usage").text
-            return text if "claude-nova-8" in text else None
+            # the record's row (the model choices list the id as soon as it was served)
+            return text if 'title="claude-nova-8"' in text and "Claude Opus 5.5" in text else None
 
         usage = wait_for(usage_page, timeout=10)
         assert "Claude Opus 5.5" in usage  # the registry's display name for the record's model

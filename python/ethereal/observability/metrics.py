@@ -112,7 +112,7 @@ class Metrics:
         self.models = models
         self.ring = ring  # the live ring gets each record at the flush too
         self.in_flight = InFlight(in_flight)
-        self.provisional = ProvisionalModels(models)
+        self.provisional_models = ProvisionalModels(models)
         self.directory = multiproc_dir()
         if self.directory is not None and prom_values.ValueClass is prom_values.MutexValue:
             # prometheus_client picked its value class when first imported; make sure it is the
@@ -129,7 +129,7 @@ class Metrics:
         self.tokens = Counter("ethereal_tokens", "Tokens by model and kind", ("model", "kind"), registry=r)
         self.cost = Counter("ethereal_cost_micro_usd", "Spend in micro-USD by model", ("model",), registry=r)
         r.register(self.in_flight)
-        r.register(self.provisional)
+        r.register(self.provisional_models)
         self.http = Counter("ethereal_http_responses", "Every HTTP response, by status class",
                             ("status_class",), registry=r)
         self.attempts = Counter("ethereal_upstream_attempts", "Requests sent to an upstream credential",
@@ -338,7 +338,7 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.directory)
         registry.register(self.in_flight)
-        registry.register(self.provisional)
+        registry.register(self.provisional_models)
         return generate_latest(registry)
 
     def registry_text(self) -> bytes:
