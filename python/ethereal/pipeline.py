@@ -248,11 +248,7 @@ class Pipeline:
 
     async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
         raw = await read_body(request, self.settings.max_body_bytes)
-        data = parse_json_body(raw)
-        self.resolve_model(call, check_model_name(adapter.validate(data)))
-        out = adapter.build(call, raw, data, request)
-        call.stream = out.stream
-        await self.admit(call, out, metered=adapter.metered)
+        out = await self.prepare(adapter, call, raw, parse_json_body(raw), request)
         try:
             resp = await self.open_upstream(call, out, health=adapter.metered)
         except GatewayError as exc:
@@ -280,6 +276,16 @@ class Pipeline:
         usage = Usage.from_message(message.get("usage"), served_model=message.get("model"))
         await self.finish(call, resp.status, usage if adapter.metered else Usage())
         return response
+
+    async def prepare(self, adapter: Adapter, call: Call, raw: bytes, data: dict[str, Any],
+                      request: Request) -> Outbound:
+        """Steps 2 to 4 for a parsed body: validate, resolve the model, build the Anthropic
+        request, admit it. Shared by every transport (the Responses WebSocket too)."""
+        self.resolve_model(call, check_model_name(adapter.validate(data)))
+        out = adapter.build(call, raw, data, request)
+        call.stream = out.stream
+        await self.admit(call, out, metered=adapter.metered)
+        return out
 
     def _stream(self, adapter: Adapter, request: Request, call: Call, out: Outbound,
                 resp: UpstreamResponse) -> Response:

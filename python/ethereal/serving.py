@@ -158,6 +158,12 @@ def _config(settings: Settings) -> uvicorn.Config:
                           # no proxy-header layer on every request: the one route that needs a
                           # client's address reads X-Forwarded-For itself (guards.client_address)
                           proxy_headers=False,
+                          # WebSocket (the Responses API on /v1/responses, api/responses_ws.py): wsproto,
+                          # whose server supports refusing an upgrade with a plain HTTP answer; messages
+                          # bounded; no per-message deflate (a small compressed frame could inflate
+                          # past any bound before it is counted); pings find peers that went away
+                          ws="wsproto", ws_max_size=settings.ws_max_message_bytes, ws_per_message_deflate=False,
+                          ws_ping_interval=settings.ws_ping_interval, ws_ping_timeout=settings.ws_ping_interval,
                           timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works
 
 
