@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from ethereal.keys import mint
 from ethereal.sim.testing import start_sim_process
 

@@ -174,7 +174,8 @@ async def test_refused_before_the_upgrade(gw: dict[str, Any]) -> None:
     # the same answer as a plain HTTP reply: OpenAI's error shape, a request id, logged
     upgrade = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
                "sec-websocket-key": base64.b64encode(b"0123456789abcdef").decode()}
-    resp = httpx.get(f"{gw['url']}/v1/responses", headers={**upgrade, **auth("sk-ant-api03-nope")})
+    resp = await asyncio.to_thread(httpx.get, f"{gw['url']}/v1/responses",
+                                   headers={**upgrade, **auth("sk-ant-api03-nope")})
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "invalid_api_key"
     assert resp.headers["request-id"].startswith("req_")

@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -189,10 +189,10 @@ class ResponsesSockets:
         assert key is not None
         held = self.per_key.get(key.id, 0)
         if held >= self.settings.ws_max_sockets_per_key:
-            exc = GatewayError(429, f"this API key already holds {held} open WebSocket connections to this"
+            refusal = GatewayError(429, f"this API key already holds {held} open WebSocket connections to this"
                                     f" gateway worker (at most {self.settings.ws_max_sockets_per_key}); close one"
                                     " or use HTTP", retry_after=5.0)
-            await refuse(scope, send, exc, ids.request_id(key.key_hash), t0, openai=True)
+            await refuse(scope, send, refusal, ids.request_id(key.key_hash), t0, openai=True)
             return
         self.per_key[key.id] = held + 1
         try:
@@ -279,10 +279,10 @@ class _Socket:
                     await self._close(CLOSE_GOING_AWAY, "the gateway is shutting down")
                     return
         finally:
-            task = self.current
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.wait({task})
+            current = self.current
+            if current is not None and not current.done():
+                current.cancel()
+                await asyncio.wait({current})
             reader.cancel()
             await asyncio.wait({reader})
 
@@ -377,8 +377,8 @@ class _Socket:
         except Exception:
             log.exception("unhandled error in a WebSocket response.create")
             self.last = None
-            exc = GatewayError(500, "internal error in the gateway")
-            await self.send({"type": "websocket.send", "text": error_event(exc, call.request_id)})
+            internal = GatewayError(500, "internal error in the gateway")
+            await self.send({"type": "websocket.send", "text": error_event(internal, call.request_id)})
             return 500
 
     async def _serve(self, call: Call, text: str, data: Any) -> int:
@@ -427,7 +427,7 @@ class _Socket:
             raise GatewayError(502, "the upstream answered a stream request without an event stream")
         native, _ = adapter.stream_relay(call, out)
         relay = StreamRelay(pipeline, call, resp, native, translate=True)
-        body = relay.body()
+        body = cast(AsyncGenerator[bytes, None], relay.body())
         output: list[Any] = []
         final = b""
         try:
