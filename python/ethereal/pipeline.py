@@ -48,7 +48,7 @@ from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
 from ethereal.metering.pricing import model_for, price, reserve_rates
 from ethereal.models import Model
-from ethereal.storage.records import UsageRecord
+from ethereal.storage.records import UsageRecord, error_message_of
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.hints import retry_after_seconds
 from ethereal.upstream.pool import FailureKind, Refusal, Refused
@@ -61,6 +61,11 @@ log = logging.getLogger("ethereal.pipeline")
 CLEANUP_SCOPE_KEY = "ethereal.cleanup"
 Cleanup = Callable[[], Awaitable[None] | None]
 
+
+# what a record says of failures that are not a GatewayError (the client sees these words too, or nothing)
+CLIENT_GONE = "the client closed the connection before the response was complete"
+INTERNAL_ERROR = "internal error in the gateway"
+STREAM_CUT = "the upstream connection was interrupted"
 
 # Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
 # HTTP client sets itself.
@@ -440,10 +445,12 @@ class Pipeline:
                            retry_after=pool.earliest_recovery(call.model_name))
 
     async def finish(self, call: Call, status: int, usage: Usage, *, error_type: str | None = None,
-                     batch: bool = False) -> UsageRecord:
+                     error_message: str | None = None, batch: bool = False) -> UsageRecord:
         """Release the credential, settle the reservation and record the usage: once per request.
 
-        Idempotent: a second call returns the first record. Priced by the registry's card in
+        ``error_message``: what the client was told (a ``GatewayError``'s message, the upstream's),
+        clipped and escaped for operators (``error_message_of``). Idempotent: a second call
+        returns the first record. Priced by the registry's card in
         force when the request started, at the model the upstream reports serving when it
         differs from the one asked for; a model the registry does not describe at a provisional
         card (metering/pricing.py).
@@ -468,7 +475,7 @@ class Pipeline:
             exact=usage.exact, cache_ttl_assumed=usage.ttl_assumed, cost_micro=cost, ttfb_ms=call.ttfb_ms,
             duration_ms=(time.perf_counter() - call.t0) * 1000.0, started_at=call.started, ended_at=now,
             upstream_request_id=call.upstream_request_id, error_type=error_type,
-            web_search_requests=usage.web_searches,
+            web_search_requests=usage.web_searches, error_message=error_message_of(error_message),
         )
         call.record = rec  # before any await: a concurrent cleanup sees the request as finished
         if cred is not None:
@@ -501,12 +508,13 @@ class Recording:
             return
         finish, call = self.pipeline.finish, self.call
         if isinstance(exc, GatewayError):
-            await finish(call, exc.status, Usage(), error_type=exc.type)
+            await finish(call, exc.status, Usage(), error_type=exc.type, error_message=exc.message)
         elif isinstance(exc, asyncio.CancelledError):
             # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
-            await asyncio.shield(finish(call, 499, Usage(exact=False), error_type="client_disconnected"))
+            await asyncio.shield(finish(call, 499, Usage(exact=False), error_type="client_disconnected",
+                                        error_message=CLIENT_GONE))
         elif isinstance(exc, Exception):
-            await finish(call, 500, Usage(), error_type="api_error")
+            await finish(call, 500, Usage(), error_type="api_error", error_message=INTERNAL_ERROR)
 
 
 class StreamRelay:
@@ -552,7 +560,8 @@ class StreamRelay:
             return
         self._stop_watching()
         self.resp.close()
-        await self.pipeline.finish(self.call, 499, self.native.usage(), error_type="client_disconnected")
+        await self.pipeline.finish(self.call, 499, self.native.usage(), error_type="client_disconnected",
+                                   error_message=CLIENT_GONE)
 
     def _start_watching(self) -> None:
         self.watch_timer = None
@@ -587,6 +596,7 @@ class StreamRelay:
             self.watch_timer = asyncio.get_running_loop().call_later(self.WATCH_AFTER, self._start_watching)
         status = 200
         error_type: str | None = None
+        error_message: str | None = None
         cut: str | None = None
         completed = False
         try:
@@ -618,11 +628,11 @@ class StreamRelay:
                     log.warning("upstream stream from %s cut: %s",
                                 call.credential.name if call.credential else "?", cut)
                     error_type, status = "api_error", 502
+                    error_message = STREAM_CUT
                     if call.credential is not None:
                         await pool.report_failure(call.credential, FailureKind.STREAM, detail=cut)
                     if not self.translate:
-                        closing = anthropic_sse_error("api_error", "the upstream connection was interrupted",
-                                                      call.request_id)
+                        closing = anthropic_sse_error("api_error", STREAM_CUT, call.request_id)
                 if closing:
                     yield closing
                 completed = True
@@ -635,7 +645,7 @@ class StreamRelay:
                 ended = completed or state.saw_message_stop or state.error_type is not None
                 if not ended:  # the client went away (or the body was closed early)
                     resp.close()
-                    status, error_type = 499, "client_disconnected"
+                    status, error_type, error_message = 499, "client_disconnected", CLIENT_GONE
                 else:
                     if completed:
                         resp.release()
@@ -644,10 +654,12 @@ class StreamRelay:
                     upstream_error_type = state.error_type
                     if upstream_error_type is not None:
                         error_type, status = upstream_error_type, 200
+                        error_message = state.error_message or f"the upstream stream ended with {upstream_error_type}"
                         if call.credential is not None and upstream_error_type in ("overloaded_error", "api_error"):
                             kind = (FailureKind.OVERLOADED if upstream_error_type == "overloaded_error"
                                     else FailureKind.SERVER_ERROR)
                             await pool.report_failure(call.credential, kind, detail="error event")
-                finish = pipeline.finish(call, status, native.usage(), error_type=error_type)
+                finish = pipeline.finish(call, status, native.usage(), error_type=error_type,
+                                         error_message=error_message)
                 # only settling a reservation waits on anything: without one there is nothing to shield
                 await (asyncio.shield(finish) if call.admission is not None else finish)

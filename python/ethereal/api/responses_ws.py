@@ -65,7 +65,7 @@ from ethereal.guards import check_body_shape, check_model_name
 from ethereal.lifecycle import LIFECYCLE
 from ethereal.observability.http import RECORD, Parts, log_request
 from ethereal.pipeline import Call, Pipeline, StreamRelay
-from ethereal.storage.records import UsageRecord
+from ethereal.storage.records import UsageRecord, error_message_of
 from ethereal.upstream.client import UpstreamStreamError
 from ethereal.usage import Usage
 
@@ -232,7 +232,7 @@ async def refuse(scope: Scope, send: Send, exc: GatewayError, request_id: str, t
                     " the websocket.http.response extension)", str(scope.get("path", ""))[:200], exc.status)
         await send({"type": "websocket.close", "code": CLOSE_POLICY})
     log_request({"method": "GET", "path": scope.get("path", "")}, exc.status,
-                (time.perf_counter() - t0) * 1000.0, request_id, None)
+                (time.perf_counter() - t0) * 1000.0, request_id, None, error_message_of(exc.message))
 
 
 class _Socket:
@@ -340,8 +340,9 @@ class _Socket:
             ring.enter()
         call = Call(request_id="", route=service.adapter.route, stream=True)
         status = 0
+        said: str | None = None
         try:
-            status = await self._answer(call, text, parsed)
+            status, said = await self._answer(call, text, parsed)
         except asyncio.CancelledError:
             status = 499
             raise
@@ -355,10 +356,11 @@ class _Socket:
             if metrics is not None:
                 metrics.response(status or 499)
             log_request({"method": "WS", "path": self.scope.get("path", PATH)}, status or 499,
-                        (time.perf_counter() - t0) * 1000.0, call.request_id or None, rec)
+                        (time.perf_counter() - t0) * 1000.0, call.request_id or None, rec, said)
 
-    async def _answer(self, call: Call, text: str, parsed: Any) -> int:
-        """Answer one message; returns the status its log line shows."""
+    async def _answer(self, call: Call, text: str, parsed: Any) -> tuple[int, str | None]:
+        """Answer one message; returns the status its log line shows and the error the client was
+        told (a refusal before any record, such as a key revoked since the upgrade)."""
         pipeline = self.pipeline
         try:
             try:
@@ -367,11 +369,11 @@ class _Socket:
                 key = call.key
                 call.request_id = ids.request_id(key.key_hash if key is not None else key_hash_of(self.headers))
             async with pipeline.recording(call):
-                return await self._serve(call, text, parsed)
+                return await self._serve(call, text, parsed), None
         except GatewayError as exc:
             self.last = None
             await self.send({"type": "websocket.send", "text": error_event(exc, call.request_id)})
-            return exc.status
+            return exc.status, error_message_of(exc.message)
         except (asyncio.CancelledError, OSError):
             raise
         except Exception:
@@ -379,7 +381,7 @@ class _Socket:
             self.last = None
             internal = GatewayError(500, "internal error in the gateway")
             await self.send({"type": "websocket.send", "text": error_event(internal, call.request_id)})
-            return 500
+            return 500, internal.message
 
     async def _serve(self, call: Call, text: str, data: Any) -> int:
         pipeline, settings, adapter = self.pipeline, self.settings, self.service.adapter

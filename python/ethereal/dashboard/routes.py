@@ -402,7 +402,7 @@ def register(app: Application, gw: Gateway) -> None:
         st = store()
         columns = ("request_id", "started_at", "key_id", "credential", "route", "model", "status", "stream",
                    "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h", "cache_read",
-                   "exact", "cost_micro", "ttfb_ms", "duration_ms", "error_type")
+                   "exact", "cost_micro", "ttfb_ms", "duration_ms", "error_type", "error_message")
 
         async def rows() -> AsyncIterator[bytes]:
             buf = io.StringIO()
@@ -415,7 +415,11 @@ def register(app: Application, gw: Gateway) -> None:
                 if not batch:
                     break
                 for rec in batch:
-                    writer.writerow([_ts(rec.started_at) if c == "started_at" else getattr(rec, c) for c in columns])
+                    row = [_ts(rec.started_at) if c == "started_at" else getattr(rec, c) for c in columns]
+                    message = row[-1]
+                    if isinstance(message, str) and message[:1] in ("=", "+", "-", "@"):
+                        row[-1] = "'" + message  # an upstream's words are never a spreadsheet formula
+                    writer.writerow(row)
                 sent += len(batch)
                 before = (batch[-1].started_at, batch[-1].request_id)
                 yield buf.getvalue().encode()
