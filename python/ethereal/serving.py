@@ -117,8 +117,18 @@ class GatewayServer(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
+        # WebSockets (the Responses API): one with nothing in flight is closed now (1001), one
+        # answering a response after that response, by the app itself; the rest is HTTP (idle
+        # keep-alive connections close now, busy ones after their response)
+        from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+        from ethereal.api.responses_ws import drain_sockets
+
+        drain_sockets()
         for connection in list(self.server_state.connections):
-            connection.shutdown()  # idle keep-alive connections close now, busy ones after their response
+            if isinstance(connection, WSProtocol) and connection.handshake_complete:
+                continue
+            connection.shutdown()
         await asyncio.sleep(0.1)
         deadline = time.monotonic() + self.grace
         while self._busy() and time.monotonic() < deadline and not self.force_exit:

@@ -262,3 +262,45 @@ def test_other_paths_answer_426(gw: dict[str, Any]) -> None:
         assert time.monotonic() < deadline, refused
         time.sleep(0.1)
     assert all(line["request_id"].startswith("req_") for line in refused)
+
+
+async def test_shutdown_closes_idle_sockets_and_lets_a_response_finish(sim_url: str, tmp_path: Path) -> None:
+    """SIGTERM: an idle socket is closed at once (1001) when the listener closes; a socket answering
+    a response gets that response to its end, then the same close."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.procs import free_port, stop, wait_http
+
+    key, _ = await asyncio.to_thread(mint_into, tmp_path, name="drain")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
+    env.update(ETHEREAL_DATA_DIR=str(tmp_path), ETHEREAL_UPSTREAM_URL=sim_url, ETHEREAL_UPSTREAM_KEY="k",
+               ETHEREAL_DRAIN_DELAY="0.5", ETHEREAL_SHUTDOWN_GRACE="20", PYTHONUNBUFFERED="1")
+    with open(tmp_path / "gateway.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--port", str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", proc)
+        url = f"ws://127.0.0.1:{port}/v1/responses"
+        async with aiohttp.ClientSession() as session:
+            idle = await session.ws_connect(url, headers=auth(key))
+            busy = await session.ws_connect(url, headers=auth(key))
+            payload = body("A story. sim:tokens=300 sim:tps=150 sim:tools=0", reasoning={"effort": "none"})
+            await busy.send_str(json.dumps({"type": "response.create", **payload}))
+            first = json.loads((await asyncio.wait_for(busy.receive(), 10)).data)
+            assert first["type"] == "response.created"
+            proc.send_signal(signal.SIGTERM)
+            msg = await asyncio.wait_for(idle.receive(), 10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and idle.close_code == 1001
+            events = await events_until_done(busy)
+            assert events[-1]["type"] == "response.completed"  # the whole response, ~2 s after the signal
+            msg = await asyncio.wait_for(busy.receive(), 10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and busy.close_code == 1001
+            await idle.close()
+            await busy.close()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        stop(proc)

@@ -83,6 +83,20 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 MAX_QUEUED = 1  # response.create messages a client may queue behind the one in flight
 _GONE = object()  # the client went away: the end of the inbox
+_DRAIN = object()  # the worker is shutting down: close a socket with nothing in flight
+LIVE: set[_Socket] = set()  # this worker's open sockets (drain_sockets)
+
+
+def drain_sockets() -> int:
+    """Shutdown (serving.GatewayServer): close every socket with nothing in flight now (1001);
+    one answering a response closes once that response is over. Returns the sockets still busy."""
+    busy = 0
+    for socket in list(LIVE):
+        if socket.current is None:
+            socket.inbox.put_nowait(_DRAIN)
+        else:
+            busy += 1
+    return busy
 
 
 class _Scoped:
@@ -256,6 +270,7 @@ class _Socket:
 
     async def run(self) -> None:
         reader = asyncio.get_running_loop().create_task(self._read())
+        LIVE.add(self)
         try:
             while True:
                 try:
@@ -264,6 +279,9 @@ class _Socket:
                     await self._close(CLOSE_NORMAL, "idle timeout")
                     return
                 if item is _GONE or self.gone:
+                    return
+                if item is _DRAIN:
+                    await self._close(CLOSE_GOING_AWAY, "the gateway is shutting down")
                     return
                 task = asyncio.get_running_loop().create_task(self._create(item))
                 self.current = task
@@ -279,6 +297,7 @@ class _Socket:
                     await self._close(CLOSE_GOING_AWAY, "the gateway is shutting down")
                     return
         finally:
+            LIVE.discard(self)
             current = self.current
             if current is not None and not current.done():
                 current.cancel()
