@@ -279,9 +279,12 @@ async def test_shutdown_closes_idle_sockets_and_lets_a_response_finish(sim_url: 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     env.update(ETHEREAL_DATA_DIR=str(tmp_path), ETHEREAL_UPSTREAM_URL=sim_url, ETHEREAL_UPSTREAM_KEY="k",
                ETHEREAL_DRAIN_DELAY="0.5", ETHEREAL_SHUTDOWN_GRACE="20", PYTHONUNBUFFERED="1")
-    with open(tmp_path / "gateway.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--port", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    def start() -> subprocess.Popen[bytes]:
+        with open(tmp_path / "gateway.log", "wb") as log:
+            return subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--port", str(port)], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+
+    proc = await asyncio.to_thread(start)
     try:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", proc)
         url = f"ws://127.0.0.1:{port}/v1/responses"
