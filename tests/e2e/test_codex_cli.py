@@ -162,13 +162,17 @@ def codex_builtin(home: Path, workdir: Path, key: str, prompt: str, *extra: str)
 def test_builtin_provider_over_one_websocket(builtin_home: Path, tmp_path: Path, gateway: Gateway) -> None:
     """A shell-tool round trip with the built-in provider: one WebSocket, every request on it,
     no retry, no fallback to HTTP, no "high demand" notice."""
+    import time
+
+    key, record = gateway.mint(name="codex-builtin")  # its own key: its log lines are told apart
+    time.sleep(0.6)  # the gateway's key cache
     log = gateway_log(gateway)
     offset = log.stat().st_size
     workdir = tmp_path / "work"
     workdir.mkdir()
     call = base64.urlsafe_b64encode(json.dumps({"cmd": "printf ethereal > codex-ws.txt"}).encode())
     prompt = f"Write the marker file. sim:tool=exec_command sim:input={call.decode().rstrip('=')}"
-    events, output = codex_builtin(builtin_home, workdir, gateway.key, prompt, "-s", "workspace-write")
+    events, output = codex_builtin(builtin_home, workdir, key, prompt, "-s", "workspace-write")
     commands = items(events, "command_execution")
     assert len(commands) == 1 and commands[0]["exit_code"] == 0
     assert (workdir / "codex-ws.txt").read_text() == "ethereal"
@@ -177,10 +181,16 @@ def test_builtin_provider_over_one_websocket(builtin_home: Path, tmp_path: Path,
     assert not [e for e in events if e["type"] in ("turn.failed", "error")]
     assert "high demand" not in output.lower() and "reconnecting" not in output.lower()
 
-    def socket_closed(lines: list[dict[str, Any]]) -> bool:
-        return any(str(line.get("status")) == "101" for line in lines)
+    def ours(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # the log writer flushes lazily: lines of the test before may follow the offset; from the
+        # first line of this key on, every line is this run's (the tests run one at a time)
+        first = next((i for i, line in enumerate(lines) if line.get("key_id") == record.id), len(lines))
+        return lines[first:]
 
-    lines = access_lines(log, offset, until=socket_closed)
+    def socket_closed(lines: list[dict[str, Any]]) -> bool:
+        return any(str(line.get("status")) == "101" for line in ours(lines))
+
+    lines = ours(access_lines(log, offset, until=socket_closed))
     responses = [line for line in lines if line.get("path") == "/v1/responses"]
     sockets = [line for line in responses if str(line.get("status")) == "101"]
     creates = [line for line in responses if line.get("method") == "WS"]
