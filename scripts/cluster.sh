@@ -173,6 +173,10 @@ defaults
     timeout server 610s
     timeout http-request 30s
     timeout http-keep-alive 60s
+    # WebSockets (/v1/responses) pass through as tunnels: above the gateway's own idle close (600 s)
+    timeout tunnel 660s
+    timeout client-fin 30s
+    timeout server-fin 30s
     # a request whose connection to a replica failed goes to another replica
     option redispatch
     retries 2

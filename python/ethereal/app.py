@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,10 @@ from blacksheep import Application, Request, Response, Router
 
 from ethereal import ids, observability
 from ethereal.admin import routes as admin_routes
-from ethereal.api import anthropic, batches, openai, responses
+from ethereal.api import anthropic, batches, openai, responses, responses_ws
 from ethereal.api.common import anthropic_error, openai_error
+from ethereal.api.responses_ws import ResponsesSockets
+from ethereal.auth import key_hash_of
 from ethereal.dashboard import routes as dashboard_routes
 from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
@@ -41,10 +44,10 @@ _OPENAI_PATHS = ("/v1/chat/", "/v1/responses", "/v1/completions", "/v1/embedding
 
 
 
-def build_application(gw: Gateway) -> Application:
+def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Application:
     """The BlackSheep app with every route bound to the started ``gw``."""
     app = Application(router=Router(), show_error_details=False)  # its own router, not the module default
-    pipeline = Pipeline(gw)
+    pipeline = pipeline or Pipeline(gw)
     anthropic.register(app, gw, pipeline)
     batches.register(app, gw, pipeline)
     openai.register(app, gw, pipeline)
@@ -79,6 +82,7 @@ class Ethereal:
         self.parent_pid = parent_pid
         self._gateway: Gateway | None = None
         self._app: Application | None = None
+        self._sockets: ResponsesSockets | None = None  # the Responses API over WebSocket
         # module-level or picklable callables (the app is pickled into each worker): this worker's
         # ring and metrics once started, and the log setup its lifespan applies
         self.observe: Parts | None = None
@@ -96,13 +100,16 @@ class Ethereal:
         if self.parent_pid is not None and self.parent_pid != os.getpid():
             die_with_parent(self.parent_pid)
         gw = await Gateway.start(self.settings)
-        app = build_application(gw)
+        pipeline = Pipeline(gw)
+        app = build_application(gw, pipeline)
         await app.start()
         self._gateway, self._app = gw, app
+        self._sockets = ResponsesSockets(pipeline, self.observe)
 
     async def stop(self) -> None:
         app, gw = self._app, self._gateway
         self._app = self._gateway = None
+        self._sockets = None
         if app is not None:
             await app.stop()
         if gw is not None:
@@ -123,10 +130,37 @@ class Ethereal:
             pending: list[Cleanup] = []
             scope[CLEANUP_SCOPE_KEY] = pending
             await LIFECYCLE._serve(app, scope, receive, send, self.observe, pending)
+        elif kind == "websocket":
+            await self._websocket(rewrite_scope(scope, self._base_path), receive, send)
         elif kind == "lifespan":
             if self.configure_logs is not None:
                 self.configure_logs()
             await self._lifespan(receive, LIFECYCLE._lifespan_send(send))
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket upgrade: the Responses API on ``/v1/responses`` (api/responses_ws.py); on
+        any other path an immediate ``426 Upgrade Required`` (a client that can fall back to HTTP,
+        as Codex CLI does, does so at once), logged and counted like any refused request."""
+        sockets = self._sockets
+        if sockets is not None and scope["path"] == responses_ws.PATH:
+            await sockets.serve(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
+        request_id = ids.request_id(key_hash_of(scope["headers"]))
+        if sockets is None:
+            exc = GatewayError(503, "the gateway is starting", type="overloaded_error", retry_after=1.0)
+        else:
+            exc = GatewayError(426, f"WebSocket is not served on {scope['path'][:200]}: use HTTP",
+                               type="invalid_request_error", headers=[(b"connection", b"close")])
+        if self.observe is not None:
+            _, metrics = self.observe()
+            if metrics is not None:
+                metrics.response(exc.status)
+        await responses_ws.refuse(scope, send, exc, request_id, t0,
+                                  openai=scope["path"].startswith(_OPENAI_PATHS))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

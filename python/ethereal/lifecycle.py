@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ethereal.errors import anthropic_sse_error, openai_error_body
-from ethereal.observability.http import RECORD, Parts, log_request
+from ethereal.observability.http import RECORD, Parts, error_message_in, log_request
 from ethereal.storage.records import UsageRecord
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ _JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no
 SHUTDOWN_MESSAGE = "the gateway is shutting down; retry the request"
 _LAG_INTERVAL = 0.05  # seconds between event-loop lag samples
 _LAG_SAMPLES = 1200  # one minute of them at most
+_ERROR_BODY_MAX = 16 * 1024  # bytes of an error answer read for its message (the log line's error_message)
 
 
 class _Stream:
@@ -226,6 +227,7 @@ class Lifecycle:
         trackable = scope["method"] == "POST"
         status = 0
         request_id: str | None = None
+        error_body = b""  # the start of an error answer's body: its message goes on the log line
         ring, metrics = observe() if observe is not None else (None, None)
         if observe is not None:
             slot: list[UsageRecord | None] = [None]
@@ -235,9 +237,11 @@ class Lifecycle:
                 ring.enter()
 
         async def respond(message: Message) -> None:
-            nonlocal stream, status, request_id
+            nonlocal stream, status, request_id, error_body
             if message["type"] != "http.response.start":
                 if stream is None:
+                    if status >= 400 and len(error_body) < _ERROR_BODY_MAX:
+                        error_body += message.get("body", b"")[:_ERROR_BODY_MAX]
                     await send(message)  # a plain body, or the server's own messages
                     return
                 body = message.get("body", b"")
@@ -311,7 +315,11 @@ class Lifecycle:
                     ring.leave()
                 if metrics is not None:
                     metrics.response(status or 499)
-                log_request(scope, status or 499, (time.perf_counter() - t0) * 1000.0, request_id, slot[0])
+                rec = slot[0]
+                said = None
+                if error_body and (rec is None or rec.error_message is None):
+                    said = error_message_in(error_body[:_ERROR_BODY_MAX])
+                log_request(scope, status or 499, (time.perf_counter() - t0) * 1000.0, request_id, rec, said)
 
 
 LIFECYCLE = Lifecycle()

@@ -48,7 +48,7 @@ from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
 from ethereal.metering.pricing import model_for, price, reserve_rates
 from ethereal.models import Model
-from ethereal.storage.records import UsageRecord
+from ethereal.storage.records import UsageRecord, error_message_of
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.hints import retry_after_seconds
 from ethereal.upstream.pool import FailureKind, Refusal, Refused
@@ -61,6 +61,11 @@ log = logging.getLogger("ethereal.pipeline")
 CLEANUP_SCOPE_KEY = "ethereal.cleanup"
 Cleanup = Callable[[], Awaitable[None] | None]
 
+
+# what a record says of failures that are not a GatewayError (the client sees these words too, or nothing)
+CLIENT_GONE = "the client closed the connection before the response was complete"
+INTERNAL_ERROR = "internal error in the gateway"
+STREAM_CUT = "the upstream connection was interrupted"
 
 # Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
 # HTTP client sets itself.
@@ -250,11 +255,7 @@ class Pipeline:
 
     async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
         raw = await read_body(request, self.settings.max_body_bytes)
-        data = parse_json_body(raw, adapter.max_depth)
-        self.resolve_model(call, check_model_name(adapter.validate(data)))
-        out = adapter.build(call, raw, data, request)
-        call.stream = out.stream
-        await self.admit(call, out, metered=adapter.metered)
+        out = await self.prepare(adapter, call, raw, parse_json_body(raw, adapter.max_depth), request)
         try:
             resp = await self.open_upstream(call, out, health=adapter.metered)
         except GatewayError as exc:
@@ -293,6 +294,16 @@ class Pipeline:
         call.first_byte()
         await self.finish(call, resp.status, usage if adapter.metered else Usage())
         return response
+
+    async def prepare(self, adapter: Adapter, call: Call, raw: bytes, data: dict[str, Any],
+                      request: Request) -> Outbound:
+        """Steps 2 to 4 for a parsed body: validate, resolve the model, build the Anthropic
+        request, admit it. Shared by every transport (the Responses WebSocket too)."""
+        self.resolve_model(call, check_model_name(adapter.validate(data)))
+        out = adapter.build(call, raw, data, request)
+        call.stream = out.stream
+        await self.admit(call, out, metered=adapter.metered)
+        return out
 
     def _stream(self, adapter: Adapter, request: Request, call: Call, out: Outbound,
                 resp: UpstreamResponse) -> Response:
@@ -461,10 +472,12 @@ class Pipeline:
                            retry_after=pool.earliest_recovery(call.model_name))
 
     async def finish(self, call: Call, status: int, usage: Usage, *, error_type: str | None = None,
-                     batch: bool = False) -> UsageRecord:
+                     error_message: str | None = None, batch: bool = False) -> UsageRecord:
         """Release the credential, settle the reservation and record the usage: once per request.
 
-        Idempotent: a second call returns the first record. Priced by the registry's card in
+        ``error_message``: what the client was told (a ``GatewayError``'s message, the upstream's),
+        clipped and escaped for operators (``error_message_of``). Idempotent: a second call
+        returns the first record. Priced by the registry's card in
         force when the request started, at the model the upstream reports serving when it
         differs from the one asked for; a model the registry does not describe at a provisional
         card (metering/pricing.py).
@@ -492,7 +505,7 @@ class Pipeline:
             upstream_request_id=call.upstream_request_id, error_type=error_type,
             web_search_requests=usage.web_searches, batch=batch, rate_card=priced.rate_card,
             priced_provisional=priced.provisional, speed=usage.speed, inference_geo=usage.inference_geo,
-            service_tier=usage.service_tier,
+            service_tier=usage.service_tier, error_message=error_message_of(error_message),
         )
         call.record = rec  # before any await: a concurrent cleanup sees the request as finished
         if cred is not None:
@@ -544,14 +557,15 @@ class Recording:
             return
         finish, call = self.pipeline.finish, self.call
         if isinstance(exc, GatewayError):
-            await finish(call, exc.status, Usage(), error_type=exc.type)
+            await finish(call, exc.status, Usage(), error_type=exc.type, error_message=exc.message)
         elif isinstance(exc, asyncio.CancelledError):
             # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
-            await asyncio.shield(finish(call, 499, Usage(exact=False), error_type="client_disconnected"))
+            await asyncio.shield(finish(call, 499, Usage(exact=False), error_type="client_disconnected",
+                                        error_message=CLIENT_GONE))
         elif isinstance(exc, Exception):
             # a credential still held: the upstream answered, so the request is billed at its reservation
             usage = reserved_usage(call, None) if call.credential is not None else Usage()
-            await finish(call, 500, usage, error_type="api_error")
+            await finish(call, 500, usage, error_type="api_error", error_message=INTERNAL_ERROR)
 
 
 def _usage_so_far(call: Call, native: Relay) -> Usage:
@@ -605,7 +619,8 @@ class StreamRelay:
             return
         self._stop_watching()
         self.resp.close()
-        await self.pipeline.finish(self.call, 499, self.native.usage(), error_type="client_disconnected")
+        await self.pipeline.finish(self.call, 499, self.native.usage(), error_type="client_disconnected",
+                                   error_message=CLIENT_GONE)
 
     def _start_watching(self) -> None:
         self.watch_timer = None
@@ -640,6 +655,7 @@ class StreamRelay:
             self.watch_timer = asyncio.get_running_loop().call_later(self.WATCH_AFTER, self._start_watching)
         status = 200
         error_type: str | None = None
+        error_message: str | None = None
         cut: str | None = None
         completed = failed = False
         try:
@@ -686,11 +702,11 @@ class StreamRelay:
                     log.warning("upstream stream from %s cut: %s",
                                 call.credential.name if call.credential else "?", cut)
                     error_type, status = "api_error", 502
+                    error_message = STREAM_CUT
                     if call.credential is not None:
                         await pool.report_failure(call.credential, FailureKind.STREAM, detail=cut, model=call.model_name)
                     if not self.translate:
-                        closing = anthropic_sse_error("api_error", "the upstream connection was interrupted",
-                                                      call.request_id)
+                        closing = anthropic_sse_error("api_error", STREAM_CUT, call.request_id)
                 if closing:
                     yield closing
                 completed = True
@@ -707,7 +723,7 @@ class StreamRelay:
                 ended = completed or state.saw_message_stop or state.error_type is not None
                 if not ended:  # the client went away (or the body was closed early)
                     resp.close()
-                    status, error_type = 499, "client_disconnected"
+                    status, error_type, error_message = 499, "client_disconnected", CLIENT_GONE
                 else:
                     if completed:
                         resp.release()
@@ -716,10 +732,12 @@ class StreamRelay:
                     upstream_error_type = state.error_type
                     if upstream_error_type is not None:
                         error_type, status = upstream_error_type, 200
+                        error_message = state.error_message or f"the upstream stream ended with {upstream_error_type}"
                         if call.credential is not None and upstream_error_type in ("overloaded_error", "api_error"):
                             kind = (FailureKind.OVERLOADED if upstream_error_type == "overloaded_error"
                                     else FailureKind.SERVER_ERROR)
                             await pool.report_failure(call.credential, kind, detail="error event", model=call.model_name)
-                finish = pipeline.finish(call, status, native.usage(), error_type=error_type)
+                finish = pipeline.finish(call, status, native.usage(), error_type=error_type,
+                                         error_message=error_message)
                 # only settling a reservation waits on anything: without one there is nothing to shield
                 await (asyncio.shield(finish) if call.admission is not None else finish)

@@ -145,6 +145,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._sweeper.discard(self)
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        # the connection is the WebSocket protocol's from here on (it still counts toward
+        # max_connections): this one's clocks must never write a 408 into it
+        self._clock = False
+        if self._sweeper is not None:
+            self._sweeper.discard(self)
+        super().handle_websocket_upgrade()
+
     def _refuse(self, response: bytes) -> None:
         self._clock = False
         if not self.transport.is_closing():

@@ -117,8 +117,18 @@ class GatewayServer(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
+        # WebSockets (the Responses API): one with nothing in flight is closed now (1001), one
+        # answering a response after that response, by the app itself; the rest is HTTP (idle
+        # keep-alive connections close now, busy ones after their response)
+        from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+        from ethereal.api.responses_ws import drain_sockets
+
+        drain_sockets()
         for connection in list(self.server_state.connections):
-            connection.shutdown()  # idle keep-alive connections close now, busy ones after their response
+            if isinstance(connection, WSProtocol) and connection.handshake_complete:
+                continue
+            connection.shutdown()
         await asyncio.sleep(0.1)
         deadline = time.monotonic() + self.grace
         while self._busy() and time.monotonic() < deadline and not self.force_exit:
@@ -158,6 +168,12 @@ def _config(settings: Settings) -> uvicorn.Config:
                           # no proxy-header layer on every request: the one route that needs a
                           # client's address reads X-Forwarded-For itself (guards.client_address)
                           proxy_headers=False,
+                          # WebSocket (the Responses API on /v1/responses, api/responses_ws.py): wsproto,
+                          # whose server supports refusing an upgrade with a plain HTTP answer; messages
+                          # bounded; no per-message deflate (a small compressed frame could inflate
+                          # past any bound before it is counted); pings find peers that went away
+                          ws="wsproto", ws_max_size=settings.ws_max_message_bytes, ws_per_message_deflate=False,
+                          ws_ping_interval=settings.ws_ping_interval, ws_ping_timeout=settings.ws_ping_interval,
                           timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works
 
 

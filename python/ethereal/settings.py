@@ -97,6 +97,14 @@ class Settings:
     body_min_rate: int = 1024
     keepalive_timeout: float = 5.0
     max_connections: int = 1024
+    # the Responses API over WebSocket (api/responses_ws.py): live sockets per key and worker, the
+    # largest message a client may send (a full response.create carries the whole conversation, as
+    # an HTTP body does), seconds a socket may sit with nothing in flight before it is closed, and
+    # the protocol's ping interval (a peer that does not answer within it is dropped)
+    ws_max_sockets_per_key: int = 16
+    ws_max_message_bytes: int = 32 * 1024 * 1024
+    ws_idle_timeout: float = 600.0
+    ws_ping_interval: float = 20.0
     # shutdown (ethereal/serving.py): seconds /healthz answers 503 before the listener closes, then
     # seconds requests in flight may take to finish before open streams are ended with an error event
     drain_delay: float = 3.0
@@ -147,7 +155,8 @@ _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
                "batch_max_requests": 1, "batch_max_body_bytes": 1024,
                "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
-               "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1}
+               "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1,
+               "ws_max_sockets_per_key": 1, "ws_max_message_bytes": 1024}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
@@ -157,7 +166,8 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
                  "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
                  "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1,
-                 "console_session_hours": 0.001, "drain_delay": 0.0, "shutdown_grace": 0.0}
+                 "console_session_hours": 0.001, "drain_delay": 0.0, "shutdown_grace": 0.0,
+                 "ws_idle_timeout": 0.1, "ws_ping_interval": 0.1}
 _BOOL_FIELDS = {"limits_fail_open", "limits_per_worker"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",

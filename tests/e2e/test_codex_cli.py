@@ -98,3 +98,103 @@ def test_tool_round_trip_with_reasoning(codex_home: Path, tmp_path: Path, gatewa
     usage = next(e for e in events if e["type"] == "turn.completed")["usage"]
     # the second request reads the first one's prefix from the prompt cache (breakpoints added)
     assert usage["cached_input_tokens"] > 0
+
+
+# --- the built-in provider: what most users configure (``openai_base_url``) -------------------------------
+
+
+@pytest.fixture
+def builtin_home(tmp_path: Path, gateway: Gateway) -> Path:
+    """Codex's built-in ``openai`` provider pointed at the gateway by ``openai_base_url`` (Codex
+    ignores the ``OPENAI_BASE_URL`` variable); the key from ``CODEX_API_KEY``, sent as Bearer.
+    With this provider Codex opens a WebSocket to ``/v1/responses`` first, warms it up with a
+    ``generate: false`` request and continues on the same socket by ``previous_response_id``."""
+    if not CODEX.exists():
+        pytest.fail(f"Codex CLI not installed at {CODEX}: run `make clients`")
+    home = tmp_path / "codex-builtin-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        'model = "claude-sonnet-4-5"\n'
+        'model_reasoning_effort = "medium"\n'
+        f'openai_base_url = "{gateway.url}/v1"\n'
+    )
+    return home
+
+
+def gateway_log(gateway: Gateway) -> Path:
+    return next(gateway.data_dir.glob("gateway-*.log"))
+
+
+def access_lines(path: Path, offset: int, *, until: Any = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The JSON request log lines written after ``offset`` (waiting for the writer to flush until
+    ``until(lines)`` holds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("{") and '"ethereal.access"' in line:
+                lines.append(json.loads(line))
+            elif " ethereal.access: request " in line:  # the text format
+                fields = line.split(" ethereal.access: request ", 1)[1]
+                lines.append(dict(part.split("=", 1) for part in fields.split(" ") if "=" in part))
+        if until is None or until(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def codex_builtin(home: Path, workdir: Path, key: str, prompt: str, *extra: str) -> tuple[list[dict[str, Any]], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEX_", "ANTHROPIC_"))}
+    env.update({"CODEX_HOME": str(home), "CODEX_API_KEY": key, "NO_COLOR": "1"})
+    proc = subprocess.run(
+        [str(CODEX), "exec", "--skip-git-repo-check", "--json", "-C", str(workdir), *extra, prompt],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180, check=False,
+    )
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 0, f"codex exited {proc.returncode}\n{out}\n{err}"
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")], out + err
+
+
+def test_builtin_provider_over_one_websocket(builtin_home: Path, tmp_path: Path, gateway: Gateway) -> None:
+    """A shell-tool round trip with the built-in provider: one WebSocket, every request on it,
+    no retry, no fallback to HTTP, no "high demand" notice."""
+    import time
+
+    key, record = gateway.mint(name="codex-builtin")  # its own key: its log lines are told apart
+    time.sleep(0.6)  # the gateway's key cache
+    log = gateway_log(gateway)
+    offset = log.stat().st_size
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    call = base64.urlsafe_b64encode(json.dumps({"cmd": "printf ethereal > codex-ws.txt"}).encode())
+    prompt = f"Write the marker file. sim:tool=exec_command sim:input={call.decode().rstrip('=')}"
+    events, output = codex_builtin(builtin_home, workdir, key, prompt, "-s", "workspace-write")
+    commands = items(events, "command_execution")
+    assert len(commands) == 1 and commands[0]["exit_code"] == 0
+    assert (workdir / "codex-ws.txt").read_text() == "ethereal"
+    completed = [e["item"] for e in events if e["type"] == "item.completed"]
+    assert completed[-1]["type"] == "agent_message" and completed[-1]["text"]
+    assert not [e for e in events if e["type"] in ("turn.failed", "error")]
+    assert "high demand" not in output.lower() and "reconnecting" not in output.lower()
+
+    def ours(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # the log writer flushes lazily: lines of the test before may follow the offset; from the
+        # first line of this key on, every line is this run's (the tests run one at a time)
+        first = next((i for i, line in enumerate(lines) if line.get("key_id") == record.id), len(lines))
+        return lines[first:]
+
+    def socket_closed(lines: list[dict[str, Any]]) -> bool:
+        return any(str(line.get("status")) == "101" for line in ours(lines))
+
+    lines = ours(access_lines(log, offset, until=socket_closed))
+    responses = [line for line in lines if line.get("path") == "/v1/responses"]
+    sockets = [line for line in responses if str(line.get("status")) == "101"]
+    creates = [line for line in responses if line.get("method") == "WS"]
+    assert len(sockets) == 1, responses  # one WebSocket for the whole run
+    assert not [line for line in responses if line.get("method") == "POST"], responses  # no fallback to HTTP
+    # the warm-up, the turn that calls the tool, the turn after its output: each answered once
+    assert [str(line["status"]) for line in creates] == ["200"] * len(creates) and len(creates) == 3, creates

@@ -155,3 +155,23 @@ def test_a_served_worker_tunes_its_collector(gateway: Gateway) -> None:
     assert detail["frozen"] > 10_000
     assert detail["young_threshold"] == 5000
     assert len(detail["collections"]) == 3
+
+
+def test_claude_code_probes_are_answered_here(gateway: Gateway, mounted: Gateway) -> None:
+    """``HEAD``/``GET /api/hello`` (Claude Code's start-up probe) answer 200 without a key; its
+    telemetry batches answer 200 and go nowhere (the sim counts every path it is asked for)."""
+    reset_sim(gateway.sim_url)
+    for base in (gateway.url, mounted.url + "/api/proxy"):
+        head = httpx.head(base + "/api/hello")
+        assert head.status_code == 200 and head.content == b""
+        got = httpx.get(base + "/api/hello")
+        assert got.status_code == 200 and got.json()["status"] == "ok"
+        for path in ("/api/event_logging/batch", "/api/event_logging/v2/batch"):
+            posted = httpx.post(base + path, json={"events": [{"event_type": "ClaudeCodeInternalEvent"}]})
+            assert posted.status_code == 200 and posted.json() == {}
+            # the read is bounded: a body past 1 MiB is refused, not buffered
+            big = httpx.post(base + path, content=b"x" * (1024 * 1024 + 1),
+                             headers={"content-type": "application/json"})
+            assert big.status_code == 413
+    seen = str(httpx.get(gateway.sim_url + "/_sim/stats").json()["requests"])
+    assert "event_logging" not in seen and "hello" not in seen, seen

@@ -91,3 +91,23 @@ def test_live_spools_are_not_adopted(tmp_path: Path) -> None:
     assert b.find("req_nothere") is None
     a.close()
     b.close()
+
+
+def test_segments_from_before_error_message_still_replay(tmp_path: Path) -> None:
+    """A segment written before records carried ``error_message`` (its header names the columns
+    it has) replays with the message empty; a new one keeps it."""
+    import orjson
+    from ethereal.storage.records import USAGE_COLUMNS
+
+    old_columns = [c for c in USAGE_COLUMNS if c != "error_message"]
+    old = rec(3, error_type="rate_limit_error")
+    segment = orjson.dumps({"spool": 1, "columns": old_columns}) + b"\n"
+    segment += orjson.dumps([getattr(old, c) for c in old_columns]) + b"\n"
+    records, bad = decode_lines(segment)
+    assert bad == 0 and records == [old] and records[0].error_message is None
+    said = rec(4, error_type="invalid_request_error", error_message="max_tokens: Field required")
+    assert decode_lines(encode([said]))[0] == [said]
+    spool = Spool(tmp_path, max_bytes=10**6)
+    spool.append([said])
+    assert drain(spool) == [said]
+    spool.close()

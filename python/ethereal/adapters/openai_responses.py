@@ -258,6 +258,14 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, json_tool, cache_key or None)
 
 
+def response_head(body: dict[str, Any], *, response_id: str, created_at: int, model: str) -> dict[str, Any]:
+    """The response object's request-derived members for a body that is not translated (a
+    WebSocket warm-up, ``generate: false``, whose input may hold only instructions)."""
+    tools = body.get("tools")
+    return _head(body, response_id=response_id, created_at=created_at, model=model,
+                 tools=tools if isinstance(tools, list) else [])
+
+
 def _head(body: dict[str, Any], *, response_id: str, created_at: int, model: str,
           tools: list[Any]) -> dict[str, Any]:
     reasoning: dict[str, Any] = body["reasoning"] if isinstance(body.get("reasoning"), dict) else {}

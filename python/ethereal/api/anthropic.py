@@ -17,6 +17,7 @@ from ethereal.api.common import (
     json_response,
     path_with_query,
     raw_headers,
+    read_body,
 )
 from ethereal.auth import is_admin
 from ethereal.errors import GatewayError, invalid_request
@@ -25,6 +26,8 @@ from ethereal.guards import check_model_name, estimate_input_tokens, well_formed
 from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, response_headers, splice_model
 from ethereal.upstream.affinity import cache_affinity
 from ethereal.usage import Usage
+
+EVENT_LOG_MAX_BYTES = 1024 * 1024  # a telemetry batch the gateway reads (and drops) at most
 
 
 def validate_messages_body(data: dict[str, Any], *, need_max_tokens: bool) -> str:
@@ -196,6 +199,19 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
     async def root(request: Request) -> Response:
         return json_response(200, b'{"name":"ethereal","status":"ok"}')
 
+    async def hello(request: Request) -> Response:
+        # Claude Code's start-up probe (HEAD /api/hello): answered here, no key, nothing upstream
+        return json_response(200, b'{"name":"ethereal","status":"ok"}')
+
+    async def event_logging(request: Request) -> Response:
+        # Claude Code's telemetry batches (older releases post them to the base URL): read within a
+        # bound, then discarded; never forwarded, never stored, no key needed
+        try:
+            await read_body(request, EVENT_LOG_MAX_BYTES)
+        except GatewayError as exc:
+            return anthropic_error(exc, ids.request_id())
+        return json_response(200, b"{}")
+
     async def healthz(request: Request) -> Response:
         return json_response(200, b'{"status":"ok"}')
 
@@ -207,4 +223,8 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
     app.router.add_get("/v1/usage/:request_id", get_usage)
     app.router.add_get("/", root)
     app.router.add_head("/", root)
+    app.router.add_get("/api/hello", hello)
+    app.router.add_head("/api/hello", hello)
+    app.router.add_post("/api/event_logging/batch", event_logging)
+    app.router.add_post("/api/event_logging/v2/batch", event_logging)
     app.router.add_get("/healthz", healthz)

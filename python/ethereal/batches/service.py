@@ -39,7 +39,7 @@ from ethereal.guards import well_formed_id
 from ethereal.keys import KeyRecord
 from ethereal.metering.pricing import model_for, price
 from ethereal.pipeline import Call, forward_headers, parse_json_body
-from ethereal.storage.records import BatchRecord, UsageRecord
+from ethereal.storage.records import BatchRecord, UsageRecord, error_message_of
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.pool import Credential, FailureKind
 from ethereal.usage import Usage
@@ -544,9 +544,11 @@ class BatchService:
             etype = inner.get("type") if isinstance(inner, dict) else None
             row.error_type = etype if isinstance(etype, str) else "api_error"
             row.status = _TYPE_STATUS.get(row.error_type, 500)
+            row.error_message = error_message_of(inner.get("message") if isinstance(inner, dict) else None)
         else:  # canceled, expired: never processed, never billed
             row.error_type = kind if kind in ("canceled", "expired") else "unknown"
             row.status = 499 if kind == "canceled" else 408
+            row.error_message = f"the batch item was {kind}" if kind in ("canceled", "expired") else None
         return row
 
     # ------------------------------------------------------------------ the poller

@@ -455,7 +455,7 @@ def register(app: Application, gw: Gateway) -> None:
         columns = ("request_id", "started_at", "key_id", "credential", "route", "model", "status", "stream",
                    "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h", "cache_read",
                    "exact", "cost_micro", "rate_card", "priced_provisional", "speed", "inference_geo", "ttfb_ms",
-                   "duration_ms", "error_type")
+                   "duration_ms", "error_type", "error_message")
 
         async def rows() -> AsyncIterator[bytes]:
             buf = io.StringIO()

@@ -1,4 +1,4 @@
-"""Spend and tokens per key, model, credential or route over a time range.
+"""Spend and tokens per key, model, credential, route or error type over a time range.
 
 Each store sums for itself (``Store.usage_totals``): PostgreSQL reads whole hours
 from the ``usage_hourly`` rollup and only the partial edge hours from the raw
@@ -13,7 +13,7 @@ from typing import Any
 from ethereal.storage.base import Store
 from ethereal.storage.records import SUMS
 
-GROUPS = ("key_id", "model", "credential", "route")
+GROUPS = ("key_id", "model", "credential", "route", "error_type")
 
 async def usage_totals(store: Store, *, group_by: str, since: float | None = None,
                        until: float | None = None) -> list[dict[str, Any]]:

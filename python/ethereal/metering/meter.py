@@ -176,6 +176,8 @@ class Meter:
             rec.model = _clean_text(model)
         if rec.error_type is not None and (len(rec.error_type) > _MAX_TEXT or "\x00" in rec.error_type):
             rec.error_type = _clean_text(rec.error_type)
+        if rec.error_message is not None and (len(rec.error_message) > _MAX_TEXT or "\x00" in rec.error_message):
+            rec.error_message = _clean_text(rec.error_message)
         queue = self._queue
         queue.append(rec)
         recent = self._recent

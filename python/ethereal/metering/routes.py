@@ -1,6 +1,6 @@
 """Admin API for usage (admin key only).
 
-``GET /admin/api/usage?group_by=key_id|model|credential|route&since=&until=``
+``GET /admin/api/usage?group_by=key_id|model|credential|route|error_type&since=&until=``
     Requests, errors, tokens (input, output, cache writes 5m/1h, cache reads),
     web searches and spend (micro-USD and USD) per group over ``[since, until)``.
     ``since``/``until``: unix seconds or RFC 3339 (``2026-01-31T00:00:00Z``,

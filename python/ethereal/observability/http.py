@@ -11,10 +11,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from ethereal.observability import logs
 from ethereal.observability.live import Ring
 from ethereal.observability.metrics import Metrics
-from ethereal.storage.records import UsageRecord
+from ethereal.storage.records import UsageRecord, error_message_of
 
 access = logging.getLogger("ethereal.access")
 # the request's usage record, for its log line: set by the edge wrapper (lifecycle.py) around
@@ -42,10 +44,24 @@ def escape(value: str) -> str:
                    (f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}") for c in value)
 
 
+def error_message_in(body: bytes) -> str | None:
+    """The message of an error response body (OpenAI's or Anthropic's shape), for the log line:
+    only that string, clipped and escaped (``error_message_of``), never the body itself."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    return error_message_of(err.get("message")) if isinstance(err, dict) else None
+
+
 def fields_of(method: str, path: str, status: int, duration_ms: float, request_id: str | None,
-              rec: UsageRecord | None) -> dict[str, Any]:
+              rec: UsageRecord | None, error_message: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"request_id": request_id, "method": method, "path": path[:_PATH_MAX], "status": status,
                            "duration_ms": round(duration_ms, 2)}
+    message = rec.error_message if rec is not None and rec.error_message is not None else error_message
+    if message is not None:
+        out["error_message"] = message
     if rec is not None:
         out.update({
             "key_id": rec.key_id, "route": rec.route, "model": rec.model, "credential": rec.credential,
@@ -58,14 +74,17 @@ def fields_of(method: str, path: str, status: int, duration_ms: float, request_i
 
 
 def text_of(method: str, path: str, status: int, duration_ms: float, request_id: str | None,
-            rec: UsageRecord | None) -> str:
-    """``fields_of`` as the text format writes it (``key=value``, None left out), in one go."""
+            rec: UsageRecord | None, error_message: str | None = None) -> str:
+    """``fields_of`` as the text format writes it (``key=value``, None left out; the error message
+    last, as a JSON string), in one go. Client-controlled values are escaped (``escape``)."""
     line = (f"method={escape(method)} path={escape(path[:_PATH_MAX])} status={status}"
             f" duration_ms={round(duration_ms, 2)}")
     if request_id is not None:
         line = f"request_id={request_id} {line}"
+    message = rec.error_message if rec is not None and rec.error_message is not None else error_message
+    said = "" if message is None else " error_message=" + orjson.dumps(message).decode()
     if rec is None:
-        return line
+        return line + said
     key = "" if rec.key_id is None else f" key_id={rec.key_id}"
     model = "" if rec.model is None else f" model={escape(rec.model)}"
     cred = "" if rec.credential is None else f" credential={escape(rec.credential)}"
@@ -74,19 +93,21 @@ def text_of(method: str, path: str, status: int, duration_ms: float, request_id:
     return (f"{line}{key} route={rec.route}{model}{cred} input_tokens={rec.input_tokens}"
             f" output_tokens={rec.output_tokens} cache_read={rec.cache_read}"
             f" cache_write={rec.cache_creation_5m + rec.cache_creation_1h} cost_micro={rec.cost_micro}{ttfb}"
-            f" stream={rec.stream} exact={rec.exact}{error}")
+            f" stream={rec.stream} exact={rec.exact}{error}{said}")
 
 
 def log_request(scope: dict[str, Any] | Any, status: int, duration_ms: float, request_id: str | None,
-                rec: UsageRecord | None) -> None:
-    """The request's log line: through the fast writer ``logs.configure`` installed, else ``logging``."""
+                rec: UsageRecord | None, error_message: str | None = None) -> None:
+    """The request's log line: through the fast writer ``logs.configure`` installed, else ``logging``.
+    ``error_message`` (already clipped) stands in when the request has no record that carries one."""
     if not access.isEnabledFor(logging.INFO):
         return
     method, path = scope.get("method", ""), scope.get("path", "")
     writer = logs.access_log()
     if writer is None:  # logging as the embedding application configured it
-        access.info("request", extra={"fields": fields_of(method, path, status, duration_ms, request_id, rec)})
+        access.info("request", extra={"fields": fields_of(method, path, status, duration_ms, request_id, rec,
+                                                          error_message)})
     elif writer.json:
-        writer.write_json(fields_of(method, path, status, duration_ms, request_id, rec))
+        writer.write_json(fields_of(method, path, status, duration_ms, request_id, rec, error_message))
     else:
-        writer.write_text(text_of(method, path, status, duration_ms, request_id, rec))
+        writer.write_text(text_of(method, path, status, duration_ms, request_id, rec, error_message))

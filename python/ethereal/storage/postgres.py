@@ -48,7 +48,8 @@ _KEY_COLUMNS = (
     "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
     "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
 )
-_GROUPS = {"key_id", "model", "credential", "route"}
+_GROUPS = {"key_id", "model", "credential", "route", "error_type"}
+_ROLLUP_GROUPS = {"key_id", "model", "credential", "route"}  # the columns usage_hourly keeps
 
 
 def _key_from_row(row: asyncpg.Record) -> KeyRecord:
@@ -256,6 +257,8 @@ class PostgresStore(Store):
         if group_by not in _GROUPS:
             raise ValueError(f"group_by must be one of {sorted(_GROUPS)}")
         rollup, raw = hour_ranges(since, until)
+        if group_by not in _ROLLUP_GROUPS:  # error_type: not in the rollup, the raw rows (time-indexed)
+            rollup, raw = None, [(since, until)]
         totals: dict[Any, dict[str, int]] = {}
 
         def add(rows: list[Any], null_as_empty: bool) -> None:

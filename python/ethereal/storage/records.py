@@ -67,6 +67,9 @@ class UsageRecord:
     speed: str | None = None
     inference_geo: str | None = None
     service_tier: str | None = None
+    # why a 4xx/5xx (or a stream that ended in an error) failed: the message the client was
+    # given, the gateway's own or the upstream's, clipped and escaped (error_message_of); never a body
+    error_message: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +101,7 @@ class UsageRecord:
             "stream": self.stream,
             "batch": self.batch,
             "error_type": self.error_type,
+            "error_message": self.error_message,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read,
@@ -124,6 +128,25 @@ class UsageRecord:
             },
             "upstream_request_id": self.upstream_request_id,
         }
+
+
+ERROR_MESSAGE_MAX = 200  # characters of an error message kept in a record and a log line
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+_ESCAPES |= {c: f"\\u{c:04x}" for c in (0x2028, 0x2029, 0x85)}
+
+
+def error_message_of(message: object) -> str | None:
+    """An error message as operators see it (record, log line, console): control characters
+    escaped (a message cannot forge a log line or hide text), at most ``ERROR_MESSAGE_MAX``
+    characters (an ellipsis marks a cut). None for anything but a non-empty string."""
+    if not isinstance(message, str) or not message:
+        return None
+    text = message[:ERROR_MESSAGE_MAX * 2]
+    if not text.isprintable():
+        text = text.translate(_ESCAPES)
+    if len(text) > ERROR_MESSAGE_MAX or len(message) > ERROR_MESSAGE_MAX * 2:
+        text = text[:ERROR_MESSAGE_MAX - 1] + "…"
+    return text
 
 
 def _rfc3339(ts: float) -> str | None:

@@ -44,7 +44,7 @@ _KEY_COLUMNS = (
     "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
     "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
 )
-_GROUPS = {"key_id", "model", "credential", "route"}
+_GROUPS = {"key_id", "model", "credential", "route", "error_type"}
 
 
 def _key_row(record: KeyRecord) -> tuple[Any, ...]:

@@ -1,0 +1,3 @@
+-- operators see why (#23): the error message of a 4xx/5xx (the gateway's own or the upstream's),
+-- clipped to 200 characters with control characters escaped; NULL for a success
+ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS error_message TEXT;
