@@ -114,7 +114,7 @@ class SimConfig:
     events_per_write: int = 4  # SSE events per socket write (one HTTP chunk each)
     seed: int = 0
     fixtures_dir: str | None = None  # default: $ETHEREAL_FIXTURES, then the bundled copies
-    cache_min_tokens: int = 0  # minimum cacheable prefix; the real API uses 1024-4096
+    cache_min_tokens: int | None = None  # None: each model's minimum cacheable prompt (512-4096); N overrides
     organization_id: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     backlog: int = 2048
@@ -207,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fixtures-dir", default=None,
                    help="recorded .sse files (default $ETHEREAL_FIXTURES, then the bundled copies)")
-    p.add_argument("--cache-min-tokens", type=int, default=0, help="minimum cacheable prefix in tokens")
+    p.add_argument("--cache-min-tokens", type=int, default=None,
+                   help="minimum cacheable prefix in tokens for every model (default: each model's own)")
     p.add_argument("--organization-id", default=None)
     p.add_argument("--batch-processing-ms", type=float, default=2000.0,
                    help="simulated time a Message Batch takes from create to ended")
