@@ -22,8 +22,8 @@ from tests.conftest import mint_into
 from tests.procs import gateway_process
 from tests.upstreams import ADMIN, SECRET, Admin, seed_credentials, served, wait_for
 
-MODEL = "claude-sonnet-4-5"
-CANONICAL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-sonnet-4-6"
+CANONICAL = "claude-sonnet-4-6"
 NAMES = ("a", "b", "c")
 
 

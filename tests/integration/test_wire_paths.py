@@ -35,11 +35,11 @@ def mounted(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_v1_in_the_base_url_is_served(gateway: Gateway) -> None:
     """One vendor's docs put /v1 in the anthropic SDK's base_url: requests arrive at /v1/v1/..."""
     with anthropic.Anthropic(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
-        msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO)
-        assert msg.content and msg.model == "claude-sonnet-4-5-20250929"
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO) as stream:
+        msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=32, messages=HELLO)
+        assert msg.content and msg.model == "claude-sonnet-4-6"
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=32, messages=HELLO) as stream:
             assert stream.get_final_message().content
-        assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=HELLO).input_tokens > 0
+        assert client.messages.count_tokens(model="claude-sonnet-4-6", messages=HELLO).input_tokens > 0
         assert any(m.id == "claude-opus-4-7" for m in client.models.list())
 
 
@@ -102,7 +102,7 @@ def test_each_response_header_once(mounted: Gateway) -> None:
     gateway = mounted
     reset_sim(gateway.sim_url)
     auth = {"x-api-key": gateway.key, "anthropic-version": "2023-06-01"}
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": HELLO}
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": HELLO}
     seen: dict[str, httpx.Response] = {}
     with httpx.Client(base_url=gateway.url, timeout=20) as http:
         seen["messages"] = http.post("/v1/messages", json=body, headers=auth)
@@ -114,11 +114,11 @@ def test_each_response_header_once(mounted: Gateway) -> None:
         seen["model"] = http.get("/v1/models/claude-opus-4-7", headers=auth)
         seen["openai models"] = http.get("/v1/models", headers={"authorization": f"Bearer {gateway.key}"})
         seen["chat"] = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {gateway.key}"},
-                                 json={"model": "claude-sonnet-4-5", "max_tokens": 16,
+                                 json={"model": "claude-sonnet-4-6", "max_tokens": 16,
                                        "messages": [{"role": "user", "content": "hi"}]})
         seen["head"] = http.head("/")
         seen["401"] = http.post("/v1/messages", json=body, headers={"x-api-key": "sk-ant-wrong"})
-        seen["400"] = http.post("/v1/messages", json={"model": "claude-sonnet-4-5"}, headers=auth)
+        seen["400"] = http.post("/v1/messages", json={"model": "claude-sonnet-4-6"}, headers=auth)
         seen["404"] = http.get("/v1/nothing", headers=auth)
         inject_fault(gateway.sim_url, "529")
         seen["upstream 529"] = http.post("/v1/messages", json=body, headers=auth)
