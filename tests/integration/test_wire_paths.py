@@ -54,7 +54,7 @@ def test_a_base_path_mounts_every_route(mounted: Gateway) -> None:
         assert client.models.retrieve("claude-opus-4-7").id == "claude-opus-4-7"
     # both together, and the upstream sees plain /v1/messages (the sim answers nothing else)
     with anthropic.Anthropic(base_url=base + "/v1", api_key=mounted.key, max_retries=0) as both:
-        assert both.messages.create(model="opus", max_tokens=32, messages=HELLO).model == "claude-opus-4-7"
+        assert both.messages.create(model="opus", max_tokens=32, messages=HELLO).model == "claude-opus-5-5"
     # unknown paths under the prefix: Anthropic's 404 shape, naming the path as sent
     r = httpx.get(base + "/v1/nothing", headers={"x-api-key": mounted.key})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
@@ -69,15 +69,14 @@ def test_a_bad_base_path_is_refused_at_start() -> None:
     assert load_settings(base_path="api/proxy/").base_path == "/api/proxy"
 
 
-MODEL_NAMES = ["claude-opus-4-8", "claude-opus-4-7", "anthropic/claude-opus-4-7", "anthropic/claude-4-sonnet",
-               "anthropic/claude-4-opus", "anthropic/claude-3-5-haiku-latest", "claude-sonnet-5", "sonnet", "opus",
-               "haiku"]
+MODEL_NAMES = ["claude-opus-4-8", "claude-opus-4-7", "anthropic/claude-opus-4-7", "anthropic/claude-sonnet-4.6",
+               "claude-haiku-4-5", "claude-sonnet-5", "sonnet", "opus", "haiku", "fable"]
+RETIRED_NAMES = ["anthropic/claude-4-sonnet", "anthropic/claude-4-opus", "anthropic/claude-3-5-haiku-latest",
+                 "claude-sonnet-4-5"]
 
 
 def test_model_names_users_type(gateway: Gateway) -> None:
     with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0) as client:
-        listed = {m.id for m in client.models.list(limit=1000)}
-        assert "claude-opus-4-8" not in listed  # not in the table, not served yet
         for name in MODEL_NAMES:
             msg = client.messages.create(model=name, max_tokens=16, messages=HELLO)
             assert msg.content, name
@@ -86,12 +85,13 @@ def test_model_names_users_type(gateway: Gateway) -> None:
             usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
             assert usage["cost_micro"] > 0, name  # priced, never free
         listed = [m.id for m in client.models.list(limit=1000)]
-        assert listed.count("claude-opus-4-8") == 1 and listed.count("claude-sonnet-5") == 1  # listed once seen
-        for unknown in ("gpt-4o", "llama-3-70b"):
-            with pytest.raises(anthropic.BadRequestError) as info:
-                client.messages.create(model=unknown, max_tokens=16, messages=HELLO)
-            assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-            assert "ETHEREAL_MODELS_FILE" in info.value.body["error"]["message"]  # type: ignore[index]
+        assert listed.count("claude-opus-4-8") == 1 and listed.count("claude-sonnet-5") == 1
+        # retired ids and names nobody serves: the upstream's own 404, unchanged
+        for gone in (*RETIRED_NAMES, "gpt-4o", "llama-3-70b"):
+            with pytest.raises(anthropic.NotFoundError) as info:
+                client.messages.create(model=gone, max_tokens=16, messages=HELLO)
+            assert info.value.body["error"]["type"] == "not_found_error", gone  # type: ignore[index]
+            assert info.value.body["error"]["message"].startswith("model: "), gone  # type: ignore[index]
         with pytest.raises(anthropic.NotFoundError):
             client.models.retrieve("gpt-4o")
 
