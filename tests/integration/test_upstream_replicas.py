@@ -149,7 +149,7 @@ def test_cli(tmp_path: Path) -> None:
     import json
 
     r = _cli(tmp_path, "add", "one", "--url", "http://127.0.0.1:9/", "--key-stdin", "--weight", "2",
-             "--models", "sonnet-4.5,claude-opus-*", "--rpm", "50", "--spend-cap-usd", "12.5", "--json",
+             "--models", "sonnet-4.6,claude-opus-*", "--rpm", "50", "--spend-cap-usd", "12.5", "--json",
              stdin="sk-ant-secret-value-9876\n")
     assert r.returncode == 0, r.stderr
     item = json.loads(r.stdout)
