@@ -114,9 +114,9 @@ def test_models_list_and_get(client: anthropic.Anthropic) -> None:
     assert "claude-sonnet-4-6" in ids and len(ids) == len(set(ids))
     everything = [m.id for m in client.models.list(limit=2)]  # auto-pagination over after_id
     assert everything == ids
-    model = client.models.retrieve("claude-3-5-sonnet-latest")
-    # "-latest" names resolve to the newest release of their family
-    assert model.id == "claude-3-7-sonnet-20250219"
+    model = client.models.retrieve("claude-sonnet-latest")
+    # "-latest" names resolve to today's model of their family
+    assert model.id == "claude-sonnet-5-5"
 
 
 async def test_async_client(gateway: Gateway) -> None:
@@ -124,7 +124,7 @@ async def test_async_client(gateway: Gateway) -> None:
         message = await client.messages.create(
             model="opus-4", max_tokens=32, messages=[{"role": "user", "content": "Hello"}]
         )
-        assert message.model == "claude-opus-4-7"
+        assert message.model == "claude-opus-4-8"
         async with client.messages.stream(
             model="anthropic/claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "Stream"}]
         ) as stream:
