@@ -431,3 +431,13 @@ def test_system_message_needs_per_turn_control_beta(http: httpx.Client, model: s
     with_system = ok(post(http, count, "/v1/messages/count_tokens", **{"anthropic-beta": "per-turn-control-2026-07-01"}))
     count["messages"] = [m for m in count["messages"] if m["role"] != "system"]
     assert with_system["input_tokens"] > ok(post(http, count, "/v1/messages/count_tokens"))["input_tokens"]
+
+
+def test_display_updates_needs_its_beta(http: httpx.Client) -> None:
+    body = req("claude-sonnet-5-5", "think", thinking={"type": "adaptive", "display": "updates"})
+    refused(post(http, body), '"thinking.display": "updates" is not supported for this model.')
+    beta = {"anthropic-beta": "thinking-display-updates-2026-08-18"}
+    assert ok(post(http, body, **beta))["content"][0]["thinking"]
+    # Claude Code sends it to Opus 5.5 too, and falls back to the default when refused
+    refused(post(http, dict(body, model="claude-opus-5-5"), **beta),
+            '"thinking.display": "updates" is not supported for this model.')

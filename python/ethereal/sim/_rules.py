@@ -10,7 +10,8 @@ Every refusal is ``400 invalid_request_error`` with the registry's own error tex
 2. ``output_config.effort``: a level the model has (none on a model without effort);
 3. turning thinking off (``disabled``/``between_tools``) only at an effort at or below
    ``thinking_off_max_effort`` (the requested effort, else the model's default);
-4. ``thinking.display``: a value the model has;
+4. ``thinking.display``: a value the model has (``updates`` only with its beta,
+   ``thinking-display-updates-2026-08-18``);
 5. sampling: ``default_only`` refuses ``temperature`` ≠ 1, ``top_p`` ≠ 1 and any ``top_k``
    (named in that order; 1 is their default, so an explicit 1 is accepted); ``one_of`` refuses
    ``temperature`` and ``top_p`` together;
@@ -43,6 +44,7 @@ from ethereal.models import Model, Registry
 from ._gen import invalid
 
 PER_TURN_CONTROL = "per-turn-control-2026-07-01"
+DISPLAY_UPDATES = "thinking-display-updates-2026-08-18"  # display "updates" is a beta value
 _THINKING_TAGS = "'adaptive', 'disabled', 'enabled'"
 
 
@@ -130,7 +132,8 @@ def check(req: dict[str, Any], model: Model, registry: Registry, beta: frozenset
 
     # 4. display
     display = thinking.get("display") if isinstance(thinking, dict) else None
-    if display is not None and r.display_values and display not in r.display_values:
+    if display is not None and r.display_values and (
+            display not in r.display_values or (display == "updates" and DISPLAY_UPDATES not in beta)):
         raise invalid(err("display", display=display))
     shape.display = display or r.display_default or "summarized"
     shape.thinking_on = ttype in ("enabled", "adaptive") or (ttype is None and r.thinking_default == "adaptive")
