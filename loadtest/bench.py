@@ -100,7 +100,7 @@ def find_listener_pid(port: int) -> int:
 
 def body_for(stream: bool) -> bytes:
     return json.dumps({
-        "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+        "model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
         "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
     }).encode()
 

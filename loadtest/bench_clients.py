@@ -15,7 +15,7 @@ import time
 import uvloop
 from ethereal.sim.testing import start_sim_process
 
-BODY = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64,
+BODY = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "hi sim:tokens=40"}]}).encode()
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01", "content-type": "application/json"}
 

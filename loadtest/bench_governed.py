@@ -76,7 +76,7 @@ def redis_server(unix: bool) -> Iterator[Any]:
 
 def body_for(stream: bool) -> bytes:
     return json.dumps({
-        "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+        "model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
         "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
     }).encode()
 

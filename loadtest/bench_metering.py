@@ -45,7 +45,7 @@ def make_records(n: int, seed: int = 1) -> list[UsageRecord]:
     now = time.time()
     return [UsageRecord(
         request_id=f"req_bench{seed:04d}{i:016d}", key_id=f"key_{rnd.randint(0, 499):024x}", credential="default",
-        route="messages", model=rnd.choice(["claude-sonnet-4-5-20250929", "claude-opus-4-6", "claude-haiku-4-5"]),
+        route="messages", model=rnd.choice(["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5"]),
         status=200, stream=True, input_tokens=rnd.randint(1, 9000), output_tokens=rnd.randint(1, 2000),
         cache_creation_5m=rnd.randint(0, 900), cache_read=rnd.randint(0, 20000), cost_micro=rnd.randint(1, 90000),
         ttfb_ms=rnd.uniform(100, 900), duration_ms=rnd.uniform(500, 9000), started_at=now - 5, ended_at=now,
@@ -63,7 +63,7 @@ class NullStore:
 def bench_request_path(n: int) -> dict[str, float]:
     """µs per request of the metering work finish() does on the request path."""
     catalog = Catalog()
-    model = catalog.resolve("claude-sonnet-4-5")
+    model = catalog.resolve("claude-sonnet-4-6")
     meter = Meter(NullStore(), MeterConfig(spool_dir=None, queue_max=n + 1, batch_size=n + 1))  # type: ignore[arg-type]
     ids = [f"req_path{i:020d}" for i in range(n)]
     now = time.time()

@@ -108,7 +108,7 @@ async def run(args: argparse.Namespace, url: str, key: str, gw_pids: list[int]) 
     host, port = url.split("//")[1].split(":")
     port_i = int(port)
     tokens = max(4, int(args.seconds * args.tps))
-    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": tokens + 16, "stream": True, "messages": [
+    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": tokens + 16, "stream": True, "messages": [
         {"role": "user", "content": f"hold sim:tokens={tokens} sim:tps={args.tps}"}]}).encode()
     c = Counters()
     tasks: list[asyncio.Task[None]] = []

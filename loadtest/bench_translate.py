@@ -38,10 +38,10 @@ from tests.procs import RECORDED, gateway_process
 from tests.reference_chat_translator import ReferenceChatTranslator
 from tests.reference_responses_translator import ReferenceResponsesTranslator
 
-ARGS = ("claude-sonnet-4-5-20250929", "chatcmpl-bench", 1760000000, True)
+ARGS = ("claude-sonnet-4-6", "chatcmpl-bench", 1760000000, True)
 RESPONSE_ID = "resp_bench"
 # what the route's adapter passes: the response object's request-derived members
-HEAD = ('"id":"resp_bench","object":"response","created_at":1760000000,"model":"claude-sonnet-4-5-20250929",'
+HEAD = ('"id":"resp_bench","object":"response","created_at":1760000000,"model":"claude-sonnet-4-6",'
         '"instructions":null,"max_output_tokens":null,"parallel_tool_calls":true,"previous_response_id":null,'
         '"reasoning":{"effort":null,"summary":null},"store":false,"temperature":1.0,'
         '"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[],"top_p":1.0,'
@@ -131,13 +131,13 @@ PROMPT = "Write a short note about gateways. sim:tokens=40"
 
 
 def bodies(stream: bool) -> tuple[bytes, bytes, bytes]:
-    native = {"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+    native = {"model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
               "messages": [{"role": "user", "content": PROMPT}]}
-    chat: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+    chat: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
                             "messages": [{"role": "user", "content": PROMPT}]}
     if stream:
         chat["stream_options"] = {"include_usage": True}
-    responses = {"model": "claude-sonnet-4-5", "max_output_tokens": 256, "stream": stream, "input": PROMPT}
+    responses = {"model": "claude-sonnet-4-6", "max_output_tokens": 256, "stream": stream, "input": PROMPT}
     return json.dumps(native).encode(), json.dumps(chat).encode(), json.dumps(responses).encode()
 
 

@@ -53,7 +53,7 @@ from tests.conftest import mint_into
 from tests.procs import free_port, gateway_process
 from tests.upstreams import ADMIN, SECRET, seed_credentials
 
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-6"
 RETRYABLE = {429, 503, 529}
 
 

@@ -143,7 +143,7 @@ def _options(parser: Any) -> None:
     group.add_argument("--api-key", env_var="ETHEREAL_LOAD_KEY", default="", help="a gateway key for the users")
     group.add_argument("--admin-key", env_var="ETHEREAL_LOAD_ADMIN_KEY", default="",
                        help="the gateway's admin key (the operator user; without it, it polls only /v1/usage)")
-    group.add_argument("--model", env_var="ETHEREAL_LOAD_MODEL", default="claude-sonnet-4-5")
+    group.add_argument("--model", env_var="ETHEREAL_LOAD_MODEL", default="claude-sonnet-4-6")
     group.add_argument("--agent-weight", type=int, env_var="ETHEREAL_LOAD_AGENT_WEIGHT", default=6)
     group.add_argument("--chat-weight", type=int, env_var="ETHEREAL_LOAD_CHAT_WEIGHT", default=3)
     group.add_argument("--responses-weight", type=int, env_var="ETHEREAL_LOAD_RESPONSES_WEIGHT", default=1)

@@ -32,7 +32,7 @@ def mixed_requests(n: int = 200, *, tag: str = "") -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         kind = i % 5
-        model = ("claude-sonnet-4-6", "sonnet-4", "claude-haiku-4-5", "opus-4", "claude-sonnet-4-5")[i % 5]
+        model = ("claude-sonnet-4-6", "sonnet-4", "claude-haiku-4-5", "opus-4", "claude-sonnet-4-6")[i % 5]
         params: dict[str, Any] = {"model": model, "max_tokens": 256,
                                   "messages": [{"role": "user", "content": f"{tag}question number {i}"}]}
         if kind == 1:

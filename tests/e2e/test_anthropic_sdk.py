@@ -37,7 +37,7 @@ def bearer_client(gateway: Gateway) -> Iterator[anthropic.Anthropic]:
 
 def test_create_x_api_key(client: anthropic.Anthropic) -> None:
     raw = client.messages.with_raw_response.create(
-        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Hello there"}]
+        model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "Hello there"}]
     )
     message = raw.parse()
     assert message.type == "message" and message.role == "assistant"
@@ -45,7 +45,7 @@ def test_create_x_api_key(client: anthropic.Anthropic) -> None:
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
     # the alias resolved to the canonical id before reaching the upstream
-    assert message.model == "claude-sonnet-4-5-20250929"
+    assert message.model == "claude-sonnet-4-6"
     assert raw.headers["request-id"].startswith("req_")
     assert raw.headers.get("upstream-request-id", "").startswith("req_")
     assert raw.headers["request-id"] != raw.headers["upstream-request-id"]
@@ -73,7 +73,7 @@ def test_stream_text(bearer_client: anthropic.Anthropic) -> None:
 
 def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
     messages: list[dict] = [{"role": "user", "content": "What is the weather in Paris?"}]
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=256, tools=[WEATHER_TOOL],
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=256, tools=[WEATHER_TOOL],
                                 messages=messages) as stream:
         first = stream.get_final_message()
     assert first.stop_reason == "tool_use"
@@ -83,7 +83,7 @@ def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
     messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]})
     messages.append({"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": tool_uses[0].id, "content": "18C and sunny"}]})
-    second = client.messages.create(model="claude-sonnet-4-5", max_tokens=256, tools=[WEATHER_TOOL],
+    second = client.messages.create(model="claude-sonnet-4-6", max_tokens=256, tools=[WEATHER_TOOL],
                                     messages=messages)
     assert second.stop_reason == "end_turn"
     assert second.content[-1].type == "text"
@@ -91,7 +91,7 @@ def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
 
 def test_thinking_stream(client: anthropic.Anthropic) -> None:
     with client.messages.stream(
-        model="claude-sonnet-4-5", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
+        model="claude-sonnet-4-6", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
         messages=[{"role": "user", "content": "Think, then answer"}],
     ) as stream:
         final = stream.get_final_message()
@@ -102,7 +102,7 @@ def test_thinking_stream(client: anthropic.Anthropic) -> None:
 
 def test_count_tokens(client: anthropic.Anthropic) -> None:
     result = client.messages.count_tokens(
-        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Count these tokens please"}]
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "Count these tokens please"}]
     )
     assert result.input_tokens > 0
 
@@ -136,7 +136,7 @@ async def test_async_client(gateway: Gateway) -> None:
 @pytest.mark.parametrize("path", sorted(RECORDED.glob("*.sse")), ids=lambda p: p.stem)
 def test_recorded_stream_arrives_byte_identical(gateway: Gateway, path) -> None:
     body = {
-        "model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": True,
+        "model": "claude-sonnet-4-6", "max_tokens": 1024, "stream": True,
         "messages": [{"role": "user", "content": f"sim:replay {path.stem}"}],
     }
     with httpx.stream("POST", gateway.url + "/v1/messages?beta=true", json=body, timeout=30,

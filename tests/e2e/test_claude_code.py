@@ -60,7 +60,10 @@ def test_auth_token_and_thinking(gateway: Gateway, dirs: tuple[Path, Path]) -> N
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     blocks = [b for e in events(done.stdout) if e.get("type") == "assistant" for b in e["message"]["content"]]
     thinking = [b for b in blocks if b.get("type") == "thinking"]
-    assert thinking and thinking[0]["thinking"] and thinking[0]["signature"]
+    # Claude Code's default model (Opus 5.5) shows no thinking text unless asked: its display
+    # defaults to "omitted", and the "updates" display Claude Code tries first is not Opus 5.5's
+    # (it falls back to the default): the block arrives empty, with its signature
+    assert thinking and thinking[0]["signature"] and isinstance(thinking[0]["thinking"], str)
     assert any(b.get("type") == "text" and b["text"] for b in blocks)
 
 

@@ -32,7 +32,7 @@ def codex_home(tmp_path: Path, gateway: Gateway) -> Path:
     home = tmp_path / "codex-home"
     home.mkdir()
     (home / "config.toml").write_text(
-        'model = "claude-sonnet-4-5"\n'
+        'model = "claude-sonnet-4-6"\n'
         'model_provider = "ethereal"\n'
         'model_reasoning_effort = "medium"\n'
         "[model_providers.ethereal]\n"

@@ -34,7 +34,7 @@ WEATHER = {
 
 def complete(gateway: Gateway, **kw: Any) -> Any:
     litellm.telemetry = False
-    return litellm.completion(model="openai/claude-sonnet-4-5", api_base=gateway.url + "/v1", api_key=gateway.key,
+    return litellm.completion(model="openai/claude-sonnet-4-6", api_base=gateway.url + "/v1", api_key=gateway.key,
                               num_retries=0, **kw)
 
 

@@ -58,11 +58,11 @@ def usage_record(gateway: Gateway, request_id: str) -> dict[str, Any]:
 
 def test_plain_chat(client: openai.OpenAI, gateway: Gateway) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="claude-sonnet-4-5", messages=[{"role": "system", "content": "Be brief."},
+        model="claude-sonnet-4-6", messages=[{"role": "system", "content": "Be brief."},
                                              {"role": "user", "content": "Hello there"}], max_tokens=64)
     completion = raw.parse()
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
-    assert completion.model == "claude-sonnet-4-5-20250929"
+    assert completion.model == "claude-sonnet-4-6"
     choice = completion.choices[0]
     assert choice.message.role == "assistant" and choice.message.content
     assert choice.finish_reason in ("stop", "length")
@@ -72,7 +72,7 @@ def test_plain_chat(client: openai.OpenAI, gateway: Gateway) -> None:
     request_id = raw.headers["x-request-id"]
     assert request_id == raw.headers["request-id"] and completion.id == "chatcmpl-" + request_id[4:]
     record = usage_record(gateway, request_id)
-    assert record["route"] == "chat.completions" and record["model"] == "claude-sonnet-4-5-20250929"
+    assert record["route"] == "chat.completions" and record["model"] == "claude-sonnet-4-6"
     assert record["input_tokens"] == usage.prompt_tokens and record["output_tokens"] == usage.completion_tokens
     assert record["exact"] and record["cost_micro"] > 0 and not record["stream"]
 
@@ -107,7 +107,7 @@ async def test_async_client(gateway: Gateway) -> None:
             model="opus-4", messages=[{"role": "user", "content": "Hello"}], max_tokens=32)
         assert completion.model == "claude-opus-4-8" and completion.choices[0].message.content
         stream = await client.chat.completions.create(
-            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Stream please"}], stream=True,
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "Stream please"}], stream=True,
             stream_options={"include_usage": True})
         text, usage = "", None
         async for chunk in stream:
@@ -121,11 +121,11 @@ async def test_async_client(gateway: Gateway) -> None:
 def test_parallel_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris and in Oslo? sim:tools=2"}]
     if stream:
-        with client.chat.completions.stream(model="claude-sonnet-4-5", messages=messages, tools=[WEATHER],
+        with client.chat.completions.stream(model="claude-sonnet-4-6", messages=messages, tools=[WEATHER],
                                             max_tokens=512) as s:
             first = s.get_final_completion()
     else:
-        first = client.chat.completions.create(model="claude-sonnet-4-5", messages=messages, tools=[WEATHER],
+        first = client.chat.completions.create(model="claude-sonnet-4-6", messages=messages, tools=[WEATHER],
                                                max_tokens=512)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -138,7 +138,7 @@ def test_parallel_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
     messages.append(choice.message.model_dump(exclude_none=True))
     for i, call in enumerate(calls):
         messages.append({"role": "tool", "tool_call_id": call.id, "content": f"{18 + i}C and sunny"})
-    second = client.chat.completions.create(model="claude-sonnet-4-5", messages=messages, tools=[WEATHER],
+    second = client.chat.completions.create(model="claude-sonnet-4-6", messages=messages, tools=[WEATHER],
                                             max_tokens=256, stream=False)
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content and not second.choices[0].message.tool_calls
@@ -146,13 +146,13 @@ def test_parallel_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
 
 def test_parallel_tool_calls_false_gives_one_call(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Paris and Oslo weather sim:tools=2"}],
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "Paris and Oslo weather sim:tools=2"}],
         tools=[WEATHER], parallel_tool_calls=False, max_tokens=256)
     assert len(completion.choices[0].message.tool_calls or []) == 1
 
 
 def test_vision_data_url(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{
+    completion = client.chat.completions.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{
         "role": "user", "content": [
             {"type": "text", "text": "What is in this image?"},
             {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
@@ -166,7 +166,7 @@ def test_json_schema(client: openai.OpenAI, stream: bool) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
               "required": ["city", "population"], "additionalProperties": False}
     kwargs: dict[str, Any] = {
-        "model": "claude-sonnet-4-5", "max_tokens": 256,
+        "model": "claude-sonnet-4-6", "max_tokens": 256,
         "messages": [{"role": "user", "content": "Largest city of Norway?"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}}
     if stream:
@@ -191,7 +191,7 @@ def test_json_object_and_parse_helper(client: openai.OpenAI) -> None:
         value: int
         unit: str
 
-    parsed = client.chat.completions.parse(model="claude-sonnet-4-5", max_tokens=128, response_format=Answer,
+    parsed = client.chat.completions.parse(model="claude-sonnet-4-6", max_tokens=128, response_format=Answer,
                                            messages=[{"role": "user", "content": "How many legs has a cat?"}])
     answer = parsed.choices[0].message.parsed
     assert isinstance(answer, Answer)
@@ -200,7 +200,7 @@ def test_json_object_and_parse_helper(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_reasoning_kept_across_a_tool_turn(client: openai.OpenAI, stream: bool) -> None:
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris? Think first."}]
-    kwargs: dict[str, Any] = {"model": "claude-sonnet-4-5", "tools": [WEATHER], "reasoning_effort": "low",
+    kwargs: dict[str, Any] = {"model": "claude-sonnet-4-6", "tools": [WEATHER], "reasoning_effort": "low",
                               "max_completion_tokens": 4096}
     if stream:
         with client.chat.completions.stream(messages=messages, **kwargs) as s:
@@ -237,11 +237,11 @@ def test_models(client: openai.OpenAI, gateway: Gateway) -> None:
 
 def test_unsupported_parameter_is_a_400_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}], n=2)
+        client.chat.completions.create(model="claude-sonnet-4-6", messages=[{"role": "user", "content": "x"}], n=2)
     assert info.value.param == "n" and info.value.type == "invalid_request_error"
     assert info.value.response.headers["x-request-id"].startswith("req_")
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}],
+        client.chat.completions.create(model="claude-sonnet-4-6", messages=[{"role": "user", "content": "x"}],
                                        logprobs=True)
     assert info.value.param == "logprobs"
 
@@ -249,7 +249,7 @@ def test_unsupported_parameter_is_a_400_naming_it(client: openai.OpenAI) -> None
 def test_auth_and_not_found_errors(gateway: Gateway) -> None:
     with make_client(gateway, "sk-ant-api03-wrong") as wrong, pytest.raises(openai.AuthenticationError) as info:
         wrong.chat.completions.create(
-            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "x"}])
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "x"}])
     assert info.value.code == "invalid_api_key"
     # a model the upstream does not serve: its own 404, in OpenAI's shape
     with make_client(gateway) as client, pytest.raises(openai.NotFoundError) as missing:
@@ -287,7 +287,7 @@ def test_error_mid_stream_raises(fault_gateway: Gateway) -> None:
     gateway = fault_gateway
     received: list[Any] = []
     with make_client(gateway) as client, pytest.raises(openai.APIError, match="Overloaded") as info:
-        stream = client.chat.completions.create(model="claude-sonnet-4-5", stream=True, messages=[
+        stream = client.chat.completions.create(model="claude-sonnet-4-6", stream=True, messages=[
             {"role": "user", "content": "hi sim:fault=error_mid,after_events=4"}])
         received.extend(stream)
     assert received  # the stream had started
@@ -300,7 +300,7 @@ def test_error_mid_stream_raises(fault_gateway: Gateway) -> None:
 def test_recorded_stream_replay_through_gateway(client: openai.OpenAI) -> None:
     name = "test_anthropic_model_web_search_tool_stream.0"
     assert (RECORDED / f"{name}.sse").exists()
-    with client.chat.completions.stream(model="claude-sonnet-4-5", messages=[
+    with client.chat.completions.stream(model="claude-sonnet-4-6", messages=[
             {"role": "user", "content": f"sim:replay {name}"}], stream_options={"include_usage": True}) as s:
         final = s.get_final_completion()
     assert "San Francisco" in (final.choices[0].message.content or "")
@@ -309,14 +309,14 @@ def test_recorded_stream_replay_through_gateway(client: openai.OpenAI) -> None:
 
 def test_upstream_429_passes_retry_after(fault_gateway: Gateway) -> None:
     with make_client(fault_gateway) as client, pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="claude-sonnet-4-5", messages=[
+        client.chat.completions.create(model="claude-sonnet-4-6", messages=[
             {"role": "user", "content": "hi sim:fault=429,retry_after=2"}])
     assert int(info.value.response.headers["retry-after"]) >= 2
 
 
 def test_client_disconnect_mid_stream_is_billed(gateway: Gateway) -> None:
     """A client that leaves mid-stream cancels the upstream request; the translator's estimate is billed."""
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 4000, "stream": True,
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 4000, "stream": True,
             "messages": [{"role": "user", "content": "Tell me a long story. sim:tokens=3000 sim:tps=200"}]}
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         with http.stream("POST", "/v1/chat/completions", json=body,

@@ -47,10 +47,10 @@ def request_id_of(response_id: str) -> str:
 
 def test_create(client: openai.OpenAI, gateway: Gateway) -> None:
     raw = client.responses.with_raw_response.create(
-        model="claude-sonnet-4-5", instructions="Be brief.", input="Hello there", max_output_tokens=64)
+        model="claude-sonnet-4-6", instructions="Be brief.", input="Hello there", max_output_tokens=64)
     response = raw.parse()
     assert response.object == "response" and response.status == "completed"
-    assert response.model == "claude-sonnet-4-5-20250929" and response.instructions == "Be brief."
+    assert response.model == "claude-sonnet-4-6" and response.instructions == "Be brief."
     assert response.output_text and response.output[0].type == "message"
     assert raw.headers["x-request-id"] == request_id_of(response.id)
     usage = response.usage
@@ -75,7 +75,7 @@ def test_stream_accumulates_to_the_final_response(client: openai.OpenAI, gateway
 def test_every_streamed_event_matches_the_spec(gateway: Gateway) -> None:
     """The raw SSE of a reasoning + parallel tool call turn: each event validates against the
     spec's schema for its type, its JSON ``type`` is its SSE event name, sequence numbers count up."""
-    body = {"model": "claude-sonnet-4-5", "stream": True, "input": "Weather? sim:tools=2",
+    body = {"model": "claude-sonnet-4-6", "stream": True, "input": "Weather? sim:tools=2",
             "tools": [WEATHER, {**WEATHER, "name": "get_time"}], "reasoning": {"effort": "low"},
             "metadata": {"team": "a"}, "user": "u1"}
     with httpx.stream("POST", f"{gateway.url}/v1/responses", json=body, timeout=30,
@@ -108,10 +108,10 @@ def test_parallel_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
     history: list[Any] = [{"role": "user", "content": "Weather and time in Paris? sim:tools=2"}]
     first: Any
     if stream:
-        with client.responses.stream(model="claude-sonnet-4-5", input=history, tools=[WEATHER, other]) as s:
+        with client.responses.stream(model="claude-sonnet-4-6", input=history, tools=[WEATHER, other]) as s:
             first = s.get_final_response()
     else:
-        first = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER, other])
+        first = client.responses.create(model="claude-sonnet-4-6", input=history, tools=[WEATHER, other])
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 2 and {c.name for c in calls} == {"get_weather", "get_time"}
     assert len({c.call_id for c in calls}) == 2 and all(c.call_id.startswith("toolu_") for c in calls)
@@ -119,7 +119,7 @@ def test_parallel_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
         assert isinstance(json.loads(c.arguments), dict)
     history += [item.model_dump(exclude_none=True) for item in first.output]
     history += [{"type": "function_call_output", "call_id": c.call_id, "output": "sunny, 21C"} for c in calls]
-    second = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER, other])
+    second = client.responses.create(model="claude-sonnet-4-6", input=history, tools=[WEATHER, other])
     assert second.status == "completed" and second.output_text
     assert not [item for item in second.output if item.type == "function_call"]
 
@@ -128,7 +128,7 @@ def test_reasoning_items_round_trip_through_a_tool_loop(client: openai.OpenAI) -
     """Thinking comes back as reasoning items; sent back as they came (``input += output``), the
     next turn is accepted by an upstream that insists the tool loop starts with its thinking."""
     history: list[Any] = [{"role": "user", "content": "What is the weather in Oslo?"}]
-    first: Any = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER],
+    first: Any = client.responses.create(model="claude-sonnet-4-6", input=history, tools=[WEATHER],
                                     reasoning={"effort": "low", "summary": "auto"},
                                     include=["reasoning.encrypted_content"])
     kinds = [item.type for item in first.output]
@@ -139,7 +139,7 @@ def test_reasoning_items_round_trip_through_a_tool_loop(client: openai.OpenAI) -
     call = next(item for item in first.output if item.type == "function_call")
     history += [item.model_dump(exclude_none=True) for item in first.output]
     history.append({"type": "function_call_output", "call_id": call.call_id, "output": "rain"})
-    second: Any = client.responses.create(model="claude-sonnet-4-5", input=history, tools=[WEATHER],
+    second: Any = client.responses.create(model="claude-sonnet-4-6", input=history, tools=[WEATHER],
                                           reasoning={"effort": "low"})
     assert second.status == "completed" and second.output[0].type == "reasoning" and second.output_text
 
@@ -148,19 +148,19 @@ def test_custom_and_namespaced_tools(client: openai.OpenAI) -> None:
     patch: Any = {"type": "custom", "name": "apply_patch", "description": "Apply a patch",
              "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'}}
     script = "sim:tool=apply_patch sim:input=" + _b64({"input": "*** Begin Patch\n*** End Patch\n"})
-    response = client.responses.create(model="claude-sonnet-4-5", input=f"Patch it {script}", tools=[patch])
+    response = client.responses.create(model="claude-sonnet-4-6", input=f"Patch it {script}", tools=[patch])
     call = next(item for item in response.output if item.type == "custom_tool_call")
     assert call.name == "apply_patch" and call.input == "*** Begin Patch\n*** End Patch\n"
     turns: Any = [{"role": "user", "content": "Patch it"}, call.model_dump(exclude_none=True),
                   {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"}]
-    followup = client.responses.create(model="claude-sonnet-4-5", tools=[patch], input=turns)
+    followup = client.responses.create(model="claude-sonnet-4-6", tools=[patch], input=turns)
     assert followup.output_text
 
     namespace: Any = {"type": "namespace", "name": "files", "description": "File tools",
                  "tools": [{"type": "function", "name": "read", "parameters": {
                      "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}]}
     raw = httpx.post(f"{client.base_url}responses", headers={"authorization": f"Bearer {client.api_key}"},
-                     json={"model": "claude-sonnet-4-5", "input": "Read it sim:tool=files__read", "tools": [namespace]},
+                     json={"model": "claude-sonnet-4-6", "input": "Read it sim:tool=files__read", "tools": [namespace]},
                      timeout=30)
     assert raw.status_code == 200, raw.text
     item = next(i for i in raw.json()["output"] if i["type"] == "function_call")
@@ -171,7 +171,7 @@ def test_image_input(client: openai.OpenAI) -> None:
     content: Any = [
         {"type": "input_text", "text": "What is in this image?"},
         {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}"}]
-    response = client.responses.create(model="claude-sonnet-4-5", input=[{"role": "user", "content": content}])
+    response = client.responses.create(model="claude-sonnet-4-6", input=[{"role": "user", "content": content}])
     assert response.output_text
     assert response.usage is not None and response.usage.input_tokens > 1500  # the image is counted
 
@@ -180,10 +180,10 @@ def test_json_schema_output(client: openai.OpenAI) -> None:
     schema: Any = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
               "required": ["city", "population"], "additionalProperties": False}
     fmt: Any = {"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}}
-    response = client.responses.create(model="claude-sonnet-4-5", input="Largest city in Japan?", text=fmt)
+    response = client.responses.create(model="claude-sonnet-4-6", input="Largest city in Japan?", text=fmt)
     value = json.loads(response.output_text)
     assert set(value) == {"city", "population"} and isinstance(value["population"], int)
-    with client.responses.stream(model="claude-sonnet-4-5", input="Largest city in Japan?", text=fmt) as s:
+    with client.responses.stream(model="claude-sonnet-4-6", input="Largest city in Japan?", text=fmt) as s:
         streamed = s.get_final_response()
     assert set(json.loads(streamed.output_text)) == {"city", "population"}
 
@@ -199,7 +199,7 @@ def test_json_schema_output(client: openai.OpenAI) -> None:
 def test_unsupported_parameters_are_400_naming_them(client: openai.OpenAI, body: dict[str, Any],
                                                     param: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.responses.create(model="claude-sonnet-4-5", **({"input": "hi"} | body))
+        client.responses.create(model="claude-sonnet-4-6", **({"input": "hi"} | body))
     assert info.value.status_code == 400
     assert body_of(info.value)["param"] == param and body_of(info.value)["type"] == "invalid_request_error"
 
@@ -217,7 +217,7 @@ def fault_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def test_upstream_refusal_carries_retry_after(fault_gateway: Gateway, status: int) -> None:
     with openai.OpenAI(base_url=fault_gateway.url + "/v1", api_key=fault_gateway.key, max_retries=0) as client, \
             pytest.raises(openai.APIStatusError) as info:
-        client.responses.create(model="claude-sonnet-4-5", input=f"hi sim:fault={status},retry_after=3")
+        client.responses.create(model="claude-sonnet-4-6", input=f"hi sim:fault={status},retry_after=3")
     assert info.value.status_code == status
     assert int(info.value.response.headers["retry-after"]) >= 1
     assert body_of(info.value)["type"] in ("rate_limit_exceeded", "server_error")
@@ -225,7 +225,7 @@ def test_upstream_refusal_carries_retry_after(fault_gateway: Gateway, status: in
 
 def test_error_mid_stream_is_response_failed(fault_gateway: Gateway) -> None:
     with openai.OpenAI(base_url=fault_gateway.url + "/v1", api_key=fault_gateway.key, max_retries=0) as client:
-        events = list(client.responses.create(model="claude-sonnet-4-5",
+        events = list(client.responses.create(model="claude-sonnet-4-6",
                                               input="hi sim:fault=error_mid,after_events=4", stream=True))
     assert events[-1].type == "response.failed"
     assert events[-1].response.error is not None and events[-1].response.error.code == "server_error"
@@ -234,7 +234,7 @@ def test_error_mid_stream_is_response_failed(fault_gateway: Gateway) -> None:
 def test_bad_key_is_401_in_openai_shape(gateway: Gateway) -> None:
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-ant-api03-nope", max_retries=0) as client, \
             pytest.raises(openai.AuthenticationError) as info:
-        client.responses.create(model="claude-sonnet-4-5", input="hi")
+        client.responses.create(model="claude-sonnet-4-6", input="hi")
     assert body_of(info.value)["code"] == "invalid_api_key"
 
 

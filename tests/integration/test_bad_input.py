@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import Gateway, mint_into
 from tests.procs import gateway_process
 
-GOOD = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+GOOD = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def headers(key: str) -> dict[str, str]:
@@ -40,11 +40,11 @@ def still_serving(gateway: Gateway) -> None:
         (b"", "empty"),
         (b"[1, 2]", "JSON object"),
         (b'{"max_tokens": 5, "messages": []}', "model"),
-        (b'{"model": "claude-sonnet-4-5", "messages": []}', "max_tokens"),
-        (b'{"model": "claude-sonnet-4-5", "max_tokens": 5}', "messages"),
-        (b'{"model": "claude-sonnet-4-5", "max_tokens": -1, "messages": []}', "max_tokens"),
-        (b'{"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": "hi"}', "messages"),
-        (b'{"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"content": "x"}]}', "messages.0"),
+        (b'{"model": "claude-sonnet-4-6", "messages": []}', "max_tokens"),
+        (b'{"model": "claude-sonnet-4-6", "max_tokens": 5}', "messages"),
+        (b'{"model": "claude-sonnet-4-6", "max_tokens": -1, "messages": []}', "max_tokens"),
+        (b'{"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": "hi"}', "messages"),
+        (b'{"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"content": "x"}]}', "messages.0"),
         (b'{"model": 7, "max_tokens": 5, "messages": []}', "model"),
     ],
 )
@@ -95,7 +95,7 @@ def small_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_oversized_body_declared(small_gateway: Gateway) -> None:
-    big = b'{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":"' + b"x" * 70_000 + b'"}]}'
+    big = b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"' + b"x" * 70_000 + b'"}]}'
     resp = httpx.post(small_gateway.url + "/v1/messages", content=big, headers=headers(small_gateway.key))
     assert_error(resp, 413, "request_too_large")
     still_serving(small_gateway)
@@ -103,7 +103,7 @@ def test_oversized_body_declared(small_gateway: Gateway) -> None:
 
 def test_oversized_body_chunked(small_gateway: Gateway) -> None:
     def chunks() -> Iterator[bytes]:
-        yield b'{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":"'
+        yield b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"'
         for _ in range(20):
             yield b"y" * 8192
         yield b'"}]}'

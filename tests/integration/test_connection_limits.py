@@ -215,7 +215,7 @@ def test_idle_keepalive_connection_closed(gw: tuple[str, str, int]) -> None:
 
 def test_normal_requests_unaffected(gw: tuple[str, str, int]) -> None:
     base, key, _ = gw
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "x" * 200_000}]}
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "x" * 200_000}]}
     resp = httpx.post(base + "/v1/messages", json=body, timeout=30,
                       headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
     assert resp.status_code == 200, resp.text

@@ -86,13 +86,13 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
         openai = {"authorization": f"Bearer {key}"}
 
         def msg(tokens: int) -> dict[str, Any]:
-            return {"model": "claude-sonnet-4-5", "max_tokens": 4096, "stream": True,
+            return {"model": "claude-sonnet-4-6", "max_tokens": 4096, "stream": True,
                     "messages": [{"role": "user", "content": f"hello sim:tokens={tokens} sim:tps=40"}]}
 
         short = [Stream(base, "/v1/messages", anthropic, msg(40)) for _ in range(3)]  # ~1 s: within the grace
         long = [Stream(base, "/v1/messages?beta=true", anthropic, msg(2000)) for _ in range(3)]  # ~50 s: cut
         chat = Stream(base, "/v1/chat/completions", openai,
-                      {"model": "claude-sonnet-4-5", "stream": True, "max_tokens": 4096,
+                      {"model": "claude-sonnet-4-6", "stream": True, "max_tokens": 4096,
                        "messages": [{"role": "user", "content": "hi sim:tokens=2000 sim:tps=40"}]})
         every = [*short, *long, chat]
         for s in every:
@@ -109,7 +109,7 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
                 assert time.monotonic() < deadline, "healthz did not turn 503 after SIGTERM"
                 time.sleep(0.02)
             reply = client.post(base + "/v1/messages", headers=anthropic, json={
-                "model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+                "model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
             assert reply.status_code == 200 and reply.headers.get("connection") == "close"
             late_id = reply.headers["request-id"]
         assert time.monotonic() - t_signal < DRAIN

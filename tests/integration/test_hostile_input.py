@@ -20,7 +20,7 @@ from tests.integration.test_bad_input import assert_error, headers
 from tests.procs import free_port, gateway_process, wait_http
 
 ADMIN_KEY = "hostile-input-admin-key-0123456789"
-GOOD = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+GOOD = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def gw(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 def nested(depth: int) -> bytes:
     """A Messages body whose tool_use input makes it ``depth`` levels deep in total."""
     inner = "[" * (depth - 6) + "1" + "]" * (depth - 6)
-    return ('{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":'
+    return ('{"model":"claude-sonnet-4-6","max_tokens":16,"messages":[{"role":"user","content":'
             '[{"type":"tool_use","id":"t","name":"n","input":{"x":' + inner + '}}]}]}').encode()
 
 

@@ -43,6 +43,11 @@ def fixture_events(name: str) -> list[dict[str, Any]]:
     return [orjson.loads(line[5:]) for line in raw.split(b"\n") if line.startswith(b"data:")]
 
 
+# a recording names the model it was made with; a retired one is asked for by a served model of the same
+# prices (the upstream answers a retired id 404), and the replay reports, and is priced by, the recorded one
+STAND_IN = {"claude-sonnet-4-20250514": "claude-sonnet-4-6", "claude-sonnet-4-5-20250929": "claude-sonnet-4-6"}
+
+
 def billed(name: str) -> dict[str, Any]:
     """What the recording says was billed, and its cost (the oracle)."""
     events = fixture_events(name)
@@ -120,7 +125,7 @@ def test_fixture_models_are_priced() -> None:
 @pytest.mark.parametrize("name", FIXTURES)
 def test_recorded_fixture_usage_and_cost(gw: dict[str, Any], name: str, stream: bool) -> None:
     want = billed(name)
-    body = {"model": want["model"], "max_tokens": 4096, "stream": stream,
+    body = {"model": STAND_IN.get(want["model"], want["model"]), "max_tokens": 4096, "stream": stream,
             "messages": [{"role": "user", "content": f"sim:replay {name}"}]}
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
         resp = client.post("/v1/messages", json=body, headers=headers(gw["a"]))
@@ -133,7 +138,7 @@ def test_recorded_fixture_usage_and_cost(gw: dict[str, Any], name: str, stream: 
     assert usage.status_code == 200, usage.text
     got = usage.json()
     assert got["stream"] is stream and got["status"] == 200 and got["exact"] is True
-    assert got["model"] == want["model"]
+    assert got["model"] == body["model"]
     assert (got["input_tokens"], got["output_tokens"]) == (want["input"], want["output"])
     assert got["cache_read_input_tokens"] == want["cr"]
     assert got["cache_creation"] == {"ephemeral_5m_input_tokens": want["c5"], "ephemeral_1h_input_tokens": want["c1"]}
@@ -153,7 +158,7 @@ def test_recorded_fixture_usage_and_cost(gw: dict[str, Any], name: str, stream: 
 def test_usage_visibility(gw: dict[str, Any]) -> None:
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
         resp = client.post("/v1/messages", headers=headers(gw["a"]), json={
-            "model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+            "model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
         rid = resp.headers["request-id"]
         assert client.get(f"/v1/usage/{rid}", headers=headers(gw["a"])).status_code == 200
         other = client.get(f"/v1/usage/{rid}", headers=headers(gw["b"]))
@@ -163,17 +168,17 @@ def test_usage_visibility(gw: dict[str, Any]) -> None:
         assert client.get(f"/v1/usage/{rid}", headers={"x-api-key": "sk-ant-nope"}).status_code == 401
         assert client.get("/v1/usage/req_doesnotexist000000000000", headers=headers(gw["a"])).status_code == 404
         # the alias resolved before pricing
-        assert admin.json()["model"] == "claude-sonnet-4-5-20250929"
+        assert admin.json()["model"] == "claude-haiku-4-5-20251001"
 
 
 def test_every_request_with_a_key_is_recorded(gw: dict[str, Any]) -> None:
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
         before = client.get("/admin/api/meter", headers={"x-api-key": ADMIN}).json()
         cases = [
-            ({"model": "claude-sonnet-4-5", "messages": []}, 400, "invalid_request_error"),  # no max_tokens
-            ({"model": "claude-sonnet-4-5", "max_tokens": 10,
+            ({"model": "claude-sonnet-4-6", "messages": []}, 400, "invalid_request_error"),  # no max_tokens
+            ({"model": "claude-sonnet-4-6", "max_tokens": 10,
               "messages": [{"role": "user", "content": "sim:fault=400"}]}, 400, "invalid_request_error"),
-            ({"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True,
+            ({"model": "claude-sonnet-4-6", "max_tokens": 10, "stream": True,
               "messages": [{"role": "user", "content": "sim:fault=error_mid,after_events=4 sim:tokens=50"}]},
              200, "overloaded_error"),
         ]
@@ -205,7 +210,7 @@ def test_every_request_with_a_key_is_recorded(gw: dict[str, Any]) -> None:
 def test_client_disconnect_is_billed_from_the_estimate(gw: dict[str, Any]) -> None:
     from ethereal.sim._gen import ctok
 
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 4000, "stream": True,
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 4000, "stream": True,
             "messages": [{"role": "user", "content": "Tell me a long story. sim:tokens=3000 sim:tps=200"}]}
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
         with client.stream("POST", "/v1/messages", json=body, headers=headers(gw["a"])) as resp:

@@ -73,7 +73,7 @@ class ClientGone(Exception):
 
 
 def _body(stream: bool) -> bytes:
-    return orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
+    return orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": stream,
                          "messages": [{"role": "user", "content": "hello there"}]})
 
 
@@ -140,7 +140,7 @@ async def test_count_tokens_counts_against_rpm_but_not_budgets(app: Ethereal) ->
     limiter = app.gateway.limiter
     assert isinstance(limiter, LocalLimiter)
     limiter.state(key_id).seeded, limiter.state(key_id).spent_tokens = True, 5  # the budget is spent
-    body = orjson.dumps({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]})
+    body = orjson.dumps({"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}]})
     statuses = [(await _call(app, "/v1/messages/count_tokens", key, body))[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
     status, _ = await _call(app, "/v1/messages", key, _body(stream=False))
@@ -155,7 +155,7 @@ async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(tm
     await entry.start()
     try:
         key, key_id = await _minted(entry, budget_tokens=1_000_000, max_concurrency=1)
-        body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
+        body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
                              "messages": [{"role": "user", "content": "count sim:tokens=50 sim:tps=20"}]})
         held_late: list[int] = []
         statuses: list[int] = []
@@ -170,7 +170,7 @@ async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(tm
                     record = await entry.gateway.store.get_key(key_id)
                     assert record is not None
                     with pytest.raises(GatewayError) as refused:  # the one concurrency slot is this stream's
-                        await limiter.admit(record, model="claude-sonnet-4-5", input_tokens=10, max_tokens=10,
+                        await limiter.admit(record, model="claude-sonnet-4-6", input_tokens=10, max_tokens=10,
                                             price_in=0.0, price_out=0.0)
                     held_late.append(refused.value.status)
 
@@ -207,9 +207,9 @@ class _ServerCycle:
 @pytest.mark.parametrize(("path", "payload"), [
     ("/v1/messages", _body(stream=True)),
     ("/v1/messages", _body(stream=False)),
-    ("/v1/chat/completions", orjson.dumps({"model": "claude-sonnet-4-5", "stream": True,
+    ("/v1/chat/completions", orjson.dumps({"model": "claude-sonnet-4-6", "stream": True,
                                             "messages": [{"role": "user", "content": "hi"}]})),
-    ("/v1/responses", orjson.dumps({"model": "claude-sonnet-4-5", "stream": True, "input": "hi"})),
+    ("/v1/responses", orjson.dumps({"model": "claude-sonnet-4-6", "stream": True, "input": "hi"})),
 ])
 async def test_a_request_leaves_no_reference_cycle(app: Ethereal, path: str, payload: bytes) -> None:
     """A finished request's objects are freed by reference counting. Left in a cycle (the scope's

@@ -46,7 +46,7 @@ class Probe:
 
 
 def run_probes(url: str, key: str, stop: threading.Event, out: list[Probe]) -> None:
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 512, "stream": True,
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 512, "stream": True,
             "messages": [{"role": "user", "content": "probe sim:tokens=60 sim:tps=60"}]}
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     with httpx.Client(timeout=30) as client:

@@ -72,7 +72,7 @@ def _clean(sim: str) -> None:
 
 
 def body(text: str = "Hello there", **kw: Any) -> dict[str, Any]:
-    req: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 1024,
+    req: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 1024,
                            "messages": [{"role": "user", "content": text}]}
     req.update(kw)
     return req
@@ -115,8 +115,12 @@ def check_framing(raw: bytes) -> list[dict[str, Any]]:
     assert msg["content"] == [] and msg["stop_reason"] is None and msg["stop_sequence"] is None
     assert list(msg) == ["model", "id", "type", "role", "content", "stop_reason", "stop_sequence", "usage"]
     assert list(msg["usage"]) == ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                                  "cache_creation", "output_tokens", "service_tier", "inference_geo"]
+                                  "cache_creation", "output_tokens", "server_tool_use", "service_tier",
+                                  "inference_geo", "speed"]
     assert "cache_creation" not in events[-2]["usage"]
+    assert list(events[-2]["usage"]) == ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                                         "output_tokens", "server_tool_use", "service_tier", "inference_geo",
+                                         "speed"]
     # blocks in order, never interleaved
     current = None
     nxt = 0
@@ -147,9 +151,9 @@ def stream_raw(http: httpx.Client, req: dict[str, Any]) -> tuple[httpx.Response,
 
 
 def test_sdk_create_text(client: anthropic.Anthropic) -> None:
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=512,
+    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=512,
                                  messages=[{"role": "user", "content": "Say something"}])
-    assert msg.model == "claude-sonnet-4-5-20250929"
+    assert msg.model == "claude-sonnet-4-6"
     assert msg.id.startswith("msg_01")
     assert msg.stop_reason == "end_turn"
     assert len(msg.content) == 1 and msg.content[0].type == "text" and msg.content[0].text
@@ -168,7 +172,7 @@ def test_sdk_create_raw_headers(client: anthropic.Anthropic) -> None:
 
 
 def test_sdk_stream_text(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=512,
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=512,
                                 messages=[{"role": "user", "content": "stream please sim:tokens=50"}]) as s:
         text = "".join(s.text_stream)
         final = s.get_final_message()
@@ -179,7 +183,7 @@ def test_sdk_stream_text(client: anthropic.Anthropic) -> None:
 
 
 def test_sdk_stream_tool_use(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=1024, tools=[WEATHER_TOOL],
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL],
                                 messages=[{"role": "user", "content": "Weather in Paris?"}]) as s:
         final = s.get_final_message()
     assert final.stop_reason == "tool_use"
@@ -195,15 +199,15 @@ def test_sdk_stream_tool_use(client: anthropic.Anthropic) -> None:
 
 
 def test_parallel_tools_and_disable(client: anthropic.Anthropic) -> None:
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
+    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
                                  messages=[{"role": "user", "content": "both please sim:tools=3"}])
     assert msg.stop_reason == "tool_use"
     assert len([b for b in msg.content if b.type == "tool_use"]) == 3
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
+    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
                                  tool_choice={"type": "any", "disable_parallel_tool_use": True},
                                  messages=[{"role": "user", "content": "both please sim:tools=3"}])
     assert [b.type for b in msg.content] == ["tool_use"]
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
+    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
                                  tool_choice={"type": "tool", "name": "get_time"},
                                  messages=[{"role": "user", "content": "x"}])
     assert [(b.type, b.name) for b in msg.content] == [("tool_use", "get_time")]
@@ -211,11 +215,11 @@ def test_parallel_tools_and_disable(client: anthropic.Anthropic) -> None:
 
 
 def test_tool_result_turn_answers_text(client: anthropic.Anthropic) -> None:
-    first = client.messages.create(model="claude-sonnet-4-5", max_tokens=1024, tools=[WEATHER_TOOL],
+    first = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL],
                                    messages=[{"role": "user", "content": "Weather?"}])
     tu = next(b for b in first.content if b.type == "tool_use")
     second = client.messages.create(
-        model="claude-sonnet-4-5", max_tokens=1024, tools=[WEATHER_TOOL],
+        model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL],
         messages=[{"role": "user", "content": "Weather?"},
                   {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
                   {"role": "user", "content": [
@@ -225,7 +229,7 @@ def test_tool_result_turn_answers_text(client: anthropic.Anthropic) -> None:
 
 
 def test_sdk_stream_thinking(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=4096,
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=4096,
                                 thinking={"type": "enabled", "budget_tokens": 2048},
                                 messages=[{"role": "user", "content": "think"}]) as s:
         final = s.get_final_message()
@@ -234,7 +238,7 @@ def test_sdk_stream_thinking(client: anthropic.Anthropic) -> None:
     assert th.thinking and len(th.signature) > 100 and th.signature.startswith("E")
     expected = (len(th.thinking) + 3) // 4 + (len(final.content[1].text) + 3) // 4
     assert final.usage.output_tokens == expected
-    nonstream = client.messages.create(model="claude-sonnet-4-5", max_tokens=4096,
+    nonstream = client.messages.create(model="claude-sonnet-4-6", max_tokens=4096,
                                        thinking={"type": "adaptive"},
                                        messages=[{"role": "user", "content": "think"}])
     assert nonstream.content[0].type == "thinking" and nonstream.content[0].signature
@@ -242,20 +246,22 @@ def test_sdk_stream_thinking(client: anthropic.Anthropic) -> None:
 
 def test_count_tokens_and_models(client: anthropic.Anthropic) -> None:
     text = "x" * 400
-    res = client.messages.count_tokens(model="claude-sonnet-4-5",
+    res = client.messages.count_tokens(model="claude-sonnet-4-6",
                                        messages=[{"role": "user", "content": text}])
     assert res.input_tokens == 100
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=10,
+    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=10,
                                  messages=[{"role": "user", "content": text}])
     assert msg.usage.input_tokens == 100
     page = client.models.list(limit=3)
     assert len(page.data) == 3 and page.has_more
     all_ids = [m.id for m in client.models.list(limit=4)]  # auto-paginates
-    assert "claude-sonnet-4-5-20250929" in all_ids and len(all_ids) == len(set(all_ids)) >= 10
-    one = client.models.retrieve("claude-sonnet-4-5")
-    assert one.id == "claude-sonnet-4-5-20250929" and one.type == "model"
-    with pytest.raises(anthropic.NotFoundError):
-        client.models.retrieve("gpt-4o")
+    assert "claude-sonnet-4-6" in all_ids and len(all_ids) == len(set(all_ids)) >= 10
+    one = client.models.retrieve("claude-sonnet-4-6")
+    assert one.id == "claude-sonnet-4-6" and one.type == "model"
+    assert client.models.retrieve("claude-haiku-4-5").id == "claude-haiku-4-5-20251001"  # an alias
+    for gone in ("gpt-4o", "claude-sonnet-4-5"):  # unknown, retired
+        with pytest.raises(anthropic.NotFoundError):
+            client.models.retrieve(gone)
 
 
 # ------------------------------------------------------------------------------------------ replay
@@ -385,7 +391,8 @@ def test_cache_creation_then_read(http: httpx.Client) -> None:
 
 
 def test_cache_ttl_split_and_extension(http: httpx.Client) -> None:
-    tools = [dict(WEATHER_TOOL, cache_control={"type": "ephemeral", "ttl": "1h"})]
+    # the tools alone are above Sonnet 4.6's minimum cacheable prompt (1,024 tokens)
+    tools = [dict(WEATHER_TOOL, description="Current weather. " * 300, cache_control={"type": "ephemeral", "ttl": "1h"})]
     system = [{"type": "text", "text": "Rules. " * 300, "cache_control": {"type": "ephemeral"}}]
     u1 = http.post("/v1/messages", json=body("q", tools=tools, system=system)).json()["usage"]
     c = u1["cache_creation"]
@@ -399,7 +406,7 @@ def test_cache_ttl_split_and_extension(http: httpx.Client) -> None:
     assert u2["cache_creation"]["ephemeral_1h_input_tokens"] == 0
     assert u2["cache_creation"]["ephemeral_5m_input_tokens"] > 0
     # count_tokens reports the whole prompt and never touches the cache
-    ct = {"model": "claude-sonnet-4-5", "tools": tools, "system": system2,
+    ct = {"model": "claude-sonnet-4-6", "tools": tools, "system": system2,
           "messages": [{"role": "user", "content": "q"}]}
     n = http.post("/v1/messages/count_tokens", json=ct).json()
     assert n["input_tokens"] == (u2["input_tokens"] + u2["cache_read_input_tokens"]
@@ -428,8 +435,10 @@ def test_request_errors(http: httpx.Client, sim: str) -> None:
     r = http.post("/v1/messages", json=body(model="gpt-4o"))
     assert r.status_code == 404
     assert r.json()["error"] == {"type": "not_found_error", "message": "model: gpt-4o"}
-    r = http.post("/v1/messages", json=body(model="claude-future-9"))
-    assert r.status_code == 200 and r.json()["model"] == "claude-future-9"
+    for gone in ("claude-future-9", "claude-sonnet-4-5", "claude-3-5-haiku-latest"):  # unknown, retired ids
+        r = http.post("/v1/messages", json=body(model=gone))
+        assert r.status_code == 404
+        assert r.json()["error"] == {"type": "not_found_error", "message": f"model: {gone}"}
     r = http.post("/v1/messages?beta=true", json=body())
     assert r.status_code == 200
     r = http.post("/v1/messages",
@@ -438,7 +447,7 @@ def test_request_errors(http: httpx.Client, sim: str) -> None:
 
 
 def test_body_too_large(sim: str) -> None:
-    big = b'{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"' + \
+    big = b'{"model":"claude-sonnet-4-6","max_tokens":10,"messages":[{"role":"user","content":"' + \
         b"a" * (33 * 1024 * 1024) + b'"}]}'
     r = httpx.post(sim + "/v1/messages", content=big, headers=HEADERS, timeout=30)
     assert r.status_code == 413
@@ -515,19 +524,19 @@ def test_fault_statuses(http: httpx.Client, sim: str) -> None:
 def test_fault_sdk_retries(sim: str) -> None:
     inject_fault(sim, "429", count=2, retry_after=0.05)
     with anthropic.Anthropic(base_url=sim, api_key="k", max_retries=2) as c:
-        msg = c.messages.create(model="claude-sonnet-4-5", max_tokens=20, messages=USER_X)
+        msg = c.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=USER_X)
     assert msg.stop_reason in ("end_turn", "max_tokens")
     assert sim_stats(sim)["requests"]["/v1/messages"] == {"429": 2, "200": 1}
     inject_fault(sim, "529", count=5)
     with anthropic.Anthropic(base_url=sim, api_key="k", max_retries=0) as c:
         with pytest.raises(anthropic.APIStatusError) as ei:
-            c.messages.create(model="claude-sonnet-4-5", max_tokens=20, messages=USER_X)
+            c.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=USER_X)
     assert ei.value.status_code == 529
 
 
 def test_fault_paths(http: httpx.Client, sim: str) -> None:
     inject_fault(sim, "500", count=1)
-    ct = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]}
+    ct = {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "x"}]}
     assert http.post("/v1/messages/count_tokens", json=ct).status_code == 200  # not for count_tokens
     assert http.post("/v1/messages", json=body()).status_code == 500
     inject_fault(sim, "529", count=1, paths=["/v1/messages/count_tokens"])
@@ -565,7 +574,7 @@ def test_fault_reset_mid_stream(sim: str) -> None:
     with anthropic.Anthropic(base_url=sim, api_key="k", max_retries=0) as c:
         # the SDK surfaces a mid-stream disconnect as its HTTP library's protocol/read error
         with pytest.raises(Exception) as ei:
-            with c.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=[
+            with c.messages.stream(model="claude-sonnet-4-6", max_tokens=100, messages=[
                     {"role": "user", "content": "y sim:fault=reset_mid,after_events=3"}]) as s:
                 for _ in s:
                     pass
@@ -586,7 +595,7 @@ def test_fault_error_event_mid_stream(http: httpx.Client, sim: str) -> None:
     assert json.dumps(obj, separators=(",", ":")).encode() == stripped + b"}"
     with anthropic.Anthropic(base_url=sim, api_key="k", max_retries=0) as c:
         with pytest.raises(anthropic.APIStatusError) as ei:
-            with c.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=[
+            with c.messages.stream(model="claude-sonnet-4-6", max_tokens=100, messages=[
                     {"role": "user", "content": "sim:fault=error_mid"}]) as s:
                 for _ in s:
                     pass

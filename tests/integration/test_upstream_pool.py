@@ -23,8 +23,8 @@ from tests.conftest import mint_into
 from tests.procs import gateway_process
 from tests.upstreams import ADMIN, SECRET, Admin, seed_credentials, served, wait_for
 
-MODEL = "claude-sonnet-4-5"
-CANONICAL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-sonnet-4-6"
+CANONICAL = "claude-sonnet-4-6"
 NAMES = ("a", "b", "c")
 
 
@@ -217,7 +217,7 @@ def test_cache_affinity_keeps_a_prefix_on_one_credential_and_spreads_prefixes(po
         admin.patch(n, weight=1.0)
     reads = []
     for i in range(30):
-        system = [{"type": "text", "text": f"Project {uuid.uuid4()} guidelines. " + "Be precise. " * 200,
+        system = [{"type": "text", "text": f"Project {uuid.uuid4()} guidelines. " + "Be precise. " * 400,
                    "cache_control": {"type": "ephemeral"}}]
         first = [{"role": "user", "content": [{"type": "text", "text": f"task {i}",
                                                "cache_control": {"type": "ephemeral"}}]}]
@@ -307,7 +307,7 @@ def test_admin_api(pool, sims) -> None:
         assert {"state", "cooldown_until", "in_flight", "recent", "last_error"} <= set(item["health"])
 
     r = http.post("", json={"name": "d", "base_url": sims["b"] + "/v1/", "api_key": "sk-ant-d-123456789",
-                            "weight": 2, "models": ["sonnet-4.5"], "rpm": 100, "spend_cap_micro": 5_000_000})
+                            "weight": 2, "models": ["sonnet-4.6"], "rpm": 100, "spend_cap_micro": 5_000_000})
     assert r.status_code == 201, r.text
     d = r.json()
     assert d["base_url"] == sims["b"] and d["models"] == [CANONICAL] and d["api_key_hint"] == "…6789"

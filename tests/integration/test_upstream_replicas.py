@@ -17,8 +17,8 @@ from tests.conftest import mint_into
 from tests.procs import REPO, free_port, gateway_process
 from tests.upstreams import ADMIN, SECRET, Admin, seed_credentials, served, wait_for
 
-MODEL = "claude-sonnet-4-5"
-CANONICAL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-sonnet-4-6"
+CANONICAL = "claude-sonnet-4-6"
 BODY = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -149,7 +149,7 @@ def test_cli(tmp_path: Path) -> None:
     import json
 
     r = _cli(tmp_path, "add", "one", "--url", "http://127.0.0.1:9/", "--key-stdin", "--weight", "2",
-             "--models", "sonnet-4.5,claude-opus-*", "--rpm", "50", "--spend-cap-usd", "12.5", "--json",
+             "--models", "sonnet-4.6,claude-opus-*", "--rpm", "50", "--spend-cap-usd", "12.5", "--json",
              stdin="sk-ant-secret-value-9876\n")
     assert r.returncode == 0, r.stderr
     item = json.loads(r.stdout)

@@ -35,11 +35,11 @@ def mounted(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_v1_in_the_base_url_is_served(gateway: Gateway) -> None:
     """One vendor's docs put /v1 in the anthropic SDK's base_url: requests arrive at /v1/v1/..."""
     with anthropic.Anthropic(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
-        msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO)
-        assert msg.content and msg.model == "claude-sonnet-4-5-20250929"
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=32, messages=HELLO) as stream:
+        msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=32, messages=HELLO)
+        assert msg.content and msg.model == "claude-sonnet-4-6"
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=32, messages=HELLO) as stream:
             assert stream.get_final_message().content
-        assert client.messages.count_tokens(model="claude-sonnet-4-5", messages=HELLO).input_tokens > 0
+        assert client.messages.count_tokens(model="claude-sonnet-4-6", messages=HELLO).input_tokens > 0
         assert any(m.id == "claude-opus-4-7" for m in client.models.list())
 
 
@@ -72,6 +72,8 @@ def test_a_bad_base_path_is_refused_at_start() -> None:
 MODEL_NAMES = ["claude-opus-4-8", "claude-opus-4-7", "anthropic/claude-opus-4-7", "anthropic/claude-sonnet-4.6",
                "Claude-Haiku-4-5", "claude-sonnet-5", "claude-fable-5-2", "sonnet", "opus", "haiku",
                "claude-haiku-latest"]
+RETIRED_NAMES = ["anthropic/claude-4-sonnet", "anthropic/claude-4-opus", "anthropic/claude-3-5-haiku-latest",
+                 "claude-sonnet-4-5"]
 
 
 def test_model_names_users_type(gateway: Gateway) -> None:
@@ -92,25 +94,24 @@ def test_model_names_users_type(gateway: Gateway) -> None:
             assert usage["cost_micro"] > 0, name  # priced, never free
         listed = [m.id for m in client.models.list(limit=1000)]
         assert listed.count("claude-opus-4-8") == 1 and listed.count("claude-sonnet-5") == 1
-        # a name the upstream does not serve is not refused by the gateway: the upstream's own 404
-        # comes back unchanged (never a 400 the upstream would not give)
-        for unknown in ("gpt-4o", "llama-3-70b"):
+        # retired ids and names nobody serves: the upstream's own 404, unchanged
+        for gone in (*RETIRED_NAMES, "gpt-4o", "llama-3-70b"):
             with pytest.raises(anthropic.NotFoundError) as info:
-                client.messages.create(model=unknown, max_tokens=16, messages=HELLO)
-            assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
-        # a name the registry does not know goes upstream as named: the upstream's own answer
-        for unknown in ("gpt-4o", "llama-3-70b"):
-            with pytest.raises(anthropic.NotFoundError) as info:
-                client.messages.create(model=unknown, max_tokens=16, messages=HELLO)
-            assert info.value.body["error"]["message"] == f"model: {unknown}"  # type: ignore[index]
+                client.messages.create(model=gone, max_tokens=16, messages=HELLO)
+            assert info.value.body["error"]["type"] == "not_found_error", gone  # type: ignore[index]
+            assert info.value.body["error"]["message"].startswith("model: "), gone  # type: ignore[index]
+            if gone in ("gpt-4o", "llama-3-70b"):  # forwarded as the client named it
+                assert info.value.body["error"]["message"] == f"model: {gone}"  # type: ignore[index]
         with pytest.raises(anthropic.NotFoundError):
             client.models.retrieve("gpt-4o")
         # one the upstream serves is billed provisionally and listed once served
+        httpx.post(gateway.sim_url + "/_sim/models", json={"id": "claude-nova-7"}).raise_for_status()
         msg = client.messages.create(model="claude-nova-7", max_tokens=16, messages=HELLO)
         usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
         assert usage["model"] == "claude-nova-7" and usage["cost_micro"] > 0
         listed_now = [m.id for m in client.models.list(limit=1000)]
         assert listed_now.count("claude-nova-7") == 1
+        httpx.post(gateway.sim_url + "/_sim/models", json={"remove": "claude-nova-7"}).raise_for_status()
 
 
 def test_each_response_header_once(mounted: Gateway) -> None:
@@ -119,7 +120,7 @@ def test_each_response_header_once(mounted: Gateway) -> None:
     gateway = mounted
     reset_sim(gateway.sim_url)
     auth = {"x-api-key": gateway.key, "anthropic-version": "2023-06-01"}
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": HELLO}
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": HELLO}
     seen: dict[str, httpx.Response] = {}
     with httpx.Client(base_url=gateway.url, timeout=20) as http:
         seen["messages"] = http.post("/v1/messages", json=body, headers=auth)
@@ -131,11 +132,11 @@ def test_each_response_header_once(mounted: Gateway) -> None:
         seen["model"] = http.get("/v1/models/claude-opus-4-7", headers=auth)
         seen["openai models"] = http.get("/v1/models", headers={"authorization": f"Bearer {gateway.key}"})
         seen["chat"] = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {gateway.key}"},
-                                 json={"model": "claude-sonnet-4-5", "max_tokens": 16,
+                                 json={"model": "claude-sonnet-4-6", "max_tokens": 16,
                                        "messages": [{"role": "user", "content": "hi"}]})
         seen["head"] = http.head("/")
         seen["401"] = http.post("/v1/messages", json=body, headers={"x-api-key": "sk-ant-wrong"})
-        seen["400"] = http.post("/v1/messages", json={"model": "claude-sonnet-4-5"}, headers=auth)
+        seen["400"] = http.post("/v1/messages", json={"model": "claude-sonnet-4-6"}, headers=auth)
         seen["404"] = http.get("/v1/nothing", headers=auth)
         inject_fault(gateway.sim_url, "529")
         seen["upstream 529"] = http.post("/v1/messages", json=body, headers=auth)

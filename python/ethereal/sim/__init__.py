@@ -13,11 +13,25 @@ Batches API under ``/v1/messages/batches`` (see ``_batches.py``),
 ``GET /v1/models`` (``limit``/``after_id``/``before_id``), ``GET /v1/models/{id}``.
 Query strings are ignored (``/v1/messages?beta=true``). ``GET /`` answers 200.
 
+Models
+------
+The sim serves what the model registry (``ethereal.models``, ``models/models.toml``) lists:
+every model not retired, by id or alias, plus ids added at runtime (``POST /_sim/models``).
+``GET /v1/models`` items are ``Model.to_anthropic()`` (with ``capabilities``), newest first.
+A retired id, or any name it does not serve, answers 404 ``not_found_error`` with the
+registry's ``errors.not_found`` text (``model: <name>``) on ``/v1/messages``, ``count_tokens``
+and batch items.
+
 Checks, in order: body over 32 MiB → 413 ``{"error":{"type":"request_too_large",…}}`` (edge
 shape, no ``type``/``request_id``); key from ``x-api-key`` or ``Authorization: Bearer`` (any
 non-empty key unless ``api_keys`` is set) → 401; missing ``anthropic-version`` → 400; bad JSON,
-missing ``model``/``max_tokens``/``messages`` → 400; a model that is neither known nor
-``claude-*`` → 404 ``model: X``; thinking budget rules → 400.
+missing ``model``/``max_tokens``/``messages`` → 400; a ``role: "system"`` message without the
+``per-turn-control-2026-07-01`` beta → 400; a model it does not serve → 404; ``max_tokens``
+above the model's maximum output → 400; the model's request rules (``_rules.py``: thinking
+types, effort, turning thinking off, display, sampling parameters, forced ``tool_choice``,
+prefill, fast mode, ``inference_geo``) → 400 ``invalid_request_error`` with the registry's
+error texts; thinking budget rules → 400. ``count_tokens`` applies the same rules except those
+about ``max_tokens``.
 
 Generated responses
 -------------------
@@ -25,19 +39,34 @@ Deterministic given the request body bytes and ``seed`` (ids are random). Text i
 tokens averaging exactly 4 characters including the leading space; output length is
 ``min(max_tokens, 20 + crc % 41)`` tokens unless ``sim:tokens=N`` says otherwise.
 
-* ``output_tokens`` = Σ over blocks of ``ceil(len(text|thinking|tool-input-json) / 4)``.
-* ``input_tokens`` = ``max(1, ceil(C / 4))``, C = characters of system text, text/thinking
-  blocks, string contents, tool_result contents, tool_use inputs (compact JSON), tool
-  definitions (compact JSON) and other blocks (compact JSON; an image counts 6400 chars).
-  With prompt caching the cached part is moved out of ``input_tokens`` (see below).
+* ``output_tokens`` = Σ over blocks of ``ceil(len(text|thinking|tool-input-json) / 4)``, plus
+  the thinking a ``display: "omitted"`` block does not show (billed, as the API does).
+* ``input_tokens`` (and ``count_tokens``) = ``max(1, T(C))``, C = characters of system text,
+  text/thinking blocks, string contents (system-role messages included), tool_result contents,
+  tool_use inputs (compact JSON), tool definitions (compact JSON) and other blocks (compact
+  JSON; an image counts 6400 chars). T depends on the model's tokenizer generation (the
+  registry's ``tokenizer``): ``ceil(C / 4)`` for generation 1, ``ceil(C × 1.3 / 4)`` (exactly
+  ``ceil(13 C / 40)``) for generation 2 (Opus 4.7 and later, Sonnet 5+, Haiku 5.5, Fable/Mythos),
+  which counts about 30% more tokens for the same text. Output tokens stay ``/4`` on every
+  model. With prompt caching the cached part is moved out of ``input_tokens`` (see below).
+* ``usage`` carries ``cache_creation`` (5m/1h split), ``server_tool_use``
+  (``web_search_requests``, ``web_fetch_requests``: the ``sim:web_search=N`` /
+  ``sim:web_fetch=N`` counts when such a server tool is offered, else 0), ``service_tier``
+  (``batch`` in batch results), ``inference_geo`` (the requested region, else ``"global"``),
+  ``speed`` (``standard``/``fast``) and, when an ``advisor_*`` tool is offered, ``iterations``
+  (the ``message`` pass, whose counts are the top-level ones, then an ``advisor_message``):
+  in a Message, and in a stream's ``message_start`` and ``message_delta`` alike.
 * Tools: with custom ``tools`` (and ``tool_choice`` not ``none``) and a last user turn without
   ``tool_result``, the reply is an optional short text then ``tool_use`` block(s) whose input is
   generated from ``input_schema`` (required properties, typed values); ``stop_reason: tool_use``.
   ``sim:tools=N`` asks for N parallel calls unless ``disable_parallel_tool_use``. After a
   ``tool_result`` turn the reply is text (``end_turn``).
-* Thinking (``thinking.type`` enabled/adaptive): a thinking block (``thinking_delta``s, then one
-  ``signature_delta``) before the answer; capped by ``budget_tokens``. As the API does, a tool loop
-  with thinking on needs its assistant turn to start with the thinking block sent back (else 400).
+* Thinking (``thinking.type`` enabled/adaptive, or left out on a model that thinks by default:
+  the registry's ``thinking_default = "adaptive"``): a thinking block (``thinking_delta``s, then
+  one ``signature_delta``) before the answer; capped by ``budget_tokens``. ``display`` defaults
+  per model; ``omitted`` gives an empty thinking block with its signature. As the API does, a
+  tool loop with thinking asked for needs its assistant turn to start with the thinking block
+  sent back (else 400).
 * ``stop_sequences``: the text is cut where one occurs (``stop_reason: stop_sequence``); the
   directive ``sim:stop`` forces a hit on the first entry.
 * Prompt caching: breakpoints are blocks with ``cache_control`` (tools → system → messages, or
@@ -46,7 +75,10 @@ tokens averaging exactly 4 characters including the leading space; output length
   ``cache_read_input_tokens``, the tokens from there up to the last breakpoint are
   ``cache_creation_input_tokens`` split into ``ephemeral_5m``/``ephemeral_1h`` by the ttl of the
   breakpoint closing each segment; the rest stays in ``input_tokens``. Prefix tokens =
-  ``chars_before_breakpoint // 4``; breakpoints under ``cache_min_tokens`` are ignored.
+  ``chars_before_breakpoint // 4`` (``13 × chars // 40`` on tokenizer 2); a breakpoint under the
+  model's minimum cacheable prompt (the registry's ``min_cache_tokens``: 512 to 4,096) caches
+  nothing and is no error (``cache_min_tokens`` / ``--cache-min-tokens`` overrides it for every
+  model; 0: no minimum).
 
 Streams follow the recorded framing exactly: ``event: X\\ndata: {compact json}\\n\\n``, 0–15
 spaces of padding before the final ``}`` of every non-ping data line, ``event: ping`` right
@@ -66,6 +98,7 @@ Directives (anywhere in the text of the last user message)
 ``sim:input=B64``     the first call's input: a JSON object in unpadded base64url (a scripted call).
 ``sim:thinking=N``    thinking length in tokens.
 ``sim:stop``          force ``stop_reason: stop_sequence`` (needs ``stop_sequences``).
+``sim:web_search=N`` ``sim:web_fetch=N``   usage.server_tool_use counts (with such a tool offered).
 ``sim:ttft=MS`` ``sim:tps=N`` ``sim:latency=MS``   per-request timing.
 ``sim:fault=KIND[,retry_after=S][,after_events=K][,delay_ms=MS]``   inject a fault.
 
@@ -89,10 +122,12 @@ request-id → the usage each of the last 1,024 generated Messages replies repor
 ``POST /_sim/reset`` (stats, faults, prompt cache, that log), ``GET|POST /_sim/config``
 (``latency_ms``, ``ttft_ms``, ``tokens_per_second``, ``events_per_write`` at runtime),
 ``GET /_sim/fixtures``, ``GET /_sim/seen`` (``requests``: path, ``model`` as named and request-id of
-the last 1,024 Messages and count_tokens requests; ``POST /_sim/reset`` clears it),
-``GET|POST /_sim/models`` (``{"add":["claude-nova-6", {"id":…,"display_name":…}], "clear":true}``:
-ids ``GET /v1/models`` lists first and ``GET /v1/models/{id}`` answers, besides the built-in list;
-any ``claude-*`` name is served anyway).
+the last 1,024 Messages and count_tokens requests; ``POST /_sim/reset`` clears it).
+``POST /_sim/models`` ``{"id":"claude-nova-6"}`` serves and lists a
+model the registry does not describe (optional ``like`` (a served id whose rules and limits it
+takes; default: what the gateway's registry assumes for the name, its family's dearest model),
+``display_name``, ``max_tokens``, ``max_input_tokens``; ``{"models":[…]}`` or ``{"add":[id, …]}``
+adds several); ``{"remove":"id"}``, ``{"clear":true}``; ``GET /_sim/models`` lists the added ones.
 """
 
 from __future__ import annotations
@@ -120,7 +155,7 @@ class SimConfig:
     events_per_write: int = 4  # SSE events per socket write (one HTTP chunk each)
     seed: int = 0
     fixtures_dir: str | None = None  # default: $ETHEREAL_FIXTURES, then the bundled copies
-    cache_min_tokens: int = 0  # minimum cacheable prefix; the real API uses 1024-4096
+    cache_min_tokens: int | None = None  # None: each model's minimum cacheable prompt (512-4096); N overrides
     organization_id: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     backlog: int = 2048
@@ -213,7 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fixtures-dir", default=None,
                    help="recorded .sse files (default $ETHEREAL_FIXTURES, then the bundled copies)")
-    p.add_argument("--cache-min-tokens", type=int, default=0, help="minimum cacheable prefix in tokens")
+    p.add_argument("--cache-min-tokens", type=int, default=None,
+                   help="minimum cacheable prefix in tokens for every model (default: each model's own)")
     p.add_argument("--organization-id", default=None)
     p.add_argument("--batch-processing-ms", type=float, default=2000.0,
                    help="simulated time a Message Batch takes from create to ended")

@@ -36,9 +36,11 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from . import _gen
+from ethereal.models import Model
+
+from . import _gen, _rules
 from ._gen import RequestError, invalid
-from ._models import resolve_model
+from ._models import SimModels
 
 PREFIX = "/v1/messages/batches"
 MAX_REQUESTS = 100_000
@@ -61,10 +63,14 @@ def _rfc3339(ts: float | None) -> str | None:
 
 
 class SimBatch:
-    __slots__ = ("_outcomes", "cancel_at", "created", "deleted", "duration", "id", "items", "results")
+    __slots__ = ("_outcomes", "beta", "cancel_at", "created", "deleted", "duration", "id", "items", "models",
+                 "results")
 
-    def __init__(self, batch_id: str, items: list[tuple[str, dict[str, Any]]], duration: float) -> None:
+    def __init__(self, batch_id: str, items: list[tuple[str, dict[str, Any]]], duration: float,
+                 models: SimModels | None = None, beta: frozenset[str] = frozenset()) -> None:
         self.id = batch_id
+        self.models = models or SimModels()  # what the upstream serves, checked as /v1/messages does
+        self.beta = beta  # the create request's anthropic-beta: it applies to every item
         self.created = time.time()
         self.duration = max(0.0, duration)
         self.items = items  # (custom_id, params)
@@ -78,7 +84,7 @@ class SimBatch:
         """Each item's fate ("succeeded" | "errored:<status>:<type>:<message>" | "expired"), decided
         from its params when first needed: create answers after parsing only, as the upstream does."""
         if self._outcomes is None:
-            self._outcomes = [_outcome(p) for _, p in self.items]
+            self._outcomes = [_outcome(p, self.models, self.beta) for _, p in self.items]
         return self._outcomes
 
     def done_count(self, now: float) -> int:
@@ -152,10 +158,10 @@ def batches_of(state: Any) -> Batches:
     return found
 
 
-def _outcome(params: Any) -> str:
+def _outcome(params: Any, models: SimModels, beta: frozenset[str] = frozenset()) -> str:
     """What will become of an item, decided like ``POST /v1/messages`` would decide its request."""
     try:
-        _check_params(params)
+        _check_params(params, models, beta)
     except RequestError as exc:
         return f"errored:{exc.status}:{exc.etype}:{exc.message}"
     text, _ = _gen.last_user_text(params["messages"])
@@ -169,7 +175,8 @@ def _outcome(params: Any) -> str:
     return "succeeded"
 
 
-def _check_params(req: Any) -> tuple[str, int]:
+def _check_params(req: Any, models: SimModels, beta: frozenset[str] = frozenset()
+                  ) -> tuple[Model, _rules.Shape]:
     if not isinstance(req, dict):
         raise invalid("params: Input should be a valid dictionary")
     model = req.get("model")
@@ -178,38 +185,41 @@ def _check_params(req: Any) -> tuple[str, int]:
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages: Field required" if messages is None else "messages: at least one message is required")
+    system_ok = _rules.PER_TURN_CONTROL in beta
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant") or "content" not in m:
+        if not isinstance(m, dict) or "content" not in m or not (
+                m.get("role") in ("user", "assistant") or (m.get("role") == "system" and system_ok)):
             raise invalid(f"messages.{i}: Input should be a valid message")
-    resolved = resolve_model(model)
-    if resolved is None:
-        raise RequestError(404, "not_found_error", f"model: {model}")
+    found = models.resolve(model)
+    if found is None:
+        raise RequestError(404, "not_found_error", models.not_found(model))
     max_tokens = req.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise invalid("max_tokens: Field required" if max_tokens is None else
                       "max_tokens: Input should be greater than or equal to 1")
-    if resolved[1] and max_tokens > resolved[1]:
-        raise invalid(f"max_tokens: {max_tokens} > {resolved[1]}, which is the maximum allowed number of output "
-                      f"tokens for {resolved[0]}")
+    _rules.check_max_tokens(max_tokens, found, models.registry, batch=True)
     if req.get("stream"):
         raise invalid("stream: streaming is not supported in batches")
+    shape = _rules.check(req, found, models.registry, beta, batch=True)
     thinking = req.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         bt = thinking.get("budget_tokens")
         if not isinstance(bt, int) or bt < 1024 or max_tokens <= bt:
             raise invalid("`max_tokens` must be greater than `thinking.budget_tokens`")
-    return resolved
+    return found, shape
 
 
-def _result_line(state: Any, custom_id: str, params: dict[str, Any], outcome: str) -> bytes:
+def _result_line(state: Any, batch: SimBatch, custom_id: str, params: dict[str, Any], outcome: str) -> bytes:
     if outcome == "succeeded":
-        model_id, _ = _check_params(params)
+        model, shape = _check_params(params, batch.models, batch.beta)
         body = orjson.dumps(params)
         seed = zlib.crc32(body, state.seed_crc)
         text, has_tr = _gen.last_user_text(params["messages"])
         directives = _gen.parse_directives(text)
-        usage = state.cache.account(params, model_id, b'"cache_control"' in body)
-        plan = _gen.plan_response(params, model_id, seed, directives, has_tr, usage)
+        usage = state.cache.account(params, model.id, b'"cache_control"' in body, tokenizer=model.rules.tokenizer,
+                                    min_tokens=model.rules.min_cache_tokens)
+        plan = _gen.plan_response(params, model.id, seed, directives, has_tr, usage, shape)
+        plan.tier = "batch"
         message = _gen.render_message(plan, _gen.message_id())
         return b'{"custom_id":' + orjson.dumps(custom_id) + b',"result":{"type":"succeeded","message":' \
             + message + b"}}\n"
@@ -227,13 +237,13 @@ def _results(state: Any, batch: SimBatch) -> bytes:
         done = batch.done_count(now)
         lines = []
         for i, ((custom_id, params), outcome) in enumerate(zip(batch.items, batch.outcomes)):
-            lines.append(_result_line(state, custom_id, params, outcome if i < done else "canceled"))
+            lines.append(_result_line(state, batch, custom_id, params, outcome if i < done else "canceled"))
         batch.results = b"".join(lines)
         batch.items = [(cid, {}) for cid, _ in batch.items]  # the params are not needed any more
     return batch.results
 
 
-def _create(state: Any, body: bytes) -> tuple[int, bytes]:
+def _create(state: Any, body: bytes, beta: frozenset[str] = frozenset()) -> tuple[int, bytes]:
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -264,7 +274,7 @@ def _create(state: Any, body: bytes) -> tuple[int, bytes]:
         override = _gen.directive_int(_gen.parse_directives(_gen.last_user_text(first["messages"])[0]), "batch_ms")
         if override is not None:
             duration = override / 1000.0
-    batch = SimBatch(_gen.rand_id("msgbatch_01", 22), items, duration)
+    batch = SimBatch(_gen.rand_id("msgbatch_01", 22), items, duration, getattr(state, "models", None), beta)
     batches_of(state).add(batch)
     return 200, orjson.dumps(batch.view(state.base_url, time.time()))
 
@@ -329,7 +339,7 @@ def handle(proto: Any, method: bytes, path: str, query: bytes, headers: dict[byt
         parts = rest.split("/") if rest else []
         if not parts:
             if method == b"POST":
-                status, out = _create(state, body)
+                status, out = _create(state, body, _rules.betas(headers))
                 return _json(proto, status, out, rid, close)
             if method == b"GET":
                 return _json(proto, 200, _list(state, query), rid, close)

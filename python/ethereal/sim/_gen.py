@@ -248,21 +248,47 @@ def count_input_chars(req: dict[str, Any]) -> int:
     return sum(c for _, c, _ in _units(req))
 
 
-class PromptCache:
-    """Prefix hashes seen recently -> expiry (monotonic seconds)."""
+def tokens_of(chars: int, tokenizer: int = 1) -> int:
+    """Input tokens for ``chars`` characters: ``ceil(chars / 4)`` on the first tokenizer
+    generation, ``ceil(chars * 1.3 / 4)`` (exactly ``ceil(13 * chars / 40)``) on the newer one
+    (``tokenizer = 2``: Opus 4.7 and later, Sonnet 5+, Haiku 5.5, Fable/Mythos), which counts
+    about 30% more tokens for the same text."""
+    if tokenizer >= 2:
+        return (13 * chars + 39) // 40
+    return (chars + 3) // 4
 
-    def __init__(self, min_tokens: int = 0) -> None:
+
+def prefix_tokens(chars: int, tokenizer: int = 1) -> int:
+    """Tokens of a cached prefix (rounded down, so a prefix never exceeds the whole prompt)."""
+    return 13 * chars // 40 if tokenizer >= 2 else chars // 4
+
+
+def input_tokens(req: dict[str, Any], tokenizer: int = 1) -> int:
+    """What ``count_tokens`` answers, and ``input_tokens`` before caching: at least 1."""
+    return max(1, tokens_of(count_input_chars(req), tokenizer))
+
+
+class PromptCache:
+    """Prefix hashes seen recently -> expiry (monotonic seconds).
+
+    ``min_tokens`` None: each model's own minimum cacheable prompt (``min_cache_tokens`` in the
+    registry, given to ``account``); a number overrides it for every model (0: no minimum)."""
+
+    def __init__(self, min_tokens: int | None = None) -> None:
         self.entries: dict[bytes, float] = {}
         self.min_tokens = min_tokens
 
     def clear(self) -> None:
         self.entries.clear()
 
-    def account(self, req: dict[str, Any], model: str, has_cc: bool) -> tuple[int, int, int, int]:
-        """(input_tokens, cache_creation_5m, cache_creation_1h, cache_read)."""
+    def account(self, req: dict[str, Any], model: str, has_cc: bool, *, tokenizer: int = 1,
+                min_tokens: int = 0) -> tuple[int, int, int, int]:
+        """(input_tokens, cache_creation_5m, cache_creation_1h, cache_read). A breakpoint whose
+        prefix is shorter than the minimum cacheable prompt caches nothing (and is no error)."""
+        floor = self.min_tokens if self.min_tokens is not None else min_tokens
         units = _units(req)
         total_chars = sum(c for _, c, _ in units)
-        total = max(1, (total_chars + 3) // 4)
+        total = max(1, tokens_of(total_chars, tokenizer))
         if not has_cc:
             return total, 0, 0, 0
         now = time.monotonic()
@@ -276,8 +302,8 @@ class PromptCache:
                 h.update(b"\0deep%d" % chars)
             cum += chars
             if ttl is not None:
-                toks = cum // 4
-                if toks >= self.min_tokens and toks > 0:
+                toks = prefix_tokens(cum, tokenizer)
+                if toks >= floor and toks > 0:
                     bps.append((h.digest(), toks, ttl))
         if not bps:
             return total, 0, 0, 0
@@ -487,12 +513,19 @@ class Plan:
         "cache_read",
         "cc1",
         "cc5",
+        "fetches",
+        "geo",
+        "hidden",
         "input_tokens",
+        "iterations",
         "model",
         "output_tokens",
+        "searches",
         "seed",
+        "speed",
         "stop_reason",
         "stop_sequence",
+        "tier",
     )
     model: str
     blocks: list[tuple[Any, ...]]
@@ -508,10 +541,19 @@ class Plan:
     def __init__(self) -> None:
         self.blocks: list[tuple] = []
         self.stop_sequence: str | None = None
+        self.speed = "standard"
+        self.geo = "global"
+        self.searches: int | None = None  # server_tool_use counts (None: no server tool offered)
+        self.fetches: int | None = None
+        self.iterations: list[dict[str, Any]] | None = None
+        self.hidden = 0  # thinking tokens billed but not shown (display "omitted")
+        self.tier = "standard"  # usage.service_tier ("batch" for a Message Batch item)
 
 
 def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[str, str],
-                  has_tool_result: bool, usage: tuple[int, int, int, int]) -> Plan:
+                  has_tool_result: bool, usage: tuple[int, int, int, int], shape: Any = None) -> Plan:
+    """``shape`` (``_rules.Shape``): the request with the model's defaults filled in (thinking on
+    by default, its display, speed, region, server tools); None reads the request alone."""
     p = Plan()
     p.model = model
     p.seed = seed
@@ -522,23 +564,43 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
 
     # thinking
     thinking = req.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+    if shape is not None:
+        thinking_on, display, bt = shape.thinking_on, shape.display, shape.budget
+        p.speed, p.geo = shape.speed, shape.inference_geo
+        if shape.web_search:
+            p.searches = directive_int(directives, "web_search") or 0
+        if shape.web_fetch:
+            p.fetches = directive_int(directives, "web_fetch") or 0
+    else:
+        thinking_on = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+        display = thinking.get("display") if isinstance(thinking, dict) else None
+        bt = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if thinking_on:
         rng = random.Random(seed ^ 0x7417)
-        bt = thinking.get("budget_tokens")
         cap = bt if isinstance(bt, int) and bt > 0 else budget // 2
         n = directive_int(directives, "thinking")
         if n is None:
             n = 20 + (seed >> 7) % 41
         n = max(1, min(n, cap, budget))
-        if thinking.get("display") == "omitted":
+        limit = min(cap, budget)
+        if display == "omitted":
+            # the API bills the whole thinking and shows none of it: an empty block and its signature
             pieces: list[str] = []
+            p.hidden = min(n, limit)
+            used += p.hidden
         else:
             pieces = group_tokens(take_tokens(seed >> 3, n), seed >> 5)
-        limit = min(cap, budget)
-        if ctok("".join(pieces)) > limit:
-            pieces = _cut_pieces(pieces, 4 * limit)
-        used += ctok("".join(pieces))
+            if ctok("".join(pieces)) > limit:
+                pieces = _cut_pieces(pieces, 4 * limit)
+            used += ctok("".join(pieces))
         p.blocks.append((THINKING, pieces, signature(rng)))
+    if shape is not None and shape.advisor is not None:
+        # the advisor's pass is its own iteration, billed at its model's rates (usage.iterations)
+        p.iterations = [{"type": "advisor_message", "model": shape.advisor,
+                         "input_tokens": p.input_tokens + p.cache_read + p.cc5 + p.cc1,
+                         "output_tokens": 10 + (seed >> 13) % 31,
+                         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}}]
 
     # tools?
     tools = req.get("tools")
@@ -701,6 +763,26 @@ def _cut_pieces(pieces: list[str], at: int) -> list[str]:
 # rendering
 
 
+def _message_iteration(p: Plan, output_tokens: int) -> dict[str, Any]:
+    return {"type": "message", "input_tokens": p.input_tokens, "output_tokens": output_tokens,
+            "cache_creation_input_tokens": p.cc5 + p.cc1, "cache_read_input_tokens": p.cache_read,
+            "cache_creation": {"ephemeral_5m_input_tokens": p.cc5, "ephemeral_1h_input_tokens": p.cc1}}
+
+
+def _usage_extra(p: Plan, output_tokens: int) -> dict[str, Any]:
+    """The fields every usage object carries after the token counts (BetaUsage, December 2026)."""
+    out: dict[str, Any] = {
+        "server_tool_use": {"web_search_requests": p.searches or 0, "web_fetch_requests": p.fetches or 0},
+        "service_tier": p.tier,
+        "inference_geo": p.geo,
+        "speed": p.speed,
+    }
+    if p.iterations is not None:
+        # the top-level counts are the message iterations'; the advisor's come beside them
+        out["iterations"] = [_message_iteration(p, output_tokens), *p.iterations]
+    return out
+
+
 def _usage_full(p: Plan, output_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": p.input_tokens,
@@ -708,8 +790,7 @@ def _usage_full(p: Plan, output_tokens: int) -> dict[str, Any]:
         "cache_read_input_tokens": p.cache_read,
         "cache_creation": {"ephemeral_5m_input_tokens": p.cc5, "ephemeral_1h_input_tokens": p.cc1},
         "output_tokens": output_tokens,
-        "service_tier": "standard",
-        "inference_geo": "not_available",
+        **_usage_extra(p, output_tokens),
     }
 
 
@@ -792,7 +873,8 @@ def render_frames(p: Plan, msg_id: str) -> tuple[list[bytes], list[int]]:
         "type": "message_delta",
         "delta": {"stop_reason": p.stop_reason, "stop_sequence": p.stop_sequence},
         "usage": {"input_tokens": p.input_tokens, "cache_creation_input_tokens": p.cc5 + p.cc1,
-                  "cache_read_input_tokens": p.cache_read, "output_tokens": p.output_tokens}}))
+                  "cache_read_input_tokens": p.cache_read, "output_tokens": p.output_tokens,
+                  **_usage_extra(p, p.output_tokens)}}))
     frame(b"message_stop", b'{"type":"message_stop"}')
     return frames, costs
 

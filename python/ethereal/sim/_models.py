@@ -1,70 +1,87 @@
-"""The sim's own small model list (independent of the gateway's catalogue on purpose:
-the sim stands in for the upstream, which has its own idea of what exists)."""
+"""What the simulated upstream serves: the model registry (``ethereal.models``), as the real API.
+
+The sim stands in for Anthropic, so it serves exactly what the registry lists as servable
+(every model not retired, deprecated ones included), by id or alias, plus ids added at
+runtime through ``POST /_sim/models`` (a model the upstream serves and the gateway's registry
+does not describe). A retired id, or any other name, answers 404 ``not_found_error``
+``model: <name>``: the real API does not echo unknown names back.
+"""
 
 from __future__ import annotations
 
-# id, display name, created_at, max_input_tokens, max_tokens (output cap), aliases
-_MODELS: tuple[tuple[str, str, str, int, int, tuple[str, ...]], ...] = (
-    ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z", 200_000, 128_000, ()),
-    ("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z", 200_000, 64_000, ()),
-    ("claude-opus-4-5-20251101", "Claude Opus 4.5", "2025-11-24T00:00:00Z", 200_000, 64_000,
-     ("claude-opus-4-5",)),
-    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-15T00:00:00Z", 200_000, 64_000,
-     ("claude-haiku-4-5",)),
-    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z", 200_000, 64_000,
-     ("claude-sonnet-4-5",)),
-    ("claude-opus-4-1-20250805", "Claude Opus 4.1", "2025-08-05T00:00:00Z", 200_000, 32_000,
-     ("claude-opus-4-1",)),
-    ("claude-opus-4-20250514", "Claude Opus 4", "2025-05-22T00:00:00Z", 200_000, 32_000,
-     ("claude-opus-4-0",)),
-    ("claude-sonnet-4-20250514", "Claude Sonnet 4", "2025-05-22T00:00:00Z", 200_000, 64_000,
-     ("claude-sonnet-4-0",)),
-    ("claude-3-7-sonnet-20250219", "Claude Sonnet 3.7", "2025-02-24T00:00:00Z", 200_000, 64_000,
-     ("claude-3-7-sonnet-latest",)),
-    ("claude-3-5-haiku-20241022", "Claude Haiku 3.5", "2024-10-22T00:00:00Z", 200_000, 8_192,
-     ("claude-3-5-haiku-latest",)),
-    ("claude-3-5-sonnet-20241022", "Claude Sonnet 3.5 (New)", "2024-10-22T00:00:00Z", 200_000, 8_192,
-     ("claude-3-5-sonnet-latest",)),
-)
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
-# Newest first, the order /v1/models lists them in.
-MODEL_INFOS: list[dict[str, object]] = [
-    {
-        "type": "model",
-        "id": mid,
-        "display_name": name,
-        "created_at": created,
-        "max_input_tokens": max_in,
-        "max_tokens": max_out,
-        "lifecycle": "active",
-        "deprecated_at": None,
-        "retires_at": None,
-    }
-    for (mid, name, created, max_in, max_out, _aliases) in sorted(_MODELS, key=lambda m: m[2], reverse=True)
-]
+from ethereal.models import Model, Registry, load_registry
 
-# name -> (canonical id, max output tokens)
-RESOLVE: dict[str, tuple[str, int]] = {}
-for _mid, _name, _created, _max_in, _max_out, _aliases in _MODELS:
-    RESOLVE[_mid] = (_mid, _max_out)
-    for _a in _aliases:
-        RESOLVE[_a] = (_mid, _max_out)
-
-INFO_BY_NAME: dict[str, dict[str, object]] = {}
-for _info in MODEL_INFOS:
-    INFO_BY_NAME[str(_info["id"])] = _info
-for _a, (_mid, _mo) in RESOLVE.items():
-    INFO_BY_NAME.setdefault(_a, INFO_BY_NAME[_mid])
+_SHARED: Registry | None = None
 
 
-def resolve_model(name: str) -> tuple[str, int] | None:
-    """(model id to report, output cap or 0 when unknown) or None for a model that does not exist.
+def shared_registry() -> Registry:
+    """The shipped registry (one per process: it is read-only here)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = load_registry()
+    return _SHARED
 
-    Known ids and aliases resolve to the dated id; any other ``claude-*`` name is accepted and
-    echoed back unchanged (the real API grows new models faster than this list)."""
-    hit = RESOLVE.get(name)
-    if hit is not None:
-        return hit
-    if name.startswith("claude-"):
-        return (name, 0)
-    return None
+
+class SimModels:
+    """The upstream's model world: the registry plus ids added at runtime."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry or shared_registry()
+        self.added: dict[str, Model] = {}
+
+    def resolve(self, name: str) -> Model | None:
+        """The model a request names (an id or an alias, exactly), or None: not served (404)."""
+        hit = self.added.get(name)
+        if hit is not None:
+            return hit
+        model = self.registry.get(name)
+        if model is None or model.retired or model.provisional:
+            return None
+        return model
+
+    def not_found(self, name: str) -> str:
+        return self.registry.error_text("not_found", model=name)
+
+    def listed(self) -> list[Model]:
+        """What ``GET /v1/models`` lists, newest first."""
+        out = [m for m in self.registry.listed() if not m.provisional and m.id not in self.added]
+        return sorted([*out, *self.added.values()], key=lambda m: m.released, reverse=True)
+
+    def add(self, spec: dict[str, Any]) -> Model:
+        """``POST /_sim/models`` ``{"id": "claude-nova-6", "like": "claude-sonnet-5-5",
+        "display_name": …, "max_tokens": …, "max_input_tokens": …}``: served and listed from now
+        on. Without ``like`` its rules and limits are the ones the gateway's registry assumes for
+        a name it does not describe (``Registry.provisional``: its family's dearest model)."""
+        mid = spec.get("id")
+        if not isinstance(mid, str) or not mid or len(mid) > 256:
+            raise ValueError("id: a model id is required")
+        like = spec.get("like")
+        if like is not None:
+            base = self.resolve(str(like))
+            if base is None:
+                raise ValueError(f"like: {like!r} is not a model the sim serves")
+        else:
+            base = self.registry.provisional(mid)
+        today = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%d")
+        model = replace(base, id=mid, display_name=str(spec.get("display_name") or mid), aliases=(),
+                        released=str(spec.get("released") or today), status="active", deprecated_on=None,
+                        retires_on=None, provisional=False)
+        if spec.get("max_tokens") is not None:
+            out = int(spec["max_tokens"])
+            model = replace(model, max_output=out, batch_max_output=out)
+        if spec.get("max_input_tokens") is not None:
+            model = replace(model, context_window=int(spec["max_input_tokens"]))
+        self.added[mid] = model
+        return model
+
+    def remove(self, mid: str) -> bool:
+        return self.added.pop(mid, None) is not None
+
+    def info(self, name: str) -> dict[str, Any] | None:
+        model = self.resolve(name)
+        return None if model is None else model.to_anthropic()

@@ -15,18 +15,16 @@ from typing import Any
 import httptools
 import orjson
 
-from . import _batches, _gen
+from . import _batches, _gen, _rules
 from ._gen import RequestError, invalid
-from ._models import INFO_BY_NAME, MODEL_INFOS, resolve_model
+from ._models import SimModels
 from ._openai_compat import chat_action, check_model
 from ._replay import Library
 
 TOO_LARGE = b'{"error":{"type":"request_too_large","message":"Request exceeds the maximum size"}}'
 SSE_TYPE = b"text/event-stream; charset=utf-8"
 NO_CACHE = b"cache-control: no-cache\r\n"
-THINKING_BUDGET_MSG = (
-    "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at "
-    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size")
+THINKING_BUDGET_MSG = _rules.THINKING_BUDGET_MSG
 
 _REASONS = {
     100: b"Continue", 200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
@@ -162,6 +160,7 @@ class SimState:
     def __init__(self, config: Any) -> None:
         self.config = config
         self.cache = _gen.PromptCache(config.cache_min_tokens)
+        self.models = SimModels()  # the registry, plus ids added through POST /_sim/models
         self.library = Library(config.fixtures_dir)
         self.faults: list[Fault] = []
         self.stats: dict[str, dict[str, int]] = {}
@@ -169,7 +168,6 @@ class SimState:
         self.received = 0  # API requests read (counted on arrival, before any answer or fault)
         self.replies: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request-id → the usage it reported
         self.seen: deque[dict[str, Any]] = deque(maxlen=SEEN_LOG)  # `GET /_sim/seen`: model each request named
-        self.extra_models: list[dict[str, Any]] = []  # `POST /_sim/models`: ids listed and served besides MODEL_INFOS
         self.connections = 0
         self.open_connections = 0
         self.seed_crc = zlib.crc32(str(config.seed).encode())
@@ -223,15 +221,6 @@ class SimState:
         self.seen.clear()
         self.cache.clear()
 
-    def model_infos(self) -> list[dict[str, Any]]:
-        return [*self.extra_models, *MODEL_INFOS] if self.extra_models else MODEL_INFOS
-
-    def model_info(self, name: str) -> dict[str, Any] | None:
-        for info in self.extra_models:
-            if info["id"] == name:
-                return info
-        return INFO_BY_NAME.get(name)
-
 
 def _error_body(status: int, rid: str, etype: str | None = None, message: str | None = None) -> bytes:
     dt, dm = _ERROR_TYPES.get(status, ("api_error", "Internal server error"))
@@ -239,7 +228,7 @@ def _error_body(status: int, rid: str, etype: str | None = None, message: str | 
                          "request_id": rid})
 
 
-_WANTED = {b"x-api-key", b"authorization", b"anthropic-version", b"expect"}
+_WANTED = {b"x-api-key", b"authorization", b"anthropic-version", b"anthropic-beta", b"expect"}
 
 
 class SimProtocol(asyncio.Protocol):
@@ -321,6 +310,8 @@ class SimProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in _WANTED:
+            if name == b"anthropic-beta" and name in self.headers:  # repeated: the betas add up
+                value = self.headers[name] + b"," + value
             self.headers[name] = value
 
     def on_headers_complete(self) -> None:
@@ -505,22 +496,20 @@ class SimProtocol(asyncio.Protocol):
                 raise invalid("messages: Field required")
             if not isinstance(messages, list):
                 raise invalid("messages: Input should be a valid list")
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict):
-                    raise invalid(f"messages.{i}: Input should be a valid dictionary")
-                if m.get("role") not in ("user", "assistant"):
-                    raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
-                if "content" not in m:
-                    raise invalid(f"messages.{i}.content: Field required")
+            beta = _rules.betas(headers)
             st.seen.append({"path": path, "model": model, "request_id": rid})
-            resolved = resolve_model(model)
-            if resolved is None:
-                raise RequestError(404, "not_found_error", f"model: {model}")
-            model_id, max_out = resolved
+            _rules.check_roles(messages, beta)
+            models = st.models
+            found = models.resolve(model)
+            if found is None:
+                raise RequestError(404, "not_found_error", models.not_found(model))
+            model_id = found.id
+            rules = found.rules
             has_cc = b'"cache_control"' in body
 
             if is_count:
-                itok = max(1, (_gen.count_input_chars(req) + 3) // 4)
+                _rules.check(req, found, models.registry, beta)
+                itok = _gen.input_tokens(req, rules.tokenizer)
                 return self._finish(("json", 200, orjson.dumps({"input_tokens": itok}), b""), rid, close,
                                     fault, npath)
 
@@ -531,27 +520,15 @@ class SimProtocol(asyncio.Protocol):
                 raise invalid("max_tokens: Input should be a valid integer")
             if max_tokens < 1:
                 raise invalid("max_tokens: Input should be greater than or equal to 1")
-            if max_out and max_tokens > max_out:
-                raise invalid(f"max_tokens: {max_tokens} > {max_out}, which is the maximum allowed number of "
-                              f"output tokens for {model_id}")
+            _rules.check_max_tokens(max_tokens, found, models.registry)
             if not messages:
                 raise invalid("messages: at least one message is required")
             stream = req.get("stream", False)
             if not isinstance(stream, bool):
                 raise invalid("stream: Input should be a valid boolean")
+            shape = _rules.check(req, found, models.registry, beta)
+            _rules.check_budget(req, max_tokens)
             thinking = req.get("thinking")
-            if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-                bt = thinking.get("budget_tokens")
-                if not isinstance(bt, int):
-                    raise invalid("thinking.enabled.budget_tokens: Field required")
-                if bt < 1024:
-                    raise invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to "
-                                  "1024")
-                if max_tokens <= bt:
-                    raise invalid(THINKING_BUDGET_MSG)
-                tc = req.get("tool_choice")
-                if isinstance(tc, dict) and tc.get("type") in ("any", "tool"):
-                    raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
 
             text, has_tr = _gen.last_user_text(messages)
             if has_tr and isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
@@ -575,8 +552,9 @@ class SimProtocol(asyncio.Protocol):
                 return self._finish(action, rid, close, fault, npath)
 
             seed = zlib.crc32(body, st.seed_crc)
-            usage = st.cache.account(req, model_id, has_cc)
-            plan = _gen.plan_response(req, model_id, seed, directives, has_tr, usage)
+            usage = st.cache.account(req, model_id, has_cc, tokenizer=rules.tokenizer,
+                                     min_tokens=rules.min_cache_tokens)
+            plan = _gen.plan_response(req, model_id, seed, directives, has_tr, usage, shape)
             st.note_reply(rid, npath, stream, plan)
             msg_id = _gen.message_id()
             timing = self._timing(directives)
@@ -603,11 +581,12 @@ class SimProtocol(asyncio.Protocol):
         if not isinstance(req, dict):
             raise invalid("Input should be a valid dictionary")
         check_model(req.get("model"))
-        resolved = resolve_model(req["model"])
-        if resolved is None:
-            raise RequestError(404, "not_found_error", f"model: {req['model']}")
+        models = self.state.models
+        found = models.resolve(req["model"])
+        if found is None:
+            raise RequestError(404, "not_found_error", models.not_found(req["model"]))
         seed = zlib.crc32(body, self.state.seed_crc)
-        action = chat_action(req, resolved[0], seed, self._timing({}))
+        action = chat_action(req, found.id, seed, self._timing({}))
         return self._finish(action, rid, close, fault, npath)
 
     def _timing(self, directives: dict[str, str]) -> tuple[float, float, float]:
@@ -622,9 +601,9 @@ class SimProtocol(asyncio.Protocol):
     def _models(self, path: str, query: bytes) -> tuple:
         if path.startswith("/v1/models/"):
             mid = path[len("/v1/models/"):]
-            info = self.state.model_info(mid)
+            info = self.state.models.info(mid)
             if info is None:
-                raise RequestError(404, "not_found_error", f"model: {mid}")
+                raise RequestError(404, "not_found_error", self.state.models.not_found(mid))
             return ("json", 200, orjson.dumps(info), b"")
         params: dict[str, str] = {}
         if query:
@@ -636,7 +615,7 @@ class SimProtocol(asyncio.Protocol):
             raise invalid("limit: Input should be a valid integer") from None
         if not 1 <= limit <= 1000:
             raise invalid("limit: Input should be between 1 and 1000")
-        data = self.state.model_infos()
+        data = [m.to_anthropic() for m in self.state.models.listed()]
         ids = [m["id"] for m in data]
         if params.get("after_id"):
             a = params["after_id"]
@@ -838,24 +817,10 @@ class SimProtocol(asyncio.Protocol):
                        "batch_processing_ms": cfg.batch_processing_ms, "seed": cfg.seed}
             elif path == "/_sim/seen":
                 out = {"requests": list(st.seen)}
-            elif path == "/_sim/models":
-                if method == b"POST" and body:
-                    spec = orjson.loads(body)
-                    if spec.get("clear"):
-                        st.extra_models.clear()
-                    for item in spec.get("add") or []:
-                        info = {"id": item} if isinstance(item, str) else dict(item)
-                        mid = info.get("id")
-                        if not isinstance(mid, str) or not mid or len(mid) > 256:
-                            raise ValueError("add: each model needs an id")
-                        info = {"type": "model", "id": mid, "display_name": info.get("display_name", mid),
-                                "created_at": info.get("created_at", "2026-12-01T00:00:00Z"),
-                                "max_input_tokens": info.get("max_input_tokens", 1_000_000),
-                                "max_tokens": info.get("max_tokens", 128_000)}
-                        st.extra_models = [m for m in st.extra_models if m["id"] != mid] + [info]
-                out = {"added": st.extra_models}
             elif path == "/_sim/fixtures":
                 out = {"fixtures": st.library.names()}
+            elif path == "/_sim/models":
+                out = self._control_models(method, body)
             else:
                 self._send_json(404, _error_body(404, rid), rid, close=close)
                 return
@@ -864,6 +829,35 @@ class SimProtocol(asyncio.Protocol):
             return
         self._send_json(200, orjson.dumps(out), rid, close=close)
         return
+
+    def _control_models(self, method: bytes, body: bytes) -> dict[str, Any]:
+        """``POST /_sim/models``: ``{"id": …}`` (or ``{"models": [{…}, …]}``, or ``{"add": [id or {…}, …]}``)
+        serves and lists an id
+        the registry does not describe (optional ``like``, ``display_name``, ``max_tokens``,
+        ``max_input_tokens``); ``{"remove": id}``, ``{"clear": true}``. ``GET`` lists the added ones."""
+        models = self.state.models
+        if method == b"POST" and body:
+            spec = orjson.loads(body)
+            if not isinstance(spec, dict):
+                raise ValueError("expected a JSON object")
+            if spec.get("clear"):
+                models.added.clear()
+            if spec.get("remove") is not None:
+                models.remove(str(spec["remove"]))
+            listed = spec.get("models")
+            items = listed if isinstance(listed, list) else ([spec] if "id" in spec else [])
+            added = spec.get("add")  # {"add": ["claude-nova-6", {"id": …}]}: the same, several at once
+            if isinstance(added, list):
+                items = [*items, *({"id": a} if isinstance(a, str) else a for a in added)]
+            for item in items:
+                if not isinstance(item, dict):
+                    raise TypeError("models: expected objects")
+                models.add(item)
+        return _models_added(self.state)
+
+
+def _models_added(state: SimState) -> dict[str, Any]:
+    return {"added": [m.to_anthropic() for m in state.models.added.values()]}
 
 
 def make_protocol_factory(state: SimState) -> Callable[[], SimProtocol]:
