@@ -438,6 +438,9 @@ def test_display_updates_needs_its_beta(http: httpx.Client) -> None:
     refused(post(http, body), '"thinking.display": "updates" is not supported for this model.')
     beta = {"anthropic-beta": "thinking-display-updates-2026-08-18"}
     assert ok(post(http, body, **beta))["content"][0]["thinking"]
-    # Claude Code sends it to Opus 5.5 too, and falls back to the default when refused
-    refused(post(http, dict(body, model="claude-opus-5-5"), **beta),
+    # Claude Code sends it to Opus 5.5 too (its default model): accepted there under the beta
+    assert ok(post(http, dict(body, model="claude-opus-5-5"), **beta))["content"][0]["type"] == "thinking"
+    refused(post(http, dict(body, model="claude-opus-5-5")),
+            '"thinking.display": "updates" is not supported for this model.')
+    refused(post(http, dict(body, model="claude-haiku-5-5"), **beta),
             '"thinking.display": "updates" is not supported for this model.')
