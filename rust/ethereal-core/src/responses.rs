@@ -1152,6 +1152,10 @@ impl ResponsesTranslator {
         }
         if self.idle {
             while let Some((name, data, used)) = fast::frame(rest) {
+                // invalid UTF-8 goes through the decoder, as in the chat translator
+                if std::str::from_utf8(data).is_err() {
+                    break;
+                }
                 self.state.dispatch(name, data, out);
                 rest = &rest[used..];
             }

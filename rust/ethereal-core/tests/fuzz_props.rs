@@ -261,3 +261,36 @@ fn invalid_utf8_in_an_event_is_read_the_same_however_split() {
     assert_eq!(translate(&[&data]), translate(&bytes));
     assert_eq!(tap(&[&data]), tap(&bytes));
 }
+
+fn translate_responses(chunks: &[&[u8]]) -> Vec<u8> {
+    let opts = ethereal_core::responses::ResponsesOptions {
+        response_id: "resp_x".into(),
+        head: r#""id":"resp_x","object":"response","created_at":1700000000,"model":"claude-sonnet-4-5""#.into(),
+        ..Default::default()
+    };
+    let mut t = ethereal_core::responses::ResponsesTranslator::new(&opts);
+    let mut out = Vec::new();
+    for c in chunks {
+        t.feed(c, &mut out);
+    }
+    t.finish(&mut out);
+    out
+}
+
+/// The same stream through the Responses translator, which had been written without
+/// the chat translator's invalid-UTF-8 guard on its fast path.
+#[test]
+fn responses_invalid_utf8_in_an_event_is_read_the_same_however_split() {
+    let (_, recorded) = streams()
+        .iter()
+        .find(|(name, _)| name.contains("text_editor_code_execution_tool_stream"))
+        .expect("recorded stream");
+    let mut data = recorded.clone();
+    let at = data.windows(22).position(|w| w == b"ution_create_result\",\"").expect("a result block");
+    data[at + 20] = 0x80;
+    let at = data.windows(13).position(|w| w == b"\"expires_at\":").expect("an expiry");
+    data[at + 11] = 0;
+    let bytes: Vec<&[u8]> = data.chunks(1).collect();
+    // before the guard: `"output_tokens":342` whole, 343 split one byte at a time
+    assert_eq!(translate_responses(&[&data]), translate_responses(&bytes));
+}
