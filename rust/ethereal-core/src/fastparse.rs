@@ -56,8 +56,9 @@ pub(crate) fn event<'a>(name: &str, data: &'a str) -> Option<Event<'a>> {
             Some(Event::ContentBlockStop { index })
         }
         "ping" => (data == r#"{"type": "ping"}"#).then_some(Event::Ping),
-        "message_stop" => closing(data.strip_prefix(r#"{"type":"message_stop""#)?, 1)
-            .map(|()| Event::MessageStop),
+        "message_stop" => {
+            closing(data.strip_prefix(r#"{"type":"message_stop""#)?, 1).map(|()| Event::MessageStop)
+        }
         _ => None,
     }
 }

@@ -34,11 +34,7 @@
 //! [`Translator`] engine's, shared with the Responses translator. About 0.2 µs
 //! per upstream event.
 
-use std::borrow::Cow;
 use std::io::Write as _;
-
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::event::{BlockStart, Delta};
 use crate::jsonw::{write_escaped, write_json_str};
@@ -181,32 +177,6 @@ struct BlockEntry {
     start_input: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ToolStartWire<'a> {
-    #[serde(borrow)]
-    input: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ThinkingStartWire<'a> {
-    #[serde(borrow, default)]
-    thinking: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    signature: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct RedactedStartWire<'a> {
-    #[serde(borrow, default)]
-    data: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct TextStartWire<'a> {
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-}
-
 /// The `chat.completion.chunk` wire format (see the module docs).
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
@@ -239,7 +209,6 @@ const CHOICE_CLOSE: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
 impl ChatEmitter {
-
     /// The role chunk, once, before anything else.
     fn role(&mut self, out: &mut Vec<u8>) {
         if !self.started {
@@ -328,7 +297,6 @@ impl ChatEmitter {
         self.blocks.iter_mut().rev().find(|b| b.index == index)
     }
 
-
     fn tool_start(&mut self, start: &BlockStart<'_>, out: &mut Vec<u8>) -> Block {
         let name = start.name.as_deref().unwrap_or("");
         if self.json_tool.as_deref() == Some(name) {
@@ -358,7 +326,6 @@ impl ChatEmitter {
         Block::Tool(index)
     }
 
-
     /// One argument fragment of a tool block, wherever its kind sends it.
     fn send_args(&mut self, kind: Block, args: &str, out: &mut Vec<u8>) {
         match kind {
@@ -368,8 +335,6 @@ impl ChatEmitter {
             _ => {}
         }
     }
-
-
 
     /// Client tool calls emitted so far.
     pub fn tool_calls(&self) -> u32 {
@@ -419,29 +384,19 @@ impl Emitter for ChatEmitter {
     }
 
     fn block_start(&mut self, start: &BlockStart<'_>, out: &mut Vec<u8>) {
-        let raw = start.raw.get();
         if self.content_sent && start.kind != "text" {
             self.break_pending = true;
         }
         let mut start_input = None;
         let kind = match &*start.kind {
             "text" => {
-                if let Ok(w) = serde_json::from_str::<TextStartWire<'_>>(raw) {
-                    if let Some(text) = w.text {
-                        self.content(out, &text);
-                    }
+                if let Some(text) = start.text() {
+                    self.content(out, &text);
                 }
                 Block::Text
             }
             "thinking" => {
-                let (text, signature) = serde_json::from_str::<ThinkingStartWire<'_>>(raw)
-                    .map(|w| {
-                        (
-                            w.thinking.unwrap_or_default(),
-                            w.signature.unwrap_or_default(),
-                        )
-                    })
-                    .unwrap_or_default();
+                let (text, signature) = start.thinking();
                 self.string_delta(out, b"reasoning_content", &text);
                 self.reasoning.push(Reasoning::Thinking {
                     chars: text.chars().count(),
@@ -450,10 +405,7 @@ impl Emitter for ChatEmitter {
                 Block::Thinking(self.reasoning.len() - 1)
             }
             "redacted_thinking" => {
-                let data = serde_json::from_str::<RedactedStartWire<'_>>(raw)
-                    .ok()
-                    .and_then(|w| w.data)
-                    .unwrap_or_default();
+                let data = start.redacted_data();
                 self.reasoning.push(Reasoning::Redacted {
                     data: data.into_owned(),
                 });
@@ -462,10 +414,7 @@ impl Emitter for ChatEmitter {
             "tool_use" => {
                 // `input: {}` is how every streamed call starts; it is sent
                 // only if no argument fragment follows.
-                start_input = serde_json::from_str::<ToolStartWire<'_>>(raw)
-                    .ok()
-                    .and_then(|w| w.input)
-                    .map(|v| v.get().to_owned());
+                start_input = start.input().map(str::to_owned);
                 self.tool_start(start, out)
             }
             _ => Block::Ignored,

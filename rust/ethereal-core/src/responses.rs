@@ -43,11 +43,9 @@
 //! [`ResponsesEmitter`] is the wire format; framing, parsing, usage and EOF are
 //! the [`Translator`] engine's, shared with the chat translator.
 
-use std::borrow::Cow;
 use std::io::Write as _;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::event::{BlockStart, Delta};
 use crate::jsonw::{base64_encode, push_u64, write_json_str};
@@ -173,32 +171,6 @@ enum Block {
 struct BlockEntry {
     index: u64,
     kind: Block,
-}
-
-#[derive(Deserialize)]
-struct InputStartWire<'a> {
-    #[serde(borrow)]
-    input: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ThinkingStartWire<'a> {
-    #[serde(borrow, default)]
-    thinking: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    signature: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct RedactedStartWire<'a> {
-    #[serde(borrow, default)]
-    data: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct TextStartWire<'a> {
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -365,7 +337,6 @@ pub struct ResponsesEmitter {
 }
 
 impl ResponsesEmitter {
-
     // ---- framing ---------------------------------------------------------------
 
     /// `event: <kind>\ndata: {"type":"<kind>","sequence_number":N` — the caller
@@ -496,10 +467,6 @@ impl ResponsesEmitter {
     fn block_mut(&mut self, index: u64) -> Option<&mut BlockEntry> {
         self.blocks.iter_mut().rev().find(|b| b.index == index)
     }
-
-
-
-
 
     fn fail(&mut self, tracker: &UsageTracker, out: &mut Vec<u8>, code: &str, message: &str) {
         self.start(out);
@@ -945,44 +912,27 @@ impl Emitter for ResponsesEmitter {
 
     fn block_start(&mut self, start: &BlockStart<'_>, out: &mut Vec<u8>) {
         self.start(out);
-        let raw = start.raw.get();
         let kind = match &*start.kind {
             "text" => {
                 self.open_part(out);
-                if let Ok(TextStartWire { text: Some(text) }) = serde_json::from_str(raw) {
+                if let Some(text) = start.text() {
                     self.text_delta(out, &text);
                 }
                 Block::Text
             }
             "thinking" => {
-                let (text, signature) = serde_json::from_str::<ThinkingStartWire<'_>>(raw)
-                    .map(|w| {
-                        (
-                            w.thinking.unwrap_or_default(),
-                            w.signature.unwrap_or_default(),
-                        )
-                    })
-                    .unwrap_or_default();
+                let (text, signature) = start.thinking();
                 let item = self.reasoning_start(out);
                 self.items[item].signature.push_str(&signature);
                 self.reasoning_delta(out, item, &text);
                 Block::Reasoning(item)
             }
             "redacted_thinking" => {
-                let data = serde_json::from_str::<RedactedStartWire<'_>>(raw)
-                    .ok()
-                    .and_then(|w| w.data)
-                    .unwrap_or_default();
+                let data = start.redacted_data();
                 self.redacted(out, &data);
                 Block::Ignored
             }
-            "tool_use" => {
-                let input = serde_json::from_str::<InputStartWire<'_>>(raw)
-                    .ok()
-                    .and_then(|w| w.input)
-                    .map(|v| v.get().to_owned());
-                self.tool_start(start, input, out)
-            }
+            "tool_use" => self.tool_start(start, start.input().map(str::to_owned), out),
             "server_tool_use" if start.name.as_deref() == Some("web_search") => {
                 Block::WebSearch(self.web_search_start(out))
             }
