@@ -275,24 +275,6 @@ impl ChatEmitter {
         out.extend_from_slice(CHOICE_CLOSE);
     }
 
-    fn error_frame(out: &mut Vec<u8>, anthropic_type: &str, message: &str) {
-        let (kind, code) = openai_error_kind(anthropic_type);
-        out.extend_from_slice(b"data: {\"error\":{\"message\":");
-        write_json_str(out, message);
-        out.extend_from_slice(b",\"type\":\"");
-        out.extend_from_slice(kind.as_bytes());
-        out.extend_from_slice(b"\",\"param\":null,\"code\":");
-        match code {
-            Some(code) => {
-                out.push(b'"');
-                out.extend_from_slice(code.as_bytes());
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b"}}\n\n");
-    }
-
     fn block_mut(&mut self, index: u64) -> Option<&mut BlockEntry> {
         self.blocks.iter_mut().rev().find(|b| b.index == index)
     }
@@ -503,8 +485,22 @@ impl Emitter for ChatEmitter {
         out.extend_from_slice(DONE);
     }
 
-    fn error(&mut self, kind: &str, message: &str, _: &UsageTracker, out: &mut Vec<u8>) {
-        Self::error_frame(out, kind, message);
+    fn error(&mut self, anthropic_type: &str, message: &str, _: &UsageTracker, out: &mut Vec<u8>) {
+        let (kind, code) = openai_error_kind(anthropic_type);
+        out.extend_from_slice(b"data: {\"error\":{\"message\":");
+        write_json_str(out, message);
+        out.extend_from_slice(b",\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"param\":null,\"code\":");
+        match code {
+            Some(code) => {
+                out.push(b'"');
+                out.extend_from_slice(code.as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}}\n\n");
     }
 }
 

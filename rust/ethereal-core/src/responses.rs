@@ -462,20 +462,10 @@ impl ResponsesEmitter {
         self.output.extend_from_slice(&self.scratch);
     }
 
-    // ---- events ----------------------------------------------------------------
+    // ---- blocks ----------------------------------------------------------------
 
     fn block_mut(&mut self, index: u64) -> Option<&mut BlockEntry> {
         self.blocks.iter_mut().rev().find(|b| b.index == index)
-    }
-
-    fn fail(&mut self, tracker: &UsageTracker, out: &mut Vec<u8>, code: &str, message: &str) {
-        self.start(out);
-        self.begin(out, "response.failed");
-        out.extend_from_slice(b",\"response\":");
-        // usage only once the upstream reported it: before that it would be an estimate
-        let usage = tracker.saw_message_delta.then(|| tracker.usage());
-        self.response_object(out, "failed", Some((code, message)), None, usage.as_ref());
-        out.extend_from_slice(b"}\n\n");
     }
 
     // ---- messages --------------------------------------------------------------
@@ -1000,7 +990,14 @@ impl Emitter for ResponsesEmitter {
     }
 
     fn error(&mut self, kind: &str, message: &str, tracker: &UsageTracker, out: &mut Vec<u8>) {
-        self.fail(tracker, out, response_error_code(kind), message);
+        let code = response_error_code(kind);
+        self.start(out);
+        self.begin(out, "response.failed");
+        out.extend_from_slice(b",\"response\":");
+        // usage only once the upstream reported it: before that it would be an estimate
+        let usage = tracker.saw_message_delta.then(|| tracker.usage());
+        self.response_object(out, "failed", Some((code, message)), None, usage.as_ref());
+        out.extend_from_slice(b"}\n\n");
     }
 }
 
