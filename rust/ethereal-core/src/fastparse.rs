@@ -86,7 +86,7 @@ fn delta(data: &str) -> Option<Event<'_>> {
 }
 
 /// A large `*_tool_result` block start, read no further than its kind
-/// (the rest is neither parsed nor UTF-8 checked).
+/// (the rest is not parsed).
 pub(crate) fn complete_block<'a>(name: &str, data: &'a [u8]) -> Option<Event<'a>> {
     if name != "content_block_start" || data.len() <= 256 {
         return None;

@@ -13,8 +13,6 @@
 //!
 //! Output depends only on the byte stream, never on how it was chunked.
 
-use std::borrow::Cow;
-
 use crate::event::{parse_event, BlockStart, Delta, Event};
 use crate::fastparse;
 use crate::sse::{Leftover, SseDecoder};
@@ -60,15 +58,14 @@ struct Engine<E> {
 
 impl<E: Emitter> Engine<E> {
     /// One SSE event: the fast parse when the shape allows, else [`parse_event`].
-    fn dispatch(&mut self, name: &str, data: &[u8], out: &mut Vec<u8>) {
-        if let Some(event) = fastparse::complete_block(name, data) {
+    /// (`data` is text: the decoder replaces invalid UTF-8, and the fast path
+    /// leaves an event holding any to the decoder.)
+    fn dispatch(&mut self, name: &str, data: &str, out: &mut Vec<u8>) {
+        if let Some(event) = fastparse::complete_block(name, data.as_bytes()) {
             self.on_event(&event, out);
             return;
         }
-        // (`from_utf8` first: the lossy conversion is several times slower on valid text)
-        let text =
-            std::str::from_utf8(data).map_or_else(|_| String::from_utf8_lossy(data), Cow::Borrowed);
-        match fastparse::event(name, &text).map_or_else(|| parse_event(name, &text), Ok) {
+        match fastparse::event(name, data).map_or_else(|| parse_event(name, data), Ok) {
             Ok(event) => self.on_event(&event, out),
             Err(_) => self.tracker.observe_malformed(),
         }
@@ -148,9 +145,9 @@ impl<E: Emitter> Translator<E> {
             while let Some((name, data, used)) = fastparse::frame(rest) {
                 // invalid UTF-8 goes through the decoder, which replaces it the same way
                 // whatever the chunking (found by tests/fuzz_props.rs)
-                if std::str::from_utf8(data).is_err() {
+                let Ok(data) = std::str::from_utf8(data) else {
                     break;
-                }
+                };
                 self.engine.dispatch(name, data, out);
                 rest = &rest[used..];
             }
@@ -158,7 +155,7 @@ impl<E: Emitter> Translator<E> {
         if !rest.is_empty() {
             let engine = &mut self.engine;
             self.decoder.feed(rest, |sse| {
-                engine.dispatch(sse.event, sse.data.as_bytes(), out);
+                engine.dispatch(sse.event, sse.data, out);
             });
             self.idle = rest.ends_with(b"\n\n");
         }
