@@ -1,7 +1,7 @@
 //! Anthropic Messages SSE in, `OpenAI` Chat Completions `chat.completion.chunk`
 //! stream out (`data: {compact json}\n\n` frames, then `data: [DONE]`).
 //!
-//! Works from the hub [`Event`] type, so the usage accounting is the very
+//! Works from the hub [`Event`](crate::Event) type, so the usage accounting is the very
 //! same [`UsageTracker`] the native route's `StreamTap` uses: a translated
 //! stream is metered exactly like a native one.
 //!

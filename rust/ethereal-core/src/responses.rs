@@ -1,7 +1,7 @@
 //! Anthropic Messages SSE in, `OpenAI` Responses API stream events out
 //! (`event: <type>\ndata: {"type":"<type>","sequence_number":N,…}\n\n`).
 //!
-//! Works from the hub [`Event`] type and feeds the same [`UsageTracker`] as the
+//! Works from the hub [`Event`](crate::Event) type and feeds the same [`UsageTracker`] as the
 //! native route's `StreamTap` and the chat translator, so a translated stream
 //! is metered exactly like a native one.
 //!

@@ -4,7 +4,7 @@
 //! [`Translator`] does everything that does not depend on the output format:
 //! SSE framing (the fast path for whole events in the API's own framing, the
 //! [`SseDecoder`] for anything else), event parsing (the serde-free
-//! [`fastparse`](crate::fastparse) shapes, else [`parse_event`]), the usage
+//! `fastparse` shapes, else [`parse_event`]), the usage
 //! accounting (the same [`UsageTracker`] as the native route's `StreamTap`, so a
 //! translated stream is metered exactly like a native one), upstream errors, EOF
 //! and what the decoder was left holding. A wire format is an [`Emitter`]: it
