@@ -5,17 +5,12 @@
 
 use ethereal_core::openai_chat::{ChatEmitter, ChatOptions};
 use ethereal_core::responses::{ResponsesEmitter, ResponsesOptions};
-use ethereal_core::translate::{Emitter, Translator};
+use ethereal_core::translate::{translate_chunks, Emitter};
 use ethereal_core::{FinalUsage, SseDecoder, StreamTap};
 use libfuzzer_sys::fuzz_target;
 
 fn translate<E: Emitter>(opts: &E::Options, chunks: &[&[u8]]) -> (Vec<u8>, FinalUsage) {
-    let mut t = Translator::<E>::new(opts);
-    let mut out = Vec::new();
-    for c in chunks {
-        t.feed(c, &mut out);
-    }
-    t.finish(&mut out);
+    let (out, t) = translate_chunks::<E>(opts, chunks);
     (out, t.usage())
 }
 

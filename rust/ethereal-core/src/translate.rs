@@ -202,11 +202,19 @@ impl<E: Emitter> Translator<E> {
     }
 }
 
-/// Translate a whole stream in one go (tests, tools).
-pub fn translate_all<E: Emitter>(opts: &E::Options, stream: &[u8]) -> Vec<u8> {
+/// Translate a stream fed in these chunks, then EOF (tests, fuzzing, tools):
+/// the output, and the translator for its usage and state.
+pub fn translate_chunks<E: Emitter>(opts: &E::Options, chunks: &[&[u8]]) -> (Vec<u8>, Translator<E>) {
     let mut t = Translator::<E>::new(opts);
     let mut out = Vec::new();
-    t.feed(stream, &mut out);
+    for chunk in chunks {
+        t.feed(chunk, &mut out);
+    }
     t.finish(&mut out);
-    out
+    (out, t)
+}
+
+/// Translate a whole stream in one go (tests, tools).
+pub fn translate_all<E: Emitter>(opts: &E::Options, stream: &[u8]) -> Vec<u8> {
+    translate_chunks::<E>(opts, &[stream]).0
 }

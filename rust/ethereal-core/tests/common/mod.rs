@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use ethereal_core::openai_chat::{ChatEmitter, ChatOptions};
 use ethereal_core::responses::{ResponsesEmitter, ResponsesOptions};
-use ethereal_core::translate::{Emitter, Translator};
+use ethereal_core::translate::{translate_chunks, Emitter};
 use ethereal_core::FinalUsage;
 use serde_json::Value;
 
@@ -108,12 +108,7 @@ pub fn responses_opts() -> ResponsesOptions {
 
 /// What a translator gave for a stream fed in these chunks: its output and usage.
 pub fn run<E: Emitter>(opts: &E::Options, chunks: &[&[u8]]) -> (Vec<u8>, FinalUsage) {
-    let mut t = Translator::<E>::new(opts);
-    let mut out = Vec::new();
-    for c in chunks {
-        t.feed(c, &mut out);
-    }
-    t.finish(&mut out);
+    let (out, t) = translate_chunks::<E>(opts, chunks);
     (out, t.usage())
 }
 
