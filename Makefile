@@ -60,6 +60,7 @@ wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serv
 
 lint: setup ## quality gates that fail: clippy (pedantic) -D warnings, ruff, mypy, the native stub against the extension
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --quiet -- -D warnings  # the fuzz crate is outside the workspace
 	$(BIN)/python -m ruff check python tests loadtest
 	$(BIN)/python -m mypy
 	MYPYPATH=python $(BIN)/python -m mypy.stubtest ethereal._native  # MYPYPATH: mypy cannot see the editable install

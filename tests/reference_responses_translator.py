@@ -8,6 +8,9 @@ the way one would write it in Python without thinking about speed: a line splitt
 Two simplifications, as in the chat reference: output tokens are not estimated when a stream
 never reports them (a failed stream then carries no usage, in both), and the thinking
 text's token estimate (``reasoning_tokens``) comes from ``_native.estimate_text_tokens``.
+
+The SSE splitter, event parsing, usage bookkeeping and stream end are
+``tests/reference_sse_driver.py``, shared with the chat reference.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from ethereal import _native
 
-from tests.reference_chat_translator import _dumps, _usage_counts
+from tests.reference_sse_driver import ReferenceSseDriver, dumps
 
 REASONING_PREFIX = "eth1r."
 
@@ -108,86 +111,32 @@ class _CustomInput:
                 self.state = "value"
 
 
-class ReferenceResponsesTranslator:
+class ReferenceResponsesTranslator(ReferenceSseDriver):
     def __init__(self, response_id: str, head: str, *, custom_tools: list[str] | None = None,
                  namespaced: list[tuple[str, str, str]] | None = None, json_tool: str | None = None) -> None:
+        super().__init__()
         self.suffix = response_id.removeprefix("resp_")
-        self.head = head or f'"id":{_dumps(response_id)},"object":"response"'
+        self.head = head or f'"id":{dumps(response_id)},"object":"response"'
         self.custom_tools = custom_tools or []
         self.namespaced = {flat: (ns, name) for flat, ns, name in namespaced or []}
         self.json_tool = json_tool
-        self.buffer = b""
-        self.event_name = ""
-        self.data_lines: list[str] = []
         self.seq = 0
         self.started = False
-        self.done = False
         self.items: list[dict[str, Any]] = []
         self.output: list[str] = []
         self.open_message: int | None = None
         self.blocks: dict[int, tuple[str, int | None]] = {}
         self.reasoning_tokens = 0
-        self.stop_reason: str | None = None
-        self.saw_delta = False
-        self.start_usage: dict[str, int | None] = {}
-        self.delta_usage: dict[str, int | None] = {}
-
-    # ---- SSE (as the chat reference) ------------------------------------------------------
-
-    def feed(self, chunk: bytes) -> bytes:
-        self.buffer += chunk
-        out: list[str] = []
-        lines = self.buffer.splitlines(keepends=True)
-        keep = 1 if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")) else 0
-        for raw in lines[:len(lines) - keep]:
-            self._line(raw.rstrip(b"\r\n").decode("utf-8", "replace"), out)
-        self.buffer = lines[-1] if keep else b""
-        return "".join(out).encode()
-
-    def _line(self, line: str, out: list[str]) -> None:
-        if line == "":
-            if self.data_lines:
-                self._event("\n".join(self.data_lines), out)
-            self.event_name, self.data_lines = "", []
-            return
-        if line.startswith(":"):
-            return
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self.data_lines.append(value)
-        elif name == "event":
-            self.event_name = value
-
-    def finish(self) -> bytes:
-        if self.buffer.endswith(b"\r"):
-            self.buffer = self.buffer[:-1]
-            self._line(self.buffer.decode("utf-8", "replace"), [])
-        self.buffer = b""
-        if self.done:
-            return b""
-        out: list[str] = []
-        self._fail(out, "server_error", "the upstream connection was interrupted before the response was complete")
-        return "".join(out).encode()
 
     # ---- output ---------------------------------------------------------------------------
 
     def _emit(self, out: list[str], kind: str, **fields: Any) -> None:
         event = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        out.append(f"event: {kind}\ndata: {_dumps(event)}\n\n")
-
-    def _latest(self, name: str) -> int:
-        value = self.delta_usage.get(name)
-        if value is None:
-            value = self.start_usage.get(name)
-        return value or 0
+        out.append(f"event: {kind}\ndata: {dumps(event)}\n\n")
 
     def _usage(self) -> dict[str, Any]:
-        writes = max(self._latest("cache_creation_input_tokens"), self._latest("split_5m") + self._latest("split_1h"))
-        reads = self._latest("cache_read_input_tokens")
-        inp = self._latest("input_tokens") + writes + reads
-        output = self._latest("output_tokens")
+        inp, reads, writes, output = self._totals()
         return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes},
                 "output_tokens": output, "output_tokens_details": {"reasoning_tokens": min(self.reasoning_tokens,
                                                                                            output)},
@@ -198,9 +147,9 @@ class ReferenceResponsesTranslator:
         # the head is spliced in as given (it is already JSON members), like the native side does
         rest: dict[str, Any] = {"status": status, "error": error,
                                 "incomplete_details": {"reason": incomplete} if incomplete else None}
-        body = _dumps(rest)[1:-1] + ',"output":[' + ",".join(self.output) + "]"
+        body = dumps(rest)[1:-1] + ',"output":[' + ",".join(self.output) + "]"
         if usage:
-            body += ',"usage":' + _dumps(self._usage())
+            body += ',"usage":' + dumps(self._usage())
         return "{" + self.head + "," + body + "}"
 
     def _emit_response(self, out: list[str], kind: str, response: str) -> None:
@@ -217,7 +166,6 @@ class ReferenceResponsesTranslator:
         self._start(out)
         self._emit_response(out, "response.failed",
                             self._response("failed", error={"code": code, "message": message}, usage=self.saw_delta))
-        self.done = True
 
     def _new_item(self, kind: str, prefix: str) -> int:
         i = len(self.items)
@@ -233,7 +181,7 @@ class ReferenceResponsesTranslator:
 
     def _done(self, out: list[str], i: int, item: dict[str, Any]) -> None:
         self._emit(out, "response.output_item.done", output_index=i, item=item)
-        self.output.append(_dumps(item))
+        self.output.append(dumps(item))
 
     # messages
 
@@ -303,7 +251,7 @@ class ReferenceResponsesTranslator:
         item = self.items[i]
         text = item["parts"][0]
         self.reasoning_tokens += _native.estimate_text_tokens(text)
-        payload = _dumps({"type": "thinking", "thinking": text, "signature": item["signature"]}).encode()
+        payload = dumps({"type": "thinking", "thinking": text, "signature": item["signature"]}).encode()
         self._emit(out, "response.reasoning_summary_text.done", **self._ref(i), summary_index=0, text=text)
         self._emit(out, "response.reasoning_summary_part.done", **self._ref(i), summary_index=0,
                    part={"type": "summary_text", "text": text})
@@ -315,7 +263,7 @@ class ReferenceResponsesTranslator:
         i = self._new_item("reasoning", "rs")
         item_id = self.items[i]["id"]
         self._added(out, i, {"id": item_id, "type": "reasoning", "summary": []})
-        payload = _dumps({"type": "redacted_thinking", "data": data}).encode()
+        payload = dumps({"type": "redacted_thinking", "data": data}).encode()
         self._done(out, i, {"id": item_id, "type": "reasoning", "summary": [],
                             "encrypted_content": REASONING_PREFIX + base64.b64encode(payload).decode()})
 
@@ -347,7 +295,7 @@ class ReferenceResponsesTranslator:
         item = self.items[i]
         ns, inner = self.namespaced.get(name, (None, name))
         item.update(name=inner, namespace=ns, call_id=block.get("id") or "",
-                    start_input=_dumps(block["input"]) if "input" in block else None)
+                    start_input=dumps(block["input"]) if "input" in block else None)
         self._added(out, i, self._call_item(i, "in_progress", ""))
         return ("custom" if custom else "function"), i
 
@@ -393,54 +341,24 @@ class ReferenceResponsesTranslator:
 
     # ---- events ---------------------------------------------------------------------------
 
-    def _merge(self, into: dict[str, int | None], usage: dict[str, Any]) -> None:
-        for name, value in _usage_counts(usage).items():
-            if value is not None:
-                into[name] = max(into.get(name) or 0, value) if into.get(name) is not None else value
+    def _message_start(self, out: list[str]) -> None:
+        self._start(out)
 
-    def _event(self, data: str, out: list[str]) -> None:
-        try:
-            event = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        kind = event.get("type", self.event_name)
-        if kind == "message_start":
-            usage = (event.get("message") or {}).get("usage")
-            if isinstance(usage, dict):
-                self._merge(self.start_usage, usage)
-        elif kind == "message_delta":
-            self.saw_delta = True
-            self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
-            if isinstance(event.get("usage"), dict):
-                self._merge(self.delta_usage, event["usage"])
-        if self.done:
-            return
-        if kind == "message_start":
-            self._start(out)
-        elif kind == "content_block_start":
-            self._start(out)
-            self._block_start(event.get("index", 0), event.get("content_block") or {}, out)
-        elif kind == "content_block_delta":
-            self._block_delta(event.get("index", 0), event.get("delta") or {}, out)
-        elif kind == "content_block_stop":
-            self._block_stop(event.get("index", 0), out)
-        elif kind == "message_stop":
-            self._start(out)
-            self._close_message(out)
-            reason = {"max_tokens": "max_output_tokens", "model_context_window_exceeded": "max_output_tokens",
-                      "refusal": "content_filter"}.get(self.stop_reason or "")
-            kind, status = ("response.incomplete", "incomplete") if reason else ("response.completed", "completed")
-            self._emit_response(out, kind, self._response(status, incomplete=reason, usage=True))
-            self.done = True
-        elif kind == "error":
-            err = event.get("error") or {}
-            code = {"rate_limit_error": "rate_limit_exceeded", "invalid_request_error": "invalid_prompt"}.get(
-                err.get("type") or "api_error", "server_error")
-            self._fail(out, code, err.get("message") or "upstream error")
+    def _message_stop(self, out: list[str]) -> None:
+        self._start(out)
+        self._close_message(out)
+        reason = {"max_tokens": "max_output_tokens", "model_context_window_exceeded": "max_output_tokens",
+                  "refusal": "content_filter"}.get(self.stop_reason or "")
+        kind, status = ("response.incomplete", "incomplete") if reason else ("response.completed", "completed")
+        self._emit_response(out, kind, self._response(status, incomplete=reason, usage=True))
+
+    def _error(self, out: list[str], kind: str, message: str) -> None:
+        code = {"rate_limit_error": "rate_limit_exceeded", "invalid_request_error": "invalid_prompt"}.get(
+            kind, "server_error")
+        self._fail(out, code, message)
 
     def _block_start(self, index: int, block: dict[str, Any], out: list[str]) -> None:
+        self._start(out)
         kind = block.get("type")
         entry: tuple[str, int | None] = ("ignored", None)
         if kind == "text":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,13 @@ def test_matches_reference(path: Path, include_usage: bool) -> None:
 @given(st.sampled_from(STREAMS + SDK_STREAMS), st.lists(st.integers(1, 400), min_size=1, max_size=40),
        st.booleans())
 def test_any_chunking_same_output(path: Path, sizes: list[int], crlf: bool) -> None:
+    same_output_however_chunked(translate, reference, path, sizes, crlf)
+
+
+def same_output_however_chunked(translate: Callable[..., bytes], reference: Callable[[bytes], bytes], path: Path,
+                                sizes: list[int], crlf: bool) -> None:
+    """A translator (``translate(data, chunks=…)``) gives the same bytes for the stream at ``path`` cut
+    into chunks of ``sizes`` (cycled) as whole, and those are the reference's; with CRLF line ends too."""
     data = path.read_bytes()
     if crlf:
         data = data.replace(b"\n", b"\r\n")
@@ -329,9 +337,14 @@ def test_legacy_function_call_and_json_tool() -> None:
 
 
 def test_usage_accessors_match_stream_tap() -> None:
+    meters_like_stream_tap(lambda: _native.ChatTranslator(*ARGS, False))
+
+
+def meters_like_stream_tap(make: Callable[[], _native.ChatTranslator | _native.ResponsesTranslator]) -> None:
+    """A translator's ``usage()`` and ``state()`` are the native tap's, over every recorded stream."""
     for path in STREAMS:
         data = path.read_bytes()
-        t = _native.ChatTranslator(*ARGS, False)
+        t = make()
         tap = _native.StreamTap()
         t.feed(data)
         tap.feed(data)

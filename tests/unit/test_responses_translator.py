@@ -25,7 +25,14 @@ from hypothesis import strategies as st
 
 from tests.procs import FIXTURES, RECORDED
 from tests.reference_responses_translator import ReferenceResponsesTranslator
-from tests.unit.test_chat_translator import _json_schema, anthropic_streams, assemble_anthropic, usage_tuple
+from tests.unit.test_chat_translator import (
+    _json_schema,
+    anthropic_streams,
+    assemble_anthropic,
+    meters_like_stream_tap,
+    same_output_however_chunked,
+    usage_tuple,
+)
 
 STREAMS = sorted(RECORDED.glob("*.sse"))
 SDK_STREAMS = sorted((FIXTURES / "anthropic" / "stream-fixtures-sdk-python").glob("*"))
@@ -200,17 +207,7 @@ def test_matches_reference(path: Path) -> None:
 @given(st.sampled_from(STREAMS + SDK_STREAMS), st.lists(st.integers(1, 400), min_size=1, max_size=40),
        st.booleans())
 def test_any_chunking_same_output(path: Path, sizes: list[int], crlf: bool) -> None:
-    data = path.read_bytes()
-    if crlf:
-        data = data.replace(b"\n", b"\r\n")
-    whole = translate(data)
-    chunks, pos, i = [], 0, 0
-    while pos < len(data):
-        n = sizes[i % len(sizes)]
-        chunks.append(data[pos:pos + n])
-        pos, i = pos + n, i + 1
-    assert translate(data, chunks=chunks) == whole
-    assert whole == reference(data)
+    same_output_however_chunked(translate, reference, path, sizes, crlf)
 
 
 TOOLS_REQUEST = make_request(tools=[
@@ -306,15 +303,4 @@ def test_cut_stream_fails_and_bills_the_estimate() -> None:
 
 
 def test_usage_accessors_match_stream_tap() -> None:
-    for path in STREAMS:
-        data = path.read_bytes()
-        t = _native.ResponsesTranslator(RESPONSE_ID, REQUEST.head_json())
-        tap = _native.StreamTap()
-        t.feed(data)
-        tap.feed(data)
-        t.finish()
-        tap.finish()
-        assert t.usage() == tap.usage()
-        for name in ("estimated_output_tokens", "cache_split_reported", "stop_reason", "message_id", "model",
-                     "error_type", "saw_message_stop", "events"):
-            assert getattr(t.state(), name) == getattr(tap.state(), name), name
+    meters_like_stream_tap(lambda: _native.ResponsesTranslator(RESPONSE_ID, REQUEST.head_json()))

@@ -13,9 +13,11 @@ mod common;
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ethereal_core::openai_chat::{ChatOptions, ChatTranslator};
-use ethereal_core::responses::{ResponsesOptions, ResponsesTranslator};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use ethereal_core::openai_chat::{ChatEmitter, ChatOptions};
+use ethereal_core::responses::{ResponsesEmitter, ResponsesOptions};
+use ethereal_core::translate::{Emitter, Translator};
 use ethereal_core::{estimate_tokens, SseDecoder, StreamTap};
 
 fn corpus() -> Vec<u8> {
@@ -146,33 +148,31 @@ fn bench_translate(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("translate_per_event");
     group.throughput(Throughput::Bytes(total as u64));
-    group.bench_function("chat", |b| {
-        let mut out = Vec::with_capacity(1 << 16);
-        b.iter(|| {
-            for s in &streams {
-                let mut t = ChatTranslator::new(&chat);
-                for e in s {
-                    out.clear();
-                    t.feed(black_box(e), &mut out);
-                }
-                t.finish(&mut out);
-            }
-        });
-    });
-    group.bench_function("responses", |b| {
-        let mut out = Vec::with_capacity(1 << 16);
-        b.iter(|| {
-            for s in &streams {
-                let mut t = ResponsesTranslator::new(&responses);
-                for e in s {
-                    out.clear();
-                    t.feed(black_box(e), &mut out);
-                }
-                t.finish(&mut out);
-            }
-        });
-    });
+    bench_translator::<ChatEmitter>(&mut group, "chat", &chat, &streams);
+    bench_translator::<ResponsesEmitter>(&mut group, "responses", &responses, &streams);
     group.finish();
+}
+
+/// One translator over the streams, fed one event at a time.
+fn bench_translator<E: Emitter>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    opts: &E::Options,
+    streams: &[Vec<Vec<u8>>],
+) {
+    group.bench_function(name, |b| {
+        let mut out = Vec::with_capacity(1 << 16);
+        b.iter(|| {
+            for s in streams {
+                let mut t = Translator::<E>::new(opts);
+                for e in s {
+                    out.clear();
+                    t.feed(black_box(e), &mut out);
+                }
+                t.finish(&mut out);
+            }
+        });
+    });
 }
 
 criterion_group!(benches, bench_tap, bench_estimate, bench_translate);

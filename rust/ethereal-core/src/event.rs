@@ -197,6 +197,70 @@ pub struct BlockStart<'a> {
     pub raw: &'a RawValue,
 }
 
+impl<'a> BlockStart<'a> {
+    /// A `text` block's initial `text` (usually empty).
+    pub fn text(&self) -> Option<Cow<'a, str>> {
+        serde_json::from_str::<TextStartWire<'a>>(self.raw.get())
+            .ok()?
+            .text
+    }
+
+    /// A `thinking` block's initial `thinking` and `signature` (empty when absent).
+    pub fn thinking(&self) -> (Cow<'a, str>, Cow<'a, str>) {
+        serde_json::from_str::<ThinkingStartWire<'a>>(self.raw.get())
+            .map(|w| {
+                (
+                    w.thinking.unwrap_or_default(),
+                    w.signature.unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// A `redacted_thinking` block's opaque `data` (empty when absent).
+    pub fn redacted_data(&self) -> Cow<'a, str> {
+        serde_json::from_str::<RedactedStartWire<'a>>(self.raw.get())
+            .ok()
+            .and_then(|w| w.data)
+            .unwrap_or_default()
+    }
+
+    /// A tool call's `input` as given at the start, as JSON text (`{}` when
+    /// its input streams as `input_json_delta`s).
+    pub fn input(&self) -> Option<&'a str> {
+        serde_json::from_str::<InputStartWire<'a>>(self.raw.get())
+            .ok()?
+            .input
+            .map(RawValue::get)
+    }
+}
+
+#[derive(Deserialize)]
+struct InputStartWire<'a> {
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ThinkingStartWire<'a> {
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    signature: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RedactedStartWire<'a> {
+    #[serde(borrow, default)]
+    data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct TextStartWire<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Delta<'a> {
     Text(Cow<'a, str>),

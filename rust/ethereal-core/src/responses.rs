@@ -1,7 +1,7 @@
 //! Anthropic Messages SSE in, `OpenAI` Responses API stream events out
 //! (`event: <type>\ndata: {"type":"<type>","sequence_number":N,…}\n\n`).
 //!
-//! Works from the hub [`Event`] type and feeds the same [`UsageTracker`] as the
+//! Works from the hub [`Event`](crate::Event) type and feeds the same [`UsageTracker`] as the
 //! native route's `StreamTap` and the chat translator, so a translated stream
 //! is metered exactly like a native one.
 //!
@@ -40,19 +40,21 @@
 //! - an `error` event, or upstream EOF before `message_stop` → `response.failed`
 //!   with `error {code, message}`; nothing follows.
 //!
-//! Output depends only on the byte stream, never on how it was chunked.
+//! [`ResponsesEmitter`] is the wire format; framing, parsing, usage and EOF are
+//! the [`Translator`] engine's, shared with the chat translator.
 
-use std::borrow::Cow;
 use std::io::Write as _;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
-use crate::event::{parse_event, BlockStart, Delta, Event};
-use crate::openai_chat::{fast, write_json_str};
-use crate::sse::{Leftover, SseDecoder};
+use crate::event::{BlockStart, Delta};
+use crate::jsonw::{base64_encode, push_u64, write_json_str};
 use crate::tap::{FinalUsage, UsageTracker};
 use crate::tokens::estimate_text_tokens;
+use crate::translate::{self, Emitter, Translator};
+
+/// Incremental Anthropic SSE → Responses stream translator.
+pub type ResponsesTranslator = Translator<ResponsesEmitter>;
 
 /// Prefix of the `encrypted_content` ethereal writes (a versioned format).
 pub const REASONING_PREFIX: &str = "eth1r.";
@@ -169,32 +171,6 @@ enum Block {
 struct BlockEntry {
     index: u64,
     kind: Block,
-}
-
-#[derive(Deserialize)]
-struct InputStartWire<'a> {
-    #[serde(borrow)]
-    input: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ThinkingStartWire<'a> {
-    #[serde(borrow, default)]
-    thinking: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    signature: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct RedactedStartWire<'a> {
-    #[serde(borrow, default)]
-    data: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct TextStartWire<'a> {
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -336,48 +312,9 @@ fn custom_final(raw: &str) -> String {
     }
 }
 
-/// A decimal number, without the formatting machinery (called for every event).
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        // n % 10 < 10: the cast cannot truncate
-        #[allow(clippy::cast_possible_truncation)]
-        let digit = (n % 10) as u8;
-        buf[i] = b'0' + digit;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
-/// Standard base64 with padding (the alphabet Python's `base64.b64encode` uses).
-pub fn base64_encode(out: &mut Vec<u8>, data: &[u8]) {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    out.reserve(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
-            | u32::from(chunk.get(2).copied().unwrap_or(0));
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * k)) as usize & 63]);
-            } else {
-                out.push(b'=');
-            }
-        }
-    }
-}
-
-/// Translator state apart from the SSE decoder (so the decoder's callback
-/// can borrow it mutably).
-#[allow(clippy::struct_excessive_bools)]
+/// The Responses API wire format (see the module docs).
 #[derive(Debug)]
-struct State {
-    tracker: UsageTracker,
+pub struct ResponsesEmitter {
     head: String,
     /// What item ids are built from (the response id without `resp_`).
     suffix: String,
@@ -387,8 +324,6 @@ struct State {
     seq: u64,
     /// `response.created` went out.
     started: bool,
-    /// The final event went out: nothing more is emitted.
-    done: bool,
     items: Vec<Item>,
     /// Index into `items` of the message taking text blocks.
     open_message: Option<usize>,
@@ -401,41 +336,7 @@ struct State {
     scratch: Vec<u8>,
 }
 
-impl State {
-    fn new(opts: &ResponsesOptions) -> Self {
-        let suffix = opts
-            .response_id
-            .strip_prefix("resp_")
-            .unwrap_or(&opts.response_id)
-            .to_owned();
-        let head = if opts.head.is_empty() {
-            let mut h = Vec::new();
-            h.extend_from_slice(b"\"id\":");
-            write_json_str(&mut h, &opts.response_id);
-            h.extend_from_slice(b",\"object\":\"response\"");
-            String::from_utf8(h).unwrap_or_default()
-        } else {
-            opts.head.clone()
-        };
-        Self {
-            tracker: UsageTracker::new(),
-            head,
-            suffix,
-            custom_tools: opts.custom_tools.clone(),
-            namespaced: opts.namespaced.clone(),
-            json_tool: opts.json_tool.clone(),
-            seq: 0,
-            started: false,
-            done: false,
-            items: Vec::new(),
-            open_message: None,
-            output: Vec::new(),
-            blocks: Vec::new(),
-            reasoning_tokens: 0,
-            scratch: Vec::new(),
-        }
-    }
-
+impl ResponsesEmitter {
     // ---- framing ---------------------------------------------------------------
 
     /// `event: <kind>\ndata: {"type":"<kind>","sequence_number":N` — the caller
@@ -461,7 +362,7 @@ impl State {
         status: &str,
         error: Option<(&str, &str)>,
         incomplete: Option<&str>,
-        usage: bool,
+        usage: Option<&FinalUsage>,
     ) {
         out.push(b'{');
         out.extend_from_slice(self.head.as_bytes());
@@ -490,15 +391,14 @@ impl State {
         out.extend_from_slice(b",\"output\":[");
         out.extend_from_slice(&self.output);
         out.push(b']');
-        if usage {
+        if let Some(u) = usage {
             out.extend_from_slice(b",\"usage\":");
-            self.write_usage(out);
+            self.write_usage(out, u);
         }
         out.push(b'}');
     }
 
-    fn write_usage(&self, out: &mut Vec<u8>) {
-        let u = self.tracker.usage();
+    fn write_usage(&self, out: &mut Vec<u8>, u: &FinalUsage) {
         let writes = u.cache_creation_5m + u.cache_creation_1h;
         let input = u.input_tokens + writes + u.cache_read_input_tokens;
         let _ = write!(
@@ -522,7 +422,7 @@ impl State {
         for kind in ["response.created", "response.in_progress"] {
             self.begin(out, kind);
             out.extend_from_slice(b",\"response\":");
-            self.response_object(out, "in_progress", None, None, false);
+            self.response_object(out, "in_progress", None, None, None);
             out.extend_from_slice(b"}\n\n");
         }
     }
@@ -562,164 +462,10 @@ impl State {
         self.output.extend_from_slice(&self.scratch);
     }
 
-    // ---- events ----------------------------------------------------------------
-
-    /// One SSE event: the fast parse when the shape allows, else [`parse_event`].
-    fn dispatch(&mut self, name: &str, data: &[u8], out: &mut Vec<u8>) {
-        if let Some(event) = fast::complete_block(name, data) {
-            self.on_event(&event, out);
-            return;
-        }
-        let text =
-            std::str::from_utf8(data).map_or_else(|_| String::from_utf8_lossy(data), Cow::Borrowed);
-        match fast::event(name, &text).map_or_else(|| parse_event(name, &text), Ok) {
-            Ok(event) => self.on_event(&event, out),
-            Err(_) => self.tracker.observe_malformed(),
-        }
-    }
-
-    fn on_event(&mut self, event: &Event<'_>, out: &mut Vec<u8>) {
-        self.tracker.observe(event);
-        if self.done {
-            return;
-        }
-        match event {
-            Event::MessageStart(_) => self.start(out),
-            Event::ContentBlockStart(start) => {
-                self.start(out);
-                self.block_start(start, out);
-            }
-            Event::ContentBlockDelta { index, delta } => self.block_delta(*index, delta, out),
-            Event::ContentBlockStop { index } => self.block_stop(*index, out),
-            Event::MessageStop => self.message_stop(out),
-            Event::Error(err) => {
-                let kind = err.kind.as_deref().unwrap_or("api_error");
-                let message = err.message.as_deref().unwrap_or("upstream error");
-                self.fail(out, response_error_code(kind), message);
-            }
-            Event::MessageDelta(_) | Event::Ping | Event::Unknown { .. } => {}
-        }
-    }
+    // ---- blocks ----------------------------------------------------------------
 
     fn block_mut(&mut self, index: u64) -> Option<&mut BlockEntry> {
         self.blocks.iter_mut().rev().find(|b| b.index == index)
-    }
-
-    fn block_start(&mut self, start: &BlockStart<'_>, out: &mut Vec<u8>) {
-        let raw = start.raw.get();
-        let kind = match &*start.kind {
-            "text" => {
-                self.open_part(out);
-                if let Ok(TextStartWire { text: Some(text) }) = serde_json::from_str(raw) {
-                    self.text_delta(out, &text);
-                }
-                Block::Text
-            }
-            "thinking" => {
-                let (text, signature) = serde_json::from_str::<ThinkingStartWire<'_>>(raw)
-                    .map(|w| {
-                        (
-                            w.thinking.unwrap_or_default(),
-                            w.signature.unwrap_or_default(),
-                        )
-                    })
-                    .unwrap_or_default();
-                let item = self.reasoning_start(out);
-                self.items[item].signature.push_str(&signature);
-                self.reasoning_delta(out, item, &text);
-                Block::Reasoning(item)
-            }
-            "redacted_thinking" => {
-                let data = serde_json::from_str::<RedactedStartWire<'_>>(raw)
-                    .ok()
-                    .and_then(|w| w.data)
-                    .unwrap_or_default();
-                self.redacted(out, &data);
-                Block::Ignored
-            }
-            "tool_use" => {
-                let input = serde_json::from_str::<InputStartWire<'_>>(raw)
-                    .ok()
-                    .and_then(|w| w.input)
-                    .map(|v| v.get().to_owned());
-                self.tool_start(start, input, out)
-            }
-            "server_tool_use" if start.name.as_deref() == Some("web_search") => {
-                Block::WebSearch(self.web_search_start(out))
-            }
-            _ => Block::Ignored,
-        };
-        self.blocks.push(BlockEntry {
-            index: start.index,
-            kind,
-        });
-    }
-
-    fn block_delta(&mut self, index: u64, delta: &Delta<'_>, out: &mut Vec<u8>) {
-        let Some(kind) = self.block_mut(index).map(|b| b.kind) else {
-            return;
-        };
-        match (kind, delta) {
-            (Block::Text, Delta::Text(text)) => self.text_delta(out, text),
-            (Block::JsonText, Delta::InputJson(part)) => self.text_delta(out, part),
-            (Block::Reasoning(i), Delta::Thinking(text)) => self.reasoning_delta(out, i, text),
-            (Block::Reasoning(i), Delta::Signature(sig)) => self.items[i].signature.push_str(sig),
-            (Block::Function(i), Delta::InputJson(part)) if !part.is_empty() => {
-                self.items[i].raw.push_str(part);
-                self.begin(out, "response.function_call_arguments.delta");
-                self.item_ref(out, i);
-                out.extend_from_slice(b",\"delta\":");
-                write_json_str(out, part);
-                out.extend_from_slice(b"}\n\n");
-            }
-            (Block::Custom(i), Delta::InputJson(part)) => {
-                self.items[i].raw.push_str(part);
-                let from = self.items[i].custom.feed(part);
-                self.custom_delta(out, i, from);
-            }
-            (Block::WebSearch(i), Delta::InputJson(part)) => self.items[i].raw.push_str(part),
-            _ => {}
-        }
-    }
-
-    fn block_stop(&mut self, index: u64, out: &mut Vec<u8>) {
-        let Some(kind) = self.block_mut(index).map(|b| b.kind) else {
-            return;
-        };
-        match kind {
-            Block::Text | Block::JsonText => self.close_part(out),
-            Block::Reasoning(i) => self.reasoning_done(out, i),
-            Block::Function(i) => self.function_done(out, i),
-            Block::Custom(i) => self.custom_done(out, i),
-            Block::WebSearch(i) => self.web_search_done(out, i),
-            Block::Ignored => {}
-        }
-    }
-
-    fn message_stop(&mut self, out: &mut Vec<u8>) {
-        self.start(out);
-        self.close_message(out);
-        let reason = incomplete_reason(self.tracker.stop_reason.as_deref());
-        let (kind, status) = match reason {
-            Some(_) => ("response.incomplete", "incomplete"),
-            None => ("response.completed", "completed"),
-        };
-        self.begin(out, kind);
-        out.extend_from_slice(b",\"response\":");
-        self.response_object(out, status, None, reason, true);
-        out.extend_from_slice(b"}\n\n");
-        self.done = true;
-    }
-
-    fn fail(&mut self, out: &mut Vec<u8>, code: &str, message: &str) {
-        self.start(out);
-        self.begin(out, "response.failed");
-        out.extend_from_slice(b",\"response\":");
-        // usage only once the upstream reported it: before that it would be an estimate
-        let usage = self.tracker.saw_message_delta;
-        self.response_object(out, "failed", Some((code, message)), None, usage);
-        out.extend_from_slice(b"}\n\n");
-        self.done = true;
     }
 
     // ---- messages --------------------------------------------------------------
@@ -1115,113 +861,168 @@ impl State {
     }
 }
 
-/// Incremental Anthropic SSE → Responses stream translator.
-#[derive(Debug)]
-pub struct ResponsesTranslator {
-    decoder: SseDecoder,
-    state: State,
-    leftover: Option<Leftover>,
-    /// The first byte was seen (a byte order mark, if any, is the decoder's to strip).
-    primed: bool,
-    /// The decoder holds nothing: chunks may be framed by the fast path first.
-    idle: bool,
+impl Emitter for ResponsesEmitter {
+    type Options = ResponsesOptions;
+
+    fn new(opts: &ResponsesOptions) -> Self {
+        let suffix = opts
+            .response_id
+            .strip_prefix("resp_")
+            .unwrap_or(&opts.response_id)
+            .to_owned();
+        let head = if opts.head.is_empty() {
+            let mut h = Vec::new();
+            h.extend_from_slice(b"\"id\":");
+            write_json_str(&mut h, &opts.response_id);
+            h.extend_from_slice(b",\"object\":\"response\"");
+            String::from_utf8(h).unwrap_or_default()
+        } else {
+            opts.head.clone()
+        };
+        Self {
+            head,
+            suffix,
+            custom_tools: opts.custom_tools.clone(),
+            namespaced: opts.namespaced.clone(),
+            json_tool: opts.json_tool.clone(),
+            seq: 0,
+            started: false,
+            items: Vec::new(),
+            open_message: None,
+            output: Vec::new(),
+            blocks: Vec::new(),
+            reasoning_tokens: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn message_start(&mut self, out: &mut Vec<u8>) {
+        self.start(out);
+    }
+
+    fn block_start(&mut self, start: &BlockStart<'_>, out: &mut Vec<u8>) {
+        self.start(out);
+        let kind = match &*start.kind {
+            "text" => {
+                self.open_part(out);
+                if let Some(text) = start.text() {
+                    self.text_delta(out, &text);
+                }
+                Block::Text
+            }
+            "thinking" => {
+                let (text, signature) = start.thinking();
+                let item = self.reasoning_start(out);
+                self.items[item].signature.push_str(&signature);
+                self.reasoning_delta(out, item, &text);
+                Block::Reasoning(item)
+            }
+            "redacted_thinking" => {
+                let data = start.redacted_data();
+                self.redacted(out, &data);
+                Block::Ignored
+            }
+            "tool_use" => self.tool_start(start, start.input().map(str::to_owned), out),
+            "server_tool_use" if start.name.as_deref() == Some("web_search") => {
+                Block::WebSearch(self.web_search_start(out))
+            }
+            _ => Block::Ignored,
+        };
+        self.blocks.push(BlockEntry {
+            index: start.index,
+            kind,
+        });
+    }
+
+    fn block_delta(&mut self, index: u64, delta: &Delta<'_>, out: &mut Vec<u8>) {
+        let Some(kind) = self.block_mut(index).map(|b| b.kind) else {
+            return;
+        };
+        match (kind, delta) {
+            (Block::Text, Delta::Text(text)) => self.text_delta(out, text),
+            (Block::JsonText, Delta::InputJson(part)) => self.text_delta(out, part),
+            (Block::Reasoning(i), Delta::Thinking(text)) => self.reasoning_delta(out, i, text),
+            (Block::Reasoning(i), Delta::Signature(sig)) => self.items[i].signature.push_str(sig),
+            (Block::Function(i), Delta::InputJson(part)) if !part.is_empty() => {
+                self.items[i].raw.push_str(part);
+                self.begin(out, "response.function_call_arguments.delta");
+                self.item_ref(out, i);
+                out.extend_from_slice(b",\"delta\":");
+                write_json_str(out, part);
+                out.extend_from_slice(b"}\n\n");
+            }
+            (Block::Custom(i), Delta::InputJson(part)) => {
+                self.items[i].raw.push_str(part);
+                let from = self.items[i].custom.feed(part);
+                self.custom_delta(out, i, from);
+            }
+            (Block::WebSearch(i), Delta::InputJson(part)) => self.items[i].raw.push_str(part),
+            _ => {}
+        }
+    }
+
+    fn block_stop(&mut self, index: u64, out: &mut Vec<u8>) {
+        let Some(kind) = self.block_mut(index).map(|b| b.kind) else {
+            return;
+        };
+        match kind {
+            Block::Text | Block::JsonText => self.close_part(out),
+            Block::Reasoning(i) => self.reasoning_done(out, i),
+            Block::Function(i) => self.function_done(out, i),
+            Block::Custom(i) => self.custom_done(out, i),
+            Block::WebSearch(i) => self.web_search_done(out, i),
+            Block::Ignored => {}
+        }
+    }
+
+    fn message_stop(&mut self, tracker: &UsageTracker, out: &mut Vec<u8>) {
+        self.start(out);
+        self.close_message(out);
+        let reason = incomplete_reason(tracker.stop_reason.as_deref());
+        let (kind, status) = match reason {
+            Some(_) => ("response.incomplete", "incomplete"),
+            None => ("response.completed", "completed"),
+        };
+        self.begin(out, kind);
+        out.extend_from_slice(b",\"response\":");
+        self.response_object(out, status, None, reason, Some(&tracker.usage()));
+        out.extend_from_slice(b"}\n\n");
+    }
+
+    fn error(&mut self, kind: &str, message: &str, tracker: &UsageTracker, out: &mut Vec<u8>) {
+        let code = response_error_code(kind);
+        self.start(out);
+        self.begin(out, "response.failed");
+        out.extend_from_slice(b",\"response\":");
+        // usage only once the upstream reported it: before that it would be an estimate
+        let usage = tracker.saw_message_delta.then(|| tracker.usage());
+        self.response_object(out, "failed", Some((code, message)), None, usage.as_ref());
+        out.extend_from_slice(b"}\n\n");
+    }
 }
 
-impl ResponsesTranslator {
-    pub fn new(opts: &ResponsesOptions) -> Self {
-        Self {
-            decoder: SseDecoder::new(),
-            state: State::new(opts),
-            leftover: None,
-            primed: false,
-            idle: false,
-        }
-    }
-
-    /// Feed one network chunk; appends the Responses SSE bytes it completes to `out`.
-    /// (The same framing shortcut as the chat translator: whole events in the
-    /// API's own framing skip the SSE decoder while it holds nothing.)
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let mut rest = chunk;
-        if !self.primed && !rest.is_empty() {
-            self.primed = true;
-            if rest[0] != 0xEF {
-                self.decoder.feed(b"\n", |_| {});
-                self.idle = true;
-            }
-        }
-        if self.idle {
-            while let Some((name, data, used)) = fast::frame(rest) {
-                self.state.dispatch(name, data, out);
-                rest = &rest[used..];
-            }
-        }
-        if !rest.is_empty() {
-            let state = &mut self.state;
-            self.decoder.feed(rest, |sse| {
-                state.dispatch(sse.event, sse.data.as_bytes(), out);
-            });
-            self.idle = rest.ends_with(b"\n\n");
-        }
-    }
-
-    /// Upstream EOF (or the connection failed). If the stream had not ended
-    /// (`message_stop` or an `error` event), appends `response.failed`: the
-    /// client sees a failure, never a silently short answer. Idempotent.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.leftover.is_none() {
-            self.leftover = Some(self.decoder.finish());
-        }
-        if !self.state.done {
-            self.state.fail(
-                out,
-                "server_error",
-                "the upstream connection was interrupted before the response was complete",
-            );
-        }
-    }
-
-    /// The final event (`completed`, `incomplete` or `failed`) was emitted.
-    pub fn is_done(&self) -> bool {
-        self.state.done
-    }
-
-    pub fn tracker(&self) -> &UsageTracker {
-        &self.state.tracker
-    }
-
-    pub fn usage(&self) -> FinalUsage {
-        self.state.tracker.usage()
-    }
-
-    /// The leftover found by [`finish`](Self::finish), if it was called.
-    pub fn leftover(&self) -> Option<Leftover> {
-        self.leftover
-    }
-
+impl Translator<ResponsesEmitter> {
     /// Output items emitted so far.
     pub fn items(&self) -> usize {
-        self.state.items.len()
+        self.emitter().items.len()
     }
 
     /// Events emitted so far.
     pub fn events_out(&self) -> u64 {
-        self.state.seq
+        self.emitter().seq
     }
 }
 
 /// Translate a whole stream in one go (tests, tools).
 pub fn translate_all(opts: &ResponsesOptions, stream: &[u8]) -> Vec<u8> {
-    let mut t = ResponsesTranslator::new(opts);
-    let mut out = Vec::new();
-    t.feed(stream, &mut out);
-    t.finish(&mut out);
-    out
+    translate::translate_all::<ResponsesEmitter>(opts, stream)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jsonw::base64_encode;
+    use crate::sse::Leftover;
     use serde_json::Value;
 
     fn opts() -> ResponsesOptions {
@@ -1272,22 +1073,6 @@ mod tests {
 
     fn names(evs: &[(String, Value)]) -> Vec<&str> {
         evs.iter().map(|(n, _)| n.as_str()).collect()
-    }
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            let mut out = Vec::new();
-            base64_encode(&mut out, input.as_bytes());
-            assert_eq!(String::from_utf8(out).unwrap(), want);
-        }
     }
 
     #[test]

@@ -10,17 +10,11 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
+use common::{split_by, streams};
 use ethereal_core::sse::parse_all;
 use ethereal_core::{FinalUsage, SseDecoder, StreamTap};
 use proptest::prelude::*;
 use serde_json::Value;
-
-fn streams() -> &'static [(String, Vec<u8>)] {
-    static STREAMS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
-    STREAMS.get_or_init(common::all_streams)
-}
 
 /// Everything observable about a tapped stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,20 +45,6 @@ fn observe(chunks: &[&[u8]]) -> Observed {
         message_id: t.message_id.clone(),
         event_count: t.events,
     }
-}
-
-fn split_by<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
-    let mut chunks = Vec::new();
-    let mut rest = data;
-    for &n in sizes.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let n = n.min(rest.len());
-        chunks.push(&rest[..n]);
-        rest = &rest[n..];
-    }
-    chunks
 }
 
 proptest! {

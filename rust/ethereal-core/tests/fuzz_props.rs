@@ -1,7 +1,7 @@
 //! Property-based fuzzing with arbitrary bytes and arbitrary chunkings: the SSE
-//! decoder, the usage tap, the chat translator, the token estimator and the JSON
-//! shape scan never panic, and every streaming part gives the same result however
-//! its input is split.
+//! decoder, the usage tap, both translators (chat and Responses), the token
+//! estimator and the JSON shape scan never panic, and every streaming part gives
+//! the same result however its input is split, invalid UTF-8 included.
 //!
 //! Cases per property: `PROPTEST_CASES` (default 256, what `make test` runs);
 //! `scripts/fuzz.sh` runs the same properties with many more cases, time-bounded.
@@ -9,35 +9,16 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
-use ethereal_core::openai_chat::{ChatOptions, ChatTranslator};
+use common::{chat_frames, chat_opts, responses_frames, responses_opts, run, split_by, streams};
+use ethereal_core::openai_chat::ChatEmitter;
+use ethereal_core::responses::ResponsesEmitter;
 use ethereal_core::shape::{scan, scan_locate, MAX_DEPTH};
 use ethereal_core::sse::parse_all;
 use ethereal_core::{estimate_tokens, SseDecoder, StreamTap};
 use proptest::prelude::*;
 
-fn streams() -> &'static [(String, Vec<u8>)] {
-    static STREAMS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
-    STREAMS.get_or_init(common::all_streams)
-}
-
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
-}
-
-fn split_by<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
-    let mut chunks = Vec::new();
-    let mut rest = data;
-    for &n in sizes.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (head, tail) = rest.split_at(n.clamp(1, rest.len()));
-        chunks.push(head);
-        rest = tail;
-    }
-    chunks
 }
 
 /// Arbitrary bytes biased toward SSE and JSON syntax, so the parsers get past their
@@ -86,8 +67,32 @@ fn mutated_stream() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A recorded stream with invalid UTF-8 written into it: stray continuation bytes,
+/// lead bytes without their continuation, bytes never valid in UTF-8, overlong and
+/// surrogate encodings, characters cut short. The chunkings then split them too.
+fn invalid_utf8_stream() -> impl Strategy<Value = Vec<u8>> {
+    let bad = prop::sample::select(vec![
+        &b"\x80"[..], b"\xbf", b"\xff", b"\xfe", b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98",
+        b"\xc0\xaf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80",
+    ]);
+    (any::<prop::sample::Index>(), prop::collection::vec((any::<prop::sample::Index>(), bad), 1..6))
+        .prop_map(|(pick, edits)| {
+            let mut data = streams()[pick.index(streams().len())].1.clone();
+            for (at, bytes) in edits {
+                let i = at.index(data.len() + 1);
+                data.splice(i..i, bytes.iter().copied());
+            }
+            data
+        })
+}
+
 fn any_stream() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![sse_noise(), mutated_stream(), prop::collection::vec(any::<u8>(), 0..512)]
+    prop_oneof![
+        sse_noise(),
+        mutated_stream(),
+        invalid_utf8_stream(),
+        prop::collection::vec(any::<u8>(), 0..512)
+    ]
 }
 
 fn sizes() -> impl Strategy<Value = Vec<usize>> {
@@ -117,21 +122,13 @@ fn tap(chunks: &[&[u8]]) -> Tapped {
     }
 }
 
-fn translate(chunks: &[&[u8]]) -> Vec<u8> {
-    let opts = ChatOptions {
-        model: "claude-sonnet-4-5".into(),
-        completion_id: "chatcmpl-x".into(),
-        created: 1_700_000_000,
-        include_usage: true,
-        ..ChatOptions::default()
-    };
-    let mut t = ChatTranslator::new(&opts);
-    let mut out = Vec::new();
-    for c in chunks {
-        t.feed(c, &mut out);
-    }
-    t.finish(&mut out);
-    out
+/// Both translators over the same chunks: `(chat output, Responses output, usage)`.
+/// The usage is the one engine's, so it must not depend on the wire format.
+fn translate(chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>, ethereal_core::FinalUsage) {
+    let (chat, usage) = run::<ChatEmitter>(&chat_opts(), chunks);
+    let (responses, same) = run::<ResponsesEmitter>(&responses_opts(), chunks);
+    assert_eq!(usage, same, "chat and Responses metered the stream differently");
+    (chat, responses, usage)
 }
 
 /// JSON documents built from arbitrary pieces: valid ones, broken ones, deep ones.
@@ -177,17 +174,12 @@ proptest! {
     }
 
     #[test]
-    fn translator_any_bytes_any_chunking(data in any_stream(), sizes in sizes()) {
+    fn translators_any_bytes_any_chunking(data in any_stream(), sizes in sizes()) {
         let whole = translate(&[&data]);
         prop_assert_eq!(&whole, &translate(&split_by(&data, &sizes)));
-        // every frame it writes is valid JSON (or the [DONE] sentinel)
-        let text = String::from_utf8(whole).expect("translator output is UTF-8");
-        for frame in text.split("\n\n").filter(|f| !f.is_empty()) {
-            let payload = frame.strip_prefix("data: ").unwrap_or(frame);
-            if payload != "[DONE]" {
-                prop_assert!(serde_json::from_str::<serde_json::Value>(payload).is_ok(), "bad frame {:?}", frame);
-            }
-        }
+        // every frame either writes is well-formed, and each ends its stream once
+        chat_frames("chat", &whole.0);
+        responses_frames("responses", &whole.1);
     }
 
     #[test]
@@ -235,8 +227,8 @@ fn backslash_before_multibyte_char_is_malformed_not_a_panic() {
     let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n\
 event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\\\u{e9}b\"}}\n\n";
-    let out = translate(&[stream.as_bytes()]);
-    assert!(!out.is_empty());
+    let (chat, responses, _) = translate(&[stream.as_bytes()]);
+    assert!(!chat.is_empty() && !responses.is_empty());
     let mut t = StreamTap::new();
     t.feed(stream.as_bytes());
     t.finish();
@@ -244,7 +236,10 @@ event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,
 
 /// Found by `translator_any_bytes_any_chunking`: an event with invalid UTF-8 was read
 /// raw by the whole-frame fast path but lossily by the decoder, so the estimate
-/// depended on where the network split the stream.
+/// depended on where the network split the stream. The chat translator had been
+/// given the guard; the Responses translator, a copy of its driver, had not
+/// (`"output_tokens":342` whole, 343 split a byte at a time) until both ran on
+/// one engine: now 343 both ways, for both.
 #[test]
 fn invalid_utf8_in_an_event_is_read_the_same_however_split() {
     let (_, recorded) = streams()
@@ -258,6 +253,33 @@ fn invalid_utf8_in_an_event_is_read_the_same_however_split() {
     let at = data.windows(13).position(|w| w == b"\"expires_at\":").expect("an expiry");
     data[at + 11] = 0;
     let bytes: Vec<&[u8]> = data.chunks(1).collect();
-    assert_eq!(translate(&[&data]), translate(&bytes));
+    let whole = translate(&[&data]);
+    assert_eq!(whole, translate(&bytes));
+    assert_eq!(whole.2.output_tokens, 343);
     assert_eq!(tap(&[&data]), tap(&bytes));
+}
+
+/// Invalid UTF-8 inside a text delta, the event whole in one chunk (the fast path)
+/// or split inside the bad sequence (the decoder): both translators replace it the
+/// same way, and the text reads as it does in one chunk.
+#[test]
+fn invalid_utf8_split_inside_a_delta() {
+    let stream = [
+        &b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n"[..],
+        b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\xe2\x82b\xffc\"}}\n\n",
+        b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ]
+    .concat();
+    let whole = translate(&[&stream]);
+    let bad = stream.windows(2).position(|w| w == b"\xe2\x82").unwrap();
+    for cut in bad - 3..bad + 6 {
+        let (a, b) = stream.split_at(cut);
+        assert_eq!(translate(&[a, b]), whole, "split at {cut}");
+    }
+    let chat = String::from_utf8(whole.0).unwrap();
+    assert!(chat.contains("{\"content\":\"a\u{fffd}b\u{fffd}c\"}"), "{chat}");
+    let responses = String::from_utf8(whole.1).unwrap();
+    assert!(responses.contains("\"text\":\"a\u{fffd}b\u{fffd}c\""), "{responses}");
 }

@@ -3,17 +3,35 @@
 //! Called once per network chunk; returns ints and a few strings, never
 //! per-event Python objects (DESIGN §3).
 
-mod chat;
-mod responses;
+mod translators;
 mod usage;
 
 use ethereal_core::{shape, sse, tap, tokens};
 use pyo3::exceptions::PyValueError;
+use pyo3::marker::Ungil;
 use pyo3::prelude::*;
 
 /// Inputs at least this large are processed with the GIL released; below
 /// it, detaching costs more than it frees.
 const DETACH_BYTES: usize = 64 * 1024;
+
+/// `f()` over an input of `len` bytes, with the GIL released if it is large.
+fn maybe_detached<T: Ungil, F: Ungil + FnOnce() -> T>(py: Python<'_>, len: usize, f: F) -> T {
+    if len >= DETACH_BYTES {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
+/// A bool as Python writes it (for `repr()`).
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
 
 /// Core errors → Python exceptions, in one place.
 mod errors {
@@ -42,12 +60,8 @@ impl StreamTap {
 
     /// Feed one chunk; returns the number of events it completed.
     fn feed(&mut self, py: Python<'_>, chunk: &[u8]) -> usize {
-        if chunk.len() >= DETACH_BYTES {
-            let inner = &mut self.inner;
-            py.detach(|| inner.feed(chunk))
-        } else {
-            self.inner.feed(chunk)
-        }
+        let inner = &mut self.inner;
+        maybe_detached(py, chunk.len(), || inner.feed(chunk))
     }
 
     /// Upstream EOF: an unterminated trailing event is discarded.
@@ -72,7 +86,7 @@ impl StreamTap {
             self.inner.tracker().events,
             u.input_tokens,
             u.output_tokens,
-            if u.exact { "True" } else { "False" },
+            py_bool(u.exact),
         )
     }
 }
@@ -80,12 +94,8 @@ impl StreamTap {
 /// Estimated input tokens of a raw Messages request body.
 #[pyfunction]
 fn estimate_tokens(py: Python<'_>, body: &[u8]) -> PyResult<u64> {
-    let result = if body.len() >= DETACH_BYTES {
-        py.detach(|| tokens::estimate_tokens(body))
-    } else {
-        tokens::estimate_tokens(body)
-    };
-    result.map_err(|e| errors::estimate(&e))
+    maybe_detached(py, body.len(), || tokens::estimate_tokens(body))
+        .map_err(|e| errors::estimate(&e))
 }
 
 /// Estimated tokens of a piece of text (English ≈ chars / 4).
@@ -107,12 +117,7 @@ fn json_shape(
     body: &[u8],
     locate: Option<&str>,
 ) -> PyResult<ShapeTuple> {
-    let result = if body.len() >= DETACH_BYTES {
-        py.detach(|| shape::scan_locate(body, locate))
-    } else {
-        shape::scan_locate(body, locate)
-    };
-    result
+    maybe_detached(py, body.len(), || shape::scan_locate(body, locate))
         .map(|s| (s.max_depth, s.duplicate_key, s.located))
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }
@@ -127,8 +132,7 @@ fn parse_sse(data: &[u8]) -> Vec<(String, String)> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StreamTap>()?;
     m.add_class::<usage::StreamState>()?;
-    chat::register(m)?;
-    responses::register(m)?;
+    translators::register(m)?;
     m.add_function(wrap_pyfunction!(estimate_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(estimate_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(parse_sse, m)?)?;
