@@ -74,6 +74,12 @@ class Settings:
     limits_window_seconds: float = 60.0
     limits_reservation_ttl: float = 900.0
     plans: dict[str, Any] | None = None
+    # hard budgets reserve what a request does not say at these ceilings (metering/reserve.py):
+    # web searches (and fetches) of a server tool without max_uses, the pages of a url/file
+    # document, and tokens per PDF page (Anthropic quotes 1,500-3,000)
+    reserve_web_searches: int = 10
+    reserve_document_pages: int = 100
+    reserve_pdf_page_tokens: int = 3000
     key_cache_ttl: float = 1.0
     # Message Batches (docs/batches.md): how often each replica polls pending batches upstream
     # (seconds), the request and size limits of one batch, and the gateway's public base URL for
@@ -142,7 +148,8 @@ _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
                "batch_max_requests": 1, "batch_max_body_bytes": 1024,
                "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
-               "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1}
+               "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1,
+               "reserve_web_searches": 0, "reserve_document_pages": 0, "reserve_pdf_page_tokens": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,

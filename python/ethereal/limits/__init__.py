@@ -175,11 +175,16 @@ class Limiter:
     refresh_interval = 300.0
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float, price_out: float) -> Admission:
+                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
+                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
         """Reserve a Messages request: ``input_tokens`` (the estimate) plus ``max_tokens`` of output.
 
         ``max_tokens`` must be the request's own ceiling (thinking included), uncapped: the hard
-        budget bound assumes no request outputs more than its allowance.
+        budget bound assumes no request outputs more than its allowance. The money reserved is
+        ``input_micro`` and ``output_micro`` when given (metering/reserve.py: the dearest the
+        request can cost, server-tool fees in the output part), else the tokens at ``price_in``
+        and ``price_out`` (USD per million tokens). ``request_id`` names the reservation: its
+        settle is applied once however often it is sent (Redis loss and restart, docs/limits.md).
         """
         return Admission(key_id=key.id)
 

@@ -206,13 +206,16 @@ class RedisLimiter(BaseLimiter):
             self._outage(exc)  # the functions load lazily once Redis answers
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float, price_out: float) -> Admission:
+                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
+                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
         limits = self.limits_for(key)
         if limits.empty:
             return Admission(key_id=key.id)
         in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
-        return await self._admit(key, limits, self.spec_for(key.id, limits), in_t, allow_t,
-                                 self.price(in_t, price_in), self.price(allow_t, price_out))
+        in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
+        allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
+        return await self._admit(key, limits, self.spec_for(key.id, limits), in_t, allow_t, in_m, allow_m,
+                                 request_id)
 
     async def admit_count(self, key: KeyRecord) -> Admission:
         limits = self.count_limits_for(key)
@@ -221,8 +224,8 @@ class RedisLimiter(BaseLimiter):
         return await self._admit(key, limits, self.spec_for(key.id, limits, count=True), 0, 0, 0, 0)
 
     async def _admit(self, key: KeyRecord, limits: KeyLimits, spec: _Spec, in_t: int, allow_t: int, in_m: int,
-                     allow_m: int) -> Admission:
-        rid = os.urandom(16).hex() if limits.reserving else ""
+                     allow_m: int, request_id: str | None = None) -> Admission:
+        rid = (request_id or os.urandom(16).hex()) if limits.reserving else ""
         try:
             if not self._loaded:
                 await self._load()
