@@ -90,6 +90,10 @@ class Settings:
     public_url: str | None = None
     # how long the last known key record is served while the key store is down (seconds)
     key_cache_stale_max: float = 300.0
+    # deadline (seconds) of every store call on a request's path (key lookup, budget seed): a
+    # store that hangs is treated as down after this long (docs/limits.md); also the asyncpg
+    # pool's acquire and connect timeouts
+    store_timeout: float = 2.0
     # client connections (per worker; see server.py and docs/security.md)
     max_header_bytes: int = 64 * 1024
     max_header_fields: int = 200
@@ -158,6 +162,7 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
                  "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
+                 "store_timeout": 0.05,
                  "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1,
                  "console_session_hours": 0.001, "drain_delay": 0.0, "shutdown_grace": 0.0}
 _BOOL_FIELDS = {"limits_fail_open", "limits_per_worker"}
