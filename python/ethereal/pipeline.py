@@ -475,7 +475,7 @@ class Pipeline:
             gw.pool.release(cred, cost)  # in-flight count, and the spend toward its cap
         if call.admission is not None:
             try:
-                await gw.limiter.settle(call.admission, tokens=usage.total_tokens, cost_micro=cost)
+                await gw.limiter.settle(call.admission, tokens=usage.total_tokens, cost_micro=cost, ended_at=now)
             except Exception:
                 log.exception("settle failed for %s", call.request_id)
         gw.meter.record(rec)

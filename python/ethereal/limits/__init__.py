@@ -30,6 +30,8 @@ not below the real input.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from ethereal.limits.plans import Plans, Window
 if TYPE_CHECKING:
     from ethereal.settings import Settings
     from ethereal.storage.base import Store
+
+log = logging.getLogger("ethereal.limits")
 
 # result codes shared by admit.lua and the local limiter
 OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD = range(8)
@@ -62,6 +66,7 @@ class Admission:
     admitted_ms: int = 0  # limiter clock at admit (Redis server time for RedisLimiter)
     spec: Any = None  # the backend's view of the key's limits at admit
     settled: bool = False
+    output_micro: int = 0  # the output part of reserved_micro (allowance and server-tool fees)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +199,10 @@ class Limiter:
         like any admission (``tokens=0, cost_micro=0``) to give its concurrency slot back."""
         return Admission(key_id=key.id)
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
-        return None
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
+                     ended_at: float | None = None) -> None:
+        """Replace the reservation by the real cost; ``ended_at`` (epoch s) as the usage row's."""
+        return
 
     async def refresh(self, admission: Admission) -> None:
         """Keep a long request's reservation and concurrency slot alive past the reservation ttl.
@@ -243,8 +250,9 @@ class BaseLimiter(Limiter):
     enabled = True
 
     def __init__(self, *, plans: Plans | None = None, window_seconds: float = 60.0,
-                 reservation_ttl: float = 900.0, store: Store | None = None) -> None:
+                 reservation_ttl: float = 900.0, store: Store | None = None, store_timeout: float = 2.0) -> None:
         self.plans = plans or Plans()
+        self.store_timeout = store_timeout
         self.window_seconds = window_seconds
         self.reservation_ttl_ms = int(reservation_ttl * 1000)
         self.refresh_interval = max(0.05, reservation_ttl / 3.0)
@@ -299,19 +307,30 @@ class BaseLimiter(Limiter):
 
     async def seed(self, key_id: str) -> tuple[int, int]:
         """(tokens, micro-USD) the key has spent so far, from the database (the source of truth)."""
+        tokens, micro, rows = await self.seed_rows(key_id, None)
+        return tokens + sum(r[1] for r in rows), micro + sum(r[2] for r in rows)
+
+    async def seed_rows(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+        """From the database (the source of truth), within ``store_timeout`` (else 503): the key's
+        spend on rows that ended before ``since`` plus what its unsettled Message Batches hold
+        (spent until they settle: batches/), and (request id, tokens, micro) of each row that ended
+        since."""
         if self.store is None:
-            return 0, 0
-        spend = (await self.store.spend_by_key([key_id])).get(key_id) or {}
-        # what the key's unsettled Message Batches hold is spent until they settle (batches/)
-        held_tokens, held_micro = await self.store.batch_holds(key_id)
-        return int(spend.get("tokens") or 0) + held_tokens, int(spend.get("cost_micro") or 0) + held_micro
+            return 0, 0, []
+        try:
+            return await asyncio.wait_for(self.store.seed_spend(key_id, since), self.store_timeout)
+        except Exception as exc:  # noqa: BLE001 - down or hung: the request can wait for nothing here
+            log.error("cannot seed key %s's spend from the database (%s): refused with 503", key_id,
+                      type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}")
+            raise unavailable() from None
 
 
 def build_limiter(settings: Settings, store: Store | None, plans: Plans | None = None) -> Limiter:
     """RedisLimiter when Redis is configured, else the in-process LocalLimiter."""
     plans = plans or Plans(settings.plans)
     common = {"plans": plans, "window_seconds": settings.limits_window_seconds,
-                  "reservation_ttl": settings.limits_reservation_ttl, "store": store}
+                  "reservation_ttl": settings.limits_reservation_ttl, "store": store,
+                  "store_timeout": settings.store_timeout}
     if settings.redis_url:
         from ethereal.limits.redis import RedisLimiter
 

@@ -209,7 +209,8 @@ class LocalLimiter(BaseLimiter):
                 return (idx + nb + 1) * bms - now
         return wms
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
+                     ended_at: float | None = None) -> None:
         if not admission.limited or admission.settled:
             return
         admission.settled = True

@@ -161,6 +161,14 @@ class Store(abc.ABC):
         """(tokens, micro-USD) held against the key's budget by its unsettled batches."""
         return 0, 0  # a store that keeps no batches holds nothing
 
+    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+        """What a limiter seeds a key's budget with: (tokens, micro-USD) of the key's usage rows that
+        ended before ``since`` (all of them for None) plus what its unsettled batches hold, and
+        (request_id, tokens, micro-USD) of each row that ended at or after ``since``."""
+        spend = (await self.spend_by_key([key_id])).get(key_id) or {}
+        held_tokens, held_micro = await self.batch_holds(key_id)
+        return int(spend.get("tokens") or 0) + held_tokens, int(spend.get("cost_micro") or 0) + held_micro, []
+
 
 class UsageFilter:
     """What the console's usage page filters records by (every field optional)."""

@@ -125,7 +125,7 @@ class PostgresStore(Store):
 
     async def _rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self.pool.acquire(timeout=self.timeout) as conn:
-            return await conn.fetch(sql, *args, timeout=self.timeout)  # type: ignore[no-any-return]
+            return await conn.fetch(sql, *args, timeout=self.timeout)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -448,8 +448,27 @@ class PostgresStore(Store):
             " updated_at = $4 WHERE id = $5 AND NOT settled", tokens, micro, items, time.time(), batch_id)
         return status.endswith(" 1")
 
+    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+        # on the request path (a limiter's seed): one connection, every step bounded by ``timeout``
+        tokens = ("(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read)")
+        cut = float("inf") if since is None else since
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            old = await conn.fetchrow(
+                f"SELECT COALESCE(SUM({tokens}), 0)::bigint AS t, COALESCE(SUM(cost_micro), 0)::bigint AS c"
+                " FROM usage_records WHERE key_id = $1 AND ended_at < $2", key_id, cut, timeout=self.timeout)
+            recent: list[asyncpg.Record] = [] if since is None else await conn.fetch(
+                f"SELECT request_id, {tokens}::bigint AS t, cost_micro::bigint AS c FROM usage_records"
+                " WHERE key_id = $1 AND ended_at >= $2", key_id, since, timeout=self.timeout)
+            held = await conn.fetchrow(
+                "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
+                " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id, timeout=self.timeout)
+        assert old is not None and held is not None
+        return (int(old["t"]) + int(held["t"]), int(old["c"]) + int(held["m"]),
+                [(r["request_id"], int(r["t"]), int(r["c"] or 0)) for r in recent])
+
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         row = await self._row(
             "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
             " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id)
+        assert row is not None
         return int(row["t"]), int(row["m"])
