@@ -66,6 +66,8 @@ Directives (anywhere in the text of the last user message)
 ``sim:input=B64``     the first call's input: a JSON object in unpadded base64url (a scripted call).
 ``sim:thinking=N``    thinking length in tokens.
 ``sim:stop``          force ``stop_reason: stop_sequence`` (needs ``stop_sequences``).
+``sim:searches=N``    with a ``web_search_*`` tool: ``usage.server_tool_use.web_search_requests`` = N,
+                      at most the tool's ``max_uses`` (the searches themselves are not simulated).
 ``sim:ttft=MS`` ``sim:tps=N`` ``sim:latency=MS``   per-request timing.
 ``sim:fault=KIND[,retry_after=S][,after_events=K][,delay_ms=MS]``   inject a fault.
 

@@ -487,6 +487,7 @@ class Plan:
         "input_tokens",
         "model",
         "output_tokens",
+        "searches",
         "seed",
         "stop_reason",
         "stop_sequence",
@@ -505,6 +506,7 @@ class Plan:
     def __init__(self) -> None:
         self.blocks: list[tuple] = []
         self.stop_sequence: str | None = None
+        self.searches = 0  # server-side web searches billed (sim:searches=N with a web search tool)
 
 
 def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[str, str],
@@ -513,6 +515,7 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
     p.model = model
     p.seed = seed
     p.input_tokens, p.cc5, p.cc1, p.cache_read = usage
+    p.searches = web_searches(req, directives)
     budget: int = req["max_tokens"]
     used = 0
     stop = "end_turn"
@@ -698,8 +701,20 @@ def _cut_pieces(pieces: list[str], at: int) -> list[str]:
 # rendering
 
 
+def web_searches(req: dict[str, Any], directives: dict[str, str]) -> int:
+    """``sim:searches=N``: the searches a web search tool made, at most its ``max_uses``."""
+    n = directive_int(directives, "searches")
+    if not n:
+        return 0
+    for tool in req.get("tools") or ():
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
+            cap = tool.get("max_uses")
+            return min(n, cap) if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0 else n
+    return 0
+
+
 def _usage_full(p: Plan, output_tokens: int) -> dict[str, Any]:
-    return {
+    usage: dict[str, Any] = {
         "input_tokens": p.input_tokens,
         "cache_creation_input_tokens": p.cc5 + p.cc1,
         "cache_read_input_tokens": p.cache_read,
@@ -708,6 +723,9 @@ def _usage_full(p: Plan, output_tokens: int) -> dict[str, Any]:
         "service_tier": "standard",
         "inference_geo": "not_available",
     }
+    if p.searches:
+        usage["server_tool_use"] = {"web_search_requests": p.searches}
+    return usage
 
 
 def render_message(p: Plan, msg_id: str) -> bytes:
@@ -785,11 +803,14 @@ def render_frames(p: Plan, msg_id: str) -> tuple[list[bytes], list[int]]:
                       head + b'{"type":"input_json_delta","partial_json":' + dumps(piece) + b"}}",
                       (len(piece) + 3) // 4)
         frame(b"content_block_stop", b'{"type":"content_block_stop","index":' + ib + b"}")
+    delta_usage: dict[str, Any] = {"input_tokens": p.input_tokens, "cache_creation_input_tokens": p.cc5 + p.cc1,
+                                   "cache_read_input_tokens": p.cache_read, "output_tokens": p.output_tokens}
+    if p.searches:
+        delta_usage["server_tool_use"] = {"web_search_requests": p.searches}
     frame(b"message_delta", dumps({
         "type": "message_delta",
         "delta": {"stop_reason": p.stop_reason, "stop_sequence": p.stop_sequence},
-        "usage": {"input_tokens": p.input_tokens, "cache_creation_input_tokens": p.cc5 + p.cc1,
-                  "cache_read_input_tokens": p.cache_read, "output_tokens": p.output_tokens}}))
+        "usage": delta_usage}))
     frame(b"message_stop", b'{"type":"message_stop"}')
     return frames, costs
 
