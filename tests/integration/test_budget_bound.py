@@ -20,7 +20,6 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -183,7 +182,7 @@ async def test_spend_within_the_bound(gateways: tuple[str, str, str, str], scena
 async def test_two_batches_stay_within_the_budget(gateways: tuple[str, str, str, str]) -> None:
     """Two batches of 1-hour cache writes on one budget: the second create is refused when the first's hold
     (at the write rate) leaves no room for it; the spend after both settle is within the budget."""
-    url_a, url_b, pg_url, redis_url = gateways
+    url_a, url_b, pg_url, _redis_url = gateways
     key = mint(url_a, budget_micro_usd=BUDGET, name="bound batches")
     headers = {**HEADERS, "x-api-key": key["key"]}
 
@@ -220,7 +219,7 @@ async def test_two_batches_stay_within_the_budget(gateways: tuple[str, str, str,
 async def test_claude_code_mix_hold_rate(gateways: tuple[str, str, str, str]) -> None:
     """Sessions sending a main request (max_tokens 128,000, cached prompt) and a side request together,
     turn after turn, on a $20 budget: how often a request is held (429) as the spend nears the budget."""
-    url_a, url_b, pg_url, redis_url = gateways
+    url_a, url_b, pg_url, _redis_url = gateways
     budget = 20_000_000
     key = mint(url_a, budget_micro_usd=budget, name="claude code mix")
     headers = {**HEADERS, "x-api-key": key["key"]}

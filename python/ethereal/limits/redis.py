@@ -304,17 +304,24 @@ class RedisLimiter(BaseLimiter):
         for adm in list(self._held.values()):
             if self._same_node(adm.spec.slot, slot):
                 by_key.setdefault(adm.key_id, []).append(adm)
+        calls: list[tuple[bytes, int]] = []
         for adms in by_key.values():
             spec: _Spec = adms[0].spec
             argv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
             for a in adms:
                 in_m = a.reserved_micro - a.output_micro
                 argv += [a.token, a.input_tokens, in_m, a.reserved_tokens, a.reserved_micro, a.admitted_ms]
-            await self._send(encode_command(["FCALL", RESTORE_FN, 3, *spec.keys[:3], *argv]), spec.slot)
+            calls.append((encode_command(["FCALL", RESTORE_FN, 3, *spec.keys[:3], *argv]), spec.slot))
         horizon = time.monotonic() - RECENT_SETTLES_S
-        for at, s_slot, payload in list(self._recent):
-            if at >= horizon and self._same_node(s_slot, slot):
-                await self._send(payload, s_slot)
+        settles = [(payload, s_slot) for at, s_slot, payload in list(self._recent)
+                   if at >= horizon and self._same_node(s_slot, slot)]
+        # reservations first (each key's in one call), then the settles; pipelined, in batches
+        for batch in (calls, settles):
+            for i in range(0, len(batch), 500):
+                await asyncio.gather(*(self._send(payload, s) for payload, s in batch[i:i + 500]))
+        if calls or settles:
+            log.warning("gave back %d reservation(s) of %d key(s) and %d recent settle(s) after the loss",
+                        sum(len(v) for v in by_key.values()), len(calls), len(settles))
 
     async def _seed(self, key_id: str, spec: _Spec) -> None:
         """Seed a key's spend from the database: rows that ended before the watermark as a sum (with
