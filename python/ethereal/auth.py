@@ -19,7 +19,7 @@ from ethereal.errors import GatewayError
 from ethereal.guards import BoundedLRU
 from ethereal.keys import KeyRecord
 from ethereal.settings import Settings
-from ethereal.storage.base import Store
+from ethereal.storage.base import Store, bounded
 
 log = logging.getLogger("ethereal.auth")
 
@@ -127,7 +127,7 @@ class Authenticator:
         """One store lookup per key at a time, bounded by the deadline (a hung store is a failure)."""
         pending = self._inflight.get(key_hash)
         if pending is None:
-            pending = asyncio.ensure_future(asyncio.wait_for(self.store.get_key_by_hash(key_hash), self.deadline))
+            pending = asyncio.ensure_future(bounded(self.store.get_key_by_hash(key_hash), self.deadline))
             self._inflight[key_hash] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
         return await asyncio.shield(pending)

@@ -30,7 +30,6 @@ not below the real input.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
 from ethereal.limits.plans import Plans, Window
+from ethereal.storage.base import bounded
 
 if TYPE_CHECKING:
     from ethereal.settings import Settings
@@ -318,7 +318,7 @@ class BaseLimiter(Limiter):
         if self.store is None:
             return 0, 0, []
         try:
-            return await asyncio.wait_for(self.store.seed_spend(key_id, since), self.store_timeout)
+            return await bounded(self.store.seed_spend(key_id, since), self.store_timeout)
         except Exception as exc:  # noqa: BLE001 - down or hung: the request can wait for nothing here
             log.error("cannot seed key %s's spend from the database (%s): refused with 503", key_id,
                       type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}")

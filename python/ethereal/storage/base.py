@@ -7,12 +7,39 @@ embedded default. Both run the same contract tests.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from ethereal.keys import KeyRecord
 from ethereal.storage.records import BatchRecord, StoredCredential, UsageRecord
+
+T = TypeVar("T")
+
+
+async def bounded(call: Awaitable[T], seconds: float) -> T:
+    """``call``'s result within ``seconds``, else TimeoutError at once.
+
+    Not ``asyncio.wait_for``: on a timeout it waits for the cancelled call to end, and a driver
+    cancelling a query on a server that hangs (its connection reset, a cancel request) can wait
+    as long as the hang. Here the call is cancelled and left to end in the background."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError(f"no answer within {seconds} s")
+    return task.result()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure of an abandoned call is not an error to report
 
 KEY_MUTABLE_FIELDS = frozenset({
     "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
