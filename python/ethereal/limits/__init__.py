@@ -21,11 +21,12 @@ output allowance) + its own input and allowance fits. When it does not:
   when the oldest of them is expected to end (the budget is held, not spent);
 * else it is admitted alone.
 
-So the budget is exceeded by at most one request's output (the one admitted alone,
-whose allowance did not fit), however many requests arrive at once, and a request
-whose real cost fits is never refused for ever. This holds as long as the allowance
-is the request's real output ceiling (its ``max_tokens``) and the input estimate is
-not below the real input.
+So spend ≤ budget + the output of the one request admitted alone (whose allowance did
+not fit) + ε × budget, however many requests arrive at once, and a request whose real
+cost fits is never refused for ever. ε is what the reservation under-counts: the caller
+reserves the dearest the request can cost (metering/reserve.py: cache-write rates, tiers,
+fast mode, geo, server-tool fees at their max_uses, documents by their pages; the output
+at its whole ``max_tokens``), so it is 0 as measured (docs/limits.md).
 """
 
 from __future__ import annotations
