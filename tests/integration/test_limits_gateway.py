@@ -237,8 +237,8 @@ async def test_budget_rebuilt_from_postgres_after_redis_loss(sim_url: str, pg_ur
             held: list[httpx.Response] = []
             resp = await post_until_decided(client, url, body("x sim:tokens=20"), headers, held)
             assert resp.status_code == 200 and len(held) <= 3
-            st, _, _ = await redis_spent(redis_url, key["id"])
             rows = await usage_rows(pg_url, key["id"], expect=4 + len(held))  # the 429s are recorded too
+            st, _, _ = await redis_spent(redis_url, key["id"])  # (the settle preceded the row)
             assert st == sum(r["input_tokens"] + r["output_tokens"] for r in rows) > tokens
 
 
