@@ -7,6 +7,7 @@ are keyed by client input (the hash of whatever key was sent), so both are bound
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -18,7 +19,7 @@ from ethereal.errors import GatewayError
 from ethereal.guards import BoundedLRU
 from ethereal.keys import KeyRecord
 from ethereal.settings import Settings
-from ethereal.storage.base import Store
+from ethereal.storage.base import Store, bounded
 
 log = logging.getLogger("ethereal.auth")
 
@@ -47,15 +48,30 @@ class Authenticator:
     a key's last known record is served for at most ``stale_max`` seconds after it was
     last read (a revocation made during the outage applies once the store is back);
     after that, or for a key never seen, 503.
+
+    A store that hangs (accepting connections, never answering) counts as down: a lookup
+    waits at most ``deadline`` seconds. After a failed lookup the store is not asked again
+    for ``retry_after`` seconds (cached keys are served from their last record at once, new
+    keys fail fast), so a hang costs one request per key a bounded wait, not every request
+    the whole hang. While one request refreshes a key's expired record, the key's other
+    requests are served that record (they do not queue behind the refresh).
     """
 
+    WARN_EVERY = 30.0  # seconds between two "using the cached key record" warnings
+
     def __init__(self, store: Store, ttl: float = 1.0, max_entries: int = 100_000, *,
-                 stale_max: float = 300.0, max_unknown: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stale_max: float = 300.0, max_unknown: int = 10_000, deadline: float = 2.0,
+                 retry_after: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.ttl = ttl
         self.stale_max = stale_max
+        self.deadline = deadline
+        self.retry_after = retry_after
         self.clock = clock
+        self._down_until = -1.0  # clock time before which the store is not asked (it just failed)
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._warned_at = -1e18
+        self._suppressed = 0
         # a record is a few hundred bytes plus its metadata: counted by its metadata's size
         self._known: BoundedLRU[str, tuple[float, KeyRecord]] = BoundedLRU(max_entries, max_entries * 4096)
         self._unknown: BoundedLRU[str, float] = BoundedLRU(max_unknown, max_unknown * 64)
@@ -77,18 +93,26 @@ class Authenticator:
         miss_at = self._unknown.get(key_hash) if hit is None else None
         if miss_at is not None and now - miss_at < self.ttl:
             return None
+        if hit is not None and key_hash in self._inflight and now - hit[0] < self.stale_max:
+            return hit[1]  # its refresh is under way: the others do not queue behind it
         try:
-            record = await self.store.get_key_by_hash(key_hash)
-        except Exception as exc:  # the key store is down
+            if now < self._down_until:
+                raise StoreDown("the key store failed a moment ago")
+            record = await self._fetch(key_hash)
+        except Exception as exc:  # the key store is down, or did not answer in time
+            if not isinstance(exc, StoreDown):
+                self._down_until = self.clock() + self.retry_after
+            what = "did not answer in time" if isinstance(exc, TimeoutError) else f"unreachable ({type(exc).__name__})"
             if hit is not None and now - hit[0] < self.stale_max:
                 # Serve the last known answer: a database outage must not stop traffic for keys
                 # seen recently. A revocation made during the outage applies once it is back.
-                log.warning("key store unreachable (%s); using the cached key record", type(exc).__name__)
+                self._warn_stale(what)
                 return hit[1]
             if miss_at is not None and now - miss_at < self.stale_max:
                 return None
-            log.error("key store unreachable (%s) and the key is not cached%s", type(exc).__name__,
-                      " recently enough" if hit is not None else "")
+            if not isinstance(exc, StoreDown):
+                log.error("key store %s and the key is not cached%s", what,
+                          " recently enough" if hit is not None else "")
             raise GatewayError(503, "the key store is temporarily unavailable", type="overloaded_error",
                                retry_after=2.0) from exc
         if record is None:
@@ -98,6 +122,26 @@ class Authenticator:
             self._unknown.pop(key_hash)
             self._known.put(key_hash, (now, record), 512 + len(repr(record.metadata or "")))
         return record
+
+    async def _fetch(self, key_hash: str) -> KeyRecord | None:
+        """One store lookup per key at a time, bounded by the deadline (a hung store is a failure)."""
+        pending = self._inflight.get(key_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(bounded(self.store.get_key_by_hash(key_hash), self.deadline))
+            self._inflight[key_hash] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        return await asyncio.shield(pending)
+
+    def _warn_stale(self, what: str) -> None:
+        """At most one warning per WARN_EVERY seconds, counting the ones it stands for."""
+        now = self.clock()
+        if now - self._warned_at < self.WARN_EVERY:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more times since the last warning)" if self._suppressed else ""
+        log.warning("key store %s; using the cached key record%s", what, more)
+        self._warned_at = now
+        self._suppressed = 0
 
     async def authenticate(self, headers: dict[bytes, bytes]) -> KeyRecord:
         plaintext = extract_key(headers)
@@ -111,6 +155,10 @@ class Authenticator:
         if record.is_expired():
             raise GatewayError(401, "this API key has expired")
         return record
+
+
+class StoreDown(Exception):
+    """The store failed a moment ago: not asked again yet."""
 
 
 def is_admin(settings: Settings, headers: dict[bytes, bytes]) -> bool:

@@ -60,7 +60,8 @@ class Gateway:
             undo.push_async_callback(client.close)
             store = await open_store(settings.storage_url)
             undo.push_async_callback(store.close)
-            auth = Authenticator(store, ttl=settings.key_cache_ttl, stale_max=settings.key_cache_stale_max)
+            auth = Authenticator(store, ttl=settings.key_cache_ttl, stale_max=settings.key_cache_stale_max,
+                                 deadline=settings.store_timeout)
             # a key changed by any replica's admin API (or the CLI) leaves this cache at once
             key_changes = build_key_changes(settings.redis_url)
             key_changes.listen(auth.invalidate)

@@ -46,7 +46,8 @@ from ethereal.gateway import Gateway
 from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
-from ethereal.metering.pricing import model_for, price, reserve_rates
+from ethereal.metering.pricing import model_for, price
+from ethereal.metering.reserve import ReserveConfig, reserve
 from ethereal.models import Model
 from ethereal.storage.records import UsageRecord, error_message_of
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
@@ -114,6 +115,9 @@ class Outbound:
     max_tokens: int  # output allowance to reserve
     affinity: bytes | None = None  # cache-affinity key (upstream.affinity)
     context: Any = None  # the adapter's own state for the reply side (e.g. the translated request)
+    # prompt-cache breakpoints the adapter added itself ("5m" or "1h"): the input is reserved at
+    # that cache-write rate (metering/reserve.py) even when the client asked for no caching
+    cache_ttl: str | None = None
 
 
 class Relay(Protocol):
@@ -218,6 +222,7 @@ class Pipeline:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.settings = gw.settings
+        self.reserve_config = reserve_config(gw.settings)
 
     def route(self, adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
         """The BlackSheep handler serving ``adapter``."""
@@ -381,17 +386,18 @@ class Pipeline:
             if limiter.governs_count(call.key):
                 call.admission = await limiter.admit_count(call.key)
             return
-        if not limiter.governs(call.key):
+        key = call.key
+        if not limiter.governs(key):
             return
-        price_in, price_out = reserve_rates(call.model, call.started)
+        # the dearest the request can cost: cache writes, tiers, fast mode, geo, server-tool fees at
+        # their max_uses, documents by their pages (priced only for a key with a money budget)
+        held = reserve(self.gw.registry, call.model, out.data, out.body, at=call.started,
+                       input_tokens=estimate_input_tokens(out.body),  # unreadable: a 400 (guards.py)
+                       max_tokens=out.max_tokens,  # the whole ceiling: no request outputs more
+                       money=key.budget_micro_usd is not None, config=self.reserve_config, caches=out.cache_ttl)
         call.admission = await limiter.admit(
-            call.key,
-            model=call.model_name,
-            input_tokens=estimate_input_tokens(out.body),  # an unreadable body is a 400 (guards.py)
-            max_tokens=out.max_tokens,  # the whole ceiling: hard budgets assume no request outputs more
-            price_in=price_in,
-            price_out=price_out,
-        )
+            key, model=call.model_name, input_tokens=held.input_tokens, max_tokens=held.output_tokens,
+            input_micro=held.input_micro, output_micro=held.output_micro, request_id=call.request_id)
 
     async def open_upstream(self, call: Call, out: Outbound, *, health: bool = True) -> UpstreamResponse:
         """Send to the best credential, failing over while the client has seen nothing.
@@ -512,7 +518,7 @@ class Pipeline:
             gw.pool.release(cred, cost)  # in-flight count, and the spend toward its cap
         if call.admission is not None:
             try:
-                await gw.limiter.settle(call.admission, tokens=usage.total_tokens, cost_micro=cost)
+                await gw.limiter.settle(call.admission, tokens=usage.total_tokens, cost_micro=cost, ended_at=now)
             except Exception:
                 log.exception("settle failed for %s", call.request_id)
         gw.meter.record(rec)
@@ -536,6 +542,12 @@ def reserved_usage(call: Call, out: Outbound | None, *, metered: bool = True) ->
     except ValueError:
         input_tokens = 0
     return Usage(input_tokens=input_tokens, output_tokens=out.max_tokens, exact=False)
+
+
+def reserve_config(settings: Any) -> ReserveConfig:
+    return ReserveConfig(web_searches=settings.reserve_web_searches,
+                         remote_document_pages=settings.reserve_document_pages,
+                         pdf_page_tokens=settings.reserve_pdf_page_tokens)
 
 
 class Recording:

@@ -79,6 +79,12 @@ class Settings:
     limits_window_seconds: float = 60.0
     limits_reservation_ttl: float = 900.0
     plans: dict[str, Any] | None = None
+    # hard budgets reserve what a request does not say at these ceilings (metering/reserve.py):
+    # web searches (and fetches) of a server tool without max_uses, the pages of a url/file
+    # document, and tokens per PDF page (Anthropic quotes 1,500-3,000)
+    reserve_web_searches: int = 10
+    reserve_document_pages: int = 100
+    reserve_pdf_page_tokens: int = 3000
     key_cache_ttl: float = 1.0
     # Message Batches (docs/batches.md): how often each replica polls pending batches upstream
     # (seconds), the request and size limits of one batch, and the gateway's public base URL for
@@ -89,6 +95,10 @@ class Settings:
     public_url: str | None = None
     # how long the last known key record is served while the key store is down (seconds)
     key_cache_stale_max: float = 300.0
+    # deadline (seconds) of every store call on a request's path (key lookup, budget seed): a
+    # store that hangs is treated as down after this long (docs/limits.md); also the asyncpg
+    # pool's acquire and connect timeouts
+    store_timeout: float = 2.0
     # client connections (per worker; see server.py and docs/security.md)
     max_header_bytes: int = 64 * 1024
     max_header_fields: int = 200
@@ -156,7 +166,8 @@ _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 
                "batch_max_requests": 1, "batch_max_body_bytes": 1024,
                "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
                "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1,
-               "ws_max_sockets_per_key": 1, "ws_max_message_bytes": 1024}
+               "ws_max_sockets_per_key": 1, "ws_max_message_bytes": 1024,
+               "reserve_web_searches": 0, "reserve_document_pages": 0, "reserve_pdf_page_tokens": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
@@ -165,6 +176,7 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
                  "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
                  "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
+                 "store_timeout": 0.05,
                  "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1,
                  "console_session_hours": 0.001, "drain_delay": 0.0, "shutdown_grace": 0.0,
                  "ws_idle_timeout": 0.1, "ws_ping_interval": 0.1}

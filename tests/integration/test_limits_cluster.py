@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +65,9 @@ async def test_every_key_of_a_call_in_one_slot_and_keys_spread_over_masters(redi
                 mine = [n for n in names if f"{{k:{k.id}}}" in n]
                 if mine:
                     where[k.id][i] = len(mine)
-        # the budget hash and three windows of each key (the in-flight set is empty, so gone), on one master
-        assert all(list(nodes.values()) == [4] for nodes in where.values()), where
+        # the budget hash, its settled request ids and three windows of each key (the in-flight set is
+        # empty, so gone), on one master
+        assert all(list(nodes.values()) == [5] for nodes in where.values()), where
         assert {i for nodes in where.values() for i in nodes} == {0, 1, 2}  # and the keys spread over all
     finally:
         await limiter.close()
@@ -89,7 +89,7 @@ async def test_slot_migration_follows_ask_then_moved(redis_cluster_url: str, red
         redis_cluster.cli(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[src])
         redis_cluster.cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[dst])
         names = redis_cluster.cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split()
-        assert len(names) == 3  # budget hash, in-flight set, minute window
+        assert len(names) == 4  # budget hash, in-flight set, settled request ids, minute window
         redis_cluster.cli(src, "MIGRATE", "127.0.0.1", str(redis_cluster.ports[dst]), "", "0", "5000", "KEYS", *names)
         # the keys are on dst, the slot still belongs to src: src answers ASK
         during = await admit(limiter, k, inp=100)
@@ -118,7 +118,9 @@ async def test_a_master_fails_under_load_and_recovers(fail_open: bool, tmp_path:
     with start_cluster(3, full_coverage=False) as cluster:
         store = await SQLiteStore.open(str(tmp_path / "s.sqlite3"))
         await store.migrate()
-        limiter = RedisLimiter(cluster.url, store=store, fail_open=fail_open, socket_timeout=0.5)
+        # (a restarted master lost its state: the keys it seeds hold admissions recovery_hold seconds)
+        limiter = RedisLimiter(cluster.url, store=store, fail_open=fail_open, socket_timeout=0.5,
+                               recovery_hold=0.2)
         try:
             keys: dict[int, KeyRecord] = {}
             while len(keys) < 3:  # one budgeted key on each master
@@ -142,8 +144,8 @@ async def test_a_master_fails_under_load_and_recovers(fail_open: bool, tmp_path:
                     if outcome == "limited":
                         await limiter.settle(adm, tokens=20, cost_micro=0)
                         now = time.time()
-                        await store.insert_usage([UsageRecord(
-                            request_id=f"req_{uuid.uuid4().hex}", key_id=keys[node].id, credential=None,
+                        await store.insert_usage([UsageRecord(  # the row of that request (same id)
+                            request_id=adm.token, key_id=keys[node].id, credential=None,
                             route="messages", model="m", status=200, stream=False, input_tokens=10,
                             output_tokens=10, started_at=now, ended_at=now)])
                     await asyncio.sleep(0.01)

@@ -132,3 +132,47 @@ def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy() -> None
     assert client_address(scope("10.9.9.9", b"198.51.100.7"), "*") == "198.51.100.7"
     assert client_address({"headers": []}, "127.0.0.1") == "unknown"
     assert len(client_address(scope("127.0.0.1", b"x" * 10_000), "127.0.0.1")) < 100  # bounded
+
+
+async def test_hung_store_costs_one_bounded_wait_and_warns_rarely(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A store that never answers: the first lookup of a cached key waits the deadline, the next ones
+    are served the cached record at once; a key never seen is 503 fast; one warning per 30 s."""
+    import logging
+    import time
+
+    store = await SQLiteStore.open(str(tmp_path / "k.sqlite3"))
+    await store.migrate()
+    plaintext, record = mint("sk-ant-api03-", name="t")
+    other, other_record = mint("sk-ant-api03-", name="never-seen")
+    await store.insert_keys([record, other_record])
+    now = [0.0]
+    auth = Authenticator(store, ttl=1.0, deadline=0.2, retry_after=1.0, clock=lambda: now[0])
+    headers = {b"x-api-key": plaintext.encode()}
+    assert (await auth.authenticate(headers)).id == record.id
+    hung = asyncio.Event()
+
+    async def never(key_hash: str) -> None:
+        await hung.wait()
+
+    store.get_key_by_hash = never  # type: ignore[method-assign,assignment]
+    now[0] = 2.0
+    with caplog.at_level(logging.WARNING, logger="ethereal.auth"):
+        t = time.monotonic()
+        first = await asyncio.gather(*(auth.authenticate(headers) for _ in range(20)))
+        assert all(r.id == record.id for r in first)
+        assert time.monotonic() - t < 0.5  # one wait of the deadline, shared, not one each
+        t = time.monotonic()
+        for _ in range(50):
+            assert (await auth.authenticate(headers)).id == record.id
+        with pytest.raises(GatewayError) as unknown:
+            await auth.authenticate({b"x-api-key": other.encode()})
+        assert time.monotonic() - t < 0.1  # inside retry_after: the store is not asked
+        assert unknown.value.status == 503 and unknown.value.retry_after
+        now[0] = 40.0  # past retry_after and the warning interval: asked again, one more warning
+        assert (await auth.authenticate(headers)).id == record.id
+    warnings = [r.getMessage() for r in caplog.records if "using the cached key record" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert "did not answer in time" in warnings[0] and "more times" in warnings[1]
+    hung.set()
+    await store.close()

@@ -20,7 +20,8 @@ class Settles:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
+                     ended_at: float | None = None) -> None:
         self.calls.append({"tokens": tokens, "cost_micro": cost_micro})
 
 

@@ -134,6 +134,7 @@ class ResponsesRequest:
     json_tool: str | None = None
     cache_key: str | None = None  # prompt_cache_key
     head_text: str = ""  # ``head_json()``, written before admission for a stream (api/responses.py)
+    cache_ttl: str | None = None  # "5m" when breakpoints were added (the request writes the cache)
 
     def head_json(self) -> str:
         """``head`` as JSON members without the braces (what the native translator takes)."""
@@ -229,7 +230,7 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
             thinking = {"type": "enabled", "budget_tokens": budget}
             out["max_tokens"] = max_tokens
 
-    _cache_breakpoints(system, tools, messages)
+    caches = _cache_breakpoints(system, tools, messages)
     if system:
         out["system"] = system
     out["messages"] = messages
@@ -255,7 +256,8 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     if cache_key is not None and not isinstance(cache_key, str):
         raise invalid_request("prompt_cache_key: must be a string", param="prompt_cache_key")
     head = _head(body, response_id=response_id, created_at=created_at, model=model, tools=tools_in or [])
-    return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, json_tool, cache_key or None)
+    return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, json_tool, cache_key or None,
+                            cache_ttl="5m" if caches else None)
 
 
 def response_head(body: dict[str, Any], *, response_id: str, created_at: int, model: str) -> dict[str, Any]:
@@ -790,9 +792,9 @@ _NO_CACHE_CONTROL = frozenset({"thinking", "redacted_thinking"})
 
 
 def _cache_breakpoints(system: list[dict[str, Any]], tools: list[dict[str, Any]],
-                       messages: list[dict[str, Any]]) -> None:
+                       messages: list[dict[str, Any]]) -> bool:
     """Breakpoints on the last tool, the last system block and the last two user turns (4, Claude's
-    maximum): each turn's request reads the prefix the previous turn wrote."""
+    maximum): each turn's request reads the prefix the previous turn wrote. Whether any was set."""
     if tools:
         tools[-1] = {**tools[-1], "cache_control": _EPHEMERAL}
     if system:
@@ -808,6 +810,7 @@ def _cache_breakpoints(system: list[dict[str, Any]], tools: list[dict[str, Any]]
             continue
         msg["content"][-1] = {**last, "cache_control": _EPHEMERAL}
         marked += 1
+    return bool(tools or system or marked)
 
 
 # ---- response ---------------------------------------------------------------------------

@@ -69,7 +69,8 @@ class Responses(OpenAIAdapter):
             affinity = cache_affinity(req.body, call.model_name, body)
         return Outbound(body=body, data=req.body, path="/v1/messages",
                         headers=upstream_request_headers(raw_headers(request)), stream=req.stream,
-                        max_tokens=int(req.body["max_tokens"]), affinity=affinity, context=req)
+                        max_tokens=int(req.body["max_tokens"]), affinity=affinity, context=req,
+                        cache_ttl=req.cache_ttl)
 
     def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
         req = _request(out)

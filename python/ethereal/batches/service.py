@@ -170,7 +170,8 @@ class BatchService:
 
         def check() -> tuple[bytes, CheckedBatch]:
             data = parse_json_body(body)
-            checked = check_batch(data, resolve=resolve, max_requests=gw.settings.batch_max_requests)
+            checked = check_batch(data, resolve=resolve, max_requests=gw.settings.batch_max_requests,
+                                  registry=gw.registry, config=self.pipeline.reserve_config)
             return splice_models(body, data, checked.aliases), checked
 
         if len(body) > OFFLOAD_BYTES:

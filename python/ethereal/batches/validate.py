@@ -8,8 +8,8 @@ as the client's bytes; the only edit is an aliased ``model`` spliced to its cano
 
 from __future__ import annotations
 
-import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +19,8 @@ import orjson
 from ethereal import _native
 from ethereal.api.anthropic import Messages
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.models import Model
-from ethereal.models.registry import PICO
+from ethereal.metering.reserve import ReserveConfig, batch_item
+from ethereal.models import Model, Registry
 
 _MESSAGES = Messages()
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -48,10 +48,13 @@ def _check_params(params: Any) -> str:
     return model
 
 
-def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]], max_requests: int) -> CheckedBatch:
-    """Validate every item; the estimate is input (native estimate) + output allowance per item
-    (its whole max_tokens: hard budgets assume no item outputs more; an allowance below it would
-    break the bound), priced at the batch rate of each model's card. ``resolve`` maps a client's model
+def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]], max_requests: int,
+                registry: Registry | None = None, config: ReserveConfig | None = None,
+                at: float | None = None) -> CheckedBatch:
+    """Validate every item; the estimate is each item's reservation as a request would have it
+    (metering/reserve.py: input at the dearest rate it can incur, cache writes and tiers
+    included, documents by their pages, output at its whole max_tokens, server-tool fees at their
+    max_uses; hard budgets assume no item costs more), at the batch rate of each model's card. ``resolve`` maps a client's model
     name to (canonical id, model) or raises as the pipeline does (403 for a model the key may
     not use); it is called once per distinct name."""
     if not isinstance(data, dict):
@@ -73,7 +76,9 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
     seen: set[str] = set()
     resolved: dict[str, tuple[str, Model | None] | GatewayError] = {}
     est_tokens = 0
-    est_micro = 0.0
+    est_micro = 0
+    config = config or ReserveConfig()
+    when = time.time() if at is None else at
     for i, item in enumerate(requests):
         try:
             if not isinstance(item, dict):
@@ -117,18 +122,17 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
             out.aliases[name] = canonical
         if model is not None:
             try:
-                inp = _native.estimate_tokens(orjson.dumps(params))
+                raw = orjson.dumps(params)
             except orjson.JSONEncodeError:  # past the 254 levels orjson writes (it reads 1,024)
                 raise invalid_request(f"requests.{i}: params: nested too deeply", param=f"requests.{i}") from None
-            allowance = max_tokens
-            est_tokens += inp + allowance
-            card = model.current
-            rates = card.dearest()
-            est_micro += (inp * rates.input + allowance * rates.output) * card.batch / PICO
+            held = batch_item(registry, model, params, raw, at=when, input_tokens=_native.estimate_tokens(raw),
+                              max_tokens=max_tokens, config=config)
+            est_tokens += held.input_tokens + held.output_tokens
+            est_micro += held.input_micro + held.output_micro
         else:
             est_tokens += max_tokens
     out.estimated_tokens = est_tokens
-    out.estimated_micro = math.ceil(est_micro)
+    out.estimated_micro = est_micro
     return out
 
 

@@ -21,15 +21,17 @@ output allowance) + its own input and allowance fits. When it does not:
   when the oldest of them is expected to end (the budget is held, not spent);
 * else it is admitted alone.
 
-So the budget is exceeded by at most one request's output (the one admitted alone,
-whose allowance did not fit), however many requests arrive at once, and a request
-whose real cost fits is never refused for ever. This holds as long as the allowance
-is the request's real output ceiling (its ``max_tokens``) and the input estimate is
-not below the real input.
+So spend ≤ budget + the output of the one request admitted alone (whose allowance did
+not fit) + ε × budget, however many requests arrive at once, and a request whose real
+cost fits is never refused for ever. ε is what the reservation under-counts: the caller
+reserves the dearest the request can cost (metering/reserve.py: cache-write rates, tiers,
+fast mode, geo, server-tool fees at their max_uses, documents by their pages; the output
+at its whole ``max_tokens``), so it is 0 as measured (docs/limits.md).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,10 +41,13 @@ from typing import TYPE_CHECKING, Any
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
 from ethereal.limits.plans import Plans, Window
+from ethereal.storage.base import bounded
 
 if TYPE_CHECKING:
     from ethereal.settings import Settings
     from ethereal.storage.base import Store
+
+log = logging.getLogger("ethereal.limits")
 
 # result codes shared by admit.lua and the local limiter
 OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD = range(8)
@@ -62,6 +67,7 @@ class Admission:
     admitted_ms: int = 0  # limiter clock at admit (Redis server time for RedisLimiter)
     spec: Any = None  # the backend's view of the key's limits at admit
     settled: bool = False
+    output_micro: int = 0  # the output part of reserved_micro (allowance and server-tool fees)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +181,16 @@ class Limiter:
     refresh_interval = 300.0
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float, price_out: float) -> Admission:
+                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
+                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
         """Reserve a Messages request: ``input_tokens`` (the estimate) plus ``max_tokens`` of output.
 
         ``max_tokens`` must be the request's own ceiling (thinking included), uncapped: the hard
-        budget bound assumes no request outputs more than its allowance.
+        budget bound assumes no request outputs more than its allowance. The money reserved is
+        ``input_micro`` and ``output_micro`` when given (metering/reserve.py: the dearest the
+        request can cost, server-tool fees in the output part), else the tokens at ``price_in``
+        and ``price_out`` (USD per million tokens). ``request_id`` names the reservation: its
+        settle is applied once however often it is sent (Redis loss and restart, docs/limits.md).
         """
         return Admission(key_id=key.id)
 
@@ -189,8 +200,10 @@ class Limiter:
         like any admission (``tokens=0, cost_micro=0``) to give its concurrency slot back."""
         return Admission(key_id=key.id)
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
-        return None
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
+                     ended_at: float | None = None) -> None:
+        """Replace the reservation by the real cost; ``ended_at`` (epoch s) as the usage row's."""
+        return
 
     async def refresh(self, admission: Admission) -> None:
         """Keep a long request's reservation and concurrency slot alive past the reservation ttl.
@@ -238,8 +251,9 @@ class BaseLimiter(Limiter):
     enabled = True
 
     def __init__(self, *, plans: Plans | None = None, window_seconds: float = 60.0,
-                 reservation_ttl: float = 900.0, store: Store | None = None) -> None:
+                 reservation_ttl: float = 900.0, store: Store | None = None, store_timeout: float = 2.0) -> None:
         self.plans = plans or Plans()
+        self.store_timeout = store_timeout
         self.window_seconds = window_seconds
         self.reservation_ttl_ms = int(reservation_ttl * 1000)
         self.refresh_interval = max(0.05, reservation_ttl / 3.0)
@@ -294,19 +308,30 @@ class BaseLimiter(Limiter):
 
     async def seed(self, key_id: str) -> tuple[int, int]:
         """(tokens, micro-USD) the key has spent so far, from the database (the source of truth)."""
+        tokens, micro, rows = await self.seed_rows(key_id, None)
+        return tokens + sum(r[1] for r in rows), micro + sum(r[2] for r in rows)
+
+    async def seed_rows(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+        """From the database (the source of truth), within ``store_timeout`` (else 503): the key's
+        spend on rows that ended before ``since`` plus what its unsettled Message Batches hold
+        (spent until they settle: batches/), and (request id, tokens, micro) of each row that ended
+        since."""
         if self.store is None:
-            return 0, 0
-        spend = (await self.store.spend_by_key([key_id])).get(key_id) or {}
-        # what the key's unsettled Message Batches hold is spent until they settle (batches/)
-        held_tokens, held_micro = await self.store.batch_holds(key_id)
-        return int(spend.get("tokens") or 0) + held_tokens, int(spend.get("cost_micro") or 0) + held_micro
+            return 0, 0, []
+        try:
+            return await bounded(self.store.seed_spend(key_id, since), self.store_timeout)
+        except Exception as exc:  # noqa: BLE001 - down or hung: the request can wait for nothing here
+            log.error("cannot seed key %s's spend from the database (%s): refused with 503", key_id,
+                      type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}")
+            raise unavailable() from None
 
 
 def build_limiter(settings: Settings, store: Store | None, plans: Plans | None = None) -> Limiter:
     """RedisLimiter when Redis is configured, else the in-process LocalLimiter."""
     plans = plans or Plans(settings.plans)
     common = {"plans": plans, "window_seconds": settings.limits_window_seconds,
-                  "reservation_ttl": settings.limits_reservation_ttl, "store": store}
+                  "reservation_ttl": settings.limits_reservation_ttl, "store": store,
+                  "store_timeout": settings.store_timeout}
     if settings.redis_url:
         from ethereal.limits.redis import RedisLimiter
 

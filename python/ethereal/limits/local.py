@@ -80,12 +80,15 @@ class LocalLimiter(BaseLimiter):
         return res
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float, price_out: float) -> Admission:
+                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
+                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
         limits = self.limits_for(key)
         if limits.empty:
             return Admission(key_id=key.id)
         in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
-        return await self._admit(key, limits, in_t, allow_t, self.price(in_t, price_in), self.price(allow_t, price_out))
+        in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
+        allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
+        return await self._admit(key, limits, in_t, allow_t, in_m, allow_m)
 
     async def admit_count(self, key: KeyRecord) -> Admission:
         limits = self.count_limits_for(key)
@@ -206,7 +209,8 @@ class LocalLimiter(BaseLimiter):
                 return (idx + nb + 1) * bms - now
         return wms
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
+                     ended_at: float | None = None) -> None:
         if not admission.limited or admission.settled:
             return
         admission.settled = True

@@ -12,8 +12,14 @@ Every Redis key of one ethereal key carries the hash tag ``{k:<key_id>}``, so ea
 live in one slot and the limiter runs on Redis Cluster (``redis+cluster://`` URLs, see
 ``ethereal/redisconn.py``): commands go to the master owning the slot, MOVED/ASK are followed.
 
-Redis holds only hot counters: spend is seeded from the database (``store.spend_by_key``)
-the first time a budgeted key is seen after Redis lost its state.
+Redis holds only hot counters: spend is seeded from the database (``store.seed_spend``)
+the first time a budgeted key is seen after Redis lost its state, exactly: settles are
+idempotent per request id (``settle.lua`` remembers the ids it applied, the seed the ids of the
+recent rows it read, rows older than its watermark are in its sum), each replica re-announces
+what Redis lost of its own (its reservations in flight, its settles of the last
+``RECENT_SETTLES_S``) as soon as it sees the loss (``epoch.lua``, polled every ``EPOCH_POLL_S``),
+and keys seeded right after a loss hold their admissions ``recovery_hold`` seconds for the
+other replicas to do so (docs/limits.md, "Redis loss and restart").
 
 When Redis (or the master owning a key's slot) cannot be reached, requests are refused with
 503 (fail closed) unless ``ETHEREAL_LIMITS_FAIL_OPEN=true``, in which case they are admitted
@@ -28,6 +34,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from importlib import resources
 from typing import Any
@@ -54,10 +61,19 @@ log = logging.getLogger("ethereal.limits")
 LAYOUT = "ethereal:v1:"
 STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-seeded from the database
 _MAX_PENDING_SETTLES = 100_000
-VERSION = 2
+VERSION = 3
 LIBRARY = f"ethereal_limits_v{VERSION}"
-ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN = (f"ethereal_{name}_v{VERSION}"
-                                              for name in ("admit", "settle", "refresh", "charge"))
+ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN = (
+    f"ethereal_{name}_v{VERSION}" for name in ("admit", "settle", "refresh", "charge", "seed", "restore", "epoch"))
+_SCRIPTS = ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua"), (CHARGE_FN, "charge.lua"),
+            (SEED_FN, "seed.lua"), (RESTORE_FN, "restore.lua"), (EPOCH_FN, "epoch.lua"))
+# the seed reads the rows of requests that ended in the last SEED_WINDOW_S one by one (their ids
+# deduplicate settles), older ones as a sum; a replica keeps its settles of the last
+# RECENT_SETTLES_S to send again after a loss (rows reach the database well within that)
+SEED_WINDOW_S = 60.0
+RECENT_SETTLES_S = 30.0
+_MAX_RECENT = 200_000
+EPOCH_POLL_S = 0.25
 
 
 def _args(args: Any, count: int | None = None) -> bytes:
@@ -86,16 +102,17 @@ def _script(name: str) -> str:
 def library() -> str:
     """The Redis Functions library: each script's body becomes one function taking (KEYS, ARGV)."""
     parts = [f"#!lua name={LIBRARY}"]
-    for fn, name in ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua"),
-                     (CHARGE_FN, "charge.lua")):
+    for fn, name in _SCRIPTS:
         parts.append(f"redis.register_function('{fn}', function(KEYS, ARGV)\n{_script(name)}\nend)")
     return "\n".join(parts)
 
 
 class RedisLimiter(BaseLimiter):
     def __init__(self, url: str, *, fail_open: bool = False,
-                 socket_timeout: float = 2.0, **kwargs: Any) -> None:
+                 socket_timeout: float = 2.0, recovery_hold: float = 2.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.recovery_hold_ms = int(recovery_hold * 1000)
+        self.keep_ms = max(self.reservation_ttl_ms, int(2 * SEED_WINDOW_S * 1000))
         self.url = url
         self.fail_open = fail_open
         connect_timeout = min(1.0, socket_timeout)
@@ -114,6 +131,14 @@ class RedisLimiter(BaseLimiter):
         self._retry_task: asyncio.Task[None] | None = None
         self._last_outage_log = 0.0
         self._specs: dict[str, _Spec] = {}
+        # what a Redis loss would take and this replica can give back: budgeted reservations in
+        # flight (rid -> admission) and recent settles (monotonic time, slot, payload)
+        self._held: dict[str, Admission] = {}
+        self._recent: deque[tuple[float, int, bytes]] = deque(maxlen=_MAX_RECENT)
+        self._epochs: dict[str, str] = {}  # epoch key (one per master) -> the id last seen there
+        self._epoch_keys: list[tuple[str, int]] = []
+        self._epoch_task: asyncio.Task[None] | None = None
+        self._epoch_lock = asyncio.Lock()
 
     # plumbing
     def spec_for(self, key_id: str, limits: KeyLimits, *, count: bool = False) -> _Spec:
@@ -123,7 +148,8 @@ class RedisLimiter(BaseLimiter):
         if found is not None and found.limits is limits:
             return found
         tag = f"{LAYOUT}{{k:{key_id}}}"
-        keys = [f"{tag}:b", f"{tag}:z"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}" for w in limits.windows]
+        keys = [f"{tag}:b", f"{tag}:z", f"{tag}:s"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}"
+                                                        for w in limits.windows]
         sizes = [n for w in limits.windows for n in (w.window_ms, w.bucket_ms)]
         const1 = [-1 if limits.budget_tokens is None else limits.budget_tokens,
                   -1 if limits.budget_micro is None else limits.budget_micro,
@@ -136,9 +162,10 @@ class RedisLimiter(BaseLimiter):
         n_admit = 3 + len(keys) + 14 + 4 * len(limits.windows)
         spec.admit_head = _args(["FCALL", ADMIT_FN, len(keys), *keys], n_admit)
         spec.admit_tail = _args([*const1, 0, 0, 0, *const2])
-        n_settle = 3 + len(keys) + 7 + len(sizes)
+        n_settle = 3 + len(keys) + 10 + len(sizes)
         spec.settle_head = _args(["FCALL", SETTLE_FN, len(keys), *keys], n_settle)
-        spec.settle_tail = _args([STATE_TTL_MS, len(limits.windows), *sizes])
+        budgeted = int(limits.budget_tokens is not None or limits.budget_micro is not None)
+        spec.settle_tail = _args([self.keep_ms, budgeted, STATE_TTL_MS, len(limits.windows), *sizes])
         spec.refresh_head = _args(["FCALL", REFRESH_FN, 2, keys[0], keys[1]], 3 + 2 + 3)
         if len(self._specs) > 100_000:
             self._specs.clear()
@@ -204,15 +231,120 @@ class RedisLimiter(BaseLimiter):
             await self._load()
         except RedisError as exc:
             self._outage(exc)  # the functions load lazily once Redis answers
+        self._epoch_task = asyncio.get_running_loop().create_task(self._watch_epochs())
+
+    # Redis loss: detection (epoch.lua), re-announce (restore.lua + settles again), exact seed (seed.lua)
+    async def _epoch_targets(self) -> list[tuple[str, int]]:
+        """One epoch key per master: on a cluster a key whose slot that master serves."""
+        router = self.router
+        if not isinstance(router, Cluster):
+            return [(f"{LAYOUT}epoch", 0)]
+        await router.refresh()
+        targets: list[tuple[str, int]] = []
+        for master in router.masters:
+            for n in range(100_000):
+                name = f"{LAYOUT}{{epoch:{n}}}"
+                slot = key_slot(name.encode())
+                if router.slots[slot] == master:
+                    targets.append((name, slot))
+                    break
+        return targets
+
+    def _same_node(self, a: int, b: int) -> bool:
+        router = self.router
+        return not isinstance(router, Cluster) or router.slots[a] == router.slots[b]
+
+    async def _check_epoch(self, name: str, slot: int) -> int:
+        """Ask the server of ``slot`` whether it lost its state since this replica last looked; on a
+        loss give back what this replica held there. Returns the hold (server ms, 0 = none)."""
+        if not self._loaded:
+            await self._load()
+        known = self._epochs.get(name, "")
+        res = await self._send(encode_command(["FCALL", EPOCH_FN, 1, name, uuid.uuid4().hex, known,
+                                               self.recovery_hold_ms]), slot)
+        current = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        self._epochs[name] = current
+        if res[2]:
+            log.warning("Redis lost its state (epoch %s -> %s): giving back this replica's reservations in flight "
+                        "and recent settles", known, current)
+            await self._reannounce(slot)
+        return int(res[1])
+
+    async def _epoch_for(self, slot: int) -> int:
+        async with self._epoch_lock:
+            if not self._epoch_keys:
+                self._epoch_keys = await self._epoch_targets()
+            for name, eslot in self._epoch_keys:
+                if self._same_node(slot, eslot):
+                    return await self._check_epoch(name, eslot)
+            self._epoch_keys = []  # the slot map changed
+            return 0
+
+    async def _watch_epochs(self) -> None:
+        while True:
+            await asyncio.sleep(EPOCH_POLL_S)
+            try:
+                async with self._epoch_lock:
+                    if not self._epoch_keys:
+                        self._epoch_keys = await self._epoch_targets()
+                    for name, slot in list(self._epoch_keys):
+                        await self._check_epoch(name, slot)
+            except (RedisError, OSError) as exc:
+                self._epoch_keys = []
+                self._outage(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Redis epoch check failed")
+
+    async def _reannounce(self, slot: int) -> None:
+        """Put back this replica's reservations in flight on the server of ``slot``, then send its
+        recent settles there again (each counts once: settle.lua is idempotent per request id)."""
+        by_key: dict[str, list[Admission]] = {}
+        for adm in list(self._held.values()):
+            if self._same_node(adm.spec.slot, slot):
+                by_key.setdefault(adm.key_id, []).append(adm)
+        calls: list[tuple[bytes, int]] = []
+        for adms in by_key.values():
+            spec: _Spec = adms[0].spec
+            argv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
+            for a in adms:
+                in_m = a.reserved_micro - a.output_micro
+                argv += [a.token, a.input_tokens, in_m, a.reserved_tokens, a.reserved_micro, a.admitted_ms]
+            calls.append((encode_command(["FCALL", RESTORE_FN, 3, *spec.keys[:3], *argv]), spec.slot))
+        horizon = time.monotonic() - RECENT_SETTLES_S
+        settles = [(payload, s_slot) for at, s_slot, payload in list(self._recent)
+                   if at >= horizon and self._same_node(s_slot, slot)]
+        # reservations first (each key's in one call), then the settles; pipelined, in batches
+        for batch in (calls, settles):
+            for i in range(0, len(batch), 500):
+                await asyncio.gather(*(self._send(payload, s) for payload, s in batch[i:i + 500]))
+        if calls or settles:
+            log.warning("gave back %d reservation(s) of %d key(s) and %d recent settle(s) after the loss",
+                        sum(len(v) for v in by_key.values()), len(calls), len(settles))
+
+    async def _seed(self, key_id: str, spec: _Spec) -> None:
+        """Seed a key's spend from the database: rows that ended before the watermark as a sum (with
+        what the key's unsettled batches hold), the recent ones one by one (seed.lua)."""
+        hold = await self._epoch_for(spec.slot)
+        since = time.time() - SEED_WINDOW_S
+        base_t, base_m, rows = await self.seed_rows(key_id, since)
+        argv: list[Any] = [base_t, base_m, int(since * 1000), hold, self.keep_ms, STATE_TTL_MS, len(rows)]
+        for rid, tokens, micro in rows:
+            argv += [rid, tokens, micro]
+        await self._send(encode_command(["FCALL", SEED_FN, 3, *spec.keys[:3], *argv]), spec.slot)
 
     async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float, price_out: float) -> Admission:
+                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
+                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
         limits = self.limits_for(key)
         if limits.empty:
             return Admission(key_id=key.id)
         in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
-        return await self._admit(key, limits, self.spec_for(key.id, limits), in_t, allow_t,
-                                 self.price(in_t, price_in), self.price(allow_t, price_out))
+        in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
+        allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
+        return await self._admit(key, limits, self.spec_for(key.id, limits), in_t, allow_t, in_m, allow_m,
+                                 request_id)
 
     async def admit_count(self, key: KeyRecord) -> Admission:
         limits = self.count_limits_for(key)
@@ -221,18 +353,20 @@ class RedisLimiter(BaseLimiter):
         return await self._admit(key, limits, self.spec_for(key.id, limits, count=True), 0, 0, 0, 0)
 
     async def _admit(self, key: KeyRecord, limits: KeyLimits, spec: _Spec, in_t: int, allow_t: int, in_m: int,
-                     allow_m: int) -> Admission:
-        rid = os.urandom(16).hex() if limits.reserving else ""
+                     allow_m: int, request_id: str | None = None) -> Admission:
+        rid = (request_id or os.urandom(16).hex()) if limits.reserving else ""
         try:
             if not self._loaded:
                 await self._load()
             payload = b"".join((spec.admit_head, _args((rid, in_t, allow_t, in_m, allow_m)), spec.admit_tail))
             res = await self._send(payload, spec.slot)
+            for _ in range(2):
+                if res[0] != NEED_SEED:
+                    break
+                await self._seed(key.id, spec)
+                res = await self._send(payload, spec.slot)
             if res[0] == NEED_SEED:
-                tokens, micro = await self.seed(key.id)
-                argv = [rid, in_t, allow_t, in_m, allow_m, *spec.const1, 1, tokens, micro, *spec.const2]
-                res = await self._send(encode_command(["FCALL", ADMIT_FN, len(spec.keys), *spec.keys, *argv]),
-                                       spec.slot)
+                raise Unavailable("the key's spend could not be seeded")
         except (RedisError, OSError) as exc:
             if isinstance(exc, Redirect) and not self.router.cluster:
                 log.error("ETHEREAL_REDIS_URL names a node of a Redis Cluster (it answered %s): use "
@@ -251,18 +385,30 @@ class RedisLimiter(BaseLimiter):
             raise refusal(code, res[1], limits, res[9], now)
         req = (res[2], res[3], res[4]) if res[2] >= 0 else None
         tok = (res[5], res[6], res[7]) if res[5] >= 0 else None
-        return Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
-                         headers=ratelimit_headers(req, tok), token=rid, limited=True, input_tokens=in_t,
-                         admitted_ms=now, spec=spec)
+        adm = Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
+                        headers=ratelimit_headers(req, tok), token=rid, limited=True, input_tokens=in_t,
+                        admitted_ms=now, spec=spec, output_micro=allow_m)
+        if limits.budget_tokens is not None or limits.budget_micro is not None:
+            self._held[rid] = adm  # given back (restore.lua) if Redis loses it while in flight
+        return adm
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int) -> None:
+    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
+                     ended_at: float | None = None) -> None:
         if not admission.limited or admission.settled:
             return
         admission.settled = True
         spec: _Spec = admission.spec
+        ended_ms = int((time.time() if ended_at is None else ended_at) * 1000)
         payload = b"".join((spec.settle_head, _args((admission.token, int(tokens), int(cost_micro),
-                                                      admission.admitted_ms, admission.input_tokens)),
+                                                      admission.admitted_ms, admission.input_tokens, ended_ms)),
                             spec.settle_tail))
+        if self._held.pop(admission.token, None) is not None:
+            # sent again if Redis loses it before the usage row is in the database (idempotent)
+            recent = self._recent
+            now = time.monotonic()
+            while recent and recent[0][0] < now - RECENT_SETTLES_S:
+                recent.popleft()
+            recent.append((now, spec.slot, payload))
         # Sent without waiting for the reply: this worker's later commands (the key's next admit)
         # run after it on the same connection; failures are retried from the error callback.
         slot = spec.slot
@@ -302,11 +448,11 @@ class RedisLimiter(BaseLimiter):
             if not self._loaded:
                 await self._load()
             argv: list[Any] = [int(tokens), int(cost_micro), *budget, int(check), 0, 0, 0, STATE_TTL_MS]
-            res = await self._send(_args(["FCALL", CHARGE_FN, 1, b, *argv], 3 + 1 + len(argv)), slot)
+            payload = _args(["FCALL", CHARGE_FN, 1, b, *argv], 3 + 1 + len(argv))
+            res = await self._send(payload, slot)
             if res[0] == NEED_SEED:
-                seeded_tokens, seeded_micro = await self.seed(key.id)
-                argv[5:8] = [1, seeded_tokens, seeded_micro]
-                res = await self._send(_args(["FCALL", CHARGE_FN, 1, b, *argv], 3 + 1 + len(argv)), slot)
+                await self._seed(key.id, self.spec_for(key.id, limits))
+                res = await self._send(payload, slot)
         except (RedisError, OSError) as exc:
             self._outage(exc)
             if check and not self.fail_open:
@@ -344,7 +490,7 @@ class RedisLimiter(BaseLimiter):
         return {"spent_tokens": st, "spent_micro": sm, "held_tokens": ft, "held_micro": fm, "in_flight": in_flight}
 
     async def close(self) -> None:
-        for task in (self._retry_task,):
+        for task in (self._retry_task, self._epoch_task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down

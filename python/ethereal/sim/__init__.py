@@ -99,6 +99,8 @@ Directives (anywhere in the text of the last user message)
 ``sim:thinking=N``    thinking length in tokens.
 ``sim:stop``          force ``stop_reason: stop_sequence`` (needs ``stop_sequences``).
 ``sim:web_search=N`` ``sim:web_fetch=N``   usage.server_tool_use counts (with such a tool offered).
+``sim:searches=N``    with a ``web_search_*`` tool: ``usage.server_tool_use.web_search_requests`` = N,
+                      at most the tool's ``max_uses`` (the searches themselves are not simulated).
 ``sim:ttft=MS`` ``sim:tps=N`` ``sim:latency=MS``   per-request timing.
 ``sim:fault=KIND[,retry_after=S][,after_events=K][,delay_ms=MS]``   inject a fault.
 

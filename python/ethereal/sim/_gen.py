@@ -558,6 +558,8 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
     p.model = model
     p.seed = seed
     p.input_tokens, p.cc5, p.cc1, p.cache_read = usage
+    searched = web_searches(req, directives)  # sim:searches=N, at most the tool's max_uses
+    p.searches = searched or None
     budget: int = req["max_tokens"]
     used = 0
     stop = "end_turn"
@@ -568,7 +570,7 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         thinking_on, display, bt = shape.thinking_on, shape.display, shape.budget
         p.speed, p.geo = shape.speed, shape.inference_geo
         if shape.web_search:
-            p.searches = directive_int(directives, "web_search") or 0
+            p.searches = directive_int(directives, "web_search") or searched or 0
         if shape.web_fetch:
             p.fetches = directive_int(directives, "web_fetch") or 0
     else:
@@ -783,8 +785,20 @@ def _usage_extra(p: Plan, output_tokens: int) -> dict[str, Any]:
     return out
 
 
+def web_searches(req: dict[str, Any], directives: dict[str, str]) -> int:
+    """``sim:searches=N``: the searches a web search tool made, at most its ``max_uses``."""
+    n = directive_int(directives, "searches")
+    if not n:
+        return 0
+    for tool in req.get("tools") or ():
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
+            cap = tool.get("max_uses")
+            return min(n, cap) if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0 else n
+    return 0
+
+
 def _usage_full(p: Plan, output_tokens: int) -> dict[str, Any]:
-    return {
+    usage: dict[str, Any] = {
         "input_tokens": p.input_tokens,
         "cache_creation_input_tokens": p.cc5 + p.cc1,
         "cache_read_input_tokens": p.cache_read,
@@ -792,6 +806,7 @@ def _usage_full(p: Plan, output_tokens: int) -> dict[str, Any]:
         "output_tokens": output_tokens,
         **_usage_extra(p, output_tokens),
     }
+    return usage
 
 
 def render_message(p: Plan, msg_id: str) -> bytes:

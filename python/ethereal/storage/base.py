@@ -7,13 +7,40 @@ embedded default. Both run the same contract tests.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from ethereal.keys import KeyRecord
 from ethereal.storage.records import BatchRecord, StoredCredential, UsageRecord
+
+T = TypeVar("T")
+
+
+async def bounded(call: Awaitable[T], seconds: float) -> T:
+    """``call``'s result within ``seconds``, else TimeoutError at once.
+
+    Not ``asyncio.wait_for``: on a timeout it waits for the cancelled call to end, and a driver
+    cancelling a query on a server that hangs (its connection reset, a cancel request) can wait
+    as long as the hang. Here the call is cancelled and left to end in the background."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError(f"no answer within {seconds} s")
+    return task.result()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure of an abandoned call is not an error to report
 
 KEY_MUTABLE_FIELDS = frozenset({
     "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
@@ -176,6 +203,14 @@ class Store(abc.ABC):
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         """(tokens, micro-USD) held against the key's budget by its unsettled batches."""
         return 0, 0  # a store that keeps no batches holds nothing
+
+    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+        """What a limiter seeds a key's budget with: (tokens, micro-USD) of the key's usage rows that
+        ended before ``since`` (all of them for None) plus what its unsettled batches hold, and
+        (request_id, tokens, micro-USD) of each row that ended at or after ``since``."""
+        spend = (await self.spend_by_key([key_id])).get(key_id) or {}
+        held_tokens, held_micro = await self.batch_holds(key_id)
+        return int(spend.get("tokens") or 0) + held_tokens, int(spend.get("cost_micro") or 0) + held_micro, []
 
 
 @dataclass(frozen=True, slots=True)

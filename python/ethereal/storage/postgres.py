@@ -112,16 +112,29 @@ def _range_where(column: str, lo: float | None, hi: float | None) -> tuple[str, 
 class PostgresStore(Store):
     dialect = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 2.0) -> None:
         self.pool = pool
+        self.timeout = timeout  # acquire (and the request path's queries): a hung server is a failure
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 2.0) -> PostgresStore:
+        # ``timeout``: a connection attempt (a server that accepts and never answers must not hold
+        # the pool's connect for asyncpg's default minute); queries get command_timeout
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
+            timeout=max(timeout, 5.0),
         )
         assert pool is not None
-        return cls(pool)
+        return cls(pool, timeout=timeout)
+
+    async def _row(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """One row for the request path: the acquire and the query each bounded by ``timeout``."""
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            return await conn.fetchrow(sql, *args, timeout=self.timeout)
+
+    async def _rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            return await conn.fetch(sql, *args, timeout=self.timeout)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -167,7 +180,7 @@ class PostgresStore(Store):
             await conn.executemany(sql, rows)
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        row = await self.pool.fetchrow("SELECT * FROM api_keys WHERE key_hash = $1", key_hash)
+        row = await self._row("SELECT * FROM api_keys WHERE key_hash = $1", key_hash)
         return _key_from_row(row) if row else None
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -473,8 +486,27 @@ class PostgresStore(Store):
             " updated_at = $4 WHERE id = $5 AND NOT settled", tokens, micro, items, time.time(), batch_id)
         return status.endswith(" 1")
 
+    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+        # on the request path (a limiter's seed): one connection, every step bounded by ``timeout``
+        tokens = ("(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read)")
+        cut = float("inf") if since is None else since
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            old = await conn.fetchrow(
+                f"SELECT COALESCE(SUM({tokens}), 0)::bigint AS t, COALESCE(SUM(cost_micro), 0)::bigint AS c"
+                " FROM usage_records WHERE key_id = $1 AND ended_at < $2", key_id, cut, timeout=self.timeout)
+            recent: list[asyncpg.Record] = [] if since is None else await conn.fetch(
+                f"SELECT request_id, {tokens}::bigint AS t, cost_micro::bigint AS c FROM usage_records"
+                " WHERE key_id = $1 AND ended_at >= $2", key_id, since, timeout=self.timeout)
+            held = await conn.fetchrow(
+                "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
+                " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id, timeout=self.timeout)
+        assert old is not None and held is not None
+        return (int(old["t"]) + int(held["t"]), int(old["c"]) + int(held["m"]),
+                [(r["request_id"], int(r["t"]), int(r["c"] or 0)) for r in recent])
+
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
-        row = await self.pool.fetchrow(
+        row = await self._row(
             "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
             " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id)
+        assert row is not None
         return int(row["t"]), int(row["m"])

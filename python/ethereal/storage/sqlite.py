@@ -542,6 +542,23 @@ class SQLiteStore(Store):
 
         return await self._run(go)
 
+    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+        tokens = "(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read)"
+        cut = float("inf") if since is None else since
+
+        def go() -> tuple[int, int, list[tuple[str, int, int]]]:
+            old = self.conn.execute(f"SELECT COALESCE(SUM({tokens}), 0), COALESCE(SUM(cost_micro), 0)"
+                                    " FROM usage_records WHERE key_id = ? AND ended_at < ?", (key_id, cut)).fetchone()
+            recent = [] if since is None else self.conn.execute(
+                f"SELECT request_id, {tokens}, COALESCE(cost_micro, 0) FROM usage_records"
+                " WHERE key_id = ? AND ended_at >= ?", (key_id, since)).fetchall()
+            held = self.conn.execute("SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"
+                                     " FROM message_batches WHERE key_id = ? AND settled = 0", (key_id,)).fetchone()
+            return (int(old[0]) + int(held[0]), int(old[1]) + int(held[1]),
+                    [(str(r[0]), int(r[1]), int(r[2])) for r in recent])
+
+        return await self._run(go)
+
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         def go() -> tuple[int, int]:
             row = self.conn.execute("SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"

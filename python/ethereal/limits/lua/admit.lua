@@ -1,22 +1,25 @@
--- ethereal admit (library ethereal_limits_v2, function ethereal_admit_v2; key layout v1, shared with
--- the v1 scripts so old and new replicas keep one set of counters during a rolling deploy).
+-- ethereal admit (library ethereal_limits_v3, function ethereal_admit_v3; key layout v1, shared with
+-- the v1 and v2 scripts so old and new replicas keep one set of counters during a rolling deploy).
 -- One call per request: checks and reserves the key's budgets, concurrency and rolling windows atomically.
 --
 -- KEYS[1]  hash  budget + reservations: st/sm spent tokens/micro-USD (lifetime, seeded from the
---                database), ht/hm in-flight input reservations, ft/fm in-flight full reservations
---                (input + output allowance), "r:<rid>" = "in_t,in_m,full_t,full_m,admitted_ms",
---                seeded, dur (moving average of request durations, ms: the retry-after of a 429
---                caused by requests in flight)
+--                database by seed.lua), ht/hm in-flight input reservations, ft/fm in-flight full
+--                reservations (input + output allowance), "r:<rid>" = "in_t,in_m,full_t,full_m,admitted_ms",
+--                seeded, w (seed watermark), rec (held until: a seed right after Redis lost its state
+--                waits for every replica to re-announce what it had in flight), dur (moving average of
+--                request durations, ms: the retry-after of a 429 caused by requests in flight)
 -- KEYS[2]  zset  in-flight reservations: rid -> expiry (ms); its size is the concurrency
--- KEYS[3+] hash  one per rolling window: "r<bucket>" requests, "t<bucket>" tokens
+-- KEYS[3]  zset  settled request ids (settle.lua, seed.lua): not used here
+-- KEYS[4+] hash  one per rolling window: "r<bucket>" requests, "t<bucket>" tokens
 -- ARGV  1 rid  2 in_tokens  3 allowance_tokens  4 in_micro  5 allowance_micro
 --       6 budget_tokens  7 budget_micro  8 max_concurrency   (-1 = none)
---       9 reservation ttl ms  10 seed? (0/1)  11 seed tokens  12 seed micro  13 state ttl ms
+--       9 reservation ttl ms  10-12 unused (0)  13 state ttl ms
 --       14 number of windows, then 4 per window: window_ms bucket_ms max_requests max_tokens (-1 = none)
 -- Returns {code, retry_ms, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms,
---          now_ms, detail}; code 0 admitted, 1 needs seeding, 2 token budget spent, 3 micro-USD budget
---          spent, 4 concurrency, 5 window requests, 6 window tokens (detail = window number),
---          7 held by requests in flight (detail -1 token budget, -2 micro-USD budget, i window i).
+--          now_ms, detail}; code 0 admitted, 1 needs seeding (seed.lua, then admit again), 2 token budget
+--          spent, 3 micro-USD budget spent, 4 concurrency, 5 window requests, 6 window tokens (detail =
+--          window number), 7 held by requests in flight (detail -1 token budget, -2 micro-USD budget, i
+--          window i).
 --
 -- Hard budgets: admitted when spent + every in-flight reservation (input + output allowance) + this
 -- request's input and allowance fits. When it does not: 2/3 if spent + its input alone is over the
@@ -57,19 +60,20 @@ if reserving then
   local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(expired) do release(id) end
 end
-if budgeted and redis.call('HEXISTS', b, 'seeded') == 0 then
-  if ARGV[10] ~= '1' then return {1, 0, -1, -1, 0, -1, -1, 0, now, 0} end
-  redis.call('HINCRBY', b, 'st', ARGV[11])
-  redis.call('HINCRBY', b, 'sm', ARGV[12])
-  redis.call('HSET', b, 'seeded', 1)
-end
+if budgeted and redis.call('HEXISTS', b, 'seeded') == 0 then return {1, 0, -1, -1, 0, -1, -1, 0, now, 0} end
 
 -- spent (st/sm), held by requests in flight: full reservations (ft/fm) and their input part (ht)
 local st, sm, ft, fm, ht = 0, 0, 0, 0, 0
 if reserving then
-  local h = redis.call('HMGET', b, 'st', 'sm', 'ft', 'fm', 'ht')
+  local h = redis.call('HMGET', b, 'st', 'sm', 'ft', 'fm', 'ht', 'rec')
   st, sm = tonumber(h[1]) or 0, tonumber(h[2]) or 0
   ft, fm, ht = tonumber(h[3]) or 0, tonumber(h[4]) or 0, tonumber(h[5]) or 0
+  local rec = tonumber(h[6])
+  if budgeted and rec and now < rec then
+    -- seeded right after Redis lost its state: the other replicas' requests in flight are not
+    -- re-announced yet, so nothing is admitted until they are
+    return {7, math.max(100, rec - now), -1, -1, 0, -1, -1, 0, now, bud_m >= 0 and -2 or -1}
+  end
 end
 local busy = ft > 0 or fm > 0  -- another request holds budget
 local held = nil  -- what does not fit only because of requests in flight
@@ -139,7 +143,7 @@ for i = 1, nwin do
   local base = 14 + (i - 1) * 4
   local wms, bms = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   local max_r, max_t = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  local key = KEYS[2 + i]
+  local key = KEYS[3 + i]
   local nb = math.floor(wms / bms)
   local cur = math.floor(now / bms)
   local low = cur - nb

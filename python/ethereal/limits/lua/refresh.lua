@@ -1,4 +1,4 @@
--- ethereal refresh (function ethereal_refresh_v2, key layout v1): a long request (a stream) keeps its
+-- ethereal refresh (function ethereal_refresh_v3, key layout v1): a long request (a stream) keeps its
 -- reservation and concurrency slot past the reservation ttl. KEYS as in admit.lua (only 1 and 2 used).
 -- ARGV  1 rid  2 reservation ttl ms  3 state ttl ms
 -- Returns 1 when the reservation was extended, 0 when it is gone (settled, or expired meanwhile: it

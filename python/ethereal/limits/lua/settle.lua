@@ -1,17 +1,28 @@
--- ethereal settle (function ethereal_settle_v2, key layout v1): replaces a request's reservation by
--- what it really cost. KEYS as in admit.lua (1 budget hash, 2 in-flight zset, 3+ window hashes).
--- ARGV  1 rid  2 tokens  3 cost_micro  4 admitted_ms  5 reserved input tokens (counted in the
---       windows at admit)  6 state ttl ms  7 number of windows, then 2 per window: window_ms bucket_ms
--- Returns {spent_tokens, spent_micro} (-1 when the key's spend is not tracked here).
+-- ethereal settle (function ethereal_settle_v3, key layout v1): replaces a request's reservation by
+-- what it really cost. KEYS as in admit.lua (1 budget hash, 2 in-flight zset, 3 settled ids, 4+ windows).
+-- ARGV  1 rid (the request id)  2 tokens  3 cost_micro  4 admitted_ms  5 reserved input tokens (counted
+--       in the windows at admit)  6 ended_ms (the gateway's clock, as the usage row's ended_at)
+--       7 keep_ms (how long a settled id is remembered)  8 budgeted (0/1)  9 state ttl ms
+--       10 number of windows, then 2 per window: window_ms bucket_ms
+-- Returns {spent_tokens, spent_micro} (-1 when the key's spend is not tracked here, -2 when this
+-- request was counted already).
+--
+-- Idempotent per request id: a settle sent twice (retried after a Redis outage, re-announced by a
+-- replica after Redis lost its state) counts once, and so does a request the seed already counted
+-- from its usage row (seed.lua records the ids it read; rows that ended before the seed's watermark
+-- `w` are in the seed's sum). Before the key is seeded a settle is parked ("p:<rid>"), for the seed
+-- to count or drop by its row.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local b, z = KEYS[1], KEYS[2]
+local b, z, s = KEYS[1], KEYS[2], KEYS[3]
 local rid = ARGV[1]
 local tokens, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
 local admitted, in_t = tonumber(ARGV[4]), tonumber(ARGV[5])
-local state_ttl, nwin = tonumber(ARGV[6]), tonumber(ARGV[7])
+local ended, keep = tonumber(ARGV[6]), tonumber(ARGV[7])
+local budgeted = ARGV[8] == '1'
+local state_ttl, nwin = tonumber(ARGV[9]), tonumber(ARGV[10])
 
-local v = redis.call('HMGET', b, 'r:' .. rid, 'dur', 'seeded')  -- one read for the whole hash
+local v = redis.call('HMGET', b, 'r:' .. rid, 'dur', 'seeded', 'w')  -- one read for the whole hash
 local r = v[1]
 if r then
   local a = {}
@@ -33,9 +44,19 @@ end
 redis.call('ZREM', z, rid)
 
 local st, sm = -1, -1
-if v[3] then
-  st = redis.call('HINCRBY', b, 'st', tokens)
-  sm = redis.call('HINCRBY', b, 'sm', cost)
+if budgeted and rid ~= '' then
+  if redis.call('ZSCORE', s, rid) then return {-2, -2} end  -- counted already
+  local w = tonumber(v[4])
+  if v[3] and w and ended < w then return {-2, -2} end  -- its row is in the seed's sum
+  redis.call('ZADD', s, ended, rid)
+  redis.call('ZREMRANGEBYSCORE', s, '-inf', '(' .. (ended - keep))
+  redis.call('PEXPIRE', s, state_ttl)
+  if v[3] then
+    st = redis.call('HINCRBY', b, 'st', tokens)
+    sm = redis.call('HINCRBY', b, 'sm', cost)
+  else
+    redis.call('HSET', b, 'p:' .. rid, tokens .. ',' .. cost .. ',' .. ended)
+  end
   redis.call('PEXPIRE', b, state_ttl)
 end
 
@@ -44,8 +65,8 @@ end
 local delta = tokens - in_t
 if delta ~= 0 then
   for i = 1, nwin do
-    local wms, bms = tonumber(ARGV[7 + (i - 1) * 2 + 1]), tonumber(ARGV[7 + (i - 1) * 2 + 2])
-    local key = KEYS[2 + i]
+    local wms, bms = tonumber(ARGV[10 + (i - 1) * 2 + 1]), tonumber(ARGV[10 + (i - 1) * 2 + 2])
+    local key = KEYS[3 + i]
     local nb = math.floor(wms / bms)
     local cur = math.floor(now / bms)
     local low = cur - nb
@@ -58,11 +79,11 @@ if delta ~= 0 then
       target = cur  -- a request longer than the window: its extra tokens count from now
     end
     if target ~= nil then
-      local v = redis.call('HINCRBY', key, 't' .. target, delta)
+      local x = redis.call('HINCRBY', key, 't' .. target, delta)
       local applied = delta
-      if v < 0 then
+      if x < 0 then
         redis.call('HSET', key, 't' .. target, 0)
-        applied = delta - v
+        applied = delta - x
       end
       if applied ~= 0 then redis.call('HINCRBY', key, 'T', applied) end
       redis.call('PEXPIRE', key, wms + 2 * bms)
