@@ -81,6 +81,9 @@ class Settings:
     batch_poll_interval: float = 30.0
     batch_max_requests: int = 100_000
     batch_max_body_bytes: int = 256 * 1024 * 1024
+    # bytes of batch creates one worker reads and checks at once (beyond it: 429 with a
+    # retry-after; a create alone is always taken): a create holds about twice its body at most
+    batch_create_bytes: int = 512 * 1024 * 1024
     public_url: str | None = None
     # how long the last known key record is served while the key store is down (seconds)
     key_cache_stale_max: float = 300.0
@@ -140,7 +143,7 @@ class Settings:
 _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1,
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
-               "batch_max_requests": 1, "batch_max_body_bytes": 1024,
+               "batch_max_requests": 1, "batch_max_body_bytes": 1024, "batch_create_bytes": 1024,
                "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
                "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,

@@ -57,10 +57,11 @@ def client_gone() -> GatewayError:
                         type="client_disconnected")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, grow: Callable[[int], None] | None = None) -> bytes:
     """The whole request body, refusing with 413 past ``limit`` bytes (declared or streamed).
 
-    A client that goes away mid-body is a 499 ``client_disconnected`` (``client_gone``)."""
+    A client that goes away mid-body is a 499 ``client_disconnected`` (``client_gone``). ``grow``
+    is told each chunk's size as it arrives (it may refuse by raising)."""
     declared = request.get_first_header(b"content-length")
     if declared is not None:
         try:
@@ -80,6 +81,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise GatewayError(413, f"request body exceeds the maximum size of {limit} bytes")
+            if grow is not None:
+                grow(len(chunk))
             if buffer is not None:
                 buffer.write(chunk)
             elif size > _BUFFER_AFTER:
