@@ -122,7 +122,8 @@ def test_an_item_or_its_params_repeating_a_key_is_refused(bad: bytes, needle: st
 @pytest.mark.parametrize("body", [
     b'{"requests":[' + ITEM + b',]}', b'{"requests":[' + ITEM + b' ' + ITEM + b']}', b'{"requests":[' + ITEM + b',,'
     + ITEM + b']}', b'{"requests":[' + ITEM + b'] x}', b'{"requests":[' + ITEM[:-1] + b']}', b'{"requests":[1 2]}',
-    b'{"requests":[' + ITEM + b'],}', b'{"requests":[' + ITEM.replace(b'"x"', rb'"\q"') + b']}',
+    b'{"requests":[' + ITEM + b'],}', b'{"requests":[' + ITEM + b'],"requests":[' + ITEM + b']}',
+    b'{"requests":[' + ITEM + b']', b'{"requests":[' + ITEM.replace(b'"x"', rb'"\q"') + b']}',
 ])
 def test_bytes_that_are_not_json_are_refused(body: bytes) -> None:
     with pytest.raises(GatewayError) as refused:

@@ -66,10 +66,9 @@ def _refuse(index: int, message: str, status: int = 400, type_: str | None = Non
 
 
 def _requests_span(body: bytes) -> tuple[int, int]:
-    """The byte span of the ``requests`` array; 400 for a body that is not ``{"requests": [...]}``.
-
-    One native pass over the whole body (balance, depth, a repeated top-level key); the bytes
-    around the array are parsed on their own only when they hold anything but the one key."""
+    """The byte span of the ``requests`` array of a body not in the usual ``{"requests": [...]}``
+    form; 400 for one that is not such an object. One native pass over the whole body (balance,
+    depth, a repeated top-level key), then the bytes around the array parsed on their own."""
     if not body.strip():
         raise invalid_request("request body is empty: expected a JSON object")
     try:
@@ -88,25 +87,22 @@ def _requests_span(body: bytes) -> tuple[int, int]:
     start, end = span
     if body[start:start + 1] != b"[":
         raise invalid_request("requests: must be an array", param="requests")
-    prefix = _PREFIX.match(body)
-    suffix = _SUFFIX.match(body, end)
-    if prefix is None or prefix.end() != start or suffix is None or suffix.end() != len(body):
-        # other keys around the array (or bytes that are not JSON): read the rest on its own
-        try:
-            rest = orjson.loads(body[:start] + b"[]" + body[end:])
-        except orjson.JSONDecodeError:
-            raise invalid_request("request body is not valid JSON") from None
-        if not isinstance(rest, dict):
-            raise invalid_request("request body must be a JSON object")
-        extra = set(rest) - {"requests"}
-        if extra:
-            raise invalid_request(f"{clip(min(extra), 64)}: Extra inputs are not permitted")
+    try:
+        rest = orjson.loads(body[:start] + b"[]" + body[end:])
+    except orjson.JSONDecodeError:
+        raise invalid_request("request body is not valid JSON") from None
+    if not isinstance(rest, dict):
+        raise invalid_request("request body must be a JSON object")
+    extra = set(rest) - {"requests"}
+    if extra:
+        raise invalid_request(f"{clip(min(extra), 64)}: Extra inputs are not permitted")
     return start, end
 
 
-def _item_end(view: memoryview, pos: int, stop: int, window: int, limit: int, index: int) -> int:
-    """Where the JSON value starting at ``pos`` ends (before ``stop``): orjson reads a window of the
-    body, growing it until the value ends inside it; never more than ``limit`` bytes of it."""
+def _item_end(view: memoryview, pos: int, window: int, limit: int, index: int) -> int:
+    """Where the JSON value starting at ``pos`` ends: orjson reads a window of the body, growing it
+    until the value ends inside it; never more than ``limit`` bytes of it."""
+    stop = len(view)
     while True:
         cut = min(stop, pos + window)
         while cut < stop and 0x80 <= view[cut] < 0xC0:  # never inside a UTF-8 sequence
@@ -123,49 +119,64 @@ def _item_end(view: memoryview, pos: int, stop: int, window: int, limit: int, in
                 raise _refuse(index, f"an item is at most {limit} bytes", 413) from None
             window = min(window * 4, limit + 1)
             continue
-        return cut  # the value is the whole rest of the array
+        return cut  # the value runs to the end of the body: what follows it is missing
 
 
-def _items(body: bytes, start: int, end: int, *, max_requests: int, max_item_bytes: int) -> Iterator[_Item]:
-    """The items of the array at ``body[start:end]``, one at a time, each checked to be JSON."""
-    view = memoryview(body)
-    stop = end - 1  # the closing bracket
-    pos = _WS.match(body, start + 1).end()  # type: ignore[union-attr]
-    if pos == stop:
-        return
-    window = _FIRST_WINDOW
-    index = 0
-    try:
-        while True:
-            if index >= max_requests:
-                raise invalid_request(f"requests: a batch holds at most {max_requests} requests, got more",
-                                      param="requests")
-            item_end = _item_end(view, pos, stop, window, max_item_bytes, index)
-            raw = body[pos:item_end]
-            if len(raw) > max_item_bytes:
-                raise _refuse(index, f"an item is at most {max_item_bytes} bytes", 413)
-            data = orjson.loads(raw)
-            yield _Item(index, pos, raw, data)
-            window = max(_FIRST_WINDOW, 2 * len(raw))
-            index += 1
-            pos = _WS.match(body, item_end).end()  # type: ignore[union-attr]
-            if pos == stop:
+class _Items:
+    """The items of the array whose ``[`` is at ``start``, one at a time, each checked to be JSON;
+    ``close`` is where the array's ``]`` is once they are all read. The array's end is found by
+    reading it, never by a pass over the whole body (which would hold the interpreter's lock for
+    the whole of it)."""
+
+    def __init__(self, body: bytes, start: int, *, max_requests: int, max_item_bytes: int) -> None:
+        self.body, self.start = body, start
+        self.max_requests, self.max_item_bytes = max_requests, max_item_bytes
+        self.close = -1
+
+    def __iter__(self) -> Iterator[_Item]:
+        body, limit = self.body, self.max_item_bytes
+        view = memoryview(body)
+        pos = _WS.match(body, self.start + 1).end()  # type: ignore[union-attr]
+        window = _FIRST_WINDOW
+        index = 0
+        try:
+            if body[pos:pos + 1] == b"]":
+                self.close = pos
                 return
-            if body[pos:pos + 1] != b",":
-                raise _refuse(index - 1, "not valid JSON (expected ',' or ']' after it)")
-            pos = _WS.match(body, pos + 1).end()  # type: ignore[union-attr]
-            if pos == stop:
-                raise _refuse(index - 1, "not valid JSON (a trailing ',' after it)")
-    finally:
-        view.release()
+            while True:
+                if index >= self.max_requests:
+                    raise invalid_request(f"requests: a batch holds at most {self.max_requests} requests, got more",
+                                          param="requests")
+                item_end = _item_end(view, pos, window, limit, index)
+                raw = body[pos:item_end]
+                if len(raw) > limit:
+                    raise _refuse(index, f"an item is at most {limit} bytes", 413)
+                yield _Item(index, pos, raw, orjson.loads(raw))
+                window = max(_FIRST_WINDOW, 2 * len(raw))
+                index += 1
+                pos = _WS.match(body, item_end).end()  # type: ignore[union-attr]
+                following = body[pos:pos + 1]
+                if following == b"]":
+                    self.close = pos
+                    return
+                if following != b",":
+                    raise _refuse(index - 1, "not valid JSON (expected ',' or ']' after it)")
+                pos = _WS.match(body, pos + 1).end()  # type: ignore[union-attr]
+                if body[pos:pos + 1] == b"]":
+                    raise _refuse(index - 1, "not valid JSON (a trailing ',' after it)")
+        finally:
+            view.release()
 
 
 def _params_of(item: _Item) -> tuple[bytes | None, int]:
     """The raw bytes of an item's ``params`` (None when it has none) and where they start in the
     item; 400 for an item, or ``params``, that repeats a key (one native pass each)."""
-    _, duplicate, span = _native.json_shape(item.raw, "params")
+    depth, duplicate, span = _native.json_shape(item.raw, "params")
     if duplicate is not None:
         raise invalid_request(f"repeats the key {clip(duplicate, 64)!r}")
+    if depth + 2 > _native.MAX_JSON_DEPTH:  # inside the body's object and array
+        raise invalid_request(f"nested {depth + 2} levels deep in the body; at most {_native.MAX_JSON_DEPTH} are "
+                              "accepted")
     if span is None:
         return None, 0
     params = item.raw[span[0]:span[1]]
@@ -197,13 +208,17 @@ def check_batch(body: bytes, *, resolve: Callable[[str], tuple[str, Model | None
     (403 for a model the key may not use); it is called once per distinct name. An item is at most
     ``max_item_bytes`` (a Messages request's own limit). CPU-heavy for a big batch: call it in a
     thread."""
-    start, end = _requests_span(body)
+    prefix = _PREFIX.match(body)
+    usual = prefix is not None and body[prefix.end():prefix.end() + 1] == b"["
+    # the usual body is read as it goes; any other is first checked whole (and refused, mostly)
+    start, end = (prefix.end(), -1) if usual else _requests_span(body)  # type: ignore[union-attr]
+    items = _Items(body, start, max_requests=max_requests, max_item_bytes=max_item_bytes)
     out = CheckedBatch()
     seen: set[str] = set()
     resolved: dict[str, tuple[str, Model | None] | GatewayError] = {}
     est_tokens = 0
     est_micro = 0.0
-    for entry in _items(body, start, end, max_requests=max_requests, max_item_bytes=max_item_bytes):
+    for entry in items:
         i, item = entry.index, entry.data
         try:
             if not isinstance(item, dict):
@@ -257,6 +272,13 @@ def check_batch(body: bytes, *, resolve: Callable[[str], tuple[str, Model | None
             est_micro += (inp * rates.input + allowance * rates.output) * card.batch / PICO
         else:
             est_tokens += max_tokens
+    if usual:
+        after = _SUFFIX.match(body, items.close + 1)
+        if after is None or after.end() != len(body):
+            _requests_span(body)  # the precise 400 (another key, a repeated one)
+            raise invalid_request("request body is not valid JSON")
+    elif items.close != end - 1:
+        raise invalid_request("request body is not valid JSON")
     if not out.count:
         raise invalid_request("requests: a batch needs at least one request", param="requests")
     out.estimated_tokens = est_tokens
