@@ -54,6 +54,25 @@ def check_body_shape(body: bytes) -> None:
         raise invalid_request(f"request body is nested {depth} levels deep; at most {_native.MAX_JSON_DEPTH} are accepted")
 
 
+def refuse_nul(value: Any, where: str = "request body") -> None:
+    """400 when any string of a parsed JSON value (a key or a value, at any depth) holds a NUL:
+    PostgreSQL refuses NUL in text and in jsonb, so an admin write carrying one would fail in the
+    store. For small bodies (the admin API's): one walk over the value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise invalid_request(f"{where}: a string holds a NUL character (\\u0000)")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if "\x00" in key:
+                    raise invalid_request(f"{where}: a key holds a NUL character (\\u0000)")
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:
     """``body`` with the top-level ``key``'s value replaced by the JSON ``value``, every other
     byte kept; None when the body has no such key. For a body ``check_body_shape`` passed

@@ -20,6 +20,7 @@ from ethereal.api.common import anthropic_route, header_map, json_response, read
 from ethereal.auth import require_admin
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
+from ethereal.guards import refuse_nul
 from ethereal.keys import KeyRecord, mint
 from ethereal.limits.plans import Plans
 from ethereal.pipeline import parse_json_body
@@ -39,7 +40,9 @@ def register(app: Application, gw: Gateway) -> None:
 
     async def body_of(request: Request) -> Any:
         raw = await read_body(request, _ADMIN_BODY_MAX)
-        return parse_json_body(raw) if raw.strip() else {}
+        data = parse_json_body(raw) if raw.strip() else {}
+        refuse_nul(data)  # the store could not keep it (PostgreSQL)
+        return data
 
     def store() -> Any:
         return gw.store

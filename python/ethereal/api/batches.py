@@ -65,7 +65,7 @@ def page_params(request: Request) -> tuple[int, str | None, str | None]:
     if after is not None and before is not None:
         raise invalid_request("before_id and after_id cannot both be set")
     for name, value in (("after_id", after), ("before_id", before)):
-        if value is not None and (not value.startswith("msgbatch_") or len(value) > 64):
+        if value is not None and (not value.startswith("msgbatch_") or len(value) > 64 or not value.isprintable()):
             raise invalid_request(f"{name}: not a message batch id", param=name)
     return limit, after, before
 

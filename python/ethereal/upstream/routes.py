@@ -25,6 +25,7 @@ from ethereal.api.common import anthropic_route, header_map, json_response, read
 from ethereal.auth import require_admin
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
+from ethereal.guards import refuse_nul
 
 BASE = "/admin/api/upstreams"
 MAX_BODY = 64 * 1024
@@ -37,9 +38,11 @@ async def _json(request: Request, *, optional: bool = False) -> Any:
             return {}
         raise invalid_request("request body is empty: expected a JSON object")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"request body is not valid JSON: {exc}") from None
+    refuse_nul(data)  # the store could not keep it (PostgreSQL)
+    return data
 
 
 def _ok(request_id: str, payload: Any, status: int = 200) -> Response:
