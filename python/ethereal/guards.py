@@ -7,8 +7,9 @@ request path calls these as one-liners (the pipeline owns the order, not the che
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Hashable
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from ethereal import _native
@@ -171,3 +172,49 @@ class BoundedLRU(Generic[K, V]):
     def clear(self) -> None:
         self._items.clear()
         self.bytes = 0
+
+
+class FailureThrottle:
+    """At most ``limit`` failed attempts per ``window`` seconds per client address, in this process.
+
+    ``wait`` before checking a secret: while an address has used up its failures it is refused
+    (right secret or not) until the oldest of them leaves the window; ``fail`` after a wrong one.
+    Client addresses are hostile input: at most ``max_clients`` are remembered (the least recently
+    failing forgotten first), each with at most ``limit`` timestamps.
+    """
+
+    def __init__(self, limit: int, window: float = 60.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self.clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def wait(self, client: str) -> float:
+        """0 when ``client`` may try; else the seconds until it may."""
+        failures = self._failures.get(client)
+        if failures is None:
+            return 0.0
+        now = self.clock()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return 0.0
+        if len(failures) < self.limit:
+            return 0.0
+        return max(0.001, failures[0] + self.window - now)
+
+    def fail(self, client: str) -> None:
+        failures = self._failures.get(client)
+        if failures is None:
+            failures = self._failures[client] = deque(maxlen=self.limit)
+            while len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(client)
+        failures.append(self.clock())

@@ -108,6 +108,9 @@ class Settings:
     metrics_port: int | None = None
     console_session_hours: float = 12.0
     estimator_rpm: int = 20
+    # wrong admin keys (admin API, console sign-in) per client address per minute in each worker;
+    # past it, 429 with a retry-after until the minute is over
+    admin_auth_failures: int = 10
     # peers whose X-Forwarded-For names the client (comma-separated addresses, or "*"): where the
     # gateway needs a client's address (the estimator's per-address limit), a request from one of
     # these is counted against the address it forwarded for
@@ -145,7 +148,7 @@ _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
                "batch_max_requests": 1, "batch_max_body_bytes": 1024, "batch_create_bytes": 1024,
                "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
-               "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1}
+               "metrics_port": 1, "estimator_rpm": 1, "admin_auth_failures": 1, "upstream_connections": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
                  "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
                  "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,

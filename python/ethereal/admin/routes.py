@@ -65,7 +65,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def create_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         attrs = parse_key_fields(await body_of(request), registry=gw.registry, plans=plans())
         plaintext, record = minted(attrs)
         await store().insert_keys([record])
@@ -74,7 +74,7 @@ def register(app: Application, gw: Gateway) -> None:
     @anthropic_route
     async def create_batch(request: Request, request_id: str) -> Response:
         """``{"count": N, ...shared attributes}`` or ``{"keys": [{...}, ...]}``: 1 to 500 keys, all or none."""
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         body = await body_of(request)
         if not isinstance(body, dict):
             raise invalid_request("body: must be a JSON object")
@@ -101,7 +101,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_keys(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         query = request.query
         unknown = sorted(set(query) - {"limit", "after_id", "owner", "plan", "state"})
         if unknown:
@@ -136,14 +136,14 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def get_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         record = await find(request)
         spend = await spend_of([record.id])
         return ok(request_id, key_json(record, spend.get(record.id)))
 
     @anthropic_route
     async def update_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         body = await body_of(request)
         changes = parse_key_fields(body, registry=gw.registry, plans=plans(), allow=(*KEY_FIELDS, "revoked"))
         if not changes:
@@ -158,7 +158,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def revoke_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         record = await find(request)
         updated = await store().update_key(record.id, {"revoked": True})
         if updated is None:
@@ -168,7 +168,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def delete_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         record = await find(request)
         await store().delete_key(record.id)
         await changed(record)
@@ -176,7 +176,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_plans(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return ok(request_id, {"data": plans().describe()})
 
     router = app.router

@@ -58,28 +58,28 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_upstreams(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         items = await svc.list()
         return _ok(request_id, {"data": items})
 
     @anthropic_route
     async def add_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.add(await _json(request)), 201)
 
     @anthropic_route
     async def get_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.get(name_of(request)))
 
     @anthropic_route
     async def update_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.update(name_of(request), await _json(request)))
 
     @anthropic_route
     async def disable_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         data = await _json(request, optional=True)
         reason = data.get("reason") if isinstance(data, dict) else None
         if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
@@ -88,12 +88,12 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def enable_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.set_enabled(name_of(request), True))
 
     @anthropic_route
     async def delete_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         name = name_of(request)
         await svc.delete(name)
         return _ok(request_id, {"name": name, "deleted": True})
