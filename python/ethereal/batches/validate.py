@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ _PREFIX = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"requests"[ \t\r\n]*:[ \t\r\n]*')
 _SUFFIX = re.compile(rb"[ \t\r\n]*\}[ \t\r\n]*")
 _FIRST_WINDOW = 4096
 _AFTER_DOCUMENT = "unexpected content after document"
+_YIELD_EVERY = 32  # items
 
 
 @dataclass(slots=True)
@@ -154,6 +156,10 @@ class _Items:
                 yield _Item(index, pos, raw, orjson.loads(raw))
                 window = max(_FIRST_WINDOW, 2 * len(raw))
                 index += 1
+                if not index % _YIELD_EVERY:
+                    # give the interpreter's lock away: in a thread, the event loop waiting for it
+                    # gets it now, not at the end of the switch interval (/healthz stays prompt)
+                    time.sleep(0)
                 pos = _WS.match(body, item_end).end()  # type: ignore[union-attr]
                 following = body[pos:pos + 1]
                 if following == b"]":
