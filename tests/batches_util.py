@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Self
 
 import anthropic
+import orjson
 from ethereal.batches.ids import item_request_id
 from ethereal.keys import KeyRecord, mint
 from ethereal.metering.pricing import price
@@ -151,3 +155,115 @@ def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 30.0
             return batch
         assert time.monotonic() < deadline, f"batch {batch_id} did not end in {timeout}s"
         time.sleep(0.1)
+
+
+class BatchSink:
+    """A stand-in upstream for big creates: every ``POST /v1/messages/batches`` body is read and
+    dropped (only its size is kept), the answer a ``message_batch`` in progress, as is any ``GET``
+    of one. Runs its own event loop in a thread; ``url`` once started."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]
+                                                                         if line)}
+                left = int(headers.get("content-length", "0"))
+                size = left
+                while left:
+                    chunk = await reader.read(min(left, 1 << 20))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                if method == "POST":
+                    self.sizes.append(size)
+                    batch = f"msgbatch_sink{len(self.sizes):06d}"
+                else:
+                    batch = path.rstrip("/").rsplit("/", 1)[-1]
+                body = orjson.dumps({"id": batch, "type": "message_batch", "processing_status": "in_progress",
+                                     "request_counts": {"processing": 1, "succeeded": 0, "errored": 0,
+                                                        "canceled": 0, "expired": 0},
+                                     "created_at": now, "expires_at": now, "ended_at": None, "archived_at": None,
+                                     "cancel_initiated_at": None, "results_url": None})
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"request-id: req_sink\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+
+        async def start() -> str:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+        self.url = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def big_batch_body(target_bytes: int, item_bytes: int = 4096) -> bytes:
+    """A ``{"requests": [...]}`` body of about ``target_bytes``: items of about ``item_bytes`` of
+    English text each, one model, canonical ids (nothing to splice)."""
+    filler = "The quick brown fox jumps over the lazy dog. "
+    text = filler * max(1, (item_bytes - 160) // len(filler))
+    template = orjson.dumps({"custom_id": "item-000000", "params": {
+        "model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": [{"role": "user", "content": text}]}})
+    count = max(1, target_bytes // (len(template) + 1))
+    parts = [template.replace(b"item-000000", b"item-%06d" % i) for i in range(count)]
+    return b'{"requests":[' + b",".join(parts) + b"]}"
+
+
+_PROBE = """
+import sys, time, httpx
+url, every = sys.argv[1], float(sys.argv[2])
+with httpx.Client(timeout=10) as client:
+    while True:
+        t0 = time.perf_counter()
+        try:
+            ok = client.get(url + "/healthz").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        print(time.perf_counter() - t0 if ok else "inf", flush=True)
+        time.sleep(every)
+"""
+
+
+@contextlib.contextmanager
+def healthz_watch(url: str, every: float = 0.05) -> Iterator[list[float]]:
+    """``/healthz`` latencies (seconds), probed every ``every`` s while the block runs, from a process
+    of its own (what the caller's threads do cannot delay the probes); a failed probe is ``inf``.
+    The list is filled when the block ends."""
+    import subprocess
+    import sys
+
+    latencies: list[float] = []
+    prober = subprocess.Popen([sys.executable, "-c", _PROBE, url, str(every)], stdout=subprocess.PIPE, text=True)
+    try:
+        yield latencies
+    finally:
+        prober.terminate()
+        out, _ = prober.communicate(timeout=15)
+        latencies.extend(float(line) for line in out.split())

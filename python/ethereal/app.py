@@ -129,6 +129,10 @@ class Ethereal:
             scope = rewrite_scope(scope, self._base_path)
             pending: list[Cleanup] = []
             scope[CLEANUP_SCOPE_KEY] = pending
+            if not scope["path"].isprintable() or b"%00" in scope.get("query_string", b""):
+                # answered (counted and logged) like any request
+                await LIFECYCLE._serve(_unprintable, scope, receive, send, self.observe, pending)
+                return
             await LIFECYCLE._serve(app, scope, receive, send, self.observe, pending)
         elif kind == "websocket":
             await self._websocket(rewrite_scope(scope, self._base_path), receive, send)
@@ -197,6 +201,20 @@ def tune_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+async def _unprintable(scope: Scope, receive: Receive, send: Send) -> None:
+    """A path with a control character names nothing the gateway has (every id, name and route is
+    printable): 404 before routing. A NUL in the query is a 400: no value the gateway reads from a
+    query may hold one (PostgreSQL refuses NUL in text, and a log line would carry it)."""
+    if scope["path"].isprintable():
+        status, kind, message = 400, "invalid_request_error", "the query string contains a NUL byte (%00)"
+    else:
+        status, kind, message = 404, "not_found_error", "no resource has a control character in its path"
+    request_id = ids.request_id(None)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": anthropic_error_body(kind, message, request_id)})
 
 
 async def _not_ready(send: Send) -> None:

@@ -13,10 +13,11 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ethereal.admin import session
 from ethereal.errors import GatewayError
-from ethereal.guards import BoundedLRU
+from ethereal.guards import BoundedLRU, FailureThrottle, client_address
 from ethereal.keys import KeyRecord
 from ethereal.settings import Settings
 from ethereal.storage.base import Store, bounded
@@ -169,11 +170,41 @@ def is_admin(settings: Settings, headers: dict[bytes, bytes]) -> bool:
     return hmac.compare_digest(presented.encode(), settings.admin_key.encode())
 
 
-def require_admin(settings: Settings, headers: dict[bytes, bytes]) -> None:
+_ADMIN_ATTEMPTS: dict[int, FailureThrottle] = {}
+
+
+def admin_attempts(settings: Settings) -> FailureThrottle:
+    """This process's count of wrong admin keys per client address (the admin API and the console's
+    sign-in share it): ``ETHEREAL_ADMIN_AUTH_FAILURES`` a minute, then 429 until the minute is over."""
+    limit = settings.admin_auth_failures
+    found = _ADMIN_ATTEMPTS.get(limit)
+    if found is None:
+        found = _ADMIN_ATTEMPTS[limit] = FailureThrottle(limit, 60.0)
+    return found
+
+
+def admin_throttled(wait: float) -> GatewayError:
+    return GatewayError(429, "too many wrong admin keys from this address: retry later", type="rate_limit_error",
+                        retry_after=max(1.0, float(round(wait + 0.5))))
+
+
+def require_admin(settings: Settings, headers: dict[bytes, bytes], scope: Any = None) -> None:
     """The admin key, or the console's session cookie with its CSRF token and this site's origin
-    (admin/session.py): the console's pages call the admin API from the browser without the key."""
+    (admin/session.py): the console's pages call the admin API from the browser without the key.
+
+    With the request's ``scope``, wrong keys are counted per client address (``admin_attempts``;
+    the address as ``ETHEREAL_TRUSTED_PROXIES`` says, see ``guards.client_address``): past the
+    limit every admin call from that address is a 429 with a retry-after, the right key included,
+    so guessing costs a minute per few tries. A request without any key guesses nothing and is
+    not counted."""
     if not settings.admin_key:
         raise GatewayError(403, "the admin API is disabled: set ETHEREAL_ADMIN_KEY to enable it")
+    attempts = client = None
+    if scope is not None:
+        attempts, client = admin_attempts(settings), client_address(scope, settings.trusted_proxies)
+        wait = attempts.wait(client)
+        if wait:
+            raise admin_throttled(wait)
     if is_admin(settings, headers):
         return
     verdict = session.check(settings, "POST", headers)  # every admin API call with a cookie needs the token
@@ -181,4 +212,6 @@ def require_admin(settings: Settings, headers: dict[bytes, bytes]) -> None:
         raise GatewayError(403, "cross-site or tokenless console request refused: it needs the page's CSRF"
                                 " token and this site's origin")
     if verdict != "ok":
+        if attempts is not None and client is not None and extract_key(headers):
+            attempts.fail(client)
         raise GatewayError(401, "admin routes need the admin key")

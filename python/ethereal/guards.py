@@ -8,8 +8,9 @@ request path calls these as one-liners (the pipeline owns the order, not the che
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from collections.abc import Hashable
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from ethereal import _native
@@ -112,6 +113,25 @@ def well_formed_id(value: str, prefix: str, max_len: int) -> bool:
     return len(value) <= max_len and value.startswith(prefix) and _ID.fullmatch(value, len(prefix)) is not None
 
 
+def refuse_nul(value: Any, where: str = "request body") -> None:
+    """400 when any string of a parsed JSON value (a key or a value, at any depth) holds a NUL:
+    PostgreSQL refuses NUL in text and in jsonb, so an admin write carrying one would fail in the
+    store. For small bodies (the admin API's): one walk over the value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise invalid_request(f"{where}: a string holds a NUL character (\\u0000)")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if "\x00" in key:
+                    raise invalid_request(f"{where}: a key holds a NUL character (\\u0000)")
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:
     """``body`` with the top-level ``key``'s value replaced by the JSON ``value``, every other
     byte kept; None when the body has no such key. For a body ``check_body_shape`` passed
@@ -210,3 +230,49 @@ class BoundedLRU(Generic[K, V]):
     def clear(self) -> None:
         self._items.clear()
         self.bytes = 0
+
+
+class FailureThrottle:
+    """At most ``limit`` failed attempts per ``window`` seconds per client address, in this process.
+
+    ``wait`` before checking a secret: while an address has used up its failures it is refused
+    (right secret or not) until the oldest of them leaves the window; ``fail`` after a wrong one.
+    Client addresses are hostile input: at most ``max_clients`` are remembered (the least recently
+    failing forgotten first), each with at most ``limit`` timestamps.
+    """
+
+    def __init__(self, limit: int, window: float = 60.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self.clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def wait(self, client: str) -> float:
+        """0 when ``client`` may try; else the seconds until it may."""
+        failures = self._failures.get(client)
+        if failures is None:
+            return 0.0
+        now = self.clock()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return 0.0
+        if len(failures) < self.limit:
+            return 0.0
+        return max(0.001, failures[0] + self.window - now)
+
+    def fail(self, client: str) -> None:
+        failures = self._failures.get(client)
+        if failures is None:
+            failures = self._failures[client] = deque(maxlen=self.limit)
+            while len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(client)
+        failures.append(self.clock())

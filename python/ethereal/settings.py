@@ -92,6 +92,9 @@ class Settings:
     batch_poll_interval: float = 30.0
     batch_max_requests: int = 100_000
     batch_max_body_bytes: int = 256 * 1024 * 1024
+    # bytes of batch creates one worker reads and checks at once (beyond it: 429 with a
+    # retry-after; a create alone is always taken): a create holds about twice its body at most
+    batch_create_bytes: int = 512 * 1024 * 1024
     public_url: str | None = None
     # how long the last known key record is served while the key store is down (seconds)
     key_cache_stale_max: float = 300.0
@@ -128,6 +131,9 @@ class Settings:
     metrics_port: int | None = None
     console_session_hours: float = 12.0
     estimator_rpm: int = 20
+    # wrong admin keys (admin API, console sign-in) per client address per minute in each worker;
+    # past it, 429 with a retry-after until the minute is over
+    admin_auth_failures: int = 10
     # peers whose X-Forwarded-For names the client (comma-separated addresses, or "*"): where the
     # gateway needs a client's address (the estimator's per-address limit), a request from one of
     # these is counted against the address it forwarded for
@@ -163,9 +169,9 @@ class Settings:
 _INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1,
                "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
                "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
-               "batch_max_requests": 1, "batch_max_body_bytes": 1024,
+               "batch_max_requests": 1, "batch_max_body_bytes": 1024, "batch_create_bytes": 1024,
                "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
-               "metrics_port": 1, "estimator_rpm": 1, "upstream_connections": 1,
+               "metrics_port": 1, "estimator_rpm": 1, "admin_auth_failures": 1, "upstream_connections": 1,
                "ws_max_sockets_per_key": 1, "ws_max_message_bytes": 1024,
                "reserve_web_searches": 0, "reserve_document_pages": 0, "reserve_pdf_page_tokens": 1}
 _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,

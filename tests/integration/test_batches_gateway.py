@@ -131,8 +131,14 @@ def test_budget_is_held_at_create_and_settled_to_the_real_cost(sim: str, db_url:
         assert httpx.patch(f"{url}/admin/api/keys/{record.id}", headers=admin,
                            json={"budget_micro_usd": budget}).status_code == 200
         time.sleep(1.0)  # the key cache (0.5 s) picks the new budget up
-        with pytest.raises(anthropic.APIStatusError) as refused:
+        # the second batch fits the budget, only not beside the first one's hold: 429, retry later
+        with pytest.raises(anthropic.RateLimitError) as held_back:
             client.messages.batches.create(requests=mixed_requests(20, tag="b"))  # type: ignore[arg-type]
+        assert "other unsettled batches" in held_back.value.message
+        assert float(held_back.value.response.headers["retry-after"]) >= 1
+        # one whose estimate alone is over the budget can never fit: 402
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            client.messages.batches.create(requests=mixed_requests(40, tag="c"))  # type: ignore[arg-type]
         assert refused.value.status_code == 402 and "estimated cost" in refused.value.message
         wait_ended(client, batch.id)
         results = results_of(client, batch.id)

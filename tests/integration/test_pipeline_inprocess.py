@@ -238,3 +238,28 @@ async def test_a_request_leaves_no_reference_cycle(app: Ethereal, path: str, pay
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions"])
+async def test_an_aborted_upload_is_recorded_as_a_client_disconnect(app: Ethereal, path: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The client sends part of its body and closes: one record, 499 ``client_disconnected``, no
+    error logged (it is not the gateway's failure), nothing held."""
+    key, key_id = await _minted(app, budget_tokens=1_000_000, max_concurrency=4)
+    body = _body(stream=False)
+    chunks = [{"type": "http.request", "body": body[:20], "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    meter = app.gateway.meter
+    before = meter.recorded
+    await app(_scope(path, key, body), receive, send)
+    assert meter.recorded == before + 1
+    rec = meter.recent_records()[-1]
+    assert (rec.status, rec.error_type) == (499, "client_disconnected")
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert _held(app, key_id) == 0

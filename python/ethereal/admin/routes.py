@@ -23,6 +23,7 @@ from ethereal.api.common import anthropic_route, header_map, json_response, read
 from ethereal.auth import require_admin
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
+from ethereal.guards import refuse_nul
 from ethereal.keys import KeyRecord, mint
 from ethereal.limits.plans import Plans
 from ethereal.metering.reprice import RepriceError, correction_json, parse_bound, reprice
@@ -44,7 +45,9 @@ def register(app: Application, gw: Gateway) -> None:
 
     async def body_of(request: Request) -> Any:
         raw = await read_body(request, _ADMIN_BODY_MAX)
-        return parse_json_body(raw) if raw.strip() else {}
+        data = parse_json_body(raw) if raw.strip() else {}
+        refuse_nul(data)  # the store could not keep it (PostgreSQL)
+        return data
 
     def store() -> Any:
         return gw.store
@@ -67,7 +70,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def create_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         attrs = parse_key_fields(await body_of(request), registry=gw.registry, plans=plans())
         plaintext, record = minted(attrs)
         await store().insert_keys([record])
@@ -76,7 +79,7 @@ def register(app: Application, gw: Gateway) -> None:
     @anthropic_route
     async def create_batch(request: Request, request_id: str) -> Response:
         """``{"count": N, ...shared attributes}`` or ``{"keys": [{...}, ...]}``: 1 to 500 keys, all or none."""
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         body = await body_of(request)
         if not isinstance(body, dict):
             raise invalid_request("body: must be a JSON object")
@@ -103,7 +106,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_keys(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         query = request.query
         unknown = sorted(set(query) - {"limit", "after_id", "owner", "plan", "state"})
         if unknown:
@@ -138,14 +141,14 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def get_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         record = await find(request)
         spend = await spend_of([record.id])
         return ok(request_id, key_json(record, spend.get(record.id)))
 
     @anthropic_route
     async def update_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         body = await body_of(request)
         changes = parse_key_fields(body, registry=gw.registry, plans=plans(), allow=(*KEY_FIELDS, "revoked"))
         if not changes:
@@ -160,7 +163,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def revoke_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         record = await find(request)
         updated = await store().update_key(record.id, {"revoked": True})
         if updated is None:
@@ -170,7 +173,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def delete_key(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         record = await find(request)
         await store().delete_key(record.id)
         await changed(record)
@@ -178,7 +181,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_plans(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return ok(request_id, {"data": plans().describe()})
 
     @anthropic_route

@@ -39,6 +39,20 @@ def base_url(gw: Gateway, request: Request) -> str:
     return f"{scheme.decode('latin-1').split(',')[0].strip()}://{host.decode('latin-1').split(',')[0].strip()}{root}"
 
 
+def declared_length(request: Request, limit: int) -> int | None:
+    """The body's declared length (None when it declares none); 413 past ``limit``, 400 when unreadable."""
+    declared = request.get_first_header(b"content-length")
+    if declared is None:
+        return None
+    try:
+        size = int(declared)
+    except ValueError:
+        raise GatewayError(400, "invalid content-length header") from None
+    if size > limit:
+        raise GatewayError(413, f"request body exceeds the maximum size of {limit} bytes")
+    return max(0, size)
+
+
 def page_params(request: Request) -> tuple[int, str | None, str | None]:
     params = request.query
     try:
@@ -88,8 +102,13 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> BatchService:
         if key is None:
             raise GatewayError(403, "batches are billed to a key: create them with an API key minted by the "
                                "gateway, not the admin key")
-        body = await read_body(request, gw.settings.batch_max_body_bytes)
-        rec = await service.create(key, body, raw_headers(request))
+        limit = gw.settings.batch_max_body_bytes
+        declared = declared_length(request, limit)
+        async with service.creating(key, declared) as slot:
+            # the body goes straight to the service, which keeps its only reference (and lets it
+            # go once a spliced copy replaces it)
+            rec = await service.create(key, await read_body(request, limit, None if declared is not None
+                                                                   else slot.grow), raw_headers(request))
         return ok(BatchService.view(rec, base_url(gw, request)), request_id)
 
     @anthropic_route

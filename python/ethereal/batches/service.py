@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
@@ -37,8 +37,9 @@ from ethereal.batches.validate import CheckedBatch, check_batch, splice_models
 from ethereal.errors import STATUS_TYPES, GatewayError, upstream_error
 from ethereal.guards import well_formed_id
 from ethereal.keys import KeyRecord
+from ethereal.limits import Admission
 from ethereal.metering.pricing import model_for, price
-from ethereal.pipeline import Call, forward_headers, parse_json_body
+from ethereal.pipeline import Call, forward_headers
 from ethereal.storage.records import BatchRecord, UsageRecord, error_message_of
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.pool import Credential, FailureKind
@@ -58,6 +59,7 @@ REFRESH_ON_GET = 1.0  # a client polling GET refreshes from the upstream at most
 INSERT_CHUNK = 1000
 SETTLE_WAIT = 60.0  # a delete waits this long for a settlement in progress elsewhere
 OFFLOAD_BYTES = 1 << 20  # bodies larger than this are parsed and checked in a thread
+CREATE_RETRY_AFTER = 2.0  # seconds: a create refused for room held by others in flight retries after this
 MAX_LINE = 64 * 1024 * 1024  # one result line (a Message) is far smaller; bounds a broken upstream
 
 _TYPE_STATUS = {v: k for k, v in reversed(list(STATUS_TYPES.items()))}
@@ -92,6 +94,7 @@ class BatchService:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._settling: set[str] = set()
+        self._create_bytes = 0  # bytes of the creates in flight in this worker (``creating``)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -159,7 +162,31 @@ class BatchService:
         return upstream_error(status, payload, resp.headers if resp is not None else None)
 
     # ------------------------------------------------------------------ create
+    def creating(self, key: KeyRecord, declared: int | None) -> Creating:
+        """``async with service.creating(key, content_length) as slot``: what a create holds while its
+        body is read, checked and sent (docs/batches.md, "Creating a big batch"):
+
+        * its bytes against this worker's ``ETHEREAL_BATCH_CREATE_BYTES`` (the declared length up
+          front; a body without one grows its share through ``slot.grow`` as it arrives): beyond
+          it, 429 ``rate_limit_error`` with a retry-after, unless nothing else is in flight;
+        * one of the key's concurrent requests (its concurrency cap) and one of its requests per
+          minute, for as long as the create lasts."""
+        return Creating(self, key, declared)
+
+    def _take_bytes(self, slot: Creating, size: int) -> None:
+        others = self._create_bytes - slot.bytes
+        if others > 0 and self._create_bytes + size > self.gw.settings.batch_create_bytes:
+            mib = 1024 * 1024
+            raise GatewayError(429, f"this gateway worker is busy creating other batches ({others // mib} MiB in "
+                               f"flight, at most {self.gw.settings.batch_create_bytes // mib} MiB): retry shortly",
+                               type="rate_limit_error", retry_after=CREATE_RETRY_AFTER)
+        self._create_bytes += size
+        slot.bytes += size
+
     async def create(self, key: KeyRecord, body: bytes, raw: list[tuple[bytes, bytes]]) -> BatchRecord:
+        """Check, hold the estimate against the budget, send upstream. ``body`` is the only copy of
+        the client's bytes (the caller keeps none): what goes upstream is that very object, or,
+        when an item's model is an alias, its spliced copy, and the original is let go."""
         gw = self.gw
 
         def resolve(name: str) -> tuple[str, Any]:
@@ -168,19 +195,18 @@ class BatchService:
             self.pipeline.resolve_model(call, name)
             return call.model_name or name, call.model
 
-        def check() -> tuple[bytes, CheckedBatch]:
-            data = parse_json_body(body)
-            checked = check_batch(data, resolve=resolve, max_requests=gw.settings.batch_max_requests,
-                                  registry=gw.registry, config=self.pipeline.reserve_config)
-            return splice_models(body, data, checked.aliases), checked
+        def check() -> CheckedBatch:
+            return check_batch(body, resolve=resolve, max_requests=gw.settings.batch_max_requests,
+                               max_item_bytes=gw.settings.max_body_bytes, registry=gw.registry,
+                               config=self.pipeline.reserve_config)
 
         if len(body) > OFFLOAD_BYTES:
-            # parsing and checking 10,000 items is ~0.3 s of CPU: off the event loop, so the
-            # worker's other requests (streams in flight) keep moving meanwhile
-            body, checked = await asyncio.to_thread(check)
+            # reading 10,000 items is ~0.3 s of CPU (a 250 MB batch, seconds): off the event loop,
+            # so the worker's other requests (streams in flight, /healthz) keep moving meanwhile
+            checked = await asyncio.to_thread(check)
         else:
-            body, checked = check()
-        await self._admit(key, checked)
+            checked = check()
+        body = splice_models(body, checked)
         held = gw.limiter.budgeted(key)
         if held:
             try:
@@ -188,9 +214,7 @@ class BatchService:
                                         check=True)
             except GatewayError as exc:
                 if exc.status == 402:
-                    raise GatewayError(402, f"this batch's estimated cost ({checked.estimated_micro / 1e6:.6f} USD"
-                                       f" at the batch price, {checked.estimated_tokens} tokens) does not fit "
-                                       "what is left of this API key's budget", type="billing_error") from None
+                    raise await self._does_not_fit(key, checked) from None
                 raise
         candidates = [c for c in gw.pool.candidates(None) if all(c.serves(m) for m in checked.models)]
         if not candidates:
@@ -256,14 +280,30 @@ class BatchService:
         await self._refund(key, checked, held)
         raise last or GatewayError(503, "no upstream credential accepted the batch", type="overloaded_error")
 
-    async def _admit(self, key: KeyRecord, checked: CheckedBatch) -> None:
-        """RPM counts the batch as one request; no tokens enter the TPM windows."""
-        limiter = self.gw.limiter
-        if not limiter.governs(key):
-            return
-        admission = await limiter.admit(key, model=next(iter(checked.models), None), input_tokens=0, max_tokens=0,
-                                        price_in=0.0, price_out=0.0)
-        await limiter.settle(admission, tokens=0, cost_micro=0)
+    async def _does_not_fit(self, key: KeyRecord, checked: CheckedBatch) -> GatewayError:
+        """Why a batch's hold was refused: 402 when what the key has really spent (its usage rows)
+        plus this batch's estimate is over the budget, else 429 with a retry-after: the budget is
+        held by its other batches (until they settle) or by requests in flight, not spent."""
+        what = (f"this batch's estimated cost ({checked.estimated_micro / 1e6:.6f} USD at the batch price, "
+                f"{checked.estimated_tokens} tokens)")
+        spend = (await self.store.spend_by_key([key.id])).get(key.id) or {}
+        spent_tokens, spent_micro = int(spend.get("tokens") or 0), int(spend.get("cost_micro") or 0)
+        over_tokens = key.budget_tokens is not None and spent_tokens + checked.estimated_tokens > key.budget_tokens
+        over_micro = key.budget_micro_usd is not None \
+            and spent_micro + checked.estimated_micro > key.budget_micro_usd
+        if over_tokens or over_micro:
+            return GatewayError(402, f"{what} does not fit what is left of this API key's budget",
+                                type="billing_error")
+        held_tokens, held_micro = await self.store.batch_holds(key.id)
+        if held_tokens or held_micro:
+            # a hold changes when its batch settles: the poller looks at every interval
+            wait = min(300.0, max(1.0, self.gw.settings.batch_poll_interval))
+            return GatewayError(429, f"{what} fits this API key's budget, but not beside what its other unsettled "
+                                "batches hold until they settle (and its requests in flight): retry later",
+                                type="rate_limit_error", retry_after=wait)
+        return GatewayError(429, f"{what} fits this API key's budget, but not beside what its requests in "
+                            "flight hold: retry when they end", type="rate_limit_error",
+                            retry_after=CREATE_RETRY_AFTER)
 
     async def _refund(self, key: KeyRecord, checked: CheckedBatch, held: bool) -> None:
         if held:
@@ -594,6 +634,47 @@ class BatchService:
         await self._move_spend(rec, 0, 0)
         await self.store.delete_batch(rec.id)
         log.error("batch %s was left mid-create by a replica that stopped; its hold is released", rec.id)
+
+
+class Creating:
+    """What one create holds (``BatchService.creating``); released on exit, whatever happened."""
+
+    __slots__ = ("admission", "bytes", "declared", "key", "service")
+
+    def __init__(self, service: BatchService, key: KeyRecord, declared: int | None) -> None:
+        self.service, self.key, self.declared = service, key, declared
+        self.bytes = 0
+        self.admission: Admission | None = None
+
+    def grow(self, size: int) -> None:
+        """A chunk of a body that declared no length arrived: its bytes join the create's share."""
+        self.service._take_bytes(self, size)
+
+    async def __aenter__(self) -> Self:
+        service = self.service
+        if self.declared:
+            service._take_bytes(self, self.declared)
+        limiter = service.gw.limiter
+        if limiter.governs(self.key):
+            try:
+                # no tokens: RPM counts the batch as one request, and the create holds one of the
+                # key's concurrent requests until it is answered; no token enters the TPM windows
+                self.admission = await limiter.admit(self.key, model=None, input_tokens=0, max_tokens=0,
+                                                     price_in=0.0, price_out=0.0)
+            except BaseException:
+                self._release_bytes()
+                raise
+        return self
+
+    def _release_bytes(self) -> None:
+        self.service._create_bytes -= self.bytes
+        self.bytes = 0
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release_bytes()
+        admission, self.admission = self.admission, None
+        if admission is not None:
+            await asyncio.shield(self.service.gw.limiter.settle(admission, tokens=0, cost_micro=0))
 
 
 async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -29,6 +29,7 @@ from blacksheep import Application, Content, Request, Response, StreamedContent
 from ethereal.admin import session
 from ethereal.admin.keyspec import key_json
 from ethereal.api.common import read_body
+from ethereal.auth import admin_attempts, admin_throttled
 from ethereal.dashboard.estimator import Estimator, RateLimiter
 from ethereal.errors import GatewayError
 from ethereal.gateway import Gateway
@@ -278,9 +279,20 @@ def register(app: Application, gw: Gateway) -> None:
         if not session.same_origin(headers):
             return html("login.html", 403, title="Sign in", enabled=True, error="Cross-site sign-in refused.",
                         active="")
+        # wrong keys counted per client address with the admin API's (auth.admin_attempts)
+        attempts, client = admin_attempts(settings), client_address(request.scope, settings.trusted_proxies)
+        wait = attempts.wait(client)
+        if wait:
+            throttled = admin_throttled(wait)
+            resp = html("login.html", 429, title="Sign in", enabled=True, active="",
+                        error=f"Too many wrong keys from your address: try again in {throttled.retry_after:.0f} s.")
+            resp.add_header(b"retry-after", b"%d" % int(throttled.retry_after or 1))
+            return resp
         form = await form_of(request)
         presented = form.get("admin_key", "")
         if not presented or not _constant_equal(presented, settings.admin_key):
+            if presented:
+                attempts.fail(client)
             log.warning("console sign-in refused")
             return html("login.html", 401, title="Sign in", enabled=True, error="That is not the admin key.",
                         active="")

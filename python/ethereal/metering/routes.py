@@ -66,7 +66,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def usage(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         params = request.query
         group_by = params.get("group_by", ["key_id"])[0]
         if group_by not in GROUPS:
@@ -90,7 +90,7 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def meter_stats(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         stats = gw.meter.stats()
         return json_response(200, orjson.dumps(stats), [(b"request-id", request_id.encode())])
 

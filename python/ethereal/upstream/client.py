@@ -166,6 +166,19 @@ class UpstreamResponse:
         self._resp.release()
 
 
+# a body larger than this goes out in slices of SEND_SLICE, each written once the socket has room
+# for it: never copied whole into the transport's buffer (a 250 MB batch would be, in one go,
+# holding the event loop for the copy)
+STREAM_BODY_BYTES = 1 << 20
+SEND_SLICE = 256 * 1024
+
+
+async def _slices(body: bytes) -> AsyncIterator[memoryview]:
+    with memoryview(body) as view:
+        for start in range(0, len(body), SEND_SLICE):
+            yield view[start:start + SEND_SLICE]
+
+
 class UpstreamClient:
     def __init__(self, timeouts: Timeouts | None = None, limit: int = 1000) -> None:
         self.timeouts = timeouts or Timeouts()
@@ -192,9 +205,13 @@ class UpstreamClient:
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, pool_key: str = "default"
     ) -> UpstreamResponse:
         session = self._get_session(pool_key)
+        data: bytes | AsyncIterator[memoryview] | None = body
+        if body is not None and len(body) > STREAM_BODY_BYTES:
+            data = _slices(body)
+            headers = {**headers, "content-length": str(len(body))}  # not chunked: its length is known
         try:
             with _Deadline(self.timeouts.first_byte):
-                resp = await session.request(method, url, headers=headers, data=body, allow_redirects=False,
+                resp = await session.request(method, url, headers=headers, data=data, allow_redirects=False,
                                              compress=None)
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamConnectError(f"connect timeout ({self.timeouts.connect:g}s)", "timeout") from exc

@@ -25,6 +25,7 @@ from ethereal.api.common import anthropic_route, header_map, json_response, read
 from ethereal.auth import require_admin
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
+from ethereal.guards import refuse_nul
 
 BASE = "/admin/api/upstreams"
 MAX_BODY = 64 * 1024
@@ -37,9 +38,11 @@ async def _json(request: Request, *, optional: bool = False) -> Any:
             return {}
         raise invalid_request("request body is empty: expected a JSON object")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"request body is not valid JSON: {exc}") from None
+    refuse_nul(data)  # the store could not keep it (PostgreSQL)
+    return data
 
 
 def _ok(request_id: str, payload: Any, status: int = 200) -> Response:
@@ -55,28 +58,28 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def list_upstreams(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         items = await svc.list()
         return _ok(request_id, {"data": items})
 
     @anthropic_route
     async def add_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.add(await _json(request)), 201)
 
     @anthropic_route
     async def get_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.get(name_of(request)))
 
     @anthropic_route
     async def update_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.update(name_of(request), await _json(request)))
 
     @anthropic_route
     async def disable_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         data = await _json(request, optional=True)
         reason = data.get("reason") if isinstance(data, dict) else None
         if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
@@ -85,12 +88,12 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def enable_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         return _ok(request_id, await svc.set_enabled(name_of(request), True))
 
     @anthropic_route
     async def delete_upstream(request: Request, request_id: str) -> Response:
-        require_admin(settings, header_map(request))
+        require_admin(settings, header_map(request), request.scope)
         name = name_of(request)
         await svc.delete(name)
         return _ok(request_id, {"name": name, "deleted": True})
