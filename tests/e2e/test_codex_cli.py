@@ -114,7 +114,7 @@ def builtin_home(tmp_path: Path, gateway: Gateway) -> Path:
     home = tmp_path / "codex-builtin-home"
     home.mkdir()
     (home / "config.toml").write_text(
-        'model = "claude-sonnet-4-5"\n'
+        'model = "claude-sonnet-4-6"\n'
         'model_reasoning_effort = "medium"\n'
         f'openai_base_url = "{gateway.url}/v1"\n'
     )

@@ -54,7 +54,7 @@ def post(gw: dict[str, Any], body: dict[str, Any]) -> httpx.Response:
 
 
 def test_the_gateways_own_refusal(gw: dict[str, Any]) -> None:
-    resp = post(gw, {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]})
+    resp = post(gw, {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}]})
     assert resp.status_code == 400
     told = resp.json()["error"]["message"]
     rec = usage_of(gw, resp.headers["request-id"])
@@ -66,7 +66,7 @@ def test_the_gateways_own_refusal(gw: dict[str, Any]) -> None:
 
 
 def test_the_upstreams_error_as_it_said_it(gw: dict[str, Any]) -> None:
-    resp = post(gw, {"model": "claude-sonnet-4-5", "max_tokens": 16,
+    resp = post(gw, {"model": "claude-sonnet-4-6", "max_tokens": 16,
                      "messages": [{"role": "user", "content": "hi sim:fault=400"}]})
     assert resp.status_code == 400
     told = resp.json()["error"]["message"]
@@ -97,7 +97,7 @@ def test_unrecorded_refusals_are_logged_with_their_message(gw: dict[str, Any]) -
 
 def test_usage_grouped_by_error_type(gw: dict[str, Any]) -> None:
     for _ in range(2):
-        post(gw, {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "no max_tokens"}]})
+        post(gw, {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "no max_tokens"}]})
     time.sleep(0.5)  # the meter's batch interval
     got = httpx.get(f"{gw['url']}/admin/api/usage", params={"group_by": "error_type"}, headers={"x-api-key": ADMIN})
     assert got.status_code == 200, got.text

@@ -48,7 +48,7 @@ def auth(key: str) -> dict[str, str]:
 
 
 def body(prompt: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "claude-sonnet-4-5", "input": [{"type": "message", "role": "user", "content": [
+    return {"model": "claude-sonnet-4-6", "input": [{"type": "message", "role": "user", "content": [
         {"type": "input_text", "text": prompt}]}], "tools": TOOLS, "reasoning": {"effort": "low", "summary": "auto"},
         "include": ["reasoning.encrypted_content"], "store": False, **extra}
 

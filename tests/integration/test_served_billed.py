@@ -59,7 +59,7 @@ def budgeted(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_responses_metadata_nested_300_deep_is_400_before_the_upstream(budgeted: Gateway, stream: bool) -> None:
     """The finding: metadata too deep to echo was generated upstream, then answered 500 and billed 0."""
     before = sim_received(budgeted.sim_url)
-    body = {"model": "claude-opus-4-1", "input": "hi", "stream": stream, "max_output_tokens": 16,
+    body = {"model": "claude-opus-4-7", "input": "hi", "stream": stream, "max_output_tokens": 16,
             "metadata": nested(300)}
     for _ in range(3):
         resp = httpx.post(budgeted.url + "/v1/responses", content=json.dumps(body), timeout=30,
@@ -82,17 +82,17 @@ def test_deep_tool_schema_and_arguments_are_400_naming_the_field(budgeted: Gatew
     before = sim_received(budgeted.sim_url)
     auth = {"authorization": f"Bearer {budgeted.key}", "content-type": "application/json"}
     cases = [
-        ("/v1/responses", {"model": "claude-sonnet-4-5", "input": "hi",
+        ("/v1/responses", {"model": "claude-sonnet-4-6", "input": "hi",
                            "tools": [{"type": "function", "name": "f", "parameters": nested(300)}]},
          "tools[0].parameters"),
-        ("/v1/responses", {"model": "claude-sonnet-4-5", "input": "hi",
+        ("/v1/responses", {"model": "claude-sonnet-4-6", "input": "hi",
                            "text": {"format": {"type": "json_schema", "name": "x", "schema": nested(260)}}},
          "text.format.schema"),
-        ("/v1/chat/completions", {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}],
+        ("/v1/chat/completions", {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}],
                                   "response_format": {"type": "json_schema",
                                                       "json_schema": {"name": "x", "schema": nested(400)}}},
          "response_format.json_schema.schema"),
-        ("/v1/chat/completions", {"model": "claude-sonnet-4-5", "messages": [
+        ("/v1/chat/completions", {"model": "claude-sonnet-4-6", "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
                 "name": "f", "arguments": json.dumps(nested(300))}}]},
@@ -167,8 +167,8 @@ def _raise(*_args: Any, **_kwargs: Any) -> Any:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("path", "adapter", "body"), [
-    ("/v1/responses", Responses, {"model": "claude-opus-4-1", "input": "hello there", "max_output_tokens": 64}),
-    ("/v1/chat/completions", ChatCompletions, {"model": "claude-opus-4-1", "max_tokens": 64,
+    ("/v1/responses", Responses, {"model": "claude-opus-4-7", "input": "hello there", "max_output_tokens": 64}),
+    ("/v1/chat/completions", ChatCompletions, {"model": "claude-opus-4-7", "max_tokens": 64,
                                                "messages": [{"role": "user", "content": "hello there"}]}),
 ])
 async def test_a_reply_the_adapter_cannot_translate_is_billed_what_the_upstream_reported(
@@ -227,7 +227,7 @@ async def test_a_stream_relay_that_breaks_is_billed_the_stream_so_far(
 
     monkeypatch.setattr(Responses, "stream_relay", stream_relay)
     # paced, so the stream comes in several chunks: the first (message_start) before the ttft wait
-    body = {"model": "claude-opus-4-1", "input": "hello there sim:ttft=30 sim:tps=2000", "max_output_tokens": 256,
+    body = {"model": "claude-opus-4-7", "input": "hello there sim:ttft=30 sim:tps=2000", "max_output_tokens": 256,
             "stream": True}
     status, _, payload = await _call(app, "/v1/responses", key, orjson.dumps(body))
     assert status == 200
@@ -247,7 +247,7 @@ async def test_a_stream_relay_that_cannot_be_built_is_billed_the_reservation(
         app: Ethereal, monkeypatch: pytest.MonkeyPatch) -> None:
     key, key_id = await _budgeted_key(app)
     monkeypatch.setattr(Responses, "stream_relay", _raise)
-    body = {"model": "claude-opus-4-1", "input": "hello there", "max_output_tokens": 100, "stream": True}
+    body = {"model": "claude-opus-4-7", "input": "hello there", "max_output_tokens": 100, "stream": True}
     status, _, payload = await _call(app, "/v1/responses", key, orjson.dumps(body))
     assert status == 500, payload
     rec = app.gateway.meter.recent_records()[-1]
@@ -271,17 +271,18 @@ def test_postgres_and_redis_refuse_deep_metadata_and_ids_with_nul(sim_url: str, 
     with gateway_process(tmp_path, sim_url, env=env) as url, httpx.Client(timeout=30) as client:
         before = sim_received(sim_url)
         for stream in (False, True):
-            body = {"model": "claude-opus-4-1", "input": "hi", "stream": stream, "metadata": nested(300)}
+            body = {"model": "claude-opus-4-7", "input": "hi", "stream": stream, "metadata": nested(300)}
             resp = client.post(url + "/v1/responses", content=json.dumps(body),
                                headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
             assert resp.status_code == 400 and resp.json()["error"]["param"] == "metadata", resp.text
-        # a batch whose params nest past what can be written back: refused, nothing held
+        assert sim_received(sim_url) == before
+        # a batch whose params nest deep: its bytes go upstream as they came (nothing is written back),
+        # so it is created and held like any other, never a 500
         deep_params = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
                        "metadata": nested(300)}
         resp = client.post(url + "/v1/messages/batches", headers=anthropic_auth,
                            content=json.dumps({"requests": [{"custom_id": "a", "params": deep_params}]}))
-        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
-        assert sim_received(sim_url) == before
+        assert resp.status_code == 200 and resp.json()["type"] == "message_batch", resp.text
         # a NUL in an id: no lookup (PostgreSQL refuses such a text parameter), the usual 404 / 400
         for method, path in (("GET", "/v1/messages/batches/msgbatch_%00"),
                              ("GET", "/v1/messages/batches/msgbatch_a%00b/results"),
