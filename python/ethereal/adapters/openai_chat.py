@@ -55,29 +55,20 @@ Choices worth knowing (also in the README):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ethereal.adapters import claude_request as cr
+from ethereal.adapters.claude_request import JSON_TOOL, model_name
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.guards import MAX_ECHO_DEPTH, check_model_name, nests_past
 from ethereal.usage import Usage
 
-JSON_TOOL = "json_response"
-DEFAULT_MAX_TOKENS = 4096  # for a model the catalog does not know
-MIN_THINKING_BUDGET = 1024
 THINKING_BUDGETS: dict[str, int | None] = {
     "none": None, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768,
 }
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 SIGNATURE_PREFIX = "eth1~"
-_PROVIDER = re.compile(r"^anthropic/", re.IGNORECASE)
-_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-_DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]+)*);base64,(.*)$", re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -91,15 +82,6 @@ class ChatRequest:
     legacy_functions: bool  # the client used ``functions``: answer with ``function_call``
 
 
-def model_name(body: dict[str, Any]) -> str:
-    """The request's model without an ``anthropic/`` prefix (400 when missing)."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid_request("model: you must provide a model parameter", param="model")
-    check_model_name(model)  # over 256 characters: 400 before any work on it
-    return _PROVIDER.sub("", model.strip())
-
-
 # ---- request ----------------------------------------------------------------------------
 
 
@@ -110,7 +92,7 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None) ->
     default for ``max_tokens`` and its cap.
     """
     _refuse_unsupported(body)
-    stream = _opt_bool(body, "stream")
+    stream = cr.opt_bool(body, "stream")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
@@ -124,55 +106,14 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None) ->
     if tools and isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
         tools = _allowed_tools(body["tool_choice"], tools)
 
-    max_tokens = _max_tokens(body, max_output)
-    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
-
-    thinking = _thinking(body)
-    forcing = tool_choice is not None and tool_choice["type"] in ("any", "tool")
-    if thinking is not None and forcing:
-        thinking = None  # Claude refuses thinking with a forced tool; the tool_choice is the contract
-
-    json_tool = None
-    fmt = body.get("response_format")
-    if fmt is not None:
-        json_tool, instruction, tool_def = _response_format(fmt, has_tools=bool(tools),
-                                                            thinking=thinking is not None)
-        if tool_def is not None:
-            tools = [tool_def]
-            tool_choice = {"type": "tool", "name": JSON_TOOL}
-        if instruction:
-            system.append({"type": "text", "text": instruction})
-
-    if thinking is not None and thinking.get("type") == "enabled":
-        budget = thinking.get("budget_tokens")
-        if isinstance(budget, int) and not isinstance(budget, bool):
-            max_tokens, budget = _fit_budget(max_tokens, budget, max_output, explicit=_client_max(body) is not None)
-            if budget is None:
-                thinking = None
-            else:
-                thinking = {**thinking, "budget_tokens": budget}
-                out["max_tokens"] = max_tokens
-
-    if system:
-        out["system"] = system
-    out["messages"] = messages
-    if tools:
-        out["tools"] = tools
-        if tool_choice is not None:
-            out["tool_choice"] = tool_choice
-    if thinking is not None:
-        out["thinking"] = thinking
-    else:
-        _sampling(body, out)
+    out, json_tool = cr.build_body(body, model=model, max_output=max_output, client_max=_client_max(body),
+                                   system=system, messages=messages, tools=tools, tool_choice=tool_choice,
+                                   thinking=_thinking(body), effort=None, fmt=body.get("response_format"),
+                                   top_k=True)
     stop = _stop(body.get("stop"))
     if stop:
         out["stop_sequences"] = stop
-    user = body.get("user") or body.get("safety_identifier")
-    if user is not None:
-        if not isinstance(user, str):
-            raise invalid_request("user: must be a string", param="user")
-        if user:
-            out["metadata"] = {"user_id": user}
+    cr.user_metadata(body, out)
     if stream:
         out["stream"] = True
     return ChatRequest(out, stream, include_usage, json_tool, legacy)
@@ -198,58 +139,10 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         raise invalid_request("web_search_options: not supported on this endpoint", param="web_search_options")
 
 
-def _opt_bool(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise invalid_request(f"{name}: must be a boolean", param=name)
-    return value
-
-
-def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise invalid_request(f"{name}: must be a number between {lo:g} and {hi:g}", param=name)
-    return value
-
-
-def _client_max(body: dict[str, Any]) -> tuple[str, int] | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise invalid_request(f"{name}: must be a positive integer", param=name)
-        return name, value
-    return None
-
-
-def _max_tokens(body: dict[str, Any], max_output: int | None) -> int:
-    given = _client_max(body)
-    if given is None:
-        return max_output or DEFAULT_MAX_TOKENS
-    # clamped rather than refused: clients send generous limits meant for other models
-    return min(given[1], max_output) if max_output else given[1]
-
-
-def _fit_budget(max_tokens: int, budget: int, max_output: int | None,
-                *, explicit: bool) -> tuple[int, int | None]:
-    """(max_tokens, budget) with budget < max_tokens; budget None when thinking cannot fit."""
-    if budget >= max_tokens:
-        if explicit:
-            max_tokens = budget + max_tokens  # the client's limit bounds the answer after thinking
-        else:
-            max_tokens = budget * 2
-        if max_output:
-            max_tokens = min(max_tokens, max_output)
-    if budget >= max_tokens:
-        budget = max_tokens - 1
-    if budget < MIN_THINKING_BUDGET:
-        return max_tokens, None
-    return max_tokens, budget
+def _client_max(body: dict[str, Any]) -> int | None:
+    """``max_completion_tokens``, else the older ``max_tokens``."""
+    given = cr.positive_int(body, "max_completion_tokens")
+    return given if given is not None else cr.positive_int(body, "max_tokens")
 
 
 def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -268,21 +161,6 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
     return None if budget is None else {"type": "enabled", "budget_tokens": budget}
 
 
-def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1)
-    if temperature is not None:
-        out["temperature"] = min(temperature, 1)
-    elif top_p is not None:
-        out["top_p"] = top_p
-    top_k = body.get("top_k")
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise invalid_request("top_k: must be a non-negative integer", param="top_k")
-        if top_k:
-            out["top_k"] = top_k
-
-
 def _stop(stop: Any) -> list[str]:
     if stop is None:
         return []
@@ -291,40 +169,6 @@ def _stop(stop: Any) -> list[str]:
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise invalid_request("stop: must be a string or an array of strings", param="stop")
     return [s for s in stop if s]
-
-
-def _response_format(fmt: Any, *, has_tools: bool,
-                     thinking: bool) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """(json_tool, system instruction, tool definition) for a ``response_format``."""
-    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-        raise invalid_request("response_format: must be an object with a type", param="response_format")
-    kind = fmt["type"]
-    if kind == "text":
-        return None, None, None
-    if kind == "json_object":
-        schema: dict[str, Any] = {"type": "object", "additionalProperties": True}
-        description = "Give your complete answer as this tool's input: a single JSON object."
-        instruction = "Respond only with a single valid JSON object, with no other text before or after it."
-    elif kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise invalid_request("response_format.json_schema: must be an object with a schema",
-                                  param="response_format.json_schema")
-        schema = spec.get("schema") or {"type": "object"}
-        if "type" not in schema and "properties" in schema:
-            schema = {"type": "object", **schema}
-        name = spec.get("name") or "response"
-        description = (spec.get("description") or f"Give your complete answer as this tool's input ({name}).")
-        instruction = ("Respond only with a JSON value that conforms to this JSON Schema, with no other text "
-                       f"before or after it:\n{orjson.dumps(schema).decode()}")
-        if schema.get("type") != "object":
-            return None, instruction, None  # a tool's input must be an object
-    else:
-        raise invalid_request(f"response_format.type: unsupported value {kind!r}",
-                              param="response_format.type")
-    if has_tools or thinking:
-        return None, instruction, None
-    return JSON_TOOL, None, {"name": JSON_TOOL, "description": description, "input_schema": schema}
 
 
 # ---- tools ------------------------------------------------------------------------------
@@ -443,93 +287,43 @@ def translate_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[s
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     legacy_ids: dict[str, list[str]] = {}  # function name → ids of unanswered legacy calls
-    last = len(messages) - 1
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise invalid_request(f"{where}: must be an object", param=where)
         role = msg.get("role")
         if role in ("system", "developer"):
-            system.extend(_text_blocks(msg.get("content"), f"{where}.content"))
+            system.extend(cr.text_parts(msg.get("content"), f"{where}.content"))
         elif role == "user":
-            _append(turns, "user", _user_blocks(msg.get("content"), f"{where}.content"))
+            cr.append_turn(turns, "user", _user_blocks(msg.get("content"), f"{where}.content"))
         elif role == "assistant":
-            _append(turns, "assistant", _assistant_blocks(msg, where, i, legacy_ids, final=i == last))
+            cr.append_turn(turns, "assistant", _assistant_blocks(msg, where, i, legacy_ids))
         elif role == "tool":
             call_id = msg.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise invalid_request(f"{where}.tool_call_id: required", param=f"{where}.tool_call_id")
-            _append(turns, "user", [_tool_result(_tool_id(call_id), msg.get("content"), where)])
+            cr.append_turn(turns, "user", [_tool_result(cr.tool_id(call_id), msg.get("content"), where)])
         elif role == "function":
             name = msg.get("name")
             pending = legacy_ids.get(name) if isinstance(name, str) else None
             if not pending:
                 raise invalid_request(f"{where}: function result without a preceding function_call",
                                       param=f"{where}.name")
-            _append(turns, "user", [_tool_result(pending.pop(0), msg.get("content"), where)])
+            cr.append_turn(turns, "user", [_tool_result(pending.pop(0), msg.get("content"), where)])
         else:
             raise invalid_request(f"{where}.role: unsupported role {role!r}", param=f"{where}.role")
+    cr.trim_prefill(turns)
     if not turns:
         raise invalid_request("messages: at least one user or assistant message is required", param="messages")
     return system, turns
 
 
-def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    """Add blocks as a turn, merging into the previous one of the same role."""
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        content = turns[-1]["content"]
-    else:
-        content = []
-        turns.append({"role": role, "content": content})
-    for block in blocks:
-        if block["type"] == "tool_result":
-            # tool results lead a user turn, before any text
-            pos = 0
-            while pos < len(content) and content[pos]["type"] == "tool_result":
-                pos += 1
-            content.insert(pos, block)
-        else:
-            content.append(block)
-
-
-def _tool_id(raw: str) -> str:
-    return _BAD_ID_CHARS.sub("_", raw)
-
-
-def _with_cc(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    cc = part.get("cache_control")
-    if cc is not None:
-        block["cache_control"] = cc
-    return block
-
-
-def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
-    out = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise invalid_request(f"{where}[{j}]: only text parts are allowed here", param=f"{where}[{j}]")
-        if part["text"]:
-            out.append(_with_cc({"type": "text", "text": part["text"]}, part))
-    return out
+def _tool_result(tool_use_id: str, content: Any, where: str) -> dict[str, Any]:
+    return cr.tool_result(tool_use_id, content, where, "content", _user_blocks)
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
-    out = []
-    for j, part in enumerate(content):
-        block = _user_part(part, f"{where}[{j}]")
-        if block is not None:
-            out.append(block)
-    return out
+    return cr.content_blocks(content, where, _user_part)
 
 
 def _user_part(part: Any, where: str) -> dict[str, Any] | None:
@@ -537,129 +331,25 @@ def _user_part(part: Any, where: str) -> dict[str, Any] | None:
         raise invalid_request(f"{where}: must be an object", param=where)
     kind = part.get("type")
     if kind == "text":
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise invalid_request(f"{where}.text: must be a string", param=f"{where}.text")
-        return _with_cc({"type": "text", "text": text}, part) if text else None
+        block = cr.text_part(part, where)
+        return cr.with_cache_control(block, part) if block else None
     if kind == "image_url":
         spec = part.get("image_url")
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str) or not url:
             raise invalid_request(f"{where}.image_url.url: required", param=f"{where}.image_url.url")
-        return _with_cc({"type": "image", "source": _image_source(url, f"{where}.image_url.url")}, part)
+        return cr.with_cache_control({"type": "image", "source": cr.image_source(url, f"{where}.image_url.url")}, part)
     if kind == "file":
-        return _with_cc(_file_block(part.get("file"), f"{where}.file"), part)
+        return cr.with_cache_control(cr.file_block(part.get("file"), f"{where}.file"), part)
     if kind == "input_audio":
         raise invalid_request(f"{where}: audio input is not supported", param=where)
     raise invalid_request(f"{where}.type: unsupported content part type {kind!r}", param=f"{where}.type")
 
 
-def _image_source(url: str, where: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        match = _DATA_URL.match(url)
-        if match is None:
-            raise invalid_request(f"{where}: a data URL must be base64 (data:image/png;base64,...)", param=where)
-        media_type = (match.group(1) or "").lower()
-        if media_type not in IMAGE_TYPES:
-            raise invalid_request(f"{where}: unsupported image type {media_type!r} "
-                                  f"(use {', '.join(sorted(IMAGE_TYPES))})", param=where)
-        return {"type": "base64", "media_type": media_type, "data": match.group(3)}
-    if url.startswith(("http://", "https://")):
-        return {"type": "url", "url": url}
-    raise invalid_request(f"{where}: must be an http(s) URL or a base64 data URL", param=where)
-
-
-def _file_block(spec: Any, where: str) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise invalid_request(f"{where}: must be an object", param=where)
-    if spec.get("file_id") is not None and spec.get("file_data") is None:
-        raise invalid_request(f"{where}.file_id: uploaded files are not supported; send file_data",
-                              param=f"{where}.file_id")
-    data = spec.get("file_data")
-    if not isinstance(data, str) or not data:
-        raise invalid_request(f"{where}.file_data: required", param=f"{where}.file_data")
-    media_type = "application/pdf"
-    match = _DATA_URL.match(data)
-    if match is not None:
-        media_type = (match.group(1) or media_type).lower()
-        data = match.group(3)
-    if media_type == "application/pdf":
-        block: dict[str, Any] = {"type": "document",
-                                 "source": {"type": "base64", "media_type": media_type, "data": data}}
-    elif media_type == "text/plain":
-        try:
-            text = base64.b64decode(data, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise invalid_request(f"{where}.file_data: not valid base64 UTF-8 text",
-                                  param=f"{where}.file_data") from None
-        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
-    else:
-        raise invalid_request(f"{where}.file_data: unsupported file type {media_type!r} (PDF or plain text)",
-                              param=f"{where}.file_data")
-    if isinstance(spec.get("filename"), str) and spec["filename"]:
-        block["title"] = spec["filename"]
-    return block
-
-
-def _tool_result(tool_use_id: str, content: Any, where: str) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
-    if isinstance(content, str):
-        if content:
-            block["content"] = content
-    elif isinstance(content, list):
-        parts = _user_blocks(content, f"{where}.content")
-        if parts:
-            block["content"] = parts
-    elif content is not None:
-        raise invalid_request(f"{where}.content: must be a string or an array of content parts",
-                              param=f"{where}.content")
-    return block
-
-
-def _arguments(raw: Any, where: str) -> dict[str, Any]:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    if isinstance(raw, dict):
-        return raw
-    if not isinstance(raw, str):
-        raise invalid_request(f"{where}: must be a JSON string", param=where)
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise invalid_request(f"{where}: is not valid JSON", param=where) from None
-    if not isinstance(value, dict):
-        raise invalid_request(f"{where}: must encode a JSON object", param=where)
-    # sent upstream as an object: held to the body's own depth (counting brackets is enough for most)
-    if raw.count("{") + raw.count("[") > MAX_ECHO_DEPTH and nests_past(value, MAX_ECHO_DEPTH):
-        raise invalid_request(f"{where}: nested more than {MAX_ECHO_DEPTH} levels deep", param=where)
-    return value
-
-
-def _assistant_blocks(msg: dict[str, Any], where: str, i: int, legacy_ids: dict[str, list[str]],
-                      *, final: bool) -> list[dict[str, Any]]:
+def _assistant_blocks(msg: dict[str, Any], where: str, i: int,
+                      legacy_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
     blocks = restore_reasoning(msg)
-    content = msg.get("content")
-    texts: list[dict[str, Any]] = []
-    if isinstance(content, str):
-        if content:
-            texts.append({"type": "text", "text": content})
-    elif isinstance(content, list):
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                raise invalid_request(f"{where}.content[{j}]: must be an object", param=f"{where}.content[{j}]")
-            text = part.get("text") if part.get("type") == "text" else part.get("refusal")
-            if part.get("type") not in ("text", "refusal") or not isinstance(text, str):
-                raise invalid_request(f"{where}.content[{j}]: assistant content parts must be text or refusal",
-                                      param=f"{where}.content[{j}]")
-            if text:
-                texts.append(_with_cc({"type": "text", "text": text}, part))
-    elif content is not None:
-        raise invalid_request(f"{where}.content: must be a string, an array or null", param=f"{where}.content")
-    if final and texts:
-        # a trailing assistant turn is a prefill, which Claude refuses with trailing whitespace
-        texts[-1]["text"] = texts[-1]["text"].rstrip()
-        if not texts[-1]["text"]:
-            texts.pop()
+    texts = cr.assistant_text_parts(msg.get("content"), f"{where}.content", ("text", "refusal"))
     blocks.extend(texts)
     calls = msg.get("tool_calls")
     if calls is not None:
@@ -677,8 +367,8 @@ def _assistant_blocks(msg: dict[str, Any], where: str, i: int, legacy_ids: dict[
                 raise invalid_request(f"{at}.id: required", param=f"{at}.id")
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise invalid_request(f"{at}.function.name: required", param=f"{at}.function.name")
-            blocks.append({"type": "tool_use", "id": _tool_id(call_id), "name": fn["name"],
-                           "input": _arguments(fn.get("arguments"), f"{at}.function.arguments")})
+            blocks.append({"type": "tool_use", "id": cr.tool_id(call_id), "name": fn["name"],
+                           "input": cr.arguments(fn.get("arguments"), f"{at}.function.arguments")})
     fc = msg.get("function_call")
     if fc is not None:
         if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
@@ -686,7 +376,7 @@ def _assistant_blocks(msg: dict[str, Any], where: str, i: int, legacy_ids: dict[
         call_id = f"toolu_fn{i}"
         legacy_ids.setdefault(fc["name"], []).append(call_id)
         blocks.append({"type": "tool_use", "id": call_id, "name": fc["name"],
-                       "input": _arguments(fc.get("arguments"), f"{where}.function_call.arguments")})
+                       "input": cr.arguments(fc.get("arguments"), f"{where}.function_call.arguments")})
     return blocks
 
 
