@@ -96,6 +96,7 @@ class Call:
     credential: Any = None  # upstream.pool.Credential while one is held
     upstream_request_id: str | None = None
     record: UsageRecord | None = None  # set by Pipeline.finish: one record per request
+    notes: list[tuple[bytes, bytes]] = field(default_factory=list)  # headers saying what a translation changed
 
     def first_byte(self) -> None:
         if self.ttfb_ms is None:
@@ -135,6 +136,7 @@ class Adapter:
 
     route = "messages"
     metered = True
+    gw: Gateway | None = None  # the started gateway, bound by Pipeline.route (adapters that read its registry)
     #: the deepest body accepted: a route that echoes or re-serialises what it reads asks for less
     max_depth = _native.MAX_JSON_DEPTH
 
@@ -161,6 +163,15 @@ class Adapter:
     def error(self, exc: GatewayError, request_id: str) -> Response:
         raise NotImplementedError
 
+    def may_reshape(self, call: Call) -> bool:
+        """A 400 from the upstream may be corrected and sent again (translated routes only)."""
+        return False
+
+    def reshape(self, call: Call, out: Outbound, payload: bytes, raw: bytes, data: dict[str, Any],
+                request: Request) -> Outbound | None:
+        """The request in the shape an upstream 400 (``payload``) asks for, or None: the 400 stands."""
+        return None
+
     def unavailable(self, call: Call, out: Outbound, exc: GatewayError) -> Response | None:
         """An answer of the gateway's own when no upstream could serve (None: answer ``exc``)."""
         return None
@@ -172,6 +183,7 @@ def response_headers(call: Call) -> list[tuple[bytes, bytes]]:
         headers.append((b"upstream-request-id", call.upstream_request_id.encode("latin-1")))
     if call.admission is not None:
         headers.extend(call.admission.headers)
+    headers.extend(call.notes)
     return headers
 
 
@@ -221,6 +233,7 @@ class Pipeline:
 
     def route(self, adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
         """The BlackSheep handler serving ``adapter``."""
+        adapter.gw = self.gw
 
         async def handler(request: Request) -> Response:
             return await self.handle(adapter, request)
@@ -255,9 +268,12 @@ class Pipeline:
 
     async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
         raw = await read_body(request, self.settings.max_body_bytes)
-        out = await self.prepare(adapter, call, raw, parse_json_body(raw, adapter.max_depth), request)
+        data = parse_json_body(raw, adapter.max_depth)
+        out = await self.prepare(adapter, call, raw, data, request)
         try:
             resp = await self.open_upstream(call, out, health=adapter.metered)
+            if resp.status == 400 and adapter.may_reshape(call):
+                resp, out = await self.reshaped(adapter, call, out, resp, raw, data, request)
         except GatewayError as exc:
             fallback = adapter.unavailable(call, out, exc)
             if fallback is None:
@@ -294,6 +310,24 @@ class Pipeline:
         call.first_byte()
         await self.finish(call, resp.status, usage if adapter.metered else Usage())
         return response
+
+    async def reshaped(self, adapter: Adapter, call: Call, out: Outbound, resp: UpstreamResponse, raw: bytes,
+                       data: dict[str, Any], request: Request) -> tuple[UpstreamResponse, Outbound]:
+        """A 400 the adapter can correct (a translated request to a model the registry does not
+        describe, refused with one of the API's documented texts): sent once more in the shape
+        the refusal asks for. Otherwise the 400 stands, as the upstream sent it."""
+        try:
+            payload = await resp.read()
+        except UpstreamStreamError as exc:
+            raise GatewayError(502, "the upstream connection was interrupted") from exc
+        again = adapter.reshape(call, out, payload, raw, data, request)
+        if again is None:
+            raise upstream_error(resp.status, payload, resp.headers)
+        cred = call.credential
+        call.credential = None
+        if cred is not None:
+            self.gw.pool.release(cred)
+        return await self.open_upstream(call, again, health=adapter.metered), again
 
     async def prepare(self, adapter: Adapter, call: Call, raw: bytes, data: dict[str, Any],
                       request: Request) -> Outbound:

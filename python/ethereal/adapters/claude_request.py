@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from ethereal.errors import invalid_request
 from ethereal.guards import MAX_ECHO_DEPTH, check_model_name, nests_past
+from ethereal.models.registry import EFFORTS, Registry, Rules
 
 JSON_TOOL = "json_response"
-DEFAULT_MAX_TOKENS = 4096  # for a model the catalog does not know
 MIN_THINKING_BUDGET = 1024
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _PROVIDER = re.compile(r"^anthropic/", re.IGNORECASE)
@@ -30,6 +32,24 @@ _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]+)*);base64,(.*)$", re.DOTALL)
 
 Blocks = list[dict[str, Any]]
+
+
+# ---- the model registry, for callers that pass no rules -----------------------------------------
+
+
+@functools.cache
+def _shipped_registry() -> Registry:
+    return Registry()
+
+
+def shipped_rules(model: str) -> Rules:
+    """The shipped registry's rules for ``model`` (a model it does not describe: the defaults)."""
+    found = _shipped_registry().resolve(model)
+    return found.rules if found is not None else Rules()
+
+
+def shipped_default_max_tokens() -> int:
+    return _shipped_registry().default_max_tokens
 
 
 # ---- scalar parameters ----------------------------------------------------------------------
@@ -71,10 +91,11 @@ def positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def max_tokens(given: int | None, max_output: int | None) -> int:
-    """``max_tokens``: the client's limit, else the model's output limit, capped by the latter."""
+def max_tokens(given: int | None, max_output: int | None, default: int) -> int:
+    """``max_tokens``: the client's limit, else the model's output limit (``default`` for a model
+    whose limit is not known: the registry's ``default_max_tokens``), capped by the former."""
     if given is None:
-        return max_output or DEFAULT_MAX_TOKENS
+        return max_output or default
     # clamped rather than refused: clients send generous limits meant for other models
     return min(given, max_output) if max_output else given
 
@@ -96,59 +117,7 @@ def fit_budget(max_tokens: int, budget: int, max_output: int | None,
     return max_tokens, budget
 
 
-def sampling(body: dict[str, Any], out: dict[str, Any], *, top_k: bool) -> None:
-    """``temperature`` (clamped to Claude's 0–1), else ``top_p``; ``top_k`` where the wire has it."""
-    temperature = number(body, "temperature", 0, 2)
-    top_p = number(body, "top_p", 0, 1)
-    if temperature is not None:
-        out["temperature"] = min(temperature, 1)
-    elif top_p is not None:
-        out["top_p"] = top_p
-    if not top_k:
-        return
-    value = body.get("top_k")
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise invalid_request("top_k: must be a non-negative integer", param="top_k")
-        if value:
-            out["top_k"] = value
 
-
-# ---- JSON output --------------------------------------------------------------------------------
-
-
-def response_format(fmt: Any, *, has_tools: bool,
-                    thinking: bool) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """(json_tool, system instruction, tool definition) for a chat-shaped ``response_format``."""
-    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-        raise invalid_request("response_format: must be an object with a type", param="response_format")
-    kind = fmt["type"]
-    if kind == "text":
-        return None, None, None
-    if kind == "json_object":
-        schema: dict[str, Any] = {"type": "object", "additionalProperties": True}
-        description = "Give your complete answer as this tool's input: a single JSON object."
-        instruction = "Respond only with a single valid JSON object, with no other text before or after it."
-    elif kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise invalid_request("response_format.json_schema: must be an object with a schema",
-                                  param="response_format.json_schema")
-        schema = spec.get("schema") or {"type": "object"}
-        if "type" not in schema and "properties" in schema:
-            schema = {"type": "object", **schema}
-        name = spec.get("name") or "response"
-        description = (spec.get("description") or f"Give your complete answer as this tool's input ({name}).")
-        instruction = ("Respond only with a JSON value that conforms to this JSON Schema, with no other text "
-                       f"before or after it:\n{orjson.dumps(schema).decode()}")
-        if schema.get("type") != "object":
-            return None, instruction, None  # a tool's input must be an object
-    else:
-        raise invalid_request(f"response_format.type: unsupported value {kind!r}",
-                              param="response_format.type")
-    if has_tools or thinking:
-        return None, instruction, None
-    return JSON_TOOL, None, {"name": JSON_TOOL, "description": description, "input_schema": schema}
 
 
 # ---- turns and blocks ---------------------------------------------------------------------------
@@ -355,82 +324,433 @@ def arguments(raw: Any, where: str) -> dict[str, Any]:
     return value
 
 
+# ---- what the client asked for, and the model's rules ------------------------------------------
+
+# OpenAI's reasoning efforts. ``minimal`` is below Claude's lowest level: it means ``low``.
+OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# thinking budgets, for models that take ``budget_tokens`` (by the Claude effort level asked for)
+THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768, "max": 32768}
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
+
+# response headers that say what the translation changed (docs/openai-translation.md)
+DROPPED_PARAMS = "ethereal-dropped-params"
+THINKING_NOTE = "ethereal-thinking"
+PREFILL_NOTE = "ethereal-prefill"
+DROPPED_THINKING = "ethereal-dropped-thinking"
+CACHE_NOTE = "ethereal-auto-cache"
+
+
+@dataclass(slots=True)
+class Asked:
+    """What an OpenAI-shaped request asks for, in the terms the rules below read. Each adapter
+    fills it from its own wire shape; ``build_body`` turns it into what the model accepts."""
+
+    model: str
+    system: Blocks
+    messages: list[dict[str, Any]]
+    tools: Blocks = field(default_factory=list)
+    tool_choice: dict[str, Any] | None = None  # Claude's shape
+    tool_choice_param: str = "tool_choice"
+    effort: str | None = None  # an OpenAI effort (OPENAI_EFFORTS); None: not said
+    effort_param: str = "reasoning_effort"
+    thinking: dict[str, Any] | None = None  # Claude's own ``thinking`` object, passed by a client
+    summary: bool = False  # the client reads the reasoning text (a summary was asked for)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    fmt: dict[str, Any] | None = None  # a chat-shaped response_format (json_schema / json_object)
+    fmt_param: str = "response_format"
+    client_max: int | None = None
+    client_max_param: str = "max_tokens"
+
+
+@dataclass(slots=True)
+class Built:
+    """The Claude body and what the reply side and the response headers need."""
+
+    body: dict[str, Any]
+    json_tool: str | None = None  # the forced tool that carries a JSON answer (models without structured outputs)
+    notes: dict[str, str] = field(default_factory=dict)  # response headers saying what was changed
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(k.encode(), v.encode()) for k, v in self.notes.items()]
+
+
+def _level(rules: Rules, effort: str) -> str | None:
+    """The model's effort level nearest an OpenAI effort (``minimal`` → ``low``; None: the model has none)."""
+    return rules.nearest_effort("low" if effort == "minimal" else effort)
+
+
+def _lowest(rules: Rules) -> str | None:
+    return min(rules.effort_levels, key=EFFORTS.index) if rules.effort_levels else None
+
+
+def _effort_of_budget(budget: int) -> str:
+    for level in ("low", "medium", "high"):
+        if budget <= THINKING_BUDGETS[level]:
+            return level
+    return "xhigh"
+
+
+class _Thinking:
+    """The thinking decision under construction: on (with an effort), off, or the model's default."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.state = "default"  # "on", "off" or "default" (nothing said: the model's default)
+        self.effort: str | None = None  # a Claude level, when on
+        self.budget: int | None = None  # an explicit budget_tokens, when the client gave one
+        self.extra: dict[str, Any] = {}  # other members of the client's own thinking object
+
+    @property
+    def on(self) -> bool:
+        return self.state == "on" or (self.state == "default" and self.rules.thinking_default == "adaptive")
+
+    def can_turn_off(self) -> bool:
+        r = self.rules
+        if r.thinking_off == "none":
+            return False
+        return r.thinking_off_max_effort is None or r.effort_at_most(None, r.thinking_off_max_effort)
+
+
+def _asked_thinking(asked: Asked, rules: Rules) -> _Thinking:
+    t = _Thinking(rules)
+    given = asked.thinking
+    if given is not None:
+        kind = given.get("type")
+        if kind in ("disabled", "between_tools"):
+            t.state = "off"
+        elif kind in ("enabled", "adaptive"):
+            t.state = "on"
+            budget = given.get("budget_tokens")
+            if isinstance(budget, int) and not isinstance(budget, bool):
+                t.budget = budget
+                t.effort = rules.nearest_effort(_effort_of_budget(budget))
+            t.extra = {k: v for k, v in given.items() if k not in ("type", "budget_tokens")}
+        return t
+    if asked.effort is None:
+        return t
+    if asked.effort == "none":
+        t.state = "off"
+    else:
+        t.state = "on"
+        t.effort = _level(rules, asked.effort)
+        if t.effort is None:  # a model without effort levels (budget only): the budget says it
+            t.budget = THINKING_BUDGETS["low" if asked.effort == "minimal" else asked.effort]
+    return t
+
+
+def build_body(asked: Asked, rules: Rules, *, max_output: int | None, default_max_tokens: int,
+               auto_cache: bool = False) -> Built:
+    """The Claude body for ``asked`` that the model with these ``rules`` accepts.
+
+    Every choice is read from the rules (models.toml), never from the model's name. Where the
+    client asked for something the model refuses and an equivalent exists, the equivalent is
+    sent and a response header says so; where none exists, a 400 names the client's parameter.
+    """
+    built = Built({"model": asked.model})
+    notes = built.notes
+    system, messages, tools = asked.system, asked.messages, list(asked.tools)
+    tool_choice = asked.tool_choice
+    limit = max_tokens(asked.client_max, max_output, default_max_tokens)
+    thinking = _asked_thinking(asked, rules)
+
+    _prefill(messages, rules, notes)
+
+    # a JSON answer: structured outputs where the model has them, else a forced tool or an instruction
+    output_format: dict[str, Any] | None = None
+    if asked.fmt is not None:
+        kind = asked.fmt["type"]
+        instruction = _json_instruction(asked.fmt)
+        if kind == "json_schema" and rules.structured_outputs:
+            output_format = {"type": "json_schema", "schema": structured_schema(asked.fmt["schema"])}
+        elif (kind == "json_object" or asked.fmt["schema"].get("type") != "object" or tools or thinking.on
+              or not rules.forced_tool_choice):
+            system.append({"type": "text", "text": instruction})
+        else:
+            built.json_tool = JSON_TOOL
+            tools = [{"name": JSON_TOOL, "description": asked.fmt.get("description")
+                      or "Give your complete answer as this tool's input.", "input_schema": asked.fmt["schema"]}]
+            tool_choice = {"type": "tool", "name": JSON_TOOL}
+
+    forcing = bool(tools) and tool_choice is not None and tool_choice["type"] in ("any", "tool")
+    if forcing and not rules.forced_tool_choice:
+        raise invalid_request(
+            f"{asked.tool_choice_param}: {asked.model} does not accept a forced tool choice (\"required\" or a "
+            "named function); send \"auto\" and describe the tool to use in the prompt, or use a model that "
+            "accepts it", param=asked.tool_choice_param)
+    if forcing and thinking.on and not rules.forced_tool_with_thinking:
+        if not thinking.can_turn_off():
+            raise invalid_request(
+                f"{asked.tool_choice_param}: {asked.model} thinks on every request and refuses a forced tool "
+                "choice with thinking; send \"auto\"", param=asked.tool_choice_param)
+        if thinking.state == "on":
+            notes[THINKING_NOTE] = "off; reason=forced-tool-choice"
+        thinking.state = "off"
+
+    # a tool loop whose assistant turn has no thinking block to send back: refused with thinking on
+    if thinking.on and not _thinking_restorable(messages) and thinking.can_turn_off():
+        if thinking.state == "on":
+            notes[THINKING_NOTE] = "off; reason=tool-loop-without-thinking"
+        thinking.state = "off"
+
+    _thinking_body(built.body, thinking, rules, asked, notes)
+    if "thinking" in built.body and built.body["thinking"].get("type") == "enabled":
+        limit, budget = fit_budget(limit, built.body["thinking"]["budget_tokens"], max_output,
+                                   explicit=asked.client_max is not None)
+        if budget is None:
+            del built.body["thinking"]
+            built.body.pop("output_config", None)
+            thinking.state = "off"
+        else:
+            built.body["thinking"]["budget_tokens"] = budget
+    built.body["max_tokens"] = limit
+    if output_format is not None:
+        built.body.setdefault("output_config", {})["format"] = output_format
+
+    if auto_cache:
+        cache_breakpoints(system, tools, messages)
+    out = built.body
+    # the members in the order Claude documents them (kept stable: tests and logs read them)
+    ordered: dict[str, Any] = {"model": out.pop("model"), "max_tokens": out.pop("max_tokens")}
+    if system:
+        ordered["system"] = system
+    ordered["messages"] = messages
+    if tools:
+        ordered["tools"] = tools
+        if tool_choice is not None:
+            ordered["tool_choice"] = tool_choice
+    ordered.update(out)
+    _sampling(asked, rules, thinking.on, ordered, notes)
+    built.body = ordered
+    return built
+
+
+def _thinking_body(out: dict[str, Any], thinking: _Thinking, rules: Rules, asked: Asked,
+                   notes: dict[str, str]) -> None:
+    """``thinking`` and ``output_config.effort`` for the decision taken."""
+    if thinking.state == "default":
+        if thinking.on and asked.summary:
+            display = _display(rules, asked)
+            if display:
+                out["thinking"] = {"type": "adaptive", "display": display}
+        return
+    if thinking.state == "off":
+        if rules.thinking_off != "none" and not thinking.can_turn_off() and rules.thinking_off_max_effort:
+            # off only at an effort at or below a ceiling the model's default is above: ask for the ceiling
+            out["thinking"] = {"type": rules.thinking_off}
+            out["output_config"] = {"effort": rules.thinking_off_max_effort}
+        elif rules.thinking_off == "none":
+            # thinking cannot be off here: the least of it, and the client is told
+            out["thinking"] = {"type": "adaptive"}
+            lowest = _lowest(rules)
+            if lowest:
+                out["output_config"] = {"effort": lowest}
+            notes[THINKING_NOTE] = f"on; reason=cannot-be-off; effort={lowest or 'default'}"
+        elif rules.thinking_default == "adaptive":
+            out["thinking"] = {"type": rules.thinking_off}  # disabled, or between_tools
+        return
+    # on
+    if rules.adaptive:
+        block: dict[str, Any] = {"type": "adaptive"}
+    elif rules.budget_thinking:
+        budget = thinking.budget or THINKING_BUDGETS.get(thinking.effort or "medium", THINKING_BUDGETS["medium"])
+        block = {"type": "enabled", "budget_tokens": budget}
+    else:
+        return  # a model that cannot think: nothing to ask
+    for key in ("display",):
+        if key in thinking.extra and thinking.extra[key] in rules.display_values:
+            block[key] = thinking.extra[key]
+    if asked.summary and "display" not in block:
+        display = _display(rules, asked)
+        if display:
+            block["display"] = display
+    out["thinking"] = block
+    if thinking.effort is not None and rules.effort_levels:
+        out["output_config"] = {"effort": thinking.effort}
+
+
+def _display(rules: Rules, asked: Asked) -> str | None:
+    """``summarized`` when the client reads the reasoning text and the model would omit it."""
+    if "summarized" in rules.display_values and rules.display_default != "summarized":
+        return "summarized"
+    return None
+
+
+def _sampling(asked: Asked, rules: Rules, thinking: bool, out: dict[str, Any], notes: dict[str, str]) -> None:
+    """``temperature`` (clamped to Claude's 0–1), ``top_p``, ``top_k`` as the model takes them.
+
+    Claude requires the defaults with thinking on, some models take only one of temperature and
+    top_p, and the newest take none but the defaults: what is not sent is named in a header."""
+    given: dict[str, float | int] = {}
+    if asked.temperature is not None:
+        given["temperature"] = min(asked.temperature, 1)
+    if asked.top_p is not None:
+        given["top_p"] = asked.top_p
+    if asked.top_k:
+        given["top_k"] = asked.top_k
+    dropped: list[str] = []
+    for name, value in given.items():
+        default = SAMPLING_DEFAULTS.get(name)
+        if thinking or rules.sampling == "default_only":
+            if value != default:
+                dropped.append(name)
+        elif name == "top_p" and "temperature" in given:
+            dropped.append(name)  # only one of them: recent models refuse both, OpenAI advises one
+        else:
+            out[name] = value
+    if dropped:
+        notes[DROPPED_PARAMS] = ",".join(dropped)
+
+
+def _prefill(messages: list[dict[str, Any]], rules: Rules, notes: dict[str, str]) -> None:
+    """A trailing assistant turn (a prefill) on a model that refuses prefill: its text becomes
+    context at the end of the user turn before it, asking the reply to continue from it."""
+    if rules.prefill or not messages or messages[-1]["role"] != "assistant":
+        return
+    last = messages[-1]
+    if any(b.get("type") != "text" for b in last["content"]):
+        return  # tool calls or thinking last: not a prefill (Claude says what is wrong with it)
+    messages.pop()
+    text = "".join(b["text"] for b in last["content"])
+    note = {"type": "text", "text": "Your reply must continue this text, which is already written (do not "
+                                    f"repeat it):\n{text}"}
+    if messages and messages[-1]["role"] == "user":
+        messages[-1]["content"].append(note)
+    else:
+        messages.append({"role": "user", "content": [note]})
+    notes[PREFILL_NOTE] = "folded-into-user-turn"
+
+
+def _thinking_restorable(messages: list[dict[str, Any]]) -> bool:
+    """Thinking can be on: no tool loop is under way, or its assistant turn starts with thinking.
+
+    Claude requires the assistant turn of an ongoing tool loop to start with its thinking
+    block when thinking is on; history without one (from another model, or reasoning the
+    client dropped) would be refused."""
+    last = messages[-1] if messages else None
+    if last is None or last["role"] != "user" or not any(b.get("type") == "tool_result" for b in last["content"]):
+        return True
+    for msg in reversed(messages):
+        if msg["role"] == "assistant":
+            first = msg["content"][0] if msg["content"] else {}
+            return first.get("type") in ("thinking", "redacted_thinking")
+    return True
+
+
+# ---- JSON output --------------------------------------------------------------------------------
+
+_UNSUPPORTED_SCHEMA = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+                       "maxLength", "pattern", "maxItems", "minProperties", "maxProperties")
+
+
+def response_format(fmt: Any, param: str = "response_format") -> dict[str, Any] | None:
+    """A chat-shaped ``response_format`` checked: ``{"type": "json_schema", "schema", "name",
+    "description"}`` or ``{"type": "json_object"}``; None for plain text."""
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise invalid_request(f"{param}: must be an object with a type", param=param)
+    kind = fmt["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise invalid_request(f"{param}.json_schema: must be an object with a schema",
+                                  param=f"{param}.json_schema")
+        schema = spec.get("schema") or {"type": "object"}
+        if "type" not in schema and "properties" in schema:
+            schema = {"type": "object", **schema}
+        out = {"type": "json_schema", "schema": schema, "name": spec.get("name") or "response"}
+        if isinstance(spec.get("description"), str):
+            out["description"] = spec["description"]
+        return out
+    raise invalid_request(f"{param}.type: unsupported value {kind!r}", param=f"{param}.type")
+
+
+def _json_instruction(fmt: dict[str, Any]) -> str:
+    if fmt["type"] == "json_object":
+        return "Respond only with a single valid JSON object, with no other text before or after it."
+    return ("Respond only with a JSON value that conforms to this JSON Schema, with no other text before or "
+            f"after it:\n{orjson.dumps(fmt['schema']).decode()}")
+
+
+def structured_schema(schema: Any, depth: int = 0) -> Any:
+    """A JSON Schema as Claude's structured outputs take it: every object closed
+    (``additionalProperties: false`` unless the client said otherwise) and the constraints it
+    does not enforce (numeric bounds, string lengths, patterns) moved into the description, as
+    Anthropic's SDKs do."""
+    if depth > MAX_ECHO_DEPTH:
+        return schema
+    if isinstance(schema, list):
+        return [structured_schema(s, depth + 1) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    moved: list[str] = []
+    for key, value in schema.items():
+        if key in _UNSUPPORTED_SCHEMA or (key == "minItems" and value not in (0, 1)):
+            moved.append(f"{key}: {orjson.dumps(value).decode()}")
+        elif key in ("properties", "$defs", "definitions", "patternProperties"):
+            out[key] = {k: structured_schema(v, depth + 1) for k, v in value.items()} \
+                if isinstance(value, dict) else value
+        elif key in ("items", "anyOf", "allOf", "oneOf", "not", "additionalProperties", "prefixItems"):
+            out[key] = structured_schema(value, depth + 1) if isinstance(value, dict | list) else value
+        else:
+            out[key] = value
+    if moved:
+        note = "{" + ", ".join(moved) + "}"
+        out["description"] = f"{out['description']} {note}" if isinstance(out.get("description"), str) else note
+    if out.get("type") == "object" and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 # ---- prompt caching -----------------------------------------------------------------------------
 
 _EPHEMERAL = {"type": "ephemeral"}
 _NO_CACHE_CONTROL = frozenset({"thinking", "redacted_thinking"})
+MAX_BREAKPOINTS = 4  # Claude's limit per request
 
 
-def cache_breakpoints(system: Blocks, tools: Blocks, messages: list[dict[str, Any]]) -> None:
-    """Breakpoints on the last tool, the last system block and the last two user turns (4, Claude's
-    maximum): each turn's request reads the prefix the previous turn wrote."""
-    if tools:
+def wants_auto_cache(asked: Asked) -> bool:
+    """The caching policy of the OpenAI routes: on for a request with tools or an earlier assistant
+    turn (an agent or a conversation, resent whole every turn), off for a one-shot prompt."""
+    return bool(asked.tools) or any(m["role"] == "assistant" for m in asked.messages)
+
+
+def cache_breakpoints(system: Blocks, tools: Blocks, messages: list[dict[str, Any]]) -> int:
+    """Breakpoints on the last tool, the last system block and the last user turns, in that order
+    of priority, as many as fit beside the client's own ``cache_control`` in Claude's four: each
+    turn's request reads the prefix the previous turn wrote. Returns how many were added."""
+    used = sum(1 for b in (*tools, *system) if "cache_control" in b) + sum(
+        1 for m in messages for b in m["content"] if isinstance(b, dict) and "cache_control" in b)
+    added = 0
+
+    def room() -> bool:
+        return used + added < MAX_BREAKPOINTS
+
+    if tools and "cache_control" not in tools[-1] and room():
         tools[-1] = {**tools[-1], "cache_control": _EPHEMERAL}
-    if system:
+        added += 1
+    if system and "cache_control" not in system[-1] and room():
         system[-1] = {**system[-1], "cache_control": _EPHEMERAL}
+        added += 1
     marked = 0
     for msg in reversed(messages):
-        if marked == 2:
+        if marked == 2 or not room():
             break
         if msg["role"] != "user" or not msg["content"]:
             continue
         last = msg["content"][-1]
         if last.get("type") in _NO_CACHE_CONTROL or (last.get("type") == "text" and not last.get("text")):
             continue
-        msg["content"][-1] = {**last, "cache_control": _EPHEMERAL}
         marked += 1
-
-
-# ---- the body -----------------------------------------------------------------------------------
-
-
-def build_body(body: dict[str, Any], *, model: str, max_output: int | None, client_max: int | None,
-               system: Blocks, messages: list[dict[str, Any]], tools: Blocks, tool_choice: dict[str, Any] | None,
-               thinking: dict[str, Any] | None, effort: str | None, fmt: Any, top_k: bool,
-               cache: bool = False) -> tuple[dict[str, Any], str | None]:
-    """The Claude body from what an adapter parsed, and the name of the tool that carries a JSON
-    answer (None when none does). ``fmt``: a chat-shaped ``response_format`` (None: plain text)."""
-    limit = max_tokens(client_max, max_output)
-    out: dict[str, Any] = {"model": model, "max_tokens": limit}
-    forcing = tool_choice is not None and tool_choice["type"] in ("any", "tool")
-    if thinking is not None and forcing:
-        thinking, effort = None, None  # Claude refuses thinking with a forced tool; the tool_choice is the contract
-
-    json_tool = None
-    if fmt is not None:
-        json_tool, instruction, tool_def = response_format(fmt, has_tools=bool(tools), thinking=thinking is not None)
-        if tool_def is not None:
-            tools = [tool_def]
-            tool_choice = {"type": "tool", "name": JSON_TOOL}
-        if instruction:
-            system.append({"type": "text", "text": instruction})
-
-    if thinking is not None and thinking.get("type") == "enabled":
-        budget = thinking.get("budget_tokens")
-        if isinstance(budget, int) and not isinstance(budget, bool):
-            limit, fitted = fit_budget(limit, budget, max_output, explicit=client_max is not None)
-            if fitted is None:
-                thinking = None
-            else:
-                thinking = {**thinking, "budget_tokens": fitted}
-                out["max_tokens"] = limit
-
-    if cache:
-        cache_breakpoints(system, tools, messages)
-    if system:
-        out["system"] = system
-    out["messages"] = messages
-    if tools:
-        out["tools"] = tools
-        if tool_choice is not None:
-            out["tool_choice"] = tool_choice
-    if thinking is not None:
-        out["thinking"] = thinking
-        if effort is not None:
-            out["output_config"] = {"effort": effort}
-    else:
-        sampling(body, out, top_k=top_k)
-    return out, json_tool
+        if "cache_control" not in last:
+            msg["content"][-1] = {**last, "cache_control": _EPHEMERAL}
+            added += 1
+    return added
 
 
 def user_metadata(body: dict[str, Any], out: dict[str, Any]) -> None:
@@ -441,3 +761,16 @@ def user_metadata(body: dict[str, Any], out: dict[str, Any]) -> None:
             raise invalid_request("user: must be a string", param="user")
         if user:
             out["metadata"] = {"user_id": user[:256]}
+
+
+def sampling_params(body: dict[str, Any], asked: Asked, *, top_k: bool) -> None:
+    """``temperature`` (OpenAI's 0–2), ``top_p``, and ``top_k`` where the wire has it, checked."""
+    asked.temperature = number(body, "temperature", 0, 2)
+    asked.top_p = number(body, "top_p", 0, 1)
+    if not top_k:
+        return
+    value = body.get("top_k")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise invalid_request("top_k: must be a non-negative integer", param="top_k")
+        asked.top_k = value or None

@@ -55,7 +55,7 @@ Choices worth knowing (also in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -63,11 +63,9 @@ import orjson
 from ethereal.adapters import claude_request as cr
 from ethereal.adapters.claude_request import JSON_TOOL, model_name
 from ethereal.errors import GatewayError, invalid_request
+from ethereal.models import Rules
 from ethereal.usage import Usage
 
-THINKING_BUDGETS: dict[str, int | None] = {
-    "none": None, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768,
-}
 SIGNATURE_PREFIX = "eth1~"
 
 
@@ -80,16 +78,20 @@ class ChatRequest:
     include_usage: bool
     json_tool: str | None  # response_format went through this forced tool
     legacy_functions: bool  # the client used ``functions``: answer with ``function_call``
+    notes: dict[str, str] = field(default_factory=dict)  # response headers saying what was changed
 
 
 # ---- request ----------------------------------------------------------------------------
 
 
-def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None) -> ChatRequest:
+def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, rules: Rules | None = None,
+                 default_max_tokens: int | None = None, auto_cache: bool | None = None) -> ChatRequest:
     """Translate a Chat Completions request body (already parsed) for ``model``.
 
-    ``max_output`` is the model's output limit from the catalog (None when unknown): the
-    default for ``max_tokens`` and its cap.
+    ``rules``: the model's request rules (models.toml; without them, the shipped registry's for
+    ``model``). ``max_output`` is the model's output limit (None when unknown): the default for
+    ``max_tokens`` and its cap; ``default_max_tokens`` the default when it is unknown.
+    ``auto_cache``: add cache breakpoints (None: the caching policy, ``wants_auto_cache``).
     """
     _refuse_unsupported(body)
     stream = cr.opt_bool(body, "stream")
@@ -100,23 +102,42 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None) ->
             raise invalid_request("stream_options: must be an object", param="stream_options")
         include_usage = bool(options.get("include_usage")) and stream
 
-    system, messages = translate_messages(body.get("messages"))
+    raw_messages = body.get("messages")
+    system, messages = translate_messages(raw_messages)
     tools, legacy = _tools(body)
     tool_choice = _tool_choice(body, tools, legacy)
     if tools and isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
         tools = _allowed_tools(body["tool_choice"], tools)
-
-    out, json_tool = cr.build_body(body, model=model, max_output=max_output, client_max=_client_max(body),
-                                   system=system, messages=messages, tools=tools, tool_choice=tool_choice,
-                                   thinking=_thinking(body), effort=None, fmt=body.get("response_format"),
-                                   top_k=True)
+    asked = cr.Asked(model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
+                     tool_choice_param="function_call" if body.get("tool_choice") is None
+                     and body.get("function_call") is not None else "tool_choice",
+                     client_max=_client_max(body))
+    _thinking(body, asked)
+    asked.summary = asked.effort not in (None, "none") or _reads_reasoning(raw_messages)
+    cr.sampling_params(body, asked, top_k=True)
+    fmt = body.get("response_format")
+    if fmt is not None:
+        asked.fmt = cr.response_format(fmt)
+    rules = rules if rules is not None else cr.shipped_rules(model)
+    cache = cr.wants_auto_cache(asked) if auto_cache is None else auto_cache
+    built = cr.build_body(asked, rules, max_output=max_output,
+                          default_max_tokens=default_max_tokens or cr.shipped_default_max_tokens(),
+                          auto_cache=cache)
+    out = built.body
     stop = _stop(body.get("stop"))
     if stop:
         out["stop_sequences"] = stop
     cr.user_metadata(body, out)
     if stream:
         out["stream"] = True
-    return ChatRequest(out, stream, include_usage, json_tool, legacy)
+    return ChatRequest(out, stream, include_usage, built.json_tool, legacy, built.notes)
+
+
+def _reads_reasoning(messages: Any) -> bool:
+    """The client sends its assistant turns back with their reasoning: it shows or keeps it."""
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("role") == "assistant" and (m.get("reasoning_content") or m.get("thinking_blocks"))
+        for m in messages)
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -145,20 +166,20 @@ def _client_max(body: dict[str, Any]) -> int | None:
     return given if given is not None else cr.positive_int(body, "max_tokens")
 
 
-def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
-    thinking = body.get("thinking")  # Claude's own parameter, passed through
+def _thinking(body: dict[str, Any], asked: cr.Asked) -> None:
+    thinking = body.get("thinking")  # Claude's own parameter, read as the client's intent
     if thinking is not None:
         if not isinstance(thinking, dict):
             raise invalid_request("thinking: must be an object", param="thinking")
-        return None if thinking.get("type") == "disabled" else thinking
+        asked.thinking = thinking
+        return
     effort = body.get("reasoning_effort")
     if effort is None:
-        return None
-    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
-        raise invalid_request(f"reasoning_effort: must be one of {', '.join(THINKING_BUDGETS)}",
+        return
+    if not isinstance(effort, str) or effort not in cr.OPENAI_EFFORTS:
+        raise invalid_request(f"reasoning_effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}",
                               param="reasoning_effort")
-    budget = THINKING_BUDGETS[effort]
-    return None if budget is None else {"type": "enabled", "budget_tokens": budget}
+    asked.effort = effort
 
 
 def _stop(stop: Any) -> list[str]:

@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -89,15 +88,11 @@ import orjson
 from ethereal.adapters import claude_request as cr
 from ethereal.adapters.claude_request import model_name
 from ethereal.errors import invalid_request
-from ethereal.models import Registry, Rules
+from ethereal.models import Rules
 from ethereal.usage import Usage
 
 REASONING_PREFIX = "eth1r."
 MAX_TOOL_NAME = 64  # Claude's limit on a tool name
-EFFORTS: dict[str, tuple[int | None, str | None]] = {  # effort → (budget, adaptive effort)
-    "none": (None, None), "minimal": (1024, "low"), "low": (1024, "low"), "medium": (4096, "medium"),
-    "high": (16384, "high"), "xhigh": (32768, "max"),
-}
 WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
                               "web_search_preview_2025_03_11"})
 _REFUSED = {
@@ -124,35 +119,22 @@ class ResponsesRequest:
     json_tool: str | None = None
     cache_key: str | None = None  # prompt_cache_key
     head_text: str = ""  # ``head_json()``, written before admission for a stream (api/responses.py)
+    notes: dict[str, str] = field(default_factory=dict)  # response headers saying what was changed
 
     def head_json(self) -> str:
         """``head`` as JSON members without the braces (what the native translator takes)."""
         return orjson.dumps(self.head).decode()[1:-1]
 
 
-def adaptive_thinking(model: str, rules: Rules | None = None) -> bool:
-    """The model thinks adaptively (``budget_tokens`` is deprecated or refused there): its rules in
-    the model registry (``thinking_types``); without them, the shipped registry's for ``model``."""
-    if rules is None:
-        found = _shipped_registry().resolve(model)
-        if found is None:
-            return False
-        rules = found.rules
-    return rules.adaptive
-
-
-@functools.cache
-def _shipped_registry() -> Registry:
-    return Registry()
-
-
 # ---- request ----------------------------------------------------------------------------
 
 
 def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, response_id: str,
-                 created_at: int, rules: Rules | None = None) -> ResponsesRequest:
+                 created_at: int, rules: Rules | None = None, default_max_tokens: int | None = None,
+                 auto_cache: bool | None = None) -> ResponsesRequest:
     """Translate a Responses request body (already parsed) for ``model`` (``rules``: its request
-    rules from the model registry)."""
+    rules from the model registry, as for the chat adapter; ``auto_cache``: add cache breakpoints,
+    None for the caching policy)."""
     for name, message in _REFUSED.items():
         if body.get(name) not in (None, False, ""):
             raise invalid_request(message, param=name)
@@ -187,13 +169,20 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     tools = ctx.tools
 
     tool_choice = _tool_choice(body, ctx)
-    thinking, effort = _thinking(body, model, rules)
-    if thinking is not None and not _thinking_restorable(messages):
-        thinking, effort = None, None
-    out, json_tool = cr.build_body(body, model=model, max_output=max_output,
-                                   client_max=cr.positive_int(body, "max_output_tokens"), system=system,
-                                   messages=messages, tools=tools, tool_choice=tool_choice, thinking=thinking,
-                                   effort=effort, fmt=_text_format(body), top_k=False, cache=True)
+    asked = cr.Asked(model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
+                     effort_param="reasoning.effort", fmt_param="text.format",
+                     client_max=cr.positive_int(body, "max_output_tokens"), client_max_param="max_output_tokens")
+    _reasoning(body, asked)
+    cr.sampling_params(body, asked, top_k=False)
+    fmt = _text_format(body)
+    if fmt is not None:
+        asked.fmt = cr.response_format(fmt, "text.format")
+    rules = rules if rules is not None else cr.shipped_rules(model)
+    cache = cr.wants_auto_cache(asked) if auto_cache is None else auto_cache
+    built = cr.build_body(asked, rules, max_output=max_output,
+                          default_max_tokens=default_max_tokens or cr.shipped_default_max_tokens(),
+                          auto_cache=cache)
+    out = built.body
     cr.user_metadata(body, out)
     if stream:
         out["stream"] = True
@@ -201,7 +190,8 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     if cache_key is not None and not isinstance(cache_key, str):
         raise invalid_request("prompt_cache_key: must be a string", param="prompt_cache_key")
     head = _head(body, response_id=response_id, created_at=created_at, model=model, tools=tools_in or [])
-    return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, json_tool, cache_key or None)
+    return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, built.json_tool, cache_key or None,
+                            notes=built.notes)
 
 
 def response_head(body: dict[str, Any], *, response_id: str, created_at: int, model: str) -> dict[str, Any]:
@@ -244,41 +234,21 @@ def _head(body: dict[str, Any], *, response_id: str, created_at: int, model: str
     return head
 
 
-def _thinking(body: dict[str, Any], model: str, rules: Rules | None = None) -> tuple[dict[str, Any] | None,
-                                                                                     str | None]:
+def _reasoning(body: dict[str, Any], asked: cr.Asked) -> None:
+    """``reasoning.effort`` (an OpenAI effort) and ``reasoning.summary`` (the client reads the text)."""
     reasoning = body.get("reasoning")
     if reasoning is None:
-        return None, None
+        return
     if not isinstance(reasoning, dict):
         raise invalid_request("reasoning: must be an object", param="reasoning")
     effort = reasoning.get("effort")
-    if effort is None:
-        return None, None
-    if not isinstance(effort, str) or effort not in EFFORTS:
-        raise invalid_request(f"reasoning.effort: must be one of {', '.join(EFFORTS)}", param="reasoning.effort")
-    budget, level = EFFORTS[effort]
-    if budget is None:
-        return None, None
-    if adaptive_thinking(model, rules):
-        return {"type": "adaptive"}, level
-    return {"type": "enabled", "budget_tokens": budget}, None
-
-
-def _thinking_restorable(messages: list[dict[str, Any]]) -> bool:
-    """Thinking can be on: no tool loop is under way, or its assistant turn starts with thinking.
-
-    Claude requires the assistant turn of an ongoing tool loop to start with its thinking
-    block when thinking is enabled; history without one (from another model, or reasoning
-    the client dropped) would be refused, so thinking is left off for that request.
-    """
-    last = messages[-1] if messages else None
-    if last is None or last["role"] != "user" or not any(b.get("type") == "tool_result" for b in last["content"]):
-        return True
-    for msg in reversed(messages):
-        if msg["role"] == "assistant":
-            first = msg["content"][0] if msg["content"] else {}
-            return first.get("type") in ("thinking", "redacted_thinking")
-    return True
+    if effort is not None:
+        if not isinstance(effort, str) or effort not in cr.OPENAI_EFFORTS:
+            raise invalid_request(f"reasoning.effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}",
+                                  param="reasoning.effort")
+        asked.effort = effort
+    summary = reasoning.get("summary") or reasoning.get("generate_summary")
+    asked.summary = isinstance(summary, str) and summary not in ("none", "")
 
 
 def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -751,7 +721,6 @@ def to_response(message: dict[str, Any], request: ResponsesRequest) -> dict[str,
 __all__ = [
     "REASONING_PREFIX",
     "ResponsesRequest",
-    "adaptive_thinking",
     "encode_reasoning",
     "flat_name",
     "incomplete_reason",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,10 +24,33 @@ from ethereal.api.common import JSON, openai_error, raw_headers
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.guards import MAX_ECHO_DEPTH
+from ethereal.models import Rules
+from ethereal.models.learnt import learn, learnt_rules
 from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, Relay, response_headers
 from ethereal.upstream.affinity import cache_affinity
 
 log = logging.getLogger("ethereal.api.openai")
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    rules: Rules
+    max_output: int | None
+    default_max_tokens: int | None
+    auto_cache: bool | None  # None: the caching policy decides (claude_request.wants_auto_cache)
+
+
+def auto_cache_for(call: Call, gw: Gateway | None) -> bool | None:
+    """False when automatic caching is off for this request's key (its metadata ``auto_cache``,
+    else the ``ETHEREAL_AUTO_CACHE`` setting); True when the key asks for it on every request;
+    None: the policy decides."""
+    key = call.key
+    flag = key.metadata.get("auto_cache") if key is not None and isinstance(key.metadata, dict) else None
+    if isinstance(flag, bool):
+        return None if flag else False
+    if gw is not None and not gw.settings.auto_cache:
+        return False
+    return None
 
 ROUTE = "chat.completions"
 
@@ -80,6 +104,46 @@ class OpenAIAdapter(Adapter):
     def error(self, exc: GatewayError, request_id: str) -> Response:
         return openai_error(exc, request_id)
 
+    def may_reshape(self, call: Call) -> bool:
+        return call.model is not None and call.model.provisional and self.gw is not None
+
+    def reshape(self, call: Call, out: Outbound, payload: bytes, raw: bytes, data: dict[str, Any],
+                request: Request) -> Outbound | None:
+        """A model the registry does not describe, refused with a documented text: the rule it names
+        is corrected and remembered for the model (models/learnt.py), and the request built again."""
+        gw, model = self.gw, call.model
+        if gw is None or model is None:
+            return None
+        try:
+            err = orjson.loads(payload).get("error")
+            message = err.get("message") if isinstance(err, dict) else None
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        if not isinstance(message, str):
+            return None
+        found = learn(gw.registry, model.id, model.rules, message)
+        if found is None:
+            return None
+        key, _ = found
+        log.warning("model %s refused a translated request (%s): retried with the corrected shape, "
+                    "remembered for the model", model.id[:64], key)
+        again = self.build(call, raw, data, request)
+        call.notes.append((b"ethereal-reshaped", key.encode()))
+        return again
+
+    def translation(self, call: Call) -> Translation:
+        """What a translation reads besides the body: the model's rules (learnt ones for a model
+        the registry does not describe), its output limit, the registry's default allowance and
+        whether cache breakpoints are added for this key."""
+        gw = self.gw
+        model = call.model
+        rules = model.rules if model is not None else Rules()
+        max_output = model.max_output if model is not None and not model.provisional else None
+        default = gw.registry.default_max_tokens if gw is not None else None
+        if model is not None and model.provisional and gw is not None:
+            rules = learnt_rules(gw.registry, model.id, rules)
+        return Translation(rules, max_output, default, auto_cache_for(call, gw))
+
 
 class ChatCompletions(OpenAIAdapter):
     """``POST /v1/chat/completions``: OpenAI's request translated to a Messages body, the reply
@@ -91,8 +155,10 @@ class ChatCompletions(OpenAIAdapter):
         return openai_chat.model_name(data)
 
     def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
-        model = call.model
-        chat = openai_chat.to_anthropic(data, model=call.model_name or "", max_output=model.max_output if model else None)
+        t = self.translation(call)
+        chat = openai_chat.to_anthropic(data, model=call.model_name or "", max_output=t.max_output, rules=t.rules,
+                                        default_max_tokens=t.default_max_tokens, auto_cache=t.auto_cache)
+        call.notes = [(k.encode(), v.encode()) for k, v in chat.notes.items()]
         try:  # the body depth bound (max_depth) keeps it writable: a last guard, before admission
             body = orjson.dumps(chat.body)
         except orjson.JSONEncodeError as exc:

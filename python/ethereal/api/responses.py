@@ -51,11 +51,12 @@ class Responses(OpenAIAdapter):
         return openai_responses.model_name(data)
 
     def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
-        model = call.model
-        req = openai_responses.to_anthropic(data, model=call.model_name or "",
-                                            max_output=model.max_output if model else None,
+        t = self.translation(call)
+        req = openai_responses.to_anthropic(data, model=call.model_name or "", max_output=t.max_output,
                                             response_id=response_id(call), created_at=int(call.started),
-                                            rules=model.rules if model else None)
+                                            rules=t.rules, default_max_tokens=t.default_max_tokens,
+                                            auto_cache=t.auto_cache)
+        call.notes = [(k.encode(), v.encode()) for k, v in req.notes.items()]
         try:  # the body depth bound (OpenAIAdapter.max_depth) keeps both writable: a last guard, before admission
             body = orjson.dumps(req.body)
             if req.stream:  # the translator's head, written once here rather than after the upstream answered
