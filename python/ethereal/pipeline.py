@@ -114,6 +114,7 @@ class Outbound:
     stream: bool
     max_tokens: int  # output allowance to reserve
     affinity: bytes | None = None  # cache-affinity key (upstream.affinity)
+    account: str | None = None  # only credentials of this upstream account (account-bound thinking replayed)
     context: Any = None  # the adapter's own state for the reply side (e.g. the translated request)
 
 
@@ -450,7 +451,7 @@ class Pipeline:
         for attempt in range(settings.max_attempts):
             if attempt and time.monotonic() >= deadline:
                 break
-            cred = await pool.acquire(call.model_name, out.affinity, tried, count_rpm=health)
+            cred = await pool.acquire(call.model_name, out.affinity, tried, count_rpm=health, account=out.account)
             if isinstance(cred, Refusal):
                 if last is None and cred.reason is not Refused.EXHAUSTED:
                     raise GatewayError(cred.status, cred.message, type=cred.error_type, retry_after=cred.wait)
@@ -479,6 +480,9 @@ class Pipeline:
                 pool.release(cred)
                 raise
             status = resp.status
+            org = resp.headers.get("anthropic-organization-id")
+            if org and cred.account != org:
+                cred.account = org[:128]  # the upstream account this credential belongs to (upstream/binding.py)
             kind = FailureKind.for_status(status) if status >= 400 else None
             if kind is None:  # a success, or the client's own error (400, 404, 413, ...): the client's to see
                 call.credential = cred

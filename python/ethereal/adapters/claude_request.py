@@ -362,6 +362,7 @@ class Asked:
     fmt_param: str = "response_format"
     client_max: int | None = None
     client_max_param: str = "max_tokens"
+    drop_thinking: bool = False  # replayed thinking cannot reach the account that made it: left out
 
 
 @dataclass(slots=True)
@@ -455,6 +456,10 @@ def build_body(asked: Asked, rules: Rules, *, max_output: int | None, default_ma
     limit = max_tokens(asked.client_max, max_output, default_max_tokens)
     thinking = _asked_thinking(asked, rules)
 
+    if asked.drop_thinking:
+        dropped = _drop_thinking(messages)
+        if dropped:
+            notes[DROPPED_THINKING] = f"{dropped}; reason=account-unavailable"
     _prefill(messages, rules, notes)
 
     # a JSON answer: structured outputs where the model has them, else a forced tool or an instruction
@@ -601,6 +606,20 @@ def _sampling(asked: Asked, rules: Rules, thinking: bool, out: dict[str, Any], n
             out[name] = value
     if dropped:
         notes[DROPPED_PARAMS] = ",".join(dropped)
+
+
+def _drop_thinking(messages: list[dict[str, Any]]) -> int:
+    """Remove replayed thinking blocks (turns left empty go, same-role neighbours merge); how many."""
+    kept: list[dict[str, Any]] = []
+    dropped = 0
+    for msg in messages:
+        blocks = msg["content"]
+        if msg["role"] == "assistant":
+            blocks = [b for b in blocks if b.get("type") not in ("thinking", "redacted_thinking")]
+            dropped += len(msg["content"]) - len(blocks)
+        append_turn(kept, msg["role"], blocks)
+    messages[:] = kept
+    return dropped
 
 
 def _prefill(messages: list[dict[str, Any]], rules: Rules, notes: dict[str, str]) -> None:

@@ -85,7 +85,8 @@ class ChatRequest:
 
 
 def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, rules: Rules | None = None,
-                 default_max_tokens: int | None = None, auto_cache: bool | None = None) -> ChatRequest:
+                 default_max_tokens: int | None = None, auto_cache: bool | None = None,
+                 drop_thinking: bool = False) -> ChatRequest:
     """Translate a Chat Completions request body (already parsed) for ``model``.
 
     ``rules``: the model's request rules (models.toml; without them, the shipped registry's for
@@ -118,6 +119,7 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, ru
     fmt = body.get("response_format")
     if fmt is not None:
         asked.fmt = cr.response_format(fmt)
+    asked.drop_thinking = drop_thinking
     rules = rules if rules is not None else cr.shipped_rules(model)
     cache = cr.wants_auto_cache(asked) if auto_cache is None else auto_cache
     built = cr.build_body(asked, rules, max_output=max_output,

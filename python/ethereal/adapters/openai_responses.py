@@ -131,7 +131,7 @@ class ResponsesRequest:
 
 def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, response_id: str,
                  created_at: int, rules: Rules | None = None, default_max_tokens: int | None = None,
-                 auto_cache: bool | None = None) -> ResponsesRequest:
+                 auto_cache: bool | None = None, drop_thinking: bool = False) -> ResponsesRequest:
     """Translate a Responses request body (already parsed) for ``model`` (``rules``: its request
     rules from the model registry, as for the chat adapter; ``auto_cache``: add cache breakpoints,
     None for the caching policy)."""
@@ -177,6 +177,7 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     fmt = _text_format(body)
     if fmt is not None:
         asked.fmt = cr.response_format(fmt, "text.format")
+    asked.drop_thinking = drop_thinking
     rules = rules if rules is not None else cr.shipped_rules(model)
     cache = cr.wants_auto_cache(asked) if auto_cache is None else auto_cache
     built = cr.build_body(asked, rules, max_output=max_output,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from blacksheep import Application, Content, Request, Response
@@ -28,6 +29,7 @@ from ethereal.models import Rules
 from ethereal.models.learnt import learn, learnt_rules
 from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, Relay, response_headers
 from ethereal.upstream.affinity import cache_affinity
+from ethereal.upstream.binding import replayed_tokens
 
 log = logging.getLogger("ethereal.api.openai")
 
@@ -53,6 +55,7 @@ def auto_cache_for(call: Call, gw: Gateway | None) -> bool | None:
     return None
 
 ROUTE = "chat.completions"
+T = TypeVar("T")
 
 # anthropic-ratelimit-<family>-<field> → OpenAI's x-ratelimit-<field>-<family>
 _RATELIMIT_FAMILIES = {b"requests": b"requests", b"tokens": b"tokens"}
@@ -131,6 +134,36 @@ class OpenAIAdapter(Adapter):
         call.notes.append((b"ethereal-reshaped", key.encode()))
         return again
 
+    def bound(self, call: Call, t: Translation, translate: Callable[[bool], T]) -> tuple[T, str | None]:
+        """The translated request, and the upstream account it must go to when its replayed
+        thinking is bound to one (``thinking_binding = "account"``; upstream/binding.py). When no
+        credential of that account serves the model, the replayed thinking is left out (the
+        ``ethereal-dropped-thinking`` header says so) rather than sent where it is refused."""
+        req = translate(False)
+        gw = self.gw
+        if gw is None or t.rules.thinking_binding != "account":
+            return req, None
+        tokens = replayed_tokens(req.body["messages"])  # type: ignore[attr-defined]
+        account = gw.pool.thinking_accounts.account_of(tokens) if tokens else None
+        if account is None:
+            return req, None
+        if gw.pool.has_account(call.model_name, account):
+            return req, account
+        return translate(True), None
+
+    def remember_thinking(self, call: Call, out: Outbound, message: dict[str, Any] | None = None) -> None:
+        """A served request's replayed thinking (and a whole reply's own) belongs to the account of
+        the credential that served it."""
+        gw, cred, model = self.gw, call.credential, call.model
+        if gw is None or cred is None or cred.account is None or model is None \
+                or model.rules.thinking_binding != "account":
+            return
+        tokens = replayed_tokens(out.data.get("messages") or [])
+        if message is not None:
+            tokens += replayed_tokens([{"role": "assistant", "content": message.get("content")}])
+        if tokens:
+            gw.pool.thinking_accounts.record(tokens, cred.account)
+
     def translation(self, call: Call) -> Translation:
         """What a translation reads besides the body: the model's rules (learnt ones for a model
         the registry does not describe), its output limit, the registry's default allowance and
@@ -156,8 +189,9 @@ class ChatCompletions(OpenAIAdapter):
 
     def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
         t = self.translation(call)
-        chat = openai_chat.to_anthropic(data, model=call.model_name or "", max_output=t.max_output, rules=t.rules,
-                                        default_max_tokens=t.default_max_tokens, auto_cache=t.auto_cache)
+        chat, account = self.bound(call, t, lambda drop: openai_chat.to_anthropic(
+            data, model=call.model_name or "", max_output=t.max_output, rules=t.rules,
+            default_max_tokens=t.default_max_tokens, auto_cache=t.auto_cache, drop_thinking=drop))
         call.notes = [(k.encode(), v.encode()) for k, v in chat.notes.items()]
         try:  # the body depth bound (max_depth) keeps it writable: a last guard, before admission
             body = orjson.dumps(chat.body)
@@ -166,10 +200,11 @@ class ChatCompletions(OpenAIAdapter):
         return Outbound(body=body, data=chat.body, path="/v1/messages",
                         headers=upstream_request_headers(raw_headers(request)), stream=chat.stream,
                         max_tokens=int(chat.body["max_tokens"]),
-                        affinity=cache_affinity(chat.body, call.model_name, body), context=chat)
+                        affinity=cache_affinity(chat.body, call.model_name, body), context=chat, account=account)
 
     def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
         chat = _chat(out)
+        self.remember_thinking(call, out)
         translator = _native.ChatTranslator(call.model_name or "", completion_id(call), int(call.started),
                                             chat.include_usage, json_tool=chat.json_tool,
                                             legacy_functions=chat.legacy_functions)
@@ -177,6 +212,7 @@ class ChatCompletions(OpenAIAdapter):
 
     def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
         chat = _chat(out)
+        self.remember_thinking(call, out, message)
         completion = openai_chat.to_chat_completion(message, completion_id=completion_id(call),
                                                     created=int(call.started), model=call.model_name or "",
                                                     json_tool=chat.json_tool,
