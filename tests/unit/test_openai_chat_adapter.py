@@ -238,14 +238,12 @@ def test_response_format_json_schema_is_a_forced_tool() -> None:
 
 
 def test_response_format_json_object_and_fallbacks() -> None:
-    # json_object: any object, which neither a tool schema nor structured outputs can say: an instruction
     req = to_anthropic({"model": "m", "messages": USER, "response_format": {"type": "json_object"}},
                        model="m", max_output=None)
-    assert req.json_tool is None and "JSON" in req.body["system"][-1]["text"] and "tools" not in req.body
-    # json_schema with the client's own tools, or thinking: a system instruction instead of the forced tool
-    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    assert req.json_tool == JSON_TOOL and req.body["tools"][0]["input_schema"]["type"] == "object"
+    # with the client's own tools, or thinking: a system instruction instead
     for extra in ({"tools": [TOOL]}, {"reasoning_effort": "low"}):
-        req = to_anthropic({"model": "m", "messages": USER, "response_format": schema, **extra},
+        req = to_anthropic({"model": "m", "messages": USER, "response_format": {"type": "json_object"}, **extra},
                            model="m", max_output=None)
         assert req.json_tool is None and "JSON" in req.body["system"][-1]["text"]
     assert "tools" not in body(response_format={"type": "text"})

@@ -469,8 +469,7 @@ def build_body(asked: Asked, rules: Rules, *, max_output: int | None, default_ma
         instruction = _json_instruction(asked.fmt)
         if kind == "json_schema" and rules.structured_outputs:
             output_format = {"type": "json_schema", "schema": structured_schema(asked.fmt["schema"])}
-        elif (kind == "json_object" or asked.fmt["schema"].get("type") != "object" or tools or thinking.on
-              or not rules.forced_tool_choice):
+        elif asked.fmt["schema"].get("type") != "object" or tools or thinking.on or not rules.forced_tool_choice:
             system.append({"type": "text", "text": instruction})
         else:
             built.json_tool = JSON_TOOL
@@ -672,7 +671,9 @@ def response_format(fmt: Any, param: str = "response_format") -> dict[str, Any] 
     if kind == "text":
         return None
     if kind == "json_object":
-        return {"type": "json_object"}
+        # any object: a tool's input schema can say it, structured outputs (every object closed) cannot
+        return {"type": "json_object", "schema": {"type": "object", "additionalProperties": True},
+                "description": "Give your complete answer as this tool's input: a single JSON object."}
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
