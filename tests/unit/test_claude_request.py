@@ -342,3 +342,25 @@ def test_learnt_rules_are_remembered_per_model() -> None:
     # the same refusal again changes nothing: no second retry
     assert learn(registry, "claude-nova-6", base, REGISTRY.error_text("thinking_enabled")) is None
     assert learnt_rules(registry, "claude-other", base) is base
+
+
+def test_thinking_accounts_are_bounded_and_newest_first() -> None:
+    from ethereal.upstream.binding import ThinkingAccounts, replayed_tokens
+
+    accounts = ThinkingAccounts(limit=2)
+    accounts.record(["s1"], "org-a")
+    accounts.record(["s2"], "org-b")
+    assert accounts.account_of(["s1", "s2"]) == "org-b"  # the newest replayed block decides
+    accounts.record(["s3"], "org-c")
+    assert len(accounts) == 2 and accounts.account_of(["s1"]) is None  # the oldest forgotten
+    accounts.record(["s4"], None)  # a credential whose account is not known yet: nothing learnt
+    assert accounts.account_of(["s4"]) is None
+    body = chat("claude-sonnet-5-5", messages=THINKING_LOOP, tools=[TOOL], reasoning_effort="low").body
+    assert replayed_tokens(body["messages"]) == ["c2ln"]
+    dropped = openai_chat.to_anthropic({"model": "m", "messages": THINKING_LOOP, "tools": [TOOL],
+                                        "reasoning_effort": "low"}, model="claude-sonnet-5-5", max_output=1000,
+                                       rules=rules_of("claude-sonnet-5-5"), drop_thinking=True)
+    assert replayed_tokens(dropped.body["messages"]) == []
+    assert dropped.notes[cr.DROPPED_THINKING] == "1; reason=account-unavailable"
+    # the tool loop has no thinking left to replay: thinking off as the model allows (between_tools)
+    assert dropped.body["thinking"] == {"type": "between_tools"} and violations(dropped.body, "claude-sonnet-5-5") == []
