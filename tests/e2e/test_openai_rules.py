@@ -178,3 +178,28 @@ def test_automatic_caching_for_chat_clients(gateway: Gateway) -> None:
     assert cost_on <= 0.4 * cost_off, (cost_on, cost_off)
     print(json.dumps({"cost_micro_auto_cache": cost_on, "cost_micro_opted_out": cost_off,
                       "saving": round(1 - cost_on / cost_off, 3)}))
+
+
+def test_provisional_model_learns_from_a_documented_refusal(gateway: Gateway, client: openai.OpenAI) -> None:
+    """A model the registry does not describe is translated with its stand-in's rules (a Haiku is
+    billed like Haiku 4.5, which thinks with budget_tokens). The upstream refuses that with the
+    API's documented text: the translated route corrects the shape, retries once, and says so; the
+    native route passes the same refusal through unmodified."""
+    from ethereal.models import Registry
+    from ethereal.sim.testing import control
+
+    refusal = Registry().error_text("thinking_enabled")
+    model = "claude-haiku-9-0"
+    control(gateway.sim_url, "/_sim/faults", {"fault": "400", "count": 1, "message": refusal})
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], reasoning_effort="high", max_tokens=64)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["ethereal-reshaped"] == "thinking_enabled"
+    raw = client.chat.completions.with_raw_response.create(  # remembered: no refusal, no retry
+        model=model, messages=[{"role": "user", "content": "Again"}], reasoning_effort="high", max_tokens=64)
+    assert "ethereal-reshaped" not in raw.headers and raw.parse().choices[0].message.content
+    control(gateway.sim_url, "/_sim/faults", {"fault": "400", "count": 1, "message": refusal})
+    native = httpx.post(f"{gateway.url}/v1/messages", headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01"},
+                        json={"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}],
+                              "thinking": {"type": "enabled", "budget_tokens": 1024}}, timeout=10)
+    assert native.status_code == 400 and native.json()["error"]["message"] == refusal
