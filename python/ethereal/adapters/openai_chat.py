@@ -14,21 +14,11 @@ Choices worth knowing (also in the README):
 - ``temperature``: OpenAI's range is 0–2, Claude's 0–1. Values are **clamped** to 1, not
   scaled: both APIs default to 1 and clients overwhelmingly send values in 0–1
   (0, 0.2, 0.7…), which then mean the same on both sides; scaling would halve them.
-  When both ``temperature`` and ``top_p`` are set, ``top_p`` is dropped (recent Claude
-  models accept only one of them; OpenAI advises altering only one).
-- ``reasoning_effort`` → extended thinking with ``budget_tokens`` minimal/low 1024,
-  medium 4096, high 16384, xhigh 32768 (``none`` = no thinking). ``max_tokens`` must
-  exceed the budget: when the client's limit does not, the budget is added to it (the
-  client's number then bounds the visible answer), capped by the model's output limit.
-  With thinking on, ``temperature``/``top_p``/``top_k`` are dropped (Claude requires the
-  defaults), and a forcing ``tool_choice`` (``required`` or a named function) wins over
-  thinking, which is then left off (Claude refuses both together).
-- ``response_format``: ``json_schema`` (object root) and ``json_object`` become a forced
-  tool named ``json_response`` whose input schema is the requested one (``{"type":
-  "object"}`` for json_object). Claude fills a tool's input reliably to its schema; the
-  tool input comes back as the message ``content`` (a JSON string) with ``finish_reason``
-  ``stop``. When a forced tool is impossible — the request has its own tools, or
-  thinking is on — the format becomes a system instruction instead.
+- Everything that depends on the model (``reasoning_effort`` and ``thinking``, thinking off,
+  sampling parameters, ``response_format``, forcing ``tool_choice``, a trailing assistant
+  prefill, ``max_tokens``, cache breakpoints) follows the model's rules in the registry, in
+  one place shared with the Responses adapter: ``claude_request.build_body``
+  (docs/openai-translation.md, with the response headers that say what was changed).
 - Thinking comes back as ``reasoning_content`` plus ``reasoning_signature``: the raw
   signature when the reply had one thinking block, else an opaque ``eth1~…`` form that
   also carries redacted thinking and block boundaries. An assistant message sent back
@@ -41,8 +31,9 @@ Choices worth knowing (also in the README):
   ``modalities``, ``logit_bias``, ``web_search_options``, audio/``file_id`` content parts,
   non-function tools.
 - ``user`` (or ``safety_identifier``) → ``metadata.user_id``. ``cache_control`` on content
-  parts and tools is passed through (the OpenRouter/LiteLLM convention), so prompt
-  caching works from OpenAI-shaped clients too. Non-standard ``top_k`` and ``thinking``
+  parts and tools is passed through (the OpenRouter/LiteLLM convention), and the gateway adds
+  breakpoints of its own for conversations and agents (the caching policy in
+  ``claude_request``). Non-standard ``top_k`` and ``thinking``
   are passed through.
 - ``content`` is the reply's text blocks joined; text that follows a non-text block (a
   server tool call and its result, say) starts a new paragraph (a blank line), so text around

@@ -34,27 +34,19 @@ Request (what Codex CLI and the openai SDK send):
 - ``tool_choice``: ``auto``/``none``/``required``, a named function or custom tool,
   ``allowed_tools`` (the tool list narrowed), a hosted web search; ``parallel_tool_calls:
   false`` → ``disable_parallel_tool_use``.
-- ``reasoning.effort`` → thinking: adaptive thinking with ``output_config.effort``
-  (minimal/low → low, medium, high, xhigh → max) on models that have it (Claude 4.6 and
-  later), else ``budget_tokens`` minimal/low 1024, medium 4096, high 16384, xhigh 32768,
-  with ``max_tokens`` raised past the budget as the chat adapter does; ``none`` = off. A
-  forcing ``tool_choice`` turns thinking off (Claude refuses both), and so does a tool loop
-  whose last assistant turn has no thinking block to restore (Claude would refuse it).
-  ``reasoning.summary`` is accepted: the thinking text always comes back as the summary.
-- ``text.format``: ``json_schema`` (object root) / ``json_object`` → a forced tool whose
-  input streams back as the message's ``output_text``; with tools or thinking, a system
-  instruction instead (the chat adapter's rule). ``text.verbosity`` is accepted.
-- ``max_output_tokens`` → ``max_tokens`` (default and cap: the model's output limit);
-  ``temperature`` clamped to Claude's 0–1, ``top_p`` (dropped when ``temperature`` is set,
-  and both dropped with thinking); ``user``/``safety_identifier`` → ``metadata.user_id``;
-  ``metadata`` and ``store`` are echoed (nothing is stored: ``store`` comes back false);
-  ``include``, ``prompt_cache_key`` (which keys the credential choice, see
-  ``cache_affinity``), ``service_tier``, ``truncation``, ``client_metadata``,
-  ``stream_options``, ``max_tool_calls`` are accepted.
-- Prompt caching: ``cache_control`` breakpoints go on the last tool, the last system block
-  and the last block of the last two user turns, so a conversation resent whole every turn
-  (Codex, ``store: false``) reads its growing prefix from the cache;
-  ``input_tokens_details.cached_tokens`` reports the cache reads.
+- ``reasoning.effort``, ``reasoning.summary`` (``display: summarized`` where the model would
+  omit the text), ``text.format`` (structured outputs for ``json_schema``), ``temperature`` and
+  ``top_p``, a forcing ``tool_choice``, ``max_output_tokens`` and prompt caching follow the
+  model's rules in the registry, written once for both OpenAI routes in
+  ``claude_request.build_body`` (docs/openai-translation.md). ``text.verbosity`` is accepted.
+- ``user``/``safety_identifier`` → ``metadata.user_id``; ``metadata`` and ``store`` are echoed
+  (nothing is stored: ``store`` comes back false); ``include``, ``prompt_cache_key`` (which keys
+  the credential choice, see ``cache_affinity``), ``service_tier``, ``truncation``,
+  ``client_metadata``, ``stream_options``, ``max_tool_calls`` are accepted.
+- Prompt caching: breakpoints on the last tool, the last system block and the last user turns
+  (within Claude's four), so a conversation resent whole every turn (Codex, ``store: false``)
+  reads its growing prefix from the cache; ``input_tokens_details.cached_tokens`` reports the
+  cache reads.
 - Refused with a 400 naming the parameter: ``previous_response_id`` and ``conversation``
   (ethereal stores no responses: send the whole history, as Codex does), ``background``,
   ``prompt`` (stored prompt templates), ``top_logprobs`` and the logprobs ``include``,
