@@ -441,14 +441,22 @@ def _asked_thinking(asked: Asked, rules: Rules) -> _Thinking:
     return t
 
 
-def build_body(asked: Asked, rules: Rules, *, max_output: int | None, default_max_tokens: int,
-               auto_cache: bool = False) -> Built:
+def build_body(asked: Asked, rules: Rules | None, *, max_output: int | None, default_max_tokens: int | None = None,
+               auto_cache: bool | None = None) -> Built:
     """The Claude body for ``asked`` that the model with these ``rules`` accepts.
 
     Every choice is read from the rules (models.toml), never from the model's name. Where the
     client asked for something the model refuses and an equivalent exists, the equivalent is
     sent and a response header says so; where none exists, a 400 names the client's parameter.
+    ``rules`` None: the shipped registry's for the model; ``default_max_tokens`` None: the shipped
+    registry's; ``auto_cache`` None: the caching policy (``wants_auto_cache``).
     """
+    if rules is None:
+        rules = shipped_rules(asked.model)
+    if default_max_tokens is None:
+        default_max_tokens = shipped_default_max_tokens()
+    if auto_cache is None:
+        auto_cache = wants_auto_cache(asked)
     built = Built({"model": asked.model})
     notes = built.notes
     system, messages, tools = asked.system, asked.messages, list(asked.tools)
@@ -773,14 +781,17 @@ def cache_breakpoints(system: Blocks, tools: Blocks, messages: list[dict[str, An
     return added
 
 
-def user_metadata(body: dict[str, Any], out: dict[str, Any]) -> None:
-    """``user`` (or ``safety_identifier``) → ``metadata.user_id`` (Claude takes 256 characters)."""
+def finish_body(body: dict[str, Any], out: dict[str, Any], *, stream: bool) -> None:
+    """``user`` (or ``safety_identifier``) → ``metadata.user_id`` (Claude takes 256 characters), and
+    ``stream``."""
     user = body.get("user") or body.get("safety_identifier")
     if user is not None:
         if not isinstance(user, str):
             raise invalid_request("user: must be a string", param="user")
         if user:
             out["metadata"] = {"user_id": user[:256]}
+    if stream:
+        out["stream"] = True
 
 
 def sampling_params(body: dict[str, Any], asked: Asked, *, top_k: bool) -> None:

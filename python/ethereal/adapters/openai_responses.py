@@ -170,15 +170,10 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     if fmt is not None:
         asked.fmt = cr.response_format(fmt, "text.format")
     asked.drop_thinking = drop_thinking
-    rules = rules if rules is not None else cr.shipped_rules(model)
-    cache = cr.wants_auto_cache(asked) if auto_cache is None else auto_cache
-    built = cr.build_body(asked, rules, max_output=max_output,
-                          default_max_tokens=default_max_tokens or cr.shipped_default_max_tokens(),
-                          auto_cache=cache)
+    built = cr.build_body(asked, rules, max_output=max_output, default_max_tokens=default_max_tokens,
+                          auto_cache=auto_cache)
     out = built.body
-    cr.user_metadata(body, out)
-    if stream:
-        out["stream"] = True
+    cr.finish_body(body, out, stream=stream)
     cache_key = body.get("prompt_cache_key")
     if cache_key is not None and not isinstance(cache_key, str):
         raise invalid_request("prompt_cache_key: must be a string", param="prompt_cache_key")
