@@ -97,6 +97,7 @@ class Call:
     credential: Any = None  # upstream.pool.Credential while one is held
     upstream_request_id: str | None = None
     record: UsageRecord | None = None  # set by Pipeline.finish: one record per request
+    notes: list[tuple[bytes, bytes]] = field(default_factory=list)  # headers saying what a translation changed
 
     def first_byte(self) -> None:
         if self.ttfb_ms is None:
@@ -114,6 +115,7 @@ class Outbound:
     stream: bool
     max_tokens: int  # output allowance to reserve
     affinity: bytes | None = None  # cache-affinity key (upstream.affinity)
+    account: str | None = None  # only credentials of this upstream account (account-bound thinking replayed)
     context: Any = None  # the adapter's own state for the reply side (e.g. the translated request)
     # prompt-cache breakpoints the adapter added itself ("5m" or "1h"): the input is reserved at
     # that cache-write rate (metering/reserve.py) even when the client asked for no caching
@@ -139,6 +141,7 @@ class Adapter:
 
     route = "messages"
     metered = True
+    gw: Gateway | None = None  # the started gateway, bound by Pipeline.route (adapters that read its registry)
     #: the deepest body accepted: a route that echoes or re-serialises what it reads asks for less
     max_depth = _native.MAX_JSON_DEPTH
 
@@ -165,6 +168,15 @@ class Adapter:
     def error(self, exc: GatewayError, request_id: str) -> Response:
         raise NotImplementedError
 
+    def may_reshape(self, call: Call) -> bool:
+        """A 400 from the upstream may be corrected and sent again (translated routes only)."""
+        return False
+
+    def reshape(self, call: Call, out: Outbound, payload: bytes, raw: bytes, data: dict[str, Any],
+                request: Request) -> Outbound | None:
+        """The request in the shape an upstream 400 (``payload``) asks for, or None: the 400 stands."""
+        return None
+
     def unavailable(self, call: Call, out: Outbound, exc: GatewayError) -> Response | None:
         """An answer of the gateway's own when no upstream could serve (None: answer ``exc``)."""
         return None
@@ -176,6 +188,7 @@ def response_headers(call: Call) -> list[tuple[bytes, bytes]]:
         headers.append((b"upstream-request-id", call.upstream_request_id.encode("latin-1")))
     if call.admission is not None:
         headers.extend(call.admission.headers)
+    headers.extend(call.notes)
     return headers
 
 
@@ -226,6 +239,7 @@ class Pipeline:
 
     def route(self, adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
         """The BlackSheep handler serving ``adapter``."""
+        adapter.gw = self.gw
 
         async def handler(request: Request) -> Response:
             return await self.handle(adapter, request)
@@ -260,9 +274,12 @@ class Pipeline:
 
     async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
         raw = await read_body(request, self.settings.max_body_bytes)
-        out = await self.prepare(adapter, call, raw, parse_json_body(raw, adapter.max_depth), request)
+        data = parse_json_body(raw, adapter.max_depth)
+        out = await self.prepare(adapter, call, raw, data, request)
         try:
             resp = await self.open_upstream(call, out, health=adapter.metered)
+            if resp.status == 400 and adapter.may_reshape(call):
+                resp, out = await self.reshaped(adapter, call, out, resp, raw, data, request)
         except GatewayError as exc:
             fallback = adapter.unavailable(call, out, exc)
             if fallback is None:
@@ -299,6 +316,24 @@ class Pipeline:
         call.first_byte()
         await self.finish(call, resp.status, usage if adapter.metered else Usage())
         return response
+
+    async def reshaped(self, adapter: Adapter, call: Call, out: Outbound, resp: UpstreamResponse, raw: bytes,
+                       data: dict[str, Any], request: Request) -> tuple[UpstreamResponse, Outbound]:
+        """A 400 the adapter can correct (a translated request to a model the registry does not
+        describe, refused with one of the API's documented texts): sent once more in the shape
+        the refusal asks for. Otherwise the 400 stands, as the upstream sent it."""
+        try:
+            payload = await resp.read()
+        except UpstreamStreamError as exc:
+            raise GatewayError(502, "the upstream connection was interrupted") from exc
+        again = adapter.reshape(call, out, payload, raw, data, request)
+        if again is None:
+            raise upstream_error(resp.status, payload, resp.headers)
+        cred = call.credential
+        call.credential = None
+        if cred is not None:
+            self.gw.pool.release(cred)
+        return await self.open_upstream(call, again, health=adapter.metered), again
 
     async def prepare(self, adapter: Adapter, call: Call, raw: bytes, data: dict[str, Any],
                       request: Request) -> Outbound:
@@ -422,7 +457,7 @@ class Pipeline:
         for attempt in range(settings.max_attempts):
             if attempt and time.monotonic() >= deadline:
                 break
-            cred = await pool.acquire(call.model_name, out.affinity, tried, count_rpm=health)
+            cred = await pool.acquire(call.model_name, out.affinity, tried, count_rpm=health, account=out.account)
             if isinstance(cred, Refusal):
                 if last is None and cred.reason is not Refused.EXHAUSTED:
                     raise GatewayError(cred.status, cred.message, type=cred.error_type, retry_after=cred.wait)
@@ -451,6 +486,9 @@ class Pipeline:
                 pool.release(cred)
                 raise
             status = resp.status
+            org = resp.headers.get("anthropic-organization-id")
+            if org and cred.account != org:
+                cred.account = org[:128]  # the upstream account this credential belongs to (upstream/binding.py)
             kind = FailureKind.for_status(status) if status >= 400 else None
             if kind is None:  # a success, or the client's own error (400, 404, 413, ...): the client's to see
                 call.credential = cred

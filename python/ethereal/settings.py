@@ -70,6 +70,9 @@ class Settings:
     # how often each credential's GET /v1/models is read (seconds; 0: only at start-up)
     upstream_models_interval: float = 3 * 3600.0
     limits_fail_open: bool = False
+    # automatic prompt caching on /v1/chat/completions and /v1/responses (adapters/claude_request.py);
+    # a key's metadata "auto_cache": false|true overrides it for that key
+    auto_cache: bool = True
     # without Redis each worker keeps its own budget and window counters (N workers = N x every
     # budget): more than one worker without Redis needs this set, to say the operator knows
     limits_per_worker: bool = False
@@ -186,7 +189,7 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1,
                  "console_session_hours": 0.001, "drain_delay": 0.0, "shutdown_grace": 0.0,
                  "ws_idle_timeout": 0.1, "ws_ping_interval": 0.1}
-_BOOL_FIELDS = {"limits_fail_open", "limits_per_worker"}
+_BOOL_FIELDS = {"limits_fail_open", "limits_per_worker", "auto_cache"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
 _STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
                "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url", "log_format",

@@ -22,8 +22,10 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAh
 
 
 def body(**kw: Any) -> dict[str, Any]:
+    """A request for Sonnet 4.5's rules (budget thinking, one of temperature/top_p, prefill,
+    forced tools), without the automatic cache breakpoints (tests/unit/test_claude_request.py)."""
     return to_anthropic({"model": "claude-sonnet-4-5", "messages": USER, **kw}, model="claude-sonnet-4-5-20250929",
-                        max_output=64_000).body
+                        max_output=64_000, auto_cache=False).body
 
 
 def error(**kw: Any) -> GatewayError:
@@ -59,7 +61,10 @@ def test_max_tokens(given: dict[str, Any], expected: int) -> None:
 
 def test_max_tokens_default_for_unknown_model() -> None:
     out = to_anthropic({"model": "x", "messages": USER}, model="claude-new", max_output=None).body
-    assert out["max_tokens"] == 4096
+    assert out["max_tokens"] == 8192  # the registry's default_max_tokens
+    out = to_anthropic({"model": "x", "messages": USER}, model="claude-new", max_output=None,
+                       default_max_tokens=1000).body
+    assert out["max_tokens"] == 1000
 
 
 def test_system_and_developer_are_hoisted_in_order() -> None:
@@ -137,7 +142,8 @@ def test_legacy_functions() -> None:
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
         {"role": "function", "name": "get_weather", "content": "cold"},
-    ], "functions": [TOOL["function"]], "function_call": {"name": "get_weather"}}, model="m", max_output=1000)
+    ], "functions": [TOOL["function"]], "function_call": {"name": "get_weather"}}, model="m", max_output=1000,
+        auto_cache=False)
     assert req.legacy_functions
     out = req.body
     assert out["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}

@@ -67,10 +67,13 @@ def test_codex_shaped_request() -> None:
 
 
 def test_adaptive_thinking_on_newer_models() -> None:
-    assert oa.adaptive_thinking("claude-opus-4-6") and oa.adaptive_thinking("claude-sonnet-5")
-    assert not oa.adaptive_thinking("claude-sonnet-4-5-20250929") and not oa.adaptive_thinking("claude-opus-4-20250514")
+    # Opus 4.6 has no xhigh: the nearest level, ties going to the cheaper one (Rules.nearest_effort)
     body = translate(model="claude-opus-4-6", input="hi", reasoning={"effort": "xhigh"}).body
-    assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": "max"}
+    assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": "high"}
+    body = translate(model="claude-sonnet-5", input="hi", reasoning={"effort": "xhigh"}).body
+    assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": "xhigh"}
+    assert translate(model="claude-opus-4-5-20251101", input="hi", reasoning={"effort": "low"}).body["thinking"] == {
+        "type": "enabled", "budget_tokens": 1024}
     assert "thinking" not in translate(input="hi", reasoning={"effort": "none"}).body
 
 

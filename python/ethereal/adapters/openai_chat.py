@@ -14,21 +14,11 @@ Choices worth knowing (also in the README):
 - ``temperature``: OpenAI's range is 0–2, Claude's 0–1. Values are **clamped** to 1, not
   scaled: both APIs default to 1 and clients overwhelmingly send values in 0–1
   (0, 0.2, 0.7…), which then mean the same on both sides; scaling would halve them.
-  When both ``temperature`` and ``top_p`` are set, ``top_p`` is dropped (recent Claude
-  models accept only one of them; OpenAI advises altering only one).
-- ``reasoning_effort`` → extended thinking with ``budget_tokens`` minimal/low 1024,
-  medium 4096, high 16384, xhigh 32768 (``none`` = no thinking). ``max_tokens`` must
-  exceed the budget: when the client's limit does not, the budget is added to it (the
-  client's number then bounds the visible answer), capped by the model's output limit.
-  With thinking on, ``temperature``/``top_p``/``top_k`` are dropped (Claude requires the
-  defaults), and a forcing ``tool_choice`` (``required`` or a named function) wins over
-  thinking, which is then left off (Claude refuses both together).
-- ``response_format``: ``json_schema`` (object root) and ``json_object`` become a forced
-  tool named ``json_response`` whose input schema is the requested one (``{"type":
-  "object"}`` for json_object). Claude fills a tool's input reliably to its schema; the
-  tool input comes back as the message ``content`` (a JSON string) with ``finish_reason``
-  ``stop``. When a forced tool is impossible — the request has its own tools, or
-  thinking is on — the format becomes a system instruction instead.
+- Everything that depends on the model (``reasoning_effort`` and ``thinking``, thinking off,
+  sampling parameters, ``response_format``, forcing ``tool_choice``, a trailing assistant
+  prefill, ``max_tokens``, cache breakpoints) follows the model's rules in the registry, in
+  one place shared with the Responses adapter: ``claude_request.build_body``
+  (docs/openai-translation.md, with the response headers that say what was changed).
 - Thinking comes back as ``reasoning_content`` plus ``reasoning_signature``: the raw
   signature when the reply had one thinking block, else an opaque ``eth1~…`` form that
   also carries redacted thinking and block boundaries. An assistant message sent back
@@ -41,8 +31,9 @@ Choices worth knowing (also in the README):
   ``modalities``, ``logit_bias``, ``web_search_options``, audio/``file_id`` content parts,
   non-function tools.
 - ``user`` (or ``safety_identifier``) → ``metadata.user_id``. ``cache_control`` on content
-  parts and tools is passed through (the OpenRouter/LiteLLM convention), so prompt
-  caching works from OpenAI-shaped clients too. Non-standard ``top_k`` and ``thinking``
+  parts and tools is passed through (the OpenRouter/LiteLLM convention), and the gateway adds
+  breakpoints of its own for conversations and agents (the caching policy in
+  ``claude_request``). Non-standard ``top_k`` and ``thinking``
   are passed through.
 - ``content`` is the reply's text blocks joined; text that follows a non-text block (a
   server tool call and its result, say) starts a new paragraph (a blank line), so text around
@@ -55,29 +46,18 @@ Choices worth knowing (also in the README):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ethereal.adapters import claude_request as cr
+from ethereal.adapters.claude_request import JSON_TOOL, model_name
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.guards import MAX_ECHO_DEPTH, check_model_name, nests_past
+from ethereal.models import Rules
 from ethereal.usage import Usage
 
-JSON_TOOL = "json_response"
-DEFAULT_MAX_TOKENS = 4096  # for a model the catalog does not know
-MIN_THINKING_BUDGET = 1024
-THINKING_BUDGETS: dict[str, int | None] = {
-    "none": None, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768,
-}
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 SIGNATURE_PREFIX = "eth1~"
-_PROVIDER = re.compile(r"^anthropic/", re.IGNORECASE)
-_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-_DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]+)*);base64,(.*)$", re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -89,28 +69,24 @@ class ChatRequest:
     include_usage: bool
     json_tool: str | None  # response_format went through this forced tool
     legacy_functions: bool  # the client used ``functions``: answer with ``function_call``
-
-
-def model_name(body: dict[str, Any]) -> str:
-    """The request's model without an ``anthropic/`` prefix (400 when missing)."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid_request("model: you must provide a model parameter", param="model")
-    check_model_name(model)  # over 256 characters: 400 before any work on it
-    return _PROVIDER.sub("", model.strip())
+    notes: dict[str, str] = field(default_factory=dict)  # response headers saying what was changed
 
 
 # ---- request ----------------------------------------------------------------------------
 
 
-def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None) -> ChatRequest:
+def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, rules: Rules | None = None,
+                 default_max_tokens: int | None = None, auto_cache: bool | None = None,
+                 drop_thinking: bool = False) -> ChatRequest:
     """Translate a Chat Completions request body (already parsed) for ``model``.
 
-    ``max_output`` is the model's output limit from the catalog (None when unknown): the
-    default for ``max_tokens`` and its cap.
+    ``rules``: the model's request rules (models.toml; without them, the shipped registry's for
+    ``model``). ``max_output`` is the model's output limit (None when unknown): the default for
+    ``max_tokens`` and its cap; ``default_max_tokens`` the default when it is unknown.
+    ``auto_cache``: add cache breakpoints (None: the caching policy, ``wants_auto_cache``).
     """
     _refuse_unsupported(body)
-    stream = _opt_bool(body, "stream")
+    stream = cr.opt_bool(body, "stream")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
@@ -118,64 +94,38 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None) ->
             raise invalid_request("stream_options: must be an object", param="stream_options")
         include_usage = bool(options.get("include_usage")) and stream
 
-    system, messages = translate_messages(body.get("messages"))
+    raw_messages = body.get("messages")
+    system, messages = translate_messages(raw_messages)
     tools, legacy = _tools(body)
     tool_choice = _tool_choice(body, tools, legacy)
     if tools and isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
         tools = _allowed_tools(body["tool_choice"], tools)
-
-    max_tokens = _max_tokens(body, max_output)
-    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
-
-    thinking = _thinking(body)
-    forcing = tool_choice is not None and tool_choice["type"] in ("any", "tool")
-    if thinking is not None and forcing:
-        thinking = None  # Claude refuses thinking with a forced tool; the tool_choice is the contract
-
-    json_tool = None
+    asked = cr.Asked(model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
+                     tool_choice_param="function_call" if body.get("tool_choice") is None
+                     and body.get("function_call") is not None else "tool_choice",
+                     client_max=_client_max(body))
+    _thinking(body, asked)
+    asked.summary = asked.effort not in (None, "none") or _reads_reasoning(raw_messages)
+    cr.sampling_params(body, asked, top_k=True)
     fmt = body.get("response_format")
     if fmt is not None:
-        json_tool, instruction, tool_def = _response_format(fmt, has_tools=bool(tools),
-                                                            thinking=thinking is not None)
-        if tool_def is not None:
-            tools = [tool_def]
-            tool_choice = {"type": "tool", "name": JSON_TOOL}
-        if instruction:
-            system.append({"type": "text", "text": instruction})
-
-    if thinking is not None and thinking.get("type") == "enabled":
-        budget = thinking.get("budget_tokens")
-        if isinstance(budget, int) and not isinstance(budget, bool):
-            max_tokens, budget = _fit_budget(max_tokens, budget, max_output, explicit=_client_max(body) is not None)
-            if budget is None:
-                thinking = None
-            else:
-                thinking = {**thinking, "budget_tokens": budget}
-                out["max_tokens"] = max_tokens
-
-    if system:
-        out["system"] = system
-    out["messages"] = messages
-    if tools:
-        out["tools"] = tools
-        if tool_choice is not None:
-            out["tool_choice"] = tool_choice
-    if thinking is not None:
-        out["thinking"] = thinking
-    else:
-        _sampling(body, out)
+        asked.fmt = cr.response_format(fmt)
+    asked.drop_thinking = drop_thinking
+    built = cr.build_body(asked, rules, max_output=max_output, default_max_tokens=default_max_tokens,
+                          auto_cache=auto_cache)
+    out = built.body
     stop = _stop(body.get("stop"))
     if stop:
         out["stop_sequences"] = stop
-    user = body.get("user") or body.get("safety_identifier")
-    if user is not None:
-        if not isinstance(user, str):
-            raise invalid_request("user: must be a string", param="user")
-        if user:
-            out["metadata"] = {"user_id": user}
-    if stream:
-        out["stream"] = True
-    return ChatRequest(out, stream, include_usage, json_tool, legacy)
+    cr.finish_body(body, out, stream=stream)
+    return ChatRequest(out, stream, include_usage, built.json_tool, legacy, built.notes)
+
+
+def _reads_reasoning(messages: Any) -> bool:
+    """The client sends its assistant turns back with their reasoning: it shows or keeps it."""
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("role") == "assistant" and (m.get("reasoning_content") or m.get("thinking_blocks"))
+        for m in messages)
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -198,89 +148,26 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         raise invalid_request("web_search_options: not supported on this endpoint", param="web_search_options")
 
 
-def _opt_bool(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise invalid_request(f"{name}: must be a boolean", param=name)
-    return value
+def _client_max(body: dict[str, Any]) -> int | None:
+    """``max_completion_tokens``, else the older ``max_tokens``."""
+    given = cr.positive_int(body, "max_completion_tokens")
+    return given if given is not None else cr.positive_int(body, "max_tokens")
 
 
-def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise invalid_request(f"{name}: must be a number between {lo:g} and {hi:g}", param=name)
-    return value
-
-
-def _client_max(body: dict[str, Any]) -> tuple[str, int] | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise invalid_request(f"{name}: must be a positive integer", param=name)
-        return name, value
-    return None
-
-
-def _max_tokens(body: dict[str, Any], max_output: int | None) -> int:
-    given = _client_max(body)
-    if given is None:
-        return max_output or DEFAULT_MAX_TOKENS
-    # clamped rather than refused: clients send generous limits meant for other models
-    return min(given[1], max_output) if max_output else given[1]
-
-
-def _fit_budget(max_tokens: int, budget: int, max_output: int | None,
-                *, explicit: bool) -> tuple[int, int | None]:
-    """(max_tokens, budget) with budget < max_tokens; budget None when thinking cannot fit."""
-    if budget >= max_tokens:
-        if explicit:
-            max_tokens = budget + max_tokens  # the client's limit bounds the answer after thinking
-        else:
-            max_tokens = budget * 2
-        if max_output:
-            max_tokens = min(max_tokens, max_output)
-    if budget >= max_tokens:
-        budget = max_tokens - 1
-    if budget < MIN_THINKING_BUDGET:
-        return max_tokens, None
-    return max_tokens, budget
-
-
-def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
-    thinking = body.get("thinking")  # Claude's own parameter, passed through
+def _thinking(body: dict[str, Any], asked: cr.Asked) -> None:
+    thinking = body.get("thinking")  # Claude's own parameter, read as the client's intent
     if thinking is not None:
         if not isinstance(thinking, dict):
             raise invalid_request("thinking: must be an object", param="thinking")
-        return None if thinking.get("type") == "disabled" else thinking
+        asked.thinking = thinking
+        return
     effort = body.get("reasoning_effort")
     if effort is None:
-        return None
-    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
-        raise invalid_request(f"reasoning_effort: must be one of {', '.join(THINKING_BUDGETS)}",
+        return
+    if not isinstance(effort, str) or effort not in cr.OPENAI_EFFORTS:
+        raise invalid_request(f"reasoning_effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}",
                               param="reasoning_effort")
-    budget = THINKING_BUDGETS[effort]
-    return None if budget is None else {"type": "enabled", "budget_tokens": budget}
-
-
-def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1)
-    if temperature is not None:
-        out["temperature"] = min(temperature, 1)
-    elif top_p is not None:
-        out["top_p"] = top_p
-    top_k = body.get("top_k")
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise invalid_request("top_k: must be a non-negative integer", param="top_k")
-        if top_k:
-            out["top_k"] = top_k
+    asked.effort = effort
 
 
 def _stop(stop: Any) -> list[str]:
@@ -291,40 +178,6 @@ def _stop(stop: Any) -> list[str]:
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise invalid_request("stop: must be a string or an array of strings", param="stop")
     return [s for s in stop if s]
-
-
-def _response_format(fmt: Any, *, has_tools: bool,
-                     thinking: bool) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """(json_tool, system instruction, tool definition) for a ``response_format``."""
-    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-        raise invalid_request("response_format: must be an object with a type", param="response_format")
-    kind = fmt["type"]
-    if kind == "text":
-        return None, None, None
-    if kind == "json_object":
-        schema: dict[str, Any] = {"type": "object", "additionalProperties": True}
-        description = "Give your complete answer as this tool's input: a single JSON object."
-        instruction = "Respond only with a single valid JSON object, with no other text before or after it."
-    elif kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise invalid_request("response_format.json_schema: must be an object with a schema",
-                                  param="response_format.json_schema")
-        schema = spec.get("schema") or {"type": "object"}
-        if "type" not in schema and "properties" in schema:
-            schema = {"type": "object", **schema}
-        name = spec.get("name") or "response"
-        description = (spec.get("description") or f"Give your complete answer as this tool's input ({name}).")
-        instruction = ("Respond only with a JSON value that conforms to this JSON Schema, with no other text "
-                       f"before or after it:\n{orjson.dumps(schema).decode()}")
-        if schema.get("type") != "object":
-            return None, instruction, None  # a tool's input must be an object
-    else:
-        raise invalid_request(f"response_format.type: unsupported value {kind!r}",
-                              param="response_format.type")
-    if has_tools or thinking:
-        return None, instruction, None
-    return JSON_TOOL, None, {"name": JSON_TOOL, "description": description, "input_schema": schema}
 
 
 # ---- tools ------------------------------------------------------------------------------
@@ -443,93 +296,43 @@ def translate_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[s
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     legacy_ids: dict[str, list[str]] = {}  # function name → ids of unanswered legacy calls
-    last = len(messages) - 1
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise invalid_request(f"{where}: must be an object", param=where)
         role = msg.get("role")
         if role in ("system", "developer"):
-            system.extend(_text_blocks(msg.get("content"), f"{where}.content"))
+            system.extend(cr.text_parts(msg.get("content"), f"{where}.content"))
         elif role == "user":
-            _append(turns, "user", _user_blocks(msg.get("content"), f"{where}.content"))
+            cr.append_turn(turns, "user", _user_blocks(msg.get("content"), f"{where}.content"))
         elif role == "assistant":
-            _append(turns, "assistant", _assistant_blocks(msg, where, i, legacy_ids, final=i == last))
+            cr.append_turn(turns, "assistant", _assistant_blocks(msg, where, i, legacy_ids))
         elif role == "tool":
             call_id = msg.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise invalid_request(f"{where}.tool_call_id: required", param=f"{where}.tool_call_id")
-            _append(turns, "user", [_tool_result(_tool_id(call_id), msg.get("content"), where)])
+            cr.append_turn(turns, "user", [_tool_result(cr.tool_id(call_id), msg.get("content"), where)])
         elif role == "function":
             name = msg.get("name")
             pending = legacy_ids.get(name) if isinstance(name, str) else None
             if not pending:
                 raise invalid_request(f"{where}: function result without a preceding function_call",
                                       param=f"{where}.name")
-            _append(turns, "user", [_tool_result(pending.pop(0), msg.get("content"), where)])
+            cr.append_turn(turns, "user", [_tool_result(pending.pop(0), msg.get("content"), where)])
         else:
             raise invalid_request(f"{where}.role: unsupported role {role!r}", param=f"{where}.role")
+    cr.trim_prefill(turns)
     if not turns:
         raise invalid_request("messages: at least one user or assistant message is required", param="messages")
     return system, turns
 
 
-def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    """Add blocks as a turn, merging into the previous one of the same role."""
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        content = turns[-1]["content"]
-    else:
-        content = []
-        turns.append({"role": role, "content": content})
-    for block in blocks:
-        if block["type"] == "tool_result":
-            # tool results lead a user turn, before any text
-            pos = 0
-            while pos < len(content) and content[pos]["type"] == "tool_result":
-                pos += 1
-            content.insert(pos, block)
-        else:
-            content.append(block)
-
-
-def _tool_id(raw: str) -> str:
-    return _BAD_ID_CHARS.sub("_", raw)
-
-
-def _with_cc(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    cc = part.get("cache_control")
-    if cc is not None:
-        block["cache_control"] = cc
-    return block
-
-
-def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
-    out = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise invalid_request(f"{where}[{j}]: only text parts are allowed here", param=f"{where}[{j}]")
-        if part["text"]:
-            out.append(_with_cc({"type": "text", "text": part["text"]}, part))
-    return out
+def _tool_result(tool_use_id: str, content: Any, where: str) -> dict[str, Any]:
+    return cr.tool_result(tool_use_id, content, where, "content", _user_blocks)
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
-    out = []
-    for j, part in enumerate(content):
-        block = _user_part(part, f"{where}[{j}]")
-        if block is not None:
-            out.append(block)
-    return out
+    return cr.content_blocks(content, where, _user_part)
 
 
 def _user_part(part: Any, where: str) -> dict[str, Any] | None:
@@ -537,129 +340,25 @@ def _user_part(part: Any, where: str) -> dict[str, Any] | None:
         raise invalid_request(f"{where}: must be an object", param=where)
     kind = part.get("type")
     if kind == "text":
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise invalid_request(f"{where}.text: must be a string", param=f"{where}.text")
-        return _with_cc({"type": "text", "text": text}, part) if text else None
+        block = cr.text_part(part, where)
+        return cr.with_cache_control(block, part) if block else None
     if kind == "image_url":
         spec = part.get("image_url")
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str) or not url:
             raise invalid_request(f"{where}.image_url.url: required", param=f"{where}.image_url.url")
-        return _with_cc({"type": "image", "source": _image_source(url, f"{where}.image_url.url")}, part)
+        return cr.with_cache_control({"type": "image", "source": cr.image_source(url, f"{where}.image_url.url")}, part)
     if kind == "file":
-        return _with_cc(_file_block(part.get("file"), f"{where}.file"), part)
+        return cr.with_cache_control(cr.file_block(part.get("file"), f"{where}.file"), part)
     if kind == "input_audio":
         raise invalid_request(f"{where}: audio input is not supported", param=where)
     raise invalid_request(f"{where}.type: unsupported content part type {kind!r}", param=f"{where}.type")
 
 
-def _image_source(url: str, where: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        match = _DATA_URL.match(url)
-        if match is None:
-            raise invalid_request(f"{where}: a data URL must be base64 (data:image/png;base64,...)", param=where)
-        media_type = (match.group(1) or "").lower()
-        if media_type not in IMAGE_TYPES:
-            raise invalid_request(f"{where}: unsupported image type {media_type!r} "
-                                  f"(use {', '.join(sorted(IMAGE_TYPES))})", param=where)
-        return {"type": "base64", "media_type": media_type, "data": match.group(3)}
-    if url.startswith(("http://", "https://")):
-        return {"type": "url", "url": url}
-    raise invalid_request(f"{where}: must be an http(s) URL or a base64 data URL", param=where)
-
-
-def _file_block(spec: Any, where: str) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise invalid_request(f"{where}: must be an object", param=where)
-    if spec.get("file_id") is not None and spec.get("file_data") is None:
-        raise invalid_request(f"{where}.file_id: uploaded files are not supported; send file_data",
-                              param=f"{where}.file_id")
-    data = spec.get("file_data")
-    if not isinstance(data, str) or not data:
-        raise invalid_request(f"{where}.file_data: required", param=f"{where}.file_data")
-    media_type = "application/pdf"
-    match = _DATA_URL.match(data)
-    if match is not None:
-        media_type = (match.group(1) or media_type).lower()
-        data = match.group(3)
-    if media_type == "application/pdf":
-        block: dict[str, Any] = {"type": "document",
-                                 "source": {"type": "base64", "media_type": media_type, "data": data}}
-    elif media_type == "text/plain":
-        try:
-            text = base64.b64decode(data, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise invalid_request(f"{where}.file_data: not valid base64 UTF-8 text",
-                                  param=f"{where}.file_data") from None
-        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
-    else:
-        raise invalid_request(f"{where}.file_data: unsupported file type {media_type!r} (PDF or plain text)",
-                              param=f"{where}.file_data")
-    if isinstance(spec.get("filename"), str) and spec["filename"]:
-        block["title"] = spec["filename"]
-    return block
-
-
-def _tool_result(tool_use_id: str, content: Any, where: str) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
-    if isinstance(content, str):
-        if content:
-            block["content"] = content
-    elif isinstance(content, list):
-        parts = _user_blocks(content, f"{where}.content")
-        if parts:
-            block["content"] = parts
-    elif content is not None:
-        raise invalid_request(f"{where}.content: must be a string or an array of content parts",
-                              param=f"{where}.content")
-    return block
-
-
-def _arguments(raw: Any, where: str) -> dict[str, Any]:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    if isinstance(raw, dict):
-        return raw
-    if not isinstance(raw, str):
-        raise invalid_request(f"{where}: must be a JSON string", param=where)
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise invalid_request(f"{where}: is not valid JSON", param=where) from None
-    if not isinstance(value, dict):
-        raise invalid_request(f"{where}: must encode a JSON object", param=where)
-    # sent upstream as an object: held to the body's own depth (counting brackets is enough for most)
-    if raw.count("{") + raw.count("[") > MAX_ECHO_DEPTH and nests_past(value, MAX_ECHO_DEPTH):
-        raise invalid_request(f"{where}: nested more than {MAX_ECHO_DEPTH} levels deep", param=where)
-    return value
-
-
-def _assistant_blocks(msg: dict[str, Any], where: str, i: int, legacy_ids: dict[str, list[str]],
-                      *, final: bool) -> list[dict[str, Any]]:
+def _assistant_blocks(msg: dict[str, Any], where: str, i: int,
+                      legacy_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
     blocks = restore_reasoning(msg)
-    content = msg.get("content")
-    texts: list[dict[str, Any]] = []
-    if isinstance(content, str):
-        if content:
-            texts.append({"type": "text", "text": content})
-    elif isinstance(content, list):
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                raise invalid_request(f"{where}.content[{j}]: must be an object", param=f"{where}.content[{j}]")
-            text = part.get("text") if part.get("type") == "text" else part.get("refusal")
-            if part.get("type") not in ("text", "refusal") or not isinstance(text, str):
-                raise invalid_request(f"{where}.content[{j}]: assistant content parts must be text or refusal",
-                                      param=f"{where}.content[{j}]")
-            if text:
-                texts.append(_with_cc({"type": "text", "text": text}, part))
-    elif content is not None:
-        raise invalid_request(f"{where}.content: must be a string, an array or null", param=f"{where}.content")
-    if final and texts:
-        # a trailing assistant turn is a prefill, which Claude refuses with trailing whitespace
-        texts[-1]["text"] = texts[-1]["text"].rstrip()
-        if not texts[-1]["text"]:
-            texts.pop()
+    texts = cr.assistant_text_parts(msg.get("content"), f"{where}.content", ("text", "refusal"))
     blocks.extend(texts)
     calls = msg.get("tool_calls")
     if calls is not None:
@@ -677,8 +376,8 @@ def _assistant_blocks(msg: dict[str, Any], where: str, i: int, legacy_ids: dict[
                 raise invalid_request(f"{at}.id: required", param=f"{at}.id")
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise invalid_request(f"{at}.function.name: required", param=f"{at}.function.name")
-            blocks.append({"type": "tool_use", "id": _tool_id(call_id), "name": fn["name"],
-                           "input": _arguments(fn.get("arguments"), f"{at}.function.arguments")})
+            blocks.append({"type": "tool_use", "id": cr.tool_id(call_id), "name": fn["name"],
+                           "input": cr.arguments(fn.get("arguments"), f"{at}.function.arguments")})
     fc = msg.get("function_call")
     if fc is not None:
         if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
@@ -686,7 +385,7 @@ def _assistant_blocks(msg: dict[str, Any], where: str, i: int, legacy_ids: dict[
         call_id = f"toolu_fn{i}"
         legacy_ids.setdefault(fc["name"], []).append(call_id)
         blocks.append({"type": "tool_use", "id": call_id, "name": fc["name"],
-                       "input": _arguments(fc.get("arguments"), f"{where}.function_call.arguments")})
+                       "input": cr.arguments(fc.get("arguments"), f"{where}.function_call.arguments")})
     return blocks
 
 

@@ -34,27 +34,19 @@ Request (what Codex CLI and the openai SDK send):
 - ``tool_choice``: ``auto``/``none``/``required``, a named function or custom tool,
   ``allowed_tools`` (the tool list narrowed), a hosted web search; ``parallel_tool_calls:
   false`` → ``disable_parallel_tool_use``.
-- ``reasoning.effort`` → thinking: adaptive thinking with ``output_config.effort``
-  (minimal/low → low, medium, high, xhigh → max) on models that have it (Claude 4.6 and
-  later), else ``budget_tokens`` minimal/low 1024, medium 4096, high 16384, xhigh 32768,
-  with ``max_tokens`` raised past the budget as the chat adapter does; ``none`` = off. A
-  forcing ``tool_choice`` turns thinking off (Claude refuses both), and so does a tool loop
-  whose last assistant turn has no thinking block to restore (Claude would refuse it).
-  ``reasoning.summary`` is accepted: the thinking text always comes back as the summary.
-- ``text.format``: ``json_schema`` (object root) / ``json_object`` → a forced tool whose
-  input streams back as the message's ``output_text``; with tools or thinking, a system
-  instruction instead (the chat adapter's rule). ``text.verbosity`` is accepted.
-- ``max_output_tokens`` → ``max_tokens`` (default and cap: the model's output limit);
-  ``temperature`` clamped to Claude's 0–1, ``top_p`` (dropped when ``temperature`` is set,
-  and both dropped with thinking); ``user``/``safety_identifier`` → ``metadata.user_id``;
-  ``metadata`` and ``store`` are echoed (nothing is stored: ``store`` comes back false);
-  ``include``, ``prompt_cache_key`` (which keys the credential choice, see
-  ``cache_affinity``), ``service_tier``, ``truncation``, ``client_metadata``,
-  ``stream_options``, ``max_tool_calls`` are accepted.
-- Prompt caching: ``cache_control`` breakpoints go on the last tool, the last system block
-  and the last block of the last two user turns, so a conversation resent whole every turn
-  (Codex, ``store: false``) reads its growing prefix from the cache;
-  ``input_tokens_details.cached_tokens`` reports the cache reads.
+- ``reasoning.effort``, ``reasoning.summary`` (``display: summarized`` where the model would
+  omit the text), ``text.format`` (structured outputs for ``json_schema``), ``temperature`` and
+  ``top_p``, a forcing ``tool_choice``, ``max_output_tokens`` and prompt caching follow the
+  model's rules in the registry, written once for both OpenAI routes in
+  ``claude_request.build_body`` (docs/openai-translation.md). ``text.verbosity`` is accepted.
+- ``user``/``safety_identifier`` → ``metadata.user_id``; ``metadata`` and ``store`` are echoed
+  (nothing is stored: ``store`` comes back false); ``include``, ``prompt_cache_key`` (which keys
+  the credential choice, see ``cache_affinity``), ``service_tier``, ``truncation``,
+  ``client_metadata``, ``stream_options``, ``max_tool_calls`` are accepted.
+- Prompt caching: breakpoints on the last tool, the last system block and the last user turns
+  (within Claude's four), so a conversation resent whole every turn (Codex, ``store: false``)
+  reads its growing prefix from the cache; ``input_tokens_details.cached_tokens`` reports the
+  cache reads.
 - Refused with a 400 naming the parameter: ``previous_response_id`` and ``conversation``
   (ethereal stores no responses: send the whole history, as Codex does), ``background``,
   ``prompt`` (stored prompt templates), ``top_logprobs`` and the logprobs ``include``,
@@ -78,7 +70,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -86,28 +77,14 @@ from typing import Any
 
 import orjson
 
-from ethereal.adapters import openai_chat
-from ethereal.adapters.openai_chat import (
-    JSON_TOOL,
-    _append,
-    _arguments,
-    _file_block,
-    _fit_budget,
-    _image_source,
-    _response_format,
-    _tool_id,
-)
+from ethereal.adapters import claude_request as cr
+from ethereal.adapters.claude_request import model_name
 from ethereal.errors import invalid_request
-from ethereal.models import Registry, Rules
+from ethereal.models import Rules
 from ethereal.usage import Usage
 
 REASONING_PREFIX = "eth1r."
 MAX_TOOL_NAME = 64  # Claude's limit on a tool name
-DEFAULT_MAX_TOKENS = openai_chat.DEFAULT_MAX_TOKENS
-EFFORTS: dict[str, tuple[int | None, str | None]] = {  # effort → (budget, adaptive effort)
-    "none": (None, None), "minimal": (1024, "low"), "low": (1024, "low"), "medium": (4096, "medium"),
-    "high": (16384, "high"), "xhigh": (32768, "max"),
-}
 WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
                               "web_search_preview_2025_03_11"})
 _REFUSED = {
@@ -134,44 +111,26 @@ class ResponsesRequest:
     json_tool: str | None = None
     cache_key: str | None = None  # prompt_cache_key
     head_text: str = ""  # ``head_json()``, written before admission for a stream (api/responses.py)
-    cache_ttl: str | None = None  # "5m" when breakpoints were added (the request writes the cache)
+    notes: dict[str, str] = field(default_factory=dict)  # response headers saying what was changed
 
     def head_json(self) -> str:
         """``head`` as JSON members without the braces (what the native translator takes)."""
         return orjson.dumps(self.head).decode()[1:-1]
 
 
-def model_name(body: dict[str, Any]) -> str:
-    return openai_chat.model_name(body)
-
-
-def adaptive_thinking(model: str, rules: Rules | None = None) -> bool:
-    """The model thinks adaptively (``budget_tokens`` is deprecated or refused there): its rules in
-    the model registry (``thinking_types``); without them, the shipped registry's for ``model``."""
-    if rules is None:
-        found = _shipped_registry().resolve(model)
-        if found is None:
-            return False
-        rules = found.rules
-    return rules.adaptive
-
-
-@functools.cache
-def _shipped_registry() -> Registry:
-    return Registry()
-
-
 # ---- request ----------------------------------------------------------------------------
 
 
 def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, response_id: str,
-                 created_at: int, rules: Rules | None = None) -> ResponsesRequest:
+                 created_at: int, rules: Rules | None = None, default_max_tokens: int | None = None,
+                 auto_cache: bool | None = None, drop_thinking: bool = False) -> ResponsesRequest:
     """Translate a Responses request body (already parsed) for ``model`` (``rules``: its request
-    rules from the model registry)."""
+    rules from the model registry, as for the chat adapter; ``auto_cache``: add cache breakpoints,
+    None for the caching policy)."""
     for name, message in _REFUSED.items():
         if body.get(name) not in (None, False, ""):
             raise invalid_request(message, param=name)
-    stream = _opt_bool(body, "stream")
+    stream = cr.opt_bool(body, "stream")
     include = body.get("include")
     if include is not None:
         if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
@@ -202,62 +161,25 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     tools = ctx.tools
 
     tool_choice = _tool_choice(body, ctx)
-    max_tokens = _max_tokens(body, max_output)
-    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
-
-    thinking, effort = _thinking(body, model, rules)
-    forcing = tool_choice is not None and tool_choice["type"] in ("any", "tool")
-    if thinking is not None and (forcing or not _thinking_restorable(messages)):
-        thinking, effort = None, None
-
-    json_tool = None
+    asked = cr.Asked(model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
+                     effort_param="reasoning.effort", fmt_param="text.format",
+                     client_max=cr.positive_int(body, "max_output_tokens"), client_max_param="max_output_tokens")
+    _reasoning(body, asked)
+    cr.sampling_params(body, asked, top_k=False)
     fmt = _text_format(body)
     if fmt is not None:
-        json_tool, instruction, tool_def = _response_format(fmt, has_tools=bool(tools),
-                                                            thinking=thinking is not None)
-        if tool_def is not None:
-            tools = [tool_def]
-            tool_choice = {"type": "tool", "name": JSON_TOOL}
-        if instruction:
-            system.append({"type": "text", "text": instruction})
-
-    if thinking is not None and thinking.get("type") == "enabled":
-        max_tokens, budget = _fit_budget(max_tokens, thinking["budget_tokens"], max_output,
-                                         explicit=body.get("max_output_tokens") is not None)
-        if budget is None:
-            thinking = None
-        else:
-            thinking = {"type": "enabled", "budget_tokens": budget}
-            out["max_tokens"] = max_tokens
-
-    caches = _cache_breakpoints(system, tools, messages)
-    if system:
-        out["system"] = system
-    out["messages"] = messages
-    if tools:
-        out["tools"] = tools
-        if tool_choice is not None:
-            out["tool_choice"] = tool_choice
-    if thinking is not None:
-        out["thinking"] = thinking
-        if effort is not None:
-            out["output_config"] = {"effort": effort}
-    else:
-        _sampling(body, out)
-    user = body.get("user") or body.get("safety_identifier")
-    if user is not None:
-        if not isinstance(user, str):
-            raise invalid_request("user: must be a string", param="user")
-        if user:
-            out["metadata"] = {"user_id": user[:256]}
-    if stream:
-        out["stream"] = True
+        asked.fmt = cr.response_format(fmt, "text.format")
+    asked.drop_thinking = drop_thinking
+    built = cr.build_body(asked, rules, max_output=max_output, default_max_tokens=default_max_tokens,
+                          auto_cache=auto_cache)
+    out = built.body
+    cr.finish_body(body, out, stream=stream)
     cache_key = body.get("prompt_cache_key")
     if cache_key is not None and not isinstance(cache_key, str):
         raise invalid_request("prompt_cache_key: must be a string", param="prompt_cache_key")
     head = _head(body, response_id=response_id, created_at=created_at, model=model, tools=tools_in or [])
-    return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, json_tool, cache_key or None,
-                            cache_ttl="5m" if caches else None)
+    return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, built.json_tool, cache_key or None,
+                            notes=built.notes)
 
 
 def response_head(body: dict[str, Any], *, response_id: str, created_at: int, model: str) -> dict[str, Any]:
@@ -300,68 +222,21 @@ def _head(body: dict[str, Any], *, response_id: str, created_at: int, model: str
     return head
 
 
-def _opt_bool(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise invalid_request(f"{name}: must be a boolean", param=name)
-    return value
-
-
-def _max_tokens(body: dict[str, Any], max_output: int | None) -> int:
-    value = body.get("max_output_tokens")
-    if value is None:
-        return max_output or DEFAULT_MAX_TOKENS
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid_request("max_output_tokens: must be a positive integer", param="max_output_tokens")
-    return min(value, max_output) if max_output else value
-
-
-def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
-    temperature = openai_chat._number(body, "temperature", 0, 2)
-    top_p = openai_chat._number(body, "top_p", 0, 1)
-    if temperature is not None:
-        out["temperature"] = min(temperature, 1)
-    elif top_p is not None:
-        out["top_p"] = top_p
-
-
-def _thinking(body: dict[str, Any], model: str, rules: Rules | None = None) -> tuple[dict[str, Any] | None,
-                                                                                     str | None]:
+def _reasoning(body: dict[str, Any], asked: cr.Asked) -> None:
+    """``reasoning.effort`` (an OpenAI effort) and ``reasoning.summary`` (the client reads the text)."""
     reasoning = body.get("reasoning")
     if reasoning is None:
-        return None, None
+        return
     if not isinstance(reasoning, dict):
         raise invalid_request("reasoning: must be an object", param="reasoning")
     effort = reasoning.get("effort")
-    if effort is None:
-        return None, None
-    if not isinstance(effort, str) or effort not in EFFORTS:
-        raise invalid_request(f"reasoning.effort: must be one of {', '.join(EFFORTS)}", param="reasoning.effort")
-    budget, level = EFFORTS[effort]
-    if budget is None:
-        return None, None
-    if adaptive_thinking(model, rules):
-        return {"type": "adaptive"}, level
-    return {"type": "enabled", "budget_tokens": budget}, None
-
-
-def _thinking_restorable(messages: list[dict[str, Any]]) -> bool:
-    """Thinking can be on: no tool loop is under way, or its assistant turn starts with thinking.
-
-    Claude requires the assistant turn of an ongoing tool loop to start with its thinking
-    block when thinking is enabled; history without one (from another model, or reasoning
-    the client dropped) would be refused, so thinking is left off for that request.
-    """
-    last = messages[-1] if messages else None
-    if last is None or last["role"] != "user" or not any(b.get("type") == "tool_result" for b in last["content"]):
-        return True
-    for msg in reversed(messages):
-        if msg["role"] == "assistant":
-            first = msg["content"][0] if msg["content"] else {}
-            return first.get("type") in ("thinking", "redacted_thinking")
-    return True
+    if effort is not None:
+        if not isinstance(effort, str) or effort not in cr.OPENAI_EFFORTS:
+            raise invalid_request(f"reasoning.effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}",
+                                  param="reasoning.effort")
+        asked.effort = effort
+    summary = reasoning.get("summary") or reasoning.get("generate_summary")
+    asked.summary = isinstance(summary, str) and summary not in ("none", "")
 
 
 def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -573,16 +448,16 @@ def _input(value: Any, system: list[dict[str, Any]], extra_tools: list[Any]) -> 
         if kind == "message":
             _message(item, where, system, turns)
         elif kind == "function_call":
-            _append(turns, "assistant", [_call(item, where, custom=False)])
+            cr.append_turn(turns, "assistant", [_call(item, where, custom=False)])
         elif kind == "custom_tool_call":
-            _append(turns, "assistant", [_call(item, where, custom=True)])
+            cr.append_turn(turns, "assistant", [_call(item, where, custom=True)])
         elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id = item.get("call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise invalid_request(f"{where}.call_id: required", param=f"{where}.call_id")
-            _append(turns, "user", [_tool_result(_tool_id(call_id), item.get("output"), where)])
+            cr.append_turn(turns, "user", [_tool_result(cr.tool_id(call_id), item.get("output"), where)])
         elif kind == "reasoning":
-            _append(turns, "assistant", restore_reasoning(item))
+            cr.append_turn(turns, "assistant", restore_reasoning(item))
         elif kind == "additional_tools":
             tools = item.get("tools")
             if not isinstance(tools, list):
@@ -597,18 +472,9 @@ def _input(value: Any, system: list[dict[str, Any]], extra_tools: list[Any]) -> 
             raise invalid_request(f"{where}.type: unsupported input item type {kind!r}", param=f"{where}.type")
     if not turns:
         raise invalid_request("input: at least one user or assistant message is required", param="input")
-    last = turns[-1]
-    if last["role"] == "assistant":
-        # a trailing assistant turn is a prefill, which Claude refuses with trailing whitespace
-        content = last["content"]
-        if content and content[-1]["type"] == "text":
-            content[-1]["text"] = content[-1]["text"].rstrip()
-            if not content[-1]["text"]:
-                content.pop()
-        if not content:
-            turns.pop()
-        if not turns:
-            raise invalid_request("input: at least one user message is required", param="input")
+    cr.trim_prefill(turns)
+    if not turns:
+        raise invalid_request("input: at least one user message is required", param="input")
     return turns
 
 
@@ -619,50 +485,39 @@ def _message(item: dict[str, Any], where: str, system: list[dict[str, Any]],
     if role in ("system", "developer"):
         system.extend(_system_parts(content, f"{where}.content"))
     elif role == "user":
-        _append(turns, "user", _user_parts(content, f"{where}.content"))
+        cr.append_turn(turns, "user", _user_parts(content, f"{where}.content"))
     elif role == "assistant":
-        _append(turns, "assistant", _assistant_parts(content, f"{where}.content"))
+        cr.append_turn(turns, "assistant", _assistant_parts(content, f"{where}.content"))
     else:
         raise invalid_request(f"{where}.role: unsupported role {role!r}", param=f"{where}.role")
 
 
+_TEXT_KINDS = ("input_text", "text", "output_text")
+
+
 def _system_parts(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
-    out = []
-    for j, part in enumerate(content):
-        text = part.get("text") if isinstance(part, dict) else None
-        if not isinstance(text, str) or part.get("type") not in ("input_text", "text", "output_text"):
-            raise invalid_request(f"{where}[{j}]: only text parts are allowed here", param=f"{where}[{j}]")
-        if text:
-            out.append({"type": "text", "text": text})
-    return out
+    return cr.text_parts(content, where, _TEXT_KINDS, cache_control=False)
 
 
 def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
-    out = []
-    for j, part in enumerate(content):
-        block = _user_part(part, f"{where}[{j}]")
-        if block is not None:
-            out.append(block)
-    return out
+    return cr.content_blocks(content, where, _user_part)
+
+
+def _assistant_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    return cr.assistant_text_parts(content, where, ("output_text", "input_text", "text", "refusal"),
+                                cache_control=False)
+
+
+def _tool_result(tool_use_id: str, output: Any, where: str) -> dict[str, Any]:
+    return cr.tool_result(tool_use_id, output, where, "output", _user_parts)
 
 
 def _user_part(part: Any, where: str) -> dict[str, Any] | None:
     if not isinstance(part, dict):
         raise invalid_request(f"{where}: must be an object", param=where)
     kind = part.get("type")
-    if kind in ("input_text", "text", "output_text"):
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise invalid_request(f"{where}.text: must be a string", param=f"{where}.text")
-        return {"type": "text", "text": text} if text else None
+    if kind in _TEXT_KINDS:
+        return cr.text_part(part, where)
     if kind == "input_image":
         url = part.get("image_url")
         if isinstance(url, dict):
@@ -672,35 +527,17 @@ def _user_part(part: Any, where: str) -> dict[str, Any] | None:
                                   param=f"{where}.file_id")
         if not isinstance(url, str) or not url:
             raise invalid_request(f"{where}.image_url: required", param=f"{where}.image_url")
-        return {"type": "image", "source": _image_source(url, f"{where}.image_url")}
+        return {"type": "image", "source": cr.image_source(url, f"{where}.image_url")}
     if kind == "input_file":
         if part.get("file_url") is not None and part.get("file_data") is None:
             url = part["file_url"]
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise invalid_request(f"{where}.file_url: must be an http(s) URL", param=f"{where}.file_url")
             return {"type": "document", "source": {"type": "url", "url": url}}
-        return _file_block(part, where)
+        return cr.file_block(part, where)
     if kind == "input_audio":
         raise invalid_request(f"{where}: audio input is not supported", param=where)
     raise invalid_request(f"{where}.type: unsupported content part type {kind!r}", param=f"{where}.type")
-
-
-def _assistant_parts(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise invalid_request(f"{where}: must be a string or an array of content parts", param=where)
-    out = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict):
-            raise invalid_request(f"{where}[{j}]: must be an object", param=f"{where}[{j}]")
-        text = part.get("refusal") if part.get("type") == "refusal" else part.get("text")
-        if part.get("type") not in ("output_text", "input_text", "text", "refusal") or not isinstance(text, str):
-            raise invalid_request(f"{where}[{j}]: assistant content parts must be output_text or refusal",
-                                  param=f"{where}[{j}]")
-        if text:
-            out.append({"type": "text", "text": text})
-    return out
 
 
 def _call(item: dict[str, Any], where: str, *, custom: bool) -> dict[str, Any]:
@@ -719,29 +556,8 @@ def _call(item: dict[str, Any], where: str, *, custom: bool) -> dict[str, Any]:
             raise invalid_request(f"{where}.input: must be a string", param=f"{where}.input")
         tool_input: dict[str, Any] = {"input": raw}
     else:
-        tool_input = _arguments(item.get("arguments"), f"{where}.arguments")
-    return {"type": "tool_use", "id": _tool_id(call_id), "name": name, "input": tool_input}
-
-
-def _tool_result(tool_use_id: str, output: Any, where: str) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
-    if isinstance(output, str):
-        if output:
-            block["content"] = output
-    elif isinstance(output, list):
-        parts = _user_parts(output, f"{where}.output")
-        if parts:
-            block["content"] = parts
-    elif isinstance(output, dict) and isinstance(output.get("content"), str):
-        # an older client shape: {"content": "...", "success": false}
-        if output["content"]:
-            block["content"] = output["content"]
-        if output.get("success") is False:
-            block["is_error"] = True
-    elif output is not None:
-        raise invalid_request(f"{where}.output: must be a string or an array of content parts",
-                              param=f"{where}.output")
-    return block
+        tool_input = cr.arguments(item.get("arguments"), f"{where}.arguments")
+    return {"type": "tool_use", "id": cr.tool_id(call_id), "name": name, "input": tool_input}
 
 
 # ---- reasoning round trip ------------------------------------------------------------------
@@ -787,30 +603,6 @@ def restore_reasoning(item: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---- prompt caching ---------------------------------------------------------------------------
 
-_EPHEMERAL = {"type": "ephemeral"}
-_NO_CACHE_CONTROL = frozenset({"thinking", "redacted_thinking"})
-
-
-def _cache_breakpoints(system: list[dict[str, Any]], tools: list[dict[str, Any]],
-                       messages: list[dict[str, Any]]) -> bool:
-    """Breakpoints on the last tool, the last system block and the last two user turns (4, Claude's
-    maximum): each turn's request reads the prefix the previous turn wrote. Whether any was set."""
-    if tools:
-        tools[-1] = {**tools[-1], "cache_control": _EPHEMERAL}
-    if system:
-        system[-1] = {**system[-1], "cache_control": _EPHEMERAL}
-    marked = 0
-    for msg in reversed(messages):
-        if marked == 2:
-            break
-        if msg["role"] != "user" or not msg["content"]:
-            continue
-        last = msg["content"][-1]
-        if last.get("type") in _NO_CACHE_CONTROL or (last.get("type") == "text" and not last.get("text")):
-            continue
-        msg["content"][-1] = {**last, "cache_control": _EPHEMERAL}
-        marked += 1
-    return bool(tools or system or marked)
 
 
 # ---- response ---------------------------------------------------------------------------
@@ -915,12 +707,11 @@ def to_response(message: dict[str, Any], request: ResponsesRequest) -> dict[str,
 __all__ = [
     "REASONING_PREFIX",
     "ResponsesRequest",
-    "adaptive_thinking",
     "encode_reasoning",
     "flat_name",
     "incomplete_reason",
     "model_name",
-    "output_items",
+        "output_items",
     "response_usage",
     "restore_reasoning",
     "to_anthropic",

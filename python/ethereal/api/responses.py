@@ -51,11 +51,12 @@ class Responses(OpenAIAdapter):
         return openai_responses.model_name(data)
 
     def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
-        model = call.model
-        req = openai_responses.to_anthropic(data, model=call.model_name or "",
-                                            max_output=model.max_output if model else None,
-                                            response_id=response_id(call), created_at=int(call.started),
-                                            rules=model.rules if model else None)
+        t = self.translation(call)
+        req, account = self.bound(call, t, lambda drop: openai_responses.to_anthropic(
+            data, model=call.model_name or "", max_output=t.max_output, response_id=response_id(call),
+            created_at=int(call.started), rules=t.rules, default_max_tokens=t.default_max_tokens,
+            auto_cache=t.auto_cache, drop_thinking=drop))
+        call.notes = [(k.encode(), v.encode()) for k, v in req.notes.items()]
         try:  # the body depth bound (OpenAIAdapter.max_depth) keeps both writable: a last guard, before admission
             body = orjson.dumps(req.body)
             if req.stream:  # the translator's head, written once here rather than after the upstream answered
@@ -70,15 +71,17 @@ class Responses(OpenAIAdapter):
         return Outbound(body=body, data=req.body, path="/v1/messages",
                         headers=upstream_request_headers(raw_headers(request)), stream=req.stream,
                         max_tokens=int(req.body["max_tokens"]), affinity=affinity, context=req,
-                        cache_ttl=req.cache_ttl)
+                        account=account)
 
     def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
         req = _request(out)
+        self.remember_thinking(call, out)
         translator = _native.ResponsesTranslator(req.head["id"], req.head_text or req.head_json(), custom_tools=req.custom_tools,
                                                  namespaced=req.namespaced, json_tool=req.json_tool)
         return translator, True
 
     def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
+        self.remember_thinking(call, out, message)
         response = openai_responses.to_response(message, _request(out))
         return Response(200, self.headers(call), Content(JSON, orjson.dumps(response)))
 

@@ -176,6 +176,7 @@ class ResponsesSockets:
         self.settings = pipeline.settings
         self.observe = observe
         self.adapter = Responses()
+        self.adapter.gw = pipeline.gw
         self.per_key: dict[str, int] = {}
 
     @property

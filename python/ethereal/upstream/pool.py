@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ethereal.upstream.binding import ThinkingAccounts
+
 RECENT_WINDOW = 60.0  # seconds of outcomes kept for the error rates shown to admins
 RATE_LIMIT_CAP = 60.0  # default longest cooldown an upstream 429 causes (seconds)
 MAX_GROUPS = 64  # rate-limit groups cooling at once per credential (bounded: unknown models are groups)
@@ -156,6 +158,9 @@ class Credential:
     store_updated_at: float = 0.0  # unix seconds: the stored row's updated_at when last loaded
     off_flag_at: float = 0.0  # unix seconds: a shared "disabled" flag seen in Redis (0: none)
     secret_ref: str | None = field(default=None, repr=False)  # the encrypted form it was loaded from
+    # the upstream account (organisation) it belongs to: learnt from the anthropic-organization-id
+    # header of its answers; a conversation whose thinking is bound to an account stays on it
+    account: str | None = None
 
     def serves(self, model: str | None) -> bool:
         if self.models is None or model is None:
@@ -342,6 +347,11 @@ class Pool:
         self._rng = rng or random.Random()
         # callback(cred, detail): a request got 401/403 with this credential; probe it (set by the service)
         self.on_auth_failure: Callable[[Credential, str | None], None] | None = None
+        self.thinking_accounts = ThinkingAccounts()  # which account a replayed thinking block belongs to
+
+    def has_account(self, model: str | None, account: str) -> bool:
+        """An enabled credential of ``account`` serves ``model`` (cooling or not: a preference)."""
+        return any(c.account == account for c in self.serving(model))
 
     @property
     def health(self) -> Health:
@@ -407,14 +417,18 @@ class Pool:
         return ok
 
     async def acquire(self, model: str | None, affinity: bytes | None = None,
-                      exclude: Iterable[str] = (), *, count_rpm: bool = True) -> Credential | Refusal:
+                      exclude: Iterable[str] = (), *, count_rpm: bool = True,
+                      account: str | None = None) -> Credential | Refusal:
         """The credential to send to, with its in-flight count taken, or why there is none.
 
         Health is judged for ``model``'s rate-limit group: a 429 about another group is no
-        concern of this request."""
+        concern of this request. ``account``: only credentials of that upstream account (a
+        conversation whose replayed thinking is bound to it)."""
         now = self.clock()
         group = self.group_of(model) if model else None
         serving = self.serving(model)
+        if account is not None:
+            serving = [c for c in serving if c.account == account]
         if not serving:
             return Refusal(Refused.NO_CREDENTIAL, NO_CREDENTIAL_WAIT)
         skip = set(exclude)
