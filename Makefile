@@ -66,13 +66,13 @@ $(AIDER_VENV)/bin/aider:
 aider: $(AIDER_VENV)/bin/aider ## Aider (aider-chat, pinned) in its own environment: it pins its own dependencies
 
 test-aider: setup aider ## Aider in both modes through the gateway (tests/e2e/test_aider.py, main environment driving .venv-aider's aider)
-	ETHEREAL_AIDER=$(AIDER_VENV)/bin/aider $(BIN)/python -m pytest -q tests/e2e/test_aider.py; rc=$$?; \
+	ETHEREAL_AIDER=$(CURDIR)/$(AIDER_VENV)/bin/aider $(BIN)/python -m pytest -q tests/e2e/test_aider.py; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clients-matrix: setup clients aider ## re-run every coding tool through the gateway and rewrite the table in docs/clients.md
 	mkdir -p build
 	-$(BIN)/python -m pytest -q tests/e2e/test_coding_tools.py --junitxml=build/clients-npm.xml
-	-ETHEREAL_AIDER=$(AIDER_VENV)/bin/aider $(BIN)/python -m pytest -q tests/e2e/test_aider.py --junitxml=build/clients-aider.xml
+	-ETHEREAL_AIDER=$(CURDIR)/$(AIDER_VENV)/bin/aider $(BIN)/python -m pytest -q tests/e2e/test_aider.py --junitxml=build/clients-aider.xml
 	$(BIN)/python scripts/clients_matrix.py --aider $(AIDER_VENV)/bin/python build/clients-npm.xml build/clients-aider.xml
 
 wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serve one request

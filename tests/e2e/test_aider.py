@@ -25,7 +25,7 @@ from tests.procs import REPO
 
 pytestmark = pytest.mark.timeout(240)
 
-AIDER = Path(os.environ.get("ETHEREAL_AIDER", REPO / ".venv-aider" / "bin" / "aider"))
+AIDER = Path(os.environ.get("ETHEREAL_AIDER", REPO / ".venv-aider" / "bin" / "aider")).absolute()
 
 
 @pytest.fixture(scope="module")
