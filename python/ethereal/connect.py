@@ -13,7 +13,6 @@ public URL, no trailing slash), ``<key>`` (the API key) and ``<model>``.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,8 @@ class Setup:
         for f in self.files:
             lines.append(f"# {f.path}{' (' + f.merge + ')' if f.merge else ''}")
             lines.append(fill(f.text, key, base_url, model).rstrip("\n"))
-        for name, value in self.env:
-            lines.append(f"export {name}={shlex.quote(fill(value, key, base_url, model))}")
+        for name, value in self.env:  # double quotes: keys and URLs hold none of " $ ` \\
+            lines.append(f'export {name}="{fill(value, key, base_url, model)}"')
         for cmd in self.commands:
             lines.append(fill(cmd, key, base_url, model))
         if self.run:
@@ -232,7 +231,7 @@ SETUPS: tuple[Setup, ...] = (
     ),
     Setup(
         "cline", "Cline CLI (OpenAI-compatible)", "POST /v1/chat/completions (translated)",
-        commands=(f"cline auth -p openai -k {KEY} -m {MODEL} -b {BASE_URL}/v1",),
+        commands=(f'cline auth -p openai -k "{KEY}" -m {MODEL} -b {BASE_URL}/v1',),
         run='cline "your task"',
         package="cline",
         notes=("Cline's Anthropic provider cannot take a base URL: use the OpenAI-compatible one",),
