@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
-from ethereal import connect  # noqa: E402
+from ethereal import connect
 
 START, END = "<!-- clients-matrix:start -->", "<!-- clients-matrix:end -->"
 NODE_MODULES = ROOT / "clients" / "node_modules"

@@ -99,8 +99,8 @@ SETUPS: tuple[Setup, ...] = (
         }}), "merge the \"env\" entries into an existing file"),),
         run="claude",
         package="@anthropic-ai/claude-code",
-        notes=("ANTHROPIC_AUTH_TOKEN is sent as a Bearer token and skips the first-run "
-               "'use this API key?' question (its default answer is No)",),
+        notes=(("ANTHROPIC_AUTH_TOKEN is sent as a Bearer token and skips the first-run "
+                "'use this API key?' question (its default answer is No)"),),
     ),
     Setup(
         "codex", "Codex CLI", "POST /v1/responses (translated; HTTP streaming)",
@@ -147,8 +147,8 @@ SETUPS: tuple[Setup, ...] = (
         env=(("ETHEREAL_API_KEY", KEY),),
         run="opencode",
         package="opencode-ai",
-        notes=("small_model: without it OpenCode asks gpt-5.4-nano for session titles, a model the gateway "
-               "does not serve",),
+        notes=(("small_model: without it OpenCode asks gpt-5.4-nano for session titles, a model the gateway "
+                "does not serve"),),
     ),
     Setup(
         "opencode-compatible", "OpenCode (openai-compatible provider)", "POST /v1/chat/completions (translated)",
@@ -242,8 +242,8 @@ SETUPS: tuple[Setup, ...] = (
                "turn on Override OpenAI Base URL = <base_url>/v1",
                "add the custom model <model> and select it"),
         tested=False,
-        notes=("Cursor builds each request on its own servers and sends it from there: <base_url> must be "
-               "reachable from the internet over HTTPS, not only from your machine",),
+        notes=(("Cursor builds each request on its own servers and sends it from there: <base_url> must be "
+                "reachable from the internet over HTTPS, not only from your machine"),),
     ),
     Setup(
         "zed", "Zed", "POST /v1/messages (native), sent from the editor",
@@ -258,8 +258,8 @@ SETUPS: tuple[Setup, ...] = (
     ),
     Setup(
         "windsurf", "Windsurf", "none: no custom base URL",
-        steps=("Windsurf's Cascade takes no custom base URL: its own models run on Windsurf's servers and its "
-               "bring-your-own-key option sends an Anthropic key to Windsurf, not to your gateway",
+        steps=(("Windsurf's Cascade takes no custom base URL: its own models run on Windsurf's servers and its "
+                "bring-your-own-key option sends an Anthropic key to Windsurf, not to your gateway"),
                "use a CLI from this list in Windsurf's terminal instead"),
         tested=False,
     ),
@@ -293,7 +293,7 @@ def default_base_url(public_url: str | None, host: str, port: int, base_path: st
     """Where clients reach the gateway: ETHEREAL_PUBLIC_URL, else the listening host and port."""
     if public_url:
         return public_url.rstrip("/")
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening everywhere: this machine answers on loopback
+    if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"

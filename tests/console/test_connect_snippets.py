@@ -25,7 +25,7 @@ def keys_page(url: str) -> str:
 
 
 def snippets(page: str) -> dict[str, str]:
-    found = re.findall(r'<code data-snippet="([a-z-]+)">(.*?)</code>', page, re.S)
+    found = re.findall(r'<code data-snippet="([a-z-]+)">(.*?)</code>', page, re.DOTALL)
     return {tool: html.unescape(text) for tool, text in found}
 
 

@@ -59,7 +59,7 @@ def test_base_url_defaults(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     monkeypatch.setenv("ETHEREAL_PUBLIC_URL", "https://llm.example.org/")
     assert main(["connect", "openai-sdk", "--key", KEY]) == 0
     assert 'export OPENAI_BASE_URL="https://llm.example.org/v1"\n' in capsys.readouterr().out
-    assert connect.default_base_url(None, "0.0.0.0", 8080, "/gw") == "http://127.0.0.1:8080/gw"  # noqa: S104
+    assert connect.default_base_url(None, "0.0.0.0", 8080, "/gw") == "http://127.0.0.1:8080/gw"
     assert connect.default_base_url(None, "::1", 8080) == "http://[::1]:8080"
 
 

@@ -26,8 +26,8 @@ import jinja2
 import orjson
 from blacksheep import Application, Content, Request, Response, StreamedContent
 
-from ethereal.admin import session
 from ethereal import connect
+from ethereal.admin import session
 from ethereal.admin.keyspec import key_json
 from ethereal.api.common import read_body
 from ethereal.dashboard.estimator import Estimator, RateLimiter
