@@ -17,6 +17,9 @@ $(BIN)/python:
 setup: $(BIN)/python ## create .venv, build the Rust extension, install ethereal with test deps
 	$(BIN)/pip install --quiet -e '.[test,load]'
 
+# To add or bump a client: `cd clients && npm install --save-exact NAME@VERSION`, then
+# `python scripts/prune_npm_lock.py` (the registry here serves only this platform's builds; npm ci
+# refuses a lock naming other platforms' packages it could not record)
 CLIENTS := clients/node_modules/.bin/claude
 $(CLIENTS): clients/package.json clients/package-lock.json
 	cd clients && npm ci --no-audit --no-fund --loglevel=error
