@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup clients console-assets bench-console serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
+.PHONY: help setup clients aider clients-matrix test-aider console-assets bench-console serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -17,12 +17,15 @@ $(BIN)/python:
 setup: $(BIN)/python ## create .venv, build the Rust extension, install ethereal with test deps
 	$(BIN)/pip install --quiet -e '.[test,load]'
 
+# To add or bump a client: `cd clients && npm install --save-exact NAME@VERSION`, then
+# `python scripts/prune_npm_lock.py` (the registry here serves only this platform's builds; npm ci
+# refuses a lock naming other platforms' packages it could not record)
 CLIENTS := clients/node_modules/.bin/claude
 $(CLIENTS): clients/package.json clients/package-lock.json
 	cd clients && npm ci --no-audit --no-fund --loglevel=error
 	touch $(CLIENTS)
 
-clients: $(CLIENTS) ## the real CLIs and Node SDKs the tests drive (Claude Code, Codex, @anthropic-ai/sdk, openai), project-local
+clients: $(CLIENTS) ## the real CLIs and Node SDKs the tests drive (Claude Code, Codex, OpenCode, Continue, Qwen Code, Kilo Code, Cline, the SDKs), project-local
 
 console-assets: ## copy the console's browser libraries (uPlot) from npm into dashboard/static/vendor (committed)
 	bash scripts/vendor-console-assets.sh
@@ -33,7 +36,7 @@ serve: setup ## run the gateway on the embedded default (SQLite; simulated upstr
 sim: setup ## run the simulated Anthropic API on its own
 	$(BIN)/ethereal sim --port 8090
 
-test: setup clients lint test-rust test-python test-litellm ## the whole test suite (what CI runs): gates, cargo test, pytest
+test: setup clients aider lint test-rust test-python test-litellm test-aider ## the whole test suite (what CI runs): gates, cargo test, pytest
 
 test-rust:
 	cargo test --workspace --quiet
@@ -54,6 +57,26 @@ $(LITELLM_VENV)/bin/python: | $(BIN)/python
 test-litellm: $(LITELLM_VENV)/bin/python ## LiteLLM as an OpenAI-compatible client, in its own environment
 	$(LITELLM_VENV)/bin/python -m pytest -q tests/e2e/test_litellm.py; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+AIDER_VENV := .venv-aider
+AIDER_VERSION := 0.86.2
+$(AIDER_VENV)/bin/aider:
+	$(PYTHON) -m venv $(AIDER_VENV)
+	$(AIDER_VENV)/bin/pip install --quiet --upgrade pip
+	$(AIDER_VENV)/bin/pip install --quiet "aider-chat==$(AIDER_VERSION)"
+	touch $@
+
+aider: $(AIDER_VENV)/bin/aider ## Aider (aider-chat, pinned) in its own environment: it pins its own dependencies
+
+test-aider: setup aider ## Aider in both modes through the gateway (tests/e2e/test_aider.py, main environment driving .venv-aider's aider)
+	ETHEREAL_AIDER=$(CURDIR)/$(AIDER_VENV)/bin/aider $(BIN)/python -m pytest -q tests/e2e/test_aider.py; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clients-matrix: setup clients aider ## re-run every coding tool through the gateway and rewrite the table in docs/clients.md
+	mkdir -p build
+	-$(BIN)/python -m pytest -q tests/e2e/test_coding_tools.py --junitxml=build/clients-npm.xml
+	-ETHEREAL_AIDER=$(CURDIR)/$(AIDER_VENV)/bin/aider $(BIN)/python -m pytest -q tests/e2e/test_aider.py --junitxml=build/clients-aider.xml
+	$(BIN)/python scripts/clients_matrix.py --aider $(AIDER_VENV)/bin/python build/clients-npm.xml build/clients-aider.xml
 
 wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serve one request
 	bash scripts/wheel-smoke.sh
@@ -92,4 +115,4 @@ cluster-down:
 	bash scripts/cluster.sh down
 
 clean:
-	rm -rf target $(VENV) $(LITELLM_VENV) .pytest_cache
+	rm -rf target $(VENV) $(LITELLM_VENV) $(AIDER_VENV) .pytest_cache

@@ -42,10 +42,14 @@ def _gc_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
 
 # tests/e2e/test_litellm.py runs in its own environment (litellm pins openai<3): `make test-litellm`.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch litellm's price list
+collect_ignore: list[str] = []
 try:
     import litellm  # noqa: F401
 except ImportError:
-    collect_ignore = ["e2e/test_litellm.py"]
+    collect_ignore.append("e2e/test_litellm.py")
+# tests/e2e/test_aider.py drives .venv-aider's aider: `make test-aider` (sets ETHEREAL_AIDER) runs it.
+if not os.environ.get("ETHEREAL_AIDER"):
+    collect_ignore.append("e2e/test_aider.py")
 
 
 @dataclass

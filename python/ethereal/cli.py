@@ -603,6 +603,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if (args.strict and disagreements) or expired else 0
 
 
+def cmd_connect(args: argparse.Namespace) -> int:
+    """Print how TOOL reaches this gateway (the console's key page shows the same snippets)."""
+    from ethereal import connect
+
+    if args.tool in (None, "list"):
+        width = max(len(s.id) for s in connect.SETUPS)
+        for s in connect.SETUPS:
+            print(f"{s.id:<{width}}  {s.name}: {s.route}{'' if s.tested else ' (untested)'}")
+        return 0
+    try:
+        setup = connect.get(args.tool)
+    except KeyError as exc:
+        print(f"ethereal: {exc.args[0]}", file=sys.stderr)
+        return 2
+    base = args.base_url
+    if not base:
+        settings = load_settings(args.config)
+        base = connect.default_base_url(settings.public_url, settings.host, settings.port, settings.base_path)
+    key = args.key if args.key else connect.KEY
+    if args.json:
+        print(json.dumps(setup.as_json(key, base, args.model), indent=2))
+    else:
+        sys.stdout.write(setup.render(key, base, args.model))
+    return 0
+
+
 def _upstream_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     p.add_argument("--url", required=adding, help="base URL of the Anthropic-compatible API")
     key = p.add_mutually_exclusive_group()
@@ -636,6 +662,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sim", help="run the simulated Anthropic API (see `ethereal sim --help`)", add_help=False)
     sub.add_parser("migrate", help="apply database migrations")
+
+    from ethereal.connect import BY_ID, DEFAULT_MODEL
+    conn = sub.add_parser("connect", help="print the set-up of a coding tool or SDK for this gateway "
+                                          "(`ethereal connect` lists them)")
+    conn.add_argument("tool", nargs="?", choices=(*BY_ID, "list"), metavar="TOOL",
+                      help=f"one of: {', '.join(BY_ID)}")
+    conn.add_argument("--key", help="the API key to put in (default: the placeholder <key>)")
+    conn.add_argument("--base-url", dest="base_url",
+                      help="the gateway's URL as clients reach it (default: ETHEREAL_PUBLIC_URL, else host:port)")
+    conn.add_argument("--model", default=DEFAULT_MODEL, help=f"the model to name (default: {DEFAULT_MODEL})")
+    conn.add_argument("--json", action="store_true")
 
     keys = sub.add_parser("keys", help="mint, list, show, update, revoke and delete API keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
@@ -749,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_upstream(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "connect":
+            return cmd_connect(args)
     except SettingsError as exc:
         print(f"ethereal: configuration error: {exc}", file=sys.stderr)
         return 2

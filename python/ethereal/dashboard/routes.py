@@ -26,6 +26,7 @@ import jinja2
 import orjson
 from blacksheep import Application, Content, Request, Response, StreamedContent
 
+from ethereal import connect
 from ethereal.admin import session
 from ethereal.admin.keyspec import key_json
 from ethereal.api.common import read_body
@@ -357,6 +358,15 @@ def register(app: Application, gw: Gateway) -> None:
         return json_out(await series_data((span,) if span in ("hour", "day") else ("hour", "day")))
 
     # ------------------------------------------------------------------ keys
+    def connect_base(request: Request) -> str:
+        """Where the tools reach this gateway: ETHEREAL_PUBLIC_URL, else the host the browser used."""
+        if settings.public_url:
+            return settings.public_url.rstrip("/")
+        headers = headers_of(request)
+        host = (headers.get(b"x-forwarded-host") or headers.get(b"host") or b"localhost").decode("latin-1")
+        scheme = (headers.get(b"x-forwarded-proto") or str(request.scope.get("scheme", "http")).encode()).decode()
+        return f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}{settings.base_path}"
+
     @page
     async def keys(request: Request, sid: str) -> Response:
         owner, plan, state, q = one(request, "owner"), one(request, "plan"), one(request, "state"), one(request, "q")
@@ -387,8 +397,10 @@ def register(app: Application, gw: Gateway) -> None:
             rows.append(item)
         next_query = urlencode({k: v for k, v in (("owner", owner), ("plan", plan), ("state", state), ("q", q),
                                                   ("after_id", records[-1].id if records else None)) if v})
+        base = connect_base(request)
         return html("keys.html", sid=sid, title="Keys", active="Keys", keys=rows, plans=plans().names(), q=q,
-                    models=model_choices(),
+                    models=model_choices(), connect_base=base,
+                    connect=[s.as_json(connect.KEY, base) for s in connect.SETUPS],
                     owner=owner, plan=plan, state=state, next_after=more, next_query=next_query)
 
     # ------------------------------------------------------------------ upstreams

@@ -92,11 +92,25 @@
           act.appendChild(btn);
           tr.append(id, key, act); rows.appendChild(tr);
         }
+        fillSnippets(minted.length ? minted[0].key : "<key>");
         document.getElementById("minted").hidden = false;
         say("Minted " + minted.length + " key(s). Copy them now: they are not shown again.");
       } catch (e) { say(e.message, true); }
     });
     document.getElementById("copy-all").addEventListener("click", () => copy(minted.map(k => k.key).join("\n")));
+    // Each tool's set-up (python/ethereal/connect.py, rendered by the server with <key> in place)
+    // with the first minted key filled in.
+    const snippets = document.querySelectorAll("code[data-snippet]");
+    snippets.forEach(code => { code.dataset.template = code.textContent; });
+    function fillSnippets(key) {
+      snippets.forEach(code => { code.textContent = code.dataset.template.split("<key>").join(key); });
+    }
+    document.querySelectorAll("button[data-copy-snippet]").forEach(btn => {
+      btn.addEventListener("click", () => {
+        const code = document.querySelector('code[data-snippet="' + btn.dataset.copySnippet + '"]');
+        if (code) copy(code.textContent);
+      });
+    });
     document.getElementById("download-csv").addEventListener("click", () => {
       // a cell that starts like a formula (= + - @, tab, CR) is prefixed with ' so no
       // spreadsheet runs it: names and owners are whatever the minter typed
