@@ -348,13 +348,14 @@ def register(app: Application, gw: Gateway) -> None:
     @page
     async def keys(request: Request, sid: str) -> Response:
         owner, plan, state, q = one(request, "owner"), one(request, "plan"), one(request, "state"), one(request, "q")
+        team = one(request, "team")
         after = one(request, "after_id", 64)
         if state not in (None, "active", "revoked", "expired"):
             state = None
         found = plans().get(plan) if plan else None
         plan_name = found.name if found else plan
         page_size = 100
-        records = await store().list_keys(owner=owner, plan=plan_name, state=state, limit=page_size + 1,
+        records = await store().list_keys(owner=owner, team=team, plan=plan_name, state=state, limit=page_size + 1,
                                           after_id=after)
         more = len(records) > page_size
         records = records[:page_size]
@@ -373,11 +374,11 @@ def register(app: Application, gw: Gateway) -> None:
             item.update(spend_usd=_usd(cost), budget_usd=_usd(budget) if budget is not None else None,
                         spend_pct=round(cost / budget * 100, 1) if budget else 0, last_used=last.get(r.id))
             rows.append(item)
-        next_query = urlencode({k: v for k, v in (("owner", owner), ("plan", plan), ("state", state), ("q", q),
+        next_query = urlencode({k: v for k, v in (("owner", owner), ("team", team), ("plan", plan), ("state", state), ("q", q),
                                                   ("after_id", records[-1].id if records else None)) if v})
         return html("keys.html", sid=sid, title="Keys", active="Keys", keys=rows, plans=plans().names(), q=q,
                     models=model_choices(),
-                    owner=owner, plan=plan, state=state, next_after=more, next_query=next_query)
+                    owner=owner, team=team, plan=plan, state=state, next_after=more, next_query=next_query)
 
     # ------------------------------------------------------------------ upstreams
     async def last_correction() -> dict[str, Any] | None:

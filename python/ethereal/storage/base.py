@@ -16,7 +16,7 @@ from ethereal.keys import KeyRecord
 from ethereal.storage.records import BatchRecord, StoredCredential, UsageRecord
 
 KEY_MUTABLE_FIELDS = frozenset({
-    "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
+    "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
     "allowed_models", "expires_at", "revoked", "metadata",
 })
 
@@ -64,6 +64,7 @@ class Store(abc.ABC):
         self,
         *,
         owner: str | None = None,
+        team: str | None = None,
         plan: str | None = None,
         state: str | None = None,  # "active" | "revoked" | "expired"
         limit: int = 100,

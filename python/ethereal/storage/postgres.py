@@ -45,7 +45,7 @@ from ethereal.storage.records import (
 MIGRATION_LOCK_ID = 0x657468657265616C
 
 _KEY_COLUMNS = (
-    "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
+    "id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
     "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
 )
 _GROUPS = {"key_id", "model", "credential", "route", "error_type"}
@@ -55,6 +55,7 @@ _ROLLUP_GROUPS = {"key_id", "model", "credential", "route"}  # the columns usage
 def _key_from_row(row: asyncpg.Record) -> KeyRecord:
     data = dict(row)
     data["metadata"] = data["metadata"] or {}
+    data["teams"] = data.get("teams") or []
     return KeyRecord(**{c: data[c] for c in _KEY_COLUMNS})
 
 
@@ -178,6 +179,7 @@ class PostgresStore(Store):
         self,
         *,
         owner: str | None = None,
+        team: str | None = None,
         plan: str | None = None,
         state: str | None = None,
         limit: int = 100,
@@ -192,6 +194,8 @@ class PostgresStore(Store):
 
         if owner is not None:
             clauses.append(f"owner = {param(owner)}")
+        if team is not None:
+            clauses.append(f"teams ? {param(team)}")  # the GIN index of 0009
         if plan is not None:
             clauses.append(f"plan = {param(plan)}")
         if state == "revoked":

@@ -41,7 +41,7 @@ from ethereal.storage.records import (
 T = TypeVar("T")
 
 _KEY_COLUMNS = (
-    "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
+    "id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
     "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
 )
 _GROUPS = {"key_id", "model", "credential", "route", "error_type"}
@@ -51,7 +51,7 @@ def _key_row(record: KeyRecord) -> tuple[Any, ...]:
     values = []
     for column in _KEY_COLUMNS:
         value = getattr(record, column)
-        if column in ("allowed_models", "metadata") and value is not None:
+        if column in ("allowed_models", "metadata", "teams") and value is not None:
             value = orjson.dumps(value).decode()
         elif column == "revoked":
             value = int(value)
@@ -63,6 +63,7 @@ def _key_from_row(row: sqlite3.Row) -> KeyRecord:
     data = dict(row)
     data["allowed_models"] = orjson.loads(data["allowed_models"]) if data["allowed_models"] else None
     data["metadata"] = orjson.loads(data["metadata"]) if data["metadata"] else {}
+    data["teams"] = orjson.loads(data["teams"]) if data.get("teams") else []
     data["revoked"] = bool(data["revoked"])
     return KeyRecord(**data)
 
@@ -137,7 +138,13 @@ class SQLiteStore(Store):
                     continue
                 for statement in sql.split(";\n"):
                     if statement.strip():
-                        conn.execute(statement)
+                        try:
+                            conn.execute(statement)
+                        except sqlite3.OperationalError as exc:
+                            # SQLite has no ADD COLUMN IF NOT EXISTS: a column already there is
+                            # what the statement wanted (a migration applied twice stays idempotent)
+                            if "duplicate column name" not in str(exc):
+                                raise
                 conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
                 applied.append(name)
             conn.execute("COMMIT")
@@ -181,6 +188,7 @@ class SQLiteStore(Store):
         self,
         *,
         owner: str | None = None,
+        team: str | None = None,
         plan: str | None = None,
         state: str | None = None,
         limit: int = 100,
@@ -191,6 +199,9 @@ class SQLiteStore(Store):
         if owner is not None:
             clauses.append("owner = ?")
             params.append(owner)
+        if team is not None:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(api_keys.teams) WHERE value = ?)")
+            params.append(team)
         if plan is not None:
             clauses.append("plan = ?")
             params.append(plan)
@@ -221,7 +232,7 @@ class SQLiteStore(Store):
             raise ValueError(f"cannot update key fields: {sorted(unknown)}")
         values = []
         for column, value in changes.items():
-            if column in ("allowed_models", "metadata") and value is not None:
+            if column in ("allowed_models", "metadata", "teams") and value is not None:
                 value = orjson.dumps(value).decode()
             elif column == "revoked":
                 value = int(bool(value))

@@ -105,7 +105,7 @@
         if (/^[=+\-@\t\r]/.test(s)) s = "'" + s;
         return '"' + s.replace(/"/g, '""') + '"';
       };
-      const lines = ["id,name,owner,plan,key"].concat(minted.map(k => [k.id, k.name, k.owner, k.plan, k.key].map(esc).join(",")));
+      const lines = ["id,name,owner,teams,plan,key"].concat(minted.map(k => [k.id, k.name, k.owner, (k.teams || []).join(" "), k.plan, k.key].map(esc).join(",")));
       const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
       const a = document.createElement("a");
       a.href = URL.createObjectURL(blob);
