@@ -518,6 +518,7 @@ class Pipeline:
             except Exception:
                 log.exception("settle failed for %s", call.request_id)
         gw.meter.record(rec)
+        gw.budget_watch.observe(call.key)  # budget.threshold webhooks (a dict write when budgeted)
         return rec
 
 
