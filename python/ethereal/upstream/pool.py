@@ -42,8 +42,8 @@ Time comes from ``clock`` (``time.monotonic`` by default) so tests step it inste
 from __future__ import annotations
 
 import calendar
-import logging
 import hashlib
+import logging
 import math
 import random
 import time
