@@ -38,13 +38,14 @@ from ethereal.metering.aggregate import usage_totals
 from ethereal.metering.reprice import correction_json
 from ethereal.metering.routes import parse_time
 from ethereal.observability import live as live_ring
+from ethereal.spend.periods import period_start
 from ethereal.storage.base import UsageFilter
 
 log = logging.getLogger("ethereal.dashboard")
 
 BASE = "/dashboard"
 API = "/admin/api"
-NAV = (("", "Overview"), ("/keys", "Keys"), ("/upstreams", "Upstreams"), ("/usage", "Usage"),
+NAV = (("", "Overview"), ("/keys", "Keys"), ("/limits", "Limits"), ("/upstreams", "Upstreams"), ("/usage", "Usage"),
        ("/estimate", "Estimator"))
 ROUTES = ("messages", "count_tokens", "chat.completions", "models")
 _FORM_MAX = 64 * 1024
@@ -380,6 +381,47 @@ def register(app: Application, gw: Gateway) -> None:
                     models=model_choices(),
                     owner=owner, team=team, plan=plan, state=state, next_after=more, next_query=next_query)
 
+    # ------------------------------------------------------------------ limits
+    @page
+    async def limits(request: Request, sid: str) -> Response:
+        """Spend limits per person, team and organization; each person's spend this period against
+        their cap (blocked until the reset); the audit; webhooks and their delivery log."""
+        from ethereal.alerts.routes import delivery_json, webhook_json
+        from ethereal.alerts.webhooks import EVENTS
+        from ethereal.spend.service import audit_json, limit_json, people_of
+
+        spend = gw.spend
+        await spend.reload()
+        now = time.time()
+        people = await people_of(store(), one(request, "user_id"))
+        effective = await spend.effective(people, now)
+        for person in effective:
+            for lim in person["limits"]:
+                lim["spent_usd"] = f"{float(lim['spent']) / 100:.2f}"
+                lim["amount_usd"] = None if lim["amount"] is None else f"{int(lim['amount']) / 100:.2f}"
+        teams = sorted({t for ts in people.values() for t in ts}
+                       | {lim.scope_id for lim in spend.book.limits if lim.scope_type == "rbac_group"})
+        pools = []
+        for lim in spend.book.limits:
+            if lim.shared and lim.amount_cents is not None:
+                spent = (await spend.team_spent([lim.scope_id], lim.period, now)).get(lim.scope_id, 0) \
+                    if lim.scope_type == "rbac_group" else sum(
+                        (await store().spend_totals(dim="owner", since=period_start(lim.period, now))).values())
+                pools.append({**limit_json(lim), "spent_usd": f"{spent / 1_000_000:.2f}",
+                              "amount_usd": f"{lim.amount_cents / 100:.2f}", "spent_micro": spent,
+                              "cap_micro": lim.amount_cents * 10_000})
+        rows = sorted((limit_json(lim) for lim in spend.book.limits),
+                      key=lambda x: (x["scope"]["type"], str(x["scope"]), x["period"]))
+        for row in rows:
+            row["amount_usd"] = None if row["amount"] is None else f"{int(row['amount']) / 100:.2f}"
+        audit, _ = await store().list_audit(limit=20)
+        hooks = [webhook_json(h) for h in await store().list_webhooks()]
+        deliveries = [delivery_json(d) for d in await store().list_deliveries(limit=30)]
+        return html("limits.html", sid=sid, title="Limits", active="Limits", limits=rows, people=effective,
+                    teams=teams, pools=pools, audit=[audit_json(a) for a in audit], hooks=hooks,
+                    deliveries=deliveries, events=EVENTS, user_id=one(request, "user_id"),
+                    spl=settings.base_path + "/v1/organizations/spend_limits")
+
     # ------------------------------------------------------------------ upstreams
     async def last_correction() -> dict[str, Any] | None:
         return correction_json(await store().last_price_correction())
@@ -550,6 +592,7 @@ def register(app: Application, gw: Gateway) -> None:
     router.add_post(BASE + "/login", login)
     router.add_post(BASE + "/logout", logout)
     router.add_get(BASE + "/keys", keys)
+    router.add_get(BASE + "/limits", limits)
     router.add_get(BASE + "/upstreams", upstreams)
     router.add_get(BASE + "/usage", usage)
     router.add_get(BASE + "/usage.csv", usage_csv)
