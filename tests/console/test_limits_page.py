@@ -46,9 +46,9 @@ def test_limits_page_and_key_filters(console: Console) -> None:
 
         text = wait_for(page, timeout=10)
         assert 'data-user="jon"' in text and 'data-user="kim"' in text
-        ivy_row = re.search(r'<tr data-user="ivy">(.*?)</tr>', text, re.S)
+        ivy_row = re.search(r'<tr data-user="ivy">(.*?)</tr>', text, re.DOTALL)
         assert ivy_row and "of $0.00" in ivy_row.group(1) and "user" in ivy_row.group(1)
-        jon_row = re.search(r'<tr data-user="jon">(.*?)</tr>', text, re.S)
+        jon_row = re.search(r'<tr data-user="jon">(.*?)</tr>', text, re.DOTALL)
         assert jon_row and "of $25.00" in jon_row.group(1) and "rbac_group" in jon_row.group(1)
         assert "(pooled)" in text and 'id="pools"' in text
         assert 'data-spend-limit="/v1/organizations/spend_limits"' in text and 'id="webhook"' in text
