@@ -52,7 +52,6 @@ FILTERS = {"api_key_ids": "key_id", "models": "model", "service_tiers": "service
            "context_window": "context_window", "inference_geos": "inference_geo", "speeds": "speed",
            "owners": "owner", "teams": "teams", "workspace_ids": None, "account_ids": None,
            "service_account_ids": None}
-_NULL_DEFAULTS = {"key_id": "", "model": "", "owner": "", "teams": ""}
 TOKEN_TYPES = (("uncached_input_tokens", "input_tokens", "Input Tokens", "input"),
                ("output_tokens", "output_tokens", "Output Tokens", "output"),
                ("cache_read_input_tokens", "cache_read", "Input Tokens, Cache Hit", "cache_read"),
@@ -177,12 +176,6 @@ def _explode(rows: Iterable[dict[str, Any]], *, by_team: bool, team_filter: list
     return out
 
 
-def _group_value(dim: str, value: Any) -> Any:
-    if value is None or (dim in _NULL_DEFAULTS and value == _NULL_DEFAULTS[dim]) or value == "":
-        return None
-    return value
-
-
 async def _sums(gw: Gateway, q: ReportQuery, dims: list[str]) -> list[dict[str, Any]]:
     if q.empty or q.end <= q.start:
         return []
@@ -190,6 +183,8 @@ async def _sums(gw: Gateway, q: ReportQuery, dims: list[str]) -> list[dict[str, 
     if "teams" in q.filters and "teams" not in need:
         need.append("teams")
     rows = await gw.store.report_sums(since=q.start, until=q.end, step=q.width, dims=need, filters=q.filters)
+    if "teams" not in need:
+        return rows  # type: ignore[no-any-return]
     return _explode(rows, by_team="teams" in dims, team_filter=q.filters.get("teams"))
 
 
@@ -201,17 +196,6 @@ def _envelope(q: ReportQuery, results: dict[float, list[dict[str, Any]]]) -> dic
     data = [{"starting_at": rfc3339(b), "ending_at": rfc3339(b + q.width), "results": results.get(b, [])}
             for b in _buckets(q)]
     return {"data": data, "has_more": q.has_more, "next_page": q.next_page}
-
-
-def _dims_json(group_by: list[str], groups: dict[str, str | None], row: dict[str, Any],
-               standard: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = dict.fromkeys(standard)
-    for g in group_by:
-        dim = groups[g]
-        if dim is None or dim == "description":
-            continue
-        out[g] = row.get("team") if dim == "teams" else _group_value(dim, row.get(dim))
-    return out
 
 
 _USAGE_STANDARD = ("api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo",
@@ -241,37 +225,43 @@ def register(app: Application, gw: Gateway) -> None:
     def ok(request_id: str, payload: Any) -> Response:
         return json_response(200, orjson.dumps(payload), [(b"request-id", request_id.encode())])
 
+    def shown_fields(group_by: list[str], groups: dict[str, str | None]) -> list[tuple[str, str]]:
+        return [(g, "team" if d == "teams" else d) for g in group_by if (d := groups[g]) is not None
+                and d != "description"]
+
     @anthropic_route
     async def usage_report(request: Request, request_id: str) -> Response:
         require_org(settings, header_map(request), write=False)
         q = ReportQuery(request, groups=USAGE_GROUPS, cost=False)
         dims = [d for g in q.group_by if (d := USAGE_GROUPS[g]) is not None]
-        results: dict[float, list[dict[str, Any]]] = {}
+        fields = shown_fields(q.group_by, USAGE_GROUPS)
+        standard = dict.fromkeys(_USAGE_STANDARD)
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        buckets: dict[float, list[dict[str, Any]]] = {}
         for row in await _sums(gw, q, dims):
-            shown = _dims_json(q.group_by, USAGE_GROUPS, row, _USAGE_STANDARD)
-            key = (row["bucket"], *sorted(shown.items(), key=lambda kv: kv[0]))
-            acc = merged.get(key)
-            if acc is None:
-                acc = merged[key] = {"bucket": row["bucket"], "shown": shown, "sums": dict.fromkeys(
-                    ("input_tokens", "output_tokens", "cache_read", "cache_creation_5m", "cache_creation_1h",
-                     "web_search_requests", "requests"), 0)}
-            for name in acc["sums"]:
-                acc["sums"][name] += int(row[name])
-        for acc in merged.values():
-            s = acc["sums"]
-            if not s["requests"]:
+            if not row["requests"]:
                 continue
-            results.setdefault(acc["bucket"], []).append({
-                "uncached_input_tokens": s["input_tokens"],
-                "cache_creation": {"ephemeral_1h_input_tokens": s["cache_creation_1h"],
-                                   "ephemeral_5m_input_tokens": s["cache_creation_5m"]},
-                "cache_read_input_tokens": s["cache_read"],
-                "output_tokens": s["output_tokens"],
-                "server_tool_use": {"web_search_requests": s["web_search_requests"]},
-                **acc["shown"],
-            })
-        return ok(request_id, _envelope(q, results))
+            values = tuple(row[f] or None for _, f in fields)  # "" (no key, no owner): null
+            bucket = float(row["bucket"])
+            key = (bucket, *values)
+            item = merged.get(key)
+            if item is None:
+                item = merged[key] = {
+                    "uncached_input_tokens": 0,
+                    "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0},
+                    "cache_read_input_tokens": 0, "output_tokens": 0, "server_tool_use": {"web_search_requests": 0},
+                    **standard}
+                for (g, _), v in zip(fields, values, strict=True):
+                    item[g] = v
+                buckets.setdefault(bucket, []).append(item)
+            item["uncached_input_tokens"] += int(row["input_tokens"])
+            cc = item["cache_creation"]
+            cc["ephemeral_1h_input_tokens"] += int(row["cache_creation_1h"])
+            cc["ephemeral_5m_input_tokens"] += int(row["cache_creation_5m"])
+            item["cache_read_input_tokens"] += int(row["cache_read"])
+            item["output_tokens"] += int(row["output_tokens"])
+            item["server_tool_use"]["web_search_requests"] += int(row["web_search_requests"])
+        return ok(request_id, _envelope(q, buckets))
 
     def split_cost(row: dict[str, Any]) -> list[tuple[str, str | None, str | None, int]]:
         """(cost_type, token_type, model, micro) parts of one row's exact cost: web searches at
@@ -313,34 +303,42 @@ def register(app: Application, gw: Gateway) -> None:
         dims = [d for g in q.group_by if (d := COST_GROUPS[g]) is not None and d != "description"]
         if by_description:
             dims = list(dict.fromkeys([*dims, "model", "service_tier", "context_window"]))
-        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        fields = shown_fields(q.group_by, COST_GROUPS)
+        standard = dict.fromkeys(_COST_STANDARD)
+        merged: dict[tuple[Any, ...], list[Any]] = {}  # key -> [item, micro]
+        buckets: dict[float, list[list[Any]]] = {}
         for row in await _sums(gw, q, dims):
-            shown = _dims_json(q.group_by, COST_GROUPS, row, _COST_STANDARD)
+            if not row["requests"]:
+                continue
+            values = tuple(row[f] or None for _, f in fields)
+            bucket = float(row["bucket"])
             if by_description:
-                tier = row.get("service_tier") or None
-                parts = [(ct, tt, m, micro, {"service_tier": tier,
-                                              "context_window": row.get("context_window") if ct == "tokens"
-                                              else None})
-                         for ct, tt, m, micro in split_cost(row)]
+                tier = row["service_tier"] or None
+                parts: list[tuple[Any, ...]] = [
+                    (ct, tt, m, micro, tier, row["context_window"] if ct == "tokens" else None)
+                    for ct, tt, m, micro in split_cost(row)]
             else:
-                parts = [(None, None, None, int(row["cost_micro"]), {})]
-            for cost_type, token_type, model, micro, extra in parts:
-                item = dict(shown)
-                if by_description:
-                    item.update(cost_type=cost_type, token_type=token_type, model=model,
-                                description=description_of(cost_type, token_type, model), **extra)
-                key = (row["bucket"], *sorted(item.items(), key=lambda kv: kv[0]))
+                parts = [(None, None, None, int(row["cost_micro"]), None, None)]
+            for cost_type, token_type, model, micro, tier, window in parts:
+                key = (bucket, *values, cost_type, token_type, model, tier, window)
                 acc = merged.get(key)
                 if acc is None:
-                    acc = merged[key] = {"bucket": row["bucket"], "item": item, "micro": 0, "requests": 0}
-                acc["micro"] += micro
-                acc["requests"] += int(row["requests"])
+                    item = {"amount": "", "currency": "USD", **standard}
+                    for (g, _), v in zip(fields, values, strict=True):
+                        item[g] = v
+                    if by_description:
+                        item.update(cost_type=cost_type, token_type=token_type, model=model, service_tier=tier,
+                                    context_window=window,
+                                    description=description_of(cost_type, token_type, model))
+                    acc = merged[key] = [item, 0]
+                    buckets.setdefault(bucket, []).append(acc)
+                acc[1] += micro
         results: dict[float, list[dict[str, Any]]] = {}
-        for acc in merged.values():
-            if not acc["requests"]:
-                continue
-            results.setdefault(acc["bucket"], []).append(
-                {"amount": cents_text(acc["micro"]), "currency": "USD", **acc["item"]})
+        for bucket, accs in buckets.items():
+            out = results[bucket] = []
+            for item, micro in accs:
+                item["amount"] = cents_text(micro)
+                out.append(item)
         return ok(request_id, _envelope(q, results))
 
     app.router.add_get(USAGE_PATH, usage_report)

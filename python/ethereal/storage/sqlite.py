@@ -754,7 +754,7 @@ class SQLiteStore(Store):
             params.append(value)
             return "?"
 
-        sql = report_sql(rollup=False, dialect="sqlite", since=since, until=until, step=step, dims=dims,
+        sql = report_sql(source="usage_records", dialect="sqlite", since=since, until=until, step=step, dims=dims,
                          filters=filters, mark=mark)
 
         def go() -> list[dict[str, Any]]:

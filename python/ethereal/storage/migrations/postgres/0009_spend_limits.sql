@@ -10,6 +10,9 @@
 --    usage_records, under the lock that keeps writers out; totals of hours whose records were
 --    deleted (retention) are kept under empty dimensions. The insert and update triggers of
 --    0003/0006 are replaced by ones that fill the new columns.
+--    usage_daily: the same sums per UTC day and report dimension (no credential or route), kept by
+--    the same triggers in the same transaction: a 31-day report grouped by key and model reads a
+--    few tens of thousands of day rows, whatever the traffic (usage_hourly holds ~25x more).
 -- 3. spend_limits (one row per scope and period), spend_limit_audit (every change to a limit or
 --    a webhook, before/after, in the same transaction), webhooks and webhook_deliveries.
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS teams JSONB NOT NULL DEFAULT '[]'::jsonb;
@@ -108,6 +111,45 @@ $mig$;
 CREATE INDEX IF NOT EXISTS usage_hourly_key ON usage_hourly (key_id, bucket);
 CREATE INDEX IF NOT EXISTS usage_hourly_owner ON usage_hourly (owner, bucket);
 
+
+CREATE TABLE IF NOT EXISTS usage_daily (
+    bucket              DOUBLE PRECISION NOT NULL,  -- unix seconds at the start of the UTC day
+    key_id              TEXT NOT NULL,
+    model               TEXT NOT NULL,
+    owner               TEXT NOT NULL,
+    teams               TEXT NOT NULL,
+    service_tier        TEXT NOT NULL,
+    inference_geo       TEXT NOT NULL,
+    speed               TEXT NOT NULL,
+    context_window      TEXT NOT NULL,
+    requests            BIGINT NOT NULL DEFAULT 0,
+    errors              BIGINT NOT NULL DEFAULT 0,
+    estimated           BIGINT NOT NULL DEFAULT 0,
+    input_tokens        BIGINT NOT NULL DEFAULT 0,
+    output_tokens       BIGINT NOT NULL DEFAULT 0,
+    cache_creation_5m   BIGINT NOT NULL DEFAULT 0,
+    cache_creation_1h   BIGINT NOT NULL DEFAULT 0,
+    cache_read          BIGINT NOT NULL DEFAULT 0,
+    web_search_requests BIGINT NOT NULL DEFAULT 0,
+    cost_micro          BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, key_id, model, owner, teams, service_tier, inference_geo, speed, context_window)
+);
+CREATE INDEX IF NOT EXISTS usage_daily_owner ON usage_daily (owner, bucket);
+DO $mig$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM usage_daily LIMIT 1) THEN
+        INSERT INTO usage_daily (bucket, key_id, model, owner, teams, service_tier, inference_geo, speed,
+                                 context_window, requests, errors, estimated, input_tokens, output_tokens,
+                                 cache_creation_5m, cache_creation_1h, cache_read, web_search_requests, cost_micro)
+        SELECT floor(bucket / 86400) * 86400, key_id, model, owner, teams, service_tier, inference_geo, speed,
+               context_window, sum(requests), sum(errors), sum(estimated), sum(input_tokens), sum(output_tokens),
+               sum(cache_creation_5m), sum(cache_creation_1h), sum(cache_read), sum(web_search_requests),
+               sum(cost_micro)
+        FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+    END IF;
+END
+$mig$;
+
 CREATE OR REPLACE FUNCTION ethereal_usage_hourly_add() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     INSERT INTO usage_hourly AS h (bucket, key_id, model, credential, route, owner, teams, service_tier,
@@ -127,6 +169,31 @@ BEGIN
     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT (bucket, key_id, model, credential, route, owner, teams, service_tier, inference_geo, speed,
                  context_window) DO UPDATE SET
+        requests = h.requests + excluded.requests,
+        errors = h.errors + excluded.errors,
+        estimated = h.estimated + excluded.estimated,
+        input_tokens = h.input_tokens + excluded.input_tokens,
+        output_tokens = h.output_tokens + excluded.output_tokens,
+        cache_creation_5m = h.cache_creation_5m + excluded.cache_creation_5m,
+        cache_creation_1h = h.cache_creation_1h + excluded.cache_creation_1h,
+        cache_read = h.cache_read + excluded.cache_read,
+        web_search_requests = h.web_search_requests + excluded.web_search_requests,
+        cost_micro = h.cost_micro + excluded.cost_micro;
+    INSERT INTO usage_daily AS h (bucket, key_id, model, owner, teams, service_tier, inference_geo, speed,
+                                  context_window, requests, errors, estimated, input_tokens, output_tokens,
+                                  cache_creation_5m, cache_creation_1h, cache_read, web_search_requests, cost_micro)
+    SELECT floor(started_at / 86400) * 86400, COALESCE(key_id, ''), COALESCE(model, ''), COALESCE(owner, ''),
+           COALESCE(teams, ''), COALESCE(service_tier, CASE WHEN batch THEN 'batch' ELSE 'standard' END),
+           COALESCE(inference_geo, 'not_available'), COALESCE(speed, 'standard'),
+           ethereal_context_window(input_tokens, cache_creation_5m, cache_creation_1h, cache_read),
+           count(*), count(*) FILTER (WHERE status >= 400), count(*) FILTER (WHERE NOT exact),
+           sum(input_tokens), sum(output_tokens), sum(cache_creation_5m), sum(cache_creation_1h),
+           sum(cache_read), sum(web_search_requests), sum(cost_micro)
+    FROM new_rows
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ON CONFLICT (bucket, key_id, model, owner, teams, service_tier, inference_geo, speed, context_window)
+    DO UPDATE SET
         requests = h.requests + excluded.requests,
         errors = h.errors + excluded.errors,
         estimated = h.estimated + excluded.estimated,
@@ -175,6 +242,46 @@ BEGIN
     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT (bucket, key_id, model, credential, route, owner, teams, service_tier, inference_geo, speed,
                  context_window) DO UPDATE SET
+        requests = h.requests + excluded.requests,
+        errors = h.errors + excluded.errors,
+        estimated = h.estimated + excluded.estimated,
+        input_tokens = h.input_tokens + excluded.input_tokens,
+        output_tokens = h.output_tokens + excluded.output_tokens,
+        cache_creation_5m = h.cache_creation_5m + excluded.cache_creation_5m,
+        cache_creation_1h = h.cache_creation_1h + excluded.cache_creation_1h,
+        cache_read = h.cache_read + excluded.cache_read,
+        web_search_requests = h.web_search_requests + excluded.web_search_requests,
+        cost_micro = h.cost_micro + excluded.cost_micro;
+    INSERT INTO usage_daily AS h (bucket, key_id, model, owner, teams, service_tier, inference_geo, speed,
+                                  context_window, requests, errors, estimated, input_tokens, output_tokens,
+                                  cache_creation_5m, cache_creation_1h, cache_read, web_search_requests, cost_micro)
+    SELECT b, k, m, ow, tm, st, ig, sp, cw, sum(n), sum(e), sum(est), sum(i), sum(o), sum(c5), sum(c1), sum(cr),
+           sum(ws), sum(cost)
+    FROM (
+        SELECT floor(started_at / 86400) * 86400 AS b, COALESCE(key_id, '') AS k, COALESCE(model, '') AS m,
+               COALESCE(owner, '') AS ow, COALESCE(teams, '') AS tm,
+               COALESCE(service_tier, CASE WHEN batch THEN 'batch' ELSE 'standard' END) AS st,
+               COALESCE(inference_geo, 'not_available') AS ig, COALESCE(speed, 'standard') AS sp,
+               ethereal_context_window(input_tokens, cache_creation_5m, cache_creation_1h, cache_read) AS cw,
+               -1 AS n, -(status >= 400)::int AS e, -(NOT exact)::int AS est, -input_tokens AS i,
+               -output_tokens AS o, -cache_creation_5m AS c5, -cache_creation_1h AS c1, -cache_read AS cr,
+               -web_search_requests AS ws, -cost_micro AS cost
+        FROM old_rows
+        UNION ALL
+        SELECT floor(started_at / 86400) * 86400, COALESCE(key_id, ''), COALESCE(model, ''), COALESCE(owner, ''),
+               COALESCE(teams, ''), COALESCE(service_tier, CASE WHEN batch THEN 'batch' ELSE 'standard' END),
+               COALESCE(inference_geo, 'not_available'), COALESCE(speed, 'standard'),
+               ethereal_context_window(input_tokens, cache_creation_5m, cache_creation_1h, cache_read),
+               1, (status >= 400)::int, (NOT exact)::int, input_tokens, output_tokens, cache_creation_5m,
+               cache_creation_1h, cache_read, web_search_requests, cost_micro
+        FROM new_rows
+    ) AS moved
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    HAVING sum(n) <> 0 OR sum(e) <> 0 OR sum(est) <> 0 OR sum(i) <> 0 OR sum(o) <> 0 OR sum(c5) <> 0
+        OR sum(c1) <> 0 OR sum(cr) <> 0 OR sum(ws) <> 0 OR sum(cost) <> 0
+    ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ON CONFLICT (bucket, key_id, model, owner, teams, service_tier, inference_geo, speed, context_window)
+    DO UPDATE SET
         requests = h.requests + excluded.requests,
         errors = h.errors + excluded.errors,
         estimated = h.estimated + excluded.estimated,
