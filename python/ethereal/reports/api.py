@@ -238,7 +238,32 @@ def register(app: Application, gw: Gateway) -> None:
         standard = dict.fromkeys(_USAGE_STANDARD)
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         buckets: dict[float, list[dict[str, Any]]] = {}
-        for row in await _sums(gw, q, dims):
+        rows = await _sums(gw, q, dims)
+        if "teams" not in dims and isinstance(rows, list) and rows and not isinstance(rows[0], dict):
+            # one source, groups unique (PostgreSQL's rollup): one result per row, built at once
+            names = [g for g, _ in fields]
+            cols = [f for _, f in fields]
+            std = [k for k in _USAGE_STANDARD if k not in names]
+            for r in rows:
+                if not r["requests"]:
+                    continue
+                item = {"uncached_input_tokens": r["input_tokens"],
+                        "cache_creation": {"ephemeral_1h_input_tokens": r["cache_creation_1h"],
+                                           "ephemeral_5m_input_tokens": r["cache_creation_5m"]},
+                        "cache_read_input_tokens": r["cache_read"], "output_tokens": r["output_tokens"],
+                        "server_tool_use": {"web_search_requests": r["web_search_requests"]}}
+                for k in std:
+                    item[k] = None
+                for k, c in zip(names, cols, strict=True):
+                    item[k] = r[c] or None
+                b = r["bucket"]
+                found = buckets.get(b)
+                if found is None:
+                    buckets[b] = [item]
+                else:
+                    found.append(item)
+            return ok(request_id, _envelope(q, buckets))
+        for row in rows:
             if not row["requests"]:
                 continue
             values = tuple(row[f] or None for _, f in fields)  # "" (no key, no owner): null
@@ -307,7 +332,25 @@ def register(app: Application, gw: Gateway) -> None:
         standard = dict.fromkeys(_COST_STANDARD)
         merged: dict[tuple[Any, ...], list[Any]] = {}  # key -> [item, micro]
         buckets: dict[float, list[list[Any]]] = {}
-        for row in await _sums(gw, q, dims):
+        rows = await _sums(gw, q, dims)
+        if not by_description and "teams" not in dims and isinstance(rows, list) and rows \
+                and not isinstance(rows[0], dict):
+            # one source, groups unique (PostgreSQL's rollup): one result per row, built at once
+            names = [g for g, _ in fields]
+            cols = [f for _, f in fields]
+            std = [k for k in _COST_STANDARD if k not in names]
+            fast: dict[float, list[dict[str, Any]]] = {}
+            for r in rows:
+                if not r["requests"]:
+                    continue
+                item: dict[str, Any] = {"amount": cents_text(int(r["cost_micro"])), "currency": "USD"}
+                for k in std:
+                    item[k] = None
+                for k, c in zip(names, cols, strict=True):
+                    item[k] = r[c] or None
+                fast.setdefault(r["bucket"], []).append(item)
+            return ok(request_id, _envelope(q, fast))
+        for row in rows:
             if not row["requests"]:
                 continue
             values = tuple(row[f] or None for _, f in fields)
