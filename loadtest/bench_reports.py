@@ -79,12 +79,13 @@ async def seed(url: str, rows: int, start: float) -> dict[str, Any]:
         await conn.execute("ANALYZE usage_hourly")
         await conn.execute("ANALYZE usage_daily")
         rollup = await conn.fetchval("SELECT count(*) FROM usage_hourly")
+        daily = await conn.fetchval("SELECT count(*) FROM usage_daily")
         total = await conn.fetchrow("SELECT sum(output_tokens)::bigint AS o, sum(cost_micro)::bigint AS c,"
                                     " count(*) AS n FROM usage_records")
     finally:
         await conn.close()
-    return {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "rollup_rows": rollup,
-            "output_tokens": total["o"], "cost_micro": total["c"]}
+    return {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "hourly_rollup_rows": rollup,
+            "daily_rollup_rows": daily, "output_tokens": total["o"], "cost_micro": total["c"]}
 
 
 async def explain(url: str, start: float) -> float:
