@@ -184,7 +184,7 @@ async def _sums(gw: Gateway, q: ReportQuery, dims: list[str]) -> list[dict[str, 
         need.append("teams")
     rows = await gw.store.report_sums(since=q.start, until=q.end, step=q.width, dims=need, filters=q.filters)
     if "teams" not in need:
-        return rows  # type: ignore[no-any-return]
+        return rows
     return _explode(rows, by_team="teams" in dims, team_filter=q.filters.get("teams"))
 
 

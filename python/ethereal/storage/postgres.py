@@ -628,7 +628,7 @@ class PostgresStore(Store):
                                  filters=filters, mark=_marker(params))
                 fetched.append(await conn.fetch(sql, *params))
         if len(fetched) == 1:  # one source: its groups are unique already (records read like dicts)
-            return fetched[0]  # type: ignore[no-any-return]
+            return fetched[0]
         acc: dict[tuple[Any, ...], dict[str, int]] = {}
         for rows in fetched:
             merge_rows(rows, dims, acc)
