@@ -121,10 +121,11 @@ def test_spend_limits_upsert_list_delete_and_audit(gw: Gw) -> None:
     # effective: each person's cap, its source and the spend so far
     ann = gw.mint(owner="ann", teams=["eng"])
     assert ann["owner"] == "ann" and ann["teams"] == ["eng"]
-    eff = gw.call("GET", f"{spl}/effective", params={"user_id": "ann"}, key=READ_KEY).json()
-    (row,) = eff["data"]
-    by_period = {x["period"]: x for x in row["limits"]}
+    eff = gw.call("GET", f"{spl}/effective", params={"user_ids[]": "ann"}, key=READ_KEY).json()
+    by_period = {x["period"]: x for x in eff["data"]}
+    assert {x["actor"]["user_id"] for x in eff["data"]} == {"ann"} and eff["has_more"] is False
     assert (by_period["daily"]["amount"], by_period["daily"]["source"]["type"]) == ("900", "user")
+    assert by_period["daily"]["spend_limit_id"] == lim["id"] and by_period["daily"]["period_to_date_spend"] == "0"
     assert (by_period["monthly"]["amount"], by_period["monthly"]["source"]["type"]) == ("2000", "rbac_group")
     assert by_period["monthly"]["pools"][0]["id"] == pool["id"]
     assert (by_period["weekly"]["amount"], by_period["weekly"]["source"]["type"]) == (None, "organization")
@@ -344,3 +345,32 @@ def test_webhooks_signed_retried_and_logged(gw: Gw) -> None:
         assert all("secret" not in json.dumps(a) for a in audit)
     finally:
         receiver.close()
+
+
+def test_the_anthropic_sdk_reads_and_writes_spend_limits(gw: Gw) -> None:
+    """Anthropic's own SDK (its Admin API client for spend limits) against the gateway."""
+    import anthropic
+
+    client = anthropic.Anthropic(api_key=ADMIN_KEY, base_url=gw.url, max_retries=0)
+    reader = anthropic.Anthropic(api_key=READ_KEY, base_url=gw.url, max_retries=0)
+    limits = client.beta.organization.spend_limits
+    made = limits.set(amount="1234", period="weekly", scope={"type": "user", "user_id": "sdk-user"})
+    assert (made.type, made.amount, made.currency, made.period, made.is_enabled) == (
+        "spend_limit", "1234", "USD", "weekly", True)
+    assert made.scope.type == "user" and made.scope.user_id == "sdk-user"  # type: ignore[union-attr]
+    assert made.id.startswith("spl_") and made.created_at.tzinfo is not None
+    for i in range(3):
+        limits.set(amount=str(100 + i), period="daily", scope={"type": "user", "user_id": f"sdk-page-{i}"})
+    ids = [x.id for x in reader.beta.organization.spend_limits.list(limit=2)]  # the SDK follows next_page
+    assert made.id in ids and len(ids) == len(set(ids)) >= 4
+    assert reader.beta.organization.spend_limits.retrieve(made.id).amount == "1234"
+    gw.mint(owner="sdk-user")
+    rows = list(reader.beta.organization.spend_limits.effective.list(user_ids=["sdk-user"]))
+    assert [(r.period, r.amount, r.spend_limit_id) for r in rows] == [("weekly", "1234", made.id)]
+    assert rows[0].actor.user_id == "sdk-user" and rows[0].period_to_date_spend == "0"  # type: ignore[union-attr]
+    with pytest.raises(anthropic.PermissionDeniedError):
+        reader.beta.organization.spend_limits.set(amount="1", period="daily", scope={"type": "organization"})
+    gone = limits.delete(made.id)
+    assert (gone.id, gone.type) == (made.id, "spend_limit_deleted")
+    with pytest.raises(anthropic.NotFoundError):
+        limits.retrieve(made.id)

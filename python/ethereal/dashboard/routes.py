@@ -394,11 +394,18 @@ def register(app: Application, gw: Gateway) -> None:
         await spend.reload()
         now = time.time()
         people = await people_of(store(), one(request, "user_id"))
-        effective = await spend.effective(people, now)
-        for person in effective:
-            for lim in person["limits"]:
-                lim["spent_usd"] = f"{float(lim['spent']) / 100:.2f}"
-                lim["amount_usd"] = None if lim["amount"] is None else f"{int(lim['amount']) / 100:.2f}"
+        effective: list[dict[str, Any]] = []
+        by_user: dict[str, dict[str, Any]] = {}
+        for row in await spend.effective(people, now, periods=["daily", "weekly", "monthly"]):
+            person = by_user.get(row["actor"]["user_id"])
+            if person is None:
+                person = by_user[row["actor"]["user_id"]] = {"user_id": row["actor"]["user_id"],
+                                                            "rbac_group_ids": row["rbac_group_ids"], "limits": []}
+                effective.append(person)
+            row["spent_usd"] = f"{float(row['period_to_date_spend']) / 100:.2f}"
+            row["amount_usd"] = None if row["amount"] is None else f"{int(row['amount']) / 100:.2f}"
+            row["source_type"] = row["source"]["type"] if row["spend_limit_id"] else "none"
+            person["limits"].append(row)
         teams = sorted({t for ts in people.values() for t in ts}
                        | {lim.scope_id for lim in spend.book.limits if lim.scope_type == "rbac_group"})
         pools = []

@@ -97,7 +97,7 @@ class ReportQuery:
     """A report's validated parameters and the buckets of this page."""
 
     def __init__(self, request: Request, *, groups: dict[str, str | None], cost: bool) -> None:
-        known = {"starting_at", "ending_at", "bucket_width", "limit", "page"}
+        known = {"starting_at", "ending_at", "bucket_width", "limit", "page", "beta"}
         known |= {g for name in ("group_by", *FILTERS) for g in (name, f"{name}[]")}
         unknown = sorted(set(request.query) - known)
         if unknown:

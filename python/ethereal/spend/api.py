@@ -55,22 +55,33 @@ def check_query(request: Request, allowed: set[str]) -> None:
         raise invalid_request(f"{unknown[0]}: unknown query parameter", param=unknown[0])
 
 
-def page_of(items: list[dict[str, Any]], request: Request, limit: int) -> dict[str, Any]:
-    """Anthropic's list envelope over ``items`` sorted by id: ``after_id`` pages forward,
-    ``before_id`` backward."""
-    after, before = query_one(request, "after_id"), query_one(request, "before_id")
+def query_many(request: Request, name: str) -> list[str]:
+    """``name[]=a&name[]=b`` (what Anthropic's SDKs send), ``name=a&name=b`` or ``name=a,b``."""
+    out: list[str] = []
+    for key in (f"{name}[]", name):
+        for raw in request.query.get(key, []):
+            out.extend(v.strip() for v in raw.split(",") if v.strip())
+    return list(dict.fromkeys(out))
+
+
+def page_of(items: list[dict[str, Any]], request: Request, limit: int, key: str = "id") -> dict[str, Any]:
+    """Anthropic's list envelopes over ``items`` sorted by ``key``: ``after_id`` (or ``page``, the
+    previous answer's ``next_page``, what the SDKs' cursor pages send) pages forward,
+    ``before_id`` backward; the answer carries ``first_id``/``last_id`` and ``next_page``."""
+    after, before = query_one(request, "after_id") or query_one(request, "page"), query_one(request, "before_id")
     if after is not None and before is not None:
         raise invalid_request("after_id: give after_id or before_id, not both", param="after_id")
     if after is not None:
-        rest = [i for i in items if i["id"] > after]
+        rest = [i for i in items if i[key] > after]
         page, more = rest[:limit], len(rest) > limit
     elif before is not None:
-        rest = [i for i in items if i["id"] < before]
+        rest = [i for i in items if i[key] < before]
         page, more = rest[-limit:], len(rest) > limit
     else:
         page, more = items[:limit], len(items) > limit
-    return {"data": page, "has_more": more, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None}
+    last = page[-1][key] if page else None
+    return {"data": page, "has_more": more, "first_id": page[0][key] if page else None, "last_id": last,
+            "next_page": last if more else None}
 
 
 def register(app: Application, gw: Gateway) -> None:
@@ -96,19 +107,20 @@ def register(app: Application, gw: Gateway) -> None:
     @anthropic_route
     async def list_limits(request: Request, request_id: str) -> Response:
         require_org(settings, header_map(request), write=False)
-        check_query(request, {"limit", "after_id", "before_id", "scope_type", "user_id", "rbac_group_id",
-                              "api_key_id", "period"})
+        check_query(request, {"limit", "after_id", "before_id", "page", "scope_type", "scope_type[]", "user_id",
+                              "rbac_group_id", "api_key_id", "period", "beta"})
         limit = page_limit(request)
         await gw.spend.reload()  # a list reads the store: another replica's change shows at once
-        kind, period = query_one(request, "scope_type"), query_one(request, "period")
-        if kind is not None and kind not in SCOPES:
-            raise invalid_request(f"scope_type: must be one of {', '.join(SCOPES)}", param="scope_type")
+        kinds, period = query_many(request, "scope_type"), query_one(request, "period")
+        for kind in kinds:
+            if kind not in SCOPES:
+                raise invalid_request(f"scope_type: must be one of {', '.join(SCOPES)}", param="scope_type")
         if period is not None and period not in PERIODS:
             raise invalid_request(f"period: must be one of {', '.join(PERIODS)}", param="period")
         wanted = {name: query_one(request, name) for name in ("user_id", "rbac_group_id", "api_key_id")}
         items = []
         for lim in sorted(gw.spend.book.limits, key=lambda x: x.id):
-            if kind is not None and lim.scope_type != kind or period is not None and lim.period != period:
+            if kinds and lim.scope_type not in kinds or period is not None and lim.period != period:
                 continue
             scope = lim.scope()
             if any(v is not None and scope.get(name) != v for name, v in wanted.items()):
@@ -133,23 +145,34 @@ def register(app: Application, gw: Gateway) -> None:
 
     @anthropic_route
     async def effective(request: Request, request_id: str) -> Response:
+        """Rows per (person, period); pages by person (``limit`` people, a person's rows never
+        split), ``page`` = the previous ``next_page``."""
         require_org(settings, header_map(request), write=False)
-        check_query(request, {"user_id", "limit", "after_id", "before_id"})
-        limit = page_limit(request, default=100)
-        user_id = query_one(request, "user_id")
-        people = await people_of(gw.store, user_id)
-        rows = await gw.spend.effective(people)
-        for row in rows:
-            row["id"] = row["user_id"]  # pages by user id
-        page = page_of(rows, request, limit)
-        for row in page["data"]:
-            row.pop("id", None)
-        return ok(request_id, page)
+        check_query(request, {"user_id", "user_ids", "user_ids[]", "period", "period[]", "limit", "after_id",
+                              "before_id", "page", "beta"})
+        limit = page_limit(request, default=20)
+        periods = query_many(request, "period")
+        for p in periods:
+            if p not in PERIODS:
+                raise invalid_request(f"period: must be among {', '.join(PERIODS)}", param="period")
+        users = query_many(request, "user_ids") + query_many(request, "user_id")
+        if len(users) > 100:
+            raise invalid_request("user_ids: at most 100", param="user_ids")
+        people: dict[str, list[str]] = {}
+        if users:
+            for user in users:
+                people.update(await people_of(gw.store, user))
+        else:
+            people = await people_of(gw.store)
+        names = page_of([{"id": name} for name in sorted(people)], request, limit)
+        shown = {row["id"] for row in names["data"]}
+        rows = await gw.spend.effective({k: v for k, v in people.items() if k in shown}, periods=periods or None)
+        return ok(request_id, {**names, "data": rows})
 
     @anthropic_route
     async def audit(request: Request, request_id: str) -> Response:
         require_org(settings, header_map(request), write=False)
-        check_query(request, {"limit", "after_id", "before_id", "object_id"})
+        check_query(request, {"limit", "after_id", "before_id", "object_id", "beta"})
         limit = page_limit(request)
         rows, more = await gw.store.list_audit(limit=limit, after_id=query_one(request, "after_id"),
                                                before_id=query_one(request, "before_id"),

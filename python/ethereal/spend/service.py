@@ -56,7 +56,7 @@ def limit_json(lim: SpendLimit) -> dict[str, Any]:
     out: dict[str, Any] = {
         "type": "spend_limit", "id": lim.id,
         "amount": None if lim.amount_cents is None else str(lim.amount_cents),
-        "currency": lim.currency, "period": lim.period, "scope": lim.scope(),
+        "currency": lim.currency, "period": lim.period, "scope": lim.scope(), "is_enabled": True,
         "created_at": rfc3339(lim.created_at), "updated_at": rfc3339(lim.updated_at),
     }
     if lim.shared or lim.scope_type in ("rbac_group", "organization"):
@@ -208,34 +208,47 @@ class SpendService:
                     out[team] += micro
         return out
 
-    async def effective(self, people: dict[str, list[str]], now: float | None = None) -> list[dict[str, Any]]:
-        """Each person's cap per period, where it comes from, and the spend so far (``/effective``)."""
+    async def effective(self, people: dict[str, list[str]], now: float | None = None,
+                        periods: list[str] | None = None) -> list[dict[str, Any]]:
+        """``/effective``: one row per (person, period) a limit resolves for (every period asked
+        for with ``periods``), in the Admin API's ``BetaSpendSummary`` shape: the cap
+        (``amount``), where it comes from (``source``, ``spend_limit_id``) and
+        ``period_to_date_spend``; extensions: the person's teams, what is left, whether they are
+        blocked, the period's start and reset, the pooled caps they also spend against."""
         now = time.time() if now is None else now
         owners = sorted(people)
-        spent = {p: await self.spent("owner", owners, p, now) for p in PERIODS}
+        wanted = periods or list(PERIODS)
+        spent = {p: await self.spent("owner", owners, p, now) for p in wanted}
         book = self.book
         out = []
         for owner in owners:
             teams = people[owner]
-            limits = []
-            for res in book.resolve_all(owner, teams):
-                used = spent[res.period].get(owner, 0)
+            for period in wanted:
+                res = book.resolve(owner, teams, period)
+                if res.limit is None and periods is None:
+                    continue  # no limit resolves for this period
+                used = spent[period].get(owner, 0)
                 cap = res.amount_micro
-                limits.append({
-                    "period": res.period,
+                source = res.limit.scope() if res.limit is not None else {"type": "organization"}
+                out.append({
+                    "actor": {"type": "user_actor", "user_id": owner, "name": None, "email_address": None,
+                              "deleted": False},
+                    "scope": {"type": "user", "user_id": owner},
+                    "period": period,
                     "amount": None if cap is None else str(cap // 10_000),
                     "currency": "USD",
-                    "source": {"type": res.source, "spend_limit_id": res.limit.id if res.limit else None},
-                    "spent": cents_text(used),
+                    "period_to_date_spend": cents_text(used),
+                    "source": source,
+                    "spend_limit_id": res.limit.id if res.limit else None,
+                    # extensions
+                    "rbac_group_ids": teams,
                     "remaining": None if cap is None else cents_text(max(0, cap - used)),
                     "utilization": None if not cap else round(used / cap, 4),
                     "blocked": cap is not None and used >= cap,
-                    "period_start": rfc3339(period_start(res.period, now)),
-                    "resets_at": rfc3339(period_end(res.period, now)),
-                    "pools": [limit_json(p) for p in book.pools(teams, res.period)],
+                    "period_start": rfc3339(period_start(period, now)),
+                    "resets_at": rfc3339(period_end(period, now)),
+                    "pools": [limit_json(p) for p in book.pools(teams, period)],
                 })
-            out.append({"type": "effective_spend_limit", "user_id": owner, "rbac_group_ids": teams,
-                        "limits": limits})
         return out
 
 
