@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup clients aider clients-matrix test-aider console-assets bench-console serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
+.PHONY: help setup clients aider clients-matrix test-aider console-assets bench-console bench-reports serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -102,6 +102,9 @@ bench-translate: setup ## OpenAI translations (chat, responses): Rust vs Python 
 
 bench-console: setup ## console goals: overview first paint over 1M usage rows, live-view CPU, /metrics scrape time
 	$(BIN)/python loadtest/bench_console.py
+
+bench-reports: setup ## report goal: a 31-day 1d usage report by key and model over 10M records, < 500 ms p50
+	$(BIN)/python loadtest/bench_reports.py
 
 LOAD_ARGS ?= --users 20 --spawn-rate 10 --duration 60s
 loadtest: setup ## locust mix (Claude Code, OpenAI chat, Codex, operator) headless, bounded; fails on any error or p99 over limits

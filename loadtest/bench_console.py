@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT)]
 
 import httpx
-from ethereal.catalog import Catalog
+from ethereal.models import Registry
 from ethereal.observability import http as obs_http
 from ethereal.observability import live
 from ethereal.observability.logs import JsonFormatter
@@ -205,7 +205,7 @@ def live_cpu(rate: int = 1000) -> dict[str, Any]:
             else:
                 snap8 = cost
         shared.close()
-    metrics = Metrics(Catalog())
+    metrics = Metrics(Registry())
     observe = per_call(lambda: metrics.observe(rec), 50_000)
     formatter = JsonFormatter()
     log_record = logging.LogRecord("ethereal.access", logging.INFO, __file__, 1, "request", None, None)

@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT)]
 
 from ethereal import _native
-from ethereal.catalog import Catalog
+from ethereal.models import Registry
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
-from ethereal.metering.pricing import cost_micro
+from ethereal.metering.pricing import price
 from ethereal.storage.records import UsageRecord
 from ethereal.usage import Usage
 
@@ -62,7 +62,7 @@ class NullStore:
 
 def bench_request_path(n: int) -> dict[str, float]:
     """µs per request of the metering work finish() does on the request path."""
-    catalog = Catalog()
+    catalog = Registry()
     model = catalog.resolve("claude-sonnet-4-6")
     meter = Meter(NullStore(), MeterConfig(spool_dir=None, queue_max=n + 1, batch_size=n + 1))  # type: ignore[arg-type]
     ids = [f"req_path{i:020d}" for i in range(n)]
@@ -79,7 +79,7 @@ def bench_request_path(n: int) -> dict[str, float]:
     # 2. what finish() adds: price + build the record + record()
     t0 = time.perf_counter()
     for i in range(n):
-        cost = cost_micro(catalog, model, Usage(input_tokens=1200, output_tokens=350, cache_read=4000))
+        cost = price(catalog, model, Usage(input_tokens=1200, output_tokens=350, cache_read=4000), at=now).cost_micro
         rec = UsageRecord(
             request_id=ids[i], key_id="key_a", credential="default", route="messages", model=model.id,  # type: ignore[union-attr]
             status=200, stream=True, input_tokens=1200, output_tokens=350, cache_creation_5m=0,

@@ -22,6 +22,7 @@ from blacksheep import Application, Request, Response, Router
 
 from ethereal import ids, observability
 from ethereal.admin import routes as admin_routes
+from ethereal.alerts import routes as alert_routes
 from ethereal.api import anthropic, batches, openai, responses, responses_ws
 from ethereal.api.common import anthropic_error, openai_error
 from ethereal.api.responses_ws import ResponsesSockets
@@ -35,7 +36,9 @@ from ethereal.metering import routes as metering_routes
 from ethereal.observability.http import Parts
 from ethereal.paths import rewrite_scope
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Cleanup, Pipeline
+from ethereal.reports import api as report_routes
 from ethereal.settings import Settings, load_settings
+from ethereal.spend import api as spend_routes
 from ethereal.upstream import routes as upstream_routes
 
 log = logging.getLogger("ethereal")
@@ -52,7 +55,7 @@ def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Applicat
     batches.register(app, gw, pipeline)
     openai.register(app, gw, pipeline)
     responses.register(app, gw, pipeline)
-    for module in (admin_routes, metering_routes, upstream_routes):
+    for module in (admin_routes, metering_routes, upstream_routes, spend_routes, report_routes, alert_routes):
         module.register(app, gw)
     observability.register(app, gw)  # /metrics, the live ring, meter/pool/limiter observers
     dashboard_routes.register(app, gw)  # /dashboard, /estimate

@@ -215,3 +215,28 @@ def require_admin(settings: Settings, headers: dict[bytes, bytes], scope: Any = 
         if attempts is not None and client is not None and extract_key(headers):
             attempts.fail(client)
         raise GatewayError(401, "admin routes need the admin key")
+
+
+def require_org(settings: Settings, headers: dict[bytes, bytes], *, write: bool) -> str:
+    """The organization routes (``/v1/organizations/...``: spend limits, usage and cost reports):
+    the admin key, the read-only admin key for reads (a write with it is 403), or the console's
+    session (a write with its CSRF token and this site's origin). Returns who is asking, as the
+    audit records it: ``admin_key``, ``read_only_key`` or ``console``."""
+    if not settings.admin_key and not settings.admin_read_key:
+        raise GatewayError(403, "the admin API is disabled: set ETHEREAL_ADMIN_KEY to enable it")
+    presented = extract_key(headers)
+    if presented:
+        if settings.admin_key and hmac.compare_digest(presented.encode(), settings.admin_key.encode()):
+            return "admin_key"
+        if settings.admin_read_key and hmac.compare_digest(presented.encode(), settings.admin_read_key.encode()):
+            if write:
+                raise GatewayError(403, "the read-only admin key cannot change anything: use the admin key")
+            return "read_only_key"
+    if settings.admin_key:
+        verdict = session.check(settings, "POST" if write else "GET", headers)
+        if verdict == "ok":
+            return "console"
+        if verdict == "csrf":
+            raise GatewayError(403, "cross-site or tokenless console request refused: it needs the page's CSRF"
+                                    " token and this site's origin")
+    raise GatewayError(401, "organization routes need an admin key (x-api-key)")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ethereal.alerts import Alerts, BudgetWatch
 from ethereal.auth import Authenticator
 from ethereal.keychanges import KeyChanges, build_key_changes
 from ethereal.limits import Limiter, build_limiter
@@ -18,7 +19,9 @@ from ethereal.limits.plans import Plans
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
 from ethereal.models import Registry, load_registry
+from ethereal.secretbox import SecretBox
 from ethereal.settings import Settings
+from ethereal.spend.service import SpendService
 from ethereal.storage import open_store
 from ethereal.storage.base import Store
 from ethereal.upstream.client import Timeouts, UpstreamClient
@@ -41,6 +44,10 @@ class Gateway:
     client: UpstreamClient
     upstreams: UpstreamService
     key_changes: KeyChanges
+    # spend limits (spend/) and alerts (alerts/): inert unless started with a store
+    spend: SpendService = field(default_factory=lambda: SpendService(None))  # type: ignore[arg-type]
+    alerts: Alerts = field(default_factory=Alerts)
+    budget_watch: BudgetWatch = field(default_factory=lambda: BudgetWatch(Alerts(), None))
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -77,11 +84,27 @@ class Gateway:
             # env credential + stored ones (SecretKeyError when they cannot be decrypted), replica sync
             undo.push_async_callback(upstreams.stop)
             await upstreams.start(store)
+            # spend limits in memory for admission; webhooks and the events that feed them
+            spend = SpendService(store)
+            await spend.start()
+            undo.push_async_callback(spend.close)
+            alerts = Alerts(store, secret_box=SecretBox(settings.secret_key) if settings.secret_key else None)
+            await alerts.start()
+            undo.push_async_callback(alerts.close)
+            budget_watch = BudgetWatch(alerts, store, settle_delay=settings.meter_interval + 0.1)
+            await budget_watch.start()
+            undo.push_async_callback(budget_watch.close)
+            pool.on_event = alerts.emit
+            registry.on_provisional = alerts.model_provisional
             undo.pop_all()
         return cls(settings=settings, registry=registry, plans=plans, store=store, auth=auth, limiter=limiter,
-                   meter=meter, pool=pool, client=client, upstreams=upstreams, key_changes=key_changes)
+                   meter=meter, pool=pool, client=client, upstreams=upstreams, key_changes=key_changes,
+                   spend=spend, alerts=alerts, budget_watch=budget_watch)
 
     async def stop(self) -> None:
+        await self.budget_watch.close()
+        await self.alerts.close()
+        await self.spend.close()
         await self.meter.close()
         await self.limiter.close()
         await self.key_changes.close()

@@ -36,7 +36,8 @@ class KeyRecord:
     key_hash: str
     display: str  # prefix + "..." + last 4
     name: str = ""
-    owner: str = ""  # person or team label
+    owner: str = ""  # the person who spends (the user id of spend limits, spend/)
+    teams: list[str] = field(default_factory=list)  # the groups the owner spends for (rbac_group ids)
     plan: str | None = None
     budget_tokens: int | None = None
     budget_micro_usd: int | None = None
@@ -69,3 +70,10 @@ def mint(prefix: str, **attrs: Any) -> tuple[str, KeyRecord]:
         **attrs,
     )
     return plaintext, record
+
+
+def teams_label(teams: list[str] | None) -> str | None:
+    """A key's teams as a usage record keeps them: sorted, joined by "," (None for none)."""
+    if not teams:
+        return None
+    return teams[0] if len(teams) == 1 else ",".join(sorted(teams))

@@ -44,7 +44,7 @@ from ethereal.auth import key_hash_of
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
 from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
-from ethereal.keys import KeyRecord
+from ethereal.keys import KeyRecord, teams_label
 from ethereal.limits import Admission
 from ethereal.metering.pricing import model_for, price
 from ethereal.metering.reserve import ReserveConfig, reserve
@@ -550,6 +550,8 @@ class Pipeline:
             web_search_requests=usage.web_searches, batch=batch, rate_card=priced.rate_card,
             priced_provisional=priced.provisional, speed=usage.speed, inference_geo=usage.inference_geo,
             service_tier=usage.service_tier, error_message=error_message_of(error_message),
+            owner=(call.key.owner or None) if call.key else None,
+            teams=teams_label(call.key.teams) if call.key else None,
         )
         call.record = rec  # before any await: a concurrent cleanup sees the request as finished
         if cred is not None:
@@ -560,6 +562,7 @@ class Pipeline:
             except Exception:
                 log.exception("settle failed for %s", call.request_id)
         gw.meter.record(rec)
+        gw.budget_watch.observe(call.key)  # budget.threshold webhooks (a dict write when budgeted)
         return rec
 
 

@@ -37,6 +37,9 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path("./data")
     admin_key: str | None = None
+    # a read-only admin key (#22): the organization's reports and spend limits, reads only (give a
+    # FinOps tool this one, not the key that mints keys); writes answer 403
+    admin_read_key: str | None = None
     secret_key: str | None = None
     key_prefix: str = "sk-ant-api03-"
     base_path: str = ""  # mount every route under this prefix (e.g. /api/proxy); see paths.py
@@ -191,7 +194,7 @@ _FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream
                  "ws_idle_timeout": 0.1, "ws_ping_interval": 0.1}
 _BOOL_FIELDS = {"limits_fail_open", "limits_per_worker", "auto_cache"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
-_STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "secret_key", "key_prefix", "base_path",
+_STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "admin_read_key", "secret_key", "key_prefix", "base_path",
                "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url", "log_format",
                "metrics_token", "trusted_proxies"}
 
@@ -321,6 +324,11 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"ETHEREAL_PUBLIC_URL must be an http(s) URL, got {settings.public_url!r}")
     if settings.admin_key is not None and len(settings.admin_key) < 16:
         raise SettingsError("ETHEREAL_ADMIN_KEY must be at least 16 characters")
+    if settings.admin_read_key is not None:
+        if len(settings.admin_read_key) < 16:
+            raise SettingsError("ETHEREAL_ADMIN_READ_KEY must be at least 16 characters")
+        if settings.admin_read_key == settings.admin_key:
+            raise SettingsError("ETHEREAL_ADMIN_READ_KEY must differ from ETHEREAL_ADMIN_KEY")
     if settings.log_format not in ("text", "json"):
         raise SettingsError(f"ETHEREAL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -12,7 +12,7 @@ import pytest
 from tests.console.conftest import ADMIN_KEY, MESSAGE, Console
 from tests.procs import gateway_process
 
-PAGES = ("/dashboard", "/dashboard/keys", "/dashboard/upstreams", "/dashboard/usage")
+PAGES = ("/dashboard", "/dashboard/keys", "/dashboard/limits", "/dashboard/upstreams", "/dashboard/usage")
 ESTIMATOR_RPM = 3
 
 

@@ -22,11 +22,34 @@ _TEXT_MAX = 200
 _METADATA_MAX_BYTES = 16 * 1024
 
 # fields a mint or a PATCH may set (``revoked`` only through PATCH / revoke)
-KEY_FIELDS = ("name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
+KEY_FIELDS = ("name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
               "allowed_models", "expires_at", "metadata")
 
 
 _METADATA_MAX_DEPTH = 32
+MAX_TEAMS = 32
+TEAM_MAX = 100
+
+
+def team_name(field: str, value: Any) -> str:
+    """A team (an rbac_group id of spend limits): 1 to 100 printable characters, no comma (usage
+    records keep a key's teams joined by commas)."""
+    if not isinstance(value, str) or not value.strip():
+        raise invalid_request(f"{field}: must be a non-empty string", param=field)
+    value = value.strip()
+    if len(value) > TEAM_MAX or "," in value or not value.isprintable():
+        raise invalid_request(f"{field}: at most {TEAM_MAX} printable characters, no comma", param=field)
+    return value
+
+
+def owner_name(field: str, value: Any) -> str:
+    """A key's owner (a person: the user id of spend limits); "" for none."""
+    if value is None:
+        return ""
+    text = _text(field, value).strip()
+    if text and not text.isprintable():
+        raise invalid_request(f"{field}: must be printable characters", param=field)
+    return text
 
 
 def json_depth(value: Any) -> int:
@@ -97,8 +120,18 @@ def parse_key_fields(data: Any, *, registry: Registry, plans: Plans, allow: tupl
             raise invalid_request(f"{prefix}{field}: unknown field", param=f"{prefix}{field}")
     for field, value in data.items():
         name = f"{prefix}{field}"
-        if field in ("name", "owner"):
+        if field == "name":
             out[field] = "" if value is None else _text(name, value)
+        elif field == "owner":
+            out[field] = owner_name(name, value)
+        elif field == "teams":
+            if value is None:
+                value = []
+            if isinstance(value, str):  # one team
+                value = [value]
+            if not isinstance(value, list) or len(value) > MAX_TEAMS:
+                raise invalid_request(f"{name}: must be an array of at most {MAX_TEAMS} team names", param=name)
+            out[field] = sorted(dict.fromkeys(team_name(f"{name}.{i}", t) for i, t in enumerate(value)))
         elif field == "plan":
             if value is not None:
                 _text(name, value)

@@ -108,7 +108,7 @@ def register(app: Application, gw: Gateway) -> None:
     async def list_keys(request: Request, request_id: str) -> Response:
         require_admin(settings, header_map(request), request.scope)
         query = request.query
-        unknown = sorted(set(query) - {"limit", "after_id", "owner", "plan", "state"})
+        unknown = sorted(set(query) - {"limit", "after_id", "owner", "team", "plan", "state"})
         if unknown:
             raise invalid_request(f"{unknown[0]}: unknown query parameter", param=unknown[0])
 
@@ -130,7 +130,7 @@ def register(app: Application, gw: Gateway) -> None:
         if plan is not None:
             found = plans().get(plan)
             plan = found.name if found else plan
-        records = await store().list_keys(owner=one("owner"), plan=plan, state=state, limit=limit + 1,
+        records = await store().list_keys(owner=one("owner"), team=one("team"), plan=plan, state=state, limit=limit + 1,
                                           after_id=one("after_id"))
         has_more = len(records) > limit
         records = records[:limit]

@@ -36,7 +36,7 @@ from ethereal.batches.ids import batch_id, item_request_id
 from ethereal.batches.validate import CheckedBatch, check_batch, splice_models
 from ethereal.errors import STATUS_TYPES, GatewayError, upstream_error
 from ethereal.guards import well_formed_id
-from ethereal.keys import KeyRecord
+from ethereal.keys import KeyRecord, teams_label
 from ethereal.limits import Admission
 from ethereal.metering.pricing import model_for, price
 from ethereal.pipeline import Call, forward_headers
@@ -522,9 +522,13 @@ class BatchService:
             raise self._upstream_error(resp.status, await resp.read(), resp)
         tokens = micro = items = 0
         pending: list[UsageRecord] = []
+        # every item counts in the period its result is settled (reports, spend limits): the
+        # rows start now; each is still priced at the card in force when the batch was created
+        settled_at = time.time()
+        key = await self.store.get_key(rec.key_id) if rec.key_id else None
         try:
             async for line in _lines(resp.iter_chunks()):
-                row = self._usage_row(rec, line)
+                row = self._usage_row(rec, line, settled_at=settled_at, key=key)
                 if row is None:
                     continue
                 items += 1
@@ -543,7 +547,8 @@ class BatchService:
             resp.release()
         return tokens, micro, items
 
-    def _usage_row(self, rec: BatchRecord, line: bytes) -> UsageRecord | None:
+    def _usage_row(self, rec: BatchRecord, line: bytes, *, settled_at: float | None = None,
+                   key: KeyRecord | None = None) -> UsageRecord | None:
         try:
             item = orjson.loads(line)
             custom_id = item["custom_id"]
@@ -556,9 +561,12 @@ class BatchService:
             return None
         registry = self.gw.registry
         row = UsageRecord(request_id=item_request_id(rec.id, custom_id), key_id=rec.key_id, credential=rec.credential,
-                          route=ROUTE, model=None, status=200, stream=False, started_at=rec.created_at,
-                          ended_at=rec.ended_at or time.time(), batch=True)
-        row.duration_ms = max(0.0, (row.ended_at - row.started_at) * 1000.0)
+                          route=ROUTE, model=None, status=200, stream=False,
+                          started_at=rec.created_at if settled_at is None else settled_at,
+                          ended_at=rec.ended_at or time.time(), batch=True,
+                          owner=(key.owner or None) if key else None, teams=teams_label(key.teams) if key else None)
+        row.ended_at = max(row.ended_at, row.started_at)
+        row.duration_ms = max(0.0, ((rec.ended_at or row.ended_at) - rec.created_at) * 1000.0)
         if kind == "succeeded":
             message = result.get("message") if isinstance(result, dict) else None
             usage = message.get("usage") if isinstance(message, dict) else None

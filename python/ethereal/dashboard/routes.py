@@ -40,13 +40,14 @@ from ethereal.metering.aggregate import usage_totals
 from ethereal.metering.reprice import correction_json
 from ethereal.metering.routes import parse_time
 from ethereal.observability import live as live_ring
+from ethereal.spend.periods import period_start
 from ethereal.storage.base import UsageFilter
 
 log = logging.getLogger("ethereal.dashboard")
 
 BASE = "/dashboard"
 API = "/admin/api"
-NAV = (("", "Overview"), ("/keys", "Keys"), ("/upstreams", "Upstreams"), ("/usage", "Usage"),
+NAV = (("", "Overview"), ("/keys", "Keys"), ("/limits", "Limits"), ("/upstreams", "Upstreams"), ("/usage", "Usage"),
        ("/estimate", "Estimator"))
 ROUTES = ("messages", "count_tokens", "chat.completions", "models")
 _FORM_MAX = 64 * 1024
@@ -370,13 +371,14 @@ def register(app: Application, gw: Gateway) -> None:
     @page
     async def keys(request: Request, sid: str) -> Response:
         owner, plan, state, q = one(request, "owner"), one(request, "plan"), one(request, "state"), one(request, "q")
+        team = one(request, "team")
         after = one(request, "after_id", 64)
         if state not in (None, "active", "revoked", "expired"):
             state = None
         found = plans().get(plan) if plan else None
         plan_name = found.name if found else plan
         page_size = 100
-        records = await store().list_keys(owner=owner, plan=plan_name, state=state, limit=page_size + 1,
+        records = await store().list_keys(owner=owner, team=team, plan=plan_name, state=state, limit=page_size + 1,
                                           after_id=after)
         more = len(records) > page_size
         records = records[:page_size]
@@ -395,13 +397,61 @@ def register(app: Application, gw: Gateway) -> None:
             item.update(spend_usd=_usd(cost), budget_usd=_usd(budget) if budget is not None else None,
                         spend_pct=round(cost / budget * 100, 1) if budget else 0, last_used=last.get(r.id))
             rows.append(item)
-        next_query = urlencode({k: v for k, v in (("owner", owner), ("plan", plan), ("state", state), ("q", q),
+        next_query = urlencode({k: v for k, v in (("owner", owner), ("team", team), ("plan", plan), ("state", state), ("q", q),
                                                   ("after_id", records[-1].id if records else None)) if v})
         base = connect_base(request)
         return html("keys.html", sid=sid, title="Keys", active="Keys", keys=rows, plans=plans().names(), q=q,
                     models=model_choices(), connect_base=base,
                     connect=[s.as_json(connect.KEY, base) for s in connect.SETUPS],
-                    owner=owner, plan=plan, state=state, next_after=more, next_query=next_query)
+                    owner=owner, team=team, plan=plan, state=state, next_after=more, next_query=next_query)
+
+    # ------------------------------------------------------------------ limits
+    @page
+    async def limits(request: Request, sid: str) -> Response:
+        """Spend limits per person, team and organization; each person's spend this period against
+        their cap (blocked until the reset); the audit; webhooks and their delivery log."""
+        from ethereal.alerts.routes import delivery_json, webhook_json
+        from ethereal.alerts.webhooks import EVENTS
+        from ethereal.spend.service import audit_json, limit_json, people_of
+
+        spend = gw.spend
+        await spend.reload()
+        now = time.time()
+        people = await people_of(store(), one(request, "user_id"))
+        effective: list[dict[str, Any]] = []
+        by_user: dict[str, dict[str, Any]] = {}
+        for row in await spend.effective(people, now, periods=["daily", "weekly", "monthly"]):
+            person = by_user.get(row["actor"]["user_id"])
+            if person is None:
+                person = by_user[row["actor"]["user_id"]] = {"user_id": row["actor"]["user_id"],
+                                                            "rbac_group_ids": row["rbac_group_ids"], "limits": []}
+                effective.append(person)
+            row["spent_usd"] = f"{float(row['period_to_date_spend']) / 100:.2f}"
+            row["amount_usd"] = None if row["amount"] is None else f"{int(row['amount']) / 100:.2f}"
+            row["source_type"] = row["source"]["type"] if row["spend_limit_id"] else "none"
+            person["limits"].append(row)
+        teams = sorted({t for ts in people.values() for t in ts}
+                       | {lim.scope_id for lim in spend.book.limits if lim.scope_type == "rbac_group"})
+        pools = []
+        for lim in spend.book.limits:
+            if lim.shared and lim.amount_cents is not None:
+                spent = (await spend.team_spent([lim.scope_id], lim.period, now)).get(lim.scope_id, 0) \
+                    if lim.scope_type == "rbac_group" else sum(
+                        (await store().spend_totals(dim="owner", since=period_start(lim.period, now))).values())
+                pools.append({**limit_json(lim), "spent_usd": f"{spent / 1_000_000:.2f}",
+                              "amount_usd": f"{lim.amount_cents / 100:.2f}", "spent_micro": spent,
+                              "cap_micro": lim.amount_cents * 10_000})
+        rows = sorted((limit_json(lim) for lim in spend.book.limits),
+                      key=lambda x: (x["scope"]["type"], str(x["scope"]), x["period"]))
+        for row in rows:
+            row["amount_usd"] = None if row["amount"] is None else f"{int(row['amount']) / 100:.2f}"
+        audit, _ = await store().list_audit(limit=20)
+        hooks = [webhook_json(h) for h in await store().list_webhooks()]
+        deliveries = [delivery_json(d) for d in await store().list_deliveries(limit=30)]
+        return html("limits.html", sid=sid, title="Limits", active="Limits", limits=rows, people=effective,
+                    teams=teams, pools=pools, audit=[audit_json(a) for a in audit], hooks=hooks,
+                    deliveries=deliveries, events=EVENTS, user_id=one(request, "user_id"),
+                    spl=settings.base_path + "/v1/organizations/spend_limits")
 
     # ------------------------------------------------------------------ upstreams
     async def last_correction() -> dict[str, Any] | None:
@@ -573,6 +623,7 @@ def register(app: Application, gw: Gateway) -> None:
     router.add_post(BASE + "/login", login)
     router.add_post(BASE + "/logout", logout)
     router.add_get(BASE + "/keys", keys)
+    router.add_get(BASE + "/limits", limits)
     router.add_get(BASE + "/upstreams", upstreams)
     router.add_get(BASE + "/usage", usage)
     router.add_get(BASE + "/usage.csv", usage_csv)

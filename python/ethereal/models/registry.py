@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from fractions import Fraction
@@ -642,6 +642,7 @@ class Registry:
                 raise RegistryError(f"short_names.{name}: {target!r} is not a model in the registry")
             self.short_names[str(name)] = self._by_name[target].id
         self._seen: dict[str, Model] = {}  # learnt: upstream lists, provisional models served
+        self._alerted: set[str] = set()  # provisional models on_provisional heard of
         self._upstream_ids: set[str] = set()
         self._provisional_cache: dict[str, Model] = {}
 
@@ -765,9 +766,23 @@ class Registry:
             self._provisional_cache[name] = model
         return model
 
+    # called with (model id, card) the first time a provisional model is served (alerts/: a webhook)
+    on_provisional: Callable[[str, str], None] | None = None
+
     def mark_served(self, model: Model) -> None:
-        """The upstream answered a provisional model: listed from now on (bounded)."""
-        if model.provisional and model.id not in self._seen and len(self._seen) < MAX_SEEN:
+        """The upstream answered a provisional model: listed from now on (bounded); the first
+        time in this process, ``on_provisional`` hears of it."""
+        if not model.provisional:
+            return
+        alerted = self._alerted
+        if model.id not in alerted and len(alerted) < MAX_SEEN:
+            alerted.add(model.id)
+            if self.on_provisional is not None:
+                try:
+                    self.on_provisional(model.id, model.cards[0].id.removeprefix("provisional:"))
+                except Exception:  # an alert never fails a request
+                    log.exception("the provisional-model alert failed")
+        if model.id not in self._seen and len(self._seen) < MAX_SEEN:
             self._seen[model.id] = model
             log.warning("model %r is served by the upstream and not described by the registry: billed "
                         "provisionally at %s (add it to ETHEREAL_MODELS_FILE)", model.id[:64],

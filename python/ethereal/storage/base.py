@@ -43,7 +43,7 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved: a late failure of an abandoned call is not an error to report
 
 KEY_MUTABLE_FIELDS = frozenset({
-    "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
+    "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
     "allowed_models", "expires_at", "revoked", "metadata",
 })
 
@@ -91,6 +91,7 @@ class Store(abc.ABC):
         self,
         *,
         owner: str | None = None,
+        team: str | None = None,
         plan: str | None = None,
         state: str | None = None,  # "active" | "revoked" | "expired"
         limit: int = 100,
@@ -152,6 +153,56 @@ class Store(abc.ABC):
     async def last_price_correction(self) -> dict[str, Any] | None:
         """The latest reprice run, or None."""
         return None
+
+    # spend limits (spend/), their audit, webhooks and their delivery log (alerts/). Not abstract:
+    # a store made for a test of something else need not keep them. Rows are plain dicts of the
+    # tables' columns (migration 0009); an ``audit`` dict carries id, at, actor, object_type and
+    # is written with its before/after in the same transaction as the change.
+    async def list_spend_limits(self) -> list[dict[str, Any]]:
+        raise NotImplementedError(f"{type(self).__name__} does not keep spend limits")
+
+    async def put_spend_limit(self, row: dict[str, Any], audit: dict[str, Any]) -> tuple[
+            dict[str, Any] | None, dict[str, Any]]:
+        """Upsert on (scope_type, scope_id, period, shared): an existing limit keeps its id and
+        created_at. Returns (before, after)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep spend limits")
+
+    async def delete_spend_limit(self, limit_id: str, audit: dict[str, Any]) -> dict[str, Any] | None:
+        """Delete and audit; the limit as it was, None when unknown (nothing audited)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep spend limits")
+
+    async def list_audit(self, *, limit: int, after_id: str | None = None, before_id: str | None = None,
+                         object_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """Newest first; ``after_id`` pages to older entries, ``before_id`` to newer."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep an audit")
+
+    async def put_webhook(self, row: dict[str, Any], audit: dict[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not keep webhooks")
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        return []
+
+    async def delete_webhook(self, webhook_id: str, audit: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError(f"{type(self).__name__} does not keep webhooks")
+
+    async def save_delivery(self, row: dict[str, Any]) -> None:
+        """Insert or update one delivery (by id)."""
+        return
+
+    async def list_deliveries(self, *, webhook_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return []
+
+    async def spend_totals(self, *, dim: str, since: float, until: float | None = None,
+                           values: list[str] | None = None) -> dict[str, int]:
+        """micro-USD spent per ``dim`` (owner, teams or key_id; teams as records keep them, joined
+        by ",") in ``[since, until)``; ``values`` restricts to those (None: every one)."""
+        raise NotImplementedError(f"{type(self).__name__} does not sum spend")
+
+    async def report_sums(self, *, since: float, until: float, step: int, dims: list[str],
+                          filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """The usage and cost reports' sums (storage/report.py) per ``step``-second bucket of
+        ``[since, until)`` and per ``dims``; teams are not split (reports/ does)."""
+        raise NotImplementedError(f"{type(self).__name__} does not sum reports")
 
     # upstream credentials (the API key arrives and leaves encrypted)
     @abc.abstractmethod

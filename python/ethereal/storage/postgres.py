@@ -45,7 +45,7 @@ from ethereal.storage.records import (
 MIGRATION_LOCK_ID = 0x657468657265616C
 
 _KEY_COLUMNS = (
-    "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
+    "id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
     "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
 )
 _GROUPS = {"key_id", "model", "credential", "route", "error_type"}
@@ -55,6 +55,7 @@ _ROLLUP_GROUPS = {"key_id", "model", "credential", "route"}  # the columns usage
 def _key_from_row(row: asyncpg.Record) -> KeyRecord:
     data = dict(row)
     data["metadata"] = data["metadata"] or {}
+    data["teams"] = data.get("teams") or []
     return KeyRecord(**{c: data[c] for c in _KEY_COLUMNS})
 
 
@@ -108,6 +109,16 @@ def _range_where(column: str, lo: float | None, hi: float | None) -> tuple[str, 
         params.append(hi)
         clauses.append(f"{column} < ${len(params)}")
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+def _marker(params: list[Any]) -> Any:
+    """A placeholder maker for ``params``: appends a value, returns its ``$n``."""
+
+    def mark(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    return mark
+
 
 class PostgresStore(Store):
     dialect = "postgres"
@@ -191,6 +202,7 @@ class PostgresStore(Store):
         self,
         *,
         owner: str | None = None,
+        team: str | None = None,
         plan: str | None = None,
         state: str | None = None,
         limit: int = 100,
@@ -205,6 +217,8 @@ class PostgresStore(Store):
 
         if owner is not None:
             clauses.append(f"owner = {param(owner)}")
+        if team is not None:
+            clauses.append(f"teams ? {param(team)}")  # the GIN index of 0009
         if plan is not None:
             clauses.append(f"plan = {param(plan)}")
         if state == "revoked":
@@ -510,3 +524,144 @@ class PostgresStore(Store):
             " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id)
         assert row is not None
         return int(row["t"]), int(row["m"])
+
+    # spend limits, audit, webhooks
+    async def list_spend_limits(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch("SELECT * FROM spend_limits ORDER BY id")]
+
+    @staticmethod
+    async def _audit(conn: asyncpg.Connection, audit: dict[str, Any], action: str, object_id: str,
+                     before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        await conn.execute(
+            "INSERT INTO spend_limit_audit (id, at, actor, action, object_type, object_id, before, after)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", audit["id"], audit["at"], audit["actor"], action,
+            audit["object_type"], object_id, before, after)
+
+    async def put_spend_limit(self, row: dict[str, Any], audit: dict[str, Any]) -> tuple[
+            dict[str, Any] | None, dict[str, Any]]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchrow(
+                "SELECT * FROM spend_limits WHERE scope_type = $1 AND scope_id = $2 AND period = $3 AND shared = $4"
+                " FOR UPDATE", row["scope_type"], row["scope_id"], row["period"], row["shared"])
+            before = dict(found) if found is not None else None
+            if before is None:
+                after = await conn.fetchrow(
+                    "INSERT INTO spend_limits (id, scope_type, scope_id, period, amount_cents, currency, shared,"
+                    " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                    " ON CONFLICT (scope_type, scope_id, period, shared) DO UPDATE SET amount_cents ="
+                    " excluded.amount_cents, currency = excluded.currency, updated_at = excluded.updated_at"
+                    " RETURNING *", row["id"], row["scope_type"], row["scope_id"], row["period"],
+                    row["amount_cents"], row["currency"], row["shared"], row["created_at"], row["updated_at"])
+            else:
+                after = await conn.fetchrow(
+                    "UPDATE spend_limits SET amount_cents = $1, currency = $2, updated_at = $3 WHERE id = $4"
+                    " RETURNING *", row["amount_cents"], row["currency"], row["updated_at"], before["id"])
+            result = dict(after)
+            await self._audit(conn, audit, "created" if before is None else "updated", result["id"], before, result)
+        return before, result
+
+    async def delete_spend_limit(self, limit_id: str, audit: dict[str, Any]) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("DELETE FROM spend_limits WHERE id = $1 RETURNING *", limit_id)
+            if row is None:
+                return None
+            before = dict(row)
+            await self._audit(conn, audit, "deleted", limit_id, before, None)
+        return before
+
+    async def list_audit(self, *, limit: int, after_id: str | None = None, before_id: str | None = None,
+                         object_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if object_id is not None:
+            params.append(object_id)
+            clauses.append(f"object_id = ${len(params)}")
+        order = "DESC"
+        if after_id is not None:
+            params.append(after_id)
+            clauses.append(f"id < ${len(params)}")
+        elif before_id is not None:
+            params.append(before_id)
+            clauses.append(f"id > ${len(params)}")
+            order = "ASC"
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit + 1)
+        rows = [dict(r) for r in await self.pool.fetch(
+            f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ${len(params)}", *params)]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if order == "ASC":
+            rows.reverse()
+        return rows, more
+
+    async def put_webhook(self, row: dict[str, Any], audit: dict[str, Any]) -> None:
+        shown = {k: v for k, v in row.items() if k != "secret"}  # the audit never holds the secret
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO webhooks (id, url, secret, events, description, created_at) VALUES ($1, $2, $3, $4,"
+                " $5, $6)", row["id"], row["url"], row["secret"], row["events"], row["description"],
+                row["created_at"])
+            await self._audit(conn, audit, "created", row["id"], None, shown)
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch("SELECT * FROM webhooks ORDER BY id")]
+
+    async def delete_webhook(self, webhook_id: str, audit: dict[str, Any]) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("DELETE FROM webhooks WHERE id = $1 RETURNING *", webhook_id)
+            if row is None:
+                return None
+            before = {k: v for k, v in dict(row).items() if k != "secret"}
+            await self._audit(conn, audit, "deleted", webhook_id, before, None)
+        return before
+
+    async def save_delivery(self, row: dict[str, Any]) -> None:
+        await self.pool.execute(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event, created_at, attempts, status, last_status,"
+            " last_error, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO UPDATE SET"
+            " attempts = excluded.attempts, status = excluded.status, last_status = excluded.last_status,"
+            " last_error = excluded.last_error, updated_at = excluded.updated_at",
+            row["id"], row["webhook_id"], row["event"], row["created_at"], row["attempts"], row["status"],
+            row["last_status"], row["last_error"], row["updated_at"])
+
+    async def list_deliveries(self, *, webhook_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if webhook_id is None:
+            rows = await self.pool.fetch("SELECT * FROM webhook_deliveries ORDER BY created_at DESC LIMIT $1", limit)
+        else:
+            rows = await self.pool.fetch("SELECT * FROM webhook_deliveries WHERE webhook_id = $1"
+                                         " ORDER BY created_at DESC LIMIT $2", webhook_id, limit)
+        return [dict(r) for r in rows]
+
+    async def spend_totals(self, *, dim: str, since: float, until: float | None = None,
+                           values: list[str] | None = None) -> dict[str, int]:
+        """Whole days from ``usage_daily``, whole hours from ``usage_hourly``, the edges from the records."""
+        if dim not in ("owner", "teams", "key_id"):
+            raise ValueError(f"cannot sum spend by {dim!r}")
+        until = float((int(time.time()) // 3600 + 1) * 3600) if until is None else until
+        out: dict[str, int] = {}
+        filters = {dim: list(values)} if values is not None and dim != "teams" else {}
+        for row in await self.report_sums(since=since, until=until, step=86400, dims=[dim], filters=filters):
+            value = row[dim] or ""
+            out[value] = out.get(value, 0) + int(row["cost_micro"] or 0)
+        return out
+
+    async def report_sums(self, *, since: float, until: float, step: int, dims: list[str],
+                          filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Day buckets read whole days from the ``usage_daily`` rollup, hour buckets whole hours from
+        ``usage_hourly``, minute buckets and partial edges the records through their time index."""
+        from ethereal.storage.report import merge_rows, report_sql, split_range
+
+        pieces = split_range(since, until, step)
+        async with self.pool.acquire() as conn:
+            fetched = []
+            for source, lo, hi in pieces:
+                params: list[Any] = []
+                sql = report_sql(source=source, dialect="postgres", since=lo, until=hi, step=step, dims=dims,
+                                 filters=filters, mark=_marker(params))
+                fetched.append(await conn.fetch(sql, *params))
+        if len(fetched) == 1:  # one source: its groups are unique already (records read like dicts)
+            return fetched[0]
+        acc: dict[tuple[Any, ...], dict[str, int]] = {}
+        for rows in fetched:
+            merge_rows(rows, dims, acc)
+        return [{"bucket": key[0], **dict(zip(dims, key[1:], strict=True)), **sums} for key, sums in acc.items()]

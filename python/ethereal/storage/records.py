@@ -70,6 +70,10 @@ class UsageRecord:
     # why a 4xx/5xx (or a stream that ended in an error) failed: the message the client was
     # given, the gateway's own or the upstream's, clipped and escaped (error_message_of); never a body
     error_message: str | None = None
+    # who spent (migration 0009): the key's owner (a person, the user id of spend limits) and its
+    # teams, sorted and joined by "," (team names hold no comma); None for none
+    owner: str | None = None
+    teams: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +131,8 @@ class UsageRecord:
                 "duration_ms": round(self.duration_ms, 3),
             },
             "upstream_request_id": self.upstream_request_id,
+            "owner": self.owner,
+            "teams": self.teams.split(",") if self.teams else [],
         }
 
 

@@ -41,7 +41,7 @@ from ethereal.storage.records import (
 T = TypeVar("T")
 
 _KEY_COLUMNS = (
-    "id", "key_hash", "display", "name", "owner", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
+    "id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
     "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
 )
 _GROUPS = {"key_id", "model", "credential", "route", "error_type"}
@@ -51,7 +51,7 @@ def _key_row(record: KeyRecord) -> tuple[Any, ...]:
     values = []
     for column in _KEY_COLUMNS:
         value = getattr(record, column)
-        if column in ("allowed_models", "metadata") and value is not None:
+        if column in ("allowed_models", "metadata", "teams") and value is not None:
             value = orjson.dumps(value).decode()
         elif column == "revoked":
             value = int(value)
@@ -63,6 +63,7 @@ def _key_from_row(row: sqlite3.Row) -> KeyRecord:
     data = dict(row)
     data["allowed_models"] = orjson.loads(data["allowed_models"]) if data["allowed_models"] else None
     data["metadata"] = orjson.loads(data["metadata"]) if data["metadata"] else {}
+    data["teams"] = orjson.loads(data["teams"]) if data.get("teams") else []
     data["revoked"] = bool(data["revoked"])
     return KeyRecord(**data)
 
@@ -137,7 +138,13 @@ class SQLiteStore(Store):
                     continue
                 for statement in sql.split(";\n"):
                     if statement.strip():
-                        conn.execute(statement)
+                        try:
+                            conn.execute(statement)
+                        except sqlite3.OperationalError as exc:
+                            # SQLite has no ADD COLUMN IF NOT EXISTS: a column already there is
+                            # what the statement wanted (a migration applied twice stays idempotent)
+                            if "duplicate column name" not in str(exc):
+                                raise
                 conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
                 applied.append(name)
             conn.execute("COMMIT")
@@ -181,6 +188,7 @@ class SQLiteStore(Store):
         self,
         *,
         owner: str | None = None,
+        team: str | None = None,
         plan: str | None = None,
         state: str | None = None,
         limit: int = 100,
@@ -191,6 +199,9 @@ class SQLiteStore(Store):
         if owner is not None:
             clauses.append("owner = ?")
             params.append(owner)
+        if team is not None:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(api_keys.teams) WHERE value = ?)")
+            params.append(team)
         if plan is not None:
             clauses.append("plan = ?")
             params.append(plan)
@@ -221,7 +232,7 @@ class SQLiteStore(Store):
             raise ValueError(f"cannot update key fields: {sorted(unknown)}")
         values = []
         for column, value in changes.items():
-            if column in ("allowed_models", "metadata") and value is not None:
+            if column in ("allowed_models", "metadata", "teams") and value is not None:
                 value = orjson.dumps(value).decode()
             elif column == "revoked":
                 value = int(bool(value))
@@ -564,5 +575,208 @@ class SQLiteStore(Store):
             row = self.conn.execute("SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"
                                     " FROM message_batches WHERE key_id = ? AND settled = 0", (key_id,)).fetchone()
             return int(row[0]), int(row[1])
+
+        return await self._run(go)
+
+    # spend limits, audit, webhooks
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return out
+
+    @staticmethod
+    def _limit_row(row: sqlite3.Row) -> dict[str, Any]:
+        data = dict(row)
+        data["shared"] = bool(data["shared"])
+        return data
+
+    @staticmethod
+    def _audit(conn: sqlite3.Connection, audit: dict[str, Any], action: str, object_id: str,
+               before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        conn.execute(
+            "INSERT INTO spend_limit_audit (id, at, actor, action, object_type, object_id, before, after)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (audit["id"], audit["at"], audit["actor"], action, audit["object_type"], object_id,
+             None if before is None else orjson.dumps(before).decode(),
+             None if after is None else orjson.dumps(after).decode()))
+
+    async def list_spend_limits(self) -> list[dict[str, Any]]:
+        def go() -> list[dict[str, Any]]:
+            return [self._limit_row(r) for r in self.conn.execute("SELECT * FROM spend_limits ORDER BY id")]
+
+        return await self._run(go)
+
+    async def put_spend_limit(self, row: dict[str, Any], audit: dict[str, Any]) -> tuple[
+            dict[str, Any] | None, dict[str, Any]]:
+        def go(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+            found = conn.execute(
+                "SELECT * FROM spend_limits WHERE scope_type = ? AND scope_id = ? AND period = ? AND shared = ?",
+                (row["scope_type"], row["scope_id"], row["period"], int(row["shared"]))).fetchone()
+            before = self._limit_row(found) if found is not None else None
+            if before is None:
+                conn.execute(
+                    "INSERT INTO spend_limits (id, scope_type, scope_id, period, amount_cents, currency, shared,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row["id"], row["scope_type"], row["scope_id"], row["period"], row["amount_cents"],
+                     row["currency"], int(row["shared"]), row["created_at"], row["updated_at"]))
+                limit_id = row["id"]
+            else:
+                limit_id = before["id"]
+                conn.execute("UPDATE spend_limits SET amount_cents = ?, currency = ?, updated_at = ? WHERE id = ?",
+                             (row["amount_cents"], row["currency"], row["updated_at"], limit_id))
+            after = self._limit_row(conn.execute("SELECT * FROM spend_limits WHERE id = ?", (limit_id,)).fetchone())
+            self._audit(conn, audit, "created" if before is None else "updated", limit_id, before, after)
+            return before, after
+
+        return await self._run(self._tx, go)
+
+    async def delete_spend_limit(self, limit_id: str, audit: dict[str, Any]) -> dict[str, Any] | None:
+        def go(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            found = conn.execute("SELECT * FROM spend_limits WHERE id = ?", (limit_id,)).fetchone()
+            if found is None:
+                return None
+            before = self._limit_row(found)
+            conn.execute("DELETE FROM spend_limits WHERE id = ?", (limit_id,))
+            self._audit(conn, audit, "deleted", limit_id, before, None)
+            return before
+
+        return await self._run(self._tx, go)
+
+    async def list_audit(self, *, limit: int, after_id: str | None = None, before_id: str | None = None,
+                         object_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if object_id is not None:
+            clauses.append("object_id = ?")
+            params.append(object_id)
+        order = "DESC"
+        if after_id is not None:
+            clauses.append("id < ?")
+            params.append(after_id)
+        elif before_id is not None:
+            clauses.append("id > ?")
+            params.append(before_id)
+            order = "ASC"
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit + 1)
+
+        def go() -> tuple[list[dict[str, Any]], bool]:
+            rows = []
+            for r in self.conn.execute(f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ?",
+                                       params):
+                data = dict(r)
+                for name in ("before", "after"):
+                    data[name] = orjson.loads(data[name]) if data[name] else None
+                rows.append(data)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            if order == "ASC":
+                rows.reverse()
+            return rows, more
+
+        return await self._run(go)
+
+    async def put_webhook(self, row: dict[str, Any], audit: dict[str, Any]) -> None:
+        shown = {k: v for k, v in row.items() if k != "secret"}
+
+        def go(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO webhooks (id, url, secret, events, description, created_at)"
+                         " VALUES (?, ?, ?, ?, ?, ?)",
+                         (row["id"], row["url"], row["secret"],
+                          None if row["events"] is None else orjson.dumps(row["events"]).decode(),
+                          row["description"], row["created_at"]))
+            self._audit(conn, audit, "created", row["id"], None, shown)
+
+        await self._run(self._tx, go)
+
+    @staticmethod
+    def _webhook(row: sqlite3.Row) -> dict[str, Any]:
+        data = dict(row)
+        data["events"] = orjson.loads(data["events"]) if data["events"] else None
+        return data
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        def go() -> list[dict[str, Any]]:
+            return [self._webhook(r) for r in self.conn.execute("SELECT * FROM webhooks ORDER BY id")]
+
+        return await self._run(go)
+
+    async def delete_webhook(self, webhook_id: str, audit: dict[str, Any]) -> dict[str, Any] | None:
+        def go(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            found = conn.execute("SELECT * FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+            if found is None:
+                return None
+            before = {k: v for k, v in self._webhook(found).items() if k != "secret"}
+            conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
+            self._audit(conn, audit, "deleted", webhook_id, before, None)
+            return before
+
+        return await self._run(self._tx, go)
+
+    async def save_delivery(self, row: dict[str, Any]) -> None:
+        def go() -> None:
+            self.conn.execute(
+                "INSERT INTO webhook_deliveries (id, webhook_id, event, created_at, attempts, status, last_status,"
+                " last_error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " attempts = excluded.attempts, status = excluded.status, last_status = excluded.last_status,"
+                " last_error = excluded.last_error, updated_at = excluded.updated_at",
+                (row["id"], row["webhook_id"], row["event"], row["created_at"], row["attempts"], row["status"],
+                 row["last_status"], row["last_error"], row["updated_at"]))
+
+        await self._run(go)
+
+    async def list_deliveries(self, *, webhook_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        def go() -> list[dict[str, Any]]:
+            if webhook_id is None:
+                cur = self.conn.execute("SELECT * FROM webhook_deliveries ORDER BY created_at DESC LIMIT ?", (limit,))
+            else:
+                cur = self.conn.execute("SELECT * FROM webhook_deliveries WHERE webhook_id = ?"
+                                        " ORDER BY created_at DESC LIMIT ?", (webhook_id, limit))
+            return [dict(r) for r in cur]
+
+        return await self._run(go)
+
+    async def spend_totals(self, *, dim: str, since: float, until: float | None = None,
+                           values: list[str] | None = None) -> dict[str, int]:
+        if dim not in ("owner", "teams", "key_id"):
+            raise ValueError(f"cannot sum spend by {dim!r}")
+        params: list[Any] = [float(since)]
+        where = "started_at >= ?"
+        if until is not None:
+            where += " AND started_at < ?"
+            params.append(float(until))
+        if values is not None:
+            where += f" AND COALESCE({dim}, '') IN ({', '.join('?' * len(values))})"
+            params.extend(values)
+
+        def go() -> dict[str, int]:
+            return {r[0]: int(r[1] or 0) for r in self.conn.execute(
+                f"SELECT COALESCE({dim}, ''), SUM(cost_micro) FROM usage_records WHERE {where} GROUP BY 1", params)}
+
+        return await self._run(go)
+
+    async def report_sums(self, *, since: float, until: float, step: int, dims: list[str],
+                          filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        from ethereal.storage.report import merge_rows, report_sql
+
+        params: list[Any] = []
+
+        def mark(value: Any) -> str:
+            params.append(value)
+            return "?"
+
+        sql = report_sql(source="usage_records", dialect="sqlite", since=since, until=until, step=step, dims=dims,
+                         filters=filters, mark=mark)
+
+        def go() -> list[dict[str, Any]]:
+            acc: dict[tuple[Any, ...], dict[str, int]] = {}
+            merge_rows([dict(r) for r in self.conn.execute(sql, params)], dims, acc)
+            return [{"bucket": key[0], **dict(zip(dims, key[1:], strict=True)), **sums} for key, sums in acc.items()]
 
         return await self._run(go)

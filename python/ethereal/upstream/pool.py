@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import logging
 import math
 import random
 import time
@@ -55,6 +56,7 @@ from typing import Any
 from ethereal.upstream.binding import ThinkingAccounts
 
 RECENT_WINDOW = 60.0  # seconds of outcomes kept for the error rates shown to admins
+COOLING_ALERT = 60.0  # a cooldown longer than this is an alert (credential.cooling)
 RATE_LIMIT_CAP = 60.0  # default longest cooldown an upstream 429 causes (seconds)
 MAX_GROUPS = 64  # rate-limit groups cooling at once per credential (bounded: unknown models are groups)
 RPM_WINDOW = 60.0
@@ -348,10 +350,20 @@ class Pool:
         # callback(cred, detail): a request got 401/403 with this credential; probe it (set by the service)
         self.on_auth_failure: Callable[[Credential, str | None], None] | None = None
         self.thinking_accounts = ThinkingAccounts()  # which account a replayed thinking block belongs to
+        # callback(event, data): a credential disabled, or cooling down for longer than a minute
+        # (alerts/: webhooks); never raises into the pool
+        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
 
     def has_account(self, model: str | None, account: str) -> bool:
         """An enabled credential of ``account`` serves ``model`` (cooling or not: a preference)."""
         return any(c.account == account for c in self.serving(model))
+
+    def _event(self, event: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event, data)
+            except Exception:  # an alert never fails a request
+                logging.getLogger("ethereal.upstream").exception("the %s alert failed", event)
 
     @property
     def health(self) -> Health:
@@ -511,12 +523,20 @@ class Pool:
             else:
                 delay = min(self.default_retry_after, cap)  # the upstream named no time: a preference only
             group = self.group_of(model) if model else ""
+            if delay > COOLING_ALERT:
+                self._event("credential.cooling", {"credential": cred.name, "seconds": round(delay, 3),
+                                                   "cause": kind.value, "rate_limit_group": group or None})
             if group:
                 await self._health.group_failure(cred, group, delay, wall)
                 return
         else:
             delay = self.backoff_base
+        before = cred.cooldown_until
         await self._health.failure(cred, kind, delay, self.backoff_base, self.backoff_cap, wall)
+        cooling = cred.cooldown_until - now
+        if kind is not FailureKind.RATE_LIMITED and cooling > COOLING_ALERT and before - now <= COOLING_ALERT:
+            self._event("credential.cooling", {"credential": cred.name, "seconds": round(cooling, 3),
+                                               "cause": kind.value, "rate_limit_group": None})
 
     async def enable(self, cred: Credential) -> None:
         cred.changed_at = time.monotonic()
@@ -527,8 +547,11 @@ class Pool:
 
     async def disable(self, cred: Credential, reason: str) -> None:
         cred.changed_at = time.monotonic()
+        was = cred.enabled
         await self._health.disable(cred, reason)
         cred.enabled, cred.disabled_reason = False, reason
+        if was:
+            self._event("credential.disabled", {"credential": cred.name, "reason": (reason or "")[:200]})
 
     # ------------------------------------------------------------------ reporting
     def describe(self, cred: Credential) -> dict[str, Any]:

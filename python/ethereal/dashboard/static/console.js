@@ -68,6 +68,52 @@
     });
   });
 
+  // Spend limits (the Limits page): the Admin API's shape, a cap in dollars sent as whole cents.
+  document.querySelectorAll("form[data-spend-limit]").forEach(form => {
+    form.addEventListener("submit", async ev => {
+      ev.preventDefault();
+      const f = form.elements;
+      let scope;
+      if (form.dataset.scope) scope = JSON.parse(form.dataset.scope);
+      else {
+        const type = f.scope_type.value, id = f.scope_id.value.trim();
+        scope = { type };
+        const field = { user: "user_id", rbac_group: "rbac_group_id", api_key: "api_key_id" }[type];
+        if (field) scope[field] = id;
+      }
+      const usd = f.amount_usd.value.trim();
+      const body = {
+        amount: usd === "" ? null : String(Math.round(parseFloat(usd) * 100)),
+        period: form.dataset.period || f.period.value,
+        scope,
+      };
+      const shared = form.dataset.shared ? form.dataset.shared === "true" : (f.shared && f.shared.checked);
+      if (shared) body.shared = true;
+      try {
+        await api("POST", form.dataset.spendLimit, body);
+        say("Saved.");
+        window.location.reload();
+      } catch (e) { say(e.message, true); }
+    });
+  });
+
+  // Webhooks: the generated secret is shown once, here.
+  const hook = document.getElementById("webhook");
+  if (hook) {
+    hook.addEventListener("submit", async ev => {
+      ev.preventDefault();
+      const body = formJSON(hook);
+      for (const k of Object.keys(body)) if (body[k] === "") delete body[k];
+      try {
+        const made = await api("POST", hook.dataset.webhook, body);
+        const shown = document.getElementById("webhook-secret");
+        shown.textContent = "Signing secret of " + made.id + " (copy it now, it is not shown again): " + made.secret;
+        shown.hidden = false;
+        say("Webhook added.");
+      } catch (e) { say(e.message, true); }
+    });
+  }
+
   // Minting: plaintext keys shown once, with copy and CSV download.
   const mint = document.getElementById("mint");
   if (mint) {
@@ -119,7 +165,7 @@
         if (/^[=+\-@\t\r]/.test(s)) s = "'" + s;
         return '"' + s.replace(/"/g, '""') + '"';
       };
-      const lines = ["id,name,owner,plan,key"].concat(minted.map(k => [k.id, k.name, k.owner, k.plan, k.key].map(esc).join(",")));
+      const lines = ["id,name,owner,teams,plan,key"].concat(minted.map(k => [k.id, k.name, k.owner, (k.teams || []).join(" "), k.plan, k.key].map(esc).join(",")));
       const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
       const a = document.createElement("a");
       a.href = URL.createObjectURL(blob);
