@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT)]
 
 from ethereal import _native
-from ethereal.models import Registry
 from ethereal.metering.config import MeterConfig
 from ethereal.metering.meter import Meter
 from ethereal.metering.pricing import price
+from ethereal.models import Registry
 from ethereal.storage.records import UsageRecord
 from ethereal.usage import Usage
 
