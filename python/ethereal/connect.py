@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ethereal.models import load_registry
+
 KEY = "<key>"
 BASE_URL = "<base_url>"
 MODEL = "<model>"
-DEFAULT_MODEL = "claude-sonnet-4-5"
+# the model a snippet names: today's Sonnet, as the registry's data says (its short name "sonnet")
+DEFAULT_MODEL = load_registry().short_names["sonnet"]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 32,
 class Console:
     url: str
     data_dir: Path
+    sim_url: str = ""
+
+    def sim_serves(self, *models: str) -> None:
+        """The simulated upstream lists and serves these ids (models the registry does not describe)."""
+        httpx.post(self.sim_url + "/_sim/models", json={"add": list(models)}, timeout=10).raise_for_status()
 
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return httpx.request(method, self.url + "/admin/api" + path, headers={"x-api-key": ADMIN_KEY}, timeout=30,
@@ -41,7 +46,7 @@ def console(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     data_dir = tmp_path_factory.mktemp("console")
     env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_ESTIMATOR_RPM": "1000"}
     with gateway_process(data_dir, sim_url, env=env) as url:
-        yield Console(url=url, data_dir=data_dir)
+        yield Console(url=url, data_dir=data_dir, sim_url=sim_url)
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,13 @@ def gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     models.write_text("# the operator's corrections\n")
     env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_MODELS_FILE": str(models)}
     with gateway_process(data_dir, sim_url, env=env) as url:
-        yield Console(url=url, data_dir=data_dir), models
+        yield Console(url=url, data_dir=data_dir, sim_url=sim_url), models
 
 
 def test_provisional_badge_and_last_correction(gateway: tuple[Console, Path]) -> None:
     console, models = gateway
     key = console.mint(name="provisional", budget_usd=10)
+    console.sim_serves(UNKNOWN)  # the upstream serves a model the registry does not describe
     resp = httpx.post(console.url + "/v1/messages", headers={"x-api-key": key["key"], "anthropic-version": "2023-06-01"},
                       json={"model": UNKNOWN, "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]},
                       timeout=30)

@@ -17,6 +17,7 @@ def test_pages_read_the_registry(console: Console) -> None:
     registry = Registry()
     key = console.mint(name="models-page")["key"]
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    console.sim_serves("claude-nova-8")
     for model in ("opus", "claude-nova-8"):  # today's Opus, and a model only the upstream knows
         r = httpx.post(console.url + "/v1/messages", headers=headers, timeout=30,
                        json={"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
