@@ -190,6 +190,9 @@ def test_provisional_model_learns_from_a_documented_refusal(gateway: Gateway, cl
 
     refusal = Registry().error_text("thinking_enabled")
     model = "claude-haiku-9-0"
+    # the upstream serves it (the sim answers 404 for a name it does not serve), with a newer
+    # Haiku's rules: budget thinking refused with the documented text
+    control(gateway.sim_url, "/_sim/models", {"id": model, "like": "claude-haiku-5-5"})
     control(gateway.sim_url, "/_sim/faults", {"fault": "400", "count": 1, "message": refusal})
     raw = client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": "Hello"}], reasoning_effort="high", max_tokens=64)
@@ -203,3 +206,4 @@ def test_provisional_model_learns_from_a_documented_refusal(gateway: Gateway, cl
                         json={"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}],
                               "thinking": {"type": "enabled", "budget_tokens": 1024}}, timeout=10)
     assert native.status_code == 400 and native.json()["error"]["message"] == refusal
+    control(gateway.sim_url, "/_sim/models", {"remove": model})
