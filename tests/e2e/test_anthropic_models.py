@@ -18,31 +18,8 @@ import anthropic
 import httpx
 import pytest
 
-from ethereal.models import Registry
 from tests.conftest import Gateway
-
-CURRENT = ["claude-fable-5-2", "claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-opus-5",
-           "claude-opus-4-8", "claude-opus-4-7", "claude-sonnet-5", "claude-sonnet-4-6", "claude-haiku-4-5-20251001"]
-ALL_EFFORTS = ("low", "medium", "high", "xhigh", "max")
-WEATHER = {
-    "name": "get_weather", "description": "Get the current weather in a given location",
-    "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
-}
-REGISTRY = Registry()
-
-
-def rules(model: str) -> Any:
-    found = REGISTRY.get(model)
-    assert found is not None, model
-    return found.rules
-
-
-def thinking_of(model: str) -> dict[str, Any]:
-    """Thinking on, as the model takes it: adaptive at its lowest effort, else a budget."""
-    r = rules(model)
-    if "adaptive" in r.thinking_types:
-        return {"thinking": {"type": "adaptive"}, "output_config": {"effort": r.effort_levels[0]}}
-    return {"thinking": {"type": "enabled", "budget_tokens": 1024}}
+from tests.e2e.sdkmatrix import ALL_EFFORTS, CURRENT, REGISTRY, WEATHER, rules, thinking_of
 
 
 @pytest.fixture(scope="module")

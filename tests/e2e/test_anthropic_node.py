@@ -10,10 +10,6 @@ own cases (every failing case named in one message).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +17,38 @@ import httpx
 import pytest
 
 from tests.conftest import Gateway
-from tests.e2e.test_anthropic_models import ALL_EFFORTS, CURRENT, REGISTRY, WEATHER, rules, thinking_of
+from tests.e2e.sdkmatrix import (
+    ALL_EFFORTS,
+    CURRENT,
+    REGISTRY,
+    WEATHER,
+    Case,
+    Check,
+    Results,
+    check_cases,
+    rules,
+    run_cases,
+    succeeded,
+    thinking_of,
+)
 from tests.procs import REPO
 
 SCRIPT = REPO / "tests" / "e2e" / "anthropic_models_node.mjs"
-Check = Callable[[dict[str, Any], dict[str, dict[str, Any]]], None]
 
 
 def refusal(text: str) -> Check:
-    def check(out: dict[str, Any], _: dict[str, dict[str, Any]]) -> None:
+    def check(out: dict[str, Any], _: Results) -> None:
         assert not out["ok"] and out["status"] == 400 and out["type"] == "invalid_request_error", out
         assert out["message"] == text, out
     return check
 
 
-def succeeded(check: Callable[[dict[str, Any]], Any]) -> Check:
-    def wrapped(out: dict[str, Any], _: dict[str, dict[str, Any]]) -> None:
-        assert out["ok"], out
-        assert check(out), out
-    return wrapped
-
-
-def cases_for(model: str) -> list[tuple[dict[str, Any], Check]]:
+def cases_for(model: str) -> list[Case]:
     r = rules(model)
     hi = [{"role": "user", "content": "Hello there, how are you today?"}]
     ask = [{"role": "user", "content": "Think, then answer: what is 17 times 23?"}]
     weather = [{"role": "user", "content": "Weather in Paris?"}]
-    out: list[tuple[dict[str, Any], Check]] = []
+    out: list[Case] = []
 
     def case(name: str, op: str, params: dict[str, Any], check: Check) -> None:
         out.append(({"id": f"{model}/{name}", "model": model, "op": op, "params": {"model": model, **params}}, check))
@@ -61,7 +62,7 @@ def cases_for(model: str) -> list[tuple[dict[str, Any], Check]]:
     case("stream", "stream", {"max_tokens": 256, "messages": hi}, succeeded(
         lambda o: o["model"] == model and o["text"] and o["streamed_text"] == o["text"]))
 
-    def counted(o: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+    def counted(o: dict[str, Any], results: Results) -> None:
         assert o["ok"], o
         assert o["input_tokens"] == results[f"{model}/create"]["usage"]["input_tokens"], o
     case("count", "count", {"messages": hi}, counted)
@@ -150,29 +151,15 @@ CASES = {model: cases_for(model) for model in CURRENT}
 
 
 @pytest.fixture(scope="module")
-def results(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def results(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Results:
     """Every model's cases, run by one Node process."""
-    path: Path = tmp_path_factory.mktemp("anthropic-node") / "cases.json"
-    path.write_text(json.dumps([c for cases in CASES.values() for c, _ in cases]))
-    started = time.monotonic()
-    done = subprocess.run(["node", str(SCRIPT), gateway.url, gateway.key, str(path)], capture_output=True,
-                          text=True, timeout=300, check=False, cwd=REPO / "clients")
-    assert done.returncode == 0, done.stderr
-    print(f"anthropic Node SDK matrix: {sum(map(len, CASES.values()))} cases in {time.monotonic() - started:.1f} s")
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    workdir: Path = tmp_path_factory.mktemp("anthropic-node")
+    return run_cases(SCRIPT, gateway.url, gateway.key, [c for cases in CASES.values() for c, _ in cases], workdir)
 
 
 @pytest.mark.parametrize("model", CURRENT)
-def test_anthropic_node_sdk(gateway: Gateway, results: dict[str, dict[str, Any]], model: str) -> None:
-    failures = []
-    for case, check in CASES[model]:
-        out = results.get(case["id"])
-        try:
-            assert out is not None, "no outcome reported"
-            check(out, results)
-        except AssertionError as exc:
-            failures.append(f"{case['id']} ({case['op']} {json.dumps(case['params'])[:300]}):\n    {exc}")
-    assert not failures, "\n".join(failures)
+def test_anthropic_node_sdk(gateway: Gateway, results: Results, model: str) -> None:
+    check_cases(CASES[model], results)
     # the non-streamed reply is billed at its own model's card
     rid = results[f"{model}/create"]["request_id"]
     billed = httpx.get(f"{gateway.url}/v1/usage/{rid}", headers={"x-api-key": gateway.key}, timeout=10).json()
