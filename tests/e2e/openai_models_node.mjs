@@ -42,7 +42,11 @@ function chat(completion, response) {
 function responses(resp, response) {
   return {
     ok: true, model: resp.model, headers: response ? headers(response) : {}, status: resp.status,
-    types: resp.output.map((item) => item.type), output_text: resp.output_text ?? "",
+    // output_text is the SDK's convenience on a created response, not on a streamed event's: from the items
+    types: resp.output.map((item) => item.type),
+    output_text: resp.output.filter((item) => item.type === "message")
+      .flatMap((item) => item.content).filter((part) => part.type === "output_text").map((part) => part.text).join(""),
+    sdk_output_text: resp.output_text ?? null,
     calls: resp.output.filter((item) => item.type === "function_call").map((item) => ({ call_id: item.call_id, name: item.name, arguments: item.arguments })),
     encrypted: resp.output.filter((item) => item.type === "reasoning").every((item) => Boolean(item.encrypted_content)),
     output: resp.output, usage: resp.usage,

@@ -11,6 +11,7 @@ current model, streamed and not, and the API's error texts reaching the SDK unmo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,6 +67,13 @@ def test_messages_stream_and_count(gateway: Gateway, client: anthropic.Anthropic
 
     counted = client.messages.count_tokens(model=model, messages=hi)  # type: ignore[arg-type]
     assert counted.input_tokens == message.usage.input_tokens
+
+    # structured outputs: the answer is JSON the schema accepts
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    structured = client.messages.create(model=model, max_tokens=1024, messages=hi,  # type: ignore[arg-type]
+                                        output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert structured.content[-1].type == "text" and json.loads(structured.content[-1].text).keys() == {"answer"}
 
 
 @pytest.mark.parametrize("model", CURRENT)

@@ -10,6 +10,7 @@ own cases (every failing case named in one message).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ def cases_for(model: str) -> list[Case]:
         assert o["ok"], o
         assert o["input_tokens"] == results[f"{model}/create"]["usage"]["input_tokens"], o
     case("count", "count", {"messages": hi}, counted)
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    case("structured", "create", {"max_tokens": 1024, "messages": hi,
+                                  "output_config": {"format": {"type": "json_schema", "schema": schema}}},
+         succeeded(lambda o: json.loads(o["text"]).keys() == {"answer"}))
 
     if "adaptive" in r.thinking_types:
         for effort in r.effort_levels:

@@ -72,6 +72,8 @@ def test_chat_matrix(client: openai.OpenAI, model: str) -> None:
                                                     response_format=fmt)  # type: ignore[arg-type]
         assert completion.choices[0].finish_reason in ("stop", "length") and completion.choices[0].message.content
         assert not completion.choices[0].message.tool_calls
+        if fmt["type"] == "json_schema":  # structured outputs reached the model: its reply is the JSON
+            assert json.loads(completion.choices[0].message.content).keys() == {"answer"}
     ask = [{"role": "user", "content": "Weather in Paris?"}]
     auto = client.chat.completions.create(model=model, messages=ask, tools=[WEATHER], tool_choice="auto",
                                           max_tokens=1024)  # type: ignore[list-item]
@@ -116,6 +118,8 @@ def test_responses_matrix(client: openai.OpenAI, model: str) -> None:
         resp = client.responses.create(model=model, input="Answer in JSON", max_output_tokens=64,
                                        text={"format": fmt})  # type: ignore[typeddict-item]
         assert resp.output_text and all(item.type != "function_call" for item in resp.output)
+        if fmt["type"] == "json_schema":
+            assert json.loads(resp.output_text).keys() == {"answer"}
     auto = client.responses.create(model=model, input="Weather in Paris?", tools=[RWEATHER], tool_choice="auto",
                                    max_output_tokens=1024)  # type: ignore[list-item]
     assert any(item.type == "function_call" for item in auto.output)
