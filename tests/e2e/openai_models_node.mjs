@@ -49,6 +49,8 @@ function responses(resp, response) {
     sdk_output_text: resp.output_text ?? null,
     calls: resp.output.filter((item) => item.type === "function_call").map((item) => ({ call_id: item.call_id, name: item.name, arguments: item.arguments })),
     encrypted: resp.output.filter((item) => item.type === "reasoning").every((item) => Boolean(item.encrypted_content)),
+    summarized: resp.output.filter((item) => item.type === "reasoning")
+      .every((item) => (item.summary ?? []).some((part) => part.text.length > 0)),
     output: resp.output, usage: resp.usage,
   };
 }

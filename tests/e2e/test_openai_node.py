@@ -95,9 +95,16 @@ def cases_for(model: str) -> list[Case]:
 
     # --- Responses
     for effort in EFFORTS:
+        def reasoned(o: dict[str, Any], effort: str = effort) -> bool:
+            if o["status"] not in ("completed", "incomplete") or "message" not in o["types"]:
+                return False
+            if effort == "none" and r.thinking_off == "none":  # it cannot be off: said so
+                return o["headers"]["ethereal-thinking"].startswith("on; reason=cannot-be-off")
+            # a reasoning summary asked for is shown, also where the model omits thinking by default
+            return (o["types"][0] == "reasoning") == (effort != "none") and o["summarized"]
         case(f"responses-effort-{effort}", "responses", {
             "input": "Hello", "max_output_tokens": 64, "reasoning": {"effort": effort, "summary": "auto"}},
-            succeeded(lambda o: o["status"] in ("completed", "incomplete") and o["types"]))
+            succeeded(reasoned))
     case("responses-stream", "responses_stream", {
         "input": "Hello", "max_output_tokens": 256, "reasoning": {"effort": "medium", "summary": "auto"}},
         succeeded(lambda o: o["status"] == "completed" and o["types"][0] == "reasoning"
