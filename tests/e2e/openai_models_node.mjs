@@ -3,7 +3,7 @@
 // tests/e2e/test_openai_node.py, in one process. Usage: node openai_models_node.mjs BASE_URL KEY
 // cases.json (prints one JSON object, {case id: outcome}). A case is {id, model, op, params}: op
 // "chat", "chat_stream", "chat_loop" (a tool call answered, the assistant message sent back as it
-// came, reasoning included), "responses", "responses_stream" or "responses_loop" (the output items,
+// came, reasoning included), "chat_stream_loop" (the same, streamed), "responses", "responses_stream" or "responses_loop" (the output items,
 // reasoning with its encrypted content, sent back with the function_call_output). Cases of one model
 // run in order; models run side by side.
 import { readFileSync } from "node:fs";
@@ -60,6 +60,31 @@ function failure(err) {
   return { ok: false, status: err.status, param: err.param ?? null, code: err.code ?? null, type: err.type ?? null, message: err.message };
 }
 
+async function chatStream(p) {
+  const { data: stream, response } = await client.chat.completions
+    .create({ ...p, stream: true, stream_options: { include_usage: true } }).withResponse();
+  let content = "", reasoning = "", signature = null, finish = null, usage = null;
+  const calls = [];
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    const choice = chunk.choices[0];
+    if (!choice) continue;
+    const delta = choice.delta ?? {};
+    content += delta.content ?? "";
+    reasoning += delta.reasoning_content ?? "";
+    if (delta.reasoning_signature) signature = delta.reasoning_signature;
+    for (const t of delta.tool_calls ?? []) {
+      calls[t.index] ??= { id: "", type: "function", function: { name: "", arguments: "" } };
+      if (t.id) calls[t.index].id = t.id;
+      if (t.function?.name) calls[t.index].function.name += t.function.name;
+      if (t.function?.arguments) calls[t.index].function.arguments += t.function.arguments;
+    }
+    if (choice.finish_reason) finish = choice.finish_reason;
+  }
+  return { ok: true, headers: headers(response), content, reasoning: reasoning.length > 0, reasoning_text: reasoning,
+    signature, signed: Boolean(signature), finish_reason: finish, usage, tool_calls: calls.length, calls };
+}
+
 async function run(c) {
   const p = c.params;
   switch (c.op) {
@@ -67,20 +92,18 @@ async function run(c) {
       const { data, response } = await client.chat.completions.create(p).withResponse();
       return chat(data, response);
     }
-    case "chat_stream": {
-      const { data: stream, response } = await client.chat.completions
-        .create({ ...p, stream: true, stream_options: { include_usage: true } }).withResponse();
-      let content = "", reasoning = "", finish = null, usage = null, calls = 0;
-      for await (const chunk of stream) {
-        if (chunk.usage) usage = chunk.usage;
-        const choice = chunk.choices[0];
-        if (!choice) continue;
-        content += choice.delta?.content ?? "";
-        reasoning += choice.delta?.reasoning_content ?? "";
-        calls += (choice.delta?.tool_calls ?? []).filter((t) => t.id).length;
-        if (choice.finish_reason) finish = choice.finish_reason;
-      }
-      return { ok: true, headers: headers(response), content, reasoning: reasoning.length > 0, finish_reason: finish, usage, tool_calls: calls };
+    case "chat_stream":
+      return chatStream(p);
+    case "chat_stream_loop": {
+      // a streamed tool call, the assistant message put together from its deltas as a client does
+      // (reasoning_content, the reasoning_signature of the finish chunk, tool_calls by index), answered
+      const first = await chatStream(p);
+      if (!first.calls.length) return { ok: false, status: null, message: "no tool call", first };
+      const message = { role: "assistant", content: first.content || null, tool_calls: first.calls,
+        reasoning_content: first.reasoning_text, reasoning_signature: first.signature };
+      const messages = [...p.messages, message,
+        ...first.calls.map((t) => ({ role: "tool", tool_call_id: t.id, content: "18C, sunny" }))];
+      return { ...(await chatStream({ ...p, messages })), first };
     }
     case "chat_loop": {
       const first = await client.chat.completions.create(p);

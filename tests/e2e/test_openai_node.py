@@ -91,7 +91,14 @@ def cases_for(model: str) -> list[Case]:
         "messages": [{"role": "user", "content": "What is the weather in Paris? sim:tools=1"}], "tools": [WEATHER],
         "reasoning_effort": "medium", "max_tokens": 2048},
         succeeded(lambda o: o["first"]["finish_reason"] == "tool_calls" and o["first"]["signed"]
-                  and o["finish_reason"] == "stop" and o["content"]))
+                  and o["finish_reason"] == "stop" and o["content"] and "ethereal-thinking" not in o["headers"]))
+
+    case("chat-stream-tool-loop", "chat_stream_loop", {
+        "messages": [{"role": "user", "content": "What is the weather in Paris? sim:tools=1"}], "tools": [WEATHER],
+        "reasoning_effort": "low", "max_tokens": 2048},
+        succeeded(lambda o: o["first"]["finish_reason"] == "tool_calls" and o["first"]["signed"]
+                  and json.loads(o["first"]["calls"][0]["function"]["arguments"]).get("location")
+                  and o["finish_reason"] == "stop" and o["content"] and "ethereal-thinking" not in o["headers"]))
 
     # --- Responses
     for effort in EFFORTS:
