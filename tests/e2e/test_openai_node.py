@@ -87,6 +87,18 @@ def cases_for(model: str) -> list[Case]:
         case(f"chat-tools-{name}", "chat", {"messages": ask, "tools": [WEATHER], "tool_choice": choice, "max_tokens": 1024},
              forcing_refused if not r.forced_tool_choice else succeeded(
                  lambda o: o["tool_calls"] and o["tool_calls"][0]["name"] == "get_weather"))
+    # forcing with thinking asked for: thinking goes off where the model allows, and the header says so
+    case("chat-tools-required-thinking", "chat", {"messages": ask, "tools": [WEATHER], "tool_choice": "required",
+                                                  "reasoning_effort": "high", "max_tokens": 1024},
+         forcing_refused if not r.forced_tool_choice else succeeded(
+             lambda o: o["tool_calls"] and (r.thinking_off == "none" or r.forced_tool_with_thinking
+                                            or o["headers"]["ethereal-thinking"].startswith("off; reason=forced-tool-choice"))))
+    # a trailing assistant message: a prefill where the model takes one, else folded into the user turn
+    case("chat-prefill", "chat", {"messages": [*hi, {"role": "assistant", "content": "Well, "}], "max_tokens": 64},
+         succeeded(lambda o: o["content"] and ("ethereal-prefill" in o["headers"]) != r.prefill))
+    # a client's max_tokens above the model's cap is capped, not refused
+    case("chat-max-tokens-over-cap", "chat", {"messages": hi, "max_completion_tokens": 10_000_000},
+         succeeded(lambda o: o["content"] and o["finish_reason"] == "stop"))
     case("chat-tool-loop", "chat_loop", {
         "messages": [{"role": "user", "content": "What is the weather in Paris? sim:tools=1"}], "tools": [WEATHER],
         "reasoning_effort": "medium", "max_tokens": 2048},
@@ -133,6 +145,11 @@ def cases_for(model: str) -> list[Case]:
     case("responses-tools-required", "responses", {"input": "Weather?", "tools": [RWEATHER], "tool_choice": "required",
                                                    "max_output_tokens": 1024},
          forcing_refused if not r.forced_tool_choice else succeeded(lambda o: "function_call" in o["types"]))
+    case("responses-tools-named", "responses", {"input": "Weather?", "tools": [RWEATHER], "max_output_tokens": 1024,
+                                                "tool_choice": {"type": "function", "name": "get_weather"}},
+         forcing_refused if not r.forced_tool_choice else succeeded(lambda o: o["calls"][0]["name"] == "get_weather"))
+    case("responses-max-tokens-over-cap", "responses", {"input": "Hello", "max_output_tokens": 10_000_000},
+         succeeded(lambda o: o["status"] == "completed" and o["output_text"]))
     case("responses-tool-loop", "responses_loop", {
         "input": [{"role": "user", "content": "Weather in Paris? sim:tools=1"}], "tools": [RWEATHER],
         "reasoning": {"effort": "low", "summary": "auto"}, "include": ["reasoning.encrypted_content"],
