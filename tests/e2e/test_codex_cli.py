@@ -100,6 +100,41 @@ def test_tool_round_trip_with_reasoning(codex_home: Path, tmp_path: Path, gatewa
     assert usage["cached_input_tokens"] > 0
 
 
+def test_tool_round_trip_on_opus_5_5(codex_home: Path, tmp_path: Path, gateway: Gateway) -> None:
+    """``-m claude-opus-5-5``: a model that thinks adaptively only, whose thinking cannot be off,
+    refuses forced tools and non-default sampling, and binds its thinking to the conversation.
+    Codex's reasoning effort becomes adaptive thinking at that effort with a summarized display
+    (the model omits thinking text by default), the reasoning item goes back with the tool's
+    output, and the turn completes."""
+    import time
+
+    key, record = gateway.mint(name="codex-opus-5-5")  # its own key: its log lines are told apart
+    time.sleep(0.6)  # the gateway's key cache
+    log = gateway_log(gateway)
+    offset = log.stat().st_size
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    call = base64.urlsafe_b64encode(json.dumps({"cmd": "printf opus > codex-opus.txt"}).encode())
+    prompt = f"Write the marker file. sim:tool=exec_command sim:input={call.decode().rstrip('=')}"
+    events = codex_exec(codex_home, workdir, key, prompt, "-m", "claude-opus-5-5", "-s", "workspace-write")
+    commands = items(events, "command_execution")
+    assert len(commands) == 1 and commands[0]["exit_code"] == 0 and commands[0]["status"] == "completed"
+    assert (workdir / "codex-opus.txt").read_text() == "opus"
+    reasoning = items(events, "reasoning")
+    assert len(reasoning) == 2 and all(r["text"] for r in reasoning)  # the summary is shown, not omitted
+    completed = [e["item"] for e in events if e["type"] == "item.completed"]
+    assert completed[-1]["type"] == "agent_message" and completed[-1]["text"]
+    assert not [e for e in events if e["type"] in ("turn.failed", "error")]
+    usage = next(e for e in events if e["type"] == "turn.completed")["usage"]
+    assert usage["reasoning_output_tokens"] > 0 and usage["cached_input_tokens"] > 0
+
+    def ours(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [line for line in lines if line.get("key_id") == record.id and line.get("path") == "/v1/responses"]
+
+    served = ours(access_lines(log, offset, until=lambda lines: len(ours(lines)) >= 2))
+    assert [(str(line["status"]), line["model"]) for line in served] == [("200", "claude-opus-5-5")] * 2, served
+
+
 # --- the built-in provider: what most users configure (``openai_base_url``) -------------------------------
 
 

@@ -444,3 +444,29 @@ def test_display_updates_needs_its_beta(http: httpx.Client) -> None:
             '"thinking.display": "updates" is not supported for this model.')
     refused(post(http, dict(body, model="claude-haiku-5-5"), **beta),
             '"thinking.display": "updates" is not supported for this model.')
+
+
+@pytest.mark.parametrize("model", ["claude-opus-5-5", "claude-sonnet-4-6"])
+def test_structured_outputs_answer_json_the_schema_accepts(http: httpx.Client, model: str) -> None:
+    """``output_config.format`` json_schema: the answer's text is JSON its schema accepts (with
+    thinking on or off), streamed alike; without it, prose."""
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}, "why": {"type": "string"},
+                                               "tags": {"type": "array", "items": {"type": "string"}}},
+              "required": ["answer", "why", "tags"], "additionalProperties": False}
+    body = req(model, "What is 6 times 7?", output_config={"format": {"type": "json_schema", "schema": schema}})
+    msg = ok(post(http, body))
+    text = msg["content"][-1]["text"]
+    value = orjson.loads(text)
+    assert set(value) == {"answer", "why", "tags"} and type(value["answer"]) is int
+    assert isinstance(value["why"], str) and all(isinstance(t, str) for t in value["tags"])
+    assert msg["stop_reason"] == "end_turn"
+    with http.stream("POST", "/v1/messages", content=orjson.dumps(dict(body, stream=True)),
+                     headers={"content-type": "application/json"}) as r:
+        raw = b"".join(r.iter_bytes())
+    events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    streamed = "".join(e["delta"]["text"] for e in events
+                       if e["type"] == "content_block_delta" and e["delta"]["type"] == "text_delta")
+    assert set(orjson.loads(streamed)) == set(value)
+    prose = ok(post(http, req(model, "What is 6 times 7?")))["content"][-1]["text"]
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(prose)

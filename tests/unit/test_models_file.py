@@ -50,6 +50,25 @@ def test_a_bad_type_is_named(tmp_path: Path) -> None:
                                                  'effective_from = "soon"\ninput = 1\noutput = 2\n')
 
 
+def test_the_defaults_are_the_datas_own(tmp_path: Path) -> None:
+    """The multipliers, the default limits and the server-tool rates come from the data alone: a
+    data set without one is refused with the field named (the code assumes none of them), and a
+    price-only entry for a new model takes its limits from [defaults]."""
+    from ethereal.models import Registry
+    from ethereal.models.registry import load_data
+
+    for table, key in (("defaults", "cache_read"), ("defaults", "batch"), ("defaults", "max_tokens"),
+                       ("defaults", "context_window"), ("server_tools", "web_search_per_1000")):
+        data = load_data()
+        del data[table][key]
+        with pytest.raises(RegistryError, match=f"{table}.{key}: required"):
+            Registry(data)
+    registry = registry_with(tmp_path, '[defaults]\ncontext_window = 300_000\nmax_tokens = 16_000\n'
+                                       '[[models]]\nid = "acme-model-1"\ninput_price = 1.0\noutput_price = 2.0\n')
+    model = registry.get("acme-model-1")
+    assert model is not None and (model.context_window, model.max_output) == (300_000, 16_000)
+
+
 def test_overlapping_cards_are_refused(tmp_path: Path) -> None:
     message = refused(tmp_path, '[[models]]\nid = "acme-model-1"\n'
                                 '[[models.prices]]\neffective_from = 2026-01-01\neffective_until = 2026-03-01\n'

@@ -83,7 +83,7 @@ class RateCard:
     effective_from: float  # epoch seconds, inclusive
     effective_until: float | None  # exclusive; None: open-ended
     rates: Rates
-    batch: Fraction = Fraction(1, 2)
+    batch: Fraction  # × every token rate in a Message Batch
     fast: Fraction | None = None  # None: the card has no fast mode
     geo: Mapping[str, Fraction] = field(default_factory=dict)
     tiers: tuple[Tier, ...] = ()
@@ -319,6 +319,14 @@ def _num(value: Any, where: str) -> Fraction:
     return frac
 
 
+def _field(table: Mapping[str, Any], key: str, where: str) -> Any:
+    """A field the registry cannot do without (the shipped models.toml has it; an operator file
+    merges into that, so only a data file of its own can lack it)."""
+    if key not in table:
+        raise RegistryError(f"{where}.{key}: required")
+    return table[key]
+
+
 def _pico(value: Fraction, where: str) -> int:
     scaled = value * PICO
     if scaled.denominator != 1:
@@ -456,7 +464,7 @@ def _rules(table: Any, where: str) -> Rules:
 
 
 _TOP_KEYS = {"schema": None, "defaults": frozenset({"cache_write_5m", "cache_write_1h", "cache_read", "batch", "fast",
-                                                   "max_tokens"}),
+                                                   "max_tokens", "context_window"}),
              "server_tools": frozenset({"web_search_per_1000", "web_fetch_per_1000", "code_execution_container_hour"}),
              "short_names": None, "provisional": frozenset({"families"}), "errors": None, "models": None}
 
@@ -604,23 +612,21 @@ class Registry:
         self.source = source
         self.version = hashlib.sha256(repr(_canonical(data)).encode()).hexdigest()[:16]
         _check_tables(data)
+        # the multipliers, defaults and server-tool rates are the data's: none is assumed here
         d = data.get("defaults", {})
-        self.defaults = {
-            "cache_write_5m": _num(d.get("cache_write_5m", 1.25), "defaults.cache_write_5m"),
-            "cache_write_1h": _num(d.get("cache_write_1h", 2.0), "defaults.cache_write_1h"),
-            "cache_read": _num(d.get("cache_read", 0.1), "defaults.cache_read"),
-            "batch": _num(d.get("batch", 0.5), "defaults.batch"),
-            "fast": _num(d.get("fast", 2.0), "defaults.fast"),
-        }
-        self.default_max_tokens = _int(d.get("max_tokens", 8192), "defaults.max_tokens", minimum=1)
+        self.defaults = {kind: _num(_field(d, kind, "defaults"), f"defaults.{kind}")
+                         for kind in ("cache_write_5m", "cache_write_1h", "cache_read", "batch", "fast")}
+        self.default_max_tokens = _int(_field(d, "max_tokens", "defaults"), "defaults.max_tokens", minimum=1)
+        self.default_context_window = _int(_field(d, "context_window", "defaults"), "defaults.context_window",
+                                           minimum=1)
         st = data.get("server_tools", {})
         per_1000 = Fraction(MICRO_PER_USD, 1000)
         self.server_tools = ServerToolRates(
-            web_search_micro=round(_num(st.get("web_search_per_1000", 10), "server_tools.web_search_per_1000")
-                                   * per_1000),
-            web_fetch_micro=round(_num(st.get("web_fetch_per_1000", 0), "server_tools.web_fetch_per_1000")
-                                  * per_1000),
-            code_execution_container_hour_usd=float(_num(st.get("code_execution_container_hour", 0.05),
+            web_search_micro=round(_num(_field(st, "web_search_per_1000", "server_tools"),
+                                        "server_tools.web_search_per_1000") * per_1000),
+            web_fetch_micro=round(_num(_field(st, "web_fetch_per_1000", "server_tools"),
+                                       "server_tools.web_fetch_per_1000") * per_1000),
+            code_execution_container_hour_usd=float(_num(_field(st, "code_execution_container_hour", "server_tools"),
                                                          "server_tools.code_execution_container_hour")),
         )
         self.errors: dict[str, str] = {str(k): str(v) for k, v in data.get("errors", {}).items()}
@@ -672,8 +678,9 @@ class Registry:
                 raise RegistryError(f"{where}.prices: card {a.id} (until {_day(a.effective_until)}) overlaps "
                                     f"{b.id}")
         released = _date_str(entry.get("released"), f"{where}.released") or _day(cards[0].effective_from)
-        ctx = _int(entry.get("context_window", 200_000), f"{where}.context_window", minimum=1)
-        out = _int(entry.get("max_output", 8_192), f"{where}.max_output", minimum=1)
+        # an entry that leaves its limits out (an operator's legacy price-only file) gets [defaults]'
+        ctx = _int(entry.get("context_window", self.default_context_window), f"{where}.context_window", minimum=1)
+        out = _int(entry.get("max_output", self.default_max_tokens), f"{where}.max_output", minimum=1)
         return Model(
             id=mid,
             display_name=_str(entry.get("display_name", mid), f"{where}.display_name"),

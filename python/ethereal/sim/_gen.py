@@ -466,6 +466,17 @@ def _gen_value(schema: Any, name: str, rng: random.Random, depth: int) -> Any:
     return words
 
 
+def structured_output_schema(req: dict[str, Any]) -> dict[str, Any] | None:
+    """``output_config.format: {"type": "json_schema", "schema": …}``: the schema the answer's
+    text follows (structured outputs), else None."""
+    oc = req.get("output_config")
+    fmt = oc.get("format") if isinstance(oc, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    schema = fmt.get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
 def tool_input(tool: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     schema = tool.get("input_schema")
     v = _gen_value(schema if isinstance(schema, dict) else {"type": "object"}, "input", rng, 0)
@@ -672,11 +683,16 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         n = 20 + seed % 41
     n = max(1, n)
     remaining = max(0, budget - used)
-    if n > remaining:
-        n = remaining
-        stop = "max_tokens"
-    tokens = take_tokens(seed, n)
-    pieces = group_tokens(tokens, seed >> 9) if n else []
+    schema = structured_output_schema(req)
+    if schema is not None:  # structured outputs: the answer is JSON its schema accepts, compact
+        js = json.dumps(_gen_value(schema, "output", random.Random(seed ^ 0x750F), 0), separators=(",", ":"))
+        pieces = split_json(js, random.Random(seed ^ 0x750E))[1:]  # cut to max_tokens below
+    else:
+        if n > remaining:
+            n = remaining
+            stop = "max_tokens"
+        tokens = take_tokens(seed, n)
+        pieces = group_tokens(tokens, seed >> 9) if n else []
     stops = req.get("stop_sequences")
     if isinstance(stops, list) and stops and pieces:
         stops = [s for s in stops if isinstance(s, str) and s]
