@@ -22,8 +22,9 @@ from ethereal.models import load_registry
 KEY = "<key>"
 BASE_URL = "<base_url>"
 MODEL = "<model>"
-# the model a snippet names: today's Sonnet, as the registry's data says (its short name "sonnet")
-DEFAULT_MODEL = load_registry().short_names["sonnet"]
+# the model a snippet names, and its context window (Zed asks for it): the registry's data
+_DEFAULT = load_registry().default_model
+DEFAULT_MODEL = _DEFAULT.id
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ SETUPS: tuple[Setup, ...] = (
         "zed", "Zed", "POST /v1/messages (native), sent from the editor",
         files=(File("~/.config/zed/settings.json", _json({"language_models": {"anthropic": {
             "api_url": BASE_URL,
-            "available_models": [{"name": MODEL, "display_name": f"{MODEL} (ethereal)", "max_tokens": 200000}],
+            "available_models": [{"name": MODEL, "display_name": f"{MODEL} (ethereal)", "max_tokens": _DEFAULT.context_window}],
         }}}), "merge into your settings"),),
         env=(("ANTHROPIC_API_KEY", KEY),),
         run="zed",

@@ -36,7 +36,7 @@ DATA = PACKAGE / "models" / "models.toml"
 TEXT_SUFFIXES = {".js", ".html", ".css", ".sql", ".lua", ".txt", ".md"}
 # model facts carried by data files that are not code (measurements, recordings)
 DATA_FILES = {"dashboard/accuracy.json"}
-MODEL_ID = re.compile(r"claude-[a-z0-9]")
+MODEL_ID = re.compile(r"claude-(?:\d|[a-z]+-\d)")  # claude-3-…, claude-opus-5…: not claude-code
 PRICING_NAME = re.compile(r"pric|cost|cache|multipl|premium|discount|batch|fast|speed|geo|usd|card|tier|"
                           r"(?<!_)rate(?!_?limit)", re.IGNORECASE)
 LIMIT_NAME = re.compile(r"context|window|max_tokens|max_output|output_cap|limit", re.IGNORECASE)

@@ -464,7 +464,7 @@ def _rules(table: Any, where: str) -> Rules:
 
 
 _TOP_KEYS = {"schema": None, "defaults": frozenset({"cache_write_5m", "cache_write_1h", "cache_read", "batch", "fast",
-                                                   "max_tokens", "context_window"}),
+                                                   "max_tokens", "context_window", "model"}),
              "server_tools": frozenset({"web_search_per_1000", "web_fetch_per_1000", "code_execution_container_hour"}),
              "short_names": None, "provisional": frozenset({"families"}), "errors": None, "models": None}
 
@@ -647,6 +647,12 @@ class Registry:
             if target not in self._by_name:
                 raise RegistryError(f"short_names.{name}: {target!r} is not a model in the registry")
             self.short_names[str(name)] = self._by_name[target].id
+        # the model a client set-up (ethereal connect, the console's snippets) names by default
+        default = d.get("model")
+        if default is not None and (not isinstance(default, str) or self.resolve(default) is None):
+            raise RegistryError(f"defaults.model: {default!r} is not a model in the registry")
+        servable = [m for m in self.models if not m.retired]
+        self.default_model: Model = (self.resolve(default) if isinstance(default, str) else None) or servable[0]
         self._seen: dict[str, Model] = {}  # learnt: upstream lists, provisional models served
         self._alerted: set[str] = set()  # provisional models on_provisional heard of
         self._upstream_ids: set[str] = set()
