@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help setup clients aider clients-matrix test-aider console-assets bench-console bench-reports serve sim test test-rust test-python lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
+.PHONY: help system-deps setup clients aider clients-matrix test-aider console-assets bench-console bench-reports serve sim test test-rust test-python test-litellm wheel-smoke lint bench bench-rust bench-translate loadtest cluster-up cluster-down clean fault-matrix
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,7 +36,11 @@ serve: setup ## run the gateway on the embedded default (SQLite; simulated upstr
 sim: setup ## run the simulated Anthropic API on its own
 	$(BIN)/ethereal sim --port 8090
 
-test: setup clients aider lint test-rust test-python test-litellm test-aider ## the whole test suite (what CI runs): gates, cargo test, pytest
+system-deps: ## the system packages the tests need (Redis, PostgreSQL, HAProxy, Chromium and its driver, Node): installed when missing
+	bash scripts/system-deps.sh
+
+# prerequisites run in this order: the system packages first, the wheel's smoke test last
+test: system-deps setup clients aider lint test-rust test-python test-litellm test-aider wheel-smoke ## the whole test suite (what CI runs): system packages, gates, cargo test, pytest, the Dockerfile's install steps
 
 test-rust:
 	cargo test --workspace --quiet

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 import httpx
 from ethereal.sim.testing import control
@@ -111,4 +114,28 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> An
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+async def eventually(read: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 10.0,
+                     interval: float = 0.05) -> T:
+    """Eventually-consistent state (a Redis counter a settle sent without waiting updates, a row
+    the meter flushes, a metric, a log line): ``read()`` until ``done(value)`` or the deadline.
+    Returns the last value read, for the caller to assert on (a timeout then shows what was read)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0,
+                    interval: float = 0.05) -> T:
+    """``eventually`` for synchronous reads."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
         time.sleep(interval)

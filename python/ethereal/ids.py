@@ -66,5 +66,11 @@ def issued_to(request_id: str, key_hash: str) -> bool:
     return request_id[4 + _RANDOM:] == _tag(random_part, key_hash)
 
 
+def response_id(request_id: str) -> str:
+    """The id of the Responses API response a request answers (``resp_`` + the request id's
+    random part): the id its stream announces and, at shutdown, the one its closing frame names."""
+    return "resp_" + request_id.removeprefix("req_")
+
+
 def message_id() -> str:
     return "msg_" + _base62(os.urandom(24))

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ethereal.errors import anthropic_sse_error, openai_error_body
+from ethereal.ids import response_id
 from ethereal.observability.http import RECORD, Parts, error_message_in, log_request
 from ethereal.storage.records import UsageRecord
 
@@ -81,7 +82,7 @@ class _Stream:
             return b"data: " + openai_error_body("overloaded_error", SHUTDOWN_MESSAGE) + b"\n\n"
         if self.path.startswith("/v1/responses"):
             body = {"type": "response.failed", "response": {
-                "id": f"resp_{self.request_id}", "object": "response", "status": "failed",
+                "id": response_id(self.request_id), "object": "response", "status": "failed",
                 "error": {"code": "server_error", "message": SHUTDOWN_MESSAGE}}}
             return b"event: response.failed\ndata: " + orjson.dumps(body) + b"\n\n"
         return anthropic_sse_error("overloaded_error", SHUTDOWN_MESSAGE, self.request_id or None)

@@ -46,10 +46,10 @@ from ethereal.gateway import Gateway
 from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
 from ethereal.keys import KeyRecord, teams_label
 from ethereal.limits import Admission
-from ethereal.metering.pricing import model_for, price
+from ethereal.metering.record import usage_record
 from ethereal.metering.reserve import ReserveConfig, reserve
 from ethereal.models import Model
-from ethereal.storage.records import UsageRecord, error_message_of
+from ethereal.storage.records import UsageRecord
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
 from ethereal.upstream.hints import retry_after_seconds
 from ethereal.upstream.pool import FailureKind, Refusal, Refused
@@ -521,38 +521,25 @@ class Pipeline:
 
         ``error_message``: what the client was told (a ``GatewayError``'s message, the upstream's),
         clipped and escaped for operators (``error_message_of``). Idempotent: a second call
-        returns the first record. Priced by the registry's card in
-        force when the request started, at the model the upstream reports serving when it
-        differs from the one asked for; a model the registry does not describe at a provisional
-        card (metering/pricing.py).
+        returns the first record. The record is built by ``metering.record.usage_record`` (the
+        one builder, the batch settle's too): priced by the registry's card in force when the
+        request started, at the model the upstream reports serving.
         """
         if call.record is not None:
             return call.record
         gw = self.gw
-        model = call.model
-        if usage.served_model and (model is None or usage.served_model != model.id):
-            model = model_for(gw.registry, usage.served_model, model)
-        elif model is None and call.model_name:
-            model = model_for(gw.registry, call.model_name)
-        priced = price(gw.registry, model, usage, at=call.started, batch=batch)
-        cost = priced.cost_micro
         now = time.time()
         cred = call.credential
         call.credential = None
-        rec = UsageRecord(
-            request_id=call.request_id, key_id=call.key.id if call.key else None,
-            credential=cred.name if cred is not None else None, route=call.route, model=call.model_name,
-            status=status, stream=call.stream, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cache_creation_5m=usage.cache_5m, cache_creation_1h=usage.cache_1h, cache_read=usage.cache_read,
-            exact=usage.exact, cache_ttl_assumed=usage.ttl_assumed, cost_micro=cost, ttfb_ms=call.ttfb_ms,
-            duration_ms=(time.perf_counter() - call.t0) * 1000.0, started_at=call.started, ended_at=now,
-            upstream_request_id=call.upstream_request_id, error_type=error_type,
-            web_search_requests=usage.web_searches, batch=batch, rate_card=priced.rate_card,
-            priced_provisional=priced.provisional, speed=usage.speed, inference_geo=usage.inference_geo,
-            service_tier=usage.service_tier, error_message=error_message_of(error_message),
-            owner=(call.key.owner or None) if call.key else None,
-            teams=teams_label(call.key.teams) if call.key else None,
-        )
+        key = call.key
+        rec = usage_record(
+            gw.registry, usage, request_id=call.request_id, key_id=key.id if key else None,
+            credential=cred.name if cred is not None else None, route=call.route, model=call.model,
+            model_name=call.model_name, status=status, stream=call.stream, started_at=call.started, ended_at=now,
+            duration_ms=(time.perf_counter() - call.t0) * 1000.0, ttfb_ms=call.ttfb_ms,
+            upstream_request_id=call.upstream_request_id, error_type=error_type, error_message=error_message,
+            batch=batch, owner=(key.owner or None) if key else None, teams=teams_label(key.teams) if key else None)
+        cost = rec.cost_micro
         call.record = rec  # before any await: a concurrent cleanup sees the request as finished
         if cred is not None:
             gw.pool.release(cred, cost)  # in-flight count, and the spend toward its cap

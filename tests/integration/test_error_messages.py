@@ -16,6 +16,7 @@ from ethereal.storage.records import UsageRecord
 
 from tests.conftest import mint_into
 from tests.procs import gateway_process
+from tests.upstreams import eventually_sync
 
 ADMIN = "error-messages-admin-key-0123"
 
@@ -98,10 +99,14 @@ def test_unrecorded_refusals_are_logged_with_their_message(gw: dict[str, Any]) -
 def test_usage_grouped_by_error_type(gw: dict[str, Any]) -> None:
     for _ in range(2):
         post(gw, {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "no max_tokens"}]})
-    time.sleep(0.5)  # the meter's batch interval
-    got = httpx.get(f"{gw['url']}/admin/api/usage", params={"group_by": "error_type"}, headers={"x-api-key": ADMIN})
-    assert got.status_code == 200, got.text
-    rows = {row["error_type"]: row for row in got.json()["data"]}
+    def by_error_type() -> dict[str, Any]:
+        got = httpx.get(f"{gw['url']}/admin/api/usage", params={"group_by": "error_type"},
+                        headers={"x-api-key": ADMIN})
+        assert got.status_code == 200, got.text
+        return {row["error_type"]: row for row in got.json()["data"]}
+
+    # the records reach the database in the meter's batches: wait for them (bounded)
+    rows = eventually_sync(by_error_type, lambda got: got.get("invalid_request_error", {}).get("errors", 0) >= 2)
     assert rows["invalid_request_error"]["requests"] >= 2 and rows["invalid_request_error"]["errors"] >= 2
 
 

@@ -94,7 +94,10 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
         chat = Stream(base, "/v1/chat/completions", openai,
                       {"model": "claude-sonnet-4-6", "stream": True, "max_tokens": 4096,
                        "messages": [{"role": "user", "content": "hi sim:tokens=2000 sim:tps=40"}]})
-        every = [*short, *long, chat]
+        responses = Stream(base, "/v1/responses", openai,
+                           {"model": "claude-sonnet-4-6", "stream": True, "max_output_tokens": 4096,
+                            "input": "hi sim:tokens=2000 sim:tps=40"})
+        every = [*short, *long, chat, responses]
         for s in every:
             s.start()
         for s in every:
@@ -135,6 +138,14 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
             assert not any(e == "message_stop" for e, _ in frames)
         frames = parse_frames(chat.raw)
         assert frames[-1][1]["error"]["code"] == "overloaded", frames[-1]
+        # the Responses stream ends with response.failed naming the response its first frame announced
+        frames = parse_frames(responses.raw)
+        assert frames[0][0] == "response.created", frames[0]
+        announced = frames[0][1]["response"]["id"]
+        event, data = frames[-1]
+        assert event == "response.failed" and data["response"]["status"] == "failed", frames[-1]
+        assert data["response"]["id"] == announced, (data["response"]["id"], announced)
+        assert not any(e == "response.completed" for e, _ in frames)
 
         # 4. every request recorded exactly once, the cut ones included
         db = sqlite3.connect(tmp_path / "ethereal.sqlite3")

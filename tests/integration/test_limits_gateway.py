@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.procs import free_port, gateway_process
+from tests.upstreams import eventually, eventually_sync
 
 ADMIN_KEY = "admin-" + "y" * 32
 HEADERS = {"anthropic-version": "2023-06-01"}
@@ -41,7 +42,10 @@ def governed(tmp: Path, sim_url: str, pg_url: str | None, redis_url: str | None,
         yield url
 
 
-async def usage_rows(pg_url: str, key_id: str, expect: int, timeout: float = 20.0) -> list[Any]:
+async def usage_rows(pg_url: str, key_id: str, expect: int, timeout: float = 20.0, *,
+                     status: int | None = None) -> list[Any]:
+    """The key's usage rows once at least ``expect`` of them (with ``status``: of that status) are
+    in PostgreSQL (the meter flushes in the background), or at the deadline."""
     import asyncpg
 
     conn = await asyncpg.connect(pg_url)
@@ -49,7 +53,8 @@ async def usage_rows(pg_url: str, key_id: str, expect: int, timeout: float = 20.
         deadline = time.monotonic() + timeout
         while True:
             rows = await conn.fetch("SELECT * FROM usage_records WHERE key_id = $1", key_id)
-            if len(rows) >= expect or time.monotonic() > deadline:
+            counted = rows if status is None else [r for r in rows if r["status"] == status]
+            if len(counted) >= expect or time.monotonic() > deadline:
                 return rows
             await asyncio.sleep(0.1)
     finally:
@@ -140,7 +145,7 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
             if r.status_code == 402:
                 assert r.json()["error"]["type"] == "billing_error"
         check_held(held)
-        rows = await usage_rows(pg_url, key["id"], expect=statuses.count(200))
+        rows = await usage_rows(pg_url, key["id"], expect=statuses.count(200), status=200)
         served = [r for r in rows if r["status"] == 200]
         assert len(served) == statuses.count(200)
         total = sum(r["cost_micro"] for r in rows)
@@ -152,7 +157,9 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
         # 2. 402 only once spend + a request's own input no longer fits: the budget is used up
         assert total + in_cost > budget, (total, budget, in_cost)
         # 3. Redis's spend for the key is exactly the sum of its usage rows, and nothing is left reserved
-        _, spent_micro, held_micro = await redis_spent(redis_url, key["id"])
+        # (settles are sent without waiting for Redis's reply: the last may land after its row)
+        _, spent_micro, held_micro = await eventually(lambda: redis_spent(redis_url, key["id"]),
+                                                      lambda got: got[1:] == (total, 0))
         assert spent_micro == total and held_micro == 0
         shown = httpx.get(f"{url}/admin/api/keys/{key['id']}",  # noqa: ASYNC210 - one check after the load
                           headers={"x-api-key": ADMIN_KEY}).json()
@@ -193,7 +200,7 @@ async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, t
         statuses = [r.status_code for r in replies]
         assert set(statuses) == {200, 402}, {s: statuses.count(s) for s in set(statuses)}
         check_held(held)
-        rows = await usage_rows(pg_url, key["id"], expect=statuses.count(200))
+        rows = await usage_rows(pg_url, key["id"], expect=statuses.count(200), status=200)
         served = [r for r in rows if r["status"] == 200]
         # a dropped connection may have lost an answer the gateway served (and metered)
         assert statuses.count(200) <= len(served) <= statuses.count(200) + len(lost), (len(served), len(lost))
@@ -212,7 +219,9 @@ async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, t
               f"(largest single output {max(outputs)})")
         assert total - limit <= max(outputs), (total, limit, max(outputs))
         assert total + min(inputs) > limit  # refused only once even the smallest input no longer fits
-        st, sm, held_tokens = await redis_spent(redis_url, key["id"])
+        st, sm, held_tokens = await eventually(
+            lambda: redis_spent(redis_url, key["id"]),
+            lambda got: (got[0] if budget == "tokens" else got[1]) == total and got[2] == 0)
         assert (st if budget == "tokens" else sm) == total and held_tokens == 0
 
 
@@ -238,8 +247,11 @@ async def test_budget_rebuilt_from_postgres_after_redis_loss(sim_url: str, pg_ur
             resp = await post_until_decided(client, url, body("x sim:tokens=20"), headers, held)
             assert resp.status_code == 200 and len(held) <= 3
             rows = await usage_rows(pg_url, key["id"], expect=4 + len(held))  # the 429s are recorded too
-            st, _, _ = await redis_spent(redis_url, key["id"])  # (the settle preceded the row)
-            assert st == sum(r["input_tokens"] + r["output_tokens"] for r in rows) > tokens
+            spent = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+            # the last settle is sent without waiting for Redis's reply: its row can be in PostgreSQL
+            # before Redis has run it (on a busy machine)
+            st, _, _ = await eventually(lambda: redis_spent(redis_url, key["id"]), lambda got: got[0] == spent)
+            assert st == spent > tokens
 
 
 async def test_stream_cut_short_is_settled_on_the_estimate(sim_url: str, pg_url: str, redis_url: str,
@@ -253,7 +265,8 @@ async def test_stream_cut_short_is_settled_on_the_estimate(sim_url: str, pg_url:
             assert resp.status_code == 200 and b"event: error" in resp.content
             rows = await usage_rows(pg_url, key["id"], expect=1)
             assert len(rows) == 1 and rows[0]["exact"] is False and rows[0]["output_tokens"] > 0
-            _st, sm, held = await redis_spent(redis_url, key["id"])
+            _st, sm, held = await eventually(lambda: redis_spent(redis_url, key["id"]),
+                                             lambda got: got[1:] == (rows[0]["cost_micro"], 0))
             assert sm == rows[0]["cost_micro"] > 0 and held == 0
             # the concurrency slot was released (the cut credential itself may be cooling down now)
             import redis.asyncio as aioredis
@@ -345,8 +358,10 @@ def test_redis_unreachable_through_the_gateway(sim_url: str, tmp_path: Path, fai
         else:
             assert resp.status_code == 503 and resp.json()["error"]["type"] == "overloaded_error"
             assert int(resp.headers["retry-after"]) >= 1
-        logs = "".join(p.read_text() for p in tmp_path.glob("gateway-*.log"))
-        assert ("FAILING OPEN" if fail_open else "failing closed") in logs
+        said = "FAILING OPEN" if fail_open else "failing closed"
+        logs = eventually_sync(lambda: "".join(p.read_text() for p in tmp_path.glob("gateway-*.log")),
+                               lambda text: said in text)  # the log writer flushes in the background
+        assert said in logs
 
 
 def test_embedded_mode_uses_the_local_limiter(sim_url: str, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from tests.procs import REPO
+from tests.upstreams import eventually_sync
 
 pytestmark = pytest.mark.slow
 
@@ -132,16 +133,24 @@ def test_sigkill_one_replica_under_load(tmp_path: Path) -> None:
 
         # usage rows: exactly once for every answered request
         answered = [p for p in probes if p.outcome == "complete"]
-        time.sleep(1.0)  # the live replicas flush every 0.2 s
         ids = "','".join(p.request_id for p in answered if p.request_id)
-        rows = subprocess.run(
-            ["psql", conf["DATABASE_URL"], "-At", "-F", ",", "-c",
-             f"SELECT request_id, COUNT(*) FROM usage_records WHERE request_id IN ('{ids}') GROUP BY 1"],
-            capture_output=True, text=True, check=True).stdout.split()
-        counts = {r.split(",")[0]: int(r.split(",")[1]) for r in rows}
+
+        def recorded() -> dict[str, int]:
+            rows = subprocess.run(
+                ["psql", conf["DATABASE_URL"], "-At", "-F", ",", "-c",
+                 f"SELECT request_id, COUNT(*) FROM usage_records WHERE request_id IN ('{ids}') GROUP BY 1"],
+                capture_output=True, text=True, check=True).stdout.split()
+            return {r.split(",")[0]: int(r.split(",")[1]) for r in rows}
+
+        def lost(p: Probe) -> bool:  # finished by r1 so shortly before the kill that its row was still in memory
+            return p.replica == "r1" and killed_at - FLUSH_WINDOW <= p.ended <= killed_at
+
+        # the live replicas flush every 0.2 s (later on a busy machine): wait for every row that can come
+        counts = eventually_sync(recorded, lambda got: all(p.request_id in got for p in answered if p.request_id and not lost(p)),
+                                 timeout=15.0, interval=0.2)
         assert all(c == 1 for c in counts.values()), "a request recorded twice"
         missing = [p for p in answered if p.request_id not in counts]
-        lost_in_window = [p for p in missing if p.replica == "r1" and killed_at - FLUSH_WINDOW <= p.ended <= killed_at]
+        lost_in_window = [p for p in missing if lost(p)]
         print(f"probes: {len(probes)} requests, {len(answered)} answered, {len(cut)} cut"
               f" ({len(in_flight_on_r1)} in flight on r1 at the kill); rows missing: {len(missing)}"
               f" ({len(lost_in_window)} finished by r1 in the {FLUSH_WINDOW} s before the kill)")

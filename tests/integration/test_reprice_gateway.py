@@ -27,6 +27,7 @@ from tests.integration.test_limits_gateway import (
     redis_spent,
     usage_rows,
 )
+from tests.upstreams import eventually
 
 MODEL = "claude-sonnet-4-6"
 ADMIN = {"x-api-key": ADMIN_KEY}
@@ -69,7 +70,9 @@ async def test_a_correction_moves_spend_report_and_budget_counter(tmp_path: Path
             shipped_cost = sum(r["cost_micro"] for r in rows)
             assert shipped_cost == exact(rows, "3", "15", "0.3") > 0
             assert {r["rate_card"] for r in rows} == {f"{MODEL}@2026-02-17"}
-            assert (await redis_spent(redis_url, key["id"]))[1] == shipped_cost
+            # settles are sent without waiting for Redis's reply: the last may land after its row
+            assert (await eventually(lambda: redis_spent(redis_url, key["id"]),
+                                     lambda got: got[1] == shipped_cost))[1] == shipped_cost
 
             # the correction: input $3.50, output $16, cache reads $0.35
             models.write_text(card("3.5", "16"))
@@ -128,4 +131,5 @@ async def test_a_correction_moves_spend_report_and_budget_counter(tmp_path: Path
             resp = await client.post(url + "/v1/messages", json=body("after"), headers=auth)
             assert resp.status_code == 200
             rows = await usage_rows(pg_url, key["id"], 5)
-            assert (await redis_spent(redis_url, key["id"]))[1] == sum(r["cost_micro"] for r in rows)
+            total = sum(r["cost_micro"] for r in rows)
+            assert (await eventually(lambda: redis_spent(redis_url, key["id"]), lambda got: got[1] == total))[1] == total

@@ -73,7 +73,8 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
         assert post(g1, key).status_code == 200 and post(g2, key).status_code == 200 and served(a) == 2
         inject_fault(a, "429", retry_after=3)
         assert post(g1, key).status_code == 200 and served(a, "429") == 1 and served(b) == 1
-        time.sleep(0.7)  # one health poll
+        # replica 2 learns of a's cooldown at its next health poll (every ~0.5 s; later on a busy machine)
+        wait_for(lambda: Admin(g2).get("a")["health"]["rate_limited_groups"], timeout=2.5)
         for _ in range(3):
             assert post(g2, key).status_code == 200
         assert served(a) == 2 and served(b) == 4  # replica 2 kept away from a's cooldown

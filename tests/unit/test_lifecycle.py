@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from ethereal.lifecycle import Lifecycle, _frame_cut
+from ethereal.lifecycle import Lifecycle, _frame_cut, _Stream
 
 FRAMES = [f"event: content_block_delta\ndata: {{\"i\":{i},\"text\":\"{'x' * i}\"}}\n\n".encode() for i in range(12)]
 STREAM = b"".join(FRAMES)
@@ -107,3 +107,20 @@ def test_frame_cut() -> None:
     assert _frame_cut(b"data: 1\n\ndata: 2") == len(b"data: 1\n\n")
     assert _frame_cut(b"data: 1\r\n\r\ndata") == len(b"data: 1\r\n\r\n")
     assert _frame_cut(b"data: 1\r\rx") == len(b"data: 1\r\r")
+
+
+def test_responses_closing_frame_names_the_response_the_stream_announced() -> None:
+    """The shutdown frame of a /v1/responses stream names the id the stream's response.created gave."""
+    from ethereal.api.responses import response_id
+    from ethereal.pipeline import Call
+
+    async def send(message: dict[str, Any]) -> None:
+        del message
+
+    request_id = "req_0VcPGD8r1jPZSvmxa5SEheJS"
+    frame = _Stream(None, send, "/v1/responses", request_id).closing_frame()
+    event, data = frame.split(b"\n")[:2]
+    assert event == b"event: response.failed"
+    body = json.loads(data.removeprefix(b"data: "))
+    assert body["response"]["id"] == response_id(Call(request_id=request_id, route="responses"))
+    assert body["response"]["id"] == "resp_0VcPGD8r1jPZSvmxa5SEheJS"

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from blacksheep import Application, Content, Request, Response
 
-from ethereal import _native
+from ethereal import _native, ids
 from ethereal.adapters import openai_responses
 from ethereal.api.common import JSON, raw_headers
 from ethereal.api.openai import OpenAIAdapter, upstream_request_headers
@@ -33,7 +33,7 @@ ROUTE = "responses"
 
 
 def response_id(call: Call) -> str:
-    return "resp_" + call.request_id.removeprefix("req_")
+    return ids.response_id(call.request_id)
 
 
 def prompt_cache_affinity(model: str | None, key: str) -> bytes:

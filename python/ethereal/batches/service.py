@@ -38,15 +38,18 @@ from ethereal.errors import STATUS_TYPES, GatewayError, upstream_error
 from ethereal.guards import well_formed_id
 from ethereal.keys import KeyRecord, teams_label
 from ethereal.limits import Admission
-from ethereal.metering.pricing import model_for, price
+from ethereal.metering.pricing import model_for
+from ethereal.metering.record import usage_record
 from ethereal.pipeline import Call, forward_headers
-from ethereal.storage.records import BatchRecord, UsageRecord, error_message_of
+from ethereal.storage.records import BatchRecord, UsageRecord
 from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, UpstreamStreamError
+from ethereal.upstream.hints import retry_after_seconds
 from ethereal.upstream.pool import Credential, FailureKind
 from ethereal.usage import Usage
 
 if TYPE_CHECKING:
     from ethereal.gateway import Gateway
+    from ethereal.models import Model
     from ethereal.pipeline import Pipeline
 
 log = logging.getLogger("ethereal.batches")
@@ -157,9 +160,20 @@ class BatchService:
                                retry_after=30.0)
         return cred
 
-    @staticmethod
-    def _upstream_error(status: int, payload: bytes, resp: UpstreamResponse | None) -> GatewayError:
-        return upstream_error(status, payload, resp.headers if resp is not None else None)
+    async def _upstream_error(self, cred: Credential, status: int, payload: bytes,
+                              resp: UpstreamResponse) -> GatewayError:
+        """An upstream error answer to one of the service's calls, counted against the credential
+        as the pipeline counts it on /v1/messages (``FailureKind.for_status``: 503 overloaded, 504
+        a timeout, the client's own errors nothing), and the error the client is given."""
+        kind = FailureKind.for_status(status)
+        if kind is not None:
+            await self.gw.pool.report_failure(cred, kind, retry_after_seconds(resp.headers), detail=f"HTTP {status}")
+        return upstream_error(status, payload, resp.headers)
+
+    async def _unreachable(self, cred: Credential, exc: UpstreamConnectError) -> GatewayError:
+        """A call that got nothing back: counted against the credential as on /v1/messages."""
+        await self.gw.pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc))
+        return GatewayError(502, f"the upstream could not be reached: {exc}")
 
     # ------------------------------------------------------------------ create
     def creating(self, key: KeyRecord, declared: int | None) -> Creating:
@@ -252,8 +266,7 @@ class BatchService:
             try:
                 status, payload, resp = await self._call(cred, "POST", PATH, body, raw)
             except UpstreamConnectError as exc:
-                await gw.pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc))
-                last = GatewayError(502, f"the upstream could not be reached: {exc}")
+                last = await self._unreachable(cred, exc)
                 continue
             if status == 200:
                 await gw.pool.report_success(cred)
@@ -267,15 +280,10 @@ class BatchService:
                 changes["upstream_id"] = up_id
                 updated = await self.store.update_batch(rec.id, changes)
                 return updated or rec
-            err = self._upstream_error(status, payload, resp)
-            if status in (401, 403, 408, 429) or status >= 500:
-                kind = {429: FailureKind.RATE_LIMITED, 401: FailureKind.AUTH, 403: FailureKind.AUTH,
-                        408: FailureKind.TIMEOUT, 529: FailureKind.OVERLOADED}.get(status, FailureKind.SERVER_ERROR)
-                await gw.pool.report_failure(cred, kind, err.retry_after, detail=f"HTTP {status}")
-                last = err
-                continue
-            last = err  # the client's own mistake: no other credential will think otherwise
-            break
+            last = await self._upstream_error(cred, status, payload, resp)
+            if FailureKind.for_status(status) is not None:
+                continue  # counted against this credential: another may take it
+            break  # the client's own mistake: no other credential will think otherwise
         await self.store.delete_batch(rec.id)
         await self._refund(key, checked, held)
         raise last or GatewayError(503, "no upstream credential accepted the batch", type="overloaded_error")
@@ -363,7 +371,7 @@ class BatchService:
             status, payload, resp = await self._call(cred, "GET", f"{PATH}/{rec.upstream_id}")
         except UpstreamConnectError as exc:
             await self._poll_failed(rec, f"upstream unreachable: {exc}")
-            raise GatewayError(502, f"the upstream could not be reached: {exc}") from None
+            raise await self._unreachable(cred, exc) from None
         if status == 200:
             try:
                 changes = self._changes(orjson.loads(payload))
@@ -379,7 +387,7 @@ class BatchService:
             changes = {"status": "ended", "ended_at": rec.ended_at or now, "polled_at": now,
                        "last_error": "the upstream no longer has this batch"}
             return await self.store.update_batch(rec.id, changes) or rec
-        err = self._upstream_error(status, payload, resp)
+        err = await self._upstream_error(cred, status, payload, resp)
         await self._poll_failed(rec, f"upstream answered {status}: {err.message}")
         raise err
 
@@ -398,9 +406,9 @@ class BatchService:
         try:
             status, payload, resp = await self._call(cred, "POST", f"{PATH}/{rec.upstream_id}/cancel", b"", raw)
         except UpstreamConnectError as exc:
-            raise GatewayError(502, f"the upstream could not be reached: {exc}") from None
+            raise await self._unreachable(cred, exc) from None
         if status != 200:
-            raise self._upstream_error(status, payload, resp)
+            raise await self._upstream_error(cred, status, payload, resp)
         changes = self._changes(orjson.loads(payload))
         changes.setdefault("cancel_initiated_at", time.time())
         changes["polled_at"] = time.time()
@@ -421,9 +429,9 @@ class BatchService:
             try:
                 status, payload, resp = await self._call(cred, "DELETE", f"{PATH}/{rec.upstream_id}", None, raw)
             except UpstreamConnectError as exc:
-                raise GatewayError(502, f"the upstream could not be reached: {exc}") from None
+                raise await self._unreachable(cred, exc) from None
             if status not in (200, 404):
-                raise self._upstream_error(status, payload, resp)
+                raise await self._upstream_error(cred, status, payload, resp)
         await self.store.delete_batch(rec.id)
         return rec.id
 
@@ -442,10 +450,10 @@ class BatchService:
             resp = await self.gw.client.request("GET", f"{cred.base_url}{PATH}/{rec.upstream_id}/results",
                                                 self._headers(cred, raw), None, pool_key=cred.name)
         except UpstreamConnectError as exc:
-            raise GatewayError(502, f"the upstream could not be reached: {exc}") from None
+            raise await self._unreachable(cred, exc) from None
         if resp.status != 200:
             payload = await resp.read()
-            raise self._upstream_error(resp.status, payload, resp)
+            raise await self._upstream_error(cred, resp.status, payload, resp)
         if not rec.settled:
             self._spawn(self.settle(rec))
         return resp
@@ -517,9 +525,9 @@ class BatchService:
             resp = await self.gw.client.request("GET", f"{cred.base_url}{PATH}/{rec.upstream_id}/results",
                                                 self._headers(cred, None), None, pool_key=cred.name)
         except UpstreamConnectError as exc:
-            raise GatewayError(502, f"the upstream could not be reached: {exc}") from None
+            raise await self._unreachable(cred, exc) from None
         if resp.status != 200:
-            raise self._upstream_error(resp.status, await resp.read(), resp)
+            raise await self._upstream_error(cred, resp.status, await resp.read(), resp)
         tokens = micro = items = 0
         pending: list[UsageRecord] = []
         # every item counts in the period its result is settled (reports, spend limits): the
@@ -559,46 +567,44 @@ class BatchService:
             return None
         if not isinstance(custom_id, str) or len(custom_id) > 64:
             return None
-        registry = self.gw.registry
-        row = UsageRecord(request_id=item_request_id(rec.id, custom_id), key_id=rec.key_id, credential=rec.credential,
-                          route=ROUTE, model=None, status=200, stream=False,
-                          started_at=rec.created_at if settled_at is None else settled_at,
-                          ended_at=rec.ended_at or time.time(), batch=True,
-                          owner=(key.owner or None) if key else None, teams=teams_label(key.teams) if key else None)
-        row.ended_at = max(row.ended_at, row.started_at)
-        row.duration_ms = max(0.0, ((rec.ended_at or row.ended_at) - rec.created_at) * 1000.0)
+        # the one record builder (metering.record, Pipeline.finish's too), at the batch price
+        ended_at = rec.ended_at or time.time()
+        fields: dict[str, Any] = {}
+        model: Model | None = None
+        usage = Usage()
         if kind == "succeeded":
             message = result.get("message") if isinstance(result, dict) else None
-            usage = message.get("usage") if isinstance(message, dict) else None
             name = message.get("model") if isinstance(message, dict) else None
-            model = model_for(registry, name) if isinstance(name, str) else None
-            row.model = model.id if model else (name[:256] if isinstance(name, str) else None)
+            model = model_for(self.gw.registry, name) if isinstance(name, str) else None
             msg_id = message.get("id") if isinstance(message, dict) else None
-            row.upstream_request_id = msg_id[:128] if isinstance(msg_id, str) else None
+            fields["upstream_request_id"] = msg_id[:128] if isinstance(msg_id, str) else None
             # the same reading of a Message's usage as /v1/messages: every token kind, iterations
-            # (each at its own model), web searches; at the batch price
-            used = Usage.from_message(usage, served_model=name)
-            row.input_tokens, row.output_tokens = used.input_tokens, used.output_tokens
-            row.cache_creation_5m, row.cache_creation_1h, row.cache_read = used.cache_5m, used.cache_1h, used.cache_read
-            row.cache_ttl_assumed = used.ttl_assumed
-            row.web_search_requests = used.web_searches
-            row.exact = used.exact and isinstance(usage, dict)
-            priced = price(registry, model, used, at=rec.created_at, batch=True)
-            row.cost_micro = priced.cost_micro
-            row.rate_card, row.priced_provisional = priced.rate_card, priced.provisional
-            row.speed, row.inference_geo, row.service_tier = used.speed, used.inference_geo, used.service_tier
+            # (each at its own model), web searches
+            usage = Usage.from_message(message.get("usage") if isinstance(message, dict) else None,
+                                       served_model=name)
+            status = 200
         elif kind == "errored":
             error = result.get("error") if isinstance(result, dict) else None
             inner = error.get("error") if isinstance(error, dict) else None
             etype = inner.get("type") if isinstance(inner, dict) else None
-            row.error_type = etype if isinstance(etype, str) else "api_error"
-            row.status = _TYPE_STATUS.get(row.error_type, 500)
-            row.error_message = error_message_of(inner.get("message") if isinstance(inner, dict) else None)
+            fields["error_type"] = etype if isinstance(etype, str) else "api_error"
+            status = _TYPE_STATUS.get(fields["error_type"], 500)
+            message_text = inner.get("message") if isinstance(inner, dict) else None
+            fields["error_message"] = message_text if isinstance(message_text, str) else None
         else:  # canceled, expired: never processed, never billed
-            row.error_type = kind if kind in ("canceled", "expired") else "unknown"
-            row.status = 499 if kind == "canceled" else 408
-            row.error_message = f"the batch item was {kind}" if kind in ("canceled", "expired") else None
-        return row
+            fields["error_type"] = kind if kind in ("canceled", "expired") else "unknown"
+            status = 499 if kind == "canceled" else 408
+            fields["error_message"] = f"the batch item was {kind}" if kind in ("canceled", "expired") else None
+        # counted in the period its result is settled in (reports, spend limits), priced at the card
+        # in force when the batch was created
+        started_at = rec.created_at if settled_at is None else settled_at
+        return usage_record(self.gw.registry, usage, request_id=item_request_id(rec.id, custom_id),
+                            key_id=rec.key_id, credential=rec.credential, route=ROUTE, model=model,
+                            model_name=model.id if model is not None else None, status=status, stream=False,
+                            started_at=started_at, ended_at=max(ended_at, started_at),
+                            duration_ms=max(0.0, (ended_at - rec.created_at) * 1000.0), batch=True,
+                            priced_at=rec.created_at, owner=(key.owner or None) if key else None,
+                            teams=teams_label(key.teams) if key else None, **fields)
 
     # ------------------------------------------------------------------ the poller
     async def poll_forever(self) -> None:
