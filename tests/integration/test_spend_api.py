@@ -292,7 +292,7 @@ class Receiver:
         return list(self.got)
 
 
-def test_webhooks_signed_retried_and_logged(gw: Gw) -> None:
+def test_webhooks_signed_retried_and_logged(gw: Gw, sim_url: str) -> None:
     receiver = Receiver(fail_first=1)
     try:
         made = gw.call("POST", "/admin/api/webhooks", json={"url": receiver.url,
@@ -330,6 +330,7 @@ def test_webhooks_signed_retried_and_logged(gw: Gw) -> None:
         assert (log[-1]["attempts"], log[-1]["status"], log[-1]["last_status"]) == (2, "delivered", 204)
         # a model served at a provisional price (the registry does not describe it)
         free = gw.mint(owner="carl")
+        httpx.post(sim_url + "/_sim/models", json={"id": "claude-sonnet-9-9"}).raise_for_status()  # the upstream serves it
         assert gw.message(free["key"], model="claude-sonnet-9-9").status_code == 200
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
