@@ -37,7 +37,7 @@ HEADERS = {"anthropic-version": "2023-06-01"}
 CLIENTS = 100
 BUDGET = 1_000_000  # $1
 MODEL = "claude-sonnet-4-6"
-FILLER = "The travel policy covers flights, hotels, meals and ground transport for employees. " * 24
+FILLER = "The travel policy covers flights, hotels, meals and ground transport for employees. " * 60  # past the cache minimum
 REG = load_registry()
 
 
@@ -122,8 +122,11 @@ def messages_body(i: int, n: int, scenario: str) -> dict[str, Any]:
 
 def responses_body(i: int, n: int) -> dict[str, Any]:
     tokens = 200 + (i * 37 + n * 11) % 800
+    # a conversation (an earlier assistant turn): the gateway adds cache breakpoints to it
     return {"model": MODEL, "max_output_tokens": 1024, "instructions": f"[{uuid.uuid4().hex}] {FILLER}",
-            "input": f"client {i} request {n}: summarise. sim:tokens={tokens} sim:latency=300"}
+            "input": [{"role": "user", "content": f"client {i}: read the policy."},
+                      {"role": "assistant", "content": "Read."},
+                      {"role": "user", "content": f"request {n}: summarise. sim:tokens={tokens} sim:latency=300"}]}
 
 
 async def client_until_refused(client: httpx.AsyncClient, urls: tuple[str, str], i: int, scenario: str,
@@ -184,7 +187,8 @@ async def test_spend_within_the_bound(gateways: tuple[str, str, str, str], scena
 
 async def test_two_batches_stay_within_the_budget(gateways: tuple[str, str, str, str]) -> None:
     """Two batches of 1-hour cache writes on one budget: the second create is refused when the first's hold
-    (at the write rate) leaves no room for it; the spend after both settle is within the budget."""
+    (at the write rate) leaves no room for it (429: it fits alone); the spend after both settle is within the
+    budget."""
     url_a, url_b, pg_url, _redis_url = gateways
     key = mint(url_a, budget_micro_usd=BUDGET, name="bound batches")
     headers = {**HEADERS, "x-api-key": key["key"]}
@@ -192,7 +196,7 @@ async def test_two_batches_stay_within_the_budget(gateways: tuple[str, str, str,
     def batch(tag: str) -> dict[str, Any]:
         return {"requests": [{"custom_id": f"{tag}-{n}", "params": {
             "model": MODEL, "max_tokens": 512,
-            "system": [{"type": "text", "text": f"[{uuid.uuid4().hex}] " + FILLER * 4,
+            "system": [{"type": "text", "text": f"[{uuid.uuid4().hex}] " + FILLER * 2,
                         "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
             "messages": [{"role": "user", "content": f"item {n} sim:tokens=400"}]}} for n in range(60)]}
 
@@ -217,8 +221,9 @@ async def test_two_batches_stay_within_the_budget(gateways: tuple[str, str, str,
     writes_1h = sum(r["cache_creation_1h"] for r in rows)
     print(f"\ntwo batch creates: {statuses}, {len(rows)} items billed, 1h writes {writes_1h} tokens, "
           f"spent {spend} µ$ of {BUDGET} ({100 * (spend - BUDGET) / BUDGET:+.2f} %)")
-    # each hold (~600,000 µ$ at the 1-hour write rate) fits alone, not both: the second is refused
-    assert statuses == [200, 402] and writes_1h > 0
+    # each hold (~600,000 µ$ at the 1-hour write rate) fits alone, not both: the second is held back
+    # (429 with retry-after: it would fit once the first settles; 402 is for one that never fits)
+    assert statuses == [200, 429] and writes_1h > 0
     assert spend <= BUDGET
 
 
