@@ -43,7 +43,14 @@ from ethereal.api.common import read_body
 from ethereal.auth import key_hash_of
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
-from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
+from ethereal.guards import (
+    admission_input_tokens,
+    check_body_shape,
+    check_model_name,
+    clip,
+    estimate_args,
+    splice_top_level,
+)
 from ethereal.keys import KeyRecord
 from ethereal.limits import Admission
 from ethereal.metering.pricing import model_for, price, reserve_rates
@@ -387,7 +394,8 @@ class Pipeline:
         call.admission = await limiter.admit(
             call.key,
             model=call.model_name,
-            input_tokens=estimate_input_tokens(out.body),  # an unreadable body is a 400 (guards.py)
+            # the estimate for this model plus the margin (guards.py); an unreadable body is a 400
+            input_tokens=admission_input_tokens(out.body, call.model),
             max_tokens=out.max_tokens,  # the whole ceiling: hard budgets assume no request outputs more
             price_in=price_in,
             price_out=price_out,
@@ -532,7 +540,7 @@ def reserved_usage(call: Call, out: Outbound | None, *, metered: bool = True) ->
     if out is None:
         return Usage(exact=False)
     try:
-        input_tokens = _native.estimate_tokens(out.body)
+        input_tokens = _native.estimate_tokens(out.body, **estimate_args(call.model))
     except ValueError:
         input_tokens = 0
     return Usage(input_tokens=input_tokens, output_tokens=out.max_tokens, exact=False)

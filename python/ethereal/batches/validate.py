@@ -19,6 +19,7 @@ import orjson
 from ethereal import _native
 from ethereal.api.anthropic import Messages
 from ethereal.errors import GatewayError, invalid_request
+from ethereal.guards import estimate_args, with_margin
 from ethereal.models import Model
 from ethereal.models.registry import PICO
 
@@ -117,7 +118,7 @@ def check_batch(data: Any, *, resolve: Callable[[str], tuple[str, Model | None]]
             out.aliases[name] = canonical
         if model is not None:
             try:
-                inp = _native.estimate_tokens(orjson.dumps(params))
+                inp = with_margin(_native.estimate_tokens(orjson.dumps(params), **estimate_args(model)))
             except orjson.JSONEncodeError:  # past the 254 levels orjson writes (it reads 1,024)
                 raise invalid_request(f"requests.{i}: params: nested too deeply", param=f"requests.{i}") from None
             allowance = max_tokens

@@ -4,8 +4,10 @@
 //! - [`event`]: Anthropic stream events parsed into one hub type;
 //! - [`tap`]: [`StreamTap`] / [`UsageTracker`], usage accounting over a stream;
 //! - [`shape`]: one iterative pass for nesting depth and duplicate top-level keys;
-//! - [`tokens`]: input and output token estimates without a tokenizer.
+//! - [`tokens`]: input and output token estimates without a tokenizer;
+//! - [`estimate`]: the input estimate of a whole request, per model generation.
 
+pub mod estimate;
 pub mod event;
 pub mod openai_chat;
 pub mod responses;
@@ -17,4 +19,6 @@ pub mod tokens;
 pub use event::{parse_event, Delta, Event, EventDecoder, EventError, Usage};
 pub use sse::{Leftover, SseDecoder, SseEvent};
 pub use tap::{FinalUsage, IterationUsage, StreamTap, UsageTracker};
-pub use tokens::{estimate_text_tokens, estimate_tokens, EstimateError};
+pub use tokens::{
+    estimate_text_tokens, estimate_tokens, estimate_tokens_for, EstimateError, Generation,
+};
