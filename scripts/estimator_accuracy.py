@@ -194,6 +194,26 @@ def sim_count(body: dict[str, Any], tokenizer: int) -> int:
     return math.ceil(tokens * 1.3) if tokenizer >= 2 else tokens
 
 
+def sim_differs(body: dict[str, Any]) -> str | None:
+    """Why the simulated upstream's rule charges this body for content the real API does not
+    count (or counts by another rule), if it does."""
+    messages = body.get("messages") or []
+    blob = orjson.dumps(messages)
+    if b'"type":"compaction"' in blob:
+        return "the sim counts the history before a compaction block; the API drops it"
+    if b'"type":"redacted_thinking"' in blob:
+        return "the sim counts redacted thinking's encrypted data as text"
+    if b'"type":"base64"' in blob:
+        return "the sim counts a base64 image as 6,400 characters and a base64 PDF as its encoded text"
+    last = len(messages) - 2
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if i != last and isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") == "thinking" for b in content):
+            return "the sim counts earlier turns' thinking; the API does not"
+    return None
+
+
 def samples(fixtures: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     registry = load_registry()
     rows: list[dict[str, Any]] = []
@@ -215,7 +235,8 @@ def samples(fixtures: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
         estimate = _native.estimate_tokens(orjson.dumps(body), **args)
         rows.append({"fixture": rec["fixture"], "half": half_of(rec["group"]), "model": name,
                      "tokenizer": args.get("tokenizer", 1), "kind": kind_of(body), "real": rec["real"],
-                     "estimate": estimate, "sim": sim_count(body, args.get("tokenizer", 1))})
+                     "estimate": estimate, "sim": sim_count(body, args.get("tokenizer", 1)),
+                     "sim_differs": sim_differs(body)})
     return rows, excluded
 
 
@@ -247,6 +268,7 @@ def distribution(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def coverage(rows: list[dict[str, Any]], field: str) -> float:
+    """Percent of ``rows`` whose ``field`` count the estimate plus the admission margin covers."""
     covered = sum(1 for r in rows if with_margin(r["estimate"]) >= r[field])
     return round(covered / len(rows) * 100.0, 1) if rows else 0.0
 
@@ -266,9 +288,14 @@ def summarize(rows: list[dict[str, Any]], excluded: list[dict[str, Any]]) -> dic
         "tokenizer_2": "text weights ×1.3, Anthropic's documented ratio (\"approximately 30 percent more tokens\")",
         "margin": {"ratio": ratio, "tokens": tokens,
                    "rule": "admission reserves estimate + ceil(estimate × ratio) + tokens",
-                   "covers_real_pct": coverage(rows, "real"), "covers_sim_pct": coverage(rows, "sim"),
+                   "covers_real_pct": coverage(rows, "real"), "samples": len(rows),
                    "sim_rule": "ceil(chars / 4), ×1.3 on the newer tokenizer (python/ethereal/sim/_gen.py)",
-                   "samples": len(rows)},
+                   "covers_sim_pct": coverage(rows, "sim"),
+                   "covers_sim_pct_same_content": coverage([r for r in rows if not r["sim_differs"]], "sim"),
+                   "sim_same_content_samples": sum(1 for r in rows if not r["sim_differs"]),
+                   "missed": [{"fixture": r["fixture"], "estimate": r["estimate"], "reserved": with_margin(r["estimate"]),
+                               "real": r["real"], "sim": r["sim"], "sim_differs": r["sim_differs"]}
+                              for r in rows if with_margin(r["estimate"]) < max(r["real"], r["sim"])]},
         "excluded": excluded,
         "rows": rows,
     }
