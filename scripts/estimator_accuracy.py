@@ -26,7 +26,8 @@ real counts and of the simulated upstream's counts (``ceil(chars / 4)``, ×1.3 o
 tokenizer) over every included request.
 
 Writes ``python/ethereal/dashboard/accuracy.json``, which the estimator page shows;
-``tests/console/test_estimator.py`` re-measures and checks the committed file still matches.
+``tests/console/test_units.py`` re-measures and checks the committed file still matches, and holds
+the targets and the margin's coverage.
 
     .venv/bin/python scripts/estimator_accuracy.py [--check]
 """

@@ -526,10 +526,24 @@ fn tools_cost(req: &Map<String, Value>, messages: &[Value], cost: &mut Cost, gen
     } else {
         gen.tool_prompt_auto
     }));
+    // one walk of the conversation for the names tool_reference blocks load, only when some
+    // tool is deferred (borrowed names: no copy of the text)
+    let deferred = tools
+        .iter()
+        .any(|t| t.get("defer_loading").and_then(Value::as_bool) == Some(true));
+    let mut loaded: Vec<&str> = Vec::new();
+    if deferred {
+        for m in messages {
+            if let Some(c) = m.get("content") {
+                references(c, &mut loaded);
+            }
+        }
+        loaded.sort_unstable();
+    }
     for tool in tools {
         if tool.get("defer_loading").and_then(Value::as_bool) == Some(true) {
             let name = str_field(tool, "name").unwrap_or("");
-            if !referenced(messages, name) {
+            if loaded.binary_search(&name).is_err() {
                 continue;
             }
         }
@@ -558,23 +572,26 @@ fn server_tool_tokens(kind: &str) -> u64 {
         .map_or(SERVER_TOOL_OTHER, |(_, t)| *t)
 }
 
-/// Whether a `tool_reference` block anywhere in the conversation names `name`.
-fn referenced(messages: &[Value], name: &str) -> bool {
-    fn walk(v: &Value, name: &str) -> bool {
-        match v {
-            Value::Array(items) => items.iter().any(|i| walk(i, name)),
-            Value::Object(obj) => {
-                if obj.get("type").and_then(Value::as_str) == Some("tool_reference") {
-                    return obj.get("tool_name").and_then(Value::as_str) == Some(name);
-                }
-                obj.get("content").is_some_and(|c| walk(c, name))
+/// The tool names `tool_reference` blocks in `content` (and in the content of the blocks
+/// it holds, such as tool results) load.
+fn references<'v>(content: &'v Value, out: &mut Vec<&'v str>) {
+    match content {
+        Value::Array(items) => {
+            for item in items {
+                references(item, out);
             }
-            _ => false,
         }
+        Value::Object(obj) => {
+            if obj.get("type").and_then(Value::as_str) == Some("tool_reference") {
+                if let Some(name) = obj.get("tool_name").and_then(Value::as_str) {
+                    out.push(name);
+                }
+            } else if let Some(inner) = obj.get("content") {
+                references(inner, out);
+            }
+        }
+        _ => {}
     }
-    messages
-        .iter()
-        .any(|m| m.get("content").is_some_and(|c| walk(c, name)))
 }
 
 /// A JSON value as the upstream renders it: structure plus the text of keys and strings.
