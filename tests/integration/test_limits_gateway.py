@@ -234,8 +234,9 @@ async def test_budget_rebuilt_from_postgres_after_redis_loss(sim_url: str, pg_ur
             await flusher.aclose()
             assert (await client.post(url + "/v1/messages", json=body("x sim:tokens=20"),
                                       headers=headers)).status_code == 200
-            st, _, _ = await redis_spent(redis_url, key["id"])
+            # the settle is sent without waiting for its reply: read the spend once the record is in
             rows = await usage_rows(pg_url, key["id"], expect=4)
+            st, _, _ = await redis_spent(redis_url, key["id"])
             assert st == sum(r["input_tokens"] + r["output_tokens"] for r in rows) > tokens
 
 
