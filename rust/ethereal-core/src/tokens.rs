@@ -1,12 +1,15 @@
 //! Fast token estimates without a tokenizer.
 //!
-//! Text is weighted per character by script class, in units of
-//! 1/[`WEIGHT_SCALE`] token. Weights are additive, so the tap can sum the
-//! weight of many small deltas and round once at the end instead of rounding
-//! every delta up.
-//!
-//! Contract shared with the simulated upstream: plain English text costs
-//! about `chars / 4` tokens (letters and spaces weigh exactly a quarter).
+//! - The request entry points ([`estimate_tokens`], [`estimate_tokens_for`]):
+//!   parse and bound the body, then [`crate::estimate`] prices it for the
+//!   model's generation (calibrated on recorded requests).
+//! - Output text for the stream tap ([`text_weight`]): weighted per character
+//!   by script class, in units of 1/[`WEIGHT_SCALE`] token. Weights are
+//!   additive, so the tap can sum the weight of many small deltas and round
+//!   once at the end instead of rounding every delta up. Contract shared with
+//!   the simulated upstream: plain English text costs about `chars / 4` tokens
+//!   (letters and spaces weigh exactly a quarter).
+//! - Image headers (PNG, GIF, WebP, JPEG) and the tier-1 image formula.
 
 use std::fmt;
 
