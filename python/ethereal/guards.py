@@ -144,7 +144,7 @@ def estimate_args(model: Model | None) -> dict[str, Any]:
         return {}
     r = model.rules
     return {"tokenizer": r.tokenizer, "image_tier": r.image_tier,
-            "tool_prompt": (r.tool_prompt_auto, r.tool_prompt_any)}
+            "tool_prompt": (r.tool_prompt_auto, r.tool_prompt_any), "keep_thinking": r.keeps_thinking}
 
 
 def estimate_input_tokens(body: bytes, model: Model | None = None) -> int:

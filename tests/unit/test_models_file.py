@@ -137,6 +137,9 @@ def test_the_estimators_rules_are_data(tmp_path: Path) -> None:
     assert (opus.rules.tokenizer, opus.rules.image_tier) == (2, 2)
     assert (sonnet46.rules.tokenizer, sonnet46.rules.image_tier) == (1, 1)
     assert sonnet46.rules.tool_prompt_auto != 346  # measured on the recorded requests
+    assert opus.rules.keeps_thinking and sonnet46.rules.keeps_thinking  # documented: Opus 4.5+, Sonnet 4.6+
+    sonnet45 = shipped.get("claude-sonnet-4-5-20250929")
+    assert sonnet45 is not None and not sonnet45.rules.keeps_thinking
     claude4 = shipped.get("claude-sonnet-4-20250514")
     assert claude4 is not None and (claude4.rules.tool_prompt_auto, claude4.rules.tool_prompt_any) == (346, 313)
     over = registry_with(tmp_path, f'[[models]]\nid = "{SONNET_55}"\n[models.rules]\ntool_prompt_auto = 700\n')

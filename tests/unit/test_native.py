@@ -189,6 +189,17 @@ def test_estimate_per_generation() -> None:
         _native.estimate_tokens(body, tokenizer=3)
 
 
+def test_estimate_earlier_thinking_by_model() -> None:
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": [{"type": "thinking", "thinking": ENGLISH * 10, "signature": "s"},
+                                                 {"type": "text", "text": "a"}]},
+               {"role": "user", "content": "and?"}]
+    body = _body(messages=history)
+    dropped = _native.estimate_tokens(body)
+    kept = _native.estimate_tokens(body, keep_thinking=True)
+    assert kept - dropped > len((ENGLISH * 10).split()) * 0.9  # counted only where the model keeps it
+
+
 def test_estimate_scripts() -> None:
     assert _native.estimate_text_tokens("日本語のテキスト") == 8
     assert _native.estimate_text_tokens("") == 0

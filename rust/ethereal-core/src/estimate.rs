@@ -11,8 +11,9 @@
 //!   model), the framing of messages, blocks, tool definitions and
 //!   `tool_use` / `tool_result` blocks, the text server tools and MCP servers
 //!   bring, thinking and structured-output instructions, images by each
-//!   generation's formula, PDF pages. Thinking of earlier turns is not counted,
-//!   and everything before a `compaction` block is dropped, as upstream does.
+//!   generation's formula, PDF pages. Thinking of earlier turns is not counted
+//!   (except on the models that keep it), and everything before a `compaction`
+//!   block is dropped, as upstream does.
 //!
 //! The newer tokenizer (generation 2) is only documented as "approximately 30
 //! percent more tokens" for the same text: text weights are multiplied by 1.3
@@ -38,6 +39,9 @@ pub struct Generation {
     pub tool_prompt_auto: u32,
     /// Tool-use system prompt with `tool_choice` any or tool.
     pub tool_prompt_any: u32,
+    /// The model keeps every earlier turn's thinking in context (Opus 4.5+, Sonnet 4.6+
+    /// and the newer lines); otherwise only the thinking of a tool-use turn in progress counts.
+    pub keep_thinking: bool,
 }
 
 /// Anthropic's documented tool-use system prompt for the Claude 4 models:
@@ -53,6 +57,7 @@ impl Default for Generation {
             image_tier: 1,
             tool_prompt_auto: TOOL_PROMPT_AUTO,
             tool_prompt_any: TOOL_PROMPT_ANY,
+            keep_thinking: false,
         }
     }
 }
@@ -368,7 +373,7 @@ pub fn estimate_request(req: &Map<String, Value>, gen: Generation) -> u64 {
                     gen,
                 );
             }
-            other => content(other, &mut cost, live == Some(i), gen),
+            other => content(other, &mut cost, gen.keep_thinking || live == Some(i), gen),
         }
     }
     tools_cost(req, messages, &mut cost, gen);

@@ -28,6 +28,7 @@ const GEN2: Generation = Generation {
     image_tier: 2,
     tool_prompt_auto: 463,
     tool_prompt_any: 419,
+    keep_thinking: false,
 };
 
 fn est2(body: &serde_json::Value) -> u64 {
@@ -274,6 +275,13 @@ fn thinking_counts_only_in_the_live_tool_turn() {
     live_stripped["messages"][1]["content"] =
         json!([{"type":"tool_use","id":"t","name":"f","input":{}}]);
     assert!(est(&live) as f64 > est(&live_stripped) as f64 + 4.0 * text_tokens(ENGLISH));
+    // models that keep earlier turns' thinking count it
+    let keeps = Generation {
+        keep_thinking: true,
+        ..Generation::default()
+    };
+    let kept = estimate_tokens_for(earlier.to_string().as_bytes(), keeps).unwrap();
+    assert!(kept as f64 > est(&stripped) as f64 + 4.0 * text_tokens(ENGLISH));
     // thinking enabled adds instructions
     let mut on = user(json!("q"));
     on["thinking"] = json!({"type":"enabled","budget_tokens":2048});

@@ -80,15 +80,16 @@ impl StreamTap {
 /// Estimated input tokens of a raw Messages request body, for a model of
 /// tokenizer generation `tokenizer`, image tier `image_tier` and a tool-use
 /// system prompt of `tool_prompt = (auto, any)` tokens (Anthropic's documented
-/// 346 / 313 when omitted).
+/// 346 / 313 when omitted); `keep_thinking`: the model keeps earlier turns' thinking.
 #[pyfunction]
-#[pyo3(signature = (body, tokenizer=1, image_tier=1, tool_prompt=None))]
+#[pyo3(signature = (body, tokenizer=1, image_tier=1, tool_prompt=None, keep_thinking=false))]
 fn estimate_tokens(
     py: Python<'_>,
     body: &[u8],
     tokenizer: u8,
     image_tier: u8,
     tool_prompt: Option<(u32, u32)>,
+    keep_thinking: bool,
 ) -> PyResult<u64> {
     if !(1..=2).contains(&tokenizer) || !(1..=2).contains(&image_tier) {
         return Err(PyValueError::new_err(
@@ -102,6 +103,7 @@ fn estimate_tokens(
         image_tier,
         tool_prompt_auto: auto,
         tool_prompt_any: any,
+        keep_thinking,
     };
     let result = if body.len() >= DETACH_BYTES {
         py.detach(|| tokens::estimate_tokens_for(body, gen))
