@@ -61,17 +61,18 @@ class Estimator:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def _image_tokens(self, model: Model | None) -> int:
-        """What the estimator charges an image of unknown size on ``model``: its tier's cap."""
+    @staticmethod
+    def _image_tokens(**args: Any) -> int:
+        """What the estimator charges an image of unknown size for these estimate arguments: the
+        image tier's cap (the difference the image block makes, less its block framing)."""
         base = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})
         with_image = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
                                                                               _IMAGE]}]})
-        args = estimate_args(model)
         return _native.estimate_tokens(with_image, **args) - _native.estimate_tokens(base, **args) - 1
 
     @property
     def image_tokens(self) -> int:
-        return self._image_tokens(None)
+        return self._image_tokens()
 
     def estimate(self, form: dict[str, Any]) -> dict[str, Any]:
         prompt = form.get("prompt")
@@ -126,11 +127,8 @@ class Estimator:
                 "total_micro": cost(input_tokens=n, output_tokens=output_tokens),
             })
         return {"input_tokens": input_tokens, "input_tokens_newer": newer, "output_tokens": output_tokens,
-                "images": images, "image_tokens": self._image_tokens(None),
-                "image_tokens_newer": _native.estimate_tokens(orjson.dumps({"messages": [{"role": "user", "content": [
-                    _IMAGE]}]}), image_tier=2) - _native.estimate_tokens(orjson.dumps({"messages": [
-                        {"role": "user", "content": []}]}), image_tier=2) - 1,
-                "models": models}
+                "images": images, "image_tokens": self._image_tokens(),
+                "image_tokens_newer": self._image_tokens(image_tier=2), "models": models}
 
 
 class RateLimiter:
