@@ -126,8 +126,14 @@ class ResponsesTranslator:
     def usage(self) -> Usage: ...
     def state(self) -> StreamState: ...
 
-def estimate_tokens(body: bytes) -> int:
-    """Estimated input tokens of a raw Messages request body.
+def estimate_tokens(body: bytes, tokenizer: int = 1, image_tier: int = 1,
+                    tool_prompt: tuple[int, int] | None = None, keep_thinking: bool = False) -> int:
+    """Estimated input tokens of a raw Messages request body, for a model of tokenizer
+    generation ``tokenizer`` (2: the newer one, about 1.3x the tokens), image tier
+    ``image_tier`` and a tool-use system prompt of ``tool_prompt = (auto, any)`` tokens
+    (Anthropic's documented 346 / 313 when omitted); ``keep_thinking``: the model keeps earlier
+    turns' thinking in context (else only a tool-use turn in progress counts its thinking). Pass the
+    registry's rules for the model (``guards.estimate_args``).
 
     Raises ``ValueError`` when the body is not a JSON object or is nested deeper than
     ``MAX_JSON_DEPTH``.

@@ -11,10 +11,13 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ethereal import _native
 from ethereal.errors import invalid_request
+
+if TYPE_CHECKING:
+    from ethereal.models import Model
 
 # Anthropic's model ids are under 40 characters; 256 leaves room for provider prefixes
 # and operator aliases while keeping a hostile name from reaching the catalog, the
@@ -145,12 +148,43 @@ def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:
     return body[:span[0]] + value + body[span[1]:]
 
 
-def estimate_input_tokens(body: bytes) -> int:
-    """The native input estimate; a body it cannot read is the client's 400, never a 500."""
+# Where the estimate decides something (budget admission, plan windows, batch reservations) it
+# errs safe: the estimate plus ESTIMATE_MARGIN (ratio, tokens). Sized by
+# scripts/estimator_accuracy.py so that estimate + margin >= the upstream's count for at least
+# 99 % of the recorded requests (fixtures/, each for its own model) and of the simulated
+# upstream's counts for the same bodies (its documented rule: ceil(chars / 4), x1.3 on the newer
+# tokenizer; python/ethereal/sim/_gen.py). accuracy.json records the coverage; a test holds it.
+ESTIMATE_MARGIN = (0.22, 16)
+
+
+def estimate_args(model: Model | None) -> dict[str, Any]:
+    """The estimator's per-model arguments (tokenizer, image tier, tool-use prompt) from the
+    registry's rules; the earlier generation's when the model is not described."""
+    if model is None:
+        return {}
+    r = model.rules
+    return {"tokenizer": r.tokenizer, "image_tier": r.image_tier,
+            "tool_prompt": (r.tool_prompt_auto, r.tool_prompt_any), "keep_thinking": r.keeps_thinking}
+
+
+def estimate_input_tokens(body: bytes, model: Model | None = None) -> int:
+    """The native input estimate for ``model``; a body it cannot read is the client's 400, never
+    a 500. The plain estimate: what ``count_tokens`` answers when no upstream can."""
     try:
-        return _native.estimate_tokens(body)
+        return _native.estimate_tokens(body, **estimate_args(model))
     except ValueError as exc:
         raise invalid_request(str(exc)) from None
+
+
+def with_margin(estimate: int) -> int:
+    """An estimate raised by ``ESTIMATE_MARGIN``: what admission reserves."""
+    ratio, tokens = ESTIMATE_MARGIN
+    return estimate + -(-int(estimate * ratio * 1000) // 1000) + tokens
+
+
+def admission_input_tokens(body: bytes, model: Model | None = None) -> int:
+    """The input tokens budget admission and rate windows reserve: the estimate plus the margin."""
+    return with_margin(estimate_input_tokens(body, model))
 
 
 def client_address(scope: dict[str, Any] | Any, trusted: str) -> str:

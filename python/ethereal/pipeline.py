@@ -43,7 +43,14 @@ from ethereal.api.common import read_body
 from ethereal.auth import key_hash_of
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
-from ethereal.guards import check_body_shape, check_model_name, clip, estimate_input_tokens, splice_top_level
+from ethereal.guards import (
+    admission_input_tokens,
+    check_body_shape,
+    check_model_name,
+    clip,
+    estimate_args,
+    splice_top_level,
+)
 from ethereal.keys import KeyRecord, teams_label
 from ethereal.limits import Admission
 from ethereal.metering.record import usage_record
@@ -427,7 +434,8 @@ class Pipeline:
         # the dearest the request can cost: cache writes, tiers, fast mode, geo, server-tool fees at
         # their max_uses, documents by their pages (priced only for a key with a money budget)
         held = reserve(self.gw.registry, call.model, out.data, out.body, at=call.started,
-                       input_tokens=estimate_input_tokens(out.body),  # unreadable: a 400 (guards.py)
+                       # the estimate for this model plus its margin (guards.py); unreadable: a 400
+                       input_tokens=admission_input_tokens(out.body, call.model),
                        max_tokens=out.max_tokens,  # the whole ceiling: no request outputs more
                        money=key.budget_micro_usd is not None, config=self.reserve_config, caches=out.cache_ttl)
         call.admission = await limiter.admit(
@@ -566,7 +574,7 @@ def reserved_usage(call: Call, out: Outbound | None, *, metered: bool = True) ->
     if out is None:
         return Usage(exact=False)
     try:
-        input_tokens = _native.estimate_tokens(out.body)
+        input_tokens = _native.estimate_tokens(out.body, **estimate_args(call.model))
     except ValueError:
         input_tokens = 0
     return Usage(input_tokens=input_tokens, output_tokens=out.max_tokens, exact=False)

@@ -18,6 +18,7 @@ import anthropic
 import orjson
 import pytest
 from ethereal import _native
+from ethereal.guards import estimate_args
 from ethereal.metering.pricing import price
 from ethereal.models import Registry
 from ethereal.usage import Usage
@@ -226,12 +227,21 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     sonnet_row = gpage.locator("#prices tr", has_text="claude-sonnet-4-6").first.inner_text()
     assert f"${expected / 1e6:.6f}" in sonnet_row
     assert gpage.locator("#prices tbody tr").count() == len(catalog.listed())
+    # a newer-tokenizer model: its own count, priced from it; today's models first
+    opus = catalog.get("claude-opus-5-5")
+    newer = int(gpage.inner_text("#input-tokens-newer"))
+    assert newer == _native.estimate_tokens(orjson.dumps(body), **estimate_args(opus)) > shown
+    opus_cost = price(catalog, opus, Usage(input_tokens=newer, output_tokens=400), at=time.time()).cost_micro
+    opus_row = gpage.locator('#prices tr[data-model="claude-opus-5-5"]').inner_text()
+    assert str(newer) in opus_row and f"${opus_cost / 1e6:.6f}" in opus_row
+    assert gpage.locator("#prices tbody tr").first.get_attribute("data-model") != "claude-opus-4-7"
     assert "Median error" in gpage.inner_text("#accuracy")
+    assert "held-out" in gpage.inner_text("#accuracy")
     shot(gpage, "09-estimator")
     guest.close()
     checked.append(f"estimator signed out: {shown} input tokens = _native.estimate_tokens of the same body; Sonnet 4.6"
                    f" per-call price = metering's cost_micro (${expected / 1e6:.6f}); every catalog model listed;"
-                   " accuracy table shown")
+                   f" accuracy table shown; Opus 5.5 counted on the newer tokenizer ({newer}) and priced from it")
 
     assert not errors, f"browser errors: {errors}"
     context.close()

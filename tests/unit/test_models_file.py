@@ -146,3 +146,23 @@ def test_serve_with_a_bad_models_file_exits_with_a_clear_message(tmp_path: Path)
     check = subprocess.run([sys.executable, "-m", "ethereal", "models", "check"], env=env, capture_output=True,
                            text=True, timeout=60, check=False)
     assert check.returncode == 2 and "cache_reed" in check.stderr and "Traceback" not in check.stderr
+
+
+def test_the_estimators_rules_are_data(tmp_path: Path) -> None:
+    """Tokenizer generation, image tier and tool-use prompt per model: shipped, overridable, checked."""
+    shipped = load_registry()
+    opus, sonnet46 = shipped.get("claude-opus-5-5"), shipped.get("claude-sonnet-4-6")
+    assert opus is not None and sonnet46 is not None
+    assert (opus.rules.tokenizer, opus.rules.image_tier) == (2, 2)
+    assert (sonnet46.rules.tokenizer, sonnet46.rules.image_tier) == (1, 1)
+    assert sonnet46.rules.tool_prompt_auto != 346  # measured on the recorded requests
+    assert opus.rules.keeps_thinking and sonnet46.rules.keeps_thinking  # documented: Opus 4.5+, Sonnet 4.6+
+    sonnet45 = shipped.get("claude-sonnet-4-5-20250929")
+    assert sonnet45 is not None and not sonnet45.rules.keeps_thinking
+    claude4 = shipped.get("claude-sonnet-4-20250514")
+    assert claude4 is not None and (claude4.rules.tool_prompt_auto, claude4.rules.tool_prompt_any) == (346, 313)
+    over = registry_with(tmp_path, f'[[models]]\nid = "{SONNET_55}"\n[models.rules]\ntool_prompt_auto = 700\n')
+    model = over.get(SONNET_55)
+    assert model is not None and model.rules.tool_prompt_auto == 700 and model.rules.tokenizer == 2
+    assert "tool_prompt_any" in refused(tmp_path, f'[[models]]\nid = "{SONNET_55}"\n[models.rules]\n'
+                                                  'tool_prompt_any = "many"\n')

@@ -170,17 +170,47 @@ def _body(**kw: object) -> bytes:
     return json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10, **kw}).encode()
 
 
-def test_estimate_english_is_chars_over_four() -> None:
+def test_estimate_english_is_about_a_token_a_word() -> None:
+    # Anthropic counts about a token per common English word (chars / 4.6 here), not chars / 4
     text = ENGLISH * 30
     got = _native.estimate_tokens(_body(messages=[{"role": "user", "content": text}]))
-    assert abs(got / (len(text) / 4) - 1) < 0.15
+    words = len(text.split())
+    assert 0.95 < got / words < 1.25
+    # estimate_text_tokens keeps the simulated upstream's chars / 4 contract (the stream tap's)
     assert abs(_native.estimate_text_tokens(text) / (len(text) / 4) - 1) < 0.05
+
+
+def test_estimate_per_generation() -> None:
+    body = _body(messages=[{"role": "user", "content": ENGLISH * 30}])
+    older, newer = _native.estimate_tokens(body), _native.estimate_tokens(body, tokenizer=2, image_tier=2)
+    assert abs(newer / older - 1.3) < 0.01  # the documented ratio, applied to text
+    assert _native.estimate_tokens(body, tokenizer=1, image_tier=1) == older
+    with pytest.raises(ValueError):
+        _native.estimate_tokens(body, tokenizer=3)
+
+
+def test_estimate_earlier_thinking_by_model() -> None:
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": [{"type": "thinking", "thinking": ENGLISH * 10, "signature": "s"},
+                                                 {"type": "text", "text": "a"}]},
+               {"role": "user", "content": "and?"}]
+    body = _body(messages=history)
+    dropped = _native.estimate_tokens(body)
+    kept = _native.estimate_tokens(body, keep_thinking=True)
+    assert kept - dropped > len((ENGLISH * 10).split()) * 0.9  # counted only where the model keeps it
 
 
 def test_estimate_scripts() -> None:
     assert _native.estimate_text_tokens("日本語のテキスト") == 8
     assert _native.estimate_text_tokens("") == 0
     assert _native.estimate_text_tokens("12345678") > _native.estimate_text_tokens("abcdefgh")
+
+    def est(text: str) -> int:
+        return _native.estimate_tokens(_body(messages=[{"role": "user", "content": text}]))
+
+    base = est("")
+    assert 27 <= est("网关在请求到达上游之前估算令牌数量。" * 2) - base <= 41  # about a token per CJK character
+    assert est("Шлюз оценивает число токенов") > est("The gateway estimates tokens")
 
 
 def _png(w: int, h: int) -> str:
@@ -197,11 +227,21 @@ def test_estimate_images() -> None:
             _body(messages=[{"role": "user", "content": [{"type": "image", "source": source}]}])
         )
 
+    framing = _native.estimate_tokens(_body(messages=[{"role": "user", "content": []}])) + 1
     small = img({"type": "base64", "media_type": "image/png", "data": _png(300, 200)})
-    assert 80 <= small <= 90  # 60000 / 750 = 80, plus message framing
+    assert small - framing == 80  # 60000 / 750
     big = img({"type": "base64", "media_type": "image/png", "data": _png(5000, 5000)})
-    assert 1500 <= big <= 1610
-    assert img({"type": "url", "url": "https://example.com/a.png"}) == 1600 + 4
+    assert 1500 <= big - framing <= 1600
+    assert img({"type": "url", "url": "https://example.com/a.png"}) - framing == 1600
+
+    def img2(source: dict[str, str]) -> int:
+        return _native.estimate_tokens(
+            _body(messages=[{"role": "user", "content": [{"type": "image", "source": source}]}]), image_tier=2
+        ) - framing
+
+    assert img2({"type": "base64", "media_type": "image/png", "data": _png(300, 200)}) == 11 * 8  # ⌈w/28⌉×⌈h/28⌉
+    assert 4700 <= img2({"type": "base64", "media_type": "image/png", "data": _png(5000, 5000)}) <= 4784
+    assert img2({"type": "url", "url": "https://example.com/a.png"}) == 4784
 
 
 def test_estimate_tools() -> None:
@@ -213,7 +253,9 @@ def test_estimate_tools() -> None:
     }
     with_tools = _body(messages=[{"role": "user", "content": "hi"}], tools=[tool])
     extra = _native.estimate_tokens(with_tools) - _native.estimate_tokens(base)
-    assert 20 <= extra <= 60
+    assert 346 + 20 <= extra <= 346 + 60  # the documented tool-use system prompt, then the definition
+    custom = _native.estimate_tokens(with_tools, tool_prompt=(500, 400)) - _native.estimate_tokens(base)
+    assert custom == extra + 500 - 346
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"not json", b"[1, 2]", b'"x"'])

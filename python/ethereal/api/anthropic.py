@@ -134,7 +134,9 @@ class CountTokens(Messages):
             return None  # the client's own error (400, 404, ...): answered as the upstream gave it
         headers = response_headers(call)
         headers.append((b"ethereal-estimated", b"true"))
-        return json_response(200, orjson.dumps({"input_tokens": estimate_input_tokens(out.body)}), headers)
+        # the plain estimate for this model, no margin: a count, not a reservation
+        return json_response(200, orjson.dumps({"input_tokens": estimate_input_tokens(out.body, call.model)}),
+                             headers)
 
 
 def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:

@@ -25,7 +25,7 @@ import orjson
 from ethereal import _native
 from ethereal.api.anthropic import Messages
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.guards import clip
+from ethereal.guards import clip, estimate_args, with_margin
 from ethereal.metering.reserve import ReserveConfig, batch_item
 from ethereal.models import Model, Registry
 
@@ -274,7 +274,8 @@ def check_batch(body: bytes, *, resolve: Callable[[str], tuple[str, Model | None
             out.splices.append(_model_span(entry, raw_params, params_at, canonical))
         if model is not None:
             held = batch_item(registry, model, params, raw_params, at=when,
-                              input_tokens=_native.estimate_tokens(raw_params), max_tokens=max_tokens, config=config)
+                              input_tokens=with_margin(_native.estimate_tokens(raw_params, **estimate_args(model))),
+                              max_tokens=max_tokens, config=config)
             est_tokens += held.input_tokens + held.output_tokens
             est_micro += held.input_micro + held.output_micro
         else:

@@ -1,8 +1,11 @@
 """The estimator page's arithmetic: the native token estimate and the metering price table.
 
-The prompt becomes a Messages request body and goes through ``_native.estimate_tokens``,
-the estimate the gateway reserves budget with. The models are the registry's listed ones (today's
-models and the ones the upstreams serve, never retired ones), each priced by
+The prompt becomes a Messages request body and goes through ``_native.estimate_tokens`` for each
+model, with that model's tokenizer generation and image tier from the registry (the newer
+tokenizer counts the same text about 1.3 times: Anthropic documents only that ratio, and the
+estimate applies it). It is the count ``count_tokens`` falls back to; admission reserves it plus
+a margin. The models are the registry's listed ones (today's active models first, then the
+legacy ones and the ones the upstreams serve, never retired ones), each priced by
 ``metering.pricing.price`` at the card in force now, the function that bills usage records; a
 model the registry does not describe shows its provisional card, flagged.
 """
@@ -17,8 +20,9 @@ import orjson
 
 from ethereal import _native
 from ethereal.errors import GatewayError
+from ethereal.guards import estimate_args
 from ethereal.metering.pricing import price
-from ethereal.models import Registry
+from ethereal.models import Model, Registry
 from ethereal.usage import Usage
 
 _IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.invalid/image.png"}}
@@ -42,14 +46,33 @@ def _int_field(name: str, value: Any, maximum: int, default: int) -> int:
     return number
 
 
+def _order(models: list[Model]) -> list[Model]:
+    """Today's models first (active, newest first), then the limited, legacy and deprecated ones,
+    then the ones only the upstreams know."""
+    rank = {"active": 0, "limited": 1, "legacy": 2, "deprecated": 3}
+    return sorted(models, key=lambda m: (m.provisional, rank.get(m.status, 4), _neg_date(m.released)))
+
+
+def _neg_date(day: str) -> tuple[int, ...]:
+    return tuple(-int(p) for p in day.split("-") if p.isdigit())
+
+
 class Estimator:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        # an image of unknown size costs the most an image can: what the estimator charges for it
+
+    @staticmethod
+    def _image_tokens(**args: Any) -> int:
+        """What the estimator charges an image of unknown size for these estimate arguments: the
+        image tier's cap (the difference the image block makes, less its block framing)."""
         base = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})
         with_image = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
                                                                               _IMAGE]}]})
-        self.image_tokens = _native.estimate_tokens(with_image) - _native.estimate_tokens(base)
+        return _native.estimate_tokens(with_image, **args) - _native.estimate_tokens(base, **args) - 1
+
+    @property
+    def image_tokens(self) -> int:
+        return self._image_tokens()
 
     def estimate(self, form: dict[str, Any]) -> dict[str, Any]:
         prompt = form.get("prompt")
@@ -66,10 +89,21 @@ class Estimator:
                                 "messages": [{"role": "user", "content": content}]}
         if system:
             body["system"] = system
-        input_tokens = _native.estimate_tokens(orjson.dumps(body))
+        raw = orjson.dumps(body)
+        by_args: dict[tuple[Any, ...], int] = {}
+
+        def tokens_for(model: Model | None) -> int:
+            args = estimate_args(model)
+            key = tuple(sorted(args.items()))
+            if key not in by_args:
+                by_args[key] = _native.estimate_tokens(raw, **args)
+            return by_args[key]
+
+        input_tokens = tokens_for(None)
+        newer = _native.estimate_tokens(raw, tokenizer=2, image_tier=2)
         models = []
         now = time.time()
-        for model in self.registry.listed():
+        for model in _order(self.registry.listed()):
             def cost(*, input_tokens: int = 0, output_tokens: int = 0, cache_5m: int = 0, cache_1h: int = 0,
                      cache_read: int = 0, batch: bool = False) -> int:
                 usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_5m=cache_5m,
@@ -77,21 +111,24 @@ class Estimator:
                 return price(self.registry, model, usage, at=now, batch=batch).cost_micro  # noqa: B023
 
             card = model.card_at(now)
+            n = tokens_for(model)
             models.append({
                 "id": model.id, "display_name": model.display_name, "status": model.status,
                 "provisional": model.provisional, "card": card.id.removeprefix("provisional:"),
                 "input_price": card.rates.usd("input"), "output_price": card.rates.usd("output"),
-                "input": _usd(cost(input_tokens=input_tokens)),
+                "input_tokens": n, "tokenizer": model.rules.tokenizer, "image_tier": model.rules.image_tier,
+                "input": _usd(cost(input_tokens=n)),
                 "output": _usd(cost(output_tokens=output_tokens)),
-                "total": _usd(cost(input_tokens=input_tokens, output_tokens=output_tokens)),
-                "cache_write_5m": _usd(cost(cache_5m=input_tokens, output_tokens=output_tokens)),
-                "cache_write_1h": _usd(cost(cache_1h=input_tokens, output_tokens=output_tokens)),
-                "cache_read": _usd(cost(cache_read=input_tokens, output_tokens=output_tokens)),
-                "batch": _usd(cost(input_tokens=input_tokens, output_tokens=output_tokens, batch=True)),
-                "total_micro": cost(input_tokens=input_tokens, output_tokens=output_tokens),
+                "total": _usd(cost(input_tokens=n, output_tokens=output_tokens)),
+                "cache_write_5m": _usd(cost(cache_5m=n, output_tokens=output_tokens)),
+                "cache_write_1h": _usd(cost(cache_1h=n, output_tokens=output_tokens)),
+                "cache_read": _usd(cost(cache_read=n, output_tokens=output_tokens)),
+                "batch": _usd(cost(input_tokens=n, output_tokens=output_tokens, batch=True)),
+                "total_micro": cost(input_tokens=n, output_tokens=output_tokens),
             })
-        return {"input_tokens": input_tokens, "output_tokens": output_tokens, "images": images,
-                "image_tokens": self.image_tokens, "models": models}
+        return {"input_tokens": input_tokens, "input_tokens_newer": newer, "output_tokens": output_tokens,
+                "images": images, "image_tokens": self._image_tokens(),
+                "image_tokens_newer": self._image_tokens(image_tier=2), "models": models}
 
 
 class RateLimiter:

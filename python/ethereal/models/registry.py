@@ -137,6 +137,10 @@ class Rules:
     min_cache_tokens: int = 1024
     tokenizer: int = 1
     image_tier: int = 1
+    # the tool-use system prompt Anthropic adds when `tools` is present, by tool_choice
+    tool_prompt_auto: int = 346
+    tool_prompt_any: int = 313
+    keeps_thinking: bool = False  # earlier turns' thinking stays in context (and is counted)
     thinking_binding: str = "none"  # "none", "conversation", "account"
     inference_geo: bool = False
     fast_beta: str | None = None
@@ -452,9 +456,9 @@ def _rules(table: Any, where: str) -> Rules:
         elif name == "thinking_binding":
             kw[name] = _str(value, w, ("none", "conversation", "account"))
         elif name in ("forced_tool_choice", "forced_tool_with_thinking", "prefill", "structured_outputs",
-                      "inference_geo"):
+                      "inference_geo", "keeps_thinking"):
             kw[name] = _bool(value, w)
-        elif name in ("min_cache_tokens",):
+        elif name in ("min_cache_tokens", "tool_prompt_auto", "tool_prompt_any"):
             kw[name] = _int(value, w)
         elif name in ("tokenizer", "image_tier"):
             kw[name] = _int(value, w, minimum=1)

@@ -8,7 +8,9 @@
 //! - [`translate`]: the stream-translation engine, with the wire formats
 //!   [`openai_chat`] (Chat Completions) and [`responses`] (Responses API) as its
 //!   emitters; `fastparse` and [`jsonw`] are its event parser and JSON writers.
+//! - [`estimate`]: the input estimate of a whole request, per model generation.
 
+pub mod estimate;
 pub mod event;
 mod fastparse;
 pub mod jsonw;
@@ -23,4 +25,6 @@ pub mod translate;
 pub use event::{parse_event, Delta, Event, EventDecoder, EventError, Usage};
 pub use sse::{Leftover, SseDecoder, SseEvent};
 pub use tap::{FinalUsage, IterationUsage, StreamTap, UsageTracker};
-pub use tokens::{estimate_text_tokens, estimate_tokens, EstimateError};
+pub use tokens::{
+    estimate_text_tokens, estimate_tokens, estimate_tokens_for, EstimateError, Generation,
+};

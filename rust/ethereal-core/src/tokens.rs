@@ -1,17 +1,22 @@
 //! Fast token estimates without a tokenizer.
 //!
-//! Text is weighted per character by script class, in units of
-//! 1/[`WEIGHT_SCALE`] token. Weights are additive, so the tap can sum the
-//! weight of many small deltas and round once at the end instead of rounding
-//! every delta up.
-//!
-//! Contract shared with the simulated upstream: plain English text costs
-//! about `chars / 4` tokens (letters and spaces weigh exactly a quarter).
+//! - The request entry points ([`estimate_tokens`], [`estimate_tokens_for`]):
+//!   parse and bound the body, then [`crate::estimate`] prices it for the
+//!   model's generation (calibrated on recorded requests).
+//! - Output text for the stream tap ([`text_weight`]): weighted per character
+//!   by script class, in units of 1/[`WEIGHT_SCALE`] token. Weights are
+//!   additive, so the tap can sum the weight of many small deltas and round
+//!   once at the end instead of rounding every delta up. Contract shared with
+//!   the simulated upstream: plain English text costs about `chars / 4` tokens
+//!   (letters and spaces weigh exactly a quarter).
+//! - Image headers (PNG, GIF, WebP, JPEG) and the tier-1 image formula.
 
 use std::fmt;
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+pub use crate::estimate::Generation;
 
 /// Weight units per token.
 pub const WEIGHT_SCALE: u64 = 12;
@@ -93,21 +98,11 @@ pub fn estimate_text_tokens(text: &str) -> u64 {
     weight_to_tokens(text_weight(text))
 }
 
-/// Tokens charged for an image of unknown size (Anthropic's cap).
+/// Tokens charged for an image of unknown size on a tier-1 model (Anthropic's cap).
 pub const IMAGE_MAX_TOKENS: u64 = IMAGE_MAX_TOKENS_U32 as u64;
 const IMAGE_MAX_TOKENS_U32: u32 = 1600;
-/// Anthropic resizes images whose long edge exceeds this.
+/// Anthropic resizes images whose long edge exceeds this (tier 1).
 const IMAGE_MAX_EDGE: f64 = 1568.0;
-/// Role markers and block framing per message.
-const MESSAGE_OVERHEAD: u64 = 4;
-/// Framing per content block beyond the first.
-const BLOCK_OVERHEAD: u64 = 1;
-/// Framing per tool definition.
-const TOOL_OVERHEAD: u64 = 8;
-/// A PDF page costs text plus a page image; Anthropic quotes 1,500–3,000.
-const PDF_PAGE_TOKENS: u64 = 2000;
-/// Rough compressed PDF bytes per page when page objects can't be counted.
-const PDF_BYTES_PER_PAGE: usize = 60_000;
 
 /// The request body could not be estimated.
 #[derive(Debug)]
@@ -143,12 +138,23 @@ impl std::error::Error for EstimateError {
     }
 }
 
-/// Estimate the input tokens of a raw Messages API request body.
+/// Estimate the input tokens of a raw Messages API request body for a model of
+/// the earlier tokenizer and image tier 1, with the documented tool-use prompt.
 ///
 /// # Errors
 /// [`EstimateError`] when the body is not a JSON object, or is nested deeper
 /// than [`crate::shape::MAX_DEPTH`].
 pub fn estimate_tokens(body: &[u8]) -> Result<u64, EstimateError> {
+    estimate_tokens_for(body, Generation::default())
+}
+
+/// Estimate the input tokens of a raw Messages API request body for the model
+/// `gen` describes (tokenizer generation, image tier, tool-use prompt).
+///
+/// # Errors
+/// [`EstimateError`] when the body is not a JSON object, or is nested deeper
+/// than [`crate::shape::MAX_DEPTH`].
+pub fn estimate_tokens_for(body: &[u8], gen: Generation) -> Result<u64, EstimateError> {
     // serde_json's own limit (128) is far below what orjson accepts (1024): a body the
     // gateway parsed must be estimable. The iterative shape scan bounds the depth first,
     // so lifting serde_json's limit cannot let a hostile body exhaust the stack.
@@ -173,156 +179,7 @@ pub fn estimate_tokens(body: &[u8]) -> Result<u64, EstimateError> {
     let Value::Object(req) = value else {
         return Err(EstimateError::NotAnObject);
     };
-    Ok(estimate_request(&req))
-}
-
-fn estimate_request(req: &Map<String, Value>) -> u64 {
-    let mut tokens = 0;
-    let mut weight = 0;
-    if let Some(system) = req.get("system") {
-        tokens += MESSAGE_OVERHEAD;
-        content_cost(system, &mut tokens, &mut weight);
-    }
-    if let Some(Value::Array(messages)) = req.get("messages") {
-        for message in messages {
-            tokens += MESSAGE_OVERHEAD;
-            if let Some(content) = message.get("content") {
-                content_cost(content, &mut tokens, &mut weight);
-            }
-        }
-    }
-    if let Some(Value::Array(tools)) = req.get("tools") {
-        for tool in tools {
-            tokens += TOOL_OVERHEAD;
-            tool_cost(tool, &mut weight);
-        }
-    }
-    tokens + weight_to_tokens(weight)
-}
-
-/// Message or system content: a string or a list of blocks.
-fn content_cost(content: &Value, tokens: &mut u64, weight: &mut u64) {
-    match content {
-        Value::String(s) => *weight += text_weight(s),
-        Value::Array(blocks) => {
-            for (i, block) in blocks.iter().enumerate() {
-                if i > 0 {
-                    *tokens += BLOCK_OVERHEAD;
-                }
-                block_cost(block, tokens, weight);
-            }
-        }
-        Value::Null => {}
-        other => *weight += json_weight(other),
-    }
-}
-
-fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-fn block_cost(block: &Value, tokens: &mut u64, weight: &mut u64) {
-    let Value::Object(obj) = block else {
-        content_cost(block, tokens, weight);
-        return;
-    };
-    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
-    match kind {
-        "text" => *weight += text_weight(str_field(block, "text").unwrap_or("")),
-        "thinking" => *weight += text_weight(str_field(block, "thinking").unwrap_or("")),
-        // Opaque encrypted reasoning: its token cost is not knowable here.
-        "redacted_thinking" => *tokens += 1,
-        "image" => *tokens += image_tokens(obj.get("source")),
-        "document" => {
-            for key in ["title", "context"] {
-                *weight += text_weight(str_field(block, key).unwrap_or(""));
-            }
-            document_cost(obj.get("source"), tokens, weight);
-        }
-        "tool_use" | "server_tool_use" | "mcp_tool_use" => {
-            *weight += text_weight(str_field(block, "name").unwrap_or(""));
-            if let Some(input) = obj.get("input") {
-                *weight += json_weight(input);
-            }
-        }
-        "tool_result" | "mcp_tool_result" => {
-            if let Some(content) = obj.get("content") {
-                content_cost(content, tokens, weight);
-            }
-        }
-        "search_result" => {
-            for key in ["title", "source"] {
-                *weight += text_weight(str_field(block, key).unwrap_or(""));
-            }
-            if let Some(content) = obj.get("content") {
-                content_cost(content, tokens, weight);
-            }
-        }
-        // Server tool results and anything newer: charge the serialized block.
-        _ => *weight += json_weight(block),
-    }
-}
-
-fn tool_cost(tool: &Value, weight: &mut u64) {
-    *weight += text_weight(str_field(tool, "name").unwrap_or(""));
-    *weight += text_weight(str_field(tool, "description").unwrap_or(""));
-    match tool.get("input_schema") {
-        Some(schema) => *weight += json_weight(schema),
-        // Server tools (web_search, bash…) carry a type and options only.
-        None => *weight += text_weight(str_field(tool, "type").unwrap_or("")),
-    }
-}
-
-/// Weight of a JSON value serialized compactly.
-fn json_weight(v: &Value) -> u64 {
-    serde_json::to_string(v).map_or(0, |s| text_weight(&s))
-}
-
-fn document_cost(source: Option<&Value>, tokens: &mut u64, weight: &mut u64) {
-    let Some(source) = source else { return };
-    match str_field(source, "type").unwrap_or("") {
-        "text" => *weight += text_weight(str_field(source, "data").unwrap_or("")),
-        "content" => {
-            if let Some(content) = source.get("content") {
-                content_cost(content, tokens, weight);
-            }
-        }
-        "base64" => {
-            let data = str_field(source, "data").unwrap_or("");
-            *tokens += pdf_pages(data) * PDF_PAGE_TOKENS;
-        }
-        // url / file: the document is not in the request; assume two pages.
-        _ => *tokens += 2 * PDF_PAGE_TOKENS,
-    }
-}
-
-/// Page count of a base64 PDF: count `/Type /Page` objects, falling back to
-/// size when pages hide inside compressed object streams.
-fn pdf_pages(b64: &str) -> u64 {
-    let pdf = base64_decode_prefix(b64, usize::MAX);
-    let mut pages = 0u64;
-    for needle in [&b"/Type /Page"[..], &b"/Type/Page"[..]] {
-        for pos in memchr::memmem::find_iter(&pdf, needle) {
-            if pdf.get(pos + needle.len()) != Some(&b's') {
-                pages += 1;
-            }
-        }
-    }
-    if pages == 0 {
-        pages = (pdf.len() / PDF_BYTES_PER_PAGE + 1) as u64;
-    }
-    pages
-}
-
-fn image_tokens(source: Option<&Value>) -> u64 {
-    let Some(source) = source else {
-        return IMAGE_MAX_TOKENS;
-    };
-    if str_field(source, "type") != Some("base64") {
-        return IMAGE_MAX_TOKENS;
-    }
-    let data = str_field(source, "data").unwrap_or("");
-    image_dimensions_b64(data).map_or(IMAGE_MAX_TOKENS, |(w, h)| image_tokens_for(w, h))
+    Ok(crate::estimate::estimate_request(&req, gen))
 }
 
 /// Tokens for a `width` × `height` image after Anthropic's downscaling:
@@ -436,7 +293,7 @@ fn jpeg_dimensions(d: &[u8]) -> Option<(u32, u32)> {
 /// Decode up to about `max_out` bytes from the start of standard or URL-safe
 /// base64, skipping whitespace and stopping at padding or the first invalid
 /// character.
-fn base64_decode_prefix(b64: &str, max_out: usize) -> Vec<u8> {
+pub(crate) fn base64_decode_prefix(b64: &str, max_out: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity((b64.len() / 4 * 3).min(max_out.saturating_add(3)));
     let mut acc = 0u32;
     let mut bits = 0u32;

@@ -91,10 +91,35 @@ impl StreamTap {
     }
 }
 
-/// Estimated input tokens of a raw Messages request body.
+/// Estimated input tokens of a raw Messages request body, for a model of
+/// tokenizer generation `tokenizer`, image tier `image_tier` and a tool-use
+/// system prompt of `tool_prompt = (auto, any)` tokens (Anthropic's documented
+/// 346 / 313 when omitted); `keep_thinking`: the model keeps earlier turns' thinking.
 #[pyfunction]
-fn estimate_tokens(py: Python<'_>, body: &[u8]) -> PyResult<u64> {
-    maybe_detached(py, body.len(), || tokens::estimate_tokens(body))
+#[pyo3(signature = (body, tokenizer=1, image_tier=1, tool_prompt=None, keep_thinking=false))]
+fn estimate_tokens(
+    py: Python<'_>,
+    body: &[u8],
+    tokenizer: u8,
+    image_tier: u8,
+    tool_prompt: Option<(u32, u32)>,
+    keep_thinking: bool,
+) -> PyResult<u64> {
+    if !(1..=2).contains(&tokenizer) || !(1..=2).contains(&image_tier) {
+        return Err(PyValueError::new_err(
+            "tokenizer and image_tier are generations 1 or 2",
+        ));
+    }
+    let defaults = tokens::Generation::default();
+    let (auto, any) = tool_prompt.unwrap_or((defaults.tool_prompt_auto, defaults.tool_prompt_any));
+    let gen = tokens::Generation {
+        tokenizer,
+        image_tier,
+        tool_prompt_auto: auto,
+        tool_prompt_any: any,
+        keep_thinking,
+    };
+    maybe_detached(py, body.len(), || tokens::estimate_tokens_for(body, gen))
         .map_err(|e| errors::estimate(&e))
 }
 
