@@ -429,7 +429,8 @@ class Pipeline:
         held = reserve(self.gw.registry, call.model, out.data, out.body, at=call.started,
                        input_tokens=estimate_input_tokens(out.body),  # unreadable: a 400 (guards.py)
                        max_tokens=out.max_tokens,  # the whole ceiling: no request outputs more
-                       money=key.budget_micro_usd is not None, config=self.reserve_config, caches=out.cache_ttl)
+                       money=key.budget_micro_usd is not None or limiter.spend_limited(key),
+                       config=self.reserve_config, caches=out.cache_ttl)
         call.admission = await limiter.admit(
             key, model=call.model_name, input_tokens=held.input_tokens, max_tokens=held.output_tokens,
             input_micro=held.input_micro, output_micro=held.output_micro, request_id=call.request_id)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
 from ethereal.limits.plans import Plans, Window
+from ethereal.spend.enforce import SpendGate
 from ethereal.storage.base import bounded
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ethereal.limits")
 
 # result codes shared by admit.lua and the local limiter
-OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD = range(8)
+OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD, CAP_SEED, CAP_SPENT = \
+    range(10)
+CAP_HELD = -3  # HELD's detail when a spend limit is held by the spender's requests in flight
 
 
 @dataclass(slots=True)
@@ -68,6 +71,11 @@ class Admission:
     spec: Any = None  # the backend's view of the key's limits at admit
     settled: bool = False
     output_micro: int = 0  # the output part of reserved_micro (allowance and server-tool fees)
+    # spend limits (spend/enforce.py): the caps held on the key's tag and their counter fields, and
+    # each pool's (CapSet, fields) held by a second call
+    caps: Any = None
+    cap_fields: tuple[str, ...] = ()
+    pools: list[tuple[Any, tuple[str, ...]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +240,10 @@ class Limiter:
         """Whether ``key`` has any limit to admit against (else routes skip admit and the token estimate)."""
         return False
 
+    def spend_limited(self, key: KeyRecord) -> bool:
+        """Whether a spend limit applies to ``key``'s requests (admit then prices the reservation)."""
+        return False
+
     def governs_count(self, key: KeyRecord | None) -> bool:
         """Whether ``admit_count`` has anything to check for ``key`` (an RPM or a concurrency cap)."""
         return False
@@ -260,9 +272,13 @@ class BaseLimiter(Limiter):
         self.store = store
         self._limits_cache: dict[tuple[Any, ...], KeyLimits] = {}
         self._count_cache: dict[tuple[Any, ...], KeyLimits] = {}
+        self.gate = SpendGate()  # spend limits: the gateway binds its SpendService and Alerts
 
     def governs(self, key: KeyRecord | None) -> bool:
-        return key is not None and not self.limits_for(key).empty
+        return key is not None and (not self.limits_for(key).empty or self.gate.plan(key) is not None)
+
+    def spend_limited(self, key: KeyRecord) -> bool:
+        return self.gate.plan(key) is not None
 
     def governs_count(self, key: KeyRecord | None) -> bool:
         return key is not None and not self.count_limits_for(key).empty
@@ -310,6 +326,19 @@ class BaseLimiter(Limiter):
         """(tokens, micro-USD) the key has spent so far, from the database (the source of truth)."""
         tokens, micro, rows = await self.seed_rows(key_id, None)
         return tokens + sum(r[1] for r in rows), micro + sum(r[2] for r in rows)
+
+    async def seed_cap(self, dim: str, value: str, start: float, since: float) -> tuple[int, list[tuple[str, int]]]:
+        """A spend-limit counter's seed from the database (storage ``seed_period_spend``), within
+        ``store_timeout`` (else 503): micro-USD of the period's rows that ended before ``since`` (with
+        unsettled batch holds) and (request id, micro-USD) of the newer ones."""
+        if self.store is None:
+            return 0, []
+        try:
+            return await bounded(self.store.seed_period_spend(dim, value, start, since), self.store_timeout)
+        except Exception as exc:  # noqa: BLE001 - down or hung: the request can wait for nothing here
+            log.error("cannot seed spend-limit counter %s=%s from the database (%s): refused with 503", dim, value,
+                      type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}")
+            raise unavailable() from None
 
     async def seed_rows(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
         """From the database (the source of truth), within ``store_timeout`` (else 503): the key's
