@@ -413,7 +413,7 @@ class RedisLimiter(BaseLimiter):
         if not plan.pools:
             return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own)
         # shared pools: a second reserve call on each pool's tag, undone when any call refuses
-        calls = [self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own)]
+        calls = [self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own, force_rid=True)]
         calls += [self._admit(key, _NO_LIMITS, self.pool_spec(pool.tag), 0, 0, in_m, allow_m, rid, pool)
                   for pool in plan.pools]
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -456,8 +456,9 @@ class RedisLimiter(BaseLimiter):
             await self._send(encode_command(["FCALL", SPEND_SEED_FN, 3, *spec.cap_keys, *argv]), spec.slot)
 
     async def _admit(self, key: KeyRecord, limits: KeyLimits, spec: _Spec, in_t: int, allow_t: int, in_m: int,
-                     allow_m: int, request_id: str | None = None, caps: CapSet | None = None) -> Admission:
-        rid = (request_id or os.urandom(16).hex()) if limits.reserving or caps is not None else ""
+                     allow_m: int, request_id: str | None = None, caps: CapSet | None = None,
+                     force_rid: bool = False) -> Admission:
+        rid = (request_id or os.urandom(16).hex()) if limits.reserving or caps is not None or force_rid else ""
         fields: tuple[str, ...] = ()
         try:
             if not self._loaded:
