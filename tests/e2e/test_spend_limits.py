@@ -98,22 +98,28 @@ def test_person_daily_cap_sdk_and_claude_code(gw: Gw, tmp_path: Path) -> None:
     why = fm.available()
     if why is not None:
         pytest.fail(why)
-    cap_id = gw.cap(5, "daily", {"type": "user", "user_id": "ann"})
+    # a few cents: Claude Code's first turn (on Haiku: its prompt of ~20K tokens reserved at the 1-hour
+    # cache-write rate) fits, then the SDK spends the rest
+    cap_id = gw.cap(25, "daily", {"type": "user", "user_id": "ann"})
     sdk_key, cc_key, bob_key = gw.mint(owner="ann"), gw.mint(owner="ann"), gw.mint(owner="bob")
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
     # the first requests go through: Claude Code, then the SDK until the cap is spent
-    done, _ = fm.claude(work, home, gw.url, cc_key, "say hi sim:tool=none", "--output-format", "text")
+    done, _ = fm.claude(work, home, gw.url, cc_key, "say hi sim:tool=none", "--model", "haiku",
+                        "--output-format", "text")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     ann = gw.sdk(sdk_key)
     served = 0
     with pytest.raises(anthropic.RateLimitError) as info:
-        for _ in range(10):
-            reply = big(ann)
-            assert reply.headers if hasattr(reply, "headers") else True
+        for _ in range(20):
+            reply = ann.messages.with_raw_response.create(
+                model="claude-sonnet-4-6", max_tokens=4096,
+                messages=[{"role": "user", "content": "write at length " + BIG}])
+            util = float(reply.headers["ethereal-spend-limit-utilization"])
+            assert reply.headers["ethereal-spend-limit-period"] == "daily" and 0 <= util < 1
             served += 1
-    assert served == 2  # 3 cents each: the second fits by its input and is admitted alone; then spent
+    assert 1 <= served < 20
     err = info.value
     assert err.status_code == 429 and err.body["error"]["type"] == "billing_error"  # type: ignore[index]
     now = time.time()
@@ -134,7 +140,8 @@ def test_person_daily_cap_sdk_and_claude_code(gw: Gw, tmp_path: Path) -> None:
     # Claude Code over the cap: shows the message, sends nothing again
     cc_id = key_id_of(gw, cc_key)
     before = [r for r in gw.records(cc_id) if r.status == 429]
-    done, took = fm.claude(work, home, gw.url, cc_key, "say hi again sim:tool=none", "--output-format", "text")
+    done, took = fm.claude(work, home, gw.url, cc_key, "say hi again sim:tool=none", "--model", "haiku",
+                           "--output-format", "text")
     assert done.returncode != 0
     shown = done.stdout + done.stderr
     assert "spend limit reached (daily; resets" in shown, shown[-2000:]
