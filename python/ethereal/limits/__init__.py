@@ -233,6 +233,20 @@ class Limiter:
         concurrency slot. A key without a budget is not tracked."""
         return
 
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, at: float | None = None) -> None:
+        """Move the counters of every spend limit ``key`` is held against by a signed amount outside
+        any request, in the periods in force at ``at`` (Message Batches: the estimate at create,
+        ``check=True``, refused with the spend-limit 429 when it does not fit; the hold given back in
+        its periods and the real cost counted in the periods it settles in)."""
+        return
+
+    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+        """Drop the spend-limit counters of the current periods of these spenders ((owner, key_id):
+        the person's and the key's own) and pools (``teams``, and the organization's), so each is
+        seeded again from the records at its next use: a re-price moved their cost. Returns how
+        many spenders' state was touched."""
+        return 0
+
     async def close(self) -> None:
         return None
 
@@ -279,6 +293,24 @@ class BaseLimiter(Limiter):
 
     def spend_limited(self, key: KeyRecord) -> bool:
         return self.gate.plan(key) is not None
+
+    @staticmethod
+    def cap_fields(spenders: set[tuple[str | None, str]], teams: set[str], now: float) -> dict[str, list[str]]:
+        """tag -> the counter fields of the current periods (reseed_caps)."""
+        from ethereal.spend.enforce import key_tag
+        from ethereal.spend.periods import PERIODS, period_start
+
+        starts = {p: int(period_start(p, now)) for p in PERIODS}
+        plain = [f"{p}:{s}" for p, s in starts.items()]
+        out: dict[str, list[str]] = {}
+        for owner, key_id in spenders:
+            fields = out.setdefault(key_tag(owner, key_id), [])
+            fields += [f for f in plain if f not in fields]
+            fields += [f"k:{key_id}:{p}:{s}" for p, s in starts.items()]
+        for team in teams:
+            out[f"g:{team}"] = list(plain)
+        out["o:"] = list(plain)
+        return out
 
     def governs_count(self, key: KeyRecord | None) -> bool:
         return key is not None and not self.count_limits_for(key).empty

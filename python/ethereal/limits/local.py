@@ -235,6 +235,36 @@ class LocalLimiter(BaseLimiter):
                 del sp.settled[old]
                 sp.parked.pop(old, None)
 
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, at: float | None = None) -> None:
+        plan = self.gate.plan(key)
+        if plan is None or not cost_micro:
+            return
+        when = self._clock() if at is None else at
+        sets = [c for c in (plan.own, *plan.pools) if c is not None]
+        if check:
+            for caps in sets:
+                await self._seed_caps(caps, caps.fields(when), when)
+            for caps in sets:
+                sp = self._spender(caps.tag)
+                over = [i for i, (cap, f) in enumerate(zip(caps.caps, caps.fields(when), strict=True), start=1)
+                        if sp.counters.get(f, 0) + sp.held_in + cost_micro > cap.check.amount_micro]
+                if over:
+                    self.gate.watch.exceeded(caps, over, when)
+                    raise enforce.refusal(caps, over, when)
+        for caps in sets:
+            sp = self._spender(caps.tag)
+            for f in caps.fields(when):
+                if f in sp.watermarks:
+                    sp.counters[f] = sp.counters.get(f, 0) + cost_micro
+
+    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+        touched = 0
+        for tag, fields in self.cap_fields(spenders, teams, self._clock() if now is None else now).items():
+            if tag in self._spenders:
+                self.forget_caps(tag, fields)
+                touched += 1
+        return touched
+
     def forget_caps(self, tag: str, fields: list[str]) -> None:
         """Drop cap counters (re-seeded from the records at their next use: a re-price)."""
         sp = self._spenders.get(tag)

@@ -70,12 +70,12 @@ STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-s
 _MAX_PENDING_SETTLES = 100_000
 VERSION = 4
 LIBRARY = f"ethereal_limits_v{VERSION}"
-ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN, SPEND_SEED_FN = (
+ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN, SPEND_SEED_FN, SPEND_CHARGE_FN = (
     f"ethereal_{name}_v{VERSION}" for name in ("admit", "settle", "refresh", "charge", "seed", "restore", "epoch",
-                                              "spend_seed"))
+                                              "spend_seed", "spend_charge"))
 _SCRIPTS = ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua"), (CHARGE_FN, "charge.lua"),
             (SEED_FN, "seed.lua"), (RESTORE_FN, "restore.lua"), (EPOCH_FN, "epoch.lua"),
-            (SPEND_SEED_FN, "spend_seed.lua"))
+            (SPEND_SEED_FN, "spend_seed.lua"), (SPEND_CHARGE_FN, "spend_charge.lua"))
 _NO_LIMITS = KeyLimits(None, None, None, ())
 # the seed reads the rows of requests that ended in the last SEED_WINDOW_S one by one (their ids
 # deduplicate settles), older ones as a sum; a replica keeps its settles of the last
@@ -613,6 +613,73 @@ class RedisLimiter(BaseLimiter):
             return
         if res[0] != OK:
             raise refusal(res[0], 0, limits, 0, 0)
+
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, at: float | None = None) -> None:
+        plan = self.gate.plan(key)
+        if plan is None or not cost_micro:
+            return
+        when = time.time() if at is None else at
+        sets = [c for c in (plan.own, *plan.pools) if c is not None]
+        done: list[CapSet] = []
+        try:
+            for caps in sets:
+                spec = self.spec_for(key.id, self.limits_for(key), owner=key.owner) if caps is plan.own \
+                    else self.pool_spec(caps.tag)
+                fields = caps.fields(when)
+                flat: list[Any] = []
+                for f, cap in zip(fields, caps.caps, strict=True):
+                    flat += [f, cap.check.amount_micro]
+                payload = encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], int(check), int(cost_micro),
+                                          STATE_TTL_MS, len(fields), *flat])
+                if not self._loaded:
+                    await self._load()
+                res = await self._send(payload, spec.slot)
+                if res[0] == CAP_SEED:
+                    await self._seed_caps(spec, caps, fields, enforce.parse_list(res[1]))
+                    res = await self._send(payload, spec.slot)
+                if res[0] == CAP_SPENT:
+                    over = enforce.parse_list(res[1])
+                    self.gate.watch.exceeded(caps, over, time.time())
+                    raise enforce.refusal(caps, over, time.time())
+                if res[0] != OK:
+                    raise Unavailable("the spend limit could not be seeded")
+                done.append(caps)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            if check and not self.fail_open:
+                await self._uncharge(key, plan, done, cost_micro, when)
+                raise unavailable() from None
+            if not check:
+                log.warning("could not move %s's spend-limit counters by %d micro-USD (Redis unreachable)",
+                            key.id, cost_micro)
+        except BaseException:
+            await self._uncharge(key, plan, done, cost_micro, when)
+            raise
+
+    async def _uncharge(self, key: KeyRecord, plan: Any, done: list[CapSet], cost_micro: int, when: float) -> None:
+        for caps in done:
+            spec = self.spec_for(key.id, self.limits_for(key), owner=key.owner) if caps is plan.own \
+                else self.pool_spec(caps.tag)
+            flat: list[Any] = []
+            for f, cap in zip(caps.fields(when), caps.caps, strict=True):
+                flat += [f, cap.check.amount_micro]
+            with contextlib.suppress(RedisError, OSError):
+                await self._send(encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], 0, -int(cost_micro),
+                                                 STATE_TTL_MS, len(caps.caps), *flat]), spec.slot)
+
+    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+        touched = 0
+        for tag, fields in self.cap_fields(spenders, teams, time.time() if now is None else now).items():
+            names = [*fields, *(f"S|{f}" for f in fields), *(f"W|{f}" for f in fields)]
+            try:
+                await self.router.call(encode_command(["HDEL", f"{LAYOUT}{{{tag}}}:p", *names]),
+                                       key_slot(tag.encode()))
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+                log.warning("could not drop the spend-limit counters of %s after a re-price: %s", tag, exc)
+                continue
+            touched += 1
+        return touched
 
     async def _retry_settles(self) -> None:
         while self._pending:
