@@ -212,3 +212,28 @@ def test_codex_over_a_cap(gw: Gw, tmp_path: Path) -> None:
     refused = [r for r in gw.records(key_id_of(gw, key)) if r.status == 429]
     assert len(refused) == 1 and refused[0].error_type == "billing_error", [(r.route, r.status) for r in refused]
     assert took < 60
+
+
+def test_batches_held_against_the_cap(gw: Gw) -> None:
+    """A batch's estimate (at the batch price) is held on the person's caps at create; one that does
+    not fit beside what is spent and held is refused like a request over the cap."""
+    gw.cap(5, "daily", {"type": "user", "user_id": "bea"})
+    client = gw.sdk(gw.mint(owner="bea"))
+
+    def items(n: int) -> list[dict[str, Any]]:  # each holds 4,096 output tokens at half price: ~3 cents
+        return [{"custom_id": f"i{i}", "params": {"model": "claude-sonnet-4-6", "max_tokens": 4096,
+                                                   "messages": [{"role": "user", "content": f"item {i} sim:tokens=50"}]}}
+                for i in range(n)]
+
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.batches.create(requests=items(2))  # ~6 cents: over the 5-cent cap
+    assert info.value.body["error"]["type"] == "billing_error"  # type: ignore[index]
+    assert info.value.response.headers["x-should-retry"] == "false"
+    first = client.messages.batches.create(requests=items(1))  # ~3 cents held
+    assert first.id
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.batches.create(requests=items(1))  # 3 held + 3 > 5
+    assert info.value.body["error"]["type"] == "billing_error"  # type: ignore[index]
+    # a small request still fits beside the hold
+    assert client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
+                                  messages=[{"role": "user", "content": "hi sim:tool=none"}]).content

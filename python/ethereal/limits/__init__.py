@@ -233,11 +233,13 @@ class Limiter:
         concurrency slot. A key without a budget is not tracked."""
         return
 
-    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, at: float | None = None) -> None:
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
+                          release: bool = False) -> None:
         """Move the counters of every spend limit ``key`` is held against by a signed amount outside
-        any request, in the periods in force at ``at`` (Message Batches: the estimate at create,
-        ``check=True``, refused with the spend-limit 429 when it does not fit; the hold given back in
-        its periods and the real cost counted in the periods it settles in)."""
+        any request, in the periods in force now (Message Batches). ``check``: refused with the
+        spend-limit 429 when it does not fit. ``hold``: a name under which the amount is remembered
+        with the counters it went to; ``release=True`` first gives the named hold back there (a
+        batch's estimate at its settle, whatever period it was taken in)."""
         return
 
     async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:

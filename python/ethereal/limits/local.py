@@ -65,6 +65,7 @@ class _Spender:
     reservations: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # rid -> in, full, expiry, at
     settled: dict[str, int] = field(default_factory=dict)  # rid -> ended ms (kept keep_ms)
     parked: dict[str, tuple[int, int, tuple[str, ...]]] = field(default_factory=dict)  # unseeded: cost, ended, fields
+    holds: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # batch id -> micro, its counters
 
 
 class LocalLimiter(BaseLimiter):
@@ -235,12 +236,21 @@ class LocalLimiter(BaseLimiter):
                 del sp.settled[old]
                 sp.parked.pop(old, None)
 
-    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, at: float | None = None) -> None:
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
+                          release: bool = False) -> None:
         plan = self.gate.plan(key)
-        if plan is None or not cost_micro:
+        if plan is None or (not cost_micro and not release):
             return
-        when = self._clock() if at is None else at
+        when = self._clock()
         sets = [c for c in (plan.own, *plan.pools) if c is not None]
+        if release and hold:
+            for caps in sets:
+                sp = self._spender(caps.tag)
+                held = sp.holds.pop(hold, None)
+                if held is not None:
+                    for f in held[1]:
+                        if f in sp.watermarks:
+                            sp.counters[f] = sp.counters.get(f, 0) - held[0]
         if check:
             for caps in sets:
                 await self._seed_caps(caps, caps.fields(when), when)
@@ -251,11 +261,15 @@ class LocalLimiter(BaseLimiter):
                 if over:
                     self.gate.watch.exceeded(caps, over, when)
                     raise enforce.refusal(caps, over, when)
+        if not cost_micro:
+            return
         for caps in sets:
             sp = self._spender(caps.tag)
-            for f in caps.fields(when):
-                if f in sp.watermarks:
-                    sp.counters[f] = sp.counters.get(f, 0) + cost_micro
+            counted = [f for f in caps.fields(when) if f in sp.watermarks]
+            for f in counted:
+                sp.counters[f] = sp.counters.get(f, 0) + cost_micro
+            if hold and not release:
+                sp.holds[hold] = (cost_micro, tuple(counted))
 
     async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
         touched = 0

@@ -614,15 +614,17 @@ class RedisLimiter(BaseLimiter):
         if res[0] != OK:
             raise refusal(res[0], 0, limits, 0, 0)
 
-    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, at: float | None = None) -> None:
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
+                          release: bool = False) -> None:
         plan = self.gate.plan(key)
-        if plan is None or not cost_micro:
+        if plan is None or (not cost_micro and not release):
             return
-        when = time.time() if at is None else at
-        sets = [c for c in (plan.own, *plan.pools) if c is not None]
-        done: list[CapSet] = []
+        when = time.time()
+        done: list[_Spec] = []
         try:
-            for caps in sets:
+            if not self._loaded:
+                await self._load()
+            for caps in [c for c in (plan.own, *plan.pools) if c is not None]:
                 spec = self.spec_for(key.id, self.limits_for(key), owner=key.owner) if caps is plan.own \
                     else self.pool_spec(caps.tag)
                 fields = caps.fields(when)
@@ -630,42 +632,38 @@ class RedisLimiter(BaseLimiter):
                 for f, cap in zip(fields, caps.caps, strict=True):
                     flat += [f, cap.check.amount_micro]
                 payload = encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], int(check), int(cost_micro),
-                                          STATE_TTL_MS, len(fields), *flat])
-                if not self._loaded:
-                    await self._load()
+                                          STATE_TTL_MS, hold, int(release), len(fields), *flat])
                 res = await self._send(payload, spec.slot)
                 if res[0] == CAP_SEED:
                     await self._seed_caps(spec, caps, fields, enforce.parse_list(res[1]))
                     res = await self._send(payload, spec.slot)
                 if res[0] == CAP_SPENT:
                     over = enforce.parse_list(res[1])
-                    self.gate.watch.exceeded(caps, over, time.time())
-                    raise enforce.refusal(caps, over, time.time())
+                    self.gate.watch.exceeded(caps, over, when)
+                    raise enforce.refusal(caps, over, when)
                 if res[0] != OK:
                     raise Unavailable("the spend limit could not be seeded")
-                done.append(caps)
+                done.append(spec)
         except (RedisError, OSError) as exc:
             self._outage(exc)
-            if check and not self.fail_open:
-                await self._uncharge(key, plan, done, cost_micro, when)
-                raise unavailable() from None
-            if not check:
+            if check:
+                await self._release_holds(done, hold)
+                if not self.fail_open:
+                    raise unavailable() from None
+            else:
                 log.warning("could not move %s's spend-limit counters by %d micro-USD (Redis unreachable)",
                             key.id, cost_micro)
         except BaseException:
-            await self._uncharge(key, plan, done, cost_micro, when)
+            if check:
+                await self._release_holds(done, hold)
             raise
 
-    async def _uncharge(self, key: KeyRecord, plan: Any, done: list[CapSet], cost_micro: int, when: float) -> None:
-        for caps in done:
-            spec = self.spec_for(key.id, self.limits_for(key), owner=key.owner) if caps is plan.own \
-                else self.pool_spec(caps.tag)
-            flat: list[Any] = []
-            for f, cap in zip(caps.fields(when), caps.caps, strict=True):
-                flat += [f, cap.check.amount_micro]
+    async def _release_holds(self, done: list[_Spec], hold: str) -> None:
+        """Give back a hold taken on some spenders before another refused (or Redis failed)."""
+        for spec in done:
             with contextlib.suppress(RedisError, OSError):
-                await self._send(encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], 0, -int(cost_micro),
-                                                 STATE_TTL_MS, len(caps.caps), *flat]), spec.slot)
+                await self._send(encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], 0, 0, STATE_TTL_MS,
+                                                 hold, 1, 0]), spec.slot)
 
     async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
         touched = 0

@@ -530,7 +530,8 @@ class PostgresStore(Store):
                 f" AND ended_at >= $2{where}", start, since, *args, timeout=self.timeout)
             held = 0
             if held_sql:
-                held = await conn.fetchval(held_sql.replace("?", "$1"), value, timeout=self.timeout)
+                held = await conn.fetchval(held_sql.replace("??", "$1").replace("?", "$2"), start, value,
+                                           timeout=self.timeout)
         return int(old or 0) + int(held or 0), [(r["request_id"], int(r["c"])) for r in recent]
 
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
@@ -684,16 +685,18 @@ class PostgresStore(Store):
 
 def _period_filter(dim: str, value: str, mark: str) -> tuple[str, list[Any], str]:
     """The WHERE clause (after ``started_at``/``ended_at``) of a spend-limit seed, its arguments and
-    the query of what the spender's unsettled batches hold (``?`` the value)."""
+    the query of what the spender's unsettled batches created in the period hold (their estimate, held
+    on the caps until they settle: ``??`` the period's start, ``?`` the value)."""
     if dim == "all":
         return "", [], ""
     if dim == "team":
         return (f" AND {mark} = ANY(string_to_array(COALESCE(teams, ''), ','))", [value], "")
     if dim == "owner":
         return (f" AND owner = {mark}", [value],
-                "SELECT COALESCE(SUM(b.held_micro), 0)::bigint FROM message_batches b JOIN api_keys k ON"
-                " k.id = b.key_id WHERE NOT b.settled AND k.owner = ?")
+                "SELECT COALESCE(SUM(b.estimated_micro), 0)::bigint FROM message_batches b JOIN api_keys k ON"
+                " k.id = b.key_id WHERE NOT b.settled AND b.created_at >= ?? AND k.owner = ?")
     if dim == "key_id":
         return (f" AND key_id = {mark}", [value],
-                "SELECT COALESCE(SUM(held_micro), 0)::bigint FROM message_batches WHERE NOT settled AND key_id = ?")
+                "SELECT COALESCE(SUM(estimated_micro), 0)::bigint FROM message_batches WHERE NOT settled AND created_at >= ??"
+                " AND key_id = ?")
     raise ValueError(f"cannot seed spend by {dim!r}")

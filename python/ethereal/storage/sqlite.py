@@ -580,11 +580,12 @@ class SQLiteStore(Store):
             where += " ESCAPE '\\'"
         elif dim == "owner":
             where, args = " AND owner = ?", [value]
-            held_sql = ("SELECT COALESCE(SUM(b.held_micro), 0) FROM message_batches b JOIN api_keys k ON"
-                        " k.id = b.key_id WHERE b.settled = 0 AND k.owner = ?")
+            held_sql = ("SELECT COALESCE(SUM(b.estimated_micro), 0) FROM message_batches b JOIN api_keys k ON"
+                        " k.id = b.key_id WHERE b.settled = 0 AND b.created_at >= ? AND k.owner = ?")
         elif dim == "key_id":
             where, args = " AND key_id = ?", [value]
-            held_sql = "SELECT COALESCE(SUM(held_micro), 0) FROM message_batches WHERE settled = 0 AND key_id = ?"
+            held_sql = ("SELECT COALESCE(SUM(estimated_micro), 0) FROM message_batches WHERE settled = 0"
+                        " AND created_at >= ? AND key_id = ?")
         else:
             raise ValueError(f"cannot seed spend by {dim!r}")
 
@@ -593,7 +594,7 @@ class SQLiteStore(Store):
                                     f" AND ended_at < ?{where}", (start, since, *args)).fetchone()
             recent = self.conn.execute("SELECT request_id, COALESCE(cost_micro, 0) FROM usage_records WHERE"
                                        f" started_at >= ? AND ended_at >= ?{where}", (start, since, *args)).fetchall()
-            held = self.conn.execute(held_sql, (value,)).fetchone()[0] if held_sql else 0
+            held = self.conn.execute(held_sql, (start, value)).fetchone()[0] if held_sql else 0
             return int(old[0]) + int(held or 0), [(str(r[0]), int(r[1])) for r in recent]
 
         return await self._run(go)
