@@ -44,6 +44,7 @@ class Gw:
     storage_url: str
     sim_url: str
     ids: dict[str, str]
+    sdks: list[anthropic.Anthropic]
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return self.client.request(method, self.url + path, headers={"x-api-key": ADMIN_KEY}, **kw)
@@ -63,7 +64,9 @@ class Gw:
         return resp.json()["id"]  # type: ignore[no-any-return]
 
     def sdk(self, key: str) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.url, api_key=key, max_retries=0)
+        client = anthropic.Anthropic(base_url=self.url, api_key=key, max_retries=0)
+        self.sdks.append(client)
+        return client
 
     def records(self, key_id: str) -> list[Any]:
         async def read() -> list[Any]:
@@ -82,7 +85,12 @@ def gw(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
     env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_METER_INTERVAL": "0.05"}
     storage_url = f"sqlite:///{(data_dir / 'ethereal.sqlite3').resolve()}"
     with gateway_process(data_dir, sim_url, env=env) as url, httpx.Client(timeout=60) as client:
-        yield Gw(url, client, storage_url, sim_url, {})
+        gw = Gw(url, client, storage_url, sim_url, {}, [])
+        try:
+            yield gw
+        finally:
+            for sdk in gw.sdks:
+                sdk.close()
 
 
 def big(client: anthropic.Anthropic) -> Any:
@@ -237,3 +245,50 @@ def test_batches_held_against_the_cap(gw: Gw) -> None:
     # a small request still fits beside the hold
     assert client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
                                   messages=[{"role": "user", "content": "hi sim:tool=none"}]).content
+
+
+def test_spend_limit_webhooks(gw: Gw) -> None:
+    """A correctly signed ``spend_limit.exceeded`` within 5 s of the first refusal, retried after a 500;
+    ``spend_limit.threshold`` as the spend crosses 50/80/100 %."""
+    import json
+
+    from ethereal.alerts import verify
+
+    from tests.integration.test_spend_api import Receiver
+
+    receiver, levels = Receiver(fail_first=1), Receiver()
+    try:
+        made = gw.call("POST", "/admin/api/webhooks", json={"url": receiver.url, "events": ["spend_limit.exceeded"]})
+        assert made.status_code == 201, made.text
+        secret = made.json()["secret"]
+        assert gw.call("POST", "/admin/api/webhooks", json={"url": levels.url,
+                                                            "events": ["spend_limit.threshold"]}).status_code == 201
+        gw.cap(5, "daily", {"type": "user", "user_id": "wes"})
+        client = gw.sdk(gw.mint(owner="wes"))
+        big(client)  # 3 cents
+        big(client)  # 60 %: the 50 % threshold seen; then 120 %
+        with pytest.raises(anthropic.RateLimitError):
+            big(client)
+        t0 = time.monotonic()
+        deadline = t0 + 15
+        while time.monotonic() < deadline:
+            events = [(h, b, at) for h, b, at in receiver.got if json.loads(b)["type"] == "spend_limit.exceeded"]
+            if len(events) >= 2:
+                break
+            time.sleep(0.02)
+        assert len(events) >= 2, [json.loads(b) for _, b, _ in receiver.got]
+        first, retry = events[0], events[1]
+        assert first[2] - t0 < 5.0
+        assert retry[0]["webhook-id"] == first[0]["webhook-id"]
+        for headers, body, _ in (first, retry):
+            assert verify(secret, headers, body)
+        data = json.loads(retry[1])["data"]
+        assert data["user_id"] == "wes" and data["period"] == "daily" and data["amount"] == "5"
+        assert data["scope"] == {"type": "user", "user_id": "wes"} and data["resets_at"] > time.time()
+        levels.wait(2, 5)
+        thresholds = sorted(json.loads(b)["data"]["threshold"] for _, b, _ in levels.got
+                            if json.loads(b)["data"]["user_id"] == "wes")
+        assert thresholds == [50, 100], thresholds
+    finally:
+        receiver.close()
+        levels.close()
