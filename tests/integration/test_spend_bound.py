@@ -45,7 +45,9 @@ def gateways(request: pytest.FixtureRequest, sim_url: str, postgres: Any,
     tmp = tmp_path_factory.mktemp("spend-bound")
     env = {"ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_KEY_CACHE_TTL": "1.0", "ETHEREAL_DATABASE_URL": pg_url}
     if request.param == "cluster":
-        redis_url = request.getfixturevalue("redis_cluster_url")
+        cluster = request.getfixturevalue("redis_cluster")  # session-scoped; flushed here
+        cluster.flush()
+        redis_url = cluster.url
         cm: Any = contextlib.nullcontext()
     else:
         from tests.services import redis_server
@@ -116,7 +118,7 @@ async def client_until_refused(client: httpx.AsyncClient, urls: tuple[str, str],
 
 @pytest.mark.parametrize("scope", ["person", "pool"])
 async def test_person_spend_within_the_bound(gateways: tuple[str, str, str, str], scope: str) -> None:
-    url_a, url_b, pg_url, _redis_url = gateways
+    url_a, url_b, pg_url, redis_url = gateways
     owner = f"pat-{scope}-{uuid.uuid4().hex[:6]}"
     team = f"team-{uuid.uuid4().hex[:6]}"
     if scope == "person":
@@ -145,5 +147,16 @@ async def test_person_spend_within_the_bound(gateways: tuple[str, str, str, str]
           f"{time.monotonic() - t0:.1f}s, answers {stats}; spent {spend} µ$ ({100 * over / cap:+.2f} %), "
           f"largest output part {alone} µ$, ε = {eps:.4f}")
     assert eps == 0, (spend, cap, alone)
+    # the counter Redis holds is the sum of the records (every settle counted once)
+    from ethereal.redisconn import async_client
+
+    tag = f"u:{owner}" if scope == "person" else f"g:{team}"
+    client_r = async_client(redis_url)
+    try:
+        counted = int(await client_r.hget(f"ethereal:v1:{{{tag}}}:p",
+                                          f"daily:{int(period_start('daily', time.time()))}") or 0)
+    finally:
+        await client_r.aclose()
+    assert counted == spend, (counted, spend)
     assert stats.get("billing") == CLIENTS  # every client ends refused for the day
     assert spend >= cap * 0.9  # the cap was spent, not stranded by holds
