@@ -240,3 +240,31 @@ async def test_concurrent_bound(make_limiter: Callable[..., BaseLimiter]) -> Non
     cap = cap_cents * CENT
     assert spent <= cap + max_out, (spent, cap, max_out)
     assert spent >= cap - 20_000 or served == 200  # the cap was used, not stranded by holds
+
+
+async def test_redis_loss_gives_back_reservations_in_flight(make_limiter: Callable[..., BaseLimiter]) -> None:
+    """Redis loses its state while a capped request is in flight: the replica puts the reservation back
+    (spend_restore.lua) before anything else is admitted, and the counter is seeded again."""
+    if make_limiter.backend != "redis":  # type: ignore[attr-defined]
+        pytest.skip("a single server's FLUSHALL")
+    import redis.asyncio as aioredis
+
+    limiter = limited(make_limiter, Book(limit("user", "ann", "daily", 1)))
+    ann = key(owner="ann")
+    a = await admit(limiter, ann, 1000, 5000)
+    url = limiter.url  # type: ignore[attr-defined]
+    client = aioredis.from_url(url)
+    try:
+        await client.flushall()
+        # the next admission sees the loss, gives a's reservation back, then holds (recovery) or waits for a
+        err = await refused(admit(limiter, ann, 1000, 5000))
+        assert err.type == "rate_limit_error"
+        held = await client.hget("ethereal:v1:{u:ann}:p", f"r:{a.token}")
+        assert held is not None and int(held.split(b",")[1]) == 6000
+        await limiter.settle(a, tokens=0, cost_micro=7000)
+        await asyncio.sleep(2.2)  # the recovery hold
+        c = await admit(limiter, ann, 1000, 5000)  # 7,000 spent: alone
+        await limiter.settle(c, tokens=0, cost_micro=1000)
+        assert isinstance(await refused(admit(limiter, ann, 2001, 1)), SpendLimitError)  # 8,000 + 2,001
+    finally:
+        await client.aclose()

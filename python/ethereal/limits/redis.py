@@ -70,12 +70,13 @@ STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-s
 _MAX_PENDING_SETTLES = 100_000
 VERSION = 4
 LIBRARY = f"ethereal_limits_v{VERSION}"
-ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN, SPEND_SEED_FN, SPEND_CHARGE_FN = (
-    f"ethereal_{name}_v{VERSION}" for name in ("admit", "settle", "refresh", "charge", "seed", "restore", "epoch",
-                                              "spend_seed", "spend_charge"))
+(ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN, SPEND_SEED_FN, SPEND_CHARGE_FN,
+ SPEND_RESTORE_FN) = (f"ethereal_{name}_v{VERSION}" for name in (
+    "admit", "settle", "refresh", "charge", "seed", "restore", "epoch", "spend_seed", "spend_charge", "spend_restore"))
 _SCRIPTS = ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua"), (CHARGE_FN, "charge.lua"),
             (SEED_FN, "seed.lua"), (RESTORE_FN, "restore.lua"), (EPOCH_FN, "epoch.lua"),
-            (SPEND_SEED_FN, "spend_seed.lua"), (SPEND_CHARGE_FN, "spend_charge.lua"))
+            (SPEND_SEED_FN, "spend_seed.lua"), (SPEND_CHARGE_FN, "spend_charge.lua"),
+            (SPEND_RESTORE_FN, "spend_restore.lua"))
 _NO_LIMITS = KeyLimits(None, None, None, ())
 # the seed reads the rows of requests that ended in the last SEED_WINDOW_S one by one (their ids
 # deduplicate settles), older ones as a sum; a replica keeps its settles of the last
@@ -363,10 +364,23 @@ class RedisLimiter(BaseLimiter):
         """Put back this replica's reservations in flight on the server of ``slot``, then send its
         recent settles there again (each counts once: settle.lua is idempotent per request id)."""
         by_key: dict[str, list[Admission]] = {}
+        by_spender: dict[str, tuple[_Spec, list[Admission]]] = {}
         for adm in list(self._held.values()):
-            if self._same_node(adm.spec.slot, slot):
+            if adm.caps is not None and self._same_node(adm.spec.slot, slot):
+                by_spender.setdefault(adm.caps.tag, (adm.spec, []))[1].append(adm)
+            for pool, _fields in adm.pools or ():
+                pspec = self.pool_spec(pool.tag)
+                if self._same_node(pspec.slot, slot):
+                    by_spender.setdefault(pool.tag, (pspec, []))[1].append(adm)
+            budgeted = adm.spec.limits.budget_tokens is not None or adm.spec.limits.budget_micro is not None
+            if budgeted and self._same_node(adm.spec.slot, slot):
                 by_key.setdefault(adm.key_id, []).append(adm)
         calls: list[tuple[bytes, int]] = []
+        for spec_of, adms in by_spender.values():
+            cargv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
+            for a in adms:
+                cargv += [a.token, a.reserved_micro - a.output_micro, a.reserved_micro, a.admitted_ms]
+            calls.append((encode_command(["FCALL", SPEND_RESTORE_FN, 3, *spec_of.cap_keys, *cargv]), spec_of.slot))
         for adms in by_key.values():
             spec: _Spec = adms[0].spec
             argv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
@@ -430,6 +444,7 @@ class RedisLimiter(BaseLimiter):
             assert isinstance(pool_adm, Admission)
             adm.pools.append((pool_adm.caps, pool_adm.cap_fields))
             adm.headers.extend(pool_adm.headers)
+        self._held[rid] = adm  # the whole admission (its pools too) is what a Redis loss gives back
         return adm
 
     async def admit_count(self, key: KeyRecord) -> Admission:
@@ -516,8 +531,8 @@ class RedisLimiter(BaseLimiter):
         adm = Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
                         headers=headers, token=rid, limited=True, input_tokens=in_t,
                         admitted_ms=now, spec=spec, output_micro=allow_m, caps=caps, cap_fields=fields)
-        if limits.budget_tokens is not None or limits.budget_micro is not None:
-            self._held[rid] = adm  # given back (restore.lua) if Redis loses it while in flight
+        if limits.budget_tokens is not None or limits.budget_micro is not None or caps is not None:
+            self._held[rid] = adm  # given back (restore.lua, spend_restore.lua) if Redis loses it while in flight
         return adm
 
     def _settle_payload(self, spec: _Spec, admission: Admission, tokens: int, cost_micro: int, ended_ms: int,
@@ -546,6 +561,8 @@ class RedisLimiter(BaseLimiter):
             while recent and recent[0][0] < now - RECENT_SETTLES_S:
                 recent.popleft()
             recent.append((now, spec.slot, payload))
+            for body, slot in extra:
+                recent.append((now, slot, body))
         # Sent without waiting for the reply: this worker's later commands (the key's next admit)
         # run after it on the same connection; failures are retried from the error callback.
         for body, slot in [(payload, spec.slot), *extra]:
