@@ -14,11 +14,35 @@ import pytest
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord, mint
 from ethereal.limits import Admission, BaseLimiter
+from ethereal.limits.local import LocalLimiter
 from ethereal.spend.enforce import SpendLimitError
 from ethereal.spend.limits import LimitBook, SpendLimit, new_limit_id
 from ethereal.spend.periods import period_end
 
-from tests.integration.test_limits import make_limiter  # noqa: F401 - the backends' fixture
+CONTRACT_BACKENDS = ["local", "redis", "cluster"]
+
+
+@pytest.fixture(params=CONTRACT_BACKENDS)
+async def make_limiter(request: pytest.FixtureRequest) -> Any:
+    """The contract's backends (as tests/integration/test_limits.py): in-process, one Redis server, a
+    3-master Redis Cluster."""
+    made: list[BaseLimiter] = []
+
+    def make(**kwargs: Any) -> BaseLimiter:
+        if request.param == "local":
+            limiter: BaseLimiter = LocalLimiter(**kwargs)
+        else:
+            from ethereal.limits.redis import RedisLimiter
+
+            url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+            limiter = RedisLimiter(url, **kwargs)
+        made.append(limiter)
+        return limiter
+
+    make.backend = request.param  # type: ignore[attr-defined]
+    yield make
+    for limiter in made:
+        await limiter.close()
 
 CENT = 10_000  # micro-USD
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from ethereal.keys import KeyRecord
 from ethereal.limits import (
-    CAP_HELD,
     BUDGET_MICRO,
     BUDGET_TOKENS,
     CONCURRENCY,

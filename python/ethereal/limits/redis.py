@@ -248,6 +248,12 @@ class RedisLimiter(BaseLimiter):
             await self._load(force=True)
             return await self.router.call(payload, slot)
 
+    def _on_settle_failure(self, payload: bytes, slot: int) -> Any:
+        def failed(exc: Exception) -> None:
+            self._settle_failed(exc, payload, slot)
+
+        return failed
+
     def _settle_failed(self, exc: Exception, payload: bytes, slot: int) -> None:
         if isinstance(exc, NoScriptError | Unavailable) or not isinstance(exc, ResponseError):
             if not isinstance(exc, NoScriptError):
@@ -567,8 +573,7 @@ class RedisLimiter(BaseLimiter):
         # run after it on the same connection; failures are retried from the error callback.
         for body, slot in [(payload, spec.slot), *extra]:
             try:
-                await self.router.cast(body, slot, lambda exc, body=body, slot=slot: self._settle_failed(exc, body,
-                                                                                                          slot))
+                await self.router.cast(body, slot, self._on_settle_failure(body, slot))
             except (RedisError, OSError) as exc:
                 self._outage(exc)
                 self._pending.append((body, slot))

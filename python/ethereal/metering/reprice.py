@@ -218,10 +218,10 @@ async def reprice(store: Store, registry: Registry, limiter: Any, *, since: floa
         applied = changes if dry_run else await store.reprice_usage(changes)
         by_id = {r.request_id: r for r in records}
         for c in applied:
-            rec = by_id.get(c.request_id)
-            if rec is not None and c.new_cost != c.old_cost and rec.key_id is not None:
-                spenders.add((rec.owner or None, rec.key_id))
-                teams.update(t for t in (rec.teams or "").split(",") if t)
+            moved_rec = by_id.get(c.request_id)
+            if moved_rec is not None and c.new_cost != c.old_cost and moved_rec.key_id is not None:
+                spenders.add((moved_rec.owner or None, moved_rec.key_id))
+                teams.update(t for t in (moved_rec.teams or "").split(",") if t)
         result.conflicts += len(changes) - len(applied)
         was_provisional = {r.request_id for r in records if r.priced_provisional}
         for c in applied:

@@ -693,10 +693,10 @@ def _period_filter(dim: str, value: str, mark: str) -> tuple[str, list[Any], str
         return (f" AND {mark} = ANY(string_to_array(COALESCE(teams, ''), ','))", [value], "")
     if dim == "owner":
         return (f" AND owner = {mark}", [value],
-                "SELECT COALESCE(SUM(b.estimated_micro), 0)::bigint FROM message_batches b JOIN api_keys k ON"
-                " k.id = b.key_id WHERE NOT b.settled AND b.created_at >= ?? AND k.owner = ?")
+                ("SELECT COALESCE(SUM(b.estimated_micro), 0)::bigint FROM message_batches b JOIN api_keys k ON"
+                 " k.id = b.key_id WHERE NOT b.settled AND b.created_at >= ?? AND k.owner = ?"))
     if dim == "key_id":
         return (f" AND key_id = {mark}", [value],
-                "SELECT COALESCE(SUM(estimated_micro), 0)::bigint FROM message_batches WHERE NOT settled AND created_at >= ??"
-                " AND key_id = ?")
+                ("SELECT COALESCE(SUM(estimated_micro), 0)::bigint FROM message_batches WHERE NOT settled"
+                 " AND created_at >= ?? AND key_id = ?"))
     raise ValueError(f"cannot seed spend by {dim!r}")
