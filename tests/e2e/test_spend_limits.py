@@ -220,6 +220,15 @@ def test_codex_over_a_cap(gw: Gw, tmp_path: Path) -> None:
     refused = [r for r in gw.records(key_id_of(gw, key)) if r.status == 429]
     assert len(refused) == 1 and refused[0].error_type == "billing_error", [(r.route, r.status) for r in refused]
     assert took < 60
+    # the chat route answers the same body and headers
+    chat = gw.client.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 429 and chat.headers["x-should-retry"] == "false"
+    reset = int(period_end("daily", time.time()))
+    assert chat.json() == {"error": {"type": "usage_limit_reached", "code": "spend_limit_reached", "param": None,
+                                     "message": f"spend limit reached (daily; resets {reset_text('daily', time.time())})",
+                                     "resets_at": reset}}
+    assert abs(int(chat.headers["retry-after"]) - (reset - time.time())) <= 5
 
 
 def test_batches_held_against_the_cap(gw: Gw) -> None:
