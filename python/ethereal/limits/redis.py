@@ -97,14 +97,15 @@ class _Spec:
     """One key's script keys and the pre-encoded constant parts of its admit and settle commands."""
 
     __slots__ = ("admit_head", "admit_tail", "cap_heads", "cap_keys", "const1", "const1_enc", "const2",
-                 "const2_enc", "keys", "limits", "refresh_head", "settle_head", "settle_tail", "settle_tail_enc",
-                 "sizes", "slot", "tag")
+                 "const2_enc", "keys", "limits", "owner", "refresh_head", "settle_head", "settle_tail",
+                 "settle_tail_enc", "sizes", "slot", "tag")
 
     def __init__(self, limits: KeyLimits, keys: list[str], sizes: list[int], const1: list[Any], const2: list[Any],
                  slot: int, tag: str = "") -> None:
         self.limits, self.keys, self.sizes, self.const1, self.const2 = limits, keys, sizes, const1, const2
         self.slot = slot
         self.tag = tag
+        self.owner = ""
         self.admit_head = self.admit_tail = self.settle_head = self.settle_tail = self.refresh_head = b""
         self.const1_enc = self.const2_enc = self.settle_tail_enc = b""
         # spend limits: the spender's state on this tag (admit.lua's P, Pz, Ps) and the command heads
@@ -189,7 +190,7 @@ class RedisLimiter(BaseLimiter):
         """The key's script keys and the constant parts of its commands, encoded once per key and limits."""
         cache_id = key_id if not count else key_id + "#count"
         found = self._specs.get(cache_id)
-        if found is not None and found.limits is limits and found.tag == key_tag(owner, key_id):
+        if found is not None and found.limits is limits and found.owner == (owner or ""):
             return found
         hash_tag, tag = self._prefix(key_id, owner)
         keys = [f"{tag}:b", f"{tag}:z", f"{tag}:s"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}"
@@ -203,6 +204,7 @@ class RedisLimiter(BaseLimiter):
             const2 += [w.window_ms, w.bucket_ms, -1 if w.requests is None else w.requests,
                        -1 if w.tokens is None else w.tokens]
         spec = _Spec(limits, keys, sizes, const1, const2, key_slot(hash_tag.encode()), hash_tag)
+        spec.owner = owner or ""
         n_admit = 3 + len(keys) + 14 + 4 * len(limits.windows)
         spec.admit_head = _args(["FCALL", ADMIT_FN, len(keys), *keys], n_admit)
         spec.admit_tail = _args([*const1, 0, 0, 0, *const2])
@@ -556,10 +558,17 @@ class RedisLimiter(BaseLimiter):
         admission.settled = True
         spec: _Spec = admission.spec
         ended_ms = int((time.time() if ended_at is None else ended_at) * 1000)
-        payload = self._settle_payload(spec, admission, tokens, cost_micro, ended_ms, admission.caps,
-                                       admission.cap_fields)
-        extra = [(self._settle_payload(self.pool_spec(pool.tag), admission, 0, cost_micro, ended_ms, pool, fields),
-                  self.pool_spec(pool.tag).slot) for pool, fields in admission.pools or ()]
+        if admission.caps is None and not admission.pools:  # no spend limit: the common case
+            payload = b"".join((spec.settle_head, _args((admission.token, int(tokens), int(cost_micro),
+                                                          admission.admitted_ms, admission.input_tokens, ended_ms)),
+                                spec.settle_tail))
+            extra: list[tuple[bytes, int]] = []
+        else:
+            payload = self._settle_payload(spec, admission, tokens, cost_micro, ended_ms, admission.caps,
+                                           admission.cap_fields)
+            extra = [(self._settle_payload(self.pool_spec(pool.tag), admission, 0, cost_micro, ended_ms, pool,
+                                           fields), self.pool_spec(pool.tag).slot)
+                     for pool, fields in admission.pools or ()]
         if self._held.pop(admission.token, None) is not None:
             # sent again if Redis loses it before the usage row is in the database (idempotent)
             recent = self._recent
@@ -571,12 +580,18 @@ class RedisLimiter(BaseLimiter):
                 recent.append((now, slot, body))
         # Sent without waiting for the reply: this worker's later commands (the key's next admit)
         # run after it on the same connection; failures are retried from the error callback.
-        for body, slot in [(payload, spec.slot), *extra]:
+        slot = spec.slot
+        try:
+            await self.router.cast(payload, slot, lambda exc: self._settle_failed(exc, payload, slot))
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            self._pending.append((payload, slot))
+        for body, pslot in extra:
             try:
-                await self.router.cast(body, slot, self._on_settle_failure(body, slot))
+                await self.router.cast(body, pslot, self._on_settle_failure(body, pslot))
             except (RedisError, OSError) as exc:
                 self._outage(exc)
-                self._pending.append((body, slot))
+                self._pending.append((body, pslot))
 
     async def refresh(self, admission: Admission) -> None:
         if not admission.limited or admission.settled or not admission.token:
