@@ -292,3 +292,20 @@ async def test_redis_loss_gives_back_reservations_in_flight(make_limiter: Callab
         assert isinstance(await refused(admit(limiter, ann, 2001, 1)), SpendLimitError)  # 8,000 + 2,001
     finally:
         await client.aclose()
+
+
+async def test_changing_the_owner_moves_the_state(make_limiter: Callable[..., BaseLimiter]) -> None:
+    """A key given to another person is held by that person's caps from its next request on (its
+    limiter state lives under the person's tag); what it spent stays with the person who spent it."""
+    import dataclasses
+
+    limiter = limited(make_limiter, Book(limit("user", "ann", "daily", 1), limit("user", "bob", "daily", 1)))
+    k = key(owner="ann")
+    await limiter.settle(await admit(limiter, k, 100, 100), tokens=0, cost_micro=10_000)
+    assert isinstance(await refused(admit(limiter, k, 1, 1)), SpendLimitError)
+    moved = dataclasses.replace(k, owner="bob")
+    a = await admit(limiter, moved, 100, 100)
+    assert a.caps is not None and a.caps.tag == "u:bob"
+    await limiter.settle(a, tokens=0, cost_micro=10_000)
+    assert isinstance(await refused(admit(limiter, moved, 1, 1)), SpendLimitError)
+    assert isinstance(await refused(admit(limiter, key(owner="ann"), 1, 1)), SpendLimitError)  # ann's spend stays
