@@ -309,3 +309,15 @@ async def test_changing_the_owner_moves_the_state(make_limiter: Callable[..., Ba
     await limiter.settle(a, tokens=0, cost_micro=10_000)
     assert isinstance(await refused(admit(limiter, moved, 1, 1)), SpendLimitError)
     assert isinstance(await refused(admit(limiter, key(owner="ann"), 1, 1)), SpendLimitError)  # ann's spend stays
+
+
+async def test_reseed_after_a_reprice(make_limiter: Callable[..., BaseLimiter]) -> None:
+    """A re-price drops the current periods' counters it moved: they are seeded again from the
+    (corrected) records at their next use (here no store: nothing spent)."""
+    limiter = limited(make_limiter, Book(limit("user", "ann", "daily", 1), limit("rbac_group", "eng", "daily", 1,
+                                                                                 shared=True)))
+    k = key(owner="ann", teams=["eng"])
+    await limiter.settle(await admit(limiter, k, 100, 100), tokens=0, cost_micro=10_000)
+    assert isinstance(await refused(admit(limiter, k, 1, 1)), SpendLimitError)
+    assert await limiter.reseed_caps({("ann", k.id)}, {"eng"}) >= 1
+    await limiter.settle(await admit(limiter, k, 1, 1), tokens=0, cost_micro=1)
