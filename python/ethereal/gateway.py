@@ -95,6 +95,11 @@ class Gateway:
             await budget_watch.start()
             undo.push_async_callback(budget_watch.close)
             pool.on_event = alerts.emit
+            # spend limits enforced at admission: the limiter reads the book and emits the alerts
+            limiter_gate = getattr(limiter, "gate", None)
+            if limiter_gate is not None:
+                limiter_gate.service = spend
+                limiter_gate.alerts = alerts
             registry.on_provisional = alerts.model_provisional
             undo.pop_all()
         return cls(settings=settings, registry=registry, plans=plans, store=store, auth=auth, limiter=limiter,

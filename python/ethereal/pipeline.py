@@ -437,7 +437,8 @@ class Pipeline:
                        # the estimate for this model plus its margin (guards.py); unreadable: a 400
                        input_tokens=admission_input_tokens(out.body, call.model),
                        max_tokens=out.max_tokens,  # the whole ceiling: no request outputs more
-                       money=key.budget_micro_usd is not None, config=self.reserve_config, caches=out.cache_ttl)
+                       money=key.budget_micro_usd is not None or limiter.spend_limited(key),
+                       config=self.reserve_config, caches=out.cache_ttl)
         call.admission = await limiter.admit(
             key, model=call.model_name, input_tokens=held.input_tokens, max_tokens=held.output_tokens,
             input_micro=held.input_micro, output_micro=held.output_micro, request_id=call.request_id)

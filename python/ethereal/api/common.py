@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from blacksheep import Content, Request, Response
 from blacksheep.exceptions import MessageAborted
 
@@ -115,7 +116,10 @@ def anthropic_error(exc: GatewayError, request_id: str) -> Response:
 def openai_error(exc: GatewayError, request_id: str) -> Response:
     headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode()),
                *exc.response_headers()]
-    return Response(exc.status, headers, Content(JSON, openai_error_body(exc.type, exc.message, exc.param)))
+    openai_body = getattr(exc, "openai_body", None)  # a spent spend limit: the body Codex reads as a usage limit
+    body = orjson.dumps(openai_body()) if openai_body is not None else openai_error_body(exc.type, exc.message,
+                                                                                          exc.param)
+    return Response(exc.status, headers, Content(JSON, body))
 
 
 Handler = Callable[[Request, str], Awaitable[Response]]

@@ -130,7 +130,9 @@ class _Refused(GatewayError):
 
 def error_event(exc: GatewayError, request_id: str) -> str:
     """A refusal before the first event, as Codex reads it: the HTTP error it stands for."""
-    body = orjson.loads(openai_error_body(exc.type, exc.message, exc.param))
+    openai_body = getattr(exc, "openai_body", None)  # a spent spend limit: Codex's usage-limit body
+    body = openai_body() if openai_body is not None else orjson.loads(openai_error_body(exc.type, exc.message,
+                                                                                          exc.param))
     if isinstance(exc, _Refused):
         body["error"]["code"] = exc.code
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in exc.response_headers()}

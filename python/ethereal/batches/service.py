@@ -222,6 +222,7 @@ class BatchService:
             checked = check()
         body = splice_models(body, checked)
         held = gw.limiter.budgeted(key)
+        new_id = batch_id()
         if held:
             try:
                 await gw.limiter.charge(key, tokens=checked.estimated_tokens, cost_micro=checked.estimated_micro,
@@ -230,6 +231,12 @@ class BatchService:
                 if exc.status == 402:
                     raise await self._does_not_fit(key, checked) from None
                 raise
+        # spend limits: the estimate is held on the caps under the batch's id until it settles
+        try:
+            await gw.limiter.charge_caps(key, cost_micro=checked.estimated_micro, check=True, hold=new_id)
+        except BaseException:
+            await self._refund(key, checked, held)
+            raise
         candidates = [c for c in gw.pool.candidates(None) if all(c.serves(m) for m in checked.models)]
         if not candidates:
             # a cooldown is a preference, not a wall: every serving credential cooling down, the
@@ -238,11 +245,11 @@ class BatchService:
             candidates = sorted((c for c in gw.pool.credentials if c.enabled and not c.over_spend()
                                  and all(c.serves(m) for m in checked.models)), key=lambda c: c.cooldown_until)
         if not candidates:
-            await self._refund(key, checked, held)
+            await self._refund(key, checked, held, new_id)
             raise GatewayError(503, "no healthy upstream credential can serve every model of this batch",
                                type="overloaded_error", retry_after=max(1.0, gw.pool.earliest_recovery(None)))
         now = time.time()
-        rec = BatchRecord(id=batch_id(), key_id=key.id, credential=candidates[0].name, status="creating",
+        rec = BatchRecord(id=new_id, key_id=key.id, credential=candidates[0].name, status="creating",
                           request_count=checked.count, processing=checked.count, created_at=now,
                           expires_at=now + DAY, estimated_tokens=checked.estimated_tokens,
                           estimated_micro=checked.estimated_micro,
@@ -285,7 +292,7 @@ class BatchService:
                 continue  # counted against this credential: another may take it
             break  # the client's own mistake: no other credential will think otherwise
         await self.store.delete_batch(rec.id)
-        await self._refund(key, checked, held)
+        await self._refund(key, checked, held, rec.id)
         raise last or GatewayError(503, "no upstream credential accepted the batch", type="overloaded_error")
 
     async def _does_not_fit(self, key: KeyRecord, checked: CheckedBatch) -> GatewayError:
@@ -313,7 +320,9 @@ class BatchService:
                             "flight hold: retry when they end", type="rate_limit_error",
                             retry_after=CREATE_RETRY_AFTER)
 
-    async def _refund(self, key: KeyRecord, checked: CheckedBatch, held: bool) -> None:
+    async def _refund(self, key: KeyRecord, checked: CheckedBatch, held: bool, hold: str = "") -> None:
+        if hold:
+            await self.gw.limiter.charge_caps(key, cost_micro=0, check=False, hold=hold, release=True)
         if held:
             await self.gw.limiter.charge(key, tokens=-checked.estimated_tokens, cost_micro=-checked.estimated_micro,
                                          check=False)
@@ -517,6 +526,11 @@ class BatchService:
                                          check=False)
         except Exception:
             log.exception("moving the spend of batch %s failed", rec.id)
+        try:
+            # spend limits: the estimate given back where it was held, the real cost counted now
+            await self.gw.limiter.charge_caps(key, cost_micro=micro, check=False, hold=rec.id, release=True)
+        except Exception:
+            log.exception("moving the spend-limit counters of batch %s failed", rec.id)
 
     async def _meter(self, rec: BatchRecord) -> tuple[int, int, int]:
         """Read the results once, line by line, writing one usage row per item (chunks of 1,000)."""

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
 from ethereal.limits.plans import Plans, Window
+from ethereal.spend.enforce import SpendGate
 from ethereal.storage.base import bounded
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ethereal.limits")
 
 # result codes shared by admit.lua and the local limiter
-OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD = range(8)
+OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD, CAP_SEED, CAP_SPENT = \
+    range(10)
+CAP_HELD = -3  # HELD's detail when a spend limit is held by the spender's requests in flight
 
 
 @dataclass(slots=True)
@@ -68,6 +71,11 @@ class Admission:
     spec: Any = None  # the backend's view of the key's limits at admit
     settled: bool = False
     output_micro: int = 0  # the output part of reserved_micro (allowance and server-tool fees)
+    # spend limits (spend/enforce.py): the caps held on the key's tag and their counter fields, and
+    # each pool's (CapSet, fields) held by a second call
+    caps: Any = None
+    cap_fields: tuple[str, ...] = ()
+    pools: list[tuple[Any, tuple[str, ...]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,11 +233,31 @@ class Limiter:
         concurrency slot. A key without a budget is not tracked."""
         return
 
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
+                          release: bool = False) -> None:
+        """Move the counters of every spend limit ``key`` is held against by a signed amount outside
+        any request, in the periods in force now (Message Batches). ``check``: refused with the
+        spend-limit 429 when it does not fit. ``hold``: a name under which the amount is remembered
+        with the counters it went to; ``release=True`` first gives the named hold back there (a
+        batch's estimate at its settle, whatever period it was taken in)."""
+        return
+
+    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+        """Drop the spend-limit counters of the current periods of these spenders ((owner, key_id):
+        the person's and the key's own) and pools (``teams``, and the organization's), so each is
+        seeded again from the records at its next use: a re-price moved their cost. Returns how
+        many spenders' state was touched."""
+        return 0
+
     async def close(self) -> None:
         return None
 
     def governs(self, key: KeyRecord | None) -> bool:
         """Whether ``key`` has any limit to admit against (else routes skip admit and the token estimate)."""
+        return False
+
+    def spend_limited(self, key: KeyRecord) -> bool:
+        """Whether a spend limit applies to ``key``'s requests (admit then prices the reservation)."""
         return False
 
     def governs_count(self, key: KeyRecord | None) -> bool:
@@ -260,9 +288,31 @@ class BaseLimiter(Limiter):
         self.store = store
         self._limits_cache: dict[tuple[Any, ...], KeyLimits] = {}
         self._count_cache: dict[tuple[Any, ...], KeyLimits] = {}
+        self.gate = SpendGate()  # spend limits: the gateway binds its SpendService and Alerts
 
     def governs(self, key: KeyRecord | None) -> bool:
-        return key is not None and not self.limits_for(key).empty
+        return key is not None and (not self.limits_for(key).empty or self.gate.plan(key) is not None)
+
+    def spend_limited(self, key: KeyRecord) -> bool:
+        return self.gate.plan(key) is not None
+
+    @staticmethod
+    def cap_fields(spenders: set[tuple[str | None, str]], teams: set[str], now: float) -> dict[str, list[str]]:
+        """tag -> the counter fields of the current periods (reseed_caps)."""
+        from ethereal.spend.enforce import key_tag
+        from ethereal.spend.periods import PERIODS, period_start
+
+        starts = {p: int(period_start(p, now)) for p in PERIODS}
+        plain = [f"{p}:{s}" for p, s in starts.items()]
+        out: dict[str, list[str]] = {}
+        for owner, key_id in spenders:
+            fields = out.setdefault(key_tag(owner, key_id), [])
+            fields += [f for f in plain if f not in fields]
+            fields += [f"k:{key_id}:{p}:{s}" for p, s in starts.items()]
+        for team in teams:
+            out[f"g:{team}"] = list(plain)
+        out["o:"] = list(plain)
+        return out
 
     def governs_count(self, key: KeyRecord | None) -> bool:
         return key is not None and not self.count_limits_for(key).empty
@@ -310,6 +360,19 @@ class BaseLimiter(Limiter):
         """(tokens, micro-USD) the key has spent so far, from the database (the source of truth)."""
         tokens, micro, rows = await self.seed_rows(key_id, None)
         return tokens + sum(r[1] for r in rows), micro + sum(r[2] for r in rows)
+
+    async def seed_cap(self, dim: str, value: str, start: float, since: float) -> tuple[int, list[tuple[str, int]]]:
+        """A spend-limit counter's seed from the database (storage ``seed_period_spend``), within
+        ``store_timeout`` (else 503): micro-USD of the period's rows that ended before ``since`` (with
+        unsettled batch holds) and (request id, micro-USD) of the newer ones."""
+        if self.store is None:
+            return 0, []
+        try:
+            return await bounded(self.store.seed_period_spend(dim, value, start, since), self.store_timeout)
+        except Exception as exc:  # noqa: BLE001 - down or hung: the request can wait for nothing here
+            log.error("cannot seed spend-limit counter %s=%s from the database (%s): refused with 503", dim, value,
+                      type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}")
+            raise unavailable() from None
 
     async def seed_rows(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
         """From the database (the source of truth), within ``store_timeout`` (else 503): the key's

@@ -45,6 +45,10 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ethereal import redisconn
 from ethereal.keys import KeyRecord
 from ethereal.limits import (
+    CAP_HELD,
+    CAP_SEED,
+    CAP_SPENT,
+    HELD,
     NEED_SEED,
     OK,
     Admission,
@@ -55,18 +59,25 @@ from ethereal.limits import (
     unavailable,
 )
 from ethereal.limits.pipe import Cluster, Redirect, Single, Unavailable, encode_args, encode_command
+from ethereal.spend import enforce
+from ethereal.spend.enforce import CapSet, key_tag
+from ethereal.spend.periods import period_start
 
 log = logging.getLogger("ethereal.limits")
 
 LAYOUT = "ethereal:v1:"
 STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-seeded from the database
 _MAX_PENDING_SETTLES = 100_000
-VERSION = 3
+VERSION = 4
 LIBRARY = f"ethereal_limits_v{VERSION}"
-ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN = (
-    f"ethereal_{name}_v{VERSION}" for name in ("admit", "settle", "refresh", "charge", "seed", "restore", "epoch"))
+(ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN, SPEND_SEED_FN, SPEND_CHARGE_FN,
+ SPEND_RESTORE_FN) = (f"ethereal_{name}_v{VERSION}" for name in (
+    "admit", "settle", "refresh", "charge", "seed", "restore", "epoch", "spend_seed", "spend_charge", "spend_restore"))
 _SCRIPTS = ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua"), (CHARGE_FN, "charge.lua"),
-            (SEED_FN, "seed.lua"), (RESTORE_FN, "restore.lua"), (EPOCH_FN, "epoch.lua"))
+            (SEED_FN, "seed.lua"), (RESTORE_FN, "restore.lua"), (EPOCH_FN, "epoch.lua"),
+            (SPEND_SEED_FN, "spend_seed.lua"), (SPEND_CHARGE_FN, "spend_charge.lua"),
+            (SPEND_RESTORE_FN, "spend_restore.lua"))
+_NO_LIMITS = KeyLimits(None, None, None, ())
 # the seed reads the rows of requests that ended in the last SEED_WINDOW_S one by one (their ids
 # deduplicate settles), older ones as a sum; a replica keeps its settles of the last
 # RECENT_SETTLES_S to send again after a loss (rows reach the database well within that)
@@ -85,14 +96,39 @@ def _args(args: Any, count: int | None = None) -> bytes:
 class _Spec:
     """One key's script keys and the pre-encoded constant parts of its admit and settle commands."""
 
-    __slots__ = ("admit_head", "admit_tail", "const1", "const2", "keys", "limits", "refresh_head",
-                 "settle_head", "settle_tail", "sizes", "slot")
+    __slots__ = ("admit_head", "admit_tail", "cap_heads", "cap_keys", "const1", "const1_enc", "const2",
+                 "const2_enc", "keys", "limits", "owner", "refresh_head", "settle_head", "settle_tail",
+                 "settle_tail_enc", "sizes", "slot", "tag")
 
     def __init__(self, limits: KeyLimits, keys: list[str], sizes: list[int], const1: list[Any], const2: list[Any],
-                 slot: int) -> None:
+                 slot: int, tag: str = "") -> None:
         self.limits, self.keys, self.sizes, self.const1, self.const2 = limits, keys, sizes, const1, const2
         self.slot = slot
+        self.tag = tag
+        self.owner = ""
         self.admit_head = self.admit_tail = self.settle_head = self.settle_tail = self.refresh_head = b""
+        self.const1_enc = self.const2_enc = self.settle_tail_enc = b""
+        # spend limits: the spender's state on this tag (admit.lua's P, Pz, Ps) and the command heads
+        # per number of caps
+        self.cap_keys = [f"{LAYOUT}{{{tag}}}:p", f"{LAYOUT}{{{tag}}}:pz", f"{LAYOUT}{{{tag}}}:ps"]
+        self.cap_heads: dict[tuple[str, int], bytes] = {}
+
+    def admit_with_caps(self, ncap: int) -> bytes:
+        head = self.cap_heads.get(("a", ncap))
+        if head is None:
+            keys = [*self.keys, *self.cap_keys]
+            head = _args(["FCALL", ADMIT_FN, len(keys), *keys], 3 + len(keys) + 14 + 4 * len(self.limits.windows)
+                         + 2 * ncap)
+            self.cap_heads[("a", ncap)] = head
+        return head
+
+    def settle_with_caps(self, ncap: int) -> bytes:
+        head = self.cap_heads.get(("s", ncap))
+        if head is None:
+            keys = [*self.keys, *self.cap_keys]
+            head = _args(["FCALL", SETTLE_FN, len(keys), *keys], 3 + len(keys) + 10 + len(self.sizes) + 1 + ncap)
+            self.cap_heads[("s", ncap)] = head
+        return head
 
 
 def _script(name: str) -> str:
@@ -141,13 +177,22 @@ class RedisLimiter(BaseLimiter):
         self._epoch_lock = asyncio.Lock()
 
     # plumbing
-    def spec_for(self, key_id: str, limits: KeyLimits, *, count: bool = False) -> _Spec:
+    @staticmethod
+    def _prefix(key_id: str, owner: str | None) -> tuple[str, str]:
+        """(hash tag, key name prefix) of a key's state: tagged by its person (spend/enforce.py), so
+        the key's and its person's state are in one slot; a key nobody owns keeps ``{k:<key_id>}``."""
+        tag = key_tag(owner, key_id)
+        if owner:
+            return tag, f"{LAYOUT}{{{tag}}}:k:{key_id}"
+        return tag, f"{LAYOUT}{{{tag}}}"
+
+    def spec_for(self, key_id: str, limits: KeyLimits, *, count: bool = False, owner: str | None = None) -> _Spec:
         """The key's script keys and the constant parts of its commands, encoded once per key and limits."""
         cache_id = key_id if not count else key_id + "#count"
         found = self._specs.get(cache_id)
-        if found is not None and found.limits is limits:
+        if found is not None and found.limits is limits and found.owner == (owner or ""):
             return found
-        tag = f"{LAYOUT}{{k:{key_id}}}"
+        hash_tag, tag = self._prefix(key_id, owner)
         keys = [f"{tag}:b", f"{tag}:z", f"{tag}:s"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}"
                                                         for w in limits.windows]
         sizes = [n for w in limits.windows for n in (w.window_ms, w.bucket_ms)]
@@ -158,10 +203,13 @@ class RedisLimiter(BaseLimiter):
         for w in limits.windows:
             const2 += [w.window_ms, w.bucket_ms, -1 if w.requests is None else w.requests,
                        -1 if w.tokens is None else w.tokens]
-        spec = _Spec(limits, keys, sizes, const1, const2, key_slot(f"k:{key_id}".encode()))
+        spec = _Spec(limits, keys, sizes, const1, const2, key_slot(hash_tag.encode()), hash_tag)
+        spec.owner = owner or ""
         n_admit = 3 + len(keys) + 14 + 4 * len(limits.windows)
         spec.admit_head = _args(["FCALL", ADMIT_FN, len(keys), *keys], n_admit)
         spec.admit_tail = _args([*const1, 0, 0, 0, *const2])
+        spec.const1_enc = _args(const1)
+        spec.const2_enc = _args(const2)
         n_settle = 3 + len(keys) + 10 + len(sizes)
         spec.settle_head = _args(["FCALL", SETTLE_FN, len(keys), *keys], n_settle)
         budgeted = int(limits.budget_tokens is not None or limits.budget_micro is not None)
@@ -172,10 +220,27 @@ class RedisLimiter(BaseLimiter):
         self._specs[cache_id] = spec
         return spec
 
-    def keys_for(self, key_id: str, limits: KeyLimits) -> tuple[list[str], list[int]]:
+    def keys_for(self, key_id: str, limits: KeyLimits, owner: str | None = None) -> tuple[list[str], list[int]]:
         """The script keys of a key (all under its hash tag) and the window sizes settle needs."""
-        spec = self.spec_for(key_id, limits)
+        spec = self.spec_for(key_id, limits, owner=owner)
         return spec.keys, spec.sizes
+
+    def pool_spec(self, tag: str) -> _Spec:
+        """A pooled cap's spec: no key limits, only the pool's spender state on its own tag."""
+        found = self._specs.get("#" + tag)
+        if found is not None:
+            return found
+        prefix = f"{LAYOUT}{{{tag}}}:pool"
+        keys = [f"{prefix}:b", f"{prefix}:z", f"{prefix}:s"]
+        const1 = [-1, -1, -1, self.reservation_ttl_ms]
+        const2: list[Any] = [STATE_TTL_MS, 0]
+        spec = _Spec(_NO_LIMITS, keys, [], const1, const2, key_slot(tag.encode()), tag)
+        spec.const1_enc = _args(const1)
+        spec.const2_enc = _args(const2)
+        spec.settle_tail = _args([self.keep_ms, 0, STATE_TTL_MS, 0])
+        spec.refresh_head = b""
+        self._specs["#" + tag] = spec
+        return spec
 
     async def _send(self, payload: bytes, slot: int) -> Any:
         """An encoded FCALL; when the server has lost the functions they are loaded again and it is resent."""
@@ -184,6 +249,12 @@ class RedisLimiter(BaseLimiter):
         except NoScriptError:
             await self._load(force=True)
             return await self.router.call(payload, slot)
+
+    def _on_settle_failure(self, payload: bytes, slot: int) -> Any:
+        def failed(exc: Exception) -> None:
+            self._settle_failed(exc, payload, slot)
+
+        return failed
 
     def _settle_failed(self, exc: Exception, payload: bytes, slot: int) -> None:
         if isinstance(exc, NoScriptError | Unavailable) or not isinstance(exc, ResponseError):
@@ -301,10 +372,23 @@ class RedisLimiter(BaseLimiter):
         """Put back this replica's reservations in flight on the server of ``slot``, then send its
         recent settles there again (each counts once: settle.lua is idempotent per request id)."""
         by_key: dict[str, list[Admission]] = {}
+        by_spender: dict[str, tuple[_Spec, list[Admission]]] = {}
         for adm in list(self._held.values()):
-            if self._same_node(adm.spec.slot, slot):
+            if adm.caps is not None and self._same_node(adm.spec.slot, slot):
+                by_spender.setdefault(adm.caps.tag, (adm.spec, []))[1].append(adm)
+            for pool, _fields in adm.pools or ():
+                pspec = self.pool_spec(pool.tag)
+                if self._same_node(pspec.slot, slot):
+                    by_spender.setdefault(pool.tag, (pspec, []))[1].append(adm)
+            budgeted = adm.spec.limits.budget_tokens is not None or adm.spec.limits.budget_micro is not None
+            if budgeted and self._same_node(adm.spec.slot, slot):
                 by_key.setdefault(adm.key_id, []).append(adm)
         calls: list[tuple[bytes, int]] = []
+        for spec_of, adms in by_spender.values():
+            cargv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
+            for a in adms:
+                cargv += [a.token, a.reserved_micro - a.output_micro, a.reserved_micro, a.admitted_ms]
+            calls.append((encode_command(["FCALL", SPEND_RESTORE_FN, 3, *spec_of.cap_keys, *cargv]), spec_of.slot))
         for adms in by_key.values():
             spec: _Spec = adms[0].spec
             argv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
@@ -338,34 +422,89 @@ class RedisLimiter(BaseLimiter):
                     price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
                     output_micro: int | None = None, request_id: str | None = None) -> Admission:
         limits = self.limits_for(key)
-        if limits.empty:
+        plan = self.gate.plan(key)
+        if limits.empty and plan is None:
             return Admission(key_id=key.id)
         in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
         in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
         allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
-        return await self._admit(key, limits, self.spec_for(key.id, limits), in_t, allow_t, in_m, allow_m,
-                                 request_id)
+        spec = self.spec_for(key.id, limits, owner=key.owner)
+        if plan is None:
+            return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, request_id)
+        rid = request_id or os.urandom(16).hex()
+        if not plan.pools:
+            return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own)
+        # shared pools: a second reserve call on each pool's tag, undone when any call refuses
+        calls = [self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own, force_rid=True)]
+        calls += [self._admit(key, _NO_LIMITS, self.pool_spec(pool.tag), 0, 0, in_m, allow_m, rid, pool)
+                  for pool in plan.pools]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            for r in results:
+                if isinstance(r, Admission):
+                    await self.settle(r, tokens=0, cost_micro=0)
+            raise failed
+        adm = results[0]
+        assert isinstance(adm, Admission)
+        adm.pools = []
+        for pool_adm in results[1:]:
+            assert isinstance(pool_adm, Admission)
+            adm.pools.append((pool_adm.caps, pool_adm.cap_fields))
+            adm.headers.extend(pool_adm.headers)
+        self._held[rid] = adm  # the whole admission (its pools too) is what a Redis loss gives back
+        return adm
 
     async def admit_count(self, key: KeyRecord) -> Admission:
         limits = self.count_limits_for(key)
         if limits.empty:
             return Admission(key_id=key.id)
-        return await self._admit(key, limits, self.spec_for(key.id, limits, count=True), 0, 0, 0, 0)
+        return await self._admit(key, limits, self.spec_for(key.id, limits, count=True, owner=key.owner), 0, 0, 0, 0)
+
+    async def _seed_caps(self, spec: _Spec, caps: CapSet, fields: tuple[str, ...], need: list[int]) -> None:
+        """Seed cap counters from the records (spend_seed.lua): the period's rows that ended before
+        a watermark as a sum, the newer ones by request id, as the key seed does."""
+        hold = await self._epoch_for(spec.slot)
+        now = time.time()
+        since = now - SEED_WINDOW_S
+        for i in need:
+            if not 0 < i <= len(caps.caps):
+                continue
+            cap = caps.caps[i - 1]
+            start = period_start(cap.check.period, now)
+            base, rows = await self.seed_cap(cap.seed_dim, cap.seed_value, start, since)
+            argv: list[Any] = [fields[i - 1], base, int(since * 1000), hold, STATE_TTL_MS, len(rows)]
+            for rid, micro in rows:
+                argv += [rid, micro]
+            await self._send(encode_command(["FCALL", SPEND_SEED_FN, 3, *spec.cap_keys, *argv]), spec.slot)
 
     async def _admit(self, key: KeyRecord, limits: KeyLimits, spec: _Spec, in_t: int, allow_t: int, in_m: int,
-                     allow_m: int, request_id: str | None = None) -> Admission:
-        rid = (request_id or os.urandom(16).hex()) if limits.reserving else ""
+                     allow_m: int, request_id: str | None = None, caps: CapSet | None = None,
+                     force_rid: bool = False) -> Admission:
+        rid = (request_id or os.urandom(16).hex()) if limits.reserving or caps is not None or force_rid else ""
+        fields: tuple[str, ...] = ()
         try:
             if not self._loaded:
                 await self._load()
-            payload = b"".join((spec.admit_head, _args((rid, in_t, allow_t, in_m, allow_m)), spec.admit_tail))
+            if caps is None:
+                payload = b"".join((spec.admit_head, _args((rid, in_t, allow_t, in_m, allow_m)), spec.admit_tail))
+            else:
+                fields = caps.fields(time.time())
+                flat: list[Any] = []
+                for f, cap in zip(fields, caps.caps, strict=True):
+                    flat += [f, cap.check.amount_micro]
+                payload = b"".join((spec.admit_with_caps(len(fields)), _args((rid, in_t, allow_t, in_m, allow_m)),
+                                    spec.const1_enc, _args((len(fields), 0, 0)), spec.const2_enc, _args(flat)))
             res = await self._send(payload, spec.slot)
-            for _ in range(2):
-                if res[0] != NEED_SEED:
+            for _ in range(3):
+                if res[0] == NEED_SEED:
+                    await self._seed(key.id, spec)
+                elif res[0] == CAP_SEED and caps is not None:
+                    await self._seed_caps(spec, caps, fields, enforce.parse_list(res[10]))
+                else:
                     break
-                await self._seed(key.id, spec)
                 res = await self._send(payload, spec.slot)
-            if res[0] == NEED_SEED:
+            if res[0] in (NEED_SEED, CAP_SEED):
                 raise Unavailable("the key's spend could not be seeded")
         except (RedisError, OSError) as exc:
             if isinstance(exc, Redirect) and not self.router.cluster:
@@ -382,15 +521,35 @@ class RedisLimiter(BaseLimiter):
         code = res[0]
         now = res[8]
         if code != OK:
+            if caps is not None:
+                if code == CAP_SPENT:
+                    over = enforce.parse_list(res[10])
+                    self.gate.watch.exceeded(caps, over, now / 1000.0)
+                    raise enforce.refusal(caps, over, now / 1000.0)
+                if code == HELD and res[9] == CAP_HELD:
+                    raise enforce.held(res[1])
             raise refusal(code, res[1], limits, res[9], now)
         req = (res[2], res[3], res[4]) if res[2] >= 0 else None
         tok = (res[5], res[6], res[7]) if res[5] >= 0 else None
+        headers = ratelimit_headers(req, tok)
+        if caps is not None:
+            spent = enforce.parse_list(res[10])
+            headers += enforce.headers(caps, spent, now / 1000.0)
+            self.gate.watch.observe(caps, spent, now / 1000.0)
         adm = Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
-                        headers=ratelimit_headers(req, tok), token=rid, limited=True, input_tokens=in_t,
-                        admitted_ms=now, spec=spec, output_micro=allow_m)
-        if limits.budget_tokens is not None or limits.budget_micro is not None:
-            self._held[rid] = adm  # given back (restore.lua) if Redis loses it while in flight
+                        headers=headers, token=rid, limited=True, input_tokens=in_t,
+                        admitted_ms=now, spec=spec, output_micro=allow_m, caps=caps, cap_fields=fields)
+        if limits.budget_tokens is not None or limits.budget_micro is not None or caps is not None:
+            self._held[rid] = adm  # given back (restore.lua, spend_restore.lua) if Redis loses it while in flight
         return adm
+
+    def _settle_payload(self, spec: _Spec, admission: Admission, tokens: int, cost_micro: int, ended_ms: int,
+                        caps: CapSet | None, fields: tuple[str, ...]) -> bytes:
+        args = _args((admission.token, int(tokens), int(cost_micro), admission.admitted_ms, admission.input_tokens,
+                      ended_ms))
+        if caps is None:
+            return b"".join((spec.settle_head, args, spec.settle_tail))
+        return b"".join((spec.settle_with_caps(len(fields)), args, spec.settle_tail, _args((len(fields), *fields))))
 
     async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
                      ended_at: float | None = None) -> None:
@@ -399,9 +558,17 @@ class RedisLimiter(BaseLimiter):
         admission.settled = True
         spec: _Spec = admission.spec
         ended_ms = int((time.time() if ended_at is None else ended_at) * 1000)
-        payload = b"".join((spec.settle_head, _args((admission.token, int(tokens), int(cost_micro),
-                                                      admission.admitted_ms, admission.input_tokens, ended_ms)),
-                            spec.settle_tail))
+        if admission.caps is None and not admission.pools:  # no spend limit: the common case
+            payload = b"".join((spec.settle_head, _args((admission.token, int(tokens), int(cost_micro),
+                                                          admission.admitted_ms, admission.input_tokens, ended_ms)),
+                                spec.settle_tail))
+            extra: list[tuple[bytes, int]] = []
+        else:
+            payload = self._settle_payload(spec, admission, tokens, cost_micro, ended_ms, admission.caps,
+                                           admission.cap_fields)
+            extra = [(self._settle_payload(self.pool_spec(pool.tag), admission, 0, cost_micro, ended_ms, pool,
+                                           fields), self.pool_spec(pool.tag).slot)
+                     for pool, fields in admission.pools or ()]
         if self._held.pop(admission.token, None) is not None:
             # sent again if Redis loses it before the usage row is in the database (idempotent)
             recent = self._recent
@@ -409,6 +576,8 @@ class RedisLimiter(BaseLimiter):
             while recent and recent[0][0] < now - RECENT_SETTLES_S:
                 recent.popleft()
             recent.append((now, spec.slot, payload))
+            for body, slot in extra:
+                recent.append((now, slot, body))
         # Sent without waiting for the reply: this worker's later commands (the key's next admit)
         # run after it on the same connection; failures are retried from the error callback.
         slot = spec.slot
@@ -417,16 +586,33 @@ class RedisLimiter(BaseLimiter):
         except (RedisError, OSError) as exc:
             self._outage(exc)
             self._pending.append((payload, slot))
+        for body, pslot in extra:
+            try:
+                await self.router.cast(body, pslot, self._on_settle_failure(body, pslot))
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+                self._pending.append((body, pslot))
 
     async def refresh(self, admission: Admission) -> None:
         if not admission.limited or admission.settled or not admission.token:
             return
         spec: _Spec = admission.spec
-        payload = b"".join((spec.refresh_head, _args((admission.token, self.reservation_ttl_ms, STATE_TTL_MS))))
-        try:
-            await self.router.cast(payload, spec.slot, self._refresh_failed)
-        except (RedisError, OSError) as exc:
-            self._outage(exc)  # the next refresh tries again; the ttl leaves room for a few misses
+        argv = (admission.token, self.reservation_ttl_ms, STATE_TTL_MS)
+        calls = []
+        if admission.caps is None:
+            calls.append((b"".join((spec.refresh_head, _args(argv))), spec.slot))
+        else:
+            calls.append((encode_command(["FCALL", REFRESH_FN, 4, spec.keys[0], spec.keys[1], spec.cap_keys[1],
+                                          spec.cap_keys[0], *argv]), spec.slot))
+        for pool, _fields in admission.pools or ():
+            pspec = self.pool_spec(pool.tag)
+            calls.append((encode_command(["FCALL", REFRESH_FN, 4, pspec.keys[0], pspec.keys[1], pspec.cap_keys[1],
+                                          pspec.cap_keys[0], *argv]), pspec.slot))
+        for payload, slot in calls:
+            try:
+                await self.router.cast(payload, slot, self._refresh_failed)
+            except (RedisError, OSError) as exc:
+                self._outage(exc)  # the next refresh tries again; the ttl leaves room for a few misses
 
     def _refresh_failed(self, exc: Exception) -> None:
         if isinstance(exc, NoScriptError):
@@ -440,10 +626,11 @@ class RedisLimiter(BaseLimiter):
         if not self.budgeted(key):
             return
         limits = self.limits_for(key)
-        b = f"{LAYOUT}{{k:{key.id}}}:b"
+        hash_tag, prefix = self._prefix(key.id, key.owner)
+        b = f"{prefix}:b"
         budget = [-1 if limits.budget_tokens is None else limits.budget_tokens,
                   -1 if limits.budget_micro is None else limits.budget_micro]
-        slot = key_slot(f"k:{key.id}".encode())
+        slot = key_slot(hash_tag.encode())
         try:
             if not self._loaded:
                 await self._load()
@@ -451,7 +638,7 @@ class RedisLimiter(BaseLimiter):
             payload = _args(["FCALL", CHARGE_FN, 1, b, *argv], 3 + 1 + len(argv))
             res = await self._send(payload, slot)
             if res[0] == NEED_SEED:
-                await self._seed(key.id, self.spec_for(key.id, limits))
+                await self._seed(key.id, self.spec_for(key.id, limits, owner=key.owner))
                 res = await self._send(payload, slot)
         except (RedisError, OSError) as exc:
             self._outage(exc)
@@ -463,6 +650,71 @@ class RedisLimiter(BaseLimiter):
             return
         if res[0] != OK:
             raise refusal(res[0], 0, limits, 0, 0)
+
+    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
+                          release: bool = False) -> None:
+        plan = self.gate.plan(key)
+        if plan is None or (not cost_micro and not release):
+            return
+        when = time.time()
+        done: list[_Spec] = []
+        try:
+            if not self._loaded:
+                await self._load()
+            for caps in [c for c in (plan.own, *plan.pools) if c is not None]:
+                spec = self.spec_for(key.id, self.limits_for(key), owner=key.owner) if caps is plan.own \
+                    else self.pool_spec(caps.tag)
+                fields = caps.fields(when)
+                flat: list[Any] = []
+                for f, cap in zip(fields, caps.caps, strict=True):
+                    flat += [f, cap.check.amount_micro]
+                payload = encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], int(check), int(cost_micro),
+                                          STATE_TTL_MS, hold, int(release), len(fields), *flat])
+                res = await self._send(payload, spec.slot)
+                if res[0] == CAP_SEED:
+                    await self._seed_caps(spec, caps, fields, enforce.parse_list(res[1]))
+                    res = await self._send(payload, spec.slot)
+                if res[0] == CAP_SPENT:
+                    over = enforce.parse_list(res[1])
+                    self.gate.watch.exceeded(caps, over, when)
+                    raise enforce.refusal(caps, over, when)
+                if res[0] != OK:
+                    raise Unavailable("the spend limit could not be seeded")
+                done.append(spec)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            if check:
+                await self._release_holds(done, hold)
+                if not self.fail_open:
+                    raise unavailable() from None
+            else:
+                log.warning("could not move %s's spend-limit counters by %d micro-USD (Redis unreachable)",
+                            key.id, cost_micro)
+        except BaseException:
+            if check:
+                await self._release_holds(done, hold)
+            raise
+
+    async def _release_holds(self, done: list[_Spec], hold: str) -> None:
+        """Give back a hold taken on some spenders before another refused (or Redis failed)."""
+        for spec in done:
+            with contextlib.suppress(RedisError, OSError):
+                await self._send(encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], 0, 0, STATE_TTL_MS,
+                                                 hold, 1, 0]), spec.slot)
+
+    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+        touched = 0
+        for tag, fields in self.cap_fields(spenders, teams, time.time() if now is None else now).items():
+            names = [*fields, *(f"S|{f}" for f in fields), *(f"W|{f}" for f in fields)]
+            try:
+                await self.router.call(encode_command(["HDEL", f"{LAYOUT}{{{tag}}}:p", *names]),
+                                       key_slot(tag.encode()))
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+                log.warning("could not drop the spend-limit counters of %s after a re-price: %s", tag, exc)
+                continue
+            touched += 1
+        return touched
 
     async def _retry_settles(self) -> None:
         while self._pending:
@@ -479,10 +731,10 @@ class RedisLimiter(BaseLimiter):
                 continue
             self._pending.popleft()
 
-    async def snapshot(self, key_id: str) -> dict[str, int]:
+    async def snapshot(self, key_id: str, owner: str | None = None) -> dict[str, int]:
         """Spent and held totals of a key (tests, the admin API)."""
-        tag = f"{LAYOUT}{{k:{key_id}}}"
-        slot = key_slot(f"k:{key_id}".encode())
+        hash_tag, tag = self._prefix(key_id, owner)
+        slot = key_slot(hash_tag.encode())
         # on the pipelined connection: after this worker's settles
         values = await self.router.call(encode_command(("HMGET", f"{tag}:b", "st", "sm", "ft", "fm")), slot)
         in_flight = await self.router.call(encode_command(("ZCARD", f"{tag}:z")), slot)

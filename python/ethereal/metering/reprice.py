@@ -195,6 +195,8 @@ async def reprice(store: Store, registry: Registry, limiter: Any, *, since: floa
                            at=time.time())
     filters = UsageFilter(since=since, until=until)
     before: tuple[float, str] | None = None
+    spenders: set[tuple[str | None, str]] = set()  # (owner, key_id) of records whose cost moved
+    teams: set[str] = set()
     while True:
         records = await store.list_usage(filters, limit=page, before=before)
         if not records:
@@ -214,6 +216,12 @@ async def reprice(store: Store, registry: Registry, limiter: Any, *, since: floa
             changes.append(RepriceChange(rec.request_id, rec.key_id, rec.cost_micro, priced.cost_micro,
                                          rec.rate_card, priced.rate_card, priced.provisional))
         applied = changes if dry_run else await store.reprice_usage(changes)
+        by_id = {r.request_id: r for r in records}
+        for c in applied:
+            moved_rec = by_id.get(c.request_id)
+            if moved_rec is not None and c.new_cost != c.old_cost and moved_rec.key_id is not None:
+                spenders.add((moved_rec.owner or None, moved_rec.key_id))
+                teams.update(t for t in (moved_rec.teams or "").split(",") if t)
         result.conflicts += len(changes) - len(applied)
         was_provisional = {r.request_id for r in records if r.priced_provisional}
         for c in applied:
@@ -242,6 +250,9 @@ async def reprice(store: Store, registry: Registry, limiter: Any, *, since: floa
             k.before_micro = after if dry_run else after - k.delta_micro
     if not dry_run:
         result.limiter_moved = await _move_budgets(store, limiter, moved)
+        if spenders and hasattr(limiter, "reseed_caps"):
+            # spend limits: the current periods' counters are seeded again from the corrected records
+            await limiter.reseed_caps(spenders, teams)
         result.id = f"pc_{int(result.at * 1000):x}{os.urandom(4).hex()}"
         await store.insert_price_correction(result.correction_row())
         log.warning("price correction %s: %d record(s) of %s..%s re-priced with registry %s, %d key(s), "

@@ -138,6 +138,17 @@ def register(app: Application, gw: Gateway) -> None:
 
     LIFECYCLE.details["models"] = obs.models_health
 
+    def limits_health() -> dict[str, Any]:
+        # what the limiter does when its store is unreachable (budgets and spend limits alike)
+        limiter = gw.limiter
+        backend = type(limiter).__name__
+        fail_open = bool(getattr(limiter, "fail_open", False))
+        book = gw.spend.book
+        return {"backend": backend, "when_store_unreachable": "fail_open" if fail_open else "fail_closed",
+                "spend_limits": len(book), "spend_limits_loaded_at": book.version or None}
+
+    LIFECYCLE.details["limits"] = limits_health
+
     async def metrics(request: Request) -> Response:
         settings = gw.settings
         if not obs.allowed(dict(request.scope["headers"])):

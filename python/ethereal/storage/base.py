@@ -255,6 +255,20 @@ class Store(abc.ABC):
         """(tokens, micro-USD) held against the key's budget by its unsettled batches."""
         return 0, 0  # a store that keeps no batches holds nothing
 
+    async def seed_period_spend(self, dim: str, value: str, start: float, since: float) -> tuple[
+            int, list[tuple[str, int]]]:
+        """What a limiter seeds a spend-limit counter with (spend/enforce.py): micro-USD of the rows
+        that started at or after ``start`` (the period's) and ended before ``since`` (the watermark),
+        plus what the spender's unsettled Message Batches hold (``owner``/``key_id`` only), and
+        (request_id, micro-USD) of each row of the period that ended at or after ``since``. ``dim``:
+        ``owner``, ``key_id``, ``team`` (a record of several teams counts for each) or ``all``."""
+        if dim == "all":
+            total = sum((await self.spend_totals(dim="key_id", since=start)).values())
+            return total, []
+        if dim == "team":
+            return (await self.spend_totals(dim="teams", since=start)).get(value, 0), []
+        return (await self.spend_totals(dim=dim, since=start, values=[value])).get(value, 0), []
+
     async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
         """What a limiter seeds a key's budget with: (tokens, micro-USD) of the key's usage rows that
         ended before ``since`` (all of them for None) plus what its unsettled batches hold, and

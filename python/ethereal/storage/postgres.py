@@ -518,6 +518,22 @@ class PostgresStore(Store):
         return (int(old["t"]) + int(held["t"]), int(old["c"]) + int(held["m"]),
                 [(r["request_id"], int(r["t"]), int(r["c"] or 0)) for r in recent])
 
+    async def seed_period_spend(self, dim: str, value: str, start: float, since: float) -> tuple[
+            int, list[tuple[str, int]]]:
+        where, args, held_sql = _period_filter(dim, value, "$3")
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            old = await conn.fetchval(
+                "SELECT COALESCE(SUM(cost_micro), 0)::bigint FROM usage_records WHERE started_at >= $1"
+                f" AND ended_at < $2{where}", start, since, *args, timeout=self.timeout)
+            recent = await conn.fetch(
+                "SELECT request_id, COALESCE(cost_micro, 0)::bigint AS c FROM usage_records WHERE started_at >= $1"
+                f" AND ended_at >= $2{where}", start, since, *args, timeout=self.timeout)
+            held = 0
+            if held_sql:
+                held = await conn.fetchval(held_sql.replace("??", "$1").replace("?", "$2"), start, value,
+                                           timeout=self.timeout)
+        return int(old or 0) + int(held or 0), [(r["request_id"], int(r["c"])) for r in recent]
+
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         row = await self._row(
             "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
@@ -665,3 +681,22 @@ class PostgresStore(Store):
         for rows in fetched:
             merge_rows(rows, dims, acc)
         return [{"bucket": key[0], **dict(zip(dims, key[1:], strict=True)), **sums} for key, sums in acc.items()]
+
+
+def _period_filter(dim: str, value: str, mark: str) -> tuple[str, list[Any], str]:
+    """The WHERE clause (after ``started_at``/``ended_at``) of a spend-limit seed, its arguments and
+    the query of what the spender's unsettled batches created in the period hold (their estimate, held
+    on the caps until they settle: ``??`` the period's start, ``?`` the value)."""
+    if dim == "all":
+        return "", [], ""
+    if dim == "team":
+        return (f" AND {mark} = ANY(string_to_array(COALESCE(teams, ''), ','))", [value], "")
+    if dim == "owner":
+        return (f" AND owner = {mark}", [value],
+                ("SELECT COALESCE(SUM(b.estimated_micro), 0)::bigint FROM message_batches b JOIN api_keys k ON"
+                 " k.id = b.key_id WHERE NOT b.settled AND b.created_at >= ?? AND k.owner = ?"))
+    if dim == "key_id":
+        return (f" AND key_id = {mark}", [value],
+                ("SELECT COALESCE(SUM(estimated_micro), 0)::bigint FROM message_batches WHERE NOT settled"
+                 " AND created_at >= ?? AND key_id = ?"))
+    raise ValueError(f"cannot seed spend by {dim!r}")

@@ -570,6 +570,35 @@ class SQLiteStore(Store):
 
         return await self._run(go)
 
+    async def seed_period_spend(self, dim: str, value: str, start: float, since: float) -> tuple[
+            int, list[tuple[str, int]]]:
+        if dim == "all":
+            where, args, held_sql = "", [], ""
+        elif dim == "team":
+            where, args, held_sql = " AND (',' || COALESCE(teams, '') || ',') LIKE ?", [
+                "%," + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ",%"], ""
+            where += " ESCAPE '\\'"
+        elif dim == "owner":
+            where, args = " AND owner = ?", [value]
+            held_sql = ("SELECT COALESCE(SUM(b.estimated_micro), 0) FROM message_batches b JOIN api_keys k ON"
+                        " k.id = b.key_id WHERE b.settled = 0 AND b.created_at >= ? AND k.owner = ?")
+        elif dim == "key_id":
+            where, args = " AND key_id = ?", [value]
+            held_sql = ("SELECT COALESCE(SUM(estimated_micro), 0) FROM message_batches WHERE settled = 0"
+                        " AND created_at >= ? AND key_id = ?")
+        else:
+            raise ValueError(f"cannot seed spend by {dim!r}")
+
+        def go() -> tuple[int, list[tuple[str, int]]]:
+            old = self.conn.execute("SELECT COALESCE(SUM(cost_micro), 0) FROM usage_records WHERE started_at >= ?"
+                                    f" AND ended_at < ?{where}", (start, since, *args)).fetchone()
+            recent = self.conn.execute("SELECT request_id, COALESCE(cost_micro, 0) FROM usage_records WHERE"
+                                       f" started_at >= ? AND ended_at >= ?{where}", (start, since, *args)).fetchall()
+            held = self.conn.execute(held_sql, (start, value)).fetchone()[0] if held_sql else 0
+            return int(old[0]) + int(held or 0), [(str(r[0]), int(r[1])) for r in recent]
+
+        return await self._run(go)
+
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         def go() -> tuple[int, int]:
             row = self.conn.execute("SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"

@@ -1,6 +1,8 @@
--- ethereal admit (library ethereal_limits_v3, function ethereal_admit_v3; key layout v1, shared with
--- the v1 and v2 scripts so old and new replicas keep one set of counters during a rolling deploy).
--- One call per request: checks and reserves the key's budgets, concurrency and rolling windows atomically.
+-- ethereal admit (library ethereal_limits_v4, function ethereal_admit_v4; key layout v1, shared with
+-- the v1-v3 scripts so old and new replicas keep one set of counters during a rolling deploy).
+-- One call per request: checks and reserves the key's budgets, concurrency and rolling windows, and
+-- its person's spend limits (caps), atomically. A key's hash tag is its person's ({u:<owner>}, or
+-- {k:<key_id>} for a key nobody owns), so the key's and the person's state are in one slot.
 --
 -- KEYS[1]  hash  budget + reservations: st/sm spent tokens/micro-USD (lifetime, seeded from the
 --                database by seed.lua), ht/hm in-flight input reservations, ft/fm in-flight full
@@ -11,15 +13,29 @@
 -- KEYS[2]  zset  in-flight reservations: rid -> expiry (ms); its size is the concurrency
 -- KEYS[3]  zset  settled request ids (settle.lua, seed.lua): not used here
 -- KEYS[4+] hash  one per rolling window: "r<bucket>" requests, "t<bucket>" tokens
+-- then, when there are caps (ARGV 10 > 0), the spender's (a person's, or a shared pool's) state:
+-- KEYS[4+nwin] hash  P: one field per cap counter (micro-USD spent in a period: "<period>:<start>"
+--                    for the person, "k:<key_id>:<period>:<start>" for one key), "S|<field>" seeded,
+--                    "W|<field>" its seed watermark (ms), fm/hm in-flight full/input reservations,
+--                    "r:<rid>" = "in_m,full_m,admitted_ms", dur, rec (held after a loss), "p:<rid>" parked
+-- KEYS[5+nwin] zset  Pz: the spender's requests in flight: rid -> expiry (ms)
+-- KEYS[6+nwin] zset  Ps: settled request ids (settle.lua, spend_seed.lua)
 -- ARGV  1 rid  2 in_tokens  3 allowance_tokens  4 in_micro  5 allowance_micro
 --       6 budget_tokens  7 budget_micro  8 max_concurrency   (-1 = none)
---       9 reservation ttl ms  10-12 unused (0)  13 state ttl ms
+--       9 reservation ttl ms  10 number of caps  11-12 unused (0)  13 state ttl ms
 --       14 number of windows, then 4 per window: window_ms bucket_ms max_requests max_tokens (-1 = none)
+--       then 2 per cap: counter field, cap (micro-USD)
 -- Returns {code, retry_ms, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms,
 --          now_ms, detail}; code 0 admitted, 1 needs seeding (seed.lua, then admit again), 2 token budget
 --          spent, 3 micro-USD budget spent, 4 concurrency, 5 window requests, 6 window tokens (detail =
 --          window number), 7 held by requests in flight (detail -1 token budget, -2 micro-USD budget, i
---          window i).
+--          window i, -3 a cap), 8 caps to seed (element 11: their numbers, "1,3"), 9 over a cap
+--          (element 11: the caps spent, "2"). Admitted with caps: element 11 is each cap's spend so far
+--          ("123,4567"), for the utilisation headers and threshold alerts.
+--
+-- Caps (spend limits): refused (9) when the period's spend + this request's input exceeds a cap;
+-- when only its output allowance or the spender's requests in flight do not fit, held (7) if any
+-- request of the spender is in flight, else admitted alone.
 --
 -- Hard budgets: admitted when spent + every in-flight reservation (input + output allowance) + this
 -- request's input and allowance fits. When it does not: 2/3 if spent + its input alone is over the
@@ -35,6 +51,9 @@ local in_m, allow_m = tonumber(ARGV[4]), tonumber(ARGV[5])
 local bud_t, bud_m, conc = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local res_ttl, state_ttl = tonumber(ARGV[9]), tonumber(ARGV[13])
 local nwin = tonumber(ARGV[14])
+local ncap = tonumber(ARGV[10])
+local P, Pz = KEYS[4 + nwin], KEYS[5 + nwin]
+local cbase = 14 + nwin * 4
 local budgeted = bud_t >= 0 or bud_m >= 0
 local reserving = budgeted or conc >= 0
 for i = 1, nwin do
@@ -87,6 +106,51 @@ if budgeted then
     if sm >= bud_m or sm + in_m > bud_m then return {3, 0, -1, -1, 0, -1, -1, 0, now, bud_m - sm} end
     if held == nil and sm + fm + in_m + allow_m > bud_m then held = -2 end
   end
+end
+
+-- caps: the spender's period counters (seeded from the database by spend_seed.lua)
+local cheld, pbusy, spent_list = false, false, nil
+if ncap > 0 then
+  local pexp = redis.call('ZRANGEBYSCORE', Pz, '-inf', now, 'LIMIT', 0, 100)
+  for _, id in ipairs(pexp) do
+    local r = redis.call('HGET', P, 'r:' .. id)
+    if r then
+      local a1, a2 = string.match(r, '^([^,]*),([^,]*)')
+      redis.call('HINCRBY', P, 'hm', 0 - tonumber(a1))
+      redis.call('HINCRBY', P, 'fm', 0 - tonumber(a2))
+      redis.call('HDEL', P, 'r:' .. id)
+    end
+    redis.call('ZREM', Pz, id)
+  end
+  local fields = {'fm', 'rec'}
+  for i = 1, ncap do
+    local f = ARGV[cbase + (i - 1) * 2 + 1]
+    fields[#fields + 1] = f
+    fields[#fields + 1] = 'S|' .. f
+  end
+  local v = redis.call('HMGET', P, unpack(fields))
+  local need = {}
+  for i = 1, ncap do
+    if not v[2 + i * 2] then need[#need + 1] = i end
+  end
+  if #need > 0 then return {8, 0, -1, -1, 0, -1, -1, 0, now, 0, table.concat(need, ',')} end
+  local prec = tonumber(v[2])
+  if prec and now < prec then return {7, math.max(100, prec - now), -1, -1, 0, -1, -1, 0, now, -3} end
+  local pfm = tonumber(v[1]) or 0
+  local over = {}
+  spent_list = {}
+  for i = 1, ncap do
+    local cap = tonumber(ARGV[cbase + i * 2])
+    local spent = tonumber(v[1 + i * 2]) or 0
+    spent_list[i] = spent
+    if spent >= cap or spent + in_m > cap then
+      over[#over + 1] = i
+    elseif spent + pfm + in_m + allow_m > cap then
+      cheld = true
+    end
+  end
+  if #over > 0 then return {9, 0, -1, -1, 0, -1, -1, 0, now, 0, table.concat(over, ',')} end
+  pbusy = redis.call('ZCARD', Pz) > 0
 end
 
 if conc >= 0 and redis.call('ZCARD', z) >= conc then
@@ -180,6 +244,19 @@ if held ~= nil and busy then
   return {7, math.max(100, math.min(60000, avg - age)), -1, -1, 0, -1, -1, 0, now, held}
 end
 -- (held but nothing in flight: admitted alone)
+if cheld and pbusy then
+  -- a cap held by the spender's requests in flight: retry when the oldest is expected to end
+  local avg = tonumber(redis.call('HGET', P, 'dur')) or 1000
+  local age = 0
+  local first = redis.call('ZRANGE', Pz, 0, 0, 'WITHSCORES')
+  if first[1] then
+    local r = redis.call('HGET', P, 'r:' .. first[1])
+    local at = r and tonumber(string.match(r, '^[^,]*,[^,]*,([^,]+)'))
+    if at == nil then at = tonumber(first[2]) - res_ttl end
+    age = now - at
+  end
+  return {7, math.max(100, math.min(60000, avg - age)), -1, -1, 0, -1, -1, 0, now, -3}
+end
 
 -- admitted: every check passed, now write
 for i = 1, nwin do
@@ -202,5 +279,14 @@ if reserving then
   redis.call('ZADD', z, now + res_ttl, rid)
   redis.call('PEXPIRE', b, state_ttl)
   redis.call('PEXPIRE', z, res_ttl + 60000)
+end
+if ncap > 0 then
+  redis.call('HSET', P, 'r:' .. rid, in_m .. ',' .. (in_m + allow_m) .. ',' .. now)
+  redis.call('HINCRBY', P, 'hm', in_m)
+  redis.call('HINCRBY', P, 'fm', in_m + allow_m)
+  redis.call('ZADD', Pz, now + res_ttl, rid)
+  redis.call('PEXPIRE', P, state_ttl)
+  redis.call('PEXPIRE', Pz, res_ttl + 60000)
+  return {0, 0, req_limit, req_rem, req_reset, tok_limit, tok_rem, tok_reset, now, 0, table.concat(spent_list, ',')}
 end
 return {0, 0, req_limit, req_rem, req_reset, tok_limit, tok_rem, tok_reset, now, 0}

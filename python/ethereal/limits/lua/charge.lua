@@ -1,4 +1,4 @@
--- ethereal charge (library ethereal_limits_v3, function ethereal_charge_v3; key layout v1): moves a
+-- ethereal charge (library ethereal_limits_v4, function ethereal_charge_v4; key layout v1): moves a
 -- key's spend by a signed amount outside any request.
 -- Message Batches use it: the batch's estimated cost is charged (checked) at create and the
 -- difference to the real cost when its items are metered. No window or concurrency slot is

@@ -1,4 +1,4 @@
--- ethereal epoch (function ethereal_epoch_v3): tells a replica whether this Redis server lost its
+-- ethereal epoch (function ethereal_epoch_v4): tells a replica whether this Redis server lost its
 -- state since the replica last looked. KEYS[1] a hash on this server ({id, hold}).
 -- ARGV  1 a fresh id (used when the server has none)  2 the id the replica knows ('' = none yet)
 --       3 hold ms

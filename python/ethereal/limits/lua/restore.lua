@@ -1,4 +1,4 @@
--- ethereal restore (function ethereal_restore_v3, key layout v1): a replica re-announces the
+-- ethereal restore (function ethereal_restore_v4, key layout v1): a replica re-announces the
 -- reservations it holds for a key after Redis lost its state (they were admitted: they are put back
 -- whatever the budget says, so what they hold is not given to others). KEYS as in admit.lua (1
 -- budget hash, 2 in-flight zset, 3 settled ids).

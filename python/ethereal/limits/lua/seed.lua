@@ -1,4 +1,4 @@
--- ethereal seed (function ethereal_seed_v3, key layout v1): a budgeted key's spend from the database,
+-- ethereal seed (function ethereal_seed_v4, key layout v1): a budgeted key's spend from the database,
 -- the first time the key is seen after Redis lost its state (or ever). KEYS as in admit.lua (1 budget
 -- hash, 3 settled ids; 2 unused).
 -- ARGV  1 base tokens  2 base micro (the key's usage rows that ended before the watermark, plus what

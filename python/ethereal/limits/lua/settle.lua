@@ -1,9 +1,11 @@
--- ethereal settle (function ethereal_settle_v3, key layout v1): replaces a request's reservation by
+-- ethereal settle (function ethereal_settle_v4, key layout v1): replaces a request's reservation by
 -- what it really cost. KEYS as in admit.lua (1 budget hash, 2 in-flight zset, 3 settled ids, 4+ windows).
 -- ARGV  1 rid (the request id)  2 tokens  3 cost_micro  4 admitted_ms  5 reserved input tokens (counted
 --       in the windows at admit)  6 ended_ms (the gateway's clock, as the usage row's ended_at)
 --       7 keep_ms (how long a settled id is remembered)  8 budgeted (0/1)  9 state ttl ms
 --       10 number of windows, then 2 per window: window_ms bucket_ms
+--       then the number of caps and their counter fields (admit.lua: the periods the request started
+--       in); with caps, KEYS[4+nwin..6+nwin] are the spender's P hash, Pz and Ps (admit.lua)
 -- Returns {spent_tokens, spent_micro} (-1 when the key's spend is not tracked here, -2 when this
 -- request was counted already).
 --
@@ -21,6 +23,49 @@ local admitted, in_t = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ended, keep = tonumber(ARGV[6]), tonumber(ARGV[7])
 local budgeted = ARGV[8] == '1'
 local state_ttl, nwin = tonumber(ARGV[9]), tonumber(ARGV[10])
+
+-- caps: release the spender's reservation and count the cost in each period counter, once per
+-- request id (Ps); a counter not seeded yet parks the settle for spend_seed.lua ("p:<rid>")
+local cb = 10 + nwin * 2
+local ncap = tonumber(ARGV[cb + 1]) or 0
+if ncap > 0 and rid ~= '' then
+  local P, Pz, Ps = KEYS[4 + nwin], KEYS[5 + nwin], KEYS[6 + nwin]
+  local pr = redis.call('HMGET', P, 'r:' .. rid, 'dur')
+  if pr[1] then
+    local a1, a2, a3 = string.match(pr[1], '^([^,]*),([^,]*),([^,]*)')
+    redis.call('HINCRBY', P, 'hm', 0 - tonumber(a1))
+    redis.call('HINCRBY', P, 'fm', 0 - tonumber(a2))
+    redis.call('HDEL', P, 'r:' .. rid)
+    if tonumber(a2) > tonumber(a1) then
+      local d = math.max(0, now - tonumber(a3))
+      local avg = tonumber(pr[2])
+      if avg then d = math.floor(avg + (d - avg) / 4) end
+      redis.call('HSET', P, 'dur', d)
+    end
+  end
+  redis.call('ZREM', Pz, rid)
+  if not redis.call('ZSCORE', Ps, rid) then
+    local parked = nil
+    for i = 1, ncap do
+      local f = ARGV[cb + 1 + i]
+      local g = redis.call('HMGET', P, 'S|' .. f, 'W|' .. f)
+      if g[1] then
+        if ended >= (tonumber(g[2]) or 0) then redis.call('HINCRBY', P, f, cost) end
+      else
+        parked = (parked and (parked .. ' ') or '') .. f
+      end
+    end
+    if parked then redis.call('HSET', P, 'p:' .. rid, cost .. ',' .. ended .. ',' .. parked) end
+    redis.call('ZADD', Ps, ended, rid)
+    local old = redis.call('ZRANGEBYSCORE', Ps, '-inf', '(' .. (ended - keep), 'LIMIT', 0, 100)
+    for _, id in ipairs(old) do
+      redis.call('HDEL', P, 'p:' .. id)
+      redis.call('ZREM', Ps, id)
+    end
+    redis.call('PEXPIRE', Ps, state_ttl)
+  end
+  redis.call('PEXPIRE', P, state_ttl)
+end
 
 local v = redis.call('HMGET', b, 'r:' .. rid, 'dur', 'seeded', 'w')  -- one read for the whole hash
 local r = v[1]
