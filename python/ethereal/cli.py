@@ -164,7 +164,7 @@ def _metrics_dir() -> str:
 
 
 def serve_forever(settings: Settings) -> int:
-    """uvicorn (httptools + uvloop: measured fastest for this app, see README), one worker per
+    """uvicorn (httptools + uvloop: measured fastest for this app, see docs/benchmarks.md), one worker per
     ``--workers``. Workers receive the validated settings object itself (pickled into each
     spawned process with the app), never through the environment. SIGTERM drains, lets requests
     in flight finish within a grace period, flushes and exits 0 (``ethereal/serving.py``)."""

@@ -6,7 +6,7 @@ translated); ``to_chat_completion(message, …)`` turns a Messages response into
 ``chat.completion``. The streaming direction is the Rust ``ChatTranslator``
 (rust/ethereal-core/src/openai_chat.rs); both share the rules below.
 
-Choices worth knowing (also in the README):
+Choices worth knowing (also in docs/openai-translation.md):
 
 - ``system`` and ``developer`` messages, wherever they appear, are joined in order into
   ``system``. Consecutive same-role turns are merged (Claude alternates roles); in a user
