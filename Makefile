@@ -85,10 +85,11 @@ clients-matrix: setup clients aider ## re-run every coding tool through the gate
 wheel-smoke: ## build the wheel and install it as the Dockerfile does, then serve one request
 	bash scripts/wheel-smoke.sh
 
-lint: setup ## quality gates that fail: clippy (pedantic) -D warnings, ruff, mypy, the native stub against the extension
+lint: setup ## quality gates that fail: clippy (pedantic, workspace and fuzz crate) -D warnings, ruff check and format, mypy, the native stub against the extension
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --quiet -- -D warnings  # the fuzz crate is outside the workspace
-	$(BIN)/python -m ruff check python tests loadtest
+	$(BIN)/python -m ruff check python tests loadtest scripts
+	$(BIN)/python -m ruff format --check python tests loadtest scripts
 	$(BIN)/python -m mypy
 	MYPYPATH=python $(BIN)/python -m mypy.stubtest ethereal._native  # MYPYPATH: mypy cannot see the editable install
 

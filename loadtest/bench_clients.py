@@ -3,7 +3,7 @@
     python loadtest/bench_clients.py [--n 3000]
 
 The gateway's own overhead is dominated by what its upstream client costs per
-request, so the client was chosen by this measurement (see README).
+request, so the client was chosen by this measurement (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

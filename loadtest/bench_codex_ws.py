@@ -120,7 +120,7 @@ def main() -> None:
                 time.sleep(0.1)
             homes = write_homes(root, url)
             times: dict[str, list[float]] = {name: [] for name in homes}
-            for name, home in homes.items():  # one untimed run each: Codex's first start is slower
+            for home in homes.values():  # one untimed run each: Codex's first start is slower
                 run_codex(args.codex, home, root, key)
             for i in range(args.runs):
                 for name, home in homes.items():

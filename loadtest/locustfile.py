@@ -81,7 +81,9 @@ CODEX_HEADERS = {
     "openai-beta": "responses=experimental",
 }
 
-_WORDS = ["the", "gateway", "forwards", "every", "request", "byte", "for", "byte", "while", "the", "meter", "records", "usage", "and", "the", "limiter", "holds", "budgets", "across", "replicas", "so", "that", "operators", "see", "each", "token", "and", "each", "cent", "spent", "by", "teams"]
+_WORDS = ["the", "gateway", "forwards", "every", "request", "byte", "for", "byte", "while", "the", "meter", "records",
+          "usage", "and", "the", "limiter", "holds", "budgets", "across", "replicas", "so", "that", "operators", "see",
+          "each", "token", "and", "each", "cent", "spent", "by", "teams"]
 
 # Request ids answered recently, for the operator's GET /v1/usage/{id} (a few hundred is plenty).
 RECENT_IDS: deque[str] = deque(maxlen=512)

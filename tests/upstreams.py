@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
-
 import httpx
 from ethereal.sim.testing import control
 
 SECRET = "test-secret-key-for-upstream-credentials"
 ADMIN = "admin-key-0123456789abcdef"
+
+T = TypeVar("T")
 
 
 def seed_credentials(data_dir: Path, specs: list[dict[str, Any]], secret: str = SECRET) -> None:

@@ -36,7 +36,7 @@ def start_sim_subprocess(host: str = "127.0.0.1") -> tuple[subprocess.Popen[str]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ethereal.sim", "--host", host, "--port", "0"],
         stdout=subprocess.PIPE, text=True,
-        preexec_fn=preexec(),  # noqa: PLW1509 - only a prctl system call between fork and exec
+        preexec_fn=preexec(),  # only a prctl system call between fork and exec
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -164,7 +164,7 @@ def _metrics_dir() -> str:
 
 
 def serve_forever(settings: Settings) -> int:
-    """uvicorn (httptools + uvloop: measured fastest for this app, see README), one worker per
+    """uvicorn (httptools + uvloop: measured fastest for this app, see docs/benchmarks.md), one worker per
     ``--workers``. Workers receive the validated settings object itself (pickled into each
     spawned process with the app), never through the environment. SIGTERM drains, lets requests
     in flight finish within a grace period, flushes and exits 0 (``ethereal/serving.py``)."""
@@ -543,7 +543,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_cmd == "reprice":
         return _cmd_reprice(args, settings, registry)
     lists: dict[str, dict[str, Any]] = {}
-    if args.models_cmd == "check" and not args.no_upstreams or args.models_cmd == "list" and args.upstreams:
+    if (args.models_cmd == "check" and not args.no_upstreams) or (args.models_cmd == "list" and args.upstreams):
         lists = asyncio.run(_with_store(settings, lambda store: _read_upstream_lists(settings, store, registry)))
 
     if args.models_cmd == "list":
@@ -740,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     del_p = up_sub.add_parser("delete", help="delete a credential")
     del_p.add_argument("name")
 
-    models = sub.add_parser("models", help="the model registry: list it, check it against upstreams and price maps, re-price usage")
+    models = sub.add_parser("models", help="the model registry: list it, check it against upstreams and price maps,"
+                                            " re-price usage")
     models_sub = models.add_subparsers(dest="models_cmd", required=True)
     mlist = models_sub.add_parser("list", help="models with status, limits and the prices in force now")
     mlist.add_argument("--all", action="store_true", help="retired models too")

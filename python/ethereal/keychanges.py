@@ -92,7 +92,7 @@ class RedisKeyChanges(KeyChanges):
                 try:
                     await pubsub.aclose()
                     await client.aclose()
-                except Exception:  # noqa: BLE001, S110 - closing a broken connection
+                except Exception:  # noqa: BLE001 - closing a broken connection
                     pass
 
     async def close(self) -> None:

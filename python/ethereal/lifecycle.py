@@ -1,6 +1,6 @@
 """A worker's life around the app: health, draining, in-flight streams, event-loop lag.
 
-``Lifecycle`` wraps the ASGI app (``create_app``). It answers ``GET /healthz`` itself: 200
+The ASGI edge (``app.Ethereal``) runs every request through ``Lifecycle``. It answers ``GET /healthz``: 200
 ``{"status":"ok"}`` while serving, 503 ``{"status":"draining"}`` once a shutdown began, so a load
 balancer (HAProxy's ``option httpchk``, a Kubernetes readiness probe) stops sending new requests
 before the worker stops accepting them. ``/healthz?verbose=1`` adds this worker's pid, open
@@ -173,32 +173,6 @@ class Lifecycle:
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI
-    def wrap(self, app: ASGIApp) -> ASGIApp:
-        """``app`` behind this lifecycle alone (health, drain, stream tracking): for an ASGI app
-        other than ``app.Ethereal``, which is its own edge (it calls ``_serve`` itself)."""
-
-        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-            await self.handle(app, scope, receive, send)
-
-        return wrapped
-
-    async def handle(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            health = self.health_response(scope)
-            if health is not None:
-                await send_health(send, scope, *health)
-                return
-            if scope["method"] != "POST":  # streams are answers to POSTs; the rest passes untouched
-                await app(scope, receive, send)
-                return
-            await self._serve(app, scope, receive, send, None)
-            return
-        if kind == "lifespan":
-            await app(scope, receive, self._lifespan_send(send))
-            return
-        await app(scope, receive, send)
-
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
             kind = message["type"]

@@ -426,7 +426,7 @@ async def test_redis_restart_reconnects_reloads_and_reseeds(tmp_path: Any) -> No
            "--appendonly", "no", "--dir", str(tmp_path)]
 
     async def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - a test's redis-server
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # a test's redis-server
         for _ in range(100):
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -161,7 +161,7 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
         _, spent_micro, held_micro = await eventually(lambda: redis_spent(redis_url, key["id"]),
                                                       lambda got: got[1:] == (total, 0))
         assert spent_micro == total and held_micro == 0
-        shown = httpx.get(f"{url}/admin/api/keys/{key['id']}",  # noqa: ASYNC210 - one check after the load
+        shown = httpx.get(f"{url}/admin/api/keys/{key['id']}",  # blocking on purpose: one check after the load
                           headers={"x-api-key": ADMIN_KEY}).json()
         assert shown["spend"]["cost_micro"] == total
 
@@ -261,7 +261,8 @@ async def test_stream_cut_short_is_settled_on_the_estimate(sim_url: str, pg_url:
         headers = {**HEADERS, "x-api-key": key["key"]}
         async with httpx.AsyncClient(timeout=30) as client:
             resp = await client.post(url + "/v1/messages", headers=headers, json=body(
-                "tell me sim:tokens=200 sim:ttft=30 sim:tps=4000 sim:fault=reset_mid,after_events=30", max_tokens=400, stream=True))
+                "tell me sim:tokens=200 sim:ttft=30 sim:tps=4000 sim:fault=reset_mid,after_events=30", max_tokens=400,
+                stream=True))
             assert resp.status_code == 200 and b"event: error" in resp.content
             rows = await usage_rows(pg_url, key["id"], expect=1)
             assert len(rows) == 1 and rows[0]["exact"] is False and rows[0]["output_tokens"] > 0

@@ -74,7 +74,7 @@ def billed(name: str) -> dict[str, Any]:
         for it in u1["iterations"]:
             c5, c1 = split(it)
             vals = (it["input_tokens"], it["output_tokens"], c5, c1, it.get("cache_read_input_tokens", 0))
-            for k, v in zip(tot, vals):
+            for k, v in zip(tot, vals, strict=True):
                 tot[k] += v
             micro += cost(it.get("model") or model, *vals)
     else:

@@ -29,7 +29,7 @@ def make(i: int, rnd: random.Random) -> UsageRecord:
 def expected(records: list[UsageRecord], group_by: str, since: float | None, until: float | None) -> dict[Any, Any]:
     out: dict[Any, dict[str, int]] = {}
     for r in records:
-        if since is not None and r.started_at < since or until is not None and r.started_at >= until:
+        if (since is not None and r.started_at < since) or (until is not None and r.started_at >= until):
             continue
         acc = out.setdefault(getattr(r, group_by), {"requests": 0, "errors": 0, "cost_micro": 0,
                                                    "input_tokens": 0, "web_search_requests": 0})

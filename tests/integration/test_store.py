@@ -92,7 +92,7 @@ async def test_usage_insert_is_idempotent(store: Any) -> None:
     assert await store.insert_usage(rows) == 50
     # a replayed batch (partly new) inserts only the new rows; duplicates inside a batch too
     extra = usage()
-    assert await store.insert_usage(rows[:10] + [extra, extra]) == 1
+    assert await store.insert_usage([*rows[:10], extra, extra]) == 1
     assert await store.insert_usage([]) == 0
     got = await store.get_usage(rows[3].request_id)
     assert got is not None and got.to_dict() == rows[3].to_dict()

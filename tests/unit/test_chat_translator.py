@@ -241,7 +241,7 @@ def anthropic_streams(draw: Any) -> tuple[bytes, str | None]:
                 "type": "tool_use", "id": f"toolu_{index}", "name": name, "input": {}}})
             args = json.dumps({"q": draw(_text)}, ensure_ascii=draw(st.booleans()))
             cuts = sorted(draw(st.lists(st.integers(0, len(args)), max_size=3)))
-            for a, b in zip([0, *cuts], [*cuts, len(args)]):
+            for a, b in zip([0, *cuts], [*cuts, len(args)], strict=True):
                 events.append({"type": "content_block_delta", "index": index,
                                "delta": {"type": "input_json_delta", "partial_json": args[a:b]}})
         events.append({"type": "content_block_stop", "index": index})
@@ -282,7 +282,7 @@ MESSAGE_START = (b'event: message_start\ndata: {"type":"message_start","message"
                  b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":3,"output_tokens":1}}}\n\n')
 
 
-@pytest.mark.parametrize("error_type", sorted(_OPENAI_TYPES) + ["something_new"])
+@pytest.mark.parametrize("error_type", [*sorted(_OPENAI_TYPES), "something_new"])
 def test_error_event_matches_http_error_shape(error_type: str) -> None:
     event = json.dumps({"type": "error", "error": {"details": None, "type": error_type, "message": "boom"}})
     out = translate(MESSAGE_START + b"event: error\ndata: " + event.encode() + b" \n\n")

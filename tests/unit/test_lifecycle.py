@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from ethereal.lifecycle import Lifecycle, _frame_cut, _Stream
+from ethereal.lifecycle import Lifecycle, _frame_cut, _Stream, send_health
 
 FRAMES = [f"event: content_block_delta\ndata: {{\"i\":{i},\"text\":\"{'x' * i}\"}}\n\n".encode() for i in range(12)]
 STREAM = b"".join(FRAMES)
@@ -37,7 +37,11 @@ async def run(lc: Lifecycle, app: Any, path: str = "/v1/messages", method: str =
         return {}
 
     scope = {"type": "http", "path": path, "method": method, "query_string": query, "headers": []}
-    await lc.wrap(app)(scope, receive, send)
+    health = lc.health_response(scope)  # what app.Ethereal does at its edge
+    if health is not None:
+        await send_health(send, scope, *health)
+    else:
+        await lc._serve(app, scope, receive, send, None)
     return sent
 
 

@@ -97,8 +97,8 @@ def bound_names(node: ast.AST, parents: dict[int, ast.AST]) -> list[str]:
     child = node
     while True:
         parent = parents.get(id(child))
-        if parent is None or isinstance(parent, ast.stmt) and not isinstance(parent, ast.Assign | ast.AnnAssign
-                                                                                  | ast.AugAssign | ast.Return):
+        if parent is None or (isinstance(parent, ast.stmt) and not isinstance(parent, ast.Assign | ast.AnnAssign
+                                                                                  | ast.AugAssign | ast.Return)):
             return out
         if isinstance(parent, ast.keyword):
             return [*out, parent.arg or ""]

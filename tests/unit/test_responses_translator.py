@@ -213,7 +213,8 @@ def test_any_chunking_same_output(path: Path, sizes: list[int], crlf: bool) -> N
 TOOLS_REQUEST = make_request(tools=[
     {"type": "function", "name": "get_weather", "parameters": {"type": "object"}, "strict": False},
     {"type": "custom", "name": "json_response"},
-    {"type": "namespace", "name": "ns", "description": "d", "tools": [{"type": "function", "name": "f", "parameters": {}, "strict": False}]},
+    {"type": "namespace", "name": "ns", "description": "d",
+     "tools": [{"type": "function", "name": "f", "parameters": {}, "strict": False}]},
 ])
 
 

@@ -96,7 +96,7 @@ async def test_a_stream_that_goes_silent_is_cut_after_the_idle_timeout(client: U
         await resp.prime(1.0)
         chunks: list[bytes] = []
         t0 = time.monotonic()
-        with pytest.raises(UpstreamStreamError, match="no data from upstream for 0.4s"):
+        with pytest.raises(UpstreamStreamError, match=r"no data from upstream for 0\.4s"):
             async for chunk in resp.iter_chunks():
                 chunks.append(chunk)
         resp.close()

@@ -122,7 +122,8 @@ def test_failure_kinds_by_status() -> None:
     # the client's own errors never count against a credential
     for status in (400, 404, 409, 413, 422):
         assert FailureKind.for_status(status) is None
-    assert FailureKind.STREAM.backs_off and not FailureKind.RATE_LIMITED.backs_off and FailureKind("connect") is FailureKind.CONNECT
+    assert FailureKind.STREAM.backs_off and not FailureKind.RATE_LIMITED.backs_off
+    assert FailureKind("connect") is FailureKind.CONNECT
 
 
 async def test_rate_limited_with_retry_after_is_a_wall_for_exactly_that_long() -> None:
@@ -350,7 +351,7 @@ def test_affinity_key() -> None:
     # tools: the prefix stops at the tool with the breakpoint
     tools = [{"name": "t1", "input_schema": {}, "cache_control": {"type": "ephemeral"}}, {"name": "t2", "input_schema": {}}]
     a = cache_affinity({"tools": tools, "messages": [{"role": "user", "content": "x"}]}, m)
-    b = cache_affinity({"tools": tools[:1] + [{"name": "t3", "input_schema": {}}], "system": "s",
+    b = cache_affinity({"tools": [*tools[:1], {"name": "t3", "input_schema": {}}], "system": "s",
                         "messages": [{"role": "user", "content": "y"}]}, m)
     assert a == b
     # automatic caching (top-level cache_control): keyed by the conversation
@@ -415,7 +416,10 @@ async def test_redis_health_shares_a_groups_429(redis_url: str) -> None:
     from ethereal.upstream.redis_health import RedisHealth
 
     h1, h2 = RedisHealth(redis_url), RedisHealth(redis_url)
-    group_of = lambda m: GROUPS.get(m or "", m or "")
+
+    def group_of(m: str | None) -> str:
+        return GROUPS.get(m or "", m or "")
+
     try:
         p1 = Pool(creds("a", "b"), health=h1, group_of=group_of, rate_limit_cap=2.0)
         p2 = Pool(creds("a", "b"), health=h2, group_of=group_of, rate_limit_cap=2.0)

@@ -6,7 +6,7 @@ translated); ``to_chat_completion(message, …)`` turns a Messages response into
 ``chat.completion``. The streaming direction is the Rust ``ChatTranslator``
 (rust/ethereal-core/src/openai_chat.rs); both share the rules below.
 
-Choices worth knowing (also in the README):
+Choices worth knowing (also in docs/openai-translation.md):
 
 - ``system`` and ``developer`` messages, wherever they appear, are joined in order into
   ``system``. Consecutive same-role turns are merged (Claude alternates roles); in a user
@@ -533,19 +533,11 @@ def to_chat_completion(message: dict[str, Any], *, completion_id: str, created: 
     }
 
 
-def error_frame(error_type: str, message: str) -> bytes:
-    """An in-stream failure as an OpenAI SSE frame (the stream ends after it)."""
-    from ethereal.errors import openai_error_body
-
-    return b"data: " + openai_error_body(error_type, message) + b"\n\n"
-
-
 __all__ = [
     "JSON_TOOL",
     "ChatRequest",
     "GatewayError",
     "encode_reasoning_signature",
-    "error_frame",
     "finish_reason",
     "model_name",
     "openai_usage",

@@ -141,21 +141,3 @@ def anthropic_route(handler: Handler) -> Callable[[Request], Awaitable[Response]
 
     route.__name__ = handler.__name__
     return route
-
-
-def openai_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Like ``anthropic_route`` for OpenAI-shaped routes."""
-
-    async def route(request: Request) -> Response:
-        request_id = ids.request_id(key_hash_of(request.scope["headers"]))  # tagged: see ids.py
-        try:
-            return await handler(request, request_id)
-        except GatewayError as exc:
-            return openai_error(exc, request_id)
-        except Exception:
-            log.exception("unhandled error in %s %s", clip(request.method, 16),
-                          clip(request.url.path.decode("latin-1")))
-            return openai_error(GatewayError(500, "internal error in the gateway"), request_id)
-
-    route.__name__ = handler.__name__
-    return route

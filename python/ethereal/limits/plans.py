@@ -81,7 +81,7 @@ def _opt_int(plan: str, field: str, value: Any) -> int | None:
 
 def _plan_from_config(name: str, spec: Any) -> Plan:
     if not isinstance(spec, dict):
-        raise ValueError(f"plans.{name} must be a table")  # noqa: TRY004 - a config error, as all here
+        raise ValueError(f"plans.{name} must be a table")  # a config error (not TypeError), as all here
     windows: list[Window] = []
     base = DEFAULT_PLANS.get(normalize(name))
     defaults = {w.name: w for w in base.windows} if base else {}

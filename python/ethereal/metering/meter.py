@@ -207,7 +207,7 @@ class Meter:
         self.refused += 1
 
     def count_unauthenticated(self) -> None:
-        """A request refused before a key was known: counted, not recorded (see README)."""
+        """A request refused before a key was known: counted, not recorded (see docs/metering.md)."""
         self.unauthenticated += 1
 
     def _overflow(self) -> None:

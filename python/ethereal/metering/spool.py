@@ -95,7 +95,7 @@ def decode_lines(data: bytes) -> tuple[list[UsageRecord], int]:
             if columns is USAGE_COLUMNS:
                 records.append(UsageRecord(*value))
             else:
-                records.append(UsageRecord(**{c: v for c, v in zip(columns, value) if c in _FIELDS}))
+                records.append(UsageRecord(**{c: v for c, v in zip(columns, value, strict=False) if c in _FIELDS}))
         except TypeError:
             bad += 1
     return records, bad

@@ -108,11 +108,6 @@ class Observability:
 
 
 _current: Observability | None = None  # this worker's (a server process runs one gateway)
-_settings_for_logs: Any = None
-
-
-def of(app: Application) -> Observability | None:
-    return getattr(app, "observability", None)
 
 
 def parts() -> tuple[Ring | None, Metrics | None]:

@@ -58,7 +58,8 @@ FLUSH_SECONDS = 0.25
 
 
 def multiproc_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+    # the lowercase name is prometheus_client's older spelling, which it still honours
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None  # noqa: SIM112
 
 
 def refusal_reason(exc: GatewayError) -> str:

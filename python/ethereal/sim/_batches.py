@@ -236,7 +236,7 @@ def _results(state: Any, batch: SimBatch) -> bytes:
         now = time.time()
         done = batch.done_count(now)
         lines = []
-        for i, ((custom_id, params), outcome) in enumerate(zip(batch.items, batch.outcomes)):
+        for i, ((custom_id, params), outcome) in enumerate(zip(batch.items, batch.outcomes, strict=False)):
             lines.append(_result_line(state, batch, custom_id, params, outcome if i < done else "canceled"))
         batch.results = b"".join(lines)
         batch.items = [(cid, {}) for cid, _ in batch.items]  # the params are not needed any more

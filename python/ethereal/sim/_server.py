@@ -657,7 +657,7 @@ class SimProtocol(asyncio.Protocol):
                     if k == "error_mid":
                         action = ("json", 529, _error_body(529, rid), b"")
                     elif k == "reset_mid":
-                        action = ("json_reset",) + action[1:]
+                        action = ("json_reset", *action[1:])
             else:
                 status = int(k)
                 extra = b""

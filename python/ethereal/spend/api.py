@@ -120,7 +120,7 @@ def register(app: Application, gw: Gateway) -> None:
         wanted = {name: query_one(request, name) for name in ("user_id", "rbac_group_id", "api_key_id")}
         items = []
         for lim in sorted(gw.spend.book.limits, key=lambda x: x.id):
-            if kinds and lim.scope_type not in kinds or period is not None and lim.period != period:
+            if (kinds and lim.scope_type not in kinds) or (period is not None and lim.period != period):
                 continue
             scope = lim.scope()
             if any(v is not None and scope.get(name) != v for name, v in wanted.items()):

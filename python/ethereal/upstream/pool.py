@@ -167,7 +167,7 @@ class Credential:
     def serves(self, model: str | None) -> bool:
         if self.models is None or model is None:
             return True
-        for entry in self.models:
+        for entry in self.models:  # noqa: SIM110 - no generator object per call on the request path
             if entry == model or (entry.endswith("*") and model.startswith(entry[:-1])):
                 return True
         return False
