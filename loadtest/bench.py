@@ -99,14 +99,19 @@ def find_listener_pid(port: int) -> int:
 
 
 def body_for(stream: bool) -> bytes:
-    return json.dumps({
-        "model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
-        "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
-    }).encode()
+    return json.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 256,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
+        }
+    ).encode()
 
 
-async def measure(url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float,
-                  pids: list[int] | None) -> tuple[Result, float]:
+async def measure(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float, pids: list[int] | None
+) -> tuple[Result, float]:
     before = cpu_seconds(pids) if pids else 0.0
     res = await run_load(url, body, headers, concurrency=concurrency, duration=duration)
     after = cpu_seconds(pids) if pids else 0.0
@@ -123,7 +128,9 @@ def merge(results: list[Result]) -> Result:
     return out
 
 
-async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict[str, str]]], key: str) -> dict:
+async def main_async(
+    args: argparse.Namespace, trees: list[tuple[str, Path, dict[str, str]]], key: str
+) -> dict:
     """Sim directly and every gateway in ``trees`` (label, data dir, extra env), alternating rounds."""
     from ethereal.sim.testing import start_sim_process
 
@@ -157,8 +164,11 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
                 for label, _, pids in gateways:
                     g = merge(through[label]).summary()
                     row = {
-                        "version": label, "stream": stream, "concurrency": conc,
-                        "direct": ds, "gateway": g,
+                        "version": label,
+                        "stream": stream,
+                        "concurrency": conc,
+                        "direct": ds,
+                        "gateway": g,
                         "added_p50_ms": g["p50_ms"] - ds["p50_ms"],
                         "added_p99_ms": g["p99_ms"] - ds["p99_ms"],
                         "added_ttfb_p50_ms": g["ttfb_p50_ms"] - ds["ttfb_p50_ms"],
@@ -170,43 +180,70 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
         # throughput through each gateway, non-streaming
         body = body_for(False)
         report["throughput"] = {}
-        for label, url, pids in (gateways if not only or "throughput" in only else ()):
+        for label, url, pids in gateways if not only or "throughput" in only else ():
             res, cpu_s = await measure(url + "/v1/messages", body, headers, 64, args.duration * 2, pids)
             s = res.summary()
-            report["throughput"][label] = {"concurrency": 64, "rps": s["rps"], "errors": s["errors"],
-                                           "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
-                                           "gateway_cpu_ms_per_request": 1000 * cpu_s / max(1, s["requests"]),
-                                           "gateway_rss_mb": rss_mb(pids)}
-            print(f"{label:>7} throughput c=64 non-stream: {s['rps']:.0f} req/s, errors {s['errors']}, "
-                  f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
-                  f"cpu {report['throughput'][label]['gateway_cpu_ms_per_request']:.3f} ms/req", flush=True)
+            report["throughput"][label] = {
+                "concurrency": 64,
+                "rps": s["rps"],
+                "errors": s["errors"],
+                "p50_ms": s["p50_ms"],
+                "p99_ms": s["p99_ms"],
+                "gateway_cpu_ms_per_request": 1000 * cpu_s / max(1, s["requests"]),
+                "gateway_rss_mb": rss_mb(pids),
+            }
+            print(
+                f"{label:>7} throughput c=64 non-stream: {s['rps']:.0f} req/s, errors {s['errors']}, "
+                f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
+                f"cpu {report['throughput'][label]['gateway_cpu_ms_per_request']:.3f} ms/req",
+                flush=True,
+            )
     return report
 
 
 def format_row(row: dict) -> str:
     d, g = row["direct"], row["gateway"]
     kind = "stream    " if row["stream"] else "non-stream"
-    return (f"{row['version']:>7} {kind} c={row['concurrency']:<3} direct p50 {d['p50_ms']:.3f} p99 {d['p99_ms']:.3f} "
-            f"{d['rps']:.0f} rps | gateway p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
-            f"(errors {g['errors']}) | added p50 {row['added_p50_ms']:.3f} p99 {row['added_p99_ms']:.3f} "
-            f"ttfb+ {row['added_ttfb_p50_ms']:.3f} ms | cpu {row['gateway_cpu_ms_per_request']:.3f} ms/req "
-            f"rss {row['gateway_rss_mb']:.0f} MB")
+    return (
+        f"{row['version']:>7} {kind} c={row['concurrency']:<3} direct p50 {d['p50_ms']:.3f} p99 {d['p99_ms']:.3f} "
+        f"{d['rps']:.0f} rps | gateway p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
+        f"(errors {g['errors']}) | added p50 {row['added_p50_ms']:.3f} p99 {row['added_p99_ms']:.3f} "
+        f"ttfb+ {row['added_ttfb_p50_ms']:.3f} ms | cpu {row['gateway_cpu_ms_per_request']:.3f} ms/req "
+        f"rss {row['gateway_rss_mb']:.0f} MB"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="gateway workers (one per core)")
     parser.add_argument("--json", help="write the full report here")
-    parser.add_argument("--against", type=Path, metavar="CHECKOUT", action="append", default=[],
-                        help="also run a gateway from another checkout (a worktree with its built extension), "
-                             "side by side in the same run, rounds alternating; repeatable")
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL[@CHECKOUT]:NAME=VALUE[,NAME=VALUE]",
-                        help="also run this checkout (or CHECKOUT) with these settings in its environment (e.g. "
-                             "'nolog:ETHEREAL_LOG_LEVEL=warning'), side by side; repeatable")
-    parser.add_argument("--only", default="", metavar="SCENARIOS",
-                        help="comma-separated subset of non-stream-1, non-stream-32, stream-1, stream-32, throughput")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        action="append",
+        default=[],
+        help="also run a gateway from another checkout (a worktree with its built extension), "
+        "side by side in the same run, rounds alternating; repeatable",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL[@CHECKOUT]:NAME=VALUE[,NAME=VALUE]",
+        help="also run this checkout (or CHECKOUT) with these settings in its environment (e.g. "
+        "'nolog:ETHEREAL_LOG_LEVEL=warning'), side by side; repeatable",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="SCENARIOS",
+        help="comma-separated subset of non-stream-1, non-stream-32, stream-1, stream-32, throughput",
+    )
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,7 +46,9 @@ def create_until_accepted(url: str, key: str, body: bytes, out: list[tuple[list[
     t0 = time.perf_counter()
     with httpx.Client(timeout=600) as client:
         while True:
-            resp = client.post(f"{url}/v1/messages/batches", content=body, headers={**HEADERS, "x-api-key": key})
+            resp = client.post(
+                f"{url}/v1/messages/batches", content=body, headers={**HEADERS, "x-api-key": key}
+            )
             statuses.append(resp.status_code)
             if resp.status_code != 429 or len(statuses) > 20:
                 break
@@ -55,26 +57,52 @@ def create_until_accepted(url: str, key: str, body: bytes, out: list[tuple[list[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mib", type=float, default=249.0, help="size of each create's body")
     parser.add_argument("--creates", type=int, default=3)
     parser.add_argument("--item-bytes", type=int, default=4096)
     args = parser.parse_args()
 
     body = big_batch_body(int(args.mib * 1024 * 1024), args.item_bytes)
-    print(f"each create: {len(body) / 2**20:.1f} MiB, {body.count(b'custom_id')} items; {args.creates} at once",
-          flush=True)
+    print(
+        f"each create: {len(body) / 2**20:.1f} MiB, {body.count(b'custom_id')} items; {args.creates} at once",
+        flush=True,
+    )
     data_dir = Path(tempfile.mkdtemp(prefix="bench-batch-memory-"))
     db = f"sqlite:///{data_dir / 'ethereal.sqlite3'}"
     key, _ = mint_into_url(db, name="bench")
     with BatchSink() as sink:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-        env.update({"ETHEREAL_DATA_DIR": str(data_dir), "ETHEREAL_DATABASE_URL": db, "ETHEREAL_UPSTREAM_URL": sink.url,
-                    "ETHEREAL_UPSTREAM_KEY": "sink", "ETHEREAL_BATCH_POLL_INTERVAL": "3600"})
+        env.update(
+            {
+                "ETHEREAL_DATA_DIR": str(data_dir),
+                "ETHEREAL_DATABASE_URL": db,
+                "ETHEREAL_UPSTREAM_URL": sink.url,
+                "ETHEREAL_UPSTREAM_KEY": "sink",
+                "ETHEREAL_BATCH_POLL_INTERVAL": "3600",
+            }
+        )
         log = open(data_dir / "gateway.log", "wb")  # noqa: SIM115 - open for the gateway's lifetime
-        gateway = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1", "--port",
-                                    str(port), "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ethereal",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(url + "/healthz", gateway)
@@ -96,8 +124,10 @@ def main() -> int:
             results: list[tuple[list[int], float]] = []
             t0 = time.perf_counter()
             with healthz_watch(url) as latencies:
-                threads = [threading.Thread(target=create_until_accepted, args=(url, key, body, results))
-                           for _ in range(args.creates)]
+                threads = [
+                    threading.Thread(target=create_until_accepted, args=(url, key, body, results))
+                    for _ in range(args.creates)
+                ]
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -110,19 +140,25 @@ def main() -> int:
             gateway.terminate()
             gateway.wait(30)
             log.close()
-    print(f"worker RSS idle {idle / 1024:.0f} MiB; peak {peak[0] / 1024:.0f} MiB, {(peak[0] - idle) / 1024:.0f} MiB "
-          f"above idle (goal < 1024); {(after - idle) / 1024:.0f} MiB above idle after")
+    print(
+        f"worker RSS idle {idle / 1024:.0f} MiB; peak {peak[0] / 1024:.0f} MiB, {(peak[0] - idle) / 1024:.0f} MiB "
+        f"above idle (goal < 1024); {(after - idle) / 1024:.0f} MiB above idle after"
+    )
     finite = sorted(x for x in latencies if x != float("inf"))
     failed = len(latencies) - len(finite)
     if finite:
         p99 = finite[min(len(finite) - 1, int(len(finite) * 0.99))]
-        print(f"/healthz during the creates: {len(latencies)} probes, {failed} failed; median "
-              f"{statistics.median(finite) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {finite[-1] * 1000:.1f} ms "
-              "(goal max < 200)")
+        print(
+            f"/healthz during the creates: {len(latencies)} probes, {failed} failed; median "
+            f"{statistics.median(finite) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {finite[-1] * 1000:.1f} ms "
+            "(goal max < 200)"
+        )
     for statuses, took in results:
         print(f"create: statuses {statuses}, {took:.1f} s")
-    print(f"all accepted in {wall:.1f} s; the upstream received {len(sink.sizes) - 1} bodies of "
-          f"{', '.join(f'{s / 2**20:.1f}' for s in sink.sizes[1:])} MiB")
+    print(
+        f"all accepted in {wall:.1f} s; the upstream received {len(sink.sizes) - 1} bodies of "
+        f"{', '.join(f'{s / 2**20:.1f}' for s in sink.sizes[1:])} MiB"
+    )
     ok = all(r[0][-1] == 200 for r in results) and not failed
     return 0 if ok else 1
 

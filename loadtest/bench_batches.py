@@ -46,9 +46,16 @@ def build_body(items: int, item_bytes: int, output_tokens: int, batch_ms: int | 
         text = f"item {i}: sim:tokens={output_tokens} " + filler * max(1, (item_bytes - 160) // len(filler))
         if i == 0 and batch_ms is not None:
             text = f"sim:batch_ms={batch_ms} " + text
-        requests.append({"custom_id": f"item-{i:06d}", "params": {
-            "model": "claude-sonnet-4-6", "max_tokens": max(1024, output_tokens * 2),
-            "messages": [{"role": "user", "content": text}]}})
+        requests.append(
+            {
+                "custom_id": f"item-{i:06d}",
+                "params": {
+                    "model": "claude-sonnet-4-6",
+                    "max_tokens": max(1024, output_tokens * 2),
+                    "messages": [{"role": "user", "content": text}],
+                },
+            }
+        )
     return orjson.dumps({"requests": requests})
 
 
@@ -62,8 +69,9 @@ def rss_kib(pid: int) -> int:
 
 def create(base: str, key: str, body: bytes) -> tuple[float, dict[str, Any]]:
     t0 = time.perf_counter()
-    resp = httpx.post(f"{base}/v1/messages/batches", content=body, headers={**HEADERS, "x-api-key": key},
-                      timeout=120)
+    resp = httpx.post(
+        f"{base}/v1/messages/batches", content=body, headers={**HEADERS, "x-api-key": key}, timeout=120
+    )
     elapsed = time.perf_counter() - t0
     resp.raise_for_status()
     return elapsed, resp.json()
@@ -71,7 +79,9 @@ def create(base: str, key: str, body: bytes) -> tuple[float, dict[str, Any]]:
 
 def wait_ended(base: str, key: str, batch_id: str) -> dict[str, Any]:
     while True:
-        batch = httpx.get(f"{base}/v1/messages/batches/{batch_id}", headers={**HEADERS, "x-api-key": key}).json()
+        batch = httpx.get(
+            f"{base}/v1/messages/batches/{batch_id}", headers={**HEADERS, "x-api-key": key}
+        ).json()
         if batch["processing_status"] == "ended":
             return batch
         time.sleep(0.2)
@@ -105,7 +115,9 @@ def fetch(url: str, key: str, pid: int | None) -> tuple[float, int, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--item-bytes", type=int, default=2000)
     parser.add_argument("--output-tokens", type=int, default=600, help="output length of each result")
@@ -123,11 +135,33 @@ def main() -> int:
     with start_sim_process(batch_processing_ms=500) as (_sim_proc, sim):
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-        env.update({"ETHEREAL_DATA_DIR": str(data_dir), "ETHEREAL_DATABASE_URL": db, "ETHEREAL_UPSTREAM_URL": sim,
-                    "ETHEREAL_UPSTREAM_KEY": "sim", "ETHEREAL_BATCH_POLL_INTERVAL": "0.5"})
+        env.update(
+            {
+                "ETHEREAL_DATA_DIR": str(data_dir),
+                "ETHEREAL_DATABASE_URL": db,
+                "ETHEREAL_UPSTREAM_URL": sim,
+                "ETHEREAL_UPSTREAM_KEY": "sim",
+                "ETHEREAL_BATCH_POLL_INTERVAL": "0.5",
+            }
+        )
         log = open(data_dir / "gateway.log", "wb")  # noqa: SIM115 - open for the gateway's lifetime
-        gateway = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1", "--port",
-                                    str(port), "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ethereal",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(url + "/healthz", gateway)
@@ -141,22 +175,31 @@ def main() -> int:
                 seconds, batch = create(url, key, body)
                 through.append(seconds)
                 made.append(batch["id"])
-            print(f"create {args.items} items: sim {statistics.median(direct) * 1000:.0f} ms, gateway "
-                  f"{statistics.median(through) * 1000:.0f} ms (median of {args.rounds}; gateway runs "
-                  f"{', '.join(f'{s * 1000:.0f}' for s in through)} ms; sim runs "
-                  f"{', '.join(f'{s * 1000:.0f}' for s in direct)} ms)", flush=True)
+            print(
+                f"create {args.items} items: sim {statistics.median(direct) * 1000:.0f} ms, gateway "
+                f"{statistics.median(through) * 1000:.0f} ms (median of {args.rounds}; gateway runs "
+                f"{', '.join(f'{s * 1000:.0f}' for s in through)} ms; sim runs "
+                f"{', '.join(f'{s * 1000:.0f}' for s in direct)} ms)",
+                flush=True,
+            )
             for batch_id in made:
-                httpx.post(f"{url}/v1/messages/batches/{batch_id}/cancel", headers={**HEADERS, "x-api-key": key})
+                httpx.post(
+                    f"{url}/v1/messages/batches/{batch_id}/cancel", headers={**HEADERS, "x-api-key": key}
+                )
             _, last = create(url, key, build_body(args.items, args.item_bytes, args.output_tokens))
             ended = wait_ended(url, key, last["id"])
             last_item = f"req_{last['id'].removeprefix('msgbatch_')}_item-{args.items - 1:06d}"
             t_settle = time.perf_counter()
             while httpx.get(f"{url}/v1/usage/{last_item}", headers={"x-api-key": key}).status_code != 200:
                 time.sleep(0.2)  # the poller settles it: one read of the results, a usage row per item
-            print(f"settled (a usage row per item) {time.perf_counter() - t_settle:.1f} s after it ended",
-                  flush=True)
+            print(
+                f"settled (a usage row per item) {time.perf_counter() - t_settle:.1f} s after it ended",
+                flush=True,
+            )
             upstream_url = ended["results_url"]
-            sim_rows = httpx.get(f"{sim}/v1/messages/batches?limit=1", headers={**HEADERS, "x-api-key": "sim"}).json()
+            sim_rows = httpx.get(
+                f"{sim}/v1/messages/batches?limit=1", headers={**HEADERS, "x-api-key": "sim"}
+            ).json()
             sim_results = sim_rows["data"][0]["results_url"]
             print(f"gateway RSS before results: {rss_kib(pid) / 1024:.0f} MiB", flush=True)
             rates_direct, rates_gw, peaks = [], [], []
@@ -167,10 +210,13 @@ def main() -> int:
                 seconds, size, peak = fetch(upstream_url, key, pid)
                 rates_gw.append(size / seconds / 1e6)
                 peaks.append(peak)
-            print(f"results {size / 1e6:.1f} MB: sim {statistics.median(rates_direct):.0f} MB/s, gateway "
-                  f"{statistics.median(rates_gw):.0f} MB/s (median of {args.fetches}; gateway runs "
-                  f"{', '.join(f'{r:.0f}' for r in rates_gw)}); gateway RSS growth while streaming: peak "
-                  f"{max(peaks) / 1024:.1f} MiB for a {size / 2**20:.0f} MiB file", flush=True)
+            print(
+                f"results {size / 1e6:.1f} MB: sim {statistics.median(rates_direct):.0f} MB/s, gateway "
+                f"{statistics.median(rates_gw):.0f} MB/s (median of {args.fetches}; gateway runs "
+                f"{', '.join(f'{r:.0f}' for r in rates_gw)}); gateway RSS growth while streaming: peak "
+                f"{max(peaks) / 1024:.1f} MiB for a {size / 2**20:.0f} MiB file",
+                flush=True,
+            )
         finally:
             gateway.terminate()
             gateway.wait(timeout=20)

@@ -15,8 +15,13 @@ import time
 import uvloop
 from ethereal.sim.testing import start_sim_process
 
-BODY = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
-                   "messages": [{"role": "user", "content": "hi sim:tokens=40"}]}).encode()
+BODY = json.dumps(
+    {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi sim:tokens=40"}],
+    }
+).encode()
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01", "content-type": "application/json"}
 
 
@@ -24,9 +29,11 @@ async def bench_aiohttp(url: str, n: int) -> tuple[float, float]:
     import aiohttp
 
     async with aiohttp.ClientSession(auto_decompress=False) as session:
+
         async def one() -> None:
             async with session.post(url, data=BODY, headers=HEADERS) as resp:
                 await resp.read()
+
         return await timed(one, n)
 
 
@@ -34,8 +41,10 @@ async def bench_httpx(url: str, n: int) -> tuple[float, float]:
     import httpx
 
     async with httpx.AsyncClient() as client:
+
         async def one() -> None:
             await client.post(url, content=BODY, headers=HEADERS)
+
         return await timed(one, n)
 
 

@@ -60,12 +60,13 @@ def write_homes(root: Path, url: str) -> dict[str, Path]:
     for home in homes.values():
         home.mkdir()
     (homes["websocket"] / "config.toml").write_text(
-        'model = "claude-sonnet-4-5"\nmodel_reasoning_effort = "medium"\n'
-        f'openai_base_url = "{url}/v1"\n')
+        f'model = "claude-sonnet-4-5"\nmodel_reasoning_effort = "medium"\nopenai_base_url = "{url}/v1"\n'
+    )
     (homes["http"] / "config.toml").write_text(
         'model = "claude-sonnet-4-5"\nmodel_provider = "ethereal"\nmodel_reasoning_effort = "medium"\n'
         '[model_providers.ethereal]\nname = "ethereal"\n'
-        f'base_url = "{url}/v1"\nenv_key = "CODEX_API_KEY"\nwire_api = "responses"\n')
+        f'base_url = "{url}/v1"\nenv_key = "CODEX_API_KEY"\nwire_api = "responses"\n'
+    )
     return homes
 
 
@@ -75,9 +76,24 @@ def run_codex(codex: Path, home: Path, work: Path, key: str) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEX_", "ANTHROPIC_"))}
     env.update({"CODEX_HOME": str(home), "CODEX_API_KEY": key, "NO_COLOR": "1"})
     t0 = time.perf_counter()
-    proc = subprocess.run([str(codex), "exec", "--skip-git-repo-check", "--json", "-C", str(work),
-                           "-s", "workspace-write", prompt],
-                          env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180, check=False)
+    proc = subprocess.run(
+        [
+            str(codex),
+            "exec",
+            "--skip-git-repo-check",
+            "--json",
+            "-C",
+            str(work),
+            "-s",
+            "workspace-write",
+            prompt,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     out = proc.stdout.decode() + proc.stderr.decode()
     if proc.returncode != 0 or '"command_execution"' not in out:
@@ -88,7 +104,9 @@ def run_codex(codex: Path, home: Path, work: Path, key: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5, help="runs per transport (default 5)")
     parser.add_argument("--codex", type=Path, default=REPO / "clients" / "node_modules" / ".bin" / "codex")
     args = parser.parse_args()
@@ -102,11 +120,21 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-        env.update({"ETHEREAL_DATA_DIR": str(data_dir), "ETHEREAL_UPSTREAM_URL": sim_url,
-                    "ETHEREAL_UPSTREAM_KEY": "sim-upstream-key", "ETHEREAL_LOG_LEVEL": "warning"})
+        env.update(
+            {
+                "ETHEREAL_DATA_DIR": str(data_dir),
+                "ETHEREAL_UPSTREAM_URL": sim_url,
+                "ETHEREAL_UPSTREAM_KEY": "sim-upstream-key",
+                "ETHEREAL_LOG_LEVEL": "warning",
+            }
+        )
         with open(root / "gateway.log", "wb") as log:
-            gateway = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1",
-                                        "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -131,10 +159,14 @@ def main() -> None:
         finally:
             gateway.terminate()
             gateway.wait(timeout=30)
-    print(f"\nCodex CLI exec, shell-tool round trip, {args.runs} runs each (median / mean / min / max, seconds):")
+    print(
+        f"\nCodex CLI exec, shell-tool round trip, {args.runs} runs each (median / mean / min / max, seconds):"
+    )
     for name, values in times.items():
-        print(f"  {name:9s} {statistics.median(values):.2f} / {statistics.mean(values):.2f} / {min(values):.2f}"
-              f" / {max(values):.2f}")
+        print(
+            f"  {name:9s} {statistics.median(values):.2f} / {statistics.mean(values):.2f} / {min(values):.2f}"
+            f" / {max(values):.2f}"
+        )
     diff = statistics.median(times["websocket"]) - statistics.median(times["http"])
     print(f"  websocket − http (medians): {diff:+.2f} s")
 

@@ -137,10 +137,15 @@ def overview_paint(url: str, runs: int) -> dict[str, Any]:
                 fcp.append(value / 1000)
                 floor.append(base / 1000)
         browser.close()
-    return {"server_median_ms": median_ms(server), "server_p95_ms": p95_ms(server),
-            "fcp_median_ms": median_ms(fcp) if fcp else None,
-            "fcp_static_page_median_ms": median_ms(floor) if floor else None, "fcp_runs": len(fcp), "server_runs": len(server),
-            "hour_series_after_paint_median_ms": median_ms(hour)}
+    return {
+        "server_median_ms": median_ms(server),
+        "server_p95_ms": p95_ms(server),
+        "fcp_median_ms": median_ms(fcp) if fcp else None,
+        "fcp_static_page_median_ms": median_ms(floor) if floor else None,
+        "fcp_runs": len(fcp),
+        "server_runs": len(server),
+        "hour_series_after_paint_median_ms": median_ms(hour),
+    }
 
 
 def scrape_times(url: str, runs: int) -> dict[str, Any]:
@@ -160,9 +165,14 @@ def scrape_times(url: str, runs: int) -> dict[str, Any]:
 
 
 def traffic(url: str, n: int) -> None:
-    key = httpx.post(url + "/admin/api/keys", json={"name": "bench", "rpm": 100000},
-                     headers={"x-api-key": ADMIN_KEY}).json()["key"]
-    body = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi sim:tokens=3"}]}
+    key = httpx.post(
+        url + "/admin/api/keys", json={"name": "bench", "rpm": 100000}, headers={"x-api-key": ADMIN_KEY}
+    ).json()["key"]
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi sim:tokens=3"}],
+    }
     with httpx.Client(base_url=url, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}) as client:
         for _ in range(n):
             assert client.post("/v1/messages", json=body).status_code == 200
@@ -180,10 +190,23 @@ def live_cpu(rate: int = 1000) -> dict[str, Any]:
     from ethereal.observability.metrics import Metrics
 
     now = time.time()
-    rec = UsageRecord(request_id="req_x", key_id="key_x", credential="default", route="messages",
-                      model="claude-sonnet-4-6", status=200, stream=True, input_tokens=1200, output_tokens=300,
-                      cache_read=4000, cost_micro=9000, ttfb_ms=420.0, duration_ms=2100.0, started_at=now - 2,
-                      ended_at=now)
+    rec = UsageRecord(
+        request_id="req_x",
+        key_id="key_x",
+        credential="default",
+        route="messages",
+        model="claude-sonnet-4-6",
+        status=200,
+        stream=True,
+        input_tokens=1200,
+        output_tokens=300,
+        cache_read=4000,
+        cost_micro=9000,
+        ttfb_ms=420.0,
+        duration_ms=2100.0,
+        started_at=now - 2,
+        ended_at=now,
+    )
     ring = live.Ring()
     add = per_call(lambda: ring.add(rec), 200_000)
     enter_leave = per_call(lambda: (ring.enter(), ring.leave()), 200_000)
@@ -213,10 +236,14 @@ def live_cpu(rate: int = 1000) -> dict[str, Any]:
     log_line = per_call(lambda: formatter.format(log_record), 50_000)
     live_share = rate * (add + enter_leave) + snap8 / 2.0  # one console open, polling every 2 s, 8 workers
     return {
-        "ring_add_us": round(add * 1e6, 2), "ring_enter_leave_us": round(enter_leave * 1e6, 2),
-        "snapshot_2_workers_ms": round(snap2 * 1000, 2), "snapshot_8_workers_ms": round(snap8 * 1000, 2),
-        "live_view_cpu_pct_of_one_core_at_rate": round(live_share * 100, 3), "rate": rate,
-        "prometheus_observe_us": round(observe * 1e6, 2), "json_log_line_format_us": round(log_line * 1e6, 2),
+        "ring_add_us": round(add * 1e6, 2),
+        "ring_enter_leave_us": round(enter_leave * 1e6, 2),
+        "snapshot_2_workers_ms": round(snap2 * 1000, 2),
+        "snapshot_8_workers_ms": round(snap8 * 1000, 2),
+        "live_view_cpu_pct_of_one_core_at_rate": round(live_share * 100, 3),
+        "rate": rate,
+        "prometheus_observe_us": round(observe * 1e6, 2),
+        "json_log_line_format_us": round(log_line * 1e6, 2),
         "all_observability_cpu_pct_at_rate": round((live_share + rate * (observe + log_line)) * 100, 2),
     }
 
@@ -234,7 +261,11 @@ def main() -> int:
         url = server.create_database("console_bench")
         results["database"] = asyncio.run(seed(url, args.rows))
         with tempfile.TemporaryDirectory() as tmp:
-            env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_DATABASE_URL": url, "ETHEREAL_LOG_LEVEL": "warning"}
+            env = {
+                "ETHEREAL_ADMIN_KEY": ADMIN_KEY,
+                "ETHEREAL_DATABASE_URL": url,
+                "ETHEREAL_LOG_LEVEL": "warning",
+            }
             sim = os.environ.get("ETHEREAL_BENCH_SIM")
             from ethereal.cli import start_sim_subprocess
 
@@ -251,18 +282,33 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=1))
     else:
-        db, ov, sc, lv = results["database"], results["overview"], results["metrics_scrape"], results["live_view"]
-        print(f"usage rows {db['rows']:,} (rollup rows {db['rollup_rows']:,}; seeded in {db['seed_seconds']} s)")
-        print(f"overview: server answer median {ov['server_median_ms']} ms (p95 {ov['server_p95_ms']} ms),"
-              f" chromium first-contentful-paint median {ov['fcp_median_ms']} ms (a page without data:"
-              f" {ov['fcp_static_page_median_ms']} ms); the last-hour per-minute series"
-              f" (fetched after the paint) {ov['hour_series_after_paint_median_ms']} ms")
-        print(f"/metrics scrape (2 workers): median {sc['median_ms']} ms, p95 {sc['p95_ms']} ms, {sc['bytes']} bytes")
-        print(f"live view: Ring.add {lv['ring_add_us']} µs, enter+leave {lv['ring_enter_leave_us']} µs, snapshot"
-              f" {lv['snapshot_2_workers_ms']} ms (2 workers) / {lv['snapshot_8_workers_ms']} ms (8 workers):"
-              f" {lv['live_view_cpu_pct_of_one_core_at_rate']}% of one core at {lv['rate']} req/s")
-        print(f"  rest of the layer: Prometheus observe {lv['prometheus_observe_us']} µs, JSON log line"
-              f" {lv['json_log_line_format_us']} µs; all observability {lv['all_observability_cpu_pct_at_rate']}%")
+        db, ov, sc, lv = (
+            results["database"],
+            results["overview"],
+            results["metrics_scrape"],
+            results["live_view"],
+        )
+        print(
+            f"usage rows {db['rows']:,} (rollup rows {db['rollup_rows']:,}; seeded in {db['seed_seconds']} s)"
+        )
+        print(
+            f"overview: server answer median {ov['server_median_ms']} ms (p95 {ov['server_p95_ms']} ms),"
+            f" chromium first-contentful-paint median {ov['fcp_median_ms']} ms (a page without data:"
+            f" {ov['fcp_static_page_median_ms']} ms); the last-hour per-minute series"
+            f" (fetched after the paint) {ov['hour_series_after_paint_median_ms']} ms"
+        )
+        print(
+            f"/metrics scrape (2 workers): median {sc['median_ms']} ms, p95 {sc['p95_ms']} ms, {sc['bytes']} bytes"
+        )
+        print(
+            f"live view: Ring.add {lv['ring_add_us']} µs, enter+leave {lv['ring_enter_leave_us']} µs, snapshot"
+            f" {lv['snapshot_2_workers_ms']} ms (2 workers) / {lv['snapshot_8_workers_ms']} ms (8 workers):"
+            f" {lv['live_view_cpu_pct_of_one_core_at_rate']}% of one core at {lv['rate']} req/s"
+        )
+        print(
+            f"  rest of the layer: Prometheus observe {lv['prometheus_observe_us']} µs, JSON log line"
+            f" {lv['json_log_line_format_us']} µs; all observability {lv['all_observability_cpu_pct_at_rate']}%"
+        )
     return 0
 
 

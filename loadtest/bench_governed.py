@@ -47,8 +47,14 @@ from tests.procs import gateway_process
 from tests.services import redis_server as tcp_redis_server
 
 HUGE = 10**15
-BENCH_PLAN = {"bench": {"requests_per_5h": HUGE, "tokens_per_5h": HUGE,
-                        "requests_per_week": HUGE, "tokens_per_week": HUGE}}
+BENCH_PLAN = {
+    "bench": {
+        "requests_per_5h": HUGE,
+        "tokens_per_5h": HUGE,
+        "requests_per_week": HUGE,
+        "tokens_per_week": HUGE,
+    }
+}
 
 
 @contextlib.contextmanager
@@ -60,9 +66,23 @@ def redis_server(unix: bool) -> Iterator[Any]:
         return
     workdir = tempfile.mkdtemp(prefix="ethereal-redis-")
     sock = os.path.join(workdir, "redis.sock")
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket", sock,
-                             "--save", "", "--appendonly", "no", "--dir", workdir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            sock,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while not os.path.exists(sock) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -75,21 +95,31 @@ def redis_server(unix: bool) -> Iterator[Any]:
 
 
 def body_for(stream: bool) -> bytes:
-    return json.dumps({
-        "model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
-        "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
-    }).encode()
+    return json.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 256,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
+        }
+    ).encode()
 
 
 async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict[str, str]]]) -> dict:
     """``trees``: (label, data dir holding the two keys, extra environment) per gateway under test."""
     from ethereal.sim.testing import start_sim_process
 
-    report: dict = {"config": {k: v for k, v in vars(args).items()}, "scenarios": [],
-                    "loadavg_before": os.getloadavg()}
+    report: dict = {
+        "config": {k: v for k, v in vars(args).items()},
+        "scenarios": [],
+        "loadavg_before": os.getloadavg(),
+    }
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run", flush=True)
-    with redis_server(unix=args.redis_unix) as redis, start_sim_process() as (_sim, sim_url), \
-            contextlib.ExitStack() as stack:
+    with (
+        redis_server(unix=args.redis_unix) as redis,
+        start_sim_process() as (_sim, sim_url),
+        contextlib.ExitStack() as stack,
+    ):
         gateways = []
         for label, data_dir, extra in trees:
             env = {"ETHEREAL_PLANS": json.dumps(BENCH_PLAN), **extra}
@@ -97,13 +127,18 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
                 env["ETHEREAL_REDIS_URL"] = redis.url
             gw_url = stack.enter_context(gateway_process(data_dir, sim_url, workers=args.workers, env=env))
             keys_file = json.loads((data_dir / "bench-keys.json").read_text())
-            gateways.append((label, gw_url, proc_tree(find_listener_pid(int(gw_url.rsplit(":", 1)[1]))), keys_file))
+            gateways.append(
+                (label, gw_url, proc_tree(find_listener_pid(int(gw_url.rsplit(":", 1)[1]))), keys_file)
+            )
         redis_pids = [redis.proc.pid]
         base = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
         for stream, conc in ((False, 1), (True, 1), (False, 32)):
             body = body_for(stream)
-            runs = [(label, url + "/v1/messages", pids, name, {**base, "x-api-key": keys[name]})
-                    for label, url, pids, keys in gateways for name in ("ungoverned", "governed")]
+            runs = [
+                (label, url + "/v1/messages", pids, name, {**base, "x-api-key": keys[name]})
+                for label, url, pids, keys in gateways
+                for name in ("ungoverned", "governed")
+            ]
             for _, url, _, _, headers in runs:  # warm all (scripts loaded, caches filled)
                 await run_load(url, body, headers, concurrency=conc, duration=0.5)
             results: dict[tuple[str, str], list] = {(r[0], r[3]): [] for r in runs}
@@ -112,26 +147,35 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
             for _ in range(args.rounds):  # alternating: machine noise hits every configuration alike
                 for label, url, pids, name, headers in runs:
                     before, rbefore = cpu_seconds(pids), cpu_seconds(redis_pids)
-                    results[label, name].append(await run_load(url, body, headers, concurrency=conc,
-                                                               duration=args.duration))
+                    results[label, name].append(
+                        await run_load(url, body, headers, concurrency=conc, duration=args.duration)
+                    )
                     cpu[label, name] += cpu_seconds(pids) - before
                     rcpu[label, name] += cpu_seconds(redis_pids) - rbefore
             for label, *_ in gateways:
                 s = {name: merge(results[label, name]).summary() for name in ("ungoverned", "governed")}
                 row = {
-                    "tree": label, "stream": stream, "concurrency": conc, **s,
+                    "tree": label,
+                    "stream": stream,
+                    "concurrency": conc,
+                    **s,
                     "added_p50_ms": s["governed"]["p50_ms"] - s["ungoverned"]["p50_ms"],
                     "added_p99_ms": s["governed"]["p99_ms"] - s["ungoverned"]["p99_ms"],
-                    "gateway_cpu_ms_per_request": {n: 1000 * cpu[label, n] / max(1, s[n]["requests"])
-                                                   for n in ("ungoverned", "governed")},
-                    "redis_cpu_ms_per_request": {n: 1000 * rcpu[label, n] / max(1, s[n]["requests"])
-                                                 for n in ("ungoverned", "governed")},
+                    "gateway_cpu_ms_per_request": {
+                        n: 1000 * cpu[label, n] / max(1, s[n]["requests"]) for n in ("ungoverned", "governed")
+                    },
+                    "redis_cpu_ms_per_request": {
+                        n: 1000 * rcpu[label, n] / max(1, s[n]["requests"])
+                        for n in ("ungoverned", "governed")
+                    },
                 }
                 report["scenarios"].append(row)
                 print(format_row(row), flush=True)
     report["loadavg_after"] = os.getloadavg()
-    print(f"load average {os.getloadavg()[0]:.2f} after the run (other processes skew c=1 latency most)",
-          flush=True)
+    print(
+        f"load average {os.getloadavg()[0]:.2f} after the run (other processes skew c=1 latency most)",
+        flush=True,
+    )
     return report
 
 
@@ -140,25 +184,38 @@ def format_row(row: dict) -> str:
     cpu, rcpu = row["gateway_cpu_ms_per_request"], row["redis_cpu_ms_per_request"]
     kind = "stream    " if row["stream"] else "non-stream"
     tree = f"[{row['tree']}] " if row.get("tree") else ""
-    return (f"{tree}{kind} c={row['concurrency']:<3} ungoverned p50 {u['p50_ms']:.3f} p99 {u['p99_ms']:.3f} "
-            f"{u['rps']:.0f} rps | governed p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
-            f"(errors {u['errors']}/{g['errors']}) | added p50 {row['added_p50_ms']:+.3f} "
-            f"p99 {row['added_p99_ms']:+.3f} ms | gateway cpu {cpu['ungoverned']:.3f} -> {cpu['governed']:.3f} "
-            f"ms/req | redis cpu {rcpu['governed']:.3f} ms/req")
+    return (
+        f"{tree}{kind} c={row['concurrency']:<3} ungoverned p50 {u['p50_ms']:.3f} p99 {u['p99_ms']:.3f} "
+        f"{u['rps']:.0f} rps | governed p50 {g['p50_ms']:.3f} p99 {g['p99_ms']:.3f} {g['rps']:.0f} rps "
+        f"(errors {u['errors']}/{g['errors']}) | added p50 {row['added_p50_ms']:+.3f} "
+        f"p99 {row['added_p99_ms']:+.3f} ms | gateway cpu {cpu['ungoverned']:.3f} -> {cpu['governed']:.3f} "
+        f"ms/req | redis cpu {rcpu['governed']:.3f} ms/req"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--redis-unix", action="store_true", help="Redis on a Unix socket instead of loopback TCP")
-    parser.add_argument("--local", action="store_true",
-                        help="no Redis: the in-process LocalLimiter (the limiter's own CPU, without the round trip)")
+    parser.add_argument(
+        "--redis-unix", action="store_true", help="Redis on a Unix socket instead of loopback TCP"
+    )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="no Redis: the in-process LocalLimiter (the limiter's own CPU, without the round trip)",
+    )
     parser.add_argument("--json", help="write the full report here")
-    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
-                        help="also run a gateway from another checkout of ethereal (e.g. a worktree of main with its "
-                             "built extension), side by side in the same run, alternating rounds")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run a gateway from another checkout of ethereal (e.g. a worktree of main with its "
+        "built extension), side by side in the same run, alternating rounds",
+    )
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,8 +226,16 @@ def main() -> None:
             data_dir = Path(tmp) / label
             data_dir.mkdir()
             free, _ = mint_into(data_dir, name="ungoverned")
-            governed, _ = mint_into(data_dir, name="governed", plan="bench", budget_tokens=HUGE,
-                                    budget_micro_usd=HUGE, rpm=HUGE, tpm=HUGE, max_concurrency=100_000)
+            governed, _ = mint_into(
+                data_dir,
+                name="governed",
+                plan="bench",
+                budget_tokens=HUGE,
+                budget_micro_usd=HUGE,
+                rpm=HUGE,
+                tpm=HUGE,
+                max_concurrency=100_000,
+            )
             (data_dir / "bench-keys.json").write_text(json.dumps({"ungoverned": free, "governed": governed}))
             extra = {"PYTHONPATH": str(Path(checkout).resolve() / "python")} if checkout is not None else {}
             trees.append((label if args.against else "", data_dir, extra))

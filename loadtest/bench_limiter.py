@@ -34,16 +34,33 @@ async def worker(url: str, ops: int, concurrency: int) -> dict[str, float]:
     from ethereal.limits.plans import Plans
     from ethereal.limits.redis import RedisLimiter
 
-    plans = Plans({"bench": {"requests_per_5h": HUGE, "tokens_per_5h": HUGE, "requests_per_week": HUGE,
-                             "tokens_per_week": HUGE}})
+    plans = Plans(
+        {
+            "bench": {
+                "requests_per_5h": HUGE,
+                "tokens_per_5h": HUGE,
+                "requests_per_week": HUGE,
+                "tokens_per_week": HUGE,
+            }
+        }
+    )
     limiter = RedisLimiter(url, plans=plans)
     await limiter.start()
-    key = mint("sk-bench-", plan="bench", budget_tokens=HUGE, budget_micro_usd=HUGE, rpm=HUGE, tpm=HUGE,
-               max_concurrency=100_000)[1]
+    key = mint(
+        "sk-bench-",
+        plan="bench",
+        budget_tokens=HUGE,
+        budget_micro_usd=HUGE,
+        rpm=HUGE,
+        tpm=HUGE,
+        max_concurrency=100_000,
+    )[1]
 
     async def loop(n: int) -> None:
         for _ in range(n):
-            adm = await limiter.admit(key, model="m", input_tokens=120, max_tokens=256, price_in=3, price_out=15)
+            adm = await limiter.admit(
+                key, model="m", input_tokens=120, max_tokens=256, price_in=3, price_out=15
+            )
             await limiter.settle(adm, tokens=160, cost_micro=1000)
 
     await loop(50)  # warm: functions loaded, spend seeded, specs encoded
@@ -61,7 +78,9 @@ def redis_cpu(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ops", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--against", type=Path, metavar="CHECKOUT")
@@ -86,16 +105,24 @@ def main() -> None:
                     if checkout is not None:
                         env["PYTHONPATH"] = str(checkout / "python")
                     r0 = redis_cpu(redis.proc.pid)
-                    out = subprocess.run([sys.executable, __file__, "--worker", redis.url, str(args.ops), str(conc)],
-                                         env=env, check=True, capture_output=True, text=True)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--worker", redis.url, str(args.ops), str(conc)],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
                     rcpu = redis_cpu(redis.proc.pid) - r0
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                     n = res["ops"]
                     rows[label].append((1e6 * res["cpu_s"] / n, 1e6 * rcpu / n, 1e6 * res["wall_s"] / n))
             for label, samples in rows.items():
                 py, rc, wall = (statistics.median(s[i] for s in samples) for i in range(3))
-                print(f"[{label}] c={conc:<3} per admit+settle: limiter python cpu {py:.1f} µs, redis cpu {rc:.1f} µs, "
-                      f"wall {wall:.1f} µs (medians of {len(samples)} rounds of {args.ops})", flush=True)
+                print(
+                    f"[{label}] c={conc:<3} per admit+settle: limiter python cpu {py:.1f} µs, redis cpu {rc:.1f} µs, "
+                    f"wall {wall:.1f} µs (medians of {len(samples)} rounds of {args.ops})",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -43,14 +43,28 @@ from ethereal.usage import Usage
 def make_records(n: int, seed: int = 1) -> list[UsageRecord]:
     rnd = random.Random(seed)
     now = time.time()
-    return [UsageRecord(
-        request_id=f"req_bench{seed:04d}{i:016d}", key_id=f"key_{rnd.randint(0, 499):024x}", credential="default",
-        route="messages", model=rnd.choice(["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5"]),
-        status=200, stream=True, input_tokens=rnd.randint(1, 9000), output_tokens=rnd.randint(1, 2000),
-        cache_creation_5m=rnd.randint(0, 900), cache_read=rnd.randint(0, 20000), cost_micro=rnd.randint(1, 90000),
-        ttfb_ms=rnd.uniform(100, 900), duration_ms=rnd.uniform(500, 9000), started_at=now - 5, ended_at=now,
-        upstream_request_id="req_011CUpstream" + "x" * 12,
-    ) for i in range(n)]
+    return [
+        UsageRecord(
+            request_id=f"req_bench{seed:04d}{i:016d}",
+            key_id=f"key_{rnd.randint(0, 499):024x}",
+            credential="default",
+            route="messages",
+            model=rnd.choice(["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5"]),
+            status=200,
+            stream=True,
+            input_tokens=rnd.randint(1, 9000),
+            output_tokens=rnd.randint(1, 2000),
+            cache_creation_5m=rnd.randint(0, 900),
+            cache_read=rnd.randint(0, 20000),
+            cost_micro=rnd.randint(1, 90000),
+            ttfb_ms=rnd.uniform(100, 900),
+            duration_ms=rnd.uniform(500, 9000),
+            started_at=now - 5,
+            ended_at=now,
+            upstream_request_id="req_011CUpstream" + "x" * 12,
+        )
+        for i in range(n)
+    ]
 
 
 class NullStore:
@@ -79,27 +93,52 @@ def bench_request_path(n: int) -> dict[str, float]:
     # 2. what finish() adds: price + build the record + record()
     t0 = time.perf_counter()
     for i in range(n):
-        cost = price(catalog, model, Usage(input_tokens=1200, output_tokens=350, cache_read=4000), at=now).cost_micro
+        cost = price(
+            catalog, model, Usage(input_tokens=1200, output_tokens=350, cache_read=4000), at=now
+        ).cost_micro
         rec = UsageRecord(
-            request_id=ids[i], key_id="key_a", credential="default", route="messages", model=model.id,  # type: ignore[union-attr]
-            status=200, stream=True, input_tokens=1200, output_tokens=350, cache_creation_5m=0,
-            cache_creation_1h=0, cache_read=4000, exact=True, cache_ttl_assumed=False, cost_micro=cost,
-            ttfb_ms=300.0, duration_ms=(time.perf_counter() - t0) * 1000.0, started_at=now, ended_at=time.time(),
-            upstream_request_id="req_011C", error_type=None, web_search_requests=0,
+            request_id=ids[i],
+            key_id="key_a",
+            credential="default",
+            route="messages",
+            model=model.id,  # type: ignore[union-attr]
+            status=200,
+            stream=True,
+            input_tokens=1200,
+            output_tokens=350,
+            cache_creation_5m=0,
+            cache_creation_1h=0,
+            cache_read=4000,
+            exact=True,
+            cache_ttl_assumed=False,
+            cost_micro=cost,
+            ttfb_ms=300.0,
+            duration_ms=(time.perf_counter() - t0) * 1000.0,
+            started_at=now,
+            ended_at=time.time(),
+            upstream_request_id="req_011C",
+            error_type=None,
+            web_search_requests=0,
         )
         meter.record(rec)
     full = (time.perf_counter() - t0) / n * 1e6
     # 3. per stream: the native tap's Usage value at the end of a stream (built once per stream)
     tap = _native.StreamTap()
-    tap.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":"
-             b"{\"input_tokens\":1200,\"output_tokens\":350,\"cache_read_input_tokens\":4000}}\n\n")
+    tap.feed(
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{},"usage":'
+        b'{"input_tokens":1200,"output_tokens":350,"cache_read_input_tokens":4000}}\n\n'
+    )
     streams = max(1, n // 20)
     t0 = time.perf_counter()
     for _ in range(streams):
         tap.usage()
     usage_us = (time.perf_counter() - t0) / streams * 1e6
-    return {"record_us": record_only, "finish_metering_us": full, "stream_usage_us": usage_us,
-            "total_stream_request_us": full + usage_us}
+    return {
+        "record_us": record_only,
+        "finish_metering_us": full,
+        "stream_usage_us": usage_us,
+        "total_stream_request_us": full + usage_us,
+    }
 
 
 async def bench_flush(pg_url: str, n: int, batch: int, spool_dir: Path) -> dict[str, float]:
@@ -125,7 +164,7 @@ async def bench_flush(pg_url: str, n: int, batch: int, spool_dir: Path) -> dict[
         recs = make_records(n, seed=4)
         t0 = time.perf_counter()
         for i in range(0, n, 500):
-            for r in recs[i:i + 500]:
+            for r in recs[i : i + 500]:
                 meter.record(r)
             await asyncio.sleep(0)
         while meter.stats()["queue_depth"] or meter.flushed_rows < 2 * n:
@@ -164,7 +203,9 @@ async def bench_flush(pg_url: str, n: int, batch: int, spool_dir: Path) -> dict[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--pg-url", default=None)
@@ -193,8 +234,10 @@ def main() -> int:
         print(f"request path  record():                         {path['record_us']:.2f} µs")
         print(f"              finish() metering (price+record): {path['finish_metering_us']:.2f} µs")
         print(f"              the tap's Usage value per stream:  {path['stream_usage_us']:.2f} µs")
-        print(f"              total per streamed request:        {path['total_stream_request_us']:.2f} µs"
-              "   (goal < 50 µs)")
+        print(
+            f"              total per streamed request:        {path['total_stream_request_us']:.2f} µs"
+            "   (goal < 50 µs)"
+        )
         print(f"flusher       direct flush:     {flush['flush_rows_per_s']:>10,.0f} rows/s   (goal >= 5,000)")
         print(f"              background flush: {flush['background_rows_per_s']:>10,.0f} rows/s")
         print(f"              spool write:      {flush['spool_write_rows_per_s']:>10,.0f} rows/s")

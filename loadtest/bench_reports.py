@@ -80,12 +80,20 @@ async def seed(url: str, rows: int, start: float) -> dict[str, Any]:
         await conn.execute("ANALYZE usage_daily")
         rollup = await conn.fetchval("SELECT count(*) FROM usage_hourly")
         daily = await conn.fetchval("SELECT count(*) FROM usage_daily")
-        total = await conn.fetchrow("SELECT sum(output_tokens)::bigint AS o, sum(cost_micro)::bigint AS c,"
-                                    " count(*) AS n FROM usage_records")
+        total = await conn.fetchrow(
+            "SELECT sum(output_tokens)::bigint AS o, sum(cost_micro)::bigint AS c,"
+            " count(*) AS n FROM usage_records"
+        )
     finally:
         await conn.close()
-    return {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "hourly_rollup_rows": rollup,
-            "daily_rollup_rows": daily, "output_tokens": total["o"], "cost_micro": total["c"]}
+    return {
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "hourly_rollup_rows": rollup,
+        "daily_rollup_rows": daily,
+        "output_tokens": total["o"],
+        "cost_micro": total["c"],
+    }
 
 
 async def explain(url: str, start: float) -> float:
@@ -99,8 +107,16 @@ async def explain(url: str, start: float) -> float:
         params.append(v)
         return f"${len(params)}"
 
-    sql = report_sql(source="usage_daily", dialect="postgres", since=start, until=start + DAYS * 86400, step=86400,
-                     dims=["key_id", "model"], filters={}, mark=mark)
+    sql = report_sql(
+        source="usage_daily",
+        dialect="postgres",
+        since=start,
+        until=start + DAYS * 86400,
+        step=86400,
+        dims=["key_id", "model"],
+        filters={},
+        mark=mark,
+    )
     conn = await asyncpg.connect(url)
     try:
         for row in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *params):
@@ -112,8 +128,9 @@ async def explain(url: str, start: float) -> float:
         times = []
         for _ in range(6):
             t0 = time.perf_counter()
-            await store.report_sums(since=start, until=start + DAYS * 86400, step=86400, dims=["key_id", "model"],
-                                    filters={})
+            await store.report_sums(
+                since=start, until=start + DAYS * 86400, step=86400, dims=["key_id", "model"], filters={}
+            )
             times.append(time.perf_counter() - t0)
     finally:
         await store.close()
@@ -140,7 +157,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--explain", action="store_true", help="print the rollup query's plan; time the store call")
+    parser.add_argument(
+        "--explain", action="store_true", help="print the rollup query's plan; time the store call"
+    )
     args = parser.parse_args()
     from tests.services import postgres_server
 
@@ -153,22 +172,31 @@ def main() -> None:
         data_dir = Path(server.socket_dir) / "gw"
         env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_DATABASE_URL": url}
         with gateway_process(data_dir, None, env=env) as gw:
-            params = {"starting_at": iso(start), "ending_at": iso(start + DAYS * 86400), "bucket_width": "1d",
-                      "limit": DAYS, "group_by[]": ["api_key_id", "model"]}
+            params = {
+                "starting_at": iso(start),
+                "ending_at": iso(start + DAYS * 86400),
+                "bucket_width": "1d",
+                "limit": DAYS,
+                "group_by[]": ["api_key_id", "model"],
+            }
             usage_t, usage = measure(gw, "/v1/organizations/usage_report/messages", params, args.runs)
             cost_t, cost = measure(gw, "/v1/organizations/cost_report", params, args.runs)
     out_tokens = sum(r["output_tokens"] for b in usage["data"] for r in b["results"])
     cents = sum(Decimal(r["amount"]) for b in cost["data"] for r in b["results"])
     result = {
         "seed": seeded,
-        "usage_report_1d_by_key_model": {"p50_ms": round(statistics.median(usage_t) * 1000, 1),
-                                         "p95_ms": round(sorted(usage_t)[int(0.95 * (len(usage_t) - 1))] * 1000, 1),
-                                         "buckets": len(usage["data"]),
-                                         "results": sum(len(b["results"]) for b in usage["data"]),
-                                         "totals_match": out_tokens == seeded["output_tokens"]},
-        "cost_report_1d_by_key_model": {"p50_ms": round(statistics.median(cost_t) * 1000, 1),
-                                        "p95_ms": round(sorted(cost_t)[int(0.95 * (len(cost_t) - 1))] * 1000, 1),
-                                        "totals_match": cents == Decimal(seeded["cost_micro"]) / 10_000},
+        "usage_report_1d_by_key_model": {
+            "p50_ms": round(statistics.median(usage_t) * 1000, 1),
+            "p95_ms": round(sorted(usage_t)[int(0.95 * (len(usage_t) - 1))] * 1000, 1),
+            "buckets": len(usage["data"]),
+            "results": sum(len(b["results"]) for b in usage["data"]),
+            "totals_match": out_tokens == seeded["output_tokens"],
+        },
+        "cost_report_1d_by_key_model": {
+            "p50_ms": round(statistics.median(cost_t) * 1000, 1),
+            "p95_ms": round(sorted(cost_t)[int(0.95 * (len(cost_t) - 1))] * 1000, 1),
+            "totals_match": cents == Decimal(seeded["cost_micro"]) / 10_000,
+        },
         "goal_ms": 500,
     }
     print(json.dumps(result, indent=None if args.json else 2))

@@ -34,18 +34,26 @@ from tests.conftest import mint_into
 from tests.procs import gateway_process
 
 
-async def one(url: str, key: str, stream: bool, concurrency: int, duration: float, pids: list[int]
-              ) -> dict[str, float]:
+async def one(
+    url: str, key: str, stream: bool, concurrency: int, duration: float, pids: list[int]
+) -> dict[str, float]:
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
     body = body_for(stream)
     await run_load(url + "/v1/messages", body, headers, concurrency=concurrency, duration=0.5, warmup=0.0)
     before = cpu_seconds(pids)
-    res = await run_load(url + "/v1/messages", body, headers, concurrency=concurrency, duration=duration,
-                         warmup=0.0)
+    res = await run_load(
+        url + "/v1/messages", body, headers, concurrency=concurrency, duration=duration, warmup=0.0
+    )
     cpu = cpu_seconds(pids) - before
     s = res.summary()
-    return {"rps": s["rps"], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "ttfb_p99_ms": s["ttfb_p99_ms"],
-            "errors": res.errors, "cpu_ms_per_req": cpu * 1000 / max(1, res.count)}
+    return {
+        "rps": s["rps"],
+        "p50_ms": s["p50_ms"],
+        "p99_ms": s["p99_ms"],
+        "ttfb_p99_ms": s["ttfb_p99_ms"],
+        "errors": res.errors,
+        "cpu_ms_per_req": cpu * 1000 / max(1, res.count),
+    }
 
 
 def main() -> int:
@@ -56,11 +64,17 @@ def main() -> int:
     args = p.parse_args()
     uvloop.install()
     cells: dict[str, list[dict[str, float]]] = {}
-    with start_sim_process() as (_, sim_url), tempfile.TemporaryDirectory() as t1, \
-            tempfile.TemporaryDirectory() as t2:
+    with (
+        start_sim_process() as (_, sim_url),
+        tempfile.TemporaryDirectory() as t1,
+        tempfile.TemporaryDirectory() as t2,
+    ):
         key1, _ = mint_into(Path(t1))
         key2, _ = mint_into(Path(t2))
-        with gateway_process(Path(t1), sim_url, workers=1) as g1, gateway_process(Path(t2), sim_url, workers=2) as g2:
+        with (
+            gateway_process(Path(t1), sim_url, workers=1) as g1,
+            gateway_process(Path(t2), sim_url, workers=2) as g2,
+        ):
             gws = [("1 worker", g1, key1), ("2 workers", g2, key2)]
             pids = {name: proc_tree(find_listener_pid(int(url.rsplit(":", 1)[1]))) for name, url, _ in gws}
             for r in range(args.rounds):
@@ -69,8 +83,11 @@ def main() -> int:
                         cell = f"{'streamed' if stream else 'non-streamed'}, {name}"
                         res = asyncio.run(one(url, key, stream, args.concurrency, args.duration, pids[name]))
                         cells.setdefault(cell, []).append(res)
-                        print(f"round {r + 1} {cell}: {res['rps']:.0f} req/s, {res['cpu_ms_per_req']:.3f} ms CPU/req,"
-                              f" p99 {res['p99_ms']:.1f} ms, errors {res['errors']}", flush=True)
+                        print(
+                            f"round {r + 1} {cell}: {res['rps']:.0f} req/s, {res['cpu_ms_per_req']:.3f} ms CPU/req,"
+                            f" p99 {res['p99_ms']:.1f} ms, errors {res['errors']}",
+                            flush=True,
+                        )
     print(f"\nmedians of {args.rounds} rounds, c={args.concurrency}, {args.duration:g} s each:")
     print("| scenario | req/s | gateway CPU / request | p50 | p99 | TTFB p99 | errors |")
     print("|---|---|---|---|---|---|---|")
@@ -78,8 +95,10 @@ def main() -> int:
     for cell, runs in cells.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         summary[cell] = med
-        print(f"| {cell} | {med['rps']:.0f} | {med['cpu_ms_per_req']:.3f} ms | {med['p50_ms']:.2f} ms |"
-              f" {med['p99_ms']:.2f} ms | {med['ttfb_p99_ms']:.2f} ms | {sum(r['errors'] for r in runs):.0f} |")
+        print(
+            f"| {cell} | {med['rps']:.0f} | {med['cpu_ms_per_req']:.3f} ms | {med['p50_ms']:.2f} ms |"
+            f" {med['p99_ms']:.2f} ms | {med['ttfb_p99_ms']:.2f} ms | {sum(r['errors'] for r in runs):.0f} |"
+        )
     print(json.dumps(summary))
     return 0
 

@@ -59,9 +59,14 @@ async def one_stream(host: str, port: int, key: str, body: bytes, c: Counters) -
     c.peak = max(c.peak, c.open)
     ok = False
     try:
-        writer.write(b"POST /v1/messages HTTP/1.1\r\nhost: gw\r\nx-api-key: " + key.encode() +
-                     b"\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: " +
-                     str(len(body)).encode() + b"\r\n\r\n" + body)
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nhost: gw\r\nx-api-key: "
+            + key.encode()
+            + b"\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
@@ -108,8 +113,14 @@ async def run(args: argparse.Namespace, url: str, key: str, gw_pids: list[int]) 
     host, port = url.split("//")[1].split(":")
     port_i = int(port)
     tokens = max(4, int(args.seconds * args.tps))
-    body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": tokens + 16, "stream": True, "messages": [
-        {"role": "user", "content": f"hold sim:tokens={tokens} sim:tps={args.tps}"}]}).encode()
+    body = json.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": tokens + 16,
+            "stream": True,
+            "messages": [{"role": "user", "content": f"hold sim:tokens={tokens} sim:tps={args.tps}"}],
+        }
+    ).encode()
     c = Counters()
     tasks: list[asyncio.Task[None]] = []
     lag: dict[int, dict[str, float]] = {}
@@ -126,10 +137,17 @@ async def run(args: argparse.Namespace, url: str, key: str, gw_pids: list[int]) 
                     pid = int(h["pid"])  # type: ignore[call-overload]
                     prev = lag.get(pid, {"p99": 0.0, "max": 0.0})
                     cur = h["loop_lag_ms"]  # type: ignore[index]
-                    lag[pid] = {"p50": cur["p50"], "p99": max(prev["p99"], cur["p99"]),  # type: ignore[index]
-                                "max": max(prev["max"], cur["max"]), "streams": h["streams"]}  # type: ignore[index]
-            print(f"  t={time.monotonic() - t_start:5.1f}s open={c.open} done={c.done} dropped={c.dropped}"
-                  f" rss={rss_peak:.0f}MB", flush=True)
+                    lag[pid] = {
+                        "p50": cur["p50"],
+                        "p99": max(prev["p99"], cur["p99"]),  # type: ignore[index]
+                        "max": max(prev["max"], cur["max"]),
+                        "streams": h["streams"],
+                    }  # type: ignore[index]
+            print(
+                f"  t={time.monotonic() - t_start:5.1f}s open={c.open} done={c.done} dropped={c.dropped}"
+                f" rss={rss_peak:.0f}MB",
+                flush=True,
+            )
             await asyncio.sleep(2.0)
 
     t_start = time.monotonic()
@@ -144,11 +162,16 @@ async def run(args: argparse.Namespace, url: str, key: str, gw_pids: list[int]) 
     c.ttfb.sort()
     n = len(c.ttfb)
     return {
-        "streams": args.streams, "completed": c.done, "dropped": c.dropped, "peak_open": c.peak,
-        "errors": c.errors, "gateway_rss_peak_mb": round(rss_peak),
+        "streams": args.streams,
+        "completed": c.done,
+        "dropped": c.dropped,
+        "peak_open": c.peak,
+        "errors": c.errors,
+        "gateway_rss_peak_mb": round(rss_peak),
         "ttfb_p50_ms": round(c.ttfb[n // 2] * 1000, 1) if n else None,
         "ttfb_p99_ms": round(c.ttfb[min(n - 1, int(n * 0.99))] * 1000, 1) if n else None,
-        "loop_lag_ms_by_worker": lag, "wall_s": round(time.monotonic() - t_start, 1),
+        "loop_lag_ms_by_worker": lag,
+        "wall_s": round(time.monotonic() - t_start, 1),
     }
 
 

@@ -41,15 +41,22 @@ from tests.reference_responses_translator import ReferenceResponsesTranslator
 ARGS = ("claude-sonnet-4-6", "chatcmpl-bench", 1760000000, True)
 RESPONSE_ID = "resp_bench"
 # what the route's adapter passes: the response object's request-derived members
-HEAD = ('"id":"resp_bench","object":"response","created_at":1760000000,"model":"claude-sonnet-4-6",'
-        '"instructions":null,"max_output_tokens":null,"parallel_tool_calls":true,"previous_response_id":null,'
-        '"reasoning":{"effort":null,"summary":null},"store":false,"temperature":1.0,'
-        '"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[],"top_p":1.0,'
-        '"truncation":"disabled","metadata":{}}')
+HEAD = (
+    '"id":"resp_bench","object":"response","created_at":1760000000,"model":"claude-sonnet-4-6",'
+    '"instructions":null,"max_output_tokens":null,"parallel_tool_calls":true,"previous_response_id":null,'
+    '"reasoning":{"effort":null,"summary":null},"store":false,"temperature":1.0,'
+    '"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[],"top_p":1.0,'
+    '"truncation":"disabled","metadata":{}}'
+)
 FACTORIES: dict[str, dict[str, Callable[[], Any]]] = {
-    "chat": {"native": lambda: _native.ChatTranslator(*ARGS), "python": lambda: ReferenceChatTranslator(*ARGS)},
-    "responses": {"native": lambda: _native.ResponsesTranslator(RESPONSE_ID, HEAD),
-                  "python": lambda: ReferenceResponsesTranslator(RESPONSE_ID, HEAD)},
+    "chat": {
+        "native": lambda: _native.ChatTranslator(*ARGS),
+        "python": lambda: ReferenceChatTranslator(*ARGS),
+    },
+    "responses": {
+        "native": lambda: _native.ResponsesTranslator(RESPONSE_ID, HEAD),
+        "python": lambda: ReferenceResponsesTranslator(RESPONSE_ID, HEAD),
+    },
 }
 
 
@@ -74,8 +81,9 @@ def run(factory: Callable[..., Any], corpus: list[list[bytes]]) -> int:
     return produced
 
 
-def best_times(factories: dict[str, Callable[..., Any]], corpus: list[list[bytes]], seconds: float,
-               repeat: int) -> dict[str, float]:
+def best_times(
+    factories: dict[str, Callable[..., Any]], corpus: list[list[bytes]], seconds: float, repeat: int
+) -> dict[str, float]:
     """Best wall time of one pass over the corpus per factory. Measurements alternate between
     the factories (passes batched to ~``seconds``), so load from elsewhere hits all alike."""
     passes = {}
@@ -105,7 +113,10 @@ def bench_translation(seconds: float, repeat: int) -> dict[str, Any]:
             assert a == b, f"{kind}: native and reference differ on {name}"
     report: dict[str, Any] = {"streams": len(streams), "bytes": total_bytes, "events": total_events}
     print(f"corpus: {len(streams)} recorded streams, {total_bytes / 1e6:.3f} MB, {total_events} events")
-    for mode, corpus in (("per-event chunks", [e for _, _, e in streams]), ("whole stream", [[d] for _, d, _ in streams])):
+    for mode, corpus in (
+        ("per-event chunks", [e for _, _, e in streams]),
+        ("whole stream", [[d] for _, d, _ in streams]),
+    ):
         factories = {f"{kind} {impl}": f for kind, pair in FACTORIES.items() for impl, f in pair.items()}
         times = best_times(factories, corpus, seconds, repeat)
         rows: dict[str, Any] = {}
@@ -113,14 +124,19 @@ def bench_translation(seconds: float, repeat: int) -> dict[str, Any]:
             row: dict[str, Any] = {}
             for impl in ("native", "python"):
                 secs = times[f"{kind} {impl}"]
-                row[impl] = {"seconds": secs, "mb_per_s": total_bytes / secs / 1e6,
-                             "us_per_event": secs / total_events * 1e6}
+                row[impl] = {
+                    "seconds": secs,
+                    "mb_per_s": total_bytes / secs / 1e6,
+                    "us_per_event": secs / total_events * 1e6,
+                }
             row["speedup"] = row["python"]["seconds"] / row["native"]["seconds"]
             rows[kind] = row
             n, p = row["native"], row["python"]
-            print(f"{kind:9} {mode:17} native {n['mb_per_s']:8.1f} MB/s {n['us_per_event']:7.3f} µs/event | "
-                  f"python {p['mb_per_s']:6.2f} MB/s {p['us_per_event']:7.2f} µs/event | {row['speedup']:.1f}x",
-                  flush=True)
+            print(
+                f"{kind:9} {mode:17} native {n['mb_per_s']:8.1f} MB/s {n['us_per_event']:7.3f} µs/event | "
+                f"python {p['mb_per_s']:6.2f} MB/s {p['us_per_event']:7.2f} µs/event | {row['speedup']:.1f}x",
+                flush=True,
+            )
         report[mode] = rows
     return report
 
@@ -131,10 +147,18 @@ PROMPT = "Write a short note about gateways. sim:tokens=40"
 
 
 def bodies(stream: bool) -> tuple[bytes, bytes, bytes]:
-    native = {"model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
-              "messages": [{"role": "user", "content": PROMPT}]}
-    chat: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 256, "stream": stream,
-                            "messages": [{"role": "user", "content": PROMPT}]}
+    native = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    chat: dict[str, Any] = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
     if stream:
         chat["stream_options"] = {"include_usage": True}
     responses = {"model": "claude-sonnet-4-6", "max_output_tokens": 256, "stream": stream, "input": PROMPT}
@@ -156,7 +180,11 @@ async def bench_routes(data_dir: Path, key: str, duration: float, rounds: int) -
 
     rows = []
     with start_sim_process() as (_proc, sim_url), gateway_process(data_dir, sim_url) as gw:
-        native_headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+        native_headers = {
+            "x-api-key": key,
+            "anthropic-version": "2023-06-01",
+            "content-type": "application/json",
+        }
         chat_headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
         for stream in (False, True):
             native_body, chat_body, responses_body = bodies(stream)
@@ -173,25 +201,35 @@ async def bench_routes(data_dir: Path, key: str, duration: float, rounds: int) -
                 for name, (url, body, headers) in targets.items():
                     results[name].append(await run_load(url, body, headers, concurrency=1, duration=duration))
             summary = {name: merged(r) for name, r in results.items()}
-            row = {"stream": stream, **summary,
-                   "chat_minus_native_p50_ms": summary["chat route"]["p50_ms"] - summary["native route"]["p50_ms"],
-                   "responses_minus_native_p50_ms": (summary["responses route"]["p50_ms"]
-                                                     - summary["native route"]["p50_ms"]),
-                   "native_added_p50_ms": summary["native route"]["p50_ms"] - summary["direct sim"]["p50_ms"]}
+            row = {
+                "stream": stream,
+                **summary,
+                "chat_minus_native_p50_ms": summary["chat route"]["p50_ms"]
+                - summary["native route"]["p50_ms"],
+                "responses_minus_native_p50_ms": (
+                    summary["responses route"]["p50_ms"] - summary["native route"]["p50_ms"]
+                ),
+                "native_added_p50_ms": summary["native route"]["p50_ms"] - summary["direct sim"]["p50_ms"],
+            }
             rows.append(row)
             kind = "stream    " if stream else "non-stream"
-            print(f"{kind} c=1 p50: sim {summary['direct sim']['p50_ms']:.3f} ms | native route "
-                  f"{summary['native route']['p50_ms']:.3f} ms | chat route {summary['chat route']['p50_ms']:.3f} "
-                  f"ms | responses route {summary['responses route']['p50_ms']:.3f} ms | chat - native "
-                  f"{row['chat_minus_native_p50_ms']:+.3f} ms | responses - native "
-                  f"{row['responses_minus_native_p50_ms']:+.3f} ms (errors {summary['native route']['errors']}/"
-                  f"{summary['chat route']['errors']}/{summary['responses route']['errors']}, "
-                  f"n={summary['responses route']['requests']})", flush=True)
+            print(
+                f"{kind} c=1 p50: sim {summary['direct sim']['p50_ms']:.3f} ms | native route "
+                f"{summary['native route']['p50_ms']:.3f} ms | chat route {summary['chat route']['p50_ms']:.3f} "
+                f"ms | responses route {summary['responses route']['p50_ms']:.3f} ms | chat - native "
+                f"{row['chat_minus_native_p50_ms']:+.3f} ms | responses - native "
+                f"{row['responses_minus_native_p50_ms']:+.3f} ms (errors {summary['native route']['errors']}/"
+                f"{summary['chat route']['errors']}/{summary['responses route']['errors']}, "
+                f"n={summary['responses route']['requests']})",
+                flush=True,
+            )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=0.5, help="time per throughput measurement")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per latency run")

@@ -70,8 +70,12 @@ class Sim:
     def start(self, timeout: float = 20.0) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen(sim_command(port=self.port, **self.knobs), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            sim_command(port=self.port, **self.knobs),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -129,12 +133,17 @@ def _check_error_body(resp_status: int, headers: httpx.Headers, body: bytes, out
         return
     # a retryable answer tells the client so: a 429 with its wait, a 503/529 with the wait or
     # x-should-retry (an upstream 529 is relayed with the hints it came with, nothing added)
-    if resp_status in RETRYABLE and not (headers.get("retry-after") or headers.get("retry-after-ms")) and (
-            resp_status == 429 or headers.get("x-should-retry") != "true"):
+    if (
+        resp_status in RETRYABLE
+        and not (headers.get("retry-after") or headers.get("retry-after-ms"))
+        and (resp_status == 429 or headers.get("x-should-retry") != "true")
+    ):
         out.kind, out.detail = "malformed", f"{resp_status} without retry-after or x-should-retry"
         return
     out.kind, out.error_type = "error_response", err["type"]
-    if resp_status in RETRYABLE:  # the wait as given; an upstream 529 relayed with x-should-retry alone has none
+    if (
+        resp_status in RETRYABLE
+    ):  # the wait as given; an upstream 529 relayed with x-should-retry alone has none
         if headers.get("retry-after"):
             out.retry_after = float(headers["retry-after"])
         elif headers.get("retry-after-ms"):
@@ -160,8 +169,12 @@ def _parse_sse(text: str) -> list[tuple[str, Any]]:
 async def one_request(http: httpx.AsyncClient, base: str, key: str, rng: random.Random, i: int) -> Outcome:
     stream = rng.random() < 0.6
     tokens = rng.randint(20, 120)
-    body = {"model": MODEL, "max_tokens": 256, "stream": stream,
-            "messages": [{"role": "user", "content": f"chaos {i} sim:tokens={tokens}"}]}
+    body = {
+        "model": MODEL,
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": f"chaos {i} sim:tokens={tokens}"}],
+    }
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     out = Outcome(stream=stream)
     t0 = time.perf_counter()
@@ -192,18 +205,33 @@ async def one_request(http: httpx.AsyncClient, base: str, key: str, rng: random.
                 if names and names[-1] == "message_stop":
                     start = next(p for n, p in events if n == "message_start")
                     delta = [p for n, p in events if n == "message_delta"][-1]
-                    out.usage = {"input_tokens": start["message"]["usage"]["input_tokens"],
-                                 "output_tokens": delta["usage"]["output_tokens"]}
+                    out.usage = {
+                        "input_tokens": start["message"]["usage"]["input_tokens"],
+                        "output_tokens": delta["usage"]["output_tokens"],
+                    }
                 elif names and names[-1] == "error":
                     err = events[-1][1]
-                    if not (isinstance(err, dict) and err.get("type") == "error"
-                            and isinstance(err.get("error", {}).get("type"), str)):
+                    if not (
+                        isinstance(err, dict)
+                        and err.get("type") == "error"
+                        and isinstance(err.get("error", {}).get("type"), str)
+                    ):
                         out.kind, out.detail = "malformed", f"bad error event {err!r}"
                     else:
                         out.kind, out.error_type = "error_event", err["error"]["type"]
                 else:
-                    out.kind, out.detail = "malformed", f"stream ended after {names[-3:]} without stop or error"
-    except (httpx.HTTPError, json.JSONDecodeError, AssertionError, KeyError, StopIteration, IndexError) as exc:
+                    out.kind, out.detail = (
+                        "malformed",
+                        f"stream ended after {names[-3:]} without stop or error",
+                    )
+    except (
+        httpx.HTTPError,
+        json.JSONDecodeError,
+        AssertionError,
+        KeyError,
+        StopIteration,
+        IndexError,
+    ) as exc:
         out.kind, out.detail = "malformed", f"{type(exc).__name__}: {exc}"
     out.latency = time.perf_counter() - t0
     return out
@@ -211,13 +239,24 @@ async def one_request(http: httpx.AsyncClient, base: str, key: str, rng: random.
 
 # ---------------------------------------------------------------------------- chaos
 FAULTS = [
-    {"fault": "429", "retry_after": 1}, {"fault": "529"}, {"fault": "500"}, {"fault": "reset"},
-    {"fault": "reset_mid", "after_events": 4}, {"fault": "slow", "delay_ms": 300},
+    {"fault": "429", "retry_after": 1},
+    {"fault": "529"},
+    {"fault": "500"},
+    {"fault": "reset"},
+    {"fault": "reset_mid", "after_events": 4},
+    {"fault": "slow", "delay_ms": 300},
 ]
 
 
-async def chaos_loop(sims: list[Sim], stop: asyncio.Event, rng: random.Random, kill_every: float,
-                     down: tuple[float, float], faults: bool, log: Counter) -> None:
+async def chaos_loop(
+    sims: list[Sim],
+    stop: asyncio.Event,
+    rng: random.Random,
+    kill_every: float,
+    down: tuple[float, float],
+    faults: bool,
+    log: Counter,
+) -> None:
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Task[None]] = []
 
@@ -243,8 +282,9 @@ async def chaos_loop(sims: list[Sim], stop: asyncio.Event, rng: random.Random, k
                 target = rng.choice([s for s in sims if s.ready] or sims)
                 spec = dict(rng.choice(FAULTS), count=rng.randint(1, 3))
                 try:
-                    await loop.run_in_executor(None, lambda t=target, f=spec: httpx.post(
-                        t.url + "/_sim/faults", json=f, timeout=2))
+                    await loop.run_in_executor(
+                        None, lambda t=target, f=spec: httpx.post(t.url + "/_sim/faults", json=f, timeout=2)
+                    )
                     log[f"fault_{spec['fault']}"] += spec["count"]
                 except httpx.HTTPError:
                     pass
@@ -274,8 +314,12 @@ def verify_usage(base: str, data_dir: Path, key_id: str, outcomes: list[Outcome]
         db = sqlite3.connect(data_dir / "ethereal.sqlite3")
         db.row_factory = sqlite3.Row
         try:
-            rows = {r["request_id"]: dict(r) for r in db.execute(
-                "SELECT * FROM usage_records WHERE key_id = ? AND route = 'messages'", (key_id,))}
+            rows = {
+                r["request_id"]: dict(r)
+                for r in db.execute(
+                    "SELECT * FROM usage_records WHERE key_id = ? AND route = 'messages'", (key_id,)
+                )
+            }
         finally:
             db.close()
         if len(rows) >= len(with_id):
@@ -290,8 +334,12 @@ def verify_usage(base: str, data_dir: Path, key_id: str, outcomes: list[Outcome]
     extra = set(rows) - {o.request_id for o in with_id}
     if extra:
         problems.append(f"{len(extra)} store rows for requests no client saw")
-    return {"checked": len(with_id), "store_rows": len(rows), "mismatches": len(problems),
-            "examples": problems[:10]}
+    return {
+        "checked": len(with_id),
+        "store_rows": len(rows),
+        "mismatches": len(problems),
+        "examples": problems[:10],
+    }
 
 
 def _compare(o: Outcome, rec: dict[str, Any], where: str) -> list[str]:
@@ -308,7 +356,9 @@ def _compare(o: Outcome, rec: dict[str, Any], where: str) -> list[str]:
         return bad
     if o.kind == "error_response":
         if rec["status"] != o.status or rec["error_type"] != o.error_type:
-            return [f"{where} {rid}: recorded {rec['status']}/{rec['error_type']}, client saw {o.status}/{o.error_type}"]
+            return [
+                f"{where} {rid}: recorded {rec['status']}/{rec['error_type']}, client saw {o.status}/{o.error_type}"
+            ]
         return []
     if o.kind == "error_event":
         if not rec["error_type"]:
@@ -318,7 +368,9 @@ def _compare(o: Outcome, rec: dict[str, Any], where: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- run
-async def drive(base: str, key: str, sims: list[Sim], args: argparse.Namespace) -> tuple[list[Outcome], Counter]:
+async def drive(
+    base: str, key: str, sims: list[Sim], args: argparse.Namespace
+) -> tuple[list[Outcome], Counter]:
     stop = asyncio.Event()
     log: Counter = Counter()
     outcomes: list[Outcome] = []
@@ -335,9 +387,12 @@ async def drive(base: str, key: str, sims: list[Sim], args: argparse.Namespace) 
                     await asyncio.sleep(min(out.retry_after, args.max_backoff))
 
         chaos = asyncio.get_running_loop().create_task(
-            chaos_loop(sims, stop, random.Random(args.seed + 1), args.kill_every, args.down, args.faults, log))
-        workers = [asyncio.get_running_loop().create_task(worker(args.seed * 1000 + i))
-                   for i in range(args.concurrency)]
+            chaos_loop(sims, stop, random.Random(args.seed + 1), args.kill_every, args.down, args.faults, log)
+        )
+        workers = [
+            asyncio.get_running_loop().create_task(worker(args.seed * 1000 + i))
+            for i in range(args.concurrency)
+        ]
         await asyncio.sleep(args.duration)
         stop.set()
         await asyncio.gather(*workers)
@@ -345,26 +400,36 @@ async def drive(base: str, key: str, sims: list[Sim], args: argparse.Namespace) 
     return outcomes, log
 
 
-def summarize(outcomes: list[Outcome], log: Counter, usage: dict[str, Any], gateway_log: str,
-              args: argparse.Namespace) -> dict[str, Any]:
+def summarize(
+    outcomes: list[Outcome], log: Counter, usage: dict[str, Any], gateway_log: str, args: argparse.Namespace
+) -> dict[str, Any]:
     kinds = Counter(o.kind for o in outcomes)
     total = len(outcomes)
     visible = kinds["error_response"] + kinds["error_event"]
     lat = sorted(o.latency for o in outcomes if o.kind == "ok")
-    errors = Counter(f"{o.status} {o.error_type}" if o.kind == "error_response" else f"event {o.error_type}"
-                     for o in outcomes if o.kind in ("error_response", "error_event"))
+    errors = Counter(
+        f"{o.status} {o.error_type}" if o.kind == "error_response" else f"event {o.error_type}"
+        for o in outcomes
+        if o.kind in ("error_response", "error_event")
+    )
     return {
-        "duration_s": args.duration, "sims": args.sims, "concurrency": args.concurrency,
-        "requests": total, "requests_per_s": round(total / args.duration, 1),
-        "succeeded": kinds["ok"], "client_visible_errors": visible,
+        "duration_s": args.duration,
+        "sims": args.sims,
+        "concurrency": args.concurrency,
+        "requests": total,
+        "requests_per_s": round(total / args.duration, 1),
+        "succeeded": kinds["ok"],
+        "client_visible_errors": visible,
         "client_visible_error_rate": round(visible / total, 4) if total else 0.0,
-        "errors": dict(errors.most_common()), "malformed": kinds["malformed"],
+        "errors": dict(errors.most_common()),
+        "malformed": kinds["malformed"],
         "malformed_examples": [o.detail for o in outcomes if o.kind == "malformed"][:5],
         "streams": sum(o.stream for o in outcomes),
         "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
         "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None,
         "chaos": dict(log),
-        "gateway_failovers": gateway_log.count("failed before the first byte") + gateway_log.count("answered"),
+        "gateway_failovers": gateway_log.count("failed before the first byte")
+        + gateway_log.count("answered"),
         "gateway_stream_cuts": gateway_log.count("stream from"),
         "usage": usage,
     }
@@ -380,9 +445,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sim.start()
             seed_credentials(data_dir, [{"name": s.name, "base_url": s.url} for s in sims])
             key, record = mint_into(data_dir, name="chaos")
-            env = {"ETHEREAL_SECRET_KEY": SECRET, "ETHEREAL_ADMIN_KEY": ADMIN,
-                   "ETHEREAL_FIRST_BYTE_TIMEOUT": "5", "ETHEREAL_CONNECT_TIMEOUT": "2",
-                   "ETHEREAL_IDLE_STREAM_TIMEOUT": "5", "ETHEREAL_UPSTREAM_BACKOFF_CAP": "5"}
+            env = {
+                "ETHEREAL_SECRET_KEY": SECRET,
+                "ETHEREAL_ADMIN_KEY": ADMIN,
+                "ETHEREAL_FIRST_BYTE_TIMEOUT": "5",
+                "ETHEREAL_CONNECT_TIMEOUT": "2",
+                "ETHEREAL_IDLE_STREAM_TIMEOUT": "5",
+                "ETHEREAL_UPSTREAM_BACKOFF_CAP": "5",
+            }
             with gateway_process(data_dir, None, env=env, workers=args.workers) as base:
                 outcomes, log = asyncio.run(drive(base, key, sims, args))
                 for sim in sims:  # everyone back up for the checks
@@ -402,14 +472,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--kill-every", dest="kill_every", type=float, default=2.0)
-    p.add_argument("--down", type=lambda s: tuple(float(x) for x in s.split(":")), default=(0.5, 3.0),
-                   help="min:max seconds a killed sim stays down")
+    p.add_argument(
+        "--down",
+        type=lambda s: tuple(float(x) for x in s.split(":")),
+        default=(0.5, 3.0),
+        help="min:max seconds a killed sim stays down",
+    )
     p.add_argument("--faults", action="store_true", help="also inject random faults through the control API")
     p.add_argument("--tps", type=float, default=400.0, help="sim tokens per second (streams take a while)")
     p.add_argument("--ttft-ms", dest="ttft_ms", type=float, default=50.0)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-backoff", dest="max_backoff", type=float, default=2.0,
-                   help="clients wait retry-after (at most this long) after a 429/503/529")
+    p.add_argument(
+        "--max-backoff",
+        dest="max_backoff",
+        type=float,
+        default=2.0,
+        help="clients wait retry-after (at most this long) after a 429/503/529",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)

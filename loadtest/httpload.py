@@ -83,8 +83,9 @@ class _Conn(asyncio.Protocol):
             self.done.set_result(self.status)
 
 
-async def run_load(url: str, body: bytes, headers: dict[str, str], *, concurrency: int, duration: float,
-                   warmup: float = 0.5) -> Result:
+async def run_load(
+    url: str, body: bytes, headers: dict[str, str], *, concurrency: int, duration: float, warmup: float = 0.5
+) -> Result:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")

@@ -59,7 +59,9 @@ def usage_rows(data_dir: Path) -> dict[str, int]:
     """Usage rows with status 200 per route, from the embedded store."""
     db = sqlite3.connect(data_dir / "ethereal.sqlite3")
     try:
-        return dict(db.execute("SELECT route, COUNT(*) FROM usage_records WHERE status = 200 GROUP BY 1").fetchall())
+        return dict(
+            db.execute("SELECT route, COUNT(*) FROM usage_records WHERE status = 200 GROUP BY 1").fetchall()
+        )
     finally:
         db.close()
 
@@ -82,11 +84,39 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(host: str, key: str, admin: str) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
-               "--host", host, "-u", str(args.users), "-r", str(args.spawn_rate), "--run-time", args.duration,
-               "--stop-timeout", "30", "--csv", args.out, "--csv-full-history", "--html", args.out + ".html",
-               "--only-summary", "--api-key", key, "--p99-ms", str(args.p99_ms),
-               "--p99-full-ms", str(args.p99_full_ms), "--summary-json", args.out + "_summary.json", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless",
+            "--host",
+            host,
+            "-u",
+            str(args.users),
+            "-r",
+            str(args.spawn_rate),
+            "--run-time",
+            args.duration,
+            "--stop-timeout",
+            "30",
+            "--csv",
+            args.out,
+            "--csv-full-history",
+            "--html",
+            args.out + ".html",
+            "--only-summary",
+            "--api-key",
+            key,
+            "--p99-ms",
+            str(args.p99_ms),
+            "--p99-full-ms",
+            str(args.p99_full_ms),
+            "--summary-json",
+            args.out + "_summary.json",
+            *extra,
+        ]
         if admin:
             cmd += ["--admin-key", admin]
         print("+ locust", " ".join(c if c != key else "<key>" for c in cmd[3:]), flush=True)
@@ -98,18 +128,24 @@ def main(argv: list[str] | None = None) -> int:
         if not args.api_key:
             p.error("--api-key (or ETHEREAL_LOAD_KEY) is required with --host")
         return run(args.host, args.api_key, args.admin_key)
-    with start_sim_process(ttft_ms=args.sim_ttft_ms, tokens_per_second=args.sim_tps) as (_, sim_url), \
-            tempfile.TemporaryDirectory(prefix="ethereal-locust-") as tmp:
+    with (
+        start_sim_process(ttft_ms=args.sim_ttft_ms, tokens_per_second=args.sim_tps) as (_, sim_url),
+        tempfile.TemporaryDirectory(prefix="ethereal-locust-") as tmp,
+    ):
         data = Path(tmp)
         key, _ = mint_into(data, name="locust")
-        with gateway_process(data, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN_KEY}, workers=args.workers) as url:
+        with gateway_process(
+            data, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN_KEY}, workers=args.workers
+        ) as url:
             print(f"gateway {url} ({args.workers} worker(s)) → sim {sim_url}", flush=True)
             rc = run(url, key, ADMIN_KEY)
         # the gateway has stopped (SIGTERM: drain, flush): one usage row per answered request
         expected, rows = recorded_requests(args.out + "_summary.json"), usage_rows(data)
         for route, n in expected.items():
             ok = rows.get(route, 0) == n
-            print(f"usage rows {route}: {rows.get(route, 0)} for {n} answered request(s){'' if ok else '  MISMATCH'}")
+            print(
+                f"usage rows {route}: {rows.get(route, 0)} for {n} answered request(s){'' if ok else '  MISMATCH'}"
+            )
             rc = rc if ok else (rc or 1)
         return rc
 

@@ -61,8 +61,10 @@ CLAUDE_CODE_HEADERS = {
     "x-stainless-runtime": "node",
     "x-stainless-runtime-version": "v26.12.1",
     "x-stainless-timeout": "600",
-    "anthropic-beta": ("claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
-                       "thinking-token-count-2026-05-13,advanced-tool-use-2025-11-20,effort-2025-11-24"),
+    "anthropic-beta": (
+        "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+        "thinking-token-count-2026-05-13,advanced-tool-use-2025-11-20,effort-2025-11-24"
+    ),
     "anthropic-dangerous-direct-browser-access": "true",
     "anthropic-version": "2023-06-01",
     "x-app": "cli",
@@ -81,9 +83,40 @@ CODEX_HEADERS = {
     "openai-beta": "responses=experimental",
 }
 
-_WORDS = ["the", "gateway", "forwards", "every", "request", "byte", "for", "byte", "while", "the", "meter", "records",
-          "usage", "and", "the", "limiter", "holds", "budgets", "across", "replicas", "so", "that", "operators", "see",
-          "each", "token", "and", "each", "cent", "spent", "by", "teams"]
+_WORDS = [
+    "the",
+    "gateway",
+    "forwards",
+    "every",
+    "request",
+    "byte",
+    "for",
+    "byte",
+    "while",
+    "the",
+    "meter",
+    "records",
+    "usage",
+    "and",
+    "the",
+    "limiter",
+    "holds",
+    "budgets",
+    "across",
+    "replicas",
+    "so",
+    "that",
+    "operators",
+    "see",
+    "each",
+    "token",
+    "and",
+    "each",
+    "cent",
+    "spent",
+    "by",
+    "teams",
+]
 
 # Request ids answered recently, for the operator's GET /v1/usage/{id} (a few hundred is plenty).
 RECENT_IDS: deque[str] = deque(maxlen=512)
@@ -98,43 +131,113 @@ def words(n: int, rng: random.Random) -> str:
 
 
 def _tool(name: str, description: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"name": name, "description": description,
-            "input_schema": {"type": "object", "properties": props, "required": required,
-                             "additionalProperties": False, "$schema": "http://json-schema.org/draft-07/schema#"}}
+    return {
+        "name": name,
+        "description": description,
+        "input_schema": {
+            "type": "object",
+            "properties": props,
+            "required": required,
+            "additionalProperties": False,
+            "$schema": "http://json-schema.org/draft-07/schema#",
+        },
+    }
 
 
 CLAUDE_TOOLS = [
-    _tool("Bash", "Executes a bash command in a persistent shell session. " + words(120, random.Random(1)),
-          {"command": {"type": "string"}, "timeout": {"type": "number"}, "description": {"type": "string"}},
-          ["command"]),
-    _tool("Read", "Reads a file from the local filesystem. " + words(80, random.Random(2)),
-          {"file_path": {"type": "string"}, "offset": {"type": "number"}, "limit": {"type": "number"}},
-          ["file_path"]),
-    _tool("Edit", "Performs exact string replacements in files. " + words(90, random.Random(3)),
-          {"file_path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"},
-           "replace_all": {"type": "boolean"}}, ["file_path", "old_string", "new_string"]),
-    _tool("Grep", "A search tool built on ripgrep. " + words(70, random.Random(4)),
-          {"pattern": {"type": "string"}, "path": {"type": "string"}, "glob": {"type": "string"}}, ["pattern"]),
-    _tool("Glob", "Fast file pattern matching. " + words(40, random.Random(5)),
-          {"pattern": {"type": "string"}, "path": {"type": "string"}}, ["pattern"]),
-    _tool("TodoWrite", "Create and manage a structured task list. " + words(100, random.Random(6)),
-          {"todos": {"type": "array", "items": {"type": "object", "properties": {
-              "content": {"type": "string"}, "status": {"type": "string"}}}}}, ["todos"]),
+    _tool(
+        "Bash",
+        "Executes a bash command in a persistent shell session. " + words(120, random.Random(1)),
+        {"command": {"type": "string"}, "timeout": {"type": "number"}, "description": {"type": "string"}},
+        ["command"],
+    ),
+    _tool(
+        "Read",
+        "Reads a file from the local filesystem. " + words(80, random.Random(2)),
+        {"file_path": {"type": "string"}, "offset": {"type": "number"}, "limit": {"type": "number"}},
+        ["file_path"],
+    ),
+    _tool(
+        "Edit",
+        "Performs exact string replacements in files. " + words(90, random.Random(3)),
+        {
+            "file_path": {"type": "string"},
+            "old_string": {"type": "string"},
+            "new_string": {"type": "string"},
+            "replace_all": {"type": "boolean"},
+        },
+        ["file_path", "old_string", "new_string"],
+    ),
+    _tool(
+        "Grep",
+        "A search tool built on ripgrep. " + words(70, random.Random(4)),
+        {"pattern": {"type": "string"}, "path": {"type": "string"}, "glob": {"type": "string"}},
+        ["pattern"],
+    ),
+    _tool(
+        "Glob",
+        "Fast file pattern matching. " + words(40, random.Random(5)),
+        {"pattern": {"type": "string"}, "path": {"type": "string"}},
+        ["pattern"],
+    ),
+    _tool(
+        "TodoWrite",
+        "Create and manage a structured task list. " + words(100, random.Random(6)),
+        {
+            "todos": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"content": {"type": "string"}, "status": {"type": "string"}},
+                },
+            }
+        },
+        ["todos"],
+    ),
 ]
 OPENAI_TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
-    {"type": "function", "function": {
-        "name": "search_docs", "description": "Search the product documentation",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"},
-                                                        "limit": {"type": "integer"}}, "required": ["query"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "search_docs",
+            "description": "Search the product documentation",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}},
+                "required": ["query"],
+            },
+        },
+    },
 ]
 CODEX_TOOLS = [
-    {"type": "function", "name": "shell", "description": "Runs a shell command and returns its output.",
-     "strict": False, "parameters": {"type": "object", "properties": {
-         "command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"},
-         "timeout_ms": {"type": "number"}}, "required": ["command"], "additionalProperties": False}},
+    {
+        "type": "function",
+        "name": "shell",
+        "description": "Runs a shell command and returns its output.",
+        "strict": False,
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "command": {"type": "array", "items": {"type": "string"}},
+                "workdir": {"type": "string"},
+                "timeout_ms": {"type": "number"},
+            },
+            "required": ["command"],
+            "additionalProperties": False,
+        },
+    },
 ]
 
 
@@ -142,32 +245,71 @@ CODEX_TOOLS = [
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     group = parser.add_argument_group("ethereal")
-    group.add_argument("--api-key", env_var="ETHEREAL_LOAD_KEY", default="", help="a gateway key for the users")
-    group.add_argument("--admin-key", env_var="ETHEREAL_LOAD_ADMIN_KEY", default="",
-                       help="the gateway's admin key (the operator user; without it, it polls only /v1/usage)")
+    group.add_argument(
+        "--api-key", env_var="ETHEREAL_LOAD_KEY", default="", help="a gateway key for the users"
+    )
+    group.add_argument(
+        "--admin-key",
+        env_var="ETHEREAL_LOAD_ADMIN_KEY",
+        default="",
+        help="the gateway's admin key (the operator user; without it, it polls only /v1/usage)",
+    )
     group.add_argument("--model", env_var="ETHEREAL_LOAD_MODEL", default="claude-sonnet-4-6")
     group.add_argument("--agent-weight", type=int, env_var="ETHEREAL_LOAD_AGENT_WEIGHT", default=6)
     group.add_argument("--chat-weight", type=int, env_var="ETHEREAL_LOAD_CHAT_WEIGHT", default=3)
     group.add_argument("--responses-weight", type=int, env_var="ETHEREAL_LOAD_RESPONSES_WEIGHT", default=1)
     group.add_argument("--operator-weight", type=int, env_var="ETHEREAL_LOAD_OPERATOR_WEIGHT", default=1)
-    group.add_argument("--think-min", type=float, env_var="ETHEREAL_LOAD_THINK_MIN", default=0.5,
-                       help="seconds a user waits between turns, at least")
+    group.add_argument(
+        "--think-min",
+        type=float,
+        env_var="ETHEREAL_LOAD_THINK_MIN",
+        default=0.5,
+        help="seconds a user waits between turns, at least",
+    )
     group.add_argument("--think-max", type=float, env_var="ETHEREAL_LOAD_THINK_MAX", default=2.0)
-    group.add_argument("--tool-time", type=float, env_var="ETHEREAL_LOAD_TOOL_TIME", default=0.05,
-                       help="seconds a client 'runs' a tool before sending its result")
+    group.add_argument(
+        "--tool-time",
+        type=float,
+        env_var="ETHEREAL_LOAD_TOOL_TIME",
+        default=0.05,
+        help="seconds a client 'runs' a tool before sending its result",
+    )
     group.add_argument("--session-turns", type=int, env_var="ETHEREAL_LOAD_SESSION_TURNS", default=12)
-    group.add_argument("--big-prompt-every", type=int, env_var="ETHEREAL_LOAD_BIG_EVERY", default=40,
-                       help="one agent turn in N carries a 100K-token prompt (0: never)")
+    group.add_argument(
+        "--big-prompt-every",
+        type=int,
+        env_var="ETHEREAL_LOAD_BIG_EVERY",
+        default=40,
+        help="one agent turn in N carries a 100K-token prompt (0: never)",
+    )
     group.add_argument("--count-tokens-every", type=int, env_var="ETHEREAL_LOAD_COUNT_EVERY", default=5)
-    group.add_argument("--directives", env_var="ETHEREAL_LOAD_DIRECTIVES", default="sim:tokens=60",
-                       help="text added to each user turn (the sim reads sim:tokens=N, sim:ttft=MS, ...)")
-    group.add_argument("--p99-ms", type=float, env_var="ETHEREAL_LOAD_P99_MS", default=0.0,
-                       help="fail when any non-streamed or ttfb entry has a p99 above this (0: no check)")
-    group.add_argument("--summary-json", env_var="ETHEREAL_LOAD_SUMMARY", default="",
-                       help="write every entry's counts and percentiles here at the end (locust's own final CSV"
-                            " is written before the users' last requests finish)")
-    group.add_argument("--p99-full-ms", type=float, env_var="ETHEREAL_LOAD_P99_FULL_MS", default=0.0,
-                       help="fail when any full-stream entry has a p99 above this (0: no check)")
+    group.add_argument(
+        "--directives",
+        env_var="ETHEREAL_LOAD_DIRECTIVES",
+        default="sim:tokens=60",
+        help="text added to each user turn (the sim reads sim:tokens=N, sim:ttft=MS, ...)",
+    )
+    group.add_argument(
+        "--p99-ms",
+        type=float,
+        env_var="ETHEREAL_LOAD_P99_MS",
+        default=0.0,
+        help="fail when any non-streamed or ttfb entry has a p99 above this (0: no check)",
+    )
+    group.add_argument(
+        "--summary-json",
+        env_var="ETHEREAL_LOAD_SUMMARY",
+        default="",
+        help="write every entry's counts and percentiles here at the end (locust's own final CSV"
+        " is written before the users' last requests finish)",
+    )
+    group.add_argument(
+        "--p99-full-ms",
+        type=float,
+        env_var="ETHEREAL_LOAD_P99_FULL_MS",
+        default=0.0,
+        help="fail when any full-stream entry has a p99 above this (0: no check)",
+    )
 
 
 @events.init.add_listener
@@ -176,8 +318,12 @@ def _weights(environment: Environment, **_: Any) -> None:
     if opts is None:
         return
     chosen = []
-    for cls, weight in ((ClaudeCodeAgent, opts.agent_weight), (OpenAIChatClient, opts.chat_weight),
-                        (CodexResponsesClient, opts.responses_weight), (Operator, opts.operator_weight)):
+    for cls, weight in (
+        (ClaudeCodeAgent, opts.agent_weight),
+        (OpenAIChatClient, opts.chat_weight),
+        (CodexResponsesClient, opts.responses_weight),
+        (Operator, opts.operator_weight),
+    ):
         cls.weight = weight
         if weight > 0:
             chosen.append(cls)
@@ -199,10 +345,15 @@ def _verdict(environment: Environment, **_: Any) -> None:
     problems = []
     stats = environment.stats
     if opts.summary_json:
-        summary = {f"{e.method} {e.name}": {"requests": e.num_requests, "failures": e.num_failures,
-                                            "p50_ms": e.get_response_time_percentile(0.5),
-                                            "p99_ms": e.get_response_time_percentile(0.99)}
-                   for e in stats.entries.values()}
+        summary = {
+            f"{e.method} {e.name}": {
+                "requests": e.num_requests,
+                "failures": e.num_failures,
+                "p50_ms": e.get_response_time_percentile(0.5),
+                "p99_ms": e.get_response_time_percentile(0.99),
+            }
+            for e in stats.entries.values()
+        }
         with open(opts.summary_json, "w") as fh:
             json.dump(summary, fh, indent=1)
     if stats.total.num_failures:
@@ -264,14 +415,29 @@ class _Base(FastHttpUser):
         opts = self.opts
         return self.rng.uniform(opts.think_min, opts.think_max) if opts else 1.0
 
-    def _fire(self, name: str, method: str, started: float, ms: float, length: int,
-              exc: Exception | None) -> None:
-        self.environment.events.request.fire(request_type=method, name=name, response_time=ms,
-                                             response_length=length, exception=exc, context={},
-                                             start_time=started, url=name)
+    def _fire(
+        self, name: str, method: str, started: float, ms: float, length: int, exc: Exception | None
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type=method,
+            name=name,
+            response_time=ms,
+            response_length=length,
+            exception=exc,
+            context={},
+            start_time=started,
+            url=name,
+        )
 
-    def stream(self, name: str, path: str, body: dict[str, Any], headers: dict[str, str],
-               done: str, skip_on_404: bool = False) -> tuple[list[tuple[str, str]], str | None]:
+    def stream(
+        self,
+        name: str,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        done: str,
+        skip_on_404: bool = False,
+    ) -> tuple[list[tuple[str, str]], str | None]:
         """POST a streamed request; report ``name · ttfb`` and ``name · full``; returns (events, request-id).
 
         ``done``: the event (or ``[DONE]`` data) that ends a complete stream. ``skip_on_404``: a
@@ -280,16 +446,21 @@ class _Base(FastHttpUser):
         t0 = time.perf_counter()
         payload = json.dumps(body).encode()
         # catch_response without a with-block: locust fires nothing itself; the two phases are ours
-        resp = self.client.request("POST", path, data=payload, headers=headers, stream=True, name=name,
-                                   catch_response=True)
+        resp = self.client.request(
+            "POST", path, data=payload, headers=headers, stream=True, name=name, catch_response=True
+        )
         rid = resp.headers.get("request-id") if resp.headers else None
         if resp.status_code == 404 and skip_on_404:
             cls = type(self).__name__
             with _skip_lock:
                 if cls not in SKIPPED:
                     SKIPPED[cls] = f"POST {path} answered 404 (route not served by this gateway)"
-                    log.warning("%s: POST %s answers 404 on this gateway; the class stops and none of its"
-                                " requests count as successes", cls, path)
+                    log.warning(
+                        "%s: POST %s answers 404 on this gateway; the class stops and none of its"
+                        " requests count as successes",
+                        cls,
+                        path,
+                    )
             raise StopUser()
         if resp.status_code != 200:
             exc = StreamFailure(f"HTTP {resp.status_code}: {_text(resp)}")
@@ -310,8 +481,14 @@ class _Base(FastHttpUser):
             cut = exc
         full = (time.perf_counter() - t0) * 1000
         raw = b"".join(chunks)
-        self._fire(f"{name} · ttfb", "SSE", started, ttfb if ttfb is not None else full, 0,
-                   StreamFailure(f"stream cut before the first byte: {cut}") if ttfb is None and cut else None)
+        self._fire(
+            f"{name} · ttfb",
+            "SSE",
+            started,
+            ttfb if ttfb is not None else full,
+            0,
+            StreamFailure(f"stream cut before the first byte: {cut}") if ttfb is None and cut else None,
+        )
         evs = sse_events(raw)
         failure: StreamFailure | None = None
         errors = [d for e, d in evs if e == "error"]
@@ -333,9 +510,12 @@ class _Base(FastHttpUser):
             RECENT_IDS.append(rid)
         return evs, rid
 
-    def post_json(self, name: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-        with self.client.request("POST", path, data=json.dumps(body).encode(), headers=headers, name=name,
-                                 catch_response=True) as resp:
+    def post_json(
+        self, name: str, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        with self.client.request(
+            "POST", path, data=json.dumps(body).encode(), headers=headers, name=name, catch_response=True
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
                 raise StreamFailure(f"HTTP {resp.status_code}")
@@ -362,13 +542,20 @@ class ClaudeCodeAgent(_Base):
 
     def new_session(self) -> None:
         self.session = str(uuid.uuid4())
-        self.headers = {**CLAUDE_CODE_HEADERS, "x-api-key": self.key, "content-type": "application/json",
-                        "x-claude-code-session-id": self.session}
+        self.headers = {
+            **CLAUDE_CODE_HEADERS,
+            "x-api-key": self.key,
+            "content-type": "application/json",
+            "x-claude-code-session-id": self.session,
+        }
         # Claude Code's system prompt is a few thousand tokens; a per-session tail keeps caches apart
         self.system = [
             {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
-            {"type": "text", "text": words(1500, self.rng) + f" session {self.session}",
-             "cache_control": {"type": "ephemeral"}},
+            {
+                "type": "text",
+                "text": words(1500, self.rng) + f" session {self.session}",
+                "cache_control": {"type": "ephemeral"},
+            },
         ]
         self.messages: list[dict[str, Any]] = []
         self.turns = 0
@@ -385,9 +572,14 @@ class ClaudeCodeAgent(_Base):
         if isinstance(last, list) and last:
             last[-1]["cache_control"] = {"type": "ephemeral"}
         return {
-            "model": self.opts.model, "max_tokens": 32000, "stream": True,
-            "messages": msgs, "system": self.system, "tools": CLAUDE_TOOLS,
-            "thinking": {"type": "adaptive"}, "output_config": {"effort": "medium"},
+            "model": self.opts.model,
+            "max_tokens": 32000,
+            "stream": True,
+            "messages": msgs,
+            "system": self.system,
+            "tools": CLAUDE_TOOLS,
+            "thinking": {"type": "adaptive"},
+            "output_config": {"effort": "medium"},
             "metadata": {"user_id": f"user_{self.session}"},
         }
 
@@ -409,15 +601,19 @@ class ClaudeCodeAgent(_Base):
                     body.pop(k)
                 self.post_json("count_tokens", "/v1/messages/count_tokens?beta=true", body, self.headers)
             for _ in range(8):  # tool round trips until the model ends its turn
-                evs, _rid = self.stream("messages?beta=true", "/v1/messages?beta=true", self._body(),
-                                        self.headers, "message_stop")
+                evs, _rid = self.stream(
+                    "messages?beta=true", "/v1/messages?beta=true", self._body(), self.headers, "message_stop"
+                )
                 content, stop = assemble_anthropic(evs)
                 self.messages.append({"role": "assistant", "content": content})
                 if stop != "tool_use":
                     break
                 time.sleep(opts.tool_time)
-                results = [{"type": "tool_result", "tool_use_id": b["id"], "content": words(60, self.rng)}
-                           for b in content if b["type"] == "tool_use"]
+                results = [
+                    {"type": "tool_result", "tool_use_id": b["id"], "content": words(60, self.rng)}
+                    for b in content
+                    if b["type"] == "tool_use"
+                ]
                 results.append({"type": "text", "text": opts.directives})
                 self.messages.append({"role": "user", "content": results})
         except StreamFailure:
@@ -463,7 +659,11 @@ class OpenAIChatClient(_Base):
 
     def on_start(self) -> None:
         super().on_start()
-        self.headers = {**OPENAI_HEADERS, "authorization": f"Bearer {self.key}", "content-type": "application/json"}
+        self.headers = {
+            **OPENAI_HEADERS,
+            "authorization": f"Bearer {self.key}",
+            "content-type": "application/json",
+        }
 
     @task
     def conversation(self) -> None:
@@ -477,19 +677,27 @@ class OpenAIChatClient(_Base):
                 body = {"model": opts.model, "messages": messages, "tools": OPENAI_TOOLS, "max_tokens": 1024}
                 if self.rng.random() < 0.8:
                     body.update(stream=True, stream_options={"include_usage": True})
-                    evs, _ = self.stream("chat/completions", "/v1/chat/completions", body, self.headers, "[DONE]")
+                    evs, _ = self.stream(
+                        "chat/completions", "/v1/chat/completions", body, self.headers, "[DONE]"
+                    )
                     message, finish = assemble_chat(evs)
                 else:
-                    data = self.post_json("chat/completions (no stream)", "/v1/chat/completions", body,
-                                          self.headers)
+                    data = self.post_json(
+                        "chat/completions (no stream)", "/v1/chat/completions", body, self.headers
+                    )
                     message, finish = data["choices"][0]["message"], data["choices"][0]["finish_reason"]
                 messages.append({k: v for k, v in message.items() if v is not None})
                 if finish != "tool_calls":
                     break
                 time.sleep(opts.tool_time)
                 for call in message.get("tool_calls") or []:
-                    messages.append({"role": "tool", "tool_call_id": call["id"],
-                                     "content": json.dumps({"result": words(20, self.rng)})})
+                    messages.append(
+                        {
+                            "role": "tool",
+                            "tool_call_id": call["id"],
+                            "content": json.dumps({"result": words(20, self.rng)}),
+                        }
+                    )
         except StreamFailure:
             pass
 
@@ -505,8 +713,9 @@ def assemble_chat(evs: list[tuple[str, str]]) -> tuple[dict[str, Any], str | Non
             delta = choice.get("delta") or {}
             content += delta.get("content") or ""
             for tc in delta.get("tool_calls") or []:
-                slot = calls.setdefault(tc["index"], {"id": None, "type": "function",
-                                                      "function": {"name": "", "arguments": ""}})
+                slot = calls.setdefault(
+                    tc["index"], {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
                 slot["id"] = tc.get("id") or slot["id"]
                 fn = tc.get("function") or {}
                 slot["function"]["name"] += fn.get("name") or ""
@@ -526,8 +735,12 @@ class CodexResponsesClient(_Base):
 
     def on_start(self) -> None:
         super().on_start()
-        self.headers = {**CODEX_HEADERS, "authorization": f"Bearer {self.key}", "content-type": "application/json",
-                        "session_id": str(uuid.uuid4())}
+        self.headers = {
+            **CODEX_HEADERS,
+            "authorization": f"Bearer {self.key}",
+            "content-type": "application/json",
+            "session_id": str(uuid.uuid4()),
+        }
         self.history: list[dict[str, Any]] = []
 
     @task
@@ -535,16 +748,31 @@ class CodexResponsesClient(_Base):
         opts = self.opts
         if len(self.history) > 40:
             self.history = []
-        self.history.append({"type": "message", "role": "user",
-                             "content": [{"type": "input_text", "text": f"{words(20, self.rng)} {opts.directives}"}]})
+        self.history.append(
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": f"{words(20, self.rng)} {opts.directives}"}],
+            }
+        )
         for _ in range(4):
-            body = {"model": opts.model, "instructions": "You are Codex, a coding agent. " + words(300, self.rng),
-                    "input": self.history, "tools": CODEX_TOOLS, "tool_choice": "auto", "parallel_tool_calls": False,
-                    "reasoning": {"effort": "medium", "summary": "auto"}, "store": False, "stream": True,
-                    "include": ["reasoning.encrypted_content"], "prompt_cache_key": self.headers["session_id"]}
+            body = {
+                "model": opts.model,
+                "instructions": "You are Codex, a coding agent. " + words(300, self.rng),
+                "input": self.history,
+                "tools": CODEX_TOOLS,
+                "tool_choice": "auto",
+                "parallel_tool_calls": False,
+                "reasoning": {"effort": "medium", "summary": "auto"},
+                "store": False,
+                "stream": True,
+                "include": ["reasoning.encrypted_content"],
+                "prompt_cache_key": self.headers["session_id"],
+            }
             try:
-                evs, _ = self.stream("responses", "/v1/responses", body, self.headers, "response.completed",
-                                     skip_on_404=True)
+                evs, _ = self.stream(
+                    "responses", "/v1/responses", body, self.headers, "response.completed", skip_on_404=True
+                )
             except StreamFailure:
                 self.history = []
                 return
@@ -554,8 +782,13 @@ class CodexResponsesClient(_Base):
                 break
             time.sleep(opts.tool_time)
             for call in calls:
-                self.history.append({"type": "function_call_output", "call_id": call["call_id"],
-                                     "output": json.dumps({"output": words(30, self.rng), "exit_code": 0})})
+                self.history.append(
+                    {
+                        "type": "function_call_output",
+                        "call_id": call["call_id"],
+                        "output": json.dumps({"output": words(30, self.rng), "exit_code": 0}),
+                    }
+                )
 
 
 def assemble_responses(evs: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -588,8 +821,12 @@ class Operator(_Base):
         if self.admin_headers is None:
             return
         group = self.rng.choice(("key_id", "model", "route"))
-        with self.client.get(f"/admin/api/usage?group_by={group}", headers=self.admin_headers,
-                             name="/admin/api/usage", catch_response=True) as resp:
+        with self.client.get(
+            f"/admin/api/usage?group_by={group}",
+            headers=self.admin_headers,
+            name="/admin/api/usage",
+            catch_response=True,
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
 
@@ -598,8 +835,12 @@ class Operator(_Base):
         if not RECENT_IDS:
             return
         rid = self.rng.choice(list(RECENT_IDS))
-        with self.client.get(f"/v1/usage/{rid}", headers=self.admin_headers or self.key_headers,
-                             name="/v1/usage/{id}", catch_response=True) as resp:
+        with self.client.get(
+            f"/v1/usage/{rid}",
+            headers=self.admin_headers or self.key_headers,
+            name="/v1/usage/{id}",
+            catch_response=True,
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
             elif json.loads(resp.content or b"{}").get("request_id") != rid:

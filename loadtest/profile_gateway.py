@@ -79,15 +79,40 @@ def main() -> int:
         with gateway_process(Path(tmp), sim_url, workers=1) as url:
             server = find_listener_pid(int(url.rsplit(":", 1)[1]))
             worker = max(proc_tree(server))  # one worker: the server process itself, or its single child
-            headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
-            cmd = [spy, "record", "--pid", str(worker), "--duration", str(int(args.seconds)), "--rate", str(args.rate),
-                   "--format", "raw", "--output", str(out), "--nonblocking"] + (["--native"] if args.native else [])
+            headers = {
+                "x-api-key": key,
+                "anthropic-version": "2023-06-01",
+                "content-type": "application/json",
+            }
+            cmd = [
+                spy,
+                "record",
+                "--pid",
+                str(worker),
+                "--duration",
+                str(int(args.seconds)),
+                "--rate",
+                str(args.rate),
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ] + (["--native"] if args.native else [])
             rec = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result: dict[str, float] = {}
 
             def load() -> None:
-                res = asyncio.run(run_load(url + "/v1/messages", body_for(args.stream), headers,
-                                           concurrency=args.concurrency, duration=args.seconds + 1, warmup=0.0))
+                res = asyncio.run(
+                    run_load(
+                        url + "/v1/messages",
+                        body_for(args.stream),
+                        headers,
+                        concurrency=args.concurrency,
+                        duration=args.seconds + 1,
+                        warmup=0.0,
+                    )
+                )
                 result.update(res.summary())
 
             t = threading.Thread(target=load)
@@ -107,8 +132,10 @@ def main() -> int:
         total += count
         layers[layer_of(frames)] += count
         own[frames[-1]] += count
-    print(f"{result.get('requests', 0):.0f} requests at {result.get('rps', 0):.0f} req/s; {total} samples of the worker"
-          f" ({'streamed' if args.stream else 'non-streamed'}, c={args.concurrency})")
+    print(
+        f"{result.get('requests', 0):.0f} requests at {result.get('rps', 0):.0f} req/s; {total} samples of the worker"
+        f" ({'streamed' if args.stream else 'non-streamed'}, c={args.concurrency})"
+    )
     print("\n| layer (where the sample was) | share |\n|---|---|")
     for name, n in layers.most_common():
         print(f"| {name} | {n / total * 100:.1f} % |")

@@ -28,8 +28,12 @@ def npm_version(package: str) -> str:
 
 
 def pypi_version(python: str, package: str) -> str:
-    done = subprocess.run([python, "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [python, "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return done.stdout.strip() if done.returncode == 0 else "not installed"
 
 
@@ -45,13 +49,19 @@ def results(reports: list[Path]) -> dict[str, tuple[str, float, str]]:
             failed = case.find("failure") is not None or case.find("error") is not None
             skipped = case.find("skipped") is not None
             test_id = f"{case.get('classname', '').replace('.', '/')}.py::{name}"
-            out[match.group(1)] = ("skipped" if skipped else "FAIL" if failed else "pass",
-                                   float(case.get("time", 0.0)), test_id)
+            out[match.group(1)] = (
+                "skipped" if skipped else "FAIL" if failed else "pass",
+                float(case.get("time", 0.0)),
+                test_id,
+            )
     return out
 
 
 def table(found: dict[str, tuple[str, float, str]], aider_python: str, when: str) -> str:
-    lines = ["| Tool | Package | Version | Route | Result | Run time | Test | Date |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Tool | Package | Version | Route | Result | Run time | Test | Date |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in connect.SETUPS:
         if s.id in found:
             result, seconds, test_id = found[s.id]
@@ -59,22 +69,31 @@ def table(found: dict[str, tuple[str, float, str]], aider_python: str, when: str
                 version = pypi_version(aider_python, "aider-chat")
             else:
                 version = npm_version(s.package)
-            lines.append(f"| {s.name} | `{s.package}` | {version} | {s.route} | {result} | {seconds:.1f} s "
-                         f"| `{test_id}` | {when} |")
+            lines.append(
+                f"| {s.name} | `{s.package}` | {version} | {s.route} | {result} | {seconds:.1f} s "
+                f"| `{test_id}` | {when} |"
+            )
         elif not s.tested:
             lines.append(f"| {s.name} | GUI editor | — | {s.route} | untested | — | — | — |")
         else:
-            note = {"anthropic-sdk": "tests/e2e/test_anthropic_sdk.py", "openai-sdk":
-                    "tests/e2e/test_openai_sdk.py, test_responses_sdk.py"}.get(s.id, "no result")
-            lines.append(f"| {s.name} | `{s.package}` | — | {s.route} | see {note} (`make test`) | — | — | — |")
+            note = {
+                "anthropic-sdk": "tests/e2e/test_anthropic_sdk.py",
+                "openai-sdk": "tests/e2e/test_openai_sdk.py, test_responses_sdk.py",
+            }.get(s.id, "no result")
+            lines.append(
+                f"| {s.name} | `{s.package}` | — | {s.route} | see {note} (`make test`) | — | — | — |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("reports", nargs="+", type=Path)
-    parser.add_argument("--aider", default=str(ROOT / ".venv-aider" / "bin" / "python"),
-                        help="the Python of Aider's environment (for its version)")
+    parser.add_argument(
+        "--aider",
+        default=str(ROOT / ".venv-aider" / "bin" / "python"),
+        help="the Python of Aider's environment (for its version)",
+    )
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "clients.md")
     args = parser.parse_args()
     missing = [r for r in args.reports if not r.exists()]
@@ -91,8 +110,11 @@ def main() -> int:
     _, tail = rest.split(END, 1)
     args.doc.write_text(f"{head}{START}\n{table(found, args.aider, when)}{END}{tail}")
     failed = sorted(tool for tool, (result, _, _) in found.items() if result != "pass")
-    print(f"clients-matrix: {len(found) - len(failed)} passed, {len(failed)} failed"
-          + (f" ({', '.join(failed)})" if failed else "") + f"; table written to {args.doc}")
+    print(
+        f"clients-matrix: {len(found) - len(failed)} passed, {len(failed)} failed"
+        + (f" ({', '.join(failed)})" if failed else "")
+        + f"; table written to {args.doc}"
+    )
     return 1 if failed else 0
 
 

@@ -61,18 +61,21 @@ KINDS = {
     "text": "English text only (system, messages, thinking)",
     "text_mixed": "text only, mixed scripts (≥ 1 % non-ASCII characters)",
     "client_tools": "with tool definitions or a structured-output schema (Anthropic adds a tool-use "
-                    "system prompt the request does not show)",
+    "system prompt the request does not show)",
     "media": "with images or documents",
     "server_tools": "with server tools or MCP servers (their definitions and system text are added "
-                    "upstream: modelled as a fixed allowance per tool type and per MCP server)",
+    "upstream: modelled as a fixed allowance per tool type and per MCP server)",
 }
 
 
 def _total(usage: Any) -> int | None:
     if not isinstance(usage, dict) or usage.get("input_tokens") is None:
         return None
-    return int(usage.get("input_tokens") or 0) + int(usage.get("cache_creation_input_tokens") or 0) \
+    return (
+        int(usage.get("input_tokens") or 0)
+        + int(usage.get("cache_creation_input_tokens") or 0)
         + int(usage.get("cache_read_input_tokens") or 0)
+    )
 
 
 def _message_start(text: str) -> Any:
@@ -127,15 +130,33 @@ def recordings(fixtures: Path) -> list[dict[str, Any]]:
                 text = resp["body"].get("string")
                 stream = text if isinstance(text, str) else None
             real, why = real_count(uri, parsed, stream)
-            out.append({"fixture": f"{path.parent.name}/{path.name}#{i}", "group": re.sub(r"\[.*\]", "", path.stem),
-                        "body": body, "real": real, "why": why})
+            out.append(
+                {
+                    "fixture": f"{path.parent.name}/{path.name}#{i}",
+                    "group": re.sub(r"\[.*\]", "", path.stem),
+                    "body": body,
+                    "real": real,
+                    "why": why,
+                }
+            )
     nock = root / "sdk-typescript" / "nock-ToolRunner.json"
     if nock.exists():
         for i, item in enumerate(json.loads(nock.read_text(encoding="utf-8"))):
-            if item.get("status") == 200 and isinstance(item.get("body"), dict) and isinstance(item.get("response"), dict):
+            if (
+                item.get("status") == 200
+                and isinstance(item.get("body"), dict)
+                and isinstance(item.get("response"), dict)
+            ):
                 real, why = real_count(str(item.get("path", "")), item["response"], None)
-                out.append({"fixture": f"sdk-typescript/{nock.name}#{i}", "group": nock.stem, "body": item["body"],
-                            "real": real, "why": why})
+                out.append(
+                    {
+                        "fixture": f"sdk-typescript/{nock.name}#{i}",
+                        "group": nock.stem,
+                        "body": item["body"],
+                        "real": real,
+                        "why": why,
+                    }
+                )
     for path in sorted(root.glob("sdk-python-inline-snapshots/**/*.json")):
         name = str(path.relative_to(root))
         for i, item in enumerate(json.loads(path.read_text(encoding="utf-8"))):
@@ -143,9 +164,14 @@ def recordings(fixtures: Path) -> list[dict[str, Any]]:
             if resp.get("status_code") != 200 or not isinstance(req.get("body"), dict):
                 continue
             body = resp.get("body")
-            real, why = real_count(str(req.get("url", "")), body if isinstance(body, dict) else None,
-                                   body if isinstance(body, str) else None)
-            out.append({"fixture": f"{name}#{i}", "group": name, "body": req["body"], "real": real, "why": why})
+            real, why = real_count(
+                str(req.get("url", "")),
+                body if isinstance(body, dict) else None,
+                body if isinstance(body, str) else None,
+            )
+            out.append(
+                {"fixture": f"{name}#{i}", "group": name, "body": req["body"], "real": real, "why": why}
+            )
     return out
 
 
@@ -176,8 +202,9 @@ def _text_chars(body: dict[str, Any]) -> tuple[int, int]:
 
 def kind_of(body: dict[str, Any]) -> str:
     tools = body.get("tools") or []
-    if body.get("mcp_servers") or any(isinstance(t, dict) and t.get("type") not in (None, "custom")
-                                      for t in tools):
+    if body.get("mcp_servers") or any(
+        isinstance(t, dict) and t.get("type") not in (None, "custom") for t in tools
+    ):
         return "server_tools"
     blob = orjson.dumps(body.get("messages") or [])
     if b'"type":"image"' in blob or b'"type":"document"' in blob:
@@ -209,8 +236,11 @@ def sim_differs(body: dict[str, Any]) -> str | None:
     last = len(messages) - 2
     for i, m in enumerate(messages):
         content = m.get("content") if isinstance(m, dict) else None
-        if i != last and isinstance(content, list) and any(
-                isinstance(b, dict) and b.get("type") == "thinking" for b in content):
+        if (
+            i != last
+            and isinstance(content, list)
+            and any(isinstance(b, dict) and b.get("type") == "thinking" for b in content)
+        ):
             return "the sim counts earlier turns' thinking; the API does not"
     return None
 
@@ -234,10 +264,19 @@ def samples(fixtures: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
         model = registry.resolve(name)
         args = estimate_args(model)
         estimate = _native.estimate_tokens(orjson.dumps(body), **args)
-        rows.append({"fixture": rec["fixture"], "half": half_of(rec["group"]), "model": name,
-                     "tokenizer": args.get("tokenizer", 1), "kind": kind_of(body), "real": rec["real"],
-                     "estimate": estimate, "sim": sim_count(body, args.get("tokenizer", 1)),
-                     "sim_differs": sim_differs(body)})
+        rows.append(
+            {
+                "fixture": rec["fixture"],
+                "half": half_of(rec["group"]),
+                "model": name,
+                "tokenizer": args.get("tokenizer", 1),
+                "kind": kind_of(body),
+                "real": rec["real"],
+                "estimate": estimate,
+                "sim": sim_count(body, args.get("tokenizer", 1)),
+                "sim_differs": sim_differs(body),
+            }
+        )
     return rows, excluded
 
 
@@ -252,19 +291,36 @@ def distribution(rows: list[dict[str, Any]]) -> dict[str, Any]:
         def q(values: list[float], p: float) -> float:
             return round(values[min(len(values) - 1, int(p * len(values)))], 1)
 
-        out.update({
-            "signed_error_pct": {"min": round(errors[0], 1), "p10": q(errors, 0.1),
-                                 "median": round(statistics.median(errors), 1),
-                                 "p90": q(errors, 0.9), "max": round(errors[-1], 1),
-                                 "mean": round(statistics.fmean(errors), 1)},
-            "abs_error_pct": {"median": round(statistics.median(absolute), 1), "p90": q(absolute, 0.9),
-                              "max": round(absolute[-1], 1)},
-            "within_pct": {str(b): round(sum(1 for a in absolute if a <= b) / len(absolute) * 100.0, 1)
-                           for b in (5, 10, 15, 25, 50)},
-        })
-    out["small"] = {"samples": len(small), "within_tokens": SMALL_TOLERANCE,
-                    "within_pct": round(sum(1 for r in small if abs(r["estimate"] - r["real"]) <= SMALL_TOLERANCE)
-                                        / len(small) * 100.0, 1) if small else None}
+        out.update(
+            {
+                "signed_error_pct": {
+                    "min": round(errors[0], 1),
+                    "p10": q(errors, 0.1),
+                    "median": round(statistics.median(errors), 1),
+                    "p90": q(errors, 0.9),
+                    "max": round(errors[-1], 1),
+                    "mean": round(statistics.fmean(errors), 1),
+                },
+                "abs_error_pct": {
+                    "median": round(statistics.median(absolute), 1),
+                    "p90": q(absolute, 0.9),
+                    "max": round(absolute[-1], 1),
+                },
+                "within_pct": {
+                    str(b): round(sum(1 for a in absolute if a <= b) / len(absolute) * 100.0, 1)
+                    for b in (5, 10, 15, 25, 50)
+                },
+            }
+        )
+    out["small"] = {
+        "samples": len(small),
+        "within_tokens": SMALL_TOLERANCE,
+        "within_pct": round(
+            sum(1 for r in small if abs(r["estimate"] - r["real"]) <= SMALL_TOLERANCE) / len(small) * 100.0, 1
+        )
+        if small
+        else None,
+    }
     return out
 
 
@@ -279,24 +335,43 @@ def summarize(rows: list[dict[str, Any]], excluded: list[dict[str, Any]]) -> dic
     ratio, tokens = ESTIMATE_MARGIN
     return {
         "source": "fixtures/anthropic/recorded: pydantic-ai cassettes, the TypeScript SDK's nock recording and "
-                  "the Python SDK's snapshots, requests with Anthropic's own count of the prompt",
-        "split": {"rule": "sha256(recording's test name)[0] % 2: odd → held_out, even → calibration",
-                  "calibration": len(rows) - len(held), "held_out": len(held),
-                  "shown": "held_out", "percent_errors_from_real_tokens": SMALL},
+        "the Python SDK's snapshots, requests with Anthropic's own count of the prompt",
+        "split": {
+            "rule": "sha256(recording's test name)[0] % 2: odd → held_out, even → calibration",
+            "calibration": len(rows) - len(held),
+            "held_out": len(held),
+            "shown": "held_out",
+            "percent_errors_from_real_tokens": SMALL,
+        },
         "overall": distribution(held),
-        "by_kind": [{"kind": kind, "label": label, **distribution([r for r in held if r["kind"] == kind])}
-                    for kind, label in KINDS.items()],
-        "tokenizer_2": "text weights ×1.3, Anthropic's documented ratio (\"approximately 30 percent more tokens\")",
-        "margin": {"ratio": ratio, "tokens": tokens,
-                   "rule": "admission reserves estimate + ceil(estimate × ratio) + tokens",
-                   "covers_real_pct": coverage(rows, "real"), "samples": len(rows),
-                   "sim_rule": "ceil(chars / 4), ×1.3 on the newer tokenizer (python/ethereal/sim/_gen.py)",
-                   "covers_sim_pct": coverage(rows, "sim"),
-                   "covers_sim_pct_same_content": coverage([r for r in rows if not r["sim_differs"]], "sim"),
-                   "sim_same_content_samples": sum(1 for r in rows if not r["sim_differs"]),
-                   "missed": [{"fixture": r["fixture"], "estimate": r["estimate"], "reserved": with_margin(r["estimate"]),
-                               "real": r["real"], "sim": r["sim"], "sim_differs": r["sim_differs"]}
-                              for r in rows if with_margin(r["estimate"]) < max(r["real"], r["sim"])]},
+        "by_kind": [
+            {"kind": kind, "label": label, **distribution([r for r in held if r["kind"] == kind])}
+            for kind, label in KINDS.items()
+        ],
+        "tokenizer_2": 'text weights ×1.3, Anthropic\'s documented ratio ("approximately 30 percent more tokens")',
+        "margin": {
+            "ratio": ratio,
+            "tokens": tokens,
+            "rule": "admission reserves estimate + ceil(estimate × ratio) + tokens",
+            "covers_real_pct": coverage(rows, "real"),
+            "samples": len(rows),
+            "sim_rule": "ceil(chars / 4), ×1.3 on the newer tokenizer (python/ethereal/sim/_gen.py)",
+            "covers_sim_pct": coverage(rows, "sim"),
+            "covers_sim_pct_same_content": coverage([r for r in rows if not r["sim_differs"]], "sim"),
+            "sim_same_content_samples": sum(1 for r in rows if not r["sim_differs"]),
+            "missed": [
+                {
+                    "fixture": r["fixture"],
+                    "estimate": r["estimate"],
+                    "reserved": with_margin(r["estimate"]),
+                    "real": r["real"],
+                    "sim": r["sim"],
+                    "sim_differs": r["sim_differs"],
+                }
+                for r in rows
+                if with_margin(r["estimate"]) < max(r["real"], r["sim"])
+            ],
+        },
         "excluded": excluded,
         "rows": rows,
     }

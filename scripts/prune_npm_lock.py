@@ -9,7 +9,11 @@ import json
 import sys
 from pathlib import Path
 
-LOCK = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "clients" / "package-lock.json")
+LOCK = Path(
+    sys.argv[1]
+    if len(sys.argv) > 1
+    else Path(__file__).resolve().parent.parent / "clients" / "package-lock.json"
+)
 
 lock = json.loads(LOCK.read_text())
 packages = lock["packages"]

@@ -20,10 +20,15 @@ from ethereal.storage import open_store
 from ethereal.storage.records import UsageRecord
 from ethereal.usage import Usage
 
-WEATHER = {"name": "get_weather", "description": "Weather in a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"},
-                                                             "days": {"type": "integer"}},
-                            "required": ["city", "days"]}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+    },
+}
 POLICY = "You answer questions about the travel policy. " * 120
 
 
@@ -37,8 +42,11 @@ def mixed_requests(n: int = 200, *, tag: str = "") -> list[dict[str, Any]]:
     for i in range(n):
         kind = i % 5
         model = ("claude-sonnet-4-6", "sonnet-4", "claude-haiku-4-5", "opus-4", "claude-sonnet-4-6")[i % 5]
-        params: dict[str, Any] = {"model": model, "max_tokens": 256,
-                                  "messages": [{"role": "user", "content": f"{tag}question number {i}"}]}
+        params: dict[str, Any] = {
+            "model": model,
+            "max_tokens": 256,
+            "messages": [{"role": "user", "content": f"{tag}question number {i}"}],
+        }
         if kind == 1:
             params["tools"] = [WEATHER]
             params["messages"][0]["content"] = f"{tag}what is the weather in city {i}?"
@@ -66,7 +74,9 @@ def mint_into_url(url: str, **attrs: Any) -> tuple[str, KeyRecord]:
     return plaintext, record
 
 
-def usage_rows(url: str, batch_id: str, custom_ids: list[str], timeout: float = 20.0) -> dict[str, UsageRecord]:
+def usage_rows(
+    url: str, batch_id: str, custom_ids: list[str], timeout: float = 20.0
+) -> dict[str, UsageRecord]:
     """The usage row of every item, waiting until the batch is settled."""
 
     async def go() -> dict[str, UsageRecord]:
@@ -108,10 +118,16 @@ def count_item_rows(url: str, batch_id: str) -> int:
         try:
             prefix = item_request_id(batch_id, "")
             if store.dialect == "sqlite":
-                return await store._run(lambda: store.conn.execute(  # type: ignore[attr-defined]
-                    "SELECT COUNT(*) FROM usage_records WHERE request_id LIKE ?", (prefix + "%",)).fetchone()[0])
-            return int(await store.pool.fetchval(  # type: ignore[attr-defined]
-                "SELECT COUNT(*) FROM usage_records WHERE request_id LIKE $1", prefix + "%"))
+                return await store._run(
+                    lambda: store.conn.execute(  # type: ignore[attr-defined]
+                        "SELECT COUNT(*) FROM usage_records WHERE request_id LIKE ?", (prefix + "%",)
+                    ).fetchone()[0]
+                )
+            return int(
+                await store.pool.fetchval(  # type: ignore[attr-defined]
+                    "SELECT COUNT(*) FROM usage_records WHERE request_id LIKE $1", prefix + "%"
+                )
+            )
         finally:
             await store.close()
 
@@ -127,18 +143,35 @@ def check_usage(results: dict[str, dict[str, Any]], rows: dict[str, UsageRecord]
         assert row.batch is True and row.route == "messages.batches" and row.stream is False
         if result["type"] != "succeeded":
             assert (row.input_tokens, row.output_tokens, row.cost_micro) == (0, 0, 0)
-            assert row.error_type == (result["error"]["error"]["type"] if result["type"] == "errored"
-                                      else result["type"])
+            assert row.error_type == (
+                result["error"]["error"]["type"] if result["type"] == "errored" else result["type"]
+            )
             continue
         usage = result["message"]["usage"]
         split = usage["cache_creation"]
-        got = (row.input_tokens, row.output_tokens, row.cache_creation_5m, row.cache_creation_1h, row.cache_read)
-        want = (usage["input_tokens"], usage["output_tokens"], split["ephemeral_5m_input_tokens"],
-                split["ephemeral_1h_input_tokens"], usage["cache_read_input_tokens"])
+        got = (
+            row.input_tokens,
+            row.output_tokens,
+            row.cache_creation_5m,
+            row.cache_creation_1h,
+            row.cache_read,
+        )
+        want = (
+            usage["input_tokens"],
+            usage["output_tokens"],
+            split["ephemeral_5m_input_tokens"],
+            split["ephemeral_1h_input_tokens"],
+            usage["cache_read_input_tokens"],
+        )
         assert got == want, cid
         model = registry.resolve(result["message"]["model"])
-        used = Usage(input_tokens=want[0], output_tokens=want[1], cache_5m=want[2], cache_1h=want[3],
-                     cache_read=want[4])
+        used = Usage(
+            input_tokens=want[0],
+            output_tokens=want[1],
+            cache_5m=want[2],
+            cache_1h=want[3],
+            cache_read=want[4],
+        )
         expected = price(registry, model, used, at=row.started_at, batch=True).cost_micro
         full = price(registry, model, used, at=row.started_at).cost_micro
         assert row.cost_micro == expected and abs(2 * expected - full) <= 1, cid  # half the standard price
@@ -175,8 +208,10 @@ class BatchSink:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]
-                                                                         if line)}
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
                 left = int(headers.get("content-length", "0"))
                 size = left
                 while left:
@@ -190,13 +225,30 @@ class BatchSink:
                     batch = f"msgbatch_sink{len(self.sizes):06d}"
                 else:
                     batch = path.rstrip("/").rsplit("/", 1)[-1]
-                body = orjson.dumps({"id": batch, "type": "message_batch", "processing_status": "in_progress",
-                                     "request_counts": {"processing": 1, "succeeded": 0, "errored": 0,
-                                                        "canceled": 0, "expired": 0},
-                                     "created_at": now, "expires_at": now, "ended_at": None, "archived_at": None,
-                                     "cancel_initiated_at": None, "results_url": None})
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                             b"request-id: req_sink\r\n\r\n%s" % (len(body), body))
+                body = orjson.dumps(
+                    {
+                        "id": batch,
+                        "type": "message_batch",
+                        "processing_status": "in_progress",
+                        "request_counts": {
+                            "processing": 1,
+                            "succeeded": 0,
+                            "errored": 0,
+                            "canceled": 0,
+                            "expired": 0,
+                        },
+                        "created_at": now,
+                        "expires_at": now,
+                        "ended_at": None,
+                        "archived_at": None,
+                        "cancel_initiated_at": None,
+                        "results_url": None,
+                    }
+                )
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                    b"request-id: req_sink\r\n\r\n%s" % (len(body), body)
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -229,8 +281,16 @@ def big_batch_body(target_bytes: int, item_bytes: int = 4096) -> bytes:
     English text each, one model, canonical ids (nothing to splice)."""
     filler = "The quick brown fox jumps over the lazy dog. "
     text = filler * max(1, (item_bytes - 160) // len(filler))
-    template = orjson.dumps({"custom_id": "item-000000", "params": {
-        "model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": [{"role": "user", "content": text}]}})
+    template = orjson.dumps(
+        {
+            "custom_id": "item-000000",
+            "params": {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 1024,
+                "messages": [{"role": "user", "content": text}],
+            },
+        }
+    )
     count = max(1, target_bytes // (len(template) + 1))
     parts = [template.replace(b"item-000000", b"item-%06d" % i) for i in range(count)]
     return b'{"requests":[' + b",".join(parts) + b"]}"
@@ -260,7 +320,9 @@ def healthz_watch(url: str, every: float = 0.05) -> Iterator[list[float]]:
     import sys
 
     latencies: list[float] = []
-    prober = subprocess.Popen([sys.executable, "-c", _PROBE, url, str(every)], stdout=subprocess.PIPE, text=True)
+    prober = subprocess.Popen(
+        [sys.executable, "-c", _PROBE, url, str(every)], stdout=subprocess.PIPE, text=True
+    )
     try:
         yield latencies
     finally:

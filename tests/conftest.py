@@ -16,9 +16,12 @@ from tests.procs import gateway_process, stop
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--gc-each-test", action="store_true",
-                     help="run the cyclic collector after each test, so a socket or file left in a reference "
-                          "cycle fails the test that left it, not whichever test the collector next runs in")
+    parser.addoption(
+        "--gc-each-test",
+        action="store_true",
+        help="run the cyclic collector after each test, so a socket or file left in a reference "
+        "cycle fails the test that left it, not whichever test the collector next runs in",
+    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -62,11 +62,13 @@ def gateway_process(
     """``ethereal serve`` in a child process; yields its base URL."""
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-    child_env.update({
-        "ETHEREAL_DATA_DIR": str(data_dir),
-        "ETHEREAL_KEY_CACHE_TTL": "0.5",
-        "PYTHONUNBUFFERED": "1",
-    })
+    child_env.update(
+        {
+            "ETHEREAL_DATA_DIR": str(data_dir),
+            "ETHEREAL_KEY_CACHE_TTL": "0.5",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if upstream_url:
         child_env["ETHEREAL_UPSTREAM_URL"] = upstream_url
         child_env["ETHEREAL_UPSTREAM_KEY"] = upstream_key
@@ -77,9 +79,21 @@ def gateway_process(
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(workers)],
-            env=child_env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "ethereal",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
     try:

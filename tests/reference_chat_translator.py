@@ -35,10 +35,23 @@ _FINISH = {"max_tokens": "length", "model_context_window_exceeded": "length", "r
 
 
 class ReferenceChatTranslator(ReferenceSseDriver):
-    def __init__(self, model: str, completion_id: str, created: int, include_usage: bool, *,
-                 json_tool: str | None = None, legacy_functions: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        completion_id: str,
+        created: int,
+        include_usage: bool,
+        *,
+        json_tool: str | None = None,
+        legacy_functions: bool = False,
+    ) -> None:
         super().__init__()
-        self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+        }
         self.include_usage = include_usage
         self.json_tool = json_tool
         self.legacy = legacy_functions
@@ -85,8 +98,11 @@ class ReferenceChatTranslator(ReferenceSseDriver):
 
     def _error(self, out: list[str], kind: str, message: str) -> None:
         oa_type, code = _OPENAI_ERRORS.get(kind, ("server_error", None))
-        out.append("data: " + dumps({"error": {"message": message, "type": oa_type, "param": None,
-                                               "code": code}}) + "\n\n")
+        out.append(
+            "data: "
+            + dumps({"error": {"message": message, "type": oa_type, "param": None, "code": code}})
+            + "\n\n"
+        )
 
     # ---- events ---------------------------------------------------------------------------
 
@@ -105,7 +121,9 @@ class ReferenceChatTranslator(ReferenceSseDriver):
             text = block.get("thinking") or ""
             if text:
                 self._emit(out, {"reasoning_content": text})
-            self.reasoning.append({"type": "thinking", "chars": len(text), "signature": block.get("signature") or ""})
+            self.reasoning.append(
+                {"type": "thinking", "chars": len(text), "signature": block.get("signature") or ""}
+            )
             entry = {"kind": "thinking", "reasoning": len(self.reasoning) - 1}
         elif kind == "redacted_thinking":
             self.reasoning.append({"type": "redacted", "data": block.get("data") or ""})
@@ -123,9 +141,19 @@ class ReferenceChatTranslator(ReferenceSseDriver):
                 entry["kind"] = "tool"
                 entry["index"] = self.tool_calls
                 self.tool_calls += 1
-                self._emit(out, {"tool_calls": [{"index": entry["index"], "id": block.get("id") or "",
-                                                 "type": "function",
-                                                 "function": {"name": name, "arguments": ""}}]})
+                self._emit(
+                    out,
+                    {
+                        "tool_calls": [
+                            {
+                                "index": entry["index"],
+                                "id": block.get("id") or "",
+                                "type": "function",
+                                "function": {"name": name, "arguments": ""},
+                            }
+                        ]
+                    },
+                )
         self.blocks[index] = entry
 
     def _block_delta(self, index: int, delta: dict[str, Any], out: list[str]) -> None:
@@ -169,8 +197,12 @@ class ReferenceChatTranslator(ReferenceSseDriver):
 
     def usage(self) -> dict[str, Any]:
         prompt, reads, writes, output = self._totals()
-        return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output,
-                "prompt_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes}}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": output,
+            "total_tokens": prompt + output,
+            "prompt_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes},
+        }
 
     def _message_stop(self, out: list[str]) -> None:
         called = self.tool_calls > 0 or self.function_called

@@ -112,8 +112,15 @@ class _CustomInput:
 
 
 class ReferenceResponsesTranslator(ReferenceSseDriver):
-    def __init__(self, response_id: str, head: str, *, custom_tools: list[str] | None = None,
-                 namespaced: list[tuple[str, str, str]] | None = None, json_tool: str | None = None) -> None:
+    def __init__(
+        self,
+        response_id: str,
+        head: str,
+        *,
+        custom_tools: list[str] | None = None,
+        namespaced: list[tuple[str, str, str]] | None = None,
+        json_tool: str | None = None,
+    ) -> None:
         super().__init__()
         self.suffix = response_id.removeprefix("resp_")
         self.head = head or f'"id":{dumps(response_id)},"object":"response"'
@@ -137,23 +144,37 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
 
     def _usage(self) -> dict[str, Any]:
         inp, reads, writes, output = self._totals()
-        return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes},
-                "output_tokens": output, "output_tokens_details": {"reasoning_tokens": min(self.reasoning_tokens,
-                                                                                           output)},
-                "total_tokens": inp + output}
+        return {
+            "input_tokens": inp,
+            "input_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": min(self.reasoning_tokens, output)},
+            "total_tokens": inp + output,
+        }
 
-    def _response(self, status: str, *, error: dict[str, Any] | None = None, incomplete: str | None = None,
-                  usage: bool = False) -> str:
+    def _response(
+        self,
+        status: str,
+        *,
+        error: dict[str, Any] | None = None,
+        incomplete: str | None = None,
+        usage: bool = False,
+    ) -> str:
         # the head is spliced in as given (it is already JSON members), like the native side does
-        rest: dict[str, Any] = {"status": status, "error": error,
-                                "incomplete_details": {"reason": incomplete} if incomplete else None}
+        rest: dict[str, Any] = {
+            "status": status,
+            "error": error,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+        }
         body = dumps(rest)[1:-1] + ',"output":[' + ",".join(self.output) + "]"
         if usage:
             body += ',"usage":' + dumps(self._usage())
         return "{" + self.head + "," + body + "}"
 
     def _emit_response(self, out: list[str], kind: str, response: str) -> None:
-        out.append(f'event: {kind}\ndata: {{"type":"{kind}","sequence_number":{self.seq},"response":{response}}}\n\n')
+        out.append(
+            f'event: {kind}\ndata: {{"type":"{kind}","sequence_number":{self.seq},"response":{response}}}\n\n'
+        )
         self.seq += 1
 
     def _start(self, out: list[str]) -> None:
@@ -164,13 +185,25 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
 
     def _fail(self, out: list[str], code: str, message: str) -> None:
         self._start(out)
-        self._emit_response(out, "response.failed",
-                            self._response("failed", error={"code": code, "message": message}, usage=self.saw_delta))
+        self._emit_response(
+            out,
+            "response.failed",
+            self._response("failed", error={"code": code, "message": message}, usage=self.saw_delta),
+        )
 
     def _new_item(self, kind: str, prefix: str) -> int:
         i = len(self.items)
-        self.items.append({"kind": kind, "id": f"{prefix}_{self.suffix}_{i}", "parts": [], "raw": "",
-                           "signature": "", "start_input": None, "custom": _CustomInput()})
+        self.items.append(
+            {
+                "kind": kind,
+                "id": f"{prefix}_{self.suffix}_{i}",
+                "parts": [],
+                "raw": "",
+                "signature": "",
+                "start_input": None,
+                "custom": _CustomInput(),
+            }
+        )
         return i
 
     def _ref(self, i: int) -> dict[str, Any]:
@@ -188,8 +221,17 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
     def _message(self, out: list[str]) -> int:
         if self.open_message is None:
             i = self._new_item("message", "msg")
-            self._added(out, i, {"id": self.items[i]["id"], "type": "message", "status": "in_progress",
-                                 "role": "assistant", "content": []})
+            self._added(
+                out,
+                i,
+                {
+                    "id": self.items[i]["id"],
+                    "type": "message",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                },
+            )
             self.open_message = i
         return self.open_message
 
@@ -197,8 +239,13 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
         i = self._message(out)
         parts = self.items[i]["parts"]
         parts.append("")
-        self._emit(out, "response.content_part.added", **self._ref(i), content_index=len(parts) - 1,
-                   part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+        self._emit(
+            out,
+            "response.content_part.added",
+            **self._ref(i),
+            content_index=len(parts) - 1,
+            part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+        )
 
     def _text(self, out: list[str], text: str) -> None:
         i = self.open_message
@@ -206,28 +253,56 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
             return
         parts = self.items[i]["parts"]
         parts[-1] += text
-        self._emit(out, "response.output_text.delta", **self._ref(i), content_index=len(parts) - 1, delta=text,
-                   logprobs=[])
+        self._emit(
+            out,
+            "response.output_text.delta",
+            **self._ref(i),
+            content_index=len(parts) - 1,
+            delta=text,
+            logprobs=[],
+        )
 
     def _close_part(self, out: list[str]) -> None:
         i = self.open_message
         if i is None or not self.items[i]["parts"]:
             return
         parts = self.items[i]["parts"]
-        self._emit(out, "response.output_text.done", **self._ref(i), content_index=len(parts) - 1, text=parts[-1],
-                   logprobs=[])
-        self._emit(out, "response.content_part.done", **self._ref(i), content_index=len(parts) - 1,
-                   part={"type": "output_text", "text": parts[-1], "annotations": [], "logprobs": []})
+        self._emit(
+            out,
+            "response.output_text.done",
+            **self._ref(i),
+            content_index=len(parts) - 1,
+            text=parts[-1],
+            logprobs=[],
+        )
+        self._emit(
+            out,
+            "response.content_part.done",
+            **self._ref(i),
+            content_index=len(parts) - 1,
+            part={"type": "output_text", "text": parts[-1], "annotations": [], "logprobs": []},
+        )
 
     def _close_message(self, out: list[str]) -> None:
         i = self.open_message
         if i is None:
             return
         self.open_message = None
-        content = [{"type": "output_text", "text": t, "annotations": [], "logprobs": []}
-                   for t in self.items[i]["parts"]]
-        self._done(out, i, {"id": self.items[i]["id"], "type": "message", "status": "completed",
-                            "role": "assistant", "content": content})
+        content = [
+            {"type": "output_text", "text": t, "annotations": [], "logprobs": []}
+            for t in self.items[i]["parts"]
+        ]
+        self._done(
+            out,
+            i,
+            {
+                "id": self.items[i]["id"],
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": content,
+            },
+        )
 
     # reasoning
 
@@ -237,15 +312,22 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
         self.items[i]["parts"].append("")
         self.items[i]["signature"] = signature
         self._added(out, i, {"id": self.items[i]["id"], "type": "reasoning", "summary": []})
-        self._emit(out, "response.reasoning_summary_part.added", **self._ref(i), summary_index=0,
-                   part={"type": "summary_text", "text": ""})
+        self._emit(
+            out,
+            "response.reasoning_summary_part.added",
+            **self._ref(i),
+            summary_index=0,
+            part={"type": "summary_text", "text": ""},
+        )
         self._reasoning_delta(out, i, text)
         return i
 
     def _reasoning_delta(self, out: list[str], i: int, text: str) -> None:
         if text:
             self.items[i]["parts"][0] += text
-            self._emit(out, "response.reasoning_summary_text.delta", **self._ref(i), summary_index=0, delta=text)
+            self._emit(
+                out, "response.reasoning_summary_text.delta", **self._ref(i), summary_index=0, delta=text
+            )
 
     def _reasoning_done(self, out: list[str], i: int) -> None:
         item = self.items[i]
@@ -253,10 +335,23 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
         self.reasoning_tokens += _native.estimate_text_tokens(text)
         payload = dumps({"type": "thinking", "thinking": text, "signature": item["signature"]}).encode()
         self._emit(out, "response.reasoning_summary_text.done", **self._ref(i), summary_index=0, text=text)
-        self._emit(out, "response.reasoning_summary_part.done", **self._ref(i), summary_index=0,
-                   part={"type": "summary_text", "text": text})
-        self._done(out, i, {"id": item["id"], "type": "reasoning", "summary": [{"type": "summary_text", "text": text}],
-                            "encrypted_content": REASONING_PREFIX + base64.b64encode(payload).decode()})
+        self._emit(
+            out,
+            "response.reasoning_summary_part.done",
+            **self._ref(i),
+            summary_index=0,
+            part={"type": "summary_text", "text": text},
+        )
+        self._done(
+            out,
+            i,
+            {
+                "id": item["id"],
+                "type": "reasoning",
+                "summary": [{"type": "summary_text", "text": text}],
+                "encrypted_content": REASONING_PREFIX + base64.b64encode(payload).decode(),
+            },
+        )
 
     def _redacted(self, out: list[str], data: str) -> None:
         self._close_message(out)
@@ -264,8 +359,16 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
         item_id = self.items[i]["id"]
         self._added(out, i, {"id": item_id, "type": "reasoning", "summary": []})
         payload = dumps({"type": "redacted_thinking", "data": data}).encode()
-        self._done(out, i, {"id": item_id, "type": "reasoning", "summary": [],
-                            "encrypted_content": REASONING_PREFIX + base64.b64encode(payload).decode()})
+        self._done(
+            out,
+            i,
+            {
+                "id": item_id,
+                "type": "reasoning",
+                "summary": [],
+                "encrypted_content": REASONING_PREFIX + base64.b64encode(payload).decode(),
+            },
+        )
 
     # tool calls
 
@@ -294,8 +397,12 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
         i = self._new_item("custom" if custom else "function", "ctc" if custom else "fc")
         item = self.items[i]
         ns, inner = self.namespaced.get(name, (None, name))
-        item.update(name=inner, namespace=ns, call_id=block.get("id") or "",
-                    start_input=dumps(block["input"]) if "input" in block else None)
+        item.update(
+            name=inner,
+            namespace=ns,
+            call_id=block.get("id") or "",
+            start_input=dumps(block["input"]) if "input" in block else None,
+        )
         self._added(out, i, self._call_item(i, "in_progress", ""))
         return ("custom" if custom else "function"), i
 
@@ -305,8 +412,13 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
             args = item["start_input"] if item["start_input"] is not None else "{}"
             self._emit(out, "response.function_call_arguments.delta", **self._ref(i), delta=args)
             item["raw"] = args
-        self._emit(out, "response.function_call_arguments.done", **self._ref(i), name=item["name"],
-                   arguments=item["raw"])
+        self._emit(
+            out,
+            "response.function_call_arguments.done",
+            **self._ref(i),
+            name=item["name"],
+            arguments=item["raw"],
+        )
         self._done(out, i, self._call_item(i, "completed", item["raw"]))
 
     def _custom_done(self, out: list[str], i: int) -> None:
@@ -315,13 +427,19 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
         final = _custom_final(raw)
         streamed = item["custom"].decoded
         if len(final) > len(streamed) and final.startswith(streamed):
-            self._emit(out, "response.custom_tool_call_input.delta", **self._ref(i), delta=final[len(streamed):])
+            self._emit(
+                out, "response.custom_tool_call_input.delta", **self._ref(i), delta=final[len(streamed) :]
+            )
         self._emit(out, "response.custom_tool_call_input.done", **self._ref(i), input=final)
         self._done(out, i, self._call_item(i, "completed", final))
 
     def _web_search_item(self, i: int, status: str, query: str) -> dict[str, Any]:
-        return {"id": self.items[i]["id"], "type": "web_search_call", "status": status,
-                "action": {"type": "search", "query": query}}
+        return {
+            "id": self.items[i]["id"],
+            "type": "web_search_call",
+            "status": status,
+            "action": {"type": "search", "query": query},
+        }
 
     def _web_search_start(self, out: list[str]) -> int:
         self._close_message(out)
@@ -347,14 +465,20 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
     def _message_stop(self, out: list[str]) -> None:
         self._start(out)
         self._close_message(out)
-        reason = {"max_tokens": "max_output_tokens", "model_context_window_exceeded": "max_output_tokens",
-                  "refusal": "content_filter"}.get(self.stop_reason or "")
-        kind, status = ("response.incomplete", "incomplete") if reason else ("response.completed", "completed")
+        reason = {
+            "max_tokens": "max_output_tokens",
+            "model_context_window_exceeded": "max_output_tokens",
+            "refusal": "content_filter",
+        }.get(self.stop_reason or "")
+        kind, status = (
+            ("response.incomplete", "incomplete") if reason else ("response.completed", "completed")
+        )
         self._emit_response(out, kind, self._response(status, incomplete=reason, usage=True))
 
     def _error(self, out: list[str], kind: str, message: str) -> None:
         code = {"rate_limit_error": "rate_limit_exceeded", "invalid_request_error": "invalid_prompt"}.get(
-            kind, "server_error")
+            kind, "server_error"
+        )
         self._fail(out, code, message)
 
     def _block_start(self, index: int, block: dict[str, Any], out: list[str]) -> None:
@@ -366,7 +490,10 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
             self._text(out, block.get("text") or "")
             entry = ("text", None)
         elif kind == "thinking":
-            entry = ("reasoning", self._reasoning_start(out, block.get("thinking") or "", block.get("signature") or ""))
+            entry = (
+                "reasoning",
+                self._reasoning_start(out, block.get("thinking") or "", block.get("signature") or ""),
+            )
         elif kind == "redacted_thinking":
             self._redacted(out, block.get("data") or "")
         elif kind == "tool_use":
@@ -397,7 +524,7 @@ class ReferenceResponsesTranslator(ReferenceSseDriver):
             item["raw"] += part
             before = item["custom"].decoded
             item["custom"].feed(part)
-            new = item["custom"].decoded[len(before):]
+            new = item["custom"].decoded[len(before) :]
             if new:
                 self._emit(out, "response.custom_tool_call_input.delta", **self._ref(i), delta=new)
         elif kind == "web_search" and i is not None and dtype == "input_json_delta":

@@ -36,8 +36,10 @@ def usage_counts(usage: dict[str, Any]) -> dict[str, int | None]:
         splits = [r["cache_creation"] for r in rows if isinstance(r.get("cache_creation"), dict)]
         split = None
         if splits:
-            split = {k: sum(s.get(k) or 0 for s in splits)
-                     for k in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")}
+            split = {
+                k: sum(s.get(k) or 0 for s in splits)
+                for k in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+            }
     if isinstance(split, dict):
         counts["split_5m"] = split.get("ephemeral_5m_input_tokens") or 0
         counts["split_1h"] = split.get("ephemeral_1h_input_tokens") or 0
@@ -84,7 +86,7 @@ class ReferenceSseDriver:
         lines = self.buffer.splitlines(keepends=True)  # bytes split on \n, \r\n and \r only
         # the last line is kept when unterminated, or when it ends in \r (its \n may follow)
         keep = 1 if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")) else 0
-        for raw in lines[:len(lines) - keep]:
+        for raw in lines[: len(lines) - keep]:
             self._line(raw.rstrip(b"\r\n").decode("utf-8", "replace"), out)
         self.buffer = lines[-1] if keep else b""
         return "".join(out).encode()
@@ -168,6 +170,8 @@ class ReferenceSseDriver:
 
     def _totals(self) -> tuple[int, int, int, int]:
         """``(input with cache reads and writes, cache reads, cache writes, output)``."""
-        writes = max(self._latest("cache_creation_input_tokens"), self._latest("split_5m") + self._latest("split_1h"))
+        writes = max(
+            self._latest("cache_creation_input_tokens"), self._latest("split_5m") + self._latest("split_1h")
+        )
         reads = self._latest("cache_read_input_tokens")
         return self._latest("input_tokens") + writes + reads, reads, writes, self._latest("output_tokens")

@@ -46,15 +46,31 @@ class PostgresServer:
 
     def create_database(self, name: str) -> str:
         subprocess.run(
-            [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-             "-q", "-c", f'CREATE DATABASE "{name}"'],
-            check=True, capture_output=True,
+            [
+                _pg_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+                f'CREATE DATABASE "{name}"',
+            ],
+            check=True,
+            capture_output=True,
         )
         return self.url(name)
 
     def stop(self, data_dir: str) -> None:
-        subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "-D", data_dir, "-m", "fast", "-w", "stop"]),
-                       capture_output=True, check=False)
+        subprocess.run(
+            _as_pg_user([_pg_bin("pg_ctl"), "-D", data_dir, "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+            check=False,
+        )
 
 
 @contextlib.contextmanager
@@ -65,9 +81,11 @@ def postgres_server() -> Iterator[tuple[PostgresServer, str]]:
     data_dir = os.path.join(root, "data")
     port = free_port()
     subprocess.run(
-        _as_pg_user([_pg_bin("initdb"), "-D", data_dir, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                     "--no-sync"]),
-        check=True, capture_output=True,
+        _as_pg_user(
+            [_pg_bin("initdb"), "-D", data_dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+        ),
+        check=True,
+        capture_output=True,
     )
     server = PostgresServer(port=port, socket_dir=root)
     start_postgres(server, data_dir)
@@ -79,12 +97,28 @@ def postgres_server() -> Iterator[tuple[PostgresServer, str]]:
 
 
 def start_postgres(server: PostgresServer, data_dir: str) -> None:
-    opts = (f"-p {server.port} -k {server.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    opts = (
+        f"-p {server.port} -k {server.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
     subprocess.run(
-        _as_pg_user([_pg_bin("pg_ctl"), "-D", data_dir, "-o", opts, "-l", os.path.join(server.socket_dir, "log"),
-                     "-w", "-t", "60", "start"]),
-        check=True, capture_output=True,
+        _as_pg_user(
+            [
+                _pg_bin("pg_ctl"),
+                "-D",
+                data_dir,
+                "-o",
+                opts,
+                "-l",
+                os.path.join(server.socket_dir, "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
     )
 
 
@@ -106,9 +140,25 @@ def redis_server() -> Iterator[RedisServer]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="ethereal-redis-")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
     import socket
@@ -165,12 +215,35 @@ class RedisCluster:
         workdir = os.path.join(self.root, str(i))
         os.makedirs(workdir, exist_ok=True)
         proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.ports[i]), "--bind", "127.0.0.1",
-             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-             "--cluster-port", str(self.bus_ports[i]), "--cluster-node-timeout", "1000",
-             "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
-             "--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.ports[i]),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                str(self.bus_ports[i]),
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "yes" if self.full_coverage else "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.procs[i] = proc
         deadline = time.monotonic() + 20
@@ -188,8 +261,13 @@ class RedisCluster:
             self.procs[i] = None
 
     def cli(self, i: int, *args: str) -> str:
-        out = subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(self.ports[i]), *args],
-                             check=True, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "-p", str(self.ports[i]), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return out.stdout
 
     def wait_ok(self, timeout: float = 30.0) -> None:
@@ -229,14 +307,30 @@ def redis_cluster(masters: int = 3, *, full_coverage: bool = True) -> Iterator[R
         port = free_port()
         if port not in ports:
             ports.append(port)
-    cluster = RedisCluster(ports=ports[:masters], bus_ports=ports[masters:], root=tempfile.mkdtemp(prefix="ethereal-rc-"),
-                           full_coverage=full_coverage, procs=[None] * masters)
+    cluster = RedisCluster(
+        ports=ports[:masters],
+        bus_ports=ports[masters:],
+        root=tempfile.mkdtemp(prefix="ethereal-rc-"),
+        full_coverage=full_coverage,
+        procs=[None] * masters,
+    )
     try:
         for i in range(masters):
             cluster.start(i)
-        subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
-                        *(f"127.0.0.1:{p}" for p in cluster.ports), "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in cluster.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         cluster.wait_ok()
         yield cluster
     finally:

@@ -88,10 +88,12 @@ class _Calls:
     def __init__(self, base: str, headers: dict[str, str]) -> None:
         self.base, self.headers = base, headers
 
-    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, self.base + path, headers={**self.headers, **(headers or {})}, timeout=10,
-                             **kwargs)
+    def request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return httpx.request(
+            method, self.base + path, headers={**self.headers, **(headers or {})}, timeout=10, **kwargs
+        )
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", path, **kwargs)
@@ -117,8 +119,9 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> An
         time.sleep(interval)
 
 
-async def eventually(read: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 10.0,
-                     interval: float = 0.05) -> T:
+async def eventually(
+    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 10.0, interval: float = 0.05
+) -> T:
     """Eventually-consistent state (a Redis counter a settle sent without waiting updates, a row
     the meter flushes, a metric, a log line): ``read()`` until ``done(value)`` or the deadline.
     Returns the last value read, for the caller to assert on (a timeout then shows what was read)."""
@@ -130,8 +133,9 @@ async def eventually(read: Callable[[], Awaitable[T]], done: Callable[[T], bool]
         await asyncio.sleep(interval)
 
 
-def eventually_sync(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0,
-                    interval: float = 0.05) -> T:
+def eventually_sync(
+    read: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0, interval: float = 0.05
+) -> T:
     """``eventually`` for synchronous reads."""
     deadline = time.monotonic() + timeout
     while True:

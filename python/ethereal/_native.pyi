@@ -5,8 +5,17 @@ from typing import Self, final
 
 from ethereal.usage import Usage
 
-__all__ = ["MAX_JSON_DEPTH", "ChatTranslator", "ResponsesTranslator", "StreamState", "StreamTap", "estimate_text_tokens",
-           "estimate_tokens", "json_shape", "parse_sse"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "ChatTranslator",
+    "ResponsesTranslator",
+    "StreamState",
+    "StreamTap",
+    "estimate_text_tokens",
+    "estimate_tokens",
+    "json_shape",
+    "parse_sse",
+]
 
 @final
 class StreamState:
@@ -79,8 +88,16 @@ class ChatTranslator:
     ``usage()`` and ``state()`` are StreamTap's, computed from the same events.
     """
 
-    def __new__(cls, model: str, completion_id: str, created: int, include_usage: bool, *,
-                json_tool: str | None = None, legacy_functions: bool = False) -> Self: ...
+    def __new__(
+        cls,
+        model: str,
+        completion_id: str,
+        created: int,
+        include_usage: bool,
+        *,
+        json_tool: str | None = None,
+        legacy_functions: bool = False,
+    ) -> Self: ...
     def feed(self, chunk: bytes) -> bytes:
         """Translate one chunk; returns the OpenAI SSE bytes it completed."""
     def finish(self) -> bytes:
@@ -111,8 +128,15 @@ class ResponsesTranslator:
     ``usage()`` and ``state()`` are StreamTap's, computed from the same events.
     """
 
-    def __new__(cls, response_id: str, head: str, *, custom_tools: list[str] = ...,
-                namespaced: list[tuple[str, str, str]] = ..., json_tool: str | None = None) -> Self: ...
+    def __new__(
+        cls,
+        response_id: str,
+        head: str,
+        *,
+        custom_tools: list[str] = ...,
+        namespaced: list[tuple[str, str, str]] = ...,
+        json_tool: str | None = None,
+    ) -> Self: ...
     def feed(self, chunk: bytes) -> bytes:
         """Translate one chunk; returns the Responses SSE bytes it completed."""
     def finish(self) -> bytes:
@@ -126,8 +150,13 @@ class ResponsesTranslator:
     def usage(self) -> Usage: ...
     def state(self) -> StreamState: ...
 
-def estimate_tokens(body: bytes, tokenizer: int = 1, image_tier: int = 1,
-                    tool_prompt: tuple[int, int] | None = None, keep_thinking: bool = False) -> int:
+def estimate_tokens(
+    body: bytes,
+    tokenizer: int = 1,
+    image_tier: int = 1,
+    tool_prompt: tuple[int, int] | None = None,
+    keep_thinking: bool = False,
+) -> int:
     """Estimated input tokens of a raw Messages request body, for a model of tokenizer
     generation ``tokenizer`` (2: the newer one, about 1.3x the tokens), image tier
     ``image_tier`` and a tool-use system prompt of ``tool_prompt = (auto, any)`` tokens

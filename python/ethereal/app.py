@@ -46,7 +46,6 @@ log = logging.getLogger("ethereal")
 _OPENAI_PATHS = ("/v1/chat/", "/v1/responses", "/v1/completions", "/v1/embeddings")
 
 
-
 def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Application:
     """The BlackSheep app with every route bound to the started ``gw``."""
     app = Application(router=Router(), show_error_details=False)  # its own router, not the module default
@@ -160,14 +159,19 @@ class Ethereal:
         if sockets is None:
             exc = GatewayError(503, "the gateway is starting", type="overloaded_error", retry_after=1.0)
         else:
-            exc = GatewayError(426, f"WebSocket is not served on {scope['path'][:200]}: use HTTP",
-                               type="invalid_request_error", headers=[(b"connection", b"close")])
+            exc = GatewayError(
+                426,
+                f"WebSocket is not served on {scope['path'][:200]}: use HTTP",
+                type="invalid_request_error",
+                headers=[(b"connection", b"close")],
+            )
         if self.observe is not None:
             _, metrics = self.observe()
             if metrics is not None:
                 metrics.response(exc.status)
-        await responses_ws.refuse(scope, send, exc, request_id, t0,
-                                  openai=scope["path"].startswith(_OPENAI_PATHS))
+        await responses_ws.refuse(
+            scope, send, exc, request_id, t0, openai=scope["path"].startswith(_OPENAI_PATHS)
+        )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -215,15 +219,25 @@ async def _unprintable(scope: Scope, receive: Receive, send: Send) -> None:
     else:
         status, kind, message = 404, "not_found_error", "no resource has a control character in its path"
     request_id = ids.request_id(None)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"request-id", request_id.encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"request-id", request_id.encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": anthropic_error_body(kind, message, request_id)})
 
 
 async def _not_ready(send: Send) -> None:
     body = anthropic_error_body("overloaded_error", "the gateway is starting", None)
-    await send({"type": "http.response.start", "status": 503,
-                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -60,9 +60,18 @@ class Authenticator:
 
     WARN_EVERY = 30.0  # seconds between two "using the cached key record" warnings
 
-    def __init__(self, store: Store, ttl: float = 1.0, max_entries: int = 100_000, *,
-                 stale_max: float = 300.0, max_unknown: int = 10_000, deadline: float = 2.0,
-                 retry_after: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ttl: float = 1.0,
+        max_entries: int = 100_000,
+        *,
+        stale_max: float = 300.0,
+        max_unknown: int = 10_000,
+        deadline: float = 2.0,
+        retry_after: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.stale_max = stale_max
@@ -103,7 +112,11 @@ class Authenticator:
         except Exception as exc:  # the key store is down, or did not answer in time
             if not isinstance(exc, StoreDown):
                 self._down_until = self.clock() + self.retry_after
-            what = "did not answer in time" if isinstance(exc, TimeoutError) else f"unreachable ({type(exc).__name__})"
+            what = (
+                "did not answer in time"
+                if isinstance(exc, TimeoutError)
+                else f"unreachable ({type(exc).__name__})"
+            )
             if hit is not None and now - hit[0] < self.stale_max:
                 # Serve the last known answer: a database outage must not stop traffic for keys
                 # seen recently. A revocation made during the outage applies once it is back.
@@ -112,10 +125,14 @@ class Authenticator:
             if miss_at is not None and now - miss_at < self.stale_max:
                 return None
             if not isinstance(exc, StoreDown):
-                log.error("key store %s and the key is not cached%s", what,
-                          " recently enough" if hit is not None else "")
-            raise GatewayError(503, "the key store is temporarily unavailable", type="overloaded_error",
-                               retry_after=2.0) from exc
+                log.error(
+                    "key store %s and the key is not cached%s",
+                    what,
+                    " recently enough" if hit is not None else "",
+                )
+            raise GatewayError(
+                503, "the key store is temporarily unavailable", type="overloaded_error", retry_after=2.0
+            ) from exc
         if record is None:
             self._known.pop(key_hash)
             self._unknown.put(key_hash, now)
@@ -184,8 +201,12 @@ def admin_attempts(settings: Settings) -> FailureThrottle:
 
 
 def admin_throttled(wait: float) -> GatewayError:
-    return GatewayError(429, "too many wrong admin keys from this address: retry later", type="rate_limit_error",
-                        retry_after=max(1.0, float(round(wait + 0.5))))
+    return GatewayError(
+        429,
+        "too many wrong admin keys from this address: retry later",
+        type="rate_limit_error",
+        retry_after=max(1.0, float(round(wait + 0.5))),
+    )
 
 
 def require_admin(settings: Settings, headers: dict[bytes, bytes], scope: Any = None) -> None:
@@ -209,8 +230,11 @@ def require_admin(settings: Settings, headers: dict[bytes, bytes], scope: Any = 
         return
     verdict = session.check(settings, "POST", headers)  # every admin API call with a cookie needs the token
     if verdict == "csrf":
-        raise GatewayError(403, "cross-site or tokenless console request refused: it needs the page's CSRF"
-                                " token and this site's origin")
+        raise GatewayError(
+            403,
+            "cross-site or tokenless console request refused: it needs the page's CSRF"
+            " token and this site's origin",
+        )
     if verdict != "ok":
         if attempts is not None and client is not None and extract_key(headers):
             attempts.fail(client)
@@ -228,7 +252,9 @@ def require_org(settings: Settings, headers: dict[bytes, bytes], *, write: bool)
     if presented:
         if settings.admin_key and hmac.compare_digest(presented.encode(), settings.admin_key.encode()):
             return "admin_key"
-        if settings.admin_read_key and hmac.compare_digest(presented.encode(), settings.admin_read_key.encode()):
+        if settings.admin_read_key and hmac.compare_digest(
+            presented.encode(), settings.admin_read_key.encode()
+        ):
             if write:
                 raise GatewayError(403, "the read-only admin key cannot change anything: use the admin key")
             return "read_only_key"
@@ -237,6 +263,9 @@ def require_org(settings: Settings, headers: dict[bytes, bytes], *, write: bool)
         if verdict == "ok":
             return "console"
         if verdict == "csrf":
-            raise GatewayError(403, "cross-site or tokenless console request refused: it needs the page's CSRF"
-                                    " token and this site's origin")
+            raise GatewayError(
+                403,
+                "cross-site or tokenless console request refused: it needs the page's CSRF"
+                " token and this site's origin",
+            )
     raise GatewayError(401, "organization routes need an admin key (x-api-key)")

@@ -35,7 +35,8 @@ def start_sim_subprocess(host: str = "127.0.0.1") -> tuple[subprocess.Popen[str]
     # the sim dies with this process even when it is SIGKILLed (lifeline.py)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ethereal.sim", "--host", host, "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
         preexec_fn=preexec(),  # only a prctl system call between fork and exec
     )
     assert proc.stdout is not None
@@ -102,8 +103,15 @@ def _example_model(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers,
-                             log_format=args.log_format, log_level=args.log_level, metrics_port=args.metrics_port)
+    settings = load_settings(
+        args.config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        metrics_port=args.metrics_port,
+    )
     _check_models_file(settings)  # a bad models file stops here, named, before anything starts
     stored = _stored_upstreams(settings)
     if stored < 0:
@@ -112,11 +120,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not (settings.upstream_url and settings.upstream_key) and not stored:
         sim_proc, sim_url = start_sim_subprocess()
         settings = settings.with_overrides(upstream_url=sim_url, upstream_key="sim-upstream-key")
-        _loud([
-            "NO UPSTREAM CREDENTIAL CONFIGURED: serving from the SIMULATED Anthropic API",
-            f"at {sim_url}. Responses are generated, not Claude's.",
-            "Set ETHEREAL_UPSTREAM_URL and ETHEREAL_UPSTREAM_KEY (or ANTHROPIC_API_KEY) for real use.",
-        ])
+        _loud(
+            [
+                "NO UPSTREAM CREDENTIAL CONFIGURED: serving from the SIMULATED Anthropic API",
+                f"at {sim_url}. Responses are generated, not Claude's.",
+                "Set ETHEREAL_UPSTREAM_URL and ETHEREAL_UPSTREAM_KEY (or ANTHROPIC_API_KEY) for real use.",
+            ]
+        )
     first_key = _ensure_first_key(settings)
     base = f"http://{settings.host}:{settings.port}"
     if first_key:
@@ -125,8 +135,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("Try it:", flush=True)
         print(
             f"  curl -s {base}/v1/messages -H 'x-api-key: {first_key}' -H 'anthropic-version: 2023-06-01'"
-            f" -H 'content-type: application/json' -d '{{\"model\":\"{_example_model(settings)}\",\"max_tokens\":64,"
-            "\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'",
+            f' -H \'content-type: application/json\' -d \'{{"model":"{_example_model(settings)}","max_tokens":64,'
+            '"messages":[{"role":"user","content":"Hello"}]}\'',
             flush=True,
         )
     metrics_dir = _metrics_dir()
@@ -135,8 +145,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from ethereal.observability.metrics import registry_for_directory
 
-        start_http_server(settings.metrics_port, addr=settings.host, registry=registry_for_directory(metrics_dir))
-        print(f"metrics on http://{settings.host}:{settings.metrics_port}/metrics (no credentials)", flush=True)
+        start_http_server(
+            settings.metrics_port, addr=settings.host, registry=registry_for_directory(metrics_dir)
+        )
+        print(
+            f"metrics on http://{settings.host}:{settings.metrics_port}/metrics (no credentials)", flush=True
+        )
     print(f"ethereal listening on {base} (storage: {settings.storage_url.split('@')[-1]})", flush=True)
     try:
         return serve_forever(settings)
@@ -229,16 +243,32 @@ def _float_or_clear(raw: str) -> Any:
 def _key_attrs(args: argparse.Namespace) -> dict[str, Any]:
     """The key attributes given on the command line, as the admin API's JSON fields."""
     attrs: dict[str, Any] = {}
-    for name in ("name", "owner", "plan", "budget_tokens", "budget_micro_usd", "budget_usd", "rpm", "tpm",
-                 "max_concurrency", "expires_in_days", "expires_at"):
+    for name in (
+        "name",
+        "owner",
+        "plan",
+        "budget_tokens",
+        "budget_micro_usd",
+        "budget_usd",
+        "rpm",
+        "tpm",
+        "max_concurrency",
+        "expires_in_days",
+        "expires_at",
+    ):
         value = getattr(args, name, None)
         if value is not None:
-            cleared = value == _CLEAR or (name in ("plan", "expires_at") and value.lower() in ("none", "never"))
+            cleared = value == _CLEAR or (
+                name in ("plan", "expires_at") and value.lower() in ("none", "never")
+            )
             attrs[name] = None if cleared else value
     models = getattr(args, "models", None)
     if models:
-        attrs["allowed_models"] = (None if models.strip().lower() in ("none", "all")
-                                   else [m.strip() for m in models.split(",") if m.strip()])
+        attrs["allowed_models"] = (
+            None
+            if models.strip().lower() in ("none", "all")
+            else [m.strip() for m in models.split(",") if m.strip()]
+        )
     metadata = getattr(args, "metadata", None)
     if metadata is not None:
         try:
@@ -248,13 +278,19 @@ def _key_attrs(args: argparse.Namespace) -> dict[str, Any]:
     return attrs
 
 
-def _validated(settings: Settings, attrs: dict[str, Any], *, allow: tuple[str, ...] | None = None) -> dict[str, Any]:
+def _validated(
+    settings: Settings, attrs: dict[str, Any], *, allow: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     from ethereal.admin.keyspec import KEY_FIELDS, parse_key_fields
     from ethereal.limits.plans import Plans
     from ethereal.models import load_registry
 
-    return parse_key_fields(attrs, registry=load_registry(settings.models_file), plans=Plans(settings.plans),
-                            allow=allow or KEY_FIELDS)
+    return parse_key_fields(
+        attrs,
+        registry=load_registry(settings.models_file),
+        plans=Plans(settings.plans),
+        allow=allow or KEY_FIELDS,
+    )
 
 
 def _publish_key_change(settings: Settings, key_hash: str) -> None:
@@ -299,8 +335,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 plan = found.name if found else plan
 
             async def go_list(store: Any) -> tuple[list[Any], dict[str, Any]]:
-                records = await store.list_keys(owner=args.owner, plan=plan, state=args.state, limit=args.limit,
-                                                after_id=args.after_id)
+                records = await store.list_keys(
+                    owner=args.owner, plan=plan, state=args.state, limit=args.limit, after_id=args.after_id
+                )
                 return records, await store.spend_by_key([r.id for r in records])
 
             records, spend = asyncio.run(_with_store(settings, go_list))
@@ -309,10 +346,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     print(json.dumps(key_json(record, spend.get(record.id))))
                     continue
                 cost = (spend.get(record.id) or {}).get("cost_micro", 0) / 1e6
-                print(f"{record.id}\t{record.display}\t{key_state(record)}\t{record.name}\t{record.owner}\t"
-                      f"{record.plan or ''}\t${cost:.6f}")
+                print(
+                    f"{record.id}\t{record.display}\t{key_state(record)}\t{record.name}\t{record.owner}\t"
+                    f"{record.plan or ''}\t${cost:.6f}"
+                )
             return 0
         if args.keys_cmd == "show":
+
             async def go_show(store: Any) -> Any:
                 record = await store.get_key(args.key_id)
                 return record, (await store.spend_by_key([args.key_id])).get(args.key_id)
@@ -398,8 +438,10 @@ def _print_upstream(item: dict[str, Any], as_json: bool) -> None:
     state = health.get("state") or ("enabled" if item["enabled"] else "disabled")
     models = ",".join(item["models"]) if item.get("models") else "*"
     cap = f"${item['spend_cap_micro'] / 1e6:.2f}/mo" if item.get("spend_cap_micro") is not None else "-"
-    print(f"{item['name']}\t{state}\t{item['base_url']}\tweight={item['weight']:g}\tmodels={models}"
-          f"\trpm={item.get('rpm') or '-'}\tcap={cap}\t{item.get('disabled_reason') or ''}".rstrip())
+    print(
+        f"{item['name']}\t{state}\t{item['base_url']}\tweight={item['weight']:g}\tmodels={models}"
+        f"\trpm={item.get('rpm') or '-'}\tcap={cap}\t{item.get('disabled_reason') or ''}".rstrip()
+    )
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
@@ -499,17 +541,26 @@ def _cmd_reprice(args: argparse.Namespace, settings: Settings, registry: Any) ->
         print(json.dumps(out, indent=2))
         return 0
     verb = "would change" if args.dry_run else "changed"
-    print(f"{out['since']} .. {out['until']}: {out['records']['examined']} record(s) examined, {verb} "
-          f"{out['records']['changed']} ({out['records']['relabelled']} relabelled, {out['records']['skipped']} "
-          f"priced across several cards left as they are), registry {out['registry_version']}")
+    print(
+        f"{out['since']} .. {out['until']}: {out['records']['examined']} record(s) examined, {verb} "
+        f"{out['records']['changed']} ({out['records']['relabelled']} relabelled, {out['records']['skipped']} "
+        f"priced across several cards left as they are), registry {out['registry_version']}"
+    )
     print(f"cost of the changed records: ${out['before_micro'] / 1e6:.6f} -> ${out['after_micro'] / 1e6:.6f}")
     for key in out["keys"]:
-        print(f"  {key['key_id']}	{key['records']} record(s)	${key['before_micro'] / 1e6:.6f} -> "
-              f"${key['after_micro'] / 1e6:.6f}")
+        print(
+            f"  {key['key_id']}	{key['records']} record(s)	${key['before_micro'] / 1e6:.6f} -> "
+            f"${key['after_micro'] / 1e6:.6f}"
+        )
     if not settings.redis_url and not args.dry_run and out["keys"]:
-        print("(no Redis configured: running gateways keep their own budget counters until they restart; "
-              "POST /admin/api/models/reprice moves the serving gateway's)", file=sys.stderr)
+        print(
+            "(no Redis configured: running gateways keep their own budget counters until they restart; "
+            "POST /admin/api/models/reprice moves the serving gateway's)",
+            file=sys.stderr,
+        )
     return 0
+
+
 async def _read_upstream_lists(settings: Settings, store: Any, registry: Any) -> dict[str, dict[str, Any]]:
     """Every enabled credential's ``GET /v1/models`` now (the registry learns the ids)."""
     from ethereal.upstream.client import UpstreamClient
@@ -523,7 +574,10 @@ async def _read_upstream_lists(settings: Settings, store: Any, registry: Any) ->
         for cred in svc.pool.credentials:
             if cred.enabled:
                 await svc.discover(cred)
-        return {c.name: svc.models_listed(c.name) or {"ids": [], "error": "disabled"} for c in svc.pool.credentials}
+        return {
+            c.name: svc.models_listed(c.name) or {"ids": [], "error": "disabled"}
+            for c in svc.pool.credentials
+        }
     finally:
         assert svc.client is not None
         await svc.client.close()
@@ -543,28 +597,46 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_cmd == "reprice":
         return _cmd_reprice(args, settings, registry)
     lists: dict[str, dict[str, Any]] = {}
-    if (args.models_cmd == "check" and not args.no_upstreams) or (args.models_cmd == "list" and args.upstreams):
-        lists = asyncio.run(_with_store(settings, lambda store: _read_upstream_lists(settings, store, registry)))
+    if (args.models_cmd == "check" and not args.no_upstreams) or (
+        args.models_cmd == "list" and args.upstreams
+    ):
+        lists = asyncio.run(
+            _with_store(settings, lambda store: _read_upstream_lists(settings, store, registry))
+        )
 
     if args.models_cmd == "list":
         models = registry.models if args.all else registry.listed()
         rows = mc.list_rows(models)
         if args.json:
-            print(json.dumps({"registry": registry.source, "version": registry.version, "models": rows}, indent=2))
+            print(
+                json.dumps(
+                    {"registry": registry.source, "version": registry.version, "models": rows}, indent=2
+                )
+            )
         else:
             print(mc.format_rows(rows))
             provisional = [r["id"] for r in rows if r["provisional"]]
             if provisional:
-                print(f"{len(provisional)} model(s) served by an upstream and not described (billed provisionally): "
-                      + ", ".join(provisional))
+                print(
+                    f"{len(provisional)} model(s) served by an upstream and not described (billed provisionally): "
+                    + ", ".join(provisional)
+                )
         return 0
 
-    report: dict[str, Any] = {"registry": registry.source, "version": registry.version, "upstreams": {}, "peers": {}}
+    report: dict[str, Any] = {
+        "registry": registry.source,
+        "version": registry.version,
+        "upstreams": {},
+        "peers": {},
+    }
     disagreements = 0
     expired = registry.expired()
     if expired:
-        print(f"WARNING: no rate card in force for {', '.join(m.id for m in expired)} (their last card has "
-              "expired): add a card (docs/models.md)", file=sys.stderr)
+        print(
+            f"WARNING: no rate card in force for {', '.join(m.id for m in expired)} (their last card has "
+            "expired): add a card (docs/models.md)",
+            file=sys.stderr,
+        )
         report["expired"] = [m.id for m in expired]
     for name, seen in sorted(lists.items()):
         if seen.get("error"):
@@ -572,11 +644,16 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"upstream {name}: GET /v1/models could not be read: {seen['error']}")
             continue
         undescribed, not_served = mc.compare_upstream(registry, list(seen.get("ids") or []))
-        report["upstreams"][name] = {"count": len(seen.get("ids") or []), "served_not_described": undescribed,
-                                     "described_not_served": not_served}
+        report["upstreams"][name] = {
+            "count": len(seen.get("ids") or []),
+            "served_not_described": undescribed,
+            "described_not_served": not_served,
+        }
         print(f"upstream {name}: lists {len(seen.get('ids') or [])} model(s)")
         for mid in undescribed:
-            print(f"  served, not described (billed provisionally; describe it in ETHEREAL_MODELS_FILE): {mid}")
+            print(
+                f"  served, not described (billed provisionally; describe it in ETHEREAL_MODELS_FILE): {mid}"
+            )
         for mid in not_served:
             print(f"  described, not in its list (lists can be partial; still routed): {mid}")
     if not lists and not args.no_upstreams:
@@ -589,11 +666,25 @@ def cmd_models(args: argparse.Namespace) -> int:
             return 2
         found, unknown = mc.compare_peer(registry, entries)
         disagreements += len(found)
-        report["peers"][path] = {"format": source, "entries": len(entries), "unknown": unknown,
-                                 "disagreements": [{"model": d.model, "peer_name": d.peer_name, "field": d.field,
-                                                    "registry": d.registry, "peer": d.peer} for d in found]}
-        print(f"{source} {path}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
-              f"{len(found)} disagreement(s)")
+        report["peers"][path] = {
+            "format": source,
+            "entries": len(entries),
+            "unknown": unknown,
+            "disagreements": [
+                {
+                    "model": d.model,
+                    "peer_name": d.peer_name,
+                    "field": d.field,
+                    "registry": d.registry,
+                    "peer": d.peer,
+                }
+                for d in found
+            ],
+        }
+        print(
+            f"{source} {path}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
+            f"{len(found)} disagreement(s)"
+        )
         for d in found:
             print("  " + d.describe(source))
         for name in unknown:
@@ -641,7 +732,9 @@ def _upstream_options(p: argparse.ArgumentParser, *, adding: bool) -> None:
     p.add_argument("--spend-cap-usd", dest="spend_cap_usd", type=float, help="spend cap per calendar month")
     if not adding:
         p.add_argument("--no-rpm", dest="no_rpm", action="store_true", help="remove the RPM cap")
-        p.add_argument("--no-spend-cap", dest="no_spend_cap", action="store_true", help="remove the spend cap")
+        p.add_argument(
+            "--no-spend-cap", dest="no_spend_cap", action="store_true", help="remove the spend cap"
+        )
     p.add_argument("--json", action="store_true")
 
 
@@ -654,23 +747,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
-    serve.add_argument("--log-format", dest="log_format", choices=("text", "json"),
-                       help="text (default) or json: one JSON object per line, one line per request")
-    serve.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error", "critical"))
-    serve.add_argument("--metrics-port", dest="metrics_port", type=int,
-                       help="also serve /metrics without credentials on this port (keep it private)")
+    serve.add_argument(
+        "--log-format",
+        dest="log_format",
+        choices=("text", "json"),
+        help="text (default) or json: one JSON object per line, one line per request",
+    )
+    serve.add_argument(
+        "--log-level", dest="log_level", choices=("debug", "info", "warning", "error", "critical")
+    )
+    serve.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="also serve /metrics without credentials on this port (keep it private)",
+    )
 
     sub.add_parser("sim", help="run the simulated Anthropic API (see `ethereal sim --help`)", add_help=False)
     sub.add_parser("migrate", help="apply database migrations")
 
     from ethereal.connect import BY_ID, DEFAULT_MODEL
-    conn = sub.add_parser("connect", help="print the set-up of a coding tool or SDK for this gateway "
-                                          "(`ethereal connect` lists them)")
-    conn.add_argument("tool", nargs="?", choices=(*BY_ID, "list"), metavar="TOOL",
-                      help=f"one of: {', '.join(BY_ID)}")
+
+    conn = sub.add_parser(
+        "connect",
+        help="print the set-up of a coding tool or SDK for this gateway (`ethereal connect` lists them)",
+    )
+    conn.add_argument(
+        "tool", nargs="?", choices=(*BY_ID, "list"), metavar="TOOL", help=f"one of: {', '.join(BY_ID)}"
+    )
     conn.add_argument("--key", help="the API key to put in (default: the placeholder <key>)")
-    conn.add_argument("--base-url", dest="base_url",
-                      help="the gateway's URL as clients reach it (default: ETHEREAL_PUBLIC_URL, else host:port)")
+    conn.add_argument(
+        "--base-url",
+        dest="base_url",
+        help="the gateway's URL as clients reach it (default: ETHEREAL_PUBLIC_URL, else host:port)",
+    )
     conn.add_argument("--model", default=DEFAULT_MODEL, help=f"the model to name (default: {DEFAULT_MODEL})")
     conn.add_argument("--json", action="store_true")
 
@@ -682,19 +792,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default=None)
         p.add_argument("--owner", default=None, help="person or team label")
         p.add_argument("--plan", default=None, help=f"pro, max5x, max20x or a configured plan{clear}")
-        p.add_argument("--budget-tokens", dest="budget_tokens", type=_int_or_clear, help=f"token budget{clear}")
-        p.add_argument("--budget-micro-usd", dest="budget_micro_usd", type=_int_or_clear,
-                       help=f"spending budget in micro-USD{clear}")
-        p.add_argument("--budget-usd", dest="budget_usd", type=_float_or_clear, help=f"spending budget in USD{clear}")
+        p.add_argument(
+            "--budget-tokens", dest="budget_tokens", type=_int_or_clear, help=f"token budget{clear}"
+        )
+        p.add_argument(
+            "--budget-micro-usd",
+            dest="budget_micro_usd",
+            type=_int_or_clear,
+            help=f"spending budget in micro-USD{clear}",
+        )
+        p.add_argument(
+            "--budget-usd", dest="budget_usd", type=_float_or_clear, help=f"spending budget in USD{clear}"
+        )
         p.add_argument("--rpm", type=_int_or_clear, help=f"requests per minute{clear}")
         p.add_argument("--tpm", type=_int_or_clear, help=f"tokens per minute{clear}")
-        p.add_argument("--max-concurrency", dest="max_concurrency", type=_int_or_clear,
-                       help=f"requests in flight at once{clear}")
-        p.add_argument("--models", help="comma-separated model ids or families the key may use"
-                       + (" ('all' removes the restriction)" if updating else ""))
+        p.add_argument(
+            "--max-concurrency",
+            dest="max_concurrency",
+            type=_int_or_clear,
+            help=f"requests in flight at once{clear}",
+        )
+        p.add_argument(
+            "--models",
+            help="comma-separated model ids or families the key may use"
+            + (" ('all' removes the restriction)" if updating else ""),
+        )
         p.add_argument("--expires-in-days", dest="expires_in_days", type=float)
-        p.add_argument("--expires-at", dest="expires_at", help="RFC 3339 time" + (" ('none': never)" if updating
-                                                                                   else ""))
+        p.add_argument(
+            "--expires-at", dest="expires_at", help="RFC 3339 time" + (" ('none': never)" if updating else "")
+        )
         p.add_argument("--metadata", help="a JSON object")
 
     mint_p = keys_sub.add_parser("mint", help="mint keys (printed once)")
@@ -719,7 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete_p = keys_sub.add_parser("delete", help="delete a key by id")
     delete_p.add_argument("key_id")
 
-    up = sub.add_parser("upstream", help="manage upstream credentials (stored encrypted with ETHEREAL_SECRET_KEY)")
+    up = sub.add_parser(
+        "upstream", help="manage upstream credentials (stored encrypted with ETHEREAL_SECRET_KEY)"
+    )
     up_sub = up.add_subparsers(dest="upstream_cmd", required=True)
     add_p = up_sub.add_parser("add", help="add a credential (key from --key-env, --key-stdin, or a prompt)")
     add_p.add_argument("name")
@@ -740,29 +868,51 @@ def build_parser() -> argparse.ArgumentParser:
     del_p = up_sub.add_parser("delete", help="delete a credential")
     del_p.add_argument("name")
 
-    models = sub.add_parser("models", help="the model registry: list it, check it against upstreams and price maps,"
-                                            " re-price usage")
+    models = sub.add_parser(
+        "models",
+        help="the model registry: list it, check it against upstreams and price maps, re-price usage",
+    )
     models_sub = models.add_subparsers(dest="models_cmd", required=True)
     mlist = models_sub.add_parser("list", help="models with status, limits and the prices in force now")
     mlist.add_argument("--all", action="store_true", help="retired models too")
-    mlist.add_argument("--upstreams", action="store_true",
-                       help="read each credential's GET /v1/models first (shows the provisional ones)")
+    mlist.add_argument(
+        "--upstreams",
+        action="store_true",
+        help="read each credential's GET /v1/models first (shows the provisional ones)",
+    )
     mlist.add_argument("--json", action="store_true")
-    mcheck = models_sub.add_parser("check", help="the registry against each credential's GET /v1/models and "
-                                                 "against LiteLLM or Portkey price files")
-    mcheck.add_argument("--against", action="append", metavar="PATH",
-                        help="a LiteLLM model_prices_and_context_window.json or a Portkey pricing/anthropic.json "
-                             "(repeatable)")
-    mcheck.add_argument("--no-upstreams", dest="no_upstreams", action="store_true",
-                        help="do not read the credentials' model lists")
+    mcheck = models_sub.add_parser(
+        "check",
+        help="the registry against each credential's GET /v1/models and "
+        "against LiteLLM or Portkey price files",
+    )
+    mcheck.add_argument(
+        "--against",
+        action="append",
+        metavar="PATH",
+        help="a LiteLLM model_prices_and_context_window.json or a Portkey pricing/anthropic.json "
+        "(repeatable)",
+    )
+    mcheck.add_argument(
+        "--no-upstreams",
+        dest="no_upstreams",
+        action="store_true",
+        help="do not read the credentials' model lists",
+    )
     mcheck.add_argument("--strict", action="store_true", help="exit 1 when a price file disagrees")
     mcheck.add_argument("--json", action="store_true")
-    rep = models_sub.add_parser("reprice", help="re-price stored usage with the models file's cards (after a "
-                                "correction): records, usage sums and budget counters")
+    rep = models_sub.add_parser(
+        "reprice",
+        help="re-price stored usage with the models file's cards (after a "
+        "correction): records, usage sums and budget counters",
+    )
     rep.add_argument("--since", required=True, help="first day (YYYY-MM-DD, UTC) or an RFC 3339 time")
-    rep.add_argument("--until", help="last day, included (YYYY-MM-DD), or an RFC 3339 time (excluded); "
-                     "default: now")
-    rep.add_argument("--dry-run", dest="dry_run", action="store_true", help="show what would change, change nothing")
+    rep.add_argument(
+        "--until", help="last day, included (YYYY-MM-DD), or an RFC 3339 time (excluded); default: now"
+    )
+    rep.add_argument(
+        "--dry-run", dest="dry_run", action="store_true", help="show what would change, change nothing"
+    )
     rep.add_argument("--json", action="store_true")
     return parser
 
@@ -774,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     if "sim" in argv:
         idx = argv.index("sim")
         args = parser.parse_args(argv[: idx + 1])
-        return cmd_sim(args, argv[idx + 1:])
+        return cmd_sim(args, argv[idx + 1 :])
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":

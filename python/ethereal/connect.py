@@ -69,7 +69,9 @@ class Setup:
     def environment(self, key: str, base_url: str, model: str = DEFAULT_MODEL) -> dict[str, str]:
         return {name: fill(value, key, base_url, model) for name, value in self.env}
 
-    def write_files(self, home: Path, project: Path, key: str, base_url: str, model: str = DEFAULT_MODEL) -> list[Path]:
+    def write_files(
+        self, home: Path, project: Path, key: str, base_url: str, model: str = DEFAULT_MODEL
+    ) -> list[Path]:
         """Write the snippet's files under ``home`` (``~/``) and ``project``; returns their paths."""
         written = []
         for f in self.files:
@@ -80,8 +82,13 @@ class Setup:
         return written
 
     def as_json(self, key: str = KEY, base_url: str = BASE_URL, model: str = DEFAULT_MODEL) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "route": self.route, "tested": self.tested,
-                "snippet": self.render(key, base_url, model)}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "route": self.route,
+            "tested": self.tested,
+            "snippet": self.render(key, base_url, model),
+        }
 
 
 def fill(text: str, key: str, base_url: str, model: str = DEFAULT_MODEL) -> str:
@@ -96,189 +103,317 @@ _OPENCODE_SCHEMA = "https://opencode.ai/config.json"
 
 SETUPS: tuple[Setup, ...] = (
     Setup(
-        "claude-code", "Claude Code", "POST /v1/messages (native)",
-        files=(File("~/.claude/settings.json", _json({"env": {
-            "ANTHROPIC_BASE_URL": BASE_URL,
-            "ANTHROPIC_AUTH_TOKEN": KEY,
-        }}), "merge the \"env\" entries into an existing file"),),
+        "claude-code",
+        "Claude Code",
+        "POST /v1/messages (native)",
+        files=(
+            File(
+                "~/.claude/settings.json",
+                _json(
+                    {
+                        "env": {
+                            "ANTHROPIC_BASE_URL": BASE_URL,
+                            "ANTHROPIC_AUTH_TOKEN": KEY,
+                        }
+                    }
+                ),
+                'merge the "env" entries into an existing file',
+            ),
+        ),
         run="claude",
         package="@anthropic-ai/claude-code",
-        notes=(("ANTHROPIC_AUTH_TOKEN is sent as a Bearer token and skips the first-run "
-                "'use this API key?' question (its default answer is No)"),),
+        notes=(
+            (
+                "ANTHROPIC_AUTH_TOKEN is sent as a Bearer token and skips the first-run "
+                "'use this API key?' question (its default answer is No)"
+            ),
+        ),
     ),
     Setup(
-        "codex", "Codex CLI", "POST /v1/responses (translated; HTTP streaming)",
-        files=(File("~/.codex/config.toml",
-                    f'model = "{MODEL}"\n'
-                    'model_provider = "ethereal"\n'
-                    "\n"
-                    "[model_providers.ethereal]\n"
-                    'name = "ethereal"\n'
-                    f'base_url = "{BASE_URL}/v1"\n'
-                    'env_key = "ETHEREAL_API_KEY"\n'
-                    'wire_api = "responses"\n',
-                    "add the provider table to an existing file"),),
+        "codex",
+        "Codex CLI",
+        "POST /v1/responses (translated; HTTP streaming)",
+        files=(
+            File(
+                "~/.codex/config.toml",
+                f'model = "{MODEL}"\n'
+                'model_provider = "ethereal"\n'
+                "\n"
+                "[model_providers.ethereal]\n"
+                'name = "ethereal"\n'
+                f'base_url = "{BASE_URL}/v1"\n'
+                'env_key = "ETHEREAL_API_KEY"\n'
+                'wire_api = "responses"\n',
+                "add the provider table to an existing file",
+            ),
+        ),
         env=(("ETHEREAL_API_KEY", KEY),),
         run="codex",
         package="@openai/codex",
     ),
     Setup(
-        "opencode", "OpenCode (anthropic provider)", "POST /v1/messages (native)",
-        files=(File("~/.config/opencode/opencode.json", _json({
-            "$schema": _OPENCODE_SCHEMA,
-            "model": f"anthropic/{MODEL}",
-            "small_model": f"anthropic/{MODEL}",
-            "provider": {"anthropic": {
-                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
-                "models": {MODEL: {}},
-            }},
-        })),),
+        "opencode",
+        "OpenCode (anthropic provider)",
+        "POST /v1/messages (native)",
+        files=(
+            File(
+                "~/.config/opencode/opencode.json",
+                _json(
+                    {
+                        "$schema": _OPENCODE_SCHEMA,
+                        "model": f"anthropic/{MODEL}",
+                        "small_model": f"anthropic/{MODEL}",
+                        "provider": {
+                            "anthropic": {
+                                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
+                                "models": {MODEL: {}},
+                            }
+                        },
+                    }
+                ),
+            ),
+        ),
         env=(("ETHEREAL_API_KEY", KEY),),
         run="opencode",
         package="opencode-ai",
     ),
     Setup(
-        "opencode-openai", "OpenCode (openai provider)", "POST /v1/responses (translated)",
-        files=(File("~/.config/opencode/opencode.json", _json({
-            "$schema": _OPENCODE_SCHEMA,
-            "model": f"openai/{MODEL}",
-            "small_model": f"openai/{MODEL}",
-            "provider": {"openai": {
-                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
-                "models": {MODEL: {}},
-            }},
-        })),),
+        "opencode-openai",
+        "OpenCode (openai provider)",
+        "POST /v1/responses (translated)",
+        files=(
+            File(
+                "~/.config/opencode/opencode.json",
+                _json(
+                    {
+                        "$schema": _OPENCODE_SCHEMA,
+                        "model": f"openai/{MODEL}",
+                        "small_model": f"openai/{MODEL}",
+                        "provider": {
+                            "openai": {
+                                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
+                                "models": {MODEL: {}},
+                            }
+                        },
+                    }
+                ),
+            ),
+        ),
         env=(("ETHEREAL_API_KEY", KEY),),
         run="opencode",
         package="opencode-ai",
-        notes=(("small_model: without it OpenCode asks gpt-5.4-nano for session titles, a model the gateway "
-                "does not serve"),),
+        notes=(
+            (
+                "small_model: without it OpenCode asks gpt-5.4-nano for session titles, a model the gateway "
+                "does not serve"
+            ),
+        ),
     ),
     Setup(
-        "opencode-compatible", "OpenCode (openai-compatible provider)", "POST /v1/chat/completions (translated)",
-        files=(File("~/.config/opencode/opencode.json", _json({
-            "$schema": _OPENCODE_SCHEMA,
-            "model": f"ethereal/{MODEL}",
-            "small_model": f"ethereal/{MODEL}",
-            "provider": {"ethereal": {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": "ethereal",
-                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
-                "models": {MODEL: {}},
-            }},
-        })),),
+        "opencode-compatible",
+        "OpenCode (openai-compatible provider)",
+        "POST /v1/chat/completions (translated)",
+        files=(
+            File(
+                "~/.config/opencode/opencode.json",
+                _json(
+                    {
+                        "$schema": _OPENCODE_SCHEMA,
+                        "model": f"ethereal/{MODEL}",
+                        "small_model": f"ethereal/{MODEL}",
+                        "provider": {
+                            "ethereal": {
+                                "npm": "@ai-sdk/openai-compatible",
+                                "name": "ethereal",
+                                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
+                                "models": {MODEL: {}},
+                            }
+                        },
+                    }
+                ),
+            ),
+        ),
         env=(("ETHEREAL_API_KEY", KEY),),
         run="opencode",
         package="opencode-ai",
     ),
     Setup(
-        "continue", "Continue CLI (anthropic provider)", "POST /v1/messages (native)",
-        files=(File("~/.continue/config.yaml",
-                    "name: ethereal\n"
-                    "version: 1.0.0\n"
-                    "schema: v1\n"
-                    "models:\n"
-                    f"  - name: {MODEL} via ethereal\n"
-                    "    provider: anthropic\n"
-                    f"    model: {MODEL}\n"
-                    f"    apiBase: {BASE_URL}/v1/\n"
-                    f"    apiKey: {KEY}\n"
-                    "    roles: [chat, edit, apply]\n"),),
+        "continue",
+        "Continue CLI (anthropic provider)",
+        "POST /v1/messages (native)",
+        files=(
+            File(
+                "~/.continue/config.yaml",
+                "name: ethereal\n"
+                "version: 1.0.0\n"
+                "schema: v1\n"
+                "models:\n"
+                f"  - name: {MODEL} via ethereal\n"
+                "    provider: anthropic\n"
+                f"    model: {MODEL}\n"
+                f"    apiBase: {BASE_URL}/v1/\n"
+                f"    apiKey: {KEY}\n"
+                "    roles: [chat, edit, apply]\n",
+            ),
+        ),
         run="cn --config ~/.continue/config.yaml",
         package="@continuedev/cli",
     ),
     Setup(
-        "continue-openai", "Continue CLI (openai provider)", "POST /v1/chat/completions (translated)",
-        files=(File("~/.continue/config.yaml",
-                    "name: ethereal\n"
-                    "version: 1.0.0\n"
-                    "schema: v1\n"
-                    "models:\n"
-                    f"  - name: {MODEL} via ethereal\n"
-                    "    provider: openai\n"
-                    f"    model: {MODEL}\n"
-                    f"    apiBase: {BASE_URL}/v1/\n"
-                    f"    apiKey: {KEY}\n"
-                    "    roles: [chat, edit, apply]\n"),),
+        "continue-openai",
+        "Continue CLI (openai provider)",
+        "POST /v1/chat/completions (translated)",
+        files=(
+            File(
+                "~/.continue/config.yaml",
+                "name: ethereal\n"
+                "version: 1.0.0\n"
+                "schema: v1\n"
+                "models:\n"
+                f"  - name: {MODEL} via ethereal\n"
+                "    provider: openai\n"
+                f"    model: {MODEL}\n"
+                f"    apiBase: {BASE_URL}/v1/\n"
+                f"    apiKey: {KEY}\n"
+                "    roles: [chat, edit, apply]\n",
+            ),
+        ),
         run="cn --config ~/.continue/config.yaml",
         package="@continuedev/cli",
     ),
     Setup(
-        "aider", "Aider (anthropic mode)", "POST /v1/messages (native)",
+        "aider",
+        "Aider (anthropic mode)",
+        "POST /v1/messages (native)",
         env=(("ANTHROPIC_API_BASE", BASE_URL), ("ANTHROPIC_API_KEY", KEY)),
         run=f"aider --model anthropic/{MODEL}",
         package="aider-chat",
     ),
     Setup(
-        "aider-openai", "Aider (OpenAI-compatible mode)", "POST /v1/chat/completions (translated)",
+        "aider-openai",
+        "Aider (OpenAI-compatible mode)",
+        "POST /v1/chat/completions (translated)",
         env=(("OPENAI_API_BASE", f"{BASE_URL}/v1"), ("OPENAI_API_KEY", KEY)),
         run=f"aider --model openai/{MODEL}",
         package="aider-chat",
     ),
     Setup(
-        "qwen-code", "Qwen Code", "POST /v1/chat/completions (translated)",
+        "qwen-code",
+        "Qwen Code",
+        "POST /v1/chat/completions (translated)",
         env=(("OPENAI_BASE_URL", f"{BASE_URL}/v1"), ("OPENAI_API_KEY", KEY), ("OPENAI_MODEL", MODEL)),
         run="qwen --auth-type openai",
         package="@qwen-code/qwen-code",
     ),
     Setup(
-        "kilo-code", "Kilo Code CLI", "POST /v1/messages (native)",
-        files=(File("~/.config/kilo/kilo.json", _json({
-            "model": f"anthropic/{MODEL}",
-            "small_model": f"anthropic/{MODEL}",
-            "provider": {"anthropic": {"options": {"baseURL": f"{BASE_URL}/v1"}, "models": {MODEL: {}}}},
-        })),),
+        "kilo-code",
+        "Kilo Code CLI",
+        "POST /v1/messages (native)",
+        files=(
+            File(
+                "~/.config/kilo/kilo.json",
+                _json(
+                    {
+                        "model": f"anthropic/{MODEL}",
+                        "small_model": f"anthropic/{MODEL}",
+                        "provider": {
+                            "anthropic": {"options": {"baseURL": f"{BASE_URL}/v1"}, "models": {MODEL: {}}}
+                        },
+                    }
+                ),
+            ),
+        ),
         env=(("ANTHROPIC_API_KEY", KEY),),
         run="kilo",
         package="@kilocode/cli",
         notes=("the key comes from ANTHROPIC_API_KEY: this release rejects an {env:…} apiKey in kilo.json",),
     ),
     Setup(
-        "cline", "Cline CLI (OpenAI-compatible)", "POST /v1/chat/completions (translated)",
+        "cline",
+        "Cline CLI (OpenAI-compatible)",
+        "POST /v1/chat/completions (translated)",
         commands=(f'cline auth -p openai -k "{KEY}" -m {MODEL} -b {BASE_URL}/v1',),
         run='cline "your task"',
         package="cline",
         notes=("Cline's Anthropic provider cannot take a base URL: use the OpenAI-compatible one",),
     ),
     Setup(
-        "cursor", "Cursor", "POST /v1/chat/completions (translated), sent from Cursor's servers",
-        steps=("Settings → Models → API Keys: OpenAI API Key = <key>",
-               "turn on Override OpenAI Base URL = <base_url>/v1",
-               "add the custom model <model> and select it"),
+        "cursor",
+        "Cursor",
+        "POST /v1/chat/completions (translated), sent from Cursor's servers",
+        steps=(
+            "Settings → Models → API Keys: OpenAI API Key = <key>",
+            "turn on Override OpenAI Base URL = <base_url>/v1",
+            "add the custom model <model> and select it",
+        ),
         tested=False,
-        notes=(("Cursor builds each request on its own servers and sends it from there: <base_url> must be "
-                "reachable from the internet over HTTPS, not only from your machine"),),
+        notes=(
+            (
+                "Cursor builds each request on its own servers and sends it from there: <base_url> must be "
+                "reachable from the internet over HTTPS, not only from your machine"
+            ),
+        ),
     ),
     Setup(
-        "zed", "Zed", "POST /v1/messages (native), sent from the editor",
-        files=(File("~/.config/zed/settings.json", _json({"language_models": {"anthropic": {
-            "api_url": BASE_URL,
-            "available_models": [{"name": MODEL, "display_name": f"{MODEL} (ethereal)", "max_tokens": _DEFAULT.context_window}],
-        }}}), "merge into your settings"),),
+        "zed",
+        "Zed",
+        "POST /v1/messages (native), sent from the editor",
+        files=(
+            File(
+                "~/.config/zed/settings.json",
+                _json(
+                    {
+                        "language_models": {
+                            "anthropic": {
+                                "api_url": BASE_URL,
+                                "available_models": [
+                                    {
+                                        "name": MODEL,
+                                        "display_name": f"{MODEL} (ethereal)",
+                                        "max_tokens": _DEFAULT.context_window,
+                                    }
+                                ],
+                            }
+                        }
+                    }
+                ),
+                "merge into your settings",
+            ),
+        ),
         env=(("ANTHROPIC_API_KEY", KEY),),
         run="zed",
         tested=False,
         notes=("or paste the key in Agent settings → Anthropic; Zed calls the URL from your machine",),
     ),
     Setup(
-        "windsurf", "Windsurf", "none: no custom base URL",
-        steps=(("Windsurf's Cascade takes no custom base URL: its own models run on Windsurf's servers and its "
-                "bring-your-own-key option sends an Anthropic key to Windsurf, not to your gateway"),
-               "use a CLI from this list in Windsurf's terminal instead"),
+        "windsurf",
+        "Windsurf",
+        "none: no custom base URL",
+        steps=(
+            (
+                "Windsurf's Cascade takes no custom base URL: its own models run on Windsurf's servers and its "
+                "bring-your-own-key option sends an Anthropic key to Windsurf, not to your gateway"
+            ),
+            "use a CLI from this list in Windsurf's terminal instead",
+        ),
         tested=False,
     ),
     Setup(
-        "anthropic-sdk", "Anthropic SDKs (Python, TypeScript)", "POST /v1/messages (native)",
+        "anthropic-sdk",
+        "Anthropic SDKs (Python, TypeScript)",
+        "POST /v1/messages (native)",
         env=(("ANTHROPIC_BASE_URL", BASE_URL), ("ANTHROPIC_API_KEY", KEY)),
         run='python -c "import anthropic; print(anthropic.Anthropic().messages.create('
-            f"model='{MODEL}', max_tokens=64, messages=[{{'role': 'user', 'content': 'hi'}}]).content)\"",
+        f"model='{MODEL}', max_tokens=64, messages=[{{'role': 'user', 'content': 'hi'}}]).content)\"",
         package="anthropic, @anthropic-ai/sdk",
     ),
     Setup(
-        "openai-sdk", "OpenAI SDKs (Python, TypeScript)", "POST /v1/chat/completions, /v1/responses (translated)",
+        "openai-sdk",
+        "OpenAI SDKs (Python, TypeScript)",
+        "POST /v1/chat/completions, /v1/responses (translated)",
         env=(("OPENAI_BASE_URL", f"{BASE_URL}/v1"), ("OPENAI_API_KEY", KEY)),
         run='python -c "import openai; print(openai.OpenAI().chat.completions.create('
-            f"model='{MODEL}', messages=[{{'role': 'user', 'content': 'hi'}}]).choices[0].message.content)\"",
+        f"model='{MODEL}', messages=[{{'role': 'user', 'content': 'hi'}}]).choices[0].message.content)\"",
         package="openai",
     ),
 )

@@ -54,21 +54,34 @@ class Gateway:
         """Open the store, start the limiter, meter and upstream pool; undo what started on failure."""
         registry = load_registry(settings.models_file)
         for model in registry.expired():  # an alert, also on /healthz?verbose=1 and in /metrics
-            log.warning("model %s has no rate card in force (its last card ended): requests are priced at "
-                        "that card; add a card to ETHEREAL_MODELS_FILE (docs/models.md)", model.id)
+            log.warning(
+                "model %s has no rate card in force (its last card ended): requests are priced at "
+                "that card; add a card to ETHEREAL_MODELS_FILE (docs/models.md)",
+                model.id,
+            )
         plans = Plans(settings.plans)
-        pool = Pool(default_retry_after=settings.upstream_default_retry_after,
-                    backoff_base=settings.upstream_backoff_base, backoff_cap=settings.upstream_backoff_cap,
-                    rate_limit_cap=settings.upstream_429_cooldown_cap, group_of=registry.rate_limit_group)
-        client = UpstreamClient(Timeouts(settings.connect_timeout, settings.first_byte_timeout,
-                                         settings.idle_stream_timeout), limit=settings.upstream_connections)
+        pool = Pool(
+            default_retry_after=settings.upstream_default_retry_after,
+            backoff_base=settings.upstream_backoff_base,
+            backoff_cap=settings.upstream_backoff_cap,
+            rate_limit_cap=settings.upstream_429_cooldown_cap,
+            group_of=registry.rate_limit_group,
+        )
+        client = UpstreamClient(
+            Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.idle_stream_timeout),
+            limit=settings.upstream_connections,
+        )
         upstreams = UpstreamService(settings, pool, client, registry)
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(client.close)
             store = await open_store(settings.storage_url)
             undo.push_async_callback(store.close)
-            auth = Authenticator(store, ttl=settings.key_cache_ttl, stale_max=settings.key_cache_stale_max,
-                                 deadline=settings.store_timeout)
+            auth = Authenticator(
+                store,
+                ttl=settings.key_cache_ttl,
+                stale_max=settings.key_cache_stale_max,
+                deadline=settings.store_timeout,
+            )
             # a key changed by any replica's admin API (or the CLI) leaves this cache at once
             key_changes = build_key_changes(settings.redis_url)
             key_changes.listen(auth.invalidate)
@@ -102,9 +115,22 @@ class Gateway:
                 limiter_gate.alerts = alerts
             registry.on_provisional = alerts.model_provisional
             undo.pop_all()
-        return cls(settings=settings, registry=registry, plans=plans, store=store, auth=auth, limiter=limiter,
-                   meter=meter, pool=pool, client=client, upstreams=upstreams, key_changes=key_changes,
-                   spend=spend, alerts=alerts, budget_watch=budget_watch)
+        return cls(
+            settings=settings,
+            registry=registry,
+            plans=plans,
+            store=store,
+            auth=auth,
+            limiter=limiter,
+            meter=meter,
+            pool=pool,
+            client=client,
+            upstreams=upstreams,
+            key_changes=key_changes,
+            spend=spend,
+            alerts=alerts,
+            budget_watch=budget_watch,
+        )
 
     async def stop(self) -> None:
         await self.budget_watch.close()

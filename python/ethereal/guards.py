@@ -36,10 +36,14 @@ MAX_ECHO_DEPTH = 128
 def check_model_name(name: object, *, param: str = "model") -> str:
     """The client's model name, or 400 when it is not a usable string (before any lookup)."""
     if not isinstance(name, str) or not name:
-        raise invalid_request(f"{param}: Field required" if name is None else f"{param}: must be a non-empty string",
-                              param=param)
+        raise invalid_request(
+            f"{param}: Field required" if name is None else f"{param}: must be a non-empty string",
+            param=param,
+        )
     if len(name) > MAX_MODEL_NAME:
-        raise invalid_request(f"{param}: must be at most {MAX_MODEL_NAME} characters (got {len(name)})", param=param)
+        raise invalid_request(
+            f"{param}: must be at most {MAX_MODEL_NAME} characters (got {len(name)})", param=param
+        )
     if not name.isprintable():
         # no model id has a control character; such a name would reach logs, metrics and the
         # store (PostgreSQL refuses NUL in text) as the client wrote it
@@ -63,7 +67,11 @@ def check_body_shape(body: bytes, max_depth: int = _native.MAX_JSON_DEPTH, data:
     if duplicate is not None:
         raise invalid_request(f"request body repeats the top-level key {clip(duplicate, 64)!r}")
     if depth > max_depth:
-        path = deep_field(data, max_depth) if isinstance(data, dict) and max_depth < _native.MAX_JSON_DEPTH else None
+        path = (
+            deep_field(data, max_depth)
+            if isinstance(data, dict) and max_depth < _native.MAX_JSON_DEPTH
+            else None
+        )
         if path is not None:  # param: the top-level field; the message goes a few levels further
             field = path.partition(".")[0].partition("[")[0]
             raise invalid_request(f"{path}: nested more than {max_depth} levels deep", param=field)
@@ -95,7 +103,9 @@ def deep_field(data: dict[str, Any], limit: int, levels: int = 3) -> str | None:
     budget = limit
     for _ in range(levels):
         budget -= 1
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        items = (
+            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        )
         for key, child in items:
             if nests_past(child, budget):
                 path = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
@@ -113,7 +123,9 @@ def well_formed_id(value: str, prefix: str, max_len: int) -> bool:
     """Whether a client-given id (a batch's, a usage record's) can name anything: ``prefix`` then
     ASCII letters, digits, ``_`` and ``-`` only, at most ``max_len`` characters. Checked before
     any lookup: PostgreSQL refuses a text parameter holding a NUL (a 500), and no id holds one."""
-    return len(value) <= max_len and value.startswith(prefix) and _ID.fullmatch(value, len(prefix)) is not None
+    return (
+        len(value) <= max_len and value.startswith(prefix) and _ID.fullmatch(value, len(prefix)) is not None
+    )
 
 
 def refuse_nul(value: Any, where: str = "request body") -> None:
@@ -145,7 +157,7 @@ def splice_top_level(body: bytes, key: str, value: bytes) -> bytes | None:
         return None
     if span is None:
         return None
-    return body[:span[0]] + value + body[span[1]:]
+    return body[: span[0]] + value + body[span[1] :]
 
 
 # Where the estimate decides something (budget admission, plan windows, batch reservations) it
@@ -163,8 +175,12 @@ def estimate_args(model: Model | None) -> dict[str, Any]:
     if model is None:
         return {}
     r = model.rules
-    return {"tokenizer": r.tokenizer, "image_tier": r.image_tier,
-            "tool_prompt": (r.tool_prompt_auto, r.tool_prompt_any), "keep_thinking": r.keeps_thinking}
+    return {
+        "tokenizer": r.tokenizer,
+        "image_tier": r.image_tier,
+        "tool_prompt": (r.tool_prompt_auto, r.tool_prompt_any),
+        "keep_thinking": r.keeps_thinking,
+    }
 
 
 def estimate_input_tokens(body: bytes, model: Model | None = None) -> int:
@@ -275,8 +291,13 @@ class FailureThrottle:
     failing forgotten first), each with at most ``limit`` timestamps.
     """
 
-    def __init__(self, limit: int, window: float = 60.0, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
         self.window = window
         self.max_clients = max_clients

@@ -45,7 +45,7 @@ class _RandomBytes:
         if pos + n > len(self.buf):
             self.buf, pos = os.urandom(self.SIZE), 0
         self.pos = pos + n
-        return self.buf[pos:pos + n]
+        return self.buf[pos : pos + n]
 
 
 _random = _RandomBytes()
@@ -62,8 +62,8 @@ def issued_to(request_id: str, key_hash: str) -> bool:
     """Whether ``request_id`` was issued for the key with this hash (false positives: 1 in 62**4)."""
     if not request_id.startswith("req_") or len(request_id) != 4 + _RANDOM + _TAG:
         return False
-    random_part = request_id[4:4 + _RANDOM]
-    return request_id[4 + _RANDOM:] == _tag(random_part, key_hash)
+    random_part = request_id[4 : 4 + _RANDOM]
+    return request_id[4 + _RANDOM :] == _tag(random_part, key_hash)
 
 
 def response_id(request_id: str) -> str:

@@ -64,8 +64,10 @@ class RedisKeyChanges(KeyChanges):
         try:
             await self._client.publish(CHANNEL, key_hash)
         except Exception as exc:  # noqa: BLE001 - the cache TTL still bounds how long a replica lags
-            log.warning("could not publish a key change (%s); other workers drop it within the cache TTL",
-                        type(exc).__name__)
+            log.warning(
+                "could not publish a key change (%s); other workers drop it within the cache TTL",
+                type(exc).__name__,
+            )
 
     async def _subscribe(self) -> None:
         import redis.asyncio as aioredis
@@ -121,5 +123,8 @@ def publish_once(redis_url: str | None, key_hash: str, *, cache_ttl: float) -> N
         finally:
             client.close()
     except Exception as exc:  # noqa: BLE001 - the cache TTL still bounds how long a replica can lag
-        print(f"(could not notify gateways through Redis: {exc}; they pick the change up within"
-              f" {cache_ttl:g} s)", file=sys.stderr)
+        print(
+            f"(could not notify gateways through Redis: {exc}; they pick the change up within"
+            f" {cache_ttl:g} s)",
+            file=sys.stderr,
+        )

@@ -81,17 +81,28 @@ class _Stream:
         if self.path.startswith("/v1/chat/"):
             return b"data: " + openai_error_body("overloaded_error", SHUTDOWN_MESSAGE) + b"\n\n"
         if self.path.startswith("/v1/responses"):
-            body = {"type": "response.failed", "response": {
-                "id": response_id(self.request_id), "object": "response", "status": "failed",
-                "error": {"code": "server_error", "message": SHUTDOWN_MESSAGE}}}
+            body = {
+                "type": "response.failed",
+                "response": {
+                    "id": response_id(self.request_id),
+                    "object": "response",
+                    "status": "failed",
+                    "error": {"code": "server_error", "message": SHUTDOWN_MESSAGE},
+                },
+            }
             return b"event: response.failed\ndata: " + orjson.dumps(body) + b"\n\n"
         return anthropic_sse_error("overloaded_error", SHUTDOWN_MESSAGE, self.request_id or None)
 
 
 async def send_health(send: Send, scope: Scope, status: int, body: bytes) -> None:
     """``/healthz``'s answer (``Lifecycle.health_response``) on the wire."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
 
 
@@ -155,16 +166,27 @@ class Lifecycle:
         if not ordered:
             return {"p50": 0.0, "p99": 0.0, "max": 0.0, "samples": 0}
         n = len(ordered)
-        return {"p50": round(ordered[n // 2] * 1000, 3), "p99": round(ordered[min(n - 1, int(n * 0.99))] * 1000, 3),
-                "max": round(ordered[-1] * 1000, 3), "samples": n}
+        return {
+            "p50": round(ordered[n // 2] * 1000, 3),
+            "p99": round(ordered[min(n - 1, int(n * 0.99))] * 1000, 3),
+            "max": round(ordered[-1] * 1000, 3),
+            "samples": n,
+        }
 
     def health(self, verbose: bool) -> tuple[int, bytes]:
         if not verbose:
             return (503, _DRAINING) if self.draining else (200, _OK)
-        body: dict[str, Any] = {"status": "draining" if self.draining else "ok", "pid": os.getpid(),
-                "streams": len(self.streams), "loop_lag_ms": self.lag_ms(),
-                "gc": {"frozen": gc.get_freeze_count(), "young_threshold": gc.get_threshold()[0],
-                       "collections": [g["collections"] for g in gc.get_stats()]}}
+        body: dict[str, Any] = {
+            "status": "draining" if self.draining else "ok",
+            "pid": os.getpid(),
+            "streams": len(self.streams),
+            "loop_lag_ms": self.lag_ms(),
+            "gc": {
+                "frozen": gc.get_freeze_count(),
+                "young_threshold": gc.get_threshold()[0],
+                "collections": [g["collections"] for g in gc.get_stats()],
+            },
+        }
         for name, detail in self.details.items():
             try:
                 body[name] = detail()
@@ -177,7 +199,9 @@ class Lifecycle:
         async def wrapped(message: Message) -> None:
             kind = message["type"]
             if kind == "lifespan.startup.complete" and self._lag_task is None:
-                self._lag_task = asyncio.get_running_loop().create_task(self._sample_lag(), name="ethereal-lag")
+                self._lag_task = asyncio.get_running_loop().create_task(
+                    self._sample_lag(), name="ethereal-lag"
+                )
             elif kind.startswith("lifespan.shutdown") and self._lag_task is not None:
                 self._lag_task.cancel()
                 self._lag_task = None
@@ -191,8 +215,15 @@ class Lifecycle:
             return self.health(b"verbose" in (scope.get("query_string") or b""))
         return None
 
-    async def _serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
-                     observe: Parts | None, cleanups: list[Cleanup] | None = None) -> None:
+    async def _serve(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        observe: Parts | None,
+        cleanups: list[Cleanup] | None = None,
+    ) -> None:
         """One request through one send wrapper: stream tracking (event streams answering a POST),
         the drain's ``connection: close``, and, with ``observe``, the in-flight count, the status
         counter and the request log line (observability/http.py). ``cleanups`` (the request's

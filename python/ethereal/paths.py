@@ -30,7 +30,7 @@ def normalize_base_path(raw: str | None) -> str:
 
 def rewrite(path: str, base: str) -> str:
     if base and (path == base or path.startswith(base + "/")):
-        path = path[len(base):] or "/"
+        path = path[len(base) :] or "/"
     while path.startswith("/v1/v1/") or path == "/v1/v1":
         path = path[3:]
     return path

@@ -77,14 +77,35 @@ STREAM_CUT = "the upstream connection was interrupted"
 
 # Request headers never forwarded upstream: client credentials, hop-by-hop, and what the
 # HTTP client sets itself.
-_DROP_REQUEST = frozenset({
-    b"x-api-key", b"authorization", b"host", b"content-length", b"connection", b"keep-alive",
-    b"proxy-authorization", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"accept-encoding", b"cookie",
-})
+_DROP_REQUEST = frozenset(
+    {
+        b"x-api-key",
+        b"authorization",
+        b"host",
+        b"content-length",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"accept-encoding",
+        b"cookie",
+    }
+)
 # Other request headers forwarded as they came, besides every anthropic-* header.
-_FORWARD_REQUEST = frozenset({b"content-type", b"accept", b"user-agent", b"idempotency-key",
-                              b"x-stainless-retry-count", b"x-stainless-timeout"})
+_FORWARD_REQUEST = frozenset(
+    {
+        b"content-type",
+        b"accept",
+        b"user-agent",
+        b"idempotency-key",
+        b"x-stainless-retry-count",
+        b"x-stainless-timeout",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -95,7 +116,9 @@ class Call:
     route: str
     key: KeyRecord | None = None
     model: Model | None = None
-    model_name: str | None = None  # the registry's id, or the client's name when the registry does not know it
+    model_name: str | None = (
+        None  # the registry's id, or the client's name when the registry does not know it
+    )
     stream: bool = False
     started: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
@@ -104,7 +127,9 @@ class Call:
     credential: Any = None  # upstream.pool.Credential while one is held
     upstream_request_id: str | None = None
     record: UsageRecord | None = None  # set by Pipeline.finish: one record per request
-    notes: list[tuple[bytes, bytes]] = field(default_factory=list)  # headers saying what a translation changed
+    notes: list[tuple[bytes, bytes]] = field(
+        default_factory=list
+    )  # headers saying what a translation changed
 
     def first_byte(self) -> None:
         if self.ttfb_ms is None:
@@ -148,7 +173,9 @@ class Adapter:
 
     route = "messages"
     metered = True
-    gw: Gateway | None = None  # the started gateway, bound by Pipeline.route (adapters that read its registry)
+    gw: Gateway | None = (
+        None  # the started gateway, bound by Pipeline.route (adapters that read its registry)
+    )
     #: the deepest body accepted: a route that echoes or re-serialises what it reads asks for less
     max_depth = _native.MAX_JSON_DEPTH
 
@@ -179,8 +206,9 @@ class Adapter:
         """A 400 from the upstream may be corrected and sent again (translated routes only)."""
         return False
 
-    def reshape(self, call: Call, out: Outbound, payload: bytes, raw: bytes, data: dict[str, Any],
-                request: Request) -> Outbound | None:
+    def reshape(
+        self, call: Call, out: Outbound, payload: bytes, raw: bytes, data: dict[str, Any], request: Request
+    ) -> Outbound | None:
         """The request in the shape an upstream 400 (``payload``) asks for, or None: the 400 stands."""
         return None
 
@@ -270,8 +298,9 @@ class Pipeline:
         except GatewayError as exc:
             return adapter.error(exc, call.request_id)
         except Exception:
-            log.exception("unhandled error in %s %s", clip(request.method, 16),
-                          clip(request.url.path.decode("latin-1")))
+            log.exception(
+                "unhandled error in %s %s", clip(request.method, 16), clip(request.url.path.decode("latin-1"))
+            )
             return adapter.error(GatewayError(500, "internal error in the gateway"), call.request_id)
 
     def recording(self, call: Call) -> Recording:
@@ -299,8 +328,9 @@ class Pipeline:
             # the upstream is generating: whatever failed, billed at the reservation, never at 0
             except Exception as exc:  # noqa: BLE001 - recorded and answered by served_failure
                 resp.close()
-                raise await self.served_failure(call, reserved_usage(call, out, metered=adapter.metered), exc) \
-                    from None
+                raise await self.served_failure(
+                    call, reserved_usage(call, out, metered=adapter.metered), exc
+                ) from None
         try:
             payload = await resp.read()
         except UpstreamStreamError as exc:
@@ -312,8 +342,11 @@ class Pipeline:
         except orjson.JSONDecodeError:
             message = None
         if not isinstance(message, dict):
-            raise await self.served_failure(call, reserved_usage(call, out, metered=adapter.metered), GatewayError(
-                502, "the upstream answered with a body that is not JSON"))
+            raise await self.served_failure(
+                call,
+                reserved_usage(call, out, metered=adapter.metered),
+                GatewayError(502, "the upstream answered with a body that is not JSON"),
+            )
         usage = Usage.from_message(message.get("usage"), served_model=message.get("model"))
         try:
             response = adapter.reply(call, out, payload, message)
@@ -324,8 +357,16 @@ class Pipeline:
         await self.finish(call, resp.status, usage if adapter.metered else Usage())
         return response
 
-    async def reshaped(self, adapter: Adapter, call: Call, out: Outbound, resp: UpstreamResponse, raw: bytes,
-                       data: dict[str, Any], request: Request) -> tuple[UpstreamResponse, Outbound]:
+    async def reshaped(
+        self,
+        adapter: Adapter,
+        call: Call,
+        out: Outbound,
+        resp: UpstreamResponse,
+        raw: bytes,
+        data: dict[str, Any],
+        request: Request,
+    ) -> tuple[UpstreamResponse, Outbound]:
         """A 400 the adapter can correct (a translated request to a model the registry does not
         describe, refused with one of the API's documented texts): sent once more in the shape
         the refusal asks for. Otherwise the 400 stands, as the upstream sent it."""
@@ -342,8 +383,9 @@ class Pipeline:
             self.gw.pool.release(cred)
         return await self.open_upstream(call, again, health=adapter.metered), again
 
-    async def prepare(self, adapter: Adapter, call: Call, raw: bytes, data: dict[str, Any],
-                      request: Request) -> Outbound:
+    async def prepare(
+        self, adapter: Adapter, call: Call, raw: bytes, data: dict[str, Any], request: Request
+    ) -> Outbound:
         """Steps 2 to 4 for a parsed body: validate, resolve the model, build the Anthropic
         request, admit it. Shared by every transport (the Responses WebSocket too)."""
         self.resolve_model(call, check_model_name(adapter.validate(data)))
@@ -352,8 +394,9 @@ class Pipeline:
         await self.admit(call, out, metered=adapter.metered)
         return out
 
-    def _stream(self, adapter: Adapter, request: Request, call: Call, out: Outbound,
-                resp: UpstreamResponse) -> Response:
+    def _stream(
+        self, adapter: Adapter, request: Request, call: Call, out: Outbound, resp: UpstreamResponse
+    ) -> Response:
         native, translate = adapter.stream_relay(call, out)
         receive = getattr(getattr(request, "content", None), "receive", None)
         relay = StreamRelay(self, call, resp, native, translate=translate, receive=receive)
@@ -392,8 +435,12 @@ class Pipeline:
         if not meter.accepting:
             # ETHEREAL_METER_ON_FULL=reject: nothing is served that cannot be recorded
             meter.refuse()
-            raise GatewayError(503, "usage metering is saturated (database unreachable and spool full); retry later",
-                               type="overloaded_error", retry_after=30.0)
+            raise GatewayError(
+                503,
+                "usage metering is saturated (database unreachable and spool full); retry later",
+                type="overloaded_error",
+                retry_after=30.0,
+            )
 
     def resolve_model(self, call: Call, name: str) -> None:
         """The registry's model for ``name`` (ids, aliases, short names: ``opus`` is today's Opus).
@@ -411,8 +458,12 @@ class Pipeline:
         key = call.key
         if key is not None and key.allowed_models:
             allowed = key.allowed_models
-            if model.id not in allowed and name not in allowed and model.family not in allowed \
-                    and model.series not in allowed:
+            if (
+                model.id not in allowed
+                and name not in allowed
+                and model.family not in allowed
+                and model.series not in allowed
+            ):
                 raise GatewayError(403, f"this API key may not use model {name!r}")
 
     async def admit(self, call: Call, out: Outbound, *, metered: bool = True) -> None:
@@ -433,15 +484,28 @@ class Pipeline:
             return
         # the dearest the request can cost: cache writes, tiers, fast mode, geo, server-tool fees at
         # their max_uses, documents by their pages (priced only for a key with a money budget)
-        held = reserve(self.gw.registry, call.model, out.data, out.body, at=call.started,
-                       # the estimate for this model plus its margin (guards.py); unreadable: a 400
-                       input_tokens=admission_input_tokens(out.body, call.model),
-                       max_tokens=out.max_tokens,  # the whole ceiling: no request outputs more
-                       money=key.budget_micro_usd is not None or limiter.spend_limited(key),
-                       config=self.reserve_config, caches=out.cache_ttl)
+        held = reserve(
+            self.gw.registry,
+            call.model,
+            out.data,
+            out.body,
+            at=call.started,
+            # the estimate for this model plus its margin (guards.py); unreadable: a 400
+            input_tokens=admission_input_tokens(out.body, call.model),
+            max_tokens=out.max_tokens,  # the whole ceiling: no request outputs more
+            money=key.budget_micro_usd is not None or limiter.spend_limited(key),
+            config=self.reserve_config,
+            caches=out.cache_ttl,
+        )
         call.admission = await limiter.admit(
-            key, model=call.model_name, input_tokens=held.input_tokens, max_tokens=held.output_tokens,
-            input_micro=held.input_micro, output_micro=held.output_micro, request_id=call.request_id)
+            key,
+            model=call.model_name,
+            input_tokens=held.input_tokens,
+            max_tokens=held.output_tokens,
+            input_micro=held.input_micro,
+            output_micro=held.output_micro,
+            request_id=call.request_id,
+        )
 
     async def open_upstream(self, call: Call, out: Outbound, *, health: bool = True) -> UpstreamResponse:
         """Send to the best credential, failing over while the client has seen nothing.
@@ -466,16 +530,22 @@ class Pipeline:
         for attempt in range(settings.max_attempts):
             if attempt and time.monotonic() >= deadline:
                 break
-            cred = await pool.acquire(call.model_name, out.affinity, tried, count_rpm=health, account=out.account)
+            cred = await pool.acquire(
+                call.model_name, out.affinity, tried, count_rpm=health, account=out.account
+            )
             if isinstance(cred, Refusal):
                 if last is None and cred.reason is not Refused.EXHAUSTED:
                     raise GatewayError(cred.status, cred.message, type=cred.error_type, retry_after=cred.wait)
                 break
             tried.append(cred.name)
             try:
-                resp = await gw.client.request("POST", cred.base_url + out.path,
-                                               forward_headers(out.headers, cred.api_key), out.body,
-                                               pool_key=cred.name)
+                resp = await gw.client.request(
+                    "POST",
+                    cred.base_url + out.path,
+                    forward_headers(out.headers, cred.api_key),
+                    out.body,
+                    pool_key=cred.name,
+                )
                 if resp.status == 200:
                     if resp.is_event_stream:
                         await resp.prime(settings.first_byte_timeout)
@@ -483,13 +553,20 @@ class Pipeline:
                         await resp.buffer()
             except UpstreamConnectError as exc:
                 pool.release(cred)
-                log.warning("upstream %s failed before the first byte (attempt %d): %s", cred.name, attempt + 1,
-                            exc)
+                log.warning(
+                    "upstream %s failed before the first byte (attempt %d): %s", cred.name, attempt + 1, exc
+                )
                 if health:
-                    await pool.report_failure(cred, FailureKind(exc.kind), detail=str(exc), model=call.model_name)
+                    await pool.report_failure(
+                        cred, FailureKind(exc.kind), detail=str(exc), model=call.model_name
+                    )
                 # what a client calling the upstream directly meets: a connection failure it retries
-                last = GatewayError(502, "the upstream connection failed before a response", type="api_error",
-                                    upstream_hints=[(b"x-should-retry", b"true")])
+                last = GatewayError(
+                    502,
+                    "the upstream connection failed before a response",
+                    type="api_error",
+                    upstream_hints=[(b"x-should-retry", b"true")],
+                )
                 continue
             except BaseException:  # cancelled (the client went away) or a bug: give the slot back
                 pool.release(cred)
@@ -497,7 +574,9 @@ class Pipeline:
             status = resp.status
             org = resp.headers.get("anthropic-organization-id")
             if org and cred.account != org:
-                cred.account = org[:128]  # the upstream account this credential belongs to (upstream/binding.py)
+                cred.account = org[
+                    :128
+                ]  # the upstream account this credential belongs to (upstream/binding.py)
             kind = FailureKind.for_status(status) if status >= 400 else None
             if kind is None:  # a success, or the client's own error (400, 404, 413, ...): the client's to see
                 call.credential = cred
@@ -515,17 +594,36 @@ class Pipeline:
                 err_body = b""
             pool.release(cred)
             if health or kind is FailureKind.AUTH:  # a 401/403 asks for a probe even on count_tokens
-                await pool.report_failure(cred, kind, retry_after_seconds(resp.headers), detail=f"HTTP {status}",
-                                          model=call.model_name)
-            log.warning("upstream %s answered %d (%s), attempt %d", cred.name, status, kind.value, attempt + 1)
+                await pool.report_failure(
+                    cred,
+                    kind,
+                    retry_after_seconds(resp.headers),
+                    detail=f"HTTP {status}",
+                    model=call.model_name,
+                )
+            log.warning(
+                "upstream %s answered %d (%s), attempt %d", cred.name, status, kind.value, attempt + 1
+            )
             last = upstream_error(status, err_body, resp.headers)
         if last is not None:
             raise last
-        raise GatewayError(503, "no upstream credential can serve this request", type="overloaded_error",
-                           retry_after=pool.earliest_recovery(call.model_name))
+        raise GatewayError(
+            503,
+            "no upstream credential can serve this request",
+            type="overloaded_error",
+            retry_after=pool.earliest_recovery(call.model_name),
+        )
 
-    async def finish(self, call: Call, status: int, usage: Usage, *, error_type: str | None = None,
-                     error_message: str | None = None, batch: bool = False) -> UsageRecord:
+    async def finish(
+        self,
+        call: Call,
+        status: int,
+        usage: Usage,
+        *,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        batch: bool = False,
+    ) -> UsageRecord:
         """Release the credential, settle the reservation and record the usage: once per request.
 
         ``error_message``: what the client was told (a ``GatewayError``'s message, the upstream's),
@@ -542,19 +640,36 @@ class Pipeline:
         call.credential = None
         key = call.key
         rec = usage_record(
-            gw.registry, usage, request_id=call.request_id, key_id=key.id if key else None,
-            credential=cred.name if cred is not None else None, route=call.route, model=call.model,
-            model_name=call.model_name, status=status, stream=call.stream, started_at=call.started, ended_at=now,
-            duration_ms=(time.perf_counter() - call.t0) * 1000.0, ttfb_ms=call.ttfb_ms,
-            upstream_request_id=call.upstream_request_id, error_type=error_type, error_message=error_message,
-            batch=batch, owner=(key.owner or None) if key else None, teams=teams_label(key.teams) if key else None)
+            gw.registry,
+            usage,
+            request_id=call.request_id,
+            key_id=key.id if key else None,
+            credential=cred.name if cred is not None else None,
+            route=call.route,
+            model=call.model,
+            model_name=call.model_name,
+            status=status,
+            stream=call.stream,
+            started_at=call.started,
+            ended_at=now,
+            duration_ms=(time.perf_counter() - call.t0) * 1000.0,
+            ttfb_ms=call.ttfb_ms,
+            upstream_request_id=call.upstream_request_id,
+            error_type=error_type,
+            error_message=error_message,
+            batch=batch,
+            owner=(key.owner or None) if key else None,
+            teams=teams_label(key.teams) if key else None,
+        )
         cost = rec.cost_micro
         call.record = rec  # before any await: a concurrent cleanup sees the request as finished
         if cred is not None:
             gw.pool.release(cred, cost)  # in-flight count, and the spend toward its cap
         if call.admission is not None:
             try:
-                await gw.limiter.settle(call.admission, tokens=usage.total_tokens, cost_micro=cost, ended_at=now)
+                await gw.limiter.settle(
+                    call.admission, tokens=usage.total_tokens, cost_micro=cost, ended_at=now
+                )
             except Exception:
                 log.exception("settle failed for %s", call.request_id)
         gw.meter.record(rec)
@@ -570,8 +685,11 @@ def reserved_usage(call: Call, out: Outbound | None, *, metered: bool = True) ->
         return Usage()
     admission = call.admission
     if admission is not None and admission.limited:
-        return Usage(input_tokens=admission.input_tokens,
-                     output_tokens=max(0, admission.reserved_tokens - admission.input_tokens), exact=False)
+        return Usage(
+            input_tokens=admission.input_tokens,
+            output_tokens=max(0, admission.reserved_tokens - admission.input_tokens),
+            exact=False,
+        )
     if out is None:
         return Usage(exact=False)
     try:
@@ -582,9 +700,11 @@ def reserved_usage(call: Call, out: Outbound | None, *, metered: bool = True) ->
 
 
 def reserve_config(settings: Any) -> ReserveConfig:
-    return ReserveConfig(web_searches=settings.reserve_web_searches,
-                         remote_document_pages=settings.reserve_document_pages,
-                         pdf_page_tokens=settings.reserve_pdf_page_tokens)
+    return ReserveConfig(
+        web_searches=settings.reserve_web_searches,
+        remote_document_pages=settings.reserve_document_pages,
+        pdf_page_tokens=settings.reserve_pdf_page_tokens,
+    )
 
 
 class Recording:
@@ -600,8 +720,9 @@ class Recording:
     async def __aenter__(self) -> Call:
         return self.call
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: object) -> None:  # never swallows: what was raised goes on
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:  # never swallows: what was raised goes on
         if exc is None:
             return
         finish, call = self.pipeline.finish, self.call
@@ -609,8 +730,11 @@ class Recording:
             await finish(call, exc.status, Usage(), error_type=exc.type, error_message=exc.message)
         elif isinstance(exc, asyncio.CancelledError):
             # the client went away while the gateway waited (e.g. a non-streamed reply): counts unknown
-            await asyncio.shield(finish(call, 499, Usage(exact=False), error_type="client_disconnected",
-                                        error_message=CLIENT_GONE))
+            await asyncio.shield(
+                finish(
+                    call, 499, Usage(exact=False), error_type="client_disconnected", error_message=CLIENT_GONE
+                )
+            )
         elif isinstance(exc, Exception):
             # a credential still held: the upstream answered, so the request is billed at its reservation
             usage = reserved_usage(call, None) if call.credential is not None else Usage()
@@ -638,12 +762,30 @@ class StreamRelay:
     body's own ``finally``, or by ``abandon`` when the body was never iterated to its end.
     """
 
-    __slots__ = ("call", "gone", "native", "pipeline", "receive", "resp", "translate", "watch_timer", "watcher")
+    __slots__ = (
+        "call",
+        "gone",
+        "native",
+        "pipeline",
+        "receive",
+        "resp",
+        "translate",
+        "watch_timer",
+        "watcher",
+    )
 
     WATCH_AFTER = 0.05  # seconds: a stream that ends sooner never needs a task watching its client
 
-    def __init__(self, pipeline: Pipeline, call: Call, resp: UpstreamResponse, native: Relay, *,
-                 translate: bool, receive: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        call: Call,
+        resp: UpstreamResponse,
+        native: Relay,
+        *,
+        translate: bool,
+        receive: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.call = call
         self.resp = resp
@@ -668,8 +810,9 @@ class StreamRelay:
             return
         self._stop_watching()
         self.resp.close()
-        await self.pipeline.finish(self.call, 499, self.native.usage(), error_type="client_disconnected",
-                                   error_message=CLIENT_GONE)
+        await self.pipeline.finish(
+            self.call, 499, self.native.usage(), error_type="client_disconnected", error_message=CLIENT_GONE
+        )
 
     def _start_watching(self) -> None:
         self.watch_timer = None
@@ -712,7 +855,9 @@ class StreamRelay:
                 limiter = pipeline.gw.limiter
                 admission = call.admission
                 # a stream longer than the reservation ttl keeps its reservation and concurrency slot
-                refresh_at = time.monotonic() + limiter.refresh_interval if admission is not None else math.inf
+                refresh_at = (
+                    time.monotonic() + limiter.refresh_interval if admission is not None else math.inf
+                )
                 async for chunk in resp.iter_chunks():
                     call.first_byte()
                     if time.monotonic() >= refresh_at and admission is not None:
@@ -735,11 +880,15 @@ class StreamRelay:
                 closing = None
                 if self.translate:
                     try:
-                        closing = native.finish()  # the translator's own error frame, if it can still give one
+                        closing = (
+                            native.finish()
+                        )  # the translator's own error frame, if it can still give one
                     except Exception:  # noqa: BLE001 - the error frame is best effort
                         closing = None
                 else:
-                    closing = anthropic_sse_error("api_error", "internal error in the gateway", call.request_id)
+                    closing = anthropic_sse_error(
+                        "api_error", "internal error in the gateway", call.request_id
+                    )
                 if closing and not self.gone:
                     yield closing
             elif not self.gone:
@@ -748,12 +897,17 @@ class StreamRelay:
                 if cut is None and not state.saw_message_stop and state.error_type is None:
                     cut = "upstream closed the stream before message_stop"
                 if cut is not None:
-                    log.warning("upstream stream from %s cut: %s",
-                                call.credential.name if call.credential else "?", cut)
+                    log.warning(
+                        "upstream stream from %s cut: %s",
+                        call.credential.name if call.credential else "?",
+                        cut,
+                    )
                     error_type, status = "api_error", 502
                     error_message = STREAM_CUT
                     if call.credential is not None:
-                        await pool.report_failure(call.credential, FailureKind.STREAM, detail=cut, model=call.model_name)
+                        await pool.report_failure(
+                            call.credential, FailureKind.STREAM, detail=cut, model=call.model_name
+                        )
                     if not self.translate:
                         closing = anthropic_sse_error("api_error", STREAM_CUT, call.request_id)
                 if closing:
@@ -781,12 +935,23 @@ class StreamRelay:
                     upstream_error_type = state.error_type
                     if upstream_error_type is not None:
                         error_type, status = upstream_error_type, 200
-                        error_message = state.error_message or f"the upstream stream ended with {upstream_error_type}"
-                        if call.credential is not None and upstream_error_type in ("overloaded_error", "api_error"):
-                            kind = (FailureKind.OVERLOADED if upstream_error_type == "overloaded_error"
-                                    else FailureKind.SERVER_ERROR)
-                            await pool.report_failure(call.credential, kind, detail="error event", model=call.model_name)
-                finish = pipeline.finish(call, status, native.usage(), error_type=error_type,
-                                         error_message=error_message)
+                        error_message = (
+                            state.error_message or f"the upstream stream ended with {upstream_error_type}"
+                        )
+                        if call.credential is not None and upstream_error_type in (
+                            "overloaded_error",
+                            "api_error",
+                        ):
+                            kind = (
+                                FailureKind.OVERLOADED
+                                if upstream_error_type == "overloaded_error"
+                                else FailureKind.SERVER_ERROR
+                            )
+                            await pool.report_failure(
+                                call.credential, kind, detail="error event", model=call.model_name
+                            )
+                finish = pipeline.finish(
+                    call, status, native.usage(), error_type=error_type, error_message=error_message
+                )
                 # only settling a reservation waits on anything: without one there is nothing to shield
                 await (asyncio.shield(finish) if call.admission is not None else finish)

@@ -53,8 +53,10 @@ def validate(url: str) -> None:
     """Raise ``ValueError`` with a message naming what is wrong."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
-        raise ValueError("must be a redis://, rediss:// or unix:// URL, or redis+cluster://host:port[,host:port...] "
-                         "for a Redis Cluster")
+        raise ValueError(
+            "must be a redis://, rediss:// or unix:// URL, or redis+cluster://host:port[,host:port...] "
+            "for a Redis Cluster"
+        )
     if scheme in CLUSTER_SCHEMES:
         cluster(url)
 
@@ -91,8 +93,13 @@ def async_client(url: str, **kwargs: Any) -> Any:
         return aioredis.Redis.from_url(url, **kwargs)
     from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], username=target.username,
-                        password=target.password, ssl=target.tls, **kwargs)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **kwargs,
+    )
 
 
 def sync_client(url: str, **kwargs: Any) -> Any:
@@ -104,8 +111,13 @@ def sync_client(url: str, **kwargs: Any) -> Any:
         return redis.Redis.from_url(url, **kwargs)
     from redis.cluster import ClusterNode, RedisCluster
 
-    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], username=target.username,
-                        password=target.password, ssl=target.tls, **kwargs)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **kwargs,
+    )
 
 
 def pubsub_urls(url: str) -> list[str]:

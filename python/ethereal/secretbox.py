@@ -90,7 +90,7 @@ class SecretBox:
         try:
             if not token.startswith(_PREFIX):
                 return self._legacy.decrypt(token.encode()).decode()
-            salt_text, _, body = token[len(_PREFIX):].partition(":")
+            salt_text, _, body = token[len(_PREFIX) :].partition(":")
             if salt_text == _DIRECT:
                 if self._direct is None:
                     raise InvalidToken

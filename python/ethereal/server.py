@@ -51,9 +51,12 @@ class ConnectionLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         return cls(
-            max_header_bytes=settings.max_header_bytes, max_header_fields=settings.max_header_fields,
-            header_timeout=settings.header_timeout, body_idle_timeout=settings.body_idle_timeout,
-            body_min_rate=settings.body_min_rate, keepalive_timeout=settings.keepalive_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_header_fields=settings.max_header_fields,
+            header_timeout=settings.header_timeout,
+            body_idle_timeout=settings.body_idle_timeout,
+            body_min_rate=settings.body_min_rate,
+            keepalive_timeout=settings.keepalive_timeout,
             max_connections=settings.max_connections,
         )
 
@@ -64,8 +67,10 @@ class _HeadTooLarge(Exception):
 
 def _refusal(status: int, reason: bytes, err_type: str, message: str, extra: bytes = b"") -> bytes:
     body = json.dumps({"type": "error", "error": {"type": err_type, "message": message}}).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n%s\r\n" % (status, reason, len(body), extra)) + body
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n%s\r\n" % (status, reason, len(body), extra)
+    ) + body
 
 
 class _Sweeper:
@@ -131,9 +136,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self._refuse(_refusal(503, b"Service Unavailable", "overloaded_error",
-                                  "too many open connections to this gateway worker; retry shortly",
-                                  b"retry-after: 1\r\n"))
+            self._refuse(
+                _refusal(
+                    503,
+                    b"Service Unavailable",
+                    "overloaded_error",
+                    "too many open connections to this gateway worker; retry shortly",
+                    b"retry-after: 1\r\n",
+                )
+            )
             return
         self._sweeper = _sweeper_of(self)
         self._sweeper.add(self)
@@ -171,7 +182,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             room = self.limits.max_header_bytes - self._head_bytes
             if len(data) > room:
                 # feed only what the cap allows: if the head is not complete within it, refuse
-                head, data = data[:max(room, 0)], data[max(room, 0):]
+                head, data = data[: max(room, 0)], data[max(room, 0) :]
                 self._head_bytes += len(head)
                 if head and not self._feed(head):
                     return
@@ -275,8 +286,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._timed_out("request body stalled")
                 return
             elapsed = now - self._phase_started - self._paused_for
-            if (elapsed >= self.limits.body_idle_timeout and self.limits.body_min_rate
-                    and self._body_bytes < self.limits.body_min_rate * elapsed):
+            if (
+                elapsed >= self.limits.body_idle_timeout
+                and self.limits.body_min_rate
+                and self._body_bytes < self.limits.body_min_rate * elapsed
+            ):
                 self._timed_out(f"request body slower than {self.limits.body_min_rate} bytes/s")
 
     def _timed_out(self, message: str) -> None:

@@ -63,12 +63,24 @@ def raise_nofile_limit(want: int = _WANT_FDS) -> tuple[int, int, str]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
         except (ValueError, OSError) as exc:
-            return soft, hard, (f"file-descriptor limit stays at {soft} (raising it to {target} failed: {exc}):"
-                                f" about {int(soft * STREAMS_PER_FD)} concurrent streams per worker at most")
+            return (
+                soft,
+                hard,
+                (
+                    f"file-descriptor limit stays at {soft} (raising it to {target} failed: {exc}):"
+                    f" about {int(soft * STREAMS_PER_FD)} concurrent streams per worker at most"
+                ),
+            )
     if soft < 4096:
-        return soft, hard, (f"file-descriptor limit is {soft} (hard limit {hard}): about"
-                            f" {int(soft * STREAMS_PER_FD)} concurrent streams per worker at most; raise the"
-                            " hard limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=) for more")
+        return (
+            soft,
+            hard,
+            (
+                f"file-descriptor limit is {soft} (hard limit {hard}): about"
+                f" {int(soft * STREAMS_PER_FD)} concurrent streams per worker at most; raise the"
+                " hard limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=) for more"
+            ),
+        )
     return soft, hard, f"file-descriptor limit {soft} (hard {hard})"
 
 
@@ -101,8 +113,13 @@ class GatewayServer(uvicorn.Server):
         if self._drain_until is None and self.drain_delay > 0 and self.started:
             self._drain_until = time.monotonic() + self.drain_delay
             LIFECYCLE.begin_drain()
-            log.warning("signal %d: draining (healthz 503) for %.1f s, then a %.1f s grace period for requests"
-                        " in flight", sig, self.drain_delay, self.grace)
+            log.warning(
+                "signal %d: draining (healthz 503) for %.1f s, then a %.1f s grace period for requests"
+                " in flight",
+                sig,
+                self.drain_delay,
+                self.grace,
+            )
             return
         LIFECYCLE.begin_drain()
         self.should_exit = True  # a second signal (or no drain delay): stop accepting now
@@ -162,19 +179,31 @@ def _config(settings: Settings) -> uvicorn.Config:
     # times out slow clients and bounds open connections per worker (server.py); the workers
     # die with this process (parent_pid), so a SIGKILLed replica leaves nothing behind
     app = observability.wrap(Ethereal(settings, parent_pid=os.getpid()))
-    return uvicorn.Config(app, host=settings.host, port=settings.port, workers=settings.workers,
-                          loop="uvloop", http=protocol_class(ConnectionLimits.from_settings(settings)),
-                          log_level="warning", access_log=False, backlog=2048, lifespan="on",
-                          # no proxy-header layer on every request: the one route that needs a
-                          # client's address reads X-Forwarded-For itself (guards.client_address)
-                          proxy_headers=False,
-                          # WebSocket (the Responses API on /v1/responses, api/responses_ws.py): wsproto,
-                          # whose server supports refusing an upgrade with a plain HTTP answer; messages
-                          # bounded; no per-message deflate (a small compressed frame could inflate
-                          # past any bound before it is counted); pings find peers that went away
-                          ws="wsproto", ws_max_size=settings.ws_max_message_bytes, ws_per_message_deflate=False,
-                          ws_ping_interval=settings.ws_ping_interval, ws_ping_timeout=settings.ws_ping_interval,
-                          timeout_keep_alive=settings.keepalive_timeout)  # type: ignore[arg-type]  # a float works
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http=protocol_class(ConnectionLimits.from_settings(settings)),
+        log_level="warning",
+        access_log=False,
+        backlog=2048,
+        lifespan="on",
+        # no proxy-header layer on every request: the one route that needs a
+        # client's address reads X-Forwarded-For itself (guards.client_address)
+        proxy_headers=False,
+        # WebSocket (the Responses API on /v1/responses, api/responses_ws.py): wsproto,
+        # whose server supports refusing an upgrade with a plain HTTP answer; messages
+        # bounded; no per-message deflate (a small compressed frame could inflate
+        # past any bound before it is counted); pings find peers that went away
+        ws="wsproto",
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_interval,
+        timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]  # a float works
+    )
 
 
 def _worker(config: uvicorn.Config, sock: socket.socket, drain_delay: float, grace: float) -> None:
@@ -210,8 +239,9 @@ class Supervisor:
         self.signals: list[int] = []
 
     def _start(self, sock: socket.socket) -> Any:
-        proc = self.ctx.Process(target=_worker, args=(self.config, sock, self.drain_delay, self.grace),
-                                name="ethereal-worker")
+        proc = self.ctx.Process(
+            target=_worker, args=(self.config, sock, self.drain_delay, self.grace), name="ethereal-worker"
+        )
         proc.start()
         return proc
 

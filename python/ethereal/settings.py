@@ -172,31 +172,86 @@ class Settings:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
 
 
-_INT_FIELDS = {"port": 0, "workers": 1, "max_body_bytes": 1024, "max_attempts": 1,
-               "meter_batch_size": 1, "meter_queue_max": 1, "meter_recent_size": 1,
-               "meter_spool_max_bytes": 1024 * 1024, "meter_segment_bytes": 4096,
-               "batch_max_requests": 1, "batch_max_body_bytes": 1024, "batch_create_bytes": 1024,
-               "max_header_bytes": 1024, "max_header_fields": 8, "body_min_rate": 0, "max_connections": 1,
-               "metrics_port": 1, "estimator_rpm": 1, "admin_auth_failures": 1, "upstream_connections": 1,
-               "ws_max_sockets_per_key": 1, "ws_max_message_bytes": 1024,
-               "reserve_web_searches": 0, "reserve_document_pages": 0, "reserve_pdf_page_tokens": 1}
-_FLOAT_FIELDS = {"connect_timeout": 0.1, "first_byte_timeout": 0.1, "idle_stream_timeout": 0.1,
-                 "failover_deadline": 0.1, "key_cache_ttl": 0.0, "upstream_reload_interval": 0.05,
-                 "upstream_health_poll": 0.05, "upstream_spend_refresh": 0.1,
-                 "upstream_default_retry_after": 0.0, "upstream_backoff_base": 0.0, "upstream_backoff_cap": 0.0,
-                 "upstream_probe_interval": 0.0, "upstream_429_cooldown_cap": 0.0, "upstream_models_interval": 0.0,
-                 "limits_window_seconds": 0.05, "limits_reservation_ttl": 1.0,
-                 "meter_interval": 0.001, "meter_flush_timeout": 0.1, "meter_retry_max": 0.01,
-                 "meter_lookup_wait": 0.0, "batch_poll_interval": 0.05, "key_cache_stale_max": 0.0,
-                 "store_timeout": 0.05,
-                 "header_timeout": 0.1, "body_idle_timeout": 0.1, "keepalive_timeout": 0.1,
-                 "console_session_hours": 0.001, "drain_delay": 0.0, "shutdown_grace": 0.0,
-                 "ws_idle_timeout": 0.1, "ws_ping_interval": 0.1}
+_INT_FIELDS = {
+    "port": 0,
+    "workers": 1,
+    "max_body_bytes": 1024,
+    "max_attempts": 1,
+    "meter_batch_size": 1,
+    "meter_queue_max": 1,
+    "meter_recent_size": 1,
+    "meter_spool_max_bytes": 1024 * 1024,
+    "meter_segment_bytes": 4096,
+    "batch_max_requests": 1,
+    "batch_max_body_bytes": 1024,
+    "batch_create_bytes": 1024,
+    "max_header_bytes": 1024,
+    "max_header_fields": 8,
+    "body_min_rate": 0,
+    "max_connections": 1,
+    "metrics_port": 1,
+    "estimator_rpm": 1,
+    "admin_auth_failures": 1,
+    "upstream_connections": 1,
+    "ws_max_sockets_per_key": 1,
+    "ws_max_message_bytes": 1024,
+    "reserve_web_searches": 0,
+    "reserve_document_pages": 0,
+    "reserve_pdf_page_tokens": 1,
+}
+_FLOAT_FIELDS = {
+    "connect_timeout": 0.1,
+    "first_byte_timeout": 0.1,
+    "idle_stream_timeout": 0.1,
+    "failover_deadline": 0.1,
+    "key_cache_ttl": 0.0,
+    "upstream_reload_interval": 0.05,
+    "upstream_health_poll": 0.05,
+    "upstream_spend_refresh": 0.1,
+    "upstream_default_retry_after": 0.0,
+    "upstream_backoff_base": 0.0,
+    "upstream_backoff_cap": 0.0,
+    "upstream_probe_interval": 0.0,
+    "upstream_429_cooldown_cap": 0.0,
+    "upstream_models_interval": 0.0,
+    "limits_window_seconds": 0.05,
+    "limits_reservation_ttl": 1.0,
+    "meter_interval": 0.001,
+    "meter_flush_timeout": 0.1,
+    "meter_retry_max": 0.01,
+    "meter_lookup_wait": 0.0,
+    "batch_poll_interval": 0.05,
+    "key_cache_stale_max": 0.0,
+    "store_timeout": 0.05,
+    "header_timeout": 0.1,
+    "body_idle_timeout": 0.1,
+    "keepalive_timeout": 0.1,
+    "console_session_hours": 0.001,
+    "drain_delay": 0.0,
+    "shutdown_grace": 0.0,
+    "ws_idle_timeout": 0.1,
+    "ws_ping_interval": 0.1,
+}
 _BOOL_FIELDS = {"limits_fail_open", "limits_per_worker", "auto_cache"}
 _PATH_FIELDS = {"data_dir", "models_file", "meter_spool_dir"}
-_STR_FIELDS = {"host", "database_url", "redis_url", "admin_key", "admin_read_key", "secret_key", "key_prefix", "base_path",
-               "upstream_url", "upstream_key", "log_level", "meter_on_full", "public_url", "log_format",
-               "metrics_token", "trusted_proxies"}
+_STR_FIELDS = {
+    "host",
+    "database_url",
+    "redis_url",
+    "admin_key",
+    "admin_read_key",
+    "secret_key",
+    "key_prefix",
+    "base_path",
+    "upstream_url",
+    "upstream_key",
+    "log_level",
+    "meter_on_full",
+    "public_url",
+    "log_format",
+    "metrics_token",
+    "trusted_proxies",
+}
 
 
 def _coerce(name: str, raw: Any, source: str) -> Any:
@@ -317,7 +372,8 @@ def validate(settings: Settings) -> None:
             f"--workers {settings.workers} without ETHEREAL_REDIS_URL: each worker would keep its own budget, "
             f"rate-window and concurrency counters, so every key could spend {settings.workers}x its budget. "
             "Set ETHEREAL_REDIS_URL (shared, exact limits), run one worker, or set ETHEREAL_LIMITS_PER_WORKER=true "
-            "to accept per-worker limits")
+            "to accept per-worker limits"
+        )
     if settings.upstream_url and not settings.upstream_url.startswith(("http://", "https://")):
         raise SettingsError(f"ETHEREAL_UPSTREAM_URL must be an http(s) URL, got {settings.upstream_url!r}")
     if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
@@ -332,8 +388,9 @@ def validate(settings: Settings) -> None:
     if settings.log_format not in ("text", "json"):
         raise SettingsError(f"ETHEREAL_LOG_FORMAT must be text or json, got {settings.log_format!r}")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-        raise SettingsError(f"ETHEREAL_LOG_LEVEL must be debug, info, warning, error or critical, got"
-                            f" {settings.log_level!r}")
+        raise SettingsError(
+            f"ETHEREAL_LOG_LEVEL must be debug, info, warning, error or critical, got {settings.log_level!r}"
+        )
     if settings.metrics_token is not None and len(settings.metrics_token) < 16:
         raise SettingsError("ETHEREAL_METRICS_TOKEN must be at least 16 characters")
     from ethereal.paths import normalize_base_path
@@ -345,7 +402,9 @@ def validate(settings: Settings) -> None:
     if not settings.key_prefix or len(settings.key_prefix) > 32:
         raise SettingsError("ETHEREAL_KEY_PREFIX must be 1 to 32 characters")
     if settings.meter_on_full not in ("drop", "reject"):
-        raise SettingsError(f"ETHEREAL_METER_ON_FULL must be 'drop' or 'reject', got {settings.meter_on_full!r}")
+        raise SettingsError(
+            f"ETHEREAL_METER_ON_FULL must be 'drop' or 'reject', got {settings.meter_on_full!r}"
+        )
     if settings.meter_queue_max < settings.meter_batch_size:
         raise SettingsError("ETHEREAL_METER_QUEUE_MAX must be >= ETHEREAL_METER_BATCH_SIZE")
     if settings.plans is not None:

@@ -42,12 +42,16 @@ class Usage:
     web_searches: int = 0  # server-side web searches, billed per use
     # with iterations, the token fields are their sums and each iteration is priced at its own model
     iterations: tuple[Iteration, ...] = ()
-    exact: bool = True  # False: estimated (a stream cut before its final usage, an upstream that said nothing)
+    exact: bool = (
+        True  # False: estimated (a stream cut before its final usage, an upstream that said nothing)
+    )
     ttl_assumed: bool = False  # the upstream gave only a cache-write total: billed as 5-minute writes
     served_model: str | None = None  # the model the upstream reports serving (priced by it when it differs)
     speed: str | None = None  # usage.speed: "fast" is billed at the card's fast rate
     inference_geo: str | None = None  # usage.inference_geo: a region the card prices (e.g. "us")
-    service_tier: str | None = None  # usage.service_tier as reported (standard, priority, batch): recorded only
+    service_tier: str | None = (
+        None  # usage.service_tier as reported (standard, priority, batch): recorded only
+    )
 
     @property
     def total_tokens(self) -> int:
@@ -66,18 +70,41 @@ class Usage:
         geo = label(usage.get("inference_geo"))
         tier = label(usage.get("service_tier"))
         if iterations:
-            return cls.summed(iterations, web_searches=searches, served_model=model, speed=speed,
-                              inference_geo=geo, service_tier=tier)
+            return cls.summed(
+                iterations,
+                web_searches=searches,
+                served_model=model,
+                speed=speed,
+                inference_geo=geo,
+                service_tier=tier,
+            )
         c5, c1, assumed = cache_split(usage)
-        return cls(input_tokens=count(usage.get("input_tokens")), output_tokens=count(usage.get("output_tokens")),
-                   cache_5m=c5, cache_1h=c1, cache_read=count(usage.get("cache_read_input_tokens")),
-                   web_searches=searches, ttl_assumed=assumed, served_model=model, speed=speed,
-                   inference_geo=geo, service_tier=tier)
+        return cls(
+            input_tokens=count(usage.get("input_tokens")),
+            output_tokens=count(usage.get("output_tokens")),
+            cache_5m=c5,
+            cache_1h=c1,
+            cache_read=count(usage.get("cache_read_input_tokens")),
+            web_searches=searches,
+            ttl_assumed=assumed,
+            served_model=model,
+            speed=speed,
+            inference_geo=geo,
+            service_tier=tier,
+        )
 
     @classmethod
-    def summed(cls, iterations: list[Iteration], *, web_searches: int = 0, exact: bool = True,
-               served_model: str | None = None, speed: str | None = None,
-               inference_geo: str | None = None, service_tier: str | None = None) -> Usage:
+    def summed(
+        cls,
+        iterations: list[Iteration],
+        *,
+        web_searches: int = 0,
+        exact: bool = True,
+        served_model: str | None = None,
+        speed: str | None = None,
+        inference_geo: str | None = None,
+        service_tier: str | None = None,
+    ) -> Usage:
         inp = out = c5 = c1 = cr = 0
         assumed = False
         for it in iterations:
@@ -87,10 +114,21 @@ class Usage:
             c1 += it.cache_1h
             cr += it.cache_read
             assumed = assumed or it.ttl_assumed
-        return cls(input_tokens=inp, output_tokens=out, cache_5m=c5, cache_1h=c1, cache_read=cr,
-                   web_searches=web_searches, iterations=tuple(iterations), exact=exact, ttl_assumed=assumed,
-                   served_model=served_model, speed=speed, inference_geo=inference_geo,
-                   service_tier=service_tier)
+        return cls(
+            input_tokens=inp,
+            output_tokens=out,
+            cache_5m=c5,
+            cache_1h=c1,
+            cache_read=cr,
+            web_searches=web_searches,
+            iterations=tuple(iterations),
+            exact=exact,
+            ttl_assumed=assumed,
+            served_model=served_model,
+            speed=speed,
+            inference_geo=inference_geo,
+            service_tier=service_tier,
+        )
 
 
 def count(value: Any) -> int:
@@ -143,15 +181,18 @@ def parse_iterations(usage: Any) -> list[Iteration] | None:
             return None
         c5, c1, assumed = cache_split(item)
         model = item.get("model")
-        out.append(Iteration(
-            type=str(item.get("type") or "message")[:64],
-            model=model[:256] if isinstance(model, str) and model else None,
-            input_tokens=count(item.get("input_tokens")),
-            output_tokens=count(item.get("output_tokens")),
-            cache_5m=c5, cache_1h=c1,
-            cache_read=count(item.get("cache_read_input_tokens")),
-            ttl_assumed=assumed,
-        ))
+        out.append(
+            Iteration(
+                type=str(item.get("type") or "message")[:64],
+                model=model[:256] if isinstance(model, str) and model else None,
+                input_tokens=count(item.get("input_tokens")),
+                output_tokens=count(item.get("output_tokens")),
+                cache_5m=c5,
+                cache_1h=c1,
+                cache_read=count(item.get("cache_read_input_tokens")),
+                ttl_assumed=assumed,
+            )
+        )
     return out
 
 

@@ -15,10 +15,19 @@ from tests.procs import REPO, gateway_process
 ADMIN_KEY = "console-admin-" + "k" * 24
 ARTIFACTS = REPO / "artifacts" / "console"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
-MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 32,
-           "messages": [{"role": "user", "content": "hello sim:tokens=5"}]}
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+MESSAGE = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 32,
+    "messages": [{"role": "user", "content": "hello sim:tokens=5"}],
+}
 
 
 @dataclass
@@ -32,8 +41,9 @@ class Console:
         httpx.post(self.sim_url + "/_sim/models", json={"add": list(models)}, timeout=10).raise_for_status()
 
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.url + "/admin/api" + path, headers={"x-api-key": ADMIN_KEY}, timeout=30,
-                             **kw)
+        return httpx.request(
+            method, self.url + "/admin/api" + path, headers={"x-api-key": ADMIN_KEY}, timeout=30, **kw
+        )
 
     def mint(self, **attrs: Any) -> dict[str, Any]:
         resp = self.admin("POST", "/keys", json=attrs)

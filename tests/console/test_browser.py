@@ -52,7 +52,9 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(f"{msg.text} {msg.location}") if msg.type == "error" else None)
+    page.on(
+        "console", lambda msg: errors.append(f"{msg.text} {msg.location}") if msg.type == "error" else None
+    )
 
     # --- sign in
     page.goto(console.url + "/dashboard")
@@ -91,8 +93,10 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     finally:
         stop.set()
         thread.join(timeout=30)
-    checked.append(f"overview requests/min rose {before} → {first} → {second} without a reload while the SDK sent"
-                   f" {sent[0]} requests; tokens and p50 latency shown; live chart drawn")
+    checked.append(
+        f"overview requests/min rose {before} → {first} → {second} without a reload while the SDK sent"
+        f" {sent[0]} requests; tokens and p50 latency shown; live chart drawn"
+    )
 
     # --- mint 3 keys with a budget
     page.goto(console.url + "/dashboard/keys")
@@ -113,6 +117,7 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
         for _ in range(3):
             reply = client.messages.create(**MESSAGE)  # type: ignore[call-overload]
             assert reply.usage.output_tokens == 5
+
     def recorded() -> int | None:
         spend = console.admin("GET", f"/keys/{ids[0]}").json()["spend"]
         return spend["cost_micro"] if spend["requests"] == 3 else None
@@ -126,8 +131,10 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     assert row.locator("meter").first.get_attribute("value") == str(spent)
     assert "never" not in row.inner_text()  # last used is shown
     shot(page, "04-keys-spend")
-    checked.append(f"3 SDK calls with a minted key; the keys page shows its spend (${spent / 1e6:.6f} of $0.05, a"
-                   " budget bar, 3 requests, last used)")
+    checked.append(
+        f"3 SDK calls with a minted key; the keys page shows its spend (${spent / 1e6:.6f} of $0.05, a"
+        " budget bar, 3 requests, last used)"
+    )
 
     # --- revoke it in the page, then the SDK is refused
     page.once("dialog", lambda dialog: dialog.accept())
@@ -168,8 +175,10 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     listed = console.admin("GET", "/keys", params={"limit": 1000}).json()["data"]
     assert sum(1 for k in listed if k["name"] == "=bulk") == 500
     shot(page, "05-keys-mass-minted")
-    checked.append("mass-minted 500 keys in one go; downloaded the CSV: 500 distinct keys, and the last one works"
-                   " with the SDK")
+    checked.append(
+        "mass-minted 500 keys in one go; downloaded the CSV: 500 distinct keys, and the last one works"
+        " with the SDK"
+    )
 
     # --- usage page: filter by key, export
     page.goto(console.url + f"/dashboard/usage?key_id={ids[0]}")
@@ -181,7 +190,9 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     assert csv_resp.status == 200
     lines = csv_resp.text().strip().splitlines()
     assert lines[0].startswith("request_id,") and len(lines) == 4
-    checked.append("usage page filtered by key shows its 3 served requests; CSV export of its 200s has 3 rows")
+    checked.append(
+        "usage page filtered by key shows its 3 served requests; CSV export of its 200s has 3 rows"
+    )
 
     # --- upstreams page
     page.goto(console.url + "/dashboard/upstreams")
@@ -218,8 +229,11 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     gpage.click("form.card button[type=submit]")
     gpage.wait_for_selector("#estimate-result")
     shown = int(gpage.inner_text("#input-tokens"))
-    body = {"model": "estimate", "max_tokens": 400, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": prompt}]}]}
+    body = {
+        "model": "estimate",
+        "max_tokens": 400,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}],
+    }
     assert shown == _native.estimate_tokens(orjson.dumps(body))
     catalog = Registry()
     sonnet = catalog.get("claude-sonnet-4-6")
@@ -239,9 +253,11 @@ def test_operator_session(console: Console, browser: Any, tmp_path: Any) -> None
     assert "held-out" in gpage.inner_text("#accuracy")
     shot(gpage, "09-estimator")
     guest.close()
-    checked.append(f"estimator signed out: {shown} input tokens = _native.estimate_tokens of the same body; Sonnet 4.6"
-                   f" per-call price = metering's cost_micro (${expected / 1e6:.6f}); every catalog model listed;"
-                   f" accuracy table shown; Opus 5.5 counted on the newer tokenizer ({newer}) and priced from it")
+    checked.append(
+        f"estimator signed out: {shown} input tokens = _native.estimate_tokens of the same body; Sonnet 4.6"
+        f" per-call price = metering's cost_micro (${expected / 1e6:.6f}); every catalog model listed;"
+        f" accuracy table shown; Opus 5.5 counted on the newer tokenizer ({newer}) and priced from it"
+    )
 
     assert not errors, f"browser errors: {errors}"
     context.close()

@@ -69,10 +69,16 @@ def test_minted_key_fills_the_snippets(console: Console, browser: Any) -> None:
         assert page.is_visible('button[data-copy-snippet="claude-code"]')
         shot(page, "keys-connect-snippets")
         # the key works as the snippet says: the Claude Code one names the gateway and this key
-        resp = httpx.post(console.url + "/v1/messages", headers={"authorization": f"Bearer {key}",
-                                                                  "anthropic-version": "2023-06-01"},
-                          json={"model": connect.DEFAULT_MODEL, "max_tokens": 16,
-                                "messages": [{"role": "user", "content": "hi sim:tokens=3"}]}, timeout=30)
+        resp = httpx.post(
+            console.url + "/v1/messages",
+            headers={"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"},
+            json={
+                "model": connect.DEFAULT_MODEL,
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi sim:tokens=3"}],
+            },
+            timeout=30,
+        )
         assert resp.status_code == 200, resp.text
     finally:
         context.close()

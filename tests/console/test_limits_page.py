@@ -19,20 +19,36 @@ def test_limits_page_and_key_filters(console: Console) -> None:
     ivy = console.mint(name="ivy-laptop", owner="ivy", teams=["design"])
     console.mint(name="jon-ci", owner="jon", teams=["design", "infra"])
     console.mint(name="kim-ci", owner="kim", teams=["infra"])
-    r = httpx.post(console.url + "/v1/messages", timeout=30,
-                   headers={"x-api-key": ivy["key"], "anthropic-version": "2023-06-01"},
-                   json={"model": "claude-sonnet-4-6", "max_tokens": 16,
-                         "messages": [{"role": "user", "content": "hi sim:tokens=5"}]})
+    r = httpx.post(
+        console.url + "/v1/messages",
+        timeout=30,
+        headers={"x-api-key": ivy["key"], "anthropic-version": "2023-06-01"},
+        json={
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi sim:tokens=5"}],
+        },
+    )
     assert r.status_code == 200, r.text
     client, csrf = session_client(console.url)
     try:
         # what the page's script sends: the Admin API's shape, with the session and the CSRF token
         headers = {"x-csrf-token": csrf, "origin": console.url}
-        for body in ({"amount": "0", "period": "daily", "scope": {"type": "user", "user_id": "ivy"}},
-                     {"amount": "2500", "period": "monthly", "scope": {"type": "rbac_group", "rbac_group_id": "design"}},
-                     {"amount": "90000", "period": "monthly", "shared": True,
-                      "scope": {"type": "rbac_group", "rbac_group_id": "infra"}},
-                     {"amount": "10000", "period": "weekly", "scope": {"type": "organization"}}):
+        for body in (
+            {"amount": "0", "period": "daily", "scope": {"type": "user", "user_id": "ivy"}},
+            {
+                "amount": "2500",
+                "period": "monthly",
+                "scope": {"type": "rbac_group", "rbac_group_id": "design"},
+            },
+            {
+                "amount": "90000",
+                "period": "monthly",
+                "shared": True,
+                "scope": {"type": "rbac_group", "rbac_group_id": "infra"},
+            },
+            {"amount": "10000", "period": "weekly", "scope": {"type": "organization"}},
+        ):
             made = client.post(SPL, json=body, headers=headers)
             assert made.status_code == 200, made.text
         refused = client.post(SPL, json={"amount": "1", "period": "daily", "scope": {"type": "organization"}})

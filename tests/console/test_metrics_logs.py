@@ -42,11 +42,17 @@ class Run:
 def run(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     data_dir = tmp_path_factory.mktemp("metrics")
     metrics_port = free_port()
-    env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_METRICS_TOKEN": METRICS_TOKEN, "ETHEREAL_LOG_FORMAT": "json",
-           "ETHEREAL_METRICS_PORT": str(metrics_port)}
+    env = {
+        "ETHEREAL_ADMIN_KEY": ADMIN_KEY,
+        "ETHEREAL_METRICS_TOKEN": METRICS_TOKEN,
+        "ETHEREAL_LOG_FORMAT": "json",
+        "ETHEREAL_METRICS_PORT": str(metrics_port),
+    }
     with gateway_process(data_dir, sim_url, env=env, workers=2) as url:
         admin = {"x-api-key": ADMIN_KEY}
-        limited = httpx.post(url + "/admin/api/keys", json={"name": "limited", "rpm": 1000}, headers=admin).json()
+        limited = httpx.post(
+            url + "/admin/api/keys", json={"name": "limited", "rpm": 1000}, headers=admin
+        ).json()
         plain = httpx.post(url + "/admin/api/keys", json={"name": "plain"}, headers=admin).json()
         keys = [limited["key"], plain["key"]]
         with anthropic.Anthropic(base_url=url, api_key=keys[0], max_retries=0) as sdk:
@@ -60,23 +66,40 @@ def run(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]
                 with pytest.raises(anthropic.NotFoundError):  # a model no one serves: the upstream's own 404
                     streamer.messages.create(**{**MESSAGE, "model": "made-up-model-x"})  # type: ignore[call-overload]
         for _ in range(N_UNAUTH):
-            assert httpx.post(url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "sk-wrong"}).status_code == 401
+            assert (
+                httpx.post(url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "sk-wrong"}).status_code
+                == 401
+            )
         expected = N_PLAIN + N_STREAM + N_UNKNOWN
         deadline = time.monotonic() + 10
+
         def settled() -> bool:
             m = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-            return (total(m, "ethereal_requests_total") >= expected
-                    and total(m, "ethereal_http_responses_total", status_class="4xx") >= N_UNKNOWN + N_UNAUTH)
+            return (
+                total(m, "ethereal_requests_total") >= expected
+                and total(m, "ethereal_http_responses_total", status_class="4xx") >= N_UNKNOWN + N_UNAUTH
+            )
 
         while not settled():
             assert time.monotonic() < deadline, "the workers' samples never reached the scrape"
             time.sleep(0.05)
-        while sum(row["requests"] for row in httpx.get(url + "/admin/api/usage", params={"group_by": "model"},
-                                                         headers=admin).json()["data"]) < expected:
+        while (
+            sum(
+                row["requests"]
+                for row in httpx.get(
+                    url + "/admin/api/usage", params={"group_by": "model"}, headers=admin
+                ).json()["data"]
+            )
+            < expected
+        ):
             assert time.monotonic() < deadline, "the usage records never reached the database"
             time.sleep(0.05)
-        yield Run(url=url, log=data_dir / f"gateway-{url.rsplit(':', 1)[1]}.log", keys=keys,
-                  metrics_port=metrics_port)
+        yield Run(
+            url=url,
+            log=data_dir / f"gateway-{url.rsplit(':', 1)[1]}.log",
+            keys=keys,
+            metrics_port=metrics_port,
+        )
 
 
 def scrape(url: str, **headers: str) -> dict[str, list[Any]]:
@@ -91,15 +114,20 @@ def scrape(url: str, **headers: str) -> dict[str, list[Any]]:
 def total(families: dict[str, list[Any]], sample: str, **labels: str) -> float:
     for name, samples in families.items():
         del name
-        found = [s.value for s in samples if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())]
+        found = [
+            s.value
+            for s in samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
         if found:
             return float(sum(found))
     return 0.0
 
 
 def test_counters_equal_the_traffic_sent(run: Run) -> None:
-    usage = httpx.get(run.url + "/admin/api/usage", params={"group_by": "model"},
-                      headers={"x-api-key": ADMIN_KEY}).json()
+    usage = httpx.get(
+        run.url + "/admin/api/usage", params={"group_by": "model"}, headers={"x-api-key": ADMIN_KEY}
+    ).json()
     by_model = {row["model"]: row for row in usage["data"]}
     sonnet = by_model["claude-sonnet-4-6"]
     m = scrape(run.url + "/metrics", authorization=f"Bearer {METRICS_TOKEN}")
@@ -107,15 +135,21 @@ def test_counters_equal_the_traffic_sent(run: Run) -> None:
     served = N_PLAIN + N_STREAM
     all_metered = served + N_UNKNOWN
     assert total(m, "ethereal_requests_total", route="messages") == all_metered
-    assert total(m, "ethereal_requests_total", route="messages", status="200",
-                 model="claude-sonnet-4-6") == served
+    assert (
+        total(m, "ethereal_requests_total", route="messages", status="200", model="claude-sonnet-4-6")
+        == served
+    )
     # an unknown model name never becomes a label value of its own
     assert total(m, "ethereal_requests_total", status="404", model="other") == N_UNKNOWN
     assert total(m, "ethereal_request_duration_seconds_count", route="messages") == all_metered
     assert total(m, "ethereal_time_to_first_byte_seconds_count", route="messages") >= N_STREAM
     assert total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="output") == served * 5
-    assert total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="output") == sonnet["output_tokens"]
-    assert total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="input") == sonnet["input_tokens"]
+    assert (
+        total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="output") == sonnet["output_tokens"]
+    )
+    assert (
+        total(m, "ethereal_tokens_total", model="claude-sonnet-4-6", kind="input") == sonnet["input_tokens"]
+    )
     assert total(m, "ethereal_cost_micro_usd_total", model="claude-sonnet-4-6") == sonnet["cost_micro"] > 0
     # a name the registry does not know goes upstream (the upstream's 404 answers it)
     assert total(m, "ethereal_upstream_attempts_total", credential=ENV_NAME) == served + N_UNKNOWN
@@ -131,14 +165,18 @@ def test_counters_equal_the_traffic_sent(run: Run) -> None:
 
 def test_every_worker_is_counted(run: Run) -> None:
     """Scrape several times: each answer, from whichever worker, has the same totals."""
-    seen = {total(scrape(run.url + "/metrics", **{"x-api-key": ADMIN_KEY}), "ethereal_requests_total")
-            for _ in range(6)}
+    seen = {
+        total(scrape(run.url + "/metrics", **{"x-api-key": ADMIN_KEY}), "ethereal_requests_total")
+        for _ in range(6)
+    }
     assert seen == {N_PLAIN + N_STREAM + N_UNKNOWN}
 
 
 def test_metrics_guard(run: Run) -> None:
     assert httpx.get(run.url + "/metrics").status_code == 401
-    assert httpx.get(run.url + "/metrics", headers={"authorization": f"Bearer {run.keys[0]}"}).status_code == 401
+    assert (
+        httpx.get(run.url + "/metrics", headers={"authorization": f"Bearer {run.keys[0]}"}).status_code == 401
+    )
     assert httpx.get(run.url + "/metrics", headers={"authorization": "Bearer " + "m" * 40}).status_code == 401
     # the separate port is open by design (keep it on a private network)
     open_port = scrape(f"http://127.0.0.1:{run.metrics_port}/metrics")

@@ -42,9 +42,12 @@ def test_provisional_badge_and_last_correction(gateway: tuple[Console, Path]) ->
     console, models = gateway
     key = console.mint(name="provisional", budget_usd=10)
     console.sim_serves(UNKNOWN)  # the upstream serves a model the registry does not describe
-    resp = httpx.post(console.url + "/v1/messages", headers={"x-api-key": key["key"], "anthropic-version": "2023-06-01"},
-                      json={"model": UNKNOWN, "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]},
-                      timeout=30)
+    resp = httpx.post(
+        console.url + "/v1/messages",
+        headers={"x-api-key": key["key"], "anthropic-version": "2023-06-01"},
+        json={"model": UNKNOWN, "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
     assert resp.status_code == 200, resp.text
     rid = resp.headers["request-id"]
     usage = httpx.get(f"{console.url}/v1/usage/{rid}", headers={"x-api-key": key["key"]}, timeout=10).json()
@@ -62,7 +65,9 @@ def test_provisional_badge_and_last_correction(gateway: tuple[Console, Path]) ->
         assert UNKNOWN in status["provisional"] and status["last_correction"] is None
 
         models.write_text(DESCRIBED)  # the operator describes the model, then re-prices today
-        out = console.admin("POST", "/models/reprice", json={"since": time.strftime("%Y-%m-%d", time.gmtime())})
+        out = console.admin(
+            "POST", "/models/reprice", json={"since": time.strftime("%Y-%m-%d", time.gmtime())}
+        )
         assert out.status_code == 200, out.text
         result = out.json()
         assert result["records"]["now_exact"] == 1 and result["limiter_keys_moved"] == 1
@@ -71,7 +76,9 @@ def test_provisional_badge_and_last_correction(gateway: tuple[Console, Path]) ->
         assert 'id="last-correction"' in page and "provisional price" not in page
         assert result["registry_version"] in page
         time.sleep(2.1)  # the worker answers its own records from memory for 2 s
-        usage = httpx.get(f"{console.url}/v1/usage/{rid}", headers={"x-api-key": key["key"]}, timeout=10).json()
+        usage = httpx.get(
+            f"{console.url}/v1/usage/{rid}", headers={"x-api-key": key["key"]}, timeout=10
+        ).json()
         assert usage["priced"] == "exact" and usage["rate_card"] == f"{UNKNOWN}@2020-01-01"
         spent = console.admin("GET", f"/keys/{key['id']}").json()["spend"]["cost_micro"]
         assert spent == result["keys"][0]["after_micro"] == usage["cost_micro"]

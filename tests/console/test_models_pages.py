@@ -19,8 +19,12 @@ def test_pages_read_the_registry(console: Console) -> None:
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     console.sim_serves("claude-nova-8")
     for model in ("opus", "claude-nova-8"):  # today's Opus, and a model only the upstream knows
-        r = httpx.post(console.url + "/v1/messages", headers=headers, timeout=30,
-                       json={"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            console.url + "/v1/messages",
+            headers=headers,
+            timeout=30,
+            json={"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 200, r.text
     client, _ = session_client(console.url)
     try:

@@ -25,7 +25,9 @@ def guarded(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def sign_in(url: str, key: str = ADMIN_KEY, **headers: str) -> httpx.Response:
-    return httpx.post(url + "/dashboard/login", data={"admin_key": key}, headers=headers, follow_redirects=False)
+    return httpx.post(
+        url + "/dashboard/login", data={"admin_key": key}, headers=headers, follow_redirects=False
+    )
 
 
 def session_client(url: str) -> tuple[httpx.Client, str]:
@@ -50,7 +52,9 @@ def test_pages_and_their_api_refuse_without_a_session(guarded: Console) -> None:
         assert resp.json()["error"]["type"] == "authentication_error"
     assert httpx.get(guarded.url + "/admin/api/keys").status_code == 401
     # a forged cookie is no session
-    forged = httpx.get(guarded.url + "/dashboard/api/live", cookies={"ethereal_console": "abc.9999999999.xyz"})
+    forged = httpx.get(
+        guarded.url + "/dashboard/api/live", cookies={"ethereal_console": "abc.9999999999.xyz"}
+    )
     assert forged.status_code == 401
 
 
@@ -91,13 +95,19 @@ def test_cross_site_posts_are_refused(guarded: Console) -> None:
         assert bare.status_code == 403 and bare.json()["error"]["type"] == "permission_error"
         wrong = client.post("/admin/api/keys", json={"name": "forged"}, headers={"x-csrf-token": "nope"})
         assert wrong.status_code == 403
-        other_site = client.post("/admin/api/keys", json={"name": "forged"},
-                                 headers={"x-csrf-token": csrf, "origin": "https://evil.example"})
+        other_site = client.post(
+            "/admin/api/keys",
+            json={"name": "forged"},
+            headers={"x-csrf-token": csrf, "origin": "https://evil.example"},
+        )
         assert other_site.status_code == 403
         listed = client.get("/admin/api/keys", headers={"x-csrf-token": csrf}).json()["data"]
         assert all(k["name"] != "forged" for k in listed)
-        same_site = client.post("/admin/api/keys", json={"name": "from-console"},
-                                headers={"x-csrf-token": csrf, "origin": guarded.url})
+        same_site = client.post(
+            "/admin/api/keys",
+            json={"name": "from-console"},
+            headers={"x-csrf-token": csrf, "origin": guarded.url},
+        )
         assert same_site.status_code == 201
         # sign-in from another site's form is refused too
         assert sign_in(guarded.url, origin="https://evil.example").status_code == 403
@@ -128,14 +138,22 @@ def test_estimator_rate_limit_holds(guarded: Console) -> None:
 def test_bad_input_never_500s(guarded: Console) -> None:
     client, _ = session_client(guarded.url)
     try:
-        for query in ("status=abc", "since=yesterday", "status=4xx&until=2026-13-45", "before=x,y", "key_id=" + "k" * 500):
+        for query in (
+            "status=abc",
+            "since=yesterday",
+            "status=4xx&until=2026-13-45",
+            "before=x,y",
+            "key_id=" + "k" * 500,
+        ):
             resp = client.get("/dashboard/usage?" + query)
             assert resp.status_code in (200, 400), (query, resp.status_code)
         assert client.get("/dashboard/keys?state=bogus&plan=nope&after_id=zz").status_code == 200
         assert client.get("/dashboard/static/../routes.py").status_code == 404
     finally:
         client.close()
-    bad = httpx.post(guarded.url + "/dashboard/estimate", content=b"{nope", headers={"content-type": "application/json"})
+    bad = httpx.post(
+        guarded.url + "/dashboard/estimate", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert bad.status_code in (400, 429)
 
 
@@ -157,7 +175,9 @@ def test_console_under_a_base_path(sim_url: str, tmp_path: Path) -> None:
     with gateway_process(tmp_path, sim_url, env=env) as url:
         first = httpx.get(url + "/gw/dashboard", follow_redirects=False)
         assert first.status_code == 303 and first.headers["location"] == "/gw/dashboard/login"
-        signed = httpx.post(url + "/gw/dashboard/login", data={"admin_key": ADMIN_KEY}, follow_redirects=False)
+        signed = httpx.post(
+            url + "/gw/dashboard/login", data={"admin_key": ADMIN_KEY}, follow_redirects=False
+        )
         assert signed.status_code == 303 and signed.headers["location"] == "/gw/dashboard"
         page = httpx.get(url + "/gw/dashboard/keys", cookies=signed.cookies)
         assert page.status_code == 200

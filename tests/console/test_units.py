@@ -22,12 +22,34 @@ from ethereal.storage.records import UsageRecord
 from tests.procs import REPO
 
 
-def rec(i: int, *, at: float, status: int = 200, key: str = "key_a", model: str = "claude-sonnet-4-6",
-        route: str = "messages", duration: float = 100.0) -> UsageRecord:
-    return UsageRecord(request_id=f"req_{i:06d}", key_id=key, credential="c", route=route, model=model,
-                       status=status, stream=False, input_tokens=10, output_tokens=5, cache_read=2,
-                       cache_creation_5m=1, cost_micro=7, ttfb_ms=duration / 2, duration_ms=duration,
-                       started_at=at, ended_at=at + duration / 1000)
+def rec(
+    i: int,
+    *,
+    at: float,
+    status: int = 200,
+    key: str = "key_a",
+    model: str = "claude-sonnet-4-6",
+    route: str = "messages",
+    duration: float = 100.0,
+) -> UsageRecord:
+    return UsageRecord(
+        request_id=f"req_{i:06d}",
+        key_id=key,
+        credential="c",
+        route=route,
+        model=model,
+        status=status,
+        stream=False,
+        input_tokens=10,
+        output_tokens=5,
+        cache_read=2,
+        cache_creation_5m=1,
+        cost_micro=7,
+        ttfb_ms=duration / 2,
+        duration_ms=duration,
+        started_at=at,
+        ended_at=at + duration / 1000,
+    )
 
 
 def test_ring_totals_percentiles_and_bounds() -> None:
@@ -61,15 +83,23 @@ def test_ring_files_are_summed_across_workers(tmp_path: Path) -> None:
         "[r.add(rec(i, at=time.time() - 1)) for i in range(7)]\n"
         "r.enter(); print('ok', flush=True); sys.stdin.read()\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ok"
         mine = live.Ring(tmp_path)
         mine.add(rec(99, at=time.time() - 1))
         snap = live.snapshot(mine)
         assert snap["workers"] == 2 and snap["requests"] == 8 and snap["in_flight"] == 1
-        assert live.in_flight(tmp_path, mine) == 1 and live.in_flight(tmp_path) == 1  # /metrics reads headers only
+        assert (
+            live.in_flight(tmp_path, mine) == 1 and live.in_flight(tmp_path) == 1
+        )  # /metrics reads headers only
         mine.enter()
         assert live.in_flight(tmp_path, mine) == 2
         mine.leave()
@@ -91,8 +121,10 @@ def test_metrics_sums_in_memory_then_writes_what_direct_writes_would() -> None:
     from ethereal.observability.metrics import ADMIT_BUCKETS, LATENCY_BUCKETS, Metrics
 
     edges = [*LATENCY_BUCKETS, 0.0, 1e9]  # a value exactly on a bucket's bound belongs to that bucket
-    records = [rec(i, at=1_800_000_000.0, duration=1000.0 * v, status=200 if i % 3 else 429)
-               for i, v in enumerate(edges)]
+    records = [
+        rec(i, at=1_800_000_000.0, duration=1000.0 * v, status=200 if i % 3 else 429)
+        for i, v in enumerate(edges)
+    ]
     summed, direct = Metrics(Registry()), Metrics(Registry())
 
     async def feed() -> None:  # inside a loop: held until the flush timer, which never fires here
@@ -111,8 +143,10 @@ def test_metrics_sums_in_memory_then_writes_what_direct_writes_would() -> None:
     summed.flush()
     assert _samples(summed.registry_text()) == _samples(direct.registry_text())
     assert _samples(summed.render()) == _samples(direct.render())
-    assert 'ethereal_requests_total{model="claude-sonnet-4-6",route="messages",status="429"} 6.0' \
+    assert (
+        'ethereal_requests_total{model="claude-sonnet-4-6",route="messages",status="429"} 6.0'
         in summed.render().decode()
+    )
 
 
 def test_metrics_written_within_a_flush_interval_inside_the_event_loop() -> None:
@@ -156,8 +190,13 @@ def test_estimator_prices_every_model_from_the_metering_table() -> None:
     assert opus["total_micro"] == round(n * 5 + 1000 * 25)
     assert float(opus["batch"]) == pytest.approx((n * 5 + 1000 * 25) / 2 / 1e6, abs=1e-6)
     assert float(opus["cache_read"]) == pytest.approx((n * 0.5 + 1000 * 25) / 1e6, abs=1e-6)
-    for bad in ({"prompt": ""}, {"prompt": "x", "output_tokens": "-1"}, {"prompt": "x", "images": "1000"},
-                {"prompt": "x", "output_tokens": "lots"}, {"prompt": 5}):
+    for bad in (
+        {"prompt": ""},
+        {"prompt": "x", "output_tokens": "-1"},
+        {"prompt": "x", "images": "1000"},
+        {"prompt": "x", "output_tokens": "lots"},
+        {"prompt": 5},
+    ):
         with pytest.raises(GatewayError) as info:
             est.estimate(bad)
         assert info.value.status == 400
@@ -179,23 +218,36 @@ def test_estimator_lists_todays_models_at_current_cards_and_flags_provisional_on
 
 def test_committed_accuracy_matches_a_fresh_measurement() -> None:
     """The error distribution the estimator page shows is re-measured from the fixtures."""
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "estimator_accuracy.py"), "--check"], check=False,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "estimator_accuracy.py"), "--check"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 
 async def test_usage_queries(store: Any) -> None:
     base = 1_800_000_000.0  # an hour boundary
-    records = [rec(i, at=base + i * 30, key="key_a" if i % 2 else "key_b", status=200 if i % 5 else 429,
-                   route="messages" if i % 3 else "count_tokens") for i in range(240)]  # two hours
+    records = [
+        rec(
+            i,
+            at=base + i * 30,
+            key="key_a" if i % 2 else "key_b",
+            status=200 if i % 5 else 429,
+            route="messages" if i % 3 else "count_tokens",
+        )
+        for i in range(240)
+    ]  # two hours
     await store.insert_usage(records)
 
     page = await store.list_usage(UsageFilter(), limit=10)
     assert [r.request_id for r in page] == [f"req_{i:06d}" for i in range(239, 229, -1)]
     nxt = await store.list_usage(UsageFilter(), limit=10, before=(page[-1].started_at, page[-1].request_id))
     assert nxt[0].request_id == "req_000229"
-    only = await store.list_usage(UsageFilter(key_id="key_a", status_lo=400, status_hi=500, route="messages"),
-                                  limit=500)
+    only = await store.list_usage(
+        UsageFilter(key_id="key_a", status_lo=400, status_hi=500, route="messages"), limit=500
+    )
     expect = [r for r in records if r.key_id == "key_a" and r.status == 429 and r.route == "messages"]
     assert {r.request_id for r in only} == {r.request_id for r in expect}
     window = await store.list_usage(UsageFilter(since=base + 600, until=base + 1200), limit=500)
@@ -221,7 +273,9 @@ def test_text_request_line_is_the_fields_written_as_key_value() -> None:
 
     from ethereal.observability.http import fields_of, text_of
 
-    bare = dataclasses.replace(rec(2, at=1.0), key_id=None, credential=None, ttfb_ms=None, error_type="x", model=None)
+    bare = dataclasses.replace(
+        rec(2, at=1.0), key_id=None, credential=None, ttfb_ms=None, error_type="x", model=None
+    )
     for record in (None, rec(1, at=1.0), bare):
         for request_id in ("req_1", None):
             fields = fields_of("POST", "/v1/" + "m" * 300, 200, 1.23456, request_id, record)
@@ -232,7 +286,7 @@ def test_text_request_line_is_the_fields_written_as_key_value() -> None:
 def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:
     from ethereal.dashboard.routes import csv_cell
 
-    for raw in ("=HYPERLINK(\"http://x\")", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"):
+    for raw in ('=HYPERLINK("http://x")', "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"):
         assert csv_cell(raw) == "'" + raw
     for safe in ("claude-opus-5-5", "req_abc", "", 12, None, 1.5):
         assert csv_cell(safe) == safe
@@ -240,8 +294,13 @@ def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:
 
 def test_estimator_counts_and_prices_each_model_by_its_own_tokenizer() -> None:
     registry = Registry()
-    out = Estimator(registry).estimate({"prompt": "The gateway reserves budget before each call. " * 50,
-                                        "output_tokens": "100", "images": "1"})
+    out = Estimator(registry).estimate(
+        {
+            "prompt": "The gateway reserves budget before each call. " * 50,
+            "output_tokens": "100",
+            "images": "1",
+        }
+    )
     by_id = {m["id"]: m for m in out["models"]}
     older, newer = by_id["claude-sonnet-4-6"], by_id["claude-opus-5-5"]
     assert older["tokenizer"] == 1 and newer["tokenizer"] == 2
@@ -260,7 +319,9 @@ def test_estimator_counts_and_prices_each_model_by_its_own_tokenizer() -> None:
 def test_accuracy_meets_its_targets_on_the_held_out_half() -> None:
     """What the page shows (accuracy.json, held to the code by the test above) meets issue 24's
     targets where the held-out half has requests of the kind, and the admission margin covers."""
-    data = json.loads((REPO / "python" / "ethereal" / "dashboard" / "accuracy.json").read_text(encoding="utf-8"))
+    data = json.loads(
+        (REPO / "python" / "ethereal" / "dashboard" / "accuracy.json").read_text(encoding="utf-8")
+    )
     assert data["split"]["shown"] == "held_out"
     kinds = {k["kind"]: k for k in data["by_kind"]}
     assert {"text", "text_mixed", "client_tools", "media", "server_tools"} <= set(kinds)

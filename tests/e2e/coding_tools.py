@@ -51,8 +51,9 @@ class ToolGateway:
 
     def mint(self, name: str) -> tuple[str, str]:
         """A key for one tool run: (plaintext, key id)."""
-        resp = httpx.post(self.url + "/admin/api/keys", json={"name": name}, headers={"x-api-key": ADMIN_KEY},
-                          timeout=10)
+        resp = httpx.post(
+            self.url + "/admin/api/keys", json={"name": name}, headers={"x-api-key": ADMIN_KEY}, timeout=10
+        )
         resp.raise_for_status()
         body = resp.json()
         return body["key"], body["id"]
@@ -69,8 +70,12 @@ class ToolGateway:
         return lines
 
     def usage_requests(self, key_id: str) -> int:
-        resp = httpx.get(self.url + "/admin/api/usage", params={"group_by": "key_id"},
-                         headers={"x-api-key": ADMIN_KEY}, timeout=10)
+        resp = httpx.get(
+            self.url + "/admin/api/usage",
+            params={"group_by": "key_id"},
+            headers={"x-api-key": ADMIN_KEY},
+            timeout=10,
+        )
         resp.raise_for_status()
         return sum(int(row["requests"]) for row in resp.json()["data"] if row["key_id"] == key_id)
 
@@ -79,15 +84,23 @@ class ToolGateway:
         API counts exactly those; returns the log lines (path, status, request_id, ...)."""
         deadline = time.monotonic() + 15
         while True:
-            lines = [line for line in self.access_lines(key_id) if line.get("path", "").split("?")[0] in API_PATHS]
+            lines = [
+                line for line in self.access_lines(key_id) if line.get("path", "").split("?")[0] in API_PATHS
+            ]
             counted = self.usage_requests(key_id)
             if (len(lines) >= at_least and counted == len(lines)) or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        assert len(lines) >= at_least, f"{len(lines)} requests logged for the key, expected {at_least} or more"
-        assert counted == len(lines), f"admin usage counts {counted} requests, the gateway logged {len(lines)}"
+        assert len(lines) >= at_least, (
+            f"{len(lines)} requests logged for the key, expected {at_least} or more"
+        )
+        assert counted == len(lines), (
+            f"admin usage counts {counted} requests, the gateway logged {len(lines)}"
+        )
         for line in lines:
-            resp = httpx.get(f"{self.url}/v1/usage/{line['request_id']}", headers={"x-api-key": key}, timeout=10)
+            resp = httpx.get(
+                f"{self.url}/v1/usage/{line['request_id']}", headers={"x-api-key": key}, timeout=10
+            )
             assert resp.status_code == 200, (line, resp.text)
             record = resp.json()
             assert record["key_id"] == key_id and record["request_id"] == line["request_id"], record
@@ -106,26 +119,55 @@ def aider_fixture() -> bytes:
     """A recorded-shape stream whose text is an edit of ``notes.txt`` in Aider's whole format."""
     text = f"{AIDER_FILE}\n```\n{AIDER_TEXT}\n```\n"
     events: list[tuple[str, dict[str, Any]]] = [
-        ("message_start", {"type": "message_start", "message": {
-            "model": "claude-sonnet-4-5-20250929", "id": "msg_01AiderEditFixture0000001", "type": "message",
-            "role": "assistant", "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 700, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                      "output_tokens": 1}}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "model": "claude-sonnet-4-5-20250929",
+                    "id": "msg_01AiderEditFixture0000001",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {
+                        "input_tokens": 700,
+                        "cache_creation_input_tokens": 0,
+                        "cache_read_input_tokens": 0,
+                        "output_tokens": 1,
+                    },
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         ("ping", {"type": "ping"}),
     ]
     for piece in (text[:12], text[12:]):
-        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": piece}}))
+        events.append(
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+            )
+        )
     events += [
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                           "usage": {"output_tokens": 14}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 14},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
-    return "".join(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-                   for name, data in events).encode()
+    return "".join(
+        f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n" for name, data in events
+    ).encode()
 
 
 @contextlib.contextmanager
@@ -134,8 +176,10 @@ def tool_gateway(root: Path) -> Iterator[ToolGateway]:
     fixtures.mkdir(parents=True)
     (fixtures / "aider-edit.sse").write_bytes(aider_fixture())
     data_dir = root / "gateway"
-    with start_sim_process(fixtures_dir=str(fixtures)) as (_proc, sim_url), \
-            gateway_process(data_dir, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN_KEY}) as url:
+    with (
+        start_sim_process(fixtures_dir=str(fixtures)) as (_proc, sim_url),
+        gateway_process(data_dir, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN_KEY}) as url,
+    ):
         yield ToolGateway(url=url, sim_url=sim_url, data_dir=data_dir)
 
 
@@ -165,19 +209,38 @@ class Run:
         """A clean environment: none of the machine's provider variables, the snippet's own."""
         keep = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
         env = {k: v for k, v in os.environ.items() if k in keep}
-        env.update({"HOME": str(self.home), "NO_COLOR": "1", "CI": "1",
-                    "XDG_CONFIG_HOME": str(self.home / ".config"), "XDG_DATA_HOME": str(self.home / ".local/share"),
-                    "XDG_CACHE_HOME": str(self.home / ".cache"), "XDG_STATE_HOME": str(self.home / ".local/state")})
+        env.update(
+            {
+                "HOME": str(self.home),
+                "NO_COLOR": "1",
+                "CI": "1",
+                "XDG_CONFIG_HOME": str(self.home / ".config"),
+                "XDG_DATA_HOME": str(self.home / ".local/share"),
+                "XDG_CACHE_HOME": str(self.home / ".cache"),
+                "XDG_STATE_HOME": str(self.home / ".local/state"),
+            }
+        )
         env.update(self.setup.environment(self.key, self.base_url))
         env.update(extra)
         return env
 
-    def run(self, argv: list[str], *, env: dict[str, str] | None = None,
-            timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(argv, cwd=self.project, env=env or self.env(), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout, check=False)
-        assert done.returncode == 0, (f"{argv[0]} exited {done.returncode}\n--- stdout\n{done.stdout[-4000:]}"
-                                      f"\n--- stderr\n{done.stderr[-4000:]}")
+    def run(
+        self, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            argv,
+            cwd=self.project,
+            env=env or self.env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, (
+            f"{argv[0]} exited {done.returncode}\n--- stdout\n{done.stdout[-4000:]}"
+            f"\n--- stderr\n{done.stderr[-4000:]}"
+        )
         return done
 
     def setup_commands(self) -> None:

@@ -74,11 +74,19 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("2 concurrent streams, one 529", ({"fault": "529"},), stream=True, concurrent=2),
     # Claude Code (claude -p): its own retry policy; it fires side requests beside the main one
     Scenario("529", ({"fault": "529"},), clients=("claude-code",)),
-    Scenario("429 retry-after: 1, then 529", ({"fault": "429", "retry_after": 1}, {"fault": "529"}),
-             clients=("claude-code",)),
-    Scenario("500, 529, 500", ({"fault": "500"}, {"fault": "529"}, {"fault": "500"}), clients=("claude-code",)),
-    Scenario("429 ×2, 529 ×3, 500", ({"fault": "429", "retry_after": 1, "count": 2},
-                                     {"fault": "529", "count": 3}, {"fault": "500"}), clients=("claude-code",)),
+    Scenario(
+        "429 retry-after: 1, then 529",
+        ({"fault": "429", "retry_after": 1}, {"fault": "529"}),
+        clients=("claude-code",),
+    ),
+    Scenario(
+        "500, 529, 500", ({"fault": "500"}, {"fault": "529"}, {"fault": "500"}), clients=("claude-code",)
+    ),
+    Scenario(
+        "429 ×2, 529 ×3, 500",
+        ({"fault": "429", "retry_after": 1, "count": 2}, {"fault": "529", "count": 3}, {"fault": "500"}),
+        clients=("claude-code",),
+    ),
 )
 
 
@@ -120,8 +128,12 @@ class Outcome:
         return sum(a.seconds for a in self.attempts)
 
     def cell(self) -> str:
-        wire = f", {len(self.attempts)} attempts, {self.wire_seconds():.2f} s answering" if self.attempts else ""
-        return f"{'ok' if self.ok else 'fail'} {self.seconds:.2f} s{wire}" + (f" ({self.error})" if self.error else "")
+        wire = (
+            f", {len(self.attempts)} attempts, {self.wire_seconds():.2f} s answering" if self.attempts else ""
+        )
+        return f"{'ok' if self.ok else 'fail'} {self.seconds:.2f} s{wire}" + (
+            f" ({self.error})" if self.error else ""
+        )
 
 
 @dataclass
@@ -166,7 +178,9 @@ def median(outcomes: list[Outcome]) -> Outcome:
 
 
 def play(sim_url: str, scenario: Scenario) -> None:
-    control(sim_url, "/_sim/faults", {"clear": True, "faults": [{**f, "paths": "*"} for f in scenario.faults]})
+    control(
+        sim_url, "/_sim/faults", {"clear": True, "faults": [{**f, "paths": "*"} for f in scenario.faults]}
+    )
 
 
 def _error(exc: BaseException) -> str:
@@ -182,17 +196,24 @@ def _python_once(client: str, base: str, key: str, stream: bool) -> None:
                 with sdk.messages.stream(model=MODEL, max_tokens=64, messages=messages) as s:  # type: ignore[arg-type]
                     assert s.get_final_message().content
             else:
-                assert sdk.messages.create(model=MODEL, max_tokens=64,
-                                           messages=messages).content  # type: ignore[arg-type]
+                assert sdk.messages.create(model=MODEL, max_tokens=64, messages=messages).content  # type: ignore[arg-type]
         return
     with openai.OpenAI(base_url=base + "/v1", api_key=key, timeout=60) as oa:
         if stream:
-            text = "".join(c.choices[0].delta.content or "" for c in oa.chat.completions.create(
-                model=MODEL, max_tokens=64, messages=messages, stream=True) if c.choices)  # type: ignore[arg-type]
+            text = "".join(
+                c.choices[0].delta.content or ""
+                for c in oa.chat.completions.create(
+                    model=MODEL, max_tokens=64, messages=messages, stream=True
+                )
+                if c.choices
+            )  # type: ignore[arg-type]
             assert text
         else:
-            assert oa.chat.completions.create(model=MODEL, max_tokens=64,
-                                              messages=messages).choices[0].message.content  # type: ignore[arg-type]
+            assert (
+                oa.chat.completions.create(model=MODEL, max_tokens=64, messages=messages)
+                .choices[0]
+                .message.content
+            )  # type: ignore[arg-type]
 
 
 def run_python(client: str, base: str, key: str, scenario: Scenario) -> Outcome:
@@ -215,11 +236,24 @@ def run_python(client: str, base: str, key: str, scenario: Scenario) -> Outcome:
 
 
 def run_node(client: str, base: str, key: str, scenario: Scenario) -> Outcome:
-    spec = {"sdk": client.removeprefix("node-"), "base": base, "key": key, "stream": scenario.stream,
-            "concurrent": scenario.concurrent, "model": MODEL, "seed": JITTER_SEED}
+    spec = {
+        "sdk": client.removeprefix("node-"),
+        "base": base,
+        "key": key,
+        "stream": scenario.stream,
+        "concurrent": scenario.concurrent,
+        "model": MODEL,
+        "seed": JITTER_SEED,
+    }
     env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
-    done = subprocess.run(["node", str(NODE_CLIENT), json.dumps(spec)], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        ["node", str(NODE_CLIENT), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
     out = json.loads(line)
     if out.get("seconds") is None:
@@ -229,18 +263,41 @@ def run_node(client: str, base: str, key: str, scenario: Scenario) -> Outcome:
 
 def claude_env(home: Path, base: str, key: str, *, bearer: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
-    env.update({"HOME": str(home), "ANTHROPIC_BASE_URL": base, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-                "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1"})
+    env.update(
+        {
+            "HOME": str(home),
+            "ANTHROPIC_BASE_URL": base,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+        }
+    )
     env["ANTHROPIC_AUTH_TOKEN" if bearer else "ANTHROPIC_API_KEY"] = key
     return env
 
 
-def claude(workdir: Path, home: Path, base: str, key: str, prompt: str, *extra: str, bearer: bool = False,
-           env: dict[str, str] | None = None, timeout: float = 180) -> tuple[subprocess.CompletedProcess[str], float]:
+def claude(
+    workdir: Path,
+    home: Path,
+    base: str,
+    key: str,
+    prompt: str,
+    *extra: str,
+    bearer: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.perf_counter()
-    done = subprocess.run([str(CLAUDE), "-p", prompt, *extra], cwd=workdir, capture_output=True, text=True,
-                          env={**claude_env(home, base, key, bearer=bearer), **(env or {})}, timeout=timeout,
-                          check=False)
+    done = subprocess.run(
+        [str(CLAUDE), "-p", prompt, *extra],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**claude_env(home, base, key, bearer=bearer), **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
     return done, time.perf_counter() - t0
 
 
@@ -295,12 +352,22 @@ class TimingRelay:
             with contextlib.suppress(IndexError, ValueError):
                 attempt.status = int(head[0].split(" ", 2)[1])
             fields = (line.split(":", 1) for line in head[1:] if ":" in line)
-            attempt.asks = tuple(sorted((k.strip().lower(), v.strip()) for k, v in fields
-                                        if k.strip().lower() in ("retry-after", "retry-after-ms", "x-should-retry")))
+            attempt.asks = tuple(
+                sorted(
+                    (k.strip().lower(), v.strip())
+                    for k, v in fields
+                    if k.strip().lower() in ("retry-after", "retry-after-ms", "x-should-retry")
+                )
+            )
         attempt.end = now
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool,
-                    connection: list[Attempt]) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: bool,
+        connection: list[Attempt],
+    ) -> None:
         try:
             while chunk := await reader.read(65536):
                 now = time.perf_counter()
@@ -323,8 +390,9 @@ class TimingRelay:
             writer.close()
             return
         connection: list[Attempt] = []
-        await asyncio.gather(self._pipe(reader, up_writer, True, connection),
-                             self._pipe(up_reader, writer, False, connection))
+        await asyncio.gather(
+            self._pipe(reader, up_writer, True, connection), self._pipe(up_reader, writer, False, connection)
+        )
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._handle, sock=self._sock)
@@ -336,9 +404,11 @@ class TimingRelay:
         try:
             yield self
         finally:
+
             async def stop() -> None:
                 if self._server is not None:
                     self._server.close()
+
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
@@ -355,11 +425,19 @@ def run_claude_code(workdir: Path, home: Path, relay: TimingRelay, key: str, sce
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return Outcome(False, seconds if seconds is not None else wall,
-                       f"exit {done.returncode}: {done.stdout[-200:]} {done.stderr[-200:]}", attempts)
+        return Outcome(
+            False,
+            seconds if seconds is not None else wall,
+            f"exit {done.returncode}: {done.stdout[-200:]} {done.stderr[-200:]}",
+            attempts,
+        )
     ok = done.returncode == 0 and not result.get("is_error") and bool(result.get("result"))
-    return Outcome(ok, seconds if seconds is not None else wall,
-                   None if ok else str(result.get("result") or result.get("subtype"))[:80], attempts)
+    return Outcome(
+        ok,
+        seconds if seconds is not None else wall,
+        None if ok else str(result.get("result") or result.get("subtype"))[:80],
+        attempts,
+    )
 
 
 def timeline(outcome: Outcome) -> str:
@@ -367,9 +445,11 @@ def timeline(outcome: Outcome) -> str:
     if not outcome.attempts:
         return "    (nothing seen on the wire)"
     t0 = outcome.attempts[0].start
-    return "\n".join(f"    {a.start - t0:7.2f} s {a.request} -> {a.status or 'no answer'}"
-                     f" {' '.join(f'{k}: {v}' for k, v in a.asks)} ({a.seconds * 1000:.1f} ms)"
-                     for a in outcome.attempts)
+    return "\n".join(
+        f"    {a.start - t0:7.2f} s {a.request} -> {a.status or 'no answer'}"
+        f" {' '.join(f'{k}: {v}' for k, v in a.asks)} ({a.seconds * 1000:.1f} ms)"
+        for a in outcome.attempts
+    )
 
 
 def available() -> str | None:
@@ -385,6 +465,8 @@ def table(rows: list[Row]) -> str:
     lines = ["| scenario | client | direct | through ethereal | rule |", "|---|---|---|---|---|"]
     for r in rows:
         runs = f" ({r.extra['judged']} of {r.extra['runs']})" if r.extra.get("runs") else ""
-        lines.append(f"| {r.scenario.name}{' (stream)' if r.scenario.stream and r.scenario.concurrent == 1 else ''}"
-                     f" | {r.client} | {r.direct.cell()} | {r.ethereal.cell()} | {'pass' if r.passed else 'FAIL'}{runs} |")
+        lines.append(
+            f"| {r.scenario.name}{' (stream)' if r.scenario.stream and r.scenario.concurrent == 1 else ''}"
+            f" | {r.client} | {r.direct.cell()} | {r.ethereal.cell()} | {'pass' if r.passed else 'FAIL'}{runs} |"
+        )
     return "\n".join(lines) + "\n"

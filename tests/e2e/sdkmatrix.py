@@ -17,13 +17,28 @@ from ethereal.models import Registry, Rules
 from tests.procs import REPO
 
 # the models Anthropic serves today (CLAUDE-API-2026-12.md §1), each run by every adapter and SDK
-CURRENT = ["claude-fable-5-2", "claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-opus-5",
-           "claude-opus-4-8", "claude-opus-4-7", "claude-sonnet-5", "claude-sonnet-4-6", "claude-haiku-4-5-20251001"]
+CURRENT = [
+    "claude-fable-5-2",
+    "claude-opus-5-5",
+    "claude-sonnet-5-5",
+    "claude-haiku-5-5",
+    "claude-opus-5",
+    "claude-opus-4-8",
+    "claude-opus-4-7",
+    "claude-sonnet-5",
+    "claude-sonnet-4-6",
+    "claude-haiku-4-5-20251001",
+]
 ALL_EFFORTS = ("low", "medium", "high", "xhigh", "max")
 REGISTRY = Registry()
 WEATHER = {
-    "name": "get_weather", "description": "Get the current weather in a given location",
-    "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    "name": "get_weather",
+    "description": "Get the current weather in a given location",
+    "input_schema": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}},
+        "required": ["location"],
+    },
 }
 
 
@@ -48,9 +63,11 @@ Case = tuple[dict[str, Any], Check]
 
 def succeeded(check: Callable[[dict[str, Any]], Any]) -> Check:
     """A success whose outcome passes ``check`` (truthy)."""
+
     def wrapped(out: dict[str, Any], _: Results) -> None:
         assert out["ok"], out
         assert check(out), out
+
     return wrapped
 
 
@@ -60,8 +77,14 @@ def run_cases(script: Path, url: str, key: str, cases: list[dict[str, Any]], wor
     path = workdir / "cases.json"
     path.write_text(json.dumps(cases))
     started = time.monotonic()
-    done = subprocess.run(["node", str(script), url, key, str(path)], capture_output=True, text=True, timeout=300,
-                          check=False, cwd=REPO / "clients")
+    done = subprocess.run(
+        ["node", str(script), url, key, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO / "clients",
+    )
     assert done.returncode == 0, done.stderr
     print(f"{script.name}: {len(cases)} cases in {time.monotonic() - started:.1f} s")
     return json.loads(done.stdout)  # type: ignore[no-any-return]

@@ -43,10 +43,26 @@ def test_edit_round_trip(aider_gateway: ToolGateway, tmp_path: Path, tool: str) 
     notes.write_text("the first line\n")
     provider = "anthropic" if tool == "aider" else "openai"
     env = run.env(LITELLM_LOCAL_MODEL_COST_MAP="True")  # litellm would download its price list (offline here)
-    done = run.run([str(AIDER), "--model", f"{provider}/{MODEL}", "--edit-format", "whole", "--yes-always",
-                    "--no-git", "--no-check-update", "--no-analytics", "--no-show-model-warnings", "--no-pretty",
-                    "--no-show-release-notes", "--message", "rewrite the notes sim:replay aider-edit", AIDER_FILE],
-                   env=env)
+    done = run.run(
+        [
+            str(AIDER),
+            "--model",
+            f"{provider}/{MODEL}",
+            "--edit-format",
+            "whole",
+            "--yes-always",
+            "--no-git",
+            "--no-check-update",
+            "--no-analytics",
+            "--no-show-model-warnings",
+            "--no-pretty",
+            "--no-show-release-notes",
+            "--message",
+            "rewrite the notes sim:replay aider-edit",
+            AIDER_FILE,
+        ],
+        env=env,
+    )
     assert notes.read_text().rstrip("\n") == AIDER_TEXT, done.stdout[-3000:] + done.stderr[-3000:]
     lines = aider_gateway.assert_metered(run.key, run.key_id, at_least=1)
     assert [line["status"] for line in lines] == ["200"] * len(lines), lines

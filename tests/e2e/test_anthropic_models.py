@@ -69,11 +69,21 @@ def test_messages_stream_and_count(gateway: Gateway, client: anthropic.Anthropic
     assert counted.input_tokens == message.usage.input_tokens
 
     # structured outputs: the answer is JSON the schema accepts
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
-              "additionalProperties": False}
-    structured = client.messages.create(model=model, max_tokens=1024, messages=hi,  # type: ignore[arg-type]
-                                        output_config={"format": {"type": "json_schema", "schema": schema}})
-    assert structured.content[-1].type == "text" and json.loads(structured.content[-1].text).keys() == {"answer"}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    structured = client.messages.create(
+        model=model,
+        max_tokens=1024,
+        messages=hi,  # type: ignore[arg-type]
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+    )
+    assert structured.content[-1].type == "text" and json.loads(structured.content[-1].text).keys() == {
+        "answer"
+    }
 
 
 @pytest.mark.parametrize("model", CURRENT)
@@ -90,25 +100,39 @@ def test_thinking_as_the_model_takes_it(client: anthropic.Anthropic, model: str)
             assert message.content[0].type == "thinking" and message.content[0].signature, (effort, message)
         for effort in sorted(set(ALL_EFFORTS) - set(r.effort_levels)):  # xhigh on the 4.6 models
             levels = ", ".join(f'"{e}"' for e in r.effort_levels)
-            refused(lambda e=effort: create(thinking={"type": "adaptive"}, output_config={"effort": e}),
-                    REGISTRY.error_text("effort_level", effort=effort, levels=levels))
-        with client.messages.stream(model=model, max_tokens=4096, messages=ask,  # type: ignore[arg-type]
-                                    thinking={"type": "adaptive", "display": "summarized"},
-                                    output_config={"effort": r.effort_levels[-1]}) as stream:
+            refused(
+                lambda e=effort: create(thinking={"type": "adaptive"}, output_config={"effort": e}),
+                REGISTRY.error_text("effort_level", effort=effort, levels=levels),
+            )
+        with client.messages.stream(
+            model=model,
+            max_tokens=4096,
+            messages=ask,  # type: ignore[arg-type]
+            thinking={"type": "adaptive", "display": "summarized"},
+            output_config={"effort": r.effort_levels[-1]},
+        ) as stream:
             final = stream.get_final_message()
-        assert final.content[0].type == "thinking" and final.content[0].thinking and final.content[0].signature
+        assert (
+            final.content[0].type == "thinking" and final.content[0].thinking and final.content[0].signature
+        )
     else:
         refused(lambda: create(thinking={"type": "adaptive"}), REGISTRY.error_text("thinking_adaptive"))
     if "enabled" in r.thinking_types:
         message = create(thinking={"type": "enabled", "budget_tokens": 1024})
         assert message.content[0].type == "thinking" and message.content[0].signature
-        with client.messages.stream(model=model, max_tokens=4096, messages=ask,  # type: ignore[arg-type]
-                                    thinking={"type": "enabled", "budget_tokens": 2048}) as stream:
+        with client.messages.stream(
+            model=model,
+            max_tokens=4096,
+            messages=ask,  # type: ignore[arg-type]
+            thinking={"type": "enabled", "budget_tokens": 2048},
+        ) as stream:
             final = stream.get_final_message()
         assert final.content[0].type == "thinking" and final.content[-1].type == "text"
     else:
-        refused(lambda: create(thinking={"type": "enabled", "budget_tokens": 1024}),
-                REGISTRY.error_text("thinking_enabled"))
+        refused(
+            lambda: create(thinking={"type": "enabled", "budget_tokens": 1024}),
+            REGISTRY.error_text("thinking_enabled"),
+        )
     if not r.effort_levels:
         refused(lambda: create(output_config={"effort": "low"}), REGISTRY.error_text("effort_unsupported"))
 
@@ -119,12 +143,16 @@ def test_thinking_as_the_model_takes_it(client: anthropic.Anthropic, model: str)
         off = create(thinking={"type": r.thinking_off})
         assert [b.type for b in off.content] == ["text"], off.content
         if r.thinking_off == "between_tools":
-            refused(lambda: create(thinking={"type": "disabled"}),
-                    REGISTRY.error_text("thinking_disabled_between_tools"))
+            refused(
+                lambda: create(thinking={"type": "disabled"}),
+                REGISTRY.error_text("thinking_disabled_between_tools"),
+            )
         if r.thinking_off_max_effort is not None:
             over = r.effort_levels[r.effort_levels.index(r.thinking_off_max_effort) + 1]
-            refused(lambda: create(thinking={"type": r.thinking_off}, output_config={"effort": over}),
-                    REGISTRY.error_text("thinking_off_effort", type=r.thinking_off, effort=over))
+            refused(
+                lambda: create(thinking={"type": r.thinking_off}, output_config={"effort": over}),
+                REGISTRY.error_text("thinking_off_effort", type=r.thinking_off, effort=over),
+            )
 
 
 @pytest.mark.parametrize("model", CURRENT)
@@ -132,34 +160,66 @@ def test_tool_round_trip_with_thinking(client: anthropic.Anthropic, model: str) 
     r = rules(model)
     on = thinking_of(model)
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris? sim:tools=1"}]
-    with client.messages.stream(model=model, max_tokens=4096, tools=[WEATHER],  # type: ignore[list-item]
-                                messages=messages, **on) as stream:
+    with client.messages.stream(
+        model=model,
+        max_tokens=4096,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=messages,
+        **on,
+    ) as stream:
         first = stream.get_final_message()
     assert first.stop_reason == "tool_use" and first.content[0].type == "thinking"
     calls = [b for b in first.content if b.type == "tool_use"]
     assert len(calls) == 1 and calls[0].name == "get_weather" and "location" in calls[0].input  # type: ignore[operator]
     # the assistant turn goes back whole, its thinking block first, as the API requires
-    messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]})
-    messages.append({"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": calls[0].id, "content": "18C and sunny"}]})
-    second = client.messages.create(model=model, max_tokens=4096, tools=[WEATHER],  # type: ignore[list-item]
-                                    messages=messages, **on)
+    messages.append(
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]}
+    )
+    messages.append(
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": calls[0].id, "content": "18C and sunny"}],
+        }
+    )
+    second = client.messages.create(
+        model=model,
+        max_tokens=4096,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=messages,
+        **on,
+    )
     assert second.stop_reason == "end_turn" and second.content[-1].type == "text" and second.content[-1].text
 
     # forced tool_choice: refused outright, or refused with thinking on, or taken with thinking off
     ask = [{"role": "user", "content": "Weather in Paris?"}]
-    forced: dict[str, Any] = {"model": model, "max_tokens": 1024, "tools": [WEATHER], "messages": ask,
-                              "tool_choice": {"type": "any"}}
+    forced: dict[str, Any] = {
+        "model": model,
+        "max_tokens": 1024,
+        "tools": [WEATHER],
+        "messages": ask,
+        "tool_choice": {"type": "any"},
+    }
     if not r.forced_tool_choice:
         refused(lambda: client.messages.create(**forced), REGISTRY.error_text("forced_tool_choice"))
-        refused(lambda: client.messages.count_tokens(model=model, messages=ask, tools=[WEATHER],  # type: ignore
-                                                     tool_choice={"type": "any"}),
-                REGISTRY.error_text("forced_tool_choice"))
+        refused(
+            lambda: client.messages.count_tokens(
+                model=model,
+                messages=ask,
+                tools=[WEATHER],  # type: ignore
+                tool_choice={"type": "any"},
+            ),
+            REGISTRY.error_text("forced_tool_choice"),
+        )
         return
     if r.thinking_off != "none" and not r.forced_tool_with_thinking:
-        refused(lambda: client.messages.create(**forced, **on), REGISTRY.error_text("forced_tool_with_thinking"))
-    off = {"thinking": {"type": "disabled"}} if r.thinking_default == "adaptive" and r.thinking_off == "disabled" \
+        refused(
+            lambda: client.messages.create(**forced, **on), REGISTRY.error_text("forced_tool_with_thinking")
+        )
+    off = (
+        {"thinking": {"type": "disabled"}}
+        if r.thinking_default == "adaptive" and r.thinking_off == "disabled"
         else {}
+    )
     message = client.messages.create(**forced, **off)
     assert message.stop_reason == "tool_use" and [b.type for b in message.content] == ["tool_use"]
 
@@ -176,7 +236,9 @@ def test_sampling_and_prefill_rules(client: anthropic.Anthropic, model: str) -> 
 
     assert create(temperature=1.0).content  # the default is always accepted
     if r.sampling == "default_only":
-        refused(lambda: create(temperature=0.3), REGISTRY.error_text("sampling_deprecated", param="temperature"))
+        refused(
+            lambda: create(temperature=0.3), REGISTRY.error_text("sampling_deprecated", param="temperature")
+        )
         refused(lambda: create(top_p=0.5), REGISTRY.error_text("sampling_deprecated", param="top_p"))
     else:
         assert create(temperature=0.3).content and create(top_p=0.5).content

@@ -38,15 +38,35 @@ def test_api_key_and_a_tool_round_trip(gateway: Gateway, dirs: tuple[Path, Path]
     notes = work / "notes.txt"
     notes.write_text("the gateway relayed this file's contents\n")
     prompt = f'read the notes sim:tool=Read sim:tool_input={{"file_path":"{notes}"}}'
-    done, _ = fm.claude(work, home, gateway.url, gateway.key, prompt, "--allowedTools", "Read",
-                        "--output-format", "stream-json", "--verbose")
+    done, _ = fm.claude(
+        work,
+        home,
+        gateway.url,
+        gateway.key,
+        prompt,
+        "--allowedTools",
+        "Read",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     seen = events(done.stdout)
-    calls = [b for e in seen if e.get("type") == "assistant" for b in e["message"]["content"]
-             if b.get("type") == "tool_use"]
+    calls = [
+        b
+        for e in seen
+        if e.get("type") == "assistant"
+        for b in e["message"]["content"]
+        if b.get("type") == "tool_use"
+    ]
     assert calls and calls[0]["name"] == "Read" and calls[0]["input"] == {"file_path": str(notes)}
-    results = [b for e in seen if e.get("type") == "user" for b in e["message"]["content"]
-               if isinstance(b, dict) and b.get("type") == "tool_result"]
+    results = [
+        b
+        for e in seen
+        if e.get("type") == "user"
+        for b in e["message"]["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_result"
+    ]
     assert results and "the gateway relayed this file's contents" in json.dumps(results[0]["content"])
     final = seen[-1]
     assert final["type"] == "result" and final["subtype"] == "success" and final["result"]
@@ -54,9 +74,18 @@ def test_api_key_and_a_tool_round_trip(gateway: Gateway, dirs: tuple[Path, Path]
 
 def test_auth_token_and_thinking(gateway: Gateway, dirs: tuple[Path, Path]) -> None:
     home, work = dirs
-    done, _ = fm.claude(work, home, gateway.url, gateway.key, "think first, then say hi sim:tool=none",
-                        "--output-format", "stream-json", "--verbose", bearer=True,
-                        env={"MAX_THINKING_TOKENS": "2048"})
+    done, _ = fm.claude(
+        work,
+        home,
+        gateway.url,
+        gateway.key,
+        "think first, then say hi sim:tool=none",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        bearer=True,
+        env={"MAX_THINKING_TOKENS": "2048"},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     blocks = [b for e in events(done.stdout) if e.get("type") == "assistant" for b in e["message"]["content"]]
     thinking = [b for b in blocks if b.get("type") == "thinking"]
@@ -74,12 +103,25 @@ def test_short_model_name_goes_upstream_as_todays_model(gateway: Gateway, dirs: 
 
     home, work = dirs
     before = {r["request_id"] for r in control(gateway.sim_url, "/_sim/seen")["requests"]}
-    done, _ = fm.claude(work, home, gateway.url, gateway.key, "say hi sim:tool=none", "--model", "opus",
-                        "--output-format", "stream-json", "--verbose")
+    done, _ = fm.claude(
+        work,
+        home,
+        gateway.url,
+        gateway.key,
+        "say hi sim:tool=none",
+        "--model",
+        "opus",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     final = events(done.stdout)[-1]
     assert final["type"] == "result" and final["subtype"] == "success" and final["result"]
-    seen = [r["model"] for r in control(gateway.sim_url, "/_sim/seen")["requests"]
-            if r["request_id"] not in before and r["path"] == "/v1/messages"]
+    seen = [
+        r["model"]
+        for r in control(gateway.sim_url, "/_sim/seen")["requests"]
+        if r["request_id"] not in before and r["path"] == "/v1/messages"
+    ]
     assert Registry().short_names["opus"] == "claude-opus-5-5"
     assert "claude-opus-5-5" in seen and "opus" not in seen, seen

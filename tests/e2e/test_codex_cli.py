@@ -51,9 +51,15 @@ def codex_exec(home: Path, workdir: Path, key: str, prompt: str, *extra: str) ->
     env.update({"CODEX_HOME": str(home), "ETHEREAL_CODEX_KEY": key, "NO_COLOR": "1"})
     proc = subprocess.run(
         [str(CODEX), "exec", "--skip-git-repo-check", "--json", "-C", str(workdir), *extra, prompt],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180, check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=180,
+        check=False,
     )
-    assert proc.returncode == 0, f"codex exited {proc.returncode}\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
+    assert proc.returncode == 0, (
+        f"codex exited {proc.returncode}\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
+    )
     return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("{")]
 
 
@@ -129,10 +135,14 @@ def test_tool_round_trip_on_opus_5_5(codex_home: Path, tmp_path: Path, gateway: 
     assert usage["reasoning_output_tokens"] > 0 and usage["cached_input_tokens"] > 0
 
     def ours(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [line for line in lines if line.get("key_id") == record.id and line.get("path") == "/v1/responses"]
+        return [
+            line for line in lines if line.get("key_id") == record.id and line.get("path") == "/v1/responses"
+        ]
 
     served = ours(access_lines(log, offset, until=lambda lines: len(ours(lines)) >= 2))
-    assert [(str(line["status"]), line["model"]) for line in served] == [("200", "claude-opus-5-5")] * 2, served
+    assert [(str(line["status"]), line["model"]) for line in served] == [("200", "claude-opus-5-5")] * 2, (
+        served
+    )
 
 
 # --- the built-in provider: what most users configure (``openai_base_url``) -------------------------------
@@ -160,7 +170,9 @@ def gateway_log(gateway: Gateway) -> Path:
     return next(gateway.data_dir.glob("gateway-*.log"))
 
 
-def access_lines(path: Path, offset: int, *, until: Any = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+def access_lines(
+    path: Path, offset: int, *, until: Any = None, timeout: float = 10.0
+) -> list[dict[str, Any]]:
     """The JSON request log lines written after ``offset`` (waiting for the writer to flush until
     ``until(lines)`` holds)."""
     import time
@@ -182,12 +194,18 @@ def access_lines(path: Path, offset: int, *, until: Any = None, timeout: float =
         time.sleep(0.1)
 
 
-def codex_builtin(home: Path, workdir: Path, key: str, prompt: str, *extra: str) -> tuple[list[dict[str, Any]], str]:
+def codex_builtin(
+    home: Path, workdir: Path, key: str, prompt: str, *extra: str
+) -> tuple[list[dict[str, Any]], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEX_", "ANTHROPIC_"))}
     env.update({"CODEX_HOME": str(home), "CODEX_API_KEY": key, "NO_COLOR": "1"})
     proc = subprocess.run(
         [str(CODEX), "exec", "--skip-git-repo-check", "--json", "-C", str(workdir), *extra, prompt],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180, check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=180,
+        check=False,
     )
     out, err = proc.stdout.decode(), proc.stderr.decode()
     assert proc.returncode == 0, f"codex exited {proc.returncode}\n{out}\n{err}"

@@ -43,30 +43,48 @@ class Case:
     env: tuple[tuple[str, str], ...] = ()  # test-only hygiene on an offline machine, not set-up
 
 
-OPENCODE = Case(lambda p: ["opencode", "run", "--format", "json", p], "write",
-                lambda f: {"filePath": str(f), "content": TEXT},
-                (("OPENCODE_DISABLE_MODELS_FETCH", "1"),))  # no models.dev download attempt (offline)
-CONTINUE = Case(lambda p: ["cn", "-p", "--auto", "--config", "~/.continue/config.yaml", p], "Write",
-                lambda f: {"filepath": str(f), "content": TEXT},
-                (("CONTINUE_CLI_ENABLE_TELEMETRY", "0"),))
+OPENCODE = Case(
+    lambda p: ["opencode", "run", "--format", "json", p],
+    "write",
+    lambda f: {"filePath": str(f), "content": TEXT},
+    (("OPENCODE_DISABLE_MODELS_FETCH", "1"),),
+)  # no models.dev download attempt (offline)
+CONTINUE = Case(
+    lambda p: ["cn", "-p", "--auto", "--config", "~/.continue/config.yaml", p],
+    "Write",
+    lambda f: {"filepath": str(f), "content": TEXT},
+    (("CONTINUE_CLI_ENABLE_TELEMETRY", "0"),),
+)
 
 CASES: dict[str, Case] = {
     # Claude Code refuses --dangerously-skip-permissions as root (CI): the tool is allowed by name
-    "claude-code": Case(lambda p: ["claude", "-p", p, "--allowedTools", "Write", "--output-format", "json"], "Write",
-                        lambda f: {"file_path": str(f), "content": TEXT},
-                        (("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"), ("DISABLE_AUTOUPDATER", "1"))),
-    "codex": Case(lambda p: ["codex", "exec", "--skip-git-repo-check", "--json", "-s", "workspace-write", p],
-                  "exec_command", lambda f: {"cmd": f"printf '{TEXT}' > {f.name}"}),
+    "claude-code": Case(
+        lambda p: ["claude", "-p", p, "--allowedTools", "Write", "--output-format", "json"],
+        "Write",
+        lambda f: {"file_path": str(f), "content": TEXT},
+        (("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"), ("DISABLE_AUTOUPDATER", "1")),
+    ),
+    "codex": Case(
+        lambda p: ["codex", "exec", "--skip-git-repo-check", "--json", "-s", "workspace-write", p],
+        "exec_command",
+        lambda f: {"cmd": f"printf '{TEXT}' > {f.name}"},
+    ),
     "opencode": OPENCODE,
     "opencode-openai": OPENCODE,
     "opencode-compatible": OPENCODE,
     "continue": CONTINUE,
     "continue-openai": CONTINUE,
-    "qwen-code": Case(lambda p: ["qwen", "--auth-type", "openai", "--approval-mode", "yolo", "-o", "json", "-p", p],
-                      "write_file", lambda f: {"file_path": str(f), "content": TEXT},
-                      (("QWEN_CODE_SUPPRESS_YOLO_WARNING", "1"),)),
-    "kilo-code": Case(lambda p: ["kilo", "run", "--format", "json", p], "write",
-                      lambda f: {"filePath": str(f), "content": TEXT}),
+    "qwen-code": Case(
+        lambda p: ["qwen", "--auth-type", "openai", "--approval-mode", "yolo", "-o", "json", "-p", p],
+        "write_file",
+        lambda f: {"file_path": str(f), "content": TEXT},
+        (("QWEN_CODE_SUPPRESS_YOLO_WARNING", "1"),),
+    ),
+    "kilo-code": Case(
+        lambda p: ["kilo", "run", "--format", "json", p],
+        "write",
+        lambda f: {"filePath": str(f), "content": TEXT},
+    ),
     "cline": Case(lambda p: ["cline", "--json", p], "editor", lambda f: {"path": str(f), "new_text": TEXT}),
 }
 
@@ -79,8 +97,9 @@ def test_tool_round_trip(tools_gateway: ToolGateway, tmp_path: Path, tool: str) 
     target = run.project / "written.txt"
     prompt = f"{scripted(case.tool, case.arguments(target))} write the file"
     argv = case.argv(prompt)
-    argv = [str(NODE_BIN / argv[0])] + [a.replace("~/", f"{run.home}/", 1) if a.startswith("~/") else a
-                                        for a in argv[1:]]
+    argv = [str(NODE_BIN / argv[0])] + [
+        a.replace("~/", f"{run.home}/", 1) if a.startswith("~/") else a for a in argv[1:]
+    ]
     done = run.run(argv, env=run.env(**dict(case.env)))
     assert target.exists(), f"{tool} did not write the file\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert target.read_text().rstrip("\n") == TEXT

@@ -26,32 +26,49 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "Get the current weather in a given location",
-        "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                       "required": ["location"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}},
+            "required": ["location"],
+        },
     },
 }
 
 
 def complete(gateway: Gateway, **kw: Any) -> Any:
     litellm.telemetry = False
-    return litellm.completion(model="openai/claude-sonnet-4-6", api_base=gateway.url + "/v1", api_key=gateway.key,
-                              num_retries=0, **kw)
+    return litellm.completion(
+        model="openai/claude-sonnet-4-6",
+        api_base=gateway.url + "/v1",
+        api_key=gateway.key,
+        num_retries=0,
+        **kw,
+    )
 
 
 def test_chat_and_stream(gateway: Gateway) -> None:
     response = complete(gateway, messages=[{"role": "user", "content": "Hello"}], max_tokens=64)
     assert response.choices[0].message.content and response.usage.total_tokens > 0
-    chunks = list(complete(gateway, messages=[{"role": "user", "content": "Stream it"}], stream=True,
-                           stream_options={"include_usage": True}))
+    chunks = list(
+        complete(
+            gateway,
+            messages=[{"role": "user", "content": "Stream it"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     rebuilt = litellm.stream_chunk_builder(chunks)
     assert rebuilt.choices[0].message.content
     assert rebuilt.choices[0].message.content == "".join(
-        c.choices[0].delta.content or "" for c in chunks if c.choices)
+        c.choices[0].delta.content or "" for c in chunks if c.choices
+    )
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_parallel_tool_conversation(gateway: Gateway, stream: bool) -> None:
-    messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris and in Oslo? sim:tools=2"}]
+    messages: list[Any] = [
+        {"role": "user", "content": "What is the weather in Paris and in Oslo? sim:tools=2"}
+    ]
     if stream:
         chunks = list(complete(gateway, messages=messages, tools=[WEATHER], max_tokens=512, stream=True))
         first = litellm.stream_chunk_builder(chunks, messages=messages)

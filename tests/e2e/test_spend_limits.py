@@ -94,8 +94,11 @@ def gw(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
 
 
 def big(client: anthropic.Anthropic) -> Any:
-    return client.messages.create(model="claude-sonnet-4-6", max_tokens=4096,
-                                  messages=[{"role": "user", "content": "write at length " + BIG}])
+    return client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=4096,
+        messages=[{"role": "user", "content": "write at length " + BIG}],
+    )
 
 
 def key_id_of(gw: Gw, plaintext: str) -> str:
@@ -114,16 +117,19 @@ def test_person_daily_cap_sdk_and_claude_code(gw: Gw, tmp_path: Path) -> None:
     home.mkdir()
     work.mkdir()
     # the first requests go through: Claude Code, then the SDK until the cap is spent
-    done, _ = fm.claude(work, home, gw.url, cc_key, "say hi sim:tool=none", "--model", "haiku",
-                        "--output-format", "text")
+    done, _ = fm.claude(
+        work, home, gw.url, cc_key, "say hi sim:tool=none", "--model", "haiku", "--output-format", "text"
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     ann = gw.sdk(sdk_key)
     served = 0
     with pytest.raises(anthropic.RateLimitError) as info:
         for _ in range(20):
             reply = ann.messages.with_raw_response.create(
-                model="claude-sonnet-4-6", max_tokens=4096,
-                messages=[{"role": "user", "content": "write at length " + BIG}])
+                model="claude-sonnet-4-6",
+                max_tokens=4096,
+                messages=[{"role": "user", "content": "write at length " + BIG}],
+            )
             util = float(reply.headers["ethereal-spend-limit-utilization"])
             assert reply.headers["ethereal-spend-limit-period"] == "daily" and 0 <= util < 1
             served += 1
@@ -136,26 +142,45 @@ def test_person_daily_cap_sdk_and_claude_code(gw: Gw, tmp_path: Path) -> None:
     assert err.response.headers["x-should-retry"] == "false"
     assert abs(int(err.response.headers["retry-after"]) - (period_end("daily", now) - now)) <= 5
     # a served response says how full the fullest cap is
-    raw = gw.client.post(gw.url + "/v1/messages", headers={"x-api-key": bob_key, "anthropic-version": "2023-06-01"},
-                         json={"model": "claude-sonnet-4-6", "max_tokens": 16,
-                               "messages": [{"role": "user", "content": "hi sim:tool=none"}]})
+    raw = gw.client.post(
+        gw.url + "/v1/messages",
+        headers={"x-api-key": bob_key, "anthropic-version": "2023-06-01"},
+        json={
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi sim:tool=none"}],
+        },
+    )
     assert raw.status_code == 200 and "ethereal-spend-limit-utilization" not in raw.headers  # bob: no cap
     # count_tokens is never blocked
-    counted = ann.messages.count_tokens(model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}])
+    counted = ann.messages.count_tokens(
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}]
+    )
     assert counted.input_tokens > 0
     # another person is unaffected
     assert big(gw.sdk(bob_key)).content
     # Claude Code over the cap: shows the message, sends nothing again
     cc_id = key_id_of(gw, cc_key)
     before = [r for r in gw.records(cc_id) if r.status == 429]
-    done, took = fm.claude(work, home, gw.url, cc_key, "say hi again sim:tool=none", "--model", "haiku",
-                           "--output-format", "text")
+    done, took = fm.claude(
+        work,
+        home,
+        gw.url,
+        cc_key,
+        "say hi again sim:tool=none",
+        "--model",
+        "haiku",
+        "--output-format",
+        "text",
+    )
     assert done.returncode != 0
     shown = done.stdout + done.stderr
     assert "spend limit reached (daily; resets" in shown, shown[-2000:]
     time.sleep(0.3)  # the meter's flush
-    refused = [r for r in gw.records(cc_id) if r.status == 429][len(before):]
-    assert 1 <= len(refused) <= 2, [(r.route, r.error_type) for r in refused]  # the side and main requests, once
+    refused = [r for r in gw.records(cc_id) if r.status == 429][len(before) :]
+    assert 1 <= len(refused) <= 2, [
+        (r.route, r.error_type) for r in refused
+    ]  # the side and main requests, once
     assert all(r.error_type == "billing_error" for r in refused)
     assert took < 60
     # deleting the cap lets ann through again within a second
@@ -163,8 +188,11 @@ def test_person_daily_cap_sdk_and_claude_code(gw: Gw, tmp_path: Path) -> None:
     t0 = time.monotonic()
     while True:
         try:
-            ann.messages.create(model="claude-sonnet-4-6", max_tokens=16,
-                                messages=[{"role": "user", "content": "hi sim:tool=none"}])
+            ann.messages.create(
+                model="claude-sonnet-4-6",
+                max_tokens=16,
+                messages=[{"role": "user", "content": "hi sim:tool=none"}],
+            )
             break
         except anthropic.RateLimitError:
             assert time.monotonic() - t0 < 1.0
@@ -206,8 +234,14 @@ def test_codex_over_a_cap(gw: Gw, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEX_", "ANTHROPIC_"))}
     env.update({"CODEX_HOME": str(home), "ETHEREAL_CODEX_KEY": key, "NO_COLOR": "1"})
     t0 = time.monotonic()
-    proc = subprocess.run([str(CODEX), "exec", "--skip-git-repo-check", "-C", str(tmp_path), "say hi sim:tools=0"],
-                          env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180, check=False)
+    proc = subprocess.run(
+        [str(CODEX), "exec", "--skip-git-repo-check", "-C", str(tmp_path), "say hi sim:tools=0"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
     took = time.monotonic() - t0
     shown = proc.stdout.decode() + proc.stderr.decode()
     assert proc.returncode != 0, shown[-3000:]
@@ -215,19 +249,32 @@ def test_codex_over_a_cap(gw: Gw, tmp_path: Path) -> None:
     # Dec 8th, 2026 12:00 AM."
     assert "hit your usage limit" in shown, shown[-3000:]
     reset = datetime.fromtimestamp(period_end("daily", time.time()), UTC).astimezone()
-    assert f"Try again at {reset:%b} {reset.day}" in shown and reset.strftime("%-I:%M %p") in shown, shown[-3000:]
+    assert f"Try again at {reset:%b} {reset.day}" in shown and reset.strftime("%-I:%M %p") in shown, shown[
+        -3000:
+    ]
     time.sleep(0.3)
     refused = [r for r in gw.records(key_id_of(gw, key)) if r.status == 429]
-    assert len(refused) == 1 and refused[0].error_type == "billing_error", [(r.route, r.status) for r in refused]
+    assert len(refused) == 1 and refused[0].error_type == "billing_error", [
+        (r.route, r.status) for r in refused
+    ]
     assert took < 60
     # the chat route answers the same body and headers
-    chat = gw.client.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                          json={"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}]})
+    chat = gw.client.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert chat.status_code == 429 and chat.headers["x-should-retry"] == "false"
     reset = int(period_end("daily", time.time()))
-    assert chat.json() == {"error": {"type": "usage_limit_reached", "code": "spend_limit_reached", "param": None,
-                                     "message": f"spend limit reached (daily; resets {reset_text('daily', time.time())})",
-                                     "resets_at": reset}}
+    assert chat.json() == {
+        "error": {
+            "type": "usage_limit_reached",
+            "code": "spend_limit_reached",
+            "param": None,
+            "message": f"spend limit reached (daily; resets {reset_text('daily', time.time())})",
+            "resets_at": reset,
+        }
+    }
     assert abs(int(chat.headers["retry-after"]) - (reset - time.time())) <= 5
 
 
@@ -238,9 +285,17 @@ def test_batches_held_against_the_cap(gw: Gw) -> None:
     client = gw.sdk(gw.mint(owner="bea"))
 
     def items(n: int) -> list[dict[str, Any]]:  # each holds 4,096 output tokens at half price: ~3 cents
-        return [{"custom_id": f"i{i}", "params": {"model": "claude-sonnet-4-6", "max_tokens": 4096,
-                                                   "messages": [{"role": "user", "content": f"item {i} sim:tokens=50"}]}}
-                for i in range(n)]
+        return [
+            {
+                "custom_id": f"i{i}",
+                "params": {
+                    "model": "claude-sonnet-4-6",
+                    "max_tokens": 4096,
+                    "messages": [{"role": "user", "content": f"item {i} sim:tokens=50"}],
+                },
+            }
+            for i in range(n)
+        ]
 
     with pytest.raises(anthropic.RateLimitError) as info:
         client.messages.batches.create(requests=items(2))  # ~6 cents: over the 5-cent cap
@@ -252,8 +307,9 @@ def test_batches_held_against_the_cap(gw: Gw) -> None:
         client.messages.batches.create(requests=items(1))  # 3 held + 3 > 5
     assert info.value.body["error"]["type"] == "billing_error"  # type: ignore[index]
     # a small request still fits beside the hold
-    assert client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
-                                  messages=[{"role": "user", "content": "hi sim:tool=none"}]).content
+    assert client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=16, messages=[{"role": "user", "content": "hi sim:tool=none"}]
+    ).content
 
 
 def test_spend_limit_webhooks(gw: Gw) -> None:
@@ -267,11 +323,17 @@ def test_spend_limit_webhooks(gw: Gw) -> None:
 
     receiver, levels = Receiver(fail_first=1), Receiver()
     try:
-        made = gw.call("POST", "/admin/api/webhooks", json={"url": receiver.url, "events": ["spend_limit.exceeded"]})
+        made = gw.call(
+            "POST", "/admin/api/webhooks", json={"url": receiver.url, "events": ["spend_limit.exceeded"]}
+        )
         assert made.status_code == 201, made.text
         secret = made.json()["secret"]
-        assert gw.call("POST", "/admin/api/webhooks", json={"url": levels.url,
-                                                            "events": ["spend_limit.threshold"]}).status_code == 201
+        assert (
+            gw.call(
+                "POST", "/admin/api/webhooks", json={"url": levels.url, "events": ["spend_limit.threshold"]}
+            ).status_code
+            == 201
+        )
         gw.cap(5, "daily", {"type": "user", "user_id": "wes"})
         client = gw.sdk(gw.mint(owner="wes"))
         big(client)  # 3 cents
@@ -281,7 +343,9 @@ def test_spend_limit_webhooks(gw: Gw) -> None:
         t0 = time.monotonic()
         deadline = t0 + 15
         while time.monotonic() < deadline:
-            events = [(h, b, at) for h, b, at in receiver.got if json.loads(b)["type"] == "spend_limit.exceeded"]
+            events = [
+                (h, b, at) for h, b, at in receiver.got if json.loads(b)["type"] == "spend_limit.exceeded"
+            ]
             if len(events) >= 2:
                 break
             time.sleep(0.02)
@@ -295,8 +359,11 @@ def test_spend_limit_webhooks(gw: Gw) -> None:
         assert data["user_id"] == "wes" and data["period"] == "daily" and data["amount"] == "5"
         assert data["scope"] == {"type": "user", "user_id": "wes"} and data["resets_at"] > time.time()
         levels.wait(2, 5)
-        thresholds = sorted(json.loads(b)["data"]["threshold"] for _, b, _ in levels.got
-                            if json.loads(b)["data"]["user_id"] == "wes")
+        thresholds = sorted(
+            json.loads(b)["data"]["threshold"]
+            for _, b, _ in levels.got
+            if json.loads(b)["data"]["user_id"] == "wes"
+        )
         assert thresholds == [50, 100], thresholds
     finally:
         receiver.close()

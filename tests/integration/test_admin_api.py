@@ -14,8 +14,11 @@ import pytest
 from tests.procs import gateway_process
 
 ADMIN_KEY = "admin-" + "x" * 32
-MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 32,
-           "messages": [{"role": "user", "content": "hello sim:tokens=5"}]}
+MESSAGE = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 32,
+    "messages": [{"role": "user", "content": "hello sim:tokens=5"}],
+}
 
 
 @dataclass
@@ -33,15 +36,20 @@ class Admin:
         return resp.json()  # type: ignore[no-any-return]
 
     def message(self, key: str, **overrides: Any) -> httpx.Response:
-        return self.client.post(self.url + "/v1/messages", json={**MESSAGE, **overrides},
-                                headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+        return self.client.post(
+            self.url + "/v1/messages",
+            json={**MESSAGE, **overrides},
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+        )
 
 
 @pytest.fixture(scope="module")
 def admin(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     data_dir: Path = tmp_path_factory.mktemp("admin-gw")
-    with gateway_process(data_dir, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN_KEY}) as url, \
-            httpx.Client(timeout=30) as client:
+    with (
+        gateway_process(data_dir, sim_url, env={"ETHEREAL_ADMIN_KEY": ADMIN_KEY}) as url,
+        httpx.Client(timeout=30) as client,
+    ):
         yield Admin(url, client)
 
 
@@ -54,9 +62,16 @@ def error_of(resp: httpx.Response, status: int, etype: str) -> str:
 
 
 def test_mint_use_and_show(admin: Admin) -> None:
-    created = admin.mint(name="ci", owner="team-a", plan="pro", budget_usd=1.5, rpm=100,
-                         allowed_models=["sonnet-4"], metadata={"ticket": "OPS-1"},
-                         expires_at="2099-01-01T00:00:00Z")
+    created = admin.mint(
+        name="ci",
+        owner="team-a",
+        plan="pro",
+        budget_usd=1.5,
+        rpm=100,
+        allowed_models=["sonnet-4"],
+        metadata={"ticket": "OPS-1"},
+        expires_at="2099-01-01T00:00:00Z",
+    )
     assert created["key"].startswith("sk-ant-api03-") and created["display"].endswith(created["key"][-4:])
     assert "key_hash" not in created
     assert (created["budget_micro_usd"], created["plan"], created["state"]) == (1_500_000, "pro", "active")
@@ -76,27 +91,35 @@ def test_mint_use_and_show(admin: Admin) -> None:
 
 def test_user_keys_and_wrong_keys_never_work_on_admin_routes(admin: Admin) -> None:
     user = admin.mint()["key"]
-    for headers in ({"x-api-key": user}, {"authorization": f"Bearer {user}"}, {}, {"x-api-key": ADMIN_KEY[:-1]}):
+    for headers in (
+        {"x-api-key": user},
+        {"authorization": f"Bearer {user}"},
+        {},
+        {"x-api-key": ADMIN_KEY[:-1]},
+    ):
         resp = admin.client.get(admin.url + "/admin/api/keys", headers=headers)
         error_of(resp, 401, "authentication_error")
     # and the admin key is not an API key
     error_of(admin.message(ADMIN_KEY), 401, "authentication_error")
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"rpm": 0}, "rpm"),
-    ({"rpm": "10"}, "rpm"),
-    ({"tpm": True}, "tpm"),
-    ({"budget_tokens": -1}, "budget_tokens"),
-    ({"budget_usd": "a lot"}, "budget_usd"),
-    ({"plan": "platinum"}, "plan"),
-    ({"allowed_models": []}, "allowed_models"),
-    ({"allowed_models": ["sonnet-4", "gpt-4o"]}, "allowed_models.1"),
-    ({"expires_at": "next tuesday"}, "expires_at"),
-    ({"metadata": [1, 2]}, "metadata"),
-    ({"name": 7}, "name"),
-    ({"colour": "blue"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"rpm": 0}, "rpm"),
+        ({"rpm": "10"}, "rpm"),
+        ({"tpm": True}, "tpm"),
+        ({"budget_tokens": -1}, "budget_tokens"),
+        ({"budget_usd": "a lot"}, "budget_usd"),
+        ({"plan": "platinum"}, "plan"),
+        ({"allowed_models": []}, "allowed_models"),
+        ({"allowed_models": ["sonnet-4", "gpt-4o"]}, "allowed_models.1"),
+        ({"expires_at": "next tuesday"}, "expires_at"),
+        ({"metadata": [1, 2]}, "metadata"),
+        ({"name": 7}, "name"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
 def test_mint_validation_names_the_field(admin: Admin, body: dict[str, Any], field: str) -> None:
     message = error_of(admin.call("POST", "/keys", json=body), 400, "invalid_request_error")
     assert message.startswith(f"{field}:"), message
@@ -121,9 +144,11 @@ def test_batch_mint_all_or_nothing(admin: Admin) -> None:
     # one bad entry refuses the whole batch, naming it
     bad = {"keys": [{"owner": "batch-team", "name": "a"}, {"owner": "batch-team", "rpm": -3}]}
     assert error_of(admin.call("POST", "/keys/batch", json=bad), 400, "invalid_request_error").startswith(
-        "keys.1.rpm:")
-    per_key = admin.call("POST", "/keys/batch", json={"keys": [{"owner": "batch-team", "name": f"k{i}"}
-                                                               for i in range(3)]})
+        "keys.1.rpm:"
+    )
+    per_key = admin.call(
+        "POST", "/keys/batch", json={"keys": [{"owner": "batch-team", "name": f"k{i}"} for i in range(3)]}
+    )
     assert per_key.status_code == 201 and [k["name"] for k in per_key.json()["data"]] == ["k0", "k1", "k2"]
     listed = admin.call("GET", "/keys", params={"owner": "batch-team", "limit": 1000}).json()["data"]
     assert len(listed) == 28
@@ -136,17 +161,25 @@ def test_list_pagination_and_filters(admin: Admin) -> None:
     ids = [admin.mint(owner="pager", plan="max20x" if i % 2 else None)["id"] for i in range(5)]
     page = admin.call("GET", "/keys", params={"owner": "pager", "limit": 2}).json()
     assert [k["id"] for k in page["data"]] == sorted(ids)[:2] and page["has_more"] is True
-    page2 = admin.call("GET", "/keys", params={"owner": "pager", "limit": 2, "after_id": page["last_id"]}).json()
+    page2 = admin.call(
+        "GET", "/keys", params={"owner": "pager", "limit": 2, "after_id": page["last_id"]}
+    ).json()
     assert [k["id"] for k in page2["data"]] == sorted(ids)[2:4]
-    page3 = admin.call("GET", "/keys", params={"owner": "pager", "limit": 2, "after_id": page2["last_id"]}).json()
+    page3 = admin.call(
+        "GET", "/keys", params={"owner": "pager", "limit": 2, "after_id": page2["last_id"]}
+    ).json()
     assert len(page3["data"]) == 1 and page3["has_more"] is False
     plans = admin.call("GET", "/keys", params={"owner": "pager", "plan": "Max 20x"}).json()["data"]
     assert len(plans) == 2 and all("spend" in k for k in plans)
     admin.call("POST", f"/keys/{ids[0]}/revoke")
     revoked = admin.call("GET", "/keys", params={"owner": "pager", "state": "revoked"}).json()["data"]
     assert [k["id"] for k in revoked] == [ids[0]]
-    for params, field in (({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"), ({"state": "zombie"}, "state"),
-                          ({"sort": "id"}, "sort")):
+    for params, field in (
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"state": "zombie"}, "state"),
+        ({"sort": "id"}, "sort"),
+    ):
         message = error_of(admin.call("GET", "/keys", params=params), 400, "invalid_request_error")
         assert message.startswith(f"{field}:")
 
@@ -155,16 +188,23 @@ def test_patch_revoke_delete(admin: Admin) -> None:
     created = admin.mint(name="before")
     key, key_id = created["key"], created["id"]
     assert admin.message(key).status_code == 200
-    patched = admin.call("PATCH", f"/keys/{key_id}", json={"name": "after", "allowed_models": ["haiku-4"],
-                                                            "tpm": 10_000, "metadata": {"x": 1}})
+    patched = admin.call(
+        "PATCH",
+        f"/keys/{key_id}",
+        json={"name": "after", "allowed_models": ["haiku-4"], "tpm": 10_000, "metadata": {"x": 1}},
+    )
     assert patched.status_code == 200, patched.text
     assert (patched.json()["name"], patched.json()["allowed_models"]) == ("after", ["haiku-4"])
     time.sleep(0.6)  # this worker dropped the key from its cache; be sure anyway (TTL 0.5 s in tests)
     error_of(admin.message(key), 403, "permission_error")
     ok = admin.message(key, model="claude-haiku-4-5")
     assert ok.status_code == 200 and ok.headers["anthropic-ratelimit-tokens-limit"] == "10000"
-    for body, field in (({"rpm": 0}, "rpm"), ({"key_hash": "x"}, "key_hash"), ({"revoked": "yes"}, "revoked"),
-                        ({}, "body")):
+    for body, field in (
+        ({"rpm": 0}, "rpm"),
+        ({"key_hash": "x"}, "key_hash"),
+        ({"revoked": "yes"}, "revoked"),
+        ({}, "body"),
+    ):
         message = error_of(admin.call("PATCH", f"/keys/{key_id}", json=body), 400, "invalid_request_error")
         assert message.startswith(f"{field}:"), message
     error_of(admin.call("PATCH", "/keys/key_nope", json={"rpm": 5}), 404, "not_found_error")

@@ -19,7 +19,11 @@ ADMIN = "throttle-admin-key-0123456789abcdef"
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
-    env = {"ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_ADMIN_AUTH_FAILURES": "3", "ETHEREAL_TRUSTED_PROXIES": "127.0.0.1"}
+    env = {
+        "ETHEREAL_ADMIN_KEY": ADMIN,
+        "ETHEREAL_ADMIN_AUTH_FAILURES": "3",
+        "ETHEREAL_TRUSTED_PROXIES": "127.0.0.1",
+    }
     with gateway_process(tmp_path, None, env=env) as base:
         yield base
 
@@ -30,15 +34,22 @@ def keys(url: str, key: str | None, client: str) -> httpx.Response:
 
 
 def sign_in(url: str, key: str, client: str) -> httpx.Response:
-    return httpx.post(url + "/dashboard/login", data={"admin_key": key}, follow_redirects=False,
-                      headers={"x-forwarded-for": client})
+    return httpx.post(
+        url + "/dashboard/login",
+        data={"admin_key": key},
+        follow_redirects=False,
+        headers={"x-forwarded-for": client},
+    )
 
 
 def test_wrong_admin_keys_are_throttled_per_address(url: str) -> None:
     assert [keys(url, f"wrong-{i}", "203.0.113.7").status_code for i in range(2)] == [401, 401]
     assert sign_in(url, "wrong-again", "203.0.113.7").status_code == 401  # the console's sign-in counts too
-    for attempt in (keys(url, "wrong-3", "203.0.113.7"), keys(url, ADMIN, "203.0.113.7"),
-                    sign_in(url, ADMIN, "203.0.113.7")):
+    for attempt in (
+        keys(url, "wrong-3", "203.0.113.7"),
+        keys(url, ADMIN, "203.0.113.7"),
+        sign_in(url, ADMIN, "203.0.113.7"),
+    ):
         assert attempt.status_code == 429, attempt.text[:200]
         assert 1 <= float(attempt.headers["retry-after"]) <= 61
     assert keys(url, ADMIN, "203.0.113.7").json()["error"]["type"] == "rate_limit_error"

@@ -95,7 +95,11 @@ def small_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_oversized_body_declared(small_gateway: Gateway) -> None:
-    big = b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"' + b"x" * 70_000 + b'"}]}'
+    big = (
+        b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"'
+        + b"x" * 70_000
+        + b'"}]}'
+    )
     resp = httpx.post(small_gateway.url + "/v1/messages", content=big, headers=headers(small_gateway.key))
     assert_error(resp, 413, "request_too_large")
     still_serving(small_gateway)
@@ -108,7 +112,9 @@ def test_oversized_body_chunked(small_gateway: Gateway) -> None:
             yield b"y" * 8192
         yield b'"}]}'
 
-    resp = httpx.post(small_gateway.url + "/v1/messages", content=chunks(), headers=headers(small_gateway.key))
+    resp = httpx.post(
+        small_gateway.url + "/v1/messages", content=chunks(), headers=headers(small_gateway.key)
+    )
     assert_error(resp, 413, "request_too_large")
     still_serving(small_gateway)
 

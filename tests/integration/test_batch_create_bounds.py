@@ -47,8 +47,11 @@ def serving_pid(url: str) -> int:
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"ETHEREAL_DATABASE_URL": f"sqlite:///{tmp_path / 'ethereal.sqlite3'}",
-            "ETHEREAL_BATCH_POLL_INTERVAL": "3600", **extra}
+    return {
+        "ETHEREAL_DATABASE_URL": f"sqlite:///{tmp_path / 'ethereal.sqlite3'}",
+        "ETHEREAL_BATCH_POLL_INTERVAL": "3600",
+        **extra,
+    }
 
 
 @pytest.mark.slow
@@ -75,8 +78,9 @@ def test_three_249_mib_creates_at_once(tmp_path: Path) -> None:
             seen: list[tuple[int, str | None]] = []
             with httpx.Client(timeout=300) as client:
                 for _ in range(30):
-                    resp = client.post(f"{url}/v1/messages/batches", content=body,
-                                       headers={**HEADERS, "x-api-key": key})
+                    resp = client.post(
+                        f"{url}/v1/messages/batches", content=body, headers={**HEADERS, "x-api-key": key}
+                    )
                     seen.append((resp.status_code, resp.headers.get("retry-after")))
                     if resp.status_code != 429:
                         break
@@ -109,15 +113,23 @@ def test_a_create_holds_one_of_the_keys_concurrent_requests(tmp_path: Path) -> N
     """While one create's body is still arriving, the key's second create (max_concurrency=1) is
     refused with 429; once the first is answered, the next one goes through."""
     body = big_batch_body(64 * 1024)
-    key, _ = mint_into_url(f"sqlite:///{tmp_path / 'ethereal.sqlite3'}", name="one-at-a-time", max_concurrency=1)
+    key, _ = mint_into_url(
+        f"sqlite:///{tmp_path / 'ethereal.sqlite3'}", name="one-at-a-time", max_concurrency=1
+    )
     with BatchSink() as sink, gateway_process(tmp_path, sink.url, env=env_for(tmp_path)) as url:
         host, port = url.rsplit("/", 1)[1].split(":")
         with socket.create_connection((host, int(port))) as slow:
-            slow.sendall(b"POST /v1/messages/batches HTTP/1.1\r\nhost: x\r\nx-api-key: " + key.encode()
-                         + b"\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
-                         + b"content-length: %d\r\n\r\n" % len(body) + body[:1000])
+            slow.sendall(
+                b"POST /v1/messages/batches HTTP/1.1\r\nhost: x\r\nx-api-key: "
+                + key.encode()
+                + b"\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+                + b"content-length: %d\r\n\r\n" % len(body)
+                + body[:1000]
+            )
             time.sleep(0.5)  # the first create is admitted and reading its body
-            second = httpx.post(f"{url}/v1/messages/batches", content=body, headers={**HEADERS, "x-api-key": key})
+            second = httpx.post(
+                f"{url}/v1/messages/batches", content=body, headers={**HEADERS, "x-api-key": key}
+            )
             assert second.status_code == 429, second.text
             assert "concurrent" in second.json()["error"]["message"] and second.headers.get("retry-after")
             slow.sendall(body[1000:])

@@ -13,9 +13,19 @@ from ethereal.storage.records import BatchRecord, UsageRecord
 
 
 def batch(key_id: str | None = "key_a", **kw: Any) -> BatchRecord:
-    base: dict[str, Any] = {"id": batch_id(), "key_id": key_id, "credential": "default", "status": "in_progress",
-                                "request_count": 3, "processing": 3, "expires_at": time.time() + 86400,
-                                "estimated_tokens": 900, "estimated_micro": 4500, "held_tokens": 900, "held_micro": 4500}
+    base: dict[str, Any] = {
+        "id": batch_id(),
+        "key_id": key_id,
+        "credential": "default",
+        "status": "in_progress",
+        "request_count": 3,
+        "processing": 3,
+        "expires_at": time.time() + 86400,
+        "estimated_tokens": 900,
+        "estimated_micro": 4500,
+        "held_tokens": 900,
+        "held_micro": 4500,
+    }
     base.update(kw)
     return BatchRecord(**base)
 
@@ -25,13 +35,28 @@ async def test_batch_roundtrip_and_update(store: Any) -> None:
     await store.insert_batch(rec)
     got = await store.get_batch(rec.id)
     assert got is not None
-    assert {k: v for k, v in vars_of(got).items() if k != "updated_at"} == \
-        {k: v for k, v in vars_of(rec).items() if k != "updated_at"}
+    assert {k: v for k, v in vars_of(got).items() if k != "updated_at"} == {
+        k: v for k, v in vars_of(rec).items() if k != "updated_at"
+    }
     assert await store.get_batch("msgbatch_missing") is None
     now = time.time()
-    updated = await store.update_batch(rec.id, {"status": "ended", "processing": 0, "succeeded": 2, "errored": 1,
-                                                 "ended_at": now, "last_error": None})
-    assert updated is not None and updated.status == "ended" and updated.succeeded == 2 and updated.ended_at == now
+    updated = await store.update_batch(
+        rec.id,
+        {
+            "status": "ended",
+            "processing": 0,
+            "succeeded": 2,
+            "errored": 1,
+            "ended_at": now,
+            "last_error": None,
+        },
+    )
+    assert (
+        updated is not None
+        and updated.status == "ended"
+        and updated.succeeded == 2
+        and updated.ended_at == now
+    )
     assert updated.settled is False
     with pytest.raises(ValueError):
         await store.update_batch(rec.id, {"key_id": "key_b"})  # the owner never moves
@@ -93,9 +118,21 @@ async def test_settle_flips_once_and_releases_the_hold(store: Any) -> None:
 
 async def test_batch_usage_rows_carry_the_flag(store: Any) -> None:
     now = time.time()
-    rec = UsageRecord(request_id="req_" + uuid.uuid4().hex, key_id="key_a", credential="default",
-                      route="messages.batches", model="claude-sonnet-4-6", status=200, stream=False,
-                      input_tokens=10, output_tokens=5, cost_micro=52, started_at=now, ended_at=now, batch=True)
+    rec = UsageRecord(
+        request_id="req_" + uuid.uuid4().hex,
+        key_id="key_a",
+        credential="default",
+        route="messages.batches",
+        model="claude-sonnet-4-6",
+        status=200,
+        stream=False,
+        input_tokens=10,
+        output_tokens=5,
+        cost_micro=52,
+        started_at=now,
+        ended_at=now,
+        batch=True,
+    )
     assert await store.insert_usage([rec, rec]) == 1
     got = await store.get_usage(rec.request_id)
     assert got is not None and got.batch is True and got.to_api()["batch"] is True

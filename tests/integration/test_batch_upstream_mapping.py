@@ -31,7 +31,9 @@ pytestmark = pytest.mark.asyncio
 @pytest.fixture
 async def app(tmp_path: Path, sim_url: str) -> AsyncIterator[Ethereal]:
     # the poller stays out of the way: the test's own GET is what polls the batch
-    settings = Settings(data_dir=tmp_path, upstream_url=sim_url, upstream_key="sim-key", batch_poll_interval=3600.0)
+    settings = Settings(
+        data_dir=tmp_path, upstream_url=sim_url, upstream_key="sim-key", batch_poll_interval=3600.0
+    )
     entry = Ethereal(settings)
     await entry.start()
     try:
@@ -49,11 +51,24 @@ async def _minted(app: Ethereal) -> tuple[str, KeyRecord]:
 
 async def _call(app: Ethereal, method: str, path: str, key: str, body: bytes = b"") -> tuple[int, Any]:
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"test"), (b"x-api-key", key.encode()), (b"content-type", b"application/json"),
-                    (b"anthropic-version", b"2023-06-01"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"x-api-key", key.encode()),
+            (b"content-type", b"application/json"),
+            (b"anthropic-version", b"2023-06-01"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8080),
     }
     sent = False
 
@@ -83,7 +98,8 @@ MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 32, "messages": [{"role":
 
 @pytest.mark.parametrize("status", [503, 504])
 async def test_upstream_status_on_batch_calls_cools_the_credential_as_on_messages(
-        app: Ethereal, sim_url: str, status: int) -> None:
+    app: Ethereal, sim_url: str, status: int
+) -> None:
     key, _ = await _minted(app)
     pool = app.gateway.pool
     (cred,) = pool.credentials
@@ -116,12 +132,21 @@ async def test_upstream_status_on_batch_calls_cools_the_credential_as_on_message
 
 
 ITEM_USAGES: list[Any] = [
-    {"input_tokens": 1200, "output_tokens": 340, "cache_read_input_tokens": 5000,
-     "cache_creation_input_tokens": 2048, "cache_creation": {"ephemeral_5m_input_tokens": 1024,
-                                                             "ephemeral_1h_input_tokens": 1024}},
+    {
+        "input_tokens": 1200,
+        "output_tokens": 340,
+        "cache_read_input_tokens": 5000,
+        "cache_creation_input_tokens": 2048,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1024, "ephemeral_1h_input_tokens": 1024},
+    },
     {"input_tokens": 10, "output_tokens": 20, "cache_creation_input_tokens": 300},  # no split: 5m assumed
-    {"input_tokens": 50, "output_tokens": 60, "server_tool_use": {"web_search_requests": 3},
-     "service_tier": "batch", "inference_geo": "us"},
+    {
+        "input_tokens": 50,
+        "output_tokens": 60,
+        "server_tool_use": {"web_search_requests": 3},
+        "service_tier": "batch",
+        "inference_geo": "us",
+    },
     None,  # the upstream said nothing: counts unknown
 ]
 
@@ -136,23 +161,44 @@ async def test_batch_item_record_is_what_the_pipeline_records(app: Ethereal, ser
     pipeline = Pipeline(gw)
     service = BatchService(gw, pipeline)
     now = time.time()
-    rec = BatchRecord(id="msgbatch_" + "a" * 24, key_id=key.id, credential="default", status="ended",
-                      request_count=1, created_at=now - 60.0, ended_at=now)
-    message = {"id": "msg_01abc", "type": "message", "role": "assistant", "model": served, "content": [],
-               "usage": usage}
+    rec = BatchRecord(
+        id="msgbatch_" + "a" * 24,
+        key_id=key.id,
+        credential="default",
+        status="ended",
+        request_count=1,
+        created_at=now - 60.0,
+        ended_at=now,
+    )
+    message = {
+        "id": "msg_01abc",
+        "type": "message",
+        "role": "assistant",
+        "model": served,
+        "content": [],
+        "usage": usage,
+    }
     line = orjson.dumps({"custom_id": "item-1", "result": {"type": "succeeded", "message": message}})
     row = service._usage_row(rec, line)
     assert row is not None
 
     model = model_for(gw.registry, served)
     assert model is not None
-    call = Call(request_id=item_request_id(rec.id, "item-1"), route=ROUTE, key=key, model=model,
-                model_name=model.id, started=rec.created_at, upstream_request_id="msg_01abc")
+    call = Call(
+        request_id=item_request_id(rec.id, "item-1"),
+        route=ROUTE,
+        key=key,
+        model=model,
+        model_name=model.id,
+        started=rec.created_at,
+        upstream_request_id="msg_01abc",
+    )
     finished = await pipeline.finish(call, 200, Usage.from_message(usage, served_model=served), batch=True)
 
     timing = ("duration_ms", "ended_at", "ttfb_ms", "credential")  # the item's are the batch's
-    assert {k: v for k, v in row.to_dict().items() if k not in timing} == \
-        {k: v for k, v in finished.to_dict().items() if k not in timing}
+    assert {k: v for k, v in row.to_dict().items() if k not in timing} == {
+        k: v for k, v in finished.to_dict().items() if k not in timing
+    }
     assert row.batch and row.model == model.id and row.credential == "default"
 
 
@@ -162,16 +208,25 @@ async def test_batch_item_errors_record_as_the_pipeline_records_an_error(app: Et
     pipeline = Pipeline(gw)
     service = BatchService(gw, pipeline)
     now = time.time()
-    rec = BatchRecord(id="msgbatch_" + "b" * 24, key_id=key.id, credential="default", status="ended",
-                      request_count=1, created_at=now - 60.0, ended_at=now)
+    rec = BatchRecord(
+        id="msgbatch_" + "b" * 24,
+        key_id=key.id,
+        credential="default",
+        status="ended",
+        request_count=1,
+        created_at=now - 60.0,
+        ended_at=now,
+    )
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded\x1b[2J"}}
     line = orjson.dumps({"custom_id": "item-2", "result": {"type": "errored", "error": error}})
     row = service._usage_row(rec, line)
     assert row is not None
     call = Call(request_id=item_request_id(rec.id, "item-2"), route=ROUTE, key=key, started=rec.created_at)
-    finished = await pipeline.finish(call, 529, Usage(), error_type="overloaded_error",
-                                     error_message="Overloaded\x1b[2J", batch=True)
+    finished = await pipeline.finish(
+        call, 529, Usage(), error_type="overloaded_error", error_message="Overloaded\x1b[2J", batch=True
+    )
     timing = ("duration_ms", "ended_at", "ttfb_ms", "credential")
-    assert {k: v for k, v in row.to_dict().items() if k not in timing} == \
-        {k: v for k, v in finished.to_dict().items() if k not in timing}
+    assert {k: v for k, v in row.to_dict().items() if k not in timing} == {
+        k: v for k, v in finished.to_dict().items() if k not in timing
+    }
     assert row.status == 529 and row.cost_micro == 0 and row.error_message == "Overloaded\\x1b[2J"

@@ -45,8 +45,13 @@ def db_url(tmp_path: Path) -> str:
 
 
 def env_for(db_url: str, **extra: str) -> dict[str, str]:
-    return {"ETHEREAL_DATABASE_URL": db_url, "ETHEREAL_BATCH_POLL_INTERVAL": "0.2", "ETHEREAL_ADMIN_KEY": ADMIN,
-            "ETHEREAL_UPSTREAM_BACKOFF_BASE": "0.05", **extra}
+    return {
+        "ETHEREAL_DATABASE_URL": db_url,
+        "ETHEREAL_BATCH_POLL_INTERVAL": "0.2",
+        "ETHEREAL_ADMIN_KEY": ADMIN,
+        "ETHEREAL_UPSTREAM_BACKOFF_BASE": "0.05",
+        **extra,
+    }
 
 
 def results_of(client: anthropic.Anthropic, batch_id: str) -> dict[str, dict[str, Any]]:
@@ -57,13 +62,17 @@ def test_upstream_errors(sim: str, db_url: str, tmp_path: Path) -> None:
     """A refused create leaves nothing behind (no batch, no hold); polls and results that fail are
     retried; the batch is billed once."""
     key, _ = mint_into_url(db_url, name="unlucky", budget_micro_usd=50_000_000)
-    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
-          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
+    with (
+        gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+        anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client,
+    ):
         inject_fault(sim, "529", count=1, paths=["/v1/messages/batches"])
         with pytest.raises(anthropic.APIStatusError) as failed:
             client.messages.batches.create(requests=mixed_requests(5))  # type: ignore[arg-type]
         # the upstream's 529 as sent (it carried no wait): the SDK keeps its own backoff
-        assert failed.value.status_code == 529 and failed.value.response.headers.get("x-should-retry") == "true"
+        assert (
+            failed.value.status_code == 529 and failed.value.response.headers.get("x-should-retry") == "true"
+        )
         assert client.messages.batches.list().data == []
         inject_fault(sim, "400", count=1, paths=["/v1/messages/batches"], message="upstream says no")
         with pytest.raises(anthropic.BadRequestError, match="upstream says no"):
@@ -99,12 +108,16 @@ def test_credential_disabled_while_batches_pending(sim: str, db_url: str, tmp_pa
     """A disabled credential takes no new batch, but its pending ones finish, are read and billed."""
     key, _ = mint_into_url(db_url, name="steady")
     admin = {"x-api-key": ADMIN}
-    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
-          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
+    with (
+        gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+        anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client,
+    ):
         requests = mixed_requests(15)
         requests[0]["params"]["messages"][0]["content"] += " sim:batch_ms=2000"
         batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
-        off = httpx.post(f"{url}/admin/api/upstreams/default/disable", headers=admin, json={"reason": "rotating"})
+        off = httpx.post(
+            f"{url}/admin/api/upstreams/default/disable", headers=admin, json={"reason": "rotating"}
+        )
         assert off.status_code == 200, off.text
         with pytest.raises(anthropic.APIStatusError) as refused:
             client.messages.batches.create(requests=mixed_requests(2))  # type: ignore[arg-type]
@@ -119,8 +132,10 @@ def test_credential_disabled_while_batches_pending(sim: str, db_url: str, tmp_pa
 def test_budget_is_held_at_create_and_settled_to_the_real_cost(sim: str, db_url: str, tmp_path: Path) -> None:
     key, record = mint_into_url(db_url, name="thrifty", budget_micro_usd=100_000_000)
     admin = {"x-api-key": ADMIN}
-    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
-          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
+    with (
+        gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+        anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client,
+    ):
         first = mixed_requests(20, tag="a")
         first[0]["params"]["messages"][0]["content"] += " sim:batch_ms=2500"
         batch = client.messages.batches.create(requests=first)  # type: ignore[arg-type]
@@ -128,8 +143,12 @@ def test_budget_is_held_at_create_and_settled_to_the_real_cost(sim: str, db_url:
         assert held > 0
         # a budget with room for this batch's hold and half of another one
         budget = held + held // 2
-        assert httpx.patch(f"{url}/admin/api/keys/{record.id}", headers=admin,
-                           json={"budget_micro_usd": budget}).status_code == 200
+        assert (
+            httpx.patch(
+                f"{url}/admin/api/keys/{record.id}", headers=admin, json={"budget_micro_usd": budget}
+            ).status_code
+            == 200
+        )
         time.sleep(1.0)  # the key cache (0.5 s) picks the new budget up
         # the second batch fits the budget, only not beside the first one's hold: 429, retry later
         with pytest.raises(anthropic.RateLimitError) as held_back:
@@ -151,13 +170,17 @@ def test_budget_is_held_at_create_and_settled_to_the_real_cost(sim: str, db_url:
 
 def test_rpm_counts_a_batch_once_and_tpm_not_at_all(sim: str, db_url: str, tmp_path: Path) -> None:
     key, _ = mint_into_url(db_url, name="paced", rpm=2, tpm=50)
-    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
-          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
+    with (
+        gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+        anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client,
+    ):
         big = mixed_requests(30)  # thousands of estimated tokens: far over the TPM, which batches skip
         batch = client.messages.batches.create(requests=big)  # type: ignore[arg-type]
         for _ in range(5):  # reading it is not a request against the RPM
             client.messages.batches.retrieve(batch.id)
-        client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+        client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
         with pytest.raises(anthropic.RateLimitError) as limited:
             client.messages.batches.create(requests=mixed_requests(1))  # type: ignore[arg-type]
         assert "requests per minute" in limited.value.message
@@ -166,10 +189,12 @@ def test_rpm_counts_a_batch_once_and_tpm_not_at_all(sim: str, db_url: str, tmp_p
 def test_two_replicas_bill_each_item_once(sim: str, pg_url: str, tmp_path: Path) -> None:
     key, _ = mint_into_url(pg_url, name="shared")
     env = env_for(pg_url, ETHEREAL_BATCH_POLL_INTERVAL="0.1")
-    with (gateway_process(tmp_path / "a", sim, env=env) as url_a,
-          gateway_process(tmp_path / "b", sim, env=env) as url_b,
-          anthropic.Anthropic(base_url=url_a, api_key=key, max_retries=0) as a,
-          anthropic.Anthropic(base_url=url_b, api_key=key, max_retries=0) as b):
+    with (
+        gateway_process(tmp_path / "a", sim, env=env) as url_a,
+        gateway_process(tmp_path / "b", sim, env=env) as url_b,
+        anthropic.Anthropic(base_url=url_a, api_key=key, max_retries=0) as a,
+        anthropic.Anthropic(base_url=url_b, api_key=key, max_retries=0) as b,
+    ):
         requests = mixed_requests(50)
         batch = a.messages.batches.create(requests=requests)  # type: ignore[arg-type]
         assert b.messages.batches.retrieve(batch.id).id == batch.id  # any replica serves any batch
@@ -185,8 +210,10 @@ def test_batch_gone_upstream_ends_and_releases_its_hold(sim: str, db_url: str, t
     """The upstream answers 404 for a batch (deleted there, past its retention): the batch ends, its
     hold is released, no rows."""
     key, _ = mint_into_url(db_url, name="orphaned", budget_micro_usd=50_000_000)
-    with (gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
-          anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client):
+    with (
+        gateway_process(tmp_path, sim, env=env_for(db_url)) as url,
+        anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as client,
+    ):
         requests = mixed_requests(5)
         requests[0]["params"]["messages"][0]["content"] += " sim:batch_ms=600000"
         batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
@@ -197,7 +224,11 @@ def test_batch_gone_upstream_ends_and_releases_its_hold(sim: str, db_url: str, t
         deadline = time.monotonic() + 10
         while not (rec := batch_record(db_url, batch.id)).settled and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert rec.settled and rec.metered_items == 0 and rec.last_error == "the upstream no longer has this batch"
+        assert (
+            rec.settled
+            and rec.metered_items == 0
+            and rec.last_error == "the upstream no longer has this batch"
+        )
         assert count_item_rows(db_url, batch.id) == 0
         with pytest.raises(anthropic.NotFoundError):  # the upstream's answer: no results to be had
             client.messages.batches.results(batch.id)

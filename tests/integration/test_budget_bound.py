@@ -37,19 +37,26 @@ HEADERS = {"anthropic-version": "2023-06-01"}
 CLIENTS = 100
 BUDGET = 1_000_000  # $1
 MODEL = "claude-sonnet-4-6"
-FILLER = "The travel policy covers flights, hotels, meals and ground transport for employees. " * 60  # past the cache minimum
+FILLER = (
+    "The travel policy covers flights, hotels, meals and ground transport for employees. " * 60
+)  # past the cache minimum
 REG = load_registry()
 
 
 @pytest.fixture(scope="module")
-def gateways(sim_url: str, postgres: Any,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str, str]]:
+def gateways(
+    sim_url: str, postgres: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, str, str]]:
     from tests.services import redis_server
 
     pg_url = postgres.create_database(f"bound_{uuid.uuid4().hex[:10]}")
     tmp = tmp_path_factory.mktemp("bound")
-    env = {"ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_KEY_CACHE_TTL": "1.0", "ETHEREAL_DATABASE_URL": pg_url,
-           "ETHEREAL_BATCH_POLL_INTERVAL": "0.5"}
+    env = {
+        "ETHEREAL_ADMIN_KEY": ADMIN,
+        "ETHEREAL_KEY_CACHE_TTL": "1.0",
+        "ETHEREAL_DATABASE_URL": pg_url,
+        "ETHEREAL_BATCH_POLL_INTERVAL": "0.5",
+    }
     with redis_server() as redis, contextlib.ExitStack() as stack:
         env["ETHEREAL_REDIS_URL"] = redis.url
         a = stack.enter_context(gateway_process(tmp / "a", sim_url, env=env))
@@ -96,13 +103,20 @@ def output_cost(row: Any) -> int:
     model = REG.resolve(row["model"])
     assert model is not None
     rate = model.card_at(row["started_at"]).dearest().output
-    return -(-row["output_tokens"] * rate // PICO) + row["web_search_requests"] * REG.server_tools.web_search_micro
+    return (
+        -(-row["output_tokens"] * rate // PICO)
+        + row["web_search_requests"] * REG.server_tools.web_search_micro
+    )
 
 
 def messages_body(i: int, n: int, scenario: str) -> dict[str, Any]:
     tokens = 200 + (i * 37 + n * 11) % 800
     text = f"client {i} request {n}: summarise the policy. sim:tokens={tokens} sim:latency=300"
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": text}]}
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": text}],
+    }
     prefix = f"[{uuid.uuid4().hex}] "  # a new prefix each time: every request writes the cache
     if scenario in ("cache_1h", "cache_5m"):
         cc = {"type": "ephemeral", "ttl": "1h"} if scenario == "cache_1h" else {"type": "ephemeral"}
@@ -123,14 +137,26 @@ def messages_body(i: int, n: int, scenario: str) -> dict[str, Any]:
 def responses_body(i: int, n: int) -> dict[str, Any]:
     tokens = 200 + (i * 37 + n * 11) % 800
     # a conversation (an earlier assistant turn): the gateway adds cache breakpoints to it
-    return {"model": MODEL, "max_output_tokens": 1024, "instructions": f"[{uuid.uuid4().hex}] {FILLER}",
-            "input": [{"role": "user", "content": f"client {i}: read the policy."},
-                      {"role": "assistant", "content": "Read."},
-                      {"role": "user", "content": f"request {n}: summarise. sim:tokens={tokens} sim:latency=300"}]}
+    return {
+        "model": MODEL,
+        "max_output_tokens": 1024,
+        "instructions": f"[{uuid.uuid4().hex}] {FILLER}",
+        "input": [
+            {"role": "user", "content": f"client {i}: read the policy."},
+            {"role": "assistant", "content": "Read."},
+            {"role": "user", "content": f"request {n}: summarise. sim:tokens={tokens} sim:latency=300"},
+        ],
+    }
 
 
-async def client_until_refused(client: httpx.AsyncClient, urls: tuple[str, str], i: int, scenario: str,
-                               headers: dict[str, str], stats: dict[str, int]) -> None:
+async def client_until_refused(
+    client: httpx.AsyncClient,
+    urls: tuple[str, str],
+    i: int,
+    scenario: str,
+    headers: dict[str, str],
+    stats: dict[str, int],
+) -> None:
     """One client: request after request (each retried after its 429's retry-after) until a 402."""
     n = 0
     while True:
@@ -138,7 +164,9 @@ async def client_until_refused(client: httpx.AsyncClient, urls: tuple[str, str],
         if scenario == "responses":
             resp = await client.post(url + "/v1/responses", json=responses_body(i, n), headers=headers)
         else:
-            resp = await client.post(url + "/v1/messages", json=messages_body(i, n, scenario), headers=headers)
+            resp = await client.post(
+                url + "/v1/messages", json=messages_body(i, n, scenario), headers=headers
+            )
         stats[str(resp.status_code)] = stats.get(str(resp.status_code), 0) + 1
         if resp.status_code == 429:
             await asyncio.sleep(float(resp.headers.get("retry-after", "1")))
@@ -156,10 +184,15 @@ async def test_spend_within_the_bound(gateways: tuple[str, str, str, str], scena
     headers = {**HEADERS, "x-api-key": key["key"]}
     stats: dict[str, int] = {}
     t0 = time.monotonic()
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CLIENTS + 10,
-                                                                  keepalive_expiry=0.5)) as client:
-        await asyncio.gather(*(client_until_refused(client, (url_a, url_b), i, scenario, headers, stats)
-                               for i in range(CLIENTS)))
+    async with httpx.AsyncClient(
+        timeout=120, limits=httpx.Limits(max_connections=CLIENTS + 10, keepalive_expiry=0.5)
+    ) as client:
+        await asyncio.gather(
+            *(
+                client_until_refused(client, (url_a, url_b), i, scenario, headers, stats)
+                for i in range(CLIENTS)
+            )
+        )
     rows = await rows_of(pg_url, key["id"])
     served = [r for r in rows if r["status"] == 200]
     spend = sum(r["cost_micro"] for r in rows)
@@ -169,10 +202,12 @@ async def test_spend_within_the_bound(gateways: tuple[str, str, str, str], scena
     writes_1h = sum(r["cache_creation_1h"] for r in served)
     writes_5m = sum(r["cache_creation_5m"] for r in served)
     searches = sum(r["web_search_requests"] for r in served)
-    print(f"\n{scenario}: {CLIENTS} clients, 2 gateways, budget {BUDGET} µ$: served {len(served)} in "
-          f"{time.monotonic() - t0:.1f}s, answers {stats}; cache writes 1h {writes_1h} / 5m {writes_5m} tokens, "
-          f"searches {searches}; spent {spend} µ$ ({100 * over / BUDGET:+.2f} %), largest output part {alone} µ$, "
-          f"ε = {eps:.4f}")
+    print(
+        f"\n{scenario}: {CLIENTS} clients, 2 gateways, budget {BUDGET} µ$: served {len(served)} in "
+        f"{time.monotonic() - t0:.1f}s, answers {stats}; cache writes 1h {writes_1h} / 5m {writes_5m} tokens, "
+        f"searches {searches}; spent {spend} µ$ ({100 * over / BUDGET:+.2f} %), largest output part {alone} µ$, "
+        f"ε = {eps:.4f}"
+    )
     if scenario in ("cache_1h", "auto_cache"):
         assert writes_1h > 0
     elif scenario in ("cache_5m", "responses"):
@@ -194,17 +229,32 @@ async def test_two_batches_stay_within_the_budget(gateways: tuple[str, str, str,
     headers = {**HEADERS, "x-api-key": key["key"]}
 
     def batch(tag: str) -> dict[str, Any]:
-        return {"requests": [{"custom_id": f"{tag}-{n}", "params": {
-            "model": MODEL, "max_tokens": 512,
-            "system": [{"type": "text", "text": f"[{uuid.uuid4().hex}] " + FILLER * 2,
-                        "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
-            "messages": [{"role": "user", "content": f"item {n} sim:tokens=400"}]}} for n in range(60)]}
+        return {
+            "requests": [
+                {
+                    "custom_id": f"{tag}-{n}",
+                    "params": {
+                        "model": MODEL,
+                        "max_tokens": 512,
+                        "system": [
+                            {
+                                "type": "text",
+                                "text": f"[{uuid.uuid4().hex}] " + FILLER * 2,
+                                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                            }
+                        ],
+                        "messages": [{"role": "user", "content": f"item {n} sim:tokens=400"}],
+                    },
+                }
+                for n in range(60)
+            ]
+        }
 
     async with httpx.AsyncClient(timeout=60) as client:
-        first, second = await asyncio.gather(client.post(url_a + "/v1/messages/batches", json=batch("a"),
-                                                         headers=headers),
-                                             client.post(url_b + "/v1/messages/batches", json=batch("b"),
-                                                         headers=headers))
+        first, second = await asyncio.gather(
+            client.post(url_a + "/v1/messages/batches", json=batch("a"), headers=headers),
+            client.post(url_b + "/v1/messages/batches", json=batch("b"), headers=headers),
+        )
         statuses = sorted([first.status_code, second.status_code])
         created = [r.json()["id"] for r in (first, second) if r.status_code == 200]
         deadline = time.monotonic() + 90
@@ -219,8 +269,10 @@ async def test_two_batches_stay_within_the_budget(gateways: tuple[str, str, str,
         rows = await rows_of(pg_url, key["id"], settle=1.0)
     spend = sum(r["cost_micro"] for r in rows)
     writes_1h = sum(r["cache_creation_1h"] for r in rows)
-    print(f"\ntwo batch creates: {statuses}, {len(rows)} items billed, 1h writes {writes_1h} tokens, "
-          f"spent {spend} µ$ of {BUDGET} ({100 * (spend - BUDGET) / BUDGET:+.2f} %)")
+    print(
+        f"\ntwo batch creates: {statuses}, {len(rows)} items billed, 1h writes {writes_1h} tokens, "
+        f"spent {spend} µ$ of {BUDGET} ({100 * (spend - BUDGET) / BUDGET:+.2f} %)"
+    )
     # each hold (~600,000 µ$ at the 1-hour write rate) fits alone, not both: the second is held back
     # (429 with retry-after: it would fit once the first settles; 402 is for one that never fits)
     assert statuses == [200, 429] and writes_1h > 0
@@ -247,20 +299,38 @@ async def test_claude_code_mix_hold_rate(gateways: tuple[str, str, str, str]) ->
                 continue
             if resp.status_code == 200:
                 u = resp.json()["usage"]
-                spent[0] += (u["input_tokens"] * 4 + u["cache_creation_input_tokens"] * 5
-                             + u["cache_read_input_tokens"] * 0.2 + u["output_tokens"] * 20)
+                spent[0] += (
+                    u["input_tokens"] * 4
+                    + u["cache_creation_input_tokens"] * 5
+                    + u["cache_read_input_tokens"] * 0.2
+                    + u["output_tokens"] * 20
+                )
             return resp.status_code
 
     async def session(s: int, client: httpx.AsyncClient) -> None:
-        system = [{"type": "text", "text": f"[session {s}] " + FILLER * 8, "cache_control": {"type": "ephemeral"}}]
+        system = [
+            {"type": "text", "text": f"[session {s}] " + FILLER * 8, "cache_control": {"type": "ephemeral"}}
+        ]
         for turn in range(200):
-            main = {"model": "claude-opus-5-5", "max_tokens": 128_000, "system": system,
-                    "messages": [{"role": "user", "content": f"turn {turn} sim:tokens={rng.randint(300, 3000)} "
-                                                             "sim:latency=400"}]}
-            side = {"model": "claude-haiku-4-5", "max_tokens": 512,
-                    "messages": [{"role": "user", "content": f"title for turn {turn} sim:tokens=12"}]}
-            codes = await asyncio.gather(one(client, (url_a, url_b)[s % 2], main),
-                                         one(client, (url_a, url_b)[(s + 1) % 2], side))
+            main = {
+                "model": "claude-opus-5-5",
+                "max_tokens": 128_000,
+                "system": system,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": f"turn {turn} sim:tokens={rng.randint(300, 3000)} sim:latency=400",
+                    }
+                ],
+            }
+            side = {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 512,
+                "messages": [{"role": "user", "content": f"title for turn {turn} sim:tokens=12"}],
+            }
+            codes = await asyncio.gather(
+                one(client, (url_a, url_b)[s % 2], main), one(client, (url_a, url_b)[(s + 1) % 2], side)
+            )
             if 402 in codes:
                 return
 
@@ -272,8 +342,12 @@ async def test_claude_code_mix_hold_rate(gateways: tuple[str, str, str, str]) ->
     for status, frac in events:
         band = "<50%" if frac < 0.5 else "50-80%" if frac < 0.8 else "80-90%" if frac < 0.9 else ">=90%"
         by_band.setdefault(band, []).append(status)
-    report = {band: f"{sum(1 for c in codes if c == 429)}/{len(codes)} held"
-              for band, codes in sorted(by_band.items())}
-    print(f"\nClaude-Code-like mix, 4 sessions, budget {budget} µ$: spent {spend} µ$ "
-          f"({100 * (spend - budget) / budget:+.2f} %); answers by spend so far: {report}")
+    report = {
+        band: f"{sum(1 for c in codes if c == 429)}/{len(codes)} held"
+        for band, codes in sorted(by_band.items())
+    }
+    print(
+        f"\nClaude-Code-like mix, 4 sessions, budget {budget} µ$: spent {spend} µ$ "
+        f"({100 * (spend - budget) / budget:+.2f} %); answers by spend so far: {report}"
+    )
     assert spend - budget <= 128_000 * 20 + 10_000  # one main request's whole output at most

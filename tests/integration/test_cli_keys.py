@@ -21,13 +21,34 @@ def cli_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ethereal", "keys", *args], env=env, capture_output=True, check=False,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ethereal", "keys", *args],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_key_lifecycle(cli_env: dict[str, str]) -> None:
-    minted = run(cli_env, "mint", "--count", "3", "--owner", "ops", "--plan", "Max 5x", "--budget-usd", "2",
-                 "--rpm", "30", "--models", "sonnet-4,claude-haiku-4-5", "--json")
+    minted = run(
+        cli_env,
+        "mint",
+        "--count",
+        "3",
+        "--owner",
+        "ops",
+        "--plan",
+        "Max 5x",
+        "--budget-usd",
+        "2",
+        "--rpm",
+        "30",
+        "--models",
+        "sonnet-4,claude-haiku-4-5",
+        "--json",
+    )
     assert minted.returncode == 0, minted.stderr
     keys = [json.loads(line) for line in minted.stdout.splitlines()]
     assert len(keys) == 3 and all(k["key"].startswith("sk-ant-api03-") for k in keys)
@@ -38,12 +59,29 @@ def test_key_lifecycle(cli_env: dict[str, str]) -> None:
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3
     assert all("key" not in json.loads(line) for line in listed.stdout.splitlines())
 
-    updated = run(cli_env, "update", key_id, "--rpm", "none", "--tpm", "5000", "--models", "all",
-                  "--metadata", '{"team": "ops"}', "--expires-at", "2030-01-01T00:00:00Z")
+    updated = run(
+        cli_env,
+        "update",
+        key_id,
+        "--rpm",
+        "none",
+        "--tpm",
+        "5000",
+        "--models",
+        "all",
+        "--metadata",
+        '{"team": "ops"}',
+        "--expires-at",
+        "2030-01-01T00:00:00Z",
+    )
     assert updated.returncode == 0, updated.stderr
     shown = json.loads(run(cli_env, "show", key_id).stdout)
-    assert (shown["rpm"], shown["tpm"], shown["allowed_models"], shown["metadata"]) == (None, 5000, None,
-                                                                                        {"team": "ops"})
+    assert (shown["rpm"], shown["tpm"], shown["allowed_models"], shown["metadata"]) == (
+        None,
+        5000,
+        None,
+        {"team": "ops"},
+    )
     assert shown["expires_at"] == 1893456000.0 and shown["spend"]["requests"] == 0
 
     bad = run(cli_env, "update", key_id, "--plan", "gold")

@@ -105,8 +105,11 @@ def status_of(reply: bytes) -> int:
 def test_many_header_fields_get_431(gw: tuple[str, str, int]) -> None:
     base, _, _ = gw
     sock = connect(base)
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-h%d: 1\r\n" % i for i in range(10_000))
-                 + b"\r\n")
+    sock.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"x-h%d: 1\r\n" % i for i in range(10_000))
+        + b"\r\n"
+    )
     reply = read_reply(sock)
     assert status_of(reply) == 431
     assert b'"type": "error"' in reply and b"invalid_request_error" in reply
@@ -157,8 +160,11 @@ def test_slowloris_headers_and_bodies_are_closed(gw: tuple[str, str, int]) -> No
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")
     bodies = [connect(base) for _ in range(30)]
     for sock in bodies:
-        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\nx-api-key: "
-                     + key.encode() + b"\r\ncontent-length: 100000\r\n\r\n{")
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\nx-api-key: "
+            + key.encode()
+            + b"\r\ncontent-length: 100000\r\n\r\n{"
+        )
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:  # one byte per ~0.5 s on every connection
         for sock in heads + bodies:
@@ -187,8 +193,12 @@ def test_half_open_and_idle_connections_are_bounded(gw: tuple[str, str, int]) ->
         # past the header timeout (1.5 s) every one of them is closed: on a busy machine the worker
         # gets to all 1,100 a little later, so wait for it (bounded) rather than a fixed 2.5 s
         time.sleep(1.5)
-        open_ones = eventually_sync(lambda: [s for s in socks if not closed_by_server(s)], lambda left: not left,
-                                    timeout=8.0, interval=0.2)
+        open_ones = eventually_sync(
+            lambda: [s for s in socks if not closed_by_server(s)],
+            lambda left: not left,
+            timeout=8.0,
+            interval=0.2,
+        )
         assert not open_ones, f"{len(open_ones)} connections still open past the header timeout"
     finally:
         for sock in socks:
@@ -220,9 +230,17 @@ def test_idle_keepalive_connection_closed(gw: tuple[str, str, int]) -> None:
 
 def test_normal_requests_unaffected(gw: tuple[str, str, int]) -> None:
     base, key, _ = gw
-    body = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "x" * 200_000}]}
-    resp = httpx.post(base + "/v1/messages", json=body, timeout=30,
-                      headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "x" * 200_000}],
+    }
+    resp = httpx.post(
+        base + "/v1/messages",
+        json=body,
+        timeout=30,
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+    )
     assert resp.status_code == 200, resp.text
     with httpx.Client(base_url=base) as client:  # keep-alive reuse within the idle timeout
         for _ in range(5):

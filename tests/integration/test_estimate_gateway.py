@@ -55,11 +55,24 @@ async def no_upstream(tmp_path: Path) -> AsyncIterator[Ethereal]:
 
 async def _call(app: Ethereal, path: str, key: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"test"), (b"x-api-key", key.encode()), (b"content-type", b"application/json"),
-                    (b"anthropic-version", b"2023-06-01"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"x-api-key", key.encode()),
+            (b"content-type", b"application/json"),
+            (b"anthropic-version", b"2023-06-01"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8080),
     }
     sent = False
 
@@ -86,8 +99,9 @@ async def _key(app: Ethereal, **limits: Any) -> str:
 
 
 def _messages(model: str, max_tokens: int = 64) -> bytes:
-    return orjson.dumps({"model": model, "max_tokens": max_tokens,
-                         "messages": [{"role": "user", "content": PROMPT}]})
+    return orjson.dumps(
+        {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": PROMPT}]}
+    )
 
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-opus-5-5"])
@@ -115,12 +129,26 @@ async def test_the_newer_tokenizer_reserves_more() -> None:
     assert 1.25 < newer / older < 1.35
 
 
-@pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-5-5", "claude-fable-5-2"])
-async def test_count_tokens_fallback_is_the_plain_estimate_for_the_model(no_upstream: Ethereal, model: str) -> None:
+@pytest.mark.parametrize(
+    "model", ["claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-5-5", "claude-fable-5-2"]
+)
+async def test_count_tokens_fallback_is_the_plain_estimate_for_the_model(
+    no_upstream: Ethereal, model: str
+) -> None:
     key = await _key(no_upstream)
-    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": PROMPT}],
-                         "tools": [{"name": "lookup", "description": "Look an order up by id.",
-                                    "input_schema": {"type": "object", "properties": {"id": {"type": "string"}}}}]})
+    body = orjson.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "tools": [
+                {
+                    "name": "lookup",
+                    "description": "Look an order up by id.",
+                    "input_schema": {"type": "object", "properties": {"id": {"type": "string"}}},
+                }
+            ],
+        }
+    )
     status, headers, text = await _call(no_upstream, "/v1/messages/count_tokens", key, body)
     assert status == 200, text
     assert headers.get(b"ethereal-estimated") == b"true"

@@ -55,8 +55,10 @@ class Stream(threading.Thread):
 
     def run(self) -> None:
         try:
-            with httpx.Client(timeout=60) as client, client.stream(
-                    "POST", self.url + self.path, headers=self.headers, json=self.body) as resp:
+            with (
+                httpx.Client(timeout=60) as client,
+                client.stream("POST", self.url + self.path, headers=self.headers, json=self.body) as resp,
+            ):
                 self.status = resp.status_code
                 self.request_id = resp.headers.get("request-id")
                 for chunk in resp.iter_raw():
@@ -73,12 +75,22 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
     key, _ = mint_into(tmp_path)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-    env.update(ETHEREAL_DATA_DIR=str(tmp_path), ETHEREAL_UPSTREAM_URL=sim_url, ETHEREAL_UPSTREAM_KEY="k",
-               ETHEREAL_DRAIN_DELAY=str(DRAIN), ETHEREAL_SHUTDOWN_GRACE=str(GRACE), PYTHONUNBUFFERED="1",
-               ETHEREAL_LIMITS_PER_WORKER="true")
+    env.update(
+        ETHEREAL_DATA_DIR=str(tmp_path),
+        ETHEREAL_UPSTREAM_URL=sim_url,
+        ETHEREAL_UPSTREAM_KEY="k",
+        ETHEREAL_DRAIN_DELAY=str(DRAIN),
+        ETHEREAL_SHUTDOWN_GRACE=str(GRACE),
+        PYTHONUNBUFFERED="1",
+        ETHEREAL_LIMITS_PER_WORKER="true",
+    )
     log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--port", str(port), "--workers",
-                             str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ethereal", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/healthz", proc)
@@ -86,17 +98,37 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
         openai = {"authorization": f"Bearer {key}"}
 
         def msg(tokens: int) -> dict[str, Any]:
-            return {"model": "claude-sonnet-4-6", "max_tokens": 4096, "stream": True,
-                    "messages": [{"role": "user", "content": f"hello sim:tokens={tokens} sim:tps=40"}]}
+            return {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 4096,
+                "stream": True,
+                "messages": [{"role": "user", "content": f"hello sim:tokens={tokens} sim:tps=40"}],
+            }
 
         short = [Stream(base, "/v1/messages", anthropic, msg(40)) for _ in range(3)]  # ~1 s: within the grace
         long = [Stream(base, "/v1/messages?beta=true", anthropic, msg(2000)) for _ in range(3)]  # ~50 s: cut
-        chat = Stream(base, "/v1/chat/completions", openai,
-                      {"model": "claude-sonnet-4-6", "stream": True, "max_tokens": 4096,
-                       "messages": [{"role": "user", "content": "hi sim:tokens=2000 sim:tps=40"}]})
-        responses = Stream(base, "/v1/responses", openai,
-                           {"model": "claude-sonnet-4-6", "stream": True, "max_output_tokens": 4096,
-                            "input": "hi sim:tokens=2000 sim:tps=40"})
+        chat = Stream(
+            base,
+            "/v1/chat/completions",
+            openai,
+            {
+                "model": "claude-sonnet-4-6",
+                "stream": True,
+                "max_tokens": 4096,
+                "messages": [{"role": "user", "content": "hi sim:tokens=2000 sim:tps=40"}],
+            },
+        )
+        responses = Stream(
+            base,
+            "/v1/responses",
+            openai,
+            {
+                "model": "claude-sonnet-4-6",
+                "stream": True,
+                "max_output_tokens": 4096,
+                "input": "hi sim:tokens=2000 sim:tps=40",
+            },
+        )
         every = [*short, *long, chat, responses]
         for s in every:
             s.start()
@@ -111,8 +143,15 @@ def test_sigterm_drains_then_ends_streams_cleanly(workers: int, sim_url: str, tm
             while client.get(base + "/healthz").status_code != 503:
                 assert time.monotonic() < deadline, "healthz did not turn 503 after SIGTERM"
                 time.sleep(0.02)
-            reply = client.post(base + "/v1/messages", headers=anthropic, json={
-                "model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+            reply = client.post(
+                base + "/v1/messages",
+                headers=anthropic,
+                json={
+                    "model": "claude-sonnet-4-6",
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
             assert reply.status_code == 200 and reply.headers.get("connection") == "close"
             late_id = reply.headers["request-id"]
         assert time.monotonic() - t_signal < DRAIN

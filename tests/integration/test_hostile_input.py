@@ -36,8 +36,10 @@ def gw(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 def nested(depth: int) -> bytes:
     """A Messages body whose tool_use input makes it ``depth`` levels deep in total."""
     inner = "[" * (depth - 6) + "1" + "]" * (depth - 6)
-    return ('{"model":"claude-sonnet-4-6","max_tokens":16,"messages":[{"role":"user","content":'
-            '[{"type":"tool_use","id":"t","name":"n","input":{"x":' + inner + '}}]}]}').encode()
+    return (
+        '{"model":"claude-sonnet-4-6","max_tokens":16,"messages":[{"role":"user","content":'
+        '[{"type":"tool_use","id":"t","name":"n","input":{"x":' + inner + "}}]}]}"
+    ).encode()
 
 
 def test_long_model_name_is_400_before_any_lookup(gw: tuple[Gateway, str]) -> None:
@@ -47,25 +49,35 @@ def test_long_model_name_is_400_before_any_lookup(gw: tuple[Gateway, str]) -> No
     name = "claude-" + "x" * (5 * 1024 * 1024)
     for path in ("/v1/messages", "/v1/messages/count_tokens"):
         for _ in range(10):
-            resp = httpx.post(gateway.url + path, json={**GOOD, "model": name}, headers=headers(gateway.key),
-                              timeout=30)
+            resp = httpx.post(
+                gateway.url + path, json={**GOOD, "model": name}, headers=headers(gateway.key), timeout=30
+            )
             error = assert_error(resp, 400, "invalid_request_error")
             assert "256" in error["error"]["message"] and len(error["error"]["message"]) < 300
-    resp = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
-                      json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
-                      headers={"authorization": f"Bearer {gateway.key}"})
+    resp = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {gateway.key}"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
     # 256 is still accepted (an unknown name the upstream judges)
-    ok = httpx.post(gateway.url + "/v1/messages/count_tokens", json={**GOOD, "model": "m" * 256},
-                    headers=headers(gateway.key), timeout=30)
+    ok = httpx.post(
+        gateway.url + "/v1/messages/count_tokens",
+        json={**GOOD, "model": "m" * 256},
+        headers=headers(gateway.key),
+        timeout=30,
+    )
     assert ok.status_code != 400 or "256" not in ok.text
     assert log.stat().st_size - log_before < 64 * 1024  # nothing logged at full length
 
 
 def test_duplicate_top_level_keys_are_400(gw: tuple[Gateway, str]) -> None:
     gateway, _ = gw
-    body = b'{"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}],' \
-           b'"model":"claude-opus-4-1"}'
+    body = (
+        b'{"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}],'
+        b'"model":"claude-opus-4-1"}'
+    )
     for path in ("/v1/messages", "/v1/messages/count_tokens"):
         resp = httpx.post(gateway.url + path, content=body, headers=headers(gateway.key), timeout=10)
         error = assert_error(resp, 400, "invalid_request_error")
@@ -75,13 +87,29 @@ def test_duplicate_top_level_keys_are_400(gw: tuple[Gateway, str]) -> None:
     resp = httpx.post(gateway.url + "/v1/messages", content=escaped, headers=headers(gateway.key), timeout=10)
     assert_error(resp, 400, "invalid_request_error")
     chat = b'{"model":"claude-haiku-4-5","messages":[{"role":"user","content":"hi"}],"model":"x"}'
-    resp = httpx.post(gateway.url + "/v1/chat/completions", content=chat, timeout=10,
-                      headers={"authorization": f"Bearer {gateway.key}", "content-type": "application/json"})
+    resp = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        content=chat,
+        timeout=10,
+        headers={"authorization": f"Bearer {gateway.key}", "content-type": "application/json"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
     # nested objects may repeat keys of the top level
-    ok = httpx.post(gateway.url + "/v1/messages", headers=headers(gateway.key), timeout=10,
-                    json={**GOOD, "metadata": {"user_id": "u"}, "tools": [{"name": "model", "input_schema": {
-                        "type": "object", "properties": {"model": {"type": "string"}}}}]})
+    ok = httpx.post(
+        gateway.url + "/v1/messages",
+        headers=headers(gateway.key),
+        timeout=10,
+        json={
+            **GOOD,
+            "metadata": {"user_id": "u"},
+            "tools": [
+                {
+                    "name": "model",
+                    "input_schema": {"type": "object", "properties": {"model": {"type": "string"}}},
+                }
+            ],
+        },
+    )
     assert ok.status_code == 200, ok.text
 
 
@@ -89,14 +117,16 @@ def test_duplicate_top_level_keys_are_400(gw: tuple[Gateway, str]) -> None:
 def test_deep_json_on_a_governed_key_is_served_or_400_never_500(gw: tuple[Gateway, str], depth: int) -> None:
     gateway, governed = gw
     for key in (governed, gateway.key):
-        resp = httpx.post(gateway.url + "/v1/messages", content=nested(depth),
-                          headers=headers(key), timeout=30)
+        resp = httpx.post(
+            gateway.url + "/v1/messages", content=nested(depth), headers=headers(key), timeout=30
+        )
         assert resp.status_code < 500, resp.text
         if resp.status_code >= 400:
             assert_error(resp, resp.status_code, resp.json()["error"]["type"])
     # past orjson's limit: a clean 400
-    resp = httpx.post(gateway.url + "/v1/messages", content=nested(1100), headers=headers(governed),
-                      timeout=30)
+    resp = httpx.post(
+        gateway.url + "/v1/messages", content=nested(1100), headers=headers(governed), timeout=30
+    )
     assert_error(resp, 400, "invalid_request_error")
 
 
@@ -104,12 +134,20 @@ def test_deep_json_on_a_governed_key_is_served_or_400_never_500(gw: tuple[Gatewa
 def test_admin_usage_bad_times_are_400(gw: tuple[Gateway, str], since: str) -> None:
     gateway, _ = gw
     for param in ("since", "until"):
-        resp = httpx.get(gateway.url + "/admin/api/usage", params={param: since},
-                         headers={"x-api-key": ADMIN_KEY}, timeout=10)
+        resp = httpx.get(
+            gateway.url + "/admin/api/usage",
+            params={param: since},
+            headers={"x-api-key": ADMIN_KEY},
+            timeout=10,
+        )
         error = assert_error(resp, 400, "invalid_request_error")
         assert param in error["error"]["message"]
-    ok = httpx.get(gateway.url + "/admin/api/usage", params={"since": "0", "until": "2026-12-31"},
-                   headers={"x-api-key": ADMIN_KEY}, timeout=10)
+    ok = httpx.get(
+        gateway.url + "/admin/api/usage",
+        params={"since": "0", "until": "2026-12-31"},
+        headers={"x-api-key": ADMIN_KEY},
+        timeout=10,
+    )
     assert ok.status_code == 200, ok.text
 
 
@@ -117,12 +155,21 @@ def test_admin_metadata_nested_500_deep_is_400(gw: tuple[Gateway, str]) -> None:
     gateway, _ = gw
     deep = '{"a":' * 500 + "{}" + "}" * 500
     for method, path in (("POST", "/admin/api/keys"),):
-        resp = httpx.request(method, gateway.url + path, content='{"name":"x","metadata":' + deep + "}",
-                             headers={"x-api-key": ADMIN_KEY, "content-type": "application/json"}, timeout=10)
+        resp = httpx.request(
+            method,
+            gateway.url + path,
+            content='{"name":"x","metadata":' + deep + "}",
+            headers={"x-api-key": ADMIN_KEY, "content-type": "application/json"},
+            timeout=10,
+        )
         error = assert_error(resp, 400, "invalid_request_error")
         assert "metadata" in error["error"]["message"]
-    ok = httpx.post(gateway.url + "/admin/api/keys", json={"name": "y", "metadata": {"team": {"a": 1}}},
-                    headers={"x-api-key": ADMIN_KEY}, timeout=10)
+    ok = httpx.post(
+        gateway.url + "/admin/api/keys",
+        json={"name": "y", "metadata": {"team": {"a": 1}}},
+        headers={"x-api-key": ADMIN_KEY},
+        timeout=10,
+    )
     assert ok.status_code == 201, ok.text
 
 
@@ -173,8 +220,23 @@ def test_serve_leaves_no_orphan(tmp_path: Path, sig: int, workers: int) -> None:
     env["ETHEREAL_DATA_DIR"] = str(tmp_path)
     env["ETHEREAL_LIMITS_PER_WORKER"] = "true"  # several workers on the embedded limiter, knowingly
     with open(tmp_path / "serve.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--host", "127.0.0.1", "--port",
-                                 str(port), "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ethereal",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         children = _children(proc.pid)

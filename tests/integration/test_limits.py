@@ -48,10 +48,22 @@ def key(**attrs: Any) -> KeyRecord:
     return mint("sk-test-", **attrs)[1]
 
 
-async def admit(limiter: BaseLimiter, k: KeyRecord, inp: int = 10, allowance: int = 100,
-                price_in: float = 0.0, price_out: float = 0.0) -> Admission:
-    return await limiter.admit(k, model="claude-sonnet-4-6", input_tokens=inp, max_tokens=allowance,
-                               price_in=price_in, price_out=price_out)
+async def admit(
+    limiter: BaseLimiter,
+    k: KeyRecord,
+    inp: int = 10,
+    allowance: int = 100,
+    price_in: float = 0.0,
+    price_out: float = 0.0,
+) -> Admission:
+    return await limiter.admit(
+        k,
+        model="claude-sonnet-4-6",
+        input_tokens=inp,
+        max_tokens=allowance,
+        price_in=price_in,
+        price_out=price_out,
+    )
 
 
 async def refused(coro: Any) -> GatewayError:
@@ -74,7 +86,9 @@ async def test_unlimited_key_reserves_nothing(make_limiter: Callable[..., BaseLi
 async def test_token_budget(make_limiter: Callable[..., BaseLimiter]) -> None:
     limiter = make_limiter()
     k = key(budget_tokens=100)
-    a = await admit(limiter, k, inp=30, allowance=500)  # its allowance does not fit, nothing else in flight: alone
+    a = await admit(
+        limiter, k, inp=30, allowance=500
+    )  # its allowance does not fit, nothing else in flight: alone
     err = await refused(admit(limiter, k, inp=10, allowance=10))  # the budget is held by a: 429, not 402
     assert (err.status, err.type) == (429, "rate_limit_error") and err.retry_after is not None
     assert "held by its requests in flight" in err.message and "token budget" in err.message
@@ -310,16 +324,33 @@ async def test_plan_envelopes_apply_on_top_of_key_caps(make_limiter: Callable[..
     assert limiter.plans.get("pro").windows[0].requests == 45  # type: ignore[union-attr]
 
 
-async def test_spend_seeded_from_the_database(make_limiter: Callable[..., BaseLimiter], tmp_path: Any) -> None:
+async def test_spend_seeded_from_the_database(
+    make_limiter: Callable[..., BaseLimiter], tmp_path: Any
+) -> None:
     store = await SQLiteStore.open(str(tmp_path / "s.sqlite3"))
     try:
         await store.migrate()
         k = key(budget_micro_usd=1000, budget_tokens=10_000)
         now = time.time()
-        await store.insert_usage([UsageRecord(request_id=f"req_{uuid.uuid4().hex}", key_id=k.id, credential=None,
-                                              route="messages", model="m", status=200, stream=False,
-                                              input_tokens=100, output_tokens=100, cost_micro=450,
-                                              started_at=now, ended_at=now) for _ in range(2)])
+        await store.insert_usage(
+            [
+                UsageRecord(
+                    request_id=f"req_{uuid.uuid4().hex}",
+                    key_id=k.id,
+                    credential=None,
+                    route="messages",
+                    model="m",
+                    status=200,
+                    stream=False,
+                    input_tokens=100,
+                    output_tokens=100,
+                    cost_micro=450,
+                    started_at=now,
+                    ended_at=now,
+                )
+                for _ in range(2)
+            ]
+        )
         limiter = make_limiter(store=store)
         a = await admit(limiter, k, inp=10, price_in=3)  # 900 + 30 fits
         await limiter.settle(a, tokens=20, cost_micro=60)  # 960
@@ -422,11 +453,24 @@ async def test_redis_restart_reconnects_reloads_and_reseeds(tmp_path: Any) -> No
     from tests.procs import free_port
 
     port = free_port()
-    cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", str(tmp_path)]
+    cmd = [
+        shutil.which("redis-server") or "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
 
     async def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # a test's redis-server
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )  # a test's redis-server
         for _ in range(100):
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -446,9 +490,23 @@ async def test_redis_restart_reconnects_reloads_and_reseeds(tmp_path: Any) -> No
         adm = await limiter.admit(k, model="m", input_tokens=100, max_tokens=0, request_id="req_x")
         await limiter.settle(adm, tokens=300, cost_micro=0)
         now = time.time()
-        await store.insert_usage([UsageRecord(request_id="req_x", key_id=k.id, credential=None, route="messages",
-                                              model="m", status=200, stream=False, input_tokens=100,
-                                              output_tokens=200, started_at=now, ended_at=now)])
+        await store.insert_usage(
+            [
+                UsageRecord(
+                    request_id="req_x",
+                    key_id=k.id,
+                    credential=None,
+                    route="messages",
+                    model="m",
+                    status=200,
+                    stream=False,
+                    input_tokens=100,
+                    output_tokens=200,
+                    started_at=now,
+                    ended_at=now,
+                )
+            ]
+        )
         proc.terminate()
         proc.wait(timeout=10)
         assert (await refused(admit(limiter, k))).status == 503

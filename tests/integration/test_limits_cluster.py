@@ -45,12 +45,17 @@ async def admit(limiter: RedisLimiter, k: KeyRecord, inp: int = 10, allowance: i
     return await limiter.admit(k, model="m", input_tokens=inp, max_tokens=allowance, price_in=3, price_out=15)
 
 
-async def test_every_key_of_a_call_in_one_slot_and_keys_spread_over_masters(redis_cluster_url: str,
-                                                                           redis_cluster: RedisCluster) -> None:
+async def test_every_key_of_a_call_in_one_slot_and_keys_spread_over_masters(
+    redis_cluster_url: str, redis_cluster: RedisCluster
+) -> None:
     limiter = RedisLimiter(redis_cluster_url, plans=Plans())
     try:
-        keys = [key(plan="pro", rpm=100, tpm=10**6, budget_tokens=10**6, budget_micro_usd=10**9, max_concurrency=5)
-                for _ in range(24)]
+        keys = [
+            key(
+                plan="pro", rpm=100, tpm=10**6, budget_tokens=10**6, budget_micro_usd=10**9, max_concurrency=5
+            )
+            for _ in range(24)
+        ]
         for k in keys:
             await limiter.settle(await admit(limiter, k), tokens=50, cost_micro=200)
         for k in keys:
@@ -73,7 +78,9 @@ async def test_every_key_of_a_call_in_one_slot_and_keys_spread_over_masters(redi
         await limiter.close()
 
 
-async def test_slot_migration_follows_ask_then_moved(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
+async def test_slot_migration_follows_ask_then_moved(
+    redis_cluster_url: str, redis_cluster: RedisCluster
+) -> None:
     """A key's slot is migrated live to another master: admits follow ASK during the migration, MOVED after
     it, and its counters travel with it."""
     limiter = RedisLimiter(redis_cluster_url)
@@ -90,7 +97,9 @@ async def test_slot_migration_follows_ask_then_moved(redis_cluster_url: str, red
         redis_cluster.cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[dst])
         names = redis_cluster.cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split()
         assert len(names) == 4  # budget hash, in-flight set, settled request ids, minute window
-        redis_cluster.cli(src, "MIGRATE", "127.0.0.1", str(redis_cluster.ports[dst]), "", "0", "5000", "KEYS", *names)
+        redis_cluster.cli(
+            src, "MIGRATE", "127.0.0.1", str(redis_cluster.ports[dst]), "", "0", "5000", "KEYS", *names
+        )
         # the keys are on dst, the slot still belongs to src: src answers ASK
         during = await admit(limiter, k, inp=100)
         assert (await limiter.snapshot(k.id))["spent_tokens"] == 300
@@ -102,7 +111,13 @@ async def test_slot_migration_follows_ask_then_moved(redis_cluster_url: str, red
         after = await admit(limiter, k, inp=100)
         await limiter.settle(after, tokens=100, cost_micro=0)
         snap = await limiter.snapshot(k.id)
-        assert snap == {"spent_tokens": 750, "spent_micro": 0, "held_tokens": 0, "held_micro": 0, "in_flight": 0}
+        assert snap == {
+            "spent_tokens": 750,
+            "spent_micro": 0,
+            "held_tokens": 0,
+            "held_micro": 0,
+            "in_flight": 0,
+        }
         router = limiter.router
         assert isinstance(router, Cluster) and router.slots[slot] == ("127.0.0.1", redis_cluster.ports[dst])
     finally:
@@ -110,8 +125,9 @@ async def test_slot_migration_follows_ask_then_moved(redis_cluster_url: str, red
 
 
 @pytest.mark.parametrize("fail_open", [False, True])
-async def test_a_master_fails_under_load_and_recovers(fail_open: bool, tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_master_fails_under_load_and_recovers(
+    fail_open: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Load on keys spread over all masters; one master is SIGKILLed: its keys fail closed (503) or open
     (admitted unlimited) as configured, the others' keys keep their limits; it restarts empty: its keys
     are limited again (functions reloaded, spend re-seeded from the database)."""
@@ -119,8 +135,9 @@ async def test_a_master_fails_under_load_and_recovers(fail_open: bool, tmp_path:
         store = await SQLiteStore.open(str(tmp_path / "s.sqlite3"))
         await store.migrate()
         # (a restarted master lost its state: the keys it seeds hold admissions recovery_hold seconds)
-        limiter = RedisLimiter(cluster.url, store=store, fail_open=fail_open, socket_timeout=0.5,
-                               recovery_hold=0.2)
+        limiter = RedisLimiter(
+            cluster.url, store=store, fail_open=fail_open, socket_timeout=0.5, recovery_hold=0.2
+        )
         try:
             keys: dict[int, KeyRecord] = {}
             while len(keys) < 3:  # one budgeted key on each master
@@ -144,10 +161,23 @@ async def test_a_master_fails_under_load_and_recovers(fail_open: bool, tmp_path:
                     if outcome == "limited":
                         await limiter.settle(adm, tokens=20, cost_micro=0)
                         now = time.time()
-                        await store.insert_usage([UsageRecord(  # the row of that request (same id)
-                            request_id=adm.token, key_id=keys[node].id, credential=None,
-                            route="messages", model="m", status=200, stream=False, input_tokens=10,
-                            output_tokens=10, started_at=now, ended_at=now)])
+                        await store.insert_usage(
+                            [
+                                UsageRecord(  # the row of that request (same id)
+                                    request_id=adm.token,
+                                    key_id=keys[node].id,
+                                    credential=None,
+                                    route="messages",
+                                    model="m",
+                                    status=200,
+                                    stream=False,
+                                    input_tokens=10,
+                                    output_tokens=10,
+                                    started_at=now,
+                                    ended_at=now,
+                                )
+                            ]
+                        )
                     await asyncio.sleep(0.01)
 
             tasks = [asyncio.create_task(load(n)) for n in range(3)]
@@ -185,7 +215,9 @@ async def test_upstream_health_is_shared_on_a_cluster(redis_cluster_url: str) ->
     await _shared_health(redis_cluster_url)
 
 
-async def test_key_change_notifications_on_a_cluster(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
+async def test_key_change_notifications_on_a_cluster(
+    redis_cluster_url: str, redis_cluster: RedisCluster
+) -> None:
     from ethereal.keychanges import CHANNEL, RedisKeyChanges, publish_once
 
     h1, h2, h3 = ("1" * 64, "2" * 64, "3" * 64)
@@ -213,8 +245,9 @@ async def test_key_change_notifications_on_a_cluster(redis_cluster_url: str, red
         await publisher.close()
 
 
-async def test_a_plain_url_to_a_cluster_node_fails_loudly(redis_cluster_url: str, redis_cluster: RedisCluster,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_plain_url_to_a_cluster_node_fails_loudly(
+    redis_cluster_url: str, redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     """redis:// to one node of a cluster: the keys of the other nodes' slots answer MOVED; the limiter
     refuses (fail closed) and says what to configure instead of half working."""
     limiter = RedisLimiter(redis_cluster.node_url(0))

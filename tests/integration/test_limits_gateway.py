@@ -20,8 +20,12 @@ HEADERS = {"anthropic-version": "2023-06-01"}
 
 
 def body(text: str = "hi", max_tokens: int = 64, stream: bool = False) -> dict[str, Any]:
-    return {"model": "claude-sonnet-4-6", "max_tokens": max_tokens, "stream": stream,
-            "messages": [{"role": "user", "content": text}]}
+    return {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+    }
 
 
 def mint(url: str, **attrs: Any) -> dict[str, Any]:
@@ -31,8 +35,9 @@ def mint(url: str, **attrs: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def governed(tmp: Path, sim_url: str, pg_url: str | None, redis_url: str | None, workers: int = 1,
-             **env: str) -> Iterator[str]:
+def governed(
+    tmp: Path, sim_url: str, pg_url: str | None, redis_url: str | None, workers: int = 1, **env: str
+) -> Iterator[str]:
     full = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_KEY_CACHE_TTL": "1.0", **env}
     if pg_url:
         full["ETHEREAL_DATABASE_URL"] = pg_url
@@ -42,8 +47,9 @@ def governed(tmp: Path, sim_url: str, pg_url: str | None, redis_url: str | None,
         yield url
 
 
-async def usage_rows(pg_url: str, key_id: str, expect: int, timeout: float = 20.0, *,
-                     status: int | None = None) -> list[Any]:
+async def usage_rows(
+    pg_url: str, key_id: str, expect: int, timeout: float = 20.0, *, status: int | None = None
+) -> list[Any]:
     """The key's usage rows once at least ``expect`` of them (with ``status``: of that status) are
     in PostgreSQL (the meter flushes in the background), or at the deadline."""
     import asyncpg
@@ -72,9 +78,14 @@ async def redis_spent(redis_url: str, key_id: str) -> tuple[int, int, int]:
         await client.aclose()
 
 
-async def post_until_decided(client: httpx.AsyncClient, url: str, payload: dict[str, Any],
-                             headers: dict[str, str], held: list[httpx.Response],
-                             lost: list[Exception] | None = None) -> httpx.Response:
+async def post_until_decided(
+    client: httpx.AsyncClient,
+    url: str,
+    payload: dict[str, Any],
+    headers: dict[str, str],
+    held: list[httpx.Response],
+    lost: list[Exception] | None = None,
+) -> httpx.Response:
     """Send; on a 429 wait its retry-after and send again, until served (read to the end) or refused 402.
 
     With ``lost``, a connection dropped before the answer is sent again, as the SDKs do, and recorded (under
@@ -110,8 +121,9 @@ def check_held(held: list[httpx.Response]) -> None:
         assert 1 <= int(r.headers["retry-after"]) <= 5, r.headers["retry-after"]
 
 
-async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url: str, redis_url: str,
-                                                            tmp_path: Path) -> None:
+async def test_budget_under_hundreds_of_concurrent_requests(
+    sim_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
     """300 requests at once against one budget, through 2 workers sharing Redis and PostgreSQL: spend
     exceeds the budget by at most one request's output."""
     # each request stays in flight 1.5 s upstream: the 300 arrive well within that (sending them takes the
@@ -119,12 +131,14 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
     # when the rest arrive, however fast or slow the gateway admits them
     text = "Count to ten please. sim:tokens=64 sim:latency=1500"
     with governed(tmp_path, sim_url, pg_url, redis_url, workers=2) as url:
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=400, keepalive_expiry=0.5)) \
-                as client:
+        async with httpx.AsyncClient(
+            timeout=60, limits=httpx.Limits(max_connections=400, keepalive_expiry=0.5)
+        ) as client:
             # the price of one such request, measured on an unlimited key
             probe = mint(url)
-            first = await client.post(url + "/v1/messages", json=body(text),
-                                      headers={**HEADERS, "x-api-key": probe["key"]})
+            first = await client.post(
+                url + "/v1/messages", json=body(text), headers={**HEADERS, "x-api-key": probe["key"]}
+            )
             assert first.status_code == 200, first.text
             usage = first.json()["usage"]
             assert 0 < usage["output_tokens"] <= 64
@@ -137,8 +151,9 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
             key = mint(url, budget_micro_usd=budget, name="budgeted")
             headers = {**HEADERS, "x-api-key": key["key"]}
             held: list[httpx.Response] = []
-            replies = await asyncio.gather(*(post_until_decided(client, url, body(text), headers, held)
-                                             for _ in range(300)))
+            replies = await asyncio.gather(
+                *(post_until_decided(client, url, body(text), headers, held) for _ in range(300))
+            )
         statuses = [r.status_code for r in replies]
         assert set(statuses) == {200, 402}, {s: statuses.count(s) for s in set(statuses)}
         for r in replies:
@@ -151,24 +166,32 @@ async def test_budget_under_hundreds_of_concurrent_requests(sim_url: str, pg_url
         total = sum(r["cost_micro"] for r in rows)
         assert all(r["cost_micro"] == cost for r in served)
         # 1. over the budget by at most one request's output
-        print(f"\n300 requests, budget {budget} micro-USD: served {len(served)}, held (429) {len(held)} times, "
-              f"spent {total}, overshoot {total - budget} (one request's output costs {out_cost})")
+        print(
+            f"\n300 requests, budget {budget} micro-USD: served {len(served)}, held (429) {len(held)} times, "
+            f"spent {total}, overshoot {total - budget} (one request's output costs {out_cost})"
+        )
         assert total - budget <= out_cost, (total, budget, out_cost)
         # 2. 402 only once spend + a request's own input no longer fits: the budget is used up
         assert total + in_cost > budget, (total, budget, in_cost)
         # 3. Redis's spend for the key is exactly the sum of its usage rows, and nothing is left reserved
         # (settles are sent without waiting for Redis's reply: the last may land after its row)
-        _, spent_micro, held_micro = await eventually(lambda: redis_spent(redis_url, key["id"]),
-                                                      lambda got: got[1:] == (total, 0))
+        _, spent_micro, held_micro = await eventually(
+            lambda: redis_spent(redis_url, key["id"]), lambda got: got[1:] == (total, 0)
+        )
         assert spent_micro == total and held_micro == 0
-        shown = httpx.get(f"{url}/admin/api/keys/{key['id']}",  # blocking on purpose: one check after the load
-                          headers={"x-api-key": ADMIN_KEY}).json()
+        shown = httpx.get(
+            f"{url}/admin/api/keys/{key['id']}",  # blocking on purpose: one check after the load
+            headers={"x-api-key": ADMIN_KEY},
+        ).json()
         assert shown["spend"]["cost_micro"] == total
 
 
-@pytest.mark.parametrize(("budget", "backend"), [("tokens", "redis"), ("micro", "redis"), ("tokens", "cluster")])
-async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, tmp_path: Path, budget: str,
-                                                    backend: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    ("budget", "backend"), [("tokens", "redis"), ("micro", "redis"), ("tokens", "cluster")]
+)
+async def test_hard_budget_200_streams_two_gateways(
+    sim_url: str, pg_url: str, tmp_path: Path, budget: str, backend: str, request: pytest.FixtureRequest
+) -> None:
     """200 concurrent streams (max_tokens 4096, outputs of 200 to 4,000 tokens) on a small budget, spread over
     two gateway processes sharing Redis (one server, or a 3-master Redis Cluster) and PostgreSQL, each client
     retrying on 429 until served or refused: the spend exceeds the budget by at most one request's output."""
@@ -176,8 +199,10 @@ async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, t
 
     redis_url = request.getfixturevalue("redis_url" if backend == "redis" else "redis_cluster_url")
     rng = random.Random(11)
-    with governed(tmp_path / "a", sim_url, pg_url, redis_url) as url_a, \
-            governed(tmp_path / "b", sim_url, pg_url, redis_url) as url_b:
+    with (
+        governed(tmp_path / "a", sim_url, pg_url, redis_url) as url_a,
+        governed(tmp_path / "b", sim_url, pg_url, redis_url) as url_b,
+    ):
         if budget == "tokens":
             limit = 30_000
             key = mint(url_a, budget_tokens=limit, name="small token budget")
@@ -192,11 +217,23 @@ async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, t
         # sent on (the answer is lost; an SDK would retry, this test must not need to).
         limits = httpx.Limits(max_connections=450, keepalive_expiry=0.5)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            replies = await asyncio.gather(*(
-                post_until_decided(client, (url_a, url_b)[i % 2],
-                                   body(f"stream {i} sim:tokens={rng.randint(200, 4000)} sim:tps=20000",
-                                        max_tokens=4096, stream=True), headers, held, lost)
-                for i in range(200)))
+            replies = await asyncio.gather(
+                *(
+                    post_until_decided(
+                        client,
+                        (url_a, url_b)[i % 2],
+                        body(
+                            f"stream {i} sim:tokens={rng.randint(200, 4000)} sim:tps=20000",
+                            max_tokens=4096,
+                            stream=True,
+                        ),
+                        headers,
+                        held,
+                        lost,
+                    )
+                    for i in range(200)
+                )
+            )
         statuses = [r.status_code for r in replies]
         assert set(statuses) == {200, 402}, {s: statuses.count(s) for s in set(statuses)}
         check_held(held)
@@ -214,19 +251,23 @@ async def test_hard_budget_200_streams_two_gateways(sim_url: str, pg_url: str, t
             outputs = [r["output_tokens"] * 15 for r in served]
             inputs = [r["input_tokens"] * 3 for r in served]
         total = sum(spend)
-        print(f"\n200 streams via 2 gateways ({backend}), {budget} budget {limit}: served {len(served)}, "
-              f"held (429) {len(held)} times, connections dropped {len(lost)}, spent {total}, overshoot {total - limit} "
-              f"(largest single output {max(outputs)})")
+        print(
+            f"\n200 streams via 2 gateways ({backend}), {budget} budget {limit}: served {len(served)}, "
+            f"held (429) {len(held)} times, connections dropped {len(lost)}, spent {total}, overshoot {total - limit} "
+            f"(largest single output {max(outputs)})"
+        )
         assert total - limit <= max(outputs), (total, limit, max(outputs))
         assert total + min(inputs) > limit  # refused only once even the smallest input no longer fits
         st, sm, held_tokens = await eventually(
             lambda: redis_spent(redis_url, key["id"]),
-            lambda got: (got[0] if budget == "tokens" else got[1]) == total and got[2] == 0)
+            lambda got: (got[0] if budget == "tokens" else got[1]) == total and got[2] == 0,
+        )
         assert (st if budget == "tokens" else sm) == total and held_tokens == 0
 
 
-async def test_budget_rebuilt_from_postgres_after_redis_loss(sim_url: str, pg_url: str, redis_url: str,
-                                                             tmp_path: Path) -> None:
+async def test_budget_rebuilt_from_postgres_after_redis_loss(
+    sim_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
     import redis.asyncio as aioredis
 
     with governed(tmp_path, sim_url, pg_url, redis_url) as url:
@@ -234,8 +275,9 @@ async def test_budget_rebuilt_from_postgres_after_redis_loss(sim_url: str, pg_ur
         headers = {**HEADERS, "x-api-key": key["key"]}
         async with httpx.AsyncClient(timeout=30) as client:
             for _ in range(3):
-                assert (await client.post(url + "/v1/messages", json=body("x sim:tokens=20"),
-                                          headers=headers)).status_code == 200
+                assert (
+                    await client.post(url + "/v1/messages", json=body("x sim:tokens=20"), headers=headers)
+                ).status_code == 200
             rows = await usage_rows(pg_url, key["id"], expect=3)
             tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
             flusher = aioredis.Redis.from_url(redis_url)
@@ -250,24 +292,34 @@ async def test_budget_rebuilt_from_postgres_after_redis_loss(sim_url: str, pg_ur
             spent = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
             # the last settle is sent without waiting for Redis's reply: its row can be in PostgreSQL
             # before Redis has run it (on a busy machine)
-            st, _, _ = await eventually(lambda: redis_spent(redis_url, key["id"]), lambda got: got[0] == spent)
+            st, _, _ = await eventually(
+                lambda: redis_spent(redis_url, key["id"]), lambda got: got[0] == spent
+            )
             assert st == spent > tokens
 
 
-async def test_stream_cut_short_is_settled_on_the_estimate(sim_url: str, pg_url: str, redis_url: str,
-                                                           tmp_path: Path) -> None:
+async def test_stream_cut_short_is_settled_on_the_estimate(
+    sim_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
     with governed(tmp_path, sim_url, pg_url, redis_url) as url:
         key = mint(url, budget_micro_usd=10_000_000, max_concurrency=1)
         headers = {**HEADERS, "x-api-key": key["key"]}
         async with httpx.AsyncClient(timeout=30) as client:
-            resp = await client.post(url + "/v1/messages", headers=headers, json=body(
-                "tell me sim:tokens=200 sim:ttft=30 sim:tps=4000 sim:fault=reset_mid,after_events=30", max_tokens=400,
-                stream=True))
+            resp = await client.post(
+                url + "/v1/messages",
+                headers=headers,
+                json=body(
+                    "tell me sim:tokens=200 sim:ttft=30 sim:tps=4000 sim:fault=reset_mid,after_events=30",
+                    max_tokens=400,
+                    stream=True,
+                ),
+            )
             assert resp.status_code == 200 and b"event: error" in resp.content
             rows = await usage_rows(pg_url, key["id"], expect=1)
             assert len(rows) == 1 and rows[0]["exact"] is False and rows[0]["output_tokens"] > 0
-            _st, sm, held = await eventually(lambda: redis_spent(redis_url, key["id"]),
-                                             lambda got: got[1:] == (rows[0]["cost_micro"], 0))
+            _st, sm, held = await eventually(
+                lambda: redis_spent(redis_url, key["id"]), lambda got: got[1:] == (rows[0]["cost_micro"], 0)
+            )
             assert sm == rows[0]["cost_micro"] > 0 and held == 0
             # the concurrency slot was released (the cut credential itself may be cooling down now)
             import redis.asyncio as aioredis
@@ -296,37 +348,46 @@ async def test_rpm_and_tpm_at_the_window_edges(sim_url: str, redis_url: str, tmp
             assert 1 <= retry <= 3 and refused.headers["anthropic-ratelimit-requests-remaining"] == "0"
             # the window slides: a little over 2 s after the first request there is room again
             deadline = time.monotonic() + 3.5
-            while (resp := await client.post(url + "/v1/messages", json=body("a"), headers=headers)).status_code \
-                    == 429 and time.monotonic() < deadline:
+            while (
+                resp := await client.post(url + "/v1/messages", json=body("a"), headers=headers)
+            ).status_code == 429 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert resp.status_code == 200
 
             tkey = mint(url, tpm=300)
             theaders = {**HEADERS, "x-api-key": tkey["key"]}
-            first = await client.post(url + "/v1/messages", json=body("b sim:tokens=200", max_tokens=250),
-                                      headers=theaders)
+            first = await client.post(
+                url + "/v1/messages", json=body("b sim:tokens=200", max_tokens=250), headers=theaders
+            )
             assert first.status_code == 200 and first.headers["anthropic-ratelimit-tokens-limit"] == "300"
             # admitted on its input estimate; settled at its real total (~210 tokens)
-            second = await client.post(url + "/v1/messages", json=body("b sim:tokens=200", max_tokens=250),
-                                       headers=theaders)
+            second = await client.post(
+                url + "/v1/messages", json=body("b sim:tokens=200", max_tokens=250), headers=theaders
+            )
             assert second.status_code == 200
             third = await client.post(url + "/v1/messages", json=body("b"), headers=theaders)
             assert third.status_code == 429 and "tokens per minute" in third.json()["error"]["message"]
             assert int(third.headers["retry-after"]) >= 1
 
 
-async def test_revocation_reaches_a_second_gateway_within_a_second(sim_url: str, pg_url: str, redis_url: str,
-                                                                   tmp_path: Path) -> None:
-    with governed(tmp_path / "a", sim_url, pg_url, redis_url) as url_a, \
-            governed(tmp_path / "b", sim_url, pg_url, redis_url) as url_b:
+async def test_revocation_reaches_a_second_gateway_within_a_second(
+    sim_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    with (
+        governed(tmp_path / "a", sim_url, pg_url, redis_url) as url_a,
+        governed(tmp_path / "b", sim_url, pg_url, redis_url) as url_b,
+    ):
         async with httpx.AsyncClient(timeout=30) as client:
             for pubsub in (True, False):
                 key = mint(url_a)
                 headers = {**HEADERS, "x-api-key": key["key"]}
-                assert (await client.post(url_b + "/v1/messages", json=body(), headers=headers)).status_code == 200
+                assert (
+                    await client.post(url_b + "/v1/messages", json=body(), headers=headers)
+                ).status_code == 200
                 if pubsub:  # revoke through gateway A's admin API
-                    revoked = await client.post(f"{url_a}/admin/api/keys/{key['id']}/revoke",
-                                                headers={"x-api-key": ADMIN_KEY})
+                    revoked = await client.post(
+                        f"{url_a}/admin/api/keys/{key['id']}/revoke", headers={"x-api-key": ADMIN_KEY}
+                    )
                     assert revoked.status_code == 200
                 else:  # straight in the database (no notification): the 1 s cache TTL bounds it
                     import asyncpg
@@ -337,7 +398,9 @@ async def test_revocation_reaches_a_second_gateway_within_a_second(sim_url: str,
                 t0 = time.monotonic()
                 while True:
                     sent = time.monotonic() - t0
-                    status = (await client.post(url_b + "/v1/messages", json=body(), headers=headers)).status_code
+                    status = (
+                        await client.post(url_b + "/v1/messages", json=body(), headers=headers)
+                    ).status_code
                     if status == 401:
                         break
                     # a request sent a second or more after the revocation must be refused
@@ -352,16 +415,18 @@ def test_redis_unreachable_through_the_gateway(sim_url: str, tmp_path: Path, fai
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     with governed(tmp_path, sim_url, None, dead, ETHEREAL_LIMITS_FAIL_OPEN=str(fail_open).lower()) as url:
         key = mint(url, rpm=100, budget_usd=5)
-        resp = httpx.post(url + "/v1/messages", json=body(), headers={**HEADERS, "x-api-key": key["key"]},
-                          timeout=30)
+        resp = httpx.post(
+            url + "/v1/messages", json=body(), headers={**HEADERS, "x-api-key": key["key"]}, timeout=30
+        )
         if fail_open:
             assert resp.status_code == 200
         else:
             assert resp.status_code == 503 and resp.json()["error"]["type"] == "overloaded_error"
             assert int(resp.headers["retry-after"]) >= 1
         said = "FAILING OPEN" if fail_open else "failing closed"
-        logs = eventually_sync(lambda: "".join(p.read_text() for p in tmp_path.glob("gateway-*.log")),
-                               lambda text: said in text)  # the log writer flushes in the background
+        logs = eventually_sync(
+            lambda: "".join(p.read_text() for p in tmp_path.glob("gateway-*.log")), lambda text: said in text
+        )  # the log writer flushes in the background
         assert said in logs
 
 
@@ -369,6 +434,8 @@ def test_embedded_mode_uses_the_local_limiter(sim_url: str, tmp_path: Path) -> N
     with governed(tmp_path, sim_url, None, None) as url:
         key = mint(url, rpm=2, budget_tokens=10**6)
         headers = {**HEADERS, "x-api-key": key["key"]}
-        codes = [httpx.post(url + "/v1/messages", json=body(), headers=headers, timeout=30).status_code
-                 for _ in range(3)]
+        codes = [
+            httpx.post(url + "/v1/messages", json=body(), headers=headers, timeout=30).status_code
+            for _ in range(3)
+        ]
         assert codes == [200, 200, 429]

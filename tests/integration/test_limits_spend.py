@@ -44,6 +44,7 @@ async def make_limiter(request: pytest.FixtureRequest) -> Any:
     for limiter in made:
         await limiter.close()
 
+
 CENT = 10_000  # micro-USD
 
 
@@ -58,8 +59,14 @@ class Book:
 
 
 def limit(scope_type: str, scope_id: str, period: str, cents: int | None, shared: bool = False) -> SpendLimit:
-    return SpendLimit(id=new_limit_id(), scope_type=scope_type, scope_id=scope_id, period=period,
-                      amount_cents=cents, shared=shared)
+    return SpendLimit(
+        id=new_limit_id(),
+        scope_type=scope_type,
+        scope_id=scope_id,
+        period=period,
+        amount_cents=cents,
+        shared=shared,
+    )
 
 
 def key(**attrs: Any) -> KeyRecord:
@@ -73,8 +80,9 @@ def limited(make: Callable[..., BaseLimiter], book: Book) -> BaseLimiter:
 
 
 async def admit(limiter: BaseLimiter, k: KeyRecord, in_m: int, out_m: int) -> Admission:
-    return await limiter.admit(k, model="claude-sonnet-4-6", input_tokens=10, max_tokens=100, input_micro=in_m,
-                               output_micro=out_m)
+    return await limiter.admit(
+        k, model="claude-sonnet-4-6", input_tokens=10, max_tokens=100, input_micro=in_m, output_micro=out_m
+    )
 
 
 async def refused(coro: Any) -> GatewayError:
@@ -89,7 +97,10 @@ async def test_person_daily_cap(make_limiter: Callable[..., BaseLimiter]) -> Non
     ann = key(owner="ann")
     a = await admit(limiter, ann, 1000, 5000)
     hdr = dict(a.headers)
-    assert hdr[b"ethereal-spend-limit-period"] == b"daily" and hdr[b"ethereal-spend-limit-utilization"] == b"0.0000"
+    assert (
+        hdr[b"ethereal-spend-limit-period"] == b"daily"
+        and hdr[b"ethereal-spend-limit-utilization"] == b"0.0000"
+    )
     assert hdr[b"ethereal-spend-limit-status"] == b"allowed"
     # only its output allowance and ann's request in flight do not fit: held, a short retry
     err = await refused(admit(limiter, ann, 1000, 5000))
@@ -108,14 +119,23 @@ async def test_person_daily_cap(make_limiter: Callable[..., BaseLimiter]) -> Non
     now = time.time()
     reset = period_end("daily", now)
     assert err.resets_at == int(reset)
-    assert err.message == "spend limit reached (daily; resets " + time.strftime(
-        "%Y-%m-%d %H:%M UTC", time.gmtime(reset)) + ")"
+    assert (
+        err.message
+        == "spend limit reached (daily; resets "
+        + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(reset))
+        + ")"
+    )
     headers = dict(err.response_headers())
     assert headers[b"x-should-retry"] == b"false"
     assert abs(int(headers[b"retry-after"]) - (reset - now)) <= 2
     body = err.openai_body()["error"]
-    assert body == {"type": "usage_limit_reached", "code": "spend_limit_reached", "message": err.message,
-                    "param": None, "resets_at": int(reset)}
+    assert body == {
+        "type": "usage_limit_reached",
+        "code": "spend_limit_reached",
+        "message": err.message,
+        "param": None,
+        "resets_at": int(reset),
+    }
     # spend + its own input over the cap: billing_error even while nothing is in flight; another person is free
     bob = await admit(limiter, key(owner="bob"), 50_000, 50_000)
     await limiter.settle(bob, tokens=0, cost_micro=100_000)
@@ -138,8 +158,9 @@ async def test_input_alone_over_the_cap_is_billing(make_limiter: Callable[..., B
 
 
 async def test_team_default_applies_to_each_member(make_limiter: Callable[..., BaseLimiter]) -> None:
-    limiter = limited(make_limiter, Book(limit("rbac_group", "eng", "monthly", 1),
-                                         limit("organization", "", "weekly", 100)))
+    limiter = limited(
+        make_limiter, Book(limit("rbac_group", "eng", "monthly", 1), limit("organization", "", "weekly", 100))
+    )
     ann, bob = key(owner="ann", teams=["eng"]), key(owner="bob", teams=["eng"])
     for k in (ann, bob):
         a = await admit(limiter, k, 1000, 1000)
@@ -173,8 +194,10 @@ async def test_shared_pool(make_limiter: Callable[..., BaseLimiter]) -> None:
 
 
 async def test_pool_refusal_undoes_the_person_reservation(make_limiter: Callable[..., BaseLimiter]) -> None:
-    limiter = limited(make_limiter, Book(limit("rbac_group", "eng", "daily", 1, shared=True),
-                                         limit("user", "ann", "daily", 100)))
+    limiter = limited(
+        make_limiter,
+        Book(limit("rbac_group", "eng", "daily", 1, shared=True), limit("user", "ann", "daily", 100)),
+    )
     ann, bob = key(owner="ann", teams=["eng"]), key(owner="bob", teams=["eng"])
     b = await admit(limiter, bob, 1000, 1000)
     await limiter.settle(b, tokens=0, cost_micro=10_000)  # the pool is spent
@@ -189,7 +212,9 @@ async def test_pool_refusal_undoes_the_person_reservation(make_limiter: Callable
 
 async def test_key_cap_beside_the_person(make_limiter: Callable[..., BaseLimiter]) -> None:
     k1, k2 = key(owner="ann"), key(owner="ann")
-    limiter = limited(make_limiter, Book(limit("api_key", k1.id, "daily", 1), limit("user", "ann", "monthly", 100)))
+    limiter = limited(
+        make_limiter, Book(limit("api_key", k1.id, "daily", 1), limit("user", "ann", "monthly", 100))
+    )
     a = await admit(limiter, k1, 1000, 1000)
     await limiter.settle(a, tokens=0, cost_micro=10_000)
     err = await refused(admit(limiter, k1, 1, 1))
@@ -198,8 +223,14 @@ async def test_key_cap_beside_the_person(make_limiter: Callable[..., BaseLimiter
 
 
 async def test_several_caps_spent_name_the_last_reset(make_limiter: Callable[..., BaseLimiter]) -> None:
-    limiter = limited(make_limiter, Book(limit("user", "ann", "daily", 1), limit("user", "ann", "monthly", 1),
-                                         limit("user", "ann", "weekly", 1)))
+    limiter = limited(
+        make_limiter,
+        Book(
+            limit("user", "ann", "daily", 1),
+            limit("user", "ann", "monthly", 1),
+            limit("user", "ann", "weekly", 1),
+        ),
+    )
     ann = key(owner="ann")
     await limiter.settle(await admit(limiter, ann, 100, 100), tokens=0, cost_micro=20_000)
     err = await refused(admit(limiter, ann, 1, 1))
@@ -308,14 +339,18 @@ async def test_changing_the_owner_moves_the_state(make_limiter: Callable[..., Ba
     assert a.caps is not None and a.caps.tag == "u:bob"
     await limiter.settle(a, tokens=0, cost_micro=10_000)
     assert isinstance(await refused(admit(limiter, moved, 1, 1)), SpendLimitError)
-    assert isinstance(await refused(admit(limiter, key(owner="ann"), 1, 1)), SpendLimitError)  # ann's spend stays
+    assert isinstance(
+        await refused(admit(limiter, key(owner="ann"), 1, 1)), SpendLimitError
+    )  # ann's spend stays
 
 
 async def test_reseed_after_a_reprice(make_limiter: Callable[..., BaseLimiter]) -> None:
     """A re-price drops the current periods' counters it moved: they are seeded again from the
     (corrected) records at their next use (here no store: nothing spent)."""
-    limiter = limited(make_limiter, Book(limit("user", "ann", "daily", 1), limit("rbac_group", "eng", "daily", 1,
-                                                                                 shared=True)))
+    limiter = limited(
+        make_limiter,
+        Book(limit("user", "ann", "daily", 1), limit("rbac_group", "eng", "daily", 1, shared=True)),
+    )
     k = key(owner="ann", teams=["eng"])
     await limiter.settle(await admit(limiter, k, 100, 100), tokens=0, cost_micro=10_000)
     assert isinstance(await refused(admit(limiter, k, 1, 1)), SpendLimitError)

@@ -30,8 +30,11 @@ def test_percent_encoded_control_characters_cannot_forge_a_line(tmp_path: Path) 
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:  # request lines are written in batches, off the request path
             text = log.read_text(errors="replace")
-            if text.count("x0arequest_id=req_forged") >= 1 and "x00request_id" in text \
-                    and "x0d\\x0arequest_id" in text:
+            if (
+                text.count("x0arequest_id=req_forged") >= 1
+                and "x00request_id" in text
+                and "x0d\\x0arequest_id" in text
+            ):
                 break
             time.sleep(0.1)
     lines = text.splitlines()
@@ -52,7 +55,10 @@ def test_a_model_name_with_control_characters_is_refused_before_anything_else(ga
     import httpx
 
     for bad in ("claude-x\x00", "claude\nsonnet", "claude\u2028x"):
-        r = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": gateway.key},
-                       json={"model": bad, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            gateway.url + "/v1/messages",
+            headers={"x-api-key": gateway.key},
+            json={"model": bad, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (bad, r.text)
         assert "model" in r.json()["error"]["message"]

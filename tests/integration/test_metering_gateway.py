@@ -45,7 +45,10 @@ def fixture_events(name: str) -> list[dict[str, Any]]:
 
 # a recording names the model it was made with; a retired one is asked for by a served model of the same
 # prices (the upstream answers a retired id 404), and the replay reports, and is priced by, the recorded one
-STAND_IN = {"claude-sonnet-4-20250514": "claude-sonnet-4-6", "claude-sonnet-4-5-20250929": "claude-sonnet-4-6"}
+STAND_IN = {
+    "claude-sonnet-4-20250514": "claude-sonnet-4-6",
+    "claude-sonnet-4-5-20250929": "claude-sonnet-4-6",
+}
 
 
 def billed(name: str) -> dict[str, Any]:
@@ -79,8 +82,13 @@ def billed(name: str) -> dict[str, Any]:
             micro += cost(it.get("model") or model, *vals)
     else:
         c5, c1 = split({**u0, **u1}, u0)
-        tot = {"input": u1.get("input_tokens", u0["input_tokens"]), "output": u1["output_tokens"], "c5": c5, "c1": c1,
-                   "cr": u1.get("cache_read_input_tokens", u0.get("cache_read_input_tokens", 0))}
+        tot = {
+            "input": u1.get("input_tokens", u0["input_tokens"]),
+            "output": u1["output_tokens"],
+            "c5": c5,
+            "c1": c1,
+            "cr": u1.get("cache_read_input_tokens", u0.get("cache_read_input_tokens", 0)),
+        }
         micro = cost(model, tot["input"], tot["output"], c5, c1, tot["cr"])
     return {"model": model, **tot, "web": web, "cost_micro": round(micro) + web * 10_000}
 
@@ -125,8 +133,12 @@ def test_fixture_models_are_priced() -> None:
 @pytest.mark.parametrize("name", FIXTURES)
 def test_recorded_fixture_usage_and_cost(gw: dict[str, Any], name: str, stream: bool) -> None:
     want = billed(name)
-    body = {"model": STAND_IN.get(want["model"], want["model"]), "max_tokens": 4096, "stream": stream,
-            "messages": [{"role": "user", "content": f"sim:replay {name}"}]}
+    body = {
+        "model": STAND_IN.get(want["model"], want["model"]),
+        "max_tokens": 4096,
+        "stream": stream,
+        "messages": [{"role": "user", "content": f"sim:replay {name}"}],
+    }
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
         resp = client.post("/v1/messages", json=body, headers=headers(gw["a"]))
         assert resp.status_code == 200, resp.text
@@ -141,24 +153,40 @@ def test_recorded_fixture_usage_and_cost(gw: dict[str, Any], name: str, stream: 
     assert got["model"] == body["model"]
     assert (got["input_tokens"], got["output_tokens"]) == (want["input"], want["output"])
     assert got["cache_read_input_tokens"] == want["cr"]
-    assert got["cache_creation"] == {"ephemeral_5m_input_tokens": want["c5"], "ephemeral_1h_input_tokens": want["c1"]}
+    assert got["cache_creation"] == {
+        "ephemeral_5m_input_tokens": want["c5"],
+        "ephemeral_1h_input_tokens": want["c1"],
+    }
     assert got["cache_ttl_assumed"] is False  # every recording reports the 5m/1h split
     assert got["server_tool_use"]["web_search_requests"] == want["web"]
     assert got["cost_micro"] == want["cost_micro"], (name, got, want)
     assert got["key_id"] == gw["a_id"]
     assert got["timing"]["duration_ms"] >= 0 and got["timing"]["started_at"].endswith("Z")
     row = stored_row(gw["data_dir"], request_id)
-    assert (row["input_tokens"], row["output_tokens"], row["cache_creation_5m"], row["cache_creation_1h"],
-            row["cache_read"], row["cost_micro"], row["web_search_requests"]) == (
-        want["input"], want["output"], want["c5"], want["c1"], want["cr"], want["cost_micro"], want["web"])
+    assert (
+        row["input_tokens"],
+        row["output_tokens"],
+        row["cache_creation_5m"],
+        row["cache_creation_1h"],
+        row["cache_read"],
+        row["cost_micro"],
+        row["web_search_requests"],
+    ) == (want["input"], want["output"], want["c5"], want["c1"], want["cr"], want["cost_micro"], want["web"])
     assert row["stream"] == int(stream) and row["exact"] == 1 and row["status"] == 200
     assert row["credential"] and row["upstream_request_id"]
 
 
 def test_usage_visibility(gw: dict[str, Any]) -> None:
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
-        resp = client.post("/v1/messages", headers=headers(gw["a"]), json={
-            "model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+        resp = client.post(
+            "/v1/messages",
+            headers=headers(gw["a"]),
+            json={
+                "model": "claude-haiku-4-5",
+                "max_tokens": 50,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         rid = resp.headers["request-id"]
         assert client.get(f"/v1/usage/{rid}", headers=headers(gw["a"])).status_code == 200
         other = client.get(f"/v1/usage/{rid}", headers=headers(gw["b"]))
@@ -166,7 +194,9 @@ def test_usage_visibility(gw: dict[str, Any]) -> None:
         admin = client.get(f"/v1/usage/{rid}", headers={"x-api-key": ADMIN})
         assert admin.status_code == 200 and admin.json()["request_id"] == rid
         assert client.get(f"/v1/usage/{rid}", headers={"x-api-key": "sk-ant-nope"}).status_code == 401
-        assert client.get("/v1/usage/req_doesnotexist000000000000", headers=headers(gw["a"])).status_code == 404
+        assert (
+            client.get("/v1/usage/req_doesnotexist000000000000", headers=headers(gw["a"])).status_code == 404
+        )
         # the alias resolved before pricing
         assert admin.json()["model"] == "claude-haiku-4-5-20251001"
 
@@ -176,11 +206,27 @@ def test_every_request_with_a_key_is_recorded(gw: dict[str, Any]) -> None:
         before = client.get("/admin/api/meter", headers={"x-api-key": ADMIN}).json()
         cases = [
             ({"model": "claude-sonnet-4-6", "messages": []}, 400, "invalid_request_error"),  # no max_tokens
-            ({"model": "claude-sonnet-4-6", "max_tokens": 10,
-              "messages": [{"role": "user", "content": "sim:fault=400"}]}, 400, "invalid_request_error"),
-            ({"model": "claude-sonnet-4-6", "max_tokens": 10, "stream": True,
-              "messages": [{"role": "user", "content": "sim:fault=error_mid,after_events=4 sim:tokens=50"}]},
-             200, "overloaded_error"),
+            (
+                {
+                    "model": "claude-sonnet-4-6",
+                    "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "sim:fault=400"}],
+                },
+                400,
+                "invalid_request_error",
+            ),
+            (
+                {
+                    "model": "claude-sonnet-4-6",
+                    "max_tokens": 10,
+                    "stream": True,
+                    "messages": [
+                        {"role": "user", "content": "sim:fault=error_mid,after_events=4 sim:tokens=50"}
+                    ],
+                },
+                200,
+                "overloaded_error",
+            ),
         ]
         for body, status, etype in cases:
             resp = client.post("/v1/messages", json=body, headers=headers(gw["a"]))
@@ -190,18 +236,28 @@ def test_every_request_with_a_key_is_recorded(gw: dict[str, Any]) -> None:
         # the stream cut by an error event is billed from the tap's estimate, marked as such
         assert got["exact"] is False and got["output_tokens"] >= 1
         # count_tokens and models are recorded too, at no cost
-        resp = client.post("/v1/messages/count_tokens", headers=headers(gw["a"]), json={
-            "model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hello"}]})
+        resp = client.post(
+            "/v1/messages/count_tokens",
+            headers=headers(gw["a"]),
+            json={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hello"}]},
+        )
         got = client.get(f"/v1/usage/{resp.headers['request-id']}", headers=headers(gw["a"])).json()
         assert got["route"] == "count_tokens" and got["cost_micro"] == 0
         resp = client.get("/v1/models", headers=headers(gw["a"]))
-        assert client.get(f"/v1/usage/{resp.headers['request-id']}", headers=headers(gw["a"])).json()[
-            "route"] == "models"
+        assert (
+            client.get(f"/v1/usage/{resp.headers['request-id']}", headers=headers(gw["a"])).json()["route"]
+            == "models"
+        )
         # refused before a key is known: counted, not recorded
         resp = client.post("/v1/messages", json=cases[0][0], headers=headers("sk-ant-api03-wrong"))
         assert resp.status_code == 401
-        assert client.get(f"/v1/usage/{resp.headers['request-id']}", headers={"x-api-key": ADMIN},
-                          ).status_code == 404
+        assert (
+            client.get(
+                f"/v1/usage/{resp.headers['request-id']}",
+                headers={"x-api-key": ADMIN},
+            ).status_code
+            == 404
+        )
         after = client.get("/admin/api/meter", headers={"x-api-key": ADMIN}).json()
         assert after["unauthenticated"] == before["unauthenticated"] + 1
         assert after["recorded"] >= before["recorded"] + 5
@@ -210,8 +266,12 @@ def test_every_request_with_a_key_is_recorded(gw: dict[str, Any]) -> None:
 def test_client_disconnect_is_billed_from_the_estimate(gw: dict[str, Any]) -> None:
     from ethereal.sim._gen import ctok
 
-    body = {"model": "claude-sonnet-4-6", "max_tokens": 4000, "stream": True,
-            "messages": [{"role": "user", "content": "Tell me a long story. sim:tokens=3000 sim:tps=200"}]}
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 4000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell me a long story. sim:tokens=3000 sim:tps=200"}],
+    }
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
         with client.stream("POST", "/v1/messages", json=body, headers=headers(gw["a"])) as resp:
             assert resp.status_code == 200
@@ -224,9 +284,12 @@ def test_client_disconnect_is_billed_from_the_estimate(gw: dict[str, Any]) -> No
                     break
         # the connection is closed here, mid-stream
         # the sim bills ceil(characters / 4) per text block (its message_delta would have said so)
-        complete = buf[:buf.rfind(b"\n") + 1]  # a chunk may end mid-line
-        text = "".join(orjson.loads(line[5:])["delta"]["text"] for line in complete.split(b"\n")
-                       if line.startswith(b"data:") and b'"text_delta"' in line)
+        complete = buf[: buf.rfind(b"\n") + 1]  # a chunk may end mid-line
+        text = "".join(
+            orjson.loads(line[5:])["delta"]["text"]
+            for line in complete.split(b"\n")
+            if line.startswith(b"data:") and b'"text_delta"' in line
+        )
         received = ctok(text)
         assert 100 < received < 3000
         deadline = time.monotonic() + 10
@@ -249,12 +312,22 @@ def test_admin_aggregates(gw: dict[str, Any]) -> None:
     with httpx.Client(base_url=gw["url"], timeout=30) as client:
         since = time.time() - 0.001
         for _ in range(3):
-            client.post("/v1/messages", headers=headers(gw["b"]), json={
-                "model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "x"}]})
+            client.post(
+                "/v1/messages",
+                headers=headers(gw["b"]),
+                json={
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": 20,
+                    "messages": [{"role": "user", "content": "x"}],
+                },
+            )
         ids = []
         for group_by in ("key_id", "model", "credential", "route"):
-            resp = client.get("/admin/api/usage", params={"group_by": group_by, "since": str(since)},
-                              headers={"x-api-key": ADMIN})
+            resp = client.get(
+                "/admin/api/usage",
+                params={"group_by": group_by, "since": str(since)},
+                headers={"x-api-key": ADMIN},
+            )
             assert resp.status_code == 200, resp.text
             data = resp.json()
             assert data["totals"]["requests"] == 3
@@ -262,13 +335,24 @@ def test_admin_aggregates(gw: dict[str, Any]) -> None:
         rows = resp.json()["data"]
         assert rows[0]["cost_micro"] > 0 and rows[0]["cost_usd"] == f"{rows[0]['cost_micro'] / 1e6:.6f}"
         assert ids[1] == "claude-haiku-4-5-20251001" and ids[3] == "messages"
-        assert client.get("/admin/api/usage", params={"group_by": "nope"},
-                          headers={"x-api-key": ADMIN}).status_code == 400
-        assert client.get("/admin/api/usage", params={"since": "2026-13-99"},
-                          headers={"x-api-key": ADMIN}).status_code == 400
+        assert (
+            client.get(
+                "/admin/api/usage", params={"group_by": "nope"}, headers={"x-api-key": ADMIN}
+            ).status_code
+            == 400
+        )
+        assert (
+            client.get(
+                "/admin/api/usage", params={"since": "2026-13-99"}, headers={"x-api-key": ADMIN}
+            ).status_code
+            == 400
+        )
         assert client.get("/admin/api/usage", headers=headers(gw["a"])).status_code == 401
-        iso = client.get("/admin/api/usage", params={"group_by": "model", "since": "2000-01-01T00:00:00Z",
-                                                     "until": "2000-01-02"}, headers={"x-api-key": ADMIN})
+        iso = client.get(
+            "/admin/api/usage",
+            params={"group_by": "model", "since": "2000-01-01T00:00:00Z", "until": "2000-01-02"},
+            headers={"x-api-key": ADMIN},
+        )
         assert iso.status_code == 200 and iso.json()["data"] == []
 
 
@@ -280,9 +364,16 @@ def test_usage_answers_across_workers(sim_url: str, tmp_path: Path) -> None:
         pids = set()
         for i in range(16):
             with httpx.Client(base_url=url, timeout=30) as client:  # a new connection: any worker
-                resp = client.post("/v1/messages", headers=headers(key), json={
-                    "model": "claude-haiku-4-5", "max_tokens": 20, "stream": i % 2 == 0,
-                    "messages": [{"role": "user", "content": "x"}]})
+                resp = client.post(
+                    "/v1/messages",
+                    headers=headers(key),
+                    json={
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 20,
+                        "stream": i % 2 == 0,
+                        "messages": [{"role": "user", "content": "x"}],
+                    },
+                )
                 rid = resp.headers["request-id"]
             with httpx.Client(base_url=url, timeout=30) as client:
                 got = client.get(f"/v1/usage/{rid}", headers=headers(key))

@@ -52,12 +52,17 @@ async def _load(base: str, key: str, total: int, control: Any) -> tuple[list[str
     stats: list[dict[str, Any]] = []
     counter = iter(range(total))
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
-    async with httpx.AsyncClient(base_url=base, timeout=60,
-                                 limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=60, limits=httpx.Limits(max_connections=CONCURRENCY)
+    ) as client:
 
         async def one(i: int) -> None:
-            body = {"model": "claude-haiku-4-5", "max_tokens": 64, "stream": i % 2 == 0,
-                    "messages": [{"role": "user", "content": f"request {i} sim:tokens=6"}]}
+            body = {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 64,
+                "stream": i % 2 == 0,
+                "messages": [{"role": "user", "content": f"request {i} sim:tokens=6"}],
+            }
             resp = await client.post("/v1/messages", json=body, headers=headers)
             await resp.aread()
             statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
@@ -82,9 +87,13 @@ def test_postgres_outage_loses_and_duplicates_nothing(sim_url: str, tmp_path: Pa
     with postgres_server() as (server, pg_data):
         url = server.create_database("outage")
         key = asyncio.run(_prepare(url))
-        env = {"ETHEREAL_DATABASE_URL": url, "ETHEREAL_ADMIN_KEY": ADMIN,
-               # keys stay cached through the outage (a cache miss needs the database)
-               "ETHEREAL_KEY_CACHE_TTL": "3600", "ETHEREAL_METER_RETRY_MAX": "0.5"}
+        env = {
+            "ETHEREAL_DATABASE_URL": url,
+            "ETHEREAL_ADMIN_KEY": ADMIN,
+            # keys stay cached through the outage (a cache miss needs the database)
+            "ETHEREAL_KEY_CACHE_TTL": "3600",
+            "ETHEREAL_METER_RETRY_MAX": "0.5",
+        }
         with gateway_process(tmp_path, sim_url, env=env, workers=2) as base:
             events: dict[str, float] = {}
 
@@ -117,9 +126,11 @@ def test_postgres_outage_loses_and_duplicates_nothing(sim_url: str, tmp_path: Pa
             assert max(s["spooled_records"] for s in stats) > 0, stats[-3:]
             log = next(tmp_path.glob("gateway-*.log")).read_text()
             assert "unhandled error" not in log and "meter flush cycle failed" not in log, log[-4000:]
-            print(f"\noutage {events['started'] - events['stop']:.1f}s; statuses {statuses};"
-                  f" max spooled by one worker {max(s['spooled_records'] for s in stats)};"
-                  f" workers seen {sorted({s['worker_pid'] for s in stats})}")
+            print(
+                f"\noutage {events['started'] - events['stop']:.1f}s; statuses {statuses};"
+                f" max spooled by one worker {max(s['spooled_records'] for s in stats)};"
+                f" workers seen {sorted({s['worker_pid'] for s in stats})}"
+            )
             deadline = time.monotonic() + 60
             while True:
                 rows, rolled = asyncio.run(_rows(url))
@@ -133,4 +144,3 @@ def test_postgres_outage_loses_and_duplicates_nothing(sim_url: str, tmp_path: Pa
         assert rolled == len(ids)  # the hourly rollup counted each row once, replays included
         leftovers = list((tmp_path / "spool").glob("*/*.seg"))
         assert not leftovers
-

@@ -30,14 +30,20 @@ def nova(sim_url: str) -> Iterator[str]:
         control(sim_url, "/_sim/models", {"clear": True})
 
 
-async def test_discovery_reads_every_page_and_only_adds(nova: str, monkeypatch: pytest.MonkeyPatch,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+async def test_discovery_reads_every_page_and_only_adds(
+    nova: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(service, "MODELS_PAGE", 4)  # the sim's dozen ids come in several pages
     registry = Registry()
     dead = f"http://127.0.0.1:{free_port()}"
-    pool = Pool([Credential("a", nova, "key-a"), Credential("dead", dead, "key-d"),
-                 Credential("sonnets", nova, "key-s", models=["claude-sonnet-*"])],
-                group_of=registry.rate_limit_group)
+    pool = Pool(
+        [
+            Credential("a", nova, "key-a"),
+            Credential("dead", dead, "key-d"),
+            Credential("sonnets", nova, "key-s", models=["claude-sonnet-*"]),
+        ],
+        group_of=registry.rate_limit_group,
+    )
     client = UpstreamClient()
     svc = UpstreamService(Settings(), pool, client, registry)
     try:

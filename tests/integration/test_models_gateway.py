@@ -34,8 +34,11 @@ def gw(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
     data_dir = tmp_path_factory.mktemp("models")
     key, _ = mint_into(data_dir, name="models")
     try:
-        with gateway_process(data_dir, sim_url, env={"ETHEREAL_UPSTREAM_429_COOLDOWN_CAP": str(CAP),
-                                                     "ETHEREAL_ADMIN_KEY": ADMIN}) as url:
+        with gateway_process(
+            data_dir,
+            sim_url,
+            env={"ETHEREAL_UPSTREAM_429_COOLDOWN_CAP": str(CAP), "ETHEREAL_ADMIN_KEY": ADMIN},
+        ) as url:
             yield Gateway(url=url, key=key, data_dir=data_dir, sim_url=sim_url)
     finally:
         control(sim_url, "/_sim/models", {"clear": True})
@@ -60,8 +63,12 @@ def listed_ids(gw: Gateway) -> list[str]:
 
 
 def message(gw: Gateway, model: str, key: str | None = None, text: str = "hello") -> httpx.Response:
-    return httpx.post(gw.url + "/v1/messages", headers=auth(key or gw.key), timeout=30,
-                      json={"model": model, "max_tokens": 32, "messages": [{"role": "user", "content": text}]})
+    return httpx.post(
+        gw.url + "/v1/messages",
+        headers=auth(key or gw.key),
+        timeout=30,
+        json={"model": model, "max_tokens": 32, "messages": [{"role": "user", "content": text}]},
+    )
 
 
 # ---------------------------------------------------------------------- GET /v1/models
@@ -144,10 +151,17 @@ def test_the_node_sdk_reads_capabilities_through_the_gateway(gw: Gateway, tmp_pa
         "  const one = await client.models.retrieve('claude-opus-5-5');\n"
         "  console.log(JSON.stringify({ids: out.map(m => m.id),\n"
         "    adaptive: one.capabilities.thinking.types.adaptive.supported, max_in: one.max_input_tokens}));\n"
-        "})().catch(e => { console.error(e); process.exit(1); });\n")
-    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "BASE": gw.url, "KEY": gw.key,
-           "NODE_PATH": str(fm.NODE_MODULES)}
-    done = subprocess.run(["node", str(script)], capture_output=True, text=True, env=env, timeout=60, check=False)
+        "})().catch(e => { console.error(e); process.exit(1); });\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/local/bin",
+        "BASE": gw.url,
+        "KEY": gw.key,
+        "NODE_PATH": str(fm.NODE_MODULES),
+    }
+    done = subprocess.run(
+        ["node", str(script)], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(out["ids"]) > 4 and "claude-opus-5-5" in out["ids"] and NOVA in out["ids"]
@@ -159,16 +173,25 @@ def test_the_node_sdk_reads_capabilities_through_the_gateway(gw: Gateway, tmp_pa
 def test_short_names_go_upstream_as_todays_models(gw: Gateway, short: str) -> None:
     target = REGISTRY.short_names[short]
     family = short.removeprefix("claude-").split("-")[0]
-    assert target == {"opus": "claude-opus-5-5", "sonnet": "claude-sonnet-5-5", "haiku": "claude-haiku-5-5"}[family]
+    assert (
+        target
+        == {"opus": "claude-opus-5-5", "sonnet": "claude-sonnet-5-5", "haiku": "claude-haiku-5-5"}[family]
+    )
     r = message(gw, short)
     assert r.status_code == 200, r.text
     assert seen_model(gw.sim_url) == target
     bearer = {"authorization": f"Bearer {gw.key}"}
-    chat = httpx.post(gw.url + "/v1/chat/completions", headers=bearer, timeout=30,
-                      json={"model": short, "messages": [{"role": "user", "content": "hello"}]})
+    chat = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=bearer,
+        timeout=30,
+        json={"model": short, "messages": [{"role": "user", "content": "hello"}]},
+    )
     assert chat.status_code == 200, chat.text
     assert seen_model(gw.sim_url) == target
-    resp = httpx.post(gw.url + "/v1/responses", headers=bearer, timeout=30, json={"model": short, "input": "hello"})
+    resp = httpx.post(
+        gw.url + "/v1/responses", headers=bearer, timeout=30, json={"model": short, "input": "hello"}
+    )
     assert resp.status_code == 200, resp.text
     assert seen_model(gw.sim_url) == target
 
@@ -180,8 +203,13 @@ def test_a_model_only_the_upstream_lists_is_served_and_billed_provisionally(gw: 
     assert r.status_code == 200, r.text
     assert seen_model(gw.sim_url) == NOVA
     rid = r.headers["request-id"]
-    usage = wait_for(lambda: (u := httpx.get(gw.url + f"/v1/usage/{rid}", headers=auth(gw.key))).status_code == 200
-                     and u.json(), timeout=10)
+    usage = wait_for(
+        lambda: (
+            (u := httpx.get(gw.url + f"/v1/usage/{rid}", headers=auth(gw.key))).status_code == 200
+            and u.json()
+        ),
+        timeout=10,
+    )
     assert usage["model"] == NOVA and usage["cost_micro"] > 0 and usage["output_tokens"] > 0
     if "priced" in usage:
         assert usage["priced"] == "provisional"
@@ -212,7 +240,9 @@ def test_a_429_on_haiku_leaves_the_other_models_serving_and_ends_within_the_cap(
         r = message(gw, "haiku", key)
         if time.monotonic() - t0 < CAP - 0.3:
             assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
-            assert 0 < float(r.headers["retry-after-ms"]) <= CAP * 1000  # retry-after: whole seconds, rounded up
+            assert (
+                0 < float(r.headers["retry-after-ms"]) <= CAP * 1000
+            )  # retry-after: whole seconds, rounded up
     time.sleep(max(0.0, CAP - (time.monotonic() - t0)) + 0.1)
     for key in keys:
         r = message(gw, "haiku", key)

@@ -43,11 +43,24 @@ async def _minted(app: Ethereal, **limits: Any) -> tuple[str, str]:
 
 def _scope(path: str, key: str, body: bytes) -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"test"), (b"x-api-key", key.encode()), (b"content-type", b"application/json"),
-                    (b"anthropic-version", b"2023-06-01"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"x-api-key", key.encode()),
+            (b"content-type", b"application/json"),
+            (b"anthropic-version", b"2023-06-01"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8080),
     }
 
 
@@ -73,8 +86,14 @@ class ClientGone(Exception):
 
 
 def _body(stream: bool) -> bytes:
-    return orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": stream,
-                         "messages": [{"role": "user", "content": "hello there"}]})
+    return orjson.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 64,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hello there"}],
+        }
+    )
 
 
 def _in_flight(app: Ethereal) -> int:
@@ -148,15 +167,25 @@ async def test_count_tokens_counts_against_rpm_but_not_budgets(app: Ethereal) ->
     assert _held(app, key_id) == 0
 
 
-async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(tmp_path: Path, sim_url: str) -> None:
+async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(
+    tmp_path: Path, sim_url: str
+) -> None:
     """The relay refreshes the reservation while the stream lives (ttl 1 s, stream ~2.5 s)."""
-    settings = Settings(data_dir=tmp_path, upstream_url=sim_url, upstream_key="sim-key", limits_reservation_ttl=1.0)
+    settings = Settings(
+        data_dir=tmp_path, upstream_url=sim_url, upstream_key="sim-key", limits_reservation_ttl=1.0
+    )
     entry = Ethereal(settings)
     await entry.start()
     try:
         key, key_id = await _minted(entry, budget_tokens=1_000_000, max_concurrency=1)
-        body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
-                             "messages": [{"role": "user", "content": "count sim:tokens=50 sim:tps=20"}]})
+        body = orjson.dumps(
+            {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 64,
+                "stream": True,
+                "messages": [{"role": "user", "content": "count sim:tokens=50 sim:tps=20"}],
+            }
+        )
         held_late: list[int] = []
         statuses: list[int] = []
 
@@ -170,8 +199,14 @@ async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(tm
                     record = await entry.gateway.store.get_key(key_id)
                     assert record is not None
                     with pytest.raises(GatewayError) as refused:  # the one concurrency slot is this stream's
-                        await limiter.admit(record, model="claude-sonnet-4-6", input_tokens=10, max_tokens=10,
-                                            price_in=0.0, price_out=0.0)
+                        await limiter.admit(
+                            record,
+                            model="claude-sonnet-4-6",
+                            input_tokens=10,
+                            max_tokens=10,
+                            price_in=0.0,
+                            price_out=0.0,
+                        )
                     held_late.append(refused.value.status)
 
         started = time.monotonic()
@@ -204,13 +239,24 @@ class _ServerCycle:
         self.sent.append(message)
 
 
-@pytest.mark.parametrize(("path", "payload"), [
-    ("/v1/messages", _body(stream=True)),
-    ("/v1/messages", _body(stream=False)),
-    ("/v1/chat/completions", orjson.dumps({"model": "claude-sonnet-4-6", "stream": True,
-                                            "messages": [{"role": "user", "content": "hi"}]})),
-    ("/v1/responses", orjson.dumps({"model": "claude-sonnet-4-6", "stream": True, "input": "hi"})),
-])
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/v1/messages", _body(stream=True)),
+        ("/v1/messages", _body(stream=False)),
+        (
+            "/v1/chat/completions",
+            orjson.dumps(
+                {
+                    "model": "claude-sonnet-4-6",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
+            ),
+        ),
+        ("/v1/responses", orjson.dumps({"model": "claude-sonnet-4-6", "stream": True, "input": "hi"})),
+    ],
+)
 async def test_a_request_leaves_no_reference_cycle(app: Ethereal, path: str, payload: bytes) -> None:
     """A finished request's objects are freed by reference counting. Left in a cycle (the scope's
     cleanup list held a stream relay that held the server's receive), every request handed ~40
@@ -231,8 +277,11 @@ async def test_a_request_leaves_no_reference_cycle(app: Ethereal, path: str, pay
             assert cycle.sent[0]["status"] == 200
             del cycle
         gc.collect()
-        left = [type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith(("ethereal", "uvicorn",
-                                                                                          "aiohttp", "blacksheep"))]
+        left = [
+            type(o).__qualname__
+            for o in gc.garbage
+            if type(o).__module__.startswith(("ethereal", "uvicorn", "aiohttp", "blacksheep"))
+        ]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
@@ -241,8 +290,9 @@ async def test_a_request_leaves_no_reference_cycle(app: Ethereal, path: str, pay
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions"])
-async def test_an_aborted_upload_is_recorded_as_a_client_disconnect(app: Ethereal, path: str,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_aborted_upload_is_recorded_as_a_client_disconnect(
+    app: Ethereal, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The client sends part of its body and closes: one record, 499 ``client_disconnected``, no
     error logged (it is not the gateway's failure), nothing held."""
     key, key_id = await _minted(app, budget_tokens=1_000_000, max_concurrency=4)

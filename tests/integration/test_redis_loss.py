@@ -45,12 +45,28 @@ class RedisProc:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return
@@ -73,10 +89,17 @@ def setup(sim_url: str, postgres: Any, tmp: Path) -> Iterator[tuple[str, str, st
     pg_url = postgres.create_database(f"loss_{uuid.uuid4().hex[:10]}")
     redis = RedisProc(tmp)
     redis.start()
-    env = {"ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_KEY_CACHE_TTL": "1.0", "ETHEREAL_DATABASE_URL": pg_url,
-           "ETHEREAL_REDIS_URL": redis.url}
+    env = {
+        "ETHEREAL_ADMIN_KEY": ADMIN,
+        "ETHEREAL_KEY_CACHE_TTL": "1.0",
+        "ETHEREAL_DATABASE_URL": pg_url,
+        "ETHEREAL_REDIS_URL": redis.url,
+    }
     try:
-        with gateway_process(tmp / "a", sim_url, env=env) as a, gateway_process(tmp / "b", sim_url, env=env) as b:
+        with (
+            gateway_process(tmp / "a", sim_url, env=env) as a,
+            gateway_process(tmp / "b", sim_url, env=env) as b,
+        ):
             yield a, b, pg_url, redis
     finally:
         redis.stop()
@@ -84,10 +107,20 @@ def setup(sim_url: str, postgres: Any, tmp: Path) -> Iterator[tuple[str, str, st
 
 def body(i: int, n: int) -> dict[str, Any]:
     tokens = 100 + (i * 53 + n * 17) % 700
-    return {"model": "claude-sonnet-4-6", "max_tokens": 1024,
-            "system": [{"type": "text", "text": f"[{uuid.uuid4().hex}] policy " * 40,
-                        "cache_control": {"type": "ephemeral"}}],
-            "messages": [{"role": "user", "content": f"client {i} request {n} sim:tokens={tokens} sim:latency=500"}]}
+    return {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1024,
+        "system": [
+            {
+                "type": "text",
+                "text": f"[{uuid.uuid4().hex}] policy " * 40,
+                "cache_control": {"type": "ephemeral"},
+            }
+        ],
+        "messages": [
+            {"role": "user", "content": f"client {i} request {n} sim:tokens={tokens} sim:latency=500"}
+        ],
+    }
 
 
 async def traffic(urls: tuple[str, str], key: str, event: Any) -> dict[str, int]:
@@ -115,8 +148,9 @@ async def traffic(urls: tuple[str, str], key: str, event: Any) -> dict[str, int]
             assert resp.status_code == 200, (resp.status_code, resp.text[:300])
             n += 1
 
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CLIENTS + 10,
-                                                                  keepalive_expiry=0.5)) as client:
+    async with httpx.AsyncClient(
+        timeout=120, limits=httpx.Limits(max_connections=CLIENTS + 10, keepalive_expiry=0.5)
+    ) as client:
         tasks = [asyncio.ensure_future(client_loop(client, i)) for i in range(CLIENTS)]
         await asyncio.sleep(1.2)
         await event()
@@ -165,10 +199,12 @@ async def test_redis_loss_mid_traffic(sim_url: str, postgres: Any, tmp_path: Pat
         over = spend - BUDGET
         eps = max(0, over - alone) / BUDGET
         counted, summed = await counter_matches_rows(redis.url, pg_url, key["id"])
-        print(f"\n{loss} at {timing['at'] - t0:.1f}s: {CLIENTS} clients, 2 gateways, budget {BUDGET} µ$: served "
-              f"{len(served)} in {time.monotonic() - t0:.1f}s, answers {stats}; spent {spend} µ$ "
-              f"({100 * over / BUDGET:+.2f} %), largest output part {alone} µ$, ε = {eps:.4f}; "
-              f"Redis counter {counted} vs rows {summed}")
+        print(
+            f"\n{loss} at {timing['at'] - t0:.1f}s: {CLIENTS} clients, 2 gateways, budget {BUDGET} µ$: served "
+            f"{len(served)} in {time.monotonic() - t0:.1f}s, answers {stats}; spent {spend} µ$ "
+            f"({100 * over / BUDGET:+.2f} %), largest output part {alone} µ$, ε = {eps:.4f}; "
+            f"Redis counter {counted} vs rows {summed}"
+        )
         assert eps <= 0.02, (spend, BUDGET, alone)
         assert counted == summed
         assert stats.get("402", 0) > 0  # the budget was reached

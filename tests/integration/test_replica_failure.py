@@ -47,8 +47,12 @@ class Probe:
 
 
 def run_probes(url: str, key: str, stop: threading.Event, out: list[Probe]) -> None:
-    body = {"model": "claude-sonnet-4-6", "max_tokens": 512, "stream": True,
-            "messages": [{"role": "user", "content": "probe sim:tokens=60 sim:tps=60"}]}
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 512,
+        "stream": True,
+        "messages": [{"role": "user", "content": "probe sim:tokens=60 sim:tps=60"}],
+    }
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     with httpx.Client(timeout=30) as client:
         while not stop.is_set():
@@ -59,8 +63,11 @@ def run_probes(url: str, key: str, stop: threading.Event, out: list[Probe]) -> N
                     p.replica = resp.headers.get("x-ethereal-replica")
                     p.request_id = resp.headers.get("request-id")
                     raw = b"".join(resp.iter_raw())
-                    p.outcome = ("complete" if resp.status_code == 200 and b"event: message_stop" in raw
-                                 else f"status {resp.status_code}")
+                    p.outcome = (
+                        "complete"
+                        if resp.status_code == 200 and b"event: message_stop" in raw
+                        else f"status {resp.status_code}"
+                    )
             except (httpx.RemoteProtocolError, httpx.ReadError):
                 p.outcome = "cut"
             except httpx.HTTPError as exc:
@@ -71,14 +78,22 @@ def run_probes(url: str, key: str, stop: threading.Event, out: list[Probe]) -> N
 def test_sigkill_one_replica_under_load(tmp_path: Path) -> None:
     # not under tmp_path: PostgreSQL runs as its own user when the tests run as root, and must reach it
     cluster_dir = Path(tempfile.mkdtemp(prefix="ethereal-cluster-"))
-    env = {**os.environ, "CLUSTER_DIR": str(cluster_dir), "REPLICAS": "2", "WORKERS": "1",
-           "PYTHON": sys.executable, "ETHEREAL_DRAIN_DELAY": "1", "ETHEREAL_SHUTDOWN_GRACE": "5"}
+    env = {
+        **os.environ,
+        "CLUSTER_DIR": str(cluster_dir),
+        "REPLICAS": "2",
+        "WORKERS": "1",
+        "PYTHON": sys.executable,
+        "ETHEREAL_DRAIN_DELAY": "1",
+        "ETHEREAL_SHUTDOWN_GRACE": "5",
+    }
     for name in [k for k in env if k.startswith("ETHEREAL_UPSTREAM")]:
         del env[name]
 
     def cluster(*args: str) -> str:
-        done = subprocess.run(["bash", str(CLUSTER), *args], env=env, capture_output=True, text=True, timeout=180,
-                              check=False)
+        done = subprocess.run(
+            ["bash", str(CLUSTER), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
@@ -87,16 +102,48 @@ def test_sigkill_one_replica_under_load(tmp_path: Path) -> None:
         conf = dict(line.split("=", 1) for line in (cluster_dir / "env").read_text().split())
         url, key = conf["ETHEREAL_URL"], conf["ETHEREAL_KEY"]
         locust = subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
-             "--host", url, "-u", "8", "-r", "8", "--run-time", "24s", "--only-summary", "--api-key", key,
-             "--admin-key", conf["ETHEREAL_ADMIN_KEY"], "--responses-weight", "0", "--think-min", "0.1",
-             "--think-max", "0.4", "--big-prompt-every", "0", "--directives", "sim:tokens=40 sim:tps=80",
-             "--csv", str(tmp_path / "locust")],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(REPO / "loadtest" / "locustfile.py"),
+                "--headless",
+                "--host",
+                url,
+                "-u",
+                "8",
+                "-r",
+                "8",
+                "--run-time",
+                "24s",
+                "--only-summary",
+                "--api-key",
+                key,
+                "--admin-key",
+                conf["ETHEREAL_ADMIN_KEY"],
+                "--responses-weight",
+                "0",
+                "--think-min",
+                "0.1",
+                "--think-max",
+                "0.4",
+                "--big-prompt-every",
+                "0",
+                "--directives",
+                "sim:tokens=40 sim:tps=80",
+                "--csv",
+                str(tmp_path / "locust"),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         stop = threading.Event()
         probes: list[Probe] = []
-        threads = [threading.Thread(target=run_probes, args=(url, key, stop, probes), daemon=True)
-                   for _ in range(6)]
+        threads = [
+            threading.Thread(target=run_probes, args=(url, key, stop, probes), daemon=True) for _ in range(6)
+        ]
         for t in threads:
             t.start()
         time.sleep(6)
@@ -112,7 +159,9 @@ def test_sigkill_one_replica_under_load(tmp_path: Path) -> None:
             t.join(40)
         assert locust.wait(timeout=60) in (0, 1)
 
-        in_flight_on_r1 = [p for p in probes if p.started < killed_at < (p.ended or 1e18) and p.replica == "r1"]
+        in_flight_on_r1 = [
+            p for p in probes if p.started < killed_at < (p.ended or 1e18) and p.replica == "r1"
+        ]
         cut = [p for p in probes if p.outcome != "complete"]
         # only the killed replica's streams in flight at the kill were cut
         for p in cut:
@@ -120,7 +169,9 @@ def test_sigkill_one_replica_under_load(tmp_path: Path) -> None:
         assert all(p.outcome == "complete" for p in probes if p.replica == "r2")
         # every request started after the kill was answered, by r2 until r1 came back
         after = [p for p in probes if p.started > killed_at + 0.1]
-        assert after and all(p.outcome == "complete" for p in after), [p for p in after if p.outcome != "complete"]
+        assert after and all(p.outcome == "complete" for p in after), [
+            p for p in after if p.outcome != "complete"
+        ]
         assert all(p.replica == "r2" for p in after if p.ended < restarted_at)
         assert any(p.replica == "r1" for p in after if p.started > restarted_at + 2), "r1 not taken back"
 
@@ -137,23 +188,41 @@ def test_sigkill_one_replica_under_load(tmp_path: Path) -> None:
 
         def recorded() -> dict[str, int]:
             rows = subprocess.run(
-                ["psql", conf["DATABASE_URL"], "-At", "-F", ",", "-c",
-                 f"SELECT request_id, COUNT(*) FROM usage_records WHERE request_id IN ('{ids}') GROUP BY 1"],
-                capture_output=True, text=True, check=True).stdout.split()
+                [
+                    "psql",
+                    conf["DATABASE_URL"],
+                    "-At",
+                    "-F",
+                    ",",
+                    "-c",
+                    f"SELECT request_id, COUNT(*) FROM usage_records WHERE request_id IN ('{ids}') GROUP BY 1",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
             return {r.split(",")[0]: int(r.split(",")[1]) for r in rows}
 
-        def lost(p: Probe) -> bool:  # finished by r1 so shortly before the kill that its row was still in memory
+        def lost(
+            p: Probe,
+        ) -> bool:  # finished by r1 so shortly before the kill that its row was still in memory
             return p.replica == "r1" and killed_at - FLUSH_WINDOW <= p.ended <= killed_at
 
         # the live replicas flush every 0.2 s (later on a busy machine): wait for every row that can come
-        counts = eventually_sync(recorded, lambda got: all(p.request_id in got for p in answered if p.request_id and not lost(p)),
-                                 timeout=15.0, interval=0.2)
+        counts = eventually_sync(
+            recorded,
+            lambda got: all(p.request_id in got for p in answered if p.request_id and not lost(p)),
+            timeout=15.0,
+            interval=0.2,
+        )
         assert all(c == 1 for c in counts.values()), "a request recorded twice"
         missing = [p for p in answered if p.request_id not in counts]
         lost_in_window = [p for p in missing if lost(p)]
-        print(f"probes: {len(probes)} requests, {len(answered)} answered, {len(cut)} cut"
-              f" ({len(in_flight_on_r1)} in flight on r1 at the kill); rows missing: {len(missing)}"
-              f" ({len(lost_in_window)} finished by r1 in the {FLUSH_WINDOW} s before the kill)")
+        print(
+            f"probes: {len(probes)} requests, {len(answered)} answered, {len(cut)} cut"
+            f" ({len(in_flight_on_r1)} in flight on r1 at the kill); rows missing: {len(missing)}"
+            f" ({len(lost_in_window)} finished by r1 in the {FLUSH_WINDOW} s before the kill)"
+        )
         assert missing == lost_in_window, missing
     finally:
         cluster("down")

@@ -28,19 +28,34 @@ pytestmark = pytest.mark.timeout(120)
 IDLE = 1.5
 MAX_MESSAGE = 64 * 1024
 PER_KEY = 2
-TOOLS = [{"type": "function", "name": "exec_command", "description": "Run a shell command",
-          "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}]
+TOOLS = [
+    {
+        "type": "function",
+        "name": "exec_command",
+        "description": "Run a shell command",
+        "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]},
+    }
+]
 
 
 @pytest.fixture(scope="module")
 def gw(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data_dir = tmp_path_factory.mktemp("ws-gateway")
     key, record = mint_into(data_dir, name="ws")
-    env = {"ETHEREAL_WS_IDLE_TIMEOUT": str(IDLE), "ETHEREAL_WS_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
-           "ETHEREAL_WS_MAX_SOCKETS_PER_KEY": str(PER_KEY), "ETHEREAL_LOG_FORMAT": "json"}
+    env = {
+        "ETHEREAL_WS_IDLE_TIMEOUT": str(IDLE),
+        "ETHEREAL_WS_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
+        "ETHEREAL_WS_MAX_SOCKETS_PER_KEY": str(PER_KEY),
+        "ETHEREAL_LOG_FORMAT": "json",
+    }
     with gateway_process(data_dir, sim_url, env=env) as url:
-        yield {"url": url, "ws": "ws" + url[4:] + "/v1/responses", "key": key, "record": record,
-               "data_dir": data_dir}
+        yield {
+            "url": url,
+            "ws": "ws" + url[4:] + "/v1/responses",
+            "key": key,
+            "record": record,
+            "data_dir": data_dir,
+        }
 
 
 def auth(key: str) -> dict[str, str]:
@@ -48,9 +63,15 @@ def auth(key: str) -> dict[str, str]:
 
 
 def body(prompt: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "claude-sonnet-4-6", "input": [{"type": "message", "role": "user", "content": [
-        {"type": "input_text", "text": prompt}]}], "tools": TOOLS, "reasoning": {"effort": "low", "summary": "auto"},
-        "include": ["reasoning.encrypted_content"], "store": False, **extra}
+    return {
+        "model": "claude-sonnet-4-6",
+        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]}],
+        "tools": TOOLS,
+        "reasoning": {"effort": "low", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"],
+        "store": False,
+        **extra,
+    }
 
 
 def scripted_call(cmd: str) -> str:
@@ -139,12 +160,20 @@ async def test_warm_up_then_two_responses_on_one_socket(gw: dict[str, Any]) -> N
             await ws.send_str(json.dumps({"type": "response.create", **turn}))
             events = await events_until_done(ws)
             assert events[-1]["type"] == "response.completed", events[-1]
-            call = next(e["item"] for e in events
-                        if e["type"] == "response.output_item.done" and e["item"]["type"] == "function_call")
+            call = next(
+                e["item"]
+                for e in events
+                if e["type"] == "response.output_item.done" and e["item"]["type"] == "function_call"
+            )
             first_id = events[-1]["response"]["id"]
 
             output = {"type": "function_call_output", "call_id": call["call_id"], "output": "hi"}
-            follow = {**first, "instructions": "You are terse.", "input": [output], "previous_response_id": first_id}
+            follow = {
+                **first,
+                "instructions": "You are terse.",
+                "input": [output],
+                "previous_response_id": first_id,
+            }
             await ws.send_str(json.dumps({"type": "response.create", **follow}))
             events = await events_until_done(ws)
             # the sim answers in text only after a tool_result turn, and refuses a thinking tool loop whose
@@ -172,10 +201,15 @@ async def test_refused_before_the_upgrade(gw: dict[str, Any]) -> None:
                 pass
         assert err.value.status == 401
     # the same answer as a plain HTTP reply: OpenAI's error shape, a request id, logged
-    upgrade = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
-               "sec-websocket-key": base64.b64encode(b"0123456789abcdef").decode()}
-    resp = await asyncio.to_thread(httpx.get, f"{gw['url']}/v1/responses",
-                                   headers={**upgrade, **auth("sk-ant-api03-nope")})
+    upgrade = {
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": base64.b64encode(b"0123456789abcdef").decode(),
+    }
+    resp = await asyncio.to_thread(
+        httpx.get, f"{gw['url']}/v1/responses", headers={**upgrade, **auth("sk-ant-api03-nope")}
+    )
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "invalid_api_key"
     assert resp.headers["request-id"].startswith("req_")
@@ -221,10 +255,13 @@ async def test_idle_socket_is_closed(gw: dict[str, Any]) -> None:
 async def test_client_closing_mid_stream_is_recorded_and_settled(gw: dict[str, Any]) -> None:
     """A client that goes away mid-stream: 499 for that response, billed from what was streamed,
     and its key's only concurrency slot given back (the next request is served, not a 429)."""
-    key, _ = await asyncio.to_thread(mint_into, gw["data_dir"], name="ws-one-at-a-time", max_concurrency=1,
-                                     budget_micro_usd=10_000_000)
+    key, _ = await asyncio.to_thread(
+        mint_into, gw["data_dir"], name="ws-one-at-a-time", max_concurrency=1, budget_micro_usd=10_000_000
+    )
     await asyncio.sleep(0.6)  # the gateway's key cache
-    payload = body("Tell me a long story. sim:tokens=3000 sim:tps=200 sim:tools=0", reasoning={"effort": "none"})
+    payload = body(
+        "Tell me a long story. sim:tokens=3000 sim:tps=200 sim:tools=0", reasoning={"effort": "none"}
+    )
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(gw["ws"], headers=auth(key))
         await ws.send_str(json.dumps({"type": "response.create", **payload}))
@@ -238,14 +275,23 @@ async def test_client_closing_mid_stream_is_recorded_and_settled(gw: dict[str, A
     rec = usage_of(gw["url"], key, request_id_of(created))
     assert rec["status"] == 499 and rec["error_type"] == "client_disconnected"
     assert rec["exact"] is False and 0 < rec["output_tokens"] < 3000
-    again = await asyncio.to_thread(httpx.post, f"{gw['url']}/v1/responses", headers=auth(key), timeout=30,
-                                    json=body("hi sim:tools=0 sim:tokens=5", reasoning={"effort": "none"}))
+    again = await asyncio.to_thread(
+        httpx.post,
+        f"{gw['url']}/v1/responses",
+        headers=auth(key),
+        timeout=30,
+        json=body("hi sim:tools=0 sim:tokens=5", reasoning={"effort": "none"}),
+    )
     assert again.status_code == 200, again.text
 
 
 def test_other_paths_answer_426(gw: dict[str, Any]) -> None:
-    upgrade = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
-               "sec-websocket-key": base64.b64encode(b"0123456789abcdef").decode()}
+    upgrade = {
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": base64.b64encode(b"0123456789abcdef").decode(),
+    }
     for path in ("/v1/messages", "/v1/chat/completions", "/"):
         resp = httpx.get(f"{gw['url']}{path}", headers={**upgrade, **auth(gw["key"])}, timeout=5)
         assert resp.status_code == 426, (path, resp.status_code, resp.text)
@@ -254,8 +300,12 @@ def test_other_paths_answer_426(gw: dict[str, Any]) -> None:
         assert "use HTTP" in message
     deadline = time.monotonic() + 10  # the log writer flushes in the background
     while True:
-        lines = [json.loads(line) for f in Path(gw["data_dir"]).glob("gateway-*.log")
-                 for line in f.read_text().splitlines() if line.startswith("{")]
+        lines = [
+            json.loads(line)
+            for f in Path(gw["data_dir"]).glob("gateway-*.log")
+            for line in f.read_text().splitlines()
+            if line.startswith("{")
+        ]
         refused = [line for line in lines if line.get("status") == 426]
         if {line["path"] for line in refused} >= {"/v1/messages", "/v1/chat/completions", "/"}:
             break
@@ -277,12 +327,23 @@ async def test_shutdown_closes_idle_sockets_and_lets_a_response_finish(sim_url: 
     key, _ = await asyncio.to_thread(mint_into, tmp_path, name="drain")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-    env.update(ETHEREAL_DATA_DIR=str(tmp_path), ETHEREAL_UPSTREAM_URL=sim_url, ETHEREAL_UPSTREAM_KEY="k",
-               ETHEREAL_DRAIN_DELAY="0.5", ETHEREAL_SHUTDOWN_GRACE="20", PYTHONUNBUFFERED="1")
+    env.update(
+        ETHEREAL_DATA_DIR=str(tmp_path),
+        ETHEREAL_UPSTREAM_URL=sim_url,
+        ETHEREAL_UPSTREAM_KEY="k",
+        ETHEREAL_DRAIN_DELAY="0.5",
+        ETHEREAL_SHUTDOWN_GRACE="20",
+        PYTHONUNBUFFERED="1",
+    )
+
     def start() -> subprocess.Popen[bytes]:
         with open(tmp_path / "gateway.log", "wb") as log:
-            return subprocess.Popen([sys.executable, "-m", "ethereal", "serve", "--port", str(port)], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", "ethereal", "serve", "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     proc = await asyncio.to_thread(start)
     try:

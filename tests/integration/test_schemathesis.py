@@ -34,14 +34,24 @@ def check_anthropic_shape(status: int, headers: dict[str, list[str]], content: b
         body = json.loads(content)
         assert body.get("type") == "error", body
         error = body.get("error")
-        assert isinstance(error, dict) and isinstance(error.get("type"), str) and isinstance(error.get("message"), str)
+        assert (
+            isinstance(error, dict)
+            and isinstance(error.get("type"), str)
+            and isinstance(error.get("message"), str)
+        )
         if status in (429, 503, 529):
             assert "retry-after" in {name.lower() for name in headers}
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
-          phases=[Phase.generate], derandomize=True, database=None)
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.generate],
+    derandomize=True,
+    database=None,
+)
 def test_anthropic_spec(case: schemathesis.Case, gateway: Gateway) -> None:
     headers = dict(case.headers or {})
     headers.pop("x-api-key", None)

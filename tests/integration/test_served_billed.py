@@ -56,14 +56,25 @@ def budgeted(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_responses_metadata_nested_300_deep_is_400_before_the_upstream(budgeted: Gateway, stream: bool) -> None:
+def test_responses_metadata_nested_300_deep_is_400_before_the_upstream(
+    budgeted: Gateway, stream: bool
+) -> None:
     """The finding: metadata too deep to echo was generated upstream, then answered 500 and billed 0."""
     before = sim_received(budgeted.sim_url)
-    body = {"model": "claude-opus-4-7", "input": "hi", "stream": stream, "max_output_tokens": 16,
-            "metadata": nested(300)}
+    body = {
+        "model": "claude-opus-4-7",
+        "input": "hi",
+        "stream": stream,
+        "max_output_tokens": 16,
+        "metadata": nested(300),
+    }
     for _ in range(3):
-        resp = httpx.post(budgeted.url + "/v1/responses", content=json.dumps(body), timeout=30,
-                          headers={"authorization": f"Bearer {budgeted.key}", "content-type": "application/json"})
+        resp = httpx.post(
+            budgeted.url + "/v1/responses",
+            content=json.dumps(body),
+            timeout=30,
+            headers={"authorization": f"Bearer {budgeted.key}", "content-type": "application/json"},
+        )
         assert resp.status_code == 400, resp.text
         error = resp.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
@@ -71,9 +82,12 @@ def test_responses_metadata_nested_300_deep_is_400_before_the_upstream(budgeted:
         assert "metadata" in error["message"]
     assert sim_received(budgeted.sim_url) == before  # the upstream never saw them
     # the same shapes, shallow, are served
-    resp = httpx.post(budgeted.url + "/v1/responses", timeout=30,
-                      content=orjson.dumps({**body, "metadata": nested(20), "stream": False}),
-                      headers={"authorization": f"Bearer {budgeted.key}", "content-type": "application/json"})
+    resp = httpx.post(
+        budgeted.url + "/v1/responses",
+        timeout=30,
+        content=orjson.dumps({**body, "metadata": nested(20), "stream": False}),
+        headers={"authorization": f"Bearer {budgeted.key}", "content-type": "application/json"},
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["metadata"] == nested(20)
 
@@ -82,22 +96,57 @@ def test_deep_tool_schema_and_arguments_are_400_naming_the_field(budgeted: Gatew
     before = sim_received(budgeted.sim_url)
     auth = {"authorization": f"Bearer {budgeted.key}", "content-type": "application/json"}
     cases = [
-        ("/v1/responses", {"model": "claude-sonnet-4-6", "input": "hi",
-                           "tools": [{"type": "function", "name": "f", "parameters": nested(300)}]},
-         "tools[0].parameters"),
-        ("/v1/responses", {"model": "claude-sonnet-4-6", "input": "hi",
-                           "text": {"format": {"type": "json_schema", "name": "x", "schema": nested(260)}}},
-         "text.format.schema"),
-        ("/v1/chat/completions", {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}],
-                                  "response_format": {"type": "json_schema",
-                                                      "json_schema": {"name": "x", "schema": nested(400)}}},
-         "response_format.json_schema.schema"),
-        ("/v1/chat/completions", {"model": "claude-sonnet-4-6", "messages": [
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
-                "name": "f", "arguments": json.dumps(nested(300))}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "ok"}]},
-         "messages[1].tool_calls[0].function.arguments"),
+        (
+            "/v1/responses",
+            {
+                "model": "claude-sonnet-4-6",
+                "input": "hi",
+                "tools": [{"type": "function", "name": "f", "parameters": nested(300)}],
+            },
+            "tools[0].parameters",
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": "claude-sonnet-4-6",
+                "input": "hi",
+                "text": {"format": {"type": "json_schema", "name": "x", "schema": nested(260)}},
+            },
+            "text.format.schema",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "claude-sonnet-4-6",
+                "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": nested(400)},
+                },
+            },
+            "response_format.json_schema.schema",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "claude-sonnet-4-6",
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "c1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": json.dumps(nested(300))},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+                ],
+            },
+            "messages[1].tool_calls[0].function.arguments",
+        ),
     ]
     for path, body, param in cases:
         resp = httpx.post(budgeted.url + path, content=json.dumps(body), headers=auth, timeout=30)
@@ -106,7 +155,9 @@ def test_deep_tool_schema_and_arguments_are_400_naming_the_field(budgeted: Gatew
         if "arguments" in param:
             assert error["param"] == param, error
         else:  # the top-level field, the message a few levels further
-            assert error["param"] == param.split(".")[0].split("[")[0] and error["message"].startswith(param), error
+            assert error["param"] == param.split(".")[0].split("[")[0] and error["message"].startswith(
+                param
+            ), error
     assert sim_received(budgeted.sim_url) == before
 
 
@@ -126,11 +177,23 @@ async def app(tmp_path: Path, sim_url: str) -> AsyncIterator[Ethereal]:
 
 def _scope(path: str, key: str, body: bytes) -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"test"), (b"authorization", f"Bearer {key}".encode()),
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8080),
     }
 
 
@@ -166,14 +229,33 @@ def _raise(*_args: Any, **_kwargs: Any) -> Any:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("path", "adapter", "body"), [
-    ("/v1/responses", Responses, {"model": "claude-opus-4-7", "input": "hello there", "max_output_tokens": 64}),
-    ("/v1/chat/completions", ChatCompletions, {"model": "claude-opus-4-7", "max_tokens": 64,
-                                               "messages": [{"role": "user", "content": "hello there"}]}),
-])
+@pytest.mark.parametrize(
+    ("path", "adapter", "body"),
+    [
+        (
+            "/v1/responses",
+            Responses,
+            {"model": "claude-opus-4-7", "input": "hello there", "max_output_tokens": 64},
+        ),
+        (
+            "/v1/chat/completions",
+            ChatCompletions,
+            {
+                "model": "claude-opus-4-7",
+                "max_tokens": 64,
+                "messages": [{"role": "user", "content": "hello there"}],
+            },
+        ),
+    ],
+)
 async def test_a_reply_the_adapter_cannot_translate_is_billed_what_the_upstream_reported(
-        app: Ethereal, sim_url: str, monkeypatch: pytest.MonkeyPatch, path: str, adapter: type[Adapter],
-        body: dict[str, Any]) -> None:
+    app: Ethereal,
+    sim_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    adapter: type[Adapter],
+    body: dict[str, Any],
+) -> None:
     key, key_id = await _budgeted_key(app)
     monkeypatch.setattr(adapter, "reply", _raise)
     status, headers, payload = await _call(app, path, key, orjson.dumps(body))
@@ -215,7 +297,8 @@ class _FailsMidStream:
 
 @pytest.mark.asyncio
 async def test_a_stream_relay_that_breaks_is_billed_the_stream_so_far(
-        app: Ethereal, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: Ethereal, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key, key_id = await _budgeted_key(app)
     seen: list[Relay] = []
     original = Responses.stream_relay
@@ -227,8 +310,12 @@ async def test_a_stream_relay_that_breaks_is_billed_the_stream_so_far(
 
     monkeypatch.setattr(Responses, "stream_relay", stream_relay)
     # paced, so the stream comes in several chunks: the first (message_start) before the ttft wait
-    body = {"model": "claude-opus-4-7", "input": "hello there sim:ttft=30 sim:tps=2000", "max_output_tokens": 256,
-            "stream": True}
+    body = {
+        "model": "claude-opus-4-7",
+        "input": "hello there sim:ttft=30 sim:tps=2000",
+        "max_output_tokens": 256,
+        "stream": True,
+    }
     status, _, payload = await _call(app, "/v1/responses", key, orjson.dumps(body))
     assert status == 200
     assert b"response.failed" in payload  # the translator's own error event ends the stream
@@ -236,7 +323,10 @@ async def test_a_stream_relay_that_breaks_is_billed_the_stream_so_far(
     assert (rec.status, rec.error_type) == (500, "api_error")
     so_far = seen[0].usage()  # message_start's input (cache writes here: the adapter marks breakpoints)
     assert (rec.input_tokens, rec.cache_creation_5m, rec.cache_read) == (
-        so_far.input_tokens, so_far.cache_5m, so_far.cache_read)
+        so_far.input_tokens,
+        so_far.cache_5m,
+        so_far.cache_read,
+    )
     assert rec.input_tokens + rec.cache_creation_5m + rec.cache_read > 0 and rec.cost_micro > 0
     spent, held = _settled(app, key_id)
     assert (spent, held) == (rec.cost_micro, 0)
@@ -244,7 +334,8 @@ async def test_a_stream_relay_that_breaks_is_billed_the_stream_so_far(
 
 @pytest.mark.asyncio
 async def test_a_stream_relay_that_cannot_be_built_is_billed_the_reservation(
-        app: Ethereal, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: Ethereal, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key, key_id = await _budgeted_key(app)
     monkeypatch.setattr(Responses, "stream_relay", _raise)
     body = {"model": "claude-opus-4-7", "input": "hello there", "max_output_tokens": 100, "stream": True}
@@ -261,8 +352,9 @@ async def test_a_stream_relay_that_cannot_be_built_is_billed_the_reservation(
 # -- PostgreSQL + Redis: the same finding, and ids a client sends that PostgreSQL cannot take -------
 
 
-def test_postgres_and_redis_refuse_deep_metadata_and_ids_with_nul(sim_url: str, pg_url: str, redis_url: str,
-                                                                   tmp_path: Path) -> None:
+def test_postgres_and_redis_refuse_deep_metadata_and_ids_with_nul(
+    sim_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
     from tests.batches_util import mint_into_url
 
     key, _ = mint_into_url(pg_url, name="pg", budget_micro_usd=50_000)
@@ -272,27 +364,47 @@ def test_postgres_and_redis_refuse_deep_metadata_and_ids_with_nul(sim_url: str, 
         before = sim_received(sim_url)
         for stream in (False, True):
             body = {"model": "claude-opus-4-7", "input": "hi", "stream": stream, "metadata": nested(300)}
-            resp = client.post(url + "/v1/responses", content=json.dumps(body),
-                               headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+            resp = client.post(
+                url + "/v1/responses",
+                content=json.dumps(body),
+                headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+            )
             assert resp.status_code == 400 and resp.json()["error"]["param"] == "metadata", resp.text
         assert sim_received(sim_url) == before
         # a batch whose params nest deep: its bytes go upstream as they came (nothing is written back),
         # so it is created and held like any other, never a 500
-        deep_params = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
-                       "metadata": nested(300)}
-        resp = client.post(url + "/v1/messages/batches", headers=anthropic_auth,
-                           content=json.dumps({"requests": [{"custom_id": "a", "params": deep_params}]}))
+        deep_params = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": nested(300),
+        }
+        resp = client.post(
+            url + "/v1/messages/batches",
+            headers=anthropic_auth,
+            content=json.dumps({"requests": [{"custom_id": "a", "params": deep_params}]}),
+        )
         assert resp.status_code == 200 and resp.json()["type"] == "message_batch", resp.text
         # a NUL in an id: no lookup (PostgreSQL refuses such a text parameter), the usual 404 / 400
-        for method, path in (("GET", "/v1/messages/batches/msgbatch_%00"),
-                             ("GET", "/v1/messages/batches/msgbatch_a%00b/results"),
-                             ("POST", "/v1/messages/batches/msgbatch_%00/cancel"),
-                             ("DELETE", "/v1/messages/batches/msgbatch_%00"),
-                             ("GET", "/v1/usage/req_%00"), ("GET", "/v1/usage/req_abc%00_x")):
+        for method, path in (
+            ("GET", "/v1/messages/batches/msgbatch_%00"),
+            ("GET", "/v1/messages/batches/msgbatch_a%00b/results"),
+            ("POST", "/v1/messages/batches/msgbatch_%00/cancel"),
+            ("DELETE", "/v1/messages/batches/msgbatch_%00"),
+            ("GET", "/v1/usage/req_%00"),
+            ("GET", "/v1/usage/req_abc%00_x"),
+        ):
             resp = client.request(method, url + path, headers=anthropic_auth)
-            assert resp.status_code == 404 and resp.json()["error"]["type"] == "not_found_error", (path, resp.text)
+            assert resp.status_code == 404 and resp.json()["error"]["type"] == "not_found_error", (
+                path,
+                resp.text,
+            )
         for name in ("after_id", "before_id"):
-            resp = client.get(url + "/v1/messages/batches", params={name: "msgbatch_\x00"}, headers=anthropic_auth)
-            assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
+            resp = client.get(
+                url + "/v1/messages/batches", params={name: "msgbatch_\x00"}, headers=anthropic_auth
+            )
+            assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", (
+                resp.text
+            )
         ok = client.get(url + "/v1/messages/batches", headers=anthropic_auth)
         assert ok.status_code == 200, ok.text

@@ -44,8 +44,11 @@ WEATHER_TOOL = {
         "required": ["location", "units", "days"],
     },
 }
-TIME_TOOL = {"name": "get_time", "description": "Time in a zone",
-             "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}
+TIME_TOOL = {
+    "name": "get_time",
+    "description": "Time in a zone",
+    "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +75,11 @@ def _clean(sim: str) -> None:
 
 
 def body(text: str = "Hello there", **kw: Any) -> dict[str, Any]:
-    req: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 1024,
-                           "messages": [{"role": "user", "content": text}]}
+    req: dict[str, Any] = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": text}],
+    }
     req.update(kw)
     return req
 
@@ -114,13 +120,28 @@ def check_framing(raw: bytes) -> list[dict[str, Any]]:
     msg = events[0]["message"]
     assert msg["content"] == [] and msg["stop_reason"] is None and msg["stop_sequence"] is None
     assert list(msg) == ["model", "id", "type", "role", "content", "stop_reason", "stop_sequence", "usage"]
-    assert list(msg["usage"]) == ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                                  "cache_creation", "output_tokens", "server_tool_use", "service_tier",
-                                  "inference_geo", "speed"]
+    assert list(msg["usage"]) == [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cache_creation",
+        "output_tokens",
+        "server_tool_use",
+        "service_tier",
+        "inference_geo",
+        "speed",
+    ]
     assert "cache_creation" not in events[-2]["usage"]
-    assert list(events[-2]["usage"]) == ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                                         "output_tokens", "server_tool_use", "service_tier", "inference_geo",
-                                         "speed"]
+    assert list(events[-2]["usage"]) == [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "output_tokens",
+        "server_tool_use",
+        "service_tier",
+        "inference_geo",
+        "speed",
+    ]
     # blocks in order, never interleaved
     current = None
     nxt = 0
@@ -151,8 +172,9 @@ def stream_raw(http: httpx.Client, req: dict[str, Any]) -> tuple[httpx.Response,
 
 
 def test_sdk_create_text(client: anthropic.Anthropic) -> None:
-    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=512,
-                                 messages=[{"role": "user", "content": "Say something"}])
+    msg = client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=512, messages=[{"role": "user", "content": "Say something"}]
+    )
     assert msg.model == "claude-sonnet-4-6"
     assert msg.id.startswith("msg_01")
     assert msg.stop_reason == "end_turn"
@@ -163,8 +185,9 @@ def test_sdk_create_text(client: anthropic.Anthropic) -> None:
 
 
 def test_sdk_create_raw_headers(client: anthropic.Anthropic) -> None:
-    raw = client.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=50,
-                                                   messages=[{"role": "user", "content": "hi"}])
+    raw = client.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["request-id"].startswith("req_011C") and len(raw.headers["request-id"]) == 28
     assert raw.headers["anthropic-organization-id"]
     assert raw.headers["content-type"] == "application/json"
@@ -172,8 +195,11 @@ def test_sdk_create_raw_headers(client: anthropic.Anthropic) -> None:
 
 
 def test_sdk_stream_text(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=512,
-                                messages=[{"role": "user", "content": "stream please sim:tokens=50"}]) as s:
+    with client.messages.stream(
+        model="claude-sonnet-4-6",
+        max_tokens=512,
+        messages=[{"role": "user", "content": "stream please sim:tokens=50"}],
+    ) as s:
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert final.content[0].text == text
@@ -183,8 +209,12 @@ def test_sdk_stream_text(client: anthropic.Anthropic) -> None:
 
 
 def test_sdk_stream_tool_use(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL],
-                                messages=[{"role": "user", "content": "Weather in Paris?"}]) as s:
+    with client.messages.stream(
+        model="claude-sonnet-4-6",
+        max_tokens=1024,
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    ) as s:
         final = s.get_final_message()
     assert final.stop_reason == "tool_use"
     tools = [b for b in final.content if b.type == "tool_use"]
@@ -199,58 +229,86 @@ def test_sdk_stream_tool_use(client: anthropic.Anthropic) -> None:
 
 
 def test_parallel_tools_and_disable(client: anthropic.Anthropic) -> None:
-    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
-                                 messages=[{"role": "user", "content": "both please sim:tools=3"}])
+    msg = client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=1024,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        messages=[{"role": "user", "content": "both please sim:tools=3"}],
+    )
     assert msg.stop_reason == "tool_use"
     assert len([b for b in msg.content if b.type == "tool_use"]) == 3
-    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
-                                 tool_choice={"type": "any", "disable_parallel_tool_use": True},
-                                 messages=[{"role": "user", "content": "both please sim:tools=3"}])
+    msg = client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=1024,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+        messages=[{"role": "user", "content": "both please sim:tools=3"}],
+    )
     assert [b.type for b in msg.content] == ["tool_use"]
-    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL, TIME_TOOL],
-                                 tool_choice={"type": "tool", "name": "get_time"},
-                                 messages=[{"role": "user", "content": "x"}])
+    msg = client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=1024,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice={"type": "tool", "name": "get_time"},
+        messages=[{"role": "user", "content": "x"}],
+    )
     assert [(b.type, b.name) for b in msg.content] == [("tool_use", "get_time")]
     assert isinstance(msg.content[0].input["tz"], str)
 
 
 def test_tool_result_turn_answers_text(client: anthropic.Anthropic) -> None:
-    first = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL],
-                                   messages=[{"role": "user", "content": "Weather?"}])
+    first = client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=1024,
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "Weather?"}],
+    )
     tu = next(b for b in first.content if b.type == "tool_use")
     second = client.messages.create(
-        model="claude-sonnet-4-6", max_tokens=1024, tools=[WEATHER_TOOL],
-        messages=[{"role": "user", "content": "Weather?"},
-                  {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                  {"role": "user", "content": [
-                      {"type": "tool_result", "tool_use_id": tu.id, "content": "sunny"}]}])
+        model="claude-sonnet-4-6",
+        max_tokens=1024,
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tu.id, "content": "sunny"}]},
+        ],
+    )
     assert second.stop_reason == "end_turn"
     assert [b.type for b in second.content] == ["text"]
 
 
 def test_sdk_stream_thinking(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=4096,
-                                thinking={"type": "enabled", "budget_tokens": 2048},
-                                messages=[{"role": "user", "content": "think"}]) as s:
+    with client.messages.stream(
+        model="claude-sonnet-4-6",
+        max_tokens=4096,
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        messages=[{"role": "user", "content": "think"}],
+    ) as s:
         final = s.get_final_message()
     assert [b.type for b in final.content] == ["thinking", "text"]
     th = final.content[0]
     assert th.thinking and len(th.signature) > 100 and th.signature.startswith("E")
     expected = (len(th.thinking) + 3) // 4 + (len(final.content[1].text) + 3) // 4
     assert final.usage.output_tokens == expected
-    nonstream = client.messages.create(model="claude-sonnet-4-6", max_tokens=4096,
-                                       thinking={"type": "adaptive"},
-                                       messages=[{"role": "user", "content": "think"}])
+    nonstream = client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=4096,
+        thinking={"type": "adaptive"},
+        messages=[{"role": "user", "content": "think"}],
+    )
     assert nonstream.content[0].type == "thinking" and nonstream.content[0].signature
 
 
 def test_count_tokens_and_models(client: anthropic.Anthropic) -> None:
     text = "x" * 400
-    res = client.messages.count_tokens(model="claude-sonnet-4-6",
-                                       messages=[{"role": "user", "content": text}])
+    res = client.messages.count_tokens(
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": text}]
+    )
     assert res.input_tokens == 100
-    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=10,
-                                 messages=[{"role": "user", "content": text}])
+    msg = client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": text}]
+    )
     assert msg.usage.input_tokens == 100
     page = client.models.list(limit=3)
     assert len(page.data) == 3 and page.has_more
@@ -283,8 +341,11 @@ def test_replay_byte_identical(http: httpx.Client, name: str) -> None:
 
 def test_replay_sdk_accumulates(client: anthropic.Anthropic) -> None:
     name = "sdkpy-555fb399-a54c-455b-9ac5-2c9673f18e12.0"
-    with client.messages.stream(model="claude-haiku-4-5", max_tokens=1024,
-                                messages=[{"role": "user", "content": f"sim:replay {name}"}]) as s:
+    with client.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=1024,
+        messages=[{"role": "user", "content": f"sim:replay {name}"}],
+    ) as s:
         final = s.get_final_message()
     assert final.content[0].type == "tool_use"
     assert final.content[0].input == {"location": "San Francisco, CA", "units": "f"}
@@ -299,14 +360,23 @@ def test_replay_unknown_fixture(http: httpx.Client) -> None:
 # ------------------------------------------------------------------------------------------ framing
 
 
-@pytest.mark.parametrize("req", [
-    body("plain text"),
-    body("long sim:tokens=300"),
-    body("weather", tools=[WEATHER_TOOL, TIME_TOOL]),
-    body("weather sim:tools=2", tools=[WEATHER_TOOL, TIME_TOOL]),
-    body("think", max_tokens=5000, thinking={"type": "enabled", "budget_tokens": 1500}, tools=[WEATHER_TOOL]),
-    body("unicode é ✓"),
-], ids=["text", "long", "tool", "tools2", "thinking", "unicode"])
+@pytest.mark.parametrize(
+    "req",
+    [
+        body("plain text"),
+        body("long sim:tokens=300"),
+        body("weather", tools=[WEATHER_TOOL, TIME_TOOL]),
+        body("weather sim:tools=2", tools=[WEATHER_TOOL, TIME_TOOL]),
+        body(
+            "think",
+            max_tokens=5000,
+            thinking={"type": "enabled", "budget_tokens": 1500},
+            tools=[WEATHER_TOOL],
+        ),
+        body("unicode é ✓"),
+    ],
+    ids=["text", "long", "tool", "tools2", "thinking", "unicode"],
+)
 def test_generated_stream_framing(http: httpx.Client, req: dict[str, Any]) -> None:
     r, raw = stream_raw(http, req)
     assert r.status_code == 200
@@ -322,8 +392,9 @@ def test_generated_stream_framing(http: httpx.Client, req: dict[str, Any]) -> No
             assert d["delta"] == {"type": "input_json_delta", "partial_json": ""}
         if e["type"] == "content_block_start" and e["content_block"]["type"] == "thinking":
             assert e["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
-    sigs = [e for e in events
-            if e["type"] == "content_block_delta" and e["delta"]["type"] == "signature_delta"]
+    sigs = [
+        e for e in events if e["type"] == "content_block_delta" and e["delta"]["type"] == "signature_delta"
+    ]
     if req.get("thinking"):
         assert len(sigs) == 1
 
@@ -371,13 +442,20 @@ def test_max_tokens_and_stop_sequences(http: httpx.Client) -> None:
 
 
 def test_cache_creation_then_read(http: httpx.Client) -> None:
-    system = [{"type": "text", "text": "You are a careful assistant. " * 200,
-               "cache_control": {"type": "ephemeral"}}]
+    system = [
+        {
+            "type": "text",
+            "text": "You are a careful assistant. " * 200,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
     req = body("first question", system=system)
     u1 = http.post("/v1/messages", json=req).json()["usage"]
     assert u1["cache_creation_input_tokens"] > 1000 and u1["cache_read_input_tokens"] == 0
-    assert u1["cache_creation"] == {"ephemeral_5m_input_tokens": u1["cache_creation_input_tokens"],
-                                    "ephemeral_1h_input_tokens": 0}
+    assert u1["cache_creation"] == {
+        "ephemeral_5m_input_tokens": u1["cache_creation_input_tokens"],
+        "ephemeral_1h_input_tokens": 0,
+    }
     req2 = body("a different question", system=system)
     _r, raw = stream_raw(http, req2)
     events = check_framing(raw)
@@ -392,13 +470,20 @@ def test_cache_creation_then_read(http: httpx.Client) -> None:
 
 def test_cache_ttl_split_and_extension(http: httpx.Client) -> None:
     # the tools alone are above Sonnet 4.6's minimum cacheable prompt (1,024 tokens)
-    tools = [dict(WEATHER_TOOL, description="Current weather. " * 300, cache_control={"type": "ephemeral", "ttl": "1h"})]
+    tools = [
+        dict(
+            WEATHER_TOOL,
+            description="Current weather. " * 300,
+            cache_control={"type": "ephemeral", "ttl": "1h"},
+        )
+    ]
     system = [{"type": "text", "text": "Rules. " * 300, "cache_control": {"type": "ephemeral"}}]
     u1 = http.post("/v1/messages", json=body("q", tools=tools, system=system)).json()["usage"]
     c = u1["cache_creation"]
     assert c["ephemeral_1h_input_tokens"] > 0 and c["ephemeral_5m_input_tokens"] > 0
-    assert u1["cache_creation_input_tokens"] == (c["ephemeral_1h_input_tokens"]
-                                                 + c["ephemeral_5m_input_tokens"])
+    assert u1["cache_creation_input_tokens"] == (
+        c["ephemeral_1h_input_tokens"] + c["ephemeral_5m_input_tokens"]
+    )
     # same tools, new system: the 1h tools prefix is read, the system part is written
     system2 = [{"type": "text", "text": "Other rules. " * 300, "cache_control": {"type": "ephemeral"}}]
     u2 = http.post("/v1/messages", json=body("q", tools=tools, system=system2)).json()["usage"]
@@ -406,11 +491,16 @@ def test_cache_ttl_split_and_extension(http: httpx.Client) -> None:
     assert u2["cache_creation"]["ephemeral_1h_input_tokens"] == 0
     assert u2["cache_creation"]["ephemeral_5m_input_tokens"] > 0
     # count_tokens reports the whole prompt and never touches the cache
-    ct = {"model": "claude-sonnet-4-6", "tools": tools, "system": system2,
-          "messages": [{"role": "user", "content": "q"}]}
+    ct = {
+        "model": "claude-sonnet-4-6",
+        "tools": tools,
+        "system": system2,
+        "messages": [{"role": "user", "content": "q"}],
+    }
     n = http.post("/v1/messages/count_tokens", json=ct).json()
-    assert n["input_tokens"] == (u2["input_tokens"] + u2["cache_read_input_tokens"]
-                                 + u2["cache_creation_input_tokens"])
+    assert n["input_tokens"] == (
+        u2["input_tokens"] + u2["cache_read_input_tokens"] + u2["cache_creation_input_tokens"]
+    )
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -419,9 +509,11 @@ def test_cache_ttl_split_and_extension(http: httpx.Client) -> None:
 def test_request_errors(http: httpx.Client, sim: str) -> None:
     r = httpx.post(sim + "/v1/messages", json=body(), headers={"anthropic-version": "2023-06-01"})
     assert r.status_code == 401
-    assert r.json() == {"type": "error",
-                        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
-                        "request_id": r.headers["request-id"]}
+    assert r.json() == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+        "request_id": r.headers["request-id"],
+    }
     assert r.headers["x-should-retry"] == "false"
     r = httpx.post(sim + "/v1/messages", json=body(), headers={"authorization": "Bearer abc"})
     assert r.status_code == 400 and "anthropic-version" in r.json()["error"]["message"]
@@ -441,14 +533,18 @@ def test_request_errors(http: httpx.Client, sim: str) -> None:
         assert r.json()["error"] == {"type": "not_found_error", "message": f"model: {gone}"}
     r = http.post("/v1/messages?beta=true", json=body())
     assert r.status_code == 200
-    r = http.post("/v1/messages",
-                  json=body(max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 4000}))
+    r = http.post(
+        "/v1/messages", json=body(max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 4000})
+    )
     assert r.status_code == 400
 
 
 def test_body_too_large(sim: str) -> None:
-    big = b'{"model":"claude-sonnet-4-6","max_tokens":10,"messages":[{"role":"user","content":"' + \
-        b"a" * (33 * 1024 * 1024) + b'"}]}'
+    big = (
+        b'{"model":"claude-sonnet-4-6","max_tokens":10,"messages":[{"role":"user","content":"'
+        + b"a" * (33 * 1024 * 1024)
+        + b'"}]}'
+    )
     r = httpx.post(sim + "/v1/messages", content=big, headers=HEADERS, timeout=30)
     assert r.status_code == 413
     assert r.content == b'{"error":{"type":"request_too_large","message":"Request exceeds the maximum size"}}'
@@ -456,7 +552,7 @@ def test_body_too_large(sim: str) -> None:
     def chunks() -> Iterator[bytes]:
         yield big[: 1 << 20]
         for i in range(1 << 20, len(big), 1 << 20):
-            yield big[i:i + (1 << 20)]
+            yield big[i : i + (1 << 20)]
 
     r = httpx.post(sim + "/v1/messages", content=chunks(), headers=HEADERS, timeout=30)  # chunked upload
     assert r.status_code == 413
@@ -467,7 +563,7 @@ def test_chunked_request_body(sim: str) -> None:
 
     def gen() -> Iterator[bytes]:
         for i in range(0, len(data), 7):
-            yield data[i:i + 7]
+            yield data[i : i + 7]
 
     r = httpx.post(sim + "/v1/messages", content=gen(), headers=HEADERS)
     assert r.status_code == 200 and r.json()["content"][0]["type"] == "text"
@@ -476,11 +572,15 @@ def test_chunked_request_body(sim: str) -> None:
 def test_keepalive_pipelining(sim: str) -> None:
     host, port = sim.removeprefix("http://").rsplit(":", 1)
     payload = orjson.dumps(body("pipelined"))
-    one = (b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nanthropic-version: 2023-06-01\r\n"
-           b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(payload)) + payload
+    one = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nanthropic-version: 2023-06-01\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(payload)
+    ) + payload
     stream_payload = orjson.dumps(body("pipelined sim:tokens=5", stream=True))
-    two = (b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nanthropic-version: 2023-06-01\r\n"
-           b"content-length: %d\r\n\r\n" % len(stream_payload)) + stream_payload
+    two = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nanthropic-version: 2023-06-01\r\n"
+        b"content-length: %d\r\n\r\n" % len(stream_payload)
+    ) + stream_payload
     three = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nanthropic-version: 2023-06-01\r\n\r\n"
     with socket.create_connection((host, int(port))) as s:
         s.sendall(one + two + three + one[:50])
@@ -574,8 +674,11 @@ def test_fault_reset_mid_stream(sim: str) -> None:
     with anthropic.Anthropic(base_url=sim, api_key="k", max_retries=0) as c:
         # the SDK surfaces a mid-stream disconnect as its HTTP library's protocol/read error
         with pytest.raises(Exception) as ei:
-            with c.messages.stream(model="claude-sonnet-4-6", max_tokens=100, messages=[
-                    {"role": "user", "content": "y sim:fault=reset_mid,after_events=3"}]) as s:
+            with c.messages.stream(
+                model="claude-sonnet-4-6",
+                max_tokens=100,
+                messages=[{"role": "user", "content": "y sim:fault=reset_mid,after_events=3"}],
+            ) as s:
                 for _ in s:
                     pass
     assert type(ei.value).__name__ in ("RemoteProtocolError", "ReadError", "APIConnectionError")
@@ -595,8 +698,11 @@ def test_fault_error_event_mid_stream(http: httpx.Client, sim: str) -> None:
     assert json.dumps(obj, separators=(",", ":")).encode() == stripped + b"}"
     with anthropic.Anthropic(base_url=sim, api_key="k", max_retries=0) as c:
         with pytest.raises(anthropic.APIStatusError) as ei:
-            with c.messages.stream(model="claude-sonnet-4-6", max_tokens=100, messages=[
-                    {"role": "user", "content": "sim:fault=error_mid"}]) as s:
+            with c.messages.stream(
+                model="claude-sonnet-4-6",
+                max_tokens=100,
+                messages=[{"role": "user", "content": "sim:fault=error_mid"}],
+            ) as s:
                 for _ in s:
                     pass
         assert "overloaded" in str(ei.value).lower()
@@ -651,8 +757,11 @@ def test_api_keys_enforced() -> None:
         assert ok.status_code == 200
         bad = httpx.post(url + "/v1/messages", json=body(), headers=HEADERS)
         assert bad.status_code == 401
-        bearer = httpx.post(url + "/v1/messages", json=body(),
-                            headers={"authorization": "Bearer good-key", "anthropic-version": "2023-06-01"})
+        bearer = httpx.post(
+            url + "/v1/messages",
+            json=body(),
+            headers={"authorization": "Bearer good-key", "anthropic-version": "2023-06-01"},
+        )
         assert bearer.status_code == 200
 
 

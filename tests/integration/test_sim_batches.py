@@ -39,12 +39,29 @@ def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 10.0
 def test_lifecycle_outcomes_and_results(sim: str) -> None:
     with anthropic.Anthropic(base_url=sim, api_key="sk-test") as client:
         # 1.5 s of processing: long enough to see it unfinished on a busy machine
-        requests = [item("ok-0", "question 0 sim:batch_ms=1500")] + [item(f"ok-{i}", f"question {i}") for i in range(1, 6)]
-        requests += [item("tools", "weather?", tools=[{"name": "w", "input_schema": {
-            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]),
+        requests = [item("ok-0", "question 0 sim:batch_ms=1500")] + [
+            item(f"ok-{i}", f"question {i}") for i in range(1, 6)
+        ]
+        requests += [
+            item(
+                "tools",
+                "weather?",
+                tools=[
+                    {
+                        "name": "w",
+                        "input_schema": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                            "required": ["city"],
+                        },
+                    }
+                ],
+            ),
             item("think", "think", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024}),
-            item("expires", "late sim:expire"), item("fails", "boom sim:fault=500"),
-            item("unknown-model", model="gpt-4o")]
+            item("expires", "late sim:expire"),
+            item("fails", "boom sim:fault=500"),
+            item("unknown-model", model="gpt-4o"),
+        ]
         batch = client.messages.batches.create(requests=requests)
         assert batch.id.startswith("msgbatch_01") and batch.processing_status == "in_progress"
         assert batch.request_counts.processing == len(requests) and batch.results_url is None
@@ -53,13 +70,21 @@ def test_lifecycle_outcomes_and_results(sim: str) -> None:
         ended = wait_ended(client, batch.id)
         assert ended.processing_status == "ended" and ended.ended_at is not None
         counts = ended.request_counts
-        assert (counts.succeeded, counts.errored, counts.expired, counts.canceled, counts.processing) == (8, 2, 1, 0, 0)
+        assert (counts.succeeded, counts.errored, counts.expired, counts.canceled, counts.processing) == (
+            8,
+            2,
+            1,
+            0,
+            0,
+        )
         assert ended.results_url == f"{sim}/v1/messages/batches/{batch.id}/results"
         results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
         assert list(results) == [r["custom_id"] for r in requests]  # request order
         assert results["tools"].type == "succeeded" and results["tools"].message.stop_reason == "tool_use"
         assert next(b.type for b in results["think"].message.content) == "thinking"
-        assert results["ok-0"].message.usage.input_tokens > 0 and results["ok-0"].message.usage.output_tokens > 0
+        assert (
+            results["ok-0"].message.usage.input_tokens > 0 and results["ok-0"].message.usage.output_tokens > 0
+        )
         assert results["expires"].type == "expired"
         assert results["fails"].type == "errored" and results["fails"].error.error.type == "api_error"
         assert results["unknown-model"].error.error.type == "not_found_error"
@@ -72,8 +97,12 @@ def test_lifecycle_outcomes_and_results(sim: str) -> None:
 
 def test_cache_usage_matches_messages(sim: str) -> None:
     with anthropic.Anthropic(base_url=sim, api_key="sk-test") as client:
-        system = [{"type": "text", "text": "policy " * 800, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
-        batch = client.messages.batches.create(requests=[item(f"c{i}", f"q{i}", system=system) for i in range(3)])
+        system = [
+            {"type": "text", "text": "policy " * 800, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+        ]
+        batch = client.messages.batches.create(
+            requests=[item(f"c{i}", f"q{i}", system=system) for i in range(3)]
+        )
         wait_ended(client, batch.id)
         usages = [r.result.message.usage for r in client.messages.batches.results(batch.id)]
         assert usages[0].cache_creation.ephemeral_1h_input_tokens > 0  # the first writes the prefix
@@ -82,8 +111,9 @@ def test_cache_usage_matches_messages(sim: str) -> None:
 
 def test_cancel_cancels_what_is_not_done(sim: str) -> None:
     with anthropic.Anthropic(base_url=sim, api_key="sk-test") as client:
-        batch = client.messages.batches.create(requests=[item("slow-0", "sim:batch_ms=5000")]
-                                               + [item(f"slow-{i}") for i in range(1, 50)])
+        batch = client.messages.batches.create(
+            requests=[item("slow-0", "sim:batch_ms=5000")] + [item(f"slow-{i}") for i in range(1, 50)]
+        )
         canceling = client.messages.batches.cancel(batch.id)
         assert canceling.processing_status == "canceling" and canceling.cancel_initiated_at is not None
         with pytest.raises(anthropic.BadRequestError):  # not deletable before it has ended
@@ -106,7 +136,9 @@ def test_bad_batches_and_faults(sim: str) -> None:
             inject_fault(sim, "529", count=1, paths="*")
             assert http.post("/v1/messages/batches", json={"requests": [item("a")]}).status_code == 529
             made = http.post("/v1/messages/batches", json={"requests": [item("a")]})
-            assert made.status_code == 200 and made.json()["processing_status"] == "ended"  # 0 ms: done at once
+            assert (
+                made.status_code == 200 and made.json()["processing_status"] == "ended"
+            )  # 0 ms: done at once
             lines = http.get(f"/v1/messages/batches/{made.json()['id']}/results")
             assert lines.headers["content-type"] == "application/x-jsonl"
             assert [orjson.loads(x)["result"]["type"] for x in lines.content.splitlines()] == ["succeeded"]

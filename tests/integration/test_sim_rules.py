@@ -22,33 +22,57 @@ ALL_EFFORTS = ("low", "medium", "high", "xhigh", "max")
 NO_XHIGH = ("low", "medium", "high", "max")
 
 # the texts the real API answers with
-ENABLED = ('"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" and '
-           '"output_config.effort" to control thinking behavior.')
+ENABLED = (
+    '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" and '
+    '"output_config.effort" to control thinking behavior.'
+)
 ADAPTIVE = '"thinking.type.adaptive" is not supported for this model. Use "thinking.type.enabled" with "budget_tokens".'
-DISABLED = ('"thinking.type.disabled" is not supported for this model. Use "thinking.type.adaptive" and '
-            '"output_config.effort" to control thinking behavior.')
-DISABLED_BT = ('"thinking.type.disabled" is not supported for this model. Use "thinking.type.between_tools" to '
-               'turn thinking off.')
+DISABLED = (
+    '"thinking.type.disabled" is not supported for this model. Use "thinking.type.adaptive" and '
+    '"output_config.effort" to control thinking behavior.'
+)
+DISABLED_BT = (
+    '"thinking.type.disabled" is not supported for this model. Use "thinking.type.between_tools" to '
+    "turn thinking off."
+)
 BETWEEN = '"thinking.type.between_tools" is not supported for this model.'
 FORCED = 'tool_choice: type "tool" and "any" are not supported for this model.'
 FORCED_THINKING = "Thinking may not be enabled when tool_choice forces tool use."
-PREFILL = ("This model does not support assistant message prefill. The conversation must end with a user "
-           "message.")
+PREFILL = (
+    "This model does not support assistant message prefill. The conversation must end with a user message."
+)
 FAST = '"speed": "fast" is not supported for this model.'
 GEO = '"inference_geo" is not supported for this model.'
 ONE_OF = "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
 
 
 def off_effort(kind: str, effort: str) -> str:
-    return (f'"thinking.type.{kind}" is not supported with "output_config.effort": "{effort}" for this model. '
-            'Use an effort of "high" or lower to turn thinking off.')
+    return (
+        f'"thinking.type.{kind}" is not supported with "output_config.effort": "{effort}" for this model. '
+        'Use an effort of "high" or lower to turn thinking off.'
+    )
 
 
 def M(**kw: Any) -> dict[str, Any]:  # a row of the table
-    row = {"enabled": False, "adaptive": True, "disabled": None, "between": False, "off_max": None,
-           "efforts": ALL_EFFORTS, "sampling": "default_only", "forced": True, "prefill": False, "fast": None,
-           "geo": True, "tokenizer": 2, "min_cache": 512, "thinks": True, "display": "omitted",
-           "max_out": 128_000, "id": None}
+    row = {
+        "enabled": False,
+        "adaptive": True,
+        "disabled": None,
+        "between": False,
+        "off_max": None,
+        "efforts": ALL_EFFORTS,
+        "sampling": "default_only",
+        "forced": True,
+        "prefill": False,
+        "fast": None,
+        "geo": True,
+        "tokenizer": 2,
+        "min_cache": 512,
+        "thinks": True,
+        "display": "omitted",
+        "max_out": 128_000,
+        "id": None,
+    }
     row.update(kw)
     return row
 
@@ -63,18 +87,46 @@ CURRENT: dict[str, dict[str, Any]] = {
     "claude-opus-4-8": M(thinks=False, min_cache=1024),
     "claude-opus-4-7": M(thinks=False, min_cache=2048, display="summarized"),
     "claude-sonnet-5": M(min_cache=1024),
-    "claude-sonnet-4-6": M(enabled=True, efforts=NO_XHIGH, sampling="one_of", tokenizer=1, min_cache=1024,
-                           thinks=False, display="summarized"),
-    "claude-haiku-4-5": M(enabled=True, adaptive=False, efforts=(), sampling="one_of", prefill=True, geo=False,
-                          tokenizer=1, min_cache=4096, thinks=False, display="summarized", max_out=64_000,
-                          id="claude-haiku-4-5-20251001"),
+    "claude-sonnet-4-6": M(
+        enabled=True,
+        efforts=NO_XHIGH,
+        sampling="one_of",
+        tokenizer=1,
+        min_cache=1024,
+        thinks=False,
+        display="summarized",
+    ),
+    "claude-haiku-4-5": M(
+        enabled=True,
+        adaptive=False,
+        efforts=(),
+        sampling="one_of",
+        prefill=True,
+        geo=False,
+        tokenizer=1,
+        min_cache=4096,
+        thinks=False,
+        display="summarized",
+        max_out=64_000,
+        id="claude-haiku-4-5-20251001",
+    ),
 }
 MODELS = list(CURRENT)
-RETIRED = ["claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "claude-opus-4-1", "claude-opus-4-20250514",
-           "claude-sonnet-4-20250514", "claude-3-7-sonnet-20250219", "claude-3-5-haiku-latest",
-           "claude-3-haiku-20240307"]
-TOOL = {"name": "lookup", "description": "Look a word up",
-        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}
+RETIRED = [
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-opus-4-1",
+    "claude-opus-4-20250514",
+    "claude-sonnet-4-20250514",
+    "claude-3-7-sonnet-20250219",
+    "claude-3-5-haiku-latest",
+    "claude-3-haiku-20240307",
+]
+TOOL = {
+    "name": "lookup",
+    "description": "Look a word up",
+    "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +142,21 @@ def http(sim: str) -> Iterator[httpx.Client]:
 
 
 def req(model: str, text: str = "hello", **kw: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": model, "max_tokens": 4096, "messages": [{"role": "user", "content": text}]}
+    out: dict[str, Any] = {
+        "model": model,
+        "max_tokens": 4096,
+        "messages": [{"role": "user", "content": text}],
+    }
     out.update(kw)
     return out
 
 
-def post(http: httpx.Client, body: dict[str, Any], path: str = "/v1/messages", **headers: str) -> httpx.Response:
-    return http.post(path, content=orjson.dumps(body), headers={"content-type": "application/json", **headers})
+def post(
+    http: httpx.Client, body: dict[str, Any], path: str = "/v1/messages", **headers: str
+) -> httpx.Response:
+    return http.post(
+        path, content=orjson.dumps(body), headers={"content-type": "application/json", **headers}
+    )
 
 
 def refused(r: httpx.Response, text: str) -> None:
@@ -121,8 +181,15 @@ def test_models_list_is_the_registry(http: httpx.Client) -> None:
     assert {CURRENT[m]["id"] or m for m in MODELS} <= set(ids)
     assert not set(ids) & {"claude-sonnet-4-5-20250929", "claude-opus-4-1-20250805"}
     for item in data["data"]:
-        assert {"id", "type", "display_name", "created_at", "max_input_tokens", "max_tokens",
-                "capabilities"} <= set(item)
+        assert {
+            "id",
+            "type",
+            "display_name",
+            "created_at",
+            "max_input_tokens",
+            "max_tokens",
+            "capabilities",
+        } <= set(item)
         assert set(item["capabilities"]["effort"]) >= set(ALL_EFFORTS)
     page = ok(http.get("/v1/models", params={"limit": 2}))
     assert len(page["data"]) == 2 and page["has_more"]
@@ -135,7 +202,9 @@ def test_retired_ids_404(http: httpx.Client, model: str) -> None:
     want = {"type": "not_found_error", "message": f"model: {model}"}
     r = post(http, req(model))
     assert r.status_code == 404 and r.json()["error"] == want
-    r = post(http, {"model": model, "messages": [{"role": "user", "content": "x"}]}, "/v1/messages/count_tokens")
+    r = post(
+        http, {"model": model, "messages": [{"role": "user", "content": "x"}]}, "/v1/messages/count_tokens"
+    )
     assert r.status_code == 404 and r.json()["error"] == want
     assert http.get(f"/v1/models/{model}").status_code == 404
 
@@ -151,13 +220,25 @@ def test_unknown_id_404_until_the_upstream_lists_it(http: httpx.Client, sim: str
         listed = ok(http.get("/v1/models", params={"limit": 1000}))["data"]
         assert listed[0]["id"] == "claude-nova-6" and listed[0]["display_name"] == "Claude Nova 6"
         assert ok(http.get("/v1/models/claude-nova-6"))["max_tokens"] > 0
-        assert ok(post(http, {"model": "claude-nova-6", "messages": [{"role": "user", "content": "x" * 40}]},
-                       "/v1/messages/count_tokens"))["input_tokens"] > 0
+        assert (
+            ok(
+                post(
+                    http,
+                    {"model": "claude-nova-6", "messages": [{"role": "user", "content": "x" * 40}]},
+                    "/v1/messages/count_tokens",
+                )
+            )["input_tokens"]
+            > 0
+        )
         # one that takes a served model's rules and limits
-        control(sim, "/_sim/models", {"id": "claude-nova-6-mini", "like": "claude-haiku-4-5", "max_tokens": 1000})
-        refused(post(http, req("claude-nova-6-mini", max_tokens=1001)),
-                "max_tokens: 1001 > 1000, which is the maximum allowed number of output tokens for "
-                "claude-nova-6-mini")
+        control(
+            sim, "/_sim/models", {"id": "claude-nova-6-mini", "like": "claude-haiku-4-5", "max_tokens": 1000}
+        )
+        refused(
+            post(http, req("claude-nova-6-mini", max_tokens=1001)),
+            "max_tokens: 1001 > 1000, which is the maximum allowed number of output tokens for "
+            "claude-nova-6-mini",
+        )
         ok(post(http, req("claude-nova-6-mini", temperature=0.2, max_tokens=1000)))
     finally:
         assert control(sim, "/_sim/models", {"clear": True}) == {"added": []}
@@ -165,11 +246,15 @@ def test_unknown_id_404_until_the_upstream_lists_it(http: httpx.Client, sim: str
 
 
 def test_batch_items_follow_the_rules(http: httpx.Client, sim: str) -> None:
-    items = [{"custom_id": "fine", "params": req("claude-opus-5-5", "x sim:batch_ms=0", max_tokens=200)},
-             {"custom_id": "gone", "params": req("claude-sonnet-4-5", max_tokens=10)},
-             {"custom_id": "sampling", "params": req("claude-opus-5-5", temperature=0.3, max_tokens=10)}]
+    items = [
+        {"custom_id": "fine", "params": req("claude-opus-5-5", "x sim:batch_ms=0", max_tokens=200)},
+        {"custom_id": "gone", "params": req("claude-sonnet-4-5", max_tokens=10)},
+        {"custom_id": "sampling", "params": req("claude-opus-5-5", temperature=0.3, max_tokens=10)},
+    ]
     batch = ok(post(http, {"requests": items}, "/v1/messages/batches"))
-    lines = [orjson.loads(x) for x in http.get(f"/v1/messages/batches/{batch['id']}/results").content.splitlines()]
+    lines = [
+        orjson.loads(x) for x in http.get(f"/v1/messages/batches/{batch['id']}/results").content.splitlines()
+    ]
     got = {x["custom_id"]: x["result"] for x in lines}
     assert got["gone"]["error"]["error"] == {"type": "not_found_error", "message": "model: claude-sonnet-4-5"}
     assert got["sampling"]["error"]["error"]["message"] == "`temperature` is deprecated for this model."
@@ -225,8 +310,11 @@ def test_effort_levels(http: httpx.Client, model: str) -> None:
         elif effort in row["efforts"]:
             ok(r)
         else:
-            refused(r, f'"output_config.effort": "{effort}" is not supported for this model. '
-                       f"Supported values: {levels}.")
+            refused(
+                r,
+                f'"output_config.effort": "{effort}" is not supported for this model. '
+                f"Supported values: {levels}.",
+            )
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -247,9 +335,15 @@ def test_thinking_default_and_display(http: httpx.Client, model: str) -> None:
     shown = ok(post(http, req(model, "think", thinking={**on, "display": "summarized"})))
     assert shown["content"][0]["type"] == "thinking" and shown["content"][0]["thinking"]
     hidden = ok(post(http, req(model, "think", thinking={**on, "display": "omitted"})))
-    assert hidden["content"][0] == {"type": "thinking", "thinking": "", "signature": hidden["content"][0]["signature"]}
-    refused(post(http, req(model, thinking={**on, "display": "verbose"})),
-            '"thinking.display": "verbose" is not supported for this model.')
+    assert hidden["content"][0] == {
+        "type": "thinking",
+        "thinking": "",
+        "signature": hidden["content"][0]["signature"],
+    }
+    refused(
+        post(http, req(model, thinking={**on, "display": "verbose"})),
+        '"thinking.display": "verbose" is not supported for this model.',
+    )
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -278,8 +372,16 @@ def test_forced_tool_choice(http: httpx.Client, model: str) -> None:
     row = CURRENT[model]
     for choice in ({"type": "any"}, {"type": "tool", "name": "lookup"}):
         r = post(http, req(model, tools=[TOOL], tool_choice=choice))
-        count = post(http, {"model": model, "tools": [TOOL], "tool_choice": choice,
-                            "messages": [{"role": "user", "content": "x"}]}, "/v1/messages/count_tokens")
+        count = post(
+            http,
+            {
+                "model": model,
+                "tools": [TOOL],
+                "tool_choice": choice,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            "/v1/messages/count_tokens",
+        )
         if not row["forced"]:
             refused(r, FORCED)
             refused(count, FORCED)
@@ -313,9 +415,11 @@ def test_prefill(http: httpx.Client, model: str) -> None:
 def test_max_tokens_cap(http: httpx.Client, model: str) -> None:
     row = CURRENT[model]
     cap = row["max_out"]
-    refused(post(http, req(model, max_tokens=cap + 1)),
-            f"max_tokens: {cap + 1} > {cap}, which is the maximum allowed number of output tokens for "
-            f"{row['id'] or model}")
+    refused(
+        post(http, req(model, max_tokens=cap + 1)),
+        f"max_tokens: {cap + 1} > {cap}, which is the maximum allowed number of output tokens for "
+        f"{row['id'] or model}",
+    )
     ok(post(http, req(model, "x sim:tokens=5", max_tokens=cap)))
 
 
@@ -374,7 +478,10 @@ def test_minimum_cacheable_prompt(http: httpx.Client, sim: str, model: str) -> N
 
 @pytest.mark.parametrize("model", MODELS)
 def test_usage_fields_streamed_and_not(http: httpx.Client, model: str) -> None:
-    tools = [{"type": "web_search_20260209", "name": "web_search"}, {"type": "web_fetch_20250910", "name": "web_fetch"}]
+    tools = [
+        {"type": "web_search_20260209", "name": "web_search"},
+        {"type": "web_fetch_20250910", "name": "web_fetch"},
+    ]
     body = req(model, "find it sim:web_search=2 sim:web_fetch=1", tools=tools)
     if CURRENT[model]["geo"]:
         body["inference_geo"] = "us"
@@ -384,8 +491,12 @@ def test_usage_fields_streamed_and_not(http: httpx.Client, model: str) -> None:
     assert u["server_tool_use"] == want and u["speed"] == "standard" and u["service_tier"] == "standard"
     assert u["inference_geo"] == ("us" if CURRENT[model]["geo"] else "global")
     assert set(u["cache_creation"]) == {"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
-    with http.stream("POST", "/v1/messages", content=orjson.dumps(dict(body, stream=True)),
-                     headers={"content-type": "application/json"}) as r:
+    with http.stream(
+        "POST",
+        "/v1/messages",
+        content=orjson.dumps(dict(body, stream=True)),
+        headers={"content-type": "application/json"},
+    ) as r:
         raw = b"".join(r.iter_bytes())
     events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
     start = events[0]["message"]["usage"]
@@ -405,8 +516,12 @@ def test_advisor_iterations(http: httpx.Client) -> None:
     assert [i["type"] for i in its] == ["message", "advisor_message"]
     assert its[0]["input_tokens"] == u["input_tokens"] and its[0]["output_tokens"] == u["output_tokens"]
     assert its[1]["model"] == "claude-opus-5-5" and its[1]["output_tokens"] > 0
-    with http.stream("POST", "/v1/messages", content=orjson.dumps(dict(body, stream=True)),
-                     headers={"content-type": "application/json"}) as r:
+    with http.stream(
+        "POST",
+        "/v1/messages",
+        content=orjson.dumps(dict(body, stream=True)),
+        headers={"content-type": "application/json"},
+    ) as r:
         raw = b"".join(r.iter_bytes())
     events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
     delta = next(e for e in events if e["type"] == "message_delta")["usage"]
@@ -420,15 +535,23 @@ def test_advisor_iterations(http: httpx.Client) -> None:
 @pytest.mark.parametrize("model", ["claude-opus-5-5", "claude-sonnet-5-5"])
 def test_system_message_needs_per_turn_control_beta(http: httpx.Client, model: str) -> None:
     body = req(model)
-    body["messages"] = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
-                        {"role": "system", "content": "Be brief from here on."},
-                        {"role": "user", "content": "second"}]
+    body["messages"] = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "system", "content": "Be brief from here on."},
+        {"role": "user", "content": "second"},
+    ]
     refused(post(http, body), "messages.2.role: Input should be 'user' or 'assistant'")
     msg = ok(post(http, body, **{"anthropic-beta": "claude-code-20250219,per-turn-control-2026-07-01"}))
     assert msg["content"][-1]["type"] == "text"
     count = {k: v for k, v in body.items() if k != "max_tokens"}
-    refused(post(http, count, "/v1/messages/count_tokens"), "messages.2.role: Input should be 'user' or 'assistant'")
-    with_system = ok(post(http, count, "/v1/messages/count_tokens", **{"anthropic-beta": "per-turn-control-2026-07-01"}))
+    refused(
+        post(http, count, "/v1/messages/count_tokens"),
+        "messages.2.role: Input should be 'user' or 'assistant'",
+    )
+    with_system = ok(
+        post(http, count, "/v1/messages/count_tokens", **{"anthropic-beta": "per-turn-control-2026-07-01"})
+    )
     count["messages"] = [m for m in count["messages"] if m["role"] != "system"]
     assert with_system["input_tokens"] > ok(post(http, count, "/v1/messages/count_tokens"))["input_tokens"]
 
@@ -440,32 +563,52 @@ def test_display_updates_needs_its_beta(http: httpx.Client) -> None:
     assert ok(post(http, body, **beta))["content"][0]["thinking"]
     # Claude Code sends it to Opus 5.5 too (its default model): accepted there under the beta
     assert ok(post(http, dict(body, model="claude-opus-5-5"), **beta))["content"][0]["type"] == "thinking"
-    refused(post(http, dict(body, model="claude-opus-5-5")),
-            '"thinking.display": "updates" is not supported for this model.')
-    refused(post(http, dict(body, model="claude-haiku-5-5"), **beta),
-            '"thinking.display": "updates" is not supported for this model.')
+    refused(
+        post(http, dict(body, model="claude-opus-5-5")),
+        '"thinking.display": "updates" is not supported for this model.',
+    )
+    refused(
+        post(http, dict(body, model="claude-haiku-5-5"), **beta),
+        '"thinking.display": "updates" is not supported for this model.',
+    )
 
 
 @pytest.mark.parametrize("model", ["claude-opus-5-5", "claude-sonnet-4-6"])
 def test_structured_outputs_answer_json_the_schema_accepts(http: httpx.Client, model: str) -> None:
     """``output_config.format`` json_schema: the answer's text is JSON its schema accepts (with
     thinking on or off), streamed alike; without it, prose."""
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}, "why": {"type": "string"},
-                                               "tags": {"type": "array", "items": {"type": "string"}}},
-              "required": ["answer", "why", "tags"], "additionalProperties": False}
-    body = req(model, "What is 6 times 7?", output_config={"format": {"type": "json_schema", "schema": schema}})
+    schema = {
+        "type": "object",
+        "properties": {
+            "answer": {"type": "integer"},
+            "why": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["answer", "why", "tags"],
+        "additionalProperties": False,
+    }
+    body = req(
+        model, "What is 6 times 7?", output_config={"format": {"type": "json_schema", "schema": schema}}
+    )
     msg = ok(post(http, body))
     text = msg["content"][-1]["text"]
     value = orjson.loads(text)
     assert set(value) == {"answer", "why", "tags"} and type(value["answer"]) is int
     assert isinstance(value["why"], str) and all(isinstance(t, str) for t in value["tags"])
     assert msg["stop_reason"] == "end_turn"
-    with http.stream("POST", "/v1/messages", content=orjson.dumps(dict(body, stream=True)),
-                     headers={"content-type": "application/json"}) as r:
+    with http.stream(
+        "POST",
+        "/v1/messages",
+        content=orjson.dumps(dict(body, stream=True)),
+        headers={"content-type": "application/json"},
+    ) as r:
         raw = b"".join(r.iter_bytes())
     events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
-    streamed = "".join(e["delta"]["text"] for e in events
-                       if e["type"] == "content_block_delta" and e["delta"]["type"] == "text_delta")
+    streamed = "".join(
+        e["delta"]["text"]
+        for e in events
+        if e["type"] == "content_block_delta" and e["delta"]["type"] == "text_delta"
+    )
     assert set(orjson.loads(streamed)) == set(value)
     prose = ok(post(http, req(model, "What is 6 times 7?")))["content"][-1]["text"]
     with pytest.raises(orjson.JSONDecodeError):

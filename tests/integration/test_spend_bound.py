@@ -39,8 +39,9 @@ REG = load_registry()
 
 
 @pytest.fixture(scope="module", params=["redis", "cluster"])
-def gateways(request: pytest.FixtureRequest, sim_url: str, postgres: Any,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str, str]]:
+def gateways(
+    request: pytest.FixtureRequest, sim_url: str, postgres: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, str, str]]:
     pg_url = postgres.create_database(f"spend_{uuid.uuid4().hex[:10]}")
     tmp = tmp_path_factory.mktemp("spend-bound")
     env = {"ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_KEY_CACHE_TTL": "1.0", "ETHEREAL_DATABASE_URL": pg_url}
@@ -79,8 +80,11 @@ async def rows_of(pg_url: str, owner: str, settle: float = 1.5) -> list[Any]:
             if n != last:
                 last, at = n, time.monotonic()
             elif time.monotonic() - at >= settle:
-                return list(await conn.fetch("SELECT * FROM usage_records WHERE owner = $1 AND started_at >= $2",
-                                             owner, since))
+                return list(
+                    await conn.fetch(
+                        "SELECT * FROM usage_records WHERE owner = $1 AND started_at >= $2", owner, since
+                    )
+                )
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
@@ -90,19 +94,34 @@ def output_cost(row: Any) -> int:
     model = REG.resolve(row["model"])
     assert model is not None
     rate = model.card_at(row["started_at"]).dearest().output
-    return -(-row["output_tokens"] * rate // PICO) + row["web_search_requests"] * REG.server_tools.web_search_micro
+    return (
+        -(-row["output_tokens"] * rate // PICO)
+        + row["web_search_requests"] * REG.server_tools.web_search_micro
+    )
 
 
-async def client_until_refused(client: httpx.AsyncClient, urls: tuple[str, str], keys: list[str], i: int,
-                               stats: dict[str, int]) -> None:
+async def client_until_refused(
+    client: httpx.AsyncClient, urls: tuple[str, str], keys: list[str], i: int, stats: dict[str, int]
+) -> None:
     n = 0
     while True:
         url = urls[(i + n) % 2]
         tokens = 200 + (i * 37 + n * 11) % 1800
-        body = {"model": MODEL, "max_tokens": 2048, "messages": [{"role": "user", "content": (
-            f"client {i} request {n}: summarise. sim:tokens={tokens} sim:latency=200 sim:tool=none")}]}
-        resp = await client.post(url + "/v1/messages", json=body,
-                                 headers={**HEADERS, "x-api-key": keys[i % len(keys)]})
+        body = {
+            "model": MODEL,
+            "max_tokens": 2048,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": (
+                        f"client {i} request {n}: summarise. sim:tokens={tokens} sim:latency=200 sim:tool=none"
+                    ),
+                }
+            ],
+        }
+        resp = await client.post(
+            url + "/v1/messages", json=body, headers={**HEADERS, "x-api-key": keys[i % len(keys)]}
+        )
         if resp.status_code == 429 and resp.json()["error"]["type"] == "billing_error":
             assert resp.headers["x-should-retry"] == "false"
             stats["billing"] = stats.get("billing", 0) + 1
@@ -122,20 +141,37 @@ async def test_person_spend_within_the_bound(gateways: tuple[str, str, str, str]
     owner = f"pat-{scope}-{uuid.uuid4().hex[:6]}"
     team = f"team-{uuid.uuid4().hex[:6]}"
     if scope == "person":
-        admin(url_a, "POST", "/v1/organizations/spend_limits",
-              {"amount": str(CAP_CENTS), "period": "daily", "scope": {"type": "user", "user_id": owner}})
+        admin(
+            url_a,
+            "POST",
+            "/v1/organizations/spend_limits",
+            {"amount": str(CAP_CENTS), "period": "daily", "scope": {"type": "user", "user_id": owner}},
+        )
     else:
-        admin(url_a, "POST", "/v1/organizations/spend_limits",
-              {"amount": str(CAP_CENTS), "period": "daily", "shared": True,
-               "scope": {"type": "rbac_group", "rbac_group_id": team}})
-    keys = [admin(url_a, "POST", "/admin/api/keys", {"name": f"k{n}", "owner": owner, "teams": [team]})["key"]
-            for n in range(5)]
+        admin(
+            url_a,
+            "POST",
+            "/v1/organizations/spend_limits",
+            {
+                "amount": str(CAP_CENTS),
+                "period": "daily",
+                "shared": True,
+                "scope": {"type": "rbac_group", "rbac_group_id": team},
+            },
+        )
+    keys = [
+        admin(url_a, "POST", "/admin/api/keys", {"name": f"k{n}", "owner": owner, "teams": [team]})["key"]
+        for n in range(5)
+    ]
     await asyncio.sleep(1.2)  # both gateways have the limit (reloaded every second)
     stats: dict[str, int] = {}
     t0 = time.monotonic()
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CLIENTS + 10,
-                                                                  keepalive_expiry=0.5)) as client:
-        await asyncio.gather(*(client_until_refused(client, (url_a, url_b), keys, i, stats) for i in range(CLIENTS)))
+    async with httpx.AsyncClient(
+        timeout=120, limits=httpx.Limits(max_connections=CLIENTS + 10, keepalive_expiry=0.5)
+    ) as client:
+        await asyncio.gather(
+            *(client_until_refused(client, (url_a, url_b), keys, i, stats) for i in range(CLIENTS))
+        )
     rows = await rows_of(pg_url, owner)
     served = [r for r in rows if r["status"] == 200]
     spend = sum(r["cost_micro"] for r in rows)
@@ -143,9 +179,11 @@ async def test_person_spend_within_the_bound(gateways: tuple[str, str, str, str]
     alone = max(output_cost(r) for r in served)
     over = spend - cap
     eps = max(0, over - alone) / cap
-    print(f"\n{scope}: {CLIENTS} clients on 5 keys, 2 gateways, daily cap {cap} µ$: served {len(served)} in "
-          f"{time.monotonic() - t0:.1f}s, answers {stats}; spent {spend} µ$ ({100 * over / cap:+.2f} %), "
-          f"largest output part {alone} µ$, ε = {eps:.4f}")
+    print(
+        f"\n{scope}: {CLIENTS} clients on 5 keys, 2 gateways, daily cap {cap} µ$: served {len(served)} in "
+        f"{time.monotonic() - t0:.1f}s, answers {stats}; spent {spend} µ$ ({100 * over / cap:+.2f} %), "
+        f"largest output part {alone} µ$, ε = {eps:.4f}"
+    )
     assert eps == 0, (spend, cap, alone)
     # the counter Redis holds is the sum of the records (every settle counted once)
     from ethereal.redisconn import async_client
@@ -153,8 +191,12 @@ async def test_person_spend_within_the_bound(gateways: tuple[str, str, str, str]
     tag = f"u:{owner}" if scope == "person" else f"g:{team}"
     client_r = async_client(redis_url)
     try:
-        counted = int(await client_r.hget(f"ethereal:v1:{{{tag}}}:p",
-                                          f"daily:{int(period_start('daily', time.time()))}") or 0)
+        counted = int(
+            await client_r.hget(
+                f"ethereal:v1:{{{tag}}}:p", f"daily:{int(period_start('daily', time.time()))}"
+            )
+            or 0
+        )
     finally:
         await client_r.aclose()
     assert counted == spend, (counted, spend)

@@ -15,18 +15,41 @@ from ethereal.storage.records import StoredCredential, UsageRecord
 
 def usage(key_id: str | None = "key_a", **kw: Any) -> UsageRecord:
     now = time.time()
-    base = {"request_id": "req_" + uuid.uuid4().hex, "key_id": key_id, "credential": "default", "route": "messages",
-                "model": "claude-sonnet-4-6", "status": 200, "stream": False, "input_tokens": 10, "output_tokens": 20,
-                "cost_micro": 330, "ttfb_ms": 12.5, "duration_ms": 40.0, "started_at": now, "ended_at": now + 0.04}
+    base = {
+        "request_id": "req_" + uuid.uuid4().hex,
+        "key_id": key_id,
+        "credential": "default",
+        "route": "messages",
+        "model": "claude-sonnet-4-6",
+        "status": 200,
+        "stream": False,
+        "input_tokens": 10,
+        "output_tokens": 20,
+        "cost_micro": 330,
+        "ttfb_ms": 12.5,
+        "duration_ms": 40.0,
+        "started_at": now,
+        "ended_at": now + 0.04,
+    }
     base.update(kw)
     return UsageRecord(**base)  # type: ignore[arg-type]
 
 
 async def test_keys_roundtrip(store: Any) -> None:
-    _plaintext, rec = mint("sk-ant-api03-", name="n", owner="team-a", plan="pro", budget_tokens=10**12,
-                          budget_micro_usd=5_000_000, rpm=60, tpm=100_000, max_concurrency=4,
-                          allowed_models=["sonnet-4"], expires_at=time.time() + 3600,
-                          metadata={"cost_center": 42, "tags": ["x"]})
+    _plaintext, rec = mint(
+        "sk-ant-api03-",
+        name="n",
+        owner="team-a",
+        plan="pro",
+        budget_tokens=10**12,
+        budget_micro_usd=5_000_000,
+        rpm=60,
+        tpm=100_000,
+        max_concurrency=4,
+        allowed_models=["sonnet-4"],
+        expires_at=time.time() + 3600,
+        metadata={"cost_center": 42, "tags": ["x"]},
+    )
     await store.insert_keys([rec])
     got = await store.get_key_by_hash(rec.key_hash)
     assert got is not None
@@ -61,7 +84,9 @@ async def test_list_keys_filters_and_cursor(store: Any) -> None:
     assert [r.id for r in page1] == ids[:3]
     page2 = await store.list_keys(limit=3, after_id=page1[-1].id)
     assert [r.id for r in page2] == ids[3:6]
-    assert {r.id for r in await store.list_keys(owner="alice")} == {r.id for r in records if r.owner == "alice"}
+    assert {r.id for r in await store.list_keys(owner="alice")} == {
+        r.id for r in records if r.owner == "alice"
+    }
     assert {r.id for r in await store.list_keys(plan="pro")} == {r.id for r in records[:3]}
     assert [r.id for r in await store.list_keys(state="revoked")] == [records[0].id]
     assert [r.id for r in await store.list_keys(state="expired")] == [records[1].id]
@@ -71,11 +96,25 @@ async def test_list_keys_filters_and_cursor(store: Any) -> None:
 async def test_update_and_delete_key(store: Any) -> None:
     _, rec = mint("sk-")
     await store.insert_keys([rec])
-    updated = await store.update_key(rec.id, {"rpm": 5, "allowed_models": ["haiku-4"], "metadata": {"a": 1},
-                                              "revoked": True, "expires_at": None, "plan": "max20"})
+    updated = await store.update_key(
+        rec.id,
+        {
+            "rpm": 5,
+            "allowed_models": ["haiku-4"],
+            "metadata": {"a": 1},
+            "revoked": True,
+            "expires_at": None,
+            "plan": "max20",
+        },
+    )
     assert updated is not None
     assert (updated.rpm, updated.allowed_models, updated.metadata, updated.revoked, updated.plan) == (
-        5, ["haiku-4"], {"a": 1}, True, "max20")
+        5,
+        ["haiku-4"],
+        {"a": 1},
+        True,
+        "max20",
+    )
     assert updated.updated_at >= rec.updated_at
     cleared = await store.update_key(rec.id, {"allowed_models": None, "rpm": None})
     assert cleared is not None and cleared.allowed_models is None and cleared.rpm is None
@@ -101,11 +140,20 @@ async def test_usage_insert_is_idempotent(store: Any) -> None:
 
 async def test_usage_totals_and_spend(store: Any) -> None:
     t0 = time.time()
-    await store.insert_usage([
-        usage("key_a", cost_micro=100, input_tokens=1, output_tokens=2, cache_read=3, started_at=t0),
-        usage("key_a", cost_micro=200, input_tokens=4, output_tokens=5, cache_creation_5m=6, started_at=t0 + 1),
-        usage("key_b", cost_micro=50, status=500, model="claude-haiku-4-5-20251001", started_at=t0 + 2),
-    ])
+    await store.insert_usage(
+        [
+            usage("key_a", cost_micro=100, input_tokens=1, output_tokens=2, cache_read=3, started_at=t0),
+            usage(
+                "key_a",
+                cost_micro=200,
+                input_tokens=4,
+                output_tokens=5,
+                cache_creation_5m=6,
+                started_at=t0 + 1,
+            ),
+            usage("key_b", cost_micro=50, status=500, model="claude-haiku-4-5-20251001", started_at=t0 + 2),
+        ]
+    )
     spend = await store.spend_by_key(["key_a", "key_b", "key_none"])
     assert spend["key_a"] == {"tokens": 1 + 2 + 3 + 4 + 5 + 6, "cost_micro": 300, "requests": 2}
     assert spend["key_b"]["cost_micro"] == 50
@@ -122,8 +170,15 @@ async def test_usage_totals_and_spend(store: Any) -> None:
 
 
 async def test_credentials(store: Any) -> None:
-    cred = StoredCredential(name="c1", base_url="https://api.example", api_key_enc="gAAAA-enc", weight=2.0,
-                            models=["claude-sonnet-4-6"], rpm=100, spend_cap_micro=10**9)
+    cred = StoredCredential(
+        name="c1",
+        base_url="https://api.example",
+        api_key_enc="gAAAA-enc",
+        weight=2.0,
+        models=["claude-sonnet-4-6"],
+        rpm=100,
+        spend_cap_micro=10**9,
+    )
     await store.upsert_credential(cred)
     got = await store.get_credential("c1")
     assert got is not None and got.models == ["claude-sonnet-4-6"] and got.weight == 2.0 and got.enabled
@@ -162,11 +217,25 @@ def test_migrate_cli_twice_concurrently(pg_url: str, tmp_path: Any) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETHEREAL_")}
     env.update({"ETHEREAL_DATABASE_URL": pg_url, "ETHEREAL_DATA_DIR": str(tmp_path)})
-    procs = [subprocess.Popen([sys.executable, "-m", "ethereal", "migrate"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ethereal", "migrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert sum("applied" in out for out, _ in outs) == 1, outs
-    again = subprocess.run([sys.executable, "-m", "ethereal", "migrate"], env=env, capture_output=True, text=True, check=False,
-                           timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "ethereal", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert again.returncode == 0 and "up to date" in again.stdout

@@ -59,17 +59,24 @@ def test_hung_postgres_costs_a_bounded_wait(sim_url: str, postgres: Any, tmp_pat
 
     with postgres_server() as (server, data_dir):
         pg_url = server.create_database(f"hang_{uuid.uuid4().hex[:8]}")
-        env = {"ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_KEY_CACHE_TTL": "1.0", "ETHEREAL_DATABASE_URL": pg_url,
-               "ETHEREAL_STORE_TIMEOUT": str(DEADLINE), "ETHEREAL_METER_RETRY_MAX": "0.5"}
+        env = {
+            "ETHEREAL_ADMIN_KEY": ADMIN,
+            "ETHEREAL_KEY_CACHE_TTL": "1.0",
+            "ETHEREAL_DATABASE_URL": pg_url,
+            "ETHEREAL_STORE_TIMEOUT": str(DEADLINE),
+            "ETHEREAL_METER_RETRY_MAX": "0.5",
+        }
         with gateway_process(tmp_path, sim_url, env=env) as url:
             plain = mint(url, name="cached plain")
             budgeted = mint(url, name="cached budgeted", budget_micro_usd=100_000_000)
             fresh = mint(url, name="never used before the hang")
             result = asyncio.run(load(url, [plain["key"], budgeted["key"]], fresh["key"], data_dir))
             before, during, after = result["rates"]
-            print(f"\nhung PostgreSQL {HANG:.0f}s: requests/s before {before:.0f}, during {during:.0f}, after "
-                  f"{after:.0f}; slowest request during the hang {result['slowest']:.2f}s (deadline {DEADLINE}s); "
-                  f"new key answered {result['fresh']} in {result['fresh_wait']:.2f}s; statuses {result['statuses']}")
+            print(
+                f"\nhung PostgreSQL {HANG:.0f}s: requests/s before {before:.0f}, during {during:.0f}, after "
+                f"{after:.0f}; slowest request during the hang {result['slowest']:.2f}s (deadline {DEADLINE}s); "
+                f"new key answered {result['fresh']} in {result['fresh_wait']:.2f}s; statuses {result['statuses']}"
+            )
             assert result["statuses"] == {200: result["total"]}, result["statuses"]
             assert result["slowest"] <= DEADLINE + SLACK
             assert during >= 0.5 * before  # cached keys keep their throughput
@@ -90,9 +97,15 @@ async def load(url: str, keys: list[str], fresh: str, data_dir: str) -> dict[str
         n = 0
         while time.monotonic() < stop_at[0]:
             t = time.monotonic()
-            resp = await client.post(url + "/v1/messages", headers={**HEADERS, "x-api-key": keys[i % len(keys)]},
-                                     json={"model": "claude-haiku-4-5", "max_tokens": 32, "messages": [
-                                         {"role": "user", "content": f"client {i} request {n} sim:tokens=8"}]})
+            resp = await client.post(
+                url + "/v1/messages",
+                headers={**HEADERS, "x-api-key": keys[i % len(keys)]},
+                json={
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": 32,
+                    "messages": [{"role": "user", "content": f"client {i} request {n} sim:tokens=8"}],
+                },
+            )
             done.append((time.monotonic(), time.monotonic() - t))
             statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
             n += 1
@@ -105,9 +118,15 @@ async def load(url: str, keys: list[str], fresh: str, data_dir: str) -> dict[str
         await asyncio.sleep(3)
         async with httpx.AsyncClient(timeout=30) as c:
             t = time.monotonic()
-            resp = await c.post(url + "/v1/messages", headers={**HEADERS, "x-api-key": fresh},
-                                json={"model": "claude-haiku-4-5", "max_tokens": 8,
-                                      "messages": [{"role": "user", "content": "hi"}]})
+            resp = await c.post(
+                url + "/v1/messages",
+                headers={**HEADERS, "x-api-key": fresh},
+                json={
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": 8,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
             out["fresh"], out["fresh_wait"] = resp.status_code, time.monotonic() - t
             out["fresh_retry_after"] = resp.headers.get("retry-after")
         await asyncio.sleep(max(0.0, phase["stop"] + HANG - time.monotonic()))

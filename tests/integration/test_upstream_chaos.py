@@ -28,8 +28,23 @@ def load_chaos():  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_chaos_every_request_succeeds_or_fails_cleanly_and_is_metered() -> None:
     chaos = load_chaos()
-    args = chaos.parse_args(["--duration", "20", "--sims", "4", "--concurrency", "8", "--kill-every", "1.5",
-                             "--down", "0.3:2.0", "--faults", "--seed", "7"])
+    args = chaos.parse_args(
+        [
+            "--duration",
+            "20",
+            "--sims",
+            "4",
+            "--concurrency",
+            "8",
+            "--kill-every",
+            "1.5",
+            "--down",
+            "0.3:2.0",
+            "--faults",
+            "--seed",
+            "7",
+        ]
+    )
     report = chaos.run(args)
     print(json.dumps(report, indent=2))
     assert report["malformed"] == 0, report["malformed_examples"]

@@ -40,8 +40,13 @@ def gw(sims: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterat
     data_dir = tmp_path_factory.mktemp("pool")
     seed_credentials(data_dir, [{"name": n, "base_url": u} for n, u in sims.items()])
     key, _ = mint_into(data_dir, name="pool-test")
-    env = {"ETHEREAL_SECRET_KEY": SECRET, "ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_FIRST_BYTE_TIMEOUT": "1.0",
-           "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "0.3", "ETHEREAL_UPSTREAM_PROBE_INTERVAL": "0"}
+    env = {
+        "ETHEREAL_SECRET_KEY": SECRET,
+        "ETHEREAL_ADMIN_KEY": ADMIN,
+        "ETHEREAL_FIRST_BYTE_TIMEOUT": "1.0",
+        "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "0.3",
+        "ETHEREAL_UPSTREAM_PROBE_INTERVAL": "0",
+    }
     with gateway_process(data_dir, None, env=env) as url:
         admin = Admin(url)
         try:
@@ -63,13 +68,16 @@ def pool(gw: dict[str, object], sims: dict[str, str]) -> dict[str, object]:
 
 @pytest.fixture
 def client(pool: dict[str, object]) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=str(pool["url"]), api_key=str(pool["key"]), max_retries=0,
-                             timeout=20) as client:
+    with anthropic.Anthropic(
+        base_url=str(pool["url"]), api_key=str(pool["key"]), max_retries=0, timeout=20
+    ) as client:
         yield client
 
 
 def ask(client: anthropic.Anthropic, text: str = "hello", **kw: object) -> anthropic.types.Message:
-    return client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": text}], **kw)
+    return client.messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": text}], **kw
+    )
 
 
 def counts(sims: dict[str, str], status: str = "200") -> dict[str, int]:
@@ -111,8 +119,9 @@ def test_reset_before_the_first_byte_is_retried_invisibly(pool, sims, client) ->
         admin.enable("a")  # clear the cooldown the previous reset caused
         before = counts(sims)
         inject_fault(sims["a"], **fault)
-        with client.messages.stream(model=MODEL, max_tokens=64,
-                                    messages=[{"role": "user", "content": "stream please"}]) as stream:
+        with client.messages.stream(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "stream please"}]
+        ) as stream:
             text = "".join(stream.text_stream)
             final = stream.get_final_message()
         assert text and final.usage.output_tokens > 0
@@ -125,8 +134,12 @@ def test_reset_mid_stream_gives_the_client_an_error_event_and_is_settled(pool, s
     inject_fault(sims["a"], "reset_mid", after_events=6)
     events = []
     with pytest.raises(anthropic.APIStatusError) as info:
-        stream = client.messages.create(model=MODEL, max_tokens=200, stream=True,
-                                        messages=[{"role": "user", "content": "sim:tokens=150 sim:tps=200 long answer"}])
+        stream = client.messages.create(
+            model=MODEL,
+            max_tokens=200,
+            stream=True,
+            messages=[{"role": "user", "content": "sim:tokens=150 sim:tps=200 long answer"}],
+        )
         request_id = stream.response.headers["request-id"]
         for event in stream:
             events.append(event.type)
@@ -150,7 +163,11 @@ def test_403_on_a_request_is_the_clients_and_disables_nothing(pool, sims, client
     assert served(sims["a"], "403") == 3
     # the probe (GET /v1/models with the credential alone) succeeded: nothing disabled
     probe = wait_for(lambda: admin.get("a")["health"]["last_probe"])
-    assert probe["status"] == 200 and probe["request"] == "GET /v1/models?limit=1" and probe["after"] == "HTTP 403"
+    assert (
+        probe["status"] == 200
+        and probe["request"] == "GET /v1/models?limit=1"
+        and probe["after"] == "HTTP 403"
+    )
     assert admin.get("a")["enabled"] is True
     ask(client)
     assert served(sims["a"]) == 1
@@ -191,7 +208,9 @@ def test_all_credentials_rate_limited_gives_429_with_the_time_left(pool, sims, c
     left = 4.0 - (time.monotonic() - t0)
     # inside every credential's retry-after: the gateway answers 429 with the real time left
     assert r.status_code == 429
-    assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["request_id"] == r.headers["request-id"]
+    assert (
+        r.json()["error"]["type"] == "rate_limit_error" and r.json()["request_id"] == r.headers["request-id"]
+    )
     assert int(r.headers["retry-after"]) == 4 and r.headers["x-should-retry"] == "true"
     assert left - 0.5 <= int(r.headers["retry-after-ms"]) / 1000 <= 4.0
     assert sum(served(u, "429") for u in sims.values()) == 3  # nothing was sent upstream
@@ -217,17 +236,30 @@ def test_cache_affinity_keeps_a_prefix_on_one_credential_and_spreads_prefixes(po
         admin.patch(n, weight=1.0)
     reads = []
     for i in range(30):
-        system = [{"type": "text", "text": f"Project {uuid.uuid4()} guidelines. " + "Be precise. " * 400,
-                   "cache_control": {"type": "ephemeral"}}]
-        first = [{"role": "user", "content": [{"type": "text", "text": f"task {i}",
-                                               "cache_control": {"type": "ephemeral"}}]}]
+        system = [
+            {
+                "type": "text",
+                "text": f"Project {uuid.uuid4()} guidelines. " + "Be precise. " * 400,
+                "cache_control": {"type": "ephemeral"},
+            }
+        ]
+        first = [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": f"task {i}", "cache_control": {"type": "ephemeral"}}],
+            }
+        ]
         m1 = client.messages.create(model=MODEL, max_tokens=32, system=system, messages=first)
         assert m1.usage.cache_read_input_tokens == 0 and m1.usage.cache_creation_input_tokens > 0
         # the next turn: the breakpoint moves to the new last message; the cache must be warm
-        turn2 = [{"role": "user", "content": f"task {i}"},
-                 {"role": "assistant", "content": m1.content[0].text},
-                 {"role": "user", "content": [{"type": "text", "text": "and then?",
-                                               "cache_control": {"type": "ephemeral"}}]}]
+        turn2 = [
+            {"role": "user", "content": f"task {i}"},
+            {"role": "assistant", "content": m1.content[0].text},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "and then?", "cache_control": {"type": "ephemeral"}}],
+            },
+        ]
         m2 = client.messages.create(model=MODEL, max_tokens=32, system=system, messages=turn2)
         reads.append(m2.usage.cache_read_input_tokens)
     assert all(r > 0 for r in reads), reads  # every second turn found its prompt cache
@@ -246,12 +278,18 @@ def test_slow_first_byte_beyond_the_timeout_fails_over(pool, sims, client) -> No
 
 
 def test_client_going_away_cancels_the_upstream_request(pool, sims, client) -> None:
-    body = {"model": MODEL, "max_tokens": 400, "stream": True,
-            "messages": [{"role": "user", "content": "sim:tokens=300 sim:tps=30 a slow stream"}]}
+    body = {
+        "model": MODEL,
+        "max_tokens": 400,
+        "stream": True,
+        "messages": [{"role": "user", "content": "sim:tokens=300 sim:tps=30 a slow stream"}],
+    }
     headers = {"x-api-key": str(pool["key"]), "anthropic-version": "2023-06-01"}
     ask(client)  # a pooled connection to a exists
-    with httpx.Client(timeout=20) as http, \
-            http.stream("POST", f"{pool['url']}/v1/messages", json=body, headers=headers) as resp:
+    with (
+        httpx.Client(timeout=20) as http,
+        http.stream("POST", f"{pool['url']}/v1/messages", json=body, headers=headers) as resp,
+    ):
         request_id = resp.headers["request-id"]
         open_during = 0
         for line in resp.iter_lines():
@@ -299,15 +337,27 @@ def test_count_tokens_failures_do_not_cool_a_credential_down(pool, sims, client)
 def test_admin_api(pool, sims) -> None:
     admin: Admin = pool["admin"]
     http = admin.http
-    assert http.get("", headers={"x-api-key": str(pool["key"])}).status_code == 401  # a user key is no admin key
+    assert (
+        http.get("", headers={"x-api-key": str(pool["key"])}).status_code == 401
+    )  # a user key is no admin key
     items = admin.list()
     assert [i["name"] for i in items] == ["a", "b", "c"]
     for item in items:
         assert item["api_key_hint"].startswith("…") and "sim-key" not in str(item)
         assert {"state", "cooldown_until", "in_flight", "recent", "last_error"} <= set(item["health"])
 
-    r = http.post("", json={"name": "d", "base_url": sims["b"] + "/v1/", "api_key": "sk-ant-d-123456789",
-                            "weight": 2, "models": ["sonnet-4.6"], "rpm": 100, "spend_cap_micro": 5_000_000})
+    r = http.post(
+        "",
+        json={
+            "name": "d",
+            "base_url": sims["b"] + "/v1/",
+            "api_key": "sk-ant-d-123456789",
+            "weight": 2,
+            "models": ["sonnet-4.6"],
+            "rpm": 100,
+            "spend_cap_micro": 5_000_000,
+        },
+    )
     assert r.status_code == 201, r.text
     d = r.json()
     assert d["base_url"] == sims["b"] and d["models"] == [CANONICAL] and d["api_key_hint"] == "…6789"
@@ -315,8 +365,14 @@ def test_admin_api(pool, sims) -> None:
     assert http.post("", json={"name": "d", "base_url": sims["b"], "api_key": "x"}).status_code == 409
     bad = http.post("", json={"name": "bad name", "base_url": "ftp://x", "api_key": "k"})
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
-    assert http.post("", json={"name": "e", "base_url": "http://x", "api_key": "k", "weight": -1}).status_code == 400
-    assert http.post("", json={"name": "e", "base_url": "http://x", "api_key": "k", "colour": 1}).status_code == 400
+    assert (
+        http.post("", json={"name": "e", "base_url": "http://x", "api_key": "k", "weight": -1}).status_code
+        == 400
+    )
+    assert (
+        http.post("", json={"name": "e", "base_url": "http://x", "api_key": "k", "colour": 1}).status_code
+        == 400
+    )
     upd = admin.patch("d", weight=3, rpm=None)
     assert upd["weight"] == 3 and upd["rpm"] is None
     dis = admin.disable("d", reason="maintenance")

@@ -29,8 +29,12 @@ def two_sims() -> Iterator[tuple[str, str]]:
 
 
 def post(base: str, key: str) -> httpx.Response:
-    return httpx.post(f"{base}/v1/messages", json=BODY, timeout=10,
-                      headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+    return httpx.post(
+        f"{base}/v1/messages",
+        json=BODY,
+        timeout=10,
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+    )
 
 
 def test_changes_through_the_api_reach_every_replica(two_sims, tmp_path: Path) -> None:
@@ -67,8 +71,12 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
         control(url, "/_sim/reset", {})
     seed_credentials(tmp_path, [{"name": "a", "base_url": a, "weight": 10.0}, {"name": "b", "base_url": b}])
     key, _ = mint_into(tmp_path, name="redis")
-    env = {"ETHEREAL_SECRET_KEY": SECRET, "ETHEREAL_ADMIN_KEY": ADMIN, "ETHEREAL_REDIS_URL": redis_url,
-           "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "30"}  # changes must travel through Redis, not the reload
+    env = {
+        "ETHEREAL_SECRET_KEY": SECRET,
+        "ETHEREAL_ADMIN_KEY": ADMIN,
+        "ETHEREAL_REDIS_URL": redis_url,
+        "ETHEREAL_UPSTREAM_RELOAD_INTERVAL": "30",
+    }  # changes must travel through Redis, not the reload
     with gateway_process(tmp_path, None, env=env) as g1, gateway_process(tmp_path, None, env=env) as g2:
         assert post(g1, key).status_code == 200 and post(g2, key).status_code == 200 and served(a) == 2
         inject_fault(a, "429", retry_after=3)
@@ -100,9 +108,14 @@ def test_health_is_shared_through_redis(two_sims, tmp_path: Path, redis_url: str
 def _serve(data_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     child = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     child.update({"ETHEREAL_DATA_DIR": str(data_dir), **env})
-    return subprocess.run([sys.executable, "-m", "ethereal", "serve", "--port", str(free_port())], env=child,
-                          text=True,
-                          capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ethereal", "serve", "--port", str(free_port())],
+        env=child,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_stored_credentials_need_the_secret_key(tmp_path: Path, two_sims) -> None:
@@ -136,27 +149,55 @@ def test_env_credential_needs_no_secret_key_but_adding_one_does(tmp_path: Path, 
             admin.close()
 
 
-def _cli(data_dir: Path, *args: str, stdin: str | None = None, secret: bool = True) -> subprocess.CompletedProcess:
+def _cli(
+    data_dir: Path, *args: str, stdin: str | None = None, secret: bool = True
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
     env["ETHEREAL_DATA_DIR"] = str(data_dir)
     if secret:
         env["ETHEREAL_SECRET_KEY"] = SECRET
     env["MY_UPSTREAM_KEY"] = "sk-ant-from-env-abcd1234"
-    return subprocess.run([sys.executable, "-m", "ethereal", "upstream", *args], env=env, text=True,
-                          capture_output=True, timeout=60, input=stdin, cwd=REPO, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ethereal", "upstream", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        input=stdin,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def test_cli(tmp_path: Path) -> None:
     import json
 
-    r = _cli(tmp_path, "add", "one", "--url", "http://127.0.0.1:9/", "--key-stdin", "--weight", "2",
-             "--models", "sonnet-4.6,claude-opus-*", "--rpm", "50", "--spend-cap-usd", "12.5", "--json",
-             stdin="sk-ant-secret-value-9876\n")
+    r = _cli(
+        tmp_path,
+        "add",
+        "one",
+        "--url",
+        "http://127.0.0.1:9/",
+        "--key-stdin",
+        "--weight",
+        "2",
+        "--models",
+        "sonnet-4.6,claude-opus-*",
+        "--rpm",
+        "50",
+        "--spend-cap-usd",
+        "12.5",
+        "--json",
+        stdin="sk-ant-secret-value-9876\n",
+    )
     assert r.returncode == 0, r.stderr
     item = json.loads(r.stdout)
     assert item["weight"] == 2 and item["models"] == ["claude-opus-*", CANONICAL] and item["rpm"] == 50
     assert item["spend_cap_micro"] == 12_500_000 and "sk-ant-secret" not in r.stdout
-    assert _cli(tmp_path, "add", "two", "--url", "http://127.0.0.1:9", "--key-env", "MY_UPSTREAM_KEY").returncode == 0
+    assert (
+        _cli(tmp_path, "add", "two", "--url", "http://127.0.0.1:9", "--key-env", "MY_UPSTREAM_KEY").returncode
+        == 0
+    )
     assert _cli(tmp_path, "add", "two", "--url", "http://x", "--key", "k").returncode == 1  # exists
     r = _cli(tmp_path, "add", "three", "--url", "http://x", "--key", "k", secret=False)
     assert r.returncode == 1 and "ETHEREAL_SECRET_KEY is not set" in r.stderr

@@ -26,8 +26,17 @@ async def replica(store, secret: str | None = SECRET) -> UpstreamService:  # typ
 
 async def test_credentials_across_replicas(store) -> None:  # type: ignore[no-untyped-def]
     one, two = await replica(store), await replica(store)
-    view = await one.add({"name": "a", "base_url": "https://api.example.com/v1", "api_key": "sk-ant-aaaa-1111",
-                          "weight": 2, "models": ["claude-sonnet-*"], "rpm": 10, "spend_cap_micro": 1000})
+    view = await one.add(
+        {
+            "name": "a",
+            "base_url": "https://api.example.com/v1",
+            "api_key": "sk-ant-aaaa-1111",
+            "weight": 2,
+            "models": ["claude-sonnet-*"],
+            "rpm": 10,
+            "spend_cap_micro": 1000,
+        }
+    )
     assert view["base_url"] == "https://api.example.com" and view["models"] == ["claude-sonnet-*"]
     row = await store.get_credential("a")
     assert "sk-ant" not in row.api_key_enc and row.rpm == 10
@@ -39,7 +48,12 @@ async def test_credentials_across_replicas(store) -> None:  # type: ignore[no-un
     # updates land in place (requests in flight keep a valid object)
     await two.update("a", {"api_key": "sk-ant-bbbb-2222", "weight": 5, "rpm": None})
     await one.reload()
-    assert one.pool.get("a") is cred and cred.api_key == "sk-ant-bbbb-2222" and cred.weight == 5 and cred.rpm is None
+    assert (
+        one.pool.get("a") is cred
+        and cred.api_key == "sk-ant-bbbb-2222"
+        and cred.weight == 5
+        and cred.rpm is None
+    )
 
     # a request's 401 alone disables nothing; a refused probe of the credential's own is
     # persisted and replica two follows on its next reload
@@ -65,9 +79,23 @@ async def test_credentials_across_replicas(store) -> None:  # type: ignore[no-un
 
     # spend this month, toward the cap
     now = time.time()
-    await store.insert_usage([UsageRecord(request_id=f"req_spend{i}", key_id=None, credential="a", route="messages",
-                                          model="m", status=200, stream=False, cost_micro=600, started_at=now,
-                                          ended_at=now) for i in range(2)])
+    await store.insert_usage(
+        [
+            UsageRecord(
+                request_id=f"req_spend{i}",
+                key_id=None,
+                credential="a",
+                route="messages",
+                model="m",
+                status=200,
+                stream=False,
+                cost_micro=600,
+                started_at=now,
+                ended_at=now,
+            )
+            for i in range(2)
+        ]
+    )
     await one.refresh_spend()
     assert cred.spent_micro == 1200 and cred.state() == "spend_capped"
 
@@ -100,19 +128,22 @@ async def test_secret_key_rules(store) -> None:  # type: ignore[no-untyped-def]
     await no_key.reload()  # at run time: logged, the others keep working
 
 
-@pytest.mark.parametrize("bad", [
-    {"name": "", "base_url": "https://x", "api_key": "k"},
-    {"name": "a b", "base_url": "https://x", "api_key": "k"},
-    {"name": "a", "base_url": "x", "api_key": "k"},
-    {"name": "a", "base_url": "https://x", "api_key": ""},
-    {"name": "a", "base_url": "https://x", "api_key": "k", "weight": 0},
-    {"name": "a", "base_url": "https://x", "api_key": "k", "rpm": 0},
-    {"name": "a", "base_url": "https://x", "api_key": "k", "spend_cap_micro": -1},
-    {"name": "a", "base_url": "https://x", "api_key": "k", "models": "claude"},
-    {"name": "a", "base_url": "https://x", "api_key": "k", "enabled": "yes"},
-    {"name": "a", "base_url": "https://x", "api_key": "k", "other": 1},
-    ["not", "an", "object"],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "", "base_url": "https://x", "api_key": "k"},
+        {"name": "a b", "base_url": "https://x", "api_key": "k"},
+        {"name": "a", "base_url": "x", "api_key": "k"},
+        {"name": "a", "base_url": "https://x", "api_key": ""},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "weight": 0},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "rpm": 0},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "spend_cap_micro": -1},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "models": "claude"},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "enabled": "yes"},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "other": 1},
+        ["not", "an", "object"],
+    ],
+)
 def test_validation(bad) -> None:  # type: ignore[no-untyped-def]
     from ethereal.upstream.service import validate_spec
 

@@ -69,11 +69,25 @@ def test_a_bad_base_path_is_refused_at_start() -> None:
     assert load_settings(base_path="api/proxy/").base_path == "/api/proxy"
 
 
-MODEL_NAMES = ["claude-opus-4-8", "claude-opus-4-7", "anthropic/claude-opus-4-7", "anthropic/claude-sonnet-4.6",
-               "Claude-Haiku-4-5", "claude-sonnet-5", "claude-fable-5-2", "sonnet", "opus", "haiku",
-               "claude-haiku-latest"]
-RETIRED_NAMES = ["anthropic/claude-4-sonnet", "anthropic/claude-4-opus", "anthropic/claude-3-5-haiku-latest",
-                 "claude-sonnet-4-5"]
+MODEL_NAMES = [
+    "claude-opus-4-8",
+    "claude-opus-4-7",
+    "anthropic/claude-opus-4-7",
+    "anthropic/claude-sonnet-4.6",
+    "Claude-Haiku-4-5",
+    "claude-sonnet-5",
+    "claude-fable-5-2",
+    "sonnet",
+    "opus",
+    "haiku",
+    "claude-haiku-latest",
+]
+RETIRED_NAMES = [
+    "anthropic/claude-4-sonnet",
+    "anthropic/claude-4-opus",
+    "anthropic/claude-3-5-haiku-latest",
+    "claude-sonnet-4-5",
+]
 
 
 def test_model_names_users_type(gateway: Gateway) -> None:
@@ -90,7 +104,9 @@ def test_model_names_users_type(gateway: Gateway) -> None:
             assert expected is not None and msg.model == expected.id, name  # what went upstream
             info = client.models.retrieve(name)  # every model /v1/messages serves has an entry
             assert info.id == expected.id, name
-            usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
+            usage = httpx.get(
+                f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}
+            ).json()
             assert usage["cost_micro"] > 0, name  # priced, never free
         listed = [m.id for m in client.models.list(limit=1000)]
         assert listed.count("claude-opus-4-8") == 1 and listed.count("claude-sonnet-5") == 1
@@ -107,7 +123,9 @@ def test_model_names_users_type(gateway: Gateway) -> None:
         # one the upstream serves is billed provisionally and listed once served
         httpx.post(gateway.sim_url + "/_sim/models", json={"id": "claude-nova-7"}).raise_for_status()
         msg = client.messages.create(model="claude-nova-7", max_tokens=16, messages=HELLO)
-        usage = httpx.get(f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}).json()
+        usage = httpx.get(
+            f"{gateway.url}/v1/usage/{msg._request_id}", headers={"x-api-key": gateway.key}
+        ).json()
         assert usage["model"] == "claude-nova-7" and usage["cost_micro"] > 0
         listed_now = [m.id for m in client.models.list(limit=1000)]
         assert listed_now.count("claude-nova-7") == 1
@@ -131,9 +149,15 @@ def test_each_response_header_once(mounted: Gateway) -> None:
         seen["models"] = http.get("/v1/models", headers=auth)
         seen["model"] = http.get("/v1/models/claude-opus-4-7", headers=auth)
         seen["openai models"] = http.get("/v1/models", headers={"authorization": f"Bearer {gateway.key}"})
-        seen["chat"] = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {gateway.key}"},
-                                 json={"model": "claude-sonnet-4-6", "max_tokens": 16,
-                                       "messages": [{"role": "user", "content": "hi"}]})
+        seen["chat"] = http.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {gateway.key}"},
+            json={
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         seen["head"] = http.head("/")
         seen["401"] = http.post("/v1/messages", json=body, headers={"x-api-key": "sk-ant-wrong"})
         seen["400"] = http.post("/v1/messages", json={"model": "claude-sonnet-4-6"}, headers=auth)
@@ -171,8 +195,9 @@ def test_claude_code_probes_are_answered_here(gateway: Gateway, mounted: Gateway
             posted = httpx.post(base + path, json={"events": [{"event_type": "ClaudeCodeInternalEvent"}]})
             assert posted.status_code == 200 and posted.json() == {}
             # the read is bounded: a body past 1 MiB is refused, not buffered
-            big = httpx.post(base + path, content=b"x" * (1024 * 1024 + 1),
-                             headers={"content-type": "application/json"})
+            big = httpx.post(
+                base + path, content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"}
+            )
             assert big.status_code == 413
     seen = str(httpx.get(gateway.sim_url + "/_sim/stats").json()["requests"])
     assert "event_logging" not in seen and "hello" not in seen, seen

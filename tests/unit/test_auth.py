@@ -125,8 +125,10 @@ def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy() -> None
     assert client_address(scope("203.0.113.9", b"198.51.100.1"), "127.0.0.1") == "203.0.113.9"  # not a proxy
     assert client_address(scope("127.0.0.1", b"198.51.100.1"), "127.0.0.1") == "198.51.100.1"
     # the nearest hop that is not a trusted proxy; what the client itself wrote further left is ignored
-    assert client_address(scope("127.0.0.1", b"6.6.6.6, 198.51.100.1, 10.0.0.2"), "127.0.0.1, 10.0.0.2") \
+    assert (
+        client_address(scope("127.0.0.1", b"6.6.6.6, 198.51.100.1, 10.0.0.2"), "127.0.0.1, 10.0.0.2")
         == "198.51.100.1"
+    )
     assert client_address(scope("127.0.0.1", b"6.6.6.6", b"198.51.100.1"), "127.0.0.1") == "198.51.100.1"
     assert client_address(scope("127.0.0.1"), "127.0.0.1") == "127.0.0.1"  # nothing forwarded
     assert client_address(scope("10.9.9.9", b"198.51.100.7"), "*") == "198.51.100.7"
@@ -134,8 +136,9 @@ def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy() -> None
     assert len(client_address(scope("127.0.0.1", b"x" * 10_000), "127.0.0.1")) < 100  # bounded
 
 
-async def test_hung_store_costs_one_bounded_wait_and_warns_rarely(tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_hung_store_costs_one_bounded_wait_and_warns_rarely(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A store that never answers: the first lookup of a cached key waits the deadline, the next ones
     are served the cached record at once; a key never seen is 503 fast; one warning per 30 s."""
     import logging

@@ -77,8 +77,10 @@ def chunk_validator() -> Any:
 
     with open(OPENAI_SPEC, "rb") as fh:
         spec = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    root = {"$ref": "#/components/schemas/CreateChatCompletionStreamResponse",
-            "components": {"schemas": _json_schema(spec["components"]["schemas"])}}
+    root = {
+        "$ref": "#/components/schemas/CreateChatCompletionStreamResponse",
+        "components": {"schemas": _json_schema(spec["components"]["schemas"])},
+    }
     return jsonschema.Draft202012Validator(root)
 
 
@@ -116,11 +118,16 @@ def assemble_anthropic(data: bytes) -> dict[str, Any]:
 
 
 def normalised(message: dict[str, Any]) -> dict[str, Any]:
-    calls = [{"id": c["id"], "name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
-             for c in message.get("tool_calls") or []]
-    return {"content": message.get("content") or None, "tool_calls": calls,
-            "reasoning_content": message.get("reasoning_content") or None,
-            "reasoning_signature": message.get("reasoning_signature")}
+    calls = [
+        {"id": c["id"], "name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+        for c in message.get("tool_calls") or []
+    ]
+    return {
+        "content": message.get("content") or None,
+        "tool_calls": calls,
+        "reasoning_content": message.get("reasoning_content") or None,
+        "reasoning_signature": message.get("reasoning_signature"),
+    }
 
 
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
@@ -153,8 +160,11 @@ def test_recorded_stream(path: Path) -> None:
     inp, output, c5, c1, cr, exact = usage_tuple(tap.usage())
     assert exact
     assert chunks[-1]["usage"] == {
-        "prompt_tokens": inp + c5 + c1 + cr, "completion_tokens": output, "total_tokens": inp + c5 + c1 + cr + output,
-        "prompt_tokens_details": {"cached_tokens": cr, "cache_write_tokens": c5 + c1}}
+        "prompt_tokens": inp + c5 + c1 + cr,
+        "completion_tokens": output,
+        "total_tokens": inp + c5 + c1 + cr + output,
+        "prompt_tokens_details": {"cached_tokens": cr, "cache_write_tokens": c5 + c1},
+    }
 
 
 @pytest.mark.parametrize("path", STREAMS + SDK_STREAMS, ids=lambda p: p.stem)
@@ -165,14 +175,22 @@ def test_matches_reference(path: Path, include_usage: bool) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(STREAMS + SDK_STREAMS), st.lists(st.integers(1, 400), min_size=1, max_size=40),
-       st.booleans())
+@given(
+    st.sampled_from(STREAMS + SDK_STREAMS),
+    st.lists(st.integers(1, 400), min_size=1, max_size=40),
+    st.booleans(),
+)
 def test_any_chunking_same_output(path: Path, sizes: list[int], crlf: bool) -> None:
     same_output_however_chunked(translate, reference, path, sizes, crlf)
 
 
-def same_output_however_chunked(translate: Callable[..., bytes], reference: Callable[[bytes], bytes], path: Path,
-                                sizes: list[int], crlf: bool) -> None:
+def same_output_however_chunked(
+    translate: Callable[..., bytes],
+    reference: Callable[[bytes], bytes],
+    path: Path,
+    sizes: list[int],
+    crlf: bool,
+) -> None:
     """A translator (``translate(data, chunks=…)``) gives the same bytes for the stream at ``path`` cut
     into chunks of ``sizes`` (cycled) as whole, and those are the reference's; with CRLF line ends too."""
     data = path.read_bytes()
@@ -182,7 +200,7 @@ def same_output_however_chunked(translate: Callable[..., bytes], reference: Call
     chunks, pos, i = [], 0, 0
     while pos < len(data):
         n = sizes[i % len(sizes)]
-        chunks.append(data[pos:pos + n])
+        chunks.append(data[pos : pos + n])
         pos, i = pos + n, i + 1
     assert translate(data, chunks=chunks) == whole
     assert whole == reference(data)
@@ -208,68 +226,144 @@ def _sse(event: dict[str, Any]) -> bytes:
 def anthropic_streams(draw: Any) -> tuple[bytes, str | None]:
     """A well-formed stream of random text / thinking / tool blocks (sometimes cut or failing)."""
     json_tool = draw(st.sampled_from([None, "json_response"]))
-    events: list[dict[str, Any]] = [{"type": "message_start", "message": {
-        "id": "msg_x", "type": "message", "role": "assistant", "model": "m", "content": [],
-        "usage": {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": 1,
-                  "cache_read_input_tokens": draw(st.integers(0, 10**5))}}}]
-    kinds = draw(st.lists(st.sampled_from(["text", "thinking", "tool_use", "json", "server", "redacted"]),
-                          max_size=6))
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_x",
+                "type": "message",
+                "role": "assistant",
+                "model": "m",
+                "content": [],
+                "usage": {
+                    "input_tokens": draw(st.integers(0, 10**6)),
+                    "output_tokens": 1,
+                    "cache_read_input_tokens": draw(st.integers(0, 10**5)),
+                },
+            },
+        }
+    ]
+    kinds = draw(
+        st.lists(st.sampled_from(["text", "thinking", "tool_use", "json", "server", "redacted"]), max_size=6)
+    )
     for index, kind in enumerate(kinds):
         if kind == "text":
-            events.append({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "text", "text": ""}})
+            events.append(
+                {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+            )
             for piece in draw(st.lists(_text, max_size=4)):
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "text_delta", "text": piece}})
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": piece},
+                    }
+                )
         elif kind == "thinking":
-            events.append({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                }
+            )
             for piece in draw(st.lists(_text, max_size=4)):
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "thinking_delta", "thinking": piece}})
-            events.append({"type": "content_block_delta", "index": index,
-                           "delta": {"type": "signature_delta", "signature": f"c2ln{index}=="}})
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": piece},
+                    }
+                )
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "signature_delta", "signature": f"c2ln{index}=="},
+                }
+            )
         elif kind == "redacted":
-            events.append({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "redacted_thinking", "data": f"ZGF0{index}"}})
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "redacted_thinking", "data": f"ZGF0{index}"},
+                }
+            )
         elif kind == "server":
-            events.append({"type": "content_block_start", "index": index, "content_block": {
-                "type": "server_tool_use", "id": f"srvtoolu_{index}", "name": "web_search", "input": {}}})
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {
+                        "type": "server_tool_use",
+                        "id": f"srvtoolu_{index}",
+                        "name": "web_search",
+                        "input": {},
+                    },
+                }
+            )
         else:
             name = "json_response" if kind == "json" else draw(st.sampled_from(["get_weather", "f"]))
-            events.append({"type": "content_block_start", "index": index, "content_block": {
-                "type": "tool_use", "id": f"toolu_{index}", "name": name, "input": {}}})
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": f"toolu_{index}", "name": name, "input": {}},
+                }
+            )
             args = json.dumps({"q": draw(_text)}, ensure_ascii=draw(st.booleans()))
             cuts = sorted(draw(st.lists(st.integers(0, len(args)), max_size=3)))
             for a, b in zip([0, *cuts], [*cuts, len(args)], strict=True):
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "input_json_delta", "partial_json": args[a:b]}})
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": args[a:b]},
+                    }
+                )
         events.append({"type": "content_block_stop", "index": index})
         if draw(st.booleans()):
             events.append({"type": "ping"})
     ending = draw(st.sampled_from(["stop", "stop", "error", "cut"]))
     if ending == "error":
-        events.append({"type": "error", "error": {"type": draw(st.sampled_from(sorted(_OPENAI_TYPES))),
-                                                  "message": draw(_text) or "x"}})
+        events.append(
+            {
+                "type": "error",
+                "error": {
+                    "type": draw(st.sampled_from(sorted(_OPENAI_TYPES))),
+                    "message": draw(_text) or "x",
+                },
+            }
+        )
     elif ending == "stop":
-        reason = draw(st.sampled_from(["end_turn", "tool_use", "max_tokens", "stop_sequence", "refusal",
-                                       "pause_turn"]))
-        events.append({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None},
-                       "usage": {"output_tokens": draw(st.integers(0, 10**5))}})
+        reason = draw(
+            st.sampled_from(["end_turn", "tool_use", "max_tokens", "stop_sequence", "refusal", "pause_turn"])
+        )
+        events.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": None},
+                "usage": {"output_tokens": draw(st.integers(0, 10**5))},
+            }
+        )
         events.append({"type": "message_stop"})
     data = b"".join(_sse(e) for e in events)
     if ending == "cut":
-        data = data[:len(data) - draw(st.integers(0, 20))]
+        data = data[: len(data) - draw(st.integers(0, 20))]
     return data, json_tool
 
 
 @settings(max_examples=300, deadline=None)
 @given(anthropic_streams(), st.booleans(), st.booleans(), st.integers(1, 64))
-def test_generated_streams_match_reference(stream: tuple[bytes, str | None], include_usage: bool,
-                                           legacy: bool, chunk: int) -> None:
+def test_generated_streams_match_reference(
+    stream: tuple[bytes, str | None], include_usage: bool, legacy: bool, chunk: int
+) -> None:
     data, json_tool = stream
     kw = {"json_tool": json_tool, "legacy_functions": legacy}
-    out = translate(data, include_usage, chunks=[data[i:i + chunk] for i in range(0, len(data), chunk)], **kw)
+    out = translate(
+        data, include_usage, chunks=[data[i : i + chunk] for i in range(0, len(data), chunk)], **kw
+    )
     assert out == reference(data, include_usage, **kw)
     for raw in frames(out):
         if raw != b"[DONE]":
@@ -278,8 +372,10 @@ def test_generated_streams_match_reference(stream: tuple[bytes, str | None], inc
 
 # ---- errors, ends, options -------------------------------------------------------------------
 
-MESSAGE_START = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
-                 b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":3,"output_tokens":1}}}\n\n')
+MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
+    b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+)
 
 
 @pytest.mark.parametrize("error_type", [*sorted(_OPENAI_TYPES), "something_new"])
@@ -301,20 +397,28 @@ def test_openai_sdk_raises_on_error_frame() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
-    client = openai.OpenAI(api_key="k", base_url="http://t/v1", max_retries=0,
-                           http_client=httpx.Client(transport=httpx.MockTransport(handler)))
-    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
+    client = openai.OpenAI(
+        api_key="k",
+        base_url="http://t/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+    )
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     with pytest.raises(openai.APIError, match="Overloaded"):
         list(stream)
 
 
 def test_cut_stream_ends_with_error_frame_and_estimate() -> None:
-    text = (b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
-            b'"content_block":{"type":"text","text":""}}\n\n'
-            + b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-            b'"delta":{"type":"text_delta","text":"abcdefgh"}}\n\n' * 5)
+    text = (
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+        + b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"abcdefgh"}}\n\n' * 5
+    )
     t = _native.ChatTranslator(*ARGS, True)
-    out = t.feed(MESSAGE_START + text + b"event: content_block_delta\ndata: {\"ty")
+    out = t.feed(MESSAGE_START + text + b'event: content_block_delta\ndata: {"ty')
     end = t.finish()
     assert json.loads(frames(end)[-1])["error"]["type"] == "server_error"
     assert t.finish() == b""  # idempotent
@@ -325,7 +429,9 @@ def test_cut_stream_ends_with_error_frame_and_estimate() -> None:
 
 
 def test_legacy_function_call_and_json_tool() -> None:
-    data = next(p for p in STREAMS if p.name.startswith("sdkpy-555fb399-a54c-455b-9ac5-2c9673f18e12.0")).read_bytes()
+    data = next(
+        p for p in STREAMS if p.name.startswith("sdkpy-555fb399-a54c-455b-9ac5-2c9673f18e12.0")
+    ).read_bytes()
     completion, _ = accumulate_openai(translate(data, legacy_functions=True))
     message = completion.choices[0].message
     assert completion.choices[0].finish_reason == "function_call"
@@ -333,7 +439,10 @@ def test_legacy_function_call_and_json_tool() -> None:
     name = json.loads(_native.parse_sse(data)[1][1])["content_block"]["name"]
     completion, _ = accumulate_openai(translate(data, json_tool=name))
     assert completion.choices[0].finish_reason == "stop" and not completion.choices[0].message.tool_calls
-    assert json.loads(completion.choices[0].message.content) == {"location": "San Francisco, CA", "units": "f"}
+    assert json.loads(completion.choices[0].message.content) == {
+        "location": "San Francisco, CA",
+        "units": "f",
+    }
 
 
 def test_usage_accessors_match_stream_tap() -> None:
@@ -351,8 +460,16 @@ def meters_like_stream_tap(make: Callable[[], _native.ChatTranslator | _native.R
         t.finish()
         tap.finish()
         assert t.usage() == tap.usage()
-        for name in ("estimated_output_tokens", "cache_split_reported", "stop_reason", "message_id", "model",
-                     "error_type", "saw_message_stop", "events"):
+        for name in (
+            "estimated_output_tokens",
+            "cache_split_reported",
+            "stop_reason",
+            "message_id",
+            "model",
+            "error_type",
+            "saw_message_stop",
+            "events",
+        ):
             assert getattr(t.state(), name) == getattr(tap.state(), name), name
 
 
@@ -367,7 +484,14 @@ def test_reasoning_signature_round_trip() -> None:
         completion, _ = accumulate_openai(translate(data))
         got = completion.choices[0].message.model_dump(mode="json", warnings=False)
         restored = openai_chat.restore_reasoning(
-            {"reasoning_content": got.get("reasoning_content"), "reasoning_signature": got["reasoning_signature"]})
-        want = [{k: b[k] for k in (("thinking", "signature") if b["type"] == "thinking" else ("data",))}
-                | {"type": b["type"]} for b in blocks]
+            {
+                "reasoning_content": got.get("reasoning_content"),
+                "reasoning_signature": got["reasoning_signature"],
+            }
+        )
+        want = [
+            {k: b[k] for k in (("thinking", "signature") if b["type"] == "thinking" else ("data",))}
+            | {"type": b["type"]}
+            for b in blocks
+        ]
         assert restored == want, path.name

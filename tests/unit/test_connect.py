@@ -40,8 +40,12 @@ def test_snippet_contents() -> None:
     codex = connect.get("codex").render(KEY, BASE)
     assert f'base_url = "{BASE}/v1"' in codex and 'wire_api = "responses"' in codex
     assert f'export ETHEREAL_API_KEY="{KEY}"' in codex
-    assert f'cline auth -p openai -k "{KEY}" -m {connect.DEFAULT_MODEL} -b {BASE}/v1' in connect.get("cline").render(KEY, BASE)
-    assert 'export OPENAI_BASE_URL="https://gateway.example.com/v1"' in connect.get("qwen-code").render(KEY, BASE)
+    assert f'cline auth -p openai -k "{KEY}" -m {connect.DEFAULT_MODEL} -b {BASE}/v1' in connect.get(
+        "cline"
+    ).render(KEY, BASE)
+    assert 'export OPENAI_BASE_URL="https://gateway.example.com/v1"' in connect.get("qwen-code").render(
+        KEY, BASE
+    )
     assert "must be reachable from the internet" in connect.get("cursor").render(KEY, BASE)
     assert "(untested)" in connect.get("zed").render(KEY, BASE)
 
@@ -69,7 +73,9 @@ def test_list_json_and_unknown_tool(capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[0] for line in listed] == list(connect.BY_ID)
     assert main(["connect", "opencode", "--json", "--key", KEY, "--base-url", BASE]) == 0
     body = json.loads(capsys.readouterr().out)
-    assert body["id"] == "opencode" and body["route"].startswith("POST /v1/messages") and KEY in body["snippet"]
+    assert (
+        body["id"] == "opencode" and body["route"].startswith("POST /v1/messages") and KEY in body["snippet"]
+    )
     with pytest.raises(SystemExit):
         main(["connect", "no-such-tool"])
 

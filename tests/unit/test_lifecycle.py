@@ -9,24 +9,34 @@ from typing import Any
 import pytest
 from ethereal.lifecycle import Lifecycle, _frame_cut, _Stream, send_health
 
-FRAMES = [f"event: content_block_delta\ndata: {{\"i\":{i},\"text\":\"{'x' * i}\"}}\n\n".encode() for i in range(12)]
+FRAMES = [f'event: content_block_delta\ndata: {{"i":{i},"text":"{"x" * i}"}}\n\n'.encode() for i in range(12)]
 STREAM = b"".join(FRAMES)
 
 
 def sse_app(chunks: list[bytes], gate: asyncio.Event | None = None) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"request-id", b"req_abc")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"request-id", b"req_abc"),
+                ],
+            }
+        )
         for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if gate is not None:
             await gate.wait()  # an upstream that is still writing
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     return app
 
 
-async def run(lc: Lifecycle, app: Any, path: str = "/v1/messages", method: str = "POST",
-              query: bytes = b"") -> list[dict[str, Any]]:
+async def run(
+    lc: Lifecycle, app: Any, path: str = "/v1/messages", method: str = "POST", query: bytes = b""
+) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
@@ -51,7 +61,7 @@ def body_of(sent: list[dict[str, Any]]) -> bytes:
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 31, 64, 1000])
 async def test_chunks_reach_the_client_cut_at_frame_boundaries(size: int) -> None:
-    chunks = [STREAM[i:i + size] for i in range(0, len(STREAM), size)]
+    chunks = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
     sent = await run(Lifecycle(), sse_app(chunks))
     bodies = [m["body"] for m in sent if m["type"] == "http.response.body"]
     assert b"".join(bodies) == STREAM
@@ -85,7 +95,9 @@ async def test_cancelled_stream_ends_with_a_whole_error_frame() -> None:
 async def test_openai_route_gets_an_openai_error_frame() -> None:
     lc = Lifecycle()
     gate = asyncio.Event()
-    task = asyncio.ensure_future(run(lc, sse_app([b'data: {"id":"x"}\n\n'], gate), path="/v1/chat/completions"))
+    task = asyncio.ensure_future(
+        run(lc, sse_app([b'data: {"id":"x"}\n\n'], gate), path="/v1/chat/completions")
+    )
     while not lc.streams:
         await asyncio.sleep(0)
     await lc.end_streams(wait=2.0)

@@ -15,9 +15,21 @@ from ethereal.storage.records import UsageRecord
 
 
 def rec(i: int, **kw: Any) -> UsageRecord:
-    return UsageRecord(request_id=f"req_{i:024d}", key_id="key_a", credential="default", route="messages",
-                       model="claude-sonnet-4-5-20250929", status=200, stream=False, input_tokens=i,
-                       output_tokens=1, cost_micro=10, started_at=1.7e9 + i, ended_at=1.7e9 + i + 0.5, **kw)
+    return UsageRecord(
+        request_id=f"req_{i:024d}",
+        key_id="key_a",
+        credential="default",
+        route="messages",
+        model="claude-sonnet-4-5-20250929",
+        status=200,
+        stream=False,
+        input_tokens=i,
+        output_tokens=1,
+        cost_micro=10,
+        started_at=1.7e9 + i,
+        ended_at=1.7e9 + i + 0.5,
+        **kw,
+    )
 
 
 class FakeStore(Store):
@@ -60,7 +72,9 @@ class FakeStore(Store):
         if self.down:
             raise ConnectionRefusedError("database is down")
 
-    async def migrate(self) -> list[str]: return []
+    async def migrate(self) -> list[str]:
+        return []
+
     async def close(self) -> None: ...
     async def insert_keys(self, records): ...  # type: ignore[no-untyped-def]
     async def get_key_by_hash(self, key_hash): ...  # type: ignore[no-untyped-def]
@@ -77,8 +91,15 @@ class FakeStore(Store):
 
 
 def config(tmp_path: Path, **kw: Any) -> MeterConfig:
-    base = {"batch_size": 100, "interval": 0.01, "spool_dir": tmp_path / "spool", "retry_min": 0.01, "retry_max": 0.05,
-                "lookup_wait": 0.3, "segment_bytes": 16 * 1024}
+    base = {
+        "batch_size": 100,
+        "interval": 0.01,
+        "spool_dir": tmp_path / "spool",
+        "retry_min": 0.01,
+        "retry_max": 0.05,
+        "lookup_wait": 0.3,
+        "segment_bytes": 16 * 1024,
+    }
     base.update(kw)
     return MeterConfig(**base)  # type: ignore[arg-type]
 
@@ -192,7 +213,9 @@ async def test_spool_full_drop_policy_counts_losses(tmp_path: Path) -> None:
 async def test_spool_full_reject_policy_stops_admission(tmp_path: Path) -> None:
     store = FakeStore()
     store.down = True
-    meter = Meter(store, config(tmp_path, spool_max_bytes=10_000, queue_max=100, batch_size=50, on_full="reject"))
+    meter = Meter(
+        store, config(tmp_path, spool_max_bytes=10_000, queue_max=100, batch_size=50, on_full="reject")
+    )
     meter.start()
     for i in range(400):
         meter.record(rec(i))

@@ -20,8 +20,9 @@ class Settles:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
-                     ended_at: float | None = None) -> None:
+    async def settle(
+        self, admission: Admission, *, tokens: int, cost_micro: int, ended_at: float | None = None
+    ) -> None:
         self.calls.append({"tokens": tokens, "cost_micro": cost_micro})
 
 
@@ -32,9 +33,19 @@ class NoStore:
 def pipeline() -> tuple[Pipeline, Settles, Meter]:
     settles = Settles()
     meter = Meter(store=cast(Any, NoStore()), config=MeterConfig(spool_dir=None))
-    gw = Gateway(settings=Settings(), registry=Registry(), plans=Plans(), store=cast(Any, NoStore()),
-                 auth=cast(Any, None), limiter=cast(Any, settles), meter=meter, pool=cast(Any, None),
-                 client=cast(Any, None), upstreams=cast(Any, None), key_changes=KeyChanges())
+    gw = Gateway(
+        settings=Settings(),
+        registry=Registry(),
+        plans=Plans(),
+        store=cast(Any, NoStore()),
+        auth=cast(Any, None),
+        limiter=cast(Any, settles),
+        meter=meter,
+        pool=cast(Any, None),
+        client=cast(Any, None),
+        upstreams=cast(Any, None),
+        key_changes=KeyChanges(),
+    )
     return Pipeline(gw), settles, meter
 
 
@@ -44,18 +55,43 @@ async def test_settle_matches_the_record_and_finish_is_idempotent() -> None:
     call.model = pipe.gw.registry.resolve("claude-sonnet-4-6")
     assert call.model is not None
     call.model_name = call.model.id
-    iterations = parse_iterations({"iterations": [
-        {"type": "compaction", "input_tokens": 100, "output_tokens": 83, "cache_read_input_tokens": 55096},
-        {"type": "message", "input_tokens": 181, "output_tokens": 8,
-         "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
-         "cache_creation_input_tokens": 30},
-        {"type": "advisor_message", "model": "claude-opus-4-6", "input_tokens": 1000, "output_tokens": 10},
-    ]})
+    iterations = parse_iterations(
+        {
+            "iterations": [
+                {
+                    "type": "compaction",
+                    "input_tokens": 100,
+                    "output_tokens": 83,
+                    "cache_read_input_tokens": 55096,
+                },
+                {
+                    "type": "message",
+                    "input_tokens": 181,
+                    "output_tokens": 8,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
+                    "cache_creation_input_tokens": 30,
+                },
+                {
+                    "type": "advisor_message",
+                    "model": "claude-opus-4-6",
+                    "input_tokens": 1000,
+                    "output_tokens": 10,
+                },
+            ]
+        }
+    )
     assert iterations is not None
     rec = await pipe.finish(call, 200, Usage.summed(iterations, web_searches=2))
-    assert (rec.input_tokens, rec.output_tokens, rec.cache_creation_5m, rec.cache_creation_1h, rec.cache_read) == (
-        1281, 101, 10, 20, 55096)
-    expected = round(281 * 3 + 91 * 15 + 10 * 3 * 1.25 + 20 * 3 * 2 + 55096 * 0.3 + 1000 * 5 + 10 * 25) + 20_000
+    assert (
+        rec.input_tokens,
+        rec.output_tokens,
+        rec.cache_creation_5m,
+        rec.cache_creation_1h,
+        rec.cache_read,
+    ) == (1281, 101, 10, 20, 55096)
+    expected = (
+        round(281 * 3 + 91 * 15 + 10 * 3 * 1.25 + 20 * 3 * 2 + 55096 * 0.3 + 1000 * 5 + 10 * 25) + 20_000
+    )
     assert rec.cost_micro == expected and rec.web_search_requests == 2
     assert settles.calls == [{"tokens": 1281 + 101 + 10 + 20 + 55096, "cost_micro": expected}]
     again = await pipe.finish(call, 499, Usage())
@@ -83,8 +119,20 @@ async def test_priced_by_the_model_the_upstream_served() -> None:
 
 def test_non_numeric_usage_counts_as_zero() -> None:
     """An upstream usage object with junk in it is read leniently: never a 500 for a served reply."""
-    usage = Usage.from_message({"input_tokens": "12", "output_tokens": None, "cache_read_input_tokens": 1.5e400,
-                                "cache_creation_input_tokens": -4, "server_tool_use": {"web_search_requests": "x"}})
-    assert (usage.input_tokens, usage.output_tokens, usage.cache_read, usage.cache_5m, usage.web_searches) == (
-        0, 0, 0, 0, 0)
+    usage = Usage.from_message(
+        {
+            "input_tokens": "12",
+            "output_tokens": None,
+            "cache_read_input_tokens": 1.5e400,
+            "cache_creation_input_tokens": -4,
+            "server_tool_use": {"web_search_requests": "x"},
+        }
+    )
+    assert (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read,
+        usage.cache_5m,
+        usage.web_searches,
+    ) == (0, 0, 0, 0, 0)
     assert usage.exact and Usage.from_message(None).exact is False

@@ -71,8 +71,12 @@ def test_each_current_and_legacy_model_bills_the_published_rates(model_id: str) 
 
 def test_the_issues_claude_code_turn_figures() -> None:
     """The figures the model-world issue quotes for a typical Claude Code turn."""
-    figures = {"claude-sonnet-5-5": 36_300, "claude-opus-5-5": 72_600, "claude-haiku-5-5": 2_265,
-               "claude-sonnet-5": 45_300}
+    figures = {
+        "claude-sonnet-5-5": 36_300,
+        "claude-opus-5-5": 72_600,
+        "claude-haiku-5-5": 2_265,
+        "claude-sonnet-5": 45_300,
+    }
     for model_id, micro in figures.items():
         assert price(REG, REG.resolve(model_id), usage(), at=NOW).cost_micro == micro, model_id
 
@@ -81,11 +85,16 @@ def test_haiku_5_5_on_both_sides_of_its_100k_prompt_tier() -> None:
     haiku = REG.resolve("claude-haiku-5-5")
     below = (1_000, 4_000, 5_000, 90_000, 2_000)  # prompt 100,000: not above the threshold
     above = (1_001, 4_000, 5_000, 90_000, 2_000)  # prompt 100,001: every token at the tier's rates
-    assert price(REG, haiku, usage(below), at=NOW).cost_micro == expected(PUBLISHED["claude-haiku-5-5"], below)
-    assert price(REG, haiku, usage(above), at=NOW).cost_micro == expected((0.50, 2.50, 0.625, 1.00, 0.05), above)
+    assert price(REG, haiku, usage(below), at=NOW).cost_micro == expected(
+        PUBLISHED["claude-haiku-5-5"], below
+    )
+    assert price(REG, haiku, usage(above), at=NOW).cost_micro == expected(
+        (0.50, 2.50, 0.625, 1.00, 0.05), above
+    )
     # batch is tiered the same way, at half of each side
-    assert price(REG, haiku, usage(above), at=NOW, batch=True).cost_micro == \
-        expected((0.50, 2.50, 0.625, 1.00, 0.05), above, 0.5)
+    assert price(REG, haiku, usage(above), at=NOW, batch=True).cost_micro == expected(
+        (0.50, 2.50, 0.625, 1.00, 0.05), above, 0.5
+    )
 
 
 def test_opus_5_5_fast_mode_is_twice_every_rate() -> None:
@@ -96,11 +105,13 @@ def test_opus_5_5_fast_mode_is_twice_every_rate() -> None:
 
 def test_inference_geo_us_is_1_1x_every_token_class() -> None:
     sonnet = REG.resolve("claude-sonnet-5-5")
-    assert price(REG, sonnet, usage(inference_geo="us"), at=NOW).cost_micro == \
-        expected(PUBLISHED["claude-sonnet-5-5"], mult=1.1)
+    assert price(REG, sonnet, usage(inference_geo="us"), at=NOW).cost_micro == expected(
+        PUBLISHED["claude-sonnet-5-5"], mult=1.1
+    )
     # a region without a surcharge, or none reported
-    assert price(REG, sonnet, usage(inference_geo="global"), at=NOW).cost_micro == \
-        expected(PUBLISHED["claude-sonnet-5-5"])
+    assert price(REG, sonnet, usage(inference_geo="global"), at=NOW).cost_micro == expected(
+        PUBLISHED["claude-sonnet-5-5"]
+    )
 
 
 def test_batch_item_is_half_of_every_token_rate() -> None:
@@ -122,41 +133,72 @@ def test_effective_dated_card_on_both_sides_of_its_date() -> None:
 def test_fast_mode_follows_its_removal_dates() -> None:
     opus48 = REG.resolve("claude-opus-4-8")
     fast = usage(speed="fast")
-    assert price(REG, opus48, fast, at=at("2026-11-01")).cost_micro == expected(PUBLISHED["claude-opus-4-8"], mult=2)
+    assert price(REG, opus48, fast, at=at("2026-11-01")).cost_micro == expected(
+        PUBLISHED["claude-opus-4-8"], mult=2
+    )
     # after the removal a "fast" report has no card rate: billed at the registry default, flagged
     late = price(REG, opus48, fast, at=NOW)
     assert late.provisional and late.cost_micro == expected(PUBLISHED["claude-opus-4-8"], mult=2)
     opus47 = REG.resolve("claude-opus-4-7")
-    assert price(REG, opus47, fast, at=at("2026-05-01")).cost_micro == expected(PUBLISHED["claude-opus-4-7"], mult=6)
+    assert price(REG, opus47, fast, at=at("2026-05-01")).cost_micro == expected(
+        PUBLISHED["claude-opus-4-7"], mult=6
+    )
 
 
 def test_web_search_is_billed_per_search_outside_the_batch_discount() -> None:
     opus = REG.resolve("claude-opus-5-5")
     plain = Usage(input_tokens=1000, output_tokens=100)
     searched = Usage(input_tokens=1000, output_tokens=100, web_searches=3)
-    assert price(REG, opus, searched, at=NOW).cost_micro == price(REG, opus, plain, at=NOW).cost_micro + 30_000
+    assert (
+        price(REG, opus, searched, at=NOW).cost_micro == price(REG, opus, plain, at=NOW).cost_micro + 30_000
+    )
     assert price(REG, opus, searched, at=NOW, batch=True).cost_micro == 3000 + 30_000
 
 
 def test_iterations_each_at_their_own_models_card() -> None:
-    iterations = parse_iterations({"iterations": [
-        {"type": "compaction", "input_tokens": 100, "output_tokens": 83, "cache_read_input_tokens": 55096},
-        {"type": "message", "input_tokens": 181, "output_tokens": 8},
-        {"type": "advisor_message", "model": "claude-opus-5-5", "input_tokens": 1000, "output_tokens": 10},
-        {"type": "fallback_message", "model": "claude-sonnet-5-5", "input_tokens": 500, "output_tokens": 50,
-         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2000},
-    ]})
+    iterations = parse_iterations(
+        {
+            "iterations": [
+                {
+                    "type": "compaction",
+                    "input_tokens": 100,
+                    "output_tokens": 83,
+                    "cache_read_input_tokens": 55096,
+                },
+                {"type": "message", "input_tokens": 181, "output_tokens": 8},
+                {
+                    "type": "advisor_message",
+                    "model": "claude-opus-5-5",
+                    "input_tokens": 1000,
+                    "output_tokens": 10,
+                },
+                {
+                    "type": "fallback_message",
+                    "model": "claude-sonnet-5-5",
+                    "input_tokens": 500,
+                    "output_tokens": 50,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 2000,
+                },
+            ]
+        }
+    )
     assert iterations is not None
     haiku = REG.resolve("claude-haiku-5-5")
     got = price(REG, haiku, Usage.summed(iterations), at=NOW).cost_micro
-    want = round((281 * 0.10 + 91 * 0.50 + 55096 * 0.01) + (1000 * 4 + 10 * 20) + (500 * 2 + 50 * 10 + 2000 * 0.10))
+    want = round(
+        (281 * 0.10 + 91 * 0.50 + 55096 * 0.01) + (1000 * 4 + 10 * 20) + (500 * 2 + 50 * 10 + 2000 * 0.10)
+    )
     assert got == want
 
 
 def test_short_names_mean_todays_models() -> None:
     assert {n: REG.resolve(n).id for n in ("opus", "sonnet", "haiku", "claude-opus-latest")} == {  # type: ignore[union-attr]
-        "opus": "claude-opus-5-5", "sonnet": "claude-sonnet-5-5", "haiku": "claude-haiku-5-5",
-        "claude-opus-latest": "claude-opus-5-5"}
+        "opus": "claude-opus-5-5",
+        "sonnet": "claude-sonnet-5-5",
+        "haiku": "claude-haiku-5-5",
+        "claude-opus-latest": "claude-opus-5-5",
+    }
     for name in ("anthropic/claude-sonnet-4-6", "claude-sonnet-4.6", "Claude-Sonnet-4-6", "sonnet-4"):
         assert REG.resolve(name).id == "claude-sonnet-4-6", name  # type: ignore[union-attr]
 
@@ -176,12 +218,27 @@ def test_no_model_costs_nothing() -> None:
 
 
 COMPACTION_USAGE = {
-    "input_tokens": 181, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 8,
+    "input_tokens": 181,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "output_tokens": 8,
     "iterations": [
-        {"input_tokens": 100, "output_tokens": 83, "cache_read_input_tokens": 55096, "cache_creation_input_tokens": 0,
-         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}, "type": "compaction"},
-        {"input_tokens": 181, "output_tokens": 8, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
-         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}, "type": "message"},
+        {
+            "input_tokens": 100,
+            "output_tokens": 83,
+            "cache_read_input_tokens": 55096,
+            "cache_creation_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "type": "compaction",
+        },
+        {
+            "input_tokens": 181,
+            "output_tokens": 8,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "type": "message",
+        },
     ],
 }
 
@@ -191,10 +248,15 @@ def test_iterations_are_summed_and_priced_per_model() -> None:
     assert its is not None and [i.type for i in its] == ["compaction", "message"]
     u = Usage.summed(its)
     assert (u.input_tokens, u.output_tokens, u.cache_5m, u.cache_1h, u.cache_read, u.ttl_assumed) == (
-        281, 91, 0, 0, 55096, False)
+        281,
+        91,
+        0,
+        0,
+        55096,
+        False,
+    )
     sonnet = REG.resolve("claude-sonnet-4-6")
-    assert price(REG, sonnet, Usage.summed(its), at=NOW).cost_micro == round(
-        281 * 3 + 91 * 15 + 55096 * 0.3)
+    assert price(REG, sonnet, Usage.summed(its), at=NOW).cost_micro == round(281 * 3 + 91 * 15 + 55096 * 0.3)
     advisor = [
         {"input_tokens": 1000, "output_tokens": 10, "type": "message"},
         {"input_tokens": 2000, "output_tokens": 20, "type": "advisor_message", "model": "claude-opus-4-6"},
@@ -202,15 +264,18 @@ def test_iterations_are_summed_and_priced_per_model() -> None:
     its = parse_iterations({"iterations": advisor})
     assert its is not None
     assert price(REG, sonnet, Usage.summed(its), at=NOW).cost_micro == (
-        1000 * 3 + 10 * 15 + 2000 * 5 + 20 * 25)
+        1000 * 3 + 10 * 15 + 2000 * 5 + 20 * 25
+    )
 
 
 def test_web_search_billed_per_use() -> None:
     usage = {"input_tokens": 10, "output_tokens": 1, "server_tool_use": {"web_search_requests": 3}}
     assert web_search_requests(usage) == 3
     sonnet = REG.resolve("claude-sonnet-4-6")
-    assert price(REG, sonnet, Usage(input_tokens=10, output_tokens=1, web_searches=3), at=NOW).cost_micro == \
-        45 + 3 * 10_000
+    assert (
+        price(REG, sonnet, Usage(input_tokens=10, output_tokens=1, web_searches=3), at=NOW).cost_micro
+        == 45 + 3 * 10_000
+    )
 
 
 def test_tap_reports_iterations_and_searches_across_chunks() -> None:
@@ -220,13 +285,19 @@ def test_tap_reports_iterations_and_searches_across_chunks() -> None:
     from ethereal import _native
 
     usage = {**COMPACTION_USAGE, "server_tool_use": {"web_search_requests": 2}}
-    delta = b"event: message_delta\ndata: " + orjson.dumps(
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}) + b"   \n\n"
-    stream = b"event: ping\ndata: {\"type\": \"ping\"}\n\n" * 3000 + delta + \
-        b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+    delta = (
+        b"event: message_delta\ndata: "
+        + orjson.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage})
+        + b"   \n\n"
+    )
+    stream = (
+        b'event: ping\ndata: {"type": "ping"}\n\n' * 3000
+        + delta
+        + b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
     tap = _native.StreamTap()
     for i in range(0, len(stream), 7):
-        tap.feed(stream[i:i + 7])
+        tap.feed(stream[i : i + 7])
     tap.finish()
     got = tap.usage()
     assert isinstance(got, Usage)

@@ -11,10 +11,21 @@ from ethereal.storage.records import UsageRecord
 
 
 def rec(i: int, **kw: object) -> UsageRecord:
-    return UsageRecord(request_id=f"req_{i:024d}", key_id="key_a", credential="default", route="messages",
-                       model="claude-sonnet-4-5-20250929", status=200, stream=bool(i % 2), input_tokens=i,
-                       output_tokens=2 * i, cost_micro=i * 7, started_at=1e9 + i, ended_at=1e9 + i + 1,
-                       **kw)  # type: ignore[arg-type]
+    return UsageRecord(
+        request_id=f"req_{i:024d}",
+        key_id="key_a",
+        credential="default",
+        route="messages",
+        model="claude-sonnet-4-5-20250929",
+        status=200,
+        stream=bool(i % 2),
+        input_tokens=i,
+        output_tokens=2 * i,
+        cost_micro=i * 7,
+        started_at=1e9 + i,
+        ended_at=1e9 + i + 1,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def drain(spool: Spool) -> list[UsageRecord]:
@@ -30,7 +41,7 @@ def test_roundtrip_in_order_across_segments(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=10**8, segment_bytes=4096)
     written = [rec(i) for i in range(500)]
     for i in range(0, 500, 37):
-        spool.append(written[i:i + 37])
+        spool.append(written[i : i + 37])
     assert len(spool.pending) > 3  # rotated
     assert drain(spool) == written
     assert spool.empty and spool.bytes == 0
@@ -60,8 +71,24 @@ def test_torn_last_line_is_skipped() -> None:
 def test_schema_change_tolerated() -> None:
     import orjson
 
-    header = orjson.dumps({"spool": 1, "columns": ["request_id", "key_id", "credential", "route", "model", "status",
-                                                   "stream", "some_future_column"]}) + b"\n"
+    header = (
+        orjson.dumps(
+            {
+                "spool": 1,
+                "columns": [
+                    "request_id",
+                    "key_id",
+                    "credential",
+                    "route",
+                    "model",
+                    "status",
+                    "stream",
+                    "some_future_column",
+                ],
+            }
+        )
+        + b"\n"
+    )
     line = orjson.dumps(["req_x", None, None, "messages", None, 200, False, 42]) + b"\n"
     records, bad = decode_lines(header + line)
     assert bad == 0 and records[0].request_id == "req_x" and records[0].web_search_requests == 0

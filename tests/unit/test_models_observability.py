@@ -13,9 +13,20 @@ from ethereal.storage.records import UsageRecord
 
 
 def record(i: int, model: str, provisional: bool) -> UsageRecord:
-    return UsageRecord(request_id=f"req_{i}", key_id="k", credential="c", route="messages", model=model, status=200,
-                       stream=False, input_tokens=10, cost_micro=5, priced_provisional=provisional,
-                       rate_card="provisional:x" if provisional else None, duration_ms=1.0)
+    return UsageRecord(
+        request_id=f"req_{i}",
+        key_id="k",
+        credential="c",
+        route="messages",
+        model=model,
+        status=200,
+        stream=False,
+        input_tokens=10,
+        cost_micro=5,
+        priced_provisional=provisional,
+        rate_card="provisional:x" if provisional else None,
+        duration_ms=1.0,
+    )
 
 
 def test_provisional_prices_are_counted_with_bounded_labels() -> None:
@@ -23,8 +34,14 @@ def test_provisional_prices_are_counted_with_bounded_labels() -> None:
     served = registry.provisional("claude-sonnet-9")
     registry.mark_served(served)  # the upstream served it: a model the registry lists
     metrics = Metrics(registry)
-    for i, (model, provisional) in enumerate([("claude-sonnet-9", True), ("claude-sonnet-9", True),
-                                              ("x" * 200, True), ("claude-sonnet-4-6", False)]):
+    for i, (model, provisional) in enumerate(
+        [
+            ("claude-sonnet-9", True),
+            ("claude-sonnet-9", True),
+            ("x" * 200, True),
+            ("claude-sonnet-4-6", False),
+        ]
+    ):
         metrics.observe(record(i, model, provisional))
     metrics.flush()
     text = metrics.render().decode()
@@ -36,8 +53,10 @@ def test_provisional_prices_are_counted_with_bounded_labels() -> None:
 
 def test_an_expired_card_is_an_alert(tmp_path: Path) -> None:
     path = tmp_path / "models.toml"
-    path.write_text('[[models]]\nid = "acme-model-1"\nreleased = 2020-01-01\n[[models.prices]]\n'
-                    'effective_from = 2020-01-01\neffective_until = 2020-06-01\ninput = 1\noutput = 2\n')
+    path.write_text(
+        '[[models]]\nid = "acme-model-1"\nreleased = 2020-01-01\n[[models.prices]]\n'
+        "effective_from = 2020-01-01\neffective_until = 2020-06-01\ninput = 1\noutput = 2\n"
+    )
     registry = load_registry(path)
     assert [m.id for m in registry.expired()] == ["acme-model-1"]
     metrics = Metrics(registry)
@@ -57,6 +76,8 @@ def test_healthz_verbose_carries_the_gateway_details() -> None:
     life.details["broken"] = broken
     status, body = life.health(verbose=True)
     data = orjson.loads(body)
-    assert status == 200 and data["models"]["registry_version"] == "abc" and data["models"]["expired"] == ["m"]
+    assert (
+        status == 200 and data["models"]["registry_version"] == "abc" and data["models"]["expired"] == ["m"]
+    )
     assert data["broken"] == {"error": "RuntimeError"}  # a detail never fails the health check
     assert life.health(verbose=False)[0] == 200

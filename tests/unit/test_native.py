@@ -190,10 +190,17 @@ def test_estimate_per_generation() -> None:
 
 
 def test_estimate_earlier_thinking_by_model() -> None:
-    history = [{"role": "user", "content": "q"},
-               {"role": "assistant", "content": [{"type": "thinking", "thinking": ENGLISH * 10, "signature": "s"},
-                                                 {"type": "text", "text": "a"}]},
-               {"role": "user", "content": "and?"}]
+    history = [
+        {"role": "user", "content": "q"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": ENGLISH * 10, "signature": "s"},
+                {"type": "text", "text": "a"},
+            ],
+        },
+        {"role": "user", "content": "and?"},
+    ]
     body = _body(messages=history)
     dropped = _native.estimate_tokens(body)
     kept = _native.estimate_tokens(body, keep_thinking=True)
@@ -209,7 +216,9 @@ def test_estimate_scripts() -> None:
         return _native.estimate_tokens(_body(messages=[{"role": "user", "content": text}]))
 
     base = est("")
-    assert 27 <= est("网关在请求到达上游之前估算令牌数量。" * 2) - base <= 41  # about a token per CJK character
+    assert (
+        27 <= est("网关在请求到达上游之前估算令牌数量。" * 2) - base <= 41
+    )  # about a token per CJK character
     assert est("Шлюз оценивает число токенов") > est("The gateway estimates tokens")
 
 
@@ -235,11 +244,17 @@ def test_estimate_images() -> None:
     assert img({"type": "url", "url": "https://example.com/a.png"}) - framing == 1600
 
     def img2(source: dict[str, str]) -> int:
-        return _native.estimate_tokens(
-            _body(messages=[{"role": "user", "content": [{"type": "image", "source": source}]}]), image_tier=2
-        ) - framing
+        return (
+            _native.estimate_tokens(
+                _body(messages=[{"role": "user", "content": [{"type": "image", "source": source}]}]),
+                image_tier=2,
+            )
+            - framing
+        )
 
-    assert img2({"type": "base64", "media_type": "image/png", "data": _png(300, 200)}) == 11 * 8  # ⌈w/28⌉×⌈h/28⌉
+    assert (
+        img2({"type": "base64", "media_type": "image/png", "data": _png(300, 200)}) == 11 * 8
+    )  # ⌈w/28⌉×⌈h/28⌉
     assert 4700 <= img2({"type": "base64", "media_type": "image/png", "data": _png(5000, 5000)}) <= 4784
     assert img2({"type": "url", "url": "https://example.com/a.png"}) == 4784
 

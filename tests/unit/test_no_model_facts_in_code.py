@@ -37,14 +37,19 @@ TEXT_SUFFIXES = {".js", ".html", ".css", ".sql", ".lua", ".txt", ".md"}
 # model facts carried by data files that are not code (measurements, recordings)
 DATA_FILES = {"dashboard/accuracy.json"}
 MODEL_ID = re.compile(r"claude-(?:\d|[a-z]+-\d)")  # claude-3-…, claude-opus-5…: not claude-code
-PRICING_NAME = re.compile(r"pric|cost|cache|multipl|premium|discount|batch|fast|speed|geo|usd|card|tier|"
-                          r"(?<!_)rate(?!_?limit)", re.IGNORECASE)
+PRICING_NAME = re.compile(
+    r"pric|cost|cache|multipl|premium|discount|batch|fast|speed|geo|usd|card|tier|"
+    r"(?<!_)rate(?!_?limit)",
+    re.IGNORECASE,
+)
 LIMIT_NAME = re.compile(r"context|window|max_tokens|max_output|output_cap|limit", re.IGNORECASE)
 
 # (path relative to python/ethereal, the finding's text): why it is not a model fact
 ALLOWED: dict[tuple[str, str], str] = {
-    ("dashboard/estimator.py", "model limit 1000000 for MAX_OUTPUT"):
-        "the estimator form's bound on the output tokens a user may type, not a model's cap",
+    (
+        "dashboard/estimator.py",
+        "model limit 1000000 for MAX_OUTPUT",
+    ): "the estimator form's bound on the output tokens a user may type, not a model's cap",
 }
 
 
@@ -55,17 +60,23 @@ def data() -> dict[str, Any]:
 
 def facts() -> tuple[re.Pattern[str], set[float], set[int]]:
     table = data()
-    families = {m["family"] for m in table["models"] if m.get("family")} | set(table["provisional"]["families"])
+    families = {m["family"] for m in table["models"] if m.get("family")} | set(
+        table["provisional"]["families"]
+    )
     family = re.compile(r"(?<![a-z])(" + "|".join(sorted(families)) + r")(?![a-z])", re.IGNORECASE)
     multipliers = {float(v) for v in table["defaults"].values() if isinstance(v, float)}
     for model in table["models"]:
         for card in model.get("prices", []):
-            multipliers.update(float(card[k]) for k in ("batch", "fast") if isinstance(card.get(k), int | float))
+            multipliers.update(
+                float(card[k]) for k in ("batch", "fast") if isinstance(card.get(k), int | float)
+            )
             multipliers.update(float(v) for v in card.get("geo", {}).values())
     multipliers -= {0.0, 1.0}
     limits = {int(table["defaults"][k]) for k in ("max_tokens", "context_window") if k in table["defaults"]}
     for model in table["models"]:
-        limits.update(int(model[k]) for k in ("context_window", "max_output", "batch_max_output") if k in model)
+        limits.update(
+            int(model[k]) for k in ("context_window", "max_output", "batch_max_output") if k in model
+        )
     # the smaller caps of retired models (4,096) are every-day numbers: only today's sizes are facts
     return family, multipliers, {n for n in limits if n >= 8192}
 
@@ -75,8 +86,11 @@ def docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
-                    and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.add(id(first.value))
     return out
 
@@ -97,8 +111,10 @@ def bound_names(node: ast.AST, parents: dict[int, ast.AST]) -> list[str]:
     child = node
     while True:
         parent = parents.get(id(child))
-        if parent is None or (isinstance(parent, ast.stmt) and not isinstance(parent, ast.Assign | ast.AnnAssign
-                                                                                  | ast.AugAssign | ast.Return)):
+        if parent is None or (
+            isinstance(parent, ast.stmt)
+            and not isinstance(parent, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.Return)
+        ):
             return out
         if isinstance(parent, ast.keyword):
             return [*out, parent.arg or ""]
@@ -119,7 +135,7 @@ def bound_names(node: ast.AST, parents: dict[int, ast.AST]) -> list[str]:
             return out
         if isinstance(parent, ast.arguments):
             args = [*parent.posonlyargs, *parent.args]
-            for arg, default in zip(args[len(args) - len(parent.defaults):], parent.defaults, strict=True):
+            for arg, default in zip(args[len(args) - len(parent.defaults) :], parent.defaults, strict=True):
                 if default is child:
                     return [*out, arg.arg]
             for arg, kw in zip(parent.kwonlyargs, parent.kw_defaults, strict=True):
@@ -133,8 +149,12 @@ def bound_names(node: ast.AST, parents: dict[int, ast.AST]) -> list[str]:
         if isinstance(parent, ast.Return):
             return out
         if isinstance(parent, ast.BinOp | ast.Compare | ast.BoolOp | ast.IfExp):
-            out.extend(n for operand in ast.iter_child_nodes(parent) if operand is not child
-                       for n in names_in(operand))
+            out.extend(
+                n
+                for operand in ast.iter_child_nodes(parent)
+                if operand is not child
+                for n in names_in(operand)
+            )
         child = parent
 
 
@@ -143,7 +163,11 @@ def multiplier(node: ast.AST, parents: dict[int, ast.AST]) -> float | None:
     ``Decimal("0.1")``, ``Fraction(5, 4)``, or an integer a value is multiplied by (an integer
     elsewhere is an index, a count or a divisor)."""
     parent = parents.get(id(node))
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("Fraction", "Decimal"):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("Fraction", "Decimal")
+    ):
         args = node.args
         if len(args) == 2 and all(isinstance(a, ast.Constant) and type(a.value) is int for a in args):
             num, den = (a.value for a in args)  # type: ignore[attr-defined]
@@ -194,8 +218,10 @@ def findings() -> list[str]:
             if value is not None and value in multipliers:
                 bound = [n for n in bound_names(node, parents) if PRICING_NAME.search(n)]
                 if bound:
-                    out.append(f"{where}: price multiplier {value:g} for {', '.join(bound[:3])}: "
-                               f"{ast.get_source_segment(source, node)}")
+                    out.append(
+                        f"{where}: price multiplier {value:g} for {', '.join(bound[:3])}: "
+                        f"{ast.get_source_segment(source, node)}"
+                    )
             if isinstance(node, ast.Constant) and type(node.value) is int and node.value in limits:
                 bound = [n for n in bound_names(node, parents) if LIMIT_NAME.search(n)]
                 if bound:
@@ -205,8 +231,10 @@ def findings() -> list[str]:
 
 def test_no_model_fact_or_multiplier_in_code() -> None:
     found = findings()
-    assert not found, ("model facts belong in python/ethereal/models/models.toml, not in code "
-                       f"({len(found)} found):\n" + "\n".join(found))
+    assert not found, (
+        "model facts belong in python/ethereal/models/models.toml, not in code "
+        f"({len(found)} found):\n" + "\n".join(found)
+    )
 
 
 def test_the_search_finds_what_it_looks_for(tmp_path: Path, monkeypatch: Any) -> None:
@@ -217,26 +245,41 @@ def test_the_search_finds_what_it_looks_for(tmp_path: Path, monkeypatch: Any) ->
     (planted / "models" / "models.toml").write_bytes(DATA.read_bytes())
     (planted / "pricing.py").write_text(
         '"""Opus 5.5 is claude-opus-5-5 (a docstring: not code)."""\n'
-        'import re\n'
+        "import re\n"
         'FAMILY = re.compile(r"claude-(opus|sonnet)-(\\d+)")\n'
         'DEFAULT = "claude-sonnet-4-6"  # a comment naming claude-haiku-4-5 is not code\n'
-        'CACHE_WRITE = 1.25\n'
-        'def price(rates, usage, timeout=2.0):\n'
+        "CACHE_WRITE = 1.25\n"
+        "def price(rates, usage, timeout=2.0):\n"
         '    read = rates.get("cache_read", 0.1)\n'
         '    return usage.input * rates.input * 1.1 if usage.geo == "us" else rates.input * 2 * len(usage.fast)\n'
-        'BATCH = Fraction(1, 2)\n'
-        'ROWS = [row[2] for row in usage.costs]\n'
-        'def cap(max_tokens=128_000):\n'
+        "BATCH = Fraction(1, 2)\n"
+        "ROWS = [row[2] for row in usage.costs]\n"
+        "def cap(max_tokens=128_000):\n"
         '    return "claude-" + str(max_tokens)\n'
-        '_FIRST_WINDOW = 4096\n')
+        "_FIRST_WINDOW = 4096\n"
+    )
     (planted / "page.js").write_text('const MODEL = "claude-fable-5-2";\n')
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", planted)
     monkeypatch.setattr(sys.modules[__name__], "DATA", planted / "models" / "models.toml")
     found = "\n".join(findings())
-    for expected in ("pricing.py:3: model family", "pricing.py:4: model id", "pricing.py:5: price multiplier 1.25",
-                     "pricing.py:7: price multiplier 0.1", "pricing.py:8: price multiplier 1.1",
-                     "pricing.py:8: price multiplier 2", "pricing.py:9: price multiplier 0.5",
-                     "pricing.py:11: model limit 128000", "page.js:1: model id"):
+    for expected in (
+        "pricing.py:3: model family",
+        "pricing.py:4: model id",
+        "pricing.py:5: price multiplier 1.25",
+        "pricing.py:7: price multiplier 0.1",
+        "pricing.py:8: price multiplier 1.1",
+        "pricing.py:8: price multiplier 2",
+        "pricing.py:9: price multiplier 0.5",
+        "pricing.py:11: model limit 128000",
+        "page.js:1: model id",
+    ):
         assert expected in found, (expected, found)
-    for absent in ("pricing.py:1:", "2.0", "pricing.py:10:", "pricing.py:12:", "pricing.py:13:", "pricing.py:14:"):
+    for absent in (
+        "pricing.py:1:",
+        "2.0",
+        "pricing.py:10:",
+        "pricing.py:12:",
+        "pricing.py:13:",
+        "pricing.py:14:",
+    ):
         assert absent not in found, (absent, found)

@@ -13,7 +13,10 @@ from ethereal.settings import SettingsError, load_settings
 def test_defaults_and_loose_names() -> None:
     plans = Plans()
     pro = plans.get("Pro")
-    assert pro is not None and [(w.seconds, w.buckets) for w in pro.windows] == [(FIVE_HOURS, 60), (WEEK, 168)]
+    assert pro is not None and [(w.seconds, w.buckets) for w in pro.windows] == [
+        (FIVE_HOURS, 60),
+        (WEEK, 168),
+    ]
     assert plans.get("Max 5×") is plans.get("max-5x") is plans.get("max5") is plans.get("MAX5X")
     assert plans.get("max20").windows[0].requests == 900  # type: ignore[union-attr]
     assert plans.get("enterprise") is None and plans.get(None) is None
@@ -27,8 +30,15 @@ def test_overrides_keep_unset_defaults_and_add_windows() -> None:
     assert team is not None and team.windows[0].window_ms == 3_600_000 and team.windows[0].requests is None
 
 
-@pytest.mark.parametrize("bad", [{"pro": {"requests_per_5h": -1}}, {"pro": {"colour": 1}},
-                                 {"x": {"windows": [{"seconds": 0}]}}, {"x": 3}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"pro": {"requests_per_5h": -1}},
+        {"pro": {"colour": 1}},
+        {"x": {"windows": [{"seconds": 0}]}},
+        {"x": 3},
+    ],
+)
 def test_bad_plan_tables_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         Plans(bad)

@@ -21,16 +21,38 @@ assert OPUS is not None and HAIKU is not None
 NOW = 1_796_000_000.0  # 2026-12
 
 
-def held(data: dict[str, Any], *, model: Any = OPUS, money: bool = True, caches: str | None = None,
-         batch: bool = False, config: ReserveConfig = CFG) -> Any:
+def held(
+    data: dict[str, Any],
+    *,
+    model: Any = OPUS,
+    money: bool = True,
+    caches: str | None = None,
+    batch: bool = False,
+    config: ReserveConfig = CFG,
+) -> Any:
     body = orjson.dumps(data)
-    return reserve(REG, model, data, body, at=NOW, input_tokens=_native.estimate_tokens(body),
-                   max_tokens=data["max_tokens"], money=money, config=config, caches=caches, batch=batch)
+    return reserve(
+        REG,
+        model,
+        data,
+        body,
+        at=NOW,
+        input_tokens=_native.estimate_tokens(body),
+        max_tokens=data["max_tokens"],
+        money=money,
+        config=config,
+        caches=caches,
+        batch=batch,
+    )
 
 
 def req(**extra: Any) -> dict[str, Any]:
-    return {"model": "claude-opus-5-5", "max_tokens": 1000, "messages": [{"role": "user", "content": "x" * 4000}],
-            **extra}
+    return {
+        "model": "claude-opus-5-5",
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "x" * 4000}],
+        **extra,
+    }
 
 
 def micro(tokens: int, rate_pico: int, mult: float = 1.0) -> int:
@@ -46,14 +68,19 @@ def test_plain_request_input_and_output_at_card_rates() -> None:
     assert r.searches == 0
 
 
-@pytest.mark.parametrize(("cc", "kind"), [
-    ({"type": "ephemeral"}, "cache_write_5m"),
-    ({"type": "ephemeral", "ttl": "5m"}, "cache_write_5m"),
-    ({"type": "ephemeral", "ttl": "1h"}, "cache_write_1h"),
-])
+@pytest.mark.parametrize(
+    ("cc", "kind"),
+    [
+        ({"type": "ephemeral"}, "cache_write_5m"),
+        ({"type": "ephemeral", "ttl": "5m"}, "cache_write_5m"),
+        ({"type": "ephemeral", "ttl": "1h"}, "cache_write_1h"),
+    ],
+)
 def test_cache_writes_reserve_the_write_rate(cc: dict[str, Any], kind: str) -> None:
     rates = OPUS.card_at(NOW).dearest()
-    block = req(messages=[{"role": "user", "content": [{"type": "text", "text": "x" * 4000, "cache_control": cc}]}])
+    block = req(
+        messages=[{"role": "user", "content": [{"type": "text", "text": "x" * 4000, "cache_control": cc}]}]
+    )
     r = held(block)
     assert r.input_micro == micro(r.input_tokens, getattr(rates, kind))
     top = held(req(cache_control=cc))  # the top-level automatic breakpoint
@@ -66,10 +93,23 @@ def test_cache_writes_reserve_the_write_rate(cc: dict[str, Any], kind: str) -> N
 
 def test_one_hour_anywhere_wins_and_adapter_breakpoints_count() -> None:
     rates = OPUS.card_at(NOW).dearest()
-    mixed = req(system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
-                messages=[{"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": "t", "content": [
-                        {"type": "text", "text": "y", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]}])
+    mixed = req(
+        system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t",
+                        "content": [
+                            {"type": "text", "text": "y", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+                        ],
+                    }
+                ],
+            }
+        ],
+    )
     r = held(mixed)
     assert r.input_micro == micro(r.input_tokens, rates.cache_write_1h)
     plain = held(req(), caches="5m")  # the Responses adapter added breakpoints
@@ -111,25 +151,51 @@ def test_server_tool_fees_at_max_uses_or_the_default() -> None:
 
 
 def pdf(pages: int, sep: bytes = b" ") -> str:
-    objs = b"".join(b"%d 0 obj << /Type" % (i + 3) + sep + b"/Page /Parent 2 0 R >> endobj\n" for i in range(pages))
-    doc = b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj << /Type /Pages /Count " + \
-        str(pages).encode() + b" >> endobj\n" + objs + b"%%EOF"
+    objs = b"".join(
+        b"%d 0 obj << /Type" % (i + 3) + sep + b"/Page /Parent 2 0 R >> endobj\n" for i in range(pages)
+    )
+    doc = (
+        b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj << /Type /Pages /Count "
+        + str(pages).encode()
+        + b" >> endobj\n"
+        + objs
+        + b"%%EOF"
+    )
     return base64.b64encode(doc).decode()
 
 
 @pytest.mark.parametrize("sep", [b" ", b"", b"  ", b"\n", b"\r\n\t "])
 def test_pdf_pages_counted_whatever_the_whitespace(sep: bytes) -> None:
     assert count_pdf_pages(base64.b64decode(pdf(100, sep))) == 100
-    doc = req(messages=[{"role": "user", "content": [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf(100, sep)}},
-        {"type": "text", "text": "summarise"}]}])
+    doc = req(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "source": {"type": "base64", "media_type": "application/pdf", "data": pdf(100, sep)},
+                    },
+                    {"type": "text", "text": "summarise"},
+                ],
+            }
+        ]
+    )
     r = held(doc, money=False)
     assert r.input_tokens >= 100 * CFG.pdf_page_tokens
 
 
 def test_remote_documents_reserve_the_configured_ceiling() -> None:
-    doc = req(messages=[{"role": "user", "content": [
-        {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}]}])
+    doc = req(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
+                ],
+            }
+        ]
+    )
     r = held(doc, money=False)
     assert r.input_tokens >= CFG.remote_document_pages * CFG.pdf_page_tokens
     small = held(doc, money=False, config=ReserveConfig(remote_document_pages=2))

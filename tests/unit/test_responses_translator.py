@@ -43,25 +43,40 @@ RESPONSE_ID = "resp_test1"
 
 def make_request(**kw: Any) -> openai_responses.ResponsesRequest:
     body = {"model": MODEL, "input": "hi", **kw}
-    return openai_responses.to_anthropic(body, model=MODEL, max_output=64000, response_id=RESPONSE_ID,
-                                         created_at=1760000000)
+    return openai_responses.to_anthropic(
+        body, model=MODEL, max_output=64000, response_id=RESPONSE_ID, created_at=1760000000
+    )
 
 
 REQUEST = make_request()
 
 
-def translate(data: bytes, chunks: list[bytes] | None = None, request: openai_responses.ResponsesRequest = REQUEST,
-              **kw: Any) -> bytes:
-    t = _native.ResponsesTranslator(RESPONSE_ID, request.head_json(), custom_tools=request.custom_tools,
-                                    namespaced=request.namespaced, **kw)
+def translate(
+    data: bytes,
+    chunks: list[bytes] | None = None,
+    request: openai_responses.ResponsesRequest = REQUEST,
+    **kw: Any,
+) -> bytes:
+    t = _native.ResponsesTranslator(
+        RESPONSE_ID,
+        request.head_json(),
+        custom_tools=request.custom_tools,
+        namespaced=request.namespaced,
+        **kw,
+    )
     out = [t.feed(c) for c in (chunks if chunks is not None else [data])]
     out.append(t.finish())
     return b"".join(out)
 
 
 def reference(data: bytes, request: openai_responses.ResponsesRequest = REQUEST, **kw: Any) -> bytes:
-    r = ReferenceResponsesTranslator(RESPONSE_ID, request.head_json(), custom_tools=request.custom_tools,
-                                     namespaced=request.namespaced, **kw)
+    r = ReferenceResponsesTranslator(
+        RESPONSE_ID,
+        request.head_json(),
+        custom_tools=request.custom_tools,
+        namespaced=request.namespaced,
+        **kw,
+    )
     return r.feed(data) + r.finish()
 
 
@@ -176,13 +191,16 @@ def test_recorded_stream(path: Path) -> None:
     message = assemble_anthropic(data)
     expected = openai_responses.to_response(message, REQUEST)
     last = evs[-1]["response"]
-    assert last["status"] == expected["status"] and last["incomplete_details"] == expected["incomplete_details"]
+    assert (
+        last["status"] == expected["status"] and last["incomplete_details"] == expected["incomplete_details"]
+    )
     assert normalised_items(last["output"]) == normalised_items(expected["output"])
     if final is not None:  # the SDK keeps the completed response (not an incomplete one)
         got = final.model_dump(mode="json", warnings=False, exclude_none=True)
         assert normalised_items(got["output"]) == normalised_items(expected["output"])
         assert final.output_text == "".join(
-            p["text"] for i in expected["output"] if i["type"] == "message" for p in i["content"])
+            p["text"] for i in expected["output"] if i["type"] == "message" for p in i["content"]
+        )
 
     # usage: what the native tap bills for the same stream
     tap = _native.StreamTap()
@@ -204,18 +222,27 @@ def test_matches_reference(path: Path) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(STREAMS + SDK_STREAMS), st.lists(st.integers(1, 400), min_size=1, max_size=40),
-       st.booleans())
+@given(
+    st.sampled_from(STREAMS + SDK_STREAMS),
+    st.lists(st.integers(1, 400), min_size=1, max_size=40),
+    st.booleans(),
+)
 def test_any_chunking_same_output(path: Path, sizes: list[int], crlf: bool) -> None:
     same_output_however_chunked(translate, reference, path, sizes, crlf)
 
 
-TOOLS_REQUEST = make_request(tools=[
-    {"type": "function", "name": "get_weather", "parameters": {"type": "object"}, "strict": False},
-    {"type": "custom", "name": "json_response"},
-    {"type": "namespace", "name": "ns", "description": "d",
-     "tools": [{"type": "function", "name": "f", "parameters": {}, "strict": False}]},
-])
+TOOLS_REQUEST = make_request(
+    tools=[
+        {"type": "function", "name": "get_weather", "parameters": {"type": "object"}, "strict": False},
+        {"type": "custom", "name": "json_response"},
+        {
+            "type": "namespace",
+            "name": "ns",
+            "description": "d",
+            "tools": [{"type": "function", "name": "f", "parameters": {}, "strict": False}],
+        },
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -230,13 +257,18 @@ def test_generated_streams_match_reference(stream: tuple[bytes, str | None], chu
         kw["json_tool"] = "json_response"
     elif mode == "custom":
         request = TOOLS_REQUEST
-    out = translate(data, chunks=[data[i:i + chunk] for i in range(0, len(data), chunk)], request=request, **kw)
+    out = translate(
+        data, chunks=[data[i : i + chunk] for i in range(0, len(data), chunk)], request=request, **kw
+    )
     assert out == reference(data, request=request, **kw)
     evs = events(out)
     for event in evs:
         check_schema(event)
-    finals = [e["type"] for e in evs if e["type"] in ("response.completed", "response.incomplete",
-                                                       "response.failed")]
+    finals = [
+        e["type"]
+        for e in evs
+        if e["type"] in ("response.completed", "response.incomplete", "response.failed")
+    ]
     assert finals == [evs[-1]["type"]]
     deltas_add_up(evs)
 
@@ -249,15 +281,24 @@ def test_reasoning_round_trip() -> None:
     seen = 0
     for path in STREAMS:
         data = path.read_bytes()
-        blocks = [b for b in assemble_anthropic(data)["content"] if b["type"] in ("thinking", "redacted_thinking")]
+        blocks = [
+            b for b in assemble_anthropic(data)["content"] if b["type"] in ("thinking", "redacted_thinking")
+        ]
         if not blocks:
             continue
         seen += 1
         output = events(translate(data))[-1]["response"]["output"]
-        restored = [b for item in output if item["type"] == "reasoning"
-                    for b in openai_responses.restore_reasoning(item)]
-        want = [{k: b[k] for k in (("thinking", "signature") if b["type"] == "thinking" else ("data",))}
-                | {"type": b["type"]} for b in blocks]
+        restored = [
+            b
+            for item in output
+            if item["type"] == "reasoning"
+            for b in openai_responses.restore_reasoning(item)
+        ]
+        want = [
+            {k: b[k] for k in (("thinking", "signature") if b["type"] == "thinking" else ("data",))}
+            | {"type": b["type"]}
+            for b in blocks
+        ]
         assert restored == want, path.name
     assert seen >= 2
 
@@ -272,13 +313,20 @@ def test_foreign_or_altered_reasoning_is_dropped() -> None:
     assert openai_responses.restore_reasoning({"encrypted_content": bad}) == []
 
 
-MESSAGE_START = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
-                 b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":3,"output_tokens":1}}}\n\n')
+MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
+    b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+)
 
 
-@pytest.mark.parametrize(("error_type", "code"), [("overloaded_error", "server_error"),
-                                                  ("rate_limit_error", "rate_limit_exceeded"),
-                                                  ("api_error", "server_error")])
+@pytest.mark.parametrize(
+    ("error_type", "code"),
+    [
+        ("overloaded_error", "server_error"),
+        ("rate_limit_error", "rate_limit_exceeded"),
+        ("api_error", "server_error"),
+    ],
+)
 def test_error_event_is_response_failed(error_type: str, code: str) -> None:
     event = json.dumps({"type": "error", "error": {"type": error_type, "message": "boom"}}).encode()
     evs = events(translate(MESSAGE_START + b"event: error\ndata: " + event + b"\n\n"))
@@ -288,12 +336,14 @@ def test_error_event_is_response_failed(error_type: str, code: str) -> None:
 
 
 def test_cut_stream_fails_and_bills_the_estimate() -> None:
-    text = (b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
-            b'"content_block":{"type":"text","text":""}}\n\n'
-            + b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-            b'"delta":{"type":"text_delta","text":"abcdefgh"}}\n\n' * 5)
+    text = (
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+        + b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"abcdefgh"}}\n\n' * 5
+    )
     t = _native.ResponsesTranslator(RESPONSE_ID, REQUEST.head_json())
-    out = t.feed(MESSAGE_START + text + b"event: content_block_delta\ndata: {\"ty")
+    out = t.feed(MESSAGE_START + text + b'event: content_block_delta\ndata: {"ty')
     end = t.finish()
     evs = events(out + end)
     assert evs[-1]["type"] == "response.failed" and evs[-1]["response"]["error"]["code"] == "server_error"

@@ -19,8 +19,11 @@ from ethereal.upstream.service import stored_credential_count
 
 def legacy_token(secret: str, plaintext: str) -> str:
     """What the gateway stored before the KDF: Fernet keyed by sha256 of the secret."""
-    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())).encrypt(
-        plaintext.encode()).decode()
+    return (
+        Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()))
+        .encrypt(plaintext.encode())
+        .decode()
+    )
 
 
 def test_passphrase_goes_through_scrypt_with_a_stored_salt() -> None:
@@ -30,7 +33,9 @@ def test_passphrase_goes_through_scrypt_with_a_stored_salt() -> None:
     assert prefix == "v2" and len(base64.urlsafe_b64decode(salt)) == 16
     # not the old sha256 stretching: that key cannot open it
     with pytest.raises(InvalidToken):
-        Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"correct horse battery staple").digest())).decrypt(body)
+        Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"correct horse battery staple").digest())).decrypt(
+            body
+        )
     # another process (another salt for its own writes) reads it through the stored salt
     other = SecretBox("correct horse battery staple")
     assert other.decrypt(token) == "sk-ant-upstream"
@@ -59,8 +64,11 @@ def test_legacy_values_still_decrypt_and_are_flagged() -> None:
 async def test_startup_migration_rewraps_stored_credentials(tmp_path: Path) -> None:
     store = await SQLiteStore.open(str(tmp_path / "c.sqlite3"))
     await store.migrate()
-    await store.upsert_credential(StoredCredential(name="a", base_url="http://127.0.0.1:1",
-                                                   api_key_enc=legacy_token("pass phrase", "sk-ant-a")))
+    await store.upsert_credential(
+        StoredCredential(
+            name="a", base_url="http://127.0.0.1:1", api_key_enc=legacy_token("pass phrase", "sk-ant-a")
+        )
+    )
     settings = Settings(secret_key="pass phrase", data_dir=tmp_path)
     assert await stored_credential_count(store, settings) == 1
     row = await store.get_credential("a")

@@ -42,7 +42,11 @@ def _assigned_attributes(cls: type) -> set[str]:
         elif isinstance(node, ast.AnnAssign | ast.AugAssign):
             targets = [node.target]
         for target in targets:
-            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+            if (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "self"
+            ):
                 names.add(target.attr)
     return names
 
@@ -76,8 +80,18 @@ def test_protocol_methods_server_py_uses_keep_their_signature(name: str) -> None
 
 
 def test_protocol_state_server_py_reads_is_still_there() -> None:
-    assert {"loop", "logger", "parser", "server_state", "connections", "transport", "flow", "cycle",
-            "headers", "timeout_keep_alive_task"} <= _assigned_attributes(HttpToolsProtocol)
+    assert {
+        "loop",
+        "logger",
+        "parser",
+        "server_state",
+        "connections",
+        "transport",
+        "flow",
+        "cycle",
+        "headers",
+        "timeout_keep_alive_task",
+    } <= _assigned_attributes(HttpToolsProtocol)
     assert {"response_started", "response_complete"} <= _assigned_attributes(RequestResponseCycle)
     assert "read_paused" in _assigned_attributes(FlowControl)
     # the sweeper is kept on the shared server state (server._sweeper_of): it must take new attributes
@@ -90,21 +104,38 @@ def test_protocol_state_server_py_reads_is_still_there() -> None:
 # GuardedHttpToolsProtocol.data_received is a copy of its logic plus the limits, so any change
 # to it must be carried over. The same in 0.31.0 and 0.55.0.
 DATA_RECEIVED_FINGERPRINT = "caa12599ec2ae0eb7aa475ca20d6c7ef"
-_LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+_LAYOUT = {
+    tokenize.COMMENT,
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENDMARKER,
+}
 
 
 def test_data_received_is_the_logic_server_py_copied() -> None:
     source = textwrap.dedent(inspect.getsource(HttpToolsProtocol.data_received))
-    tokens = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in _LAYOUT]
+    tokens = [
+        t.string for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in _LAYOUT
+    ]
     digest = hashlib.sha256(" ".join(tokens).encode()).hexdigest()[:32]
     assert digest == DATA_RECEIVED_FINGERPRINT, (
         "uvicorn's HttpToolsProtocol.data_received changed: carry the change over to"
-        " GuardedHttpToolsProtocol.data_received (server.py), then update the fingerprint")
+        " GuardedHttpToolsProtocol.data_received (server.py), then update the fingerprint"
+    )
 
 
 def test_the_guarded_protocol_overrides_with_the_same_signatures() -> None:
-    for name in ("connection_made", "connection_lost", "data_received", "handle_websocket_upgrade",
-                 "on_headers_complete", "on_message_complete", "on_response_complete"):
+    for name in (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "handle_websocket_upgrade",
+        "on_headers_complete",
+        "on_message_complete",
+        "on_response_complete",
+    ):
         assert _parameters(getattr(GuardedHttpToolsProtocol, name)) == PROTOCOL_METHODS[name], name
 
 
@@ -125,8 +156,16 @@ def test_server_hooks_serving_py_overrides_keep_their_signature(name: str) -> No
 
 
 def test_server_state_serving_py_reads_is_still_there() -> None:
-    assert {"started", "should_exit", "force_exit", "servers", "lifespan", "server_state"} \
-        <= _assigned_attributes(uvicorn.Server)
+    assert {
+        "started",
+        "should_exit",
+        "force_exit",
+        "servers",
+        "lifespan",
+        "server_state",
+    } <= _assigned_attributes(uvicorn.Server)
     assert {"connections", "tasks"} <= _assigned_attributes(ServerState)
     assert "handshake_complete" in _assigned_attributes(WSProtocol)
-    assert callable(getattr(WSProtocol, "shutdown", None)) and callable(getattr(HttpToolsProtocol, "shutdown", None))
+    assert callable(getattr(WSProtocol, "shutdown", None)) and callable(
+        getattr(HttpToolsProtocol, "shutdown", None)
+    )

@@ -37,22 +37,32 @@ def test_group_tokens_first_piece() -> None:
 
 
 def test_directives() -> None:
-    d = _gen.parse_directives("please sim:replay foo-bar.0 and sim:tokens=12 "
-                              "sim:fault=429,retry_after=3 sim:stop")
+    d = _gen.parse_directives(
+        "please sim:replay foo-bar.0 and sim:tokens=12 sim:fault=429,retry_after=3 sim:stop"
+    )
     assert d == {"replay": "foo-bar.0", "tokens": "12", "fault": "429,retry_after=3", "stop": ""}
     assert _gen.parse_directives("nothing here") == {}
-    text, has_tr = _gen.last_user_text([
-        {"role": "user", "content": "first sim:tokens=5"},
-        {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "r"},
-                                     {"type": "text", "text": "more"}]},
-    ])
+    text, has_tr = _gen.last_user_text(
+        [
+            {"role": "user", "content": "first sim:tokens=5"},
+            {"role": "assistant", "content": "ok"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": "r"},
+                    {"type": "text", "text": "more"},
+                ],
+            },
+        ]
+    )
     assert text == "more" and has_tr
 
 
 def test_input_token_rule() -> None:
-    req = {"system": "s" * 40,
-           "messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 41}]}]}
+    req = {
+        "system": "s" * 40,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 41}]}],
+    }
     assert _gen.count_input_chars(req) == 81
     cache = _gen.PromptCache()
     assert cache.account(req, "m", False) == (21, 0, 0, 0)
@@ -61,8 +71,13 @@ def test_input_token_rule() -> None:
 def test_prompt_cache_segments() -> None:
     cache = _gen.PromptCache()
     req = {
-        "tools": [{"name": "t", "input_schema": {"type": "object"},
-                   "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "tools": [
+            {
+                "name": "t",
+                "input_schema": {"type": "object"},
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            }
+        ],
         "system": [{"type": "text", "text": "a" * 4000, "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": "q" * 400}],
     }
@@ -83,14 +98,21 @@ def test_prompt_cache_segments() -> None:
 
 
 def test_tool_input_from_schema() -> None:
-    schema = {"type": "object", "required": ["s", "n", "i", "b", "e", "arr", "obj", "opt"],
-              "properties": {"s": {"type": "string", "maxLength": 5}, "n": {"type": "number"},
-                             "i": {"type": "integer", "minimum": 3, "maximum": 4}, "b": {"type": "boolean"},
-                             "e": {"enum": ["x", "y"]}, "arr": {"type": "array", "items": {"type": "integer"},
-                                                               "minItems": 2},
-                             "obj": {"type": "object", "properties": {"z": {"type": "string"}}},
-                             "opt": {"anyOf": [{"type": "null"}, {"type": "string", "format": "date"}]},
-                             "never": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "required": ["s", "n", "i", "b", "e", "arr", "obj", "opt"],
+        "properties": {
+            "s": {"type": "string", "maxLength": 5},
+            "n": {"type": "number"},
+            "i": {"type": "integer", "minimum": 3, "maximum": 4},
+            "b": {"type": "boolean"},
+            "e": {"enum": ["x", "y"]},
+            "arr": {"type": "array", "items": {"type": "integer"}, "minItems": 2},
+            "obj": {"type": "object", "properties": {"z": {"type": "string"}}},
+            "opt": {"anyOf": [{"type": "null"}, {"type": "string", "format": "date"}]},
+            "never": {"type": "string"},
+        },
+    }
     v = _gen.tool_input({"name": "t", "input_schema": schema}, random.Random(1))
     assert set(v) == {"s", "n", "i", "b", "e", "arr", "obj", "opt"}
     assert isinstance(v["s"], str) and len(v["s"]) <= 5
@@ -133,7 +155,7 @@ def test_recordings_split_and_assemble(path: Path) -> None:
 
 
 def test_library_lookup(tmp_path: Path) -> None:
-    (tmp_path / "mine.sse").write_bytes(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+    (tmp_path / "mine.sse").write_bytes(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     lib = Library(str(tmp_path))
     assert lib.get("mine") is not None and lib.get("mine.sse") is not None
     assert lib.get(FIXTURES[0].stem) is not None  # falls back to the bundled copies

@@ -13,22 +13,36 @@ def ts(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
 
 
 def lim(scope: str, sid: str, period: str, cents: int | None, shared: bool = False) -> SpendLimit:
-    return SpendLimit(id=f"spl_{scope}_{sid}_{period}_{shared}", scope_type=scope, scope_id=sid, period=period,
-                      amount_cents=cents, shared=shared)
+    return SpendLimit(
+        id=f"spl_{scope}_{sid}_{period}_{shared}",
+        scope_type=scope,
+        scope_id=sid,
+        period=period,
+        amount_cents=cents,
+        shared=shared,
+    )
 
 
-@pytest.mark.parametrize(("at", "period", "start", "end"), [
-    (ts(2026, 12, 7, 13, 5), "daily", ts(2026, 12, 7), ts(2026, 12, 8)),
-    (ts(2026, 12, 7, 0, 0), "daily", ts(2026, 12, 7), ts(2026, 12, 8)),  # the boundary belongs to the new day
-    (ts(2026, 12, 6, 23, 59, 59), "daily", ts(2026, 12, 6), ts(2026, 12, 7)),
-    (ts(2026, 12, 7, 9), "weekly", ts(2026, 12, 7), ts(2026, 12, 14)),  # 2026-12-07 is a Monday
-    (ts(2026, 12, 13, 23, 59), "weekly", ts(2026, 12, 7), ts(2026, 12, 14)),  # Sunday
-    (ts(2026, 12, 6, 12), "weekly", ts(2026, 11, 30), ts(2026, 12, 7)),
-    (ts(2027, 1, 1, 0, 0), "weekly", ts(2026, 12, 28), ts(2027, 1, 4)),  # across a year
-    (ts(2026, 12, 31, 23, 59), "monthly", ts(2026, 12, 1), ts(2027, 1, 1)),
-    (ts(2028, 2, 29, 12), "monthly", ts(2028, 2, 1), ts(2028, 3, 1)),  # leap year
-    (ts(2026, 2, 1), "monthly", ts(2026, 2, 1), ts(2026, 3, 1)),
-])
+@pytest.mark.parametrize(
+    ("at", "period", "start", "end"),
+    [
+        (ts(2026, 12, 7, 13, 5), "daily", ts(2026, 12, 7), ts(2026, 12, 8)),
+        (
+            ts(2026, 12, 7, 0, 0),
+            "daily",
+            ts(2026, 12, 7),
+            ts(2026, 12, 8),
+        ),  # the boundary belongs to the new day
+        (ts(2026, 12, 6, 23, 59, 59), "daily", ts(2026, 12, 6), ts(2026, 12, 7)),
+        (ts(2026, 12, 7, 9), "weekly", ts(2026, 12, 7), ts(2026, 12, 14)),  # 2026-12-07 is a Monday
+        (ts(2026, 12, 13, 23, 59), "weekly", ts(2026, 12, 7), ts(2026, 12, 14)),  # Sunday
+        (ts(2026, 12, 6, 12), "weekly", ts(2026, 11, 30), ts(2026, 12, 7)),
+        (ts(2027, 1, 1, 0, 0), "weekly", ts(2026, 12, 28), ts(2027, 1, 4)),  # across a year
+        (ts(2026, 12, 31, 23, 59), "monthly", ts(2026, 12, 1), ts(2027, 1, 1)),
+        (ts(2028, 2, 29, 12), "monthly", ts(2028, 2, 1), ts(2028, 3, 1)),  # leap year
+        (ts(2026, 2, 1), "monthly", ts(2026, 2, 1), ts(2026, 3, 1)),
+    ],
+)
 def test_periods_reset_on_utc_calendar_boundaries(at: float, period: str, start: float, end: float) -> None:
     assert period_start(period, at) == start
     assert period_end(period, at) == end
@@ -42,14 +56,16 @@ def test_reset_text_names_the_reset() -> None:
 
 
 def test_resolution_user_then_tightest_group_then_organization_then_unlimited() -> None:
-    book = LimitBook.of([
-        lim("organization", "", "daily", 1000),
-        lim("rbac_group", "eng", "daily", 500),
-        lim("rbac_group", "ml", "daily", 300),
-        lim("rbac_group", "ops", "daily", None),  # an explicit unlimited group cap is the loosest
-        lim("user", "alice", "daily", 5000),
-        lim("user", "bob", "weekly", 0),
-    ])
+    book = LimitBook.of(
+        [
+            lim("organization", "", "daily", 1000),
+            lim("rbac_group", "eng", "daily", 500),
+            lim("rbac_group", "ml", "daily", 300),
+            lim("rbac_group", "ops", "daily", None),  # an explicit unlimited group cap is the loosest
+            lim("user", "alice", "daily", 5000),
+            lim("user", "bob", "weekly", 0),
+        ]
+    )
     r = book.resolve("alice", ["eng"], "daily")
     assert (r.source, r.amount_micro) == ("user", 5000 * 10_000)  # the override wins, even when looser
     r = book.resolve("carol", ["eng", "ml", "ops"], "daily")
@@ -66,20 +82,25 @@ def test_resolution_user_then_tightest_group_then_organization_then_unlimited() 
 
 
 def test_shared_pools_and_key_caps_are_checked_beside_the_person() -> None:
-    book = LimitBook.of([
-        lim("rbac_group", "eng", "monthly", 10_000, shared=True),
-        lim("rbac_group", "eng", "monthly", 2_000),
-        lim("organization", "", "monthly", 100_000, shared=True),
-        lim("api_key", "key_1", "daily", 50),
-    ])
+    book = LimitBook.of(
+        [
+            lim("rbac_group", "eng", "monthly", 10_000, shared=True),
+            lim("rbac_group", "eng", "monthly", 2_000),
+            lim("organization", "", "monthly", 100_000, shared=True),
+            lim("api_key", "key_1", "daily", 50),
+        ]
+    )
     r = book.resolve("alice", ["eng"], "monthly")
     assert (r.source, r.amount_micro) == ("rbac_group", 2_000 * 10_000)  # the pooled cap is no default
     assert [p.scope_type for p in book.pools(["eng"], "monthly")] == ["rbac_group", "organization"]
     assert book.pools(["ml"], "monthly")[0].scope_type == "organization"
     got = checks(book, "alice", ["eng"], "key_1")
     assert {(c.period, c.kind, c.amount_micro) for c in got} == {
-        ("daily", "key", 500_000), ("monthly", "person", 20_000_000), ("monthly", "pool", 100_000_000),
-        ("monthly", "pool", 1_000_000_000)}
+        ("daily", "key", 500_000),
+        ("monthly", "person", 20_000_000),
+        ("monthly", "pool", 100_000_000),
+        ("monthly", "pool", 1_000_000_000),
+    }
     assert book.governs("x", [], "key_1")
     assert book.governs("x", [], None)  # the organization's pool
     assert not LimitBook.of([]).governs("x", ["eng"], "key_1")

@@ -22,7 +22,7 @@ from ethereal.upstream.client import (
 
 pytestmark = pytest.mark.asyncio
 
-_STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+_STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
 def _chunk(data: bytes) -> bytes:
@@ -70,7 +70,9 @@ async def test_headers_that_never_come_time_out_as_a_connect_failure(client: Ups
         assert 0.35 < time.monotonic() - t0 < 2.0
 
 
-async def test_a_stream_whose_first_event_never_comes_fails_before_the_first_byte(client: UpstreamClient) -> None:
+async def test_a_stream_whose_first_event_never_comes_fails_before_the_first_byte(
+    client: UpstreamClient,
+) -> None:
     async def head_only(writer: asyncio.StreamWriter) -> None:
         writer.write(_STREAM_HEAD)
 

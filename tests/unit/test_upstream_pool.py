@@ -18,8 +18,13 @@ def creds(*names: str, **kw) -> list[Credential]:
 
 
 def key(i: int) -> bytes:
-    return cache_affinity({"system": [{"type": "text", "text": f"prefix {i}", "cache_control": {"type": "ephemeral"}}],
-                           "messages": [{"role": "user", "content": "hi"}]}, "claude-sonnet-4-5")
+    return cache_affinity(
+        {
+            "system": [{"type": "text", "text": f"prefix {i}", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        "claude-sonnet-4-5",
+    )
 
 
 # ---------------------------------------------------------------------- choice
@@ -115,9 +120,18 @@ def clocked(*names: str, **kw) -> tuple[Pool, Clock]:
 
 def test_failure_kinds_by_status() -> None:
     assert FailureKind.for_status(429) is FailureKind.RATE_LIMITED
-    assert FailureKind.for_status(529) is FailureKind.OVERLOADED and FailureKind.for_status(503) is FailureKind.OVERLOADED
-    assert FailureKind.for_status(500) is FailureKind.SERVER_ERROR and FailureKind.for_status(502) is FailureKind.SERVER_ERROR
-    assert FailureKind.for_status(504) is FailureKind.TIMEOUT and FailureKind.for_status(408) is FailureKind.TIMEOUT
+    assert (
+        FailureKind.for_status(529) is FailureKind.OVERLOADED
+        and FailureKind.for_status(503) is FailureKind.OVERLOADED
+    )
+    assert (
+        FailureKind.for_status(500) is FailureKind.SERVER_ERROR
+        and FailureKind.for_status(502) is FailureKind.SERVER_ERROR
+    )
+    assert (
+        FailureKind.for_status(504) is FailureKind.TIMEOUT
+        and FailureKind.for_status(408) is FailureKind.TIMEOUT
+    )
     assert FailureKind.for_status(401) is FailureKind.AUTH and FailureKind.for_status(403) is FailureKind.AUTH
     # the client's own errors never count against a credential
     for status in (400, 404, 409, 413, 422):
@@ -168,9 +182,15 @@ async def test_a_429_walls_only_its_rate_limit_group_and_is_capped() -> None:
     assert a.state(clock()) == "healthy"
     for model in ("haiku-a", "haiku-b"):  # every model of the group waits, for at most the cap
         got = await pool.acquire(model)
-        assert isinstance(got, Refusal) and got.reason is Refused.RATE_LIMITED and got.wait == pytest.approx(60.0)
+        assert (
+            isinstance(got, Refusal)
+            and got.reason is Refused.RATE_LIMITED
+            and got.wait == pytest.approx(60.0)
+        )
     assert pool.describe(a)["rate_limited_groups"] == {"haiku": pytest.approx(60.0)}
-    assert pool.earliest_recovery("haiku-a") == pytest.approx(60.0) and pool.earliest_recovery("sonnet-a") == 0.0
+    assert (
+        pool.earliest_recovery("haiku-a") == pytest.approx(60.0) and pool.earliest_recovery("sonnet-a") == 0.0
+    )
     clock.step(60.0)
     assert await pool.acquire("haiku-b") is a
     assert pool.describe(a)["rate_limited_groups"] == {}
@@ -322,21 +342,44 @@ async def test_earliest_recovery_and_describe() -> None:
 
 
 # ---------------------------------------------------------------------- affinity key
-SYSTEM = [{"type": "text", "text": "You are a helpful assistant. " * 20, "cache_control": {"type": "ephemeral"}}]
+SYSTEM = [
+    {"type": "text", "text": "You are a helpful assistant. " * 20, "cache_control": {"type": "ephemeral"}}
+]
 
 
 def test_affinity_key() -> None:
     m = "claude-sonnet-4-5"
     assert cache_affinity({"messages": [{"role": "user", "content": "hi"}]}, m) is None
     assert cache_affinity({"messages": [{"role": "user", "content": "hi"}]}, m, b'{"messages":[]}') is None
-    turn1 = {"system": SYSTEM, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "question one", "cache_control": {"type": "ephemeral"}}]}]}
-    turn2 = {"system": SYSTEM, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "question one"}]},
-        {"role": "assistant", "content": "answer"},
-        {"role": "user", "content": [{"type": "text", "text": "next", "cache_control": {"type": "ephemeral"}}]}]}
-    other = {"system": SYSTEM, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "question two", "cache_control": {"type": "ephemeral"}}]}]}
+    turn1 = {
+        "system": SYSTEM,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "question one", "cache_control": {"type": "ephemeral"}}],
+            }
+        ],
+    }
+    turn2 = {
+        "system": SYSTEM,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "question one"}]},
+            {"role": "assistant", "content": "answer"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "next", "cache_control": {"type": "ephemeral"}}],
+            },
+        ],
+    }
+    other = {
+        "system": SYSTEM,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "question two", "cache_control": {"type": "ephemeral"}}],
+            }
+        ],
+    }
     k1, k2, k3 = cache_affinity(turn1, m), cache_affinity(turn2, m), cache_affinity(other, m)
     assert k1 is not None and len(k1) == 16
     assert k1 == k2  # a conversation keeps its key as the breakpoint moves forward
@@ -347,17 +390,35 @@ def test_affinity_key() -> None:
     assert cache_affinity(turn2_str, m) == k1
     # breakpoint only in the system prompt: every conversation with it shares the key
     sys_only = {"system": SYSTEM, "messages": [{"role": "user", "content": "a"}]}
-    assert cache_affinity(sys_only, m) == cache_affinity({**sys_only, "messages": [{"role": "user", "content": "b"}]}, m)
+    assert cache_affinity(sys_only, m) == cache_affinity(
+        {**sys_only, "messages": [{"role": "user", "content": "b"}]}, m
+    )
     # tools: the prefix stops at the tool with the breakpoint
-    tools = [{"name": "t1", "input_schema": {}, "cache_control": {"type": "ephemeral"}}, {"name": "t2", "input_schema": {}}]
+    tools = [
+        {"name": "t1", "input_schema": {}, "cache_control": {"type": "ephemeral"}},
+        {"name": "t2", "input_schema": {}},
+    ]
     a = cache_affinity({"tools": tools, "messages": [{"role": "user", "content": "x"}]}, m)
-    b = cache_affinity({"tools": [*tools[:1], {"name": "t3", "input_schema": {}}], "system": "s",
-                        "messages": [{"role": "user", "content": "y"}]}, m)
+    b = cache_affinity(
+        {
+            "tools": [*tools[:1], {"name": "t3", "input_schema": {}}],
+            "system": "s",
+            "messages": [{"role": "user", "content": "y"}],
+        },
+        m,
+    )
     assert a == b
     # automatic caching (top-level cache_control): keyed by the conversation
-    auto1 = {"cache_control": {"type": "ephemeral"}, "system": "s", "messages": [{"role": "user", "content": "q"}]}
-    auto2 = {**auto1, "messages": auto1["messages"] + [{"role": "assistant", "content": "r"},
-                                                         {"role": "user", "content": "q2"}]}
+    auto1 = {
+        "cache_control": {"type": "ephemeral"},
+        "system": "s",
+        "messages": [{"role": "user", "content": "q"}],
+    }
+    auto2 = {
+        **auto1,
+        "messages": auto1["messages"]
+        + [{"role": "assistant", "content": "r"}, {"role": "user", "content": "q2"}],
+    }
     assert cache_affinity(auto1, m) == cache_affinity(auto2, m) is not None
 
 
@@ -470,7 +531,8 @@ def test_affinity_key_of_a_large_prefix_is_stable_and_small() -> None:
     body: dict[str, Any] = {
         "system": [{"type": "text", "text": "x" * 50_000, "cache_control": {"type": "ephemeral"}}],
         "tools": [{"name": f"t{i}", "input_schema": {"type": "object"}} for i in range(30)],
-        "messages": [{"role": "user", "content": "hello " * 100}] * 50}
+        "messages": [{"role": "user", "content": "hello " * 100}] * 50,
+    }
     key = cache_affinity(body, "m")
     assert key is not None and len(key) == 16 and cache_affinity(body, "m") == key
     longer = {**body, "messages": [*body["messages"], {"role": "user", "content": "more"}]}

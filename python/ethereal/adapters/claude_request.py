@@ -100,8 +100,9 @@ def max_tokens(given: int | None, max_output: int | None, default: int) -> int:
     return min(given, max_output) if max_output else given
 
 
-def fit_budget(max_tokens: int, budget: int, max_output: int | None,
-               *, explicit: bool) -> tuple[int, int | None]:
+def fit_budget(
+    max_tokens: int, budget: int, max_output: int | None, *, explicit: bool
+) -> tuple[int, int | None]:
     """(max_tokens, budget) with budget < max_tokens; budget None when thinking cannot fit."""
     if budget >= max_tokens:
         if explicit:
@@ -115,9 +116,6 @@ def fit_budget(max_tokens: int, budget: int, max_output: int | None,
     if budget < MIN_THINKING_BUDGET:
         return max_tokens, None
     return max_tokens, budget
-
-
-
 
 
 # ---- turns and blocks ---------------------------------------------------------------------------
@@ -170,8 +168,9 @@ def with_cache_control(block: dict[str, Any], part: dict[str, Any]) -> dict[str,
     return block
 
 
-def text_parts(content: Any, where: str, kinds: tuple[str, ...] = ("text",), *,
-               cache_control: bool = True) -> Blocks:
+def text_parts(
+    content: Any, where: str, kinds: tuple[str, ...] = ("text",), *, cache_control: bool = True
+) -> Blocks:
     """Text blocks of a content that may only hold text (a system or developer message)."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
@@ -188,8 +187,9 @@ def text_parts(content: Any, where: str, kinds: tuple[str, ...] = ("text",), *,
     return out
 
 
-def assistant_text_parts(content: Any, where: str, kinds: tuple[str, ...], *,
-                         cache_control: bool = True) -> Blocks:
+def assistant_text_parts(
+    content: Any, where: str, kinds: tuple[str, ...], *, cache_control: bool = True
+) -> Blocks:
     """Text blocks of an assistant message's content (text and refusal parts; the part types
     named by ``kinds``, the refusal's text in ``refusal``)."""
     if isinstance(content, str):
@@ -204,8 +204,9 @@ def assistant_text_parts(content: Any, where: str, kinds: tuple[str, ...], *,
             raise invalid_request(f"{where}[{j}]: must be an object", param=f"{where}[{j}]")
         text = part.get("refusal") if part.get("type") == "refusal" else part.get("text")
         if part.get("type") not in kinds or not isinstance(text, str):
-            raise invalid_request(f"{where}[{j}]: assistant content parts must be {kinds[0]} or refusal",
-                                  param=f"{where}[{j}]")
+            raise invalid_request(
+                f"{where}[{j}]: assistant content parts must be {kinds[0]} or refusal", param=f"{where}[{j}]"
+            )
         if text:
             block = {"type": "text", "text": text}
             out.append(with_cache_control(block, part) if cache_control else block)
@@ -237,11 +238,15 @@ def image_source(url: str, where: str) -> dict[str, Any]:
     if url.startswith("data:"):
         match = _DATA_URL.match(url)
         if match is None:
-            raise invalid_request(f"{where}: a data URL must be base64 (data:image/png;base64,...)", param=where)
+            raise invalid_request(
+                f"{where}: a data URL must be base64 (data:image/png;base64,...)", param=where
+            )
         media_type = (match.group(1) or "").lower()
         if media_type not in IMAGE_TYPES:
-            raise invalid_request(f"{where}: unsupported image type {media_type!r} "
-                                  f"(use {', '.join(sorted(IMAGE_TYPES))})", param=where)
+            raise invalid_request(
+                f"{where}: unsupported image type {media_type!r} (use {', '.join(sorted(IMAGE_TYPES))})",
+                param=where,
+            )
         return {"type": "base64", "media_type": media_type, "data": match.group(3)}
     if url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}
@@ -253,8 +258,9 @@ def file_block(spec: Any, where: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise invalid_request(f"{where}: must be an object", param=where)
     if spec.get("file_id") is not None and spec.get("file_data") is None:
-        raise invalid_request(f"{where}.file_id: uploaded files are not supported; send file_data",
-                              param=f"{where}.file_id")
+        raise invalid_request(
+            f"{where}.file_id: uploaded files are not supported; send file_data", param=f"{where}.file_id"
+        )
     data = spec.get("file_data")
     if not isinstance(data, str) or not data:
         raise invalid_request(f"{where}.file_data: required", param=f"{where}.file_data")
@@ -264,25 +270,31 @@ def file_block(spec: Any, where: str) -> dict[str, Any]:
         media_type = (match.group(1) or media_type).lower()
         data = match.group(3)
     if media_type == "application/pdf":
-        block: dict[str, Any] = {"type": "document",
-                                 "source": {"type": "base64", "media_type": media_type, "data": data}}
+        block: dict[str, Any] = {
+            "type": "document",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
     elif media_type == "text/plain":
         try:
             text = base64.b64decode(data, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            raise invalid_request(f"{where}.file_data: not valid base64 UTF-8 text",
-                                  param=f"{where}.file_data") from None
+            raise invalid_request(
+                f"{where}.file_data: not valid base64 UTF-8 text", param=f"{where}.file_data"
+            ) from None
         block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
     else:
-        raise invalid_request(f"{where}.file_data: unsupported file type {media_type!r} (PDF or plain text)",
-                              param=f"{where}.file_data")
+        raise invalid_request(
+            f"{where}.file_data: unsupported file type {media_type!r} (PDF or plain text)",
+            param=f"{where}.file_data",
+        )
     if isinstance(spec.get("filename"), str) and spec["filename"]:
         block["title"] = spec["filename"]
     return block
 
 
-def tool_result(tool_use_id: str, content: Any, where: str, field: str,
-                parts: Callable[[Any, str], Blocks]) -> dict[str, Any]:
+def tool_result(
+    tool_use_id: str, content: Any, where: str, field: str, parts: Callable[[Any, str], Blocks]
+) -> dict[str, Any]:
     """A ``tool_result`` block: a string, content parts (translated by ``parts``), or the older
     ``{"content": "...", "success": false}`` object some clients send."""
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
@@ -370,7 +382,9 @@ class Built:
     """The Claude body and what the reply side and the response headers need."""
 
     body: dict[str, Any]
-    json_tool: str | None = None  # the forced tool that carries a JSON answer (models without structured outputs)
+    json_tool: str | None = (
+        None  # the forced tool that carries a JSON answer (models without structured outputs)
+    )
     notes: dict[str, str] = field(default_factory=dict)  # response headers saying what was changed
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -441,8 +455,14 @@ def _asked_thinking(asked: Asked, rules: Rules) -> _Thinking:
     return t
 
 
-def build_body(asked: Asked, rules: Rules | None, *, max_output: int | None, default_max_tokens: int | None = None,
-               auto_cache: bool | None = None) -> Built:
+def build_body(
+    asked: Asked,
+    rules: Rules | None,
+    *,
+    max_output: int | None,
+    default_max_tokens: int | None = None,
+    auto_cache: bool | None = None,
+) -> Built:
     """The Claude body for ``asked`` that the model with these ``rules`` accepts.
 
     Every choice is read from the rules (models.toml), never from the model's name. Where the
@@ -477,25 +497,40 @@ def build_body(asked: Asked, rules: Rules | None, *, max_output: int | None, def
         instruction = _json_instruction(asked.fmt)
         if kind == "json_schema" and rules.structured_outputs:
             output_format = {"type": "json_schema", "schema": structured_schema(asked.fmt["schema"])}
-        elif asked.fmt["schema"].get("type") != "object" or tools or thinking.on or not rules.forced_tool_choice:
+        elif (
+            asked.fmt["schema"].get("type") != "object"
+            or tools
+            or thinking.on
+            or not rules.forced_tool_choice
+        ):
             system.append({"type": "text", "text": instruction})
         else:
             built.json_tool = JSON_TOOL
-            tools = [{"name": JSON_TOOL, "description": asked.fmt.get("description")
-                      or "Give your complete answer as this tool's input.", "input_schema": asked.fmt["schema"]}]
+            tools = [
+                {
+                    "name": JSON_TOOL,
+                    "description": asked.fmt.get("description")
+                    or "Give your complete answer as this tool's input.",
+                    "input_schema": asked.fmt["schema"],
+                }
+            ]
             tool_choice = {"type": "tool", "name": JSON_TOOL}
 
     forcing = bool(tools) and tool_choice is not None and tool_choice["type"] in ("any", "tool")
     if forcing and not rules.forced_tool_choice:
         raise invalid_request(
-            f"{asked.tool_choice_param}: {asked.model} does not accept a forced tool choice (\"required\" or a "
-            "named function); send \"auto\" and describe the tool to use in the prompt, or use a model that "
-            "accepts it", param=asked.tool_choice_param)
+            f'{asked.tool_choice_param}: {asked.model} does not accept a forced tool choice ("required" or a '
+            'named function); send "auto" and describe the tool to use in the prompt, or use a model that '
+            "accepts it",
+            param=asked.tool_choice_param,
+        )
     if forcing and thinking.on and not rules.forced_tool_with_thinking:
         if not thinking.can_turn_off():
             raise invalid_request(
                 f"{asked.tool_choice_param}: {asked.model} thinks on every request and refuses a forced tool "
-                "choice with thinking; send \"auto\"", param=asked.tool_choice_param)
+                'choice with thinking; send "auto"',
+                param=asked.tool_choice_param,
+            )
         if thinking.state == "on":
             notes[THINKING_NOTE] = "off; reason=forced-tool-choice"
         thinking.state = "off"
@@ -508,8 +543,9 @@ def build_body(asked: Asked, rules: Rules | None, *, max_output: int | None, def
 
     _thinking_body(built.body, thinking, rules, asked, notes)
     if "thinking" in built.body and built.body["thinking"].get("type") == "enabled":
-        limit, budget = fit_budget(limit, built.body["thinking"]["budget_tokens"], max_output,
-                                   explicit=asked.client_max is not None)
+        limit, budget = fit_budget(
+            limit, built.body["thinking"]["budget_tokens"], max_output, explicit=asked.client_max is not None
+        )
         if budget is None:
             del built.body["thinking"]
             built.body.pop("output_config", None)
@@ -538,8 +574,9 @@ def build_body(asked: Asked, rules: Rules | None, *, max_output: int | None, def
     return built
 
 
-def _thinking_body(out: dict[str, Any], thinking: _Thinking, rules: Rules, asked: Asked,
-                   notes: dict[str, str]) -> None:
+def _thinking_body(
+    out: dict[str, Any], thinking: _Thinking, rules: Rules, asked: Asked, notes: dict[str, str]
+) -> None:
     """``thinking`` and ``output_config.effort`` for the decision taken."""
     if thinking.state == "default":
         if thinking.on and asked.summary:
@@ -566,7 +603,9 @@ def _thinking_body(out: dict[str, Any], thinking: _Thinking, rules: Rules, asked
     if rules.adaptive:
         block: dict[str, Any] = {"type": "adaptive"}
     elif rules.budget_thinking:
-        budget = thinking.budget or THINKING_BUDGETS.get(thinking.effort or "medium", THINKING_BUDGETS["medium"])
+        budget = thinking.budget or THINKING_BUDGETS.get(
+            thinking.effort or "medium", THINKING_BUDGETS["medium"]
+        )
         block = {"type": "enabled", "budget_tokens": budget}
     else:
         return  # a model that cannot think: nothing to ask
@@ -639,8 +678,10 @@ def _prefill(messages: list[dict[str, Any]], rules: Rules, notes: dict[str, str]
         return  # tool calls or thinking last: not a prefill (Claude says what is wrong with it)
     messages.pop()
     text = "".join(b["text"] for b in last["content"])
-    note = {"type": "text", "text": "Your reply must continue this text, which is already written (do not "
-                                    f"repeat it):\n{text}"}
+    note = {
+        "type": "text",
+        "text": f"Your reply must continue this text, which is already written (do not repeat it):\n{text}",
+    }
     if messages and messages[-1]["role"] == "user":
         messages[-1]["content"].append(note)
     else:
@@ -655,7 +696,11 @@ def _thinking_restorable(messages: list[dict[str, Any]]) -> bool:
     block when thinking is on; history without one (from another model, or reasoning the
     client dropped) would be refused."""
     last = messages[-1] if messages else None
-    if last is None or last["role"] != "user" or not any(b.get("type") == "tool_result" for b in last["content"]):
+    if (
+        last is None
+        or last["role"] != "user"
+        or not any(b.get("type") == "tool_result" for b in last["content"])
+    ):
         return True
     for msg in reversed(messages):
         if msg["role"] == "assistant":
@@ -666,8 +711,19 @@ def _thinking_restorable(messages: list[dict[str, Any]]) -> bool:
 
 # ---- JSON output --------------------------------------------------------------------------------
 
-_UNSUPPORTED_SCHEMA = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
-                       "maxLength", "pattern", "maxItems", "minProperties", "maxProperties")
+_UNSUPPORTED_SCHEMA = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+)
 
 
 def response_format(fmt: Any, param: str = "response_format") -> dict[str, Any] | None:
@@ -680,13 +736,17 @@ def response_format(fmt: Any, param: str = "response_format") -> dict[str, Any] 
         return None
     if kind == "json_object":
         # any object: a tool's input schema can say it, structured outputs (every object closed) cannot
-        return {"type": "json_object", "schema": {"type": "object", "additionalProperties": True},
-                "description": "Give your complete answer as this tool's input: a single JSON object."}
+        return {
+            "type": "json_object",
+            "schema": {"type": "object", "additionalProperties": True},
+            "description": "Give your complete answer as this tool's input: a single JSON object.",
+        }
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise invalid_request(f"{param}.json_schema: must be an object with a schema",
-                                  param=f"{param}.json_schema")
+            raise invalid_request(
+                f"{param}.json_schema: must be an object with a schema", param=f"{param}.json_schema"
+            )
         schema = spec.get("schema") or {"type": "object"}
         if "type" not in schema and "properties" in schema:
             schema = {"type": "object", **schema}
@@ -700,8 +760,10 @@ def response_format(fmt: Any, param: str = "response_format") -> dict[str, Any] 
 def _json_instruction(fmt: dict[str, Any]) -> str:
     if fmt["type"] == "json_object":
         return "Respond only with a single valid JSON object, with no other text before or after it."
-    return ("Respond only with a JSON value that conforms to this JSON Schema, with no other text before or "
-            f"after it:\n{orjson.dumps(fmt['schema']).decode()}")
+    return (
+        "Respond only with a JSON value that conforms to this JSON Schema, with no other text before or "
+        f"after it:\n{orjson.dumps(fmt['schema']).decode()}"
+    )
 
 
 def structured_schema(schema: Any, depth: int = 0) -> Any:
@@ -721,15 +783,20 @@ def structured_schema(schema: Any, depth: int = 0) -> Any:
         if key in _UNSUPPORTED_SCHEMA or (key == "minItems" and value not in (0, 1)):
             moved.append(f"{key}: {orjson.dumps(value).decode()}")
         elif key in ("properties", "$defs", "definitions", "patternProperties"):
-            out[key] = {k: structured_schema(v, depth + 1) for k, v in value.items()} \
-                if isinstance(value, dict) else value
+            out[key] = (
+                {k: structured_schema(v, depth + 1) for k, v in value.items()}
+                if isinstance(value, dict)
+                else value
+            )
         elif key in ("items", "anyOf", "allOf", "oneOf", "not", "additionalProperties", "prefixItems"):
             out[key] = structured_schema(value, depth + 1) if isinstance(value, dict | list) else value
         else:
             out[key] = value
     if moved:
         note = "{" + ", ".join(moved) + "}"
-        out["description"] = f"{out['description']} {note}" if isinstance(out.get("description"), str) else note
+        out["description"] = (
+            f"{out['description']} {note}" if isinstance(out.get("description"), str) else note
+        )
     if out.get("type") == "object" and "additionalProperties" not in out:
         out["additionalProperties"] = False
     return out
@@ -753,7 +820,8 @@ def cache_breakpoints(system: Blocks, tools: Blocks, messages: list[dict[str, An
     of priority, as many as fit beside the client's own ``cache_control`` in Claude's four: each
     turn's request reads the prefix the previous turn wrote. Returns how many were added."""
     used = sum(1 for b in (*tools, *system) if "cache_control" in b) + sum(
-        1 for m in messages for b in m["content"] if isinstance(b, dict) and "cache_control" in b)
+        1 for m in messages for b in m["content"] if isinstance(b, dict) and "cache_control" in b
+    )
     added = 0
 
     def room() -> bool:

@@ -75,9 +75,16 @@ class ChatRequest:
 # ---- request ----------------------------------------------------------------------------
 
 
-def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, rules: Rules | None = None,
-                 default_max_tokens: int | None = None, auto_cache: bool | None = None,
-                 drop_thinking: bool = False) -> ChatRequest:
+def to_anthropic(
+    body: dict[str, Any],
+    *,
+    model: str,
+    max_output: int | None,
+    rules: Rules | None = None,
+    default_max_tokens: int | None = None,
+    auto_cache: bool | None = None,
+    drop_thinking: bool = False,
+) -> ChatRequest:
     """Translate a Chat Completions request body (already parsed) for ``model``.
 
     ``rules``: the model's request rules (models.toml; without them, the shipped registry's for
@@ -98,12 +105,23 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, ru
     system, messages = translate_messages(raw_messages)
     tools, legacy = _tools(body)
     tool_choice = _tool_choice(body, tools, legacy)
-    if tools and isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
+    if (
+        tools
+        and isinstance(body.get("tool_choice"), dict)
+        and body["tool_choice"].get("type") == "allowed_tools"
+    ):
         tools = _allowed_tools(body["tool_choice"], tools)
-    asked = cr.Asked(model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
-                     tool_choice_param="function_call" if body.get("tool_choice") is None
-                     and body.get("function_call") is not None else "tool_choice",
-                     client_max=_client_max(body))
+    asked = cr.Asked(
+        model=model,
+        system=system,
+        messages=messages,
+        tools=tools,
+        tool_choice=tool_choice,
+        tool_choice_param="function_call"
+        if body.get("tool_choice") is None and body.get("function_call") is not None
+        else "tool_choice",
+        client_max=_client_max(body),
+    )
     _thinking(body, asked)
     asked.summary = asked.effort not in (None, "none") or _reads_reasoning(raw_messages)
     cr.sampling_params(body, asked, top_k=True)
@@ -111,8 +129,9 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, ru
     if fmt is not None:
         asked.fmt = cr.response_format(fmt)
     asked.drop_thinking = drop_thinking
-    built = cr.build_body(asked, rules, max_output=max_output, default_max_tokens=default_max_tokens,
-                          auto_cache=auto_cache)
+    built = cr.build_body(
+        asked, rules, max_output=max_output, default_max_tokens=default_max_tokens, auto_cache=auto_cache
+    )
     out = built.body
     stop = _stop(body.get("stop"))
     if stop:
@@ -124,8 +143,11 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, ru
 def _reads_reasoning(messages: Any) -> bool:
     """The client sends its assistant turns back with their reasoning: it shows or keeps it."""
     return isinstance(messages, list) and any(
-        isinstance(m, dict) and m.get("role") == "assistant" and (m.get("reasoning_content") or m.get("thinking_blocks"))
-        for m in messages)
+        isinstance(m, dict)
+        and m.get("role") == "assistant"
+        and (m.get("reasoning_content") or m.get("thinking_blocks"))
+        for m in messages
+    )
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -133,19 +155,24 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     if n is not None and n != 1:
         raise invalid_request("n: only n=1 is supported (Claude returns one choice per request)", param="n")
     if body.get("logprobs"):
-        raise invalid_request("logprobs: log probabilities are not available for Claude models", param="logprobs")
+        raise invalid_request(
+            "logprobs: log probabilities are not available for Claude models", param="logprobs"
+        )
     if body.get("top_logprobs"):
-        raise invalid_request("top_logprobs: log probabilities are not available for Claude models",
-                              param="top_logprobs")
+        raise invalid_request(
+            "top_logprobs: log probabilities are not available for Claude models", param="top_logprobs"
+        )
     if body.get("audio") is not None:
         raise invalid_request("audio: audio output is not supported", param="audio")
     modalities = body.get("modalities")
     if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
-        raise invalid_request("modalities: only [\"text\"] is supported", param="modalities")
+        raise invalid_request('modalities: only ["text"] is supported', param="modalities")
     if body.get("logit_bias"):
         raise invalid_request("logit_bias: not supported for Claude models", param="logit_bias")
     if body.get("web_search_options") is not None:
-        raise invalid_request("web_search_options: not supported on this endpoint", param="web_search_options")
+        raise invalid_request(
+            "web_search_options: not supported on this endpoint", param="web_search_options"
+        )
 
 
 def _client_max(body: dict[str, Any]) -> int | None:
@@ -165,8 +192,9 @@ def _thinking(body: dict[str, Any], asked: cr.Asked) -> None:
     if effort is None:
         return
     if not isinstance(effort, str) or effort not in cr.OPENAI_EFFORTS:
-        raise invalid_request(f"reasoning_effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}",
-                              param="reasoning_effort")
+        raise invalid_request(
+            f"reasoning_effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}", param="reasoning_effort"
+        )
     asked.effort = effort
 
 
@@ -214,8 +242,9 @@ def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         if schema is None:
             schema = {"type": "object", "properties": {}}
         elif not isinstance(schema, dict):
-            raise invalid_request(f"{param}.function.parameters: must be an object",
-                                  param=f"{param}.function.parameters")
+            raise invalid_request(
+                f"{param}.function.parameters: must be an object", param=f"{param}.function.parameters"
+            )
         elif "type" not in schema:
             schema = {"type": "object", **schema}
         claude: dict[str, Any] = {"name": fn["name"]}
@@ -259,8 +288,10 @@ def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]], legacy: bool
         spec = choice.get("allowed_tools")
         mode = spec.get("mode") if isinstance(spec, dict) else None
         if mode not in ("auto", "required"):
-            raise invalid_request("tool_choice.allowed_tools.mode: must be auto or required",
-                                  param="tool_choice.allowed_tools.mode")
+            raise invalid_request(
+                "tool_choice.allowed_tools.mode: must be auto or required",
+                param="tool_choice.allowed_tools.mode",
+            )
         out = {"type": "any" if mode == "required" else "auto"}
     else:
         raise invalid_request(f"{param}: must be none, auto, required or a named function", param=param)
@@ -279,8 +310,10 @@ def _allowed_tools(choice: dict[str, Any], tools: list[dict[str, Any]]) -> list[
             names.add(entry["name"])
     kept = [t for t in tools if t["name"] in names]
     if not kept:
-        raise invalid_request("tool_choice.allowed_tools.tools: names no function in tools",
-                              param="tool_choice.allowed_tools.tools")
+        raise invalid_request(
+            "tool_choice.allowed_tools.tools: names no function in tools",
+            param="tool_choice.allowed_tools.tools",
+        )
     return kept
 
 
@@ -316,14 +349,17 @@ def translate_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[s
             name = msg.get("name")
             pending = legacy_ids.get(name) if isinstance(name, str) else None
             if not pending:
-                raise invalid_request(f"{where}: function result without a preceding function_call",
-                                      param=f"{where}.name")
+                raise invalid_request(
+                    f"{where}: function result without a preceding function_call", param=f"{where}.name"
+                )
             cr.append_turn(turns, "user", [_tool_result(pending.pop(0), msg.get("content"), where)])
         else:
             raise invalid_request(f"{where}.role: unsupported role {role!r}", param=f"{where}.role")
     cr.trim_prefill(turns)
     if not turns:
-        raise invalid_request("messages: at least one user or assistant message is required", param="messages")
+        raise invalid_request(
+            "messages: at least one user or assistant message is required", param="messages"
+        )
     return system, turns
 
 
@@ -347,7 +383,9 @@ def _user_part(part: Any, where: str) -> dict[str, Any] | None:
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str) or not url:
             raise invalid_request(f"{where}.image_url.url: required", param=f"{where}.image_url.url")
-        return cr.with_cache_control({"type": "image", "source": cr.image_source(url, f"{where}.image_url.url")}, part)
+        return cr.with_cache_control(
+            {"type": "image", "source": cr.image_source(url, f"{where}.image_url.url")}, part
+        )
     if kind == "file":
         return cr.with_cache_control(cr.file_block(part.get("file"), f"{where}.file"), part)
     if kind == "input_audio":
@@ -355,8 +393,9 @@ def _user_part(part: Any, where: str) -> dict[str, Any] | None:
     raise invalid_request(f"{where}.type: unsupported content part type {kind!r}", param=f"{where}.type")
 
 
-def _assistant_blocks(msg: dict[str, Any], where: str, i: int,
-                      legacy_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
+def _assistant_blocks(
+    msg: dict[str, Any], where: str, i: int, legacy_ids: dict[str, list[str]]
+) -> list[dict[str, Any]]:
     blocks = restore_reasoning(msg)
     texts = cr.assistant_text_parts(msg.get("content"), f"{where}.content", ("text", "refusal"))
     blocks.extend(texts)
@@ -376,16 +415,30 @@ def _assistant_blocks(msg: dict[str, Any], where: str, i: int,
                 raise invalid_request(f"{at}.id: required", param=f"{at}.id")
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise invalid_request(f"{at}.function.name: required", param=f"{at}.function.name")
-            blocks.append({"type": "tool_use", "id": cr.tool_id(call_id), "name": fn["name"],
-                           "input": cr.arguments(fn.get("arguments"), f"{at}.function.arguments")})
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": cr.tool_id(call_id),
+                    "name": fn["name"],
+                    "input": cr.arguments(fn.get("arguments"), f"{at}.function.arguments"),
+                }
+            )
     fc = msg.get("function_call")
     if fc is not None:
         if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
-            raise invalid_request(f"{where}.function_call.name: required", param=f"{where}.function_call.name")
+            raise invalid_request(
+                f"{where}.function_call.name: required", param=f"{where}.function_call.name"
+            )
         call_id = f"toolu_fn{i}"
         legacy_ids.setdefault(fc["name"], []).append(call_id)
-        blocks.append({"type": "tool_use", "id": call_id, "name": fc["name"],
-                       "input": cr.arguments(fc.get("arguments"), f"{where}.function_call.arguments")})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call_id,
+                "name": fc["name"],
+                "input": cr.arguments(fc.get("arguments"), f"{where}.function_call.arguments"),
+            }
+        )
     return blocks
 
 
@@ -419,8 +472,13 @@ def restore_reasoning(msg: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
         for block in given:
             if isinstance(block, dict) and block.get("type") == "thinking" and block.get("signature"):
-                out.append({"type": "thinking", "thinking": block.get("thinking") or "",
-                            "signature": block["signature"]})
+                out.append(
+                    {
+                        "type": "thinking",
+                        "thinking": block.get("thinking") or "",
+                        "signature": block["signature"],
+                    }
+                )
             elif isinstance(block, dict) and block.get("type") == "redacted_thinking" and block.get("data"):
                 out.append({"type": "redacted_thinking", "data": block["data"]})
         return out
@@ -433,13 +491,13 @@ def restore_reasoning(msg: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"type": "thinking", "thinking": text, "signature": signature}]
     out = []
     pos = 0
-    for entry in signature[len(SIGNATURE_PREFIX):].split("~"):
+    for entry in signature[len(SIGNATURE_PREFIX) :].split("~"):
         kind, _, rest = entry.partition(":")
         if kind == "r" and rest:
             out.append({"type": "redacted_thinking", "data": rest})
         elif kind[:1] == "t" and kind[1:].isdecimal() and len(kind) <= 12 and rest:
             n = int(kind[1:])
-            out.append({"type": "thinking", "thinking": text[pos:pos + n], "signature": rest})
+            out.append({"type": "thinking", "thinking": text[pos : pos + n], "signature": rest})
             pos += n
         else:
             return []
@@ -450,8 +508,14 @@ def restore_reasoning(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---- response ---------------------------------------------------------------------------
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
-           "model_context_window_exceeded": "length", "refusal": "content_filter"}
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "content_filter",
+}
 
 
 def finish_reason(stop_reason: str | None, tool_calls: bool, legacy: bool = False) -> str:
@@ -466,12 +530,23 @@ def openai_usage(usage: Any) -> dict[str, Any]:
     u = Usage.from_message(usage)
     writes = u.cache_5m + u.cache_1h
     prompt = u.input_tokens + writes + u.cache_read
-    return {"prompt_tokens": prompt, "completion_tokens": u.output_tokens, "total_tokens": prompt + u.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cache_read, "cache_write_tokens": writes}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": prompt + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cache_read, "cache_write_tokens": writes},
+    }
 
 
-def to_chat_completion(message: dict[str, Any], *, completion_id: str, created: int, model: str,
-                       json_tool: str | None = None, legacy_functions: bool = False) -> dict[str, Any]:
+def to_chat_completion(
+    message: dict[str, Any],
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    json_tool: str | None = None,
+    legacy_functions: bool = False,
+) -> dict[str, Any]:
     """A Messages response as a ``chat.completion``."""
     texts: list[str] = []
     reasoning: list[str] = []
@@ -505,8 +580,13 @@ def to_chat_completion(message: dict[str, Any], *, completion_id: str, created: 
                 if function_call is None:
                     function_call = {"name": block.get("name"), "arguments": arguments}
             else:
-                tool_calls.append({"id": block.get("id"), "type": "function",
-                                   "function": {"name": block.get("name"), "arguments": arguments}})
+                tool_calls.append(
+                    {
+                        "id": block.get("id"),
+                        "type": "function",
+                        "function": {"name": block.get("name"), "arguments": arguments},
+                    }
+                )
     called = bool(tool_calls) or function_call is not None
     out_message: dict[str, Any] = {
         "role": "assistant",
@@ -527,8 +607,14 @@ def to_chat_completion(message: dict[str, Any], *, completion_id: str, created: 
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": out_message, "logprobs": None,
-                     "finish_reason": finish_reason(message.get("stop_reason"), called, legacy_functions)}],
+        "choices": [
+            {
+                "index": 0,
+                "message": out_message,
+                "logprobs": None,
+                "finish_reason": finish_reason(message.get("stop_reason"), called, legacy_functions),
+            }
+        ],
         "usage": openai_usage(message.get("usage")),
     }
 

@@ -85,13 +85,14 @@ from ethereal.usage import Usage
 
 REASONING_PREFIX = "eth1r."
 MAX_TOOL_NAME = 64  # Claude's limit on a tool name
-WEB_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
-                              "web_search_preview_2025_03_11"})
+WEB_SEARCH_TOOLS = frozenset(
+    {"web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11"}
+)
 _REFUSED = {
     "previous_response_id": "previous_response_id: not supported: ethereal does not store responses; send the "
-                            "whole conversation in input (with store: false, as Codex does)",
+    "whole conversation in input (with store: false, as Codex does)",
     "conversation": "conversation: not supported: ethereal does not store conversations; send the whole "
-                    "conversation in input",
+    "conversation in input",
     "background": "background: background responses are not supported",
     "prompt": "prompt: stored prompt templates are not supported; send instructions and input",
     "top_logprobs": "top_logprobs: log probabilities are not available for Claude models",
@@ -121,9 +122,18 @@ class ResponsesRequest:
 # ---- request ----------------------------------------------------------------------------
 
 
-def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, response_id: str,
-                 created_at: int, rules: Rules | None = None, default_max_tokens: int | None = None,
-                 auto_cache: bool | None = None, drop_thinking: bool = False) -> ResponsesRequest:
+def to_anthropic(
+    body: dict[str, Any],
+    *,
+    model: str,
+    max_output: int | None,
+    response_id: str,
+    created_at: int,
+    rules: Rules | None = None,
+    default_max_tokens: int | None = None,
+    auto_cache: bool | None = None,
+    drop_thinking: bool = False,
+) -> ResponsesRequest:
     """Translate a Responses request body (already parsed) for ``model`` (``rules``: its request
     rules from the model registry, as for the chat adapter; ``auto_cache``: add cache breakpoints,
     None for the caching policy)."""
@@ -136,8 +146,11 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
         if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
             raise invalid_request("include: must be an array of strings", param="include")
         if "message.output_text.logprobs" in include:
-            raise invalid_request("include: message.output_text.logprobs: log probabilities are not available "
-                                  "for Claude models", param="include")
+            raise invalid_request(
+                "include: message.output_text.logprobs: log probabilities are not available "
+                "for Claude models",
+                param="include",
+            )
 
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, (str, list)):
@@ -161,37 +174,53 @@ def to_anthropic(body: dict[str, Any], *, model: str, max_output: int | None, re
     tools = ctx.tools
 
     tool_choice = _tool_choice(body, ctx)
-    asked = cr.Asked(model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
-                     effort_param="reasoning.effort", fmt_param="text.format",
-                     client_max=cr.positive_int(body, "max_output_tokens"), client_max_param="max_output_tokens")
+    asked = cr.Asked(
+        model=model,
+        system=system,
+        messages=messages,
+        tools=tools,
+        tool_choice=tool_choice,
+        effort_param="reasoning.effort",
+        fmt_param="text.format",
+        client_max=cr.positive_int(body, "max_output_tokens"),
+        client_max_param="max_output_tokens",
+    )
     _reasoning(body, asked)
     cr.sampling_params(body, asked, top_k=False)
     fmt = _text_format(body)
     if fmt is not None:
         asked.fmt = cr.response_format(fmt, "text.format")
     asked.drop_thinking = drop_thinking
-    built = cr.build_body(asked, rules, max_output=max_output, default_max_tokens=default_max_tokens,
-                          auto_cache=auto_cache)
+    built = cr.build_body(
+        asked, rules, max_output=max_output, default_max_tokens=default_max_tokens, auto_cache=auto_cache
+    )
     out = built.body
     cr.finish_body(body, out, stream=stream)
     cache_key = body.get("prompt_cache_key")
     if cache_key is not None and not isinstance(cache_key, str):
         raise invalid_request("prompt_cache_key: must be a string", param="prompt_cache_key")
     head = _head(body, response_id=response_id, created_at=created_at, model=model, tools=tools_in or [])
-    return ResponsesRequest(out, stream, head, ctx.custom, ctx.namespaced, built.json_tool, cache_key or None,
-                            notes=built.notes)
+    return ResponsesRequest(
+        out, stream, head, ctx.custom, ctx.namespaced, built.json_tool, cache_key or None, notes=built.notes
+    )
 
 
 def response_head(body: dict[str, Any], *, response_id: str, created_at: int, model: str) -> dict[str, Any]:
     """The response object's request-derived members for a body that is not translated (a
     WebSocket warm-up, ``generate: false``, whose input may hold only instructions)."""
     tools = body.get("tools")
-    return _head(body, response_id=response_id, created_at=created_at, model=model,
-                 tools=tools if isinstance(tools, list) else [])
+    return _head(
+        body,
+        response_id=response_id,
+        created_at=created_at,
+        model=model,
+        tools=tools if isinstance(tools, list) else [],
+    )
 
 
-def _head(body: dict[str, Any], *, response_id: str, created_at: int, model: str,
-          tools: list[Any]) -> dict[str, Any]:
+def _head(
+    body: dict[str, Any], *, response_id: str, created_at: int, model: str, tools: list[Any]
+) -> dict[str, Any]:
     reasoning: dict[str, Any] = body["reasoning"] if isinstance(body.get("reasoning"), dict) else {}
     text: dict[str, Any] = body["text"] if isinstance(body.get("text"), dict) else {}
     metadata = body.get("metadata")
@@ -210,7 +239,10 @@ def _head(body: dict[str, Any], *, response_id: str, created_at: int, model: str
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "store": False,
         "temperature": body.get("temperature") if body.get("temperature") is not None else 1.0,
-        "text": {"format": text.get("format") or {"type": "text"}, "verbosity": text.get("verbosity") or "medium"},
+        "text": {
+            "format": text.get("format") or {"type": "text"},
+            "verbosity": text.get("verbosity") or "medium",
+        },
         "tool_choice": body.get("tool_choice") if body.get("tool_choice") is not None else "auto",
         "tools": tools,
         "top_p": body.get("top_p") if body.get("top_p") is not None else 1.0,
@@ -232,8 +264,9 @@ def _reasoning(body: dict[str, Any], asked: cr.Asked) -> None:
     effort = reasoning.get("effort")
     if effort is not None:
         if not isinstance(effort, str) or effort not in cr.OPENAI_EFFORTS:
-            raise invalid_request(f"reasoning.effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}",
-                                  param="reasoning.effort")
+            raise invalid_request(
+                f"reasoning.effort: must be one of {', '.join(cr.OPENAI_EFFORTS)}", param="reasoning.effort"
+            )
         asked.effort = effort
     summary = reasoning.get("summary") or reasoning.get("generate_summary")
     asked.summary = isinstance(summary, str) and summary not in ("none", "")
@@ -305,8 +338,11 @@ class _Tools:
             self._web_search(tool)
             return
         if kind not in ("function", "custom"):
-            raise invalid_request(f"{where}.type: {kind!r} tools are not supported on this endpoint "
-                                  "(function, custom, namespace and web_search are)", param=f"{where}.type")
+            raise invalid_request(
+                f"{where}.type: {kind!r} tools are not supported on this endpoint "
+                "(function, custom, namespace and web_search are)",
+                param=f"{where}.type",
+            )
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise invalid_request(f"{where}.name: required", param=f"{where}.name")
@@ -327,14 +363,21 @@ class _Tools:
             fmt = tool.get("format")
             grammar = ""
             if isinstance(fmt, dict) and fmt.get("type") == "grammar":
-                grammar = (f"\n\nThe input must follow this {fmt.get('syntax') or 'lark'} grammar exactly:\n"
-                           f"{fmt.get('definition') or ''}")
+                grammar = (
+                    f"\n\nThe input must follow this {fmt.get('syntax') or 'lark'} grammar exactly:\n"
+                    f"{fmt.get('definition') or ''}"
+                )
             if description or grammar:
                 claude["description"] = (description + grammar).strip()
             claude["input_schema"] = {
                 "type": "object",
-                "properties": {"input": {"type": "string", "description": "The tool's raw input text." + (
-                    " It must follow the grammar in the tool description." if grammar else "")}},
+                "properties": {
+                    "input": {
+                        "type": "string",
+                        "description": "The tool's raw input text."
+                        + (" It must follow the grammar in the tool description." if grammar else ""),
+                    }
+                },
                 "required": ["input"],
             }
         else:
@@ -360,8 +403,14 @@ class _Tools:
             claude["allowed_domains"] = [d for d in filters["allowed_domains"] if isinstance(d, str)]
         loc = tool.get("user_location")
         if isinstance(loc, dict):
-            claude["user_location"] = {"type": "approximate", **{
-                k: loc[k] for k in ("city", "region", "country", "timezone") if isinstance(loc.get(k), str)}}
+            claude["user_location"] = {
+                "type": "approximate",
+                **{
+                    k: loc[k]
+                    for k in ("city", "region", "country", "timezone")
+                    if isinstance(loc.get(k), str)
+                },
+            }
         self.tools.append(claude)
         self.names.add("web_search")
 
@@ -372,7 +421,7 @@ def flat_name(namespace: str, name: str) -> str:
     if len(flat) <= MAX_TOOL_NAME:
         return flat
     digest = hashlib.sha256(flat.encode()).hexdigest()[:10]
-    return flat[:MAX_TOOL_NAME - 11] + "_" + digest
+    return flat[: MAX_TOOL_NAME - 11] + "_" + digest
 
 
 def _tool_choice(body: dict[str, Any], ctx: _Tools) -> dict[str, Any] | None:
@@ -397,9 +446,15 @@ def _tool_choice(body: dict[str, Any], ctx: _Tools) -> dict[str, Any] | None:
         if isinstance(ns, str) and isinstance(name, str):
             name = flat_name(ns, name)
         if not isinstance(name, str) or name not in ctx.names:
-            raise invalid_request("tool_choice.name: names a tool that is not in tools", param="tool_choice.name")
+            raise invalid_request(
+                "tool_choice.name: names a tool that is not in tools", param="tool_choice.name"
+            )
         out = {"type": "tool", "name": name}
-    elif isinstance(choice, dict) and isinstance(choice.get("type"), str) and choice["type"] in WEB_SEARCH_TOOLS:
+    elif (
+        isinstance(choice, dict)
+        and isinstance(choice.get("type"), str)
+        and choice["type"] in WEB_SEARCH_TOOLS
+    ):
         if not ctx.web_search:
             raise invalid_request("tool_choice: names web search, which is not in tools", param="tool_choice")
         out = {"type": "tool", "name": "web_search"}
@@ -421,7 +476,9 @@ def _tool_choice(body: dict[str, Any], ctx: _Tools) -> dict[str, Any] | None:
         ctx.tools[:] = kept
         out = {"type": "any" if mode == "required" else "auto"}
     else:
-        raise invalid_request("tool_choice: must be none, auto, required or a named tool", param="tool_choice")
+        raise invalid_request(
+            "tool_choice: must be none, auto, required or a named tool", param="tool_choice"
+        )
     if parallel is False:
         out["disable_parallel_tool_use"] = True
     return out
@@ -466,10 +523,15 @@ def _input(value: Any, system: list[dict[str, Any]], extra_tools: list[Any]) -> 
         elif kind == "web_search_call":
             continue
         elif kind == "item_reference":
-            raise invalid_request(f"{where}: item references are not supported: ethereal does not store "
-                                  "responses; send the items themselves", param=f"{where}.type")
+            raise invalid_request(
+                f"{where}: item references are not supported: ethereal does not store "
+                "responses; send the items themselves",
+                param=f"{where}.type",
+            )
         else:
-            raise invalid_request(f"{where}.type: unsupported input item type {kind!r}", param=f"{where}.type")
+            raise invalid_request(
+                f"{where}.type: unsupported input item type {kind!r}", param=f"{where}.type"
+            )
     if not turns:
         raise invalid_request("input: at least one user or assistant message is required", param="input")
     cr.trim_prefill(turns)
@@ -478,8 +540,9 @@ def _input(value: Any, system: list[dict[str, Any]], extra_tools: list[Any]) -> 
     return turns
 
 
-def _message(item: dict[str, Any], where: str, system: list[dict[str, Any]],
-             turns: list[dict[str, Any]]) -> None:
+def _message(
+    item: dict[str, Any], where: str, system: list[dict[str, Any]], turns: list[dict[str, Any]]
+) -> None:
     role = item.get("role")
     content = item.get("content")
     if role in ("system", "developer"):
@@ -504,8 +567,9 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _assistant_parts(content: Any, where: str) -> list[dict[str, Any]]:
-    return cr.assistant_text_parts(content, where, ("output_text", "input_text", "text", "refusal"),
-                                cache_control=False)
+    return cr.assistant_text_parts(
+        content, where, ("output_text", "input_text", "text", "refusal"), cache_control=False
+    )
 
 
 def _tool_result(tool_use_id: str, output: Any, where: str) -> dict[str, Any]:
@@ -523,8 +587,9 @@ def _user_part(part: Any, where: str) -> dict[str, Any] | None:
         if isinstance(url, dict):
             url = url.get("url")
         if part.get("file_id") is not None and url is None:
-            raise invalid_request(f"{where}.file_id: uploaded files are not supported; send image_url",
-                                  param=f"{where}.file_id")
+            raise invalid_request(
+                f"{where}.file_id: uploaded files are not supported; send image_url", param=f"{where}.file_id"
+            )
         if not isinstance(url, str) or not url:
             raise invalid_request(f"{where}.image_url: required", param=f"{where}.image_url")
         return {"type": "image", "source": cr.image_source(url, f"{where}.image_url")}
@@ -568,8 +633,11 @@ def encode_reasoning(block: dict[str, Any]) -> str:
     if block.get("type") == "redacted_thinking":
         payload: dict[str, Any] = {"type": "redacted_thinking", "data": block.get("data") or ""}
     else:
-        payload = {"type": "thinking", "thinking": block.get("thinking") or "",
-                   "signature": block.get("signature") or ""}
+        payload = {
+            "type": "thinking",
+            "thinking": block.get("thinking") or "",
+            "signature": block.get("signature") or "",
+        }
     raw = orjson.dumps(payload)
     return REASONING_PREFIX + base64.b64encode(raw).decode()
 
@@ -585,7 +653,7 @@ def restore_reasoning(item: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(enc, str) or not enc.startswith(REASONING_PREFIX):
         return []
     try:
-        payload = orjson.loads(base64.b64decode(enc[len(REASONING_PREFIX):], validate=True))
+        payload = orjson.loads(base64.b64decode(enc[len(REASONING_PREFIX) :], validate=True))
     except (binascii.Error, ValueError):
         return []
     if not isinstance(payload, dict):
@@ -604,7 +672,6 @@ def restore_reasoning(item: dict[str, Any]) -> list[dict[str, Any]]:
 # ---- prompt caching ---------------------------------------------------------------------------
 
 
-
 # ---- response ---------------------------------------------------------------------------
 
 
@@ -620,12 +687,18 @@ def response_usage(usage: Any, reasoning_tokens: int) -> dict[str, Any]:
     u = Usage.from_message(usage)
     writes, reads, out = u.cache_5m + u.cache_1h, u.cache_read, u.output_tokens
     prompt = u.input_tokens + writes + reads
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes},
-            "output_tokens": out, "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, out)},
-            "total_tokens": prompt + out}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": reads, "cache_write_tokens": writes},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, out)},
+        "total_tokens": prompt + out,
+    }
 
 
-def output_items(content: list[Any], request: ResponsesRequest, suffix: str) -> tuple[list[dict[str, Any]], int]:
+def output_items(
+    content: list[Any], request: ResponsesRequest, suffix: str
+) -> tuple[list[dict[str, Any]], int]:
     """(output items, estimated reasoning tokens) for a Message's content blocks."""
     from ethereal import _native
 
@@ -643,25 +716,45 @@ def output_items(content: list[Any], request: ResponsesRequest, suffix: str) -> 
 
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
-        is_json = kind == "tool_use" and request.json_tool is not None and block.get("name") == request.json_tool
+        is_json = (
+            kind == "tool_use" and request.json_tool is not None and block.get("name") == request.json_tool
+        )
         if kind == "text" or is_json:
             if message is None:
-                message = {"id": item_id("msg"), "type": "message", "status": "completed", "role": "assistant",
-                           "content": []}
+                message = {
+                    "id": item_id("msg"),
+                    "type": "message",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [],
+                }
                 items.append(message)
             text = orjson.dumps(block.get("input") or {}).decode() if is_json else block.get("text") or ""
-            message["content"].append({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+            message["content"].append(
+                {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            )
         elif kind == "thinking":
             close()
             text = block.get("thinking") or ""
             reasoning_tokens += _native.estimate_text_tokens(text)
-            items.append({"id": item_id("rs"), "type": "reasoning",
-                          "summary": [{"type": "summary_text", "text": text}],
-                          "encrypted_content": encode_reasoning(block)})
+            items.append(
+                {
+                    "id": item_id("rs"),
+                    "type": "reasoning",
+                    "summary": [{"type": "summary_text", "text": text}],
+                    "encrypted_content": encode_reasoning(block),
+                }
+            )
         elif kind == "redacted_thinking":
             close()
-            items.append({"id": item_id("rs"), "type": "reasoning", "summary": [],
-                          "encrypted_content": encode_reasoning(block)})
+            items.append(
+                {
+                    "id": item_id("rs"),
+                    "type": "reasoning",
+                    "summary": [],
+                    "encrypted_content": encode_reasoning(block),
+                }
+            )
         elif kind == "tool_use":
             close()
             name = block.get("name") or ""
@@ -670,11 +763,22 @@ def output_items(content: list[Any], request: ResponsesRequest, suffix: str) -> 
                 tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
                 raw = tool_input.get("input")
                 text = raw if isinstance(raw, str) else orjson.dumps(tool_input).decode()
-                items.append({"id": item_id("ctc"), "type": "custom_tool_call", "call_id": call_id,
-                              "name": name, "input": text})
+                items.append(
+                    {
+                        "id": item_id("ctc"),
+                        "type": "custom_tool_call",
+                        "call_id": call_id,
+                        "name": name,
+                        "input": text,
+                    }
+                )
             else:
-                call: dict[str, Any] = {"id": item_id("fc"), "type": "function_call", "status": "completed",
-                                        "call_id": call_id}
+                call: dict[str, Any] = {
+                    "id": item_id("fc"),
+                    "type": "function_call",
+                    "status": "completed",
+                    "call_id": call_id,
+                }
                 if name in namespaced:
                     call["namespace"], name = namespaced[name]
                 call["name"] = name
@@ -683,8 +787,14 @@ def output_items(content: list[Any], request: ResponsesRequest, suffix: str) -> 
         elif kind == "server_tool_use" and block.get("name") == "web_search":
             close()
             query = (block.get("input") or {}).get("query") if isinstance(block.get("input"), dict) else None
-            items.append({"id": item_id("ws"), "type": "web_search_call", "status": "completed",
-                          "action": {"type": "search", "query": query if isinstance(query, str) else ""}})
+            items.append(
+                {
+                    "id": item_id("ws"),
+                    "type": "web_search_call",
+                    "status": "completed",
+                    "action": {"type": "search", "query": query if isinstance(query, str) else ""},
+                }
+            )
     return items, reasoning_tokens
 
 
@@ -711,7 +821,7 @@ __all__ = [
     "flat_name",
     "incomplete_reason",
     "model_name",
-        "output_items",
+    "output_items",
     "response_usage",
     "restore_reasoning",
     "to_anthropic",

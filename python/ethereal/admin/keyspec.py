@@ -22,8 +22,20 @@ _TEXT_MAX = 200
 _METADATA_MAX_BYTES = 16 * 1024
 
 # fields a mint or a PATCH may set (``revoked`` only through PATCH / revoke)
-KEY_FIELDS = ("name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
-              "allowed_models", "expires_at", "metadata")
+KEY_FIELDS = (
+    "name",
+    "owner",
+    "teams",
+    "plan",
+    "budget_tokens",
+    "budget_micro_usd",
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "allowed_models",
+    "expires_at",
+    "metadata",
+)
 
 
 _METADATA_MAX_DEPTH = 32
@@ -101,15 +113,18 @@ def parse_time(field: str, value: Any) -> float | None:
         try:
             parsed = datetime.fromisoformat(value)  # Python 3.11+ accepts a trailing Z
         except ValueError:
-            raise invalid_request(f"{field}: not an RFC 3339 timestamp: {value[:40]!r}", param=field) from None
+            raise invalid_request(
+                f"{field}: not an RFC 3339 timestamp: {value[:40]!r}", param=field
+            ) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     raise invalid_request(f"{field}: must be unix seconds or an RFC 3339 timestamp", param=field)
 
 
-def parse_key_fields(data: Any, *, registry: Registry, plans: Plans, allow: tuple[str, ...] = KEY_FIELDS,
-                     prefix: str = "") -> dict[str, Any]:
+def parse_key_fields(
+    data: Any, *, registry: Registry, plans: Plans, allow: tuple[str, ...] = KEY_FIELDS, prefix: str = ""
+) -> dict[str, Any]:
     """The validated attributes of ``data`` (a JSON object): only the fields present."""
     if not isinstance(data, dict):
         raise invalid_request(f"{prefix or 'body'}: must be a JSON object")
@@ -130,15 +145,18 @@ def parse_key_fields(data: Any, *, registry: Registry, plans: Plans, allow: tupl
             if isinstance(value, str):  # one team
                 value = [value]
             if not isinstance(value, list) or len(value) > MAX_TEAMS:
-                raise invalid_request(f"{name}: must be an array of at most {MAX_TEAMS} team names", param=name)
+                raise invalid_request(
+                    f"{name}: must be an array of at most {MAX_TEAMS} team names", param=name
+                )
             out[field] = sorted(dict.fromkeys(team_name(f"{name}.{i}", t) for i, t in enumerate(value)))
         elif field == "plan":
             if value is not None:
                 _text(name, value)
                 plan = plans.get(value)
                 if plan is None:
-                    raise invalid_request(f"{name}: unknown plan {value!r} (known: {', '.join(plans.names())})",
-                                          param=name)
+                    raise invalid_request(
+                        f"{name}: unknown plan {value!r} (known: {', '.join(plans.names())})", param=name
+                    )
                 value = plan.name
             out[field] = value
         elif field in ("budget_tokens", "budget_micro_usd"):
@@ -148,30 +166,40 @@ def parse_key_fields(data: Any, *, registry: Registry, plans: Plans, allow: tupl
         elif field == "budget_usd":
             if value is None:
                 out["budget_micro_usd"] = None
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise invalid_request(f"{name}: must be a non-negative number of US dollars", param=name)
             else:
                 out["budget_micro_usd"] = round(value * 1_000_000)
         elif field == "allowed_models":
             if value is not None:
                 if not isinstance(value, list) or not value:
-                    raise invalid_request(f"{name}: must be a non-empty array of model ids or families, or null",
-                                          param=name)
+                    raise invalid_request(
+                        f"{name}: must be a non-empty array of model ids or families, or null", param=name
+                    )
                 families = {g for m in registry.models for g in (m.family, m.series) if g}
                 for i, model in enumerate(value):
                     if not isinstance(model, str) or not model:
                         raise invalid_request(f"{name}.{i}: must be a non-empty string", param=f"{name}.{i}")
                     if model not in families and registry.resolve(model) is None:
-                        raise invalid_request(f"{name}.{i}: unknown model or family {model!r}",
-                                              param=f"{name}.{i}")
+                        raise invalid_request(
+                            f"{name}.{i}: unknown model or family {model!r}", param=f"{name}.{i}"
+                        )
                 value = list(dict.fromkeys(value))
             out[field] = value
         elif field == "expires_at":
             out[field] = parse_time(name, value)
         elif field == "expires_in_days":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise invalid_request(f"{name}: must be a positive number of days", param=name)
             out["expires_at"] = time.time() + value * 86400
         elif field == "metadata":
@@ -179,7 +207,9 @@ def parse_key_fields(data: Any, *, registry: Registry, plans: Plans, allow: tupl
                 value = {}
             if not isinstance(value, dict):
                 raise invalid_request(f"{name}: must be a JSON object", param=name)
-            if json_depth(value) > _METADATA_MAX_DEPTH:  # before orjson.dumps, whose limit is lower than loads'
+            if (
+                json_depth(value) > _METADATA_MAX_DEPTH
+            ):  # before orjson.dumps, whose limit is lower than loads'
                 raise invalid_request(f"{name}: nested more than {_METADATA_MAX_DEPTH} levels", param=name)
             if len(orjson.dumps(value)) > _METADATA_MAX_BYTES:
                 raise invalid_request(f"{name}: at most {_METADATA_MAX_BYTES} bytes of JSON", param=name)
@@ -189,11 +219,14 @@ def parse_key_fields(data: Any, *, registry: Registry, plans: Plans, allow: tupl
                 raise invalid_request(f"{name}: must be true or false", param=name)
             out[field] = value
     if "budget_usd" in data and "budget_micro_usd" in data:
-        raise invalid_request(f"{prefix}budget_usd: give budget_usd or budget_micro_usd, not both",
-                              param=f"{prefix}budget_usd")
+        raise invalid_request(
+            f"{prefix}budget_usd: give budget_usd or budget_micro_usd, not both", param=f"{prefix}budget_usd"
+        )
     if "expires_in_days" in data and "expires_at" in data:
-        raise invalid_request(f"{prefix}expires_in_days: give expires_at or expires_in_days, not both",
-                              param=f"{prefix}expires_in_days")
+        raise invalid_request(
+            f"{prefix}expires_in_days: give expires_at or expires_in_days, not both",
+            param=f"{prefix}expires_in_days",
+        )
     return out
 
 

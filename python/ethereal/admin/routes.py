@@ -90,14 +90,17 @@ def register(app: Application, gw: Gateway) -> None:
             items = body["keys"]
             if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
                 raise invalid_request(f"keys: must be an array of 1 to {MAX_BATCH} objects", param="keys")
-            specs = [parse_key_fields(item, registry=gw.registry, plans=plans(), prefix=f"keys.{i}.")
-                     for i, item in enumerate(items)]
+            specs = [
+                parse_key_fields(item, registry=gw.registry, plans=plans(), prefix=f"keys.{i}.")
+                for i, item in enumerate(items)
+            ]
         else:
             count = body.get("count")
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
                 raise invalid_request(f"count: must be an integer from 1 to {MAX_BATCH}", param="count")
-            shared = parse_key_fields({k: v for k, v in body.items() if k != "count"}, registry=gw.registry,
-                                      plans=plans())
+            shared = parse_key_fields(
+                {k: v for k, v in body.items() if k != "count"}, registry=gw.registry, plans=plans()
+            )
             specs = [shared] * count
         pairs = [minted(copy.deepcopy(spec)) for spec in specs]  # no metadata dict shared between records
         await store().insert_keys([record for _, record in pairs])  # one transaction: all or nothing
@@ -130,14 +133,27 @@ def register(app: Application, gw: Gateway) -> None:
         if plan is not None:
             found = plans().get(plan)
             plan = found.name if found else plan
-        records = await store().list_keys(owner=one("owner"), team=one("team"), plan=plan, state=state, limit=limit + 1,
-                                          after_id=one("after_id"))
+        records = await store().list_keys(
+            owner=one("owner"),
+            team=one("team"),
+            plan=plan,
+            state=state,
+            limit=limit + 1,
+            after_id=one("after_id"),
+        )
         has_more = len(records) > limit
         records = records[:limit]
         spend = await spend_of([r.id for r in records])
         data = [key_json(r, spend.get(r.id)) for r in records]
-        return ok(request_id, {"data": data, "has_more": has_more, "first_id": data[0]["id"] if data else None,
-                               "last_id": data[-1]["id"] if data else None})
+        return ok(
+            request_id,
+            {
+                "data": data,
+                "has_more": has_more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            },
+        )
 
     @anthropic_route
     async def get_key(request: Request, request_id: str) -> Response:
@@ -190,12 +206,16 @@ def register(app: Application, gw: Gateway) -> None:
         models billed provisionally, and the last price correction."""
         require_admin(settings, header_map(request))
         registry = gw.registry
-        return ok(request_id, {
-            "registry_version": registry.version, "source": registry.source,
-            "expired": [m.id for m in registry.expired()],
-            "provisional": [m.id for m in registry.provisional_models()],
-            "last_correction": correction_json(await store().last_price_correction()),
-        })
+        return ok(
+            request_id,
+            {
+                "registry_version": registry.version,
+                "source": registry.source,
+                "expired": [m.id for m in registry.expired()],
+                "provisional": [m.id for m in registry.provisional_models()],
+                "last_correction": correction_json(await store().last_price_correction()),
+            },
+        )
 
     @anthropic_route
     async def reprice_models(request: Request, request_id: str) -> Response:
@@ -214,8 +234,11 @@ def register(app: Application, gw: Gateway) -> None:
             raise invalid_request("dry_run: must be true or false", param="dry_run")
         try:
             since = parse_bound(body.get("since"), field_name="since")
-            until = (parse_bound(body["until"], field_name="until", end=True) if body.get("until") is not None
-                     else time.time())
+            until = (
+                parse_bound(body["until"], field_name="until", end=True)
+                if body.get("until") is not None
+                else time.time()
+            )
             registry = load_registry(settings.models_file)
             result = await reprice(store(), registry, gw.limiter, since=since, until=until, dry_run=dry_run)
         except RepriceError as exc:

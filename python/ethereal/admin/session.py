@@ -42,7 +42,11 @@ def _signing_key(settings: Settings) -> bytes:
 
 
 def _mac(key: bytes, text: str) -> str:
-    return base64.urlsafe_b64encode(hmac.new(key, text.encode(), hashlib.sha256).digest()[:24]).decode().rstrip("=")
+    return (
+        base64.urlsafe_b64encode(hmac.new(key, text.encode(), hashlib.sha256).digest()[:24])
+        .decode()
+        .rstrip("=")
+    )
 
 
 def issue(settings: Settings, now: float | None = None) -> tuple[str, int]:

@@ -49,7 +49,9 @@ def parse_webhook(body: Any) -> dict[str, Any]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise invalid_request("url: must be an http or https URL with a host", param="url")
     if parts.username or parts.password:
-        raise invalid_request("url: credentials in the URL are not allowed (sign with the secret)", param="url")
+        raise invalid_request(
+            "url: credentials in the URL are not allowed (sign with the secret)", param="url"
+        )
     secret = body.get("secret")
     if secret is None:
         secret = generate_secret()
@@ -65,26 +67,48 @@ def parse_webhook(body: Any) -> dict[str, Any]:
     events = body.get("events")
     if events is not None:
         if not isinstance(events, list) or not events or any(e not in EVENTS for e in events):
-            raise invalid_request(f"events: must be a non-empty array of {', '.join(EVENTS)} (or omitted for all)",
-                                  param="events")
+            raise invalid_request(
+                f"events: must be a non-empty array of {', '.join(EVENTS)} (or omitted for all)",
+                param="events",
+            )
         events = sorted(set(events))
     description = body.get("description", "")
     if not isinstance(description, str) or len(description) > 200:
         raise invalid_request("description: at most 200 characters", param="description")
-    return {"id": "wh_" + uuid.uuid4().hex[:24], "url": url, "secret": secret, "events": events,
-            "description": description, "created_at": time.time()}
+    return {
+        "id": "wh_" + uuid.uuid4().hex[:24],
+        "url": url,
+        "secret": secret,
+        "events": events,
+        "description": description,
+        "created_at": time.time(),
+    }
 
 
 def webhook_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "webhook", "id": row["id"], "url": row["url"], "events": row.get("events") or list(EVENTS),
-            "description": row.get("description") or "", "created_at": rfc3339(row["created_at"])}
+    return {
+        "type": "webhook",
+        "id": row["id"],
+        "url": row["url"],
+        "events": row.get("events") or list(EVENTS),
+        "description": row.get("description") or "",
+        "created_at": rfc3339(row["created_at"]),
+    }
 
 
 def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "webhook_delivery", "id": row["id"], "webhook_id": row["webhook_id"], "event": row["event"],
-            "status": row["status"], "attempts": row["attempts"], "last_status": row["last_status"],
-            "last_error": row["last_error"], "created_at": rfc3339(row["created_at"]),
-            "updated_at": rfc3339(row["updated_at"])}
+    return {
+        "type": "webhook_delivery",
+        "id": row["id"],
+        "webhook_id": row["webhook_id"],
+        "event": row["event"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "last_status": row["last_status"],
+        "last_error": row["last_error"],
+        "created_at": rfc3339(row["created_at"]),
+        "updated_at": rfc3339(row["updated_at"]),
+    }
 
 
 def register(app: Application, gw: Gateway) -> None:
@@ -102,8 +126,9 @@ def register(app: Application, gw: Gateway) -> None:
         stored = dict(row)
         if settings.secret_key:  # encrypted at rest when there is a key to encrypt with
             stored["secret"] = SecretBox(settings.secret_key).encrypt(row["secret"])
-        await gw.store.put_webhook(stored, {"id": audit_id(), "at": time.time(), "actor": actor,
-                                            "object_type": "webhook"})
+        await gw.store.put_webhook(
+            stored, {"id": audit_id(), "at": time.time(), "actor": actor, "object_type": "webhook"}
+        )
         await gw.alerts.reload()
         return ok(request_id, {**webhook_json(row), "secret": row["secret"]}, 201)  # the secret, this once
 
@@ -112,16 +137,24 @@ def register(app: Application, gw: Gateway) -> None:
         require_admin(settings, header_map(request))
         rows = await gw.store.list_webhooks()
         data = [webhook_json(r) for r in rows]
-        return ok(request_id, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                               "last_id": data[-1]["id"] if data else None})
+        return ok(
+            request_id,
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            },
+        )
 
     @anthropic_route
     async def delete(request: Request, request_id: str) -> Response:
         require_admin(settings, header_map(request))
         actor = require_org(settings, header_map(request), write=True)
         hook_id = request.route_values.get("webhook_id") or ""
-        before = await gw.store.delete_webhook(hook_id, {"id": audit_id(), "at": time.time(), "actor": actor,
-                                                         "object_type": "webhook"})
+        before = await gw.store.delete_webhook(
+            hook_id, {"id": audit_id(), "at": time.time(), "actor": actor, "object_type": "webhook"}
+        )
         if before is None:
             raise GatewayError(404, f"no webhook with id {hook_id[:64]!r}")
         await gw.alerts.reload()

@@ -49,8 +49,14 @@ import orjson
 
 log = logging.getLogger("ethereal.alerts")
 
-EVENTS = ("spend_limit.threshold", "spend_limit.exceeded", "budget.threshold", "credential.disabled",
-          "credential.cooling", "model.provisional")
+EVENTS = (
+    "spend_limit.threshold",
+    "spend_limit.exceeded",
+    "budget.threshold",
+    "credential.disabled",
+    "credential.cooling",
+    "model.provisional",
+)
 THRESHOLDS = (50, 80, 100)
 RETRY_DELAYS = (0.5, 2.0, 10.0, 60.0, 300.0)  # seconds before attempts 2..6
 QUEUE_MAX = 1000
@@ -77,7 +83,11 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance: float = 300.0) -> bool:
     """A receiver's check (what a Standard Webhooks library does): signature and timestamp."""
-    msg_id, ts, sigs = headers.get("webhook-id"), headers.get("webhook-timestamp"), headers.get("webhook-signature")
+    msg_id, ts, sigs = (
+        headers.get("webhook-id"),
+        headers.get("webhook-timestamp"),
+        headers.get("webhook-signature"),
+    )
     if not msg_id or not ts or not sigs:
         return False
     try:
@@ -87,7 +97,9 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance: floa
     if abs(time.time() - stamp) > tolerance:
         return False
     expected = sign(secret, msg_id, stamp, body).split(",", 1)[1]
-    return any(hmac.compare_digest(s.split(",", 1)[-1], expected) for s in sigs.split() if s.startswith("v1,"))
+    return any(
+        hmac.compare_digest(s.split(",", 1)[-1], expected) for s in sigs.split() if s.startswith("v1,")
+    )
 
 
 def _now_text() -> str:
@@ -97,8 +109,15 @@ def _now_text() -> str:
 class Alerts:
     """The webhook emitter: ``emit`` queues, a background task signs and delivers with retries."""
 
-    def __init__(self, store: Any = None, *, secret_box: Any = None, retry_delays: tuple[float, ...] = RETRY_DELAYS,
-                 queue_max: int = QUEUE_MAX, timeout: float = ATTEMPT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        store: Any = None,
+        *,
+        secret_box: Any = None,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+        queue_max: int = QUEUE_MAX,
+        timeout: float = ATTEMPT_TIMEOUT,
+    ) -> None:
         self.store = store
         self.box = secret_box  # decrypts stored secrets (secretbox.py) when ETHEREAL_SECRET_KEY is set
         self.retry_delays = retry_delays
@@ -138,7 +157,9 @@ class Alerts:
                 try:
                     secret = self.box.decrypt(secret)
                 except Exception:  # noqa: BLE001 - logged, never raised into a request
-                    log.error("webhook %s: its secret cannot be decrypted (ETHEREAL_SECRET_KEY changed?)", row["id"])
+                    log.error(
+                        "webhook %s: its secret cannot be decrypted (ETHEREAL_SECRET_KEY changed?)", row["id"]
+                    )
                     continue
             hooks.append({**row, "secret": secret})
         self.hooks = hooks
@@ -191,44 +212,67 @@ class Alerts:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                                  connector=aiohttp.TCPConnector(limit=CONCURRENT_DELIVERIES))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=CONCURRENT_DELIVERIES),
+            )
         return self._session
 
     async def _deliver(self, hook: dict[str, Any], msg_id: str, event: str, body: bytes) -> None:
         created = time.time()
-        entry: dict[str, Any] = {"id": msg_id, "webhook_id": hook["id"], "event": event, "created_at": created,
-                                 "attempts": 0, "status": "pending", "last_status": None, "last_error": None,
-                                 "updated_at": created}
+        entry: dict[str, Any] = {
+            "id": msg_id,
+            "webhook_id": hook["id"],
+            "event": event,
+            "created_at": created,
+            "attempts": 0,
+            "status": "pending",
+            "last_status": None,
+            "last_error": None,
+            "updated_at": created,
+        }
         self.recent.appendleft(entry)
         for attempt in range(len(self.retry_delays) + 1):
             if attempt:
                 await asyncio.sleep(self.retry_delays[attempt - 1])
             stamp = int(time.time())
-            headers = {"content-type": "application/json", "user-agent": "ethereal-webhooks/1",
-                       "webhook-id": msg_id, "webhook-timestamp": str(stamp),
-                       "webhook-signature": sign(hook["secret"], msg_id, stamp, body)}
+            headers = {
+                "content-type": "application/json",
+                "user-agent": "ethereal-webhooks/1",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(stamp),
+                "webhook-signature": sign(hook["secret"], msg_id, stamp, body),
+            }
             status: int | None = None
             error: str | None = None
             async with self._slots:
                 try:
-                    async with self._client().post(hook["url"], data=body, headers=headers,
-                                                   allow_redirects=False) as resp:
+                    async with self._client().post(
+                        hook["url"], data=body, headers=headers, allow_redirects=False
+                    ) as resp:
                         status = resp.status
                         await resp.read()
                 except Exception as exc:  # noqa: BLE001 - any failure is retried, then logged
                     error = f"{type(exc).__name__}: {exc}"[:200]
             delivered = status is not None and 200 <= status < 300
             last = attempt == len(self.retry_delays)
-            entry.update(attempts=attempt + 1, last_status=status,
-                         last_error=None if delivered else (error or f"HTTP {status}"),
-                         status="delivered" if delivered else ("failed" if last else "pending"),
-                         updated_at=time.time())
+            entry.update(
+                attempts=attempt + 1,
+                last_status=status,
+                last_error=None if delivered else (error or f"HTTP {status}"),
+                status="delivered" if delivered else ("failed" if last else "pending"),
+                updated_at=time.time(),
+            )
             await self._log(entry)
             if delivered:
                 return
-        log.warning("webhook %s: %s not delivered after %d attempts (%s)", hook["id"], event, entry["attempts"],
-                    entry["last_error"])
+        log.warning(
+            "webhook %s: %s not delivered after %d attempts (%s)",
+            hook["id"],
+            event,
+            entry["attempts"],
+            entry["last_error"],
+        )
 
     async def _log(self, entry: dict[str, Any]) -> None:
         if self.store is None:
@@ -246,8 +290,15 @@ class Alerts:
 
     def credential_cooling(self, name: str, seconds: float, kind: str, group: str | None = None) -> None:
         if seconds > COOLING_ALERT_SECONDS:
-            self.emit("credential.cooling", {"credential": name, "seconds": round(seconds, 3), "cause": kind,
-                                             "rate_limit_group": group or None})
+            self.emit(
+                "credential.cooling",
+                {
+                    "credential": name,
+                    "seconds": round(seconds, 3),
+                    "cause": kind,
+                    "rate_limit_group": group or None,
+                },
+            )
 
     def model_provisional(self, model: str, card: str) -> None:
         self.emit("model.provisional", {"model": model[:256], "priced_at": card})
@@ -261,7 +312,9 @@ class BudgetWatch:
     records within its flush interval) and emits each threshold crossed once per process.
     """
 
-    def __init__(self, alerts: Alerts, store: Any, *, interval: float = 0.5, settle_delay: float = 0.3) -> None:
+    def __init__(
+        self, alerts: Alerts, store: Any, *, interval: float = 0.5, settle_delay: float = 0.3
+    ) -> None:
         self.alerts = alerts
         self.store = store
         self.interval = interval
@@ -305,8 +358,10 @@ class BudgetWatch:
         spend = await self.store.spend_by_key([k.id for k in keys])
         for key in keys:
             used = spend.get(key.id, {})
-            for kind, budget, spent in (("micro_usd", key.budget_micro_usd, int(used.get("cost_micro", 0))),
-                                        ("tokens", key.budget_tokens, int(used.get("tokens", 0)))):
+            for kind, budget, spent in (
+                ("micro_usd", key.budget_micro_usd, int(used.get("cost_micro", 0))),
+                ("tokens", key.budget_tokens, int(used.get("tokens", 0))),
+            ):
                 if not budget:
                     continue
                 pct = spent * 100 // budget
@@ -317,7 +372,16 @@ class BudgetWatch:
                 if self._fired.get(mark, 0) >= crossed[-1]:
                     continue
                 self._fired[mark] = crossed[-1]
-                self.alerts.emit("budget.threshold", {
-                    "key_id": key.id, "key_name": key.name, "owner": key.owner or None,
-                    "budget_kind": kind, "budget": budget, "spent": spent, "threshold": crossed[-1],
-                    "utilization": round(spent / budget, 4)})
+                self.alerts.emit(
+                    "budget.threshold",
+                    {
+                        "key_id": key.id,
+                        "key_name": key.name,
+                        "owner": key.owner or None,
+                        "budget_kind": kind,
+                        "budget": budget,
+                        "spent": spent,
+                        "threshold": crossed[-1],
+                        "utilization": round(spent / budget, 4),
+                    },
+                )

@@ -45,8 +45,14 @@ def validate_messages_body(data: dict[str, Any], *, need_max_tokens: bool) -> st
     if not isinstance(messages, list):
         raise invalid_request("messages: must be an array", param="messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
-            raise invalid_request(f"messages.{i}: each message needs a role and content", param=f"messages.{i}")
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or "content" not in message
+        ):
+            raise invalid_request(
+                f"messages.{i}: each message needs a role and content", param=f"messages.{i}"
+            )
     return model
 
 
@@ -68,13 +74,13 @@ def model_page(items: list[dict[str, object]], request: Request) -> dict[str, ob
         if after not in ids_:
             raise invalid_request(f"after_id: unknown model {after!r}", param="after_id")
         start = ids_.index(after) + 1
-        page = items[start:start + limit]
+        page = items[start : start + limit]
         has_more = start + limit < len(items)
     elif before is not None:
         if before not in ids_:
             raise invalid_request(f"before_id: unknown model {before!r}", param="before_id")
         end = ids_.index(before)
-        page = items[max(0, end - limit):end]
+        page = items[max(0, end - limit) : end]
         has_more = end - limit > 0
     else:
         page = items[:limit]
@@ -100,9 +106,15 @@ class Messages(Adapter):
         body = raw
         if call.model_name != data["model"]:
             body = splice_model(raw, data, call.model_name or data["model"])
-        return Outbound(body=body, data=data, path=path_with_query(request), headers=raw_headers(request),
-                        stream=data.get("stream") is True, max_tokens=int(data["max_tokens"]),
-                        affinity=cache_affinity(data, call.model_name, body))
+        return Outbound(
+            body=body,
+            data=data,
+            path=path_with_query(request),
+            headers=raw_headers(request),
+            stream=data.get("stream") is True,
+            max_tokens=int(data["max_tokens"]),
+            affinity=cache_affinity(data, call.model_name, body),
+        )
 
     def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
         return Response(200, response_headers(call), Content(JSON, payload))
@@ -126,8 +138,14 @@ class CountTokens(Messages):
         body = raw
         if call.model_name != data["model"]:
             body = splice_model(raw, data, call.model_name or data["model"])
-        return Outbound(body=body, data=data, path=path_with_query(request), headers=raw_headers(request),
-                        stream=False, max_tokens=0)
+        return Outbound(
+            body=body,
+            data=data,
+            path=path_with_query(request),
+            headers=raw_headers(request),
+            stream=False,
+            max_tokens=0,
+        )
 
     def unavailable(self, call: Call, out: Outbound, exc: GatewayError) -> Response | None:
         if exc.status < 500 and exc.status != 429:
@@ -135,8 +153,9 @@ class CountTokens(Messages):
         headers = response_headers(call)
         headers.append((b"ethereal-estimated", b"true"))
         # the plain estimate for this model, no margin: a count, not a reservation
-        return json_response(200, orjson.dumps({"input_tokens": estimate_input_tokens(out.body, call.model)}),
-                             headers)
+        return json_response(
+            200, orjson.dumps({"input_tokens": estimate_input_tokens(out.body, call.model)}), headers
+        )
 
 
 def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
@@ -155,7 +174,9 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         await authenticate(request, call)
         async with pipeline.recording(call):
             if is_openai_client(header_map(request)):  # OpenAI's list shape for OpenAI clients
-                payload = orjson.dumps({"object": "list", "data": [m.to_openai() for m in gw.registry.listed()]})
+                payload = orjson.dumps(
+                    {"object": "list", "data": [m.to_openai() for m in gw.registry.listed()]}
+                )
             else:
                 items = [m.to_anthropic() for m in gw.registry.listed()]
                 payload = orjson.dumps(model_page(items, request))
@@ -192,7 +213,9 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         if not well_formed_id(usage_id, "req_", 96):  # batch items: req_<24>_<custom_id>
             raise GatewayError(404, f"no usage record for request {usage_id[:96]!r}")
         # an id not issued to this key: one lookup (ids from before tagging), no waiting
-        rec = await gw.meter.get(usage_id, wait=None if key is None or ids.issued_to(usage_id, key.key_hash) else 0.0)
+        rec = await gw.meter.get(
+            usage_id, wait=None if key is None or ids.issued_to(usage_id, key.key_hash) else 0.0
+        )
         # a key sees only its own requests; the same 404 for "not yours" and "unknown"
         if rec is None or (key is not None and rec.key_id != key.id):
             raise GatewayError(404, f"no usage record for request {usage_id[:64]!r}")

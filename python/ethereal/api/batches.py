@@ -100,15 +100,21 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> BatchService:
     async def create(request: Request, request_id: str) -> Response:
         key = await who(request, request_id)
         if key is None:
-            raise GatewayError(403, "batches are billed to a key: create them with an API key minted by the "
-                               "gateway, not the admin key")
+            raise GatewayError(
+                403,
+                "batches are billed to a key: create them with an API key minted by the "
+                "gateway, not the admin key",
+            )
         limit = gw.settings.batch_max_body_bytes
         declared = declared_length(request, limit)
         async with service.creating(key, declared) as slot:
             # the body goes straight to the service, which keeps its only reference (and lets it
             # go once a spliced copy replaces it)
-            rec = await service.create(key, await read_body(request, limit, None if declared is not None
-                                                                   else slot.grow), raw_headers(request))
+            rec = await service.create(
+                key,
+                await read_body(request, limit, None if declared is not None else slot.grow),
+                raw_headers(request),
+            )
         return ok(BatchService.view(rec, base_url(gw, request)), request_id)
 
     @anthropic_route
@@ -118,8 +124,15 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> BatchService:
         rows, more = await service.list_batches(key, limit=limit, after_id=after, before_id=before)
         base = base_url(gw, request)
         data = [BatchService.view(r, base) for r in rows]
-        return ok({"data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
-                   "last_id": data[-1]["id"] if data else None}, request_id)
+        return ok(
+            {
+                "data": data,
+                "has_more": more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            },
+            request_id,
+        )
 
     @anthropic_route
     async def get_batch(request: Request, request_id: str) -> Response:
@@ -171,7 +184,9 @@ class ResultsRelay:
 
     __slots__ = ("done", "receive", "resp", "watcher")
 
-    def __init__(self, resp: UpstreamResponse, receive: Callable[[], Awaitable[dict[str, Any]]] | None) -> None:
+    def __init__(
+        self, resp: UpstreamResponse, receive: Callable[[], Awaitable[dict[str, Any]]] | None
+    ) -> None:
         self.resp = resp
         self.receive = receive
         self.done = False

@@ -32,8 +32,11 @@ def is_openai_client(headers: dict[bytes, bytes]) -> bool:
     Bearer auth; OpenAI SDKs and OpenAI-compatible tools never send it. Shared routes such
     as ``GET /v1/models`` answer in the caller's shape by this rule.
     """
-    return (b"anthropic-version" not in headers and b"x-api-key" not in headers
-            and headers.get(b"authorization", b"")[:7].lower() == b"bearer ")
+    return (
+        b"anthropic-version" not in headers
+        and b"x-api-key" not in headers
+        and headers.get(b"authorization", b"")[:7].lower() == b"bearer "
+    )
 
 
 def raw_headers(request: Request) -> list[tuple[bytes, bytes]]:
@@ -54,8 +57,11 @@ _BUFFER_AFTER = 1 << 20
 def client_gone() -> GatewayError:
     """The client closed its connection before the whole body arrived: recorded as 499
     ``client_disconnected`` (its answer has nowhere to go), never as a gateway failure."""
-    return GatewayError(499, "the client closed the connection before sending the whole request body",
-                        type="client_disconnected")
+    return GatewayError(
+        499,
+        "the client closed the connection before sending the whole request body",
+        type="client_disconnected",
+    )
 
 
 async def read_body(request: Request, limit: int, grow: Callable[[int], None] | None = None) -> bytes:
@@ -110,15 +116,25 @@ def json_response(status: int, body: bytes, headers: list[tuple[bytes, bytes]] |
 
 def anthropic_error(exc: GatewayError, request_id: str) -> Response:
     headers = [(b"request-id", request_id.encode()), *exc.response_headers()]
-    return Response(exc.status, headers, Content(JSON, anthropic_error_body(exc.type, exc.message, request_id)))
+    return Response(
+        exc.status, headers, Content(JSON, anthropic_error_body(exc.type, exc.message, request_id))
+    )
 
 
 def openai_error(exc: GatewayError, request_id: str) -> Response:
-    headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode()),
-               *exc.response_headers()]
-    openai_body = getattr(exc, "openai_body", None)  # a spent spend limit: the body Codex reads as a usage limit
-    body = orjson.dumps(openai_body()) if openai_body is not None else openai_error_body(exc.type, exc.message,
-                                                                                          exc.param)
+    headers = [
+        (b"x-request-id", request_id.encode()),
+        (b"request-id", request_id.encode()),
+        *exc.response_headers(),
+    ]
+    openai_body = getattr(
+        exc, "openai_body", None
+    )  # a spent spend limit: the body Codex reads as a usage limit
+    body = (
+        orjson.dumps(openai_body())
+        if openai_body is not None
+        else openai_error_body(exc.type, exc.message, exc.param)
+    )
     return Response(exc.status, headers, Content(JSON, body))
 
 
@@ -135,8 +151,9 @@ def anthropic_route(handler: Handler) -> Callable[[Request], Awaitable[Response]
         except GatewayError as exc:
             return anthropic_error(exc, request_id)
         except Exception:
-            log.exception("unhandled error in %s %s", clip(request.method, 16),
-                          clip(request.url.path.decode("latin-1")))
+            log.exception(
+                "unhandled error in %s %s", clip(request.method, 16), clip(request.url.path.decode("latin-1"))
+            )
             return anthropic_error(GatewayError(500, "internal error in the gateway"), request_id)
 
     route.__name__ = handler.__name__

@@ -54,6 +54,7 @@ def auto_cache_for(call: Call, gw: Gateway | None) -> bool | None:
         return False
     return None
 
+
 ROUTE = "chat.completions"
 T = TypeVar("T")
 
@@ -76,7 +77,7 @@ def openai_ratelimit_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[b
     for name, value in headers:
         if not name.startswith(b"anthropic-ratelimit-"):
             continue
-        family, _, field = name[len(b"anthropic-ratelimit-"):].rpartition(b"-")
+        family, _, field = name[len(b"anthropic-ratelimit-") :].rpartition(b"-")
         family = _RATELIMIT_FAMILIES.get(family)  # type: ignore[assignment]
         if family is None or field not in (b"limit", b"remaining", b"reset"):
             continue
@@ -110,8 +111,9 @@ class OpenAIAdapter(Adapter):
     def may_reshape(self, call: Call) -> bool:
         return call.model is not None and call.model.provisional and self.gw is not None
 
-    def reshape(self, call: Call, out: Outbound, payload: bytes, raw: bytes, data: dict[str, Any],
-                request: Request) -> Outbound | None:
+    def reshape(
+        self, call: Call, out: Outbound, payload: bytes, raw: bytes, data: dict[str, Any], request: Request
+    ) -> Outbound | None:
         """A model the registry does not describe, refused with a documented text: the rule it names
         is corrected and remembered for the model (models/learnt.py), and the request built again."""
         gw, model = self.gw, call.model
@@ -128,8 +130,12 @@ class OpenAIAdapter(Adapter):
         if found is None:
             return None
         key, _ = found
-        log.warning("model %s refused a translated request (%s): retried with the corrected shape, "
-                    "remembered for the model", model.id[:64], key)
+        log.warning(
+            "model %s refused a translated request (%s): retried with the corrected shape, "
+            "remembered for the model",
+            model.id[:64],
+            key,
+        )
         again = self.build(call, raw, data, request)
         call.notes.append((b"ethereal-reshaped", key.encode()))
         return again
@@ -155,8 +161,13 @@ class OpenAIAdapter(Adapter):
         """A served request's replayed thinking (and a whole reply's own) belongs to the account of
         the credential that served it."""
         gw, cred, model = self.gw, call.credential, call.model
-        if gw is None or cred is None or cred.account is None or model is None \
-                or model.rules.thinking_binding != "account":
+        if (
+            gw is None
+            or cred is None
+            or cred.account is None
+            or model is None
+            or model.rules.thinking_binding != "account"
+        ):
             return
         tokens = replayed_tokens(out.data.get("messages") or [])
         if message is not None:
@@ -189,36 +200,61 @@ class ChatCompletions(OpenAIAdapter):
 
     def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
         t = self.translation(call)
-        chat, account = self.bound(call, t, lambda drop: openai_chat.to_anthropic(
-            data, model=call.model_name or "", max_output=t.max_output, rules=t.rules,
-            default_max_tokens=t.default_max_tokens, auto_cache=t.auto_cache, drop_thinking=drop))
+        chat, account = self.bound(
+            call,
+            t,
+            lambda drop: openai_chat.to_anthropic(
+                data,
+                model=call.model_name or "",
+                max_output=t.max_output,
+                rules=t.rules,
+                default_max_tokens=t.default_max_tokens,
+                auto_cache=t.auto_cache,
+                drop_thinking=drop,
+            ),
+        )
         call.notes = [(k.encode(), v.encode()) for k, v in chat.notes.items()]
         try:  # the body depth bound (max_depth) keeps it writable: a last guard, before admission
             body = orjson.dumps(chat.body)
         except orjson.JSONEncodeError as exc:
             raise invalid_request(f"request cannot be translated: {exc}") from None
-        return Outbound(body=body, data=chat.body, path="/v1/messages",
-                        headers=upstream_request_headers(raw_headers(request)), stream=chat.stream,
-                        max_tokens=int(chat.body["max_tokens"]),
-                        affinity=cache_affinity(chat.body, call.model_name, body), context=chat, account=account)
+        return Outbound(
+            body=body,
+            data=chat.body,
+            path="/v1/messages",
+            headers=upstream_request_headers(raw_headers(request)),
+            stream=chat.stream,
+            max_tokens=int(chat.body["max_tokens"]),
+            affinity=cache_affinity(chat.body, call.model_name, body),
+            context=chat,
+            account=account,
+        )
 
     def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
         chat = _chat(out)
         self.remember_thinking(call, out)
-        translator = _native.ChatTranslator(call.model_name or "", completion_id(call), int(call.started),
-                                            chat.include_usage, json_tool=chat.json_tool,
-                                            legacy_functions=chat.legacy_functions)
+        translator = _native.ChatTranslator(
+            call.model_name or "",
+            completion_id(call),
+            int(call.started),
+            chat.include_usage,
+            json_tool=chat.json_tool,
+            legacy_functions=chat.legacy_functions,
+        )
         return translator, True
 
     def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
         chat = _chat(out)
         self.remember_thinking(call, out, message)
-        completion = openai_chat.to_chat_completion(message, completion_id=completion_id(call),
-                                                    created=int(call.started), model=call.model_name or "",
-                                                    json_tool=chat.json_tool,
-                                                    legacy_functions=chat.legacy_functions)
+        completion = openai_chat.to_chat_completion(
+            message,
+            completion_id=completion_id(call),
+            created=int(call.started),
+            model=call.model_name or "",
+            json_tool=chat.json_tool,
+            legacy_functions=chat.legacy_functions,
+        )
         return Response(200, self.headers(call), Content(JSON, orjson.dumps(completion)))
-
 
 
 def _chat(out: Outbound) -> openai_chat.ChatRequest:

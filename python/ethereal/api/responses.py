@@ -52,10 +52,21 @@ class Responses(OpenAIAdapter):
 
     def build(self, call: Call, raw: bytes, data: dict[str, Any], request: Request) -> Outbound:
         t = self.translation(call)
-        req, account = self.bound(call, t, lambda drop: openai_responses.to_anthropic(
-            data, model=call.model_name or "", max_output=t.max_output, response_id=response_id(call),
-            created_at=int(call.started), rules=t.rules, default_max_tokens=t.default_max_tokens,
-            auto_cache=t.auto_cache, drop_thinking=drop))
+        req, account = self.bound(
+            call,
+            t,
+            lambda drop: openai_responses.to_anthropic(
+                data,
+                model=call.model_name or "",
+                max_output=t.max_output,
+                response_id=response_id(call),
+                created_at=int(call.started),
+                rules=t.rules,
+                default_max_tokens=t.default_max_tokens,
+                auto_cache=t.auto_cache,
+                drop_thinking=drop,
+            ),
+        )
         call.notes = [(k.encode(), v.encode()) for k, v in req.notes.items()]
         try:  # the body depth bound (OpenAIAdapter.max_depth) keeps both writable: a last guard, before admission
             body = orjson.dumps(req.body)
@@ -68,23 +79,34 @@ class Responses(OpenAIAdapter):
             affinity = prompt_cache_affinity(call.model_name, req.cache_key)
         else:
             affinity = cache_affinity(req.body, call.model_name, body)
-        return Outbound(body=body, data=req.body, path="/v1/messages",
-                        headers=upstream_request_headers(raw_headers(request)), stream=req.stream,
-                        max_tokens=int(req.body["max_tokens"]), affinity=affinity, context=req,
-                        account=account)
+        return Outbound(
+            body=body,
+            data=req.body,
+            path="/v1/messages",
+            headers=upstream_request_headers(raw_headers(request)),
+            stream=req.stream,
+            max_tokens=int(req.body["max_tokens"]),
+            affinity=affinity,
+            context=req,
+            account=account,
+        )
 
     def stream_relay(self, call: Call, out: Outbound) -> tuple[Relay, bool]:
         req = _request(out)
         self.remember_thinking(call, out)
-        translator = _native.ResponsesTranslator(req.head["id"], req.head_text or req.head_json(), custom_tools=req.custom_tools,
-                                                 namespaced=req.namespaced, json_tool=req.json_tool)
+        translator = _native.ResponsesTranslator(
+            req.head["id"],
+            req.head_text or req.head_json(),
+            custom_tools=req.custom_tools,
+            namespaced=req.namespaced,
+            json_tool=req.json_tool,
+        )
         return translator, True
 
     def reply(self, call: Call, out: Outbound, payload: bytes, message: dict[str, Any]) -> Response:
         self.remember_thinking(call, out, message)
         response = openai_responses.to_response(message, _request(out))
         return Response(200, self.headers(call), Content(JSON, orjson.dumps(response)))
-
 
 
 def _request(out: Outbound) -> openai_responses.ResponsesRequest:

@@ -131,14 +131,18 @@ class _Refused(GatewayError):
 def error_event(exc: GatewayError, request_id: str) -> str:
     """A refusal before the first event, as Codex reads it: the HTTP error it stands for."""
     openai_body = getattr(exc, "openai_body", None)  # a spent spend limit: Codex's usage-limit body
-    body = openai_body() if openai_body is not None else orjson.loads(openai_error_body(exc.type, exc.message,
-                                                                                          exc.param))
+    body = (
+        openai_body()
+        if openai_body is not None
+        else orjson.loads(openai_error_body(exc.type, exc.message, exc.param))
+    )
     if isinstance(exc, _Refused):
         body["error"]["code"] = exc.code
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in exc.response_headers()}
     headers["x-request-id"] = request_id
-    return orjson.dumps({"type": "error", "status": exc.status, "error": body["error"],
-                         "headers": headers}).decode()
+    return orjson.dumps(
+        {"type": "error", "status": exc.status, "error": body["error"], "headers": headers}
+    ).decode()
 
 
 def _events(chunk: bytes) -> list[tuple[bytes, bytes]]:
@@ -195,8 +199,12 @@ class ResponsesSockets:
         call = Call(request_id="", route=self.adapter.route)
         try:
             if LIFECYCLE.draining:
-                raise GatewayError(503, "the gateway is shutting down; connect again",
-                                   type="overloaded_error", retry_after=1.0)
+                raise GatewayError(
+                    503,
+                    "the gateway is shutting down; connect again",
+                    type="overloaded_error",
+                    retry_after=1.0,
+                )
             await self.pipeline.authenticate(headers, call)
         except GatewayError as exc:
             request_id = ids.request_id(key_hash_of(headers))
@@ -206,9 +214,13 @@ class ResponsesSockets:
         assert key is not None
         held = self.per_key.get(key.id, 0)
         if held >= self.settings.ws_max_sockets_per_key:
-            refusal = GatewayError(429, f"this API key already holds {held} open WebSocket connections to this"
-                                    f" gateway worker (at most {self.settings.ws_max_sockets_per_key}); close one"
-                                    " or use HTTP", retry_after=5.0)
+            refusal = GatewayError(
+                429,
+                f"this API key already holds {held} open WebSocket connections to this"
+                f" gateway worker (at most {self.settings.ws_max_sockets_per_key}); close one"
+                " or use HTTP",
+                retry_after=5.0,
+            )
             await refuse(scope, send, refusal, ids.request_id(key.key_hash), t0, openai=True)
             return
         self.per_key[key.id] = held + 1
@@ -224,12 +236,18 @@ class ResponsesSockets:
                 self.per_key[key.id] = left
             else:
                 self.per_key.pop(key.id, None)
-            log_request({"method": "GET", "path": scope.get("path", PATH)}, 101,
-                        (time.perf_counter() - t0) * 1000.0, None, None)
+            log_request(
+                {"method": "GET", "path": scope.get("path", PATH)},
+                101,
+                (time.perf_counter() - t0) * 1000.0,
+                None,
+                None,
+            )
 
 
-async def refuse(scope: Scope, send: Send, exc: GatewayError, request_id: str, t0: float, *,
-                 openai: bool) -> None:
+async def refuse(
+    scope: Scope, send: Send, exc: GatewayError, request_id: str, t0: float, *, openai: bool
+) -> None:
     """Refuse an upgrade with a plain HTTP answer (the ASGI ``websocket.http.response``
     extension; without it, a close before accepting: the server answers 403) and log it."""
     if "websocket.http.response" in (scope.get("extensions") or {}):
@@ -239,24 +257,44 @@ async def refuse(scope: Scope, send: Send, exc: GatewayError, request_id: str, t
             from ethereal.errors import anthropic_error_body
 
             body = anthropic_error_body(exc.type, exc.message, request_id)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"request-id", request_id.encode()), (b"x-request-id", request_id.encode()),
-                   *exc.response_headers()]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"request-id", request_id.encode()),
+            (b"x-request-id", request_id.encode()),
+            *exc.response_headers(),
+        ]
         await send({"type": "websocket.http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        log.warning("WebSocket upgrade to %s refused with a close (status %d not sendable: the server lacks"
-                    " the websocket.http.response extension)", str(scope.get("path", ""))[:200], exc.status)
+        log.warning(
+            "WebSocket upgrade to %s refused with a close (status %d not sendable: the server lacks"
+            " the websocket.http.response extension)",
+            str(scope.get("path", ""))[:200],
+            exc.status,
+        )
         await send({"type": "websocket.close", "code": CLOSE_POLICY})
-    log_request({"method": "GET", "path": scope.get("path", "")}, exc.status,
-                (time.perf_counter() - t0) * 1000.0, request_id, None, error_message_of(exc.message))
+    log_request(
+        {"method": "GET", "path": scope.get("path", "")},
+        exc.status,
+        (time.perf_counter() - t0) * 1000.0,
+        request_id,
+        None,
+        error_message_of(exc.message),
+    )
 
 
 class _Socket:
     """One accepted socket: a reader task fills the inbox, the serving loop answers it in order."""
 
-    def __init__(self, service: ResponsesSockets, scope: Scope, receive: Receive, send: Send,
-                 headers: dict[bytes, bytes]) -> None:
+    def __init__(
+        self,
+        service: ResponsesSockets,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+    ) -> None:
         self.service = service
         self.pipeline = service.pipeline
         self.settings = service.settings
@@ -377,8 +415,14 @@ class _Socket:
                 status = rec.status
             if metrics is not None:
                 metrics.response(status or 499)
-            log_request({"method": "WS", "path": self.scope.get("path", PATH)}, status or 499,
-                        (time.perf_counter() - t0) * 1000.0, call.request_id or None, rec, said)
+            log_request(
+                {"method": "WS", "path": self.scope.get("path", PATH)},
+                status or 499,
+                (time.perf_counter() - t0) * 1000.0,
+                call.request_id or None,
+                rec,
+                said,
+            )
 
     async def _answer(self, call: Call, text: str, parsed: Any) -> tuple[int, str | None]:
         """Answer one message; returns the status its log line shows and the error the client was
@@ -389,7 +433,9 @@ class _Socket:
                 await pipeline.authenticate(self.headers, call)
             finally:
                 key = call.key
-                call.request_id = ids.request_id(key.key_hash if key is not None else key_hash_of(self.headers))
+                call.request_id = ids.request_id(
+                    key.key_hash if key is not None else key_hash_of(self.headers)
+                )
             async with pipeline.recording(call):
                 return await self._serve(call, text, parsed), None
         except GatewayError as exc:
@@ -413,8 +459,9 @@ class _Socket:
             raise GatewayError(400, "message must be a JSON object")
         kind = data.pop("type", None)
         if kind != "response.create":
-            raise GatewayError(400, f"unknown message type {str(kind)[:64]!r}: expected response.create",
-                               param="type")
+            raise GatewayError(
+                400, f"unknown message type {str(kind)[:64]!r}: expected response.create", param="type"
+            )
         # a repeated top-level key, or nesting past what the translation can write back: 400, as over HTTP
         check_body_shape(text.encode(), adapter.max_depth, data)
         generate = data.pop("generate", None)
@@ -426,15 +473,20 @@ class _Socket:
         if previous not in (None, ""):
             last = self.last
             if last is None or previous != last.id:
-                raise _Refused(400, f"Previous response with id {str(previous)[:80]!r} not found: a WebSocket"
-                                    " continues only the last response completed on the same connection",
-                               code="previous_response_not_found", param="previous_response_id")
+                raise _Refused(
+                    400,
+                    f"Previous response with id {str(previous)[:80]!r} not found: a WebSocket"
+                    " continues only the last response completed on the same connection",
+                    code="previous_response_not_found",
+                    param="previous_response_id",
+                )
             items = [*last.input, *last.output, *items]
             size += last.size
             data["input"] = items
         if size > settings.max_body_bytes:
-            raise GatewayError(413, f"the conversation exceeds the maximum request size of {settings.max_body_bytes}"
-                                    " bytes")
+            raise GatewayError(
+                413, f"the conversation exceeds the maximum request size of {settings.max_body_bytes} bytes"
+            )
         data["stream"] = True
         self.last = None
         if generate is False:
@@ -478,17 +530,38 @@ class _Socket:
         sends its developer message), so it is translated only when continued."""
         pipeline, adapter = self.pipeline, self.service.adapter
         pipeline.resolve_model(call, check_model_name(adapter.validate(data)))
-        head = openai_responses.response_head(data, response_id=response_id(call), created_at=int(call.started),
-                                              model=call.model_name or "")
+        head = openai_responses.response_head(
+            data, response_id=response_id(call), created_at=int(call.started), model=call.model_name or ""
+        )
         call.first_byte()
-        created = {**head, "status": "in_progress", "error": None, "incomplete_details": None, "output": [],
-                   "usage": None}
-        done = {**created, "status": "completed", "usage": {
-            "input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}}
+        created = {
+            **head,
+            "status": "in_progress",
+            "error": None,
+            "incomplete_details": None,
+            "output": [],
+            "usage": None,
+        }
+        done = {
+            **created,
+            "status": "completed",
+            "usage": {
+                "input_tokens": 0,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 0,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 0,
+            },
+        }
         for seq, (kind, response) in enumerate((("response.created", created), ("response.completed", done))):
-            await self.send({"type": "websocket.send", "text": orjson.dumps(
-                {"type": kind, "sequence_number": seq, "response": response}).decode()})
+            await self.send(
+                {
+                    "type": "websocket.send",
+                    "text": orjson.dumps(
+                        {"type": kind, "sequence_number": seq, "response": response}
+                    ).decode(),
+                }
+            )
         await pipeline.finish(call, 200, Usage())
         self.last = _Last(response_id(call), items, [], size)
         return 200

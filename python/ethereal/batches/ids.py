@@ -19,7 +19,9 @@ def _base62(value: int, width: int) -> str:
 def batch_id() -> str:
     """``msgbatch_`` + 24 base62 characters whose first 8 are the creation time in milliseconds,
     so ids sort by creation time (the newest-first listing and its cursors need no other column)."""
-    return "msgbatch_" + _base62(int(time.time() * 1000), 8) + _base62(int.from_bytes(os.urandom(12), "big"), 16)
+    return (
+        "msgbatch_" + _base62(int(time.time() * 1000), 8) + _base62(int.from_bytes(os.urandom(12), "big"), 16)
+    )
 
 
 def item_request_id(batch: str, custom_id: str) -> str:

@@ -141,10 +141,17 @@ class BatchService:
         calls carry only the version."""
         return forward_headers(raw or [], cred.api_key)
 
-    async def _call(self, cred: Credential, method: str, path: str, body: bytes | None = None,
-                    raw: list[tuple[bytes, bytes]] | None = None) -> tuple[int, bytes, UpstreamResponse]:
-        resp = await self.gw.client.request(method, cred.base_url + path, self._headers(cred, raw), body,
-                                            pool_key=cred.name)
+    async def _call(
+        self,
+        cred: Credential,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        raw: list[tuple[bytes, bytes]] | None = None,
+    ) -> tuple[int, bytes, UpstreamResponse]:
+        resp = await self.gw.client.request(
+            method, cred.base_url + path, self._headers(cred, raw), body, pool_key=cred.name
+        )
         try:
             payload = await resp.read()
         except UpstreamStreamError as exc:
@@ -155,19 +162,26 @@ class BatchService:
         """The credential the batch lives on, enabled or not: its pending batches are still read."""
         cred = self.gw.pool.get(rec.credential)
         if cred is None:
-            raise GatewayError(503, f"the upstream credential this batch lives on ({rec.credential!r}) is not "
-                               "configured; its results are fetched once it is back", type="overloaded_error",
-                               retry_after=30.0)
+            raise GatewayError(
+                503,
+                f"the upstream credential this batch lives on ({rec.credential!r}) is not "
+                "configured; its results are fetched once it is back",
+                type="overloaded_error",
+                retry_after=30.0,
+            )
         return cred
 
-    async def _upstream_error(self, cred: Credential, status: int, payload: bytes,
-                              resp: UpstreamResponse) -> GatewayError:
+    async def _upstream_error(
+        self, cred: Credential, status: int, payload: bytes, resp: UpstreamResponse
+    ) -> GatewayError:
         """An upstream error answer to one of the service's calls, counted against the credential
         as the pipeline counts it on /v1/messages (``FailureKind.for_status``: 503 overloaded, 504
         a timeout, the client's own errors nothing), and the error the client is given."""
         kind = FailureKind.for_status(status)
         if kind is not None:
-            await self.gw.pool.report_failure(cred, kind, retry_after_seconds(resp.headers), detail=f"HTTP {status}")
+            await self.gw.pool.report_failure(
+                cred, kind, retry_after_seconds(resp.headers), detail=f"HTTP {status}"
+            )
         return upstream_error(status, payload, resp.headers)
 
     async def _unreachable(self, cred: Credential, exc: UpstreamConnectError) -> GatewayError:
@@ -191,9 +205,13 @@ class BatchService:
         others = self._create_bytes - slot.bytes
         if others > 0 and self._create_bytes + size > self.gw.settings.batch_create_bytes:
             mib = 1024 * 1024
-            raise GatewayError(429, f"this gateway worker is busy creating other batches ({others // mib} MiB in "
-                               f"flight, at most {self.gw.settings.batch_create_bytes // mib} MiB): retry shortly",
-                               type="rate_limit_error", retry_after=CREATE_RETRY_AFTER)
+            raise GatewayError(
+                429,
+                f"this gateway worker is busy creating other batches ({others // mib} MiB in "
+                f"flight, at most {self.gw.settings.batch_create_bytes // mib} MiB): retry shortly",
+                type="rate_limit_error",
+                retry_after=CREATE_RETRY_AFTER,
+            )
         self._create_bytes += size
         slot.bytes += size
 
@@ -210,9 +228,14 @@ class BatchService:
             return call.model_name or name, call.model
 
         def check() -> CheckedBatch:
-            return check_batch(body, resolve=resolve, max_requests=gw.settings.batch_max_requests,
-                               max_item_bytes=gw.settings.max_body_bytes, registry=gw.registry,
-                               config=self.pipeline.reserve_config)
+            return check_batch(
+                body,
+                resolve=resolve,
+                max_requests=gw.settings.batch_max_requests,
+                max_item_bytes=gw.settings.max_body_bytes,
+                registry=gw.registry,
+                config=self.pipeline.reserve_config,
+            )
 
         if len(body) > OFFLOAD_BYTES:
             # reading 10,000 items is ~0.3 s of CPU (a 250 MB batch, seconds): off the event loop,
@@ -225,8 +248,9 @@ class BatchService:
         new_id = batch_id()
         if held:
             try:
-                await gw.limiter.charge(key, tokens=checked.estimated_tokens, cost_micro=checked.estimated_micro,
-                                        check=True)
+                await gw.limiter.charge(
+                    key, tokens=checked.estimated_tokens, cost_micro=checked.estimated_micro, check=True
+                )
             except GatewayError as exc:
                 if exc.status == 402:
                     raise await self._does_not_fit(key, checked) from None
@@ -242,19 +266,38 @@ class BatchService:
             # a cooldown is a preference, not a wall: every serving credential cooling down, the
             # one that recovers first gets the batch (its own answer, retry hints included, is
             # what the client would have had calling it directly)
-            candidates = sorted((c for c in gw.pool.credentials if c.enabled and not c.over_spend()
-                                 and all(c.serves(m) for m in checked.models)), key=lambda c: c.cooldown_until)
+            candidates = sorted(
+                (
+                    c
+                    for c in gw.pool.credentials
+                    if c.enabled and not c.over_spend() and all(c.serves(m) for m in checked.models)
+                ),
+                key=lambda c: c.cooldown_until,
+            )
         if not candidates:
             await self._refund(key, checked, held, new_id)
-            raise GatewayError(503, "no healthy upstream credential can serve every model of this batch",
-                               type="overloaded_error", retry_after=max(1.0, gw.pool.earliest_recovery(None)))
+            raise GatewayError(
+                503,
+                "no healthy upstream credential can serve every model of this batch",
+                type="overloaded_error",
+                retry_after=max(1.0, gw.pool.earliest_recovery(None)),
+            )
         now = time.time()
-        rec = BatchRecord(id=new_id, key_id=key.id, credential=candidates[0].name, status="creating",
-                          request_count=checked.count, processing=checked.count, created_at=now,
-                          expires_at=now + DAY, estimated_tokens=checked.estimated_tokens,
-                          estimated_micro=checked.estimated_micro,
-                          held_tokens=checked.estimated_tokens if held else 0,
-                          held_micro=checked.estimated_micro if held else 0, polled_at=now)
+        rec = BatchRecord(
+            id=new_id,
+            key_id=key.id,
+            credential=candidates[0].name,
+            status="creating",
+            request_count=checked.count,
+            processing=checked.count,
+            created_at=now,
+            expires_at=now + DAY,
+            estimated_tokens=checked.estimated_tokens,
+            estimated_micro=checked.estimated_micro,
+            held_tokens=checked.estimated_tokens if held else 0,
+            held_micro=checked.estimated_micro if held else 0,
+            polled_at=now,
+        )
         # the row exists before the upstream call: a replica dying mid-create leaves a row the
         # poller finds and refunds (CREATING_STALE), never a hold nobody knows about
         await self.store.insert_batch(rec)
@@ -262,11 +305,19 @@ class BatchService:
         # made (and listed) or refused and refunded, never left "creating" with a hold
         return await asyncio.shield(self._send_create(key, checked, held, rec, candidates, body, raw))
 
-    async def _send_create(self, key: KeyRecord, checked: CheckedBatch, held: bool, rec: BatchRecord,
-                           candidates: list[Credential], body: bytes, raw: list[tuple[bytes, bytes]]) -> BatchRecord:
+    async def _send_create(
+        self,
+        key: KeyRecord,
+        checked: CheckedBatch,
+        held: bool,
+        rec: BatchRecord,
+        candidates: list[Credential],
+        body: bytes,
+        raw: list[tuple[bytes, bytes]],
+    ) -> BatchRecord:
         gw = self.gw
         last: GatewayError | None = None
-        for cred in candidates[:max(1, gw.settings.max_attempts)]:
+        for cred in candidates[: max(1, gw.settings.max_attempts)]:
             if cred.name != rec.credential:
                 await self.store.update_batch(rec.id, {"credential": cred.name})
                 rec.credential = cred.name
@@ -299,33 +350,48 @@ class BatchService:
         """Why a batch's hold was refused: 402 when what the key has really spent (its usage rows)
         plus this batch's estimate is over the budget, else 429 with a retry-after: the budget is
         held by its other batches (until they settle) or by requests in flight, not spent."""
-        what = (f"this batch's estimated cost ({checked.estimated_micro / 1e6:.6f} USD at the batch price, "
-                f"{checked.estimated_tokens} tokens)")
+        what = (
+            f"this batch's estimated cost ({checked.estimated_micro / 1e6:.6f} USD at the batch price, "
+            f"{checked.estimated_tokens} tokens)"
+        )
         spend = (await self.store.spend_by_key([key.id])).get(key.id) or {}
         spent_tokens, spent_micro = int(spend.get("tokens") or 0), int(spend.get("cost_micro") or 0)
-        over_tokens = key.budget_tokens is not None and spent_tokens + checked.estimated_tokens > key.budget_tokens
-        over_micro = key.budget_micro_usd is not None \
-            and spent_micro + checked.estimated_micro > key.budget_micro_usd
+        over_tokens = (
+            key.budget_tokens is not None and spent_tokens + checked.estimated_tokens > key.budget_tokens
+        )
+        over_micro = (
+            key.budget_micro_usd is not None and spent_micro + checked.estimated_micro > key.budget_micro_usd
+        )
         if over_tokens or over_micro:
-            return GatewayError(402, f"{what} does not fit what is left of this API key's budget",
-                                type="billing_error")
+            return GatewayError(
+                402, f"{what} does not fit what is left of this API key's budget", type="billing_error"
+            )
         held_tokens, held_micro = await self.store.batch_holds(key.id)
         if held_tokens or held_micro:
             # a hold changes when its batch settles: the poller looks at every interval
             wait = min(300.0, max(1.0, self.gw.settings.batch_poll_interval))
-            return GatewayError(429, f"{what} fits this API key's budget, but not beside what its other unsettled "
-                                "batches hold until they settle (and its requests in flight): retry later",
-                                type="rate_limit_error", retry_after=wait)
-        return GatewayError(429, f"{what} fits this API key's budget, but not beside what its requests in "
-                            "flight hold: retry when they end", type="rate_limit_error",
-                            retry_after=CREATE_RETRY_AFTER)
+            return GatewayError(
+                429,
+                f"{what} fits this API key's budget, but not beside what its other unsettled "
+                "batches hold until they settle (and its requests in flight): retry later",
+                type="rate_limit_error",
+                retry_after=wait,
+            )
+        return GatewayError(
+            429,
+            f"{what} fits this API key's budget, but not beside what its requests in "
+            "flight hold: retry when they end",
+            type="rate_limit_error",
+            retry_after=CREATE_RETRY_AFTER,
+        )
 
     async def _refund(self, key: KeyRecord, checked: CheckedBatch, held: bool, hold: str = "") -> None:
         if hold:
             await self.gw.limiter.charge_caps(key, cost_micro=0, check=False, hold=hold, release=True)
         if held:
-            await self.gw.limiter.charge(key, tokens=-checked.estimated_tokens, cost_micro=-checked.estimated_micro,
-                                         check=False)
+            await self.gw.limiter.charge(
+                key, tokens=-checked.estimated_tokens, cost_micro=-checked.estimated_micro, check=False
+            )
 
     @staticmethod
     def _changes(upstream: dict[str, Any]) -> dict[str, Any]:
@@ -365,10 +431,12 @@ class BatchService:
                 log.info("refreshing batch %s failed: %s", rec.id, exc.message)
         return rec
 
-    async def list_batches(self, key: KeyRecord | None, *, limit: int, after_id: str | None,
-                   before_id: str | None) -> tuple[list[BatchRecord], bool]:
-        return await self.store.list_batches(key_id=key.id if key else None, limit=limit, after_id=after_id,
-                                             before_id=before_id)
+    async def list_batches(
+        self, key: KeyRecord | None, *, limit: int, after_id: str | None, before_id: str | None
+    ) -> tuple[list[BatchRecord], bool]:
+        return await self.store.list_batches(
+            key_id=key.id if key else None, limit=limit, after_id=after_id, before_id=before_id
+        )
 
     async def refresh(self, rec: BatchRecord) -> BatchRecord:
         """The upstream's view of the batch into the row. Raises GatewayError when it cannot be had."""
@@ -392,28 +460,40 @@ class BatchService:
         if status == 404:
             # the upstream no longer has it (deleted there, or past its retention): nothing more
             # will come; the batch ends here and its hold is released when it settles (no rows)
-            log.error("batch %s (upstream %s on %s) is gone upstream", rec.id, rec.upstream_id, rec.credential)
-            changes = {"status": "ended", "ended_at": rec.ended_at or now, "polled_at": now,
-                       "last_error": "the upstream no longer has this batch"}
+            log.error(
+                "batch %s (upstream %s on %s) is gone upstream", rec.id, rec.upstream_id, rec.credential
+            )
+            changes = {
+                "status": "ended",
+                "ended_at": rec.ended_at or now,
+                "polled_at": now,
+                "last_error": "the upstream no longer has this batch",
+            }
             return await self.store.update_batch(rec.id, changes) or rec
         err = await self._upstream_error(cred, status, payload, resp)
         await self._poll_failed(rec, f"upstream answered {status}: {err.message}")
         raise err
 
     async def _poll_failed(self, rec: BatchRecord, why: str) -> None:
-        await self.store.update_batch(rec.id, {"polled_at": time.time(), "poll_failures": rec.poll_failures + 1,
-                                               "last_error": why[:500]})
+        await self.store.update_batch(
+            rec.id,
+            {"polled_at": time.time(), "poll_failures": rec.poll_failures + 1, "last_error": why[:500]},
+        )
 
     # ------------------------------------------------------------------ cancel and delete
     async def cancel(self, key: KeyRecord | None, batch: str, raw: list[tuple[bytes, bytes]]) -> BatchRecord:
         rec = await self.owned(key, batch)
         if rec.status == "creating" or rec.upstream_id is None:
-            raise GatewayError(409, "the batch is still being created; retry in a moment", type="invalid_request_error")
+            raise GatewayError(
+                409, "the batch is still being created; retry in a moment", type="invalid_request_error"
+            )
         if rec.status == "ended":
             return rec
         cred = self._credential(rec)
         try:
-            status, payload, resp = await self._call(cred, "POST", f"{PATH}/{rec.upstream_id}/cancel", b"", raw)
+            status, payload, resp = await self._call(
+                cred, "POST", f"{PATH}/{rec.upstream_id}/cancel", b"", raw
+            )
         except UpstreamConnectError as exc:
             raise await self._unreachable(cred, exc) from None
         if status != 200:
@@ -428,15 +508,20 @@ class BatchService:
         if rec.status != "ended":
             rec = await self.get(key, batch)
         if rec.status != "ended":
-            raise GatewayError(400, f"message_batch {rec.id} is still processing ({rec.status}): a batch can be "
-                               "deleted once it has ended; cancel it first")
+            raise GatewayError(
+                400,
+                f"message_batch {rec.id} is still processing ({rec.status}): a batch can be "
+                "deleted once it has ended; cancel it first",
+            )
         if not rec.settled:
             # its items are billed before its results can go away upstream
             rec = await self._settled(rec)
         if rec.upstream_id is not None and rec.last_error != "the upstream no longer has this batch":
             cred = self._credential(rec)
             try:
-                status, payload, resp = await self._call(cred, "DELETE", f"{PATH}/{rec.upstream_id}", None, raw)
+                status, payload, resp = await self._call(
+                    cred, "DELETE", f"{PATH}/{rec.upstream_id}", None, raw
+                )
             except UpstreamConnectError as exc:
                 raise await self._unreachable(cred, exc) from None
             if status not in (200, 404):
@@ -445,19 +530,28 @@ class BatchService:
         return rec.id
 
     # ------------------------------------------------------------------ results
-    async def open_results(self, key: KeyRecord | None, batch: str,
-                           raw: list[tuple[bytes, bytes]]) -> UpstreamResponse:
+    async def open_results(
+        self, key: KeyRecord | None, batch: str, raw: list[tuple[bytes, bytes]]
+    ) -> UpstreamResponse:
         """The upstream's results response, ready to stream; starts settling when not done yet."""
         rec = await self.owned(key, batch)
         if rec.status != "ended":
             rec = await self.get(key, batch)
         if rec.status != "ended":
-            raise GatewayError(404, f"message_batch {rec.id} has not ended ({rec.status}): its results are "
-                               "available once processing has ended")
+            raise GatewayError(
+                404,
+                f"message_batch {rec.id} has not ended ({rec.status}): its results are "
+                "available once processing has ended",
+            )
         cred = self._credential(rec)
         try:
-            resp = await self.gw.client.request("GET", f"{cred.base_url}{PATH}/{rec.upstream_id}/results",
-                                                self._headers(cred, raw), None, pool_key=cred.name)
+            resp = await self.gw.client.request(
+                "GET",
+                f"{cred.base_url}{PATH}/{rec.upstream_id}/results",
+                self._headers(cred, raw),
+                None,
+                pool_key=cred.name,
+            )
         except UpstreamConnectError as exc:
             raise await self._unreachable(cred, exc) from None
         if resp.status != 200:
@@ -483,8 +577,12 @@ class BatchService:
             if found is None or found.settled:
                 return found or rec
             if time.monotonic() > deadline:
-                raise GatewayError(503, "the batch's usage is still being recorded; retry shortly",
-                                   type="overloaded_error", retry_after=5.0)
+                raise GatewayError(
+                    503,
+                    "the batch's usage is still being recorded; retry shortly",
+                    type="overloaded_error",
+                    retry_after=5.0,
+                )
             rec = found
             await asyncio.sleep(0.1)
 
@@ -508,8 +606,14 @@ class BatchService:
             flipped = await self.store.settle_batch(rec.id, tokens=tokens, micro=micro, items=items)
             if flipped:
                 await self._move_spend(rec, tokens, micro)
-                log.info("batch %s settled: %d items, %d tokens, %d micro-USD (held %d)", rec.id, items, tokens,
-                         micro, rec.held_micro)
+                log.info(
+                    "batch %s settled: %d items, %d tokens, %d micro-USD (held %d)",
+                    rec.id,
+                    items,
+                    tokens,
+                    micro,
+                    rec.held_micro,
+                )
             return flipped
         finally:
             self._settling.discard(rec.id)
@@ -522,8 +626,9 @@ class BatchService:
         if key is None:
             return
         try:
-            await self.gw.limiter.charge(key, tokens=tokens - rec.held_tokens, cost_micro=micro - rec.held_micro,
-                                         check=False)
+            await self.gw.limiter.charge(
+                key, tokens=tokens - rec.held_tokens, cost_micro=micro - rec.held_micro, check=False
+            )
         except Exception:
             log.exception("moving the spend of batch %s failed", rec.id)
         try:
@@ -536,8 +641,13 @@ class BatchService:
         """Read the results once, line by line, writing one usage row per item (chunks of 1,000)."""
         cred = self._credential(rec)
         try:
-            resp = await self.gw.client.request("GET", f"{cred.base_url}{PATH}/{rec.upstream_id}/results",
-                                                self._headers(cred, None), None, pool_key=cred.name)
+            resp = await self.gw.client.request(
+                "GET",
+                f"{cred.base_url}{PATH}/{rec.upstream_id}/results",
+                self._headers(cred, None),
+                None,
+                pool_key=cred.name,
+            )
         except UpstreamConnectError as exc:
             raise await self._unreachable(cred, exc) from None
         if resp.status != 200:
@@ -554,8 +664,13 @@ class BatchService:
                 if row is None:
                     continue
                 items += 1
-                tokens += row.input_tokens + row.output_tokens + row.cache_creation_5m + row.cache_creation_1h \
+                tokens += (
+                    row.input_tokens
+                    + row.output_tokens
+                    + row.cache_creation_5m
+                    + row.cache_creation_1h
                     + row.cache_read
+                )
                 micro += row.cost_micro
                 pending.append(row)
                 if len(pending) >= INSERT_CHUNK:
@@ -569,8 +684,9 @@ class BatchService:
             resp.release()
         return tokens, micro, items
 
-    def _usage_row(self, rec: BatchRecord, line: bytes, *, settled_at: float | None = None,
-                   key: KeyRecord | None = None) -> UsageRecord | None:
+    def _usage_row(
+        self, rec: BatchRecord, line: bytes, *, settled_at: float | None = None, key: KeyRecord | None = None
+    ) -> UsageRecord | None:
         try:
             item = orjson.loads(line)
             custom_id = item["custom_id"]
@@ -594,8 +710,9 @@ class BatchService:
             fields["upstream_request_id"] = msg_id[:128] if isinstance(msg_id, str) else None
             # the same reading of a Message's usage as /v1/messages: every token kind, iterations
             # (each at its own model), web searches
-            usage = Usage.from_message(message.get("usage") if isinstance(message, dict) else None,
-                                       served_model=name)
+            usage = Usage.from_message(
+                message.get("usage") if isinstance(message, dict) else None, served_model=name
+            )
             status = 200
         elif kind == "errored":
             error = result.get("error") if isinstance(result, dict) else None
@@ -608,17 +725,32 @@ class BatchService:
         else:  # canceled, expired: never processed, never billed
             fields["error_type"] = kind if kind in ("canceled", "expired") else "unknown"
             status = 499 if kind == "canceled" else 408
-            fields["error_message"] = f"the batch item was {kind}" if kind in ("canceled", "expired") else None
+            fields["error_message"] = (
+                f"the batch item was {kind}" if kind in ("canceled", "expired") else None
+            )
         # counted in the period its result is settled in (reports, spend limits), priced at the card
         # in force when the batch was created
         started_at = rec.created_at if settled_at is None else settled_at
-        return usage_record(self.gw.registry, usage, request_id=item_request_id(rec.id, custom_id),
-                            key_id=rec.key_id, credential=rec.credential, route=ROUTE, model=model,
-                            model_name=model.id if model is not None else None, status=status, stream=False,
-                            started_at=started_at, ended_at=max(ended_at, started_at),
-                            duration_ms=max(0.0, (ended_at - rec.created_at) * 1000.0), batch=True,
-                            priced_at=rec.created_at, owner=(key.owner or None) if key else None,
-                            teams=teams_label(key.teams) if key else None, **fields)
+        return usage_record(
+            self.gw.registry,
+            usage,
+            request_id=item_request_id(rec.id, custom_id),
+            key_id=rec.key_id,
+            credential=rec.credential,
+            route=ROUTE,
+            model=model,
+            model_name=model.id if model is not None else None,
+            status=status,
+            stream=False,
+            started_at=started_at,
+            ended_at=max(ended_at, started_at),
+            duration_ms=max(0.0, (ended_at - rec.created_at) * 1000.0),
+            batch=True,
+            priced_at=rec.created_at,
+            owner=(key.owner or None) if key else None,
+            teams=teams_label(key.teams) if key else None,
+            **fields,
+        )
 
     # ------------------------------------------------------------------ the poller
     async def poll_forever(self) -> None:
@@ -687,8 +819,9 @@ class Creating:
             try:
                 # no tokens: RPM counts the batch as one request, and the create holds one of the
                 # key's concurrent requests until it is answered; no token enters the TPM windows
-                self.admission = await limiter.admit(self.key, model=None, input_tokens=0, max_tokens=0,
-                                                     price_in=0.0, price_out=0.0)
+                self.admission = await limiter.admit(
+                    self.key, model=None, input_tokens=0, max_tokens=0, price_in=0.0, price_out=0.0
+                )
             except BaseException:
                 self._release_bytes()
                 raise

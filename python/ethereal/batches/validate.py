@@ -79,14 +79,15 @@ def _requests_span(body: bytes) -> tuple[int, int]:
     if duplicate is not None:
         raise invalid_request(f"request body repeats the top-level key {clip(duplicate, 64)!r}")
     if depth > _native.MAX_JSON_DEPTH:
-        raise invalid_request(f"request body is nested {depth} levels deep; at most {_native.MAX_JSON_DEPTH} are "
-                              "accepted")
+        raise invalid_request(
+            f"request body is nested {depth} levels deep; at most {_native.MAX_JSON_DEPTH} are accepted"
+        )
     if span is None:
         if not body.lstrip().startswith(b"{"):
             raise invalid_request("request body must be a JSON object")
         raise invalid_request("requests: Field required", param="requests")
     start, end = span
-    if body[start:start + 1] != b"[":
+    if body[start : start + 1] != b"[":
         raise invalid_request("requests: must be an array", param="requests")
     try:
         rest = orjson.loads(body[:start] + b"[]" + body[end:])
@@ -113,7 +114,7 @@ def _item_end(view: memoryview, pos: int, window: int, limit: int, index: int) -
         except orjson.JSONDecodeError as exc:
             if exc.msg == _AFTER_DOCUMENT:
                 doc = exc.doc
-                return pos + (exc.pos if doc.isascii() else len(doc[:exc.pos].encode()))
+                return pos + (exc.pos if doc.isascii() else len(doc[: exc.pos].encode()))
             if cut >= stop:
                 raise _refuse(index, f"not valid JSON ({exc.msg})") from None
             if cut - pos >= limit:
@@ -141,13 +142,15 @@ class _Items:
         window = _FIRST_WINDOW
         index = 0
         try:
-            if body[pos:pos + 1] == b"]":
+            if body[pos : pos + 1] == b"]":
                 self.close = pos
                 return
             while True:
                 if index >= self.max_requests:
-                    raise invalid_request(f"requests: a batch holds at most {self.max_requests} requests, got more",
-                                          param="requests")
+                    raise invalid_request(
+                        f"requests: a batch holds at most {self.max_requests} requests, got more",
+                        param="requests",
+                    )
                 item_end = _item_end(view, pos, window, limit, index)
                 raw = body[pos:item_end]
                 if len(raw) > limit:
@@ -160,14 +163,14 @@ class _Items:
                     # gets it now, not at the end of the switch interval (/healthz stays prompt)
                     time.sleep(0)
                 pos = _WS.match(body, item_end).end()  # type: ignore[union-attr]
-                following = body[pos:pos + 1]
+                following = body[pos : pos + 1]
                 if following == b"]":
                     self.close = pos
                     return
                 if following != b",":
                     raise _refuse(index - 1, "not valid JSON (expected ',' or ']' after it)")
                 pos = _WS.match(body, pos + 1).end()  # type: ignore[union-attr]
-                if body[pos:pos + 1] == b"]":
+                if body[pos : pos + 1] == b"]":
                     raise _refuse(index - 1, "not valid JSON (a trailing ',' after it)")
         finally:
             view.release()
@@ -180,11 +183,12 @@ def _params_of(item: _Item) -> tuple[bytes | None, int]:
     if duplicate is not None:
         raise invalid_request(f"repeats the key {clip(duplicate, 64)!r}")
     if depth + 2 > _native.MAX_JSON_DEPTH:  # inside the body's object and array
-        raise invalid_request(f"nested {depth + 2} levels deep in the body; at most {_native.MAX_JSON_DEPTH} are "
-                              "accepted")
+        raise invalid_request(
+            f"nested {depth + 2} levels deep in the body; at most {_native.MAX_JSON_DEPTH} are accepted"
+        )
     if span is None:
         return None, 0
-    params = item.raw[span[0]:span[1]]
+    params = item.raw[span[0] : span[1]]
     try:
         _, duplicate, _ = _native.json_shape(params)
     except ValueError:  # not an object: _check_params says so
@@ -204,9 +208,16 @@ def _check_params(params: Any) -> str:
     return model
 
 
-def check_batch(body: bytes, *, resolve: Callable[[str], tuple[str, Model | None]], max_requests: int,
-                max_item_bytes: int = 32 * 1024 * 1024, registry: Registry | None = None,
-                config: ReserveConfig | None = None, at: float | None = None) -> CheckedBatch:
+def check_batch(
+    body: bytes,
+    *,
+    resolve: Callable[[str], tuple[str, Model | None]],
+    max_requests: int,
+    max_item_bytes: int = 32 * 1024 * 1024,
+    registry: Registry | None = None,
+    config: ReserveConfig | None = None,
+    at: float | None = None,
+) -> CheckedBatch:
     """Validate every item of the raw body, one at a time; the estimate is each item's reservation
     as a request would have it (metering/reserve.py: input at the dearest rate it can incur, cache
     writes and tiers included, documents by their pages, output at its whole max_tokens, server-tool
@@ -216,7 +227,7 @@ def check_batch(body: bytes, *, resolve: Callable[[str], tuple[str, Model | None
     item is at most ``max_item_bytes`` (a Messages request's own limit). CPU-heavy for a big batch:
     call it in a thread."""
     prefix = _PREFIX.match(body)
-    usual = prefix is not None and body[prefix.end():prefix.end() + 1] == b"["
+    usual = prefix is not None and body[prefix.end() : prefix.end() + 1] == b"["
     # the usual body is read as it goes; any other is first checked whole (and refused, mostly)
     start, end = (prefix.end(), -1) if usual else _requests_span(body)  # type: ignore[union-attr]
     items = _Items(body, start, max_requests=max_requests, max_item_bytes=max_item_bytes)
@@ -240,8 +251,10 @@ def check_batch(body: bytes, *, resolve: Callable[[str], tuple[str, Model | None
             if not isinstance(custom_id, str) or not _CUSTOM_ID.fullmatch(custom_id):
                 raise invalid_request("custom_id: must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -")
             if custom_id in seen:
-                raise invalid_request(f"custom_id: {custom_id!r} is used by another request of this batch; "
-                                      "custom_id must be unique within a batch")
+                raise invalid_request(
+                    f"custom_id: {custom_id!r} is used by another request of this batch; "
+                    "custom_id must be unique within a batch"
+                )
             seen.add(custom_id)
             if raw_params is None:
                 raise invalid_request("params: Field required")
@@ -259,23 +272,37 @@ def check_batch(body: bytes, *, resolve: Callable[[str], tuple[str, Model | None
             canonical, model = found
             max_tokens = params["max_tokens"]
             if model is not None and max_tokens > model.max_output:
-                raise invalid_request(f"max_tokens: {max_tokens} > {model.max_output}, which is the maximum "
-                                      f"allowed number of output tokens for {model.id}")
+                raise invalid_request(
+                    f"max_tokens: {max_tokens} > {model.max_output}, which is the maximum "
+                    f"allowed number of output tokens for {model.id}"
+                )
         except GatewayError as exc:
-            label = f"requests.{i}" + (f" (custom_id {item.get('custom_id')!r})"
-                                       if isinstance(item, dict) and isinstance(item.get("custom_id"), str)
-                                       and len(item["custom_id"]) <= 64 else "")
-            raise GatewayError(exc.status, f"{label}: {exc.message}", type=exc.type,
-                               param=f"requests.{i}") from None
+            label = f"requests.{i}" + (
+                f" (custom_id {item.get('custom_id')!r})"
+                if isinstance(item, dict)
+                and isinstance(item.get("custom_id"), str)
+                and len(item["custom_id"]) <= 64
+                else ""
+            )
+            raise GatewayError(
+                exc.status, f"{label}: {exc.message}", type=exc.type, param=f"requests.{i}"
+            ) from None
         out.count += 1
         out.models.add(canonical)
         if canonical != name:
             out.aliases[name] = canonical
             out.splices.append(_model_span(entry, raw_params, params_at, canonical))
         if model is not None:
-            held = batch_item(registry, model, params, raw_params, at=when,
-                              input_tokens=with_margin(_native.estimate_tokens(raw_params, **estimate_args(model))),
-                              max_tokens=max_tokens, config=config)
+            held = batch_item(
+                registry,
+                model,
+                params,
+                raw_params,
+                at=when,
+                input_tokens=with_margin(_native.estimate_tokens(raw_params, **estimate_args(model))),
+                max_tokens=max_tokens,
+                config=config,
+            )
             est_tokens += held.input_tokens + held.output_tokens
             est_micro += held.input_micro + held.output_micro
         else:

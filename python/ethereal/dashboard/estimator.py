@@ -66,8 +66,9 @@ class Estimator:
         """What the estimator charges an image of unknown size for these estimate arguments: the
         image tier's cap (the difference the image block makes, less its block framing)."""
         base = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})
-        with_image = orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
-                                                                              _IMAGE]}]})
+        with_image = orjson.dumps(
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, _IMAGE]}]}
+        )
         return _native.estimate_tokens(with_image, **args) - _native.estimate_tokens(base, **args) - 1
 
     @property
@@ -85,8 +86,11 @@ class Estimator:
         images = _int_field("images", form.get("images"), MAX_IMAGES, 0)
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
         content.extend([_IMAGE] * images)
-        body: dict[str, Any] = {"model": "estimate", "max_tokens": max(1, output_tokens),
-                                "messages": [{"role": "user", "content": content}]}
+        body: dict[str, Any] = {
+            "model": "estimate",
+            "max_tokens": max(1, output_tokens),
+            "messages": [{"role": "user", "content": content}],
+        }
         if system:
             body["system"] = system
         raw = orjson.dumps(body)
@@ -104,31 +108,58 @@ class Estimator:
         models = []
         now = time.time()
         for model in _order(self.registry.listed()):
-            def cost(*, input_tokens: int = 0, output_tokens: int = 0, cache_5m: int = 0, cache_1h: int = 0,
-                     cache_read: int = 0, batch: bool = False) -> int:
-                usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_5m=cache_5m,
-                              cache_1h=cache_1h, cache_read=cache_read)
+
+            def cost(
+                *,
+                input_tokens: int = 0,
+                output_tokens: int = 0,
+                cache_5m: int = 0,
+                cache_1h: int = 0,
+                cache_read: int = 0,
+                batch: bool = False,
+            ) -> int:
+                usage = Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    cache_5m=cache_5m,
+                    cache_1h=cache_1h,
+                    cache_read=cache_read,
+                )
                 return price(self.registry, model, usage, at=now, batch=batch).cost_micro  # noqa: B023
 
             card = model.card_at(now)
             n = tokens_for(model)
-            models.append({
-                "id": model.id, "display_name": model.display_name, "status": model.status,
-                "provisional": model.provisional, "card": card.id.removeprefix("provisional:"),
-                "input_price": card.rates.usd("input"), "output_price": card.rates.usd("output"),
-                "input_tokens": n, "tokenizer": model.rules.tokenizer, "image_tier": model.rules.image_tier,
-                "input": _usd(cost(input_tokens=n)),
-                "output": _usd(cost(output_tokens=output_tokens)),
-                "total": _usd(cost(input_tokens=n, output_tokens=output_tokens)),
-                "cache_write_5m": _usd(cost(cache_5m=n, output_tokens=output_tokens)),
-                "cache_write_1h": _usd(cost(cache_1h=n, output_tokens=output_tokens)),
-                "cache_read": _usd(cost(cache_read=n, output_tokens=output_tokens)),
-                "batch": _usd(cost(input_tokens=n, output_tokens=output_tokens, batch=True)),
-                "total_micro": cost(input_tokens=n, output_tokens=output_tokens),
-            })
-        return {"input_tokens": input_tokens, "input_tokens_newer": newer, "output_tokens": output_tokens,
-                "images": images, "image_tokens": self._image_tokens(),
-                "image_tokens_newer": self._image_tokens(image_tier=2), "models": models}
+            models.append(
+                {
+                    "id": model.id,
+                    "display_name": model.display_name,
+                    "status": model.status,
+                    "provisional": model.provisional,
+                    "card": card.id.removeprefix("provisional:"),
+                    "input_price": card.rates.usd("input"),
+                    "output_price": card.rates.usd("output"),
+                    "input_tokens": n,
+                    "tokenizer": model.rules.tokenizer,
+                    "image_tier": model.rules.image_tier,
+                    "input": _usd(cost(input_tokens=n)),
+                    "output": _usd(cost(output_tokens=output_tokens)),
+                    "total": _usd(cost(input_tokens=n, output_tokens=output_tokens)),
+                    "cache_write_5m": _usd(cost(cache_5m=n, output_tokens=output_tokens)),
+                    "cache_write_1h": _usd(cost(cache_1h=n, output_tokens=output_tokens)),
+                    "cache_read": _usd(cost(cache_read=n, output_tokens=output_tokens)),
+                    "batch": _usd(cost(input_tokens=n, output_tokens=output_tokens, batch=True)),
+                    "total_micro": cost(input_tokens=n, output_tokens=output_tokens),
+                }
+            )
+        return {
+            "input_tokens": input_tokens,
+            "input_tokens_newer": newer,
+            "output_tokens": output_tokens,
+            "images": images,
+            "image_tokens": self._image_tokens(),
+            "image_tokens_newer": self._image_tokens(image_tier=2),
+            "models": models,
+        }
 
 
 class RateLimiter:
@@ -138,7 +169,9 @@ class RateLimiter:
     seen are forgotten first). With several workers each keeps its own count.
     """
 
-    def __init__(self, limit: int, window: float, max_clients: int = 10_000, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, window: float, max_clients: int = 10_000, clock: Any = time.monotonic
+    ) -> None:
         self.limit = limit
         self.window = window
         self.max_clients = max_clients

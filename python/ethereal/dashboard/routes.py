@@ -47,21 +47,37 @@ log = logging.getLogger("ethereal.dashboard")
 
 BASE = "/dashboard"
 API = "/admin/api"
-NAV = (("", "Overview"), ("/keys", "Keys"), ("/limits", "Limits"), ("/upstreams", "Upstreams"), ("/usage", "Usage"),
-       ("/estimate", "Estimator"))
+NAV = (
+    ("", "Overview"),
+    ("/keys", "Keys"),
+    ("/limits", "Limits"),
+    ("/upstreams", "Upstreams"),
+    ("/usage", "Usage"),
+    ("/estimate", "Estimator"),
+)
 ROUTES = ("messages", "count_tokens", "chat.completions", "models")
 _FORM_MAX = 64 * 1024
 _ESTIMATE_MAX = 4 * 1024 * 1024
 _CSV_MAX_ROWS = 100_000
 _FORMULA_START = frozenset("=+-@\t\r")
-_STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
-                 ".txt": b"text/plain; charset=utf-8", ".LICENSE": b"text/plain; charset=utf-8"}
+_STATIC_TYPES = {
+    ".css": b"text/css; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".txt": b"text/plain; charset=utf-8",
+    ".LICENSE": b"text/plain; charset=utf-8",
+}
 # nothing from another host, no inline script; data for scripts travels in JSON blocks
-_CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
-        b" frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
-_SECURITY_HEADERS = [(b"content-security-policy", _CSP), (b"x-content-type-options", b"nosniff"),
-                     (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
-                     (b"cache-control", b"no-store")]
+_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
+    b" frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"content-security-policy", _CSP),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+]
 
 
 def _ms(value: float | None) -> str:
@@ -104,7 +120,10 @@ def _load_static() -> dict[str, tuple[bytes, bytes]]:
                 walk(entry, f"{prefix}{entry.name}/")
                 continue
             suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
-            files[prefix + entry.name] = (_STATIC_TYPES.get(suffix, b"application/octet-stream"), entry.read_bytes())
+            files[prefix + entry.name] = (
+                _STATIC_TYPES.get(suffix, b"application/octet-stream"),
+                entry.read_bytes(),
+            )
 
     walk(root, "")
     return files
@@ -112,7 +131,9 @@ def _load_static() -> dict[str, tuple[bytes, bytes]]:
 
 def _load_accuracy() -> dict[str, Any] | None:
     try:
-        data = json.loads((resources.files("ethereal.dashboard") / "accuracy.json").read_text(encoding="utf-8"))
+        data = json.loads(
+            (resources.files("ethereal.dashboard") / "accuracy.json").read_text(encoding="utf-8")
+        )
     except (FileNotFoundError, ValueError):
         return None
     data.pop("rows", None)
@@ -141,8 +162,11 @@ def live_view(ring: live_ring.Ring) -> dict[str, Any]:
 
 def register(app: Application, gw: Gateway) -> None:
     settings = gw.settings
-    env = jinja2.Environment(loader=jinja2.PackageLoader("ethereal.dashboard", "templates"),
-                             autoescape=True, undefined=jinja2.ChainableUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ethereal.dashboard", "templates"),
+        autoescape=True,
+        undefined=jinja2.ChainableUndefined,
+    )
     env.filters["ms"] = _ms
     env.filters["ts"] = _ts
     static = _load_static()
@@ -154,8 +178,13 @@ def register(app: Application, gw: Gateway) -> None:
         """What a key's allowed models may name, from the registry: today's models (not retired),
         their series and families, and the short names."""
         listed = registry.listed()
-        out: list[dict[str, Any]] = [{"value": m.id, "label": f"{m.display_name} ({m.status})"
-                                      + (" — provisional" if m.provisional else "")} for m in listed]
+        out: list[dict[str, Any]] = [
+            {
+                "value": m.id,
+                "label": f"{m.display_name} ({m.status})" + (" — provisional" if m.provisional else ""),
+            }
+            for m in listed
+        ]
         seen = {c["value"] for c in out}
         for m in listed:
             for value, label in ((m.series, "series"), (m.family, "family")):
@@ -172,11 +201,16 @@ def register(app: Application, gw: Gateway) -> None:
             found = registry.resolve(name)
         if found is None:
             return {"display_name": name, "provisional": bool(name), "known": False}
-        return {"display_name": found.display_name, "provisional": found.provisional, "known": True,
-                "status": found.status}
+        return {
+            "display_name": found.display_name,
+            "provisional": found.provisional,
+            "known": True,
+            "status": found.status,
+        }
 
     env.globals["model_info"] = model_info
     limiter = RateLimiter(settings.estimator_rpm, 60.0)
+
     def plans() -> Plans:
         return gw.plans
 
@@ -201,24 +235,44 @@ def register(app: Application, gw: Gateway) -> None:
     def current(request: Request) -> str | None:
         return session.session_id(settings, session.cookie_of(headers_of(request)))
 
-    def html(template: str, status: int = 200, *, sid: str | None = None, extra: list[tuple[bytes, bytes]]
-             | None = None, **ctx: Any) -> Response:
+    def html(
+        template: str,
+        status: int = 200,
+        *,
+        sid: str | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        **ctx: Any,
+    ) -> Response:
         body = env.get_template(template).render(
-            base=link_base, api=link_api, nav=NAV, signed_in=sid is not None,
-            csrf=session.csrf_token(settings, sid) if sid else None, **ctx)
-        return Response(status, [*_SECURITY_HEADERS, *(extra or [])], Content(b"text/html; charset=utf-8",
-                                                                             body.encode()))
+            base=link_base,
+            api=link_api,
+            nav=NAV,
+            signed_in=sid is not None,
+            csrf=session.csrf_token(settings, sid) if sid else None,
+            **ctx,
+        )
+        return Response(
+            status, [*_SECURITY_HEADERS, *(extra or [])], Content(b"text/html; charset=utf-8", body.encode())
+        )
 
     def redirect(location: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
-        return Response(303, [(b"location", location.encode()), (b"cache-control", b"no-store"), *(extra or [])],
-                        None)
+        return Response(
+            303, [(b"location", location.encode()), (b"cache-control", b"no-store"), *(extra or [])], None
+        )
 
     def json_out(payload: Any, status: int = 200) -> Response:
-        return Response(status, [(b"cache-control", b"no-store")], Content(b"application/json", orjson.dumps(payload)))
+        return Response(
+            status, [(b"cache-control", b"no-store")], Content(b"application/json", orjson.dumps(payload))
+        )
 
     def refused_json() -> Response:
-        return json_out({"type": "error", "error": {"type": "authentication_error",
-                                                    "message": "sign in to the console first"}}, 401)
+        return json_out(
+            {
+                "type": "error",
+                "error": {"type": "authentication_error", "message": "sign in to the console first"},
+            },
+            401,
+        )
 
     async def form_of(request: Request, limit: int = _FORM_MAX) -> dict[str, str]:
         raw = await read_body(request, limit)
@@ -245,12 +299,26 @@ def register(app: Application, gw: Gateway) -> None:
             try:
                 return await handler(request, sid)
             except GatewayError as exc:
-                return html("login.html" if exc.status == 503 else "error.html", exc.status, sid=sid, title="Error",
-                            message=exc.message, enabled=True, error=exc.message, active="")
+                return html(
+                    "login.html" if exc.status == 503 else "error.html",
+                    exc.status,
+                    sid=sid,
+                    title="Error",
+                    message=exc.message,
+                    enabled=True,
+                    error=exc.message,
+                    active="",
+                )
             except Exception:
                 log.exception("console page %s failed", request.url.path.decode("latin-1"))
-                return html("error.html", 500, sid=sid, title="Error", message="internal error in the console",
-                            active="")
+                return html(
+                    "error.html",
+                    500,
+                    sid=sid,
+                    title="Error",
+                    message="internal error in the console",
+                    active="",
+                )
 
         route.__name__ = handler.__name__
         return route
@@ -262,7 +330,9 @@ def register(app: Application, gw: Gateway) -> None:
             try:
                 return await handler(request)
             except GatewayError as exc:
-                return json_out({"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status)
+                return json_out(
+                    {"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status
+                )
 
         route.__name__ = handler.__name__
         return route
@@ -271,23 +341,40 @@ def register(app: Application, gw: Gateway) -> None:
     async def login_page(request: Request) -> Response:
         if settings.admin_key and current(request) is not None:
             return redirect(link_base)
-        return html("login.html", 200 if settings.admin_key else 403, title="Sign in",
-                    enabled=bool(settings.admin_key), active="")
+        return html(
+            "login.html",
+            200 if settings.admin_key else 403,
+            title="Sign in",
+            enabled=bool(settings.admin_key),
+            active="",
+        )
 
     async def login(request: Request) -> Response:
         if not settings.admin_key:
             return html("login.html", 403, title="Sign in", enabled=False, active="")
         headers = headers_of(request)
         if not session.same_origin(headers):
-            return html("login.html", 403, title="Sign in", enabled=True, error="Cross-site sign-in refused.",
-                        active="")
+            return html(
+                "login.html",
+                403,
+                title="Sign in",
+                enabled=True,
+                error="Cross-site sign-in refused.",
+                active="",
+            )
         # wrong keys counted per client address with the admin API's (auth.admin_attempts)
         attempts, client = admin_attempts(settings), client_address(request.scope, settings.trusted_proxies)
         wait = attempts.wait(client)
         if wait:
             throttled = admin_throttled(wait)
-            resp = html("login.html", 429, title="Sign in", enabled=True, active="",
-                        error=f"Too many wrong keys from your address: try again in {throttled.retry_after:.0f} s.")
+            resp = html(
+                "login.html",
+                429,
+                title="Sign in",
+                enabled=True,
+                active="",
+                error=f"Too many wrong keys from your address: try again in {throttled.retry_after:.0f} s.",
+            )
             resp.add_header(b"retry-after", b"%d" % int(throttled.retry_after or 1))
             return resp
         form = await form_of(request)
@@ -296,8 +383,14 @@ def register(app: Application, gw: Gateway) -> None:
             if presented:
                 attempts.fail(client)
             log.warning("console sign-in refused")
-            return html("login.html", 401, title="Sign in", enabled=True, error="That is not the admin key.",
-                        active="")
+            return html(
+                "login.html",
+                401,
+                title="Sign in",
+                enabled=True,
+                error="That is not the admin key.",
+                active="",
+            )
         value, lifetime = session.issue(settings)
         cookie = session.set_cookie_header(value, lifetime, session.over_tls(request.scope, headers))
         return redirect(link_base, [(b"set-cookie", cookie)])
@@ -308,8 +401,14 @@ def register(app: Application, gw: Gateway) -> None:
         form = await form_of(request)
         if sid is not None:
             if session.check(settings, "POST", headers, form.get("csrf")) != "ok":
-                return html("error.html", 403, sid=sid, title="Error", message="Cross-site sign-out refused.",
-                            active="")
+                return html(
+                    "error.html",
+                    403,
+                    sid=sid,
+                    title="Error",
+                    message="Cross-site sign-out refused.",
+                    active="",
+                )
             session.end(sid, settings.console_session_hours * 3600)
         cookie = session.set_cookie_header("", 0, session.over_tls(request.scope, headers))
         return redirect(link_base + "/login", [(b"set-cookie", cookie)])
@@ -322,12 +421,20 @@ def register(app: Application, gw: Gateway) -> None:
         out: dict[str, Any] = {}
         if "hour" in spans:
             minute = float((int(now) // 60) * 60 - 59 * 60)
-            out["hour"] = {"since": minute, "until": now, "step": 60,
-                           "rows": await store().usage_series(since=minute, until=now, step=60)}
+            out["hour"] = {
+                "since": minute,
+                "until": now,
+                "step": 60,
+                "rows": await store().usage_series(since=minute, until=now, step=60),
+            }
         if "day" in spans:
             since, until = day_window(now)
-            out["day"] = {"since": since, "until": now, "step": 3600,
-                          "rows": await store().usage_series(since=since, until=until, step=3600)}
+            out["day"] = {
+                "since": since,
+                "until": now,
+                "step": 3600,
+                "rows": await store().usage_series(since=since, until=until, step=3600),
+            }
         return out
 
     async def top_keys() -> list[dict[str, Any]]:
@@ -337,17 +444,32 @@ def register(app: Application, gw: Gateway) -> None:
         names = {key.id: key.name for key in found if key is not None}
         out = []
         for row in rows:
-            out.append({**row, "name": names.get(row["key_id"]),
-                        "tokens": row["input_tokens"] + row["output_tokens"] + row["cache_read"]
-                        + row["cache_creation_5m"] + row["cache_creation_1h"]})
+            out.append(
+                {
+                    **row,
+                    "name": names.get(row["key_id"]),
+                    "tokens": row["input_tokens"]
+                    + row["output_tokens"]
+                    + row["cache_read"]
+                    + row["cache_creation_5m"]
+                    + row["cache_creation_1h"],
+                }
+            )
         return out
 
     @page
     async def overview(request: Request, sid: str) -> Response:
         live = live_view(ring())
         series, top = await asyncio.gather(series_data(("day",)), top_keys())  # two pool connections
-        return html("overview.html", sid=sid, title="Overview", active="Overview", live=live,
-                    top_keys=top, data_json=script_json({"live": live, "series": series}))
+        return html(
+            "overview.html",
+            sid=sid,
+            title="Overview",
+            active="Overview",
+            live=live,
+            top_keys=top,
+            data_json=script_json({"live": live, "series": series}),
+        )
 
     @api_route
     async def api_live(request: Request) -> Response:
@@ -365,12 +487,19 @@ def register(app: Application, gw: Gateway) -> None:
             return settings.public_url.rstrip("/")
         headers = headers_of(request)
         host = (headers.get(b"x-forwarded-host") or headers.get(b"host") or b"localhost").decode("latin-1")
-        scheme = (headers.get(b"x-forwarded-proto") or str(request.scope.get("scheme", "http")).encode()).decode()
+        scheme = (
+            headers.get(b"x-forwarded-proto") or str(request.scope.get("scheme", "http")).encode()
+        ).decode()
         return f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}{settings.base_path}"
 
     @page
     async def keys(request: Request, sid: str) -> Response:
-        owner, plan, state, q = one(request, "owner"), one(request, "plan"), one(request, "state"), one(request, "q")
+        owner, plan, state, q = (
+            one(request, "owner"),
+            one(request, "plan"),
+            one(request, "state"),
+            one(request, "q"),
+        )
         team = one(request, "team")
         after = one(request, "after_id", 64)
         if state not in (None, "active", "revoked", "expired"):
@@ -378,14 +507,18 @@ def register(app: Application, gw: Gateway) -> None:
         found = plans().get(plan) if plan else None
         plan_name = found.name if found else plan
         page_size = 100
-        records = await store().list_keys(owner=owner, team=team, plan=plan_name, state=state, limit=page_size + 1,
-                                          after_id=after)
+        records = await store().list_keys(
+            owner=owner, team=team, plan=plan_name, state=state, limit=page_size + 1, after_id=after
+        )
         more = len(records) > page_size
         records = records[:page_size]
         if q:
             needle = q.lower()
-            records = [r for r in records if needle in r.name.lower() or needle in r.owner.lower()
-                       or needle in r.id.lower()]
+            records = [
+                r
+                for r in records
+                if needle in r.name.lower() or needle in r.owner.lower() or needle in r.id.lower()
+            ]
         key_ids = [r.id for r in records]
         spend = await store().spend_by_key(key_ids) if key_ids else {}
         last = await store().last_used(key_ids) if key_ids else {}
@@ -394,16 +527,46 @@ def register(app: Application, gw: Gateway) -> None:
             item = key_json(r, spend.get(r.id))
             cost = int(item["spend"]["cost_micro"])
             budget = r.budget_micro_usd
-            item.update(spend_usd=_usd(cost), budget_usd=_usd(budget) if budget is not None else None,
-                        spend_pct=round(cost / budget * 100, 1) if budget else 0, last_used=last.get(r.id))
+            item.update(
+                spend_usd=_usd(cost),
+                budget_usd=_usd(budget) if budget is not None else None,
+                spend_pct=round(cost / budget * 100, 1) if budget else 0,
+                last_used=last.get(r.id),
+            )
             rows.append(item)
-        next_query = urlencode({k: v for k, v in (("owner", owner), ("team", team), ("plan", plan), ("state", state), ("q", q),
-                                                  ("after_id", records[-1].id if records else None)) if v})
+        next_query = urlencode(
+            {
+                k: v
+                for k, v in (
+                    ("owner", owner),
+                    ("team", team),
+                    ("plan", plan),
+                    ("state", state),
+                    ("q", q),
+                    ("after_id", records[-1].id if records else None),
+                )
+                if v
+            }
+        )
         base = connect_base(request)
-        return html("keys.html", sid=sid, title="Keys", active="Keys", keys=rows, plans=plans().names(), q=q,
-                    models=model_choices(), connect_base=base,
-                    connect=[s.as_json(connect.KEY, base) for s in connect.SETUPS],
-                    owner=owner, team=team, plan=plan, state=state, next_after=more, next_query=next_query)
+        return html(
+            "keys.html",
+            sid=sid,
+            title="Keys",
+            active="Keys",
+            keys=rows,
+            plans=plans().names(),
+            q=q,
+            models=model_choices(),
+            connect_base=base,
+            connect=[s.as_json(connect.KEY, base) for s in connect.SETUPS],
+            owner=owner,
+            team=team,
+            plan=plan,
+            state=state,
+            next_after=more,
+            next_query=next_query,
+        )
 
     # ------------------------------------------------------------------ limits
     @page
@@ -423,35 +586,66 @@ def register(app: Application, gw: Gateway) -> None:
         for row in await spend.effective(people, now, periods=["daily", "weekly", "monthly"]):
             person = by_user.get(row["actor"]["user_id"])
             if person is None:
-                person = by_user[row["actor"]["user_id"]] = {"user_id": row["actor"]["user_id"],
-                                                            "rbac_group_ids": row["rbac_group_ids"], "limits": []}
+                person = by_user[row["actor"]["user_id"]] = {
+                    "user_id": row["actor"]["user_id"],
+                    "rbac_group_ids": row["rbac_group_ids"],
+                    "limits": [],
+                }
                 effective.append(person)
             row["spent_usd"] = f"{float(row['period_to_date_spend']) / 100:.2f}"
             row["amount_usd"] = None if row["amount"] is None else f"{int(row['amount']) / 100:.2f}"
             row["source_type"] = row["source"]["type"] if row["spend_limit_id"] else "none"
             person["limits"].append(row)
-        teams = sorted({t for ts in people.values() for t in ts}
-                       | {lim.scope_id for lim in spend.book.limits if lim.scope_type == "rbac_group"})
+        teams = sorted(
+            {t for ts in people.values() for t in ts}
+            | {lim.scope_id for lim in spend.book.limits if lim.scope_type == "rbac_group"}
+        )
         pools = []
         for lim in spend.book.limits:
             if lim.shared and lim.amount_cents is not None:
-                spent = (await spend.team_spent([lim.scope_id], lim.period, now)).get(lim.scope_id, 0) \
-                    if lim.scope_type == "rbac_group" else sum(
-                        (await store().spend_totals(dim="owner", since=period_start(lim.period, now))).values())
-                pools.append({**limit_json(lim), "spent_usd": f"{spent / 1_000_000:.2f}",
-                              "amount_usd": f"{lim.amount_cents / 100:.2f}", "spent_micro": spent,
-                              "cap_micro": lim.amount_cents * 10_000})
-        rows = sorted((limit_json(lim) for lim in spend.book.limits),
-                      key=lambda x: (x["scope"]["type"], str(x["scope"]), x["period"]))
+                spent = (
+                    (await spend.team_spent([lim.scope_id], lim.period, now)).get(lim.scope_id, 0)
+                    if lim.scope_type == "rbac_group"
+                    else sum(
+                        (
+                            await store().spend_totals(dim="owner", since=period_start(lim.period, now))
+                        ).values()
+                    )
+                )
+                pools.append(
+                    {
+                        **limit_json(lim),
+                        "spent_usd": f"{spent / 1_000_000:.2f}",
+                        "amount_usd": f"{lim.amount_cents / 100:.2f}",
+                        "spent_micro": spent,
+                        "cap_micro": lim.amount_cents * 10_000,
+                    }
+                )
+        rows = sorted(
+            (limit_json(lim) for lim in spend.book.limits),
+            key=lambda x: (x["scope"]["type"], str(x["scope"]), x["period"]),
+        )
         for row in rows:
             row["amount_usd"] = None if row["amount"] is None else f"{int(row['amount']) / 100:.2f}"
         audit, _ = await store().list_audit(limit=20)
         hooks = [webhook_json(h) for h in await store().list_webhooks()]
         deliveries = [delivery_json(d) for d in await store().list_deliveries(limit=30)]
-        return html("limits.html", sid=sid, title="Limits", active="Limits", limits=rows, people=effective,
-                    teams=teams, pools=pools, audit=[audit_json(a) for a in audit], hooks=hooks,
-                    deliveries=deliveries, events=EVENTS, user_id=one(request, "user_id"),
-                    spl=settings.base_path + "/v1/organizations/spend_limits")
+        return html(
+            "limits.html",
+            sid=sid,
+            title="Limits",
+            active="Limits",
+            limits=rows,
+            people=effective,
+            teams=teams,
+            pools=pools,
+            audit=[audit_json(a) for a in audit],
+            hooks=hooks,
+            deliveries=deliveries,
+            events=EVENTS,
+            user_id=one(request, "user_id"),
+            spl=settings.base_path + "/v1/organizations/spend_limits",
+        )
 
     # ------------------------------------------------------------------ upstreams
     async def last_correction() -> dict[str, Any] | None:
@@ -460,20 +654,34 @@ def register(app: Application, gw: Gateway) -> None:
     def models_view() -> dict[str, Any]:
         """The registry as the upstreams page shows it: version, alerts, provisionally billed models."""
         registry = gw.registry
-        return {"version": registry.version, "source": registry.source,
-                "expired": [m.id for m in registry.expired()],
-                "provisional": [{"id": m.id, "card": m.cards[0].id.removeprefix("provisional:")}
-                                for m in registry.provisional_models()]}
+        return {
+            "version": registry.version,
+            "source": registry.source,
+            "expired": [m.id for m in registry.expired()],
+            "provisional": [
+                {"id": m.id, "card": m.cards[0].id.removeprefix("provisional:")}
+                for m in registry.provisional_models()
+            ],
+        }
 
     @page
     async def upstreams(request: Request, sid: str) -> Response:
-        return html("upstreams.html", sid=sid, title="Upstreams", active="Upstreams",
-                    upstreams=await gw.upstreams.list(), registry_view=models_view(), models=model_choices(),
-                    correction=await last_correction())
+        return html(
+            "upstreams.html",
+            sid=sid,
+            title="Upstreams",
+            active="Upstreams",
+            upstreams=await gw.upstreams.list(),
+            registry_view=models_view(),
+            models=model_choices(),
+            correction=await last_correction(),
+        )
 
     # ------------------------------------------------------------------ usage
     def usage_filter(request: Request) -> tuple[UsageFilter, dict[str, str]]:
-        raw = {name: one(request, name, 128) for name in ("key_id", "model", "route", "status", "since", "until")}
+        raw = {
+            name: one(request, name, 128) for name in ("key_id", "model", "route", "status", "since", "until")
+        }
         shown = {k: v for k, v in raw.items() if v}
         lo = hi = None
         status = raw["status"]
@@ -484,9 +692,15 @@ def register(app: Application, gw: Gateway) -> None:
                 lo, hi = int(status), int(status) + 1
             else:
                 raise GatewayError(400, "status: give a code (429) or a class (4xx)")
-        filters = UsageFilter(key_id=raw["key_id"], model=raw["model"], route=raw["route"], status_lo=lo,
-                              status_hi=hi, since=parse_time("since", raw["since"]),
-                              until=parse_time("until", raw["until"]))
+        filters = UsageFilter(
+            key_id=raw["key_id"],
+            model=raw["model"],
+            route=raw["route"],
+            status_lo=lo,
+            status_hi=hi,
+            since=parse_time("since", raw["since"]),
+            until=parse_time("until", raw["until"]),
+        )
         return filters, shown
 
     def cursor(request: Request) -> tuple[float, str] | None:
@@ -505,8 +719,20 @@ def register(app: Application, gw: Gateway) -> None:
         try:
             filters, shown = usage_filter(request)
         except GatewayError as exc:
-            return html("usage.html", 400, sid=sid, title="Usage", active="Usage", f=shown, routes=ROUTES,
-                        records=[], error=exc.message, query="", older=None, models=model_choices())
+            return html(
+                "usage.html",
+                400,
+                sid=sid,
+                title="Usage",
+                active="Usage",
+                f=shown,
+                routes=ROUTES,
+                records=[],
+                error=exc.message,
+                query="",
+                older=None,
+                models=model_choices(),
+            )
         page_size = 50
         records = await store().list_usage(filters, limit=page_size + 1, before=cursor(request))
         older = None
@@ -514,9 +740,20 @@ def register(app: Application, gw: Gateway) -> None:
             records = records[:page_size]
             last = records[-1]
             older = urlencode({**shown, "before": f"{last.started_at!r},{last.request_id}"})
-        return html("usage.html", sid=sid, title="Usage", active="Usage", f=shown, routes=ROUTES, records=records,
-                    query=urlencode(shown), older=older, error=None, correction=await last_correction(),
-                    models=model_choices())
+        return html(
+            "usage.html",
+            sid=sid,
+            title="Usage",
+            active="Usage",
+            f=shown,
+            routes=ROUTES,
+            records=records,
+            query=urlencode(shown),
+            older=older,
+            error=None,
+            correction=await last_correction(),
+            models=model_choices(),
+        )
 
     async def usage_csv(request: Request) -> Response:
         if current(request) is None:
@@ -524,12 +761,35 @@ def register(app: Application, gw: Gateway) -> None:
         try:
             filters, _ = usage_filter(request)
         except GatewayError as exc:
-            return json_out({"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status)
+            return json_out(
+                {"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status
+            )
         st = store()
-        columns = ("request_id", "started_at", "key_id", "credential", "route", "model", "status", "stream",
-                   "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h", "cache_read",
-                   "exact", "cost_micro", "rate_card", "priced_provisional", "speed", "inference_geo", "ttfb_ms",
-                   "duration_ms", "error_type", "error_message")
+        columns = (
+            "request_id",
+            "started_at",
+            "key_id",
+            "credential",
+            "route",
+            "model",
+            "status",
+            "stream",
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_5m",
+            "cache_creation_1h",
+            "cache_read",
+            "exact",
+            "cost_micro",
+            "rate_card",
+            "priced_provisional",
+            "speed",
+            "inference_geo",
+            "ttfb_ms",
+            "duration_ms",
+            "error_type",
+            "error_message",
+        )
 
         async def rows() -> AsyncIterator[bytes]:
             buf = io.StringIO()
@@ -542,8 +802,12 @@ def register(app: Application, gw: Gateway) -> None:
                 if not batch:
                     break
                 for rec in batch:
-                    writer.writerow([_ts(rec.started_at) if c == "started_at" else csv_cell(getattr(rec, c))
-                                     for c in columns])
+                    writer.writerow(
+                        [
+                            _ts(rec.started_at) if c == "started_at" else csv_cell(getattr(rec, c))
+                            for c in columns
+                        ]
+                    )
                 sent += len(batch)
                 before = (batch[-1].started_at, batch[-1].request_id)
                 yield buf.getvalue().encode()
@@ -555,15 +819,27 @@ def register(app: Application, gw: Gateway) -> None:
                 yield buf.getvalue().encode()
 
         name = f"ethereal-usage-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.csv"
-        return Response(200, [(b"content-disposition", f'attachment; filename="{name}"'.encode()),
-                              (b"cache-control", b"no-store")],
-                        StreamedContent(b"text/csv; charset=utf-8", rows))
+        return Response(
+            200,
+            [
+                (b"content-disposition", f'attachment; filename="{name}"'.encode()),
+                (b"cache-control", b"no-store"),
+            ],
+            StreamedContent(b"text/csv; charset=utf-8", rows),
+        )
 
     # ------------------------------------------------------------------ estimator
     async def estimate_page(request: Request) -> Response:
-        return html("estimate.html", sid=current(request), title="Estimator", active="Estimator",
-                    form={"system": "", "prompt": "", "output_tokens": 500, "images": 0}, result=None,
-                    accuracy=accuracy, error=None)
+        return html(
+            "estimate.html",
+            sid=current(request),
+            title="Estimator",
+            active="Estimator",
+            form={"system": "", "prompt": "", "output_tokens": 500, "images": 0},
+            result=None,
+            accuracy=accuracy,
+            error=None,
+        )
 
     async def estimate(request: Request) -> Response:
         sid = current(request)
@@ -572,11 +848,21 @@ def register(app: Application, gw: Gateway) -> None:
         if wait:
             message = f"too many estimates from your address: try again in {wait:.0f} s"
             if is_json:
-                resp = json_out({"type": "error", "error": {"type": "rate_limit_error", "message": message}}, 429)
+                resp = json_out(
+                    {"type": "error", "error": {"type": "rate_limit_error", "message": message}}, 429
+                )
             else:
-                resp = html("estimate.html", 429, sid=sid, title="Estimator", active="Estimator",
-                            form={"system": "", "prompt": "", "output_tokens": 500, "images": 0}, result=None,
-                            accuracy=accuracy, error=message)
+                resp = html(
+                    "estimate.html",
+                    429,
+                    sid=sid,
+                    title="Estimator",
+                    active="Estimator",
+                    form={"system": "", "prompt": "", "output_tokens": 500, "images": 0},
+                    result=None,
+                    accuracy=accuracy,
+                    error=message,
+                )
             resp.add_header(b"retry-after", str(max(1, round(wait))).encode())
             return resp
         try:
@@ -597,16 +883,38 @@ def register(app: Application, gw: Gateway) -> None:
             if not isinstance(raised, GatewayError):
                 log.exception("estimate failed")
             if is_json:
-                return json_out({"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status)
-            return html("estimate.html", exc.status, sid=sid, title="Estimator", active="Estimator",
-                        form={"system": "", "prompt": "", "output_tokens": 500, "images": 0}, result=None,
-                        accuracy=accuracy, error=exc.message)
+                return json_out(
+                    {"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status
+                )
+            return html(
+                "estimate.html",
+                exc.status,
+                sid=sid,
+                title="Estimator",
+                active="Estimator",
+                form={"system": "", "prompt": "", "output_tokens": 500, "images": 0},
+                result=None,
+                accuracy=accuracy,
+                error=exc.message,
+            )
         if is_json:
             return json_out(result)
-        shown = {"system": form.get("system") or "", "prompt": form.get("prompt") or "",
-                 "output_tokens": result["output_tokens"], "images": result["images"]}
-        return html("estimate.html", sid=sid, title="Estimator", active="Estimator", form=shown, result=result,
-                    accuracy=accuracy, error=None)
+        shown = {
+            "system": form.get("system") or "",
+            "prompt": form.get("prompt") or "",
+            "output_tokens": result["output_tokens"],
+            "images": result["images"],
+        }
+        return html(
+            "estimate.html",
+            sid=sid,
+            title="Estimator",
+            active="Estimator",
+            form=shown,
+            result=result,
+            accuracy=accuracy,
+            error=None,
+        )
 
     # ------------------------------------------------------------------ static files
     async def static_file(request: Request) -> Response:
@@ -614,8 +922,11 @@ def register(app: Application, gw: Gateway) -> None:
         if found is None:
             return Response(404, None, Content(b"text/plain", b"not found"))
         ctype, data = found
-        return Response(200, [(b"cache-control", b"public, max-age=3600"), (b"x-content-type-options", b"nosniff")],
-                        Content(ctype, data))
+        return Response(
+            200,
+            [(b"cache-control", b"public, max-age=3600"), (b"x-content-type-options", b"nosniff")],
+            Content(ctype, data),
+        )
 
     router = app.router
     router.add_get(BASE, overview)

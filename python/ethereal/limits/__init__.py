@@ -51,8 +51,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("ethereal.limits")
 
 # result codes shared by admit.lua and the local limiter
-OK, NEED_SEED, BUDGET_TOKENS, BUDGET_MICRO, CONCURRENCY, WINDOW_REQUESTS, WINDOW_TOKENS, HELD, CAP_SEED, CAP_SPENT = \
-    range(10)
+(
+    OK,
+    NEED_SEED,
+    BUDGET_TOKENS,
+    BUDGET_MICRO,
+    CONCURRENCY,
+    WINDOW_REQUESTS,
+    WINDOW_TOKENS,
+    HELD,
+    CAP_SEED,
+    CAP_SPENT,
+) = range(10)
 CAP_HELD = -3  # HELD's detail when a spend limit is held by the spender's requests in flight
 
 
@@ -90,8 +100,12 @@ class KeyLimits:
     @property
     def reserving(self) -> bool:
         """Whether admit reserves (a budget, a concurrency cap or a token window to hold the allowance against)."""
-        return (self.budget_tokens is not None or self.budget_micro is not None or self.max_concurrency is not None
-                or any(w.tokens is not None for w in self.windows))
+        return (
+            self.budget_tokens is not None
+            or self.budget_micro is not None
+            or self.max_concurrency is not None
+            or any(w.tokens is not None for w in self.windows)
+        )
 
     @property
     def empty(self) -> bool:
@@ -113,16 +127,24 @@ def rfc3339(ms: float) -> bytes:
     return found
 
 
-_REQ_NAMES = (b"anthropic-ratelimit-requests-limit", b"anthropic-ratelimit-requests-remaining",
-              b"anthropic-ratelimit-requests-reset")
+_REQ_NAMES = (
+    b"anthropic-ratelimit-requests-limit",
+    b"anthropic-ratelimit-requests-remaining",
+    b"anthropic-ratelimit-requests-reset",
+)
 _TOK_NAMES = tuple(
-    (b"anthropic-ratelimit-" + family + b"-limit", b"anthropic-ratelimit-" + family + b"-remaining",
-     b"anthropic-ratelimit-" + family + b"-reset")
+    (
+        b"anthropic-ratelimit-" + family + b"-limit",
+        b"anthropic-ratelimit-" + family + b"-remaining",
+        b"anthropic-ratelimit-" + family + b"-reset",
+    )
     for family in (b"tokens", b"input-tokens", b"output-tokens")
 )
 
 
-def ratelimit_headers(req: tuple[int, int, int] | None, tok: tuple[int, int, int] | None) -> list[tuple[bytes, bytes]]:
+def ratelimit_headers(
+    req: tuple[int, int, int] | None, tok: tuple[int, int, int] | None
+) -> list[tuple[bytes, bytes]]:
     """``anthropic-ratelimit-*`` headers from (limit, remaining, reset_ms) per dimension.
 
     The key has one token ceiling per window (input + output), so the input-tokens and
@@ -132,7 +154,11 @@ def ratelimit_headers(req: tuple[int, int, int] | None, tok: tuple[int, int, int
     if req is not None:
         limit, remaining, reset = req
         n_limit, n_remaining, n_reset = _REQ_NAMES
-        headers += ((n_limit, b"%d" % limit), (n_remaining, b"%d" % max(0, remaining)), (n_reset, rfc3339(reset)))
+        headers += (
+            (n_limit, b"%d" % limit),
+            (n_remaining, b"%d" % max(0, remaining)),
+            (n_reset, rfc3339(reset)),
+        )
     if tok is not None:
         limit, remaining, reset = tok
         v_limit, v_remaining, v_reset = b"%d" % limit, b"%d" % max(0, remaining), rfc3339(reset)
@@ -156,29 +182,51 @@ def refusal(code: int, retry_ms: float, limits: KeyLimits, detail: int, now_ms: 
         else:
             held_window = limits.windows[detail - 1] if 0 < detail <= len(limits.windows) else None
             what = f"{held_window.name} token window" if held_window is not None else "token window"
-        return GatewayError(429, f"this API key's {what} is held by its requests in flight; retry when they end",
-                            type="rate_limit_error", retry_after=retry)
+        return GatewayError(
+            429,
+            f"this API key's {what} is held by its requests in flight; retry when they end",
+            type="rate_limit_error",
+            retry_after=retry,
+        )
     if code == CONCURRENCY:
-        return GatewayError(429, f"this API key allows {limits.max_concurrency} concurrent request(s)",
-                            type="rate_limit_error", retry_after=retry)
+        return GatewayError(
+            429,
+            f"this API key allows {limits.max_concurrency} concurrent request(s)",
+            type="rate_limit_error",
+            retry_after=retry,
+        )
     window = limits.windows[detail - 1] if 0 < detail <= len(limits.windows) else None
     reset = now_ms + retry_ms
     if code == WINDOW_REQUESTS and window is not None:
         headers = ratelimit_headers((window.requests or 0, 0, int(reset)), None)
         what = "requests per minute" if window.name == "minute" else f"requests per {window.name} window"
-        return GatewayError(429, f"rate limit exceeded: {window.requests} {what} for this API key",
-                            type="rate_limit_error", retry_after=retry, headers=headers)
+        return GatewayError(
+            429,
+            f"rate limit exceeded: {window.requests} {what} for this API key",
+            type="rate_limit_error",
+            retry_after=retry,
+            headers=headers,
+        )
     if window is not None:
         headers = ratelimit_headers(None, (window.tokens or 0, 0, int(reset)))
         what = "tokens per minute" if window.name == "minute" else f"tokens per {window.name} window"
-        return GatewayError(429, f"rate limit exceeded: {window.tokens} {what} for this API key",
-                            type="rate_limit_error", retry_after=retry, headers=headers)
+        return GatewayError(
+            429,
+            f"rate limit exceeded: {window.tokens} {what} for this API key",
+            type="rate_limit_error",
+            retry_after=retry,
+            headers=headers,
+        )
     return GatewayError(429, "rate limit exceeded", type="rate_limit_error", retry_after=retry)
 
 
 def unavailable() -> GatewayError:
-    return GatewayError(503, "rate limiting is temporarily unavailable; retry shortly", type="overloaded_error",
-                        retry_after=2.0)
+    return GatewayError(
+        503,
+        "rate limiting is temporarily unavailable; retry shortly",
+        type="overloaded_error",
+        retry_after=2.0,
+    )
 
 
 class Limiter:
@@ -188,9 +236,19 @@ class Limiter:
     #: how often (seconds) a long request should call ``refresh``: a third of the reservation ttl
     refresh_interval = 300.0
 
-    async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
-                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
+    async def admit(
+        self,
+        key: KeyRecord,
+        *,
+        model: str | None,
+        input_tokens: int,
+        max_tokens: int,
+        price_in: float = 0.0,
+        price_out: float = 0.0,
+        input_micro: int | None = None,
+        output_micro: int | None = None,
+        request_id: str | None = None,
+    ) -> Admission:
         """Reserve a Messages request: ``input_tokens`` (the estimate) plus ``max_tokens`` of output.
 
         ``max_tokens`` must be the request's own ceiling (thinking included), uncapped: the hard
@@ -208,8 +266,9 @@ class Limiter:
         like any admission (``tokens=0, cost_micro=0``) to give its concurrency slot back."""
         return Admission(key_id=key.id)
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
-                     ended_at: float | None = None) -> None:
+    async def settle(
+        self, admission: Admission, *, tokens: int, cost_micro: int, ended_at: float | None = None
+    ) -> None:
         """Replace the reservation by the real cost; ``ended_at`` (epoch s) as the usage row's."""
         return
 
@@ -233,8 +292,9 @@ class Limiter:
         concurrency slot. A key without a budget is not tracked."""
         return
 
-    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
-                          release: bool = False) -> None:
+    async def charge_caps(
+        self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "", release: bool = False
+    ) -> None:
         """Move the counters of every spend limit ``key`` is held against by a signed amount outside
         any request, in the periods in force now (Message Batches). ``check``: refused with the
         spend-limit 429 when it does not fit. ``hold``: a name under which the amount is remembered
@@ -242,7 +302,9 @@ class Limiter:
         batch's estimate at its settle, whatever period it was taken in)."""
         return
 
-    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+    async def reseed_caps(
+        self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None
+    ) -> int:
         """Drop the spend-limit counters of the current periods of these spenders ((owner, key_id):
         the person's and the key's own) and pools (``teams``, and the organization's), so each is
         seeded again from the records at its next use: a re-price moved their cost. Returns how
@@ -278,8 +340,15 @@ class BaseLimiter(Limiter):
 
     enabled = True
 
-    def __init__(self, *, plans: Plans | None = None, window_seconds: float = 60.0,
-                 reservation_ttl: float = 900.0, store: Store | None = None, store_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        plans: Plans | None = None,
+        window_seconds: float = 60.0,
+        reservation_ttl: float = 900.0,
+        store: Store | None = None,
+        store_timeout: float = 2.0,
+    ) -> None:
         self.plans = plans or Plans()
         self.store_timeout = store_timeout
         self.window_seconds = window_seconds
@@ -297,7 +366,9 @@ class BaseLimiter(Limiter):
         return self.gate.plan(key) is not None
 
     @staticmethod
-    def cap_fields(spenders: set[tuple[str | None, str]], teams: set[str], now: float) -> dict[str, list[str]]:
+    def cap_fields(
+        spenders: set[tuple[str | None, str]], teams: set[str], now: float
+    ) -> dict[str, list[str]]:
         """tag -> the counter fields of the current periods (reseed_caps)."""
         from ethereal.spend.enforce import key_tag
         from ethereal.spend.periods import PERIODS, period_start
@@ -323,8 +394,11 @@ class BaseLimiter(Limiter):
         cache_key = (key.rpm, key.max_concurrency)
         found = self._count_cache.get(cache_key)
         if found is None:
-            windows = (Window("minute", self.window_seconds, key.rpm, None, buckets=60),) if key.rpm is not None \
+            windows = (
+                (Window("minute", self.window_seconds, key.rpm, None, buckets=60),)
+                if key.rpm is not None
                 else ()
+            )
             found = KeyLimits(None, None, key.max_concurrency, windows)
             if len(self._count_cache) > 10_000:
                 self._count_cache.clear()
@@ -361,7 +435,9 @@ class BaseLimiter(Limiter):
         tokens, micro, rows = await self.seed_rows(key_id, None)
         return tokens + sum(r[1] for r in rows), micro + sum(r[2] for r in rows)
 
-    async def seed_cap(self, dim: str, value: str, start: float, since: float) -> tuple[int, list[tuple[str, int]]]:
+    async def seed_cap(
+        self, dim: str, value: str, start: float, since: float
+    ) -> tuple[int, list[tuple[str, int]]]:
         """A spend-limit counter's seed from the database (storage ``seed_period_spend``), within
         ``store_timeout`` (else 503): micro-USD of the period's rows that ended before ``since`` (with
         unsettled batch holds) and (request id, micro-USD) of the newer ones."""
@@ -370,11 +446,17 @@ class BaseLimiter(Limiter):
         try:
             return await bounded(self.store.seed_period_spend(dim, value, start, since), self.store_timeout)
         except Exception as exc:  # noqa: BLE001 - down or hung: the request can wait for nothing here
-            log.error("cannot seed spend-limit counter %s=%s from the database (%s): refused with 503", dim, value,
-                      type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}")
+            log.error(
+                "cannot seed spend-limit counter %s=%s from the database (%s): refused with 503",
+                dim,
+                value,
+                type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}",
+            )
             raise unavailable() from None
 
-    async def seed_rows(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+    async def seed_rows(
+        self, key_id: str, since: float | None
+    ) -> tuple[int, int, list[tuple[str, int, int]]]:
         """From the database (the source of truth), within ``store_timeout`` (else 503): the key's
         spend on rows that ended before ``since`` plus what its unsettled Message Batches hold
         (spent until they settle: batches/), and (request id, tokens, micro) of each row that ended
@@ -384,17 +466,24 @@ class BaseLimiter(Limiter):
         try:
             return await bounded(self.store.seed_spend(key_id, since), self.store_timeout)
         except Exception as exc:  # noqa: BLE001 - down or hung: the request can wait for nothing here
-            log.error("cannot seed key %s's spend from the database (%s): refused with 503", key_id,
-                      type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}")
+            log.error(
+                "cannot seed key %s's spend from the database (%s): refused with 503",
+                key_id,
+                type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}",
+            )
             raise unavailable() from None
 
 
 def build_limiter(settings: Settings, store: Store | None, plans: Plans | None = None) -> Limiter:
     """RedisLimiter when Redis is configured, else the in-process LocalLimiter."""
     plans = plans or Plans(settings.plans)
-    common = {"plans": plans, "window_seconds": settings.limits_window_seconds,
-                  "reservation_ttl": settings.limits_reservation_ttl, "store": store,
-                  "store_timeout": settings.store_timeout}
+    common = {
+        "plans": plans,
+        "window_seconds": settings.limits_window_seconds,
+        "reservation_ttl": settings.limits_reservation_ttl,
+        "store": store,
+        "store_timeout": settings.store_timeout,
+    }
     if settings.redis_url:
         from ethereal.limits.redis import RedisLimiter
 

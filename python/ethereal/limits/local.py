@@ -48,7 +48,9 @@ class _KeyState:
     dur: int | None = None  # moving average of request durations (ms): retry-after when the budget is held
     # rid -> (in_t, in_m, full_t, full_m, expiry ms, admitted ms)
     reservations: dict[str, tuple[int, int, int, int, int, int]] = field(default_factory=dict)
-    windows: dict[tuple[str, int, int], dict[int, list[int]]] = field(default_factory=dict)  # bucket -> [req, tok]
+    windows: dict[tuple[str, int, int], dict[int, list[int]]] = field(
+        default_factory=dict
+    )  # bucket -> [req, tok]
     last_ms: int = 0
 
 
@@ -61,10 +63,16 @@ class _Spender:
     held_in: int = 0
     held: int = 0
     dur: int | None = None
-    reservations: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # rid -> in, full, expiry, at
+    reservations: dict[str, tuple[int, int, int, int]] = field(
+        default_factory=dict
+    )  # rid -> in, full, expiry, at
     settled: dict[str, int] = field(default_factory=dict)  # rid -> ended ms (kept keep_ms)
-    parked: dict[str, tuple[int, int, tuple[str, ...]]] = field(default_factory=dict)  # unseeded: cost, ended, fields
-    holds: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # batch id -> micro, its counters
+    parked: dict[str, tuple[int, int, tuple[str, ...]]] = field(
+        default_factory=dict
+    )  # unseeded: cost, ended, fields
+    holds: dict[str, tuple[int, tuple[str, ...]]] = field(
+        default_factory=dict
+    )  # batch id -> micro, its counters
 
 
 class LocalLimiter(BaseLimiter):
@@ -101,9 +109,19 @@ class LocalLimiter(BaseLimiter):
             st.held_micro -= res[3]
         return res
 
-    async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
-                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
+    async def admit(
+        self,
+        key: KeyRecord,
+        *,
+        model: str | None,
+        input_tokens: int,
+        max_tokens: int,
+        price_in: float = 0.0,
+        price_out: float = 0.0,
+        input_micro: int | None = None,
+        output_micro: int | None = None,
+        request_id: str | None = None,
+    ) -> Admission:
         limits = self.limits_for(key)
         plan = self.gate.plan(key)
         if limits.empty and plan is None:
@@ -163,7 +181,9 @@ class LocalLimiter(BaseLimiter):
             if f in sp.watermarks:
                 continue
             since = now_s - SEED_WINDOW_S
-            base, rows = await self.seed_cap(cap.seed_dim, cap.seed_value, period_start(cap.check.period, now_s), since)
+            base, rows = await self.seed_cap(
+                cap.seed_dim, cap.seed_value, period_start(cap.check.period, now_s), since
+            )
             if f in sp.watermarks:  # seeded meanwhile
                 continue
             w = int(since * 1000)
@@ -177,7 +197,9 @@ class LocalLimiter(BaseLimiter):
             sp.counters[f] = sp.counters.get(f, 0) + total
             sp.watermarks[f] = w
 
-    def _check_caps(self, caps: CapSet, fields: tuple[str, ...], in_m: int, allow_m: int, now_s: float) -> list[int]:
+    def _check_caps(
+        self, caps: CapSet, fields: tuple[str, ...], in_m: int, allow_m: int, now_s: float
+    ) -> list[int]:
         """admit.lua's cap rule; returns each cap's spend so far (raises the refusal)."""
         sp = self._spender(caps.tag)
         now = int(now_s * 1000)
@@ -235,8 +257,9 @@ class LocalLimiter(BaseLimiter):
                 del sp.settled[old]
                 sp.parked.pop(old, None)
 
-    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
-                          release: bool = False) -> None:
+    async def charge_caps(
+        self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "", release: bool = False
+    ) -> None:
         plan = self.gate.plan(key)
         if plan is None or (not cost_micro and not release):
             return
@@ -255,8 +278,11 @@ class LocalLimiter(BaseLimiter):
                 await self._seed_caps(caps, caps.fields(when), when)
             for caps in sets:
                 sp = self._spender(caps.tag)
-                over = [i for i, (cap, f) in enumerate(zip(caps.caps, caps.fields(when), strict=True), start=1)
-                        if sp.counters.get(f, 0) + sp.held_in + cost_micro > cap.check.amount_micro]
+                over = [
+                    i
+                    for i, (cap, f) in enumerate(zip(caps.caps, caps.fields(when), strict=True), start=1)
+                    if sp.counters.get(f, 0) + sp.held_in + cost_micro > cap.check.amount_micro
+                ]
                 if over:
                     self.gate.watch.exceeded(caps, over, when)
                     raise enforce.refusal(caps, over, when)
@@ -270,7 +296,9 @@ class LocalLimiter(BaseLimiter):
             if hold and not release:
                 sp.holds[hold] = (cost_micro, tuple(counted))
 
-    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+    async def reseed_caps(
+        self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None
+    ) -> int:
         touched = 0
         for tag, fields in self.cap_fields(spenders, teams, self._clock() if now is None else now).items():
             if tag in self._spenders:
@@ -306,8 +334,17 @@ class LocalLimiter(BaseLimiter):
             if sp is not None and held is not None and held[2] > now:
                 sp.reservations[admission.token] = (held[0], held[1], now + self.reservation_ttl_ms, held[3])
 
-    async def _admit(self, key: KeyRecord, limits: KeyLimits, in_t: int, allow_t: int, in_m: int,
-                     allow_m: int, *, force_rid: bool = False) -> Admission:
+    async def _admit(
+        self,
+        key: KeyRecord,
+        limits: KeyLimits,
+        in_t: int,
+        allow_t: int,
+        in_m: int,
+        allow_m: int,
+        *,
+        force_rid: bool = False,
+    ) -> Admission:
         budgeted = limits.budget_tokens is not None or limits.budget_micro is not None
         st = self.state(key.id)
         if budgeted and not st.seeded:
@@ -344,14 +381,29 @@ class LocalLimiter(BaseLimiter):
         rid = uuid.uuid4().hex if force_rid else ""
         if limits.reserving:
             rid = rid or uuid.uuid4().hex
-            st.reservations[rid] = (in_t, in_m, in_t + allow_t, in_m + allow_m, now + self.reservation_ttl_ms, now)
+            st.reservations[rid] = (
+                in_t,
+                in_m,
+                in_t + allow_t,
+                in_m + allow_m,
+                now + self.reservation_ttl_ms,
+                now,
+            )
             st.held_in_tokens += in_t
             st.held_in_micro += in_m
             st.held_tokens += in_t + allow_t
             st.held_micro += in_m + allow_m
-        return Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
-                         headers=ratelimit_headers(req_hdr, tok_hdr), token=rid, limited=True,
-                         input_tokens=in_t, admitted_ms=now, spec=limits)
+        return Admission(
+            key_id=key.id,
+            reserved_tokens=in_t + allow_t,
+            reserved_micro=in_m + allow_m,
+            headers=ratelimit_headers(req_hdr, tok_hdr),
+            token=rid,
+            limited=True,
+            input_tokens=in_t,
+            admitted_ms=now,
+            spec=limits,
+        )
 
     def _window(self, st: _KeyState, window: Window, now: int) -> tuple[dict[int, list[int]], int, int, int]:
         bms = window.bucket_ms
@@ -362,8 +414,9 @@ class LocalLimiter(BaseLimiter):
             del buckets[idx]
         return buckets, cur, nb, bms
 
-    def _check(self, st: _KeyState, limits: KeyLimits, in_t: int, allow_t: int, in_m: int, allow_m: int,
-               now: int) -> tuple[int, float, int]:
+    def _check(
+        self, st: _KeyState, limits: KeyLimits, in_t: int, allow_t: int, in_m: int, allow_m: int, now: int
+    ) -> tuple[int, float, int]:
         """admit.lua's decision, step for step (see its header for the hard-budget rule)."""
         busy = st.held_tokens > 0 or st.held_micro > 0
         held: int | None = None
@@ -386,12 +439,22 @@ class LocalLimiter(BaseLimiter):
             used_r = sum(v[0] for v in buckets.values())
             used_t = sum(v[1] for v in buckets.values())
             if window.requests is not None and used_r + 1 > window.requests:
-                return WINDOW_REQUESTS, self._wait(buckets, 0, used_r, 1, window.requests, nb, bms, now,
-                                                   window.window_ms), i
+                return (
+                    WINDOW_REQUESTS,
+                    self._wait(buckets, 0, used_r, 1, window.requests, nb, bms, now, window.window_ms),
+                    i,
+                )
             if window.tokens is not None and (used_t >= window.tokens or used_t + in_t > window.tokens):
-                return WINDOW_TOKENS, self._wait(buckets, 1, used_t, in_t, window.tokens, nb, bms, now,
-                                                 window.window_ms), i
-            if held is None and window.tokens is not None and used_t + allowances + in_t + allow_t > window.tokens:
+                return (
+                    WINDOW_TOKENS,
+                    self._wait(buckets, 1, used_t, in_t, window.tokens, nb, bms, now, window.window_ms),
+                    i,
+                )
+            if (
+                held is None
+                and window.tokens is not None
+                and used_t + allowances + in_t + allow_t > window.tokens
+            ):
                 held = i
         if held is not None and busy:
             avg = st.dur if st.dur is not None else 1000
@@ -401,8 +464,17 @@ class LocalLimiter(BaseLimiter):
         return OK, 0, 0
 
     @staticmethod
-    def _wait(buckets: dict[int, list[int]], kind: int, used: int, need: int, limit: int, nb: int, bms: int,
-              now: int, wms: int) -> float:
+    def _wait(
+        buckets: dict[int, list[int]],
+        kind: int,
+        used: int,
+        need: int,
+        limit: int,
+        nb: int,
+        bms: int,
+        now: int,
+        wms: int,
+    ) -> float:
         freed = 0
         for idx in sorted(buckets):
             freed += buckets[idx][kind]
@@ -410,8 +482,9 @@ class LocalLimiter(BaseLimiter):
                 return (idx + nb + 1) * bms - now
         return wms
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
-                     ended_at: float | None = None) -> None:
+    async def settle(
+        self, admission: Admission, *, tokens: int, cost_micro: int, ended_at: float | None = None
+    ) -> None:
         if not admission.limited or admission.settled:
             return
         admission.settled = True
@@ -458,9 +531,15 @@ class LocalLimiter(BaseLimiter):
         if check:
             limits = self.limits_for(key)
             now = self._now()
-            if limits.budget_tokens is not None and st.spent_tokens + st.held_in_tokens + tokens > limits.budget_tokens:
+            if (
+                limits.budget_tokens is not None
+                and st.spent_tokens + st.held_in_tokens + tokens > limits.budget_tokens
+            ):
                 raise refusal(BUDGET_TOKENS, 0, limits, 0, now)
-            if limits.budget_micro is not None and st.spent_micro + st.held_in_micro + cost_micro > limits.budget_micro:
+            if (
+                limits.budget_micro is not None
+                and st.spent_micro + st.held_in_micro + cost_micro > limits.budget_micro
+            ):
                 raise refusal(BUDGET_MICRO, 0, limits, 0, now)
         st.spent_tokens += tokens
         st.spent_micro += cost_micro
@@ -468,5 +547,10 @@ class LocalLimiter(BaseLimiter):
     def snapshot(self, key_id: str) -> dict[str, int]:
         """Spent and held totals of a key (tests, the admin API)."""
         st = self.state(key_id)
-        return {"spent_tokens": st.spent_tokens, "spent_micro": st.spent_micro, "held_tokens": st.held_tokens,
-                "held_micro": st.held_micro, "in_flight": len(st.reservations)}
+        return {
+            "spent_tokens": st.spent_tokens,
+            "spent_micro": st.spent_micro,
+            "held_tokens": st.held_tokens,
+            "held_micro": st.held_micro,
+            "in_flight": len(st.reservations),
+        }

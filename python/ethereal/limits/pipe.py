@@ -132,15 +132,24 @@ class _Protocol(asyncio.Protocol):
 class Pipe:
     """A lazily connected, auto-pipelined Redis connection."""
 
-    def __init__(self, url: str | None, *, timeout: float = 2.0, connect_timeout: float = 1.0,
-                 defer_s: float = 0.002, params: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        defer_s: float = 0.002,
+        params: dict[str, Any] | None = None,
+    ) -> None:
         self.params = params if params is not None else parse_url(url or "")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         # one entry per command on the wire: (future or None, reply deadline, error callback or None)
-        self._waiters: deque[tuple[asyncio.Future[Any] | None, float, Callable[[Exception], Any] | None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[Any] | None, float, Callable[[Exception], Any] | None]] = (
+            deque()
+        )
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._deferred: asyncio.TimerHandle | None = None
@@ -157,8 +166,9 @@ class Pipe:
             conn = loop.create_unix_connection(lambda: _Protocol(self), params["path"])
         else:
             ctx = ssl.create_default_context() if cls is SSLConnection else None
-            conn = loop.create_connection(lambda: _Protocol(self), params.get("host", "localhost"),
-                                          params.get("port", 6379), ssl=ctx)
+            conn = loop.create_connection(
+                lambda: _Protocol(self), params.get("host", "localhost"), params.get("port", 6379), ssl=ctx
+            )
         try:
             _, proto = await asyncio.wait_for(conn, self.connect_timeout)
         except (TimeoutError, OSError) as exc:
@@ -167,8 +177,11 @@ class Pipe:
         self._proto = proto
         setup = []
         if params.get("password"):
-            setup.append(("AUTH", params["username"], params["password"]) if params.get("username")
-                         else ("AUTH", params["password"]))
+            setup.append(
+                ("AUTH", params["username"], params["password"])
+                if params.get("username")
+                else ("AUTH", params["password"])
+            )
         if params.get("db"):
             setup.append(("SELECT", params["db"]))
         self._arm_watchdog()
@@ -208,7 +221,9 @@ class Pipe:
         self._queue(payload, defer)
         return fut
 
-    def send_nowait(self, payload: bytes, on_error: Callable[[Exception], Any], *, defer: bool = False) -> None:
+    def send_nowait(
+        self, payload: bytes, on_error: Callable[[Exception], Any], *, defer: bool = False
+    ) -> None:
         """Queue a command nobody awaits (no future): ``on_error`` is called if it fails."""
         self._waiters.append((None, time.monotonic() + self.timeout, on_error))
         self._queue(payload, defer)
@@ -338,8 +353,9 @@ class Cluster:
 
     cluster = True
 
-    def __init__(self, nodes: list[tuple[str, int]], params: dict[str, Any], *, timeout: float,
-                 connect_timeout: float) -> None:
+    def __init__(
+        self, nodes: list[tuple[str, int]], params: dict[str, Any], *, timeout: float, connect_timeout: float
+    ) -> None:
         self.seeds = list(nodes)
         self.params = params  # username, password, connection_class of the URL
         self.timeout, self.connect_timeout = timeout, connect_timeout
@@ -355,8 +371,9 @@ class Cluster:
         pipe = self.pipes.get(addr)
         if pipe is None:
             params = {**self.params, "host": addr[0], "port": addr[1]}
-            pipe = self.pipes[addr] = Pipe(None, timeout=self.timeout, connect_timeout=self.connect_timeout,
-                                           params=params)
+            pipe = self.pipes[addr] = Pipe(
+                None, timeout=self.timeout, connect_timeout=self.connect_timeout, params=params
+            )
         return pipe
 
     async def refresh(self, *, force: bool = False) -> None:
@@ -469,8 +486,13 @@ class Cluster:
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._dequeued(slot, done))
 
-    async def _send_queued(self, previous: asyncio.Task[None] | None, payload: bytes, slot: int,
-                           on_error: Callable[[Exception], Any]) -> None:
+    async def _send_queued(
+        self,
+        previous: asyncio.Task[None] | None,
+        payload: bytes,
+        slot: int,
+        on_error: Callable[[Exception], Any],
+    ) -> None:
         if previous is not None:
             await asyncio.wait((previous,))
         try:

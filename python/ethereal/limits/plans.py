@@ -53,10 +53,13 @@ class Plan:
 
 
 def _envelope(name: str, requests_5h: int, tokens_5h: int, requests_week: int, tokens_week: int) -> Plan:
-    return Plan(name, (
-        Window("5h", FIVE_HOURS, requests_5h, tokens_5h, buckets=60),  # 5-minute buckets
-        Window("week", WEEK, requests_week, tokens_week, buckets=168),  # 1-hour buckets
-    ))
+    return Plan(
+        name,
+        (
+            Window("5h", FIVE_HOURS, requests_5h, tokens_5h, buckets=60),  # 5-minute buckets
+            Window("week", WEEK, requests_week, tokens_week, buckets=168),  # 1-hour buckets
+        ),
+    )
 
 
 DEFAULT_PLANS: dict[str, Plan] = {
@@ -89,19 +92,36 @@ def _plan_from_config(name: str, spec: Any) -> Plan:
         req_key, tok_key = f"requests_per_{label}", f"tokens_per_{label}"
         if req_key in spec or tok_key in spec or label in defaults:
             old = defaults.get(label)
-            requests = _opt_int(name, req_key, spec[req_key]) if req_key in spec else (old.requests if old else None)
-            tokens = _opt_int(name, tok_key, spec[tok_key]) if tok_key in spec else (old.tokens if old else None)
+            requests = (
+                _opt_int(name, req_key, spec[req_key]) if req_key in spec else (old.requests if old else None)
+            )
+            tokens = (
+                _opt_int(name, tok_key, spec[tok_key]) if tok_key in spec else (old.tokens if old else None)
+            )
             windows.append(Window(label, seconds, requests, tokens, buckets))
     for i, entry in enumerate(spec.get("windows") or []):
-        if not isinstance(entry, dict) or not isinstance(entry.get("seconds"), (int, float)) or entry["seconds"] <= 0:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("seconds"), (int, float))
+            or entry["seconds"] <= 0
+        ):
             raise ValueError(f"plans.{name}.windows[{i}] needs seconds > 0")
-        windows.append(Window(
-            str(entry.get("name") or f"{entry['seconds']}s"), float(entry["seconds"]),
-            _opt_int(name, f"windows[{i}].requests", entry.get("requests")),
-            _opt_int(name, f"windows[{i}].tokens", entry.get("tokens")),
-            int(entry.get("buckets", 60)),
-        ))
-    unknown = set(spec) - {"requests_per_5h", "tokens_per_5h", "requests_per_week", "tokens_per_week", "windows"}
+        windows.append(
+            Window(
+                str(entry.get("name") or f"{entry['seconds']}s"),
+                float(entry["seconds"]),
+                _opt_int(name, f"windows[{i}].requests", entry.get("requests")),
+                _opt_int(name, f"windows[{i}].tokens", entry.get("tokens")),
+                int(entry.get("buckets", 60)),
+            )
+        )
+    unknown = set(spec) - {
+        "requests_per_5h",
+        "tokens_per_5h",
+        "requests_per_week",
+        "tokens_per_week",
+        "windows",
+    }
     if unknown:
         raise ValueError(f"plans.{name}: unknown field(s) {sorted(unknown)}")
     return Plan(normalize(name), tuple(windows))
@@ -127,7 +147,12 @@ class Plans:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"name": p.name, "windows": [{"name": w.name, "seconds": w.seconds, "requests": w.requests,
-                                          "tokens": w.tokens} for w in p.windows]}
+            {
+                "name": p.name,
+                "windows": [
+                    {"name": w.name, "seconds": w.seconds, "requests": w.requests, "tokens": w.tokens}
+                    for w in p.windows
+                ],
+            }
             for p in self.plans.values()
         ]

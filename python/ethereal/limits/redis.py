@@ -70,13 +70,44 @@ STATE_TTL_MS = 7 * 24 * 3600 * 1000  # idle keys' counters expire; spend is re-s
 _MAX_PENDING_SETTLES = 100_000
 VERSION = 4
 LIBRARY = f"ethereal_limits_v{VERSION}"
-(ADMIT_FN, SETTLE_FN, REFRESH_FN, CHARGE_FN, SEED_FN, RESTORE_FN, EPOCH_FN, SPEND_SEED_FN, SPEND_CHARGE_FN,
- SPEND_RESTORE_FN) = (f"ethereal_{name}_v{VERSION}" for name in (
-    "admit", "settle", "refresh", "charge", "seed", "restore", "epoch", "spend_seed", "spend_charge", "spend_restore"))
-_SCRIPTS = ((ADMIT_FN, "admit.lua"), (SETTLE_FN, "settle.lua"), (REFRESH_FN, "refresh.lua"), (CHARGE_FN, "charge.lua"),
-            (SEED_FN, "seed.lua"), (RESTORE_FN, "restore.lua"), (EPOCH_FN, "epoch.lua"),
-            (SPEND_SEED_FN, "spend_seed.lua"), (SPEND_CHARGE_FN, "spend_charge.lua"),
-            (SPEND_RESTORE_FN, "spend_restore.lua"))
+(
+    ADMIT_FN,
+    SETTLE_FN,
+    REFRESH_FN,
+    CHARGE_FN,
+    SEED_FN,
+    RESTORE_FN,
+    EPOCH_FN,
+    SPEND_SEED_FN,
+    SPEND_CHARGE_FN,
+    SPEND_RESTORE_FN,
+) = (
+    f"ethereal_{name}_v{VERSION}"
+    for name in (
+        "admit",
+        "settle",
+        "refresh",
+        "charge",
+        "seed",
+        "restore",
+        "epoch",
+        "spend_seed",
+        "spend_charge",
+        "spend_restore",
+    )
+)
+_SCRIPTS = (
+    (ADMIT_FN, "admit.lua"),
+    (SETTLE_FN, "settle.lua"),
+    (REFRESH_FN, "refresh.lua"),
+    (CHARGE_FN, "charge.lua"),
+    (SEED_FN, "seed.lua"),
+    (RESTORE_FN, "restore.lua"),
+    (EPOCH_FN, "epoch.lua"),
+    (SPEND_SEED_FN, "spend_seed.lua"),
+    (SPEND_CHARGE_FN, "spend_charge.lua"),
+    (SPEND_RESTORE_FN, "spend_restore.lua"),
+)
 _NO_LIMITS = KeyLimits(None, None, None, ())
 # the seed reads the rows of requests that ended in the last SEED_WINDOW_S one by one (their ids
 # deduplicate settles), older ones as a sum; a replica keeps its settles of the last
@@ -96,12 +127,37 @@ def _args(args: Any, count: int | None = None) -> bytes:
 class _Spec:
     """One key's script keys and the pre-encoded constant parts of its admit and settle commands."""
 
-    __slots__ = ("admit_head", "admit_tail", "cap_heads", "cap_keys", "const1", "const1_enc", "const2",
-                 "const2_enc", "keys", "limits", "owner", "refresh_head", "settle_head", "settle_tail",
-                 "settle_tail_enc", "sizes", "slot", "tag")
+    __slots__ = (
+        "admit_head",
+        "admit_tail",
+        "cap_heads",
+        "cap_keys",
+        "const1",
+        "const1_enc",
+        "const2",
+        "const2_enc",
+        "keys",
+        "limits",
+        "owner",
+        "refresh_head",
+        "settle_head",
+        "settle_tail",
+        "settle_tail_enc",
+        "sizes",
+        "slot",
+        "tag",
+    )
 
-    def __init__(self, limits: KeyLimits, keys: list[str], sizes: list[int], const1: list[Any], const2: list[Any],
-                 slot: int, tag: str = "") -> None:
+    def __init__(
+        self,
+        limits: KeyLimits,
+        keys: list[str],
+        sizes: list[int],
+        const1: list[Any],
+        const2: list[Any],
+        slot: int,
+        tag: str = "",
+    ) -> None:
         self.limits, self.keys, self.sizes, self.const1, self.const2 = limits, keys, sizes, const1, const2
         self.slot = slot
         self.tag = tag
@@ -117,8 +173,10 @@ class _Spec:
         head = self.cap_heads.get(("a", ncap))
         if head is None:
             keys = [*self.keys, *self.cap_keys]
-            head = _args(["FCALL", ADMIT_FN, len(keys), *keys], 3 + len(keys) + 14 + 4 * len(self.limits.windows)
-                         + 2 * ncap)
+            head = _args(
+                ["FCALL", ADMIT_FN, len(keys), *keys],
+                3 + len(keys) + 14 + 4 * len(self.limits.windows) + 2 * ncap,
+            )
             self.cap_heads[("a", ncap)] = head
         return head
 
@@ -126,7 +184,9 @@ class _Spec:
         head = self.cap_heads.get(("s", ncap))
         if head is None:
             keys = [*self.keys, *self.cap_keys]
-            head = _args(["FCALL", SETTLE_FN, len(keys), *keys], 3 + len(keys) + 10 + len(self.sizes) + 1 + ncap)
+            head = _args(
+                ["FCALL", SETTLE_FN, len(keys), *keys], 3 + len(keys) + 10 + len(self.sizes) + 1 + ncap
+            )
             self.cap_heads[("s", ncap)] = head
         return head
 
@@ -144,8 +204,15 @@ def library() -> str:
 
 
 class RedisLimiter(BaseLimiter):
-    def __init__(self, url: str, *, fail_open: bool = False,
-                 socket_timeout: float = 2.0, recovery_hold: float = 2.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        fail_open: bool = False,
+        socket_timeout: float = 2.0,
+        recovery_hold: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.recovery_hold_ms = int(recovery_hold * 1000)
         self.keep_ms = max(self.reservation_ttl_ms, int(2 * SEED_WINDOW_S * 1000))
@@ -158,8 +225,12 @@ class RedisLimiter(BaseLimiter):
         if target is None:
             self.router = Single(url, timeout=socket_timeout, connect_timeout=connect_timeout)
         else:
-            self.router = Cluster(list(target.nodes), target.pipe_params(), timeout=socket_timeout,
-                                  connect_timeout=connect_timeout)
+            self.router = Cluster(
+                list(target.nodes),
+                target.pipe_params(),
+                timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+            )
         self._library = library()
         self._loaded = False
         self._loading: asyncio.Future[list[Any]] | None = None
@@ -186,23 +257,33 @@ class RedisLimiter(BaseLimiter):
             return tag, f"{LAYOUT}{{{tag}}}:k:{key_id}"
         return tag, f"{LAYOUT}{{{tag}}}"
 
-    def spec_for(self, key_id: str, limits: KeyLimits, *, count: bool = False, owner: str | None = None) -> _Spec:
+    def spec_for(
+        self, key_id: str, limits: KeyLimits, *, count: bool = False, owner: str | None = None
+    ) -> _Spec:
         """The key's script keys and the constant parts of its commands, encoded once per key and limits."""
         cache_id = key_id if not count else key_id + "#count"
         found = self._specs.get(cache_id)
         if found is not None and found.limits is limits and found.owner == (owner or ""):
             return found
         hash_tag, tag = self._prefix(key_id, owner)
-        keys = [f"{tag}:b", f"{tag}:z", f"{tag}:s"] + [f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}"
-                                                        for w in limits.windows]
+        keys = [f"{tag}:b", f"{tag}:z", f"{tag}:s"] + [
+            f"{tag}:w:{w.name}:{w.window_ms}:{w.bucket_ms}" for w in limits.windows
+        ]
         sizes = [n for w in limits.windows for n in (w.window_ms, w.bucket_ms)]
-        const1 = [-1 if limits.budget_tokens is None else limits.budget_tokens,
-                  -1 if limits.budget_micro is None else limits.budget_micro,
-                  -1 if limits.max_concurrency is None else limits.max_concurrency, self.reservation_ttl_ms]
+        const1 = [
+            -1 if limits.budget_tokens is None else limits.budget_tokens,
+            -1 if limits.budget_micro is None else limits.budget_micro,
+            -1 if limits.max_concurrency is None else limits.max_concurrency,
+            self.reservation_ttl_ms,
+        ]
         const2: list[Any] = [STATE_TTL_MS, len(limits.windows)]
         for w in limits.windows:
-            const2 += [w.window_ms, w.bucket_ms, -1 if w.requests is None else w.requests,
-                       -1 if w.tokens is None else w.tokens]
+            const2 += [
+                w.window_ms,
+                w.bucket_ms,
+                -1 if w.requests is None else w.requests,
+                -1 if w.tokens is None else w.tokens,
+            ]
         spec = _Spec(limits, keys, sizes, const1, const2, key_slot(hash_tag.encode()), hash_tag)
         spec.owner = owner or ""
         n_admit = 3 + len(keys) + 14 + 4 * len(limits.windows)
@@ -220,7 +301,9 @@ class RedisLimiter(BaseLimiter):
         self._specs[cache_id] = spec
         return spec
 
-    def keys_for(self, key_id: str, limits: KeyLimits, owner: str | None = None) -> tuple[list[str], list[int]]:
+    def keys_for(
+        self, key_id: str, limits: KeyLimits, owner: str | None = None
+    ) -> tuple[list[str], list[int]]:
         """The script keys of a key (all under its hash tag) and the window sizes settle needs."""
         spec = self.spec_for(key_id, limits, owner=owner)
         return spec.keys, spec.sizes
@@ -274,8 +357,9 @@ class RedisLimiter(BaseLimiter):
         if self._loaded and not force:
             return
         if self._loading is None:
-            self._loading = asyncio.ensure_future(self.router.everywhere("FUNCTION", "LOAD", "REPLACE",
-                                                                         self._library))
+            self._loading = asyncio.ensure_future(
+                self.router.everywhere("FUNCTION", "LOAD", "REPLACE", self._library)
+            )
         loading = self._loading
         try:
             await asyncio.shield(loading)
@@ -289,12 +373,19 @@ class RedisLimiter(BaseLimiter):
         if now - self._last_outage_log >= 10.0:
             self._last_outage_log = now
             if self.fail_open:
-                log.error("Redis limiter unreachable (%s: %s): FAILING OPEN, requests are admitted without "
-                          "budgets or rate limits (ETHEREAL_LIMITS_FAIL_OPEN=true)", type(exc).__name__, exc)
+                log.error(
+                    "Redis limiter unreachable (%s: %s): FAILING OPEN, requests are admitted without "
+                    "budgets or rate limits (ETHEREAL_LIMITS_FAIL_OPEN=true)",
+                    type(exc).__name__,
+                    exc,
+                )
             else:
-                log.error("Redis limiter unreachable (%s: %s): failing closed, requests get 503 until it is "
-                          "back (set ETHEREAL_LIMITS_FAIL_OPEN=true to admit them unlimited instead)",
-                          type(exc).__name__, exc)
+                log.error(
+                    "Redis limiter unreachable (%s: %s): failing closed, requests get 503 until it is "
+                    "back (set ETHEREAL_LIMITS_FAIL_OPEN=true to admit them unlimited instead)",
+                    type(exc).__name__,
+                    exc,
+                )
 
     # the interface
     async def start(self) -> None:
@@ -331,13 +422,18 @@ class RedisLimiter(BaseLimiter):
         if not self._loaded:
             await self._load()
         known = self._epochs.get(name, "")
-        res = await self._send(encode_command(["FCALL", EPOCH_FN, 1, name, uuid.uuid4().hex, known,
-                                               self.recovery_hold_ms]), slot)
+        res = await self._send(
+            encode_command(["FCALL", EPOCH_FN, 1, name, uuid.uuid4().hex, known, self.recovery_hold_ms]), slot
+        )
         current = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         self._epochs[name] = current
         if res[2]:
-            log.warning("Redis lost its state (epoch %s -> %s): giving back this replica's reservations in flight "
-                        "and recent settles", known, current)
+            log.warning(
+                "Redis lost its state (epoch %s -> %s): giving back this replica's reservations in flight "
+                "and recent settles",
+                known,
+                current,
+            )
             await self._reannounce(slot)
         return int(res[1])
 
@@ -388,7 +484,9 @@ class RedisLimiter(BaseLimiter):
             cargv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
             for a in adms:
                 cargv += [a.token, a.reserved_micro - a.output_micro, a.reserved_micro, a.admitted_ms]
-            calls.append((encode_command(["FCALL", SPEND_RESTORE_FN, 3, *spec_of.cap_keys, *cargv]), spec_of.slot))
+            calls.append(
+                (encode_command(["FCALL", SPEND_RESTORE_FN, 3, *spec_of.cap_keys, *cargv]), spec_of.slot)
+            )
         for adms in by_key.values():
             spec: _Spec = adms[0].spec
             argv: list[Any] = [self.reservation_ttl_ms, STATE_TTL_MS, len(adms)]
@@ -397,15 +495,22 @@ class RedisLimiter(BaseLimiter):
                 argv += [a.token, a.input_tokens, in_m, a.reserved_tokens, a.reserved_micro, a.admitted_ms]
             calls.append((encode_command(["FCALL", RESTORE_FN, 3, *spec.keys[:3], *argv]), spec.slot))
         horizon = time.monotonic() - RECENT_SETTLES_S
-        settles = [(payload, s_slot) for at, s_slot, payload in list(self._recent)
-                   if at >= horizon and self._same_node(s_slot, slot)]
+        settles = [
+            (payload, s_slot)
+            for at, s_slot, payload in list(self._recent)
+            if at >= horizon and self._same_node(s_slot, slot)
+        ]
         # reservations first (each key's in one call), then the settles; pipelined, in batches
         for batch in (calls, settles):
             for i in range(0, len(batch), 500):
-                await asyncio.gather(*(self._send(payload, s) for payload, s in batch[i:i + 500]))
+                await asyncio.gather(*(self._send(payload, s) for payload, s in batch[i : i + 500]))
         if calls or settles:
-            log.warning("gave back %d reservation(s) of %d key(s) and %d recent settle(s) after the loss",
-                        sum(len(v) for v in by_key.values()), len(calls), len(settles))
+            log.warning(
+                "gave back %d reservation(s) of %d key(s) and %d recent settle(s) after the loss",
+                sum(len(v) for v in by_key.values()),
+                len(calls),
+                len(settles),
+            )
 
     async def _seed(self, key_id: str, spec: _Spec) -> None:
         """Seed a key's spend from the database: rows that ended before the watermark as a sum (with
@@ -418,9 +523,19 @@ class RedisLimiter(BaseLimiter):
             argv += [rid, tokens, micro]
         await self._send(encode_command(["FCALL", SEED_FN, 3, *spec.keys[:3], *argv]), spec.slot)
 
-    async def admit(self, key: KeyRecord, *, model: str | None, input_tokens: int, max_tokens: int,
-                    price_in: float = 0.0, price_out: float = 0.0, input_micro: int | None = None,
-                    output_micro: int | None = None, request_id: str | None = None) -> Admission:
+    async def admit(
+        self,
+        key: KeyRecord,
+        *,
+        model: str | None,
+        input_tokens: int,
+        max_tokens: int,
+        price_in: float = 0.0,
+        price_out: float = 0.0,
+        input_micro: int | None = None,
+        output_micro: int | None = None,
+        request_id: str | None = None,
+    ) -> Admission:
         limits = self.limits_for(key)
         plan = self.gate.plan(key)
         if limits.empty and plan is None:
@@ -436,8 +551,10 @@ class RedisLimiter(BaseLimiter):
             return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own)
         # shared pools: a second reserve call on each pool's tag, undone when any call refuses
         calls = [self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own, force_rid=True)]
-        calls += [self._admit(key, _NO_LIMITS, self.pool_spec(pool.tag), 0, 0, in_m, allow_m, rid, pool)
-                  for pool in plan.pools]
+        calls += [
+            self._admit(key, _NO_LIMITS, self.pool_spec(pool.tag), 0, 0, in_m, allow_m, rid, pool)
+            for pool in plan.pools
+        ]
         results = await asyncio.gather(*calls, return_exceptions=True)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
@@ -459,7 +576,9 @@ class RedisLimiter(BaseLimiter):
         limits = self.count_limits_for(key)
         if limits.empty:
             return Admission(key_id=key.id)
-        return await self._admit(key, limits, self.spec_for(key.id, limits, count=True, owner=key.owner), 0, 0, 0, 0)
+        return await self._admit(
+            key, limits, self.spec_for(key.id, limits, count=True, owner=key.owner), 0, 0, 0, 0
+        )
 
     async def _seed_caps(self, spec: _Spec, caps: CapSet, fields: tuple[str, ...], need: list[int]) -> None:
         """Seed cap counters from the records (spend_seed.lua): the period's rows that ended before
@@ -478,23 +597,45 @@ class RedisLimiter(BaseLimiter):
                 argv += [rid, micro]
             await self._send(encode_command(["FCALL", SPEND_SEED_FN, 3, *spec.cap_keys, *argv]), spec.slot)
 
-    async def _admit(self, key: KeyRecord, limits: KeyLimits, spec: _Spec, in_t: int, allow_t: int, in_m: int,
-                     allow_m: int, request_id: str | None = None, caps: CapSet | None = None,
-                     force_rid: bool = False) -> Admission:
-        rid = (request_id or os.urandom(16).hex()) if limits.reserving or caps is not None or force_rid else ""
+    async def _admit(
+        self,
+        key: KeyRecord,
+        limits: KeyLimits,
+        spec: _Spec,
+        in_t: int,
+        allow_t: int,
+        in_m: int,
+        allow_m: int,
+        request_id: str | None = None,
+        caps: CapSet | None = None,
+        force_rid: bool = False,
+    ) -> Admission:
+        rid = (
+            (request_id or os.urandom(16).hex()) if limits.reserving or caps is not None or force_rid else ""
+        )
         fields: tuple[str, ...] = ()
         try:
             if not self._loaded:
                 await self._load()
             if caps is None:
-                payload = b"".join((spec.admit_head, _args((rid, in_t, allow_t, in_m, allow_m)), spec.admit_tail))
+                payload = b"".join(
+                    (spec.admit_head, _args((rid, in_t, allow_t, in_m, allow_m)), spec.admit_tail)
+                )
             else:
                 fields = caps.fields(time.time())
                 flat: list[Any] = []
                 for f, cap in zip(fields, caps.caps, strict=True):
                     flat += [f, cap.check.amount_micro]
-                payload = b"".join((spec.admit_with_caps(len(fields)), _args((rid, in_t, allow_t, in_m, allow_m)),
-                                    spec.const1_enc, _args((len(fields), 0, 0)), spec.const2_enc, _args(flat)))
+                payload = b"".join(
+                    (
+                        spec.admit_with_caps(len(fields)),
+                        _args((rid, in_t, allow_t, in_m, allow_m)),
+                        spec.const1_enc,
+                        _args((len(fields), 0, 0)),
+                        spec.const2_enc,
+                        _args(flat),
+                    )
+                )
             res = await self._send(payload, spec.slot)
             for _ in range(3):
                 if res[0] == NEED_SEED:
@@ -508,8 +649,11 @@ class RedisLimiter(BaseLimiter):
                 raise Unavailable("the key's spend could not be seeded")
         except (RedisError, OSError) as exc:
             if isinstance(exc, Redirect) and not self.router.cluster:
-                log.error("ETHEREAL_REDIS_URL names a node of a Redis Cluster (it answered %s): use "
-                          "redis+cluster://host:port,... (docs/limits.md)", exc)
+                log.error(
+                    "ETHEREAL_REDIS_URL names a node of a Redis Cluster (it answered %s): use "
+                    "redis+cluster://host:port,... (docs/limits.md)",
+                    exc,
+                )
             elif isinstance(exc, ResponseError) and not isinstance(exc, Unavailable | NoScriptError):
                 log.error("ethereal limiter function failed: %s", exc)
             self._outage(exc)
@@ -536,39 +680,91 @@ class RedisLimiter(BaseLimiter):
             spent = enforce.parse_list(res[10])
             headers += enforce.headers(caps, spent, now / 1000.0)
             self.gate.watch.observe(caps, spent, now / 1000.0)
-        adm = Admission(key_id=key.id, reserved_tokens=in_t + allow_t, reserved_micro=in_m + allow_m,
-                        headers=headers, token=rid, limited=True, input_tokens=in_t,
-                        admitted_ms=now, spec=spec, output_micro=allow_m, caps=caps, cap_fields=fields)
+        adm = Admission(
+            key_id=key.id,
+            reserved_tokens=in_t + allow_t,
+            reserved_micro=in_m + allow_m,
+            headers=headers,
+            token=rid,
+            limited=True,
+            input_tokens=in_t,
+            admitted_ms=now,
+            spec=spec,
+            output_micro=allow_m,
+            caps=caps,
+            cap_fields=fields,
+        )
         if limits.budget_tokens is not None or limits.budget_micro is not None or caps is not None:
-            self._held[rid] = adm  # given back (restore.lua, spend_restore.lua) if Redis loses it while in flight
+            self._held[rid] = (
+                adm  # given back (restore.lua, spend_restore.lua) if Redis loses it while in flight
+            )
         return adm
 
-    def _settle_payload(self, spec: _Spec, admission: Admission, tokens: int, cost_micro: int, ended_ms: int,
-                        caps: CapSet | None, fields: tuple[str, ...]) -> bytes:
-        args = _args((admission.token, int(tokens), int(cost_micro), admission.admitted_ms, admission.input_tokens,
-                      ended_ms))
+    def _settle_payload(
+        self,
+        spec: _Spec,
+        admission: Admission,
+        tokens: int,
+        cost_micro: int,
+        ended_ms: int,
+        caps: CapSet | None,
+        fields: tuple[str, ...],
+    ) -> bytes:
+        args = _args(
+            (
+                admission.token,
+                int(tokens),
+                int(cost_micro),
+                admission.admitted_ms,
+                admission.input_tokens,
+                ended_ms,
+            )
+        )
         if caps is None:
             return b"".join((spec.settle_head, args, spec.settle_tail))
-        return b"".join((spec.settle_with_caps(len(fields)), args, spec.settle_tail, _args((len(fields), *fields))))
+        return b"".join(
+            (spec.settle_with_caps(len(fields)), args, spec.settle_tail, _args((len(fields), *fields)))
+        )
 
-    async def settle(self, admission: Admission, *, tokens: int, cost_micro: int,
-                     ended_at: float | None = None) -> None:
+    async def settle(
+        self, admission: Admission, *, tokens: int, cost_micro: int, ended_at: float | None = None
+    ) -> None:
         if not admission.limited or admission.settled:
             return
         admission.settled = True
         spec: _Spec = admission.spec
         ended_ms = int((time.time() if ended_at is None else ended_at) * 1000)
         if admission.caps is None and not admission.pools:  # no spend limit: the common case
-            payload = b"".join((spec.settle_head, _args((admission.token, int(tokens), int(cost_micro),
-                                                          admission.admitted_ms, admission.input_tokens, ended_ms)),
-                                spec.settle_tail))
+            payload = b"".join(
+                (
+                    spec.settle_head,
+                    _args(
+                        (
+                            admission.token,
+                            int(tokens),
+                            int(cost_micro),
+                            admission.admitted_ms,
+                            admission.input_tokens,
+                            ended_ms,
+                        )
+                    ),
+                    spec.settle_tail,
+                )
+            )
             extra: list[tuple[bytes, int]] = []
         else:
-            payload = self._settle_payload(spec, admission, tokens, cost_micro, ended_ms, admission.caps,
-                                           admission.cap_fields)
-            extra = [(self._settle_payload(self.pool_spec(pool.tag), admission, 0, cost_micro, ended_ms, pool,
-                                           fields), self.pool_spec(pool.tag).slot)
-                     for pool, fields in admission.pools or ()]
+            payload = self._settle_payload(
+                spec, admission, tokens, cost_micro, ended_ms, admission.caps, admission.cap_fields
+            )
+            extra = [
+                (
+                    self._settle_payload(
+                        self.pool_spec(pool.tag), admission, 0, cost_micro, ended_ms, pool, fields
+                    ),
+                    self.pool_spec(pool.tag).slot,
+                )
+                for pool, fields in admission.pools or ()
+            ]
         if self._held.pop(admission.token, None) is not None:
             # sent again if Redis loses it before the usage row is in the database (idempotent)
             recent = self._recent
@@ -602,12 +798,42 @@ class RedisLimiter(BaseLimiter):
         if admission.caps is None:
             calls.append((b"".join((spec.refresh_head, _args(argv))), spec.slot))
         else:
-            calls.append((encode_command(["FCALL", REFRESH_FN, 4, spec.keys[0], spec.keys[1], spec.cap_keys[1],
-                                          spec.cap_keys[0], *argv]), spec.slot))
+            calls.append(
+                (
+                    encode_command(
+                        [
+                            "FCALL",
+                            REFRESH_FN,
+                            4,
+                            spec.keys[0],
+                            spec.keys[1],
+                            spec.cap_keys[1],
+                            spec.cap_keys[0],
+                            *argv,
+                        ]
+                    ),
+                    spec.slot,
+                )
+            )
         for pool, _fields in admission.pools or ():
             pspec = self.pool_spec(pool.tag)
-            calls.append((encode_command(["FCALL", REFRESH_FN, 4, pspec.keys[0], pspec.keys[1], pspec.cap_keys[1],
-                                          pspec.cap_keys[0], *argv]), pspec.slot))
+            calls.append(
+                (
+                    encode_command(
+                        [
+                            "FCALL",
+                            REFRESH_FN,
+                            4,
+                            pspec.keys[0],
+                            pspec.keys[1],
+                            pspec.cap_keys[1],
+                            pspec.cap_keys[0],
+                            *argv,
+                        ]
+                    ),
+                    pspec.slot,
+                )
+            )
         for payload, slot in calls:
             try:
                 await self.router.cast(payload, slot, self._refresh_failed)
@@ -628,8 +854,10 @@ class RedisLimiter(BaseLimiter):
         limits = self.limits_for(key)
         hash_tag, prefix = self._prefix(key.id, key.owner)
         b = f"{prefix}:b"
-        budget = [-1 if limits.budget_tokens is None else limits.budget_tokens,
-                  -1 if limits.budget_micro is None else limits.budget_micro]
+        budget = [
+            -1 if limits.budget_tokens is None else limits.budget_tokens,
+            -1 if limits.budget_micro is None else limits.budget_micro,
+        ]
         slot = key_slot(hash_tag.encode())
         try:
             if not self._loaded:
@@ -646,13 +874,16 @@ class RedisLimiter(BaseLimiter):
                 raise unavailable() from None
             if not check:
                 # the batch is settled in the database already; a later seed reads it from there
-                log.warning("could not move key %s spend by %d micro-USD (Redis unreachable)", key.id, cost_micro)
+                log.warning(
+                    "could not move key %s spend by %d micro-USD (Redis unreachable)", key.id, cost_micro
+                )
             return
         if res[0] != OK:
             raise refusal(res[0], 0, limits, 0, 0)
 
-    async def charge_caps(self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "",
-                          release: bool = False) -> None:
+    async def charge_caps(
+        self, key: KeyRecord, *, cost_micro: int, check: bool, hold: str = "", release: bool = False
+    ) -> None:
         plan = self.gate.plan(key)
         if plan is None or (not cost_micro and not release):
             return
@@ -662,14 +893,30 @@ class RedisLimiter(BaseLimiter):
             if not self._loaded:
                 await self._load()
             for caps in [c for c in (plan.own, *plan.pools) if c is not None]:
-                spec = self.spec_for(key.id, self.limits_for(key), owner=key.owner) if caps is plan.own \
+                spec = (
+                    self.spec_for(key.id, self.limits_for(key), owner=key.owner)
+                    if caps is plan.own
                     else self.pool_spec(caps.tag)
+                )
                 fields = caps.fields(when)
                 flat: list[Any] = []
                 for f, cap in zip(fields, caps.caps, strict=True):
                     flat += [f, cap.check.amount_micro]
-                payload = encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], int(check), int(cost_micro),
-                                          STATE_TTL_MS, hold, int(release), len(fields), *flat])
+                payload = encode_command(
+                    [
+                        "FCALL",
+                        SPEND_CHARGE_FN,
+                        1,
+                        spec.cap_keys[0],
+                        int(check),
+                        int(cost_micro),
+                        STATE_TTL_MS,
+                        hold,
+                        int(release),
+                        len(fields),
+                        *flat,
+                    ]
+                )
                 res = await self._send(payload, spec.slot)
                 if res[0] == CAP_SEED:
                     await self._seed_caps(spec, caps, fields, enforce.parse_list(res[1]))
@@ -688,8 +935,11 @@ class RedisLimiter(BaseLimiter):
                 if not self.fail_open:
                     raise unavailable() from None
             else:
-                log.warning("could not move %s's spend-limit counters by %d micro-USD (Redis unreachable)",
-                            key.id, cost_micro)
+                log.warning(
+                    "could not move %s's spend-limit counters by %d micro-USD (Redis unreachable)",
+                    key.id,
+                    cost_micro,
+                )
         except BaseException:
             if check:
                 await self._release_holds(done, hold)
@@ -699,16 +949,23 @@ class RedisLimiter(BaseLimiter):
         """Give back a hold taken on some spenders before another refused (or Redis failed)."""
         for spec in done:
             with contextlib.suppress(RedisError, OSError):
-                await self._send(encode_command(["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], 0, 0, STATE_TTL_MS,
-                                                 hold, 1, 0]), spec.slot)
+                await self._send(
+                    encode_command(
+                        ["FCALL", SPEND_CHARGE_FN, 1, spec.cap_keys[0], 0, 0, STATE_TTL_MS, hold, 1, 0]
+                    ),
+                    spec.slot,
+                )
 
-    async def reseed_caps(self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None) -> int:
+    async def reseed_caps(
+        self, spenders: set[tuple[str | None, str]], teams: set[str], now: float | None = None
+    ) -> int:
         touched = 0
         for tag, fields in self.cap_fields(spenders, teams, time.time() if now is None else now).items():
             names = [*fields, *(f"S|{f}" for f in fields), *(f"W|{f}" for f in fields)]
             try:
-                await self.router.call(encode_command(["HDEL", f"{LAYOUT}{{{tag}}}:p", *names]),
-                                       key_slot(tag.encode()))
+                await self.router.call(
+                    encode_command(["HDEL", f"{LAYOUT}{{{tag}}}:p", *names]), key_slot(tag.encode())
+                )
             except (RedisError, OSError) as exc:
                 self._outage(exc)
                 log.warning("could not drop the spend-limit counters of %s after a re-price: %s", tag, exc)
@@ -739,7 +996,13 @@ class RedisLimiter(BaseLimiter):
         values = await self.router.call(encode_command(("HMGET", f"{tag}:b", "st", "sm", "ft", "fm")), slot)
         in_flight = await self.router.call(encode_command(("ZCARD", f"{tag}:z")), slot)
         st, sm, ft, fm = (int(v) if v is not None else 0 for v in values)
-        return {"spent_tokens": st, "spent_micro": sm, "held_tokens": ft, "held_micro": fm, "in_flight": in_flight}
+        return {
+            "spent_tokens": st,
+            "spent_micro": sm,
+            "held_tokens": ft,
+            "held_micro": fm,
+            "in_flight": in_flight,
+        }
 
     async def close(self) -> None:
         for task in (self._retry_task, self._epoch_task):

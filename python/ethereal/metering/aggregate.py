@@ -15,8 +15,10 @@ from ethereal.storage.records import SUMS
 
 GROUPS = ("key_id", "model", "credential", "route", "error_type")
 
-async def usage_totals(store: Store, *, group_by: str, since: float | None = None,
-                       until: float | None = None) -> list[dict[str, Any]]:
+
+async def usage_totals(
+    store: Store, *, group_by: str, since: float | None = None, until: float | None = None
+) -> list[dict[str, Any]]:
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
     if since is not None and until is not None and until <= since:

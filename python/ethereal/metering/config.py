@@ -48,9 +48,16 @@ class MeterConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> MeterConfig:
         """From the validated settings (``ETHEREAL_METER_*`` / ``meter_*``: settings.py checks them)."""
-        return cls(batch_size=settings.meter_batch_size, interval=settings.meter_interval,
-                   queue_max=settings.meter_queue_max, recent_size=settings.meter_recent_size,
-                   spool_dir=settings.meter_spool_dir or settings.data_dir / "spool",
-                   spool_max_bytes=settings.meter_spool_max_bytes, segment_bytes=settings.meter_segment_bytes,
-                   on_full=settings.meter_on_full, flush_timeout=settings.meter_flush_timeout,
-                   retry_max=settings.meter_retry_max, lookup_wait=settings.meter_lookup_wait)
+        return cls(
+            batch_size=settings.meter_batch_size,
+            interval=settings.meter_interval,
+            queue_max=settings.meter_queue_max,
+            recent_size=settings.meter_recent_size,
+            spool_dir=settings.meter_spool_dir or settings.data_dir / "spool",
+            spool_max_bytes=settings.meter_spool_max_bytes,
+            segment_bytes=settings.meter_segment_bytes,
+            on_full=settings.meter_on_full,
+            flush_timeout=settings.meter_flush_timeout,
+            retry_max=settings.meter_retry_max,
+            lookup_wait=settings.meter_lookup_wait,
+        )

@@ -81,8 +81,15 @@ def _clean_text(value: str | None) -> str | None:
 
 
 class Meter:
-    def __init__(self, store: Store, config: MeterConfig | None = None, *, batch_size: int | None = None,
-                 interval: float | None = None, recent_size: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: MeterConfig | None = None,
+        *,
+        batch_size: int | None = None,
+        interval: float | None = None,
+        recent_size: int | None = None,
+    ) -> None:
         config = config or MeterConfig()
         self.store = store
         self.config = config
@@ -103,8 +110,9 @@ class Meter:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ethereal-spool")
         self.spool: Spool | None = None
         if config.spool_dir is not None:
-            self.spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes,
-                               segment_bytes=config.segment_bytes)
+            self.spool = Spool(
+                config.spool_dir, max_bytes=config.spool_max_bytes, segment_bytes=config.segment_bytes
+            )
         # state
         self._degraded = False
         self._spool_full = False
@@ -157,8 +165,9 @@ class Meter:
                 else:
                     await self._flush_direct()
         if self._queue:
-            log.error("meter closing with %d usage record(s) that could not be written anywhere",
-                      len(self._queue))
+            log.error(
+                "meter closing with %d usage record(s) that could not be written anywhere", len(self._queue)
+            )
         if self.spool is not None:
             await self._run_io(self.spool.close)
         self._io.shutdown(wait=True)
@@ -176,7 +185,9 @@ class Meter:
             rec.model = _clean_text(model)
         if rec.error_type is not None and (len(rec.error_type) > _MAX_TEXT or "\x00" in rec.error_type):
             rec.error_type = _clean_text(rec.error_type)
-        if rec.error_message is not None and (len(rec.error_message) > _MAX_TEXT or "\x00" in rec.error_message):
+        if rec.error_message is not None and (
+            len(rec.error_message) > _MAX_TEXT or "\x00" in rec.error_message
+        ):
             rec.error_message = _clean_text(rec.error_message)
         queue = self._queue
         queue.append(rec)
@@ -226,8 +237,11 @@ class Meter:
             log.error(
                 "USAGE RECORDS LOST: database unreachable, spool full (%d bytes) and %d records queued in"
                 " memory; %d record(s) worth %d micro-USD dropped so far (policy ETHEREAL_METER_ON_FULL=%s)",
-                self.spool.bytes if self.spool else 0, len(queue), self.dropped_records,
-                self.dropped_cost_micro, self.config.on_full,
+                self.spool.bytes if self.spool else 0,
+                len(queue),
+                self.dropped_records,
+                self.dropped_cost_micro,
+                self.config.on_full,
             )
 
     # ------------------------------------------------------------------ lookups
@@ -359,14 +373,21 @@ class Meter:
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             # A timeout or a network error is an outage, never bad data; anything else while the
             # database still answers pings may be a row it refuses: find it.
-            if careful and not isinstance(exc, (TimeoutError, asyncio.TimeoutError, OSError)) \
-                    and await self._reachable():
+            if (
+                careful
+                and not isinstance(exc, (TimeoutError, asyncio.TimeoutError, OSError))
+                and await self._reachable()
+            ):
                 return await self._insert_bisect(batch)
             now = time.monotonic()
             if now - self._last_fail_log >= _LOG_EVERY:
                 self._last_fail_log = now
-                log.error("usage flush failed (%s); %d record(s) go to the %s", self.last_error, len(batch),
-                          "spool" if self.spool is not None else "retry queue")
+                log.error(
+                    "usage flush failed (%s); %d record(s) go to the %s",
+                    self.last_error,
+                    len(batch),
+                    "spool" if self.spool is not None else "retry queue",
+                )
             return batch
         self.flushed_rows += int(inserted or 0)
         self.flushed_records += len(batch)
@@ -404,8 +425,11 @@ class Meter:
 
     async def _quarantine(self, rec: UsageRecord) -> None:
         self.quarantined += 1
-        log.error("usage record %s refused by the database (%s): set aside in quarantine.jsonl",
-                  rec.request_id, self.last_error)
+        log.error(
+            "usage record %s refused by the database (%s): set aside in quarantine.jsonl",
+            rec.request_id,
+            self.last_error,
+        )
         if self.spool is None:
             return
         line = orjson.dumps({"error": self.last_error, "record": rec.to_dict()}) + b"\n"
@@ -434,16 +458,20 @@ class Meter:
     def _failed(self) -> None:
         self.flush_failures += 1
         if not self._degraded:
-            log.error("database unreachable for usage records: %s; spooling to %s and retrying",
-                      self.last_error, self.spool.dir if self.spool else "memory")
+            log.error(
+                "database unreachable for usage records: %s; spooling to %s and retrying",
+                self.last_error,
+                self.spool.dir if self.spool else "memory",
+            )
         self._degraded = True
         self._next_retry = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.config.retry_max)
 
     def _recovered(self, replayed: int) -> None:
         if self._degraded:
-            log.warning("database reachable again: usage writes resumed (%d spooled record(s) replayed)",
-                        replayed)
+            log.warning(
+                "database reachable again: usage writes resumed (%d spooled record(s) replayed)", replayed
+            )
         self._degraded = False
         self._backoff = self.config.retry_min
         self._next_retry = 0.0
@@ -457,7 +485,7 @@ class Meter:
         queue.clear()
         step = max(self.batch_size, 1000)
         for i in range(0, len(records), step):
-            chunk = records[i:i + step]
+            chunk = records[i : i + step]
             try:
                 await self._run_io(self.spool.append, chunk)
             except asyncio.CancelledError:
@@ -468,9 +496,14 @@ class Meter:
                     self.spool_errors += 1
                     log.error("spool write failed: %s", exc)
                 if not self._spool_full:
-                    log.error("USAGE SPOOL FULL (%d of %d bytes): records now wait in memory (max %d),"
-                              " then policy %r applies", self.spool.bytes, self.spool.max_bytes,
-                              self.queue_max, self.config.on_full)
+                    log.error(
+                        "USAGE SPOOL FULL (%d of %d bytes): records now wait in memory (max %d),"
+                        " then policy %r applies",
+                        self.spool.bytes,
+                        self.spool.max_bytes,
+                        self.queue_max,
+                        self.config.on_full,
+                    )
                 self._spool_full = True
                 queue.extendleft(reversed(records[i:]))
                 if len(queue) > self.queue_max:
@@ -492,7 +525,7 @@ class Meter:
                 break
             records = await self._run_io(self.spool.read, segment)
             for i in range(0, len(records), step):
-                left = await self._insert(records[i:i + step])
+                left = await self._insert(records[i : i + step])
                 if left:
                     self._failed()
                     return

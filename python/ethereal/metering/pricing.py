@@ -79,15 +79,33 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
             if c is not card and c.id not in cards:
                 cards = (*cards, c.id)
             provisional = provisional or c.provisional
-            n, d, lacks = _cost(registry, c, it.input_tokens, it.output_tokens, it.cache_5m, it.cache_1h,
-                                it.cache_read, usage, batch)
+            n, d, lacks = _cost(
+                registry,
+                c,
+                it.input_tokens,
+                it.output_tokens,
+                it.cache_5m,
+                it.cache_1h,
+                it.cache_read,
+                usage,
+                batch,
+            )
             provisional = provisional or lacks
             num_sum = num_sum * d + n * den
             den *= d
         total_num, total_den = num_sum, den
     else:
-        total_num, total_den, lacks = _cost(registry, card, usage.input_tokens, usage.output_tokens, usage.cache_5m,
-                                            usage.cache_1h, usage.cache_read, usage, batch)
+        total_num, total_den, lacks = _cost(
+            registry,
+            card,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_5m,
+            usage.cache_1h,
+            usage.cache_read,
+            usage,
+            batch,
+        )
         provisional = provisional or lacks
     micro = (2 * total_num + total_den * PICO) // (2 * total_den * PICO)  # pico → micro, halves up
     tools = registry.server_tools
@@ -96,15 +114,29 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
     return Priced(micro, card.id, provisional, (card.id, *cards) if cards else ())
 
 
-def _cost(registry: Registry, card: RateCard, inp: int, out: int, c5: int, c1: int, cr: int, usage: Usage,
-          batch: bool) -> tuple[int, int, bool]:
+def _cost(
+    registry: Registry,
+    card: RateCard,
+    inp: int,
+    out: int,
+    c5: int,
+    c1: int,
+    cr: int,
+    usage: Usage,
+    batch: bool,
+) -> tuple[int, int, bool]:
     """(numerator, denominator) of the cost in pico-USD, and whether a multiplier was missing from
     the card (fast mode on a card without a fast rate: the registry's default, flagged)."""
     rates = card.rates
     if card.tiers:
         rates = card.rates_for({"input": inp, "cache_read": cr, "cache_write": c5 + c1})
-    pico = (inp * rates.input + out * rates.output + c5 * rates.cache_write_5m + c1 * rates.cache_write_1h
-            + cr * rates.cache_read)
+    pico = (
+        inp * rates.input
+        + out * rates.output
+        + c5 * rates.cache_write_5m
+        + c1 * rates.cache_write_1h
+        + cr * rates.cache_read
+    )
     num, den = pico, 1
     lacks = False
     if usage.speed == "fast":

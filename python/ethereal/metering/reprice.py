@@ -73,7 +73,9 @@ def parse_bound(value: Any, *, field_name: str, end: bool = False) -> float:
     try:
         moment = datetime.fromisoformat(text)  # 3.11 reads a trailing Z
     except ValueError:
-        raise RepriceError(f"{field_name}: {text[:40]!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from None
+        raise RepriceError(
+            f"{field_name}: {text[:40]!r} is not a date (YYYY-MM-DD) or an RFC 3339 time"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -87,8 +89,13 @@ class KeyChange:
     before_micro: int = 0  # the key's whole spend before the correction (records in the store)
 
     def to_json(self) -> dict[str, Any]:
-        return {"key_id": self.key_id, "records": self.records, "before_micro": self.before_micro,
-                "after_micro": self.before_micro + self.delta_micro, "delta_micro": self.delta_micro}
+        return {
+            "key_id": self.key_id,
+            "records": self.records,
+            "before_micro": self.before_micro,
+            "after_micro": self.before_micro + self.delta_micro,
+            "delta_micro": self.delta_micro,
+        }
 
 
 @dataclass(slots=True)
@@ -113,12 +120,22 @@ class RepriceResult:
     def to_json(self, *, serving_version: str | None = None) -> dict[str, Any]:
         keys = sorted(self.keys.values(), key=lambda k: (-abs(k.delta_micro), k.key_id))
         out: dict[str, Any] = {
-            "type": "price_correction", "id": self.id, "dry_run": self.dry_run,
-            "since": _rfc3339(self.since), "until": _rfc3339(self.until),
+            "type": "price_correction",
+            "id": self.id,
+            "dry_run": self.dry_run,
+            "since": _rfc3339(self.since),
+            "until": _rfc3339(self.until),
             "registry_version": self.registry_version,
-            "records": {"examined": self.examined, "changed": self.changed, "relabelled": self.relabelled,
-                        "skipped": self.skipped, "conflicts": self.conflicts, "now_exact": self.now_exact},
-            "before_micro": self.before_micro, "after_micro": self.after_micro,
+            "records": {
+                "examined": self.examined,
+                "changed": self.changed,
+                "relabelled": self.relabelled,
+                "skipped": self.skipped,
+                "conflicts": self.conflicts,
+                "now_exact": self.now_exact,
+            },
+            "before_micro": self.before_micro,
+            "after_micro": self.after_micro,
             "delta_micro": self.after_micro - self.before_micro,
             "keys_changed": sum(1 for k in keys if k.delta_micro),
             "keys": [k.to_json() for k in keys[:MAX_KEYS_SHOWN]],
@@ -127,21 +144,33 @@ class RepriceResult:
         if serving_version is not None:
             out["serving_registry_version"] = serving_version
             if serving_version != self.registry_version:
-                out["note"] = ("this gateway serves registry data " + serving_version + ": new requests are "
-                               "priced with it until it is restarted with the corrected file; run the "
-                               "correction again after the restart to cover them")
+                out["note"] = (
+                    "this gateway serves registry data " + serving_version + ": new requests are "
+                    "priced with it until it is restarted with the corrected file; run the "
+                    "correction again after the restart to cover them"
+                )
         return out
 
     def correction_row(self) -> dict[str, Any]:
         keys = sorted(self.keys.values(), key=lambda k: (-abs(k.delta_micro), k.key_id))
         return {
-            "id": self.id, "at": self.at, "since": self.since, "until": self.until,
-            "registry_version": self.registry_version, "records": self.changed,
-            "keys": sum(1 for k in keys if k.delta_micro), "before_micro": self.before_micro,
+            "id": self.id,
+            "at": self.at,
+            "since": self.since,
+            "until": self.until,
+            "registry_version": self.registry_version,
+            "records": self.changed,
+            "keys": sum(1 for k in keys if k.delta_micro),
+            "before_micro": self.before_micro,
             "after_micro": self.after_micro,
-            "detail": {"examined": self.examined, "relabelled": self.relabelled, "skipped": self.skipped,
-                       "conflicts": self.conflicts, "now_exact": self.now_exact,
-                       "keys": [k.to_json() for k in keys[:MAX_KEYS_SHOWN]]},
+            "detail": {
+                "examined": self.examined,
+                "relabelled": self.relabelled,
+                "skipped": self.skipped,
+                "conflicts": self.conflicts,
+                "now_exact": self.now_exact,
+                "keys": [k.to_json() for k in keys[:MAX_KEYS_SHOWN]],
+            },
         }
 
 
@@ -150,12 +179,20 @@ def correction_json(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     detail = row.get("detail") or {}
-    return {"id": row["id"], "at": _rfc3339(row["at"]), "since": _rfc3339(row["since"]),
-            "until": _rfc3339(row["until"]), "registry_version": row["registry_version"],
-            "records": int(row["records"]), "keys": int(row["keys"]), "before_micro": int(row["before_micro"]),
-            "after_micro": int(row["after_micro"]),
-            "delta_micro": int(row["after_micro"]) - int(row["before_micro"]),
-            "examined": detail.get("examined"), "now_exact": detail.get("now_exact")}
+    return {
+        "id": row["id"],
+        "at": _rfc3339(row["at"]),
+        "since": _rfc3339(row["since"]),
+        "until": _rfc3339(row["until"]),
+        "registry_version": row["registry_version"],
+        "records": int(row["records"]),
+        "keys": int(row["keys"]),
+        "before_micro": int(row["before_micro"]),
+        "after_micro": int(row["after_micro"]),
+        "delta_micro": int(row["after_micro"]) - int(row["before_micro"]),
+        "examined": detail.get("examined"),
+        "now_exact": detail.get("now_exact"),
+    }
 
 
 def _rfc3339(ts: float) -> str:
@@ -180,19 +217,35 @@ def reprice_record(registry: Registry, rec: UsageRecord) -> Priced | None:
     """What ``rec`` costs at ``registry``'s cards (None: it cannot be re-priced from its totals)."""
     if rec.rate_card is not None and SEP in rec.rate_card:
         return None
-    usage = Usage(input_tokens=rec.input_tokens, output_tokens=rec.output_tokens, cache_5m=rec.cache_creation_5m,
-                  cache_1h=rec.cache_creation_1h, cache_read=rec.cache_read, web_searches=rec.web_search_requests,
-                  speed=rec.speed, inference_geo=rec.inference_geo)
+    usage = Usage(
+        input_tokens=rec.input_tokens,
+        output_tokens=rec.output_tokens,
+        cache_5m=rec.cache_creation_5m,
+        cache_1h=rec.cache_creation_1h,
+        cache_read=rec.cache_read,
+        web_searches=rec.web_search_requests,
+        speed=rec.speed,
+        inference_geo=rec.inference_geo,
+    )
     return price(registry, model_of(registry, rec), usage, at=rec.started_at, batch=rec.batch)
 
 
-async def reprice(store: Store, registry: Registry, limiter: Any, *, since: float, until: float,
-                  dry_run: bool = False, page: int = PAGE) -> RepriceResult:
+async def reprice(
+    store: Store,
+    registry: Registry,
+    limiter: Any,
+    *,
+    since: float,
+    until: float,
+    dry_run: bool = False,
+    page: int = PAGE,
+) -> RepriceResult:
     """Re-price every record that started in ``[since, until)``; see the module's docstring."""
     if not until > since:
         raise RepriceError("until: must be after since")
-    result = RepriceResult(since=since, until=until, dry_run=dry_run, registry_version=registry.version,
-                           at=time.time())
+    result = RepriceResult(
+        since=since, until=until, dry_run=dry_run, registry_version=registry.version, at=time.time()
+    )
     filters = UsageFilter(since=since, until=until)
     before: tuple[float, str] | None = None
     spenders: set[tuple[str | None, str]] = set()  # (owner, key_id) of records whose cost moved
@@ -210,11 +263,23 @@ async def reprice(store: Store, registry: Registry, limiter: Any, *, since: floa
             if priced is None:
                 result.skipped += 1
                 continue
-            if (priced.cost_micro == rec.cost_micro and priced.rate_card == rec.rate_card
-                    and priced.provisional == rec.priced_provisional):
+            if (
+                priced.cost_micro == rec.cost_micro
+                and priced.rate_card == rec.rate_card
+                and priced.provisional == rec.priced_provisional
+            ):
                 continue
-            changes.append(RepriceChange(rec.request_id, rec.key_id, rec.cost_micro, priced.cost_micro,
-                                         rec.rate_card, priced.rate_card, priced.provisional))
+            changes.append(
+                RepriceChange(
+                    rec.request_id,
+                    rec.key_id,
+                    rec.cost_micro,
+                    priced.cost_micro,
+                    rec.rate_card,
+                    priced.rate_card,
+                    priced.provisional,
+                )
+            )
         applied = changes if dry_run else await store.reprice_usage(changes)
         by_id = {r.request_id: r for r in records}
         for c in applied:
@@ -255,9 +320,17 @@ async def reprice(store: Store, registry: Registry, limiter: Any, *, since: floa
             await limiter.reseed_caps(spenders, teams)
         result.id = f"pc_{int(result.at * 1000):x}{os.urandom(4).hex()}"
         await store.insert_price_correction(result.correction_row())
-        log.warning("price correction %s: %d record(s) of %s..%s re-priced with registry %s, %d key(s), "
-                    "%+d micro-USD", result.id, result.changed, _rfc3339(since), _rfc3339(until),
-                    registry.version, len(moved), result.after_micro - result.before_micro)
+        log.warning(
+            "price correction %s: %d record(s) of %s..%s re-priced with registry %s, %d key(s), "
+            "%+d micro-USD",
+            result.id,
+            result.changed,
+            _rfc3339(since),
+            _rfc3339(until),
+            registry.version,
+            len(moved),
+            result.after_micro - result.before_micro,
+        )
     return result
 
 

@@ -75,7 +75,7 @@ def _native_pages(pdf: bytes) -> int:
     for needle in (b"/Type /Page", b"/Type/Page"):
         start = 0
         while (pos := pdf.find(needle, start)) != -1:
-            if pdf[pos + len(needle):pos + len(needle) + 1] != b"s":
+            if pdf[pos + len(needle) : pos + len(needle) + 1] != b"s":
                 pages += 1
             start = pos + 1
     return pages or len(pdf) // _NATIVE_BYTES_PER_PAGE + 1
@@ -154,7 +154,11 @@ def server_tool_uses(data: dict[str, Any], config: ReserveConfig) -> tuple[int, 
         if not isinstance(kind, str):
             continue
         uses = tool.get("max_uses")
-        n = uses if isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0 else config.web_searches
+        n = (
+            uses
+            if isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0
+            else config.web_searches
+        )
         if kind.startswith("web_search"):
             searches += n
         elif kind.startswith("web_fetch"):
@@ -167,9 +171,20 @@ def _up(pico_num: int, den: int) -> int:
     return -(-pico_num // (den * PICO)) if pico_num > 0 else 0
 
 
-def reserve(registry: Registry, model: Model | None, data: dict[str, Any], body: bytes, *, at: float,
-            input_tokens: int, max_tokens: int, money: bool, config: ReserveConfig,
-            caches: str | None = None, batch: bool = False) -> Reservation:
+def reserve(
+    registry: Registry,
+    model: Model | None,
+    data: dict[str, Any],
+    body: bytes,
+    *,
+    at: float,
+    input_tokens: int,
+    max_tokens: int,
+    money: bool,
+    config: ReserveConfig,
+    caches: str | None = None,
+    batch: bool = False,
+) -> Reservation:
     """The reservation of one Messages request (``data`` parsed from ``body``, the Anthropic body).
 
     ``input_tokens`` is the native estimate of ``body``; ``caches`` what the adapter knows it
@@ -210,13 +225,32 @@ def reserve(registry: Registry, model: Model | None, data: dict[str, Any], body:
     return Reservation(in_t, out_t, in_m, out_m, searches + fetches)
 
 
-def batch_item(registry: Registry | None, model: Model | None, params: dict[str, Any], body: bytes, *,
-               at: float, input_tokens: int, max_tokens: int, config: ReserveConfig) -> Reservation:
+def batch_item(
+    registry: Registry | None,
+    model: Model | None,
+    params: dict[str, Any],
+    body: bytes,
+    *,
+    at: float,
+    input_tokens: int,
+    max_tokens: int,
+    config: ReserveConfig,
+) -> Reservation:
     """A Message Batches item's hold: as a request at the card's batch rate."""
     if registry is None:
         registry = _default_registry()
-    return reserve(registry, model, params, body, at=at, input_tokens=input_tokens, max_tokens=max_tokens,
-                   money=True, config=config, batch=True)
+    return reserve(
+        registry,
+        model,
+        params,
+        body,
+        at=at,
+        input_tokens=input_tokens,
+        max_tokens=max_tokens,
+        money=True,
+        config=config,
+        batch=True,
+    )
 
 
 _REGISTRY: list[Registry] = []

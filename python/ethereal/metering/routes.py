@@ -38,15 +38,17 @@ def parse_time(name: str, raw: str | None) -> float | None:
     else:
         # nan, inf (1e400) and instants datetime cannot hold are the client's 400, not a 500
         if not math.isfinite(value) or not 0.0 <= value <= _MAX_UNIX:
-            raise invalid_request(f"{name}: unix seconds must be between 0 and {_MAX_UNIX:.0f}, got {raw[:64]!r}",
-                                  param=name)
+            raise invalid_request(
+                f"{name}: unix seconds must be between 0 and {_MAX_UNIX:.0f}, got {raw[:64]!r}", param=name
+            )
         return value
     text = raw.strip().replace("Z", "+00:00").replace("z", "+00:00")
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise invalid_request(f"{name}: expected unix seconds or an RFC 3339 time, got {raw[:64]!r}",
-                              param=name) from None
+        raise invalid_request(
+            f"{name}: expected unix seconds or an RFC 3339 time, got {raw[:64]!r}", param=name
+        ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     value = parsed.timestamp()
@@ -80,11 +82,16 @@ def register(app: Application, gw: Gateway) -> None:
             except TimeoutError:
                 pass
         rows = await usage_totals(gw.store, group_by=group_by, since=since, until=until)
-        totals = {name: sum(r[name] for r in rows) for name in ("requests", "cost_micro", "input_tokens",
-                                                               "output_tokens")}
+        totals = {
+            name: sum(r[name] for r in rows)
+            for name in ("requests", "cost_micro", "input_tokens", "output_tokens")
+        }
         body = {
-            "group_by": group_by, "since": _rfc3339(since), "until": _rfc3339(until),
-            "data": rows, "totals": {**totals, "cost_usd": f"{totals['cost_micro'] / 1_000_000:.6f}"},
+            "group_by": group_by,
+            "since": _rfc3339(since),
+            "until": _rfc3339(until),
+            "data": rows,
+            "totals": {**totals, "cost_usd": f"{totals['cost_micro'] / 1_000_000:.6f}"},
         }
         return json_response(200, orjson.dumps(body), [(b"request-id", request_id.encode())])
 

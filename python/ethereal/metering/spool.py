@@ -95,7 +95,9 @@ def decode_lines(data: bytes) -> tuple[list[UsageRecord], int]:
             if columns is USAGE_COLUMNS:
                 records.append(UsageRecord(*value))
             else:
-                records.append(UsageRecord(**{c: v for c, v in zip(columns, value, strict=False) if c in _FIELDS}))
+                records.append(
+                    UsageRecord(**{c: v for c, v in zip(columns, value, strict=False) if c in _FIELDS})
+                )
         except TypeError:
             bad += 1
     return records, bad
@@ -271,8 +273,12 @@ class Spool:
             self._bytes += sum(s.size for s in segments)
             self.stats.adopted_dirs += 1
             adopted += 1
-            log.warning("adopted spool %s (%d segment(s), %d bytes) left by a stopped worker",
-                        entry.name, len(segments), sum(s.size for s in segments))
+            log.warning(
+                "adopted spool %s (%d segment(s), %d bytes) left by a stopped worker",
+                entry.name,
+                len(segments),
+                sum(s.size for s in segments),
+            )
         return adopted
 
     def _release_adopted(self, owner: Path) -> None:
@@ -308,9 +314,9 @@ class Spool:
                     continue
                 start = data.rfind(b"\n", 0, pos) + 1
                 end = data.find(b"\n", pos)
-                line = data[start:end if end >= 0 else len(data)]
+                line = data[start : end if end >= 0 else len(data)]
                 header_end = data.find(b"\n")
-                records, _ = decode_lines(data[:header_end + 1] + line + b"\n")
+                records, _ = decode_lines(data[: header_end + 1] + line + b"\n")
                 for rec in records:
                     if rec.request_id == request_id:
                         return rec

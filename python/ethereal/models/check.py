@@ -71,8 +71,10 @@ class Disagreement:
 
     def describe(self, source: str) -> str:
         if self.field in KINDS:
-            return (f"{self.model}: {self.field} {_usd(self.registry)} in the registry, {_usd(self.peer)} in "
-                    f"{source} ({self.peer_name}) USD/MTok")
+            return (
+                f"{self.model}: {self.field} {_usd(self.registry)} in the registry, {_usd(self.peer)} in "
+                f"{source} ({self.peer_name}) USD/MTok"
+            )
         return f"{self.model}: {self.field} {self.registry:,} in the registry, {self.peer:,} in {source} ({self.peer_name})"
 
 
@@ -113,8 +115,10 @@ def read_peer(path: Path) -> tuple[str, list[PeerEntry]]:
         return "Portkey", _portkey(data)
     if any(k in v for v in tables for k in ("input_cost_per_token", "litellm_provider", "max_input_tokens")):
         return "LiteLLM", _litellm(data)
-    raise PeerFileError(f"{path}: neither LiteLLM's model_prices_and_context_window.json nor Portkey's "
-                        "pricing/<provider>.json")
+    raise PeerFileError(
+        f"{path}: neither LiteLLM's model_prices_and_context_window.json nor Portkey's "
+        "pricing/<provider>.json"
+    )
 
 
 def _litellm(data: dict[str, Any]) -> list[PeerEntry]:
@@ -125,10 +129,14 @@ def _litellm(data: dict[str, Any]) -> list[PeerEntry]:
         provider = entry.get("litellm_provider")
         if provider is not None and provider != "anthropic":
             continue  # the same model on Bedrock or Vertex has its own prices
-        rates = {kind: p for field, kind in LITELLM_RATES.items()
-                 if field in entry and (p := _pico(entry[field], LITELLM_UNIT)) is not None}
-        out.append(PeerEntry(name, rates, _int(entry.get("max_input_tokens")),
-                             _int(entry.get("max_output_tokens"))))
+        rates = {
+            kind: p
+            for field, kind in LITELLM_RATES.items()
+            if field in entry and (p := _pico(entry[field], LITELLM_UNIT)) is not None
+        }
+        out.append(
+            PeerEntry(name, rates, _int(entry.get("max_input_tokens")), _int(entry.get("max_output_tokens")))
+        )
     return out
 
 
@@ -156,8 +164,9 @@ def _portkey(data: dict[str, Any]) -> list[PeerEntry]:
     return out
 
 
-def compare_peer(registry: Registry, entries: list[PeerEntry], at: float | None = None) -> tuple[
-        list[Disagreement], list[str]]:
+def compare_peer(
+    registry: Registry, entries: list[PeerEntry], at: float | None = None
+) -> tuple[list[Disagreement], list[str]]:
     """Rate and limit disagreements between the registry (the card in force at ``at``) and a peer's
     entries; and the peer's Anthropic entries the registry does not know (for information)."""
     now = time.time() if at is None else at
@@ -203,20 +212,36 @@ def list_rows(models: list[Model], at: float | None = None) -> list[dict[str, An
     rows = []
     for m in models:
         card = m.card_at(now)
-        rows.append({
-            "id": m.id, "status": m.status, "provisional": m.provisional, "family": m.family,
-            "aliases": list(m.aliases), "context_window": m.context_window, "max_output": m.max_output,
-            "card": card.id, "usd_per_mtok": card.rates.as_usd(), "tiers": len(card.tiers),
-            "fast": float(card.fast) if card.fast is not None else None,
-            "geo": {k: float(v) for k, v in card.geo.items()},
-            "deprecated_on": m.deprecated_on, "retires_on": m.retires_on,
-        })
+        rows.append(
+            {
+                "id": m.id,
+                "status": m.status,
+                "provisional": m.provisional,
+                "family": m.family,
+                "aliases": list(m.aliases),
+                "context_window": m.context_window,
+                "max_output": m.max_output,
+                "card": card.id,
+                "usd_per_mtok": card.rates.as_usd(),
+                "tiers": len(card.tiers),
+                "fast": float(card.fast) if card.fast is not None else None,
+                "geo": {k: float(v) for k, v in card.geo.items()},
+                "deprecated_on": m.deprecated_on,
+                "retires_on": m.retires_on,
+            }
+        )
     return rows
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    head = ("model", "status", "context", "max out", *(k.replace("cache_write_", "write ").replace("cache_read", "read")
-                                                      for k in KINDS), "notes")
+    head = (
+        "model",
+        "status",
+        "context",
+        "max out",
+        *(k.replace("cache_write_", "write ").replace("cache_read", "read") for k in KINDS),
+        "notes",
+    )
     lines = [head]
     for r in rows:
         notes = []
@@ -228,8 +253,22 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             notes.append(f"fast x{r['fast']:g}")
         if r["retires_on"]:
             notes.append(f"retires {r['retires_on']}")
-        lines.append((r["id"], r["status"], f"{r['context_window']:,}", f"{r['max_output']:,}",
-                      *(f"{r['usd_per_mtok'][k]:g}" for k in KINDS), "; ".join(notes)))
+        lines.append(
+            (
+                r["id"],
+                r["status"],
+                f"{r['context_window']:,}",
+                f"{r['max_output']:,}",
+                *(f"{r['usd_per_mtok'][k]:g}" for k in KINDS),
+                "; ".join(notes),
+            )
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(head) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-                     for row in lines).rstrip() + "\n" + "(prices in USD per million tokens, the card in force now)"
+    return (
+        "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+            for row in lines
+        ).rstrip()
+        + "\n"
+        + "(prices in USD per million tokens, the card in force now)"
+    )

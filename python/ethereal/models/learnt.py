@@ -21,7 +21,9 @@ from ethereal.models.registry import EFFORTS, Registry, Rules
 MAX_LEARNT = 256
 
 _learnt: weakref.WeakKeyDictionary[Registry, dict[str, Rules]] = weakref.WeakKeyDictionary()
-_patterns: weakref.WeakKeyDictionary[Registry, list[tuple[str, re.Pattern[str]]]] = weakref.WeakKeyDictionary()
+_patterns: weakref.WeakKeyDictionary[Registry, list[tuple[str, re.Pattern[str]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def learnt_rules(registry: Registry, model_id: str, base: Rules) -> Rules:
@@ -54,19 +56,31 @@ def corrected(rules: Rules, key: str, fields: dict[str, str]) -> Rules:
     """``rules`` as the refusal ``key`` says they are."""
     types = rules.thinking_types
     if key == "thinking_enabled":
-        return replace(rules, thinking_types=tuple(t for t in types if t != "enabled") + (
-            () if "adaptive" in types else ("adaptive",)),
-            effort_levels=rules.effort_levels or ("low", "medium", "high", "max"))
+        return replace(
+            rules,
+            thinking_types=tuple(t for t in types if t != "enabled")
+            + (() if "adaptive" in types else ("adaptive",)),
+            effort_levels=rules.effort_levels or ("low", "medium", "high", "max"),
+        )
     if key == "thinking_adaptive":
-        return replace(rules, thinking_types=tuple(t for t in types if t != "adaptive") + (
-            () if "enabled" in types else ("enabled",)))
+        return replace(
+            rules,
+            thinking_types=tuple(t for t in types if t != "adaptive")
+            + (() if "enabled" in types else ("enabled",)),
+        )
     if key == "thinking_disabled":
         return replace(rules, thinking_off="none", thinking_default="adaptive")
     if key == "thinking_disabled_between_tools":
-        return replace(rules, thinking_off="between_tools", thinking_types=tuple(t for t in types if t != "disabled")
-                       + (() if "between_tools" in types else ("between_tools",)))
+        return replace(
+            rules,
+            thinking_off="between_tools",
+            thinking_types=tuple(t for t in types if t != "disabled")
+            + (() if "between_tools" in types else ("between_tools",)),
+        )
     if key == "thinking_between_tools":
-        return replace(rules, thinking_off="disabled", thinking_types=tuple(t for t in types if t != "between_tools"))
+        return replace(
+            rules, thinking_off="disabled", thinking_types=tuple(t for t in types if t != "between_tools")
+        )
     if key == "thinking_off_effort":
         return replace(rules, thinking_off_max_effort="high")
     if key == "sampling_deprecated":
@@ -85,7 +99,9 @@ def corrected(rules: Rules, key: str, fields: dict[str, str]) -> Rules:
     if key == "effort_unsupported":
         return replace(rules, effort_levels=())
     if key == "display":
-        return replace(rules, display_values=tuple(d for d in rules.display_values if d != fields.get("display")))
+        return replace(
+            rules, display_values=tuple(d for d in rules.display_values if d != fields.get("display"))
+        )
     return rules
 
 

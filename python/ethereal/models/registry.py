@@ -106,13 +106,17 @@ class RateCard:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "id": self.id, "effective_from": _day(self.effective_from),
+            "id": self.id,
+            "effective_from": _day(self.effective_from),
             "effective_until": _day(self.effective_until) if self.effective_until is not None else None,
-            "usd_per_mtok": self.rates.as_usd(), "batch": float(self.batch),
+            "usd_per_mtok": self.rates.as_usd(),
+            "batch": float(self.batch),
             "fast": float(self.fast) if self.fast is not None else None,
             "geo": {k: float(v) for k, v in self.geo.items()},
-            "tiers": [{"above": t.above, "prompt": list(t.prompt), "usd_per_mtok": t.rates.as_usd()}
-                      for t in self.tiers],
+            "tiers": [
+                {"above": t.above, "prompt": list(t.prompt), "usd_per_mtok": t.rates.as_usd()}
+                for t in self.tiers
+            ],
             "provisional": self.provisional,
         }
 
@@ -232,15 +236,25 @@ class Model:
         def sup(flag: bool) -> dict[str, bool]:
             return yes if flag else no
 
-        thinking_types = {t: sup(t in r.thinking_types or (t == "disabled" and r.thinking_off == "disabled"))
-                          for t in THINKING_TYPES}
+        thinking_types = {
+            t: sup(t in r.thinking_types or (t == "disabled" and r.thinking_off == "disabled"))
+            for t in THINKING_TYPES
+        }
         effort = {"supported": bool(r.effort_levels), **{e: sup(e in r.effort_levels) for e in EFFORTS}}
         thinks = r.adaptive or r.budget_thinking
         return {
-            "batch": yes, "citations": yes, "code_execution": sup(thinks), "image_input": yes, "pdf_input": yes,
+            "batch": yes,
+            "citations": yes,
+            "code_execution": sup(thinks),
+            "image_input": yes,
+            "pdf_input": yes,
             "structured_outputs": sup(r.structured_outputs),
-            "context_management": {"supported": True, "clear_thinking_20251015": sup(thinks),
-                                   "clear_tool_uses_20250919": yes, "compact_20260112": sup(r.tokenizer >= 2)},
+            "context_management": {
+                "supported": True,
+                "clear_thinking_20251015": sup(thinks),
+                "clear_tool_uses_20250919": yes,
+                "compact_20260112": sup(r.tokenizer >= 2),
+            },
             "effort": effort,
             "server_tools": {"supported": True, "code_execution": yes, "web_search": yes},
             "thinking": {"supported": thinks, "types": thinking_types},
@@ -269,10 +283,18 @@ class Model:
     def summary(self) -> dict[str, Any]:
         """What ``ethereal models list`` and the console show."""
         return {
-            "id": self.id, "display_name": self.display_name, "family": self.family, "status": self.status,
-            "aliases": list(self.aliases), "released": self.released, "deprecated_on": self.deprecated_on,
-            "retires_on": self.retires_on, "context_window": self.context_window, "max_output": self.max_output,
-            "provisional": self.provisional, "current_card": self.current.summary(),
+            "id": self.id,
+            "display_name": self.display_name,
+            "family": self.family,
+            "status": self.status,
+            "aliases": list(self.aliases),
+            "released": self.released,
+            "deprecated_on": self.deprecated_on,
+            "retires_on": self.retires_on,
+            "context_window": self.context_window,
+            "max_output": self.max_output,
+            "provisional": self.provisional,
+            "current_card": self.current.summary(),
         }
 
 
@@ -364,8 +386,12 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def _rates(table: Mapping[str, Any], where: str, defaults: Mapping[str, Fraction],
-           base: Mapping[str, Fraction] | None = None) -> tuple[Rates, bool]:
+def _rates(
+    table: Mapping[str, Any],
+    where: str,
+    defaults: Mapping[str, Fraction],
+    base: Mapping[str, Fraction] | None = None,
+) -> tuple[Rates, bool]:
     """Rates of a card or tier; kinds it omits are filled from ``defaults`` (× its input).
     Returns the rates and whether any kind was filled."""
     values: dict[str, Fraction] = {}
@@ -386,12 +412,41 @@ def _rates(table: Mapping[str, Any], where: str, defaults: Mapping[str, Fraction
     return Rates(*(_pico(values[k], f"{where}.{k}") for k in KINDS)), filled
 
 
-_CARD_KEYS = frozenset({"effective_from", "effective_until", *KINDS, "batch", "fast", "geo", "tiers",
-                        "input_price", "output_price"})
+_CARD_KEYS = frozenset(
+    {
+        "effective_from",
+        "effective_until",
+        *KINDS,
+        "batch",
+        "fast",
+        "geo",
+        "tiers",
+        "input_price",
+        "output_price",
+    }
+)
 _TIER_KEYS = frozenset({"above", "prompt", *KINDS})
-_MODEL_KEYS = frozenset({"id", "aliases", "display_name", "family", "series", "released", "status",
-                         "deprecated_on", "retires_on", "context_window", "max_output", "batch_max_output",
-                         "rules", "prices", "input_price", "output_price", "created_at"})
+_MODEL_KEYS = frozenset(
+    {
+        "id",
+        "aliases",
+        "display_name",
+        "family",
+        "series",
+        "released",
+        "status",
+        "deprecated_on",
+        "retires_on",
+        "context_window",
+        "max_output",
+        "batch_max_output",
+        "rules",
+        "prices",
+        "input_price",
+        "output_price",
+        "created_at",
+    }
+)
 _RULE_KEYS = frozenset(Rules.__dataclass_fields__)
 
 
@@ -402,7 +457,9 @@ def _card(model_id: str, table: Mapping[str, Any], where: str, defaults: Mapping
     if "effective_from" not in table:
         raise RegistryError(f"{where}.effective_from: missing")
     start = _epoch(table["effective_from"], f"{where}.effective_from")
-    until = _epoch(table["effective_until"], f"{where}.effective_until") if "effective_until" in table else None
+    until = (
+        _epoch(table["effective_until"], f"{where}.effective_until") if "effective_until" in table else None
+    )
     if until is not None and until <= start:
         raise RegistryError(f"{where}.effective_until: must be after effective_from")
     rates, _ = _rates(table, where, defaults)
@@ -416,16 +473,30 @@ def _card(model_id: str, table: Mapping[str, Any], where: str, defaults: Mapping
             raise RegistryError(f"{tw}: unknown field {min(unknown)!r}")
         base = {k: Fraction(getattr(rates, k), PICO) for k in KINDS}
         trates, _ = _rates(t, tw, defaults, base)
-        tiers.append(Tier(_int(t.get("above"), f"{tw}.above", minimum=1),
-                          _strs(t.get("prompt", list(PROMPT_KINDS)), f"{tw}.prompt", PROMPT_KINDS), trates))
+        tiers.append(
+            Tier(
+                _int(t.get("above"), f"{tw}.above", minimum=1),
+                _strs(t.get("prompt", list(PROMPT_KINDS)), f"{tw}.prompt", PROMPT_KINDS),
+                trates,
+            )
+        )
     geo_raw = table.get("geo", {})
     if not isinstance(geo_raw, dict):
         raise RegistryError(f"{where}.geo: expected a table of region = multiplier")
     geo = {str(k): _num(v, f"{where}.geo.{k}") for k, v in geo_raw.items()}
     fast = _num(table["fast"], f"{where}.fast") if "fast" in table else None
     batch = _num(table["batch"], f"{where}.batch") if "batch" in table else defaults["batch"]
-    return RateCard(id=f"{model_id}@{_day(start)}", model=model_id, effective_from=start, effective_until=until,
-                    rates=rates, batch=batch, fast=fast, geo=geo, tiers=tuple(tiers))
+    return RateCard(
+        id=f"{model_id}@{_day(start)}",
+        model=model_id,
+        effective_from=start,
+        effective_until=until,
+        rates=rates,
+        batch=batch,
+        fast=fast,
+        geo=geo,
+        tiers=tuple(tiers),
+    )
 
 
 def _rules(table: Any, where: str) -> Rules:
@@ -455,8 +526,14 @@ def _rules(table: Any, where: str) -> Rules:
             kw[name] = _str(value, w, ("any", "one_of", "default_only"))
         elif name == "thinking_binding":
             kw[name] = _str(value, w, ("none", "conversation", "account"))
-        elif name in ("forced_tool_choice", "forced_tool_with_thinking", "prefill", "structured_outputs",
-                      "inference_geo", "keeps_thinking"):
+        elif name in (
+            "forced_tool_choice",
+            "forced_tool_with_thinking",
+            "prefill",
+            "structured_outputs",
+            "inference_geo",
+            "keeps_thinking",
+        ):
             kw[name] = _bool(value, w)
         elif name in ("min_cache_tokens", "tool_prompt_auto", "tool_prompt_any"):
             kw[name] = _int(value, w)
@@ -467,10 +544,26 @@ def _rules(table: Any, where: str) -> Rules:
     return Rules(**kw)
 
 
-_TOP_KEYS = {"schema": None, "defaults": frozenset({"cache_write_5m", "cache_write_1h", "cache_read", "batch", "fast",
-                                                   "max_tokens", "context_window", "model"}),
-             "server_tools": frozenset({"web_search_per_1000", "web_fetch_per_1000", "code_execution_container_hour"}),
-             "short_names": None, "provisional": frozenset({"families"}), "errors": None, "models": None}
+_TOP_KEYS = {
+    "schema": None,
+    "defaults": frozenset(
+        {
+            "cache_write_5m",
+            "cache_write_1h",
+            "cache_read",
+            "batch",
+            "fast",
+            "max_tokens",
+            "context_window",
+            "model",
+        }
+    ),
+    "server_tools": frozenset({"web_search_per_1000", "web_fetch_per_1000", "code_execution_container_hour"}),
+    "short_names": None,
+    "provisional": frozenset({"families"}),
+    "errors": None,
+    "models": None,
+}
 
 
 def _check_tables(data: Mapping[str, Any]) -> None:
@@ -511,8 +604,11 @@ def _legacy_entry(entry: dict[str, Any], where: str, existing: dict[str, Any] | 
     pin = entry.pop("input_price", None)
     pout = entry.pop("output_price", None)
     created = entry.pop("created_at", None)
-    log.warning("%s: input_price/output_price are deprecated; write a [[models.prices]] card "
-                "(docs/models.md). Mapped to one card with the default cache and batch multipliers.", where)
+    log.warning(
+        "%s: input_price/output_price are deprecated; write a [[models.prices]] card "
+        "(docs/models.md). Mapped to one card with the default cache and batch multipliers.",
+        where,
+    )
     if created is not None and "released" not in entry:
         entry["released"] = str(created)[:10]
     if pin is None or pout is None:
@@ -544,8 +640,11 @@ def load_data(path: Path | None = None) -> dict[str, Any]:
         raise RegistryError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise RegistryError(f"{path}: cannot be read: {exc.strerror}") from None
-    merged = {k: (_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v)
-              for k, v in over.items() if k != "models"}
+    merged = {
+        k: (_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v)
+        for k, v in over.items()
+        if k != "models"
+    }
     out = {**base, **merged}
     by_id = {m["id"]: dict(m) for m in base.get("models", [])}
     order = list(by_id)
@@ -567,8 +666,11 @@ def load_data(path: Path | None = None) -> dict[str, Any]:
             by_id[mid] = entry
             order.append(mid)
         else:
-            merged_cards = (_merge_cards(existing.get("prices"), entry["prices"], f"{where} ({mid}).prices")
-                            if "prices" in entry else None)
+            merged_cards = (
+                _merge_cards(existing.get("prices"), entry["prices"], f"{where} ({mid}).prices")
+                if "prices" in entry
+                else None
+            )
             by_id[mid] = _merge(existing, entry)
             if merged_cards is not None:
                 by_id[mid]["prices"] = merged_cards
@@ -618,20 +720,31 @@ class Registry:
         _check_tables(data)
         # the multipliers, defaults and server-tool rates are the data's: none is assumed here
         d = data.get("defaults", {})
-        self.defaults = {kind: _num(_field(d, kind, "defaults"), f"defaults.{kind}")
-                         for kind in ("cache_write_5m", "cache_write_1h", "cache_read", "batch", "fast")}
+        self.defaults = {
+            kind: _num(_field(d, kind, "defaults"), f"defaults.{kind}")
+            for kind in ("cache_write_5m", "cache_write_1h", "cache_read", "batch", "fast")
+        }
         self.default_max_tokens = _int(_field(d, "max_tokens", "defaults"), "defaults.max_tokens", minimum=1)
-        self.default_context_window = _int(_field(d, "context_window", "defaults"), "defaults.context_window",
-                                           minimum=1)
+        self.default_context_window = _int(
+            _field(d, "context_window", "defaults"), "defaults.context_window", minimum=1
+        )
         st = data.get("server_tools", {})
         per_1000 = Fraction(MICRO_PER_USD, 1000)
         self.server_tools = ServerToolRates(
-            web_search_micro=round(_num(_field(st, "web_search_per_1000", "server_tools"),
-                                        "server_tools.web_search_per_1000") * per_1000),
-            web_fetch_micro=round(_num(_field(st, "web_fetch_per_1000", "server_tools"),
-                                       "server_tools.web_fetch_per_1000") * per_1000),
-            code_execution_container_hour_usd=float(_num(_field(st, "code_execution_container_hour", "server_tools"),
-                                                         "server_tools.code_execution_container_hour")),
+            web_search_micro=round(
+                _num(_field(st, "web_search_per_1000", "server_tools"), "server_tools.web_search_per_1000")
+                * per_1000
+            ),
+            web_fetch_micro=round(
+                _num(_field(st, "web_fetch_per_1000", "server_tools"), "server_tools.web_fetch_per_1000")
+                * per_1000
+            ),
+            code_execution_container_hour_usd=float(
+                _num(
+                    _field(st, "code_execution_container_hour", "server_tools"),
+                    "server_tools.code_execution_container_hour",
+                )
+            ),
         )
         self.errors: dict[str, str] = {str(k): str(v) for k, v in data.get("errors", {}).items()}
         prov = data.get("provisional", {})
@@ -656,7 +769,9 @@ class Registry:
         if default is not None and (not isinstance(default, str) or self.resolve(default) is None):
             raise RegistryError(f"defaults.model: {default!r} is not a model in the registry")
         servable = [m for m in self.models if not m.retired]
-        self.default_model: Model = (self.resolve(default) if isinstance(default, str) else None) or servable[0]
+        self.default_model: Model = (self.resolve(default) if isinstance(default, str) else None) or servable[
+            0
+        ]
         self._seen: dict[str, Model] = {}  # learnt: upstream lists, provisional models served
         self._alerted: set[str] = set()  # provisional models on_provisional heard of
         self._upstream_ids: set[str] = set()
@@ -677,19 +792,24 @@ class Registry:
         prices = entry.get("prices")
         if not isinstance(prices, list) or not prices:
             raise RegistryError(f"{where}.prices: at least one rate card ([[models.prices]])")
-        cards = sorted((self._card(mid, p, f"{where}.prices.{i}") for i, p in enumerate(prices)),
-                       key=lambda c: c.effective_from)
+        cards = sorted(
+            (self._card(mid, p, f"{where}.prices.{i}") for i, p in enumerate(prices)),
+            key=lambda c: c.effective_from,
+        )
         for i, (a, b) in enumerate(itertools.pairwise(cards)):
             if a.effective_from == b.effective_from:
                 raise RegistryError(f"{where}.prices: two cards start on {_day(a.effective_from)} ({a.id})")
             if a.effective_until is None:  # an open-ended card ends where the next one starts
                 cards[i] = replace(a, effective_until=b.effective_from)
             elif a.effective_until > b.effective_from:
-                raise RegistryError(f"{where}.prices: card {a.id} (until {_day(a.effective_until)}) overlaps "
-                                    f"{b.id}")
+                raise RegistryError(
+                    f"{where}.prices: card {a.id} (until {_day(a.effective_until)}) overlaps {b.id}"
+                )
         released = _date_str(entry.get("released"), f"{where}.released") or _day(cards[0].effective_from)
         # an entry that leaves its limits out (an operator's legacy price-only file) gets [defaults]'
-        ctx = _int(entry.get("context_window", self.default_context_window), f"{where}.context_window", minimum=1)
+        ctx = _int(
+            entry.get("context_window", self.default_context_window), f"{where}.context_window", minimum=1
+        )
         out = _int(entry.get("max_output", self.default_max_tokens), f"{where}.max_output", minimum=1)
         return Model(
             id=mid,
@@ -698,7 +818,8 @@ class Registry:
             series=_str(entry["series"], f"{where}.series") if "series" in entry else None,
             released=released,
             status=_str(entry.get("status", "active"), f"{where}.status", STATUSES),
-            context_window=ctx, max_output=out,
+            context_window=ctx,
+            max_output=out,
             batch_max_output=_int(entry.get("batch_max_output", out), f"{where}.batch_max_output", minimum=1),
             aliases=_strs(entry.get("aliases", []), f"{where}.aliases"),
             deprecated_on=_date_str(entry.get("deprecated_on"), f"{where}.deprecated_on"),
@@ -766,19 +887,38 @@ class Registry:
         like = max(pool, key=lambda m: _card_weight(m.card_at(now)))
         card = like.card_at(now)
         # the dearest card, with the dearest fast rate and geography of the table (never under-bills)
-        fast = max((c.fast for m in pool for c in m.cards if c.fast is not None), default=self.defaults["fast"])
+        fast = max(
+            (c.fast for m in pool for c in m.cards if c.fast is not None), default=self.defaults["fast"]
+        )
         geo: dict[str, Fraction] = {}
         for m in pool:
             for c in m.cards:
                 for region, mult in c.geo.items():
                     geo[region] = max(geo.get(region, mult), mult)
-        pcard = replace(card, id=f"provisional:{card.id}", model=name, effective_from=0.0, effective_until=None,
-                        fast=fast, geo=geo, provisional=True)
-        model = Model(id=name, display_name=name, family=fam, series=None, released=like.released,
-                      status="active", context_window=max(m.context_window for m in pool),
-                      max_output=max(m.max_output for m in pool),
-                      batch_max_output=max(m.batch_max_output for m in pool),
-                      rules=like.rules, cards=(pcard,), provisional=True)
+        pcard = replace(
+            card,
+            id=f"provisional:{card.id}",
+            model=name,
+            effective_from=0.0,
+            effective_until=None,
+            fast=fast,
+            geo=geo,
+            provisional=True,
+        )
+        model = Model(
+            id=name,
+            display_name=name,
+            family=fam,
+            series=None,
+            released=like.released,
+            status="active",
+            context_window=max(m.context_window for m in pool),
+            max_output=max(m.max_output for m in pool),
+            batch_max_output=max(m.batch_max_output for m in pool),
+            rules=like.rules,
+            cards=(pcard,),
+            provisional=True,
+        )
         if len(self._provisional_cache) < MAX_SEEN:
             self._provisional_cache[name] = model
         return model
@@ -801,9 +941,12 @@ class Registry:
                     log.exception("the provisional-model alert failed")
         if model.id not in self._seen and len(self._seen) < MAX_SEEN:
             self._seen[model.id] = model
-            log.warning("model %r is served by the upstream and not described by the registry: billed "
-                        "provisionally at %s (add it to ETHEREAL_MODELS_FILE)", model.id[:64],
-                        model.cards[0].id.removeprefix("provisional:"))
+            log.warning(
+                "model %r is served by the upstream and not described by the registry: billed "
+                "provisionally at %s (add it to ETHEREAL_MODELS_FILE)",
+                model.id[:64],
+                model.cards[0].id.removeprefix("provisional:"),
+            )
 
     def learn_upstream(self, ids: Iterable[str]) -> list[str]:
         """Ids an upstream's ``GET /v1/models`` lists. The list only ever adds: an id the registry
@@ -876,7 +1019,7 @@ def _without_provider(s: str) -> str:
             s = tail
             break
     if s.lower().startswith("anthropic."):
-        s = s[len("anthropic."):]
+        s = s[len("anthropic.") :]
     return s
 
 

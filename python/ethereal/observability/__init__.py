@@ -43,7 +43,9 @@ class Observability:
         self.gw = gw
         directory = multiproc_dir()
         self.ring = Ring(directory)
-        self.metrics = Metrics(gw.registry, in_flight=lambda: live.in_flight(directory, self.ring), ring=self.ring)
+        self.metrics = Metrics(
+            gw.registry, in_flight=lambda: live.in_flight(directory, self.ring), ring=self.ring
+        )
         self._task: asyncio.Task[None] | None = None
         instrument_pool(gw.pool, self.metrics)
         instrument_limiter(gw.limiter, self.metrics)
@@ -76,12 +78,17 @@ class Observability:
         provisional card."""
         registry = self.gw.registry
         expired = [m.id for m in registry.expired()]
-        out: dict[str, Any] = {"registry_version": registry.version, "source": registry.source,
-                               "expired": expired,
-                               "provisional": [m.id[:64] for m in registry.provisional_models()][:32]}
+        out: dict[str, Any] = {
+            "registry_version": registry.version,
+            "source": registry.source,
+            "expired": expired,
+            "provisional": [m.id[:64] for m in registry.provisional_models()][:32],
+        }
         if expired:
-            out["alert"] = (f"no rate card in force for {', '.join(expired)}: priced at their last card; add a "
-                            "card to ETHEREAL_MODELS_FILE")
+            out["alert"] = (
+                f"no rate card in force for {', '.join(expired)}: priced at their last card; add a "
+                "card to ETHEREAL_MODELS_FILE"
+            )
         return out
 
     async def _refresh_loop(self) -> None:
@@ -139,8 +146,12 @@ def register(app: Application, gw: Gateway) -> None:
         backend = type(limiter).__name__
         fail_open = bool(getattr(limiter, "fail_open", False))
         book = gw.spend.book
-        return {"backend": backend, "when_store_unreachable": "fail_open" if fail_open else "fail_closed",
-                "spend_limits": len(book), "spend_limits_loaded_at": book.version or None}
+        return {
+            "backend": backend,
+            "when_store_unreachable": "fail_open" if fail_open else "fail_closed",
+            "spend_limits": len(book),
+            "spend_limits_loaded_at": book.version or None,
+        }
 
     LIFECYCLE.details["limits"] = limits_health
 
@@ -148,10 +159,20 @@ def register(app: Application, gw: Gateway) -> None:
         settings = gw.settings
         if not obs.allowed(dict(request.scope["headers"])):
             if not settings.admin_key and not settings.metrics_token:
-                return Response(403, None, Content(b"text/plain", b"metrics are disabled: set ETHEREAL_METRICS_TOKEN"
-                                                   b" or ETHEREAL_ADMIN_KEY, or serve them with --metrics-port\n"))
-            return Response(401, [(b"www-authenticate", b'Bearer realm="metrics"')],
-                            Content(b"text/plain", b"metrics need the admin key or ETHEREAL_METRICS_TOKEN\n"))
+                return Response(
+                    403,
+                    None,
+                    Content(
+                        b"text/plain",
+                        b"metrics are disabled: set ETHEREAL_METRICS_TOKEN"
+                        b" or ETHEREAL_ADMIN_KEY, or serve them with --metrics-port\n",
+                    ),
+                )
+            return Response(
+                401,
+                [(b"www-authenticate", b'Bearer realm="metrics"')],
+                Content(b"text/plain", b"metrics need the admin key or ETHEREAL_METRICS_TOKEN\n"),
+            )
         obs.refresh()
         return Response(200, None, Content(CONTENT_TYPE.encode(), obs.metrics.render()))
 

@@ -22,7 +22,8 @@ access = logging.getLogger("ethereal.access")
 # the request's usage record, for its log line: set by the edge wrapper (lifecycle.py) around
 # each request, filled by ``note_record`` (a meter observer: ``Meter.record`` runs in the request's task)
 RECORD: contextvars.ContextVar[list[UsageRecord | None] | None] = contextvars.ContextVar(
-    "ethereal_usage_record", default=None)
+    "ethereal_usage_record", default=None
+)
 Parts = Callable[[], tuple[Ring | None, Metrics | None]]
 _PATH_MAX = 200
 
@@ -40,8 +41,12 @@ def escape(value: str) -> str:
     0xFF), so no value can end a line, start a forged one, or blur ``key=value`` pairs."""
     if value.isascii() and value.isprintable() and " " not in value and "\\" not in value:
         return value  # the common case: one C-level scan
-    return "".join(c if (c.isprintable() and c not in " \\") else
-                   (f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}") for c in value)
+    return "".join(
+        c
+        if (c.isprintable() and c not in " \\")
+        else (f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}")
+        for c in value
+    )
 
 
 def error_message_in(body: bytes) -> str | None:
@@ -55,30 +60,61 @@ def error_message_in(body: bytes) -> str | None:
     return error_message_of(err.get("message")) if isinstance(err, dict) else None
 
 
-def fields_of(method: str, path: str, status: int, duration_ms: float, request_id: str | None,
-              rec: UsageRecord | None, error_message: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"request_id": request_id, "method": method, "path": path[:_PATH_MAX], "status": status,
-                           "duration_ms": round(duration_ms, 2)}
+def fields_of(
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    request_id: str | None,
+    rec: UsageRecord | None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "request_id": request_id,
+        "method": method,
+        "path": path[:_PATH_MAX],
+        "status": status,
+        "duration_ms": round(duration_ms, 2),
+    }
     message = rec.error_message if rec is not None and rec.error_message is not None else error_message
     if message is not None:
         out["error_message"] = message
     if rec is not None:
-        out.update({
-            "key_id": rec.key_id, "route": rec.route, "model": rec.model, "credential": rec.credential,
-            "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
-            "cache_read": rec.cache_read, "cache_write": rec.cache_creation_5m + rec.cache_creation_1h,
-            "cost_micro": rec.cost_micro, "ttfb_ms": None if rec.ttfb_ms is None else round(rec.ttfb_ms, 2),
-            "stream": rec.stream, "exact": rec.exact, "error_type": rec.error_type,
-        })
+        out.update(
+            {
+                "key_id": rec.key_id,
+                "route": rec.route,
+                "model": rec.model,
+                "credential": rec.credential,
+                "input_tokens": rec.input_tokens,
+                "output_tokens": rec.output_tokens,
+                "cache_read": rec.cache_read,
+                "cache_write": rec.cache_creation_5m + rec.cache_creation_1h,
+                "cost_micro": rec.cost_micro,
+                "ttfb_ms": None if rec.ttfb_ms is None else round(rec.ttfb_ms, 2),
+                "stream": rec.stream,
+                "exact": rec.exact,
+                "error_type": rec.error_type,
+            }
+        )
     return out
 
 
-def text_of(method: str, path: str, status: int, duration_ms: float, request_id: str | None,
-            rec: UsageRecord | None, error_message: str | None = None) -> str:
+def text_of(
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    request_id: str | None,
+    rec: UsageRecord | None,
+    error_message: str | None = None,
+) -> str:
     """``fields_of`` as the text format writes it (``key=value``, None left out; the error message
     last, as a JSON string), in one go. Client-controlled values are escaped (``escape``)."""
-    line = (f"method={escape(method)} path={escape(path[:_PATH_MAX])} status={status}"
-            f" duration_ms={round(duration_ms, 2)}")
+    line = (
+        f"method={escape(method)} path={escape(path[:_PATH_MAX])} status={status}"
+        f" duration_ms={round(duration_ms, 2)}"
+    )
     if request_id is not None:
         line = f"request_id={request_id} {line}"
     message = rec.error_message if rec is not None and rec.error_message is not None else error_message
@@ -90,14 +126,22 @@ def text_of(method: str, path: str, status: int, duration_ms: float, request_id:
     cred = "" if rec.credential is None else f" credential={escape(rec.credential)}"
     ttfb = "" if rec.ttfb_ms is None else f" ttfb_ms={round(rec.ttfb_ms, 2)}"
     error = "" if rec.error_type is None else f" error_type={escape(rec.error_type)}"
-    return (f"{line}{key} route={rec.route}{model}{cred} input_tokens={rec.input_tokens}"
-            f" output_tokens={rec.output_tokens} cache_read={rec.cache_read}"
-            f" cache_write={rec.cache_creation_5m + rec.cache_creation_1h} cost_micro={rec.cost_micro}{ttfb}"
-            f" stream={rec.stream} exact={rec.exact}{error}{said}")
+    return (
+        f"{line}{key} route={rec.route}{model}{cred} input_tokens={rec.input_tokens}"
+        f" output_tokens={rec.output_tokens} cache_read={rec.cache_read}"
+        f" cache_write={rec.cache_creation_5m + rec.cache_creation_1h} cost_micro={rec.cost_micro}{ttfb}"
+        f" stream={rec.stream} exact={rec.exact}{error}{said}"
+    )
 
 
-def log_request(scope: dict[str, Any] | Any, status: int, duration_ms: float, request_id: str | None,
-                rec: UsageRecord | None, error_message: str | None = None) -> None:
+def log_request(
+    scope: dict[str, Any] | Any,
+    status: int,
+    duration_ms: float,
+    request_id: str | None,
+    rec: UsageRecord | None,
+    error_message: str | None = None,
+) -> None:
     """The request's log line: through the fast writer ``logs.configure`` installed, else ``logging``.
     ``error_message`` (already clipped) stands in when the request has no record that carries one."""
     if not access.isEnabledFor(logging.INFO):
@@ -105,8 +149,10 @@ def log_request(scope: dict[str, Any] | Any, status: int, duration_ms: float, re
     method, path = scope.get("method", ""), scope.get("path", "")
     writer = logs.access_log()
     if writer is None:  # logging as the embedding application configured it
-        access.info("request", extra={"fields": fields_of(method, path, status, duration_ms, request_id, rec,
-                                                          error_message)})
+        access.info(
+            "request",
+            extra={"fields": fields_of(method, path, status, duration_ms, request_id, rec, error_message)},
+        )
     elif writer.json:
         writer.write_json(fields_of(method, path, status, duration_ms, request_id, rec, error_message))
     else:

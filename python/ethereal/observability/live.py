@@ -25,8 +25,31 @@ from ethereal.storage.records import UsageRecord
 
 SLOTS = 900  # 15 minutes of seconds
 # histogram upper edges (ms); the last bucket is everything above
-EDGES_MS = (5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000,
-            15000, 30000, 60000, 120000)
+EDGES_MS = (
+    5,
+    10,
+    20,
+    35,
+    50,
+    75,
+    100,
+    150,
+    200,
+    300,
+    500,
+    750,
+    1000,
+    1500,
+    2000,
+    3000,
+    5000,
+    7500,
+    10000,
+    15000,
+    30000,
+    60000,
+    120000,
+)
 NB = len(EDGES_MS) + 1
 # slot layout
 F_SECOND, F_REQ, F_2XX, F_4XX, F_5XX, F_OTHER, F_IN, F_OUT, F_CR, F_CW5, F_CW1, F_COST, F_TTFB_N = range(13)
@@ -79,7 +102,7 @@ class Ring:
         v = self.v
         base = HEADER + (second % SLOTS) * WIDTH
         if v[base] != second:
-            v[base:base + WIDTH] = _ZERO
+            v[base : base + WIDTH] = _ZERO
             v[base] = second
         v[H_LAST] = second
         v[base + F_REQ] += 1
@@ -173,8 +196,9 @@ def percentile(hist: list[int], q: float) -> float | None:
     return float(EDGES_MS[-1])
 
 
-def snapshot(own: Ring, *, window: int = 60, series_seconds: int = 600, series_step: int = 10,
-             now: float | None = None) -> dict[str, Any]:
+def snapshot(
+    own: Ring, *, window: int = 60, series_seconds: int = 600, series_step: int = 10, now: float | None = None
+) -> dict[str, Any]:
     """Totals over the last ``window`` seconds and a ``series_step`` series over ``series_seconds``."""
     second = int(now if now is not None else time.time())
     n_steps = series_seconds // series_step
@@ -192,7 +216,7 @@ def snapshot(own: Ring, *, window: int = 60, series_seconds: int = 600, series_s
             if v[base] != s:
                 continue
             if s > second - window:
-                slot = v[base:base + WIDTH]
+                slot = v[base : base + WIDTH]
                 for i in range(1, WIDTH):
                     totals[i] += slot[i]
             step = series[(s - first) // series_step]
@@ -200,8 +224,8 @@ def snapshot(own: Ring, *, window: int = 60, series_seconds: int = 600, series_s
             step[1] += v[base + F_4XX] + v[base + F_5XX]
             step[2] += v[base + F_IN] + v[base + F_OUT] + v[base + F_CR] + v[base + F_CW5] + v[base + F_CW1]
             step[3] += v[base + F_COST]
-    lat = totals[F_LAT:F_LAT + NB]
-    ttfb = totals[F_TTFB:F_TTFB + NB]
+    lat = totals[F_LAT : F_LAT + NB]
+    ttfb = totals[F_TTFB : F_TTFB + NB]
     requests = totals[F_REQ]
     return {
         "at": second,
@@ -209,14 +233,29 @@ def snapshot(own: Ring, *, window: int = 60, series_seconds: int = 600, series_s
         "workers": workers,
         "in_flight": in_flight,
         "requests": requests,
-        "status": {"2xx": totals[F_2XX], "4xx": totals[F_4XX], "5xx": totals[F_5XX], "other": totals[F_OTHER]},
+        "status": {
+            "2xx": totals[F_2XX],
+            "4xx": totals[F_4XX],
+            "5xx": totals[F_5XX],
+            "other": totals[F_OTHER],
+        },
         "error_rate": (totals[F_4XX] + totals[F_5XX]) / requests if requests else 0.0,
         "latency_ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)},
         "ttfb_ms": {"p50": percentile(ttfb, 0.5), "p99": percentile(ttfb, 0.99)},
-        "tokens": {"input": totals[F_IN], "output": totals[F_OUT], "cache_read": totals[F_CR],
-                   "cache_write_5m": totals[F_CW5], "cache_write_1h": totals[F_CW1]},
+        "tokens": {
+            "input": totals[F_IN],
+            "output": totals[F_OUT],
+            "cache_read": totals[F_CR],
+            "cache_write_5m": totals[F_CW5],
+            "cache_write_1h": totals[F_CW1],
+        },
         "cost_micro": totals[F_COST],
-        "series": {"step": series_step, "start": first,
-                   "requests": [s[0] for s in series], "errors": [s[1] for s in series],
-                   "tokens": [s[2] for s in series], "cost_micro": [s[3] for s in series]},
+        "series": {
+            "step": series_step,
+            "start": first,
+            "requests": [s[0] for s in series],
+            "errors": [s[1] for s in series],
+            "tokens": [s[2] for s in series],
+            "cost_micro": [s[3] for s in series],
+        },
     }

@@ -28,7 +28,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -82,8 +83,11 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) if self.json
-                           else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+            self._stamp = (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+                if self.json
+                else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            )
         millis = int((now - second) * 1000)
         return f"{self._stamp}.{millis:03d}Z" if self.json else f"{self._stamp},{millis:03d}"
 
@@ -93,7 +97,12 @@ class AccessLog:
 
     def write_json(self, fields: dict[str, Any]) -> None:
         """A JSON-format line from the request's fields (``http.fields_of``)."""
-        data = {"ts": self._timestamp(time.time()), "level": "info", "logger": "ethereal.access", "msg": "request"}
+        data = {
+            "ts": self._timestamp(time.time()),
+            "level": "info",
+            "logger": "ethereal.access",
+            "msg": "request",
+        }
         data.update(fields)
         self._add(orjson.dumps(data, default=str).decode() + "\n")
 

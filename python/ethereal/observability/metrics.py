@@ -85,8 +85,9 @@ class InFlight(Collector):
         self.count = count
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily("ethereal_in_flight_requests", "HTTP requests being served now",
-                                value=self.count())
+        yield GaugeMetricFamily(
+            "ethereal_in_flight_requests", "HTTP requests being served now", value=self.count()
+        )
 
 
 class ProvisionalModels(Collector):
@@ -98,18 +99,21 @@ class ProvisionalModels(Collector):
         self.models = models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("ethereal_model_provisional",
-                                   "Models the upstream serves that the registry does not describe "
-                                   "(billed at a provisional card; add them to ETHEREAL_MODELS_FILE)",
-                                   labels=("model",))
+        family = GaugeMetricFamily(
+            "ethereal_model_provisional",
+            "Models the upstream serves that the registry does not describe "
+            "(billed at a provisional card; add them to ETHEREAL_MODELS_FILE)",
+            labels=("model",),
+        )
         for m in self.models.provisional_models():
             family.add_metric((m.id,), 1.0)
         yield family
 
 
 class Metrics:
-    def __init__(self, models: Registry, in_flight: Callable[[], int] = lambda: 0,
-                 ring: live.Ring | None = None) -> None:
+    def __init__(
+        self, models: Registry, in_flight: Callable[[], int] = lambda: 0, ring: live.Ring | None = None
+    ) -> None:
         self.models = models
         self.ring = ring  # the live ring gets each record at the flush too
         self.in_flight = InFlight(in_flight)
@@ -121,47 +125,108 @@ class Metrics:
             prom_values.ValueClass = prom_values.MultiProcessValue()
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter("ethereal_requests", "Requests with a usage record, by route, status and model",
-                                ("route", "status", "model"), registry=r)
-        self.latency = Histogram("ethereal_request_duration_seconds", "Time from request to last byte",
-                                 ("route",), buckets=LATENCY_BUCKETS, registry=r)
-        self.ttfb = Histogram("ethereal_time_to_first_byte_seconds", "Time from request to the first upstream byte",
-                              ("route",), buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "ethereal_requests",
+            "Requests with a usage record, by route, status and model",
+            ("route", "status", "model"),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ethereal_request_duration_seconds",
+            "Time from request to last byte",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "ethereal_time_to_first_byte_seconds",
+            "Time from request to the first upstream byte",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter("ethereal_tokens", "Tokens by model and kind", ("model", "kind"), registry=r)
         self.cost = Counter("ethereal_cost_micro_usd", "Spend in micro-USD by model", ("model",), registry=r)
         r.register(self.in_flight)
         r.register(self.provisional_models)
-        self.http = Counter("ethereal_http_responses", "Every HTTP response, by status class",
-                            ("status_class",), registry=r)
-        self.attempts = Counter("ethereal_upstream_attempts", "Requests sent to an upstream credential",
-                                ("credential",), registry=r)
-        self.failovers = Counter("ethereal_upstream_failovers", "Retries on another credential after a failure",
-                                 ("credential",), registry=r)
-        self.failures = Counter("ethereal_upstream_failures", "Upstream failures by credential and kind",
-                                ("credential", "kind"), registry=r)
-        self.cooldowns = Counter("ethereal_upstream_cooldowns", "Cooldowns started (or auth disables) by kind",
-                                 ("credential", "kind"), registry=r)
-        self.admits = Counter("ethereal_limiter_decisions", "Limiter decisions by outcome and reason",
-                              ("outcome", "reason"), registry=r)
-        self.admit_latency = Histogram("ethereal_limiter_admit_seconds", "Time to admit or refuse a request",
-                                       buckets=ADMIT_BUCKETS, registry=r)
-        self.queue_depth = Gauge("ethereal_meter_queue_depth", "Usage records waiting to be written",
-                                 registry=r, multiprocess_mode="livesum")
-        self.spool_bytes = Gauge("ethereal_meter_spool_bytes", "Bytes in the on-disk usage spool",
-                                 registry=r, multiprocess_mode="livesum")
-        self.dropped = Counter("ethereal_meter_dropped_records", "Usage records lost (spool and memory full)",
-                               registry=r)
+        self.http = Counter(
+            "ethereal_http_responses", "Every HTTP response, by status class", ("status_class",), registry=r
+        )
+        self.attempts = Counter(
+            "ethereal_upstream_attempts",
+            "Requests sent to an upstream credential",
+            ("credential",),
+            registry=r,
+        )
+        self.failovers = Counter(
+            "ethereal_upstream_failovers",
+            "Retries on another credential after a failure",
+            ("credential",),
+            registry=r,
+        )
+        self.failures = Counter(
+            "ethereal_upstream_failures",
+            "Upstream failures by credential and kind",
+            ("credential", "kind"),
+            registry=r,
+        )
+        self.cooldowns = Counter(
+            "ethereal_upstream_cooldowns",
+            "Cooldowns started (or auth disables) by kind",
+            ("credential", "kind"),
+            registry=r,
+        )
+        self.admits = Counter(
+            "ethereal_limiter_decisions",
+            "Limiter decisions by outcome and reason",
+            ("outcome", "reason"),
+            registry=r,
+        )
+        self.admit_latency = Histogram(
+            "ethereal_limiter_admit_seconds",
+            "Time to admit or refuse a request",
+            buckets=ADMIT_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "ethereal_meter_queue_depth",
+            "Usage records waiting to be written",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.spool_bytes = Gauge(
+            "ethereal_meter_spool_bytes",
+            "Bytes in the on-disk usage spool",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.dropped = Counter(
+            "ethereal_meter_dropped_records", "Usage records lost (spool and memory full)", registry=r
+        )
         # the model registry: replicas on different data show different versions; a record priced at a
         # stand-in card is counted by model (a registry id, a provisional model the registry listed, or
         # "other": bounded); a model with no card in force is an alert
-        self.provisional = Counter("ethereal_provisional_priced_requests",
-                                   "Requests priced at a provisional rate card, by model", ("model",), registry=r)
-        self.registry_info = Gauge("ethereal_models_registry_info", "The model registry data this worker serves",
-                                   ("version",), registry=r, multiprocess_mode="livemax")
+        self.provisional = Counter(
+            "ethereal_provisional_priced_requests",
+            "Requests priced at a provisional rate card, by model",
+            ("model",),
+            registry=r,
+        )
+        self.registry_info = Gauge(
+            "ethereal_models_registry_info",
+            "The model registry data this worker serves",
+            ("version",),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.registry_info.labels(models.version).set(1)
-        self.expired = Gauge("ethereal_models_expired",
-                             "1 for each model whose last rate card has expired with no successor",
-                             ("model",), registry=r, multiprocess_mode="livemax")
+        self.expired = Gauge(
+            "ethereal_models_expired",
+            "1 for each model whose last rate card has expired with no successor",
+            ("model",),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._expired: set[str] = set()
         self._expired_checked = -math.inf
         self.check_models()
@@ -169,7 +234,9 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._models: dict[str | None, str] = {}
         self._counts: dict[Any, float] = {}  # counter child -> increments not written yet
-        self._observed: dict[Any, tuple[list[float], list[int]]] = {}  # histogram child -> ([sum], bucket counts)
+        self._observed: dict[
+            Any, tuple[list[float], list[int]]
+        ] = {}  # histogram child -> ([sum], bucket counts)
         self._timer: asyncio.TimerHandle | None = None
         self.records: list[UsageRecord] = []  # appended by the meter (an observer), counted at the flush
         self.statuses: list[int] = []  # every HTTP response's status (``response``), counted at the flush
@@ -282,7 +349,9 @@ class Metrics:
     def observe(self, rec: UsageRecord) -> None:
         self._observe_group(rec.route, rec.status, rec.model, [rec])
 
-    def _observe_group(self, route: str, status: int, model_name: str | None, recs: list[UsageRecord]) -> None:
+    def _observe_group(
+        self, route: str, status: int, model_name: str | None, recs: list[UsageRecord]
+    ) -> None:
         """Records of one route, status and model: one increment per series for all of them."""
         model = self._model(model_name)
         inc = self.inc
@@ -291,11 +360,13 @@ class Metrics:
         ttfb = [r.ttfb_ms / 1000.0 for r in recs if r.ttfb_ms is not None]
         if ttfb:
             self.observe_values(self._child(self.ttfb, route), ttfb)
-        for kind, value in (("input", sum(r.input_tokens for r in recs)),
-                            ("output", sum(r.output_tokens for r in recs)),
-                            ("cache_read", sum(r.cache_read for r in recs)),
-                            ("cache_write_5m", sum(r.cache_creation_5m for r in recs)),
-                            ("cache_write_1h", sum(r.cache_creation_1h for r in recs))):
+        for kind, value in (
+            ("input", sum(r.input_tokens for r in recs)),
+            ("output", sum(r.output_tokens for r in recs)),
+            ("cache_read", sum(r.cache_read for r in recs)),
+            ("cache_write_5m", sum(r.cache_creation_5m for r in recs)),
+            ("cache_write_1h", sum(r.cache_creation_1h for r in recs)),
+        ):
             if value:
                 inc(self._child(self.tokens, model, kind), value)
         cost = sum(r.cost_micro for r in recs)
@@ -385,8 +456,13 @@ def instrument_pool(pool: Any, metrics: Metrics) -> None:
     report_failure = pool.report_failure
     metrics.pool = pool
 
-    async def observed_failure(cred: Any, kind: str, retry_after: float | None = None,
-                               detail: str | None = None, model: str | None = None) -> None:
+    async def observed_failure(
+        cred: Any,
+        kind: str,
+        retry_after: float | None = None,
+        detail: str | None = None,
+        model: str | None = None,
+    ) -> None:
         group = pool.group_of(model) if model else None  # a 429 cools its rate-limit group only
         was_cooling = cred.cooling(time.monotonic(), group)
         was_enabled = cred.enabled

@@ -40,25 +40,62 @@ COST_PATH = "/v1/organizations/cost_report"
 WIDTHS = {"1d": 86400, "1h": 3600, "1m": 60}
 LIMITS = {"1d": (7, 31), "1h": (24, 168), "1m": (60, 1440)}
 # group_by value -> the store's dimension; dimensions the gateway has no notion of are always null
-USAGE_GROUPS = {"api_key_id": "key_id", "model": "model", "service_tier": "service_tier",
-                "context_window": "context_window", "inference_geo": "inference_geo", "speed": "speed",
-                "owner": "owner", "team": "teams", "workspace_id": None, "account_id": None,
-                "service_account_id": None}
-COST_GROUPS = {"workspace_id": None, "description": "description", "api_key_id": "key_id", "model": "model",
-               "service_tier": "service_tier", "context_window": "context_window",
-               "inference_geo": "inference_geo", "speed": "speed", "owner": "owner", "team": "teams"}
+USAGE_GROUPS = {
+    "api_key_id": "key_id",
+    "model": "model",
+    "service_tier": "service_tier",
+    "context_window": "context_window",
+    "inference_geo": "inference_geo",
+    "speed": "speed",
+    "owner": "owner",
+    "team": "teams",
+    "workspace_id": None,
+    "account_id": None,
+    "service_account_id": None,
+}
+COST_GROUPS = {
+    "workspace_id": None,
+    "description": "description",
+    "api_key_id": "key_id",
+    "model": "model",
+    "service_tier": "service_tier",
+    "context_window": "context_window",
+    "inference_geo": "inference_geo",
+    "speed": "speed",
+    "owner": "owner",
+    "team": "teams",
+}
 # filter parameter -> dimension
-FILTERS = {"api_key_ids": "key_id", "models": "model", "service_tiers": "service_tier",
-           "context_window": "context_window", "inference_geos": "inference_geo", "speeds": "speed",
-           "owners": "owner", "teams": "teams", "workspace_ids": None, "account_ids": None,
-           "service_account_ids": None}
-TOKEN_TYPES = (("uncached_input_tokens", "input_tokens", "Input Tokens", "input"),
-               ("output_tokens", "output_tokens", "Output Tokens", "output"),
-               ("cache_read_input_tokens", "cache_read", "Input Tokens, Cache Hit", "cache_read"),
-               ("cache_creation.ephemeral_5m_input_tokens", "cache_creation_5m", "Input Tokens, Cache Write 5m",
-                "cache_write_5m"),
-               ("cache_creation.ephemeral_1h_input_tokens", "cache_creation_1h", "Input Tokens, Cache Write 1h",
-                "cache_write_1h"))
+FILTERS = {
+    "api_key_ids": "key_id",
+    "models": "model",
+    "service_tiers": "service_tier",
+    "context_window": "context_window",
+    "inference_geos": "inference_geo",
+    "speeds": "speed",
+    "owners": "owner",
+    "teams": "teams",
+    "workspace_ids": None,
+    "account_ids": None,
+    "service_account_ids": None,
+}
+TOKEN_TYPES = (
+    ("uncached_input_tokens", "input_tokens", "Input Tokens", "input"),
+    ("output_tokens", "output_tokens", "Output Tokens", "output"),
+    ("cache_read_input_tokens", "cache_read", "Input Tokens, Cache Hit", "cache_read"),
+    (
+        "cache_creation.ephemeral_5m_input_tokens",
+        "cache_creation_5m",
+        "Input Tokens, Cache Write 5m",
+        "cache_write_5m",
+    ),
+    (
+        "cache_creation.ephemeral_1h_input_tokens",
+        "cache_creation_1h",
+        "Input Tokens, Cache Write 1h",
+        "cache_write_1h",
+    ),
+)
 
 
 def rfc3339(ts: float) -> str:
@@ -117,8 +154,9 @@ class ReportQuery:
         except ValueError:
             raise invalid_request("limit: must be an integer", param="limit") from None
         if not 1 <= limit <= maximum:
-            raise invalid_request(f"limit: must be between 1 and {maximum} for bucket_width={width_name}",
-                                  param="limit")
+            raise invalid_request(
+                f"limit: must be between 1 and {maximum} for bucket_width={width_name}", param="limit"
+            )
         assert start is not None
         first = math.floor(start / width) * width
         raw_end = _one(request, "ending_at")
@@ -157,7 +195,9 @@ class ReportQuery:
                 self.filters[dim] = values
 
 
-def _explode(rows: Iterable[dict[str, Any]], *, by_team: bool, team_filter: list[str] | None) -> list[dict[str, Any]]:
+def _explode(
+    rows: Iterable[dict[str, Any]], *, by_team: bool, team_filter: list[str] | None
+) -> list[dict[str, Any]]:
     """Records keep a key's teams joined by ","; a team filter keeps the rows of any team named,
     grouping by team counts a row under each of its teams (a row of no team: team null)."""
     wanted = set(team_filter) if team_filter else None
@@ -193,15 +233,33 @@ def _buckets(q: ReportQuery) -> list[float]:
 
 
 def _envelope(q: ReportQuery, results: dict[float, list[dict[str, Any]]]) -> dict[str, Any]:
-    data = [{"starting_at": rfc3339(b), "ending_at": rfc3339(b + q.width), "results": results.get(b, [])}
-            for b in _buckets(q)]
+    data = [
+        {"starting_at": rfc3339(b), "ending_at": rfc3339(b + q.width), "results": results.get(b, [])}
+        for b in _buckets(q)
+    ]
     return {"data": data, "has_more": q.has_more, "next_page": q.next_page}
 
 
-_USAGE_STANDARD = ("api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo",
-                   "account_id", "service_account_id")
-_COST_STANDARD = ("workspace_id", "description", "cost_type", "token_type", "model", "service_tier",
-                  "context_window", "inference_geo")
+_USAGE_STANDARD = (
+    "api_key_id",
+    "workspace_id",
+    "model",
+    "service_tier",
+    "context_window",
+    "inference_geo",
+    "account_id",
+    "service_account_id",
+)
+_COST_STANDARD = (
+    "workspace_id",
+    "description",
+    "cost_type",
+    "token_type",
+    "model",
+    "service_tier",
+    "context_window",
+    "inference_geo",
+)
 
 
 def allocate(total: int, weights: list[int]) -> list[int]:
@@ -226,8 +284,11 @@ def register(app: Application, gw: Gateway) -> None:
         return json_response(200, orjson.dumps(payload), [(b"request-id", request_id.encode())])
 
     def shown_fields(group_by: list[str], groups: dict[str, str | None]) -> list[tuple[str, str]]:
-        return [(g, "team" if d == "teams" else d) for g in group_by if (d := groups[g]) is not None
-                and d != "description"]
+        return [
+            (g, "team" if d == "teams" else d)
+            for g in group_by
+            if (d := groups[g]) is not None and d != "description"
+        ]
 
     @anthropic_route
     async def usage_report(request: Request, request_id: str) -> Response:
@@ -247,11 +308,16 @@ def register(app: Application, gw: Gateway) -> None:
             for r in rows:
                 if not r["requests"]:
                     continue
-                item = {"uncached_input_tokens": r["input_tokens"],
-                        "cache_creation": {"ephemeral_1h_input_tokens": r["cache_creation_1h"],
-                                           "ephemeral_5m_input_tokens": r["cache_creation_5m"]},
-                        "cache_read_input_tokens": r["cache_read"], "output_tokens": r["output_tokens"],
-                        "server_tool_use": {"web_search_requests": r["web_search_requests"]}}
+                item = {
+                    "uncached_input_tokens": r["input_tokens"],
+                    "cache_creation": {
+                        "ephemeral_1h_input_tokens": r["cache_creation_1h"],
+                        "ephemeral_5m_input_tokens": r["cache_creation_5m"],
+                    },
+                    "cache_read_input_tokens": r["cache_read"],
+                    "output_tokens": r["output_tokens"],
+                    "server_tool_use": {"web_search_requests": r["web_search_requests"]},
+                }
                 for k in std:
                     item[k] = None
                 for k, c in zip(names, cols, strict=True):
@@ -274,8 +340,11 @@ def register(app: Application, gw: Gateway) -> None:
                 item = merged[key] = {
                     "uncached_input_tokens": 0,
                     "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0},
-                    "cache_read_input_tokens": 0, "output_tokens": 0, "server_tool_use": {"web_search_requests": 0},
-                    **standard}
+                    "cache_read_input_tokens": 0,
+                    "output_tokens": 0,
+                    "server_tool_use": {"web_search_requests": 0},
+                    **standard,
+                }
                 for (g, _), v in zip(fields, values, strict=True):
                     item[g] = v
                 buckets.setdefault(bucket, []).append(item)
@@ -307,7 +376,8 @@ def register(app: Application, gw: Gateway) -> None:
             weights = [int(row[col]) for _, col, _, _ in TOKEN_TYPES]
         parts = allocate(total - web, weights)
         out: list[tuple[str, str | None, str | None, int]] = [
-            ("tokens", TOKEN_TYPES[i][0], model_name, micro) for i, micro in enumerate(parts) if micro]
+            ("tokens", TOKEN_TYPES[i][0], model_name, micro) for i, micro in enumerate(parts) if micro
+        ]
         if web:
             out.append(("web_search", None, None, web))
         return out
@@ -333,8 +403,13 @@ def register(app: Application, gw: Gateway) -> None:
         merged: dict[tuple[Any, ...], list[Any]] = {}  # key -> [item, micro]
         buckets: dict[float, list[list[Any]]] = {}
         rows = await _sums(gw, q, dims)
-        if not by_description and "teams" not in dims and isinstance(rows, list) and rows \
-                and not isinstance(rows[0], dict):
+        if (
+            not by_description
+            and "teams" not in dims
+            and isinstance(rows, list)
+            and rows
+            and not isinstance(rows[0], dict)
+        ):
             # one source, groups unique (PostgreSQL's rollup): one result per row, built at once
             names = [g for g, _ in fields]
             cols = [f for _, f in fields]
@@ -359,7 +434,8 @@ def register(app: Application, gw: Gateway) -> None:
                 tier = row["service_tier"] or None
                 parts: list[tuple[Any, ...]] = [
                     (ct, tt, m, micro, tier, row["context_window"] if ct == "tokens" else None)
-                    for ct, tt, m, micro in split_cost(row)]
+                    for ct, tt, m, micro in split_cost(row)
+                ]
             else:
                 parts = [(None, None, None, int(row["cost_micro"]), None, None)]
             for cost_type, token_type, model, micro, tier, window in parts:
@@ -370,9 +446,14 @@ def register(app: Application, gw: Gateway) -> None:
                     for (g, _), v in zip(fields, values, strict=True):
                         item[g] = v
                     if by_description:
-                        item.update(cost_type=cost_type, token_type=token_type, model=model, service_tier=tier,
-                                    context_window=window,
-                                    description=description_of(cost_type, token_type, model))
+                        item.update(
+                            cost_type=cost_type,
+                            token_type=token_type,
+                            model=model,
+                            service_tier=tier,
+                            context_window=window,
+                            description=description_of(cost_type, token_type, model),
+                        )
                     acc = merged[key] = [item, 0]
                     buckets.setdefault(bucket, []).append(acc)
                 acc[1] += micro

@@ -200,8 +200,9 @@ async def serve(config: SimConfig | None = None) -> SimServer:
     config = config or SimConfig()
     state = SimState(config)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(make_protocol_factory(state), config.host, config.port,
-                                      reuse_address=True, backlog=config.backlog)
+    server = await loop.create_server(
+        make_protocol_factory(state), config.host, config.port, reuse_address=True, backlog=config.backlog
+    )
     for sock in server.sockets:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -238,34 +239,66 @@ def run(config: SimConfig | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ethereal sim", description="Simulated Anthropic Messages API.")
     p.add_argument("--host", default=os.environ.get("ETHEREAL_SIM_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("ETHEREAL_SIM_PORT", "8090")),
-                   help="0 picks a free port (printed on start)")
-    p.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
-                   help="accepted key (repeatable); default: any non-empty key")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("ETHEREAL_SIM_PORT", "8090")),
+        help="0 picks a free port (printed on start)",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accepted key (repeatable); default: any non-empty key",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before response headers")
     p.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first content event")
-    p.add_argument("--tokens-per-second", "--tps", type=float, default=0.0, dest="tokens_per_second",
-                   help="stream pacing; 0 = as fast as possible")
+    p.add_argument(
+        "--tokens-per-second",
+        "--tps",
+        type=float,
+        default=0.0,
+        dest="tokens_per_second",
+        help="stream pacing; 0 = as fast as possible",
+    )
     p.add_argument("--events-per-write", type=int, default=4, help="SSE events per socket write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fixtures-dir", default=None,
-                   help="recorded .sse files (default $ETHEREAL_FIXTURES, then the bundled copies)")
-    p.add_argument("--cache-min-tokens", type=int, default=None,
-                   help="minimum cacheable prefix in tokens for every model (default: each model's own)")
+    p.add_argument(
+        "--fixtures-dir",
+        default=None,
+        help="recorded .sse files (default $ETHEREAL_FIXTURES, then the bundled copies)",
+    )
+    p.add_argument(
+        "--cache-min-tokens",
+        type=int,
+        default=None,
+        help="minimum cacheable prefix in tokens for every model (default: each model's own)",
+    )
     p.add_argument("--organization-id", default=None)
-    p.add_argument("--batch-processing-ms", type=float, default=2000.0,
-                   help="simulated time a Message Batch takes from create to ended")
+    p.add_argument(
+        "--batch-processing-ms",
+        type=float,
+        default=2000.0,
+        help="simulated time a Message Batch takes from create to ended",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = SimConfig(
-        host=args.host, port=args.port,
+        host=args.host,
+        port=args.port,
         api_keys=set(args.api_keys) if args.api_keys else None,
-        latency_ms=args.latency_ms, ttft_ms=args.ttft_ms, tokens_per_second=args.tokens_per_second,
-        events_per_write=max(1, args.events_per_write), seed=args.seed, fixtures_dir=args.fixtures_dir,
-        cache_min_tokens=args.cache_min_tokens, organization_id=args.organization_id,
+        latency_ms=args.latency_ms,
+        ttft_ms=args.ttft_ms,
+        tokens_per_second=args.tokens_per_second,
+        events_per_write=max(1, args.events_per_write),
+        seed=args.seed,
+        fixtures_dir=args.fixtures_dir,
+        cache_min_tokens=args.cache_min_tokens,
+        organization_id=args.organization_id,
         batch_processing_ms=args.batch_processing_ms,
     )
     try:

@@ -47,13 +47,39 @@ MAX_REQUESTS = 100_000
 MAX_BODY_BYTES = 256 * 1024 * 1024
 DAY = 24 * 3600.0
 CANCEL_SECONDS = 0.2  # "canceling" lasts this long before the batch ends
-_ERR_STATUS = {"400": 400, "401": 401, "403": 403, "404": 404, "429": 429, "500": 500, "503": 503,
-               "529": 529, "overloaded": 529, "api_error": 500, "rate_limit": 429}
-_STATUS_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 503: "overloaded_error",
-                529: "overloaded_error"}
-_STATUS_MSG = {400: "Invalid request", 401: "invalid x-api-key", 403: "Permission denied", 404: "Not Found",
-               429: "Rate limited", 500: "Internal server error", 503: "Overloaded", 529: "Overloaded"}
+_ERR_STATUS = {
+    "400": 400,
+    "401": 401,
+    "403": 403,
+    "404": 404,
+    "429": 429,
+    "500": 500,
+    "503": 503,
+    "529": 529,
+    "overloaded": 529,
+    "api_error": 500,
+    "rate_limit": 429,
+}
+_STATUS_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+_STATUS_MSG = {
+    400: "Invalid request",
+    401: "invalid x-api-key",
+    403: "Permission denied",
+    404: "Not Found",
+    429: "Rate limited",
+    500: "Internal server error",
+    503: "Overloaded",
+    529: "Overloaded",
+}
 
 
 def _rfc3339(ts: float | None) -> str | None:
@@ -63,11 +89,27 @@ def _rfc3339(ts: float | None) -> str | None:
 
 
 class SimBatch:
-    __slots__ = ("_outcomes", "beta", "cancel_at", "created", "deleted", "duration", "id", "items", "models",
-                 "results")
+    __slots__ = (
+        "_outcomes",
+        "beta",
+        "cancel_at",
+        "created",
+        "deleted",
+        "duration",
+        "id",
+        "items",
+        "models",
+        "results",
+    )
 
-    def __init__(self, batch_id: str, items: list[tuple[str, dict[str, Any]]], duration: float,
-                 models: SimModels | None = None, beta: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        items: list[tuple[str, dict[str, Any]]],
+        duration: float,
+        models: SimModels | None = None,
+        beta: frozenset[str] = frozenset(),
+    ) -> None:
         self.id = batch_id
         self.models = models or SimModels()  # what the upstream serves, checked as /v1/messages does
         self.beta = beta  # the create request's anthropic-beta: it applies to every item
@@ -175,8 +217,9 @@ def _outcome(params: Any, models: SimModels, beta: frozenset[str] = frozenset())
     return "succeeded"
 
 
-def _check_params(req: Any, models: SimModels, beta: frozenset[str] = frozenset()
-                  ) -> tuple[Model, _rules.Shape]:
+def _check_params(
+    req: Any, models: SimModels, beta: frozenset[str] = frozenset()
+) -> tuple[Model, _rules.Shape]:
     if not isinstance(req, dict):
         raise invalid("params: Input should be a valid dictionary")
     model = req.get("model")
@@ -184,19 +227,27 @@ def _check_params(req: Any, models: SimModels, beta: frozenset[str] = frozenset(
         raise invalid("model: Field required" if model is None else "model: Input should be a valid string")
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise invalid("messages: Field required" if messages is None else "messages: at least one message is required")
+        raise invalid(
+            "messages: Field required" if messages is None else "messages: at least one message is required"
+        )
     system_ok = _rules.PER_TURN_CONTROL in beta
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "content" not in m or not (
-                m.get("role") in ("user", "assistant") or (m.get("role") == "system" and system_ok)):
+        if (
+            not isinstance(m, dict)
+            or "content" not in m
+            or not (m.get("role") in ("user", "assistant") or (m.get("role") == "system" and system_ok))
+        ):
             raise invalid(f"messages.{i}: Input should be a valid message")
     found = models.resolve(model)
     if found is None:
         raise RequestError(404, "not_found_error", models.not_found(model))
     max_tokens = req.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise invalid("max_tokens: Field required" if max_tokens is None else
-                      "max_tokens: Input should be greater than or equal to 1")
+        raise invalid(
+            "max_tokens: Field required"
+            if max_tokens is None
+            else "max_tokens: Input should be greater than or equal to 1"
+        )
     _rules.check_max_tokens(max_tokens, found, models.registry, batch=True)
     if req.get("stream"):
         raise invalid("stream: streaming is not supported in batches")
@@ -216,13 +267,23 @@ def _result_line(state: Any, batch: SimBatch, custom_id: str, params: dict[str, 
         seed = zlib.crc32(body, state.seed_crc)
         text, has_tr = _gen.last_user_text(params["messages"])
         directives = _gen.parse_directives(text)
-        usage = state.cache.account(params, model.id, b'"cache_control"' in body, tokenizer=model.rules.tokenizer,
-                                    min_tokens=model.rules.min_cache_tokens)
+        usage = state.cache.account(
+            params,
+            model.id,
+            b'"cache_control"' in body,
+            tokenizer=model.rules.tokenizer,
+            min_tokens=model.rules.min_cache_tokens,
+        )
         plan = _gen.plan_response(params, model.id, seed, directives, has_tr, usage, shape)
         plan.tier = "batch"
         message = _gen.render_message(plan, _gen.message_id())
-        return b'{"custom_id":' + orjson.dumps(custom_id) + b',"result":{"type":"succeeded","message":' \
-            + message + b"}}\n"
+        return (
+            b'{"custom_id":'
+            + orjson.dumps(custom_id)
+            + b',"result":{"type":"succeeded","message":'
+            + message
+            + b"}}\n"
+        )
     if outcome.startswith("errored:"):
         _, _status, etype, text = outcome.split(":", 3)
         error = {"type": "error", "error": {"type": etype, "message": text}, "request_id": _gen.request_id()}
@@ -252,7 +313,9 @@ def _create(state: Any, body: bytes, beta: frozenset[str] = frozenset()) -> tupl
         raise invalid("Input should be an object with only `requests`")
     requests = req.get("requests")
     if not isinstance(requests, list) or not requests:
-        raise invalid("requests: Field required" if requests is None else "requests: List should have at least 1 item")
+        raise invalid(
+            "requests: Field required" if requests is None else "requests: List should have at least 1 item"
+        )
     if len(requests) > MAX_REQUESTS:
         raise invalid(f"requests: List should have at most {MAX_REQUESTS} items")
     items: list[tuple[str, dict[str, Any]]] = []
@@ -261,8 +324,11 @@ def _create(state: Any, body: bytes, beta: frozenset[str] = frozenset()) -> tupl
         if not isinstance(item, dict) or set(item) != {"custom_id", "params"}:
             raise invalid(f"requests.{i}: needs exactly `custom_id` and `params`")
         cid = item["custom_id"]
-        if not isinstance(cid, str) or not 1 <= len(cid) <= 64 or not all(c.isascii() and (c.isalnum() or c in "_-")
-                                                                        for c in cid):
+        if (
+            not isinstance(cid, str)
+            or not 1 <= len(cid) <= 64
+            or not all(c.isascii() and (c.isalnum() or c in "_-") for c in cid)
+        ):
             raise invalid(f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
         if cid in seen:
             raise invalid(f"requests.{i}.custom_id: duplicate custom_id {cid!r}")
@@ -271,7 +337,9 @@ def _create(state: Any, body: bytes, beta: frozenset[str] = frozenset()) -> tupl
     duration = state.config.batch_processing_ms / 1000.0
     first = items[0][1]
     if isinstance(first, dict) and isinstance(first.get("messages"), list):
-        override = _gen.directive_int(_gen.parse_directives(_gen.last_user_text(first["messages"])[0]), "batch_ms")
+        override = _gen.directive_int(
+            _gen.parse_directives(_gen.last_user_text(first["messages"])[0]), "batch_ms"
+        )
         if override is not None:
             duration = override / 1000.0
     batch = SimBatch(_gen.rand_id("msgbatch_01", 22), items, duration, getattr(state, "models", None), beta)
@@ -288,24 +356,39 @@ def _list(state: Any, query: bytes) -> bytes:
     if not 1 <= limit <= 1000:
         raise invalid("limit: Input should be between 1 and 1000")
     now = time.time()
-    ordered = sorted((b for b in batches_of(state).by_id.values() if not b.deleted),
-                     key=lambda b: b.created, reverse=True)
+    ordered = sorted(
+        (b for b in batches_of(state).by_id.values() if not b.deleted), key=lambda b: b.created, reverse=True
+    )
     ids = [b.id for b in ordered]
     if params.get("after_id"):
         start = ids.index(params["after_id"]) + 1 if params["after_id"] in ids else len(ids)
-        page, has_more = ordered[start:start + limit], start + limit < len(ordered)
+        page, has_more = ordered[start : start + limit], start + limit < len(ordered)
     elif params.get("before_id"):
         end = ids.index(params["before_id"]) if params["before_id"] in ids else 0
-        page, has_more = ordered[max(0, end - limit):end], end - limit > 0
+        page, has_more = ordered[max(0, end - limit) : end], end - limit > 0
     else:
         page, has_more = ordered[:limit], limit < len(ordered)
     data = [b.view(state.base_url, now) for b in page]
-    return orjson.dumps({"data": data, "has_more": has_more, "first_id": data[0]["id"] if data else None,
-                         "last_id": data[-1]["id"] if data else None})
+    return orjson.dumps(
+        {
+            "data": data,
+            "has_more": has_more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    )
 
 
-def handle(proto: Any, method: bytes, path: str, query: bytes, headers: dict[bytes, bytes], body: bytes,
-           rid: str, close: bool) -> Any:
+def handle(
+    proto: Any,
+    method: bytes,
+    path: str,
+    query: bytes,
+    headers: dict[bytes, bytes],
+    body: bytes,
+    rid: str,
+    close: bool,
+) -> Any:
     """Route one ``/v1/messages/batches…`` request; returns a coroutine when the answer streams."""
     state = proto.state
     if not hasattr(state, "base_url"):  # results_url names the address this request came to
@@ -321,9 +404,23 @@ def handle(proto: Any, method: bytes, path: str, query: bytes, headers: dict[byt
         status = int(fault.kind)
         extra = b""
         if status == 429 or fault.retry_after is not None:
-            extra = b"retry-after: %s\r\n" % str(fault.retry_after if fault.retry_after is not None else 1).encode()
-        return _json(proto, status, _error(status, rid, _STATUS_TYPE.get(status, "api_error"),
-                                            fault.message or _STATUS_MSG.get(status, "Error")), rid, close, extra)
+            extra = (
+                b"retry-after: %s\r\n"
+                % str(fault.retry_after if fault.retry_after is not None else 1).encode()
+            )
+        return _json(
+            proto,
+            status,
+            _error(
+                status,
+                rid,
+                _STATUS_TYPE.get(status, "api_error"),
+                fault.message or _STATUS_MSG.get(status, "Error"),
+            ),
+            rid,
+            close,
+            extra,
+        )
     try:
         keys = state.api_keys
         key = headers.get(b"x-api-key")
@@ -335,7 +432,7 @@ def handle(proto: Any, method: bytes, path: str, query: bytes, headers: dict[byt
             raise RequestError(401, "authentication_error", "invalid x-api-key")
         if b"anthropic-version" not in headers:
             raise invalid("anthropic-version: header is required")
-        rest = path[len(PREFIX):].strip("/")
+        rest = path[len(PREFIX) :].strip("/")
         parts = rest.split("/") if rest else []
         if not parts:
             if method == b"POST":
@@ -353,18 +450,25 @@ def handle(proto: Any, method: bytes, path: str, query: bytes, headers: dict[byt
             return _json(proto, 200, orjson.dumps(batch.view(state.base_url, now)), rid, close)
         if action == "" and method == b"DELETE":
             if batch.status(now) != "ended":
-                raise invalid(f"Batch {batch.id} cannot be deleted while it is still processing; cancel it first")
+                raise invalid(
+                    f"Batch {batch.id} cannot be deleted while it is still processing; cancel it first"
+                )
             batch.deleted = True
             del batches_of(state).by_id[batch.id]
-            return _json(proto, 200, orjson.dumps({"id": batch.id, "type": "message_batch_deleted"}), rid, close)
+            return _json(
+                proto, 200, orjson.dumps({"id": batch.id, "type": "message_batch_deleted"}), rid, close
+            )
         if action == "cancel" and method == b"POST":
             if batch.status(now) == "in_progress":
                 batch.cancel_at = now
             return _json(proto, 200, orjson.dumps(batch.view(state.base_url, now)), rid, close)
         if action == "results" and method == b"GET":
             if batch.status(now) != "ended":
-                raise RequestError(404, "not_found_error",
-                                   f"Batch {batch.id} has not finished processing: results are not available yet")
+                raise RequestError(
+                    404,
+                    "not_found_error",
+                    f"Batch {batch.id} has not finished processing: results are not available yet",
+                )
             return _stream(proto, _results(state, batch), rid, close)
         raise RequestError(404, "not_found_error", f"Not Found: {method.decode()} {path}")
     except RequestError as exc:
@@ -390,7 +494,7 @@ async def _stream(proto: Any, data: bytes, rid: str, close: bool) -> bool:
     for start in range(0, len(data), step):
         if proto.closed:
             return False
-        t.write(view[start:start + step])
+        t.write(view[start : start + step])
         if proto._can_write is not None and not proto._can_write.done():
             await proto._can_write
         else:

@@ -34,18 +34,130 @@ import orjson
 
 _WORDS: dict[int, tuple[str, ...]] = {
     1: ("a", "I"),
-    2: ("of", "to", "in", "it", "is", "on", "we", "as", "at", "by", "an", "be", "or", "so", "up", "no",
-        "if", "do"),
-    3: ("the", "and", "for", "you", "not", "are", "but", "can", "new", "one", "all", "way", "use", "its",
-        "how", "may", "any", "out", "two", "our", "day", "get", "has", "see", "set", "run", "key", "end",
-        "few", "low"),
-    4: ("that", "with", "this", "from", "have", "will", "each", "more", "when", "then", "some", "data",
-        "time", "like", "into", "only", "over", "most", "such", "same", "well", "also", "both", "long",
-        "many", "what", "used", "make", "test", "work", "path", "fast", "rule", "text", "code", "even",
-        "just"),
-    5: ("which", "there", "their", "model", "about", "would", "these", "other", "could", "first", "token",
-        "where", "value", "state", "cache", "after", "while", "since", "every", "small", "large", "reply",
-        "input", "check", "limit", "write", "sends", "given", "still", "never", "order"),
+    2: (
+        "of",
+        "to",
+        "in",
+        "it",
+        "is",
+        "on",
+        "we",
+        "as",
+        "at",
+        "by",
+        "an",
+        "be",
+        "or",
+        "so",
+        "up",
+        "no",
+        "if",
+        "do",
+    ),
+    3: (
+        "the",
+        "and",
+        "for",
+        "you",
+        "not",
+        "are",
+        "but",
+        "can",
+        "new",
+        "one",
+        "all",
+        "way",
+        "use",
+        "its",
+        "how",
+        "may",
+        "any",
+        "out",
+        "two",
+        "our",
+        "day",
+        "get",
+        "has",
+        "see",
+        "set",
+        "run",
+        "key",
+        "end",
+        "few",
+        "low",
+    ),
+    4: (
+        "that",
+        "with",
+        "this",
+        "from",
+        "have",
+        "will",
+        "each",
+        "more",
+        "when",
+        "then",
+        "some",
+        "data",
+        "time",
+        "like",
+        "into",
+        "only",
+        "over",
+        "most",
+        "such",
+        "same",
+        "well",
+        "also",
+        "both",
+        "long",
+        "many",
+        "what",
+        "used",
+        "make",
+        "test",
+        "work",
+        "path",
+        "fast",
+        "rule",
+        "text",
+        "code",
+        "even",
+        "just",
+    ),
+    5: (
+        "which",
+        "there",
+        "their",
+        "model",
+        "about",
+        "would",
+        "these",
+        "other",
+        "could",
+        "first",
+        "token",
+        "where",
+        "value",
+        "state",
+        "cache",
+        "after",
+        "while",
+        "since",
+        "every",
+        "small",
+        "large",
+        "reply",
+        "input",
+        "check",
+        "limit",
+        "write",
+        "sends",
+        "given",
+        "still",
+        "never",
+        "order",
+    ),
 }
 
 TABLE_SIZE = 1 << 16
@@ -88,10 +200,10 @@ SPACES = [b" " * i for i in range(16)]
 def take_tokens(offset: int, n: int) -> list[str]:
     offset &= _MASK
     if offset + n <= TABLE_SIZE:
-        return TOKENS[offset:offset + n]
+        return TOKENS[offset : offset + n]
     out: list[str] = []
     while n > 0:
-        chunk = TOKENS[offset:offset + n]
+        chunk = TOKENS[offset : offset + n]
         out.extend(chunk)
         n -= len(chunk)
         offset = 0
@@ -108,7 +220,7 @@ def group_tokens(tokens: list[str], seed: int) -> list[str]:
     while i < n:
         k = _GROUPS[g & 4095]
         g += 1
-        pieces.append("".join(tokens[i:i + k]))
+        pieces.append("".join(tokens[i : i + k]))
         i += k
     if pieces:
         first = pieces[0].lstrip(" ")
@@ -281,8 +393,9 @@ class PromptCache:
     def clear(self) -> None:
         self.entries.clear()
 
-    def account(self, req: dict[str, Any], model: str, has_cc: bool, *, tokenizer: int = 1,
-                min_tokens: int = 0) -> tuple[int, int, int, int]:
+    def account(
+        self, req: dict[str, Any], model: str, has_cc: bool, *, tokenizer: int = 1, min_tokens: int = 0
+    ) -> tuple[int, int, int, int]:
         """(input_tokens, cache_creation_5m, cache_creation_1h, cache_read). A breakpoint whose
         prefix is shorter than the minimum cacheable prompt caches nothing (and is no error)."""
         floor = self.min_tokens if self.min_tokens is not None else min_tokens
@@ -425,8 +538,10 @@ def _gen_value(schema: Any, name: str, rng: random.Random, depth: int) -> Any:
         keys = [k for k in req if isinstance(k, str)] if isinstance(req, list) else []
         if not keys and isinstance(props, dict) and props:
             keys = [next(iter(props))]
-        return {k: _gen_value(props.get(k, {}) if isinstance(props, dict) else {}, k, rng, depth + 1)
-                for k in keys}
+        return {
+            k: _gen_value(props.get(k, {}) if isinstance(props, dict) else {}, k, rng, depth + 1)
+            for k in keys
+        }
     if t == "array":
         n = schema.get("minItems")
         n = n if isinstance(n, int) and n > 0 else 1
@@ -501,7 +616,7 @@ def split_json(s: str, rng: random.Random) -> list[str]:
     n = len(s)
     while i < n:
         k = rng.randint(1, 12)
-        pieces.append(s[i:i + k])
+        pieces.append(s[i : i + k])
         i += k
     return pieces
 
@@ -561,8 +676,15 @@ class Plan:
         self.tier = "standard"  # usage.service_tier ("batch" for a Message Batch item)
 
 
-def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[str, str],
-                  has_tool_result: bool, usage: tuple[int, int, int, int], shape: Any = None) -> Plan:
+def plan_response(
+    req: dict[str, Any],
+    model: str,
+    seed: int,
+    directives: dict[str, str],
+    has_tool_result: bool,
+    usage: tuple[int, int, int, int],
+    shape: Any = None,
+) -> Plan:
     """``shape`` (``_rules.Shape``): the request with the model's defaults filled in (thinking on
     by default, its display, speed, region, server tools); None reads the request alone."""
     p = Plan()
@@ -609,22 +731,34 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         p.blocks.append((THINKING, pieces, signature(rng)))
     if shape is not None and shape.advisor is not None:
         # the advisor's pass is its own iteration, billed at its model's rates (usage.iterations)
-        p.iterations = [{"type": "advisor_message", "model": shape.advisor,
-                         "input_tokens": p.input_tokens + p.cache_read + p.cc5 + p.cc1,
-                         "output_tokens": 10 + (seed >> 13) % 31,
-                         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}}]
+        p.iterations = [
+            {
+                "type": "advisor_message",
+                "model": shape.advisor,
+                "input_tokens": p.input_tokens + p.cache_read + p.cc5 + p.cc1,
+                "output_tokens": 10 + (seed >> 13) % 31,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            }
+        ]
 
     # tools?
     tools = req.get("tools")
     raw_choice = req.get("tool_choice")
     tool_choice: dict[str, Any] = raw_choice if isinstance(raw_choice, dict) else {}
     tc_type = tool_choice.get("type", "auto")
-    custom = [t for t in tools
-              if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)] \
-        if isinstance(tools, list) else []
-    want_tools = bool(custom) and tc_type != "none" and (not has_tool_result or tc_type in ("any", "tool")) \
+    custom = (
+        [t for t in tools if isinstance(t, dict) and "input_schema" in t and isinstance(t.get("name"), str)]
+        if isinstance(tools, list)
+        else []
+    )
+    want_tools = (
+        bool(custom)
+        and tc_type != "none"
+        and (not has_tool_result or tc_type in ("any", "tool"))
         and (directive_int(directives, "tools") != 0 or tc_type in ("any", "tool"))
+    )
     script = scripted_tool(custom, directives) if want_tools else None
     if script == "none":
         want_tools = False
@@ -650,7 +784,7 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
             pieces = _word_pieces(pre)
             if used + ctok(pre) > budget:
                 k = max(0, budget - used)
-                pre = pre[:4 * k]
+                pre = pre[: 4 * k]
                 pieces = _word_pieces(pre)
                 p.blocks.append((TEXT, pieces))
                 p.output_tokens = used + ctok(pre)
@@ -662,7 +796,11 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         calls = 0
         for i in range(n_calls):
             tool = chosen_first if i == 0 else custom[(start + i) % len(custom)]
-            inp = scripted_input(directives["input"]) if i == 0 and "input" in directives else tool_input(tool, rng)
+            inp = (
+                scripted_input(directives["input"])
+                if i == 0 and "input" in directives
+                else tool_input(tool, rng)
+            )
             js = json.dumps(inp, ensure_ascii=False)
             cost = ctok(js)
             if used + cost > budget:
@@ -698,7 +836,7 @@ def plan_response(req: dict[str, Any], model: str, seed: int, directives: dict[s
         stops = [s for s in stops if isinstance(s, str) and s]
         if stops and "stop" in directives:
             # forced: cut halfway and report the first stop sequence
-            pieces = pieces[:max(1, len(pieces) // 2)]
+            pieces = pieces[: max(1, len(pieces) // 2)]
             stop, p.stop_sequence = "stop_sequence", stops[0]
         elif stops:
             text = "".join(pieces)
@@ -758,7 +896,7 @@ def _word_pieces(s: str) -> list[str]:
     words = s.split(" ")
     out = []
     for i in range(0, len(words), 3):
-        chunk = " ".join(words[i:i + 3])
+        chunk = " ".join(words[i : i + 3])
         out.append(chunk if i == 0 else " " + chunk)
     return [x for x in out if x]
 
@@ -772,7 +910,7 @@ def _cut_pieces(pieces: list[str], at: int) -> list[str]:
             pos += len(piece)
         else:
             if at > pos:
-                out.append(piece[:at - pos])
+                out.append(piece[: at - pos])
             break
     return out
 
@@ -782,9 +920,14 @@ def _cut_pieces(pieces: list[str], at: int) -> list[str]:
 
 
 def _message_iteration(p: Plan, output_tokens: int) -> dict[str, Any]:
-    return {"type": "message", "input_tokens": p.input_tokens, "output_tokens": output_tokens,
-            "cache_creation_input_tokens": p.cc5 + p.cc1, "cache_read_input_tokens": p.cache_read,
-            "cache_creation": {"ephemeral_5m_input_tokens": p.cc5, "ephemeral_1h_input_tokens": p.cc1}}
+    return {
+        "type": "message",
+        "input_tokens": p.input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": p.cc5 + p.cc1,
+        "cache_read_input_tokens": p.cache_read,
+        "cache_creation": {"ephemeral_5m_input_tokens": p.cc5, "ephemeral_1h_input_tokens": p.cc1},
+    }
 
 
 def _usage_extra(p: Plan, output_tokens: int) -> dict[str, Any]:
@@ -834,18 +977,27 @@ def render_message(p: Plan, msg_id: str) -> bytes:
         elif kind == THINKING:
             content.append({"type": "thinking", "thinking": "".join(blk[1]), "signature": blk[2]})
         else:
-            content.append({"type": "tool_use", "id": blk[1], "name": blk[2], "input": blk[3],
-                            "caller": {"type": "direct"}})
-    return orjson.dumps({
-        "model": p.model,
-        "id": msg_id,
-        "type": "message",
-        "role": "assistant",
-        "content": content,
-        "stop_reason": p.stop_reason,
-        "stop_sequence": p.stop_sequence,
-        "usage": _usage_full(p, p.output_tokens),
-    })
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": blk[1],
+                    "name": blk[2],
+                    "input": blk[3],
+                    "caller": {"type": "direct"},
+                }
+            )
+    return orjson.dumps(
+        {
+            "model": p.model,
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "content": content,
+            "stop_reason": p.stop_reason,
+            "stop_sequence": p.stop_sequence,
+            "usage": _usage_full(p, p.output_tokens),
+        }
+    )
 
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
@@ -864,9 +1016,24 @@ def render_frames(p: Plan, msg_id: str) -> tuple[list[bytes], list[int]]:
         pad_i += 1
         costs.append(cost)
 
-    frame(b"message_start", dumps({"type": "message_start", "message": {
-        "model": p.model, "id": msg_id, "type": "message", "role": "assistant", "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": _usage_full(p, 1)}}))
+    frame(
+        b"message_start",
+        dumps(
+            {
+                "type": "message_start",
+                "message": {
+                    "model": p.model,
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": _usage_full(p, 1),
+                },
+            }
+        ),
+    )
     for idx, blk in enumerate(p.blocks):
         kind = blk[0]
         ib = b"%d" % idx
@@ -876,42 +1043,75 @@ def render_frames(p: Plan, msg_id: str) -> tuple[list[bytes], list[int]]:
         elif kind == THINKING:
             start = {"type": "thinking", "thinking": "", "signature": ""}
         else:
-            start = {"type": "tool_use", "id": blk[1], "name": blk[2], "input": {},
-                     "caller": {"type": "direct"}}
-        frame(b"content_block_start",
-              b'{"type":"content_block_start","index":' + ib + b',"content_block":' + dumps(start) + b"}")
+            start = {
+                "type": "tool_use",
+                "id": blk[1],
+                "name": blk[2],
+                "input": {},
+                "caller": {"type": "direct"},
+            }
+        frame(
+            b"content_block_start",
+            b'{"type":"content_block_start","index":' + ib + b',"content_block":' + dumps(start) + b"}",
+        )
         if idx == 0:
             frames.append(PING)
             costs.append(0)
         head = b'{"type":"content_block_delta","index":' + ib + b',"delta":'
         if kind == TEXT:
             for piece in blk[1]:
-                frame(b"content_block_delta",
-                      head + b'{"type":"text_delta","text":' + dumps(piece) + b"}}", ctok(piece))
+                frame(
+                    b"content_block_delta",
+                    head + b'{"type":"text_delta","text":' + dumps(piece) + b"}}",
+                    ctok(piece),
+                )
         elif kind == THINKING:
             for piece in blk[1]:
-                frame(b"content_block_delta",
-                      head + b'{"type":"thinking_delta","thinking":' + dumps(piece) + b"}}", ctok(piece))
-            frame(b"content_block_delta",
-                  head + b'{"type":"signature_delta","signature":' + dumps(blk[2]) + b"}}")
+                frame(
+                    b"content_block_delta",
+                    head + b'{"type":"thinking_delta","thinking":' + dumps(piece) + b"}}",
+                    ctok(piece),
+                )
+            frame(
+                b"content_block_delta",
+                head + b'{"type":"signature_delta","signature":' + dumps(blk[2]) + b"}}",
+            )
         else:
             for piece in blk[4]:
-                frame(b"content_block_delta",
-                      head + b'{"type":"input_json_delta","partial_json":' + dumps(piece) + b"}}",
-                      (len(piece) + 3) // 4)
+                frame(
+                    b"content_block_delta",
+                    head + b'{"type":"input_json_delta","partial_json":' + dumps(piece) + b"}}",
+                    (len(piece) + 3) // 4,
+                )
         frame(b"content_block_stop", b'{"type":"content_block_stop","index":' + ib + b"}")
-    frame(b"message_delta", dumps({
-        "type": "message_delta",
-        "delta": {"stop_reason": p.stop_reason, "stop_sequence": p.stop_sequence},
-        "usage": {"input_tokens": p.input_tokens, "cache_creation_input_tokens": p.cc5 + p.cc1,
-                  "cache_read_input_tokens": p.cache_read, "output_tokens": p.output_tokens,
-                  **_usage_extra(p, p.output_tokens)}}))
+    frame(
+        b"message_delta",
+        dumps(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": p.stop_reason, "stop_sequence": p.stop_sequence},
+                "usage": {
+                    "input_tokens": p.input_tokens,
+                    "cache_creation_input_tokens": p.cc5 + p.cc1,
+                    "cache_read_input_tokens": p.cache_read,
+                    "output_tokens": p.output_tokens,
+                    **_usage_extra(p, p.output_tokens),
+                },
+            }
+        ),
+    )
     frame(b"message_stop", b'{"type":"message_stop"}')
     return frames, costs
 
 
-def error_frame(request_id: str, etype: str = "overloaded_error", message: str = "Overloaded",
-                pad: int = 1) -> bytes:
-    body = orjson.dumps({"type": "error", "error": {"details": None, "type": etype, "message": message},
-                         "request_id": request_id})
+def error_frame(
+    request_id: str, etype: str = "overloaded_error", message: str = "Overloaded", pad: int = 1
+) -> bytes:
+    body = orjson.dumps(
+        {
+            "type": "error",
+            "error": {"details": None, "type": etype, "message": message},
+            "request_id": request_id,
+        }
+    )
     return b"event: error\ndata: " + body[:-1] + SPACES[pad & 15] + b"}\n\n"

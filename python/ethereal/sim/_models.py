@@ -68,9 +68,17 @@ class SimModels:
         else:
             base = self.registry.provisional(mid)
         today = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%d")
-        model = replace(base, id=mid, display_name=str(spec.get("display_name") or mid), aliases=(),
-                        released=str(spec.get("released") or today), status="active", deprecated_on=None,
-                        retires_on=None, provisional=False)
+        model = replace(
+            base,
+            id=mid,
+            display_name=str(spec.get("display_name") or mid),
+            aliases=(),
+            released=str(spec.get("released") or today),
+            status="active",
+            deprecated_on=None,
+            retires_on=None,
+            provisional=False,
+        )
         if spec.get("max_tokens") is not None:
             out = int(spec["max_tokens"])
             model = replace(model, max_output=out, batch_max_output=out)

@@ -27,8 +27,13 @@ def _anthropic_request(req: dict[str, Any], model_id: str) -> dict[str, Any]:
         if m["role"] in ("system", "developer"):
             continue
         content = m.get("content")
-        text = content if isinstance(content, str) else " ".join(
-            p.get("text", "") for p in content if isinstance(p, dict)) if isinstance(content, list) else ""
+        text = (
+            content
+            if isinstance(content, str)
+            else " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, list)
+            else ""
+        )
         turns.append({"role": m["role"], "content": text})
     max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or 1024
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
@@ -46,12 +51,24 @@ def chat_action(req: dict[str, Any], model_id: str, seed: int, timing: tuple[flo
     finish = "length" if plan.stop_reason == "max_tokens" else "stop"
     cid = "chatcmpl-" + _gen.message_id()[4:]
     created = int(time.time())
-    usage_obj = {"prompt_tokens": plan.input_tokens, "completion_tokens": plan.output_tokens,
-                 "total_tokens": plan.input_tokens + plan.output_tokens}
+    usage_obj = {
+        "prompt_tokens": plan.input_tokens,
+        "completion_tokens": plan.output_tokens,
+        "total_tokens": plan.input_tokens + plan.output_tokens,
+    }
     if req.get("stream") is True:
-        def chunk(delta: dict[str, Any], reason: str | None = None, extra: dict[str, Any] | None = None) -> bytes:
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **(extra or {})}
+
+        def chunk(
+            delta: dict[str, Any], reason: str | None = None, extra: dict[str, Any] | None = None
+        ) -> bytes:
+            body = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_id,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                **(extra or {}),
+            }
             return b"data: " + orjson.dumps(body) + b"\n\n"
 
         frames = [chunk({"role": "assistant", "content": ""})]
@@ -59,9 +76,22 @@ def chat_action(req: dict[str, Any], model_id: str, seed: int, timing: tuple[flo
         frames.append(chunk({}, finish, {"usage": usage_obj}))
         frames.append(b"data: [DONE]\n\n")
         return ("sse", frames, None, timing)
-    body = orjson.dumps({"id": cid, "object": "chat.completion", "created": created, "model": model_id,
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
-                                      "finish_reason": finish}], "usage": usage_obj})
+    body = orjson.dumps(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(pieces)},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage_obj,
+        }
+    )
     return ("json", 200, body, b"", _gen.reply_delay(timing, plan.output_tokens))
 
 

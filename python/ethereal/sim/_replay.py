@@ -86,8 +86,12 @@ class Library:
         env = fixtures_dir or os.environ.get("ETHEREAL_FIXTURES")
         if env:
             base = Path(env)
-            dirs += [base, base / "anthropic" / "recorded" / "sse-extracted", base / "sse-extracted",
-                     base / "anthropic" / "stream-fixtures-sdk-python"]
+            dirs += [
+                base,
+                base / "anthropic" / "recorded" / "sse-extracted",
+                base / "sse-extracted",
+                base / "anthropic" / "stream-fixtures-sdk-python",
+            ]
         dirs.append(BUNDLED)
         self.dirs = dirs
         self._cache: dict[str, Recording | None] = {}

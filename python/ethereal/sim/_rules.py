@@ -88,8 +88,15 @@ def _present(req: dict[str, Any], name: str) -> bool:
     return req.get(name) is not None
 
 
-def check(req: dict[str, Any], model: Model, registry: Registry, beta: frozenset[str], *,
-          batch: bool = False, at: float | None = None) -> Shape:
+def check(
+    req: dict[str, Any],
+    model: Model,
+    registry: Registry,
+    beta: frozenset[str],
+    *,
+    batch: bool = False,
+    at: float | None = None,
+) -> Shape:
     """Refuses (``RequestError``) a shape the model does not accept; returns the request's shape."""
     r = model.rules
     err = registry.error_text
@@ -103,15 +110,22 @@ def check(req: dict[str, Any], model: Model, registry: Registry, beta: frozenset
             raise invalid("thinking: Input should be a valid dictionary")
         ttype = thinking.get("type")
         if ttype not in ("enabled", "adaptive", "disabled", "between_tools"):
-            raise invalid(f"thinking: Input tag '{ttype}' found using 'type' does not match any of the expected "
-                          f"tags: {_THINKING_TAGS}")
+            raise invalid(
+                f"thinking: Input tag '{ttype}' found using 'type' does not match any of the expected "
+                f"tags: {_THINKING_TAGS}"
+            )
         if ttype == "enabled" and "enabled" not in r.thinking_types:
             raise invalid(err("thinking_enabled"))
         if ttype == "adaptive" and "adaptive" not in r.thinking_types:
             raise invalid(err("thinking_adaptive"))
         if ttype == "disabled" and r.thinking_off != "disabled":
-            raise invalid(err("thinking_disabled_between_tools" if r.thinking_off == "between_tools"
-                              else "thinking_disabled"))
+            raise invalid(
+                err(
+                    "thinking_disabled_between_tools"
+                    if r.thinking_off == "between_tools"
+                    else "thinking_disabled"
+                )
+            )
         if ttype == "between_tools" and "between_tools" not in r.thinking_types:
             raise invalid(err("thinking_between_tools"))
 
@@ -121,22 +135,31 @@ def check(req: dict[str, Any], model: Model, registry: Registry, beta: frozenset
         if not r.effort_levels:
             raise invalid(err("effort_unsupported"))
         if effort not in r.effort_levels:
-            raise invalid(err("effort_level", effort=effort,
-                              levels=", ".join(f'"{e}"' for e in r.effort_levels)))
+            raise invalid(
+                err("effort_level", effort=effort, levels=", ".join(f'"{e}"' for e in r.effort_levels))
+            )
 
     # 3. thinking off only up to an effort
-    if ttype in ("disabled", "between_tools") and r.thinking_off_max_effort is not None \
-            and not r.effort_at_most(effort, r.thinking_off_max_effort):
+    if (
+        ttype in ("disabled", "between_tools")
+        and r.thinking_off_max_effort is not None
+        and not r.effort_at_most(effort, r.thinking_off_max_effort)
+    ):
         level = effort or r.effort_default or "high"
         raise invalid(err("thinking_off_effort", type=ttype, effort=level))
 
     # 4. display
     display = thinking.get("display") if isinstance(thinking, dict) else None
-    if display is not None and r.display_values and (
-            display not in r.display_values or (display == "updates" and DISPLAY_UPDATES not in beta)):
+    if (
+        display is not None
+        and r.display_values
+        and (display not in r.display_values or (display == "updates" and DISPLAY_UPDATES not in beta))
+    ):
         raise invalid(err("display", display=display))
     shape.display = display or r.display_default or "summarized"
-    shape.thinking_on = ttype in ("enabled", "adaptive") or (ttype is None and r.thinking_default == "adaptive")
+    shape.thinking_on = ttype in ("enabled", "adaptive") or (
+        ttype is None and r.thinking_default == "adaptive"
+    )
     if ttype == "enabled" and isinstance(thinking, dict):
         bt = thinking.get("budget_tokens")
         shape.budget = bt if isinstance(bt, int) and not isinstance(bt, bool) else None
@@ -224,7 +247,7 @@ def check_budget(req: dict[str, Any], max_tokens: int) -> None:
 
 THINKING_BUDGET_MSG = (
     "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at "
-    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size")
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size"
+)
 
-__all__ = ["PER_TURN_CONTROL", "Shape", "betas", "check", "check_budget", "check_max_tokens",
-           "check_roles"]
+__all__ = ["PER_TURN_CONTROL", "Shape", "betas", "check", "check_budget", "check_max_tokens", "check_roles"]

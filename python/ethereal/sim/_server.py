@@ -27,10 +27,22 @@ NO_CACHE = b"cache-control: no-cache\r\n"
 THINKING_BUDGET_MSG = _rules.THINKING_BUDGET_MSG
 
 _REASONS = {
-    100: b"Continue", 200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
-    404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
-    413: b"Payload Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
-    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout", 529: b"Site Overloaded",
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    413: b"Payload Too Large",
+    429: b"Too Many Requests",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    529: b"Site Overloaded",
 }
 _STATUS_LINE = {k: b"HTTP/1.1 %d %s\r\n" % (k, v) for k, v in _REASONS.items()}
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504, 529}
@@ -41,12 +53,16 @@ _ERROR_TYPES = {
     403: ("permission_error", "Permission denied"),
     404: ("not_found_error", "Not Found"),
     413: ("request_too_large", "Request exceeds the maximum size"),
-    429: ("rate_limit_error",
-          ("This request would exceed the rate limit for your organization of 50 requests per minute. "
-          "For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response "
-          "headers for current usage. Please reduce the prompt length or the maximum tokens requested, or "
-          "try again later. You may also contact sales at https://www.anthropic.com/contact-sales to discuss "
-          "your options for a rate limit increase.")),
+    429: (
+        "rate_limit_error",
+        (
+            "This request would exceed the rate limit for your organization of 50 requests per minute. "
+            "For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response "
+            "headers for current usage. Please reduce the prompt length or the maximum tokens requested, or "
+            "try again later. You may also contact sales at https://www.anthropic.com/contact-sales to discuss "
+            "your options for a rate limit increase."
+        ),
+    ),
     500: ("api_error", "Internal server error"),
     503: ("overloaded_error", "Overloaded"),
     504: ("timeout_error", "Request timeout"),
@@ -55,15 +71,35 @@ _ERROR_TYPES = {
 
 # fault kinds and their aliases
 FAULT_KINDS = {
-    "429": "429", "rate_limit": "429", "rate_limit_error": "429",
-    "529": "529", "overloaded": "529", "overloaded_error": "529",
-    "500": "500", "api_error": "500", "internal": "500",
-    "503": "503", "504": "504", "403": "403", "400": "400", "404": "404", "413": "413",
-    "401": "401", "auth": "401", "authentication_error": "401",
-    "reset": "reset", "reset_before": "reset", "connection_reset": "reset",
-    "reset_mid": "reset_mid", "mid_stream_reset": "reset_mid",
-    "error_mid": "error_mid", "mid_stream_error": "error_mid", "stream_error": "error_mid",
-    "slow": "slow", "slow_first_byte": "slow", "delay": "slow",
+    "429": "429",
+    "rate_limit": "429",
+    "rate_limit_error": "429",
+    "529": "529",
+    "overloaded": "529",
+    "overloaded_error": "529",
+    "500": "500",
+    "api_error": "500",
+    "internal": "500",
+    "503": "503",
+    "504": "504",
+    "403": "403",
+    "400": "400",
+    "404": "404",
+    "413": "413",
+    "401": "401",
+    "auth": "401",
+    "authentication_error": "401",
+    "reset": "reset",
+    "reset_before": "reset",
+    "connection_reset": "reset",
+    "reset_mid": "reset_mid",
+    "mid_stream_reset": "reset_mid",
+    "error_mid": "error_mid",
+    "mid_stream_error": "error_mid",
+    "stream_error": "error_mid",
+    "slow": "slow",
+    "slow_first_byte": "slow",
+    "delay": "slow",
 }
 _DEFAULT_FAULT_PATHS = ("/v1/messages",)
 REPLY_LOG = 1024  # generated replies whose usage `GET /_sim/requests` keeps
@@ -136,10 +172,16 @@ class Fault:
         return path in self.paths
 
     def to_json(self) -> dict[str, Any]:
-        return {"fault": self.kind, "count": self.count, "retry_after": self.retry_after,
-                "retry_after_ms": self.retry_after_ms, "should_retry": self.should_retry,
-                "after_events": self.after_events, "delay_ms": self.delay_ms,
-                "paths": list(self.paths) if self.paths is not None else ["*"]}
+        return {
+            "fault": self.kind,
+            "count": self.count,
+            "retry_after": self.retry_after,
+            "retry_after_ms": self.retry_after_ms,
+            "should_retry": self.should_retry,
+            "after_events": self.after_events,
+            "delay_ms": self.delay_ms,
+            "paths": list(self.paths) if self.paths is not None else ["*"],
+        }
 
     @classmethod
     def from_directive(cls, value: str) -> Fault:
@@ -167,15 +209,19 @@ class SimState:
         self.total = 0
         self.received = 0  # API requests read (counted on arrival, before any answer or fault)
         self.replies: OrderedDict[str, dict[str, Any]] = OrderedDict()  # request-id → the usage it reported
-        self.seen: deque[dict[str, Any]] = deque(maxlen=SEEN_LOG)  # `GET /_sim/seen`: model each request named
+        self.seen: deque[dict[str, Any]] = deque(
+            maxlen=SEEN_LOG
+        )  # `GET /_sim/seen`: model each request named
         self.connections = 0
         self.open_connections = 0
         self.seed_crc = zlib.crc32(str(config.seed).encode())
         _gen.seed_ids(config.seed ^ int(time.time() * 1e6))
         self.api_keys: set[bytes] | None = (
-            None if config.api_keys is None else {k.encode() for k in config.api_keys})
+            None if config.api_keys is None else {k.encode() for k in config.api_keys}
+        )
         org = config.organization_id or str(
-            uuid.UUID(int=zlib.crc32(b"org%d" % config.seed) * 2**96 + 0x4000))
+            uuid.UUID(int=zlib.crc32(b"org%d" % config.seed) * 2**96 + 0x4000)
+        )
         self.org_line = b"anthropic-organization-id: " + org.encode() + b"\r\n"
         self._date = b""
         self._date_t = -1
@@ -197,9 +243,17 @@ class SimState:
 
     def note_reply(self, rid: str, path: str, stream: bool, p: _gen.Plan) -> None:
         """Keeps the usage a generated reply reports (the last ``REPLY_LOG`` of them, ``GET /_sim/requests``)."""
-        self.replies[rid] = {"path": path, "stream": stream, "usage": {
-            "input_tokens": p.input_tokens, "output_tokens": p.output_tokens, "cache_creation_5m": p.cc5,
-            "cache_creation_1h": p.cc1, "cache_read": p.cache_read}}
+        self.replies[rid] = {
+            "path": path,
+            "stream": stream,
+            "usage": {
+                "input_tokens": p.input_tokens,
+                "output_tokens": p.output_tokens,
+                "cache_creation_5m": p.cc5,
+                "cache_creation_1h": p.cc1,
+                "cache_read": p.cache_read,
+            },
+        }
         if len(self.replies) > REPLY_LOG:
             self.replies.popitem(last=False)
 
@@ -224,8 +278,9 @@ class SimState:
 
 def _error_body(status: int, rid: str, etype: str | None = None, message: str | None = None) -> bytes:
     dt, dm = _ERROR_TYPES.get(status, ("api_error", "Internal server error"))
-    return orjson.dumps({"type": "error", "error": {"type": etype or dt, "message": message or dm},
-                         "request_id": rid})
+    return orjson.dumps(
+        {"type": "error", "error": {"type": etype or dt, "message": message or dm}, "request_id": rid}
+    )
 
 
 _WANTED = {b"x-api-key", b"authorization", b"anthropic-version", b"anthropic-beta", b"expect"}
@@ -387,19 +442,28 @@ class SimProtocol(asyncio.Protocol):
             self.transport.close()
 
     # ---------------------------------------------------------------- writing
-    def _head(self, status: int, ctype: bytes, rid: str, length: int | None, extra: bytes = b"",
-              close: bool = False) -> bytes:
+    def _head(
+        self, status: int, ctype: bytes, rid: str, length: int | None, extra: bytes = b"", close: bool = False
+    ) -> bytes:
         st = self.state
         parts = [
             _STATUS_LINE.get(status) or b"HTTP/1.1 %d Error\r\n" % status,
-            b"date: ", st.date(), b"\r\ncontent-type: ", ctype, b"\r\n",
+            b"date: ",
+            st.date(),
+            b"\r\ncontent-type: ",
+            ctype,
+            b"\r\n",
             b"content-length: %d\r\n" % length if length is not None else b"transfer-encoding: chunked\r\n",
             b"connection: close\r\n" if close else b"connection: keep-alive\r\n",
-            b"request-id: ", rid.encode(), b"\r\n", st.org_line,
+            b"request-id: ",
+            rid.encode(),
+            b"\r\n",
+            st.org_line,
         ]
         if status >= 400 and b"x-should-retry:" not in extra:  # a fault may set its own
-            parts.append(b"x-should-retry: true\r\n" if status in _RETRYABLE
-                         else b"x-should-retry: false\r\n")
+            parts.append(
+                b"x-should-retry: true\r\n" if status in _RETRYABLE else b"x-should-retry: false\r\n"
+            )
         if extra:
             parts.append(extra)
         parts.append(b"\r\n")
@@ -414,8 +478,9 @@ class SimProtocol(asyncio.Protocol):
         self._send_json(status, body, _gen.request_id(), close=close)
 
     # ---------------------------------------------------------------- routing
-    def _handle(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes, keep: bool,
-                too_large: bool) -> Any:
+    def _handle(
+        self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes, keep: bool, too_large: bool
+    ) -> Any:
         st = self.state
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
@@ -510,8 +575,9 @@ class SimProtocol(asyncio.Protocol):
             if is_count:
                 _rules.check(req, found, models.registry, beta)
                 itok = _gen.input_tokens(req, rules.tokenizer)
-                return self._finish(("json", 200, orjson.dumps({"input_tokens": itok}), b""), rid, close,
-                                    fault, npath)
+                return self._finish(
+                    ("json", 200, orjson.dumps({"input_tokens": itok}), b""), rid, close, fault, npath
+                )
 
             max_tokens = req.get("max_tokens")
             if max_tokens is None:
@@ -552,8 +618,9 @@ class SimProtocol(asyncio.Protocol):
                 return self._finish(action, rid, close, fault, npath)
 
             seed = zlib.crc32(body, st.seed_crc)
-            usage = st.cache.account(req, model_id, has_cc, tokenizer=rules.tokenizer,
-                                     min_tokens=rules.min_cache_tokens)
+            usage = st.cache.account(
+                req, model_id, has_cc, tokenizer=rules.tokenizer, min_tokens=rules.min_cache_tokens
+            )
             plan = _gen.plan_response(req, model_id, seed, directives, has_tr, usage, shape)
             st.note_reply(rid, npath, stream, plan)
             msg_id = _gen.message_id()
@@ -562,15 +629,19 @@ class SimProtocol(asyncio.Protocol):
                 frames, costs = _gen.render_frames(plan, msg_id)
                 action = ("sse", frames, costs, timing)
             else:
-                action = ("json", 200, _gen.render_message(plan, msg_id), b"",
-                          _gen.reply_delay(timing, plan.output_tokens))
+                action = (
+                    "json",
+                    200,
+                    _gen.render_message(plan, msg_id),
+                    b"",
+                    _gen.reply_delay(timing, plan.output_tokens),
+                )
             return self._finish(action, rid, close, fault, npath)
         except RequestError as exc:
             # a scheduled status/reset fault still wins over the request error (_finish swaps the action):
             # it happens "in front of" the API, like a real overload or rate limit
             err = _error_body(exc.status, rid, exc.etype, exc.message)
-            return self._finish(("json", exc.status, err, b""),
-                                rid, close, fault, npath)
+            return self._finish(("json", exc.status, err, b""), rid, close, fault, npath)
 
     def _chat(self, body: bytes, rid: str, close: bool, fault: Fault | None, npath: str) -> Any:
         """The OpenAI SDK compatibility endpoint (``_openai_compat``); faults apply as to messages."""
@@ -594,13 +665,15 @@ class SimProtocol(asyncio.Protocol):
         lat = _gen.directive_int(directives, "latency")
         ttft = _gen.directive_int(directives, "ttft")
         tps = _gen.directive_int(directives, "tps")
-        return ((cfg.latency_ms if lat is None else lat) / 1000.0,
-                (cfg.ttft_ms if ttft is None else ttft) / 1000.0,
-                float(cfg.tokens_per_second if tps is None else tps))
+        return (
+            (cfg.latency_ms if lat is None else lat) / 1000.0,
+            (cfg.ttft_ms if ttft is None else ttft) / 1000.0,
+            float(cfg.tokens_per_second if tps is None else tps),
+        )
 
     def _models(self, path: str, query: bytes) -> tuple:
         if path.startswith("/v1/models/"):
-            mid = path[len("/v1/models/"):]
+            mid = path[len("/v1/models/") :]
             info = self.state.models.info(mid)
             if info is None:
                 raise RequestError(404, "not_found_error", self.state.models.not_found(mid))
@@ -608,6 +681,7 @@ class SimProtocol(asyncio.Protocol):
         params: dict[str, str] = {}
         if query:
             from urllib.parse import parse_qsl
+
             params = dict(parse_qsl(query.decode("latin-1")))
         try:
             limit = int(params.get("limit", 20))
@@ -620,20 +694,29 @@ class SimProtocol(asyncio.Protocol):
         if params.get("after_id"):
             a = params["after_id"]
             start = ids.index(a) + 1 if a in ids else len(ids)
-            page = data[start:start + limit]
+            page = data[start : start + limit]
             has_more = start + limit < len(data)
         elif params.get("before_id"):
             b = params["before_id"]
             end = ids.index(b) if b in ids else 0
-            page = data[max(0, end - limit):end]
+            page = data[max(0, end - limit) : end]
             has_more = end - limit > 0
         else:
             page = data[:limit]
             has_more = limit < len(data)
-        return ("json", 200, orjson.dumps({
-            "data": page, "has_more": has_more,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None}), b"")
+        return (
+            "json",
+            200,
+            orjson.dumps(
+                {
+                    "data": page,
+                    "has_more": has_more,
+                    "first_id": page[0]["id"] if page else None,
+                    "last_id": page[-1]["id"] if page else None,
+                }
+            ),
+            b"",
+        )
 
     # ---------------------------------------------------------------- executing an action
     def _finish(self, action: tuple[Any, ...], rid: str, close: bool, fault: Fault | None, npath: str) -> Any:
@@ -662,9 +745,16 @@ class SimProtocol(asyncio.Protocol):
                 status = int(k)
                 extra = b""
                 if status == 429 or fault.retry_after is not None:
-                    extra = b"retry-after: %s\r\n" % str(fault.retry_after if fault.retry_after is not None
-                                                         else 1).encode()
-                action = ("json", status, _error_body(status, rid, message=fault.message), extra + fault.hint_headers())
+                    extra = (
+                        b"retry-after: %s\r\n"
+                        % str(fault.retry_after if fault.retry_after is not None else 1).encode()
+                    )
+                action = (
+                    "json",
+                    status,
+                    _error_body(status, rid, message=fault.message),
+                    extra + fault.hint_headers(),
+                )
         if delay > 0 or needs_async:
             return self._run_async(delay, action, rid, close, fault, npath)
         self._execute(action, rid, close, fault, npath)
@@ -684,7 +774,7 @@ class SimProtocol(asyncio.Protocol):
             st.count(npath, "reset")
             body = action[2]
             head = self._head(action[1], b"application/json", rid, len(body))
-            self.transport.write(head + body[:len(body) // 2])
+            self.transport.write(head + body[: len(body) // 2])
             self.closed = True
             self.transport.abort()
         else:  # sse, nothing to wait for
@@ -697,7 +787,7 @@ class SimProtocol(asyncio.Protocol):
                 cut = min(fault.after_events, len(frames))
             n = len(frames) if cut is None else cut
             for i in range(0, n, epw):
-                chunk = b"".join(frames[i:min(i + epw, n)])
+                chunk = b"".join(frames[i : min(i + epw, n)])
                 t.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
             if cut is not None and fault is not None and fault.kind == "reset_mid":
                 st.count(npath, "reset")
@@ -710,8 +800,9 @@ class SimProtocol(asyncio.Protocol):
             st.count(npath, 200)
             t.write(b"0\r\n\r\n")
 
-    async def _run_async(self, delay: float, action: tuple, rid: str, close: bool, fault: Fault | None,
-                         npath: str) -> bool:
+    async def _run_async(
+        self, delay: float, action: tuple, rid: str, close: bool, fault: Fault | None, npath: str
+    ) -> bool:
         if delay > 0:
             await asyncio.sleep(delay)
         if self.closed:
@@ -787,16 +878,24 @@ class SimProtocol(asyncio.Protocol):
                 if spec.get("clear"):
                     st.faults.clear()
                 listed = spec.get("faults")
-                specs: list[Any] = listed if isinstance(listed, list) else (
-                    [spec] if ("fault" in spec or "kind" in spec) else [])
+                specs: list[Any] = (
+                    listed
+                    if isinstance(listed, list)
+                    else ([spec] if ("fault" in spec or "kind" in spec) else [])
+                )
                 for s in specs:
                     st.faults.append(Fault(s))
                 out = {"faults": [f.to_json() for f in st.faults]}
             elif path == "/_sim/faults" and method == b"GET":
                 out = {"faults": [f.to_json() for f in st.faults]}
             elif path == "/_sim/stats":
-                out = {"total": st.total, "requests": st.stats, "connections": st.connections,
-                       "open_connections": st.open_connections, "faults_pending": len(st.faults)}
+                out = {
+                    "total": st.total,
+                    "requests": st.stats,
+                    "connections": st.connections,
+                    "open_connections": st.open_connections,
+                    "faults_pending": len(st.faults),
+                }
             elif path == "/_sim/requests":
                 out = {"received": st.received, "replies": st.replies}
             elif path == "/_sim/reset" and method == b"POST":
@@ -812,9 +911,14 @@ class SimProtocol(asyncio.Protocol):
                             cfg.events_per_write = max(1, int(v))
                         else:
                             raise ValueError(f"unknown or read-only setting {k!r}")
-                out = {"latency_ms": cfg.latency_ms, "ttft_ms": cfg.ttft_ms,
-                       "tokens_per_second": cfg.tokens_per_second, "events_per_write": cfg.events_per_write,
-                       "batch_processing_ms": cfg.batch_processing_ms, "seed": cfg.seed}
+                out = {
+                    "latency_ms": cfg.latency_ms,
+                    "ttft_ms": cfg.ttft_ms,
+                    "tokens_per_second": cfg.tokens_per_second,
+                    "events_per_write": cfg.events_per_write,
+                    "batch_processing_ms": cfg.batch_processing_ms,
+                    "seed": cfg.seed,
+                }
             elif path == "/_sim/seen":
                 out = {"requests": list(st.seen)}
             elif path == "/_sim/fixtures":
@@ -874,9 +978,11 @@ def _check_thinking_leads(messages: list[Any]) -> None:
             first = content[0] if isinstance(content, list) and content else None
             kind = first.get("type") if isinstance(first, dict) else "text"
             if kind not in ("thinking", "redacted_thinking"):
-                raise invalid(f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
-                              f"`{kind}`. When `thinking` is enabled, a final `assistant` message must start with a "
-                              "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). "
-                              "We recommend you include thinking blocks from previous turns. To avoid this "
-                              "requirement, disable `thinking`.")
+                raise invalid(
+                    f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{kind}`. When `thinking` is enabled, a final `assistant` message must start with a "
+                    "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). "
+                    "We recommend you include thinking blocks from previous turns. To avoid this "
+                    "requirement, disable `thinking`."
+                )
             return

@@ -54,9 +54,15 @@ def sim_command(host: str = "127.0.0.1", port: int = 0, **knobs: Any) -> list[st
 
 
 @contextlib.contextmanager
-def start_sim_process(host: str = "127.0.0.1", port: int = 0, *, timeout: float = 20.0,
-                      env: dict[str, str] | None = None, cpu: int | None = None,
-                      **knobs: Any) -> Iterator[tuple[subprocess.Popen, str]]:
+def start_sim_process(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    timeout: float = 20.0,
+    env: dict[str, str] | None = None,
+    cpu: int | None = None,
+    **knobs: Any,
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """Starts ``python -m ethereal.sim`` and yields ``(process, base_url)`` once it listens.
 
     ``cpu`` pins the process to one core (Linux). The process is terminated on exit."""
@@ -66,8 +72,13 @@ def start_sim_process(host: str = "127.0.0.1", port: int = 0, *, timeout: float 
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
         full_env.update(env)
-    proc = subprocess.Popen(sim_command(host, port, **knobs), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=full_env, text=True)
+    proc = subprocess.Popen(
+        sim_command(host, port, **knobs),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        text=True,
+    )
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(proc.pid, {cpu})
     lines: queue.Queue[str | None] = queue.Queue()
@@ -116,8 +127,12 @@ def control(base_url: str, path: str, payload: dict[str, Any] | None = None) -> 
     import urllib.request
 
     data = orjson.dumps(payload) if payload is not None else None
-    req = urllib.request.Request(base_url + path, data=data, method="POST" if data is not None else "GET",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        base_url + path,
+        data=data,
+        method="POST" if data is not None else "GET",
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return orjson.loads(resp.read())
 

@@ -9,15 +9,15 @@ from ethereal.spend.limits import Check, LimitBook, Resolved, SpendLimit, checks
 from ethereal.spend.periods import PERIODS, period_end, period_start, reset_text, seconds_to_reset
 
 __all__ = [
-           "PERIODS",
-           "Check",
-           "LimitBook",
-           "Resolved",
-           "SpendLimit",
-           "checks",
-           "period_end",
-           "period_start",
-           "person_of",
-           "reset_text",
-           "seconds_to_reset",
+    "PERIODS",
+    "Check",
+    "LimitBook",
+    "Resolved",
+    "SpendLimit",
+    "checks",
+    "period_end",
+    "period_start",
+    "person_of",
+    "reset_text",
+    "seconds_to_reset",
 ]

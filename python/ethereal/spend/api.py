@@ -68,7 +68,10 @@ def page_of(items: list[dict[str, Any]], request: Request, limit: int, key: str 
     """Anthropic's list envelopes over ``items`` sorted by ``key``: ``after_id`` (or ``page``, the
     previous answer's ``next_page``, what the SDKs' cursor pages send) pages forward,
     ``before_id`` backward; the answer carries ``first_id``/``last_id`` and ``next_page``."""
-    after, before = query_one(request, "after_id") or query_one(request, "page"), query_one(request, "before_id")
+    after, before = (
+        query_one(request, "after_id") or query_one(request, "page"),
+        query_one(request, "before_id"),
+    )
     if after is not None and before is not None:
         raise invalid_request("after_id: give after_id or before_id, not both", param="after_id")
     if after is not None:
@@ -80,8 +83,13 @@ def page_of(items: list[dict[str, Any]], request: Request, limit: int, key: str 
     else:
         page, more = items[:limit], len(items) > limit
     last = page[-1][key] if page else None
-    return {"data": page, "has_more": more, "first_id": page[0][key] if page else None, "last_id": last,
-            "next_page": last if more else None}
+    return {
+        "data": page,
+        "has_more": more,
+        "first_id": page[0][key] if page else None,
+        "last_id": last,
+        "next_page": last if more else None,
+    }
 
 
 def register(app: Application, gw: Gateway) -> None:
@@ -107,8 +115,22 @@ def register(app: Application, gw: Gateway) -> None:
     @anthropic_route
     async def list_limits(request: Request, request_id: str) -> Response:
         require_org(settings, header_map(request), write=False)
-        check_query(request, {"limit", "after_id", "before_id", "page", "scope_type", "scope_type[]", "user_id",
-                              "rbac_group_id", "api_key_id", "period", "beta"})
+        check_query(
+            request,
+            {
+                "limit",
+                "after_id",
+                "before_id",
+                "page",
+                "scope_type",
+                "scope_type[]",
+                "user_id",
+                "rbac_group_id",
+                "api_key_id",
+                "period",
+                "beta",
+            },
+        )
         limit = page_limit(request)
         await gw.spend.reload()  # a list reads the store: another replica's change shows at once
         kinds, period = query_many(request, "scope_type"), query_one(request, "period")
@@ -148,8 +170,21 @@ def register(app: Application, gw: Gateway) -> None:
         """Rows per (person, period); pages by person (``limit`` people, a person's rows never
         split), ``page`` = the previous ``next_page``."""
         require_org(settings, header_map(request), write=False)
-        check_query(request, {"user_id", "user_ids", "user_ids[]", "period", "period[]", "limit", "after_id",
-                              "before_id", "page", "beta"})
+        check_query(
+            request,
+            {
+                "user_id",
+                "user_ids",
+                "user_ids[]",
+                "period",
+                "period[]",
+                "limit",
+                "after_id",
+                "before_id",
+                "page",
+                "beta",
+            },
+        )
         limit = page_limit(request, default=20)
         periods = query_many(request, "period")
         for p in periods:
@@ -166,7 +201,9 @@ def register(app: Application, gw: Gateway) -> None:
             people = await people_of(gw.store)
         names = page_of([{"id": name} for name in sorted(people)], request, limit)
         shown = {row["id"] for row in names["data"]}
-        rows = await gw.spend.effective({k: v for k, v in people.items() if k in shown}, periods=periods or None)
+        rows = await gw.spend.effective(
+            {k: v for k, v in people.items() if k in shown}, periods=periods or None
+        )
         return ok(request_id, {**names, "data": rows})
 
     @anthropic_route
@@ -174,12 +211,22 @@ def register(app: Application, gw: Gateway) -> None:
         require_org(settings, header_map(request), write=False)
         check_query(request, {"limit", "after_id", "before_id", "object_id", "beta"})
         limit = page_limit(request)
-        rows, more = await gw.store.list_audit(limit=limit, after_id=query_one(request, "after_id"),
-                                               before_id=query_one(request, "before_id"),
-                                               object_id=query_one(request, "object_id"))
+        rows, more = await gw.store.list_audit(
+            limit=limit,
+            after_id=query_one(request, "after_id"),
+            before_id=query_one(request, "before_id"),
+            object_id=query_one(request, "object_id"),
+        )
         data = [audit_json(r) for r in rows]
-        return ok(request_id, {"data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
-                               "last_id": data[-1]["id"] if data else None})
+        return ok(
+            request_id,
+            {
+                "data": data,
+                "has_more": more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            },
+        )
 
     router = app.router
     router.add_post(BASE, create)

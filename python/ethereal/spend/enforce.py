@@ -112,8 +112,10 @@ def plan_for(book: LimitBook, owner: str | None, teams: list[str] | None, key_id
                 tag, dim, value = "o:", "all", ""
             pools.setdefault(tag, []).append(Cap(check, check.period, dim, value))
     tag = key_tag(owner, key_id)
-    return SpendPlan(own=CapSet(tag, person, tuple(own)) if own else None,
-                     pools=tuple(CapSet(t, t, tuple(c)) for t, c in pools.items()))
+    return SpendPlan(
+        own=CapSet(tag, person, tuple(own)) if own else None,
+        pools=tuple(CapSet(t, t, tuple(c)) for t, c in pools.items()),
+    )
 
 
 class SpendGate:
@@ -153,31 +155,52 @@ class SpendLimitError(GatewayError):
 
     def __init__(self, check: Check, now: float) -> None:
         reset = period_end(check.period, now)
-        super().__init__(429, f"spend limit reached ({check.period}; resets {reset_text(check.period, now)})",
-                         type="billing_error", retry_after=max(1.0, reset - now))
+        super().__init__(
+            429,
+            f"spend limit reached ({check.period}; resets {reset_text(check.period, now)})",
+            type="billing_error",
+            retry_after=max(1.0, reset - now),
+        )
         self.check = check
         self.resets_at = int(reset)
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         wait = max(1, math.ceil(self.retry_after or 1.0))
-        return [*self.headers, (b"retry-after", str(wait).encode()), (b"retry-after-ms", str(wait * 1000).encode()),
-                (b"x-should-retry", b"false")]
+        return [
+            *self.headers,
+            (b"retry-after", str(wait).encode()),
+            (b"retry-after-ms", str(wait * 1000).encode()),
+            (b"x-should-retry", b"false"),
+        ]
 
     def openai_body(self) -> dict[str, Any]:
-        return {"error": {"type": "usage_limit_reached", "code": "spend_limit_reached", "message": self.message,
-                          "param": None, "resets_at": self.resets_at}}
+        return {
+            "error": {
+                "type": "usage_limit_reached",
+                "code": "spend_limit_reached",
+                "message": self.message,
+                "param": None,
+                "resets_at": self.resets_at,
+            }
+        }
 
 
 def refusal(caps: CapSet, over: list[int], now: float) -> SpendLimitError:
     """The refusal for the caps spent (1-based numbers in ``caps``): the one that resets last."""
-    chosen = max((caps.caps[i - 1].check for i in over if 0 < i <= len(caps.caps)),
-                 key=lambda c: period_end(c.period, now))
+    chosen = max(
+        (caps.caps[i - 1].check for i in over if 0 < i <= len(caps.caps)),
+        key=lambda c: period_end(c.period, now),
+    )
     return SpendLimitError(chosen, now)
 
 
 def held(retry_ms: float) -> GatewayError:
-    return GatewayError(429, "this person's spend limit is held by their requests in flight; retry when they end",
-                        type="rate_limit_error", retry_after=max(retry_ms, 1.0) / 1000.0)
+    return GatewayError(
+        429,
+        "this person's spend limit is held by their requests in flight; retry when they end",
+        type="rate_limit_error",
+        retry_after=max(retry_ms, 1.0) / 1000.0,
+    )
 
 
 def headers(caps: CapSet, spent: list[int], now: float) -> list[tuple[bytes, bytes]]:
@@ -192,11 +215,13 @@ def headers(caps: CapSet, spent: list[int], now: float) -> list[tuple[bytes, byt
             best, at = util, i
     check = caps.caps[at].check
     status = b"allowed_warning" if best >= WARNING_AT else b"allowed"
-    return [(b"ethereal-spend-limit-status", status),
-            (b"ethereal-spend-limit-utilization", b"%.4f" % min(best, 9999.0)),
-            (b"ethereal-spend-limit-period", check.period.encode()),
-            (b"ethereal-spend-limit-reset", b"%d" % int(period_end(check.period, now))),
-            (b"ethereal-spend-limit-source", check.source.encode())]
+    return [
+        (b"ethereal-spend-limit-status", status),
+        (b"ethereal-spend-limit-utilization", b"%.4f" % min(best, 9999.0)),
+        (b"ethereal-spend-limit-period", check.period.encode()),
+        (b"ethereal-spend-limit-reset", b"%d" % int(period_end(check.period, now))),
+        (b"ethereal-spend-limit-source", check.source.encode()),
+    ]
 
 
 def parse_list(value: Any) -> list[int]:
@@ -220,12 +245,17 @@ class SpendWatch:
     def _data(self, caps: CapSet, cap: Cap, spent: int, now: float) -> dict[str, Any]:
         check = cap.check
         lim = check.limit
-        return {"user_id": caps.person if caps.tag.startswith(("u:", "k:")) else None,
-                "scope": lim.scope() if lim is not None else None, "shared": bool(lim and lim.shared),
-                "spend_limit_id": lim.id if lim is not None else None, "period": check.period,
-                "amount": str(check.amount_micro // 10_000), "period_to_date_spend_micro": spent,
-                "utilization": round(spent / check.amount_micro, 4) if check.amount_micro else None,
-                "resets_at": int(period_end(check.period, now))}
+        return {
+            "user_id": caps.person if caps.tag.startswith(("u:", "k:")) else None,
+            "scope": lim.scope() if lim is not None else None,
+            "shared": bool(lim and lim.shared),
+            "spend_limit_id": lim.id if lim is not None else None,
+            "period": check.period,
+            "amount": str(check.amount_micro // 10_000),
+            "period_to_date_spend_micro": spent,
+            "utilization": round(spent / check.amount_micro, 4) if check.amount_micro else None,
+            "resets_at": int(period_end(check.period, now)),
+        }
 
     def observe(self, caps: CapSet, spent: list[int], now: float) -> None:
         alerts = self.gate.alerts

@@ -60,20 +60,44 @@ class SpendLimit:
         return out
 
     def row(self) -> dict[str, Any]:
-        return {"id": self.id, "scope_type": self.scope_type, "scope_id": self.scope_id, "period": self.period,
-                "amount_cents": self.amount_cents, "currency": self.currency, "shared": self.shared,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+        return {
+            "id": self.id,
+            "scope_type": self.scope_type,
+            "scope_id": self.scope_id,
+            "period": self.period,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
+            "shared": self.shared,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SpendLimit:
-        return cls(id=row["id"], scope_type=row["scope_type"], scope_id=row["scope_id"] or "",
-                   period=row["period"], amount_cents=None if row["amount_cents"] is None else int(row["amount_cents"]),
-                   currency=row.get("currency") or "USD", shared=bool(row.get("shared")),
-                   created_at=float(row["created_at"]), updated_at=float(row["updated_at"]))
+        return cls(
+            id=row["id"],
+            scope_type=row["scope_type"],
+            scope_id=row["scope_id"] or "",
+            period=row["period"],
+            amount_cents=None if row["amount_cents"] is None else int(row["amount_cents"]),
+            currency=row.get("currency") or "USD",
+            shared=bool(row.get("shared")),
+            created_at=float(row["created_at"]),
+            updated_at=float(row["updated_at"]),
+        )
 
 
-SPEND_LIMIT_COLUMNS = ("id", "scope_type", "scope_id", "period", "amount_cents", "currency", "shared", "created_at",
-                       "updated_at")
+SPEND_LIMIT_COLUMNS = (
+    "id",
+    "scope_type",
+    "scope_id",
+    "period",
+    "amount_cents",
+    "currency",
+    "shared",
+    "created_at",
+    "updated_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +126,8 @@ class LimitBook:
         self.limits: tuple[SpendLimit, ...] = tuple(limits)
         self.version = version
         self._by: dict[tuple[str, str, str, bool], SpendLimit] = {
-            (lim.scope_type, lim.scope_id, lim.period, lim.shared): lim for lim in self.limits}
+            (lim.scope_type, lim.scope_id, lim.period, lim.shared): lim for lim in self.limits
+        }
 
     @classmethod
     def of(cls, limits: Iterable[SpendLimit], version: float = 0.0) -> LimitBook:
@@ -194,7 +219,9 @@ class Check:
     limit: SpendLimit | None
 
 
-def checks(book: LimitBook, owner: str | None, teams: Iterable[str] | None, key_id: str | None) -> list[Check]:
+def checks(
+    book: LimitBook, owner: str | None, teams: Iterable[str] | None, key_id: str | None
+) -> list[Check]:
     """Every finite cap a request of this key is held against, for every period."""
     teams = tuple(teams or ())
     out: list[Check] = []

@@ -54,10 +54,15 @@ def cents_text(micro: int) -> str:
 def limit_json(lim: SpendLimit) -> dict[str, Any]:
     """A spend limit in the Admin API's shape."""
     out: dict[str, Any] = {
-        "type": "spend_limit", "id": lim.id,
+        "type": "spend_limit",
+        "id": lim.id,
         "amount": None if lim.amount_cents is None else str(lim.amount_cents),
-        "currency": lim.currency, "period": lim.period, "scope": lim.scope(), "is_enabled": True,
-        "created_at": rfc3339(lim.created_at), "updated_at": rfc3339(lim.updated_at),
+        "currency": lim.currency,
+        "period": lim.period,
+        "scope": lim.scope(),
+        "is_enabled": True,
+        "created_at": rfc3339(lim.created_at),
+        "updated_at": rfc3339(lim.updated_at),
     }
     if lim.shared or lim.scope_type in ("rbac_group", "organization"):
         out["shared"] = lim.shared
@@ -70,9 +75,17 @@ def audit_json(row: dict[str, Any]) -> dict[str, Any]:
             return limit_json(SpendLimit.from_row(data))
         return data
 
-    return {"type": "spend_limit_audit_entry", "id": row["id"], "created_at": rfc3339(row["at"]),
-            "actor": row["actor"], "action": row["action"], "object_type": row["object_type"],
-            "object_id": row["object_id"], "before": shown(row["before"]), "after": shown(row["after"])}
+    return {
+        "type": "spend_limit_audit_entry",
+        "id": row["id"],
+        "created_at": rfc3339(row["at"]),
+        "actor": row["actor"],
+        "action": row["action"],
+        "object_type": row["object_type"],
+        "object_id": row["object_id"],
+        "before": shown(row["before"]),
+        "after": shown(row["after"]),
+    }
 
 
 def parse_limit(body: Any) -> SpendLimit:
@@ -83,7 +96,9 @@ def parse_limit(body: Any) -> SpendLimit:
     if unknown:
         raise invalid_request(f"{unknown[0]}: unknown field", param=unknown[0])
     if "amount" not in body:
-        raise invalid_request("amount: required (a whole number of USD cents as a string, or null)", param="amount")
+        raise invalid_request(
+            "amount: required (a whole number of USD cents as a string, or null)", param="amount"
+        )
     amount = body["amount"]
     cents: int | None
     if amount is None:
@@ -92,8 +107,11 @@ def parse_limit(body: Any) -> SpendLimit:
         if isinstance(amount, int) and not isinstance(amount, bool):
             amount = str(amount)
         if not isinstance(amount, str) or not amount.isdigit() or len(amount) > 15 or not amount.isascii():
-            raise invalid_request("amount: must be a whole number of USD cents as a string (\"500\" is $5.00),"
-                                  " or null for unlimited", param="amount")
+            raise invalid_request(
+                'amount: must be a whole number of USD cents as a string ("500" is $5.00),'
+                " or null for unlimited",
+                param="amount",
+            )
         cents = int(amount)
         if cents > MAX_AMOUNT_CENTS:
             raise invalid_request(f"amount: at most {MAX_AMOUNT_CENTS}", param="amount")
@@ -120,19 +138,34 @@ def parse_limit(body: Any) -> SpendLimit:
         name = _SCOPE_ID[kind]
         value = scope.get(name)
         if not isinstance(value, str) or not value.strip() or len(value) > _ID_MAX or not value.isprintable():
-            raise invalid_request(f"scope.{name}: must be a non-empty string of at most {_ID_MAX} characters",
-                                  param=f"scope.{name}")
+            raise invalid_request(
+                f"scope.{name}: must be a non-empty string of at most {_ID_MAX} characters",
+                param=f"scope.{name}",
+            )
         scope_id = value.strip()
         if kind == "rbac_group" and "," in scope_id:
-            raise invalid_request("scope.rbac_group_id: a team name holds no comma", param="scope.rbac_group_id")
+            raise invalid_request(
+                "scope.rbac_group_id: a team name holds no comma", param="scope.rbac_group_id"
+            )
     shared = body.get("shared", False)
     if not isinstance(shared, bool):
         raise invalid_request("shared: must be true or false", param="shared")
     if shared and kind not in ("rbac_group", "organization"):
-        raise invalid_request("shared: only a group or organization limit can be one pooled cap", param="shared")
+        raise invalid_request(
+            "shared: only a group or organization limit can be one pooled cap", param="shared"
+        )
     now = time.time()
-    return SpendLimit(id=new_limit_id(), scope_type=kind, scope_id=scope_id, period=period, amount_cents=cents,
-                      currency="USD", shared=shared, created_at=now, updated_at=now)
+    return SpendLimit(
+        id=new_limit_id(),
+        scope_type=kind,
+        scope_id=scope_id,
+        period=period,
+        amount_cents=cents,
+        currency="USD",
+        shared=shared,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 class SpendService:
@@ -189,7 +222,9 @@ class SpendService:
         await self.reload()
         return SpendLimit.from_row(before) if before else None
 
-    async def spent(self, dim: str, values: list[str], period: str, now: float | None = None) -> dict[str, int]:
+    async def spent(
+        self, dim: str, values: list[str], period: str, now: float | None = None
+    ) -> dict[str, int]:
         """micro-USD spent per owner (``dim="owner"``) or key in the current ``period``."""
         now = time.time() if now is None else now
         if not values:
@@ -202,14 +237,17 @@ class SpendService:
         out = dict.fromkeys(teams, 0)
         if not teams:
             return out
-        for label, micro in (await self.store.spend_totals(dim="teams", since=period_start(period, now))).items():
+        for label, micro in (
+            await self.store.spend_totals(dim="teams", since=period_start(period, now))
+        ).items():
             for team in label.split(",") if label else ():
                 if team in out:
                     out[team] += micro
         return out
 
-    async def effective(self, people: dict[str, list[str]], now: float | None = None,
-                        periods: list[str] | None = None) -> list[dict[str, Any]]:
+    async def effective(
+        self, people: dict[str, list[str]], now: float | None = None, periods: list[str] | None = None
+    ) -> list[dict[str, Any]]:
         """``/effective``: one row per (person, period) a limit resolves for (every period asked
         for with ``periods``), in the Admin API's ``BetaSpendSummary`` shape: the cap
         (``amount``), where it comes from (``source``, ``spend_limit_id``) and
@@ -230,29 +268,38 @@ class SpendService:
                 used = spent[period].get(owner, 0)
                 cap = res.amount_micro
                 source = res.limit.scope() if res.limit is not None else {"type": "organization"}
-                out.append({
-                    "actor": {"type": "user_actor", "user_id": owner, "name": None, "email_address": None,
-                              "deleted": False},
-                    "scope": {"type": "user", "user_id": owner},
-                    "period": period,
-                    "amount": None if cap is None else str(cap // 10_000),
-                    "currency": "USD",
-                    "period_to_date_spend": cents_text(used),
-                    "source": source,
-                    "spend_limit_id": res.limit.id if res.limit else None,
-                    # extensions
-                    "rbac_group_ids": teams,
-                    "remaining": None if cap is None else cents_text(max(0, cap - used)),
-                    "utilization": None if not cap else round(used / cap, 4),
-                    "blocked": cap is not None and used >= cap,
-                    "period_start": rfc3339(period_start(period, now)),
-                    "resets_at": rfc3339(period_end(period, now)),
-                    "pools": [limit_json(p) for p in book.pools(teams, period)],
-                })
+                out.append(
+                    {
+                        "actor": {
+                            "type": "user_actor",
+                            "user_id": owner,
+                            "name": None,
+                            "email_address": None,
+                            "deleted": False,
+                        },
+                        "scope": {"type": "user", "user_id": owner},
+                        "period": period,
+                        "amount": None if cap is None else str(cap // 10_000),
+                        "currency": "USD",
+                        "period_to_date_spend": cents_text(used),
+                        "source": source,
+                        "spend_limit_id": res.limit.id if res.limit else None,
+                        # extensions
+                        "rbac_group_ids": teams,
+                        "remaining": None if cap is None else cents_text(max(0, cap - used)),
+                        "utilization": None if not cap else round(used / cap, 4),
+                        "blocked": cap is not None and used >= cap,
+                        "period_start": rfc3339(period_start(period, now)),
+                        "resets_at": rfc3339(period_end(period, now)),
+                        "pools": [limit_json(p) for p in book.pools(teams, period)],
+                    }
+                )
         return out
 
 
-async def people_of(store: Store, user_id: str | None = None, max_keys: int = 100_000) -> dict[str, list[str]]:
+async def people_of(
+    store: Store, user_id: str | None = None, max_keys: int = 100_000
+) -> dict[str, list[str]]:
     """The people keys belong to (their ``owner``), each with the union of their keys' teams."""
     people: dict[str, set[str]] = {}
     after: str | None = None

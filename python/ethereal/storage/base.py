@@ -42,10 +42,24 @@ def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: a late failure of an abandoned call is not an error to report
 
-KEY_MUTABLE_FIELDS = frozenset({
-    "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm", "max_concurrency",
-    "allowed_models", "expires_at", "revoked", "metadata",
-})
+
+KEY_MUTABLE_FIELDS = frozenset(
+    {
+        "name",
+        "owner",
+        "teams",
+        "plan",
+        "budget_tokens",
+        "budget_micro_usd",
+        "rpm",
+        "tpm",
+        "max_concurrency",
+        "allowed_models",
+        "expires_at",
+        "revoked",
+        "metadata",
+    }
+)
 
 
 def migration_files(dialect: str) -> list[tuple[int, str, str]]:
@@ -124,8 +138,9 @@ class Store(abc.ABC):
 
     # the console (dashboard/): recent records, time series, last use. Not abstract: both stores
     # implement them, and a store made for a test of something else need not.
-    async def list_usage(self, filters: UsageFilter, *, limit: int = 50,
-                         before: tuple[float, str] | None = None) -> list[UsageRecord]:
+    async def list_usage(
+        self, filters: UsageFilter, *, limit: int = 50, before: tuple[float, str] | None = None
+    ) -> list[UsageRecord]:
         """Newest first; ``before`` = (started_at, request_id) of the last row of the previous page."""
         raise NotImplementedError(f"{type(self).__name__} does not list usage records")
 
@@ -161,8 +176,9 @@ class Store(abc.ABC):
     async def list_spend_limits(self) -> list[dict[str, Any]]:
         raise NotImplementedError(f"{type(self).__name__} does not keep spend limits")
 
-    async def put_spend_limit(self, row: dict[str, Any], audit: dict[str, Any]) -> tuple[
-            dict[str, Any] | None, dict[str, Any]]:
+    async def put_spend_limit(
+        self, row: dict[str, Any], audit: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Upsert on (scope_type, scope_id, period, shared): an existing limit keeps its id and
         created_at. Returns (before, after)."""
         raise NotImplementedError(f"{type(self).__name__} does not keep spend limits")
@@ -171,8 +187,14 @@ class Store(abc.ABC):
         """Delete and audit; the limit as it was, None when unknown (nothing audited)."""
         raise NotImplementedError(f"{type(self).__name__} does not keep spend limits")
 
-    async def list_audit(self, *, limit: int, after_id: str | None = None, before_id: str | None = None,
-                         object_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+    async def list_audit(
+        self,
+        *,
+        limit: int,
+        after_id: str | None = None,
+        before_id: str | None = None,
+        object_id: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Newest first; ``after_id`` pages to older entries, ``before_id`` to newer."""
         raise NotImplementedError(f"{type(self).__name__} does not keep an audit")
 
@@ -189,17 +211,21 @@ class Store(abc.ABC):
         """Insert or update one delivery (by id)."""
         return
 
-    async def list_deliveries(self, *, webhook_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def list_deliveries(
+        self, *, webhook_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
         return []
 
-    async def spend_totals(self, *, dim: str, since: float, until: float | None = None,
-                           values: list[str] | None = None) -> dict[str, int]:
+    async def spend_totals(
+        self, *, dim: str, since: float, until: float | None = None, values: list[str] | None = None
+    ) -> dict[str, int]:
         """micro-USD spent per ``dim`` (owner, teams or key_id; teams as records keep them, joined
         by ",") in ``[since, until)``; ``values`` restricts to those (None: every one)."""
         raise NotImplementedError(f"{type(self).__name__} does not sum spend")
 
-    async def report_sums(self, *, since: float, until: float, step: int, dims: list[str],
-                          filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+    async def report_sums(
+        self, *, since: float, until: float, step: int, dims: list[str], filters: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
         """The usage and cost reports' sums (storage/report.py) per ``step``-second bucket of
         ``[since, until)`` and per ``dims``; teams are not split (reports/ does)."""
         raise NotImplementedError(f"{type(self).__name__} does not sum reports")
@@ -229,8 +255,9 @@ class Store(abc.ABC):
         """Apply ``changes`` (columns of ``BATCH_MUTABLE``); the updated record, None when unknown."""
         raise NotImplementedError
 
-    async def list_batches(self, *, key_id: str | None, limit: int, after_id: str | None = None,
-                           before_id: str | None = None) -> tuple[list[BatchRecord], bool]:
+    async def list_batches(
+        self, *, key_id: str | None, limit: int, after_id: str | None = None, before_id: str | None = None
+    ) -> tuple[list[BatchRecord], bool]:
         """Newest first (ids sort by creation time), one key's or every key's (``key_id`` None);
         ``after_id`` pages to older batches, ``before_id`` to newer. Returns (page, has_more)."""
         raise NotImplementedError
@@ -255,8 +282,9 @@ class Store(abc.ABC):
         """(tokens, micro-USD) held against the key's budget by its unsettled batches."""
         return 0, 0  # a store that keeps no batches holds nothing
 
-    async def seed_period_spend(self, dim: str, value: str, start: float, since: float) -> tuple[
-            int, list[tuple[str, int]]]:
+    async def seed_period_spend(
+        self, dim: str, value: str, start: float, since: float
+    ) -> tuple[int, list[tuple[str, int]]]:
         """What a limiter seeds a spend-limit counter with (spend/enforce.py): micro-USD of the rows
         that started at or after ``start`` (the period's) and ended before ``since`` (the watermark),
         plus what the spender's unsettled Message Batches hold (``owner``/``key_id`` only), and
@@ -269,7 +297,9 @@ class Store(abc.ABC):
             return (await self.spend_totals(dim="teams", since=start)).get(value, 0), []
         return (await self.spend_totals(dim=dim, since=start, values=[value])).get(value, 0), []
 
-    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+    async def seed_spend(
+        self, key_id: str, since: float | None
+    ) -> tuple[int, int, list[tuple[str, int, int]]]:
         """What a limiter seeds a key's budget with: (tokens, micro-USD) of the key's usage rows that
         ended before ``since`` (all of them for None) plus what its unsettled batches hold, and
         (request_id, tokens, micro-USD) of each row that ended at or after ``since``."""
@@ -292,8 +322,18 @@ class RepriceChange:
     provisional: bool
 
 
-PRICE_CORRECTION_COLUMNS = ("id", "at", "since", "until", "registry_version", "records", "keys", "before_micro",
-                            "after_micro", "detail")
+PRICE_CORRECTION_COLUMNS = (
+    "id",
+    "at",
+    "since",
+    "until",
+    "registry_version",
+    "records",
+    "keys",
+    "before_micro",
+    "after_micro",
+    "detail",
+)
 
 
 class UsageFilter:
@@ -301,9 +341,17 @@ class UsageFilter:
 
     __slots__ = ("key_id", "model", "route", "since", "status_hi", "status_lo", "until")
 
-    def __init__(self, *, key_id: str | None = None, model: str | None = None, route: str | None = None,
-                 status_lo: int | None = None, status_hi: int | None = None, since: float | None = None,
-                 until: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
+        route: str | None = None,
+        status_lo: int | None = None,
+        status_hi: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> None:
         self.key_id = key_id
         self.model = model
         self.route = route
@@ -329,5 +377,13 @@ class UsageFilter:
         return out
 
 
-SERIES_SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h",
-               "cache_read", "cost_micro")
+SERIES_SUMS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m",
+    "cache_creation_1h",
+    "cache_read",
+    "cost_micro",
+)

@@ -45,8 +45,24 @@ from ethereal.storage.records import (
 MIGRATION_LOCK_ID = 0x657468657265616C
 
 _KEY_COLUMNS = (
-    "id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
-    "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
+    "id",
+    "key_hash",
+    "display",
+    "name",
+    "owner",
+    "teams",
+    "plan",
+    "budget_tokens",
+    "budget_micro_usd",
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "allowed_models",
+    "expires_at",
+    "revoked",
+    "metadata",
+    "created_at",
+    "updated_at",
 )
 _GROUPS = {"key_id", "model", "credential", "route", "error_type"}
 _ROLLUP_GROUPS = {"key_id", "model", "credential", "route"}  # the columns usage_hourly keeps
@@ -71,12 +87,17 @@ def _credential_from_row(row: asyncpg.Record) -> StoredCredential:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("jsonb", "json"):
         await conn.set_type_codec(
-            typename, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+            typename,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
             format="text",
         )
 
 
-_FLOAT_COLUMNS = tuple(i for i, c in enumerate(USAGE_COLUMNS) if c in ("ttfb_ms", "duration_ms", "started_at", "ended_at"))
+_FLOAT_COLUMNS = tuple(
+    i for i, c in enumerate(USAGE_COLUMNS) if c in ("ttfb_ms", "duration_ms", "started_at", "ended_at")
+)
 
 
 def _usage_row(rec: UsageRecord) -> tuple[Any, ...]:
@@ -85,7 +106,6 @@ def _usage_row(rec: UsageRecord) -> tuple[Any, ...]:
         if row[i] is not None:
             row[i] = float(row[i])
     return tuple(row)
-
 
 
 _RAW_SUMS = (
@@ -110,6 +130,7 @@ def _range_where(column: str, lo: float | None, hi: float | None) -> tuple[str, 
         clauses.append(f"{column} < ${len(params)}")
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
+
 def _marker(params: list[Any]) -> Any:
     """A placeholder maker for ``params``: appends a value, returns its ``$n``."""
 
@@ -128,11 +149,17 @@ class PostgresStore(Store):
         self.timeout = timeout  # acquire (and the request path's queries): a hung server is a failure
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 2.0) -> PostgresStore:
+    async def open(
+        cls, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 2.0
+    ) -> PostgresStore:
         # ``timeout``: a connection attempt (a server that accepts and never answers must not hold
         # the pool's connect for asyncpg's default minute); queries get command_timeout
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=30,
             timeout=max(timeout, 5.0),
         )
         assert pool is not None
@@ -171,7 +198,9 @@ class PostgresStore(Store):
                         await conn.execute(sql)  # simple query protocol: several statements at once
                         await conn.execute(
                             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                            version, name, time.time(),
+                            version,
+                            name,
+                            time.time(),
                         )
                     applied.append(name)
             finally:
@@ -245,7 +274,9 @@ class PostgresStore(Store):
         n = len(columns)
         row = await self.pool.fetchrow(
             f"UPDATE api_keys SET {sets}, updated_at = ${n + 1} WHERE id = ${n + 2} RETURNING *",
-            *values, time.time(), key_id,
+            *values,
+            time.time(),
+            key_id,
         )
         return _key_from_row(row) if row else None
 
@@ -300,16 +331,29 @@ class PostgresStore(Store):
         async with self.pool.acquire() as conn:
             if rollup is not None:
                 where, params = _range_where("bucket", *rollup)
-                add(await conn.fetch(f"SELECT {group_by} AS grp, {_ROLLUP_SUMS} FROM usage_hourly {where}"
-                                     f" GROUP BY {group_by}", *params), null_as_empty=group_by != "route")
+                add(
+                    await conn.fetch(
+                        f"SELECT {group_by} AS grp, {_ROLLUP_SUMS} FROM usage_hourly {where}"
+                        f" GROUP BY {group_by}",
+                        *params,
+                    ),
+                    null_as_empty=group_by != "route",
+                )
             for lo, hi in raw:
                 where, params = _range_where("started_at", lo, hi)
-                add(await conn.fetch(f"SELECT {group_by} AS grp, {_RAW_SUMS} FROM usage_records {where}"
-                                     f" GROUP BY {group_by}", *params), null_as_empty=False)
+                add(
+                    await conn.fetch(
+                        f"SELECT {group_by} AS grp, {_RAW_SUMS} FROM usage_records {where}"
+                        f" GROUP BY {group_by}",
+                        *params,
+                    ),
+                    null_as_empty=False,
+                )
         return [{group_by: group, **sums} for group, sums in totals.items()]
 
-    async def list_usage(self, filters: UsageFilter, *, limit: int = 50,
-                         before: tuple[float, str] | None = None) -> list[UsageRecord]:
+    async def list_usage(
+        self, filters: UsageFilter, *, limit: int = 50, before: tuple[float, str] | None = None
+    ) -> list[UsageRecord]:
         params: list[Any] = []
 
         def mark(value: Any) -> str:
@@ -320,8 +364,11 @@ class PostgresStore(Store):
         if before is not None:
             clauses.append(f"(started_at, request_id) < ({mark(float(before[0]))}, {mark(before[1])})")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self.pool.fetch(f"SELECT * FROM usage_records {where} ORDER BY started_at DESC, request_id DESC"
-                                     f" LIMIT {int(limit)}", *params)
+        rows = await self.pool.fetch(
+            f"SELECT * FROM usage_records {where} ORDER BY started_at DESC, request_id DESC"
+            f" LIMIT {int(limit)}",
+            *params,
+        )
         return [_usage_from_row(r) for r in rows]
 
     async def usage_series(self, *, since: float, until: float, step: int) -> list[dict[str, Any]]:
@@ -330,9 +377,11 @@ class PostgresStore(Store):
         read the raw rows of the range through the time index."""
         step = max(1, int(step))
         sums = ", ".join(f"SUM({c})::bigint AS {c}" for c in SERIES_SUMS if c not in ("requests", "errors"))
-        raw_sql = (f"SELECT floor(started_at / {step}) * {step} AS bucket, COUNT(*)::bigint AS requests,"
-                   f" COUNT(*) FILTER (WHERE status >= 400)::bigint AS errors, {sums}"
-                   " FROM usage_records {where} GROUP BY 1")
+        raw_sql = (
+            f"SELECT floor(started_at / {step}) * {step} AS bucket, COUNT(*)::bigint AS requests,"
+            f" COUNT(*) FILTER (WHERE status >= 400)::bigint AS errors, {sums}"
+            " FROM usage_records {where} GROUP BY 1"
+        )
         out: dict[float, dict[str, int]] = {}
 
         def add(rows: list[Any]) -> None:
@@ -346,9 +395,13 @@ class PostgresStore(Store):
                 rollup, raw = hour_ranges(since, until)
                 if rollup is not None:
                     where, params = _range_where("bucket", *rollup)
-                    add(await conn.fetch(
-                        f"SELECT floor(bucket / {step}) * {step} AS bucket, {_ROLLUP_SUMS}"
-                        f" FROM usage_hourly {where} GROUP BY 1", *params))
+                    add(
+                        await conn.fetch(
+                            f"SELECT floor(bucket / {step}) * {step} AS bucket, {_ROLLUP_SUMS}"
+                            f" FROM usage_hourly {where} GROUP BY 1",
+                            *params,
+                        )
+                    )
             else:
                 raw = [(since, until)]
             for lo, hi in raw:
@@ -362,7 +415,9 @@ class PostgresStore(Store):
         # one index probe per key on (key_id, started_at), newest first
         rows = await self.pool.fetch(
             "SELECT k AS key_id, (SELECT started_at FROM usage_records WHERE key_id = k"
-            " ORDER BY started_at DESC LIMIT 1) AS t FROM unnest($1::text[]) AS k", list(key_ids))
+            " ORDER BY started_at DESC LIMIT 1) AS t FROM unnest($1::text[]) AS k",
+            list(key_ids),
+        )
         return {r["key_id"]: float(r["t"]) for r in rows if r["t"] is not None}
 
     async def reprice_usage(self, changes: list[RepriceChange]) -> list[RepriceChange]:
@@ -377,8 +432,13 @@ class PostgresStore(Store):
             " AS v(request_id, old_cost, new_cost, old_card, new_card, provisional)"
             " WHERE r.request_id = v.request_id AND r.cost_micro = v.old_cost"
             " AND r.rate_card IS NOT DISTINCT FROM v.old_card RETURNING r.request_id",
-            [c.request_id for c in changes], [c.old_cost for c in changes], [c.new_cost for c in changes],
-            [c.old_card for c in changes], [c.new_card for c in changes], [c.provisional for c in changes])
+            [c.request_id for c in changes],
+            [c.old_cost for c in changes],
+            [c.new_cost for c in changes],
+            [c.old_card for c in changes],
+            [c.new_card for c in changes],
+            [c.provisional for c in changes],
+        )
         done = {r["request_id"] for r in rows}
         return [c for c in changes if c.request_id in done]
 
@@ -386,7 +446,11 @@ class PostgresStore(Store):
         marks = ", ".join(f"${i + 1}" for i in range(len(PRICE_CORRECTION_COLUMNS)))
         await self.pool.execute(
             f"INSERT INTO price_corrections ({', '.join(PRICE_CORRECTION_COLUMNS)}) VALUES ({marks})",
-            *((correction.get(c) or {}) if c == "detail" else correction[c] for c in PRICE_CORRECTION_COLUMNS))
+            *(
+                (correction.get(c) or {}) if c == "detail" else correction[c]
+                for c in PRICE_CORRECTION_COLUMNS
+            ),
+        )
 
     async def last_price_correction(self) -> dict[str, Any] | None:
         row = await self.pool.fetchrow("SELECT * FROM price_corrections ORDER BY at DESC LIMIT 1")
@@ -402,14 +466,18 @@ class PostgresStore(Store):
             " FROM usage_records WHERE key_id = ANY($1::text[]) GROUP BY key_id",
             list(key_ids),
         )
-        return {r["key_id"]: {"tokens": r["t"] or 0, "cost_micro": r["c"] or 0, "requests": r["n"]} for r in rows}
+        return {
+            r["key_id"]: {"tokens": r["t"] or 0, "cost_micro": r["c"] or 0, "requests": r["n"]} for r in rows
+        }
 
     # upstream credentials
     async def upsert_credential(self, credential: StoredCredential) -> None:
         credential.updated_at = time.time()
         values = [getattr(credential, c) for c in CREDENTIAL_COLUMNS]
         marks = ", ".join(f"${i + 1}" for i in range(len(CREDENTIAL_COLUMNS)))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in CREDENTIAL_COLUMNS if c not in ("name", "created_at"))
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in CREDENTIAL_COLUMNS if c not in ("name", "created_at")
+        )
         await self.pool.execute(
             f"INSERT INTO upstream_credentials ({', '.join(CREDENTIAL_COLUMNS)}) VALUES ({marks})"
             f" ON CONFLICT (name) DO UPDATE SET {updates}",
@@ -421,8 +489,10 @@ class PostgresStore(Store):
         return _credential_from_row(row) if row else None
 
     async def list_credentials(self) -> list[StoredCredential]:
-        return [_credential_from_row(r) for r in await self.pool.fetch(
-            "SELECT * FROM upstream_credentials ORDER BY name")]
+        return [
+            _credential_from_row(r)
+            for r in await self.pool.fetch("SELECT * FROM upstream_credentials ORDER BY name")
+        ]
 
     async def delete_credential(self, name: str) -> bool:
         status = await self.pool.execute("DELETE FROM upstream_credentials WHERE name = $1", name)
@@ -435,8 +505,10 @@ class PostgresStore(Store):
 
     async def insert_batch(self, batch: BatchRecord) -> None:
         marks = ", ".join(f"${i + 1}" for i in range(len(BATCH_COLUMNS)))
-        await self.pool.execute(f"INSERT INTO message_batches ({', '.join(BATCH_COLUMNS)}) VALUES ({marks})",
-                                *(getattr(batch, c) for c in BATCH_COLUMNS))
+        await self.pool.execute(
+            f"INSERT INTO message_batches ({', '.join(BATCH_COLUMNS)}) VALUES ({marks})",
+            *(getattr(batch, c) for c in BATCH_COLUMNS),
+        )
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         row = await self.pool.fetchrow("SELECT * FROM message_batches WHERE id = $1", batch_id)
@@ -451,11 +523,14 @@ class PostgresStore(Store):
         sets = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(columns))
         row = await self.pool.fetchrow(
             f"UPDATE message_batches SET {sets} WHERE id = ${len(columns) + 1} RETURNING *",
-            *(changes[c] for c in columns), batch_id)
+            *(changes[c] for c in columns),
+            batch_id,
+        )
         return self._batch(row) if row else None
 
-    async def list_batches(self, *, key_id: str | None, limit: int, after_id: str | None = None,
-                           before_id: str | None = None) -> tuple[list[BatchRecord], bool]:
+    async def list_batches(
+        self, *, key_id: str | None, limit: int, after_id: str | None = None, before_id: str | None = None
+    ) -> tuple[list[BatchRecord], bool]:
         clauses: list[str] = []
         params: list[Any] = []
         if key_id is not None:
@@ -471,8 +546,12 @@ class PostgresStore(Store):
             order = "ASC"
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit + 1)
-        rows = [self._batch(r) for r in await self.pool.fetch(
-            f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ${len(params)}", *params)]
+        rows = [
+            self._batch(r)
+            for r in await self.pool.fetch(
+                f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ${len(params)}", *params
+            )
+        ]
         more = len(rows) > limit
         rows = rows[:limit]
         if order == "ASC":
@@ -484,60 +563,106 @@ class PostgresStore(Store):
         return status.endswith(" 1")
 
     async def unsettled_batches(self, limit: int = 1000) -> list[BatchRecord]:
-        rows = await self.pool.fetch("SELECT * FROM message_batches WHERE NOT settled ORDER BY polled_at LIMIT $1",
-                                     limit)
+        rows = await self.pool.fetch(
+            "SELECT * FROM message_batches WHERE NOT settled ORDER BY polled_at LIMIT $1", limit
+        )
         return [self._batch(r) for r in rows]
 
     async def claim_batch(self, batch_id: str, owner: str, until: float, now: float) -> bool:
         status = await self.pool.execute(
             "UPDATE message_batches SET lease_owner = $1, lease_until = $2 WHERE id = $3"
-            " AND (lease_owner IS NULL OR lease_until < $4 OR lease_owner = $1)", owner, until, batch_id, now)
+            " AND (lease_owner IS NULL OR lease_until < $4 OR lease_owner = $1)",
+            owner,
+            until,
+            batch_id,
+            now,
+        )
         return status.endswith(" 1")
 
     async def settle_batch(self, batch_id: str, *, tokens: int, micro: int, items: int) -> bool:
         status = await self.pool.execute(
             "UPDATE message_batches SET settled = TRUE, settled_tokens = $1, settled_micro = $2, metered_items = $3,"
-            " updated_at = $4 WHERE id = $5 AND NOT settled", tokens, micro, items, time.time(), batch_id)
+            " updated_at = $4 WHERE id = $5 AND NOT settled",
+            tokens,
+            micro,
+            items,
+            time.time(),
+            batch_id,
+        )
         return status.endswith(" 1")
 
-    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+    async def seed_spend(
+        self, key_id: str, since: float | None
+    ) -> tuple[int, int, list[tuple[str, int, int]]]:
         # on the request path (a limiter's seed): one connection, every step bounded by ``timeout``
-        tokens = ("(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read)")
+        tokens = "(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read)"
         cut = float("inf") if since is None else since
         async with self.pool.acquire(timeout=self.timeout) as conn:
             old = await conn.fetchrow(
                 f"SELECT COALESCE(SUM({tokens}), 0)::bigint AS t, COALESCE(SUM(cost_micro), 0)::bigint AS c"
-                " FROM usage_records WHERE key_id = $1 AND ended_at < $2", key_id, cut, timeout=self.timeout)
-            recent: list[asyncpg.Record] = [] if since is None else await conn.fetch(
-                f"SELECT request_id, {tokens}::bigint AS t, cost_micro::bigint AS c FROM usage_records"
-                " WHERE key_id = $1 AND ended_at >= $2", key_id, since, timeout=self.timeout)
+                " FROM usage_records WHERE key_id = $1 AND ended_at < $2",
+                key_id,
+                cut,
+                timeout=self.timeout,
+            )
+            recent: list[asyncpg.Record] = (
+                []
+                if since is None
+                else await conn.fetch(
+                    f"SELECT request_id, {tokens}::bigint AS t, cost_micro::bigint AS c FROM usage_records"
+                    " WHERE key_id = $1 AND ended_at >= $2",
+                    key_id,
+                    since,
+                    timeout=self.timeout,
+                )
+            )
             held = await conn.fetchrow(
                 "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
-                " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id, timeout=self.timeout)
+                " FROM message_batches WHERE key_id = $1 AND NOT settled",
+                key_id,
+                timeout=self.timeout,
+            )
         assert old is not None and held is not None
-        return (int(old["t"]) + int(held["t"]), int(old["c"]) + int(held["m"]),
-                [(r["request_id"], int(r["t"]), int(r["c"] or 0)) for r in recent])
+        return (
+            int(old["t"]) + int(held["t"]),
+            int(old["c"]) + int(held["m"]),
+            [(r["request_id"], int(r["t"]), int(r["c"] or 0)) for r in recent],
+        )
 
-    async def seed_period_spend(self, dim: str, value: str, start: float, since: float) -> tuple[
-            int, list[tuple[str, int]]]:
+    async def seed_period_spend(
+        self, dim: str, value: str, start: float, since: float
+    ) -> tuple[int, list[tuple[str, int]]]:
         where, args, held_sql = _period_filter(dim, value, "$3")
         async with self.pool.acquire(timeout=self.timeout) as conn:
             old = await conn.fetchval(
                 "SELECT COALESCE(SUM(cost_micro), 0)::bigint FROM usage_records WHERE started_at >= $1"
-                f" AND ended_at < $2{where}", start, since, *args, timeout=self.timeout)
+                f" AND ended_at < $2{where}",
+                start,
+                since,
+                *args,
+                timeout=self.timeout,
+            )
             recent = await conn.fetch(
                 "SELECT request_id, COALESCE(cost_micro, 0)::bigint AS c FROM usage_records WHERE started_at >= $1"
-                f" AND ended_at >= $2{where}", start, since, *args, timeout=self.timeout)
+                f" AND ended_at >= $2{where}",
+                start,
+                since,
+                *args,
+                timeout=self.timeout,
+            )
             held = 0
             if held_sql:
-                held = await conn.fetchval(held_sql.replace("??", "$1").replace("?", "$2"), start, value,
-                                           timeout=self.timeout)
+                held = await conn.fetchval(
+                    held_sql.replace("??", "$1").replace("?", "$2"), start, value, timeout=self.timeout
+                )
         return int(old or 0) + int(held or 0), [(r["request_id"], int(r["c"])) for r in recent]
 
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         row = await self._row(
             "SELECT COALESCE(SUM(held_tokens), 0)::bigint AS t, COALESCE(SUM(held_micro), 0)::bigint AS m"
-            " FROM message_batches WHERE key_id = $1 AND NOT settled", key_id)
+            " FROM message_batches WHERE key_id = $1 AND NOT settled",
+            key_id,
+        )
         assert row is not None
         return int(row["t"]), int(row["m"])
 
@@ -546,19 +671,39 @@ class PostgresStore(Store):
         return [dict(r) for r in await self.pool.fetch("SELECT * FROM spend_limits ORDER BY id")]
 
     @staticmethod
-    async def _audit(conn: asyncpg.Connection, audit: dict[str, Any], action: str, object_id: str,
-                     before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    async def _audit(
+        conn: asyncpg.Connection,
+        audit: dict[str, Any],
+        action: str,
+        object_id: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
         await conn.execute(
             "INSERT INTO spend_limit_audit (id, at, actor, action, object_type, object_id, before, after)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", audit["id"], audit["at"], audit["actor"], action,
-            audit["object_type"], object_id, before, after)
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            audit["id"],
+            audit["at"],
+            audit["actor"],
+            action,
+            audit["object_type"],
+            object_id,
+            before,
+            after,
+        )
 
-    async def put_spend_limit(self, row: dict[str, Any], audit: dict[str, Any]) -> tuple[
-            dict[str, Any] | None, dict[str, Any]]:
+    async def put_spend_limit(
+        self, row: dict[str, Any], audit: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         async with self.pool.acquire() as conn, conn.transaction():
             found = await conn.fetchrow(
                 "SELECT * FROM spend_limits WHERE scope_type = $1 AND scope_id = $2 AND period = $3 AND shared = $4"
-                " FOR UPDATE", row["scope_type"], row["scope_id"], row["period"], row["shared"])
+                " FOR UPDATE",
+                row["scope_type"],
+                row["scope_id"],
+                row["period"],
+                row["shared"],
+            )
             before = dict(found) if found is not None else None
             if before is None:
                 after = await conn.fetchrow(
@@ -566,14 +711,30 @@ class PostgresStore(Store):
                     " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                     " ON CONFLICT (scope_type, scope_id, period, shared) DO UPDATE SET amount_cents ="
                     " excluded.amount_cents, currency = excluded.currency, updated_at = excluded.updated_at"
-                    " RETURNING *", row["id"], row["scope_type"], row["scope_id"], row["period"],
-                    row["amount_cents"], row["currency"], row["shared"], row["created_at"], row["updated_at"])
+                    " RETURNING *",
+                    row["id"],
+                    row["scope_type"],
+                    row["scope_id"],
+                    row["period"],
+                    row["amount_cents"],
+                    row["currency"],
+                    row["shared"],
+                    row["created_at"],
+                    row["updated_at"],
+                )
             else:
                 after = await conn.fetchrow(
                     "UPDATE spend_limits SET amount_cents = $1, currency = $2, updated_at = $3 WHERE id = $4"
-                    " RETURNING *", row["amount_cents"], row["currency"], row["updated_at"], before["id"])
+                    " RETURNING *",
+                    row["amount_cents"],
+                    row["currency"],
+                    row["updated_at"],
+                    before["id"],
+                )
             result = dict(after)
-            await self._audit(conn, audit, "created" if before is None else "updated", result["id"], before, result)
+            await self._audit(
+                conn, audit, "created" if before is None else "updated", result["id"], before, result
+            )
         return before, result
 
     async def delete_spend_limit(self, limit_id: str, audit: dict[str, Any]) -> dict[str, Any] | None:
@@ -585,8 +746,14 @@ class PostgresStore(Store):
             await self._audit(conn, audit, "deleted", limit_id, before, None)
         return before
 
-    async def list_audit(self, *, limit: int, after_id: str | None = None, before_id: str | None = None,
-                         object_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+    async def list_audit(
+        self,
+        *,
+        limit: int,
+        after_id: str | None = None,
+        before_id: str | None = None,
+        object_id: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
         clauses: list[str] = []
         params: list[Any] = []
         if object_id is not None:
@@ -602,8 +769,12 @@ class PostgresStore(Store):
             order = "ASC"
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit + 1)
-        rows = [dict(r) for r in await self.pool.fetch(
-            f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ${len(params)}", *params)]
+        rows = [
+            dict(r)
+            for r in await self.pool.fetch(
+                f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ${len(params)}", *params
+            )
+        ]
         more = len(rows) > limit
         rows = rows[:limit]
         if order == "ASC":
@@ -615,8 +786,14 @@ class PostgresStore(Store):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO webhooks (id, url, secret, events, description, created_at) VALUES ($1, $2, $3, $4,"
-                " $5, $6)", row["id"], row["url"], row["secret"], row["events"], row["description"],
-                row["created_at"])
+                " $5, $6)",
+                row["id"],
+                row["url"],
+                row["secret"],
+                row["events"],
+                row["description"],
+                row["created_at"],
+            )
             await self._audit(conn, audit, "created", row["id"], None, shown)
 
     async def list_webhooks(self) -> list[dict[str, Any]]:
@@ -637,19 +814,35 @@ class PostgresStore(Store):
             " last_error, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO UPDATE SET"
             " attempts = excluded.attempts, status = excluded.status, last_status = excluded.last_status,"
             " last_error = excluded.last_error, updated_at = excluded.updated_at",
-            row["id"], row["webhook_id"], row["event"], row["created_at"], row["attempts"], row["status"],
-            row["last_status"], row["last_error"], row["updated_at"])
+            row["id"],
+            row["webhook_id"],
+            row["event"],
+            row["created_at"],
+            row["attempts"],
+            row["status"],
+            row["last_status"],
+            row["last_error"],
+            row["updated_at"],
+        )
 
-    async def list_deliveries(self, *, webhook_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def list_deliveries(
+        self, *, webhook_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
         if webhook_id is None:
-            rows = await self.pool.fetch("SELECT * FROM webhook_deliveries ORDER BY created_at DESC LIMIT $1", limit)
+            rows = await self.pool.fetch(
+                "SELECT * FROM webhook_deliveries ORDER BY created_at DESC LIMIT $1", limit
+            )
         else:
-            rows = await self.pool.fetch("SELECT * FROM webhook_deliveries WHERE webhook_id = $1"
-                                         " ORDER BY created_at DESC LIMIT $2", webhook_id, limit)
+            rows = await self.pool.fetch(
+                "SELECT * FROM webhook_deliveries WHERE webhook_id = $1 ORDER BY created_at DESC LIMIT $2",
+                webhook_id,
+                limit,
+            )
         return [dict(r) for r in rows]
 
-    async def spend_totals(self, *, dim: str, since: float, until: float | None = None,
-                           values: list[str] | None = None) -> dict[str, int]:
+    async def spend_totals(
+        self, *, dim: str, since: float, until: float | None = None, values: list[str] | None = None
+    ) -> dict[str, int]:
         """Whole days from ``usage_daily``, whole hours from ``usage_hourly``, the edges from the records."""
         if dim not in ("owner", "teams", "key_id"):
             raise ValueError(f"cannot sum spend by {dim!r}")
@@ -661,8 +854,9 @@ class PostgresStore(Store):
             out[value] = out.get(value, 0) + int(row["cost_micro"] or 0)
         return out
 
-    async def report_sums(self, *, since: float, until: float, step: int, dims: list[str],
-                          filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+    async def report_sums(
+        self, *, since: float, until: float, step: int, dims: list[str], filters: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
         """Day buckets read whole days from the ``usage_daily`` rollup, hour buckets whole hours from
         ``usage_hourly``, minute buckets and partial edges the records through their time index."""
         from ethereal.storage.report import merge_rows, report_sql, split_range
@@ -672,15 +866,25 @@ class PostgresStore(Store):
             fetched = []
             for source, lo, hi in pieces:
                 params: list[Any] = []
-                sql = report_sql(source=source, dialect="postgres", since=lo, until=hi, step=step, dims=dims,
-                                 filters=filters, mark=_marker(params))
+                sql = report_sql(
+                    source=source,
+                    dialect="postgres",
+                    since=lo,
+                    until=hi,
+                    step=step,
+                    dims=dims,
+                    filters=filters,
+                    mark=_marker(params),
+                )
                 fetched.append(await conn.fetch(sql, *params))
         if len(fetched) == 1:  # one source: its groups are unique already (records read like dicts)
             return fetched[0]
         acc: dict[tuple[Any, ...], dict[str, int]] = {}
         for rows in fetched:
             merge_rows(rows, dims, acc)
-        return [{"bucket": key[0], **dict(zip(dims, key[1:], strict=True)), **sums} for key, sums in acc.items()]
+        return [
+            {"bucket": key[0], **dict(zip(dims, key[1:], strict=True)), **sums} for key, sums in acc.items()
+        ]
 
 
 def _period_filter(dim: str, value: str, mark: str) -> tuple[str, list[Any], str]:
@@ -692,11 +896,21 @@ def _period_filter(dim: str, value: str, mark: str) -> tuple[str, list[Any], str
     if dim == "team":
         return (f" AND {mark} = ANY(string_to_array(COALESCE(teams, ''), ','))", [value], "")
     if dim == "owner":
-        return (f" AND owner = {mark}", [value],
-                ("SELECT COALESCE(SUM(b.estimated_micro), 0)::bigint FROM message_batches b JOIN api_keys k ON"
-                 " k.id = b.key_id WHERE NOT b.settled AND b.created_at >= ?? AND k.owner = ?"))
+        return (
+            f" AND owner = {mark}",
+            [value],
+            (
+                "SELECT COALESCE(SUM(b.estimated_micro), 0)::bigint FROM message_batches b JOIN api_keys k ON"
+                " k.id = b.key_id WHERE NOT b.settled AND b.created_at >= ?? AND k.owner = ?"
+            ),
+        )
     if dim == "key_id":
-        return (f" AND key_id = {mark}", [value],
-                ("SELECT COALESCE(SUM(estimated_micro), 0)::bigint FROM message_batches WHERE NOT settled"
-                 " AND created_at >= ?? AND key_id = ?"))
+        return (
+            f" AND key_id = {mark}",
+            [value],
+            (
+                "SELECT COALESCE(SUM(estimated_micro), 0)::bigint FROM message_batches WHERE NOT settled"
+                " AND created_at >= ?? AND key_id = ?"
+            ),
+        )
     raise ValueError(f"cannot seed spend by {dim!r}")

@@ -29,8 +29,17 @@ class StoredCredential:
 
 
 CREDENTIAL_COLUMNS = (
-    "name", "base_url", "api_key_enc", "weight", "models", "rpm", "spend_cap_micro", "enabled",
-    "disabled_reason", "created_at", "updated_at",
+    "name",
+    "base_url",
+    "api_key_enc",
+    "weight",
+    "models",
+    "rpm",
+    "spend_cap_micro",
+    "enabled",
+    "disabled_reason",
+    "created_at",
+    "updated_at",
 )
 
 
@@ -147,11 +156,11 @@ def error_message_of(message: object) -> str | None:
     characters (an ellipsis marks a cut). None for anything but a non-empty string."""
     if not isinstance(message, str) or not message:
         return None
-    text = message[:ERROR_MESSAGE_MAX * 2]
+    text = message[: ERROR_MESSAGE_MAX * 2]
     if not text.isprintable():
         text = text.translate(_ESCAPES)
     if len(text) > ERROR_MESSAGE_MAX or len(message) > ERROR_MESSAGE_MAX * 2:
-        text = text[:ERROR_MESSAGE_MAX - 1] + "…"
+        text = text[: ERROR_MESSAGE_MAX - 1] + "…"
     return text
 
 
@@ -167,13 +176,23 @@ usage_row: Callable[[UsageRecord], tuple[Any, ...]] = operator.attrgetter(*USAGE
 
 
 # the sums every store's usage_totals returns, per group
-SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h",
-        "cache_read", "web_search_requests", "cost_micro")
+SUMS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m",
+    "cache_creation_1h",
+    "cache_read",
+    "web_search_requests",
+    "cost_micro",
+)
 HOUR = 3600.0
 
 
-def hour_ranges(since: float | None, until: float | None) -> tuple[
-        tuple[float | None, float | None] | None, list[tuple[float | None, float | None]]]:
+def hour_ranges(
+    since: float | None, until: float | None
+) -> tuple[tuple[float | None, float | None] | None, list[tuple[float | None, float | None]]]:
     """Split ``[since, until)`` into whole hours (rollup) and the partial edges (raw rows).
 
     Returns ``(rollup_range, raw_ranges)``; a bound of None is open.

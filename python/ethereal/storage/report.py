@@ -21,18 +21,37 @@ RAW_DIMENSIONS: dict[str, str] = {
     "service_tier": "COALESCE(service_tier, CASE WHEN batch THEN 'batch' ELSE 'standard' END)",
     "inference_geo": "COALESCE(inference_geo, 'not_available')",
     "speed": "COALESCE(speed, 'standard')",
-    "context_window": ("CASE WHEN input_tokens + cache_creation_5m + cache_creation_1h + cache_read > 200000"
-                       " THEN '200k-1M' ELSE '0-200k' END"),
+    "context_window": (
+        "CASE WHEN input_tokens + cache_creation_5m + cache_creation_1h + cache_read > 200000"
+        " THEN '200k-1M' ELSE '0-200k' END"
+    ),
 }
 DIMENSIONS = tuple(RAW_DIMENSIONS)
-REPORT_SUMS = ("requests", "input_tokens", "output_tokens", "cache_creation_5m", "cache_creation_1h", "cache_read",
-               "web_search_requests", "cost_micro")
+REPORT_SUMS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m",
+    "cache_creation_1h",
+    "cache_read",
+    "web_search_requests",
+    "cost_micro",
+)
 _RAW_SUM_SQL = ", ".join(["COUNT(*) AS requests"] + [f"SUM({c}){{cast}} AS {c}" for c in REPORT_SUMS[1:]])
 _ROLLUP_SUM_SQL = ", ".join(f"SUM({c}){{cast}} AS {c}" for c in REPORT_SUMS)
 
 
-def report_sql(*, source: str, dialect: str, since: float, until: float, step: int, dims: Sequence[str],
-               filters: Mapping[str, Sequence[str]], mark: Callable[[Any], str]) -> str:
+def report_sql(
+    *,
+    source: str,
+    dialect: str,
+    since: float,
+    until: float,
+    step: int,
+    dims: Sequence[str],
+    filters: Mapping[str, Sequence[str]],
+    mark: Callable[[Any], str],
+) -> str:
     """``SELECT bucket, <dims>, <sums>`` over ``[since, until)`` in ``step``-second buckets, from
     ``source``: ``usage_records``, or a rollup (``usage_hourly``, ``usage_daily``) whose buckets
     the range holds whole."""
@@ -60,9 +79,11 @@ def report_sql(*, source: str, dialect: str, since: float, until: float, step: i
             where.append(f"{expr(dim)} IN ({', '.join(mark(v) for v in values)})")
     cols = ", ".join(f"{expr(d)} AS {d}" for d in dims)
     group = ", ".join(str(i + 1) for i in range(len(dims) + 1))
-    return (f"SELECT {bucket} AS bucket{', ' + cols if cols else ''}, "
-            f"{(_ROLLUP_SUM_SQL if rollup else _RAW_SUM_SQL).format(cast='::bigint' if dialect == 'postgres' else '')}"
-            f" FROM {source} WHERE {' AND '.join(where)} GROUP BY {group}")
+    return (
+        f"SELECT {bucket} AS bucket{', ' + cols if cols else ''}, "
+        f"{(_ROLLUP_SUM_SQL if rollup else _RAW_SUM_SQL).format(cast='::bigint' if dialect == 'postgres' else '')}"
+        f" FROM {source} WHERE {' AND '.join(where)} GROUP BY {group}"
+    )
 
 
 DAY = 86400.0
@@ -100,8 +121,9 @@ def split_range(since: float, until: float, step: int) -> list[tuple[str, float,
     return pieces
 
 
-def merge_rows(rows: Sequence[Mapping[str, Any]], dims: Sequence[str],
-               out: dict[tuple[Any, ...], dict[str, int]]) -> None:
+def merge_rows(
+    rows: Sequence[Mapping[str, Any]], dims: Sequence[str], out: dict[tuple[Any, ...], dict[str, int]]
+) -> None:
     """Add report rows into ``out``, keyed by (bucket, *dims)."""
     for row in rows:
         key = (float(row["bucket"]), *(row[d] or "" for d in dims))

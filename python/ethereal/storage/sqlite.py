@@ -41,8 +41,24 @@ from ethereal.storage.records import (
 T = TypeVar("T")
 
 _KEY_COLUMNS = (
-    "id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd", "rpm", "tpm",
-    "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata", "created_at", "updated_at",
+    "id",
+    "key_hash",
+    "display",
+    "name",
+    "owner",
+    "teams",
+    "plan",
+    "budget_tokens",
+    "budget_micro_usd",
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "allowed_models",
+    "expires_at",
+    "revoked",
+    "metadata",
+    "created_at",
+    "updated_at",
 )
 _GROUPS = {"key_id", "model", "credential", "route", "error_type"}
 
@@ -278,7 +294,9 @@ class SQLiteStore(Store):
 
     async def get_usage(self, request_id: str) -> UsageRecord | None:
         def go() -> UsageRecord | None:
-            row = self.conn.execute("SELECT * FROM usage_records WHERE request_id = ?", (request_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT * FROM usage_records WHERE request_id = ?", (request_id,)
+            ).fetchone()
             return _usage_from_row(row) if row else None
 
         return await self._run(go)
@@ -315,8 +333,9 @@ class SQLiteStore(Store):
 
         return await self._run(go)
 
-    async def list_usage(self, filters: UsageFilter, *, limit: int = 50,
-                         before: tuple[float, str] | None = None) -> list[UsageRecord]:
+    async def list_usage(
+        self, filters: UsageFilter, *, limit: int = 50, before: tuple[float, str] | None = None
+    ) -> list[UsageRecord]:
         params: list[Any] = []
 
         def mark(value: Any) -> str:
@@ -325,12 +344,18 @@ class SQLiteStore(Store):
 
         clauses = filters.clauses(mark)
         if before is not None:
-            clauses.append(f"(started_at < {mark(float(before[0]))} OR (started_at = {mark(float(before[0]))}"
-                           f" AND request_id < {mark(before[1])}))")
+            clauses.append(
+                f"(started_at < {mark(float(before[0]))} OR (started_at = {mark(float(before[0]))}"
+                f" AND request_id < {mark(before[1])}))"
+            )
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (f"SELECT * FROM usage_records {where} ORDER BY started_at DESC, request_id DESC"
-               f" LIMIT {int(limit)}")
-        return await self._run(lambda: [_usage_from_row(r) for r in self.conn.execute(sql, params).fetchall()])
+        sql = (
+            f"SELECT * FROM usage_records {where} ORDER BY started_at DESC, request_id DESC"
+            f" LIMIT {int(limit)}"
+        )
+        return await self._run(
+            lambda: [_usage_from_row(r) for r in self.conn.execute(sql, params).fetchall()]
+        )
 
     async def usage_series(self, *, since: float, until: float, step: int) -> list[dict[str, Any]]:
         step = max(1, int(step))
@@ -353,11 +378,15 @@ class SQLiteStore(Store):
             return {}
         marks = ",".join("?" * len(key_ids))
         sql = f"SELECT key_id, MAX(started_at) FROM usage_records WHERE key_id IN ({marks}) GROUP BY key_id"
-        return await self._run(lambda: {r[0]: float(r[1]) for r in self.conn.execute(sql, key_ids).fetchall()})
+        return await self._run(
+            lambda: {r[0]: float(r[1]) for r in self.conn.execute(sql, key_ids).fetchall()}
+        )
 
     async def reprice_usage(self, changes: list[RepriceChange]) -> list[RepriceChange]:
-        sql = ("UPDATE usage_records SET cost_micro = ?, rate_card = ?, priced_provisional = ?"
-               " WHERE request_id = ? AND cost_micro = ? AND rate_card IS ?")
+        sql = (
+            "UPDATE usage_records SET cost_micro = ?, rate_card = ?, priced_provisional = ?"
+            " WHERE request_id = ? AND cost_micro = ? AND rate_card IS ?"
+        )
 
         def go() -> list[RepriceChange]:
             applied = []
@@ -365,8 +394,10 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for c in changes:
-                    cur = conn.execute(sql, (c.new_cost, c.new_card, int(c.provisional), c.request_id, c.old_cost,
-                                             c.old_card))
+                    cur = conn.execute(
+                        sql,
+                        (c.new_cost, c.new_card, int(c.provisional), c.request_id, c.old_cost, c.old_card),
+                    )
                     if cur.rowcount > 0:
                         applied.append(c)
                 conn.execute("COMMIT")
@@ -378,10 +409,14 @@ class SQLiteStore(Store):
         return await self._run(go) if changes else []
 
     async def insert_price_correction(self, correction: dict[str, Any]) -> None:
-        values = [orjson.dumps(correction.get("detail") or {}).decode() if c == "detail" else correction[c]
-                  for c in PRICE_CORRECTION_COLUMNS]
-        sql = (f"INSERT INTO price_corrections ({','.join(PRICE_CORRECTION_COLUMNS)})"
-               f" VALUES ({','.join('?' * len(PRICE_CORRECTION_COLUMNS))})")
+        values = [
+            orjson.dumps(correction.get("detail") or {}).decode() if c == "detail" else correction[c]
+            for c in PRICE_CORRECTION_COLUMNS
+        ]
+        sql = (
+            f"INSERT INTO price_corrections ({','.join(PRICE_CORRECTION_COLUMNS)})"
+            f" VALUES ({','.join('?' * len(PRICE_CORRECTION_COLUMNS))})"
+        )
         await self._run(lambda: self.conn.execute(sql, values))
 
     async def last_price_correction(self) -> dict[str, Any] | None:
@@ -423,7 +458,9 @@ class SQLiteStore(Store):
             elif column == "enabled":
                 value = int(value)
             row.append(value)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in CREDENTIAL_COLUMNS if c not in ("name", "created_at"))
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in CREDENTIAL_COLUMNS if c not in ("name", "created_at")
+        )
         sql = (
             f"INSERT INTO upstream_credentials ({','.join(CREDENTIAL_COLUMNS)})"
             f" VALUES ({','.join('?' * len(CREDENTIAL_COLUMNS))}) ON CONFLICT (name) DO UPDATE SET {updates}"
@@ -491,8 +528,9 @@ class SQLiteStore(Store):
 
         return await self._run(go)
 
-    async def list_batches(self, *, key_id: str | None, limit: int, after_id: str | None = None,
-                           before_id: str | None = None) -> tuple[list[BatchRecord], bool]:
+    async def list_batches(
+        self, *, key_id: str | None, limit: int, after_id: str | None = None, before_id: str | None = None
+    ) -> tuple[list[BatchRecord], bool]:
         clauses: list[str] = []
         params: list[Any] = []
         if key_id is not None:
@@ -528,8 +566,9 @@ class SQLiteStore(Store):
 
     async def unsettled_batches(self, limit: int = 1000) -> list[BatchRecord]:
         def go() -> list[BatchRecord]:
-            rows = self.conn.execute("SELECT * FROM message_batches WHERE settled = 0 ORDER BY polled_at LIMIT ?",
-                                     (limit,)).fetchall()
+            rows = self.conn.execute(
+                "SELECT * FROM message_batches WHERE settled = 0 ORDER BY polled_at LIMIT ?", (limit,)
+            ).fetchall()
             return [self._batch(r) for r in rows]
 
         return await self._run(go)
@@ -539,7 +578,8 @@ class SQLiteStore(Store):
             cur = self.conn.execute(
                 "UPDATE message_batches SET lease_owner = ?, lease_until = ? WHERE id = ?"
                 " AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)",
-                (owner, until, batch_id, now, owner))
+                (owner, until, batch_id, now, owner),
+            )
             return cur.rowcount > 0
 
         return await self._run(go)
@@ -548,52 +588,85 @@ class SQLiteStore(Store):
         def go() -> bool:
             cur = self.conn.execute(
                 "UPDATE message_batches SET settled = 1, settled_tokens = ?, settled_micro = ?, metered_items = ?,"
-                " updated_at = ? WHERE id = ? AND settled = 0", (tokens, micro, items, time.time(), batch_id))
+                " updated_at = ? WHERE id = ? AND settled = 0",
+                (tokens, micro, items, time.time(), batch_id),
+            )
             return cur.rowcount > 0
 
         return await self._run(go)
 
-    async def seed_spend(self, key_id: str, since: float | None) -> tuple[int, int, list[tuple[str, int, int]]]:
+    async def seed_spend(
+        self, key_id: str, since: float | None
+    ) -> tuple[int, int, list[tuple[str, int, int]]]:
         tokens = "(input_tokens + output_tokens + cache_creation_5m + cache_creation_1h + cache_read)"
         cut = float("inf") if since is None else since
 
         def go() -> tuple[int, int, list[tuple[str, int, int]]]:
-            old = self.conn.execute(f"SELECT COALESCE(SUM({tokens}), 0), COALESCE(SUM(cost_micro), 0)"
-                                    " FROM usage_records WHERE key_id = ? AND ended_at < ?", (key_id, cut)).fetchone()
-            recent = [] if since is None else self.conn.execute(
-                f"SELECT request_id, {tokens}, COALESCE(cost_micro, 0) FROM usage_records"
-                " WHERE key_id = ? AND ended_at >= ?", (key_id, since)).fetchall()
-            held = self.conn.execute("SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"
-                                     " FROM message_batches WHERE key_id = ? AND settled = 0", (key_id,)).fetchone()
-            return (int(old[0]) + int(held[0]), int(old[1]) + int(held[1]),
-                    [(str(r[0]), int(r[1]), int(r[2])) for r in recent])
+            old = self.conn.execute(
+                f"SELECT COALESCE(SUM({tokens}), 0), COALESCE(SUM(cost_micro), 0)"
+                " FROM usage_records WHERE key_id = ? AND ended_at < ?",
+                (key_id, cut),
+            ).fetchone()
+            recent = (
+                []
+                if since is None
+                else self.conn.execute(
+                    f"SELECT request_id, {tokens}, COALESCE(cost_micro, 0) FROM usage_records"
+                    " WHERE key_id = ? AND ended_at >= ?",
+                    (key_id, since),
+                ).fetchall()
+            )
+            held = self.conn.execute(
+                "SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"
+                " FROM message_batches WHERE key_id = ? AND settled = 0",
+                (key_id,),
+            ).fetchone()
+            return (
+                int(old[0]) + int(held[0]),
+                int(old[1]) + int(held[1]),
+                [(str(r[0]), int(r[1]), int(r[2])) for r in recent],
+            )
 
         return await self._run(go)
 
-    async def seed_period_spend(self, dim: str, value: str, start: float, since: float) -> tuple[
-            int, list[tuple[str, int]]]:
+    async def seed_period_spend(
+        self, dim: str, value: str, start: float, since: float
+    ) -> tuple[int, list[tuple[str, int]]]:
         if dim == "all":
             where, args, held_sql = "", [], ""
         elif dim == "team":
-            where, args, held_sql = " AND (',' || COALESCE(teams, '') || ',') LIKE ?", [
-                "%," + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ",%"], ""
+            where, args, held_sql = (
+                " AND (',' || COALESCE(teams, '') || ',') LIKE ?",
+                ["%," + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ",%"],
+                "",
+            )
             where += " ESCAPE '\\'"
         elif dim == "owner":
             where, args = " AND owner = ?", [value]
-            held_sql = ("SELECT COALESCE(SUM(b.estimated_micro), 0) FROM message_batches b JOIN api_keys k ON"
-                        " k.id = b.key_id WHERE b.settled = 0 AND b.created_at >= ? AND k.owner = ?")
+            held_sql = (
+                "SELECT COALESCE(SUM(b.estimated_micro), 0) FROM message_batches b JOIN api_keys k ON"
+                " k.id = b.key_id WHERE b.settled = 0 AND b.created_at >= ? AND k.owner = ?"
+            )
         elif dim == "key_id":
             where, args = " AND key_id = ?", [value]
-            held_sql = ("SELECT COALESCE(SUM(estimated_micro), 0) FROM message_batches WHERE settled = 0"
-                        " AND created_at >= ? AND key_id = ?")
+            held_sql = (
+                "SELECT COALESCE(SUM(estimated_micro), 0) FROM message_batches WHERE settled = 0"
+                " AND created_at >= ? AND key_id = ?"
+            )
         else:
             raise ValueError(f"cannot seed spend by {dim!r}")
 
         def go() -> tuple[int, list[tuple[str, int]]]:
-            old = self.conn.execute("SELECT COALESCE(SUM(cost_micro), 0) FROM usage_records WHERE started_at >= ?"
-                                    f" AND ended_at < ?{where}", (start, since, *args)).fetchone()
-            recent = self.conn.execute("SELECT request_id, COALESCE(cost_micro, 0) FROM usage_records WHERE"
-                                       f" started_at >= ? AND ended_at >= ?{where}", (start, since, *args)).fetchall()
+            old = self.conn.execute(
+                "SELECT COALESCE(SUM(cost_micro), 0) FROM usage_records WHERE started_at >= ?"
+                f" AND ended_at < ?{where}",
+                (start, since, *args),
+            ).fetchone()
+            recent = self.conn.execute(
+                "SELECT request_id, COALESCE(cost_micro, 0) FROM usage_records WHERE"
+                f" started_at >= ? AND ended_at >= ?{where}",
+                (start, since, *args),
+            ).fetchall()
             held = self.conn.execute(held_sql, (start, value)).fetchone()[0] if held_sql else 0
             return int(old[0]) + int(held or 0), [(str(r[0]), int(r[1])) for r in recent]
 
@@ -601,8 +674,11 @@ class SQLiteStore(Store):
 
     async def batch_holds(self, key_id: str) -> tuple[int, int]:
         def go() -> tuple[int, int]:
-            row = self.conn.execute("SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"
-                                    " FROM message_batches WHERE key_id = ? AND settled = 0", (key_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT COALESCE(SUM(held_tokens), 0), COALESCE(SUM(held_micro), 0)"
+                " FROM message_batches WHERE key_id = ? AND settled = 0",
+                (key_id,),
+            ).fetchone()
             return int(row[0]), int(row[1])
 
         return await self._run(go)
@@ -626,14 +702,28 @@ class SQLiteStore(Store):
         return data
 
     @staticmethod
-    def _audit(conn: sqlite3.Connection, audit: dict[str, Any], action: str, object_id: str,
-               before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    def _audit(
+        conn: sqlite3.Connection,
+        audit: dict[str, Any],
+        action: str,
+        object_id: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
         conn.execute(
             "INSERT INTO spend_limit_audit (id, at, actor, action, object_type, object_id, before, after)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (audit["id"], audit["at"], audit["actor"], action, audit["object_type"], object_id,
-             None if before is None else orjson.dumps(before).decode(),
-             None if after is None else orjson.dumps(after).decode()))
+            (
+                audit["id"],
+                audit["at"],
+                audit["actor"],
+                action,
+                audit["object_type"],
+                object_id,
+                None if before is None else orjson.dumps(before).decode(),
+                None if after is None else orjson.dumps(after).decode(),
+            ),
+        )
 
     async def list_spend_limits(self) -> list[dict[str, Any]]:
         def go() -> list[dict[str, Any]]:
@@ -641,25 +731,41 @@ class SQLiteStore(Store):
 
         return await self._run(go)
 
-    async def put_spend_limit(self, row: dict[str, Any], audit: dict[str, Any]) -> tuple[
-            dict[str, Any] | None, dict[str, Any]]:
+    async def put_spend_limit(
+        self, row: dict[str, Any], audit: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         def go(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any]]:
             found = conn.execute(
                 "SELECT * FROM spend_limits WHERE scope_type = ? AND scope_id = ? AND period = ? AND shared = ?",
-                (row["scope_type"], row["scope_id"], row["period"], int(row["shared"]))).fetchone()
+                (row["scope_type"], row["scope_id"], row["period"], int(row["shared"])),
+            ).fetchone()
             before = self._limit_row(found) if found is not None else None
             if before is None:
                 conn.execute(
                     "INSERT INTO spend_limits (id, scope_type, scope_id, period, amount_cents, currency, shared,"
                     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (row["id"], row["scope_type"], row["scope_id"], row["period"], row["amount_cents"],
-                     row["currency"], int(row["shared"]), row["created_at"], row["updated_at"]))
+                    (
+                        row["id"],
+                        row["scope_type"],
+                        row["scope_id"],
+                        row["period"],
+                        row["amount_cents"],
+                        row["currency"],
+                        int(row["shared"]),
+                        row["created_at"],
+                        row["updated_at"],
+                    ),
+                )
                 limit_id = row["id"]
             else:
                 limit_id = before["id"]
-                conn.execute("UPDATE spend_limits SET amount_cents = ?, currency = ?, updated_at = ? WHERE id = ?",
-                             (row["amount_cents"], row["currency"], row["updated_at"], limit_id))
-            after = self._limit_row(conn.execute("SELECT * FROM spend_limits WHERE id = ?", (limit_id,)).fetchone())
+                conn.execute(
+                    "UPDATE spend_limits SET amount_cents = ?, currency = ?, updated_at = ? WHERE id = ?",
+                    (row["amount_cents"], row["currency"], row["updated_at"], limit_id),
+                )
+            after = self._limit_row(
+                conn.execute("SELECT * FROM spend_limits WHERE id = ?", (limit_id,)).fetchone()
+            )
             self._audit(conn, audit, "created" if before is None else "updated", limit_id, before, after)
             return before, after
 
@@ -677,8 +783,14 @@ class SQLiteStore(Store):
 
         return await self._run(self._tx, go)
 
-    async def list_audit(self, *, limit: int, after_id: str | None = None, before_id: str | None = None,
-                         object_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+    async def list_audit(
+        self,
+        *,
+        limit: int,
+        after_id: str | None = None,
+        before_id: str | None = None,
+        object_id: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
         clauses: list[str] = []
         params: list[Any] = []
         if object_id is not None:
@@ -697,8 +809,9 @@ class SQLiteStore(Store):
 
         def go() -> tuple[list[dict[str, Any]], bool]:
             rows = []
-            for r in self.conn.execute(f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ?",
-                                       params):
+            for r in self.conn.execute(
+                f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ?", params
+            ):
                 data = dict(r)
                 for name in ("before", "after"):
                     data[name] = orjson.loads(data[name]) if data[name] else None
@@ -715,11 +828,18 @@ class SQLiteStore(Store):
         shown = {k: v for k, v in row.items() if k != "secret"}
 
         def go(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO webhooks (id, url, secret, events, description, created_at)"
-                         " VALUES (?, ?, ?, ?, ?, ?)",
-                         (row["id"], row["url"], row["secret"],
-                          None if row["events"] is None else orjson.dumps(row["events"]).decode(),
-                          row["description"], row["created_at"]))
+            conn.execute(
+                "INSERT INTO webhooks (id, url, secret, events, description, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row["id"],
+                    row["url"],
+                    row["secret"],
+                    None if row["events"] is None else orjson.dumps(row["events"]).decode(),
+                    row["description"],
+                    row["created_at"],
+                ),
+            )
             self._audit(conn, audit, "created", row["id"], None, shown)
 
         await self._run(self._tx, go)
@@ -755,24 +875,41 @@ class SQLiteStore(Store):
                 " last_error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
                 " attempts = excluded.attempts, status = excluded.status, last_status = excluded.last_status,"
                 " last_error = excluded.last_error, updated_at = excluded.updated_at",
-                (row["id"], row["webhook_id"], row["event"], row["created_at"], row["attempts"], row["status"],
-                 row["last_status"], row["last_error"], row["updated_at"]))
+                (
+                    row["id"],
+                    row["webhook_id"],
+                    row["event"],
+                    row["created_at"],
+                    row["attempts"],
+                    row["status"],
+                    row["last_status"],
+                    row["last_error"],
+                    row["updated_at"],
+                ),
+            )
 
         await self._run(go)
 
-    async def list_deliveries(self, *, webhook_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def list_deliveries(
+        self, *, webhook_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
         def go() -> list[dict[str, Any]]:
             if webhook_id is None:
-                cur = self.conn.execute("SELECT * FROM webhook_deliveries ORDER BY created_at DESC LIMIT ?", (limit,))
+                cur = self.conn.execute(
+                    "SELECT * FROM webhook_deliveries ORDER BY created_at DESC LIMIT ?", (limit,)
+                )
             else:
-                cur = self.conn.execute("SELECT * FROM webhook_deliveries WHERE webhook_id = ?"
-                                        " ORDER BY created_at DESC LIMIT ?", (webhook_id, limit))
+                cur = self.conn.execute(
+                    "SELECT * FROM webhook_deliveries WHERE webhook_id = ? ORDER BY created_at DESC LIMIT ?",
+                    (webhook_id, limit),
+                )
             return [dict(r) for r in cur]
 
         return await self._run(go)
 
-    async def spend_totals(self, *, dim: str, since: float, until: float | None = None,
-                           values: list[str] | None = None) -> dict[str, int]:
+    async def spend_totals(
+        self, *, dim: str, since: float, until: float | None = None, values: list[str] | None = None
+    ) -> dict[str, int]:
         if dim not in ("owner", "teams", "key_id"):
             raise ValueError(f"cannot sum spend by {dim!r}")
         params: list[Any] = [float(since)]
@@ -785,13 +922,19 @@ class SQLiteStore(Store):
             params.extend(values)
 
         def go() -> dict[str, int]:
-            return {r[0]: int(r[1] or 0) for r in self.conn.execute(
-                f"SELECT COALESCE({dim}, ''), SUM(cost_micro) FROM usage_records WHERE {where} GROUP BY 1", params)}
+            return {
+                r[0]: int(r[1] or 0)
+                for r in self.conn.execute(
+                    f"SELECT COALESCE({dim}, ''), SUM(cost_micro) FROM usage_records WHERE {where} GROUP BY 1",
+                    params,
+                )
+            }
 
         return await self._run(go)
 
-    async def report_sums(self, *, since: float, until: float, step: int, dims: list[str],
-                          filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+    async def report_sums(
+        self, *, since: float, until: float, step: int, dims: list[str], filters: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
         from ethereal.storage.report import merge_rows, report_sql
 
         params: list[Any] = []
@@ -800,12 +943,23 @@ class SQLiteStore(Store):
             params.append(value)
             return "?"
 
-        sql = report_sql(source="usage_records", dialect="sqlite", since=since, until=until, step=step, dims=dims,
-                         filters=filters, mark=mark)
+        sql = report_sql(
+            source="usage_records",
+            dialect="sqlite",
+            since=since,
+            until=until,
+            step=step,
+            dims=dims,
+            filters=filters,
+            mark=mark,
+        )
 
         def go() -> list[dict[str, Any]]:
             acc: dict[tuple[Any, ...], dict[str, int]] = {}
             merge_rows([dict(r) for r in self.conn.execute(sql, params)], dims, acc)
-            return [{"bucket": key[0], **dict(zip(dims, key[1:], strict=True)), **sums} for key, sums in acc.items()]
+            return [
+                {"bucket": key[0], **dict(zip(dims, key[1:], strict=True)), **sums}
+                for key, sums in acc.items()
+            ]
 
         return await self._run(go)

@@ -34,7 +34,11 @@ def replayed_tokens(messages: Iterable[Any]) -> list[str]:
     """The signatures (and redacted data) of the thinking blocks a Claude body replays."""
     out = []
     for msg in messages:
-        if not isinstance(msg, dict) or msg.get("role") != "assistant" or not isinstance(msg.get("content"), list):
+        if (
+            not isinstance(msg, dict)
+            or msg.get("role") != "assistant"
+            or not isinstance(msg.get("content"), list)
+        ):
             continue
         for block in msg["content"]:
             if isinstance(block, dict):
@@ -43,8 +47,6 @@ def replayed_tokens(messages: Iterable[Any]) -> list[str]:
                 elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
                     out.append(block["data"])
     return out
-
-
 
 
 class ThinkingAccounts:

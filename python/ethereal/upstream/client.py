@@ -176,7 +176,7 @@ SEND_SLICE = 256 * 1024
 async def _slices(body: bytes) -> AsyncIterator[memoryview]:
     with memoryview(body) as view:
         for start in range(0, len(body), SEND_SLICE):
-            yield view[start:start + SEND_SLICE]
+            yield view[start : start + SEND_SLICE]
 
 
 class UpstreamClient:
@@ -189,7 +189,10 @@ class UpstreamClient:
         session = self._sessions.get(pool_key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60,
+                limit=self._limit,
+                limit_per_host=0,
+                ttl_dns_cache=300,
+                keepalive_timeout=60,
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -211,12 +214,15 @@ class UpstreamClient:
             headers = {**headers, "content-length": str(len(body))}  # not chunked: its length is known
         try:
             with _Deadline(self.timeouts.first_byte):
-                resp = await session.request(method, url, headers=headers, data=data, allow_redirects=False,
-                                             compress=None)
+                resp = await session.request(
+                    method, url, headers=headers, data=data, allow_redirects=False, compress=None
+                )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamConnectError(f"connect timeout ({self.timeouts.connect:g}s)", "timeout") from exc
         except TimeoutError as exc:
-            raise UpstreamConnectError(f"no response within {self.timeouts.first_byte:g}s", "timeout") from exc
+            raise UpstreamConnectError(
+                f"no response within {self.timeouts.first_byte:g}s", "timeout"
+            ) from exc
         except _NET_ERRORS as exc:
             raise UpstreamConnectError(_describe(exc)) from exc
         return UpstreamResponse(resp, self.timeouts.idle)

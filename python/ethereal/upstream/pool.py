@@ -250,8 +250,15 @@ class Health:
     def __init__(self) -> None:
         self.clock: Clock = time.monotonic  # the pool sets its own
 
-    async def failure(self, cred: Credential, kind: FailureKind, delay: float, base: float, cap: float,
-                      wall: float | None = None) -> None:
+    async def failure(
+        self,
+        cred: Credential,
+        kind: FailureKind,
+        delay: float,
+        base: float,
+        cap: float,
+        wall: float | None = None,
+    ) -> None:
         """Cool ``cred`` down: backoff kinds escalate (once per cooldown); ``wall`` is an upstream
         429's retry-after, during which nothing is sent to ``cred``."""
         now = self.clock()
@@ -407,13 +414,16 @@ class Pool:
         usable.sort(key=lambda c: ((c.in_flight + 1) / (c.weight or 1e-9), rng.random()))
         return usable
 
-    def candidates(self, model: str | None, affinity: bytes | None = None,
-                   exclude: Iterable[str] = ()) -> list[Credential]:
+    def candidates(
+        self, model: str | None, affinity: bytes | None = None, exclude: Iterable[str] = ()
+    ) -> list[Credential]:
         """Healthy credentials serving ``model``, best first (RPM windows not consulted)."""
         now = self.clock()
         skip = set(exclude)
         group = self.group_of(model) if model else None
-        usable = [c for c in self.credentials if c.name not in skip and c.healthy(now, group) and c.serves(model)]
+        usable = [
+            c for c in self.credentials if c.name not in skip and c.healthy(now, group) and c.serves(model)
+        ]
         return self._order(usable, affinity)
 
     def serving(self, model: str | None) -> list[Credential]:
@@ -428,9 +438,15 @@ class Pool:
             cred.rpm_full_until = now + max(wait, 0.05)
         return ok
 
-    async def acquire(self, model: str | None, affinity: bytes | None = None,
-                      exclude: Iterable[str] = (), *, count_rpm: bool = True,
-                      account: str | None = None) -> Credential | Refusal:
+    async def acquire(
+        self,
+        model: str | None,
+        affinity: bytes | None = None,
+        exclude: Iterable[str] = (),
+        *,
+        count_rpm: bool = True,
+        account: str | None = None,
+    ) -> Credential | Refusal:
         """The credential to send to, with its in-flight count taken, or why there is none.
 
         Health is judged for ``model``'s rate-limit group: a 429 about another group is no
@@ -450,11 +466,16 @@ class Pool:
         open_ = [c for c in fresh if not c.over_spend()]
         if not open_:
             return Refusal(Refused.NO_CREDENTIAL, _seconds_to_next_month())
-        healthy = [c for c in open_ if not c.cooling(now, group) and not (c.rpm is not None and now < c.rpm_full_until)]
+        healthy = [
+            c
+            for c in open_
+            if not c.cooling(now, group) and not (c.rpm is not None and now < c.rpm_full_until)
+        ]
         for cred in self._order(healthy, affinity):
             if count_rpm and cred.rpm is not None and not await self._take_rpm(cred, now):
                 continue
             return _taken(cred, failover=bool(skip))
+
         # nothing healthy: the one that recovers first among those not behind a wall
         def wall(c: Credential) -> float:
             if count_rpm:
@@ -501,8 +522,14 @@ class Pool:
             if now < cred.group_cool.get(group, 0.0):
                 await self._health.group_success(cred, group)
 
-    async def report_failure(self, cred: Credential, kind: FailureKind | str, retry_after: float | None = None,
-                             detail: str | None = None, model: str | None = None) -> None:
+    async def report_failure(
+        self,
+        cred: Credential,
+        kind: FailureKind | str,
+        retry_after: float | None = None,
+        detail: str | None = None,
+        model: str | None = None,
+    ) -> None:
         """Count a failure against ``cred``. ``retry_after``: the upstream's own hint, in seconds;
         ``model``: what the request asked for (a 429 cools only that model's rate-limit group)."""
         kind = FailureKind(kind)
@@ -524,8 +551,15 @@ class Pool:
                 delay = min(self.default_retry_after, cap)  # the upstream named no time: a preference only
             group = self.group_of(model) if model else ""
             if delay > COOLING_ALERT:
-                self._event("credential.cooling", {"credential": cred.name, "seconds": round(delay, 3),
-                                                   "cause": kind.value, "rate_limit_group": group or None})
+                self._event(
+                    "credential.cooling",
+                    {
+                        "credential": cred.name,
+                        "seconds": round(delay, 3),
+                        "cause": kind.value,
+                        "rate_limit_group": group or None,
+                    },
+                )
             if group:
                 await self._health.group_failure(cred, group, delay, wall)
                 return
@@ -535,8 +569,15 @@ class Pool:
         await self._health.failure(cred, kind, delay, self.backoff_base, self.backoff_cap, wall)
         cooling = cred.cooldown_until - now
         if kind is not FailureKind.RATE_LIMITED and cooling > COOLING_ALERT and before - now <= COOLING_ALERT:
-            self._event("credential.cooling", {"credential": cred.name, "seconds": round(cooling, 3),
-                                               "cause": kind.value, "rate_limit_group": None})
+            self._event(
+                "credential.cooling",
+                {
+                    "credential": cred.name,
+                    "seconds": round(cooling, 3),
+                    "cause": kind.value,
+                    "rate_limit_group": None,
+                },
+            )
 
     async def enable(self, cred: Credential) -> None:
         cred.changed_at = time.monotonic()

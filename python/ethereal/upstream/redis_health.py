@@ -130,13 +130,25 @@ class RedisHealth(Health):
             self._warned = now
             log.warning("redis unavailable for upstream health (%s): %s; using in-process state", what, exc)
 
-    async def failure(self, cred: Credential, kind: FailureKind, delay: float, base: float, cap: float,
-                      wall: float | None = None) -> None:
+    async def failure(
+        self,
+        cred: Credential,
+        kind: FailureKind,
+        delay: float,
+        base: float,
+        cap: float,
+        wall: float | None = None,
+    ) -> None:
         try:
             pttl, fails, rl = await self._failure(
                 keys=[key("cool", cred.name), key("fails", cred.name), key("rl", cred.name)],
-                args=[1 if kind.backs_off else 0, int(delay * 1000), int(base * 1000), int(cap * 1000),
-                      int((wall or 0.0) * 1000)],
+                args=[
+                    1 if kind.backs_off else 0,
+                    int(delay * 1000),
+                    int(base * 1000),
+                    int(cap * 1000),
+                    int((wall or 0.0) * 1000),
+                ],
             )
         except RedisError as exc:
             self._warn("failure", exc)
@@ -150,15 +162,21 @@ class RedisHealth(Health):
 
     async def group_failure(self, cred: Credential, group: str, delay: float, wall: float | None) -> None:
         try:
-            pref_ms, wall_ms = await self._group(keys=list(group_keys(cred.name, group)),
-                                                 args=[group, int(delay * 1000), int((wall or 0.0) * 1000)])
+            pref_ms, wall_ms = await self._group(
+                keys=list(group_keys(cred.name, group)),
+                args=[group, int(delay * 1000), int((wall or 0.0) * 1000)],
+            )
         except RedisError as exc:
             self._warn("failure", exc)
             await super().group_failure(cred, group, delay, wall)
             return
         now = self.clock()
-        cred.cool_group(group, now, int(pref_ms) / 1000.0 if int(pref_ms) > 0 else 0.0,
-                        int(wall_ms) / 1000.0 if int(wall_ms) > 0 else None)
+        cred.cool_group(
+            group,
+            now,
+            int(pref_ms) / 1000.0 if int(pref_ms) > 0 else 0.0,
+            int(wall_ms) / 1000.0 if int(wall_ms) > 0 else None,
+        )
 
     async def group_success(self, cred: Credential, group: str) -> None:
         await super().group_success(cred, group)
@@ -171,7 +189,9 @@ class RedisHealth(Health):
         groups = await self.redis.smembers(key("rlg", name))
         doomed = [key("rlg", name)]
         for g in groups or ():
-            doomed.extend(group_keys(name, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))[1:])
+            doomed.extend(
+                group_keys(name, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))[1:]
+            )
         await self.redis.delete(*doomed)
 
     async def success(self, cred: Credential) -> None:
@@ -194,8 +214,9 @@ class RedisHealth(Health):
     async def enable(self, cred: Credential) -> None:
         cred.off_flag_at = 0.0
         try:
-            await self.redis.delete(key("off", cred.name), key("cool", cred.name), key("fails", cred.name),
-                                    key("rl", cred.name))
+            await self.redis.delete(
+                key("off", cred.name), key("cool", cred.name), key("fails", cred.name), key("rl", cred.name)
+            )
             await self._drop_groups(cred.name)
         except RedisError as exc:
             self._warn("enable", exc)
@@ -203,8 +224,9 @@ class RedisHealth(Health):
 
     async def forget(self, name: str) -> None:
         try:
-            await self.redis.delete(key("off", name), key("cool", name), key("fails", name), key("rpm", name),
-                                    key("rl", name))
+            await self.redis.delete(
+                key("off", name), key("cool", name), key("fails", name), key("rpm", name), key("rl", name)
+            )
             await self._drop_groups(name)
         except RedisError as exc:
             self._warn("forget", exc)
@@ -213,8 +235,10 @@ class RedisHealth(Health):
         assert cred.rpm is not None
         self._seq += 1
         try:
-            ok, wait_ms = await self._rpm(keys=[key("rpm", cred.name)],
-                                          args=[cred.rpm, int(RPM_WINDOW * 1000), f"{self._tag}-{self._seq}"])
+            ok, wait_ms = await self._rpm(
+                keys=[key("rpm", cred.name)],
+                args=[cred.rpm, int(RPM_WINDOW * 1000), f"{self._tag}-{self._seq}"],
+            )
         except RedisError as exc:
             self._warn("rpm", exc)
             return await super().take_rpm(cred, now)
@@ -237,8 +261,11 @@ class RedisHealth(Health):
                     pipe.smembers(key("rlg", c.name))
                 pipe.get(key("ver"))
                 results = await pipe.execute()
-            groups = [(c, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))
-                      for i, c in enumerate(creds) for g in results[5 * i + 4] or ()]
+            groups = [
+                (c, g.decode("utf-8", "replace") if isinstance(g, bytes) else str(g))
+                for i, c in enumerate(creds)
+                for g in results[5 * i + 4] or ()
+            ]
             left: list[int] = []
             if groups:  # only while some 429 cools a group: their walls and preferences
                 async with self.redis.pipeline(transaction=False) as pipe:
@@ -260,7 +287,7 @@ class RedisHealth(Health):
             if pref_ms > 0:
                 c.group_cool[g] = now + pref_ms / 1000.0
         for i, c in enumerate(creds):
-            pttl, fails, off, rl = results[5 * i: 5 * i + 4]
+            pttl, fails, off, rl = results[5 * i : 5 * i + 4]
             pttl, rl = int(pttl or 0), int(rl or 0)
             c.cooldown_until = now + pttl / 1000.0 if pttl > 0 else 0.0
             c.rate_limited_until = now + rl / 1000.0 if rl > 0 else 0.0

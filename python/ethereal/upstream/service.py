@@ -125,8 +125,11 @@ def validate_spec(data: Any, registry: Registry | None, *, partial: bool) -> dic
             if v is None:
                 out[field_name] = None
             elif isinstance(v, bool) or not isinstance(v, int) or v < (1 if field_name == "rpm" else 0):
-                raise _bad(f"{field_name}: must be a {'positive' if field_name == 'rpm' else 'non-negative'}"
-                           " integer or null", param=field_name)
+                raise _bad(
+                    f"{field_name}: must be a {'positive' if field_name == 'rpm' else 'non-negative'}"
+                    " integer or null",
+                    param=field_name,
+                )
             else:
                 out[field_name] = v
     if "enabled" in data:
@@ -137,8 +140,9 @@ def validate_spec(data: Any, registry: Registry | None, *, partial: bool) -> dic
 
 
 class UpstreamService:
-    def __init__(self, settings: Settings, pool: Pool, client: UpstreamClient | None,
-                 registry: Registry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, pool: Pool, client: UpstreamClient | None, registry: Registry | None = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.client = client
@@ -176,8 +180,14 @@ class UpstreamService:
         await self.attach(store)
         settings = self.settings
         if settings.upstream_url and settings.upstream_key:
-            self.pool.add(Credential(name=ENV_NAME, base_url=settings.upstream_url.rstrip("/"),
-                                     api_key=settings.upstream_key, source="env"))
+            self.pool.add(
+                Credential(
+                    name=ENV_NAME,
+                    base_url=settings.upstream_url.rstrip("/"),
+                    api_key=settings.upstream_key,
+                    source="env",
+                )
+            )
         await self.reload(strict=True)
         await self.pool.health.sync(self.pool.credentials)
         await self.refresh_spend(only_capped=True)
@@ -215,7 +225,11 @@ class UpstreamService:
                     pass
                 now = time.monotonic()
                 changed = await self.pool.health.sync(self.pool.credentials)
-                if changed or self._reload_now.is_set() or now - last_reload >= settings.upstream_reload_interval:
+                if (
+                    changed
+                    or self._reload_now.is_set()
+                    or now - last_reload >= settings.upstream_reload_interval
+                ):
                     self._reload_now.clear()
                     last_reload = now
                     await self.reload()
@@ -246,10 +260,17 @@ class UpstreamService:
                 if cred is None or cred.source != "store":
                     if cred is not None and not self._shadow_warned:
                         self._shadow_warned = True
-                        log.warning("stored credential %r replaces the one from ETHEREAL_UPSTREAM_URL", row.name)
+                        log.warning(
+                            "stored credential %r replaces the one from ETHEREAL_UPSTREAM_URL", row.name
+                        )
                     api_key = self.box.decrypt(row.api_key_enc)
-                    cred = Credential(name=row.name, base_url=row.base_url, api_key=api_key, source="store",
-                                      secret_ref=row.api_key_enc)
+                    cred = Credential(
+                        name=row.name,
+                        base_url=row.base_url,
+                        api_key=api_key,
+                        source="store",
+                        secret_ref=row.api_key_enc,
+                    )
                     self._apply_row(cred, row, started)
                     pool.add(cred)
                     continue
@@ -275,10 +296,20 @@ class UpstreamService:
                 if self.client is not None:
                     await self.client.drop(cred.name)
         settings = self.settings
-        if (ENV_NAME not in seen and pool.get(ENV_NAME) is None
-                and settings.upstream_url and settings.upstream_key):
-            pool.add(Credential(name=ENV_NAME, base_url=settings.upstream_url.rstrip("/"),
-                                api_key=settings.upstream_key, source="env"))
+        if (
+            ENV_NAME not in seen
+            and pool.get(ENV_NAME) is None
+            and settings.upstream_url
+            and settings.upstream_key
+        ):
+            pool.add(
+                Credential(
+                    name=ENV_NAME,
+                    base_url=settings.upstream_url.rstrip("/"),
+                    api_key=settings.upstream_key,
+                    source="env",
+                )
+            )
 
     @staticmethod
     def _apply_row(cred: Credential, row: StoredCredential, started: float) -> None:
@@ -325,8 +356,9 @@ class UpstreamService:
             return
         due = [c for c in self.pool.credentials if c.enabled and self._due(c, now)]
         if due:
-            self._discovery = asyncio.get_running_loop().create_task(self.discover_all(due),
-                                                                     name="ethereal-models-discovery")
+            self._discovery = asyncio.get_running_loop().create_task(
+                self.discover_all(due), name="ethereal-models-discovery"
+            )
 
     async def discover_all(self, creds: list[Credential] | None = None) -> None:
         for cred in list(self.pool.credentials if creds is None else creds):
@@ -348,10 +380,18 @@ class UpstreamService:
             error = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
             before = self.listed.get(cred.name) or {}
             if not before.get("error"):
-                log.warning("upstream credential %r: GET /v1/models failed (%s); models keep being served "
-                            "as before, the list is read again later", cred.name, error)
-            self.listed[cred.name] = {**before, "ids": before.get("ids", []), "error": error,
-                                      "failed_at": time.time()}
+                log.warning(
+                    "upstream credential %r: GET /v1/models failed (%s); models keep being served "
+                    "as before, the list is read again later",
+                    cred.name,
+                    error,
+                )
+            self.listed[cred.name] = {
+                **before,
+                "ids": before.get("ids", []),
+                "error": error,
+                "failed_at": time.time(),
+            }
             return None
         before = self.listed.get(cred.name) or {}
         if before.get("error"):
@@ -361,9 +401,13 @@ class UpstreamService:
             new = self.registry.learn_upstream(ids)
             unknown = [m for m in new if (found := self.registry.get(m)) is None or found.provisional]
             if unknown:
-                log.warning("upstream credential %r serves %d model(s) the registry does not describe: %s "
-                            "(served and billed provisionally; add them to ETHEREAL_MODELS_FILE)", cred.name,
-                            len(unknown), ", ".join(m[:64] for m in unknown[:10]))
+                log.warning(
+                    "upstream credential %r serves %d model(s) the registry does not describe: %s "
+                    "(served and billed provisionally; add them to ETHEREAL_MODELS_FILE)",
+                    cred.name,
+                    len(unknown),
+                    ", ".join(m[:64] for m in unknown[:10]),
+                )
         return ids
 
     async def _read_models(self, cred: Credential) -> tuple[list[str], bool]:
@@ -375,9 +419,13 @@ class UpstreamService:
         after: str | None = None
         for _ in range(MODELS_MAX_PAGES):
             query = f"?limit={MODELS_PAGE}" + (f"&after_id={quote(after, safe='')}" if after else "")
-            resp = await self.client.request("GET", cred.base_url + "/v1/models" + query,
-                                             {"x-api-key": cred.api_key, "anthropic-version": "2023-06-01"},
-                                             None, pool_key=cred.name)
+            resp = await self.client.request(
+                "GET",
+                cred.base_url + "/v1/models" + query,
+                {"x-api-key": cred.api_key, "anthropic-version": "2023-06-01"},
+                None,
+                pool_key=cred.name,
+            )
             body = bytearray()
             try:
                 async for chunk in resp.iter_chunks():
@@ -394,8 +442,12 @@ class UpstreamService:
                 raise TypeError("the model list has no data array")
             for item in data:
                 mid = item.get("id") if isinstance(item, dict) else None
-                if (isinstance(mid, str) and 0 < len(mid) <= MAX_MODEL_NAME and mid.isprintable()
-                        and mid not in seen):
+                if (
+                    isinstance(mid, str)
+                    and 0 < len(mid) <= MAX_MODEL_NAME
+                    and mid.isprintable()
+                    and mid not in seen
+                ):
                     seen.add(mid)
                     ids.append(mid)
                     if len(ids) >= MODELS_MAX_IDS:
@@ -416,10 +468,13 @@ class UpstreamService:
         if last is not None and now - last < self.settings.upstream_probe_interval:
             return
         if len(self._probed_at) > 4 * len(self.pool.credentials) + 64:  # bounded: drop the old entries
-            self._probed_at = {k: v for k, v in self._probed_at.items()
-                               if now - v < self.settings.upstream_probe_interval}
+            self._probed_at = {
+                k: v for k, v in self._probed_at.items() if now - v < self.settings.upstream_probe_interval
+            }
         self._probed_at[cred.name] = now
-        task = asyncio.get_running_loop().create_task(self.probe(cred, detail), name=f"ethereal-probe-{cred.name}")
+        task = asyncio.get_running_loop().create_task(
+            self.probe(cred, detail), name=f"ethereal-probe-{cred.name}"
+        )
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
@@ -431,24 +486,44 @@ class UpstreamService:
         status: int | None = None
         detail = None
         try:
-            resp = await asyncio.wait_for(self.client.request(
-                "GET", cred.base_url + "/v1/models?limit=1",
-                {"x-api-key": cred.api_key, "anthropic-version": "2023-06-01"}, None, pool_key=cred.name),
-                PROBE_TIMEOUT)
+            resp = await asyncio.wait_for(
+                self.client.request(
+                    "GET",
+                    cred.base_url + "/v1/models?limit=1",
+                    {"x-api-key": cred.api_key, "anthropic-version": "2023-06-01"},
+                    None,
+                    pool_key=cred.name,
+                ),
+                PROBE_TIMEOUT,
+            )
             status = resp.status
-            with contextlib.suppress(Exception):  # the status is the answer; the body only frees the connection
+            with contextlib.suppress(
+                Exception
+            ):  # the status is the answer; the body only frees the connection
                 await asyncio.wait_for(resp.read(), PROBE_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - unreachable is not a verdict on the credential
             detail = type(exc).__name__
-        cred.last_probe = {"at": time.time(), "request": "GET /v1/models?limit=1", "status": status,
-                           "after": after, "error": detail}
+        cred.last_probe = {
+            "at": time.time(),
+            "request": "GET /v1/models?limit=1",
+            "status": status,
+            "after": after,
+            "error": detail,
+        }
         if status in (401, 403):
-            reason = (f"the upstream refused the credential itself: its probe GET /v1/models answered HTTP {status}"
-                      f"{f' (after a request got {after})' if after else ''}; enable it again once fixed")
+            reason = (
+                f"the upstream refused the credential itself: its probe GET /v1/models answered HTTP {status}"
+                f"{f' (after a request got {after})' if after else ''}; enable it again once fixed"
+            )
             await self.pool.disable(cred, reason)
             await self._persist_disable(cred, reason)
         elif status is not None:
-            log.info("upstream credential %r: probe after %s answered %d, credential kept", cred.name, after, status)
+            log.info(
+                "upstream credential %r: probe after %s answered %d, credential kept",
+                cred.name,
+                after,
+                status,
+            )
         return status
 
     async def _persist_disable(self, cred: Credential, reason: str) -> None:
@@ -471,17 +546,31 @@ class UpstreamService:
         cred = self.pool.get(name)
         if row is not None:
             out: dict[str, Any] = {
-                "name": row.name, "source": "store", "base_url": row.base_url, "weight": row.weight,
-                "models": row.models, "rpm": row.rpm, "spend_cap_micro": row.spend_cap_micro,
-                "enabled": row.enabled, "disabled_reason": row.disabled_reason,
-                "created_at": row.created_at, "updated_at": row.updated_at,
+                "name": row.name,
+                "source": "store",
+                "base_url": row.base_url,
+                "weight": row.weight,
+                "models": row.models,
+                "rpm": row.rpm,
+                "spend_cap_micro": row.spend_cap_micro,
+                "enabled": row.enabled,
+                "disabled_reason": row.disabled_reason,
+                "created_at": row.created_at,
+                "updated_at": row.updated_at,
             }
         elif cred is not None:
             out = {
-                "name": cred.name, "source": cred.source, "base_url": cred.base_url, "weight": cred.weight,
-                "models": cred.models, "rpm": cred.rpm, "spend_cap_micro": cred.spend_cap_micro,
-                "enabled": cred.enabled, "disabled_reason": cred.disabled_reason,
-                "created_at": None, "updated_at": None,
+                "name": cred.name,
+                "source": cred.source,
+                "base_url": cred.base_url,
+                "weight": cred.weight,
+                "models": cred.models,
+                "rpm": cred.rpm,
+                "spend_cap_micro": cred.spend_cap_micro,
+                "enabled": cred.enabled,
+                "disabled_reason": cred.disabled_reason,
+                "created_at": None,
+                "updated_at": None,
             }
         else:
             raise GatewayError(404, f"no upstream credential named {name!r}")
@@ -504,9 +593,17 @@ class UpstreamService:
             return None
         ids = list(seen.get("ids") or [])
         reg = self.registry
-        undescribed = [m for m in ids if reg is not None and ((found := reg.get(m)) is None or found.provisional)]
-        return {"count": len(ids), "ids": ids, "undescribed": undescribed, "at": seen.get("at"),
-                "error": seen.get("error"), "truncated": bool(seen.get("truncated"))}
+        undescribed = [
+            m for m in ids if reg is not None and ((found := reg.get(m)) is None or found.provisional)
+        ]
+        return {
+            "count": len(ids),
+            "ids": ids,
+            "undescribed": undescribed,
+            "at": seen.get("at"),
+            "error": seen.get("error"),
+            "truncated": bool(seen.get("truncated")),
+        }
 
     async def list(self) -> list[dict[str, Any]]:
         assert self.store is not None
@@ -530,15 +627,23 @@ class UpstreamService:
         assert self.store is not None
         spec = validate_spec(data, self.registry, partial=False)
         if await self.store.get_credential(spec["name"]) is not None:
-            raise GatewayError(409, f"an upstream credential named {spec['name']!r} already exists",
-                               type="invalid_request_error")
+            raise GatewayError(
+                409,
+                f"an upstream credential named {spec['name']!r} already exists",
+                type="invalid_request_error",
+            )
         try:
             enc = self.box.encrypt(spec["api_key"])
         except SecretKeyError:
             raise GatewayError(400, f"cannot store the credential: {NO_SECRET_KEY}") from None
         row = StoredCredential(
-            name=spec["name"], base_url=spec["base_url"], api_key_enc=enc, weight=spec.get("weight", 1.0),
-            models=spec.get("models"), rpm=spec.get("rpm"), spend_cap_micro=spec.get("spend_cap_micro"),
+            name=spec["name"],
+            base_url=spec["base_url"],
+            api_key_enc=enc,
+            weight=spec.get("weight", 1.0),
+            models=spec.get("models"),
+            rpm=spec.get("rpm"),
+            spend_cap_micro=spec.get("spend_cap_micro"),
             enabled=spec.get("enabled", True),
             disabled_reason=None if spec.get("enabled", True) else "disabled by an admin",
         )
@@ -553,8 +658,12 @@ class UpstreamService:
         row = await self.store.get_credential(name)
         if row is None:
             if self._env_only(name):
-                raise GatewayError(409, f"{name!r} comes from ETHEREAL_UPSTREAM_URL/KEY: change the environment "
-                                        "(it can only be disabled and enabled here)", type="invalid_request_error")
+                raise GatewayError(
+                    409,
+                    f"{name!r} comes from ETHEREAL_UPSTREAM_URL/KEY: change the environment "
+                    "(it can only be disabled and enabled here)",
+                    type="invalid_request_error",
+                )
             raise GatewayError(404, f"no upstream credential named {name!r}")
         if "api_key" in spec:
             try:
@@ -581,8 +690,11 @@ class UpstreamService:
             row.enabled = enabled
             row.disabled_reason = None if enabled else reason
             await self.store.upsert_credential(row)
-        target = cred if cred is not None else Credential(name=name, base_url=row.base_url if row else "",
-                                                          api_key="", source="store")
+        target = (
+            cred
+            if cred is not None
+            else Credential(name=name, base_url=row.base_url if row else "", api_key="", source="store")
+        )
         if enabled:
             await self.pool.enable(target)
         else:
@@ -597,8 +709,12 @@ class UpstreamService:
         assert self.store is not None
         if not await self.store.delete_credential(name):
             if self._env_only(name):
-                raise GatewayError(409, f"{name!r} comes from ETHEREAL_UPSTREAM_URL/KEY: unset it to remove it "
-                                        "(or disable it here)", type="invalid_request_error")
+                raise GatewayError(
+                    409,
+                    f"{name!r} comes from ETHEREAL_UPSTREAM_URL/KEY: unset it to remove it "
+                    "(or disable it here)",
+                    type="invalid_request_error",
+                )
             raise GatewayError(404, f"no upstream credential named {name!r}")
         await self.pool.health.forget(name)
         await self._changed(name)
@@ -623,7 +739,9 @@ async def stored_credential_count(store: Store, settings: Settings) -> int:
     if not rows:
         return 0
     if not settings.secret_key:
-        raise SecretKeyError(f"{len(rows)} upstream credential(s) are stored in the database but {NO_SECRET_KEY}")
+        raise SecretKeyError(
+            f"{len(rows)} upstream credential(s) are stored in the database but {NO_SECRET_KEY}"
+        )
     box = SecretBox(settings.secret_key)
     for row in rows:
         try:
@@ -631,7 +749,8 @@ async def stored_credential_count(store: Store, settings: Settings) -> int:
         except SecretKeyError:
             raise SecretKeyError(
                 f"upstream credential {row.name!r} cannot be decrypted with ETHEREAL_SECRET_KEY "
-                "(was the key changed?)") from None
+                "(was the key changed?)"
+            ) from None
     rewrapped = await rewrap_credentials(store, box)
     if rewrapped:
         log.warning("%d upstream credential(s) re-encrypted with the scrypt-derived key", rewrapped)
