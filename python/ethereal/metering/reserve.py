@@ -34,11 +34,6 @@ from typing import Any
 from ethereal.models import Model, Registry
 from ethereal.models.registry import PICO
 
-# what the native estimate (rust/ethereal-core/src/tokens.rs) already counted for a document:
-# its page count times this, and two pages for a document that is not in the request
-NATIVE_PAGE_TOKENS = 2000
-NATIVE_REMOTE_PAGES = 2
-_NATIVE_BYTES_PER_PAGE = 60_000
 # a page object: "/Type" then any PDF whitespace (or a comment-free nothing) then "/Page" not
 # followed by a name character ("/Pages" is the page tree, "/PageLabel" something else)
 _PAGE = re.compile(rb"/Type[\x00\t\n\x0c\r ]*/Page(?![A-Za-z0-9_.#-])")
@@ -69,18 +64,6 @@ def count_pdf_pages(pdf: bytes) -> int:
     return len(_PAGE.findall(pdf))
 
 
-def _native_pages(pdf: bytes) -> int:
-    """The native estimate's own page count of a decoded PDF (exactly one space or none)."""
-    pages = 0
-    for needle in (b"/Type /Page", b"/Type/Page"):
-        start = 0
-        while (pos := pdf.find(needle, start)) != -1:
-            if pdf[pos + len(needle) : pos + len(needle) + 1] != b"s":
-                pages += 1
-            start = pos + 1
-    return pages or len(pdf) // _NATIVE_BYTES_PER_PAGE + 1
-
-
 def _decode(data: str) -> bytes:
     try:
         return base64.b64decode(data + "=" * (-len(data) % 4), validate=False)
@@ -104,7 +87,8 @@ def _blocks(data: dict[str, Any]) -> Any:
 
 
 def document_tokens(data: dict[str, Any], config: ReserveConfig) -> int:
-    """Tokens the documents can cost beyond what the native estimate counted for them."""
+    """Tokens the documents can cost on top of the native estimate (which counts its own, smaller,
+    per-page figure): each page at the configured worst case, a remote document at the ceiling."""
     extra = 0
     for block in _blocks(data):
         if not isinstance(block, dict) or block.get("type") != "document":
@@ -115,13 +99,11 @@ def document_tokens(data: dict[str, Any], config: ReserveConfig) -> int:
             raw = source.get("data") if isinstance(source, dict) else None
             pdf = _decode(raw) if isinstance(raw, str) else b""
             real = max(count_pdf_pages(pdf), 1)
-            counted = _native_pages(pdf) * NATIVE_PAGE_TOKENS
         elif kind in ("text", "content"):
             continue  # the native estimate reads the text itself
         else:  # url, file: not in the request
             real = config.remote_document_pages
-            counted = NATIVE_REMOTE_PAGES * NATIVE_PAGE_TOKENS
-        extra += max(0, real * config.pdf_page_tokens - counted)
+        extra += real * config.pdf_page_tokens
     return extra
 
 
