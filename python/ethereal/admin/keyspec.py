@@ -16,26 +16,14 @@ import orjson
 from ethereal.errors import invalid_request
 from ethereal.limits.plans import Plans
 from ethereal.models import Registry
+from ethereal.storage.base import KEY_COLUMNS
 
 MAX_BATCH = 500
 _TEXT_MAX = 200
 _METADATA_MAX_BYTES = 16 * 1024
 
 # fields a mint or a PATCH may set (``revoked`` only through PATCH / revoke)
-KEY_FIELDS = (
-    "name",
-    "owner",
-    "teams",
-    "plan",
-    "budget_tokens",
-    "budget_micro_usd",
-    "rpm",
-    "tpm",
-    "max_concurrency",
-    "allowed_models",
-    "expires_at",
-    "metadata",
-)
+KEY_FIELDS = tuple(c for c in KEY_COLUMNS[3:-2] if c != "revoked")
 
 
 _METADATA_MAX_DEPTH = 32

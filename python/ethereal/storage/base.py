@@ -43,23 +43,13 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved: a late failure of an abandoned call is not an error to report
 
 
-KEY_MUTABLE_FIELDS = frozenset(
-    {
-        "name",
-        "owner",
-        "teams",
-        "plan",
-        "budget_tokens",
-        "budget_micro_usd",
-        "rpm",
-        "tpm",
-        "max_concurrency",
-        "allowed_models",
-        "expires_at",
-        "revoked",
-        "metadata",
-    }
-)
+# a key's columns, in the order both stores read and write them; the ones a PATCH may change
+KEY_COLUMNS = ("id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd",
+               "rpm", "tpm", "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata",
+               "created_at", "updated_at")  # fmt: skip
+KEY_MUTABLE_FIELDS = frozenset(KEY_COLUMNS[3:-2])
+# what usage sums group by
+USAGE_GROUPS = frozenset({"key_id", "model", "credential", "route", "error_type"})
 
 
 def migration_files(dialect: str) -> list[tuple[int, str, str]]:

@@ -20,9 +20,11 @@ import orjson
 
 from ethereal.keys import KeyRecord
 from ethereal.storage.base import (
+    KEY_COLUMNS,
     KEY_MUTABLE_FIELDS,
     PRICE_CORRECTION_COLUMNS,
     SERIES_SUMS,
+    USAGE_GROUPS,
     RepriceChange,
     Store,
     UsageFilter,
@@ -44,27 +46,6 @@ from ethereal.storage.records import (
 # pg_advisory_lock key for migrations: a fixed 64-bit number ("ethereal" in ASCII).
 MIGRATION_LOCK_ID = 0x657468657265616C
 
-_KEY_COLUMNS = (
-    "id",
-    "key_hash",
-    "display",
-    "name",
-    "owner",
-    "teams",
-    "plan",
-    "budget_tokens",
-    "budget_micro_usd",
-    "rpm",
-    "tpm",
-    "max_concurrency",
-    "allowed_models",
-    "expires_at",
-    "revoked",
-    "metadata",
-    "created_at",
-    "updated_at",
-)
-_GROUPS = {"key_id", "model", "credential", "route", "error_type"}
 _ROLLUP_GROUPS = {"key_id", "model", "credential", "route"}  # the columns usage_hourly keeps
 
 
@@ -72,7 +53,7 @@ def _key_from_row(row: asyncpg.Record) -> KeyRecord:
     data = dict(row)
     data["metadata"] = data["metadata"] or {}
     data["teams"] = data.get("teams") or []
-    return KeyRecord(**{c: data[c] for c in _KEY_COLUMNS})
+    return KeyRecord(**{c: data[c] for c in KEY_COLUMNS})
 
 
 def _usage_from_row(row: asyncpg.Record) -> UsageRecord:
@@ -213,9 +194,9 @@ class PostgresStore(Store):
     async def insert_keys(self, records: list[KeyRecord]) -> None:
         if not records:
             return
-        rows = [tuple(getattr(r, c) for c in _KEY_COLUMNS) for r in records]
-        marks = ", ".join(f"${i + 1}" for i in range(len(_KEY_COLUMNS)))
-        sql = f"INSERT INTO api_keys ({', '.join(_KEY_COLUMNS)}) VALUES ({marks})"
+        rows = [tuple(getattr(r, c) for c in KEY_COLUMNS) for r in records]
+        marks = ", ".join(f"${i + 1}" for i in range(len(KEY_COLUMNS)))
+        sql = f"INSERT INTO api_keys ({', '.join(KEY_COLUMNS)}) VALUES ({marks})"
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(sql, rows)
 
@@ -312,8 +293,8 @@ class PostgresStore(Store):
         """Whole hours from the ``usage_hourly`` rollup (kept exact by a trigger, migration 0003),
         only the partial hours at the edges of ``[since, until)`` from ``usage_records``: a year
         of traffic is at most ~8,800 buckets per group, whatever the number of requests."""
-        if group_by not in _GROUPS:
-            raise ValueError(f"group_by must be one of {sorted(_GROUPS)}")
+        if group_by not in USAGE_GROUPS:
+            raise ValueError(f"group_by must be one of {sorted(USAGE_GROUPS)}")
         rollup, raw = hour_ranges(since, until)
         if group_by not in _ROLLUP_GROUPS:  # error_type: not in the rollup, the raw rows (time-indexed)
             rollup, raw = None, [(since, until)]

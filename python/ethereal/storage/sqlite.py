@@ -19,9 +19,11 @@ import orjson
 
 from ethereal.keys import KeyRecord
 from ethereal.storage.base import (
+    KEY_COLUMNS,
     KEY_MUTABLE_FIELDS,
     PRICE_CORRECTION_COLUMNS,
     SERIES_SUMS,
+    USAGE_GROUPS,
     RepriceChange,
     Store,
     UsageFilter,
@@ -40,32 +42,10 @@ from ethereal.storage.records import (
 
 T = TypeVar("T")
 
-_KEY_COLUMNS = (
-    "id",
-    "key_hash",
-    "display",
-    "name",
-    "owner",
-    "teams",
-    "plan",
-    "budget_tokens",
-    "budget_micro_usd",
-    "rpm",
-    "tpm",
-    "max_concurrency",
-    "allowed_models",
-    "expires_at",
-    "revoked",
-    "metadata",
-    "created_at",
-    "updated_at",
-)
-_GROUPS = {"key_id", "model", "credential", "route", "error_type"}
-
 
 def _key_row(record: KeyRecord) -> tuple[Any, ...]:
     values = []
-    for column in _KEY_COLUMNS:
+    for column in KEY_COLUMNS:
         value = getattr(record, column)
         if column in ("allowed_models", "metadata", "teams") and value is not None:
             value = orjson.dumps(value).decode()
@@ -174,11 +154,11 @@ class SQLiteStore(Store):
         rows = [_key_row(r) for r in records]
 
         def go() -> None:
-            placeholders = ",".join("?" * len(_KEY_COLUMNS))
+            placeholders = ",".join("?" * len(KEY_COLUMNS))
             self.conn.execute("BEGIN")
             try:
                 self.conn.executemany(
-                    f"INSERT INTO api_keys ({','.join(_KEY_COLUMNS)}) VALUES ({placeholders})", rows
+                    f"INSERT INTO api_keys ({','.join(KEY_COLUMNS)}) VALUES ({placeholders})", rows
                 )
                 self.conn.execute("COMMIT")
             except BaseException:
@@ -304,8 +284,8 @@ class SQLiteStore(Store):
     async def usage_totals(
         self, *, group_by: str, since: float | None = None, until: float | None = None
     ) -> list[dict[str, Any]]:
-        if group_by not in _GROUPS:
-            raise ValueError(f"group_by must be one of {sorted(_GROUPS)}")
+        if group_by not in USAGE_GROUPS:
+            raise ValueError(f"group_by must be one of {sorted(USAGE_GROUPS)}")
         clauses, params = [], []
         if since is not None:
             clauses.append("started_at >= ?")
