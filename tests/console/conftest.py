@@ -57,6 +57,8 @@ def console(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_ESTIMATOR_RPM": "1000"}
     with gateway_process(data_dir, sim_url, env=env) as url:
         yield Console(url=url, data_dir=data_dir, sim_url=sim_url)
+    # the shared sim serves only the registry's models again (sim_serves added others)
+    httpx.post(sim_url + "/_sim/models", json={"clear": True}, timeout=10).raise_for_status()
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ def gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env = {"ETHEREAL_ADMIN_KEY": ADMIN_KEY, "ETHEREAL_MODELS_FILE": str(models)}
     with gateway_process(data_dir, sim_url, env=env) as url:
         yield Console(url=url, data_dir=data_dir, sim_url=sim_url), models
+    httpx.post(sim_url + "/_sim/models", json={"clear": True}, timeout=10).raise_for_status()
 
 
 def test_provisional_badge_and_last_correction(gateway: tuple[Console, Path]) -> None:

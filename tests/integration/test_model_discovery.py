@@ -23,7 +23,7 @@ NOVA = "claude-nova-6"
 
 @pytest.fixture
 def nova(sim_url: str) -> Iterator[str]:
-    control(sim_url, "/_sim/models", {"add": [NOVA]})
+    control(sim_url, "/_sim/models", {"clear": True, "add": [NOVA]})  # only this one besides the registry
     try:
         yield sim_url
     finally:

@@ -140,7 +140,7 @@ def test_cli_check_reads_each_credentials_list(
     monkeypatch.setenv("ETHEREAL_UPSTREAM_URL", sim_url)
     monkeypatch.setenv("ETHEREAL_UPSTREAM_KEY", "sim-key")
     monkeypatch.delenv("ETHEREAL_MODELS_FILE", raising=False)
-    control(sim_url, "/_sim/models", {"add": ["claude-nova-6"]})
+    control(sim_url, "/_sim/models", {"clear": True, "add": ["claude-nova-6"]})  # only this one added
     try:
         assert main(["models", "check", "--json"]) == 0
         out = capsys.readouterr().out
