@@ -285,6 +285,15 @@ SETUPS: tuple[Setup, ...] = (
         "aider",
         "Aider (anthropic mode)",
         "POST /v1/messages (native)",
+        # Aider sends temperature 0 to a model it has no settings for; today's models take only the
+        # default sampling parameters (a 400 from the API, passed through on the native route)
+        files=(
+            File(
+                "~/.aider.model.settings.yml",
+                f"- name: anthropic/{MODEL}\n  use_temperature: false\n",
+                "add the entry to your model settings",
+            ),
+        ),
         env=(("ANTHROPIC_API_BASE", BASE_URL), ("ANTHROPIC_API_KEY", KEY)),
         run=f"aider --model anthropic/{MODEL}",
         package="aider-chat",
