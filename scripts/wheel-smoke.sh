@@ -22,7 +22,8 @@ for _ in $(seq 1 100); do
 done
 cmd=$(grep "curl -s" "$work/out.log" | sed 's/^ *//')
 reply=$(eval "$cmd")
-echo "$reply" | "$work/runtime/bin/python" -c 'import json,sys; m=json.load(sys.stdin); assert m["type"]=="message" and m["content"][0]["text"], m; print("wheel smoke: ok,", m["usage"]["output_tokens"], "output tokens")'
+# today's models think by default: the answer is the text block after the thinking one
+echo "$reply" | "$work/runtime/bin/python" -c 'import json,sys; m=json.load(sys.stdin); t=[b["text"] for b in m["content"] if b["type"]=="text"]; assert m["type"]=="message" and t and t[0], m; print("wheel smoke: ok,", m["usage"]["output_tokens"], "output tokens")'
 # the console's templates and vendored assets ship in the wheel (nothing from another host)
 curl -sf "http://127.0.0.1:$port/estimate" | grep -q 'id="accuracy"'
 curl -sf "http://127.0.0.1:$port/dashboard/static/vendor/uPlot.iife.min.js" >/dev/null

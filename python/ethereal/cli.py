@@ -92,14 +92,14 @@ def _ensure_first_key(settings: Settings) -> str | None:
 
 
 def _example_model(settings: Settings) -> str:
-    """A model to name in the start-up example: the registry's newest active one."""
+    """A model to name in the start-up example: the one the registry's data names for client set-ups."""
     from ethereal.models import RegistryError, load_registry
 
     try:
         registry = load_registry(settings.models_file)
     except RegistryError:
         return "MODEL"
-    return next((m.id for m in registry.listed() if m.status == "active"), "MODEL")
+    return registry.default_model.id
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
