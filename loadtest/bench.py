@@ -26,10 +26,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchkeys import insert_key_as
 from ethereal.keys import mint
 from httpload import Result, run_load
 
-from tests.conftest import insert_key
 from tests.procs import gateway_process
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -268,7 +268,7 @@ def main() -> None:
             key = key or plaintext
             if key != plaintext:  # one key for both: the same bytes on the wire
                 record.key_hash = hashlib.sha256(key.encode()).hexdigest()
-            insert_key(data_dir, record)
+            insert_key_as(data_dir, record, env)
             trees.append((label, data_dir, env))
         report = uvloop.run(main_async(args, trees, key))
     report["seconds"] = time.time() - started

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import cpu_seconds, find_listener_pid, merge, proc_tree
+from benchkeys import insert_key_as
+from ethereal.keys import mint
 from httpload import run_load
 
-from tests.conftest import mint_into
 from tests.procs import gateway_process
 from tests.services import redis_server as tcp_redis_server
 
@@ -225,9 +226,11 @@ def main() -> None:
                 continue
             data_dir = Path(tmp) / label
             data_dir.mkdir()
-            free, _ = mint_into(data_dir, name="ungoverned")
-            governed, _ = mint_into(
-                data_dir,
+            extra = {"PYTHONPATH": str(Path(checkout).resolve() / "python")} if checkout is not None else {}
+            free, record = mint("sk-ant-api03-", name="ungoverned")
+            insert_key_as(data_dir, record, extra)
+            governed, record = mint(
+                "sk-ant-api03-",
                 name="governed",
                 plan="bench",
                 budget_tokens=HUGE,
@@ -236,8 +239,8 @@ def main() -> None:
                 tpm=HUGE,
                 max_concurrency=100_000,
             )
+            insert_key_as(data_dir, record, extra)
             (data_dir / "bench-keys.json").write_text(json.dumps({"ungoverned": free, "governed": governed}))
-            extra = {"PYTHONPATH": str(Path(checkout).resolve() / "python")} if checkout is not None else {}
             trees.append((label if args.against else "", data_dir, extra))
         report = uvloop.run(main_async(args, trees))
     report["seconds"] = time.time() - started

@@ -1,0 +1,49 @@
+"""Keys for a benchmark's gateways, written by the code that will serve them: another checkout
+(``--against``) has its own schema and key record, so its store is written by that checkout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import insert_key
+
+_INSERT_KEY = """
+import asyncio, dataclasses, json, sys
+from ethereal.keys import KeyRecord
+from ethereal.storage.sqlite import SQLiteStore
+fields = {f.name for f in dataclasses.fields(KeyRecord)}
+record = KeyRecord(**{k: v for k, v in json.loads(sys.argv[2]).items() if k in fields})
+async def go():
+    store = await SQLiteStore.open(sys.argv[1])
+    try:
+        await store.migrate()
+        await store.insert_keys([record])
+    finally:
+        await store.close()
+asyncio.run(go())
+"""
+
+
+def insert_key_as(data_dir: Path, record: Any, env: dict[str, str]) -> None:
+    """The key in ``data_dir``'s embedded store, written by the code that will serve it (another
+    checkout's schema and key record when ``env`` names one)."""
+    if "PYTHONPATH" not in env:
+        insert_key(data_dir, record)
+        return
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _INSERT_KEY,
+            str(data_dir / "ethereal.sqlite3"),
+            json.dumps(dataclasses.asdict(record)),
+        ],
+        env={**os.environ, **env},
+        check=True,
+    )
