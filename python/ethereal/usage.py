@@ -66,9 +66,16 @@ class Usage:
         # most replies carry neither: no call for what is absent
         iterations = parse_iterations(usage) if "iterations" in usage else None
         searches = web_search_requests(usage) if "server_tool_use" in usage else 0
-        speed = label(usage.get("speed"))
-        geo = label(usage.get("inference_geo"))
-        tier = label(usage.get("service_tier"))
+        # the labels, when reported ("standard", "global", "standard": read as they are, checked once)
+        speed = usage.get("speed")
+        geo = usage.get("inference_geo")
+        tier = usage.get("service_tier")
+        if speed is not None and (type(speed) is not str or speed not in _PLAIN):
+            speed = label(speed)
+        if geo is not None and (type(geo) is not str or geo not in _PLAIN):
+            geo = label(geo)
+        if tier is not None and (type(tier) is not str or tier not in _PLAIN):
+            tier = label(tier)
         if iterations:
             return cls.summed(
                 iterations,
@@ -147,6 +154,10 @@ def count(value: Any) -> int:
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+# labels seen on nearly every reply, accepted without a scan (``label`` checks anything else)
+_PLAIN = frozenset({"standard", "fast", "global", "us", "not_available", "priority", "batch"})
+
+
 def label(value: Any) -> str | None:
     """A short label the upstream reports (``speed``, ``inference_geo``, ``service_tier``): a
     non-empty string of at most 32 characters and no control character (as the native tap reads
@@ -200,4 +211,7 @@ def web_search_requests(usage: Any) -> int:
     if not isinstance(usage, dict):
         return 0
     stu = usage.get("server_tool_use")
-    return count(stu.get("web_search_requests")) if isinstance(stu, dict) else 0
+    if not isinstance(stu, dict):
+        return 0
+    n = stu.get("web_search_requests")
+    return n if type(n) is int and n > 0 else (0 if n == 0 else count(n))

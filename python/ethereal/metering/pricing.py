@@ -94,6 +94,17 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
             num_sum = num_sum * d + n * den
             den *= d
         total_num, total_den = num_sum, den
+    elif not (batch or card.tiers or usage.speed == "fast" or (usage.inference_geo and card.geo)):
+        # the common request: plain per-kind rates, one integer sum (no multiplier to apply)
+        r = card.rates
+        total_num = (
+            usage.input_tokens * r.input
+            + usage.output_tokens * r.output
+            + usage.cache_5m * r.cache_write_5m
+            + usage.cache_1h * r.cache_write_1h
+            + usage.cache_read * r.cache_read
+        )
+        total_den = 1
     else:
         total_num, total_den, lacks = _cost(
             registry,
