@@ -161,12 +161,18 @@ async def client_until_refused(
     n = 0
     while True:
         url = urls[(i + n) % 2]
-        if scenario == "responses":
-            resp = await client.post(url + "/v1/responses", json=responses_body(i, n), headers=headers)
-        else:
-            resp = await client.post(
-                url + "/v1/messages", json=messages_body(i, n, scenario), headers=headers
-            )
+        try:
+            if scenario == "responses":
+                resp = await client.post(url + "/v1/responses", json=responses_body(i, n), headers=headers)
+            else:
+                resp = await client.post(
+                    url + "/v1/messages", json=messages_body(i, n, scenario), headers=headers
+                )
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # a kept-alive connection the server closed as the client reused it: sent again, as an
+            # SDK does (the bound is read from the records)
+            stats["reset"] = stats.get("reset", 0) + 1
+            continue
         stats[str(resp.status_code)] = stats.get(str(resp.status_code), 0) + 1
         if resp.status_code == 429:
             await asyncio.sleep(float(resp.headers.get("retry-after", "1")))
