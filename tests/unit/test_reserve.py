@@ -119,8 +119,7 @@ def test_one_hour_anywhere_wins_and_adapter_breakpoints_count() -> None:
 
 def test_tiered_card_reserves_the_dearest_tier() -> None:
     card = HAIKU.card_at(NOW)
-    if not card.tiers:
-        pytest.skip("no tiered card in the registry")
+    assert card.tiers, "Haiku 5.5's card has its 100K prompt tier (models.toml)"
     r = held(req(model="claude-haiku-5-5"), model=HAIKU)
     assert r.input_micro == micro(r.input_tokens, card.dearest().input)
     assert card.dearest().input > card.rates.input

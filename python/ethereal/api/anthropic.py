@@ -190,7 +190,7 @@ def register(app: Application, gw: Gateway, pipeline: Pipeline) -> None:
         async with pipeline.recording(call):
             model_id = request.route_values.get("model_id") or ""
             provider = request.route_values.get("provider")
-            if provider:  # GET /v1/models/anthropic/claude-opus-4-7
+            if provider:  # GET /v1/models/anthropic/<id>: a provider prefix before the id
                 model_id = f"{provider}/{model_id}"
             model = gw.registry.resolve(model_id)
             call.model_name = model.id if model else model_id
