@@ -158,7 +158,7 @@ def estimate_tokens(
     keep_thinking: bool = False,
 ) -> int:
     """Estimated input tokens of a raw Messages request body, for a model of tokenizer
-    generation ``tokenizer`` (2: the newer one, about 1.3x the tokens), image tier
+    generation ``tokenizer`` (2: the newer one, its text about 1.15x the tokens), image tier
     ``image_tier`` and a tool-use system prompt of ``tool_prompt = (auto, any)`` tokens
     (Anthropic's documented 346 / 313 when omitted); ``keep_thinking``: the model keeps earlier
     turns' thinking in context (else only a tool-use turn in progress counts its thinking). Pass the

@@ -74,6 +74,18 @@ fn png(w: u32, h: u32) -> Vec<u8> {
     v
 }
 
+/// What a request with one image costs besides the image: the request, its message and the
+/// image block's framing (a URL image is charged exactly the tier's cap).
+fn image_framing(gen: Generation) -> u64 {
+    let url = user(json!([{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]));
+    let cap = if gen.image_tier >= 2 {
+        IMAGE2_MAX_TOKENS
+    } else {
+        IMAGE_MAX_TOKENS
+    };
+    estimate_tokens_for(url.to_string().as_bytes(), gen).unwrap() - cap
+}
+
 fn image_body(data: &str, media: &str) -> serde_json::Value {
     json!({"messages":[{"role":"user","content":[
         {"type":"image","source":{"type":"base64","media_type":media,"data":data}}]}]})
@@ -137,25 +149,30 @@ fn content_kinds() {
         per_char(ENGLISH)
     );
     assert!(per_char(json_text) > per_char(ENGLISH) * 1.4);
-    // numbers: a digit run groups by about three
+    // numbers: digits are short tokens, about one per two digits
     let digits = text_tokens("1234567890");
-    assert!((3.0..5.0).contains(&digits), "{digits}");
-    // whitespace runs are cheap, but not free
+    assert!((4.0..7.0).contains(&digits), "{digits}");
+    // a blank before a digit is a token of its own ("What is 2 + 2?" costs two more than "2+2")
+    assert!(text_tokens(" 2") > 2.0 * text_tokens("2"));
+    // whitespace runs are not free: about half a token a blank past the first two
     let indent = text_tokens(&format!("x{}y", " ".repeat(100)));
-    assert!((20.0..40.0).contains(&indent), "{indent}");
+    assert!((40.0..60.0).contains(&indent), "{indent}");
+    // a word right after punctuation mostly merges with it
+    assert!(text_tokens("\"type") < text_tokens("\" type"));
     // camelCase and ALL CAPS split
     assert!(text_tokens("getUserAccountBalance") > text_tokens("get user account balance") * 0.6);
     assert!(text_tokens("ANTHROPIC_MAGIC_STRING") > text_tokens("anthropic magic string") * 1.5);
     // a long word costs more than a short one
-    assert!(text_tokens(" internationalization") > text_tokens(" nation") + 2.0);
+    assert!(text_tokens(" internationalization") > text_tokens(" nation") + 1.0);
 }
 
 #[test]
-fn newer_tokenizer_is_thirty_percent_more_text() {
+fn newer_tokenizer_is_more_text() {
+    // documented as "approximately 30 percent more"; the recorded requests say about 15 %
     let text = ENGLISH.repeat(40);
     let body = user(json!(text));
     let (one, two) = (est(&body) as f64, est2(&body) as f64);
-    assert!((two / one - 1.3).abs() < 0.01, "{one} {two}");
+    assert!((two / one - 1.15).abs() < 0.01, "{one} {two}");
     // framing is not text: a near-empty request barely moves
     let tiny = user(json!("hi"));
     assert!(est2(&tiny) - est(&tiny) <= 1);
@@ -165,7 +182,7 @@ fn newer_tokenizer_is_thirty_percent_more_text() {
 fn system_string_and_blocks() {
     let s = est(&json!({"system": ENGLISH, "messages": []}));
     let b = est(&json!({"system": [{"type":"text","text": ENGLISH}], "messages": []}));
-    assert!(b == s + 1, "a block adds its framing: {s} {b}");
+    assert!(b == s, "a system prompt costs its text, string or blocks: {s} {b}");
     assert!(s as f64 > text_tokens(ENGLISH));
 }
 
@@ -176,7 +193,9 @@ fn messages_add_framing() {
         &json!({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hi"}]}),
     );
     assert!(two > one && two - one <= 5, "{one} {two}");
-    assert_eq!(est(&json!({})), 5);
+    assert_eq!(est(&json!({})), 4);
+    // recorded: "What is the capital of France?" alone costs 14 (7 of text, 7 around it)
+    assert!(est(&user(json!("What is the capital of France?"))).abs_diff(14) <= 1);
 }
 
 #[test]
@@ -208,14 +227,56 @@ fn tool_use_system_prompt_by_tool_choice() {
 }
 
 #[test]
+fn serial_tool_use_drops_the_parallel_prompt() {
+    let tool = json!({"name":"f","description":"d","input_schema":{"type":"object","properties":{}}});
+    let mut auto = user(json!("go"));
+    auto["tools"] = json!([tool]);
+    let mut serial = auto.clone();
+    serial["tool_choice"] = json!({"type":"auto","disable_parallel_tool_use":true});
+    assert_eq!(est(&auto) - est(&serial), 208);
+    // never below nothing
+    let tiny = Generation {
+        tool_prompt_auto: 100,
+        ..Generation::default()
+    };
+    let without = estimate_tokens_for(user(json!("go")).to_string().as_bytes(), tiny).unwrap();
+    let with = estimate_tokens_for(serial.to_string().as_bytes(), tiny).unwrap();
+    assert!(with >= without);
+}
+
+#[test]
+fn citations_add_their_instructions_once() {
+    let doc = |cite: bool| {
+        json!({"type":"document","title":"facts.txt","citations":{"enabled":cite},
+            "source":{"type":"text","media_type":"text/plain","data":"Ruby was created by Matz."}})
+    };
+    let plain = est(&user(json!([doc(false)])));
+    let cited = est(&user(json!([doc(true)])));
+    assert_eq!(cited - plain, 540);
+    let two = est(&user(json!([doc(true), doc(true)])));
+    let two_plain = est(&user(json!([doc(false), doc(false)])));
+    assert_eq!(two - two_plain, 540);
+    // a search result returned by a tool asks for them too
+    let result = |cite: bool| {
+        json!({"messages":[
+            {"role":"user","content":"who?"},
+            {"role":"assistant","content":[{"type":"tool_use","id":"t","name":"kb","input":{"q":"ruby"}}]},
+            {"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[
+                {"type":"search_result","source":"https://x","title":"Ruby","citations":{"enabled":cite},
+                 "content":[{"type":"text","text":"Matz, 1993."}]}]}]}]})
+    };
+    assert_eq!(est(&result(true)) - est(&result(false)), 540);
+}
+
+#[test]
 fn server_tools_and_mcp_servers() {
     let base = json!({"messages":[{"role":"user","content":"news?"}]});
     let mut search = base.clone();
     search["tools"] = json!([{"type":"web_search_20250305","name":"web_search","max_uses":5}]);
-    assert_eq!(est(&search) - est(&base), 346 + 1688);
+    assert_eq!(est(&search) - est(&base), 346 + 1707);
     let mut fetch = base.clone();
     fetch["tools"] = json!([{"type":"web_fetch_20260209","name":"web_fetch"}]);
-    assert_eq!(est(&fetch) - est(&base), 346 + 492);
+    assert_eq!(est(&fetch) - est(&base), 346 + 494);
     let mut unknown = base.clone();
     unknown["tools"] = json!([{"type":"browser_toolset_20260801","name":"browser"}]);
     assert_eq!(est(&unknown) - est(&base), 346 + 500);
@@ -249,9 +310,10 @@ fn tool_use_and_result_blocks() {
         {"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"location":"San Francisco, CA"}}]},
         {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text": ENGLISH}]}]},
     ]});
+    // a call and its result cost about 50 tokens of markup besides their content
     let t = est(&body) as f64;
     let e = text_tokens(ENGLISH);
-    assert!(t > e + 20.0 && t < e + 60.0, "{t} vs {e}");
+    assert!(t > e + 50.0 && t < e + 90.0, "{t} vs {e}");
 }
 
 #[test]
@@ -308,14 +370,19 @@ fn documents() {
     let body = user(
         json!([{"type":"document","source":{"type":"base64","media_type":"application/pdf","data": pdf}}]),
     );
-    let framing = est(&user(json!([]))) + 1 + 58;
-    assert_eq!(est(&body), framing + 2 * 1600);
-    assert_eq!(est2(&body), framing + 2 * 2080);
+    let framing = est(&user(json!([]))) + 58;
+    assert_eq!(est(&body), framing + 2 * 2608);
+    assert_eq!(est2(&body), framing + 2 * 3390);
+    // a document by URL is not in the request: one page
+    let remote = user(
+        json!([{"type":"document","source":{"type":"url","url":"https://example.com/a.pdf"}}]),
+    );
+    assert_eq!(est(&remote), framing + 2608);
 }
 
 #[test]
 fn images_tier_one_by_pixel_count() {
-    let framing = est(&user(json!([]))) + 1;
+    let framing = image_framing(Generation::default());
     let t = est(&image_body(&b64(&png(1000, 1000)), "image/png"));
     assert_eq!(t - framing, 1334); // 1,000,000 / 750
     let small = est(&image_body(&b64(&png(200, 100)), "image/png"));
@@ -343,7 +410,7 @@ fn images_tier_two_by_patches() {
     assert_eq!(image_tokens(2, 1568, 1000), 56 * 36);
     assert_eq!(image_tokens(2, 4000, 1000), 92 * 23); // 2576 × 644 after resizing
     assert_eq!(image_tokens(1, 1000, 1000), image_tokens_for(1000, 1000));
-    let framing = est2(&user(json!([]))) + 1;
+    let framing = image_framing(GEN2);
     let t = est2(&image_body(&b64(&png(1000, 1000)), "image/png"));
     assert_eq!(t - framing, 1296);
 }
@@ -360,21 +427,23 @@ fn gif_webp_jpeg_headers() {
     let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0x00, 0x00];
     jpeg.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08, 0x01, 0xE0, 0x02, 0x80, 0x03]);
     assert_eq!(image_dimensions(&jpeg), Some((640, 480)));
-    let framing = est(&user(json!([]))) + 1;
+    let framing = image_framing(Generation::default());
     let t = est(&image_body(&b64(&jpeg), "image/jpeg"));
     assert_eq!(t - framing, image_tokens_for(640, 480));
 }
 
 #[test]
 fn unknown_images_cost_the_tier_cap() {
-    let framing = est(&user(json!([]))) + 1;
-    assert_eq!(
-        est(&image_body("bm90IGFuIGltYWdl", "image/png")) - framing,
-        IMAGE_MAX_TOKENS
-    );
+    // the image block's own framing: under 3 tokens
+    let framing = est(&user(json!([])));
     let url = user(json!([{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]));
-    assert_eq!(est(&url) - framing, IMAGE_MAX_TOKENS);
-    assert_eq!(est2(&url) - framing, IMAGE2_MAX_TOKENS);
+    assert!((1..=3).contains(&(est(&url) - framing - IMAGE_MAX_TOKENS)));
+    assert!((1..=3).contains(&(est2(&url) - framing - IMAGE2_MAX_TOKENS)));
+    assert_eq!(
+        est(&image_body("bm90IGFuIGltYWdl", "image/png")),
+        est(&url),
+        "an image whose size cannot be read costs the cap"
+    );
 }
 
 #[test]
