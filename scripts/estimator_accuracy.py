@@ -3,23 +3,33 @@
 
 Every recorded request in the fixture corpus whose recording carries Anthropic's own count of
 that prompt is estimated for its own model (the registry's tokenizer, image tier and tool-use
-prompt) and compared:
+prompt) and compared. The recordings (``fixtures/anthropic/recorded``, each file's source in
+``fixtures/PROVENANCE.md``):
 
-* ``fixtures/anthropic/recorded/pydantic-ai-cassettes*``: ``count_tokens`` answers, a message's
-  ``usage`` (input + cache writes + cache reads), a stream's ``message_start`` usage (counted
-  before any server-side pass), or the first ``message`` iteration of ``usage.iterations``;
-* ``sdk-typescript/nock-ToolRunner.json`` and ``sdk-python-inline-snapshots/``: request and
-  response recorded together.
+* VCR cassettes: ``pydantic-ai-cassettes*`` (pydantic-ai), ``ruby-llm-cassettes`` (RubyLLM),
+  ``fantasy-cassettes`` (charmbracelet/fantasy): ``count_tokens`` answers, a message's ``usage``
+  (input + cache writes + cache reads), a stream's ``message_start`` usage (counted before any
+  server-side pass), or the first ``message`` iteration of ``usage.iterations``;
+* ``sdk-typescript/nock-ToolRunner.json``, ``sdk-python-inline-snapshots/`` and
+  ``published-examples/`` (a request and the answer it got, quoted from a public page): request
+  and response recorded together.
 
 Left out, and listed in ``excluded``: requests whose recorded usage is not the prompt's count
-(a compaction ran; a server tool ran within a non-streamed request, so ``usage`` sums several
-sampling passes) and requests with no count. Identical bodies with identical counts are kept once.
+(a compaction ran; a server tool ran within a non-streamed request, its call or the result of a
+call the history left in flight, so ``usage`` sums several sampling passes) and requests with no
+count. Identical bodies with identical counts are kept once.
 
 The corpus is split by a fixed rule, a hash of the recording's test name (so the turns of one
 conversation and one test's per-model variants stay together): the ``calibration`` half fitted
 the weights in ``rust/ethereal-core/src/estimate.rs``; everything shown (``overall``,
 ``by_kind``) is the ``held_out`` half. Percent errors are over requests of at least 100 real
 tokens; smaller ones are judged within ±3 tokens (``small``).
+
+Images are also measured against the documented formulas themselves (``images``): each image
+of the held-out half whose size the request carries, and a grid of sizes, charged by the
+estimator and by the formula as documented (computed here, independently of the Rust code).
+An image by URL or file id cannot be sized: the estimator charges the tier's cap, and such
+requests are a kind of their own.
 
 Also sized here: the admission margin (``guards.ESTIMATE_MARGIN``), as its coverage of the
 real counts and of the simulated upstream's counts (``ceil(chars / 4)``, ×1.3 on the newer
@@ -35,6 +45,7 @@ the targets and the margin's coverage.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import math
@@ -62,10 +73,19 @@ KINDS = {
     "text_mixed": "text only, mixed scripts (≥ 1 % non-ASCII characters)",
     "client_tools": "with tool definitions or a structured-output schema (Anthropic adds a tool-use "
     "system prompt the request does not show)",
-    "media": "with images or documents",
+    "images": "with images the request carries (each charged by its generation's formula)",
+    "images_by_url": "with an image by URL or file id (its size is unknown: charged the tier's cap)",
+    "documents": "with documents (PDF pages at a fitted per-page figure, a document by URL or file id as one page)",
     "server_tools": "with server tools or MCP servers (their definitions and system text are added "
     "upstream: modelled as a fixed allowance per tool type and per MCP server)",
 }
+
+# The documented image formulas (docs/CLAUDE-API §2.1): the long edge is first brought within the
+# tier's limit, then tier 1 costs about w×h/750 (at most about 1,600), tier 2 ⌈w/28⌉×⌈h/28⌉ (at
+# most 4,784).
+IMAGE_TIERS = {1: (1568, 1600), 2: (2576, 4784)}
+IMAGE_GRID = [(28, 28), (200, 100), (640, 480), (1000, 1000), (1092, 1092), (1568, 1000), (1920, 1080),
+              (2576, 1449), (4000, 1000), (4000, 3000), (8000, 6000), (500, 5000)]  # fmt: skip
 
 
 def _total(usage: Any) -> int | None:
@@ -105,40 +125,83 @@ def real_count(uri: str, parsed: Any, stream: str | None) -> tuple[int | None, s
     if iterations:
         first = next((i for i in iterations if isinstance(i, dict) and i.get("type") == "message"), None)
         return _total(first), None
-    blocks = [b.get("type") for b in parsed.get("content") or [] if isinstance(b, dict)]
-    if "server_tool_use" in blocks or "mcp_tool_use" in blocks:
+    blocks = [str(b.get("type")) for b in parsed.get("content") or [] if isinstance(b, dict)]
+    # a server tool call, or the result of one the history left in flight (an answer holds no
+    # plain tool_result: any *_tool_result block is a server tool's)
+    if any(t in ("server_tool_use", "mcp_tool_use") or t.endswith("_tool_result") for t in blocks):
         return _total(usage), "a server tool ran within the request: usage sums its sampling passes"
     return _total(usage), None
+
+
+class _CassetteLoader(yaml.SafeLoader):
+    """YAML with Ruby VCR's ``!binary`` tag (a base64 body)."""
+
+
+_CassetteLoader.add_constructor(
+    "!binary",
+    lambda loader, node: base64.b64decode(str(loader.construct_scalar(node))).decode("utf-8", "replace"),  # type: ignore[arg-type]
+)
+
+
+def _body_text(body: Any) -> str | None:
+    if isinstance(body, dict):
+        body = body.get("string")
+    return body if isinstance(body, str) else None
+
+
+def _cassette(path: Path, root: Path, group: str) -> list[dict[str, Any]]:
+    """The Messages requests of one VCR cassette (Python vcrpy as pydantic-ai writes it, Ruby VCR,
+    go-vcr), each with the prompt's real count when the recording carries it."""
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_CassetteLoader) or {}
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(data.get("interactions") or data.get("http_interactions") or []):
+        req, resp = item.get("request") or {}, item.get("response") or {}
+        uri = str(req.get("uri") or req.get("url") or "")
+        body = req.get("parsed_body")
+        if body is None and (text := _body_text(req.get("body"))) is not None:
+            try:
+                body = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                body = None
+        raw_status = resp.get("status")
+        status = raw_status.get("code") if isinstance(raw_status, dict) else resp.get("code", raw_status)
+        if "api.anthropic.com/v1/messages" not in uri or not isinstance(body, dict) or status != 200:
+            continue
+        parsed = resp.get("parsed_body")
+        stream = parsed if isinstance(parsed, str) else None
+        if parsed is None and (text := _body_text(resp.get("body"))) is not None:
+            if text.lstrip().startswith("{"):
+                try:
+                    parsed = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    parsed = None
+            else:
+                stream = text
+        real, why = real_count(uri, parsed, stream)
+        out.append(
+            {
+                "fixture": f"{path.relative_to(root)}#{i}",
+                "group": group,
+                "body": body,
+                "real": real,
+                "why": why,
+            }
+        )
+    return out
 
 
 def recordings(fixtures: Path) -> list[dict[str, Any]]:
     root = fixtures / "anthropic" / "recorded"
     out: list[dict[str, Any]] = []
-    for path in sorted(root.glob("pydantic-ai-cassettes*/*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        for i, item in enumerate(data.get("interactions") or []):
-            req, resp = item.get("request") or {}, item.get("response") or {}
-            uri = str(req.get("uri", ""))
-            body = req.get("parsed_body")
-            raw_status = resp.get("status")
-            status = raw_status.get("code") if isinstance(raw_status, dict) else raw_status
-            if "/v1/messages" not in uri or not isinstance(body, dict) or status != 200:
-                continue
-            parsed = resp.get("parsed_body")
-            stream = parsed if isinstance(parsed, str) else None
-            if parsed is None and isinstance(resp.get("body"), dict):
-                text = resp["body"].get("string")
-                stream = text if isinstance(text, str) else None
-            real, why = real_count(uri, parsed, stream)
-            out.append(
-                {
-                    "fixture": f"{path.parent.name}/{path.name}#{i}",
-                    "group": re.sub(r"\[.*\]", "", path.stem),
-                    "body": body,
-                    "real": real,
-                    "why": why,
-                }
-            )
+    # pytest's test name: the cassette's name without its parameters
+    for path in sorted(root.glob("pydantic-ai-cassettes*/**/*.yaml")):
+        out += _cassette(path, root, re.sub(r"\[.*\]", "", path.stem))
+    # RSpec's example name
+    for path in sorted(root.glob("ruby-llm-cassettes/*.yml")):
+        out += _cassette(path, root, path.stem)
+    # go test's name: the cassette's path (test/model/subtest)
+    for path in sorted(root.glob("fantasy-cassettes/**/*.yaml")):
+        out += _cassette(path, root, str(path.relative_to(root / "fantasy-cassettes").with_suffix("")))
     nock = root / "sdk-typescript" / "nock-ToolRunner.json"
     if nock.exists():
         for i, item in enumerate(json.loads(nock.read_text(encoding="utf-8"))):
@@ -157,7 +220,10 @@ def recordings(fixtures: Path) -> list[dict[str, Any]]:
                         "why": why,
                     }
                 )
-    for path in sorted(root.glob("sdk-python-inline-snapshots/**/*.json")):
+    # request and response recorded together: the Python SDK's snapshots; published examples
+    # (a request and the answer it got, quoted from a public page: see PROVENANCE.md)
+    snapshots = sorted(root.glob("sdk-python-inline-snapshots/**/*.json"))
+    for path in snapshots + sorted(root.glob("published-examples/*.json")):
         name = str(path.relative_to(root))
         for i, item in enumerate(json.loads(path.read_text(encoding="utf-8"))):
             req, resp = item.get("request") or {}, item.get("response") or {}
@@ -200,6 +266,21 @@ def _text_chars(body: dict[str, Any]) -> tuple[int, int]:
     return total, other
 
 
+def _image_sources(value: Any) -> list[dict[str, Any]]:
+    """The ``source`` of every image block in ``value`` (tool results' content included)."""
+    out: list[dict[str, Any]] = []
+    if isinstance(value, list):
+        for v in value:
+            out += _image_sources(v)
+    elif isinstance(value, dict):
+        if value.get("type") == "image":
+            source = value.get("source")
+            out.append(source if isinstance(source, dict) else {})
+        else:
+            out += _image_sources(value.get("content"))
+    return out
+
+
 def kind_of(body: dict[str, Any]) -> str:
     tools = body.get("tools") or []
     if body.get("mcp_servers") or any(
@@ -207,13 +288,140 @@ def kind_of(body: dict[str, Any]) -> str:
     ):
         return "server_tools"
     blob = orjson.dumps(body.get("messages") or [])
-    if b'"type":"image"' in blob or b'"type":"document"' in blob:
-        return "media"
+    if b'"type":"document"' in blob:
+        return "documents"
+    images = _image_sources(body.get("messages"))
+    if images:
+        sized = all(src.get("type") == "base64" and image_size(str(src.get("data", ""))) for src in images)
+        return "images" if sized else "images_by_url"
     config = body.get("output_config")
     if tools or (isinstance(config, dict) and isinstance(config.get("format"), dict)):
         return "client_tools"
     chars, other = _text_chars(body)
     return "text_mixed" if chars and other / chars >= 0.01 else "text"
+
+
+def image_size(data: str) -> tuple[int, int] | None:
+    """Width and height from a base64 PNG, GIF, WebP or JPEG header (read here, not by the
+    estimator's own parser)."""
+    try:
+        head = base64.b64decode(data[: 4 * 65536] + "=" * (-min(len(data), 4 * 65536) % 4))
+    except ValueError:
+        return None
+
+    def le(at: int, size: int) -> int:
+        return int.from_bytes(head[at : at + size], "little")
+
+    def be(at: int, size: int) -> int:
+        return int.from_bytes(head[at : at + size], "big")
+
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return be(16, 4), be(20, 4)
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return le(6, 2), le(8, 2)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        if head[12:16] == b"VP8X":
+            return le(24, 3) + 1, le(27, 3) + 1
+        if head[12:16] == b"VP8 ":
+            return le(26, 2) & 0x3FFF, le(28, 2) & 0x3FFF
+        if head[12:16] == b"VP8L":
+            return (le(21, 4) & 0x3FFF) + 1, ((le(21, 4) >> 14) & 0x3FFF) + 1
+    if head[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                i += 1
+                continue
+            marker = head[i + 1]
+            if marker == 0xFF or 0xD0 <= marker <= 0xD9 or marker == 0x01:
+                i += 1 if marker == 0xFF else 2
+                continue
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return be(i + 7, 2), be(i + 5, 2)
+            i += 2 + be(i + 2, 2)
+    return None
+
+
+def image_formula(tier: int, width: int, height: int) -> int:
+    """The documented formula for a ``width`` × ``height`` image on an image-tier ``tier`` model."""
+    edge, cap = IMAGE_TIERS[2 if tier >= 2 else 1]
+    w, h = float(width), float(height)
+    if max(w, h) > edge:
+        scale = edge / max(w, h)
+        w, h = max(1.0, round(w * scale)), max(1.0, round(h * scale))
+    tokens = math.ceil(w / 28) * math.ceil(h / 28) if tier >= 2 else math.ceil(w * h / 750)
+    return max(1, min(cap, tokens))
+
+
+def image_charge(source: dict[str, Any], tier: int) -> int:
+    """What the estimator charges for one image: a request holding only that image, less the
+    same request with an image by URL (charged exactly the tier's cap)."""
+    args = {"image_tier": tier, "tokenizer": tier}
+
+    def est(src: dict[str, Any]) -> int:
+        body = {"messages": [{"role": "user", "content": [{"type": "image", "source": src}]}]}
+        return _native.estimate_tokens(orjson.dumps(body), **args)
+
+    return est(source) - est({"type": "url", "url": "https://example.com/a.png"}) + IMAGE_TIERS[tier][1]
+
+
+def _png(width: int, height: int) -> str:
+    head = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return base64.b64encode(head + b"\x08\x06\x00\x00\x00").decode()
+
+
+def images_vs_formula(rows: list[dict[str, Any]], bodies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each held-out image the request carries, and a grid of sizes on both tiers: the
+    estimator's charge against the documented formula."""
+    checked: list[dict[str, Any]] = []
+    unsized: list[str] = []
+    for row in rows:
+        if row["half"] != "held_out":
+            continue
+        tier = 2 if row["image_tier"] >= 2 else 1
+        for src in _image_sources(bodies[row["fixture"]].get("messages")):
+            size = image_size(str(src.get("data", ""))) if src.get("type") == "base64" else None
+            if size is None:
+                unsized.append(row["fixture"])
+                continue
+            checked.append(
+                {
+                    "fixture": row["fixture"],
+                    "tier": tier,
+                    "width": size[0],
+                    "height": size[1],
+                    "formula": image_formula(tier, *size),
+                    "estimate": image_charge(src, tier),
+                }
+            )
+    grid = [
+        {
+            "tier": tier,
+            "width": w,
+            "height": h,
+            "formula": image_formula(tier, w, h),
+            "estimate": image_charge({"type": "base64", "media_type": "image/png", "data": _png(w, h)}, tier),
+        }
+        for tier in (1, 2)
+        for w, h in IMAGE_GRID
+    ]
+    errors = [abs(x["estimate"] - x["formula"]) / x["formula"] * 100.0 for x in checked + grid]
+    return {
+        "formula": "the long edge brought within 1,568 px (tier 1) or 2,576 px (tier 2), then "
+        "tier 1: w×h/750 tokens, at most 1,600; tier 2: ⌈w/28⌉×⌈h/28⌉, at most 4,784",
+        "samples": len(errors),
+        "corpus_images": len(checked),
+        "within_10_pct": round(sum(1 for e in errors if e <= 10) / len(errors) * 100.0, 1),
+        "max_abs_error_pct": round(max(errors), 1),
+        "corpus": checked,
+        "grid": grid,
+        "unsized": {
+            "images": len(unsized),
+            "charged": "the tier's cap (1,600 / 4,784 tokens): an image by URL or file id is not in "
+            "the request, so its size is unknown",
+            "fixtures": sorted(set(unsized)),
+        },
+    }
 
 
 def sim_count(body: dict[str, Any], tokenizer: int) -> int:
@@ -245,10 +453,14 @@ def sim_differs(body: dict[str, Any]) -> str | None:
     return None
 
 
-def samples(fixtures: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def samples(
+    fixtures: Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(rows, excluded, each row's request body by fixture)."""
     registry = load_registry()
     rows: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
+    bodies: dict[str, dict[str, Any]] = {}
     seen: set[tuple[bytes, int | None]] = set()
     for rec in recordings(fixtures):
         key = (orjson.dumps(rec["body"], option=orjson.OPT_SORT_KEYS), rec["real"])
@@ -264,12 +476,14 @@ def samples(fixtures: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
         model = registry.resolve(name)
         args = estimate_args(model)
         estimate = _native.estimate_tokens(orjson.dumps(body), **args)
+        bodies[rec["fixture"]] = body
         rows.append(
             {
                 "fixture": rec["fixture"],
                 "half": half_of(rec["group"]),
                 "model": name,
                 "tokenizer": args.get("tokenizer", 1),
+                "image_tier": args.get("image_tier", 1),
                 "kind": kind_of(body),
                 "real": rec["real"],
                 "estimate": estimate,
@@ -277,7 +491,7 @@ def samples(fixtures: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
                 "sim_differs": sim_differs(body),
             }
         )
-    return rows, excluded
+    return rows, excluded, bodies
 
 
 def distribution(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -330,12 +544,15 @@ def coverage(rows: list[dict[str, Any]], field: str) -> float:
     return round(covered / len(rows) * 100.0, 1) if rows else 0.0
 
 
-def summarize(rows: list[dict[str, Any]], excluded: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(
+    rows: list[dict[str, Any]], excluded: list[dict[str, Any]], bodies: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     held = [r for r in rows if r["half"] == "held_out"]
     ratio, tokens = ESTIMATE_MARGIN
     return {
-        "source": "fixtures/anthropic/recorded: pydantic-ai cassettes, the TypeScript SDK's nock recording and "
-        "the Python SDK's snapshots, requests with Anthropic's own count of the prompt",
+        "source": "fixtures/anthropic/recorded: the pydantic-ai, RubyLLM and charmbracelet/fantasy VCR cassettes, "
+        "the TypeScript SDK's nock recording, the Python SDK's snapshots and published examples, requests "
+        "with Anthropic's own count of the prompt",
         "split": {
             "rule": "sha256(recording's test name)[0] % 2: odd → held_out, even → calibration",
             "calibration": len(rows) - len(held),
@@ -350,6 +567,7 @@ def summarize(rows: list[dict[str, Any]], excluded: list[dict[str, Any]]) -> dic
         ],
         "tokenizer_2": "text weights ×1.15, the ratio cross-validation on the calibration half picked (Anthropic "
         'documents "approximately 30 percent more tokens")',
+        "images": images_vs_formula(rows, bodies),
         "margin": {
             "ratio": ratio,
             "tokens": tokens,

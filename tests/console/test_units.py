@@ -324,12 +324,28 @@ def test_accuracy_meets_its_targets_on_the_held_out_half() -> None:
     )
     assert data["split"]["shown"] == "held_out"
     kinds = {k["kind"]: k for k in data["by_kind"]}
-    assert {"text", "text_mixed", "client_tools", "media", "server_tools"} <= set(kinds)
+    assert {
+        "text",
+        "text_mixed",
+        "client_tools",
+        "images",
+        "images_by_url",
+        "documents",
+        "server_tools",
+    } <= set(kinds)
     assert all(r["half"] in ("calibration", "held_out") for r in data["rows"])
     text = kinds["text"]
     assert text["samples"] >= 5 and abs(text["signed_error_pct"]["median"]) <= 5
+    assert text["within_pct"]["10"] >= 80
+    if kinds["text_mixed"]["samples"]:
+        assert abs(kinds["text_mixed"]["signed_error_pct"]["median"]) <= 15
     assert abs(kinds["client_tools"]["signed_error_pct"]["median"]) <= 10
     assert abs(kinds["server_tools"]["signed_error_pct"]["median"]) <= 25
+    # images against the documented formulas: the held-out half's images and a grid of sizes
+    images = data["images"]
+    assert images["samples"] >= 20 and images["within_10_pct"] == 100
+    by_url = {r["fixture"] for r in data["rows"] if r["half"] == "held_out" and r["kind"] == "images_by_url"}
+    assert by_url <= set(images["unsized"]["fixtures"])  # charged the tier's cap, listed
     margin = data["margin"]
     assert margin["covers_real_pct"] >= 99 and margin["covers_sim_pct_same_content"] >= 99
     assert all(m["sim_differs"] for m in margin["missed"] if m["reserved"] >= m["real"])
