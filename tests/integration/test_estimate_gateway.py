@@ -126,7 +126,7 @@ async def test_the_newer_tokenizer_reserves_more() -> None:
     body = _messages("m")
     older = estimate_input_tokens(body, registry.resolve("claude-sonnet-4-6"))
     newer = estimate_input_tokens(body, registry.resolve("claude-opus-5-5"))
-    assert 1.1 < newer / older < 1.2  # text x1.15: the ratio the recorded requests show
+    assert 1.25 < newer / older < 1.35  # text x1.3: the documented ratio
 
 
 @pytest.mark.parametrize(

@@ -184,7 +184,7 @@ def test_estimate_english_is_about_a_token_a_word() -> None:
 def test_estimate_per_generation() -> None:
     body = _body(messages=[{"role": "user", "content": ENGLISH * 30}])
     older, newer = _native.estimate_tokens(body), _native.estimate_tokens(body, tokenizer=2, image_tier=2)
-    assert abs(newer / older - 1.15) < 0.01  # the recorded requests' ratio, applied to text
+    assert abs(newer / older - 1.3) < 0.01  # the documented ratio, applied to text
     assert _native.estimate_tokens(body, tokenizer=1, image_tier=1) == older
     with pytest.raises(ValueError):
         _native.estimate_tokens(body, tokenizer=3)

@@ -2,8 +2,8 @@
 
 The prompt becomes a Messages request body and goes through ``_native.estimate_tokens`` for each
 model, with that model's tokenizer generation and image tier from the registry (the newer
-tokenizer counts the same text about 1.15 times on the recorded requests; Anthropic documents
-"approximately 30 percent more"). It is the count ``count_tokens`` falls back to; admission reserves it plus
+tokenizer: text × 1.3, Anthropic's documented "approximately 30 percent more tokens"; the few
+recorded requests of such models ran nearer 1.15×). It is the count ``count_tokens`` falls back to; admission reserves it plus
 a margin. The models are the registry's listed ones (today's active models first, then the
 legacy ones and the ones the upstreams serve, never retired ones), each priced by
 ``metering.pricing.price`` at the card in force now, the function that bills usage records; a

@@ -168,11 +168,11 @@ fn content_kinds() {
 
 #[test]
 fn newer_tokenizer_is_more_text() {
-    // documented as "approximately 30 percent more"; the recorded requests say about 15 %
+    // documented as "approximately 30 percent more": the ratio applied to text
     let text = ENGLISH.repeat(40);
     let body = user(json!(text));
     let (one, two) = (est(&body) as f64, est2(&body) as f64);
-    assert!((two / one - 1.15).abs() < 0.01, "{one} {two}");
+    assert!((two / one - 1.3).abs() < 0.01, "{one} {two}");
     // framing is not text: a near-empty request barely moves
     let tiny = user(json!("hi"));
     assert!(est2(&tiny) - est(&tiny) <= 1);
