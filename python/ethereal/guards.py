@@ -174,13 +174,7 @@ def estimate_args(model: Model | None) -> dict[str, Any]:
     registry's rules; the earlier generation's when the model is not described."""
     if model is None:
         return {}
-    r = model.rules
-    return {
-        "tokenizer": r.tokenizer,
-        "image_tier": r.image_tier,
-        "tool_prompt": (r.tool_prompt_auto, r.tool_prompt_any),
-        "keep_thinking": r.keeps_thinking,
-    }
+    return model.rules.estimate_kwargs  # shared: callers only unpack it
 
 
 def estimate_input_tokens(body: bytes, model: Model | None = None) -> int:

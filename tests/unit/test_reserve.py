@@ -149,6 +149,43 @@ def test_server_tool_fees_at_max_uses_or_the_default() -> None:
     assert default.output_micro == base.output_micro + CFG.web_searches * fee
 
 
+def test_names_written_with_escapes_are_read_as_a_json_reader_reads_them() -> None:
+    """The byte searches that skip the walk cannot be dodged by writing a name with \\u escapes
+    (the upstream's JSON reader sees the same names): fast mode, a 1-hour write, a search tool."""
+    card = OPUS.card_at(NOW)
+    data = req(
+        speed="fast",
+        tools=[{"type": "web_search_20260209", "name": "web_search", "max_uses": 2}],
+        system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+    )
+    plain = orjson.dumps(data)
+    escaped = (
+        plain.replace(b'"speed"', b'"sp\\u0065ed"')
+        .replace(b'"cache_control"', b'"cache_contr\\u006fl"')
+        .replace(b"web_", b"w\\u0065b_")
+    )
+    assert b'"speed"' not in escaped and b"web_" not in escaped
+    assert orjson.loads(escaped) == data
+    expect = held(data)
+    got = reserve(
+        REG,
+        OPUS,
+        orjson.loads(escaped),
+        escaped,
+        at=NOW,
+        input_tokens=_native.estimate_tokens(plain),
+        max_tokens=1000,
+        money=True,
+        config=CFG,
+    )
+    assert got == expect
+    assert got.searches == 2
+    assert card.fast is not None
+    assert got.output_micro == micro(1000, card.dearest().output, float(card.fast)) + 2 * (
+        REG.server_tools.web_search_micro
+    )
+
+
 def pdf(pages: int, sep: bytes = b" ") -> str:
     objs = b"".join(
         b"%d 0 obj << /Type" % (i + 3) + sep + b"/Page /Parent 2 0 R >> endobj\n" for i in range(pages)

@@ -172,7 +172,10 @@ def reserve(
     ``input_tokens`` is the native estimate of ``body``; ``caches`` what the adapter knows it
     added (``"5m"``/``"1h"`` breakpoints); ``money``: price it (the key has a money budget)."""
     in_t = max(0, int(input_tokens))
-    if b'"document"' in body:
+    # the byte searches below skip a walk when a name is absent; a body that writes a name with
+    # \u escapes ("cache_contr\u006fl" is "cache_control" to a JSON reader) is always walked
+    escaped = b"\\u" in body
+    if escaped or b'"document"' in body:
         in_t += document_tokens(data, config)
     if model is not None and model.context_window > 0:
         in_t = min(in_t, model.context_window)
@@ -182,28 +185,32 @@ def reserve(
     card = model.card_at(at)
     rates = card.dearest()
     ttl = caches
-    if b'"cache_control"' in body and ttl != "1h":
+    if (escaped or b'"cache_control"' in body) and ttl != "1h":
         found = cache_ttl(data)
         if found == "1h" or ttl is None:
             ttl = found
     in_rate = rates.input
     if ttl is not None:
         in_rate = max(in_rate, rates.cache_write_5m if ttl == "5m" else rates.cache_write_1h)
-    mult = Fraction(1)
-    if data.get("speed") == "fast":
-        mult *= card.fast if card.fast is not None else registry.defaults["fast"]
-    geo = data.get("inference_geo")
-    if isinstance(geo, str) and geo in card.geo:
-        mult *= card.geo[geo]
-    if batch:
-        mult *= card.batch
+    num = den = 1  # the multiplier (fast mode, geo, batch) as an exact fraction
+    if batch or escaped or b'"speed"' in body or b'"inference_geo"' in body:
+        mult = Fraction(1)
+        if data.get("speed") == "fast":
+            mult *= card.fast if card.fast is not None else registry.defaults["fast"]
+        geo = data.get("inference_geo")
+        if isinstance(geo, str) and geo in card.geo:
+            mult *= card.geo[geo]
+        if batch:
+            mult *= card.batch
+        num, den = mult.numerator, mult.denominator
     searches = fetches = 0
-    if b"web_" in body:
+    if escaped or b"web_" in body:
         searches, fetches = server_tool_uses(data, config)
-    tools = registry.server_tools
-    in_m = _up(in_t * in_rate * mult.numerator, mult.denominator)
-    out_m = _up(out_t * rates.output * mult.numerator, mult.denominator)
-    out_m += searches * tools.web_search_micro + fetches * tools.web_fetch_micro
+    in_m = _up(in_t * in_rate * num, den)
+    out_m = _up(out_t * rates.output * num, den)
+    if searches or fetches:
+        tools = registry.server_tools
+        out_m += searches * tools.web_search_micro + fetches * tools.web_fetch_micro
     return Reservation(in_t, out_t, in_m, out_m, searches + fetches)
 
 

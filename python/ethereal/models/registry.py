@@ -88,6 +88,12 @@ class RateCard:
     geo: Mapping[str, Fraction] = field(default_factory=dict)
     tiers: tuple[Tier, ...] = ()
     provisional: bool = False  # a stand-in card (model not described, or a kind the card lacks)
+    # the highest rate of each kind over the base rates and every tier, worked out once
+    top: Rates = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        all_rates = [self.rates, *(t.rates for t in self.tiers)]
+        object.__setattr__(self, "top", Rates(*(max(getattr(r, k) for r in all_rates) for k in KINDS)))
 
     def in_force(self, at: float) -> bool:
         return self.effective_from <= at and (self.effective_until is None or at < self.effective_until)
@@ -101,8 +107,7 @@ class RateCard:
 
     def dearest(self) -> Rates:
         """The highest rate of each kind over the base rates and every tier (reservations)."""
-        all_rates = [self.rates, *(t.rates for t in self.tiers)]
-        return Rates(*(max(getattr(r, k) for r in all_rates) for k in KINDS))
+        return self.top
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -149,6 +154,17 @@ class Rules:
     inference_geo: bool = False
     fast_beta: str | None = None
     rate_limit_group: str | None = None
+    # the native estimator's arguments for this model (guards.estimate_args), built once
+    estimate_kwargs: dict[str, Any] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        kwargs = {
+            "tokenizer": self.tokenizer,
+            "image_tier": self.image_tier,
+            "tool_prompt": (self.tool_prompt_auto, self.tool_prompt_any),
+            "keep_thinking": self.keeps_thinking,
+        }
+        object.__setattr__(self, "estimate_kwargs", kwargs)
 
     @property
     def adaptive(self) -> bool:
