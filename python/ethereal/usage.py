@@ -86,12 +86,22 @@ class Usage:
                 service_tier=tier,
             )
         c5, c1, assumed = cache_split(usage)
+        # a count as the upstream sends it (a non-negative int) taken as it is; anything else: count()
+        inp = usage.get("input_tokens")
+        if type(inp) is not int or inp < 0:
+            inp = count(inp)
+        out = usage.get("output_tokens")
+        if type(out) is not int or out < 0:
+            out = count(out)
+        read = usage.get("cache_read_input_tokens")
+        if type(read) is not int or read < 0:
+            read = count(read)
         return cls(
-            input_tokens=count(usage.get("input_tokens")),
-            output_tokens=count(usage.get("output_tokens")),
+            input_tokens=inp,
+            output_tokens=out,
             cache_5m=c5,
             cache_1h=c1,
-            cache_read=count(usage.get("cache_read_input_tokens")),
+            cache_read=read,
             web_searches=searches,
             ttl_assumed=assumed,
             served_model=model,
@@ -169,7 +179,9 @@ def label(value: Any) -> str | None:
 
 def cache_split(usage: dict[str, Any]) -> tuple[int, int, bool]:
     """(5m, 1h, ttl_assumed): the reported split, else the total taken as 5-minute writes."""
-    total = count(usage.get("cache_creation_input_tokens"))
+    total = usage.get("cache_creation_input_tokens")
+    if type(total) is not int or total < 0:
+        total = count(total)
     split = usage.get("cache_creation")
     if isinstance(split, dict):
         c5 = count(split.get("ephemeral_5m_input_tokens"))

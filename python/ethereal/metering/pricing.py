@@ -23,15 +23,14 @@ The sum is kept in integer pico-USD and rounded once, half up, to the micro-doll
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ethereal.models import Model, Registry
 from ethereal.models.registry import PICO, RateCard
 from ethereal.usage import Usage
 
 
-@dataclass(frozen=True, slots=True)
-class Priced:
+class Priced(NamedTuple):
     cost_micro: int
     card: str | None  # the rate card's id (None: nothing to price)
     provisional: bool = False  # priced at a stand-in card: re-price when the registry learns the model
@@ -67,6 +66,28 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
     if model is None:
         return NOTHING
     card = model.card_at(at)
+    geo = usage.inference_geo
+    if (
+        not (usage.iterations or batch or usage.speed == "fast" or (geo and geo in card.geo))
+        and (
+            card.tier_floor is None
+            or usage.input_tokens + usage.cache_read + usage.cache_5m + usage.cache_1h <= card.tier_floor
+        )
+    ):
+        # the common request: plain per-kind rates (a prompt below every tier, no multiplier to
+        # apply), one integer sum rounded half up to the micro-dollar
+        r = card.rates
+        pico = (
+            usage.input_tokens * r.input
+            + usage.output_tokens * r.output
+            + usage.cache_5m * r.cache_write_5m
+            + usage.cache_1h * r.cache_write_1h
+            + usage.cache_read * r.cache_read
+        )
+        micro = (2 * pico + PICO) // (2 * PICO)
+        if usage.web_searches:
+            micro += usage.web_searches * registry.server_tools.web_search_micro
+        return Priced(micro, card.id, card.provisional)
     provisional = card.provisional
     cards: tuple[str, ...] = ()
     if usage.iterations:
@@ -94,17 +115,6 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
             num_sum = num_sum * d + n * den
             den *= d
         total_num, total_den = num_sum, den
-    elif not (batch or card.tiers or usage.speed == "fast" or (usage.inference_geo and card.geo)):
-        # the common request: plain per-kind rates, one integer sum (no multiplier to apply)
-        r = card.rates
-        total_num = (
-            usage.input_tokens * r.input
-            + usage.output_tokens * r.output
-            + usage.cache_5m * r.cache_write_5m
-            + usage.cache_1h * r.cache_write_1h
-            + usage.cache_read * r.cache_read
-        )
-        total_den = 1
     else:
         total_num, total_den, lacks = _cost(
             registry,

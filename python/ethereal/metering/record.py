@@ -80,7 +80,7 @@ def usage_record(
         speed=usage.speed,
         inference_geo=usage.inference_geo,
         service_tier=usage.service_tier,
-        error_message=error_message_of(error_message),
+        error_message=None if error_message is None else error_message_of(error_message),
         owner=owner,
         teams=teams,
     )

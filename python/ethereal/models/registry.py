@@ -91,9 +91,13 @@ class RateCard:
     # the highest rate of each kind over the base rates and every tier, worked out once
     top: Rates = field(init=False, compare=False, repr=False)
 
+    # the smallest prompt a tier starts above (None: no tier): below it, the base rates apply
+    tier_floor: int | None = field(init=False, compare=False, repr=False)
+
     def __post_init__(self) -> None:
         all_rates = [self.rates, *(t.rates for t in self.tiers)]
         object.__setattr__(self, "top", Rates(*(max(getattr(r, k) for r in all_rates) for k in KINDS)))
+        object.__setattr__(self, "tier_floor", min((t.above for t in self.tiers), default=None))
 
     def in_force(self, at: float) -> bool:
         return self.effective_from <= at and (self.effective_until is None or at < self.effective_until)
@@ -220,8 +224,11 @@ class Model:
     def card_at(self, at: float) -> RateCard:
         """The rate card in force at ``at`` (epoch seconds): the latest one that started by then,
         else the first (a request older than every card is priced by the earliest)."""
+        cards = self.cards
+        if len(cards) == 1:
+            return cards[0]  # one card: in force whenever asked (the earliest is the fallback)
         current = None
-        for card in self.cards:
+        for card in cards:
             if card.in_force(at):
                 return card
             if card.effective_from <= at:
@@ -1003,7 +1010,7 @@ class Registry:
         """The models an upstream 429 is about; a model the registry does not know is its own group."""
         if not name:
             return ""
-        model = self.resolve(name)
+        model = self._by_name.get(name) or self.resolve(name)
         if model is None or model.provisional:
             return name
         return model.rules.rate_limit_group or model.id

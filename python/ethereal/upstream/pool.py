@@ -176,7 +176,7 @@ class Credential:
         """Backing off, or inside a 429 about the whole credential or about ``group``."""
         if now < self.cooldown_until or now < self.rate_limited_until:
             return True
-        if not group:
+        if not group or not (self.group_cool or self.group_walls):
             return False
         return now < self.group_cool.get(group, 0.0) or now < self.group_walls.get(group, 0.0)
 
