@@ -67,12 +67,9 @@ def price(registry: Registry, model: Model | None, usage: Usage, *, at: float, b
         return NOTHING
     card = model.card_at(at)
     geo = usage.inference_geo
-    if (
-        not (usage.iterations or batch or usage.speed == "fast" or (geo and geo in card.geo))
-        and (
-            card.tier_floor is None
-            or usage.input_tokens + usage.cache_read + usage.cache_5m + usage.cache_1h <= card.tier_floor
-        )
+    if not (usage.iterations or batch or usage.speed == "fast" or (geo and geo in card.geo)) and (
+        card.tier_floor is None
+        or usage.input_tokens + usage.cache_read + usage.cache_5m + usage.cache_1h <= card.tier_floor
     ):
         # the common request: plain per-kind rates (a prompt below every tier, no multiplier to
         # apply), one integer sum rounded half up to the micro-dollar
