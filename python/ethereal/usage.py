@@ -166,6 +166,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # labels seen on nearly every reply, accepted without a scan (``label`` checks anything else)
 _PLAIN = frozenset({"standard", "fast", "global", "us", "not_available", "priority", "batch"})
+# each usual label to one string object (records keep the shared one, not the parsed copy)
+PLAIN_LABELS: dict[str | None, str | None] = {s: s for s in _PLAIN}
 
 
 def label(value: Any) -> str | None:

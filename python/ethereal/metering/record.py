@@ -10,7 +10,7 @@ from __future__ import annotations
 from ethereal.metering.pricing import model_for, price
 from ethereal.models import Model, Registry
 from ethereal.storage.records import UsageRecord, error_message_of
-from ethereal.usage import Usage
+from ethereal.usage import PLAIN_LABELS, Usage
 
 
 def usage_record(
@@ -77,9 +77,11 @@ def usage_record(
         batch=batch,
         rate_card=priced.rate_card,
         priced_provisional=priced.provisional,
-        speed=usage.speed,
-        inference_geo=usage.inference_geo,
-        service_tier=usage.service_tier,
+        # the usual labels as one shared string each (a process keeps its recent records: 50,000
+        # of them would otherwise hold three strings apiece)
+        speed=PLAIN_LABELS.get(usage.speed, usage.speed),
+        inference_geo=PLAIN_LABELS.get(usage.inference_geo, usage.inference_geo),
+        service_tier=PLAIN_LABELS.get(usage.service_tier, usage.service_tier),
         error_message=None if error_message is None else error_message_of(error_message),
         owner=owner,
         teams=teams,
