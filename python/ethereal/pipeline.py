@@ -311,7 +311,8 @@ class Pipeline:
     async def _serve(self, adapter: Adapter, request: Request, call: Call) -> Response:
         raw = await read_body(request, self.settings.max_body_bytes)
         data = parse_json_body(raw, adapter.max_depth)
-        out = await self.prepare(adapter, call, raw, data, request)
+        out = self.prepare(adapter, call, raw, data, request)
+        await self.admit(call, out, metered=adapter.metered)
         try:
             resp = await self.open_upstream(call, out, health=adapter.metered)
             if resp.status == 400 and adapter.may_reshape(call):
@@ -383,15 +384,15 @@ class Pipeline:
             self.gw.pool.release(cred)
         return await self.open_upstream(call, again, health=adapter.metered), again
 
-    async def prepare(
+    def prepare(
         self, adapter: Adapter, call: Call, raw: bytes, data: dict[str, Any], request: Request
     ) -> Outbound:
-        """Steps 2 to 4 for a parsed body: validate, resolve the model, build the Anthropic
-        request, admit it. Shared by every transport (the Responses WebSocket too)."""
+        """Steps 2 and 3 for a parsed body: validate, resolve the model, build the Anthropic
+        request; the caller then admits it (``admit``, step 4). Shared by every transport (the
+        Responses WebSocket too)."""
         self.resolve_model(call, check_model_name(adapter.validate(data)))
         out = adapter.build(call, raw, data, request)
         call.stream = out.stream
-        await self.admit(call, out, metered=adapter.metered)
         return out
 
     def _stream(

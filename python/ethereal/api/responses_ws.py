@@ -491,7 +491,8 @@ class _Socket:
         self.last = None
         if generate is False:
             return await self._warm_up(call, data, items, size)
-        out = await pipeline.prepare(adapter, call, b"", data, self.request)
+        out = pipeline.prepare(adapter, call, b"", data, self.request)
+        await pipeline.admit(call, out, metered=adapter.metered)
         resp = await pipeline.open_upstream(call, out)
         if not (resp.is_event_stream and resp.status == 200):
             try:

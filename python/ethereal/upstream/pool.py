@@ -454,23 +454,29 @@ class Pool:
         conversation whose replayed thinking is bound to it)."""
         now = self.clock()
         group = self.group_of(model) if model else None
-        serving = self.serving(model)
-        if account is not None:
-            serving = [c for c in serving if c.account == account]
+        skip = set(exclude) if exclude else None
+        # one pass: serving the model (of ``account``), not tried yet, under its spend cap, healthy
+        serving = fresh = False
+        open_: list[Credential] = []
+        healthy: list[Credential] = []
+        for c in self.credentials:
+            if not c.enabled or not c.serves(model) or (account is not None and c.account != account):
+                continue
+            serving = True
+            if skip and c.name in skip:
+                continue
+            fresh = True
+            if c.over_spend():
+                continue
+            open_.append(c)
+            if not c.cooling(now, group) and not (c.rpm is not None and now < c.rpm_full_until):
+                healthy.append(c)
         if not serving:
             return Refusal(Refused.NO_CREDENTIAL, NO_CREDENTIAL_WAIT)
-        skip = set(exclude)
-        fresh = [c for c in serving if c.name not in skip]
         if not fresh:
             return Refusal(Refused.EXHAUSTED)
-        open_ = [c for c in fresh if not c.over_spend()]
         if not open_:
             return Refusal(Refused.NO_CREDENTIAL, _seconds_to_next_month())
-        healthy = [
-            c
-            for c in open_
-            if not c.cooling(now, group) and not (c.rpm is not None and now < c.rpm_full_until)
-        ]
         for cred in self._order(healthy, affinity):
             if count_rpm and cred.rpm is not None and not await self._take_rpm(cred, now):
                 continue
