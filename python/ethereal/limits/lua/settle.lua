@@ -90,10 +90,10 @@ redis.call('ZREM', z, rid)
 
 local st, sm = -1, -1
 if budgeted and rid ~= '' then
-  if redis.call('ZSCORE', s, rid) then return {-2, -2} end  -- counted already
+  -- remembered in one call: 0 when the id was there already (counted already)
+  if redis.call('ZADD', s, 'NX', ended, rid) == 0 then return {-2, -2} end
   local w = tonumber(v[4])
   if v[3] and w and ended < w then return {-2, -2} end  -- its row is in the seed's sum
-  redis.call('ZADD', s, ended, rid)
   redis.call('ZREMRANGEBYSCORE', s, '-inf', '(' .. (ended - keep))
   redis.call('PEXPIRE', s, state_ttl)
   if v[3] then
