@@ -25,6 +25,8 @@ from ethereal.storage.records import BatchRecord
 from ethereal.upstream.pool import Credential
 from ethereal.usage import Usage
 
+from tests.asgi import call
+
 pytestmark = pytest.mark.asyncio
 
 
@@ -50,42 +52,8 @@ async def _minted(app: Ethereal) -> tuple[str, KeyRecord]:
 
 
 async def _call(app: Ethereal, method: str, path: str, key: str, body: bytes = b"") -> tuple[int, Any]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"test"),
-            (b"x-api-key", key.encode()),
-            (b"content-type", b"application/json"),
-            (b"anthropic-version", b"2023-06-01"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8080),
-    }
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    out: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        out.append(message)
-
-    await app(scope, receive, send)
-    return out[0]["status"], orjson.loads(b"".join(m.get("body", b"") for m in out[1:]) or b"null")
+    status, _, payload = await call(app, path, key, body, method=method)
+    return status, orjson.loads(payload or b"null")
 
 
 def _health(cred: Credential) -> tuple[str | None, int, str]:

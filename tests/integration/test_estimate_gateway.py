@@ -21,6 +21,8 @@ from ethereal.keys import mint
 from ethereal.models import Registry
 from ethereal.settings import Settings
 
+from tests.asgi import call
+
 pytestmark = pytest.mark.asyncio
 
 PROMPT = "Summarise the gateway's budget rules for a new operator, in three short paragraphs. " * 40
@@ -54,42 +56,7 @@ async def no_upstream(tmp_path: Path) -> AsyncIterator[Ethereal]:
 
 
 async def _call(app: Ethereal, path: str, key: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"test"),
-            (b"x-api-key", key.encode()),
-            (b"content-type", b"application/json"),
-            (b"anthropic-version", b"2023-06-01"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8080),
-    }
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    out: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        out.append(message)
-
-    await app(scope, receive, send)
-    return out[0]["status"], dict(out[0].get("headers") or []), b"".join(m.get("body", b"") for m in out[1:])
+    return await call(app, path, key, body)
 
 
 async def _key(app: Ethereal, **limits: Any) -> str:

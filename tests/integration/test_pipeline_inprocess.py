@@ -21,6 +21,8 @@ from ethereal.keys import mint
 from ethereal.limits.local import LocalLimiter
 from ethereal.settings import Settings
 
+from tests.asgi import http_scope, receive_body
+
 pytestmark = pytest.mark.asyncio
 
 
@@ -39,46 +41,6 @@ async def _minted(app: Ethereal, **limits: Any) -> tuple[str, str]:
     plaintext, record = mint("sk-ant-api03-", **limits)
     await app.gateway.store.insert_keys([record])
     return plaintext, record.id
-
-
-def _scope(path: str, key: str, body: bytes) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"test"),
-            (b"x-api-key", key.encode()),
-            (b"content-type", b"application/json"),
-            (b"anthropic-version", b"2023-06-01"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8080),
-    }
-
-
-def _receive(body: bytes, *, client_stays: bool = False) -> Any:
-    """The request body, then ``http.disconnect`` (the client is gone) or, with ``client_stays``,
-    nothing more (as a server's receive blocks while the client stays connected)."""
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        if client_stays:
-            await asyncio.Event().wait()
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 class ClientGone(Exception):
@@ -122,7 +84,7 @@ async def test_stream_cleanup_when_the_send_fails(app: Ethereal, fail_on: str) -
             raise ClientGone
 
     with pytest.raises(ClientGone):
-        await app(_scope("/v1/messages", key, body), _receive(body), send)
+        await app(http_scope("/v1/messages", key, body), receive_body(body), send)
     assert _in_flight(app) == 0
     assert _held(app, key_id) == 0
     assert meter.recorded == before + 1
@@ -137,7 +99,7 @@ async def test_non_streamed_records_a_real_time_to_first_byte(app: Ethereal) -> 
     async def send(message: dict[str, Any]) -> None:
         out.append(message)
 
-    await app(_scope("/v1/messages", key, body), _receive(body), send)
+    await app(http_scope("/v1/messages", key, body), receive_body(body), send)
     assert out[0]["status"] == 200
     rec = app.gateway.meter.recent_records()[-1]
     assert rec.ttfb_ms is not None and rec.ttfb_ms > 0
@@ -149,7 +111,7 @@ async def _call(app: Ethereal, path: str, key: str, body: bytes) -> tuple[int, b
     async def send(message: dict[str, Any]) -> None:
         out.append(message)
 
-    await app(_scope(path, key, body), _receive(body), send)
+    await app(http_scope(path, key, body), receive_body(body), send)
     return out[0]["status"], b"".join(m.get("body", b"") for m in out[1:])
 
 
@@ -210,7 +172,7 @@ async def test_a_stream_longer_than_the_reservation_ttl_keeps_its_reservation(
                     held_late.append(refused.value.status)
 
         started = time.monotonic()
-        await entry(_scope("/v1/messages", key, body), _receive(body, client_stays=True), send)
+        await entry(http_scope("/v1/messages", key, body), receive_body(body, client_stays=True), send)
         assert statuses == [200]
         assert time.monotonic() - started > 1.5 and held_late == [429]
         assert _held(entry, key_id) == 0  # settled at the end
@@ -264,7 +226,7 @@ async def test_a_request_leaves_no_reference_cycle(app: Ethereal, path: str, pay
     import gc
 
     key, _ = await _minted(app)
-    warm = _ServerCycle(_scope(path, key, payload), payload)  # first-use caches are not garbage
+    warm = _ServerCycle(http_scope(path, key, payload), payload)  # first-use caches are not garbage
     await app(warm.scope, warm.receive, warm.send)
     del warm
     gc.collect()
@@ -272,7 +234,7 @@ async def test_a_request_leaves_no_reference_cycle(app: Ethereal, path: str, pay
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         for _ in range(5):
-            cycle = _ServerCycle(_scope(path, key, payload), payload)
+            cycle = _ServerCycle(http_scope(path, key, payload), payload)
             await app(cycle.scope, cycle.receive, cycle.send)
             assert cycle.sent[0]["status"] == 200
             del cycle
@@ -307,7 +269,7 @@ async def test_an_aborted_upload_is_recorded_as_a_client_disconnect(
 
     meter = app.gateway.meter
     before = meter.recorded
-    await app(_scope(path, key, body), receive, send)
+    await app(http_scope(path, key, body), receive, send)
     assert meter.recorded == before + 1
     rec = meter.recent_records()[-1]
     assert (rec.status, rec.error_type) == (499, "client_disconnected")

@@ -26,8 +26,8 @@ from ethereal.pipeline import Adapter, Call, Outbound, Relay
 from ethereal.settings import Settings
 from ethereal.sim.testing import control
 
+from tests.asgi import call
 from tests.conftest import Gateway, mint_into
-from tests.integration.test_pipeline_inprocess import _receive
 from tests.procs import gateway_process
 
 
@@ -175,36 +175,8 @@ async def app(tmp_path: Path, sim_url: str) -> AsyncIterator[Ethereal]:
         await entry.stop()
 
 
-def _scope(path: str, key: str, body: bytes) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"test"),
-            (b"authorization", f"Bearer {key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8080),
-    }
-
-
 async def _call(app: Ethereal, path: str, key: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-    out: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        out.append(message)
-
-    await app(_scope(path, key, body), _receive(body, client_stays=True), send)
-    return out[0]["status"], dict(out[0]["headers"]), b"".join(m.get("body", b"") for m in out[1:])
+    return await call(app, path, key, body, bearer=True, client_stays=True)
 
 
 async def _budgeted_key(app: Ethereal) -> tuple[str, str]:
