@@ -70,11 +70,11 @@ class Usage:
         speed = usage.get("speed")
         geo = usage.get("inference_geo")
         tier = usage.get("service_tier")
-        if speed is not None and (type(speed) is not str or speed not in _PLAIN):
+        if speed is not None and (type(speed) is not str or speed not in PLAIN_LABELS):
             speed = label(speed)
-        if geo is not None and (type(geo) is not str or geo not in _PLAIN):
+        if geo is not None and (type(geo) is not str or geo not in PLAIN_LABELS):
             geo = label(geo)
-        if tier is not None and (type(tier) is not str or tier not in _PLAIN):
+        if tier is not None and (type(tier) is not str or tier not in PLAIN_LABELS):
             tier = label(tier)
         if iterations:
             return cls.summed(
@@ -86,22 +86,12 @@ class Usage:
                 service_tier=tier,
             )
         c5, c1, assumed = cache_split(usage)
-        # a count as the upstream sends it (a non-negative int) taken as it is; anything else: count()
-        inp = usage.get("input_tokens")
-        if type(inp) is not int or inp < 0:
-            inp = count(inp)
-        out = usage.get("output_tokens")
-        if type(out) is not int or out < 0:
-            out = count(out)
-        read = usage.get("cache_read_input_tokens")
-        if type(read) is not int or read < 0:
-            read = count(read)
         return cls(
-            input_tokens=inp,
-            output_tokens=out,
+            input_tokens=count(usage.get("input_tokens")),
+            output_tokens=count(usage.get("output_tokens")),
             cache_5m=c5,
             cache_1h=c1,
-            cache_read=read,
+            cache_read=count(usage.get("cache_read_input_tokens")),
             web_searches=searches,
             ttl_assumed=assumed,
             served_model=model,
@@ -165,9 +155,10 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 # labels seen on nearly every reply, accepted without a scan (``label`` checks anything else)
-_PLAIN = frozenset({"standard", "fast", "global", "us", "not_available", "priority", "batch"})
-# each usual label to one string object (records keep the shared one, not the parsed copy)
-PLAIN_LABELS: dict[str | None, str | None] = {s: s for s in _PLAIN}
+# the usual labels, each to one string object (records keep the shared one, not the parsed copy)
+PLAIN_LABELS: dict[str | None, str | None] = {
+    s: s for s in ("standard", "fast", "global", "us", "not_available", "priority", "batch")
+}
 
 
 def label(value: Any) -> str | None:
@@ -181,9 +172,7 @@ def label(value: Any) -> str | None:
 
 def cache_split(usage: dict[str, Any]) -> tuple[int, int, bool]:
     """(5m, 1h, ttl_assumed): the reported split, else the total taken as 5-minute writes."""
-    total = usage.get("cache_creation_input_tokens")
-    if type(total) is not int or total < 0:
-        total = count(total)
+    total = count(usage.get("cache_creation_input_tokens"))
     split = usage.get("cache_creation")
     if isinstance(split, dict):
         c5 = count(split.get("ephemeral_5m_input_tokens"))

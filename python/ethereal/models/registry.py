@@ -1010,7 +1010,7 @@ class Registry:
         """The models an upstream 429 is about; a model the registry does not know is its own group."""
         if not name:
             return ""
-        model = self._by_name.get(name) or self.resolve(name)
+        model = self.resolve(name)
         if model is None or model.provisional:
             return name
         return model.rules.rate_limit_group or model.id
