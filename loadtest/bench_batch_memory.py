@@ -14,9 +14,7 @@ worker's resident memory above its idle size (peak, sampled every 10 ms; goal < 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,9 +24,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import find_listener_pid
 
 from tests.batches_util import BatchSink, big_batch_body, healthz_watch, mint_into_url
-from tests.procs import free_port, wait_http
+from tests.procs import gateway_process
 
 HEADERS = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
 
@@ -74,49 +75,24 @@ def main() -> int:
     db = f"sqlite:///{data_dir / 'ethereal.sqlite3'}"
     key, _ = mint_into_url(db, name="bench")
     with BatchSink() as sink:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-        env.update(
-            {
-                "ETHEREAL_DATA_DIR": str(data_dir),
-                "ETHEREAL_DATABASE_URL": db,
-                "ETHEREAL_UPSTREAM_URL": sink.url,
-                "ETHEREAL_UPSTREAM_KEY": "sink",
-                "ETHEREAL_BATCH_POLL_INTERVAL": "3600",
-            }
-        )
-        log = open(data_dir / "gateway.log", "wb")  # noqa: SIM115 - open for the gateway's lifetime
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ethereal",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(url + "/healthz", gateway)
+        with gateway_process(
+            data_dir,
+            sink.url,
+            upstream_key="sink",
+            env={"ETHEREAL_DATABASE_URL": db, "ETHEREAL_BATCH_POLL_INTERVAL": "3600"},
+        ) as url:
+            pid = find_listener_pid(int(url.rsplit(":", 1)[1]))
             warm: list[tuple[list[int], float]] = []
             create_until_accepted(url, key, big_batch_body(200_000), warm)  # every code path loaded once
             assert warm[0][0] == [200], warm
             time.sleep(0.5)
-            idle = rss_kib(gateway.pid)
+            idle = rss_kib(pid)
             peak = [idle]
             stop = threading.Event()
 
             def sample() -> None:
                 while not stop.is_set():
-                    peak[0] = max(peak[0], rss_kib(gateway.pid))
+                    peak[0] = max(peak[0], rss_kib(pid))
                     time.sleep(0.01)
 
             sampler = threading.Thread(target=sample, daemon=True)
@@ -135,11 +111,7 @@ def main() -> int:
             wall = time.perf_counter() - t0
             stop.set()
             sampler.join()
-            after = rss_kib(gateway.pid)
-        finally:
-            gateway.terminate()
-            gateway.wait(30)
-            log.close()
+            after = rss_kib(pid)
     print(
         f"worker RSS idle {idle / 1024:.0f} MiB; peak {peak[0] / 1024:.0f} MiB, {(peak[0] - idle) / 1024:.0f} MiB "
         f"above idle (goal < 1024); {(after - idle) / 1024:.0f} MiB above idle after"

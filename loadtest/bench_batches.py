@@ -16,9 +16,7 @@ One gateway (uvicorn, one worker, embedded SQLite) in front of the sim. Side by 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,11 +28,13 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench import find_listener_pid
 from ethereal.sim.testing import start_sim_process
 
 from tests.batches_util import mint_into_url
-from tests.procs import free_port, wait_http
+from tests.procs import gateway_process
 
 HEADERS = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
 
@@ -133,39 +133,13 @@ def main() -> int:
     db = f"sqlite:///{data_dir / 'ethereal.sqlite3'}"
     key, _ = mint_into_url(db, name="bench")
     with start_sim_process(batch_processing_ms=500) as (_sim_proc, sim):
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
-        env.update(
-            {
-                "ETHEREAL_DATA_DIR": str(data_dir),
-                "ETHEREAL_DATABASE_URL": db,
-                "ETHEREAL_UPSTREAM_URL": sim,
-                "ETHEREAL_UPSTREAM_KEY": "sim",
-                "ETHEREAL_BATCH_POLL_INTERVAL": "0.5",
-            }
-        )
-        log = open(data_dir / "gateway.log", "wb")  # noqa: SIM115 - open for the gateway's lifetime
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ethereal",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(url + "/healthz", gateway)
-            pid = gateway.pid
+        with gateway_process(
+            data_dir,
+            sim,
+            upstream_key="sim",
+            env={"ETHEREAL_DATABASE_URL": db, "ETHEREAL_BATCH_POLL_INTERVAL": "0.5"},
+        ) as url:
+            pid = find_listener_pid(int(url.rsplit(":", 1)[1]))
             create(url, key, build_body(10, 200, 10))  # warm both paths
             create(sim, "sim", build_body(10, 200, 10))
             direct, through = [], []
@@ -217,10 +191,6 @@ def main() -> int:
                 f"{max(peaks) / 1024:.1f} MiB for a {size / 2**20:.0f} MiB file",
                 flush=True,
             )
-        finally:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-            log.close()
     return 0
 
 
