@@ -23,19 +23,8 @@ import openai
 import pytest
 
 from tests.conftest import Gateway
+from tests.e2e.sdkmatrix import CURRENT
 
-CURRENT = [
-    "claude-fable-5-2",
-    "claude-opus-5-5",
-    "claude-sonnet-5-5",
-    "claude-haiku-5-5",
-    "claude-opus-5",
-    "claude-opus-4-8",
-    "claude-opus-4-7",
-    "claude-sonnet-5",
-    "claude-sonnet-4-6",
-    "claude-haiku-4-5-20251001",
-]
 REFUSE_FORCING = {"claude-fable-5-2", "claude-opus-5-5", "claude-sonnet-5-5"}  # forced_tool_choice = false
 DEFAULT_ONLY = {
     "claude-fable-5-2",
