@@ -131,7 +131,8 @@ class Ethereal:
             scope = rewrite_scope(scope, self._base_path)
             pending: list[Cleanup] = []
             scope[CLEANUP_SCOPE_KEY] = pending
-            if not scope["path"].isprintable() or b"%00" in scope.get("query_string", b""):
+            query = scope.get("query_string")
+            if not scope["path"].isprintable() or (query and b"%00" in query):
                 # answered (counted and logged) like any request
                 await LIFECYCLE._serve(_unprintable, scope, receive, send, self.observe, pending)
                 return

@@ -32,8 +32,11 @@ class Iteration:
     ttl_assumed: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Usage:
+    """Never changed once built (not frozen: every request builds one, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, twice the cost)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_5m: int = 0  # cache writes with the 5-minute TTL
@@ -86,12 +89,15 @@ class Usage:
                 service_tier=tier,
             )
         c5, c1, assumed = cache_split(usage)
+        inp = usage.get("input_tokens")
+        out = usage.get("output_tokens")
+        read = usage.get("cache_read_input_tokens")
         return cls(
-            input_tokens=count(usage.get("input_tokens")),
-            output_tokens=count(usage.get("output_tokens")),
+            input_tokens=inp if type(inp) is int and inp >= 0 else count(inp),
+            output_tokens=out if type(out) is int and out >= 0 else count(out),
             cache_5m=c5,
             cache_1h=c1,
-            cache_read=count(usage.get("cache_read_input_tokens")),
+            cache_read=read if type(read) is int and read >= 0 else count(read),
             web_searches=searches,
             ttl_assumed=assumed,
             served_model=model,
@@ -172,13 +178,21 @@ def label(value: Any) -> str | None:
 
 def cache_split(usage: dict[str, Any]) -> tuple[int, int, bool]:
     """(5m, 1h, ttl_assumed): the reported split, else the total taken as 5-minute writes."""
-    total = count(usage.get("cache_creation_input_tokens"))
+    # a plain count (what the upstream sends) is taken as it is: ``count`` only for anything else
+    total = usage.get("cache_creation_input_tokens")
+    if type(total) is not int or total < 0:
+        total = count(total)
     split = usage.get("cache_creation")
     if isinstance(split, dict):
-        c5 = count(split.get("ephemeral_5m_input_tokens"))
-        c1 = count(split.get("ephemeral_1h_input_tokens"))
+        c5 = split.get("ephemeral_5m_input_tokens")
+        if type(c5) is not int or c5 < 0:
+            c5 = count(c5)
+        c1 = split.get("ephemeral_1h_input_tokens")
+        if type(c1) is not int or c1 < 0:
+            c1 = count(c1)
         # writes the split does not account for (never seen) are 5-minute writes
-        return c5 + max(0, total - c5 - c1), c1, False
+        rest = total - c5 - c1
+        return (c5 + rest if rest > 0 else c5), c1, False
     return total, 0, total > 0
 
 

@@ -138,6 +138,24 @@ async def test_usage_insert_is_idempotent(store: Any) -> None:
     assert await store.get_usage("req_missing") is None
 
 
+async def test_usage_flags_and_absent_values_round_trip(store: Any) -> None:
+    """Booleans come back as booleans and absent values as None (SQLite binds them through the
+    adapters storage/sqlite.py registers: stored as 0/1 and NULL, as without them)."""
+    on = usage(stream=True, exact=False, batch=True, priced_provisional=True, ttfb_ms=None, owner=None)
+    off = usage(stream=False, exact=True, cache_ttl_assumed=False, error_message=None, teams=None)
+    assert await store.insert_usage([on, off]) == 2
+    for rec in (on, off):
+        got = await store.get_usage(rec.request_id)
+        assert got is not None and got.to_dict() == rec.to_dict()
+    if hasattr(store, "conn"):  # the embedded store: what SQLite itself holds
+        cells = store.conn.execute(
+            "SELECT typeof(stream), stream, typeof(ttfb_ms), typeof(owner) FROM usage_records"
+            " WHERE request_id = ?",
+            (on.request_id,),
+        ).fetchone()
+        assert tuple(cells) == ("integer", 1, "null", "null")
+
+
 async def test_usage_totals_and_spend(store: Any) -> None:
     t0 = time.time()
     await store.insert_usage(

@@ -51,38 +51,40 @@ def usage_record(
     elif model is None and model_name:
         model = model_for(registry, model_name)
     priced = price(registry, model, usage, at=started_at if priced_at is None else priced_at, batch=batch)
+    # positional, in UsageRecord's field order: every request builds one, and a call naming 31
+    # keywords costs twice as much (tests/unit/test_usage_record.py holds each field to its source)
     return UsageRecord(
-        request_id=request_id,
-        key_id=key_id,
-        credential=credential,
-        route=route,
-        model=model_name,
-        status=status,
-        stream=stream,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_creation_5m=usage.cache_5m,
-        cache_creation_1h=usage.cache_1h,
-        cache_read=usage.cache_read,
-        exact=usage.exact,
-        cache_ttl_assumed=usage.ttl_assumed,
-        cost_micro=priced.cost_micro,
-        ttfb_ms=ttfb_ms,
-        duration_ms=duration_ms,
-        started_at=started_at,
-        ended_at=ended_at,
-        upstream_request_id=upstream_request_id,
-        error_type=error_type,
-        web_search_requests=usage.web_searches,
-        batch=batch,
-        rate_card=priced.rate_card,
-        priced_provisional=priced.provisional,
+        request_id,
+        key_id,
+        credential,
+        route,
+        model_name,
+        status,
+        stream,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_5m,  # cache_creation_5m
+        usage.cache_1h,  # cache_creation_1h
+        usage.cache_read,
+        usage.exact,
+        usage.ttl_assumed,  # cache_ttl_assumed
+        priced.cost_micro,
+        ttfb_ms,
+        duration_ms,
+        started_at,
+        ended_at,
+        upstream_request_id,
+        error_type,
+        usage.web_searches,  # web_search_requests
+        batch,
+        priced.rate_card,
+        priced.provisional,  # priced_provisional
         # the usual labels as one shared string each (a process keeps its recent records: 50,000
         # of them would otherwise hold three strings apiece)
-        speed=PLAIN_LABELS.get(usage.speed, usage.speed),
-        inference_geo=PLAIN_LABELS.get(usage.inference_geo, usage.inference_geo),
-        service_tier=PLAIN_LABELS.get(usage.service_tier, usage.service_tier),
-        error_message=None if error_message is None else error_message_of(error_message),
-        owner=owner,
-        teams=teams,
+        PLAIN_LABELS.get(usage.speed, usage.speed),
+        PLAIN_LABELS.get(usage.inference_geo, usage.inference_geo),
+        PLAIN_LABELS.get(usage.service_tier, usage.service_tier),
+        None if error_message is None else error_message_of(error_message),
+        owner,
+        teams,
     )

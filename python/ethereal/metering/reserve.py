@@ -173,9 +173,11 @@ def reserve(
     added (``"5m"``/``"1h"`` breakpoints); ``money``: price it (the key has a money budget)."""
     in_t = max(0, int(input_tokens))
     # the byte searches below skip a walk when a name is absent; a body that writes a name with
-    # \u escapes ("cache_contr\u006fl" is "cache_control" to a JSON reader) is always walked
-    escaped = b"\\u" in body
-    if escaped or b'"document"' in body:
+    # \u escapes ("cache_contr\u006fl" is "cache_control" to a JSON reader) is always walked.
+    # ``find``, not ``in``: ``needle in body`` first tries the needle as an integer and builds
+    # and drops a TypeError each time
+    escaped = body.find(b"\\u") >= 0
+    if escaped or body.find(b'"document"') >= 0:
         in_t += document_tokens(data, config)
     if model is not None and model.context_window > 0:
         in_t = min(in_t, model.context_window)
@@ -185,7 +187,7 @@ def reserve(
     card = model.card_at(at)
     rates = card.dearest()
     ttl = caches
-    if (escaped or b'"cache_control"' in body) and ttl != "1h":
+    if (escaped or body.find(b'"cache_control"') >= 0) and ttl != "1h":
         found = cache_ttl(data)
         if found == "1h" or ttl is None:
             ttl = found
@@ -193,7 +195,7 @@ def reserve(
     if ttl is not None:
         in_rate = max(in_rate, rates.cache_write_5m if ttl == "5m" else rates.cache_write_1h)
     num = den = 1  # the multiplier (fast mode, geo, batch) as an exact fraction
-    if batch or escaped or b'"speed"' in body or b'"inference_geo"' in body:
+    if batch or escaped or body.find(b'"speed"') >= 0 or body.find(b'"inference_geo"') >= 0:
         mult = Fraction(1)
         if data.get("speed") == "fast":
             mult *= card.fast if card.fast is not None else registry.defaults["fast"]
@@ -204,7 +206,7 @@ def reserve(
             mult *= card.batch
         num, den = mult.numerator, mult.denominator
     searches = fetches = 0
-    if escaped or b"web_" in body:
+    if escaped or body.find(b"web_") >= 0:
         searches, fetches = server_tool_uses(data, config)
     in_m = _up(in_t * in_rate * num, den)
     out_m = _up(out_t * rates.output * num, den)

@@ -45,7 +45,7 @@ def _strip(blocks: Any) -> Any:
 
 def cache_affinity(data: dict[str, Any], model: str | None, body: bytes | None = None) -> bytes | None:
     """16-byte key of the request's cache prefix, or None when it asks for no caching."""
-    if body is not None and b'"cache_control"' not in body:
+    if body is not None and body.find(b'"cache_control"') < 0:  # find: ``in`` raises a TypeError inside
         return None
     tools = data.get("tools")
     tools = tools if isinstance(tools, list) else []

@@ -453,7 +453,7 @@ class Pool:
         concern of this request. ``account``: only credentials of that upstream account (a
         conversation whose replayed thinking is bound to it)."""
         now = self.clock()
-        group = self.group_of(model) if model else None
+        group: str | None = None  # the model's rate-limit group: looked up once a credential has walls
         skip = set(exclude) if exclude else None
         # one pass: serving the model (of ``account``), not tried yet, under its spend cap, healthy
         serving = fresh = False
@@ -469,6 +469,8 @@ class Pool:
             if c.over_spend():
                 continue
             open_.append(c)
+            if group is None and model and (c.group_cool or c.group_walls):
+                group = self.group_of(model)
             if not c.cooling(now, group) and not (c.rpm is not None and now < c.rpm_full_until):
                 healthy.append(c)
         if not serving:
@@ -483,6 +485,9 @@ class Pool:
             return _taken(cred, failover=bool(skip))
 
         # nothing healthy: the one that recovers first among those not behind a wall
+        if group is None and model:
+            group = self.group_of(model)
+
         def wall(c: Credential) -> float:
             if count_rpm:
                 return c.walled_until(now, group)
