@@ -21,8 +21,8 @@ from typing import Any
 from blacksheep import Application, Request, Response, Router
 
 from ethereal import ids, observability
+from ethereal.admin import reports, spend_limits, upstreams, usage, webhooks
 from ethereal.admin import routes as admin_routes
-from ethereal.alerts import routes as alert_routes
 from ethereal.api import anthropic, batches, openai, responses, responses_ws
 from ethereal.api.common import anthropic_error, openai_error
 from ethereal.api.responses_ws import ResponsesSockets
@@ -32,14 +32,10 @@ from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
 from ethereal.lifecycle import LIFECYCLE, Receive, Scope, Send, send_health
 from ethereal.lifeline import die_with_parent
-from ethereal.metering import routes as metering_routes
 from ethereal.observability.http import Parts
 from ethereal.paths import rewrite_scope
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Cleanup, Pipeline
-from ethereal.reports import api as report_routes
 from ethereal.settings import Settings, load_settings
-from ethereal.spend import api as spend_routes
-from ethereal.upstream import routes as upstream_routes
 
 log = logging.getLogger("ethereal")
 
@@ -54,7 +50,7 @@ def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Applicat
     batches.register(app, gw, pipeline)
     openai.register(app, gw, pipeline)
     responses.register(app, gw, pipeline)
-    for module in (admin_routes, metering_routes, upstream_routes, spend_routes, report_routes, alert_routes):
+    for module in (admin_routes, usage, upstreams, spend_limits, reports, webhooks):
         module.register(app, gw)
     observability.register(app, gw)  # /metrics, the live ring, meter/pool/limiter observers
     dashboard_routes.register(app, gw)  # /dashboard, /estimate

@@ -1,6 +1,6 @@
 """Signed webhooks: events the gateway sends to the operator's receivers.
 
-Registered through ``/admin/api/webhooks`` and the console (alerts/routes.py): a URL (http or
+Registered through ``/admin/api/webhooks`` and the console (admin/webhooks.py): a URL (http or
 https; loopback and private addresses allowed, only the admin registers one), a secret in the
 Standard Webhooks form (``whsec_`` + base64; the HMAC key is the decoded bytes; generated and
 shown once when omitted) and the events it wants (default: every one).
