@@ -20,7 +20,7 @@ from typing import Any
 
 from blacksheep import Application, Request, Response, Router
 
-from ethereal import ids, observability
+from ethereal import ids, observing
 from ethereal.admin import reports, spend_limits, upstreams, usage, webhooks
 from ethereal.admin import routes as admin_routes
 from ethereal.api import anthropic, batches, openai, responses, responses_ws
@@ -52,7 +52,7 @@ def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Applicat
     responses.register(app, gw, pipeline)
     for module in (admin_routes, usage, upstreams, spend_limits, reports, webhooks):
         module.register(app, gw)
-    observability.register(app, gw)  # /metrics, the live ring, meter/pool/limiter observers
+    observing.register(app, gw)  # /metrics, the live ring, meter/pool/limiter observers
     dashboard_routes.register(app, gw)  # /dashboard, /estimate
 
     async def not_found(request: Request) -> Response:
@@ -68,9 +68,9 @@ def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Applicat
 class Ethereal:
     """The ASGI entry: lifespan starts and stops the gateway; HTTP goes to the BlackSheep app.
 
-    It is also the edge every request passes once (``observe``, set by ``observability.wrap``):
+    It is also the edge every request passes once (``observe``, set by ``observed``):
     health, stream tracking and drain (lifecycle.py), in flight, counters and the request log
-    line, all in one layer and one send wrapper (``Lifecycle._serve``).
+    line, all in one layer and one send wrapper (``Lifecycle.serve``).
     """
 
     def __init__(self, settings: Settings, *, parent_pid: int | None = None) -> None:
@@ -85,6 +85,16 @@ class Ethereal:
         # ring and metrics once started, and the log setup its lifespan applies
         self.observe: Parts | None = None
         self.configure_logs: Callable[[], None] | None = None
+
+    def observed(self) -> Ethereal:
+        """What servers run: this entry with observing switched on (it is the one edge layer that
+        answers health, tracks streams for a clean shutdown and counts and logs every request)."""
+        settings = self.settings
+        self.observe, self.configure_logs = (
+            observing.parts,
+            observing.LogSetup(settings.log_format, settings.log_level),
+        )
+        return self
 
     @property
     def gateway(self) -> Gateway:
@@ -129,15 +139,15 @@ class Ethereal:
             scope[CLEANUP_SCOPE_KEY] = pending
             if not scope["path"].isprintable() or b"%00" in scope.get("query_string", b""):
                 # answered (counted and logged) like any request
-                await LIFECYCLE._serve(_unprintable, scope, receive, send, self.observe, pending)
+                await LIFECYCLE.serve(_unprintable, scope, receive, send, self.observe, pending)
                 return
-            await LIFECYCLE._serve(app, scope, receive, send, self.observe, pending)
+            await LIFECYCLE.serve(app, scope, receive, send, self.observe, pending)
         elif kind == "websocket":
             await self._websocket(rewrite_scope(scope, self._base_path), receive, send)
         elif kind == "lifespan":
             if self.configure_logs is not None:
                 self.configure_logs()
-            await self._lifespan(receive, LIFECYCLE._lifespan_send(send))
+            await self._lifespan(receive, LIFECYCLE.lifespan_send(send))
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket upgrade: the Responses API on ``/v1/responses`` (api/responses_ws.py); on
@@ -240,4 +250,4 @@ async def _not_ready(send: Send) -> None:
 def create_app() -> Any:
     """ASGI factory (``uvicorn --factory ethereal.app:create_app``): settings from the environment,
     inside the layer that counts in-flight requests and logs one line per request."""
-    return observability.wrap(Ethereal(load_settings()))
+    return Ethereal(load_settings()).observed()

@@ -19,8 +19,8 @@ settles its reservation and records its usage as for any interrupted stream.
 The serving side (``ethereal.serving``) calls ``begin_drain`` on SIGTERM and ``end_streams``
 when the grace period is over. One ``Lifecycle`` per worker process: ``LIFECYCLE``.
 
-``app.Ethereal`` runs every request through ``_serve``, which also observes it when given
-the worker's ring and metrics (``observability.wrap``): in flight, the response counter and
+``app.Ethereal`` runs every request through ``serve``, which also observes it when given
+the worker's ring and metrics (``Ethereal.observed``): in flight, the response counter and
 the request log line, in the one send wrapper a request passes, so a stream is counted
 until its last byte and requests refused before any handler (404s, 401s) are logged too.
 """
@@ -127,7 +127,7 @@ class Lifecycle:
         self._lag_task: asyncio.Task[None] | None = None
         self.streams_ended = 0
         # what the started gateway adds to /healthz?verbose=1 (name -> a cheap callable): the model
-        # registry's version and alerts (observability.register)
+        # registry's version and alerts (observing.register)
         self.details: dict[str, Callable[[], Any]] = {}
 
     # -------------------------------------------------------------- called by ethereal.serving
@@ -195,7 +195,7 @@ class Lifecycle:
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI
-    def _lifespan_send(self, send: Send) -> Send:
+    def lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
             kind = message["type"]
             if kind == "lifespan.startup.complete" and self._lag_task is None:
@@ -215,7 +215,7 @@ class Lifecycle:
             return self.health(b"verbose" in (scope.get("query_string") or b""))
         return None
 
-    async def _serve(
+    async def serve(
         self,
         app: ASGIApp,
         scope: Scope,

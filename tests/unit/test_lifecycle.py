@@ -51,7 +51,7 @@ async def run(
     if health is not None:
         await send_health(send, scope, *health)
     else:
-        await lc._serve(app, scope, receive, send, None)
+        await lc.serve(app, scope, receive, send, None)
     return sent
 
 

@@ -12,7 +12,7 @@ is an HTTP status, ``credential`` names are the operator's.
 
 Where the numbers come from:
 - requests, latency, TTFB, tokens, spend: every usage record (``Meter.observers``);
-- in flight: the live rings' headers (the edge, ``Lifecycle._serve``, counts every request, refused and admin ones too);
+- in flight: the live rings' headers (the edge, ``Lifecycle.serve``, counts every request, refused and admin ones too);
 - upstream attempts and failovers: each credential's counters (``Credential.attempts``), read at
   the flush; failures and cooldowns: ``Pool.report_failure``;
 - limiter decisions and latency: ``Limiter.admit``;
