@@ -27,9 +27,9 @@ from ethereal.observability.metrics import (
     CONTENT_TYPE,
     FLUSH_SECONDS,
     Metrics,
-    instrument_limiter,
-    instrument_pool,
     multiproc_dir,
+    watch_limiter,
+    watch_pool,
 )
 
 log = logging.getLogger("ethereal.observability")
@@ -47,8 +47,9 @@ class Observability:
             gw.registry, in_flight=lambda: live.in_flight(directory, self.ring), ring=self.ring
         )
         self._task: asyncio.Task[None] | None = None
-        instrument_pool(gw.pool, self.metrics)
-        instrument_limiter(gw.limiter, self.metrics)
+        # the pool, the limiter and the meter each tell their observers what they decided
+        watch_pool(gw.pool, self.metrics)
+        watch_limiter(gw.limiter, self.metrics)
         # on the request path a record is only appended; metrics and the ring count it at the flush
         gw.meter.observers.extend((self.metrics.records.append, note_record))
         self.metrics.forget_dead_workers()

@@ -63,7 +63,6 @@ QUEUE_MAX = 1000
 CONCURRENT_DELIVERIES = 16
 ATTEMPT_TIMEOUT = 10.0
 RECENT_MAX = 200
-COOLING_ALERT_SECONDS = 60.0
 
 
 def generate_secret() -> str:
@@ -285,20 +284,11 @@ class Alerts:
             log.warning("webhook delivery log not written: %s", exc)
 
     # ------------------------------------------------------------------ sources of events
-    def credential_disabled(self, name: str, reason: str | None) -> None:
-        self.emit("credential.disabled", {"credential": name, "reason": (reason or "")[:200]})
-
-    def credential_cooling(self, name: str, seconds: float, kind: str, group: str | None = None) -> None:
-        if seconds > COOLING_ALERT_SECONDS:
-            self.emit(
-                "credential.cooling",
-                {
-                    "credential": name,
-                    "seconds": round(seconds, 3),
-                    "cause": kind,
-                    "rate_limit_group": group or None,
-                },
-            )
+    def observe(self, event: str, data: dict[str, Any]) -> None:
+        """An observer of the upstream pool: the events a webhook can want are sent (a credential
+        disabled or cooling), the others (``credential.failure``, for the metrics) are not."""
+        if event in EVENTS:
+            self.emit(event, data)
 
     def model_provisional(self, model: str, card: str) -> None:
         self.emit("model.provisional", {"model": model[:256], "priced_at": card})
