@@ -129,7 +129,7 @@ class Alerts:
         self._worker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(CONCURRENT_DELIVERIES)
-        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     @property
     def running(self) -> bool:
@@ -180,11 +180,11 @@ class Alerts:
 
     def listen(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """Call ``fn(event, data)`` on every event emitted (tests, metrics)."""
-        self._listeners.append(fn)
+        self.listeners.append(fn)
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         """Queue an event for every webhook that wants it. Never blocks, never raises."""
-        for fn in self._listeners:
+        for fn in self.listeners:
             with contextlib.suppress(Exception):
                 fn(event, data)
         if not self.hooks or self._worker is None:
@@ -316,7 +316,7 @@ class BudgetWatch:
     def observe(self, key: Any) -> None:
         if key is None or (key.budget_micro_usd is None and key.budget_tokens is None):
             return
-        if not self.alerts.hooks and not self.alerts._listeners:
+        if not self.alerts.hooks and not self.alerts.listeners:
             return
         self._dirty[key.id] = key
 
