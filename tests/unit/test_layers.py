@@ -12,9 +12,11 @@ each module that belongs to no layer.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "python" / "ethereal"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 LAYERS: list[tuple[str, list[str]]] = [
     (
@@ -140,6 +142,20 @@ def test_every_table_entry_exists() -> None:
         if name != "_native" and not any(m == name or m.startswith(name + ".") for m in sources)
     ]
     assert not missing, f"the table names what is not in the package: {missing}"
+
+
+def test_the_readme_draws_the_same_layers() -> None:
+    """The README's picture ("- **layer**: `folder/`, `module.py`, …", top to bottom) is this table."""
+    drawn: list[tuple[str, list[str]]] = []
+    for line in README.read_text(encoding="utf-8").split("## How a request flows")[1].splitlines():
+        match = re.fullmatch(r"- \*\*(\w+)\*\*: (.+)", line)
+        if match:
+            names = re.findall(r"`([^`]+)`", match[2])
+            drawn.append(
+                (match[1], sorted(n.removesuffix("/").removesuffix(".py").replace("/", ".") for n in names))
+            )
+    table = [(layer, sorted(n for n in names if n != "__init__")) for layer, names in reversed(LAYERS)]
+    assert drawn == table
 
 
 def test_the_check_catches_an_import_from_above() -> None:
