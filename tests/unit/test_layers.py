@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "ids",
             "keys",
             "lifeline",
-            "limits.plans",  # the plan tables settings reads (limits/ applies them)
+            "limits.plans",  # the plan tables settings parses (limits/ applies them); imports nothing
             "paths",
             "redisconn",
             "secretbox",
@@ -55,6 +55,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("services", ["gateway"]),
+    # batches/ sends each item of a batch through the pipeline, so it sits beside it, not below
     ("pipeline", ["adapters", "batches", "lifecycle", "pipeline"]),
     ("http", ["admin", "api", "dashboard"]),
     ("edge", ["__main__", "app", "cli", "observing", "server", "serving", "sim"]),
