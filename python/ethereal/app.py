@@ -20,9 +20,9 @@ from typing import Any
 
 from blacksheep import Application, Request, Response, Router
 
-from ethereal import ids, observability
+from ethereal import ids, observing
+from ethereal.admin import reports, spend_limits, upstreams, usage, webhooks
 from ethereal.admin import routes as admin_routes
-from ethereal.alerts import routes as alert_routes
 from ethereal.api import anthropic, batches, openai, responses, responses_ws
 from ethereal.api.common import anthropic_error, openai_error
 from ethereal.api.responses_ws import ResponsesSockets
@@ -32,14 +32,10 @@ from ethereal.errors import GatewayError, anthropic_error_body
 from ethereal.gateway import Gateway
 from ethereal.lifecycle import LIFECYCLE, Receive, Scope, Send, send_health
 from ethereal.lifeline import die_with_parent
-from ethereal.metering import routes as metering_routes
 from ethereal.observability.http import Parts
 from ethereal.paths import rewrite_scope
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Cleanup, Pipeline
-from ethereal.reports import api as report_routes
 from ethereal.settings import Settings, load_settings
-from ethereal.spend import api as spend_routes
-from ethereal.upstream import routes as upstream_routes
 
 log = logging.getLogger("ethereal")
 
@@ -54,9 +50,9 @@ def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Applicat
     batches.register(app, gw, pipeline)
     openai.register(app, gw, pipeline)
     responses.register(app, gw, pipeline)
-    for module in (admin_routes, metering_routes, upstream_routes, spend_routes, report_routes, alert_routes):
+    for module in (admin_routes, usage, upstreams, spend_limits, reports, webhooks):
         module.register(app, gw)
-    observability.register(app, gw)  # /metrics, the live ring, meter/pool/limiter observers
+    observing.register(app, gw)  # /metrics, the live ring, meter/pool/limiter observers
     dashboard_routes.register(app, gw)  # /dashboard, /estimate
 
     async def not_found(request: Request) -> Response:
@@ -72,9 +68,9 @@ def build_application(gw: Gateway, pipeline: Pipeline | None = None) -> Applicat
 class Ethereal:
     """The ASGI entry: lifespan starts and stops the gateway; HTTP goes to the BlackSheep app.
 
-    It is also the edge every request passes once (``observe``, set by ``observability.wrap``):
+    It is also the edge every request passes once (``observe``, set by ``observed``):
     health, stream tracking and drain (lifecycle.py), in flight, counters and the request log
-    line, all in one layer and one send wrapper (``Lifecycle._serve``).
+    line, all in one layer and one send wrapper (``Lifecycle.serve``).
     """
 
     def __init__(self, settings: Settings, *, parent_pid: int | None = None) -> None:
@@ -89,6 +85,16 @@ class Ethereal:
         # ring and metrics once started, and the log setup its lifespan applies
         self.observe: Parts | None = None
         self.configure_logs: Callable[[], None] | None = None
+
+    def observed(self) -> Ethereal:
+        """What servers run: this entry with observing switched on (it is the one edge layer that
+        answers health, tracks streams for a clean shutdown and counts and logs every request)."""
+        settings = self.settings
+        self.observe, self.configure_logs = (
+            observing.parts,
+            observing.LogSetup(settings.log_format, settings.log_level),
+        )
+        return self
 
     @property
     def gateway(self) -> Gateway:
@@ -134,15 +140,15 @@ class Ethereal:
             query = scope.get("query_string")
             if not scope["path"].isprintable() or (query and b"%00" in query):
                 # answered (counted and logged) like any request
-                await LIFECYCLE._serve(_unprintable, scope, receive, send, self.observe, pending)
+                await LIFECYCLE.serve(_unprintable, scope, receive, send, self.observe, pending)
                 return
-            await LIFECYCLE._serve(app, scope, receive, send, self.observe, pending)
+            await LIFECYCLE.serve(app, scope, receive, send, self.observe, pending)
         elif kind == "websocket":
             await self._websocket(rewrite_scope(scope, self._base_path), receive, send)
         elif kind == "lifespan":
             if self.configure_logs is not None:
                 self.configure_logs()
-            await self._lifespan(receive, LIFECYCLE._lifespan_send(send))
+            await self._lifespan(receive, LIFECYCLE.lifespan_send(send))
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket upgrade: the Responses API on ``/v1/responses`` (api/responses_ws.py); on
@@ -245,4 +251,4 @@ async def _not_ready(send: Send) -> None:
 def create_app() -> Any:
     """ASGI factory (``uvicorn --factory ethereal.app:create_app``): settings from the environment,
     inside the layer that counts in-flight requests and logs one line per request."""
-    return observability.wrap(Ethereal(load_settings()))
+    return Ethereal(load_settings()).observed()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ethereal.admin import session
+from ethereal import session
 from ethereal.errors import GatewayError
 from ethereal.guards import BoundedLRU, FailureThrottle, client_address
 from ethereal.keys import KeyRecord
@@ -211,7 +211,7 @@ def admin_throttled(wait: float) -> GatewayError:
 
 def require_admin(settings: Settings, headers: dict[bytes, bytes], scope: Any = None) -> None:
     """The admin key, or the console's session cookie with its CSRF token and this site's origin
-    (admin/session.py): the console's pages call the admin API from the browser without the key.
+    (session.py): the console's pages call the admin API from the browser without the key.
 
     With the request's ``scope``, wrong keys are counted per client address (``admin_attempts``;
     the address as ``ETHEREAL_TRUSTED_PROXIES`` says, see ``guards.client_address``): past the

@@ -32,7 +32,7 @@ STATUS_TYPES: dict[int, str] = {
 }
 
 # OpenAI's own vocabulary for the same situations (what its SDKs and clients expect).
-_OPENAI_TYPES: dict[str, tuple[str, str | None]] = {
+OPENAI_TYPES: dict[str, tuple[str, str | None]] = {
     "invalid_request_error": ("invalid_request_error", None),
     "authentication_error": ("invalid_request_error", "invalid_api_key"),
     "billing_error": ("insufficient_quota", "insufficient_quota"),
@@ -142,7 +142,7 @@ def anthropic_error_body(error_type: str, message: str, request_id: str | None) 
 
 
 def openai_error_body(error_type: str, message: str, param: str | None = None) -> bytes:
-    oa_type, code = _OPENAI_TYPES.get(error_type, ("server_error", None))
+    oa_type, code = OPENAI_TYPES.get(error_type, ("server_error", None))
     return orjson.dumps({"error": {"message": message, "type": oa_type, "param": param, "code": code}})
 
 

@@ -107,7 +107,7 @@ class Gateway:
             budget_watch = BudgetWatch(alerts, store, settle_delay=settings.meter_interval + 0.1)
             await budget_watch.start()
             undo.push_async_callback(budget_watch.close)
-            pool.on_event = alerts.emit
+            pool.observers.append(alerts.observe)
             # spend limits enforced at admission: the limiter reads the book and emits the alerts
             limiter_gate = getattr(limiter, "gate", None)
             if limiter_gate is not None:

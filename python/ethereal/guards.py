@@ -51,6 +51,33 @@ def check_model_name(name: object, *, param: str = "model") -> str:
     return name
 
 
+def validate_messages_body(data: dict[str, Any], *, need_max_tokens: bool) -> str:
+    """Check what the gateway itself relies on in a Messages body; returns the client's model name
+    (``/v1/messages``, count_tokens and each batch item: one rule, no route imported for it)."""
+    model = check_model_name(data.get("model"))
+    if need_max_tokens:
+        max_tokens = data.get("max_tokens")
+        if max_tokens is None:
+            raise invalid_request("max_tokens: Field required", param="max_tokens")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise invalid_request("max_tokens: must be a positive integer", param="max_tokens")
+    messages = data.get("messages")
+    if messages is None:
+        raise invalid_request("messages: Field required", param="messages")
+    if not isinstance(messages, list):
+        raise invalid_request("messages: must be an array", param="messages")
+    for i, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or "content" not in message
+        ):
+            raise invalid_request(
+                f"messages.{i}: each message needs a role and content", param=f"messages.{i}"
+            )
+    return model
+
+
 def check_body_shape(body: bytes, max_depth: int = _native.MAX_JSON_DEPTH, data: Any = None) -> None:
     """400 for a body whose top-level object repeats a key, or that nests past ``max_depth``
     (orjson's limit unless the route asks for less: ``MAX_ECHO_DEPTH``).

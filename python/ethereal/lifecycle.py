@@ -19,8 +19,8 @@ settles its reservation and records its usage as for any interrupted stream.
 The serving side (``ethereal.serving``) calls ``begin_drain`` on SIGTERM and ``end_streams``
 when the grace period is over. One ``Lifecycle`` per worker process: ``LIFECYCLE``.
 
-``app.Ethereal`` runs every request through ``_serve``, which also observes it when given
-the worker's ring and metrics (``observability.wrap``): in flight, the response counter and
+``app.Ethereal`` runs every request through ``serve``, which also observes it when given
+the worker's ring and metrics (``Ethereal.observed``): in flight, the response counter and
 the request log line, in the one send wrapper a request passes, so a stream is counted
 until its last byte and requests refused before any handler (404s, 401s) are logged too.
 """
@@ -63,7 +63,7 @@ _LAG_SAMPLES = 1200  # one minute of them at most
 _ERROR_BODY_MAX = 16 * 1024  # bytes of an error answer read for its message (the log line's error_message)
 
 
-class _Stream:
+class Stream:
     """One event stream in flight: the task serving it and what is needed to end it cleanly."""
 
     __slots__ = ("ended", "ending", "held", "path", "request_id", "send", "task")
@@ -106,7 +106,7 @@ async def send_health(send: Send, scope: Scope, status: int, body: bytes) -> Non
     await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
 
 
-def _frame_cut(data: bytes) -> int:
+def frame_cut(data: bytes) -> int:
     """Index just past the last SSE frame boundary (a blank line) in ``data``; 0 when none."""
     best = 0
     for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
@@ -122,12 +122,12 @@ class Lifecycle:
     def __init__(self) -> None:
         self.draining = False
         self.drain_started: float | None = None
-        self.streams: set[_Stream] = set()
+        self.streams: set[Stream] = set()
         self.lag: deque[tuple[float, float]] = deque(maxlen=_LAG_SAMPLES)  # (when, lag) in seconds
         self._lag_task: asyncio.Task[None] | None = None
         self.streams_ended = 0
         # what the started gateway adds to /healthz?verbose=1 (name -> a cheap callable): the model
-        # registry's version and alerts (observability.register)
+        # registry's version and alerts (observing.register)
         self.details: dict[str, Callable[[], Any]] = {}
 
     # -------------------------------------------------------------- called by ethereal.serving
@@ -195,7 +195,7 @@ class Lifecycle:
         return (503 if self.draining else 200), orjson.dumps(body)
 
     # -------------------------------------------------------------- ASGI
-    def _lifespan_send(self, send: Send) -> Send:
+    def lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
             kind = message["type"]
             if kind == "lifespan.startup.complete" and self._lag_task is None:
@@ -215,7 +215,7 @@ class Lifecycle:
             return self.health(b"verbose" in (scope.get("query_string") or b""))
         return None
 
-    async def _serve(
+    async def serve(
         self,
         app: ASGIApp,
         scope: Scope,
@@ -228,7 +228,7 @@ class Lifecycle:
         the drain's ``connection: close``, and, with ``observe``, the in-flight count, the status
         counter and the request log line (observability/http.py). ``cleanups`` (the request's
         pending work, see pipeline.CLEANUP_SCOPE_KEY) run once the response is over."""
-        stream: _Stream | None = None
+        stream: Stream | None = None
         streams = self.streams
         trackable = scope["method"] == "POST"
         status = 0
@@ -257,7 +257,7 @@ class Lifecycle:
                         return
                     data = stream.held + body if stream.held else body
                     # most chunks end at a frame boundary: skip the search then
-                    cut = len(data) if data.endswith(b"\n\n") else _frame_cut(data)
+                    cut = len(data) if data.endswith(b"\n\n") else frame_cut(data)
                     if cut != len(data):
                         stream.held = data[cut:]
                         if not cut:
@@ -281,7 +281,7 @@ class Lifecycle:
             if rid is not None:
                 request_id = rid.decode("latin-1")[:64]
             if trackable and found.get(b"content-type", b"").startswith(b"text/event-stream"):
-                stream = _Stream(asyncio.current_task(), send, scope["path"], request_id or "")
+                stream = Stream(asyncio.current_task(), send, scope["path"], request_id or "")
                 streams.add(stream)
             if self.draining:
                 # a keep-alive client should open its next request elsewhere

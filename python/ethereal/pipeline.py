@@ -39,7 +39,6 @@ import orjson
 from blacksheep import Request, Response, StreamedContent
 
 from ethereal import _native, ids
-from ethereal.api.common import read_body
 from ethereal.auth import key_hash_of
 from ethereal.errors import GatewayError, anthropic_sse_error, invalid_request, upstream_error
 from ethereal.gateway import Gateway
@@ -61,6 +60,7 @@ from ethereal.upstream.client import UpstreamConnectError, UpstreamResponse, Ups
 from ethereal.upstream.hints import retry_after_seconds
 from ethereal.upstream.pool import FailureKind, Refusal, Refused
 from ethereal.usage import Usage
+from ethereal.wire import read_body
 
 log = logging.getLogger("ethereal.pipeline")
 

@@ -169,7 +169,6 @@ class GatewayServer(uvicorn.Server):
 
 
 def _config(settings: Settings) -> uvicorn.Config:
-    from ethereal import observability
     from ethereal.app import Ethereal
     from ethereal.server import ConnectionLimits, protocol_class
 
@@ -178,7 +177,7 @@ def _config(settings: Settings) -> uvicorn.Config:
     # to that worker's own LIFECYCLE; httptools behind a protocol that caps header size/count,
     # times out slow clients and bounds open connections per worker (server.py); the workers
     # die with this process (parent_pid), so a SIGKILLed replica leaves nothing behind
-    app = observability.wrap(Ethereal(settings, parent_pid=os.getpid()))
+    app = Ethereal(settings, parent_pid=os.getpid()).observed()
     return uvicorn.Config(
         app,
         host=settings.host,

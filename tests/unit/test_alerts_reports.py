@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from ethereal.admin.reports import allocate
 from ethereal.alerts import generate_secret, sign, verify
 from ethereal.errors import GatewayError
-from ethereal.reports.api import allocate
 from ethereal.spend.service import cents_text, parse_limit
 from ethereal.storage.report import split_range
 

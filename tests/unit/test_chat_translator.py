@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from ethereal import _native
 from ethereal.adapters import openai_chat
-from ethereal.errors import _OPENAI_TYPES, openai_error_body
+from ethereal.errors import OPENAI_TYPES, openai_error_body
 from ethereal.usage import Usage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -331,7 +331,7 @@ def anthropic_streams(draw: Any) -> tuple[bytes, str | None]:
             {
                 "type": "error",
                 "error": {
-                    "type": draw(st.sampled_from(sorted(_OPENAI_TYPES))),
+                    "type": draw(st.sampled_from(sorted(OPENAI_TYPES))),
                     "message": draw(_text) or "x",
                 },
             }
@@ -378,7 +378,7 @@ MESSAGE_START = (
 )
 
 
-@pytest.mark.parametrize("error_type", [*sorted(_OPENAI_TYPES), "something_new"])
+@pytest.mark.parametrize("error_type", [*sorted(OPENAI_TYPES), "something_new"])
 def test_error_event_matches_http_error_shape(error_type: str) -> None:
     event = json.dumps({"type": "error", "error": {"details": None, "type": error_type, "message": "boom"}})
     out = translate(MESSAGE_START + b"event: error\ndata: " + event.encode() + b" \n\n")

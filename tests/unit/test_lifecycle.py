@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from ethereal.lifecycle import Lifecycle, _frame_cut, _Stream, send_health
+from ethereal.lifecycle import Lifecycle, Stream, frame_cut, send_health
 
 FRAMES = [f'event: content_block_delta\ndata: {{"i":{i},"text":"{"x" * i}"}}\n\n'.encode() for i in range(12)]
 STREAM = b"".join(FRAMES)
@@ -51,7 +51,7 @@ async def run(
     if health is not None:
         await send_health(send, scope, *health)
     else:
-        await lc._serve(app, scope, receive, send, None)
+        await lc.serve(app, scope, receive, send, None)
     return sent
 
 
@@ -119,10 +119,10 @@ async def test_health_turns_503_when_draining_and_responses_say_close() -> None:
 
 
 def test_frame_cut() -> None:
-    assert _frame_cut(b"") == 0
-    assert _frame_cut(b"data: 1\n\ndata: 2") == len(b"data: 1\n\n")
-    assert _frame_cut(b"data: 1\r\n\r\ndata") == len(b"data: 1\r\n\r\n")
-    assert _frame_cut(b"data: 1\r\rx") == len(b"data: 1\r\r")
+    assert frame_cut(b"") == 0
+    assert frame_cut(b"data: 1\n\ndata: 2") == len(b"data: 1\n\n")
+    assert frame_cut(b"data: 1\r\n\r\ndata") == len(b"data: 1\r\n\r\n")
+    assert frame_cut(b"data: 1\r\rx") == len(b"data: 1\r\r")
 
 
 def test_responses_closing_frame_names_the_response_the_stream_announced() -> None:
@@ -134,7 +134,7 @@ def test_responses_closing_frame_names_the_response_the_stream_announced() -> No
         del message
 
     request_id = "req_0VcPGD8r1jPZSvmxa5SEheJS"
-    frame = _Stream(None, send, "/v1/responses", request_id).closing_frame()
+    frame = Stream(None, send, "/v1/responses", request_id).closing_frame()
     event, data = frame.split(b"\n")[:2]
     assert event == b"event: response.failed"
     body = json.loads(data.removeprefix(b"data: "))

@@ -19,7 +19,7 @@ import orjson
 from blacksheep import Application, Request, Response
 
 from ethereal.admin.keyspec import KEY_FIELDS, MAX_BATCH, key_json, parse_key_fields
-from ethereal.api.common import anthropic_route, header_map, json_response, read_body
+from ethereal.api.common import anthropic_route, header_map, json_response
 from ethereal.auth import require_admin
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
@@ -29,6 +29,7 @@ from ethereal.limits.plans import Plans
 from ethereal.metering.reprice import RepriceError, correction_json, parse_bound, reprice
 from ethereal.models import RegistryError, load_registry
 from ethereal.pipeline import parse_json_body
+from ethereal.wire import read_body
 
 _ADMIN_BODY_MAX = 4 * 1024 * 1024
 _STATES = ("active", "revoked", "expired")

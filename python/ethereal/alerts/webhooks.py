@@ -1,6 +1,6 @@
 """Signed webhooks: events the gateway sends to the operator's receivers.
 
-Registered through ``/admin/api/webhooks`` and the console (alerts/routes.py): a URL (http or
+Registered through ``/admin/api/webhooks`` and the console (admin/webhooks.py): a URL (http or
 https; loopback and private addresses allowed, only the admin registers one), a secret in the
 Standard Webhooks form (``whsec_`` + base64; the HMAC key is the decoded bytes; generated and
 shown once when omitted) and the events it wants (default: every one).
@@ -63,7 +63,6 @@ QUEUE_MAX = 1000
 CONCURRENT_DELIVERIES = 16
 ATTEMPT_TIMEOUT = 10.0
 RECENT_MAX = 200
-COOLING_ALERT_SECONDS = 60.0
 
 
 def generate_secret() -> str:
@@ -130,7 +129,7 @@ class Alerts:
         self._worker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(CONCURRENT_DELIVERIES)
-        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     @property
     def running(self) -> bool:
@@ -181,11 +180,11 @@ class Alerts:
 
     def listen(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """Call ``fn(event, data)`` on every event emitted (tests, metrics)."""
-        self._listeners.append(fn)
+        self.listeners.append(fn)
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         """Queue an event for every webhook that wants it. Never blocks, never raises."""
-        for fn in self._listeners:
+        for fn in self.listeners:
             with contextlib.suppress(Exception):
                 fn(event, data)
         if not self.hooks or self._worker is None:
@@ -285,20 +284,11 @@ class Alerts:
             log.warning("webhook delivery log not written: %s", exc)
 
     # ------------------------------------------------------------------ sources of events
-    def credential_disabled(self, name: str, reason: str | None) -> None:
-        self.emit("credential.disabled", {"credential": name, "reason": (reason or "")[:200]})
-
-    def credential_cooling(self, name: str, seconds: float, kind: str, group: str | None = None) -> None:
-        if seconds > COOLING_ALERT_SECONDS:
-            self.emit(
-                "credential.cooling",
-                {
-                    "credential": name,
-                    "seconds": round(seconds, 3),
-                    "cause": kind,
-                    "rate_limit_group": group or None,
-                },
-            )
+    def observe(self, event: str, data: dict[str, Any]) -> None:
+        """An observer of the upstream pool: the events a webhook can want are sent (a credential
+        disabled or cooling), the others (``credential.failure``, for the metrics) are not."""
+        if event in EVENTS:
+            self.emit(event, data)
 
     def model_provisional(self, model: str, card: str) -> None:
         self.emit("model.provisional", {"model": model[:256], "priced_at": card})
@@ -326,7 +316,7 @@ class BudgetWatch:
     def observe(self, key: Any) -> None:
         if key is None or (key.budget_micro_usd is None and key.budget_tokens is None):
             return
-        if not self.alerts.hooks and not self.alerts._listeners:
+        if not self.alerts.hooks and not self.alerts.listeners:
             return
         self._dirty[key.id] = key
 

@@ -17,43 +17,17 @@ from ethereal.api.common import (
     json_response,
     path_with_query,
     raw_headers,
-    read_body,
 )
 from ethereal.auth import is_admin
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
-from ethereal.guards import check_model_name, estimate_input_tokens, well_formed_id
+from ethereal.guards import estimate_input_tokens, validate_messages_body, well_formed_id
 from ethereal.pipeline import Adapter, Call, Outbound, Pipeline, response_headers, splice_model
 from ethereal.upstream.affinity import cache_affinity
 from ethereal.usage import Usage
+from ethereal.wire import read_body
 
 EVENT_LOG_MAX_BYTES = 1024 * 1024  # a telemetry batch the gateway reads (and drops) at most
-
-
-def validate_messages_body(data: dict[str, Any], *, need_max_tokens: bool) -> str:
-    """Check what the gateway itself relies on; returns the client's model name."""
-    model = check_model_name(data.get("model"))
-    if need_max_tokens:
-        max_tokens = data.get("max_tokens")
-        if max_tokens is None:
-            raise invalid_request("max_tokens: Field required", param="max_tokens")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise invalid_request("max_tokens: must be a positive integer", param="max_tokens")
-    messages = data.get("messages")
-    if messages is None:
-        raise invalid_request("messages: Field required", param="messages")
-    if not isinstance(messages, list):
-        raise invalid_request("messages: must be an array", param="messages")
-    for i, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or not isinstance(message.get("role"), str)
-            or "content" not in message
-        ):
-            raise invalid_request(
-                f"messages.{i}: each message needs a role and content", param=f"messages.{i}"
-            )
-    return model
 
 
 def model_page(items: list[dict[str, object]], request: Request) -> dict[str, object]:

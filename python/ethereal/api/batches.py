@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response, StreamedContent
 
-from ethereal.api.common import anthropic_route, header_map, json_response, raw_headers, read_body
+from ethereal.api.common import anthropic_route, header_map, json_response, raw_headers
 from ethereal.auth import is_admin
 from ethereal.batches.service import PATH, BatchService
 from ethereal.errors import GatewayError, invalid_request
@@ -24,6 +24,7 @@ from ethereal.guards import well_formed_id
 from ethereal.keys import KeyRecord
 from ethereal.pipeline import CLEANUP_SCOPE_KEY, Call, Pipeline
 from ethereal.upstream.client import UpstreamResponse
+from ethereal.wire import read_body
 
 JSONL = b"application/x-jsonl"
 

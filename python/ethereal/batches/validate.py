@@ -23,13 +23,11 @@ from typing import Any
 import orjson
 
 from ethereal import _native
-from ethereal.api.anthropic import Messages
 from ethereal.errors import GatewayError, invalid_request
-from ethereal.guards import clip, estimate_args, with_margin
+from ethereal.guards import clip, estimate_args, validate_messages_body, with_margin
 from ethereal.metering.reserve import ReserveConfig, batch_item
 from ethereal.models import Model, Registry
 
-_MESSAGES = Messages()
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _WS = re.compile(rb"[ \t\r\n]*")
 # the object around the array, as clients write it: only "requests" in it
@@ -202,7 +200,7 @@ def _check_params(params: Any) -> str:
     """What the ``/v1/messages`` adapter checks of a body, plus no streaming (a batch has no stream)."""
     if not isinstance(params, dict):
         raise invalid_request("params: must be a Messages request object")
-    model = _MESSAGES.validate(params)
+    model = validate_messages_body(params, need_max_tokens=True)
     if "stream" in params and params["stream"] is not False:
         raise invalid_request("stream: streaming is not supported in batch requests")
     return model

@@ -3,7 +3,7 @@
 Pages read the same store, pool and meter the admin JSON API uses, through the same
 helpers (``key_json``, ``UpstreamService.list``, ``usage_totals``); every change a page
 makes goes through the admin API itself (``/admin/api/...``) from the page's script, with
-the session cookie and CSRF token (admin/session.py) in place of the admin key. The
+the session cookie and CSRF token (session.py) in place of the admin key. The
 estimator (``/dashboard/estimate``, also ``/estimate``) needs no session and is rate
 limited per client address.
 """
@@ -26,10 +26,9 @@ import jinja2
 import orjson
 from blacksheep import Application, Content, Request, Response, StreamedContent
 
-from ethereal import connect
-from ethereal.admin import session
+from ethereal import connect, session
 from ethereal.admin.keyspec import key_json
-from ethereal.api.common import read_body
+from ethereal.admin.usage import parse_time
 from ethereal.auth import admin_attempts, admin_throttled
 from ethereal.dashboard.estimator import Estimator, RateLimiter
 from ethereal.errors import GatewayError
@@ -38,10 +37,10 @@ from ethereal.guards import client_address
 from ethereal.limits.plans import Plans
 from ethereal.metering.aggregate import usage_totals
 from ethereal.metering.reprice import correction_json
-from ethereal.metering.routes import parse_time
 from ethereal.observability import live as live_ring
 from ethereal.spend.periods import period_start
 from ethereal.storage.base import UsageFilter
+from ethereal.wire import read_body
 
 log = logging.getLogger("ethereal.dashboard")
 
@@ -573,7 +572,7 @@ def register(app: Application, gw: Gateway) -> None:
     async def limits(request: Request, sid: str) -> Response:
         """Spend limits per person, team and organization; each person's spend this period against
         their cap (blocked until the reset); the audit; webhooks and their delivery log."""
-        from ethereal.alerts.routes import delivery_json, webhook_json
+        from ethereal.admin.webhooks import delivery_json, webhook_json
         from ethereal.alerts.webhooks import EVENTS
         from ethereal.spend.service import audit_json, limit_json, people_of
 

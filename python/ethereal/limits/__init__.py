@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -236,6 +237,21 @@ class Limiter:
     #: how often (seconds) a long request should call ``refresh``: a third of the reservation ttl
     refresh_interval = 300.0
 
+    def __init__(self) -> None:
+        # called with (seconds, refusal) after each ``admit`` decides: how long it took and the
+        # GatewayError it refused with (None: admitted); observability/ subscribes. With none,
+        # nothing is timed. An observer never raises into the request.
+        self.observers: list[Callable[[float, GatewayError | None], None]] = []
+
+    def observed(self, t0: float, refused: GatewayError | None) -> None:
+        """Tell the observers of an ``admit`` that started at ``t0`` (``time.perf_counter``)."""
+        seconds = time.perf_counter() - t0
+        for observe in self.observers:
+            try:
+                observe(seconds, refused)
+            except Exception:
+                log.exception("limiter observer failed")
+
     async def admit(
         self,
         key: KeyRecord,
@@ -258,6 +274,8 @@ class Limiter:
         and ``price_out`` (USD per million tokens). ``request_id`` names the reservation: its
         settle is applied once however often it is sent (Redis loss and restart, docs/limits.md).
         """
+        if self.observers:
+            self.observed(time.perf_counter(), None)  # admitted at once
         return Admission(key_id=key.id)
 
     async def admit_count(self, key: KeyRecord) -> Admission:
@@ -349,6 +367,7 @@ class BaseLimiter(Limiter):
         store: Store | None = None,
         store_timeout: float = 2.0,
     ) -> None:
+        super().__init__()
         self.plans = plans or Plans()
         self.store_timeout = store_timeout
         self.window_seconds = window_seconds

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
 from ethereal.limits import (
     BUDGET_MICRO,
@@ -122,51 +123,66 @@ class LocalLimiter(BaseLimiter):
         output_micro: int | None = None,
         request_id: str | None = None,
     ) -> Admission:
-        limits = self.limits_for(key)
-        plan = self.gate.plan(key)
-        if limits.empty and plan is None:
-            return Admission(key_id=key.id)
-        in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
-        in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
-        allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
-        if plan is None:
-            return await self._admit(key, limits, in_t, allow_t, in_m, allow_m)
-        # every cap set checked (and seeded) before anything is reserved: one decision, as the
-        # key's call and the pools' calls are on Redis (the undo there is not needed here)
-        sets = [c for c in (plan.own, *plan.pools) if c is not None]
-        now_s = self._clock()
-        for caps in sets:
-            await self._seed_caps(caps, caps.fields(now_s), now_s)
-        st = self.state(key.id)
-        if (limits.budget_tokens is not None or limits.budget_micro is not None) and not st.seeded:
-            tokens, micro = await self.seed(key.id)
-            if not st.seeded:
-                st.spent_tokens += tokens
-                st.spent_micro += micro
-                st.seeded = True
-        # no await from here to the reservation: the decision and the reservation are one step
-        now_s = self._clock()
-        decided: list[tuple[CapSet, tuple[str, ...], list[int]]] = []
-        for caps in sets:
-            fields = caps.fields(now_s)
-            await self._seed_caps(caps, fields, now_s)  # a period that began meanwhile (no await otherwise)
-            decided.append((caps, fields, self._check_caps(caps, fields, in_m, allow_m, now_s)))
-        adm = await self._admit(key, limits, in_t, allow_t, in_m, allow_m, force_rid=True)
-        now = adm.admitted_ms or self._now()
-        adm.limited = True
-        adm.pools = []
-        for n, (caps, fields, spent) in enumerate(decided):
-            sp = self._spender(caps.tag)
-            sp.reservations[adm.token] = (in_m, in_m + allow_m, now + self.reservation_ttl_ms, now)
-            sp.held_in += in_m
-            sp.held += in_m + allow_m
-            adm.headers += enforce.headers(caps, spent, now_s)
-            self.gate.watch.observe(caps, spent, now_s)
-            if n == 0 and caps is plan.own:
-                adm.caps, adm.cap_fields = caps, fields
-            else:
-                adm.pools.append((caps, fields))
-        return adm
+        observers = self.observers
+        t0 = time.perf_counter() if observers else 0.0  # timed only when observed
+        refused: GatewayError | None = None
+        try:
+            limits = self.limits_for(key)
+            plan = self.gate.plan(key)
+            if limits.empty and plan is None:
+                return Admission(key_id=key.id)
+            in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
+            in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
+            allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
+            if plan is None:
+                return await self._admit(key, limits, in_t, allow_t, in_m, allow_m)
+            # every cap set checked (and seeded) before anything is reserved: one decision, as the
+            # key's call and the pools' calls are on Redis (the undo there is not needed here)
+            sets = [c for c in (plan.own, *plan.pools) if c is not None]
+            now_s = self._clock()
+            for caps in sets:
+                await self._seed_caps(caps, caps.fields(now_s), now_s)
+            st = self.state(key.id)
+            if (limits.budget_tokens is not None or limits.budget_micro is not None) and not st.seeded:
+                tokens, micro = await self.seed(key.id)
+                if not st.seeded:
+                    st.spent_tokens += tokens
+                    st.spent_micro += micro
+                    st.seeded = True
+            # no await from here to the reservation: the decision and the reservation are one step
+            now_s = self._clock()
+            decided: list[tuple[CapSet, tuple[str, ...], list[int]]] = []
+            for caps in sets:
+                fields = caps.fields(now_s)
+                await self._seed_caps(
+                    caps, fields, now_s
+                )  # a period that began meanwhile (no await otherwise)
+                decided.append((caps, fields, self._check_caps(caps, fields, in_m, allow_m, now_s)))
+            adm = await self._admit(key, limits, in_t, allow_t, in_m, allow_m, force_rid=True)
+            now = adm.admitted_ms or self._now()
+            adm.limited = True
+            adm.pools = []
+            for n, (caps, fields, spent) in enumerate(decided):
+                sp = self._spender(caps.tag)
+                sp.reservations[adm.token] = (in_m, in_m + allow_m, now + self.reservation_ttl_ms, now)
+                sp.held_in += in_m
+                sp.held += in_m + allow_m
+                adm.headers += enforce.headers(caps, spent, now_s)
+                self.gate.watch.observe(caps, spent, now_s)
+                if n == 0 and caps is plan.own:
+                    adm.caps, adm.cap_fields = caps, fields
+                else:
+                    adm.pools.append((caps, fields))
+            return adm
+        except GatewayError as exc:
+            refused = exc
+            raise
+        except BaseException:
+            t0 = 0.0  # no decision was made: nothing to tell
+            raise
+        finally:
+            if t0:
+                self.observed(t0, refused)
 
     def _spender(self, tag: str) -> _Spender:
         sp = self._spenders.get(tag)

@@ -43,6 +43,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ethereal import redisconn
+from ethereal.errors import GatewayError
 from ethereal.keys import KeyRecord
 from ethereal.limits import (
     CAP_HELD,
@@ -536,41 +537,56 @@ class RedisLimiter(BaseLimiter):
         output_micro: int | None = None,
         request_id: str | None = None,
     ) -> Admission:
-        limits = self.limits_for(key)
-        plan = self.gate.plan(key)
-        if limits.empty and plan is None:
-            return Admission(key_id=key.id)
-        in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
-        in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
-        allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
-        spec = self.spec_for(key.id, limits, owner=key.owner)
-        if plan is None:
-            return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, request_id)
-        rid = request_id or os.urandom(16).hex()
-        if not plan.pools:
-            return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own)
-        # shared pools: a second reserve call on each pool's tag, undone when any call refuses
-        calls = [self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own, force_rid=True)]
-        calls += [
-            self._admit(key, _NO_LIMITS, self.pool_spec(pool.tag), 0, 0, in_m, allow_m, rid, pool)
-            for pool in plan.pools
-        ]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            for r in results:
-                if isinstance(r, Admission):
-                    await self.settle(r, tokens=0, cost_micro=0)
-            raise failed
-        adm = results[0]
-        assert isinstance(adm, Admission)
-        adm.pools = []
-        for pool_adm in results[1:]:
-            assert isinstance(pool_adm, Admission)
-            adm.pools.append((pool_adm.caps, pool_adm.cap_fields))
-            adm.headers.extend(pool_adm.headers)
-        self._held[rid] = adm  # the whole admission (its pools too) is what a Redis loss gives back
-        return adm
+        observers = self.observers
+        t0 = time.perf_counter() if observers else 0.0  # timed only when observed
+        refused: GatewayError | None = None
+        try:
+            limits = self.limits_for(key)
+            plan = self.gate.plan(key)
+            if limits.empty and plan is None:
+                return Admission(key_id=key.id)
+            in_t, allow_t = max(0, int(input_tokens)), max(0, int(max_tokens))
+            in_m = self.price(in_t, price_in) if input_micro is None else max(0, int(input_micro))
+            allow_m = self.price(allow_t, price_out) if output_micro is None else max(0, int(output_micro))
+            spec = self.spec_for(key.id, limits, owner=key.owner)
+            if plan is None:
+                return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, request_id)
+            rid = request_id or os.urandom(16).hex()
+            if not plan.pools:
+                return await self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own)
+            # shared pools: a second reserve call on each pool's tag, undone when any call refuses
+            calls = [
+                self._admit(key, limits, spec, in_t, allow_t, in_m, allow_m, rid, plan.own, force_rid=True)
+            ]
+            calls += [
+                self._admit(key, _NO_LIMITS, self.pool_spec(pool.tag), 0, 0, in_m, allow_m, rid, pool)
+                for pool in plan.pools
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                for r in results:
+                    if isinstance(r, Admission):
+                        await self.settle(r, tokens=0, cost_micro=0)
+                raise failed
+            adm = results[0]
+            assert isinstance(adm, Admission)
+            adm.pools = []
+            for pool_adm in results[1:]:
+                assert isinstance(pool_adm, Admission)
+                adm.pools.append((pool_adm.caps, pool_adm.cap_fields))
+                adm.headers.extend(pool_adm.headers)
+            self._held[rid] = adm  # the whole admission (its pools too) is what a Redis loss gives back
+            return adm
+        except GatewayError as exc:
+            refused = exc
+            raise
+        except BaseException:
+            t0 = 0.0  # no decision was made: nothing to tell
+            raise
+        finally:
+            if t0:
+                self.observed(t0, refused)
 
     async def admit_count(self, key: KeyRecord) -> Admission:
         limits = self.count_limits_for(key)

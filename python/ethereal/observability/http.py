@@ -1,4 +1,4 @@
-"""The request log line the edge (``app.Ethereal``, ``lifecycle.Lifecycle._serve``) writes per request.
+"""The request log line the edge (``app.Ethereal``, ``lifecycle.Lifecycle.serve``) writes per request.
 
 The usage record of a metered request reaches the log line through a context variable:
 ``Meter.record`` runs inside the same task as the request.

@@ -12,10 +12,10 @@ is an HTTP status, ``credential`` names are the operator's.
 
 Where the numbers come from:
 - requests, latency, TTFB, tokens, spend: every usage record (``Meter.observers``);
-- in flight: the live rings' headers (the edge, ``Lifecycle._serve``, counts every request, refused and admin ones too);
+- in flight: the live rings' headers (the edge, ``Lifecycle.serve``, counts every request, refused and admin ones too);
 - upstream attempts and failovers: each credential's counters (``Credential.attempts``), read at
-  the flush; failures and cooldowns: ``Pool.report_failure``;
-- limiter decisions and latency: ``Limiter.admit``;
+  the flush; failures and cooldowns: ``Pool.report_failure`` (its observers);
+- limiter decisions and latency: ``Limiter.admit`` (its observers);
 - meter queue depth, spool bytes, dropped records: ``Meter.stats()`` once a second.
 
 The request path only appends: the usage record and the response status go to two lists
@@ -35,7 +35,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,8 @@ class Metrics:
                 self._models[name] = label
         return label
 
-    def _child(self, metric: Any, *labels: Any) -> Any:
+    def child(self, metric: Any, *labels: Any) -> Any:
+        """The labelled child of ``metric``, made once."""
         key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
@@ -317,7 +318,7 @@ class Metrics:
                 classes[status // 100] = classes.get(status // 100, 0) + 1
             self.statuses.clear()
             for cls, n in classes.items():
-                self.inc(self._child(self.http, f"{cls}xx"), n)
+                self.inc(self.child(self.http, f"{cls}xx"), n)
         if self.pool is not None:
             self._read_attempts()
         if self._timer is not None:  # everything summed so far is written now
@@ -341,9 +342,9 @@ class Metrics:
             if last is not None and last[0] is cred:  # the same credential object: count what is new
                 attempts, failovers = attempts - last[1], failovers - last[2]
             if attempts:
-                self.inc(self._child(self.attempts, cred.name), attempts)
+                self.inc(self.child(self.attempts, cred.name), attempts)
             if failovers:
-                self.inc(self._child(self.failovers, cred.name), failovers)
+                self.inc(self.child(self.failovers, cred.name), failovers)
             seen[cred.name] = (cred, cred.attempts, cred.failovers)
 
     def observe(self, rec: UsageRecord) -> None:
@@ -355,11 +356,11 @@ class Metrics:
         """Records of one route, status and model: one increment per series for all of them."""
         model = self._model(model_name)
         inc = self.inc
-        inc(self._child(self.requests, route, str(status), model), len(recs))
-        self.observe_values(self._child(self.latency, route), [r.duration_ms / 1000.0 for r in recs])
+        inc(self.child(self.requests, route, str(status), model), len(recs))
+        self.observe_values(self.child(self.latency, route), [r.duration_ms / 1000.0 for r in recs])
         ttfb = [r.ttfb_ms / 1000.0 for r in recs if r.ttfb_ms is not None]
         if ttfb:
-            self.observe_values(self._child(self.ttfb, route), ttfb)
+            self.observe_values(self.child(self.ttfb, route), ttfb)
         for kind, value in (
             ("input", sum(r.input_tokens for r in recs)),
             ("output", sum(r.output_tokens for r in recs)),
@@ -368,13 +369,13 @@ class Metrics:
             ("cache_write_1h", sum(r.cache_creation_1h for r in recs)),
         ):
             if value:
-                inc(self._child(self.tokens, model, kind), value)
+                inc(self.child(self.tokens, model, kind), value)
         cost = sum(r.cost_micro for r in recs)
         if cost:
-            inc(self._child(self.cost, model), cost)
+            inc(self.child(self.cost, model), cost)
         provisional = sum(1 for r in recs if r.priced_provisional)
         if provisional:
-            inc(self._child(self.provisional, model), provisional)
+            inc(self.child(self.provisional, model), provisional)
 
     def response(self, status: int) -> None:
         self.statuses.append(status)  # counted at the flush
@@ -449,46 +450,38 @@ def registry_for_directory(directory: str) -> CollectorRegistry:
     return registry
 
 
-# ---------------------------------------------------------------------- instrumentation
-def instrument_pool(pool: Any, metrics: Metrics) -> None:
-    """Count failures and cooldowns where the pool decides them; attempts and failovers are the
-    credentials' own counters, read at each flush (nothing wraps ``acquire``, the hot call)."""
-    report_failure = pool.report_failure
+# ---------------------------------------------------------------------- observers
+def watch_pool(pool: Any, metrics: Metrics) -> None:
+    """Count failures and cooldowns where the pool decides them (its ``credential.failure``
+    events); attempts and failovers are the credentials' own counters, read at each flush
+    (nothing observes ``acquire``, the hot call)."""
     metrics.pool = pool
+    failures, cooldowns, child, inc = metrics.failures, metrics.cooldowns, metrics.child, metrics.inc
 
-    async def observed_failure(
-        cred: Any,
-        kind: str,
-        retry_after: float | None = None,
-        detail: str | None = None,
-        model: str | None = None,
-    ) -> None:
-        group = pool.group_of(model) if model else None  # a 429 cools its rate-limit group only
-        was_cooling = cred.cooling(time.monotonic(), group)
-        was_enabled = cred.enabled
-        await report_failure(cred, kind, retry_after, detail, model)
-        metrics.inc(metrics._child(metrics.failures, cred.name, str(kind)))
-        if (was_enabled and not cred.enabled) or (not was_cooling and cred.cooling(time.monotonic(), group)):
-            metrics.inc(metrics._child(metrics.cooldowns, cred.name, str(kind)))
+    def pool_event(event: str, data: dict[str, Any]) -> None:
+        if event != "credential.failure":
+            return
+        name, kind = data["credential"], data["kind"]
+        inc(child(failures, name, kind))
+        if data["cooled"]:
+            inc(child(cooldowns, name, kind))
 
-    pool.report_failure = observed_failure
+    pool.observers.append(pool_event)
 
 
-def instrument_limiter(limiter: Any, metrics: Metrics) -> None:
-    admit: Callable[..., Awaitable[Any]] = limiter.admit
+def watch_limiter(limiter: Any, metrics: Metrics) -> None:
+    """Each admission's latency and outcome (refusals by reason), told by the limiter."""
     admitted = metrics.admits.labels("admitted", "")
-    latency = metrics.admit_latency
+    admits, latency, child, inc, observe_value = (
+        metrics.admits,
+        metrics.admit_latency,
+        metrics.child,
+        metrics.inc,
+        metrics.observe_value,
+    )
 
-    async def observed_admit(key: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            result = await admit(key, **kwargs)
-        except GatewayError as exc:
-            metrics.observe_value(latency, time.perf_counter() - t0)
-            metrics.inc(metrics._child(metrics.admits, "refused", refusal_reason(exc)))
-            raise
-        metrics.observe_value(latency, time.perf_counter() - t0)
-        metrics.inc(admitted)
-        return result
+    def admit_event(seconds: float, refused: GatewayError | None) -> None:
+        observe_value(latency, seconds)
+        inc(admitted if refused is None else child(admits, "refused", refusal_reason(refused)))
 
-    limiter.admit = observed_admit
+    limiter.observers.append(admit_event)

@@ -2,7 +2,7 @@
 
 ``periods``: calendar arithmetic; ``limits``: the limits and their resolution (pure);
 ``service``: the stored limits kept in memory for admission, spend to date, the admin API's
-validation and audit (api.py serves ``/v1/organizations/spend_limits``).
+validation and audit (admin/spend_limits.py serves ``/v1/organizations/spend_limits``).
 """
 
 from ethereal.spend.limits import Check, LimitBook, Resolved, SpendLimit, checks, person_of

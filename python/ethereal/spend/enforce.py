@@ -259,7 +259,7 @@ class SpendWatch:
 
     def observe(self, caps: CapSet, spent: list[int], now: float) -> None:
         alerts = self.gate.alerts
-        if alerts is None or (not alerts.hooks and not alerts._listeners):
+        if alerts is None or (not alerts.hooks and not alerts.listeners):
             return
         fields = caps.fields(now)
         for i, cap in enumerate(caps.caps):
@@ -281,7 +281,7 @@ class SpendWatch:
 
     def exceeded(self, caps: CapSet, over: list[int], now: float) -> None:
         alerts = self.gate.alerts
-        if alerts is None or (not alerts.hooks and not alerts._listeners):
+        if alerts is None or (not alerts.hooks and not alerts.listeners):
             return
         fields = caps.fields(now)
         for i in over:

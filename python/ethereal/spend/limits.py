@@ -28,7 +28,7 @@ from typing import Any
 from ethereal.spend.periods import PERIODS
 
 SCOPES = ("user", "rbac_group", "organization", "api_key")
-_SCOPE_ID = {"user": "user_id", "rbac_group": "rbac_group_id", "api_key": "api_key_id"}
+SCOPE_ID = {"user": "user_id", "rbac_group": "rbac_group_id", "api_key": "api_key_id"}
 MICRO_PER_CENT = 10_000
 
 
@@ -55,8 +55,8 @@ class SpendLimit:
 
     def scope(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.scope_type}
-        if self.scope_type in _SCOPE_ID:
-            out[_SCOPE_ID[self.scope_type]] = self.scope_id
+        if self.scope_type in SCOPE_ID:
+            out[SCOPE_ID[self.scope_type]] = self.scope_id
         return out
 
     def row(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.spend.limits import (
-    _SCOPE_ID,
+    SCOPE_ID,
     SCOPES,
     LimitBook,
     SpendLimit,
@@ -129,13 +129,13 @@ def parse_limit(body: Any) -> SpendLimit:
     kind = scope.get("type")
     if kind not in SCOPES:
         raise invalid_request(f"scope.type: must be one of {', '.join(SCOPES)}", param="scope.type")
-    allowed = {"type", _SCOPE_ID[kind]} if kind in _SCOPE_ID else {"type"}
+    allowed = {"type", SCOPE_ID[kind]} if kind in SCOPE_ID else {"type"}
     extra = sorted(set(scope) - allowed)
     if extra:
         raise invalid_request(f"scope.{extra[0]}: not allowed for a {kind} scope", param=f"scope.{extra[0]}")
     scope_id = ""
-    if kind in _SCOPE_ID:
-        name = _SCOPE_ID[kind]
+    if kind in SCOPE_ID:
+        name = SCOPE_ID[kind]
         value = scope.get(name)
         if not isinstance(value, str) or not value.strip() or len(value) > _ID_MAX or not value.isprintable():
             raise invalid_request(

@@ -217,7 +217,7 @@ class Store(abc.ABC):
         self, *, since: float, until: float, step: int, dims: list[str], filters: dict[str, list[str]]
     ) -> list[dict[str, Any]]:
         """The usage and cost reports' sums (storage/report.py) per ``step``-second bucket of
-        ``[since, until)`` and per ``dims``; teams are not split (reports/ does)."""
+        ``[since, until)`` and per ``dims``; teams are not split (admin/reports.py does)."""
         raise NotImplementedError(f"{type(self).__name__} does not sum reports")
 
     # upstream credentials (the API key arrives and leaves encrypted)

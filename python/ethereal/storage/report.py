@@ -1,4 +1,4 @@
-"""The SQL of the usage and cost reports (reports/), shared by both stores.
+"""The SQL of the usage and cost reports (admin/reports.py), shared by both stores.
 
 A report sums usage per time bucket and per a few dimensions. Each dimension has the same
 meaning in the raw records and in PostgreSQL's ``usage_hourly`` rollup (migration 0009 fills the

@@ -357,18 +357,20 @@ class Pool:
         # callback(cred, detail): a request got 401/403 with this credential; probe it (set by the service)
         self.on_auth_failure: Callable[[Credential, str | None], None] | None = None
         self.thinking_accounts = ThinkingAccounts()  # which account a replayed thinking block belongs to
-        # callback(event, data): a credential disabled, or cooling down for longer than a minute
-        # (alerts/: webhooks); never raises into the pool
-        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
+        # called with (event, data) as the pool decides: "credential.disabled", "credential.cooling"
+        # (longer than a minute; alerts/ sends both as webhooks) and "credential.failure" (every
+        # failure reported, with whether it began a cooldown; observability/ counts them). The
+        # alerts and the metrics subscribe; an observer never raises into the pool.
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     def has_account(self, model: str | None, account: str) -> bool:
         """An enabled credential of ``account`` serves ``model`` (cooling or not: a preference)."""
         return any(c.account == account for c in self.serving(model))
 
     def _event(self, event: str, data: dict[str, Any]) -> None:
-        if self.on_event is not None:
+        for observe in self.observers:
             try:
-                self.on_event(event, data)
+                observe(event, data)
             except Exception:  # an alert never fails a request
                 logging.getLogger("ethereal.upstream").exception("the %s alert failed", event)
 
@@ -545,50 +547,73 @@ class Pool:
         ``model``: what the request asked for (a 429 cools only that model's rate-limit group)."""
         kind = FailureKind(kind)
         now = self.clock()
-        cred.outcomes.append((now, kind.value))
-        cred.last_error = kind.value if detail is None else f"{kind.value}: {detail}"
-        cred.last_error_at = time.time()
-        if kind is FailureKind.AUTH:
-            # the client's answer; the credential is judged by a request of its own
-            if self.on_auth_failure is not None:
-                self.on_auth_failure(cred, detail)
-            return
-        wall = None
-        if kind is FailureKind.RATE_LIMITED:
-            cap = self.rate_limit_cap
-            if retry_after is not None and retry_after > 0:
-                delay = wall = min(retry_after, cap)
+        # observed: whether this failure began a cooldown (or disabled the credential) is told
+        observed = bool(self.observers)
+        if observed:
+            cool_group = self.group_of(model) if model else None  # a 429 cools its rate-limit group only
+            was_cooling, was_enabled = cred.cooling(now, cool_group), cred.enabled
+        try:
+            cred.outcomes.append((now, kind.value))
+            cred.last_error = kind.value if detail is None else f"{kind.value}: {detail}"
+            cred.last_error_at = time.time()
+            if kind is FailureKind.AUTH:
+                # the client's answer; the credential is judged by a request of its own
+                if self.on_auth_failure is not None:
+                    self.on_auth_failure(cred, detail)
+                return
+            wall = None
+            if kind is FailureKind.RATE_LIMITED:
+                cap = self.rate_limit_cap
+                if retry_after is not None and retry_after > 0:
+                    delay = wall = min(retry_after, cap)
+                else:
+                    delay = min(
+                        self.default_retry_after, cap
+                    )  # the upstream named no time: a preference only
+                group = self.group_of(model) if model else ""
+                if delay > COOLING_ALERT:
+                    self._event(
+                        "credential.cooling",
+                        {
+                            "credential": cred.name,
+                            "seconds": round(delay, 3),
+                            "cause": kind.value,
+                            "rate_limit_group": group or None,
+                        },
+                    )
+                if group:
+                    await self._health.group_failure(cred, group, delay, wall)
+                    return
             else:
-                delay = min(self.default_retry_after, cap)  # the upstream named no time: a preference only
-            group = self.group_of(model) if model else ""
-            if delay > COOLING_ALERT:
+                delay = self.backoff_base
+            before = cred.cooldown_until
+            await self._health.failure(cred, kind, delay, self.backoff_base, self.backoff_cap, wall)
+            cooling = cred.cooldown_until - now
+            if (
+                kind is not FailureKind.RATE_LIMITED
+                and cooling > COOLING_ALERT
+                and before - now <= COOLING_ALERT
+            ):
                 self._event(
                     "credential.cooling",
                     {
                         "credential": cred.name,
-                        "seconds": round(delay, 3),
+                        "seconds": round(cooling, 3),
                         "cause": kind.value,
-                        "rate_limit_group": group or None,
+                        "rate_limit_group": None,
                     },
                 )
-            if group:
-                await self._health.group_failure(cred, group, delay, wall)
-                return
-        else:
-            delay = self.backoff_base
-        before = cred.cooldown_until
-        await self._health.failure(cred, kind, delay, self.backoff_base, self.backoff_cap, wall)
-        cooling = cred.cooldown_until - now
-        if kind is not FailureKind.RATE_LIMITED and cooling > COOLING_ALERT and before - now <= COOLING_ALERT:
-            self._event(
-                "credential.cooling",
-                {
-                    "credential": cred.name,
-                    "seconds": round(cooling, 3),
-                    "cause": kind.value,
-                    "rate_limit_group": None,
-                },
-            )
+        except BaseException:
+            observed = False  # no decision was made: nothing to tell
+            raise
+        finally:
+            if observed:
+                cooled = (was_enabled and not cred.enabled) or (
+                    not was_cooling and cred.cooling(self.clock(), cool_group)
+                )
+                self._event(
+                    "credential.failure", {"credential": cred.name, "kind": kind.value, "cooled": cooled}
+                )
 
     async def enable(self, cred: Credential) -> None:
         cred.changed_at = time.monotonic()

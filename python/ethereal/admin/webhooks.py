@@ -20,13 +20,14 @@ import orjson
 from blacksheep import Application, Request, Response
 
 from ethereal.alerts.webhooks import EVENTS, generate_secret
-from ethereal.api.common import anthropic_route, header_map, json_response, read_body
+from ethereal.api.common import anthropic_route, header_map, json_response
 from ethereal.auth import require_admin, require_org
 from ethereal.errors import GatewayError, invalid_request
 from ethereal.gateway import Gateway
 from ethereal.pipeline import parse_json_body
 from ethereal.secretbox import SecretBox
 from ethereal.spend.service import audit_id, rfc3339
+from ethereal.wire import read_body
 
 BASE = "/admin/api/webhooks"
 _BODY_MAX = 64 * 1024

@@ -21,11 +21,12 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.api.common import anthropic_route, header_map, json_response, read_body
+from ethereal.api.common import anthropic_route, header_map, json_response
 from ethereal.auth import require_admin
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
 from ethereal.guards import refuse_nul
+from ethereal.wire import read_body
 
 BASE = "/admin/api/upstreams"
 MAX_BODY = 64 * 1024

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from blacksheep import Application, Request, Response
 
-from ethereal.api.common import anthropic_route, header_map, json_response, read_body
+from ethereal.api.common import anthropic_route, header_map, json_response
 from ethereal.auth import require_org
 from ethereal.errors import invalid_request
 from ethereal.gateway import Gateway
@@ -26,6 +26,7 @@ from ethereal.pipeline import parse_json_body
 from ethereal.spend.limits import SCOPES, SpendLimit
 from ethereal.spend.periods import PERIODS
 from ethereal.spend.service import audit_json, limit_json, not_found, parse_limit, people_of
+from ethereal.wire import read_body
 
 BASE = "/v1/organizations/spend_limits"
 _BODY_MAX = 64 * 1024

@@ -1,4 +1,7 @@
-"""``/v1/organizations/usage_report/messages`` and ``/v1/organizations/cost_report``.
+"""``/v1/organizations/usage_report/messages`` and ``/v1/organizations/cost_report``: the usage
+and cost reports FinOps tools already read, in Anthropic's Admin API shapes (#22), served from the
+sums the console keeps (storage/report.py; docs/reports.md says what is Anthropic's and what is an
+extension).
 
 Both answer ``{"data": [{"starting_at", "ending_at", "results": [...]}], "has_more",
 "next_page"}``: one entry per time bucket of ``bucket_width`` (``1d``, ``1h``, ``1m``; UTC,
