@@ -67,7 +67,7 @@ if ncap > 0 and rid ~= '' then
   redis.call('PEXPIRE', P, state_ttl)
 end
 
-local v = redis.call('HMGET', b, 'r:' .. rid, 'dur', 'seeded', 'w')  -- one read for the whole hash
+local v = redis.call('HMGET', b, 'r:' .. rid, 'dur', 'seeded', 'w', 'tr')  -- one read for the whole hash
 local r = v[1]
 if r then
   local a = {}
@@ -94,8 +94,14 @@ if budgeted and rid ~= '' then
   if redis.call('ZADD', s, 'NX', ended, rid) == 0 then return {-2, -2} end
   local w = tonumber(v[4])
   if v[3] and w and ended < w then return {-2, -2} end  -- its row is in the seed's sum
-  redis.call('ZREMRANGEBYSCORE', s, '-inf', '(' .. (ended - keep))
-  redis.call('PEXPIRE', s, state_ttl)
+  -- the ids past keep_ms are dropped, and the set's expiry renewed, at most once a second per key
+  -- ("tr": when next), not on every settle. Any settle a second after the last renewal renews it,
+  -- so the set (renewed to a second past the state's ttl) never expires before the hash does.
+  if now >= (tonumber(v[5]) or 0) then
+    redis.call('ZREMRANGEBYSCORE', s, '-inf', '(' .. (ended - keep))
+    redis.call('PEXPIRE', s, state_ttl + 1000)
+    redis.call('HSET', b, 'tr', now + 1000)
+  end
   if v[3] then
     st = redis.call('HINCRBY', b, 'st', tokens)
     sm = redis.call('HINCRBY', b, 'sm', cost)
