@@ -149,7 +149,7 @@ class Settings:
     meter_batch_size: int = 1000
     meter_interval: float = 0.2
     meter_queue_max: int = 200_000
-    meter_recent_size: int = 50_000
+    meter_recent_size: int = 10_000
     meter_spool_dir: Path | None = None  # default: <data_dir>/spool
     meter_spool_max_bytes: int = 1024 * 1024 * 1024
     meter_segment_bytes: int = 8 * 1024 * 1024

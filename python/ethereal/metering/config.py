@@ -34,7 +34,7 @@ class MeterConfig:
     batch_size: int = 1000
     interval: float = 0.2
     queue_max: int = 200_000
-    recent_size: int = 50_000
+    recent_size: int = 10_000
     spool_dir: Path | None = None  # None: no spool (tests, tools)
     spool_max_bytes: int = 1024 * 1024 * 1024
     segment_bytes: int = 8 * 1024 * 1024

@@ -79,7 +79,7 @@ def usage_record(
         batch,
         priced.rate_card,
         priced.provisional,  # priced_provisional
-        # the usual labels as one shared string each (a process keeps its recent records: 50,000
+        # the usual labels as one shared string each (a process keeps its recent records: 10,000
         # of them would otherwise hold three strings apiece)
         PLAIN_LABELS.get(usage.speed, usage.speed),
         PLAIN_LABELS.get(usage.inference_geo, usage.inference_geo),
