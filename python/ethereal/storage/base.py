@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from ethereal.keys import KeyRecord
-from ethereal.storage.records import BatchRecord, StoredCredential, UsageRecord
+from ethereal.storage.records import SUMS, BatchRecord, StoredCredential, UsageRecord
 
 T = TypeVar("T")
 
@@ -50,6 +50,42 @@ KEY_COLUMNS = ("id", "key_hash", "display", "name", "owner", "teams", "plan", "b
 KEY_MUTABLE_FIELDS = frozenset(KEY_COLUMNS[3:-2])
 # what usage sums group by
 USAGE_GROUPS = frozenset({"key_id", "model", "credential", "route", "error_type"})
+
+
+def page_sql(
+    table: str,
+    column: str,
+    value: Any,
+    limit: int,
+    after_id: str | None,
+    before_id: str | None,
+    mark: Callable[[Any], str],
+) -> tuple[str, bool]:
+    """The SELECT of one page of ``table`` by id, newest first, of the rows whose ``column`` is
+    ``value`` (all rows when it is None): ``after_id`` pages to older rows, ``before_id`` to newer.
+    Paging to newer rows reads them ascending, so that the nearest come first; returns the SELECT
+    and whether it reads ascending, for ``page_of``. One row past ``limit`` tells if there are more."""
+    clauses: list[str] = []
+    if value is not None:
+        clauses.append(f"{column} = {mark(value)}")
+    ascending = False
+    if after_id is not None:
+        clauses.append(f"id < {mark(after_id)}")
+    elif before_id is not None:
+        clauses.append(f"id > {mark(before_id)}")
+        ascending = True
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    order = "ASC" if ascending else "DESC"
+    return f"SELECT * FROM {table} {where} ORDER BY id {order} LIMIT {mark(limit + 1)}", ascending
+
+
+def page_of(rows: list[T], limit: int, ascending: bool) -> tuple[list[T], bool]:
+    """A page read by ``page_sql`` newest first, and whether more rows lie beyond it."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if ascending:
+        rows.reverse()
+    return rows, more
 
 
 def migration_files(dialect: str) -> list[tuple[int, str, str]]:
@@ -367,13 +403,4 @@ class UsageFilter:
         return out
 
 
-SERIES_SUMS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_5m",
-    "cache_creation_1h",
-    "cache_read",
-    "cost_micro",
-)
+SERIES_SUMS = tuple(c for c in SUMS if c != "web_search_requests")  # what usage_series sums per bucket

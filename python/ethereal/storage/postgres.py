@@ -29,6 +29,8 @@ from ethereal.storage.base import (
     Store,
     UsageFilter,
     migration_files,
+    page_of,
+    page_sql,
 )
 from ethereal.storage.records import (
     BATCH_COLUMNS,
@@ -512,32 +514,11 @@ class PostgresStore(Store):
     async def list_batches(
         self, *, key_id: str | None, limit: int, after_id: str | None = None, before_id: str | None = None
     ) -> tuple[list[BatchRecord], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if key_id is not None:
-            params.append(key_id)
-            clauses.append(f"key_id = ${len(params)}")
-        order = "DESC"
-        if after_id is not None:
-            params.append(after_id)
-            clauses.append(f"id < ${len(params)}")
-        elif before_id is not None:
-            params.append(before_id)
-            clauses.append(f"id > ${len(params)}")
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(limit + 1)
-        rows = [
-            self._batch(r)
-            for r in await self.pool.fetch(
-                f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ${len(params)}", *params
-            )
-        ]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        if order == "ASC":
-            rows.reverse()
-        return rows, more
+        sql, ascending = page_sql(
+            "message_batches", "key_id", key_id, limit, after_id, before_id, _marker(params)
+        )
+        return page_of([self._batch(r) for r in await self.pool.fetch(sql, *params)], limit, ascending)
 
     async def delete_batch(self, batch_id: str) -> bool:
         status = await self.pool.execute("DELETE FROM message_batches WHERE id = $1", batch_id)
@@ -735,32 +716,11 @@ class PostgresStore(Store):
         before_id: str | None = None,
         object_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if object_id is not None:
-            params.append(object_id)
-            clauses.append(f"object_id = ${len(params)}")
-        order = "DESC"
-        if after_id is not None:
-            params.append(after_id)
-            clauses.append(f"id < ${len(params)}")
-        elif before_id is not None:
-            params.append(before_id)
-            clauses.append(f"id > ${len(params)}")
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(limit + 1)
-        rows = [
-            dict(r)
-            for r in await self.pool.fetch(
-                f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ${len(params)}", *params
-            )
-        ]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        if order == "ASC":
-            rows.reverse()
-        return rows, more
+        sql, ascending = page_sql(
+            "spend_limit_audit", "object_id", object_id, limit, after_id, before_id, _marker(params)
+        )
+        return page_of([dict(r) for r in await self.pool.fetch(sql, *params)], limit, ascending)
 
     async def put_webhook(self, row: dict[str, Any], audit: dict[str, Any]) -> None:
         shown = {k: v for k, v in row.items() if k != "secret"}  # the audit never holds the secret

@@ -28,6 +28,8 @@ from ethereal.storage.base import (
     Store,
     UsageFilter,
     migration_files,
+    page_of,
+    page_sql,
 )
 from ethereal.storage.records import (
     BATCH_COLUMNS,
@@ -41,6 +43,16 @@ from ethereal.storage.records import (
 )
 
 T = TypeVar("T")
+
+
+def _marker(params: list[Any]) -> Callable[[Any], str]:
+    """A placeholder maker for ``params``: appends a value, returns ``?``."""
+
+    def mark(value: Any) -> str:
+        params.append(value)
+        return "?"
+
+    return mark
 
 
 def _key_row(record: KeyRecord) -> tuple[Any, ...]:
@@ -317,10 +329,7 @@ class SQLiteStore(Store):
         self, filters: UsageFilter, *, limit: int = 50, before: tuple[float, str] | None = None
     ) -> list[UsageRecord]:
         params: list[Any] = []
-
-        def mark(value: Any) -> str:
-            params.append(value)
-            return "?"
+        mark = _marker(params)
 
         clauses = filters.clauses(mark)
         if before is not None:
@@ -511,30 +520,15 @@ class SQLiteStore(Store):
     async def list_batches(
         self, *, key_id: str | None, limit: int, after_id: str | None = None, before_id: str | None = None
     ) -> tuple[list[BatchRecord], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if key_id is not None:
-            clauses.append("key_id = ?")
-            params.append(key_id)
-        order = "DESC"
-        if after_id is not None:
-            clauses.append("id < ?")
-            params.append(after_id)
-        elif before_id is not None:
-            clauses.append("id > ?")
-            params.append(before_id)
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ?"
-        params.append(limit + 1)
+        sql, ascending = page_sql(
+            "message_batches", "key_id", key_id, limit, after_id, before_id, _marker(params)
+        )
 
         def go() -> tuple[list[BatchRecord], bool]:
-            rows = [self._batch(r) for r in self.conn.execute(sql, params).fetchall()]
-            more = len(rows) > limit
-            rows = rows[:limit]
-            if order == "ASC":
-                rows.reverse()
-            return rows, more
+            return page_of(
+                [self._batch(r) for r in self.conn.execute(sql, params).fetchall()], limit, ascending
+            )
 
         return await self._run(go)
 
@@ -771,36 +765,19 @@ class SQLiteStore(Store):
         before_id: str | None = None,
         object_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if object_id is not None:
-            clauses.append("object_id = ?")
-            params.append(object_id)
-        order = "DESC"
-        if after_id is not None:
-            clauses.append("id < ?")
-            params.append(after_id)
-        elif before_id is not None:
-            clauses.append("id > ?")
-            params.append(before_id)
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(limit + 1)
+        sql, ascending = page_sql(
+            "spend_limit_audit", "object_id", object_id, limit, after_id, before_id, _marker(params)
+        )
 
         def go() -> tuple[list[dict[str, Any]], bool]:
             rows = []
-            for r in self.conn.execute(
-                f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ?", params
-            ):
+            for r in self.conn.execute(sql, params):
                 data = dict(r)
                 for name in ("before", "after"):
                     data[name] = orjson.loads(data[name]) if data[name] else None
                 rows.append(data)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            if order == "ASC":
-                rows.reverse()
-            return rows, more
+            return page_of(rows, limit, ascending)
 
         return await self._run(go)
 
@@ -918,10 +895,7 @@ class SQLiteStore(Store):
         from ethereal.storage.report import merge_rows, report_sql
 
         params: list[Any] = []
-
-        def mark(value: Any) -> str:
-            params.append(value)
-            return "?"
+        mark = _marker(params)
 
         sql = report_sql(
             source="usage_records",
