@@ -117,6 +117,19 @@ class SQLiteStore(Store):
             raise RuntimeError("store is closed")
         return self._conn
 
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` in one write transaction (taken at once: a writer waits for the lock, not for a
+        failed upgrade of a read)."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return out
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._run(self.conn.close)
@@ -130,35 +143,31 @@ class SQLiteStore(Store):
         return await self._run(self._migrate)
 
     def _migrate(self) -> list[str]:
-        conn = self.conn
-        # BEGIN IMMEDIATE takes the write lock: two processes starting together
+        # BEGIN IMMEDIATE (_tx) takes the write lock: two processes starting together
         # apply each migration once (SQLite's equivalent of an advisory lock).
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " applied_at REAL NOT NULL)"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            applied = []
-            for version, name, sql in migration_files(self.dialect):
-                if version in done:
-                    continue
-                for statement in sql.split(";\n"):
-                    if statement.strip():
-                        try:
-                            conn.execute(statement)
-                        except sqlite3.OperationalError as exc:
-                            # SQLite has no ADD COLUMN IF NOT EXISTS: a column already there is
-                            # what the statement wanted (a migration applied twice stays idempotent)
-                            if "duplicate column name" not in str(exc):
-                                raise
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
-                applied.append(name)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return self._tx(self._apply_migrations)
+
+    def _apply_migrations(self, conn: sqlite3.Connection) -> list[str]:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at REAL NOT NULL)"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, name, sql in migration_files(self.dialect):
+            if version in done:
+                continue
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    try:
+                        conn.execute(statement)
+                    except sqlite3.OperationalError as exc:
+                        # SQLite has no ADD COLUMN IF NOT EXISTS: a column already there is
+                        # what the statement wanted (a migration applied twice stays idempotent)
+                        if "duplicate column name" not in str(exc):
+                            raise
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+            applied.append(name)
         return applied
 
     # keys
@@ -377,25 +386,17 @@ class SQLiteStore(Store):
             " WHERE request_id = ? AND cost_micro = ? AND rate_card IS ?"
         )
 
-        def go() -> list[RepriceChange]:
+        def go(conn: sqlite3.Connection) -> list[RepriceChange]:
             applied = []
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for c in changes:
-                    cur = conn.execute(
-                        sql,
-                        (c.new_cost, c.new_card, int(c.provisional), c.request_id, c.old_cost, c.old_card),
-                    )
-                    if cur.rowcount > 0:
-                        applied.append(c)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            for c in changes:
+                cur = conn.execute(
+                    sql, (c.new_cost, c.new_card, int(c.provisional), c.request_id, c.old_cost, c.old_card)
+                )
+                if cur.rowcount > 0:
+                    applied.append(c)
             return applied
 
-        return await self._run(go) if changes else []
+        return await self._run(self._tx, go) if changes else []
 
     async def insert_price_correction(self, correction: dict[str, Any]) -> None:
         values = [
@@ -658,17 +659,6 @@ class SQLiteStore(Store):
         return await self._run(go)
 
     # spend limits, audit, webhooks
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return out
-
     @staticmethod
     def _limit_row(row: sqlite3.Row) -> dict[str, Any]:
         data = dict(row)
