@@ -41,6 +41,7 @@ from ethereal.storage.records import (
     BatchRecord,
     StoredCredential,
     UsageRecord,
+    add_sums,
     hour_ranges,
     usage_row,
 )
@@ -307,9 +308,7 @@ class PostgresStore(Store):
                 group = row["grp"]
                 if null_as_empty and group == "":
                     group = None
-                acc = totals.setdefault(group, dict.fromkeys(SUMS, 0))
-                for name in SUMS:
-                    acc[name] += int(row[name] or 0)
+                add_sums(totals, group, row, SUMS)
 
         async with self.pool.acquire() as conn:
             if rollup is not None:
@@ -369,9 +368,7 @@ class PostgresStore(Store):
 
         def add(rows: list[Any]) -> None:
             for row in rows:
-                acc = out.setdefault(float(row["bucket"]), dict.fromkeys(SERIES_SUMS, 0))
-                for name in SERIES_SUMS:
-                    acc[name] += int(row[name] or 0)
+                add_sums(out, float(row["bucket"]), row, SERIES_SUMS)
 
         async with self.pool.acquire() as conn:
             if step % 3600 == 0:

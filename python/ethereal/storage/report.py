@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ethereal.storage.records import SUMS
+from ethereal.storage.records import SUMS, add_sums
 
 # dimension -> its value in usage_records (a NULL reads as the rollup's default)
 RAW_DIMENSIONS: dict[str, str] = {
@@ -119,9 +119,4 @@ def merge_rows(
 ) -> None:
     """Add report rows into ``out``, keyed by (bucket, *dims)."""
     for row in rows:
-        key = (float(row["bucket"]), *(row[d] or "" for d in dims))
-        acc = out.get(key)
-        if acc is None:
-            acc = out[key] = dict.fromkeys(REPORT_SUMS, 0)
-        for name in REPORT_SUMS:
-            acc[name] += int(row[name] or 0)
+        add_sums(out, (float(row["bucket"]), *(row[d] or "" for d in dims)), row, REPORT_SUMS)
