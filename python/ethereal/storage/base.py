@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -77,6 +78,49 @@ def page_sql(
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     order = "ASC" if ascending else "DESC"
     return f"SELECT * FROM {table} {where} ORDER BY id {order} LIMIT {mark(limit + 1)}", ascending
+
+
+# how each dialect says "the key lists this team" and "revoked"
+_KEY_DIALECT = {
+    "postgres": ("teams ? {}", "revoked", "NOT revoked"),  # ? on jsonb: the GIN index of 0009
+    "sqlite": (
+        "EXISTS (SELECT 1 FROM json_each(api_keys.teams) WHERE value = {})",
+        "revoked = 1",
+        "revoked = 0",
+    ),
+}
+
+
+def key_list_sql(
+    dialect: str,
+    mark: Callable[[Any], str],
+    *,
+    owner: str | None,
+    team: str | None,
+    plan: str | None,
+    state: str | None,
+    limit: int,
+    after_id: str | None,
+) -> str:
+    """The SELECT of ``Store.list_keys``: keys in id order after ``after_id``, filtered."""
+    has_team, revoked, live = _KEY_DIALECT[dialect]
+    clauses: list[str] = []
+    if owner is not None:
+        clauses.append(f"owner = {mark(owner)}")
+    if team is not None:
+        clauses.append(has_team.format(mark(team)))
+    if plan is not None:
+        clauses.append(f"plan = {mark(plan)}")
+    if state == "revoked":
+        clauses.append(revoked)
+    elif state == "expired":
+        clauses.append(f"{live} AND expires_at IS NOT NULL AND expires_at <= {mark(time.time())}")
+    elif state == "active":
+        clauses.append(f"{live} AND (expires_at IS NULL OR expires_at > {mark(time.time())})")
+    if after_id is not None:
+        clauses.append(f"id > {mark(after_id)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return f"SELECT * FROM api_keys {where} ORDER BY id LIMIT {mark(limit)}"
 
 
 def page_of(rows: list[T], limit: int, ascending: bool) -> tuple[list[T], bool]:

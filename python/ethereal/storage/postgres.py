@@ -28,6 +28,7 @@ from ethereal.storage.base import (
     RepriceChange,
     Store,
     UsageFilter,
+    key_list_sql,
     migration_files,
     page_of,
     page_sql,
@@ -221,29 +222,17 @@ class PostgresStore(Store):
         limit: int = 100,
         after_id: str | None = None,
     ) -> list[KeyRecord]:
-        clauses: list[str] = []
         params: list[Any] = []
-
-        def param(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        if owner is not None:
-            clauses.append(f"owner = {param(owner)}")
-        if team is not None:
-            clauses.append(f"teams ? {param(team)}")  # the GIN index of 0009
-        if plan is not None:
-            clauses.append(f"plan = {param(plan)}")
-        if state == "revoked":
-            clauses.append("revoked")
-        elif state == "expired":
-            clauses.append(f"NOT revoked AND expires_at IS NOT NULL AND expires_at <= {param(time.time())}")
-        elif state == "active":
-            clauses.append(f"NOT revoked AND (expires_at IS NULL OR expires_at > {param(time.time())})")
-        if after_id is not None:
-            clauses.append(f"id > {param(after_id)}")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM api_keys {where} ORDER BY id LIMIT {param(limit)}"
+        sql = key_list_sql(
+            "postgres",
+            _marker(params),
+            owner=owner,
+            team=team,
+            plan=plan,
+            state=state,
+            limit=limit,
+            after_id=after_id,
+        )
         return [_key_from_row(r) for r in await self.pool.fetch(sql, *params)]
 
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:

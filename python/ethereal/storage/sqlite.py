@@ -27,6 +27,7 @@ from ethereal.storage.base import (
     RepriceChange,
     Store,
     UsageFilter,
+    key_list_sql,
     migration_files,
     page_of,
     page_sql,
@@ -211,32 +212,17 @@ class SQLiteStore(Store):
         limit: int = 100,
         after_id: str | None = None,
     ) -> list[KeyRecord]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-        if team is not None:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(api_keys.teams) WHERE value = ?)")
-            params.append(team)
-        if plan is not None:
-            clauses.append("plan = ?")
-            params.append(plan)
-        now = time.time()
-        if state == "revoked":
-            clauses.append("revoked = 1")
-        elif state == "expired":
-            clauses.append("revoked = 0 AND expires_at IS NOT NULL AND expires_at <= ?")
-            params.append(now)
-        elif state == "active":
-            clauses.append("revoked = 0 AND (expires_at IS NULL OR expires_at > ?)")
-            params.append(now)
-        if after_id is not None:
-            clauses.append("id > ?")
-            params.append(after_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM api_keys {where} ORDER BY id LIMIT ?"
-        params.append(limit)
+        sql = key_list_sql(
+            "sqlite",
+            _marker(params),
+            owner=owner,
+            team=team,
+            plan=plan,
+            state=state,
+            limit=limit,
+            after_id=after_id,
+        )
 
         def go() -> list[KeyRecord]:
             return [_key_from_row(r) for r in self.conn.execute(sql, params).fetchall()]
@@ -307,13 +293,8 @@ class SQLiteStore(Store):
     ) -> list[dict[str, Any]]:
         if group_by not in USAGE_GROUPS:
             raise ValueError(f"group_by must be one of {sorted(USAGE_GROUPS)}")
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("started_at >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("started_at < ?")
-            params.append(until)
+        params: list[Any] = []
+        clauses = UsageFilter(since=since, until=until).clauses(_marker(params))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
             f"SELECT {group_by} AS grp, COUNT(*) AS requests, SUM(status >= 400) AS errors,"
