@@ -39,7 +39,7 @@ import orjson
 from ethereal.models import Model
 
 from . import _gen, _rules
-from ._gen import RequestError, invalid
+from ._gen import RequestError, check_api_key, invalid
 from ._models import SimModels
 
 PREFIX = "/v1/messages/batches"
@@ -422,14 +422,7 @@ def handle(
             extra,
         )
     try:
-        keys = state.api_keys
-        key = headers.get(b"x-api-key")
-        if key is None:
-            auth = headers.get(b"authorization")
-            if auth is not None and auth[:7].lower() == b"bearer ":
-                key = auth[7:].strip()
-        if not key or (keys is not None and key not in keys):
-            raise RequestError(401, "authentication_error", "invalid x-api-key")
+        check_api_key(headers, state.api_keys)
         if b"anthropic-version" not in headers:
             raise invalid("anthropic-version: header is required")
         rest = path[len(PREFIX) :].strip("/")

@@ -277,6 +277,18 @@ def invalid(message: str) -> RequestError:
     return RequestError(400, "invalid_request_error", message)
 
 
+def check_api_key(headers: dict[bytes, bytes], keys: Any) -> None:
+    """A 401 unless the request carries one of ``keys`` (any key when None): as ``x-api-key``, or
+    as an OpenAI-style bearer token."""
+    key = headers.get(b"x-api-key")
+    if key is None:
+        auth = headers.get(b"authorization")
+        if auth is not None and auth[:7].lower() == b"bearer ":
+            key = auth[7:].strip()
+    if not key or (keys is not None and key not in keys):
+        raise RequestError(401, "authentication_error", "invalid x-api-key")
+
+
 # --------------------------------------------------------------------------------------------
 # input token counting and prompt cache
 
