@@ -16,7 +16,7 @@ import httptools
 import orjson
 
 from . import _batches, _gen, _rules
-from ._gen import RequestError, check_api_key, invalid
+from ._gen import RequestError, check_api_key, invalid, json_object, page_limit
 from ._models import SimModels
 from ._openai_compat import chat_action, check_model
 from ._replay import Library
@@ -537,12 +537,7 @@ class SimProtocol(asyncio.Protocol):
             if is_models:
                 return self._finish(self._models(path, query), rid, close, fault, npath)
 
-            try:
-                req = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise invalid(f"There was an error parsing the body of your request: {exc}") from None
-            if not isinstance(req, dict):
-                raise invalid("Input should be a valid dictionary")
+            req = json_object(body)
             model = req.get("model")
             if model is None:
                 raise invalid("model: Field required")
@@ -637,12 +632,7 @@ class SimProtocol(asyncio.Protocol):
 
     def _chat(self, body: bytes, rid: str, close: bool, fault: Fault | None, npath: str) -> Any:
         """The OpenAI SDK compatibility endpoint (``_openai_compat``); faults apply as to messages."""
-        try:
-            req = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise invalid(f"There was an error parsing the body of your request: {exc}") from None
-        if not isinstance(req, dict):
-            raise invalid("Input should be a valid dictionary")
+        req = json_object(body)
         check_model(req.get("model"))
         models = self.state.models
         found = models.resolve(req["model"])
@@ -675,12 +665,7 @@ class SimProtocol(asyncio.Protocol):
             from urllib.parse import parse_qsl
 
             params = dict(parse_qsl(query.decode("latin-1")))
-        try:
-            limit = int(params.get("limit", 20))
-        except ValueError:
-            raise invalid("limit: Input should be a valid integer") from None
-        if not 1 <= limit <= 1000:
-            raise invalid("limit: Input should be between 1 and 1000")
+        limit = page_limit(params)
         data = [m.to_anthropic() for m in self.state.models.listed()]
         ids = [m["id"] for m in data]
         if params.get("after_id"):
