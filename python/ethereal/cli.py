@@ -222,22 +222,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 _CLEAR = "__clear__"  # `--rpm none` on update: remove the limit
 
 
-def _int_or_clear(raw: str) -> Any:
-    if raw.strip().lower() in ("none", "null"):
-        return _CLEAR
-    try:
-        return int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {raw!r}") from None
+def _or_clear(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert``'s value, or _CLEAR for none/null."""
+
+    def parse(raw: str) -> Any:
+        if raw.strip().lower() in ("none", "null"):
+            return _CLEAR
+        try:
+            return convert(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'none', got {raw!r}") from None
+
+    return parse
 
 
-def _float_or_clear(raw: str) -> Any:
-    if raw.strip().lower() in ("none", "null"):
-        return _CLEAR
-    try:
-        return float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {raw!r}") from None
+_int_or_clear = _or_clear(int, "an integer")
+_float_or_clear = _or_clear(float, "a number")
 
 
 def _key_attrs(args: argparse.Namespace) -> dict[str, Any]:
