@@ -326,11 +326,7 @@ class PostgresStore(Store):
         self, filters: UsageFilter, *, limit: int = 50, before: tuple[float, str] | None = None
     ) -> list[UsageRecord]:
         params: list[Any] = []
-
-        def mark(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
+        mark = _marker(params)
         clauses = filters.clauses(mark)
         if before is not None:
             clauses.append(f"(started_at, request_id) < ({mark(float(before[0]))}, {mark(before[1])})")
