@@ -830,17 +830,22 @@ impl ResponsesEmitter {
             "response.web_search_call.in_progress",
             "response.web_search_call.searching",
         ] {
-            self.begin(out, kind);
-            let _ = write!(
-                out,
-                ",\"output_index\":{},\"item_id\":",
-                self.items[i].output_index
-            );
-            write_json_str(out, &self.items[i].id);
-            out.push(b'}');
-            out.extend_from_slice(b"\n\n");
+            self.web_search_event(out, kind, i);
         }
         i
+    }
+
+    /// A `response.web_search_call.*` progress event of item `i`.
+    #[inline]
+    fn web_search_event(&mut self, out: &mut Vec<u8>, kind: &str, i: usize) {
+        self.begin(out, kind);
+        let _ = write!(
+            out,
+            ",\"output_index\":{},\"item_id\":",
+            self.items[i].output_index
+        );
+        write_json_str(out, &self.items[i].id);
+        out.extend_from_slice(b"}\n\n");
     }
 
     fn web_search_done(&mut self, out: &mut Vec<u8>, i: usize) {
@@ -849,14 +854,7 @@ impl ResponsesEmitter {
             .ok()
             .and_then(|w| w.query)
             .unwrap_or_default();
-        self.begin(out, "response.web_search_call.completed");
-        let _ = write!(
-            out,
-            ",\"output_index\":{},\"item_id\":",
-            self.items[i].output_index
-        );
-        write_json_str(out, &self.items[i].id);
-        out.extend_from_slice(b"}\n\n");
+        self.web_search_event(out, "response.web_search_call.completed", i);
         self.web_search_json(i, "completed", &query);
         self.item_done(out, i);
     }
