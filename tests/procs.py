@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from ethereal.sim.testing import terminate
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("ETHEREAL_FIXTURES", REPO / "fixtures"))
@@ -38,13 +39,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) ->
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc, 10)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):  # an unclosed pipe is a ResourceWarning (a failure)
         if pipe is not None:
             pipe.close()

@@ -17,20 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ethereal.errors import _OPENAI_TYPES  # the one vocabulary: what the gateway answers with
+
 from tests.reference_sse_driver import ReferenceSseDriver, dumps
 
 SIGNATURE_PREFIX = "eth1~"
-_OPENAI_ERRORS = {
-    "invalid_request_error": ("invalid_request_error", None),
-    "authentication_error": ("invalid_request_error", "invalid_api_key"),
-    "billing_error": ("insufficient_quota", "insufficient_quota"),
-    "permission_error": ("invalid_request_error", "model_not_allowed"),
-    "not_found_error": ("invalid_request_error", "not_found"),
-    "request_too_large": ("invalid_request_error", "request_too_large"),
-    "rate_limit_error": ("rate_limit_exceeded", "rate_limit_exceeded"),
-    "overloaded_error": ("server_error", "overloaded"),
-    "timeout_error": ("server_error", "timeout"),
-}
 _FINISH = {"max_tokens": "length", "model_context_window_exceeded": "length", "refusal": "content_filter"}
 
 
@@ -97,7 +88,7 @@ class ReferenceChatTranslator(ReferenceSseDriver):
             self._emit(out, {"function_call": {"arguments": args}})
 
     def _error(self, out: list[str], kind: str, message: str) -> None:
-        oa_type, code = _OPENAI_ERRORS.get(kind, ("server_error", None))
+        oa_type, code = _OPENAI_TYPES.get(kind, ("server_error", None))
         out.append(
             "data: "
             + dumps({"error": {"message": message, "type": oa_type, "param": None, "code": code}})

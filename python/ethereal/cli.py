@@ -222,22 +222,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 _CLEAR = "__clear__"  # `--rpm none` on update: remove the limit
 
 
-def _int_or_clear(raw: str) -> Any:
-    if raw.strip().lower() in ("none", "null"):
-        return _CLEAR
-    try:
-        return int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {raw!r}") from None
+def _or_clear(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert``'s value, or _CLEAR for none/null."""
+
+    def parse(raw: str) -> Any:
+        if raw.strip().lower() in ("none", "null"):
+            return _CLEAR
+        try:
+            return convert(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'none', got {raw!r}") from None
+
+    return parse
 
 
-def _float_or_clear(raw: str) -> Any:
-    if raw.strip().lower() in ("none", "null"):
-        return _CLEAR
-    try:
-        return float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {raw!r}") from None
+_int_or_clear = _or_clear(int, "an integer")
+_float_or_clear = _or_clear(float, "a number")
 
 
 def _key_attrs(args: argparse.Namespace) -> dict[str, Any]:
@@ -926,21 +926,20 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv[: idx + 1])
         return cmd_sim(args, argv[idx + 1 :])
     args = parser.parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": cmd_serve,
+        "migrate": cmd_migrate,
+        "keys": cmd_keys,
+        "upstream": cmd_upstream,
+        "models": cmd_models,
+        "connect": cmd_connect,
+    }
+    command = commands.get(args.command)
+    if command is None:
+        parser.print_help()
+        return 2
     try:
-        if args.command == "serve":
-            return cmd_serve(args)
-        if args.command == "migrate":
-            return cmd_migrate(args)
-        if args.command == "keys":
-            return cmd_keys(args)
-        if args.command == "upstream":
-            return cmd_upstream(args)
-        if args.command == "models":
-            return cmd_models(args)
-        if args.command == "connect":
-            return cmd_connect(args)
+        return command(args)
     except SettingsError as exc:
         print(f"ethereal: configuration error: {exc}", file=sys.stderr)
         return 2
-    parser.print_help()
-    return 2

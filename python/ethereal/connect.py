@@ -99,7 +99,58 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
 
-_OPENCODE_SCHEMA = "https://opencode.ai/config.json"
+def _opencode(
+    id: str, provider: str, route: str, kind: str = "", notes: tuple[str, ...] = (), **extra: str
+) -> Setup:
+    """OpenCode with the gateway as ``provider``: one OpenCode knows (its ``options`` point it
+    here), or a custom one of ``kind`` that ``extra`` declares."""
+    config = {
+        "$schema": "https://opencode.ai/config.json",
+        "model": f"{provider}/{MODEL}",
+        "small_model": f"{provider}/{MODEL}",
+        "provider": {
+            provider: {
+                **extra,
+                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
+                "models": {MODEL: {}},
+            }
+        },
+    }
+    return Setup(
+        id,
+        f"OpenCode ({kind or provider} provider)",
+        route,
+        files=(File("~/.config/opencode/opencode.json", _json(config)),),
+        env=(("ETHEREAL_API_KEY", KEY),),
+        run="opencode",
+        package="opencode-ai",
+        notes=notes,
+    )
+
+
+def _continue(id: str, provider: str, route: str) -> Setup:
+    """The Continue CLI with the gateway as its ``provider``."""
+    config = (
+        "name: ethereal\n"
+        "version: 1.0.0\n"
+        "schema: v1\n"
+        "models:\n"
+        f"  - name: {MODEL} via ethereal\n"
+        f"    provider: {provider}\n"
+        f"    model: {MODEL}\n"
+        f"    apiBase: {BASE_URL}/v1/\n"
+        f"    apiKey: {KEY}\n"
+        "    roles: [chat, edit, apply]\n"
+    )
+    return Setup(
+        id,
+        f"Continue CLI ({provider} provider)",
+        route,
+        files=(File("~/.continue/config.yaml", config),),
+        run="cn --config ~/.continue/config.yaml",
+        package="@continuedev/cli",
+    )
+
 
 SETUPS: tuple[Setup, ...] = (
     Setup(
@@ -151,136 +202,26 @@ SETUPS: tuple[Setup, ...] = (
         run="codex",
         package="@openai/codex",
     ),
-    Setup(
-        "opencode",
-        "OpenCode (anthropic provider)",
-        "POST /v1/messages (native)",
-        files=(
-            File(
-                "~/.config/opencode/opencode.json",
-                _json(
-                    {
-                        "$schema": _OPENCODE_SCHEMA,
-                        "model": f"anthropic/{MODEL}",
-                        "small_model": f"anthropic/{MODEL}",
-                        "provider": {
-                            "anthropic": {
-                                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
-                                "models": {MODEL: {}},
-                            }
-                        },
-                    }
-                ),
-            ),
-        ),
-        env=(("ETHEREAL_API_KEY", KEY),),
-        run="opencode",
-        package="opencode-ai",
-    ),
-    Setup(
+    _opencode("opencode", "anthropic", "POST /v1/messages (native)"),
+    _opencode(
         "opencode-openai",
-        "OpenCode (openai provider)",
+        "openai",
         "POST /v1/responses (translated)",
-        files=(
-            File(
-                "~/.config/opencode/opencode.json",
-                _json(
-                    {
-                        "$schema": _OPENCODE_SCHEMA,
-                        "model": f"openai/{MODEL}",
-                        "small_model": f"openai/{MODEL}",
-                        "provider": {
-                            "openai": {
-                                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
-                                "models": {MODEL: {}},
-                            }
-                        },
-                    }
-                ),
-            ),
-        ),
-        env=(("ETHEREAL_API_KEY", KEY),),
-        run="opencode",
-        package="opencode-ai",
         notes=(
-            (
-                "small_model: without it OpenCode asks gpt-5.4-nano for session titles, a model the gateway "
-                "does not serve"
-            ),
+            "small_model: without it OpenCode asks gpt-5.4-nano for session titles, a model the gateway "
+            "does not serve",
         ),
     ),
-    Setup(
+    _opencode(
         "opencode-compatible",
-        "OpenCode (openai-compatible provider)",
+        "ethereal",
         "POST /v1/chat/completions (translated)",
-        files=(
-            File(
-                "~/.config/opencode/opencode.json",
-                _json(
-                    {
-                        "$schema": _OPENCODE_SCHEMA,
-                        "model": f"ethereal/{MODEL}",
-                        "small_model": f"ethereal/{MODEL}",
-                        "provider": {
-                            "ethereal": {
-                                "npm": "@ai-sdk/openai-compatible",
-                                "name": "ethereal",
-                                "options": {"baseURL": f"{BASE_URL}/v1", "apiKey": "{env:ETHEREAL_API_KEY}"},
-                                "models": {MODEL: {}},
-                            }
-                        },
-                    }
-                ),
-            ),
-        ),
-        env=(("ETHEREAL_API_KEY", KEY),),
-        run="opencode",
-        package="opencode-ai",
+        kind="openai-compatible",
+        npm="@ai-sdk/openai-compatible",
+        name="ethereal",
     ),
-    Setup(
-        "continue",
-        "Continue CLI (anthropic provider)",
-        "POST /v1/messages (native)",
-        files=(
-            File(
-                "~/.continue/config.yaml",
-                "name: ethereal\n"
-                "version: 1.0.0\n"
-                "schema: v1\n"
-                "models:\n"
-                f"  - name: {MODEL} via ethereal\n"
-                "    provider: anthropic\n"
-                f"    model: {MODEL}\n"
-                f"    apiBase: {BASE_URL}/v1/\n"
-                f"    apiKey: {KEY}\n"
-                "    roles: [chat, edit, apply]\n",
-            ),
-        ),
-        run="cn --config ~/.continue/config.yaml",
-        package="@continuedev/cli",
-    ),
-    Setup(
-        "continue-openai",
-        "Continue CLI (openai provider)",
-        "POST /v1/chat/completions (translated)",
-        files=(
-            File(
-                "~/.continue/config.yaml",
-                "name: ethereal\n"
-                "version: 1.0.0\n"
-                "schema: v1\n"
-                "models:\n"
-                f"  - name: {MODEL} via ethereal\n"
-                "    provider: openai\n"
-                f"    model: {MODEL}\n"
-                f"    apiBase: {BASE_URL}/v1/\n"
-                f"    apiKey: {KEY}\n"
-                "    roles: [chat, edit, apply]\n",
-            ),
-        ),
-        run="cn --config ~/.continue/config.yaml",
-        package="@continuedev/cli",
-    ),
+    _continue("continue", "anthropic", "POST /v1/messages (native)"),
+    _continue("continue-openai", "openai", "POST /v1/chat/completions (translated)"),
     Setup(
         "aider",
         "Aider (anthropic mode)",

@@ -13,6 +13,7 @@ the wrong node of a cluster would only fail later, with MOVED).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,6 +35,16 @@ class ClusterTarget:
         if self.password is not None:
             auth = f"{self.username or ''}:{self.password}@"
         return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{port}/0"
+
+    def options(self, node: Callable[[str, int], Any]) -> dict[str, Any]:
+        """``RedisCluster``'s arguments for this cluster; ``node`` is the ``ClusterNode`` class of the
+        same flavour (blocking or asyncio)."""
+        return {
+            "startup_nodes": [node(h, p) for h, p in self.nodes],
+            "username": self.username,
+            "password": self.password,
+            "ssl": self.tls,
+        }
 
     def pipe_params(self) -> dict[str, Any]:
         """Connection parameters in the shape ``redis.asyncio.connection.parse_url`` gives (for ``Pipe``)."""
@@ -93,13 +104,7 @@ def async_client(url: str, **kwargs: Any) -> Any:
         return aioredis.Redis.from_url(url, **kwargs)
     from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-    return RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
-        username=target.username,
-        password=target.password,
-        ssl=target.tls,
-        **kwargs,
-    )
+    return RedisCluster(**target.options(ClusterNode), **kwargs)
 
 
 def sync_client(url: str, **kwargs: Any) -> Any:
@@ -111,13 +116,7 @@ def sync_client(url: str, **kwargs: Any) -> Any:
         return redis.Redis.from_url(url, **kwargs)
     from redis.cluster import ClusterNode, RedisCluster
 
-    return RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
-        username=target.username,
-        password=target.password,
-        ssl=target.tls,
-        **kwargs,
-    )
+    return RedisCluster(**target.options(ClusterNode), **kwargs)
 
 
 def pubsub_urls(url: str) -> list[str]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import httptools
@@ -40,25 +40,19 @@ from ethereal.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    max_header_bytes: int = 64 * 1024
-    max_header_fields: int = 200
-    header_timeout: float = 10.0
-    body_idle_timeout: float = 30.0
-    body_min_rate: int = 1024
-    keepalive_timeout: float = 5.0
-    max_connections: int = 1024
+    """The client-connection settings of the same names (settings.py has their defaults)."""
+
+    max_header_bytes: int
+    max_header_fields: int
+    header_timeout: float
+    body_idle_timeout: float
+    body_min_rate: int
+    keepalive_timeout: float
+    max_connections: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        return cls(
-            max_header_bytes=settings.max_header_bytes,
-            max_header_fields=settings.max_header_fields,
-            header_timeout=settings.header_timeout,
-            body_idle_timeout=settings.body_idle_timeout,
-            body_min_rate=settings.body_min_rate,
-            keepalive_timeout=settings.keepalive_timeout,
-            max_connections=settings.max_connections,
-        )
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 class _HeadTooLarge(Exception):
@@ -121,7 +115,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits or ConnectionLimits()
+        self.limits = limits or ConnectionLimits.from_settings(Settings())
         self._phase = _HEAD
         self._head_bytes = 0
         self._phase_started = 0.0

@@ -17,11 +17,10 @@ import pytest
 from ethereal.keys import mint
 from ethereal.limits.local import LocalLimiter
 from ethereal.metering.pricing import price
-from ethereal.metering.reprice import reprice
+from ethereal.metering.reprice import record_usage, reprice
 from ethereal.models import Registry, load_registry
 from ethereal.storage.base import UsageFilter
 from ethereal.storage.records import UsageRecord
-from ethereal.usage import Usage
 
 MODEL = "claude-sonnet-4-6"
 # the correction: Sonnet 4.6's card from its release, input and cache reads dearer
@@ -48,17 +47,7 @@ output = 2
 
 def priced(registry: Registry, rec: UsageRecord, name: str | None = None) -> tuple[int, str | None, bool]:
     model = registry.resolve(name or rec.model or "") or registry.provisional(name or rec.model or "")
-    usage = Usage(
-        input_tokens=rec.input_tokens,
-        output_tokens=rec.output_tokens,
-        cache_5m=rec.cache_creation_5m,
-        cache_1h=rec.cache_creation_1h,
-        cache_read=rec.cache_read,
-        web_searches=rec.web_search_requests,
-        speed=rec.speed,
-        inference_geo=rec.inference_geo,
-    )
-    p = price(registry, model, usage, at=rec.started_at, batch=rec.batch)
+    p = price(registry, model, record_usage(rec), at=rec.started_at, batch=rec.batch)
     return p.cost_micro, p.rate_card, p.provisional
 
 

@@ -254,6 +254,10 @@ def register(app: Application, gw: Gateway) -> None:
             status, [*_SECURITY_HEADERS, *(extra or [])], Content(b"text/html; charset=utf-8", body.encode())
         )
 
+    def tab_page(template: str, tab: str, sid: str | None, **ctx: Any) -> Response:
+        """A page of the navigation: titled after its tab, which shows as the active one."""
+        return html(template, sid=sid, title=tab, active=tab, **ctx)
+
     def redirect(location: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
         return Response(
             303, [(b"location", location.encode()), (b"cache-control", b"no-store"), *(extra or [])], None
@@ -460,11 +464,10 @@ def register(app: Application, gw: Gateway) -> None:
     async def overview(request: Request, sid: str) -> Response:
         live = live_view(ring())
         series, top = await asyncio.gather(series_data(("day",)), top_keys())  # two pool connections
-        return html(
+        return tab_page(
             "overview.html",
-            sid=sid,
-            title="Overview",
-            active="Overview",
+            "Overview",
+            sid,
             live=live,
             top_keys=top,
             data_json=script_json({"live": live, "series": series}),
@@ -548,11 +551,10 @@ def register(app: Application, gw: Gateway) -> None:
             }
         )
         base = connect_base(request)
-        return html(
+        return tab_page(
             "keys.html",
-            sid=sid,
-            title="Keys",
-            active="Keys",
+            "Keys",
+            sid,
             keys=rows,
             plans=plans().names(),
             q=q,
@@ -629,11 +631,10 @@ def register(app: Application, gw: Gateway) -> None:
         audit, _ = await store().list_audit(limit=20)
         hooks = [webhook_json(h) for h in await store().list_webhooks()]
         deliveries = [delivery_json(d) for d in await store().list_deliveries(limit=30)]
-        return html(
+        return tab_page(
             "limits.html",
-            sid=sid,
-            title="Limits",
-            active="Limits",
+            "Limits",
+            sid,
             limits=rows,
             people=effective,
             teams=teams,
@@ -665,11 +666,10 @@ def register(app: Application, gw: Gateway) -> None:
 
     @page
     async def upstreams(request: Request, sid: str) -> Response:
-        return html(
+        return tab_page(
             "upstreams.html",
-            sid=sid,
-            title="Upstreams",
-            active="Upstreams",
+            "Upstreams",
+            sid,
             upstreams=await gw.upstreams.list(),
             registry_view=models_view(),
             models=model_choices(),
@@ -739,11 +739,10 @@ def register(app: Application, gw: Gateway) -> None:
             records = records[:page_size]
             last = records[-1]
             older = urlencode({**shown, "before": f"{last.started_at!r},{last.request_id}"})
-        return html(
+        return tab_page(
             "usage.html",
-            sid=sid,
-            title="Usage",
-            active="Usage",
+            "Usage",
+            sid,
             f=shown,
             routes=ROUTES,
             records=records,
@@ -828,17 +827,29 @@ def register(app: Application, gw: Gateway) -> None:
         )
 
     # ------------------------------------------------------------------ estimator
-    async def estimate_page(request: Request) -> Response:
+    def estimator_view(
+        sid: str | None,
+        status: int = 200,
+        *,
+        form: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Response:
+        """The estimator page: an empty form, or the one asked with its estimate, or an error."""
         return html(
             "estimate.html",
-            sid=current(request),
+            status,
+            sid=sid,
             title="Estimator",
             active="Estimator",
-            form={"system": "", "prompt": "", "output_tokens": 500, "images": 0},
-            result=None,
+            form=form or {"system": "", "prompt": "", "output_tokens": 500, "images": 0},
+            result=result,
             accuracy=accuracy,
-            error=None,
+            error=error,
         )
+
+    async def estimate_page(request: Request) -> Response:
+        return estimator_view(current(request))
 
     async def estimate(request: Request) -> Response:
         sid = current(request)
@@ -851,17 +862,7 @@ def register(app: Application, gw: Gateway) -> None:
                     {"type": "error", "error": {"type": "rate_limit_error", "message": message}}, 429
                 )
             else:
-                resp = html(
-                    "estimate.html",
-                    429,
-                    sid=sid,
-                    title="Estimator",
-                    active="Estimator",
-                    form={"system": "", "prompt": "", "output_tokens": 500, "images": 0},
-                    result=None,
-                    accuracy=accuracy,
-                    error=message,
-                )
+                resp = estimator_view(sid, 429, error=message)
             resp.add_header(b"retry-after", str(max(1, round(wait))).encode())
             return resp
         try:
@@ -885,17 +886,7 @@ def register(app: Application, gw: Gateway) -> None:
                 return json_out(
                     {"type": "error", "error": {"type": exc.type, "message": exc.message}}, exc.status
                 )
-            return html(
-                "estimate.html",
-                exc.status,
-                sid=sid,
-                title="Estimator",
-                active="Estimator",
-                form={"system": "", "prompt": "", "output_tokens": 500, "images": 0},
-                result=None,
-                accuracy=accuracy,
-                error=exc.message,
-            )
+            return estimator_view(sid, exc.status, error=exc.message)
         if is_json:
             return json_out(result)
         shown = {
@@ -904,16 +895,7 @@ def register(app: Application, gw: Gateway) -> None:
             "output_tokens": result["output_tokens"],
             "images": result["images"],
         }
-        return html(
-            "estimate.html",
-            sid=sid,
-            title="Estimator",
-            active="Estimator",
-            form=shown,
-            result=result,
-            accuracy=accuracy,
-            error=None,
-        )
+        return estimator_view(sid, form=shown, result=result)
 
     # ------------------------------------------------------------------ static files
     async def static_file(request: Request) -> Response:

@@ -198,22 +198,17 @@ def refusal(code: int, retry_ms: float, limits: KeyLimits, detail: int, now_ms: 
         )
     window = limits.windows[detail - 1] if 0 < detail <= len(limits.windows) else None
     reset = now_ms + retry_ms
-    if code == WINDOW_REQUESTS and window is not None:
-        headers = ratelimit_headers((window.requests or 0, 0, int(reset)), None)
-        what = "requests per minute" if window.name == "minute" else f"requests per {window.name} window"
-        return GatewayError(
-            429,
-            f"rate limit exceeded: {window.requests} {what} for this API key",
-            type="rate_limit_error",
-            retry_after=retry,
-            headers=headers,
-        )
     if window is not None:
-        headers = ratelimit_headers(None, (window.tokens or 0, 0, int(reset)))
-        what = "tokens per minute" if window.name == "minute" else f"tokens per {window.name} window"
+        if code == WINDOW_REQUESTS:
+            unit, cap = "requests", window.requests
+            headers = ratelimit_headers((cap or 0, 0, int(reset)), None)
+        else:
+            unit, cap = "tokens", window.tokens
+            headers = ratelimit_headers(None, (cap or 0, 0, int(reset)))
+        what = f"{unit} per minute" if window.name == "minute" else f"{unit} per {window.name} window"
         return GatewayError(
             429,
-            f"rate limit exceeded: {window.tokens} {what} for this API key",
+            f"rate limit exceeded: {cap} {what} for this API key",
             type="rate_limit_error",
             retry_after=retry,
             headers=headers,

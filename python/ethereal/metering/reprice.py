@@ -217,7 +217,12 @@ def reprice_record(registry: Registry, rec: UsageRecord) -> Priced | None:
     """What ``rec`` costs at ``registry``'s cards (None: it cannot be re-priced from its totals)."""
     if rec.rate_card is not None and SEP in rec.rate_card:
         return None
-    usage = Usage(
+    return price(registry, model_of(registry, rec), record_usage(rec), at=rec.started_at, batch=rec.batch)
+
+
+def record_usage(rec: UsageRecord) -> Usage:
+    """The billable usage a stored record's totals hold (its per-iteration split is not stored)."""
+    return Usage(
         input_tokens=rec.input_tokens,
         output_tokens=rec.output_tokens,
         cache_5m=rec.cache_creation_5m,
@@ -227,7 +232,6 @@ def reprice_record(registry: Registry, rec: UsageRecord) -> Priced | None:
         speed=rec.speed,
         inference_geo=rec.inference_geo,
     )
-    return price(registry, model_of(registry, rec), usage, at=rec.started_at, batch=rec.batch)
 
 
 async def reprice(

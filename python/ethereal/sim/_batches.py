@@ -39,7 +39,7 @@ import orjson
 from ethereal.models import Model
 
 from . import _gen, _rules
-from ._gen import RequestError, invalid
+from ._gen import RequestError, check_api_key, invalid, page_limit
 from ._models import SimModels
 
 PREFIX = "/v1/messages/batches"
@@ -349,12 +349,7 @@ def _create(state: Any, body: bytes, beta: frozenset[str] = frozenset()) -> tupl
 
 def _list(state: Any, query: bytes) -> bytes:
     params = dict(parse_qsl(query.decode("latin-1"))) if query else {}
-    try:
-        limit = int(params.get("limit", 20))
-    except ValueError:
-        raise invalid("limit: Input should be a valid integer") from None
-    if not 1 <= limit <= 1000:
-        raise invalid("limit: Input should be between 1 and 1000")
+    limit = page_limit(params)
     now = time.time()
     ordered = sorted(
         (b for b in batches_of(state).by_id.values() if not b.deleted), key=lambda b: b.created, reverse=True
@@ -422,14 +417,7 @@ def handle(
             extra,
         )
     try:
-        keys = state.api_keys
-        key = headers.get(b"x-api-key")
-        if key is None:
-            auth = headers.get(b"authorization")
-            if auth is not None and auth[:7].lower() == b"bearer ":
-                key = auth[7:].strip()
-        if not key or (keys is not None and key not in keys):
-            raise RequestError(401, "authentication_error", "invalid x-api-key")
+        check_api_key(headers, state.api_keys)
         if b"anthropic-version" not in headers:
             raise invalid("anthropic-version: header is required")
         rest = path[len(PREFIX) :].strip("/")

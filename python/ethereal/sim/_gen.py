@@ -277,6 +277,40 @@ def invalid(message: str) -> RequestError:
     return RequestError(400, "invalid_request_error", message)
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, as the API words a 400 for it."""
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"There was an error parsing the body of your request: {exc}") from None
+    if not isinstance(req, dict):
+        raise invalid("Input should be a valid dictionary")
+    return req
+
+
+def page_limit(params: dict[str, str]) -> int:
+    """A list endpoint's ``limit`` (default 20, 1 to 1000)."""
+    try:
+        limit = int(params.get("limit", 20))
+    except ValueError:
+        raise invalid("limit: Input should be a valid integer") from None
+    if not 1 <= limit <= 1000:
+        raise invalid("limit: Input should be between 1 and 1000")
+    return limit
+
+
+def check_api_key(headers: dict[bytes, bytes], keys: Any) -> None:
+    """A 401 unless the request carries one of ``keys`` (any key when None): as ``x-api-key``, or
+    as an OpenAI-style bearer token."""
+    key = headers.get(b"x-api-key")
+    if key is None:
+        auth = headers.get(b"authorization")
+        if auth is not None and auth[:7].lower() == b"bearer ":
+            key = auth[7:].strip()
+    if not key or (keys is not None and key not in keys):
+        raise RequestError(401, "authentication_error", "invalid x-api-key")
+
+
 # --------------------------------------------------------------------------------------------
 # input token counting and prompt cache
 
@@ -1058,24 +1092,17 @@ def render_frames(p: Plan, msg_id: str) -> tuple[list[bytes], list[int]]:
             frames.append(PING)
             costs.append(0)
         head = b'{"type":"content_block_delta","index":' + ib + b',"delta":'
-        if kind == TEXT:
-            for piece in blk[1]:
-                frame(
-                    b"content_block_delta",
-                    head + b'{"type":"text_delta","text":' + dumps(piece) + b"}}",
-                    ctok(piece),
-                )
-        elif kind == THINKING:
-            for piece in blk[1]:
-                frame(
-                    b"content_block_delta",
-                    head + b'{"type":"thinking_delta","thinking":' + dumps(piece) + b"}}",
-                    ctok(piece),
-                )
-            frame(
-                b"content_block_delta",
-                head + b'{"type":"signature_delta","signature":' + dumps(blk[2]) + b"}}",
+        if kind in (TEXT, THINKING):
+            delta = head + (
+                b'{"type":"text_delta","text":' if kind == TEXT else b'{"type":"thinking_delta","thinking":'
             )
+            for piece in blk[1]:
+                frame(b"content_block_delta", delta + dumps(piece) + b"}}", ctok(piece))
+            if kind == THINKING:
+                frame(
+                    b"content_block_delta",
+                    head + b'{"type":"signature_delta","signature":' + dumps(blk[2]) + b"}}",
+                )
         else:
             for piece in blk[4]:
                 frame(

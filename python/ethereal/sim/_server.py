@@ -16,7 +16,7 @@ import httptools
 import orjson
 
 from . import _batches, _gen, _rules
-from ._gen import RequestError, invalid
+from ._gen import RequestError, check_api_key, invalid, json_object, page_limit
 from ._models import SimModels
 from ._openai_compat import chat_action, check_model
 from ._replay import Library
@@ -528,15 +528,7 @@ class SimProtocol(asyncio.Protocol):
         fault = st.take_fault(path)
 
         try:
-            # auth
-            keys = st.api_keys
-            key = headers.get(b"x-api-key")
-            if key is None:
-                auth = headers.get(b"authorization")
-                if auth is not None and auth[:7].lower() == b"bearer ":
-                    key = auth[7:].strip()
-            if not key or (keys is not None and key not in keys):
-                raise RequestError(401, "authentication_error", "invalid x-api-key")
+            check_api_key(headers, st.api_keys)
             if is_chat:
                 return self._chat(body, rid, close, fault, npath)
             if b"anthropic-version" not in headers:
@@ -545,12 +537,7 @@ class SimProtocol(asyncio.Protocol):
             if is_models:
                 return self._finish(self._models(path, query), rid, close, fault, npath)
 
-            try:
-                req = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise invalid(f"There was an error parsing the body of your request: {exc}") from None
-            if not isinstance(req, dict):
-                raise invalid("Input should be a valid dictionary")
+            req = json_object(body)
             model = req.get("model")
             if model is None:
                 raise invalid("model: Field required")
@@ -645,12 +632,7 @@ class SimProtocol(asyncio.Protocol):
 
     def _chat(self, body: bytes, rid: str, close: bool, fault: Fault | None, npath: str) -> Any:
         """The OpenAI SDK compatibility endpoint (``_openai_compat``); faults apply as to messages."""
-        try:
-            req = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise invalid(f"There was an error parsing the body of your request: {exc}") from None
-        if not isinstance(req, dict):
-            raise invalid("Input should be a valid dictionary")
+        req = json_object(body)
         check_model(req.get("model"))
         models = self.state.models
         found = models.resolve(req["model"])
@@ -683,12 +665,7 @@ class SimProtocol(asyncio.Protocol):
             from urllib.parse import parse_qsl
 
             params = dict(parse_qsl(query.decode("latin-1")))
-        try:
-            limit = int(params.get("limit", 20))
-        except ValueError:
-            raise invalid("limit: Input should be a valid integer") from None
-        if not 1 <= limit <= 1000:
-            raise invalid("limit: Input should be between 1 and 1000")
+        limit = page_limit(params)
         data = [m.to_anthropic() for m in self.state.models.listed()]
         ids = [m["id"] for m in data]
         if params.get("after_id"):
@@ -781,24 +758,36 @@ class SimProtocol(asyncio.Protocol):
             frames = action[1]
             epw = max(1, st.config.events_per_write)
             t = self.transport
-            t.write(self._head(200, SSE_TYPE, rid, None, NO_CACHE))
-            cut = None
-            if fault is not None and fault.kind in ("reset_mid", "error_mid"):
-                cut = min(fault.after_events, len(frames))
+            cut = self._open_stream(rid, fault, frames)
             n = len(frames) if cut is None else cut
             for i in range(0, n, epw):
                 chunk = b"".join(frames[i : min(i + epw, n)])
                 t.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-            if cut is not None and fault is not None and fault.kind == "reset_mid":
-                st.count(npath, "reset")
-                self.closed = True
-                t.abort()
-                return
-            if cut is not None:
-                ef = _gen.error_frame(rid, pad=len(rid))
-                t.write(b"%x\r\n" % len(ef) + ef + b"\r\n")
-            st.count(npath, 200)
-            t.write(b"0\r\n\r\n")
+            self._end_stream(cut, fault, rid, npath)
+
+    def _open_stream(self, rid: str, fault: Fault | None, frames: list[bytes]) -> int | None:
+        """Send a stream's head; returns how many frames a mid-stream fault lets through (None: all)."""
+        self.transport.write(self._head(200, SSE_TYPE, rid, None, NO_CACHE))
+        if fault is not None and fault.kind in ("reset_mid", "error_mid"):
+            return min(fault.after_events, len(frames))
+        return None
+
+    def _end_stream(self, cut: int | None, fault: Fault | None, rid: str, npath: str) -> bool:
+        """End a stream after its frames: cut off at a reset fault (False), else with an error event
+        at an error fault and the last chunk."""
+        st = self.state
+        t = self.transport
+        if cut is not None and fault is not None and fault.kind == "reset_mid":
+            st.count(npath, "reset")
+            self.closed = True
+            t.abort()
+            return False
+        if cut is not None:
+            ef = _gen.error_frame(rid, pad=len(rid))
+            t.write(b"%x\r\n" % len(ef) + ef + b"\r\n")
+        st.count(npath, 200)
+        t.write(b"0\r\n\r\n")
+        return True
 
     async def _run_async(
         self, delay: float, action: tuple, rid: str, close: bool, fault: Fault | None, npath: str
@@ -815,10 +804,7 @@ class SimProtocol(asyncio.Protocol):
         frames, costs, (_lat, ttft, tps) = action[1], action[2], action[3]
         epw = max(1, st.config.events_per_write)
         t = self.transport
-        t.write(self._head(200, SSE_TYPE, rid, None, NO_CACHE))
-        cut = None
-        if fault is not None and fault.kind in ("reset_mid", "error_mid"):
-            cut = min(fault.after_events, len(frames))
+        cut = self._open_stream(rid, fault, frames)
         n = len(frames) if cut is None else cut
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -856,17 +842,7 @@ class SimProtocol(asyncio.Protocol):
             if len(buf) >= epw:
                 flush()
         flush()
-        if cut is not None and fault is not None and fault.kind == "reset_mid":
-            st.count(npath, "reset")
-            self.closed = True
-            t.abort()
-            return False
-        if cut is not None:
-            ef = _gen.error_frame(rid, pad=len(rid))
-            t.write(b"%x\r\n" % len(ef) + ef + b"\r\n")
-        st.count(npath, 200)
-        t.write(b"0\r\n\r\n")
-        return not close
+        return self._end_stream(cut, fault, rid, npath) and not close
 
     # ---------------------------------------------------------------- control API
     def _control(self, method: bytes, path: str, body: bytes, rid: str, close: bool) -> Any:

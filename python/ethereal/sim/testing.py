@@ -110,16 +110,21 @@ def start_sim_process(
                 base_url = line.strip().rsplit(" ", 1)[-1]
         yield proc, base_url
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 5)
         pumper.join(timeout=5)  # the pipe reaches EOF once the process is gone
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """End ``proc``: SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def control(base_url: str, path: str, payload: dict[str, Any] | None = None) -> Any:

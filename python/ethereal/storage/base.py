@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 
 from ethereal.keys import KeyRecord
-from ethereal.storage.records import BatchRecord, StoredCredential, UsageRecord
+from ethereal.storage.records import SUMS, BatchRecord, StoredCredential, UsageRecord
 
 T = TypeVar("T")
 
@@ -50,6 +51,85 @@ KEY_COLUMNS = ("id", "key_hash", "display", "name", "owner", "teams", "plan", "b
 KEY_MUTABLE_FIELDS = frozenset(KEY_COLUMNS[3:-2])
 # what usage sums group by
 USAGE_GROUPS = frozenset({"key_id", "model", "credential", "route", "error_type"})
+
+
+def page_sql(
+    table: str,
+    column: str,
+    value: Any,
+    limit: int,
+    after_id: str | None,
+    before_id: str | None,
+    mark: Callable[[Any], str],
+) -> tuple[str, bool]:
+    """The SELECT of one page of ``table`` by id, newest first, of the rows whose ``column`` is
+    ``value`` (all rows when it is None): ``after_id`` pages to older rows, ``before_id`` to newer.
+    Paging to newer rows reads them ascending, so that the nearest come first; returns the SELECT
+    and whether it reads ascending, for ``page_of``. One row past ``limit`` tells if there are more."""
+    clauses: list[str] = []
+    if value is not None:
+        clauses.append(f"{column} = {mark(value)}")
+    ascending = False
+    if after_id is not None:
+        clauses.append(f"id < {mark(after_id)}")
+    elif before_id is not None:
+        clauses.append(f"id > {mark(before_id)}")
+        ascending = True
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    order = "ASC" if ascending else "DESC"
+    return f"SELECT * FROM {table} {where} ORDER BY id {order} LIMIT {mark(limit + 1)}", ascending
+
+
+# how each dialect says "the key lists this team" and "revoked"
+_KEY_DIALECT = {
+    "postgres": ("teams ? {}", "revoked", "NOT revoked"),  # ? on jsonb: the GIN index of 0009
+    "sqlite": (
+        "EXISTS (SELECT 1 FROM json_each(api_keys.teams) WHERE value = {})",
+        "revoked = 1",
+        "revoked = 0",
+    ),
+}
+
+
+def key_list_sql(
+    dialect: str,
+    mark: Callable[[Any], str],
+    *,
+    owner: str | None,
+    team: str | None,
+    plan: str | None,
+    state: str | None,
+    limit: int,
+    after_id: str | None,
+) -> str:
+    """The SELECT of ``Store.list_keys``: keys in id order after ``after_id``, filtered."""
+    has_team, revoked, live = _KEY_DIALECT[dialect]
+    clauses: list[str] = []
+    if owner is not None:
+        clauses.append(f"owner = {mark(owner)}")
+    if team is not None:
+        clauses.append(has_team.format(mark(team)))
+    if plan is not None:
+        clauses.append(f"plan = {mark(plan)}")
+    if state == "revoked":
+        clauses.append(revoked)
+    elif state == "expired":
+        clauses.append(f"{live} AND expires_at IS NOT NULL AND expires_at <= {mark(time.time())}")
+    elif state == "active":
+        clauses.append(f"{live} AND (expires_at IS NULL OR expires_at > {mark(time.time())})")
+    if after_id is not None:
+        clauses.append(f"id > {mark(after_id)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return f"SELECT * FROM api_keys {where} ORDER BY id LIMIT {mark(limit)}"
+
+
+def page_of(rows: list[T], limit: int, ascending: bool) -> tuple[list[T], bool]:
+    """A page read by ``page_sql`` newest first, and whether more rows lie beyond it."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if ascending:
+        rows.reverse()
+    return rows, more
 
 
 def migration_files(dialect: str) -> list[tuple[int, str, str]]:
@@ -367,13 +447,4 @@ class UsageFilter:
         return out
 
 
-SERIES_SUMS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_5m",
-    "cache_creation_1h",
-    "cache_read",
-    "cost_micro",
-)
+SERIES_SUMS = tuple(c for c in SUMS if c != "web_search_requests")  # what usage_series sums per bucket

@@ -28,7 +28,10 @@ from ethereal.storage.base import (
     RepriceChange,
     Store,
     UsageFilter,
+    key_list_sql,
     migration_files,
+    page_of,
+    page_sql,
 )
 from ethereal.storage.records import (
     BATCH_COLUMNS,
@@ -39,6 +42,7 @@ from ethereal.storage.records import (
     BatchRecord,
     StoredCredential,
     UsageRecord,
+    add_sums,
     hour_ranges,
     usage_row,
 )
@@ -218,29 +222,17 @@ class PostgresStore(Store):
         limit: int = 100,
         after_id: str | None = None,
     ) -> list[KeyRecord]:
-        clauses: list[str] = []
         params: list[Any] = []
-
-        def param(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        if owner is not None:
-            clauses.append(f"owner = {param(owner)}")
-        if team is not None:
-            clauses.append(f"teams ? {param(team)}")  # the GIN index of 0009
-        if plan is not None:
-            clauses.append(f"plan = {param(plan)}")
-        if state == "revoked":
-            clauses.append("revoked")
-        elif state == "expired":
-            clauses.append(f"NOT revoked AND expires_at IS NOT NULL AND expires_at <= {param(time.time())}")
-        elif state == "active":
-            clauses.append(f"NOT revoked AND (expires_at IS NULL OR expires_at > {param(time.time())})")
-        if after_id is not None:
-            clauses.append(f"id > {param(after_id)}")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM api_keys {where} ORDER BY id LIMIT {param(limit)}"
+        sql = key_list_sql(
+            "postgres",
+            _marker(params),
+            owner=owner,
+            team=team,
+            plan=plan,
+            state=state,
+            limit=limit,
+            after_id=after_id,
+        )
         return [_key_from_row(r) for r in await self.pool.fetch(sql, *params)]
 
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
@@ -305,9 +297,7 @@ class PostgresStore(Store):
                 group = row["grp"]
                 if null_as_empty and group == "":
                     group = None
-                acc = totals.setdefault(group, dict.fromkeys(SUMS, 0))
-                for name in SUMS:
-                    acc[name] += int(row[name] or 0)
+                add_sums(totals, group, row, SUMS)
 
         async with self.pool.acquire() as conn:
             if rollup is not None:
@@ -336,11 +326,7 @@ class PostgresStore(Store):
         self, filters: UsageFilter, *, limit: int = 50, before: tuple[float, str] | None = None
     ) -> list[UsageRecord]:
         params: list[Any] = []
-
-        def mark(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
+        mark = _marker(params)
         clauses = filters.clauses(mark)
         if before is not None:
             clauses.append(f"(started_at, request_id) < ({mark(float(before[0]))}, {mark(before[1])})")
@@ -367,9 +353,7 @@ class PostgresStore(Store):
 
         def add(rows: list[Any]) -> None:
             for row in rows:
-                acc = out.setdefault(float(row["bucket"]), dict.fromkeys(SERIES_SUMS, 0))
-                for name in SERIES_SUMS:
-                    acc[name] += int(row[name] or 0)
+                add_sums(out, float(row["bucket"]), row, SERIES_SUMS)
 
         async with self.pool.acquire() as conn:
             if step % 3600 == 0:
@@ -512,32 +496,11 @@ class PostgresStore(Store):
     async def list_batches(
         self, *, key_id: str | None, limit: int, after_id: str | None = None, before_id: str | None = None
     ) -> tuple[list[BatchRecord], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if key_id is not None:
-            params.append(key_id)
-            clauses.append(f"key_id = ${len(params)}")
-        order = "DESC"
-        if after_id is not None:
-            params.append(after_id)
-            clauses.append(f"id < ${len(params)}")
-        elif before_id is not None:
-            params.append(before_id)
-            clauses.append(f"id > ${len(params)}")
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(limit + 1)
-        rows = [
-            self._batch(r)
-            for r in await self.pool.fetch(
-                f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ${len(params)}", *params
-            )
-        ]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        if order == "ASC":
-            rows.reverse()
-        return rows, more
+        sql, ascending = page_sql(
+            "message_batches", "key_id", key_id, limit, after_id, before_id, _marker(params)
+        )
+        return page_of([self._batch(r) for r in await self.pool.fetch(sql, *params)], limit, ascending)
 
     async def delete_batch(self, batch_id: str) -> bool:
         status = await self.pool.execute("DELETE FROM message_batches WHERE id = $1", batch_id)
@@ -735,32 +698,11 @@ class PostgresStore(Store):
         before_id: str | None = None,
         object_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if object_id is not None:
-            params.append(object_id)
-            clauses.append(f"object_id = ${len(params)}")
-        order = "DESC"
-        if after_id is not None:
-            params.append(after_id)
-            clauses.append(f"id < ${len(params)}")
-        elif before_id is not None:
-            params.append(before_id)
-            clauses.append(f"id > ${len(params)}")
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(limit + 1)
-        rows = [
-            dict(r)
-            for r in await self.pool.fetch(
-                f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ${len(params)}", *params
-            )
-        ]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        if order == "ASC":
-            rows.reverse()
-        return rows, more
+        sql, ascending = page_sql(
+            "spend_limit_audit", "object_id", object_id, limit, after_id, before_id, _marker(params)
+        )
+        return page_of([dict(r) for r in await self.pool.fetch(sql, *params)], limit, ascending)
 
     async def put_webhook(self, row: dict[str, Any], audit: dict[str, Any]) -> None:
         shown = {k: v for k, v in row.items() if k != "secret"}  # the audit never holds the secret

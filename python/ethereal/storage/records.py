@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -187,6 +187,17 @@ SUMS = (
     "web_search_requests",
     "cost_micro",
 )
+
+
+def add_sums(out: dict[Any, dict[str, int]], key: Any, row: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Add ``row``'s ``names`` columns (a NULL as 0) into ``out[key]``, started at zeros."""
+    acc = out.get(key)
+    if acc is None:
+        acc = out[key] = dict.fromkeys(names, 0)
+    for name in names:
+        acc[name] += int(row[name] or 0)
+
+
 HOUR = 3600.0
 
 

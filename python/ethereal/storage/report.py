@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ethereal.storage.records import SUMS, add_sums
+
 # dimension -> its value in usage_records (a NULL reads as the rollup's default)
 RAW_DIMENSIONS: dict[str, str] = {
     "key_id": "COALESCE(key_id, '')",
@@ -27,16 +29,7 @@ RAW_DIMENSIONS: dict[str, str] = {
     ),
 }
 DIMENSIONS = tuple(RAW_DIMENSIONS)
-REPORT_SUMS = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_5m",
-    "cache_creation_1h",
-    "cache_read",
-    "web_search_requests",
-    "cost_micro",
-)
+REPORT_SUMS = tuple(c for c in SUMS if c != "errors")  # a report counts every request, failed or not
 _RAW_SUM_SQL = ", ".join(["COUNT(*) AS requests"] + [f"SUM({c}){{cast}} AS {c}" for c in REPORT_SUMS[1:]])
 _ROLLUP_SUM_SQL = ", ".join(f"SUM({c}){{cast}} AS {c}" for c in REPORT_SUMS)
 
@@ -126,9 +119,4 @@ def merge_rows(
 ) -> None:
     """Add report rows into ``out``, keyed by (bucket, *dims)."""
     for row in rows:
-        key = (float(row["bucket"]), *(row[d] or "" for d in dims))
-        acc = out.get(key)
-        if acc is None:
-            acc = out[key] = dict.fromkeys(REPORT_SUMS, 0)
-        for name in REPORT_SUMS:
-            acc[name] += int(row[name] or 0)
+        add_sums(out, (float(row["bucket"]), *(row[d] or "" for d in dims)), row, REPORT_SUMS)

@@ -27,7 +27,10 @@ from ethereal.storage.base import (
     RepriceChange,
     Store,
     UsageFilter,
+    key_list_sql,
     migration_files,
+    page_of,
+    page_sql,
 )
 from ethereal.storage.records import (
     BATCH_COLUMNS,
@@ -48,6 +51,16 @@ T = TypeVar("T")
 # with these two adapters it binds in about half the time. What is stored is the same: NULL, 0/1.
 sqlite3.register_adapter(type(None), lambda _value: None)
 sqlite3.register_adapter(bool, int)
+
+
+def _marker(params: list[Any]) -> Callable[[Any], str]:
+    """A placeholder maker for ``params``: appends a value, returns ``?``."""
+
+    def mark(value: Any) -> str:
+        params.append(value)
+        return "?"
+
+    return mark
 
 
 def _key_row(record: KeyRecord) -> tuple[Any, ...]:
@@ -112,6 +125,19 @@ class SQLiteStore(Store):
             raise RuntimeError("store is closed")
         return self._conn
 
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` in one write transaction (taken at once: a writer waits for the lock, not for a
+        failed upgrade of a read)."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return out
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._run(self.conn.close)
@@ -125,35 +151,31 @@ class SQLiteStore(Store):
         return await self._run(self._migrate)
 
     def _migrate(self) -> list[str]:
-        conn = self.conn
-        # BEGIN IMMEDIATE takes the write lock: two processes starting together
+        # BEGIN IMMEDIATE (_tx) takes the write lock: two processes starting together
         # apply each migration once (SQLite's equivalent of an advisory lock).
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " applied_at REAL NOT NULL)"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            applied = []
-            for version, name, sql in migration_files(self.dialect):
-                if version in done:
-                    continue
-                for statement in sql.split(";\n"):
-                    if statement.strip():
-                        try:
-                            conn.execute(statement)
-                        except sqlite3.OperationalError as exc:
-                            # SQLite has no ADD COLUMN IF NOT EXISTS: a column already there is
-                            # what the statement wanted (a migration applied twice stays idempotent)
-                            if "duplicate column name" not in str(exc):
-                                raise
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
-                applied.append(name)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return self._tx(self._apply_migrations)
+
+    def _apply_migrations(self, conn: sqlite3.Connection) -> list[str]:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at REAL NOT NULL)"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, name, sql in migration_files(self.dialect):
+            if version in done:
+                continue
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    try:
+                        conn.execute(statement)
+                    except sqlite3.OperationalError as exc:
+                        # SQLite has no ADD COLUMN IF NOT EXISTS: a column already there is
+                        # what the statement wanted (a migration applied twice stays idempotent)
+                        if "duplicate column name" not in str(exc):
+                            raise
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+            applied.append(name)
         return applied
 
     # keys
@@ -197,32 +219,17 @@ class SQLiteStore(Store):
         limit: int = 100,
         after_id: str | None = None,
     ) -> list[KeyRecord]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-        if team is not None:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(api_keys.teams) WHERE value = ?)")
-            params.append(team)
-        if plan is not None:
-            clauses.append("plan = ?")
-            params.append(plan)
-        now = time.time()
-        if state == "revoked":
-            clauses.append("revoked = 1")
-        elif state == "expired":
-            clauses.append("revoked = 0 AND expires_at IS NOT NULL AND expires_at <= ?")
-            params.append(now)
-        elif state == "active":
-            clauses.append("revoked = 0 AND (expires_at IS NULL OR expires_at > ?)")
-            params.append(now)
-        if after_id is not None:
-            clauses.append("id > ?")
-            params.append(after_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM api_keys {where} ORDER BY id LIMIT ?"
-        params.append(limit)
+        sql = key_list_sql(
+            "sqlite",
+            _marker(params),
+            owner=owner,
+            team=team,
+            plan=plan,
+            state=state,
+            limit=limit,
+            after_id=after_id,
+        )
 
         def go() -> list[KeyRecord]:
             return [_key_from_row(r) for r in self.conn.execute(sql, params).fetchall()]
@@ -293,13 +300,8 @@ class SQLiteStore(Store):
     ) -> list[dict[str, Any]]:
         if group_by not in USAGE_GROUPS:
             raise ValueError(f"group_by must be one of {sorted(USAGE_GROUPS)}")
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("started_at >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("started_at < ?")
-            params.append(until)
+        params: list[Any] = []
+        clauses = UsageFilter(since=since, until=until).clauses(_marker(params))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
             f"SELECT {group_by} AS grp, COUNT(*) AS requests, SUM(status >= 400) AS errors,"
@@ -324,10 +326,7 @@ class SQLiteStore(Store):
         self, filters: UsageFilter, *, limit: int = 50, before: tuple[float, str] | None = None
     ) -> list[UsageRecord]:
         params: list[Any] = []
-
-        def mark(value: Any) -> str:
-            params.append(value)
-            return "?"
+        mark = _marker(params)
 
         clauses = filters.clauses(mark)
         if before is not None:
@@ -375,25 +374,17 @@ class SQLiteStore(Store):
             " WHERE request_id = ? AND cost_micro = ? AND rate_card IS ?"
         )
 
-        def go() -> list[RepriceChange]:
+        def go(conn: sqlite3.Connection) -> list[RepriceChange]:
             applied = []
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for c in changes:
-                    cur = conn.execute(
-                        sql,
-                        (c.new_cost, c.new_card, int(c.provisional), c.request_id, c.old_cost, c.old_card),
-                    )
-                    if cur.rowcount > 0:
-                        applied.append(c)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            for c in changes:
+                cur = conn.execute(
+                    sql, (c.new_cost, c.new_card, int(c.provisional), c.request_id, c.old_cost, c.old_card)
+                )
+                if cur.rowcount > 0:
+                    applied.append(c)
             return applied
 
-        return await self._run(go) if changes else []
+        return await self._run(self._tx, go) if changes else []
 
     async def insert_price_correction(self, correction: dict[str, Any]) -> None:
         values = [
@@ -518,30 +509,15 @@ class SQLiteStore(Store):
     async def list_batches(
         self, *, key_id: str | None, limit: int, after_id: str | None = None, before_id: str | None = None
     ) -> tuple[list[BatchRecord], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if key_id is not None:
-            clauses.append("key_id = ?")
-            params.append(key_id)
-        order = "DESC"
-        if after_id is not None:
-            clauses.append("id < ?")
-            params.append(after_id)
-        elif before_id is not None:
-            clauses.append("id > ?")
-            params.append(before_id)
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM message_batches {where} ORDER BY id {order} LIMIT ?"
-        params.append(limit + 1)
+        sql, ascending = page_sql(
+            "message_batches", "key_id", key_id, limit, after_id, before_id, _marker(params)
+        )
 
         def go() -> tuple[list[BatchRecord], bool]:
-            rows = [self._batch(r) for r in self.conn.execute(sql, params).fetchall()]
-            more = len(rows) > limit
-            rows = rows[:limit]
-            if order == "ASC":
-                rows.reverse()
-            return rows, more
+            return page_of(
+                [self._batch(r) for r in self.conn.execute(sql, params).fetchall()], limit, ascending
+            )
 
         return await self._run(go)
 
@@ -671,17 +647,6 @@ class SQLiteStore(Store):
         return await self._run(go)
 
     # spend limits, audit, webhooks
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return out
-
     @staticmethod
     def _limit_row(row: sqlite3.Row) -> dict[str, Any]:
         data = dict(row)
@@ -778,36 +743,19 @@ class SQLiteStore(Store):
         before_id: str | None = None,
         object_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        clauses: list[str] = []
         params: list[Any] = []
-        if object_id is not None:
-            clauses.append("object_id = ?")
-            params.append(object_id)
-        order = "DESC"
-        if after_id is not None:
-            clauses.append("id < ?")
-            params.append(after_id)
-        elif before_id is not None:
-            clauses.append("id > ?")
-            params.append(before_id)
-            order = "ASC"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(limit + 1)
+        sql, ascending = page_sql(
+            "spend_limit_audit", "object_id", object_id, limit, after_id, before_id, _marker(params)
+        )
 
         def go() -> tuple[list[dict[str, Any]], bool]:
             rows = []
-            for r in self.conn.execute(
-                f"SELECT * FROM spend_limit_audit {where} ORDER BY id {order} LIMIT ?", params
-            ):
+            for r in self.conn.execute(sql, params):
                 data = dict(r)
                 for name in ("before", "after"):
                     data[name] = orjson.loads(data[name]) if data[name] else None
                 rows.append(data)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            if order == "ASC":
-                rows.reverse()
-            return rows, more
+            return page_of(rows, limit, ascending)
 
         return await self._run(go)
 
@@ -925,10 +873,7 @@ class SQLiteStore(Store):
         from ethereal.storage.report import merge_rows, report_sql
 
         params: list[Any] = []
-
-        def mark(value: Any) -> str:
-            params.append(value)
-            return "?"
+        mark = _marker(params)
 
         sql = report_sql(
             source="usage_records",

@@ -434,9 +434,10 @@ impl ResponsesEmitter {
         output_index
     }
 
-    /// `response.output_item.added` with the item as rendered into `scratch`.
-    fn item_added(&mut self, out: &mut Vec<u8>, item: usize) {
-        self.begin(out, "response.output_item.added");
+    /// A `kind` event of the item as rendered into `scratch`.
+    #[inline]
+    fn item_event(&mut self, out: &mut Vec<u8>, kind: &str, item: usize) {
+        self.begin(out, kind);
         let _ = write!(
             out,
             ",\"output_index\":{},\"item\":",
@@ -446,16 +447,14 @@ impl ResponsesEmitter {
         out.extend_from_slice(b"}\n\n");
     }
 
+    /// `response.output_item.added` with the item as rendered into `scratch`.
+    fn item_added(&mut self, out: &mut Vec<u8>, item: usize) {
+        self.item_event(out, "response.output_item.added", item);
+    }
+
     /// `response.output_item.done` with the item in `scratch`, which joins `output`.
     fn item_done(&mut self, out: &mut Vec<u8>, item: usize) {
-        self.begin(out, "response.output_item.done");
-        let _ = write!(
-            out,
-            ",\"output_index\":{},\"item\":",
-            self.items[item].output_index
-        );
-        out.extend_from_slice(&self.scratch);
-        out.extend_from_slice(b"}\n\n");
+        self.item_event(out, "response.output_item.done", item);
         if !self.output.is_empty() {
             self.output.push(b',');
         }
@@ -573,15 +572,33 @@ impl ResponsesEmitter {
 
     // ---- reasoning -------------------------------------------------------------
 
-    fn reasoning_start(&mut self, out: &mut Vec<u8>) -> usize {
-        self.close_message(out);
-        let i = self.new_item(ItemKind::Reasoning, "rs");
-        self.items[i].parts.push(String::new());
+    /// Starts a reasoning item's JSON in `scratch`, up to its `summary` value.
+    #[inline]
+    fn reasoning_head(&mut self, i: usize) {
         self.scratch.clear();
         self.scratch.extend_from_slice(b"{\"id\":");
         write_json_str(&mut self.scratch, &self.items[i].id);
         self.scratch
-            .extend_from_slice(b",\"type\":\"reasoning\",\"summary\":[]}");
+            .extend_from_slice(b",\"type\":\"reasoning\",\"summary\":");
+    }
+
+    /// Ends a reasoning item in `scratch` (after its summary) with `encoded`, the thinking
+    /// block it stands for, as its `encrypted_content`, and emits it done.
+    #[inline]
+    fn reasoning_done_with(&mut self, out: &mut Vec<u8>, i: usize, encoded: &[u8]) {
+        self.scratch.extend_from_slice(b",\"encrypted_content\":\"");
+        self.scratch.extend_from_slice(REASONING_PREFIX.as_bytes());
+        base64_encode(&mut self.scratch, encoded);
+        self.scratch.extend_from_slice(b"\"}");
+        self.item_done(out, i);
+    }
+
+    fn reasoning_start(&mut self, out: &mut Vec<u8>) -> usize {
+        self.close_message(out);
+        let i = self.new_item(ItemKind::Reasoning, "rs");
+        self.items[i].parts.push(String::new());
+        self.reasoning_head(i);
+        self.scratch.extend_from_slice(b"[]}");
         self.item_added(out, i);
         self.begin(out, "response.reasoning_summary_part.added");
         self.item_ref(out, i);
@@ -626,44 +643,28 @@ impl ResponsesEmitter {
         );
         out.extend_from_slice(&quoted);
         out.extend_from_slice(b"}}\n\n");
-        self.scratch.clear();
-        self.scratch.extend_from_slice(b"{\"id\":");
-        write_json_str(&mut self.scratch, &self.items[i].id);
-        self.scratch.extend_from_slice(
-            b",\"type\":\"reasoning\",\"summary\":[{\"type\":\"summary_text\",\"text\":",
-        );
-        self.scratch.extend_from_slice(&quoted);
+        self.reasoning_head(i);
         self.scratch
-            .extend_from_slice(b"}],\"encrypted_content\":\"");
-        self.scratch.extend_from_slice(REASONING_PREFIX.as_bytes());
-        base64_encode(&mut self.scratch, &encoded);
-        self.scratch.extend_from_slice(b"\"}");
-        self.item_done(out, i);
+            .extend_from_slice(b"[{\"type\":\"summary_text\",\"text\":");
+        self.scratch.extend_from_slice(&quoted);
+        self.scratch.extend_from_slice(b"}]");
+        self.reasoning_done_with(out, i, &encoded);
     }
 
     /// A `redacted_thinking` block: a reasoning item added and done at once.
     fn redacted(&mut self, out: &mut Vec<u8>, data: &str) {
         self.close_message(out);
         let i = self.new_item(ItemKind::Reasoning, "rs");
-        self.scratch.clear();
-        self.scratch.extend_from_slice(b"{\"id\":");
-        write_json_str(&mut self.scratch, &self.items[i].id);
-        self.scratch
-            .extend_from_slice(b",\"type\":\"reasoning\",\"summary\":[]}");
+        self.reasoning_head(i);
+        self.scratch.extend_from_slice(b"[]}");
         self.item_added(out, i);
         let mut encoded = Vec::with_capacity(data.len() + 40);
         encoded.extend_from_slice(b"{\"type\":\"redacted_thinking\",\"data\":");
         write_json_str(&mut encoded, data);
         encoded.push(b'}');
-        self.scratch.clear();
-        self.scratch.extend_from_slice(b"{\"id\":");
-        write_json_str(&mut self.scratch, &self.items[i].id);
-        self.scratch
-            .extend_from_slice(b",\"type\":\"reasoning\",\"summary\":[],\"encrypted_content\":\"");
-        self.scratch.extend_from_slice(REASONING_PREFIX.as_bytes());
-        base64_encode(&mut self.scratch, &encoded);
-        self.scratch.extend_from_slice(b"\"}");
-        self.item_done(out, i);
+        self.reasoning_head(i);
+        self.scratch.extend_from_slice(b"[]");
+        self.reasoning_done_with(out, i, &encoded);
     }
 
     // ---- tool calls ------------------------------------------------------------
@@ -829,17 +830,22 @@ impl ResponsesEmitter {
             "response.web_search_call.in_progress",
             "response.web_search_call.searching",
         ] {
-            self.begin(out, kind);
-            let _ = write!(
-                out,
-                ",\"output_index\":{},\"item_id\":",
-                self.items[i].output_index
-            );
-            write_json_str(out, &self.items[i].id);
-            out.push(b'}');
-            out.extend_from_slice(b"\n\n");
+            self.web_search_event(out, kind, i);
         }
         i
+    }
+
+    /// A `response.web_search_call.*` progress event of item `i`.
+    #[inline]
+    fn web_search_event(&mut self, out: &mut Vec<u8>, kind: &str, i: usize) {
+        self.begin(out, kind);
+        let _ = write!(
+            out,
+            ",\"output_index\":{},\"item_id\":",
+            self.items[i].output_index
+        );
+        write_json_str(out, &self.items[i].id);
+        out.extend_from_slice(b"}\n\n");
     }
 
     fn web_search_done(&mut self, out: &mut Vec<u8>, i: usize) {
@@ -848,14 +854,7 @@ impl ResponsesEmitter {
             .ok()
             .and_then(|w| w.query)
             .unwrap_or_default();
-        self.begin(out, "response.web_search_call.completed");
-        let _ = write!(
-            out,
-            ",\"output_index\":{},\"item_id\":",
-            self.items[i].output_index
-        );
-        write_json_str(out, &self.items[i].id);
-        out.extend_from_slice(b"}\n\n");
+        self.web_search_event(out, "response.web_search_call.completed", i);
         self.web_search_json(i, "completed", &query);
         self.item_done(out, i);
     }

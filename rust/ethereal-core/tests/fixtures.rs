@@ -1,12 +1,6 @@
 //! The recorded stream corpus: chunking invariance (proptest) and usage
 //! extraction checked against each stream's own `message_delta`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

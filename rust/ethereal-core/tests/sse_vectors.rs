@@ -1,12 +1,6 @@
 //! One-line vectors for the SSE decoder, each fed whole, byte by byte and
 //! split at every pair of positions.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ethereal_core::sse::{Leftover, SseDecoder};
 

@@ -10,6 +10,18 @@ use pyo3::types::{PyDict, PyTuple};
 
 static USAGE_TYPES: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 
+/// Sets the token counts `Usage` and `Iteration` both take, from a `FinalUsage` or an
+/// `IterationUsage` (the same field names), as keyword arguments.
+macro_rules! set_token_counts {
+    ($kw:ident, $u:ident) => {
+        $kw.set_item("input_tokens", $u.input_tokens)?;
+        $kw.set_item("output_tokens", $u.output_tokens)?;
+        $kw.set_item("cache_5m", $u.cache_creation_5m)?;
+        $kw.set_item("cache_1h", $u.cache_creation_1h)?;
+        $kw.set_item("cache_read", $u.cache_read_input_tokens)?;
+    };
+}
+
 /// `ethereal.usage.Usage` for a stream's final usage (called once per stream).
 pub fn to_python(
     py: Python<'_>,
@@ -30,21 +42,13 @@ pub fn to_python(
             let kw = PyDict::new(py);
             kw.set_item("type", &it.kind)?;
             kw.set_item("model", it.model.as_deref())?;
-            kw.set_item("input_tokens", it.input_tokens)?;
-            kw.set_item("output_tokens", it.output_tokens)?;
-            kw.set_item("cache_5m", it.cache_creation_5m)?;
-            kw.set_item("cache_1h", it.cache_creation_1h)?;
-            kw.set_item("cache_read", it.cache_read_input_tokens)?;
+            set_token_counts!(kw, it);
             kw.set_item("ttl_assumed", it.ttl_assumed)?;
             iteration_type.bind(py).call((), Some(&kw))
         })
         .collect::<PyResult<Vec<_>>>()?;
     let kw = PyDict::new(py);
-    kw.set_item("input_tokens", u.input_tokens)?;
-    kw.set_item("output_tokens", u.output_tokens)?;
-    kw.set_item("cache_5m", u.cache_creation_5m)?;
-    kw.set_item("cache_1h", u.cache_creation_1h)?;
-    kw.set_item("cache_read", u.cache_read_input_tokens)?;
+    set_token_counts!(kw, u);
     kw.set_item("web_searches", u.web_search_requests)?;
     kw.set_item("iterations", PyTuple::new(py, iterations)?)?;
     kw.set_item("exact", u.exact)?;
