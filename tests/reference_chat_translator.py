@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ethereal.errors import _OPENAI_TYPES  # the one vocabulary: what the gateway answers with
+from ethereal.errors import OPENAI_TYPES  # the one vocabulary: what the gateway answers with
 
 from tests.reference_sse_driver import ReferenceSseDriver, dumps
 
@@ -88,7 +88,7 @@ class ReferenceChatTranslator(ReferenceSseDriver):
             self._emit(out, {"function_call": {"arguments": args}})
 
     def _error(self, out: list[str], kind: str, message: str) -> None:
-        oa_type, code = _OPENAI_TYPES.get(kind, ("server_error", None))
+        oa_type, code = OPENAI_TYPES.get(kind, ("server_error", None))
         out.append(
             "data: "
             + dumps({"error": {"message": message, "type": oa_type, "param": None, "code": code}})
