@@ -7,6 +7,10 @@ gateway runs (so machine noise hits both alike) and reports p50/p99 latency,
 the gateway's added latency and added time to first byte, requests/s, the
 gateway's CPU milliseconds per request (from /proc, all its processes) and RSS.
 Then throughput through the gateway at concurrency 64, its rounds alternating too.
+
+``--against CHECKOUT`` (repeatable) runs other checkouts' gateways in the same rounds; each round
+starts one gateway further on, so none is always measured first. A second worktree of this same
+tree as one of them gives an A/A pair: the benchmark's own noise, measured in the same run.
 """
 
 from __future__ import annotations
@@ -118,6 +122,15 @@ async def measure(
     return res, after - before
 
 
+def rotated(items: list, start: int) -> list:
+    """``items`` starting at ``start`` (mod its length): each gateway takes each place in turn, so
+    none is always the one measured right after the sim or after another gateway's load."""
+    if not items:
+        return items
+    start %= len(items)
+    return items[start:] + items[:start]
+
+
 def merge(results: list[Result]) -> Result:
     out = Result()
     for r in results:
@@ -153,10 +166,10 @@ async def main_async(
                 direct: list[Result] = []
                 through: dict[str, list[Result]] = {label: [] for label, _, _ in gateways}
                 cpu = dict.fromkeys(through, 0.0)
-                for _ in range(args.rounds):
+                for r in range(args.rounds):
                     d, _ = await measure(sim_url + "/v1/messages", body, headers, conc, args.duration, None)
                     direct.append(d)
-                    for label, url, pids in gateways:
+                    for label, url, pids in rotated(gateways, r):
                         g, c = await measure(url + "/v1/messages", body, headers, conc, args.duration, pids)
                         through[label].append(g)
                         cpu[label] += c
@@ -183,8 +196,8 @@ async def main_async(
         measured = gateways if not only or "throughput" in only else []
         runs: dict[str, list[Result]] = {label: [] for label, _, _ in measured}
         busy = dict.fromkeys(runs, 0.0)
-        for _ in range(args.rounds if measured else 0):
-            for label, url, pids in measured:
+        for r in range(args.rounds if measured else 0):
+            for label, url, pids in rotated(measured, r):
                 res, cpu_s = await measure(url + "/v1/messages", body, headers, 64, args.duration * 2, pids)
                 runs[label].append(res)
                 busy[label] += cpu_s

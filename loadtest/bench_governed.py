@@ -15,7 +15,9 @@ per request of the gateway and of Redis.
 ``--against CHECKOUT`` compares two versions in one run: a second gateway runs from another
 checkout (``git worktree add --detach ../base main``, with the built ``_native`` extension
 copied into its ``python/ethereal/``), on the same sim and Redis, and the rounds alternate
-between all four (version, key) pairs, so a loaded machine skews both versions alike.
+between all (version, key) pairs, each round starting one pair further on, so a loaded machine
+skews every version alike. ``--against`` repeats: a second worktree of this same tree beside the
+base gives the benchmark's own noise (an A/A pair) in the same run.
 """
 
 from __future__ import annotations
@@ -145,8 +147,9 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
             results: dict[tuple[str, str], list] = {(r[0], r[3]): [] for r in runs}
             cpu = dict.fromkeys(results, 0.0)
             rcpu = dict.fromkeys(results, 0.0)
-            for _ in range(args.rounds):  # alternating: machine noise hits every configuration alike
-                for label, url, pids, name, headers in runs:
+            for r in range(args.rounds):  # alternating: machine noise hits every configuration alike
+                # each round starts one place further on, so no configuration always runs first
+                for label, url, pids, name, headers in runs[r % len(runs) :] + runs[: r % len(runs)]:
                     before, rbefore = cpu_seconds(pids), cpu_seconds(redis_pids)
                     results[label, name].append(
                         await run_load(url, body, headers, concurrency=conc, duration=args.duration)
@@ -214,16 +217,21 @@ def main() -> None:
         "--against",
         type=Path,
         metavar="CHECKOUT",
+        action="append",
+        default=[],
         help="also run a gateway from another checkout of ethereal (e.g. a worktree of main with its "
-        "built extension), side by side in the same run, alternating rounds",
+        "built extension), side by side in the same run, alternating rounds; repeatable (a second "
+        "worktree of this tree gives an A/A run: the benchmark's own noise)",
     )
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         trees: list[tuple[str, Path, dict[str, str]]] = []
-        for label, checkout in (("this", None), ("against", args.against)):
-            if label == "against" and checkout is None:
-                continue
+        checkouts: list[tuple[str, Path | None]] = [("this", None)]
+        checkouts += [(c.resolve().name, c) for c in args.against]
+        if len({label for label, _ in checkouts}) != len(checkouts):
+            parser.error("--against: each checkout needs its own folder name (it labels the rows)")
+        for label, checkout in checkouts:
             data_dir = Path(tmp) / label
             data_dir.mkdir()
             extra = {"PYTHONPATH": str(Path(checkout).resolve() / "python")} if checkout is not None else {}
