@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from ethereal.observability.http import error_message_in, fields_of, text_of
@@ -56,3 +57,31 @@ def test_log_line_carries_it() -> None:
         == "use HTTP"
     )
     assert "error_message" not in fields_of("GET", "/", 200, 1.0, None, None)
+
+
+def test_each_client_value_is_escaped_alone_and_plain_ones_are_written_as_they_are() -> None:
+    """One value that needs escaping (in any field) is escaped; the plain values beside it are not
+    touched, whichever field carries it."""
+    plain = UsageRecord(
+        request_id="req_3",
+        key_id="key_a",
+        credential="default",
+        route="messages",
+        model="claude-sonnet-4-6",
+        status=200,
+        stream=False,
+    )
+    line = text_of("POST", "/v1/messages", 200, 1.0, "req_3", plain)
+    assert "method=POST path=/v1/messages " in line
+    assert " model=claude-sonnet-4-6 credential=default " in line
+    for field in ("model", "credential", "error_type"):
+        rec = dataclasses.replace(plain, **{field: "a b\\c\nd\u2028"})
+        line = text_of("POST", "/v1/messages", 200, 1.0, "req_3", rec)
+        assert f" {field}=a\\x20b\\x5cc\\x0ad\\u2028" in line, line
+        assert "method=POST path=/v1/messages " in line and "\n" not in line
+        others = {"model": "claude-sonnet-4-6", "credential": "default"}
+        for other, value in others.items():
+            if other != field:
+                assert f" {other}={value}" in line
+    forged = text_of("GET", "/healthz\nPOST /v1/messages", 404, 1.0, None, None)
+    assert forged.startswith("method=GET path=/healthz\\x0aPOST\\x20/v1/messages ") and "\n" not in forged

@@ -111,10 +111,19 @@ def text_of(
 ) -> str:
     """``fields_of`` as the text format writes it (``key=value``, None left out; the error message
     last, as a JSON string), in one go. Client-controlled values are escaped (``escape``)."""
-    line = (
-        f"method={escape(method)} path={escape(path[:_PATH_MAX])} status={status}"
-        f" duration_ms={round(duration_ms, 2)}"
-    )
+    path = path[:_PATH_MAX]
+    model = cred = err = None
+    if rec is not None:
+        model, cred, err = rec.model, rec.credential, rec.error_type
+    # the common case, every client-controlled value plain, is one scan of them joined (each test
+    # is per character, so the joined text passes exactly when every value does)
+    joined = f"{method}{path}{model or ''}{cred or ''}{err or ''}"
+    if not (joined.isascii() and joined.isprintable() and " " not in joined and "\\" not in joined):
+        method, path = escape(method), escape(path)
+        model = None if model is None else escape(model)
+        cred = None if cred is None else escape(cred)
+        err = None if err is None else escape(err)
+    line = f"method={method} path={path} status={status} duration_ms={round(duration_ms, 2)}"
     if request_id is not None:
         line = f"request_id={request_id} {line}"
     message = rec.error_message if rec is not None and rec.error_message is not None else error_message
@@ -122,10 +131,10 @@ def text_of(
     if rec is None:
         return line + said
     key = "" if rec.key_id is None else f" key_id={rec.key_id}"
-    model = "" if rec.model is None else f" model={escape(rec.model)}"
-    cred = "" if rec.credential is None else f" credential={escape(rec.credential)}"
+    model = "" if model is None else f" model={model}"
+    cred = "" if cred is None else f" credential={cred}"
     ttfb = "" if rec.ttfb_ms is None else f" ttfb_ms={round(rec.ttfb_ms, 2)}"
-    error = "" if rec.error_type is None else f" error_type={escape(rec.error_type)}"
+    error = "" if err is None else f" error_type={err}"
     return (
         f"{line}{key} route={rec.route}{model}{cred} input_tokens={rec.input_tokens}"
         f" output_tokens={rec.output_tokens} cache_read={rec.cache_read}"
