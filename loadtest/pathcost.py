@@ -1,0 +1,323 @@
+"""What one request costs on the request path, counted rather than timed: side by side for checkouts.
+
+    python loadtest/pathcost.py [--against CHECKOUT ...] [--governed] [--stream]
+                                [--concurrency 32] [--requests 960] [--mode opcodes|callgrind|redis]
+
+Timed benchmarks (``bench.py``, ``bench_governed.py``) move by several per cent between two runs
+of the same code on a shared two-core machine. These counts do not: each checkout's gateway app
+runs in its own process, in process (ASGI, no HTTP server), against one sim (and one throwaway Redis
+with ``--governed``: a key with every limit and a plan, as ``bench_governed.py``'s), and after a
+warm-up it counts the measured requests only:
+
+- ``opcodes``: Python bytecodes executed per request, per function (``sys.settrace`` opcode events);
+  prints the total and the functions that differ most from the first ``--against`` checkout;
+- ``callgrind``: machine instructions per request (``valgrind --tool=callgrind``, counting switched
+  on around the measured requests only): within a fraction of a per cent between runs;
+- ``redis``: Redis commands per request, by command, and the time Redis spent in them
+  (commandstats; that one is timed) (needs ``--governed``).
+
+``--against CHECKOUT``: a worktree of another commit with its built extension copied into its
+``python/ethereal/`` (as for ``bench.py``). The access log line is written (to a discarded
+stream) as the server writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+HUGE = 10**15
+PLAN = {
+    "bench": {k: HUGE for k in ("requests_per_5h", "tokens_per_5h", "requests_per_week", "tokens_per_week")}
+}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def body_for(stream: bool) -> bytes:
+    return json.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 256,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
+        }
+    ).encode()
+
+
+# ---------------------------------------------------------------- the child: one checkout, in process
+async def _child(args: argparse.Namespace) -> None:
+    from ethereal.keys import mint
+    from ethereal.storage.sqlite import SQLiteStore
+
+    if args.governed:
+        os.environ["ETHEREAL_PLANS"] = json.dumps(PLAN)
+        key, record = mint(
+            "sk-ant-api03-",
+            name="pathcost",
+            plan="bench",
+            budget_tokens=HUGE,
+            budget_micro_usd=HUGE,
+            rpm=HUGE,
+            tpm=HUGE,
+            max_concurrency=100_000,
+        )
+    else:
+        key, record = mint("sk-ant-api03-", name="pathcost")
+    store = await SQLiteStore.open(os.path.join(os.environ["ETHEREAL_DATA_DIR"], "ethereal.sqlite3"))
+    try:
+        await store.migrate()
+        await store.insert_keys([record])
+    finally:
+        await store.close()
+
+    from ethereal.app import create_app
+
+    app = create_app()
+    lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    started = asyncio.Event()
+
+    async def lifespan_send(message: dict[str, Any]) -> None:
+        if message["type"].startswith("lifespan.startup"):
+            started.set()
+
+    lifespan = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, lifespan_in.get, lifespan_send)
+    )
+    await lifespan_in.put({"type": "lifespan.startup"})
+    await started.wait()
+    body = body_for(args.stream)
+    headers = [
+        (b"host", b"localhost"),
+        (b"x-api-key", key.encode()),
+        (b"anthropic-version", b"2023-06-01"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/messages",
+        "raw_path": b"/v1/messages",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+    }
+
+    async def one() -> None:
+        sent = False
+        status: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # the client never goes away
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app({**scope, "state": {}}, receive, send)
+        if status != [200]:
+            raise SystemExit(f"pathcost: the gateway answered {status}")
+
+    async def run(n: int) -> None:
+        each = max(1, n // args.concurrency)
+
+        async def worker() -> None:
+            for _ in range(each):
+                await one()
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+
+    await run(args.warmup)
+    await asyncio.sleep(1.0)  # the warm-up's records flushed, background loops settled
+    n = max(1, args.requests // args.concurrency) * args.concurrency
+    result: dict[str, Any] = {"requests": n}
+    if args.mode == "opcodes":
+        counts: collections.Counter[str] = collections.Counter()
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            code = frame.f_code
+            name = f"{_short(code.co_filename)}:{code.co_name}"
+
+            def local(frame: Any, event: str, arg: Any) -> Any:
+                if event == "opcode":
+                    counts[name] += 1
+                return local
+
+            return local
+
+        sys.settrace(tracer)
+        await run(n)
+        sys.settrace(None)
+        result["per_function"] = {k: v / n for k, v in counts.items()}
+        result["total"] = sum(counts.values()) / n
+    elif args.mode == "callgrind":
+        control = shutil.which("callgrind_control") or "callgrind_control"
+        subprocess.run([control, "-i", "on", str(os.getpid())], check=True, capture_output=True)
+        await run(n)
+        subprocess.run([control, "-i", "off", str(os.getpid())], check=True, capture_output=True)
+    else:
+        import redis
+
+        client = redis.Redis.from_url(os.environ["ETHEREAL_REDIS_URL"])
+        client.config_resetstat()
+        await run(n)
+        await asyncio.sleep(0.5)  # settles are sent without waiting for their replies
+        stats = client.info("commandstats")
+        stats.pop("cmdstat_config|resetstat", None)
+        stats.pop("cmdstat_info", None)
+        result["commands"] = {k.removeprefix("cmdstat_"): v["calls"] / n for k, v in stats.items()}
+        result["total"] = sum(v["calls"] for v in stats.values()) / n
+        result["usec"] = sum(v["usec"] for v in stats.values()) / n
+        client.close()
+    Path(args.out).write_text(json.dumps(result))
+    await lifespan_in.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(lifespan, 30)
+
+
+def _short(filename: str) -> str:
+    for marker in ("/site-packages/", "/python/ethereal/", "/lib/python3"):
+        if marker in filename:
+            head = "ethereal/" if marker == "/python/ethereal/" else ""
+            return head + filename.split(marker, 1)[1]
+    return filename
+
+
+# ---------------------------------------------------------------- the parent: sim, Redis, one child each
+def _measure(
+    label: str, checkout: Path, args: argparse.Namespace, sim_url: str, redis_url: str | None
+) -> dict:
+    with tempfile.TemporaryDirectory() as data_dir:
+        out = os.path.join(data_dir, "result.json")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
+        env.update(
+            {
+                "PYTHONPATH": str(checkout / "python"),
+                "ETHEREAL_DATA_DIR": data_dir,
+                "ETHEREAL_UPSTREAM_URL": sim_url,
+                "ETHEREAL_UPSTREAM_KEY": "sim-upstream-key",
+                "ETHEREAL_KEY_CACHE_TTL": "60",
+            }
+        )
+        if redis_url:
+            env["ETHEREAL_REDIS_URL"] = redis_url
+        cmd = [sys.executable, __file__, "--child", "--out", out, *_child_args(args)]
+        cg_out = os.path.join(data_dir, "callgrind.out")
+        if args.mode == "callgrind":
+            cmd = [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={cg_out}",
+                *cmd,
+            ]
+        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0 or not os.path.exists(out):
+            raise SystemExit(f"pathcost: {label} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(Path(out).read_text())
+        if args.mode == "callgrind":
+            # "totals:" ends the profile ("summary:" near its top can read 0 when counting
+            # started switched off)
+            with open(cg_out) as fh:
+                totals = [line for line in fh if line.startswith("totals:")]
+            if not totals:
+                raise SystemExit(f"pathcost: no totals in {label}'s callgrind profile")
+            result["total"] = int(totals[-1].split()[1]) / result["requests"]
+        return result
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    out = ["--mode", args.mode, "--concurrency", str(args.concurrency), "--requests", str(args.requests)]
+    out += ["--warmup", str(args.warmup)]
+    out += ["--governed"] * args.governed + ["--stream"] * args.stream
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mode", choices=("opcodes", "callgrind", "redis"), default="opcodes")
+    parser.add_argument("--against", type=Path, action="append", default=[], metavar="CHECKOUT")
+    parser.add_argument(
+        "--governed", action="store_true", help="a key with every limit, over a throwaway Redis"
+    )
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=960)
+    parser.add_argument("--warmup", type=int, default=320)
+    parser.add_argument("--top", type=int, default=30, help="opcodes: how many functions to list")
+    parser.add_argument("--json", help="write every result here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import uvloop
+
+        uvloop.run(_child(args))
+        return
+    if args.mode == "redis" and not args.governed:
+        parser.error("--mode redis counts the governed path's commands: add --governed")
+    if args.mode == "callgrind" and shutil.which("valgrind") is None:
+        parser.error("--mode callgrind needs valgrind (apt-get install valgrind)")
+    from ethereal.sim.testing import start_sim_process
+
+    from tests.services import redis_server
+
+    trees = [("this", REPO), *((c.resolve().name, c.resolve()) for c in args.against)]
+    results: dict[str, dict] = {}
+    with start_sim_process() as (_sim, sim_url), contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(redis_server()).url if args.governed else None
+        for label, checkout in trees:
+            results[label] = _measure(label, checkout, args, sim_url, redis_url)
+    unit = {"opcodes": "bytecodes", "callgrind": "instructions", "redis": "Redis commands"}[args.mode]
+    first = trees[0][0]
+    for label, _ in trees:
+        r = results[label]
+        line = f"{label:>8}: {r['total']:,.1f} {unit} per request"
+        if label != first:
+            line += f" ({(results[first]['total'] / r['total'] - 1) * 100:+.1f} % {first} vs {label})"
+        if args.mode == "redis":
+            line += f", Redis time in commands {r['usec']:.1f} µs per request (timed: moves with load)"
+        print(line)
+    if args.mode == "opcodes" and len(trees) > 1:
+        a, b = results[first]["per_function"], results[trees[1][0]]["per_function"]
+        names = sorted(set(a) | set(b), key=lambda k: -abs(a.get(k, 0) - b.get(k, 0)))
+        print(f"functions that differ most ({first} − {trees[1][0]}, bytecodes per request):")
+        for name in names[: args.top]:
+            print(
+                f"  {a.get(name, 0) - b.get(name, 0):+8.1f}  {a.get(name, 0):8.1f}  {b.get(name, 0):8.1f}  {name}"
+            )
+    if args.mode == "redis" and len(trees) > 1:
+        a, b = results[first]["commands"], results[trees[1][0]]["commands"]
+        for cmd in sorted(set(a) | set(b)):
+            if abs(a.get(cmd, 0) - b.get(cmd, 0)) >= 0.01:
+                print(f"  {cmd}: {a.get(cmd, 0):.2f} vs {b.get(cmd, 0):.2f} per request")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
