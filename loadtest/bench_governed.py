@@ -1,6 +1,7 @@
 """Governed vs ungoverned, side by side in one run: what auth + admit + settle (Redis) add per request.
 
-    python loadtest/bench_governed.py [--duration 4] [--rounds 3] [--workers 1] [--against CHECKOUT]
+    python loadtest/bench_governed.py [--duration 4] [--rounds 3] [--workers 1] [--postgres]
+                                      [--against CHECKOUT ...]
 
 One gateway (uvicorn) in front of the sim, with a throwaway Redis, and two keys:
 the *ungoverned* key has no limits (authenticated from the key cache, the limiter
@@ -47,6 +48,7 @@ from ethereal.keys import mint
 from httpload import run_load
 
 from tests.procs import gateway_process
+from tests.services import postgres_server
 from tests.services import redis_server as tcp_redis_server
 
 HUGE = 10**15
@@ -223,9 +225,15 @@ def main() -> None:
         "built extension), side by side in the same run, alternating rounds; repeatable (a second "
         "worktree of this tree gives an A/A run: the benchmark's own noise)",
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="each gateway on its own database of a throwaway PostgreSQL, not the embedded store",
+    )
     args = parser.parse_args()
     started = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as services:
+        pg = services.enter_context(postgres_server())[0] if args.postgres else None
         trees: list[tuple[str, Path, dict[str, str]]] = []
         checkouts: list[tuple[str, Path | None]] = [("this", None)]
         checkouts += [(c.resolve().name, c) for c in args.against]
@@ -235,19 +243,23 @@ def main() -> None:
             data_dir = Path(tmp) / label
             data_dir.mkdir()
             extra = {"PYTHONPATH": str(Path(checkout).resolve() / "python")} if checkout is not None else {}
+            db_url = None
+            if pg is not None:
+                db_url = pg.create_database(f"bench_{label}".replace("-", "_"))
+                extra["ETHEREAL_DATABASE_URL"] = db_url
             free, record = mint("sk-ant-api03-", name="ungoverned")
-            insert_key_as(data_dir, record, extra)
+            insert_key_as(data_dir, record, extra, db_url)
             governed, record = mint(
                 "sk-ant-api03-",
                 name="governed",
                 plan="bench",
                 budget_tokens=HUGE,
                 budget_micro_usd=HUGE,
-                rpm=HUGE,
+                rpm=2**31 - 1,  # the largest a store keeps (storage/base.py MAX_INT4)
                 tpm=HUGE,
                 max_concurrency=100_000,
             )
-            insert_key_as(data_dir, record, extra)
+            insert_key_as(data_dir, record, extra, db_url)
             (data_dir / "bench-keys.json").write_text(json.dumps({"ungoverned": free, "governed": governed}))
             trees.append((label if args.against else "", data_dir, extra))
         report = uvloop.run(main_async(args, trees))

@@ -16,13 +16,12 @@ from tests.conftest import insert_key
 _INSERT_KEY = """
 import asyncio, dataclasses, json, sys
 from ethereal.keys import KeyRecord
-from ethereal.storage.sqlite import SQLiteStore
+from ethereal.storage import open_store
 fields = {f.name for f in dataclasses.fields(KeyRecord)}
 record = KeyRecord(**{k: v for k, v in json.loads(sys.argv[2]).items() if k in fields})
 async def go():
-    store = await SQLiteStore.open(sys.argv[1])
+    store = await open_store(sys.argv[1])  # migrated by the code that opens it
     try:
-        await store.migrate()
         await store.insert_keys([record])
     finally:
         await store.close()
@@ -30,10 +29,10 @@ asyncio.run(go())
 """
 
 
-def insert_key_as(data_dir: Path, record: Any, env: dict[str, str]) -> None:
-    """The key in ``data_dir``'s embedded store, written by the code that will serve it (another
-    checkout's schema and key record when ``env`` names one)."""
-    if "PYTHONPATH" not in env:
+def insert_key_as(data_dir: Path, record: Any, env: dict[str, str], database_url: str | None = None) -> None:
+    """The key in ``data_dir``'s embedded store (or the database ``database_url`` names), written
+    by the code that will serve it (another checkout's schema and key record when ``env`` names one)."""
+    if "PYTHONPATH" not in env and database_url is None:
         insert_key(data_dir, record)
         return
     subprocess.run(
@@ -41,7 +40,7 @@ def insert_key_as(data_dir: Path, record: Any, env: dict[str, str]) -> None:
             sys.executable,
             "-c",
             _INSERT_KEY,
-            str(data_dir / "ethereal.sqlite3"),
+            database_url or f"sqlite:///{data_dir / 'ethereal.sqlite3'}",
             json.dumps(dataclasses.asdict(record)),
         ],
         env={**os.environ, **env},

@@ -69,7 +69,7 @@ async def _child(args: argparse.Namespace) -> None:
             plan="bench",
             budget_tokens=HUGE,
             budget_micro_usd=HUGE,
-            rpm=HUGE,
+            rpm=2**31 - 1,  # the largest a store keeps (storage/base.py MAX_INT4)
             tpm=HUGE,
             max_concurrency=100_000,
         )

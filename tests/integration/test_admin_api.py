@@ -108,6 +108,10 @@ def test_user_keys_and_wrong_keys_never_work_on_admin_routes(admin: Admin) -> No
     [
         ({"rpm": 0}, "rpm"),
         ({"rpm": "10"}, "rpm"),
+        ({"rpm": 2**31}, "rpm"),  # past PostgreSQL's INTEGER: refused, never a failed write
+        ({"max_concurrency": 2**31}, "max_concurrency"),
+        ({"tpm": 2**62 + 1}, "tpm"),
+        ({"budget_micro_usd": 10**19}, "budget_micro_usd"),  # past 64 bits
         ({"tpm": True}, "tpm"),
         ({"budget_tokens": -1}, "budget_tokens"),
         ({"budget_usd": "a lot"}, "budget_usd"),

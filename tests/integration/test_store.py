@@ -208,6 +208,55 @@ async def test_credentials(store: Any) -> None:
     assert await store.get_credential("c1") is None
 
 
+async def test_the_largest_limits_the_admin_api_accepts_are_stored(store: Any) -> None:
+    """The bounds the admin API checks (storage/base.py) are what each store's columns keep: a key
+    and a credential at those bounds are written and read back unchanged on both backends."""
+    from ethereal.admin.keyspec import parse_key_fields
+    from ethereal.limits.plans import Plans
+    from ethereal.models import Registry
+    from ethereal.storage.base import MAX_INT4, MAX_INT8
+    from ethereal.upstream.service import validate_spec
+
+    fields = parse_key_fields(
+        {
+            "rpm": MAX_INT4,
+            "max_concurrency": MAX_INT4,
+            "tpm": MAX_INT8,
+            "budget_tokens": MAX_INT8,
+            "budget_micro_usd": MAX_INT8,
+        },
+        registry=Registry(),
+        plans=Plans({}),
+    )
+    _, record = mint("sk-ant-api03-", name="largest", **fields)
+    await store.insert_keys([record])
+    got = await store.get_key_by_hash(record.key_hash)
+    assert got is not None
+    assert (got.rpm, got.max_concurrency, got.tpm, got.budget_tokens, got.budget_micro_usd) == (
+        MAX_INT4,
+        MAX_INT4,
+        MAX_INT8,
+        MAX_INT8,
+        MAX_INT8,
+    )
+    spec = validate_spec(
+        {"name": "c", "base_url": "https://x", "api_key": "k", "rpm": MAX_INT4, "spend_cap_micro": MAX_INT8},
+        Registry(),
+        partial=False,
+    )
+    await store.upsert_credential(
+        StoredCredential(
+            name="c",
+            base_url="https://x",
+            api_key_enc="enc",
+            rpm=spec["rpm"],
+            spend_cap_micro=spec["spend_cap_micro"],
+        )
+    )
+    cred = await store.get_credential("c")
+    assert cred is not None and (cred.rpm, cred.spend_cap_micro) == (MAX_INT4, MAX_INT8)
+
+
 async def test_migrations_are_idempotent(store: Any) -> None:
     assert await store.migrate() == []
     await store.ping()

@@ -138,6 +138,10 @@ async def test_secret_key_rules(store) -> None:  # type: ignore[no-untyped-def]
         {"name": "a", "base_url": "https://x", "api_key": "k", "weight": 0},
         {"name": "a", "base_url": "https://x", "api_key": "k", "rpm": 0},
         {"name": "a", "base_url": "https://x", "api_key": "k", "spend_cap_micro": -1},
+        # past what the stores keep (PostgreSQL's INTEGER, 64 bits): refused, never a failed write
+        {"name": "a", "base_url": "https://x", "api_key": "k", "rpm": 2**31},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "spend_cap_micro": 2**62 + 1},
+        {"name": "a", "base_url": "https://x", "api_key": "k", "spend_cap_micro": 10**19},
         {"name": "a", "base_url": "https://x", "api_key": "k", "models": "claude"},
         {"name": "a", "base_url": "https://x", "api_key": "k", "enabled": "yes"},
         {"name": "a", "base_url": "https://x", "api_key": "k", "other": 1},

@@ -1,7 +1,7 @@
 """Strict validation of key attributes, shared by the admin API and the CLI.
 
 A bad value is a 400 ``invalid_request_error`` whose message starts with the field's
-name (``rpm: must be an integer >= 1``); unknown fields are refused, not ignored.
+name (``rpm: must be an integer from 1 to 2147483647``); unknown fields are refused, not ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import orjson
 from ethereal.errors import invalid_request
 from ethereal.limits.plans import Plans
 from ethereal.models import Registry
-from ethereal.storage.base import KEY_COLUMNS
+from ethereal.storage.base import KEY_COLUMNS, MAX_INT4, MAX_INT8
 
 MAX_BATCH = 500
 _TEXT_MAX = 200
@@ -69,13 +69,18 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def _int(field: str, value: Any, minimum: int) -> int | None:
+def _int(field: str, value: Any, minimum: int, maximum: int = MAX_INT8) -> int | None:
+    """An integer field within what both stores keep (``maximum``: its column's bound)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid_request(f"{field}: must be an integer >= {minimum} or null", param=field)
-    if value < minimum or value > 2**62:
-        raise invalid_request(f"{field}: must be an integer >= {minimum}, got {value}", param=field)
+        raise invalid_request(
+            f"{field}: must be an integer from {minimum} to {maximum}, or null", param=field
+        )
+    if value < minimum or value > maximum:
+        raise invalid_request(
+            f"{field}: must be an integer from {minimum} to {maximum}, got {value}", param=field
+        )
     return value
 
 
@@ -149,7 +154,9 @@ def parse_key_fields(
             out[field] = value
         elif field in ("budget_tokens", "budget_micro_usd"):
             out[field] = _int(name, value, 0)
-        elif field in ("rpm", "tpm", "max_concurrency"):
+        elif field in ("rpm", "max_concurrency"):
+            out[field] = _int(name, value, 1, MAX_INT4)
+        elif field == "tpm":
             out[field] = _int(name, value, 1)
         elif field == "budget_usd":
             if value is None:

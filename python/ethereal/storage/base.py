@@ -44,6 +44,13 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved: a late failure of an abandoned call is not an error to report
 
 
+# the largest value each store keeps in an integer column: PostgreSQL's INTEGER (a key's and a
+# credential's rpm, a key's max_concurrency) and BIGINT, held to 2**62 so sums of a few stay in
+# SQLite's and PostgreSQL's 64 bits (budgets, tpm, a credential's spend cap); what the admin API
+# accepts for those fields, so a value it takes is one both stores can write
+MAX_INT4 = 2**31 - 1
+MAX_INT8 = 2**62
+
 # a key's columns, in the order both stores read and write them; the ones a PATCH may change
 KEY_COLUMNS = ("id", "key_hash", "display", "name", "owner", "teams", "plan", "budget_tokens", "budget_micro_usd",
                "rpm", "tpm", "max_concurrency", "allowed_models", "expires_at", "revoked", "metadata",

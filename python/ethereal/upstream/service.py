@@ -42,7 +42,7 @@ from ethereal.errors import GatewayError
 from ethereal.models import Registry
 from ethereal.secretbox import SecretBox, SecretKeyError
 from ethereal.settings import Settings
-from ethereal.storage.base import Store
+from ethereal.storage.base import MAX_INT4, MAX_INT8, Store
 from ethereal.storage.records import StoredCredential
 from ethereal.upstream.pool import Credential, Pool, month_start
 
@@ -119,17 +119,14 @@ def validate_spec(data: Any, registry: Registry | None, *, partial: bool) -> dic
             out["models"] = sorted(set(canonical))
         else:
             raise _bad("models: must be a list of model ids (or null for all)", param="models")
-    for field_name in ("rpm", "spend_cap_micro"):
+    # bounded by what both stores keep in the column (storage/base.py)
+    for field_name, lo, hi in (("rpm", 1, MAX_INT4), ("spend_cap_micro", 0, MAX_INT8)):
         if field_name in data:
             v = data[field_name]
             if v is None:
                 out[field_name] = None
-            elif isinstance(v, bool) or not isinstance(v, int) or v < (1 if field_name == "rpm" else 0):
-                raise _bad(
-                    f"{field_name}: must be a {'positive' if field_name == 'rpm' else 'non-negative'}"
-                    " integer or null",
-                    param=field_name,
-                )
+            elif isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise _bad(f"{field_name}: must be an integer from {lo} to {hi}, or null", param=field_name)
             else:
                 out[field_name] = v
     if "enabled" in data:
