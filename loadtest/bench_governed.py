@@ -42,24 +42,14 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import cpu_seconds, find_listener_pid, merge, proc_tree
-from benchkeys import insert_key_as
+from bench import body_for, cpu_seconds, find_listener_pid, merge, proc_tree
+from benchkeys import BENCH_PLAN, governed_key, insert_key_as
 from ethereal.keys import mint
 from httpload import run_load
 
 from tests.procs import gateway_process
 from tests.services import postgres_server
 from tests.services import redis_server as tcp_redis_server
-
-HUGE = 10**15
-BENCH_PLAN = {
-    "bench": {
-        "requests_per_5h": HUGE,
-        "tokens_per_5h": HUGE,
-        "requests_per_week": HUGE,
-        "tokens_per_week": HUGE,
-    }
-}
 
 
 @contextlib.contextmanager
@@ -97,17 +87,6 @@ def redis_server(unix: bool) -> Iterator[Any]:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def body_for(stream: bool) -> bytes:
-    return json.dumps(
-        {
-            "model": "claude-sonnet-4-6",
-            "max_tokens": 256,
-            "stream": stream,
-            "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
-        }
-    ).encode()
 
 
 async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict[str, str]]]) -> dict:
@@ -249,16 +228,7 @@ def main() -> None:
                 extra["ETHEREAL_DATABASE_URL"] = db_url
             free, record = mint("sk-ant-api03-", name="ungoverned")
             insert_key_as(data_dir, record, extra, db_url)
-            governed, record = mint(
-                "sk-ant-api03-",
-                name="governed",
-                plan="bench",
-                budget_tokens=HUGE,
-                budget_micro_usd=HUGE,
-                rpm=2**31 - 1,  # the largest a store keeps (storage/base.py MAX_INT4)
-                tpm=HUGE,
-                max_concurrency=100_000,
-            )
+            governed, record = governed_key()
             insert_key_as(data_dir, record, extra, db_url)
             (data_dir / "bench-keys.json").write_text(json.dumps({"ungoverned": free, "governed": governed}))
             trees.append((label if args.against else "", data_dir, extra))

@@ -37,51 +37,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HUGE = 10**15
-PLAN = {
-    "bench": {k: HUGE for k in ("requests_per_5h", "tokens_per_5h", "requests_per_week", "tokens_per_week")}
-}
 REPO = Path(__file__).resolve().parent.parent
-
-
-def body_for(stream: bool) -> bytes:
-    return json.dumps(
-        {
-            "model": "claude-sonnet-4-6",
-            "max_tokens": 256,
-            "stream": stream,
-            "messages": [{"role": "user", "content": "Write a short note about gateways. sim:tokens=40"}],
-        }
-    ).encode()
 
 
 # ---------------------------------------------------------------- the child: one checkout, in process
 async def _child(args: argparse.Namespace) -> None:
-    from ethereal.keys import mint
-    from ethereal.storage.sqlite import SQLiteStore
-
-    if args.governed:
-        os.environ["ETHEREAL_PLANS"] = json.dumps(PLAN)
-        key, record = mint(
-            "sk-ant-api03-",
-            name="pathcost",
-            plan="bench",
-            budget_tokens=HUGE,
-            budget_micro_usd=HUGE,
-            rpm=2**31 - 1,  # the largest a store keeps (storage/base.py MAX_INT4)
-            tpm=HUGE,
-            max_concurrency=100_000,
-        )
-    else:
-        key, record = mint("sk-ant-api03-", name="pathcost")
-    store = await SQLiteStore.open(os.path.join(os.environ["ETHEREAL_DATA_DIR"], "ethereal.sqlite3"))
-    try:
-        await store.migrate()
-        await store.insert_keys([record])
-    finally:
-        await store.close()
-
+    """The gateway app of the checkout on PYTHONPATH; its store already holds the key (the parent
+    wrote it with this checkout's code: benchkeys.insert_key_as)."""
     from ethereal.app import create_app
 
     app = create_app()
@@ -97,7 +61,8 @@ async def _child(args: argparse.Namespace) -> None:
     )
     await lifespan_in.put({"type": "lifespan.startup"})
     await started.wait()
-    body = body_for(args.stream)
+    key = os.environ["PATHCOST_KEY"]
+    body = Path(args.body).read_bytes()
     headers = [
         (b"host", b"localhost"),
         (b"x-api-key", key.encode()),
@@ -209,11 +174,23 @@ def _short(filename: str) -> str:
 def _measure(
     label: str, checkout: Path, args: argparse.Namespace, sim_url: str, redis_url: str | None
 ) -> dict:
+    # the parent's own code (this checkout): the key and body it hands each child
+    from bench import body_for
+    from benchkeys import BENCH_PLAN, governed_key, insert_key_as
+    from ethereal.keys import mint
+
     with tempfile.TemporaryDirectory() as data_dir:
         out = os.path.join(data_dir, "result.json")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
+        key, record = governed_key("pathcost") if args.governed else mint("sk-ant-api03-", name="pathcost")
+        insert_key_as(
+            Path(data_dir), record, {} if checkout == REPO else {"PYTHONPATH": str(checkout / "python")}
+        )
+        body_file = os.path.join(data_dir, "body.json")
+        Path(body_file).write_bytes(body_for(args.stream))
         env.update(
             {
+                "PATHCOST_KEY": key,
                 "PYTHONPATH": str(checkout / "python"),
                 "ETHEREAL_DATA_DIR": data_dir,
                 "ETHEREAL_UPSTREAM_URL": sim_url,
@@ -223,7 +200,9 @@ def _measure(
         )
         if redis_url:
             env["ETHEREAL_REDIS_URL"] = redis_url
-        cmd = [sys.executable, __file__, "--child", "--out", out, *_child_args(args)]
+        if args.governed:
+            env["ETHEREAL_PLANS"] = json.dumps(BENCH_PLAN)
+        cmd = [sys.executable, __file__, "--child", "--out", out, "--body", body_file, *_child_args(args)]
         cg_out = os.path.join(data_dir, "callgrind.out")
         if args.mode == "callgrind":
             cmd = [
@@ -272,6 +251,7 @@ def main() -> None:
     parser.add_argument("--json", help="write every result here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--body", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         import uvloop
