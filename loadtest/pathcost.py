@@ -1,12 +1,13 @@
 """What one request costs on the request path, counted rather than timed: side by side for checkouts.
 
-    python loadtest/pathcost.py [--against CHECKOUT ...] [--governed] [--stream]
+    python loadtest/pathcost.py [--against CHECKOUT ...] [--governed] [--stream] [--postgres]
                                 [--concurrency 32] [--requests 960] [--mode opcodes|callgrind|redis]
 
 Timed benchmarks (``bench.py``, ``bench_governed.py``) move by several per cent between two runs
 of the same code on a shared two-core machine. These counts do not: each checkout's gateway app
 runs in its own process, in process (ASGI, no HTTP server), against one sim (and one throwaway Redis
-with ``--governed``: a key with every limit and a plan, as ``bench_governed.py``'s), and after a
+with ``--governed``: a key with every limit and a plan, as ``bench_governed.py``'s; with
+``--postgres`` each on its own database of a throwaway PostgreSQL, else the embedded store), and after a
 warm-up it counts the measured requests only:
 
 - ``opcodes``: Python bytecodes executed per request, per function (``sys.settrace`` opcode events);
@@ -172,7 +173,12 @@ def _short(filename: str) -> str:
 
 # ---------------------------------------------------------------- the parent: sim, Redis, one child each
 def _measure(
-    label: str, checkout: Path, args: argparse.Namespace, sim_url: str, redis_url: str | None
+    label: str,
+    checkout: Path,
+    args: argparse.Namespace,
+    sim_url: str,
+    redis_url: str | None,
+    database_url: str | None = None,
 ) -> dict:
     # the parent's own code (this checkout): the key and body it hands each child
     from bench import body_for
@@ -184,7 +190,10 @@ def _measure(
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETHEREAL_", "ANTHROPIC_"))}
         key, record = governed_key("pathcost") if args.governed else mint("sk-ant-api03-", name="pathcost")
         insert_key_as(
-            Path(data_dir), record, {} if checkout == REPO else {"PYTHONPATH": str(checkout / "python")}
+            Path(data_dir),
+            record,
+            {} if checkout == REPO else {"PYTHONPATH": str(checkout / "python")},
+            database_url,
         )
         body_file = os.path.join(data_dir, "body.json")
         Path(body_file).write_bytes(body_for(args.stream))
@@ -200,6 +209,8 @@ def _measure(
         )
         if redis_url:
             env["ETHEREAL_REDIS_URL"] = redis_url
+        if database_url:
+            env["ETHEREAL_DATABASE_URL"] = database_url
         if args.governed:
             env["ETHEREAL_PLANS"] = json.dumps(BENCH_PLAN)
         cmd = [sys.executable, __file__, "--child", "--out", out, "--body", body_file, *_child_args(args)]
@@ -244,6 +255,9 @@ def main() -> None:
         "--governed", action="store_true", help="a key with every limit, over a throwaway Redis"
     )
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument(
+        "--postgres", action="store_true", help="each checkout on its own database of a throwaway PostgreSQL"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=960)
     parser.add_argument("--warmup", type=int, default=320)
@@ -264,14 +278,16 @@ def main() -> None:
         parser.error("--mode callgrind needs valgrind (apt-get install valgrind)")
     from ethereal.sim.testing import start_sim_process
 
-    from tests.services import redis_server
+    from tests.services import postgres_server, redis_server
 
     trees = [("this", REPO), *((c.resolve().name, c.resolve()) for c in args.against)]
     results: dict[str, dict] = {}
     with start_sim_process() as (_sim, sim_url), contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(redis_server()).url if args.governed else None
+        pg = stack.enter_context(postgres_server())[0] if args.postgres else None
         for label, checkout in trees:
-            results[label] = _measure(label, checkout, args, sim_url, redis_url)
+            db_url = pg.create_database(f"pathcost_{label}".replace("-", "_")) if pg is not None else None
+            results[label] = _measure(label, checkout, args, sim_url, redis_url, db_url)
     unit = {"opcodes": "bytecodes", "callgrind": "instructions", "redis": "Redis commands"}[args.mode]
     first = trees[0][0]
     for label, _ in trees:
