@@ -235,6 +235,9 @@ def _measure(
             if not totals:
                 raise SystemExit(f"pathcost: no totals in {label}'s callgrind profile")
             result["total"] = int(totals[-1].split()[1]) / result["requests"]
+            if args.keep:  # for callgrind_annotate: where the instructions went
+                os.makedirs(args.keep, exist_ok=True)
+                shutil.copy(cg_out, os.path.join(args.keep, f"callgrind.{label}.out"))
         return result
 
 
@@ -263,6 +266,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=320)
     parser.add_argument("--top", type=int, default=30, help="opcodes: how many functions to list")
     parser.add_argument("--json", help="write every result here")
+    parser.add_argument("--keep", metavar="DIR", help="callgrind: keep each checkout's profile here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--body", help=argparse.SUPPRESS)
