@@ -42,7 +42,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import body_for, cpu_seconds, find_listener_pid, merge, proc_tree
+from bench import body_for, cpu_seconds, find_listener_pid, merge, proc_tree, rotated
 from benchkeys import BENCH_PLAN, governed_key, insert_key_as
 from ethereal.keys import mint
 from httpload import run_load
@@ -129,8 +129,7 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
             cpu = dict.fromkeys(results, 0.0)
             rcpu = dict.fromkeys(results, 0.0)
             for r in range(args.rounds):  # alternating: machine noise hits every configuration alike
-                # each round starts one place further on, so no configuration always runs first
-                for label, url, pids, name, headers in runs[r % len(runs) :] + runs[: r % len(runs)]:
+                for label, url, pids, name, headers in rotated(runs, r):  # no configuration always first
                     before, rbefore = cpu_seconds(pids), cpu_seconds(redis_pids)
                     results[label, name].append(
                         await run_load(url, body, headers, concurrency=conc, duration=args.duration)

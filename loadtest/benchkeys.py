@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import insert_key
+
 HUGE = 10**15
 # the governed benchmarks' plan: a 5-hour and a weekly window no run reaches (ETHEREAL_PLANS)
 BENCH_PLAN = {
@@ -28,6 +30,7 @@ def governed_key(name: str = "governed") -> tuple[str, Any]:
     TPM, a concurrency cap, the bench plan's windows), none of them reachable: each of its requests
     runs the limiter's admit and settle."""
     from ethereal.keys import mint
+    from ethereal.storage.base import MAX_INT4
 
     return mint(
         "sk-ant-api03-",
@@ -35,7 +38,7 @@ def governed_key(name: str = "governed") -> tuple[str, Any]:
         plan="bench",
         budget_tokens=HUGE,
         budget_micro_usd=HUGE,
-        rpm=2**31 - 1,  # the largest a store keeps (storage/base.py MAX_INT4)
+        rpm=MAX_INT4,  # the largest a store keeps
         tpm=HUGE,
         max_concurrency=100_000,
     )
@@ -61,8 +64,6 @@ def insert_key_as(data_dir: Path, record: Any, env: dict[str, str], database_url
     """The key in ``data_dir``'s embedded store (or the database ``database_url`` names), written
     by the code that will serve it (another checkout's schema and key record when ``env`` names one)."""
     if "PYTHONPATH" not in env and database_url is None:
-        from tests.conftest import insert_key
-
         insert_key(data_dir, record)
         return
     subprocess.run(

@@ -62,15 +62,7 @@ def test_log_line_carries_it() -> None:
 def test_each_client_value_is_escaped_alone_and_plain_ones_are_written_as_they_are() -> None:
     """One value that needs escaping (in any field) is escaped; the plain values beside it are not
     touched, whichever field carries it."""
-    plain = UsageRecord(
-        request_id="req_3",
-        key_id="key_a",
-        credential="default",
-        route="messages",
-        model="claude-sonnet-4-6",
-        status=200,
-        stream=False,
-    )
+    plain = UsageRecord("req_3", "key_a", "default", "messages", "claude-sonnet-4-6", 200, False)
     line = text_of("POST", "/v1/messages", 200, 1.0, "req_3", plain)
     assert "method=POST path=/v1/messages " in line
     assert " model=claude-sonnet-4-6 credential=default " in line

@@ -35,12 +35,18 @@ def note_record(rec: UsageRecord) -> None:
         slot[0] = rec
 
 
+def plain(value: str) -> bool:
+    """Nothing in ``value`` that ``escape`` would change. Each test is per character, so a text
+    joined from several values is plain exactly when every one of them is."""
+    return value.isascii() and value.isprintable() and " " not in value and "\\" not in value
+
+
 def escape(value: str) -> str:
     """A client-controlled value as the text log writes it: control characters (C0, DEL, C1,
     line and paragraph separators), spaces and backslashes as ``\\xNN`` (``\\uNNNN`` above
     0xFF), so no value can end a line, start a forged one, or blur ``key=value`` pairs."""
-    if value.isascii() and value.isprintable() and " " not in value and "\\" not in value:
-        return value  # the common case: one C-level scan
+    if plain(value):
+        return value  # the common case: C-level scans
     return "".join(
         c
         if (c.isprintable() and c not in " \\")
@@ -115,10 +121,8 @@ def text_of(
     model = cred = err = None
     if rec is not None:
         model, cred, err = rec.model, rec.credential, rec.error_type
-    # the common case, every client-controlled value plain, is one scan of them joined (each test
-    # is per character, so the joined text passes exactly when every value does)
-    joined = f"{method}{path}{model or ''}{cred or ''}{err or ''}"
-    if not (joined.isascii() and joined.isprintable() and " " not in joined and "\\" not in joined):
+    # the common case, every client-controlled value plain: one check of them joined (``plain``)
+    if not plain(f"{method}{path}{model or ''}{cred or ''}{err or ''}"):
         method, path = escape(method), escape(path)
         model = None if model is None else escape(model)
         cred = None if cred is None else escape(cred)
