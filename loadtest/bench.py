@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -165,14 +166,15 @@ async def main_async(
                     await run_load(url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)
                 direct: list[Result] = []
                 through: dict[str, list[Result]] = {label: [] for label, _, _ in gateways}
-                cpu = dict.fromkeys(through, 0.0)
+                # CPU per request of each round; the median round is reported (bench_governed.py)
+                cpu: dict[str, list[float]] = {label: [] for label in through}
                 for r in range(args.rounds):
                     d, _ = await measure(sim_url + "/v1/messages", body, headers, conc, args.duration, None)
                     direct.append(d)
                     for label, url, pids in rotated(gateways, r):
                         g, c = await measure(url + "/v1/messages", body, headers, conc, args.duration, pids)
                         through[label].append(g)
-                        cpu[label] += c
+                        cpu[label].append(1000 * c / max(1, len(g.latencies)))
                 ds = merge(direct).summary()
                 for label, _, pids in gateways:
                     g = merge(through[label]).summary()
@@ -185,7 +187,8 @@ async def main_async(
                         "added_p50_ms": g["p50_ms"] - ds["p50_ms"],
                         "added_p99_ms": g["p99_ms"] - ds["p99_ms"],
                         "added_ttfb_p50_ms": g["ttfb_p50_ms"] - ds["ttfb_p50_ms"],
-                        "gateway_cpu_ms_per_request": 1000 * cpu[label] / max(1, g["requests"]),
+                        "gateway_cpu_ms_per_request": statistics.median(cpu[label]),
+                        "rounds_cpu_ms_per_request": cpu[label],
                         "gateway_rss_mb": rss_mb(pids),
                     }
                     report["scenarios"].append(row)
@@ -195,22 +198,22 @@ async def main_async(
         report["throughput"] = {}
         measured = gateways if not only or "throughput" in only else []
         runs: dict[str, list[Result]] = {label: [] for label, _, _ in measured}
-        busy = dict.fromkeys(runs, 0.0)
+        busy: dict[str, list[float]] = {label: [] for label in runs}
         for r in range(args.rounds if measured else 0):
             for label, url, pids in rotated(measured, r):
                 res, cpu_s = await measure(url + "/v1/messages", body, headers, 64, args.duration * 2, pids)
                 runs[label].append(res)
-                busy[label] += cpu_s
+                busy[label].append(1000 * cpu_s / max(1, len(res.latencies)))
         for label, _url, pids in measured:
             s = merge(runs[label]).summary()
-            cpu_s = busy[label]
             report["throughput"][label] = {
                 "concurrency": 64,
                 "rps": s["rps"],
                 "errors": s["errors"],
                 "p50_ms": s["p50_ms"],
                 "p99_ms": s["p99_ms"],
-                "gateway_cpu_ms_per_request": 1000 * cpu_s / max(1, s["requests"]),
+                "gateway_cpu_ms_per_request": statistics.median(busy[label]),
+                "rounds_cpu_ms_per_request": busy[label],
                 "gateway_rss_mb": rss_mb(pids),
             }
             print(

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,16 +127,18 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
             for _, url, _, _, headers in runs:  # warm all (scripts loaded, caches filled)
                 await run_load(url, body, headers, concurrency=conc, duration=0.5)
             results: dict[tuple[str, str], list] = {(r[0], r[3]): [] for r in runs}
-            cpu = dict.fromkeys(results, 0.0)
-            rcpu = dict.fromkeys(results, 0.0)
+            # CPU per request of each round: the report gives the median round (one round that
+            # shared the machine with a stray process moves a pooled figure by tens of per cent)
+            cpu: dict[tuple[str, str], list[float]] = {k: [] for k in results}
+            rcpu: dict[tuple[str, str], list[float]] = {k: [] for k in results}
             for r in range(args.rounds):  # alternating: machine noise hits every configuration alike
                 for label, url, pids, name, headers in rotated(runs, r):  # no configuration always first
                     before, rbefore = cpu_seconds(pids), cpu_seconds(redis_pids)
-                    results[label, name].append(
-                        await run_load(url, body, headers, concurrency=conc, duration=args.duration)
-                    )
-                    cpu[label, name] += cpu_seconds(pids) - before
-                    rcpu[label, name] += cpu_seconds(redis_pids) - rbefore
+                    done = await run_load(url, body, headers, concurrency=conc, duration=args.duration)
+                    results[label, name].append(done)
+                    n = max(1, len(done.latencies))
+                    cpu[label, name].append(1000 * (cpu_seconds(pids) - before) / n)
+                    rcpu[label, name].append(1000 * (cpu_seconds(redis_pids) - rbefore) / n)
             for label, *_ in gateways:
                 s = {name: merge(results[label, name]).summary() for name in ("ungoverned", "governed")}
                 row = {
@@ -146,12 +149,12 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
                     "added_p50_ms": s["governed"]["p50_ms"] - s["ungoverned"]["p50_ms"],
                     "added_p99_ms": s["governed"]["p99_ms"] - s["ungoverned"]["p99_ms"],
                     "gateway_cpu_ms_per_request": {
-                        n: 1000 * cpu[label, n] / max(1, s[n]["requests"]) for n in ("ungoverned", "governed")
+                        n: statistics.median(cpu[label, n]) for n in ("ungoverned", "governed")
                     },
                     "redis_cpu_ms_per_request": {
-                        n: 1000 * rcpu[label, n] / max(1, s[n]["requests"])
-                        for n in ("ungoverned", "governed")
+                        n: statistics.median(rcpu[label, n]) for n in ("ungoverned", "governed")
                     },
+                    "rounds_cpu_ms_per_request": {n: cpu[label, n] for n in ("ungoverned", "governed")},
                 }
                 report["scenarios"].append(row)
                 print(format_row(row), flush=True)

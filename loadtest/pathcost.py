@@ -15,7 +15,9 @@ warm-up it counts the measured requests only:
 - ``callgrind``: machine instructions per request (``valgrind --tool=callgrind``, counting switched
   on around the measured requests only): within a fraction of a per cent between runs;
 - ``redis``: Redis commands per request, by command, and the time Redis spent in them
-  (commandstats; that one is timed) (needs ``--governed``).
+  (commandstats; that one is timed) (needs ``--governed``);
+- ``syscalls``: system calls per request, by call (``strace -c`` attached to every thread of the
+  child around the measured requests): what callgrind, which counts user space only, cannot see.
 
 ``--against CHECKOUT``: a worktree of another commit with its built extension copied into its
 ``python/ethereal/`` (as for ``bench.py``). The access log line is written (to a discarded
@@ -31,6 +33,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -126,6 +129,10 @@ async def _child(args: argparse.Namespace) -> None:
             frame.f_trace_opcodes = True
             code = frame.f_code
             name = f"{_short(code.co_filename)}:{code.co_name}"
+            if code.co_filename == "<string>":  # a generated __init__ (dataclass): name its class
+                owner = frame.f_locals.get("self")
+                if owner is not None:
+                    name = f"<string>:{type(owner).__qualname__}.{code.co_name}"
 
             def local(frame: Any, event: str, arg: Any) -> Any:
                 if event == "opcode":
@@ -144,6 +151,25 @@ async def _child(args: argparse.Namespace) -> None:
         subprocess.run([control, "-i", "on", str(os.getpid())], check=True, capture_output=True)
         await run(n)
         subprocess.run([control, "-i", "off", str(os.getpid())], check=True, capture_output=True)
+    elif args.mode == "syscalls":
+        summary = os.path.join(os.path.dirname(args.out), "strace.txt")
+        tids = [f"-p{t}" for t in os.listdir(f"/proc/{os.getpid()}/task")]
+        tracer_proc = subprocess.Popen(
+            [shutil.which("strace") or "strace", "-c", "-f", "-q", "-o", summary, *tids],
+            stderr=subprocess.DEVNULL,
+        )
+        await asyncio.sleep(1.0)  # attached to every thread
+        await run(n)
+        tracer_proc.send_signal(signal.SIGINT)
+        tracer_proc.wait(30)
+        calls: dict[str, float] = {}
+        for line in Path(summary).read_text().splitlines():
+            cols = line.split()
+            # "% time  seconds  usecs/call  calls  [errors]  syscall"
+            if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
+                calls[cols[-1]] = int(cols[3]) / n
+        result["commands"] = calls
+        result["total"] = sum(calls.values())
     else:
         import redis
 
@@ -252,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mode", choices=("opcodes", "callgrind", "redis"), default="opcodes")
+    parser.add_argument("--mode", choices=("opcodes", "callgrind", "redis", "syscalls"), default="opcodes")
     parser.add_argument("--against", type=Path, action="append", default=[], metavar="CHECKOUT")
     parser.add_argument(
         "--governed", action="store_true", help="a key with every limit, over a throwaway Redis"
@@ -278,6 +304,8 @@ def main() -> None:
         return
     if args.mode == "redis" and not args.governed:
         parser.error("--mode redis counts the governed path's commands: add --governed")
+    if args.mode == "syscalls" and shutil.which("strace") is None:
+        parser.error("--mode syscalls needs strace (apt-get install strace)")
     if args.mode == "callgrind" and shutil.which("valgrind") is None:
         parser.error("--mode callgrind needs valgrind (apt-get install valgrind)")
     from ethereal.sim.testing import start_sim_process
@@ -292,7 +320,12 @@ def main() -> None:
         for label, checkout in trees:
             db_url = pg.create_database(f"pathcost_{label}".replace("-", "_")) if pg is not None else None
             results[label] = _measure(label, checkout, args, sim_url, redis_url, db_url)
-    unit = {"opcodes": "bytecodes", "callgrind": "instructions", "redis": "Redis commands"}[args.mode]
+    unit = {
+        "opcodes": "bytecodes",
+        "callgrind": "instructions",
+        "redis": "Redis commands",
+        "syscalls": "system calls",
+    }[args.mode]
     first = trees[0][0]
     for label, _ in trees:
         r = results[label]
@@ -310,7 +343,7 @@ def main() -> None:
             print(
                 f"  {a.get(name, 0) - b.get(name, 0):+8.1f}  {a.get(name, 0):8.1f}  {b.get(name, 0):8.1f}  {name}"
             )
-    if args.mode == "redis" and len(trees) > 1:
+    if args.mode in ("redis", "syscalls") and len(trees) > 1:
         a, b = results[first]["commands"], results[trees[1][0]]["commands"]
         for cmd in sorted(set(a) | set(b)):
             if abs(a.get(cmd, 0) - b.get(cmd, 0)) >= 0.01:

@@ -6,6 +6,12 @@ from typing import Self, final
 from ethereal.usage import Usage
 
 __all__ = [
+    "MARK_CACHE_CONTROL",
+    "MARK_DOCUMENT",
+    "MARK_ESCAPED",
+    "MARK_GEO",
+    "MARK_SPEED",
+    "MARK_WEB",
     "MAX_JSON_DEPTH",
     "ChatTranslator",
     "ResponsesTranslator",
@@ -15,6 +21,7 @@ __all__ = [
     "estimate_tokens",
     "json_shape",
     "parse_sse",
+    "reserve_markers",
 ]
 
 @final
@@ -183,3 +190,18 @@ def json_shape(body: bytes, locate: str | None = None) -> tuple[int, str | None,
 
     Raises ``ValueError`` when brackets or strings do not balance.
     """
+
+MARK_ESCAPED: int
+"""``reserve_markers``: a ``\\u`` escape (it could spell any name below)."""
+MARK_DOCUMENT: int
+MARK_CACHE_CONTROL: int
+MARK_SPEED: int
+MARK_GEO: int
+"""``"inference_geo"``."""
+MARK_WEB: int
+"""A string starting ``web_`` (a web search or fetch tool's type)."""
+
+def reserve_markers(body: bytes) -> int:
+    """The ``MARK_*`` bits of what a request body may ask that its reservation prices: each
+    ``"document"``, ``"cache_control"``, ``"speed"``, ``"inference_geo"`` or ``"web_…`` string,
+    and any ``\\u`` escape, in one pass (a bit set only sends the caller to look)."""

@@ -130,6 +130,24 @@ def test_effective_dated_card_on_both_sides_of_its_date() -> None:
     assert before.card != after.card
 
 
+def test_the_card_asked_for_last_is_remembered_only_for_its_own_span_of_time() -> None:
+    """``card_at`` keeps its last answer with the span it holds for: asked in any order, on and
+    either side of every card boundary, it answers what a walk over the cards answers."""
+    checked = 0
+    for model in REG.models:
+        if len(model.cards) < 2:
+            continue
+        edges = sorted(
+            {c.effective_from for c in model.cards} | {c.effective_until or 0 for c in model.cards}
+        )
+        times = [t + d for t in edges if t for d in (-1.0, -0.001, 0.0, 0.001, 1.0)]
+        times += [edges[1] - 10 * 365 * 86400, NOW, NOW + 10 * 365 * 86400]
+        for t in [*times, *reversed(times), *times[::3], *times[1::2]]:
+            assert model.card_at(t) is model._card_at(t), (model.id, t)
+        checked += 1
+    assert checked >= 3  # the registry has models whose price changed
+
+
 def test_fast_mode_follows_its_removal_dates() -> None:
     opus48 = REG.resolve("claude-opus-4-8")
     fast = usage(speed="fast")

@@ -12,6 +12,8 @@ from ethereal import _native
 from ethereal.metering.reserve import ReserveConfig, count_pdf_pages, reserve
 from ethereal.models import Registry
 from ethereal.models.registry import PICO
+from hypothesis import given
+from hypothesis import strategies as st
 
 REG = Registry()
 CFG = ReserveConfig()
@@ -243,3 +245,53 @@ def test_remote_documents_reserve_the_configured_ceiling() -> None:
 def test_token_only_keys_are_not_priced() -> None:
     r = held(req(cache_control={"type": "ephemeral", "ttl": "1h"}), money=False)
     assert r.input_micro == 0 and r.output_micro == 0
+
+
+MARKED = {
+    b'"document"': _native.MARK_DOCUMENT,
+    b'"cache_control"': _native.MARK_CACHE_CONTROL,
+    b'"speed"': _native.MARK_SPEED,
+    b'"inference_geo"': _native.MARK_GEO,
+    b'"web_': _native.MARK_WEB,
+    b"\\u": _native.MARK_ESCAPED,
+}
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [*MARKED, b'"', b"\\", b"u", b"document", b"speed", b"web_", b'"x"', b" ", b"{", b":", b"\xff"]
+        ),
+        max_size=30,
+    )
+)
+def test_one_pass_marks_exactly_the_names_a_search_for_each_finds(parts: list[bytes]) -> None:
+    """``reserve_markers`` is the byte searches it replaced, in one pass: a bit for each name
+    written anywhere in the body (inside any string, at any offset), none for a name that is not."""
+    body = b"".join(parts)
+    expected = 0
+    for needle, bit in MARKED.items():
+        if body.find(needle) >= 0:
+            expected |= bit
+    assert _native.reserve_markers(body) == expected
+    big = b" " * 70_000 + body  # past the size the GIL is released at
+    assert _native.reserve_markers(big) == expected
+
+
+def test_a_request_asking_each_priced_thing_is_reserved_for_it_through_the_marks() -> None:
+    def ask(**extra: Any) -> Any:
+        return held({"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}], **extra})
+
+    plain = held(
+        {
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "speed web_search document cache_control"}],
+        }
+    )
+    # the names written as text are not asked for: the plain input rate, no search
+    assert plain.input_micro == micro(plain.input_tokens, OPUS.card_at(NOW).dearest().input)
+    assert plain.searches == 0
+    assert ask(speed="fast").input_micro > ask().input_micro
+    assert ask(inference_geo="us").input_micro > ask().input_micro
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]
+    assert ask(tools=tools).searches == 2 and ask().searches == 0

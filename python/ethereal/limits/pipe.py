@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 log = logging.getLogger("ethereal.limits")
+_pack = hiredis.pack_command
 
 
 class Redirect(ResponseError):
@@ -60,22 +61,33 @@ class Unavailable(ResponseError):
 
 def encode_args(args: tuple[Any, ...] | list[Any]) -> bytes:
     """RESP bulk strings, without the array header."""
-    parts = []
-    for arg in args:
-        if type(arg) is int:
-            data = b"%d" % arg
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        else:
-            data = str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    if not args:
+        return b""
+    try:
+        # hiredis packs str, int, float and bytes in C (every request encodes a few of these)
+        packed = _pack(args if type(args) is tuple else tuple(args))
+    except TypeError:  # another type (a bool, None): written as its str(), as before
+        return b"".join(_bulk(arg) for arg in args)
+    return packed[packed.find(b"\n") + 1 :]
+
+
+def _bulk(arg: Any) -> bytes:
+    if type(arg) is int:
+        data = b"%d" % arg
+    elif isinstance(arg, bytes):
+        data = arg
+    elif isinstance(arg, str):
+        data = arg.encode()
+    else:
+        data = str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
-    return b"*%d\r\n%s" % (len(args), encode_args(args))
+    try:
+        return _pack(args if type(args) is tuple else tuple(args))
+    except TypeError:
+        return b"*%d\r\n%s" % (len(args), encode_args(args))
 
 
 def _reply_error(reply: Exception) -> ResponseError:

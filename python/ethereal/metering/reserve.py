@@ -17,9 +17,10 @@ never ``/Pages``) or, when it is not in the request (``url``/``file``), at
 ``ReserveConfig.remote_document_pages``. No input is reserved past the model's context window
 (the API refuses such a prompt).
 
-The body is walked only when a cheap byte search says there is something to find
-(``cache_control``, ``document``, a server tool), and the rates part only for a key with a
-money budget; every amount is integer pico-USD rounded up once to the micro-dollar.
+The body is walked only when one native pass over its bytes says there is something to find
+(``cache_control``, ``document``, a server tool, ``speed``, ``inference_geo``), and the rates
+part only for a key with a money budget; every amount is integer pico-USD rounded up once to the
+micro-dollar.
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ import binascii
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
+from ethereal import _native
+from ethereal._native import (
+    MARK_CACHE_CONTROL,
+    MARK_DOCUMENT,
+    MARK_ESCAPED,
+    MARK_GEO,
+    MARK_SPEED,
+    MARK_WEB,
+)
 from ethereal.models import Model, Registry
 from ethereal.models.registry import PICO
 
@@ -48,9 +58,9 @@ class ReserveConfig:
     pdf_page_tokens: int = 3000  # Anthropic quotes 1,500-3,000 tokens a page (text + page image)
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """Tokens and micro-USD to hold for a request (input part, output part)."""
+class Reservation(NamedTuple):
+    """Tokens and micro-USD to hold for a request (input part, output part); a named tuple, as
+    every governed request makes one."""
 
     input_tokens: int
     output_tokens: int
@@ -148,11 +158,6 @@ def server_tool_uses(data: dict[str, Any], config: ReserveConfig) -> tuple[int, 
     return searches, fetches
 
 
-def _up(pico_num: int, den: int) -> int:
-    """pico-USD (as a fraction) rounded up to the micro-dollar."""
-    return -(-pico_num // (den * PICO)) if pico_num > 0 else 0
-
-
 def reserve(
     registry: Registry,
     model: Model | None,
@@ -172,12 +177,11 @@ def reserve(
     ``input_tokens`` is the native estimate of ``body``; ``caches`` what the adapter knows it
     added (``"5m"``/``"1h"`` breakpoints); ``money``: price it (the key has a money budget)."""
     in_t = max(0, int(input_tokens))
-    # the byte searches below skip a walk when a name is absent; a body that writes a name with
-    # \u escapes ("cache_contr\u006fl" is "cache_control" to a JSON reader) is always walked.
-    # ``find``, not ``in``: ``needle in body`` first tries the needle as an integer and builds
-    # and drops a TypeError each time
-    escaped = body.find(b"\\u") >= 0
-    if escaped or body.find(b'"document"') >= 0:
+    # one native pass says which names the body writes (``_native.reserve_markers``); a walk
+    # happens only for those. A body that writes a name with \u escapes ("cache_contr\u006fl"
+    # is "cache_control" to a JSON reader) is always walked.
+    marks = _native.reserve_markers(body)
+    if marks & (MARK_ESCAPED | MARK_DOCUMENT):
         in_t += document_tokens(data, config)
     if model is not None and model.context_window > 0:
         in_t = min(in_t, model.context_window)
@@ -185,9 +189,9 @@ def reserve(
     if not money or model is None:
         return Reservation(in_t, out_t)
     card = model.card_at(at)
-    rates = card.dearest()
+    rates = card.top  # the dearest rate of each kind (a prompt may cross a tier)
     ttl = caches
-    if (escaped or body.find(b'"cache_control"') >= 0) and ttl != "1h":
+    if marks & (MARK_ESCAPED | MARK_CACHE_CONTROL) and ttl != "1h":
         found = cache_ttl(data)
         if found == "1h" or ttl is None:
             ttl = found
@@ -195,7 +199,7 @@ def reserve(
     if ttl is not None:
         in_rate = max(in_rate, rates.cache_write_5m if ttl == "5m" else rates.cache_write_1h)
     num = den = 1  # the multiplier (fast mode, geo, batch) as an exact fraction
-    if batch or escaped or body.find(b'"speed"') >= 0 or body.find(b'"inference_geo"') >= 0:
+    if batch or marks & (MARK_ESCAPED | MARK_SPEED | MARK_GEO):
         mult = Fraction(1)
         if data.get("speed") == "fast":
             mult *= card.fast if card.fast is not None else registry.defaults["fast"]
@@ -206,10 +210,12 @@ def reserve(
             mult *= card.batch
         num, den = mult.numerator, mult.denominator
     searches = fetches = 0
-    if escaped or body.find(b"web_") >= 0:
+    if marks & (MARK_ESCAPED | MARK_WEB):
         searches, fetches = server_tool_uses(data, config)
-    in_m = _up(in_t * in_rate * num, den)
-    out_m = _up(out_t * rates.output * num, den)
+    # pico-USD (an exact fraction) rounded up to the micro-dollar (amounts are never negative)
+    unit = den * PICO
+    in_m = -(-(in_t * in_rate * num) // unit)
+    out_m = -(-(out_t * rates.output * num) // unit)
     if searches or fetches:
         tools = registry.server_tools
         out_m += searches * tools.web_search_micro + fetches * tools.web_fetch_micro

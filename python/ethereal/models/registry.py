@@ -212,6 +212,11 @@ class Model:
     rules: Rules = field(default_factory=Rules)
     cards: tuple[RateCard, ...] = ()
     provisional: bool = False  # not described by the registry: forwarded and billed provisionally
+    # card_at's last answer and the span of time it holds for: (from, until, card); every request
+    # asks for the card of its start, almost always in the same span
+    _span: tuple[float, float, RateCard | None] = field(
+        default=(math.inf, -math.inf, None), init=False, compare=False, repr=False
+    )
 
     @property
     def created_at(self) -> str:
@@ -224,6 +229,19 @@ class Model:
     def card_at(self, at: float) -> RateCard:
         """The rate card in force at ``at`` (epoch seconds): the latest one that started by then,
         else the first (a request older than every card is priced by the earliest)."""
+        span = self._span
+        if span[0] <= at < span[1]:
+            return span[2]  # type: ignore[return-value]
+        card = self._card_at(at)
+        # the answer is the same anywhere between two neighbouring card boundaries
+        edges = [c.effective_from for c in self.cards]
+        edges += [c.effective_until for c in self.cards if c.effective_until is not None]
+        lo = max((e for e in edges if e <= at), default=-math.inf)
+        hi = min((e for e in edges if e > at), default=math.inf)
+        object.__setattr__(self, "_span", (lo, hi, card))
+        return card
+
+    def _card_at(self, at: float) -> RateCard:
         cards = self.cards
         if len(cards) == 1:
             return cards[0]  # one card: in force whenever asked (the earliest is the fallback)

@@ -161,7 +161,9 @@ fn push_kind(kinds: &mut Vec<u8>, level: usize, is_object: bool) {
 }
 
 fn kind_at(kinds: &[u8], level: usize) -> bool {
-    kinds.get(level / 8).is_some_and(|b| b & (1 << (level % 8)) != 0)
+    kinds
+        .get(level / 8)
+        .is_some_and(|b| b & (1 << (level % 8)) != 0)
 }
 
 /// Index of the quote closing a string whose contents start at `from`.
@@ -189,9 +191,66 @@ fn unescape_key(raw: &[u8]) -> Vec<u8> {
     serde_json::from_slice::<String>(&quoted).map_or_else(|_| raw.to_vec(), String::into_bytes)
 }
 
+/// What a request body may ask that its reservation prices (`metering/reserve.py`): one pass
+/// over the bytes, so a request that asks none of it is never parsed a second time. Each is a
+/// JSON string as it starts (`"document"`, `"web_search_…"`); `MARK_ESCAPED` when a `\u`
+/// escape could spell any of them otherwise.
+pub const MARK_ESCAPED: u8 = 1;
+pub const MARK_DOCUMENT: u8 = 1 << 1;
+pub const MARK_CACHE_CONTROL: u8 = 1 << 2;
+pub const MARK_SPEED: u8 = 1 << 3;
+pub const MARK_GEO: u8 = 1 << 4;
+pub const MARK_WEB: u8 = 1 << 5;
+
+const MARKS: [(&[u8], u8); 5] = [
+    (b"document\"", MARK_DOCUMENT),
+    (b"cache_control\"", MARK_CACHE_CONTROL),
+    (b"speed\"", MARK_SPEED),
+    (b"inference_geo\"", MARK_GEO),
+    (b"web_", MARK_WEB),
+];
+
+/// The `MARK_*` bits of `body` (a superset is fine: a bit only sends the caller to look).
+#[must_use]
+pub fn markers(body: &[u8]) -> u8 {
+    let mut found = 0u8;
+    for at in memchr::memchr2_iter(b'"', b'\\', body) {
+        let rest = &body[at + 1..];
+        if body[at] == b'\\' {
+            if rest.first() == Some(&b'u') {
+                found |= MARK_ESCAPED;
+            }
+            continue;
+        }
+        for (needle, bit) in MARKS {
+            if found & bit == 0 && rest.starts_with(needle) {
+                found |= bit;
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_name_what_a_body_asks_and_nothing_else() {
+        let plain = br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"speed document web"}]}"#;
+        assert_eq!(markers(plain), 0);
+        let all = br#"{"speed":"fast","inference_geo":"us","tools":[{"type":"web_search_20250305"}],
+            "messages":[{"role":"user","content":[{"type":"document","cache_control":{"type":"ephemeral"}}]}]}"#;
+        assert_eq!(
+            markers(all),
+            MARK_DOCUMENT | MARK_CACHE_CONTROL | MARK_SPEED | MARK_GEO | MARK_WEB
+        );
+        assert_eq!(markers(br#"{"a":"x\u0041"}"#), MARK_ESCAPED);
+        assert_eq!(markers(br#"{"a":"\\n"}"#), 0);
+        assert_eq!(markers(br#"{"a":"\"#), 0);
+        assert_eq!(markers(b"\""), 0);
+        assert_eq!(markers(b""), 0);
+    }
 
     fn dup(body: &str) -> Option<String> {
         scan(body.as_bytes()).ok().and_then(|s| s.duplicate_key)
@@ -200,11 +259,17 @@ mod tests {
     #[test]
     fn duplicate_top_level_keys() {
         assert_eq!(dup(r#"{"model":"a","model":"b"}"#), Some("model".into()));
-        assert_eq!(dup(r#"{"model":"a","mod\u0065l":"b"}"#), Some("model".into()));
+        assert_eq!(
+            dup(r#"{"model":"a","mod\u0065l":"b"}"#),
+            Some("model".into())
+        );
         assert_eq!(dup(r#"{"model":"a","x":{"model":"b","model":"c"}}"#), None);
         assert_eq!(dup(r#"{"a":["a","a"],"b":"a"}"#), None);
         assert_eq!(dup(r#"{"a\"":1,"a":2}"#), None);
-        assert_eq!(dup(r#"{ "a" : 1 , "b" : { "a" : 2 } , "a" : 3 }"#), Some("a".into()));
+        assert_eq!(
+            dup(r#"{ "a" : 1 , "b" : { "a" : 2 } , "a" : 3 }"#),
+            Some("a".into())
+        );
         assert_eq!(dup(r#"["a","a"]"#), None);
     }
 
@@ -226,8 +291,14 @@ mod tests {
                 .map(|(a, b)| body[a..b].to_string())
         };
         assert_eq!(at(r#"{"model":"a","x":1}"#).as_deref(), Some(r#""a""#));
-        assert_eq!(at(r#"{ "x" : {"model":"no"} , "model" : "b" }"#).as_deref(), Some(r#""b""#));
-        assert_eq!(at(r#"{"m\u006fdel": [1, {"model":2}] }"#).as_deref(), Some(r#"[1, {"model":2}]"#));
+        assert_eq!(
+            at(r#"{ "x" : {"model":"no"} , "model" : "b" }"#).as_deref(),
+            Some(r#""b""#)
+        );
+        assert_eq!(
+            at(r#"{"m\u006fdel": [1, {"model":2}] }"#).as_deref(),
+            Some(r#"[1, {"model":2}]"#)
+        );
         assert_eq!(at(r#"{"model":"a,}"}"#).as_deref(), Some(r#""a,}""#));
         assert_eq!(at(r#"{"x":"model"}"#), None);
         assert_eq!(at(r#"["model", 1]"#), None);
