@@ -202,13 +202,22 @@ pub const MARK_SPEED: u8 = 1 << 3;
 pub const MARK_GEO: u8 = 1 << 4;
 pub const MARK_WEB: u8 = 1 << 5;
 
-const MARKS: [(&[u8], u8); 5] = [
-    (b"document\"", MARK_DOCUMENT),
-    (b"cache_control\"", MARK_CACHE_CONTROL),
-    (b"speed\"", MARK_SPEED),
-    (b"inference_geo\"", MARK_GEO),
-    (b"web_", MARK_WEB),
-];
+/// The name after the quote, by its first byte (one compare for most quotes of a body).
+fn mark_of(rest: &[u8]) -> u8 {
+    let (needle, bit): (&[u8], u8) = match rest.first() {
+        Some(b'd') => (b"document\"", MARK_DOCUMENT),
+        Some(b'c') => (b"cache_control\"", MARK_CACHE_CONTROL),
+        Some(b's') => (b"speed\"", MARK_SPEED),
+        Some(b'i') => (b"inference_geo\"", MARK_GEO),
+        Some(b'w') => (b"web_", MARK_WEB),
+        _ => return 0,
+    };
+    if rest.starts_with(needle) {
+        bit
+    } else {
+        0
+    }
+}
 
 /// The `MARK_*` bits of `body` (a superset is fine: a bit only sends the caller to look).
 #[must_use]
@@ -222,11 +231,7 @@ pub fn markers(body: &[u8]) -> u8 {
             }
             continue;
         }
-        for (needle, bit) in MARKS {
-            if found & bit == 0 && rest.starts_with(needle) {
-                found |= bit;
-            }
-        }
+        found |= mark_of(rest);
     }
     found
 }
