@@ -132,6 +132,41 @@ def rotated(items: list, start: int) -> list:
     return items[start:] + items[:start]
 
 
+def paired(
+    rounds: dict[str, list[Result]], cpu: dict[str, list[float]], reference: str
+) -> dict[str, dict[str, float]]:
+    """Each version against ``reference``, round by round: the median over rounds of the ratio of
+    its round to the reference's round (p50, p99, requests/s, CPU per request).
+
+    Rounds are measured back to back, so a machine that is busier in one round than in another
+    moves both sides of that round's ratio alike: on the shared two-core machine one version's
+    CPU per request ranged 0.26-0.55 ms over eight rounds while the ratios stayed within ±10 %."""
+    out: dict[str, dict[str, float]] = {}
+    ref = rounds[reference]
+    for label, mine in rounds.items():
+        if label == reference:
+            continue
+        ratios: dict[str, list[float]] = {"p50": [], "p99": [], "rps": [], "cpu": []}
+        for i, (a, b) in enumerate(zip(mine, ref, strict=True)):
+            sa, sb = a.summary(), b.summary()
+            for name, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("rps", "rps")):
+                if sb[key] and sa[key] == sa[key] and sb[key] == sb[key]:  # no NaN
+                    ratios[name].append(sa[key] / sb[key])
+            if cpu[reference][i] > 0:
+                ratios["cpu"].append(cpu[label][i] / cpu[reference][i])
+        out[label] = {name: statistics.median(v) for name, v in ratios.items() if v}
+    return out
+
+
+def format_paired(what: str, ratios: dict[str, dict[str, float]], reference: str) -> list[str]:
+    """Lines of ``paired``'s ratios as percentages (+ is more: worse for p50, p99 and CPU)."""
+    lines = []
+    for label, r in ratios.items():
+        parts = [f"{name} {100 * (r[name] - 1):+.1f} %" for name in ("p50", "p99", "rps", "cpu") if name in r]
+        lines.append(f"  {label:>7} vs {reference} {what}: " + ", ".join(parts))
+    return lines
+
+
 def merge(results: list[Result]) -> Result:
     out = Result()
     for r in results:
@@ -193,6 +228,12 @@ async def main_async(
                     }
                     report["scenarios"].append(row)
                     print(format_row(row), flush=True)
+                if len(gateways) > 1:  # against the first --against
+                    reference = gateways[1][0]
+                    ratios = paired(through, cpu, reference)
+                    what = f"{'stream' if stream else 'non-stream'} c={conc}"
+                    report.setdefault("paired", {})[what] = ratios
+                    print("\n".join(format_paired(what, ratios, reference)), flush=True)
         # throughput through each gateway, non-streaming: rounds alternating between the gateways
         body = body_for(False)
         report["throughput"] = {}
@@ -222,6 +263,11 @@ async def main_async(
                 f"cpu {report['throughput'][label]['gateway_cpu_ms_per_request']:.3f} ms/req",
                 flush=True,
             )
+    if len(measured) > 1:
+        reference = measured[1][0]
+        ratios = paired(runs, busy, reference)
+        report.setdefault("paired", {})["throughput c=64"] = ratios
+        print("\n".join(format_paired("throughput c=64", ratios, reference)), flush=True)
     return report
 
 

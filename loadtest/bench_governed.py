@@ -43,7 +43,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import body_for, cpu_seconds, find_listener_pid, merge, proc_tree, rotated
+from bench import body_for, cpu_seconds, find_listener_pid, format_paired, merge, paired, proc_tree, rotated
 from benchkeys import BENCH_PLAN, governed_key, insert_key_as
 from ethereal.keys import mint
 from httpload import run_load
@@ -158,6 +158,17 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
                 }
                 report["scenarios"].append(row)
                 print(format_row(row), flush=True)
+            if len(gateways) > 1:  # against the first --against
+                reference = gateways[1][0]
+                for name in ("ungoverned", "governed"):
+                    ratios = paired(
+                        {label: results[label, name] for label, *_ in gateways},
+                        {label: cpu[label, name] for label, *_ in gateways},
+                        reference,
+                    )
+                    what = f"{'stream' if stream else 'non-stream'} c={conc} {name}"
+                    report.setdefault("paired", {})[what] = ratios
+                    print("\n".join(format_paired(what, ratios, reference)), flush=True)
     report["loadavg_after"] = os.getloadavg()
     print(
         f"load average {os.getloadavg()[0]:.2f} after the run (other processes skew c=1 latency most)",
