@@ -16,6 +16,8 @@ warm-up it counts the measured requests only:
   on around the measured requests only): within a fraction of a per cent between runs;
 - ``redis``: Redis commands per request, by command, and the time Redis spent in them
   (commandstats; that one is timed) (needs ``--governed``);
+- ``cpu``: the child's CPU time per request (timed: it moves with the machine's load; use
+  ``--repeat`` and read the median of the rounds' ratios);
 - ``syscalls``: system calls per request, by call (``strace -c`` attached to every thread of the
   child around the measured requests): what callgrind, which counts user space only, cannot see.
 
@@ -34,9 +36,11 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +155,10 @@ async def _child(args: argparse.Namespace) -> None:
         subprocess.run([control, "-i", "on", str(os.getpid())], check=True, capture_output=True)
         await run(n)
         subprocess.run([control, "-i", "off", str(os.getpid())], check=True, capture_output=True)
+    elif args.mode == "cpu":
+        started = time.process_time()
+        await run(n)
+        result["total"] = 1000 * (time.process_time() - started) / n  # timed: moves with load
     elif args.mode == "syscalls":
         summary = os.path.join(os.path.dirname(args.out), "strace.txt")
         tids = [f"-p{t}" for t in os.listdir(f"/proc/{os.getpid()}/task")]
@@ -230,7 +238,7 @@ def _measure(
                 "ETHEREAL_DATA_DIR": data_dir,
                 "ETHEREAL_UPSTREAM_URL": sim_url,
                 "ETHEREAL_UPSTREAM_KEY": "sim-upstream-key",
-                "ETHEREAL_KEY_CACHE_TTL": "60",
+                "ETHEREAL_KEY_CACHE_TTL": str(args.key_cache_ttl),
             }
         )
         if redis_url:
@@ -247,6 +255,7 @@ def _measure(
                 "--tool=callgrind",
                 "--instr-atstart=no",
                 f"--callgrind-out-file={cg_out}",
+                *(["--cache-sim=yes"] if args.cache_sim else []),
                 *cmd,
             ]
         done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -257,10 +266,21 @@ def _measure(
             # "totals:" ends the profile ("summary:" near its top can read 0 when counting
             # started switched off)
             with open(cg_out) as fh:
-                totals = [line for line in fh if line.startswith("totals:")]
-            if not totals:
+                lines = fh.readlines()
+            totals = [line for line in lines if line.startswith("totals:")]
+            events = [line for line in lines if line.startswith("events:")]
+            if not totals or not events:
                 raise SystemExit(f"pathcost: no totals in {label}'s callgrind profile")
-            result["total"] = int(totals[-1].split()[1]) / result["requests"]
+            counts = dict(zip(events[0].split()[1:], (int(v) for v in totals[-1].split()[1:]), strict=False))
+            n = result["requests"]
+            result["total"] = counts["Ir"] / n
+            if args.cache_sim:
+                # callgrind's cycle estimate: a first-level miss weighs 10 instructions, a
+                # last-level miss 100
+                l1 = counts.get("I1mr", 0) + counts.get("D1mr", 0) + counts.get("D1mw", 0)
+                ll = counts.get("ILmr", 0) + counts.get("DLmr", 0) + counts.get("DLmw", 0)
+                result["l1_misses"], result["ll_misses"] = l1 / n, ll / n
+                result["total"] = (counts["Ir"] + 10 * l1 + 100 * ll) / n
             if args.keep:  # for callgrind_annotate: where the instructions went
                 os.makedirs(args.keep, exist_ok=True)
                 shutil.copy(cg_out, os.path.join(args.keep, f"callgrind.{label}.out"))
@@ -278,7 +298,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mode", choices=("opcodes", "callgrind", "redis", "syscalls"), default="opcodes")
+    parser.add_argument(
+        "--mode", choices=("opcodes", "callgrind", "redis", "syscalls", "cpu"), default="opcodes"
+    )
     parser.add_argument("--against", type=Path, action="append", default=[], metavar="CHECKOUT")
     parser.add_argument(
         "--governed", action="store_true", help="a key with every limit, over a throwaway Redis"
@@ -290,6 +312,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=960)
     parser.add_argument("--warmup", type=int, default=320)
+    parser.add_argument(
+        "--key-cache-ttl",
+        type=float,
+        default=60.0,
+        help="seconds a key is served from the cache (the benchmarks' gateways: 0.5)",
+    )
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="callgrind: simulate the caches and count estimated cycles (instructions + 10 × "
+        "first-level misses + 100 × last-level misses) instead of instructions",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measure every checkout this many times, rotating the order"
+    )
     parser.add_argument("--top", type=int, default=30, help="opcodes: how many functions to list")
     parser.add_argument("--json", help="write every result here")
     parser.add_argument("--keep", metavar="DIR", help="callgrind: keep each checkout's profile here")
@@ -308,6 +345,7 @@ def main() -> None:
         parser.error("--mode syscalls needs strace (apt-get install strace)")
     if args.mode == "callgrind" and shutil.which("valgrind") is None:
         parser.error("--mode callgrind needs valgrind (apt-get install valgrind)")
+    from bench import rotated
     from ethereal.sim.testing import start_sim_process
 
     from tests.services import postgres_server, redis_server
@@ -317,21 +355,39 @@ def main() -> None:
     with start_sim_process() as (_sim, sim_url), contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(redis_server()).url if args.governed else None
         pg = stack.enter_context(postgres_server())[0] if args.postgres else None
-        for label, checkout in trees:
-            db_url = pg.create_database(f"pathcost_{label}".replace("-", "_")) if pg is not None else None
-            results[label] = _measure(label, checkout, args, sim_url, redis_url, db_url)
+        dbs = {
+            label: pg.create_database(f"pathcost_{label}".replace("-", "_")) if pg is not None else None
+            for label, _ in trees
+        }
+        runs: dict[str, list[float]] = {label: [] for label, _ in trees}
+        for r in range(args.repeat):  # timed modes: rounds, each starting one checkout further on
+            for label, checkout in rotated(trees, r):
+                results[label] = _measure(label, checkout, args, sim_url, redis_url, dbs[label])
+                runs[label].append(results[label]["total"])
+        if args.repeat > 1:
+            for label, _ in trees:
+                results[label]["rounds"] = runs[label]
+                results[label]["total"] = statistics.median(runs[label])
+                if label != trees[0][0] and len(trees) > 1:
+                    ratios = [a / b for a, b in zip(runs[trees[0][0]], runs[label], strict=True)]
+                    results[label]["ratio_median"] = statistics.median(ratios)
     unit = {
         "opcodes": "bytecodes",
-        "callgrind": "instructions",
+        "callgrind": "estimated cycles" if args.cache_sim else "instructions",
         "redis": "Redis commands",
         "syscalls": "system calls",
+        "cpu": "CPU ms",
     }[args.mode]
     first = trees[0][0]
     for label, _ in trees:
         r = results[label]
-        line = f"{label:>8}: {r['total']:,.1f} {unit} per request"
+        line = f"{label:>8}: {r['total']:,.{3 if args.mode == 'cpu' else 1}f} {unit} per request"
         if label != first:
-            line += f" ({(results[first]['total'] / r['total'] - 1) * 100:+.1f} % {first} vs {label})"
+            ratio = r.get("ratio_median", results[first]["total"] / r["total"])
+            line += f" ({(ratio - 1) * 100:+.1f} % {first} vs {label}"
+            line += ", median of the rounds' ratios)" if "ratio_median" in r else ")"
+        if "ll_misses" in r:
+            line += f" ({r['l1_misses']:,.0f} first-level, {r['ll_misses']:,.0f} last-level cache misses)"
         if args.mode == "redis":
             line += f", Redis time in commands {r['usec']:.1f} µs per request (timed: moves with load)"
         print(line)
