@@ -117,7 +117,10 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
             )
         redis_pids = [redis.proc.pid]
         base = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+        only = {name for name in args.only.split(",") if name}
         for stream, conc in ((False, 1), (True, 1), (False, 32)):
+            if only and f"{'stream' if stream else 'non-stream'}-{conc}" not in only:
+                continue
             body = body_for(stream)
             runs = [
                 (label, url + "/v1/messages", pids, name, {**base, "x-api-key": keys[name]})
@@ -216,6 +219,12 @@ def main() -> None:
         help="also run a gateway from another checkout of ethereal (e.g. a worktree of main with its "
         "built extension), side by side in the same run, alternating rounds; repeatable (a second "
         "worktree of this tree gives an A/A run: the benchmark's own noise)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="SCENARIOS",
+        help="comma-separated subset of non-stream-1, stream-1, non-stream-32",
     )
     parser.add_argument(
         "--postgres",
