@@ -93,6 +93,8 @@ async def _child(args: argparse.Namespace) -> None:
         "server": ("127.0.0.1", 8080),
     }
 
+    sends = [0]
+
     async def one() -> None:
         sent = False
         status: list[int] = []
@@ -108,6 +110,8 @@ async def _child(args: argparse.Namespace) -> None:
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+            elif message["type"] == "http.response.body":
+                sends[0] += 1  # each one a write to the client's socket under a real server
 
         await app({**scope, "state": {}}, receive, send)
         if status != [200]:
@@ -126,6 +130,7 @@ async def _child(args: argparse.Namespace) -> None:
     await asyncio.sleep(1.0)  # the warm-up's records flushed, background loops settled
     n = max(1, args.requests // args.concurrency) * args.concurrency
     result: dict[str, Any] = {"requests": n}
+    sends[0] = 0
     if args.mode == "opcodes":
         counts: collections.Counter[str] = collections.Counter()
 
@@ -192,6 +197,7 @@ async def _child(args: argparse.Namespace) -> None:
         result["total"] = sum(v["calls"] for v in stats.values()) / n
         result["usec"] = sum(v["usec"] for v in stats.values()) / n
         client.close()
+    result["body_messages"] = sends[0] / n
     Path(args.out).write_text(json.dumps(result))
     await lifespan_in.put({"type": "lifespan.shutdown"})
     await asyncio.wait_for(lifespan, 30)
@@ -386,6 +392,7 @@ def main() -> None:
             ratio = r.get("ratio_median", results[first]["total"] / r["total"])
             line += f" ({(ratio - 1) * 100:+.1f} % {first} vs {label}"
             line += ", median of the rounds' ratios)" if "ratio_median" in r else ")"
+        line += f", {r.get('body_messages', 0):.1f} response body messages"
         if "ll_misses" in r:
             line += f" ({r['l1_misses']:,.0f} first-level, {r['ll_misses']:,.0f} last-level cache misses)"
         if args.mode == "redis":
