@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ async def _child(args: argparse.Namespace) -> None:
     wrote it with this checkout's code: benchkeys.insert_key_as)."""
     from ethereal.app import create_app
 
+    # the threads the app starts (the store's and the meter's executors) run part of each request:
+    # with --mode opcodes they are traced too, from the first measured request on
+    threading.settrace(lambda frame, event, arg: _thread_tracer[0](frame, event, arg))
     app = create_app()
     lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     started = asyncio.Event()
@@ -150,9 +154,11 @@ async def _child(args: argparse.Namespace) -> None:
 
             return local
 
+        _thread_tracer[0] = tracer
         sys.settrace(tracer)
         await run(n)
         sys.settrace(None)
+        _thread_tracer[0] = _untraced
         result["per_function"] = {k: v / n for k, v in counts.items()}
         result["total"] = sum(counts.values()) / n
     elif args.mode == "callgrind":
@@ -201,6 +207,13 @@ async def _child(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(result))
     await lifespan_in.put({"type": "lifespan.shutdown"})
     await asyncio.wait_for(lifespan, 30)
+
+
+def _untraced(frame: Any, event: str, arg: Any) -> None:
+    return None
+
+
+_thread_tracer: list[Any] = [_untraced]
 
 
 def _short(filename: str) -> str:
