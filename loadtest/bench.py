@@ -123,6 +123,11 @@ async def measure(
     return res, after - before
 
 
+def scenario(stream: bool, concurrency: int) -> str:
+    """A scenario's name for ``--only`` (``non-stream-1``, ``stream-32``, ...)."""
+    return f"{'stream' if stream else 'non-stream'}-{concurrency}"
+
+
 def rotated(items: list, start: int) -> list:
     """``items`` starting at ``start`` (mod its length): each gateway takes each place in turn, so
     none is always the one measured right after the sim or after another gateway's load."""
@@ -140,7 +145,8 @@ def paired(
 
     Rounds are measured back to back, so a machine that is busier in one round than in another
     moves both sides of that round's ratio alike: on the shared two-core machine one version's
-    CPU per request ranged 0.26-0.55 ms over eight rounds while the ratios stayed within ±10 %."""
+    CPU per request ranged 0.26-0.55 ms over eight rounds while seven of the eight ratios stayed
+    within ±10 %."""
     out: dict[str, dict[str, float]] = {}
     ref = rounds[reference]
     for label, mine in rounds.items():
@@ -194,7 +200,7 @@ async def main_async(
         only = {name for name in args.only.split(",") if name}
         for stream in (False, True):
             for conc in (1, 32):
-                if only and f"{'stream' if stream else 'non-stream'}-{conc}" not in only:
+                if only and scenario(stream, conc) not in only:
                     continue
                 body = body_for(stream)
                 await run_load(sim_url + "/v1/messages", body, headers, concurrency=conc, duration=0.5)

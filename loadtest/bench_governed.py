@@ -43,7 +43,17 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import body_for, cpu_seconds, find_listener_pid, format_paired, merge, paired, proc_tree, rotated
+from bench import (
+    body_for,
+    cpu_seconds,
+    find_listener_pid,
+    format_paired,
+    merge,
+    paired,
+    proc_tree,
+    rotated,
+    scenario,
+)
 from benchkeys import BENCH_PLAN, governed_key, insert_key_as
 from ethereal.keys import mint
 from httpload import run_load
@@ -119,7 +129,7 @@ async def main_async(args: argparse.Namespace, trees: list[tuple[str, Path, dict
         base = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
         only = {name for name in args.only.split(",") if name}
         for stream, conc in ((False, 1), (True, 1), (False, 32)):
-            if only and f"{'stream' if stream else 'non-stream'}-{conc}" not in only:
+            if only and scenario(stream, conc) not in only:
                 continue
             body = body_for(stream)
             runs = [

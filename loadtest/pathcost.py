@@ -1,7 +1,8 @@
 """What one request costs on the request path, counted rather than timed: side by side for checkouts.
 
     python loadtest/pathcost.py [--against CHECKOUT ...] [--governed] [--stream] [--postgres]
-                                [--concurrency 32] [--requests 960] [--mode opcodes|callgrind|redis]
+                                [--concurrency 32] [--requests 960] [--repeat N] [--cache-sim]
+                                [--mode opcodes|callgrind|redis|syscalls|cpu]
 
 Timed benchmarks (``bench.py``, ``bench_governed.py``) move by several per cent between two runs
 of the same code on a shared two-core machine. These counts do not: each checkout's gateway app

@@ -86,8 +86,8 @@ def _bulk(arg: Any) -> bytes:
 def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
     try:
         return _pack(args if type(args) is tuple else tuple(args))
-    except TypeError:
-        return b"*%d\r\n%s" % (len(args), encode_args(args))
+    except TypeError:  # as encode_args
+        return b"*%d\r\n%s" % (len(args), b"".join(_bulk(arg) for arg in args))
 
 
 def _reply_error(reply: Exception) -> ResponseError:

@@ -161,9 +161,7 @@ fn push_kind(kinds: &mut Vec<u8>, level: usize, is_object: bool) {
 }
 
 fn kind_at(kinds: &[u8], level: usize) -> bool {
-    kinds
-        .get(level / 8)
-        .is_some_and(|b| b & (1 << (level % 8)) != 0)
+    kinds.get(level / 8).is_some_and(|b| b & (1 << (level % 8)) != 0)
 }
 
 /// Index of the quote closing a string whose contents start at `from`.
@@ -264,17 +262,11 @@ mod tests {
     #[test]
     fn duplicate_top_level_keys() {
         assert_eq!(dup(r#"{"model":"a","model":"b"}"#), Some("model".into()));
-        assert_eq!(
-            dup(r#"{"model":"a","mod\u0065l":"b"}"#),
-            Some("model".into())
-        );
+        assert_eq!(dup(r#"{"model":"a","mod\u0065l":"b"}"#), Some("model".into()));
         assert_eq!(dup(r#"{"model":"a","x":{"model":"b","model":"c"}}"#), None);
         assert_eq!(dup(r#"{"a":["a","a"],"b":"a"}"#), None);
         assert_eq!(dup(r#"{"a\"":1,"a":2}"#), None);
-        assert_eq!(
-            dup(r#"{ "a" : 1 , "b" : { "a" : 2 } , "a" : 3 }"#),
-            Some("a".into())
-        );
+        assert_eq!(dup(r#"{ "a" : 1 , "b" : { "a" : 2 } , "a" : 3 }"#), Some("a".into()));
         assert_eq!(dup(r#"["a","a"]"#), None);
     }
 
@@ -296,14 +288,8 @@ mod tests {
                 .map(|(a, b)| body[a..b].to_string())
         };
         assert_eq!(at(r#"{"model":"a","x":1}"#).as_deref(), Some(r#""a""#));
-        assert_eq!(
-            at(r#"{ "x" : {"model":"no"} , "model" : "b" }"#).as_deref(),
-            Some(r#""b""#)
-        );
-        assert_eq!(
-            at(r#"{"m\u006fdel": [1, {"model":2}] }"#).as_deref(),
-            Some(r#"[1, {"model":2}]"#)
-        );
+        assert_eq!(at(r#"{ "x" : {"model":"no"} , "model" : "b" }"#).as_deref(), Some(r#""b""#));
+        assert_eq!(at(r#"{"m\u006fdel": [1, {"model":2}] }"#).as_deref(), Some(r#"[1, {"model":2}]"#));
         assert_eq!(at(r#"{"model":"a,}"}"#).as_deref(), Some(r#""a,}""#));
         assert_eq!(at(r#"{"x":"model"}"#), None);
         assert_eq!(at(r#"["model", 1]"#), None);

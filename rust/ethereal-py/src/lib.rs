@@ -137,7 +137,11 @@ type ShapeTuple = (usize, Option<String>, Option<(usize, usize)>);
 /// `locate` (or `None`); `ValueError` when brackets or strings do not balance.
 #[pyfunction]
 #[pyo3(signature = (body, locate=None))]
-fn json_shape(py: Python<'_>, body: &[u8], locate: Option<&str>) -> PyResult<ShapeTuple> {
+fn json_shape(
+    py: Python<'_>,
+    body: &[u8],
+    locate: Option<&str>,
+) -> PyResult<ShapeTuple> {
     maybe_detached(py, body.len(), || shape::scan_locate(body, locate))
         .map(|s| (s.max_depth, s.duplicate_key, s.located))
         .map_err(|e| PyValueError::new_err(e.to_string()))
