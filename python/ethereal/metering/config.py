@@ -7,7 +7,7 @@ variable                           default    meaning
 ETHEREAL_METER_BATCH_SIZE          1000       records per database write
 ETHEREAL_METER_INTERVAL            0.2        seconds between flushes (sooner when a batch fills)
 ETHEREAL_METER_QUEUE_MAX           200000     records held in memory at most (see on_full)
-ETHEREAL_METER_RECENT_SIZE         50000      recent records kept for GET /v1/usage/{id}
+ETHEREAL_METER_RECENT_SIZE         10000      recent records kept for GET /v1/usage/{id}
 ETHEREAL_METER_SPOOL_DIR           <data_dir>/spool
 ETHEREAL_METER_SPOOL_MAX_BYTES     1 GiB      bound of the on-disk spool (all segments)
 ETHEREAL_METER_SEGMENT_BYTES       8 MiB      spool segment size
