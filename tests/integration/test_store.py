@@ -138,6 +138,33 @@ async def test_usage_insert_is_idempotent(store: Any) -> None:
     assert await store.get_usage("req_missing") is None
 
 
+@pytest.mark.parametrize("count", [1, 7, 255, 256, 257, 1000])
+async def test_a_flush_of_any_size_stores_each_row_once(store: Any, count: int) -> None:
+    """Sizes around the embedded store's statement sizes (several rows per INSERT, powers of two up
+    to 256): every row lands once, with its values, and a request id repeated in another statement
+    of the same flush, or in the same one, is kept from its first row."""
+    rows = [usage(cost_micro=i) for i in range(count)]
+    again = [rows[0], rows[-1]]
+    twice = usage(cost_micro=-1)
+    assert await store.insert_usage([*rows, *again, twice, usage(request_id=twice.request_id)]) == count + 1
+    for rec in (rows[0], rows[count // 2], rows[-1], twice):
+        got = await store.get_usage(rec.request_id)
+        assert got is not None and got.to_dict() == rec.to_dict()
+    assert await store.insert_usage(rows) == 0
+
+
+async def test_a_flush_that_fails_stores_nothing(store: Any) -> None:
+    """One transaction: a row the database refuses (a value it cannot store), past the first
+    statement's rows, leaves none of the flush behind (the meter then bisects the batch:
+    metering/meter.py)."""
+    rows = [usage(cost_micro=i) for i in range(300)]
+    rows[290] = usage(model={"not": "a model name"})
+    with pytest.raises(Exception):
+        await store.insert_usage(rows)
+    assert await store.get_usage(rows[0].request_id) is None
+    assert await store.insert_usage(rows[:290]) == 290
+
+
 async def test_usage_flags_and_absent_values_round_trip(store: Any) -> None:
     """Booleans come back as booleans and absent values as None (SQLite binds them through the
     adapters storage/sqlite.py registers: stored as 0/1 and NULL, as without them)."""

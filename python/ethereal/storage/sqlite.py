@@ -8,10 +8,12 @@ processes (a second gateway, the CLI) read while the gateway writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +53,39 @@ T = TypeVar("T")
 # with these two adapters it binds in about half the time. What is stored is the same: NULL, 0/1.
 sqlite3.register_adapter(type(None), lambda _value: None)
 sqlite3.register_adapter(bool, int)
+
+
+@functools.cache
+def _usage_insert(rows: int) -> str:
+    """``INSERT`` of ``rows`` usage records (each keeps the first row with its request id)."""
+    one = f"({','.join('?' * len(USAGE_COLUMNS))})"
+    return (
+        f"INSERT INTO usage_records ({','.join(USAGE_COLUMNS)}) VALUES {','.join([one] * rows)}"
+        " ON CONFLICT (request_id) DO NOTHING"
+    )
+
+
+def _usage_chunk_max(conn: sqlite3.Connection) -> int:
+    """The most rows one ``INSERT`` may bind (a power of two): SQLite's bound on a statement's
+    parameters (32,766 since 3.32, 999 before), at most 256 rows."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(USAGE_COLUMNS)
+    size = 1
+    while size * 2 <= min(limit, 256):
+        size *= 2
+    return size
+
+
+def _chunks(total: int, most: int) -> list[tuple[int, int]]:
+    """``(start, size)`` covering ``total`` rows with sizes that are powers of two, ``most`` at
+    most: at most log2(most) + total / most statements, each from a small fixed set of texts."""
+    out: list[tuple[int, int]] = []
+    start, size = 0, most
+    while start < total:
+        while size > total - start:
+            size //= 2
+        out.append((start, size))
+        start += size
+    return out
 
 
 def _marker(params: list[Any]) -> Callable[[Any], str]:
@@ -267,22 +302,24 @@ class SQLiteStore(Store):
 
     # usage
     async def insert_usage(self, records: list[UsageRecord]) -> int:
+        """One transaction; the rows go in as multi-row INSERTs of power-of-two sizes (each size's
+        statement prepared once and cached), not one statement per row: sqlite3 gives up the GIL
+        around every statement it steps, and a meter flush of a few hundred rows taking it back
+        row by row made the event loop's thread wait for it as often (a futex handoff each time)."""
         rows = [usage_row(r) for r in records]
-        sql = (
-            f"INSERT INTO usage_records ({','.join(USAGE_COLUMNS)}) VALUES ({','.join('?' * len(USAGE_COLUMNS))})"
-            " ON CONFLICT (request_id) DO NOTHING"
-        )
 
         def go() -> int:
-            before = self.conn.total_changes
-            self.conn.execute("BEGIN")
+            conn = self.conn
+            before = conn.total_changes
+            conn.execute("BEGIN")
             try:
-                self.conn.executemany(sql, rows)
-                self.conn.execute("COMMIT")
+                for start, size in _chunks(len(rows), _usage_chunk_max(conn)):
+                    conn.execute(_usage_insert(size), list(chain.from_iterable(rows[start : start + size])))
+                conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            return self.conn.total_changes - before
+            return conn.total_changes - before
 
         return await self._run(go)
 
