@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 from ethereal.keys import mint
 from ethereal.storage import open_store
@@ -159,7 +161,7 @@ async def test_a_flush_that_fails_stores_nothing(store: Any) -> None:
     metering/meter.py)."""
     rows = [usage(cost_micro=i) for i in range(300)]
     rows[290] = usage(model={"not": "a model name"})
-    with pytest.raises(Exception):
+    with pytest.raises((sqlite3.Error, asyncpg.DataError, TypeError)):  # as each driver refuses it
         await store.insert_usage(rows)
     assert await store.get_usage(rows[0].request_id) is None
     assert await store.insert_usage(rows[:290]) == 290
