@@ -24,6 +24,7 @@ class Result:
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    switches: int = 0  # the gateway's context switches over the run (bench.py fills it in)
 
     @property
     def count(self) -> int:
