@@ -68,11 +68,8 @@ def _usage_insert(rows: int) -> str:
 def _usage_chunk_max(conn: sqlite3.Connection) -> int:
     """The most rows one ``INSERT`` may bind (a power of two): SQLite's bound on a statement's
     parameters (32,766 since 3.32, 999 before), at most 256 rows."""
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(USAGE_COLUMNS)
-    size = 1
-    while size * 2 <= min(limit, 256):
-        size *= 2
-    return size
+    rows = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(USAGE_COLUMNS), 256)
+    return 1 << (rows.bit_length() - 1)
 
 
 def _chunks(total: int, most: int) -> list[tuple[int, int]]:
@@ -133,6 +130,7 @@ class SQLiteStore(Store):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ethereal-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._usage_chunk = 1  # rows per INSERT at most (_usage_chunk_max, once connected)
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStore:
@@ -148,6 +146,7 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
+        self._usage_chunk = _usage_chunk_max(conn)
         self._conn = conn
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -313,7 +312,7 @@ class SQLiteStore(Store):
             before = conn.total_changes
             conn.execute("BEGIN")
             try:
-                for start, size in _chunks(len(rows), _usage_chunk_max(conn)):
+                for start, size in _chunks(len(rows), self._usage_chunk):
                     conn.execute(_usage_insert(size), list(chain.from_iterable(rows[start : start + size])))
                 conn.execute("COMMIT")
             except BaseException:
